@@ -1,0 +1,37 @@
+# Guardian. `make up` runs the stack on http://localhost:8080, `make test`
+# runs every test against real servers. Both install what is missing.
+GO      ?= go
+BIN     := bin
+export CGO_ENABLED ?= 0
+
+.PHONY: all build up down clean test fmt vet
+
+all: build
+
+## build: the custom Caddy, guardianctl and every function binary into bin/
+build:
+	$(GO) build -o $(BIN)/caddy ./cmd/caddy
+	$(GO) build -o $(BIN)/guardianctl ./cmd/guardianctl
+	$(GO) build -o $(BIN)/functions/ ./functions/...
+
+## up: install what is missing, start the whole stack, print the URL and demo login
+up:
+	deploy/stack/up.sh
+
+## down: stop what `make up` started, keep the data
+down:
+	deploy/stack/down.sh
+
+## clean: stop everything and remove the data and binaries
+clean:
+	deploy/stack/down.sh clean
+
+## test: go vet and go test ./... against private PostgreSQL, Redis and ClickHouse
+test:
+	deploy/stack/test.sh
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+vet:
+	$(GO) vet ./...

@@ -1,0 +1,271 @@
+// Package function is the guardian_function Caddy module: Guardian's
+// serverless runtime. A request to a function's route starts the function
+// binary on first use, waits for it to say it is ready on a private unix
+// socket, proxies to it, keeps it warm while it is used and stops it when
+// idle. A crash costs the request in flight a 502 and the next request a
+// restart, with backoff.
+//
+// Processes live in a package-wide caddy.UsagePool keyed by the function's
+// full spec, so a config reload that keeps a function keeps its process,
+// and the last config that drops it stops it.
+package function
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/glassmkr/guardian/shared/problem"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// pool holds the running instances, shared across config reloads.
+var pool = caddy.NewUsagePool()
+
+// Handler routes requests to one function binary.
+type Handler struct {
+	// Name identifies the function in logs, metrics and socket names.
+	Name string `json:"name"`
+	// Bin is the path of the function binary.
+	Bin string `json:"bin"`
+	// Env lists the environment variables copied from Caddy's environment
+	// to the function: it gets these and nothing else (least privilege).
+	Env []string `json:"env,omitempty"`
+	// SocketDir holds the functions' sockets; created with mode 0700 so
+	// only Caddy's user can connect. Default: $TMPDIR/guardian-functions-<uid>.
+	SocketDir string `json:"socket_dir,omitempty"`
+	// StartTimeout bounds a cold start. Default: 10s.
+	StartTimeout caddy.Duration `json:"start_timeout,omitempty"`
+	// IdleTimeout stops a function nobody used for this long; 0 keeps it
+	// running. Default: 5m.
+	IdleTimeout *caddy.Duration `json:"idle_timeout,omitempty"`
+	// Timeout bounds one request, answer included. Default: 30s.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+	// MaxConcurrent bounds requests in flight to the function. Default: 64.
+	MaxConcurrent int `json:"max_concurrent,omitempty"`
+	// QueueTimeout bounds the wait for a free slot. Default: 5s.
+	QueueTimeout caddy.Duration `json:"queue_timeout,omitempty"`
+
+	key  string
+	inst *instance
+	sem  chan struct{}
+	log  *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.guardian_function",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision fills in defaults, prepares the socket directory and joins (or
+// creates) the function's shared instance.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.log = ctx.Logger().With(zap.String("function", h.Name))
+	if h.SocketDir == "" {
+		h.SocketDir = filepath.Join(os.TempDir(), fmt.Sprintf("guardian-functions-%d", os.Getuid()))
+	}
+	if h.StartTimeout <= 0 {
+		h.StartTimeout = caddy.Duration(10 * time.Second)
+	}
+	if h.IdleTimeout == nil {
+		d := caddy.Duration(5 * time.Minute)
+		h.IdleTimeout = &d
+	}
+	if h.Timeout <= 0 {
+		h.Timeout = caddy.Duration(30 * time.Second)
+	}
+	if h.MaxConcurrent <= 0 {
+		h.MaxConcurrent = 64
+	}
+	if h.QueueTimeout <= 0 {
+		h.QueueTimeout = caddy.Duration(5 * time.Second)
+	}
+	if err := h.Validate(); err != nil {
+		return err
+	}
+	if err := privateDir(h.SocketDir); err != nil {
+		return err
+	}
+	bin, err := filepath.Abs(h.Bin)
+	if err != nil {
+		return fmt.Errorf("guardian_function %s: bin: %w", h.Name, err)
+	}
+	s := spec{
+		name:          h.Name,
+		bin:           bin,
+		env:           allowedEnv(h.Env, os.LookupEnv),
+		socketDir:     h.SocketDir,
+		startTimeout:  time.Duration(h.StartTimeout),
+		idleTimeout:   time.Duration(*h.IdleTimeout),
+		stopGrace:     10 * time.Second,
+		maxConcurrent: h.MaxConcurrent,
+	}
+	h.key = fmt.Sprintf("%#v", s)
+	v, _, err := pool.LoadOrNew(h.key, func() (caddy.Destructor, error) {
+		return newInstance(s, h.log), nil
+	})
+	if err != nil {
+		return err
+	}
+	h.inst = v.(*instance)
+	h.sem = make(chan struct{}, h.MaxConcurrent)
+	return nil
+}
+
+// Validate rejects a config that cannot work, naming the field.
+func (h *Handler) Validate() error {
+	if h.Name == "" || strings.ContainsAny(h.Name, "/\\ \t") {
+		return fmt.Errorf("guardian_function: name must be a non-empty word, got %q", h.Name)
+	}
+	if h.Bin == "" {
+		return fmt.Errorf("guardian_function %s: bin is required", h.Name)
+	}
+	st, err := os.Stat(h.Bin)
+	if err != nil {
+		return fmt.Errorf("guardian_function %s: bin: %w", h.Name, err)
+	}
+	if !st.Mode().IsRegular() || st.Mode().Perm()&0o111 == 0 {
+		return fmt.Errorf("guardian_function %s: bin %s is not an executable file", h.Name, h.Bin)
+	}
+	for _, name := range h.Env {
+		if name == "" || strings.ContainsAny(name, "= \t") {
+			return fmt.Errorf("guardian_function %s: env: %q is not a variable name", h.Name, name)
+		}
+	}
+	return nil
+}
+
+// Cleanup releases this config's hold on the instance; the last one out
+// stops the process.
+func (h *Handler) Cleanup() error {
+	if h.key != "" {
+		_, err := pool.Delete(h.key)
+		return err
+	}
+	return nil
+}
+
+// ServeHTTP proxies the request to the function, starting it if needed.
+// Failures are returned as problems for the error route to render.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	if err := h.acquireSlot(r.Context()); err != nil {
+		return err
+	}
+	defer func() { <-h.sem }()
+
+	ctx, cancel := context.WithTimeout(r.Context(), time.Duration(h.Timeout))
+	defer cancel()
+	p, err := h.inst.acquire(ctx)
+	if err != nil {
+		var b errBackoff
+		if errors.As(err, &b) {
+			w.Header().Set("Retry-After", strconv.Itoa(int(b.retryAfter.Seconds())+1))
+		}
+		return caddyhttp.Error(http.StatusServiceUnavailable,
+			problem.New(http.StatusServiceUnavailable, "function_unavailable", "the service is starting or recovering; try again shortly"))
+	}
+	defer h.inst.release(p)
+
+	var proxyErr error
+	ctx = context.WithValue(ctx, errCtxKey{}, &proxyErr)
+	p.proxy.ServeHTTP(w, r.WithContext(ctx))
+	if proxyErr == nil {
+		return nil
+	}
+	if errors.Is(proxyErr, context.DeadlineExceeded) && r.Context().Err() == nil {
+		h.log.Warn("function timed out", zap.Duration("timeout", time.Duration(h.Timeout)))
+		return caddyhttp.Error(http.StatusGatewayTimeout,
+			problem.New(http.StatusGatewayTimeout, "function_timeout", "the service took too long to answer"))
+	}
+	if r.Context().Err() != nil {
+		// The client went away; nothing to answer.
+		return caddyhttp.Error(499, r.Context().Err())
+	}
+	h.log.Error("function request failed", zap.Error(proxyErr))
+	return caddyhttp.Error(http.StatusBadGateway,
+		problem.New(http.StatusBadGateway, "function_failed", "the service failed while answering; the request may be retried"))
+}
+
+func (h *Handler) acquireSlot(ctx context.Context) error {
+	select {
+	case h.sem <- struct{}{}:
+		return nil
+	default:
+	}
+	t := time.NewTimer(time.Duration(h.QueueTimeout))
+	defer t.Stop()
+	select {
+	case h.sem <- struct{}{}:
+		return nil
+	case <-t.C:
+		return caddyhttp.Error(http.StatusServiceUnavailable,
+			problem.New(http.StatusServiceUnavailable, "function_busy", "too many requests in flight; try again shortly"))
+	case <-ctx.Done():
+		return caddyhttp.Error(499, ctx.Err())
+	}
+}
+
+// allowedEnv returns NAME=value for each allowed name that is set, plus a
+// minimal PATH; nothing else of Caddy's environment reaches the function.
+func allowedEnv(names []string, lookup func(string) (string, bool)) []string {
+	env := []string{"PATH=/usr/local/bin:/usr/bin:/bin"}
+	for _, name := range names {
+		if name == "PATH" {
+			continue
+		}
+		if v, ok := lookup(name); ok {
+			env = append(env, name+"="+v)
+		}
+	}
+	slices.Sort(env[1:])
+	return env
+}
+
+// privateDir creates dir with mode 0700, or checks that an existing one is
+// a real directory owned by us and closed to others.
+func privateDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("guardian_function: socket_dir: %w", err)
+	}
+	st, err := os.Lstat(dir)
+	if err != nil {
+		return fmt.Errorf("guardian_function: socket_dir: %w", err)
+	}
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	if !st.IsDir() || !ok || int(sys.Uid) != os.Getuid() {
+		return fmt.Errorf("guardian_function: socket_dir %s must be a directory owned by uid %d", dir, os.Getuid())
+	}
+	if st.Mode().Perm() != 0o700 {
+		if err := os.Chmod(dir, 0o700); err != nil {
+			return fmt.Errorf("guardian_function: socket_dir: %w", err)
+		}
+	}
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+	_ caddy.Destructor            = (*instance)(nil)
+)

@@ -1,0 +1,225 @@
+package function
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// spec is what an instance needs to start its binary; instances with equal
+// specs are shared across config reloads.
+type spec struct {
+	name          string
+	bin           string
+	env           []string
+	socketDir     string
+	startTimeout  time.Duration
+	idleTimeout   time.Duration
+	stopGrace     time.Duration
+	maxConcurrent int
+}
+
+// instance owns the (at most one) running process of a function: it starts
+// it on demand, counts requests in flight, stops it when idle and restarts
+// it with backoff after a crash.
+type instance struct {
+	spec spec
+	log  *zap.Logger
+
+	mu       sync.Mutex
+	proc     *process
+	starting chan struct{} // non-nil while a start is under way
+	seq      uint64
+	inflight int
+	lastUsed time.Time
+	idle     *time.Timer
+	crashes  int       // consecutive crashes, for backoff
+	retryAt  time.Time // no start before this after a crash
+	closed   bool
+}
+
+// Backoff after consecutive crashes: 100 ms doubling up to 30 s, so a crash
+// loop costs at most a start every 30 s.
+const (
+	backoffMin = 100 * time.Millisecond
+	backoffMax = 30 * time.Second
+	// A process that ran this long before crashing resets the backoff.
+	healthyRun = 30 * time.Second
+)
+
+func backoff(crashes int) time.Duration {
+	if crashes <= 0 {
+		return 0
+	}
+	d := backoffMin
+	for i := 1; i < crashes && d < backoffMax; i++ {
+		d *= 2
+	}
+	return min(d, backoffMax)
+}
+
+func newInstance(s spec, log *zap.Logger) *instance {
+	return &instance{spec: s, log: log}
+}
+
+// errBackoff reports that the function crashed recently and is not yet
+// due for a restart; retryAfter says when it is.
+type errBackoff struct{ retryAfter time.Duration }
+
+func (e errBackoff) Error() string {
+	return fmt.Sprintf("function crashed recently; next start in %s", e.retryAfter.Round(time.Millisecond))
+}
+
+// acquire returns a ready process and counts a request in flight on it;
+// the caller must call release. It starts the binary if none runs, and
+// concurrent callers share one start.
+func (in *instance) acquire(ctx context.Context) (*process, error) {
+	for {
+		in.mu.Lock()
+		if in.closed {
+			in.mu.Unlock()
+			return nil, errors.New("function runtime is shutting down")
+		}
+		if p := in.proc; p != nil && !p.exited() {
+			in.inflight++
+			in.mu.Unlock()
+			return p, nil
+		}
+		if wait := in.starting; wait != nil {
+			in.mu.Unlock()
+			select {
+			case <-wait:
+				continue
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		if delay := time.Until(in.retryAt); delay > 0 {
+			in.mu.Unlock()
+			if delay > in.spec.startTimeout {
+				return nil, errBackoff{delay}
+			}
+			select {
+			case <-time.After(delay):
+				continue
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		wait := make(chan struct{})
+		in.starting = wait
+		in.seq++
+		seq := in.seq
+		in.mu.Unlock()
+
+		p, err := startProcess(ctx, &in.spec, seq, in.log)
+
+		in.mu.Lock()
+		in.starting = nil
+		close(wait)
+		if err != nil {
+			in.crashes++
+			in.retryAt = time.Now().Add(backoff(in.crashes))
+			in.mu.Unlock()
+			in.log.Error("function failed to start", zap.Error(err), zap.Int("consecutive_failures", in.crashes))
+			return nil, err
+		}
+		if in.closed {
+			in.mu.Unlock()
+			p.stop(in.spec.stopGrace)
+			return nil, errors.New("function runtime is shutting down")
+		}
+		in.proc = p
+		in.inflight++
+		in.mu.Unlock()
+		in.log.Info("function started", zap.Duration("cold_start", time.Since(p.started)), zap.Int("pid", p.cmd.Process.Pid))
+		go in.watch(p)
+		return p, nil
+	}
+}
+
+// release ends a request on p and arms the idle timer when none is left.
+func (in *instance) release(p *process) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	in.inflight--
+	in.lastUsed = time.Now()
+	if in.inflight == 0 && in.proc == p && in.spec.idleTimeout > 0 {
+		if in.idle == nil {
+			in.idle = time.AfterFunc(in.spec.idleTimeout, in.stopIfIdle)
+		} else {
+			in.idle.Reset(in.spec.idleTimeout)
+		}
+	}
+}
+
+// stopIfIdle stops the process when nothing used it for the idle timeout.
+// A request that arrives meanwhile keeps it: the check runs under the lock.
+func (in *instance) stopIfIdle() {
+	in.mu.Lock()
+	p := in.proc
+	if p == nil || in.inflight > 0 || time.Since(in.lastUsed) < in.spec.idleTimeout {
+		in.mu.Unlock()
+		return
+	}
+	in.proc = nil
+	p.stopping = true
+	in.mu.Unlock()
+	in.log.Info("function idle, stopping", zap.Duration("idle_timeout", in.spec.idleTimeout))
+	p.stop(in.spec.stopGrace)
+}
+
+// watch notices when p exits; an exit nobody asked for is a crash.
+func (in *instance) watch(p *process) {
+	<-p.done
+	in.mu.Lock()
+	crashed := !p.stopping
+	if in.proc == p {
+		in.proc = nil
+	}
+	if crashed {
+		if time.Since(p.started) > healthyRun {
+			in.crashes = 0
+		}
+		in.crashes++
+		in.retryAt = time.Now().Add(backoff(in.crashes))
+	} else {
+		in.crashes = 0
+	}
+	n := in.crashes
+	in.mu.Unlock()
+	if p.tr != nil {
+		p.tr.CloseIdleConnections()
+	}
+	if crashed {
+		in.log.Error("function exited unexpectedly", zap.String("status", exitText(p.cmd)), zap.Int("consecutive_failures", n), zap.Duration("next_start_after", backoff(n)))
+	}
+}
+
+// Destruct stops the process for good; it runs when the last config using
+// this instance is unloaded (caddy.Destructor).
+func (in *instance) Destruct() error {
+	in.mu.Lock()
+	in.closed = true
+	p := in.proc
+	in.proc = nil
+	if p != nil {
+		p.stopping = true
+	}
+	if in.idle != nil {
+		in.idle.Stop()
+	}
+	in.mu.Unlock()
+	if p != nil {
+		p.stop(in.spec.stopGrace)
+		select {
+		case <-p.done:
+		case <-time.After(in.spec.stopGrace + time.Second):
+		}
+	}
+	return nil
+}

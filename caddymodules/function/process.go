@@ -1,0 +1,216 @@
+package function
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/glassmkr/guardian/shared/fnserve"
+)
+
+// process is one running copy of a function binary with its own socket,
+// connection pool and proxy.
+type process struct {
+	cmd     *exec.Cmd
+	socket  string
+	started time.Time
+	done    chan struct{} // closed when the binary has exited
+	proxy   *httputil.ReverseProxy
+	tr      *http.Transport
+
+	stopOnce sync.Once
+	stopping bool // guarded by the instance's mutex
+}
+
+// errCtxKey carries a *error into the proxy's ErrorHandler so the handler
+// can return the error to Caddy instead of writing a response itself.
+type errCtxKey struct{}
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+type proxyBufferPool struct{}
+
+func (proxyBufferPool) Get() []byte  { return *(bufPool.Get().(*[]byte)) }
+func (proxyBufferPool) Put(b []byte) { bufPool.Put(&b) }
+
+// startProcess creates a listening socket in dir, starts bin with it and a
+// readiness pipe, and waits until the binary says it is ready, it exits, or
+// timeout passes.
+func startProcess(ctx context.Context, cfg *spec, seq uint64, log *zap.Logger) (*process, error) {
+	socket := filepath.Join(cfg.socketDir, fmt.Sprintf("%s-%d-%d.sock", cfg.name, os.Getpid(), seq))
+	_ = os.Remove(socket)
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: socket, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("listen on function socket: %w", err)
+	}
+	// The child keeps the socket; our copy closes below without unlinking.
+	ln.SetUnlinkOnClose(false)
+	lnFile, err := ln.File()
+	_ = ln.Close()
+	if err != nil {
+		_ = os.Remove(socket)
+		return nil, fmt.Errorf("function socket file: %w", err)
+	}
+	defer lnFile.Close()
+	readyR, readyW, err := os.Pipe()
+	if err != nil {
+		_ = os.Remove(socket)
+		return nil, fmt.Errorf("readiness pipe: %w", err)
+	}
+	defer readyR.Close()
+
+	cmd := exec.Command(cfg.bin)
+	cmd.Env = append(append([]string(nil), cfg.env...),
+		fnserve.EnvListenFD+"=3",
+		fnserve.EnvReadyFD+"=4",
+		fnserve.EnvName+"="+cfg.name,
+	)
+	cmd.ExtraFiles = []*os.File{lnFile, readyW}
+	cmd.Dir = cfg.socketDir
+	// Own process group (a terminal's ^C goes to Caddy, which then stops
+	// us in order) and death with Caddy if Caddy is killed outright.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	stdout, _ := cmd.StdoutPipe()
+	stderr, _ := cmd.StderrPipe()
+	if err := cmd.Start(); err != nil {
+		readyW.Close()
+		_ = os.Remove(socket)
+		return nil, fmt.Errorf("start %s: %w", cfg.bin, err)
+	}
+	readyW.Close()
+	p := &process{cmd: cmd, socket: socket, started: time.Now(), done: make(chan struct{})}
+	var logs sync.WaitGroup
+	logs.Add(2)
+	go forwardLog(&logs, log, stdout)
+	go forwardLog(&logs, log, stderr)
+	go func() {
+		logs.Wait() // Wait must not run before the pipes are drained
+		_ = cmd.Wait()
+		_ = os.Remove(socket)
+		close(p.done)
+	}()
+
+	ready := make(chan error, 1)
+	go func() {
+		var b [1]byte
+		_, err := readyR.Read(b[:])
+		ready <- err
+	}()
+	timer := time.NewTimer(cfg.startTimeout)
+	defer timer.Stop()
+	select {
+	case err := <-ready:
+		if err != nil {
+			// EOF without a byte: the binary closed the pipe or exited.
+			p.kill()
+			<-p.done
+			return nil, fmt.Errorf("%w: exited before it was ready (%s)", errNotReady, exitText(cmd))
+		}
+	case <-timer.C:
+		p.kill()
+		return nil, fmt.Errorf("%w: not ready within %s", errNotReady, cfg.startTimeout)
+	case <-ctx.Done():
+		p.kill()
+		return nil, ctx.Err()
+	}
+
+	p.tr = &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		},
+		MaxIdleConns:          cfg.maxConcurrent,
+		MaxIdleConnsPerHost:   cfg.maxConcurrent,
+		IdleConnTimeout:       90 * time.Second,
+		ResponseHeaderTimeout: 0, // the request timeout bounds it
+		DisableCompression:    true,
+	}
+	p.proxy = &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.Out.URL.Scheme = "http"
+			pr.Out.URL.Host = cfg.name
+			pr.Out.Host = pr.In.Host
+		},
+		Transport:  p.tr,
+		BufferPool: proxyBufferPool{},
+		ErrorLog:   nil,
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if slot, ok := r.Context().Value(errCtxKey{}).(*error); ok {
+				*slot = err
+			}
+		},
+	}
+	return p, nil
+}
+
+var errNotReady = errors.New("function did not become ready")
+
+// stop asks the binary to drain and exit, and kills it after grace.
+func (p *process) stop(grace time.Duration) {
+	p.stopOnce.Do(func() {
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		go func() {
+			t := time.NewTimer(grace)
+			defer t.Stop()
+			select {
+			case <-p.done:
+			case <-t.C:
+				p.kill()
+			}
+			if p.tr != nil {
+				p.tr.CloseIdleConnections()
+			}
+		}()
+	})
+}
+
+func (p *process) kill() {
+	// The whole group: a function may have started helpers of its own.
+	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+}
+
+func (p *process) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+func exitText(cmd *exec.Cmd) string {
+	if cmd.ProcessState == nil {
+		return "still running"
+	}
+	return cmd.ProcessState.String()
+}
+
+// forwardLog copies a function's output into Caddy's log, one entry per
+// line. JSON lines (what fnserve writes) are kept as structured entries.
+func forwardLog(wg *sync.WaitGroup, log *zap.Logger, r io.Reader) {
+	defer wg.Done()
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 4096), 256<<10)
+	for sc.Scan() {
+		line := sc.Bytes()
+		if json.Valid(line) {
+			log.Info("function output", zap.Reflect("entry", json.RawMessage(append([]byte(nil), line...))))
+		} else {
+			log.Info("function output", zap.String("line", string(line)))
+		}
+	}
+}

@@ -1,0 +1,75 @@
+// Package guardian is the "guardian" Caddy app: the edge's shared
+// configuration, loaded once when Caddy starts. Without a valid key pepper
+// and session secret in the environment Caddy refuses to start, naming the
+// variable but never printing its value.
+package guardian
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+
+	"github.com/glassmkr/guardian/shared/config"
+)
+
+func init() {
+	caddy.RegisterModule(App{})
+	httpcaddyfile.RegisterGlobalOption("guardian", parseGlobalOption)
+}
+
+// App holds what every Guardian edge module shares. Other modules reach it
+// with ctx.App("guardian").
+type App struct {
+	// Secrets are read from the environment, never from the config, so
+	// they do not appear in Caddy's JSON config or its admin API.
+	secrets config.Secrets
+}
+
+// CaddyModule returns the Caddy module information.
+func (App) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "guardian",
+		New: func() caddy.Module { return new(App) },
+	}
+}
+
+// Provision loads and validates the secrets.
+func (a *App) Provision(caddy.Context) error {
+	s, err := config.LoadSecrets(os.LookupEnv)
+	if err != nil {
+		return fmt.Errorf("guardian: %w", err)
+	}
+	a.secrets = s
+	return nil
+}
+
+// Secrets returns the edge's signing material.
+func (a *App) Secrets() config.Secrets { return a.secrets }
+
+// Start implements caddy.App.
+func (*App) Start() error { return nil }
+
+// Stop implements caddy.App.
+func (*App) Stop() error { return nil }
+
+// parseGlobalOption enables the app:
+//
+//	{
+//	    guardian
+//	}
+func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
+	d.Next()
+	if d.NextArg() || d.NextBlock(0) {
+		return nil, d.ArgErr()
+	}
+	return httpcaddyfile.App{Name: "guardian", Value: []byte("{}")}, nil
+}
+
+// Interface guards
+var (
+	_ caddy.App         = (*App)(nil)
+	_ caddy.Provisioner = (*App)(nil)
+)

@@ -1,0 +1,59 @@
+package problem
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http/httptest"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/glassmkr/guardian/shared/problem"
+)
+
+func TestFromError(t *testing.T) {
+	cases := []struct {
+		name       string
+		err        error
+		wantStatus int
+		wantCode   string
+		wantDetail string
+	}{
+		{"a problem keeps its code and detail", caddyhttp.Error(401, problem.New(401, "reauth_required", "confirm your password")), 401, "reauth_required", "confirm your password"},
+		{"a wrapped problem is found", caddyhttp.Error(403, fmt.Errorf("auth: %w", problem.New(403, "wrong_server", "key bound to another server"))), 403, "wrong_server", "key bound to another server"},
+		{"internal error text is not sent", caddyhttp.Error(502, errors.New("dial unix /run/guardian/fn.sock: connection refused")), 502, "bad_gateway", ""},
+		{"a bare 404 gets the not_found code", caddyhttp.Error(404, nil), 404, "not_found", ""},
+		{"a plain error is a 500", errors.New("boom"), 500, "internal_error", ""},
+		{"no error at all is a 500", nil, 500, "internal_error", ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p := FromError(tc.err)
+			if p.Status != tc.wantStatus || p.Code != tc.wantCode || p.Detail != tc.wantDetail {
+				t.Errorf("got status=%d code=%q detail=%q", p.Status, p.Code, p.Detail)
+			}
+		})
+	}
+}
+
+func TestServeHTTPWritesProblemWithRequestID(t *testing.T) {
+	herr := caddyhttp.Error(404, nil)
+	req := httptest.NewRequest("GET", "/nope", nil)
+	req = req.WithContext(context.WithValue(req.Context(), caddyhttp.ErrorCtxKey, error(herr)))
+	rec := httptest.NewRecorder()
+	if err := (Handler{}).ServeHTTP(rec, req, nil); err != nil {
+		t.Fatal(err)
+	}
+	if rec.Code != 404 || rec.Header().Get("Content-Type") != problem.ContentType {
+		t.Fatalf("status %d, content type %q", rec.Code, rec.Header().Get("Content-Type"))
+	}
+	var doc map[string]any
+	if err := json.Unmarshal(rec.Body.Bytes(), &doc); err != nil {
+		t.Fatal(err)
+	}
+	if doc["request_id"] != herr.ID || doc["code"] != "not_found" {
+		t.Errorf("doc = %v", doc)
+	}
+}

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# deploy/stack/up.sh: `make up`. Installs what is missing, starts private
+# PostgreSQL, Redis and ClickHouse under .run/data, applies migrations,
+# creates the demo account, builds and starts Caddy on GUARDIAN_HTTP_PORT
+# (default 8080). Running it again reuses whatever already runs.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root=$PWD
+run=$root/.run
+data=$run/data
+bin=$root/bin
+port=${GUARDIAN_HTTP_PORT:-8080}
+
+deploy/stack/deps.sh
+mkdir -p "$run" "$data"
+
+# Fixed private ports so that stack.env stays the same from one `make up`
+# to the next; none is a default port.
+PG_PORT=${PG_PORT:-55432} REDIS_PORT=${REDIS_PORT:-56379} \
+	CH_TCP_PORT=${CH_TCP_PORT:-59000} CH_HTTP_PORT=${CH_HTTP_PORT:-58123} \
+	deploy/stack/servers.sh start "$data"
+
+# stack.env: the servers' settings plus the edge's secrets and the demo
+# login, generated once and kept, so sessions and keys survive a restart.
+env_file=$run/stack.env
+secret() { od -An -N32 -tx1 /dev/urandom | tr -d ' \n'; }
+old() { if [[ -f $env_file ]]; then sed -n "s/^$1=//p" "$env_file" | head -n1; fi; }
+pepper=$(old GUARDIAN_KEY_PEPPER); pepper=${pepper:-$(secret)}
+session=$(old GUARDIAN_SESSION_SECRET); session=${session:-$(secret)}
+demo_password=$(old GUARDIAN_DEMO_PASSWORD); demo_password=${demo_password:-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')}
+umask 077
+{
+	cat "$data/servers.env"
+	echo "GUARDIAN_URL=http://localhost:$port"
+	echo "GUARDIAN_HTTP_PORT=$port"
+	echo "GUARDIAN_BIN_DIR=$bin"
+	echo "GUARDIAN_RUN_DIR=$run"
+	echo "GUARDIAN_ADMIN_ADDR=unix/$run/caddy-admin.sock"
+	echo "GUARDIAN_KEY_PEPPER=$pepper"
+	echo "GUARDIAN_SESSION_SECRET=$session"
+	echo "GUARDIAN_DEMO_EMAIL=demo@guardian.localhost"
+	echo "GUARDIAN_DEMO_PASSWORD=$demo_password"
+} >"$env_file.tmp"
+chmod 600 "$env_file.tmp"
+mv "$env_file.tmp" "$env_file"
+set -a
+# shellcheck disable=SC1090
+. "$env_file"
+set +a
+
+make --no-print-directory build
+"$bin/guardianctl" migrate
+"$bin/guardianctl" demo-account
+
+pidfile=$run/caddy.pid
+if [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+	echo "caddy: already running (pid $(cat "$pidfile")); reloading config" >&2
+	"$bin/caddy" reload --config Caddyfile --adapter caddyfile --address "$GUARDIAN_ADMIN_ADDR" >/dev/null
+else
+	rm -f "$pidfile"
+	nohup "$bin/caddy" run --config Caddyfile --adapter caddyfile --pidfile "$pidfile" \
+		>>"$run/caddy.log" 2>&1 </dev/null &
+	for _ in $(seq 1 100); do
+		if curl -fsS -o /dev/null "http://localhost:$port/healthz" 2>/dev/null; then break; fi
+		if ! kill -0 $! 2>/dev/null; then
+			echo "caddy failed to start; last lines of $run/caddy.log:" >&2
+			tail -n 20 "$run/caddy.log" >&2
+			exit 1
+		fi
+		sleep 0.2
+	done
+fi
+curl -fsS -o /dev/null "http://localhost:$port/healthz" || { echo "caddy: /healthz is not healthy; see $run/caddy.log" >&2; exit 1; }
+
+cat <<MSG
+
+Guardian is up: http://localhost:$port
+  demo login: $GUARDIAN_DEMO_EMAIL / $GUARDIAN_DEMO_PASSWORD
+  settings:   $env_file
+  logs:       $run/caddy.log
+Stop with 'make down' (keeps data); 'make clean' removes it.
+MSG

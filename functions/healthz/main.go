@@ -1,0 +1,101 @@
+// Command healthz serves GET /healthz: 200 when PostgreSQL, Redis and
+// ClickHouse all answer, else 503 problem+json naming what is down.
+//
+// Grants: the runtime PostgreSQL role (it only runs SELECT 1), Redis and
+// ClickHouse addresses; no pepper, no session secret.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+
+	"github.com/glassmkr/guardian/shared/config"
+	"github.com/glassmkr/guardian/shared/fnserve"
+	"github.com/glassmkr/guardian/shared/health"
+	"github.com/glassmkr/guardian/shared/problem"
+)
+
+func main() { fnserve.Main(setup) }
+
+func setup(ctx context.Context, log *zap.Logger, env *config.Loader) (http.Handler, func(), error) {
+	pgDSN := env.String(config.PGAppDSN)
+	redisAddr := env.String(config.RedisAddr)
+	redisPassword := env.Optional(config.RedisPassword, "")
+	chCfg := env.LoadClickHouse()
+	timeout := env.Duration("GUARDIAN_HEALTH_TIMEOUT", 2*time.Second)
+	if err := env.Err(); err != nil {
+		return nil, nil, err
+	}
+
+	pgCfg, err := pgxpool.ParseConfig(pgDSN)
+	if err != nil {
+		return nil, nil, errDSN
+	}
+	pgCfg.MaxConns = 2
+	pool, err := pgxpool.NewWithConfig(ctx, pgCfg) // connects lazily
+	if err != nil {
+		return nil, nil, err
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: redisAddr, Password: redisPassword, PoolSize: 2, MaxRetries: -1})
+	ch, err := clickhouse.Open(&clickhouse.Options{
+		Addr:         []string{chCfg.Addr},
+		Auth:         clickhouse.Auth{Database: chCfg.Database, Username: chCfg.User, Password: chCfg.Password},
+		DialTimeout:  timeout,
+		ReadTimeout:  timeout,
+		MaxOpenConns: 2,
+	})
+	if err != nil {
+		pool.Close()
+		_ = rdb.Close()
+		return nil, nil, err
+	}
+	checks := map[string]health.Check{
+		"postgres":   func(ctx context.Context) error { _, err := pool.Exec(ctx, "SELECT 1"); return err },
+		"redis":      func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
+		"clickhouse": func(ctx context.Context) error { return ch.Ping(ctx) },
+	}
+	h := &handler{checks: checks, timeout: timeout, log: log}
+	closeFn := func() { pool.Close(); _ = rdb.Close(); _ = ch.Close() }
+	return h, closeFn, nil
+}
+
+// errDSN hides the DSN's text (it holds a password) from start-up errors.
+var errDSN = errString(config.PGAppDSN + " is not a valid PostgreSQL connection string")
+
+type errString string
+
+func (e errString) Error() string { return string(e) }
+
+type handler struct {
+	checks  map[string]health.Check
+	timeout time.Duration
+	log     *zap.Logger
+}
+
+func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		problem.Write(w, problem.New(http.StatusMethodNotAllowed, "method_not_allowed", "use GET"))
+		return
+	}
+	rep := health.Run(r.Context(), h.checks, h.timeout, func(name string, err error) {
+		h.log.Warn("health check failed", zap.String("dependency", name), zap.Error(err))
+	})
+	if !rep.OK() {
+		p := problem.New(http.StatusServiceUnavailable, "dependency_down", rep.Summary())
+		p.Extra = map[string]any{"checks": rep.Checks, "failing": rep.Failing}
+		w.Header().Set("Retry-After", "5")
+		problem.Write(w, p)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	_ = json.NewEncoder(w).Encode(map[string]any{"status": "ok", "checks": rep.Checks})
+}

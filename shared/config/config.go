@@ -1,0 +1,151 @@
+// Package config loads Guardian's settings from environment variables.
+//
+// Every process (Caddy and each function) reads only the variables it needs
+// through one Loader, which collects every problem at once and names the
+// variable in its message but never the value, so a misconfigured start-up
+// says exactly what to fix without leaking a secret into a log.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Names of the variables Guardian reads.
+const (
+	KeyPepper          = "GUARDIAN_KEY_PEPPER"
+	SessionSecret      = "GUARDIAN_SESSION_SECRET"
+	PGDSN              = "GUARDIAN_PG_DSN"
+	PGAppDSN           = "GUARDIAN_PG_APP_DSN"
+	RedisAddr          = "GUARDIAN_REDIS_ADDR"
+	RedisPassword      = "GUARDIAN_REDIS_PASSWORD"
+	ClickHouseAddr     = "GUARDIAN_CLICKHOUSE_ADDR"
+	ClickHouseUser     = "GUARDIAN_CLICKHOUSE_USER"
+	ClickHousePassword = "GUARDIAN_CLICKHOUSE_PASSWORD"
+	ClickHouseDatabase = "GUARDIAN_CLICKHOUSE_DATABASE"
+	CookieDomain       = "GUARDIAN_COOKIE_DOMAIN"
+)
+
+// MinSecretLen is the shortest accepted pepper or signing secret, in bytes:
+// 32 bytes matches the output size of HMAC-SHA256.
+const MinSecretLen = 32
+
+// Loader reads variables through a lookup function and records every
+// missing or malformed one; call Err once after reading them all.
+type Loader struct {
+	lookup func(string) (string, bool)
+	errs   []error
+}
+
+// New returns a Loader over lookup, usually os.LookupEnv.
+func New(lookup func(string) (string, bool)) *Loader {
+	return &Loader{lookup: lookup}
+}
+
+// String returns the value of a required variable.
+func (l *Loader) String(name string) string {
+	v, ok := l.lookup(name)
+	v = strings.TrimSpace(v)
+	if !ok || v == "" {
+		l.errs = append(l.errs, fmt.Errorf("%s is required but not set", name))
+		return ""
+	}
+	return v
+}
+
+// Optional returns the value of a variable or def when it is unset or empty.
+func (l *Loader) Optional(name, def string) string {
+	v, ok := l.lookup(name)
+	if !ok || strings.TrimSpace(v) == "" {
+		return def
+	}
+	return strings.TrimSpace(v)
+}
+
+// Secret returns a required secret of at least minLen bytes. Its value never
+// appears in an error.
+func (l *Loader) Secret(name string, minLen int) []byte {
+	v, ok := l.lookup(name)
+	if !ok || v == "" {
+		l.errs = append(l.errs, fmt.Errorf("%s is required but not set (at least %d bytes)", name, minLen))
+		return nil
+	}
+	if len(v) < minLen {
+		l.errs = append(l.errs, fmt.Errorf("%s is too short: %d bytes, at least %d required", name, len(v), minLen))
+		return nil
+	}
+	return []byte(v)
+}
+
+// Duration returns an optional duration variable, or def when unset.
+func (l *Loader) Duration(name string, def time.Duration) time.Duration {
+	v, ok := l.lookup(name)
+	if !ok || strings.TrimSpace(v) == "" {
+		return def
+	}
+	d, err := time.ParseDuration(strings.TrimSpace(v))
+	if err != nil || d < 0 {
+		l.errs = append(l.errs, fmt.Errorf("%s must be a non-negative duration such as 5s", name))
+		return def
+	}
+	return d
+}
+
+// Int returns an optional integer variable, or def when unset.
+func (l *Loader) Int(name string, def int) int {
+	v, ok := l.lookup(name)
+	if !ok || strings.TrimSpace(v) == "" {
+		return def
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(v))
+	if err != nil {
+		l.errs = append(l.errs, fmt.Errorf("%s must be an integer", name))
+		return def
+	}
+	return n
+}
+
+// Err returns every problem found so far, joined, or nil.
+func (l *Loader) Err() error {
+	if len(l.errs) == 0 {
+		return nil
+	}
+	return fmt.Errorf("configuration: %w", errors.Join(l.errs...))
+}
+
+// Secrets holds the edge's signing material.
+type Secrets struct {
+	// KeyPepper keys the HMAC under which API keys are stored.
+	KeyPepper []byte
+	// SessionSecret signs session JWTs; changing it ends every session.
+	SessionSecret []byte
+}
+
+// LoadSecrets reads and validates the key pepper and the session secret.
+func LoadSecrets(lookup func(string) (string, bool)) (Secrets, error) {
+	l := New(lookup)
+	s := Secrets{
+		KeyPepper:     l.Secret(KeyPepper, MinSecretLen),
+		SessionSecret: l.Secret(SessionSecret, MinSecretLen),
+	}
+	return s, l.Err()
+}
+
+// ClickHouse holds the settings of a ClickHouse connection.
+type ClickHouse struct {
+	Addr, User, Password, Database string
+}
+
+// LoadClickHouse reads the ClickHouse connection settings; the user
+// defaults to "default" and the database to "guardian".
+func (l *Loader) LoadClickHouse() ClickHouse {
+	return ClickHouse{
+		Addr:     l.String(ClickHouseAddr),
+		User:     l.Optional(ClickHouseUser, "default"),
+		Password: l.Optional(ClickHousePassword, ""),
+		Database: l.Optional(ClickHouseDatabase, "guardian"),
+	}
+}

@@ -1,0 +1,154 @@
+// Package fnserve is the start-up every function binary shares: it takes
+// the listening socket that Caddy's function runtime hands over, tells the
+// runtime when the function is ready, serves until asked to stop and then
+// drains in-flight requests.
+//
+// Protocol with the runtime (caddymodules/function): the runtime creates the
+// unix socket itself (in a directory only Caddy can open) and passes the
+// listener as the file descriptor named by GUARDIAN_FUNCTION_LISTEN_FD, and a
+// pipe as GUARDIAN_FUNCTION_READY_FD; the function writes one byte to the
+// pipe once it can serve. SIGTERM starts a graceful stop. Run by hand, a
+// function instead listens on the path in GUARDIAN_FUNCTION_SOCKET.
+package fnserve
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/glassmkr/guardian/shared/config"
+)
+
+// Variables set by the function runtime.
+const (
+	EnvListenFD = "GUARDIAN_FUNCTION_LISTEN_FD"
+	EnvReadyFD  = "GUARDIAN_FUNCTION_READY_FD"
+	EnvSocket   = "GUARDIAN_FUNCTION_SOCKET"
+	EnvName     = "GUARDIAN_FUNCTION_NAME"
+)
+
+// Setup builds a function's handler from its configuration. It returns the
+// handler and a close function for what it opened (may be nil).
+type Setup func(ctx context.Context, log *zap.Logger, env *config.Loader) (http.Handler, func(), error)
+
+// Main runs a function binary: logs as JSON to stderr (the runtime tags the
+// lines with the function's name), builds the handler and serves. It exits
+// the process with status 1 on a start-up error.
+func Main(setup Setup) {
+	log := newLogger()
+	defer func() { _ = log.Sync() }()
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := run(ctx, log, setup); err != nil {
+		log.Error("function stopped", zap.Error(err))
+		_ = log.Sync()
+		os.Exit(1)
+	}
+}
+
+func newLogger() *zap.Logger {
+	cfg := zap.NewProductionConfig()
+	cfg.OutputPaths = []string{"stderr"}
+	cfg.ErrorOutputPaths = []string{"stderr"}
+	cfg.Sampling = nil
+	log, err := cfg.Build()
+	if err != nil {
+		return zap.NewNop()
+	}
+	return log
+}
+
+func run(ctx context.Context, log *zap.Logger, setup Setup) error {
+	ln, err := Listener()
+	if err != nil {
+		return err
+	}
+	handler, closeFn, err := setup(ctx, log, config.New(os.LookupEnv))
+	if err != nil {
+		_ = ln.Close()
+		return fmt.Errorf("setup: %w", err)
+	}
+	if closeFn != nil {
+		defer closeFn()
+	}
+	return Serve(ctx, ln, handler)
+}
+
+// Listener returns the socket to serve on: the inherited one when started
+// by the runtime, else a new one at GUARDIAN_FUNCTION_SOCKET.
+func Listener() (net.Listener, error) {
+	if s := os.Getenv(EnvListenFD); s != "" {
+		fd, err := strconv.Atoi(s)
+		if err != nil || fd < 3 {
+			return nil, fmt.Errorf("%s: not a file descriptor", EnvListenFD)
+		}
+		f := os.NewFile(uintptr(fd), "listener")
+		ln, err := net.FileListener(f)
+		_ = f.Close() // FileListener dups the descriptor
+		if err != nil {
+			return nil, fmt.Errorf("inherited listener: %w", err)
+		}
+		return ln, nil
+	}
+	if path := os.Getenv(EnvSocket); path != "" {
+		_ = os.Remove(path)
+		return net.Listen("unix", path)
+	}
+	return nil, fmt.Errorf("no socket: start the function through Caddy or set %s", EnvSocket)
+}
+
+// Serve signals readiness, serves h on ln until ctx ends, then stops
+// accepting and waits for in-flight requests to finish.
+func Serve(ctx context.Context, ln net.Listener, h http.Handler) error {
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       5 * time.Minute,
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	if err := signalReady(); err != nil {
+		_ = srv.Close()
+		return err
+	}
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		return fmt.Errorf("drain: %w", err)
+	}
+	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serve: %w", err)
+	}
+	return nil
+}
+
+func signalReady() error {
+	s := os.Getenv(EnvReadyFD)
+	if s == "" {
+		return nil
+	}
+	fd, err := strconv.Atoi(s)
+	if err != nil || fd < 3 {
+		return fmt.Errorf("%s: not a file descriptor", EnvReadyFD)
+	}
+	f := os.NewFile(uintptr(fd), "ready")
+	defer f.Close()
+	if _, err := f.Write([]byte{'R'}); err != nil {
+		return fmt.Errorf("signal ready: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,99 @@
+package migrate
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// DefaultAppRole is the runtime role the migrations grant privileges to.
+const DefaultAppRole = "guardian_app"
+
+// lockKey serialises concurrent migrators on one database (an arbitrary
+// constant: "guardian" in ASCII).
+const lockKey int64 = 0x677561726469616e
+
+// PostgresOptions tunes Postgres.
+type PostgresOptions struct {
+	// AppRole is the runtime role granted access; default DefaultAppRole.
+	AppRole string
+}
+
+// Postgres applies every pending PostgreSQL migration, each in its own
+// transaction, holding an advisory lock so that two migrators (two
+// instances starting at once) apply each file exactly once. It returns the
+// names of the migrations it applied.
+func Postgres(ctx context.Context, pool *pgxpool.Pool, opts PostgresOptions) ([]string, error) {
+	role := opts.AppRole
+	if role == "" {
+		role = DefaultAppRole
+	}
+	migrations, err := load("postgres")
+	if err != nil {
+		return nil, err
+	}
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("migrate postgres: connect: %w", err)
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock($1)", lockKey); err != nil {
+		return nil, fmt.Errorf("migrate postgres: lock: %w", err)
+	}
+	defer func() {
+		// A fresh context: the lock must be released even if ctx ended.
+		_, _ = conn.Exec(context.Background(), "SELECT pg_advisory_unlock($1)", lockKey)
+	}()
+
+	if _, err := conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
+		version integer PRIMARY KEY,
+		name text NOT NULL,
+		checksum text NOT NULL,
+		applied_at timestamptz NOT NULL DEFAULT now())`); err != nil {
+		return nil, fmt.Errorf("migrate postgres: create schema_migrations: %w", err)
+	}
+	applied := map[int]string{}
+	rows, err := conn.Query(ctx, "SELECT version, checksum FROM schema_migrations")
+	if err != nil {
+		return nil, fmt.Errorf("migrate postgres: read schema_migrations: %w", err)
+	}
+	for rows.Next() {
+		var v int
+		var sum string
+		if err := rows.Scan(&v, &sum); err != nil {
+			return nil, fmt.Errorf("migrate postgres: read schema_migrations: %w", err)
+		}
+		applied[v] = sum
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("migrate postgres: read schema_migrations: %w", err)
+	}
+
+	replacer := strings.NewReplacer("{{app_role}}", pgx.Identifier{role}.Sanitize())
+	var done []string
+	for _, m := range migrations {
+		if sum, ok := applied[m.Version]; ok {
+			if sum != m.Checksum {
+				return done, fmt.Errorf("migrate postgres: %s was changed after it was applied; add a new migration instead", m.Name)
+			}
+			continue
+		}
+		err := pgx.BeginFunc(ctx, conn.Conn(), func(tx pgx.Tx) error {
+			// No arguments: pgx sends the file with the simple protocol, so
+			// one file may hold many statements and a function body.
+			if _, err := tx.Exec(ctx, replacer.Replace(m.SQL)); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)", m.Version, m.Name, m.Checksum)
+			return err
+		})
+		if err != nil {
+			return done, fmt.Errorf("migrate postgres: apply %s: %w", m.Name, err)
+		}
+		done = append(done, m.Name)
+	}
+	return done, nil
+}

@@ -1,0 +1,93 @@
+package testenv
+
+import (
+	"context"
+	"net/url"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/glassmkr/guardian/shared/migrate"
+)
+
+// PG is a migrated PostgreSQL database that belongs to one test.
+type PG struct {
+	// Database is the database's name.
+	Database string
+	// OwnerDSN connects as the owner role that ran the migrations.
+	OwnerDSN string
+	// AppDSN connects as the runtime role.
+	AppDSN string
+	// Owner is a pool connected as the owner role.
+	Owner *pgxpool.Pool
+}
+
+// Postgres creates a fresh database for t, applies the migrations as the
+// owner role and drops the database when t ends.
+func Postgres(t testing.TB) *PG {
+	t.Helper()
+	env := Servers(t, "postgres")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	admin, err := pgxpool.New(ctx, env["GUARDIAN_PG_DSN"])
+	if err != nil {
+		t.Fatalf("testenv: connect postgres: %v", err)
+	}
+	defer admin.Close()
+	name := Name("t_")
+	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name); err != nil {
+		t.Fatalf("testenv: create database: %v", err)
+	}
+	pg := &PG{
+		Database: name,
+		OwnerDSN: withDatabase(t, env["GUARDIAN_PG_DSN"], name),
+		AppDSN:   withDatabase(t, env["GUARDIAN_PG_APP_DSN"], name),
+	}
+	t.Cleanup(func() {
+		if pg.Owner != nil {
+			pg.Owner.Close()
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		admin, err := pgxpool.New(ctx, env["GUARDIAN_PG_DSN"])
+		if err != nil {
+			t.Errorf("testenv: drop database: %v", err)
+			return
+		}
+		defer admin.Close()
+		if _, err := admin.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
+			t.Errorf("testenv: drop database: %v", err)
+		}
+	})
+	pg.Owner, err = pgxpool.New(ctx, pg.OwnerDSN)
+	if err != nil {
+		t.Fatalf("testenv: connect to %s: %v", name, err)
+	}
+	if _, err := migrate.Postgres(ctx, pg.Owner, migrate.PostgresOptions{}); err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	return pg
+}
+
+// App returns a pool connected as the runtime role, closed when t ends.
+func (p *PG) App(t testing.TB) *pgxpool.Pool {
+	t.Helper()
+	pool, err := pgxpool.New(context.Background(), p.AppDSN)
+	if err != nil {
+		t.Fatalf("testenv: connect as runtime role: %v", err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
+}
+
+func withDatabase(t testing.TB, dsn, db string) string {
+	t.Helper()
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Fatalf("testenv: bad DSN in servers.env: %v", err)
+	}
+	u.Path = "/" + db
+	return u.String()
+}
