@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -101,6 +102,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.Validate(); err != nil {
 		return err
 	}
+	if longest := socketPath(h.SocketDir, h.Name, 1<<63); len(longest) > maxSocketPath {
+		return fmt.Errorf("guardian_function %s: socket_dir %s is too long for a unix socket path (%d > %d bytes)", h.Name, h.SocketDir, len(longest), maxSocketPath)
+	}
 	if err := privateDir(h.SocketDir); err != nil {
 		return err
 	}
@@ -173,20 +177,36 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 
 	ctx, cancel := context.WithTimeout(r.Context(), time.Duration(h.Timeout))
 	defer cancel()
-	p, err := h.inst.acquire(ctx)
-	if err != nil {
-		var b errBackoff
-		if errors.As(err, &b) {
-			w.Header().Set("Retry-After", strconv.Itoa(int(b.retryAfter.Seconds())+1))
-		}
-		return caddyhttp.Error(http.StatusServiceUnavailable,
-			problem.New(http.StatusServiceUnavailable, "function_unavailable", "the service is starting or recovering; try again shortly"))
-	}
-	defer h.inst.release(p)
-
 	var proxyErr error
 	ctx = context.WithValue(ctx, errCtxKey{}, &proxyErr)
-	p.proxy.ServeHTTP(w, r.WithContext(ctx))
+	req := r.WithContext(ctx)
+	var body *trackedBody
+	if r.Body != nil && r.Body != http.NoBody {
+		body = &trackedBody{rc: r.Body}
+		req.Body = body
+	}
+	for attempt := 0; ; attempt++ {
+		p, err := h.inst.acquire(ctx)
+		if err != nil {
+			var b errBackoff
+			if errors.As(err, &b) {
+				w.Header().Set("Retry-After", strconv.Itoa(int(b.retryAfter.Seconds())+1))
+			}
+			return caddyhttp.Error(http.StatusServiceUnavailable,
+				problem.New(http.StatusServiceUnavailable, "function_unavailable", "the service is starting or recovering; try again shortly"))
+		}
+		proxyErr = nil
+		p.proxy.ServeHTTP(w, req)
+		h.inst.release(p)
+		// A process that died a moment ago refuses the connection before
+		// its exit is noticed. Nothing reached it, so the request is safe
+		// to send once more, to a fresh process.
+		if proxyErr != nil && attempt == 0 && neverSent(proxyErr) && (body == nil || !body.read) {
+			p.waitExit(time.Second)
+			continue
+		}
+		break
+	}
 	if proxyErr == nil {
 		return nil
 	}
@@ -222,6 +242,30 @@ func (h *Handler) acquireSlot(ctx context.Context) error {
 		return caddyhttp.Error(499, ctx.Err())
 	}
 }
+
+// neverSent reports whether err means the connection to the function was
+// refused, so the request did not reach it.
+func neverSent(err error) bool {
+	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT)
+}
+
+// trackedBody records whether any of the request body was read, and keeps
+// the transport from closing it, so an unsent request can be sent again.
+type trackedBody struct {
+	rc   io.ReadCloser
+	read bool
+}
+
+func (b *trackedBody) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	if n > 0 || err != nil {
+		b.read = true
+	}
+	return n, err
+}
+
+// Close is left to the HTTP server, which closes the original body.
+func (b *trackedBody) Close() error { return nil }
 
 // allowedEnv returns NAME=value for each allowed name that is set, plus a
 // minimal PATH; nothing else of Caddy's environment reaches the function.

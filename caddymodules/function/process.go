@@ -51,7 +51,7 @@ func (proxyBufferPool) Put(b []byte) { bufPool.Put(&b) }
 // readiness pipe, and waits until the binary says it is ready, it exits, or
 // timeout passes.
 func startProcess(ctx context.Context, cfg *spec, seq uint64, log *zap.Logger) (*process, error) {
-	socket := filepath.Join(cfg.socketDir, fmt.Sprintf("%s-%d-%d.sock", cfg.name, os.Getpid(), seq))
+	socket := socketPath(cfg.socketDir, cfg.name, seq)
 	_ = os.Remove(socket)
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: socket, Net: "unix"})
 	if err != nil {
@@ -159,6 +159,19 @@ func startProcess(ctx context.Context, cfg *spec, seq uint64, log *zap.Logger) (
 
 var errNotReady = errors.New("function did not become ready")
 
+// maxSocketPath is the longest unix socket path Linux accepts (sun_path
+// holds 108 bytes with the terminating NUL).
+const maxSocketPath = 107
+
+// socketPath names a process's socket: unique per Caddy process and start,
+// with the function's name (cut short) for whoever lists the directory.
+func socketPath(dir, name string, seq uint64) string {
+	if len(name) > 24 {
+		name = name[:24]
+	}
+	return filepath.Join(dir, fmt.Sprintf("%s.%d.%d.sock", name, os.Getpid(), seq))
+}
+
 // stop asks the binary to drain and exit, and kills it after grace.
 func (p *process) stop(grace time.Duration) {
 	p.stopOnce.Do(func() {
@@ -181,6 +194,16 @@ func (p *process) stop(grace time.Duration) {
 func (p *process) kill() {
 	// The whole group: a function may have started helpers of its own.
 	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+}
+
+// waitExit waits up to d for the binary to have exited.
+func (p *process) waitExit(d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-p.done:
+	case <-t.C:
+	}
 }
 
 func (p *process) exited() bool {

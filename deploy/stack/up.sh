@@ -58,7 +58,7 @@ if [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
 	"$bin/caddy" reload --config Caddyfile --adapter caddyfile --address "$GUARDIAN_ADMIN_ADDR" >/dev/null
 else
 	rm -f "$pidfile"
-	nohup "$bin/caddy" run --config Caddyfile --adapter caddyfile --pidfile "$pidfile" \
+	XDG_CONFIG_HOME=$run/caddy XDG_DATA_HOME=$run/caddy nohup "$bin/caddy" run --config Caddyfile --adapter caddyfile --pidfile "$pidfile" \
 		>>"$run/caddy.log" 2>&1 </dev/null &
 	for _ in $(seq 1 100); do
 		if curl -fsS -o /dev/null "http://localhost:$port/healthz" 2>/dev/null; then break; fi

@@ -128,6 +128,9 @@ func ServerVersion(ctx context.Context, conn driver.Conn) (Version, error) {
 
 var ttlClause = regexp.MustCompile(`(?i)\bTTL\b`)
 
+// HasTTL reports whether a CREATE TABLE statement has a TTL clause.
+func HasTTL(createQuery string) bool { return ttlClause.MatchString(createQuery) }
+
 // EnsureTTL sets each table's retention TTL where the server supports TTL
 // and the table lacks one, so a server upgraded from an old version gains
 // TTLs on the next migration run. It returns the tables it altered; on a
@@ -147,7 +150,7 @@ func EnsureTTL(ctx context.Context, conn driver.Conn, db string) ([]string, erro
 		if err != nil {
 			return altered, fmt.Errorf("clickhouse ttl: read %s: %w", table, err)
 		}
-		if ttlClause.MatchString(create) {
+		if HasTTL(create) {
 			continue
 		}
 		if err := conn.Exec(ctx, TTLStatement(db, table)); err != nil {

@@ -30,6 +30,10 @@ type Migration struct {
 	Checksum string
 }
 
+// Files returns the embedded migrations of engine ("postgres" or
+// "clickhouse"), ordered by version.
+func Files(engine string) ([]Migration, error) { return load(engine) }
+
 // load returns the migrations under dir, ordered by version.
 func load(dir string) ([]Migration, error) {
 	entries, err := fs.ReadDir(files, dir)

@@ -29,8 +29,8 @@ func ClickHouse(t testing.TB) *CH {
 		Database: Name("t_"),
 	}
 	conn, err := clickhouse.Open(&clickhouse.Options{
-		Addr: []string{ch.Addr},
-		Auth: clickhouse.Auth{Database: "default", Username: ch.User, Password: ch.Password},
+		Addr:        []string{ch.Addr},
+		Auth:        clickhouse.Auth{Database: "default", Username: ch.User, Password: ch.Password},
 		DialTimeout: 5 * time.Second,
 		ReadTimeout: 30 * time.Second,
 	})

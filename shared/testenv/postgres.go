@@ -27,6 +27,19 @@ type PG struct {
 // owner role and drops the database when t ends.
 func Postgres(t testing.TB) *PG {
 	t.Helper()
+	pg := PostgresEmpty(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := migrate.Postgres(ctx, pg.Owner, migrate.PostgresOptions{}); err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	return pg
+}
+
+// PostgresEmpty creates a fresh database for t without applying any
+// migration, and drops it when t ends.
+func PostgresEmpty(t testing.TB) *PG {
+	t.Helper()
 	env := Servers(t, "postgres")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -64,9 +77,6 @@ func Postgres(t testing.TB) *PG {
 	pg.Owner, err = pgxpool.New(ctx, pg.OwnerDSN)
 	if err != nil {
 		t.Fatalf("testenv: connect to %s: %v", name, err)
-	}
-	if _, err := migrate.Postgres(ctx, pg.Owner, migrate.PostgresOptions{}); err != nil {
-		t.Fatalf("testenv: %v", err)
 	}
 	return pg
 }

@@ -40,6 +40,7 @@ func Main(m *testing.M) int {
 	code := m.Run()
 	mu.Lock()
 	defer mu.Unlock()
+	removeOwnBinDir()
 	if ownDir != "" {
 		if out, err := runScript("destroy", ownDir); err != nil {
 			fmt.Fprintf(os.Stderr, "testenv: stopping servers: %v\n%s", err, out)
@@ -122,7 +123,7 @@ func Private(t testing.TB, services ...string) (map[string]string, string) {
 	}
 	t.Cleanup(func() {
 		if out, err := runScript("destroy", dir); err != nil {
-			t.Errorf("testenv: stop private servers: %v", err)
+			t.Errorf("testenv: stop private servers: %v\n%s", err, out)
 		}
 		_ = os.RemoveAll(dir)
 	})

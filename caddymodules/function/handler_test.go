@@ -1,0 +1,341 @@
+package function
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http/httptest"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/glassmkr/guardian/shared/problem"
+	"github.com/glassmkr/guardian/shared/testenv"
+)
+
+func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
+
+// newHandler provisions h around the test function binary; its process is
+// stopped when the test ends.
+func newHandler(t *testing.T, h *Handler) *Handler {
+	t.Helper()
+	h.Name = strings.NewReplacer("/", "_", " ", "_").Replace(t.Name())
+	h.Bin = testenv.Build(t, "./caddymodules/function/testdata/testfn")
+	dir, err := os.MkdirTemp("", "fn") // short: unix socket paths are limited
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	h.SocketDir = dir + "/s"
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	if err := h.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = h.Cleanup() })
+	return h
+}
+
+// call sends one request through h and returns the recorded response and
+// the error h returned for Caddy's error route.
+func call(h *Handler, path string) (*httptest.ResponseRecorder, error) {
+	rec := httptest.NewRecorder()
+	err := h.ServeHTTP(rec, httptest.NewRequest("GET", path, nil), nil)
+	return rec, err
+}
+
+func pidOf(t *testing.T, h *Handler) int {
+	t.Helper()
+	rec, err := call(h, "/ok")
+	if err != nil || rec.Code != 200 {
+		t.Fatalf("GET /ok: %d %v", rec.Code, err)
+	}
+	pid, err := strconv.Atoi(rec.Body.String())
+	if err != nil {
+		t.Fatalf("body %q", rec.Body.String())
+	}
+	return pid
+}
+
+func alive(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	// A zombie waiting to be reaped has finished.
+	fields := strings.Fields(string(b))
+	return len(fields) > 2 && fields[2] != "Z" && syscall.Kill(pid, 0) == nil
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func problemOf(t *testing.T, err error) (int, string) {
+	t.Helper()
+	var he caddyhttp.HandlerError
+	var p *problem.Problem
+	if !errors.As(err, &he) || !errors.As(err, &p) {
+		t.Fatalf("error %v is not a HandlerError carrying a problem", err)
+	}
+	return he.StatusCode, p.Code
+}
+
+func TestColdStartThenWarmReuse(t *testing.T) {
+	t.Parallel()
+	h := newHandler(t, &Handler{})
+	first := pidOf(t, h)
+	if second := pidOf(t, h); second != first {
+		t.Fatalf("warm request went to pid %d, cold start was %d", second, first)
+	}
+}
+
+func TestConcurrentFirstRequestsStartOneProcess(t *testing.T) {
+	t.Parallel()
+	h := newHandler(t, &Handler{})
+	const n = 16
+	pids := make([]int, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rec, err := call(h, "/sleep?d=50ms")
+			if err == nil {
+				pids[i], _ = strconv.Atoi(rec.Body.String())
+			}
+		}()
+	}
+	wg.Wait()
+	for i, pid := range pids {
+		if pid == 0 || pid != pids[0] {
+			t.Fatalf("request %d answered by pid %d, first by %d: want one process", i, pid, pids[0])
+		}
+	}
+}
+
+func TestIdleFunctionIsStoppedAndStartsAgain(t *testing.T) {
+	t.Parallel()
+	idle := caddy.Duration(150 * time.Millisecond)
+	h := newHandler(t, &Handler{IdleTimeout: &idle})
+	pid := pidOf(t, h)
+	waitFor(t, "idle stop", func() bool { return !alive(pid) })
+	if again := pidOf(t, h); again == pid {
+		t.Fatal("same pid after idle stop")
+	}
+}
+
+func TestInFlightRequestKeepsFunctionAlivePastIdleTimeout(t *testing.T) {
+	t.Parallel()
+	idle := caddy.Duration(100 * time.Millisecond)
+	h := newHandler(t, &Handler{IdleTimeout: &idle})
+	rec, err := call(h, "/sleep?d=400ms")
+	if err != nil || rec.Code != 200 {
+		t.Fatalf("long request cut: %d %v", rec.Code, err)
+	}
+}
+
+func TestCrashMidRequestIs502AndNextRequestRestarts(t *testing.T) {
+	t.Parallel()
+	h := newHandler(t, &Handler{})
+	pid := pidOf(t, h)
+	_, err := call(h, "/crash")
+	if status, code := problemOf(t, err); status != 502 || code != "function_failed" {
+		t.Fatalf("crash gave %d %s", status, code)
+	}
+	waitFor(t, "crashed process to exit", func() bool { return !alive(pid) })
+	if again := pidOf(t, h); again == pid {
+		t.Fatal("not restarted")
+	}
+}
+
+func TestCrashLoopBacksOff(t *testing.T) {
+	if got := []time.Duration{backoff(0), backoff(1), backoff(2), backoff(5), backoff(50)}; got[0] != 0 || got[1] != 100*time.Millisecond ||
+		got[2] != 200*time.Millisecond || got[3] != 1600*time.Millisecond || got[4] != 30*time.Second {
+		t.Fatalf("backoff sequence %v", got)
+	}
+	t.Setenv("TESTFN_FAIL_START", "1")
+	h := newHandler(t, &Handler{Env: []string{"TESTFN_FAIL_START"}, StartTimeout: caddy.Duration(150 * time.Millisecond)})
+	starts := 0
+	for range 8 {
+		_, err := call(h, "/ok")
+		if status, code := problemOf(t, err); status != 503 || code != "function_unavailable" {
+			t.Fatalf("failing start gave %d %s", status, code)
+		}
+	}
+	h.inst.mu.Lock()
+	starts = int(h.inst.seq)
+	h.inst.mu.Unlock()
+	// 8 requests in quick succession: backoff (100, 200, 400 ms... longer
+	// than the start timeout after a few) turns most into fast refusals.
+	if starts >= 8 {
+		t.Fatalf("%d starts for 8 requests: no backoff", starts)
+	}
+}
+
+func TestNeverReadyIs503AfterStartTimeout(t *testing.T) {
+	t.Parallel()
+	h := newHandler(t, &Handler{StartTimeout: caddy.Duration(200 * time.Millisecond)})
+	h.inst.spec.env = append(h.inst.spec.env, "TESTFN_NEVER_READY=1")
+	_, err := call(h, "/ok")
+	if status, code := problemOf(t, err); status != 503 || code != "function_unavailable" {
+		t.Fatalf("never-ready gave %d %s", status, code)
+	}
+}
+
+func TestHungRequestIsCutWith504(t *testing.T) {
+	t.Parallel()
+	h := newHandler(t, &Handler{Timeout: caddy.Duration(200 * time.Millisecond)})
+	_, err := call(h, "/sleep?d=1m")
+	if status, code := problemOf(t, err); status != 504 || code != "function_timeout" {
+		t.Fatalf("hang gave %d %s", status, code)
+	}
+	pidOf(t, h) // the function itself still serves
+}
+
+func TestFunctionSeesOnlyAllowedEnvironment(t *testing.T) {
+	t.Setenv("GUARDIAN_KEY_PEPPER", "pepper-that-must-not-reach-the-function")
+	t.Setenv("GUARDIAN_REDIS_ADDR", "127.0.0.1:1")
+	h := newHandler(t, &Handler{Env: []string{"GUARDIAN_REDIS_ADDR", "UNSET_VARIABLE"}})
+	rec, err := call(h, "/env")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var env []string
+	if err := json.Unmarshal(rec.Body.Bytes(), &env); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for _, kv := range env {
+		k, _, _ := strings.Cut(kv, "=")
+		got[k] = true
+		if strings.Contains(kv, "pepper-that-must-not") {
+			t.Fatalf("pepper reached the function: %s", kv)
+		}
+	}
+	for _, k := range []string{"GUARDIAN_REDIS_ADDR", "PATH", "GUARDIAN_FUNCTION_NAME"} {
+		if !got[k] {
+			t.Errorf("%s missing from %v", k, env)
+		}
+	}
+	if got["HOME"] || got["GUARDIAN_KEY_PEPPER"] || got["UNSET_VARIABLE"] {
+		t.Errorf("unexpected variables: %v", env)
+	}
+}
+
+func TestTooLongSocketDirIsRefused(t *testing.T) {
+	h := &Handler{Name: "x", Bin: testenv.Build(t, "./caddymodules/function/testdata/testfn"), SocketDir: "/tmp/" + strings.Repeat("d", 90)}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	if err := h.Provision(ctx); err == nil || !strings.Contains(err.Error(), "too long") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestSocketDirectoryIsPrivate(t *testing.T) {
+	t.Parallel()
+	h := newHandler(t, &Handler{})
+	pidOf(t, h)
+	st, err := os.Stat(h.SocketDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != 0o700 {
+		t.Fatalf("socket dir mode %v", st.Mode().Perm())
+	}
+}
+
+func TestCleanupStopsTheProcess(t *testing.T) {
+	t.Parallel()
+	h := newHandler(t, &Handler{})
+	pid := pidOf(t, h)
+	if err := h.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "process to stop", func() bool { return !alive(pid) })
+}
+
+func TestValidate(t *testing.T) {
+	bin := testenv.Build(t, "./caddymodules/function/testdata/testfn")
+	plain := t.TempDir() + "/plain"
+	if err := os.WriteFile(plain, []byte("#!/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name string
+		h    Handler
+	}{
+		{"missing name", Handler{Bin: bin}},
+		{"name with a slash", Handler{Name: "a/b", Bin: bin}},
+		{"missing bin", Handler{Name: "x"}},
+		{"bin that does not exist", Handler{Name: "x", Bin: "/nonexistent/fn"}},
+		{"bin that is not executable", Handler{Name: "x", Bin: plain}},
+		{"env entry with =", Handler{Name: "x", Bin: bin, Env: []string{"A=b"}}},
+	}
+	for _, tc := range cases {
+		if err := tc.h.Validate(); err == nil {
+			t.Errorf("%s: accepted", tc.name)
+		}
+	}
+	ok := Handler{Name: "x", Bin: bin, Env: []string{"A"}}
+	if err := ok.Validate(); err != nil {
+		t.Errorf("valid handler refused: %v", err)
+	}
+}
+
+func TestUnmarshalCaddyfile(t *testing.T) {
+	cases := []struct {
+		name, input string
+		wantErr     bool
+		check       func(h Handler) bool
+	}{
+		{"full block", `guardian_function healthz {
+			bin /bin/true
+			env A B
+			env C
+			idle_timeout 0
+			start_timeout 2s
+			timeout 5s
+			max_concurrent 8
+			queue_timeout 1s
+			socket_dir /tmp/x
+		}`, false, func(h Handler) bool {
+			return h.Name == "healthz" && h.Bin == "/bin/true" && len(h.Env) == 3 && h.IdleTimeout != nil && *h.IdleTimeout == 0 &&
+				h.StartTimeout == caddy.Duration(2*time.Second) && h.MaxConcurrent == 8 && h.SocketDir == "/tmp/x"
+		}},
+		{"name is required", "guardian_function", true, nil},
+		{"two names refused", "guardian_function a b", true, nil},
+		{"unknown setting refused", "guardian_function a {\n memory 1G\n}", true, nil},
+		{"bad duration refused", "guardian_function a {\n timeout soon\n}", true, nil},
+		{"zero concurrency refused", "guardian_function a {\n max_concurrent 0\n}", true, nil},
+		{"env without names refused", "guardian_function a {\n env\n}", true, nil},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var h Handler
+			err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.input))
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("err = %v", err)
+			}
+			if tc.check != nil && !tc.check(h) {
+				t.Errorf("parsed %+v", h)
+			}
+		})
+	}
+}
+

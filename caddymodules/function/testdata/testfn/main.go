@@ -1,0 +1,53 @@
+// Command testfn is a function binary for the runtime's tests: it answers
+// with its pid and environment, and can crash, hang or refuse to get ready
+// on request.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/glassmkr/guardian/shared/config"
+	"github.com/glassmkr/guardian/shared/fnserve"
+)
+
+func main() { fnserve.Main(setup) }
+
+func setup(ctx context.Context, log *zap.Logger, env *config.Loader) (http.Handler, func(), error) {
+	if os.Getenv("TESTFN_FAIL_START") != "" {
+		return nil, nil, fmt.Errorf("told to fail")
+	}
+	if os.Getenv("TESTFN_NEVER_READY") != "" {
+		<-ctx.Done()
+		return nil, nil, ctx.Err()
+	}
+	log.Info("testfn ready")
+	mux := http.NewServeMux()
+	mux.HandleFunc("/ok", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%d", os.Getpid())
+	})
+	mux.HandleFunc("/env", func(w http.ResponseWriter, r *http.Request) {
+		_ = json.NewEncoder(w).Encode(os.Environ())
+	})
+	mux.HandleFunc("/headers", func(w http.ResponseWriter, r *http.Request) {
+		_ = json.NewEncoder(w).Encode(r.Header)
+	})
+	mux.HandleFunc("/crash", func(w http.ResponseWriter, r *http.Request) {
+		os.Exit(3)
+	})
+	mux.HandleFunc("/sleep", func(w http.ResponseWriter, r *http.Request) {
+		d, _ := time.ParseDuration(r.URL.Query().Get("d"))
+		select {
+		case <-time.After(d):
+			fmt.Fprintf(w, "%d", os.Getpid())
+		case <-r.Context().Done():
+		}
+	})
+	return mux, nil, nil
+}

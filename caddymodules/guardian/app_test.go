@@ -1,0 +1,65 @@
+package guardian
+
+import (
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/glassmkr/guardian/shared/testenv"
+)
+
+func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
+
+func TestProvisionRequiresBothSecrets(t *testing.T) {
+	t.Setenv("GUARDIAN_KEY_PEPPER", strings.Repeat("k", 32))
+	t.Setenv("GUARDIAN_SESSION_SECRET", "short-secret-value")
+	var a App
+	err := a.Provision(caddy.Context{})
+	if err == nil || !strings.Contains(err.Error(), "GUARDIAN_SESSION_SECRET is too short") {
+		t.Fatalf("err = %v", err)
+	}
+	if strings.Contains(err.Error(), "short-secret-value") {
+		t.Fatal("error leaks the secret")
+	}
+	t.Setenv("GUARDIAN_SESSION_SECRET", strings.Repeat("s", 40))
+	if err := a.Provision(caddy.Context{}); err != nil {
+		t.Fatal(err)
+	}
+	if string(a.Secrets().SessionSecret) != strings.Repeat("s", 40) {
+		t.Fatal("secret not kept")
+	}
+}
+
+func TestCaddyRefusesToStartWithoutAPepper(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name   string
+		pepper string
+		want   string
+	}{
+		{"missing pepper", "", "GUARDIAN_KEY_PEPPER is required"},
+		{"short pepper", "pepper-value-that-is-too-short", "GUARDIAN_KEY_PEPPER is too short"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			env := testenv.StackEnv(t)
+			if tc.pepper == "" {
+				delete(env, "GUARDIAN_KEY_PEPPER")
+			} else {
+				env["GUARDIAN_KEY_PEPPER"] = tc.pepper
+			}
+			_, err := testenv.TryStartStack(t, env)
+			if err == nil {
+				t.Fatal("caddy started")
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("caddy's output does not say %q:\n%v", tc.want, err)
+			}
+			if tc.pepper != "" && strings.Contains(err.Error(), tc.pepper) {
+				t.Fatal("caddy printed the pepper")
+			}
+		})
+	}
+}

@@ -1,0 +1,162 @@
+package main
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/glassmkr/guardian/shared/testenv"
+)
+
+func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
+
+var securityHeaders = map[string]string{
+	"Strict-Transport-Security": "max-age=15552000; includeSubDomains",
+	"X-Content-Type-Options":    "nosniff",
+	"X-Frame-Options":           "DENY",
+	"Referrer-Policy":           "strict-origin-when-cross-origin",
+}
+
+func get(t *testing.T, url string) (*http.Response, map[string]any) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	var doc map[string]any
+	if err := json.Unmarshal(body, &doc); err != nil {
+		t.Fatalf("GET %s: %d, body is not JSON: %q", url, resp.StatusCode, body)
+	}
+	for k, v := range securityHeaders {
+		if got := resp.Header.Get(k); got != v {
+			t.Errorf("GET %s (%d): %s = %q, want %q", url, resp.StatusCode, k, got, v)
+		}
+	}
+	return resp, doc
+}
+
+func TestHealthzThroughTheEdgeIsOKWithSecurityHeaders(t *testing.T) {
+	t.Parallel()
+	stack := testenv.StartStack(t, testenv.StackEnv(t))
+	resp, doc := get(t, stack.URL+"/healthz")
+	if resp.StatusCode != 200 || doc["status"] != "ok" {
+		t.Fatalf("healthz: %d %v", resp.StatusCode, doc)
+	}
+	checks, _ := doc["checks"].(map[string]any)
+	for _, dep := range []string{"postgres", "redis", "clickhouse"} {
+		c, _ := checks[dep].(map[string]any)
+		if c["status"] != "up" {
+			t.Errorf("%s: %v", dep, checks[dep])
+		}
+	}
+}
+
+func TestUnknownPathIsA404ProblemWithSecurityHeaders(t *testing.T) {
+	t.Parallel()
+	stack := testenv.StartStack(t, testenv.StackEnv(t))
+	resp, doc := get(t, stack.URL+"/no/such/route")
+	if resp.StatusCode != 404 || doc["code"] != "not_found" || resp.Header.Get("Content-Type") != "application/problem+json" {
+		t.Fatalf("got %d %q %v", resp.StatusCode, resp.Header.Get("Content-Type"), doc)
+	}
+	if resp.Header.Get("Server") != "" {
+		t.Errorf("Server header %q sent", resp.Header.Get("Server"))
+	}
+}
+
+func TestHealthzNamesRedisWhenItIsDownAndRecovers(t *testing.T) {
+	t.Parallel()
+	redisEnv, dir := testenv.Private(t, "redis")
+	env := testenv.StackEnv(t)
+	env["GUARDIAN_REDIS_ADDR"] = redisEnv["GUARDIAN_REDIS_ADDR"]
+	env["GUARDIAN_REDIS_PASSWORD"] = redisEnv["GUARDIAN_REDIS_PASSWORD"]
+	stack := testenv.StartStack(t, env)
+
+	if resp, doc := get(t, stack.URL+"/healthz"); resp.StatusCode != 200 {
+		t.Fatalf("before: %d %v", resp.StatusCode, doc)
+	}
+	if err := testenv.Stop(dir, "redis"); err != nil {
+		t.Fatal(err)
+	}
+	resp, doc := get(t, stack.URL+"/healthz")
+	if resp.StatusCode != 503 || resp.Header.Get("Content-Type") != "application/problem+json" {
+		t.Fatalf("redis down: %d %q %v", resp.StatusCode, resp.Header.Get("Content-Type"), doc)
+	}
+	if doc["code"] != "dependency_down" || doc["detail"] != "redis is down" {
+		t.Fatalf("redis down: %v", doc)
+	}
+	if failing, _ := doc["failing"].([]any); len(failing) != 1 || failing[0] != "redis" {
+		t.Fatalf("failing = %v", doc["failing"])
+	}
+	if _, err := testenv.Start(dir, "redis"); err != nil {
+		t.Fatal(err)
+	}
+	if resp, doc := get(t, stack.URL+"/healthz"); resp.StatusCode != 200 {
+		t.Fatalf("after restart: %d %v", resp.StatusCode, doc)
+	}
+}
+
+func TestHealthzFunctionCannotSeeTheKeyPepper(t *testing.T) {
+	t.Parallel()
+	env := testenv.StackEnv(t)
+	stack := testenv.StartStack(t, env)
+	if resp, _ := get(t, stack.URL+"/healthz"); resp.StatusCode != 200 {
+		t.Fatalf("healthz: %d", resp.StatusCode)
+	}
+	children := childrenOf(t, stack.Cmd.Process.Pid)
+	if len(children) != 1 {
+		t.Fatalf("caddy has children %v, want the healthz function alone", children)
+	}
+	environ, err := os.ReadFile("/proc/" + strconv.Itoa(children[0]) + "/environ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	vars := strings.Split(string(environ), "\x00")
+	seen := map[string]bool{}
+	for _, kv := range vars {
+		k, _, _ := strings.Cut(kv, "=")
+		seen[k] = true
+		for _, secret := range []string{env["GUARDIAN_KEY_PEPPER"], env["GUARDIAN_SESSION_SECRET"], env["GUARDIAN_PG_OWNER_PASSWORD"]} {
+			if strings.Contains(kv, secret) {
+				t.Errorf("the healthz function holds a secret it does not need, in %s", k)
+			}
+		}
+	}
+	if seen["GUARDIAN_KEY_PEPPER"] || seen["GUARDIAN_SESSION_SECRET"] || seen["GUARDIAN_PG_DSN"] {
+		t.Errorf("healthz environment has %v", seen)
+	}
+	if !seen["GUARDIAN_PG_APP_DSN"] || !seen["GUARDIAN_REDIS_ADDR"] {
+		t.Errorf("healthz environment lacks what it needs: %v", seen)
+	}
+}
+
+// childrenOf lists the live child processes of pid.
+func childrenOf(t *testing.T, pid int) []int {
+	t.Helper()
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []int
+	for _, e := range entries {
+		child, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		// Fields after the command name, which is in parentheses.
+		rest := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+		if len(rest) > 1 && rest[0] != "Z" && rest[1] == strconv.Itoa(pid) {
+			out = append(out, child)
+		}
+	}
+	return out
+}

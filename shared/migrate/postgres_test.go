@@ -1,0 +1,203 @@
+package migrate_test
+
+import (
+	"context"
+	"os"
+	"errors"
+	"sync"
+	"testing"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/glassmkr/guardian/shared/migrate"
+	"github.com/glassmkr/guardian/shared/testenv"
+)
+
+func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
+
+func TestPostgresMigrationsRunOnceUnderConcurrency(t *testing.T) {
+	t.Parallel()
+	pg := testenv.PostgresEmpty(t)
+	ctx := context.Background()
+	all, _ := migrate.Files("postgres")
+
+	var wg sync.WaitGroup
+	counts := make([]int, 4)
+	errs := make([]error, 4)
+	for i := range counts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			applied, err := migrate.Postgres(ctx, pg.Owner, migrate.PostgresOptions{})
+			counts[i], errs[i] = len(applied), err
+		}()
+	}
+	wg.Wait()
+	total := 0
+	for i := range counts {
+		if errs[i] != nil {
+			t.Fatalf("migrator %d: %v", i, errs[i])
+		}
+		total += counts[i]
+	}
+	if total != len(all) {
+		t.Fatalf("%d migrations applied in all, want %d (each exactly once)", total, len(all))
+	}
+	again, err := migrate.Postgres(ctx, pg.Owner, migrate.PostgresOptions{})
+	if err != nil || len(again) != 0 {
+		t.Fatalf("second run applied %v, err %v", again, err)
+	}
+}
+
+func TestPostgresRefusesAChangedMigration(t *testing.T) {
+	t.Parallel()
+	pg := testenv.Postgres(t)
+	ctx := context.Background()
+	if _, err := pg.Owner.Exec(ctx, "UPDATE schema_migrations SET checksum = 'x' WHERE version = 1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := migrate.Postgres(ctx, pg.Owner, migrate.PostgresOptions{}); err == nil {
+		t.Fatal("a changed migration was accepted")
+	}
+}
+
+// insertCustomerWithAudit creates a customer with a user, a server, a key
+// and two audit rows, as the runtime role would.
+func insertCustomerWithAudit(t *testing.T, db *pgxpool.Pool) string {
+	t.Helper()
+	ctx := context.Background()
+	var customer, user, server string
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(db.QueryRow(ctx, "INSERT INTO customers (name) VALUES ('Acme') RETURNING id").Scan(&customer))
+	must(db.QueryRow(ctx, "INSERT INTO users (customer_id, email) VALUES ($1, $2) RETURNING id", customer, testenv.Name("u")+"@example.com").Scan(&user))
+	must(db.QueryRow(ctx, "INSERT INTO servers (customer_id, name, hostname) VALUES ($1, 'db1', 'db1.example') RETURNING id", customer).Scan(&server))
+	_, err := db.Exec(ctx, `INSERT INTO api_keys (customer_id, kind, scope, name, key_hash, last4) VALUES ($1, 'account', 'admin', 'ci', decode(md5(random()::text) || md5(random()::text), 'hex'), 'Ab12')`, customer)
+	must(err)
+	_, err = db.Exec(ctx, `INSERT INTO api_keys (customer_id, kind, server_id, name, key_hash, last4) VALUES ($1, 'collector', $2, 'db1', decode(md5(random()::text) || md5(random()::text), 'hex'), 'Cd34')`, customer, server)
+	must(err)
+	for _, action := range []string{"create", "auth_failed"} {
+		_, err = db.Exec(ctx, `INSERT INTO api_audit_log (customer_id, user_id, source_ip, user_agent, request_id, method, path, resource_type, action, result, status_code, metadata)
+			VALUES ($1, $2, '203.0.113.9', 'curl/8', $3, 'POST', '/api/v1/keys', 'api_key', $4, 'success', 201, '{"scope":"admin"}')`,
+			customer, user, testenv.Name("req-"), action)
+		must(err)
+	}
+	return customer
+}
+
+func sqlState(err error) string {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Code
+	}
+	return ""
+}
+
+func TestRuntimeRoleCanOnlyReadAndAppendTheAuditLog(t *testing.T) {
+	t.Parallel()
+	pg := testenv.Postgres(t)
+	app := pg.App(t)
+	ctx := context.Background()
+	insertCustomerWithAudit(t, app)
+
+	var n int
+	if err := app.QueryRow(ctx, "SELECT count(*) FROM api_audit_log").Scan(&n); err != nil || n != 2 {
+		t.Fatalf("runtime role reads %d rows, err %v", n, err)
+	}
+	for priv, want := range map[string]bool{"SELECT": true, "INSERT": true, "UPDATE": false, "DELETE": false, "TRUNCATE": false} {
+		var has bool
+		if err := app.QueryRow(ctx, "SELECT has_table_privilege(current_user, 'api_audit_log', $1)", priv).Scan(&has); err != nil || has != want {
+			t.Errorf("runtime role has %s on api_audit_log: %v, want %v (err %v)", priv, has, want, err)
+		}
+	}
+	for _, stmt := range []string{
+		"UPDATE api_audit_log SET status_code = 200",
+		"UPDATE api_audit_log SET customer_id = NULL",
+		"DELETE FROM api_audit_log",
+		"TRUNCATE api_audit_log",
+	} {
+		_, err := app.Exec(ctx, stmt)
+		if code := sqlState(err); code != "42501" {
+			t.Errorf("runtime role: %q: got %v (SQLSTATE %q), want permission denied (42501)", stmt, err, code)
+		}
+	}
+}
+
+func TestAuditLogIsAppendOnlyEvenForTheOwner(t *testing.T) {
+	t.Parallel()
+	pg := testenv.Postgres(t)
+	ctx := context.Background()
+	insertCustomerWithAudit(t, pg.Owner)
+	for _, stmt := range []string{
+		"UPDATE api_audit_log SET status_code = 200",
+		"UPDATE api_audit_log SET customer_id = NULL, status_code = 200",
+		"DELETE FROM api_audit_log",
+		"TRUNCATE api_audit_log",
+	} {
+		if _, err := pg.Owner.Exec(ctx, stmt); sqlState(err) != "42501" {
+			t.Errorf("owner: %q: got %v, want refusal by trigger", stmt, err)
+		}
+	}
+	var n int
+	if err := pg.Owner.QueryRow(ctx, "SELECT count(*) FROM api_audit_log").Scan(&n); err != nil || n != 2 {
+		t.Fatalf("rows = %d, err %v", n, err)
+	}
+}
+
+func TestDeletingACustomerKeepsItsAuditRowsAnonymised(t *testing.T) {
+	t.Parallel()
+	pg := testenv.Postgres(t)
+	app := pg.App(t)
+	ctx := context.Background()
+	customer := insertCustomerWithAudit(t, app)
+	other := insertCustomerWithAudit(t, app)
+
+	if _, err := app.Exec(ctx, "DELETE FROM customers WHERE id = $1", customer); err != nil {
+		t.Fatalf("runtime role deletes customer: %v", err)
+	}
+	for _, table := range []string{"users", "servers", "api_keys", "sessions"} {
+		var n int
+		if err := app.QueryRow(ctx, "SELECT count(*) FROM "+table+" WHERE customer_id = $1", customer).Scan(&n); err != nil || n != 0 {
+			t.Errorf("%s: %d rows left for the deleted customer (err %v)", table, n, err)
+		}
+	}
+	var orphaned, kept int
+	if err := app.QueryRow(ctx, "SELECT count(*) FILTER (WHERE customer_id IS NULL), count(*) FILTER (WHERE customer_id = $1) FROM api_audit_log", other).Scan(&orphaned, &kept); err != nil {
+		t.Fatal(err)
+	}
+	if orphaned != 2 || kept != 2 {
+		t.Fatalf("audit rows: %d with customer nulled (want 2), %d of the other customer (want 2)", orphaned, kept)
+	}
+	var meta string
+	if err := app.QueryRow(ctx, "SELECT metadata->>'scope' FROM api_audit_log WHERE customer_id IS NULL LIMIT 1").Scan(&meta); err != nil || meta != "admin" {
+		t.Fatalf("anonymised row lost its content: %q, %v", meta, err)
+	}
+}
+
+func TestConstraintsRefuseInconsistentKeys(t *testing.T) {
+	t.Parallel()
+	pg := testenv.Postgres(t)
+	app := pg.App(t)
+	ctx := context.Background()
+	var customer string
+	if err := app.QueryRow(ctx, "INSERT INTO customers (name) VALUES ('Acme') RETURNING id").Scan(&customer); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct{ name, sql string }{
+		{"account key without scope", `INSERT INTO api_keys (customer_id, kind, name, key_hash, last4) VALUES ($1, 'account', 'k', decode(repeat('01', 32), 'hex'), 'abcd')`},
+		{"collector key without server", `INSERT INTO api_keys (customer_id, kind, name, key_hash, last4) VALUES ($1, 'collector', 'k', decode(repeat('02', 32), 'hex'), 'abcd')`},
+		{"hash of the wrong length", `INSERT INTO api_keys (customer_id, kind, scope, name, key_hash, last4) VALUES ($1, 'account', 'read', 'k', decode('abcd', 'hex'), 'abcd')`},
+		{"unknown scope", `INSERT INTO api_keys (customer_id, kind, scope, name, key_hash, last4) VALUES ($1, 'account', 'root', 'k', decode(repeat('03', 32), 'hex'), 'abcd')`},
+		{"upper-case email", `INSERT INTO users (customer_id, email) VALUES ($1, 'Bob@Example.com')`},
+	}
+	for _, tc := range cases {
+		if _, err := app.Exec(ctx, tc.sql, customer); sqlState(err) != "23514" {
+			t.Errorf("%s: got %v, want a check violation", tc.name, err)
+		}
+	}
+}

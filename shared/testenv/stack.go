@@ -1,0 +1,178 @@
+package testenv
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Stack is Guardian's custom Caddy running the repository's Caddyfile with
+// the real function binaries, on a free port.
+type Stack struct {
+	// URL is the edge's base URL, e.g. http://127.0.0.1:41234.
+	URL string
+	// Cmd is the running Caddy.
+	Cmd *exec.Cmd
+	log *syncBuffer
+}
+
+// BuildStack builds the custom Caddy and every function binary once per
+// test run and returns the folder that holds bin/caddy-style layout:
+// <dir>/caddy and <dir>/functions/<name>.
+func BuildStack(t testing.TB) string {
+	t.Helper()
+	caddy := Build(t, "./cmd/caddy")
+	dir := filepath.Join(filepath.Dir(caddy), "stack")
+	lock, err := os.OpenFile(dir+".lock", os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Flock(int(lock.Fd()), syscall.LOCK_UN)
+	if _, err := os.Stat(filepath.Join(dir, "functions")); err == nil {
+		return dir
+	}
+	root, _ := RepoRoot()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	_ = os.Remove(filepath.Join(dir, "caddy"))
+	if err := os.Link(caddy, filepath.Join(dir, "caddy")); err != nil {
+		t.Fatal(err)
+	}
+	tmp := filepath.Join(dir, "functions.tmp") + "/"
+	cmd := exec.Command("go", "build", "-o", tmp, "./functions/...")
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("testenv: build functions: %v\n%s", err, b)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, "functions")); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// StackEnv returns the environment a stack needs on the run's shared
+// servers: their settings plus fresh secrets.
+func StackEnv(t testing.TB) map[string]string {
+	t.Helper()
+	env := map[string]string{}
+	for _, svc := range []string{"postgres", "redis", "clickhouse"} {
+		for k, v := range Servers(t, svc) {
+			env[k] = v
+		}
+	}
+	env["GUARDIAN_KEY_PEPPER"] = Name("pepper-") + Name("") + Name("")
+	env["GUARDIAN_SESSION_SECRET"] = Name("session-") + Name("") + Name("")
+	return env
+}
+
+// StartStack starts Caddy with the repository's Caddyfile and env (see
+// StackEnv) and waits until it answers; it is stopped when t ends.
+func StartStack(t testing.TB, env map[string]string) *Stack {
+	t.Helper()
+	s, err := TryStartStack(t, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// TryStartStack is StartStack for tests that expect Caddy to refuse to
+// start: it returns the error with Caddy's output.
+func TryStartStack(t testing.TB, env map[string]string) (*Stack, error) {
+	t.Helper()
+	bin := BuildStack(t)
+	root, _ := RepoRoot()
+	run := t.TempDir()
+	port := FreePort(t)
+	cmd := exec.Command(filepath.Join(bin, "caddy"), "run", "--config", filepath.Join(root, "Caddyfile"), "--adapter", "caddyfile")
+	cmd.Dir = run
+	cmd.Env = []string{
+		"PATH=" + os.Getenv("PATH"),
+		"HOME=" + run,
+		"XDG_CONFIG_HOME=" + run,
+		"XDG_DATA_HOME=" + run,
+		"GUARDIAN_BIN_DIR=" + bin,
+		"GUARDIAN_RUN_DIR=" + run,
+		"GUARDIAN_HTTP_PORT=" + strconv.Itoa(port),
+		"GUARDIAN_ADMIN_ADDR=unix/" + filepath.Join(run, "admin.sock"),
+	}
+	for k, v := range env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	log := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	s := &Stack{URL: fmt.Sprintf("http://127.0.0.1:%d", port), Cmd: cmd, log: log}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(20 * time.Second):
+			_ = cmd.Process.Kill()
+			t.Errorf("caddy did not stop within 20 s")
+		}
+		if t.Failed() {
+			t.Logf("caddy log:\n%s", log.String())
+		}
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		select {
+		case err := <-exited:
+			exited <- err
+			return nil, fmt.Errorf("caddy exited (%v):\n%s", err, log.String())
+		default:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		req, _ := http.NewRequestWithContext(ctx, "GET", s.URL+"/.well-known/guardian-ready", nil)
+		resp, err := http.DefaultClient.Do(req)
+		cancel()
+		if err == nil {
+			resp.Body.Close()
+			return s, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("caddy did not answer within 30 s:\n%s", log.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Log returns what Caddy has written so far.
+func (s *Stack) Log() string { return s.log.String() }
+
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
