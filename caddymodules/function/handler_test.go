@@ -338,4 +338,3 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		})
 	}
 }
-

@@ -2,8 +2,8 @@ package migrate_test
 
 import (
 	"context"
-	"os"
 	"errors"
+	"os"
 	"sync"
 	"testing"
 
