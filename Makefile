@@ -25,6 +25,7 @@ down:
 ## clean: stop everything and remove the data and binaries
 clean:
 	deploy/stack/down.sh clean
+	rm -rf $(BIN)
 
 ## test: go vet and go test ./... against private PostgreSQL, Redis and ClickHouse
 test:

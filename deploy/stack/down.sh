@@ -4,7 +4,7 @@
 # also deletes the data.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-run=$PWD/.run
+run=${GUARDIAN_RUN_DIR:-$PWD/.run}
 pidfile=$run/caddy.pid
 
 if [[ -f $pidfile ]]; then
@@ -33,6 +33,6 @@ if [[ -d $run/data ]]; then
 	fi
 fi
 if [[ ${1:-} == clean ]]; then
-	rm -rf "$run" bin
-	echo "removed .run and bin" >&2
+	rm -rf "$run"
+	echo "removed $run" >&2
 fi

@@ -3,10 +3,14 @@
 # PostgreSQL, Redis and ClickHouse under .run/data, applies migrations,
 # creates the demo account, builds and starts Caddy on GUARDIAN_HTTP_PORT
 # (default 8080). Running it again reuses whatever already runs.
+#
+# GUARDIAN_RUN_DIR (default .run) holds the data, settings and logs;
+# GUARDIAN_HTTP_PORT, PG_PORT, REDIS_PORT, CH_TCP_PORT and CH_HTTP_PORT
+# move the ports (the servers' ports only on their first start).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
-run=$root/.run
+run=${GUARDIAN_RUN_DIR:-$root/.run}
 data=$run/data
 bin=$root/bin
 port=${GUARDIAN_HTTP_PORT:-8080}

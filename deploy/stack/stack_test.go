@@ -1,0 +1,156 @@
+// Package stack tests `make up` and `make down` as a user runs them: the
+// scripts in this folder, with the real servers, on free ports.
+package stack
+
+import (
+	"context"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/glassmkr/guardian/shared/testenv"
+)
+
+func script(t *testing.T, runDir string, port int, name string, args ...string) string {
+	t.Helper()
+	root, err := testenv.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(filepath.Join(root, "deploy", "stack", name), args...)
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(),
+		"GUARDIAN_RUN_DIR="+runDir,
+		"GUARDIAN_HTTP_PORT="+strconv.Itoa(port),
+	)
+	// Ports of the test's own servers, clear of a developer's `make up`.
+	for _, k := range []string{"PG_PORT", "REDIS_PORT", "CH_TCP_PORT", "CH_HTTP_PORT"} {
+		cmd.Env = append(cmd.Env, k+"="+strconv.Itoa(testenv.FreePort(t)))
+	}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %v: %v\n%s", name, args, err, out)
+	}
+	return string(out)
+}
+
+// ours lists live processes whose command line or working directory
+// mentions dir.
+func ours(dir string) []string {
+	entries, _ := os.ReadDir("/proc")
+	var found []string
+	for _, e := range entries {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil || strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))[0] == "Z" {
+			continue
+		}
+		cmdline, _ := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		cwd, _ := os.Readlink("/proc/" + e.Name() + "/cwd")
+		if strings.Contains(string(cmdline), dir) || strings.HasPrefix(cwd, dir) {
+			found = append(found, e.Name()+" "+strings.ReplaceAll(string(cmdline), "\x00", " "))
+		}
+	}
+	return found
+}
+
+func healthz(t *testing.T, port int) *http.Response {
+	t.Helper()
+	resp, err := http.Get("http://localhost:" + strconv.Itoa(port) + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp
+}
+
+func TestUpTwiceThenDownThenClean(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and starts the whole stack")
+	}
+	runDir := filepath.Join(t.TempDir(), "run")
+	port := testenv.FreePort(t)
+	t.Cleanup(func() {
+		if _, err := os.Stat(runDir); err == nil {
+			script(t, runDir, port, "down.sh", "clean")
+		}
+	})
+
+	out := script(t, runDir, port, "up.sh")
+	if !strings.Contains(out, "http://localhost:"+strconv.Itoa(port)) || !strings.Contains(out, "demo login:") {
+		t.Fatalf("make up did not print the URL and demo login:\n%s", out)
+	}
+	if resp := healthz(t, port); resp.StatusCode != 200 || resp.Header.Get("X-Frame-Options") != "DENY" {
+		t.Fatalf("healthz after up: %d %v", resp.StatusCode, resp.Header)
+	}
+
+	envFile := filepath.Join(runDir, "stack.env")
+	st, err := os.Stat(envFile)
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("stack.env: %v, mode %v", err, st.Mode().Perm())
+	}
+	env, err := testenv.ReadEnvFile(envFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"GUARDIAN_URL", "GUARDIAN_PG_DSN", "GUARDIAN_PG_APP_DSN", "GUARDIAN_REDIS_ADDR", "GUARDIAN_CLICKHOUSE_ADDR", "GUARDIAN_DEMO_EMAIL", "GUARDIAN_DEMO_PASSWORD", "GUARDIAN_KEY_PEPPER", "GUARDIAN_SESSION_SECRET"} {
+		if env[k] == "" {
+			t.Errorf("stack.env lacks %s", k)
+		}
+	}
+
+	// The demo user signs in with the printed password.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, env["GUARDIAN_PG_DSN"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hash string
+	err = conn.QueryRow(ctx, "SELECT password_hash FROM users WHERE email = $1", env["GUARDIAN_DEMO_EMAIL"]).Scan(&hash)
+	conn.Close(ctx)
+	if err != nil || bcrypt.CompareHashAndPassword([]byte(hash), []byte(env["GUARDIAN_DEMO_PASSWORD"])) != nil {
+		t.Fatalf("demo password does not match the stored hash (%v)", err)
+	}
+	if cost, _ := bcrypt.Cost([]byte(hash)); cost != 12 {
+		t.Errorf("bcrypt cost %d, want 12", cost)
+	}
+
+	before := ours(runDir)
+	out = script(t, runDir, port, "up.sh")
+	if !strings.Contains(out, "already running") {
+		t.Errorf("second make up did not reuse the running stack:\n%s", out)
+	}
+	if after := ours(runDir); len(after) != len(before) {
+		t.Errorf("second make up changed the processes:\nbefore %v\nafter  %v", before, after)
+	}
+	if again, _ := testenv.ReadEnvFile(envFile); again["GUARDIAN_KEY_PEPPER"] != env["GUARDIAN_KEY_PEPPER"] || again["GUARDIAN_DEMO_PASSWORD"] != env["GUARDIAN_DEMO_PASSWORD"] {
+		t.Error("second make up changed the secrets")
+	}
+
+	script(t, runDir, port, "down.sh")
+	if left := ours(runDir); len(left) != 0 {
+		t.Fatalf("make down left processes running:\n%s", strings.Join(left, "\n"))
+	}
+	if _, err := http.Get("http://localhost:" + strconv.Itoa(port) + "/healthz"); err == nil {
+		t.Fatal("caddy still answers after make down")
+	}
+	if _, err := os.Stat(filepath.Join(runDir, "data", "servers.env")); err != nil {
+		t.Fatalf("make down removed the data: %v", err)
+	}
+
+	script(t, runDir, port, "down.sh", "clean")
+	if _, err := os.Stat(runDir); !os.IsNotExist(err) {
+		t.Fatalf("clean left %s: %v", runDir, err)
+	}
+}

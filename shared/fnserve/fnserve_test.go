@@ -1,0 +1,90 @@
+package fnserve
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+)
+
+func TestListenerFromSocketPath(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "fn.sock")
+	t.Setenv(EnvListenFD, "")
+	t.Setenv(EnvSocket, path)
+	ln, err := Listener()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if ln.Addr().String() != path {
+		t.Fatalf("listening on %s", ln.Addr())
+	}
+}
+
+func TestListenerRejectsBadDescriptors(t *testing.T) {
+	for _, v := range []string{"x", "-1", "0", "2"} {
+		t.Setenv(EnvListenFD, v)
+		if _, err := Listener(); err == nil {
+			t.Errorf("%s=%q accepted", EnvListenFD, v)
+		}
+	}
+	t.Setenv(EnvListenFD, "")
+	t.Setenv(EnvSocket, "")
+	if _, err := Listener(); err == nil {
+		t.Error("no socket configured, yet a listener")
+	}
+}
+
+func TestServeSignalsReadyAndDrainsOnStop(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	t.Setenv(EnvReadyFD, strconv.Itoa(int(w.Fd())))
+	ln, err := net.Listen("unix", filepath.Join(t.TempDir(), "fn.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	entered := make(chan struct{})
+	h := http.HandlerFunc(func(rw http.ResponseWriter, req *http.Request) {
+		close(entered)
+		time.Sleep(200 * time.Millisecond)
+		_, _ = io.WriteString(rw, "finished")
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- Serve(ctx, ln, h) }()
+
+	var b [1]byte
+	if _, err := r.Read(b[:]); err != nil || b[0] != 'R' {
+		t.Fatalf("readiness byte: %q, %v", b, err)
+	}
+	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", ln.Addr().String())
+	}}}
+	got := make(chan string, 1)
+	go func() {
+		resp, err := client.Get("http://fn/")
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		got <- string(body)
+	}()
+	<-entered
+	cancel() // SIGTERM arrives while a request is in flight
+	if body := <-got; body != "finished" {
+		t.Fatalf("in-flight request got %q", body)
+	}
+	if err := <-served; err != nil {
+		t.Fatalf("Serve: %v", err)
+	}
+}
