@@ -32,6 +32,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    timeout        <duration>
 //	    max_concurrent <n>
 //	    queue_timeout  <duration>
+//	    min_warm       <0|1>
 //	}
 //
 // bin is required; env may repeat; the rest have defaults (see Handler).
@@ -54,7 +55,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.Env = append(h.Env, args...)
 			continue
-		case "bin", "socket_dir", "start_timeout", "idle_timeout", "timeout", "max_concurrent", "queue_timeout":
+		case "bin", "socket_dir", "start_timeout", "idle_timeout", "timeout", "max_concurrent", "queue_timeout", "min_warm":
 		default:
 			return d.Errf("unknown guardian_function setting %q", field)
 		}
@@ -76,6 +77,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("max_concurrent must be a positive integer, got %q", val)
 			}
 			h.MaxConcurrent = n
+		case "min_warm":
+			n, err := strconv.Atoi(val)
+			if err != nil || n < 0 || n > 1 {
+				return d.Errf("min_warm must be 0 or 1, got %q", val)
+			}
+			h.MinWarm = n
 		default:
 			dur, err := caddy.ParseDuration(val)
 			if err != nil || dur < 0 {

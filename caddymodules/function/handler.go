@@ -61,11 +61,16 @@ type Handler struct {
 	MaxConcurrent int `json:"max_concurrent,omitempty"`
 	// QueueTimeout bounds the wait for a free slot. Default: 5s.
 	QueueTimeout caddy.Duration `json:"queue_timeout,omitempty"`
+	// MinWarm is how many processes to keep running even when idle: 0
+	// (scale to zero, the default) or 1. A function is one process that
+	// serves its requests concurrently, so more than one adds nothing.
+	MinWarm int `json:"min_warm,omitempty"`
 
-	key  string
-	inst *instance
-	sem  chan struct{}
-	log  *zap.Logger
+	key     string
+	inst    *instance
+	metrics *fnMetrics
+	sem     chan struct{}
+	log     *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -121,15 +126,18 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		idleTimeout:   time.Duration(*h.IdleTimeout),
 		stopGrace:     10 * time.Second,
 		maxConcurrent: h.MaxConcurrent,
+		warm:          h.MinWarm > 0,
 	}
-	h.key = fmt.Sprintf("%#v", s)
-	v, _, err := pool.LoadOrNew(h.key, func() (caddy.Destructor, error) {
-		return newInstance(s, h.log), nil
-	})
+	appIface, err := ctx.App("guardian_functions")
 	if err != nil {
+		return fmt.Errorf("guardian_function %s: %w", h.Name, err)
+	}
+	key := fmt.Sprintf("%#v", s)
+	if h.inst, err = appIface.(*App).instance(key, s, h.log); err != nil {
 		return err
 	}
-	h.inst = v.(*instance)
+	h.key = key
+	h.metrics = h.inst.metrics
 	h.sem = make(chan struct{}, h.MaxConcurrent)
 	return nil
 }
@@ -148,6 +156,9 @@ func (h *Handler) Validate() error {
 	}
 	if !st.Mode().IsRegular() || st.Mode().Perm()&0o111 == 0 {
 		return fmt.Errorf("guardian_function %s: bin %s is not an executable file", h.Name, h.Bin)
+	}
+	if h.MinWarm < 0 || h.MinWarm > 1 {
+		return fmt.Errorf("guardian_function %s: min_warm must be 0 or 1 (one process serves all requests), got %d", h.Name, h.MinWarm)
 	}
 	for _, name := range h.Env {
 		if name == "" || strings.ContainsAny(name, "= \t") {
@@ -170,7 +181,11 @@ func (h *Handler) Cleanup() error {
 // ServeHTTP proxies the request to the function, starting it if needed.
 // Failures are returned as problems for the error route to render.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	start := time.Now()
+	outcome := outcomeProxied
+	defer func() { h.metrics.duration[outcome].Observe(time.Since(start).Seconds()) }()
 	if err := h.acquireSlot(r.Context()); err != nil {
+		outcome = outcomeBusy
 		return err
 	}
 	defer func() { <-h.sem }()
@@ -192,6 +207,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 			if errors.As(err, &b) {
 				w.Header().Set("Retry-After", strconv.Itoa(int(b.retryAfter.Seconds())+1))
 			}
+			outcome = outcomeUnavailable
 			return caddyhttp.Error(http.StatusServiceUnavailable,
 				problem.New(http.StatusServiceUnavailable, "function_unavailable", "the service is starting or recovering; try again shortly"))
 		}
@@ -212,14 +228,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	}
 	if errors.Is(proxyErr, context.DeadlineExceeded) && r.Context().Err() == nil {
 		h.log.Warn("function timed out", zap.Duration("timeout", time.Duration(h.Timeout)))
+		outcome = outcomeTimeout
 		return caddyhttp.Error(http.StatusGatewayTimeout,
 			problem.New(http.StatusGatewayTimeout, "function_timeout", "the service took too long to answer"))
 	}
 	if r.Context().Err() != nil {
 		// The client went away; nothing to answer.
+		outcome = outcomeFailed
 		return caddyhttp.Error(499, r.Context().Err())
 	}
 	h.log.Error("function request failed", zap.Error(proxyErr))
+	outcome = outcomeFailed
 	return caddyhttp.Error(http.StatusBadGateway,
 		problem.New(http.StatusBadGateway, "function_failed", "the service failed while answering; the request may be retried"))
 }

@@ -1,7 +1,6 @@
 package function
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"net/http/httptest"
@@ -27,6 +26,12 @@ func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
 // stopped when the test ends.
 func newHandler(t *testing.T, h *Handler) *Handler {
 	t.Helper()
+	return provisionIn(t, testContext(t), h)
+}
+
+// provisionIn is newHandler in a given Caddy context.
+func provisionIn(t *testing.T, ctx caddy.Context, h *Handler) *Handler {
+	t.Helper()
 	h.Name = strings.NewReplacer("/", "_", " ", "_").Replace(t.Name())
 	h.Bin = testenv.Build(t, "./caddymodules/function/testdata/testfn")
 	dir, err := os.MkdirTemp("", "fn") // short: unix socket paths are limited
@@ -35,8 +40,6 @@ func newHandler(t *testing.T, h *Handler) *Handler {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	h.SocketDir = dir + "/s"
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	t.Cleanup(cancel)
 	if err := h.Provision(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -44,11 +47,29 @@ func newHandler(t *testing.T, h *Handler) *Handler {
 	return h
 }
 
+// testContext is a provisioned Caddy context with a config of its own, as
+// handlers get when Caddy loads a config.
+func testContext(t *testing.T) caddy.Context {
+	t.Helper()
+	ctx, err := caddy.ProvisionContext(&caddy.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ctx
+}
+
 // call sends one request through h and returns the recorded response and
 // the error h returned for Caddy's error route.
 func call(h *Handler, path string) (*httptest.ResponseRecorder, error) {
+	return callMethod(h, "GET", path)
+}
+
+// callMethod is call with another method. Crashing requests use POST: Go's
+// transport (like Caddy's reverse_proxy) sends an idempotent request again
+// when a reused connection fails, which would crash a second process.
+func callMethod(h *Handler, method, path string) (*httptest.ResponseRecorder, error) {
 	rec := httptest.NewRecorder()
-	err := h.ServeHTTP(rec, httptest.NewRequest("GET", path, nil), nil)
+	err := h.ServeHTTP(rec, httptest.NewRequest(method, path, nil), nil)
 	return rec, err
 }
 
@@ -154,7 +175,7 @@ func TestCrashMidRequestIs502AndNextRequestRestarts(t *testing.T) {
 	t.Parallel()
 	h := newHandler(t, &Handler{})
 	pid := pidOf(t, h)
-	_, err := call(h, "/crash")
+	_, err := callMethod(h, "POST", "/crash")
 	if status, code := problemOf(t, err); status != 502 || code != "function_failed" {
 		t.Fatalf("crash gave %d %s", status, code)
 	}
@@ -240,9 +261,7 @@ func TestFunctionSeesOnlyAllowedEnvironment(t *testing.T) {
 
 func TestTooLongSocketDirIsRefused(t *testing.T) {
 	h := &Handler{Name: "x", Bin: testenv.Build(t, "./caddymodules/function/testdata/testfn"), SocketDir: "/tmp/" + strings.Repeat("d", 90)}
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	defer cancel()
-	if err := h.Provision(ctx); err == nil || !strings.Contains(err.Error(), "too long") {
+	if err := h.Provision(testContext(t)); err == nil || !strings.Contains(err.Error(), "too long") {
 		t.Fatalf("err = %v", err)
 	}
 }

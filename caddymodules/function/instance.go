@@ -21,14 +21,18 @@ type spec struct {
 	idleTimeout   time.Duration
 	stopGrace     time.Duration
 	maxConcurrent int
+	// warm keeps the function running: started with the config, never
+	// stopped for idleness, restarted after a crash.
+	warm bool
 }
 
 // instance owns the (at most one) running process of a function: it starts
 // it on demand, counts requests in flight, stops it when idle and restarts
 // it with backoff after a crash.
 type instance struct {
-	spec spec
-	log  *zap.Logger
+	spec    spec
+	log     *zap.Logger
+	metrics *fnMetrics
 
 	mu       sync.Mutex
 	proc     *process
@@ -63,7 +67,24 @@ func backoff(crashes int) time.Duration {
 }
 
 func newInstance(s spec, log *zap.Logger) *instance {
-	return &instance{spec: s, log: log}
+	return &instance{spec: s, log: log, metrics: newFnMetrics(s.name)}
+}
+
+// warmUp starts the process if none runs, for functions kept warm.
+func (in *instance) warmUp(ctx context.Context) {
+	p, err := in.acquire(ctx)
+	if err != nil {
+		// acquire logged it; the crash watcher or the next request retries.
+		in.mu.Lock()
+		retry := !in.closed && in.spec.warm
+		delay := time.Until(in.retryAt)
+		in.mu.Unlock()
+		if retry {
+			time.AfterFunc(max(delay, backoffMin), func() { in.warmUp(context.Background()) })
+		}
+		return
+	}
+	in.release(p)
 }
 
 // errBackoff reports that the function crashed recently and is not yet
@@ -87,6 +108,7 @@ func (in *instance) acquire(ctx context.Context) (*process, error) {
 		if p := in.proc; p != nil && !p.exited() {
 			in.inflight++
 			in.mu.Unlock()
+			in.metrics.inFlight.Inc()
 			return p, nil
 		}
 		if wait := in.starting; wait != nil {
@@ -125,6 +147,7 @@ func (in *instance) acquire(ctx context.Context) (*process, error) {
 			in.crashes++
 			in.retryAt = time.Now().Add(backoff(in.crashes))
 			in.mu.Unlock()
+			in.metrics.startFailures.Inc()
 			in.log.Error("function failed to start", zap.Error(err), zap.Int("consecutive_failures", in.crashes))
 			return nil, err
 		}
@@ -136,7 +159,11 @@ func (in *instance) acquire(ctx context.Context) (*process, error) {
 		in.proc = p
 		in.inflight++
 		in.mu.Unlock()
-		in.log.Info("function started", zap.Duration("cold_start", time.Since(p.started)), zap.Int("pid", p.cmd.Process.Pid))
+		in.metrics.inFlight.Inc()
+		cold := time.Since(p.started)
+		in.metrics.starts.Inc()
+		in.metrics.coldStart.Observe(cold.Seconds())
+		in.log.Info("function started", zap.Duration("cold_start", cold), zap.Int("pid", p.cmd.Process.Pid))
 		go in.watch(p)
 		return p, nil
 	}
@@ -144,6 +171,7 @@ func (in *instance) acquire(ctx context.Context) (*process, error) {
 
 // release ends a request on p and arms the idle timer when none is left.
 func (in *instance) release(p *process) {
+	in.metrics.inFlight.Dec()
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	in.inflight--
@@ -162,7 +190,7 @@ func (in *instance) release(p *process) {
 func (in *instance) stopIfIdle() {
 	in.mu.Lock()
 	p := in.proc
-	if p == nil || in.inflight > 0 || time.Since(in.lastUsed) < in.spec.idleTimeout {
+	if p == nil || in.spec.warm || in.inflight > 0 || time.Since(in.lastUsed) < in.spec.idleTimeout {
 		in.mu.Unlock()
 		return
 	}
@@ -191,11 +219,16 @@ func (in *instance) watch(p *process) {
 		in.crashes = 0
 	}
 	n := in.crashes
+	rewarm := crashed && in.spec.warm && !in.closed
 	in.mu.Unlock()
 	if p.tr != nil {
 		p.tr.CloseIdleConnections()
 	}
 	if crashed {
+		in.metrics.crashes.Inc()
+		if rewarm {
+			time.AfterFunc(backoff(n), func() { in.warmUp(context.Background()) })
+		}
 		in.log.Error("function exited unexpectedly", zap.String("status", exitText(p.cmd)), zap.Int("consecutive_failures", n), zap.Duration("next_start_after", backoff(n)))
 	}
 }

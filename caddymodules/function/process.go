@@ -3,6 +3,8 @@ package function
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,9 +19,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
 	"github.com/glassmkr/guardian/shared/fnserve"
+	"github.com/glassmkr/guardian/shared/identity"
 )
 
 // process is one running copy of a function binary with its own socket,
@@ -140,11 +144,7 @@ func startProcess(ctx context.Context, cfg *spec, seq uint64, log *zap.Logger) (
 		DisableCompression:    true,
 	}
 	p.proxy = &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.Out.URL.Scheme = "http"
-			pr.Out.URL.Host = cfg.name
-			pr.Out.Host = pr.In.Host
-		},
+		Rewrite:    rewrite(cfg.name),
 		Transport:  p.tr,
 		BufferPool: proxyBufferPool{},
 		ErrorLog:   nil,
@@ -170,6 +170,42 @@ func socketPath(dir, name string, seq uint64) string {
 		name = name[:24]
 	}
 	return filepath.Join(dir, fmt.Sprintf("%s.%d.%d.sock", name, os.Getpid(), seq))
+}
+
+// rewrite prepares the request a function receives: addressed to the
+// function, with every Guardian-* header the client sent removed and the
+// edge's own identity, client address and request id set in their place.
+// (ReverseProxy's Rewrite mode already drops hop-by-hop, Forwarded and
+// X-Forwarded-* headers from the client.)
+func rewrite(name string) func(*httputil.ProxyRequest) {
+	return func(pr *httputil.ProxyRequest) {
+		pr.Out.URL.Scheme = "http"
+		pr.Out.URL.Host = name
+		pr.Out.Host = pr.In.Host
+		h := pr.Out.Header
+		identity.Strip(h)
+		ctx := pr.In.Context()
+		if id, ok := caddyhttp.GetVar(ctx, identity.VarKey).(*identity.Identity); ok && id != nil {
+			id.SetHeaders(h)
+		}
+		if ip, ok := caddyhttp.GetVar(ctx, caddyhttp.ClientIPVarKey).(string); ok && ip != "" {
+			h[identity.HeaderClientIP] = []string{ip}
+		} else if host, _, err := net.SplitHostPort(pr.In.RemoteAddr); err == nil {
+			h[identity.HeaderClientIP] = []string{host}
+		}
+		reqID, _ := caddyhttp.GetVar(ctx, identity.RequestIDVarKey).(string)
+		if reqID == "" {
+			reqID = newRequestID()
+		}
+		h[identity.HeaderRequestID] = []string{reqID}
+	}
+}
+
+// newRequestID returns 128 random bits in hex.
+func newRequestID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
 // stop asks the binary to drain and exit, and kills it after grace.

@@ -43,7 +43,7 @@ func setup(ctx context.Context, log *zap.Logger, env *config.Loader) (http.Handl
 	if err != nil {
 		return nil, nil, err
 	}
-	rdb := redis.NewClient(&redis.Options{Addr: redisAddr, Password: redisPassword, PoolSize: 2, MaxRetries: -1})
+	rdb := redis.NewClient(&redis.Options{Addr: redisAddr, Password: redisPassword, PoolSize: 2, MaxRetries: -1, DialerRetries: 1})
 	ch, err := clickhouse.Open(&clickhouse.Options{
 		Addr:         []string{chCfg.Addr},
 		Auth:         clickhouse.Auth{Database: chCfg.Database, Username: chCfg.User, Password: chCfg.Password},

@@ -55,6 +55,19 @@ func TestHealthzThroughTheEdgeIsOKWithSecurityHeaders(t *testing.T) {
 			t.Errorf("%s: %v", dep, checks[dep])
 		}
 	}
+	get(t, stack.URL+"/healthz")
+	// One cold start, then warm: the runtime's metrics on Caddy's endpoint.
+	metrics := stack.Metrics(t)
+	for _, want := range []string{
+		`guardian_function_starts_total{function="healthz"} 1`,
+		`guardian_function_in_flight_requests{function="healthz"} 0`,
+		`guardian_function_request_duration_seconds_count{function="healthz",outcome="proxied"} 2`,
+		`guardian_function_cold_start_seconds_count{function="healthz"} 1`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
 }
 
 func TestUnknownPathIsA404ProblemWithSecurityHeaders(t *testing.T) {
@@ -92,6 +105,16 @@ func TestHealthzNamesRedisWhenItIsDownAndRecovers(t *testing.T) {
 	}
 	if failing, _ := doc["failing"].([]any); len(failing) != 1 || failing[0] != "redis" {
 		t.Fatalf("failing = %v", doc["failing"])
+	}
+	// The function's own log line reaches Caddy's log, tagged with its name.
+	var tagged bool
+	for _, line := range strings.Split(stack.Log(), "\n") {
+		if strings.Contains(line, `"function":"healthz"`) && strings.Contains(line, "health check failed") && strings.Contains(line, `"dependency":"redis"`) {
+			tagged = true
+		}
+	}
+	if !tagged {
+		t.Errorf("healthz's warning is not in Caddy's log under its name:\n%s", stack.Log())
 	}
 	if _, err := testenv.Start(dir, "redis"); err != nil {
 		t.Fatal(err)

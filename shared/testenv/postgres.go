@@ -70,8 +70,18 @@ func PostgresEmpty(t testing.TB) *PG {
 			return
 		}
 		defer admin.Close()
-		if _, err := admin.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
-			t.Errorf("testenv: drop database: %v", err)
+		// Without FORCE: the owner may not terminate the runtime role's
+		// sessions, which end on their own moments after their pool closes.
+		for {
+			_, err := admin.Exec(ctx, "DROP DATABASE IF EXISTS "+name)
+			if err == nil {
+				return
+			}
+			if ctx.Err() != nil {
+				t.Errorf("testenv: drop database: %v", err)
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
 	})
 	pg.Owner, err = pgxpool.New(ctx, pg.OwnerDSN)

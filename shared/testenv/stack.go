@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -22,7 +24,10 @@ type Stack struct {
 	URL string
 	// Cmd is the running Caddy.
 	Cmd *exec.Cmd
-	log *syncBuffer
+	// Admin is an HTTP client for Caddy's admin API (on a unix socket);
+	// address it as http://admin/....
+	Admin *http.Client
+	log   *syncBuffer
 }
 
 // BuildStack builds the custom Caddy and every function binary once per
@@ -121,7 +126,11 @@ func TryStartStack(t testing.TB, env map[string]string) (*Stack, error) {
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
-	s := &Stack{URL: fmt.Sprintf("http://127.0.0.1:%d", port), Cmd: cmd, log: log}
+	adminSock := filepath.Join(run, "admin.sock")
+	s := &Stack{URL: fmt.Sprintf("http://127.0.0.1:%d", port), Cmd: cmd, log: log,
+		Admin: &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", adminSock)
+		}}}}
 	t.Cleanup(func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		select {
@@ -155,6 +164,18 @@ func TryStartStack(t testing.TB, env map[string]string) (*Stack, error) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// Metrics returns the text of Caddy's metrics endpoint.
+func (s *Stack) Metrics(t testing.TB) string {
+	t.Helper()
+	resp, err := s.Admin.Get("http://admin/metrics")
+	if err != nil {
+		t.Fatalf("metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
 }
 
 // Log returns what Caddy has written so far.

@@ -1,0 +1,107 @@
+// Package identity carries who is calling from the edge to a function.
+//
+// Caddy's auth module decides the identity; the function runtime removes
+// every Guardian-* header a client sent and then writes the identity as
+// Guardian-* request headers. A function reads it with FromRequest and
+// nothing else: it never sees or re-parses a credential. Functions listen
+// only on sockets that only Caddy can open, so these headers cannot be
+// forged from outside.
+package identity
+
+import (
+	"net/http"
+	"strings"
+)
+
+// Header names. All share HeaderPrefix, which the runtime strips from
+// client requests.
+const (
+	HeaderPrefix    = "Guardian-"
+	HeaderKind      = "Guardian-Auth-Kind"
+	HeaderCustomer  = "Guardian-Customer-Id"
+	HeaderUser      = "Guardian-User-Id"
+	HeaderSession   = "Guardian-Session-Id"
+	HeaderKey       = "Guardian-Key-Id"
+	HeaderServer    = "Guardian-Server-Id"
+	HeaderScope     = "Guardian-Scope"
+	HeaderClientIP  = "Guardian-Client-Ip"
+	HeaderRequestID = "Guardian-Request-Id"
+)
+
+// Kinds of credential.
+const (
+	KindSession   = "session"
+	KindAccount   = "account_key"
+	KindCollector = "collector_key"
+)
+
+// VarKey is the Caddy request variable under which the auth module stores
+// the request's *Identity.
+const VarKey = "guardian.identity"
+
+// RequestIDVarKey is the Caddy request variable holding the request id.
+const RequestIDVarKey = "guardian.request_id"
+
+// Identity is the authenticated caller of one request.
+type Identity struct {
+	Kind       string
+	CustomerID string
+	UserID     string // sessions only
+	SessionID  string // sessions only
+	KeyID      string // keys only
+	ServerID   string // collector keys only
+	Scope      string // read, write or admin; collector keys have none
+}
+
+// SetHeaders writes id into h, leaving out empty fields.
+func (id *Identity) SetHeaders(h http.Header) {
+	set := func(k, v string) {
+		if v != "" {
+			h[k] = []string{v}
+		}
+	}
+	set(HeaderKind, id.Kind)
+	set(HeaderCustomer, id.CustomerID)
+	set(HeaderUser, id.UserID)
+	set(HeaderSession, id.SessionID)
+	set(HeaderKey, id.KeyID)
+	set(HeaderServer, id.ServerID)
+	set(HeaderScope, id.Scope)
+}
+
+// FromRequest returns the identity the edge attached to r, and false for
+// an anonymous request.
+func FromRequest(r *http.Request) (Identity, bool) {
+	h := r.Header
+	id := Identity{
+		Kind:       h.Get(HeaderKind),
+		CustomerID: h.Get(HeaderCustomer),
+		UserID:     h.Get(HeaderUser),
+		SessionID:  h.Get(HeaderSession),
+		KeyID:      h.Get(HeaderKey),
+		ServerID:   h.Get(HeaderServer),
+		Scope:      h.Get(HeaderScope),
+	}
+	return id, id.Kind != "" && id.CustomerID != ""
+}
+
+// ClientIP returns the client address the edge saw.
+func ClientIP(r *http.Request) string { return r.Header.Get(HeaderClientIP) }
+
+// RequestID returns the edge's id of the request.
+func RequestID(r *http.Request) string { return r.Header.Get(HeaderRequestID) }
+
+// Strip removes every header whose name starts with HeaderPrefix, in any
+// letter case.
+func Strip(h http.Header) {
+	for k := range h {
+		if IsIdentityHeader(k) {
+			delete(h, k)
+		}
+	}
+}
+
+// IsIdentityHeader reports whether name belongs to the identity headers.
+func IsIdentityHeader(name string) bool {
+	return len(name) >= len(HeaderPrefix) && strings.EqualFold(name[:len(HeaderPrefix)], HeaderPrefix)
+}
