@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -28,6 +29,9 @@ type Stack struct {
 	// address it as http://admin/....
 	Admin *http.Client
 	log   *syncBuffer
+	bin   string
+	root  string
+	env   []string
 }
 
 // BuildStack builds the custom Caddy and every function binary once per
@@ -121,13 +125,14 @@ func TryStartStack(t testing.TB, env map[string]string) (*Stack, error) {
 	}
 	log := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = log, log
+	baseEnv := cmd.Env
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 	adminSock := filepath.Join(run, "admin.sock")
-	s := &Stack{URL: fmt.Sprintf("http://127.0.0.1:%d", port), Cmd: cmd, log: log,
+	s := &Stack{URL: fmt.Sprintf("http://127.0.0.1:%d", port), Cmd: cmd, log: log, bin: bin, root: root, env: baseEnv,
 		Admin: &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return (&net.Dialer{}).DialContext(ctx, "unix", adminSock)
 		}}}}
@@ -163,6 +168,28 @@ func TryStartStack(t testing.TB, env map[string]string) (*Stack, error) {
 			return nil, fmt.Errorf("caddy did not answer within 30 s:\n%s", log.String())
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Reload makes the running Caddy load the Caddyfile again, adapted with the
+// stack's environment plus overrides (Caddyfile placeholders are expanded
+// when the file is adapted, by the reloading command).
+func (s *Stack) Reload(t testing.TB, overrides map[string]string) {
+	t.Helper()
+	env := append([]string(nil), s.env...)
+	for k, v := range overrides {
+		env = append(env, k+"="+v)
+	}
+	var admin string
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, "GUARDIAN_ADMIN_ADDR="); ok {
+			admin = v
+		}
+	}
+	cmd := exec.Command(filepath.Join(s.bin, "caddy"), "reload", "--force", "--config", filepath.Join(s.root, "Caddyfile"), "--adapter", "caddyfile", "--address", admin)
+	cmd.Env = env
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("caddy reload: %v\n%s", err, out)
 	}
 }
 
