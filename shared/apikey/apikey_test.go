@@ -1,0 +1,170 @@
+package apikey
+
+import (
+	"encoding/hex"
+	"strings"
+	"testing"
+)
+
+// Known answers, computed independently of this package from the format's
+// definition (bytes -> big-endian integer -> base62; CRC32-IEEE of prefix
+// and body mod 62^4), with HMAC-SHA256 under the pepper "p" x 32.
+var vectors = []struct {
+	kind Kind
+	body [32]byte
+	key  string
+	hmac string
+}{
+	{Account, [32]byte{}, "gmk_acct_live_0000000000000000000000000000000000000000000_f2qS", "adc19ce5a3bc1ddfc76f71461dcf961879ae7260904d84ba3a6b09d89b415b6b"},
+	{Account, allFF(), "gmk_acct_live_YHJSKWDa6oz1al1yMhwzwM8llg7hJNUca2J5RoW8xP1_IGnN", "25ce220ab43fe43c5b28405a009c21d83caed2791f1c132f8ea9ee83ae5f5a27"},
+	{Account, counting(), "gmk_acct_live_003AuLtjc7TJLctqJ2Unu3mfAGcxg9lrkrCWgKbidLF_zfKj", "2df000a00e6431b8035e285cb4e8dfb4310da3b3fd63d7086c2132bd02ac914a"},
+	{Collector, [32]byte{}, "gmk_cru_live_0000000000000000000000000000000000000000000_C2E3", "32bb588039276393ef164b91a5d96f10ab7f82da00106a628e65392c3117d068"},
+	{Collector, allFF(), "gmk_cru_live_YHJSKWDa6oz1al1yMhwzwM8llg7hJNUca2J5RoW8xP1_AHD4", "736311d51a22602be825ec64b1bdb28c1cf8bf260c8e770e8bd867eb77a1d86b"},
+	{Collector, counting(), "gmk_cru_live_003AuLtjc7TJLctqJ2Unu3mfAGcxg9lrkrCWgKbidLF_cmP0", "d835acbac4899aefd8adf88212d99eed6f5ad2293325b481bf8532fb5fe95322"},
+}
+
+func allFF() (b [32]byte) {
+	for i := range b {
+		b[i] = 0xff
+	}
+	return
+}
+
+func counting() (b [32]byte) {
+	for i := range b {
+		b[i] = byte(i)
+	}
+	return
+}
+
+var pepper = []byte(strings.Repeat("p", 32))
+
+func TestKnownAnswers(t *testing.T) {
+	for _, v := range vectors {
+		key, err := FromBytes(v.kind, v.body)
+		if err != nil || key != v.key {
+			t.Errorf("FromBytes(%v, %x) = %q, %v; want %q", v.kind, v.body[:4], key, err, v.key)
+		}
+		p, err := Parse(v.key)
+		if err != nil || p.Kind != v.kind || p.Last4 != v.key[len(v.key)-4:] {
+			t.Errorf("Parse(%q) = %+v, %v", v.key, p, err)
+		}
+		h := Hash(pepper, v.key)
+		if hex.EncodeToString(h[:]) != v.hmac {
+			t.Errorf("Hash(%q) = %x, want %s", v.key, h, v.hmac)
+		}
+		want, _ := hex.DecodeString(v.hmac)
+		if !Verify(pepper, v.key, want) || Verify(pepper, v.key, want[:31]) || Verify([]byte("other"), v.key, want) {
+			t.Errorf("Verify(%q) wrong", v.key)
+		}
+	}
+}
+
+func TestGenerateMintsParsableDistinctKeys(t *testing.T) {
+	seen := map[string]bool{}
+	for i := 0; i < 200; i++ {
+		kind := Account
+		if i%2 == 1 {
+			kind = Collector
+		}
+		key, err := Generate(kind)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := Parse(key)
+		if err != nil || p.Kind != kind {
+			t.Fatalf("Parse(Generate(%v)) = %+v, %v for %q", kind, p, err, key)
+		}
+		if seen[key] {
+			t.Fatal("duplicate key")
+		}
+		seen[key] = true
+	}
+}
+
+func TestParseRefusesBadInput(t *testing.T) {
+	good := vectors[2].key // gmk_acct_live_003Au..._zfKj
+	body := good[len(PrefixAccount) : len(PrefixAccount)+43]
+	cases := []struct {
+		name string
+		key  string
+		want error
+	}{
+		{"empty", "", ErrPrefix},
+		{"wrong prefix", "gmk_acct_test_" + good[len(PrefixAccount):], ErrPrefix},
+		{"prefix alone", PrefixAccount, ErrLength},
+		{"42-character body", PrefixAccount + body[1:] + "_zfKj", ErrLength},
+		{"44-character body", PrefixAccount + "0" + body + "_zfKj", ErrLength},
+		{"non-base62 byte in the body", PrefixAccount + body[:10] + "-" + body[11:] + "_zfKj", ErrChars},
+		{"non-ASCII byte in the body", PrefixAccount + body[:10] + "\xff" + body[11:] + "_zfKj", ErrChars},
+		{"missing separator", PrefixAccount + body + "-zfKj", ErrChars},
+		{"checksum off by one character", good[:len(good)-1] + "k", ErrChecksum},
+		{"non-base62 checksum", good[:len(good)-1] + "!", ErrChars},
+		{"body changed, checksum kept", PrefixAccount + "1" + body[1:] + "_zfKj", ErrChecksum},
+		{"account body under the collector prefix", PrefixCollector + body + "_zfKj", ErrChecksum},
+		{"body above 2^256", PrefixAccount + "Z" + body[1:] + "_0000", ErrRange},
+		{"trailing newline", good + "\n", ErrLength},
+		{"leading space", " " + good, ErrPrefix},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := Parse(tc.key); err != tc.want {
+				t.Fatalf("Parse = %v, want %v", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestParseDoesNotAllocate(t *testing.T) {
+	good, bad := vectors[2].key, vectors[2].key[:len(vectors[2].key)-1]+"k"
+	if n := testing.AllocsPerRun(100, func() { _, _ = Parse(good); _, _ = Parse(bad) }); n != 0 {
+		t.Fatalf("Parse allocates %v times", n)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	for _, v := range vectors {
+		f.Add(v.key)
+	}
+	f.Add("")
+	f.Add("gmk_acct_live_")
+	f.Add("gmk_cru_live_0000000000000000000000000000000000000000000_C2E4")
+	f.Fuzz(func(t *testing.T, key string) {
+		p, err := Parse(key)
+		if err != nil {
+			return
+		}
+		// Whatever parses is exactly a key this package could have minted.
+		prefix := PrefixAccount
+		if p.Kind == Collector {
+			prefix = PrefixCollector
+		}
+		if len(key) != len(prefix)+43+5 || p.Last4 != key[len(key)-4:] {
+			t.Fatalf("accepted %q as %+v", key, p)
+		}
+	})
+}
+
+func BenchmarkParseValid(b *testing.B) {
+	key := vectors[2].key
+	b.ReportAllocs()
+	for b.Loop() {
+		_, _ = Parse(key)
+	}
+}
+
+func BenchmarkParseMalformed(b *testing.B) {
+	key := vectors[2].key[:40]
+	b.ReportAllocs()
+	for b.Loop() {
+		_, _ = Parse(key)
+	}
+}
+
+func BenchmarkHash(b *testing.B) {
+	key := vectors[2].key
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = Hash(pepper, key)
+	}
+}
