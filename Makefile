@@ -4,7 +4,7 @@ GO      ?= go
 BIN     := bin
 export CGO_ENABLED ?= 0
 
-.PHONY: all build up down clean test fmt vet
+.PHONY: all build up down clean test fmt vet bench bench-functions
 
 all: build
 
@@ -36,3 +36,10 @@ fmt:
 
 vet:
 	$(GO) vet ./...
+
+## bench: every benchmark (for now the function runtime's)
+bench: bench-functions
+
+## bench-functions: the function runtime against a bare reverse_proxy, and its cold start; flags via BENCH_ARGS
+bench-functions:
+	$(GO) run ./bench/functions $(BENCH_ARGS)

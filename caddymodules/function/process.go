@@ -55,6 +55,7 @@ func (proxyBufferPool) Put(b []byte) { bufPool.Put(&b) }
 // readiness pipe, and waits until the binary says it is ready, it exits, or
 // timeout passes.
 func startProcess(ctx context.Context, cfg *spec, seq uint64, log *zap.Logger) (*process, error) {
+	begin := time.Now() // cold start counts from here: socket, exec, readiness
 	socket := socketPath(cfg.socketDir, cfg.name, seq)
 	_ = os.Remove(socket)
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: socket, Net: "unix"})
@@ -96,7 +97,7 @@ func startProcess(ctx context.Context, cfg *spec, seq uint64, log *zap.Logger) (
 		return nil, fmt.Errorf("start %s: %w", cfg.bin, err)
 	}
 	readyW.Close()
-	p := &process{cmd: cmd, socket: socket, started: time.Now(), done: make(chan struct{})}
+	p := &process{cmd: cmd, socket: socket, started: begin, done: make(chan struct{})}
 	var logs sync.WaitGroup
 	logs.Add(2)
 	go forwardLog(&logs, log, stdout)
