@@ -5,6 +5,7 @@
 package guardian
 
 import (
+	"errors"
 	"fmt"
 	"os"
 
@@ -25,7 +26,9 @@ func init() {
 type App struct {
 	// Secrets are read from the environment, never from the config, so
 	// they do not appear in Caddy's JSON config or its admin API.
-	secrets config.Secrets
+	secrets      config.Secrets
+	pgAppDSN     string
+	cookieDomain string
 }
 
 // CaddyModule returns the Caddy module information.
@@ -36,10 +39,14 @@ func (App) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision loads and validates the secrets.
+// Provision loads and validates the edge's settings: the key pepper, the
+// session secret and the runtime database role's DSN are required.
 func (a *App) Provision(caddy.Context) error {
 	s, err := config.LoadSecrets(os.LookupEnv)
-	if err != nil {
+	l := config.New(os.LookupEnv)
+	a.pgAppDSN = l.String(config.PGAppDSN)
+	a.cookieDomain = l.Optional(config.CookieDomain, "")
+	if err := errors.Join(err, l.Err()); err != nil {
 		return fmt.Errorf("guardian: %w", err)
 	}
 	a.secrets = s
@@ -48,6 +55,12 @@ func (a *App) Provision(caddy.Context) error {
 
 // Secrets returns the edge's signing material.
 func (a *App) Secrets() config.Secrets { return a.secrets }
+
+// PGAppDSN is the runtime role's connection string.
+func (a *App) PGAppDSN() string { return a.pgAppDSN }
+
+// CookieDomain is the session cookie's Domain ("" on localhost).
+func (a *App) CookieDomain() string { return a.cookieDomain }
 
 // Start implements caddy.App.
 func (*App) Start() error { return nil }

@@ -13,6 +13,7 @@ import (
 func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
 
 func TestProvisionRequiresBothSecrets(t *testing.T) {
+	t.Setenv("GUARDIAN_PG_APP_DSN", "postgres://guardian_app@127.0.0.1:1/guardian")
 	t.Setenv("GUARDIAN_KEY_PEPPER", strings.Repeat("k", 32))
 	t.Setenv("GUARDIAN_SESSION_SECRET", "short-secret-value")
 	var a App

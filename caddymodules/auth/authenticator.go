@@ -1,0 +1,356 @@
+package auth
+
+import (
+	"context"
+	"crypto/hmac"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/zap"
+
+	"github.com/glassmkr/guardian/shared/apikey"
+	"github.com/glassmkr/guardian/shared/identity"
+	"github.com/glassmkr/guardian/shared/session"
+)
+
+// Reasons a credential is refused. Clients see one answer for all of them
+// (401 invalid_credentials); logs and the audit log see the reason.
+var (
+	ErrMalformed   = errors.New("malformed credential")
+	ErrUnknown     = errors.New("unknown key")
+	ErrRevoked     = errors.New("revoked credential")
+	ErrExpired     = errors.New("expired session")
+	ErrBadToken    = errors.New("invalid session token")
+	ErrUnavailable = errors.New("credential store unavailable")
+)
+
+// staleAfter is how old a cache entry may be while the notification
+// listener is down: revocations then reach this instance by re-reading.
+const staleAfter = time.Second
+
+// maxEntries bounds each cache; when full, an arbitrary half is dropped.
+const maxEntries = 100_000
+
+// Authenticator checks keys and sessions against PostgreSQL, caching what
+// it learns. Every instance LISTENs for revocations (see migration 0004)
+// and drops affected entries at once; while that listener is down,
+// entries older than staleAfter are re-read, and if PostgreSQL itself is
+// down a cached entry is still served: no revocation can commit then.
+type Authenticator struct {
+	db     *pgxpool.Pool
+	dsn    string
+	pepper []byte
+	secret []byte
+	log    *zap.Logger
+	now    func() time.Time
+
+	mu       sync.RWMutex
+	keys     map[[32]byte]*keyEntry
+	sessions map[string]*sessionEntry
+
+	listening atomic.Bool
+	touch     *toucher
+	cancel    context.CancelFunc
+	done      chan struct{}
+}
+
+type keyEntry struct {
+	id      identity.Identity
+	revoked bool
+	fetched time.Time
+}
+
+type sessionEntry struct {
+	id      identity.Identity
+	revoked bool
+	expires time.Time
+	fetched time.Time
+}
+
+// Config configures NewAuthenticator.
+type Config struct {
+	DSN           string // runtime role
+	Pepper        []byte
+	SessionSecret []byte
+	// TouchInterval is how often last-used times are written. Default 10s.
+	TouchInterval time.Duration
+	Log           *zap.Logger
+}
+
+// NewAuthenticator connects lazily to PostgreSQL and starts the
+// revocation listener and the last-used writer; Close stops them.
+func NewAuthenticator(cfg Config) (*Authenticator, error) {
+	pcfg, err := pgxpool.ParseConfig(cfg.DSN)
+	if err != nil {
+		return nil, errors.New("auth: the PostgreSQL DSN is not valid")
+	}
+	pcfg.MaxConns = 8
+	pool, err := pgxpool.NewWithConfig(context.Background(), pcfg)
+	if err != nil {
+		return nil, fmt.Errorf("auth: %w", err)
+	}
+	if cfg.TouchInterval <= 0 {
+		cfg.TouchInterval = 10 * time.Second
+	}
+	if cfg.Log == nil {
+		cfg.Log = zap.NewNop()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	a := &Authenticator{
+		db: pool, dsn: cfg.DSN, pepper: cfg.Pepper, secret: cfg.SessionSecret, log: cfg.Log, now: time.Now,
+		keys: map[[32]byte]*keyEntry{}, sessions: map[string]*sessionEntry{},
+		cancel: cancel, done: make(chan struct{}),
+	}
+	a.touch = newToucher(pool, cfg.TouchInterval, cfg.Log)
+	go a.listen(ctx)
+	go a.touch.run(ctx)
+	return a, nil
+}
+
+// Close stops the listener, writes pending last-used times and closes the
+// pool.
+func (a *Authenticator) Close() error {
+	a.cancel()
+	<-a.done
+	a.touch.flush(context.Background())
+	a.db.Close()
+	return nil
+}
+
+// Destruct implements caddy.Destructor.
+func (a *Authenticator) Destruct() error { return a.Close() }
+
+// Listening reports whether revocation notifications are flowing.
+func (a *Authenticator) Listening() bool { return a.listening.Load() }
+
+func (a *Authenticator) fresh(fetched time.Time) bool {
+	return a.listening.Load() || a.now().Sub(fetched) < staleAfter
+}
+
+const keyQuery = `SELECT k.id, k.customer_id, k.kind, coalesce(k.scope, ''), coalesce(k.server_id::text, ''), k.key_hash, k.revoked_at IS NOT NULL
+FROM api_keys k WHERE k.key_hash = $1`
+
+// Key authenticates an API key. Malformed keys are refused without I/O.
+func (a *Authenticator) Key(ctx context.Context, raw string) (*identity.Identity, error) {
+	p, err := apikey.Parse(raw)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrMalformed, err)
+	}
+	h := apikey.Hash(a.pepper, raw)
+	a.mu.RLock()
+	e := a.keys[h]
+	a.mu.RUnlock()
+	if e != nil && a.fresh(e.fetched) {
+		return a.keyResult(e)
+	}
+
+	var (
+		id            identity.Identity
+		kind, scope   string
+		stored        []byte
+		revoked       bool
+		keyID, custID string
+	)
+	err = a.db.QueryRow(ctx, keyQuery, h[:]).Scan(&keyID, &custID, &kind, &scope, &id.ServerID, &stored, &revoked)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return nil, ErrUnknown
+	case err != nil:
+		if e != nil {
+			// Stale, but the store is down: nothing can have been revoked.
+			a.log.Warn("serving a cached key: credential store unreachable", zap.Error(err))
+			return a.keyResult(e)
+		}
+		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	// The index matched on the hash; compare once more in constant time.
+	if !hmac.Equal(stored, h[:]) || kind != p.Kind.String() {
+		return nil, ErrUnknown
+	}
+	id.KeyID, id.CustomerID, id.Scope = keyID, custID, scope
+	if kind == "collector" {
+		id.Kind = identity.KindCollector
+	} else {
+		id.Kind = identity.KindAccount
+	}
+	e = &keyEntry{id: id, revoked: revoked, fetched: a.now()}
+	a.mu.Lock()
+	if len(a.keys) >= maxEntries {
+		shrinkKeys(a.keys)
+	}
+	a.keys[h] = e
+	a.mu.Unlock()
+	return a.keyResult(e)
+}
+
+func (a *Authenticator) keyResult(e *keyEntry) (*identity.Identity, error) {
+	if e.revoked {
+		return nil, ErrRevoked
+	}
+	id := e.id
+	a.touch.key(id.KeyID, a.now())
+	return &id, nil
+}
+
+const sessionQuery = `SELECT s.user_id, s.customer_id, s.expires_at, s.revoked_at IS NOT NULL, u.role
+FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = $1`
+
+// Session authenticates a session token.
+func (a *Authenticator) Session(ctx context.Context, token string) (*identity.Identity, error) {
+	now := a.now()
+	c, err := session.Verify(a.secret, token, now)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadToken, err)
+	}
+	sid := c.SessionID()
+	a.mu.RLock()
+	e := a.sessions[sid]
+	a.mu.RUnlock()
+	if e == nil || !a.fresh(e.fetched) {
+		var userID, custID, role string
+		var expires time.Time
+		var revoked bool
+		err := a.db.QueryRow(ctx, sessionQuery, sid).Scan(&userID, &custID, &expires, &revoked, &role)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+			return nil, ErrRevoked
+		case err != nil && e == nil:
+			return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		case err != nil:
+			a.log.Warn("serving a cached session: credential store unreachable", zap.Error(err))
+		default:
+			scope := "write"
+			if role == "admin" {
+				scope = "admin"
+			}
+			e = &sessionEntry{
+				id:      identity.Identity{Kind: identity.KindSession, CustomerID: custID, UserID: userID, SessionID: sid, Scope: scope},
+				revoked: revoked, expires: expires, fetched: now,
+			}
+			a.mu.Lock()
+			if len(a.sessions) >= maxEntries {
+				shrinkSessions(a.sessions)
+			}
+			a.sessions[sid] = e
+			a.mu.Unlock()
+		}
+	}
+	// The token and its row must agree: a token for another user's
+	// session, or a session moved between customers, is refused.
+	if e.id.UserID != c.UserID() || e.id.CustomerID != c.CustomerID {
+		return nil, ErrRevoked
+	}
+	if e.revoked {
+		return nil, ErrRevoked
+	}
+	if !now.Before(e.expires) {
+		return nil, ErrExpired
+	}
+	id := e.id
+	a.touch.session(sid, now)
+	return &id, nil
+}
+
+// drop applies one notification payload to the caches.
+func (a *Authenticator) drop(payload string) {
+	if len(payload) < 3 || payload[1] != ':' {
+		return
+	}
+	val := payload[2:]
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	switch payload[0] {
+	case 'k':
+		var h [32]byte
+		if n, err := hex.Decode(h[:], []byte(val)); err == nil && n == 32 {
+			delete(a.keys, h)
+		}
+	case 's':
+		delete(a.sessions, val)
+	case 'u':
+		for sid, e := range a.sessions {
+			if e.id.UserID == val {
+				delete(a.sessions, sid)
+			}
+		}
+	}
+}
+
+// clear empties both caches: after a gap in notifications nothing cached
+// can be trusted.
+func (a *Authenticator) clear() {
+	a.mu.Lock()
+	clear(a.keys)
+	clear(a.sessions)
+	a.mu.Unlock()
+}
+
+// listen keeps a LISTEN connection open, reconnecting with backoff.
+func (a *Authenticator) listen(ctx context.Context) {
+	defer close(a.done)
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		err := a.listenOnce(ctx)
+		a.listening.Store(false)
+		if ctx.Err() != nil {
+			return
+		}
+		a.log.Warn("auth revocation listener down; caching at most 1 s until it is back", zap.Error(err), zap.Duration("retry_in", backoff))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+func (a *Authenticator) listenOnce(ctx context.Context) error {
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	conn, err := pgx.Connect(cctx, a.dsn)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, "LISTEN guardian_auth"); err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	// Anything revoked while we were not listening is unknown: start over.
+	a.clear()
+	a.listening.Store(true)
+	a.log.Info("auth revocation listener up")
+	for {
+		n, err := conn.WaitForNotification(ctx)
+		if err != nil {
+			return err
+		}
+		a.drop(n.Payload)
+	}
+}
+
+func shrinkKeys(m map[[32]byte]*keyEntry) {
+	i := 0
+	for k := range m {
+		if i%2 == 0 {
+			delete(m, k)
+		}
+		i++
+	}
+}
+
+func shrinkSessions(m map[string]*sessionEntry) {
+	i := 0
+	for k := range m {
+		if i%2 == 0 {
+			delete(m, k)
+		}
+		i++
+	}
+}

@@ -1,0 +1,77 @@
+package auth
+
+import (
+	"strings"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("guardian_auth", parseCaddyfile)
+	httpcaddyfile.RegisterDirectiveOrder("guardian_auth", httpcaddyfile.After, "basic_auth")
+}
+
+func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	m := new(Handler)
+	err := m.UnmarshalCaddyfile(h.Dispenser)
+	return m, err
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens:
+//
+//	guardian_auth {
+//	    allow          session|key|collector ...
+//	    scope          [<METHOD>] read|write|admin
+//	    optional
+//	    trusted_origin <scheme://host[:port]> ...
+//	}
+//
+// Without a block, sessions and account keys with the read scope pass.
+// "scope" without a method sets the default; with one, that method's.
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		switch d.Val() {
+		case "allow":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			h.Allow = append(h.Allow, args...)
+		case "scope":
+			args := d.RemainingArgs()
+			switch len(args) {
+			case 1:
+				h.Scope = args[0]
+			case 2:
+				if h.MethodScopes == nil {
+					h.MethodScopes = map[string]string{}
+				}
+				h.MethodScopes[strings.ToUpper(args[0])] = args[1]
+			default:
+				return d.ArgErr()
+			}
+		case "optional":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			h.Optional = true
+		case "trusted_origin":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			h.TrustedOrigins = append(h.TrustedOrigins, args...)
+		default:
+			return d.Errf("unknown guardian_auth setting %q", d.Val())
+		}
+	}
+	return h.Validate()
+}
+
+var _ caddyfile.Unmarshaler = (*Handler)(nil)

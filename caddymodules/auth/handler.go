@@ -1,0 +1,364 @@
+// Package auth is the guardian_auth Caddy module: it authenticates every
+// request to a protected route before any function runs. It reads an API
+// key from "Authorization: Bearer" or a session from the guardian_token
+// cookie, refuses malformed keys without I/O, checks the credential kind
+// and scope the route requires, refuses cross-site state changes made with
+// the cookie, and hands the identity to the function runtime in the
+// request variable identity.VarKey.
+//
+// Request variables set:
+//   - identity.VarKey ("guardian.identity"): *identity.Identity on success
+//   - VarFailure ("guardian.auth_failure"): the reason a credential was
+//     refused, for the audit log (never the credential)
+package auth
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/glassmkr/guardian/caddymodules/guardian"
+	"github.com/glassmkr/guardian/shared/identity"
+	"github.com/glassmkr/guardian/shared/problem"
+	"github.com/glassmkr/guardian/shared/session"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// VarFailure is the request variable that says why authentication failed.
+const VarFailure = "guardian.auth_failure"
+
+// authenticators are shared by every route and kept across config reloads
+// (with their caches), keyed by their configuration.
+var authenticators = caddy.NewUsagePool()
+
+// Credential kinds a route may accept.
+const (
+	AllowSession   = "session"
+	AllowKey       = "key"
+	AllowCollector = "collector"
+)
+
+var scopeRank = map[string]int{"read": 1, "write": 2, "admin": 3}
+
+// Handler authenticates requests to one route.
+type Handler struct {
+	// Allow lists the credentials the route accepts: "session", "key"
+	// (account keys) and "collector" (collector keys). Default: session
+	// and key.
+	Allow []string `json:"allow,omitempty"`
+	// Scope is the least scope every method needs: read, write or admin.
+	// Default: read. Collector keys carry no scope and are admitted only
+	// by routes that allow "collector".
+	Scope string `json:"scope,omitempty"`
+	// MethodScopes overrides Scope for some methods, e.g. {"DELETE": "admin"}.
+	MethodScopes map[string]string `json:"method_scopes,omitempty"`
+	// Optional lets requests without any credential through anonymously.
+	// A credential that is presented must still be valid.
+	Optional bool `json:"optional,omitempty"`
+	// TrustedOrigins are origins (scheme://host[:port]) besides the
+	// request's own from which cookie-authenticated state changes are
+	// accepted.
+	TrustedOrigins []string `json:"trusted_origins,omitempty"`
+
+	allow        map[string]bool
+	authKey      string
+	auth         *Authenticator
+	cookieDomain string
+	log          *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.guardian_auth",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision joins the shared authenticator for the edge's settings.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.log = ctx.Logger()
+	if err := h.Validate(); err != nil {
+		return err
+	}
+	appIface, err := ctx.App("guardian")
+	if err != nil {
+		return fmt.Errorf("guardian_auth: %w", err)
+	}
+	app := appIface.(*guardian.App)
+	sec := app.Secrets()
+	sum := sha256.New()
+	for _, part := range [][]byte{[]byte(app.PGAppDSN()), sec.KeyPepper, sec.SessionSecret} {
+		sum.Write(part)
+		sum.Write([]byte{0})
+	}
+	key := hex.EncodeToString(sum.Sum(nil))
+	v, _, err := authenticators.LoadOrNew(key, func() (caddy.Destructor, error) {
+		return NewAuthenticator(Config{DSN: app.PGAppDSN(), Pepper: sec.KeyPepper, SessionSecret: sec.SessionSecret, Log: ctx.Logger().Named("authenticator")})
+	})
+	if err != nil {
+		return fmt.Errorf("guardian_auth: %w", err)
+	}
+	h.authKey = key
+	h.init(v.(*Authenticator), app.CookieDomain())
+	return nil
+}
+
+// init finishes setting up h around an authenticator.
+func (h *Handler) init(a *Authenticator, cookieDomain string) {
+	h.auth = a
+	h.cookieDomain = cookieDomain
+	if h.log == nil {
+		h.log = zap.NewNop()
+	}
+	if len(h.Allow) == 0 {
+		h.Allow = []string{AllowSession, AllowKey}
+	}
+	if h.Scope == "" {
+		h.Scope = "read"
+	}
+	h.allow = map[string]bool{}
+	for _, k := range h.Allow {
+		h.allow[k] = true
+	}
+}
+
+// Validate rejects unknown credential kinds and scopes, naming the field.
+func (h *Handler) Validate() error {
+	for _, k := range h.Allow {
+		if k != AllowSession && k != AllowKey && k != AllowCollector {
+			return fmt.Errorf("guardian_auth: allow: unknown credential kind %q (session, key, collector)", k)
+		}
+	}
+	if h.Scope != "" && scopeRank[h.Scope] == 0 {
+		return fmt.Errorf("guardian_auth: scope: unknown scope %q (read, write, admin)", h.Scope)
+	}
+	for m, s := range h.MethodScopes {
+		if scopeRank[s] == 0 {
+			return fmt.Errorf("guardian_auth: scope %s: unknown scope %q", m, s)
+		}
+	}
+	for _, o := range h.TrustedOrigins {
+		u, err := url.Parse(o)
+		if err != nil || u.Scheme == "" || u.Host == "" || u.Path != "" {
+			return fmt.Errorf("guardian_auth: trusted_origin %q: want scheme://host[:port]", o)
+		}
+	}
+	return nil
+}
+
+// Cleanup releases this config's hold on the authenticator.
+func (h *Handler) Cleanup() error {
+	if h.authKey != "" {
+		_, err := authenticators.Delete(h.authKey)
+		return err
+	}
+	return nil
+}
+
+// ServeHTTP authenticates the request and calls next, or returns a
+// problem for the error route.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	cred, fromCookie, present := credential(r)
+	if !present {
+		if h.Optional {
+			return next.ServeHTTP(w, r)
+		}
+		return h.refuse(w, r, "missing", false, unauthenticated())
+	}
+	var id *identity.Identity
+	var err error
+	if fromCookie {
+		id, err = h.auth.Session(r.Context(), cred)
+	} else {
+		id, err = h.auth.Key(r.Context(), cred)
+	}
+	if err != nil {
+		if errors.Is(err, ErrUnavailable) {
+			h.log.Error("credential store unavailable", zap.Error(err))
+			w.Header().Set("Retry-After", "2")
+			return h.refuse(w, r, "store_unavailable", false, caddyhttp.Error(http.StatusServiceUnavailable,
+				problem.New(http.StatusServiceUnavailable, "auth_unavailable", "authentication is temporarily unavailable; try again shortly")))
+		}
+		return h.refuse(w, r, reason(err), fromCookie, invalidCredentials())
+	}
+	if !h.accepts(id.Kind) {
+		return h.refuse(w, r, "kind_not_allowed", false, forbidden("insufficient_scope", "this route does not accept "+kindName(id.Kind), ""))
+	}
+	if need := h.scopeFor(r.Method); id.Kind != identity.KindCollector && scopeRank[id.Scope] < scopeRank[need] {
+		return h.refuse(w, r, "insufficient_scope", false, forbidden("insufficient_scope", "this request needs the "+need+" scope", need))
+	}
+	if fromCookie && !safeMethod(r.Method) && crossSite(r, h.TrustedOrigins) {
+		return h.refuse(w, r, "cross_site", false, forbidden("cross_site", "cross-site requests may not change state with the session cookie", ""))
+	}
+	caddyhttp.SetVar(r.Context(), identity.VarKey, id)
+	return next.ServeHTTP(w, r)
+}
+
+// refuse records why (for the audit log), sets the response headers the
+// refusal needs and returns err.
+func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, why string, clearCookie bool, err error) error {
+	caddyhttp.SetVar(r.Context(), VarFailure, why)
+	var he caddyhttp.HandlerError
+	if errors.As(err, &he) {
+		switch he.StatusCode {
+		case http.StatusUnauthorized:
+			v := `Bearer realm="guardian"`
+			if why != "missing" {
+				v += `, error="invalid_token"`
+			}
+			w.Header().Set("WWW-Authenticate", v)
+		case http.StatusForbidden:
+			var p *problem.Problem
+			if errors.As(err, &p) && p.Extra != nil {
+				if scope, ok := p.Extra["required_scope"].(string); ok {
+					w.Header().Set("WWW-Authenticate", `Bearer realm="guardian", error="insufficient_scope", scope="`+scope+`"`)
+				}
+			}
+		}
+	}
+	if clearCookie {
+		http.SetCookie(w, session.ClearCookie(h.cookieDomain))
+	}
+	h.log.Debug("request refused", zap.String("reason", why), zap.String("method", r.Method), zap.String("path", r.URL.Path))
+	return err
+}
+
+func unauthenticated() error {
+	return caddyhttp.Error(http.StatusUnauthorized, problem.New(http.StatusUnauthorized, "unauthenticated", "sign in or send an API key as a Bearer token"))
+}
+
+// invalidCredentials is the one answer for malformed, unknown, revoked and
+// expired credentials, so none can be told from another.
+func invalidCredentials() error {
+	return caddyhttp.Error(http.StatusUnauthorized, problem.New(http.StatusUnauthorized, "invalid_credentials", "the credential is not valid"))
+}
+
+func forbidden(code, detail, scope string) error {
+	p := problem.New(http.StatusForbidden, code, detail)
+	if scope != "" {
+		p.Extra = map[string]any{"required_scope": scope}
+	}
+	return caddyhttp.Error(http.StatusForbidden, p)
+}
+
+func reason(err error) string {
+	switch {
+	case errors.Is(err, ErrMalformed):
+		return "malformed"
+	case errors.Is(err, ErrUnknown):
+		return "unknown_key"
+	case errors.Is(err, ErrRevoked):
+		return "revoked"
+	case errors.Is(err, ErrExpired):
+		return "expired"
+	case errors.Is(err, ErrBadToken):
+		return "bad_token"
+	}
+	return "invalid"
+}
+
+func kindName(kind string) string {
+	switch kind {
+	case identity.KindCollector:
+		return "collector keys"
+	case identity.KindAccount:
+		return "account keys"
+	}
+	return "sessions"
+}
+
+func (h *Handler) accepts(kind string) bool {
+	switch kind {
+	case identity.KindSession:
+		return h.allow[AllowSession]
+	case identity.KindAccount:
+		return h.allow[AllowKey]
+	case identity.KindCollector:
+		return h.allow[AllowCollector]
+	}
+	return false
+}
+
+func (h *Handler) scopeFor(method string) string {
+	if s, ok := h.MethodScopes[method]; ok {
+		return s
+	}
+	return h.Scope
+}
+
+// credential returns the request's credential: a Bearer token from the
+// Authorization header, which wins when present, else the session cookie.
+// An Authorization header of another scheme counts as a bad credential.
+func credential(r *http.Request) (cred string, fromCookie, present bool) {
+	if v := r.Header.Get("Authorization"); v != "" {
+		scheme, token, ok := strings.Cut(v, " ")
+		if !ok || !strings.EqualFold(scheme, "Bearer") {
+			return "", false, true
+		}
+		return strings.TrimSpace(token), false, true
+	}
+	if c, err := r.Cookie(session.CookieName); err == nil && c.Value != "" {
+		return c.Value, true, true
+	}
+	return "", false, false
+}
+
+func safeMethod(m string) bool {
+	return m == http.MethodGet || m == http.MethodHead || m == http.MethodOptions
+}
+
+// crossSite reports whether a browser says the request comes from another
+// site: Sec-Fetch-Site "cross-site" or "same-site", or an Origin that is
+// neither the request's own nor trusted. Clients that send neither header
+// (not browsers) are not refused.
+func crossSite(r *http.Request, trusted []string) bool {
+	switch r.Header.Get("Sec-Fetch-Site") {
+	case "cross-site", "same-site":
+		return !trustedOrigin(r.Header.Get("Origin"), trusted)
+	}
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return false
+	}
+	if origin == "null" {
+		return true
+	}
+	u, err := url.Parse(origin)
+	if err != nil {
+		return true
+	}
+	if u.Host == r.Host {
+		return false
+	}
+	return !trustedOrigin(origin, trusted)
+}
+
+func trustedOrigin(origin string, trusted []string) bool {
+	for _, t := range trusted {
+		if strings.EqualFold(origin, t) {
+			return true
+		}
+	}
+	return false
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+	_ caddy.Destructor            = (*Authenticator)(nil)
+)

@@ -1,0 +1,292 @@
+package auth
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/glassmkr/guardian/shared/identity"
+	"github.com/glassmkr/guardian/shared/problem"
+	"github.com/glassmkr/guardian/shared/session"
+)
+
+func asHandlerError(err error, he *caddyhttp.HandlerError) bool { return errors.As(err, he) }
+func asProblem(err error, p **problem.Problem) bool           { return errors.As(err, p) }
+
+func TestBadInputs(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	a := w.authenticator(t)
+	revoked := w.c.AccountKey(t, "admin")
+	w.c.Revoke(t, revoked)
+	body := w.read[len("gmk_acct_live_") : len(w.read)-5]
+	unknown := mustGenerate(t)
+	rsaToken := strings.Replace(w.token, "eyJhbGciOiJIUzI1NiIs", "eyJhbGciOiJSUzI1NiIs", 1)
+
+	readRoute := handler(a, Handler{})
+	writeRoute := handler(a, Handler{Scope: "write", MethodScopes: map[string]string{"DELETE": "admin"}})
+	ingest := handler(a, Handler{Allow: []string{AllowCollector}})
+
+	cases := []struct {
+		name   string
+		h      *Handler
+		req    *http.Request
+		status int
+		code   string
+	}{
+		{"no credential at all", readRoute, httptest.NewRequest("GET", "/", nil), 401, "unauthenticated"},
+		{"empty Authorization header value", readRoute, withHeader("Authorization", " "), 401, "invalid_credentials"},
+		{"Bearer with nothing after it", readRoute, withHeader("Authorization", "Bearer "), 401, "invalid_credentials"},
+		{"Basic scheme", readRoute, withHeader("Authorization", "Basic dXNlcjpwYXNz"), 401, "invalid_credentials"},
+		{"wrong prefix", readRoute, bearer("GET", "/", "gmk_acct_test_"+w.read[len("gmk_acct_live_"):]), 401, "invalid_credentials"},
+		{"42-character body", readRoute, bearer("GET", "/", "gmk_acct_live_"+body[1:]+w.read[len(w.read)-5:]), 401, "invalid_credentials"},
+		{"44-character body", readRoute, bearer("GET", "/", "gmk_acct_live_0"+body+w.read[len(w.read)-5:]), 401, "invalid_credentials"},
+		{"non-base62 byte", readRoute, bearer("GET", "/", "gmk_acct_live_"+body[:5]+"+"+body[6:]+w.read[len(w.read)-5:]), 401, "invalid_credentials"},
+		{"checksum off by one character", readRoute, bearer("GET", "/", offByOne(w.read)), 401, "invalid_credentials"},
+		{"valid format but unknown key", readRoute, bearer("GET", "/", unknown), 401, "invalid_credentials"},
+		{"revoked key", readRoute, bearer("GET", "/", revoked), 401, "invalid_credentials"},
+		{"oversized bearer token", readRoute, bearer("GET", "/", strings.Repeat("a", 64<<10)), 401, "invalid_credentials"},
+		{"read key on a write route", writeRoute, bearer("POST", "/", w.read), 403, "insufficient_scope"},
+		{"write key on an admin method", writeRoute, bearer("DELETE", "/", w.write), 403, "insufficient_scope"},
+		{"admin key on an admin method", writeRoute, bearer("DELETE", "/", w.admin), 200, ""},
+		{"collector key off the ingest route", readRoute, bearer("GET", "/", w.collector), 403, "insufficient_scope"},
+		{"account key on the ingest route", ingest, bearer("POST", "/", w.admin), 403, "insufficient_scope"},
+		{"collector key on the ingest route", ingest, bearer("POST", "/", w.collector), 200, ""},
+		{"session cookie", readRoute, withCookie("GET", "/", w.token), 200, ""},
+		{"tampered session token", readRoute, withCookie("GET", "/", w.token[:len(w.token)-2]+"xx"), 401, "invalid_credentials"},
+		{"session token with RS256 in its header", readRoute, withCookie("GET", "/", rsaToken), 401, "invalid_credentials"},
+		{"session token signed with another secret", readRoute, withCookie("GET", "/", otherSecretToken(t, w)), 401, "invalid_credentials"},
+		{"cross-site POST with the cookie", writeRoute, fromEvil(withCookie("POST", "/", w.token)), 403, "cross_site"},
+		{"same-origin POST with the cookie", writeRoute, sameOrigin(withCookie("POST", "/", w.token)), 200, ""},
+		{"programmatic POST with a key and no Origin", writeRoute, fetchLike(bearer("POST", "/", w.write)), 200, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got := do(t, tc.h, tc.req)
+			if got.status != tc.status || got.code != tc.code {
+				t.Fatalf("got %d %q, want %d %q", got.status, got.code, tc.status, tc.code)
+			}
+			if tc.status == 401 && !strings.HasPrefix(got.header.Get("WWW-Authenticate"), `Bearer realm="guardian"`) {
+				t.Errorf("401 without WWW-Authenticate: %v", got.header)
+			}
+			if tc.status == 200 && got.id == nil {
+				t.Error("no identity passed on")
+			}
+		})
+	}
+}
+
+func withHeader(k, v string) *http.Request {
+	r := httptest.NewRequest("GET", "/", nil)
+	r.Header.Set(k, v)
+	return r
+}
+
+func fromEvil(r *http.Request) *http.Request {
+	r.Header.Set("Origin", "https://evil.example")
+	r.Header.Set("Sec-Fetch-Site", "cross-site")
+	return r
+}
+
+func sameOrigin(r *http.Request) *http.Request {
+	r.Header.Set("Origin", "http://"+r.Host)
+	r.Header.Set("Sec-Fetch-Site", "same-origin")
+	return r
+}
+
+// fetchLike makes r look like Node's fetch: sec-fetch-mode but no Origin.
+func fetchLike(r *http.Request) *http.Request {
+	r.Header.Set("Sec-Fetch-Mode", "cors")
+	return r
+}
+
+func offByOne(key string) string {
+	last := key[len(key)-1]
+	if last == 'a' {
+		return key[:len(key)-1] + "b"
+	}
+	return key[:len(key)-1] + "a"
+}
+
+func otherSecretToken(t *testing.T, w *world) string {
+	tok, err := session.Issue([]byte(strings.Repeat("o", 32)), w.sessionID, w.user, w.customer, time.Now(), time.Now().Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+func mustGenerate(t *testing.T) string {
+	k, err := generateAccount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func TestIdentityCarriesScopeAndBinding(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	a := w.authenticator(t)
+	got := do(t, handler(a, Handler{Allow: []string{AllowCollector}}), bearer("POST", "/", w.collector))
+	if got.id == nil || got.id.Kind != identity.KindCollector || got.id.ServerID != w.server || got.id.CustomerID != w.customer || got.id.Scope != "" {
+		t.Fatalf("collector identity %+v", got.id)
+	}
+	got = do(t, handler(a, Handler{}), withCookie("GET", "/", w.token))
+	if got.id == nil || got.id.Kind != identity.KindSession || got.id.UserID != w.user || got.id.SessionID != w.sessionID || got.id.Scope != "admin" {
+		t.Fatalf("session identity %+v", got.id)
+	}
+}
+
+func TestOptionalRouteAdmitsAnonymousButNotBadCredentials(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	h := handler(w.authenticator(t), Handler{Optional: true})
+	if got := do(t, h, httptest.NewRequest("GET", "/", nil)); got.status != 200 || got.id != nil {
+		t.Fatalf("anonymous: %+v", got)
+	}
+	if got := do(t, h, bearer("GET", "/", offByOne(w.read))); got.status != 401 {
+		t.Fatalf("bad key on optional route: %+v", got)
+	}
+}
+
+func TestRevocationDropsTheCachedEntryAtOnce(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	a := w.authenticator(t)
+	b := w.authenticator(t) // a second edge instance
+	h, h2 := handler(a, Handler{}), handler(b, Handler{})
+	for _, hh := range []*Handler{h, h2} {
+		if got := do(t, hh, bearer("GET", "/", w.read)); got.status != 200 {
+			t.Fatalf("before revocation: %+v", got)
+		}
+		if got := do(t, hh, withCookie("GET", "/", w.token)); got.status != 200 {
+			t.Fatalf("session before revocation: %+v", got)
+		}
+	}
+	ctx := context.Background()
+	if _, err := w.pg.App(t).Exec(ctx, "UPDATE api_keys SET revoked_at = now() WHERE customer_id = $1 AND scope = 'read'", w.customer); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.pg.App(t).Exec(ctx, "UPDATE sessions SET revoked_at = now() WHERE id = $1", w.sessionID); err != nil {
+		t.Fatal(err)
+	}
+	// The promise is one second at every instance.
+	deadline := time.Now().Add(time.Second)
+	for _, hh := range []*Handler{h, h2} {
+		for do(t, hh, bearer("GET", "/", w.read)).status != 401 || do(t, hh, withCookie("GET", "/", w.token)).status != 401 {
+			if time.Now().After(deadline) {
+				t.Fatal("revoked key or session still accepted after 1 s")
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	if got := do(t, h, withCookie("GET", "/", w.token)); got.header.Get("Set-Cookie") == "" || !strings.Contains(got.header.Get("Set-Cookie"), "Max-Age=0") {
+		t.Errorf("revoked session cookie not cleared: %v", got.header)
+	}
+}
+
+func TestWithoutListenerEntriesAreRereadAfterOneSecond(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	a := w.authenticator(t)
+	h := handler(a, Handler{})
+	if got := do(t, h, bearer("GET", "/", w.read)); got.status != 200 {
+		t.Fatal(got)
+	}
+	clock := time.Now()
+	a.now = func() time.Time { return clock }
+	a.listening.Store(false) // as if the LISTEN connection had dropped
+	if _, err := w.db.Exec(context.Background(), "ALTER TABLE api_keys DISABLE TRIGGER api_keys_auth_notify"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.db.Exec(context.Background(), "UPDATE api_keys SET revoked_at = now() WHERE scope = 'read'"); err != nil {
+		t.Fatal(err)
+	}
+	if got := do(t, h, bearer("GET", "/", w.read)); got.status != 200 {
+		t.Fatalf("within the staleness bound the cached entry serves: %+v", got)
+	}
+	clock = clock.Add(staleAfter + time.Millisecond)
+	if got := do(t, h, bearer("GET", "/", w.read)); got.status != 401 {
+		t.Fatalf("stale entry not re-read: %+v", got)
+	}
+}
+
+func TestMalformedKeysNeverReachTheDatabase(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	a := w.authenticator(t)
+	a.db.Close() // any query now fails: a malformed key must not try one
+	h := handler(a, Handler{})
+	for _, key := range []string{"", "gmk_acct_live_x", offByOne(w.read), strings.Repeat("z", 100)} {
+		if got := do(t, h, bearer("GET", "/", key)); got.status != 401 || got.code != "invalid_credentials" {
+			t.Errorf("%q: %+v", key, got)
+		}
+	}
+	// A well-formed key does need the store, and says it is unavailable.
+	if got := do(t, h, bearer("GET", "/", mustGenerate(t))); got.status != 503 || got.code != "auth_unavailable" {
+		t.Errorf("well-formed key with the store closed: %+v", got)
+	}
+}
+
+func TestLastUsedIsWrittenInBatches(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	a := w.authenticator(t)
+	h := handler(a, Handler{})
+	for range 20 {
+		do(t, h, bearer("GET", "/", w.read))
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var used *time.Time
+		if err := w.db.QueryRow(context.Background(), "SELECT last_used_at FROM api_keys WHERE scope = 'read' AND customer_id = $1", w.customer).Scan(&used); err != nil {
+			t.Fatal(err)
+		}
+		if used != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("last_used_at never written")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestUnmarshalCaddyfile(t *testing.T) {
+	cases := []struct {
+		name, in string
+		wantErr  bool
+		check    func(Handler) bool
+	}{
+		{"defaults", "guardian_auth", false, func(h Handler) bool { return len(h.Allow) == 0 && h.Scope == "" }},
+		{"full block", "guardian_auth {\n allow session key\n scope write\n scope delete admin\n optional\n trusted_origin https://app.example.com\n}", false, func(h Handler) bool {
+			return len(h.Allow) == 2 && h.Scope == "write" && h.MethodScopes["DELETE"] == "admin" && h.Optional && len(h.TrustedOrigins) == 1
+		}},
+		{"unknown kind", "guardian_auth {\n allow robots\n}", true, nil},
+		{"unknown scope", "guardian_auth {\n scope root\n}", true, nil},
+		{"unknown method scope", "guardian_auth {\n scope POST root\n}", true, nil},
+		{"bad origin", "guardian_auth {\n trusted_origin evil.example/path\n}", true, nil},
+		{"unknown setting", "guardian_auth {\n cache 5m\n}", true, nil},
+		{"inline argument", "guardian_auth on", true, nil},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var h Handler
+			err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.in))
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("err = %v", err)
+			}
+			if tc.check != nil && !tc.check(h) {
+				t.Errorf("parsed %+v", h)
+			}
+		})
+	}
+}

@@ -1,0 +1,93 @@
+package auth
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/zap"
+)
+
+// toucher records when keys and sessions were last used and writes them
+// in one statement per interval, so a busy key costs no write per request.
+type toucher struct {
+	db       *pgxpool.Pool
+	interval time.Duration
+	log      *zap.Logger
+
+	mu       sync.Mutex
+	keys     map[string]time.Time
+	sessions map[string]time.Time
+}
+
+func newToucher(db *pgxpool.Pool, interval time.Duration, log *zap.Logger) *toucher {
+	return &toucher{db: db, interval: interval, log: log, keys: map[string]time.Time{}, sessions: map[string]time.Time{}}
+}
+
+func (t *toucher) key(id string, at time.Time) {
+	t.mu.Lock()
+	if at.After(t.keys[id]) {
+		t.keys[id] = at
+	}
+	t.mu.Unlock()
+}
+
+func (t *toucher) session(id string, at time.Time) {
+	t.mu.Lock()
+	if at.After(t.sessions[id]) {
+		t.sessions[id] = at
+	}
+	t.mu.Unlock()
+}
+
+func (t *toucher) run(ctx context.Context) {
+	tick := time.NewTicker(t.interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			t.flush(ctx)
+		}
+	}
+}
+
+const (
+	touchKeys = `UPDATE api_keys k SET last_used_at = v.at
+FROM unnest($1::uuid[], $2::timestamptz[]) AS v(id, at)
+WHERE k.id = v.id AND (k.last_used_at IS NULL OR k.last_used_at < v.at)`
+	touchSessions = `UPDATE sessions s SET last_seen_at = v.at
+FROM unnest($1::uuid[], $2::timestamptz[]) AS v(id, at)
+WHERE s.id = v.id AND s.last_seen_at < v.at`
+)
+
+// flush writes what was recorded since the last flush. On failure the
+// times are kept for the next try (a newer use wins).
+func (t *toucher) flush(ctx context.Context) {
+	t.mu.Lock()
+	keys, sessions := t.keys, t.sessions
+	t.keys, t.sessions = map[string]time.Time{}, map[string]time.Time{}
+	t.mu.Unlock()
+	write := func(sql string, m map[string]time.Time, keep func(string, time.Time)) {
+		if len(m) == 0 {
+			return
+		}
+		ids := make([]string, 0, len(m))
+		ats := make([]time.Time, 0, len(m))
+		for id, at := range m {
+			ids, ats = append(ids, id), append(ats, at)
+		}
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		if _, err := t.db.Exec(cctx, sql, ids, ats); err != nil {
+			t.log.Warn("writing last-used times failed; will retry", zap.Error(err), zap.Int("rows", len(ids)))
+			for id, at := range m {
+				keep(id, at)
+			}
+		}
+	}
+	write(touchKeys, keys, t.key)
+	write(touchSessions, sessions, t.session)
+}

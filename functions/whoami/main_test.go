@@ -1,0 +1,160 @@
+package main
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/glassmkr/guardian/shared/testenv"
+)
+
+func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
+
+// edge is a running stack on a database of the test's own, with a
+// customer whose keys that stack accepts.
+type edge struct {
+	*testenv.Stack
+	c *testenv.Customer
+}
+
+func newEdges(t *testing.T, n int) []edge {
+	t.Helper()
+	pg := testenv.Postgres(t)
+	env := testenv.StackEnv(t)
+	env["GUARDIAN_PG_APP_DSN"] = pg.AppDSN
+	c := testenv.NewCustomer(t, pg.Owner, []byte(env["GUARDIAN_KEY_PEPPER"]), []byte(env["GUARDIAN_SESSION_SECRET"]))
+	var out []edge
+	for range n {
+		out = append(out, edge{testenv.StartStack(t, env), c})
+	}
+	return out
+}
+
+func call(t *testing.T, url string, header map[string]string) (int, http.Header, []byte) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", url, nil)
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header, body
+}
+
+func TestWhoamiShowsTheEdgesIdentityNotForgedHeaders(t *testing.T) {
+	t.Parallel()
+	e := newEdges(t, 1)[0]
+	key := e.c.AccountKey(t, "write")
+	status, _, body := call(t, e.URL+"/api/v1/whoami", map[string]string{
+		"Authorization":        "Bearer " + key,
+		"Guardian-Customer-Id": "00000000-0000-0000-0000-000000000000",
+		"Guardian-Scope":       "admin",
+	})
+	if status != 200 {
+		t.Fatalf("whoami: %d %s", status, body)
+	}
+	var got map[string]string
+	if err := json.Unmarshal(body, &got); err != nil {
+		t.Fatal(err)
+	}
+	if got["customer_id"] != e.c.ID || got["scope"] != "write" || got["kind"] != "account_key" || got["key_id"] == "" {
+		t.Fatalf("identity %v", got)
+	}
+
+	_, sessionToken := e.c.Session(t)
+	status, _, body = call(t, e.URL+"/api/v1/whoami", map[string]string{"Cookie": "guardian_token=" + sessionToken})
+	if status != 200 || !strings.Contains(string(body), `"kind":"session"`) {
+		t.Fatalf("session whoami: %d %s", status, body)
+	}
+}
+
+func TestRefusalsAreProblemsWithChallenges(t *testing.T) {
+	t.Parallel()
+	e := newEdges(t, 1)[0]
+	collector := e.c.CollectorKey(t, e.c.ServerID)
+	cases := []struct {
+		name   string
+		header map[string]string
+		status int
+		code   string
+	}{
+		{"no credential", nil, 401, "unauthenticated"},
+		{"garbage key", map[string]string{"Authorization": "Bearer gmk_acct_live_nope"}, 401, "invalid_credentials"},
+		{"collector key off the ingest route", map[string]string{"Authorization": "Bearer " + collector}, 403, "insufficient_scope"},
+	}
+	for _, tc := range cases {
+		status, h, body := call(t, e.URL+"/api/v1/whoami", tc.header)
+		var doc map[string]any
+		_ = json.Unmarshal(body, &doc)
+		if status != tc.status || doc["code"] != tc.code || h.Get("Content-Type") != "application/problem+json" {
+			t.Errorf("%s: %d %q %s", tc.name, status, h.Get("Content-Type"), body)
+		}
+		if status == 401 && !strings.HasPrefix(h.Get("WWW-Authenticate"), "Bearer") {
+			t.Errorf("%s: no WWW-Authenticate", tc.name)
+		}
+		if h.Get("X-Frame-Options") != "DENY" {
+			t.Errorf("%s: security headers missing on the refusal", tc.name)
+		}
+	}
+	// Headers past Caddy's limit are refused before any handler runs.
+	status, _, _ := call(t, e.URL+"/api/v1/whoami", map[string]string{"Authorization": "Bearer " + strings.Repeat("x", 40<<10)})
+	if status != http.StatusRequestHeaderFieldsTooLarge {
+		t.Errorf("oversized header: %d", status)
+	}
+}
+
+func TestRevokedKeyStopsAtEveryInstanceWithinOneSecond(t *testing.T) {
+	t.Parallel()
+	edges := newEdges(t, 2)
+	c := edges[0].c
+	key := c.AccountKey(t, "read")
+	auth := map[string]string{"Authorization": "Bearer " + key}
+	for _, e := range edges {
+		if status, _, body := call(t, e.URL+"/api/v1/whoami", auth); status != 200 {
+			t.Fatalf("before revocation: %d %s", status, body)
+		}
+	}
+	c.Revoke(t, key)
+	deadline := time.Now().Add(time.Second)
+	for i, e := range edges {
+		for {
+			status, _, _ := call(t, e.URL+"/api/v1/whoami", auth)
+			if status == 401 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("instance %d still accepts the revoked key after 1 s (%d)", i, status)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+}
+
+func TestNoKeyMaterialInLogsOrBodies(t *testing.T) {
+	t.Parallel()
+	e := newEdges(t, 1)[0]
+	key := e.c.AccountKey(t, "read")
+	body := key[len("gmk_acct_live_") : len(key)-5]
+	var bodies []string
+	for _, k := range []string{key, key[:len(key)-1] + "0", "gmk_acct_live_" + body} {
+		_, _, b := call(t, e.URL+"/api/v1/whoami", map[string]string{"Authorization": "Bearer " + k})
+		bodies = append(bodies, string(b))
+	}
+	e.c.Revoke(t, key)
+	time.Sleep(100 * time.Millisecond)
+	_, _, b := call(t, e.URL+"/api/v1/whoami", map[string]string{"Authorization": "Bearer " + key})
+	bodies = append(bodies, string(b))
+	for _, text := range append(bodies, e.Log()) {
+		if strings.Contains(text, body[:16]) {
+			t.Fatalf("key material leaked:\n%s", text)
+		}
+	}
+}
