@@ -18,7 +18,7 @@ import (
 )
 
 func asHandlerError(err error, he *caddyhttp.HandlerError) bool { return errors.As(err, he) }
-func asProblem(err error, p **problem.Problem) bool           { return errors.As(err, p) }
+func asProblem(err error, p **problem.Problem) bool             { return errors.As(err, p) }
 
 func TestBadInputs(t *testing.T) {
 	t.Parallel()
