@@ -34,8 +34,12 @@ var (
 // listener is down: revocations then reach this instance by re-reading.
 const staleAfter = time.Second
 
-// maxEntries bounds each cache; when full, an arbitrary half is dropped.
-const maxEntries = 100_000
+// maxEntries bounds the key and session caches and maxTokens the token
+// cache; when one is full, an arbitrary half is dropped.
+const (
+	maxEntries = 100_000
+	maxTokens  = 20_000
+)
 
 // Authenticator checks keys and sessions against PostgreSQL, caching what
 // it learns. Every instance LISTENs for revocations (see migration 0004)
@@ -45,7 +49,7 @@ const maxEntries = 100_000
 type Authenticator struct {
 	db     *pgxpool.Pool
 	dsn    string
-	pepper []byte
+	hasher *apikey.Hasher
 	secret []byte
 	log    *zap.Logger
 	now    func() time.Time
@@ -53,6 +57,9 @@ type Authenticator struct {
 	mu       sync.RWMutex
 	keys     map[[32]byte]*keyEntry
 	sessions map[string]*sessionEntry
+	// tokens caches verified session tokens (signature and claims), so a
+	// warm session costs a map lookup, not a JWT verification.
+	tokens map[string]*session.Claims
 
 	listening atomic.Bool
 	touch     *toucher
@@ -103,8 +110,8 @@ func NewAuthenticator(cfg Config) (*Authenticator, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	a := &Authenticator{
-		db: pool, dsn: cfg.DSN, pepper: cfg.Pepper, secret: cfg.SessionSecret, log: cfg.Log, now: time.Now,
-		keys: map[[32]byte]*keyEntry{}, sessions: map[string]*sessionEntry{},
+		db: pool, dsn: cfg.DSN, hasher: apikey.NewHasher(cfg.Pepper), secret: cfg.SessionSecret, log: cfg.Log, now: time.Now,
+		keys: map[[32]byte]*keyEntry{}, sessions: map[string]*sessionEntry{}, tokens: map[string]*session.Claims{},
 		cancel: cancel, done: make(chan struct{}),
 	}
 	a.touch = newToucher(pool, cfg.TouchInterval, cfg.Log)
@@ -140,9 +147,9 @@ FROM api_keys k WHERE k.key_hash = $1`
 func (a *Authenticator) Key(ctx context.Context, raw string) (*identity.Identity, error) {
 	p, err := apikey.Parse(raw)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrMalformed, err)
+		return nil, ErrMalformed // the parser's reason is not worth an allocation
 	}
-	h := apikey.Hash(a.pepper, raw)
+	h := a.hasher.Sum(raw)
 	a.mu.RLock()
 	e := a.keys[h]
 	a.mu.RUnlock()
@@ -182,7 +189,7 @@ func (a *Authenticator) Key(ctx context.Context, raw string) (*identity.Identity
 	e = &keyEntry{id: id, revoked: revoked, fetched: a.now()}
 	a.mu.Lock()
 	if len(a.keys) >= maxEntries {
-		shrinkKeys(a.keys)
+		shrink(a.keys)
 	}
 	a.keys[h] = e
 	a.mu.Unlock()
@@ -204,9 +211,22 @@ FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = $1`
 // Session authenticates a session token.
 func (a *Authenticator) Session(ctx context.Context, token string) (*identity.Identity, error) {
 	now := a.now()
-	c, err := session.Verify(a.secret, token, now)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrBadToken, err)
+	a.mu.RLock()
+	c := a.tokens[token]
+	a.mu.RUnlock()
+	if c == nil {
+		var err error
+		if c, err = session.Verify(a.secret, token, now); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrBadToken, err)
+		}
+		a.mu.Lock()
+		if len(a.tokens) >= maxTokens {
+			shrink(a.tokens)
+		}
+		a.tokens[token] = c
+		a.mu.Unlock()
+	} else if !c.ValidAt(now) {
+		return nil, ErrExpired
 	}
 	sid := c.SessionID()
 	a.mu.RLock()
@@ -235,7 +255,7 @@ func (a *Authenticator) Session(ctx context.Context, token string) (*identity.Id
 			}
 			a.mu.Lock()
 			if len(a.sessions) >= maxEntries {
-				shrinkSessions(a.sessions)
+				shrink(a.sessions)
 			}
 			a.sessions[sid] = e
 			a.mu.Unlock()
@@ -288,7 +308,7 @@ func (a *Authenticator) clear() {
 	a.mu.Lock()
 	clear(a.keys)
 	clear(a.sessions)
-	a.mu.Unlock()
+	a.mu.Unlock() // verified tokens stay: their rows are re-read
 }
 
 // listen keeps a LISTEN connection open, reconnecting with backoff.
@@ -335,17 +355,8 @@ func (a *Authenticator) listenOnce(ctx context.Context) error {
 	}
 }
 
-func shrinkKeys(m map[[32]byte]*keyEntry) {
-	i := 0
-	for k := range m {
-		if i%2 == 0 {
-			delete(m, k)
-		}
-		i++
-	}
-}
-
-func shrinkSessions(m map[string]*sessionEntry) {
+// shrink drops about half of m's entries (map order is random enough).
+func shrink[K comparable, V any](m map[K]V) {
 	i := 0
 	for k := range m {
 		if i%2 == 0 {

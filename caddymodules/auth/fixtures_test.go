@@ -37,7 +37,7 @@ type world struct {
 	sessionID, token                    string
 }
 
-func newWorld(t *testing.T) *world {
+func newWorld(t testing.TB) *world {
 	t.Helper()
 	pg := testenv.Postgres(t)
 	c := testenv.NewCustomer(t, pg.Owner, pepper, secret)
@@ -52,7 +52,7 @@ func newWorld(t *testing.T) *world {
 
 // authenticator returns a running Authenticator on the world's database
 // as the runtime role, waiting until its revocation listener is up.
-func (w *world) authenticator(t *testing.T) *Authenticator {
+func (w *world) authenticator(t testing.TB) *Authenticator {
 	t.Helper()
 	a, err := NewAuthenticator(Config{DSN: w.pg.AppDSN, Pepper: pepper, SessionSecret: secret, TouchInterval: 50 * time.Millisecond})
 	if err != nil {

@@ -13,6 +13,7 @@
 package auth
 
 import (
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -175,7 +176,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		if h.Optional {
 			return next.ServeHTTP(w, r)
 		}
-		return h.refuse(w, r, "missing", false, unauthenticated())
+		return h.refuse(w, r, "missing", false, refuseMissing)
 	}
 	var id *identity.Identity
 	var err error
@@ -188,69 +189,90 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		if errors.Is(err, ErrUnavailable) {
 			h.log.Error("credential store unavailable", zap.Error(err))
 			w.Header().Set("Retry-After", "2")
-			return h.refuse(w, r, "store_unavailable", false, caddyhttp.Error(http.StatusServiceUnavailable,
-				problem.New(http.StatusServiceUnavailable, "auth_unavailable", "authentication is temporarily unavailable; try again shortly")))
+			return h.refuse(w, r, "store_unavailable", false, refuseUnavailable)
 		}
-		return h.refuse(w, r, reason(err), fromCookie, invalidCredentials())
+		return h.refuse(w, r, reason(err), fromCookie, refuseInvalid)
 	}
 	if !h.accepts(id.Kind) {
-		return h.refuse(w, r, "kind_not_allowed", false, forbidden("insufficient_scope", "this route does not accept "+kindName(id.Kind), ""))
+		return h.refuse(w, r, "kind_not_allowed", false, refuseKind[id.Kind])
 	}
 	if need := h.scopeFor(r.Method); id.Kind != identity.KindCollector && scopeRank[id.Scope] < scopeRank[need] {
-		return h.refuse(w, r, "insufficient_scope", false, forbidden("insufficient_scope", "this request needs the "+need+" scope", need))
+		return h.refuse(w, r, "insufficient_scope", false, refuseScope[need])
 	}
 	if fromCookie && !safeMethod(r.Method) && crossSite(r, h.TrustedOrigins) {
-		return h.refuse(w, r, "cross_site", false, forbidden("cross_site", "cross-site requests may not change state with the session cookie", ""))
+		return h.refuse(w, r, "cross_site", false, refuseCrossSite)
 	}
 	caddyhttp.SetVar(r.Context(), identity.VarKey, id)
 	return next.ServeHTTP(w, r)
 }
 
 // refuse records why (for the audit log), sets the response headers the
-// refusal needs and returns err.
-func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, why string, clearCookie bool, err error) error {
+// refusal needs and returns it. Refusals are prebuilt: a flood of bad
+// credentials must cost as little as possible.
+func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, why string, clearCookie bool, ref *refusal) error {
 	caddyhttp.SetVar(r.Context(), VarFailure, why)
-	var he caddyhttp.HandlerError
-	if errors.As(err, &he) {
-		switch he.StatusCode {
-		case http.StatusUnauthorized:
-			v := `Bearer realm="guardian"`
-			if why != "missing" {
-				v += `, error="invalid_token"`
-			}
-			w.Header().Set("WWW-Authenticate", v)
-		case http.StatusForbidden:
-			var p *problem.Problem
-			if errors.As(err, &p) && p.Extra != nil {
-				if scope, ok := p.Extra["required_scope"].(string); ok {
-					w.Header().Set("WWW-Authenticate", `Bearer realm="guardian", error="insufficient_scope", scope="`+scope+`"`)
-				}
-			}
-		}
+	if ref.challenge != nil {
+		w.Header()["Www-Authenticate"] = ref.challenge
 	}
 	if clearCookie {
 		http.SetCookie(w, session.ClearCookie(h.cookieDomain))
 	}
-	h.log.Debug("request refused", zap.String("reason", why), zap.String("method", r.Method), zap.String("path", r.URL.Path))
-	return err
-}
-
-func unauthenticated() error {
-	return caddyhttp.Error(http.StatusUnauthorized, problem.New(http.StatusUnauthorized, "unauthenticated", "sign in or send an API key as a Bearer token"))
-}
-
-// invalidCredentials is the one answer for malformed, unknown, revoked and
-// expired credentials, so none can be told from another.
-func invalidCredentials() error {
-	return caddyhttp.Error(http.StatusUnauthorized, problem.New(http.StatusUnauthorized, "invalid_credentials", "the credential is not valid"))
-}
-
-func forbidden(code, detail, scope string) error {
-	p := problem.New(http.StatusForbidden, code, detail)
-	if scope != "" {
-		p.Extra = map[string]any{"required_scope": scope}
+	if ce := h.log.Check(zap.DebugLevel, "request refused"); ce != nil {
+		ce.Write(zap.String("reason", why), zap.String("method", r.Method), zap.String("path", r.URL.Path))
 	}
-	return caddyhttp.Error(http.StatusForbidden, p)
+	// Built by hand rather than with caddyhttp.Error, which walks the call
+	// stack for a trace on every call.
+	return caddyhttp.HandlerError{Err: ref.problem, StatusCode: ref.problem.Status, ID: requestID(), Trace: "guardian_auth"}
+}
+
+// refusal is a prebuilt answer: the problem and its WWW-Authenticate.
+type refusal struct {
+	problem   *problem.Problem
+	challenge []string
+}
+
+func challenge(v string) []string { return []string{v}[:1:1] }
+
+var (
+	refuseMissing = &refusal{
+		problem.New(http.StatusUnauthorized, "unauthenticated", "sign in or send an API key as a Bearer token"),
+		challenge(`Bearer realm="guardian"`),
+	}
+	// refuseInvalid is the one answer for malformed, unknown, revoked and
+	// expired credentials, so none can be told from another.
+	refuseInvalid = &refusal{
+		problem.New(http.StatusUnauthorized, "invalid_credentials", "the credential is not valid"),
+		challenge(`Bearer realm="guardian", error="invalid_token"`),
+	}
+	refuseUnavailable = &refusal{
+		problem.New(http.StatusServiceUnavailable, "auth_unavailable", "authentication is temporarily unavailable; try again shortly"),
+		nil,
+	}
+	refuseCrossSite = &refusal{
+		problem.New(http.StatusForbidden, "cross_site", "cross-site requests may not change state with the session cookie"),
+		nil,
+	}
+	refuseKind = map[string]*refusal{
+		identity.KindSession:   {problem.New(http.StatusForbidden, "insufficient_scope", "this route does not accept sessions"), nil},
+		identity.KindAccount:   {problem.New(http.StatusForbidden, "insufficient_scope", "this route does not accept account keys"), nil},
+		identity.KindCollector: {problem.New(http.StatusForbidden, "insufficient_scope", "this route does not accept collector keys"), nil},
+	}
+	refuseScope = func() map[string]*refusal {
+		m := map[string]*refusal{}
+		for scope := range scopeRank {
+			p := problem.New(http.StatusForbidden, "insufficient_scope", "this request needs the "+scope+" scope")
+			p.Extra = map[string]any{"required_scope": scope}
+			m[scope] = &refusal{p, challenge(`Bearer realm="guardian", error="insufficient_scope", scope="` + scope + `"`)}
+		}
+		return m
+	}()
+)
+
+// requestID is a short random id for matching a refusal to its log line.
+func requestID() string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
 func reason(err error) string {
@@ -267,16 +289,6 @@ func reason(err error) string {
 		return "bad_token"
 	}
 	return "invalid"
-}
-
-func kindName(kind string) string {
-	switch kind {
-	case identity.KindCollector:
-		return "collector keys"
-	case identity.KindAccount:
-		return "account keys"
-	}
-	return "sessions"
 }
 
 func (h *Handler) accepts(kind string) bool {

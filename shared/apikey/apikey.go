@@ -18,9 +18,12 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"hash"
 	"hash/crc32"
+	"io"
 	"math/big"
 	"strings"
+	"sync"
 )
 
 // Kind is the kind of key.
@@ -194,6 +197,27 @@ func base62(n *big.Int, width int) string {
 		out[i] = alphabet[mod.Int64()]
 	}
 	return string(out)
+}
+
+// Hasher computes Hash for one pepper, reusing HMAC state across calls:
+// safe for concurrent use, and allocation-light on the request path.
+type Hasher struct{ pool sync.Pool }
+
+// NewHasher returns a Hasher for pepper.
+func NewHasher(pepper []byte) *Hasher {
+	p := append([]byte(nil), pepper...)
+	return &Hasher{pool: sync.Pool{New: func() any { return hmac.New(sha256.New, p) }}}
+}
+
+// Sum returns HMAC-SHA256(pepper, key).
+func (h *Hasher) Sum(key string) [32]byte {
+	m := h.pool.Get().(hash.Hash)
+	m.Reset()
+	_, _ = io.WriteString(m, key)
+	var out [32]byte
+	m.Sum(out[:0])
+	h.pool.Put(m)
+	return out
 }
 
 // Hash returns HMAC-SHA256(pepper, key): what the database stores.

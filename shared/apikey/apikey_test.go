@@ -53,6 +53,12 @@ func TestKnownAnswers(t *testing.T) {
 		if hex.EncodeToString(h[:]) != v.hmac {
 			t.Errorf("Hash(%q) = %x, want %s", v.key, h, v.hmac)
 		}
+		hasher := NewHasher(pepper)
+		for range 2 { // the second call reuses pooled state
+			if got := hasher.Sum(v.key); got != h {
+				t.Errorf("Hasher.Sum(%q) = %x, want %x", v.key, got, h)
+			}
+		}
 		want, _ := hex.DecodeString(v.hmac)
 		if !Verify(pepper, v.key, want) || Verify(pepper, v.key, want[:31]) || Verify([]byte("other"), v.key, want) {
 			t.Errorf("Verify(%q) wrong", v.key)
@@ -158,6 +164,14 @@ func BenchmarkParseMalformed(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		_, _ = Parse(key)
+	}
+}
+
+func BenchmarkHasher(b *testing.B) {
+	key, h := vectors[2].key, NewHasher(pepper)
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = h.Sum(key)
 	}
 }
 

@@ -104,6 +104,13 @@ func Verify(secret []byte, token string, now time.Time) (*Claims, error) {
 	return &c, nil
 }
 
+// ValidAt reports whether claims that verified earlier are still within
+// their validity window at now (for callers that cache verified tokens).
+func (c *Claims) ValidAt(now time.Time) bool {
+	return c.ExpiresAt != nil && c.NotBefore != nil &&
+		now.Before(c.ExpiresAt.Add(leeway)) && !now.Before(c.NotBefore.Add(-leeway))
+}
+
 // Cookie returns the session cookie for token: HttpOnly, Secure,
 // SameSite=Lax, Path=/, Domain as configured ("" for a host-only cookie,
 // as on localhost), living as long as the session.

@@ -51,6 +51,9 @@ func TestIssueThenVerify(t *testing.T) {
 	if c.SessionID() != sid || c.UserID() != uid || c.CustomerID != cid {
 		t.Fatalf("claims %+v", c)
 	}
+	if !c.ValidAt(issuedAt.Add(time.Hour)) || c.ValidAt(issuedAt.Add(Lifetime+time.Minute)) || c.ValidAt(issuedAt.Add(-time.Minute)) {
+		t.Fatal("ValidAt disagrees with Verify's window")
+	}
 	if _, err := Issue(secret[:31], sid, uid, cid, issuedAt, issuedAt.Add(Lifetime)); err == nil {
 		t.Fatal("short secret accepted")
 	}
