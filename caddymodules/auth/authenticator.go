@@ -28,6 +28,8 @@ var (
 	ErrExpired     = errors.New("expired session")
 	ErrBadToken    = errors.New("invalid session token")
 	ErrUnavailable = errors.New("credential store unavailable")
+	// ErrNotCached: the caller forbade a lookup and the cache had nothing.
+	ErrNotCached = errors.New("credential not cached and lookups refused")
 )
 
 // staleAfter is how old a cache entry may be while the notification
@@ -143,8 +145,9 @@ func (a *Authenticator) fresh(fetched time.Time) bool {
 const keyQuery = `SELECT k.id, k.customer_id, k.kind, coalesce(k.scope, ''), coalesce(k.server_id::text, ''), k.key_hash, k.revoked_at IS NOT NULL
 FROM api_keys k WHERE k.key_hash = $1`
 
-// Key authenticates an API key. Malformed keys are refused without I/O.
-func (a *Authenticator) Key(ctx context.Context, raw string) (*identity.Identity, error) {
+// Key authenticates an API key. Malformed keys are refused without I/O;
+// with lookup false, so is any key not already cached.
+func (a *Authenticator) Key(ctx context.Context, raw string, lookup bool) (*identity.Identity, error) {
 	p, err := apikey.Parse(raw)
 	if err != nil {
 		return nil, ErrMalformed // the parser's reason is not worth an allocation
@@ -155,6 +158,9 @@ func (a *Authenticator) Key(ctx context.Context, raw string) (*identity.Identity
 	a.mu.RUnlock()
 	if e != nil && a.fresh(e.fetched) {
 		return a.keyResult(e)
+	}
+	if !lookup {
+		return nil, ErrNotCached
 	}
 
 	var (
@@ -208,12 +214,16 @@ func (a *Authenticator) keyResult(e *keyEntry) (*identity.Identity, error) {
 const sessionQuery = `SELECT s.user_id, s.customer_id, s.expires_at, s.revoked_at IS NOT NULL, u.role
 FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = $1`
 
-// Session authenticates a session token.
-func (a *Authenticator) Session(ctx context.Context, token string) (*identity.Identity, error) {
+// Session authenticates a session token; with lookup false, only from
+// the cache.
+func (a *Authenticator) Session(ctx context.Context, token string, lookup bool) (*identity.Identity, error) {
 	now := a.now()
 	a.mu.RLock()
 	c := a.tokens[token]
 	a.mu.RUnlock()
+	if c == nil && !lookup {
+		return nil, ErrNotCached
+	}
 	if c == nil {
 		var err error
 		if c, err = session.Verify(a.secret, token, now); err != nil {
@@ -232,6 +242,9 @@ func (a *Authenticator) Session(ctx context.Context, token string) (*identity.Id
 	a.mu.RLock()
 	e := a.sessions[sid]
 	a.mu.RUnlock()
+	if (e == nil || !a.fresh(e.fetched)) && !lookup {
+		return nil, ErrNotCached
+	}
 	if e == nil || !a.fresh(e.fetched) {
 		var userID, custID, role string
 		var expires time.Time

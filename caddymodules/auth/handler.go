@@ -10,6 +10,9 @@
 //   - identity.VarKey ("guardian.identity"): *identity.Identity on success
 //   - VarFailure ("guardian.auth_failure"): the reason a credential was
 //     refused, for the audit log (never the credential)
+//
+// Read: "guardian.ip_blocked" (set by the rate limiter): credentials that
+// would need a database lookup are then refused.
 package auth
 
 import (
@@ -38,6 +41,10 @@ func init() {
 
 // VarFailure is the request variable that says why authentication failed.
 const VarFailure = "guardian.auth_failure"
+
+// varIPBlocked mirrors ratelimit.VarIPBlocked: set on requests from an
+// address out of brute-force tokens.
+const varIPBlocked = "guardian.ip_blocked"
 
 // authenticators are shared by every route and kept across config reloads
 // (with their caches), keyed by their configuration.
@@ -178,12 +185,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		return h.refuse(w, r, "missing", false, refuseMissing)
 	}
+	// An address the limiter found out of tokens gets no database lookups.
+	lookup := caddyhttp.GetVar(r.Context(), varIPBlocked) != true
 	var id *identity.Identity
 	var err error
 	if fromCookie {
-		id, err = h.auth.Session(r.Context(), cred)
+		id, err = h.auth.Session(r.Context(), cred, lookup)
 	} else {
-		id, err = h.auth.Key(r.Context(), cred)
+		id, err = h.auth.Key(r.Context(), cred, lookup)
 	}
 	if err != nil {
 		if errors.Is(err, ErrUnavailable) {
@@ -287,6 +296,8 @@ func reason(err error) string {
 		return "expired"
 	case errors.Is(err, ErrBadToken):
 		return "bad_token"
+	case errors.Is(err, ErrNotCached):
+		return "ip_blocked"
 	}
 	return "invalid"
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -29,6 +30,16 @@ type App struct {
 	secrets      config.Secrets
 	pgAppDSN     string
 	cookieDomain string
+	redis        RedisSettings
+}
+
+// RedisSettings locate the limiter's Redis.
+type RedisSettings struct {
+	// Addrs has one address, or several for a cluster.
+	Addrs    []string
+	Password string
+	// Cluster is set by GUARDIAN_REDIS_CLUSTER=1, or by several addresses.
+	Cluster bool
 }
 
 // CaddyModule returns the Caddy module information.
@@ -40,12 +51,21 @@ func (App) CaddyModule() caddy.ModuleInfo {
 }
 
 // Provision loads and validates the edge's settings: the key pepper, the
-// session secret and the runtime database role's DSN are required.
+// session secret, the runtime database role's DSN and the Redis address
+// are required.
 func (a *App) Provision(caddy.Context) error {
 	s, err := config.LoadSecrets(os.LookupEnv)
 	l := config.New(os.LookupEnv)
 	a.pgAppDSN = l.String(config.PGAppDSN)
 	a.cookieDomain = l.Optional(config.CookieDomain, "")
+	a.redis = RedisSettings{}
+	for _, addr := range strings.Split(l.String(config.RedisAddr), ",") {
+		if addr = strings.TrimSpace(addr); addr != "" {
+			a.redis.Addrs = append(a.redis.Addrs, addr)
+		}
+	}
+	a.redis.Password = l.Optional(config.RedisPassword, "")
+	a.redis.Cluster = len(a.redis.Addrs) > 1 || l.Optional("GUARDIAN_REDIS_CLUSTER", "") == "1"
 	if err := errors.Join(err, l.Err()); err != nil {
 		return fmt.Errorf("guardian: %w", err)
 	}
@@ -58,6 +78,9 @@ func (a *App) Secrets() config.Secrets { return a.secrets }
 
 // PGAppDSN is the runtime role's connection string.
 func (a *App) PGAppDSN() string { return a.pgAppDSN }
+
+// Redis returns where the limiter's Redis is.
+func (a *App) Redis() RedisSettings { return a.redis }
 
 // CookieDomain is the session cookie's Domain ("" on localhost).
 func (a *App) CookieDomain() string { return a.cookieDomain }

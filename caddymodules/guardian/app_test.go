@@ -14,6 +14,7 @@ func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
 
 func TestProvisionRequiresBothSecrets(t *testing.T) {
 	t.Setenv("GUARDIAN_PG_APP_DSN", "postgres://guardian_app@127.0.0.1:1/guardian")
+	t.Setenv("GUARDIAN_REDIS_ADDR", "127.0.0.1:1, 127.0.0.1:2")
 	t.Setenv("GUARDIAN_KEY_PEPPER", strings.Repeat("k", 32))
 	t.Setenv("GUARDIAN_SESSION_SECRET", "short-secret-value")
 	var a App
@@ -30,6 +31,9 @@ func TestProvisionRequiresBothSecrets(t *testing.T) {
 	}
 	if string(a.Secrets().SessionSecret) != strings.Repeat("s", 40) {
 		t.Fatal("secret not kept")
+	}
+	if r := a.Redis(); len(r.Addrs) != 2 || !r.Cluster {
+		t.Fatalf("redis settings %+v", r)
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	_ "github.com/glassmkr/guardian/caddymodules/guardian"
 	_ "github.com/glassmkr/guardian/caddymodules/headers"
 	_ "github.com/glassmkr/guardian/caddymodules/problem"
+	_ "github.com/glassmkr/guardian/caddymodules/ratelimit"
 )
 
 func main() {

@@ -1,0 +1,330 @@
+// Package ratelimit is the guardian_ratelimit Caddy module: the security
+// posture's three token-bucket tiers, kept in Redis and charged by one Lua
+// script in one round trip.
+//
+//   - ip tier (before authentication): 100 tokens, 10/s per client address,
+//     for requests without a valid credential. In mode "always" every
+//     request of the route is charged first (sign-in, sign-up, re-auth:
+//     brute-force surfaces). In mode "failures" only requests whose
+//     authentication failed are charged, after the fact; once an address is
+//     out of tokens this instance marks it, so its next credentials that
+//     are not already known good are refused without a database lookup.
+//   - account tier (after authentication): 1,000 tokens, 100/s per key (or
+//     session) and 5,000, 500/s per customer, taken from both or neither.
+//
+// If Redis is unreachable or slower than the timeout, the request passes
+// (fail open, logged once per 30 s, metric guardian_ratelimit_redis_up 0),
+// except the ip tier, which falls back to per-instance buckets.
+//
+// Request variables read: identity.VarKey, auth.VarFailure. Set: VarIPBlocked.
+package ratelimit
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+
+	"github.com/glassmkr/guardian/caddymodules/guardian"
+	"github.com/glassmkr/guardian/shared/identity"
+	"github.com/glassmkr/guardian/shared/problem"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// VarIPBlocked is set (to true) on requests from an address this instance
+// knows to be out of ip-tier tokens; the auth module then refuses
+// credentials it would have to look up.
+const VarIPBlocked = "guardian.ip_blocked"
+
+// varFailure mirrors auth.VarFailure (importing auth would tie the modules).
+const varFailure = "guardian.auth_failure"
+
+// Tiers and modes.
+const (
+	TierIP        = "ip"
+	TierAccount   = "account"
+	ModeAlways    = "always"
+	ModeFailures  = "failures"
+	defaultPrefix = "guardian:rl:"
+)
+
+// Defaults from the security posture.
+var (
+	DefaultIP      = Bucket{Capacity: 100, Rate: 10}
+	DefaultKey     = Bucket{Capacity: 1000, Rate: 100}
+	DefaultAccount = Bucket{Capacity: 5000, Rate: 500}
+)
+
+var limiters = caddy.NewUsagePool()
+
+// Handler applies one tier.
+type Handler struct {
+	// Tier is "ip" or "account".
+	Tier string `json:"tier"`
+	// Mode applies to the ip tier: "always" (default) or "failures".
+	Mode string `json:"mode,omitempty"`
+	// IP, Key and Account shape the buckets. Defaults: 100/10, 1000/100,
+	// 5000/500 (capacity/per second).
+	IP      *Bucket `json:"ip,omitempty"`
+	Key     *Bucket `json:"key,omitempty"`
+	Account *Bucket `json:"account,omitempty"`
+	// Timeout bounds the Redis round trip before failing open. Default 50ms.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+	// Prefix starts every Redis key. Default "guardian:rl:".
+	Prefix string `json:"prefix,omitempty"`
+
+	limiter  *Limiter
+	poolKey  string
+	log      *zap.Logger
+	ipLimits []Bucket
+	acLimits []Bucket
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.guardian_ratelimit",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision fills in defaults and joins the shared limiter.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.log = ctx.Logger()
+	h.defaults()
+	if err := h.Validate(); err != nil {
+		return err
+	}
+	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return err
+	}
+	appIface, err := ctx.App("guardian")
+	if err != nil {
+		return fmt.Errorf("guardian_ratelimit: %w", err)
+	}
+	rs := appIface.(*guardian.App).Redis()
+	sum := sha256.Sum256([]byte(fmt.Sprintf("%v|%s|%v|%s|%d", rs.Addrs, rs.Password, rs.Cluster, h.Prefix, h.Timeout)))
+	h.poolKey = hex.EncodeToString(sum[:])
+	v, _, err := limiters.LoadOrNew(h.poolKey, func() (caddy.Destructor, error) {
+		return NewLimiter(redis.NewUniversalClient(&redis.UniversalOptions{
+			Addrs:         rs.Addrs,
+			Password:      rs.Password,
+			IsClusterMode: rs.Cluster,
+			DialTimeout:   time.Duration(h.Timeout) * 4,
+			ReadTimeout:   time.Duration(h.Timeout),
+			WriteTimeout:  time.Duration(h.Timeout),
+			MaxRetries:    -1, // a retry would be a second round trip
+			DialerRetries: 1,
+			PoolSize:      64,
+		}), h.Prefix, time.Duration(h.Timeout), ctx.Logger().Named("limiter")), nil
+	})
+	if err != nil {
+		return err
+	}
+	h.init(v.(*Limiter))
+	return nil
+}
+
+func (h *Handler) defaults() {
+	if h.Mode == "" {
+		h.Mode = ModeAlways
+	}
+	if h.IP == nil {
+		h.IP = &DefaultIP
+	}
+	if h.Key == nil {
+		h.Key = &DefaultKey
+	}
+	if h.Account == nil {
+		h.Account = &DefaultAccount
+	}
+	if h.Timeout <= 0 {
+		h.Timeout = caddy.Duration(50 * time.Millisecond)
+	}
+	if h.Prefix == "" {
+		h.Prefix = defaultPrefix
+	}
+}
+
+// init finishes setting up h around a limiter.
+func (h *Handler) init(l *Limiter) {
+	h.defaults()
+	h.limiter = l
+	h.ipLimits = []Bucket{*h.IP}
+	h.acLimits = []Bucket{*h.Key, *h.Account}
+	if h.log == nil {
+		h.log = zap.NewNop()
+	}
+}
+
+// Validate rejects a config that cannot work, naming the field.
+func (h *Handler) Validate() error {
+	if h.Tier != TierIP && h.Tier != TierAccount {
+		return fmt.Errorf("guardian_ratelimit: tier must be ip or account, got %q", h.Tier)
+	}
+	if h.Mode != "" && h.Mode != ModeAlways && h.Mode != ModeFailures {
+		return fmt.Errorf("guardian_ratelimit: mode must be always or failures, got %q", h.Mode)
+	}
+	for name, b := range map[string]*Bucket{"ip": h.IP, "key": h.Key, "account": h.Account} {
+		if b != nil && (b.Capacity < 1 || b.Rate <= 0) {
+			return fmt.Errorf("guardian_ratelimit: %s: capacity must be at least 1 and rate above 0", name)
+		}
+	}
+	return nil
+}
+
+// Cleanup releases this config's hold on the limiter.
+func (h *Handler) Cleanup() error {
+	if h.poolKey != "" {
+		_, err := limiters.Delete(h.poolKey)
+		return err
+	}
+	return nil
+}
+
+// ServeHTTP applies the tier.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if h.Tier == TierAccount {
+		id, _ := caddyhttp.GetVar(r.Context(), identity.VarKey).(*identity.Identity)
+		if id == nil {
+			return next.ServeHTTP(w, r) // anonymous on an optional route
+		}
+		cred := id.KeyID
+		if cred == "" {
+			cred = id.SessionID
+		}
+		keys := []string{h.limiter.CredentialKey(id.CustomerID, cred), h.limiter.AccountKey(id.CustomerID)}
+		d := h.limiter.Take(r.Context(), keys, h.acLimits, false)
+		if err := h.answer(w, d); err != nil {
+			return err
+		}
+		return next.ServeHTTP(w, r)
+	}
+
+	ip := clientIP(r)
+	if h.Mode == ModeAlways {
+		d := h.limiter.Take(r.Context(), []string{h.limiter.IPKey(ip)}, h.ipLimits, true)
+		if !d.Allowed {
+			h.limiter.blocked.add(ip, d.RetryAfter)
+		}
+		if err := h.answer(w, d); err != nil {
+			return err
+		}
+		return next.ServeHTTP(w, r)
+	}
+
+	// Mode failures: charge only what failed authentication.
+	if h.limiter.blocked.has(ip) {
+		caddyhttp.SetVar(r.Context(), VarIPBlocked, true)
+	}
+	err := next.ServeHTTP(w, r)
+	why, _ := caddyhttp.GetVar(r.Context(), varFailure).(string)
+	if !credentialFailure(why) {
+		return err
+	}
+	d := h.limiter.Take(r.Context(), []string{h.limiter.IPKey(ip)}, h.ipLimits, true)
+	if !d.Allowed {
+		h.limiter.blocked.add(ip, d.RetryAfter)
+	}
+	if lerr := h.answer(w, d); lerr != nil {
+		return lerr
+	}
+	return err
+}
+
+// credentialFailure reports whether an auth failure reason means the
+// request had no valid credential (as opposed to a valid one refused for
+// scope, or the store being down).
+func credentialFailure(why string) bool {
+	switch why {
+	case "", "insufficient_scope", "kind_not_allowed", "cross_site", "store_unavailable":
+		return false
+	}
+	return true
+}
+
+var tooMany = problem.New(http.StatusTooManyRequests, "rate_limited", "too many requests; retry after the time in Retry-After")
+
+// answer sets the RateLimit headers and, for a refusal, returns the 429.
+func (h *Handler) answer(w http.ResponseWriter, d Decision) error {
+	if d.Source == SourceOpen {
+		return nil // nothing known to report
+	}
+	hdr := w.Header()
+	hdr.Set("RateLimit-Limit", fmt.Sprint(d.Limit))
+	hdr.Set("RateLimit-Remaining", fmt.Sprint(d.Remaining))
+	hdr.Set("RateLimit-Reset", seconds(d.Reset))
+	if d.Allowed {
+		return nil
+	}
+	hdr.Set("Retry-After", seconds(max(d.RetryAfter, time.Second)))
+	metrics.limited.WithLabelValues(h.Tier).Inc()
+	return caddyhttp.HandlerError{Err: tooMany, StatusCode: http.StatusTooManyRequests, ID: "rl", Trace: "guardian_ratelimit"}
+}
+
+// clientIP is the address Caddy determined (trusting X-Forwarded-For only
+// from the server's trusted_proxies), else the connection's peer.
+func clientIP(r *http.Request) string {
+	if ip, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok && ip != "" {
+		return ip
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return strings.TrimPrefix(host, "::ffff:")
+}
+
+// blockList remembers, per instance, addresses out of ip-tier tokens.
+type blockList struct {
+	mu    sync.Mutex
+	until map[string]time.Time
+}
+
+func newBlockList() *blockList { return &blockList{until: map[string]time.Time{}} }
+
+func (b *blockList) add(ip string, d time.Duration) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.until) > 100_000 {
+		now := time.Now()
+		for k, t := range b.until {
+			if now.After(t) {
+				delete(b.until, k)
+			}
+		}
+	}
+	b.until[ip] = time.Now().Add(max(d, 100*time.Millisecond))
+}
+
+func (b *blockList) has(ip string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	t, ok := b.until[ip]
+	if ok && time.Now().After(t) {
+		delete(b.until, ip)
+		return false
+	}
+	return ok
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+	_ caddy.Destructor            = (*Limiter)(nil)
+)

@@ -1,0 +1,167 @@
+package ratelimit
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/glassmkr/guardian/shared/identity"
+	"github.com/glassmkr/guardian/shared/problem"
+)
+
+func newTestHandler(t *testing.T, h Handler) *Handler {
+	t.Helper()
+	l, _ := newTestLimiter(t)
+	h.init(l)
+	return &h
+}
+
+func request(ip string) *http.Request {
+	r := httptest.NewRequest("POST", "/auth/login", nil)
+	r.RemoteAddr = ip + ":40000"
+	return r.WithContext(context.WithValue(r.Context(), caddyhttp.VarsCtxKey, map[string]any{}))
+}
+
+func status(err error) (int, string) {
+	if err == nil {
+		return 200, ""
+	}
+	var he caddyhttp.HandlerError
+	var p *problem.Problem
+	errors.As(err, &he)
+	errors.As(err, &p)
+	code := ""
+	if p != nil {
+		code = p.Code
+	}
+	return he.StatusCode, code
+}
+
+var ok = caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error { return nil })
+
+// failAuth behaves like guardian_auth refusing a credential.
+func failAuth(reason string) caddyhttp.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		caddyhttp.SetVar(r.Context(), varFailure, reason)
+		return caddyhttp.Error(401, problem.New(401, "invalid_credentials", ""))
+	}
+}
+
+func TestIPTierAlwaysChargesEveryRequest(t *testing.T) {
+	t.Parallel()
+	h := newTestHandler(t, Handler{Tier: TierIP, IP: &Bucket{Capacity: 2, Rate: 0.01}})
+	for i := range 2 {
+		rec := httptest.NewRecorder()
+		if s, _ := status(h.ServeHTTP(rec, request("192.0.2.10"), ok)); s != 200 {
+			t.Fatalf("request %d: %d", i, s)
+		}
+		if rec.Header().Get("RateLimit-Limit") != "2" || rec.Header().Get("RateLimit-Remaining") == "" || rec.Header().Get("RateLimit-Reset") == "" {
+			t.Fatalf("headers %v", rec.Header())
+		}
+	}
+	rec := httptest.NewRecorder()
+	s, code := status(h.ServeHTTP(rec, request("192.0.2.10"), ok))
+	if s != 429 || code != "rate_limited" || rec.Header().Get("Retry-After") == "" {
+		t.Fatalf("third request: %d %s %v", s, code, rec.Header())
+	}
+	// Another address has its own bucket.
+	if s, _ := status(h.ServeHTTP(httptest.NewRecorder(), request("192.0.2.11"), ok)); s != 200 {
+		t.Fatalf("other address: %d", s)
+	}
+}
+
+func TestGarbageCredentialsCannotDodgeTheIPTier(t *testing.T) {
+	t.Parallel()
+	h := newTestHandler(t, Handler{Tier: TierIP, Mode: ModeFailures, IP: &Bucket{Capacity: 3, Rate: 0.01}})
+	for i := range 3 {
+		if s, code := status(h.ServeHTTP(httptest.NewRecorder(), request("192.0.2.20"), failAuth("malformed"))); s != 401 || code != "invalid_credentials" {
+			t.Fatalf("failure %d: %d %s", i, s, code)
+		}
+	}
+	rec := httptest.NewRecorder()
+	if s, code := status(h.ServeHTTP(rec, request("192.0.2.20"), failAuth("unknown_key"))); s != 429 || code != "rate_limited" {
+		t.Fatalf("fourth failure: %d %s", s, code)
+	}
+	// Now this instance tells auth not to look credentials up for the address.
+	var blocked any
+	_ = h.ServeHTTP(httptest.NewRecorder(), request("192.0.2.20"), caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		blocked = caddyhttp.GetVar(r.Context(), VarIPBlocked)
+		return nil
+	}))
+	if blocked != true {
+		t.Fatal("blocked address not flagged for auth")
+	}
+	// Valid credentials and refusals for scope are not charged.
+	for range 10 {
+		if s, _ := status(h.ServeHTTP(httptest.NewRecorder(), request("192.0.2.21"), failAuth("insufficient_scope"))); s != 401 {
+			t.Fatalf("scope refusal was charged: %d", s)
+		}
+		if s, _ := status(h.ServeHTTP(httptest.NewRecorder(), request("192.0.2.21"), ok)); s != 200 {
+			t.Fatal("valid request charged")
+		}
+	}
+}
+
+func TestAccountTierChargesKeyAndAccount(t *testing.T) {
+	t.Parallel()
+	h := newTestHandler(t, Handler{Tier: TierAccount, Key: &Bucket{Capacity: 2, Rate: 0.01}, Account: &Bucket{Capacity: 3, Rate: 0.01}})
+	with := func(key string) *http.Request {
+		r := request("192.0.2.30")
+		caddyhttp.SetVar(r.Context(), identity.VarKey, &identity.Identity{Kind: identity.KindAccount, CustomerID: "cust-1", KeyID: key, Scope: "read"})
+		return r
+	}
+	results := []int{}
+	for _, key := range []string{"k1", "k1", "k1", "k2", "k3"} {
+		s, _ := status(h.ServeHTTP(httptest.NewRecorder(), with(key), ok))
+		results = append(results, s)
+	}
+	want := []int{200, 200, 429, 200, 429} // key k1 runs out at 2; the account at 3
+	for i := range want {
+		if results[i] != want[i] {
+			t.Fatalf("statuses %v, want %v", results, want)
+		}
+	}
+	// Anonymous requests on optional routes have no account to charge.
+	if s, _ := status(h.ServeHTTP(httptest.NewRecorder(), request("192.0.2.31"), ok)); s != 200 {
+		t.Fatal("anonymous request refused")
+	}
+}
+
+func TestUnmarshalCaddyfile(t *testing.T) {
+	cases := []struct {
+		name, in string
+		wantErr  bool
+		check    func(Handler) bool
+	}{
+		{"ip tier with defaults", "guardian_ratelimit ip", false, func(h Handler) bool { return h.Tier == TierIP && h.IP == nil }},
+		{"account tier with shapes", "guardian_ratelimit account {\n key 10 1\n account 50 5\n timeout 20ms\n}", false, func(h Handler) bool {
+			return h.Key.Capacity == 10 && h.Account.Rate == 5 && h.Timeout > 0
+		}},
+		{"failures mode", "guardian_ratelimit ip {\n mode failures\n ip 5 0.5\n}", false, func(h Handler) bool { return h.Mode == ModeFailures && h.IP.Rate == 0.5 }},
+		{"no tier", "guardian_ratelimit", true, nil},
+		{"unknown tier", "guardian_ratelimit global", true, nil},
+		{"unknown mode", "guardian_ratelimit ip {\n mode sometimes\n}", true, nil},
+		{"zero capacity", "guardian_ratelimit ip {\n ip 0 1\n}", true, nil},
+		{"negative rate", "guardian_ratelimit ip {\n ip 10 -1\n}", true, nil},
+		{"missing rate", "guardian_ratelimit ip {\n ip 10\n}", true, nil},
+		{"bad timeout", "guardian_ratelimit ip {\n timeout never\n}", true, nil},
+		{"unknown setting", "guardian_ratelimit ip {\n burst 5\n}", true, nil},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var h Handler
+			err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.in))
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("err = %v", err)
+			}
+			if tc.check != nil && !tc.check(h) {
+				t.Errorf("parsed %+v", h)
+			}
+		})
+	}
+}

@@ -1,0 +1,250 @@
+package ratelimit
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+)
+
+//go:embed bucket.lua
+var bucketLua string
+
+var bucketScript = redis.NewScript(bucketLua)
+
+// Bucket is a token bucket's shape.
+type Bucket struct {
+	// Capacity is the most tokens the bucket holds (the burst).
+	Capacity float64 `json:"capacity"`
+	// Rate is the refill, in tokens per second.
+	Rate float64 `json:"rate"`
+}
+
+// Decision is the outcome of one Take.
+type Decision struct {
+	Allowed bool
+	// Limit, Remaining and Reset describe the bucket closest to empty.
+	Limit      int
+	Remaining  int
+	Reset      time.Duration // until that bucket is full again
+	RetryAfter time.Duration // until the request would be allowed
+	// Source says who decided: "redis", "local" (Redis down, in-memory
+	// bucket) or "open" (Redis down, failed open).
+	Source string
+}
+
+// Sources of a decision.
+const (
+	SourceRedis = "redis"
+	SourceLocal = "local"
+	SourceOpen  = "open"
+)
+
+// Limiter takes tokens from buckets in Redis in one round trip, and
+// decides without Redis when Redis is unreachable or slow.
+type Limiter struct {
+	rdb     redis.UniversalClient
+	prefix  string
+	timeout time.Duration
+	log     *zap.Logger
+	now     func() time.Time
+	// scriptNow, when set (tests), fixes the script's clock in ms; by
+	// default the script reads Redis's clock, shared by every instance.
+	scriptNow func() int64
+
+	downUntil atomic.Int64 // unix ns: skip Redis until then
+	lastWarn  atomic.Int64 // unix ns of the last degradation warning
+	local     *localBuckets
+	// blocked lists addresses this instance saw run out of ip-tier tokens.
+	blocked *blockList
+}
+
+// Degradation handling.
+const (
+	// probeEvery is how long Redis is left alone after a failure before
+	// one request tries it again.
+	probeEvery = time.Second
+	// warnEvery bounds the degradation warning to one per interval.
+	warnEvery = 30 * time.Second
+)
+
+// NewLimiter returns a Limiter on rdb; keys start with prefix.
+func NewLimiter(rdb redis.UniversalClient, prefix string, timeout time.Duration, log *zap.Logger) *Limiter {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	return &Limiter{rdb: rdb, prefix: prefix, timeout: timeout, log: log, now: time.Now, local: newLocalBuckets(), blocked: newBlockList()}
+}
+
+// Close closes the Redis client.
+func (l *Limiter) Close() error { return l.rdb.Close() }
+
+// Destruct implements caddy.Destructor.
+func (l *Limiter) Destruct() error { return l.Close() }
+
+// IPKey is the bucket key of a client address; the hash tag keeps each
+// address's bucket whole on a cluster.
+func (l *Limiter) IPKey(ip string) string { return l.prefix + "ip:{" + ip + "}" }
+
+// AccountKey is the bucket of a customer.
+func (l *Limiter) AccountKey(customer string) string { return l.prefix + "{a:" + customer + "}" }
+
+// CredentialKey is the bucket of one key or session of a customer: it
+// shares the account's hash tag, so both buckets live in one slot and one
+// script can charge them atomically on Redis Cluster.
+func (l *Limiter) CredentialKey(customer, credential string) string {
+	return l.prefix + "{a:" + customer + "}:c:" + credential
+}
+
+// Take takes one token from every bucket of keys, or from none. When Redis
+// cannot answer in time, it decides with in-memory buckets if local is
+// set (brute-force surfaces), and otherwise lets the request through.
+func (l *Limiter) Take(ctx context.Context, keys []string, buckets []Bucket, local bool) Decision {
+	now := l.now()
+	if now.UnixNano() >= l.downUntil.Load() {
+		d, err := l.takeRedis(ctx, keys, buckets)
+		if err == nil {
+			if l.downUntil.Load() != 0 && l.downUntil.Swap(0) != 0 {
+				metrics.redisUp.Set(1)
+				l.log.Info("rate limiter: Redis answers again; limiting by Redis resumed")
+			}
+			return d
+		}
+		l.degrade(now, err)
+	}
+	if local {
+		metrics.decisions.WithLabelValues(SourceLocal).Inc()
+		return l.local.take(now, keys, buckets)
+	}
+	metrics.decisions.WithLabelValues(SourceOpen).Inc()
+	return Decision{Allowed: true, Source: SourceOpen}
+}
+
+// degrade records a Redis failure: requests skip Redis for probeEvery, the
+// metric shows it, and a warning is logged at most once per warnEvery.
+func (l *Limiter) degrade(now time.Time, err error) {
+	l.downUntil.Store(now.Add(probeEvery).UnixNano())
+	metrics.redisUp.Set(0)
+	metrics.redisErrors.Inc()
+	last := l.lastWarn.Load()
+	if now.UnixNano()-last >= int64(warnEvery) && l.lastWarn.CompareAndSwap(last, now.UnixNano()) {
+		l.log.Warn("rate limiter: Redis unreachable or slow; failing open (brute-force routes use per-instance buckets)",
+			zap.Error(err), zap.Duration("next_warning_after", warnEvery))
+	}
+}
+
+var errReply = errors.New("rate limiter: unexpected script reply")
+
+func (l *Limiter) takeRedis(ctx context.Context, keys []string, buckets []Bucket) (Decision, error) {
+	ctx, cancel := context.WithTimeout(ctx, l.timeout)
+	defer cancel()
+	args := make([]any, 0, 2+2*len(buckets))
+	now := ""
+	if l.scriptNow != nil {
+		now = strconv.FormatInt(l.scriptNow(), 10)
+	}
+	args = append(args, 1, now)
+	for _, b := range buckets {
+		args = append(args, b.Capacity, b.Rate)
+	}
+	// EVALSHA, falling back to EVAL (which loads it) on NOSCRIPT.
+	res, err := bucketScript.Run(ctx, l.rdb, keys, args...).Int64Slice()
+	if err != nil {
+		return Decision{}, err
+	}
+	return decode(res, buckets)
+}
+
+// decode turns the script's reply into a Decision.
+func decode(res []int64, buckets []Bucket) (Decision, error) {
+	if len(res) != 1+3*len(buckets) {
+		return Decision{}, fmt.Errorf("%w: %d values for %d buckets", errReply, len(res), len(buckets))
+	}
+	d := Decision{Allowed: res[0] == 1, Remaining: math.MaxInt, Source: SourceRedis}
+	for i, b := range buckets {
+		remaining, full, retry := res[1+3*i], res[2+3*i], res[3+3*i]
+		if int(remaining) < d.Remaining {
+			d.Remaining, d.Limit, d.Reset = int(remaining), int(b.Capacity), time.Duration(full)*time.Millisecond
+		}
+		if r := time.Duration(retry) * time.Millisecond; r > d.RetryAfter {
+			d.RetryAfter = r
+		}
+	}
+	d.Remaining = max(d.Remaining, 0)
+	return d, nil
+}
+
+// localBuckets are per-instance token buckets for when Redis is down.
+type localBuckets struct {
+	mu sync.Mutex
+	m  map[string]*localBucket
+}
+
+type localBucket struct {
+	tokens float64
+	at     time.Time
+}
+
+const maxLocalBuckets = 100_000
+
+func newLocalBuckets() *localBuckets { return &localBuckets{m: map[string]*localBucket{}} }
+
+// take is the script's algorithm in memory.
+func (lb *localBuckets) take(now time.Time, keys []string, buckets []Bucket) Decision {
+	lb.mu.Lock()
+	defer lb.mu.Unlock()
+	if len(lb.m) >= maxLocalBuckets {
+		for k := range lb.m {
+			delete(lb.m, k)
+			if len(lb.m) < maxLocalBuckets/2 {
+				break
+			}
+		}
+	}
+	d := Decision{Allowed: true, Remaining: math.MaxInt, Source: SourceLocal}
+	state := make([]*localBucket, len(keys))
+	for i, k := range keys {
+		b := lb.m[k]
+		if b == nil {
+			b = &localBucket{tokens: buckets[i].Capacity, at: now}
+			lb.m[k] = b
+		}
+		if now.After(b.at) {
+			b.tokens = min(buckets[i].Capacity, b.tokens+now.Sub(b.at).Seconds()*buckets[i].Rate)
+			b.at = now
+		}
+		state[i] = b
+		if b.tokens < 1 {
+			d.Allowed = false
+		}
+	}
+	for i, b := range state {
+		if d.Allowed {
+			b.tokens--
+		}
+		if r := int(b.tokens); r < d.Remaining {
+			d.Remaining, d.Limit = r, int(buckets[i].Capacity)
+			d.Reset = time.Duration((buckets[i].Capacity - b.tokens) / buckets[i].Rate * float64(time.Second))
+		}
+		if b.tokens < 1 {
+			if r := time.Duration((1 - b.tokens) / buckets[i].Rate * float64(time.Second)); r > d.RetryAfter {
+				d.RetryAfter = r
+			}
+		}
+	}
+	d.Remaining = max(d.Remaining, 0)
+	return d
+}
+
+// seconds renders a duration as whole seconds, rounded up (header values).
+func seconds(d time.Duration) string {
+	return strconv.FormatInt(int64(math.Ceil(d.Seconds())), 10)
+}

@@ -1,0 +1,223 @@
+package ratelimit
+
+import (
+	"context"
+	"errors"
+	"os"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/glassmkr/guardian/shared/testenv"
+)
+
+func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
+
+// newTestLimiter is a limiter on the run's Redis under the test's prefix,
+// with the script's clock under the test's control.
+func newTestLimiter(t *testing.T) (*Limiter, *atomic.Int64) {
+	t.Helper()
+	r := testenv.NewRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr, Password: r.Password, MaxRetries: -1})
+	l := NewLimiter(rdb, r.Prefix, time.Second, nil)
+	t.Cleanup(func() { _ = l.Close() })
+	var clock atomic.Int64
+	clock.Store(1_800_000_000_000)
+	l.scriptNow = clock.Load
+	return l, &clock
+}
+
+func TestBurstUpToCapacityThenRefusal(t *testing.T) {
+	t.Parallel()
+	l, _ := newTestLimiter(t)
+	keys, b := []string{l.IPKey("198.51.100.7")}, []Bucket{{Capacity: 5, Rate: 1}}
+	for i := range 5 {
+		d := l.Take(context.Background(), keys, b, false)
+		if !d.Allowed || d.Remaining != 4-i || d.Limit != 5 || d.Source != SourceRedis {
+			t.Fatalf("request %d: %+v", i, d)
+		}
+	}
+	d := l.Take(context.Background(), keys, b, false)
+	if d.Allowed || d.Remaining != 0 || d.RetryAfter != time.Second || d.Reset != 5*time.Second {
+		t.Fatalf("sixth request: %+v", d)
+	}
+}
+
+func TestRefillAtTheConfiguredRate(t *testing.T) {
+	t.Parallel()
+	l, clock := newTestLimiter(t)
+	keys, b := []string{l.IPKey("198.51.100.8")}, []Bucket{{Capacity: 10, Rate: 4}}
+	for range 10 {
+		l.Take(context.Background(), keys, b, false)
+	}
+	clock.Add(750) // 3 tokens at 4/s
+	for i := range 3 {
+		if d := l.Take(context.Background(), keys, b, false); !d.Allowed {
+			t.Fatalf("refilled token %d refused: %+v", i, d)
+		}
+	}
+	if d := l.Take(context.Background(), keys, b, false); d.Allowed {
+		t.Fatalf("a fourth token appeared: %+v", d)
+	}
+	clock.Add(60_000) // long idle: capped at capacity
+	for range 10 {
+		if d := l.Take(context.Background(), keys, b, false); !d.Allowed {
+			t.Fatal("bucket did not refill to capacity")
+		}
+	}
+	if d := l.Take(context.Background(), keys, b, false); d.Allowed {
+		t.Fatal("bucket refilled past capacity")
+	}
+}
+
+func TestKeyAndAccountAreChargedTogetherOrNotAtAll(t *testing.T) {
+	t.Parallel()
+	l, _ := newTestLimiter(t)
+	keyA := l.CredentialKey("cust", "keyA")
+	keyB := l.CredentialKey("cust", "keyB")
+	acct := l.AccountKey("cust")
+	b := []Bucket{{Capacity: 10, Rate: 1}, {Capacity: 3, Rate: 1}}
+	for range 3 {
+		if d := l.Take(context.Background(), []string{keyA, acct}, b, false); !d.Allowed {
+			t.Fatal("refused within both budgets")
+		}
+	}
+	// The account is empty: neither bucket may be charged now.
+	for range 5 {
+		if d := l.Take(context.Background(), []string{keyB, acct}, b, false); d.Allowed || d.Limit != 3 {
+			t.Fatalf("account tier did not bind: %+v", d)
+		}
+	}
+	tokens, err := l.rdb.HGet(context.Background(), keyB, "t").Float64()
+	if err != nil || tokens != 10 {
+		t.Fatalf("key B charged while refused: %v tokens (%v)", tokens, err)
+	}
+}
+
+func TestScriptIsReloadedAfterRedisForgetsIt(t *testing.T) {
+	t.Parallel()
+	l, _ := newTestLimiter(t)
+	keys, b := []string{l.IPKey("198.51.100.9")}, []Bucket{{Capacity: 5, Rate: 1}}
+	l.Take(context.Background(), keys, b, false)
+	if err := l.rdb.ScriptFlush(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if d := l.Take(context.Background(), keys, b, false); d.Source != SourceRedis || d.Remaining != 3 {
+		t.Fatalf("after SCRIPT FLUSH: %+v", d)
+	}
+}
+
+func TestRedisClusterChargesBothTiersInOneSlot(t *testing.T) {
+	t.Parallel()
+	addrs := testenv.RedisCluster(t)
+	rdb := redis.NewUniversalClient(&redis.UniversalOptions{Addrs: addrs, IsClusterMode: true})
+	l := NewLimiter(rdb, "guardian:rl:", time.Second, nil)
+	t.Cleanup(func() { _ = l.Close() })
+	b := []Bucket{{Capacity: 2, Rate: 1}, {Capacity: 100, Rate: 1}}
+	for i, customer := range []string{"c1", "c2", "c3", "c4", "c5", "c6"} {
+		keys := []string{l.CredentialKey(customer, "k"), l.AccountKey(customer)}
+		for j := range 2 {
+			if d := l.Take(context.Background(), keys, b, false); !d.Allowed || d.Source != SourceRedis {
+				t.Fatalf("customer %d request %d: %+v", i, j, d)
+			}
+		}
+		if d := l.Take(context.Background(), keys, b, false); d.Allowed || d.Source != SourceRedis {
+			t.Fatalf("customer %d: third request %+v", i, d)
+		}
+	}
+	// Keys without the shared tag really are refused by a cluster, so the
+	// test above proves the tags work, not that Redis is lenient.
+	_, err := bucketScript.Run(context.Background(), rdb, []string{"x:{a}", "x:{b}"}, 1, "", 1, 1, 1, 1).Result()
+	if err == nil || !strings.Contains(err.Error(), "CROSSSLOT") {
+		t.Fatalf("untagged keys: %v", err)
+	}
+}
+
+func TestFailsOpenWhileRedisIsDownAndRecovers(t *testing.T) {
+	t.Parallel()
+	env, dir := testenv.Private(t, "redis")
+	core, logs := observer.New(zap.WarnLevel)
+	rdb := redis.NewClient(&redis.Options{Addr: env["GUARDIAN_REDIS_ADDR"], Password: env["GUARDIAN_REDIS_PASSWORD"], MaxRetries: -1, DialerRetries: 1, DialTimeout: 100 * time.Millisecond})
+	l := NewLimiter(rdb, "t:", 100*time.Millisecond, zap.New(core))
+	t.Cleanup(func() { _ = l.Close() })
+	ip := []string{l.IPKey("203.0.113.5")}
+	acct := []string{l.CredentialKey("c", "k"), l.AccountKey("c")}
+	ipB := []Bucket{{Capacity: 3, Rate: 0.001}}
+	acB := []Bucket{{Capacity: 1, Rate: 0.001}, {Capacity: 1, Rate: 0.001}}
+	if d := l.Take(context.Background(), acct, acB, false); !d.Allowed || d.Source != SourceRedis {
+		t.Fatalf("with Redis: %+v", d)
+	}
+
+	if err := testenv.Stop(dir, "redis"); err != nil {
+		t.Fatal(err)
+	}
+	open0 := testutil.ToFloat64(metrics.decisions.WithLabelValues(SourceOpen))
+	for range 50 {
+		// Out of account tokens, but Redis cannot say so: fail open.
+		if d := l.Take(context.Background(), acct, acB, false); !d.Allowed || d.Source != SourceOpen {
+			t.Fatalf("account tier with Redis down: %+v", d)
+		}
+	}
+	if got := testutil.ToFloat64(metrics.decisions.WithLabelValues(SourceOpen)) - open0; got != 50 {
+		t.Errorf("fail-open decisions counted %v, want 50", got)
+	}
+	if testutil.ToFloat64(metrics.redisUp) != 0 {
+		t.Error("redis_up still 1 while Redis is down")
+	}
+	// The brute-force tier falls back to a per-instance bucket.
+	allowed := 0
+	for range 10 {
+		if d := l.Take(context.Background(), ip, ipB, true); d.Allowed {
+			allowed++
+		} else if d.Source != SourceLocal {
+			t.Fatalf("ip tier refusal from %q", d.Source)
+		}
+	}
+	if allowed != 3 {
+		t.Fatalf("local ip bucket allowed %d of 10, want 3", allowed)
+	}
+	if n := logs.FilterMessageSnippet("failing open").Len(); n != 1 {
+		t.Errorf("%d degradation warnings for 60 requests, want 1", n)
+	}
+
+	if _, err := testenv.Start(dir, "redis"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		d := l.Take(context.Background(), acct, acB, false)
+		if d.Source == SourceRedis {
+			break // limiting by Redis resumed by itself
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("limiter did not return to Redis")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestSlowRedisFailsOpen(t *testing.T) {
+	t.Parallel()
+	r := testenv.NewRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr, Password: r.Password, MaxRetries: -1})
+	l := NewLimiter(rdb, r.Prefix, 20*time.Millisecond, nil)
+	t.Cleanup(func() { _ = l.Close() })
+	// A context already past its deadline stands in for a slow server.
+	ctx, cancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
+	defer cancel()
+	if d := l.Take(ctx, []string{l.AccountKey("slow")}, []Bucket{{Capacity: 1, Rate: 1}}, false); !d.Allowed || d.Source != SourceOpen {
+		t.Fatalf("slow Redis: %+v", d)
+	}
+}
+
+func TestDecodeRefusesShortReplies(t *testing.T) {
+	if _, err := decode([]int64{1, 2}, []Bucket{{1, 1}}); !errors.Is(err, errReply) {
+		t.Fatalf("err = %v", err)
+	}
+}

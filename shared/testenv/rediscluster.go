@@ -1,0 +1,72 @@
+package testenv
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// RedisCluster starts a three-master Redis Cluster on free loopback ports
+// for one test and returns its addresses; it is stopped when t ends.
+func RedisCluster(t testing.TB) []string {
+	t.Helper()
+	dir := t.TempDir()
+	var addrs []string
+	for i := range 3 {
+		port := FreePort(t)
+		node := filepath.Join(dir, strconv.Itoa(i))
+		if err := os.MkdirAll(node, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command("redis-server", "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
+			"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--save", "", "--appendonly", "no",
+			"--dir", node, "--logfile", filepath.Join(node, "redis.log"))
+		if err := cmd.Start(); err != nil {
+			t.Fatalf("testenv: redis cluster node: %v", err)
+		}
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		addr := "127.0.0.1:" + strconv.Itoa(port)
+		waitRedis(t, addr)
+		addrs = append(addrs, addr)
+	}
+	args := append([]string{"--cluster", "create"}, addrs...)
+	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
+	if out, err := exec.Command("redis-cli", args...).CombinedOutput(); err != nil {
+		t.Fatalf("testenv: redis-cli --cluster create: %v\n%s", err, out)
+	}
+	c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs})
+	defer c.Close()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		info, err := c.ClusterInfo(context.Background()).Result()
+		if err == nil && strings.Contains(info, "cluster_state:ok") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("testenv: cluster not ok: %v %s", err, info)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return addrs
+}
+
+func waitRedis(t testing.TB, addr string) {
+	t.Helper()
+	c := redis.NewClient(&redis.Options{Addr: addr})
+	defer c.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for c.Ping(context.Background()).Err() != nil {
+		if time.Now().After(deadline) {
+			t.Fatal(fmt.Errorf("testenv: redis at %s did not answer", addr))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
