@@ -1,0 +1,157 @@
+package ratelimit
+
+import (
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/glassmkr/guardian/shared/testenv"
+)
+
+// edgeWithCustomer runs the real Caddyfile on a database of the test's own
+// and returns it with a read key; overrides change the stack's settings.
+func edgeWithCustomer(t *testing.T, overrides map[string]string) (*testenv.Stack, string) {
+	t.Helper()
+	pg := testenv.Postgres(t)
+	env := testenv.StackEnv(t)
+	env["GUARDIAN_PG_APP_DSN"] = pg.AppDSN
+	for k, v := range overrides {
+		env[k] = v
+	}
+	c := testenv.NewCustomer(t, pg.Owner, []byte(env["GUARDIAN_KEY_PEPPER"]), []byte(env["GUARDIAN_SESSION_SECRET"]))
+	return testenv.StartStack(t, env), c.AccountKey(t, "read")
+}
+
+func get(t *testing.T, url string, header map[string]string) *http.Response {
+	t.Helper()
+	req, _ := http.NewRequest("GET", url, nil)
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp
+}
+
+func TestAuthenticatedResponsesCarryRateLimitHeaders(t *testing.T) {
+	t.Parallel()
+	stack, key := edgeWithCustomer(t, nil)
+	resp := get(t, stack.URL+"/api/v1/whoami", map[string]string{"Authorization": "Bearer " + key})
+	if resp.StatusCode != 200 || resp.Header.Get("RateLimit-Limit") != "1000" || resp.Header.Get("RateLimit-Remaining") != "999" || resp.Header.Get("RateLimit-Reset") == "" {
+		t.Fatalf("%d %v", resp.StatusCode, resp.Header)
+	}
+}
+
+// failuresUntil429 sends garbage keys, each with the X-Forwarded-For that
+// xff gives, and returns how many were answered before the first 429.
+func failuresUntil429(t *testing.T, stack *testenv.Stack, n int, xff func(i int) string) int {
+	t.Helper()
+	for i := range n {
+		resp := get(t, stack.URL+"/api/v1/whoami", map[string]string{"Authorization": "Bearer gmk_acct_live_garbage", "X-Forwarded-For": xff(i)})
+		if resp.StatusCode == 429 {
+			if resp.Header.Get("Retry-After") == "" {
+				t.Fatal("429 without Retry-After")
+			}
+			return i
+		}
+		if resp.StatusCode != 401 {
+			t.Fatalf("garbage key: %d", resp.StatusCode)
+		}
+	}
+	return n
+}
+
+func TestXForwardedForIsTrustedOnlyFromConfiguredProxies(t *testing.T) {
+	t.Parallel()
+	spoof := func(i int) string { return "198.51.100." + string(rune('0'+i%10)) + "1" }
+	// No trusted proxies: the header is ignored and one bucket fills.
+	stack, _ := edgeWithCustomer(t, map[string]string{"GUARDIAN_TRUSTED_PROXIES": ""})
+	// 100 tokens, plus the few that refill (10/s) while the requests run.
+	if n := failuresUntil429(t, stack, 150, spoof); n < 100 || n >= 150 {
+		t.Fatalf("untrusted X-Forwarded-For: first 429 after %d failures, want just past 100", n)
+	}
+	// Loopback trusted (as a proxy would be): each forwarded address has
+	// its own bucket.
+	trusted, _ := edgeWithCustomer(t, map[string]string{"GUARDIAN_TRUSTED_PROXIES": "127.0.0.1/32"})
+	unique := func(i int) string { return "203.0.113." + itoa(i%250+1) }
+	if n := failuresUntil429(t, trusted, 150, unique); n != 150 {
+		t.Fatalf("trusted proxy: refused after %d failures from 150 different clients", n)
+	}
+}
+
+func itoa(i int) string {
+	if i < 10 {
+		return string(rune('0' + i))
+	}
+	return itoa(i/10) + string(rune('0'+i%10))
+}
+
+func TestRedisStoppedAndRestartedUnderLoad(t *testing.T) {
+	t.Parallel()
+	redisEnv, dir := testenv.Private(t, "redis")
+	stack, key := edgeWithCustomer(t, map[string]string{
+		"GUARDIAN_REDIS_ADDR":     redisEnv["GUARDIAN_REDIS_ADDR"],
+		"GUARDIAN_REDIS_PASSWORD": redisEnv["GUARDIAN_REDIS_PASSWORD"],
+	})
+	auth := map[string]string{"Authorization": "Bearer " + key}
+	var sent, ok, limitedHeaders atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 20000; i++ { // bounded; stopped long before
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				resp := get(t, stack.URL+"/api/v1/whoami", auth)
+				sent.Add(1)
+				if resp.StatusCode == 200 {
+					ok.Add(1)
+				}
+				if resp.Header.Get("RateLimit-Limit") != "" {
+					limitedHeaders.Add(1)
+				}
+				time.Sleep(2 * time.Millisecond)
+			}
+		}()
+	}
+	time.Sleep(300 * time.Millisecond)
+	if err := testenv.Stop(dir, "redis"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	withRedisDown := limitedHeaders.Load()
+	time.Sleep(500 * time.Millisecond)
+	if limitedHeaders.Load() != withRedisDown {
+		t.Error("RateLimit headers while Redis is down: the limiter did not fail open")
+	}
+	if _, err := testenv.Start(dir, "redis"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for limitedHeaders.Load() == withRedisDown {
+		if time.Now().After(deadline) {
+			t.Fatal("limiting did not resume after Redis came back")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	close(stop)
+	wg.Wait()
+	if sent.Load() != ok.Load() {
+		t.Fatalf("%d of %d requests failed while Redis went away and came back", sent.Load()-ok.Load(), sent.Load())
+	}
+	if n := strings.Count(stack.Log(), "failing open"); n != 1 {
+		t.Errorf("%d degradation warnings in Caddy's log, want exactly 1", n)
+	}
+	t.Logf("%d requests, all answered 200; Redis down then back", sent.Load())
+}
