@@ -1,0 +1,146 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/glassmkr/guardian/shared/identity"
+	"github.com/glassmkr/guardian/shared/problem"
+)
+
+// MaxBody is the largest snapshot accepted.
+const MaxBody = 512 << 10
+
+// clockSkew is how far in the future a snapshot's timestamp may be.
+const clockSkew = 5 * time.Minute
+
+type handler struct {
+	log   *zap.Logger
+	plans *planCache
+	store store
+	now   func() time.Time
+}
+
+// snapshot is the part of the body the edge reads; the whole body is
+// stored as sent.
+type snapshot struct {
+	Timestamp        *string `json:"timestamp"`
+	CollectorVersion *string `json:"collector_version"`
+	ServerID         *string `json:"server_id"`
+}
+
+func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", "POST")
+		problem.Write(w, problem.New(http.StatusMethodNotAllowed, "method_not_allowed", "send snapshots with POST"))
+		return
+	}
+	id, ok := identity.FromRequest(r)
+	if !ok || id.Kind != identity.KindCollector || id.ServerID == "" {
+		// guardian_auth admits only collector keys here: a config error.
+		problem.Write(w, problem.New(http.StatusInternalServerError, "internal_error", "no collector identity"))
+		return
+	}
+	if ct := r.Header.Get("Content-Type"); ct != "" {
+		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
+			problem.Write(w, problem.New(http.StatusUnsupportedMediaType, "unsupported_media_type", "send the snapshot as application/json"))
+			return
+		}
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBody))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			problem.Write(w, problem.New(http.StatusRequestEntityTooLarge, "payload_too_large", fmt.Sprintf("a snapshot may be at most %d bytes", MaxBody)))
+			return
+		}
+		problem.Write(w, problem.New(http.StatusBadRequest, "bad_request", "the request body could not be read"))
+		return
+	}
+	now := h.now().UTC()
+	snap, perr := parse(body, now)
+	if perr != nil {
+		problem.Write(w, perr)
+		return
+	}
+	if snap.ServerID != nil && *snap.ServerID != id.ServerID {
+		problem.Write(w, problem.New(http.StatusForbidden, "wrong_server", "this collector key belongs to another server"))
+		return
+	}
+	plan, err := h.plans.plan(r.Context(), id.CustomerID, now)
+	if err != nil {
+		h.log.Error("reading the customer's plan failed", zap.Error(err))
+		unavailable(w)
+		return
+	}
+	ts, _ := time.Parse(time.RFC3339Nano, *snap.Timestamp)
+	row := snapshotRow{
+		CustomerID: id.CustomerID, ServerID: id.ServerID,
+		TS: ts.UTC().Truncate(time.Second), ReceivedAt: now.Truncate(time.Second),
+		CollectorVersion: *snap.CollectorVersion, RetentionDays: RetentionDays(plan),
+		Payload: string(body),
+	}
+	if days := time.Duration(row.RetentionDays) * 24 * time.Hour; now.Sub(ts) > days {
+		problem.Write(w, problem.New(http.StatusBadRequest, "invalid_snapshot", "timestamp is older than this plan keeps snapshots"))
+		return
+	}
+	if err := h.store.Insert(r.Context(), row); err != nil {
+		h.log.Error("storing a snapshot failed", zap.Error(err), zap.String("server_id", id.ServerID))
+		unavailable(w)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	_ = json.NewEncoder(w).Encode(map[string]any{
+		"success":       true,
+		"received_at":   now.Format(time.RFC3339Nano),
+		"active_alerts": 0,
+	})
+}
+
+func unavailable(w http.ResponseWriter) {
+	w.Header().Set("Retry-After", "30")
+	problem.Write(w, problem.New(http.StatusServiceUnavailable, "storage_unavailable", "the snapshot was not stored; send it again later"))
+}
+
+// parse checks the snapshot's shape: a JSON object whose timestamp is an
+// RFC 3339 time not in the future and whose collector_version is a short
+// string. Problems name the field.
+func parse(body []byte, now time.Time) (*snapshot, *problem.Problem) {
+	bad := func(detail string) *problem.Problem {
+		return problem.New(http.StatusBadRequest, "invalid_snapshot", detail)
+	}
+	trimmed := bytes.TrimSpace(body)
+	if len(trimmed) == 0 || trimmed[0] != '{' {
+		return nil, bad("the body must be one JSON object")
+	}
+	if !json.Valid(trimmed) {
+		return nil, bad("the body is not valid JSON")
+	}
+	var s snapshot
+	if err := json.Unmarshal(trimmed, &s); err != nil {
+		return nil, bad("timestamp, collector_version and server_id must be strings")
+	}
+	if s.Timestamp == nil {
+		return nil, bad("timestamp is required")
+	}
+	ts, err := time.Parse(time.RFC3339Nano, *s.Timestamp)
+	if err != nil {
+		return nil, bad("timestamp must be an RFC 3339 time such as 2026-11-28T12:00:00Z")
+	}
+	if ts.After(now.Add(clockSkew)) {
+		return nil, bad("timestamp is in the future")
+	}
+	if s.CollectorVersion == nil || *s.CollectorVersion == "" || len(*s.CollectorVersion) > 64 {
+		return nil, bad("collector_version is required (at most 64 characters)")
+	}
+	return &s, nil
+}

@@ -1,0 +1,60 @@
+package main
+
+import (
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseRefusesBadSnapshots(t *testing.T) {
+	now := time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
+	cases := []struct {
+		name, body, detail string
+	}{
+		{"empty body", "", "one JSON object"},
+		{"array instead of object", `[{"timestamp":"2026-11-28T11:00:00Z"}]`, "one JSON object"},
+		{"truncated JSON", `{"timestamp":"2026-11-28T11:00:00Z"`, "not valid JSON"},
+		{"timestamp missing", `{"collector_version":"1.0.0"}`, "timestamp is required"},
+		{"timestamp as a number", `{"timestamp":1764331200000,"collector_version":"1.0.0"}`, "must be strings"},
+		{"timestamp not RFC 3339", `{"timestamp":"28/11/2026 11:00","collector_version":"1.0.0"}`, "RFC 3339"},
+		{"timestamp in the future", `{"timestamp":"2026-11-28T13:00:00Z","collector_version":"1.0.0"}`, "in the future"},
+		{"collector_version missing", `{"timestamp":"2026-11-28T11:00:00Z"}`, "collector_version is required"},
+		{"collector_version too long", `{"timestamp":"2026-11-28T11:00:00Z","collector_version":"` + strings.Repeat("9", 65) + `"}`, "collector_version is required"},
+		{"server_id not a string", `{"timestamp":"2026-11-28T11:00:00Z","collector_version":"1","server_id":7}`, "must be strings"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, p := parse([]byte(tc.body), now)
+			if p == nil || p.Status != http.StatusBadRequest || p.Code != "invalid_snapshot" || !strings.Contains(p.Detail, tc.detail) {
+				t.Fatalf("got %+v, want 400 invalid_snapshot mentioning %q", p, tc.detail)
+			}
+		})
+	}
+	ok := `{"timestamp":"2026-11-28T11:59:00.123Z","collector_version":"0.9.4","system":{"hostname":"db1"},"disks":[]}`
+	if s, p := parse([]byte(ok), now); p != nil || *s.CollectorVersion != "0.9.4" {
+		t.Fatalf("good snapshot refused: %+v", p)
+	}
+}
+
+func TestRetentionByPlan(t *testing.T) {
+	if RetentionDays("pro") != 90 || RetentionDays("free") != 7 || RetentionDays("") != 7 {
+		t.Fatal("retention does not follow the plan")
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add(`{"timestamp":"2026-11-28T11:00:00Z","collector_version":"1.0.0"}`)
+	f.Add(`{"timestamp":null}`)
+	f.Add(`[]`)
+	now := time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
+	f.Fuzz(func(t *testing.T, body string) {
+		s, p := parse([]byte(body), now)
+		if (s == nil) == (p == nil) {
+			t.Fatalf("parse(%q) returned both or neither", body)
+		}
+		if s != nil && (s.Timestamp == nil || s.CollectorVersion == nil) {
+			t.Fatalf("accepted %q without required fields", body)
+		}
+	})
+}

@@ -1,0 +1,173 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2"
+
+	"github.com/glassmkr/guardian/shared/migrate"
+	"github.com/glassmkr/guardian/shared/testenv"
+)
+
+func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
+
+// crucibleSnapshot is shaped like what a Crucible agent sends.
+func crucibleSnapshot(ts time.Time, extra string) string {
+	return `{"collector_version":"0.9.4","timestamp":"` + ts.UTC().Format(time.RFC3339Nano) + `",` + extra +
+		`"system":{"hostname":"db1","ip":"10.0.0.1","os":"Ubuntu 24.04.4 LTS","kernel":"6.8.0-107-generic","uptime_seconds":604800},` +
+		`"cpu":{"load1":0.42},"memory":{"total_mb":16384,"used_mb":4096,"available_mb":12288,"swap_total_mb":4096,"swap_used_mb":128},` +
+		`"disks":[],"smart":[],"network":[],"raid":[],"ipmi":{},"os_alerts":[]}`
+}
+
+type ingestEdge struct {
+	stack *testenv.Stack
+	c     *testenv.Customer
+	ch    *testenv.CH
+	chDir string
+}
+
+func newIngestEdge(t *testing.T, privateClickHouse bool) *ingestEdge {
+	t.Helper()
+	pg := testenv.Postgres(t)
+	env := testenv.StackEnv(t)
+	env["GUARDIAN_PG_APP_DSN"] = pg.AppDSN
+	e := &ingestEdge{}
+	if privateClickHouse {
+		chEnv, dir := testenv.Private(t, "clickhouse")
+		for _, k := range []string{"GUARDIAN_CLICKHOUSE_ADDR", "GUARDIAN_CLICKHOUSE_USER", "GUARDIAN_CLICKHOUSE_PASSWORD"} {
+			env[k] = chEnv[k]
+		}
+		env["GUARDIAN_CLICKHOUSE_DATABASE"] = "guardian"
+		e.chDir = dir
+		conn, err := clickhouse.Open(&clickhouse.Options{
+			Addr: []string{chEnv["GUARDIAN_CLICKHOUSE_ADDR"]},
+			Auth: clickhouse.Auth{Database: "default", Username: chEnv["GUARDIAN_CLICKHOUSE_USER"], Password: chEnv["GUARDIAN_CLICKHOUSE_PASSWORD"]},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = conn.Close() })
+		if _, err := migrate.ClickHouse(context.Background(), conn, "guardian"); err != nil {
+			t.Fatal(err)
+		}
+		e.ch = &testenv.CH{Database: "guardian", Conn: conn}
+	} else {
+		e.ch = testenv.ClickHouse(t)
+		env["GUARDIAN_CLICKHOUSE_DATABASE"] = e.ch.Database
+	}
+	e.c = testenv.NewCustomer(t, pg.Owner, []byte(env["GUARDIAN_KEY_PEPPER"]), []byte(env["GUARDIAN_SESSION_SECRET"]))
+	e.stack = testenv.StartStack(t, env)
+	return e
+}
+
+func post(t *testing.T, url, key, body string) (int, http.Header, map[string]any) {
+	t.Helper()
+	req, _ := http.NewRequest("POST", url, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+key)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var doc map[string]any
+	_ = json.Unmarshal(b, &doc)
+	return resp.StatusCode, resp.Header, doc
+}
+
+func TestCollectorSnapshotIsStoredForItsOwnServer(t *testing.T) {
+	t.Parallel()
+	e := newIngestEdge(t, false)
+	key := e.c.CollectorKey(t, e.c.ServerID)
+	ts := time.Now().Add(-time.Minute)
+	status, _, doc := post(t, e.stack.URL+"/api/v1/ingest", key, crucibleSnapshot(ts, ""))
+	if status != 200 || doc["success"] != true || doc["active_alerts"] != float64(0) || doc["received_at"] == nil {
+		t.Fatalf("ingest: %d %v", status, doc)
+	}
+	var server, customer, version string
+	var days uint16
+	err := e.ch.Conn.QueryRow(context.Background(), "SELECT server_id, customer_id, collector_version, retention_days FROM "+e.ch.Database+".snapshots").Scan(&server, &customer, &version, &days)
+	if err != nil || server != e.c.ServerID || customer != e.c.ID || version != "0.9.4" || days != 7 {
+		t.Fatalf("stored row: %s %s %s %d (%v)", server, customer, version, days, err)
+	}
+	// The body's own server_id, when it matches, is fine too.
+	if status, _, doc := post(t, e.stack.URL+"/api/v1/ingest", key, crucibleSnapshot(ts, `"server_id":"`+e.c.ServerID+`",`)); status != 200 {
+		t.Fatalf("matching server_id: %d %v", status, doc)
+	}
+}
+
+func TestIngestRefusals(t *testing.T) {
+	t.Parallel()
+	e := newIngestEdge(t, false)
+	collector := e.c.CollectorKey(t, e.c.ServerID)
+	account := e.c.AccountKey(t, "admin")
+	now := time.Now()
+	cases := []struct {
+		name, key, body string
+		status          int
+		code            string
+	}{
+		{"collector key for another server's snapshot", collector, crucibleSnapshot(now, `"server_id":"`+e.c.OtherServerID+`",`), 403, "wrong_server"},
+		{"account key on the ingest route", account, crucibleSnapshot(now, ""), 403, "insufficient_scope"},
+		{"body over 512 KiB", collector, crucibleSnapshot(now, `"pad":"`+strings.Repeat("x", MaxBody)+`",`), 413, "payload_too_large"},
+		{"not JSON", collector, "hello", 400, "invalid_snapshot"},
+		{"revoked-looking garbage key", "gmk_cru_live_x", crucibleSnapshot(now, ""), 401, "invalid_credentials"},
+	}
+	for _, tc := range cases {
+		status, h, doc := post(t, e.stack.URL+"/api/v1/ingest", tc.key, tc.body)
+		if status != tc.status || doc["code"] != tc.code || h.Get("Content-Type") != "application/problem+json" {
+			t.Errorf("%s: %d %v", tc.name, status, doc)
+		}
+	}
+	var n uint64
+	if err := e.ch.Conn.QueryRow(context.Background(), "SELECT count() FROM "+e.ch.Database+".snapshots").Scan(&n); err != nil || n != 0 {
+		t.Fatalf("refused snapshots were stored: %d (%v)", n, err)
+	}
+	// An agent's set-up probe (GET with its key) must not read as an
+	// authentication failure.
+	req, _ := http.NewRequest("GET", e.stack.URL+"/api/v1/ingest", nil)
+	req.Header.Set("Authorization", "Bearer "+collector)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 405 || resp.Header.Get("Allow") != "POST" {
+		t.Fatalf("GET probe: %d", resp.StatusCode)
+	}
+}
+
+func TestClickHouseDownIs503AndNothingIsHalfWritten(t *testing.T) {
+	t.Parallel()
+	e := newIngestEdge(t, true)
+	key := e.c.CollectorKey(t, e.c.ServerID)
+	if status, _, doc := post(t, e.stack.URL+"/api/v1/ingest", key, crucibleSnapshot(time.Now(), "")); status != 200 {
+		t.Fatalf("before the outage: %d %v", status, doc)
+	}
+	if err := testenv.Stop(e.chDir, "clickhouse"); err != nil {
+		t.Fatal(err)
+	}
+	status, h, doc := post(t, e.stack.URL+"/api/v1/ingest", key, crucibleSnapshot(time.Now(), `"marker":"while-down",`))
+	if status != 503 || doc["code"] != "storage_unavailable" || h.Get("Retry-After") == "" {
+		t.Fatalf("clickhouse down: %d %v", status, doc)
+	}
+	if _, err := testenv.Start(e.chDir, "clickhouse"); err != nil {
+		t.Fatal(err)
+	}
+	var n uint64
+	if err := e.ch.Conn.QueryRow(context.Background(), "SELECT count() FROM guardian.snapshots").Scan(&n); err != nil || n != 1 {
+		t.Fatalf("after the outage: %d rows (want only the one sent before it), %v", n, err)
+	}
+	// Back up: the agent's next push is stored.
+	if status, _, doc := post(t, e.stack.URL+"/api/v1/ingest", key, crucibleSnapshot(time.Now(), "")); status != 200 {
+		t.Fatalf("after restart: %d %v", status, doc)
+	}
+}
