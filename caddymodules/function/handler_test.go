@@ -8,7 +8,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -86,16 +85,6 @@ func pidOf(t *testing.T, h *Handler) int {
 	return pid
 }
 
-func alive(pid int) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	// A zombie waiting to be reaped has finished.
-	fields := strings.Fields(string(b))
-	return len(fields) > 2 && fields[2] != "Z" && syscall.Kill(pid, 0) == nil
-}
-
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
@@ -155,7 +144,7 @@ func TestIdleFunctionIsStoppedAndStartsAgain(t *testing.T) {
 	idle := caddy.Duration(150 * time.Millisecond)
 	h := newHandler(t, &Handler{IdleTimeout: &idle})
 	pid := pidOf(t, h)
-	waitFor(t, "idle stop", func() bool { return !alive(pid) })
+	waitFor(t, "idle stop", func() bool { return !testenv.Alive(pid) })
 	if again := pidOf(t, h); again == pid {
 		t.Fatal("same pid after idle stop")
 	}
@@ -179,7 +168,7 @@ func TestCrashMidRequestIs502AndNextRequestRestarts(t *testing.T) {
 	if status, code := problemOf(t, err); status != 502 || code != "function_failed" {
 		t.Fatalf("crash gave %d %s", status, code)
 	}
-	waitFor(t, "crashed process to exit", func() bool { return !alive(pid) })
+	waitFor(t, "crashed process to exit", func() bool { return !testenv.Alive(pid) })
 	if again := pidOf(t, h); again == pid {
 		t.Fatal("not restarted")
 	}
@@ -286,7 +275,7 @@ func TestCleanupStopsTheProcess(t *testing.T) {
 	if err := h.Cleanup(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "process to stop", func() bool { return !alive(pid) })
+	waitFor(t, "process to stop", func() bool { return !testenv.Alive(pid) })
 }
 
 func TestValidate(t *testing.T) {

@@ -1,9 +1,9 @@
 package function
 
 import (
-	"errors"
-
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/glassmkr/guardian/caddymodules/guardian"
 )
 
 // Metrics of the function runtime, labelled by function name. They are
@@ -55,18 +55,7 @@ const (
 )
 
 func registerMetrics(reg prometheus.Registerer) error {
-	if reg == nil {
-		return nil
-	}
-	for _, c := range []prometheus.Collector{metrics.starts, metrics.startFailures, metrics.crashes, metrics.coldStart, metrics.inFlight, metrics.duration} {
-		if err := reg.Register(c); err != nil {
-			var are prometheus.AlreadyRegisteredError
-			if !errors.As(err, &are) {
-				return err
-			}
-		}
-	}
-	return nil
+	return guardian.RegisterCollectors(reg, metrics.starts, metrics.startFailures, metrics.crashes, metrics.coldStart, metrics.inFlight, metrics.duration)
 }
 
 // fnMetrics are one function's series, resolved once at provision so the

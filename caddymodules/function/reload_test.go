@@ -3,37 +3,10 @@ package function
 import (
 	"net/http"
 	"os"
-	"strconv"
-	"strings"
 	"testing"
 
 	"github.com/glassmkr/guardian/shared/testenv"
 )
-
-// childPids lists the live children of pid.
-func childPids(t *testing.T, pid int) []int {
-	t.Helper()
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []int
-	for _, e := range entries {
-		child, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		rest := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
-		if len(rest) > 1 && rest[0] != "Z" && rest[1] == strconv.Itoa(pid) {
-			out = append(out, child)
-		}
-	}
-	return out
-}
 
 func healthzPid(t *testing.T, stack *testenv.Stack) int {
 	t.Helper()
@@ -45,7 +18,7 @@ func healthzPid(t *testing.T, stack *testenv.Stack) int {
 	if resp.StatusCode != 200 {
 		t.Fatalf("healthz: %d", resp.StatusCode)
 	}
-	kids := childPids(t, stack.Cmd.Process.Pid)
+	kids := testenv.Children(stack.Cmd.Process.Pid)
 	if len(kids) != 1 {
 		t.Fatalf("caddy has children %v, want one function", kids)
 	}
@@ -67,7 +40,7 @@ func TestReloadKeepsAnUnchangedFunctionAndReplacesAChangedOne(t *testing.T) {
 	// when the old config is unloaded. (Placeholders such as this one are
 	// expanded by the reloading command.)
 	stack.Reload(t, map[string]string{"GUARDIAN_FUNCTION_IDLE_TIMEOUT": "4m"})
-	waitFor(t, "old process to stop", func() bool { return !alive(first) })
+	waitFor(t, "old process to stop", func() bool { return !testenv.Alive(first) })
 	if replaced := healthzPid(t, stack); replaced == first {
 		t.Fatal("changed function kept its old process")
 	}
@@ -80,5 +53,5 @@ func TestShutdownStopsFunctions(t *testing.T) {
 	if err := stack.Cmd.Process.Signal(os.Interrupt); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "function to stop with caddy", func() bool { return !alive(pid) })
+	waitFor(t, "function to stop with caddy", func() bool { return !testenv.Alive(pid) })
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/glassmkr/guardian/shared/identity"
+	"github.com/glassmkr/guardian/shared/testenv"
 )
 
 // headersSeen sends req through h to the test function's /headers and
@@ -99,7 +100,7 @@ func TestMetricsCountStartsCrashesAndRequests(t *testing.T) {
 	pidOf(t, h)
 	_, _ = callMethod(h, "POST", "/crash")
 	waitFor(t, "crash to be noticed", func() bool {
-		return !alive(pid) && testutil.ToFloat64(metrics.crashes.WithLabelValues(name)) == crashes0+1
+		return !testenv.Alive(pid) && testutil.ToFloat64(metrics.crashes.WithLabelValues(name)) == crashes0+1
 	})
 	pidOf(t, h)
 
@@ -151,7 +152,7 @@ func TestWarmFunctionStartsWithTheConfigAndOutlivesIdleness(t *testing.T) {
 	})
 	pid := pidOf(t, h)
 	time.Sleep(300 * time.Millisecond) // several idle timeouts
-	if !alive(pid) || pidOf(t, h) != pid {
+	if !testenv.Alive(pid) || pidOf(t, h) != pid {
 		t.Fatal("warm function was stopped for idleness")
 	}
 	_, _ = callMethod(h, "POST", "/crash")

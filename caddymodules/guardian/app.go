@@ -13,6 +13,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/glassmkr/guardian/shared/config"
 )
@@ -102,6 +103,24 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 		return nil, d.ArgErr()
 	}
 	return httpcaddyfile.App{Name: "guardian", Value: []byte("{}")}, nil
+}
+
+// RegisterCollectors registers package-wide Prometheus collectors in a
+// config's registry (Caddy's metrics endpoint). A collector that survived
+// a reload is already registered there, which is fine.
+func RegisterCollectors(reg prometheus.Registerer, cs ...prometheus.Collector) error {
+	if reg == nil {
+		return nil
+	}
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if !errors.As(err, &are) {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // Interface guards

@@ -15,13 +15,10 @@ import (
 // and returns it with a read key; overrides change the stack's settings.
 func edgeWithCustomer(t *testing.T, overrides map[string]string) (*testenv.Stack, string) {
 	t.Helper()
-	pg := testenv.Postgres(t)
-	env := testenv.StackEnv(t)
-	env["GUARDIAN_PG_APP_DSN"] = pg.AppDSN
+	env, c, _ := testenv.EdgeEnv(t)
 	for k, v := range overrides {
 		env[k] = v
 	}
-	c := testenv.NewCustomer(t, pg.Owner, []byte(env["GUARDIAN_KEY_PEPPER"]), []byte(env["GUARDIAN_SESSION_SECRET"]))
 	return testenv.StartStack(t, env), c.AccountKey(t, "read")
 }
 

@@ -1,9 +1,9 @@
 package ratelimit
 
 import (
-	"errors"
-
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/glassmkr/guardian/caddymodules/guardian"
 )
 
 // Metrics of the limiter: decisions by who made them, and whether Redis
@@ -35,16 +35,5 @@ var metrics = struct {
 func init() { metrics.redisUp.Set(1) }
 
 func registerMetrics(reg prometheus.Registerer) error {
-	if reg == nil {
-		return nil
-	}
-	for _, c := range []prometheus.Collector{metrics.decisions, metrics.limited, metrics.redisUp, metrics.redisErrors} {
-		if err := reg.Register(c); err != nil {
-			var are prometheus.AlreadyRegisteredError
-			if !errors.As(err, &are) {
-				return err
-			}
-		}
-	}
-	return nil
+	return guardian.RegisterCollectors(reg, metrics.decisions, metrics.limited, metrics.redisUp, metrics.redisErrors)
 }

@@ -42,28 +42,6 @@ func script(t *testing.T, runDir string, port int, name string, args ...string) 
 	return string(out)
 }
 
-// ours lists live processes whose command line or working directory
-// mentions dir.
-func ours(dir string) []string {
-	entries, _ := os.ReadDir("/proc")
-	var found []string
-	for _, e := range entries {
-		if _, err := strconv.Atoi(e.Name()); err != nil {
-			continue
-		}
-		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil || strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))[0] == "Z" {
-			continue
-		}
-		cmdline, _ := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		cwd, _ := os.Readlink("/proc/" + e.Name() + "/cwd")
-		if strings.Contains(string(cmdline), dir) || strings.HasPrefix(cwd, dir) {
-			found = append(found, e.Name()+" "+strings.ReplaceAll(string(cmdline), "\x00", " "))
-		}
-	}
-	return found
-}
-
 func healthz(t *testing.T, port int) *http.Response {
 	t.Helper()
 	resp, err := http.Get("http://localhost:" + strconv.Itoa(port) + "/healthz")
@@ -126,12 +104,12 @@ func TestUpTwiceThenDownThenClean(t *testing.T) {
 		t.Errorf("bcrypt cost %d, want 12", cost)
 	}
 
-	before := ours(runDir)
+	before := testenv.ProcessesMentioning(runDir)
 	out = script(t, runDir, port, "up.sh")
 	if !strings.Contains(out, "already running") {
 		t.Errorf("second make up did not reuse the running stack:\n%s", out)
 	}
-	if after := ours(runDir); len(after) != len(before) {
+	if after := testenv.ProcessesMentioning(runDir); len(after) != len(before) {
 		t.Errorf("second make up changed the processes:\nbefore %v\nafter  %v", before, after)
 	}
 	if again, _ := testenv.ReadEnvFile(envFile); again["GUARDIAN_KEY_PEPPER"] != env["GUARDIAN_KEY_PEPPER"] || again["GUARDIAN_DEMO_PASSWORD"] != env["GUARDIAN_DEMO_PASSWORD"] {
@@ -139,7 +117,7 @@ func TestUpTwiceThenDownThenClean(t *testing.T) {
 	}
 
 	script(t, runDir, port, "down.sh")
-	if left := ours(runDir); len(left) != 0 {
+	if left := testenv.ProcessesMentioning(runDir); len(left) != 0 {
 		t.Fatalf("make down left processes running:\n%s", strings.Join(left, "\n"))
 	}
 	if _, err := http.Get("http://localhost:" + strconv.Itoa(port) + "/healthz"); err == nil {

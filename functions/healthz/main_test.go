@@ -137,7 +137,7 @@ func TestHealthzFunctionCannotSeeTheKeyPepper(t *testing.T) {
 	if resp, _ := get(t, stack.URL+"/healthz"); resp.StatusCode != 200 {
 		t.Fatalf("healthz: %d", resp.StatusCode)
 	}
-	children := childrenOf(t, stack.Cmd.Process.Pid)
+	children := testenv.Children(stack.Cmd.Process.Pid)
 	if len(children) != 1 {
 		t.Fatalf("caddy has children %v, want the healthz function alone", children)
 	}
@@ -162,30 +162,4 @@ func TestHealthzFunctionCannotSeeTheKeyPepper(t *testing.T) {
 	if !seen["GUARDIAN_PG_APP_DSN"] || !seen["GUARDIAN_REDIS_ADDR"] {
 		t.Errorf("healthz environment lacks what it needs: %v", seen)
 	}
-}
-
-// childrenOf lists the live child processes of pid.
-func childrenOf(t *testing.T, pid int) []int {
-	t.Helper()
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []int
-	for _, e := range entries {
-		child, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		// Fields after the command name, which is in parentheses.
-		rest := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
-		if len(rest) > 1 && rest[0] != "Z" && rest[1] == strconv.Itoa(pid) {
-			out = append(out, child)
-		}
-	}
-	return out
 }

@@ -35,10 +35,8 @@ type ingestEdge struct {
 
 func newIngestEdge(t *testing.T, privateClickHouse bool) *ingestEdge {
 	t.Helper()
-	pg := testenv.Postgres(t)
-	env := testenv.StackEnv(t)
-	env["GUARDIAN_PG_APP_DSN"] = pg.AppDSN
-	e := &ingestEdge{}
+	env, c, _ := testenv.EdgeEnv(t)
+	e := &ingestEdge{c: c}
 	if privateClickHouse {
 		chEnv, dir := testenv.Private(t, "clickhouse")
 		for _, k := range []string{"GUARDIAN_CLICKHOUSE_ADDR", "GUARDIAN_CLICKHOUSE_USER", "GUARDIAN_CLICKHOUSE_PASSWORD"} {
@@ -62,7 +60,6 @@ func newIngestEdge(t *testing.T, privateClickHouse bool) *ingestEdge {
 		e.ch = testenv.ClickHouse(t)
 		env["GUARDIAN_CLICKHOUSE_DATABASE"] = e.ch.Database
 	}
-	e.c = testenv.NewCustomer(t, pg.Owner, []byte(env["GUARDIAN_KEY_PEPPER"]), []byte(env["GUARDIAN_SESSION_SECRET"]))
 	e.stack = testenv.StartStack(t, env)
 	return e
 }

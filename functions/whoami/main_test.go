@@ -23,10 +23,7 @@ type edge struct {
 
 func newEdges(t *testing.T, n int) []edge {
 	t.Helper()
-	pg := testenv.Postgres(t)
-	env := testenv.StackEnv(t)
-	env["GUARDIAN_PG_APP_DSN"] = pg.AppDSN
-	c := testenv.NewCustomer(t, pg.Owner, []byte(env["GUARDIAN_KEY_PEPPER"]), []byte(env["GUARDIAN_SESSION_SECRET"]))
+	env, c, _ := testenv.EdgeEnv(t)
 	var out []edge
 	for range n {
 		out = append(out, edge{testenv.StartStack(t, env), c})

@@ -93,3 +93,15 @@ func (c *Customer) Session(t testing.TB) (id, token string) {
 	}
 	return id, token
 }
+
+// EdgeEnv prepares a stack on a database of the test's own: it returns the
+// stack environment (see StackEnv) pointing at that database, and a
+// customer whose keys and sessions that stack will accept.
+func EdgeEnv(t testing.TB) (map[string]string, *Customer, *PG) {
+	t.Helper()
+	pg := Postgres(t)
+	env := StackEnv(t)
+	env["GUARDIAN_PG_APP_DSN"] = pg.AppDSN
+	c := NewCustomer(t, pg.Owner, []byte(env["GUARDIAN_KEY_PEPPER"]), []byte(env["GUARDIAN_SESSION_SECRET"]))
+	return env, c, pg
+}
