@@ -1,0 +1,315 @@
+// Package audit defines the audit log's rows as both sides see them: the
+// edge writes them (caddymodules/audit), functions describe their resource
+// in a response header, and the verify job recomputes their hash chain.
+package audit
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"math/big"
+	"net/netip"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Header is the response header in which a function tells the edge what
+// the request did; the edge removes it before the client sees the answer.
+// Its value is a JSON object: {"resource_type", "resource_id", "action",
+// "metadata"}, every member optional.
+const Header = "Guardian-Audit"
+
+// Actions, as the security posture lists them.
+var Actions = map[string]bool{
+	"create": true, "list": true, "read": true, "update": true,
+	"delete": true, "rotate": true, "auth_failed": true,
+}
+
+// Results.
+const (
+	ResultSuccess = "success"
+	ResultDenied  = "denied"
+	ResultError   = "error"
+)
+
+// Row is one api_audit_log row. CustomerID, KeyID and UserID are "" for
+// NULL.
+type Row struct {
+	CustomerID   string
+	KeyID        string
+	UserID       string
+	OccurredAt   time.Time // microseconds, as PostgreSQL keeps it
+	SourceIP     string    // "" when unknown
+	UserAgent    string
+	RequestID    string
+	Method       string
+	Path         string
+	ResourceType string
+	ResourceID   string
+	Action       string
+	Result       string
+	StatusCode   int
+	// Metadata is canonical JSON (see Canonical); "{}" when empty.
+	Metadata string
+
+	WriterID  string
+	WriterSeq int64
+	PrevHash  []byte
+	RowHash   []byte
+}
+
+// Annotation is what a function says about its request.
+type Annotation struct {
+	ResourceType string         `json:"resource_type,omitempty"`
+	ResourceID   string         `json:"resource_id,omitempty"`
+	Action       string         `json:"action,omitempty"`
+	Metadata     map[string]any `json:"metadata,omitempty"`
+}
+
+// Encode renders an annotation for the response header.
+func (a Annotation) Encode() string {
+	b, _ := json.Marshal(a)
+	return string(b)
+}
+
+// ResultFor maps an HTTP status to a result.
+func ResultFor(status int) string {
+	switch {
+	case status < 400:
+		return ResultSuccess
+	case status == 401 || status == 403 || status == 429:
+		return ResultDenied
+	}
+	return ResultError
+}
+
+// ActionFor is the default action of a method.
+func ActionFor(method string) string {
+	switch method {
+	case "POST":
+		return "create"
+	case "PUT", "PATCH":
+		return "update"
+	case "DELETE":
+		return "delete"
+	}
+	return "read"
+}
+
+// NormalizeIP renders an address as PostgreSQL's inet prints it, or "" if
+// it is not one.
+func NormalizeIP(s string) string {
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return ""
+	}
+	return a.Unmap().String()
+}
+
+// secretKey matches metadata member names that may not hold values.
+var secretKey = regexp.MustCompile(`(?i)(pass(word)?|secret|token|cookie|authorization|api_?key|^key$|pepper|credential)`)
+
+// secretValue matches values that look like a Guardian key or a JWT.
+var secretValue = regexp.MustCompile(`gmk_[a-z]+_live_[0-9A-Za-z]{20,}|eyJ[0-9A-Za-z_-]{8,}\.[0-9A-Za-z_-]{8,}\.`)
+
+// Redacted replaces a value that must not be stored.
+const Redacted = "[redacted]"
+
+// Canonical renders metadata as canonical JSON: keys sorted, numbers in
+// lowest terms, no insignificant space; members whose name suggests a
+// secret, and values that look like a key or token, are redacted. The
+// result is what gets stored and hashed, and re-canonicalising what
+// PostgreSQL returns gives the same text.
+func Canonical(metadata any) (string, error) {
+	var buf bytes.Buffer
+	if err := canon(&buf, redact(metadata, "")); err != nil {
+		return "", err
+	}
+	s := buf.String()
+	if s == "null" {
+		return "{}", nil
+	}
+	return s, nil
+}
+
+// CanonicalText re-canonicalises stored JSON text.
+func CanonicalText(text string) (string, error) {
+	dec := json.NewDecoder(strings.NewReader(text))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return "", fmt.Errorf("audit metadata: %w", err)
+	}
+	return Canonical(v)
+}
+
+func redact(v any, key string) any {
+	if key != "" && secretKey.MatchString(key) {
+		return Redacted
+	}
+	switch t := v.(type) {
+	case map[string]any:
+		out := make(map[string]any, len(t))
+		for k, val := range t {
+			out[k] = redact(val, k)
+		}
+		return out
+	case []any:
+		out := make([]any, len(t))
+		for i, val := range t {
+			out[i] = redact(val, "")
+		}
+		return out
+	case string:
+		if secretValue.MatchString(t) {
+			return Redacted
+		}
+	}
+	return v
+}
+
+func canon(buf *bytes.Buffer, v any) error {
+	switch t := v.(type) {
+	case nil:
+		buf.WriteString("null")
+	case bool, string:
+		b, err := json.Marshal(t)
+		if err != nil {
+			return err
+		}
+		buf.Write(b)
+	case json.Number:
+		if err := checkNumber(string(t)); err != nil {
+			return err
+		}
+		r, ok := new(big.Rat).SetString(string(t))
+		if !ok {
+			return fmt.Errorf("audit metadata: bad number %q", t)
+		}
+		buf.WriteString(ratText(r))
+	case float64:
+		r := new(big.Rat)
+		if r.SetFloat64(t) == nil {
+			return fmt.Errorf("audit metadata: number %v has no JSON form", t)
+		}
+		buf.WriteString(ratText(r))
+	case int:
+		buf.WriteString(fmt.Sprint(t))
+	case int64:
+		buf.WriteString(fmt.Sprint(t))
+	case map[string]any:
+		keys := make([]string, 0, len(t))
+		for k := range t {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		buf.WriteByte('{')
+		for i, k := range keys {
+			if i > 0 {
+				buf.WriteByte(',')
+			}
+			kb, _ := json.Marshal(k)
+			buf.Write(kb)
+			buf.WriteByte(':')
+			if err := canon(buf, t[k]); err != nil {
+				return err
+			}
+		}
+		buf.WriteByte('}')
+	case []any:
+		buf.WriteByte('[')
+		for i, e := range t {
+			if i > 0 {
+				buf.WriteByte(',')
+			}
+			if err := canon(buf, e); err != nil {
+				return err
+			}
+		}
+		buf.WriteByte(']')
+	case []string:
+		arr := make([]any, len(t))
+		for i := range t {
+			arr[i] = t[i]
+		}
+		return canon(buf, arr)
+	default:
+		// Any other Go value: through JSON and back, generically.
+		b, err := json.Marshal(t)
+		if err != nil {
+			return err
+		}
+		dec := json.NewDecoder(bytes.NewReader(b))
+		dec.UseNumber()
+		var g any
+		if err := dec.Decode(&g); err != nil {
+			return err
+		}
+		return canon(buf, g)
+	}
+	return nil
+}
+
+// checkNumber bounds a number's text so that an exponent such as 1e999999
+// cannot make an exact rational of a million digits.
+func checkNumber(s string) error {
+	if len(s) > 64 {
+		return fmt.Errorf("audit metadata: number %.20q... too long", s)
+	}
+	if i := strings.IndexAny(s, "eE"); i >= 0 {
+		exp, err := strconv.Atoi(strings.TrimPrefix(s[i+1:], "+"))
+		if err != nil || exp > 64 || exp < -64 {
+			return fmt.Errorf("audit metadata: number %q out of range", s)
+		}
+	}
+	return nil
+}
+
+// ratText writes an exact number: an integer as such, else a decimal when
+// it terminates, else a fraction (which JSON cannot hold, so quoted).
+func ratText(r *big.Rat) string {
+	if r.IsInt() {
+		return r.Num().String()
+	}
+	if s, exact := r.FloatPrec(); exact {
+		return r.FloatString(s)
+	}
+	return `"` + r.String() + `"`
+}
+
+// Hash computes a row's hash from its content and PrevHash. CustomerID is
+// left out on purpose: deleting a customer sets it to NULL, which must not
+// read as tampering. Every other stored field is covered.
+func Hash(r *Row) []byte {
+	h := sha256.New()
+	field := func(s string) {
+		var n [8]byte
+		binary.BigEndian.PutUint64(n[:], uint64(len(s)))
+		h.Write(n[:])
+		h.Write([]byte(s))
+	}
+	field("guardian-audit-v1")
+	field(r.WriterID)
+	field(fmt.Sprint(r.WriterSeq))
+	field(string(r.PrevHash))
+	field(r.KeyID)
+	field(r.UserID)
+	field(r.OccurredAt.UTC().Format("2006-01-02T15:04:05.000000Z"))
+	field(r.SourceIP)
+	field(r.UserAgent)
+	field(r.RequestID)
+	field(r.Method)
+	field(r.Path)
+	field(r.ResourceType)
+	field(r.ResourceID)
+	field(r.Action)
+	field(r.Result)
+	field(fmt.Sprint(r.StatusCode))
+	field(r.Metadata)
+	return h.Sum(nil)
+}

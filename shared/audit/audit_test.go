@@ -1,0 +1,126 @@
+package audit
+
+import (
+	"bytes"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestCanonicalIsStableAcrossEncodings(t *testing.T) {
+	cases := []struct{ a, b string }{
+		{`{"b":1,"a":[1.0,2.50,"x"]}`, `{ "a": [1, 2.5, "x"], "b": 1.000 }`},
+		{`{"n":1e2}`, `{"n":100}`},
+		{`{"s":"caf\u00e9","t":"<&>"}`, `{"t":"<&>","s":"café"}`},
+	}
+	for _, tc := range cases {
+		ca, err1 := CanonicalText(tc.a)
+		cb, err2 := CanonicalText(tc.b)
+		if err1 != nil || err2 != nil || ca != cb {
+			t.Errorf("%s -> %s, %s -> %s (%v %v)", tc.a, ca, tc.b, cb, err1, err2)
+		}
+	}
+	if _, err := CanonicalText(`{"n":1e999999}`); err == nil {
+		t.Error("a huge exponent was accepted")
+	}
+	if c, _ := Canonical(nil); c != "{}" {
+		t.Errorf("nil metadata -> %q", c)
+	}
+}
+
+func TestCanonicalRedactsSecrets(t *testing.T) {
+	key := "gmk_acct_live_003AuLtjc7TJLctqJ2Unu3mfAGcxg9lrkrCWgKbidLF_zfKj"
+	jwt := "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig"
+	c, err := Canonical(map[string]any{
+		"password": "hunter2hunter2", "new_key": key, "nested": map[string]any{"note": "token is " + jwt, "Authorization": "Bearer x"},
+		"scope": "admin", "list": []any{key, "ok"}, "api_key": "anything",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, secret := range []string{"hunter2", key, jwt, "Bearer x", "anything"} {
+		if strings.Contains(c, secret) {
+			t.Errorf("canonical metadata keeps %q: %s", secret, c)
+		}
+	}
+	if !strings.Contains(c, `"scope":"admin"`) || !strings.Contains(c, `"ok"`) {
+		t.Errorf("harmless members lost: %s", c)
+	}
+}
+
+func TestHashCoversEveryStoredFieldButCustomer(t *testing.T) {
+	base := Row{
+		CustomerID: "c", KeyID: "k", UserID: "u", OccurredAt: time.Date(2026, 11, 28, 12, 0, 0, 123456000, time.UTC),
+		SourceIP: "203.0.113.9", UserAgent: "curl/8", RequestID: "r", Method: "POST", Path: "/api/v1/keys",
+		ResourceType: "api_key", ResourceID: "id", Action: "create", Result: "success", StatusCode: 201,
+		Metadata: `{"scope":"admin"}`, WriterID: "w", WriterSeq: 7, PrevHash: []byte{1, 2, 3},
+	}
+	h := Hash(&base)
+	anon := base
+	anon.CustomerID = ""
+	if !bytes.Equal(Hash(&anon), h) {
+		t.Error("nulling customer_id changes the hash")
+	}
+	edits := map[string]func(*Row){
+		"key":      func(r *Row) { r.KeyID = "k2" },
+		"time":     func(r *Row) { r.OccurredAt = r.OccurredAt.Add(time.Microsecond) },
+		"ip":       func(r *Row) { r.SourceIP = "203.0.113.10" },
+		"status":   func(r *Row) { r.StatusCode = 200 },
+		"metadata": func(r *Row) { r.Metadata = `{"scope":"read"}` },
+		"seq":      func(r *Row) { r.WriterSeq = 8 },
+		"prev":     func(r *Row) { r.PrevHash = []byte{9} },
+		"action":   func(r *Row) { r.Action = "delete" },
+		"path":     func(r *Row) { r.Path = "/api/v1/keys/x" },
+	}
+	for name, edit := range edits {
+		r := base
+		edit(&r)
+		if bytes.Equal(Hash(&r), h) {
+			t.Errorf("editing %s leaves the hash unchanged", name)
+		}
+	}
+}
+
+func TestAnnotationRoundTrip(t *testing.T) {
+	a := Annotation{ResourceType: "api_key", ResourceID: "x", Action: "rotate", Metadata: map[string]any{"scope": "write"}}
+	var b Annotation
+	if err := json.Unmarshal([]byte(a.Encode()), &b); err != nil || b.Action != "rotate" || b.Metadata["scope"] != "write" {
+		t.Fatalf("%+v %v", b, err)
+	}
+}
+
+func TestResultAndActionDefaults(t *testing.T) {
+	for status, want := range map[int]string{200: "success", 204: "success", 401: "denied", 403: "denied", 429: "denied", 400: "error", 404: "error", 502: "error"} {
+		if got := ResultFor(status); got != want {
+			t.Errorf("ResultFor(%d) = %s", status, got)
+		}
+	}
+	for m, want := range map[string]string{"GET": "read", "POST": "create", "PATCH": "update", "PUT": "update", "DELETE": "delete", "HEAD": "read"} {
+		if got := ActionFor(m); got != want {
+			t.Errorf("ActionFor(%s) = %s", m, got)
+		}
+	}
+	if NormalizeIP("::ffff:203.0.113.9") != "203.0.113.9" || NormalizeIP("nope") != "" || NormalizeIP("2001:DB8::1") != "2001:db8::1" {
+		t.Error("NormalizeIP")
+	}
+}
+
+func FuzzCanonicalText(f *testing.F) {
+	f.Add(`{"a":1}`)
+	f.Add(`{"password":"x","n":[1.5,{"b":null}]}`)
+	f.Fuzz(func(t *testing.T, text string) {
+		c, err := CanonicalText(text)
+		if err != nil {
+			return
+		}
+		// Canonical form is a fixed point.
+		again, err := CanonicalText(c)
+		if err != nil && !strings.HasPrefix(strings.TrimSpace(c), "\"") {
+			t.Fatalf("canonical %q does not parse: %v", c, err)
+		}
+		if err == nil && again != c {
+			t.Fatalf("not a fixed point: %q -> %q", c, again)
+		}
+	})
+}
