@@ -7,7 +7,9 @@
 // request variable identity.VarKey.
 //
 // Request variables set:
-//   - identity.VarKey ("guardian.identity"): *identity.Identity on success
+//   - identity.VarKey ("guardian.identity"): *identity.Identity once the
+//     credential is valid (also when the route then refuses it, for the
+//     audit log; the request goes no further then)
 //   - VarFailure ("guardian.auth_failure"): the reason a credential was
 //     refused, for the audit log (never the credential)
 //
@@ -202,6 +204,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		return h.refuse(w, r, reason(err), fromCookie, refuseInvalid)
 	}
+	// Known from here on, refused or not: the audit log names the caller.
+	caddyhttp.SetVar(r.Context(), identity.VarKey, id)
 	if !h.accepts(id.Kind) {
 		return h.refuse(w, r, "kind_not_allowed", false, refuseKind[id.Kind])
 	}
@@ -211,7 +215,6 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if fromCookie && !safeMethod(r.Method) && crossSite(r, h.TrustedOrigins) {
 		return h.refuse(w, r, "cross_site", false, refuseCrossSite)
 	}
-	caddyhttp.SetVar(r.Context(), identity.VarKey, id)
 	return next.ServeHTTP(w, r)
 }
 

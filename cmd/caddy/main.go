@@ -7,6 +7,7 @@ import (
 
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
+	_ "github.com/glassmkr/guardian/caddymodules/audit"
 	_ "github.com/glassmkr/guardian/caddymodules/auth"
 	_ "github.com/glassmkr/guardian/caddymodules/function"
 	_ "github.com/glassmkr/guardian/caddymodules/guardian"

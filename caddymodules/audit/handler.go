@@ -1,0 +1,293 @@
+package audit
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/glassmkr/guardian/caddymodules/guardian"
+	"github.com/glassmkr/guardian/shared/audit"
+	"github.com/glassmkr/guardian/shared/identity"
+	"github.com/glassmkr/guardian/shared/problem"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// varFailure mirrors auth.VarFailure.
+const varFailure = "guardian.auth_failure"
+
+var writers = caddy.NewUsagePool()
+
+// Handler writes the audit row of each request it wraps. Place it first
+// on an authenticated route, before the rate limiter and guardian_auth, so
+// it sees the final status of every request, refusals included.
+//
+// Request variables read: identity.VarKey, "guardian.auth_failure". Set:
+// identity.RequestIDVarKey (the row's request id, also sent to the client
+// as Request-Id).
+type Handler struct {
+	// SpoolDir is where rows wait while PostgreSQL is away. Required.
+	SpoolDir string `json:"spool_dir"`
+	// MaxSpoolBytes bounds the spool. Default 1 GiB.
+	MaxSpoolBytes int64 `json:"max_spool_bytes,omitempty"`
+	// Timeout bounds the wait for a row to be durable. Default 10s.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+
+	writer  *Writer
+	poolKey string
+	log     *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.guardian_audit",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision joins the shared writer for the runtime DSN and spool.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.log = ctx.Logger()
+	if h.SpoolDir == "" {
+		return errors.New("guardian_audit: spool_dir is required")
+	}
+	if h.Timeout <= 0 {
+		h.Timeout = caddy.Duration(10 * time.Second)
+	}
+	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return err
+	}
+	appIface, err := ctx.App("guardian")
+	if err != nil {
+		return fmt.Errorf("guardian_audit: %w", err)
+	}
+	dsn := appIface.(*guardian.App).PGAppDSN()
+	h.poolKey = dsn + "\x00" + h.SpoolDir
+	v, _, err := writers.LoadOrNew(h.poolKey, func() (caddy.Destructor, error) {
+		return NewWriter(WriterConfig{DSN: dsn, SpoolDir: h.SpoolDir, MaxSpool: h.MaxSpoolBytes, Log: ctx.Logger().Named("writer")})
+	})
+	if err != nil {
+		return fmt.Errorf("guardian_audit: %w", err)
+	}
+	h.writer = v.(*Writer)
+	return nil
+}
+
+// Cleanup releases this config's hold on the writer.
+func (h *Handler) Cleanup() error {
+	if h.poolKey != "" {
+		_, err := writers.Delete(h.poolKey)
+		return err
+	}
+	return nil
+}
+
+var refusedUnaudited = problem.New(http.StatusServiceUnavailable, "audit_unavailable",
+	"the audit log cannot record requests right now; nothing was done, try again shortly")
+
+var lostAudit = problem.New(http.StatusServiceUnavailable, "audit_unavailable",
+	"the audit log could not record this request; its outcome is unknown, check before retrying")
+
+// ServeHTTP records the request's row before its response goes out.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if h.writer.Refusing() {
+		w.Header().Set("Retry-After", "30")
+		return caddyhttp.HandlerError{Err: refusedUnaudited, StatusCode: http.StatusServiceUnavailable, ID: "audit", Trace: "guardian_audit"}
+	}
+	reqID := newRequestID()
+	caddyhttp.SetVar(r.Context(), identity.RequestIDVarKey, reqID)
+	w.Header().Set("Request-Id", reqID)
+	rec := &recorder{ResponseWriter: w, h: h, r: r, start: time.Now().UTC(), reqID: reqID}
+	err := next.ServeHTTP(rec, r)
+	if rec.wroteHeader {
+		return err
+	}
+	// Nothing written: an error for the error route, or an empty 200.
+	status := http.StatusOK
+	if err != nil {
+		status = http.StatusInternalServerError
+		var he caddyhttp.HandlerError
+		if errors.As(err, &he) && he.StatusCode != 0 {
+			status = he.StatusCode
+		}
+	}
+	if aerr := rec.record(status); aerr != nil {
+		return caddyhttp.HandlerError{Err: lostAudit, StatusCode: http.StatusServiceUnavailable, ID: reqID, Trace: "guardian_audit"}
+	}
+	return err
+}
+
+// recorder holds back the response header until the row is durable.
+type recorder struct {
+	http.ResponseWriter
+	h           *Handler
+	r           *http.Request
+	start       time.Time
+	reqID       string
+	wroteHeader bool
+	discard     bool
+}
+
+func (rec *recorder) WriteHeader(status int) {
+	if rec.wroteHeader {
+		return
+	}
+	rec.wroteHeader = true
+	if status < 200 && status != http.StatusSwitchingProtocols {
+		rec.ResponseWriter.WriteHeader(status) // 1xx: informational, not the outcome
+		rec.wroteHeader = false
+		return
+	}
+	if err := rec.record(status); err != nil {
+		rec.discard = true
+		hdr := rec.ResponseWriter.Header()
+		for k := range hdr {
+			delete(hdr, k)
+		}
+		problem.Write(rec.ResponseWriter, lostAudit)
+		return
+	}
+	rec.ResponseWriter.WriteHeader(status)
+}
+
+func (rec *recorder) Write(b []byte) (int, error) {
+	if !rec.wroteHeader {
+		rec.WriteHeader(http.StatusOK)
+	}
+	if rec.discard {
+		return len(b), nil
+	}
+	return rec.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach the real writer (flushes).
+func (rec *recorder) Unwrap() http.ResponseWriter { return rec.ResponseWriter }
+
+// Hijack is refused: a hijacked connection has no status to audit.
+func (rec *recorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	return nil, nil, errors.New("guardian_audit: hijacking is not supported")
+}
+
+// record builds the row from what the request turned out to be and waits
+// until it is durable. Requests that are neither authenticated nor a
+// failed authentication are not audited.
+func (rec *recorder) record(status int) error {
+	ctx := rec.r.Context()
+	hdr := rec.ResponseWriter.Header()
+	ann := hdr.Get(audit.Header)
+	delete(hdr, audit.Header)
+	id, _ := caddyhttp.GetVar(ctx, identity.VarKey).(*identity.Identity)
+	why, _ := caddyhttp.GetVar(ctx, varFailure).(string)
+	if id == nil && why == "" {
+		return nil
+	}
+	row := rec.h.row(rec.r, id, why, status, ann, rec.start, rec.reqID)
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Duration(rec.h.Timeout))
+	defer cancel()
+	if err := rec.h.writer.Record(wctx, row); err != nil {
+		rec.h.log.Error("audit row not recorded; answering 503", zap.String("request_id", rec.reqID), zap.Error(err))
+		return err
+	}
+	return nil
+}
+
+// credentialFailures are auth failure reasons for which the request had
+// no valid credential; other refusals (scope, cross-site) had one.
+var credentialFailures = map[string]bool{
+	"missing": true, "malformed": true, "unknown_key": true, "revoked": true,
+	"expired": true, "bad_token": true, "ip_blocked": true, "invalid": true,
+}
+
+func (h *Handler) row(r *http.Request, id *identity.Identity, why string, status int, ann string, start time.Time, reqID string) *audit.Row {
+	row := &audit.Row{
+		OccurredAt: start.Truncate(time.Microsecond),
+		SourceIP:   audit.NormalizeIP(clientIP(r)),
+		UserAgent:  truncate(r.UserAgent(), 512),
+		RequestID:  reqID,
+		Method:     r.Method,
+		Path:       truncate(r.URL.Path, 2048),
+		Action:     audit.ActionFor(r.Method),
+		Result:     audit.ResultFor(status),
+		StatusCode: status,
+	}
+	if id != nil {
+		row.CustomerID, row.KeyID, row.UserID = id.CustomerID, id.KeyID, id.UserID
+	}
+	meta := map[string]any{}
+	if ann != "" {
+		var a audit.Annotation
+		if err := json.Unmarshal([]byte(ann), &a); err == nil {
+			row.ResourceType, row.ResourceID = truncate(a.ResourceType, 64), truncate(a.ResourceID, 128)
+			if audit.Actions[a.Action] {
+				row.Action = a.Action
+			}
+			for k, v := range a.Metadata {
+				meta[k] = v
+			}
+		} else {
+			h.log.Warn("ignoring a malformed audit annotation from a function", zap.String("request_id", reqID))
+		}
+	}
+	if why != "" {
+		meta["reason"] = why
+		if credentialFailures[why] {
+			row.Action, row.Result = "auth_failed", audit.ResultDenied
+		}
+	}
+	if status == http.StatusTooManyRequests {
+		meta["rate_limited"] = true
+	}
+	canonical, err := audit.Canonical(meta)
+	if err != nil {
+		canonical = `{"metadata_error":"unrepresentable"}`
+	}
+	row.Metadata = canonical
+	return row
+}
+
+func clientIP(r *http.Request) string {
+	if ip, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok && ip != "" {
+		return ip
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return ""
+	}
+	return host
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return strings.ToValidUTF8(s[:n], "")
+}
+
+func newRequestID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+	_ caddy.Destructor            = (*Writer)(nil)
+)

@@ -1,0 +1,47 @@
+package audit
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/glassmkr/guardian/caddymodules/guardian"
+)
+
+// Metrics of the audit writer; spool growth is the degradation to alert on.
+var metrics = struct {
+	rows        *prometheus.CounterVec
+	replayed    prometheus.Counter
+	spoolBytes  prometheus.Gauge
+	spoolFull   prometheus.Gauge
+	writeErrors prometheus.Counter
+	batchSize   prometheus.Histogram
+}{
+	rows: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "guardian", Subsystem: "audit", Name: "rows_total",
+		Help: "Audit rows made durable, by where: postgres or spool.",
+	}, []string{"dest"}),
+	replayed: prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "guardian", Subsystem: "audit", Name: "replayed_rows_total",
+		Help: "Spooled audit rows replayed into PostgreSQL.",
+	}),
+	spoolBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: "guardian", Subsystem: "audit", Name: "spool_bytes",
+		Help: "Bytes of audit rows waiting in the local spool (alert when above 0 for long).",
+	}),
+	spoolFull: prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: "guardian", Subsystem: "audit", Name: "spool_full",
+		Help: "1 while the spool is full and audited requests are refused.",
+	}),
+	writeErrors: prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "guardian", Subsystem: "audit", Name: "write_errors_total",
+		Help: "Batches of audit rows that could be made durable nowhere.",
+	}),
+	batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: "guardian", Subsystem: "audit", Name: "batch_rows",
+		Help:    "Rows per group commit.",
+		Buckets: []float64{1, 2, 5, 10, 20, 50, 100, 200, 500, 1000},
+	}),
+}
+
+func registerMetrics(reg prometheus.Registerer) error {
+	return guardian.RegisterCollectors(reg, metrics.rows, metrics.replayed, metrics.spoolBytes, metrics.spoolFull, metrics.writeErrors, metrics.batchSize)
+}

@@ -1,0 +1,207 @@
+package audit
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/glassmkr/guardian/shared/audit"
+)
+
+// ErrSpoolFull is returned when the spool has reached its size limit.
+var ErrSpoolFull = errors.New("audit spool full")
+
+// spool keeps audit rows on local disk, fsynced, while PostgreSQL cannot
+// take them: numbered segment files of JSON lines, replayed oldest first.
+// The writer appends to the newest segment; the replayer only reads
+// segments that were sealed.
+type spool struct {
+	dir      string
+	maxBytes int64
+
+	mu      sync.Mutex
+	cur     *os.File
+	curName string
+	curRows int
+	next    int64 // number of the next segment
+	bytes   int64 // on disk, all segments
+}
+
+func openSpool(dir string, maxBytes int64) (*spool, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("audit spool: %w", err)
+	}
+	s := &spool{dir: dir, maxBytes: maxBytes}
+	names, err := s.segments()
+	if err != nil {
+		return nil, err
+	}
+	for _, n := range names {
+		var num int64
+		if _, err := fmt.Sscanf(n, "seg-%020d.jsonl", &num); err == nil && num >= s.next {
+			s.next = num + 1
+		}
+		if st, err := os.Stat(filepath.Join(dir, n)); err == nil {
+			s.bytes += st.Size()
+		}
+	}
+	return s, nil
+}
+
+// segments lists segment files, oldest first.
+func (s *spool) segments() ([]string, error) {
+	entries, err := os.ReadDir(s.dir)
+	if err != nil {
+		return nil, fmt.Errorf("audit spool: %w", err)
+	}
+	var out []string
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), "seg-") && strings.HasSuffix(e.Name(), ".jsonl") {
+			out = append(out, e.Name())
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// empty reports whether nothing waits in the spool.
+func (s *spool) empty() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.bytes == 0
+}
+
+// size is the spool's size on disk.
+func (s *spool) size() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.bytes
+}
+
+// append writes rows to the current segment and fsyncs it: when it
+// returns nil, the rows survive a crash.
+func (s *spool) append(rows []*audit.Row) error {
+	var buf []byte
+	for _, r := range rows {
+		b, err := json.Marshal(r)
+		if err != nil {
+			return fmt.Errorf("audit spool: encode: %w", err)
+		}
+		buf = append(append(buf, b...), '\n')
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.bytes+int64(len(buf)) > s.maxBytes {
+		return ErrSpoolFull
+	}
+	if s.cur == nil {
+		s.curName = fmt.Sprintf("seg-%020d.jsonl", s.next)
+		s.next++
+		f, err := os.OpenFile(filepath.Join(s.dir, s.curName), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			return fmt.Errorf("audit spool: %w", err)
+		}
+		s.cur = f
+		if err := syncDir(s.dir); err != nil {
+			return err
+		}
+	}
+	n, err := s.cur.Write(buf)
+	s.bytes += int64(n)
+	if err != nil {
+		return fmt.Errorf("audit spool: write: %w", err)
+	}
+	if err := s.cur.Sync(); err != nil {
+		return fmt.Errorf("audit spool: fsync: %w", err)
+	}
+	s.curRows += len(rows)
+	return nil
+}
+
+// seal closes the current segment so the replayer may take it.
+func (s *spool) seal() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cur == nil {
+		return nil
+	}
+	err := s.cur.Close()
+	s.cur, s.curName, s.curRows = nil, "", 0
+	return err
+}
+
+// sealed lists the segments not being written, oldest first.
+func (s *spool) sealed() ([]string, error) {
+	s.mu.Lock()
+	cur := s.curName
+	s.mu.Unlock()
+	names, err := s.segments()
+	if err != nil {
+		return nil, err
+	}
+	out := names[:0]
+	for _, n := range names {
+		if n != cur {
+			out = append(out, n)
+		}
+	}
+	return out, nil
+}
+
+// read returns a segment's rows. A last line cut short by a crash before
+// its fsync is dropped: its request never got an answer.
+func (s *spool) read(name string) ([]*audit.Row, error) {
+	f, err := os.Open(filepath.Join(s.dir, name))
+	if err != nil {
+		return nil, fmt.Errorf("audit spool: %w", err)
+	}
+	defer f.Close()
+	var rows []*audit.Row
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 0, 64<<10), 4<<20)
+	for sc.Scan() {
+		var r audit.Row
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+			continue
+		}
+		rows = append(rows, &r)
+	}
+	return rows, sc.Err()
+}
+
+// remove deletes a replayed segment.
+func (s *spool) remove(name string) error {
+	st, err := os.Stat(filepath.Join(s.dir, name))
+	if err != nil {
+		return fmt.Errorf("audit spool: %w", err)
+	}
+	if err := os.Remove(filepath.Join(s.dir, name)); err != nil {
+		return fmt.Errorf("audit spool: %w", err)
+	}
+	s.mu.Lock()
+	s.bytes -= st.Size()
+	s.mu.Unlock()
+	return syncDir(s.dir)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("audit spool: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("audit spool: fsync dir: %w", err)
+	}
+	return nil
+}
+
+func (s *spool) close() error {
+	return s.seal()
+}

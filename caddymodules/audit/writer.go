@@ -1,0 +1,371 @@
+// Package audit is the guardian_audit Caddy module and its writer: one
+// api_audit_log row for every authenticated call and every failed
+// authentication, group-committed to PostgreSQL, or fsynced to a local
+// spool while PostgreSQL is away, and the response held until then.
+package audit
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/zap"
+
+	"github.com/glassmkr/guardian/shared/audit"
+)
+
+// WriterConfig configures NewWriter.
+type WriterConfig struct {
+	DSN      string // the runtime role: INSERT on api_audit_log
+	SpoolDir string
+	// MaxSpool bounds the spool on disk; past it, rows are refused (and
+	// so are the requests they describe). Default 1 GiB.
+	MaxSpool int64
+	// MaxBatch bounds one group commit. Default 1000.
+	MaxBatch int
+	// Queue bounds rows waiting in memory. Default 10000.
+	Queue int
+	Log   *zap.Logger
+}
+
+// Writer owns one hash chain and writes its rows in order.
+type Writer struct {
+	db       *pgxpool.Pool
+	spool    *spool
+	in       chan *pending
+	maxBatch int
+	log      *zap.Logger
+
+	id   string // this writer's chain
+	seq  int64
+	prev []byte
+
+	// spooling is set while rows go to the spool instead of PostgreSQL;
+	// only the writer loop sets it, only the replayer clears it (under
+	// the spool's lock), so rows reach PostgreSQL in the order written.
+	spooling atomic.Bool
+	full     atomic.Bool
+	lastWarn atomic.Int64
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+type pending struct {
+	row  *audit.Row
+	done chan error
+}
+
+var pendingPool = sync.Pool{New: func() any { return &pending{done: make(chan error, 1)} }}
+
+// NewWriter opens the spool (replaying what an earlier run left there)
+// and starts the writer and the replayer.
+func NewWriter(cfg WriterConfig) (*Writer, error) {
+	if cfg.MaxSpool <= 0 {
+		cfg.MaxSpool = 1 << 30
+	}
+	if cfg.MaxBatch <= 0 {
+		cfg.MaxBatch = 1000
+	}
+	if cfg.Queue <= 0 {
+		cfg.Queue = 10000
+	}
+	if cfg.Log == nil {
+		cfg.Log = zap.NewNop()
+	}
+	pcfg, err := pgxpool.ParseConfig(cfg.DSN)
+	if err != nil {
+		return nil, errors.New("audit: the PostgreSQL DSN is not valid")
+	}
+	pcfg.MaxConns = 4
+	db, err := pgxpool.NewWithConfig(context.Background(), pcfg)
+	if err != nil {
+		return nil, fmt.Errorf("audit: %w", err)
+	}
+	sp, err := openSpool(cfg.SpoolDir, cfg.MaxSpool)
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	var idb [8]byte
+	_, _ = rand.Read(idb[:])
+	w := &Writer{db: db, spool: sp, in: make(chan *pending, cfg.Queue), maxBatch: cfg.MaxBatch, log: cfg.Log,
+		id: hex.EncodeToString(idb[:])}
+	if !sp.empty() {
+		w.spooling.Store(true)
+		w.log.Warn("audit spool holds rows from an earlier run; replaying them", zap.Int64("bytes", sp.size()))
+	}
+	metrics.spoolBytes.Set(float64(sp.size()))
+	ctx, cancel := context.WithCancel(context.Background())
+	w.cancel = cancel
+	w.wg.Add(2)
+	go w.loop(ctx)
+	go w.replay(ctx)
+	return w, nil
+}
+
+// Record queues row and waits until it is committed to PostgreSQL or
+// fsynced to the spool. The chain fields are filled in by the writer.
+func (w *Writer) Record(ctx context.Context, row *audit.Row) error {
+	p := pendingPool.Get().(*pending)
+	p.row = row
+	select {
+	case w.in <- p:
+	case <-ctx.Done():
+		pendingPool.Put(p)
+		return fmt.Errorf("audit: queue full: %w", ctx.Err())
+	}
+	// The row is the writer's now: wait for it even if the client left,
+	// so p is not reused while the writer still holds it.
+	err := <-p.done
+	p.row = nil
+	pendingPool.Put(p)
+	return err
+}
+
+// Refusing reports whether rows cannot be made durable right now
+// (PostgreSQL away and the spool full), so requests should be refused
+// before they do anything.
+func (w *Writer) Refusing() bool { return w.full.Load() }
+
+// Close stops accepting rows, writes what is queued and stops.
+func (w *Writer) Close() error {
+	w.cancel()
+	w.wg.Wait()
+	_ = w.spool.close()
+	w.db.Close()
+	return nil
+}
+
+// Destruct implements caddy.Destructor.
+func (w *Writer) Destruct() error { return w.Close() }
+
+// loop is the one goroutine that chains and writes rows: it takes what is
+// queued (up to maxBatch) as one group commit, so batches grow with load
+// and a lone row is written at once.
+func (w *Writer) loop(ctx context.Context) {
+	defer w.wg.Done()
+	batch := make([]*pending, 0, w.maxBatch)
+	rows := make([]*audit.Row, 0, w.maxBatch)
+	for {
+		var first *pending
+		select {
+		case first = <-w.in:
+		case <-ctx.Done():
+			// Drain: nothing queued may be dropped.
+			select {
+			case first = <-w.in:
+			default:
+				return
+			}
+		}
+		batch = append(batch[:0], first)
+	fill:
+		for len(batch) < w.maxBatch {
+			select {
+			case p := <-w.in:
+				batch = append(batch, p)
+			default:
+				break fill
+			}
+		}
+		rows = rows[:0]
+		seq, prev := w.seq, w.prev
+		for _, p := range batch {
+			w.chain(p.row)
+			rows = append(rows, p.row)
+		}
+		err := w.persist(rows)
+		if err != nil {
+			// Rows stored nowhere leave no gap in the chain.
+			w.seq, w.prev = seq, prev
+		}
+		metrics.batchSize.Observe(float64(len(rows)))
+		for _, p := range batch {
+			p.done <- err
+		}
+	}
+}
+
+// chain gives a row its place in this writer's chain.
+func (w *Writer) chain(r *audit.Row) {
+	w.seq++
+	r.WriterID, r.WriterSeq, r.PrevHash = w.id, w.seq, w.prev
+	r.RowHash = audit.Hash(r)
+	w.prev = r.RowHash
+}
+
+// persist writes rows to PostgreSQL, or to the spool while PostgreSQL is
+// away or older rows still wait there.
+func (w *Writer) persist(rows []*audit.Row) error {
+	if !w.spooling.Load() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := insert(ctx, w.db, rows)
+		cancel()
+		if err == nil {
+			metrics.rows.WithLabelValues("postgres").Add(float64(len(rows)))
+			return nil
+		}
+		w.spooling.Store(true)
+		w.log.Error("audit rows cannot reach PostgreSQL; spooling them to disk until it is back", zap.Error(err))
+	}
+	err := w.spool.append(rows)
+	metrics.spoolBytes.Set(float64(w.spool.size()))
+	if err != nil {
+		if errors.Is(err, ErrSpoolFull) {
+			w.full.Store(true)
+			metrics.spoolFull.Set(1)
+		}
+		metrics.writeErrors.Inc()
+		w.log.Error("audit rows could not be made durable; their requests are refused", zap.Error(err), zap.Int("rows", len(rows)))
+		return err
+	}
+	metrics.rows.WithLabelValues("spool").Add(float64(len(rows)))
+	w.warnIfGrowing()
+	return nil
+}
+
+// warnIfGrowing logs, at most once a minute, how large the spool is.
+func (w *Writer) warnIfGrowing() {
+	now := time.Now().UnixNano()
+	last := w.lastWarn.Load()
+	if now-last < int64(time.Minute) || !w.lastWarn.CompareAndSwap(last, now) {
+		return
+	}
+	w.log.Warn("audit spool is growing while PostgreSQL is away",
+		zap.Int64("bytes", w.spool.size()), zap.Int64("limit_bytes", w.spool.maxBytes))
+}
+
+// replay moves spooled rows to PostgreSQL, oldest segment first, then
+// hands writing back to the writer loop.
+func (w *Writer) replay(ctx context.Context) {
+	defer w.wg.Done()
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if !w.spooling.Load() {
+			continue
+		}
+		if err := w.replayOnce(ctx); err != nil {
+			continue // still away; the next tick tries again
+		}
+	}
+}
+
+func (w *Writer) replayOnce(ctx context.Context) error {
+	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	err := w.db.Ping(pctx)
+	cancel()
+	if err != nil {
+		return err
+	}
+	for {
+		if err := w.spool.seal(); err != nil {
+			return err
+		}
+		names, err := w.spool.sealed()
+		if err != nil {
+			return err
+		}
+		for _, name := range names {
+			rows, err := w.spool.read(name)
+			if err != nil {
+				return err
+			}
+			for i := 0; i < len(rows); i += w.maxBatch {
+				end := min(i+w.maxBatch, len(rows))
+				ictx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				err := insertIgnoringDuplicates(ictx, w.db, rows[i:end])
+				cancel()
+				if err != nil {
+					return err
+				}
+			}
+			if err := w.spool.remove(name); err != nil {
+				return err
+			}
+			metrics.replayed.Add(float64(len(rows)))
+			metrics.spoolBytes.Set(float64(w.spool.size()))
+		}
+		// Hand back only when nothing is left, under the spool's lock, so
+		// no row the writer spools meanwhile is left behind.
+		w.spool.mu.Lock()
+		done := w.spool.bytes == 0
+		if done {
+			w.spooling.Store(false)
+			w.full.Store(false)
+		}
+		w.spool.mu.Unlock()
+		if done {
+			metrics.spoolFull.Set(0)
+			w.log.Info("audit spool replayed into PostgreSQL; writing directly again")
+			return nil
+		}
+	}
+}
+
+var columns = []string{"customer_id", "key_id", "user_id", "occurred_at", "source_ip", "user_agent", "request_id",
+	"method", "path", "resource_type", "resource_id", "action", "result", "status_code", "metadata",
+	"writer_id", "writer_seq", "prev_hash", "row_hash"}
+
+func values(r *audit.Row) []any {
+	var ip any
+	if a, err := netip.ParseAddr(r.SourceIP); err == nil {
+		ip = a
+	}
+	return []any{nullable(r.CustomerID), nullable(r.KeyID), nullable(r.UserID), r.OccurredAt, ip, r.UserAgent, r.RequestID,
+		r.Method, r.Path, nullable(r.ResourceType), nullable(r.ResourceID), r.Action, r.Result, int16(r.StatusCode), r.Metadata,
+		r.WriterID, r.WriterSeq, r.PrevHash, r.RowHash}
+}
+
+func nullable(s string) any {
+	if s == "" {
+		return nil
+	}
+	return s
+}
+
+// insert writes rows with COPY. A replayed row (its request id already
+// stored) makes COPY fail as a whole; the batch is then inserted row by
+// row, skipping duplicates.
+func insert(ctx context.Context, db *pgxpool.Pool, rows []*audit.Row) error {
+	_, err := db.CopyFrom(ctx, pgx.Identifier{"api_audit_log"}, columns, pgx.CopyFromSlice(len(rows), func(i int) ([]any, error) {
+		return values(rows[i]), nil
+	}))
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "23505" {
+		return insertIgnoringDuplicates(ctx, db, rows)
+	}
+	return err
+}
+
+const insertOne = `INSERT INTO api_audit_log (customer_id, key_id, user_id, occurred_at, source_ip, user_agent, request_id,
+	method, path, resource_type, resource_id, action, result, status_code, metadata, writer_id, writer_seq, prev_hash, row_hash)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
+ON CONFLICT DO NOTHING`
+
+// insertIgnoringDuplicates writes rows in one transaction, skipping any
+// already stored (replays after a crash between commit and spool removal).
+func insertIgnoringDuplicates(ctx context.Context, db *pgxpool.Pool, rows []*audit.Row) error {
+	return pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+		b := &pgx.Batch{}
+		for _, r := range rows {
+			b.Queue(insertOne, values(r)...)
+		}
+		return tx.SendBatch(ctx, b).Close()
+	})
+}

@@ -1,0 +1,255 @@
+package audit
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/glassmkr/guardian/shared/audit"
+	"github.com/glassmkr/guardian/shared/migrate"
+	"github.com/glassmkr/guardian/shared/testenv"
+)
+
+func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
+
+func newWriter(t *testing.T, dsn string, maxSpool int64) *Writer {
+	t.Helper()
+	w, err := NewWriter(WriterConfig{DSN: dsn, SpoolDir: filepath.Join(t.TempDir(), "spool"), MaxSpool: maxSpool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = w.Close() })
+	return w
+}
+
+func testRow(i int) *audit.Row {
+	return &audit.Row{
+		OccurredAt: time.Now().UTC().Truncate(time.Microsecond), SourceIP: "203.0.113.9", UserAgent: "test",
+		RequestID: fmt.Sprintf("req-%d-%s", i, testenv.Name("")), Method: "GET", Path: "/api/v1/whoami",
+		Action: "read", Result: "success", StatusCode: 200, Metadata: `{"n":` + fmt.Sprint(i) + `}`,
+	}
+}
+
+func count(t *testing.T, db *pgxpool.Pool) int64 {
+	t.Helper()
+	var n int64
+	if err := db.QueryRow(context.Background(), "SELECT count(*) FROM api_audit_log").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func TestConcurrentRowsAreGroupCommittedAndChained(t *testing.T) {
+	t.Parallel()
+	pg := testenv.Postgres(t)
+	w := newWriter(t, pg.AppDSN, 1<<20)
+	const n = 2000
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- w.Record(context.Background(), testRow(i))
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := count(t, pg.Owner); got != n {
+		t.Fatalf("%d rows, want %d", got, n)
+	}
+	var batches int64
+	if err := pg.Owner.QueryRow(context.Background(), "SELECT count(DISTINCT xmin::text) FROM api_audit_log").Scan(&batches); err != nil {
+		t.Fatal(err)
+	}
+	if batches >= n {
+		t.Errorf("%d transactions for %d rows: no group commit", batches, n)
+	}
+	rep, err := audit.Verify(context.Background(), pg.Owner)
+	if err != nil || !rep.OK() || rep.Rows != n || rep.Writers != 1 {
+		t.Fatalf("verify: %+v %v", rep, err)
+	}
+}
+
+func TestVerifyFindsAnEditedRowEvenByTheOwner(t *testing.T) {
+	t.Parallel()
+	pg := testenv.Postgres(t)
+	w := newWriter(t, pg.AppDSN, 1<<20)
+	for i := range 20 {
+		if err := w.Record(context.Background(), testRow(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx := context.Background()
+	var victim int64
+	if err := pg.Owner.QueryRow(ctx, "SELECT id FROM api_audit_log WHERE writer_seq = 7").Scan(&victim); err != nil {
+		t.Fatal(err)
+	}
+	// A determined owner switches the append-only trigger off first.
+	for _, stmt := range []string{
+		"ALTER TABLE api_audit_log DISABLE TRIGGER api_audit_log_no_update_delete",
+		fmt.Sprintf("UPDATE api_audit_log SET status_code = 500, result = 'error' WHERE id = %d", victim),
+		"ALTER TABLE api_audit_log ENABLE TRIGGER api_audit_log_no_update_delete",
+	} {
+		if _, err := pg.Owner.Exec(ctx, stmt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rep, err := audit.Verify(ctx, pg.Owner)
+	if err != nil || rep.OK() || rep.Breaks[0].RowID != victim || rep.Breaks[0].Reason != "content" {
+		t.Fatalf("edited row not found: %+v %v", rep, err)
+	}
+
+	// A deleted row shows as a gap.
+	pg2 := testenv.Postgres(t)
+	w2 := newWriter(t, pg2.AppDSN, 1<<20)
+	for i := range 5 {
+		_ = w2.Record(ctx, testRow(i))
+	}
+	for _, stmt := range []string{
+		"ALTER TABLE api_audit_log DISABLE TRIGGER api_audit_log_no_update_delete",
+		"DELETE FROM api_audit_log WHERE writer_seq = 3",
+		"ALTER TABLE api_audit_log ENABLE TRIGGER api_audit_log_no_update_delete",
+	} {
+		if _, err := pg2.Owner.Exec(ctx, stmt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if rep, _ := audit.Verify(ctx, pg2.Owner); rep.OK() || rep.Breaks[0].Reason != "gap" || rep.Breaks[0].WriterSeq != 4 {
+		t.Fatalf("deleted row not found: %+v", rep)
+	}
+}
+
+func TestCustomerDeletionDoesNotBreakTheChain(t *testing.T) {
+	t.Parallel()
+	pg := testenv.Postgres(t)
+	c := testenv.NewCustomer(t, pg.Owner, []byte("p"), []byte("s"))
+	w := newWriter(t, pg.AppDSN, 1<<20)
+	for i := range 3 {
+		r := testRow(i)
+		r.CustomerID = c.ID
+		if err := w.Record(context.Background(), r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := pg.App(t).Exec(context.Background(), "DELETE FROM customers WHERE id = $1", c.ID); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := audit.Verify(context.Background(), pg.Owner); err != nil || !rep.OK() || rep.Rows != 3 {
+		t.Fatalf("after customer deletion: %+v %v", rep, err)
+	}
+}
+
+// privatePostgres starts a PostgreSQL of the test's own, migrated, so the
+// test may stop it.
+func privatePostgres(t *testing.T) (appDSN string, owner *pgxpool.Pool, dir string) {
+	t.Helper()
+	env, dir := testenv.Private(t, "postgres")
+	owner, err := pgxpool.New(context.Background(), env["GUARDIAN_PG_DSN"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(owner.Close)
+	if _, err := migrate.Postgres(context.Background(), owner, migrate.PostgresOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return env["GUARDIAN_PG_APP_DSN"], owner, dir
+}
+
+func TestPostgresOutageSpoolsAndReplaysExactlyOnce(t *testing.T) {
+	t.Parallel()
+	appDSN, owner, dir := privatePostgres(t)
+	w := newWriter(t, appDSN, 64<<20)
+	ctx := context.Background()
+	const before, during, after = 50, 200, 50
+	i := 0
+	record := func(n int) {
+		for range n {
+			if err := w.Record(ctx, testRow(i)); err != nil {
+				t.Fatalf("row %d: %v", i, err)
+			}
+			i++
+		}
+	}
+	record(before)
+	if err := testenv.Stop(dir, "postgres"); err != nil {
+		t.Fatal(err)
+	}
+	record(during) // every one durable in the spool, each answered
+	if w.spool.empty() {
+		t.Fatal("nothing was spooled while PostgreSQL was down")
+	}
+	if _, err := testenv.Start(dir, "postgres"); err != nil {
+		t.Fatal(err)
+	}
+	owner.Reset() // its connections died with the server
+	record(after) // queued behind the spool until it is replayed
+	deadline := time.Now().Add(30 * time.Second)
+	for !w.spool.empty() || w.spooling.Load() {
+		if time.Now().After(deadline) {
+			t.Fatal("spool never drained")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := count(t, owner); got != before+during+after {
+		t.Fatalf("%d rows, want exactly %d", got, before+during+after)
+	}
+	if rep, err := audit.Verify(ctx, owner); err != nil || !rep.OK() {
+		t.Fatalf("chain after replay: %+v %v", rep, err)
+	}
+}
+
+func TestReplayOfAlreadyStoredRowsAddsNothing(t *testing.T) {
+	t.Parallel()
+	pg := testenv.Postgres(t)
+	w := newWriter(t, pg.AppDSN, 1<<20)
+	rows := []*audit.Row{testRow(1), testRow(2)}
+	for _, r := range rows {
+		if err := w.Record(context.Background(), r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// As if the process died after the commit but before the segment was
+	// removed: the same rows are in the spool again.
+	w.spooling.Store(true)
+	if err := w.spool.append(rows); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !w.spool.empty() {
+		if time.Now().After(deadline) {
+			t.Fatal("spool never drained")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := count(t, pg.Owner); got != 2 {
+		t.Fatalf("%d rows after replaying duplicates, want 2", got)
+	}
+}
+
+func TestFullSpoolRefusesAndSaysSo(t *testing.T) {
+	t.Parallel()
+	appDSN, _, dir := privatePostgres(t)
+	w := newWriter(t, appDSN, 2048) // room for a few rows
+	if err := testenv.Stop(dir, "postgres"); err != nil {
+		t.Fatal(err)
+	}
+	var err error
+	for i := 0; i < 100 && err == nil; i++ {
+		err = w.Record(context.Background(), testRow(i))
+	}
+	if err == nil || !w.Refusing() {
+		t.Fatalf("spool of 2 KiB never filled: %v", err)
+	}
+}
