@@ -12,6 +12,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/glassmkr/guardian/shared/audit"
 	"github.com/glassmkr/guardian/shared/identity"
 	"github.com/glassmkr/guardian/shared/problem"
 )
@@ -97,6 +98,10 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		unavailable(w)
 		return
 	}
+	w.Header().Set(audit.Header, audit.Annotation{
+		ResourceType: "snapshot", ResourceID: id.ServerID, Action: "create",
+		Metadata: map[string]any{"collector_version": row.CollectorVersion, "bytes": len(body)},
+	}.Encode())
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	_ = json.NewEncoder(w).Encode(map[string]any{

@@ -1,0 +1,174 @@
+package audit
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/glassmkr/guardian/shared/testenv"
+)
+
+func call(t *testing.T, method, url, key, body string) *http.Response {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, strings.NewReader(body))
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
+	}
+	req.Header.Set("User-Agent", "audit-test/1.0")
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp
+}
+
+type auditRow struct {
+	customer, key, action, result, reason, path, ua, ip, resourceType, resourceID, metadata string
+	status                                                                                   int
+}
+
+func rowFor(t *testing.T, pg *testenv.PG, requestID string) auditRow {
+	t.Helper()
+	var r auditRow
+	err := pg.Owner.QueryRow(context.Background(), `SELECT coalesce(customer_id::text,''), coalesce(key_id::text,''), action, result,
+		coalesce(metadata->>'reason',''), path, user_agent, host(source_ip), coalesce(resource_type,''), coalesce(resource_id,''), metadata::text, status_code
+		FROM api_audit_log WHERE request_id = $1`, requestID).Scan(&r.customer, &r.key, &r.action, &r.result, &r.reason, &r.path, &r.ua, &r.ip,
+		&r.resourceType, &r.resourceID, &r.metadata, &r.status)
+	if err != nil {
+		t.Fatalf("no audit row for request %s: %v", requestID, err)
+	}
+	return r
+}
+
+func TestEveryAuthenticatedCallAndFailureIsAudited(t *testing.T) {
+	t.Parallel()
+	env, c, pg := testenv.EdgeEnv(t)
+	ch := testenv.ClickHouse(t)
+	env["GUARDIAN_CLICKHOUSE_DATABASE"] = ch.Database
+	stack := testenv.StartStack(t, env)
+	read := c.AccountKey(t, "read")
+	collector := c.CollectorKey(t, c.ServerID)
+
+	ok := call(t, "GET", stack.URL+"/api/v1/whoami", read, "")
+	r := rowFor(t, pg, ok.Header.Get("Request-Id"))
+	if r.customer != c.ID || r.key == "" || r.action != "read" || r.result != "success" || r.status != 200 || r.ua != "audit-test/1.0" || r.ip != "127.0.0.1" || r.path != "/api/v1/whoami" {
+		t.Errorf("authenticated call: %+v", r)
+	}
+
+	bad := call(t, "GET", stack.URL+"/api/v1/whoami", read[:len(read)-1]+"x", "")
+	r = rowFor(t, pg, bad.Header.Get("Request-Id"))
+	if bad.StatusCode != 401 || r.customer != "" || r.action != "auth_failed" || r.result != "denied" || r.reason != "malformed" || r.status != 401 {
+		t.Errorf("failed authentication: %d %+v", bad.StatusCode, r)
+	}
+
+	scope := call(t, "GET", stack.URL+"/api/v1/whoami", collector, "")
+	r = rowFor(t, pg, scope.Header.Get("Request-Id"))
+	if scope.StatusCode != 403 || r.customer != c.ID || r.result != "denied" || r.reason != "kind_not_allowed" {
+		t.Errorf("refused for scope: %d %+v", scope.StatusCode, r)
+	}
+
+	snap := `{"collector_version":"0.9.4","timestamp":"` + time.Now().UTC().Format(time.RFC3339) + `","system":{"hostname":"db1"}}`
+	ing := call(t, "POST", stack.URL+"/api/v1/ingest", collector, snap)
+	if ing.StatusCode != 200 || ing.Header.Get("Guardian-Audit") != "" {
+		t.Fatalf("ingest: %d, annotation leaked: %q", ing.StatusCode, ing.Header.Get("Guardian-Audit"))
+	}
+	r = rowFor(t, pg, ing.Header.Get("Request-Id"))
+	if r.action != "create" || r.resourceType != "snapshot" || r.resourceID != c.ServerID || !strings.Contains(r.metadata, `"collector_version": "0.9.4"`) {
+		t.Errorf("function's annotation: %+v", r)
+	}
+
+	anon := call(t, "GET", stack.URL+"/healthz", "", "")
+	if anon.Header.Get("Request-Id") != "" {
+		t.Error("an unauthenticated public route was audited")
+	}
+
+	// Nothing secret in any row.
+	var dump string
+	if err := pg.Owner.QueryRow(context.Background(), "SELECT string_agg(t::text, E'\\n') FROM api_audit_log t").Scan(&dump); err != nil {
+		t.Fatal(err)
+	}
+	for _, secret := range []string{read, read[14:40], collector[13:40], env["GUARDIAN_KEY_PEPPER"]} {
+		if strings.Contains(dump, secret) {
+			t.Fatalf("audit rows contain key material:\n%s", dump)
+		}
+	}
+}
+
+func TestPostgresRestartUnderLoadLosesNoRow(t *testing.T) {
+	t.Parallel()
+	appDSN, owner, dir := privatePostgres(t)
+	c := testenv.NewCustomer(t, owner, nil, nil)
+	env := testenv.StackEnv(t)
+	env["GUARDIAN_PG_APP_DSN"] = appDSN
+	c.Pepper, c.Secret = []byte(env["GUARDIAN_KEY_PEPPER"]), []byte(env["GUARDIAN_SESSION_SECRET"])
+	key := c.AccountKey(t, "read")
+	stack := testenv.StartStack(t, env)
+	if resp := call(t, "GET", stack.URL+"/api/v1/whoami", key, ""); resp.StatusCode != 200 {
+		t.Fatalf("warm-up: %d", resp.StatusCode) // caches the key: auth keeps serving while PostgreSQL is down
+	}
+
+	var sent, answered atomic.Int64
+	statuses := sync.Map{}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 5000; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				sent.Add(1)
+				resp := call(t, "GET", stack.URL+"/api/v1/whoami", key, "")
+				answered.Add(1)
+				n, _ := statuses.LoadOrStore(resp.StatusCode, new(atomic.Int64))
+				n.(*atomic.Int64).Add(1)
+				time.Sleep(3 * time.Millisecond)
+			}
+		}()
+	}
+	time.Sleep(300 * time.Millisecond)
+	if err := testenv.Stop(dir, "postgres"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	if _, err := testenv.Start(dir, "postgres"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+
+	want := answered.Load() + 1 // and the warm-up
+	owner.Reset()
+	deadline := time.Now().Add(30 * time.Second)
+	var rows int64
+	for {
+		if err := owner.QueryRow(context.Background(), "SELECT count(*) FROM api_audit_log").Scan(&rows); err == nil && rows == want {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d audit rows for %d answered requests", rows, want)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	var summary []string
+	statuses.Range(func(k, v any) bool {
+		summary = append(summary, fmt.Sprintf("%d:%d", k, v.(*atomic.Int64).Load()))
+		return true
+	})
+	t.Logf("sent %d, answered by status %v, audit rows expected %d, found %d", sent.Load(), summary, want, rows)
+}
+
