@@ -33,7 +33,7 @@ func call(t *testing.T, method, url, key, body string) *http.Response {
 
 type auditRow struct {
 	customer, key, action, result, reason, path, ua, ip, resourceType, resourceID, metadata string
-	status                                                                                   int
+	status                                                                                  int
 }
 
 func rowFor(t *testing.T, pg *testenv.PG, requestID string) auditRow {
@@ -171,4 +171,3 @@ func TestPostgresRestartUnderLoadLosesNoRow(t *testing.T) {
 	})
 	t.Logf("sent %d, answered by status %v, audit rows expected %d, found %d", sent.Load(), summary, want, rows)
 }
-
