@@ -1,0 +1,166 @@
+package main
+
+import (
+	"encoding/csv"
+	"encoding/json"
+	"errors"
+	"html/template"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/zap"
+
+	"github.com/glassmkr/guardian/shared/audit"
+	"github.com/glassmkr/guardian/shared/identity"
+	"github.com/glassmkr/guardian/shared/problem"
+)
+
+type handler struct {
+	db  *pgxpool.Pool
+	log *zap.Logger
+}
+
+func newHandler(db *pgxpool.Pool, log *zap.Logger) http.Handler {
+	h := &handler{db: db, log: log}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /api/v1/audit", h.api)
+	mux.HandleFunc("GET /settings/audit", h.page)
+	return mux
+}
+
+func (h *handler) load(w http.ResponseWriter, r *http.Request) (Filter, []Entry, string, bool) {
+	id, ok := identity.FromRequest(r)
+	if !ok {
+		problem.Write(w, problem.New(http.StatusInternalServerError, "internal_error", "no identity"))
+		return Filter{}, nil, "", false
+	}
+	f, err := ParseFilter(r.URL.Query())
+	if err != nil {
+		var fe *FilterError
+		errors.As(err, &fe)
+		p := problem.New(http.StatusBadRequest, "invalid_filter", fe.Error())
+		p.Extra = map[string]any{"param": fe.Param}
+		problem.Write(w, p)
+		return f, nil, "", false
+	}
+	entries, next, err := Page(r.Context(), h.db, id.CustomerID, f)
+	if err != nil {
+		h.log.Error("reading the audit log failed", zap.Error(err))
+		w.Header().Set("Retry-After", "5")
+		problem.Write(w, problem.New(http.StatusServiceUnavailable, "unavailable", "the audit log cannot be read right now"))
+		return f, nil, "", false
+	}
+	// Reading the audit log is itself audited, as a list.
+	w.Header().Set(audit.Header, audit.Annotation{ResourceType: "audit_log", Action: "list",
+		Metadata: map[string]any{"rows": len(entries), "query": r.URL.RawQuery}}.Encode())
+	return f, entries, next, true
+}
+
+func (h *handler) api(w http.ResponseWriter, r *http.Request) {
+	_, entries, next, ok := h.load(w, r)
+	if !ok {
+		return
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	if r.URL.Query().Get("format") == "csv" {
+		writeCSV(w, entries, next)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	var nextCursor *string
+	if next != "" {
+		nextCursor = &next
+	}
+	if entries == nil {
+		entries = []Entry{}
+	}
+	_ = json.NewEncoder(w).Encode(map[string]any{"items": entries, "next_cursor": nextCursor})
+}
+
+// CSVHeader is the first line of a CSV export.
+var CSVHeader = []string{"id", "occurred_at", "key_id", "user_id", "source_ip", "user_agent", "request_id", "method", "path",
+	"resource_type", "resource_id", "action", "result", "status_code", "metadata"}
+
+func writeCSV(w http.ResponseWriter, entries []Entry, next string) {
+	w.Header().Set("Content-Type", "text/csv; charset=utf-8")
+	w.Header().Set("Content-Disposition", `attachment; filename="audit-log.csv"`)
+	if next != "" {
+		w.Header().Set("Guardian-Next-Cursor", next)
+	}
+	cw := csv.NewWriter(w)
+	_ = cw.Write(CSVHeader)
+	s := func(p *string) string {
+		if p == nil {
+			return ""
+		}
+		return csvSafe(*p)
+	}
+	for _, e := range entries {
+		_ = cw.Write([]string{strconv.FormatInt(e.ID, 10), e.OccurredAt.Format(time.RFC3339Nano), s(e.KeyID), s(e.UserID), s(e.SourceIP),
+			s(e.UserAgent), csvSafe(e.RequestID), e.Method, csvSafe(e.Path), s(e.ResourceType), s(e.ResourceID), e.Action, e.Result,
+			strconv.Itoa(e.StatusCode), csvSafe(string(e.Metadata))})
+	}
+	cw.Flush()
+}
+
+// csvSafe defuses values a spreadsheet would run as a formula (a user
+// agent or path is the client's to choose).
+func csvSafe(s string) string {
+	if s != "" && (s[0] == '=' || s[0] == '+' || s[0] == '-' || s[0] == '@' || s[0] == '\t' || s[0] == '\r') {
+		return "'" + s
+	}
+	return s
+}
+
+var pageTmpl = template.Must(template.New("audit").Parse(`<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Audit log · Guardian</title>
+<style>body{font:14px system-ui,sans-serif;margin:2em}table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #ddd;padding:4px 6px;text-align:left;vertical-align:top}code{font-size:12px}.denied{color:#a40}</style>
+</head><body>
+<h1>Audit log</h1>
+<form method="get" action="/settings/audit">
+<label>Since <input name="since" value="{{.Q.Get "since"}}" placeholder="2026-11-01T00:00:00Z"></label>
+<label>Until <input name="until" value="{{.Q.Get "until"}}"></label>
+<label>Action <select name="action"><option value="">any</option>{{range .Actions}}<option{{if eq . ($.Q.Get "action")}} selected{{end}}>{{.}}</option>{{end}}</select></label>
+<label>Key id <input name="key_id" value="{{.Q.Get "key_id"}}" size="36"></label>
+<button type="submit">Filter</button>
+<a href="/api/v1/audit?{{.CSVQuery}}" download>Export CSV</a>
+</form>
+<table><thead><tr><th>When (UTC)</th><th>Action</th><th>Result</th><th>Status</th><th>Method and path</th><th>Resource</th><th>Key</th><th>Source</th><th>Details</th></tr></thead><tbody>
+{{range .Entries}}<tr class="{{.Result}}"><td>{{.OccurredAt.Format "2006-01-02 15:04:05"}}</td><td>{{.Action}}</td><td>{{.Result}}</td><td>{{.StatusCode}}</td><td><code>{{.Method}} {{.Path}}</code></td><td>{{if .ResourceType}}{{.ResourceType}} {{.ResourceID}}{{end}}</td><td>{{if .KeyID}}<code>{{.KeyID}}</code>{{else if .UserID}}session{{end}}</td><td>{{.SourceIP}}</td><td><code>{{printf "%s" .Metadata}}</code></td></tr>
+{{else}}<tr><td colspan="9">No entries.</td></tr>{{end}}
+</tbody></table>
+{{if .Next}}<p><a href="/settings/audit?{{.NextQuery}}">Older entries</a></p>{{end}}
+</body></html>`))
+
+func (h *handler) page(w http.ResponseWriter, r *http.Request) {
+	_, entries, next, ok := h.load(w, r)
+	if !ok {
+		return
+	}
+	q := r.URL.Query()
+	csvQ := url.Values{}
+	for k, v := range q {
+		if k != "cursor" {
+			csvQ[k] = v
+		}
+	}
+	csvQ.Set("format", "csv")
+	csvQ.Set("limit", strconv.Itoa(MaxLimit))
+	nextQ := url.Values{}
+	for k, v := range q {
+		nextQ[k] = v
+	}
+	nextQ.Set("cursor", next)
+	actions := []string{"create", "list", "read", "update", "delete", "rotate", "auth_failed"}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+	if err := pageTmpl.Execute(w, map[string]any{
+		"Q": q, "Entries": entries, "Next": next, "NextQuery": nextQ.Encode(), "CSVQuery": csvQ.Encode(), "Actions": actions,
+	}); err != nil {
+		h.log.Warn("rendering the audit page failed", zap.Error(err))
+	}
+}

@@ -1,0 +1,39 @@
+// Command audit serves the customer's audit log: GET /api/v1/audit (JSON,
+// or CSV with format=csv) and GET /settings/audit (an HTML page over the
+// same data). Only the caller's customer's rows, newest first, with
+// filters since, until, action and key_id, opaque cursor paging and a
+// capped limit; a bad filter is 400 problem+json naming it.
+//
+// Grants: the runtime PostgreSQL role (SELECT on api_audit_log).
+package main
+
+import (
+	"context"
+	"errors"
+	"net/http"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/zap"
+
+	"github.com/glassmkr/guardian/shared/config"
+	"github.com/glassmkr/guardian/shared/fnserve"
+)
+
+func main() { fnserve.Main(setup) }
+
+func setup(ctx context.Context, log *zap.Logger, env *config.Loader) (http.Handler, func(), error) {
+	dsn := env.String(config.PGAppDSN)
+	if err := env.Err(); err != nil {
+		return nil, nil, err
+	}
+	pcfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		return nil, nil, errors.New(config.PGAppDSN + " is not a valid PostgreSQL connection string")
+	}
+	pcfg.MaxConns = 4
+	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	return newHandler(pool, log), pool.Close, nil
+}

@@ -1,0 +1,71 @@
+package main
+
+import (
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseFilterRefusesBadInput(t *testing.T) {
+	cases := []struct{ query, param string }{
+		{"since=yesterday", "since"},
+		{"until=2026-13-01T00:00:00Z", "until"},
+		{"since=2026-11-02T00:00:00Z&until=2026-11-01T00:00:00Z", "until"},
+		{"action=hack", "action"},
+		{"key_id=not-a-uuid", "key_id"},
+		{"key_id=0B0E7A52-6C1A-4F4E-9A51-5B2F7C6F1D11", "key_id"},
+		{"limit=0", "limit"},
+		{"limit=201", "limit"},
+		{"limit=ten", "limit"},
+		{"cursor=!!!", "cursor"},
+		{"cursor=" + strings.Repeat("A", 80), "cursor"},
+		{"cursor=bm90LWEtY3Vyc29y", "cursor"},
+		{"format=xml", "format"},
+		{"customer_id=someone-else", "customer_id"},
+		{"action=read&action=list", "action"},
+	}
+	for _, tc := range cases {
+		q, _ := url.ParseQuery(tc.query)
+		_, err := ParseFilter(q)
+		fe, ok := err.(*FilterError)
+		if !ok || fe.Param != tc.param {
+			t.Errorf("%s: err = %v, want a problem with %s", tc.query, err, tc.param)
+		}
+	}
+}
+
+func TestParseFilterAcceptsAndCursorRoundTrips(t *testing.T) {
+	at := time.Date(2026, 11, 28, 12, 0, 0, 123456000, time.UTC)
+	q, _ := url.ParseQuery("since=2026-11-01T00:00:00Z&action=auth_failed&key_id=0b0e7a52-6c1a-4f4e-9a51-5b2f7c6f1d11&limit=200&cursor=" + encodeCursor(at, 42))
+	f, err := ParseFilter(q)
+	if err != nil || f.Limit != 200 || f.Action != "auth_failed" || f.AfterID != 42 || !f.AfterTime.Equal(at) || f.Since == nil {
+		t.Fatalf("%+v %v", f, err)
+	}
+	if f, _ := ParseFilter(url.Values{}); f.Limit != DefaultLimit {
+		t.Fatalf("default limit %d", f.Limit)
+	}
+}
+
+func TestCSVSafe(t *testing.T) {
+	for in, want := range map[string]string{"=cmd()": "'=cmd()", "+1": "'+1", "@x": "'@x", "curl/8": "curl/8", "": ""} {
+		if got := csvSafe(in); got != want {
+			t.Errorf("csvSafe(%q) = %q", in, got)
+		}
+	}
+}
+
+func FuzzParseFilter(f *testing.F) {
+	f.Add("since=2026-11-01T00:00:00Z&limit=5")
+	f.Add("cursor=MTc2NDMzMTIwMDAwMDAwMC40Mg")
+	f.Fuzz(func(t *testing.T, raw string) {
+		q, err := url.ParseQuery(raw)
+		if err != nil {
+			return
+		}
+		flt, err := ParseFilter(q)
+		if err == nil && (flt.Limit < 1 || flt.Limit > MaxLimit) {
+			t.Fatalf("accepted limit %d from %q", flt.Limit, raw)
+		}
+	})
+}
