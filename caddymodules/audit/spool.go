@@ -25,12 +25,16 @@ type spool struct {
 	dir      string
 	maxBytes int64
 
-	mu      sync.Mutex
-	cur     *os.File
-	curName string
-	curRows int
-	next    int64 // number of the next segment
-	bytes   int64 // on disk, all segments
+	mu sync.Mutex
+	// spooling is set while rows go here instead of PostgreSQL. It changes
+	// only under mu, together with the segments, so a row can never be
+	// appended after the replayer has declared the spool drained.
+	spooling bool
+	cur      *os.File
+	curName  string
+	curRows  int
+	next     int64 // number of the next segment
+	bytes    int64 // on disk, all segments
 }
 
 func openSpool(dir string, maxBytes int64) (*spool, error) {
@@ -84,44 +88,82 @@ func (s *spool) size() int64 {
 	return s.bytes
 }
 
+// isSpooling reports whether rows should go to the spool.
+func (s *spool) isSpooling() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.spooling
+}
+
+// startSpooling sends rows to the spool from now on.
+func (s *spool) startSpooling() {
+	s.mu.Lock()
+	s.spooling = true
+	s.mu.Unlock()
+}
+
+// stopIfDrained ends spooling if nothing is left, and says whether it did.
+func (s *spool) stopIfDrained() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.bytes == 0 && s.cur == nil {
+		s.spooling = false
+	}
+	return !s.spooling
+}
+
+// appendWhileSpooling appends rows if the spool is in use; false means
+// spooling ended meanwhile and the rows should go to PostgreSQL.
+func (s *spool) appendWhileSpooling(rows []*audit.Row) (bool, error) {
+	return s.appendIf(rows, true)
+}
+
 // append writes rows to the current segment and fsyncs it: when it
 // returns nil, the rows survive a crash.
 func (s *spool) append(rows []*audit.Row) error {
+	_, err := s.appendIf(rows, false)
+	return err
+}
+
+func (s *spool) appendIf(rows []*audit.Row, onlyWhileSpooling bool) (bool, error) {
 	var buf []byte
 	for _, r := range rows {
 		b, err := json.Marshal(r)
 		if err != nil {
-			return fmt.Errorf("audit spool: encode: %w", err)
+			return true, fmt.Errorf("audit spool: encode: %w", err)
 		}
 		buf = append(append(buf, b...), '\n')
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if onlyWhileSpooling && !s.spooling {
+		return false, nil
+	}
 	if s.bytes+int64(len(buf)) > s.maxBytes {
-		return ErrSpoolFull
+		return true, ErrSpoolFull
 	}
 	if s.cur == nil {
 		s.curName = fmt.Sprintf("seg-%020d.jsonl", s.next)
 		s.next++
 		f, err := os.OpenFile(filepath.Join(s.dir, s.curName), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 		if err != nil {
-			return fmt.Errorf("audit spool: %w", err)
+			return true, fmt.Errorf("audit spool: %w", err)
 		}
 		s.cur = f
 		if err := syncDir(s.dir); err != nil {
-			return err
+			return true, err
 		}
 	}
 	n, err := s.cur.Write(buf)
 	s.bytes += int64(n)
 	if err != nil {
-		return fmt.Errorf("audit spool: write: %w", err)
+		return true, fmt.Errorf("audit spool: write: %w", err)
 	}
 	if err := s.cur.Sync(); err != nil {
-		return fmt.Errorf("audit spool: fsync: %w", err)
+		return true, fmt.Errorf("audit spool: fsync: %w", err)
 	}
 	s.curRows += len(rows)
-	return nil
+	return true, nil
 }
 
 // seal closes the current segment so the replayer may take it.

@@ -7,7 +7,6 @@ package audit
 import (
 	"context"
 	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -34,30 +33,36 @@ type WriterConfig struct {
 	MaxBatch int
 	// Queue bounds rows waiting in memory. Default 10000.
 	Queue int
-	Log   *zap.Logger
+	// Chains is how many hash chains (and COPY streams) write in
+	// parallel. Default 4.
+	Chains int
+	Log    *zap.Logger
 }
 
-// Writer owns one hash chain and writes its rows in order.
+// Writer turns audit rows into durable rows: several chains, each one
+// goroutine that group-commits what is queued for it, so that COPY streams
+// overlap while every chain stays in order.
 type Writer struct {
 	db       *pgxpool.Pool
 	spool    *spool
-	in       chan *pending
+	chains   []*chain
+	next     atomic.Uint64
 	maxBatch int
 	log      *zap.Logger
 
-	id   string // this writer's chain
-	seq  int64
-	prev []byte
-
-	// spooling is set while rows go to the spool instead of PostgreSQL;
-	// only the writer loop sets it, only the replayer clears it (under
-	// the spool's lock), so rows reach PostgreSQL in the order written.
-	spooling atomic.Bool
 	full     atomic.Bool
 	lastWarn atomic.Int64
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+}
+
+// chain is one writer's hash chain and its queue.
+type chain struct {
+	in   chan *pending
+	id   string
+	seq  int64
+	prev []byte
 }
 
 type pending struct {
@@ -79,6 +84,9 @@ func NewWriter(cfg WriterConfig) (*Writer, error) {
 	if cfg.Queue <= 0 {
 		cfg.Queue = 10000
 	}
+	if cfg.Chains <= 0 {
+		cfg.Chains = 4
+	}
 	if cfg.Log == nil {
 		cfg.Log = zap.NewNop()
 	}
@@ -96,19 +104,23 @@ func NewWriter(cfg WriterConfig) (*Writer, error) {
 		db.Close()
 		return nil, err
 	}
-	var idb [8]byte
-	_, _ = rand.Read(idb[:])
-	w := &Writer{db: db, spool: sp, in: make(chan *pending, cfg.Queue), maxBatch: cfg.MaxBatch, log: cfg.Log,
-		id: hex.EncodeToString(idb[:])}
+	w := &Writer{db: db, spool: sp, maxBatch: cfg.MaxBatch, log: cfg.Log}
+	var base [6]byte
+	_, _ = rand.Read(base[:])
+	for i := range cfg.Chains {
+		w.chains = append(w.chains, &chain{in: make(chan *pending, cfg.Queue/cfg.Chains+1), id: fmt.Sprintf("%x-%d", base, i)})
+	}
 	if !sp.empty() {
-		w.spooling.Store(true)
+		sp.startSpooling()
 		w.log.Warn("audit spool holds rows from an earlier run; replaying them", zap.Int64("bytes", sp.size()))
 	}
 	metrics.spoolBytes.Set(float64(sp.size()))
 	ctx, cancel := context.WithCancel(context.Background())
 	w.cancel = cancel
-	w.wg.Add(2)
-	go w.loop(ctx)
+	w.wg.Add(len(w.chains) + 1)
+	for _, c := range w.chains {
+		go w.loop(ctx, c)
+	}
 	go w.replay(ctx)
 	return w, nil
 }
@@ -118,8 +130,9 @@ func NewWriter(cfg WriterConfig) (*Writer, error) {
 func (w *Writer) Record(ctx context.Context, row *audit.Row) error {
 	p := pendingPool.Get().(*pending)
 	p.row = row
+	c := w.chains[w.next.Add(1)%uint64(len(w.chains))]
 	select {
-	case w.in <- p:
+	case c.in <- p:
 	case <-ctx.Done():
 		pendingPool.Put(p)
 		return fmt.Errorf("audit: queue full: %w", ctx.Err())
@@ -149,21 +162,21 @@ func (w *Writer) Close() error {
 // Destruct implements caddy.Destructor.
 func (w *Writer) Destruct() error { return w.Close() }
 
-// loop is the one goroutine that chains and writes rows: it takes what is
-// queued (up to maxBatch) as one group commit, so batches grow with load
-// and a lone row is written at once.
-func (w *Writer) loop(ctx context.Context) {
+// loop is the goroutine of one chain: it takes what is queued (up to
+// maxBatch) as one group commit, so batches grow with load and a lone row
+// is written at once.
+func (w *Writer) loop(ctx context.Context, c *chain) {
 	defer w.wg.Done()
 	batch := make([]*pending, 0, w.maxBatch)
 	rows := make([]*audit.Row, 0, w.maxBatch)
 	for {
 		var first *pending
 		select {
-		case first = <-w.in:
+		case first = <-c.in:
 		case <-ctx.Done():
 			// Drain: nothing queued may be dropped.
 			select {
-			case first = <-w.in:
+			case first = <-c.in:
 			default:
 				return
 			}
@@ -172,22 +185,22 @@ func (w *Writer) loop(ctx context.Context) {
 	fill:
 		for len(batch) < w.maxBatch {
 			select {
-			case p := <-w.in:
+			case p := <-c.in:
 				batch = append(batch, p)
 			default:
 				break fill
 			}
 		}
 		rows = rows[:0]
-		seq, prev := w.seq, w.prev
+		seq, prev := c.seq, c.prev
 		for _, p := range batch {
-			w.chain(p.row)
+			c.link(p.row)
 			rows = append(rows, p.row)
 		}
 		err := w.persist(rows)
 		if err != nil {
 			// Rows stored nowhere leave no gap in the chain.
-			w.seq, w.prev = seq, prev
+			c.seq, c.prev = seq, prev
 		}
 		metrics.batchSize.Observe(float64(len(rows)))
 		for _, p := range batch {
@@ -196,42 +209,51 @@ func (w *Writer) loop(ctx context.Context) {
 	}
 }
 
-// chain gives a row its place in this writer's chain.
-func (w *Writer) chain(r *audit.Row) {
-	w.seq++
-	r.WriterID, r.WriterSeq, r.PrevHash = w.id, w.seq, w.prev
+// link gives a row its place in the chain.
+func (c *chain) link(r *audit.Row) {
+	c.seq++
+	r.WriterID, r.WriterSeq, r.PrevHash = c.id, c.seq, c.prev
 	r.RowHash = audit.Hash(r)
-	w.prev = r.RowHash
+	c.prev = r.RowHash
 }
 
 // persist writes rows to PostgreSQL, or to the spool while PostgreSQL is
 // away or older rows still wait there.
 func (w *Writer) persist(rows []*audit.Row) error {
-	if !w.spooling.Load() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		err := insert(ctx, w.db, rows)
-		cancel()
-		if err == nil {
-			metrics.rows.WithLabelValues("postgres").Add(float64(len(rows)))
-			return nil
+	for range 3 {
+		if !w.spool.isSpooling() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			err := insert(ctx, w.db, rows)
+			cancel()
+			if err == nil {
+				metrics.rows.WithLabelValues("postgres").Add(float64(len(rows)))
+				return nil
+			}
+			if !w.spool.isSpooling() {
+				w.log.Error("audit rows cannot reach PostgreSQL; spooling them to disk until it is back", zap.Error(err))
+			}
+			w.spool.startSpooling()
 		}
-		w.spooling.Store(true)
-		w.log.Error("audit rows cannot reach PostgreSQL; spooling them to disk until it is back", zap.Error(err))
-	}
-	err := w.spool.append(rows)
-	metrics.spoolBytes.Set(float64(w.spool.size()))
-	if err != nil {
-		if errors.Is(err, ErrSpoolFull) {
-			w.full.Store(true)
-			metrics.spoolFull.Set(1)
+		spooled, err := w.spool.appendWhileSpooling(rows)
+		if !spooled {
+			continue // the replayer drained the spool meanwhile: go direct
 		}
-		metrics.writeErrors.Inc()
-		w.log.Error("audit rows could not be made durable; their requests are refused", zap.Error(err), zap.Int("rows", len(rows)))
-		return err
+		metrics.spoolBytes.Set(float64(w.spool.size()))
+		if err != nil {
+			if errors.Is(err, ErrSpoolFull) {
+				w.full.Store(true)
+				metrics.spoolFull.Set(1)
+			}
+			metrics.writeErrors.Inc()
+			w.log.Error("audit rows could not be made durable; their requests are refused", zap.Error(err), zap.Int("rows", len(rows)))
+			return err
+		}
+		metrics.rows.WithLabelValues("spool").Add(float64(len(rows)))
+		w.warnIfGrowing()
+		return nil
 	}
-	metrics.rows.WithLabelValues("spool").Add(float64(len(rows)))
-	w.warnIfGrowing()
-	return nil
+	metrics.writeErrors.Inc()
+	return errors.New("audit: PostgreSQL and the spool kept trading places; rows not written")
 }
 
 // warnIfGrowing logs, at most once a minute, how large the spool is.
@@ -257,7 +279,7 @@ func (w *Writer) replay(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		if !w.spooling.Load() {
+		if !w.spool.isSpooling() {
 			continue
 		}
 		if err := w.replayOnce(ctx); err != nil {
@@ -302,15 +324,9 @@ func (w *Writer) replayOnce(ctx context.Context) error {
 			metrics.spoolBytes.Set(float64(w.spool.size()))
 		}
 		// Hand back only when nothing is left, under the spool's lock, so
-		// no row the writer spools meanwhile is left behind.
-		w.spool.mu.Lock()
-		done := w.spool.bytes == 0
-		if done {
-			w.spooling.Store(false)
+		// no row a chain spools meanwhile is left behind.
+		if w.spool.stopIfDrained() {
 			w.full.Store(false)
-		}
-		w.spool.mu.Unlock()
-		if done {
 			metrics.spoolFull.Set(0)
 			w.log.Info("audit spool replayed into PostgreSQL; writing directly again")
 			return nil

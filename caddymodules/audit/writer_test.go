@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,9 +20,11 @@ import (
 
 func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
 
+// newWriter is a writer with one chain, so tests can point at a row by
+// its place in the chain.
 func newWriter(t *testing.T, dsn string, maxSpool int64) *Writer {
 	t.Helper()
-	w, err := NewWriter(WriterConfig{DSN: dsn, SpoolDir: filepath.Join(t.TempDir(), "spool"), MaxSpool: maxSpool})
+	w, err := NewWriter(WriterConfig{DSN: dsn, SpoolDir: filepath.Join(t.TempDir(), "spool"), MaxSpool: maxSpool, Chains: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -28,13 +32,19 @@ func newWriter(t *testing.T, dsn string, maxSpool int64) *Writer {
 	return w
 }
 
+// runID keeps request ids unique across a process's tests.
+var runID = testenv.Name("r")
+
 func testRow(i int) *audit.Row {
+	n := strconv.Itoa(i)
 	return &audit.Row{
 		OccurredAt: time.Now().UTC().Truncate(time.Microsecond), SourceIP: "203.0.113.9", UserAgent: "test",
-		RequestID: fmt.Sprintf("req-%d-%s", i, testenv.Name("")), Method: "GET", Path: "/api/v1/whoami",
-		Action: "read", Result: "success", StatusCode: 200, Metadata: `{"n":` + fmt.Sprint(i) + `}`,
+		RequestID: runID + "-" + n + "-" + strconv.FormatInt(seqs.Add(1), 10), Method: "GET", Path: "/api/v1/whoami",
+		Action: "read", Result: "success", StatusCode: 200, Metadata: `{"n":` + n + `}`,
 	}
 }
+
+var seqs atomic.Int64
 
 func count(t *testing.T, db *pgxpool.Pool) int64 {
 	t.Helper()
@@ -48,7 +58,11 @@ func count(t *testing.T, db *pgxpool.Pool) int64 {
 func TestConcurrentRowsAreGroupCommittedAndChained(t *testing.T) {
 	t.Parallel()
 	pg := testenv.Postgres(t)
-	w := newWriter(t, pg.AppDSN, 1<<20)
+	w, err := NewWriter(WriterConfig{DSN: pg.AppDSN, SpoolDir: filepath.Join(t.TempDir(), "spool")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = w.Close() })
 	const n = 2000
 	var wg sync.WaitGroup
 	errs := make(chan error, n)
@@ -77,7 +91,7 @@ func TestConcurrentRowsAreGroupCommittedAndChained(t *testing.T) {
 		t.Errorf("%d transactions for %d rows: no group commit", batches, n)
 	}
 	rep, err := audit.Verify(context.Background(), pg.Owner)
-	if err != nil || !rep.OK() || rep.Rows != n || rep.Writers != 1 {
+	if err != nil || !rep.OK() || rep.Rows != n || rep.Writers != len(w.chains) {
 		t.Fatalf("verify: %+v %v", rep, err)
 	}
 }
@@ -196,7 +210,7 @@ func TestPostgresOutageSpoolsAndReplaysExactlyOnce(t *testing.T) {
 	owner.Reset() // its connections died with the server
 	record(after) // queued behind the spool until it is replayed
 	deadline := time.Now().Add(30 * time.Second)
-	for !w.spool.empty() || w.spooling.Load() {
+	for !w.spool.empty() || w.spool.isSpooling() {
 		if time.Now().After(deadline) {
 			t.Fatal("spool never drained")
 		}
@@ -222,7 +236,7 @@ func TestReplayOfAlreadyStoredRowsAddsNothing(t *testing.T) {
 	}
 	// As if the process died after the commit but before the segment was
 	// removed: the same rows are in the spool again.
-	w.spooling.Store(true)
+	w.spool.startSpooling()
 	if err := w.spool.append(rows); err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -284,22 +285,22 @@ func ratText(r *big.Rat) string {
 
 // Hash computes a row's hash from its content and PrevHash. CustomerID is
 // left out on purpose: deleting a customer sets it to NULL, which must not
-// read as tampering. Every other stored field is covered.
+// read as tampering. Every other stored field is covered, each length-
+// prefixed so that no two rows share an encoding.
 func Hash(r *Row) []byte {
-	h := sha256.New()
+	bp := hashBufs.Get().(*[]byte)
+	b := (*bp)[:0]
 	field := func(s string) {
-		var n [8]byte
-		binary.BigEndian.PutUint64(n[:], uint64(len(s)))
-		h.Write(n[:])
-		h.Write([]byte(s))
+		b = binary.BigEndian.AppendUint64(b, uint64(len(s)))
+		b = append(b, s...)
 	}
 	field("guardian-audit-v1")
 	field(r.WriterID)
-	field(fmt.Sprint(r.WriterSeq))
+	b = binary.BigEndian.AppendUint64(b, uint64(r.WriterSeq))
 	field(string(r.PrevHash))
 	field(r.KeyID)
 	field(r.UserID)
-	field(r.OccurredAt.UTC().Format("2006-01-02T15:04:05.000000Z"))
+	b = r.OccurredAt.UTC().AppendFormat(b, "2006-01-02T15:04:05.000000Z")
 	field(r.SourceIP)
 	field(r.UserAgent)
 	field(r.RequestID)
@@ -309,7 +310,12 @@ func Hash(r *Row) []byte {
 	field(r.ResourceID)
 	field(r.Action)
 	field(r.Result)
-	field(fmt.Sprint(r.StatusCode))
+	b = binary.BigEndian.AppendUint64(b, uint64(r.StatusCode))
 	field(r.Metadata)
-	return h.Sum(nil)
+	sum := sha256.Sum256(b)
+	*bp = b
+	hashBufs.Put(bp)
+	return sum[:]
 }
+
+var hashBufs = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
