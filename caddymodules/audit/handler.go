@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"regexp"
 	"strings"
 	"time"
 
@@ -103,7 +104,9 @@ var refusedUnaudited = problem.New(http.StatusServiceUnavailable, "audit_unavail
 var lostAudit = problem.New(http.StatusServiceUnavailable, "audit_unavailable",
 	"the audit log could not record this request; its outcome is unknown, check before retrying")
 
-// ServeHTTP records the request's row before its response goes out.
+// ServeHTTP records the request's row before its response goes out:
+// authenticated requests, failed authentications, and any request whose
+// function annotated it (sign-in attempts).
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	if h.writer.Refusing() {
 		w.Header().Set("Retry-After", "30")
@@ -193,8 +196,8 @@ func (rec *recorder) record(status int) error {
 	delete(hdr, audit.Header)
 	id, _ := caddyhttp.GetVar(ctx, identity.VarKey).(*identity.Identity)
 	why, _ := caddyhttp.GetVar(ctx, varFailure).(string)
-	if id == nil && why == "" {
-		return nil
+	if id == nil && why == "" && ann == "" {
+		return nil // anonymous, and the function had nothing to say
 	}
 	row := rec.h.row(rec.r, id, why, status, ann, rec.start, rec.reqID)
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Duration(rec.h.Timeout))
@@ -233,6 +236,12 @@ func (h *Handler) row(r *http.Request, id *identity.Identity, why string, status
 		var a audit.Annotation
 		if err := json.Unmarshal([]byte(ann), &a); err == nil {
 			row.ResourceType, row.ResourceID = truncate(a.ResourceType, 64), truncate(a.ResourceID, 128)
+			if id == nil && uuidRE.MatchString(a.CustomerID) {
+				row.CustomerID = a.CustomerID
+				if uuidRE.MatchString(a.UserID) {
+					row.UserID = a.UserID
+				}
+			}
 			if audit.Actions[a.Action] {
 				row.Action = a.Action
 			}
@@ -259,6 +268,8 @@ func (h *Handler) row(r *http.Request, id *identity.Identity, why string, status
 	row.Metadata = canonical
 	return row
 }
+
+var uuidRE = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
 
 func clientIP(r *http.Request) string {
 	if ip, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok && ip != "" {

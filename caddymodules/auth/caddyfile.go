@@ -24,7 +24,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	guardian_auth {
 //	    allow          session|key|collector ...
 //	    scope          [<METHOD>] read|write|admin
-//	    optional
+//	    optional [ignore_invalid]
 //	    trusted_origin <scheme://host[:port]> ...
 //	}
 //
@@ -57,10 +57,16 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 		case "optional":
+			h.Optional = true
+			if d.NextArg() {
+				if d.Val() != "ignore_invalid" {
+					return d.Errf("optional takes only ignore_invalid, got %q", d.Val())
+				}
+				h.IgnoreInvalid = true
+			}
 			if d.NextArg() {
 				return d.ArgErr()
 			}
-			h.Optional = true
 		case "trusted_origin":
 			args := d.RemainingArgs()
 			if len(args) == 0 {

@@ -74,8 +74,13 @@ type Handler struct {
 	// MethodScopes overrides Scope for some methods, e.g. {"DELETE": "admin"}.
 	MethodScopes map[string]string `json:"method_scopes,omitempty"`
 	// Optional lets requests without any credential through anonymously.
-	// A credential that is presented must still be valid.
+	// A credential that is presented must still be valid, unless
+	// IgnoreInvalid is also set.
 	Optional bool `json:"optional,omitempty"`
+	// IgnoreInvalid, with Optional, treats an invalid credential as none
+	// (a stale session cookie is cleared): for sign-in, where a visitor
+	// with an expired session must still be able to sign in.
+	IgnoreInvalid bool `json:"ignore_invalid,omitempty"`
 	// TrustedOrigins are origins (scheme://host[:port]) besides the
 	// request's own from which cookie-authenticated state changes are
 	// accepted.
@@ -201,6 +206,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			h.log.Error("credential store unavailable", zap.Error(err))
 			w.Header().Set("Retry-After", "2")
 			return h.refuse(w, r, "store_unavailable", false, refuseUnavailable)
+		}
+		if h.Optional && h.IgnoreInvalid {
+			if fromCookie {
+				http.SetCookie(w, session.ClearCookie(h.cookieDomain))
+			}
+			return next.ServeHTTP(w, r)
 		}
 		return h.refuse(w, r, reason(err), fromCookie, refuseInvalid)
 	}

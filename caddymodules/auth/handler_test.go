@@ -157,6 +157,19 @@ func TestOptionalRouteAdmitsAnonymousButNotBadCredentials(t *testing.T) {
 	}
 }
 
+func TestIgnoreInvalidTreatsABadCredentialAsNone(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	h := handler(w.authenticator(t), Handler{Optional: true, IgnoreInvalid: true})
+	got := do(t, h, withCookie("POST", "/", w.token[:len(w.token)-3]+"abc"))
+	if got.status != 200 || got.id != nil || !strings.Contains(got.header.Get("Set-Cookie"), "Max-Age=0") {
+		t.Fatalf("stale cookie on a lenient route: %+v", got)
+	}
+	if got := do(t, h, withCookie("GET", "/", w.token)); got.id == nil {
+		t.Fatal("valid cookie not recognised on a lenient route")
+	}
+}
+
 func TestRevocationDropsTheCachedEntryAtOnce(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
@@ -276,6 +289,8 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{"bad origin", "guardian_auth {\n trusted_origin evil.example/path\n}", true, nil},
 		{"unknown setting", "guardian_auth {\n cache 5m\n}", true, nil},
 		{"inline argument", "guardian_auth on", true, nil},
+		{"lenient optional", "guardian_auth {\n optional ignore_invalid\n}", false, func(h Handler) bool { return h.Optional && h.IgnoreInvalid }},
+		{"optional with junk", "guardian_auth {\n optional always\n}", true, nil},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -64,8 +64,12 @@ type Row struct {
 	RowHash   []byte
 }
 
-// Annotation is what a function says about its request.
+// Annotation is what a function says about its request. CustomerID and
+// UserID are for requests the edge could not attribute (a sign-in names
+// the account it tried); the edge's own identity wins when there is one.
 type Annotation struct {
+	CustomerID   string         `json:"customer_id,omitempty"`
+	UserID       string         `json:"user_id,omitempty"`
 	ResourceType string         `json:"resource_type,omitempty"`
 	ResourceID   string         `json:"resource_id,omitempty"`
 	Action       string         `json:"action,omitempty"`

@@ -120,7 +120,7 @@ func Cookie(token, domain string, expires time.Time, now time.Time) *http.Cookie
 		Value:    token,
 		Path:     "/",
 		Domain:   domain,
-		MaxAge:   int(expires.Sub(now).Seconds()),
+		MaxAge:   int(expires.Sub(now).Round(time.Second).Seconds()),
 		HttpOnly: true,
 		Secure:   true,
 		SameSite: http.SameSiteLaxMode,

@@ -1,0 +1,286 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"mime"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/zap"
+
+	"github.com/glassmkr/guardian/shared/audit"
+	"github.com/glassmkr/guardian/shared/identity"
+	"github.com/glassmkr/guardian/shared/password"
+	"github.com/glassmkr/guardian/shared/problem"
+	"github.com/glassmkr/guardian/shared/session"
+)
+
+type handler struct {
+	db       *pgxpool.Pool
+	secret   []byte
+	domain   string
+	verifier *password.Verifier
+	log      *zap.Logger
+	now      func() time.Time
+}
+
+func (h *handler) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /auth/login", h.login)
+	mux.HandleFunc("POST /auth/logout", h.logout)
+	mux.HandleFunc("POST /auth/reauth", h.reauth)
+	mux.HandleFunc("POST /auth/password", h.changePassword)
+	return mux
+}
+
+// maxBody bounds the small JSON or form bodies these routes take.
+const maxBody = 8 << 10
+
+// fields reads a JSON object or a form into a map of strings.
+func fields(w http.ResponseWriter, r *http.Request) (map[string]string, bool, *problem.Problem) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	if err != nil {
+		return nil, false, problem.New(http.StatusRequestEntityTooLarge, "payload_too_large", "the body may be at most 8 KiB")
+	}
+	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	out := map[string]string{}
+	switch mt {
+	case "application/x-www-form-urlencoded":
+		v, err := url.ParseQuery(string(body))
+		if err != nil {
+			return nil, true, problem.New(http.StatusBadRequest, "bad_request", "the form could not be read")
+		}
+		for k := range v {
+			out[k] = v.Get(k)
+		}
+		return out, true, nil
+	case "application/json", "":
+		var raw map[string]any
+		if err := json.Unmarshal(body, &raw); err != nil {
+			return nil, false, problem.New(http.StatusBadRequest, "bad_request", "the body must be a JSON object")
+		}
+		for k, val := range raw {
+			s, ok := val.(string)
+			if !ok {
+				return nil, false, problem.New(http.StatusBadRequest, "bad_request", k+" must be a string")
+			}
+			out[k] = s
+		}
+		return out, false, nil
+	}
+	return nil, false, problem.New(http.StatusUnsupportedMediaType, "unsupported_media_type", "send JSON or a form")
+}
+
+func annotate(w http.ResponseWriter, a audit.Annotation) { w.Header().Set(audit.Header, a.Encode()) }
+
+var invalidCredentials = problem.New(http.StatusUnauthorized, "invalid_credentials", "the e-mail address or the password is wrong")
+
+func (h *handler) busy(w http.ResponseWriter) {
+	w.Header().Set("Retry-After", "2")
+	problem.Write(w, problem.New(http.StatusServiceUnavailable, "busy", "too many sign-in attempts are being checked; try again shortly"))
+}
+
+func (h *handler) unavailable(w http.ResponseWriter, err error) {
+	h.log.Error("sign-in store unavailable", zap.Error(err))
+	w.Header().Set("Retry-After", "5")
+	problem.Write(w, problem.New(http.StatusServiceUnavailable, "unavailable", "sign-in is temporarily unavailable"))
+}
+
+const userByEmail = `SELECT u.id, u.customer_id, coalesce(u.password_hash, ''), c.deletion_requested_at IS NOT NULL
+FROM users u JOIN customers c ON c.id = u.customer_id WHERE u.email = $1`
+
+func (h *handler) login(w http.ResponseWriter, r *http.Request) {
+	f, form, p := fields(w, r)
+	if p != nil {
+		problem.Write(w, p)
+		return
+	}
+	email := strings.ToLower(strings.TrimSpace(f["email"]))
+	pw := f["password"]
+	if email == "" || pw == "" {
+		problem.Write(w, problem.New(http.StatusBadRequest, "bad_request", "email and password are required"))
+		return
+	}
+	var userID, customerID, hash string
+	var closing bool
+	err := h.db.QueryRow(r.Context(), userByEmail, email).Scan(&userID, &customerID, &hash, &closing)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		h.unavailable(w, err)
+		return
+	}
+	// Unknown e-mail and wrong password take one bcrypt comparison each
+	// and get the same answer.
+	verr := h.verifier.Verify(r.Context(), hash, pw)
+	if errors.Is(verr, password.ErrBusy) {
+		h.busy(w)
+		return
+	}
+	if verr != nil || closing {
+		reason := "wrong_password"
+		if userID == "" {
+			reason = "unknown_email"
+		} else if closing {
+			reason = "account_closing"
+		}
+		annotate(w, audit.Annotation{CustomerID: customerID, UserID: userID, ResourceType: "session", Action: "auth_failed",
+			Metadata: map[string]any{"reason": reason}})
+		problem.Write(w, invalidCredentials)
+		return
+	}
+	old := ""
+	if id, ok := identity.FromRequest(r); ok && id.Kind == identity.KindSession && id.UserID == userID {
+		old = id.SessionID
+	}
+	issued, err := h.startSession(r, userID, customerID, true, old)
+	if err != nil {
+		h.unavailable(w, err)
+		return
+	}
+	annotate(w, audit.Annotation{CustomerID: customerID, UserID: userID, ResourceType: "session", ResourceID: issued.ID, Action: "create",
+		Metadata: map[string]any{"method": "password", "replaced_session": old}})
+	http.SetCookie(w, session.Cookie(issued.Token, h.domain, issued.Expires, h.now()))
+	if form {
+		http.Redirect(w, r, "/settings/keys", http.StatusSeeOther)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (h *handler) startSession(r *http.Request, userID, customerID string, reauthed bool, replacing string) (session.Issued, error) {
+	var issued session.Issued
+	err := pgx.BeginFunc(r.Context(), h.db, func(tx pgx.Tx) error {
+		var err error
+		issued, err = session.Start(r.Context(), tx, h.secret, userID, customerID, identity.ClientIP(r), r.UserAgent(), reauthed, replacing, h.now())
+		return err
+	})
+	return issued, err
+}
+
+// sessionOf returns the caller's session identity; the routes admit only
+// sessions, so anything else is a configuration error.
+func sessionOf(w http.ResponseWriter, r *http.Request) (identity.Identity, bool) {
+	id, ok := identity.FromRequest(r)
+	if !ok || id.Kind != identity.KindSession {
+		problem.Write(w, problem.New(http.StatusInternalServerError, "internal_error", "no session identity"))
+		return id, false
+	}
+	return id, true
+}
+
+func (h *handler) logout(w http.ResponseWriter, r *http.Request) {
+	id, ok := sessionOf(w, r)
+	if !ok {
+		return
+	}
+	if _, err := h.db.Exec(r.Context(), "UPDATE sessions SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", id.SessionID); err != nil {
+		h.unavailable(w, err)
+		return
+	}
+	annotate(w, audit.Annotation{ResourceType: "session", ResourceID: id.SessionID, Action: "delete", Metadata: map[string]any{"reason": "logout"}})
+	http.SetCookie(w, session.ClearCookie(h.domain))
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (h *handler) reauth(w http.ResponseWriter, r *http.Request) {
+	id, ok := sessionOf(w, r)
+	if !ok {
+		return
+	}
+	f, _, p := fields(w, r)
+	if p != nil {
+		problem.Write(w, p)
+		return
+	}
+	var hash string
+	if err := h.db.QueryRow(r.Context(), "SELECT coalesce(password_hash, '') FROM users WHERE id = $1", id.UserID).Scan(&hash); err != nil {
+		h.unavailable(w, err)
+		return
+	}
+	verr := h.verifier.Verify(r.Context(), hash, f["password"])
+	if errors.Is(verr, password.ErrBusy) {
+		h.busy(w)
+		return
+	}
+	if verr != nil {
+		annotate(w, audit.Annotation{ResourceType: "session", ResourceID: id.SessionID, Action: "auth_failed", Metadata: map[string]any{"reason": "reauth_wrong_password"}})
+		problem.Write(w, problem.New(http.StatusUnauthorized, "invalid_credentials", "the password is wrong"))
+		return
+	}
+	issued, err := h.startSession(r, id.UserID, id.CustomerID, true, id.SessionID)
+	if err != nil {
+		h.unavailable(w, err)
+		return
+	}
+	annotate(w, audit.Annotation{ResourceType: "session", ResourceID: issued.ID, Action: "update",
+		Metadata: map[string]any{"reauthenticated": true, "replaced_session": id.SessionID}})
+	http.SetCookie(w, session.Cookie(issued.Token, h.domain, issued.Expires, h.now()))
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (h *handler) changePassword(w http.ResponseWriter, r *http.Request) {
+	id, ok := sessionOf(w, r)
+	if !ok {
+		return
+	}
+	f, _, p := fields(w, r)
+	if p != nil {
+		problem.Write(w, p)
+		return
+	}
+	var hash, email string
+	if err := h.db.QueryRow(r.Context(), "SELECT coalesce(password_hash, ''), email FROM users WHERE id = $1", id.UserID).Scan(&hash, &email); err != nil {
+		h.unavailable(w, err)
+		return
+	}
+	if hash != "" {
+		// Changing a password needs the current one; setting a first
+		// password (a Google-only account) needs a fresh sign-in instead.
+		if verr := h.verifier.Verify(r.Context(), hash, f["current_password"]); verr != nil {
+			if errors.Is(verr, password.ErrBusy) {
+				h.busy(w)
+				return
+			}
+			problem.Write(w, problem.New(http.StatusUnauthorized, "invalid_credentials", "the current password is wrong"))
+			return
+		}
+	} else if !h.recentlyAuthenticated(r.Context(), id.SessionID) {
+		problem.Write(w, problem.New(http.StatusUnauthorized, "reauth_required", "sign in again before setting a password"))
+		return
+	}
+	if err := password.Check(f["new_password"], email); err != nil {
+		p := problem.New(http.StatusBadRequest, "weak_password", err.Error())
+		problem.Write(w, p)
+		return
+	}
+	newHash, err := password.Hash(f["new_password"])
+	if err != nil {
+		h.unavailable(w, err)
+		return
+	}
+	err = pgx.BeginFunc(r.Context(), h.db, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(r.Context(), "UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1", id.UserID, newHash); err != nil {
+			return err
+		}
+		// Every other session of the user ends with the old password.
+		_, err := tx.Exec(r.Context(), "UPDATE sessions SET revoked_at = now() WHERE user_id = $1 AND id <> $2 AND revoked_at IS NULL", id.UserID, id.SessionID)
+		return err
+	})
+	if err != nil {
+		h.unavailable(w, err)
+		return
+	}
+	annotate(w, audit.Annotation{ResourceType: "user", ResourceID: id.UserID, Action: "update", Metadata: map[string]any{"changed": "password_hash"}})
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (h *handler) recentlyAuthenticated(ctx context.Context, sessionID string) bool {
+	at, err := session.ReauthAt(ctx, h.db, sessionID)
+	return err == nil && !at.IsZero() && h.now().Sub(at) <= session.ReauthWindow
+}

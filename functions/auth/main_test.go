@@ -1,0 +1,224 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/glassmkr/guardian/shared/password"
+	"github.com/glassmkr/guardian/shared/testenv"
+)
+
+func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
+
+const goodPassword = "correct-horse-staple-9"
+
+type site struct {
+	*testenv.Stack
+	c     *testenv.Customer
+	pg    *testenv.PG
+	email string
+}
+
+func newSite(t *testing.T) *site {
+	t.Helper()
+	env, c, pg := testenv.EdgeEnv(t)
+	s := &site{c: c, pg: pg}
+	hash, err := password.Hash(goodPassword)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pg.Owner.QueryRow(context.Background(), "UPDATE users SET password_hash = $2 WHERE id = $1 RETURNING email", c.UserID, hash).Scan(&s.email); err != nil {
+		t.Fatal(err)
+	}
+	s.Stack = testenv.StartStack(t, env)
+	return s
+}
+
+type answer struct {
+	status int
+	header http.Header
+	doc    map[string]any
+	cookie *http.Cookie
+}
+
+func (s *site) post(t *testing.T, path, body string, header map[string]string) answer {
+	t.Helper()
+	req, _ := http.NewRequest("POST", s.URL+path, strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	a := answer{status: resp.StatusCode, header: resp.Header}
+	_ = json.Unmarshal(b, &a.doc)
+	for _, c := range resp.Cookies() {
+		if c.Name == "guardian_token" {
+			a.cookie = c
+		}
+	}
+	return a
+}
+
+func login(email, pw string) string {
+	b, _ := json.Marshal(map[string]string{"email": email, "password": pw})
+	return string(b)
+}
+
+func (s *site) whoami(t *testing.T, token string) int {
+	t.Helper()
+	req, _ := http.NewRequest("GET", s.URL+"/api/v1/whoami", nil)
+	req.AddCookie(&http.Cookie{Name: "guardian_token", Value: token})
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+func TestSignInGivesASessionCookieWithTheSpecsAttributes(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	a := s.post(t, "/auth/login", login(strings.ToUpper(s.email), goodPassword), nil)
+	if a.status != 204 || a.cookie == nil {
+		t.Fatalf("login: %d %v", a.status, a.doc)
+	}
+	raw := a.header.Get("Set-Cookie")
+	for _, want := range []string{"HttpOnly", "Secure", "SameSite=Lax", "Path=/", "Max-Age=604800"} {
+		if !strings.Contains(raw, want) {
+			t.Errorf("cookie %q lacks %s", raw, want)
+		}
+	}
+	if strings.Contains(raw, "Domain=") {
+		t.Errorf("cookie has a Domain on localhost: %q", raw)
+	}
+	if s.whoami(t, a.cookie.Value) != 200 {
+		t.Fatal("the new session does not work")
+	}
+	// A form sign-in redirects to the dashboard.
+	form := url.Values{"email": {s.email}, "password": {goodPassword}}.Encode()
+	if a := s.post(t, "/auth/login", form, map[string]string{"Content-Type": "application/x-www-form-urlencoded"}); a.status != 303 || a.header.Get("Location") != "/settings/keys" || a.cookie == nil {
+		t.Fatalf("form login: %d %v", a.status, a.header)
+	}
+}
+
+func TestUnknownEmailAndWrongPasswordLookTheSame(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	wrong := s.post(t, "/auth/login", login(s.email, goodPassword+"x"), nil)
+	unknown := s.post(t, "/auth/login", login("nobody-"+s.email, goodPassword), nil)
+	if wrong.status != 401 || unknown.status != 401 || wrong.doc["code"] != "invalid_credentials" {
+		t.Fatalf("wrong %d %v, unknown %d %v", wrong.status, wrong.doc, unknown.status, unknown.doc)
+	}
+	delete(wrong.doc, "request_id")
+	delete(unknown.doc, "request_id")
+	wb, _ := json.Marshal(wrong.doc)
+	ub, _ := json.Marshal(unknown.doc)
+	if string(wb) != string(ub) {
+		t.Fatalf("bodies differ:\n%s\n%s", wb, ub)
+	}
+	// Both are in the audit log; the wrong password under the customer.
+	var n int
+	if err := s.pg.Owner.QueryRow(context.Background(),
+		"SELECT count(*) FROM api_audit_log WHERE action = 'auth_failed' AND path = '/auth/login' AND customer_id = $1 AND metadata->>'reason' = 'wrong_password'", s.c.ID).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("failed sign-in audit rows for the customer: %d (%v)", n, err)
+	}
+	if long := s.post(t, "/auth/login", login(s.email, strings.Repeat("k", 72)+"extra"), nil); long.status != 401 {
+		t.Fatalf("73+ byte password: %d", long.status)
+	}
+}
+
+func TestReauthIssuesAFreshSessionAndEndsTheOld(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	first := s.post(t, "/auth/login", login(s.email, goodPassword), nil).cookie
+	cookie := map[string]string{"Cookie": "guardian_token=" + first.Value}
+	if a := s.post(t, "/auth/reauth", `{"password":"nope-nope-nope"}`, cookie); a.status != 401 {
+		t.Fatalf("wrong reauth: %d", a.status)
+	}
+	a := s.post(t, "/auth/reauth", `{"password":"`+goodPassword+`"}`, cookie)
+	if a.status != 204 || a.cookie == nil || a.cookie.Value == first.Value {
+		t.Fatalf("reauth: %d %v", a.status, a.doc)
+	}
+	if s.whoami(t, a.cookie.Value) != 200 {
+		t.Fatal("fresh session refused")
+	}
+	if s.whoami(t, first.Value) != 401 {
+		t.Fatal("the old session still works after re-auth")
+	}
+	// Logout ends the fresh one.
+	if out := s.post(t, "/auth/logout", "", map[string]string{"Cookie": "guardian_token=" + a.cookie.Value}); out.status != 204 || !strings.Contains(out.header.Get("Set-Cookie"), "Max-Age=0") {
+		t.Fatalf("logout: %d", out.status)
+	}
+	if s.whoami(t, a.cookie.Value) != 401 {
+		t.Fatal("session works after logout")
+	}
+}
+
+func TestPasswordChangeEnforcesThePolicyAndEndsOtherSessions(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	mine := s.post(t, "/auth/login", login(s.email, goodPassword), nil).cookie
+	other := s.post(t, "/auth/login", login(s.email, goodPassword), nil).cookie
+	cookie := map[string]string{"Cookie": "guardian_token=" + mine.Value}
+	for _, tc := range []struct{ body, code string }{
+		{`{"current_password":"wrong-wrong-wrong","new_password":"another-good-one-7"}`, "invalid_credentials"},
+		{`{"current_password":"` + goodPassword + `","new_password":"short"}`, "weak_password"},
+		{`{"current_password":"` + goodPassword + `","new_password":"password1234"}`, "weak_password"},
+		{`{"current_password":"` + goodPassword + `","new_password":"` + strings.Repeat("y", 73) + `"}`, "weak_password"},
+	} {
+		if a := s.post(t, "/auth/password", tc.body, cookie); a.doc["code"] != tc.code {
+			t.Errorf("%s: %d %v", tc.body, a.status, a.doc)
+		}
+	}
+	if a := s.post(t, "/auth/password", `{"current_password":"`+goodPassword+`","new_password":"another-good-one-7"}`, cookie); a.status != 204 {
+		t.Fatalf("change: %d %v", a.status, a.doc)
+	}
+	if s.whoami(t, mine.Value) != 200 || s.whoami(t, other.Value) != 401 {
+		t.Fatal("other sessions should end with the old password, this one stay")
+	}
+	if a := s.post(t, "/auth/login", login(s.email, "another-good-one-7"), nil); a.status != 204 {
+		t.Fatalf("new password: %d", a.status)
+	}
+}
+
+func TestCrossSiteSignInIsRefused(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	a := s.post(t, "/auth/login", login(s.email, goodPassword), map[string]string{"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"})
+	if a.status != 403 || a.cookie != nil {
+		t.Fatalf("cross-site login: %d", a.status)
+	}
+}
+
+func TestBadBodies(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	cases := []struct {
+		name, body, ctype string
+		status            int
+	}{
+		{"not JSON", "email=x", "application/json", 400},
+		{"missing password", `{"email":"a@b.c"}`, "application/json", 400},
+		{"number for password", `{"email":"a@b.c","password":12}`, "application/json", 400},
+		{"XML", "<login/>", "application/xml", 415},
+		{"oversized", `{"email":"` + strings.Repeat("a", 9000) + `"}`, "application/json", 413},
+	}
+	for _, tc := range cases {
+		if a := s.post(t, "/auth/login", tc.body, map[string]string{"Content-Type": tc.ctype}); a.status != tc.status {
+			t.Errorf("%s: %d %v", tc.name, a.status, a.doc)
+		}
+	}
+}
