@@ -70,8 +70,10 @@ type Authenticator struct {
 }
 
 type keyEntry struct {
-	id      identity.Identity
-	revoked bool
+	id identity.Identity
+	// endsAt is when the key stops working: its revocation (which may lie
+	// ahead, in a rotation's grace window) or its expiry; zero if never.
+	endsAt  time.Time
 	fetched time.Time
 }
 
@@ -142,7 +144,8 @@ func (a *Authenticator) fresh(fetched time.Time) bool {
 	return a.listening.Load() || a.now().Sub(fetched) < staleAfter
 }
 
-const keyQuery = `SELECT k.id, k.customer_id, k.kind, coalesce(k.scope, ''), coalesce(k.server_id::text, ''), k.key_hash, k.revoked_at IS NOT NULL
+const keyQuery = `SELECT k.id, k.customer_id, k.kind, coalesce(k.scope, ''), coalesce(k.server_id::text, ''), k.key_hash,
+	least(k.revoked_at, k.expires_at)
 FROM api_keys k WHERE k.key_hash = $1`
 
 // Key authenticates an API key. Malformed keys are refused without I/O;
@@ -167,10 +170,10 @@ func (a *Authenticator) Key(ctx context.Context, raw string, lookup bool) (*iden
 		id            identity.Identity
 		kind, scope   string
 		stored        []byte
-		revoked       bool
+		endsAt        *time.Time
 		keyID, custID string
 	)
-	err = a.db.QueryRow(ctx, keyQuery, h[:]).Scan(&keyID, &custID, &kind, &scope, &id.ServerID, &stored, &revoked)
+	err = a.db.QueryRow(ctx, keyQuery, h[:]).Scan(&keyID, &custID, &kind, &scope, &id.ServerID, &stored, &endsAt)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		return nil, ErrUnknown
@@ -192,7 +195,10 @@ func (a *Authenticator) Key(ctx context.Context, raw string, lookup bool) (*iden
 	} else {
 		id.Kind = identity.KindAccount
 	}
-	e = &keyEntry{id: id, revoked: revoked, fetched: a.now()}
+	e = &keyEntry{id: id, fetched: a.now()}
+	if endsAt != nil {
+		e.endsAt = *endsAt
+	}
 	a.mu.Lock()
 	if len(a.keys) >= maxEntries {
 		shrink(a.keys)
@@ -203,7 +209,7 @@ func (a *Authenticator) Key(ctx context.Context, raw string, lookup bool) (*iden
 }
 
 func (a *Authenticator) keyResult(e *keyEntry) (*identity.Identity, error) {
-	if e.revoked {
+	if !e.endsAt.IsZero() && !a.now().Before(e.endsAt) {
 		return nil, ErrRevoked
 	}
 	id := e.id

@@ -305,3 +305,35 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		})
 	}
 }
+
+func TestGraceWindowAndExpiryEndAKeyOnTime(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	a := w.authenticator(t)
+	h := handler(a, Handler{})
+	ctx := context.Background()
+	if _, err := w.db.Exec(ctx, "UPDATE api_keys SET revoked_at = now() + interval '1 hour' WHERE scope = 'read'"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.db.Exec(ctx, "UPDATE api_keys SET expires_at = now() + interval '2 hours' WHERE scope = 'write'"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond) // let the notifications land
+	for _, key := range []string{w.read, w.write} {
+		if got := do(t, h, bearer("GET", "/", key)); got.status != 200 {
+			t.Fatalf("inside its window: %+v", got)
+		}
+	}
+	later := time.Now().Add(90 * time.Minute)
+	a.now = func() time.Time { return later }
+	if got := do(t, h, bearer("GET", "/", w.read)); got.status != 401 {
+		t.Fatalf("grace window over, key still works: %+v", got)
+	}
+	if got := do(t, h, bearer("GET", "/", w.write)); got.status != 200 {
+		t.Fatalf("key refused before its expiry: %+v", got)
+	}
+	later = later.Add(time.Hour)
+	if got := do(t, h, bearer("GET", "/", w.write)); got.status != 401 {
+		t.Fatalf("expired key still works: %+v", got)
+	}
+}
