@@ -1,0 +1,350 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/zap"
+
+	"github.com/glassmkr/guardian/shared/apikey"
+	"github.com/glassmkr/guardian/shared/audit"
+	"github.com/glassmkr/guardian/shared/identity"
+	"github.com/glassmkr/guardian/shared/problem"
+	"github.com/glassmkr/guardian/shared/stepup"
+)
+
+// MaxGrace bounds a rotation's grace window.
+const MaxGrace = 24 * time.Hour
+
+// MaxLifetime bounds a key's expiry.
+const MaxLifetime = 2 * 365 * 24 * time.Hour
+
+type handler struct {
+	db     *pgxpool.Pool
+	hasher *apikey.Hasher
+	log    *zap.Logger
+	now    func() time.Time
+}
+
+func (h *handler) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /api/v1/keys", h.list)
+	mux.HandleFunc("POST /api/v1/keys", h.create)
+	mux.HandleFunc("POST /api/v1/keys/{id}/rotate", h.rotate)
+	mux.HandleFunc("DELETE /api/v1/keys/{id}", h.revoke)
+	return mux
+}
+
+// Key is a key as listed.
+type Key struct {
+	ID         string     `json:"id"`
+	Name       string     `json:"name"`
+	Kind       string     `json:"kind"`
+	Scope      *string    `json:"scope"`
+	ServerID   *string    `json:"server_id"`
+	Last4      string     `json:"last4"`
+	CreatedAt  time.Time  `json:"created_at"`
+	LastUsedAt *time.Time `json:"last_used_at"`
+	ExpiresAt  *time.Time `json:"expires_at"`
+	RevokedAt  *time.Time `json:"revoked_at"`
+	RotatedTo  *string    `json:"rotated_to,omitempty"`
+	// Secret is the key itself: present only in the answer that minted it.
+	Secret string `json:"key,omitempty"`
+}
+
+var uuidRE = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
+
+func caller(w http.ResponseWriter, r *http.Request) (identity.Identity, bool) {
+	id, ok := identity.FromRequest(r)
+	if !ok {
+		problem.Write(w, problem.New(http.StatusInternalServerError, "internal_error", "no identity"))
+	}
+	return id, ok
+}
+
+func (h *handler) fail(w http.ResponseWriter, err error) {
+	h.log.Error("keys: database error", zap.Error(err))
+	w.Header().Set("Retry-After", "5")
+	problem.Write(w, problem.New(http.StatusServiceUnavailable, "unavailable", "keys cannot be read or changed right now"))
+}
+
+const listQuery = `SELECT k.id, k.name, k.kind, k.scope, k.server_id::text, k.last4, k.created_at, k.last_used_at, k.expires_at, k.revoked_at,
+	(SELECT n.id::text FROM api_keys n WHERE n.rotated_from = k.id LIMIT 1)
+FROM api_keys k WHERE k.customer_id = $1 ORDER BY k.created_at DESC, k.id`
+
+func (h *handler) list(w http.ResponseWriter, r *http.Request) {
+	id, ok := caller(w, r)
+	if !ok {
+		return
+	}
+	rows, err := h.db.Query(r.Context(), listQuery, id.CustomerID)
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	keys, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Key, error) {
+		var k Key
+		err := row.Scan(&k.ID, &k.Name, &k.Kind, &k.Scope, &k.ServerID, &k.Last4, &k.CreatedAt, &k.LastUsedAt, &k.ExpiresAt, &k.RevokedAt, &k.RotatedTo)
+		return k, err
+	})
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	if keys == nil {
+		keys = []Key{}
+	}
+	w.Header().Set(audit.Header, audit.Annotation{ResourceType: "api_key", Action: "list", Metadata: map[string]any{"count": len(keys)}}.Encode())
+	writeJSON(w, http.StatusOK, map[string]any{"items": keys})
+}
+
+// sessionStepUp admits only a session that re-authenticated recently.
+func (h *handler) sessionStepUp(w http.ResponseWriter, r *http.Request, id identity.Identity) bool {
+	if id.Kind != identity.KindSession {
+		problem.Write(w, problem.New(http.StatusForbidden, "session_required", "keys are created and rotated from a signed-in session, not with a key"))
+		return false
+	}
+	p, err := stepup.Check(r.Context(), h.db, id, h.now())
+	if err != nil {
+		h.fail(w, err)
+		return false
+	}
+	if p != nil {
+		problem.Write(w, p)
+		return false
+	}
+	return true
+}
+
+func badRequest(w http.ResponseWriter, field, detail string) {
+	p := problem.New(http.StatusBadRequest, "invalid_request", field+": "+detail)
+	p.Extra = map[string]any{"field": field}
+	problem.Write(w, p)
+}
+
+// readJSON decodes a small JSON object body (an empty body is {}).
+func readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 8<<10))
+	if err != nil {
+		problem.Write(w, problem.New(http.StatusRequestEntityTooLarge, "payload_too_large", "the body may be at most 8 KiB"))
+		return false
+	}
+	if len(strings.TrimSpace(string(body))) == 0 {
+		body = []byte("{}")
+	}
+	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		problem.Write(w, problem.New(http.StatusBadRequest, "invalid_request", "the body must be a JSON object with the documented fields: "+jsonProblem(err)))
+		return false
+	}
+	return true
+}
+
+func jsonProblem(err error) string {
+	var ute *json.UnmarshalTypeError
+	if errors.As(err, &ute) {
+		return ute.Field + " has the wrong type"
+	}
+	if strings.HasPrefix(err.Error(), "json: unknown field") {
+		return strings.TrimPrefix(err.Error(), "json: ")
+	}
+	return "malformed JSON"
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+type createRequest struct {
+	Name      *string `json:"name"`
+	Scope     *string `json:"scope"`
+	ExpiresAt *string `json:"expires_at"`
+}
+
+func (h *handler) create(w http.ResponseWriter, r *http.Request) {
+	id, ok := caller(w, r)
+	if !ok || !h.sessionStepUp(w, r, id) {
+		return
+	}
+	var req createRequest
+	if !readJSON(w, r, &req) {
+		return
+	}
+	now := h.now()
+	if req.Name == nil || strings.TrimSpace(*req.Name) == "" || len(*req.Name) > 200 {
+		badRequest(w, "name", "required, at most 200 characters")
+		return
+	}
+	if req.Scope == nil || (*req.Scope != "read" && *req.Scope != "write" && *req.Scope != "admin") {
+		badRequest(w, "scope", "one of read, write, admin")
+		return
+	}
+	var expires *time.Time
+	if req.ExpiresAt != nil {
+		t, err := time.Parse(time.RFC3339, *req.ExpiresAt)
+		if err != nil || !t.After(now) || t.Sub(now) > MaxLifetime {
+			badRequest(w, "expires_at", "an RFC 3339 time in the future, at most two years ahead")
+			return
+		}
+		expires = &t
+	}
+	// Sessions of members have the write scope: they may not mint admin keys.
+	if *req.Scope == "admin" && id.Scope != "admin" {
+		problem.Write(w, problem.New(http.StatusForbidden, "insufficient_scope", "only administrators may create admin keys"))
+		return
+	}
+	k, err := h.mint(r, id, strings.TrimSpace(*req.Name), *req.Scope, expires, "")
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	w.Header().Set(audit.Header, audit.Annotation{ResourceType: "api_key", ResourceID: k.ID, Action: "create",
+		Metadata: map[string]any{"scope": k.Scope, "name": k.Name, "expires_at": req.ExpiresAt}}.Encode())
+	writeJSON(w, http.StatusCreated, k)
+}
+
+// mint creates an account key and returns it with its secret.
+func (h *handler) mint(r *http.Request, id identity.Identity, name, scope string, expires *time.Time, rotatedFrom string) (Key, error) {
+	secret, err := apikey.Generate(apikey.Account)
+	if err != nil {
+		return Key{}, err
+	}
+	hash := h.hasher.Sum(secret)
+	var from any
+	if rotatedFrom != "" {
+		from = rotatedFrom
+	}
+	var creator any
+	if id.UserID != "" {
+		creator = id.UserID
+	}
+	k := Key{Name: name, Kind: "account", Scope: &scope, Last4: secret[len(secret)-4:], ExpiresAt: expires, Secret: secret}
+	err = h.db.QueryRow(r.Context(), `INSERT INTO api_keys (customer_id, kind, scope, name, key_hash, last4, created_by, expires_at, rotated_from)
+		VALUES ($1, 'account', $2, $3, $4, $5, $6, $7, $8) RETURNING id, created_at`,
+		id.CustomerID, scope, name, hash[:], k.Last4, creator, expires, from).Scan(&k.ID, &k.CreatedAt)
+	return k, err
+}
+
+type rotateRequest struct {
+	GraceSeconds *int64 `json:"grace_seconds"`
+}
+
+func (h *handler) rotate(w http.ResponseWriter, r *http.Request) {
+	id, ok := caller(w, r)
+	if !ok || !h.sessionStepUp(w, r, id) {
+		return
+	}
+	keyID := r.PathValue("id")
+	if !uuidRE.MatchString(keyID) {
+		problem.Write(w, problem.New(http.StatusNotFound, "not_found", "no such key"))
+		return
+	}
+	var req rotateRequest
+	if !readJSON(w, r, &req) {
+		return
+	}
+	grace := time.Duration(0)
+	if req.GraceSeconds != nil {
+		if *req.GraceSeconds < 0 || time.Duration(*req.GraceSeconds)*time.Second > MaxGrace {
+			badRequest(w, "grace_seconds", "from 0 to 86400")
+			return
+		}
+		grace = time.Duration(*req.GraceSeconds) * time.Second
+	}
+	now := h.now()
+	var newKey Key
+	var status int
+	err := pgx.BeginFunc(r.Context(), h.db, func(tx pgx.Tx) error {
+		var name, kind string
+		var scope *string
+		var expires *time.Time
+		err := tx.QueryRow(r.Context(), `SELECT name, kind, scope, expires_at FROM api_keys
+			WHERE id = $1 AND customer_id = $2 AND (revoked_at IS NULL OR revoked_at > $3) FOR UPDATE`, keyID, id.CustomerID, now).Scan(&name, &kind, &scope, &expires)
+		if errors.Is(err, pgx.ErrNoRows) {
+			status = http.StatusNotFound
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if kind != "account" || scope == nil {
+			status = http.StatusUnprocessableEntity
+			return nil
+		}
+		if *scope == "admin" && id.Scope != "admin" {
+			status = http.StatusForbidden
+			return nil
+		}
+		if _, err := tx.Exec(r.Context(), "UPDATE api_keys SET revoked_at = $2, revoked_reason = 'rotated' WHERE id = $1", keyID, now.Add(grace)); err != nil {
+			return err
+		}
+		secret, err := apikey.Generate(apikey.Account)
+		if err != nil {
+			return err
+		}
+		hash := h.hasher.Sum(secret)
+		newKey = Key{Name: name, Kind: "account", Scope: scope, Last4: secret[len(secret)-4:], ExpiresAt: expires, Secret: secret}
+		var creator any
+		if id.UserID != "" {
+			creator = id.UserID
+		}
+		return tx.QueryRow(r.Context(), `INSERT INTO api_keys (customer_id, kind, scope, name, key_hash, last4, created_by, expires_at, rotated_from)
+			VALUES ($1, 'account', $2, $3, $4, $5, $6, $7, $8) RETURNING id, created_at`,
+			id.CustomerID, *scope, name, hash[:], newKey.Last4, creator, expires, keyID).Scan(&newKey.ID, &newKey.CreatedAt)
+	})
+	switch {
+	case err != nil:
+		h.fail(w, err)
+		return
+	case status == http.StatusNotFound:
+		problem.Write(w, problem.New(http.StatusNotFound, "not_found", "no such key, or it is revoked"))
+		return
+	case status == http.StatusUnprocessableEntity:
+		problem.Write(w, problem.New(http.StatusUnprocessableEntity, "not_an_account_key", "collector keys are rotated with POST /api/v1/servers/{id}/rotate-key"))
+		return
+	case status == http.StatusForbidden:
+		problem.Write(w, problem.New(http.StatusForbidden, "insufficient_scope", "only administrators may rotate admin keys"))
+		return
+	}
+	w.Header().Set(audit.Header, audit.Annotation{ResourceType: "api_key", ResourceID: newKey.ID, Action: "rotate",
+		Metadata: map[string]any{"rotated_from": keyID, "grace_seconds": int64(grace.Seconds())}}.Encode())
+	writeJSON(w, http.StatusCreated, newKey)
+}
+
+func (h *handler) revoke(w http.ResponseWriter, r *http.Request) {
+	id, ok := caller(w, r)
+	if !ok {
+		return
+	}
+	keyID := r.PathValue("id")
+	if !uuidRE.MatchString(keyID) {
+		problem.Write(w, problem.New(http.StatusNotFound, "not_found", "no such key"))
+		return
+	}
+	var exists bool
+	err := h.db.QueryRow(r.Context(), `WITH k AS (SELECT id FROM api_keys WHERE id = $1 AND customer_id = $2),
+		u AS (UPDATE api_keys SET revoked_at = now(), revoked_reason = 'revoked'
+		      WHERE id IN (SELECT id FROM k) AND (revoked_at IS NULL OR revoked_at > now()) RETURNING id)
+		SELECT EXISTS (SELECT 1 FROM k)`, keyID, id.CustomerID).Scan(&exists)
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	if !exists {
+		problem.Write(w, problem.New(http.StatusNotFound, "not_found", "no such key"))
+		return
+	}
+	w.Header().Set(audit.Header, audit.Annotation{ResourceType: "api_key", ResourceID: keyID, Action: "delete"}.Encode())
+	w.WriteHeader(http.StatusNoContent)
+}

@@ -1,0 +1,228 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/glassmkr/guardian/shared/password"
+	"github.com/glassmkr/guardian/shared/testenv"
+)
+
+func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
+
+const pw = "correct-horse-staple-9"
+
+type site struct {
+	*testenv.Stack
+	c  *testenv.Customer
+	pg *testenv.PG
+}
+
+func newSite(t *testing.T) *site {
+	t.Helper()
+	env, c, pg := testenv.EdgeEnv(t)
+	hash, _ := password.Hash(pw)
+	if _, err := pg.Owner.Exec(context.Background(), "UPDATE users SET password_hash = $2 WHERE id = $1", c.UserID, hash); err != nil {
+		t.Fatal(err)
+	}
+	return &site{Stack: testenv.StartStack(t, env), c: c, pg: pg}
+}
+
+func (s *site) do(t *testing.T, method, path, body string, header map[string]string) (int, map[string]any) {
+	t.Helper()
+	req, _ := http.NewRequest(method, s.URL+path, strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var doc map[string]any
+	_ = json.Unmarshal(b, &doc)
+	return resp.StatusCode, doc
+}
+
+// signIn signs in with the password: a fresh session, re-authenticated now.
+func (s *site) signIn(t *testing.T) map[string]string {
+	t.Helper()
+	req, _ := http.NewRequest("POST", s.URL+"/auth/login", strings.NewReader(`{"email":"`+s.email(t)+`","password":"`+pw+`"}`))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	for _, c := range resp.Cookies() {
+		if c.Name == "guardian_token" {
+			return map[string]string{"Cookie": "guardian_token=" + c.Value, "Origin": s.URL, "Sec-Fetch-Site": "same-origin"}
+		}
+	}
+	t.Fatalf("sign-in failed: %d", resp.StatusCode)
+	return nil
+}
+
+func (s *site) email(t *testing.T) string {
+	var e string
+	if err := s.pg.Owner.QueryRow(context.Background(), "SELECT email FROM users WHERE id = $1", s.c.UserID).Scan(&e); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+func bearer(k string) map[string]string { return map[string]string{"Authorization": "Bearer " + k} }
+
+func (s *site) works(t *testing.T, key string) bool {
+	status, _ := s.do(t, "GET", "/api/v1/whoami", "", bearer(key))
+	return status == 200
+}
+
+func TestCreateNeedsARecentPasswordAndShowsTheKeyOnce(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	_, stale := s.c.Session(t) // a session that never confirmed a password
+	status, doc := s.do(t, "POST", "/api/v1/keys", `{"name":"ci","scope":"write"}`, map[string]string{"Cookie": "guardian_token=" + stale})
+	if status != 401 || doc["code"] != "reauth_required" {
+		t.Fatalf("stale session: %d %v", status, doc)
+	}
+	admin := s.c.AccountKey(t, "admin")
+	if status, doc := s.do(t, "POST", "/api/v1/keys", `{"name":"ci","scope":"write"}`, bearer(admin)); status != 403 || doc["code"] != "session_required" {
+		t.Fatalf("a key minting a key: %d %v", status, doc)
+	}
+
+	session := s.signIn(t)
+	status, doc = s.do(t, "POST", "/api/v1/keys", `{"name":"ci","scope":"write","expires_at":"`+time.Now().Add(48*time.Hour).UTC().Format(time.RFC3339)+`"}`, session)
+	key, _ := doc["key"].(string)
+	if status != 201 || !strings.HasPrefix(key, "gmk_acct_live_") || doc["last4"] != key[len(key)-4:] || doc["expires_at"] == nil {
+		t.Fatalf("create: %d %v", status, doc)
+	}
+	if !s.works(t, key) {
+		t.Fatal("the new key does not work")
+	}
+	status, doc = s.do(t, "GET", "/api/v1/keys", "", session)
+	items, _ := doc["items"].([]any)
+	if status != 200 || len(items) != 2 {
+		t.Fatalf("list: %d %v", status, doc)
+	}
+	raw, _ := json.Marshal(doc)
+	if strings.Contains(string(raw), key[14:40]) || strings.Contains(string(raw), `"key":`) {
+		t.Fatal("the list shows a key's secret")
+	}
+}
+
+func TestRotateWithAndWithoutGrace(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	session := s.signIn(t)
+	_, doc := s.do(t, "POST", "/api/v1/keys", `{"name":"deploy","scope":"read"}`, session)
+	old, oldID := doc["key"].(string), doc["id"].(string)
+
+	status, doc := s.do(t, "POST", "/api/v1/keys/"+oldID+"/rotate", `{"grace_seconds":3600}`, session)
+	graced, gracedID := doc["key"].(string), doc["id"].(string)
+	if status != 201 || !s.works(t, graced) || !s.works(t, old) {
+		t.Fatalf("rotation with grace: %d %v; both keys must work for the hour", status, doc)
+	}
+	status, doc = s.do(t, "POST", "/api/v1/keys/"+gracedID+"/rotate", ``, session)
+	fresh := doc["key"].(string)
+	if status != 201 || !s.works(t, fresh) {
+		t.Fatalf("rotation: %d %v", status, doc)
+	}
+	deadline := time.Now().Add(time.Second)
+	for s.works(t, graced) {
+		if time.Now().After(deadline) {
+			t.Fatal("a key rotated without grace still works after 1 s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// The old key's trail points at its successor.
+	_, doc = s.do(t, "GET", "/api/v1/keys", "", session)
+	linked := false
+	for _, it := range doc["items"].([]any) {
+		k := it.(map[string]any)
+		if k["id"] == oldID && k["rotated_to"] == gracedID {
+			linked = true
+		}
+	}
+	if !linked {
+		t.Fatalf("rotated key not linked to its successor: %v", doc)
+	}
+	s.c.CollectorKey(t, s.c.ServerID)
+	var collectorID string
+	_ = s.pg.Owner.QueryRow(context.Background(), "SELECT id FROM api_keys WHERE kind = 'collector' AND customer_id = $1", s.c.ID).Scan(&collectorID)
+	if status, doc := s.do(t, "POST", "/api/v1/keys/"+collectorID+"/rotate", ``, session); status != 422 {
+		t.Fatalf("rotating a collector key here: %d %v", status, doc)
+	}
+}
+
+func TestRevokeNeedsAdminAndStopsTheKey(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	read, admin := s.c.AccountKey(t, "read"), s.c.AccountKey(t, "admin")
+	victim := s.c.AccountKey(t, "write")
+	var victimID string
+	_ = s.pg.Owner.QueryRow(context.Background(), "SELECT id FROM api_keys WHERE last4 = $1", victim[len(victim)-4:]).Scan(&victimID)
+	if status, doc := s.do(t, "DELETE", "/api/v1/keys/"+victimID, "", bearer(read)); status != 403 || doc["code"] != "insufficient_scope" {
+		t.Fatalf("read key revoking: %d %v", status, doc)
+	}
+	if status, _ := s.do(t, "DELETE", "/api/v1/keys/"+victimID, "", bearer(admin)); status != 204 {
+		t.Fatalf("revoke: %d", status)
+	}
+	if status, _ := s.do(t, "DELETE", "/api/v1/keys/"+victimID, "", bearer(admin)); status != 204 {
+		t.Fatalf("revoking twice: %d", status)
+	}
+	deadline := time.Now().Add(time.Second)
+	for s.works(t, victim) {
+		if time.Now().After(deadline) {
+			t.Fatal("revoked key works after 1 s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	other := testenv.NewCustomer(t, s.pg.Owner, s.c.Pepper, s.c.Secret)
+	otherKey := other.AccountKey(t, "read")
+	var otherID string
+	_ = s.pg.Owner.QueryRow(context.Background(), "SELECT id FROM api_keys WHERE last4 = $1 AND customer_id = $2", otherKey[len(otherKey)-4:], other.ID).Scan(&otherID)
+	if status, _ := s.do(t, "DELETE", "/api/v1/keys/"+otherID, "", bearer(admin)); status != 404 {
+		t.Fatalf("another customer's key: %d", status)
+	}
+	if !s.works(t, otherKey) {
+		t.Fatal("another customer's key was revoked")
+	}
+}
+
+func TestBadRequestsNameTheField(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	session := s.signIn(t)
+	cases := []struct{ body, field string }{
+		{`{"scope":"read"}`, "name"},
+		{`{"name":"","scope":"read"}`, "name"},
+		{`{"name":"x","scope":"root"}`, "scope"},
+		{`{"name":"x","scope":"read","expires_at":"2020-01-01T00:00:00Z"}`, "expires_at"},
+		{`{"name":"x","scope":"read","expires_at":"tomorrow"}`, "expires_at"},
+	}
+	for _, tc := range cases {
+		status, doc := s.do(t, "POST", "/api/v1/keys", tc.body, session)
+		if status != 400 || doc["field"] != tc.field {
+			t.Errorf("%s: %d %v", tc.body, status, doc)
+		}
+	}
+	if status, doc := s.do(t, "POST", "/api/v1/keys", `{"name":"x","scope":"read","owner":"me"}`, session); status != 400 || !strings.Contains(doc["detail"].(string), "unknown field") {
+		t.Errorf("unknown field: %d %v", status, doc)
+	}
+	if status, _ := s.do(t, "POST", "/api/v1/keys/not-a-uuid/rotate", ``, session); status != 404 {
+		t.Errorf("bad id: %d", status)
+	}
+	_, doc := s.do(t, "POST", "/api/v1/keys", `{"name":"y","scope":"read"}`, session)
+	if status, doc := s.do(t, "POST", "/api/v1/keys/"+doc["id"].(string)+"/rotate", `{"grace_seconds":90000}`, session); status != 400 || doc["field"] != "grace_seconds" {
+		t.Errorf("grace too long: %d %v", status, doc)
+	}
+}
