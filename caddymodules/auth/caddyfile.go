@@ -26,6 +26,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    scope          [<METHOD>] read|write|admin
 //	    optional [ignore_invalid]
 //	    trusted_origin <scheme://host[:port]> ...
+//	    login_redirect <path>
 //	}
 //
 // Without a block, sessions and account keys with the read scope pass.
@@ -64,6 +65,14 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				}
 				h.IgnoreInvalid = true
 			}
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+		case "login_redirect":
+			if !d.NextArg() || !strings.HasPrefix(d.Val(), "/") {
+				return d.Err("login_redirect takes a path such as /login")
+			}
+			h.LoginRedirect = d.Val()
 			if d.NextArg() {
 				return d.ArgErr()
 			}

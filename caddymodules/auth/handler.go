@@ -81,6 +81,10 @@ type Handler struct {
 	// (a stale session cookie is cleared): for sign-in, where a visitor
 	// with an expired session must still be able to sign in.
 	IgnoreInvalid bool `json:"ignore_invalid,omitempty"`
+	// LoginRedirect, when set, sends a browser (a GET asking for HTML)
+	// without a valid credential to this path instead of answering 401:
+	// for dashboard pages.
+	LoginRedirect string `json:"login_redirect,omitempty"`
 	// TrustedOrigins are origins (scheme://host[:port]) besides the
 	// request's own from which cookie-authenticated state changes are
 	// accepted.
@@ -190,6 +194,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		if h.Optional {
 			return next.ServeHTTP(w, r)
 		}
+		if h.wantsLogin(r) {
+			caddyhttp.SetVar(r.Context(), VarFailure, "missing")
+			http.Redirect(w, r, h.LoginRedirect, http.StatusSeeOther)
+			return nil
+		}
 		return h.refuse(w, r, "missing", false, refuseMissing)
 	}
 	// An address the limiter found out of tokens gets no database lookups.
@@ -212,6 +221,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 				http.SetCookie(w, session.ClearCookie(h.cookieDomain))
 			}
 			return next.ServeHTTP(w, r)
+		}
+		if h.wantsLogin(r) {
+			caddyhttp.SetVar(r.Context(), VarFailure, reason(err))
+			if fromCookie {
+				http.SetCookie(w, session.ClearCookie(h.cookieDomain))
+			}
+			http.Redirect(w, r, h.LoginRedirect, http.StatusSeeOther)
+			return nil
 		}
 		return h.refuse(w, r, reason(err), fromCookie, refuseInvalid)
 	}
@@ -333,6 +350,12 @@ func (h *Handler) scopeFor(method string) string {
 		return s
 	}
 	return h.Scope
+}
+
+// wantsLogin reports whether a refused request is a browser visiting a
+// page, to be sent to the sign-in page.
+func (h *Handler) wantsLogin(r *http.Request) bool {
+	return h.LoginRedirect != "" && r.Method == http.MethodGet && strings.Contains(r.Header.Get("Accept"), "text/html")
 }
 
 // credential returns the request's credential: a Bearer token from the

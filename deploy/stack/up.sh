@@ -38,6 +38,7 @@ umask 077
 	echo "GUARDIAN_URL=http://localhost:$port"
 	echo "GUARDIAN_HTTP_PORT=$port"
 	echo "GUARDIAN_BIN_DIR=$bin"
+	echo "GUARDIAN_WEB_DIR=$root/web"
 	echo "GUARDIAN_RUN_DIR=$run"
 	echo "GUARDIAN_ADMIN_ADDR=unix/$run/caddy-admin.sock"
 	echo "GUARDIAN_KEY_PEPPER=$pepper"

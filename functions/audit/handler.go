@@ -4,7 +4,6 @@ import (
 	"encoding/csv"
 	"encoding/json"
 	"errors"
-	"html/template"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/glassmkr/guardian/shared/audit"
 	"github.com/glassmkr/guardian/shared/identity"
+	"github.com/glassmkr/guardian/shared/page"
 	"github.com/glassmkr/guardian/shared/problem"
 )
 
@@ -115,11 +115,7 @@ func csvSafe(s string) string {
 	return s
 }
 
-var pageTmpl = template.Must(template.New("audit").Parse(`<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Audit log · Guardian</title>
-<style>body{font:14px system-ui,sans-serif;margin:2em}table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #ddd;padding:4px 6px;text-align:left;vertical-align:top}code{font-size:12px}.denied{color:#a40}</style>
-</head><body>
-<h1>Audit log</h1>
+var auditPage = page.New("audit", `
 <form method="get" action="/settings/audit">
 <label>Since <input name="since" value="{{.Q.Get "since"}}" placeholder="2026-11-01T00:00:00Z"></label>
 <label>Until <input name="until" value="{{.Q.Get "until"}}"></label>
@@ -132,8 +128,7 @@ var pageTmpl = template.Must(template.New("audit").Parse(`<!doctype html>
 {{range .Entries}}<tr class="{{.Result}}"><td>{{.OccurredAt.Format "2006-01-02 15:04:05"}}</td><td>{{.Action}}</td><td>{{.Result}}</td><td>{{.StatusCode}}</td><td><code>{{.Method}} {{.Path}}</code></td><td>{{if .ResourceType}}{{.ResourceType}} {{.ResourceID}}{{end}}</td><td>{{if .KeyID}}<code>{{.KeyID}}</code>{{else if .UserID}}session{{end}}</td><td>{{.SourceIP}}</td><td><code>{{printf "%s" .Metadata}}</code></td></tr>
 {{else}}<tr><td colspan="9">No entries.</td></tr>{{end}}
 </tbody></table>
-{{if .Next}}<p><a href="/settings/audit?{{.NextQuery}}">Older entries</a></p>{{end}}
-</body></html>`))
+{{if .Next}}<p><a href="/settings/audit?{{.NextQuery}}">Older entries</a></p>{{end}}`)
 
 func (h *handler) page(w http.ResponseWriter, r *http.Request) {
 	_, entries, next, ok := h.load(w, r)
@@ -155,10 +150,7 @@ func (h *handler) page(w http.ResponseWriter, r *http.Request) {
 	}
 	nextQ.Set("cursor", next)
 	actions := []string{"create", "list", "read", "update", "delete", "rotate", "auth_failed"}
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	w.Header().Set("Cache-Control", "no-store")
-	w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
-	if err := pageTmpl.Execute(w, map[string]any{
+	if err := page.Render(w, auditPage, "Audit log", true, map[string]any{
 		"Q": q, "Entries": entries, "Next": next, "NextQuery": nextQ.Encode(), "CSVQuery": csvQ.Encode(), "Actions": actions,
 	}); err != nil {
 		h.log.Warn("rendering the audit page failed", zap.Error(err))

@@ -17,6 +17,7 @@ import (
 
 	"github.com/glassmkr/guardian/shared/audit"
 	"github.com/glassmkr/guardian/shared/identity"
+	"github.com/glassmkr/guardian/shared/page"
 	"github.com/glassmkr/guardian/shared/password"
 	"github.com/glassmkr/guardian/shared/problem"
 	"github.com/glassmkr/guardian/shared/session"
@@ -37,6 +38,7 @@ func (h *handler) routes() http.Handler {
 	mux.HandleFunc("POST /auth/logout", h.logout)
 	mux.HandleFunc("POST /auth/reauth", h.reauth)
 	mux.HandleFunc("POST /auth/password", h.changePassword)
+	mux.HandleFunc("GET /login", h.loginPage)
 	return mux
 }
 
@@ -80,6 +82,30 @@ func fields(w http.ResponseWriter, r *http.Request) (map[string]string, bool, *p
 
 func annotate(w http.ResponseWriter, a audit.Annotation) { w.Header().Set(audit.Header, a.Encode()) }
 
+var loginPage = page.New("login", `
+<form method="post" action="/auth/login">
+{{if .Error}}<p class="error" role="alert">{{.Error}}</p>{{end}}
+<p><label>E-mail <input type="email" name="email" autocomplete="username" required></label></p>
+<p><label>Password <input type="password" name="password" autocomplete="current-password" required minlength="12" maxlength="72"></label></p>
+<p><button type="submit" id="sign-in">Sign in</button></p>
+</form>`)
+
+func (h *handler) loginPage(w http.ResponseWriter, r *http.Request) {
+	msg := ""
+	switch r.URL.Query().Get("error") {
+	case "credentials":
+		msg = "The e-mail address or the password is wrong."
+	case "busy":
+		msg = "Too many sign-in attempts are being checked; try again in a moment."
+	case "":
+	default:
+		msg = "Sign-in failed; try again."
+	}
+	if err := page.Render(w, loginPage, "Sign in", false, map[string]any{"Error": msg}); err != nil {
+		h.log.Warn("rendering the login page failed", zap.Error(err))
+	}
+}
+
 var invalidCredentials = problem.New(http.StatusUnauthorized, "invalid_credentials", "the e-mail address or the password is wrong")
 
 func (h *handler) busy(w http.ResponseWriter) {
@@ -119,6 +145,10 @@ func (h *handler) login(w http.ResponseWriter, r *http.Request) {
 	// and get the same answer.
 	verr := h.verifier.Verify(r.Context(), hash, pw)
 	if errors.Is(verr, password.ErrBusy) {
+		if form {
+			http.Redirect(w, r, "/login?error=busy", http.StatusSeeOther)
+			return
+		}
 		h.busy(w)
 		return
 	}
@@ -131,6 +161,10 @@ func (h *handler) login(w http.ResponseWriter, r *http.Request) {
 		}
 		annotate(w, audit.Annotation{CustomerID: customerID, UserID: userID, ResourceType: "session", Action: "auth_failed",
 			Metadata: map[string]any{"reason": reason}})
+		if form {
+			http.Redirect(w, r, "/login?error=credentials", http.StatusSeeOther)
+			return
+		}
 		problem.Write(w, invalidCredentials)
 		return
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/glassmkr/guardian/shared/apikey"
 	"github.com/glassmkr/guardian/shared/audit"
 	"github.com/glassmkr/guardian/shared/identity"
+	"github.com/glassmkr/guardian/shared/page"
 	"github.com/glassmkr/guardian/shared/problem"
 	"github.com/glassmkr/guardian/shared/stepup"
 )
@@ -39,6 +40,7 @@ func (h *handler) routes() http.Handler {
 	mux.HandleFunc("POST /api/v1/keys", h.create)
 	mux.HandleFunc("POST /api/v1/keys/{id}/rotate", h.rotate)
 	mux.HandleFunc("DELETE /api/v1/keys/{id}", h.revoke)
+	mux.HandleFunc("GET /settings/keys", h.page)
 	return mux
 }
 
@@ -75,6 +77,53 @@ func (h *handler) fail(w http.ResponseWriter, err error) {
 	problem.Write(w, problem.New(http.StatusServiceUnavailable, "unavailable", "keys cannot be read or changed right now"))
 }
 
+var keysPage = page.New("keys", `
+<p>Keys are shown once, when they are made. Creating or rotating a key asks for your password if you have not confirmed it in the last five minutes.</p>
+<fieldset><legend>Create a key</legend>
+<form action="/api/v1/keys" data-api>
+<label>Name <input name="name" required maxlength="200"></label>
+<label>Scope <select name="scope"><option>read</option><option>write</option><option>admin</option></select></label>
+<button type="submit" id="create-key">Create key</button>
+</form>
+<p id="new-key-note" hidden>Copy this key now. It will not be shown again.</p>
+<output id="new-key" class="secret" hidden></output>
+</fieldset>
+<table><thead><tr><th>Name</th><th>Kind</th><th>Scope</th><th>Last 4</th><th>Created</th><th>Last used</th><th>Status</th><th></th></tr></thead><tbody>
+{{range .}}<tr{{if .RevokedAt}} class="revoked"{{end}}><td>{{.Name}}</td><td>{{.Kind}}</td><td>{{if .Scope}}{{.Scope}}{{else}}server{{end}}</td><td><code>{{.Last4}}</code></td>
+<td>{{.CreatedAt.Format "2006-01-02 15:04"}}</td><td>{{if .LastUsedAt}}{{.LastUsedAt.Format "2006-01-02 15:04"}}{{else}}never{{end}}</td>
+<td>{{if .RevokedAt}}revoked{{else if .ExpiresAt}}expires {{.ExpiresAt.Format "2006-01-02"}}{{else}}active{{end}}</td>
+<td>{{if not .RevokedAt}}{{if eq .Kind "account"}}<form class="inline" action="/api/v1/keys/{{.ID}}/rotate" data-api><button type="submit">Rotate</button></form>{{end}}
+<form class="inline" action="/api/v1/keys/{{.ID}}" data-api data-method="DELETE"><button type="submit">Revoke</button></form>{{end}}</td></tr>
+{{else}}<tr><td colspan="8">No keys yet.</td></tr>{{end}}
+</tbody></table>`)
+
+func (h *handler) page(w http.ResponseWriter, r *http.Request) {
+	id, ok := caller(w, r)
+	if !ok {
+		return
+	}
+	keys, err := h.keysOf(r, id.CustomerID)
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	if err := page.Render(w, keysPage, "API keys", true, keys); err != nil {
+		h.log.Warn("rendering the keys page failed", zap.Error(err))
+	}
+}
+
+func (h *handler) keysOf(r *http.Request, customer string) ([]Key, error) {
+	rows, err := h.db.Query(r.Context(), listQuery, customer)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (Key, error) {
+		var k Key
+		err := row.Scan(&k.ID, &k.Name, &k.Kind, &k.Scope, &k.ServerID, &k.Last4, &k.CreatedAt, &k.LastUsedAt, &k.ExpiresAt, &k.RevokedAt, &k.RotatedTo)
+		return k, err
+	})
+}
+
 const listQuery = `SELECT k.id, k.name, k.kind, k.scope, k.server_id::text, k.last4, k.created_at, k.last_used_at, k.expires_at, k.revoked_at,
 	(SELECT n.id::text FROM api_keys n WHERE n.rotated_from = k.id LIMIT 1)
 FROM api_keys k WHERE k.customer_id = $1 ORDER BY k.created_at DESC, k.id`
@@ -84,16 +133,7 @@ func (h *handler) list(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	rows, err := h.db.Query(r.Context(), listQuery, id.CustomerID)
-	if err != nil {
-		h.fail(w, err)
-		return
-	}
-	keys, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Key, error) {
-		var k Key
-		err := row.Scan(&k.ID, &k.Name, &k.Kind, &k.Scope, &k.ServerID, &k.Last4, &k.CreatedAt, &k.LastUsedAt, &k.ExpiresAt, &k.RevokedAt, &k.RotatedTo)
-		return k, err
-	})
+	keys, err := h.keysOf(r, id.CustomerID)
 	if err != nil {
 		h.fail(w, err)
 		return

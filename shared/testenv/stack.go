@@ -116,6 +116,7 @@ func TryStartStack(t testing.TB, env map[string]string) (*Stack, error) {
 		"XDG_CONFIG_HOME=" + run,
 		"XDG_DATA_HOME=" + run,
 		"GUARDIAN_BIN_DIR=" + bin,
+		"GUARDIAN_WEB_DIR=" + filepath.Join(root, "web"),
 		"GUARDIAN_RUN_DIR=" + run,
 		"GUARDIAN_HTTP_PORT=" + strconv.Itoa(port),
 		"GUARDIAN_ADMIN_ADDR=unix/" + filepath.Join(run, "admin.sock"),
