@@ -12,11 +12,11 @@ import (
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
 	"github.com/glassmkr/guardian/shared/config"
+	"github.com/glassmkr/guardian/shared/db"
 	"github.com/glassmkr/guardian/shared/fnserve"
 	"github.com/glassmkr/guardian/shared/health"
 	"github.com/glassmkr/guardian/shared/problem"
@@ -34,12 +34,7 @@ func setup(ctx context.Context, log *zap.Logger, env *config.Loader) (http.Handl
 		return nil, nil, err
 	}
 
-	pgCfg, err := pgxpool.ParseConfig(pgDSN)
-	if err != nil {
-		return nil, nil, errDSN
-	}
-	pgCfg.MaxConns = 2
-	pool, err := pgxpool.NewWithConfig(ctx, pgCfg) // connects lazily
+	pool, err := db.Open(ctx, config.PGAppDSN, pgDSN, 2)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -65,13 +60,6 @@ func setup(ctx context.Context, log *zap.Logger, env *config.Loader) (http.Handl
 	closeFn := func() { pool.Close(); _ = rdb.Close(); _ = ch.Close() }
 	return h, closeFn, nil
 }
-
-// errDSN hides the DSN's text (it holds a password) from start-up errors.
-var errDSN = errString(config.PGAppDSN + " is not a valid PostgreSQL connection string")
-
-type errString string
-
-func (e errString) Error() string { return string(e) }
 
 type handler struct {
 	checks  map[string]health.Check

@@ -1,0 +1,28 @@
+// Package db opens the PostgreSQL pool a function uses. Connections are
+// made lazily, so a function starts (and answers 503 for what needs the
+// database) while PostgreSQL is down, and the DSN, which holds a password,
+// never appears in an error.
+package db
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Open returns a pool of at most maxConns connections for dsn; name is the
+// variable the DSN came from, for the error message.
+func Open(ctx context.Context, name, dsn string, maxConns int32) (*pgxpool.Pool, error) {
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		return nil, errors.New(name + " is not a valid PostgreSQL connection string")
+	}
+	cfg.MaxConns = maxConns
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return pool, nil
+}
