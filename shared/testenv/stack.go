@@ -120,6 +120,7 @@ func TryStartStack(t testing.TB, env map[string]string) (*Stack, error) {
 		"GUARDIAN_RUN_DIR=" + run,
 		"GUARDIAN_HTTP_PORT=" + strconv.Itoa(port),
 		"GUARDIAN_ADMIN_ADDR=unix/" + filepath.Join(run, "admin.sock"),
+		fmt.Sprintf("GUARDIAN_URL=http://127.0.0.1:%d", port),
 	}
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)

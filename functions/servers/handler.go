@@ -1,0 +1,305 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"mime"
+	"net/http"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/zap"
+
+	"github.com/glassmkr/guardian/shared/audit"
+	"github.com/glassmkr/guardian/shared/identity"
+	"github.com/glassmkr/guardian/shared/problem"
+	"github.com/glassmkr/guardian/shared/stepup"
+)
+
+// maxBody bounds an enrollment body: 32 tags of 64 characters and the
+// other members fit many times over.
+const maxBody = 16 << 10
+
+type handler struct {
+	db        *pgxpool.Pool
+	st        *store
+	ingestURL string
+	log       *zap.Logger
+	now       func() time.Time
+}
+
+func (h *handler) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /api/v1/servers", h.list)
+	mux.HandleFunc("POST /api/v1/servers", h.create)
+	mux.HandleFunc("DELETE /api/v1/servers/{id}", h.delete)
+	mux.HandleFunc("POST /api/v1/servers/{id}/rotate-key", h.rotate)
+	// Everything else answers problem+json too, not the mux's plain text.
+	mux.HandleFunc("/api/v1/servers", notAllowed("GET, POST"))
+	mux.HandleFunc("/api/v1/servers/{id}", notAllowed("DELETE"))
+	mux.HandleFunc("/api/v1/servers/{id}/rotate-key", notAllowed("POST"))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		problem.Write(w, problem.New(http.StatusNotFound, "not_found", "no such resource"))
+	})
+	return mux
+}
+
+func notAllowed(allow string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Allow", allow)
+		problem.Write(w, problem.New(http.StatusMethodNotAllowed, "method_not_allowed", "use "+allow))
+	}
+}
+
+// Server is a server as listed.
+type Server struct {
+	ID        string    `json:"id"`
+	Name      string    `json:"name"`
+	Hostname  string    `json:"hostname"`
+	MachineID *string   `json:"machine_id"`
+	Tags      []string  `json:"tags"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// enrollResponse is what collector agents read after enrolling.
+type enrollResponse struct {
+	Server struct {
+		ID           string `json:"id"`
+		Name         string `json:"name"`
+		CollectorKey string `json:"collector_key"`
+	} `json:"server"`
+	IngestURL  string `json:"ingest_url"`
+	Reenrolled bool   `json:"reenrolled"`
+}
+
+var uuidRE = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
+
+func annotate(w http.ResponseWriter, a audit.Annotation) { w.Header().Set(audit.Header, a.Encode()) }
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// caller returns the identity the edge attached; the route admits only
+// sessions and account keys, so anything else is a configuration error.
+func caller(w http.ResponseWriter, r *http.Request) (identity.Identity, bool) {
+	id, ok := identity.FromRequest(r)
+	if !ok || (id.Kind != identity.KindSession && id.Kind != identity.KindAccount) {
+		problem.Write(w, problem.New(http.StatusInternalServerError, "internal_error", "no session or account key identity"))
+		return id, false
+	}
+	return id, true
+}
+
+// scopeRank orders the scopes: each includes the ones below it.
+var scopeRank = map[string]int{"read": 1, "write": 2, "admin": 3}
+
+// needScope repeats the edge's scope check for the routes that need admin,
+// so a path the edge matched differently still cannot reach them.
+func needScope(w http.ResponseWriter, id identity.Identity, scope string) bool {
+	if scopeRank[id.Scope] >= scopeRank[scope] {
+		return true
+	}
+	p := problem.New(http.StatusForbidden, "insufficient_scope", "this needs the "+scope+" scope")
+	p.Extra = map[string]any{"required_scope": scope}
+	problem.Write(w, p)
+	return false
+}
+
+// stepUp admits keys (judged by scope at the edge) and sessions whose
+// password was confirmed in the last five minutes.
+func (h *handler) stepUp(w http.ResponseWriter, r *http.Request, id identity.Identity) bool {
+	p, err := stepup.Check(r.Context(), h.db, id, h.now())
+	if err != nil {
+		h.fail(w, err)
+		return false
+	}
+	if p != nil {
+		problem.Write(w, p)
+		return false
+	}
+	return true
+}
+
+func (h *handler) fail(w http.ResponseWriter, err error) {
+	h.log.Error("servers: database error", zap.Error(err))
+	w.Header().Set("Retry-After", "5")
+	problem.Write(w, problem.New(http.StatusServiceUnavailable, "unavailable", "servers cannot be read or changed right now"))
+}
+
+func badRequest(w http.ResponseWriter, fe *FieldError) {
+	p := problem.New(http.StatusBadRequest, "invalid_request", fe.Error())
+	if fe.Field != "" {
+		p.Extra = map[string]any{"field": fe.Field}
+	}
+	problem.Write(w, p)
+}
+
+func notFound(w http.ResponseWriter) {
+	problem.Write(w, problem.New(http.StatusNotFound, "not_found", "no such server"))
+}
+
+func accountClosing(w http.ResponseWriter) {
+	problem.Write(w, problem.New(http.StatusConflict, "account_closing", "this account is scheduled for deletion; no new collector keys are issued"))
+}
+
+const listQuery = `SELECT id, name, hostname, machine_id, tags, created_at
+FROM servers WHERE customer_id = $1 ORDER BY created_at DESC, id`
+
+func (h *handler) list(w http.ResponseWriter, r *http.Request) {
+	id, ok := caller(w, r)
+	if !ok {
+		return
+	}
+	rows, err := h.db.Query(r.Context(), listQuery, id.CustomerID)
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	servers, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Server, error) {
+		var s Server
+		err := row.Scan(&s.ID, &s.Name, &s.Hostname, &s.MachineID, &s.Tags, &s.CreatedAt)
+		if s.Tags == nil {
+			s.Tags = []string{}
+		}
+		return s, err
+	})
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	if servers == nil {
+		servers = []Server{}
+	}
+	annotate(w, audit.Annotation{ResourceType: "server", Action: "list", Metadata: map[string]any{"count": len(servers)}})
+	writeJSON(w, http.StatusOK, map[string]any{"items": servers})
+}
+
+func (h *handler) create(w http.ResponseWriter, r *http.Request) {
+	id, ok := caller(w, r)
+	if !ok || !h.stepUp(w, r, id) {
+		return
+	}
+	if ct := r.Header.Get("Content-Type"); ct != "" {
+		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
+			problem.Write(w, problem.New(http.StatusUnsupportedMediaType, "unsupported_media_type", "send the body as application/json"))
+			return
+		}
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	if err != nil {
+		problem.Write(w, problem.New(http.StatusRequestEntityTooLarge, "payload_too_large", "the body may be at most 16 KiB"))
+		return
+	}
+	req, fe := ParseEnrollment(body)
+	if fe == nil {
+		var key string
+		if key, fe = IdempotencyKey(r.Header.Get("Idempotency-Key")); fe == nil {
+			h.enroll(w, r, id, req, key)
+			return
+		}
+	}
+	annotate(w, audit.Annotation{ResourceType: "server", Action: "create", Metadata: map[string]any{"invalid_field": fe.Field}})
+	badRequest(w, fe)
+}
+
+func (h *handler) enroll(w http.ResponseWriter, r *http.Request, id identity.Identity, req Enrollment, idemKey string) {
+	res, err := h.st.Enroll(r.Context(), id, req, idemKey)
+	switch {
+	case errors.Is(err, errClosing):
+		accountClosing(w)
+		return
+	case errors.Is(err, errIdempotencyReused):
+		annotate(w, audit.Annotation{ResourceType: "server", Action: "create", Metadata: map[string]any{"idempotency_key_reused": true}})
+		problem.Write(w, problem.New(http.StatusUnprocessableEntity, "idempotency_key_reused",
+			"this Idempotency-Key was used with a different request body; use a new key"))
+		return
+	case err != nil:
+		h.fail(w, err)
+		return
+	}
+	action, status := "create", http.StatusCreated
+	if res.Reenrolled {
+		action, status = "update", http.StatusOK
+	}
+	annotate(w, audit.Annotation{ResourceType: "server", ResourceID: res.ServerID, Action: action, Metadata: map[string]any{
+		"reenrolled":        res.Reenrolled,
+		"collector_key_id":  res.KeyID,
+		"revoked_key_count": res.Revoked,
+		"idempotent_replay": res.Replayed,
+		"hostname":          req.Hostname,
+	}})
+	var out enrollResponse
+	out.Server.ID, out.Server.Name, out.Server.CollectorKey = res.ServerID, res.Name, res.Key
+	out.IngestURL, out.Reenrolled = h.ingestURL, res.Reenrolled
+	writeJSON(w, status, out)
+}
+
+// deleteQuery removes a server of the customer; its collector keys and
+// idempotency records go by cascade (and the edge drops the keys from its
+// cache on the delete trigger's notification).
+const deleteQuery = `WITH k AS (SELECT count(*) AS n FROM api_keys WHERE server_id = $1 AND customer_id = $2),
+	d AS (DELETE FROM servers WHERE id = $1 AND customer_id = $2 RETURNING name)
+SELECT d.name, k.n FROM d, k`
+
+func (h *handler) delete(w http.ResponseWriter, r *http.Request) {
+	id, ok := caller(w, r)
+	if !ok || !needScope(w, id, "admin") {
+		return
+	}
+	serverID := strings.ToLower(r.PathValue("id"))
+	annotate(w, audit.Annotation{ResourceType: "server", ResourceID: serverID, Action: "delete"})
+	if !uuidRE.MatchString(serverID) {
+		notFound(w)
+		return
+	}
+	var name string
+	var keys int64
+	err := h.db.QueryRow(r.Context(), deleteQuery, serverID, id.CustomerID).Scan(&name, &keys)
+	if errors.Is(err, pgx.ErrNoRows) {
+		notFound(w)
+		return
+	}
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	annotate(w, audit.Annotation{ResourceType: "server", ResourceID: serverID, Action: "delete",
+		Metadata: map[string]any{"name": name, "deleted_key_count": keys}})
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (h *handler) rotate(w http.ResponseWriter, r *http.Request) {
+	id, ok := caller(w, r)
+	if !ok || !needScope(w, id, "admin") || !h.stepUp(w, r, id) {
+		return
+	}
+	serverID := strings.ToLower(r.PathValue("id"))
+	annotate(w, audit.Annotation{ResourceType: "api_key", Action: "rotate", Metadata: map[string]any{"server_id": serverID}})
+	if !uuidRE.MatchString(serverID) {
+		notFound(w)
+		return
+	}
+	res, err := h.st.Rotate(r.Context(), id, serverID)
+	switch {
+	case errors.Is(err, errNoServer):
+		notFound(w)
+		return
+	case errors.Is(err, errClosing):
+		accountClosing(w)
+		return
+	case err != nil:
+		h.fail(w, err)
+		return
+	}
+	annotate(w, audit.Annotation{ResourceType: "api_key", ResourceID: res.KeyID, Action: "rotate",
+		Metadata: map[string]any{"server_id": serverID, "rotated_from": res.RotatedFrom, "revoked_key_count": res.Revoked}})
+	writeJSON(w, http.StatusCreated, map[string]string{"collector_key": res.Key})
+}

@@ -1,0 +1,280 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"unicode/utf8"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/glassmkr/guardian/shared/apikey"
+	"github.com/glassmkr/guardian/shared/identity"
+)
+
+// IdempotencyWindow is how long an Idempotency-Key binds its request: a
+// key older than this is taken as new, so an agent that always sends
+// "enroll-<machine_id>" can enroll again with another body later.
+const IdempotencyWindow = "24 hours"
+
+// Revocation reasons stored in api_keys.revoked_reason.
+const (
+	reasonReenrolled = "reenrolled"
+	reasonRotated    = "rotated"
+)
+
+// maxAttempts bounds the retries of a transaction that lost a race.
+const maxAttempts = 5
+
+var (
+	errClosing           = errors.New("servers: the account is scheduled for deletion")
+	errIdempotencyReused = errors.New("servers: Idempotency-Key reused with another body")
+	errNoServer          = errors.New("servers: no such server")
+	// errRetry is a race lost to a concurrent request: run again.
+	errRetry = errors.New("servers: retry")
+)
+
+// store runs the transactions that mint collector keys.
+type store struct {
+	db     *pgxpool.Pool
+	hasher *apikey.Hasher
+}
+
+// Enrolled is the outcome of one enrollment.
+type Enrolled struct {
+	ServerID, Name string
+	Key, KeyID     string // Key is the plaintext, for the answer only
+	Reenrolled     bool   // an existing server got a fresh key
+	Replayed       bool   // found by its Idempotency-Key
+	Revoked        int64  // earlier collector keys revoked
+}
+
+// Rotated is the outcome of a key rotation.
+type Rotated struct {
+	Key, KeyID  string
+	RotatedFrom *string
+	Revoked     int64
+}
+
+// inTx runs fn in one transaction, again when it lost a race (a
+// serialization failure, a deadlock, or a row that vanished between two
+// statements).
+func (s *store) inTx(ctx context.Context, fn func(pgx.Tx) error) error {
+	for attempt := 1; ; attempt++ {
+		err := pgx.BeginFunc(ctx, s.db, fn)
+		if err == nil || attempt == maxAttempts || !retryable(err) {
+			if errors.Is(err, errRetry) {
+				return fmt.Errorf("servers: gave up after %d attempts", attempt)
+			}
+			return err
+		}
+	}
+}
+
+func retryable(err error) bool {
+	if errors.Is(err, errRetry) {
+		return true
+	}
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		switch pe.Code {
+		case "40001", "40P01", "23505": // serialization failure, deadlock, unique violation
+			return true
+		}
+	}
+	return false
+}
+
+// lockCustomer takes a share lock on the customer row for the
+// transaction and refuses an account scheduled for deletion. Account
+// deletion updates that row, so it waits for this transaction and then
+// revokes the key minted here too.
+func lockCustomer(ctx context.Context, tx pgx.Tx, customerID string) error {
+	var closing bool
+	err := tx.QueryRow(ctx, "SELECT deletion_requested_at IS NOT NULL FROM customers WHERE id = $1 FOR SHARE", customerID).Scan(&closing)
+	if errors.Is(err, pgx.ErrNoRows) || (err == nil && closing) {
+		return errClosing
+	}
+	return err
+}
+
+const (
+	claimIdempotencyKey = `INSERT INTO idempotency_keys (customer_id, key, request_hash) VALUES ($1, $2, $3)
+ON CONFLICT (customer_id, key) DO NOTHING`
+	// An expired record is renewed in place for this request.
+	readIdempotencyKey = `SELECT request_hash, server_id::text, created_at < now() - interval '` + IdempotencyWindow + `'
+FROM idempotency_keys WHERE customer_id = $1 AND key = $2 FOR UPDATE`
+	renewIdempotencyKey = `UPDATE idempotency_keys SET request_hash = $3, server_id = NULL, created_at = now()
+WHERE customer_id = $1 AND key = $2`
+	bindIdempotencyKey = `UPDATE idempotency_keys SET server_id = $3 WHERE customer_id = $1 AND key = $2`
+
+	lockServer = `SELECT name FROM servers WHERE id = $1 AND customer_id = $2 FOR UPDATE`
+
+	insertServer = `INSERT INTO servers (customer_id, name, hostname, machine_id, tags) VALUES ($1, $2, $3, nullif($4, ''), $5)
+ON CONFLICT (customer_id, machine_id) DO NOTHING RETURNING id, name`
+	lockServerByMachine = `SELECT id, name FROM servers WHERE customer_id = $1 AND machine_id = $2 FOR UPDATE`
+	updateHostname      = `UPDATE servers SET hostname = $2 WHERE id = $1 AND hostname <> $2`
+
+	// revokeCollectorKeys stops every collector key of a server that still
+	// works (or would, until a future revoked_at), and names the newest
+	// for rotated_from.
+	revokeCollectorKeys = `WITH r AS (
+	UPDATE api_keys SET revoked_at = now(), revoked_reason = $2
+	WHERE server_id = $1 AND kind = 'collector' AND (revoked_at IS NULL OR revoked_at > now())
+	RETURNING id, created_at)
+SELECT count(*), (SELECT id::text FROM r ORDER BY created_at DESC, id DESC LIMIT 1) FROM r`
+
+	insertCollectorKey = `INSERT INTO api_keys (customer_id, kind, server_id, name, key_hash, last4, created_by, rotated_from)
+VALUES ($1, 'collector', $2, $3, $4, $5, $6, $7) RETURNING id`
+)
+
+// Enroll creates the server of req (or finds the one its machine_id or
+// Idempotency-Key names) and mints its collector key, in one transaction.
+// Concurrent identical enrollments meet on the idempotency_keys primary
+// key or on the servers (customer_id, machine_id) unique constraint: the
+// first creates the server, the others wait for it and re-enroll it.
+func (s *store) Enroll(ctx context.Context, id identity.Identity, req Enrollment, idemKey string) (Enrolled, error) {
+	hash := req.Hash()
+	var out Enrolled
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		out = Enrolled{}
+		if err := lockCustomer(ctx, tx, id.CustomerID); err != nil {
+			return err
+		}
+		if idemKey != "" {
+			if err := s.claim(ctx, tx, id.CustomerID, idemKey, hash, &out); err != nil {
+				return err
+			}
+		}
+		if out.ServerID == "" {
+			if err := s.findOrCreate(ctx, tx, id.CustomerID, req, &out); err != nil {
+				return err
+			}
+		}
+		if out.Reenrolled {
+			if _, err := tx.Exec(ctx, updateHostname, out.ServerID, req.Hostname); err != nil {
+				return err
+			}
+		}
+		var err error
+		var from *string
+		if out.Revoked, from, err = revoke(ctx, tx, out.ServerID, reasonReenrolled); err != nil {
+			return err
+		}
+		if out.Key, out.KeyID, err = s.mint(ctx, tx, id, out.ServerID, out.Name, from); err != nil {
+			return err
+		}
+		if idemKey != "" {
+			_, err = tx.Exec(ctx, bindIdempotencyKey, id.CustomerID, idemKey, out.ServerID)
+		}
+		return err
+	})
+	return out, err
+}
+
+// claim records idemKey for this request, or finds the server an earlier
+// request with the same key and body made (out.ServerID set, a
+// re-enrollment).
+func (s *store) claim(ctx context.Context, tx pgx.Tx, customerID, idemKey string, hash []byte, out *Enrolled) error {
+	tag, err := tx.Exec(ctx, claimIdempotencyKey, customerID, idemKey, hash)
+	if err != nil || tag.RowsAffected() == 1 {
+		return err
+	}
+	// Taken: by a committed request (a concurrent one was waited for).
+	var stored []byte
+	var serverID *string
+	var expired bool
+	err = tx.QueryRow(ctx, readIdempotencyKey, customerID, idemKey).Scan(&stored, &serverID, &expired)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return errRetry // its server was deleted meanwhile
+	case err != nil:
+		return err
+	case expired:
+		_, err = tx.Exec(ctx, renewIdempotencyKey, customerID, idemKey, hash)
+		return err
+	case !bytes.Equal(stored, hash):
+		return errIdempotencyReused
+	case serverID == nil:
+		return nil // cannot outlive its transaction; enroll afresh
+	}
+	err = tx.QueryRow(ctx, lockServer, *serverID, customerID).Scan(&out.Name)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return errRetry
+	}
+	out.ServerID, out.Reenrolled, out.Replayed = *serverID, true, true
+	return err
+}
+
+// findOrCreate inserts the server, or locks the customer's server with
+// the same machine_id (a re-enrollment).
+func (s *store) findOrCreate(ctx context.Context, tx pgx.Tx, customerID string, req Enrollment, out *Enrolled) error {
+	err := tx.QueryRow(ctx, insertServer, customerID, req.Name, req.Hostname, req.MachineID, req.Tags).Scan(&out.ServerID, &out.Name)
+	if !errors.Is(err, pgx.ErrNoRows) {
+		return err
+	}
+	// machine_id conflict: the server exists (a concurrent first enrollment
+	// has committed by now; INSERT waited for it).
+	err = tx.QueryRow(ctx, lockServerByMachine, customerID, req.MachineID).Scan(&out.ServerID, &out.Name)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return errRetry // deleted meanwhile
+	}
+	out.Reenrolled = true
+	return err
+}
+
+func revoke(ctx context.Context, tx pgx.Tx, serverID, reason string) (int64, *string, error) {
+	var n int64
+	var newest *string
+	err := tx.QueryRow(ctx, revokeCollectorKeys, serverID, reason).Scan(&n, &newest)
+	return n, newest, err
+}
+
+// mint stores a new collector key for serverID and returns it with its id.
+func (s *store) mint(ctx context.Context, tx pgx.Tx, id identity.Identity, serverID, serverName string, rotatedFrom *string) (string, string, error) {
+	key, err := apikey.Generate(apikey.Collector)
+	if err != nil {
+		return "", "", err
+	}
+	sum := s.hasher.Sum(key)
+	var creator *string
+	if id.UserID != "" {
+		creator = &id.UserID
+	}
+	name := "collector: " + serverName
+	if utf8.RuneCountInString(name) > MaxName {
+		name = string([]rune(name)[:MaxName])
+	}
+	var keyID string
+	err = tx.QueryRow(ctx, insertCollectorKey, id.CustomerID, serverID, name, sum[:], key[len(key)-4:], creator, rotatedFrom).Scan(&keyID)
+	return key, keyID, err
+}
+
+// Rotate mints a new collector key for the customer's server and revokes
+// its earlier ones, at once.
+func (s *store) Rotate(ctx context.Context, id identity.Identity, serverID string) (Rotated, error) {
+	var out Rotated
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		out = Rotated{}
+		if err := lockCustomer(ctx, tx, id.CustomerID); err != nil {
+			return err
+		}
+		var name string
+		err := tx.QueryRow(ctx, lockServer, serverID, id.CustomerID).Scan(&name)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return errNoServer
+		}
+		if err != nil {
+			return err
+		}
+		if out.Revoked, out.RotatedFrom, err = revoke(ctx, tx, serverID, reasonRotated); err != nil {
+			return err
+		}
+		out.Key, out.KeyID, err = s.mint(ctx, tx, id, serverID, name, out.RotatedFrom)
+		return err
+	})
+	return out, err
+}

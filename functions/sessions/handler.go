@@ -1,0 +1,252 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/zap"
+
+	"github.com/glassmkr/guardian/shared/audit"
+	"github.com/glassmkr/guardian/shared/identity"
+	"github.com/glassmkr/guardian/shared/problem"
+	"github.com/glassmkr/guardian/shared/stepup"
+)
+
+// DeletionDelay is how long after a deletion request the account's data
+// is purged (the security posture's "within 30 days").
+const DeletionDelay = "30 days"
+
+type handler struct {
+	db  *pgxpool.Pool
+	log *zap.Logger
+	now func() time.Time
+}
+
+func (h *handler) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /api/v1/sessions", h.list)
+	mux.HandleFunc("DELETE /api/v1/sessions/{id}", h.revoke)
+	mux.HandleFunc("POST /api/v1/sessions/revoke-others", h.revokeOthers)
+	mux.HandleFunc("DELETE /api/v1/account", h.deleteAccount)
+	// Everything else answers problem+json too, not the mux's plain text.
+	mux.HandleFunc("/", fallback)
+	return mux
+}
+
+// fallback answers requests no route took: 405 with Allow on a known
+// path, else 404.
+func fallback(w http.ResponseWriter, r *http.Request) {
+	allow := ""
+	switch p := r.URL.Path; {
+	case p == "/api/v1/sessions":
+		allow = "GET"
+	case p == "/api/v1/sessions/revoke-others":
+		allow = "POST, DELETE"
+	case p == "/api/v1/account":
+		allow = "DELETE"
+	case strings.HasPrefix(p, "/api/v1/sessions/") && !strings.Contains(p[len("/api/v1/sessions/"):], "/"):
+		allow = "DELETE"
+	}
+	if allow == "" {
+		problem.Write(w, problem.New(http.StatusNotFound, "not_found", "no such resource"))
+		return
+	}
+	w.Header().Set("Allow", allow)
+	problem.Write(w, problem.New(http.StatusMethodNotAllowed, "method_not_allowed", "use "+allow))
+}
+
+// Session is a session as listed.
+type Session struct {
+	ID         string    `json:"id"`
+	CreatedAt  time.Time `json:"created_at"`
+	LastSeenAt time.Time `json:"last_seen_at"`
+	SourceIP   *string   `json:"source_ip"`
+	UserAgent  *string   `json:"user_agent"`
+	Current    bool      `json:"current"`
+}
+
+var uuidRE = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
+
+func annotate(w http.ResponseWriter, a audit.Annotation) { w.Header().Set(audit.Header, a.Encode()) }
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// caller returns the caller's session; the routes admit only sessions, so
+// anything else is a configuration error.
+func caller(w http.ResponseWriter, r *http.Request) (identity.Identity, bool) {
+	id, ok := identity.FromRequest(r)
+	if !ok || id.Kind != identity.KindSession || id.UserID == "" || id.SessionID == "" {
+		problem.Write(w, problem.New(http.StatusInternalServerError, "internal_error", "no session identity"))
+		return id, false
+	}
+	return id, true
+}
+
+func (h *handler) fail(w http.ResponseWriter, err error) {
+	h.log.Error("sessions: database error", zap.Error(err))
+	w.Header().Set("Retry-After", "5")
+	problem.Write(w, problem.New(http.StatusServiceUnavailable, "unavailable", "sessions cannot be read or changed right now"))
+}
+
+// live is the condition of a session that still works.
+const live = `revoked_at IS NULL AND expires_at > now()`
+
+const listQuery = `SELECT id, created_at, last_seen_at, host(source_ip), user_agent FROM sessions
+WHERE user_id = $1 AND customer_id = $2 AND ` + live + `
+ORDER BY created_at DESC, id`
+
+func (h *handler) list(w http.ResponseWriter, r *http.Request) {
+	id, ok := caller(w, r)
+	if !ok {
+		return
+	}
+	rows, err := h.db.Query(r.Context(), listQuery, id.UserID, id.CustomerID)
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	sessions, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Session, error) {
+		var s Session
+		err := row.Scan(&s.ID, &s.CreatedAt, &s.LastSeenAt, &s.SourceIP, &s.UserAgent)
+		s.Current = s.ID == id.SessionID
+		return s, err
+	})
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	if sessions == nil {
+		sessions = []Session{}
+	}
+	annotate(w, audit.Annotation{ResourceType: "session", Action: "list", Metadata: map[string]any{"count": len(sessions)}})
+	writeJSON(w, http.StatusOK, map[string]any{"items": sessions})
+}
+
+// revokeQuery ends one session of the user; a session of the user that
+// has already ended answers as revoked (the request is idempotent), any
+// other id as unknown.
+const revokeQuery = `WITH s AS (SELECT id FROM sessions WHERE id = $1 AND user_id = $2 AND customer_id = $3),
+	u AS (UPDATE sessions SET revoked_at = now() WHERE id IN (SELECT id FROM s) AND revoked_at IS NULL RETURNING id)
+SELECT EXISTS (SELECT 1 FROM s), EXISTS (SELECT 1 FROM u)`
+
+func (h *handler) revoke(w http.ResponseWriter, r *http.Request) {
+	id, ok := caller(w, r)
+	if !ok {
+		return
+	}
+	sid := strings.ToLower(r.PathValue("id"))
+	annotate(w, audit.Annotation{ResourceType: "session", ResourceID: sid, Action: "delete"})
+	if !uuidRE.MatchString(sid) {
+		problem.Write(w, problem.New(http.StatusNotFound, "not_found", "no such session"))
+		return
+	}
+	var exists, revoked bool
+	if err := h.db.QueryRow(r.Context(), revokeQuery, sid, id.UserID, id.CustomerID).Scan(&exists, &revoked); err != nil {
+		h.fail(w, err)
+		return
+	}
+	if !exists {
+		problem.Write(w, problem.New(http.StatusNotFound, "not_found", "no such session"))
+		return
+	}
+	annotate(w, audit.Annotation{ResourceType: "session", ResourceID: sid, Action: "delete",
+		Metadata: map[string]any{"current": sid == id.SessionID, "was_live": revoked}})
+	w.WriteHeader(http.StatusNoContent)
+}
+
+const revokeOthersQuery = `UPDATE sessions SET revoked_at = now()
+WHERE user_id = $1 AND customer_id = $2 AND id <> $3 AND ` + live
+
+func (h *handler) revokeOthers(w http.ResponseWriter, r *http.Request) {
+	id, ok := caller(w, r)
+	if !ok {
+		return
+	}
+	tag, err := h.db.Exec(r.Context(), revokeOthersQuery, id.UserID, id.CustomerID, id.SessionID)
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	n := tag.RowsAffected()
+	annotate(w, audit.Annotation{ResourceType: "session", Action: "delete", Metadata: map[string]any{"revoked": n, "kept": id.SessionID}})
+	writeJSON(w, http.StatusOK, map[string]int64{"revoked": n})
+}
+
+const (
+	// scheduleDeletion sets the dates once; a repeated request finds them.
+	scheduleDeletion = `UPDATE customers SET deletion_requested_at = now(), delete_after = now() + interval '` + DeletionDelay + `'
+WHERE id = $1 AND deletion_requested_at IS NULL RETURNING delete_after`
+	scheduledDeletion = `SELECT delete_after FROM customers WHERE id = $1`
+	revokeAllKeys     = `UPDATE api_keys SET revoked_at = now(), revoked_reason = 'account_deletion'
+WHERE customer_id = $1 AND (revoked_at IS NULL OR revoked_at > now())`
+	revokeOtherSessions = `UPDATE sessions SET revoked_at = now() WHERE customer_id = $1 AND id <> $2 AND revoked_at IS NULL`
+)
+
+func (h *handler) deleteAccount(w http.ResponseWriter, r *http.Request) {
+	id, ok := caller(w, r)
+	if !ok {
+		return
+	}
+	annotate(w, audit.Annotation{ResourceType: "customer", ResourceID: id.CustomerID, Action: "delete"})
+	if id.Scope != "admin" {
+		p := problem.New(http.StatusForbidden, "insufficient_scope", "only administrators may delete the account")
+		p.Extra = map[string]any{"required_scope": "admin"}
+		problem.Write(w, p)
+		return
+	}
+	if p, err := stepup.Check(r.Context(), h.db, id, h.now()); err != nil {
+		h.fail(w, err)
+		return
+	} else if p != nil {
+		problem.Write(w, p)
+		return
+	}
+	var deleteAfter *time.Time
+	var again bool
+	var keys, sessions int64
+	err := pgx.BeginFunc(r.Context(), h.db, func(tx pgx.Tx) error {
+		again = false
+		err := tx.QueryRow(r.Context(), scheduleDeletion, id.CustomerID).Scan(&deleteAfter)
+		if errors.Is(err, pgx.ErrNoRows) {
+			again = true
+			err = tx.QueryRow(r.Context(), scheduledDeletion, id.CustomerID).Scan(&deleteAfter)
+		}
+		if err != nil {
+			return err
+		}
+		// Again on a repeated request: nothing may have slipped in since.
+		tag, err := tx.Exec(r.Context(), revokeAllKeys, id.CustomerID)
+		if err != nil {
+			return err
+		}
+		keys = tag.RowsAffected()
+		if tag, err = tx.Exec(r.Context(), revokeOtherSessions, id.CustomerID, id.SessionID); err != nil {
+			return err
+		}
+		sessions = tag.RowsAffected()
+		return nil
+	})
+	if err != nil || deleteAfter == nil {
+		if err == nil {
+			err = errors.New("customer has no deletion date")
+		}
+		h.fail(w, err)
+		return
+	}
+	at := deleteAfter.UTC().Format(time.RFC3339)
+	annotate(w, audit.Annotation{ResourceType: "customer", ResourceID: id.CustomerID, Action: "delete", Metadata: map[string]any{
+		"delete_after": at, "already_requested": again, "revoked_key_count": keys, "revoked_session_count": sessions,
+	}})
+	writeJSON(w, http.StatusAccepted, map[string]string{"delete_after": at})
+}

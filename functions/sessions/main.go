@@ -1,0 +1,49 @@
+// Command sessions serves the signed-in user's sessions and the account's
+// deletion, for sessions only (the edge admits no key here):
+//
+//	GET    /api/v1/sessions                  the user's live sessions, newest first
+//	DELETE /api/v1/sessions/{id}             204, that session of the user ends
+//	POST   /api/v1/sessions/revoke-others    200 {revoked: n}, every other session ends
+//	DELETE /api/v1/account                   202 {delete_after}: deletion is scheduled
+//	                                         30 days ahead, every key and every other
+//	                                         session ends; asked again, the same date
+//
+// Deleting the account is for administrators whose password was confirmed
+// in the last five minutes (403 insufficient_scope, 401 reauth_required).
+// The purge job removes the customer once delete_after has passed.
+//
+// Grants: the runtime PostgreSQL role.
+package main
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/zap"
+
+	"github.com/glassmkr/guardian/shared/config"
+	"github.com/glassmkr/guardian/shared/fnserve"
+)
+
+func main() { fnserve.Main(setup) }
+
+func setup(ctx context.Context, log *zap.Logger, env *config.Loader) (http.Handler, func(), error) {
+	dsn := env.String(config.PGAppDSN)
+	if err := env.Err(); err != nil {
+		return nil, nil, err
+	}
+	pcfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		return nil, nil, errors.New(config.PGAppDSN + " is not a valid PostgreSQL connection string")
+	}
+	pcfg.MaxConns = 4
+	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	h := &handler{db: pool, log: log, now: time.Now}
+	return h.routes(), pool.Close, nil
+}

@@ -1,0 +1,371 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/glassmkr/guardian/shared/password"
+	"github.com/glassmkr/guardian/shared/session"
+	"github.com/glassmkr/guardian/shared/testenv"
+)
+
+func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
+
+const pw = "correct-horse-staple-9"
+
+type site struct {
+	*testenv.Stack
+	c  *testenv.Customer
+	pg *testenv.PG
+}
+
+func newSite(t *testing.T) *site {
+	t.Helper()
+	env, c, pg := testenv.EdgeEnv(t)
+	hash, err := password.Hash(pw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pg.Owner.Exec(context.Background(), "UPDATE users SET password_hash = $2 WHERE id = $1", c.UserID, hash); err != nil {
+		t.Fatal(err)
+	}
+	return &site{Stack: testenv.StartStack(t, env), c: c, pg: pg}
+}
+
+type answer struct {
+	status int
+	header http.Header
+	raw    string
+	doc    map[string]any
+}
+
+func (s *site) do(t *testing.T, method, path, body string, header map[string]string) answer {
+	t.Helper()
+	req, _ := http.NewRequest(method, s.URL+path, strings.NewReader(body))
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	a := answer{status: resp.StatusCode, header: resp.Header, raw: string(b)}
+	_ = json.Unmarshal(b, &a.doc)
+	return a
+}
+
+func cookie(token string) map[string]string {
+	return map[string]string{"Cookie": "guardian_token=" + token}
+}
+
+func bearer(key string) map[string]string { return map[string]string{"Authorization": "Bearer " + key} }
+
+func cookieFrom(t *testing.T, a answer) map[string]string {
+	t.Helper()
+	resp := http.Response{Header: a.header}
+	for _, c := range resp.Cookies() {
+		if c.Name == "guardian_token" && c.Value != "" {
+			return cookie(c.Value)
+		}
+	}
+	t.Fatalf("no session cookie: %d %s", a.status, a.raw)
+	return nil
+}
+
+// signIn signs the fixture's admin in with the password: a session with
+// the client's address and user agent, its password just confirmed.
+func (s *site) signIn(t *testing.T) map[string]string {
+	t.Helper()
+	var email string
+	if err := s.pg.Owner.QueryRow(context.Background(), "SELECT email FROM users WHERE id = $1", s.c.UserID).Scan(&email); err != nil {
+		t.Fatal(err)
+	}
+	return cookieFrom(t, s.do(t, "POST", "/auth/login", `{"email":"`+email+`","password":"`+pw+`"}`, map[string]string{"User-Agent": "signin-test/1.0"}))
+}
+
+// sessionOf stores a session of user (of customer) created at created,
+// expiring at expires, and returns its id and token.
+func (s *site) sessionOf(t *testing.T, user, customer string, created, expires time.Time) (string, string) {
+	t.Helper()
+	var id string
+	if err := s.pg.Owner.QueryRow(context.Background(), "INSERT INTO sessions (user_id, customer_id, created_at, last_seen_at, expires_at) VALUES ($1, $2, $3, $3, $4) RETURNING id",
+		user, customer, created, expires).Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	token, err := session.Issue(s.c.Secret, id, user, customer, time.Now(), time.Now().Add(session.Lifetime))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id, token
+}
+
+// member adds a user with the member role to the fixture's customer.
+func (s *site) member(t *testing.T) string {
+	t.Helper()
+	var id string
+	if err := s.pg.Owner.QueryRow(context.Background(), "INSERT INTO users (customer_id, email, role) VALUES ($1, $2, 'member') RETURNING id",
+		s.c.ID, testenv.Name("m")+"@example.com").Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+// works reports whether a session token or a key still authenticates,
+// waiting up to three seconds for a revocation to reach the edge.
+func (s *site) works(t *testing.T, header map[string]string, want bool) {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		a := s.do(t, "GET", "/api/v1/whoami", "", header)
+		// 403: a collector key, valid but not for whoami.
+		ok := a.status == 200 || a.status == 403
+		if ok == want {
+			return
+		}
+		if !want && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		t.Fatalf("credential works: %v, want %v (%d %s)", ok, want, a.status, a.raw)
+	}
+}
+
+func (s *site) count(t *testing.T, query string, args ...any) int {
+	t.Helper()
+	var n int
+	if err := s.pg.Owner.QueryRow(context.Background(), query, args...).Scan(&n); err != nil {
+		t.Fatalf("%s: %v", query, err)
+	}
+	return n
+}
+
+func (s *site) auditRow(t *testing.T, method, path string) (action, rtype, rid string, meta map[string]any) {
+	t.Helper()
+	var raw []byte
+	var rt, ri *string
+	err := s.pg.Owner.QueryRow(context.Background(), `SELECT action, resource_type, resource_id, metadata FROM api_audit_log
+		WHERE customer_id = $1 AND method = $2 AND path = $3 ORDER BY id DESC LIMIT 1`, s.c.ID, method, path).Scan(&action, &rt, &ri, &raw)
+	if err != nil {
+		t.Fatalf("audit row of %s %s: %v", method, path, err)
+	}
+	_ = json.Unmarshal(raw, &meta)
+	if rt != nil {
+		rtype = *rt
+	}
+	if ri != nil {
+		rid = *ri
+	}
+	return action, rtype, rid, meta
+}
+
+func keys(m map[string]any) string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return strings.Join(out, ",")
+}
+
+func TestListShowsTheUsersLiveSessionsNewestFirst(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	now := time.Now()
+	old, _ := s.sessionOf(t, s.c.UserID, s.c.ID, now.Add(-48*time.Hour), now.Add(24*time.Hour))
+	expired, _ := s.sessionOf(t, s.c.UserID, s.c.ID, now.Add(-8*24*time.Hour), now.Add(-time.Hour))
+	revoked, _ := s.sessionOf(t, s.c.UserID, s.c.ID, now.Add(-time.Hour), now.Add(24*time.Hour))
+	if _, err := s.pg.Owner.Exec(context.Background(), "UPDATE sessions SET revoked_at = now() WHERE id = $1", revoked); err != nil {
+		t.Fatal(err)
+	}
+	colleague, _ := s.sessionOf(t, s.member(t), s.c.ID, now, now.Add(24*time.Hour))
+	other := testenv.NewCustomer(t, s.pg.Owner, s.c.Pepper, s.c.Secret)
+	stranger, _ := other.Session(t)
+	me := s.signIn(t)
+
+	a := s.do(t, "GET", "/api/v1/sessions", "", me)
+	items, _ := a.doc["items"].([]any)
+	if a.status != 200 || len(items) != 2 || a.header.Get("Cache-Control") != "no-store" {
+		t.Fatalf("list: %d %s", a.status, a.raw)
+	}
+	first, second := items[0].(map[string]any), items[1].(map[string]any)
+	if keys(first) != "created_at,current,id,last_seen_at,source_ip,user_agent" {
+		t.Fatalf("item shape: %v", first)
+	}
+	if first["current"] != true || first["source_ip"] != "127.0.0.1" || first["user_agent"] != "signin-test/1.0" {
+		t.Fatalf("the caller's session: %v", first)
+	}
+	if second["id"] != old || second["current"] != false || second["source_ip"] != nil {
+		t.Fatalf("the older session: %v", second)
+	}
+	for _, id := range []string{expired, revoked, colleague, stranger} {
+		if strings.Contains(a.raw, id) {
+			t.Fatalf("list shows session %s: %s", id, a.raw)
+		}
+	}
+	if action, rtype, _, meta := s.auditRow(t, "GET", "/api/v1/sessions"); action != "list" || rtype != "session" || meta["count"] != float64(2) {
+		t.Fatalf("audit: %s %s %v", action, rtype, meta)
+	}
+	// Sessions only: keys are refused at the edge.
+	if a := s.do(t, "GET", "/api/v1/sessions", "", bearer(s.c.AccountKey(t, "admin"))); a.status != 403 || a.doc["code"] != "insufficient_scope" {
+		t.Fatalf("an account key: %d %s", a.status, a.raw)
+	}
+}
+
+func TestRevokeOneSessionOfTheUser(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	now := time.Now()
+	mine, mineToken := s.sessionOf(t, s.c.UserID, s.c.ID, now, now.Add(24*time.Hour))
+	colleague, colleagueToken := s.sessionOf(t, s.member(t), s.c.ID, now, now.Add(24*time.Hour))
+	other := testenv.NewCustomer(t, s.pg.Owner, s.c.Pepper, s.c.Secret)
+	stranger, strangerToken := other.Session(t)
+	me := s.signIn(t)
+
+	for _, id := range []string{colleague, stranger, "not-a-uuid", "00000000-0000-4000-8000-000000000000"} {
+		if a := s.do(t, "DELETE", "/api/v1/sessions/"+id, "", me); a.status != 404 || a.doc["code"] != "not_found" {
+			t.Errorf("delete %s: %d %s", id, a.status, a.raw)
+		}
+	}
+	s.works(t, cookie(colleagueToken), true)
+	s.works(t, cookie(strangerToken), true)
+
+	if a := s.do(t, "DELETE", "/api/v1/sessions/"+mine, "", me); a.status != 204 || a.raw != "" {
+		t.Fatalf("delete: %d %s", a.status, a.raw)
+	}
+	s.works(t, cookie(mineToken), false)
+	s.works(t, me, true)
+	if action, rtype, rid, _ := s.auditRow(t, "DELETE", "/api/v1/sessions/"+mine); action != "delete" || rtype != "session" || rid != mine {
+		t.Fatalf("audit: %s %s %s", action, rtype, rid)
+	}
+	// Again: already ended, still the user's, so the same answer.
+	if a := s.do(t, "DELETE", "/api/v1/sessions/"+mine, "", me); a.status != 204 {
+		t.Fatalf("delete again: %d %s", a.status, a.raw)
+	}
+	// The caller's own session may end this way too.
+	a := s.do(t, "GET", "/api/v1/sessions", "", me)
+	items, _ := a.doc["items"].([]any)
+	if len(items) != 1 {
+		t.Fatalf("list after: %s", a.raw)
+	}
+	current := items[0].(map[string]any)["id"].(string)
+	if a := s.do(t, "DELETE", "/api/v1/sessions/"+current, "", me); a.status != 204 {
+		t.Fatalf("delete the current session: %d", a.status)
+	}
+	s.works(t, me, false)
+}
+
+func TestRevokeOthersEndsEveryOtherSessionOfTheUser(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	now := time.Now()
+	var mine []map[string]string
+	for range 3 {
+		_, token := s.sessionOf(t, s.c.UserID, s.c.ID, now, now.Add(24*time.Hour))
+		mine = append(mine, cookie(token))
+	}
+	expired, _ := s.sessionOf(t, s.c.UserID, s.c.ID, now.Add(-8*24*time.Hour), now.Add(-time.Hour))
+	_, colleague := s.sessionOf(t, s.member(t), s.c.ID, now, now.Add(24*time.Hour))
+	me := s.signIn(t)
+
+	a := s.do(t, "POST", "/api/v1/sessions/revoke-others", "", me)
+	if a.status != 200 || a.raw != "{\"revoked\":3}\n" {
+		t.Fatalf("revoke-others: %d %q", a.status, a.raw)
+	}
+	for _, h := range mine {
+		s.works(t, h, false)
+	}
+	s.works(t, me, true)
+	s.works(t, cookie(colleague), true)
+	if n := s.count(t, "SELECT count(*) FROM sessions WHERE id = $1 AND revoked_at IS NULL", expired); n != 1 {
+		t.Fatal("an expired session was counted as revoked")
+	}
+	if action, rtype, _, meta := s.auditRow(t, "POST", "/api/v1/sessions/revoke-others"); action != "delete" || rtype != "session" || meta["revoked"] != float64(3) {
+		t.Fatalf("audit: %s %s %v", action, rtype, meta)
+	}
+	if a := s.do(t, "POST", "/api/v1/sessions/revoke-others", "", me); a.status != 200 || a.doc["revoked"] != float64(0) {
+		t.Fatalf("again: %d %s", a.status, a.raw)
+	}
+	if a := s.do(t, "GET", "/api/v1/sessions/revoke-others", "", me); a.status != 405 || a.header.Get("Allow") != "POST, DELETE" {
+		t.Fatalf("GET revoke-others: %d %s", a.status, a.raw)
+	}
+}
+
+func TestAccountDeletion(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	now := time.Now()
+	account, collector := s.c.AccountKey(t, "admin"), s.c.CollectorKey(t, s.c.ServerID)
+	_, otherAdmin := s.sessionOf(t, s.c.UserID, s.c.ID, now, now.Add(24*time.Hour))
+	_, member := s.sessionOf(t, s.member(t), s.c.ID, now, now.Add(24*time.Hour))
+	other := testenv.NewCustomer(t, s.pg.Owner, s.c.Pepper, s.c.Secret)
+	otherKey := other.AccountKey(t, "read")
+
+	// Members may not; administrators must have confirmed their password.
+	if a := s.do(t, "DELETE", "/api/v1/account", "", cookie(member)); a.status != 403 || a.doc["code"] != "insufficient_scope" {
+		t.Fatalf("a member: %d %s", a.status, a.raw)
+	}
+	if a := s.do(t, "DELETE", "/api/v1/account", "", bearer(account)); a.status != 403 {
+		t.Fatalf("an admin key: %d %s", a.status, a.raw)
+	}
+	_, staleToken := s.c.Session(t)
+	stale := cookie(staleToken)
+	if a := s.do(t, "DELETE", "/api/v1/account", "", stale); a.status != 401 || a.doc["code"] != "reauth_required" {
+		t.Fatalf("a stale session: %d %s", a.status, a.raw)
+	}
+	if n := s.count(t, "SELECT count(*) FROM customers WHERE id = $1 AND deletion_requested_at IS NULL", s.c.ID); n != 1 {
+		t.Fatal("a refused request scheduled the deletion")
+	}
+	a := s.do(t, "POST", "/auth/reauth", `{"password":"`+pw+`"}`, stale)
+	if a.status != 204 {
+		t.Fatalf("reauth: %d %s", a.status, a.raw)
+	}
+	me := cookieFrom(t, a)
+
+	a = s.do(t, "DELETE", "/api/v1/account", "", me)
+	at, err := time.Parse(time.RFC3339, func() string { v, _ := a.doc["delete_after"].(string); return v }())
+	if a.status != 202 || keys(a.doc) != "delete_after" || err != nil {
+		t.Fatalf("delete: %d %s", a.status, a.raw)
+	}
+	if d := time.Until(at) - 30*24*time.Hour; d > time.Minute || d < -time.Minute {
+		t.Fatalf("delete_after %s is not 30 days ahead", at)
+	}
+	for _, h := range []map[string]string{bearer(account), bearer(collector), cookie(otherAdmin), cookie(member)} {
+		s.works(t, h, false)
+	}
+	s.works(t, me, true)
+	s.works(t, bearer(otherKey), true)
+	if n := s.count(t, "SELECT count(*) FROM api_keys WHERE customer_id = $1 AND (revoked_reason IS DISTINCT FROM 'account_deletion' OR revoked_at > now())", s.c.ID); n != 0 {
+		t.Fatalf("%d keys not revoked for the deletion", n)
+	}
+	if n := s.count(t, "SELECT count(*) FROM customers WHERE id = $1 AND deletion_requested_at IS NOT NULL AND delete_after = deletion_requested_at + interval '30 days'", s.c.ID); n != 1 {
+		t.Fatal("the deletion is not scheduled in the database")
+	}
+	if action, rtype, rid, meta := s.auditRow(t, "DELETE", "/api/v1/account"); action != "delete" || rtype != "customer" || rid != s.c.ID ||
+		meta["already_requested"] != false || meta["revoked_key_count"] != float64(2) {
+		t.Fatalf("audit: %s %s %s %v", action, rtype, rid, meta)
+	}
+
+	// Asked again: the same date.
+	again := s.do(t, "DELETE", "/api/v1/account", "", me)
+	if again.status != 202 || again.doc["delete_after"] != a.doc["delete_after"] {
+		t.Fatalf("again: %d %s (first %s)", again.status, again.raw, a.raw)
+	}
+	if _, _, _, meta := s.auditRow(t, "DELETE", "/api/v1/account"); meta["already_requested"] != true {
+		t.Fatalf("audit again: %v", meta)
+	}
+	if n := s.count(t, "SELECT count(*) FROM customers WHERE id = $1 AND deletion_requested_at IS NULL", other.ID); n != 1 {
+		t.Fatal("another customer is scheduled for deletion")
+	}
+}
