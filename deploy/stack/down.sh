@@ -25,6 +25,12 @@ if [[ -f $pidfile ]]; then
 	rm -f "$pidfile"
 fi
 
+if [[ -f $run/dev-oidc.pid ]]; then
+	kill "$(cat "$run/dev-oidc.pid")" 2>/dev/null || true
+	rm -f "$run/dev-oidc.pid"
+	echo "dev-oidc: stopped" >&2
+fi
+
 if [[ -d $run/data ]]; then
 	if [[ ${1:-} == clean ]]; then
 		deploy/stack/servers.sh destroy "$run/data"

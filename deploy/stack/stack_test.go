@@ -32,7 +32,7 @@ func script(t *testing.T, runDir string, port int, name string, args ...string) 
 		"GUARDIAN_HTTP_PORT="+strconv.Itoa(port),
 	)
 	// Ports of the test's own servers, clear of a developer's `make up`.
-	for _, k := range []string{"PG_PORT", "REDIS_PORT", "CH_TCP_PORT", "CH_HTTP_PORT"} {
+	for _, k := range []string{"PG_PORT", "REDIS_PORT", "CH_TCP_PORT", "CH_HTTP_PORT", "DEV_OIDC_PORT"} {
 		cmd.Env = append(cmd.Env, k+"="+strconv.Itoa(testenv.FreePort(t)))
 	}
 	out, err := cmd.CombinedOutput()
@@ -116,7 +116,11 @@ func TestUpTwiceThenDownThenClean(t *testing.T) {
 		t.Error("second make up changed the secrets")
 	}
 
+	oidcPid, _ := os.ReadFile(filepath.Join(runDir, "dev-oidc.pid"))
 	script(t, runDir, port, "down.sh")
+	if pid, err := strconv.Atoi(strings.TrimSpace(string(oidcPid))); err != nil || testenv.Alive(pid) {
+		t.Fatalf("the local OpenID provider (pid %q) survived make down", oidcPid)
+	}
 	if left := testenv.ProcessesMentioning(runDir); len(left) != 0 {
 		t.Fatalf("make down left processes running:\n%s", strings.Join(left, "\n"))
 	}

@@ -32,6 +32,9 @@ old() { if [[ -f $env_file ]]; then sed -n "s/^$1=//p" "$env_file" | head -n1; f
 pepper=$(old GUARDIAN_KEY_PEPPER); pepper=${pepper:-$(secret)}
 session=$(old GUARDIAN_SESSION_SECRET); session=${session:-$(secret)}
 demo_password=$(old GUARDIAN_DEMO_PASSWORD); demo_password=${demo_password:-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')}
+# A local OpenID provider stands in for Google (cmd/dev-oidc).
+oidc_port=${DEV_OIDC_PORT:-55556}
+oidc_secret=$(old GUARDIAN_OIDC_CLIENT_SECRET); oidc_secret=${oidc_secret:-$(secret)}
 umask 077
 {
 	cat "$data/servers.env"
@@ -45,6 +48,9 @@ umask 077
 	echo "GUARDIAN_SESSION_SECRET=$session"
 	echo "GUARDIAN_DEMO_EMAIL=demo@guardian.localhost"
 	echo "GUARDIAN_DEMO_PASSWORD=$demo_password"
+	echo "GUARDIAN_OIDC_ISSUER=http://127.0.0.1:$oidc_port/oidc"
+	echo "GUARDIAN_OIDC_CLIENT_ID=guardian-dev"
+	echo "GUARDIAN_OIDC_CLIENT_SECRET=$oidc_secret"
 } >"$env_file.tmp"
 chmod 600 "$env_file.tmp"
 mv "$env_file.tmp" "$env_file"
@@ -56,6 +62,15 @@ set +a
 make --no-print-directory build
 "$bin/guardianctl" migrate
 "$bin/guardianctl" demo-account
+
+# The local OpenID provider (its client secret comes from the environment).
+go build -o "$bin/dev-oidc" ./cmd/dev-oidc
+if ! { [[ -f $run/dev-oidc.pid ]] && kill -0 "$(cat "$run/dev-oidc.pid")" 2>/dev/null; }; then
+	nohup "$bin/dev-oidc" -addr "127.0.0.1:$oidc_port" -client-id "$GUARDIAN_OIDC_CLIENT_ID" \
+		-redirect "$GUARDIAN_URL/auth/google/callback" -email "$GUARDIAN_DEMO_EMAIL" -name Demo \
+		>>"$run/dev-oidc.log" 2>&1 </dev/null &
+	echo $! >"$run/dev-oidc.pid"
+fi
 
 pidfile=$run/caddy.pid
 if [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then

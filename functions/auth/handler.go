@@ -88,7 +88,8 @@ var loginPage = page.New("login", `
 <p><label>E-mail <input type="email" name="email" autocomplete="username" required></label></p>
 <p><label>Password <input type="password" name="password" autocomplete="current-password" required minlength="12" maxlength="72"></label></p>
 <p><button type="submit" id="sign-in">Sign in</button></p>
-</form>`)
+</form>
+<p>or <a href="/auth/google/start" id="google">sign in with Google</a> (a first sign-in creates your account).</p>`)
 
 func (h *handler) loginPage(w http.ResponseWriter, r *http.Request) {
 	msg := ""

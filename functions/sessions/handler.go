@@ -14,6 +14,7 @@ import (
 
 	"github.com/glassmkr/guardian/shared/audit"
 	"github.com/glassmkr/guardian/shared/identity"
+	"github.com/glassmkr/guardian/shared/page"
 	"github.com/glassmkr/guardian/shared/problem"
 	"github.com/glassmkr/guardian/shared/stepup"
 )
@@ -34,6 +35,7 @@ func (h *handler) routes() http.Handler {
 	mux.HandleFunc("DELETE /api/v1/sessions/{id}", h.revoke)
 	mux.HandleFunc("POST /api/v1/sessions/revoke-others", h.revokeOthers)
 	mux.HandleFunc("DELETE /api/v1/account", h.deleteAccount)
+	mux.HandleFunc("GET /settings/sessions", h.page)
 	// Everything else answers problem+json too, not the mux's plain text.
 	mux.HandleFunc("/", fallback)
 	return mux
@@ -106,22 +108,50 @@ const listQuery = `SELECT id, created_at, last_seen_at, host(source_ip), user_ag
 WHERE user_id = $1 AND customer_id = $2 AND ` + live + `
 ORDER BY created_at DESC, id`
 
-func (h *handler) list(w http.ResponseWriter, r *http.Request) {
-	id, ok := caller(w, r)
-	if !ok {
-		return
-	}
+// sessionsOf lists the live sessions of the caller's user.
+func (h *handler) sessionsOf(r *http.Request, id identity.Identity) ([]Session, error) {
 	rows, err := h.db.Query(r.Context(), listQuery, id.UserID, id.CustomerID)
 	if err != nil {
-		h.fail(w, err)
-		return
+		return nil, err
 	}
-	sessions, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Session, error) {
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (Session, error) {
 		var s Session
 		err := row.Scan(&s.ID, &s.CreatedAt, &s.LastSeenAt, &s.SourceIP, &s.UserAgent)
 		s.Current = s.ID == id.SessionID
 		return s, err
 	})
+}
+
+var sessionsPage = page.New("sessions", `
+<p>These are the places where you are signed in. Signing a session out ends it at once.</p>
+<form action="/api/v1/sessions/revoke-others" data-api><button type="submit" id="revoke-others">Sign out of all other sessions</button></form>
+<table><thead><tr><th>Device</th><th>Address</th><th>Signed in</th><th>Last seen</th><th></th></tr></thead><tbody>
+{{range .}}<tr><td>{{if .UserAgent}}{{.UserAgent}}{{else}}unknown{{end}}</td><td>{{if .SourceIP}}{{.SourceIP}}{{end}}</td>
+<td>{{.CreatedAt.Format "2006-01-02 15:04"}}</td><td>{{.LastSeenAt.Format "2006-01-02 15:04"}}</td>
+<td>{{if .Current}}this session{{else}}<form class="inline" action="/api/v1/sessions/{{.ID}}" data-api data-method="DELETE"><button type="submit">Sign out</button></form>{{end}}</td></tr>
+{{end}}</tbody></table>`)
+
+func (h *handler) page(w http.ResponseWriter, r *http.Request) {
+	id, ok := caller(w, r)
+	if !ok {
+		return
+	}
+	sessions, err := h.sessionsOf(r, id)
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	if err := page.Render(w, sessionsPage, "Sessions", true, sessions); err != nil {
+		h.log.Warn("rendering the sessions page failed", zap.Error(err))
+	}
+}
+
+func (h *handler) list(w http.ResponseWriter, r *http.Request) {
+	id, ok := caller(w, r)
+	if !ok {
+		return
+	}
+	sessions, err := h.sessionsOf(r, id)
 	if err != nil {
 		h.fail(w, err)
 		return

@@ -369,3 +369,30 @@ func TestAccountDeletion(t *testing.T) {
 		t.Fatal("another customer is scheduled for deletion")
 	}
 }
+
+func TestSessionsPageListsThisAndOtherSessions(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	s.c.Session(t) // another session of the same user
+	_, mine := s.c.Session(t)
+
+	req, _ := http.NewRequest("GET", s.URL+"/settings/sessions", nil)
+	req.AddCookie(&http.Cookie{Name: "guardian_token", Value: mine})
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || !strings.Contains(string(body), "this session") || !strings.Contains(string(body), "Sign out of all other sessions") ||
+		strings.Count(string(body), `data-method="DELETE"`) != 1 || resp.Header.Get("Content-Security-Policy") == "" || resp.Header.Get("Cache-Control") != "no-store" {
+		t.Fatalf("page: %d %v\n%.500s", resp.StatusCode, resp.Header, body)
+	}
+	// Signed out, a browser is sent to sign in.
+	req, _ = http.NewRequest("GET", s.URL+"/settings/sessions", nil)
+	req.Header.Set("Accept", "text/html")
+	noRedirect := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	if resp, err := noRedirect.Do(req); err != nil || resp.StatusCode != 303 || resp.Header.Get("Location") != "/login" {
+		t.Fatalf("signed-out page visit: %v %v", err, resp)
+	}
+}

@@ -90,7 +90,8 @@ func StackEnv(t testing.TB) map[string]string {
 }
 
 // StartStack starts Caddy with the repository's Caddyfile and env (see
-// StackEnv) and waits until it answers; it is stopped when t ends.
+// StackEnv) and waits until it answers; it is stopped when t ends. The
+// port is free and chosen here unless env sets GUARDIAN_HTTP_PORT.
 func StartStack(t testing.TB, env map[string]string) *Stack {
 	t.Helper()
 	s, err := TryStartStack(t, env)
@@ -108,6 +109,9 @@ func TryStartStack(t testing.TB, env map[string]string) (*Stack, error) {
 	root, _ := RepoRoot()
 	run := t.TempDir()
 	port := FreePort(t)
+	if p, err := strconv.Atoi(env["GUARDIAN_HTTP_PORT"]); err == nil && p > 0 {
+		port = p // a test that must know its address before Caddy starts
+	}
 	cmd := exec.Command(filepath.Join(bin, "caddy"), "run", "--config", filepath.Join(root, "Caddyfile"), "--adapter", "caddyfile")
 	cmd.Dir = run
 	cmd.Env = []string{

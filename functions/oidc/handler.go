@@ -1,0 +1,353 @@
+package main
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/coreos/go-oidc/v3/oidc"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/zap"
+	"golang.org/x/oauth2"
+
+	"github.com/glassmkr/guardian/shared/audit"
+	"github.com/glassmkr/guardian/shared/identity"
+	"github.com/glassmkr/guardian/shared/page"
+	"github.com/glassmkr/guardian/shared/session"
+)
+
+// afterSignIn is where a signed-in browser is sent.
+const afterSignIn = "/settings/keys"
+
+type handler struct {
+	db         *pgxpool.Pool
+	secret     []byte
+	domain     string
+	sealer     *sealer
+	used       *usedStates
+	idp        *idp
+	signupOpen bool
+	log        *zap.Logger
+	now        func() time.Time
+}
+
+func (h *handler) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /auth/google/start", h.start)
+	mux.HandleFunc("GET /auth/google/callback", h.callback)
+	return mux
+}
+
+// start sends the browser to the provider with a fresh state, nonce and
+// PKCE challenge, kept in the sealed state cookie.
+func (h *handler) start(w http.ResponseWriter, r *http.Request) {
+	d, err := h.idp.get(r.Context())
+	if err != nil {
+		h.log.Warn("identity provider discovery failed", zap.Error(err))
+		h.fail(w, failure{reason: "provider_unreachable"})
+		return
+	}
+	state, err1 := randomToken(32)
+	nonce, err2 := randomToken(32)
+	now := h.now()
+	expires := now.Add(stateTTL)
+	f := flow{State: state, Nonce: nonce, Verifier: oauth2.GenerateVerifier(), Expires: expires.Unix()}
+	value, err3 := h.sealer.seal(f)
+	if err := errors.Join(err1, err2, err3); err != nil {
+		h.log.Error("sealing the sign-in state failed", zap.Error(err))
+		h.fail(w, failure{reason: "internal_error"})
+		return
+	}
+	http.SetCookie(w, flowCookie(value, now, expires))
+	w.Header().Set("Cache-Control", "no-store")
+	http.Redirect(w, r, d.oauth.AuthCodeURL(state, oidc.Nonce(nonce), oauth2.S256ChallengeOption(f.Verifier)), http.StatusSeeOther)
+}
+
+// idClaims are the ID token's claims Guardian reads.
+type idClaims struct {
+	Email         string          `json:"email"`
+	EmailVerified json.RawMessage `json:"email_verified"`
+	Name          string          `json:"name"`
+	HostedDomain  string          `json:"hd"`
+	AuthTime      int64           `json:"auth_time"`
+	AuthorizedFor string          `json:"azp"`
+}
+
+// verified reads email_verified, a boolean (or, from some providers, the
+// string "true").
+func (c idClaims) verified() bool {
+	s := string(c.EmailVerified)
+	return s == "true" || s == `"true"`
+}
+
+func (h *handler) callback(w http.ResponseWriter, r *http.Request) {
+	// The state cookie is good for one callback, whatever happens.
+	http.SetCookie(w, clearFlowCookie())
+	now := h.now()
+	q := r.URL.Query()
+
+	var value string
+	if c, err := r.Cookie(stateCookie); err == nil {
+		value = c.Value
+	}
+	f, err := h.sealer.open(value, now)
+	if err != nil {
+		h.fail(w, failure{reason: err.Error()})
+		return
+	}
+	if !f.matches(q.Get("state")) {
+		h.fail(w, failure{reason: "state_mismatch"})
+		return
+	}
+	if !h.used.use(f.State, time.Unix(f.Expires, 0), now) {
+		h.fail(w, failure{reason: "state_replayed"})
+		return
+	}
+	if e := q.Get("error"); e != "" {
+		h.fail(w, failure{reason: "provider_error", meta: map[string]any{"error": safeCode(e)}})
+		return
+	}
+	code := q.Get("code")
+	if code == "" || len(code) > 2048 {
+		h.fail(w, failure{reason: "code_missing"})
+		return
+	}
+
+	d, err := h.idp.get(r.Context())
+	if err != nil {
+		h.log.Warn("identity provider discovery failed", zap.Error(err))
+		h.fail(w, failure{reason: "provider_unreachable"})
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 15*time.Second)
+	defer cancel()
+	tok, err := d.exchange(ctx, h.idp.client, code, f.Verifier)
+	if err != nil {
+		h.log.Warn("code exchange failed", zap.Error(err))
+		if errors.Is(err, errUnreachable) {
+			h.fail(w, failure{reason: "provider_unreachable"})
+		} else {
+			h.fail(w, failure{reason: "exchange_failed"})
+		}
+		return
+	}
+	raw, _ := tok.Extra("id_token").(string)
+	if raw == "" {
+		h.fail(w, failure{reason: "id_token_missing"})
+		return
+	}
+	idt, err := d.verify(ctx, raw)
+	if err != nil {
+		h.log.Warn("ID token refused", zap.Error(err))
+		if errors.Is(err, errUnreachable) {
+			h.fail(w, failure{reason: "provider_unreachable"})
+		} else {
+			h.fail(w, failure{reason: refusalOf(raw, h.idp.issuer, h.idp.clientID, now)})
+		}
+		return
+	}
+	var c idClaims
+	if err := idt.Claims(&c); err != nil {
+		h.fail(w, failure{reason: "id_token_invalid"})
+		return
+	}
+	if reason := h.check(idt, f, c); reason != "" {
+		h.fail(w, failure{reason: reason})
+		return
+	}
+	g := googleUser{Subject: idt.Subject, Email: strings.ToLower(strings.TrimSpace(c.Email)), Name: c.Name, HostedDomain: c.HostedDomain}
+	// A fresh Google sign-in re-authenticates a Google-only account, whose
+	// only credential it is; an account with a password still confirms
+	// the password for sensitive actions.
+	fresh := c.AuthTime == 0 || now.Sub(time.Unix(c.AuthTime, 0)) <= session.ReauthWindow
+
+	var a account
+	var issued session.Issued
+	for attempt := 0; ; attempt++ {
+		err = pgx.BeginFunc(r.Context(), h.db, func(tx pgx.Tx) error {
+			var err error
+			if a, err = resolve(r.Context(), tx, g, h.signupOpen); err != nil {
+				return err
+			}
+			issued, err = session.Start(r.Context(), tx, h.secret, a.UserID, a.CustomerID, identity.ClientIP(r), r.UserAgent(),
+				!a.HasPassword && fresh, "", now)
+			return err
+		})
+		if attempt == 0 && isUniqueViolation(err) {
+			continue // a concurrent first sign-in won; the second pass finds its user
+		}
+		break
+	}
+	switch {
+	case errors.Is(err, errSignupClosed):
+		h.fail(w, failure{reason: "signup_closed"})
+		return
+	case errors.Is(err, errAccountClosing), errors.Is(err, errEmailTaken):
+		h.fail(w, failure{reason: err.Error(), customerID: a.CustomerID, userID: a.UserID})
+		return
+	case err != nil:
+		h.log.Error("google sign-in store unavailable", zap.Error(err))
+		h.fail(w, failure{reason: "unavailable"})
+		return
+	}
+	annotate(w, audit.Annotation{CustomerID: a.CustomerID, UserID: a.UserID, ResourceType: "session", ResourceID: issued.ID, Action: "create",
+		Metadata: map[string]any{"method": "google", "signed_up": a.SignedUp, "linked": a.Linked}})
+	http.SetCookie(w, session.Cookie(issued.Token, h.domain, issued.Expires, now))
+	w.Header().Set("Cache-Control", "no-store")
+	http.Redirect(w, r, afterSignIn, http.StatusSeeOther)
+}
+
+// check applies what go-oidc leaves to the client: the nonce, the
+// authorized party, the subject and a verified e-mail address.
+func (h *handler) check(idt *oidc.IDToken, f flow, c idClaims) string {
+	if !equal(idt.Nonce, f.Nonce) {
+		return "nonce_mismatch"
+	}
+	if len(idt.Audience) > 1 && c.AuthorizedFor != h.idp.clientID {
+		return "wrong_audience"
+	}
+	if idt.Subject == "" || len(idt.Subject) > 255 {
+		return "subject_invalid"
+	}
+	email := strings.TrimSpace(c.Email)
+	if email == "" {
+		return "email_missing"
+	}
+	if !c.verified() {
+		return "email_unverified"
+	}
+	if len(email) < 3 || len(email) > 320 || !strings.Contains(email, "@") {
+		return "email_invalid"
+	}
+	return ""
+}
+
+// refusalOf names why a token that did not verify was refused, for the
+// audit log, from its unverified claims; the decision is already made.
+func refusalOf(raw, issuer, clientID string, now time.Time) string {
+	parts := strings.Split(raw, ".")
+	if len(parts) != 3 {
+		return "id_token_invalid"
+	}
+	b, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return "id_token_invalid"
+	}
+	var c struct {
+		Issuer   string          `json:"iss"`
+		Audience json.RawMessage `json:"aud"`
+		Expiry   float64         `json:"exp"`
+	}
+	if json.Unmarshal(b, &c) != nil {
+		return "id_token_invalid"
+	}
+	var aud []string
+	if json.Unmarshal(c.Audience, &aud) != nil {
+		var one string
+		_ = json.Unmarshal(c.Audience, &one)
+		aud = []string{one}
+	}
+	switch {
+	case c.Issuer != issuer:
+		return "wrong_issuer"
+	case !slices.Contains(aud, clientID):
+		return "wrong_audience"
+	case c.Expiry > 0 && now.After(time.Unix(int64(c.Expiry), 0)):
+		return "id_token_expired"
+	}
+	return "id_token_signature"
+}
+
+var codeRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
+
+// safeCode keeps an OAuth error code for the audit log if it looks like one.
+func safeCode(s string) string {
+	if codeRE.MatchString(s) {
+		return s
+	}
+	return "other"
+}
+
+func annotate(w http.ResponseWriter, a audit.Annotation) { w.Header().Set(audit.Header, a.Encode()) }
+
+// failure is a refused sign-in.
+type failure struct {
+	reason             string
+	meta               map[string]any
+	customerID, userID string
+}
+
+// outcome is what the browser is told about a failure.
+type outcome struct {
+	status  int
+	title   string
+	message string
+}
+
+func outcomeOf(reason string) outcome {
+	switch reason {
+	case "provider_unreachable":
+		return outcome{http.StatusBadGateway, "Google sign-in unavailable", "Google cannot be reached right now. Try again in a minute."}
+	case "unavailable", "internal_error":
+		return outcome{http.StatusServiceUnavailable, "Sign-in unavailable", "Sign-in is temporarily unavailable. Try again in a minute."}
+	case "signup_closed":
+		return outcome{http.StatusForbidden, "Sign-up closed", "This Google account has no Guardian account, and sign-up is closed. Ask your administrator for access."}
+	case "account_closing":
+		return outcome{http.StatusForbidden, "Sign-in failed", "This account is being deleted; it can no longer be signed in to."}
+	case "email_linked_elsewhere":
+		return outcome{http.StatusConflict, "Sign-in failed", "This e-mail address belongs to a Guardian account that is linked to another Google account."}
+	case "email_unverified":
+		return outcome{http.StatusBadRequest, "Sign-in failed", "Google says this account's e-mail address is not verified. Verify it with Google, then sign in again."}
+	case "email_missing", "email_invalid":
+		return outcome{http.StatusBadRequest, "Sign-in failed", "Google did not share a usable e-mail address for this account."}
+	case "provider_error":
+		return outcome{http.StatusBadRequest, "Sign-in failed", "Google did not complete the sign-in."}
+	case "state_missing", "state_invalid", "state_expired", "state_mismatch", "state_replayed", "code_missing":
+		return outcome{http.StatusBadRequest, "Sign-in failed", "This sign-in link is invalid, expired or already used. Start the sign-in again from this browser."}
+	}
+	return outcome{http.StatusBadRequest, "Sign-in failed", "Google's answer could not be verified. Start the sign-in again."}
+}
+
+var failedPage = page.New("oidc_failed", `
+<p>{{.Message}}</p>
+<p><a href="/auth/google/start">Sign in with Google</a> · <a href="/login">Sign in with a password</a></p>`)
+
+// fail answers a refused sign-in with a page, and tells the audit log why.
+// Nothing of the tokens or of the provider's answer is shown.
+func (h *handler) fail(w http.ResponseWriter, f failure) {
+	meta := map[string]any{"method": "google", "reason": f.reason}
+	for k, v := range f.meta {
+		meta[k] = v
+	}
+	annotate(w, audit.Annotation{CustomerID: f.customerID, UserID: f.userID, ResourceType: "session", Action: "auth_failed", Metadata: meta})
+	o := outcomeOf(f.reason)
+	if o.status == http.StatusBadGateway || o.status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", "30")
+	}
+	if err := page.Render(&statusWriter{ResponseWriter: w, status: o.status}, failedPage, o.title, false, map[string]any{"Message": o.message}); err != nil {
+		h.log.Warn("rendering the sign-in failure page failed", zap.Error(err))
+	}
+}
+
+// statusWriter sends status with the first byte of a page (page.Render
+// writes the body only).
+type statusWriter struct {
+	http.ResponseWriter
+	status  int
+	written bool
+}
+
+func (s *statusWriter) Write(b []byte) (int, error) {
+	if !s.written {
+		s.written = true
+		s.ResponseWriter.WriteHeader(s.status)
+	}
+	return s.ResponseWriter.Write(b)
+}

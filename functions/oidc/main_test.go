@@ -1,0 +1,503 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"net/http/cookiejar"
+	"net/url"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/glassmkr/guardian/functions/oidc/oidctest"
+	"github.com/glassmkr/guardian/shared/testenv"
+)
+
+func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
+
+const (
+	clientID     = "guardian-test"
+	clientSecret = "test-client-secret"
+)
+
+type options struct {
+	signupClosed bool
+	// providerDown leaves the provider unstarted; startProvider starts it
+	// at the issuer the function was given.
+	providerDown bool
+}
+
+// site is Caddy with the built functions and a real OpenID provider, on a
+// database of the test's own.
+type site struct {
+	*testenv.Stack
+	URL      string
+	pg       *testenv.PG
+	c        *testenv.Customer
+	idp      *oidctest.Provider
+	idpAddr  string
+	clientIP string
+}
+
+func newSite(t *testing.T, opt options) *site {
+	t.Helper()
+	env, c, pg := testenv.EdgeEnv(t)
+	port := testenv.FreePort(t)
+	s := &site{URL: fmt.Sprintf("http://127.0.0.1:%d", port), pg: pg, c: c,
+		// Each test has a client address of its own for the per-IP bucket
+		// (Caddy trusts X-Forwarded-For from loopback here).
+		clientIP: fmt.Sprintf("10.%d.%d.%d", rand.IntN(256), rand.IntN(256), 1+rand.IntN(254))}
+	if opt.providerDown {
+		s.idpAddr = fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	} else {
+		s.startProvider(t, "127.0.0.1:0")
+	}
+	env["GUARDIAN_URL"] = s.URL
+	env["GUARDIAN_OIDC_ISSUER"] = "http://" + s.idpAddr + "/oidc"
+	env["GUARDIAN_OIDC_CLIENT_ID"] = clientID
+	env["GUARDIAN_OIDC_CLIENT_SECRET"] = clientSecret
+	env["GUARDIAN_TRUSTED_PROXIES"] = "127.0.0.1/32"
+	if opt.signupClosed {
+		env["GUARDIAN_SIGNUP"] = "closed"
+	}
+	env["GUARDIAN_HTTP_PORT"] = strconv.Itoa(port) // the provider must know the callback first
+	s.Stack = testenv.StartStack(t, env)
+	return s
+}
+
+func (s *site) startProvider(t *testing.T, addr string) {
+	t.Helper()
+	p, err := oidctest.Start(addr, oidctest.Config{ClientID: clientID, ClientSecret: clientSecret, RedirectURI: s.URL + "/auth/google/callback"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Close() })
+	s.idp, s.idpAddr = p, p.Addr()
+}
+
+// browser is a client with its own cookies that does not follow
+// redirects, so each step of the flow can be looked at (and tampered with).
+type browser struct {
+	t      *testing.T
+	s      *site
+	jar    *cookiejar.Jar
+	client *http.Client
+}
+
+func (s *site) browser(t *testing.T) *browser {
+	jar, _ := cookiejar.New(nil)
+	return &browser{t: t, s: s, jar: jar, client: &http.Client{
+		Jar:           jar,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		Timeout:       30 * time.Second,
+	}}
+}
+
+type reply struct {
+	status   int
+	header   http.Header
+	body     string
+	location string
+}
+
+func (b *browser) get(u string) reply {
+	b.t.Helper()
+	req, err := http.NewRequest("GET", u, nil)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	if strings.HasPrefix(u, b.s.URL) {
+		req.Header.Set("X-Forwarded-For", b.s.clientIP)
+	}
+	resp, err := b.client.Do(req)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return reply{status: resp.StatusCode, header: resp.Header, body: string(body), location: resp.Header.Get("Location")}
+}
+
+// begin starts a sign-in and has the provider approve it; it returns the
+// callback URL the provider sends the browser to.
+func (b *browser) begin() string {
+	b.t.Helper()
+	r := b.get(b.s.URL + "/auth/google/start")
+	if r.status != http.StatusSeeOther || !strings.HasPrefix(r.location, b.s.idp.Issuer()+"/authorize?") {
+		b.t.Fatalf("start: %d %q %s", r.status, r.location, r.body)
+	}
+	r = b.get(r.location)
+	if r.status != http.StatusFound || !strings.HasPrefix(r.location, b.s.URL+"/auth/google/callback?") {
+		b.t.Fatalf("authorize: %d %q %s", r.status, r.location, r.body)
+	}
+	return r.location
+}
+
+// signIn runs a whole sign-in and returns the callback's answer.
+func (b *browser) signIn() reply {
+	b.t.Helper()
+	return b.get(b.begin())
+}
+
+// cookie returns the browser's cookie name for path.
+func (b *browser) cookie(path, name string) *http.Cookie {
+	u, _ := url.Parse(b.s.URL + path)
+	for _, c := range b.jar.Cookies(u) {
+		if c.Name == name {
+			return c
+		}
+	}
+	return nil
+}
+
+func (b *browser) setCookie(path, name, value string) {
+	u, _ := url.Parse(b.s.URL + path)
+	b.jar.SetCookies(u, []*http.Cookie{{Name: name, Value: value, Path: "/auth/google/"}})
+}
+
+type whoami struct {
+	Kind, CustomerID, UserID, SessionID string
+}
+
+func (b *browser) whoami() (int, whoami) {
+	b.t.Helper()
+	r := b.get(b.s.URL + "/api/v1/whoami")
+	var w struct {
+		Kind       string `json:"kind"`
+		CustomerID string `json:"customer_id"`
+		UserID     string `json:"user_id"`
+		SessionID  string `json:"session_id"`
+	}
+	_ = json.Unmarshal([]byte(r.body), &w)
+	return r.status, whoami{w.Kind, w.CustomerID, w.UserID, w.SessionID}
+}
+
+// signedIn checks that a callback answer signed the browser in.
+func (b *browser) signedIn(r reply) whoami {
+	b.t.Helper()
+	if r.status != http.StatusSeeOther || r.location != "/settings/keys" {
+		b.t.Fatalf("callback: %d %q %s", r.status, r.location, r.body)
+	}
+	status, who := b.whoami()
+	if status != 200 || who.Kind != "session" {
+		b.t.Fatalf("whoami after sign-in: %d %+v", status, who)
+	}
+	return who
+}
+
+// refused checks a failure page.
+func refused(t *testing.T, what string, r reply, status int) {
+	t.Helper()
+	if r.status != status || !strings.HasPrefix(r.header.Get("Content-Type"), "text/html") {
+		t.Fatalf("%s: %d %s %s", what, r.status, r.header.Get("Content-Type"), r.body)
+	}
+	if strings.Contains(r.body, "eyJ") || strings.Contains(r.header.Get("Set-Cookie"), "guardian_token=e") {
+		t.Fatalf("%s: the page carries a token or a session: %s", what, r.body)
+	}
+	if !strings.Contains(r.body, `href="/auth/google/start"`) {
+		t.Fatalf("%s: the page offers no way back: %s", what, r.body)
+	}
+}
+
+// failures returns the audit log's refused Google sign-ins, oldest first.
+func (s *site) failures(t *testing.T) []string {
+	t.Helper()
+	rows, err := s.pg.Owner.Query(context.Background(),
+		"SELECT metadata->>'reason' FROM api_audit_log WHERE action = 'auth_failed' AND path LIKE '/auth/google/%' ORDER BY occurred_at")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for rows.Next() {
+		var r string
+		if err := rows.Scan(&r); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+func (s *site) count(t *testing.T, query string, args ...any) int {
+	t.Helper()
+	var n int
+	if err := s.pg.Owner.QueryRow(context.Background(), query, args...).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func TestGoogleSignUpThenSignIn(t *testing.T) {
+	t.Parallel()
+	s := newSite(t, options{})
+	ann := oidctest.User{Subject: "ann-sub", Email: "Ann.Lee@Example.COM", EmailVerified: true, Name: "Ann Lee"}
+
+	b := s.browser(t)
+	s.idp.QueueUser(ann)
+	start := b.get(s.URL + "/auth/google/start")
+	if start.status != http.StatusSeeOther {
+		t.Fatalf("start: %d %s", start.status, start.body)
+	}
+	authURL, _ := url.Parse(start.location)
+	q := authURL.Query()
+	if q.Get("scope") != "openid email profile" || q.Get("code_challenge_method") != "S256" || len(q.Get("code_challenge")) != 43 ||
+		len(q.Get("state")) < 40 || len(q.Get("nonce")) < 40 || q.Get("redirect_uri") != s.URL+"/auth/google/callback" || q.Get("client_id") != clientID {
+		t.Fatalf("authorization request: %v", q)
+	}
+	setCookie := start.header.Get("Set-Cookie")
+	for _, want := range []string{"guardian_oidc=", "HttpOnly", "Secure", "SameSite=Lax", "Path=/auth/google/", "Max-Age=600"} {
+		if !strings.Contains(setCookie, want) {
+			t.Errorf("state cookie %q lacks %s", setCookie, want)
+		}
+	}
+	if strings.Contains(setCookie, q.Get("state")) {
+		t.Error("the state cookie shows the state in clear")
+	}
+	approve := b.get(start.location)
+	r := b.get(approve.location)
+	raw := r.header.Values("Set-Cookie")
+	if !slices.ContainsFunc(raw, func(c string) bool {
+		return strings.HasPrefix(c, "guardian_token=") && strings.Contains(c, "HttpOnly") && strings.Contains(c, "Secure") && strings.Contains(c, "SameSite=Lax") && strings.Contains(c, "Path=/")
+	}) || !slices.ContainsFunc(raw, func(c string) bool {
+		return strings.HasPrefix(c, "guardian_oidc=;") && strings.Contains(c, "Max-Age=0")
+	}) {
+		t.Errorf("callback cookies: %q", raw)
+	}
+	first := b.signedIn(r)
+
+	// The customer and its admin user exist, the e-mail in lower case.
+	var email, role, name, plan string
+	var subject, hash *string
+	err := s.pg.Owner.QueryRow(context.Background(), `SELECT u.email, u.role, u.google_subject, u.password_hash, c.name, c.plan
+		FROM users u JOIN customers c ON c.id = u.customer_id WHERE u.id = $1 AND c.id = $2`, first.UserID, first.CustomerID).
+		Scan(&email, &role, &subject, &hash, &name, &plan)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if email != "ann.lee@example.com" || role != "admin" || subject == nil || *subject != "ann-sub" || hash != nil || name != "Ann Lee" || plan != "free" {
+		t.Fatalf("created: %s %s %v %v %s %s", email, role, subject, hash, name, plan)
+	}
+	// A Google-only account's fresh sign-in counts as its re-auth.
+	if n := s.count(t, "SELECT count(*) FROM sessions WHERE id = $1 AND reauth_at IS NOT NULL", first.SessionID); n != 1 {
+		t.Fatal("the Google-only sign-in is not marked re-authenticated")
+	}
+	if n := s.count(t, `SELECT count(*) FROM api_audit_log WHERE action = 'create' AND resource_type = 'session' AND resource_id = $1
+		AND customer_id = $2 AND user_id = $3 AND metadata->>'signed_up' = 'true' AND path = '/auth/google/callback'`, first.SessionID, first.CustomerID, first.UserID); n != 1 {
+		t.Fatalf("sign-up audit rows: %d", n)
+	}
+
+	// A later sign-in, in another browser, finds the same user.
+	other := s.browser(t)
+	s.idp.QueueUser(ann)
+	second := other.signedIn(other.signIn())
+	if second.UserID != first.UserID || second.CustomerID != first.CustomerID || second.SessionID == first.SessionID {
+		t.Fatalf("second sign-in: %+v, first %+v", second, first)
+	}
+	if n := s.count(t, "SELECT count(*) FROM customers"); n != 2 { // the fixture's and Ann's
+		t.Fatalf("%d customers", n)
+	}
+	if n := s.count(t, "SELECT count(*) FROM api_audit_log WHERE action = 'create' AND resource_id = $1 AND metadata->>'signed_up' = 'false'", second.SessionID); n != 1 {
+		t.Fatal("no audit row for the second sign-in")
+	}
+
+	// A Workspace account names its customer after its domain.
+	s.idp.QueueUser(oidctest.User{Subject: "bob-sub", Email: "bob@acme.io", EmailVerified: true, Name: "Bob", HostedDomain: "acme.io"})
+	bob := s.browser(t)
+	who := bob.signedIn(bob.signIn())
+	if n := s.count(t, "SELECT count(*) FROM customers WHERE id = $1 AND name = 'acme.io'", who.CustomerID); n != 1 {
+		t.Fatal("the Workspace customer is not named after its domain")
+	}
+	if len(s.failures(t)) != 0 {
+		t.Fatalf("failures logged: %v", s.failures(t))
+	}
+}
+
+func TestRefusedCallbacks(t *testing.T) {
+	t.Parallel()
+	s := newSite(t, options{})
+	user := func(sub string) oidctest.User {
+		return oidctest.User{Subject: sub, Email: sub + "@example.com", EmailVerified: true, Name: sub}
+	}
+	alter := func(u, key, value string) string {
+		p, _ := url.Parse(u)
+		q := p.Query()
+		if value == "" {
+			q.Del(key)
+		} else {
+			q.Set(key, value)
+		}
+		p.RawQuery = q.Encode()
+		return p.String()
+	}
+	var want []string
+	for _, tc := range []struct {
+		name, reason string
+		run          func(b *browser) reply
+	}{
+		{"a changed state is refused", "state_mismatch", func(b *browser) reply {
+			return b.get(alter(b.begin(), "state", "forged-state"))
+		}},
+		{"a callback without the state cookie is refused", "state_missing", func(b *browser) reply {
+			cb := b.begin()
+			return s.browser(b.t).get(cb)
+		}},
+		{"a forged state cookie is refused", "state_invalid", func(b *browser) reply {
+			cb := b.begin()
+			b.setCookie("/auth/google/callback", stateCookie, "AAAA"+b.cookie("/auth/google/callback", stateCookie).Value[4:])
+			return b.get(cb)
+		}},
+		{"a replayed callback is refused", "state_replayed", func(b *browser) reply {
+			cb := b.begin()
+			cookie := b.cookie("/auth/google/callback", stateCookie).Value
+			b.signedIn(b.get(cb))
+			b.setCookie("/auth/google/callback", stateCookie, cookie)
+			return b.get(cb)
+		}},
+		{"an error from the provider is refused", "provider_error", func(b *browser) reply {
+			return b.get(alter(alter(b.begin(), "code", ""), "error", "access_denied"))
+		}},
+		{"a code the provider does not know is refused", "exchange_failed", func(b *browser) reply {
+			return b.get(alter(b.begin(), "code", "made-up-code"))
+		}},
+		{"an ID token with another nonce is refused", "nonce_mismatch", func(b *browser) reply {
+			u, nonce := user("nonce"), "not-the-nonce"
+			u.Nonce = &nonce
+			s.idp.QueueUser(u)
+			return b.signIn()
+		}},
+		{"an ID token for another client is refused", "wrong_audience", func(b *browser) reply {
+			u := user("audience")
+			u.Audience = []string{"another-client"}
+			s.idp.QueueUser(u)
+			return b.signIn()
+		}},
+		{"an ID token not signed with a key of the JWKS is refused", "id_token_signature", func(b *browser) reply {
+			s.idp.QueueUser(user("forged"))
+			s.idp.ForgeNextSignature()
+			return b.signIn()
+		}},
+		{"an unverified e-mail address is refused", "email_unverified", func(b *browser) reply {
+			u := user("unverified")
+			u.EmailVerified = false
+			s.idp.QueueUser(u)
+			return b.signIn()
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := s.browser(t)
+			refused(t, tc.name, tc.run(b), http.StatusBadRequest)
+		})
+		want = append(want, tc.reason)
+	}
+	if got := s.failures(t); !slices.Equal(got, want) {
+		t.Fatalf("audit reasons:\n got %v\nwant %v", got, want)
+	}
+	// Only the replay test's first, good callback made a user.
+	if n := s.count(t, "SELECT count(*) FROM users WHERE google_subject IS NOT NULL"); n != 1 {
+		t.Fatalf("%d Google users", n)
+	}
+}
+
+func TestClosedSignUpAndLinkingAPasswordAccount(t *testing.T) {
+	t.Parallel()
+	s := newSite(t, options{signupClosed: true})
+	var email string
+	if err := s.pg.Owner.QueryRow(context.Background(), "UPDATE users SET password_hash = '$2a$12$notarealhashnotarealhashnotarealhashnotarealhashnotar' WHERE id = $1 RETURNING email", s.c.UserID).Scan(&email); err != nil {
+		t.Fatal(err)
+	}
+
+	// A new person cannot sign up.
+	s.idp.QueueUser(oidctest.User{Subject: "stranger", Email: "stranger@example.net", EmailVerified: true})
+	r := s.browser(t).signIn()
+	refused(t, "closed sign-up", r, http.StatusForbidden)
+	if !strings.Contains(r.body, "sign-up is closed") {
+		t.Fatalf("closed sign-up page: %s", r.body)
+	}
+	if n := s.count(t, "SELECT count(*) FROM customers"); n != 1 {
+		t.Fatal("a customer was created with sign-up closed")
+	}
+
+	// The password user's address, unverified at Google: not linked.
+	s.idp.QueueUser(oidctest.User{Subject: "linked-sub", Email: strings.ToUpper(email), EmailVerified: false})
+	refused(t, "unverified link", s.browser(t).signIn(), http.StatusBadRequest)
+
+	// Verified: the existing user is linked and signed in; the session is
+	// not re-authenticated, since the account has a password.
+	s.idp.QueueUser(oidctest.User{Subject: "linked-sub", Email: strings.ToUpper(email), EmailVerified: true})
+	b := s.browser(t)
+	who := b.signedIn(b.signIn())
+	if who.UserID != s.c.UserID || who.CustomerID != s.c.ID {
+		t.Fatalf("linked sign-in as %+v", who)
+	}
+	if n := s.count(t, "SELECT count(*) FROM users WHERE id = $1 AND google_subject = 'linked-sub'", s.c.UserID); n != 1 {
+		t.Fatal("the user was not linked")
+	}
+	if n := s.count(t, "SELECT count(*) FROM sessions WHERE id = $1 AND reauth_at IS NULL", who.SessionID); n != 1 {
+		t.Fatal("a Google sign-in re-authenticated an account that has a password")
+	}
+	if n := s.count(t, "SELECT count(*) FROM api_audit_log WHERE resource_id = $1 AND metadata->>'linked' = 'true'", who.SessionID); n != 1 {
+		t.Fatal("the link is not in the audit log")
+	}
+
+	// The existing user keeps signing in with sign-up closed, found by
+	// subject even when Google's address changed.
+	s.idp.QueueUser(oidctest.User{Subject: "linked-sub", Email: "renamed@example.org", EmailVerified: true})
+	b = s.browser(t)
+	if again := b.signedIn(b.signIn()); again.UserID != s.c.UserID {
+		t.Fatalf("second sign-in as %+v", again)
+	}
+
+	// Another Google account with the same address is not let in.
+	s.idp.QueueUser(oidctest.User{Subject: "other-sub", Email: email, EmailVerified: true})
+	refused(t, "address linked elsewhere", s.browser(t).signIn(), http.StatusConflict)
+
+	want := []string{"signup_closed", "email_unverified", "email_linked_elsewhere"}
+	if got := s.failures(t); !slices.Equal(got, want) {
+		t.Fatalf("audit reasons %v, want %v", got, want)
+	}
+}
+
+func TestProviderDown(t *testing.T) {
+	t.Parallel()
+	s := newSite(t, options{providerDown: true})
+	b := s.browser(t)
+	r := b.get(s.URL + "/auth/google/start")
+	refused(t, "start with the provider down", r, http.StatusBadGateway)
+	if !strings.Contains(r.body, "cannot be reached") || r.header.Get("Retry-After") == "" {
+		t.Fatalf("provider down page: %v %s", r.header, r.body)
+	}
+
+	// The provider comes up: discovery is retried and sign-in works.
+	s.startProvider(t, s.idpAddr)
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		r = b.get(s.URL + "/auth/google/start")
+		if r.status == http.StatusSeeOther || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if r.status != http.StatusSeeOther {
+		t.Fatalf("start after the provider came up: %d", r.status)
+	}
+	b.signedIn(b.signIn())
+
+	// It goes away between the authorization and the callback.
+	cb := b.begin()
+	if err := s.idp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	refused(t, "callback with the provider down", b.get(cb), http.StatusBadGateway)
+
+	got := s.failures(t)
+	if len(got) < 2 || slices.ContainsFunc(got, func(r string) bool { return r != "provider_unreachable" }) {
+		t.Fatalf("audit reasons %v", got)
+	}
+}
