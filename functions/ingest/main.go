@@ -56,15 +56,78 @@ func setup(ctx context.Context, log *zap.Logger, env *config.Loader) (http.Handl
 	h := &handler{
 		log:   log,
 		plans: &planCache{db: pool, ttl: time.Minute, m: map[string]planEntry{}},
-		store: &chStore{conn: ch, table: chCfg.Database + ".snapshots"},
+		store: newBatcher(&chStore{conn: ch, table: chCfg.Database + ".snapshots"}, 1000),
 		now:   time.Now,
 	}
-	return h, func() { pool.Close(); _ = ch.Close() }, nil
+	return h, func() { h.store.(*batcher).close(); pool.Close(); _ = ch.Close() }, nil
 }
 
 // store writes one snapshot.
 type store interface {
 	Insert(ctx context.Context, s snapshotRow) error
+}
+
+// batcher group-commits snapshots: one goroutine sends whatever is queued
+// as one ClickHouse batch (a new part per insert, so many small inserts
+// would swamp the server), and each request waits for its batch's result.
+type batcher struct {
+	ch       *chStore
+	in       chan *pendingRow
+	maxBatch int
+	done     chan struct{}
+}
+
+type pendingRow struct {
+	row snapshotRow
+	err chan error
+}
+
+func newBatcher(ch *chStore, maxBatch int) *batcher {
+	b := &batcher{ch: ch, in: make(chan *pendingRow, 4*maxBatch), maxBatch: maxBatch, done: make(chan struct{})}
+	go b.loop()
+	return b
+}
+
+// Insert queues r and waits until its batch is stored or failed.
+func (b *batcher) Insert(ctx context.Context, r snapshotRow) error {
+	p := &pendingRow{row: r, err: make(chan error, 1)}
+	select {
+	case b.in <- p:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return <-p.err
+}
+
+func (b *batcher) loop() {
+	defer close(b.done)
+	batch := make([]*pendingRow, 0, b.maxBatch)
+	for first := range b.in {
+		batch = append(batch[:0], first)
+	fill:
+		for len(batch) < b.maxBatch {
+			select {
+			case p, ok := <-b.in:
+				if !ok {
+					break fill
+				}
+				batch = append(batch, p)
+			default:
+				break fill
+			}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := b.ch.insertBatch(ctx, batch)
+		cancel()
+		for _, p := range batch {
+			p.err <- err
+		}
+	}
+}
+
+func (b *batcher) close() {
+	close(b.in)
+	<-b.done
 }
 
 type snapshotRow struct {
@@ -80,17 +143,20 @@ type chStore struct {
 	table string
 }
 
-// Insert sends one row as a batch with an explicit column list (what
+// insertBatch sends rows as one batch with an explicit column list (what
 // ClickHouse 18.16 and current servers both accept from this driver). A
 // batch is all-or-nothing: a failed send writes nothing.
-func (s *chStore) Insert(ctx context.Context, r snapshotRow) error {
+func (s *chStore) insertBatch(ctx context.Context, rows []*pendingRow) error {
 	b, err := s.conn.PrepareBatch(ctx, "INSERT INTO "+s.table+" (customer_id, server_id, ts, received_at, collector_version, retention_days, payload)")
 	if err != nil {
 		return err
 	}
-	if err := b.Append(r.CustomerID, r.ServerID, r.TS, r.ReceivedAt, r.CollectorVersion, r.RetentionDays, r.Payload); err != nil {
-		_ = b.Abort()
-		return err
+	for _, p := range rows {
+		r := p.row
+		if err := b.Append(r.CustomerID, r.ServerID, r.TS, r.ReceivedAt, r.CollectorVersion, r.RetentionDays, r.Payload); err != nil {
+			_ = b.Abort()
+			return err
+		}
 	}
 	return b.Send()
 }

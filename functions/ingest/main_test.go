@@ -6,7 +6,9 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -18,12 +20,26 @@ import (
 
 func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
 
-// crucibleSnapshot is shaped like what a Crucible agent sends.
+// crucibleSnapshot is shaped like what a Crucible agent sends: about 4 KB
+// of nested sections, no server_id.
 func crucibleSnapshot(ts time.Time, extra string) string {
+	var disks, smart, nics []string
+	for i := range 6 {
+		n := strconv.Itoa(i)
+		disks = append(disks, `{"device":"/dev/nvme`+n+`n1","mount":"/data`+n+`","fs":"ext4","total_gb":1863,"used_gb":1`+n+`2,"used_pct":27.5,"inodes_used_pct":3.1}`)
+		smart = append(smart, `{"device":"/dev/nvme`+n+`n1","model":"SAMSUNG MZQL21T9HCJR","serial":"S64GNE0R`+n+`00001","health":"PASSED","temperature_c":41,"power_on_hours":18231,"media_errors":0,"percentage_used":4}`)
+		nics = append(nics, `{"interface":"enp`+n+`s0","state":"up","speed_mbps":10000,"rx_bytes":918273645,"tx_bytes":827364512,"rx_errors":0,"tx_errors":0,"rx_dropped":2}`)
+	}
 	return `{"collector_version":"0.9.4","timestamp":"` + ts.UTC().Format(time.RFC3339Nano) + `",` + extra +
 		`"system":{"hostname":"db1","ip":"10.0.0.1","os":"Ubuntu 24.04.4 LTS","kernel":"6.8.0-107-generic","uptime_seconds":604800},` +
-		`"cpu":{"load1":0.42},"memory":{"total_mb":16384,"used_mb":4096,"available_mb":12288,"swap_total_mb":4096,"swap_used_mb":128},` +
-		`"disks":[],"smart":[],"network":[],"raid":[],"ipmi":{},"os_alerts":[]}`
+		`"cpu":{"model":"AMD EPYC 7443P 24-Core Processor","cores":24,"threads":48,"load1":0.42,"load5":0.38,"load15":0.31,"usage_pct":7.9,"iowait_pct":0.4,"steal_pct":0},` +
+		`"memory":{"total_mb":257614,"used_mb":40960,"available_mb":216654,"swap_total_mb":8192,"swap_used_mb":128},` +
+		`"disks":[` + strings.Join(disks, ",") + `],"smart":[` + strings.Join(smart, ",") + `],"network":[` + strings.Join(nics, ",") + `],` +
+		`"raid":[{"device":"/dev/md0","level":"raid1","state":"clean","devices":2,"failed":0}],` +
+		`"ipmi":{"available":true,"sel_entries":3,"sensors":[{"name":"CPU Temp","value":52,"unit":"C","status":"ok"},{"name":"PSU1 Status","value":1,"unit":"","status":"ok"},{"name":"FAN1","value":5400,"unit":"RPM","status":"ok"}]},` +
+		`"os_alerts":[],"security":{"pending_updates":4,"security_updates":1,"reboot_required":false,"ssh_password_auth":false},` +
+		`"systemd":{"failed_units":[],"units_total":214},"ntp":{"synchronized":true,"offset_ms":0.8},` +
+		`"collection_status":{"duration_ms":812,"errors":[]}}`
 }
 
 type ingestEdge struct {
@@ -99,6 +115,42 @@ func TestCollectorSnapshotIsStoredForItsOwnServer(t *testing.T) {
 	if status, _, doc := post(t, e.stack.URL+"/api/v1/ingest", key, crucibleSnapshot(ts, `"server_id":"`+e.c.ServerID+`",`)); status != 200 {
 		t.Fatalf("matching server_id: %d %v", status, doc)
 	}
+}
+
+func TestConcurrentSnapshotsAreBatchedAndAllStored(t *testing.T) {
+	t.Parallel()
+	e := newIngestEdge(t, false)
+	key := e.c.CollectorKey(t, e.c.ServerID)
+	snap := crucibleSnapshot(time.Now().Add(-time.Minute), "")
+	if len(snap) < 3000 {
+		t.Fatalf("fixture is %d bytes, want about 4 KB", len(snap))
+	}
+	const n = 60
+	var wg sync.WaitGroup
+	statuses := make(chan int, n)
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			status, _, _ := post(t, e.stack.URL+"/api/v1/ingest", key, snap)
+			statuses <- status
+		}()
+	}
+	wg.Wait()
+	close(statuses)
+	for s := range statuses {
+		if s != 200 {
+			t.Fatalf("status %d", s)
+		}
+	}
+	var rows, parts uint64
+	if err := e.ch.Conn.QueryRow(context.Background(), "SELECT count() FROM "+e.ch.Database+".snapshots").Scan(&rows); err != nil || rows != n {
+		t.Fatalf("%d rows (%v), want %d", rows, err, n)
+	}
+	if err := e.ch.Conn.QueryRow(context.Background(), "SELECT count() FROM system.parts WHERE database = ? AND table = 'snapshots'", e.ch.Database).Scan(&parts); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d concurrent snapshots stored in %d insert batches (parts)", n, parts)
 }
 
 func TestIngestRefusals(t *testing.T) {
