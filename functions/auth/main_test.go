@@ -10,7 +10,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/glassmkr/guardian/shared/password"
 	"github.com/glassmkr/guardian/shared/testenv"
 )
 
@@ -29,13 +28,7 @@ func newSite(t *testing.T) *site {
 	t.Helper()
 	env, c, pg := testenv.EdgeEnv(t)
 	s := &site{c: c, pg: pg}
-	hash, err := password.Hash(goodPassword)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := pg.Owner.QueryRow(context.Background(), "UPDATE users SET password_hash = $2 WHERE id = $1 RETURNING email", c.UserID, hash).Scan(&s.email); err != nil {
-		t.Fatal(err)
-	}
+	s.email = c.Password(t, goodPassword)
 	s.Stack = testenv.StartStack(t, env)
 	return s
 }

@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/glassmkr/guardian/shared/password"
 	"github.com/glassmkr/guardian/shared/session"
 	"github.com/glassmkr/guardian/shared/testenv"
 )
@@ -29,13 +28,7 @@ type site struct {
 func newSite(t *testing.T) *site {
 	t.Helper()
 	env, c, pg := testenv.EdgeEnv(t)
-	hash, err := password.Hash(pw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := pg.Owner.Exec(context.Background(), "UPDATE users SET password_hash = $2 WHERE id = $1", c.UserID, hash); err != nil {
-		t.Fatal(err)
-	}
+	c.Password(t, pw)
 	return &site{Stack: testenv.StartStack(t, env), c: c, pg: pg}
 }
 

@@ -8,6 +8,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/glassmkr/guardian/shared/apikey"
+	"github.com/glassmkr/guardian/shared/password"
 	"github.com/glassmkr/guardian/shared/session"
 )
 
@@ -104,4 +105,19 @@ func EdgeEnv(t testing.TB) (map[string]string, *Customer, *PG) {
 	env["GUARDIAN_PG_APP_DSN"] = pg.AppDSN
 	c := NewCustomer(t, pg.Owner, []byte(env["GUARDIAN_KEY_PEPPER"]), []byte(env["GUARDIAN_SESSION_SECRET"]))
 	return env, c, pg
+}
+
+// Password gives the customer's admin user a password (bcrypt, as the
+// product stores it) and returns the user's e-mail address.
+func (c *Customer) Password(t testing.TB, pw string) string {
+	t.Helper()
+	hash, err := password.Hash(pw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var email string
+	if err := c.DB.QueryRow(context.Background(), "UPDATE users SET password_hash = $2 WHERE id = $1 RETURNING email", c.UserID, hash).Scan(&email); err != nil {
+		t.Fatalf("testenv: password: %v", err)
+	}
+	return email
 }
