@@ -4,7 +4,7 @@ GO      ?= go
 BIN     := bin
 export CGO_ENABLED ?= 0
 
-.PHONY: all build up down clean test fmt vet bench bench-functions
+.PHONY: all build up down clean test fmt vet bench bench-edge bench-functions bench-compare
 
 all: build
 
@@ -37,9 +37,19 @@ fmt:
 vet:
 	$(GO) vet ./...
 
-## bench: every benchmark (for now the function runtime's)
-bench: bench-functions
+## bench: the edge beside bare Caddy (bench-edge); ~10 min on 2 cores. See BENCH.md
+bench: bench-edge
+
+## bench-edge: private servers, five edge configurations vs bare Caddy, closed and open loop, micro-benchmarks; updates BENCH.md; flags via BENCH_ARGS
+bench-edge:
+	deploy/stack/deps.sh
+	$(GO) run ./bench/edge -md BENCH.md $(BENCH_ARGS)
 
 ## bench-functions: the function runtime against a bare reverse_proxy, and its cold start; flags via BENCH_ARGS
 bench-functions:
 	$(GO) run ./bench/functions $(BENCH_ARGS)
+
+## bench-compare: micro-benchmarks of OLD (default HEAD~1) and NEW (default the working tree), 6 runs each, through benchstat
+bench-compare:
+	deploy/stack/deps.sh
+	bench/compare.sh "$(or $(OLD),HEAD~1)" "$(NEW)"

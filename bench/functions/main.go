@@ -58,20 +58,19 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"text/template"
 	"time"
+
+	"github.com/glassmkr/guardian/bench/internal/harness"
 )
 
 // options are the command-line flags.
@@ -153,7 +152,7 @@ func run(ctx context.Context, o options) (err error) {
 	rep := report{
 		Time: time.Now().UTC().Format(time.RFC3339), GoVersion: runtime.Version(), CPUs: runtime.NumCPU(),
 		Concurrency: o.concurrency, RoundSeconds: o.duration.Seconds(), Reps: o.reps,
-		ColdIdleMs: ms(o.coldIdle),
+		ColdIdleMs: harness.Ms(o.coldIdle),
 	}
 	if rep.Bare, rep.Runtime, err = b.warmBench(ctx, o); err != nil {
 		return err
@@ -171,19 +170,11 @@ type bench struct {
 	dir      string // temporary directory, removed at the end
 	base     string // http://127.0.0.1:port
 	admin    *http.Client
-	caddy    *child
-	bare     *child
+	caddy    *harness.Child
+	bare     *harness.Child
 	rtPid    int // the warm runtime function's process
 	caddyLog string
-	cleanups []func() error
-}
-
-// child is a process we started, with a channel closed when it has exited.
-type child struct {
-	name string
-	cmd  *exec.Cmd
-	done chan struct{}
-	log  *os.File
+	cleanups harness.Cleanups
 }
 
 // Names of the functions in the Caddyfile, as they appear in the metrics.
@@ -195,12 +186,12 @@ const (
 // setUp builds the binaries, starts the hand-run function and Caddy, and
 // checks that every route answers. On error it undoes what it did.
 func setUp(ctx context.Context, o options) (*bench, error) {
-	dir, err := os.MkdirTemp(shortTempRoot(), "gfb-")
+	dir, err := os.MkdirTemp(harness.ShortTempRoot(), "gfb-")
 	if err != nil {
 		return nil, fmt.Errorf("temporary directory: %w", err)
 	}
 	b := &bench{dir: dir}
-	b.cleanups = append(b.cleanups, func() error { return os.RemoveAll(dir) })
+	b.cleanups.Add(func() error { return os.RemoveAll(dir) })
 	if err := b.start(ctx, o); err != nil {
 		if terr := b.tearDown(); terr != nil {
 			err = fmt.Errorf("%w (and tearing down: %v)", err, terr)
@@ -220,7 +211,7 @@ func (b *bench) start(ctx context.Context, o options) error {
 	if err := b.startBare(ctx, o.testfnBin, bareSock); err != nil {
 		return err
 	}
-	port, err := freePort()
+	port, err := harness.FreePort()
 	if err != nil {
 		return err
 	}
@@ -233,7 +224,7 @@ func (b *bench) start(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
-	b.admin = unixClient(adminSock)
+	b.admin = harness.UnixClient(adminSock)
 	if err := b.startCaddy(ctx, o.caddyBin, cfg); err != nil {
 		return err
 	}
@@ -241,15 +232,6 @@ func (b *bench) start(ctx context.Context, o options) error {
 		return b.withLogTail(err)
 	}
 	return nil
-}
-
-// shortTempRoot returns the temporary directory unless its path is so long
-// that socket paths under it would pass the 107-byte unix limit.
-func shortTempRoot() string {
-	if d := os.TempDir(); len(d) <= 40 {
-		return d
-	}
-	return "/tmp"
 }
 
 // binaries builds Caddy and testfn into the temporary directory unless the
@@ -261,150 +243,38 @@ func (b *bench) binaries(ctx context.Context, o *options) error {
 	}{{&o.caddyBin, "./cmd/caddy"}, {&o.testfnBin, "./caddymodules/function/testdata/testfn"}} {
 		if *bin.path == "" {
 			out := filepath.Join(b.dir, "bin", filepath.Base(bin.pkg))
-			if err := goBuild(ctx, out, bin.pkg); err != nil {
+			if err := harness.GoBuild(ctx, out, bin.pkg); err != nil {
 				return err
 			}
 			*bin.path = out
 		}
-		abs, err := filepath.Abs(*bin.path)
+		abs, err := harness.Executable(*bin.path)
 		if err != nil {
-			return fmt.Errorf("binary %s: %w", *bin.path, err)
-		}
-		if st, err := os.Stat(abs); err != nil || !st.Mode().IsRegular() || st.Mode().Perm()&0o111 == 0 {
-			return fmt.Errorf("binary %s is not an executable file", abs)
+			return err
 		}
 		*bin.path = abs
 	}
 	return nil
 }
 
-// goBuild builds pkg of the module around the working directory into out.
-func goBuild(ctx context.Context, out, pkg string) error {
-	modDir, err := moduleDir(ctx)
+// spawn starts a process (see harness.Spawn) and registers its stop.
+func (b *bench) spawn(name string, env []string, bin string, args ...string) (*harness.Child, error) {
+	c, err := harness.Spawn(b.dir, name, env, bin, args...)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	fmt.Fprintf(os.Stderr, "building %s ...\n", pkg)
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, pkg)
-	cmd.Dir = modDir
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if msg, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build %s: %w\n%s", pkg, err, msg)
-	}
-	return nil
-}
-
-// moduleDir returns the directory of the Guardian module's go.mod.
-func moduleDir(ctx context.Context) (string, error) {
-	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
-	if err != nil {
-		return "", fmt.Errorf("go env GOMOD: %w", err)
-	}
-	gomod := strings.TrimSpace(string(out))
-	if gomod == "" || gomod == os.DevNull {
-		return "", errors.New("not inside the Guardian module: run from the repository or pass -caddy and -testfn")
-	}
-	return filepath.Dir(gomod), nil
-}
-
-// minimalEnv is the environment of the processes we start: a PATH and a
-// home inside the temporary directory, nothing of ours.
-func (b *bench) minimalEnv(extra ...string) []string {
-	home := filepath.Join(b.dir, "home")
-	return append([]string{
-		"PATH=/usr/local/bin:/usr/bin:/bin",
-		"HOME=" + home,
-		"XDG_CONFIG_HOME=" + filepath.Join(home, ".config"),
-		"XDG_DATA_HOME=" + filepath.Join(home, ".local", "share"),
-		"TMPDIR=" + b.dir,
-	}, extra...)
-}
-
-// spawn runs a process in its own process group (a terminal's ^C reaches
-// only us, and we stop it in order), killed if we die, output to a log file.
-func (b *bench) spawn(name string, env []string, bin string, args ...string) (*child, error) {
-	logPath := filepath.Join(b.dir, name+".log")
-	logf, err := os.Create(logPath)
-	if err != nil {
-		return nil, fmt.Errorf("%s log: %w", name, err)
-	}
-	cmd := exec.Command(bin, args...)
-	cmd.Env = env
-	cmd.Dir = b.dir
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	c := &child{name: name, cmd: cmd, done: make(chan struct{}), log: logf}
-	go func() {
-		_ = cmd.Wait()
-		close(c.done)
-	}()
-	b.cleanups = append(b.cleanups, c.stop)
+	b.cleanups.Add(c.Stop)
 	return c, nil
-}
-
-// stop sends SIGTERM and waits up to ten seconds, then kills the process.
-func (c *child) stop() error {
-	defer c.log.Close()
-	select {
-	case <-c.done:
-		return nil
-	default:
-	}
-	_ = c.cmd.Process.Signal(syscall.SIGTERM)
-	t := time.NewTimer(10 * time.Second)
-	defer t.Stop()
-	select {
-	case <-c.done:
-		return nil
-	case <-t.C:
-		_ = syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL)
-		<-c.done
-		return fmt.Errorf("%s did not stop within 10s of SIGTERM; killed", c.name)
-	}
-}
-
-func (c *child) exited() bool {
-	select {
-	case <-c.done:
-		return true
-	default:
-		return false
-	}
 }
 
 // startBare starts testfn by hand on sock and waits until it accepts.
 func (b *bench) startBare(ctx context.Context, bin, sock string) error {
-	c, err := b.spawn("testfn-bare", b.minimalEnv("GUARDIAN_FUNCTION_SOCKET="+sock), bin)
+	c, err := b.spawn("testfn-bare", harness.MinimalEnv(b.dir, "GUARDIAN_FUNCTION_SOCKET="+sock), bin)
 	if err != nil {
 		return err
 	}
 	b.bare = c
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) && ctx.Err() == nil && !c.exited() {
-		if conn, err := net.DialTimeout("unix", sock, time.Second); err == nil {
-			conn.Close()
-			return nil
-		}
-		sleep(ctx, 10*time.Millisecond)
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	return fmt.Errorf("hand-started testfn did not listen on %s within 10s (exited: %v)%s", sock, c.exited(), logTail(c.log.Name()))
-}
-
-// freePort returns a loopback TCP port that was free a moment ago.
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("free port: %w", err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
+	return harness.WaitUnix(ctx, c, sock)
 }
 
 // caddyfileData fills caddyfileTmpl.
@@ -465,26 +335,26 @@ func writeCaddyfile(dir string, d caddyfileData) (string, error) {
 // startCaddy runs Caddy on cfg and waits until its admin endpoint and the
 // site answer.
 func (b *bench) startCaddy(ctx context.Context, bin, cfg string) error {
-	c, err := b.spawn("caddy", b.minimalEnv(), bin, "run", "--config", cfg, "--adapter", "caddyfile")
+	c, err := b.spawn("caddy", harness.MinimalEnv(b.dir), bin, "run", "--config", cfg, "--adapter", "caddyfile")
 	if err != nil {
 		return err
 	}
 	b.caddy = c
-	b.caddyLog = c.log.Name()
-	client := newClient(1)
+	b.caddyLog = c.Log.Name()
+	client := harness.NewClient(1)
 	defer client.CloseIdleConnections()
 	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) && ctx.Err() == nil && !c.exited() {
-		if _, err := b.metrics(ctx); err == nil && hit(ctx, client, b.base+"/bare/ok") {
+	for time.Now().Before(deadline) && ctx.Err() == nil && !c.Exited() {
+		if _, err := b.metrics(ctx); err == nil && harness.Hit(ctx, client, b.base+"/bare/ok") {
 			return nil
 		}
-		sleep(ctx, 20*time.Millisecond)
+		harness.Sleep(ctx, 20*time.Millisecond)
 	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if c.exited() {
-		return b.withLogTail(fmt.Errorf("caddy exited during start-up (%s)", c.cmd.ProcessState))
+	if c.Exited() {
+		return b.withLogTail(fmt.Errorf("caddy exited during start-up (%s)", c.Cmd.ProcessState))
 	}
 	return b.withLogTail(errors.New("caddy's admin endpoint or site did not answer within 30s"))
 }
@@ -492,22 +362,22 @@ func (b *bench) startCaddy(ctx context.Context, bin, cfg string) error {
 // checkRoutes proves each route reaches testfn through the path it names:
 // /ok answers a pid, the runtime's pids differ from the hand-started one.
 func (b *bench) checkRoutes(ctx context.Context) error {
-	client := newClient(1)
+	client := harness.NewClient(1)
 	defer client.CloseIdleConnections()
 	pids := map[string]int{}
 	for _, route := range []string{"bare", "rt", "cold"} {
-		status, body, err := get(ctx, client, b.base+"/"+route+"/ok")
+		status, body, err := harness.Get(ctx, client, b.base+"/"+route+"/ok")
 		if err != nil {
 			return fmt.Errorf("route /%s/ok: %w", route, err)
 		}
 		pid, perr := strconv.Atoi(string(body))
 		if status != http.StatusOK || perr != nil {
-			return fmt.Errorf("route /%s/ok answered %d %q, want 200 and a pid", route, status, truncate(body, 200))
+			return fmt.Errorf("route /%s/ok answered %d %q, want 200 and a pid", route, status, harness.Truncate(body, 200))
 		}
 		pids[route] = pid
 	}
-	if pids["bare"] != b.bare.cmd.Process.Pid {
-		return fmt.Errorf("/bare/ok answered pid %d, not the hand-started testfn's %d", pids["bare"], b.bare.cmd.Process.Pid)
+	if pids["bare"] != b.bare.Pid() {
+		return fmt.Errorf("/bare/ok answered pid %d, not the hand-started testfn's %d", pids["bare"], b.bare.Pid())
 	}
 	if pids["rt"] == pids["bare"] || pids["cold"] == pids["bare"] || pids["rt"] == pids["cold"] {
 		return fmt.Errorf("routes share a process (pids %v): the runtime is not serving /rt and /cold", pids)
@@ -518,150 +388,19 @@ func (b *bench) checkRoutes(ctx context.Context) error {
 
 // tearDown runs the clean-ups in reverse: Caddy, then the hand-started
 // function, then the temporary directory.
-func (b *bench) tearDown() error {
-	var errs []error
-	for i := len(b.cleanups) - 1; i >= 0; i-- {
-		errs = append(errs, b.cleanups[i]())
-	}
-	b.cleanups = nil
-	return errors.Join(errs...)
-}
+func (b *bench) tearDown() error { return b.cleanups.Run() }
 
 func (b *bench) withLogTail(err error) error {
 	if b.caddyLog == "" {
 		return err
 	}
-	return fmt.Errorf("%w%s", err, logTail(b.caddyLog))
+	return fmt.Errorf("%w%s", err, harness.LogTail(b.caddyLog))
 }
 
-// logTail returns the last lines of a log file, for error messages.
-func logTail(path string) string {
-	data, err := os.ReadFile(path)
-	if err != nil || len(data) == 0 {
-		return ""
-	}
-	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	lines = lines[max(0, len(lines)-20):]
-	return "\n--- last lines of " + filepath.Base(path) + " ---\n" + strings.Join(lines, "\n")
-}
-
-func truncate(b []byte, n int) string {
-	if len(b) > n {
-		return string(b[:n]) + "..."
-	}
-	return string(b)
-}
-
-// newClient returns an HTTP client for loopback load: no proxy, enough idle
-// connections per host for conc workers, and a bound on every request.
-func newClient(conc int) *http.Client {
-	return &http.Client{
-		Timeout: 10 * time.Second,
-		Transport: &http.Transport{
-			Proxy:               nil,
-			MaxIdleConns:        2 * conc,
-			MaxIdleConnsPerHost: 2 * conc,
-			IdleConnTimeout:     time.Minute,
-			DisableCompression:  true,
-		},
-	}
-}
-
-// unixClient talks HTTP to the unix socket at path (Caddy's admin).
-func unixClient(path string) *http.Client {
-	return &http.Client{
-		Timeout: 5 * time.Second,
-		Transport: &http.Transport{
-			Proxy: nil,
-			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-				var d net.Dialer
-				return d.DialContext(ctx, "unix", path)
-			},
-		},
-	}
-}
-
-// get sends GET url and returns the status and the whole body.
-func get(ctx context.Context, c *http.Client, url string) (int, []byte, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return 0, nil, err
-	}
-	resp, err := c.Do(req)
-	if err != nil {
-		return 0, nil, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	return resp.StatusCode, body, err
-}
-
-// hit sends GET url, reads the answer to the end and reports whether it
-// was a complete 200.
-func hit(ctx context.Context, c *http.Client, url string) bool {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return false
-	}
-	resp, err := c.Do(req)
-	if err != nil {
-		return false
-	}
-	_, err = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	return err == nil && resp.StatusCode == http.StatusOK
-}
-
-// round is the outcome of one closed-loop run against one URL.
+// round is one closed-loop round with the CPU time it cost.
 type round struct {
-	ok, errors int
-	elapsed    time.Duration
-	cpu        cpuTimes
-	latencies  []time.Duration // of every request, errors included
-}
-
-func (r round) rps() float64 { return float64(r.ok) / r.elapsed.Seconds() }
-
-// load runs conc workers against url for d, each sending its next request
-// as soon as it has read the previous answer.
-func load(ctx context.Context, c *http.Client, url string, conc int, d time.Duration) round {
-	perWorker := make([]round, conc)
-	var wg sync.WaitGroup
-	start := time.Now()
-	deadline := start.Add(d)
-	for i := range perWorker {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			perWorker[i] = worker(ctx, c, url, deadline)
-		}()
-	}
-	wg.Wait()
-	total := round{elapsed: time.Since(start)}
-	for _, w := range perWorker {
-		total.ok += w.ok
-		total.errors += w.errors
-		total.latencies = append(total.latencies, w.latencies...)
-	}
-	return total
-}
-
-func worker(ctx context.Context, c *http.Client, url string, deadline time.Time) round {
-	r := round{latencies: make([]time.Duration, 0, 4096)}
-	for ctx.Err() == nil {
-		t0 := time.Now()
-		if !t0.Before(deadline) {
-			break
-		}
-		ok := hit(ctx, c, url)
-		r.latencies = append(r.latencies, time.Since(t0))
-		if ok {
-			r.ok++
-		} else if ctx.Err() == nil {
-			r.errors++
-		}
-	}
-	return r
+	harness.Round
+	cpu cpuTimes
 }
 
 // warmResult is one target's warm figures.
@@ -690,27 +429,27 @@ type cpuPerRequest struct {
 
 // warmBench warms both targets up, then alternates rounds bare, rt, bare...
 func (b *bench) warmBench(ctx context.Context, o options) (bare, rt warmResult, err error) {
-	client := newClient(o.concurrency)
+	client := harness.NewClient(o.concurrency)
 	defer client.CloseIdleConnections()
 	targets := []string{"/bare/ok", "/rt/ok"}
 	for _, path := range targets {
 		fmt.Fprintf(os.Stderr, "warm-up %s for %s ...\n", path, o.warmup)
-		if w := load(ctx, client, b.base+path, o.concurrency, o.warmup); o.warmup > 0 && w.ok == 0 {
-			return bare, rt, b.withLogTail(fmt.Errorf("warm-up of %s: no request succeeded (%d errors)", path, w.errors))
+		if w := harness.ClosedLoop(ctx, client, harness.Target{URL: b.base + path}, o.concurrency, o.warmup); o.warmup > 0 && w.OK == 0 {
+			return bare, rt, b.withLogTail(fmt.Errorf("warm-up of %s: no request succeeded (%d errors)", path, w.Errors))
 		}
 	}
-	fnPids := []int{b.bare.cmd.Process.Pid, b.rtPid}
+	fnPids := []int{b.bare.Pid(), b.rtPid}
 	rounds := make([][]round, len(targets))
 	for rep := range o.reps {
 		for i, path := range targets {
 			runtime.GC()
 			before := b.cpu(fnPids[i])
-			r := load(ctx, client, b.base+path, o.concurrency, o.duration)
+			r := round{Round: harness.ClosedLoop(ctx, client, harness.Target{URL: b.base + path}, o.concurrency, o.duration)}
 			if ctx.Err() != nil {
 				return bare, rt, ctx.Err()
 			}
 			r.cpu = b.cpu(fnPids[i]).minus(before)
-			fmt.Fprintf(os.Stderr, "round %d/%d %-8s %8.0f req/s  %d errors\n", rep+1, o.reps, path, r.rps(), r.errors)
+			fmt.Fprintf(os.Stderr, "round %d/%d %-8s %8.0f req/s  %d errors\n", rep+1, o.reps, path, r.RPS(), r.Errors)
 			rounds[i] = append(rounds[i], r)
 		}
 	}
@@ -737,31 +476,9 @@ func (b *bench) cpu(fnPid int) cpuTimes {
 	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
 		t.client = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 	}
-	t.caddy = procCPU(b.caddy.cmd.Process.Pid)
-	t.fn = procCPU(fnPid)
+	t.caddy = harness.ProcCPU(b.caddy.Pid())
+	t.fn = harness.ProcCPU(fnPid)
 	return t
-}
-
-// procCPU returns utime+stime of pid from /proc/<pid>/stat, or 0.
-func procCPU(pid int) time.Duration {
-	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0
-	}
-	// Fields after the command, which is in parentheses and may hold spaces:
-	// state is field 3, utime 14 and stime 15 (proc(5)).
-	_, rest, ok := bytes.Cut(data, []byte(") "))
-	f := strings.Fields(string(rest))
-	if !ok || len(f) < 13 {
-		return 0
-	}
-	utime, err1 := strconv.ParseInt(f[11], 10, 64)
-	stime, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0
-	}
-	const clockTick = 100 // USER_HZ on Linux
-	return time.Duration(utime+stime) * time.Second / clockTick
 }
 
 // summarize reduces a target's rounds to its median rate and the latency
@@ -772,12 +489,12 @@ func summarize(path string, rounds []round) warmResult {
 	var cpu cpuTimes
 	var elapsed time.Duration
 	for _, r := range rounds {
-		w.RoundsRPS = append(w.RoundsRPS, math.Round(r.rps()))
-		w.Requests += r.ok + r.errors
-		w.Errors += r.errors
-		lat = append(lat, r.latencies...)
+		w.RoundsRPS = append(w.RoundsRPS, math.Round(r.RPS()))
+		w.Requests += r.OK + r.Errors
+		w.Errors += r.Errors
+		lat = append(lat, r.Latencies...)
 		cpu = cpu.plus(r.cpu)
-		elapsed += r.elapsed
+		elapsed += r.Elapsed
 	}
 	if w.Requests > 0 {
 		perReq := func(d time.Duration) float64 {
@@ -786,11 +503,11 @@ func summarize(path string, rounds []round) warmResult {
 		w.CPU = cpuPerRequest{Client: perReq(cpu.client), Caddy: perReq(cpu.caddy), Function: perReq(cpu.fn)}
 	}
 	if elapsed > 0 {
-		w.MachineBusy = round3(float64(cpu.client+cpu.caddy+cpu.fn) / float64(elapsed) / float64(runtime.NumCPU()))
+		w.MachineBusy = harness.Round3(float64(cpu.client+cpu.caddy+cpu.fn) / float64(elapsed) / float64(runtime.NumCPU()))
 	}
-	w.RPS = math.Round(median(w.RoundsRPS))
+	w.RPS = math.Round(harness.Median(w.RoundsRPS))
 	slices.Sort(lat)
-	w.P50Ms, w.P99Ms, w.P999Ms = ms(percentile(lat, .50)), ms(percentile(lat, .99)), ms(percentile(lat, .999))
+	w.P50Ms, w.P99Ms, w.P999Ms = harness.Ms(harness.Percentile(lat, .50)), harness.Ms(harness.Percentile(lat, .99)), harness.Ms(harness.Percentile(lat, .999))
 	return w
 }
 
@@ -836,10 +553,10 @@ type coldResult struct {
 // idleness, and checks through the metrics that each one started it.
 func (b *bench) coldBench(ctx context.Context, o options) (coldResult, error) {
 	res := coldResult{Iterations: o.coldN}
-	client := newClient(1)
+	client := harness.NewClient(1)
 	defer client.CloseIdleConnections()
 	// A kept-alive connection to Caddy, so the timing holds no TCP set-up.
-	if !hit(ctx, client, b.base+"/bare/ok") {
+	if !harness.Hit(ctx, client, b.base+"/bare/ok") {
 		return res, errors.New("cold start: /bare/ok failed before the first cold start")
 	}
 	lastPid := b.coldPid(ctx, client)
@@ -858,7 +575,7 @@ func (b *bench) coldBench(ctx context.Context, o options) (coldResult, error) {
 			return res, err
 		}
 		t0 := time.Now()
-		status, body, err := get(ctx, client, b.base+"/cold/ok")
+		status, body, err := harness.Get(ctx, client, b.base+"/cold/ok")
 		d := time.Since(t0)
 		after, merr := b.coldMetrics(ctx)
 		if merr != nil {
@@ -877,7 +594,7 @@ func (b *bench) coldBench(ctx context.Context, o options) (coldResult, error) {
 		// The same request once more, to the process now warm: the
 		// baseline the cold figure is compared with.
 		t1 := time.Now()
-		status, body, err = get(ctx, client, b.base+"/cold/ok")
+		status, body, err = harness.Get(ctx, client, b.base+"/cold/ok")
 		if err == nil && status == http.StatusOK && string(body) == strconv.Itoa(pid) {
 			warmLat = append(warmLat, time.Since(t1))
 		}
@@ -889,15 +606,15 @@ func (b *bench) coldBench(ctx context.Context, o options) (coldResult, error) {
 	res.StartsDelta = last.starts - first.starts
 	if n := last.count - first.count; n > 0 {
 		res.RuntimeCount = n
-		res.RuntimeAvgMs = round3((last.sum - first.sum) / n * 1000)
+		res.RuntimeAvgMs = harness.Round3((last.sum - first.sum) / n * 1000)
 	}
 	slices.Sort(lat)
-	res.P50Ms, res.P99Ms = ms(percentile(lat, .50)), ms(percentile(lat, .99))
+	res.P50Ms, res.P99Ms = harness.Ms(harness.Percentile(lat, .50)), harness.Ms(harness.Percentile(lat, .99))
 	if len(lat) > 0 {
-		res.MaxMs = ms(lat[len(lat)-1])
+		res.MaxMs = harness.Ms(lat[len(lat)-1])
 	}
 	slices.Sort(warmLat)
-	res.WarmP50Ms = ms(percentile(warmLat, .50))
+	res.WarmP50Ms = harness.Ms(harness.Percentile(warmLat, .50))
 	res.OK = res.Errors == 0 && res.Verified == o.coldN && res.StartsDelta == float64(o.coldN)
 	return res, nil
 }
@@ -905,7 +622,7 @@ func (b *bench) coldBench(ctx context.Context, o options) (coldResult, error) {
 // coldPid returns the pid of the currently running cold function (starting
 // it if needed), or 0.
 func (b *bench) coldPid(ctx context.Context, c *http.Client) int {
-	_, body, err := get(ctx, c, b.base+"/cold/ok")
+	_, body, err := harness.Get(ctx, c, b.base+"/cold/ok")
 	if err != nil {
 		return 0
 	}
@@ -916,9 +633,9 @@ func (b *bench) coldPid(ctx context.Context, c *http.Client) int {
 // waitGone waits idle for the runtime's idle timer to fire, then until pid
 // has exited, at most ten seconds.
 func waitGone(ctx context.Context, pid int, idle time.Duration) error {
-	sleep(ctx, 2*idle)
+	harness.Sleep(ctx, 2*idle)
 	if pid <= 0 {
-		sleep(ctx, 2*idle)
+		harness.Sleep(ctx, 2*idle)
 		return ctx.Err()
 	}
 	deadline := time.Now().Add(10 * time.Second)
@@ -926,21 +643,12 @@ func waitGone(ctx context.Context, pid int, idle time.Duration) error {
 		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
 			return nil
 		}
-		sleep(ctx, 2*time.Millisecond)
+		harness.Sleep(ctx, 2*time.Millisecond)
 	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	return fmt.Errorf("cold start: function pid %d still runs 10s after its idle_timeout %s: the runtime does not stop idle functions", pid, idle)
-}
-
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-ctx.Done():
-	}
 }
 
 // coldSeries is the cold function's series on /metrics.
@@ -964,7 +672,7 @@ func (b *bench) coldMetrics(ctx context.Context) (coldSeries, error) {
 
 // metrics fetches the Prometheus text from Caddy's admin endpoint.
 func (b *bench) metrics(ctx context.Context) (string, error) {
-	status, body, err := get(ctx, b.admin, "http://localhost/metrics")
+	status, body, err := harness.Get(ctx, b.admin, "http://localhost/metrics")
 	if err != nil {
 		return "", fmt.Errorf("admin /metrics: %w", err)
 	}
@@ -993,30 +701,6 @@ func metricValue(text, name, fn string) (float64, bool) {
 	}
 	return 0, false
 }
-
-// percentile returns the nearest-rank q-quantile of sorted, or 0.
-func percentile(sorted []time.Duration, q float64) time.Duration {
-	if len(sorted) == 0 {
-		return 0
-	}
-	i := int(math.Ceil(q*float64(len(sorted)))) - 1
-	return sorted[min(max(i, 0), len(sorted)-1)]
-}
-
-func median(xs []float64) float64 {
-	if len(xs) == 0 {
-		return 0
-	}
-	s := slices.Sorted(slices.Values(xs))
-	if n := len(s); n%2 == 0 {
-		return (s[n/2-1] + s[n/2]) / 2
-	}
-	return s[len(s)/2]
-}
-
-func ms(d time.Duration) float64 { return round3(float64(d) / float64(time.Millisecond)) }
-
-func round3(x float64) float64 { return math.Round(x*1000) / 1000 }
 
 // report is every figure of a run; it is printed as a table and as JSON.
 type report struct {
