@@ -130,7 +130,7 @@ func NewWriter(cfg WriterConfig) (*Writer, error) {
 func (w *Writer) Record(ctx context.Context, row *audit.Row) error {
 	p := pendingPool.Get().(*pending)
 	p.row = row
-	c := w.chains[w.next.Add(1)%uint64(len(w.chains))]
+	c := w.pick()
 	select {
 	case c.in <- p:
 	case <-ctx.Done():
@@ -143,6 +143,20 @@ func (w *Writer) Record(ctx context.Context, row *audit.Row) error {
 	p.row = nil
 	pendingPool.Put(p)
 	return err
+}
+
+// pick chooses the chain for a row: the first whose queue is not already
+// a full batch. At ordinary load every row joins the first chain, so its
+// group commits stay large (a COPY of one row costs PostgreSQL nearly as
+// much as a COPY of fifty); only when that chain falls behind do the next
+// ones take the overflow in parallel.
+func (w *Writer) pick() *chain {
+	for _, c := range w.chains {
+		if len(c.in) < w.maxBatch {
+			return c
+		}
+	}
+	return w.chains[w.next.Add(1)%uint64(len(w.chains))]
 }
 
 // Refusing reports whether rows cannot be made durable right now
