@@ -1,0 +1,302 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sort"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/zap"
+
+	"github.com/glassmkr/guardian/shared/apikey"
+	"github.com/glassmkr/guardian/shared/audit"
+	"github.com/glassmkr/guardian/shared/identity"
+	"github.com/glassmkr/guardian/shared/notify"
+	"github.com/glassmkr/guardian/shared/problem"
+)
+
+// Route is the endpoint registered with GitHub.
+const Route = "/github/secret-scanning"
+
+// MaxBody bounds GitHub's payload.
+const MaxBody = 5 << 20
+
+// GitHub's headers.
+const (
+	HeaderKeyID     = "Github-Public-Key-Identifier"
+	HeaderSignature = "Github-Public-Key-Signature"
+)
+
+// Labels answered to GitHub.
+const (
+	TruePositive  = "true_positive"
+	FalsePositive = "false_positive"
+)
+
+type handler struct {
+	db       *pgxpool.Pool
+	hasher   *apikey.Hasher
+	keys     *keySource
+	notifier *notify.Notifier
+	webhooks []string // GUARDIAN_SECURITY_WEBHOOKS
+	log      *zap.Logger
+}
+
+func (h *handler) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST "+Route, h.scan)
+	return mux
+}
+
+// label is one item of the answer to GitHub.
+type label struct {
+	TokenHash string `json:"token_hash"`
+	TokenType string `json:"token_type"`
+	Label     string `json:"label"`
+}
+
+// refuse answers a request that failed verification, and has the edge
+// audit it as a failed authentication.
+func refuse(w http.ResponseWriter, status int, code, detail, reason string) {
+	w.Header().Set(audit.Header, audit.Annotation{ResourceType: "secret_scanning_report", Action: "auth_failed",
+		Metadata: map[string]any{"reason": reason}}.Encode())
+	problem.Write(w, problem.New(status, code, detail))
+}
+
+func (h *handler) scan(w http.ResponseWriter, r *http.Request) {
+	keyID, sig := r.Header.Get(HeaderKeyID), r.Header.Get(HeaderSignature)
+	if keyID == "" || sig == "" {
+		refuse(w, http.StatusBadRequest, "missing_signature", "the Github-Public-Key-Identifier and Github-Public-Key-Signature headers are required", "missing_signature")
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBody))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			problem.Write(w, problem.New(http.StatusRequestEntityTooLarge, "payload_too_large", fmt.Sprintf("the body may be at most %d MiB", MaxBody>>20)))
+			return
+		}
+		problem.Write(w, problem.New(http.StatusBadRequest, "invalid_payload", "the body could not be read"))
+		return
+	}
+	if !plausibleKeyID(keyID) {
+		refuse(w, http.StatusUnauthorized, "unknown_key_identifier", "the signing key is not one of GitHub's", "unknown_key_identifier")
+		return
+	}
+	pub, err := h.keys.Key(r.Context(), keyID)
+	switch {
+	case errors.Is(err, errUnknownKey):
+		refuse(w, http.StatusUnauthorized, "unknown_key_identifier", "the signing key is not one of GitHub's", "unknown_key_identifier")
+		return
+	case err != nil:
+		w.Header().Set("Retry-After", "60")
+		problem.Write(w, problem.New(http.StatusServiceUnavailable, "keys_unavailable", "GitHub's signing keys cannot be fetched right now"))
+		return
+	}
+	if err := verifySignature(pub, body, sig); err != nil {
+		h.log.Warn("secret scanning: signature refused", zap.String("key_identifier", keyID), zap.Error(err), zap.String("client_ip", identity.ClientIP(r)))
+		refuse(w, http.StatusUnauthorized, "invalid_signature", "the signature does not verify", "invalid_signature")
+		return
+	}
+	reports, err := parsePayload(body)
+	if err != nil {
+		problem.Write(w, problem.New(http.StatusBadRequest, "invalid_payload", err.Error()))
+		return
+	}
+	labels, revoked, err := h.process(r, reports)
+	if err != nil {
+		h.log.Error("secret scanning: revocation failed", zap.Int("reports", len(reports)), zap.Error(err))
+		w.Header().Set("Retry-After", "5")
+		problem.Write(w, problem.New(http.StatusServiceUnavailable, "unavailable", "the reported keys cannot be checked right now"))
+		return
+	}
+	h.notifyRevoked(r.Context(), revoked)
+	truePos := 0
+	for _, l := range labels {
+		if l.Label == TruePositive {
+			truePos++
+		}
+	}
+	w.Header().Set(audit.Header, audit.Annotation{ResourceType: "secret_scanning_report", Action: "create", Metadata: map[string]any{
+		"reason": RevokedReason, "reported": len(reports), "true_positive": truePos,
+		"false_positive": len(labels) - truePos, "revoked": len(revoked), "github_key_identifier": keyID,
+	}}.Encode())
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	_ = json.NewEncoder(w).Encode(labels)
+}
+
+// plausibleKeyID accepts what a key identifier can look like (GitHub's
+// are 64 hex digits), so that junk never causes a key fetch.
+func plausibleKeyID(id string) bool {
+	if len(id) > 128 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '-' || c == '_' || c == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+// process labels every report, revokes the keys that match and writes
+// their audit rows; it returns the labels in payload order and the keys
+// revoked now.
+func (h *handler) process(r *http.Request, reports []report) ([]label, []revokedKey, error) {
+	reqID := identity.RequestID(r)
+	if reqID == "" {
+		reqID = newRequestID()
+	}
+	labels := make([]label, len(reports))
+	byHash := make(map[[32]byte]int, len(reports))
+	var cands []candidate
+	for i, rep := range reports {
+		sum := sha256.Sum256([]byte(rep.Token))
+		labels[i] = label{TokenHash: hex.EncodeToString(sum[:]), TokenType: rep.Type, Label: FalsePositive}
+		if _, err := apikey.Parse(rep.Token); err != nil {
+			continue // malformed or a failed checksum: not ours, no lookup
+		}
+		meta, err := audit.Canonical(map[string]any{
+			"reason": RevokedReason, "url": clean(rep.URL, 2048), "source": clean(rep.Source, 128),
+			"type": clean(rep.Type, 128), "github_request_id": reqID,
+		})
+		if err != nil {
+			return nil, nil, err
+		}
+		hash := h.hasher.Sum(rep.Token)
+		byHash[hash] = i
+		cands = append(cands, candidate{hash: hash, meta: meta})
+	}
+	if len(cands) == 0 {
+		return labels, nil, nil
+	}
+	matches, err := revoke(r.Context(), h.db, cands, requestInfo{
+		ClientIP: audit.NormalizeIP(identity.ClientIP(r)), UserAgent: clean(r.UserAgent(), 512),
+		RequestID: reqID, Path: Route,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	var revoked []revokedKey
+	for _, m := range matches {
+		i, ok := byHash[m.Hash]
+		if !ok {
+			continue
+		}
+		labels[i].Label = TruePositive
+		if m.Revoked {
+			revoked = append(revoked, revokedKey{match: m, URL: clean(reports[i].URL, 2048), Source: clean(reports[i].Source, 128)})
+		}
+	}
+	h.log.Info("secret scanning: report processed", zap.Int("reported", len(reports)), zap.Int("well_formed", len(cands)),
+		zap.Int("matched", len(matches)), zap.Int("revoked", len(revoked)), zap.String("request_id", reqID))
+	return labels, revoked, nil
+}
+
+// revokedKey is a key this request revoked, with where it was found.
+type revokedKey struct {
+	match
+	URL, Source string
+}
+
+// notifyRevoked tells each customer whose keys were revoked: its admins
+// by e-mail, and the operator's security webhooks. Delivery happens in
+// the background; nothing here can fail the answer to GitHub.
+func (h *handler) notifyRevoked(ctx context.Context, revoked []revokedKey) {
+	if len(revoked) == 0 {
+		return
+	}
+	byCustomer := map[string][]revokedKey{}
+	var customers []string
+	for _, k := range revoked {
+		if _, ok := byCustomer[k.Customer]; !ok {
+			customers = append(customers, k.Customer)
+		}
+		byCustomer[k.Customer] = append(byCustomer[k.Customer], k)
+	}
+	sort.Strings(customers)
+	var emails map[string][]string
+	if h.notifier.MailEnabled() {
+		qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Second)
+		var err error
+		emails, err = adminEmails(qctx, h.db, customers)
+		cancel()
+		if err != nil {
+			h.log.Error("secret scanning: admins' addresses not read; no e-mail for this report", zap.Error(err))
+		}
+	}
+	for _, c := range customers {
+		keys := byCustomer[c]
+		if len(emails[c]) == 0 && h.notifier.MailEnabled() {
+			h.log.Warn("secret scanning: customer has no admin to e-mail", zap.String("customer_id", c))
+		}
+		h.notifier.Send(revocationNotice(c, keys, emails[c], h.webhooks))
+	}
+}
+
+// revocationNotice describes a customer's revoked keys. It names each key
+// by name, kind and last 4 characters, never the key itself.
+func revocationNotice(customer string, keys []revokedKey, to, webhooks []string) notify.Notice {
+	var b strings.Builder
+	subject := "Guardian: an API key was found public on GitHub and revoked"
+	if len(keys) > 1 {
+		subject = fmt.Sprintf("Guardian: %d API keys were found public on GitHub and revoked", len(keys))
+	}
+	b.WriteString("GitHub's secret scanning found the following Guardian API keys in public code.\n")
+	b.WriteString("Each has been revoked and no longer works. Anyone could have copied them.\n\n")
+	items := make([]map[string]any, 0, len(keys))
+	for _, k := range keys {
+		fmt.Fprintf(&b, "Key:        %s (%s key ending in %s)\n", clean(k.Name, 200), k.Kind, k.Last4)
+		fmt.Fprintf(&b, "Found at:   %s\n", k.URL)
+		if k.Source != "" {
+			fmt.Fprintf(&b, "Source:     %s\n", k.Source)
+		}
+		fmt.Fprintf(&b, "Revoked at: %s\n\n", k.RevokedAt.UTC().Format(time.RFC3339))
+		items = append(items, map[string]any{"id": k.KeyID, "name": k.Name, "kind": k.Kind, "last4": k.Last4,
+			"url": k.URL, "source": k.Source, "revoked_at": k.RevokedAt.UTC()})
+	}
+	b.WriteString("What to do: remove the key from the repository and its history, replace it with a\n")
+	b.WriteString("new key in Settings > API keys (collector keys: rotate the server's key), and review\n")
+	b.WriteString("the audit log for use of the key before it was revoked.\n")
+	return notify.Notice{
+		Event:    "api_key.revoked",
+		Subject:  subject,
+		Text:     b.String(),
+		To:       to,
+		Webhooks: webhooks,
+		Data:     map[string]any{"customer_id": customer, "reason": RevokedReason, "keys": items},
+	}
+}
+
+// clean drops control characters and cuts s to at most n bytes.
+func clean(s string, n int) string {
+	s = strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) || r == unicode.ReplacementChar {
+			return -1
+		}
+		return r
+	}, s)
+	if len(s) > n {
+		s = strings.ToValidUTF8(s[:n], "")
+	}
+	return s
+}
+
+func newRequestID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}

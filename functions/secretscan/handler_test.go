@@ -1,0 +1,544 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"go.uber.org/zap"
+
+	"github.com/glassmkr/guardian/shared/apikey"
+	"github.com/glassmkr/guardian/shared/db"
+	"github.com/glassmkr/guardian/shared/notify"
+	"github.com/glassmkr/guardian/shared/notify/notifytest"
+	"github.com/glassmkr/guardian/shared/testenv"
+)
+
+// hookSink is a local webhook receiver.
+type hookSink struct {
+	*httptest.Server
+	mu     sync.Mutex
+	bodies []string
+}
+
+func newHookSink(t testing.TB) *hookSink {
+	s := &hookSink{}
+	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		s.mu.Lock()
+		s.bodies = append(s.bodies, string(b))
+		s.mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	t.Cleanup(s.Close)
+	return s
+}
+
+func (s *hookSink) received() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.bodies...)
+}
+
+func (s *hookSink) wait(t testing.TB, n int) []string {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for len(s.received()) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("webhook: %d calls, want %d", len(s.received()), n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return s.received()
+}
+
+// fixture runs the handler in-process against a real database, a fake
+// GitHub key endpoint, a real SMTP relay and a webhook receiver.
+type fixture struct {
+	t        testing.TB
+	pg       *testenv.PG
+	pepper   []byte
+	gh       *fakeGitHub
+	relay    *notifytest.Relay
+	hooks    *hookSink
+	h        *handler
+	notifier *notify.Notifier
+	srv      *httptest.Server
+}
+
+type fixtureOpts struct {
+	smtpAddr string // default: the fixture's relay
+	webhooks []string
+	allow    []string
+}
+
+func newFixture(t testing.TB, o fixtureOpts) *fixture {
+	t.Helper()
+	f := &fixture{t: t, pg: testenv.Postgres(t), pepper: []byte(testenv.Name("pepper-") + testenv.Name("") + testenv.Name("")),
+		gh: newFakeGitHub(t), relay: notifytest.StartRelay(t, nil, "", ""), hooks: newHookSink(t)}
+	if o.smtpAddr == "" {
+		o.smtpAddr = f.relay.Addr
+	}
+	if o.webhooks == nil {
+		o.webhooks, o.allow = []string{f.hooks.URL + "/security"}, []string{"127.0.0.1/32"}
+	}
+	pool, err := db.Open(context.Background(), "GUARDIAN_PG_APP_DSN", f.pg.AppDSN, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	f.notifier, err = notify.New(notify.Config{SMTP: notify.SMTPConfig{Addr: o.smtpAddr, From: "Guardian <security@guardian.test>"},
+		Allow: o.allow, Backoff: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, Attempts: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.notifier.Close(context.Background()) })
+	f.h = &handler{db: pool, hasher: apikey.NewHasher(f.pepper), keys: newKeySource(f.gh.KeysURL(), zap.NewNop()),
+		notifier: f.notifier, webhooks: o.webhooks, log: zap.NewNop()}
+	f.srv = httptest.NewServer(f.h.routes())
+	t.Cleanup(f.srv.Close)
+	return f
+}
+
+// customer makes a customer with its admin, a second admin and a member.
+func (f *fixture) customer() (*testenv.Customer, []string) {
+	f.t.Helper()
+	c := testenv.NewCustomer(f.t, f.pg.Owner, f.pepper, []byte("unused-session-secret-unused-session"))
+	var admins []string
+	var email string
+	ctx := context.Background()
+	if err := f.pg.Owner.QueryRow(ctx, "SELECT email FROM users WHERE id = $1", c.UserID).Scan(&email); err != nil {
+		f.t.Fatal(err)
+	}
+	admins = append(admins, email)
+	second := testenv.Name("second") + "@example.com"
+	if _, err := f.pg.Owner.Exec(ctx, "INSERT INTO users (customer_id, email, role) VALUES ($1, $2, 'admin'), ($1, $3, 'member')",
+		c.ID, second, testenv.Name("member")+"@example.com"); err != nil {
+		f.t.Fatal(err)
+	}
+	admins = append(admins, second)
+	sort.Strings(admins) // the order the function reads them in
+	return c, admins
+}
+
+// mint stores n account keys of customer in one COPY and returns them.
+func (f *fixture) mint(customer string, n int) []string {
+	f.t.Helper()
+	keys := make([]string, n)
+	rows := make([][]any, n)
+	for i := range keys {
+		k, err := apikey.Generate(apikey.Account)
+		if err != nil {
+			f.t.Fatal(err)
+		}
+		h := apikey.Hash(f.pepper, k)
+		keys[i], rows[i] = k, []any{customer, "account", "write", fmt.Sprintf("key %d", i), h[:], k[len(k)-4:]}
+	}
+	if _, err := f.pg.Owner.CopyFrom(context.Background(), pgx.Identifier{"api_keys"},
+		[]string{"customer_id", "kind", "scope", "name", "key_hash", "last4"}, pgx.CopyFromRows(rows)); err != nil {
+		f.t.Fatal(err)
+	}
+	return keys
+}
+
+type answer struct {
+	status int
+	header http.Header
+	raw    string
+	labels []label
+	doc    map[string]any
+}
+
+func post(t testing.TB, url string, body []byte, header map[string]string) answer {
+	t.Helper()
+	req, _ := http.NewRequest("POST", url, bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("User-Agent", "GitHub-Secret-Scanning/1.0")
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	a := answer{status: resp.StatusCode, header: resp.Header, raw: string(b)}
+	_ = json.Unmarshal(b, &a.labels)
+	_ = json.Unmarshal(b, &a.doc)
+	return a
+}
+
+// signed posts body with a valid GitHub signature.
+func (f *fixture) signed(body []byte) answer {
+	f.t.Helper()
+	return post(f.t, f.srv.URL+Route, body, f.gh.sign(f.t, katKeyID, body))
+}
+
+type item struct {
+	Token  string `json:"token"`
+	Type   string `json:"type"`
+	URL    string `json:"url"`
+	Source string `json:"source"`
+}
+
+func payload(t testing.TB, items ...item) []byte {
+	b, err := json.Marshal(items)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func sha(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:])
+}
+
+func (f *fixture) count(query string, args ...any) int {
+	f.t.Helper()
+	var n int
+	if err := f.pg.Owner.QueryRow(context.Background(), query, args...).Scan(&n); err != nil {
+		f.t.Fatalf("%s: %v", query, err)
+	}
+	return n
+}
+
+func (f *fixture) revokedReason(key string) string {
+	f.t.Helper()
+	h := apikey.Hash(f.pepper, key)
+	var reason *string
+	if err := f.pg.Owner.QueryRow(context.Background(), "SELECT revoked_reason FROM api_keys WHERE key_hash = $1 AND revoked_at <= now()", h[:]).Scan(&reason); err != nil {
+		if err == pgx.ErrNoRows {
+			return ""
+		}
+		f.t.Fatal(err)
+	}
+	if reason == nil {
+		return "(null)"
+	}
+	return *reason
+}
+
+func TestRevokesMatchesLabelsAndNotifies(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, fixtureOpts{})
+	c1, admins1 := f.customer()
+	c2, admins2 := f.customer()
+	k1 := c1.AccountKey(t, "admin")
+	k2 := c1.CollectorKey(t, c1.ServerID)
+	k3 := c2.AccountKey(t, "read")
+	old := c1.AccountKey(t, "read")
+	c1.Revoke(t, old)
+	unknown, _ := apikey.Generate(apikey.Account)
+	badSum := k1[:len(k1)-1] + string("0123456789abcdef"[(strings.IndexByte("0123456789abcdef", k1[len(k1)-1])+1)%16])
+	if _, err := apikey.Parse(badSum); err == nil {
+		badSum = k1[:len(k1)-4] + "zzzz"
+	}
+	leakURL := "https://github.com/octo/app/blob/0123456789abcdef0123456789abcdef01234567/config/prod.env?plain=1#L7"
+	body := payload(t,
+		item{k1, "guardian_account_key", leakURL, "content"},
+		item{unknown, "guardian_account_key", "https://github.com/x/y/blob/a/b", "content"},
+		item{k2, "guardian_collector_key", "https://github.com/octo/app/blob/abc/agent.yml", "commit"},
+		item{badSum, "guardian_account_key", "https://github.com/x/y/blob/a/c", "content"},
+		item{k1, "guardian_account_key", "https://github.com/dup/dup/blob/a/b", "issue"}, // repeated
+		item{k3, "guardian_account_key", "https://gist.github.com/octo/123", "gist"},
+		item{old, "guardian_account_key", "https://github.com/x/y/blob/a/d", "content"},
+		item{"ghp_notoursatall", "guardian_account_key", "https://github.com/x/y/blob/a/e", "content"},
+	)
+	a := f.signed(body)
+	if a.status != 200 || a.header.Get("Content-Type") != "application/json" {
+		t.Fatalf("%d %s", a.status, a.raw)
+	}
+	want := []label{
+		{sha(k1), "guardian_account_key", TruePositive},
+		{sha(unknown), "guardian_account_key", FalsePositive},
+		{sha(k2), "guardian_collector_key", TruePositive},
+		{sha(badSum), "guardian_account_key", FalsePositive},
+		{sha(k3), "guardian_account_key", TruePositive},
+		{sha(old), "guardian_account_key", TruePositive},
+		{sha("ghp_notoursatall"), "guardian_account_key", FalsePositive},
+	}
+	if len(a.labels) != len(want) {
+		t.Fatalf("labels: %s", a.raw)
+	}
+	for i := range want {
+		if a.labels[i] != want[i] {
+			t.Errorf("label %d: %+v, want %+v", i, a.labels[i], want[i])
+		}
+	}
+	if strings.Contains(a.raw, k1) || strings.ToLower(a.labels[0].TokenHash) != a.labels[0].TokenHash {
+		t.Fatal("the answer must carry lower-case hashes, never tokens")
+	}
+	for _, k := range []string{k1, k2, k3} {
+		if r := f.revokedReason(k); r != RevokedReason {
+			t.Errorf("key ...%s: revoked_reason %q", k[len(k)-4:], r)
+		}
+	}
+	if r := f.revokedReason(old); r != "test" {
+		t.Errorf("a key revoked before was revoked again: %q", r)
+	}
+
+	// One audit row per revoked key, in its customer's log.
+	rows, err := f.pg.Owner.Query(context.Background(), `SELECT customer_id::text, resource_id, action, result, status_code, request_id, metadata::text
+		FROM api_audit_log WHERE resource_type = 'api_key' ORDER BY customer_id, resource_id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type row struct {
+		customer, resource, action, result string
+		status                             int
+		reqID, meta                        string
+	}
+	audit, _ := pgx.CollectRows(rows, func(r pgx.CollectableRow) (row, error) {
+		var x row
+		err := r.Scan(&x.customer, &x.resource, &x.action, &x.result, &x.status, &x.reqID, &x.meta)
+		return x, err
+	})
+	if len(audit) != 3 {
+		t.Fatalf("%d audit rows, want 3: %+v", len(audit), audit)
+	}
+	perCustomer := map[string]int{}
+	ids := map[string]bool{}
+	for _, r := range audit {
+		perCustomer[r.customer]++
+		ids[r.reqID] = true
+		var meta map[string]any
+		_ = json.Unmarshal([]byte(r.meta), &meta)
+		if r.action != "delete" || r.result != "success" || r.status != 200 || meta["reason"] != RevokedReason || !strings.HasPrefix(meta["url"].(string), "https://") {
+			t.Errorf("audit row: %+v", r)
+		}
+		for _, k := range []string{k1, k2, k3} {
+			if strings.Contains(r.meta, k[14:40]) {
+				t.Fatal("key material in the audit log")
+			}
+		}
+	}
+	if perCustomer[c1.ID] != 2 || perCustomer[c2.ID] != 1 || len(ids) != 3 {
+		t.Fatalf("audit rows per customer %v, request ids %v", perCustomer, ids)
+	}
+
+	// Each customer's admins get one e-mail naming the keys by last 4 and
+	// where they were found; the operator's webhook hears of each too.
+	msgs := f.relay.WaitMessages(t, 2, 10*time.Second)
+	byRcpt := map[string]notifytest.Received{}
+	for _, m := range msgs {
+		byRcpt[strings.Join(m.To, ",")] = m
+	}
+	m1, ok1 := byRcpt[strings.Join(admins1, ",")]
+	m2, ok2 := byRcpt[strings.Join(admins2, ",")]
+	if !ok1 || !ok2 {
+		t.Fatalf("recipients: %v, want %v and %v", keysOf(byRcpt), admins1, admins2)
+	}
+	if !strings.Contains(m1.Text, k1[len(k1)-4:]) || !strings.Contains(m1.Text, k2[len(k2)-4:]) || !strings.Contains(m1.Text, leakURL) ||
+		!strings.Contains(m1.Subject, "2 API keys") || !strings.Contains(m2.Text, k3[len(k3)-4:]) || !strings.Contains(m2.Text, "https://gist.github.com/octo/123") {
+		t.Fatalf("e-mails:\n%s\n---\n%s", m1.Text, m2.Text)
+	}
+	for _, m := range msgs {
+		for _, k := range []string{k1, k2, k3, old} {
+			if strings.Contains(string(m.Data), k[14:57]) || strings.Contains(m.Text, k[14:57]) {
+				t.Fatal("an e-mail carries a key")
+			}
+		}
+	}
+	hooks := f.hooks.wait(t, 2)
+	joined := strings.Join(hooks, "\n")
+	if !strings.Contains(joined, c1.ID) || !strings.Contains(joined, c2.ID) || !strings.Contains(joined, `"event":"api_key.revoked"`) ||
+		strings.Contains(joined, k1[14:57]) || !strings.Contains(joined, k1[len(k1)-4:]) {
+		t.Fatalf("webhooks: %s", joined)
+	}
+
+	// The same report again: still true positives, nothing new.
+	a = f.signed(body)
+	if a.status != 200 || a.labels[0].Label != TruePositive || a.labels[2].Label != TruePositive {
+		t.Fatalf("again: %d %s", a.status, a.raw)
+	}
+	if n := f.count("SELECT count(*) FROM api_audit_log"); n != 3 {
+		t.Fatalf("%d audit rows after a repeated report", n)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if len(f.relay.Messages()) != 2 || len(f.hooks.received()) != 2 {
+		t.Fatal("a repeated report notified again")
+	}
+}
+
+func keysOf[V any](m map[string]V) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
+
+func TestRefusals(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, fixtureOpts{})
+	c, _ := f.customer()
+	victim := c.AccountKey(t, "admin")
+	body := payload(t, item{victim, "guardian_account_key", "https://github.com/a/b/blob/c/d", "content"})
+	// A signature whose base64 has a '+' or '/', so that its URL-safe
+	// spelling differs.
+	good := f.gh.sign(t, katKeyID, body)
+	for !strings.ContainsAny(good[HeaderSignature], "+/") {
+		good = f.gh.sign(t, katKeyID, body)
+	}
+	urlSafe := base64.URLEncoding.EncodeToString(mustB64(t, good[HeaderSignature]))
+	other := f.gh.sign(t, f.gh.rotate(t), body) // a real GitHub key, but not the one named
+	rawRS := func() string {
+		sig, _ := base64.StdEncoding.DecodeString(good[HeaderSignature])
+		r, s, err := parseSignature(good[HeaderSignature])
+		if err != nil || len(sig) == 0 {
+			t.Fatal(err)
+		}
+		return base64.StdEncoding.EncodeToString(append(r.FillBytes(make([]byte, 32)), s.FillBytes(make([]byte, 32))...))
+	}()
+	with := func(k, v string) map[string]string {
+		out := map[string]string{HeaderKeyID: good[HeaderKeyID], HeaderSignature: good[HeaderSignature]}
+		if v == "" {
+			delete(out, k)
+		} else {
+			out[k] = v
+		}
+		return out
+	}
+	cases := []struct {
+		name   string
+		body   []byte
+		header map[string]string
+		status int
+		code   string
+	}{
+		{"no key identifier", body, with(HeaderKeyID, ""), 400, "missing_signature"},
+		{"no signature", body, with(HeaderSignature, ""), 400, "missing_signature"},
+		{"an unknown key identifier", body, with(HeaderKeyID, strings.Repeat("ab", 32)), 401, "unknown_key_identifier"},
+		{"a junk key identifier", body, with(HeaderKeyID, "../../etc/passwd"), 401, "unknown_key_identifier"},
+		{"another key's signature", body, with(HeaderSignature, other[HeaderSignature]), 401, "invalid_signature"},
+		{"a signature of another body", body, with(HeaderSignature, f.gh.sign(t, katKeyID, []byte("[]"))[HeaderSignature]), 401, "invalid_signature"},
+		{"a URL-safe base64 signature", body, with(HeaderSignature, urlSafe), 401, "invalid_signature"},
+		{"a raw r||s signature", body, with(HeaderSignature, rawRS), 401, "invalid_signature"},
+		{"a tampered body", append(bytes.TrimSuffix(body, []byte("]")), []byte(`,{"token":"x"}]`)...), good, 401, "invalid_signature"},
+	}
+	for _, tc := range cases {
+		a := post(t, f.srv.URL+Route, tc.body, tc.header)
+		if a.status != tc.status || a.doc["code"] != tc.code || !strings.HasPrefix(a.header.Get("Content-Type"), "application/problem+json") {
+			t.Errorf("%s: %d %s, want %d %s", tc.name, a.status, a.raw, tc.status, tc.code)
+		}
+		if tc.status == 401 && !strings.Contains(a.header.Get("Guardian-Audit"), "auth_failed") {
+			t.Errorf("%s: not annotated as a failed authentication: %q", tc.name, a.header.Get("Guardian-Audit"))
+		}
+	}
+	if r := f.revokedReason(victim); r != "" {
+		t.Fatalf("a refused report revoked the key: %q", r)
+	}
+
+	// Signed but malformed payloads.
+	for _, b := range []string{`{"token":"x"}`, `null`, `[{"token":5}]`, `[{"type":"t"}]`, `not json`} {
+		a := post(t, f.srv.URL+Route, []byte(b), f.gh.sign(t, katKeyID, []byte(b)))
+		if a.status != 400 || a.doc["code"] != "invalid_payload" {
+			t.Errorf("%s: %d %s", b, a.status, a.raw)
+		}
+	}
+	big := append([]byte(`[{"token":"`), bytes.Repeat([]byte("a"), MaxBody)...)
+	big = append(big, `"}]`...)
+	if a := post(t, f.srv.URL+Route, big, f.gh.sign(t, katKeyID, big)); a.status != 413 || a.doc["code"] != "payload_too_large" {
+		t.Errorf("over 5 MiB: %d %s", a.status, a.raw)
+	}
+	// Exactly at the limit is read (and then judged on its content).
+	edge := append([]byte(`[{"token":"`), bytes.Repeat([]byte("a"), MaxBody-len(`[{"token":""}]`))...)
+	edge = append(edge, `"}]`...)
+	if a := post(t, f.srv.URL+Route, edge, f.gh.sign(t, katKeyID, edge)); a.status != 200 || len(a.labels) != 1 || a.labels[0].Label != FalsePositive {
+		t.Errorf("5 MiB exactly: %d %.200s", a.status, a.raw)
+	}
+	resp, err := http.Get(f.srv.URL + Route)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("GET: %d", resp.StatusCode)
+	}
+	// The unknown identifier caused the first fetch; the junk one none.
+	if hits := f.gh.hits.Load(); hits != 1 {
+		t.Errorf("%d key fetches, want 1", hits)
+	}
+	if a := f.signed(body); a.status != 200 || a.labels[0].Label != TruePositive || f.revokedReason(victim) != RevokedReason {
+		t.Fatalf("the genuine report: %d %s", a.status, a.raw)
+	}
+}
+
+func mustB64(t testing.TB, s string) []byte {
+	b, err := base64.StdEncoding.DecodeString(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// A broken relay and a forbidden webhook do not fail the revocation or
+// the answer.
+func TestNotificationFailuresDoNotFailTheAnswer(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, fixtureOpts{smtpAddr: "127.0.0.1:1", webhooks: []string{"http://169.254.169.254/latest/meta-data/"}})
+	c, _ := f.customer()
+	k := c.AccountKey(t, "write")
+	a := f.signed(payload(t, item{k, "guardian_account_key", "https://github.com/a/b/blob/c/d", "content"}))
+	if a.status != 200 || a.labels[0].Label != TruePositive || f.revokedReason(k) != RevokedReason {
+		t.Fatalf("%d %s", a.status, a.raw)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for f.notifier.Stats().Failed < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("stats: %+v", f.notifier.Stats())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// GitHub's batch of 1,000 matches across customers, answered well inside
+// its 30 s; the benchmark (BenchmarkThousandMatches) measures it.
+func TestThousandMatches(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, fixtureOpts{})
+	var items []item
+	for range 4 {
+		c, _ := f.customer()
+		for _, k := range f.mint(c.ID, 250) {
+			items = append(items, item{k, "guardian_account_key", "https://github.com/o/r/blob/a/f", "content"})
+		}
+	}
+	start := time.Now()
+	a := f.signed(payload(t, items...))
+	took := time.Since(start)
+	if a.status != 200 || len(a.labels) != 1000 {
+		t.Fatalf("%d %.300s", a.status, a.raw)
+	}
+	for _, l := range a.labels {
+		if l.Label != TruePositive {
+			t.Fatalf("label %+v", l)
+		}
+	}
+	if n := f.count("SELECT count(*) FROM api_keys WHERE revoked_reason = $1", RevokedReason); n != 1000 {
+		t.Fatalf("%d revoked", n)
+	}
+	if n := f.count("SELECT count(*) FROM api_audit_log WHERE resource_type = 'api_key'"); n != 1000 {
+		t.Fatalf("%d audit rows", n)
+	}
+	t.Logf("1,000 matches verified, revoked and answered in %s", took)
+	if took > 10*time.Second {
+		t.Fatalf("took %s", took)
+	}
+	f.relay.WaitMessages(t, 4, 20*time.Second)
+}

@@ -1,0 +1,96 @@
+// Command secretscan is GitHub's secret-scanning partner endpoint:
+//
+//	POST /github/secret-scanning
+//
+// GitHub posts a JSON array of {token, type, url, source} for strings
+// matching our key pattern that it found in public code, signed with
+// ECDSA P-256 (headers Github-Public-Key-Identifier and
+// Github-Public-Key-Signature, the signature over the raw body). The
+// function checks the signature against GitHub's published keys, then
+// for each token: checks its format and checksum without I/O, looks the
+// well-formed ones up by HMAC in one query, revokes the matches in one
+// transaction with one audit row each, notifies each affected customer
+// (e-mail to its admins, and the operator's security webhooks) in the
+// background, and answers GitHub a label per token: true_positive for a
+// key of ours (revoked now or before), false_positive otherwise.
+//
+// The route is public (GitHub has no credential of ours); the per-IP
+// bucket applies at the edge. Answers: 200 labels; 400 missing headers or
+// a payload that is not an array of token objects; 401 unknown key
+// identifier or bad signature (nothing revoked); 413 over 5 MiB; 503 when
+// GitHub's keys or the database cannot be reached.
+//
+// Grants: the runtime PostgreSQL role (UPDATE api_keys, INSERT
+// api_audit_log, SELECT users) and the key pepper (it hashes the reported
+// tokens). Settings: GUARDIAN_GITHUB_KEYS_URL (default GitHub's),
+// GUARDIAN_SMTP_ADDR, GUARDIAN_SMTP_FROM, GUARDIAN_SMTP_USER,
+// GUARDIAN_SMTP_PASSWORD, GUARDIAN_SECURITY_WEBHOOKS (comma-separated
+// URLs told of every revocation; there is no per-customer webhook setting
+// yet) and GUARDIAN_WEBHOOK_ALLOW (internal webhook targets the operator
+// permits). See deploy/github-secret-scanning.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/url"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/glassmkr/guardian/shared/apikey"
+	"github.com/glassmkr/guardian/shared/config"
+	"github.com/glassmkr/guardian/shared/db"
+	"github.com/glassmkr/guardian/shared/fnserve"
+	"github.com/glassmkr/guardian/shared/notify"
+)
+
+// Settings of this function.
+const (
+	EnvKeysURL  = "GUARDIAN_GITHUB_KEYS_URL"
+	EnvWebhooks = "GUARDIAN_SECURITY_WEBHOOKS"
+)
+
+func main() { fnserve.Main(setup) }
+
+func setup(ctx context.Context, log *zap.Logger, env *config.Loader) (http.Handler, func(), error) {
+	dsn := env.String(config.PGAppDSN)
+	pepper := env.Secret(config.KeyPepper, config.MinSecretLen)
+	keysURL := env.Optional(EnvKeysURL, DefaultKeysURL)
+	hooks := env.Optional(EnvWebhooks, "")
+	ncfg := notify.LoadConfig(env)
+	if err := env.Err(); err != nil {
+		return nil, nil, err
+	}
+	if u, err := url.Parse(keysURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return nil, nil, errors.New(EnvKeysURL + " must be an http(s) URL")
+	}
+	webhooks, err := notify.WebhookURLs(EnvWebhooks, hooks)
+	if err != nil {
+		return nil, nil, err
+	}
+	ncfg.Log = log.Named("notify")
+	notifier, err := notify.New(ncfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	if !notifier.MailEnabled() {
+		log.Warn("secret scanning: " + notify.EnvSMTPAddr + " is not set; customers will not be e-mailed about revoked keys")
+	}
+	pool, err := db.Open(ctx, config.PGAppDSN, dsn, 4)
+	if err != nil {
+		notifier.Close(ctx)
+		return nil, nil, err
+	}
+	h := &handler{db: pool, hasher: apikey.NewHasher(pepper), keys: newKeySource(keysURL, log), notifier: notifier, webhooks: webhooks, log: log}
+	closeFn := func() {
+		// The runtime kills a function 10 s after asking it to stop:
+		// notices still queued after 5 s are logged as failed.
+		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		notifier.Close(cctx)
+		pool.Close()
+	}
+	return h.routes(), closeFn, nil
+}

@@ -1,0 +1,86 @@
+package notify
+
+import (
+	"context"
+	"crypto/tls"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/glassmkr/guardian/shared/notify/notifytest"
+)
+
+func TestMailReachesTheRelayInPlainText(t *testing.T) {
+	relay := notifytest.StartRelay(t, nil, "", "")
+	m, err := NewMailer(SMTPConfig{Addr: relay.Addr, From: "Guardian <security@guardian.test>"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := "Key ending Ab12 was found at https://github.com/octo/repo/blob/0123456789abcdef0123456789abcdef01234567/config/a-very-long-path/settings.env?plain=1#L3 and revoked.\nNothing else to do."
+	err = m.Send(context.Background(), Mail{To: []string{"ada@example.com", "Bob <bob@example.com>"}, Subject: "Clé révoquée", Text: text})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := relay.WaitMessages(t, 1, 5*time.Second)[0]
+	if got.From != "security@guardian.test" || strings.Join(got.To, ",") != "ada@example.com,bob@example.com" || got.TLS {
+		t.Fatalf("envelope: %+v", got)
+	}
+	if got.Subject != "Clé révoquée" || got.Text != strings.ReplaceAll(text, "\n", "\r\n")+"\r\n" {
+		t.Fatalf("message: subject %q text %q", got.Subject, got.Text)
+	}
+	if got.Header.Get("Auto-Submitted") != "auto-generated" || !strings.HasSuffix(got.Header.Get("Message-Id"), "@guardian.test>") {
+		t.Fatalf("headers: %v", got.Header)
+	}
+}
+
+func TestMailUpgradesWithSTARTTLSAndAuthenticates(t *testing.T) {
+	cert, pool := notifytest.SelfSignedCert(t)
+	relay := notifytest.StartRelay(t, cert, "guardian", "relay-password")
+	m, err := NewMailer(SMTPConfig{Addr: relay.Addr, From: "security@guardian.test", User: "guardian", Password: "relay-password",
+		TLS: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Send(context.Background(), Mail{To: []string{"ada@example.com"}, Subject: "s", Text: "t"}); err != nil {
+		t.Fatal(err)
+	}
+	got := relay.WaitMessages(t, 1, 5*time.Second)[0]
+	if !got.TLS || got.AuthAs != "guardian" {
+		t.Fatalf("not over TLS or not authenticated: %+v", got)
+	}
+
+	// A relay whose certificate does not verify gets no mail, and no
+	// fallback to plain text.
+	untrusted, err := NewMailer(SMTPConfig{Addr: relay.Addr, From: "security@guardian.test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := untrusted.Send(context.Background(), Mail{To: []string{"ada@example.com"}, Subject: "s", Text: "t"}); err == nil || !strings.Contains(err.Error(), "STARTTLS") {
+		t.Fatalf("untrusted relay: %v", err)
+	}
+	if n := len(relay.Messages()); n != 1 {
+		t.Fatalf("%d messages; the untrusted send must not arrive", n)
+	}
+}
+
+func TestMailRefusesHeaderInjectionAndBadRecipients(t *testing.T) {
+	relay := notifytest.StartRelay(t, nil, "", "")
+	m, _ := NewMailer(SMTPConfig{Addr: relay.Addr, From: "security@guardian.test"})
+	err := m.Send(context.Background(), Mail{To: []string{"ada@example.com\r\nBcc: eve@example.com"}, Subject: "s", Text: "t"})
+	if err == nil || !IsPermanent(err) {
+		t.Fatalf("recipient with CRLF: %v", err)
+	}
+	if err := m.Send(context.Background(), Mail{To: []string{"not an address", "ada@example.com"}, Subject: "hi\r\nBcc: eve@example.com", Text: "t"}); err != nil {
+		t.Fatal(err)
+	}
+	got := relay.WaitMessages(t, 1, 5*time.Second)[0]
+	if strings.Join(got.To, ",") != "ada@example.com" || got.Header.Get("Bcc") != "" {
+		t.Fatalf("header injection: %+v", got)
+	}
+	if _, err := NewMailer(SMTPConfig{Addr: "nohost", From: "x@y.z"}); err == nil || !strings.Contains(err.Error(), EnvSMTPAddr) {
+		t.Fatalf("bad address: %v", err)
+	}
+	if _, err := NewMailer(SMTPConfig{Addr: "127.0.0.1:25", From: "not an address"}); err == nil || !strings.Contains(err.Error(), EnvSMTPFrom) {
+		t.Fatalf("bad sender: %v", err)
+	}
+}

@@ -1,0 +1,141 @@
+package notify
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"testing"
+)
+
+// receiver is a local webhook endpoint that records what it got.
+type receiver struct {
+	*httptest.Server
+	hits  atomic.Int64
+	host  atomic.Value // the Host header of the last request
+	body  atomic.Value // the last body
+	reply int
+}
+
+func newReceiver(t *testing.T, status int) *receiver {
+	r := &receiver{reply: status}
+	r.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		r.hits.Add(1)
+		b, _ := io.ReadAll(req.Body)
+		r.host.Store(req.Host)
+		r.body.Store(string(b))
+		if r.reply == http.StatusFound {
+			http.Redirect(w, req, "http://169.254.169.254/latest/meta-data/", http.StatusFound)
+			return
+		}
+		w.WriteHeader(r.reply)
+	}))
+	t.Cleanup(r.Close)
+	return r
+}
+
+func (r *receiver) port(t *testing.T) string {
+	u, _ := url.Parse(r.URL)
+	return u.Port()
+}
+
+func TestWebhookRefusesLoopbackUnlessAllowed(t *testing.T) {
+	rcv := newReceiver(t, http.StatusNoContent)
+	g, _ := NewGuard(nil, nil)
+	err := NewWebhooks(g).Post(context.Background(), rcv.URL+"/hook", map[string]any{"x": 1})
+	var be *BlockedError
+	if !errors.As(err, &be) || be.Reason != "loopback" || !IsPermanent(err) || rcv.hits.Load() != 0 {
+		t.Fatalf("a loopback target was not refused: %v (hits %d)", err, rcv.hits.Load())
+	}
+
+	g, _ = NewGuard([]string{"127.0.0.1/32"}, nil)
+	if err := NewWebhooks(g).Post(context.Background(), rcv.URL+"/hook", map[string]any{"x": 1}); err != nil {
+		t.Fatalf("an allow-listed target: %v", err)
+	}
+	if rcv.hits.Load() != 1 || rcv.body.Load() != `{"x":1}` {
+		t.Fatalf("receiver got %d calls, body %v", rcv.hits.Load(), rcv.body.Load())
+	}
+}
+
+// A name is resolved once, by the guard, and the connection goes to the
+// address it vetted: the system resolver would not even know the name.
+func TestWebhookDialsTheVettedAddress(t *testing.T) {
+	rcv := newReceiver(t, http.StatusOK)
+	dns := &fakeDNS{table: map[string][]string{"hooks.example.test": {"127.0.0.1"}}}
+	g, _ := NewGuard([]string{"127.0.0.0/8"}, dns)
+	target := "http://hooks.example.test:" + rcv.port(t) + "/in"
+	if err := NewWebhooks(g).Post(context.Background(), target, "hello"); err != nil {
+		t.Fatalf("post: %v", err)
+	}
+	if rcv.hits.Load() != 1 || rcv.host.Load() != "hooks.example.test:"+rcv.port(t) || dns.lookups.Load() != 1 {
+		t.Fatalf("hits %d, Host %v, look-ups %d", rcv.hits.Load(), rcv.host.Load(), dns.lookups.Load())
+	}
+
+	// Without the allow-list the same name is refused before any byte is sent.
+	g, _ = NewGuard(nil, dns)
+	if err := NewWebhooks(g).Post(context.Background(), target, "hello"); !IsPermanent(err) || rcv.hits.Load() != 1 {
+		t.Fatalf("a name resolving to loopback was called: %v", err)
+	}
+}
+
+func TestWebhookFollowsNoRedirect(t *testing.T) {
+	rcv := newReceiver(t, http.StatusFound)
+	g, _ := NewGuard([]string{"127.0.0.1"}, nil)
+	err := NewWebhooks(g).Post(context.Background(), rcv.URL, "x")
+	if err == nil || !IsPermanent(err) || !strings.Contains(err.Error(), "redirect") || rcv.hits.Load() != 1 {
+		t.Fatalf("redirect: %v (hits %d)", err, rcv.hits.Load())
+	}
+}
+
+func TestWebhookStatusDecidesRetry(t *testing.T) {
+	g, _ := NewGuard([]string{"127.0.0.1"}, nil)
+	w := NewWebhooks(g)
+	for status, permanent := range map[int]bool{400: true, 404: true, 410: true, 408: false, 429: false, 500: false, 503: false} {
+		rcv := newReceiver(t, status)
+		err := w.Post(context.Background(), rcv.URL, "x")
+		if err == nil || IsPermanent(err) != permanent {
+			t.Errorf("status %d: %v, want permanent=%v", status, err, permanent)
+		}
+	}
+}
+
+func TestWebhookURLShape(t *testing.T) {
+	for _, bad := range []string{"ftp://example.com/x", "file:///etc/passwd", "http://", "https://user:pw@example.com/", "example.com/hook", "gopher://127.0.0.1:6379/_"} {
+		if _, err := CheckURL(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+	urls, err := WebhookURLs("GUARDIAN_SECURITY_WEBHOOKS", " https://a.example.com/x , http://b.example.com:8080/y,,")
+	if err != nil || len(urls) != 2 {
+		t.Fatalf("%v %v", urls, err)
+	}
+	if _, err := WebhookURLs("GUARDIAN_SECURITY_WEBHOOKS", "https://a.example.com,https://u:secretpw@b.example.com"); err == nil ||
+		!strings.Contains(err.Error(), "GUARDIAN_SECURITY_WEBHOOKS: item 2") || strings.Contains(err.Error(), "secretpw") {
+		t.Fatalf("bad list: %v", err)
+	}
+}
+
+func TestWebhookBodyIsJSON(t *testing.T) {
+	rcv := newReceiver(t, http.StatusOK)
+	n, err := New(Config{Allow: []string{"127.0.0.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.Send(Notice{Event: "api_key.revoked", Webhooks: []string{rcv.URL}, Data: map[string]any{"last4": "Ab12"}})
+	n.Close(context.Background())
+	var doc map[string]any
+	if err := json.Unmarshal([]byte(rcv.body.Load().(string)), &doc); err != nil {
+		t.Fatal(err)
+	}
+	if doc["event"] != "api_key.revoked" || doc["id"] == "" || doc["occurred_at"] == nil || doc["data"].(map[string]any)["last4"] != "Ab12" {
+		t.Fatalf("webhook body: %v", doc)
+	}
+	if s := n.Stats(); s.Delivered != 1 || s.Failed != 0 {
+		t.Fatalf("stats: %+v", s)
+	}
+}
