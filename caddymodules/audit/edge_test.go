@@ -64,7 +64,7 @@ func TestEveryAuthenticatedCallAndFailureIsAudited(t *testing.T) {
 		t.Errorf("authenticated call: %+v", r)
 	}
 
-	bad := call(t, "GET", stack.URL+"/api/v1/whoami", read[:len(read)-1]+"x", "")
+	bad := call(t, "GET", stack.URL+"/api/v1/whoami", testenv.Corrupt(read), "")
 	r = rowFor(t, pg, bad.Header.Get("Request-Id"))
 	if bad.StatusCode != 401 || r.customer != "" || r.action != "auth_failed" || r.result != "denied" || r.reason != "malformed" || r.status != 401 {
 		t.Errorf("failed authentication: %d %+v", bad.StatusCode, r)

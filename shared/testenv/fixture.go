@@ -121,3 +121,17 @@ func (c *Customer) Password(t testing.TB, pw string) string {
 	}
 	return email
 }
+
+// Corrupt returns key with its last character changed (never to itself),
+// so its checksum no longer holds.
+func Corrupt(key string) string {
+	if key == "" {
+		return "x"
+	}
+	last := key[len(key)-1]
+	repl := byte('x')
+	if last == 'x' {
+		repl = 'y'
+	}
+	return key[:len(key)-1] + string(repl)
+}
