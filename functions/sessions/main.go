@@ -17,14 +17,13 @@ package main
 
 import (
 	"context"
-	"errors"
 	"net/http"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 
 	"github.com/glassmkr/guardian/shared/config"
+	"github.com/glassmkr/guardian/shared/db"
 	"github.com/glassmkr/guardian/shared/fnserve"
 )
 
@@ -35,12 +34,7 @@ func setup(ctx context.Context, log *zap.Logger, env *config.Loader) (http.Handl
 	if err := env.Err(); err != nil {
 		return nil, nil, err
 	}
-	pcfg, err := pgxpool.ParseConfig(dsn)
-	if err != nil {
-		return nil, nil, errors.New(config.PGAppDSN + " is not a valid PostgreSQL connection string")
-	}
-	pcfg.MaxConns = 4
-	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	pool, err := db.Open(ctx, config.PGAppDSN, dsn, 4)
 	if err != nil {
 		return nil, nil, err
 	}
