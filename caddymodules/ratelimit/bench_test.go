@@ -53,3 +53,23 @@ func BenchmarkPingBaseline(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkTakeConcurrent is many requests deciding at once, as on a busy
+// edge: their script calls share pipelines.
+func BenchmarkTakeConcurrent(b *testing.B) {
+	r := testenv.NewRedis(b)
+	l := NewLimiter(redis.NewClient(&redis.Options{Addr: r.Addr, Password: r.Password, PoolSize: 64}), r.Prefix, time.Second, nil)
+	defer l.Close()
+	buckets := []Bucket{{Capacity: 1e9, Rate: 1e9}, {Capacity: 1e9, Rate: 1e9}}
+	b.SetParallelism(16)
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		keys := []string{l.CredentialKey("bench", testenv.Name("k")), l.AccountKey("bench")}
+		for pb.Next() {
+			if d := l.Take(context.Background(), keys, buckets, false); d.Source != SourceRedis {
+				b.Error(d)
+				return
+			}
+		}
+	})
+}

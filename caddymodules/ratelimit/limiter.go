@@ -65,6 +65,7 @@ type Limiter struct {
 	local     *localBuckets
 	// blocked lists addresses this instance saw run out of ip-tier tokens.
 	blocked *blockList
+	pipe    *pipeliner
 }
 
 // Degradation handling.
@@ -81,11 +82,15 @@ func NewLimiter(rdb redis.UniversalClient, prefix string, timeout time.Duration,
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &Limiter{rdb: rdb, prefix: prefix, timeout: timeout, log: log, now: time.Now, local: newLocalBuckets(), blocked: newBlockList()}
+	return &Limiter{rdb: rdb, prefix: prefix, timeout: timeout, log: log, now: time.Now, local: newLocalBuckets(), blocked: newBlockList(),
+		pipe: newPipeliner(rdb)}
 }
 
-// Close closes the Redis client.
-func (l *Limiter) Close() error { return l.rdb.Close() }
+// Close stops the pipeliner and closes the Redis client.
+func (l *Limiter) Close() error {
+	l.pipe.close()
+	return l.rdb.Close()
+}
 
 // Destruct implements caddy.Destructor.
 func (l *Limiter) Destruct() error { return l.Close() }
@@ -155,8 +160,9 @@ func (l *Limiter) takeRedis(ctx context.Context, keys []string, buckets []Bucket
 	for _, b := range buckets {
 		args = append(args, b.Capacity, b.Rate)
 	}
-	// EVALSHA, falling back to EVAL (which loads it) on NOSCRIPT.
-	res, err := bucketScript.Run(ctx, l.rdb, keys, args...).Int64Slice()
+	// EVALSHA in a pipeline shared with concurrent requests, falling back
+	// to EVAL (which loads the script) on NOSCRIPT.
+	res, err := l.pipe.run(ctx, keys, args)
 	if err != nil {
 		return Decision{}, err
 	}

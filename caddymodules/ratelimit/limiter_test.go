@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"os"
+	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -220,4 +222,52 @@ func TestDecodeRefusesShortReplies(t *testing.T) {
 	if _, err := decode([]int64{1, 2}, []Bucket{{1, 1}}); !errors.Is(err, errReply) {
 		t.Fatalf("err = %v", err)
 	}
+}
+
+func TestConcurrentDecisionsShareRoundTripsAndStayExact(t *testing.T) {
+	t.Parallel()
+	l, _ := newTestLimiter(t)
+	ctx := context.Background()
+	readsBefore := infoStat(t, l, "total_reads_processed")
+	const n = 200
+	keys, b := []string{l.IPKey("198.51.100.50")}, []Bucket{{Capacity: 150, Rate: 0.001}}
+	var allowed atomic.Int64
+	var wg sync.WaitGroup
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if d := l.Take(ctx, keys, b, false); d.Allowed {
+				allowed.Add(1)
+			} else if d.Source != SourceRedis {
+				t.Errorf("decision from %s", d.Source)
+			}
+		}()
+	}
+	wg.Wait()
+	if allowed.Load() != 150 {
+		t.Fatalf("%d of %d allowed from a bucket of 150", allowed.Load(), n)
+	}
+	reads := infoStat(t, l, "total_reads_processed") - readsBefore
+	t.Logf("%d decisions took %d reads by Redis", n, reads)
+	if reads >= n {
+		t.Errorf("%d reads for %d concurrent decisions: nothing was pipelined", reads, n)
+	}
+}
+
+// infoStat reads a counter from Redis INFO stats.
+func infoStat(t *testing.T, l *Limiter, name string) int64 {
+	t.Helper()
+	info, err := l.rdb.Info(context.Background(), "stats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(info, "\r\n") {
+		if v, ok := strings.CutPrefix(line, name+":"); ok {
+			n, _ := strconv.ParseInt(v, 10, 64)
+			return n
+		}
+	}
+	t.Fatalf("no %s in INFO", name)
+	return 0
 }

@@ -1,0 +1,125 @@
+package ratelimit
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// maxPipeline bounds the decisions sent in one pipeline.
+const maxPipeline = 256
+
+// call is one decision waiting for its place in a pipeline.
+type call struct {
+	keys     []string
+	args     []any
+	deadline time.Time
+	res      chan callResult
+}
+
+type callResult struct {
+	vals []int64
+	err  error
+}
+
+// pipeliner sends the decisions of concurrent requests to Redis together:
+// one goroutine takes whatever is queued (up to maxPipeline) and sends it
+// as one pipeline, so a busy edge pays one write and one read for many
+// requests instead of a round trip each. A lone request goes out at once,
+// so an idle edge waits no longer than before. Each decision is still one
+// atomic script call.
+type pipeliner struct {
+	rdb  redis.UniversalClient
+	in   chan *call
+	stop chan struct{}
+	done chan struct{}
+}
+
+func newPipeliner(rdb redis.UniversalClient) *pipeliner {
+	p := &pipeliner{rdb: rdb, in: make(chan *call, 4*maxPipeline), stop: make(chan struct{}), done: make(chan struct{})}
+	go p.loop()
+	return p
+}
+
+func (p *pipeliner) close() {
+	close(p.stop)
+	<-p.done
+}
+
+var errPipelineClosed = errors.New("rate limiter: closed")
+
+// run queues one script call and waits for its answer or ctx's end.
+func (p *pipeliner) run(ctx context.Context, keys []string, args []any) ([]int64, error) {
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(time.Second)
+	}
+	c := &call{keys: keys, args: args, deadline: deadline, res: make(chan callResult, 1)}
+	select {
+	case p.in <- c:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-p.stop:
+		return nil, errPipelineClosed
+	}
+	select {
+	case r := <-c.res:
+		return r.vals, r.err
+	case <-ctx.Done():
+		return nil, ctx.Err() // the answer, when it comes, is dropped
+	}
+}
+
+func (p *pipeliner) loop() {
+	defer close(p.done)
+	batch := make([]*call, 0, maxPipeline)
+	for {
+		var first *call
+		select {
+		case first = <-p.in:
+		case <-p.stop:
+			return
+		}
+		batch = append(batch[:0], first)
+	fill:
+		for len(batch) < maxPipeline {
+			select {
+			case c := <-p.in:
+				batch = append(batch, c)
+			default:
+				break fill
+			}
+		}
+		p.send(batch)
+	}
+}
+
+// send runs a batch as one pipeline, bounded by the latest deadline in it
+// (each caller also stops waiting at its own).
+func (p *pipeliner) send(batch []*call) {
+	deadline := batch[0].deadline
+	for _, c := range batch[1:] {
+		if c.deadline.After(deadline) {
+			deadline = c.deadline
+		}
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	cmds := make([]*redis.Cmd, len(batch))
+	pipe := p.rdb.Pipeline()
+	for i, c := range batch {
+		cmds[i] = bucketScript.EvalSha(ctx, pipe, c.keys, c.args...)
+	}
+	_, _ = pipe.Exec(ctx)
+	for i, c := range batch {
+		vals, err := cmds[i].Int64Slice()
+		if err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
+			// Redis forgot the script (restart, SCRIPT FLUSH): EVAL loads it.
+			vals, err = bucketScript.Eval(ctx, p.rdb, c.keys, c.args...).Int64Slice()
+		}
+		c.res <- callResult{vals, err}
+	}
+}
