@@ -54,8 +54,8 @@ func (h *handler) load(w http.ResponseWriter, r *http.Request) (Filter, []Entry,
 		return f, nil, "", false
 	}
 	// Reading the audit log is itself audited, as a list.
-	w.Header().Set(audit.Header, audit.Annotation{ResourceType: "audit_log", Action: "list",
-		Metadata: map[string]any{"rows": len(entries), "query": r.URL.RawQuery}}.Encode())
+	audit.Annotate(w, audit.Annotation{ResourceType: "audit_log", Action: "list",
+		Metadata: map[string]any{"rows": len(entries), "query": r.URL.RawQuery}})
 	return f, entries, next, true
 }
 

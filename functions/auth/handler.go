@@ -80,8 +80,6 @@ func fields(w http.ResponseWriter, r *http.Request) (map[string]string, bool, *p
 	return nil, false, problem.New(http.StatusUnsupportedMediaType, "unsupported_media_type", "send JSON or a form")
 }
 
-func annotate(w http.ResponseWriter, a audit.Annotation) { w.Header().Set(audit.Header, a.Encode()) }
-
 var loginPage = page.New("login", `
 <form method="post" action="/auth/login">
 {{if .Error}}<p class="error" role="alert">{{.Error}}</p>{{end}}
@@ -160,7 +158,7 @@ func (h *handler) login(w http.ResponseWriter, r *http.Request) {
 		} else if closing {
 			reason = "account_closing"
 		}
-		annotate(w, audit.Annotation{CustomerID: customerID, UserID: userID, ResourceType: "session", Action: "auth_failed",
+		audit.Annotate(w, audit.Annotation{CustomerID: customerID, UserID: userID, ResourceType: "session", Action: "auth_failed",
 			Metadata: map[string]any{"reason": reason}})
 		if form {
 			http.Redirect(w, r, "/login?error=credentials", http.StatusSeeOther)
@@ -178,7 +176,7 @@ func (h *handler) login(w http.ResponseWriter, r *http.Request) {
 		h.unavailable(w, err)
 		return
 	}
-	annotate(w, audit.Annotation{CustomerID: customerID, UserID: userID, ResourceType: "session", ResourceID: issued.ID, Action: "create",
+	audit.Annotate(w, audit.Annotation{CustomerID: customerID, UserID: userID, ResourceType: "session", ResourceID: issued.ID, Action: "create",
 		Metadata: map[string]any{"method": "password", "replaced_session": old}})
 	http.SetCookie(w, session.Cookie(issued.Token, h.domain, issued.Expires, h.now()))
 	if form {
@@ -218,7 +216,7 @@ func (h *handler) logout(w http.ResponseWriter, r *http.Request) {
 		h.unavailable(w, err)
 		return
 	}
-	annotate(w, audit.Annotation{ResourceType: "session", ResourceID: id.SessionID, Action: "delete", Metadata: map[string]any{"reason": "logout"}})
+	audit.Annotate(w, audit.Annotation{ResourceType: "session", ResourceID: id.SessionID, Action: "delete", Metadata: map[string]any{"reason": "logout"}})
 	http.SetCookie(w, session.ClearCookie(h.domain))
 	w.WriteHeader(http.StatusNoContent)
 }
@@ -244,7 +242,7 @@ func (h *handler) reauth(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if verr != nil {
-		annotate(w, audit.Annotation{ResourceType: "session", ResourceID: id.SessionID, Action: "auth_failed", Metadata: map[string]any{"reason": "reauth_wrong_password"}})
+		audit.Annotate(w, audit.Annotation{ResourceType: "session", ResourceID: id.SessionID, Action: "auth_failed", Metadata: map[string]any{"reason": "reauth_wrong_password"}})
 		problem.Write(w, problem.New(http.StatusUnauthorized, "invalid_credentials", "the password is wrong"))
 		return
 	}
@@ -253,7 +251,7 @@ func (h *handler) reauth(w http.ResponseWriter, r *http.Request) {
 		h.unavailable(w, err)
 		return
 	}
-	annotate(w, audit.Annotation{ResourceType: "session", ResourceID: issued.ID, Action: "update",
+	audit.Annotate(w, audit.Annotation{ResourceType: "session", ResourceID: issued.ID, Action: "update",
 		Metadata: map[string]any{"reauthenticated": true, "replaced_session": id.SessionID}})
 	http.SetCookie(w, session.Cookie(issued.Token, h.domain, issued.Expires, h.now()))
 	w.WriteHeader(http.StatusNoContent)
@@ -311,7 +309,7 @@ func (h *handler) changePassword(w http.ResponseWriter, r *http.Request) {
 		h.unavailable(w, err)
 		return
 	}
-	annotate(w, audit.Annotation{ResourceType: "user", ResourceID: id.UserID, Action: "update", Metadata: map[string]any{"changed": "password_hash"}})
+	audit.Annotate(w, audit.Annotation{ResourceType: "user", ResourceID: id.UserID, Action: "update", Metadata: map[string]any{"changed": "password_hash"}})
 	w.WriteHeader(http.StatusNoContent)
 }
 

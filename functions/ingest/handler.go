@@ -98,10 +98,10 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		unavailable(w)
 		return
 	}
-	w.Header().Set(audit.Header, audit.Annotation{
+	audit.Annotate(w, audit.Annotation{
 		ResourceType: "snapshot", ResourceID: id.ServerID, Action: "create",
 		Metadata: map[string]any{"collector_version": row.CollectorVersion, "bytes": len(body)},
-	}.Encode())
+	})
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	_ = json.NewEncoder(w).Encode(map[string]any{

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"net/http"
-	"regexp"
 	"strings"
 	"time"
 
@@ -18,6 +17,7 @@ import (
 	"github.com/glassmkr/guardian/shared/identity"
 	"github.com/glassmkr/guardian/shared/page"
 	"github.com/glassmkr/guardian/shared/problem"
+	"github.com/glassmkr/guardian/shared/reply"
 	"github.com/glassmkr/guardian/shared/stepup"
 )
 
@@ -60,8 +60,6 @@ type Key struct {
 	// Secret is the key itself: present only in the answer that minted it.
 	Secret string `json:"key,omitempty"`
 }
-
-var uuidRE = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
 
 func caller(w http.ResponseWriter, r *http.Request) (identity.Identity, bool) {
 	id, ok := identity.FromRequest(r)
@@ -141,8 +139,8 @@ func (h *handler) list(w http.ResponseWriter, r *http.Request) {
 	if keys == nil {
 		keys = []Key{}
 	}
-	w.Header().Set(audit.Header, audit.Annotation{ResourceType: "api_key", Action: "list", Metadata: map[string]any{"count": len(keys)}}.Encode())
-	writeJSON(w, http.StatusOK, map[string]any{"items": keys})
+	audit.Annotate(w, audit.Annotation{ResourceType: "api_key", Action: "list", Metadata: map[string]any{"count": len(keys)}})
+	reply.JSON(w, http.StatusOK, map[string]any{"items": keys})
 }
 
 // sessionStepUp admits only a session that re-authenticated recently.
@@ -199,13 +197,6 @@ func jsonProblem(err error) string {
 	return "malformed JSON"
 }
 
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
-}
-
 type createRequest struct {
 	Name      *string `json:"name"`
 	Scope     *string `json:"scope"`
@@ -249,9 +240,9 @@ func (h *handler) create(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, err)
 		return
 	}
-	w.Header().Set(audit.Header, audit.Annotation{ResourceType: "api_key", ResourceID: k.ID, Action: "create",
-		Metadata: map[string]any{"scope": k.Scope, "name": k.Name, "expires_at": req.ExpiresAt}}.Encode())
-	writeJSON(w, http.StatusCreated, k)
+	audit.Annotate(w, audit.Annotation{ResourceType: "api_key", ResourceID: k.ID, Action: "create",
+		Metadata: map[string]any{"scope": k.Scope, "name": k.Name, "expires_at": req.ExpiresAt}})
+	reply.JSON(w, http.StatusCreated, k)
 }
 
 // mint creates an account key and returns it with its secret.
@@ -286,7 +277,7 @@ func (h *handler) rotate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	keyID := r.PathValue("id")
-	if !uuidRE.MatchString(keyID) {
+	if !identity.ValidID(keyID) {
 		problem.Write(w, problem.New(http.StatusNotFound, "not_found", "no such key"))
 		return
 	}
@@ -357,9 +348,9 @@ func (h *handler) rotate(w http.ResponseWriter, r *http.Request) {
 		problem.Write(w, problem.New(http.StatusForbidden, "insufficient_scope", "only administrators may rotate admin keys"))
 		return
 	}
-	w.Header().Set(audit.Header, audit.Annotation{ResourceType: "api_key", ResourceID: newKey.ID, Action: "rotate",
-		Metadata: map[string]any{"rotated_from": keyID, "grace_seconds": int64(grace.Seconds())}}.Encode())
-	writeJSON(w, http.StatusCreated, newKey)
+	audit.Annotate(w, audit.Annotation{ResourceType: "api_key", ResourceID: newKey.ID, Action: "rotate",
+		Metadata: map[string]any{"rotated_from": keyID, "grace_seconds": int64(grace.Seconds())}})
+	reply.JSON(w, http.StatusCreated, newKey)
 }
 
 func (h *handler) revoke(w http.ResponseWriter, r *http.Request) {
@@ -368,7 +359,7 @@ func (h *handler) revoke(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	keyID := r.PathValue("id")
-	if !uuidRE.MatchString(keyID) {
+	if !identity.ValidID(keyID) {
 		problem.Write(w, problem.New(http.StatusNotFound, "not_found", "no such key"))
 		return
 	}
@@ -385,6 +376,6 @@ func (h *handler) revoke(w http.ResponseWriter, r *http.Request) {
 		problem.Write(w, problem.New(http.StatusNotFound, "not_found", "no such key"))
 		return
 	}
-	w.Header().Set(audit.Header, audit.Annotation{ResourceType: "api_key", ResourceID: keyID, Action: "delete"}.Encode())
+	audit.Annotate(w, audit.Annotation{ResourceType: "api_key", ResourceID: keyID, Action: "delete"})
 	w.WriteHeader(http.StatusNoContent)
 }

@@ -197,7 +197,7 @@ func (h *handler) callback(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, failure{reason: "unavailable"})
 		return
 	}
-	annotate(w, audit.Annotation{CustomerID: a.CustomerID, UserID: a.UserID, ResourceType: "session", ResourceID: issued.ID, Action: "create",
+	audit.Annotate(w, audit.Annotation{CustomerID: a.CustomerID, UserID: a.UserID, ResourceType: "session", ResourceID: issued.ID, Action: "create",
 		Metadata: map[string]any{"method": "google", "signed_up": a.SignedUp, "linked": a.Linked}})
 	http.SetCookie(w, session.Cookie(issued.Token, h.domain, issued.Expires, now))
 	w.Header().Set("Cache-Control", "no-store")
@@ -275,8 +275,6 @@ func safeCode(s string) string {
 	return "other"
 }
 
-func annotate(w http.ResponseWriter, a audit.Annotation) { w.Header().Set(audit.Header, a.Encode()) }
-
 // failure is a refused sign-in.
 type failure struct {
 	reason             string
@@ -326,7 +324,7 @@ func (h *handler) fail(w http.ResponseWriter, f failure) {
 	for k, v := range f.meta {
 		meta[k] = v
 	}
-	annotate(w, audit.Annotation{CustomerID: f.customerID, UserID: f.userID, ResourceType: "session", Action: "auth_failed", Metadata: meta})
+	audit.Annotate(w, audit.Annotation{CustomerID: f.customerID, UserID: f.userID, ResourceType: "session", Action: "auth_failed", Metadata: meta})
 	o := outcomeOf(f.reason)
 	if o.status == http.StatusBadGateway || o.status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", "30")

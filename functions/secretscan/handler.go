@@ -68,8 +68,8 @@ type label struct {
 // refuse answers a request that failed verification, and has the edge
 // audit it as a failed authentication.
 func refuse(w http.ResponseWriter, status int, code, detail, reason string) {
-	w.Header().Set(audit.Header, audit.Annotation{ResourceType: "secret_scanning_report", Action: "auth_failed",
-		Metadata: map[string]any{"reason": reason}}.Encode())
+	audit.Annotate(w, audit.Annotation{ResourceType: "secret_scanning_report", Action: "auth_failed",
+		Metadata: map[string]any{"reason": reason}})
 	problem.Write(w, problem.New(status, code, detail))
 }
 
@@ -127,10 +127,10 @@ func (h *handler) scan(w http.ResponseWriter, r *http.Request) {
 			truePos++
 		}
 	}
-	w.Header().Set(audit.Header, audit.Annotation{ResourceType: "secret_scanning_report", Action: "create", Metadata: map[string]any{
+	audit.Annotate(w, audit.Annotation{ResourceType: "secret_scanning_report", Action: "create", Metadata: map[string]any{
 		"reason": RevokedReason, "reported": len(reports), "true_positive": truePos,
 		"false_positive": len(labels) - truePos, "revoked": len(revoked), "github_key_identifier": keyID,
-	}}.Encode())
+	}})
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusOK)

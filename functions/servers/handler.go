@@ -1,12 +1,10 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"io"
 	"mime"
 	"net/http"
-	"regexp"
 	"strings"
 	"time"
 
@@ -17,6 +15,7 @@ import (
 	"github.com/glassmkr/guardian/shared/audit"
 	"github.com/glassmkr/guardian/shared/identity"
 	"github.com/glassmkr/guardian/shared/problem"
+	"github.com/glassmkr/guardian/shared/reply"
 	"github.com/glassmkr/guardian/shared/stepup"
 )
 
@@ -74,17 +73,6 @@ type enrollResponse struct {
 	} `json:"server"`
 	IngestURL  string `json:"ingest_url"`
 	Reenrolled bool   `json:"reenrolled"`
-}
-
-var uuidRE = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
-
-func annotate(w http.ResponseWriter, a audit.Annotation) { w.Header().Set(audit.Header, a.Encode()) }
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
 }
 
 // caller returns the identity the edge attached; the route admits only
@@ -178,8 +166,8 @@ func (h *handler) list(w http.ResponseWriter, r *http.Request) {
 	if servers == nil {
 		servers = []Server{}
 	}
-	annotate(w, audit.Annotation{ResourceType: "server", Action: "list", Metadata: map[string]any{"count": len(servers)}})
-	writeJSON(w, http.StatusOK, map[string]any{"items": servers})
+	audit.Annotate(w, audit.Annotation{ResourceType: "server", Action: "list", Metadata: map[string]any{"count": len(servers)}})
+	reply.JSON(w, http.StatusOK, map[string]any{"items": servers})
 }
 
 func (h *handler) create(w http.ResponseWriter, r *http.Request) {
@@ -206,7 +194,7 @@ func (h *handler) create(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	annotate(w, audit.Annotation{ResourceType: "server", Action: "create", Metadata: map[string]any{"invalid_field": fe.Field}})
+	audit.Annotate(w, audit.Annotation{ResourceType: "server", Action: "create", Metadata: map[string]any{"invalid_field": fe.Field}})
 	badRequest(w, fe)
 }
 
@@ -217,7 +205,7 @@ func (h *handler) enroll(w http.ResponseWriter, r *http.Request, id identity.Ide
 		accountClosing(w)
 		return
 	case errors.Is(err, errIdempotencyReused):
-		annotate(w, audit.Annotation{ResourceType: "server", Action: "create", Metadata: map[string]any{"idempotency_key_reused": true}})
+		audit.Annotate(w, audit.Annotation{ResourceType: "server", Action: "create", Metadata: map[string]any{"idempotency_key_reused": true}})
 		problem.Write(w, problem.New(http.StatusUnprocessableEntity, "idempotency_key_reused",
 			"this Idempotency-Key was used with a different request body; use a new key"))
 		return
@@ -229,7 +217,7 @@ func (h *handler) enroll(w http.ResponseWriter, r *http.Request, id identity.Ide
 	if res.Reenrolled {
 		action, status = "update", http.StatusOK
 	}
-	annotate(w, audit.Annotation{ResourceType: "server", ResourceID: res.ServerID, Action: action, Metadata: map[string]any{
+	audit.Annotate(w, audit.Annotation{ResourceType: "server", ResourceID: res.ServerID, Action: action, Metadata: map[string]any{
 		"reenrolled":        res.Reenrolled,
 		"collector_key_id":  res.KeyID,
 		"revoked_key_count": res.Revoked,
@@ -239,7 +227,7 @@ func (h *handler) enroll(w http.ResponseWriter, r *http.Request, id identity.Ide
 	var out enrollResponse
 	out.Server.ID, out.Server.Name, out.Server.CollectorKey = res.ServerID, res.Name, res.Key
 	out.IngestURL, out.Reenrolled = h.ingestURL, res.Reenrolled
-	writeJSON(w, status, out)
+	reply.JSON(w, status, out)
 }
 
 // deleteQuery removes a server of the customer; its collector keys and
@@ -255,8 +243,8 @@ func (h *handler) delete(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	serverID := strings.ToLower(r.PathValue("id"))
-	annotate(w, audit.Annotation{ResourceType: "server", ResourceID: serverID, Action: "delete"})
-	if !uuidRE.MatchString(serverID) {
+	audit.Annotate(w, audit.Annotation{ResourceType: "server", ResourceID: serverID, Action: "delete"})
+	if !identity.ValidID(serverID) {
 		notFound(w)
 		return
 	}
@@ -271,7 +259,7 @@ func (h *handler) delete(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, err)
 		return
 	}
-	annotate(w, audit.Annotation{ResourceType: "server", ResourceID: serverID, Action: "delete",
+	audit.Annotate(w, audit.Annotation{ResourceType: "server", ResourceID: serverID, Action: "delete",
 		Metadata: map[string]any{"name": name, "deleted_key_count": keys}})
 	w.WriteHeader(http.StatusNoContent)
 }
@@ -282,8 +270,8 @@ func (h *handler) rotate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	serverID := strings.ToLower(r.PathValue("id"))
-	annotate(w, audit.Annotation{ResourceType: "api_key", Action: "rotate", Metadata: map[string]any{"server_id": serverID}})
-	if !uuidRE.MatchString(serverID) {
+	audit.Annotate(w, audit.Annotation{ResourceType: "api_key", Action: "rotate", Metadata: map[string]any{"server_id": serverID}})
+	if !identity.ValidID(serverID) {
 		notFound(w)
 		return
 	}
@@ -299,7 +287,7 @@ func (h *handler) rotate(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, err)
 		return
 	}
-	annotate(w, audit.Annotation{ResourceType: "api_key", ResourceID: res.KeyID, Action: "rotate",
+	audit.Annotate(w, audit.Annotation{ResourceType: "api_key", ResourceID: res.KeyID, Action: "rotate",
 		Metadata: map[string]any{"server_id": serverID, "rotated_from": res.RotatedFrom, "revoked_key_count": res.Revoked}})
-	writeJSON(w, http.StatusCreated, map[string]string{"collector_key": res.Key})
+	reply.JSON(w, http.StatusCreated, map[string]string{"collector_key": res.Key})
 }

@@ -1,10 +1,8 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"net/http"
-	"regexp"
 	"strings"
 	"time"
 
@@ -16,6 +14,7 @@ import (
 	"github.com/glassmkr/guardian/shared/identity"
 	"github.com/glassmkr/guardian/shared/page"
 	"github.com/glassmkr/guardian/shared/problem"
+	"github.com/glassmkr/guardian/shared/reply"
 	"github.com/glassmkr/guardian/shared/stepup"
 )
 
@@ -71,17 +70,6 @@ type Session struct {
 	SourceIP   *string   `json:"source_ip"`
 	UserAgent  *string   `json:"user_agent"`
 	Current    bool      `json:"current"`
-}
-
-var uuidRE = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
-
-func annotate(w http.ResponseWriter, a audit.Annotation) { w.Header().Set(audit.Header, a.Encode()) }
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
 }
 
 // caller returns the caller's session; the routes admit only sessions, so
@@ -159,8 +147,8 @@ func (h *handler) list(w http.ResponseWriter, r *http.Request) {
 	if sessions == nil {
 		sessions = []Session{}
 	}
-	annotate(w, audit.Annotation{ResourceType: "session", Action: "list", Metadata: map[string]any{"count": len(sessions)}})
-	writeJSON(w, http.StatusOK, map[string]any{"items": sessions})
+	audit.Annotate(w, audit.Annotation{ResourceType: "session", Action: "list", Metadata: map[string]any{"count": len(sessions)}})
+	reply.JSON(w, http.StatusOK, map[string]any{"items": sessions})
 }
 
 // revokeQuery ends one session of the user; a session of the user that
@@ -176,8 +164,8 @@ func (h *handler) revoke(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	sid := strings.ToLower(r.PathValue("id"))
-	annotate(w, audit.Annotation{ResourceType: "session", ResourceID: sid, Action: "delete"})
-	if !uuidRE.MatchString(sid) {
+	audit.Annotate(w, audit.Annotation{ResourceType: "session", ResourceID: sid, Action: "delete"})
+	if !identity.ValidID(sid) {
 		problem.Write(w, problem.New(http.StatusNotFound, "not_found", "no such session"))
 		return
 	}
@@ -190,7 +178,7 @@ func (h *handler) revoke(w http.ResponseWriter, r *http.Request) {
 		problem.Write(w, problem.New(http.StatusNotFound, "not_found", "no such session"))
 		return
 	}
-	annotate(w, audit.Annotation{ResourceType: "session", ResourceID: sid, Action: "delete",
+	audit.Annotate(w, audit.Annotation{ResourceType: "session", ResourceID: sid, Action: "delete",
 		Metadata: map[string]any{"current": sid == id.SessionID, "was_live": revoked}})
 	w.WriteHeader(http.StatusNoContent)
 }
@@ -209,8 +197,8 @@ func (h *handler) revokeOthers(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	n := tag.RowsAffected()
-	annotate(w, audit.Annotation{ResourceType: "session", Action: "delete", Metadata: map[string]any{"revoked": n, "kept": id.SessionID}})
-	writeJSON(w, http.StatusOK, map[string]int64{"revoked": n})
+	audit.Annotate(w, audit.Annotation{ResourceType: "session", Action: "delete", Metadata: map[string]any{"revoked": n, "kept": id.SessionID}})
+	reply.JSON(w, http.StatusOK, map[string]int64{"revoked": n})
 }
 
 const (
@@ -228,7 +216,7 @@ func (h *handler) deleteAccount(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	annotate(w, audit.Annotation{ResourceType: "customer", ResourceID: id.CustomerID, Action: "delete"})
+	audit.Annotate(w, audit.Annotation{ResourceType: "customer", ResourceID: id.CustomerID, Action: "delete"})
 	if id.Scope != "admin" {
 		p := problem.New(http.StatusForbidden, "insufficient_scope", "only administrators may delete the account")
 		p.Extra = map[string]any{"required_scope": "admin"}
@@ -275,8 +263,8 @@ func (h *handler) deleteAccount(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	at := deleteAfter.UTC().Format(time.RFC3339)
-	annotate(w, audit.Annotation{ResourceType: "customer", ResourceID: id.CustomerID, Action: "delete", Metadata: map[string]any{
+	audit.Annotate(w, audit.Annotation{ResourceType: "customer", ResourceID: id.CustomerID, Action: "delete", Metadata: map[string]any{
 		"delete_after": at, "already_requested": again, "revoked_key_count": keys, "revoked_session_count": sessions,
 	}})
-	writeJSON(w, http.StatusAccepted, map[string]string{"delete_after": at})
+	reply.JSON(w, http.StatusAccepted, map[string]string{"delete_after": at})
 }

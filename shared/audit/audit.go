@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/big"
+	"net/http"
 	"net/netip"
 	"regexp"
 	"sort"
@@ -323,3 +324,6 @@ func Hash(r *Row) []byte {
 }
 
 var hashBufs = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+// Annotate sets a function's annotation on its response.
+func Annotate(w http.ResponseWriter, a Annotation) { w.Header().Set(Header, a.Encode()) }

@@ -10,6 +10,7 @@ package identity
 
 import (
 	"net/http"
+	"regexp"
 	"strings"
 )
 
@@ -105,3 +106,10 @@ func Strip(h http.Header) {
 func IsIdentityHeader(name string) bool {
 	return len(name) >= len(HeaderPrefix) && strings.EqualFold(name[:len(HeaderPrefix)], HeaderPrefix)
 }
+
+var idPattern = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
+
+// ValidID reports whether s has the shape of the ids Guardian gives out
+// (lower-case UUIDs), so a malformed id from a URL or body is refused
+// before it reaches a query.
+func ValidID(s string) bool { return idPattern.MatchString(s) }
