@@ -4,7 +4,7 @@ GO      ?= go
 BIN     := bin
 export CGO_ENABLED ?= 0
 
-.PHONY: all build up down clean test fmt vet bench bench-edge bench-functions bench-compare
+.PHONY: all build up down clean test fmt vet bench bench-edge bench-functions bench-compare release release-verify
 
 all: build
 
@@ -53,3 +53,12 @@ bench-functions:
 bench-compare:
 	deploy/stack/deps.sh
 	bench/compare.sh "$(or $(OLD),HEAD~1)" "$(NEW)"
+
+## release: VERSION=x.y.z: reproducible linux/amd64+arm64 binaries, SBOM, signed SHA256SUMS into dist/VERSION (GUARDIAN_RELEASE_KEY, GUARDIAN_VULNCHECK=skip). See deploy/release/
+release:
+	GO="$(GO)" deploy/release/release.sh "$(VERSION)"
+
+## release-verify: VERSION=x.y.z: check dist/VERSION's signature and every artefact's SHA-256
+release-verify:
+	@test -n "$(VERSION)" || { echo "usage: make release-verify VERSION=x.y.z" >&2; exit 2; }
+	deploy/release/verify.sh "dist/$(VERSION)"

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# build.sh OUTDIR GOOS GOARCH PACKAGE...
+#
+# The one place that defines Guardian's release build flags; `make release`
+# (release.sh) and release_test.go both call it. Each main package among
+# PACKAGE... (patterns such as ./functions/... allowed) is written to
+# OUTDIR/<last path element>. Two runs on the same commit with the same Go
+# toolchain produce byte-identical files.
+set -euo pipefail
+
+if [ $# -lt 4 ]; then
+	echo "usage: $0 OUTDIR GOOS GOARCH PACKAGE..." >&2
+	exit 2
+fi
+out=$1 goos=$2 goarch=$3
+shift 3
+
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root"
+GO=${GO:-go}
+
+# VCS stamping (revision, commit time, modified flag) only where a git
+# checkout exists; the machine-wide GOFLAGS=-buildvcs=false is overridden
+# here on purpose, and GOFLAGS is cleared so nothing else leaks in.
+buildvcs=false
+if git -C "$root" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+	buildvcs=true
+fi
+
+# Pin the micro-architecture levels to Go's defaults so a builder's
+# environment cannot change the code generated.
+unset GOAMD64 GOARM64 GO386 GOARM GOEXPERIMENT
+export GOFLAGS= CGO_ENABLED=0 GOOS="$goos" GOARCH="$goarch"
+
+mkdir -p "$out"
+# -trimpath: no local file system paths; -buildid=: no per-build ID;
+# -s -w: no symbol table or DWARF. There is no main.version variable in
+# Guardian's binaries, so the version lives in the dist/ path, the SBOM and
+# the release notes instead of an -X flag.
+exec "$GO" build \
+	-trimpath \
+	-buildvcs="$buildvcs" \
+	-mod=readonly \
+	-ldflags="-s -w -buildid=" \
+	-o "$out/" \
+	"$@"

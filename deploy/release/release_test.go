@@ -1,0 +1,136 @@
+package release
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestReproducibleSignedRelease builds one small binary twice with build.sh
+// (the release flags), checks both are byte-identical and free of local
+// paths, then signs SHA256SUMS with a throwaway key via sign.sh and checks
+// that verify.sh and the documented commands accept it, and reject a
+// swapped artefact and a corrupted signature.
+func TestReproducibleSignedRelease(t *testing.T) {
+	for _, tool := range []string{"ssh-keygen", "sha256sum", "git", "bash"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not installed", tool)
+		}
+	}
+	here, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := filepath.Join(here, "..", "..")
+
+	var sums [2]string
+	dirs := [2]string{t.TempDir(), t.TempDir()}
+	for i, dir := range dirs {
+		run(t, root, filepath.Join(here, "build.sh"), dir, "linux", "amd64", "./functions/whoami")
+		b, err := os.ReadFile(filepath.Join(dir, "whoami"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := sha256.Sum256(b)
+		sums[i] = hex.EncodeToString(h[:])
+		for _, local := range []string{root, here, os.Getenv("HOME"), dir} {
+			// With a trailing slash: "/root" alone is in crypto/x509/root.go.
+			if local != "" && local != "/" && bytes.Contains(b, []byte(filepath.Clean(local)+"/")) {
+				t.Errorf("build %d contains the local path %s", i, local)
+			}
+		}
+		if i == 0 {
+			// -ldflags is not recorded under -trimpath; the rest is.
+			info := run(t, root, "go", "version", "-m", filepath.Join(dir, "whoami"))
+			for _, want := range []string{"-trimpath=true", "CGO_ENABLED=0", "vcs.revision="} {
+				if !strings.Contains(info, want) {
+					t.Errorf("go version -m lacks %q:\n%s", want, info)
+				}
+			}
+		}
+	}
+	if sums[0] != sums[1] {
+		t.Fatalf("two builds of the same commit differ: %s vs %s", sums[0], sums[1])
+	}
+
+	rel := dirs[0]
+	key := filepath.Join(t.TempDir(), "id_ed25519")
+	run(t, root, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "test", "-f", key)
+	run(t, root, filepath.Join(here, "sign.sh"), rel, key)
+	run(t, root, filepath.Join(here, "verify.sh"), rel)
+	sigVerify := "ssh-keygen -Y verify -f allowed_signers -I release@guardian -n guardian-release -s SHA256SUMS.sig < SHA256SUMS"
+	run(t, rel, "bash", "-c", sigVerify)
+	run(t, rel, "sha256sum", "-c", "SHA256SUMS")
+
+	// A swapped artefact: the signature still holds, the sums do not.
+	artefact := filepath.Join(rel, "whoami")
+	orig, _ := os.ReadFile(artefact)
+	if err := os.WriteFile(artefact, append(append([]byte(nil), orig...), 0), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	mustFail(t, rel, "sha256sum", "-c", "SHA256SUMS")
+	mustFail(t, rel, filepath.Join(here, "verify.sh"), rel)
+	os.WriteFile(artefact, orig, 0o755)
+	run(t, root, filepath.Join(here, "verify.sh"), rel)
+
+	// An extra file not covered by SHA256SUMS.
+	os.WriteFile(filepath.Join(rel, "evil"), []byte("x"), 0o755)
+	mustFail(t, rel, filepath.Join(here, "verify.sh"), rel)
+	os.Remove(filepath.Join(rel, "evil"))
+
+	// A tampered SHA256SUMS (an attacker's hash for his binary): bad signature.
+	sumsFile := filepath.Join(rel, "SHA256SUMS")
+	sumsOrig, _ := os.ReadFile(sumsFile)
+	os.WriteFile(sumsFile, bytes.Replace(sumsOrig, []byte(sums[0][:8]), []byte("00000000"), 1), 0o644)
+	mustFail(t, rel, "bash", "-c", sigVerify)
+	os.WriteFile(sumsFile, sumsOrig, 0o644)
+
+	// A corrupted signature.
+	sigFile := filepath.Join(rel, "SHA256SUMS.sig")
+	sig, _ := os.ReadFile(sigFile)
+	lines := strings.Split(string(sig), "\n")
+	mid := len(lines) / 2
+	b := []byte(lines[mid])
+	if b[5] == 'A' {
+		b[5] = 'B'
+	} else {
+		b[5] = 'A'
+	}
+	lines[mid] = string(b)
+	os.WriteFile(sigFile, []byte(strings.Join(lines, "\n")), 0o644)
+	mustFail(t, rel, "bash", "-c", sigVerify)
+	mustFail(t, rel, filepath.Join(here, "verify.sh"), rel)
+	os.WriteFile(sigFile, sig, 0o644)
+
+	// A signature by another key.
+	other := filepath.Join(t.TempDir(), "other")
+	run(t, root, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", other)
+	os.Remove(sigFile)
+	run(t, rel, "ssh-keygen", "-q", "-Y", "sign", "-n", "guardian-release", "-f", other, "SHA256SUMS")
+	mustFail(t, rel, "bash", "-c", sigVerify)
+}
+
+func run(t *testing.T, dir, name string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+func mustFail(t *testing.T, dir, name string, args ...string) {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.Dir = dir
+	if out, err := cmd.CombinedOutput(); err == nil {
+		t.Fatalf("%s %s succeeded, want failure:\n%s", name, strings.Join(args, " "), out)
+	}
+}
