@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"sort"
@@ -34,31 +33,11 @@ func newSite(t *testing.T) *site {
 	return &site{Stack: testenv.StartStack(t, env), c: c, pg: pg}
 }
 
-type answer struct {
-	status int
-	header http.Header
-	raw    string
-	doc    map[string]any
-}
+type answer = testenv.Answer
 
 func (s *site) do(t *testing.T, method, path, body string, header map[string]string) answer {
 	t.Helper()
-	req, _ := http.NewRequest(method, s.URL+path, strings.NewReader(body))
-	if body != "" {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	for k, v := range header {
-		req.Header.Set(k, v)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	a := answer{status: resp.StatusCode, header: resp.Header, raw: string(b)}
-	_ = json.Unmarshal(b, &a.doc)
-	return a
+	return s.Stack.Do(t, method, path, body, header)
 }
 
 func bearer(key string) map[string]string { return map[string]string{"Authorization": "Bearer " + key} }
@@ -77,10 +56,10 @@ func with(h map[string]string, k, v string) map[string]string {
 func (s *site) collectorState(t *testing.T, key string) int {
 	t.Helper()
 	a := s.do(t, "GET", "/api/v1/whoami", "", bearer(key))
-	if a.status == 403 && a.doc["code"] != "insufficient_scope" {
-		t.Fatalf("whoami with a collector key: %d %v", a.status, a.doc)
+	if a.Status == 403 && a.Doc["code"] != "insufficient_scope" {
+		t.Fatalf("whoami with a collector key: %d %v", a.Status, a.Doc)
 	}
-	return a.status
+	return a.Status
 }
 
 // waitRevoked waits for the edge to refuse key (revocation reaches every
@@ -117,13 +96,13 @@ func (s *site) signIn(t *testing.T) map[string]string {
 
 func cookieFrom(t *testing.T, a answer) map[string]string {
 	t.Helper()
-	resp := http.Response{Header: a.header}
+	resp := http.Response{Header: a.Header}
 	for _, c := range resp.Cookies() {
 		if c.Name == "guardian_token" && c.Value != "" {
 			return map[string]string{"Cookie": "guardian_token=" + c.Value}
 		}
 	}
-	t.Fatalf("no session cookie: %d %s", a.status, a.raw)
+	t.Fatalf("no session cookie: %d %s", a.Status, a.Raw)
 	return nil
 }
 
@@ -140,22 +119,22 @@ func keys(m map[string]any) string {
 // and returns the server id and the collector key.
 func (s *site) enrolled(t *testing.T, a answer, status int, reenrolled bool) (string, string) {
 	t.Helper()
-	if a.status != status {
-		t.Fatalf("enroll: want %d, got %d %s", status, a.status, a.raw)
+	if a.Status != status {
+		t.Fatalf("enroll: want %d, got %d %s", status, a.Status, a.Raw)
 	}
-	server, _ := a.doc["server"].(map[string]any)
-	if keys(a.doc) != "ingest_url,reenrolled,server" || keys(server) != "collector_key,id,name" {
-		t.Fatalf("enroll answer's shape: %s", a.raw)
+	server, _ := a.Doc["server"].(map[string]any)
+	if keys(a.Doc) != "ingest_url,reenrolled,server" || keys(server) != "collector_key,id,name" {
+		t.Fatalf("enroll answer's shape: %s", a.Raw)
 	}
 	key, _ := server["collector_key"].(string)
 	if p, err := apikey.Parse(key); err != nil || p.Kind != apikey.Collector {
 		t.Fatalf("collector_key is not a collector key: %q", key)
 	}
-	if a.doc["ingest_url"] != s.URL+"/api/v1/ingest" || a.doc["reenrolled"] != reenrolled {
-		t.Fatalf("enroll: %s", a.raw)
+	if a.Doc["ingest_url"] != s.URL+"/api/v1/ingest" || a.Doc["reenrolled"] != reenrolled {
+		t.Fatalf("enroll: %s", a.Raw)
 	}
-	if a.header.Get("Cache-Control") != "no-store" || a.header.Get("Content-Type") != "application/json" {
-		t.Fatalf("enroll headers: %v", a.header)
+	if a.Header.Get("Cache-Control") != "no-store" || a.Header.Get("Content-Type") != "application/json" {
+		t.Fatalf("enroll headers: %v", a.Header)
 	}
 	id, _ := server["id"].(string)
 	return id, key
@@ -270,8 +249,8 @@ func TestIdempotencyKeyReplaysTheFirstServerAndRefusesAnotherBody(t *testing.T) 
 	s.valid(t, second)
 
 	a := s.do(t, "POST", "/api/v1/servers", `{"hostname":"db10"}`, idem)
-	if a.status != 422 || a.doc["code"] != "idempotency_key_reused" || a.header.Get("Content-Type") != "application/problem+json" {
-		t.Fatalf("another body under the same key: %d %s", a.status, a.raw)
+	if a.Status != 422 || a.Doc["code"] != "idempotency_key_reused" || a.Header.Get("Content-Type") != "application/problem+json" {
+		t.Fatalf("another body under the same key: %d %s", a.Status, a.Raw)
 	}
 	s.valid(t, second)
 	// Another customer's identical key is another record.
@@ -317,10 +296,10 @@ func TestConcurrentIdenticalEnrollmentsMakeOneServer(t *testing.T) {
 		wg.Wait()
 		created, ids := 0, map[string]bool{}
 		for _, a := range answers {
-			if a.status == 201 {
+			if a.Status == 201 {
 				created++
 			}
-			id, _ := s.enrolled(t, a, a.status, a.status == 200)
+			id, _ := s.enrolled(t, a, a.Status, a.Status == 200)
 			ids[id] = true
 		}
 		if created != 1 || len(ids) != 1 {
@@ -341,19 +320,19 @@ func TestSessionsEnrollAndRotateOnlyAfterConfirmingThePassword(t *testing.T) {
 	s := newSite(t)
 	_, token := s.c.Session(t) // never confirmed a password
 	stale := map[string]string{"Cookie": "guardian_token=" + token}
-	if a := s.do(t, "POST", "/api/v1/servers", `{"hostname":"x"}`, stale); a.status != 401 || a.doc["code"] != "reauth_required" {
-		t.Fatalf("stale session enrolls: %d %s", a.status, a.raw)
+	if a := s.do(t, "POST", "/api/v1/servers", `{"hostname":"x"}`, stale); a.Status != 401 || a.Doc["code"] != "reauth_required" {
+		t.Fatalf("stale session enrolls: %d %s", a.Status, a.Raw)
 	}
-	if a := s.do(t, "POST", "/api/v1/servers/"+s.c.ServerID+"/rotate-key", "", stale); a.status != 401 || a.doc["code"] != "reauth_required" {
-		t.Fatalf("stale session rotates: %d %s", a.status, a.raw)
+	if a := s.do(t, "POST", "/api/v1/servers/"+s.c.ServerID+"/rotate-key", "", stale); a.Status != 401 || a.Doc["code"] != "reauth_required" {
+		t.Fatalf("stale session rotates: %d %s", a.Status, a.Raw)
 	}
 	// Listing needs no step-up.
-	if a := s.do(t, "GET", "/api/v1/servers", "", stale); a.status != 200 {
-		t.Fatalf("list: %d", a.status)
+	if a := s.do(t, "GET", "/api/v1/servers", "", stale); a.Status != 200 {
+		t.Fatalf("list: %d", a.Status)
 	}
 	a := s.do(t, "POST", "/auth/reauth", `{"password":"`+pw+`"}`, stale)
-	if a.status != 204 {
-		t.Fatalf("reauth: %d %s", a.status, a.raw)
+	if a.Status != 204 {
+		t.Fatalf("reauth: %d %s", a.Status, a.Raw)
 	}
 	fresh := cookieFrom(t, a)
 	serverID, key := s.enrolled(t, s.do(t, "POST", "/api/v1/servers", `{"hostname":"x","name":"X box"}`, fresh), 201, false)
@@ -361,16 +340,16 @@ func TestSessionsEnrollAndRotateOnlyAfterConfirmingThePassword(t *testing.T) {
 	if n := s.count(t, "SELECT count(*) FROM api_keys WHERE server_id = $1 AND created_by = $2", serverID, s.c.UserID); n != 1 {
 		t.Fatal("the key does not name the user who enrolled it")
 	}
-	if a := s.do(t, "POST", "/api/v1/servers/"+serverID+"/rotate-key", "", fresh); a.status != 201 {
-		t.Fatalf("fresh session rotates: %d %s", a.status, a.raw)
+	if a := s.do(t, "POST", "/api/v1/servers/"+serverID+"/rotate-key", "", fresh); a.Status != 201 {
+		t.Fatalf("fresh session rotates: %d %s", a.Status, a.Raw)
 	}
 	s.waitRevoked(t, key)
 	// The window closes after five minutes.
 	if _, err := s.pg.Owner.Exec(context.Background(), "UPDATE sessions SET reauth_at = now() - interval '6 minutes' WHERE user_id = $1", s.c.UserID); err != nil {
 		t.Fatal(err)
 	}
-	if a := s.do(t, "POST", "/api/v1/servers", `{"hostname":"y"}`, fresh); a.status != 401 || a.doc["code"] != "reauth_required" {
-		t.Fatalf("six minutes later: %d %s", a.status, a.raw)
+	if a := s.do(t, "POST", "/api/v1/servers", `{"hostname":"y"}`, fresh); a.Status != 401 || a.Doc["code"] != "reauth_required" {
+		t.Fatalf("six minutes later: %d %s", a.Status, a.Raw)
 	}
 }
 
@@ -396,8 +375,8 @@ func TestScopesAndCredentials(t *testing.T) {
 		{"a wrong method", "PUT", "/api/v1/servers", `{}`, write, 405, "method_not_allowed"},
 	}
 	for _, tc := range cases {
-		if a := s.do(t, tc.method, tc.path, tc.body, tc.header); a.status != tc.status || (tc.code != "" && a.doc["code"] != tc.code) {
-			t.Errorf("%s: %d %s", tc.name, a.status, a.raw)
+		if a := s.do(t, tc.method, tc.path, tc.body, tc.header); a.Status != tc.status || (tc.code != "" && a.Doc["code"] != tc.code) {
+			t.Errorf("%s: %d %s", tc.name, a.Status, a.Raw)
 		}
 	}
 	if n := s.count(t, "SELECT count(*) FROM servers WHERE customer_id = $1", s.c.ID); n != 2 {
@@ -411,9 +390,9 @@ func TestListShowsOnlyTheCustomersServers(t *testing.T) {
 	other := testenv.NewCustomer(t, s.pg.Owner, s.c.Pepper, s.c.Secret)
 	s.enrolled(t, s.do(t, "POST", "/api/v1/servers", `{"hostname":"h","machine_id":"m-1","name":"Box","tags":["t"]}`, bearer(s.c.AccountKey(t, "write"))), 201, false)
 	a := s.do(t, "GET", "/api/v1/servers", "", bearer(s.c.AccountKey(t, "read")))
-	items, _ := a.doc["items"].([]any)
-	if a.status != 200 || len(items) != 3 {
-		t.Fatalf("list: %d %s", a.status, a.raw)
+	items, _ := a.Doc["items"].([]any)
+	if a.Status != 200 || len(items) != 3 {
+		t.Fatalf("list: %d %s", a.Status, a.Raw)
 	}
 	seen := map[string]bool{}
 	for _, it := range items {
@@ -453,11 +432,11 @@ func TestDeleteAndRotate(t *testing.T) {
 	// Another customer's server, a malformed id and an unknown one are
 	// all simply not found; the other customer's key keeps working.
 	for _, id := range []string{other.ServerID, "not-a-uuid", "00000000-0000-4000-8000-000000000000"} {
-		if a := s.do(t, "DELETE", "/api/v1/servers/"+id, "", admin); a.status != 404 || a.doc["code"] != "not_found" {
-			t.Errorf("delete %s: %d %s", id, a.status, a.raw)
+		if a := s.do(t, "DELETE", "/api/v1/servers/"+id, "", admin); a.Status != 404 || a.Doc["code"] != "not_found" {
+			t.Errorf("delete %s: %d %s", id, a.Status, a.Raw)
 		}
-		if a := s.do(t, "POST", "/api/v1/servers/"+id+"/rotate-key", "", admin); a.status != 404 || a.doc["code"] != "not_found" {
-			t.Errorf("rotate %s: %d %s", id, a.status, a.raw)
+		if a := s.do(t, "POST", "/api/v1/servers/"+id+"/rotate-key", "", admin); a.Status != 404 || a.Doc["code"] != "not_found" {
+			t.Errorf("rotate %s: %d %s", id, a.Status, a.Raw)
 		}
 	}
 	s.valid(t, otherKey)
@@ -466,9 +445,9 @@ func TestDeleteAndRotate(t *testing.T) {
 	old1, old2 := s.c.CollectorKey(t, s.c.ServerID), s.c.CollectorKey(t, s.c.ServerID)
 	s.valid(t, old1)
 	a := s.do(t, "POST", "/api/v1/servers/"+s.c.ServerID+"/rotate-key", "", admin)
-	fresh, _ := a.doc["collector_key"].(string)
-	if a.status != 201 || keys(a.doc) != "collector_key" || !strings.HasPrefix(fresh, apikey.PrefixCollector) || a.header.Get("Cache-Control") != "no-store" {
-		t.Fatalf("rotate: %d %s", a.status, a.raw)
+	fresh, _ := a.Doc["collector_key"].(string)
+	if a.Status != 201 || keys(a.Doc) != "collector_key" || !strings.HasPrefix(fresh, apikey.PrefixCollector) || a.Header.Get("Cache-Control") != "no-store" {
+		t.Fatalf("rotate: %d %s", a.Status, a.Raw)
 	}
 	s.waitRevoked(t, old1)
 	s.waitRevoked(t, old2)
@@ -487,15 +466,15 @@ func TestDeleteAndRotate(t *testing.T) {
 	}
 
 	// Delete: gone with its keys; again, not found.
-	if a := s.do(t, "DELETE", "/api/v1/servers/"+s.c.ServerID, "", admin); a.status != 204 || a.raw != "" {
-		t.Fatalf("delete: %d %s", a.status, a.raw)
+	if a := s.do(t, "DELETE", "/api/v1/servers/"+s.c.ServerID, "", admin); a.Status != 204 || a.Raw != "" {
+		t.Fatalf("delete: %d %s", a.Status, a.Raw)
 	}
 	s.waitRevoked(t, fresh)
 	if n := s.count(t, "SELECT count(*) FROM api_keys WHERE server_id = $1", s.c.ServerID); n != 0 {
 		t.Fatal("the server's keys outlived it")
 	}
-	if a := s.do(t, "DELETE", "/api/v1/servers/"+s.c.ServerID, "", admin); a.status != 404 {
-		t.Fatalf("delete again: %d", a.status)
+	if a := s.do(t, "DELETE", "/api/v1/servers/"+s.c.ServerID, "", admin); a.Status != 404 {
+		t.Fatalf("delete again: %d", a.Status)
 	}
 	if action, rtype, rid, _ := s.auditRow(t, "DELETE", "/api/v1/servers/"+s.c.ServerID); action != "delete" || rtype != "server" || rid != s.c.ServerID {
 		t.Fatalf("audit: %s %s %s", action, rtype, rid)
@@ -512,11 +491,11 @@ func TestAnAccountScheduledForDeletionGetsNoNewKeys(t *testing.T) {
 	if _, err := s.pg.Owner.Exec(context.Background(), "UPDATE customers SET deletion_requested_at = now(), delete_after = now() + interval '30 days' WHERE id = $1", s.c.ID); err != nil {
 		t.Fatal(err)
 	}
-	if a := s.do(t, "POST", "/api/v1/servers", `{"hostname":"x"}`, write); a.status != 409 || a.doc["code"] != "account_closing" {
-		t.Fatalf("enroll: %d %s", a.status, a.raw)
+	if a := s.do(t, "POST", "/api/v1/servers", `{"hostname":"x"}`, write); a.Status != 409 || a.Doc["code"] != "account_closing" {
+		t.Fatalf("enroll: %d %s", a.Status, a.Raw)
 	}
-	if a := s.do(t, "POST", "/api/v1/servers/"+s.c.ServerID+"/rotate-key", "", admin); a.status != 409 {
-		t.Fatalf("rotate: %d %s", a.status, a.raw)
+	if a := s.do(t, "POST", "/api/v1/servers/"+s.c.ServerID+"/rotate-key", "", admin); a.Status != 409 {
+		t.Fatalf("rotate: %d %s", a.Status, a.Raw)
 	}
 }
 
@@ -562,16 +541,16 @@ func TestBadInputIsRefusedNamingTheField(t *testing.T) {
 			h = with(h, k, v)
 		}
 		a := s.do(t, "POST", "/api/v1/servers", tc.body, h)
-		field, _ := a.doc["field"].(string)
-		if a.status != 400 || a.doc["code"] != "invalid_request" || field != tc.field || a.header.Get("Content-Type") != "application/problem+json" {
-			t.Errorf("%s: %d %s", tc.name, a.status, a.raw)
+		field, _ := a.Doc["field"].(string)
+		if a.Status != 400 || a.Doc["code"] != "invalid_request" || field != tc.field || a.Header.Get("Content-Type") != "application/problem+json" {
+			t.Errorf("%s: %d %s", tc.name, a.Status, a.Raw)
 		}
 	}
-	if a := s.do(t, "POST", "/api/v1/servers", `{"hostname":"`+long(20000)+`"}`, key); a.status != 413 {
-		t.Errorf("oversized body: %d", a.status)
+	if a := s.do(t, "POST", "/api/v1/servers", `{"hostname":"`+long(20000)+`"}`, key); a.Status != 413 {
+		t.Errorf("oversized body: %d", a.Status)
 	}
-	if a := s.do(t, "POST", "/api/v1/servers", `{"hostname":"h"}`, with(key, "Content-Type", "text/plain")); a.status != 415 {
-		t.Errorf("text body: %d", a.status)
+	if a := s.do(t, "POST", "/api/v1/servers", `{"hostname":"h"}`, with(key, "Content-Type", "text/plain")); a.Status != 415 {
+		t.Errorf("text body: %d", a.Status)
 	}
 	// The limits themselves pass, and unknown members are ignored (agents
 	// may send more than Guardian reads).

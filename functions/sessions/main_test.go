@@ -32,31 +32,11 @@ func newSite(t *testing.T) *site {
 	return &site{Stack: testenv.StartStack(t, env), c: c, pg: pg}
 }
 
-type answer struct {
-	status int
-	header http.Header
-	raw    string
-	doc    map[string]any
-}
+type answer = testenv.Answer
 
 func (s *site) do(t *testing.T, method, path, body string, header map[string]string) answer {
 	t.Helper()
-	req, _ := http.NewRequest(method, s.URL+path, strings.NewReader(body))
-	if body != "" {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	for k, v := range header {
-		req.Header.Set(k, v)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	a := answer{status: resp.StatusCode, header: resp.Header, raw: string(b)}
-	_ = json.Unmarshal(b, &a.doc)
-	return a
+	return s.Stack.Do(t, method, path, body, header)
 }
 
 func cookie(token string) map[string]string {
@@ -67,13 +47,13 @@ func bearer(key string) map[string]string { return map[string]string{"Authorizat
 
 func cookieFrom(t *testing.T, a answer) map[string]string {
 	t.Helper()
-	resp := http.Response{Header: a.header}
+	resp := http.Response{Header: a.Header}
 	for _, c := range resp.Cookies() {
 		if c.Name == "guardian_token" && c.Value != "" {
 			return cookie(c.Value)
 		}
 	}
-	t.Fatalf("no session cookie: %d %s", a.status, a.raw)
+	t.Fatalf("no session cookie: %d %s", a.Status, a.Raw)
 	return nil
 }
 
@@ -123,7 +103,7 @@ func (s *site) works(t *testing.T, header map[string]string, want bool) {
 	for {
 		a := s.do(t, "GET", "/api/v1/whoami", "", header)
 		// 403: a collector key, valid but not for whoami.
-		ok := a.status == 200 || a.status == 403
+		ok := a.Status == 200 || a.Status == 403
 		if ok == want {
 			return
 		}
@@ -131,7 +111,7 @@ func (s *site) works(t *testing.T, header map[string]string, want bool) {
 			time.Sleep(50 * time.Millisecond)
 			continue
 		}
-		t.Fatalf("credential works: %v, want %v (%d %s)", ok, want, a.status, a.raw)
+		t.Fatalf("credential works: %v, want %v (%d %s)", ok, want, a.Status, a.Raw)
 	}
 }
 
@@ -188,9 +168,9 @@ func TestListShowsTheUsersLiveSessionsNewestFirst(t *testing.T) {
 	me := s.signIn(t)
 
 	a := s.do(t, "GET", "/api/v1/sessions", "", me)
-	items, _ := a.doc["items"].([]any)
-	if a.status != 200 || len(items) != 2 || a.header.Get("Cache-Control") != "no-store" {
-		t.Fatalf("list: %d %s", a.status, a.raw)
+	items, _ := a.Doc["items"].([]any)
+	if a.Status != 200 || len(items) != 2 || a.Header.Get("Cache-Control") != "no-store" {
+		t.Fatalf("list: %d %s", a.Status, a.Raw)
 	}
 	first, second := items[0].(map[string]any), items[1].(map[string]any)
 	if keys(first) != "created_at,current,id,last_seen_at,source_ip,user_agent" {
@@ -203,16 +183,16 @@ func TestListShowsTheUsersLiveSessionsNewestFirst(t *testing.T) {
 		t.Fatalf("the older session: %v", second)
 	}
 	for _, id := range []string{expired, revoked, colleague, stranger} {
-		if strings.Contains(a.raw, id) {
-			t.Fatalf("list shows session %s: %s", id, a.raw)
+		if strings.Contains(a.Raw, id) {
+			t.Fatalf("list shows session %s: %s", id, a.Raw)
 		}
 	}
 	if action, rtype, _, meta := s.auditRow(t, "GET", "/api/v1/sessions"); action != "list" || rtype != "session" || meta["count"] != float64(2) {
 		t.Fatalf("audit: %s %s %v", action, rtype, meta)
 	}
 	// Sessions only: keys are refused at the edge.
-	if a := s.do(t, "GET", "/api/v1/sessions", "", bearer(s.c.AccountKey(t, "admin"))); a.status != 403 || a.doc["code"] != "insufficient_scope" {
-		t.Fatalf("an account key: %d %s", a.status, a.raw)
+	if a := s.do(t, "GET", "/api/v1/sessions", "", bearer(s.c.AccountKey(t, "admin"))); a.Status != 403 || a.Doc["code"] != "insufficient_scope" {
+		t.Fatalf("an account key: %d %s", a.Status, a.Raw)
 	}
 }
 
@@ -227,15 +207,15 @@ func TestRevokeOneSessionOfTheUser(t *testing.T) {
 	me := s.signIn(t)
 
 	for _, id := range []string{colleague, stranger, "not-a-uuid", "00000000-0000-4000-8000-000000000000"} {
-		if a := s.do(t, "DELETE", "/api/v1/sessions/"+id, "", me); a.status != 404 || a.doc["code"] != "not_found" {
-			t.Errorf("delete %s: %d %s", id, a.status, a.raw)
+		if a := s.do(t, "DELETE", "/api/v1/sessions/"+id, "", me); a.Status != 404 || a.Doc["code"] != "not_found" {
+			t.Errorf("delete %s: %d %s", id, a.Status, a.Raw)
 		}
 	}
 	s.works(t, cookie(colleagueToken), true)
 	s.works(t, cookie(strangerToken), true)
 
-	if a := s.do(t, "DELETE", "/api/v1/sessions/"+mine, "", me); a.status != 204 || a.raw != "" {
-		t.Fatalf("delete: %d %s", a.status, a.raw)
+	if a := s.do(t, "DELETE", "/api/v1/sessions/"+mine, "", me); a.Status != 204 || a.Raw != "" {
+		t.Fatalf("delete: %d %s", a.Status, a.Raw)
 	}
 	s.works(t, cookie(mineToken), false)
 	s.works(t, me, true)
@@ -243,18 +223,18 @@ func TestRevokeOneSessionOfTheUser(t *testing.T) {
 		t.Fatalf("audit: %s %s %s", action, rtype, rid)
 	}
 	// Again: already ended, still the user's, so the same answer.
-	if a := s.do(t, "DELETE", "/api/v1/sessions/"+mine, "", me); a.status != 204 {
-		t.Fatalf("delete again: %d %s", a.status, a.raw)
+	if a := s.do(t, "DELETE", "/api/v1/sessions/"+mine, "", me); a.Status != 204 {
+		t.Fatalf("delete again: %d %s", a.Status, a.Raw)
 	}
 	// The caller's own session may end this way too.
 	a := s.do(t, "GET", "/api/v1/sessions", "", me)
-	items, _ := a.doc["items"].([]any)
+	items, _ := a.Doc["items"].([]any)
 	if len(items) != 1 {
-		t.Fatalf("list after: %s", a.raw)
+		t.Fatalf("list after: %s", a.Raw)
 	}
 	current := items[0].(map[string]any)["id"].(string)
-	if a := s.do(t, "DELETE", "/api/v1/sessions/"+current, "", me); a.status != 204 {
-		t.Fatalf("delete the current session: %d", a.status)
+	if a := s.do(t, "DELETE", "/api/v1/sessions/"+current, "", me); a.Status != 204 {
+		t.Fatalf("delete the current session: %d", a.Status)
 	}
 	s.works(t, me, false)
 }
@@ -273,8 +253,8 @@ func TestRevokeOthersEndsEveryOtherSessionOfTheUser(t *testing.T) {
 	me := s.signIn(t)
 
 	a := s.do(t, "POST", "/api/v1/sessions/revoke-others", "", me)
-	if a.status != 200 || a.raw != "{\"revoked\":3}\n" {
-		t.Fatalf("revoke-others: %d %q", a.status, a.raw)
+	if a.Status != 200 || a.Raw != "{\"revoked\":3}\n" {
+		t.Fatalf("revoke-others: %d %q", a.Status, a.Raw)
 	}
 	for _, h := range mine {
 		s.works(t, h, false)
@@ -287,11 +267,11 @@ func TestRevokeOthersEndsEveryOtherSessionOfTheUser(t *testing.T) {
 	if action, rtype, _, meta := s.auditRow(t, "POST", "/api/v1/sessions/revoke-others"); action != "delete" || rtype != "session" || meta["revoked"] != float64(3) {
 		t.Fatalf("audit: %s %s %v", action, rtype, meta)
 	}
-	if a := s.do(t, "POST", "/api/v1/sessions/revoke-others", "", me); a.status != 200 || a.doc["revoked"] != float64(0) {
-		t.Fatalf("again: %d %s", a.status, a.raw)
+	if a := s.do(t, "POST", "/api/v1/sessions/revoke-others", "", me); a.Status != 200 || a.Doc["revoked"] != float64(0) {
+		t.Fatalf("again: %d %s", a.Status, a.Raw)
 	}
-	if a := s.do(t, "GET", "/api/v1/sessions/revoke-others", "", me); a.status != 405 || a.header.Get("Allow") != "POST, DELETE" {
-		t.Fatalf("GET revoke-others: %d %s", a.status, a.raw)
+	if a := s.do(t, "GET", "/api/v1/sessions/revoke-others", "", me); a.Status != 405 || a.Header.Get("Allow") != "POST, DELETE" {
+		t.Fatalf("GET revoke-others: %d %s", a.Status, a.Raw)
 	}
 }
 
@@ -306,30 +286,30 @@ func TestAccountDeletion(t *testing.T) {
 	otherKey := other.AccountKey(t, "read")
 
 	// Members may not; administrators must have confirmed their password.
-	if a := s.do(t, "DELETE", "/api/v1/account", "", cookie(member)); a.status != 403 || a.doc["code"] != "insufficient_scope" {
-		t.Fatalf("a member: %d %s", a.status, a.raw)
+	if a := s.do(t, "DELETE", "/api/v1/account", "", cookie(member)); a.Status != 403 || a.Doc["code"] != "insufficient_scope" {
+		t.Fatalf("a member: %d %s", a.Status, a.Raw)
 	}
-	if a := s.do(t, "DELETE", "/api/v1/account", "", bearer(account)); a.status != 403 {
-		t.Fatalf("an admin key: %d %s", a.status, a.raw)
+	if a := s.do(t, "DELETE", "/api/v1/account", "", bearer(account)); a.Status != 403 {
+		t.Fatalf("an admin key: %d %s", a.Status, a.Raw)
 	}
 	_, staleToken := s.c.Session(t)
 	stale := cookie(staleToken)
-	if a := s.do(t, "DELETE", "/api/v1/account", "", stale); a.status != 401 || a.doc["code"] != "reauth_required" {
-		t.Fatalf("a stale session: %d %s", a.status, a.raw)
+	if a := s.do(t, "DELETE", "/api/v1/account", "", stale); a.Status != 401 || a.Doc["code"] != "reauth_required" {
+		t.Fatalf("a stale session: %d %s", a.Status, a.Raw)
 	}
 	if n := s.count(t, "SELECT count(*) FROM customers WHERE id = $1 AND deletion_requested_at IS NULL", s.c.ID); n != 1 {
 		t.Fatal("a refused request scheduled the deletion")
 	}
 	a := s.do(t, "POST", "/auth/reauth", `{"password":"`+pw+`"}`, stale)
-	if a.status != 204 {
-		t.Fatalf("reauth: %d %s", a.status, a.raw)
+	if a.Status != 204 {
+		t.Fatalf("reauth: %d %s", a.Status, a.Raw)
 	}
 	me := cookieFrom(t, a)
 
 	a = s.do(t, "DELETE", "/api/v1/account", "", me)
-	at, err := time.Parse(time.RFC3339, func() string { v, _ := a.doc["delete_after"].(string); return v }())
-	if a.status != 202 || keys(a.doc) != "delete_after" || err != nil {
-		t.Fatalf("delete: %d %s", a.status, a.raw)
+	at, err := time.Parse(time.RFC3339, func() string { v, _ := a.Doc["delete_after"].(string); return v }())
+	if a.Status != 202 || keys(a.Doc) != "delete_after" || err != nil {
+		t.Fatalf("delete: %d %s", a.Status, a.Raw)
 	}
 	if d := time.Until(at) - 30*24*time.Hour; d > time.Minute || d < -time.Minute {
 		t.Fatalf("delete_after %s is not 30 days ahead", at)
@@ -352,8 +332,8 @@ func TestAccountDeletion(t *testing.T) {
 
 	// Asked again: the same date.
 	again := s.do(t, "DELETE", "/api/v1/account", "", me)
-	if again.status != 202 || again.doc["delete_after"] != a.doc["delete_after"] {
-		t.Fatalf("again: %d %s (first %s)", again.status, again.raw, a.raw)
+	if again.Status != 202 || again.Doc["delete_after"] != a.Doc["delete_after"] {
+		t.Fatalf("again: %d %s (first %s)", again.Status, again.Raw, a.Raw)
 	}
 	if _, _, _, meta := s.auditRow(t, "DELETE", "/api/v1/account"); meta["already_requested"] != true {
 		t.Fatalf("audit again: %v", meta)

@@ -3,6 +3,7 @@ package testenv
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -229,4 +230,37 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// Answer is one response, read whole.
+type Answer struct {
+	Status int
+	Header http.Header
+	Raw    string
+	Doc    map[string]any // the body as a JSON object, if it is one
+}
+
+// Do sends method path with body (as JSON when not empty) and header to
+// the stack and reads the answer.
+func (s *Stack) Do(t testing.TB, method, path, body string, header map[string]string) Answer {
+	t.Helper()
+	req, err := http.NewRequest(method, s.URL+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	a := Answer{Status: resp.StatusCode, Header: resp.Header, Raw: string(b)}
+	_ = json.Unmarshal(b, &a.Doc)
+	return a
 }
