@@ -25,6 +25,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -263,8 +264,8 @@ func (h *Handler) answer(w http.ResponseWriter, d Decision) error {
 		return nil // nothing known to report
 	}
 	hdr := w.Header()
-	hdr.Set("RateLimit-Limit", fmt.Sprint(d.Limit))
-	hdr.Set("RateLimit-Remaining", fmt.Sprint(d.Remaining))
+	hdr.Set("RateLimit-Limit", strconv.Itoa(d.Limit))
+	hdr.Set("RateLimit-Remaining", strconv.Itoa(d.Remaining))
 	hdr.Set("RateLimit-Reset", seconds(d.Reset))
 	if d.Allowed {
 		return nil
