@@ -5,7 +5,7 @@ set -euo pipefail
 
 PACKAGES=(
 	postgresql redis-server clickhouse-server clickhouse-client
-	pgbackrest age openssh-server chromium
+	pgbackrest age openssh-server openssh-client zstd chromium
 	curl ca-certificates util-linux iproute2
 )
 

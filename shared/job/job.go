@@ -1,0 +1,375 @@
+// Package job runs a scheduled job function (backup, restore check,
+// retention sweep, purge) the same way every time, so that cron, systemd
+// and monitoring can treat all jobs alike:
+//
+//   - one run at a time: an exclusive flock on <lock dir>/<job>.lock; a
+//     second run while the first holds it exits at once with status 75
+//     (EX_TEMPFAIL, "try again later") instead of overlapping;
+//   - one JSON line on stdout at the end, {"job","status","started",
+//     "duration_ms",..., "error"}, with status "ok", "red" (the job ran and
+//     found something wrong, e.g. a backup that does not restore) or
+//     "error" (it could not do its work); exit status 0, 1 or 2;
+//   - Prometheus metrics in the node_exporter textfile format, written
+//     atomically to <metrics dir>/guardian_job_<job>.prom: last run, last
+//     success (carried over from the previous file when this run fails,
+//     so "no success for N hours" alerts work), status and duration;
+//   - on "red" or "error", one notification (webhook and/or e-mail, see
+//     shared/notify), waited for with a bound before the process exits.
+//
+// Environment:
+//
+//	GUARDIAN_JOB_LOCK_DIR      where lock files live (default /run/lock/guardian, else the temp dir)
+//	GUARDIAN_JOB_METRICS_DIR   textfile-collector dir; unset: no metrics file
+//	GUARDIAN_JOB_TIMEOUT       bound on one run (default per job, see Spec.Timeout)
+//	GUARDIAN_JOB_ALERT_WEBHOOKS comma-separated URLs told of red or failed runs
+//	GUARDIAN_JOB_ALERT_EMAIL   comma-separated addresses told of red or failed runs
+//	plus shared/notify's SMTP and webhook settings.
+package job
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/glassmkr/guardian/shared/config"
+	"github.com/glassmkr/guardian/shared/notify"
+)
+
+// Environment variables read by Main.
+const (
+	EnvLockDir       = "GUARDIAN_JOB_LOCK_DIR"
+	EnvMetricsDir    = "GUARDIAN_JOB_METRICS_DIR"
+	EnvTimeout       = "GUARDIAN_JOB_TIMEOUT"
+	EnvAlertWebhooks = "GUARDIAN_JOB_ALERT_WEBHOOKS"
+	EnvAlertEmail    = "GUARDIAN_JOB_ALERT_EMAIL"
+)
+
+// Exit statuses.
+const (
+	ExitOK      = 0
+	ExitRed     = 1
+	ExitError   = 2
+	ExitRunning = 75 // EX_TEMPFAIL: another run holds the lock
+)
+
+// Statuses in the result line and the metrics.
+const (
+	StatusOK      = "ok"
+	StatusRed     = "red"
+	StatusError   = "error"
+	StatusSkipped = "skipped"
+)
+
+// ErrRed marks a run that did its work and found a problem (a check
+// failed). Wrap it: fmt.Errorf("%w: restore of %s: ...", job.ErrRed, set).
+var ErrRed = errors.New("check failed")
+
+// Spec describes a job.
+type Spec struct {
+	// Name is the job's name: lower-case letters, digits and dashes.
+	Name string
+	// Timeout bounds a run unless GUARDIAN_JOB_TIMEOUT says otherwise.
+	Timeout time.Duration
+	// Run does the work, adding facts for the result line to r. A nil
+	// error is "ok"; an error wrapping ErrRed is "red"; any other is
+	// "error". Errors must not contain secrets: they are printed and sent.
+	Run func(ctx context.Context, env *config.Loader, r *Report) error
+}
+
+// Report collects the facts a run reports in its result line.
+type Report struct {
+	fields map[string]any
+}
+
+// Set records a fact (counts, set names, sizes) for the result line.
+// Reserved names (job, status, started, duration_ms, error) are ignored.
+func (r *Report) Set(key string, value any) {
+	switch key {
+	case "job", "status", "started", "duration_ms", "error":
+		return
+	}
+	if r.fields == nil {
+		r.fields = map[string]any{}
+	}
+	r.fields[key] = value
+}
+
+// Get returns a fact recorded with Set.
+func (r *Report) Get(key string) any { return r.fields[key] }
+
+// Result is one run's outcome, as printed.
+type Result struct {
+	Job      string
+	Status   string
+	Started  time.Time
+	Duration time.Duration
+	Err      string
+	Fields   map[string]any
+}
+
+// MarshalJSON flattens the fields beside the fixed members.
+func (res Result) MarshalJSON() ([]byte, error) {
+	m := make(map[string]any, len(res.Fields)+5)
+	for k, v := range res.Fields {
+		m[k] = v
+	}
+	m["job"] = res.Job
+	m["status"] = res.Status
+	m["started"] = res.Started.UTC().Format(time.RFC3339)
+	m["duration_ms"] = res.Duration.Milliseconds()
+	if res.Err != "" {
+		m["error"] = res.Err
+	}
+	return json.Marshal(m)
+}
+
+// ExitCode is the process exit status for the result.
+func (res Result) ExitCode() int {
+	switch res.Status {
+	case StatusOK:
+		return ExitOK
+	case StatusRed:
+		return ExitRed
+	case StatusSkipped:
+		return ExitRunning
+	default:
+		return ExitError
+	}
+}
+
+var validName = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
+
+// Main runs the job with the process environment and exits.
+func Main(spec Spec) {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	res := Execute(ctx, spec, os.LookupEnv, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(res.ExitCode())
+}
+
+// Execute runs spec once under its lock, prints the result line to out,
+// writes the metrics file, and sends the alert when the run was not ok.
+// Diagnostics go to errOut.
+func Execute(ctx context.Context, spec Spec, lookup func(string) (string, bool), out, errOut io.Writer) Result {
+	if !validName.MatchString(spec.Name) {
+		panic(fmt.Sprintf("job: invalid name %q", spec.Name))
+	}
+	res := Result{Job: spec.Name, Started: time.Now()}
+	env := config.New(lookup)
+
+	lock, err := acquire(lockDir(env), spec.Name)
+	if err != nil {
+		res.Status = StatusError
+		if errors.Is(err, errLocked) {
+			res.Status = StatusSkipped
+		}
+		res.Err = err.Error()
+		printResult(out, errOut, res)
+		return res
+	}
+	defer lock.Close()
+
+	timeout := env.Duration(EnvTimeout, spec.Timeout)
+	if timeout <= 0 {
+		timeout = time.Hour
+	}
+	runCtx, cancel := context.WithTimeout(ctx, timeout)
+	rep := &Report{}
+	err = spec.Run(runCtx, env, rep)
+	cancel()
+	res.Duration = time.Since(res.Started)
+	res.Fields = rep.fields
+	switch {
+	case err == nil:
+		res.Status = StatusOK
+	case errors.Is(err, ErrRed):
+		res.Status = StatusRed
+		res.Err = err.Error()
+	default:
+		res.Status = StatusError
+		if runCtx.Err() != nil && ctx.Err() == nil {
+			err = fmt.Errorf("%w (after the %s time limit)", err, timeout)
+		}
+		res.Err = err.Error()
+	}
+	printResult(out, errOut, res)
+	if dir := env.Optional(EnvMetricsDir, ""); dir != "" {
+		if err := writeMetrics(dir, res); err != nil {
+			fmt.Fprintf(errOut, "%s: metrics: %v\n", spec.Name, err)
+		}
+	}
+	if res.Status != StatusOK {
+		if err := alert(env, res); err != nil {
+			fmt.Fprintf(errOut, "%s: alert: %v\n", spec.Name, err)
+		}
+	}
+	return res
+}
+
+func printResult(out, errOut io.Writer, res Result) {
+	line, err := json.Marshal(res)
+	if err != nil {
+		fmt.Fprintf(errOut, "%s: result: %v\n", res.Job, err)
+		return
+	}
+	fmt.Fprintf(out, "%s\n", line)
+	if res.Err != "" {
+		fmt.Fprintf(errOut, "%s: %s: %s\n", res.Job, strings.ToUpper(res.Status), res.Err)
+	}
+}
+
+func lockDir(env *config.Loader) string {
+	if d := env.Optional(EnvLockDir, ""); d != "" {
+		return d
+	}
+	if st, err := os.Stat("/run/lock"); err == nil && st.IsDir() && syscall.Access("/run/lock", 2) == nil {
+		return "/run/lock/guardian"
+	}
+	return filepath.Join(os.TempDir(), "guardian-jobs")
+}
+
+var errLocked = errors.New("another run of this job holds its lock")
+
+// acquire takes the job's lock without waiting. The lock is released
+// when the file is closed or the process dies, so a crashed run never
+// leaves a stale lock behind.
+func acquire(dir, name string) (*os.File, error) {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, fmt.Errorf("lock dir: %w", err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, name+".lock"), os.O_RDWR|os.O_CREATE, 0o640)
+	if err != nil {
+		return nil, fmt.Errorf("lock file: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, errLocked
+		}
+		return nil, fmt.Errorf("lock: %w", err)
+	}
+	_ = f.Truncate(0)
+	_, _ = fmt.Fprintf(f, "%d\n", os.Getpid())
+	return f, nil
+}
+
+const lastSuccessMetric = "guardian_job_last_success_timestamp_seconds"
+
+// writeMetrics replaces the job's textfile-collector file atomically.
+func writeMetrics(dir string, res Result) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	path := filepath.Join(dir, "guardian_job_"+strings.ReplaceAll(res.Job, "-", "_")+".prom")
+	end := res.Started.Add(res.Duration)
+	lastSuccess := previousSuccess(path)
+	if res.Status == StatusOK {
+		lastSuccess = float64(end.UnixMilli()) / 1000
+	}
+	var b strings.Builder
+	label := fmt.Sprintf(`{job_name=%q}`, res.Job)
+	fmt.Fprintf(&b, "# HELP guardian_job_last_run_timestamp_seconds When the job last finished.\n# TYPE guardian_job_last_run_timestamp_seconds gauge\n")
+	fmt.Fprintf(&b, "guardian_job_last_run_timestamp_seconds%s %s\n", label, ftoa(float64(end.UnixMilli())/1000))
+	fmt.Fprintf(&b, "# HELP %s When the job last finished with status ok (0: never).\n# TYPE %s gauge\n", lastSuccessMetric, lastSuccessMetric)
+	fmt.Fprintf(&b, "%s%s %s\n", lastSuccessMetric, label, ftoa(lastSuccess))
+	fmt.Fprintf(&b, "# HELP guardian_job_duration_seconds How long the last run took.\n# TYPE guardian_job_duration_seconds gauge\n")
+	fmt.Fprintf(&b, "guardian_job_duration_seconds%s %s\n", label, ftoa(res.Duration.Seconds()))
+	fmt.Fprintf(&b, "# HELP guardian_job_status 1 for the last run's status.\n# TYPE guardian_job_status gauge\n")
+	for _, s := range []string{StatusOK, StatusRed, StatusError} {
+		v := 0
+		if s == res.Status {
+			v = 1
+		}
+		fmt.Fprintf(&b, "guardian_job_status{job_name=%q,status=%q} %d\n", res.Job, s, v)
+	}
+	tmp, err := os.CreateTemp(dir, ".guardian_job_*.tmp")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.WriteString(b.String()); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Chmod(0o644); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
+
+func previousSuccess(path string) float64 {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, lastSuccessMetric+"{") {
+			continue
+		}
+		if i := strings.LastIndexByte(line, ' '); i > 0 {
+			if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
+				return v
+			}
+		}
+	}
+	return 0
+}
+
+func ftoa(v float64) string { return strconv.FormatFloat(v, 'f', -1, 64) }
+
+// AlertWait bounds how long a failed run waits for its alert's delivery.
+var AlertWait = 30 * time.Second
+
+func alert(env *config.Loader, res Result) error {
+	hooks, err := notify.WebhookURLs(EnvAlertWebhooks, env.Optional(EnvAlertWebhooks, ""))
+	if err != nil {
+		return err
+	}
+	to := notify.SplitList(env.Optional(EnvAlertEmail, ""))
+	if len(hooks) == 0 && len(to) == 0 {
+		return nil
+	}
+	cfg := notify.LoadConfig(env)
+	cfg.Workers = 1
+	n, err := notify.New(cfg)
+	if err != nil {
+		return err
+	}
+	if !n.MailEnabled() {
+		to = nil
+	}
+	subject := fmt.Sprintf("Guardian job %s: %s", res.Job, strings.ToUpper(res.Status))
+	n.Send(notify.Notice{
+		Event:    "job." + res.Status,
+		Subject:  subject,
+		Text:     fmt.Sprintf("%s\n\nStarted %s, took %s.\n%s\n", subject, res.Started.UTC().Format(time.RFC3339), res.Duration.Round(time.Millisecond), res.Err),
+		To:       to,
+		Data:     res,
+		Webhooks: hooks,
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), AlertWait)
+	defer cancel()
+	n.Close(ctx)
+	if st := n.Stats(); st.Failed > 0 || st.Dropped > 0 {
+		return fmt.Errorf("%d of the alert's deliveries failed", st.Failed+st.Dropped)
+	}
+	return nil
+}

@@ -1,0 +1,205 @@
+package job
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/glassmkr/guardian/shared/config"
+)
+
+type fakeEnv map[string]string
+
+func (e fakeEnv) lookup(k string) (string, bool) { v, ok := e[k]; return v, ok }
+
+func run(t *testing.T, env fakeEnv, fn func(context.Context, *config.Loader, *Report) error) (Result, map[string]any, string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	res := Execute(context.Background(), Spec{Name: "test-job", Timeout: time.Minute, Run: fn}, env.lookup, &out, &errOut)
+	var line map[string]any
+	if err := json.Unmarshal(out.Bytes(), &line); err != nil {
+		t.Fatalf("result line %q: %v", out.String(), err)
+	}
+	if strings.Count(out.String(), "\n") != 1 {
+		t.Fatalf("want exactly one line on stdout, got %q", out.String())
+	}
+	return res, line, errOut.String()
+}
+
+func baseEnv(t *testing.T) fakeEnv {
+	return fakeEnv{EnvLockDir: t.TempDir(), EnvMetricsDir: t.TempDir()}
+}
+
+func TestOutcomesMapToStatusAndExitCode(t *testing.T) {
+	cases := []struct {
+		name   string
+		err    error
+		status string
+		code   int
+	}{
+		{"nil error is ok", nil, StatusOK, ExitOK},
+		{"wrapped ErrRed is red", fmt.Errorf("%w: restore of set x failed", ErrRed), StatusRed, ExitRed},
+		{"any other error is error", errors.New("cannot reach the backup host"), StatusError, ExitError},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			res, line, _ := run(t, baseEnv(t), func(_ context.Context, _ *config.Loader, r *Report) error {
+				r.Set("rows", 42)
+				r.Set("status", "forged") // reserved: ignored
+				return c.err
+			})
+			if res.Status != c.status || res.ExitCode() != c.code {
+				t.Fatalf("status %q code %d, want %q %d", res.Status, res.ExitCode(), c.status, c.code)
+			}
+			if line["job"] != "test-job" || line["status"] != c.status || line["rows"] != float64(42) {
+				t.Fatalf("line %v", line)
+			}
+			if _, ok := line["duration_ms"]; !ok {
+				t.Fatalf("no duration in %v", line)
+			}
+			if (c.err == nil) != (line["error"] == nil) {
+				t.Fatalf("error member %v for err %v", line["error"], c.err)
+			}
+		})
+	}
+}
+
+func TestSecondRunWhileFirstHoldsTheLockIsSkipped(t *testing.T) {
+	env := baseEnv(t)
+	inside := make(chan struct{})
+	release := make(chan struct{})
+	done := make(chan Result)
+	go func() {
+		res := Execute(context.Background(), Spec{Name: "test-job", Run: func(context.Context, *config.Loader, *Report) error {
+			close(inside)
+			<-release
+			return nil
+		}}, env.lookup, io.Discard, io.Discard)
+		done <- res
+	}()
+	<-inside
+	ran := false
+	res, line, _ := run(t, env, func(context.Context, *config.Loader, *Report) error { ran = true; return nil })
+	if ran || res.Status != StatusSkipped || res.ExitCode() != ExitRunning || line["status"] != StatusSkipped {
+		t.Fatalf("overlapping run: ran=%v status=%q code=%d", ran, res.Status, res.ExitCode())
+	}
+	close(release)
+	if first := <-done; first.Status != StatusOK {
+		t.Fatalf("first run: %q", first.Status)
+	}
+	// The lock is free again once the first run ends.
+	if res, _, _ := run(t, env, func(context.Context, *config.Loader, *Report) error { return nil }); res.Status != StatusOK {
+		t.Fatalf("after release: %q", res.Status)
+	}
+}
+
+func metricValue(t *testing.T, dir, metric string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, "guardian_job_test_job.prom"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, metric+"{") {
+			return l[strings.LastIndexByte(l, ' ')+1:]
+		}
+	}
+	t.Fatalf("no %s in\n%s", metric, b)
+	return ""
+}
+
+func TestMetricsKeepLastSuccessAcrossFailures(t *testing.T) {
+	env := baseEnv(t)
+	dir := env[EnvMetricsDir]
+	run(t, env, func(context.Context, *config.Loader, *Report) error { return errors.New("first run fails") })
+	if v := metricValue(t, dir, lastSuccessMetric); v != "0" {
+		t.Fatalf("never succeeded: last success %s", v)
+	}
+	run(t, env, func(context.Context, *config.Loader, *Report) error { return nil })
+	okAt := metricValue(t, dir, lastSuccessMetric)
+	if okAt == "0" {
+		t.Fatal("success not recorded")
+	}
+	run(t, env, func(context.Context, *config.Loader, *Report) error { return fmt.Errorf("%w: bad", ErrRed) })
+	if v := metricValue(t, dir, lastSuccessMetric); v != okAt {
+		t.Fatalf("a red run changed last success from %s to %s", okAt, v)
+	}
+	b, _ := os.ReadFile(filepath.Join(dir, "guardian_job_test_job.prom"))
+	if !strings.Contains(string(b), `guardian_job_status{job_name="test-job",status="red"} 1`) {
+		t.Fatalf("status not red:\n%s", b)
+	}
+	entries, _ := os.ReadDir(dir)
+	if len(entries) != 1 {
+		t.Fatalf("temp files left behind: %v", entries)
+	}
+}
+
+func TestRunPastItsTimeLimitIsAnError(t *testing.T) {
+	env := baseEnv(t)
+	env[EnvTimeout] = "50ms"
+	res, _, _ := run(t, env, func(ctx context.Context, _ *config.Loader, _ *Report) error {
+		<-ctx.Done()
+		return fmt.Errorf("upload: %w", ctx.Err())
+	})
+	if res.Status != StatusError || !strings.Contains(res.Err, "time limit") {
+		t.Fatalf("status %q err %q", res.Status, res.Err)
+	}
+}
+
+// A red run sends exactly one alert; an ok run sends none.
+func TestAlertOnceForRedNoneForOK(t *testing.T) {
+	var mu sync.Mutex
+	var got []map[string]any
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var body map[string]any
+		_ = json.NewDecoder(r.Body).Decode(&body)
+		mu.Lock()
+		got = append(got, body)
+		mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	defer srv.Close()
+	env := baseEnv(t)
+	env[EnvAlertWebhooks] = srv.URL + "/hook"
+	env["GUARDIAN_WEBHOOK_ALLOW"] = "127.0.0.1"
+
+	run(t, env, func(context.Context, *config.Loader, *Report) error { return nil })
+	_, _, stderr := run(t, env, func(context.Context, *config.Loader, *Report) error {
+		return fmt.Errorf("%w: restore of set 20261101T030000Z: row count 9, manifest 10", ErrRed)
+	})
+	if strings.Contains(stderr, "alert:") {
+		t.Fatalf("alert failed: %s", stderr)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) != 1 {
+		t.Fatalf("want exactly one alert, got %d", len(got))
+	}
+	if got[0]["event"] != "job.red" {
+		t.Fatalf("alert %v", got[0])
+	}
+	data, _ := got[0]["data"].(map[string]any)
+	if data["job"] != "test-job" || !strings.Contains(fmt.Sprint(data["error"]), "row count 9") {
+		t.Fatalf("alert data %v", data)
+	}
+}
+
+func TestBadAlertSettingIsReportedNotFatal(t *testing.T) {
+	env := baseEnv(t)
+	env[EnvAlertWebhooks] = "ftp://example.com/x"
+	res, _, stderr := run(t, env, func(context.Context, *config.Loader, *Report) error { return errors.New("boom") })
+	if res.Status != StatusError || !strings.Contains(stderr, EnvAlertWebhooks) {
+		t.Fatalf("status %q stderr %q", res.Status, stderr)
+	}
+}
