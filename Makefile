@@ -4,7 +4,7 @@ GO      ?= go
 BIN     := bin
 export CGO_ENABLED ?= 0
 
-.PHONY: all build up down clean test fmt vet bench bench-edge bench-functions bench-compare release release-verify
+.PHONY: all build up down clean test fmt vet bench bench-edge bench-functions bench-compare bench-flows release release-verify
 
 all: build
 
@@ -48,6 +48,11 @@ bench-edge:
 ## bench-functions: the function runtime against a bare reverse_proxy, and its cold start; flags via BENCH_ARGS
 bench-functions:
 	$(GO) run ./bench/functions $(BENCH_ARGS)
+
+## bench-flows: whole flows through the full edge: ingest snapshots/s, /healthz p99 during a login flood; flags via BENCH_ARGS (e.g. -flows.d=20s)
+bench-flows:
+	deploy/stack/deps.sh
+	$(GO) test -run '^$$' -bench . -benchtime 1x ./bench/flows/ $(BENCH_ARGS)
 
 ## bench-compare: micro-benchmarks of OLD (default HEAD~1) and NEW (default the working tree), 6 runs each, through benchstat
 bench-compare:

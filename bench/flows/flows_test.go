@@ -1,0 +1,266 @@
+// Package flows benchmarks whole product flows through the full edge (the
+// repository's Caddyfile, every module, the real function binaries, real
+// PostgreSQL, Redis and ClickHouse), for the targets that concern a route
+// rather than one module:
+//
+//   - BenchmarkIngestFullEdge: collector snapshots per second accepted by
+//     POST /api/v1/ingest and stored in ClickHouse (target: 5,000/s).
+//   - BenchmarkHealthzDuringLoginFlood: /healthz latency while 200
+//     concurrent clients, each from another address, try passwords at
+//     /auth/login (target: p99 under 50 ms).
+//
+// Each benchmark runs its load once for -flows.d whatever b.N is (run
+// with -benchtime 1x) and reports its figures with b.ReportMetric, with the
+// ratio to its target. Load generator, Caddy, functions and servers share
+// this machine's CPUs: compare figures from the same machine.
+//
+//	make bench-flows   (go test -run '^$' -bench . -benchtime 1x ./bench/flows/)
+package flows
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/glassmkr/guardian/bench/internal/harness"
+	"github.com/glassmkr/guardian/shared/testenv"
+)
+
+var (
+	duration    = flag.Duration("flows.d", 10*time.Second, "how long each load runs")
+	ingestConc  = flag.Int("flows.ingest-c", 64, "concurrent collectors posting snapshots")
+	floodConc   = flag.Int("flows.flood-c", 200, "concurrent clients flooding /auth/login")
+	healthzRate = flag.Float64("flows.healthz-rate", 50, "/healthz requests per second during the flood")
+)
+
+func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
+
+// snapshot is shaped like a Crucible agent's push: about 4 KB of nested
+// sections.
+func snapshot(ts time.Time) []byte {
+	var disks, nics []string
+	for i := range 6 {
+		n := strconv.Itoa(i)
+		disks = append(disks, `{"device":"/dev/nvme`+n+`n1","mount":"/data`+n+`","fs":"ext4","total_gb":1863,"used_gb":1`+n+`2,"used_pct":27.5,"inodes_used_pct":3.1,"model":"SAMSUNG MZQL21T9HCJR","serial":"S64GNE0R`+n+`00001","health":"PASSED","temperature_c":41,"power_on_hours":18231}`)
+		nics = append(nics, `{"interface":"enp`+n+`s0","state":"up","speed_mbps":10000,"rx_bytes":918273645,"tx_bytes":827364512,"rx_errors":0,"tx_errors":0,"rx_dropped":2}`)
+	}
+	return []byte(`{"collector_version":"0.9.4","timestamp":"` + ts.UTC().Format(time.RFC3339Nano) + `",` +
+		`"system":{"hostname":"db1","ip":"10.0.0.1","os":"Ubuntu 24.04.4 LTS","kernel":"6.8.0-107-generic","uptime_seconds":604800},` +
+		`"cpu":{"model":"AMD EPYC 7443P 24-Core Processor","cores":24,"threads":48,"load1":0.42,"load5":0.38,"load15":0.31,"usage_pct":7.9,"iowait_pct":0.4,"steal_pct":0},` +
+		`"memory":{"total_mb":257614,"used_mb":40960,"available_mb":216654,"swap_total_mb":8192,"swap_used_mb":128},` +
+		`"disks":[` + strings.Join(disks, ",") + `],"network":[` + strings.Join(nics, ",") + `],` +
+		`"raid":[{"device":"/dev/md0","level":"raid1","state":"clean","devices":2,"failed":0}],` +
+		`"ipmi":{"available":true,"sel_entries":3,"sensors":[{"name":"CPU Temp","value":52,"unit":"C","status":"ok"},{"name":"FAN1","value":5400,"unit":"RPM","status":"ok"}]},` +
+		`"security":{"pending_updates":4,"security_updates":1,"reboot_required":false,"ssh_password_auth":false},` +
+		`"systemd":{"failed_units":[],"units_total":214},"ntp":{"synchronized":true,"offset_ms":0.8},` +
+		`"collection_status":{"duration_ms":812,"errors":[]}}`)
+}
+
+func count(b *testing.B, ch *testenv.CH) int64 {
+	var n uint64
+	if err := ch.Conn.QueryRow(context.Background(), "SELECT count() FROM "+ch.Database+".snapshots").Scan(&n); err != nil {
+		b.Fatalf("count snapshots: %v", err)
+	}
+	return int64(n)
+}
+
+// BenchmarkIngestFullEdge drives POST /api/v1/ingest through the full
+// edge with -flows.ingest-c collectors in a closed loop. Collectors belong
+// to several customers so that the per-key (100/s) and per-account
+// (500/s) buckets, which a real fleet spreads over many keys, do not cap
+// the figure: every refusal is counted and reported.
+func BenchmarkIngestFullEdge(b *testing.B) {
+	env, first, _ := testenv.EdgeEnv(b)
+	ch := testenv.ClickHouse(b)
+	env["GUARDIAN_CLICKHOUSE_DATABASE"] = ch.Database
+	stack := testenv.StartStack(b, env)
+
+	// A key per collector, 4 collectors per customer.
+	keys := make([]string, *ingestConc)
+	c := first
+	for i := range keys {
+		if i > 0 && i%4 == 0 {
+			c = testenv.NewCustomer(b, first.DB, first.Pepper, first.Secret)
+		}
+		server := c.ServerID
+		if i%2 == 1 {
+			server = c.OtherServerID
+		}
+		if i%4 >= 2 { // two more servers of this customer
+			if err := c.DB.QueryRow(context.Background(), "INSERT INTO servers (customer_id, name, hostname) VALUES ($1, $2, $2) RETURNING id", c.ID, testenv.Name("s")).Scan(&server); err != nil {
+				b.Fatal(err)
+			}
+		}
+		keys[i] = c.CollectorKey(b, server)
+	}
+	client := harness.NewClient(*ingestConc)
+	post := func(ctx context.Context, key string, body []byte) (int, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, stack.URL+"/api/v1/ingest", bytes.NewReader(body))
+		if err != nil {
+			return 0, err
+		}
+		req.Header.Set("Authorization", "Bearer "+key)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := client.Do(req)
+		if err != nil {
+			return 0, err
+		}
+		_, err = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode, err
+	}
+	// Warm up: start the functions and fill the caches.
+	for _, k := range keys {
+		if st, err := post(context.Background(), k, snapshot(time.Now())); err != nil || st/100 != 2 {
+			b.Fatalf("warm-up ingest: %d %v\n%s", st, err, stack.Log())
+		}
+	}
+	before := count(b, ch)
+
+	var ok, limited, other atomic.Int64
+	var mu sync.Mutex
+	var lat []time.Duration
+	ctx, cancel := context.WithTimeout(context.Background(), *duration+30*time.Second)
+	defer cancel()
+	b.ResetTimer()
+	start := time.Now()
+	deadline := start.Add(*duration)
+	var wg sync.WaitGroup
+	for _, key := range keys {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			mine := make([]time.Duration, 0, 4096)
+			ts := time.Now().Add(-time.Hour)
+			for time.Now().Before(deadline) {
+				ts = ts.Add(time.Millisecond)
+				t0 := time.Now()
+				st, err := post(ctx, key, snapshot(ts))
+				mine = append(mine, time.Since(t0))
+				switch {
+				case err == nil && st/100 == 2:
+					ok.Add(1)
+				case st == http.StatusTooManyRequests:
+					limited.Add(1)
+				default:
+					other.Add(1)
+				}
+			}
+			mu.Lock()
+			lat = append(lat, mine...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	b.StopTimer()
+
+	// Every accepted snapshot must be in ClickHouse (ingest batches for a
+	// few ms before it answers, so they are once the load has ended).
+	stored := count(b, ch) - before
+	if stored != ok.Load() {
+		b.Errorf("accepted %d snapshots but ClickHouse holds %d new rows", ok.Load(), stored)
+	}
+	slices.Sort(lat)
+	rate := float64(ok.Load()) / elapsed.Seconds()
+	b.ReportMetric(rate, "snapshots/s")
+	b.ReportMetric(rate/5000, "x-target")
+	b.ReportMetric(harness.Ms(harness.Percentile(lat, 0.5)), "p50-ms")
+	b.ReportMetric(harness.Ms(harness.Percentile(lat, 0.99)), "p99-ms")
+	b.ReportMetric(float64(limited.Load()), "429s")
+	b.ReportMetric(float64(other.Load()), "errors")
+	b.Logf("ingest: %d collectors, %.0f snapshots/s (target 5,000: %.2fx), p50 %.2f ms, p99 %.2f ms, %d stored, %d rate-limited, %d other errors",
+		len(keys), rate, rate/5000, harness.Ms(harness.Percentile(lat, 0.5)), harness.Ms(harness.Percentile(lat, 0.99)), stored, limited.Load(), other.Load())
+}
+
+// BenchmarkHealthzDuringLoginFlood floods /auth/login with wrong
+// passwords from -flows.flood-c concurrent clients, each request from
+// another address (X-Forwarded-For from a trusted proxy, as a botnet
+// behind Cloudflare looks), so the per-IP bucket does not stop them and
+// every request reaches bcrypt. Meanwhile /healthz is sent at a fixed
+// rate (open loop) and its latency measured, then compared with the same
+// rate without the flood.
+func BenchmarkHealthzDuringLoginFlood(b *testing.B) {
+	env, c, _ := testenv.EdgeEnv(b)
+	env["GUARDIAN_TRUSTED_PROXIES"] = "127.0.0.1/32"
+	email := c.Password(b, "correct horse battery staple 9")
+	stack := testenv.StartStack(b, env)
+	healthz := harness.Target{URL: stack.URL + "/healthz"}
+	probe := harness.NewClient(8)
+	if !healthz.Hit(context.Background(), probe) {
+		b.Fatalf("healthz not 200\n%s", stack.Log())
+	}
+	quiet := harness.OpenLoop(context.Background(), probe, healthz, *healthzRate, *duration/2, 64)
+
+	body, _ := json.Marshal(map[string]string{"email": email, "password": "wrong password 123456"})
+	client := harness.NewClient(*floodConc)
+	var statuses sync.Map // status -> *atomic.Int64
+	count := func(st int) {
+		v, _ := statuses.LoadOrStore(st, new(atomic.Int64))
+		v.(*atomic.Int64).Add(1)
+	}
+	floodCtx, stopFlood := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	var n atomic.Int64
+	for w := range *floodConc {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; floodCtx.Err() == nil; i++ {
+				req, _ := http.NewRequestWithContext(floodCtx, http.MethodPost, stack.URL+"/auth/login", bytes.NewReader(body))
+				req.Header.Set("Content-Type", "application/json")
+				req.Header.Set("X-Forwarded-For", fmt.Sprintf("198.51.%d.%d", w%250, i%250))
+				resp, err := client.Do(req)
+				if err != nil {
+					if floodCtx.Err() == nil {
+						count(0)
+					}
+					continue
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				count(resp.StatusCode)
+				n.Add(1)
+			}
+		}()
+	}
+	time.Sleep(2 * time.Second) // let the flood fill the bcrypt queue
+	b.ResetTimer()
+	flooded := harness.OpenLoop(context.Background(), probe, healthz, *healthzRate, *duration, 64)
+	b.StopTimer()
+	stopFlood()
+	wg.Wait()
+
+	slices.Sort(quiet.Latencies)
+	slices.Sort(flooded.Latencies)
+	p99 := harness.Percentile(flooded.Latencies, 0.99)
+	b.ReportMetric(harness.Ms(harness.Percentile(quiet.Latencies, 0.99)), "quiet-p99-ms")
+	b.ReportMetric(harness.Ms(harness.Percentile(flooded.Latencies, 0.5)), "flood-p50-ms")
+	b.ReportMetric(harness.Ms(p99), "flood-p99-ms")
+	b.ReportMetric(float64(50*time.Millisecond)/float64(max(p99, time.Microsecond)), "x-target")
+	b.ReportMetric(float64(flooded.Errors+flooded.Dropped), "healthz-failures")
+	var byStatus []string
+	statuses.Range(func(k, v any) bool {
+		byStatus = append(byStatus, fmt.Sprintf("%d:%d", k, v.(*atomic.Int64).Load()))
+		return true
+	})
+	slices.Sort(byStatus)
+	b.Logf("healthz at %.0f/s: quiet p99 %.2f ms; during a %d-client login flood p50 %.2f ms, p99 %.2f ms (target < 50 ms), %d failed/dropped of %d; flood answers by status %v",
+		*healthzRate, harness.Ms(harness.Percentile(quiet.Latencies, 0.99)), *floodConc,
+		harness.Ms(harness.Percentile(flooded.Latencies, 0.5)), harness.Ms(p99), flooded.Errors+flooded.Dropped, flooded.Scheduled, byStatus)
+	if flooded.OK == 0 {
+		b.Errorf("no /healthz answered during the flood")
+	}
+}
