@@ -4,7 +4,7 @@ GO      ?= go
 BIN     := bin
 export CGO_ENABLED ?= 0
 
-.PHONY: all build up down clean test fmt vet bench bench-edge bench-functions bench-compare bench-flows release release-verify
+.PHONY: all build up down clean test fmt vet bench bench-edge bench-functions bench-compare bench-flows fuzz release release-verify
 
 all: build
 
@@ -30,6 +30,10 @@ clean:
 ## test: go vet and go test ./... against private PostgreSQL, Redis and ClickHouse
 test:
 	deploy/stack/test.sh
+
+## fuzz: every go test -fuzz target for GUARDIAN_FUZZTIME each (default 3s; make test runs them too)
+fuzz:
+	deploy/stack/fuzz.sh
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')

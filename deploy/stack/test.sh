@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # deploy/stack/test.sh: `make test`. Starts one private PostgreSQL, Redis and
 # ClickHouse on free ports for the whole run, runs go vet and every Go test
-# against them, and destroys them afterwards whatever the outcome.
+# against them, then every fuzz target briefly (deploy/stack/fuzz.sh), and destroys them afterwards whatever the outcome.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -23,3 +23,7 @@ go vet ./...
 # -p 2: two packages at a time on this size of machine; each package's
 # tests still run in parallel inside it.
 go test -count=1 -p 2 -timeout 14m "${@:-./...}"
+# Every fuzz target for a short budget (only on a whole run).
+if (($# == 0)); then
+	deploy/stack/fuzz.sh
+fi
