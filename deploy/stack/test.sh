@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # deploy/stack/test.sh: `make test`. Starts one private PostgreSQL, Redis and
 # ClickHouse on free ports for the whole run, runs go vet and every Go test
-# against them, then every fuzz target briefly (deploy/stack/fuzz.sh), and destroys them afterwards whatever the outcome.
+# against them, then every fuzz target briefly (deploy/stack/fuzz.sh), and
+# destroys the servers afterwards whatever the outcome.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
