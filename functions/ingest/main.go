@@ -28,6 +28,7 @@ import (
 	"github.com/glassmkr/guardian/shared/config"
 	"github.com/glassmkr/guardian/shared/db"
 	"github.com/glassmkr/guardian/shared/fnserve"
+	"github.com/glassmkr/guardian/shared/plan"
 )
 
 func main() { fnserve.Main(setup) }
@@ -196,9 +197,4 @@ func (c *planCache) plan(ctx context.Context, customer string, now time.Time) (s
 }
 
 // RetentionDays is how long a plan keeps snapshots (security posture).
-func RetentionDays(plan string) uint16 {
-	if plan == "pro" {
-		return 90
-	}
-	return 7
-}
+func RetentionDays(p string) uint16 { return uint16(plan.SnapshotRetention(p)) }

@@ -1,0 +1,115 @@
+// Command account-purge completes account deletions: an account whose
+// deletion the customer asked for (DELETE /api/v1/account sets
+// customers.delete_after to the request time plus 30 days, see
+// functions/sessions) loses all its data once delete_after has passed.
+// The purge happens at delete_after, not before: the date the customer was
+// shown is the date their data goes, and a run scheduled hourly ends it
+// within the hour after it.
+//
+// What goes:
+//   - ClickHouse: the account's rows in every MergeTree table of the
+//     database that has a customer_id column (snapshots, alert_history,
+//     analyses, notifications, and tables added later), by one
+//     ALTER TABLE … DELETE WHERE customer_id IN (…) mutation per table;
+//   - PostgreSQL: the customers row, and by the foreign keys' cascades its
+//     users, sessions, servers, API keys and idempotency keys. Its
+//     api_audit_log rows stay, with customer_id set to NULL (the foreign
+//     key's ON DELETE SET NULL, the one change the audit log's trigger
+//     allows; the rows' hash chain does not cover customer_id).
+//
+// Order and restarts. ClickHouse first, PostgreSQL last, and an account's
+// PostgreSQL row is deleted only once no pending mutation names it and a
+// fresh count finds none of its rows in ClickHouse. The PostgreSQL row is
+// the record of what is still to purge, so a run that stops anywhere
+// (crash, timeout, ClickHouse or PostgreSQL down) loses nothing that should
+// be kept and leaves nothing orphaned: the next run finds the account due
+// again, issues no mutation already pending, and finishes. Every step is
+// idempotent.
+//
+// Bounds. A run takes at most GUARDIAN_PURGE_MAX_ACCOUNTS accounts (oldest
+// delete_after first), issues at most one mutation per table, and waits at
+// most GUARDIAN_PURGE_WAIT for them; what is left is the next run's. An
+// account still present a day after its delete_after makes the run red.
+//
+// Audit. The run writes no api_audit_log row: that log records API calls
+// (method, path, status, the edge's hash chains), and the deletion request
+// itself is already there (action "delete" on resource "customer", with
+// delete_after). The result line names the purged accounts instead.
+//
+// Result line (besides job's members): accounts_due, accounts_purged,
+// purged_customer_ids, waiting_customer_ids, accounts_remaining,
+// accounts_overdue, mutations_issued, rows_to_delete, clickhouse_tables.
+//
+// Environment (see shared/job for the lock, metrics and alert settings):
+//
+//	GUARDIAN_PG_APP_DSN           the runtime role: it holds SELECT and DELETE on customers,
+//	                              all this job needs (cascades run as the tables' owner);
+//	                              the owner DSN is not used
+//	GUARDIAN_CLICKHOUSE_ADDR, _USER, _PASSWORD, _DATABASE   a user allowed ALTER … DELETE
+//	GUARDIAN_PURGE_MAX_ACCOUNTS   accounts per run, 1 to 1000 (default 100)
+//	GUARDIAN_PURGE_WAIT           wait for this run's ClickHouse deletions (default 5m)
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2"
+
+	"github.com/glassmkr/guardian/shared/config"
+	"github.com/glassmkr/guardian/shared/db"
+	"github.com/glassmkr/guardian/shared/job"
+)
+
+// Environment variables of the job's own bounds.
+const (
+	EnvMaxAccounts = "GUARDIAN_PURGE_MAX_ACCOUNTS"
+	EnvWait        = "GUARDIAN_PURGE_WAIT"
+)
+
+func main() { job.Main(jobSpec(nil)) }
+
+// jobSpec is the job; beforePG is Purger.beforePG (tests).
+func jobSpec(beforePG func([]string) error) job.Spec {
+	return job.Spec{Name: "account-purge", Timeout: 30 * time.Minute, Run: func(ctx context.Context, env *config.Loader, r *job.Report) error {
+		return run(ctx, env, r, beforePG)
+	}}
+}
+
+func run(ctx context.Context, env *config.Loader, r *job.Report, beforePG func([]string) error) error {
+	dsn := env.String(config.PGAppDSN)
+	chCfg := env.LoadClickHouse()
+	maxAccounts := env.Int(EnvMaxAccounts, DefaultMaxAccounts)
+	wait := env.Duration(EnvWait, DefaultWait)
+	if err := env.Err(); err != nil {
+		return err
+	}
+	if maxAccounts < 1 || maxAccounts > 1000 {
+		return fmt.Errorf("%s must be between 1 and 1000", EnvMaxAccounts)
+	}
+	pool, err := db.Open(ctx, config.PGAppDSN, dsn, 2)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	ch, err := clickhouse.Open(&clickhouse.Options{
+		Addr:         []string{chCfg.Addr},
+		Auth:         clickhouse.Auth{Database: chCfg.Database, Username: chCfg.User, Password: chCfg.Password},
+		DialTimeout:  5 * time.Second,
+		ReadTimeout:  5 * time.Minute,
+		MaxOpenConns: 2,
+	})
+	if err != nil {
+		return fmt.Errorf("clickhouse: %w", err)
+	}
+	defer ch.Close()
+	p := &Purger{
+		PG: pool, CH: ch, Database: chCfg.Database,
+		MaxAccounts: maxAccounts, Wait: wait, OverdueAfter: DefaultOverdueAfter,
+		beforePG: beforePG,
+	}
+	res, err := p.Run(ctx, time.Now())
+	res.Report(r)
+	return err
+}

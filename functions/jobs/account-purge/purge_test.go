@@ -1,0 +1,299 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/glassmkr/guardian/shared/job"
+	"github.com/glassmkr/guardian/shared/testenv"
+)
+
+func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
+
+var pepper = []byte("account-purge-test-pepper-0123456789abcdef")
+
+type fixture struct {
+	pg *testenv.PG
+	ch *testenv.CH
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	f := &fixture{pg: testenv.Postgres(t), ch: testenv.ClickHouse(t)}
+	// A table added later, with a customer_id column, is purged too.
+	if err := f.ch.Conn.Exec(context.Background(), "CREATE TABLE "+f.ch.Database+".server_events (customer_id String, ts DateTime, what String) ENGINE = MergeTree ORDER BY (customer_id, ts)"); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+var chTables = []string{"alert_history", "analyses", "notifications", "server_events", "snapshots"}
+
+// customer makes a customer with an account key, a collector key, a
+// session, an idempotency key, two audit rows and two rows in every
+// ClickHouse table; deleteIn schedules its deletion relative to now
+// (nil: not scheduled).
+func (f *fixture) customer(t *testing.T, deleteIn *time.Duration) *testenv.Customer {
+	t.Helper()
+	ctx := context.Background()
+	c := testenv.NewCustomer(t, f.pg.Owner, pepper, pepper)
+	c.AccountKey(t, "admin")
+	c.CollectorKey(t, c.ServerID)
+	c.Session(t)
+	if _, err := f.pg.Owner.Exec(ctx, "INSERT INTO idempotency_keys (customer_id, key, request_hash, server_id) VALUES ($1, 'k1', '\\x00', $2)", c.ID, c.ServerID); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		if _, err := f.pg.Owner.Exec(ctx, `INSERT INTO api_audit_log (customer_id, user_id, request_id, method, path, resource_type, resource_id, action, result, status_code)
+VALUES ($1, $2, $3, 'DELETE', '/api/v1/account', 'customer', $4, 'delete', 'success', 202)`, c.ID, c.UserID, fmt.Sprintf("%s-%d", c.ID, i), c.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if deleteIn != nil {
+		if _, err := f.pg.Owner.Exec(ctx, `UPDATE customers SET delete_after = now() + $2 * interval '1 second',
+	deletion_requested_at = now() + $2 * interval '1 second' - interval '30 days' WHERE id = $1`, c.ID, deleteIn.Seconds()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now := time.Now()
+	insert := func(q string, args ...any) {
+		b, err := f.ch.Conn.PrepareBatch(ctx, q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 2 {
+			if err := b.Append(args...); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := b.Send(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db := f.ch.Database
+	insert("INSERT INTO "+db+".snapshots (customer_id, server_id, ts, retention_days, payload)", c.ID, c.ServerID, now, uint16(90), "{}")
+	insert("INSERT INTO "+db+".alert_history (customer_id, server_id, ts, rule)", c.ID, c.ServerID, now, "disk")
+	insert("INSERT INTO "+db+".analyses (customer_id, server_id, ts, body)", c.ID, c.ServerID, now, "ok")
+	insert("INSERT INTO "+db+".notifications (customer_id, ts, body)", c.ID, now, "sent")
+	insert("INSERT INTO "+db+".server_events (customer_id, ts, what)", c.ID, now, "enrolled")
+	return c
+}
+
+// in is a deletion date relative to now (negative: passed).
+func in(d time.Duration) *time.Duration { return &d }
+
+// chRows counts the customer's rows in each ClickHouse table.
+func (f *fixture) chRows(t *testing.T, id string) map[string]uint64 {
+	t.Helper()
+	out := map[string]uint64{}
+	for _, table := range chTables {
+		var n uint64
+		if err := f.ch.Conn.QueryRow(context.Background(), "SELECT count() FROM "+f.ch.Database+"."+table+" WHERE customer_id = ?", id).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		out[table] = n
+	}
+	return out
+}
+
+func all(m map[string]uint64, want uint64) bool {
+	for _, n := range m {
+		if n != want {
+			return false
+		}
+	}
+	return len(m) > 0
+}
+
+// pgRows counts what PostgreSQL holds of the customer: its own row, and
+// the rows of every table that refers to it.
+func (f *fixture) pgRows(t *testing.T, c *testenv.Customer) map[string]int {
+	t.Helper()
+	out := map[string]int{}
+	for _, q := range []struct{ name, sql string }{
+		{"customers", "SELECT count(*) FROM customers WHERE id = $1"},
+		{"users", "SELECT count(*) FROM users WHERE customer_id = $1"},
+		{"sessions", "SELECT count(*) FROM sessions WHERE customer_id = $1"},
+		{"servers", "SELECT count(*) FROM servers WHERE customer_id = $1"},
+		{"api_keys", "SELECT count(*) FROM api_keys WHERE customer_id = $1"},
+		{"idempotency_keys", "SELECT count(*) FROM idempotency_keys WHERE customer_id = $1"},
+		{"audit_owned", "SELECT count(*) FROM api_audit_log WHERE customer_id = $1"},
+		{"audit_orphaned", "SELECT count(*) FROM api_audit_log WHERE customer_id IS NULL AND resource_id = $1::text"},
+	} {
+		var n int
+		if err := f.pg.Owner.QueryRow(context.Background(), q.sql, c.ID).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		out[q.name] = n
+	}
+	return out
+}
+
+var (
+	untouchedPG = map[string]int{"customers": 1, "users": 1, "sessions": 1, "servers": 2, "api_keys": 2, "idempotency_keys": 1, "audit_owned": 2, "audit_orphaned": 0}
+	purgedPG    = map[string]int{"customers": 0, "users": 0, "sessions": 0, "servers": 0, "api_keys": 0, "idempotency_keys": 0, "audit_owned": 0, "audit_orphaned": 2}
+)
+
+func equal(a, b map[string]int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+func (f *fixture) execute(t *testing.T, beforePG func([]string) error) (job.Result, map[string]any) {
+	t.Helper()
+	env := map[string]string{
+		"GUARDIAN_PG_APP_DSN":          f.pg.AppDSN, // the runtime role
+		"GUARDIAN_CLICKHOUSE_ADDR":     f.ch.Addr,
+		"GUARDIAN_CLICKHOUSE_USER":     f.ch.User,
+		"GUARDIAN_CLICKHOUSE_PASSWORD": f.ch.Password,
+		"GUARDIAN_CLICKHOUSE_DATABASE": f.ch.Database,
+		EnvWait:                        "30s",
+		job.EnvLockDir:                 t.TempDir(),
+	}
+	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
+	var out, errOut bytes.Buffer
+	res := job.Execute(context.Background(), jobSpec(beforePG), lookup, &out, &errOut)
+	var line map[string]any
+	if err := json.Unmarshal(out.Bytes(), &line); err != nil {
+		t.Fatalf("result line %q: %v", out.String(), err)
+	}
+	return res, line
+}
+
+// TestPurgeDeletesDueAccountsAndFinishesAfterACrash runs the job as
+// deployed (runtime role), stopped once between ClickHouse and
+// PostgreSQL as a crash would stop it.
+func TestPurgeDeletesDueAccountsAndFinishesAfterACrash(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	doomed := f.customer(t, in(-time.Hour))
+	later := f.customer(t, in(10*24*time.Hour))
+	other := f.customer(t, nil)
+
+	crash := errors.New("simulated crash between ClickHouse and PostgreSQL")
+	var told []string
+	res, line := f.execute(t, func(ids []string) error { told = ids; return crash })
+	if res.Status != job.StatusError || !slices.Equal(told, []string{doomed.ID}) {
+		t.Fatalf("crashed run: %s %s, told %v", res.Status, res.Err, told)
+	}
+	if line["mutations_issued"] != float64(len(chTables)) || line["rows_to_delete"] != float64(2*len(chTables)) {
+		t.Errorf("crashed run's line: %v", line)
+	}
+	if got := f.chRows(t, doomed.ID); !all(got, 0) {
+		t.Errorf("ClickHouse rows of the due account after its ClickHouse step: %v", got)
+	}
+	if got := f.pgRows(t, doomed); !equal(got, untouchedPG) {
+		t.Errorf("PostgreSQL after the crash: %v, want it untouched", got)
+	}
+
+	res, line = f.execute(t, nil)
+	if res.Status != job.StatusOK {
+		t.Fatalf("next run: %s %s", res.Status, res.Err)
+	}
+	if line["accounts_purged"] != 1.0 || line["mutations_issued"] != 0.0 || fmt.Sprint(line["purged_customer_ids"]) != fmt.Sprint([]string{doomed.ID}) {
+		t.Errorf("next run's line: %v", line)
+	}
+	if got := f.pgRows(t, doomed); !equal(got, purgedPG) {
+		t.Errorf("PostgreSQL after the purge: %v, want %v", got, purgedPG)
+	}
+	for _, c := range []*testenv.Customer{later, other} {
+		if got := f.pgRows(t, c); !equal(got, untouchedPG) {
+			t.Errorf("PostgreSQL of an account not due: %v", got)
+		}
+		if got := f.chRows(t, c.ID); !all(got, 2) {
+			t.Errorf("ClickHouse of an account not due: %v", got)
+		}
+	}
+
+	res, line = f.execute(t, nil)
+	if res.Status != job.StatusOK || line["accounts_due"] != 0.0 || line["accounts_purged"] != 0.0 {
+		t.Errorf("a run with nothing due: %s %v", res.Status, line)
+	}
+}
+
+// TestPurgeWaitsForPendingDeletions holds one table's mutations and
+// checks that PostgreSQL waits for them, no mutation is issued twice, a
+// late purge is red, and the run after the mutation finishes.
+func TestPurgeWaitsForPendingDeletions(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	ctx := context.Background()
+	table := f.ch.Database + ".snapshots"
+	if err := f.ch.Conn.Exec(ctx, "SYSTEM STOP MERGES "+table); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = f.ch.Conn.Exec(context.Background(), "SYSTEM START MERGES "+table) })
+	doomed := f.customer(t, in(-48*time.Hour))
+	p := &Purger{PG: f.pg.App(t), CH: f.ch.Conn, Database: f.ch.Database, MaxAccounts: 10, Wait: 300 * time.Millisecond, Poll: 50 * time.Millisecond, OverdueAfter: DefaultOverdueAfter}
+
+	res, err := p.Run(ctx, time.Now())
+	if !errors.Is(err, job.ErrRed) || res.Overdue != 1 || !slices.Equal(res.Waiting, []string{doomed.ID}) || len(res.Purged) != 0 || res.MutationsIssued != len(chTables) {
+		t.Fatalf("run with snapshots held: %+v, %v", res, err)
+	}
+	if got := f.pgRows(t, doomed); !equal(got, untouchedPG) {
+		t.Errorf("PostgreSQL while ClickHouse rows remain: %v", got)
+	}
+	res, err = p.Run(ctx, time.Now())
+	if !errors.Is(err, job.ErrRed) || res.MutationsIssued != 0 || len(res.Purged) != 0 {
+		t.Fatalf("second run while the mutation is pending: %+v, %v", res, err)
+	}
+	var n uint64
+	if err := f.ch.Conn.QueryRow(ctx, "SELECT count() FROM system.mutations WHERE database = ? AND table = 'snapshots'", f.ch.Database).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("%d mutations on snapshots, want 1 (%v)", n, err)
+	}
+
+	if err := f.ch.Conn.Exec(ctx, "SYSTEM START MERGES "+table); err != nil {
+		t.Fatal(err)
+	}
+	p.Wait = 30 * time.Second
+	res, err = p.Run(ctx, time.Now())
+	if err != nil || !slices.Equal(res.Purged, []string{doomed.ID}) || res.Overdue != 0 {
+		t.Fatalf("run after the mutation could finish: %+v, %v", res, err)
+	}
+	if got := f.chRows(t, doomed.ID); !all(got, 0) {
+		t.Errorf("ClickHouse rows after the purge: %v", got)
+	}
+	if got := f.pgRows(t, doomed); !equal(got, purgedPG) {
+		t.Errorf("PostgreSQL after the purge: %v", got)
+	}
+}
+
+func TestPurgeBoundsEachRun(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	var ids []string
+	for i := range 3 {
+		ids = append(ids, f.customer(t, in(-time.Duration(3-i)*time.Hour)).ID)
+	}
+	p := &Purger{PG: f.pg.App(t), CH: f.ch.Conn, Database: f.ch.Database, MaxAccounts: 2, Wait: 30 * time.Second, Poll: 50 * time.Millisecond}
+	ctx := context.Background()
+	res, err := p.Run(ctx, time.Now())
+	if err != nil || res.Due != 3 || res.Remaining != 1 || !slices.Equal(res.Purged, sorted(ids[:2])) || res.MutationsIssued != len(chTables) {
+		t.Fatalf("first run: %+v, %v", res, err)
+	}
+	res, err = p.Run(ctx, time.Now())
+	if err != nil || res.Due != 1 || res.Remaining != 0 || !slices.Equal(res.Purged, ids[2:]) {
+		t.Fatalf("second run: %+v, %v", res, err)
+	}
+	for _, id := range ids {
+		if got := f.chRows(t, id); !all(got, 0) {
+			t.Errorf("ClickHouse rows of %s: %v", id, got)
+		}
+	}
+}
+
+func sorted(s []string) []string { s = slices.Clone(s); slices.Sort(s); return s }
