@@ -1,0 +1,101 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/glassmkr/guardian/shared/job"
+	"github.com/glassmkr/guardian/shared/pgbackup"
+	"github.com/glassmkr/guardian/shared/pgbackup/pgbackuptest"
+	"github.com/glassmkr/guardian/shared/testenv"
+)
+
+func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
+
+func TestScheduledKind(t *testing.T) {
+	utc := func(s string) time.Time {
+		v, err := time.Parse(time.RFC3339, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	cases := []struct {
+		name     string
+		now      time.Time
+		haveFull bool
+		want     string
+	}{
+		{"a weekday with a full backup takes a diff", utc("2026-11-25T03:00:00Z"), true, pgbackup.Diff},
+		{"a Sunday takes a full", utc("2026-11-29T03:00:00Z"), true, pgbackup.Full},
+		{"a weekday without any full backup takes a full", utc("2026-11-25T03:00:00Z"), false, pgbackup.Full},
+		{"Sunday is judged in UTC, not local time", utc("2026-11-28T23:30:00-02:00"), true, pgbackup.Full},
+		{"Saturday late UTC is still a diff", utc("2026-11-28T23:59:59Z"), true, pgbackup.Diff},
+		{"a local Monday that is still Sunday in UTC takes a full", utc("2026-11-30T00:00:01+05:00"), true, pgbackup.Full},
+		{"Monday in UTC is a diff again", utc("2026-11-30T00:00:01Z"), true, pgbackup.Diff},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := scheduledKind(tc.now, tc.haveFull); got != tc.want {
+				t.Errorf("scheduledKind(%s, %t) = %s, want %s", tc.now, tc.haveFull, got, tc.want)
+			}
+		})
+	}
+}
+
+// TestJobTakesFullThenDiff runs the job twice through job.Execute on a
+// real archiving cluster: without an argument on a fresh repository it
+// must take a full backup (on any weekday), then `diff` takes a diff.
+func TestJobTakesFullThenDiff(t *testing.T) {
+	c := pgbackuptest.Start(t, 1)
+	extra := map[string]string{job.EnvLockDir: t.TempDir()}
+	wednesday := func() time.Time { return time.Date(2026, 11, 25, 3, 0, 0, 0, time.UTC) }
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{{nil, pgbackup.Full}, {[]string{"diff"}, pgbackup.Diff}} {
+		var out, errOut bytes.Buffer
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		res := job.Execute(ctx, spec(tc.args, wednesday), c.Lookup(extra), &out, &errOut)
+		cancel()
+		var line map[string]any
+		if err := json.Unmarshal(out.Bytes(), &line); err != nil {
+			t.Fatalf("result line %q: %v", out.String(), err)
+		}
+		if res.Status != job.StatusOK || line["status"] != "ok" || line["job"] != "backup-postgres" {
+			t.Fatalf("args %v: %s\n%s", tc.args, out.String(), errOut.String())
+		}
+		label, _ := line["label"].(string)
+		if line["type"] != tc.want || label == "" || line["size_bytes"].(float64) <= 0 || line["backup_ms"] == nil {
+			t.Errorf("args %v: %s", tc.args, out.String())
+		}
+		if tc.want == pgbackup.Diff && !strings.HasSuffix(label, "D") {
+			t.Errorf("diff label %q", label)
+		}
+		for _, r := range c.Config.Repos {
+			if strings.Contains(out.String()+errOut.String(), r.CipherPass) {
+				t.Fatal("the result leaks a passphrase")
+			}
+		}
+	}
+}
+
+func TestJobRejectsAnUnknownKind(t *testing.T) {
+	var out, errOut bytes.Buffer
+	lockDir := t.TempDir()
+	lookup := func(k string) (string, bool) {
+		if k == job.EnvLockDir {
+			return lockDir, true
+		}
+		return "", false
+	}
+	res := job.Execute(context.Background(), spec([]string{"weekly"}, time.Now), lookup, &out, &errOut)
+	if res.Status != job.StatusError || !strings.Contains(res.Err, "usage") {
+		t.Fatalf("%+v", res)
+	}
+}
