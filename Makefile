@@ -4,7 +4,7 @@ GO      ?= go
 BIN     := bin
 export CGO_ENABLED ?= 0
 
-.PHONY: all build up down clean test fmt vet bench bench-edge bench-functions bench-compare bench-flows fuzz release release-verify
+.PHONY: all build up down clean test test-faults fmt vet bench bench-edge bench-functions bench-compare bench-flows bench-backup fuzz release release-verify
 
 all: build
 
@@ -35,6 +35,11 @@ test:
 fuzz:
 	deploy/stack/fuzz.sh
 
+## test-faults: the fault suite (faults/): Redis, PostgreSQL and ClickHouse stopped or slowed, a function killed, the audit spool filled, all under load; one summary line per scenario
+test-faults:
+	deploy/stack/deps.sh
+	$(GO) test -count=1 -timeout 10m -v ./faults/
+
 fmt:
 	gofmt -w $$(git ls-files '*.go')
 
@@ -57,6 +62,11 @@ bench-functions:
 bench-flows:
 	deploy/stack/deps.sh
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./bench/flows/ $(BENCH_ARGS)
+
+## bench-backup: ClickHouse backup pipeline vs curl|zstd|age + sftp put by hand, on private servers; flags via BENCH_ARGS (-mib 1024 -reps 3)
+bench-backup:
+	deploy/stack/deps.sh
+	$(GO) run ./bench/backup $(BENCH_ARGS)
 
 ## bench-compare: micro-benchmarks of OLD (default HEAD~1) and NEW (default the working tree), 6 runs each, through benchstat
 bench-compare:

@@ -1,0 +1,110 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"filippo.io/age"
+
+	"github.com/glassmkr/guardian/shared/testenv"
+)
+
+func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
+
+// TestJobBacksUpVerifiesAndTurnsRedOnADamagedBlob runs the built job as
+// cron would: a backup with its restore check, then a check alone after a
+// blob was damaged.
+func TestJobBacksUpVerifiesAndTurnsRedOnADamagedBlob(t *testing.T) {
+	ch := testenv.ClickHouse(t)
+	servers := testenv.Servers(t, "clickhouse")
+	if err := ch.Conn.Exec(context.Background(), `INSERT INTO `+ch.Database+`.snapshots
+		SELECT 'cust', 'srv', toDateTime('2026-11-20 00:00:00') + number * 3600, now(), '1', 7, 'payload'
+		FROM system.numbers LIMIT 100`); err != nil {
+		t.Fatal(err)
+	}
+	sftp := testenv.SFTPServer(t)
+	dir := t.TempDir()
+	id, err := age.GenerateX25519Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	idFile := filepath.Join(dir, "identity.txt")
+	if err := os.WriteFile(idFile, []byte(id.String()+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := []string{
+		"PATH=" + os.Getenv("PATH"),
+		"GUARDIAN_CLICKHOUSE_ADDR=" + ch.Addr,
+		"GUARDIAN_CLICKHOUSE_HTTP_URL=" + servers["GUARDIAN_CLICKHOUSE_HTTP_URL"],
+		"GUARDIAN_CLICKHOUSE_USER=" + ch.User,
+		"GUARDIAN_CLICKHOUSE_PASSWORD=" + ch.Password,
+		"GUARDIAN_CLICKHOUSE_DATABASE=" + ch.Database,
+		"GUARDIAN_BACKUP_AGE_RECIPIENTS=" + id.Recipient().String(),
+		"GUARDIAN_BACKUP_SFTP_TARGETS=" + sftp.Target("backups"),
+		"GUARDIAN_BACKUP_SSH_KEY=" + sftp.KeyPath,
+		"GUARDIAN_BACKUP_SSH_KNOWN_HOSTS=" + sftp.KnownHosts,
+		"GUARDIAN_BACKUP_AGE_IDENTITY=" + idFile,
+		"GUARDIAN_JOB_LOCK_DIR=" + filepath.Join(dir, "lock"),
+		"GUARDIAN_JOB_METRICS_DIR=" + filepath.Join(dir, "metrics"),
+	}
+	bin := testenv.Build(t, "./functions/jobs/backup-clickhouse")
+	run := func(args ...string) (int, map[string]any, string) {
+		cmd := exec.Command(bin, args...)
+		cmd.Env = env
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		all := string(out) + stderr.String()
+		if strings.Contains(all, ch.Password) || strings.Contains(all, "AGE-SECRET-KEY") {
+			t.Errorf("the job printed a secret:\n%s", all)
+		}
+		var res map[string]any
+		if err := json.Unmarshal(out, &res); err != nil {
+			t.Fatalf("result line %q: %v\n%s", out, err, stderr.String())
+		}
+		return code, res, all
+	}
+
+	code, res, out := run()
+	if code != 0 || res["status"] != "ok" || res["rows"].(float64) < 100 || res["set"] == "" {
+		t.Fatalf("backup: exit %d\n%s", code, out)
+	}
+	if v, _ := res["verify"].([]any); len(v) != 1 {
+		t.Errorf("no restore check in %s", out)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "metrics", "guardian_job_backup_clickhouse.prom")); err != nil {
+		t.Error(err)
+	}
+
+	var blob string
+	_ = filepath.WalkDir(filepath.Join(sftp.Root, "backups", res["set"].(string)), func(p string, d fs.DirEntry, err error) error {
+		if err == nil && blob == "" && strings.HasSuffix(p, ".age") {
+			blob = p
+		}
+		return err
+	})
+	b, err := os.ReadFile(blob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0x80
+	if err := os.WriteFile(blob, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, res, out = run("verify")
+	if code != 1 || res["status"] != "red" || !strings.Contains(out, "SHA-256") {
+		t.Fatalf("verify of a damaged set: exit %d\n%s", code, out)
+	}
+}

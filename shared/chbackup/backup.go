@@ -1,0 +1,526 @@
+package chbackup
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"filippo.io/age"
+	"github.com/klauspost/compress/zstd"
+)
+
+// Names on the destinations.
+const (
+	setLayout     = "20060102T150405Z"
+	partialSuffix = ".partial"
+	manifestName  = "manifest.json"
+	latestName    = "LATEST"
+	blobSuffix    = ".native.zst.age"
+	// ManifestFormat is the version of the manifest's layout.
+	ManifestFormat = 1
+)
+
+var setName = regexp.MustCompile(`^[0-9]{8}T[0-9]{6}Z$`)
+
+// Manifest describes a set. It is stored unencrypted beside the blobs: it
+// holds the schema, partition values, counts, sizes and hashes, but no row.
+type Manifest struct {
+	Format        int       `json:"format"`
+	Set           string    `json:"set"`
+	Created       time.Time `json:"created"`
+	ServerVersion string    `json:"server_version"`
+	Database      string    `json:"database"`
+	// DataFormat, Compression and Encryption say how a blob is made:
+	// ClickHouse Native, then zstd, then age to Recipients.
+	DataFormat  string          `json:"data_format"`
+	Compression string          `json:"compression"`
+	Encryption  string          `json:"encryption"`
+	Recipients  []string        `json:"recipients"`
+	Tables      []TableManifest `json:"tables"`
+	// Skipped lists the tables that are not of the MergeTree family
+	// (views, Log, Memory...), which are not backed up.
+	Skipped []string `json:"skipped,omitempty"`
+}
+
+// TableManifest is one table of a set.
+type TableManifest struct {
+	Name   string `json:"name"`
+	Engine string `json:"engine"`
+	// Create is the table's statement as SHOW CREATE TABLE printed it.
+	Create       string `json:"create"`
+	PartitionKey string `json:"partition_key,omitempty"`
+	Blobs        []Blob `json:"blobs"`
+}
+
+// Blob is one partition of a table: its rows in Native format, compressed
+// with zstd and encrypted with age.
+type Blob struct {
+	// Partition is the partition's value as ClickHouse prints it (a SQL
+	// literal), PartitionID its directory-safe ID.
+	Partition   string `json:"partition"`
+	PartitionID string `json:"partition_id"`
+	// File is the blob's path relative to the set's directory.
+	File string `json:"file"`
+	// Rows are counted in the dump itself.
+	Rows        uint64 `json:"rows"`
+	PlainBytes  int64  `json:"plain_bytes"`
+	CipherBytes int64  `json:"cipher_bytes"`
+	// SHA256 is the hex SHA-256 of the blob as stored (the ciphertext).
+	SHA256 string `json:"sha256"`
+}
+
+// SetInfo reports a Backup.
+type SetInfo struct {
+	Name        string         `json:"set"`
+	Created     time.Time      `json:"created"`
+	Tables      int            `json:"tables"`
+	Blobs       int            `json:"blobs"`
+	Rows        uint64         `json:"rows"`
+	PlainBytes  int64          `json:"plain_bytes"`
+	CipherBytes int64          `json:"cipher_bytes"`
+	Skipped     []string       `json:"skipped,omitempty"`
+	Targets     []TargetResult `json:"targets"`
+}
+
+// TargetResult is what happened at one destination.
+type TargetResult struct {
+	Target string `json:"target"`
+	// OK: the set is complete there and LATEST names it.
+	OK     bool     `json:"ok"`
+	Error  string   `json:"error,omitempty"`
+	Pruned []string `json:"pruned,omitempty"`
+}
+
+// dest is a destination during a run; err set means it dropped out.
+type dest struct {
+	r   *remote
+	err error
+	res *TargetResult
+}
+
+func (d *dest) fail(err error) {
+	if d.err == nil {
+		d.err = err
+	}
+}
+
+// Backup writes a new set of every MergeTree-family table of the database
+// to every target and makes it LATEST there, then prunes old sets.
+//
+// Each active partition becomes one blob, streamed from ClickHouse's HTTP
+// answer through zstd and age straight into the remote file, hashed and
+// counted on the way; no partition is held in memory. Blobs and the
+// manifest go into <path>/<set>.partial, which is renamed to <path>/<set>
+// once complete; only then is LATEST replaced. A run that stops half-way
+// leaves the .partial directory, which the next run removes; LATEST keeps
+// naming the previous set.
+//
+// A target that fails drops out and the others carry on; the error then
+// names it. A ClickHouse failure fails the whole set.
+func Backup(ctx context.Context, cfg Config) (SetInfo, error) {
+	var info SetInfo
+	if len(cfg.Recipients) == 0 || len(cfg.Targets) == 0 {
+		return info, errors.New("backup: no age recipients or no targets configured")
+	}
+	now := cfg.now()
+	info.Name, info.Created = now.Format(setLayout), now
+
+	ch := newCHClient(cfg)
+	db := cfg.ClickHouse.Database
+	m := Manifest{
+		Format: ManifestFormat, Set: info.Name, Created: now, Database: db,
+		DataFormat: "Native", Compression: "zstd", Encryption: "age",
+	}
+	for _, r := range cfg.Recipients {
+		if s, ok := r.(fmt.Stringer); ok {
+			m.Recipients = append(m.Recipients, s.String())
+		}
+	}
+	tables, err := listTables(ctx, ch, db)
+	if err != nil {
+		return info, fmt.Errorf("backup: %w", err)
+	}
+	for _, t := range tables {
+		if t.skip {
+			m.Skipped = append(m.Skipped, t.Name)
+		}
+	}
+	info.Skipped = m.Skipped
+	v, err := one[struct{ V string }](ctx, ch, "SELECT version() AS V")
+	if err != nil {
+		return info, fmt.Errorf("backup: clickhouse version: %w", err)
+	}
+	m.ServerVersion = v.V
+
+	auth, err := loadSSHAuth(cfg)
+	if err != nil {
+		return info, fmt.Errorf("backup: %w", err)
+	}
+	dests := make([]*dest, len(cfg.Targets))
+	info.Targets = make([]TargetResult, len(cfg.Targets))
+	for i, t := range cfg.Targets {
+		info.Targets[i].Target = t.String()
+		d := &dest{res: &info.Targets[i]}
+		dests[i] = d
+		d.r, d.err = dial(ctx, auth, t)
+		if d.err == nil {
+			d.fail(prepare(d.r, info.Name))
+		}
+	}
+	defer func() {
+		for _, d := range dests {
+			if d.r != nil {
+				_ = d.r.Close()
+			}
+		}
+	}()
+	finish := func(err error) (SetInfo, error) {
+		var errs []error
+		if err != nil {
+			errs = append(errs, err)
+		}
+		for _, d := range dests {
+			if d.err == nil && err != nil {
+				d.err = errors.New("set not completed")
+			}
+			d.res.OK = d.err == nil
+			if d.err != nil {
+				d.res.Error = d.err.Error()
+				if err == nil {
+					errs = append(errs, d.err)
+				}
+			}
+		}
+		if len(errs) > 0 {
+			return info, fmt.Errorf("backup %s: %w", info.Name, errors.Join(errs...))
+		}
+		return info, nil
+	}
+	if live(dests) == 0 {
+		return finish(nil)
+	}
+
+	zw, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault))
+	if err != nil {
+		return info, err
+	}
+	defer zw.Close()
+	partial := info.Name + partialSuffix
+	for _, t := range tables {
+		if t.skip {
+			continue
+		}
+		tm := TableManifest{Name: t.Name, Engine: t.Engine, Create: t.create, PartitionKey: t.PartitionKey, Blobs: []Blob{}}
+		dir := fileName(t.Name)
+		for _, d := range dests {
+			if d.err == nil {
+				d.fail(d.r.c.MkdirAll(d.r.join(partial, dir)))
+			}
+		}
+		for _, p := range t.parts {
+			b := Blob{Partition: p.Partition, PartitionID: p.PartitionID, File: dir + "/" + fileName(p.PartitionID) + blobSuffix}
+			if err := dumpBlob(ctx, ch, cfg, zw, db, t, &b, dests, path.Join(partial, b.File)); err != nil {
+				return finish(fmt.Errorf("table %s partition %s: %w", t.Name, p.Partition, err))
+			}
+			tm.Blobs = append(tm.Blobs, b)
+			info.Blobs++
+			info.Rows += b.Rows
+			info.PlainBytes += b.PlainBytes
+			info.CipherBytes += b.CipherBytes
+			if cfg.afterBlob != nil {
+				cfg.afterBlob(t.Name, p.PartitionID)
+			}
+			if err := ctx.Err(); err != nil {
+				return finish(err)
+			}
+		}
+		m.Tables = append(m.Tables, tm)
+		info.Tables++
+	}
+
+	manifest, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return finish(err)
+	}
+	for _, d := range dests {
+		if d.err != nil {
+			continue
+		}
+		r := d.r
+		if err := r.writeFile(r.join(partial, manifestName), manifest); err != nil {
+			d.fail(fmt.Errorf("%s: manifest: %w", r.target, err))
+			continue
+		}
+		if err := r.c.Rename(r.join(partial), r.join(info.Name)); err != nil {
+			d.fail(fmt.Errorf("%s: complete the set: %w", r.target, err))
+			continue
+		}
+		if err := r.writeFile(r.join(latestName), []byte(info.Name+"\n")); err != nil {
+			d.fail(fmt.Errorf("%s: LATEST: %w", r.target, err))
+			continue
+		}
+		pruned, err := prune(r, now.AddDate(0, 0, -cfg.KeepDays), info.Name)
+		d.res.Pruned = pruned
+		if err != nil {
+			d.fail(fmt.Errorf("%s: prune: %w", r.target, err))
+		}
+	}
+	return finish(ctx.Err())
+}
+
+func live(dests []*dest) int {
+	n := 0
+	for _, d := range dests {
+		if d.err == nil {
+			n++
+		}
+	}
+	return n
+}
+
+// prepare removes what interrupted runs left at r (.partial sets and
+// temporary files) and creates the new set's .partial directory.
+func prepare(r *remote, set string) error {
+	if err := r.c.MkdirAll(r.target.Path); err != nil {
+		return fmt.Errorf("%s: %w", r.target, err)
+	}
+	entries, err := r.c.ReadDir(r.target.Path)
+	if err != nil {
+		return fmt.Errorf("%s: list: %w", r.target, err)
+	}
+	for _, e := range entries {
+		name := e.Name()
+		switch {
+		case name == set:
+			return fmt.Errorf("%s: set %s exists already", r.target, set)
+		case e.IsDir() && strings.HasSuffix(name, partialSuffix) && setName.MatchString(strings.TrimSuffix(name, partialSuffix)),
+			!e.IsDir() && strings.HasPrefix(name, tmpPrefix):
+			if err := r.c.RemoveAll(r.join(name)); err != nil {
+				return fmt.Errorf("%s: remove the unfinished %s: %w", r.target, name, err)
+			}
+		}
+	}
+	if err := r.c.Mkdir(r.join(set + partialSuffix)); err != nil {
+		return fmt.Errorf("%s: %w", r.target, err)
+	}
+	return nil
+}
+
+// prune removes the sets named before cutoff, except keep (the set LATEST
+// names). It returns the names it removed.
+func prune(r *remote, cutoff time.Time, keep string) ([]string, error) {
+	entries, err := r.c.ReadDir(r.target.Path)
+	if err != nil {
+		return nil, err
+	}
+	var removed []string
+	for _, e := range entries {
+		name := e.Name()
+		if !e.IsDir() || !setName.MatchString(name) || name == keep {
+			continue
+		}
+		t, err := time.Parse(setLayout, name)
+		if err != nil || !t.Before(cutoff) {
+			continue
+		}
+		if err := r.c.RemoveAll(r.join(name)); err != nil {
+			return removed, fmt.Errorf("remove %s: %w", name, err)
+		}
+		removed = append(removed, name)
+	}
+	sort.Strings(removed)
+	return removed, nil
+}
+
+// dumpBlob streams one partition to every live destination and fills in
+// b's counts and hash.
+func dumpBlob(ctx context.Context, ch *chClient, cfg Config, zw *zstd.Encoder, db string, t table, b *Blob, dests []*dest, rel string) error {
+	q := "SELECT * FROM " + quoteIdent(db) + "." + quoteIdent(t.Name)
+	if t.PartitionKey != "" {
+		q += " WHERE (" + t.PartitionKey + ") = " + b.Partition
+	}
+	resp, err := ch.post(ctx, q+" FORMAT Native", nil)
+	if err != nil {
+		return fmt.Errorf("clickhouse: %w", err)
+	}
+	defer resp.Body.Close()
+
+	type out struct {
+		d *dest
+		u *uploader
+	}
+	var outs []out
+	var fan fanout
+	for _, d := range dests {
+		if d.err != nil {
+			continue
+		}
+		f, err := d.r.c.OpenFile(d.r.join(rel), os.O_WRONLY|os.O_CREATE|os.O_EXCL)
+		if err != nil {
+			d.fail(fmt.Errorf("%s: create %s: %w", d.r.target, rel, err))
+			continue
+		}
+		o := out{d, newUploader(f, d.r.fsync)}
+		outs = append(outs, o)
+		fan = append(fan, fanWriter{o.u, d})
+	}
+	if len(outs) == 0 {
+		return errors.New("no destination is left")
+	}
+
+	h := sha256.New()
+	var cipherN, plainN counter
+	aw, err := age.Encrypt(io.MultiWriter(h, &cipherN, fan), cfg.Recipients...)
+	if err != nil {
+		return err
+	}
+	zw.Reset(aw)
+	br := bufio.NewReaderSize(io.TeeReader(resp.Body, io.MultiWriter(zw, &plainN)), 1<<20)
+	st, dumpErr := CountNativeRows(br)
+	if dumpErr == nil {
+		_, dumpErr = io.Copy(io.Discard, br) // nothing is left; make sure
+	}
+	// Finish in order even after an error, so no goroutine is left writing.
+	zerr := zw.Close()
+	aerr := aw.Close()
+	for _, o := range outs {
+		if err := o.u.Close(); err != nil {
+			o.d.fail(fmt.Errorf("%s: write %s: %w", o.d.r.target, rel, err))
+		}
+	}
+	if dumpErr != nil {
+		return dumpErr
+	}
+	if err := errors.Join(zerr, aerr); err != nil {
+		return err
+	}
+	b.Rows, b.PlainBytes, b.CipherBytes = st.Rows, int64(plainN), int64(cipherN)
+	b.SHA256 = hex.EncodeToString(h.Sum(nil))
+	for _, o := range outs {
+		if o.d.err != nil {
+			continue
+		}
+		if fi, err := o.d.r.c.Stat(o.d.r.join(rel)); err != nil {
+			o.d.fail(fmt.Errorf("%s: stat %s: %w", o.d.r.target, rel, err))
+		} else if fi.Size() != b.CipherBytes {
+			o.d.fail(fmt.Errorf("%s: %s has %d bytes, %d were sent", o.d.r.target, rel, fi.Size(), b.CipherBytes))
+		}
+	}
+	if live(dests) == 0 {
+		return errors.New("no destination is left")
+	}
+	return nil
+}
+
+type counter int64
+
+func (c *counter) Write(p []byte) (int, error) { *c += counter(len(p)); return len(p), nil }
+
+// fanout writes the same bytes to several destinations; one that fails
+// drops out, and only when all have is the write an error.
+type fanout []fanWriter
+
+type fanWriter struct {
+	u *uploader
+	d *dest
+}
+
+func (f fanout) Write(p []byte) (int, error) {
+	ok := 0
+	for _, w := range f {
+		if w.d.err != nil {
+			continue
+		}
+		if _, err := w.u.Write(p); err != nil {
+			w.d.fail(fmt.Errorf("%s: write: %w", w.d.r.target, err))
+			continue
+		}
+		ok++
+	}
+	if ok == 0 {
+		return 0, errors.New("every destination failed")
+	}
+	return len(p), nil
+}
+
+// table is a table to back up, with its active partitions.
+type table struct {
+	Name         string `json:"name"`
+	Engine       string `json:"engine"`
+	PartitionKey string `json:"partition_key"`
+	create       string
+	skip         bool
+	parts        []partition
+}
+
+type partition struct {
+	Table       string `json:"table"`
+	Partition   string `json:"partition"`
+	PartitionID string `json:"partition_id"`
+}
+
+// listTables reads the database's tables, their create statements and
+// their active partitions. ClickHouse 18.16 has system.tables.partition_key;
+// the dump selects a partition with WHERE (<partition_key>) = <partition>,
+// partition being the value as a literal (18.16 has no _partition_id).
+func listTables(ctx context.Context, ch *chClient, db string) ([]table, error) {
+	tables, err := rows[table](ctx, ch, "SELECT name, engine, partition_key FROM system.tables WHERE database = "+quoteString(db)+" AND is_temporary = 0 ORDER BY name")
+	if err != nil {
+		return nil, fmt.Errorf("list tables: %w", err)
+	}
+	parts, err := rows[partition](ctx, ch, "SELECT table, partition, partition_id FROM system.parts WHERE database = "+quoteString(db)+" AND active GROUP BY table, partition, partition_id ORDER BY table, partition_id")
+	if err != nil {
+		return nil, fmt.Errorf("list partitions: %w", err)
+	}
+	byTable := map[string][]partition{}
+	for _, p := range parts {
+		byTable[p.Table] = append(byTable[p.Table], p)
+	}
+	for i := range tables {
+		t := &tables[i]
+		// MergeTree, ReplacingMergeTree, ReplicatedMergeTree...; the inner
+		// table of a materialized view is refilled by its view.
+		if !strings.HasSuffix(t.Engine, "MergeTree") || strings.HasPrefix(t.Name, ".inner.") {
+			t.skip = true
+			continue
+		}
+		sc, err := one[struct{ Statement string }](ctx, ch, "SHOW CREATE TABLE "+quoteIdent(db)+"."+quoteIdent(t.Name))
+		if err != nil {
+			return nil, fmt.Errorf("show create table %s: %w", t.Name, err)
+		}
+		t.create = sc.Statement
+		t.parts = byTable[t.Name]
+		if t.PartitionKey == "" && len(t.parts) > 1 {
+			return nil, fmt.Errorf("table %s has %d partitions but no partition key", t.Name, len(t.parts))
+		}
+	}
+	return tables, nil
+}
+
+var safeName = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
+
+// fileName is s when it is safe as a file name, else x + its hex.
+func fileName(s string) string {
+	if safeName.MatchString(s) {
+		return s
+	}
+	return "x" + hex.EncodeToString([]byte(s))
+}
+
+func (cfg Config) now() time.Time {
+	if cfg.clock != nil {
+		return cfg.clock().UTC().Truncate(time.Second)
+	}
+	return time.Now().UTC().Truncate(time.Second)
+}

@@ -1,0 +1,149 @@
+package chbackup
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// chClient talks to ClickHouse's HTTP interface with plain net/http: a
+// query is POSTed (in the body, or in the query parameter when the body
+// carries data) and the answer streams back as raw bytes. clickhouse-go's
+// own HTTP protocol sends settings that ClickHouse 18.16 refuses.
+type chClient struct {
+	base           string
+	user, password string
+	hc             *http.Client
+}
+
+func newCHClient(cfg Config) *chClient {
+	return &chClient{
+		base:     strings.TrimSuffix(cfg.HTTPURL, "/") + "/",
+		user:     cfg.ClickHouse.User,
+		password: cfg.ClickHouse.Password,
+		hc: &http.Client{Transport: &http.Transport{
+			Proxy:                 nil,
+			DialContext:           (&net.Dialer{Timeout: 10 * time.Second}).DialContext,
+			ResponseHeaderTimeout: 5 * time.Minute,
+			DisableCompression:    true,
+			MaxIdleConnsPerHost:   4,
+		}},
+	}
+}
+
+// chError is an error ClickHouse answered with: the server refused the
+// statement, as opposed to not being reachable.
+type chError struct {
+	Status int
+	Msg    string
+}
+
+func (e *chError) Error() string {
+	return fmt.Sprintf("clickhouse answered %d: %s", e.Status, e.Msg)
+}
+
+// post sends query, with body as the data of an INSERT when body is not
+// nil, and returns the answer of status 200 for the caller to read and close.
+func (c *chClient) post(ctx context.Context, query string, body io.Reader) (*http.Response, error) {
+	u := c.base
+	if body == nil {
+		body = strings.NewReader(query)
+	} else {
+		u += "?" + url.Values{"query": {query}}.Encode()
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, body)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("X-ClickHouse-User", c.user)
+	if c.password != "" {
+		req.Header.Set("X-ClickHouse-Key", c.password)
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		msg := strings.TrimSpace(string(b))
+		if len(msg) > 400 {
+			msg = msg[:400] + "..."
+		}
+		return nil, &chError{Status: resp.StatusCode, Msg: msg}
+	}
+	return resp, nil
+}
+
+// exec runs a statement without a result.
+func (c *chClient) exec(ctx context.Context, query string) error {
+	resp, err := c.post(ctx, query, nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	_, err = io.Copy(io.Discard, resp.Body)
+	return err
+}
+
+// insert runs INSERT INTO table FORMAT Native with data as the body.
+func (c *chClient) insert(ctx context.Context, table string, data io.Reader) error {
+	resp, err := c.post(ctx, "INSERT INTO "+table+" FORMAT Native", data)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	_, err = io.Copy(io.Discard, resp.Body)
+	return err
+}
+
+// rows runs a query and decodes its JSONEachRow answer into a slice of T.
+// Select strings (toString for numbers): 64-bit integers come quoted.
+func rows[T any](ctx context.Context, c *chClient, query string) ([]T, error) {
+	resp, err := c.post(ctx, query+" FORMAT JSONEachRow", nil)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var out []T
+	dec := json.NewDecoder(io.LimitReader(resp.Body, 256<<20))
+	for {
+		var v T
+		if err := dec.Decode(&v); errors.Is(err, io.EOF) {
+			return out, nil
+		} else if err != nil {
+			return nil, fmt.Errorf("clickhouse answer: %w", err)
+		}
+		out = append(out, v)
+	}
+}
+
+// one runs a query whose answer is one row.
+func one[T any](ctx context.Context, c *chClient, query string) (T, error) {
+	var zero T
+	rs, err := rows[T](ctx, c, query)
+	if err != nil {
+		return zero, err
+	}
+	if len(rs) != 1 {
+		return zero, fmt.Errorf("clickhouse answered %d rows, expected one", len(rs))
+	}
+	return rs[0], nil
+}
+
+// quoteIdent quotes a ClickHouse identifier with back quotes.
+func quoteIdent(s string) string {
+	return "`" + strings.NewReplacer(`\`, `\\`, "`", "\\`").Replace(s) + "`"
+}
+
+// quoteString quotes a ClickHouse string literal.
+func quoteString(s string) string {
+	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(s) + "'"
+}

@@ -1,0 +1,115 @@
+// Package chbackup backs up Guardian's ClickHouse database to SFTP servers,
+// encrypted with age, and proves that the latest backup restores.
+//
+// # A set
+//
+// Backup writes one set, named by its UTC start time (20261128T031500Z),
+// to every target. Each table of the MergeTree family (system.tables) and
+// each of its active partitions (system.parts) becomes one blob:
+//
+//	<path>/LATEST                          the name of the newest complete set
+//	<path>/<set>/manifest.json             written last
+//	<path>/<set>/<table>/<partition_id>.native.zst.age
+//
+// A blob is `SELECT * FROM db.table WHERE (<partition key>) = <partition>
+// FORMAT Native` read from ClickHouse's HTTP interface (plain net/http:
+// clickhouse-go's HTTP protocol does not work with ClickHouse 18.16, which
+// also has no _partition_id column; the predicate comes from
+// system.tables.partition_key and the partition's value as system.parts
+// prints it), compressed with zstd and encrypted with age to every
+// recipient. The bytes stream from the HTTP answer through zstd and age
+// into the remote file while the ciphertext is hashed (SHA-256) and
+// counted; no partition is held in memory. An unpartitioned table is one
+// blob. Tables of other engines (views, Log, Memory) are listed in the
+// manifest as skipped.
+//
+// The manifest (JSON, not encrypted) holds the set's name, time, the
+// server's version, and per table its CREATE statement (SHOW CREATE TABLE)
+// and per blob the partition, rows, plaintext and ciphertext bytes and the
+// ciphertext's SHA-256. It holds schema, partition values and counts, never
+// a row.
+//
+// # Row counts and consistency
+//
+// A partition may receive inserts while it is dumped. ClickHouse answers a
+// SELECT from the parts that exist when the query starts, so each blob is
+// consistent in itself; a separate count() would race with inserts. Rows
+// are therefore counted in the dump itself, by walking the Native stream's
+// block headers (column and row counts) and skipping the column data
+// (CountNativeRows): the count is exact for the bytes stored. The walk also
+// catches an exception ClickHouse appends to an answer it has already begun.
+// Column types the walker does not know (LowCardinality, aggregate function
+// states) fail the backup loudly rather than store an unchecked blob. The
+// set as a whole is not one point in time: ClickHouse has no transactions,
+// and partitions are dumped one after the other.
+//
+// # Never a half-finished set as LATEST
+//
+// Blobs and the manifest go into <path>/<set>.partial. Once it is complete,
+// the directory is renamed to <path>/<set>, then LATEST is written to a
+// temporary name and renamed over the old one with OpenSSH's
+// posix-rename@openssh.com extension, atomically (a server without it gets
+// remove-then-rename). Files are fsynced when the server offers
+// fsync@openssh.com. A run that stops (signal, timeout, a failed write)
+// leaves LATEST naming the previous set; the next run removes the .partial
+// directory and temporary files it finds. Runs must not overlap on one
+// target: the job binary holds a lock, and two hosts must not share a path.
+//
+// # Several targets
+//
+// The first target is the primary, the others are copies (off-site); all
+// receive the same ciphertext from one dump, are finished, verified and
+// pruned the same way. A target that fails drops out and the others carry
+// on; Backup then returns an error naming it.
+//
+// # Pruning
+//
+// After a set is complete at a target, sets whose name is more than
+// KeepDays days older than the new set are removed there, never the one
+// LATEST names. Other files and directories are left alone.
+//
+// # Verification
+//
+// VerifyLatest, for each target: reads LATEST and the manifest, downloads
+// each blob to a temporary file while hashing it, checks size and SHA-256,
+// decrypts it to another temporary file that is kept only when age has
+// authenticated the whole blob (age hands out plaintext before it reaches a
+// tampered chunk), decompresses it into `INSERT INTO … FORMAT Native` in a
+// scratch database restore_verify_<random> whose tables come from the
+// manifest's CREATE statements, and compares the rows each blob added with
+// the manifest. The scratch database is dropped at the end, on failure too.
+// Temporary files need twice the largest blob on the local disk ($TMPDIR).
+//
+// A finding about the backup wraps job.ErrRed (the job reports "red"): no
+// LATEST, no manifest, a missing blob, wrong size or hash, a blob that does
+// not decrypt with the identity or does not decompress, a statement or blob
+// ClickHouse refuses, a row or byte count that differs. Not being able to
+// check (a target or ClickHouse unreachable, a local disk error) is a plain
+// error. The restore expects non-replicated MergeTree tables: a
+// Replicated* CREATE statement would need ZooKeeper paths of its own.
+//
+// # Security
+//
+// Blobs are readable only with an age identity of a recipient; the backup
+// host needs only the public recipients. Keep the identity off the
+// ClickHouse host where possible (run `backup-clickhouse verify` elsewhere).
+// Every target's host key must be pinned in the known_hosts file: an
+// unknown key is refused like a changed one (no trust on first use), and
+// only the key types pinned for the host are offered. The SSH client key
+// must have no passphrase. Errors name variables, targets and files, never
+// a password or key.
+//
+// # Environment
+//
+//	GUARDIAN_CLICKHOUSE_HTTP_URL     ClickHouse's HTTP interface, e.g. http://127.0.0.1:8123
+//	GUARDIAN_CLICKHOUSE_USER         default "default"
+//	GUARDIAN_CLICKHOUSE_PASSWORD     sent in the X-ClickHouse-Key header
+//	GUARDIAN_CLICKHOUSE_DATABASE     the database to back up (default guardian)
+//	GUARDIAN_CLICKHOUSE_ADDR         required by shared/config's loader; not used here
+//	GUARDIAN_BACKUP_AGE_RECIPIENTS   comma-separated age public keys (age1...)
+//	GUARDIAN_BACKUP_SFTP_TARGETS     comma-separated user@host:port/path; the first is the primary
+//	GUARDIAN_BACKUP_SSH_KEY          the SSH client's private key file
+//	GUARDIAN_BACKUP_SSH_KNOWN_HOSTS  known_hosts file pinning every target's host key
+//	GUARDIAN_BACKUP_KEEP_DAYS        days a set is kept (default 30)
+//	GUARDIAN_BACKUP_AGE_IDENTITY     age identity file, for verification only
+package chbackup
