@@ -45,6 +45,10 @@ func New(lookup func(string) (string, bool)) *Loader {
 	return &Loader{lookup: lookup}
 }
 
+// Lookup returns the lookup function l reads through, for a part of a
+// program that collects its own problems in a Loader of its own.
+func (l *Loader) Lookup() func(string) (string, bool) { return l.lookup }
+
 // String returns the value of a required variable.
 func (l *Loader) String(name string) string {
 	v, ok := l.lookup(name)

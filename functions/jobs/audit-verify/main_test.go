@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -9,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/glassmkr/guardian/shared/config"
+	"github.com/glassmkr/guardian/shared/job"
 	"github.com/glassmkr/guardian/shared/testenv"
 )
 
@@ -29,9 +32,10 @@ func TestVerifyCommandFailsAtAnEditedRow(t *testing.T) {
 		resp.Body.Close()
 	}
 	bin := testenv.Build(t, "./functions/jobs/audit-verify")
+	lockDir := t.TempDir()
 	verify := func() (int, string) {
 		cmd := exec.Command(bin)
-		cmd.Env = []string{"GUARDIAN_PG_APP_DSN=" + pg.AppDSN}
+		cmd.Env = []string{"GUARDIAN_PG_APP_DSN=" + pg.AppDSN, "GUARDIAN_JOB_LOCK_DIR=" + lockDir}
 		out, err := cmd.CombinedOutput()
 		if ee, ok := err.(*exec.ExitError); ok {
 			return ee.ExitCode(), string(out)
@@ -76,11 +80,20 @@ func TestVerifyCommandFailsAtAnEditedRow(t *testing.T) {
 }
 
 func TestVerifyCommandNeedsADatabase(t *testing.T) {
-	if code := run(func(string) (string, bool) { return "", false }, os.Stdout); code != 2 {
-		t.Fatalf("exit %d without a DSN", code)
-	}
-	if code := run(func(k string) (string, bool) { return "postgres://nobody@127.0.0.1:1/x?connect_timeout=1", true }, os.Stdout); code != 2 {
-		t.Fatalf("exit %d with an unreachable database", code)
+	lock := t.TempDir()
+	for name, dsn := range map[string]string{"no DSN": "", "unreachable database": "postgres://nobody@127.0.0.1:1/x?connect_timeout=1"} {
+		res := job.Execute(context.Background(), spec(), func(k string) (string, bool) {
+			switch k {
+			case job.EnvLockDir:
+				return lock, true
+			case config.PGAppDSN:
+				return dsn, dsn != ""
+			}
+			return "", false
+		}, io.Discard, io.Discard)
+		if res.ExitCode() != job.ExitError {
+			t.Fatalf("%s: exit %d", name, res.ExitCode())
+		}
 	}
 }
 

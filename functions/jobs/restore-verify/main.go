@@ -1,0 +1,114 @@
+// Command restore-verify proves, monthly, that the latest backups restore:
+//
+//   - PostgreSQL (shared/pgbackup.VerifyRestore): for every pgBackRest
+//     repository, `pgbackrest verify` and `info` must be clean, then the
+//     newest backup is restored into a scratch directory with archiving
+//     off, started with pg_ctl on its own port, checked with a query
+//     (GUARDIAN_RESTORE_CHECK, default pgbackup.DefaultCheck), stopped and
+//     removed;
+//   - ClickHouse (shared/chbackup.VerifyLatest): for every SFTP
+//     destination, the set LATEST names is fetched, each blob's size and
+//     SHA-256 checked, decrypted with the age identity to a temp file,
+//     decompressed and loaded into a scratch database whose row counts
+//     must match the manifest.
+//
+// Both parts always run; the result line carries each part's report
+// ("postgres", "clickhouse"). A backup that is missing, damaged or does
+// not restore makes the run red (exit 1); a part that could not be checked
+// (a host unreachable, a tool missing) makes it an error (exit 2). Either
+// way shared/job sends one alert (GUARDIAN_JOB_ALERT_WEBHOOKS,
+// GUARDIAN_JOB_ALERT_EMAIL) and the result line goes to the journal: the
+// log of every check.
+//
+// Environment: shared/pgbackup's GUARDIAN_PGBACKREST_* (the cipher
+// passphrases included), shared/chbackup's GUARDIAN_BACKUP_* and
+// GUARDIAN_CLICKHOUSE_* (GUARDIAN_BACKUP_AGE_IDENTITY is required here:
+// this job alone holds the age identity), and
+//
+//	GUARDIAN_RESTORE_PARTS        postgres,clickhouse (default both)
+//	GUARDIAN_RESTORE_SCRATCH_DIR  where the PostgreSQL copy is restored (default the temp dir)
+//	GUARDIAN_RESTORE_CHECK        a SELECT, or a table whose rows are counted
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/glassmkr/guardian/shared/chbackup"
+	"github.com/glassmkr/guardian/shared/config"
+	"github.com/glassmkr/guardian/shared/job"
+	"github.com/glassmkr/guardian/shared/notify"
+	"github.com/glassmkr/guardian/shared/pgbackup"
+)
+
+// Environment variables of this job.
+const (
+	EnvParts   = "GUARDIAN_RESTORE_PARTS"
+	EnvScratch = "GUARDIAN_RESTORE_SCRATCH_DIR"
+	EnvCheck   = "GUARDIAN_RESTORE_CHECK"
+)
+
+func main() { job.Main(spec()) }
+
+func spec() job.Spec {
+	return job.Spec{Name: "restore-verify", Timeout: 6 * time.Hour, Run: run}
+}
+
+func run(ctx context.Context, env *config.Loader, r *job.Report) error {
+	parts := notify.SplitList(env.Optional(EnvParts, "postgres,clickhouse"))
+	for _, p := range parts {
+		if p != "postgres" && p != "clickhouse" {
+			return fmt.Errorf("%s: unknown part %q (postgres, clickhouse)", EnvParts, p)
+		}
+	}
+	if len(parts) == 0 {
+		return fmt.Errorf("%s names no part", EnvParts)
+	}
+	var errs []error
+	if slices.Contains(parts, "postgres") {
+		errs = append(errs, verifyPostgres(ctx, env, r))
+	}
+	if slices.Contains(parts, "clickhouse") {
+		errs = append(errs, verifyClickHouse(ctx, env, r))
+	}
+	return errors.Join(errs...)
+}
+
+func verifyPostgres(ctx context.Context, env *config.Loader, r *job.Report) error {
+	l := config.New(env.Lookup())
+	cfg := pgbackup.LoadConfig(l)
+	if err := l.Err(); err != nil {
+		return fmt.Errorf("postgres: %w", err)
+	}
+	rep, err := pgbackup.VerifyRestore(ctx, cfg, env.Optional(EnvScratch, ""), env.Optional(EnvCheck, ""))
+	r.Set("postgres", rep)
+	if err != nil {
+		return fmt.Errorf("postgres: %w", err)
+	}
+	return nil
+}
+
+func verifyClickHouse(ctx context.Context, env *config.Loader, r *job.Report) error {
+	l := config.New(env.Lookup())
+	identityFile := l.String(chbackup.EnvAgeIdentity)
+	if err := l.Err(); err != nil {
+		return fmt.Errorf("clickhouse: %w", err)
+	}
+	cfg, err := chbackup.LoadConfig(l)
+	if err != nil {
+		return fmt.Errorf("clickhouse: %w", err)
+	}
+	ids, err := chbackup.ReadIdentities(identityFile)
+	if err != nil {
+		return fmt.Errorf("clickhouse: %w", err)
+	}
+	rep, err := chbackup.VerifyLatest(ctx, cfg, ids...)
+	r.Set("clickhouse", rep)
+	if err != nil {
+		return fmt.Errorf("clickhouse: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,224 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io/fs"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+
+	"filippo.io/age"
+
+	"github.com/glassmkr/guardian/shared/chbackup"
+	"github.com/glassmkr/guardian/shared/config"
+	"github.com/glassmkr/guardian/shared/job"
+	"github.com/glassmkr/guardian/shared/pgbackup"
+	"github.com/glassmkr/guardian/shared/pgbackup/pgbackuptest"
+	"github.com/glassmkr/guardian/shared/testenv"
+)
+
+func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
+
+// alerts is a webhook receiver that counts the alerts it was sent.
+type alerts struct {
+	mu  sync.Mutex
+	got []map[string]any
+	srv *httptest.Server
+}
+
+func newAlerts(t *testing.T) *alerts {
+	a := &alerts{}
+	a.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var body map[string]any
+		_ = json.NewDecoder(r.Body).Decode(&body)
+		a.mu.Lock()
+		a.got = append(a.got, body)
+		a.mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	t.Cleanup(a.srv.Close)
+	return a
+}
+
+func (a *alerts) count() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.got)
+}
+
+// TestGreenOnGoodBackupsRedWithOneAlertOnDamagedOrMissing takes a real
+// pgBackRest backup and a real ClickHouse backup over SFTP, then runs the
+// job: green with no alert; red with exactly one alert when a ClickHouse
+// blob is damaged; red with exactly one more when the PostgreSQL
+// repository holds no backup.
+func TestGreenOnGoodBackupsRedWithOneAlertOnDamagedOrMissing(t *testing.T) {
+	ctx := context.Background()
+	pgc := pgbackuptest.Start(t, 1)
+	pgc.Superuser(t, "guardian", "CREATE TABLE restore_canary (v text)", "INSERT INTO restore_canary VALUES ('restored-ok')")
+	if _, err := pgbackup.Backup(ctx, pgc.Config, pgbackup.Full); err != nil {
+		t.Fatalf("pg backup: %v", err)
+	}
+
+	ch := testenv.ClickHouse(t)
+	servers := testenv.Servers(t, "clickhouse")
+	if err := ch.Conn.Exec(ctx, `INSERT INTO `+ch.Database+`.snapshots
+		SELECT 'cust', 'srv', toDateTime('2026-11-20 00:00:00') + number * 3600, now(), '1', 7, 'payload'
+		FROM system.numbers LIMIT 200`); err != nil {
+		t.Fatal(err)
+	}
+	sftp := testenv.SFTPServer(t)
+	id, err := age.GenerateX25519Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	idFile := filepath.Join(dir, "identity.txt")
+	if err := os.WriteFile(idFile, []byte(id.String()+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	hooks := newAlerts(t)
+	settings := map[string]string{
+		"GUARDIAN_CLICKHOUSE_ADDR":     ch.Addr,
+		"GUARDIAN_CLICKHOUSE_HTTP_URL": servers["GUARDIAN_CLICKHOUSE_HTTP_URL"],
+		"GUARDIAN_CLICKHOUSE_USER":     ch.User,
+		"GUARDIAN_CLICKHOUSE_PASSWORD": ch.Password,
+		"GUARDIAN_CLICKHOUSE_DATABASE": ch.Database,
+		chbackup.EnvAgeRecipients:      id.Recipient().String(),
+		chbackup.EnvTargets:            sftp.Target("backups"),
+		chbackup.EnvSSHKey:             sftp.KeyPath,
+		chbackup.EnvKnownHosts:         sftp.KnownHosts,
+		chbackup.EnvAgeIdentity:        idFile,
+		EnvCheck:                       "SELECT v FROM restore_canary",
+		job.EnvLockDir:                 filepath.Join(dir, "lock"),
+		job.EnvAlertWebhooks:           hooks.srv.URL + "/alerts",
+		"GUARDIAN_WEBHOOK_ALLOW":       "127.0.0.1",
+	}
+	l := config.New(pgc.Lookup(settings))
+	chCfg, err := chbackup.LoadConfig(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := chbackup.Backup(ctx, chCfg)
+	if err != nil {
+		t.Fatalf("clickhouse backup: %v", err)
+	}
+
+	execute := func(extra map[string]string) (job.Result, map[string]any) {
+		t.Helper()
+		lookup := pgc.Lookup(settings)
+		var out, errOut bytes.Buffer
+		res := job.Execute(ctx, spec(), func(k string) (string, bool) {
+			if v, ok := extra[k]; ok {
+				return v, true
+			}
+			return lookup(k)
+		}, &out, &errOut)
+		var line map[string]any
+		if err := json.Unmarshal(out.Bytes(), &line); err != nil {
+			t.Fatalf("result line %q: %v (stderr %s)", out.String(), err, errOut.String())
+		}
+		return res, line
+	}
+
+	// Good backups: green, the check value came from the restored copy.
+	res, line := execute(nil)
+	if res.Status != job.StatusOK {
+		t.Fatalf("good backups: %s: %s", res.Status, res.Err)
+	}
+	if !strings.Contains(mustJSON(t, line["postgres"]), "restored-ok") {
+		t.Fatalf("postgres report lacks the restored value: %v", line["postgres"])
+	}
+	if ch := mustJSON(t, line["clickhouse"]); !strings.Contains(ch, `"ok":true`) || strings.Contains(ch, `"ok":false`) || hooks.count() != 0 {
+		t.Fatalf("clickhouse report %v, alerts %d", line["clickhouse"], hooks.count())
+	}
+
+	// A damaged ClickHouse blob: red, one alert naming ClickHouse.
+	blob := ""
+	_ = filepath.WalkDir(filepath.Join(sftp.Root, "backups", set.Name), func(p string, d fs.DirEntry, err error) error {
+		if err == nil && blob == "" && strings.HasSuffix(p, ".age") {
+			blob = p
+		}
+		return nil
+	})
+	if blob == "" {
+		t.Fatalf("no blob in set %s", set.Name)
+	}
+	b, err := os.ReadFile(blob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0x40
+	if err := os.WriteFile(blob, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	res, _ = execute(nil)
+	if res.Status != job.StatusRed || !strings.Contains(res.Err, "clickhouse") {
+		t.Fatalf("damaged blob: %s: %s", res.Status, res.Err)
+	}
+	if n := hooks.count(); n != 1 {
+		t.Fatalf("damaged blob: %d alerts, want exactly 1", n)
+	}
+
+	// No PostgreSQL backup at all (an empty repository): red, one more alert.
+	empty := filepath.Join(pgc.Work, "empty-repo")
+	if err := os.Mkdir(empty, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	chownPostgres(t, empty)
+	res, _ = execute(map[string]string{EnvParts: "postgres", pgbackup.EnvRepo1Path: empty})
+	if res.Status != job.StatusRed || !strings.Contains(res.Err, "postgres") {
+		t.Fatalf("missing backup: %s: %s", res.Status, res.Err)
+	}
+	if n := hooks.count(); n != 2 {
+		t.Fatalf("after the missing backup: %d alerts, want 2", n)
+	}
+	if hooks.got[1]["event"] != "job.red" {
+		t.Fatalf("alert %v", hooks.got[1])
+	}
+}
+
+func TestUnknownPartIsAnError(t *testing.T) {
+	var out bytes.Buffer
+	res := job.Execute(context.Background(), spec(), func(k string) (string, bool) {
+		switch k {
+		case EnvParts:
+			return "postgres,mysql", true
+		case job.EnvLockDir:
+			return t.TempDir(), true
+		}
+		return "", false
+	}, &out, &bytes.Buffer{})
+	if res.Status != job.StatusError || !strings.Contains(res.Err, "mysql") {
+		t.Fatalf("%s: %s", res.Status, res.Err)
+	}
+}
+
+func mustJSON(t *testing.T, v any) string {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func chownPostgres(t *testing.T, path string) {
+	t.Helper()
+	u, err := user.Lookup("postgres")
+	if err != nil {
+		t.Fatal(err)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	if err := os.Chown(path, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+}
