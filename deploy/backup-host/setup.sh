@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# deploy/backup-host/setup.sh: one chrooted, SFTP-only backup account on the
+# backup host. Run as root on the backup host, once per account:
+#
+#   setup.sh clickhouse-backup /root/backup-clickhouse.pub
+#   setup.sh pgbackrest        /root/pgbackrest.pub
+#
+# PUBKEY_FILE holds the app host's public keys for that account, one per
+# line (`ssh-keygen -y -f <private key>` on the app host): for
+# clickhouse-backup, the key of the backup-clickhouse job and the key of the
+# restore-verify job. The file replaces the account's keys. The script:
+#   1. creates the system user (no password, shell /usr/sbin/nologin);
+#   2. creates the chroot /srv/guardian-backup/<user> and its one writable
+#      directory data/ (sshd refuses a chroot whose path has any component
+#      that is not owned by root or is writable by group or others, so
+#      /srv, /srv/guardian-backup and the chroot itself are root:root 0755
+#      and only data/ belongs to the user);
+#   3. writes /etc/ssh/guardian-backup/authorized_keys/<user>, root-owned
+#      and outside the chroot, with from="<app host wg address>",restrict;
+#   4. installs sshd_config.d/guardian-backup.conf, checks it with
+#      `sshd -t` and reloads sshd;
+#   5. prints the known_hosts line the app host's jobs pin.
+#
+# Environment: APP_WG_ADDR (default 10.100.0.1), BACKUP_WG_ADDR (default
+# 10.100.0.2), CHROOT_BASE (default /srv/guardian-backup).
+set -euo pipefail
+
+user=${1:-}
+pubkey=${2:-}
+app_addr=${APP_WG_ADDR:-10.100.0.1}
+backup_addr=${BACKUP_WG_ADDR:-10.100.0.2}
+base=${CHROOT_BASE:-/srv/guardian-backup}
+here=$(cd "$(dirname "$0")" && pwd)
+
+die() { echo "setup.sh: $*" >&2; exit 1; }
+case $user in
+pgbackrest | clickhouse-backup) ;;
+*) die "usage: $0 pgbackrest|clickhouse-backup PUBKEY_FILE" ;;
+esac
+[ "$(id -u)" = 0 ] || die "run as root"
+[ -r "$pubkey" ] || die "cannot read the public key file '$pubkey'"
+[[ $app_addr =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "APP_WG_ADDR must be an IPv4 address"
+keys=$(grep -Ev '^[[:space:]]*(#|$)' "$pubkey") || die "'$pubkey' holds no key"
+while IFS= read -r key; do
+	[[ $key =~ ^(ssh-ed25519|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521|ssh-rsa)\ [A-Za-z0-9+/=]+ ]] ||
+		die "'$pubkey': every line must be an OpenSSH public key"
+	ssh-keygen -l -f <(printf '%s\n' "$key") >/dev/null || die "'$pubkey': a line is not a valid public key"
+done <<<"$keys"
+
+# 1. The user: a system account with no password and no shell. Its home is
+#    the writable directory as seen inside the chroot. The password field is
+#    "*" (no password can match), not "!" (locked): sshd without PAM refuses
+#    a locked account even for a key.
+if ! id "$user" >/dev/null 2>&1; then
+	useradd --system --user-group --home-dir /data --no-create-home --shell /usr/sbin/nologin "$user"
+fi
+usermod -p '*' "$user"
+
+# 2. The chroot. Every component of its path must be root-owned and not
+#    writable by group or others.
+install -d -o root -g root -m 0755 "$base" "$base/$user"
+install -d -o "$user" -g "$user" -m 0700 "$base/$user/data"
+p=$base/$user
+while :; do
+	read -r owner mode < <(stat -c '%u %a' "$p")
+	[ "$owner" = 0 ] || die "$p is not owned by root: sshd will refuse the chroot"
+	(( (8#$mode & 8#022) == 0 )) || die "$p is writable by group or others: sshd will refuse the chroot"
+	[ "$p" = / ] && break
+	p=$(dirname "$p")
+done
+
+# 3. The key, kept by root outside the chroot, usable only from the app
+#    host's WireGuard address and with every forwarding, pty and rc file off.
+install -d -o root -g root -m 0755 /etc/ssh/guardian-backup /etc/ssh/guardian-backup/authorized_keys
+umask 022
+while IFS= read -r key; do
+	printf 'from="%s",restrict %s\n' "$app_addr" "$key"
+done <<<"$keys" >"/etc/ssh/guardian-backup/authorized_keys/$user.tmp"
+mv "/etc/ssh/guardian-backup/authorized_keys/$user.tmp" "/etc/ssh/guardian-backup/authorized_keys/$user"
+
+# 4. sshd's rules, with the app host's address if it is not the default.
+grep -q '^Include /etc/ssh/sshd_config.d/\*\.conf' /etc/ssh/sshd_config ||
+	die "/etc/ssh/sshd_config does not include sshd_config.d/*.conf: add 'Include /etc/ssh/sshd_config.d/*.conf' as its first line"
+conf=/etc/ssh/sshd_config.d/guardian-backup.conf
+sed "s#10\.100\.0\.1/32#$app_addr/32#g" "$here/sshd_config.d/guardian-backup.conf" >"$conf.tmp"
+mv "$conf.tmp" "$conf"
+sshd -t || die "sshd -t failed: fix the configuration before reloading (sshd keeps running with the old one)"
+if command -v systemctl >/dev/null && systemctl is-active --quiet ssh 2>/dev/null; then
+	systemctl reload ssh
+fi
+
+# 5. What the app host pins (GUARDIAN_BACKUP_SSH_KNOWN_HOSTS): copy it over a
+#    trusted channel, never by ssh-keyscan across the network.
+echo "setup.sh: $user ready: chroot $base/$user, writable dir /data, SFTP target $user@$backup_addr:22/data"
+echo "setup.sh: known_hosts line for the app host:"
+for k in /etc/ssh/ssh_host_ed25519_key.pub; do
+	[ -r "$k" ] && echo "$backup_addr $(cut -d' ' -f1,2 "$k")"
+done
