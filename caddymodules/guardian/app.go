@@ -41,6 +41,10 @@ type RedisSettings struct {
 	Password string
 	// Cluster is set by GUARDIAN_REDIS_CLUSTER=1, or by several addresses.
 	Cluster bool
+	// Prefix starts the limiter's keys unless a directive sets its own:
+	// GUARDIAN_REDIS_PREFIX, default "guardian:rl:". Edges that share a
+	// Redis but must not share buckets (tests, staging) set different ones.
+	Prefix string
 }
 
 // CaddyModule returns the Caddy module information.
@@ -67,6 +71,7 @@ func (a *App) Provision(caddy.Context) error {
 	}
 	a.redis.Password = l.Optional(config.RedisPassword, "")
 	a.redis.Cluster = len(a.redis.Addrs) > 1 || l.Optional("GUARDIAN_REDIS_CLUSTER", "") == "1"
+	a.redis.Prefix = l.Optional("GUARDIAN_REDIS_PREFIX", "guardian:rl:")
 	if err := errors.Join(err, l.Err()); err != nil {
 		return fmt.Errorf("guardian: %w", err)
 	}

@@ -152,3 +152,18 @@ func TestRedisStoppedAndRestartedUnderLoad(t *testing.T) {
 	}
 	t.Logf("%d requests, all answered 200; Redis down then back", sent.Load())
 }
+
+// A valid key the edge has not cached, from an address out of tokens, is
+// not looked up; its answer must say "slow down" (429), not "invalid key"
+// (401), which a legitimate client sharing the address would misread.
+func TestUncheckedKeyFromABlockedAddressIs429NotInvalid(t *testing.T) {
+	t.Parallel()
+	stack, key := edgeWithCustomer(t, nil)
+	if n := failuresUntil429(t, stack, 200, func(int) string { return "" }); n >= 200 {
+		t.Fatalf("the address was never blocked")
+	}
+	resp := get(t, stack.URL+"/api/v1/whoami", map[string]string{"Authorization": "Bearer " + key})
+	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("valid uncached key from a blocked address: %d (Retry-After %q), want 429 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+}

@@ -52,6 +52,10 @@ const VarIPBlocked = "guardian.ip_blocked"
 // varFailure mirrors auth.VarFailure (importing auth would tie the modules).
 const varFailure = "guardian.auth_failure"
 
+// reasonIPBlocked mirrors the auth module's failure reason for a
+// credential it did not look up because this address is out of tokens.
+const reasonIPBlocked = "ip_blocked"
+
 // Tiers and modes.
 const (
 	TierIP        = "ip"
@@ -104,6 +108,14 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // Provision fills in defaults and joins the shared limiter.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.log = ctx.Logger()
+	appIface, err := ctx.App("guardian")
+	if err != nil {
+		return fmt.Errorf("guardian_ratelimit: %w", err)
+	}
+	rs := appIface.(*guardian.App).Redis()
+	if h.Prefix == "" {
+		h.Prefix = rs.Prefix
+	}
 	h.defaults()
 	if err := h.Validate(); err != nil {
 		return err
@@ -111,11 +123,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return err
 	}
-	appIface, err := ctx.App("guardian")
-	if err != nil {
-		return fmt.Errorf("guardian_ratelimit: %w", err)
-	}
-	rs := appIface.(*guardian.App).Redis()
 	sum := sha256.Sum256([]byte(fmt.Sprintf("%v|%s|%v|%s|%d", rs.Addrs, rs.Password, rs.Cluster, h.Prefix, h.Timeout)))
 	h.poolKey = hex.EncodeToString(sum[:])
 	v, _, err := limiters.LoadOrNew(h.poolKey, func() (caddy.Destructor, error) {
@@ -232,6 +239,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	err := next.ServeHTTP(w, r)
 	why, _ := caddyhttp.GetVar(r.Context(), varFailure).(string)
+	if why == reasonIPBlocked {
+		// The credential was never checked (an uncached one, from an
+		// address out of tokens): the answer is "slow down", not "invalid
+		// credential", which a legitimate client behind the same address
+		// would take for a bad key.
+		left := h.limiter.blocked.left(ip)
+		return h.answer(w, Decision{Limit: int(h.IP.Capacity), Reset: left, RetryAfter: left, Source: SourceLocal})
+	}
 	if !credentialFailure(why) {
 		return err
 	}
@@ -308,6 +323,13 @@ func (b *blockList) add(ip string, d time.Duration) {
 		}
 	}
 	b.until[ip] = time.Now().Add(max(d, 100*time.Millisecond))
+}
+
+// left is how long ip stays blocked (0 when it is not).
+func (b *blockList) left(ip string) time.Duration {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return max(time.Until(b.until[ip]), 0)
 }
 
 func (b *blockList) has(ip string) bool {

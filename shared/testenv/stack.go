@@ -86,7 +86,11 @@ func StackEnv(t testing.TB) map[string]string {
 		}
 	}
 	env["GUARDIAN_KEY_PEPPER"] = Name("pepper-") + Name("") + Name("")
+	// Stacks share the test Redis; each gets its own buckets, so one
+	// test's flood from 127.0.0.1 cannot rate-limit another's requests.
+	env["GUARDIAN_REDIS_PREFIX"] = Name("rl-") + ":"
 	env["GUARDIAN_SESSION_SECRET"] = Name("session-") + Name("") + Name("")
+	env["GUARDIAN_MFA_SECRET"] = Name("mfa-") + Name("") + Name("")
 	return env
 }
 
