@@ -81,7 +81,7 @@ func TestUpTwiceThenDownThenClean(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range []string{"GUARDIAN_URL", "GUARDIAN_PG_DSN", "GUARDIAN_PG_APP_DSN", "GUARDIAN_REDIS_ADDR", "GUARDIAN_CLICKHOUSE_ADDR", "GUARDIAN_DEMO_EMAIL", "GUARDIAN_DEMO_PASSWORD", "GUARDIAN_KEY_PEPPER", "GUARDIAN_SESSION_SECRET"} {
+	for _, k := range []string{"GUARDIAN_URL", "GUARDIAN_PG_DSN", "GUARDIAN_PG_APP_DSN", "GUARDIAN_REDIS_ADDR", "GUARDIAN_CLICKHOUSE_ADDR", "GUARDIAN_DEMO_EMAIL", "GUARDIAN_DEMO_PASSWORD", "GUARDIAN_KEY_PEPPER", "GUARDIAN_SESSION_SECRET", "GUARDIAN_MFA_SECRET"} {
 		if env[k] == "" {
 			t.Errorf("stack.env lacks %s", k)
 		}
@@ -112,7 +112,7 @@ func TestUpTwiceThenDownThenClean(t *testing.T) {
 	if after := testenv.ProcessesMentioning(runDir); len(after) != len(before) {
 		t.Errorf("second make up changed the processes:\nbefore %v\nafter  %v", before, after)
 	}
-	if again, _ := testenv.ReadEnvFile(envFile); again["GUARDIAN_KEY_PEPPER"] != env["GUARDIAN_KEY_PEPPER"] || again["GUARDIAN_DEMO_PASSWORD"] != env["GUARDIAN_DEMO_PASSWORD"] {
+	if again, _ := testenv.ReadEnvFile(envFile); again["GUARDIAN_KEY_PEPPER"] != env["GUARDIAN_KEY_PEPPER"] || again["GUARDIAN_MFA_SECRET"] != env["GUARDIAN_MFA_SECRET"] || again["GUARDIAN_DEMO_PASSWORD"] != env["GUARDIAN_DEMO_PASSWORD"] {
 		t.Error("second make up changed the secrets")
 	}
 

@@ -31,6 +31,7 @@ secret() { od -An -N32 -tx1 /dev/urandom | tr -d ' \n'; }
 old() { if [[ -f $env_file ]]; then sed -n "s/^$1=//p" "$env_file" | head -n1; fi; }
 pepper=$(old GUARDIAN_KEY_PEPPER); pepper=${pepper:-$(secret)}
 session=$(old GUARDIAN_SESSION_SECRET); session=${session:-$(secret)}
+mfa=$(old GUARDIAN_MFA_SECRET); mfa=${mfa:-$(secret)}
 demo_password=$(old GUARDIAN_DEMO_PASSWORD); demo_password=${demo_password:-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')}
 # A local OpenID provider stands in for Google (cmd/dev-oidc).
 oidc_port=${DEV_OIDC_PORT:-55556}
@@ -46,6 +47,7 @@ umask 077
 	echo "GUARDIAN_ADMIN_ADDR=unix/$run/caddy-admin.sock"
 	echo "GUARDIAN_KEY_PEPPER=$pepper"
 	echo "GUARDIAN_SESSION_SECRET=$session"
+	echo "GUARDIAN_MFA_SECRET=$mfa"
 	echo "GUARDIAN_DEMO_EMAIL=demo@guardian.localhost"
 	echo "GUARDIAN_DEMO_PASSWORD=$demo_password"
 	echo "GUARDIAN_OIDC_ISSUER=http://127.0.0.1:$oidc_port/oidc"

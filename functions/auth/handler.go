@@ -8,6 +8,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 
 	"github.com/glassmkr/guardian/shared/audit"
 	"github.com/glassmkr/guardian/shared/identity"
+	"github.com/glassmkr/guardian/shared/mfa"
 	"github.com/glassmkr/guardian/shared/page"
 	"github.com/glassmkr/guardian/shared/password"
 	"github.com/glassmkr/guardian/shared/problem"
@@ -28,6 +30,7 @@ type handler struct {
 	secret   []byte
 	domain   string
 	verifier *password.Verifier
+	mfa      *mfa.Service
 	log      *zap.Logger
 	now      func() time.Time
 }
@@ -35,8 +38,12 @@ type handler struct {
 func (h *handler) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /auth/login", h.login)
+	mux.HandleFunc("POST /auth/login/mfa", h.loginMFA)
+	mux.HandleFunc("POST /auth/login/webauthn", h.loginWebAuthn)
 	mux.HandleFunc("POST /auth/logout", h.logout)
 	mux.HandleFunc("POST /auth/reauth", h.reauth)
+	mux.HandleFunc("POST /auth/reauth/mfa", h.reauthMFA)
+	mux.HandleFunc("POST /auth/reauth/webauthn", h.reauthWebAuthn)
 	mux.HandleFunc("POST /auth/password", h.changePassword)
 	mux.HandleFunc("GET /login", h.loginPage)
 	return mux
@@ -81,26 +88,47 @@ func fields(w http.ResponseWriter, r *http.Request) (map[string]string, bool, *p
 }
 
 var loginPage = page.New("login", `
-<form method="post" action="/auth/login">
+{{if .MFA}}<form method="post" action="/auth/login/mfa" id="mfa-form">
+{{if .Error}}<p class="error" role="alert">{{.Error}}</p>{{end}}
+<p>Your password was right. Now confirm it is you with your second factor.</p>
+{{if .WebAuthn}}<p><button type="button" id="use-key" data-webauthn-login="/auth/login">Use a security key</button></p>{{end}}
+<p><label>{{if .TOTP}}Code from your authenticator app, or a recovery code{{else}}Recovery code{{end}}
+<input name="code" id="code" autocomplete="one-time-code" autocapitalize="none" spellcheck="false" maxlength="32" required></label></p>
+<p><button type="submit" id="verify-code">Verify</button></p>
+</form>
+<p><a href="/login">Start again</a></p>
+{{else}}<form method="post" action="/auth/login">
 {{if .Error}}<p class="error" role="alert">{{.Error}}</p>{{end}}
 <p><label>E-mail <input type="email" name="email" autocomplete="username" required></label></p>
 <p><label>Password <input type="password" name="password" autocomplete="current-password" required minlength="12" maxlength="72"></label></p>
 <p><button type="submit" id="sign-in">Sign in</button></p>
 </form>
-<p>or <a href="/auth/google/start" id="google">sign in with Google</a> (a first sign-in creates your account).</p>`)
+<p>or <a href="/auth/google/start" id="google">sign in with Google</a> (a first sign-in creates your account).</p>{{end}}`)
 
 func (h *handler) loginPage(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
 	msg := ""
-	switch r.URL.Query().Get("error") {
+	switch q.Get("error") {
 	case "credentials":
 		msg = "The e-mail address or the password is wrong."
 	case "busy":
 		msg = "Too many sign-in attempts are being checked; try again in a moment."
+	case "locked":
+		msg = "Sign-in to this account is paused after too many wrong codes. Try again in 15 minutes."
+	case "code":
+		msg = "That code or security key was not accepted. Try again."
+	case "expired":
+		msg = "This sign-in expired or was already used. Enter your password again."
 	case "":
 	default:
 		msg = "Sign-in failed; try again."
 	}
-	if err := page.Render(w, loginPage, "Sign in", false, map[string]any{"Error": msg}); err != nil {
+	data := map[string]any{"Error": msg, "MFA": q.Get("step") == "mfa"}
+	// The methods only shape the form; the server checks what is sent.
+	methods := strings.Split(q.Get("methods"), ",")
+	data["WebAuthn"] = slices.Contains(methods, "webauthn")
+	data["TOTP"] = slices.Contains(methods, "totp") || !slices.Contains(methods, "recovery_code")
+	if err := page.Render(w, loginPage, "Sign in", false, data); err != nil {
 		h.log.Warn("rendering the login page failed", zap.Error(err))
 	}
 }
@@ -151,6 +179,16 @@ func (h *handler) login(w http.ResponseWriter, r *http.Request) {
 		h.busy(w)
 		return
 	}
+	// A user out of second-factor attempts gets the same answer whether the
+	// password was right or wrong: a lockout tells nothing of the password.
+	if userID != "" {
+		if locked, err := h.lockedOut(w, r, form, customerID, userID); locked || err != nil {
+			if err != nil {
+				h.unavailable(w, err)
+			}
+			return
+		}
+	}
 	if verr != nil || closing {
 		reason := "wrong_password"
 		if userID == "" {
@@ -171,13 +209,23 @@ func (h *handler) login(w http.ResponseWriter, r *http.Request) {
 	if id, ok := identity.FromRequest(r); ok && id.Kind == identity.KindSession && id.UserID == userID {
 		old = id.SessionID
 	}
-	issued, err := h.startSession(r, userID, customerID, true, old)
+	factors, methods, err := h.mfa.Methods(r.Context(), userID)
+	if err != nil {
+		h.unavailable(w, err)
+		return
+	}
+	if factors.Any() {
+		h.askSecondFactor(w, r, form, mfa.Challenge{UserID: userID, CustomerID: customerID, Purpose: mfa.PurposeLogin,
+			SessionID: old, Method: mfa.MethodPassword, Reauthed: true}, methods)
+		return
+	}
+	issued, err := h.startSession(r, session.Params{UserID: userID, CustomerID: customerID, Reauthed: true, AAL: session.AAL1, Replacing: old})
 	if err != nil {
 		h.unavailable(w, err)
 		return
 	}
 	audit.Annotate(w, audit.Annotation{CustomerID: customerID, UserID: userID, ResourceType: "session", ResourceID: issued.ID, Action: "create",
-		Metadata: map[string]any{"method": "password", "replaced_session": old}})
+		Metadata: map[string]any{"method": "password", "replaced_session": old, "aal": session.AAL1}})
 	http.SetCookie(w, session.Cookie(issued.Token, h.domain, issued.Expires, h.now()))
 	if form {
 		http.Redirect(w, r, "/settings/keys", http.StatusSeeOther)
@@ -186,14 +234,20 @@ func (h *handler) login(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-func (h *handler) startSession(r *http.Request, userID, customerID string, reauthed bool, replacing string) (session.Issued, error) {
+// startSession starts the session p describes for the client of r.
+func (h *handler) startSession(r *http.Request, p session.Params) (session.Issued, error) {
 	var issued session.Issued
 	err := pgx.BeginFunc(r.Context(), h.db, func(tx pgx.Tx) error {
 		var err error
-		issued, err = session.Start(r.Context(), tx, h.secret, userID, customerID, identity.ClientIP(r), r.UserAgent(), reauthed, replacing, h.now())
+		issued, err = h.startSessionTx(r, tx, p)
 		return err
 	})
 	return issued, err
+}
+
+func (h *handler) startSessionTx(r *http.Request, tx pgx.Tx, p session.Params) (session.Issued, error) {
+	p.IP, p.UserAgent = identity.ClientIP(r), r.UserAgent()
+	return session.Start(r.Context(), tx, h.secret, p, h.now())
 }
 
 // sessionOf returns the caller's session identity; the routes admit only
@@ -241,18 +295,34 @@ func (h *handler) reauth(w http.ResponseWriter, r *http.Request) {
 		h.busy(w)
 		return
 	}
+	if locked, err := h.lockedOut(w, r, false, id.CustomerID, id.UserID); locked || err != nil {
+		if err != nil {
+			h.unavailable(w, err)
+		}
+		return
+	}
 	if verr != nil {
 		audit.Annotate(w, audit.Annotation{ResourceType: "session", ResourceID: id.SessionID, Action: "auth_failed", Metadata: map[string]any{"reason": "reauth_wrong_password"}})
 		problem.Write(w, problem.New(http.StatusUnauthorized, "invalid_credentials", "the password is wrong"))
 		return
 	}
-	issued, err := h.startSession(r, id.UserID, id.CustomerID, true, id.SessionID)
+	factors, methods, err := h.mfa.Methods(r.Context(), id.UserID)
+	if err != nil {
+		h.unavailable(w, err)
+		return
+	}
+	if factors.Any() {
+		h.askSecondFactor(w, r, false, mfa.Challenge{UserID: id.UserID, CustomerID: id.CustomerID, Purpose: mfa.PurposeReauth,
+			SessionID: id.SessionID, Method: mfa.MethodPassword, Reauthed: true}, methods)
+		return
+	}
+	issued, err := h.startSession(r, session.Params{UserID: id.UserID, CustomerID: id.CustomerID, Reauthed: true, AAL: session.AAL1, Replacing: id.SessionID})
 	if err != nil {
 		h.unavailable(w, err)
 		return
 	}
 	audit.Annotate(w, audit.Annotation{ResourceType: "session", ResourceID: issued.ID, Action: "update",
-		Metadata: map[string]any{"reauthenticated": true, "replaced_session": id.SessionID}})
+		Metadata: map[string]any{"reauthenticated": true, "replaced_session": id.SessionID, "aal": session.AAL1}})
 	http.SetCookie(w, session.Cookie(issued.Token, h.domain, issued.Expires, h.now()))
 	w.WriteHeader(http.StatusNoContent)
 }

@@ -1,16 +1,27 @@
 // Command auth serves sign-in and session changes:
 //
-//	POST /auth/login     {email, password}   204 + session cookie; 401 invalid_credentials
+//	POST /auth/login     {email, password}   204 + session cookie; 401 invalid_credentials;
+//	                                         401 mfa_required {mfa_token, methods} if the user has a second factor
+//	POST /auth/login/mfa {mfa_token, code | credential}  204 + session cookie (assurance level 2)
+//	POST /auth/login/webauthn {mfa_token}    200 options for navigator.credentials.get
 //	POST /auth/logout                        204, session ended, cookie cleared
-//	POST /auth/reauth    {password}          204 + fresh cookie; the session is re-authenticated
+//	POST /auth/reauth    {password}          204 + fresh cookie; the session is re-authenticated;
+//	                                         401 mfa_required as above if the user has a second factor
+//	POST /auth/reauth/mfa, /auth/reauth/webauthn   as for sign-in, for the caller's session
 //	POST /auth/password  {current_password?, new_password}  204; set or change the password
 //
 // Sign-in and re-auth end the old session and issue a fresh one, so a
 // token seen before a password check is useless after it. Bodies may be
-// JSON or an HTML form; a form sign-in answers with a redirect.
+// JSON or an HTML form; a form sign-in answers with a redirect, to the
+// second-factor page (token in the guardian_mfa cookie) when one is
+// needed. A code is an authenticator app's 6 digits or a recovery code;
+// credential is a WebAuthn assertion (shared/mfa). Too many wrong codes
+// answer 429 too_many_attempts, from the password step too, whatever the
+// password.
 //
 // Grants: the runtime PostgreSQL role, the session signing secret (it
-// issues tokens), the cookie domain.
+// issues tokens), the cookie domain, the MFA secret (TOTP seeds, recovery
+// codes), the public URL (WebAuthn's origin).
 package main
 
 import (
@@ -24,6 +35,7 @@ import (
 	"github.com/glassmkr/guardian/shared/config"
 	"github.com/glassmkr/guardian/shared/db"
 	"github.com/glassmkr/guardian/shared/fnserve"
+	"github.com/glassmkr/guardian/shared/mfa"
 	"github.com/glassmkr/guardian/shared/password"
 )
 
@@ -34,6 +46,7 @@ func setup(ctx context.Context, log *zap.Logger, env *config.Loader) (http.Handl
 	secret := env.Secret(config.SessionSecret, config.MinSecretLen)
 	domain := env.Optional(config.CookieDomain, "")
 	concurrency := env.Int("GUARDIAN_BCRYPT_CONCURRENCY", runtime.NumCPU())
+	mcfg := mfa.ConfigFromEnv(env)
 	if err := env.Err(); err != nil {
 		return nil, nil, err
 	}
@@ -46,7 +59,15 @@ func setup(ctx context.Context, log *zap.Logger, env *config.Loader) (http.Handl
 		pool.Close()
 		return nil, nil, err
 	}
-	h := &handler{db: pool, secret: secret, domain: domain, verifier: v, log: log, now: time.Now}
+	second, err := mfa.New(pool, mcfg)
+	if err != nil {
+		pool.Close()
+		return nil, nil, err
+	}
+	if off := second.WebAuthnOff(); off != nil {
+		log.Warn("WebAuthn is off; second factors are TOTP and recovery codes only", zap.String("why", off.Error()))
+	}
+	h := &handler{db: pool, secret: secret, domain: domain, verifier: v, mfa: second, log: log, now: time.Now}
 	// Sign-in has no session yet for the edge to check for cross-site use:
 	// refuse cross-site browser POSTs here (login CSRF). Clients that send
 	// no Fetch Metadata or Origin (not browsers) pass.

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/glassmkr/guardian/shared/mfa"
 	"github.com/glassmkr/guardian/shared/testenv"
 )
 
@@ -220,5 +221,78 @@ func TestBadRequestsNameTheField(t *testing.T) {
 	_, doc := s.do(t, "POST", "/api/v1/keys", `{"name":"y","scope":"read"}`, session)
 	if status, doc := s.do(t, "POST", "/api/v1/keys/"+doc["id"].(string)+"/rotate", `{"grace_seconds":90000}`, session); status != 400 || doc["field"] != "grace_seconds" {
 		t.Errorf("grace too long: %d %v", status, doc)
+	}
+}
+
+// enrolTOTP turns an authenticator app on for the user through the
+// product's API (functions/mfa) and returns its seed.
+func (s *site) enrolTOTP(t *testing.T, session map[string]string) string {
+	t.Helper()
+	status, doc := s.do(t, "POST", "/api/v1/mfa/totp", "", session)
+	seed, _ := doc["secret"].(string)
+	if status != 201 || seed == "" {
+		t.Fatalf("begin TOTP: %d %v", status, doc)
+	}
+	code, _ := mfa.CodeAt(seed, time.Now())
+	if status, doc := s.do(t, "POST", "/api/v1/mfa/totp/confirm", `{"code":"`+code+`"}`, session); status != 200 {
+		t.Fatalf("confirm TOTP: %d %v", status, doc)
+	}
+	return seed
+}
+
+func TestCreateAndRotateNeedTheSecondFactorOnceTheUserHasOne(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	session := s.signIn(t)
+	_, doc := s.do(t, "POST", "/api/v1/keys", `{"name":"before","scope":"read"}`, session)
+	id, _ := doc["id"].(string)
+	if id == "" {
+		t.Fatalf("create before the factor: %v", doc)
+	}
+	seed := s.enrolTOTP(t, session)
+
+	// The password was confirmed a moment ago, but without the factor.
+	for _, tc := range []struct{ path, body string }{{"/api/v1/keys", `{"name":"after","scope":"read"}`}, {"/api/v1/keys/" + id + "/rotate", ``}} {
+		if status, doc := s.do(t, "POST", tc.path, tc.body, session); status != 401 || doc["code"] != "reauth_required" || doc["second_factor"] != true {
+			t.Fatalf("%s without the factor: %d %v", tc.path, status, doc)
+		}
+	}
+	status, doc := s.do(t, "POST", "/auth/reauth", `{"password":"`+pw+`"}`, session)
+	token, _ := doc["mfa_token"].(string)
+	if status != 401 || doc["code"] != "mfa_required" {
+		t.Fatalf("reauth: %d %v", status, doc)
+	}
+	next, _ := mfa.CodeAt(seed, time.Now().Add(mfa.Period))
+	req, _ := http.NewRequest("POST", s.URL+"/auth/reauth/mfa", strings.NewReader(`{"mfa_token":"`+token+`","code":"`+next+`"}`))
+	req.Header.Set("Content-Type", "application/json")
+	for k, v := range session {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	strong := map[string]string{"Origin": s.URL, "Sec-Fetch-Site": "same-origin"}
+	for _, c := range resp.Cookies() {
+		if c.Name == "guardian_token" {
+			strong["Cookie"] = "guardian_token=" + c.Value
+		}
+	}
+	if resp.StatusCode != 204 || strong["Cookie"] == "" {
+		t.Fatalf("reauth with the code: %d", resp.StatusCode)
+	}
+	if status, doc := s.do(t, "POST", "/api/v1/keys", `{"name":"after","scope":"read"}`, strong); status != 201 {
+		t.Fatalf("create with the factor: %d %v", status, doc)
+	}
+	if status, doc := s.do(t, "POST", "/api/v1/keys/"+id+"/rotate", ``, strong); status != 201 {
+		t.Fatalf("rotate with the factor: %d %v", status, doc)
+	}
+	// Still only for five minutes.
+	if _, err := s.pg.Owner.Exec(context.Background(), "UPDATE sessions SET reauth_at = now() - interval '6 minutes' WHERE user_id = $1", s.c.UserID); err != nil {
+		t.Fatal(err)
+	}
+	if status, doc := s.do(t, "POST", "/api/v1/keys", `{"name":"later","scope":"read"}`, strong); status != 401 || doc["second_factor"] != true {
+		t.Fatalf("create after five minutes: %d %v", status, doc)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"net/url"
 	"regexp"
 	"slices"
 	"strings"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/glassmkr/guardian/shared/audit"
 	"github.com/glassmkr/guardian/shared/identity"
+	"github.com/glassmkr/guardian/shared/mfa"
 	"github.com/glassmkr/guardian/shared/page"
 	"github.com/glassmkr/guardian/shared/session"
 )
@@ -170,14 +172,27 @@ func (h *handler) callback(w http.ResponseWriter, r *http.Request) {
 
 	var a account
 	var issued session.Issued
+	// A user with a second factor gets no session yet: a challenge, and
+	// the sign-in page's second step (functions/auth completes it).
+	var factors mfa.Factors
+	var challenge string
+	var challengeExpires time.Time
 	for attempt := 0; ; attempt++ {
 		err = pgx.BeginFunc(r.Context(), h.db, func(tx pgx.Tx) error {
 			var err error
 			if a, err = resolve(r.Context(), tx, g, h.signupOpen); err != nil {
 				return err
 			}
-			issued, err = session.Start(r.Context(), tx, h.secret, a.UserID, a.CustomerID, identity.ClientIP(r), r.UserAgent(),
-				!a.HasPassword && fresh, "", now)
+			if factors, err = mfa.Enrolled(r.Context(), tx, a.UserID); err != nil {
+				return err
+			}
+			if factors.Any() {
+				challenge, challengeExpires, err = mfa.NewChallenge(r.Context(), tx, mfa.Challenge{UserID: a.UserID, CustomerID: a.CustomerID,
+					Purpose: mfa.PurposeLogin, Method: mfa.MethodGoogle, Reauthed: !a.HasPassword && fresh}, now)
+				return err
+			}
+			issued, err = session.Start(r.Context(), tx, h.secret, session.Params{UserID: a.UserID, CustomerID: a.CustomerID,
+				IP: identity.ClientIP(r), UserAgent: r.UserAgent(), Reauthed: !a.HasPassword && fresh, AAL: session.AAL1}, now)
 			return err
 		})
 		if attempt == 0 && isUniqueViolation(err) {
@@ -197,8 +212,17 @@ func (h *handler) callback(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, failure{reason: "unavailable"})
 		return
 	}
+	if challenge != "" {
+		methods := factors.Methods()
+		audit.Annotate(w, audit.Annotation{CustomerID: a.CustomerID, UserID: a.UserID, ResourceType: "mfa_challenge", Action: "create",
+			Metadata: map[string]any{"purpose": mfa.PurposeLogin, "method": "google", "second_factor": "required", "methods": methods, "linked": a.Linked}})
+		http.SetCookie(w, mfa.Cookie(challenge, challengeExpires, now))
+		w.Header().Set("Cache-Control", "no-store")
+		http.Redirect(w, r, "/login?"+url.Values{"step": {"mfa"}, "methods": {strings.Join(methods, ",")}}.Encode(), http.StatusSeeOther)
+		return
+	}
 	audit.Annotate(w, audit.Annotation{CustomerID: a.CustomerID, UserID: a.UserID, ResourceType: "session", ResourceID: issued.ID, Action: "create",
-		Metadata: map[string]any{"method": "google", "signed_up": a.SignedUp, "linked": a.Linked}})
+		Metadata: map[string]any{"method": "google", "signed_up": a.SignedUp, "linked": a.Linked, "aal": session.AAL1}})
 	http.SetCookie(w, session.Cookie(issued.Token, h.domain, issued.Expires, now))
 	w.Header().Set("Cache-Control", "no-store")
 	http.Redirect(w, r, afterSignIn, http.StatusSeeOther)

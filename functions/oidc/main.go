@@ -10,7 +10,10 @@
 // expiry), then the nonce, and requires a verified e-mail address. The
 // first sign-in creates the customer and its admin user; later ones find
 // the user by Google subject; a password user with the same (verified)
-// e-mail address is linked (account.go). Refusals answer an HTML page
+// e-mail address is linked (account.go). A user with a second factor
+// (shared/mfa) gets no session from the callback: a challenge in the
+// guardian_mfa cookie and the sign-in page's second step instead, which
+// functions/auth completes. Refusals answer an HTML page
 // (400; 403 when sign-up is closed; 502 when the provider is unreachable)
 // and an audit annotation (auth_failed, metadata reason).
 //

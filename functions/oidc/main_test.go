@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/glassmkr/guardian/functions/oidc/oidctest"
+	"github.com/glassmkr/guardian/shared/mfa"
 	"github.com/glassmkr/guardian/shared/testenv"
 )
 
@@ -44,6 +45,8 @@ type site struct {
 	idp      *oidctest.Provider
 	idpAddr  string
 	clientIP string
+	// mfaSecret is the stack's GUARDIAN_MFA_SECRET.
+	mfaSecret string
 }
 
 func newSite(t *testing.T, opt options) *site {
@@ -60,6 +63,7 @@ func newSite(t *testing.T, opt options) *site {
 		s.startProvider(t, "127.0.0.1:0")
 	}
 	env["GUARDIAN_URL"] = s.URL
+	s.mfaSecret = env["GUARDIAN_MFA_SECRET"]
 	env["GUARDIAN_OIDC_ISSUER"] = "http://" + s.idpAddr + "/oidc"
 	env["GUARDIAN_OIDC_CLIENT_ID"] = clientID
 	env["GUARDIAN_OIDC_CLIENT_SECRET"] = clientSecret
@@ -499,5 +503,79 @@ func TestProviderDown(t *testing.T) {
 	got := s.failures(t)
 	if len(got) < 2 || slices.ContainsFunc(got, func(r string) bool { return r != "provider_unreachable" }) {
 		t.Fatalf("audit reasons %v", got)
+	}
+}
+
+// postForm posts a form as the browser.
+func (b *browser) postForm(path string, form url.Values) reply {
+	b.t.Helper()
+	req, _ := http.NewRequest("POST", b.s.URL+path, strings.NewReader(form.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("X-Forwarded-For", b.s.clientIP)
+	resp, err := b.client.Do(req)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return reply{status: resp.StatusCode, header: resp.Header, body: string(body), location: resp.Header.Get("Location")}
+}
+
+func TestGoogleSignInAsksForTheSecondFactorOfAUserWhoHasOne(t *testing.T) {
+	t.Parallel()
+	s := newSite(t, options{})
+	ctx := context.Background()
+	var email string
+	if err := s.pg.Owner.QueryRow(ctx, "UPDATE users SET google_subject = 'mfa-sub' WHERE id = $1 RETURNING email", s.c.UserID).Scan(&email); err != nil {
+		t.Fatal(err)
+	}
+	// The user has a security key (its details do not matter here) and
+	// recovery codes, made as the product makes them.
+	if _, err := s.pg.Owner.Exec(ctx, `INSERT INTO webauthn_credentials (user_id, credential_id, name, credential) VALUES ($1, '\x0102', 'key', '{}')`, s.c.UserID); err != nil {
+		t.Fatal(err)
+	}
+	svc, err := mfa.New(s.pg.Owner, mfa.Config{Secret: []byte(s.mfaSecret)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	codes, err := svc.NewRecoveryCodes(ctx, s.c.UserID)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	s.idp.QueueUser(oidctest.User{Subject: "mfa-sub", Email: email, EmailVerified: true})
+	b := s.browser(t)
+	r := b.signIn()
+	loc, _ := url.Parse(r.location)
+	if r.status != http.StatusSeeOther || loc.Path != "/login" || loc.Query().Get("step") != "mfa" || !strings.Contains(loc.Query().Get("methods"), "recovery_code") {
+		t.Fatalf("callback of a user with a factor: %d %q %s", r.status, r.location, r.body)
+	}
+	if b.cookie("/", "guardian_token") != nil {
+		t.Fatal("Google alone gave a session to a user with a second factor")
+	}
+	if b.cookie("/auth/login/mfa", mfa.CookieName) == nil {
+		t.Fatal("no challenge cookie for the second step")
+	}
+	if status, _ := b.whoami(); status != 401 {
+		t.Fatalf("whoami before the second factor: %d", status)
+	}
+	if r := b.postForm("/auth/login/mfa", url.Values{"code": {"zzzzz-zzzzz"}}); r.status != http.StatusSeeOther || !strings.Contains(r.location, "error=code") {
+		t.Fatalf("wrong code: %d %q", r.status, r.location)
+	}
+	r = b.postForm("/auth/login/mfa", url.Values{"code": {codes[0]}})
+	if r.status != http.StatusSeeOther || r.location != "/settings/keys" {
+		t.Fatalf("second factor: %d %q %s", r.status, r.location, r.body)
+	}
+	status, who := b.whoami()
+	if status != 200 || who.UserID != s.c.UserID {
+		t.Fatalf("whoami after the second factor: %d %+v", status, who)
+	}
+	// Google and a second factor: assurance level 2; the account has no
+	// password, and the sign-in was fresh, so it is re-authenticated too.
+	if n := s.count(t, "SELECT count(*) FROM sessions WHERE id = $1 AND aal = 2 AND reauth_at IS NOT NULL", who.SessionID); n != 1 {
+		t.Fatal("the session is not at assurance level 2")
+	}
+	if n := s.count(t, "SELECT count(*) FROM api_audit_log WHERE path = '/auth/login/mfa' AND resource_id = $1 AND metadata->>'method' = 'google' AND metadata->>'second_factor' = 'recovery_code'", who.SessionID); n != 1 {
+		t.Fatal("the sign-in is not in the audit log as Google plus a recovery code")
 	}
 }

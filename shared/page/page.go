@@ -1,7 +1,8 @@
 // Package page renders the dashboard's server-side pages in one layout:
-// navigation, the page's content, the password prompt used for step-up
-// re-authentication, and the one script, /static/app.js (no inline script:
-// the Content-Security-Policy set at the edge forbids it).
+// navigation, the page's content, the prompt used for step-up
+// re-authentication (the password, then the second factor of a user who
+// has one), and the one script, /static/app.js (no inline script: the
+// Content-Security-Policy set at the edge forbids it).
 package page
 
 import (
@@ -17,7 +18,7 @@ const layout = `<!doctype html>
 <script src="/static/app.js" defer></script>
 </head><body>
 <header><strong>Guardian</strong>{{if .SignedIn}}
-<nav aria-label="Settings"><a href="/settings/keys">API keys</a> · <a href="/settings/sessions">Sessions</a> · <a href="/settings/audit">Audit log</a></nav>
+<nav aria-label="Settings"><a href="/settings/keys">API keys</a> · <a href="/settings/sessions">Sessions</a> · <a href="/settings/security">Security</a> · <a href="/settings/audit">Audit log</a></nav>
 <form class="inline" method="post" action="/auth/logout" data-api><button type="submit">Sign out</button></form>{{end}}
 </header>
 <main>
@@ -27,9 +28,16 @@ const layout = `<!doctype html>
 </main>
 {{if .SignedIn}}<dialog id="reauth" aria-labelledby="reauth-title">
 <form method="dialog">
-<h2 id="reauth-title">Confirm your password</h2>
+<h2 id="reauth-title">Confirm it is you</h2>
+<div data-step="password">
 <p>This action needs your password, confirmed in the last five minutes.</p>
 <label>Password <input type="password" name="password" autocomplete="current-password" required></label>
+</div>
+<div data-step="second" hidden>
+<p>Now your second factor.</p>
+<p data-method="webauthn" hidden><button type="button" data-use-key>Use a security key</button></p>
+<label data-method="code">Code from your authenticator app, or a recovery code <input name="code" autocomplete="one-time-code" autocapitalize="none" spellcheck="false" maxlength="32"></label>
+</div>
 <p class="error" role="alert"></p>
 <button type="submit">Confirm</button> <button type="button" data-cancel>Cancel</button>
 </form>

@@ -14,6 +14,16 @@ import (
 // session for sensitive actions (creating or rotating keys).
 const ReauthWindow = 5 * time.Minute
 
+// Assurance levels a session records (sessions.aal): how strongly the
+// authentication that made it proved who the user is.
+const (
+	// AAL1: a password, or a Google sign-in, alone.
+	AAL1 = 1
+	// AAL2: that plus a second factor (TOTP, a security key or a
+	// recovery code; see shared/mfa).
+	AAL2 = 2
+)
+
 // Issued is a new session and its token.
 type Issued struct {
 	ID      string
@@ -21,36 +31,57 @@ type Issued struct {
 	Expires time.Time
 }
 
-// Start creates a session row for user (of customer) and signs its token.
-// reauthed marks the password as just verified (sign-in with a password);
-// replacing, when not "", is a session of the same user to end in the
-// same transaction (a fresh token on every sign-in and re-auth).
-func Start(ctx context.Context, tx pgx.Tx, secret []byte, userID, customerID, ip, userAgent string, reauthed bool, replacing string, now time.Time) (Issued, error) {
+// Params describe the session Start makes.
+type Params struct {
+	UserID, CustomerID string
+	// IP and UserAgent are the client's, as the edge saw them.
+	IP, UserAgent string
+	// Reauthed marks the user's credentials as just verified (a sign-in
+	// with a password, a re-auth): sensitive actions are allowed for
+	// ReauthWindow.
+	Reauthed bool
+	// AAL is the assurance level of the authentication (AAL1 if zero).
+	AAL int
+	// Replacing, when not "", is a session of the same user to end in the
+	// same transaction (a fresh token on every sign-in and re-auth).
+	Replacing string
+}
+
+// Start creates a session row as p describes and signs its token.
+func Start(ctx context.Context, tx pgx.Tx, secret []byte, p Params, now time.Time) (Issued, error) {
 	expires := now.Add(Lifetime)
 	var reauthAt *time.Time
-	if reauthed {
+	if p.Reauthed {
 		reauthAt = &now
 	}
+	aal := p.AAL
+	if aal == 0 {
+		aal = AAL1
+	}
+	if aal != AAL1 && aal != AAL2 {
+		return Issued{}, fmt.Errorf("session: assurance level %d", aal)
+	}
 	var addr *netip.Addr
-	if a, err := netip.ParseAddr(ip); err == nil {
+	if a, err := netip.ParseAddr(p.IP); err == nil {
 		a = a.Unmap()
 		addr = &a
 	}
+	userAgent := p.UserAgent
 	if len(userAgent) > 512 {
 		userAgent = userAgent[:512]
 	}
 	var id string
-	err := tx.QueryRow(ctx, `INSERT INTO sessions (user_id, customer_id, created_at, expires_at, last_seen_at, reauth_at, source_ip, user_agent)
-		VALUES ($1, $2, $3, $4, $3, $5, $6, $7) RETURNING id`, userID, customerID, now, expires, reauthAt, addr, userAgent).Scan(&id)
+	err := tx.QueryRow(ctx, `INSERT INTO sessions (user_id, customer_id, created_at, expires_at, last_seen_at, reauth_at, source_ip, user_agent, aal)
+		VALUES ($1, $2, $3, $4, $3, $5, $6, $7, $8) RETURNING id`, p.UserID, p.CustomerID, now, expires, reauthAt, addr, userAgent, aal).Scan(&id)
 	if err != nil {
 		return Issued{}, fmt.Errorf("session: create: %w", err)
 	}
-	if replacing != "" {
-		if _, err := tx.Exec(ctx, "UPDATE sessions SET revoked_at = $3 WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL", replacing, userID, now); err != nil {
+	if p.Replacing != "" {
+		if _, err := tx.Exec(ctx, "UPDATE sessions SET revoked_at = $3 WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL", p.Replacing, p.UserID, now); err != nil {
 			return Issued{}, fmt.Errorf("session: end the old one: %w", err)
 		}
 	}
-	token, err := Issue(secret, id, userID, customerID, now, expires)
+	token, err := Issue(secret, id, p.UserID, p.CustomerID, now, expires)
 	if err != nil {
 		return Issued{}, err
 	}

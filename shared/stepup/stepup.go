@@ -1,14 +1,17 @@
 // Package stepup enforces the security posture's step-up rule: a sensitive
 // action made with a session (creating or rotating a key, enrolling a
-// server, deleting the account) needs a password verified on that session
-// within the last five minutes. The dashboard answers 401 reauth_required
-// by asking for the password, posting /auth/reauth, and replaying the
-// request.
+// server, deleting the account, changing second factors) needs a password
+// verified on that session within the last five minutes, and, when the
+// user has a second factor (shared/mfa), a session whose authentication
+// used it (assurance level 2). The dashboard answers 401 reauth_required
+// by asking for the password (and then the second factor), posting
+// /auth/reauth (and /auth/reauth/mfa), and replaying the request.
 package stepup
 
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"time"
 
@@ -25,27 +28,53 @@ func Required() *problem.Problem {
 		"confirm your password (POST /auth/reauth), then send this request again")
 }
 
+// RequiredWithSecondFactor is the problem a session of a user with a
+// second factor gets when it must re-authenticate.
+func RequiredWithSecondFactor() *problem.Problem {
+	p := problem.New(http.StatusUnauthorized, "reauth_required",
+		"confirm your password (POST /auth/reauth) and your second factor (POST /auth/reauth/mfa), then send this request again")
+	p.Extra = map[string]any{"second_factor": true}
+	return p
+}
+
 // QueryRower is what Check needs from a pool or transaction.
 type QueryRower interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
+// state is what Check needs of a session: when its credentials were last
+// verified, with what assurance, and whether its user has a second factor.
+const state = `SELECT s.reauth_at, s.aal,
+	EXISTS (SELECT 1 FROM mfa_totp t WHERE t.user_id = s.user_id AND t.confirmed_at IS NOT NULL)
+	OR EXISTS (SELECT 1 FROM webauthn_credentials w WHERE w.user_id = s.user_id)
+FROM sessions s WHERE s.id = $1 AND s.revoked_at IS NULL`
+
 // Check returns nil when id may take a sensitive action now: a session
-// whose password was verified within session.ReauthWindow. Keys are not
-// sessions and are judged by their scope at the edge; callers that only
-// admit sessions check the kind themselves.
+// whose password was verified within session.ReauthWindow, with a second
+// factor if its user has one. Keys are not sessions and are judged by their
+// scope at the edge; callers that only admit sessions check the kind
+// themselves.
 func Check(ctx context.Context, db QueryRower, id identity.Identity, now time.Time) (*problem.Problem, error) {
 	if id.Kind != identity.KindSession {
 		return nil, nil
 	}
-	at, err := session.ReauthAt(ctx, db, id.SessionID)
-	if errors.Is(err, session.ErrNoSession) {
+	var at *time.Time
+	var aal int
+	var hasFactor bool
+	err := db.QueryRow(ctx, state, id.SessionID).Scan(&at, &aal, &hasFactor)
+	if errors.Is(err, pgx.ErrNoRows) {
 		return Required(), nil
 	}
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("stepup: %w", err)
 	}
-	if at.IsZero() || now.Sub(at) > session.ReauthWindow {
+	if hasFactor && aal < session.AAL2 {
+		return RequiredWithSecondFactor(), nil
+	}
+	if at == nil || now.Sub(*at) > session.ReauthWindow {
+		if hasFactor {
+			return RequiredWithSecondFactor(), nil
+		}
 		return Required(), nil
 	}
 	return nil, nil

@@ -1,9 +1,101 @@
 // Guardian dashboard behaviour. Forms marked data-api send their fields as
 // JSON to the API. When the API answers 401 reauth_required (creating or
-// rotating a key needs a password confirmed in the last five minutes), the
-// password prompt opens; once /auth/reauth accepts the password, the
-// original request is sent again by itself.
+// rotating a key, or changing second factors, needs a password confirmed
+// in the last five minutes, and the second factor of a user who has one),
+// the prompt opens: the password, then, if /auth/reauth asks for it
+// (mfa_required), a code or a security key for /auth/reauth/mfa. Once
+// accepted, the original request is sent again by itself.
+//
+// WebAuthn: the server sends options as JSON with binary members in
+// base64url; they are decoded for navigator.credentials and the answer is
+// encoded back the same way (shared/mfa verifies it with go-webauthn).
 "use strict";
+
+const b64url = {
+  decode(s) {
+    s = s.replace(/-/g, "+").replace(/_/g, "/");
+    while (s.length % 4) s += "=";
+    const bin = atob(s);
+    const out = new Uint8Array(bin.length);
+    for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+    return out.buffer;
+  },
+  encode(buf) {
+    let bin = "";
+    for (const b of new Uint8Array(buf)) bin += String.fromCharCode(b);
+    return btoa(bin).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  },
+};
+
+// webauthnGet asks an authenticator for an assertion and returns it as the
+// JSON the server takes.
+async function webauthnGet(options) {
+  const pk = options.publicKey;
+  pk.challenge = b64url.decode(pk.challenge);
+  for (const c of pk.allowCredentials || []) c.id = b64url.decode(c.id);
+  const cred = await navigator.credentials.get({ publicKey: pk });
+  const r = cred.response;
+  return {
+    id: cred.id,
+    rawId: b64url.encode(cred.rawId),
+    type: cred.type,
+    authenticatorAttachment: cred.authenticatorAttachment,
+    clientExtensionResults: cred.getClientExtensionResults(),
+    response: {
+      clientDataJSON: b64url.encode(r.clientDataJSON),
+      authenticatorData: b64url.encode(r.authenticatorData),
+      signature: b64url.encode(r.signature),
+      userHandle: r.userHandle ? b64url.encode(r.userHandle) : null,
+    },
+  };
+}
+
+// webauthnCreate asks an authenticator for a new credential and returns it
+// as the JSON the server takes.
+async function webauthnCreate(options) {
+  const pk = options.publicKey;
+  pk.challenge = b64url.decode(pk.challenge);
+  pk.user.id = b64url.decode(pk.user.id);
+  for (const c of pk.excludeCredentials || []) c.id = b64url.decode(c.id);
+  const cred = await navigator.credentials.create({ publicKey: pk });
+  const r = cred.response;
+  return {
+    id: cred.id,
+    rawId: b64url.encode(cred.rawId),
+    type: cred.type,
+    authenticatorAttachment: cred.authenticatorAttachment,
+    clientExtensionResults: cred.getClientExtensionResults(),
+    response: {
+      clientDataJSON: b64url.encode(r.clientDataJSON),
+      attestationObject: b64url.encode(r.attestationObject),
+      transports: r.getTransports ? r.getTransports() : [],
+    },
+  };
+}
+
+function postJSON(url, body) {
+  return fetch(url, {
+    method: "POST",
+    credentials: "same-origin",
+    headers: { "Content-Type": "application/json", Accept: "application/json" },
+    body: JSON.stringify(body || {}),
+  });
+}
+
+async function problemOf(resp) {
+  return resp.json().catch(() => ({}));
+}
+
+// useSecurityKey runs a WebAuthn assertion for a sign-in or re-auth
+// (prefix /auth/login or /auth/reauth) and posts it; it resolves to the
+// final response.
+async function useSecurityKey(prefix, token) {
+  const body = token ? { mfa_token: token } : {};
+  const opts = await postJSON(prefix + "/webauthn", body);
+  if (!opts.ok) return opts;
+  const credential = await webauthnGet(await opts.json());
+  return postJSON(prefix + "/mfa", Object.assign({ credential }, body));
+}
 
 async function send(method, url, body) {
   const init = {
@@ -22,39 +114,86 @@ async function send(method, url, body) {
   return resp;
 }
 
-// reauthenticate shows the password prompt and resolves to true once the
-// password was accepted, false if the user gave up.
+// reauthenticate shows the prompt and resolves to true once the password
+// (and, for a user who has one, the second factor) was accepted, false if
+// the user gave up.
 function reauthenticate() {
   const dialog = document.getElementById("reauth");
   const form = dialog.querySelector("form");
   const error = dialog.querySelector(".error");
+  const passwordStep = dialog.querySelector('[data-step="password"]');
+  const secondStep = dialog.querySelector('[data-step="second"]');
+  const keyButton = dialog.querySelector("[data-use-key]");
+  let token = null; // the re-auth's mfa_token once the password is right
   error.textContent = "";
   form.reset();
+  passwordStep.hidden = false;
+  secondStep.hidden = true;
   return new Promise((resolve) => {
     const done = (ok) => {
       form.removeEventListener("submit", onSubmit);
       dialog.removeEventListener("cancel", onCancel);
       dialog.querySelector("[data-cancel]").removeEventListener("click", onCancel);
+      keyButton.removeEventListener("click", onKey);
       dialog.close();
       resolve(ok);
     };
     const onCancel = (e) => { e.preventDefault(); done(false); };
-    const onSubmit = async (e) => {
-      e.preventDefault();
-      const r = await fetch("/auth/reauth", {
-        method: "POST",
-        credentials: "same-origin",
-        headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ password: form.password.value }),
-      });
+    const secondFactor = (p) => {
+      token = p.mfa_token;
+      const methods = p.methods || [];
+      passwordStep.hidden = true;
+      secondStep.hidden = false;
+      secondStep.querySelector('[data-method="webauthn"]').hidden = !methods.includes("webauthn");
+      secondStep.querySelector('[data-method="code"]').hidden = !(methods.includes("totp") || methods.includes("recovery_code"));
+      form.code.focus();
+    };
+    const settle = async (r) => {
       if (r.status === 204) {
         done(true);
-      } else {
-        const p = await r.json().catch(() => ({}));
-        error.textContent = p.detail || "The password was not accepted.";
+        return;
+      }
+      const p = await problemOf(r);
+      if (p.code === "mfa_expired") { // start again from the password
+        token = null;
+        form.reset();
+        passwordStep.hidden = false;
+        secondStep.hidden = true;
+      }
+      error.textContent = p.detail || "That was not accepted.";
+    };
+    const onKey = async () => {
+      error.textContent = "";
+      try {
+        await settle(await useSecurityKey("/auth/reauth", token));
+      } catch (err) {
+        error.textContent = "The security key did not answer: " + err.message;
       }
     };
+    const onSubmit = async (e) => {
+      e.preventDefault();
+      error.textContent = "";
+      if (token === null) {
+        const r = await postJSON("/auth/reauth", { password: form.password.value });
+        if (r.status === 401) {
+          const p = await problemOf(r.clone());
+          if (p.code === "mfa_required") {
+            secondFactor(p);
+            return;
+          }
+        }
+        await settle(r);
+        return;
+      }
+      const code = form.code.value.trim();
+      if (code === "") {
+        error.textContent = "Enter a code, or use your security key.";
+        return;
+      }
+      await settle(await postJSON("/auth/reauth/mfa", { mfa_token: token, code }));
+    };
     form.addEventListener("submit", onSubmit);
+    keyButton.addEventListener("click", onKey);
     dialog.addEventListener("cancel", onCancel);
     dialog.querySelector("[data-cancel]").addEventListener("click", onCancel);
     dialog.showModal();
@@ -71,28 +210,105 @@ function fields(form) {
   return out;
 }
 
+function showStatus(text) {
+  document.getElementById("status").textContent = text;
+}
+
+// show handles what an API answer may carry to show once: a new key, an
+// authenticator app's key being set up, recovery codes. It reports
+// whether there was any.
+function show(answer) {
+  if (answer.key) {
+    const out = document.getElementById("new-key");
+    out.textContent = answer.key;
+    out.hidden = false;
+    document.getElementById("new-key-note").hidden = false;
+    return true; // shown once: the list refreshes on the next visit
+  }
+  if (answer.otpauth_url) {
+    document.getElementById("totp-secret").textContent = answer.secret;
+    document.getElementById("totp-qr").src = answer.qr_url + "?t=" + Date.now();
+    document.getElementById("totp-setup").hidden = false;
+    document.getElementById("setup-totp").hidden = true;
+    return true;
+  }
+  if (answer.recovery_codes) {
+    const list = document.getElementById("recovery-codes");
+    list.replaceChildren(...answer.recovery_codes.map((c) => {
+      const li = document.createElement("li");
+      li.textContent = c;
+      return li;
+    }));
+    document.getElementById("recovery").hidden = false;
+    return true;
+  }
+  return false;
+}
+
 document.addEventListener("submit", async (e) => {
   const form = e.target;
+  if (form.matches("form[data-webauthn-register]")) {
+    e.preventDefault();
+    showStatus("");
+    try {
+      const begun = await send("POST", form.getAttribute("action"), {});
+      if (!begun.ok) {
+        const p = await problemOf(begun);
+        showStatus(p.detail || "The security key could not be added (" + begun.status + ").");
+        return;
+      }
+      const reg = await begun.json();
+      const credential = await webauthnCreate(reg.options);
+      const resp = await send("POST", form.dataset.webauthnRegister, { ceremony: reg.ceremony, name: form.elements.namedItem("name").value, credential });
+      if (resp.status === 201 && show(await resp.json())) return;
+      if (resp.ok) {
+        location.reload();
+        return;
+      }
+      const p = await problemOf(resp);
+      showStatus(p.detail || "The security key could not be added (" + resp.status + ").");
+    } catch (err) {
+      showStatus("The security key did not answer: " + err.message);
+    }
+    return;
+  }
   if (!form.matches("form[data-api]")) return;
   e.preventDefault();
-  const status = document.getElementById("status");
-  status.textContent = "";
+  showStatus("");
   const method = form.dataset.method || "POST";
   const resp = await send(method, form.getAttribute("action"), method === "DELETE" ? undefined : fields(form));
-  if (resp.status === 201) {
-    const created = await resp.json();
-    if (created.key) {
-      const out = document.getElementById("new-key");
-      out.textContent = created.key;
-      out.hidden = false;
-      document.getElementById("new-key-note").hidden = false;
-      return; // shown once: the list refreshes on the next visit
-    }
+  if (resp.ok && resp.status !== 204) {
+    const answer = await resp.json().catch(() => ({}));
+    if (show(answer)) return;
   }
   if (resp.ok) {
     location.reload();
     return;
   }
-  const p = await resp.json().catch(() => ({}));
-  status.textContent = p.detail || "The request failed (" + resp.status + ").";
+  const p = await problemOf(resp);
+  showStatus(p.detail || "The request failed (" + resp.status + ").");
+});
+
+// The sign-in page's second step: a security key instead of a code (the
+// challenge token is in the guardian_mfa cookie).
+document.addEventListener("click", async (e) => {
+  const button = e.target.closest("[data-webauthn-login]");
+  if (!button) return;
+  e.preventDefault();
+  showStatus("");
+  try {
+    const resp = await useSecurityKey(button.dataset.webauthnLogin, null);
+    if (resp.status === 204) {
+      location.assign("/settings/keys");
+      return;
+    }
+    const p = await problemOf(resp);
+    if (p.code === "mfa_expired") {
+      location.assign("/login?error=expired");
+      return;
+    }
+    showStatus(p.detail || "The security key was not accepted.");
+  } catch (err) {
+    showStatus("The security key did not answer: " + err.message);
+  }
 });

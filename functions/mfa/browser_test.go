@@ -1,0 +1,163 @@
+package main
+
+import (
+	"context"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/cdproto/webauthn"
+	"github.com/chromedp/chromedp"
+)
+
+// chromium starts a headless Debian Chromium for one test (as
+// functions/keys/browser_test.go does).
+func chromium(t *testing.T) context.Context {
+	t.Helper()
+	path := "/usr/lib/chromium/chromium"
+	if _, err := os.Stat(path); err != nil {
+		path = "/usr/bin/chromium"
+	}
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(path),
+		chromedp.NoSandbox,
+		chromedp.DisableGPU,
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.Flag("disable-dev-shm-usage", true),
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.Flag("disable-quic", true),
+	)
+	alloc, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancel := chromedp.NewContext(alloc)
+	ctx, cancelTimeout := context.WithTimeout(ctx, 90*time.Second)
+	t.Cleanup(func() { cancelTimeout(); cancel(); cancelAlloc() })
+	return ctx
+}
+
+// virtualKey gives the browser's tab a security key (the DevTools WebAuthn
+// domain): CTAP2 over USB, user presence and verification succeed at once.
+func virtualKey(t *testing.T, ctx context.Context) webauthn.AuthenticatorID {
+	t.Helper()
+	if _, err := chromedp.Call(ctx, webauthn.Enable, webauthn.EnableParams{}); err != nil {
+		t.Fatalf("WebAuthn domain: %v", err)
+	}
+	res, err := chromedp.Call(ctx, webauthn.AddVirtualAuthenticator, webauthn.AddVirtualAuthenticatorParams{Options: &webauthn.VirtualAuthenticatorOptions{
+		Protocol:                    webauthn.AuthenticatorProtocolCtap2,
+		Transport:                   webauthn.AuthenticatorTransportUsb,
+		HasResidentKey:              true,
+		HasUserVerification:         true,
+		IsUserVerified:              true,
+		AutomaticPresenceSimulation: true,
+	}})
+	if err != nil {
+		t.Fatalf("virtual authenticator: %v", err)
+	}
+	return res.AuthenticatorID
+}
+
+func TestSecurityKeyInTheBrowserSignsInAndAnswersTheReauthPrompt(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	ctx := chromium(t)
+	base := s.origin // localhost: a secure context, and WebAuthn's relying party
+
+	// Sign in with the password and add a security key on the security page.
+	err := chromedp.Do(ctx,
+		chromedp.Navigate(base+"/login"),
+		chromedp.SendKeys(`input[name="email"]`, s.email),
+		chromedp.SendKeys(`input[name="password"]`, pw),
+		chromedp.Click("#sign-in"),
+		chromedp.WaitVisible("#create-key"),
+		chromedp.Navigate(base+"/settings/security"),
+		chromedp.WaitVisible("#add-key"),
+	)
+	if err != nil {
+		t.Fatalf("signing in: %v", err)
+	}
+	authID := virtualKey(t, ctx)
+	err = chromedp.Do(ctx,
+		chromedp.SendKeys(`form[data-webauthn-register] input[name="name"]`, "laptop key"),
+		chromedp.Click("#add-key"),
+		chromedp.WaitVisible("#recovery"),
+	)
+	if err != nil {
+		status, _ := chromedp.Run(ctx, chromedp.Text("#status"))
+		t.Fatalf("adding the key: %v (page says %q)", err, status)
+	}
+	n, err := chromedp.Run(ctx, chromedp.Evaluate[int](`document.querySelectorAll("#recovery-codes li").length`))
+	if err != nil || n != 10 {
+		t.Fatalf("recovery codes shown: %d (%v)", n, err)
+	}
+	err = chromedp.Do(ctx, chromedp.Click("#recovery-done"), chromedp.WaitVisible("#add-key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	listed, err := chromedp.Run(ctx, chromedp.Text("#webauthn-keys"))
+	if err != nil || !strings.Contains(listed, "laptop key") {
+		t.Fatalf("the key is not listed: %q (%v)", listed, err)
+	}
+
+	// Sign out, then in again: the password, then the key.
+	err = chromedp.Do(ctx,
+		chromedp.Click(`header form button[type="submit"]`),
+		chromedp.WaitVisible("#sign-in"),
+		chromedp.SendKeys(`input[name="email"]`, s.email),
+		chromedp.SendKeys(`input[name="password"]`, pw),
+		chromedp.Click("#sign-in"),
+		chromedp.WaitVisible("#use-key"),
+		chromedp.Click("#use-key"),
+		chromedp.WaitVisible("#create-key"),
+	)
+	if err != nil {
+		status, _ := chromedp.Run(ctx, chromedp.Text("body"))
+		t.Fatalf("signing in with the key: %v (page: %.300s)", err, status)
+	}
+	var aal int
+	if err := s.pg.Owner.QueryRow(context.Background(), "SELECT aal FROM sessions WHERE user_id = $1 AND revoked_at IS NULL ORDER BY created_at DESC LIMIT 1", s.c.UserID).Scan(&aal); err != nil || aal != 2 {
+		t.Fatalf("the session's assurance level is %d (%v)", aal, err)
+	}
+
+	// Five minutes later, creating a key asks for the password and the key,
+	// then replays the request by itself.
+	if _, err := s.pg.Owner.Exec(context.Background(), "UPDATE sessions SET reauth_at = now() - interval '10 minutes' WHERE user_id = $1", s.c.UserID); err != nil {
+		t.Fatal(err)
+	}
+	err = chromedp.Do(ctx,
+		chromedp.SendKeys(`input[name="name"]`, "from-the-browser"),
+		chromedp.Click("#create-key"),
+		chromedp.WaitVisible("#reauth"),
+		chromedp.SendKeys(`#reauth input[name="password"]`, pw),
+		chromedp.Click(`#reauth button[type="submit"]`),
+		chromedp.WaitVisible(`#reauth [data-use-key]`),
+		chromedp.Click(`#reauth [data-use-key]`),
+		chromedp.WaitVisible("#new-key"),
+	)
+	if err != nil {
+		msg, _ := chromedp.Run(ctx, chromedp.Text("#reauth .error"))
+		t.Fatalf("create key with the password and key prompt: %v (prompt says %q)", err, msg)
+	}
+	key, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.getElementById("new-key").textContent`))
+	if err != nil || !strings.HasPrefix(strings.TrimSpace(key), "gmk_acct_live_") {
+		t.Fatalf("the new key: %q (%v)", key, err)
+	}
+	if st := s.call(t, "GET", "/api/v1/whoami", "", ""); st.Status != 401 {
+		t.Fatalf("whoami without credentials: %d", st.Status)
+	}
+	req := s.Do(t, "GET", "/api/v1/whoami", "", map[string]string{"Authorization": "Bearer " + strings.TrimSpace(key)})
+	if req.Status != 200 {
+		t.Fatalf("the key shown does not work: %d", req.Status)
+	}
+
+	// The authenticator signed three times: registration, sign-in, re-auth.
+	creds, err := chromedp.Call(ctx, webauthn.GetCredentials, webauthn.GetCredentialsParams{AuthenticatorID: authID})
+	if err != nil || len(creds.Credentials) != 1 || creds.Credentials[0].SignCount < 2 {
+		t.Fatalf("virtual credentials: %+v (%v)", creds, err)
+	}
+	var stored int
+	if err := s.pg.Owner.QueryRow(context.Background(), "SELECT (credential->'authenticator'->>'signCount')::int FROM webauthn_credentials WHERE user_id = $1", s.c.UserID).Scan(&stored); err != nil || stored != int(creds.Credentials[0].SignCount) {
+		t.Fatalf("stored signature counter %d, authenticator's %v (%v)", stored, creds.Credentials[0].SignCount, err)
+	}
+}

@@ -1,0 +1,567 @@
+package mfa
+
+import (
+	"context"
+	"crypto/hmac"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/go-webauthn/webauthn/webauthn"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/glassmkr/guardian/shared/config"
+)
+
+// Config configures New.
+type Config struct {
+	// Secret is GUARDIAN_MFA_SECRET (at least MinSecretLen bytes): TOTP
+	// seeds are sealed and recovery codes hashed under keys derived from it.
+	Secret []byte
+	// PublicURL is the site's public base URL (GUARDIAN_URL): WebAuthn's
+	// origin, and its relying party unless RPID is set. WebAuthn is off
+	// when it is empty or its host is an IP address.
+	PublicURL string
+	// RPID overrides the WebAuthn relying party (a parent domain of the
+	// URL's host).
+	RPID string
+	// Issuer names the site in authenticator apps. Default "Guardian".
+	Issuer string
+	// Limits bound second-factor attempts (DefaultLimits for zero fields).
+	Limits Limits
+	// Now is the clock. Default time.Now.
+	Now func() time.Time
+}
+
+// Service verifies, enrols and removes second factors.
+type Service struct {
+	db     *pgxpool.Pool
+	keys   *keys
+	wa     *webauthn.WebAuthn
+	waOff  error
+	issuer string
+	limits Limits
+	now    func() time.Time
+}
+
+// New returns a Service on db. A configuration under which WebAuthn
+// cannot work is not an error: WebAuthn is off (see WebAuthnOff) and TOTP
+// still works.
+func New(db *pgxpool.Pool, cfg Config) (*Service, error) {
+	k, err := newKeys(cfg.Secret)
+	if err != nil {
+		return nil, err
+	}
+	s := &Service{db: db, keys: k, issuer: cfg.Issuer, limits: cfg.Limits.withDefaults(), now: cfg.Now}
+	if s.issuer == "" {
+		s.issuer = "Guardian"
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if cfg.PublicURL == "" {
+		s.waOff = errors.New("no public URL configured")
+	} else if s.wa, err = relyingParty(cfg.PublicURL, cfg.RPID); err != nil {
+		s.wa, s.waOff = nil, err
+	}
+	return s, nil
+}
+
+// WebAuthnOff returns why WebAuthn is off, or nil when it works.
+func (s *Service) WebAuthnOff() error { return s.waOff }
+
+// Factors are the second factors a user has.
+type Factors struct {
+	TOTP          bool // a confirmed authenticator app
+	WebAuthn      int  // registered credentials
+	RecoveryCodes int  // unused recovery codes
+}
+
+// Any reports whether the user has a second factor: a sign-in needs one,
+// and sensitive actions need a session that used one.
+func (f Factors) Any() bool { return f.TOTP || f.WebAuthn > 0 }
+
+// Methods lists what the user may present: "totp", "webauthn",
+// "recovery_code".
+func (f Factors) Methods() []string {
+	var m []string
+	if f.TOTP {
+		m = append(m, "totp")
+	}
+	if f.WebAuthn > 0 {
+		m = append(m, "webauthn")
+	}
+	if f.Any() && f.RecoveryCodes > 0 {
+		m = append(m, "recovery_code")
+	}
+	return m
+}
+
+const factorsQuery = `SELECT
+	EXISTS (SELECT 1 FROM mfa_totp WHERE user_id = $1 AND confirmed_at IS NOT NULL),
+	(SELECT count(*) FROM webauthn_credentials WHERE user_id = $1),
+	(SELECT count(*) FROM mfa_recovery_codes WHERE user_id = $1 AND used_at IS NULL)`
+
+// Enrolled returns the factors of user. It needs no secret: any function
+// that signs people in can ask.
+func Enrolled(ctx context.Context, q Querier, userID string) (Factors, error) {
+	var f Factors
+	if err := q.QueryRow(ctx, factorsQuery, userID).Scan(&f.TOTP, &f.WebAuthn, &f.RecoveryCodes); err != nil {
+		return f, fmt.Errorf("mfa: read factors: %w", err)
+	}
+	return f, nil
+}
+
+// Methods returns what user may present now: WebAuthn is left out while
+// it is off here.
+func (s *Service) Methods(ctx context.Context, userID string) (Factors, []string, error) {
+	f, err := Enrolled(ctx, s.db, userID)
+	if err != nil {
+		return f, nil, err
+	}
+	m := f.Methods()
+	if s.wa == nil {
+		out := m[:0]
+		for _, x := range m {
+			if x != "webauthn" {
+				out = append(out, x)
+			}
+		}
+		m = out
+	}
+	return f, m, nil
+}
+
+// Proof is a second factor presented for a challenge: a Code (an
+// authenticator app's 6 digits or a recovery code) or a WebAuthn
+// Assertion (the PublicKeyCredential as JSON).
+type Proof struct {
+	Code      string
+	Assertion json.RawMessage
+}
+
+// Refusal is a second factor that was not accepted. Reason is for the
+// audit log: wrong_code, replayed_code, wrong_recovery_code,
+// webauthn_failed, no_factor.
+type Refusal struct {
+	Reason string
+	err    error
+}
+
+func (r *Refusal) Error() string { return "mfa: second factor refused: " + r.Reason }
+
+// Unwrap gives the verification error, for logs (never shown to clients).
+func (r *Refusal) Unwrap() error { return r.err }
+
+// Kinds of second factor, as Complete reports them.
+const (
+	KindTOTP     = "totp"
+	KindRecovery = "recovery_code"
+	KindWebAuthn = "webauthn"
+)
+
+// Complete verifies proof for challenge c, presented from client address
+// ip. Attempts are counted for the user and the address first (over the
+// limit: *LockedError). A proof that does not hold is a *Refusal. One that
+// holds is consumed together with the challenge, in one transaction in
+// which then runs too (to start the session); a challenge or code used by
+// a concurrent request meanwhile gives ErrChallenge or a *Refusal. It
+// returns the kind of factor used.
+func (s *Service) Complete(ctx context.Context, c Challenge, proof Proof, ip string, then func(tx pgx.Tx) error) (string, error) {
+	now := s.now()
+	if err := s.take(ctx, scopeUser, c.UserID, s.limits.PerUser, now); err != nil {
+		return "", err
+	}
+	if err := s.take(ctx, scopeIP, ip, s.limits.PerIP, now); err != nil {
+		return "", err
+	}
+	kind, consume, err := s.check(ctx, c, proof, now)
+	if err != nil {
+		return kind, err
+	}
+	err = pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		if err := consumeChallenge(ctx, tx, c.ID); err != nil {
+			return err
+		}
+		if err := consume(tx); err != nil {
+			return err
+		}
+		return then(tx)
+	})
+	if err != nil {
+		return kind, err
+	}
+	s.refund(ctx, scopeUser, c.UserID, now)
+	s.refund(ctx, scopeIP, ip, now)
+	return kind, nil
+}
+
+// check verifies proof without changing anything and returns how to
+// consume the factor used.
+func (s *Service) check(ctx context.Context, c Challenge, proof Proof, now time.Time) (string, func(pgx.Tx) error, error) {
+	if len(proof.Assertion) > 0 {
+		cred, err := s.verifyAssertion(ctx, c, proof.Assertion)
+		if err != nil {
+			return KindWebAuthn, nil, &Refusal{Reason: "webauthn_failed", err: err}
+		}
+		raw, err := json.Marshal(cred)
+		if err != nil {
+			return KindWebAuthn, nil, err
+		}
+		return KindWebAuthn, func(tx pgx.Tx) error {
+			tag, err := tx.Exec(ctx, "UPDATE webauthn_credentials SET credential = $3, last_used_at = $4 WHERE user_id = $1 AND credential_id = $2",
+				c.UserID, cred.ID, raw, now)
+			if err == nil && tag.RowsAffected() != 1 {
+				return &Refusal{Reason: "webauthn_failed", err: errors.New("the credential was removed meanwhile")}
+			}
+			return err
+		}, nil
+	}
+	code := normalizeCode(proof.Code)
+	if codeRE.MatchString(code) {
+		return s.checkTOTP(ctx, c.UserID, code, now)
+	}
+	return s.checkRecovery(ctx, c.UserID, proof.Code, now)
+}
+
+func (s *Service) checkTOTP(ctx context.Context, userID, code string, now time.Time) (string, func(pgx.Tx) error, error) {
+	var sealed []byte
+	var last *int64
+	err := s.db.QueryRow(ctx, "SELECT secret_sealed, last_step FROM mfa_totp WHERE user_id = $1 AND confirmed_at IS NOT NULL", userID).Scan(&sealed, &last)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return KindTOTP, nil, &Refusal{Reason: "no_factor"}
+	}
+	if err != nil {
+		return KindTOTP, nil, fmt.Errorf("mfa: read totp: %w", err)
+	}
+	seed, err := s.keys.openFor(userID, sealed)
+	if err != nil {
+		return KindTOTP, nil, err
+	}
+	step, ok := matchTOTP(string(seed), code, now)
+	if !ok {
+		return KindTOTP, nil, &Refusal{Reason: "wrong_code"}
+	}
+	if last != nil && step <= *last {
+		return KindTOTP, nil, &Refusal{Reason: "replayed_code"}
+	}
+	return KindTOTP, func(tx pgx.Tx) error {
+		// Only if no code of this step or a later one was accepted meanwhile.
+		tag, err := tx.Exec(ctx, `UPDATE mfa_totp SET last_step = $2, last_used_at = $3
+			WHERE user_id = $1 AND confirmed_at IS NOT NULL AND (last_step IS NULL OR last_step < $2)`, userID, step, now)
+		if err == nil && tag.RowsAffected() != 1 {
+			return &Refusal{Reason: "replayed_code"}
+		}
+		return err
+	}, nil
+}
+
+func (s *Service) checkRecovery(ctx context.Context, userID, typed string, now time.Time) (string, func(pgx.Tx) error, error) {
+	canonical := canonicalRecovery(typed)
+	rows, err := s.db.Query(ctx, "SELECT id, code_hash FROM mfa_recovery_codes WHERE user_id = $1 AND used_at IS NULL", userID)
+	if err != nil {
+		return KindRecovery, nil, fmt.Errorf("mfa: read recovery codes: %w", err)
+	}
+	type stored struct {
+		id   string
+		hash []byte
+	}
+	all, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (stored, error) {
+		var x stored
+		return x, row.Scan(&x.id, &x.hash)
+	})
+	if err != nil {
+		return KindRecovery, nil, fmt.Errorf("mfa: read recovery codes: %w", err)
+	}
+	want := s.keys.hashRecovery(userID, canonical)
+	match := ""
+	for _, x := range all { // every one compared: no early exit
+		if hmac.Equal(x.hash, want) && canonical != "" {
+			match = x.id
+		}
+	}
+	if match == "" {
+		return KindRecovery, nil, &Refusal{Reason: "wrong_recovery_code"}
+	}
+	return KindRecovery, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, "UPDATE mfa_recovery_codes SET used_at = $2 WHERE id = $1 AND used_at IS NULL", match, now)
+		if err == nil && tag.RowsAffected() != 1 {
+			return &Refusal{Reason: "replayed_code"}
+		}
+		return err
+	}, nil
+}
+
+// replaceRecoveryCodes gives user a fresh set of codes, ending the old.
+func (s *Service) replaceRecoveryCodes(ctx context.Context, tx pgx.Tx, userID string) ([]string, error) {
+	codes, err := newRecoveryCodes(RecoveryCodes)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := tx.Exec(ctx, "DELETE FROM mfa_recovery_codes WHERE user_id = $1", userID); err != nil {
+		return nil, err
+	}
+	for _, c := range codes {
+		if _, err := tx.Exec(ctx, "INSERT INTO mfa_recovery_codes (user_id, code_hash, created_at) VALUES ($1, $2, $3)",
+			userID, s.keys.hashRecovery(userID, canonicalRecovery(c)), s.now()); err != nil {
+			return nil, err
+		}
+	}
+	return codes, nil
+}
+
+// ErrNotEnrolled is returned when an action needs a factor the user lacks.
+var ErrNotEnrolled = errors.New("mfa: no second factor enrolled")
+
+// NewRecoveryCodes replaces user's recovery codes and returns the new
+// ones (shown once). A user without a factor has none.
+func (s *Service) NewRecoveryCodes(ctx context.Context, userID string) ([]string, error) {
+	var codes []string
+	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SELECT 1 FROM users WHERE id = $1 FOR UPDATE", userID); err != nil {
+			return err
+		}
+		f, err := Enrolled(ctx, tx, userID)
+		if err != nil {
+			return err
+		}
+		if !f.Any() {
+			return ErrNotEnrolled
+		}
+		codes, err = s.replaceRecoveryCodes(ctx, tx, userID)
+		return err
+	})
+	return codes, err
+}
+
+// EnrolTTL is how long a TOTP enrolment may wait for its first code.
+const EnrolTTL = 10 * time.Minute
+
+// ErrEnrolled is returned when a user who has an authenticator app asks
+// to enrol another: remove the first.
+var ErrEnrolled = errors.New("mfa: an authenticator app is enrolled already")
+
+// TOTPEnrolment is a new authenticator app's key, shown once.
+type TOTPEnrolment struct {
+	// Secret is the seed in base32, for typing into an app.
+	Secret string `json:"secret"`
+	// URL is the otpauth:// URL the QR code holds.
+	URL string `json:"otpauth_url"`
+	// ExpiresAt is when the enrolment must be confirmed by.
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// BeginTOTP makes a new seed for user (named account in the app),
+// replacing any unconfirmed one. It works once confirmed with ConfirmTOTP.
+func (s *Service) BeginTOTP(ctx context.Context, userID, account string) (TOTPEnrolment, error) {
+	seed, err := newSeed()
+	if err != nil {
+		return TOTPEnrolment{}, err
+	}
+	key, err := keyOf(s.issuer, account, seed)
+	if err != nil {
+		return TOTPEnrolment{}, err
+	}
+	sealed, err := s.keys.sealFor(userID, []byte(seed))
+	if err != nil {
+		return TOTPEnrolment{}, err
+	}
+	now := s.now()
+	tag, err := s.db.Exec(ctx, `INSERT INTO mfa_totp (user_id, secret_sealed, created_at) VALUES ($1, $2, $3)
+		ON CONFLICT (user_id) DO UPDATE SET secret_sealed = $2, created_at = $3, last_step = NULL, last_used_at = NULL
+		WHERE mfa_totp.confirmed_at IS NULL`, userID, sealed, now)
+	if err != nil {
+		return TOTPEnrolment{}, fmt.Errorf("mfa: store totp: %w", err)
+	}
+	if tag.RowsAffected() != 1 {
+		return TOTPEnrolment{}, ErrEnrolled
+	}
+	return TOTPEnrolment{Secret: seed, URL: key.URL(), ExpiresAt: now.Add(EnrolTTL)}, nil
+}
+
+// ErrNoEnrolment is returned when there is no unconfirmed enrolment of an
+// authenticator app younger than EnrolTTL.
+var ErrNoEnrolment = errors.New("mfa: no authenticator app enrolment in progress")
+
+func (s *Service) pendingSeed(ctx context.Context, userID string) (string, error) {
+	var sealed []byte
+	err := s.db.QueryRow(ctx, "SELECT secret_sealed FROM mfa_totp WHERE user_id = $1 AND confirmed_at IS NULL AND created_at > $2",
+		userID, s.now().Add(-EnrolTTL)).Scan(&sealed)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", ErrNoEnrolment
+	}
+	if err != nil {
+		return "", fmt.Errorf("mfa: read totp: %w", err)
+	}
+	seed, err := s.keys.openFor(userID, sealed)
+	return string(seed), err
+}
+
+// TOTPQRCode is the PNG of the QR code of user's enrolment in progress
+// (named account in the app).
+func (s *Service) TOTPQRCode(ctx context.Context, userID, account string) ([]byte, error) {
+	seed, err := s.pendingSeed(ctx, userID)
+	if err != nil {
+		return nil, err
+	}
+	key, err := keyOf(s.issuer, account, seed)
+	if err != nil {
+		return nil, err
+	}
+	return qrPNG(key)
+}
+
+// ConfirmTOTP turns user's enrolment in progress on, if code is the app's
+// current code (a wrong code is a *Refusal; attempts count against the
+// limits). If it is the user's first factor, the user's recovery codes
+// come back with it (shown once).
+func (s *Service) ConfirmTOTP(ctx context.Context, userID, code, ip string) ([]string, error) {
+	now := s.now()
+	if err := s.take(ctx, scopeUser, userID, s.limits.PerUser, now); err != nil {
+		return nil, err
+	}
+	if err := s.take(ctx, scopeIP, ip, s.limits.PerIP, now); err != nil {
+		return nil, err
+	}
+	seed, err := s.pendingSeed(ctx, userID)
+	if err != nil {
+		return nil, err
+	}
+	step, ok := matchTOTP(seed, normalizeCode(code), now)
+	if !ok {
+		return nil, &Refusal{Reason: "wrong_code"}
+	}
+	var codes []string
+	err = pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		f, err := Enrolled(ctx, tx, userID)
+		if err != nil {
+			return err
+		}
+		tag, err := tx.Exec(ctx, "UPDATE mfa_totp SET confirmed_at = $2, last_step = $3 WHERE user_id = $1 AND confirmed_at IS NULL",
+			userID, now, step)
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() != 1 {
+			return ErrNoEnrolment
+		}
+		if !f.Any() && f.RecoveryCodes == 0 {
+			codes, err = s.replaceRecoveryCodes(ctx, tx, userID)
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.refund(ctx, scopeUser, userID, now)
+	s.refund(ctx, scopeIP, ip, now)
+	return codes, nil
+}
+
+// RemoveTOTP removes user's authenticator app (confirmed or not) and
+// reports whether there was one. Removing the last factor removes the
+// recovery codes too.
+func (s *Service) RemoveTOTP(ctx context.Context, userID string) (bool, error) {
+	return s.remove(ctx, userID, "DELETE FROM mfa_totp WHERE user_id = $1", userID)
+}
+
+// RemoveWebAuthn removes user's credential id and reports whether it was
+// there. Removing the last factor removes the recovery codes too.
+func (s *Service) RemoveWebAuthn(ctx context.Context, userID, id string) (bool, error) {
+	return s.remove(ctx, userID, "DELETE FROM webauthn_credentials WHERE user_id = $1 AND id = $2", userID, id)
+}
+
+func (s *Service) remove(ctx context.Context, userID, sql string, args ...any) (bool, error) {
+	var removed bool
+	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		// One removal at a time per user: the last-factor check holds.
+		if _, err := tx.Exec(ctx, "SELECT 1 FROM users WHERE id = $1 FOR UPDATE", userID); err != nil {
+			return err
+		}
+		tag, err := tx.Exec(ctx, sql, args...)
+		if err != nil {
+			return err
+		}
+		removed = tag.RowsAffected() > 0
+		f, err := Enrolled(ctx, tx, userID)
+		if err != nil {
+			return err
+		}
+		if !f.Any() {
+			_, err = tx.Exec(ctx, "DELETE FROM mfa_recovery_codes WHERE user_id = $1", userID)
+		}
+		return err
+	})
+	return removed, err
+}
+
+// Status is what a user sees of their second factors.
+type Status struct {
+	TOTP struct {
+		Enabled    bool       `json:"enabled"`
+		Since      *time.Time `json:"since"`
+		LastUsedAt *time.Time `json:"last_used_at"`
+	} `json:"totp"`
+	WebAuthn          []Credential `json:"webauthn"`
+	WebAuthnAvailable bool         `json:"webauthn_available"`
+	RecoveryCodesLeft int          `json:"recovery_codes_left"`
+}
+
+// StatusOf returns user's second factors.
+func (s *Service) StatusOf(ctx context.Context, userID string) (Status, error) {
+	var st Status
+	st.WebAuthnAvailable = s.wa != nil
+	err := s.db.QueryRow(ctx, "SELECT confirmed_at, last_used_at FROM mfa_totp WHERE user_id = $1 AND confirmed_at IS NOT NULL", userID).
+		Scan(&st.TOTP.Since, &st.TOTP.LastUsedAt)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return st, fmt.Errorf("mfa: read totp: %w", err)
+	}
+	st.TOTP.Enabled = st.TOTP.Since != nil
+	rows, err := s.db.Query(ctx, "SELECT id, name, created_at, last_used_at FROM webauthn_credentials WHERE user_id = $1 ORDER BY created_at, id", userID)
+	if err != nil {
+		return st, fmt.Errorf("mfa: read credentials: %w", err)
+	}
+	st.WebAuthn, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (Credential, error) {
+		var c Credential
+		return c, row.Scan(&c.ID, &c.Name, &c.CreatedAt, &c.LastUsedAt)
+	})
+	if err != nil {
+		return st, fmt.Errorf("mfa: read credentials: %w", err)
+	}
+	if st.WebAuthn == nil {
+		st.WebAuthn = []Credential{}
+	}
+	if err := s.db.QueryRow(ctx, "SELECT count(*) FROM mfa_recovery_codes WHERE user_id = $1 AND used_at IS NULL", userID).Scan(&st.RecoveryCodesLeft); err != nil {
+		return st, fmt.Errorf("mfa: read recovery codes: %w", err)
+	}
+	return st, nil
+}
+
+// isUniqueViolation reports a unique-constraint conflict.
+func isUniqueViolation(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "23505"
+}
+
+// Environment variables of the functions that use a Service.
+const (
+	// EnvSecret is the MFA secret (required, at least MinSecretLen bytes).
+	EnvSecret = "GUARDIAN_MFA_SECRET"
+	// EnvURL is the public base URL: WebAuthn's origin and relying party.
+	EnvURL = "GUARDIAN_URL"
+	// EnvRPID overrides the relying party (optional).
+	EnvRPID = "GUARDIAN_WEBAUTHN_RP_ID"
+)
+
+// ConfigFromEnv reads a Service's Config; missing or short secrets are
+// reported by env.Err, by name only.
+func ConfigFromEnv(env *config.Loader) Config {
+	return Config{
+		Secret:    env.Secret(EnvSecret, MinSecretLen),
+		PublicURL: env.Optional(EnvURL, ""),
+		RPID:      env.Optional(EnvRPID, ""),
+	}
+}

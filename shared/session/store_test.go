@@ -1,0 +1,66 @@
+package session_test
+
+import (
+	"context"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/glassmkr/guardian/shared/session"
+	"github.com/glassmkr/guardian/shared/testenv"
+)
+
+func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
+
+func TestStartRecordsTheAssuranceLevelAndReplaces(t *testing.T) {
+	t.Parallel()
+	pg := testenv.Postgres(t)
+	secret := []byte(strings.Repeat("s", 32))
+	c := testenv.NewCustomer(t, pg.Owner, []byte(strings.Repeat("p", 32)), secret)
+	ctx := context.Background()
+	now := time.Date(2026, 11, 3, 10, 0, 0, 0, time.UTC)
+	start := func(p session.Params) (session.Issued, error) {
+		var issued session.Issued
+		err := pgx.BeginFunc(ctx, pg.Owner, func(tx pgx.Tx) error {
+			var err error
+			issued, err = session.Start(ctx, tx, secret, p, now)
+			return err
+		})
+		return issued, err
+	}
+	first, err := start(session.Params{UserID: c.UserID, CustomerID: c.ID, IP: "::ffff:192.0.2.1", UserAgent: strings.Repeat("u", 600)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := start(session.Params{UserID: c.UserID, CustomerID: c.ID, Reauthed: true, AAL: session.AAL2, Replacing: first.ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		id      string
+		aal     int
+		reauth  bool
+		revoked bool
+	}{{first.ID, session.AAL1, false, true}, {second.ID, session.AAL2, true, false}} {
+		var aal int
+		var reauth, revoked bool
+		if err := pg.Owner.QueryRow(ctx, "SELECT aal, reauth_at IS NOT NULL, revoked_at IS NOT NULL FROM sessions WHERE id = $1", tc.id).Scan(&aal, &reauth, &revoked); err != nil {
+			t.Fatal(err)
+		}
+		if aal != tc.aal || reauth != tc.reauth || revoked != tc.revoked {
+			t.Errorf("session %s: aal %d reauth %v revoked %v, want %+v", tc.id, aal, reauth, revoked, tc)
+		}
+	}
+	if at, err := session.ReauthAt(ctx, pg.Owner, second.ID); err != nil || !at.Equal(now) {
+		t.Errorf("ReauthAt %v %v", at, err)
+	}
+	if _, err := start(session.Params{UserID: c.UserID, CustomerID: c.ID, AAL: 3}); err == nil {
+		t.Error("an unknown assurance level was stored")
+	}
+	if claims, err := session.Verify(secret, second.Token, now); err != nil || claims.SessionID() != second.ID {
+		t.Errorf("token of the new session: %v", err)
+	}
+}
