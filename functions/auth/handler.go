@@ -23,6 +23,7 @@ import (
 	"github.com/glassmkr/guardian/shared/password"
 	"github.com/glassmkr/guardian/shared/problem"
 	"github.com/glassmkr/guardian/shared/session"
+	"github.com/glassmkr/guardian/shared/stepup"
 )
 
 type handler struct {
@@ -340,6 +341,16 @@ func (h *handler) changePassword(w http.ResponseWriter, r *http.Request) {
 	var hash, email string
 	if err := h.db.QueryRow(r.Context(), "SELECT coalesce(password_hash, ''), email FROM users WHERE id = $1", id.UserID).Scan(&hash, &email); err != nil {
 		h.unavailable(w, err)
+		return
+	}
+	// A user with a second factor changes the password only from a session
+	// re-authenticated with it: otherwise a stolen cookie plus a guessed or
+	// phished password could change it and sign the owner out everywhere.
+	if sp, err := stepup.CheckIfSecondFactor(r.Context(), h.db, id, h.now()); err != nil {
+		h.unavailable(w, err)
+		return
+	} else if sp != nil {
+		problem.Write(w, sp)
 		return
 	}
 	if hash != "" {

@@ -384,3 +384,22 @@ func TestSecondStepRefusesBadRequests(t *testing.T) {
 		t.Error("the page lost its CSP")
 	}
 }
+
+// A user with a second factor changes the password only from a session
+// re-authenticated with it: a stolen cookie plus the password is not
+// enough to take the account and sign its owner out everywhere.
+func TestPasswordChangeNeedsTheSecondFactor(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	first := s.signInPassword(t)
+	seed, _ := s.enrolTOTP(t, first)
+	change := jsonBody(map[string]string{"current_password": goodPassword, "new_password": "another long passphrase 42"})
+	a := s.post(t, "/auth/password", change, cookieHeader(first))
+	if a.status != 401 || a.doc["code"] != "reauth_required" || a.doc["second_factor"] != true {
+		t.Fatalf("password change from a password-only session: %d %v", a.status, a.doc)
+	}
+	full := s.signInWith(t, nextCode(t, seed, 1))
+	if a := s.post(t, "/auth/password", change, cookieHeader(full)); a.status != 204 {
+		t.Fatalf("password change with the factor: %d %v", a.status, a.doc)
+	}
+}

@@ -55,6 +55,18 @@ FROM sessions s WHERE s.id = $1 AND s.revoked_at IS NULL`
 // scope at the edge; callers that only admit sessions check the kind
 // themselves.
 func Check(ctx context.Context, db QueryRower, id identity.Identity, now time.Time) (*problem.Problem, error) {
+	return check(ctx, db, id, now, false)
+}
+
+// CheckIfSecondFactor is Check for users who have a second factor and nil
+// for those who do not: for an action that needs the factor when there is
+// one but is otherwise guarded by other means (changing the password,
+// which asks for the current one).
+func CheckIfSecondFactor(ctx context.Context, db QueryRower, id identity.Identity, now time.Time) (*problem.Problem, error) {
+	return check(ctx, db, id, now, true)
+}
+
+func check(ctx context.Context, db QueryRower, id identity.Identity, now time.Time, onlyWithFactor bool) (*problem.Problem, error) {
 	if id.Kind != identity.KindSession {
 		return nil, nil
 	}
@@ -67,6 +79,9 @@ func Check(ctx context.Context, db QueryRower, id identity.Identity, now time.Ti
 	}
 	if err != nil {
 		return nil, fmt.Errorf("stepup: %w", err)
+	}
+	if onlyWithFactor && !hasFactor {
+		return nil, nil
 	}
 	if hasFactor && aal < session.AAL2 {
 		return RequiredWithSecondFactor(), nil
