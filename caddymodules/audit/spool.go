@@ -33,6 +33,7 @@ type spool struct {
 	cur      *os.File
 	curName  string
 	curRows  int
+	curSize  int64 // bytes of the current segment that are durable
 	next     int64 // number of the next segment
 	bytes    int64 // on disk, all segments
 }
@@ -154,16 +155,34 @@ func (s *spool) appendIf(rows []*audit.Row, onlyWhileSpooling bool) (bool, error
 			return true, err
 		}
 	}
-	n, err := s.cur.Write(buf)
-	s.bytes += int64(n)
-	if err != nil {
-		return true, fmt.Errorf("audit spool: write: %w", err)
+	// A write or fsync that fails (a full disk) may leave part of the
+	// batch in the file. Those rows were refused and the chain takes their
+	// places again, so they must not stay behind to be replayed: cut the
+	// segment back to where it was.
+	if _, err := s.cur.Write(buf); err != nil {
+		return true, s.undo(fmt.Errorf("audit spool: write: %w", err))
 	}
 	if err := s.cur.Sync(); err != nil {
-		return true, fmt.Errorf("audit spool: fsync: %w", err)
+		return true, s.undo(fmt.Errorf("audit spool: fsync: %w", err))
 	}
+	s.curSize += int64(len(buf))
+	s.bytes += int64(len(buf))
 	s.curRows += len(rows)
 	return true, nil
+}
+
+// undo cuts the current segment back to its last durable size after a
+// failed append and returns err (with the truncation's own failure, which
+// shrinking a file practically never has, added to it).
+func (s *spool) undo(err error) error {
+	terr := s.cur.Truncate(s.curSize)
+	if terr == nil {
+		terr = s.cur.Sync()
+	}
+	if terr == nil {
+		return err
+	}
+	return fmt.Errorf("%w (and the segment could not be cut back: %v)", err, terr)
 }
 
 // seal closes the current segment so the replayer may take it.
@@ -174,19 +193,24 @@ func (s *spool) seal() error {
 		return nil
 	}
 	err := s.cur.Close()
-	s.cur, s.curName, s.curRows = nil, "", 0
+	s.cur, s.curName, s.curRows, s.curSize = nil, "", 0, 0
 	return err
 }
 
-// sealed lists the segments not being written, oldest first.
+// sealed lists the segments not being written, oldest first. The
+// directory is listed before the current segment's name is read: a chain
+// may open a new segment at any moment (only the replayer seals one), and
+// one opened after the listing is simply not in it, whereas reading the
+// name first could miss a segment opened in between and hand the
+// replayer a file a chain is still writing.
 func (s *spool) sealed() ([]string, error) {
-	s.mu.Lock()
-	cur := s.curName
-	s.mu.Unlock()
 	names, err := s.segments()
 	if err != nil {
 		return nil, err
 	}
+	s.mu.Lock()
+	cur := s.curName
+	s.mu.Unlock()
 	out := names[:0]
 	for _, n := range names {
 		if n != cur {

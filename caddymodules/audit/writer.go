@@ -254,12 +254,16 @@ func (w *Writer) persist(rows []*audit.Row) error {
 		}
 		metrics.spoolBytes.Set(float64(w.spool.size()))
 		if err != nil {
-			if errors.Is(err, ErrSpoolFull) {
-				w.full.Store(true)
-				metrics.spoolFull.Set(1)
-			}
+			// Whether the limit or the disk is reached (or the disk
+			// fails), rows cannot be made durable: refuse requests before
+			// they run until the replay has emptied the spool, and say so
+			// once, not once per batch.
+			metrics.spoolFull.Set(1)
 			metrics.writeErrors.Inc()
-			w.log.Error("audit rows could not be made durable; their requests are refused", zap.Error(err), zap.Int("rows", len(rows)))
+			if w.full.CompareAndSwap(false, true) {
+				w.log.Error("audit rows cannot be made durable (PostgreSQL away, spool unwritable); refusing requests until the spool is replayed",
+					zap.Error(err), zap.Int64("spool_bytes", w.spool.size()), zap.Int64("limit_bytes", w.spool.maxBytes))
+			}
 			return err
 		}
 		metrics.rows.WithLabelValues("spool").Add(float64(len(rows)))

@@ -64,7 +64,10 @@ type Authenticator struct {
 	tokens map[string]*session.Claims
 
 	listening atomic.Bool
-	touch     *toucher
+	// staleWarned is when the last "serving from cache" warning was
+	// logged (unix ns): one per staleWarnEvery, not one per request.
+	staleWarned atomic.Int64
+	touch       *toucher
 	cancel    context.CancelFunc
 	done      chan struct{}
 }
@@ -180,7 +183,7 @@ func (a *Authenticator) Key(ctx context.Context, raw string, lookup bool) (*iden
 	case err != nil:
 		if e != nil {
 			// Stale, but the store is down: nothing can have been revoked.
-			a.log.Warn("serving a cached key: credential store unreachable", zap.Error(err))
+			a.warnStale("key", err)
 			return a.keyResult(e)
 		}
 		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
@@ -206,6 +209,22 @@ func (a *Authenticator) Key(ctx context.Context, raw string, lookup bool) (*iden
 	a.keys[h] = e
 	a.mu.Unlock()
 	return a.keyResult(e)
+}
+
+// staleWarnEvery bounds how often an outage's "serving from cache"
+// warning is repeated.
+const staleWarnEvery = 30 * time.Second
+
+// warnStale logs, at most once per staleWarnEvery, that credentials are
+// being served from the cache because the store is unreachable: during an
+// outage every request would otherwise add a line.
+func (a *Authenticator) warnStale(kind string, err error) {
+	now := time.Now().UnixNano()
+	last := a.staleWarned.Load()
+	if now-last < int64(staleWarnEvery) || !a.staleWarned.CompareAndSwap(last, now) {
+		return
+	}
+	a.log.Warn("credential store unreachable; serving cached credentials (logged once per 30 s)", zap.String("kind", kind), zap.Error(err))
 }
 
 func (a *Authenticator) keyResult(e *keyEntry) (*identity.Identity, error) {
@@ -262,7 +281,7 @@ func (a *Authenticator) Session(ctx context.Context, token string, lookup bool) 
 		case err != nil && e == nil:
 			return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
 		case err != nil:
-			a.log.Warn("serving a cached session: credential store unreachable", zap.Error(err))
+			a.warnStale("session", err)
 		default:
 			scope := "write"
 			if role == "admin" {

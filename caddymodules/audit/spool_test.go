@@ -1,0 +1,137 @@
+package audit
+
+import (
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+
+	"github.com/glassmkr/guardian/shared/audit"
+)
+
+// A batch that fills the disk half-way must leave nothing of itself in the
+// spool: its requests are refused and the chain gives its places to later
+// rows, so replaying its lines would clash with (and, by the unique chain
+// index, silently drop) rows that were acknowledged.
+func TestFailedAppendOnAFullDiskLeavesNothingBehind(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "spool")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=16k,mode=0700"); err != nil {
+		t.Skipf("cannot mount a 16 KiB tmpfs (%v); needs root", err)
+	}
+	t.Cleanup(func() { _ = syscall.Unmount(dir, syscall.MNT_DETACH) })
+	s, err := openSpool(dir, 1<<30) // only the disk limits it
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stored []*audit.Row
+	failed := 0
+	for i := 0; failed == 0 && i < 1000; i += 5 {
+		batch := []*audit.Row{testRow(i), testRow(i + 1), testRow(i + 2), testRow(i + 3), testRow(i + 4)}
+		if err := s.append(batch); err != nil {
+			failed++
+			continue
+		}
+		stored = append(stored, batch...)
+	}
+	if failed == 0 {
+		t.Fatal("the disk never filled")
+	}
+	if err := s.seal(); err != nil {
+		t.Fatal(err)
+	}
+	names, err := s.sealed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []*audit.Row
+	for _, n := range names {
+		rows, err := s.read(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, rows...)
+	}
+	if len(got) != len(stored) {
+		t.Fatalf("spool holds %d rows, %d were acknowledged", len(got), len(stored))
+	}
+	for i := range got {
+		if got[i].RequestID != stored[i].RequestID {
+			t.Fatalf("row %d is %s, want %s", i, got[i].RequestID, stored[i].RequestID)
+		}
+	}
+	if s.size() == 0 {
+		t.Fatal("spool size lost its acknowledged rows")
+	}
+}
+
+// The replayer lists sealed segments while chains open new ones; every
+// acknowledged row must be read exactly once, none from a segment still
+// being written.
+func TestReplayNeverTakesTheSegmentBeingWritten(t *testing.T) {
+	s, err := openSpool(t.TempDir(), 1<<30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const writers, perWriter = 4, 300
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range perWriter {
+				if err := s.append([]*audit.Row{testRow(w*perWriter + i)}); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	seen := map[string]int{}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	drain := func() {
+		if err := s.seal(); err != nil {
+			t.Fatal(err)
+		}
+		names, err := s.sealed()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range names {
+			rows, err := s.read(n)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range rows {
+				seen[r.RequestID]++
+			}
+			if err := s.remove(n); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for running := true; running; {
+		select {
+		case <-done:
+			running = false
+		default:
+		}
+		drain()
+	}
+	drain()
+	if len(seen) != writers*perWriter {
+		t.Fatalf("replayed %d distinct rows of %d", len(seen), writers*perWriter)
+	}
+	for id, n := range seen {
+		if n != 1 {
+			t.Fatalf("row %s replayed %d times", id, n)
+		}
+	}
+	if s.size() != 0 {
+		t.Fatalf("spool size %d after replaying everything", s.size())
+	}
+}
