@@ -11,9 +11,19 @@
 #                         key under dist/ (NOT the real signing key)
 #   GUARDIAN_VULNCHECK    "skip" to release without govulncheck (stated in
 #                         the release notes); anything else runs it
-#   GUARDIAN_VULNDB       optional govulncheck -db URL (e.g. file:///mirror)
+#   GUARDIAN_VULNDB       optional govulncheck -db URL (e.g. file:///mirror);
+#                         unset and https://vuln.go.dev unreachable: a
+#                         database is built from the golang.org/x/vulndb
+#                         module (vulndb.sh) and its version is stated
 #   GOVULNCHECK_VERSION   default "latest"
+#   GUARDIAN_RELEASE_TOOLCHAIN  the Go toolchain releases are built and
+#                         checked with (default go1.27.3; the notes state it).
+#                         The machine's own Go fetches it from the module
+#                         proxy like any module. A release is reproducible
+#                         with the same toolchain, and its standard library
+#                         is what govulncheck judges.
 set -euo pipefail
+export GOTOOLCHAIN=${GUARDIAN_RELEASE_TOOLCHAIN:-go1.27.3}
 
 version=${1:-}
 if ! [[ $version =~ ^[0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.+-]+)?$ ]]; then
@@ -35,7 +45,17 @@ if [ "$vulncheck" = skip ]; then
 	vulnstatus="NOT RUN (GUARDIAN_VULNCHECK=skip): this release was not checked against the Go vulnerability database."
 else
 	dbflag=()
-	[ -n "${GUARDIAN_VULNDB:-}" ] && dbflag=(-db "$GUARDIAN_VULNDB")
+	vulnsource="https://vuln.go.dev"
+	if [ -n "${GUARDIAN_VULNDB:-}" ]; then
+		dbflag=(-db "$GUARDIAN_VULNDB")
+		vulnsource=$GUARDIAN_VULNDB
+	elif ! curl -fsS -m 15 -o /dev/null https://vuln.go.dev/index/db.json 2>/dev/null; then
+		echo "release: https://vuln.go.dev is unreachable; building the database from the golang.org/x/vulndb module" >&2
+		vdb=$(mktemp -d)
+		trap 'rm -rf "$vdb"' EXIT
+		vulnsource=$(GO="$GO" "$here/vulndb.sh" "$vdb/db")
+		dbflag=(-db "file://$vdb/db")
+	fi
 	echo "release: govulncheck ${dbflag[*]} ./..." >&2
 	set +e
 	vc_out=$(GOFLAGS= "$GO" run "golang.org/x/vuln/cmd/govulncheck@${GOVULNCHECK_VERSION:-latest}" "${dbflag[@]}" ./... 2>&1)
@@ -43,7 +63,7 @@ else
 	set -e
 	printf '%s\n' "$vc_out" >&2
 	case $vc_rc in
-	0) vulnstatus="govulncheck ($(GOFLAGS= "$GO" run "golang.org/x/vuln/cmd/govulncheck@${GOVULNCHECK_VERSION:-latest}" -version 2>/dev/null | grep -i -m1 'scanner' || echo govulncheck)): no known vulnerability reachable from Guardian's code." ;;
+	0) vulnstatus="govulncheck ($(GOFLAGS= "$GO" run "golang.org/x/vuln/cmd/govulncheck@${GOVULNCHECK_VERSION:-latest}" -version 2>/dev/null | grep -i -m1 'scanner' || echo govulncheck)) with $("$GO" env GOVERSION), database $vulnsource: no known vulnerability reachable from Guardian's code." ;;
 	3)
 		echo "release: FAILED: govulncheck found vulnerabilities reachable from our code (above). Upgrade the modules or Go toolchain named there." >&2
 		exit 1 ;;
