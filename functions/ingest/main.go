@@ -57,7 +57,7 @@ func setup(ctx context.Context, log *zap.Logger, env *config.Loader) (http.Handl
 	h := &handler{
 		log:   log,
 		plans: &planCache{db: pool, ttl: time.Minute, m: map[string]planEntry{}},
-		store: newBatcher(&chStore{conn: ch, table: chCfg.Database + ".snapshots"}, 1000),
+		store: newBatcher(&chStore{conn: ch, table: chCfg.Database + ".snapshots"}, 1000, minInsertInterval),
 		now:   time.Now,
 	}
 	return h, func() { h.store.(*batcher).close(); pool.Close(); _ = ch.Close() }, nil
@@ -68,14 +68,23 @@ type store interface {
 	Insert(ctx context.Context, s snapshotRow) error
 }
 
-// batcher group-commits snapshots: one goroutine sends whatever is queued
-// as one ClickHouse batch (a new part per insert, so many small inserts
-// would swamp the server), and each request waits for its batch's result.
+// minInsertInterval is the least time between the starts of two inserts.
+// Every insert makes a new part that ClickHouse merges again and again in
+// the background: measured here, inserts of ~30 rows each made ClickHouse
+// rewrite every row ~30 times and spend a whole core on merges. Spacing
+// inserts under load makes them larger (rate x interval rows) and merges
+// rarer; an idle edge still inserts a lone snapshot at once.
+const minInsertInterval = 50 * time.Millisecond
+
+// batcher group-commits snapshots: one goroutine sends what is queued as
+// one ClickHouse batch, no sooner than minInterval after the previous one
+// started, and each request waits for its batch's result.
 type batcher struct {
-	ch       *chStore
-	in       chan *pendingRow
-	maxBatch int
-	done     chan struct{}
+	ch          *chStore
+	in          chan *pendingRow
+	maxBatch    int
+	minInterval time.Duration
+	done        chan struct{}
 }
 
 type pendingRow struct {
@@ -83,8 +92,8 @@ type pendingRow struct {
 	err chan error
 }
 
-func newBatcher(ch *chStore, maxBatch int) *batcher {
-	b := &batcher{ch: ch, in: make(chan *pendingRow, 4*maxBatch), maxBatch: maxBatch, done: make(chan struct{})}
+func newBatcher(ch *chStore, maxBatch int, minInterval time.Duration) *batcher {
+	b := &batcher{ch: ch, in: make(chan *pendingRow, 4*maxBatch), maxBatch: maxBatch, minInterval: minInterval, done: make(chan struct{})}
 	go b.loop()
 	return b
 }
@@ -103,8 +112,34 @@ func (b *batcher) Insert(ctx context.Context, r snapshotRow) error {
 func (b *batcher) loop() {
 	defer close(b.done)
 	batch := make([]*pendingRow, 0, b.maxBatch)
+	var last time.Time // start of the previous insert
+	timer := time.NewTimer(0)
+	<-timer.C
 	for first := range b.in {
 		batch = append(batch[:0], first)
+		// Under load, gather until minInterval has passed since the last
+		// insert began; when idle that moment is long gone.
+		if wait := b.minInterval - time.Since(last); wait > 0 {
+			timer.Reset(wait)
+		gather:
+			for len(batch) < b.maxBatch {
+				select {
+				case p, ok := <-b.in:
+					if !ok {
+						break gather
+					}
+					batch = append(batch, p)
+				case <-timer.C:
+					break gather
+				}
+			}
+			if !timer.Stop() {
+				select {
+				case <-timer.C:
+				default:
+				}
+			}
+		}
 	fill:
 		for len(batch) < b.maxBatch {
 			select {
@@ -117,6 +152,7 @@ func (b *batcher) loop() {
 				break fill
 			}
 		}
+		last = time.Now()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		err := b.ch.insertBatch(ctx, batch)
 		cancel()
