@@ -17,12 +17,12 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/glassmkr/guardian/shared/config"
+	"github.com/glassmkr/guardian/shared/db"
 	"github.com/glassmkr/guardian/shared/migrate"
 )
 
@@ -80,14 +80,9 @@ func runMigrate(ctx context.Context) error {
 	if err := env.Err(); err != nil {
 		return err
 	}
-	conn, err := clickhouse.Open(&clickhouse.Options{
-		Addr:        []string{ch.Addr},
-		Auth:        clickhouse.Auth{Database: "default", Username: ch.User, Password: ch.Password},
-		DialTimeout: 5 * time.Second,
-		ReadTimeout: time.Minute,
-	})
+	conn, err := db.ClickHouse(ch, db.ClickHouseOptions{Database: "default"})
 	if err != nil {
-		return fmt.Errorf("clickhouse: %w", err)
+		return err
 	}
 	defer conn.Close()
 	applied, err = migrate.ClickHouse(ctx, conn, ch.Database)

@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
@@ -39,13 +38,7 @@ func setup(ctx context.Context, log *zap.Logger, env *config.Loader) (http.Handl
 		return nil, nil, err
 	}
 	rdb := redis.NewClient(&redis.Options{Addr: redisAddr, Password: redisPassword, PoolSize: 2, MaxRetries: -1, DialerRetries: 1})
-	ch, err := clickhouse.Open(&clickhouse.Options{
-		Addr:         []string{chCfg.Addr},
-		Auth:         clickhouse.Auth{Database: chCfg.Database, Username: chCfg.User, Password: chCfg.Password},
-		DialTimeout:  timeout,
-		ReadTimeout:  timeout,
-		MaxOpenConns: 2,
-	})
+	ch, err := db.ClickHouse(chCfg, db.ClickHouseOptions{Dial: timeout, Read: timeout})
 	if err != nil {
 		pool.Close()
 		_ = rdb.Close()

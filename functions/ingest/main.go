@@ -20,7 +20,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
@@ -43,13 +42,7 @@ func setup(ctx context.Context, log *zap.Logger, env *config.Loader) (http.Handl
 	if err != nil {
 		return nil, nil, err
 	}
-	ch, err := clickhouse.Open(&clickhouse.Options{
-		Addr:         []string{chCfg.Addr},
-		Auth:         clickhouse.Auth{Database: chCfg.Database, Username: chCfg.User, Password: chCfg.Password},
-		DialTimeout:  2 * time.Second,
-		ReadTimeout:  10 * time.Second,
-		MaxOpenConns: 8,
-	})
+	ch, err := db.ClickHouse(chCfg, db.ClickHouseOptions{Dial: 2 * time.Second, Read: 10 * time.Second, MaxConns: 8})
 	if err != nil {
 		pool.Close()
 		return nil, nil, err

@@ -1,5 +1,6 @@
-// Package db opens the PostgreSQL pool a function uses. Connections are
-// made lazily, so a function starts (and answers 503 for what needs the
+// Package db opens the database connections a function or job uses: a
+// PostgreSQL pool (Open) and a ClickHouse pool (ClickHouse). Connections
+// are made lazily, so a function starts (and answers 503 for what needs the
 // database) while PostgreSQL is down, and the DSN, which holds a password,
 // never appears in an error.
 package db

@@ -57,7 +57,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/glassmkr/guardian/shared/config"
@@ -94,15 +93,9 @@ func run(ctx context.Context, env *config.Loader, r *job.Report) error {
 		return err
 	}
 	defer pool.Close()
-	ch, err := clickhouse.Open(&clickhouse.Options{
-		Addr:         []string{chCfg.Addr},
-		Auth:         clickhouse.Auth{Database: chCfg.Database, Username: chCfg.User, Password: chCfg.Password},
-		DialTimeout:  5 * time.Second,
-		ReadTimeout:  5 * time.Minute,
-		MaxOpenConns: 2,
-	})
+	ch, err := db.ClickHouse(chCfg, db.ClickHouseOptions{Read: 5 * time.Minute})
 	if err != nil {
-		return fmt.Errorf("clickhouse: %w", err)
+		return err
 	}
 	defer ch.Close()
 	v, err := migrate.ServerVersion(ctx, ch)
