@@ -5,38 +5,14 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/chromedp/chromedp"
-)
 
-// chromium starts a headless Debian Chromium for one test.
-func chromium(t *testing.T) context.Context {
-	t.Helper()
-	path := "/usr/lib/chromium/chromium"
-	if _, err := os.Stat(path); err != nil {
-		path = "/usr/bin/chromium"
-	}
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(path),
-		chromedp.NoSandbox,
-		chromedp.DisableGPU,
-		chromedp.UserDataDir(t.TempDir()),
-		chromedp.Flag("disable-dev-shm-usage", true),
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.Flag("disable-quic", true),
-	)
-	alloc, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	ctx, cancel := chromedp.NewContext(alloc)
-	ctx, cancelTimeout := context.WithTimeout(ctx, 90*time.Second)
-	t.Cleanup(func() { cancelTimeout(); cancel(); cancelAlloc() })
-	return ctx
-}
+	"github.com/glassmkr/guardian/shared/testenv/browser"
+)
 
 // local is the site's address as a browser should use it: the cookie is
 // Secure, which Chromium honours over plain HTTP for localhost.
@@ -45,7 +21,7 @@ func (s *site) local() string { return strings.Replace(s.URL, "127.0.0.1", "loca
 func TestCreateKeyInTheBrowserAnswersThePasswordPromptAndReplays(t *testing.T) {
 	t.Parallel()
 	s := newSite(t)
-	ctx := chromium(t)
+	ctx := browser.Chromium(t)
 	base := s.local()
 
 	// Signed out, the page sends the browser to sign in.
@@ -100,7 +76,7 @@ func TestCreateKeyInTheBrowserAnswersThePasswordPromptAndReplays(t *testing.T) {
 func TestCrossSitePostWithTheCookieIsRefusedInTheBrowser(t *testing.T) {
 	t.Parallel()
 	s := newSite(t)
-	ctx := chromium(t)
+	ctx := browser.Chromium(t)
 	base := s.local()
 	err := chromedp.Do(ctx,
 		chromedp.Navigate(base+"/login"),

@@ -2,40 +2,14 @@ package main
 
 import (
 	"context"
-	"os"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/chromedp/cdproto/webauthn"
 	"github.com/chromedp/chromedp"
-)
 
-// chromium starts a headless Debian Chromium for one test (as
-// functions/keys/browser_test.go does).
-func chromium(t *testing.T) context.Context {
-	t.Helper()
-	path := "/usr/lib/chromium/chromium"
-	if _, err := os.Stat(path); err != nil {
-		path = "/usr/bin/chromium"
-	}
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(path),
-		chromedp.NoSandbox,
-		chromedp.DisableGPU,
-		chromedp.UserDataDir(t.TempDir()),
-		chromedp.Flag("disable-dev-shm-usage", true),
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.Flag("disable-quic", true),
-	)
-	alloc, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	ctx, cancel := chromedp.NewContext(alloc)
-	ctx, cancelTimeout := context.WithTimeout(ctx, 90*time.Second)
-	t.Cleanup(func() { cancelTimeout(); cancel(); cancelAlloc() })
-	return ctx
-}
+	"github.com/glassmkr/guardian/shared/testenv/browser"
+)
 
 // virtualKey gives the browser's tab a security key (the DevTools WebAuthn
 // domain): CTAP2 over USB, user presence and verification succeed at once.
@@ -61,7 +35,7 @@ func virtualKey(t *testing.T, ctx context.Context) webauthn.AuthenticatorID {
 func TestSecurityKeyInTheBrowserSignsInAndAnswersTheReauthPrompt(t *testing.T) {
 	t.Parallel()
 	s := newSite(t)
-	ctx := chromium(t)
+	ctx := browser.Chromium(t)
 	base := s.origin // localhost: a secure context, and WebAuthn's relying party
 
 	// Sign in with the password and add a security key on the security page.
