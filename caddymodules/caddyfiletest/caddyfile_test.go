@@ -1,4 +1,9 @@
-package main
+// Package caddyfiletest fuzzes the Caddyfile adapter with Guardian's
+// directives registered, plus only the standard ones the repository's
+// Caddyfile uses (header, file_server; the rest are the adapter's
+// built-ins), so that the fuzzer's inputs reach our directive parsers
+// rather than every standard module's.
+package caddyfiletest
 
 import (
 	"os"
@@ -7,6 +12,16 @@ import (
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	_ "github.com/caddyserver/caddy/v2/modules/caddyhttp/fileserver"
+	_ "github.com/caddyserver/caddy/v2/modules/caddyhttp/headers"
+
+	_ "github.com/glassmkr/guardian/caddymodules/audit"
+	_ "github.com/glassmkr/guardian/caddymodules/auth"
+	_ "github.com/glassmkr/guardian/caddymodules/function"
+	_ "github.com/glassmkr/guardian/caddymodules/guardian"
+	_ "github.com/glassmkr/guardian/caddymodules/headers"
+	_ "github.com/glassmkr/guardian/caddymodules/problem"
+	_ "github.com/glassmkr/guardian/caddymodules/ratelimit"
 )
 
 // directiveSeeds exercise each of Guardian's directives and its global
