@@ -68,8 +68,8 @@ type Authenticator struct {
 	// logged (unix ns): one per staleWarnEvery, not one per request.
 	staleWarned atomic.Int64
 	touch       *toucher
-	cancel    context.CancelFunc
-	done      chan struct{}
+	cancel      context.CancelFunc
+	done        chan struct{}
 }
 
 type keyEntry struct {
