@@ -2,8 +2,10 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strconv"
@@ -216,13 +218,33 @@ func (h *handler) confirmTOTP(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, err)
 		return
 	}
-	audit.Annotate(w, audit.Annotation{ResourceType: "mfa_totp", ResourceID: id.UserID, Action: "update",
-		Metadata: map[string]any{"state": "enabled", "recovery_codes_issued": len(codes)}})
+	meta := map[string]any{"state": "enabled", "recovery_codes_issued": len(codes)}
+	if codes != nil { // the user's first factor
+		n, err := h.endOtherSessions(r.Context(), id)
+		if err != nil {
+			h.fail(w, err)
+			return
+		}
+		meta["other_sessions_ended"] = n
+	}
+	audit.Annotate(w, audit.Annotation{ResourceType: "mfa_totp", ResourceID: id.UserID, Action: "update", Metadata: meta})
 	out := map[string]any{"enabled": true}
 	if codes != nil {
 		out["recovery_codes"] = codes
 	}
 	reply.JSON(w, http.StatusOK, out)
+}
+
+// endOtherSessions ends every session of the user but this one: a session
+// stolen before the first factor was added must not outlive it (it could
+// still read everything for up to seven days). The edge drops them from
+// its caches within a second (the sessions trigger notifies it).
+func (h *handler) endOtherSessions(ctx context.Context, id identity.Identity) (int64, error) {
+	tag, err := h.db.Exec(ctx, "UPDATE sessions SET revoked_at = now() WHERE user_id = $1 AND id <> $2 AND revoked_at IS NULL", id.UserID, id.SessionID)
+	if err != nil {
+		return 0, fmt.Errorf("ending other sessions: %w", err)
+	}
+	return tag.RowsAffected(), nil
 }
 
 func (h *handler) removeTOTP(w http.ResponseWriter, r *http.Request) {
@@ -309,8 +331,16 @@ func (h *handler) finishWebAuthn(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, err)
 		return
 	}
-	audit.Annotate(w, audit.Annotation{ResourceType: "webauthn_credential", ResourceID: cred.ID, Action: "create",
-		Metadata: map[string]any{"name": cred.Name, "recovery_codes_issued": len(codes)}})
+	meta := map[string]any{"name": cred.Name, "recovery_codes_issued": len(codes)}
+	if codes != nil { // the user's first factor
+		n, err := h.endOtherSessions(r.Context(), id)
+		if err != nil {
+			h.fail(w, err)
+			return
+		}
+		meta["other_sessions_ended"] = n
+	}
+	audit.Annotate(w, audit.Annotation{ResourceType: "webauthn_credential", ResourceID: cred.ID, Action: "create", Metadata: meta})
 	out := map[string]any{"id": cred.ID, "name": cred.Name, "created_at": cred.CreatedAt, "last_used_at": nil}
 	if codes != nil {
 		out["recovery_codes"] = codes

@@ -375,3 +375,34 @@ func TestSecurityPageRendersTheFactors(t *testing.T) {
 		t.Fatalf("signed out: %d %v", resp.StatusCode, resp.Header)
 	}
 }
+
+// A session stolen before the user added a second factor must not outlive
+// it: the first factor ends every other session of the user.
+func TestFirstFactorEndsTheOtherSessions(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	other := s.signIn(t)
+	session := s.signIn(t)
+	a := s.call(t, "POST", "/api/v1/mfa/totp", "", session)
+	seed, _ := a.Doc["secret"].(string)
+	if a.Status != 201 || seed == "" {
+		t.Fatalf("begin: %d %s", a.Status, a.Raw)
+	}
+	code, _ := mfa.CodeAt(seed, time.Now())
+	if a := s.call(t, "POST", "/api/v1/mfa/totp/confirm", body(map[string]string{"code": code}), session); a.Status != 200 {
+		t.Fatalf("confirm: %d %s", a.Status, a.Raw)
+	}
+	ended := false
+	for deadline := time.Now().Add(2 * time.Second); !ended && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		ended = s.call(t, "GET", "/api/v1/whoami", "", other).Status == 401
+	}
+	if !ended {
+		t.Fatal("a session from before the first factor still works")
+	}
+	if a := s.call(t, "GET", "/api/v1/whoami", "", session); a.Status != 200 {
+		t.Fatalf("the session that added the factor ended too: %d", a.Status)
+	}
+	if n := s.audit(t, "resource_type = 'mfa_totp' AND metadata->>'other_sessions_ended' = '1'"); n != 1 {
+		t.Fatalf("audit rows naming the ended session: %d", n)
+	}
+}
