@@ -51,21 +51,7 @@ func TestRedisRestart(t *testing.T) {
 	r.waitAnswers("load after Redis is back", up, 300)
 	outs := r.load.Stop()
 
-	r.requireAnswered(outs)
-	if bad := with(outs, notStatus(200)); len(bad) > 0 {
-		t.Errorf("%d requests not answered 200 while Redis went away and came back: %s", len(bad), describe(bad))
-	}
-	whileDown := within(outs, down, up)
-	if len(whileDown) == 0 {
-		t.Fatal("no request was sent and answered while Redis was down")
-	}
-	if n := len(with(whileDown, limited)); n > 0 {
-		t.Errorf("%d of %d requests sent while Redis was down carry RateLimit headers: the limiter did not fail open", n, len(whileDown))
-	}
-	warnings := strings.Count(r.stack.Log(), "failing open")
-	if warnings != 1 {
-		t.Errorf("%d degradation warnings in Caddy's log, want exactly 1", warnings)
-	}
+	whileDown, warnings := r.requireFailedOpen(outs, down, up, "down")
 	if v := r.metric("guardian_ratelimit_redis_up"); v != 1 {
 		t.Errorf("guardian_ratelimit_redis_up = %v after Redis came back", v)
 	}
@@ -321,6 +307,31 @@ func TestAuditSpoolFull(t *testing.T) {
 		spoolBytes, alert, len(with(outs, refused)), len(with(outs, lost)), unaudited, stored))
 }
 
+// requireFailedOpen checks what a Redis fault must look like to clients:
+// every request answered 200, none sent between from and to limited (no
+// RateLimit headers: the limiter failed open), and exactly one degradation
+// warning in Caddy's log. It returns the requests of that window and the
+// warnings counted.
+func (r *rig) requireFailedOpen(outs []testenv.Outcome, from, to time.Time, state string) ([]testenv.Outcome, int) {
+	r.t.Helper()
+	r.requireAnswered(outs)
+	if bad := with(outs, notStatus(200)); len(bad) > 0 {
+		r.t.Errorf("%d requests not answered 200 while Redis was %s: %s", len(bad), state, describe(bad))
+	}
+	window := within(outs, from, to)
+	if len(window) == 0 {
+		r.t.Fatalf("no request was sent and answered while Redis was %s", state)
+	}
+	if n := len(with(window, limited)); n > 0 {
+		r.t.Errorf("%d of %d requests sent while Redis was %s carry RateLimit headers: the limiter did not fail open", n, len(window), state)
+	}
+	warnings := strings.Count(r.stack.Log(), "failing open")
+	if warnings != 1 {
+		r.t.Errorf("%d degradation warnings in Caddy's log, want exactly 1", warnings)
+	}
+	return window, warnings
+}
+
 // Redis slower than the limiter's deadline: fail open, once, and resume.
 func TestSlowRedis(t *testing.T) {
 	t.Parallel()
@@ -335,21 +346,7 @@ func TestSlowRedis(t *testing.T) {
 	r.waitAnswers("load after Redis is fast again", fastAt, 300)
 	outs := r.load.Stop()
 
-	r.requireAnswered(outs)
-	if bad := with(outs, notStatus(200)); len(bad) > 0 {
-		t.Errorf("%d requests not answered 200 while Redis was slow: %s", len(bad), describe(bad))
-	}
-	whileSlow := within(outs, slowAt, fastAt)
-	if len(whileSlow) == 0 {
-		t.Fatal("no request was sent and answered while Redis was slow")
-	}
-	if n := len(with(whileSlow, limited)); n > 0 {
-		t.Errorf("%d of %d requests sent while Redis took 200 ms carry RateLimit headers: the 50 ms deadline did not hold", n, len(whileSlow))
-	}
-	warnings := strings.Count(r.stack.Log(), "failing open")
-	if warnings != 1 {
-		t.Errorf("%d degradation warnings in Caddy's log, want exactly 1", warnings)
-	}
+	whileSlow, warnings := r.requireFailedOpen(outs, slowAt, fastAt, "slow (200 ms, past the 50 ms deadline)")
 	expected, found := r.checkAudit(outs)
 	r.report(outs, expected, found, fmt.Sprintf("%d answered while Redis was slow, none limited; %d warning", len(whileSlow), warnings))
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -219,13 +218,8 @@ func (h *handler) confirmTOTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	meta := map[string]any{"state": "enabled", "recovery_codes_issued": len(codes)}
-	if codes != nil { // the user's first factor
-		n, err := h.endOtherSessions(r.Context(), id)
-		if err != nil {
-			h.fail(w, err)
-			return
-		}
-		meta["other_sessions_ended"] = n
+	if !h.afterFirstFactor(w, r, id, codes, meta) {
+		return
 	}
 	audit.Annotate(w, audit.Annotation{ResourceType: "mfa_totp", ResourceID: id.UserID, Action: "update", Metadata: meta})
 	out := map[string]any{"enabled": true}
@@ -235,16 +229,23 @@ func (h *handler) confirmTOTP(w http.ResponseWriter, r *http.Request) {
 	reply.JSON(w, http.StatusOK, out)
 }
 
-// endOtherSessions ends every session of the user but this one: a session
-// stolen before the first factor was added must not outlive it (it could
-// still read everything for up to seven days). The edge drops them from
-// its caches within a second (the sessions trigger notifies it).
-func (h *handler) endOtherSessions(ctx context.Context, id identity.Identity) (int64, error) {
-	tag, err := h.db.Exec(ctx, "UPDATE sessions SET revoked_at = now() WHERE user_id = $1 AND id <> $2 AND revoked_at IS NULL", id.UserID, id.SessionID)
-	if err != nil {
-		return 0, fmt.Errorf("ending other sessions: %w", err)
+// afterFirstFactor runs when a factor was added: if it is the user's first
+// (recovery codes were issued with it), every session of the user but this
+// one ends, so a session stolen before cannot outlive the factor (it could
+// still read everything for up to seven days); the edge drops them from
+// its caches within a second (the sessions trigger notifies it). The count
+// goes into meta for the audit row. False: the answer was written.
+func (h *handler) afterFirstFactor(w http.ResponseWriter, r *http.Request, id identity.Identity, codes []string, meta map[string]any) bool {
+	if codes == nil {
+		return true
 	}
-	return tag.RowsAffected(), nil
+	tag, err := h.db.Exec(r.Context(), "UPDATE sessions SET revoked_at = now() WHERE user_id = $1 AND id <> $2 AND revoked_at IS NULL", id.UserID, id.SessionID)
+	if err != nil {
+		h.fail(w, fmt.Errorf("ending other sessions: %w", err))
+		return false
+	}
+	meta["other_sessions_ended"] = tag.RowsAffected()
+	return true
 }
 
 func (h *handler) removeTOTP(w http.ResponseWriter, r *http.Request) {
@@ -332,13 +333,8 @@ func (h *handler) finishWebAuthn(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	meta := map[string]any{"name": cred.Name, "recovery_codes_issued": len(codes)}
-	if codes != nil { // the user's first factor
-		n, err := h.endOtherSessions(r.Context(), id)
-		if err != nil {
-			h.fail(w, err)
-			return
-		}
-		meta["other_sessions_ended"] = n
+	if !h.afterFirstFactor(w, r, id, codes, meta) {
+		return
 	}
 	audit.Annotate(w, audit.Annotation{ResourceType: "webauthn_credential", ResourceID: cred.ID, Action: "create", Metadata: meta})
 	out := map[string]any{"id": cred.ID, "name": cred.Name, "created_at": cred.CreatedAt, "last_used_at": nil}
