@@ -3,8 +3,6 @@ package function
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -196,17 +194,10 @@ func rewrite(name string) func(*httputil.ProxyRequest) {
 		}
 		reqID, _ := caddyhttp.GetVar(ctx, identity.RequestIDVarKey).(string)
 		if reqID == "" {
-			reqID = newRequestID()
+			reqID = identity.NewRequestID()
 		}
 		h[identity.HeaderRequestID] = []string{reqID}
 	}
-}
-
-// newRequestID returns 128 random bits in hex.
-func newRequestID() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
 }
 
 // stop asks the binary to drain and exit, and kills it after grace.
