@@ -171,3 +171,30 @@ func TestPostgresRestartUnderLoadLosesNoRow(t *testing.T) {
 	})
 	t.Logf("sent %d, answered by status %v, audit rows expected %d, found %d", sent.Load(), summary, want, rows)
 }
+
+// A path PostgreSQL's text type cannot hold (a NUL byte, bytes that are
+// not UTF-8) is stored cleaned, not refused: such a row must neither lose
+// the request nor fail the group commit it shares with other requests.
+func TestPathsTextCannotHoldAreAuditedCleaned(t *testing.T) {
+	t.Parallel()
+	env, c, pg := testenv.EdgeEnv(t)
+	stack := testenv.StartStack(t, env)
+	read := c.AccountKey(t, "read")
+	for _, tc := range []struct{ path, stored string }{
+		{"/api/v1/keys/%00x", "/api/v1/keys/\uFFFDx"},
+		{"/api/v1/keys/%ff%fe", "/api/v1/keys/\uFFFD"},
+		{"/api/v1/servers/%e2%82", "/api/v1/servers/\uFFFD"},
+	} {
+		resp := call(t, "GET", stack.URL+tc.path, read, "")
+		if resp.StatusCode >= 500 {
+			t.Fatalf("%s: %d", tc.path, resp.StatusCode)
+		}
+		if r := rowFor(t, pg, resp.Header.Get("Request-Id")); r.path != tc.stored {
+			t.Errorf("%s stored as %q, want %q", tc.path, r.path, tc.stored)
+		}
+	}
+	ok := call(t, "GET", stack.URL+"/api/v1/whoami", read, "")
+	if r := rowFor(t, pg, ok.Header.Get("Request-Id")); r.status != 200 {
+		t.Errorf("the next row: %+v", r)
+	}
+}

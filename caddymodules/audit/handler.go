@@ -3,8 +3,6 @@ package audit
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +11,7 @@ import (
 	"regexp"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -112,7 +111,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		w.Header().Set("Retry-After", "30")
 		return caddyhttp.HandlerError{Err: refusedUnaudited, StatusCode: http.StatusServiceUnavailable, ID: "audit", Trace: "guardian_audit"}
 	}
-	reqID := newRequestID()
+	reqID := identity.NewRequestID()
 	caddyhttp.SetVar(r.Context(), identity.RequestIDVarKey, reqID)
 	w.Header().Set("Request-Id", reqID)
 	rec := &recorder{ResponseWriter: w, h: h, r: r, start: time.Now().UTC(), reqID: reqID}
@@ -220,10 +219,10 @@ func (h *Handler) row(r *http.Request, id *identity.Identity, why string, status
 	row := &audit.Row{
 		OccurredAt: start.Truncate(time.Microsecond),
 		SourceIP:   audit.NormalizeIP(clientIP(r)),
-		UserAgent:  truncate(r.UserAgent(), 512),
+		UserAgent:  text(r.UserAgent(), 512),
 		RequestID:  reqID,
-		Method:     r.Method,
-		Path:       truncate(r.URL.Path, 2048),
+		Method:     text(r.Method, 16),
+		Path:       text(r.URL.Path, 2048),
 		Action:     audit.ActionFor(r.Method),
 		Result:     audit.ResultFor(status),
 		StatusCode: status,
@@ -235,7 +234,7 @@ func (h *Handler) row(r *http.Request, id *identity.Identity, why string, status
 	if ann != "" {
 		var a audit.Annotation
 		if err := json.Unmarshal([]byte(ann), &a); err == nil {
-			row.ResourceType, row.ResourceID = truncate(a.ResourceType, 64), truncate(a.ResourceID, 128)
+			row.ResourceType, row.ResourceID = text(a.ResourceType, 64), text(a.ResourceID, 128)
 			if id == nil && uuidRE.MatchString(a.CustomerID) {
 				row.CustomerID = a.CustomerID
 				if uuidRE.MatchString(a.UserID) {
@@ -261,11 +260,14 @@ func (h *Handler) row(r *http.Request, id *identity.Identity, why string, status
 	if status == http.StatusTooManyRequests {
 		meta["rate_limited"] = true
 	}
-	canonical, err := audit.Canonical(meta)
-	if err != nil {
-		canonical = `{"metadata_error":"unrepresentable"}`
+	row.Metadata = "{}" // most rows: nothing to encode
+	if len(meta) > 0 {
+		canonical, err := audit.Canonical(meta)
+		if err != nil {
+			canonical = `{"metadata_error":"unrepresentable"}`
+		}
+		row.Metadata = canonical
 	}
-	row.Metadata = canonical
 	return row
 }
 
@@ -282,17 +284,20 @@ func clientIP(r *http.Request) string {
 	return host
 }
 
-func truncate(s string, n int) string {
+// text makes s storable in a PostgreSQL text column of at most n bytes:
+// bytes that are not UTF-8 and NUL (which text cannot hold, and which a
+// client can put in a path as %00) become U+FFFD, and a value cut at n
+// does not end inside a character. A row PostgreSQL refused would fail
+// the group commit of every other row in its batch.
+func text(s string, n int) string {
+	if utf8.ValidString(s) && strings.IndexByte(s, 0) < 0 && len(s) <= n {
+		return s
+	}
+	s = strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "\uFFFD")
 	if len(s) <= n {
 		return s
 	}
 	return strings.ToValidUTF8(s[:n], "")
-}
-
-func newRequestID() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
 }
 
 // Interface guards

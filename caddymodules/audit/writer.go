@@ -5,11 +5,13 @@
 package audit
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -60,6 +62,9 @@ type Writer struct {
 // chain is one writer's hash chain and its queue.
 type chain struct {
 	in   chan *pending
+	buf  []byte // the COPY body, reused batch after batch
+	base string // id of the chain's first generation
+	gen  int
 	id   string
 	seq  int64
 	prev []byte
@@ -108,7 +113,9 @@ func NewWriter(cfg WriterConfig) (*Writer, error) {
 	var base [6]byte
 	_, _ = rand.Read(base[:])
 	for i := range cfg.Chains {
-		w.chains = append(w.chains, &chain{in: make(chan *pending, cfg.Queue/cfg.Chains+1), id: fmt.Sprintf("%x-%d", base, i)})
+		c := &chain{in: make(chan *pending, cfg.Queue/cfg.Chains+1), base: fmt.Sprintf("%x-%d", base, i)}
+		c.id = c.base
+		w.chains = append(w.chains, c)
 	}
 	if !sp.empty() {
 		sp.startSpooling()
@@ -126,8 +133,12 @@ func NewWriter(cfg WriterConfig) (*Writer, error) {
 }
 
 // Record queues row and waits until it is committed to PostgreSQL or
-// fsynced to the spool. The chain fields are filled in by the writer.
+// fsynced to the spool. The chain fields are filled in by the writer. A
+// row the table would refuse is refused at once.
 func (w *Writer) Record(ctx context.Context, row *audit.Row) error {
+	if err := checkRow(row); err != nil {
+		return err
+	}
 	p := pendingPool.Get().(*pending)
 	p.row = row
 	c := w.pick()
@@ -206,21 +217,29 @@ func (w *Writer) loop(ctx context.Context, c *chain) {
 			}
 		}
 		rows = rows[:0]
-		seq, prev := c.seq, c.prev
 		for _, p := range batch {
 			c.link(p.row)
 			rows = append(rows, p.row)
 		}
-		err := w.persist(rows)
+		err := w.persist(c, rows)
 		if err != nil {
-			// Rows stored nowhere leave no gap in the chain.
-			c.seq, c.prev = seq, prev
+			// The batch's fate is not known for certain: a COPY can
+			// commit and its answer still be lost. Reusing its positions
+			// could then collide with stored rows, so the chain ends here
+			// and a new one begins; verify sees two whole chains.
+			c.restart()
 		}
 		metrics.batchSize.Observe(float64(len(rows)))
 		for _, p := range batch {
 			p.done <- err
 		}
 	}
+}
+
+// restart begins a new chain (base.1, base.2, ...) after a failed batch.
+func (c *chain) restart() {
+	c.gen++
+	c.id, c.seq, c.prev = fmt.Sprintf("%s.%d", c.base, c.gen), 0, nil
 }
 
 // link gives a row its place in the chain.
@@ -233,11 +252,11 @@ func (c *chain) link(r *audit.Row) {
 
 // persist writes rows to PostgreSQL, or to the spool while PostgreSQL is
 // away or older rows still wait there.
-func (w *Writer) persist(rows []*audit.Row) error {
+func (w *Writer) persist(c *chain, rows []*audit.Row) error {
 	for range 3 {
 		if !w.spool.isSpooling() {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			err := insert(ctx, w.db, rows)
+			err := insert(ctx, w.db, &c.buf, rows)
 			cancel()
 			if err == nil {
 				metrics.rows.WithLabelValues("postgres").Add(float64(len(rows)))
@@ -373,13 +392,23 @@ func nullable(s string) any {
 	return s
 }
 
-// insert writes rows with COPY. A replayed row (its request id already
-// stored) makes COPY fail as a whole; the batch is then inserted row by
-// row, skipping duplicates.
-func insert(ctx context.Context, db *pgxpool.Pool, rows []*audit.Row) error {
-	_, err := db.CopyFrom(ctx, pgx.Identifier{"api_audit_log"}, columns, pgx.CopyFromSlice(len(rows), func(i int) ([]any, error) {
-		return values(rows[i]), nil
-	}))
+// copySQL is the statement copyBinary's output is for.
+var copySQL = "COPY api_audit_log (" + strings.Join(columns, ", ") + ") FROM STDIN (FORMAT binary)"
+
+// insert writes rows with one binary COPY, encoded into *buf (reused by
+// the caller's chain). A replayed row (its chain position already stored)
+// makes COPY fail as a whole; the batch is then inserted
+// row by row, skipping duplicates.
+func insert(ctx context.Context, db *pgxpool.Pool, buf *[]byte, rows []*audit.Row) error {
+	b, err := copyBinary((*buf)[:0], rows)
+	*buf = b
+	if err != nil {
+		return err
+	}
+	err = db.AcquireFunc(ctx, func(c *pgxpool.Conn) error {
+		_, err := c.Conn().PgConn().CopyFrom(ctx, bytes.NewReader(b), copySQL)
+		return err
+	})
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "23505" {
 		return insertIgnoringDuplicates(ctx, db, rows)

@@ -5,15 +5,17 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strconv"
+	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/glassmkr/guardian/shared/audit"
+	"github.com/glassmkr/guardian/shared/identity"
 	"github.com/glassmkr/guardian/shared/migrate"
 	"github.com/glassmkr/guardian/shared/testenv"
 )
@@ -32,19 +34,14 @@ func newWriter(t *testing.T, dsn string, maxSpool int64) *Writer {
 	return w
 }
 
-// runID keeps request ids unique across a process's tests.
-var runID = testenv.Name("r")
-
 func testRow(i int) *audit.Row {
 	n := strconv.Itoa(i)
 	return &audit.Row{
 		OccurredAt: time.Now().UTC().Truncate(time.Microsecond), SourceIP: "203.0.113.9", UserAgent: "test",
-		RequestID: runID + "-" + n + "-" + strconv.FormatInt(seqs.Add(1), 10), Method: "GET", Path: "/api/v1/whoami",
+		RequestID: identity.NewRequestID(), Method: "GET", Path: "/api/v1/whoami",
 		Action: "read", Result: "success", StatusCode: 200, Metadata: `{"n":` + n + `}`,
 	}
 }
-
-var seqs atomic.Int64
 
 func count(t *testing.T, db *pgxpool.Pool) int64 {
 	t.Helper()
@@ -254,7 +251,7 @@ func TestReplayOfAlreadyStoredRowsAddsNothing(t *testing.T) {
 
 func TestFullSpoolRefusesAndSaysSo(t *testing.T) {
 	t.Parallel()
-	appDSN, _, dir := privatePostgres(t)
+	appDSN, owner, dir := privatePostgres(t)
 	w := newWriter(t, appDSN, 2048) // room for a few rows
 	if err := testenv.Stop(dir, "postgres"); err != nil {
 		t.Fatal(err)
@@ -265,5 +262,122 @@ func TestFullSpoolRefusesAndSaysSo(t *testing.T) {
 	}
 	if err == nil || !w.Refusing() {
 		t.Fatalf("spool of 2 KiB never filled: %v", err)
+	}
+	// Back: the spool is replayed, requests are served again, and the
+	// refused batch's chain positions are not reused (its fate was not
+	// known): a new chain carries on, and every chain verifies.
+	if _, err := testenv.Start(dir, "postgres"); err != nil {
+		t.Fatal(err)
+	}
+	owner.Reset()
+	deadline := time.Now().Add(30 * time.Second)
+	for w.Refusing() || w.spool.isSpooling() {
+		if time.Now().After(deadline) {
+			t.Fatal("still refusing after PostgreSQL came back")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for i := range 5 {
+		if err := w.Record(context.Background(), testRow(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rep, err := audit.Verify(context.Background(), owner)
+	if err != nil || !rep.OK() || rep.Writers < 2 {
+		t.Fatalf("verify after refusals: %+v %v", rep, err)
+	}
+}
+
+// Every column written by the binary COPY reads back as the row held it,
+// NULLs and both address families included, and the chain verifies.
+func TestBinaryCopyStoresEveryColumn(t *testing.T) {
+	t.Parallel()
+	pg := testenv.Postgres(t)
+	ctx := context.Background()
+	var customer string
+	if err := pg.Owner.QueryRow(ctx, "INSERT INTO customers (name) VALUES ('copy') RETURNING id::text").Scan(&customer); err != nil {
+		t.Fatal(err)
+	}
+	w := newWriter(t, pg.AppDSN, 1<<20)
+	at := time.Date(2026, 11, 29, 1, 2, 3, 456789000, time.UTC)
+	rows := []*audit.Row{
+		{CustomerID: customer, KeyID: "0b3c8a4e-51d2-4f0e-9a57-3f1c2d4e5f60", OccurredAt: at, SourceIP: "2001:db8::7",
+			UserAgent: "ua/1 ünïcode", RequestID: identity.NewRequestID(), Method: "POST", Path: "/api/v1/keys",
+			ResourceType: "api_key", ResourceID: "k1", Action: "create", Result: "success", StatusCode: 201, Metadata: `{"scopes":["read"]}`},
+		{UserID: "9d6f1e2a-3b4c-4d5e-8f70-8192a3b4c5d6", OccurredAt: at.Add(-time.Hour * 24 * 365 * 30), SourceIP: "",
+			UserAgent: "", RequestID: identity.NewRequestID(), Method: "GET", Path: "/settings/keys",
+			Action: "auth_failed", Result: "denied", StatusCode: 401, Metadata: `{}`},
+		{OccurredAt: at, SourceIP: "198.51.100.4", RequestID: identity.NewRequestID(), Method: "DELETE", Path: "/",
+			Action: "delete", Result: "error", StatusCode: 599, Metadata: `{"n":-1.5}`},
+	}
+	for _, r := range rows {
+		if err := w.Record(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, want := range rows {
+		var got audit.Row
+		var status int16
+		var ip *string
+		err := pg.Owner.QueryRow(ctx, `SELECT coalesce(customer_id::text,''), coalesce(key_id::text,''), coalesce(user_id::text,''), occurred_at,
+			host(source_ip), user_agent, method, path, coalesce(resource_type,''), coalesce(resource_id,''), action, result, status_code, metadata::text,
+			writer_id, writer_seq, prev_hash, row_hash FROM api_audit_log WHERE request_id = $1`, want.RequestID).Scan(
+			&got.CustomerID, &got.KeyID, &got.UserID, &got.OccurredAt, &ip, &got.UserAgent, &got.Method, &got.Path, &got.ResourceType,
+			&got.ResourceID, &got.Action, &got.Result, &status, &got.Metadata, &got.WriterID, &got.WriterSeq, &got.PrevHash, &got.RowHash)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ip != nil {
+			got.SourceIP = *ip
+		}
+		got.StatusCode, got.RequestID = int(status), want.RequestID
+		got.OccurredAt = got.OccurredAt.UTC()
+		got.Metadata = strings.ReplaceAll(got.Metadata, " ", "")
+		if !reflect.DeepEqual(&got, want) {
+			t.Errorf("stored\n%+v\nwant\n%+v", got, *want)
+		}
+	}
+	rep, err := audit.Verify(ctx, pg.Owner)
+	if err != nil || !rep.OK() || rep.Rows != int64(len(rows)) {
+		t.Fatalf("verify: %+v %v", rep, err)
+	}
+}
+
+// A row the table would refuse is refused on its own, before it takes a
+// chain position, so it cannot fail a group commit or a spool replay.
+func TestRowsTheTableWouldRefuseAreRefusedAlone(t *testing.T) {
+	t.Parallel()
+	pg := testenv.Postgres(t)
+	w := newWriter(t, pg.AppDSN, 1<<20)
+	for name, spoil := range map[string]func(*audit.Row){
+		"key id not a uuid":   func(r *audit.Row) { r.KeyID = "not-a-uuid" },
+		"user id with braces": func(r *audit.Row) { r.UserID = "{9d6f1e2a-3b4c-4d5e-8f70-8192a3b4c5d6}" },
+		"customer id upper x": func(r *audit.Row) { r.CustomerID = "9d6f1e2a-3b4c-4d5e-8f70-8192a3b4c5dx" },
+		"empty request id":    func(r *audit.Row) { r.RequestID = "" },
+		"long method":         func(r *audit.Row) { r.Method = "PROPFINDPROPFINDX" },
+		"unknown action":      func(r *audit.Row) { r.Action = "erase" },
+		"unknown result":      func(r *audit.Row) { r.Result = "maybe" },
+		"status 0":            func(r *audit.Row) { r.StatusCode = 0 },
+		"status 600":          func(r *audit.Row) { r.StatusCode = 600 },
+		"metadata array":      func(r *audit.Row) { r.Metadata = `[1]` },
+		"metadata not json":   func(r *audit.Row) { r.Metadata = `{"a":` },
+		"NUL in path":         func(r *audit.Row) { r.Path = "/a\x00b" },
+		"latin-1 user agent":  func(r *audit.Row) { r.UserAgent = "caf\xe9" },
+	} {
+		r := testRow(1)
+		spoil(r)
+		if err := w.Record(context.Background(), r); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	if err := w.Record(context.Background(), testRow(2)); err != nil {
+		t.Fatal(err)
+	}
+	if got := count(t, pg.Owner); got != 1 || w.spool.isSpooling() {
+		t.Fatalf("%d rows (want 1), spooling %v", got, w.spool.isSpooling())
+	}
+	rep, err := audit.Verify(context.Background(), pg.Owner)
+	if err != nil || !rep.OK() || rep.Rows != 1 {
+		t.Fatalf("verify: %+v %v", rep, err)
 	}
 }

@@ -154,6 +154,11 @@ func CanonicalText(text string) (string, error) {
 	return Canonical(v)
 }
 
+// noNUL replaces NUL characters, which jsonb refuses (as \u0000), with
+// U+FFFD: metadata is partly what clients sent, and one refused row would
+// fail the group commit of every row batched with it.
+func noNUL(s string) string { return strings.ReplaceAll(s, "\x00", "\uFFFD") }
+
 func redact(v any, key string) any {
 	if key != "" && secretKey.MatchString(key) {
 		return Redacted
@@ -183,8 +188,10 @@ func canon(buf *bytes.Buffer, v any) error {
 	switch t := v.(type) {
 	case nil:
 		buf.WriteString("null")
-	case bool, string:
-		b, err := json.Marshal(t)
+	case bool:
+		buf.WriteString(strconv.FormatBool(t))
+	case string:
+		b, err := json.Marshal(noNUL(t))
 		if err != nil {
 			return err
 		}
@@ -219,7 +226,7 @@ func canon(buf *bytes.Buffer, v any) error {
 			if i > 0 {
 				buf.WriteByte(',')
 			}
-			kb, _ := json.Marshal(k)
+			kb, _ := json.Marshal(noNUL(k))
 			buf.Write(kb)
 			buf.WriteByte(':')
 			if err := canon(buf, t[k]); err != nil {

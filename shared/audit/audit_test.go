@@ -124,3 +124,19 @@ func FuzzCanonicalText(f *testing.F) {
 		}
 	})
 }
+
+// jsonb refuses \u0000, and metadata carries what clients sent (a
+// collector's version string, say): NUL is stored as U+FFFD, in values and
+// in member names, and the result is canonical already.
+func TestCanonicalHasNoNUL(t *testing.T) {
+	c, err := CanonicalText(`{"v":"0.9\u0000x","k\u0000":["\u0000"]}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(c, `\u0000`) || strings.ContainsRune(c, 0) || !strings.Contains(c, `"0.9`+"\uFFFD"+`x"`) || !strings.Contains(c, `"k`+"\uFFFD"+`"`) {
+		t.Fatalf("canonical form %s", c)
+	}
+	if again, err := CanonicalText(c); err != nil || again != c {
+		t.Fatalf("not stable: %s -> %s %v", c, again, err)
+	}
+}

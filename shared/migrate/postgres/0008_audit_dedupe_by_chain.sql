@@ -1,0 +1,12 @@
+-- A replayed audit row is recognised by its chain position: every row the
+-- edge writes has one (writer_id, writer_seq), unique since 0005, and a
+-- row replayed from the spool carries the position it was given before it
+-- was spooled. The unique index on request_id did the same job a second
+-- time, and with every row kept it was the table's most expensive index to
+-- maintain (about a sixth of the audit writer's throughput).
+--
+-- Request ids stay unique by construction (shared/identity.NewRequestID:
+-- the time in milliseconds, then 80 random bits). To find a request's row,
+-- read the time from the id's first 12 hex digits and search the
+-- customer's rows around it (api_audit_log_customer_idx).
+ALTER TABLE api_audit_log DROP CONSTRAINT api_audit_log_request_id_key;
