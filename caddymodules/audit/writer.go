@@ -397,8 +397,8 @@ var copySQL = "COPY api_audit_log (" + strings.Join(columns, ", ") + ") FROM STD
 
 // insert writes rows with one binary COPY, encoded into *buf (reused by
 // the caller's chain). A replayed row (its chain position already stored)
-// makes COPY fail as a whole; the batch is then inserted
-// row by row, skipping duplicates.
+// or a customer deleted since the request makes COPY fail as a whole; the
+// batch is then inserted row by row (insertIgnoringDuplicates).
 func insert(ctx context.Context, db *pgxpool.Pool, buf *[]byte, rows []*audit.Row) error {
 	b, err := copyBinary((*buf)[:0], rows)
 	*buf = b
@@ -410,19 +410,25 @@ func insert(ctx context.Context, db *pgxpool.Pool, buf *[]byte, rows []*audit.Ro
 		return err
 	})
 	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == "23505" {
+	if errors.As(err, &pgErr) && (pgErr.Code == "23505" || pgErr.Code == "23503") {
 		return insertIgnoringDuplicates(ctx, db, rows)
 	}
 	return err
 }
 
+// insertOne stores one row unless its chain position is already stored.
+// A customer deleted since the request (account purge) is stored as NULL,
+// as the deletion would have left the row: the hash leaves customer_id out
+// for this, so the chain still verifies.
 const insertOne = `INSERT INTO api_audit_log (customer_id, key_id, user_id, occurred_at, source_ip, user_agent, request_id,
 	method, path, resource_type, resource_id, action, result, status_code, metadata, writer_id, writer_seq, prev_hash, row_hash)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
+VALUES ((SELECT id FROM customers WHERE id = $1), $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
 ON CONFLICT DO NOTHING`
 
 // insertIgnoringDuplicates writes rows in one transaction, skipping any
-// already stored (replays after a crash between commit and spool removal).
+// already stored (replays after a crash between commit and spool removal)
+// and keeping those of a customer deleted meanwhile (whose foreign key
+// failed the COPY, and would otherwise fail every replay of the spool).
 func insertIgnoringDuplicates(ctx context.Context, db *pgxpool.Pool, rows []*audit.Row) error {
 	return pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
 		b := &pgx.Batch{}

@@ -381,3 +381,49 @@ func TestRowsTheTableWouldRefuseAreRefusedAlone(t *testing.T) {
 		t.Fatalf("verify: %+v %v", rep, err)
 	}
 }
+
+// A customer deleted between a request and its row's commit (an account
+// purge racing the customer's last requests) fails the COPY's foreign key;
+// the row is kept with no customer, as the deletion would have left it,
+// the rows batched with it are kept too, and the chain verifies. Before,
+// the whole batch went to the spool and failed every replay.
+func TestRowsOfADeletedCustomerAreKeptWithoutIt(t *testing.T) {
+	t.Parallel()
+	pg := testenv.Postgres(t)
+	ctx := context.Background()
+	var live string
+	if err := pg.Owner.QueryRow(ctx, "INSERT INTO customers (name) VALUES ('live') RETURNING id::text").Scan(&live); err != nil {
+		t.Fatal(err)
+	}
+	w := newWriter(t, pg.AppDSN, 1<<20)
+	gone := "0b3c8a4e-51d2-4f0e-9a57-3f1c2d4e5f60" // no such customer
+	rows := make([]*audit.Row, 40)
+	var wg sync.WaitGroup
+	errs := make(chan error, len(rows))
+	for i := range rows {
+		rows[i] = testRow(i)
+		rows[i].CustomerID = live
+		if i%4 == 0 {
+			rows[i].CustomerID = gone
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); errs <- w.Record(ctx, rows[i]) }()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	var kept, orphaned int
+	if err := pg.Owner.QueryRow(ctx, "SELECT count(*) FILTER (WHERE customer_id = $1), count(*) FILTER (WHERE customer_id IS NULL) FROM api_audit_log", live).Scan(&kept, &orphaned); err != nil {
+		t.Fatal(err)
+	}
+	if kept != 30 || orphaned != 10 || w.spool.isSpooling() {
+		t.Fatalf("%d rows of the customer (want 30), %d without one (want 10), spooling %v", kept, orphaned, w.spool.isSpooling())
+	}
+	if rep, err := audit.Verify(ctx, pg.Owner); err != nil || !rep.OK() || rep.Rows != 40 {
+		t.Fatalf("verify: %+v %v", rep, err)
+	}
+}
