@@ -123,7 +123,12 @@ func (l *Limiter) Take(ctx context.Context, keys []string, buckets []Bucket, loc
 			}
 			return d
 		}
-		l.degrade(now, err)
+		// A closed limiter (its config replaced while this request ran)
+		// says nothing about Redis: decide without it, but do not mark
+		// Redis down (the gauge is shared with the new config's limiter).
+		if !errors.Is(err, errPipelineClosed) {
+			l.degrade(now, err)
+		}
 	}
 	if local {
 		metrics.decisions.WithLabelValues(SourceLocal).Inc()

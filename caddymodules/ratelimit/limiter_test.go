@@ -3,6 +3,7 @@ package ratelimit
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"strconv"
 	"strings"
@@ -270,4 +271,53 @@ func infoStat(t *testing.T, l *Limiter, name string) int64 {
 	}
 	t.Fatalf("no %s in INFO", name)
 	return 0
+}
+
+// Closing a limiter (a config reload replaces it) while decisions are
+// queued or in flight: every one returns, answered by Redis or let through
+// (per-IP ones by the in-memory buckets), none waits for its deadline, and
+// Redis is not reported down for it.
+func TestClosingWithDecisionsInFlight(t *testing.T) {
+	t.Parallel()
+	r := testenv.NewRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr, Password: r.Password, MaxRetries: -1})
+	l := NewLimiter(rdb, r.Prefix, time.Hour, nil) // a deadline no decision may wait for
+	b := []Bucket{{Capacity: 1e9, Rate: 1e9}}
+	const n = 400
+	var wg sync.WaitGroup
+	decisions := make(chan Decision, n+1)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			decisions <- l.Take(context.Background(), []string{l.IPKey(fmt.Sprintf("198.51.100.%d", i%200))}, b, i%2 == 0)
+		}()
+	}
+	time.Sleep(time.Millisecond) // some queued, some sent, some not yet asked
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("decisions still waiting 30 s after Close (their deadline is an hour)")
+	}
+	decisions <- l.Take(context.Background(), []string{l.IPKey("198.51.100.250")}, b, false) // after Close
+	close(decisions)
+	bySource := map[string]int{}
+	for d := range decisions {
+		if !d.Allowed {
+			t.Fatalf("refused: %+v", d)
+		}
+		bySource[d.Source]++
+	}
+	if bySource[SourceRedis]+bySource[SourceOpen]+bySource[SourceLocal] != n+1 {
+		t.Fatalf("decisions by source: %v", bySource)
+	}
+	if l.downUntil.Load() != 0 {
+		t.Fatal("closing the limiter marked Redis down")
+	}
+	t.Logf("decisions by source: %v", bySource)
 }

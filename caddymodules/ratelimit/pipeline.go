@@ -57,6 +57,11 @@ func (p *pipeliner) run(ctx context.Context, keys []string, args []any) ([]int64
 	if !ok {
 		deadline = time.Now().Add(time.Second)
 	}
+	select {
+	case <-p.stop: // select below picks at random among ready cases
+		return nil, errPipelineClosed
+	default:
+	}
 	c := &call{keys: keys, args: args, deadline: deadline, res: make(chan callResult, 1)}
 	select {
 	case p.in <- c:
@@ -70,6 +75,15 @@ func (p *pipeliner) run(ctx context.Context, keys []string, args []any) ([]int64
 		return r.vals, r.err
 	case <-ctx.Done():
 		return nil, ctx.Err() // the answer, when it comes, is dropped
+	case <-p.done:
+		// The loop has stopped (a config reload closed this limiter):
+		// a call it did not take will never be answered.
+		select {
+		case r := <-c.res:
+			return r.vals, r.err
+		default:
+			return nil, errPipelineClosed
+		}
 	}
 }
 
