@@ -55,6 +55,9 @@ type Writer struct {
 	full     atomic.Bool
 	lastWarn atomic.Int64
 
+	closing sync.RWMutex // held to read while queueing, to write by Close
+	closed  bool
+
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 }
@@ -141,13 +144,24 @@ func (w *Writer) Record(ctx context.Context, row *audit.Row) error {
 	}
 	p := pendingPool.Get().(*pending)
 	p.row = row
+	// Rows are queued only while the chains' loops still run (Close waits
+	// for the queueing to end before it stops them, and they drain what
+	// is queued), so every queued row is answered.
+	w.closing.RLock()
+	if w.closed {
+		w.closing.RUnlock()
+		pendingPool.Put(p)
+		return errClosed
+	}
 	c := w.pick()
 	select {
 	case c.in <- p:
 	case <-ctx.Done():
+		w.closing.RUnlock()
 		pendingPool.Put(p)
 		return fmt.Errorf("audit: queue full: %w", ctx.Err())
 	}
+	w.closing.RUnlock()
 	// The row is the writer's now: wait for it even if the client left,
 	// so p is not reused while the writer still holds it.
 	err := <-p.done
@@ -170,6 +184,10 @@ func (w *Writer) pick() *chain {
 	return w.chains[w.next.Add(1)%uint64(len(w.chains))]
 }
 
+// errClosed answers rows recorded after Close (a request of a config
+// being replaced that outlived it).
+var errClosed = errors.New("audit: writer closed")
+
 // Refusing reports whether rows cannot be made durable right now
 // (PostgreSQL away and the spool full), so requests should be refused
 // before they do anything.
@@ -177,6 +195,9 @@ func (w *Writer) Refusing() bool { return w.full.Load() }
 
 // Close stops accepting rows, writes what is queued and stops.
 func (w *Writer) Close() error {
+	w.closing.Lock()
+	w.closed = true
+	w.closing.Unlock()
 	w.cancel()
 	w.wg.Wait()
 	_ = w.spool.close()

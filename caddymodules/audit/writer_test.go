@@ -2,6 +2,7 @@ package audit
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -9,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -426,4 +428,48 @@ func TestRowsOfADeletedCustomerAreKeptWithoutIt(t *testing.T) {
 	if rep, err := audit.Verify(ctx, pg.Owner); err != nil || !rep.OK() || rep.Rows != 40 {
 		t.Fatalf("verify: %+v %v", rep, err)
 	}
+}
+
+// Closing the writer (the last config using it replaced) while requests
+// still record rows: each returns, stored or refused, none waits forever.
+func TestRecordRacingCloseAlwaysReturns(t *testing.T) {
+	t.Parallel()
+	pg := testenv.Postgres(t)
+	w, err := NewWriter(WriterConfig{DSN: pg.AppDSN, SpoolDir: filepath.Join(t.TempDir(), "spool")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 2000
+	var wg sync.WaitGroup
+	var stored, refused atomic.Int64
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			switch err := w.Record(context.Background(), testRow(i)); {
+			case err == nil:
+				stored.Add(1)
+			case errors.Is(err, errClosed):
+				refused.Add(1)
+			default:
+				t.Errorf("row %d: %v", i, err)
+			}
+		}()
+	}
+	time.Sleep(time.Millisecond)
+	_ = w.Close()
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Record still waiting 30 s after Close")
+	}
+	if got := count(t, pg.Owner); got != stored.Load() {
+		t.Fatalf("%d rows stored, %d answered as stored (%d refused)", got, stored.Load(), refused.Load())
+	}
+	if err := w.Record(context.Background(), testRow(n)); !errors.Is(err, errClosed) {
+		t.Fatalf("after Close: %v", err)
+	}
+	t.Logf("%d stored, %d refused", stored.Load(), refused.Load())
 }
