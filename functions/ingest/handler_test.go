@@ -15,6 +15,9 @@ func TestParseRefusesBadSnapshots(t *testing.T) {
 		{"empty body", "", "one JSON object"},
 		{"array instead of object", `[{"timestamp":"2026-11-28T11:00:00Z"}]`, "one JSON object"},
 		{"truncated JSON", `{"timestamp":"2026-11-28T11:00:00Z"`, "not valid JSON"},
+		{"data after the object", `{"timestamp":"2026-11-28T11:00:00Z","collector_version":"1"} {}`, "not valid JSON"},
+		{"bad JSON after the fields", `{"timestamp":"2026-11-28T11:00:00Z","collector_version":"1","disks":[1,]}`, "not valid JSON"},
+		{"bad JSON and a wrong type", `{"timestamp":7,"disks":[1,]}`, "not valid JSON"},
 		{"timestamp missing", `{"collector_version":"1.0.0"}`, "timestamp is required"},
 		{"timestamp as a number", `{"timestamp":1764331200000,"collector_version":"1.0.0"}`, "must be strings"},
 		{"timestamp not RFC 3339", `{"timestamp":"28/11/2026 11:00","collector_version":"1.0.0"}`, "RFC 3339"},
@@ -57,4 +60,18 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("accepted %q without required fields", body)
 		}
 	})
+}
+
+// BenchmarkParse is the per-snapshot JSON work of ingest on an
+// agent-shaped ~4 KB snapshot.
+func BenchmarkParse(b *testing.B) {
+	now := time.Now()
+	body := []byte(crucibleSnapshot(now.Add(-time.Second), ""))
+	b.SetBytes(int64(len(body)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, p := parse(body, now); p != nil {
+			b.Fatal(p)
+		}
+	}
 }
