@@ -416,11 +416,18 @@ func nullable(s string) any {
 // copySQL is the statement copyBinary's output is for.
 var copySQL = "COPY api_audit_log (" + strings.Join(columns, ", ") + ") FROM STDIN (FORMAT binary)"
 
-// insert writes rows with one binary COPY, encoded into *buf (reused by
-// the caller's chain). A replayed row (its chain position already stored)
+// insert writes a batch with one binary COPY, encoded into *buf (reused
+// by the caller's chain). A replayed row (its chain position already stored)
 // or a customer deleted since the request makes COPY fail as a whole; the
 // batch is then inserted row by row (insertIgnoringDuplicates).
 func insert(ctx context.Context, db *pgxpool.Pool, buf *[]byte, rows []*audit.Row) error {
+	if len(rows) == 1 {
+		// A lone row (an edge that is not busy): a prepared INSERT is one
+		// round trip and about a fifth less PostgreSQL CPU than a COPY of
+		// one row, and it handles a replay or a vanished customer itself.
+		_, err := db.Exec(ctx, insertOne, values(rows[0])...)
+		return err
+	}
 	b, err := copyBinary((*buf)[:0], rows)
 	*buf = b
 	if err != nil {

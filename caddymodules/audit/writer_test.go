@@ -290,9 +290,10 @@ func TestFullSpoolRefusesAndSaysSo(t *testing.T) {
 	}
 }
 
-// Every column written by the binary COPY reads back as the row held it,
-// NULLs and both address families included, and the chain verifies.
-func TestBinaryCopyStoresEveryColumn(t *testing.T) {
+// Every column written by either write path (a binary COPY for a batch, a
+// prepared INSERT for a lone row) reads back as the row held it, NULLs and
+// both address families included, and the chain verifies.
+func TestBothWritePathsStoreEveryColumn(t *testing.T) {
 	t.Parallel()
 	pg := testenv.Postgres(t)
 	ctx := context.Background()
@@ -300,7 +301,6 @@ func TestBinaryCopyStoresEveryColumn(t *testing.T) {
 	if err := pg.Owner.QueryRow(ctx, "INSERT INTO customers (name) VALUES ('copy') RETURNING id::text").Scan(&customer); err != nil {
 		t.Fatal(err)
 	}
-	w := newWriter(t, pg.AppDSN, 1<<20)
 	at := time.Date(2026, 11, 29, 1, 2, 3, 456789000, time.UTC)
 	rows := []*audit.Row{
 		{CustomerID: customer, KeyID: "0b3c8a4e-51d2-4f0e-9a57-3f1c2d4e5f60", OccurredAt: at, SourceIP: "2001:db8::7",
@@ -312,11 +312,28 @@ func TestBinaryCopyStoresEveryColumn(t *testing.T) {
 		{OccurredAt: at, SourceIP: "198.51.100.4", RequestID: identity.NewRequestID(), Method: "DELETE", Path: "/",
 			Action: "delete", Result: "error", StatusCode: 599, Metadata: `{"n":-1.5}`},
 	}
+	var alone []*audit.Row
 	for _, r := range rows {
-		if err := w.Record(ctx, r); err != nil {
+		cp := *r
+		cp.RequestID = identity.NewRequestID()
+		alone = append(alone, &cp)
+	}
+	pool := pg.App(t)
+	c := &chain{base: "test", id: "test"}
+	var buf []byte
+	for _, r := range rows {
+		c.link(r)
+	}
+	if err := insert(ctx, pool, &buf, rows); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range alone {
+		c.link(r)
+		if err := insert(ctx, pool, &buf, []*audit.Row{r}); err != nil {
 			t.Fatal(err)
 		}
 	}
+	rows = append(rows, alone...)
 	for _, want := range rows {
 		var got audit.Row
 		var status int16
@@ -427,6 +444,24 @@ func TestRowsOfADeletedCustomerAreKeptWithoutIt(t *testing.T) {
 	}
 	if rep, err := audit.Verify(ctx, pg.Owner); err != nil || !rep.OK() || rep.Rows != 40 {
 		t.Fatalf("verify: %+v %v", rep, err)
+	}
+	// The same through a COPY for certain: a batch of two, one of them the
+	// vanished customer's.
+	c := &chain{base: "direct", id: "direct"}
+	batch := []*audit.Row{testRow(100), testRow(101)}
+	batch[0].CustomerID, batch[1].CustomerID = live, gone
+	for _, r := range batch {
+		c.link(r)
+	}
+	var buf []byte
+	if err := insert(ctx, pg.App(t), &buf, batch); err != nil {
+		t.Fatal(err)
+	}
+	if err := pg.Owner.QueryRow(ctx, "SELECT count(*) FILTER (WHERE customer_id = $1), count(*) FILTER (WHERE customer_id IS NULL) FROM api_audit_log", live).Scan(&kept, &orphaned); err != nil {
+		t.Fatal(err)
+	}
+	if kept != 31 || orphaned != 11 {
+		t.Fatalf("after a COPY batch: %d rows of the customer (want 31), %d without one (want 11)", kept, orphaned)
 	}
 }
 
