@@ -44,7 +44,10 @@ type Handler struct {
 	SpoolDir string `json:"spool_dir"`
 	// MaxSpoolBytes bounds the spool. Default 1 GiB.
 	MaxSpoolBytes int64 `json:"max_spool_bytes,omitempty"`
-	// Timeout bounds the wait for a row to be durable. Default 10s.
+	// Timeout bounds the wait for a place in the writer's queue (full
+	// only when PostgreSQL falls far behind). A queued row is then
+	// always waited for: the writer answers it within its own deadlines
+	// (5 s per PostgreSQL attempt, then the spool). Default 10s.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
 
 	writer  *Writer
