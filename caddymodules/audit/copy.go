@@ -9,9 +9,9 @@ import (
 	"net/netip"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/glassmkr/guardian/shared/audit"
+	"github.com/glassmkr/guardian/shared/pgtext"
 )
 
 // copyBinary encodes rows as the body of `COPY api_audit_log (columns)
@@ -176,7 +176,7 @@ func checkRow(r *audit.Row) error {
 		return errors.New("audit: a row's metadata must be a JSON object")
 	}
 	for _, s := range [...]string{r.UserAgent, r.RequestID, r.Method, r.Path, r.ResourceType, r.ResourceID, r.Metadata} {
-		if !utf8.ValidString(s) || strings.IndexByte(s, 0) >= 0 {
+		if !pgtext.Valid(s) {
 			return errors.New("audit: a row's text must be UTF-8 without NUL")
 		}
 	}

@@ -9,9 +9,7 @@ import (
 	"net"
 	"net/http"
 	"regexp"
-	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -20,6 +18,7 @@ import (
 	"github.com/glassmkr/guardian/caddymodules/guardian"
 	"github.com/glassmkr/guardian/shared/audit"
 	"github.com/glassmkr/guardian/shared/identity"
+	"github.com/glassmkr/guardian/shared/pgtext"
 	"github.com/glassmkr/guardian/shared/problem"
 )
 
@@ -222,10 +221,10 @@ func (h *Handler) row(r *http.Request, id *identity.Identity, why string, status
 	row := &audit.Row{
 		OccurredAt: start.Truncate(time.Microsecond),
 		SourceIP:   audit.NormalizeIP(clientIP(r)),
-		UserAgent:  text(r.UserAgent(), 512),
+		UserAgent:  pgtext.Clean(r.UserAgent(), 512),
 		RequestID:  reqID,
-		Method:     text(r.Method, 16),
-		Path:       text(r.URL.Path, 2048),
+		Method:     pgtext.Clean(r.Method, 16),
+		Path:       pgtext.Clean(r.URL.Path, 2048),
 		Action:     audit.ActionFor(r.Method),
 		Result:     audit.ResultFor(status),
 		StatusCode: status,
@@ -237,7 +236,7 @@ func (h *Handler) row(r *http.Request, id *identity.Identity, why string, status
 	if ann != "" {
 		var a audit.Annotation
 		if err := json.Unmarshal([]byte(ann), &a); err == nil {
-			row.ResourceType, row.ResourceID = text(a.ResourceType, 64), text(a.ResourceID, 128)
+			row.ResourceType, row.ResourceID = pgtext.Clean(a.ResourceType, 64), pgtext.Clean(a.ResourceID, 128)
 			if id == nil && uuidRE.MatchString(a.CustomerID) {
 				row.CustomerID = a.CustomerID
 				if uuidRE.MatchString(a.UserID) {
@@ -285,22 +284,6 @@ func clientIP(r *http.Request) string {
 		return ""
 	}
 	return host
-}
-
-// text makes s storable in a PostgreSQL text column of at most n bytes:
-// bytes that are not UTF-8 and NUL (which text cannot hold, and which a
-// client can put in a path as %00) become U+FFFD, and a value cut at n
-// does not end inside a character. A row PostgreSQL refused would fail
-// the group commit of every other row in its batch.
-func text(s string, n int) string {
-	if utf8.ValidString(s) && strings.IndexByte(s, 0) < 0 && len(s) <= n {
-		return s
-	}
-	s = strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "\uFFFD")
-	if len(s) <= n {
-		return s
-	}
-	return strings.ToValidUTF8(s[:n], "")
 }
 
 // Interface guards

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/glassmkr/guardian/shared/pgtext"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -66,10 +67,7 @@ func Start(ctx context.Context, tx pgx.Tx, secret []byte, p Params, now time.Tim
 		a = a.Unmap()
 		addr = &a
 	}
-	userAgent := p.UserAgent
-	if len(userAgent) > 512 {
-		userAgent = userAgent[:512]
-	}
+	userAgent := pgtext.Clean(p.UserAgent, 512) // else a Latin-1 user agent could not sign in
 	var id string
 	err := tx.QueryRow(ctx, `INSERT INTO sessions (user_id, customer_id, created_at, expires_at, last_seen_at, reauth_at, source_ip, user_agent, aal)
 		VALUES ($1, $2, $3, $4, $3, $5, $6, $7, $8) RETURNING id`, p.UserID, p.CustomerID, now, expires, reauthAt, addr, userAgent, aal).Scan(&id)

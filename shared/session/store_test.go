@@ -64,3 +64,29 @@ func TestStartRecordsTheAssuranceLevelAndReplaces(t *testing.T) {
 		t.Errorf("token of the new session: %v", err)
 	}
 }
+
+// A user agent PostgreSQL's text cannot hold as sent (Latin-1 bytes, a
+// NUL, a multi-byte character cut at 512 bytes) still starts a session,
+// stored cleaned; before, the INSERT failed and so did the sign-in.
+func TestStartStoresAnyUserAgent(t *testing.T) {
+	t.Parallel()
+	pg := testenv.Postgres(t)
+	secret := []byte(strings.Repeat("s", 32))
+	c := testenv.NewCustomer(t, pg.Owner, []byte(strings.Repeat("p", 32)), secret)
+	ctx := context.Background()
+	for _, ua := range []string{"Mozilla/5.0 (caf\xe9)", "a\x00b", "x" + strings.Repeat("é", 300)} {
+		var issued session.Issued
+		err := pgx.BeginFunc(ctx, pg.Owner, func(tx pgx.Tx) error {
+			var err error
+			issued, err = session.Start(ctx, tx, secret, session.Params{UserID: c.UserID, CustomerID: c.ID, IP: "192.0.2.1", UserAgent: ua}, time.Now())
+			return err
+		})
+		if err != nil {
+			t.Fatalf("user agent %q: %v", ua, err)
+		}
+		var stored string
+		if err := pg.Owner.QueryRow(ctx, "SELECT user_agent FROM sessions WHERE id = $1", issued.ID).Scan(&stored); err != nil || len(stored) > 512 || stored == "" {
+			t.Fatalf("user agent %q stored as %q (%v)", ua, stored, err)
+		}
+	}
+}
