@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -213,8 +214,8 @@ func (h *handler) create(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	now := h.now()
-	if req.Name == nil || strings.TrimSpace(*req.Name) == "" || len(*req.Name) > 200 {
-		badRequest(w, "name", "required, at most 200 characters")
+	if req.Name == nil || strings.TrimSpace(*req.Name) == "" || len(*req.Name) > 200 || strings.ContainsFunc(*req.Name, unicode.IsControl) {
+		badRequest(w, "name", "required, at most 200 characters, no control characters")
 		return
 	}
 	if req.Scope == nil || (*req.Scope != "read" && *req.Scope != "write" && *req.Scope != "admin") {

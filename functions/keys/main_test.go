@@ -202,6 +202,8 @@ func TestBadRequestsNameTheField(t *testing.T) {
 	cases := []struct{ body, field string }{
 		{`{"scope":"read"}`, "name"},
 		{`{"name":"","scope":"read"}`, "name"},
+		{`{"name":"ci\u0000","scope":"read"}`, "name"},
+		{`{"name":"line\nbreak","scope":"read"}`, "name"},
 		{`{"name":"x","scope":"root"}`, "scope"},
 		{`{"name":"x","scope":"read","expires_at":"2020-01-01T00:00:00Z"}`, "expires_at"},
 		{`{"name":"x","scope":"read","expires_at":"tomorrow"}`, "expires_at"},

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -309,8 +310,8 @@ func (h *handler) finishWebAuthn(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	name := strings.TrimSpace(req.Name)
-	if name == "" || len(name) > mfa.MaxNameLen || !utf8.ValidString(name) {
-		p := problem.New(http.StatusBadRequest, "invalid_request", "name: required, at most 100 bytes")
+	if name == "" || len(name) > mfa.MaxNameLen || !utf8.ValidString(name) || strings.ContainsFunc(name, unicode.IsControl) {
+		p := problem.New(http.StatusBadRequest, "invalid_request", "name: required, at most 100 bytes, no control characters")
 		p.Extra = map[string]any{"field": "name"}
 		problem.Write(w, p)
 		return

@@ -277,8 +277,10 @@ func TestSeveralSecurityKeysNamedAndRemovedWithReauth(t *testing.T) {
 		t.Fatalf("second key from a password-only session: %d %s", a.Status, a.Raw)
 	}
 	strong := s.reauth(t, session, s.withKey(t, session, desk))
-	if a := s.register(t, strong, phone, ""); a.Status != 400 || a.Doc["field"] != "name" {
-		t.Fatalf("no name: %d %s", a.Status, a.Raw)
+	for _, bad := range []string{"", "key\x00", "two\nlines"} {
+		if a := s.register(t, strong, phone, bad); a.Status != 400 || a.Doc["field"] != "name" {
+			t.Fatalf("name %q: %d %s", bad, a.Status, a.Raw)
+		}
 	}
 	if a := s.register(t, strong, phone, "phone"); a.Status != 201 || a.Doc["recovery_codes"] != nil {
 		t.Fatalf("second key: %d %s", a.Status, a.Raw)
