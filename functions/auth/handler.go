@@ -21,6 +21,7 @@ import (
 	"github.com/glassmkr/guardian/shared/mfa"
 	"github.com/glassmkr/guardian/shared/page"
 	"github.com/glassmkr/guardian/shared/password"
+	"github.com/glassmkr/guardian/shared/pgtext"
 	"github.com/glassmkr/guardian/shared/problem"
 	"github.com/glassmkr/guardian/shared/session"
 	"github.com/glassmkr/guardian/shared/stepup"
@@ -164,7 +165,13 @@ func (h *handler) login(w http.ResponseWriter, r *http.Request) {
 	}
 	var userID, customerID, hash string
 	var closing bool
-	err := h.db.QueryRow(r.Context(), userByEmail, email).Scan(&userID, &customerID, &hash, &closing)
+	var err error
+	// An e-mail PostgreSQL's text cannot hold (a NUL, bytes that are not
+	// UTF-8) belongs to nobody: the same answer as any unknown e-mail,
+	// rather than a query error read as an outage.
+	if pgtext.Valid(email) {
+		err = h.db.QueryRow(r.Context(), userByEmail, email).Scan(&userID, &customerID, &hash, &closing)
+	}
 	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 		h.unavailable(w, err)
 		return

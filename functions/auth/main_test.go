@@ -142,6 +142,16 @@ func TestUnknownEmailAndWrongPasswordLookTheSame(t *testing.T) {
 	if long := s.post(t, "/auth/login", login(s.email, strings.Repeat("k", 72)+"extra"), nil); long.status != 401 {
 		t.Fatalf("73+ byte password: %d", long.status)
 	}
+	// An e-mail no column can hold (a NUL; bytes that are not UTF-8 in a
+	// form) is just another unknown e-mail, not a 503.
+	for _, a := range []answer{
+		s.post(t, "/auth/login", login("nobody\x00@example.com", goodPassword), nil),
+		s.post(t, "/auth/login", "email=nobody%ff%40example.com&password=x", map[string]string{"Content-Type": "application/x-www-form-urlencoded"}),
+	} {
+		if a.status != 401 && !(a.status == 303 && strings.Contains(a.header.Get("Location"), "error=")) {
+			t.Fatalf("unstorable e-mail: %d %v", a.status, a.doc)
+		}
+	}
 }
 
 func TestReauthIssuesAFreshSessionAndEndsTheOld(t *testing.T) {
