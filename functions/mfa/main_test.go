@@ -408,3 +408,46 @@ func TestFirstFactorEndsTheOtherSessions(t *testing.T) {
 		t.Fatalf("audit rows naming the ended session: %d", n)
 	}
 }
+
+// Strings of a registration the browser sends outside anything signed:
+// unknown transports (a NUL in one included) are dropped, and a NUL
+// elsewhere (the attachment) is not an outage either. Before, the NUL
+// reached a jsonb column and the answer was 503.
+func TestRegistrationWithNULsIsNotAnOutage(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	session := s.signIn(t)
+	tampered := func(key *mfatest.Authenticator, session string, tamper func(map[string]any)) answer {
+		a := s.call(t, "POST", "/api/v1/mfa/webauthn/options", "", session)
+		if a.Status != 200 {
+			return a
+		}
+		opts, _ := json.Marshal(a.Doc["options"])
+		raw, err := key.Create(opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var cred map[string]any
+		if err := json.Unmarshal(raw, &cred); err != nil {
+			t.Fatal(err)
+		}
+		tamper(cred)
+		return s.call(t, "POST", "/api/v1/mfa/webauthn", body(map[string]any{"ceremony": a.Doc["ceremony"], "name": "k", "credential": cred}), session)
+	}
+	desk := mfatest.New(s.origin)
+	a := tampered(desk, session, func(c map[string]any) {
+		c["response"].(map[string]any)["transports"] = []string{"usb\x00", "usb", "carrier-pigeon"}
+	})
+	if a.Status != 201 {
+		t.Fatalf("unknown transports: %d %s", a.Status, a.Raw)
+	}
+	var stored string
+	if err := s.pg.Owner.QueryRow(context.Background(), "SELECT credential->>'transport' FROM webauthn_credentials WHERE id = $1", a.Doc["id"]).Scan(&stored); err != nil || stored != `["usb"]` {
+		t.Fatalf("transports stored: %s (%v)", stored, err)
+	}
+	strong := s.reauth(t, session, s.withKey(t, session, desk))
+	a = tampered(mfatest.New(s.origin), strong, func(c map[string]any) { c["authenticatorAttachment"] = "cross-platform\x00" })
+	if a.Status >= 500 {
+		t.Fatalf("NUL in the attachment: %d %s", a.Status, a.Raw)
+	}
+}

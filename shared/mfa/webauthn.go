@@ -1,12 +1,14 @@
 package mfa
 
 import (
+	"bytes"
 	"context"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -268,9 +270,18 @@ func (s *Service) FinishRegistration(ctx context.Context, userID, sessionID, cer
 	if err != nil {
 		return Credential{}, nil, fmt.Errorf("%w: %w", ErrBadCredential, err)
 	}
+	// Transports are hints the browser sends outside anything signed;
+	// unknown ones are to be ignored (WebAuthn §5.8.4), so only known
+	// ones are kept.
+	cred.Transport = slices.DeleteFunc(cred.Transport, func(t protocol.AuthenticatorTransport) bool { return !knownTransports[t] })
 	raw, err := json.Marshal(cred)
 	if err != nil {
 		return Credential{}, nil, err
+	}
+	// Other strings of the credential came from the client too; jsonb
+	// refuses a NUL (as \u0000), which would read as an outage.
+	if bytes.Contains(raw, []byte(`\u0000`)) {
+		return Credential{}, nil, fmt.Errorf("%w: a NUL character in the credential", ErrBadCredential)
 	}
 	out := Credential{Name: name}
 	var codes []string
@@ -312,4 +323,9 @@ func consumeChallenge(ctx context.Context, tx pgx.Tx, id string) error {
 		return ErrChallenge
 	}
 	return nil
+}
+
+// knownTransports are the authenticator transports WebAuthn Level 3 names.
+var knownTransports = map[protocol.AuthenticatorTransport]bool{
+	protocol.USB: true, protocol.NFC: true, protocol.BLE: true, protocol.SmartCard: true, protocol.Hybrid: true, protocol.Internal: true,
 }
