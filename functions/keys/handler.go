@@ -288,7 +288,9 @@ func (h *handler) rotate(w http.ResponseWriter, r *http.Request) {
 	}
 	grace := time.Duration(0)
 	if req.GraceSeconds != nil {
-		if *req.GraceSeconds < 0 || time.Duration(*req.GraceSeconds)*time.Second > MaxGrace {
+		// Compared in seconds: multiplied first, a huge value would wrap
+		// to a negative duration and pass.
+		if *req.GraceSeconds < 0 || *req.GraceSeconds > int64(MaxGrace/time.Second) {
 			badRequest(w, "grace_seconds", "from 0 to 86400")
 			return
 		}

@@ -224,6 +224,9 @@ func TestBadRequestsNameTheField(t *testing.T) {
 	if status, doc := s.do(t, "POST", "/api/v1/keys/"+doc["id"].(string)+"/rotate", `{"grace_seconds":90000}`, session); status != 400 || doc["field"] != "grace_seconds" {
 		t.Errorf("grace too long: %d %v", status, doc)
 	}
+	if status, doc := s.do(t, "POST", "/api/v1/keys/"+doc["id"].(string)+"/rotate", `{"grace_seconds":9223372037}`, session); status != 400 || doc["field"] != "grace_seconds" {
+		t.Errorf("grace that overflows a duration: %d %v", status, doc)
+	}
 }
 
 // enrolTOTP turns an authenticator app on for the user through the
