@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -30,20 +28,14 @@ type callResult struct {
 // pipeliner sends the decisions of concurrent requests to Redis together:
 // one goroutine takes whatever is queued (up to maxPipeline) and sends it
 // as one pipeline, so a busy edge pays one write and one read for many
-// requests instead of a round trip each. A lone request (nothing queued,
-// no pipeline on its way) makes its own call from its own goroutine,
-// which spares it two goroutine hand-offs; while it waits, others queue
-// and form the next pipeline. Each decision is still one atomic script
-// call.
+// requests instead of a round trip each. A lone request goes out at once,
+// so an idle edge waits no longer than before. Each decision is still one
+// atomic script call.
 type pipeliner struct {
 	rdb  redis.UniversalClient
 	in   chan *call
 	stop chan struct{}
 	done chan struct{}
-
-	sending atomic.Bool  // the loop has a pipeline on its way
-	direct  atomic.Bool  // a lone request is making its own call
-	calls   sync.RWMutex // held to read by direct calls, to write by close
 }
 
 func newPipeliner(rdb redis.UniversalClient) *pipeliner {
@@ -52,12 +44,8 @@ func newPipeliner(rdb redis.UniversalClient) *pipeliner {
 	return p
 }
 
-// close stops the loop and waits for direct calls, so the client can be
-// closed after it.
 func (p *pipeliner) close() {
 	close(p.stop)
-	p.calls.Lock()
-	p.calls.Unlock()
 	<-p.done
 }
 
@@ -73,17 +61,6 @@ func (p *pipeliner) run(ctx context.Context, keys []string, args []any) ([]int64
 	case <-p.stop: // select below picks at random among ready cases
 		return nil, errPipelineClosed
 	default:
-	}
-	if !p.sending.Load() && len(p.in) == 0 && p.direct.CompareAndSwap(false, true) {
-		defer p.direct.Store(false)
-		p.calls.RLock()
-		defer p.calls.RUnlock()
-		select {
-		case <-p.stop:
-			return nil, errPipelineClosed
-		default:
-		}
-		return eval(ctx, p.rdb, keys, args)
 	}
 	c := &call{keys: keys, args: args, deadline: deadline, res: make(chan callResult, 1)}
 	select {
@@ -130,9 +107,7 @@ func (p *pipeliner) loop() {
 				break fill
 			}
 		}
-		p.sending.Store(true)
 		p.send(batch)
-		p.sending.Store(false)
 	}
 }
 
@@ -155,22 +130,10 @@ func (p *pipeliner) send(batch []*call) {
 	_, _ = pipe.Exec(ctx)
 	for i, c := range batch {
 		vals, err := cmds[i].Int64Slice()
-		if noScript(err) {
+		if err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
+			// Redis forgot the script (restart, SCRIPT FLUSH): EVAL loads it.
 			vals, err = bucketScript.Eval(ctx, p.rdb, c.keys, c.args...).Int64Slice()
 		}
 		c.res <- callResult{vals, err}
 	}
 }
-
-// eval is one script call on its own.
-func eval(ctx context.Context, rdb redis.UniversalClient, keys []string, args []any) ([]int64, error) {
-	vals, err := bucketScript.EvalSha(ctx, rdb, keys, args...).Int64Slice()
-	if noScript(err) {
-		vals, err = bucketScript.Eval(ctx, rdb, keys, args...).Int64Slice()
-	}
-	return vals, err
-}
-
-// noScript reports whether Redis forgot the script (restart, SCRIPT
-// FLUSH); EVAL then loads it again.
-func noScript(err error) bool { return err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") }
