@@ -6,6 +6,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/glassmkr/guardian/shared/pgtext"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -115,7 +116,7 @@ func customerName(g googleUser) string {
 	if name == "" {
 		name = g.Email
 	}
-	return truncate(name, 200)
+	return truncate(pgtext.Clean(name, 800), 200)
 }
 
 // truncate cuts s to at most n characters, on a character boundary.

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/coreos/go-oidc/v3/oidc"
 	"github.com/jackc/pgx/v5"
@@ -22,6 +23,7 @@ import (
 	"github.com/glassmkr/guardian/shared/identity"
 	"github.com/glassmkr/guardian/shared/mfa"
 	"github.com/glassmkr/guardian/shared/page"
+	"github.com/glassmkr/guardian/shared/pgtext"
 	"github.com/glassmkr/guardian/shared/session"
 )
 
@@ -237,7 +239,7 @@ func (h *handler) check(idt *oidc.IDToken, f flow, c idClaims) string {
 	if len(idt.Audience) > 1 && c.AuthorizedFor != h.idp.clientID {
 		return "wrong_audience"
 	}
-	if idt.Subject == "" || len(idt.Subject) > 255 {
+	if idt.Subject == "" || len(idt.Subject) > 255 || !pgtext.Valid(idt.Subject) {
 		return "subject_invalid"
 	}
 	email := strings.TrimSpace(c.Email)
@@ -247,7 +249,10 @@ func (h *handler) check(idt *oidc.IDToken, f flow, c idClaims) string {
 	if !c.verified() {
 		return "email_unverified"
 	}
-	if len(email) < 3 || len(email) > 320 || !strings.Contains(email, "@") {
+	// The users table counts characters (3 to 320) and its text cannot
+	// hold a NUL: checked here, a provider's odd address is a clear
+	// refusal rather than a failed INSERT.
+	if n := utf8.RuneCountInString(email); n < 3 || n > 320 || !strings.Contains(email, "@") || !pgtext.Valid(email) {
 		return "email_invalid"
 	}
 	return ""

@@ -393,6 +393,18 @@ func TestRefusedCallbacks(t *testing.T) {
 			s.idp.QueueUser(u)
 			return b.signIn()
 		}},
+		{"an e-mail address with a NUL is refused, not an outage", "email_invalid", func(b *browser) reply {
+			u := user("nul")
+			u.Email = "nul\x00@example.com"
+			s.idp.QueueUser(u)
+			return b.signIn()
+		}},
+		{"an e-mail address of two characters in four bytes is refused", "email_invalid", func(b *browser) reply {
+			u := user("short")
+			u.Email = "é@"
+			s.idp.QueueUser(u)
+			return b.signIn()
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b := s.browser(t)
