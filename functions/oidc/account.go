@@ -6,9 +6,10 @@ import (
 	"strings"
 	"unicode/utf8"
 
-	"github.com/glassmkr/guardian/shared/pgtext"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/glassmkr/guardian/shared/pgtext"
 )
 
 // googleUser is who the verified ID token says signed in.

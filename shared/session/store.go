@@ -7,8 +7,9 @@ import (
 	"net/netip"
 	"time"
 
-	"github.com/glassmkr/guardian/shared/pgtext"
 	"github.com/jackc/pgx/v5"
+
+	"github.com/glassmkr/guardian/shared/pgtext"
 )
 
 // ReauthWindow is how recently a password must have been verified on a
