@@ -234,16 +234,32 @@ func TestAuthenticatorAppEnrolmentAndRemoval(t *testing.T) {
 // answer.
 func (s *site) register(t *testing.T, session string, key *mfatest.Authenticator, name string) answer {
 	t.Helper()
+	return s.registerTampered(t, session, key, name, nil)
+}
+
+// registerTampered is register with tamper (if not nil) changing the
+// credential's JSON as a client could before it is posted.
+func (s *site) registerTampered(t *testing.T, session string, key *mfatest.Authenticator, name string, tamper func(map[string]any)) answer {
+	t.Helper()
 	a := s.call(t, "POST", "/api/v1/mfa/webauthn/options", "", session)
 	if a.Status != 200 {
 		return a
 	}
 	opts, _ := json.Marshal(a.Doc["options"])
-	cred, err := key.Create(opts)
+	raw, err := key.Create(opts)
 	if err != nil {
 		t.Fatalf("authenticator: %v", err)
 	}
-	return s.call(t, "POST", "/api/v1/mfa/webauthn", body(map[string]any{"ceremony": a.Doc["ceremony"], "name": name, "credential": json.RawMessage(cred)}), session)
+	var cred any = json.RawMessage(raw)
+	if tamper != nil {
+		var doc map[string]any
+		if err := json.Unmarshal(raw, &doc); err != nil {
+			t.Fatal(err)
+		}
+		tamper(doc)
+		cred = doc
+	}
+	return s.call(t, "POST", "/api/v1/mfa/webauthn", body(map[string]any{"ceremony": a.Doc["ceremony"], "name": name, "credential": cred}), session)
 }
 
 // withKey proves a re-auth with key.
@@ -417,25 +433,8 @@ func TestRegistrationWithNULsIsNotAnOutage(t *testing.T) {
 	t.Parallel()
 	s := newSite(t)
 	session := s.signIn(t)
-	tampered := func(key *mfatest.Authenticator, session string, tamper func(map[string]any)) answer {
-		a := s.call(t, "POST", "/api/v1/mfa/webauthn/options", "", session)
-		if a.Status != 200 {
-			return a
-		}
-		opts, _ := json.Marshal(a.Doc["options"])
-		raw, err := key.Create(opts)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var cred map[string]any
-		if err := json.Unmarshal(raw, &cred); err != nil {
-			t.Fatal(err)
-		}
-		tamper(cred)
-		return s.call(t, "POST", "/api/v1/mfa/webauthn", body(map[string]any{"ceremony": a.Doc["ceremony"], "name": "k", "credential": cred}), session)
-	}
 	desk := mfatest.New(s.origin)
-	a := tampered(desk, session, func(c map[string]any) {
+	a := s.registerTampered(t, session, desk, "k", func(c map[string]any) {
 		c["response"].(map[string]any)["transports"] = []string{"usb\x00", "usb", "carrier-pigeon"}
 	})
 	if a.Status != 201 {
@@ -446,7 +445,7 @@ func TestRegistrationWithNULsIsNotAnOutage(t *testing.T) {
 		t.Fatalf("transports stored: %s (%v)", stored, err)
 	}
 	strong := s.reauth(t, session, s.withKey(t, session, desk))
-	a = tampered(mfatest.New(s.origin), strong, func(c map[string]any) { c["authenticatorAttachment"] = "cross-platform\x00" })
+	a = s.registerTampered(t, strong, mfatest.New(s.origin), "k", func(c map[string]any) { c["authenticatorAttachment"] = "cross-platform\x00" })
 	if a.Status >= 500 {
 		t.Fatalf("NUL in the attachment: %d %s", a.Status, a.Raw)
 	}
