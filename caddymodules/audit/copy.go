@@ -172,7 +172,7 @@ func checkRow(r *audit.Row) error {
 		return fmt.Errorf("audit: unknown result %q", r.Result)
 	case r.StatusCode < 100 || r.StatusCode > 599:
 		return fmt.Errorf("audit: status code %d out of range", r.StatusCode)
-	case !strings.HasPrefix(r.Metadata, "{") || !json.Valid([]byte(r.Metadata)):
+	case r.Metadata != "{}" && (!strings.HasPrefix(r.Metadata, "{") || !json.Valid([]byte(r.Metadata))):
 		return errors.New("audit: a row's metadata must be a JSON object")
 	}
 	for _, s := range [...]string{r.UserAgent, r.RequestID, r.Method, r.Path, r.ResourceType, r.ResourceID, r.Metadata} {

@@ -232,7 +232,13 @@ func (h *Handler) row(r *http.Request, id *identity.Identity, why string, status
 	if id != nil {
 		row.CustomerID, row.KeyID, row.UserID = id.CustomerID, id.KeyID, id.UserID
 	}
-	meta := map[string]any{}
+	var meta map[string]any // made only for the rows that have some
+	set := func(k string, v any) {
+		if meta == nil {
+			meta = map[string]any{}
+		}
+		meta[k] = v
+	}
 	if ann != "" {
 		var a audit.Annotation
 		if err := json.Unmarshal([]byte(ann), &a); err == nil {
@@ -247,20 +253,20 @@ func (h *Handler) row(r *http.Request, id *identity.Identity, why string, status
 				row.Action = a.Action
 			}
 			for k, v := range a.Metadata {
-				meta[k] = v
+				set(k, v)
 			}
 		} else {
 			h.log.Warn("ignoring a malformed audit annotation from a function", zap.String("request_id", reqID))
 		}
 	}
 	if why != "" {
-		meta["reason"] = why
+		set("reason", why)
 		if credentialFailures[why] {
 			row.Action, row.Result = "auth_failed", audit.ResultDenied
 		}
 	}
 	if status == http.StatusTooManyRequests {
-		meta["rate_limited"] = true
+		set("rate_limited", true)
 	}
 	row.Metadata = "{}" // most rows: nothing to encode
 	if len(meta) > 0 {
