@@ -8,9 +8,14 @@ import (
 	"github.com/glassmkr/guardian/shared/testenv"
 )
 
+// freshConn opens a connection per request: a reload shuts the old
+// server down, which closes kept-alive connections, and a request racing
+// that close reads EOF (a client's ordinary retry case, not this test's).
+var freshConn = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+
 func healthzPid(t *testing.T, stack *testenv.Stack) int {
 	t.Helper()
-	resp, err := http.Get(stack.URL + "/healthz")
+	resp, err := freshConn.Get(stack.URL + "/healthz")
 	if err != nil {
 		t.Fatal(err)
 	}
