@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"sort"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -14,14 +15,32 @@ type Break struct {
 	WriterSeq int64
 	RowID     int64
 	// Reason: "content" (the row's hash does not match its fields), "link"
-	// (its prev_hash is not the previous row's hash) or "gap" (rows before
-	// it are missing).
+	// (its prev_hash is not the previous row's hash), "gap" (rows before
+	// it are missing), or, against heads kept by an earlier run:
+	// "rewritten" (the row at a kept head has another hash: the chain was
+	// recomputed from an earlier row on) or "truncated" (the chain ends
+	// before a kept head; RowID is then 0 and WriterSeq the first missing).
 	Reason string
 }
 
 func (b Break) String() string {
+	if b.RowID == 0 {
+		return fmt.Sprintf("writer %s: rows from seq %d on are missing: %s", b.WriterID, b.WriterSeq, b.Reason)
+	}
 	return fmt.Sprintf("writer %s: row id %d (seq %d): %s", b.WriterID, b.RowID, b.WriterSeq, b.Reason)
 }
+
+// Head is the newest row of a chain that held when it was verified. Kept
+// outside the database between runs, heads catch what the chain alone
+// cannot: rows removed from a chain's end, and a chain recomputed (edited
+// and re-hashed from some row on, which needs no secret) below the head.
+type Head struct {
+	Seq  int64  `json:"seq"`
+	Hash []byte `json:"hash"`
+}
+
+// Heads maps writer ids to their chain's head.
+type Heads map[string]Head
 
 // Report is the outcome of Verify.
 type Report struct {
@@ -30,6 +49,8 @@ type Report struct {
 	Breaks  []Break // at most one per writer: its first
 	// Unchained counts rows written before chaining existed.
 	Unchained int64
+	// Heads are the chains' newest rows that held, for the next run.
+	Heads Heads
 }
 
 // OK reports whether every chain held.
@@ -49,8 +70,13 @@ FROM api_audit_log WHERE writer_id IS NOT NULL ORDER BY writer_id, writer_seq`
 // Verify walks every writer's chain in one pass and reports the first
 // break of each: a row whose content was edited, a row inserted or
 // deleted, by anyone, superusers included.
-func Verify(ctx context.Context, db Querier) (Report, error) {
-	var rep Report
+func Verify(ctx context.Context, db Querier) (Report, error) { return VerifyAgainst(ctx, db, nil) }
+
+// VerifyAgainst is Verify that also holds every chain to the heads an
+// earlier run reported (nil: none): each chain must still reach its kept
+// head, with the same hash there.
+func VerifyAgainst(ctx context.Context, db Querier, kept Heads) (Report, error) {
+	rep := Report{Heads: Heads{}}
 	rows, err := db.Query(ctx, verifyQuery)
 	if err != nil {
 		return rep, fmt.Errorf("audit verify: %w", err)
@@ -66,6 +92,19 @@ func Verify(ctx context.Context, db Querier) (Report, error) {
 		status int16
 		meta   string
 	)
+	// finish closes a writer's walk: its head, and whether it still
+	// reaches the head kept for it.
+	finish := func() {
+		if writer == "" {
+			return
+		}
+		if seq > 0 {
+			rep.Heads[writer] = Head{Seq: seq, Hash: prev}
+		}
+		if k, ok := kept[writer]; ok && !broken && seq < k.Seq {
+			rep.Breaks = append(rep.Breaks, Break{WriterID: writer, WriterSeq: seq + 1, Reason: "truncated"})
+		}
+	}
 	for rows.Next() {
 		if err := rows.Scan(&id, &r.KeyID, &r.UserID, &r.OccurredAt, &r.SourceIP, &r.UserAgent, &r.RequestID, &r.Method, &r.Path,
 			&r.ResourceType, &r.ResourceID, &r.Action, &r.Result, &status, &meta, &r.WriterID, &r.WriterSeq, &r.PrevHash, &r.RowHash); err != nil {
@@ -73,6 +112,7 @@ func Verify(ctx context.Context, db Querier) (Report, error) {
 		}
 		rep.Rows++
 		if r.WriterID != writer {
+			finish()
 			writer, prev, seq, broken = r.WriterID, nil, 0, false
 			rep.Writers++
 		}
@@ -101,12 +141,28 @@ func Verify(ctx context.Context, db Querier) (Report, error) {
 			fail("content")
 			continue
 		}
+		if k, ok := kept[writer]; ok && k.Seq == r.WriterSeq && !bytes.Equal(k.Hash, stored) {
+			fail("rewritten")
+			continue
+		}
 		prev, seq = stored, r.WriterSeq
 	}
 	if err := rows.Err(); err != nil {
 		return rep, fmt.Errorf("audit verify: %w", err)
 	}
 	rows.Close()
+	finish()
+	// Chains with a kept head and no row left at all.
+	var gone []string
+	for w := range kept {
+		if _, seen := rep.Heads[w]; !seen && !brokenWriter(rep.Breaks, w) {
+			gone = append(gone, w)
+		}
+	}
+	sort.Strings(gone)
+	for _, w := range gone {
+		rep.Breaks = append(rep.Breaks, Break{WriterID: w, WriterSeq: 1, Reason: "truncated"})
+	}
 	rest, err := db.Query(ctx, "SELECT count(*) FROM api_audit_log WHERE writer_id IS NULL")
 	if err != nil {
 		return rep, fmt.Errorf("audit verify: %w", err)
@@ -118,4 +174,13 @@ func Verify(ctx context.Context, db Querier) (Report, error) {
 		}
 	}
 	return rep, rest.Err()
+}
+
+func brokenWriter(breaks []Break, writer string) bool {
+	for _, b := range breaks {
+		if b.WriterID == writer {
+			return true
+		}
+	}
+	return false
 }

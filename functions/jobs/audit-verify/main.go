@@ -5,13 +5,25 @@
 // result line, status ok (exit 0), red when a chain is broken (exit 1) or
 // error when it could not check (exit 2), metrics and an alert.
 //
+// The chain's hash needs no secret, so on its own it cannot tell rows
+// removed from a chain's end, or a chain edited and re-hashed from some
+// row on. With GUARDIAN_AUDIT_HEADS_FILE set, each clean run keeps every
+// chain's newest row (sequence and hash) in that file, outside the
+// database, and the next run holds the chains to it: rows older than the
+// last clean run can then be neither removed nor recomputed unseen.
+//
 // It needs only SELECT on api_audit_log (the runtime role has it):
 // GUARDIAN_PG_APP_DSN, or GUARDIAN_PG_DSN.
 package main
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -21,6 +33,9 @@ import (
 	"github.com/glassmkr/guardian/shared/config"
 	"github.com/glassmkr/guardian/shared/job"
 )
+
+// envHeadsFile names the file the chains' heads are kept in between runs.
+const envHeadsFile = "GUARDIAN_AUDIT_HEADS_FILE"
 
 func main() { job.Main(spec()) }
 
@@ -33,12 +48,20 @@ func run(ctx context.Context, env *config.Loader, r *job.Report) error {
 	if dsn == "" {
 		return fmt.Errorf("set %s or %s", config.PGAppDSN, config.PGDSN)
 	}
+	headsPath := env.Optional(envHeadsFile, "")
+	var kept audit.Heads
+	if headsPath != "" {
+		var err error
+		if kept, err = loadHeads(headsPath); err != nil {
+			return err
+		}
+	}
 	conn, err := pgx.Connect(ctx, dsn)
 	if err != nil {
 		return fmt.Errorf("cannot connect to PostgreSQL")
 	}
 	defer conn.Close(context.Background())
-	rep, err := audit.Verify(ctx, conn)
+	rep, err := audit.VerifyAgainst(ctx, conn, kept)
 	if err != nil {
 		return err
 	}
@@ -51,8 +74,78 @@ func run(ctx context.Context, env *config.Loader, r *job.Report) error {
 	r.Set("rows", rep.Rows)
 	r.Set("unchained_rows", rep.Unchained)
 	r.Set("breaks", breaks)
+	if headsPath == "" {
+		r.Set("heads_kept", false)
+	} else {
+		r.Set("heads_kept", true)
+		r.Set("heads_checked", len(kept))
+	}
 	if !rep.OK() {
+		// The file keeps the heads that caught the break, so every later
+		// run reports it again until someone looks.
 		return fmt.Errorf("%w: %d broken link(s): %s", job.ErrRed, len(breaks), strings.Join(breaks, "; "))
+	}
+	if headsPath != "" {
+		if err := saveHeads(headsPath, rep.Heads); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// headsFile is the kept heads' format on disk.
+type headsFile struct {
+	Version int         `json:"version"`
+	Heads   audit.Heads `json:"heads"`
+}
+
+// loadHeads reads the kept heads; no file yet is a first run (nothing to
+// hold the chains to). A file that is there but unreadable is an error,
+// not a fresh start, so that damaging it cannot silently reset the check.
+func loadHeads(path string) (audit.Heads, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("audit heads file: %w", err)
+	}
+	var f headsFile
+	if err := json.Unmarshal(b, &f); err != nil || f.Version != 1 || f.Heads == nil {
+		return nil, fmt.Errorf("audit heads file %s is not a heads file of version 1; move it aside only after checking the log by other means", path)
+	}
+	return f.Heads, nil
+}
+
+// saveHeads replaces the file atomically and durably: a crash leaves the
+// old heads or the new ones, never half of either.
+func saveHeads(path string, heads audit.Heads) error {
+	b, err := json.Marshal(headsFile{Version: 1, Heads: heads})
+	if err != nil {
+		return fmt.Errorf("audit heads file: %w", err)
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".audit-heads-*.tmp")
+	if err != nil {
+		return fmt.Errorf("audit heads file: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(b); err != nil {
+		tmp.Close()
+		return fmt.Errorf("audit heads file: %w", err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("audit heads file: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("audit heads file: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("audit heads file: %w", err)
+	}
+	if d, err := os.Open(filepath.Dir(path)); err == nil {
+		_ = d.Sync()
+		d.Close()
 	}
 	return nil
 }
