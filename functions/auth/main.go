@@ -37,6 +37,7 @@ import (
 	"github.com/glassmkr/guardian/shared/fnserve"
 	"github.com/glassmkr/guardian/shared/mfa"
 	"github.com/glassmkr/guardian/shared/password"
+	"github.com/glassmkr/guardian/shared/problem"
 )
 
 func main() { fnserve.Main(setup) }
@@ -71,5 +72,9 @@ func setup(ctx context.Context, log *zap.Logger, env *config.Loader) (http.Handl
 	// Sign-in has no session yet for the edge to check for cross-site use:
 	// refuse cross-site browser POSTs here (login CSRF). Clients that send
 	// no Fetch Metadata or Origin (not browsers) pass.
-	return http.NewCrossOriginProtection().Handler(h.routes()), pool.Close, nil
+	cop := http.NewCrossOriginProtection()
+	cop.SetDenyHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		problem.Write(w, problem.New(http.StatusForbidden, "cross_site", "cross-site requests may not sign in or change the account"))
+	}))
+	return cop.Handler(h.routes()), pool.Close, nil
 }

@@ -227,8 +227,8 @@ func TestCrossSiteSignInIsRefused(t *testing.T) {
 	t.Parallel()
 	s := newSite(t)
 	a := s.post(t, "/auth/login", login(s.email, goodPassword), map[string]string{"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"})
-	if a.status != 403 || a.cookie != nil {
-		t.Fatalf("cross-site login: %d", a.status)
+	if a.status != 403 || a.cookie != nil || a.doc["code"] != "cross_site" {
+		t.Fatalf("cross-site login: %d %v", a.status, a.doc)
 	}
 }
 

@@ -277,7 +277,7 @@ func (h *handler) rotate(w http.ResponseWriter, r *http.Request) {
 	if !ok || !h.sessionStepUp(w, r, id) {
 		return
 	}
-	keyID := r.PathValue("id")
+	keyID := strings.ToLower(r.PathValue("id"))
 	if !identity.ValidID(keyID) {
 		problem.Write(w, problem.New(http.StatusNotFound, "not_found", "no such key"))
 		return
@@ -361,7 +361,7 @@ func (h *handler) revoke(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	keyID := r.PathValue("id")
+	keyID := strings.ToLower(r.PathValue("id"))
 	if !identity.ValidID(keyID) {
 		problem.Write(w, problem.New(http.StatusNotFound, "not_found", "no such key"))
 		return

@@ -220,7 +220,25 @@ func TestBadRequestsNameTheField(t *testing.T) {
 	if status, _ := s.do(t, "POST", "/api/v1/keys/not-a-uuid/rotate", ``, session); status != 404 {
 		t.Errorf("bad id: %d", status)
 	}
+	// Paths and methods no route takes answer problem+json, not text.
+	for _, c := range []struct {
+		method, path string
+		status       int
+		code         string
+	}{
+		{"PATCH", "/api/v1/keys", 405, "method_not_allowed"},
+		{"GET", "/api/v1/keys/0b7c2a4e-8f61-4e7a-9d3c-5a1b2c3d4e5f", 405, "method_not_allowed"},
+		{"GET", "/api/v1/keysfoo", 404, "not_found"},
+	} {
+		if status, doc := s.do(t, c.method, c.path, "", session); status != c.status || doc["code"] != c.code {
+			t.Errorf("%s %s: %d %v", c.method, c.path, status, doc)
+		}
+	}
 	_, doc := s.do(t, "POST", "/api/v1/keys", `{"name":"y","scope":"read"}`, session)
+	// An id in upper case is the same id.
+	if status, doc := s.do(t, "POST", "/api/v1/keys/"+strings.ToUpper(doc["id"].(string))+"/rotate", `{"grace_seconds":90000}`, session); status != 400 || doc["field"] != "grace_seconds" {
+		t.Errorf("upper-case id: %d %v", status, doc)
+	}
 	if status, doc := s.do(t, "POST", "/api/v1/keys/"+doc["id"].(string)+"/rotate", `{"grace_seconds":90000}`, session); status != 400 || doc["field"] != "grace_seconds" {
 		t.Errorf("grace too long: %d %v", status, doc)
 	}

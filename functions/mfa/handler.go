@@ -350,7 +350,7 @@ func (h *handler) removeWebAuthn(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	credID := r.PathValue("id")
+	credID := strings.ToLower(r.PathValue("id"))
 	removed := false
 	if identity.ValidID(credID) {
 		var err error

@@ -50,7 +50,7 @@ func fallback(w http.ResponseWriter, r *http.Request) {
 	case p == "/api/v1/sessions":
 		allow = "GET"
 	case p == "/api/v1/sessions/revoke-others":
-		allow = "POST, DELETE"
+		allow = "POST"
 	case p == "/api/v1/account":
 		allow = "DELETE"
 	case strings.HasPrefix(p, "/api/v1/sessions/") && !strings.Contains(p[len("/api/v1/sessions/"):], "/"):

@@ -107,10 +107,11 @@ func Listener() (net.Listener, error) {
 }
 
 // Serve signals readiness, serves h on ln until ctx ends, then stops
-// accepting and waits for in-flight requests to finish.
+// accepting and waits for in-flight requests to finish. Plain-text error
+// answers of h (a ServeMux's 404 and 405) go out as problem+json.
 func Serve(ctx context.Context, ln net.Listener, h http.Handler) error {
 	srv := &http.Server{
-		Handler:           h,
+		Handler:           problemErrors(h),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       5 * time.Minute,
 	}

@@ -1,0 +1,75 @@
+package fnserve
+
+import (
+	"net/http"
+	"strings"
+
+	"github.com/glassmkr/guardian/shared/problem"
+)
+
+// problemErrors makes the standard library's plain-text error answers
+// (a ServeMux's 404 and 405, http.Error in middleware) problem+json, as
+// every other error of the API is: a function's routes need not each
+// repeat a fallback, and a path or method no route takes never answers
+// text a client cannot parse.
+func problemErrors(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(&errorWriter{ResponseWriter: w}, r)
+	})
+}
+
+// errorWriter rewrites an error status sent as text/plain; anything else
+// passes through untouched.
+type errorWriter struct {
+	http.ResponseWriter
+	wrote   bool
+	swallow bool // the plain-text body of a rewritten answer
+}
+
+func (e *errorWriter) WriteHeader(code int) {
+	if e.wrote {
+		e.ResponseWriter.WriteHeader(code) // superfluous: net/http says so
+		return
+	}
+	e.wrote = true
+	h := e.Header()
+	if code < 400 || !strings.HasPrefix(h.Get("Content-Type"), "text/plain") {
+		e.ResponseWriter.WriteHeader(code)
+		return
+	}
+	e.swallow = true
+	h.Del("Content-Length")
+	detail := strings.ToLower(http.StatusText(code))
+	switch code {
+	case http.StatusNotFound:
+		detail = "no such resource"
+	case http.StatusMethodNotAllowed:
+		if allow := h.Get("Allow"); allow != "" {
+			detail = "use " + allow
+		}
+	}
+	problem.Write(e.ResponseWriter, problem.New(code, problem.CodeForStatus(code), detail))
+}
+
+func (e *errorWriter) Write(b []byte) (int, error) {
+	if !e.wrote {
+		e.WriteHeader(http.StatusOK)
+	}
+	if e.swallow {
+		return len(b), nil
+	}
+	return e.ResponseWriter.Write(b)
+}
+
+// Flush lets streamed answers (CSV export) reach the client as written.
+func (e *errorWriter) Flush() {
+	if e.swallow {
+		return
+	}
+	if f, ok := e.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// Unwrap serves http.ResponseController.
+func (e *errorWriter) Unwrap() http.ResponseWriter { return e.ResponseWriter }

@@ -1,0 +1,62 @@
+package fnserve
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+
+	"github.com/glassmkr/guardian/shared/problem"
+)
+
+func TestPlainTextErrorsBecomeProblems(t *testing.T) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /things", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = io.WriteString(w, "a list")
+	})
+	mux.HandleFunc("POST /things/{id}/problem", func(w http.ResponseWriter, r *http.Request) {
+		problem.Write(w, problem.New(http.StatusConflict, "already_done", "it is done"))
+	})
+	mux.HandleFunc("GET /teapot", func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "short and stout", http.StatusTeapot)
+	})
+	h := problemErrors(mux)
+	cases := []struct {
+		method, path string
+		status       int
+		code, allow  string
+	}{
+		{"GET", "/nothing", 404, "not_found", ""},
+		{"DELETE", "/things", 405, "method_not_allowed", "GET, HEAD"},
+		{"OPTIONS", "/things", 405, "method_not_allowed", "GET, HEAD"},
+		{"GET", "/teapot", 418, "error", ""},
+		{"POST", "/things/1/problem", 409, "already_done", ""},
+	}
+	for _, c := range cases {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(c.method, c.path, nil))
+		if rec.Code != c.status || rec.Header().Get("Content-Type") != problem.ContentType {
+			t.Errorf("%s %s: %d %q", c.method, c.path, rec.Code, rec.Header().Get("Content-Type"))
+			continue
+		}
+		var doc map[string]any
+		if err := json.Unmarshal(rec.Body.Bytes(), &doc); err != nil {
+			t.Errorf("%s %s: body %q: %v", c.method, c.path, rec.Body, err)
+			continue
+		}
+		if doc["code"] != c.code || doc["status"] != float64(c.status) || doc["detail"] == "" {
+			t.Errorf("%s %s: %v", c.method, c.path, doc)
+		}
+		if got := rec.Header().Get("Allow"); got != c.allow {
+			t.Errorf("%s %s: Allow %q, want %q", c.method, c.path, got, c.allow)
+		}
+	}
+	// Answers that are not errors pass as they are, plain text included.
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "/things", nil))
+	if rec.Code != 200 || rec.Body.String() != "a list" {
+		t.Fatalf("ok answer changed: %d %q", rec.Code, rec.Body)
+	}
+}
