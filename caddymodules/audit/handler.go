@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"regexp"
+	"slices"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -117,6 +118,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	caddyhttp.SetVar(r.Context(), identity.RequestIDVarKey, reqID)
 	w.Header().Set("Request-Id", reqID)
 	rec := &recorder{ResponseWriter: w, h: h, r: r, start: time.Now().UTC(), reqID: reqID}
+	for k := range w.Header() { // the security headers, Request-Id
+		if rec.nedge < len(rec.edge) {
+			rec.edge[rec.nedge] = k
+			rec.nedge++
+		}
+	}
 	err := next.ServeHTTP(rec, r)
 	if rec.wroteHeader {
 		return err
@@ -131,6 +138,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 	}
 	if aerr := rec.record(status); aerr != nil {
+		w.Header().Set("Retry-After", "30")
 		return caddyhttp.HandlerError{Err: lostAudit, StatusCode: http.StatusServiceUnavailable, ID: reqID, Trace: "guardian_audit"}
 	}
 	return err
@@ -145,6 +153,10 @@ type recorder struct {
 	reqID       string
 	wroteHeader bool
 	discard     bool
+	// edge names the headers set before the function ran (security
+	// headers, Request-Id): an answer replaced by a problem keeps them.
+	edge  [12]string
+	nedge int
 }
 
 func (rec *recorder) WriteHeader(status int) {
@@ -161,8 +173,11 @@ func (rec *recorder) WriteHeader(status int) {
 		rec.discard = true
 		hdr := rec.ResponseWriter.Header()
 		for k := range hdr {
-			delete(hdr, k)
+			if !slices.Contains(rec.edge[:rec.nedge], k) {
+				delete(hdr, k) // the function's: they describe an answer not sent
+			}
 		}
+		hdr.Set("Retry-After", "30")
 		problem.Write(rec.ResponseWriter, lostAudit)
 		return
 	}

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -184,8 +185,24 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	start := time.Now()
 	outcome := outcomeProxied
 	defer func() { h.metrics.duration[outcome].Observe(time.Since(start).Seconds()) }()
+	// The proxy drops query parameters it cannot parse (a bad %-escape, a
+	// ';'), so the function would see a request without them: a filter
+	// silently missing, its answer wrong. Refuse such a query instead.
+	if r.URL.RawQuery != "" {
+		if _, err := url.ParseQuery(r.URL.RawQuery); err != nil {
+			outcome = outcomeRefused
+			return caddyhttp.Error(http.StatusBadRequest,
+				problem.New(http.StatusBadRequest, "invalid_query", "the query string cannot be parsed: "+err.Error()))
+		}
+	}
 	if err := h.acquireSlot(r.Context()); err != nil {
 		outcome = outcomeBusy
+		if err == errBusy {
+			// Nothing is written yet: the header goes out with the problem.
+			w.Header().Set("Retry-After", "1")
+			return caddyhttp.Error(http.StatusServiceUnavailable,
+				problem.New(http.StatusServiceUnavailable, "function_busy", "too many requests in flight; try again shortly"))
+		}
 		return err
 	}
 	defer func() { <-h.sem }()
@@ -203,10 +220,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	for attempt := 0; ; attempt++ {
 		p, err := h.inst.acquire(ctx)
 		if err != nil {
+			retry := "1" // starting, or stopping for a reload: seconds
 			var b errBackoff
 			if errors.As(err, &b) {
-				w.Header().Set("Retry-After", strconv.Itoa(int(b.retryAfter.Seconds())+1))
+				retry = strconv.Itoa(int(b.retryAfter.Seconds()) + 1)
 			}
+			w.Header().Set("Retry-After", retry)
 			outcome = outcomeUnavailable
 			return caddyhttp.Error(http.StatusServiceUnavailable,
 				problem.New(http.StatusServiceUnavailable, "function_unavailable", "the service is starting or recovering; try again shortly"))
@@ -255,12 +274,14 @@ func (h *Handler) acquireSlot(ctx context.Context) error {
 	case h.sem <- struct{}{}:
 		return nil
 	case <-t.C:
-		return caddyhttp.Error(http.StatusServiceUnavailable,
-			problem.New(http.StatusServiceUnavailable, "function_busy", "too many requests in flight; try again shortly"))
+		return errBusy
 	case <-ctx.Done():
 		return caddyhttp.Error(499, ctx.Err())
 	}
 }
+
+// errBusy is acquireSlot's answer after QueueTimeout without a slot.
+var errBusy = errors.New("function: no slot free")
 
 // neverSent reports whether err means the connection to the function was
 // refused, so the request did not reach it.

@@ -52,6 +52,7 @@ const (
 	outcomeTimeout     = "timeout"
 	outcomeUnavailable = "unavailable"
 	outcomeBusy        = "busy"
+	outcomeRefused     = "refused" // a request the runtime would not pass on
 )
 
 func registerMetrics(reg prometheus.Registerer) error {
@@ -76,7 +77,7 @@ func newFnMetrics(name string) *fnMetrics {
 		inFlight:      metrics.inFlight.WithLabelValues(name),
 		duration:      map[string]prometheus.Observer{},
 	}
-	for _, o := range []string{outcomeProxied, outcomeFailed, outcomeTimeout, outcomeUnavailable, outcomeBusy} {
+	for _, o := range []string{outcomeProxied, outcomeFailed, outcomeTimeout, outcomeUnavailable, outcomeBusy, outcomeRefused} {
 		m.duration[o] = metrics.duration.WithLabelValues(name, o)
 	}
 	return m

@@ -38,6 +38,9 @@ func setup(ctx context.Context, log *zap.Logger, env *config.Loader) (http.Handl
 	mux.HandleFunc("/headers", func(w http.ResponseWriter, r *http.Request) {
 		_ = json.NewEncoder(w).Encode(r.Header)
 	})
+	mux.HandleFunc("/query", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, r.URL.RawQuery)
+	})
 	mux.HandleFunc("/crash", func(w http.ResponseWriter, r *http.Request) {
 		os.Exit(3)
 	})

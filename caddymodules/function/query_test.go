@@ -1,0 +1,76 @@
+package function
+
+import (
+	"errors"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/glassmkr/guardian/shared/problem"
+)
+
+// refusal is the status and problem code of an error ServeHTTP returns.
+func refusal(t *testing.T, err error) (int, string) {
+	t.Helper()
+	var he caddyhttp.HandlerError
+	if !errors.As(err, &he) {
+		t.Fatalf("error %v is not a handler error", err)
+	}
+	var p *problem.Problem
+	if !errors.As(he.Err, &p) {
+		t.Fatalf("error %v carries no problem", he.Err)
+	}
+	return he.StatusCode, p.Code
+}
+
+func TestAQueryTheProxyWouldCutIsRefused(t *testing.T) {
+	t.Parallel()
+	h := newHandler(t, &Handler{})
+	rec := httptest.NewRecorder()
+	if err := h.ServeHTTP(rec, httptest.NewRequest("GET", "/query?since=2026-01-01&key_id=a%20b", nil), nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := rec.Body.String(); got != "since=2026-01-01&key_id=a%20b" {
+		t.Fatalf("the function saw %q", got)
+	}
+	for _, q := range []string{"key_id=%zz", "since=2026-01-01;", "a=1;b=2", "a=%"} {
+		err := h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/query?"+q, nil), nil)
+		if err == nil {
+			t.Errorf("%q passed: the function would see it without the bad part", q)
+			continue
+		}
+		if status, code := refusal(t, err); status != 400 || code != "invalid_query" {
+			t.Errorf("%q: %d %s", q, status, code)
+		}
+	}
+}
+
+func TestABusyFunctionSaysWhenToRetry(t *testing.T) {
+	t.Parallel()
+	h := newHandler(t, &Handler{MaxConcurrent: 1, QueueTimeout: caddy.Duration(50 * time.Millisecond)})
+	done := make(chan error, 1)
+	go func() {
+		done <- h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/sleep?d=2s", nil), nil)
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for len(h.sem) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the first request never took its slot")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	rec := httptest.NewRecorder()
+	err := h.ServeHTTP(rec, httptest.NewRequest("GET", "/ok", nil), nil)
+	if status, code := refusal(t, err); status != 503 || code != "function_busy" {
+		t.Fatalf("%d %s", status, code)
+	}
+	if rec.Header().Get("Retry-After") == "" {
+		t.Error("503 function_busy without Retry-After")
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
