@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -63,14 +62,8 @@ func (a *App) Provision(caddy.Context) error {
 	l := config.New(os.LookupEnv)
 	a.pgAppDSN = l.String(config.PGAppDSN)
 	a.cookieDomain = l.Optional(config.CookieDomain, "")
-	a.redis = RedisSettings{}
-	for _, addr := range strings.Split(l.String(config.RedisAddr), ",") {
-		if addr = strings.TrimSpace(addr); addr != "" {
-			a.redis.Addrs = append(a.redis.Addrs, addr)
-		}
-	}
-	a.redis.Password = l.Optional(config.RedisPassword, "")
-	a.redis.Cluster = len(a.redis.Addrs) > 1 || l.Optional("GUARDIAN_REDIS_CLUSTER", "") == "1"
+	rs := l.LoadRedis()
+	a.redis = RedisSettings{Addrs: rs.Addrs, Password: rs.Password, Cluster: rs.Cluster}
 	a.redis.Prefix = l.Optional("GUARDIAN_REDIS_PREFIX", "guardian:rl:")
 	if err := errors.Join(err, l.Err()); err != nil {
 		return fmt.Errorf("guardian: %w", err)

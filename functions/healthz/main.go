@@ -25,8 +25,7 @@ func main() { fnserve.Main(setup) }
 
 func setup(ctx context.Context, log *zap.Logger, env *config.Loader) (http.Handler, func(), error) {
 	pgDSN := env.String(config.PGAppDSN)
-	redisAddr := env.String(config.RedisAddr)
-	redisPassword := env.Optional(config.RedisPassword, "")
+	rs := env.LoadRedis()
 	chCfg := env.LoadClickHouse()
 	timeout := env.Duration("GUARDIAN_HEALTH_TIMEOUT", 2*time.Second)
 	if err := env.Err(); err != nil {
@@ -37,7 +36,9 @@ func setup(ctx context.Context, log *zap.Logger, env *config.Loader) (http.Handl
 	if err != nil {
 		return nil, nil, err
 	}
-	rdb := redis.NewClient(&redis.Options{Addr: redisAddr, Password: redisPassword, PoolSize: 2, MaxRetries: -1, DialerRetries: 1})
+	// The same client the edge's limiter uses: one server, or a cluster.
+	rdb := redis.NewUniversalClient(&redis.UniversalOptions{Addrs: rs.Addrs, Password: rs.Password, IsClusterMode: rs.Cluster,
+		PoolSize: 2, MaxRetries: -1, DialerRetries: 1})
 	ch, err := db.ClickHouse(chCfg, db.ClickHouseOptions{Dial: timeout, Read: timeout})
 	if err != nil {
 		pool.Close()

@@ -163,3 +163,16 @@ func TestHealthzFunctionCannotSeeTheKeyPepper(t *testing.T) {
 		t.Errorf("healthz environment lacks what it needs: %v", seen)
 	}
 }
+
+// TestHealthzReachesARedisCluster: several addresses in
+// GUARDIAN_REDIS_ADDR are a cluster's seeds, for healthz as for the edge.
+func TestHealthzReachesARedisCluster(t *testing.T) {
+	t.Parallel()
+	env := testenv.StackEnv(t)
+	env["GUARDIAN_REDIS_ADDR"] = strings.Join(testenv.RedisCluster(t), ",")
+	env["GUARDIAN_REDIS_PASSWORD"] = ""
+	stack := testenv.StartStack(t, env)
+	if resp, doc := get(t, stack.URL+"/healthz"); resp.StatusCode != 200 {
+		t.Fatalf("cluster: %d %v", resp.StatusCode, doc)
+	}
+}

@@ -22,6 +22,7 @@ const (
 	PGAppDSN           = "GUARDIAN_PG_APP_DSN"
 	RedisAddr          = "GUARDIAN_REDIS_ADDR"
 	RedisPassword      = "GUARDIAN_REDIS_PASSWORD"
+	RedisCluster       = "GUARDIAN_REDIS_CLUSTER"
 	ClickHouseAddr     = "GUARDIAN_CLICKHOUSE_ADDR"
 	ClickHouseUser     = "GUARDIAN_CLICKHOUSE_USER"
 	ClickHousePassword = "GUARDIAN_CLICKHOUSE_PASSWORD"
@@ -152,4 +153,28 @@ func (l *Loader) LoadClickHouse() ClickHouse {
 		Password: l.Optional(ClickHousePassword, ""),
 		Database: l.Optional(ClickHouseDatabase, "guardian"),
 	}
+}
+
+// Redis is how to reach Redis: one server, or seed nodes of a cluster.
+type Redis struct {
+	Addrs    []string
+	Password string
+	// Cluster is set by several addresses, or by GUARDIAN_REDIS_CLUSTER=1
+	// (a cluster reached through one seed address).
+	Cluster bool
+}
+
+// LoadRedis reads GUARDIAN_REDIS_ADDR (required; comma-separated
+// addresses), GUARDIAN_REDIS_PASSWORD and GUARDIAN_REDIS_CLUSTER, so that
+// every process reaching Redis reads the same settings the same way.
+func (l *Loader) LoadRedis() Redis {
+	var r Redis
+	for _, addr := range strings.Split(l.String(RedisAddr), ",") {
+		if addr = strings.TrimSpace(addr); addr != "" {
+			r.Addrs = append(r.Addrs, addr)
+		}
+	}
+	r.Password = l.Optional(RedisPassword, "")
+	r.Cluster = len(r.Addrs) > 1 || l.Optional(RedisCluster, "") == "1"
+	return r
 }
