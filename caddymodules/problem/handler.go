@@ -62,7 +62,7 @@ func FromError(err error) *problem.Problem {
 		cp := *p
 		p = &cp
 	} else {
-		p = problem.New(status, problem.CodeForStatus(status), "")
+		p = problem.New(status, problem.CodeForStatus(status), problem.DetailForStatus(status))
 	}
 	if id != "" {
 		extra := make(map[string]any, len(p.Extra)+1)

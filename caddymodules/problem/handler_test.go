@@ -23,10 +23,10 @@ func TestFromError(t *testing.T) {
 	}{
 		{"a problem keeps its code and detail", caddyhttp.Error(401, problem.New(401, "reauth_required", "confirm your password")), 401, "reauth_required", "confirm your password"},
 		{"a wrapped problem is found", caddyhttp.Error(403, fmt.Errorf("auth: %w", problem.New(403, "wrong_server", "key bound to another server"))), 403, "wrong_server", "key bound to another server"},
-		{"internal error text is not sent", caddyhttp.Error(502, errors.New("dial unix /run/guardian/fn.sock: connection refused")), 502, "bad_gateway", ""},
-		{"a bare 404 gets the not_found code", caddyhttp.Error(404, nil), 404, "not_found", ""},
-		{"a plain error is a 500", errors.New("boom"), 500, "internal_error", ""},
-		{"no error at all is a 500", nil, 500, "internal_error", ""},
+		{"internal error text is not sent", caddyhttp.Error(502, errors.New("dial unix /run/guardian/fn.sock: connection refused")), 502, "bad_gateway", problem.DetailForStatus(502)},
+		{"a bare 404 gets the not_found code", caddyhttp.Error(404, nil), 404, "not_found", "no such resource"},
+		{"a plain error is a 500", errors.New("boom"), 500, "internal_error", problem.DetailForStatus(500)},
+		{"no error at all is a 500", nil, 500, "internal_error", problem.DetailForStatus(500)},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

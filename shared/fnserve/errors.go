@@ -39,14 +39,9 @@ func (e *errorWriter) WriteHeader(code int) {
 	}
 	e.swallow = true
 	h.Del("Content-Length")
-	detail := strings.ToLower(http.StatusText(code))
-	switch code {
-	case http.StatusNotFound:
-		detail = "no such resource"
-	case http.StatusMethodNotAllowed:
-		if allow := h.Get("Allow"); allow != "" {
-			detail = "use " + allow
-		}
+	detail := problem.DetailForStatus(code)
+	if allow := h.Get("Allow"); code == http.StatusMethodNotAllowed && allow != "" {
+		detail = "use " + allow
 	}
 	problem.Write(e.ResponseWriter, problem.New(code, problem.CodeForStatus(code), detail))
 }

@@ -6,6 +6,7 @@ package problem
 import (
 	"encoding/json"
 	"net/http"
+	"strings"
 )
 
 // ContentType is the media type of a problem document.
@@ -74,6 +75,28 @@ func Write(w http.ResponseWriter, p *Problem) {
 	h.Del("Content-Length")
 	w.WriteHeader(p.Status)
 	_, _ = w.Write(append(body, '\n'))
+}
+
+// DetailForStatus is the default detail for a bare status, so that a
+// problem made from a status alone (a route the edge has no handler for,
+// a mux's 404) still tells the client something.
+func DetailForStatus(status int) string {
+	switch status {
+	case http.StatusNotFound:
+		return "no such resource"
+	case http.StatusMethodNotAllowed:
+		return "this method is not allowed here"
+	case http.StatusBadGateway:
+		return "a service behind the edge failed while answering"
+	case http.StatusServiceUnavailable:
+		return "temporarily unavailable; try again shortly"
+	case http.StatusGatewayTimeout:
+		return "a service behind the edge took too long to answer"
+	}
+	if status >= 500 {
+		return "an internal error; quote the request id to support"
+	}
+	return strings.ToLower(http.StatusText(status))
 }
 
 // CodeForStatus is the default code for a bare status, used when an error
