@@ -299,12 +299,13 @@ func (h *handler) rotate(w http.ResponseWriter, r *http.Request) {
 	now := h.now()
 	var newKey Key
 	var status int
+	var refusal *problem.Problem
 	err := pgx.BeginFunc(r.Context(), h.db, func(tx pgx.Tx) error {
 		var name, kind string
 		var scope *string
-		var expires *time.Time
-		err := tx.QueryRow(r.Context(), `SELECT name, kind, scope, expires_at FROM api_keys
-			WHERE id = $1 AND customer_id = $2 AND (revoked_at IS NULL OR revoked_at > $3) FOR UPDATE`, keyID, id.CustomerID, now).Scan(&name, &kind, &scope, &expires)
+		var expires, revokes *time.Time
+		err := tx.QueryRow(r.Context(), `SELECT name, kind, scope, expires_at, revoked_at FROM api_keys
+			WHERE id = $1 AND customer_id = $2 AND (revoked_at IS NULL OR revoked_at > $3) FOR UPDATE`, keyID, id.CustomerID, now).Scan(&name, &kind, &scope, &expires, &revokes)
 		if errors.Is(err, pgx.ErrNoRows) {
 			status = http.StatusNotFound
 			return nil
@@ -318,6 +319,24 @@ func (h *handler) rotate(w http.ResponseWriter, r *http.Request) {
 		}
 		if *scope == "admin" && id.Scope != "admin" {
 			status = http.StatusForbidden
+			return nil
+		}
+		if revokes != nil {
+			// Rotated already, still in its grace window: a second rotation
+			// (a retry after a lost answer, often) would mint another live
+			// key and push the old key's end out again, past the 24 h bound.
+			var successor string
+			_ = tx.QueryRow(r.Context(), `SELECT id::text FROM api_keys WHERE rotated_from = $1 AND customer_id = $2
+				ORDER BY created_at DESC LIMIT 1`, keyID, id.CustomerID).Scan(&successor)
+			refusal = problem.New(http.StatusConflict, "already_rotated",
+				"this key was already rotated and stops working at "+revokes.UTC().Format(time.RFC3339)+"; rotate its successor instead")
+			if successor != "" {
+				refusal.Extra = map[string]any{"successor_id": successor}
+			}
+			return nil
+		}
+		if expires != nil && !expires.After(now) {
+			refusal = problem.New(http.StatusConflict, "key_expired", "an expired key cannot be rotated (its successor would be expired too); create a new key")
 			return nil
 		}
 		if _, err := tx.Exec(r.Context(), "UPDATE api_keys SET revoked_at = $2, revoked_reason = 'rotated' WHERE id = $1", keyID, now.Add(grace)); err != nil {
@@ -340,6 +359,9 @@ func (h *handler) rotate(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case err != nil:
 		h.fail(w, err)
+		return
+	case refusal != nil:
+		problem.Write(w, refusal)
 		return
 	case status == http.StatusNotFound:
 		problem.Write(w, problem.New(http.StatusNotFound, "not_found", "no such key, or it is revoked"))

@@ -128,6 +128,19 @@ func TestRotateWithAndWithoutGrace(t *testing.T) {
 	if status != 201 || !s.works(t, graced) || !s.works(t, old) {
 		t.Fatalf("rotation with grace: %d %v; both keys must work for the hour", status, doc)
 	}
+	// Once rotated, the old key cannot be rotated again (a retry would mint
+	// a second live successor and push the old key's end out again).
+	var endsAt time.Time
+	_ = s.pg.Owner.QueryRow(context.Background(), "SELECT revoked_at FROM api_keys WHERE id = $1", oldID).Scan(&endsAt)
+	status, doc = s.do(t, "POST", "/api/v1/keys/"+oldID+"/rotate", `{"grace_seconds":86400}`, session)
+	if status != 409 || doc["code"] != "already_rotated" || doc["successor_id"] != gracedID {
+		t.Fatalf("second rotation of the same key: %d %v", status, doc)
+	}
+	var endsAfter time.Time
+	_ = s.pg.Owner.QueryRow(context.Background(), "SELECT revoked_at FROM api_keys WHERE id = $1", oldID).Scan(&endsAfter)
+	if !endsAfter.Equal(endsAt) {
+		t.Fatalf("a refused rotation moved the old key's end from %v to %v", endsAt, endsAfter)
+	}
 	status, doc = s.do(t, "POST", "/api/v1/keys/"+gracedID+"/rotate", ``, session)
 	fresh := doc["key"].(string)
 	if status != 201 || !s.works(t, fresh) {
@@ -151,6 +164,15 @@ func TestRotateWithAndWithoutGrace(t *testing.T) {
 	}
 	if !linked {
 		t.Fatalf("rotated key not linked to its successor: %v", doc)
+	}
+	// An expired key is not rotated into an expired successor.
+	_, doc = s.do(t, "POST", "/api/v1/keys", `{"name":"lapsed","scope":"read"}`, session)
+	lapsedID := doc["id"].(string)
+	if _, err := s.pg.Owner.Exec(context.Background(), "UPDATE api_keys SET expires_at = now() - interval '1 minute' WHERE id = $1", lapsedID); err != nil {
+		t.Fatal(err)
+	}
+	if status, doc := s.do(t, "POST", "/api/v1/keys/"+lapsedID+"/rotate", ``, session); status != 409 || doc["code"] != "key_expired" {
+		t.Fatalf("rotating an expired key: %d %v", status, doc)
 	}
 	s.c.CollectorKey(t, s.c.ServerID)
 	var collectorID string
