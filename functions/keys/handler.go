@@ -1,9 +1,7 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
-	"io"
 	"net/http"
 	"strings"
 	"time"
@@ -19,6 +17,7 @@ import (
 	"github.com/glassmkr/guardian/shared/page"
 	"github.com/glassmkr/guardian/shared/problem"
 	"github.com/glassmkr/guardian/shared/reply"
+	"github.com/glassmkr/guardian/shared/reqbody"
 	"github.com/glassmkr/guardian/shared/stepup"
 )
 
@@ -168,36 +167,6 @@ func badRequest(w http.ResponseWriter, field, detail string) {
 	problem.Write(w, p)
 }
 
-// readJSON decodes a small JSON object body (an empty body is {}).
-func readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 8<<10))
-	if err != nil {
-		problem.Write(w, problem.New(http.StatusRequestEntityTooLarge, "payload_too_large", "the body may be at most 8 KiB"))
-		return false
-	}
-	if len(strings.TrimSpace(string(body))) == 0 {
-		body = []byte("{}")
-	}
-	dec := json.NewDecoder(strings.NewReader(string(body)))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		problem.Write(w, problem.New(http.StatusBadRequest, "invalid_request", "the body must be a JSON object with the documented fields: "+jsonProblem(err)))
-		return false
-	}
-	return true
-}
-
-func jsonProblem(err error) string {
-	var ute *json.UnmarshalTypeError
-	if errors.As(err, &ute) {
-		return ute.Field + " has the wrong type"
-	}
-	if strings.HasPrefix(err.Error(), "json: unknown field") {
-		return strings.TrimPrefix(err.Error(), "json: ")
-	}
-	return "malformed JSON"
-}
-
 type createRequest struct {
 	Name      *string `json:"name"`
 	Scope     *string `json:"scope"`
@@ -210,7 +179,7 @@ func (h *handler) create(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req createRequest
-	if !readJSON(w, r, &req) {
+	if !reqbody.JSON(w, r, 8<<10, &req) {
 		return
 	}
 	now := h.now()
@@ -283,7 +252,7 @@ func (h *handler) rotate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req rotateRequest
-	if !readJSON(w, r, &req) {
+	if !reqbody.JSON(w, r, 8<<10, &req) {
 		return
 	}
 	grace := time.Duration(0)

@@ -239,6 +239,16 @@ func TestBadRequestsNameTheField(t *testing.T) {
 	if status, doc := s.do(t, "POST", "/api/v1/keys", `{"name":"x","scope":"read","owner":"me"}`, session); status != 400 || !strings.Contains(doc["detail"].(string), "unknown field") {
 		t.Errorf("unknown field: %d %v", status, doc)
 	}
+	if status, doc := s.do(t, "POST", "/api/v1/keys", `{"name":"x","scope":"read"} {"name":"y"}`, session); status != 400 || !strings.Contains(doc["detail"].(string), "more after the object") {
+		t.Errorf("trailing data: %d %v", status, doc)
+	}
+	plain := map[string]string{"Content-Type": "text/plain"}
+	for k, v := range session {
+		plain[k] = v
+	}
+	if status, doc := s.do(t, "POST", "/api/v1/keys", `{"name":"x","scope":"read"}`, plain); status != 415 || doc["code"] != "unsupported_media_type" {
+		t.Errorf("text/plain body: %d %v", status, doc)
+	}
 	if status, _ := s.do(t, "POST", "/api/v1/keys/not-a-uuid/rotate", ``, session); status != 404 {
 		t.Errorf("bad id: %d", status)
 	}

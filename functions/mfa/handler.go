@@ -1,11 +1,9 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -22,6 +20,7 @@ import (
 	"github.com/glassmkr/guardian/shared/page"
 	"github.com/glassmkr/guardian/shared/problem"
 	"github.com/glassmkr/guardian/shared/reply"
+	"github.com/glassmkr/guardian/shared/reqbody"
 	"github.com/glassmkr/guardian/shared/stepup"
 )
 
@@ -80,25 +79,6 @@ func (h *handler) stepUp(w http.ResponseWriter, r *http.Request) (identity.Ident
 		return id, false
 	}
 	return id, true
-}
-
-// readJSON decodes a JSON object body of at most limit bytes (empty: {}).
-func readJSON(w http.ResponseWriter, r *http.Request, limit int64, v any) bool {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
-	if err != nil {
-		problem.Write(w, problem.New(http.StatusRequestEntityTooLarge, "payload_too_large", "the body is too large"))
-		return false
-	}
-	if len(bytes.TrimSpace(body)) == 0 {
-		body = []byte("{}")
-	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		problem.Write(w, problem.New(http.StatusBadRequest, "invalid_request", "the body must be a JSON object with the documented fields"))
-		return false
-	}
-	return true
 }
 
 func (h *handler) email(r *http.Request, userID string) (string, error) {
@@ -203,7 +183,7 @@ func (h *handler) confirmTOTP(w http.ResponseWriter, r *http.Request) {
 	var req struct {
 		Code string `json:"code"`
 	}
-	if !readJSON(w, r, 1<<10, &req) {
+	if !reqbody.JSON(w, r, 1<<10, &req) {
 		return
 	}
 	codes, err := h.mfa.ConfirmTOTP(r.Context(), id.UserID, req.Code, identity.ClientIP(r))
@@ -276,7 +256,7 @@ func (h *handler) beginWebAuthn(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if !readJSON(w, r, 1<<10, &struct{}{}) {
+	if !reqbody.JSON(w, r, 1<<10, &struct{}{}) {
 		return
 	}
 	reg, err := h.mfa.BeginRegistration(r.Context(), id.UserID, id.CustomerID, id.SessionID)
@@ -306,7 +286,7 @@ func (h *handler) finishWebAuthn(w http.ResponseWriter, r *http.Request) {
 		Name       string          `json:"name"`
 		Credential json.RawMessage `json:"credential"`
 	}
-	if !readJSON(w, r, maxRegistration, &req) {
+	if !reqbody.JSON(w, r, maxRegistration, &req) {
 		return
 	}
 	name := strings.TrimSpace(req.Name)

@@ -1,0 +1,72 @@
+// Package reqbody reads the small JSON object bodies of API requests the
+// same way in every function: the media type checked, the size bounded,
+// one object and nothing after it, unknown fields refused, and every
+// refusal a problem+json that says what to fix.
+package reqbody
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+
+	"github.com/glassmkr/guardian/shared/problem"
+)
+
+// JSON decodes r's body, at most limit bytes, into v (a pointer to a
+// struct); an empty body is {}. On failure it has answered (415, 413 or
+// 400) and returns false.
+func JSON(w http.ResponseWriter, r *http.Request, limit int64, v any) bool {
+	if ct := r.Header.Get("Content-Type"); ct != "" {
+		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
+			problem.Write(w, problem.New(http.StatusUnsupportedMediaType, "unsupported_media_type", "send the body as application/json"))
+			return false
+		}
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	var tooLarge *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooLarge):
+		problem.Write(w, problem.New(http.StatusRequestEntityTooLarge, "payload_too_large", fmt.Sprintf("the body may be at most %d bytes", limit)))
+		return false
+	case err != nil:
+		problem.Write(w, problem.New(http.StatusBadRequest, "invalid_request", "the body could not be read to its end"))
+		return false
+	}
+	if err := Decode(body, v); err != nil {
+		problem.Write(w, problem.New(http.StatusBadRequest, "invalid_request", "the body must be a JSON object with the documented fields: "+err.Error()))
+		return false
+	}
+	return true
+}
+
+// Decode is JSON's parser: body holds one JSON object (blank: {}) whose
+// fields v knows. Its errors name the field, never echo the body.
+func Decode(body []byte, v any) error {
+	body = bytes.TrimSpace(body)
+	if len(body) == 0 {
+		body = []byte("{}")
+	}
+	if body[0] != '{' {
+		return errors.New("not an object")
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var ute *json.UnmarshalTypeError
+		switch {
+		case errors.As(err, &ute) && ute.Field != "":
+			return fmt.Errorf("%s has the wrong type", ute.Field)
+		case bytes.HasPrefix([]byte(err.Error()), []byte("json: unknown field")):
+			return errors.New(err.Error()[len("json: "):])
+		}
+		return errors.New("malformed JSON")
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return errors.New("more after the object")
+	}
+	return nil
+}

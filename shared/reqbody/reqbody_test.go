@@ -1,0 +1,95 @@
+package reqbody
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+)
+
+type request struct {
+	Name  string `json:"name"`
+	Count *int   `json:"count"`
+}
+
+func TestJSON(t *testing.T) {
+	cases := []struct {
+		name, ctype, body string
+		status            int
+		detail            string
+	}{
+		{"object", "application/json", `{"name":"a","count":2}`, 0, ""},
+		{"charset", "application/json; charset=utf-8", `{"name":"a"}`, 0, ""},
+		{"no type", "", `{"name":"a"}`, 0, ""},
+		{"empty", "application/json", ``, 0, ""},
+		{"blank", "application/json", " \n", 0, ""},
+		{"text", "text/plain", `{"name":"a"}`, 415, "application/json"},
+		{"form", "application/x-www-form-urlencoded", `name=a`, 415, "application/json"},
+		{"bad media type", "application/", `{}`, 415, "application/json"},
+		{"too large", "application/json", `{"name":"` + strings.Repeat("a", 100) + `"}`, 413, "at most 64 bytes"},
+		{"trailing garbage", "application/json", `{"name":"a"} garbage`, 400, "more after the object"},
+		{"two objects", "application/json", `{"name":"a"}{"name":"b"}`, 400, "more after the object"},
+		{"array", "application/json", `[]`, 400, "not an object"},
+		{"string", "application/json", `"a"`, 400, "not an object"},
+		{"null", "application/json", `null`, 400, "not an object"},
+		{"wrong type", "application/json", `{"count":"two"}`, 400, "count has the wrong type"},
+		{"unknown field", "application/json", `{"owner":"me"}`, 400, `unknown field "owner"`},
+		{"malformed", "application/json", `{"name":`, 400, "malformed JSON"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			r := httptest.NewRequest("POST", "/", strings.NewReader(c.body))
+			if c.ctype != "" {
+				r.Header.Set("Content-Type", c.ctype)
+			}
+			w := httptest.NewRecorder()
+			var v request
+			ok := JSON(w, r, 64, &v)
+			if c.status == 0 {
+				if !ok {
+					t.Fatalf("refused: %d %s", w.Code, w.Body)
+				}
+				return
+			}
+			var doc map[string]any
+			_ = json.Unmarshal(w.Body.Bytes(), &doc)
+			detail, _ := doc["detail"].(string)
+			if ok || w.Code != c.status || !strings.Contains(detail, c.detail) {
+				t.Fatalf("ok %v, %d %q", ok, w.Code, detail)
+			}
+		})
+	}
+}
+
+// A read that fails for another reason than size is 400, not 413.
+func TestJSONBrokenBody(t *testing.T) {
+	r := httptest.NewRequest("POST", "/", errReader{})
+	w := httptest.NewRecorder()
+	if JSON(w, r, 1<<10, &request{}) || w.Code != http.StatusBadRequest {
+		t.Fatalf("%d %s", w.Code, w.Body)
+	}
+}
+
+type errReader struct{}
+
+func (errReader) Read([]byte) (int, error) { return 0, http.ErrHandlerTimeout }
+
+func FuzzDecode(f *testing.F) {
+	for _, s := range []string{`{"name":"a","count":2}`, ``, `[]`, `{"name":1}`, `{} x`, `{"owner":1}`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var v request
+		if err := Decode(body, &v); err != nil {
+			if strings.Contains(err.Error(), string(body)) && len(body) > 8 {
+				t.Fatalf("error %q echoes the body", err)
+			}
+			return
+		}
+		// Accepted: the body was exactly one object (or blank).
+		if s := strings.TrimSpace(string(body)); s != "" && !json.Valid([]byte(s)) {
+			t.Fatalf("accepted invalid JSON %q", body)
+		}
+	})
+}
