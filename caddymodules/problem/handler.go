@@ -5,7 +5,9 @@ package problem
 
 import (
 	"errors"
+	"html/template"
 	"net/http"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -39,11 +41,55 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// ServeHTTP writes the problem; it does not call next.
+// ServeHTTP writes the problem; it does not call next. A browser
+// navigating to a page (it asks for HTML, not JSON) gets the same problem
+// as a small HTML page instead of a JSON document it would show raw.
 func (Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
 	err, _ := r.Context().Value(caddyhttp.ErrorCtxKey).(error)
-	problem.Write(w, FromError(err))
+	p := FromError(err)
+	if wantsHTML(r) {
+		writeHTML(w, p)
+		return nil
+	}
+	problem.Write(w, p)
 	return nil
+}
+
+// wantsHTML reports a browser's navigation: a GET that accepts HTML and
+// does not ask for JSON. API clients (Accept */*, JSON or none) get JSON.
+func wantsHTML(r *http.Request) bool {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		return false
+	}
+	accept := r.Header.Get("Accept")
+	return strings.Contains(accept, "text/html") && !strings.Contains(accept, "json")
+}
+
+var errorPage = template.Must(template.New("error").Parse(`<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{{.Title}} · Guardian</title>
+<link rel="stylesheet" href="/static/app.css">
+</head><body>
+<main>
+<h1>{{.Title}}</h1>
+<p role="alert">{{.Detail}}</p>
+{{if .RequestID}}<p>Request id (quote it to support): <code>{{.RequestID}}</code></p>{{end}}
+<p><a href="/settings/keys">Settings</a> · <a href="/login">Sign in</a></p>
+</main>
+</body></html>
+`))
+
+// writeHTML sends p as a page with p's status. No script runs on it.
+func writeHTML(w http.ResponseWriter, p *problem.Problem) {
+	id, _ := p.Extra["request_id"].(string)
+	h := w.Header()
+	h.Set("Content-Type", "text/html; charset=utf-8")
+	h.Set("Cache-Control", "no-store")
+	h.Set("Content-Security-Policy", "default-src 'none'; style-src 'self'; base-uri 'none'; frame-ancestors 'none'; form-action 'none'")
+	h.Del("Content-Length")
+	w.WriteHeader(p.Status)
+	_ = errorPage.Execute(w, map[string]string{"Title": p.Title, "Detail": p.Detail, "RequestID": id})
 }
 
 // FromError maps a handler error to the problem sent to the client.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http/httptest"
+	"strings"
 	"testing"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -55,5 +56,46 @@ func TestServeHTTPWritesProblemWithRequestID(t *testing.T) {
 	}
 	if doc["request_id"] != herr.ID || doc["code"] != "not_found" {
 		t.Errorf("doc = %v", doc)
+	}
+}
+
+func TestABrowserNavigationGetsAPage(t *testing.T) {
+	herr := caddyhttp.Error(403, problem.New(403, "insufficient_scope", "only administrators may read the <audit> log"))
+	for _, c := range []struct {
+		method, accept string
+		html           bool
+	}{
+		{"GET", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8", true},
+		{"HEAD", "text/html", true},
+		{"GET", "*/*", false},
+		{"GET", "", false},
+		{"GET", "application/json", false},
+		{"GET", "text/html, application/problem+json", false},
+		{"POST", "text/html", false},
+	} {
+		req := httptest.NewRequest(c.method, "/settings/audit", nil)
+		req.Header.Set("Accept", c.accept)
+		req = req.WithContext(context.WithValue(req.Context(), caddyhttp.ErrorCtxKey, error(herr)))
+		rec := httptest.NewRecorder()
+		if err := (Handler{}).ServeHTTP(rec, req, nil); err != nil {
+			t.Fatal(err)
+		}
+		ct := rec.Header().Get("Content-Type")
+		if rec.Code != 403 {
+			t.Errorf("%s %q: status %d", c.method, c.accept, rec.Code)
+		}
+		if !c.html {
+			if ct != problem.ContentType {
+				t.Errorf("%s %q: %q, want problem+json", c.method, c.accept, ct)
+			}
+			continue
+		}
+		body := rec.Body.String()
+		if !strings.HasPrefix(ct, "text/html") || !strings.Contains(rec.Header().Get("Content-Security-Policy"), "default-src 'none'") {
+			t.Errorf("%s %q: %q", c.method, c.accept, ct)
+		}
+		if c.method == "GET" && (!strings.Contains(body, "only administrators may read the &lt;audit&gt; log") || !strings.Contains(body, herr.ID)) {
+			t.Errorf("page body: %s", body)
+		}
 	}
 }

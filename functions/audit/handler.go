@@ -116,6 +116,7 @@ func csvSafe(s string) string {
 }
 
 var auditPage = page.New("audit", `
+{{if .Error}}<p class="error" role="alert">{{.Error}}</p>{{end}}
 <form method="get" action="/settings/audit">
 <label>Since <input name="since" value="{{.Q.Get "since"}}" placeholder="2026-11-01T00:00:00Z"></label>
 <label>Until <input name="until" value="{{.Q.Get "until"}}"></label>
@@ -131,11 +132,24 @@ var auditPage = page.New("audit", `
 {{if .Next}}<p><a href="/settings/audit?{{.NextQuery}}">Older entries</a></p>{{end}}`)
 
 func (h *handler) page(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	actions := []string{"create", "list", "read", "update", "delete", "rotate", "auth_failed"}
+	if _, err := ParseFilter(q); err != nil {
+		// The form comes back with what to fix, not a JSON problem the
+		// browser would show raw.
+		var fe *FilterError
+		errors.As(err, &fe)
+		if err := page.RenderStatus(w, http.StatusBadRequest, auditPage, "Audit log", true, map[string]any{
+			"Q": q, "Error": fe.Error(), "Actions": actions, "CSVQuery": "format=csv",
+		}); err != nil {
+			h.log.Warn("rendering the audit page failed", zap.Error(err))
+		}
+		return
+	}
 	_, entries, next, ok := h.load(w, r)
 	if !ok {
 		return
 	}
-	q := r.URL.Query()
 	csvQ := url.Values{}
 	for k, v := range q {
 		if k != "cursor" {
@@ -149,7 +163,6 @@ func (h *handler) page(w http.ResponseWriter, r *http.Request) {
 		nextQ[k] = v
 	}
 	nextQ.Set("cursor", next)
-	actions := []string{"create", "list", "read", "update", "delete", "rotate", "auth_failed"}
 	if err := page.Render(w, auditPage, "Audit log", true, map[string]any{
 		"Q": q, "Entries": entries, "Next": next, "NextQuery": nextQ.Encode(), "CSVQuery": csvQ.Encode(), "Actions": actions,
 	}); err != nil {

@@ -117,4 +117,16 @@ func TestCustomersReadTheirOwnAuditLog(t *testing.T) {
 	if resp, _ := get(t, stack.URL+"/settings/audit", bearer(admin)); resp.StatusCode != 403 {
 		t.Fatalf("a key on the page route: %d", resp.StatusCode)
 	}
+	// In a browser: a bad filter brings the form back with what to fix,
+	// and a refusal is a page, not a JSON document shown raw.
+	browser := map[string]string{"Cookie": "guardian_token=" + token, "Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+	resp, body = get(t, stack.URL+"/settings/audit?since=yesterday", browser)
+	if resp.StatusCode != 400 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/html") ||
+		!strings.Contains(string(body), `role="alert"`) || !strings.Contains(string(body), "since") || !strings.Contains(string(body), `value="yesterday"`) {
+		t.Fatalf("bad filter on the page: %d %q %.600s", resp.StatusCode, resp.Header.Get("Content-Type"), body)
+	}
+	resp, body = get(t, stack.URL+"/settings/audit", map[string]string{"Authorization": "Bearer " + admin, "Accept": browser["Accept"]})
+	if resp.StatusCode != 403 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/html") || !strings.Contains(string(body), "<h1>Forbidden</h1>") {
+		t.Fatalf("refusal in a browser: %d %q %.300s", resp.StatusCode, resp.Header.Get("Content-Type"), body)
+	}
 }

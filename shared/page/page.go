@@ -54,7 +54,14 @@ func New(name, content string) *template.Template {
 
 // Render writes a page. Pages of signed-in users are never cached.
 func Render(w http.ResponseWriter, t *template.Template, title string, signedIn bool, data any) error {
+	return RenderStatus(w, http.StatusOK, t, title, signedIn, data)
+}
+
+// RenderStatus is Render with another status than 200 (a form sent back
+// with what to fix is 400).
+func RenderStatus(w http.ResponseWriter, status int, t *template.Template, title string, signedIn bool, data any) error {
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
 	return t.ExecuteTemplate(w, t.Name(), map[string]any{"Title": title, "SignedIn": signedIn, "Data": data})
 }
