@@ -113,6 +113,20 @@ func TestReproducibleSignedRelease(t *testing.T) {
 	os.Remove(sigFile)
 	run(t, rel, "ssh-keygen", "-q", "-Y", "sign", "-n", "guardian-release", "-f", other, "SHA256SUMS")
 	mustFail(t, rel, "bash", "-c", sigVerify)
+
+	// A release swapped whole, its allowed_signers included: it holds
+	// together, so only a trusted copy of the release key refuses it.
+	trusted := filepath.Join(t.TempDir(), "allowed_signers")
+	if b, err := os.ReadFile(filepath.Join(rel, "allowed_signers")); err != nil || os.WriteFile(trusted, b, 0o644) != nil {
+		t.Fatal(err)
+	}
+	run(t, root, filepath.Join(here, "sign.sh"), rel, other)
+	if out := run(t, root, filepath.Join(here, "verify.sh"), rel); !strings.Contains(out, "WARNING") {
+		t.Fatalf("verified without a trusted key and without a warning:\n%s", out)
+	}
+	mustFail(t, root, filepath.Join(here, "verify.sh"), rel, trusted)
+	run(t, root, filepath.Join(here, "sign.sh"), rel, key)
+	run(t, root, filepath.Join(here, "verify.sh"), rel, trusted)
 }
 
 func run(t *testing.T, dir, name string, args ...string) string {

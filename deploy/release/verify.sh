@@ -1,22 +1,40 @@
 #!/usr/bin/env bash
-# verify.sh DIR
+# verify.sh DIR [TRUSTED_ALLOWED_SIGNERS]
 #
 # Checks a release directory exactly as the release notes tell users to:
 # the signature over SHA256SUMS, then every artefact's SHA-256. Exits
 # non-zero on a bad signature, a changed or missing artefact, or a file in
 # DIR that SHA256SUMS does not list.
+#
+# The signature is checked against TRUSTED_ALLOWED_SIGNERS (or
+# $GUARDIAN_RELEASE_ALLOWED_SIGNERS): your own copy of the release key,
+# obtained apart from the release. Without one, the release's own
+# allowed_signers is used and a warning says what that proves: that the
+# files match each other, not who made them (a release swapped whole,
+# key included, would pass).
 set -euo pipefail
 
-if [ $# -ne 1 ]; then
-	echo "usage: $0 DIR" >&2
+if [ $# -lt 1 ] || [ $# -gt 2 ]; then
+	echo "usage: $0 DIR [TRUSTED_ALLOWED_SIGNERS]" >&2
 	exit 2
+fi
+trusted=${2:-${GUARDIAN_RELEASE_ALLOWED_SIGNERS:-}}
+if [ -n "$trusted" ]; then
+	[ -f "$trusted" ] || { echo "verify.sh: $trusted is missing" >&2; exit 1; }
+	trusted=$(cd "$(dirname "$trusted")" && pwd)/$(basename "$trusted")
 fi
 cd "$1"
 for f in SHA256SUMS SHA256SUMS.sig allowed_signers; do
 	[ -f "$f" ] || { echo "verify.sh: $1/$f is missing" >&2; exit 1; }
 done
 
-ssh-keygen -Y verify -f allowed_signers -I release@guardian -n guardian-release -s SHA256SUMS.sig <SHA256SUMS
+if [ -n "$trusted" ]; then
+	ssh-keygen -Y verify -f "$trusted" -I release@guardian -n guardian-release -s SHA256SUMS.sig <SHA256SUMS
+else
+	echo "verify.sh: WARNING: no trusted copy of the release key given; checked against the allowed_signers inside the release," >&2
+	echo "verify.sh: which proves the files match each other, not who signed them. Pass your own copy: $0 DIR FILE" >&2
+	ssh-keygen -Y verify -f allowed_signers -I release@guardian -n guardian-release -s SHA256SUMS.sig <SHA256SUMS
+fi
 sha256sum --strict --quiet -c SHA256SUMS
 
 extra=$(comm -23 \
@@ -27,4 +45,8 @@ if [ -n "$extra" ]; then
 	printf '  %s\n' $extra >&2
 	exit 1
 fi
-echo "verify.sh: $1: signature good, $(wc -l <SHA256SUMS) artefacts match SHA256SUMS"
+if [ -n "$trusted" ]; then
+	echo "verify.sh: $1: signed by the trusted release key, $(wc -l <SHA256SUMS) artefacts match SHA256SUMS"
+else
+	echo "verify.sh: $1: signature good against the release's own key (not a trusted copy), $(wc -l <SHA256SUMS) artefacts match SHA256SUMS"
+fi
