@@ -298,6 +298,15 @@ func (h *handler) reauth(w http.ResponseWriter, r *http.Request) {
 		h.unavailable(w, err)
 		return
 	}
+	if hash == "" {
+		// An account made by Google sign-in has no password to confirm:
+		// it confirms with Google (asked to authenticate anew), and the
+		// dashboard offers that instead of a prompt it cannot answer.
+		p := problem.New(http.StatusConflict, "password_not_set", "this account signs in with Google and has no password: confirm with Google instead")
+		p.Extra = map[string]any{"reauth_url": "/auth/google/start?reauth=1"}
+		problem.Write(w, p)
+		return
+	}
 	verr := h.verifier.Verify(r.Context(), hash, f["password"])
 	if errors.Is(verr, password.ErrBusy) {
 		h.busy(w)

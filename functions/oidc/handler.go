@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net/http"
 	"net/url"
+	"path"
 	"regexp"
 	"slices"
 	"strings"
@@ -62,7 +63,9 @@ func (h *handler) start(w http.ResponseWriter, r *http.Request) {
 	nonce, err2 := randomToken(32)
 	now := h.now()
 	expires := now.Add(stateTTL)
-	f := flow{State: state, Nonce: nonce, Verifier: oauth2.GenerateVerifier(), Expires: expires.Unix()}
+	q := r.URL.Query()
+	f := flow{State: state, Nonce: nonce, Verifier: oauth2.GenerateVerifier(), Expires: expires.Unix(),
+		Reauth: q.Get("reauth") == "1", Next: nextPage(q.Get("next"))}
 	value, err3 := h.sealer.seal(f)
 	if err := errors.Join(err1, err2, err3); err != nil {
 		h.log.Error("sealing the sign-in state failed", zap.Error(err))
@@ -71,7 +74,26 @@ func (h *handler) start(w http.ResponseWriter, r *http.Request) {
 	}
 	http.SetCookie(w, flowCookie(value, now, expires))
 	w.Header().Set("Cache-Control", "no-store")
-	http.Redirect(w, r, d.oauth.AuthCodeURL(state, oidc.Nonce(nonce), oauth2.S256ChallengeOption(f.Verifier)), http.StatusSeeOther)
+	opts := []oauth2.AuthCodeOption{oidc.Nonce(nonce), oauth2.S256ChallengeOption(f.Verifier)}
+	if f.Reauth {
+		// OpenID Connect's max_age=0: authenticate the user now, not from
+		// the provider's own session, and say when (auth_time).
+		opts = append(opts, oauth2.SetAuthURLParam("max_age", "0"))
+	}
+	http.Redirect(w, r, d.oauth.AuthCodeURL(state, opts...), http.StatusSeeOther)
+}
+
+// nextPage is where a sign-in may return to: a dashboard page of this
+// site, never another site (an open redirect) or an API route.
+func nextPage(p string) string {
+	if len(p) > 200 || !strings.HasPrefix(p, "/settings/") || strings.ContainsAny(p, "\\\x00\r\n") || strings.Contains(p, "//") {
+		return ""
+	}
+	u, err := url.Parse(p)
+	if err != nil || u.Scheme != "" || u.Host != "" || u.Path != p || path.Clean(p) != p {
+		return ""
+	}
+	return p
 }
 
 // idClaims are the ID token's claims Guardian reads.
@@ -171,6 +193,25 @@ func (h *handler) callback(w http.ResponseWriter, r *http.Request) {
 	// only credential it is; an account with a password still confirms
 	// the password for sensitive actions.
 	fresh := c.AuthTime == 0 || now.Sub(time.Unix(c.AuthTime, 0)) <= session.ReauthWindow
+	if f.Reauth {
+		// A step-up asked for max_age=0: the provider must say it
+		// authenticated the user just now.
+		if c.AuthTime == 0 || now.Sub(time.Unix(c.AuthTime, 0)) > session.ReauthWindow {
+			h.fail(w, failure{reason: "reauth_not_fresh"})
+			return
+		}
+		fresh = true
+	}
+
+	// This browser's session, if it has one, ends with the new one's start
+	// (Start ends it only if it is the same user's): as a password sign-in
+	// or re-auth does, a Google one replaces the session, not adds one.
+	var replacing string
+	if ck, err := r.Cookie(session.CookieName); err == nil {
+		if claims, err := session.Verify(h.secret, ck.Value, now); err == nil {
+			replacing = claims.SessionID()
+		}
+	}
 
 	var a account
 	var issued session.Issued
@@ -194,7 +235,7 @@ func (h *handler) callback(w http.ResponseWriter, r *http.Request) {
 				return err
 			}
 			issued, err = session.Start(r.Context(), tx, h.secret, session.Params{UserID: a.UserID, CustomerID: a.CustomerID,
-				IP: identity.ClientIP(r), UserAgent: r.UserAgent(), Reauthed: !a.HasPassword && fresh, AAL: session.AAL1}, now)
+				IP: identity.ClientIP(r), UserAgent: r.UserAgent(), Reauthed: !a.HasPassword && fresh, AAL: session.AAL1, Replacing: replacing}, now)
 			return err
 		})
 		if attempt == 0 && isUniqueViolation(err) {
@@ -227,7 +268,11 @@ func (h *handler) callback(w http.ResponseWriter, r *http.Request) {
 		Metadata: map[string]any{"method": "google", "signed_up": a.SignedUp, "linked": a.Linked, "aal": session.AAL1}})
 	http.SetCookie(w, session.Cookie(issued.Token, h.domain, issued.Expires, now))
 	w.Header().Set("Cache-Control", "no-store")
-	http.Redirect(w, r, afterSignIn, http.StatusSeeOther)
+	next := afterSignIn
+	if f.Next != "" {
+		next = f.Next
+	}
+	http.Redirect(w, r, next, http.StatusSeeOther)
 }
 
 // check applies what go-oidc leaves to the client: the nonce, the
@@ -336,6 +381,8 @@ func outcomeOf(reason string) outcome {
 		return outcome{http.StatusBadRequest, "Sign-in failed", "Google did not share a usable e-mail address for this account."}
 	case "provider_error":
 		return outcome{http.StatusBadRequest, "Sign-in failed", "Google did not complete the sign-in."}
+	case "reauth_not_fresh":
+		return outcome{http.StatusBadRequest, "Confirmation failed", "Google did not confirm that you signed in just now. Try again, and enter your Google password if asked."}
 	case "state_missing", "state_invalid", "state_expired", "state_mismatch", "state_replayed", "code_missing":
 		return outcome{http.StatusBadRequest, "Sign-in failed", "This sign-in link is invalid, expired or already used. Start the sign-in again from this browser."}
 	}
@@ -358,23 +405,7 @@ func (h *handler) fail(w http.ResponseWriter, f failure) {
 	if o.status == http.StatusBadGateway || o.status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", "30")
 	}
-	if err := page.Render(&statusWriter{ResponseWriter: w, status: o.status}, failedPage, o.title, false, map[string]any{"Message": o.message}); err != nil {
+	if err := page.RenderStatus(w, o.status, failedPage, o.title, false, map[string]any{"Message": o.message}); err != nil {
 		h.log.Warn("rendering the sign-in failure page failed", zap.Error(err))
 	}
-}
-
-// statusWriter sends status with the first byte of a page (page.Render
-// writes the body only).
-type statusWriter struct {
-	http.ResponseWriter
-	status  int
-	written bool
-}
-
-func (s *statusWriter) Write(b []byte) (int, error) {
-	if !s.written {
-		s.written = true
-		s.ResponseWriter.WriteHeader(s.status)
-	}
-	return s.ResponseWriter.Write(b)
 }

@@ -591,3 +591,94 @@ func TestGoogleSignInAsksForTheSecondFactorOfAUserWhoHasOne(t *testing.T) {
 		t.Fatal("the sign-in is not in the audit log as Google plus a recovery code")
 	}
 }
+
+func (b *browser) post(path, body string) reply {
+	b.t.Helper()
+	req, err := http.NewRequest("POST", b.s.URL+path, strings.NewReader(body))
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Origin", b.s.URL)
+	req.Header.Set("Sec-Fetch-Site", "same-origin")
+	req.Header.Set("X-Forwarded-For", b.s.clientIP)
+	resp, err := b.client.Do(req)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	out, _ := io.ReadAll(resp.Body)
+	return reply{status: resp.StatusCode, header: resp.Header, body: string(out), location: resp.Header.Get("Location")}
+}
+
+// TestAGoogleAccountConfirmsWithGoogle: an account without a password
+// cannot answer the password prompt of a sensitive action; it is told to
+// confirm with Google, which is asked to authenticate the user anew
+// (max_age=0) and sends the browser back to the page it came from.
+func TestAGoogleAccountConfirmsWithGoogle(t *testing.T) {
+	t.Parallel()
+	s := newSite(t, options{})
+	cat := oidctest.User{Subject: "cat-sub", Email: "cat@example.com", EmailVerified: true, Name: "Cat"}
+	b := s.browser(t)
+	s.idp.QueueUser(cat)
+	first := b.signedIn(b.signIn())
+	stale := func() {
+		if _, err := s.pg.Owner.Exec(context.Background(), "UPDATE sessions SET reauth_at = now() - interval '1 hour' WHERE user_id = $1", first.UserID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stale()
+	if r := b.post("/api/v1/keys", `{"name":"ci","scope":"read"}`); r.status != 401 || !strings.Contains(r.body, "reauth_required") {
+		t.Fatalf("create without a fresh confirmation: %d %s", r.status, r.body)
+	}
+	r := b.post("/auth/reauth", `{"password":"anything at all"}`)
+	var p map[string]any
+	_ = json.Unmarshal([]byte(r.body), &p)
+	if r.status != 409 || p["code"] != "password_not_set" || p["reauth_url"] != "/auth/google/start?reauth=1" {
+		t.Fatalf("password prompt of a Google account: %d %s", r.status, r.body)
+	}
+
+	// Confirm with Google, coming back to the sessions page.
+	s.idp.QueueUser(cat)
+	start := b.get(s.URL + "/auth/google/start?reauth=1&next=" + url.QueryEscape("/settings/sessions"))
+	if start.status != http.StatusSeeOther {
+		t.Fatalf("start: %d %s", start.status, start.body)
+	}
+	callback := b.get(start.location)
+	if got := s.idp.LastAuthorization().Get("max_age"); got != "0" {
+		t.Fatalf("the provider was not asked to authenticate anew: max_age %q", got)
+	}
+	r = b.get(callback.location)
+	if r.status != http.StatusSeeOther || r.location != "/settings/sessions" {
+		t.Fatalf("callback: %d %q %s", r.status, r.location, r.body)
+	}
+	if r := b.post("/api/v1/keys", `{"name":"ci","scope":"read"}`); r.status != 201 {
+		t.Fatalf("create after confirming with Google: %d %s", r.status, r.body)
+	}
+	// The confirmation replaced the browser's session instead of adding one.
+	if n := s.count(t, "SELECT count(*) FROM sessions WHERE user_id = $1 AND revoked_at IS NULL", first.UserID); n != 1 {
+		t.Fatalf("%d live sessions after the confirmation, want 1", n)
+	}
+
+	// A provider answer that does not show a fresh authentication is refused.
+	stale()
+	old := cat
+	old.AuthAge = 20 * time.Minute
+	s.idp.QueueUser(old)
+	start = b.get(s.URL + "/auth/google/start?reauth=1")
+	r = b.get(b.get(start.location).location)
+	refused(t, "confirmation without a fresh authentication", r, http.StatusBadRequest)
+	if f := s.failures(t); len(f) == 0 || f[len(f)-1] != "reauth_not_fresh" {
+		t.Fatalf("failures: %v", f)
+	}
+
+	// next never leaves the dashboard.
+	for _, next := range []string{"//evil.example/settings/", "https://evil.example/settings/keys", "/api/v1/keys", "/settings/../login", `/settings\evil`} {
+		s.idp.QueueUser(cat)
+		start := b.get(s.URL + "/auth/google/start?reauth=1&next=" + url.QueryEscape(next))
+		r := b.get(b.get(start.location).location)
+		if r.status != http.StatusSeeOther || r.location != "/settings/keys" {
+			t.Errorf("next %q: %d %q", next, r.status, r.location)
+		}
+	}
+}

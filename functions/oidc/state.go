@@ -41,6 +41,11 @@ type flow struct {
 	Nonce    string `json:"n"`
 	Verifier string `json:"v"`
 	Expires  int64  `json:"x"`
+	// Reauth marks a step-up: the provider was asked to authenticate the
+	// user again (max_age=0), and the answer must show it did.
+	Reauth bool `json:"a,omitempty"`
+	// Next is the dashboard page to return to (checked by nextPage).
+	Next string `json:"r,omitempty"`
 }
 
 // Reasons a state cookie is refused.

@@ -3,6 +3,8 @@ package main
 import (
 	"encoding/base64"
 	"encoding/json"
+	"net/url"
+	"path"
 	"strings"
 	"testing"
 	"time"
@@ -145,4 +147,21 @@ func TestRefusalOf(t *testing.T) {
 	if got := refusalOf("not a token", "https://idp", "client", now); got != "id_token_invalid" {
 		t.Errorf("garbage: %s", got)
 	}
+}
+
+func FuzzNextPage(f *testing.F) {
+	for _, s := range []string{"/settings/keys", "/settings/sessions", "//evil.example/settings/", "/settings/../login", `/settings\x`, "/settings/%2e%2e/x", "/api/v1/keys"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, next string) {
+		got := nextPage(next)
+		if got == "" {
+			return
+		}
+		u, err := url.Parse(got)
+		if got != next || err != nil || u.Scheme != "" || u.Host != "" || !strings.HasPrefix(got, "/settings/") ||
+			strings.Contains(got, "//") || path.Clean(got) != got || strings.ContainsAny(got, "\\\r\n\x00") {
+			t.Fatalf("nextPage(%q) = %q: not a page of this dashboard", next, got)
+		}
+	})
 }

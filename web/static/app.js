@@ -129,6 +129,7 @@ function reauthenticate() {
   form.reset();
   passwordStep.hidden = false;
   secondStep.hidden = true;
+  dialog.querySelector("[data-google]").hidden = true;
   return new Promise((resolve) => {
     const done = (ok) => {
       form.removeEventListener("submit", onSubmit);
@@ -180,6 +181,15 @@ function reauthenticate() {
           if (p.code === "mfa_required") {
             secondFactor(p);
             return;
+          }
+        }
+        if (r.status === 409) {
+          const p = await problemOf(r.clone());
+          if (p.code === "password_not_set" && p.reauth_url) {
+            // A Google account: confirm with Google, back on this page.
+            const google = dialog.querySelector("[data-google]");
+            google.querySelector("a").href = p.reauth_url + "&next=" + encodeURIComponent(location.pathname);
+            google.hidden = false;
           }
         }
         await settle(r);

@@ -60,6 +60,9 @@ type User struct {
 	Nonce *string
 	// Audience, when set, replaces the client id as the token's audience.
 	Audience []string
+	// AuthAge, when set, dates auth_time that long before the token (a
+	// user the provider did not authenticate anew).
+	AuthAge time.Duration
 }
 
 // DemoUser is the default user.
@@ -76,6 +79,8 @@ type Provider struct {
 	forge  bool       // sign the next token with a key not in the JWKS
 	rogue  *mockoidc.Keypair
 	issuer string
+	// lastAuthorize is the latest authorization request's parameters.
+	lastAuthorize url.Values
 }
 
 // Start listens on addr ("127.0.0.1:0" for any free port) and serves.
@@ -157,6 +162,21 @@ func (p *Provider) ForgeNextSignature() {
 	p.forge = true
 }
 
+// LastAuthorization is the parameters of the latest authorization request.
+func (p *Provider) LastAuthorization() url.Values {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return cloneValues(p.lastAuthorize)
+}
+
+func cloneValues(v url.Values) url.Values {
+	out := url.Values{}
+	for k, vs := range v {
+		out[k] = append([]string(nil), vs...)
+	}
+	return out
+}
+
 // Close stops the provider.
 func (p *Provider) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -175,6 +195,7 @@ func (p *Provider) guard(next http.Handler) http.Handler {
 				oauthError(w, "invalid_request", "the request could not be read")
 				return
 			}
+			p.lastAuthorize = cloneValues(r.Form)
 			if p.cfg.RedirectURI != "" && r.Form.Get("redirect_uri") != p.cfg.RedirectURI {
 				// Never redirect to an unregistered URI.
 				oauthError(w, "invalid_request", "redirect_uri is not registered")
@@ -257,7 +278,7 @@ func (u *User) claims(scopes []string, base *mockoidc.IDTokenClaims) *idClaims {
 	if base == nil {
 		c.IDTokenClaims = &mockoidc.IDTokenClaims{RegisteredClaims: &jwt.RegisteredClaims{}}
 	} else {
-		c.AuthTime = base.IssuedAt.Unix()
+		c.AuthTime = base.IssuedAt.Add(-u.AuthAge).Unix()
 	}
 	for _, s := range scopes {
 		switch s {
