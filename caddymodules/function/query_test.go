@@ -74,3 +74,18 @@ func TestABusyFunctionSaysWhenToRetry(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestAFunctionIsSealed: a function started by the runtime is
+// non-dumpable, so the other functions (the same user) cannot read its
+// environment or memory through /proc.
+func TestAFunctionIsSealed(t *testing.T) {
+	t.Parallel()
+	h := newHandler(t, &Handler{})
+	rec := httptest.NewRecorder()
+	if err := h.ServeHTTP(rec, httptest.NewRequest("GET", "/sealed", nil), nil); err != nil {
+		t.Fatal(err)
+	}
+	if rec.Body.String() != "true" {
+		t.Fatalf("the function is dumpable (sealed: %s)", rec.Body)
+	}
+}

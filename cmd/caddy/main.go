@@ -3,6 +3,9 @@
 package main
 
 import (
+	"fmt"
+	"os"
+
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
@@ -14,8 +17,15 @@ import (
 	_ "github.com/glassmkr/guardian/caddymodules/headers"
 	_ "github.com/glassmkr/guardian/caddymodules/problem"
 	_ "github.com/glassmkr/guardian/caddymodules/ratelimit"
+	"github.com/glassmkr/guardian/shared/nodump"
 )
 
 func main() {
+	// The edge holds every secret; its functions run as the same user and
+	// must not be able to read them from /proc/<caddy>/environ.
+	if err := nodump.Seal(); err != nil {
+		fmt.Fprintln(os.Stderr, "guardian:", err)
+		os.Exit(1)
+	}
 	caddycmd.Main()
 }

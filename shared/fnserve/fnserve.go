@@ -26,6 +26,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/glassmkr/guardian/shared/config"
+	"github.com/glassmkr/guardian/shared/nodump"
 )
 
 // Variables set by the function runtime.
@@ -40,12 +41,20 @@ const (
 // handler and a close function for what it opened (may be nil).
 type Setup func(ctx context.Context, log *zap.Logger, env *config.Loader) (http.Handler, func(), error)
 
-// Main runs a function binary: logs as JSON to stderr (the runtime tags the
-// lines with the function's name), builds the handler and serves. It exits
+// Main runs a function binary: seals the process (shared/nodump), logs as
+// JSON to stderr (the runtime tags the lines with the function's name),
+// builds the handler and serves. It exits
 // the process with status 1 on a start-up error.
 func Main(setup Setup) {
 	log := newLogger()
 	defer func() { _ = log.Sync() }()
+	// Closed to the other functions and to Caddy's other children, which
+	// run as the same user: its secrets stay its own (shared/nodump).
+	if err := nodump.Seal(); err != nil {
+		log.Error("function stopped", zap.Error(err))
+		_ = log.Sync()
+		os.Exit(1)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if err := run(ctx, log, setup); err != nil {

@@ -43,6 +43,7 @@ import (
 	"time"
 
 	"github.com/glassmkr/guardian/shared/config"
+	"github.com/glassmkr/guardian/shared/nodump"
 	"github.com/glassmkr/guardian/shared/notify"
 )
 
@@ -152,6 +153,12 @@ var validName = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
 
 // Main runs the job with the process environment and exits.
 func Main(spec Spec) {
+	// A job holds its own secrets (backup passphrases, the age identity):
+	// no other process of its user may read them (shared/nodump).
+	if err := nodump.Seal(); err != nil {
+		fmt.Fprintln(os.Stderr, "job:", err)
+		os.Exit(ExitError)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	res := Execute(ctx, spec, os.LookupEnv, os.Stdout, os.Stderr)
 	stop()

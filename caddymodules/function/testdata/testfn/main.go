@@ -15,6 +15,7 @@ import (
 
 	"github.com/glassmkr/guardian/shared/config"
 	"github.com/glassmkr/guardian/shared/fnserve"
+	"github.com/glassmkr/guardian/shared/nodump"
 )
 
 func main() { fnserve.Main(setup) }
@@ -37,6 +38,9 @@ func setup(ctx context.Context, log *zap.Logger, env *config.Loader) (http.Handl
 	})
 	mux.HandleFunc("/headers", func(w http.ResponseWriter, r *http.Request) {
 		_ = json.NewEncoder(w).Encode(r.Header)
+	})
+	mux.HandleFunc("/sealed", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, nodump.Sealed())
 	})
 	mux.HandleFunc("/query", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprint(w, r.URL.RawQuery)
