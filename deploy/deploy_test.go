@@ -649,7 +649,12 @@ func TestEnvExamples(t *testing.T) {
 		needed = append(needed, m[1])
 	}
 	for _, m := range regexp.MustCompile(`(?m)^\s*env\s+(.+)$`).FindAllStringSubmatch(caddyfile, -1) {
-		needed = append(needed, strings.Fields(m[1])...)
+		for _, f := range strings.Fields(m[1]) {
+			if _, from, renamed := strings.Cut(f, "="); renamed {
+				f = from // NAME=FROM: Caddy must have FROM
+			}
+			needed = append(needed, f)
+		}
 	}
 	for _, k := range needed {
 		if !have[k] && !strings.Contains(caddyEnvText, "#"+k+"=") {

@@ -72,6 +72,7 @@ func newRig(t *testing.T, name string, o options) *rig {
 
 	// PostgreSQL: the scenario's own server, or its own database on the run's.
 	var appDSN string
+	pgCreds := testenv.Servers(t, "postgres") // the function roles' passwords
 	if private("postgres") {
 		pe, dir := testenv.Private(t, "postgres")
 		r.dirs["postgres"] = dir
@@ -83,7 +84,7 @@ func newRig(t *testing.T, name string, o options) *rig {
 		if _, err := migrate.Postgres(ctx, owner, migrate.PostgresOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		r.owner, appDSN = owner, pe["GUARDIAN_PG_APP_DSN"]
+		r.owner, appDSN, pgCreds = owner, pe["GUARDIAN_PG_APP_DSN"], pe
 	} else {
 		pg := testenv.Postgres(t)
 		r.owner, appDSN = pg.Owner, pg.AppDSN
@@ -97,6 +98,9 @@ func newRig(t *testing.T, name string, o options) *rig {
 		appDSN = u.String()
 	}
 	env["GUARDIAN_PG_APP_DSN"] = appDSN
+	for k, v := range testenv.FunctionDSNs(t, pgCreds, appDSN) {
+		env[k] = v
+	}
 
 	// Redis: always the scenario's own.
 	re, dir := testenv.Private(t, "redis")

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -109,6 +110,13 @@ func TestPostgresRestartUnderLoadLosesNoRow(t *testing.T) {
 	c := testenv.NewCustomer(t, owner, nil, nil)
 	env := testenv.StackEnv(t)
 	env["GUARDIAN_PG_APP_DSN"] = appDSN
+	creds, err := testenv.ReadEnvFile(filepath.Join(dir, "servers.env"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range testenv.FunctionDSNs(t, creds, appDSN) {
+		env[k] = v
+	}
 	c.Pepper, c.Secret = []byte(env["GUARDIAN_KEY_PEPPER"]), []byte(env["GUARDIAN_SESSION_SECRET"])
 	key := c.AccountKey(t, "read")
 	stack := testenv.StartStack(t, env)

@@ -25,7 +25,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //
 //	guardian_function <name> {
 //	    bin            <path>
-//	    env            <VAR> [<VAR>...]
+//	    env            <VAR>|<VAR>=<FROM> [...]
 //	    socket_dir     <dir>
 //	    start_timeout  <duration>
 //	    idle_timeout   <duration>

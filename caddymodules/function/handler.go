@@ -47,6 +47,9 @@ type Handler struct {
 	Bin string `json:"bin"`
 	// Env lists the environment variables copied from Caddy's environment
 	// to the function: it gets these and nothing else (least privilege).
+	// "NAME=FROM" gives the function NAME with the value of Caddy's FROM:
+	// each function reads GUARDIAN_PG_APP_DSN, and each route hands it the
+	// DSN of the function's own database role.
 	Env []string `json:"env,omitempty"`
 	// SocketDir holds the functions' sockets; created with mode 0700 so
 	// only Caddy's user can connect. Default: $TMPDIR/guardian-functions-<uid>.
@@ -161,9 +164,10 @@ func (h *Handler) Validate() error {
 	if h.MinWarm < 0 || h.MinWarm > 1 {
 		return fmt.Errorf("guardian_function %s: min_warm must be 0 or 1 (one process serves all requests), got %d", h.Name, h.MinWarm)
 	}
-	for _, name := range h.Env {
-		if name == "" || strings.ContainsAny(name, "= \t") {
-			return fmt.Errorf("guardian_function %s: env: %q is not a variable name", h.Name, name)
+	for _, entry := range h.Env {
+		name, from, renamed := strings.Cut(entry, "=")
+		if !validEnvName(name) || (renamed && !validEnvName(from)) {
+			return fmt.Errorf("guardian_function %s: env: %q is not NAME or NAME=FROM", h.Name, entry)
 		}
 	}
 	return nil
@@ -307,20 +311,38 @@ func (b *trackedBody) Read(p []byte) (int, error) {
 // Close is left to the HTTP server, which closes the original body.
 func (b *trackedBody) Close() error { return nil }
 
-// allowedEnv returns NAME=value for each allowed name that is set, plus a
-// minimal PATH; nothing else of Caddy's environment reaches the function.
-func allowedEnv(names []string, lookup func(string) (string, bool)) []string {
+// allowedEnv returns NAME=value for each allowed name that is set (for
+// NAME=FROM, FROM's value), plus a minimal PATH; nothing else of Caddy's
+// environment reaches the function.
+func allowedEnv(entries []string, lookup func(string) (string, bool)) []string {
 	env := []string{"PATH=/usr/local/bin:/usr/bin:/bin"}
-	for _, name := range names {
+	for _, entry := range entries {
+		name, from, renamed := strings.Cut(entry, "=")
+		if !renamed {
+			from = name
+		}
 		if name == "PATH" {
 			continue
 		}
-		if v, ok := lookup(name); ok {
+		if v, ok := lookup(from); ok {
 			env = append(env, name+"="+v)
 		}
 	}
 	slices.Sort(env[1:])
 	return env
+}
+
+// validEnvName: letters, digits and underscores, not starting with a digit.
+func validEnvName(s string) bool {
+	if s == "" || (s[0] >= '0' && s[0] <= '9') {
+		return false
+	}
+	for _, c := range s {
+		if !(c == '_' || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')) {
+			return false
+		}
+	}
+	return true
 }
 
 // privateDir creates dir with mode 0700, or checks that an existing one is

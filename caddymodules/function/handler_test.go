@@ -293,7 +293,8 @@ func TestValidate(t *testing.T) {
 		{"missing bin", Handler{Name: "x"}},
 		{"bin that does not exist", Handler{Name: "x", Bin: "/nonexistent/fn"}},
 		{"bin that is not executable", Handler{Name: "x", Bin: plain}},
-		{"env entry with =", Handler{Name: "x", Bin: bin, Env: []string{"A=b"}}},
+		{"env entry renaming from nothing", Handler{Name: "x", Bin: bin, Env: []string{"A="}}},
+		{"env entry that is not a name", Handler{Name: "x", Bin: bin, Env: []string{"A b"}}},
 	}
 	for _, tc := range cases {
 		if err := tc.h.Validate(); err == nil {

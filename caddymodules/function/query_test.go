@@ -3,6 +3,7 @@ package function
 import (
 	"errors"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -87,5 +88,21 @@ func TestAFunctionIsSealed(t *testing.T) {
 	}
 	if rec.Body.String() != "true" {
 		t.Fatalf("the function is dumpable (sealed: %s)", rec.Body)
+	}
+}
+
+func TestAllowedEnvRenamesAndFiltersVariables(t *testing.T) {
+	caddyEnv := map[string]string{"GUARDIAN_PG_DSN_KEYS": "postgres://keys", "GUARDIAN_PG_APP_DSN": "postgres://app", "SECRET": "s", "PATH": "/evil"}
+	lookup := func(k string) (string, bool) { v, ok := caddyEnv[k]; return v, ok }
+	got := allowedEnv([]string{"GUARDIAN_PG_APP_DSN=GUARDIAN_PG_DSN_KEYS", "UNSET", "PATH"}, lookup)
+	want := []string{"PATH=/usr/local/bin:/usr/bin:/bin", "GUARDIAN_PG_APP_DSN=postgres://keys"}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("got %q, want %q", got, want)
+	}
+	for _, bad := range []string{"", "A B", "=X", "A=", "A=B=C", "1A", "A-B", "A=B C"} {
+		h := &Handler{Name: "x", Bin: "/bin/true", Env: []string{bad}}
+		if err := h.Validate(); err == nil {
+			t.Errorf("env %q accepted", bad)
+		}
 	}
 }

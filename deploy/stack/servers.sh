@@ -44,11 +44,15 @@
 #   GUARDIAN_PG_SOCKET_DIR GUARDIAN_REDIS_ADDR GUARDIAN_REDIS_PASSWORD GUARDIAN_CLICKHOUSE_ADDR
 #   GUARDIAN_CLICKHOUSE_HTTP_URL GUARDIAN_CLICKHOUSE_USER GUARDIAN_CLICKHOUSE_PASSWORD
 #   GUARDIAN_CLICKHOUSE_DATABASE GUARDIAN_CLICKHOUSE_DEFAULT_PASSWORD
+#   and per function of PG_FUNCTIONS: GUARDIAN_PG_DSN_<NAME> GUARDIAN_PG_<NAME>_PASSWORD
 # Values contain no quotes or spaces, so `set -a; . <dir>/servers.env; set +a` works.
 # Do not delete servers.env while services run: the passwords are only kept there.
 set -euo pipefail
 
 readonly ALL_SERVICES=(postgres redis clickhouse)
+# Functions with a PostgreSQL role of their own (guardian_app_<name>; the
+# grants are migrations' work, shared/migrate.FunctionRoles the same list).
+readonly PG_FUNCTIONS=(auth mfa oidc keys servers sessions audit ingest secretscan healthz)
 readonly KNOWN_KEYS=(
 	PG_PORT REDIS_PORT CH_TCP_PORT CH_HTTP_PORT
 	GUARDIAN_PG_DSN GUARDIAN_PG_APP_DSN GUARDIAN_PG_OWNER_PASSWORD GUARDIAN_PG_APP_PASSWORD
@@ -379,7 +383,12 @@ pg_write_conf() {
 }
 
 pg_setup_sql() {
-	local port=$1
+	local port=$1 fn fn_roles=""
+	for fn in "${PG_FUNCTIONS[@]}"; do
+		fn_roles+="SELECT 'CREATE ROLE guardian_app_$fn' WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'guardian_app_$fn') \\gexec
+ALTER ROLE guardian_app_$fn WITH LOGIN PASSWORD '${ENVV[GUARDIAN_PG_${fn^^}_PASSWORD]}';
+"
+	done
 	as_pg "$PGBIN/psql" -X -q -h "$PG_REAL" -p "$port" -U postgres -d postgres >/dev/null 9>&- <<EOF
 \\set ON_ERROR_STOP on
 \\set owner_pw '${ENVV[GUARDIAN_PG_OWNER_PASSWORD]}'
@@ -388,7 +397,7 @@ SELECT 'CREATE ROLE guardian_owner' WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHE
 ALTER ROLE guardian_owner WITH LOGIN CREATEDB PASSWORD :'owner_pw';
 SELECT 'CREATE ROLE guardian_app' WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'guardian_app') \\gexec
 ALTER ROLE guardian_app WITH LOGIN PASSWORD :'app_pw';
-SELECT 'CREATE DATABASE guardian OWNER guardian_owner' WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'guardian') \\gexec
+${fn_roles}SELECT 'CREATE DATABASE guardian OWNER guardian_owner' WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'guardian') \\gexec
 \\connect guardian
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;
 ALTER SCHEMA public OWNER TO guardian_owner;
@@ -396,12 +405,17 @@ EOF
 }
 
 pg_emit() {
-	local port=$1 own=${ENVV[GUARDIAN_PG_OWNER_PASSWORD]} app=${ENVV[GUARDIAN_PG_APP_PASSWORD]}
+	local port=$1 own=${ENVV[GUARDIAN_PG_OWNER_PASSWORD]} app=${ENVV[GUARDIAN_PG_APP_PASSWORD]} fn pw
 	printf '%s\n' "PG_PORT=$port" \
 		"GUARDIAN_PG_DSN=postgres://guardian_owner:$own@127.0.0.1:$port/guardian?sslmode=disable" \
 		"GUARDIAN_PG_APP_DSN=postgres://guardian_app:$app@127.0.0.1:$port/guardian?sslmode=disable" \
 		"GUARDIAN_PG_OWNER_PASSWORD=$own" "GUARDIAN_PG_APP_PASSWORD=$app" \
 		"GUARDIAN_PG_SOCKET_DIR=$PG_REAL"
+	for fn in "${PG_FUNCTIONS[@]}"; do
+		pw=${ENVV[GUARDIAN_PG_${fn^^}_PASSWORD]}
+		printf '%s\n' "GUARDIAN_PG_DSN_${fn^^}=postgres://guardian_app_$fn:$pw@127.0.0.1:$port/guardian?sslmode=disable" \
+			"GUARDIAN_PG_${fn^^}_PASSWORD=$pw"
+	done
 }
 
 pg_dead() {
@@ -453,6 +467,8 @@ svc_start_postgres() {
 		wait_for "$START_TIMEOUT" pg_answering "$port" ||
 			die "postgres: pid $pid is alive but does not answer on 127.0.0.1:$port (see $logf)"
 		log "postgres: already running on 127.0.0.1:$port (pid $pid)"
+		# Roles added since it was first set up (function roles) appear too.
+		pg_setup_sql "$port" || die "postgres: creating roles failed"
 		pg_emit "$port"
 		return 0
 	fi
@@ -887,7 +903,7 @@ take_lock() {
 }
 
 cmd_start() {
-	local svc
+	local svc fn
 	[[ -x $(command -v redis-server) || " ${SERVICES[*]} " != *" redis "* ]] || die "redis-server not found"
 	[[ -x $(command -v clickhouse-server) || " ${SERVICES[*]} " != *" clickhouse "* ]] ||
 		die "clickhouse-server not found"
@@ -901,6 +917,9 @@ cmd_start() {
 		postgres)
 			ensure_secret GUARDIAN_PG_OWNER_PASSWORD
 			ensure_secret GUARDIAN_PG_APP_PASSWORD
+			for fn in "${PG_FUNCTIONS[@]}"; do
+				ensure_secret "GUARDIAN_PG_${fn^^}_PASSWORD"
+			done
 			resolve_port PG_PORT
 			;;
 		redis)

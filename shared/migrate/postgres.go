@@ -12,6 +12,17 @@ import (
 // DefaultAppRole is the runtime role the migrations grant privileges to.
 const DefaultAppRole = "guardian_app"
 
+// FunctionRoles names the functions that connect to PostgreSQL with a role
+// of their own, <app role>_<name>, granted only what the function's
+// statements need ({{fn_role:<name>}} in a migration). The roles must exist
+// before the migrations run (CREATE ROLE needs a privilege the owner role
+// does not have): deploy/stack/servers.sh creates them for the local
+// stack, docs/deployment.md says how in production.
+var FunctionRoles = []string{"auth", "mfa", "oidc", "keys", "servers", "sessions", "audit", "ingest", "secretscan", "healthz"}
+
+// FunctionRole is the role of function fn under the runtime role appRole.
+func FunctionRole(appRole, fn string) string { return appRole + "_" + fn }
+
 // lockKey serialises concurrent migrators on one database (an arbitrary
 // constant: "guardian" in ASCII).
 const lockKey int64 = 0x677561726469616e
@@ -72,7 +83,11 @@ func Postgres(ctx context.Context, pool *pgxpool.Pool, opts PostgresOptions) ([]
 		return nil, fmt.Errorf("migrate postgres: read schema_migrations: %w", err)
 	}
 
-	replacer := strings.NewReplacer("{{app_role}}", pgx.Identifier{role}.Sanitize())
+	pairs := []string{"{{app_role}}", pgx.Identifier{role}.Sanitize()}
+	for _, fn := range FunctionRoles {
+		pairs = append(pairs, "{{fn_role:"+fn+"}}", pgx.Identifier{FunctionRole(role, fn)}.Sanitize())
+	}
+	replacer := strings.NewReplacer(pairs...)
 	var done []string
 	for _, m := range migrations {
 		if sum, ok := applied[m.Version]; ok {
@@ -81,10 +96,15 @@ func Postgres(ctx context.Context, pool *pgxpool.Pool, opts PostgresOptions) ([]
 			}
 			continue
 		}
+		sql := replacer.Replace(m.SQL)
+		if i := strings.Index(sql, "{{"); i >= 0 {
+			end := min(len(sql), i+40)
+			return done, fmt.Errorf("migrate postgres: %s: unknown placeholder near %q", m.Name, sql[i:end])
+		}
 		err := pgx.BeginFunc(ctx, conn.Conn(), func(tx pgx.Tx) error {
 			// No arguments: pgx sends the file with the simple protocol, so
 			// one file may hold many statements and a function body.
-			if _, err := tx.Exec(ctx, replacer.Replace(m.SQL)); err != nil {
+			if _, err := tx.Exec(ctx, sql); err != nil {
 				return err
 			}
 			_, err := tx.Exec(ctx, "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)", m.Version, m.Name, m.Checksum)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 
@@ -198,6 +199,60 @@ func TestConstraintsRefuseInconsistentKeys(t *testing.T) {
 	for _, tc := range cases {
 		if _, err := app.Exec(ctx, tc.sql, customer); sqlState(err) != "23514" {
 			t.Errorf("%s: got %v, want a check violation", tc.name, err)
+		}
+	}
+}
+
+// TestEachFunctionRoleReachesOnlyItsTables connects as function roles and
+// checks a statement each needs and some it must not be able to run.
+func TestEachFunctionRoleReachesOnlyItsTables(t *testing.T) {
+	t.Parallel()
+	pg := testenv.Postgres(t)
+	ctx := context.Background()
+	insertCustomerWithAudit(t, pg.App(t))
+	as := func(fn string) *pgxpool.Pool {
+		pool, err := pgxpool.New(ctx, pg.FunctionDSNs["GUARDIAN_PG_DSN_"+strings.ToUpper(fn)])
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(pool.Close)
+		return pool
+	}
+	cases := []struct {
+		fn      string
+		allowed []string
+		denied  []string
+	}{
+		{"healthz", []string{"SELECT 1"}, []string{"SELECT count(*) FROM customers", "SELECT count(*) FROM api_keys", "SELECT count(*) FROM api_audit_log"}},
+		{"audit", []string{"SELECT count(*) FROM api_audit_log"}, []string{"SELECT count(*) FROM api_keys", "SELECT count(*) FROM users", "INSERT INTO api_audit_log (request_id, method, path, action, result, status_code) VALUES ('x', 'GET', '/', 'read', 'success', 200)"}},
+		{"ingest", []string{"SELECT id, plan FROM customers"}, []string{"SELECT name FROM customers", "SELECT count(*) FROM api_keys", "UPDATE customers SET plan = 'pro'"}},
+		{"keys", []string{"SELECT count(*) FROM api_keys"}, []string{"SELECT count(*) FROM users", "SELECT count(*) FROM api_audit_log", "DELETE FROM api_keys", "SELECT count(*) FROM servers"}},
+		{"sessions", []string{"SELECT count(*) FROM sessions"}, []string{"SELECT password_hash FROM users", "DELETE FROM customers", "INSERT INTO sessions (user_id, customer_id, expires_at) SELECT id, customer_id, now() FROM users"}},
+		{"mfa", []string{"SELECT count(*) FROM mfa_totp", "UPDATE users SET updated_at = updated_at"}, []string{"UPDATE users SET password_hash = NULL", "UPDATE users SET role = 'admin'", "SELECT count(*) FROM api_keys"}},
+		{"servers", []string{"SELECT count(*) FROM servers", "SELECT id FROM customers FOR SHARE"}, []string{"UPDATE customers SET plan = 'pro'", "SELECT count(*) FROM users", "SELECT count(*) FROM api_audit_log"}},
+		{"secretscan", []string{"SELECT count(*) FROM api_keys"}, []string{"SELECT count(*) FROM api_audit_log", "DELETE FROM api_keys", "SELECT count(*) FROM sessions"}},
+		{"auth", []string{"SELECT count(*) FROM users"}, []string{"SELECT count(*) FROM api_keys", "DELETE FROM sessions", "SELECT count(*) FROM api_audit_log"}},
+		{"oidc", []string{"SELECT count(*) FROM customers"}, []string{"SELECT count(*) FROM api_keys", "DELETE FROM users", "SELECT count(*) FROM api_audit_log"}},
+	}
+	if len(cases) != len(migrate.FunctionRoles) {
+		t.Fatalf("%d cases for %d function roles", len(cases), len(migrate.FunctionRoles))
+	}
+	for _, c := range cases {
+		db := as(c.fn)
+		for _, stmt := range c.allowed {
+			if _, err := db.Exec(ctx, stmt); err != nil {
+				t.Errorf("%s: %q: %v", c.fn, stmt, err)
+			}
+		}
+		for _, stmt := range c.denied {
+			if _, err := db.Exec(ctx, stmt); sqlState(err) != "42501" {
+				t.Errorf("%s: %q: got %v, want permission denied", c.fn, stmt, err)
+			}
+		}
+		// Not a member of the runtime role (which would hand it every grant).
+		var member bool
+		if err := db.QueryRow(ctx, "SELECT pg_has_role(current_user, $1, 'MEMBER')", migrate.DefaultAppRole).Scan(&member); err != nil || member {
+			t.Errorf("%s: member of %s: %v %v", c.fn, migrate.DefaultAppRole, member, err)
 		}
 	}
 }

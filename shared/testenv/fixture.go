@@ -103,6 +103,9 @@ func EdgeEnv(t testing.TB) (map[string]string, *Customer, *PG) {
 	pg := Postgres(t)
 	env := StackEnv(t)
 	env["GUARDIAN_PG_APP_DSN"] = pg.AppDSN
+	for k, v := range pg.FunctionDSNs {
+		env[k] = v
+	}
 	c := NewCustomer(t, pg.Owner, []byte(env["GUARDIAN_KEY_PEPPER"]), []byte(env["GUARDIAN_SESSION_SECRET"]))
 	return env, c, pg
 }

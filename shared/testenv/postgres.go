@@ -3,6 +3,7 @@ package testenv
 import (
 	"context"
 	"net/url"
+	"strings"
 	"testing"
 	"time"
 
@@ -19,6 +20,8 @@ type PG struct {
 	OwnerDSN string
 	// AppDSN connects as the runtime role.
 	AppDSN string
+	// FunctionDSNs are GUARDIAN_PG_DSN_<NAME>: each function's own role.
+	FunctionDSNs map[string]string
 	// Owner is a pool connected as the owner role.
 	Owner *pgxpool.Pool
 }
@@ -54,9 +57,10 @@ func PostgresEmpty(t testing.TB) *PG {
 		t.Fatalf("testenv: create database: %v", err)
 	}
 	pg := &PG{
-		Database: name,
-		OwnerDSN: withDatabase(t, env["GUARDIAN_PG_DSN"], name),
-		AppDSN:   withDatabase(t, env["GUARDIAN_PG_APP_DSN"], name),
+		Database:     name,
+		OwnerDSN:     withDatabase(t, env["GUARDIAN_PG_DSN"], name),
+		AppDSN:       withDatabase(t, env["GUARDIAN_PG_APP_DSN"], name),
+		FunctionDSNs: FunctionDSNs(t, env, withDatabase(t, env["GUARDIAN_PG_APP_DSN"], name)),
 	}
 	t.Cleanup(func() {
 		if pg.Owner != nil {
@@ -110,4 +114,27 @@ func withDatabase(t testing.TB, dsn, db string) string {
 	}
 	u.Path = "/" + db
 	return u.String()
+}
+
+// FunctionDSNs returns GUARDIAN_PG_DSN_<NAME> for every function role,
+// each with its role's credentials from servers (a servers.env) and the
+// host, port and database of target (a DSN on that server, or a proxy in
+// front of it).
+func FunctionDSNs(t testing.TB, servers map[string]string, target string) map[string]string {
+	t.Helper()
+	to, err := url.Parse(target)
+	if err != nil {
+		t.Fatalf("testenv: bad DSN: %v", err)
+	}
+	out := map[string]string{}
+	for _, fn := range migrate.FunctionRoles {
+		k := "GUARDIAN_PG_DSN_" + strings.ToUpper(fn)
+		u, err := url.Parse(servers[k])
+		if err != nil || servers[k] == "" {
+			t.Fatalf("testenv: servers.env has no %s (servers started by an older servers.sh: destroy and start them again)", k)
+		}
+		u.Host, u.Path, u.RawQuery = to.Host, to.Path, to.RawQuery
+		out[k] = u.String()
+	}
+	return out
 }
