@@ -2,7 +2,12 @@ package function
 
 import (
 	"errors"
+	"fmt"
+	"io"
+	"net"
 	"net/http/httptest"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -105,4 +110,38 @@ func TestAllowedEnvRenamesAndFiltersVariables(t *testing.T) {
 			t.Errorf("env %q accepted", bad)
 		}
 	}
+}
+
+// TestOnlyTheRuntimeMayConnect: another process of the same user (here a
+// child of the test, standing in for a compromised function) that dials a
+// function's socket is refused, while the runtime's requests go through.
+func TestOnlyTheRuntimeMayConnect(t *testing.T) {
+	if sock := os.Getenv("FN_DIAL_SOCKET"); sock != "" {
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			fmt.Print("dial failed")
+			os.Exit(0)
+		}
+		_, _ = c.Write([]byte("GET /ok HTTP/1.1\r\nHost: fn\r\nGuardian-Customer-Id: victim\r\n\r\n"))
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		b, _ := io.ReadAll(c)
+		fmt.Printf("answer %q", b)
+		os.Exit(0)
+	}
+	t.Parallel()
+	h := newHandler(t, &Handler{})
+	pidOf(t, h) // started, and the runtime's request answered
+	h.inst.mu.Lock()
+	sock := h.inst.proc.socket
+	h.inst.mu.Unlock()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestOnlyTheRuntimeMayConnect$")
+	cmd.Env = append(os.Environ(), "FN_DIAL_SOCKET="+sock)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(out) != `answer ""` {
+		t.Fatalf("another process reached the function: %s", out)
+	}
+	pidOf(t, h) // still serving the runtime
 }

@@ -81,6 +81,10 @@ func run(ctx context.Context, log *zap.Logger, setup Setup) error {
 	if err != nil {
 		return err
 	}
+	if os.Getenv(EnvListenFD) != "" {
+		// Started by the runtime: only it may connect (see parentOnly).
+		ln = &parentOnly{Listener: ln, parent: os.Getppid(), log: log}
+	}
 	handler, closeFn, err := setup(ctx, log, config.New(os.LookupEnv))
 	if err != nil {
 		_ = ln.Close()
