@@ -233,8 +233,11 @@ func (h *handler) enroll(w http.ResponseWriter, r *http.Request, id identity.Ide
 // deleteQuery removes a server of the customer; its collector keys and
 // idempotency records go by cascade (and the edge drops the keys from its
 // cache on the delete trigger's notification).
+// deleteQuery deletes the server (its keys go by cascade) and records it
+// in deleted_servers, so that account-purge deletes its ClickHouse rows.
 const deleteQuery = `WITH k AS (SELECT count(*) AS n FROM api_keys WHERE server_id = $1 AND customer_id = $2),
-	d AS (DELETE FROM servers WHERE id = $1 AND customer_id = $2 RETURNING name)
+	d AS (DELETE FROM servers WHERE id = $1 AND customer_id = $2 RETURNING id, customer_id, name),
+	t AS (INSERT INTO deleted_servers (server_id, customer_id) SELECT id, customer_id FROM d)
 SELECT d.name, k.n FROM d, k`
 
 func (h *handler) delete(w http.ResponseWriter, r *http.Request) {

@@ -473,6 +473,10 @@ func TestDeleteAndRotate(t *testing.T) {
 	if n := s.count(t, "SELECT count(*) FROM api_keys WHERE server_id = $1", s.c.ServerID); n != 0 {
 		t.Fatal("the server's keys outlived it")
 	}
+	// Recorded for account-purge, which deletes its ClickHouse rows.
+	if n := s.count(t, "SELECT count(*) FROM deleted_servers WHERE server_id = $1 AND customer_id = $2", s.c.ServerID, s.c.ID); n != 1 {
+		t.Fatal("the deleted server is not recorded for the purge of its data")
+	}
 	if a := s.do(t, "DELETE", "/api/v1/servers/"+s.c.ServerID, "", admin); a.Status != 404 {
 		t.Fatalf("delete again: %d", a.Status)
 	}

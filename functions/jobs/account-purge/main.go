@@ -6,6 +6,11 @@
 // shown is the date their data goes, and a run scheduled hourly ends it
 // within the hour after it.
 //
+// It also completes server deletions: a server deleted through the API
+// (DELETE /api/v1/servers/{id}, recorded in deleted_servers) loses its
+// ClickHouse rows (every MergeTree table with a server_id column) at the
+// next run, the same way, and its record goes once none is left.
+//
 // What goes:
 //   - ClickHouse: the account's rows in every MergeTree table of the
 //     database that has a customer_id column (snapshots, alert_history,
@@ -42,8 +47,9 @@
 //
 // Environment (see shared/job for the lock, metrics and alert settings):
 //
-//	GUARDIAN_PG_APP_DSN           the runtime role: it holds SELECT and DELETE on customers,
-//	                              all this job needs (cascades run as the tables' owner);
+//	GUARDIAN_PG_APP_DSN           the runtime role: it holds SELECT and DELETE on customers
+//	                              and deleted_servers, all this job needs (cascades run as
+//	                              the tables' owner);
 //	                              the owner DSN is not used
 //	GUARDIAN_CLICKHOUSE_ADDR, _USER, _PASSWORD, _DATABASE   a user allowed ALTER … DELETE
 //	GUARDIAN_PURGE_MAX_ACCOUNTS   accounts per run, 1 to 1000 (default 100)

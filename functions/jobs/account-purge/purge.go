@@ -71,6 +71,12 @@ type Result struct {
 	// Overdue: accounts still present more than OverdueAfter after their
 	// delete_after, at the end of the run.
 	Overdue int `json:"accounts_overdue"`
+	// ServersDue, ServersPurged, ServersWaiting: servers deleted through
+	// the API whose ClickHouse rows this run handled, finished, or left
+	// for the next run.
+	ServersDue     int      `json:"servers_due"`
+	ServersPurged  []string `json:"purged_server_ids"`
+	ServersWaiting []string `json:"waiting_server_ids"`
 }
 
 // Report adds the run's facts to the job's result line.
@@ -84,6 +90,9 @@ func (r Result) Report(rep *job.Report) {
 	rep.Set("mutations_issued", r.MutationsIssued)
 	rep.Set("rows_to_delete", r.RowsToDelete)
 	rep.Set("clickhouse_tables", nonNil(r.Tables))
+	rep.Set("servers_due", r.ServersDue)
+	rep.Set("purged_server_ids", nonNil(r.ServersPurged))
+	rep.Set("waiting_server_ids", nonNil(r.ServersWaiting))
 }
 
 const (
@@ -94,7 +103,13 @@ const (
 	// sessions, servers, keys and idempotency keys, and set customer_id
 	// to NULL on its audit rows, which stay.
 	deleteAccounts = `DELETE FROM customers WHERE id = ANY($1::uuid[]) AND delete_after <= $2 RETURNING id::text`
+	// Servers deleted through the API whose ClickHouse rows may remain.
+	dueServers    = `SELECT server_id::text FROM deleted_servers ORDER BY deleted_at, server_id LIMIT $1`
+	forgetServers = `DELETE FROM deleted_servers WHERE server_id = ANY($1::uuid[]) RETURNING server_id::text`
 )
+
+// maxServersPerRun bounds the deleted servers one run handles.
+const maxServersPerRun = 1000
 
 var identRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,62}$`)
 
@@ -122,78 +137,12 @@ func (p *Purger) Run(ctx context.Context, now time.Time) (Result, error) {
 	if p.MaxAccounts <= 0 || p.MaxAccounts > 1000 {
 		return res, errors.New("accounts per run must be between 1 and 1000")
 	}
-	if err := p.PG.QueryRow(ctx, dueCount, now).Scan(&res.Due); err != nil {
-		return res, fmt.Errorf("read due accounts: %w", err)
-	}
-	rows, err := p.PG.Query(ctx, dueAccount, now, p.MaxAccounts)
-	if err != nil {
-		return res, fmt.Errorf("read due accounts: %w", err)
-	}
-	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return res, fmt.Errorf("read due accounts: %w", err)
-	}
-	res.Remaining = res.Due - len(ids)
-	if len(ids) == 0 {
-		return res, nil
-	}
-	res.Tables, err = p.customerTables(ctx)
-	if err != nil {
+	if err := p.purgeAccounts(ctx, now, &res); err != nil {
 		return res, err
 	}
-
-	for _, table := range res.Tables {
-		n, counted, err := p.deleteRows(ctx, table, ids)
-		if err != nil {
-			return res, fmt.Errorf("clickhouse %s: %w", table, err)
-		}
-		res.MutationsIssued += n
-		res.RowsToDelete += counted
-	}
-	if err := p.waitMutations(ctx, res.Tables, ids); err != nil {
+	if err := p.purgeServers(ctx, &res); err != nil {
 		return res, err
 	}
-	left := map[string]bool{}
-	for _, table := range res.Tables {
-		pending, err := p.pendingFor(ctx, table, ids)
-		if err != nil {
-			return res, fmt.Errorf("clickhouse %s: %w", table, err)
-		}
-		counts, err := p.count(ctx, table, ids)
-		if err != nil {
-			return res, fmt.Errorf("clickhouse %s: %w", table, err)
-		}
-		for _, id := range ids {
-			if pending[id] || counts[id] > 0 {
-				left[id] = true
-			}
-		}
-	}
-	var ready []string
-	for _, id := range ids {
-		if left[id] {
-			res.Waiting = append(res.Waiting, id)
-		} else {
-			ready = append(ready, id)
-		}
-	}
-
-	if len(ready) > 0 {
-		if p.beforePG != nil {
-			if err := p.beforePG(ready); err != nil {
-				return res, err
-			}
-		}
-		rows, err := p.PG.Query(ctx, deleteAccounts, ready, now)
-		if err != nil {
-			return res, fmt.Errorf("delete accounts: %w", err)
-		}
-		if res.Purged, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
-			return res, fmt.Errorf("delete accounts: %w", err)
-		}
-		slices.Sort(res.Purged)
-	}
-
 	if p.OverdueAfter > 0 {
 		if err := p.PG.QueryRow(ctx, dueCount, now.Add(-p.OverdueAfter)).Scan(&res.Overdue); err != nil {
 			return res, fmt.Errorf("read overdue accounts: %w", err)
@@ -205,10 +154,139 @@ func (p *Purger) Run(ctx context.Context, now time.Time) (Result, error) {
 	return res, nil
 }
 
+// purgeAccounts is Run's work for the accounts due.
+func (p *Purger) purgeAccounts(ctx context.Context, now time.Time, res *Result) error {
+	if err := p.PG.QueryRow(ctx, dueCount, now).Scan(&res.Due); err != nil {
+		return fmt.Errorf("read due accounts: %w", err)
+	}
+	rows, err := p.PG.Query(ctx, dueAccount, now, p.MaxAccounts)
+	if err != nil {
+		return fmt.Errorf("read due accounts: %w", err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("read due accounts: %w", err)
+	}
+	res.Remaining = res.Due - len(ids)
+	if len(ids) == 0 {
+		return nil
+	}
+	res.Tables, err = p.customerTables(ctx)
+	if err != nil {
+		return err
+	}
+	ready, waiting, err := p.deleteAndCheck(ctx, res.Tables, "customer_id", ids, res)
+	if err != nil {
+		return err
+	}
+	res.Waiting = waiting
+	if len(ready) > 0 {
+		if p.beforePG != nil {
+			if err := p.beforePG(ready); err != nil {
+				return err
+			}
+		}
+		rows, err := p.PG.Query(ctx, deleteAccounts, ready, now)
+		if err != nil {
+			return fmt.Errorf("delete accounts: %w", err)
+		}
+		if res.Purged, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
+			return fmt.Errorf("delete accounts: %w", err)
+		}
+		slices.Sort(res.Purged)
+	}
+	return nil
+}
+
+// purgeServers deletes the ClickHouse rows of servers deleted through the
+// API (deleted_servers), then forgets the servers that have none left.
+// Like an account, a server stays recorded until its rows are gone, so a
+// run that stops anywhere leaves it for the next.
+func (p *Purger) purgeServers(ctx context.Context, res *Result) error {
+	rows, err := p.PG.Query(ctx, dueServers, maxServersPerRun)
+	if err != nil {
+		return fmt.Errorf("read deleted servers: %w", err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("read deleted servers: %w", err)
+	}
+	res.ServersDue = len(ids)
+	if len(ids) == 0 {
+		return nil
+	}
+	tables, err := p.tablesWith(ctx, "server_id")
+	if err != nil {
+		return err
+	}
+	ready, waiting, err := p.deleteAndCheck(ctx, tables, "server_id", ids, res)
+	if err != nil {
+		return err
+	}
+	res.ServersWaiting = waiting
+	if len(ready) > 0 {
+		rows, err := p.PG.Query(ctx, forgetServers, ready)
+		if err != nil {
+			return fmt.Errorf("forget deleted servers: %w", err)
+		}
+		if res.ServersPurged, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
+			return fmt.Errorf("forget deleted servers: %w", err)
+		}
+		slices.Sort(res.ServersPurged)
+	}
+	return nil
+}
+
+// deleteAndCheck issues the deletions of ids' rows (values of col) in
+// tables, waits for them (at most Wait), and splits ids into those with
+// no row and no pending deletion left (ready) and the rest (waiting).
+func (p *Purger) deleteAndCheck(ctx context.Context, tables []string, col string, ids []string, res *Result) (ready, waiting []string, err error) {
+	for _, table := range tables {
+		n, counted, err := p.deleteRows(ctx, table, col, ids)
+		if err != nil {
+			return nil, nil, fmt.Errorf("clickhouse %s: %w", table, err)
+		}
+		res.MutationsIssued += n
+		res.RowsToDelete += counted
+	}
+	if err := p.waitMutations(ctx, tables, ids); err != nil {
+		return nil, nil, err
+	}
+	left := map[string]bool{}
+	for _, table := range tables {
+		pending, err := p.pendingFor(ctx, table, ids)
+		if err != nil {
+			return nil, nil, fmt.Errorf("clickhouse %s: %w", table, err)
+		}
+		counts, err := p.count(ctx, table, col, ids)
+		if err != nil {
+			return nil, nil, fmt.Errorf("clickhouse %s: %w", table, err)
+		}
+		for _, id := range ids {
+			if pending[id] || counts[id] > 0 {
+				left[id] = true
+			}
+		}
+	}
+	for _, id := range ids {
+		if left[id] {
+			waiting = append(waiting, id)
+		} else {
+			ready = append(ready, id)
+		}
+	}
+	return ready, waiting, nil
+}
+
 // customerTables lists the MergeTree tables of the database with a
 // customer_id column: every table that holds customer data, those added
 // later included.
 func (p *Purger) customerTables(ctx context.Context) ([]string, error) {
+	return p.tablesWith(ctx, "customer_id")
+}
+
+// tablesWith lists the MergeTree tables of the database with column col.
+func (p *Purger) tablesWith(ctx context.Context, col string) ([]string, error) {
 	engines := map[string]string{}
 	rows, err := p.CH.Query(ctx, "SELECT name, engine FROM system.tables WHERE database = ?", p.Database)
 	if err != nil {
@@ -226,7 +304,7 @@ func (p *Purger) customerTables(ctx context.Context) ([]string, error) {
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("clickhouse: list tables: %w", err)
 	}
-	rows, err = p.CH.Query(ctx, "SELECT table FROM system.columns WHERE database = ? AND name = 'customer_id'", p.Database)
+	rows, err = p.CH.Query(ctx, "SELECT table FROM system.columns WHERE database = ? AND name = ?", p.Database, col)
 	if err != nil {
 		return nil, fmt.Errorf("clickhouse: list columns: %w", err)
 	}
@@ -245,15 +323,16 @@ func (p *Purger) customerTables(ctx context.Context) ([]string, error) {
 	return out, rows.Err()
 }
 
-// deleteRows issues one mutation deleting the rows of the accounts in
-// ids that have rows in table and are not named by a pending mutation
-// already. It returns the mutations issued (0 or 1) and the rows counted.
-func (p *Purger) deleteRows(ctx context.Context, table string, ids []string) (int, uint64, error) {
+// deleteRows issues one mutation deleting the rows whose col (customer_id
+// or server_id) is one of ids that has rows in table and is not named by
+// a pending mutation already. It returns the mutations issued (0 or 1)
+// and the rows counted.
+func (p *Purger) deleteRows(ctx context.Context, table, col string, ids []string) (int, uint64, error) {
 	pending, err := p.pendingFor(ctx, table, ids)
 	if err != nil {
 		return 0, 0, err
 	}
-	counts, err := p.count(ctx, table, ids)
+	counts, err := p.count(ctx, table, col, ids)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -268,16 +347,16 @@ func (p *Purger) deleteRows(ctx context.Context, table string, ids []string) (in
 	if len(doomed) == 0 {
 		return 0, 0, nil
 	}
-	q := fmt.Sprintf("ALTER TABLE %s.%s DELETE WHERE customer_id IN (%s)", p.Database, table, quoteList(doomed))
+	q := fmt.Sprintf("ALTER TABLE %s.%s DELETE WHERE %s IN (%s)", p.Database, table, col, quoteList(doomed))
 	if err := p.CH.Exec(ctx, q); err != nil {
 		return 0, 0, fmt.Errorf("delete rows: %w", err)
 	}
 	return 1, n, nil
 }
 
-// count returns the rows per account of ids in table.
-func (p *Purger) count(ctx context.Context, table string, ids []string) (map[string]uint64, error) {
-	q := fmt.Sprintf("SELECT customer_id, count() FROM %s.%s WHERE customer_id IN (%s) GROUP BY customer_id", p.Database, table, quoteList(ids))
+// count returns the rows per id of ids (values of col) in table.
+func (p *Purger) count(ctx context.Context, table, col string, ids []string) (map[string]uint64, error) {
+	q := fmt.Sprintf("SELECT %s, count() FROM %s.%s WHERE %s IN (%s) GROUP BY %s", col, p.Database, table, col, quoteList(ids), col)
 	rows, err := p.CH.Query(ctx, q)
 	if err != nil {
 		return nil, fmt.Errorf("count rows: %w", err)

@@ -297,3 +297,74 @@ func TestPurgeBoundsEachRun(t *testing.T) {
 }
 
 func sorted(s []string) []string { s = slices.Clone(s); slices.Sort(s); return s }
+
+// TestPurgeDeletesTheRowsOfDeletedServers: a server deleted through the
+// API (as functions/servers does: the servers row goes, deleted_servers
+// records it) loses its ClickHouse rows at the next run, while the other
+// servers of its account keep theirs, and the record is then forgotten.
+func TestPurgeDeletesTheRowsOfDeletedServers(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	c := f.customer(t, nil)
+	ctx := context.Background()
+	var gone string
+	if err := f.pg.Owner.QueryRow(ctx, "INSERT INTO servers (customer_id, name, hostname) VALUES ($1, 'old', 'old.example') RETURNING id::text", c.ID).Scan(&gone); err != nil {
+		t.Fatal(err)
+	}
+	db := f.ch.Database
+	now := time.Now()
+	for _, ins := range []struct {
+		q    string
+		more []any
+	}{
+		{"INSERT INTO " + db + ".snapshots (customer_id, server_id, ts, retention_days, payload)", []any{uint16(90), "{}"}},
+		{"INSERT INTO " + db + ".alert_history (customer_id, server_id, ts, rule)", []any{"disk"}},
+		{"INSERT INTO " + db + ".analyses (customer_id, server_id, ts, body)", []any{"ok"}},
+	} {
+		b, err := f.ch.Conn.PrepareBatch(ctx, ins.q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Append(append([]any{c.ID, gone, now}, ins.more...)...); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Send(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := f.pg.Owner.Exec(ctx, `WITH d AS (DELETE FROM servers WHERE id = $1 RETURNING id, customer_id)
+		INSERT INTO deleted_servers (server_id, customer_id) SELECT id, customer_id FROM d`, gone); err != nil {
+		t.Fatal(err)
+	}
+	serverRows := func(id string) uint64 {
+		var total uint64
+		for _, table := range []string{"snapshots", "alert_history", "analyses"} {
+			var n uint64
+			if err := f.ch.Conn.QueryRow(ctx, "SELECT count() FROM "+db+"."+table+" WHERE server_id = ?", id).Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+			total += n
+		}
+		return total
+	}
+	if serverRows(gone) != 3 {
+		t.Fatal("fixture: the deleted server has no rows")
+	}
+	res, line := f.execute(t, nil)
+	if res.Status != job.StatusOK || line["servers_due"] != 1.0 || fmt.Sprint(line["purged_server_ids"]) != fmt.Sprint([]string{gone}) {
+		t.Fatalf("run: %s %s %v", res.Status, res.Err, line)
+	}
+	if n := serverRows(gone); n != 0 {
+		t.Errorf("%d rows of the deleted server remain", n)
+	}
+	if n := serverRows(c.ServerID); n != 6 {
+		t.Errorf("the account's other server has %d rows, want its 6", n)
+	}
+	if got := f.chRows(t, c.ID); !all(got, 2) {
+		t.Errorf("the account's rows: %v", got)
+	}
+	var left int
+	if err := f.pg.Owner.QueryRow(ctx, "SELECT count(*) FROM deleted_servers").Scan(&left); err != nil || left != 0 {
+		t.Fatalf("deleted_servers holds %d records after the purge (%v)", left, err)
+	}
+}
