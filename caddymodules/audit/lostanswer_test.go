@@ -113,22 +113,7 @@ func TestACommitWhoseAnswerIsLostIsNeitherLostNorDoubled(t *testing.T) {
 	// Enough rows at once that the chain writes batches (COPY), not only
 	// lone rows (INSERT).
 	const n = 400
-	var wg sync.WaitGroup
-	errs := make(chan error, n)
-	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs <- w.Record(context.Background(), testRow(i))
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			t.Fatalf("a row was refused: %v", err)
-		}
-	}
+	recordAtOnce(t, w, n)
 	if !cutter.cut.Load() {
 		t.Fatal("no COPY answer was cut: the rows never formed a batch")
 	}

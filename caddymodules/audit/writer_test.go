@@ -45,6 +45,28 @@ func testRow(i int) *audit.Row {
 	}
 }
 
+// recordAtOnce records n rows from n goroutines and fails t if any is
+// refused.
+func recordAtOnce(t *testing.T, w *Writer, n int) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- w.Record(context.Background(), testRow(i))
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatalf("a row was refused: %v", err)
+		}
+	}
+}
+
 func count(t *testing.T, db *pgxpool.Pool) int64 {
 	t.Helper()
 	var n int64
@@ -63,22 +85,7 @@ func TestConcurrentRowsAreGroupCommittedAndChained(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = w.Close() })
 	const n = 2000
-	var wg sync.WaitGroup
-	errs := make(chan error, n)
-	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs <- w.Record(context.Background(), testRow(i))
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	recordAtOnce(t, w, n)
 	if got := count(t, pg.Owner); got != n {
 		t.Fatalf("%d rows, want %d", got, n)
 	}
