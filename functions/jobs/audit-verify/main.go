@@ -12,7 +12,8 @@
 // database, and the next run holds the chains to it: rows older than the
 // last clean run can then be neither removed nor recomputed unseen.
 //
-// It needs only SELECT on api_audit_log (the runtime role has it):
+// It needs only SELECT on api_audit_log, exactly what the audit reader's
+// role (guardian_app_audit) holds, which deploy gives it:
 // GUARDIAN_PG_APP_DSN, or GUARDIAN_PG_DSN.
 package main
 

@@ -55,7 +55,8 @@ func verifier(t *testing.T, pg *testenv.PG) func(extra ...string) (int, string) 
 	lockDir := t.TempDir()
 	return func(extra ...string) (int, string) {
 		cmd := exec.Command(bin)
-		cmd.Env = append([]string{"GUARDIAN_PG_APP_DSN=" + pg.AppDSN, "GUARDIAN_JOB_LOCK_DIR=" + lockDir}, extra...)
+		// As deployed: the audit reader's role, SELECT on api_audit_log only.
+		cmd.Env = append([]string{"GUARDIAN_PG_APP_DSN=" + pg.FunctionDSNs["GUARDIAN_PG_DSN_AUDIT"], "GUARDIAN_JOB_LOCK_DIR=" + lockDir}, extra...)
 		out, err := cmd.CombinedOutput()
 		if ee, ok := err.(*exec.ExitError); ok {
 			return ee.ExitCode(), string(out)
