@@ -10,21 +10,40 @@
 // Each run first (re)writes the pgBackRest config, creates the stanza if
 // needed and checks that WAL archiving works. It runs under shared/job:
 // one JSON result line, metrics, and an alert when it fails.
+//
+// With GUARDIAN_PGBACKREST_SFTP_TARGETS (user@host:port/path, comma-
+// separated), each run then copies repo1, encrypted as it is, to those
+// directories on the backup host over SFTP (pgbackup.Mirror; the key in
+// GUARDIAN_BACKUP_SSH_KEY, the host keys pinned by
+// GUARDIAN_BACKUP_SSH_KNOWN_HOSTS). A copy that fails makes the run red:
+// the backup is taken, but not yet off the host.
 package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
+	"github.com/glassmkr/guardian/shared/chbackup"
 	"github.com/glassmkr/guardian/shared/config"
 	"github.com/glassmkr/guardian/shared/job"
 	"github.com/glassmkr/guardian/shared/pgbackup"
 )
 
-// EnvKind chooses the kind when no argument does: full, diff or auto.
-const EnvKind = "GUARDIAN_BACKUP_KIND"
+// Environment of this job besides shared/pgbackup's.
+const (
+	// EnvKind chooses the kind when no argument does: full, diff or auto.
+	EnvKind = "GUARDIAN_BACKUP_KIND"
+	// EnvMirrorTargets lists the SFTP directories that get a copy of repo1.
+	EnvMirrorTargets = "GUARDIAN_PGBACKREST_SFTP_TARGETS"
+	// EnvSSHKey and EnvKnownHosts are the SFTP client key and the pinned
+	// host keys (required with EnvMirrorTargets).
+	EnvSSHKey     = "GUARDIAN_BACKUP_SSH_KEY"
+	EnvKnownHosts = "GUARDIAN_BACKUP_SSH_KNOWN_HOSTS"
+)
 
 func main() { job.Main(spec(os.Args[1:], time.Now)) }
 
@@ -38,6 +57,18 @@ func spec(args []string, now func() time.Time) job.Spec {
 			return fmt.Errorf("usage: backup-postgres [full|diff] (or %s=full|diff|auto)", EnvKind)
 		}
 		cfg := pgbackup.LoadConfig(env)
+		var mirrors []chbackup.Target
+		var sshKey, knownHosts string
+		if list := env.Optional(EnvMirrorTargets, ""); list != "" {
+			sshKey, knownHosts = env.String(EnvSSHKey), env.String(EnvKnownHosts)
+			for i, item := range strings.Split(list, ",") {
+				t, err := chbackup.ParseTarget(item)
+				if err != nil {
+					return fmt.Errorf("%s: entry %d: %w", EnvMirrorTargets, i+1, err)
+				}
+				mirrors = append(mirrors, t)
+			}
+		}
 		if err := env.Err(); err != nil {
 			return err
 		}
@@ -65,8 +96,38 @@ func spec(args []string, now func() time.Time) job.Spec {
 			r.Set("repo_bytes", taken[0].RepoDelta)
 			r.Set("backups", taken)
 		}
+		if err != nil || len(mirrors) == 0 {
+			return err
+		}
+		reports, err := mirror(ctx, cfg.Repos[0].Path, sshKey, knownHosts, mirrors)
+		r.Set("mirrors", reports)
 		return err
 	}}
+}
+
+// mirror copies the repository in dir to every target, each attempted
+// even when another failed.
+func mirror(ctx context.Context, dir, sshKey, knownHosts string, targets []chbackup.Target) ([]pgbackup.MirrorReport, error) {
+	var reports []pgbackup.MirrorReport
+	var failed []error
+	for _, t := range targets {
+		rep, err := func() (pgbackup.MirrorReport, error) {
+			s, err := chbackup.DialSession(ctx, sshKey, knownHosts, t)
+			if err != nil {
+				return pgbackup.MirrorReport{Target: t.String()}, err
+			}
+			defer s.Close()
+			return pgbackup.Mirror(ctx, dir, s, t.String())
+		}()
+		reports = append(reports, rep)
+		if err != nil {
+			failed = append(failed, err)
+		}
+	}
+	if len(failed) > 0 {
+		return reports, fmt.Errorf("%w: the backup is taken but its copy off the host is not up to date: %w", job.ErrRed, errors.Join(failed...))
+	}
+	return reports, nil
 }
 
 // scheduledKind is the schedule rule: a full backup on Sunday (UTC) or

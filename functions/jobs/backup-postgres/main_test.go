@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io/fs"
+	"maps"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -53,7 +56,11 @@ func TestScheduledKind(t *testing.T) {
 // must take a full backup (on any weekday), then `diff` takes a diff.
 func TestJobTakesFullThenDiff(t *testing.T) {
 	c := pgbackuptest.Start(t, 1)
-	extra := map[string]string{job.EnvLockDir: t.TempDir()}
+	// repo1 is also copied to a directory of a real sshd (the backup host).
+	srv := testenv.SFTPServer(t)
+	target := srv.Target("pgbackrest")
+	extra := map[string]string{job.EnvLockDir: t.TempDir(),
+		EnvMirrorTargets: target, EnvSSHKey: srv.KeyPath, EnvKnownHosts: srv.KnownHosts}
 	wednesday := func() time.Time { return time.Date(2026, 11, 25, 3, 0, 0, 0, time.UTC) }
 	for _, tc := range []struct {
 		args []string
@@ -82,7 +89,47 @@ func TestJobTakesFullThenDiff(t *testing.T) {
 				t.Fatal("the result leaks a passphrase")
 			}
 		}
+		mirrors, _ := line["mirrors"].([]any)
+		if len(mirrors) != 1 {
+			t.Fatalf("args %v: mirrors %v", tc.args, line["mirrors"])
+		}
+		if local, remote := files(t, c.Config.Repos[0].Path), files(t, filepath.Join(srv.Root, "pgbackrest")); !maps.Equal(local, remote) {
+			t.Fatalf("args %v: the copy on the backup host differs from repo1:\nrepo1 %v\ncopy  %v", tc.args, local, remote)
+		}
 	}
+
+	// A backup host whose key is not the pinned one: the backup is taken,
+	// the run is red (its copy off the host is stale), nothing is sent.
+	other := testenv.SFTPServer(t)
+	extra[EnvKnownHosts] = other.KnownHosts
+	var out, errOut bytes.Buffer
+	res := job.Execute(context.Background(), spec([]string{"diff"}, wednesday), c.Lookup(extra), &out, &errOut)
+	if res.Status != job.StatusRed || !strings.Contains(out.String(), "not up to date") || !strings.Contains(out.String(), `"type":"diff"`) {
+		t.Fatalf("mirror to an unpinned host: %s %s\n%s", res.Status, out.String(), errOut.String())
+	}
+}
+
+// files lists the regular files under dir with their sizes, leaving out
+// pgBackRest's temporary files (written while WAL arrives).
+func files(t *testing.T, dir string) map[string]int64 {
+	t.Helper()
+	out := map[string]int64{}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() || strings.HasSuffix(d.Name(), ".tmp") {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		out[rel] = info.Size()
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
 
 func TestJobRejectsAnUnknownKind(t *testing.T) {

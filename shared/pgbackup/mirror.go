@@ -1,0 +1,163 @@
+package pgbackup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/glassmkr/guardian/shared/chbackup"
+)
+
+// MirrorReport is what Mirror did on one target.
+type MirrorReport struct {
+	Target   string `json:"target"`
+	Files    int    `json:"files"`    // files the repository holds
+	Uploaded int    `json:"uploaded"` // files sent this run
+	Bytes    int64  `json:"bytes"`    // bytes sent this run
+	Deleted  int    `json:"deleted"`  // files removed from the target
+}
+
+// Mirror makes the directory s's target names a copy of the repository in
+// dir, over SFTP: pgBackRest 2.45 (Debian 12) cannot write to the backup
+// host itself, and the repository is encrypted already, so its files are
+// shipped as they are. Repository files are written once (backups, WAL
+// segments, manifests) except the .info files, which pgBackRest rewrites;
+// so a file is sent when the target lacks it or holds another size, and
+// the .info files every time.
+//
+// The order keeps the copy restorable whenever a run stops: new files
+// first, the .info files (which name the backups) after them, and only
+// then the files of expired backups are deleted. Every file is written
+// under a temporary name and renamed into place.
+func Mirror(ctx context.Context, dir string, s *chbackup.Session, target string) (MirrorReport, error) {
+	rep := MirrorReport{Target: target}
+	local, err := localFiles(dir)
+	if err != nil {
+		return rep, err
+	}
+	rep.Files = len(local)
+	c := s.Client()
+	root := s.Root()
+	if err := c.MkdirAll(root); err != nil {
+		return rep, fmt.Errorf("mirror %s: %w", target, err)
+	}
+	remote := map[string]int64{}
+	var remoteDirs []string
+	w := c.Walk(root)
+	for w.Step() {
+		if err := w.Err(); err != nil {
+			return rep, fmt.Errorf("mirror %s: list: %w", target, err)
+		}
+		rel := strings.TrimPrefix(strings.TrimPrefix(w.Path(), root), "/")
+		if rel == "" {
+			continue
+		}
+		if w.Stat().IsDir() {
+			remoteDirs = append(remoteDirs, rel)
+			continue
+		}
+		remote[rel] = w.Stat().Size()
+	}
+
+	names := make([]string, 0, len(local))
+	for rel := range local {
+		names = append(names, rel)
+	}
+	sort.Strings(names)
+	// Data first, then the .copy of each .info file, then the .info file.
+	rank := func(rel string) int {
+		switch {
+		case strings.HasSuffix(rel, ".info.copy"):
+			return 1
+		case strings.HasSuffix(rel, ".info"):
+			return 2
+		}
+		return 0
+	}
+	sort.SliceStable(names, func(i, j int) bool { return rank(names[i]) < rank(names[j]) })
+	made := map[string]bool{}
+	for _, rel := range names {
+		if err := ctx.Err(); err != nil {
+			return rep, err
+		}
+		if size, ok := remote[rel]; ok && size == local[rel] && rank(rel) == 0 {
+			continue
+		}
+		if d := path.Dir(rel); d != "." && !made[d] {
+			if err := c.MkdirAll(path.Join(root, d)); err != nil {
+				return rep, fmt.Errorf("mirror %s: %w", target, err)
+			}
+			made[d] = true
+		}
+		n, err := putFile(s, filepath.Join(dir, filepath.FromSlash(rel)), path.Join(root, rel))
+		if err != nil {
+			return rep, fmt.Errorf("mirror %s: %s: %w", target, rel, err)
+		}
+		rep.Uploaded++
+		rep.Bytes += n
+	}
+
+	// What the repository no longer holds (expired backups and their WAL),
+	// and what an interrupted run left under a temporary name.
+	for rel := range remote {
+		if _, ok := local[rel]; ok {
+			continue
+		}
+		if err := c.Remove(path.Join(root, rel)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return rep, fmt.Errorf("mirror %s: remove %s: %w", target, rel, err)
+		}
+		rep.Deleted++
+	}
+	// Directories left empty, deepest first; one that is not empty stays.
+	slices.SortFunc(remoteDirs, func(a, b string) int { return strings.Count(b, "/") - strings.Count(a, "/") })
+	for _, d := range remoteDirs {
+		if _, err := os.Stat(filepath.Join(dir, filepath.FromSlash(d))); err != nil {
+			_ = c.RemoveDirectory(path.Join(root, d))
+		}
+	}
+	return rep, nil
+}
+
+// localFiles lists the regular files under dir (slash-separated paths)
+// with their sizes; pgBackRest's temporary files are left out.
+func localFiles(dir string) (map[string]int64, error) {
+	out := map[string]int64{}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.Type().IsRegular() || strings.HasSuffix(d.Name(), ".tmp") {
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(dir, p)
+		if err != nil {
+			return err
+		}
+		out[filepath.ToSlash(rel)] = info.Size()
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("mirror: read repository %s: %w", dir, err)
+	}
+	return out, nil
+}
+
+func putFile(s *chbackup.Session, local, remote string) (int64, error) {
+	f, err := os.Open(local)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	return s.Put(remote, f)
+}

@@ -1,0 +1,138 @@
+package pgbackup
+
+import (
+	"bytes"
+	"context"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/glassmkr/guardian/shared/chbackup"
+	"github.com/glassmkr/guardian/shared/testenv"
+)
+
+// tree reads every regular file under dir (slash paths to contents).
+func tree(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		rel, _ := filepath.Rel(dir, p)
+		out[filepath.ToSlash(rel)] = string(b)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func write(t *testing.T, dir string, files map[string]string) {
+	t.Helper()
+	for rel, body := range files {
+		p := filepath.Join(dir, filepath.FromSlash(rel))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(body), 0o640); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestMirrorKeepsARestorableCopy mirrors a repository-shaped tree to a
+// real sshd, changes it as pgBackRest does (a new backup and WAL, rewritten
+// .info files, an expired backup) and mirrors again.
+func TestMirrorKeepsARestorableCopy(t *testing.T) {
+	t.Parallel()
+	srv := testenv.SFTPServer(t)
+	target, err := chbackup.ParseTarget(srv.Target("pgbackrest"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo := t.TempDir()
+	write(t, repo, map[string]string{
+		"backup/guardian/backup.info":                                                            "info v1",
+		"backup/guardian/backup.info.copy":                                                       "info v1",
+		"backup/guardian/20261122-030000F/backup.manifest":                                       "manifest F1",
+		"backup/guardian/20261122-030000F/pg_data/base/1.zst":                                    strings.Repeat("a", 300_000),
+		"archive/guardian/archive.info":                                                          "archive v1",
+		"archive/guardian/15-1/0000000100000000/000000010000000000000001-abc.zst":                "wal 1",
+		"archive/guardian/15-1/0000000100000000/000000010000000000000002-def.zst.pgbackrest.tmp": "being written",
+	})
+	ctx := context.Background()
+	mirror := func() MirrorReport {
+		t.Helper()
+		s, err := chbackup.DialSession(ctx, srv.KeyPath, srv.KnownHosts, target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		rep, err := Mirror(ctx, repo, s, target.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rep
+	}
+	same := func(what string) {
+		t.Helper()
+		want := tree(t, repo)
+		delete(want, "archive/guardian/15-1/0000000100000000/000000010000000000000002-def.zst.pgbackrest.tmp")
+		got := tree(t, target.Path)
+		if len(got) != len(want) {
+			t.Fatalf("%s: the copy holds %d files, the repository %d: %v", what, len(got), len(want), keys(got))
+		}
+		for rel, body := range want {
+			if got[rel] != body {
+				t.Fatalf("%s: %s differs in the copy", what, rel)
+			}
+		}
+	}
+	if rep := mirror(); rep.Uploaded != 6 || rep.Deleted != 0 {
+		t.Fatalf("first mirror: %+v", rep)
+	}
+	same("first mirror")
+
+	// Nothing changed: only the .info files go again.
+	if rep := mirror(); rep.Uploaded != 3 || rep.Bytes > 100 {
+		t.Fatalf("unchanged repository: %+v", rep)
+	}
+
+	// A differential backup, new WAL, the .info files rewritten (same
+	// length), the full backup expired, and a temporary file an
+	// interrupted run left on the target.
+	if err := os.RemoveAll(filepath.Join(repo, "backup/guardian/20261122-030000F")); err != nil {
+		t.Fatal(err)
+	}
+	write(t, repo, map[string]string{
+		"backup/guardian/backup.info":                                             "info v2",
+		"backup/guardian/backup.info.copy":                                        "info v2",
+		"backup/guardian/20261123-020000F_20261123-020000D/backup.manifest":       "manifest D1",
+		"archive/guardian/15-1/0000000100000000/000000010000000000000003-123.zst": "wal 3",
+	})
+	write(t, target.Path, map[string]string{"backup/guardian/" + chbackup.TempPrefix + "backup.info-1a2b3c": "half"})
+	rep := mirror()
+	if rep.Deleted != 3 { // the expired backup's two files and the temporary file
+		t.Fatalf("after an expiry: %+v", rep)
+	}
+	same("after an expiry")
+	if _, err := os.Stat(filepath.Join(target.Path, "backup/guardian/20261122-030000F")); !os.IsNotExist(err) {
+		t.Errorf("the expired backup's directory stayed on the target (%v)", err)
+	}
+	if !bytes.Contains([]byte(tree(t, target.Path)["backup/guardian/backup.info"]), []byte("v2")) {
+		t.Error("a rewritten .info file of the same length was not sent")
+	}
+}
+
+func keys(m map[string]string) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
