@@ -12,8 +12,32 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/pkg/sftp"
+
 	"github.com/glassmkr/guardian/shared/chbackup"
 )
+
+// EnvSFTPTargets lists the SFTP directories (user@host:port/path, comma-
+// separated) that hold a copy of repo1: backup-postgres writes them
+// (Mirror), restore-verify checks them (VerifyCopy). The SFTP key and the
+// pinned host keys are chbackup's EnvSSHKey and EnvKnownHosts.
+const EnvSFTPTargets = "GUARDIAN_PGBACKREST_SFTP_TARGETS"
+
+// ParseTargets reads an EnvSFTPTargets value.
+func ParseTargets(list string) ([]chbackup.Target, error) {
+	var out []chbackup.Target
+	for i, item := range strings.Split(list, ",") {
+		if strings.TrimSpace(item) == "" {
+			continue
+		}
+		t, err := chbackup.ParseTarget(item)
+		if err != nil {
+			return nil, fmt.Errorf("%s: entry %d: %w", EnvSFTPTargets, i+1, err)
+		}
+		out = append(out, t)
+	}
+	return out, nil
+}
 
 // MirrorReport is what Mirror did on one target.
 type MirrorReport struct {
@@ -160,4 +184,111 @@ func putFile(s *chbackup.Session, local, remote string) (int64, error) {
 	}
 	defer f.Close()
 	return s.Put(remote, f)
+}
+
+// VerifyCopy proves that the copy of repo1 on a backup host restores, as
+// VerifyRestore proves it for the repository itself: the copy is fetched
+// over s into a new directory under scratchDir and checked there with a
+// pgBackRest config, log and lock directory of its own (the real ones,
+// which archive-push reads, are left alone), then removed. The report's
+// one repository is the copy, with repo1's passphrase.
+func VerifyCopy(ctx context.Context, cfg Config, s *chbackup.Session, scratchDir, check string) (RestoreReport, error) {
+	if scratchDir == "" {
+		scratchDir = os.TempDir()
+	}
+	if len(cfg.Repos) == 0 {
+		return RestoreReport{}, errors.New("pgbackup: no repository configured")
+	}
+	owner, err := lookupOwner(cfg.User)
+	if err != nil {
+		return RestoreReport{}, err
+	}
+	dir, err := os.MkdirTemp(scratchDir, "pgbackrest-copy-")
+	if err != nil {
+		return RestoreReport{}, fmt.Errorf("pgbackup: scratch dir: %w", err)
+	}
+	defer os.RemoveAll(dir)
+	if err := os.Chmod(dir, 0o750); err != nil {
+		return RestoreReport{}, fmt.Errorf("pgbackup: scratch dir: %w", err)
+	}
+	if err := owner.chown(dir); err != nil {
+		return RestoreReport{}, err
+	}
+	repo := filepath.Join(dir, "repo")
+	if err := fetch(ctx, s, repo, owner); err != nil {
+		return RestoreReport{}, redf("the copy on the backup host cannot be fetched: %v", err)
+	}
+	c := cfg
+	c.Repos = []Repo{{Index: 1, Path: repo, CipherPass: cfg.Repos[0].CipherPass}}
+	c.ConfigPath = filepath.Join(dir, "pgbackrest.conf")
+	c.LogPath = filepath.Join(dir, "log")
+	c.LockPath = filepath.Join(dir, "lock")
+	c.ArchiveAsync = false
+	return VerifyRestore(ctx, c, scratchDir, check)
+}
+
+// fetch copies the tree under s's root into dir (created), files 0640 and
+// directories 0750, owned by owner when we run as root.
+func fetch(ctx context.Context, s *chbackup.Session, dir string, owner *osUser) error {
+	c := s.Client()
+	root := s.Root()
+	mk := func(d string) error {
+		if err := os.MkdirAll(d, 0o750); err != nil {
+			return err
+		}
+		return owner.chown(d)
+	}
+	if err := mk(dir); err != nil {
+		return err
+	}
+	w := c.Walk(root)
+	for w.Step() {
+		if err := w.Err(); err != nil {
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		rel := strings.TrimPrefix(strings.TrimPrefix(w.Path(), root), "/")
+		if rel == "" || strings.HasPrefix(path.Base(rel), chbackup.TempPrefix) {
+			continue
+		}
+		if strings.Contains("/"+rel+"/", "/../") {
+			return fmt.Errorf("refusing the remote path %q", rel)
+		}
+		local := filepath.Join(dir, filepath.FromSlash(rel))
+		if w.Stat().IsDir() {
+			if err := mk(local); err != nil {
+				return err
+			}
+			continue
+		}
+		if !w.Stat().Mode().IsRegular() {
+			continue
+		}
+		if err := getFile(c, w.Path(), local); err != nil {
+			return fmt.Errorf("%s: %w", rel, err)
+		}
+		if err := owner.chown(local); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func getFile(c *sftp.Client, remote, local string) error {
+	src, err := c.Open(remote)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	dst, err := os.OpenFile(local, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
+	if err != nil {
+		return err
+	}
+	if _, err := src.WriteTo(dst); err != nil {
+		dst.Close()
+		return err
+	}
+	return dst.Close()
 }

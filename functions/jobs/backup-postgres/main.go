@@ -24,7 +24,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/glassmkr/guardian/shared/chbackup"
@@ -33,17 +32,8 @@ import (
 	"github.com/glassmkr/guardian/shared/pgbackup"
 )
 
-// Environment of this job besides shared/pgbackup's.
-const (
-	// EnvKind chooses the kind when no argument does: full, diff or auto.
-	EnvKind = "GUARDIAN_BACKUP_KIND"
-	// EnvMirrorTargets lists the SFTP directories that get a copy of repo1.
-	EnvMirrorTargets = "GUARDIAN_PGBACKREST_SFTP_TARGETS"
-	// EnvSSHKey and EnvKnownHosts are the SFTP client key and the pinned
-	// host keys (required with EnvMirrorTargets).
-	EnvSSHKey     = "GUARDIAN_BACKUP_SSH_KEY"
-	EnvKnownHosts = "GUARDIAN_BACKUP_SSH_KNOWN_HOSTS"
-)
+// EnvKind chooses the kind when no argument does: full, diff or auto.
+const EnvKind = "GUARDIAN_BACKUP_KIND"
 
 func main() { job.Main(spec(os.Args[1:], time.Now)) }
 
@@ -57,17 +47,13 @@ func spec(args []string, now func() time.Time) job.Spec {
 			return fmt.Errorf("usage: backup-postgres [full|diff] (or %s=full|diff|auto)", EnvKind)
 		}
 		cfg := pgbackup.LoadConfig(env)
-		var mirrors []chbackup.Target
+		mirrors, err := pgbackup.ParseTargets(env.Optional(pgbackup.EnvSFTPTargets, ""))
+		if err != nil {
+			return err
+		}
 		var sshKey, knownHosts string
-		if list := env.Optional(EnvMirrorTargets, ""); list != "" {
-			sshKey, knownHosts = env.String(EnvSSHKey), env.String(EnvKnownHosts)
-			for i, item := range strings.Split(list, ",") {
-				t, err := chbackup.ParseTarget(item)
-				if err != nil {
-					return fmt.Errorf("%s: entry %d: %w", EnvMirrorTargets, i+1, err)
-				}
-				mirrors = append(mirrors, t)
-			}
+		if len(mirrors) > 0 {
+			sshKey, knownHosts = env.String(chbackup.EnvSSHKey), env.String(chbackup.EnvKnownHosts)
 		}
 		if err := env.Err(); err != nil {
 			return err

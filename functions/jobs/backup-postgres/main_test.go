@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/glassmkr/guardian/shared/chbackup"
 	"github.com/glassmkr/guardian/shared/job"
 	"github.com/glassmkr/guardian/shared/pgbackup"
 	"github.com/glassmkr/guardian/shared/pgbackup/pgbackuptest"
@@ -60,7 +61,7 @@ func TestJobTakesFullThenDiff(t *testing.T) {
 	srv := testenv.SFTPServer(t)
 	target := srv.Target("pgbackrest")
 	extra := map[string]string{job.EnvLockDir: t.TempDir(),
-		EnvMirrorTargets: target, EnvSSHKey: srv.KeyPath, EnvKnownHosts: srv.KnownHosts}
+		pgbackup.EnvSFTPTargets: target, chbackup.EnvSSHKey: srv.KeyPath, chbackup.EnvKnownHosts: srv.KnownHosts}
 	wednesday := func() time.Time { return time.Date(2026, 11, 25, 3, 0, 0, 0, time.UTC) }
 	for _, tc := range []struct {
 		args []string
@@ -101,7 +102,7 @@ func TestJobTakesFullThenDiff(t *testing.T) {
 	// A backup host whose key is not the pinned one: the backup is taken,
 	// the run is red (its copy off the host is stale), nothing is sent.
 	other := testenv.SFTPServer(t)
-	extra[EnvKnownHosts] = other.KnownHosts
+	extra[chbackup.EnvKnownHosts] = other.KnownHosts
 	var out, errOut bytes.Buffer
 	res := job.Execute(context.Background(), spec([]string{"diff"}, wednesday), c.Lookup(extra), &out, &errOut)
 	if res.Status != job.StatusRed || !strings.Contains(out.String(), "not up to date") || !strings.Contains(out.String(), `"type":"diff"`) {

@@ -5,7 +5,9 @@
 //     newest backup is restored into a scratch directory with archiving
 //     off, started with pg_ctl on its own port, checked with a query
 //     (GUARDIAN_RESTORE_CHECK, default pgbackup.DefaultCheck), stopped and
-//     removed;
+//     removed; the same for every copy of repo1 on the backup host
+//     (GUARDIAN_PGBACKREST_SFTP_TARGETS, fetched over SFTP into the
+//     scratch directory first: pgbackup.VerifyCopy);
 //   - ClickHouse (shared/chbackup.VerifyLatest): for every SFTP
 //     destination, the set LATEST names is fetched, each blob's size and
 //     SHA-256 checked, decrypted with the age identity to a temp file,
@@ -83,12 +85,45 @@ func verifyPostgres(ctx context.Context, env *config.Loader, r *job.Report) erro
 	if err := l.Err(); err != nil {
 		return fmt.Errorf("postgres: %w", err)
 	}
-	rep, err := pgbackup.VerifyRestore(ctx, cfg, env.Optional(EnvScratch, ""), env.Optional(EnvCheck, ""))
+	copies, err := pgbackup.ParseTargets(l.Optional(pgbackup.EnvSFTPTargets, ""))
+	var sshKey, knownHosts string
+	if len(copies) > 0 {
+		sshKey, knownHosts = l.String(chbackup.EnvSSHKey), l.String(chbackup.EnvKnownHosts)
+	}
+	if err := errors.Join(err, l.Err()); err != nil {
+		return fmt.Errorf("postgres: %w", err)
+	}
+	scratch, check := env.Optional(EnvScratch, ""), env.Optional(EnvCheck, "")
+	rep, err := pgbackup.VerifyRestore(ctx, cfg, scratch, check)
 	r.Set("postgres", rep)
-	if err != nil {
+	errs := []error{err}
+	if len(copies) > 0 {
+		// The copies on the backup host restore too.
+		reports := map[string]pgbackup.RestoreReport{}
+		for _, t := range copies {
+			rep, err := verifyCopy(ctx, cfg, sshKey, knownHosts, t, scratch, check)
+			reports[t.String()] = rep
+			if err != nil {
+				errs = append(errs, fmt.Errorf("copy on %s: %w", t, err))
+			}
+		}
+		r.Set("postgres_copies", reports)
+	}
+	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("postgres: %w", err)
 	}
 	return nil
+}
+
+// verifyCopy checks one copy of repo1 (pgbackup.VerifyCopy). A host that
+// cannot be reached is an error, not red: the copy was not checked.
+func verifyCopy(ctx context.Context, cfg pgbackup.Config, sshKey, knownHosts string, t chbackup.Target, scratch, check string) (pgbackup.RestoreReport, error) {
+	s, err := chbackup.DialSession(ctx, sshKey, knownHosts, t)
+	if err != nil {
+		return pgbackup.RestoreReport{}, err
+	}
+	defer s.Close()
+	return pgbackup.VerifyCopy(ctx, cfg, s, scratch, check)
 }
 
 func verifyClickHouse(ctx context.Context, env *config.Loader, r *job.Report) error {

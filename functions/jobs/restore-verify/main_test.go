@@ -222,3 +222,78 @@ func chownPostgres(t *testing.T, path string) {
 		t.Fatal(err)
 	}
 }
+
+// TestACopyOnTheBackupHostIsRestoredToo copies repo1 to a real sshd as
+// backup-postgres does, has the job fetch and restore that copy, then
+// damages the copy alone: red, naming the copy.
+func TestACopyOnTheBackupHostIsRestoredToo(t *testing.T) {
+	ctx := context.Background()
+	pgc := pgbackuptest.Start(t, 1)
+	pgc.Superuser(t, "guardian", "CREATE TABLE restore_canary (v text)", "INSERT INTO restore_canary VALUES ('copy-restored')")
+	if _, err := pgbackup.Backup(ctx, pgc.Config, pgbackup.Full); err != nil {
+		t.Fatalf("pg backup: %v", err)
+	}
+	srv := testenv.SFTPServer(t)
+	target, err := chbackup.ParseTarget(srv.Target("pgbackrest"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := chbackup.DialSession(ctx, srv.KeyPath, srv.KnownHosts, target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pgbackup.Mirror(ctx, pgc.Config.Repos[0].Path, s, target.String()); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	dir := t.TempDir()
+	settings := map[string]string{
+		EnvParts:                "postgres",
+		EnvCheck:                "SELECT v FROM restore_canary",
+		pgbackup.EnvSFTPTargets: target.String(),
+		chbackup.EnvSSHKey:      srv.KeyPath,
+		chbackup.EnvKnownHosts:  srv.KnownHosts,
+		job.EnvLockDir:          filepath.Join(dir, "lock"),
+	}
+	execute := func() (job.Result, map[string]any) {
+		t.Helper()
+		var out, errOut bytes.Buffer
+		res := job.Execute(ctx, spec(), pgc.Lookup(settings), &out, &errOut)
+		var line map[string]any
+		if err := json.Unmarshal(out.Bytes(), &line); err != nil {
+			t.Fatalf("result line %q: %v (stderr %s)", out.String(), err, errOut.String())
+		}
+		return res, line
+	}
+	res, line := execute()
+	if res.Status != job.StatusOK || !strings.Contains(mustJSON(t, line["postgres_copies"]), "copy-restored") {
+		t.Fatalf("good copy: %s %s: %v", res.Status, res.Err, line["postgres_copies"])
+	}
+
+	// Damage the copy only (repo1 stays good): the copy's check is red.
+	var victim string
+	var size int64
+	_ = filepath.WalkDir(filepath.Join(target.Path, "backup"), func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() && strings.Contains(p, "pg_data") {
+			if st, err := d.Info(); err == nil && st.Size() > size {
+				victim, size = p, st.Size()
+			}
+		}
+		return nil
+	})
+	if victim == "" {
+		t.Fatal("no backup file in the copy")
+	}
+	f, err := os.OpenFile(victim, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(bytes.Repeat([]byte{0x5a}, 16), size/2); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	res, _ = execute()
+	if res.Status != job.StatusRed || !strings.Contains(res.Err, "copy on "+target.String()) || !strings.Contains(res.Err, "checksum invalid") {
+		t.Fatalf("damaged copy: %s: %s", res.Status, res.Err)
+	}
+}
