@@ -179,28 +179,7 @@ func TestBackupVerifyRestore(t *testing.T) {
 	})
 
 	t.Run("a corrupted backup file and a failing check are red", func(t *testing.T) {
-		set := filepath.Join(cfg.Repos[0].Path, "backup", cfg.Stanza, labels[2], "pg_data")
-		var victim string
-		var size int64
-		_ = filepath.WalkDir(set, func(path string, d fs.DirEntry, err error) error {
-			if err == nil && d.Type().IsRegular() {
-				if st, err := d.Info(); err == nil && st.Size() > size {
-					victim, size = path, st.Size()
-				}
-			}
-			return nil
-		})
-		if victim == "" {
-			t.Fatalf("no file in %s", set)
-		}
-		f, err := os.OpenFile(victim, os.O_WRONLY, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := f.WriteAt(bytes.Repeat([]byte{0x5a}, 16), size/2); err != nil {
-			t.Fatal(err)
-		}
-		f.Close()
+		pgbackuptest.DamageLargest(t, filepath.Join(cfg.Repos[0].Path, "backup", cfg.Stanza, labels[2], "pg_data"))
 		// repo1 fails its verify; repo2 is still checked, restores, and
 		// fails its check.
 		rep, err := pgbackup.VerifyRestore(ctx, cfg, c.Work, "no_such_table")

@@ -271,27 +271,11 @@ func TestACopyOnTheBackupHostIsRestoredToo(t *testing.T) {
 	}
 
 	// Damage the copy only (repo1 stays good): the copy's check is red.
-	var victim string
-	var size int64
-	_ = filepath.WalkDir(filepath.Join(target.Path, "backup"), func(p string, d fs.DirEntry, err error) error {
-		if err == nil && d.Type().IsRegular() && strings.Contains(p, "pg_data") {
-			if st, err := d.Info(); err == nil && st.Size() > size {
-				victim, size = p, st.Size()
-			}
-		}
-		return nil
-	})
-	if victim == "" {
-		t.Fatal("no backup file in the copy")
+	sets, _ := filepath.Glob(filepath.Join(target.Path, "backup", pgc.Config.Stanza, "*F"))
+	if len(sets) != 1 {
+		t.Fatalf("backup sets in the copy: %v", sets)
 	}
-	f, err := os.OpenFile(victim, os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.WriteAt(bytes.Repeat([]byte{0x5a}, 16), size/2); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
+	pgbackuptest.DamageLargest(t, filepath.Join(sets[0], "pg_data"))
 	res, _ = execute()
 	if res.Status != job.StatusRed || !strings.Contains(res.Err, "copy on "+target.String()) || !strings.Contains(res.Err, "checksum invalid") {
 		t.Fatalf("damaged copy: %s: %s", res.Status, res.Err)

@@ -3,10 +3,12 @@
 package pgbackuptest
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -154,4 +156,32 @@ func Secret() string {
 		panic(err)
 	}
 	return hex.EncodeToString(b[:])
+}
+
+// DamageLargest overwrites 16 bytes in the middle of the largest file
+// under dir, as a bad disk or a tampering would, and returns its path.
+func DamageLargest(t testing.TB, dir string) string {
+	t.Helper()
+	var victim string
+	var size int64
+	_ = filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			if st, err := d.Info(); err == nil && st.Size() > size {
+				victim, size = path, st.Size()
+			}
+		}
+		return nil
+	})
+	if victim == "" {
+		t.Fatalf("pgbackuptest: no file in %s", dir)
+	}
+	f, err := os.OpenFile(victim, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt(bytes.Repeat([]byte{0x5a}, 16), size/2); err != nil {
+		t.Fatal(err)
+	}
+	return victim
 }
