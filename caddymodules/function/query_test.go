@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"strings"
@@ -35,15 +34,15 @@ func refusal(t *testing.T, err error) (int, string) {
 func TestAQueryTheProxyWouldCutIsRefused(t *testing.T) {
 	t.Parallel()
 	h := newHandler(t, &Handler{})
-	rec := httptest.NewRecorder()
-	if err := h.ServeHTTP(rec, httptest.NewRequest("GET", "/query?since=2026-01-01&key_id=a%20b", nil), nil); err != nil {
+	rec, err := call(h, "/query?since=2026-01-01&key_id=a%20b")
+	if err != nil {
 		t.Fatal(err)
 	}
 	if got := rec.Body.String(); got != "since=2026-01-01&key_id=a%20b" {
 		t.Fatalf("the function saw %q", got)
 	}
 	for _, q := range []string{"key_id=%zz", "since=2026-01-01;", "a=1;b=2", "a=%"} {
-		err := h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/query?"+q, nil), nil)
+		_, err := call(h, "/query?"+q)
 		if err == nil {
 			t.Errorf("%q passed: the function would see it without the bad part", q)
 			continue
@@ -59,7 +58,8 @@ func TestABusyFunctionSaysWhenToRetry(t *testing.T) {
 	h := newHandler(t, &Handler{MaxConcurrent: 1, QueueTimeout: caddy.Duration(50 * time.Millisecond)})
 	done := make(chan error, 1)
 	go func() {
-		done <- h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/sleep?d=2s", nil), nil)
+		_, err := call(h, "/sleep?d=2s")
+		done <- err
 	}()
 	deadline := time.Now().Add(10 * time.Second)
 	for len(h.sem) == 0 {
@@ -68,8 +68,7 @@ func TestABusyFunctionSaysWhenToRetry(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	rec := httptest.NewRecorder()
-	err := h.ServeHTTP(rec, httptest.NewRequest("GET", "/ok", nil), nil)
+	rec, err := call(h, "/ok")
 	if status, code := refusal(t, err); status != 503 || code != "function_busy" {
 		t.Fatalf("%d %s", status, code)
 	}
@@ -87,8 +86,8 @@ func TestABusyFunctionSaysWhenToRetry(t *testing.T) {
 func TestAFunctionIsSealed(t *testing.T) {
 	t.Parallel()
 	h := newHandler(t, &Handler{})
-	rec := httptest.NewRecorder()
-	if err := h.ServeHTTP(rec, httptest.NewRequest("GET", "/sealed", nil), nil); err != nil {
+	rec, err := call(h, "/sealed")
+	if err != nil {
 		t.Fatal(err)
 	}
 	if rec.Body.String() != "true" {

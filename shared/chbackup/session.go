@@ -2,11 +2,7 @@ package chbackup
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"io"
-	"os"
-	"path"
 
 	"github.com/pkg/sftp"
 )
@@ -40,29 +36,7 @@ func (s *Session) Root() string { return s.r.target.Path }
 // Put streams src to name: written under a temporary name beside it,
 // synced when the server can, then renamed over name, so name is never
 // half-written. Temporary names start with TempPrefix.
-func (s *Session) Put(name string, src io.Reader) (int64, error) {
-	var rnd [6]byte
-	_, _ = rand.Read(rnd[:])
-	tmp := path.Join(path.Dir(name), tmpPrefix+path.Base(name)+"-"+hex.EncodeToString(rnd[:]))
-	f, err := s.r.c.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL)
-	if err != nil {
-		return 0, err
-	}
-	n, err := f.ReadFrom(src)
-	if err == nil && s.r.fsync {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = s.r.rename(tmp, name)
-	}
-	if err != nil {
-		_ = s.r.c.Remove(tmp)
-	}
-	return n, err
-}
+func (s *Session) Put(name string, src io.Reader) (int64, error) { return s.r.put(name, src) }
 
 // TempPrefix starts the names of files being written by Put; what an
 // interrupted run left under such a name may be removed.

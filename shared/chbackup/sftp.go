@@ -1,6 +1,7 @@
 package chbackup
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -179,17 +180,23 @@ func (r *remote) rename(from, to string) error {
 	return r.c.Rename(from, to)
 }
 
-// writeFile writes data to a temporary name beside name, syncs it when
-// the server can, and renames it over name.
+// writeFile writes data to name as put does.
 func (r *remote) writeFile(name string, data []byte) error {
+	_, err := r.put(name, bytes.NewReader(data))
+	return err
+}
+
+// put streams src to a temporary name beside name, syncs it when the
+// server can, and renames it over name: name is never half-written.
+func (r *remote) put(name string, src io.Reader) (int64, error) {
 	var rnd [6]byte
 	_, _ = rand.Read(rnd[:])
 	tmp := path.Join(path.Dir(name), tmpPrefix+path.Base(name)+"-"+hex.EncodeToString(rnd[:]))
 	f, err := r.c.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL)
 	if err != nil {
-		return err
+		return 0, err
 	}
-	_, err = f.Write(data)
+	n, err := f.ReadFrom(src)
 	if err == nil && r.fsync {
 		err = f.Sync()
 	}
@@ -202,7 +209,7 @@ func (r *remote) writeFile(name string, data []byte) error {
 	if err != nil {
 		_ = r.c.Remove(tmp)
 	}
-	return err
+	return n, err
 }
 
 // readFile reads a small file, at most limit bytes.

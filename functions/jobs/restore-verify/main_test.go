@@ -114,18 +114,12 @@ func TestGreenOnGoodBackupsRedWithOneAlertOnDamagedOrMissing(t *testing.T) {
 	execute := func(extra map[string]string) (job.Result, map[string]any) {
 		t.Helper()
 		lookup := pgc.Lookup(settings)
-		var out, errOut bytes.Buffer
-		res := job.Execute(ctx, spec(), func(k string) (string, bool) {
+		return runJob(t, func(k string) (string, bool) {
 			if v, ok := extra[k]; ok {
 				return v, true
 			}
 			return lookup(k)
-		}, &out, &errOut)
-		var line map[string]any
-		if err := json.Unmarshal(out.Bytes(), &line); err != nil {
-			t.Fatalf("result line %q: %v (stderr %s)", out.String(), err, errOut.String())
-		}
-		return res, line
+		})
 	}
 
 	// Good backups: green, the check value came from the restored copy.
@@ -255,16 +249,7 @@ func TestACopyOnTheBackupHostIsRestoredToo(t *testing.T) {
 		chbackup.EnvKnownHosts:  srv.KnownHosts,
 		job.EnvLockDir:          filepath.Join(dir, "lock"),
 	}
-	execute := func() (job.Result, map[string]any) {
-		t.Helper()
-		var out, errOut bytes.Buffer
-		res := job.Execute(ctx, spec(), pgc.Lookup(settings), &out, &errOut)
-		var line map[string]any
-		if err := json.Unmarshal(out.Bytes(), &line); err != nil {
-			t.Fatalf("result line %q: %v (stderr %s)", out.String(), err, errOut.String())
-		}
-		return res, line
-	}
+	execute := func() (job.Result, map[string]any) { t.Helper(); return runJob(t, pgc.Lookup(settings)) }
 	res, line := execute()
 	if res.Status != job.StatusOK || !strings.Contains(mustJSON(t, line["postgres_copies"]), "copy-restored") {
 		t.Fatalf("good copy: %s %s: %v", res.Status, res.Err, line["postgres_copies"])
@@ -280,4 +265,26 @@ func TestACopyOnTheBackupHostIsRestoredToo(t *testing.T) {
 	if res.Status != job.StatusRed || !strings.Contains(res.Err, "copy on "+target.String()) || !strings.Contains(res.Err, "checksum invalid") {
 		t.Fatalf("damaged copy: %s: %s", res.Status, res.Err)
 	}
+
+	// A backup host that does not answer: the copy was not checked, which
+	// is an error (exit 2), not a verdict on the copy.
+	if err := srv.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	res, _ = execute()
+	if res.Status != job.StatusError || !strings.Contains(res.Err, "copy on "+target.String()) {
+		t.Fatalf("backup host down: %s: %s", res.Status, res.Err)
+	}
+}
+
+// runJob runs the job once with lookup and returns its result line.
+func runJob(t *testing.T, lookup func(string) (string, bool)) (job.Result, map[string]any) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	res := job.Execute(context.Background(), spec(), lookup, &out, &errOut)
+	var line map[string]any
+	if err := json.Unmarshal(out.Bytes(), &line); err != nil {
+		t.Fatalf("result line %q: %v (stderr %s)", out.String(), err, errOut.String())
+	}
+	return res, line
 }
