@@ -417,14 +417,18 @@ func nullable(s string) any {
 var copySQL = "COPY api_audit_log (" + strings.Join(columns, ", ") + ") FROM STDIN (FORMAT binary)"
 
 // insert writes a batch with one binary COPY, encoded into *buf (reused
-// by the caller's chain). A replayed row (its chain position already stored)
-// or a customer deleted since the request makes COPY fail as a whole; the
-// batch is then inserted row by row (insertIgnoringDuplicates).
+// by the caller's chain). A replayed row (its chain position already
+// stored) makes COPY fail as a whole; the batch is then inserted row by
+// row (insertIgnoringDuplicates).
+//
+// customer_id is stored as given: the table has no foreign key (migration
+// 0011), so a row whose customer was deleted since the request keeps the
+// id until account-purge nulls it.
 func insert(ctx context.Context, db *pgxpool.Pool, buf *[]byte, rows []*audit.Row) error {
 	if len(rows) == 1 {
 		// A lone row (an edge that is not busy): a prepared INSERT is one
 		// round trip and about a fifth less PostgreSQL CPU than a COPY of
-		// one row, and it handles a replay or a vanished customer itself.
+		// one row, and it handles a replay itself.
 		_, err := db.Exec(ctx, insertOne, values(rows[0])...)
 		return err
 	}
@@ -438,25 +442,20 @@ func insert(ctx context.Context, db *pgxpool.Pool, buf *[]byte, rows []*audit.Ro
 		return err
 	})
 	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && (pgErr.Code == "23505" || pgErr.Code == "23503") {
+	if errors.As(err, &pgErr) && pgErr.Code == "23505" {
 		return insertIgnoringDuplicates(ctx, db, rows)
 	}
 	return err
 }
 
 // insertOne stores one row unless its chain position is already stored.
-// A customer deleted since the request (account purge) is stored as NULL,
-// as the deletion would have left the row: the hash leaves customer_id out
-// for this, so the chain still verifies.
 const insertOne = `INSERT INTO api_audit_log (customer_id, key_id, user_id, occurred_at, source_ip, user_agent, request_id,
 	method, path, resource_type, resource_id, action, result, status_code, metadata, writer_id, writer_seq, prev_hash, row_hash)
-VALUES ((SELECT id FROM customers WHERE id = $1), $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
 ON CONFLICT DO NOTHING`
 
 // insertIgnoringDuplicates writes rows in one transaction, skipping any
-// already stored (replays after a crash between commit and spool removal)
-// and keeping those of a customer deleted meanwhile (whose foreign key
-// failed the COPY, and would otherwise fail every replay of the spool).
+// already stored (replays after a crash between commit and spool removal).
 func insertIgnoringDuplicates(ctx context.Context, db *pgxpool.Pool, rows []*audit.Row) error {
 	return pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
 		b := &pgx.Batch{}

@@ -409,20 +409,27 @@ func TestRowsTheTableWouldRefuseAreRefusedAlone(t *testing.T) {
 }
 
 // A customer deleted between a request and its row's commit (an account
-// purge racing the customer's last requests) fails the COPY's foreign key;
-// the row is kept with no customer, as the deletion would have left it,
-// the rows batched with it are kept too, and the chain verifies. Before,
-// the whole batch went to the spool and failed every replay.
-func TestRowsOfADeletedCustomerAreKeptWithoutIt(t *testing.T) {
+// purge racing the customer's last requests): the row is stored with the
+// id, the rows batched with it too, nothing goes to the spool, and
+// account-purge's forget_deleted_customers (migration 0011) nulls the id
+// afterwards, as the deletion did to the customer's earlier rows; the
+// chain still verifies. Before 0011 a foreign key refused such a row.
+func TestRowsOfADeletedCustomerAreKeptAndAnonymised(t *testing.T) {
 	t.Parallel()
 	pg := testenv.Postgres(t)
 	ctx := context.Background()
-	var live string
+	var live, gone string
 	if err := pg.Owner.QueryRow(ctx, "INSERT INTO customers (name) VALUES ('live') RETURNING id::text").Scan(&live); err != nil {
 		t.Fatal(err)
 	}
+	if err := pg.Owner.QueryRow(ctx, "INSERT INTO customers (name) VALUES ('gone') RETURNING id::text").Scan(&gone); err != nil {
+		t.Fatal(err)
+	}
+	app := pg.App(t)
+	if _, err := app.Exec(ctx, "DELETE FROM customers WHERE id = $1", gone); err != nil {
+		t.Fatal(err)
+	}
 	w := newWriter(t, pg.AppDSN, 1<<20)
-	gone := "0b3c8a4e-51d2-4f0e-9a57-3f1c2d4e5f60" // no such customer
 	rows := make([]*audit.Row, 40)
 	var wg sync.WaitGroup
 	errs := make(chan error, len(rows))
@@ -442,18 +449,8 @@ func TestRowsOfADeletedCustomerAreKeptWithoutIt(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	var kept, orphaned int
-	if err := pg.Owner.QueryRow(ctx, "SELECT count(*) FILTER (WHERE customer_id = $1), count(*) FILTER (WHERE customer_id IS NULL) FROM api_audit_log", live).Scan(&kept, &orphaned); err != nil {
-		t.Fatal(err)
-	}
-	if kept != 30 || orphaned != 10 || w.spool.isSpooling() {
-		t.Fatalf("%d rows of the customer (want 30), %d without one (want 10), spooling %v", kept, orphaned, w.spool.isSpooling())
-	}
-	if rep, err := audit.Verify(ctx, pg.Owner); err != nil || !rep.OK() || rep.Rows != 40 {
-		t.Fatalf("verify: %+v %v", rep, err)
-	}
 	// The same through a COPY for certain: a batch of two, one of them the
-	// vanished customer's.
+	// deleted customer's.
 	c := &chain{base: "direct", id: "direct"}
 	batch := []*audit.Row{testRow(100), testRow(101)}
 	batch[0].CustomerID, batch[1].CustomerID = live, gone
@@ -461,14 +458,38 @@ func TestRowsOfADeletedCustomerAreKeptWithoutIt(t *testing.T) {
 		c.link(r)
 	}
 	var buf []byte
-	if err := insert(ctx, pg.App(t), &buf, batch); err != nil {
+	if err := insert(ctx, app, &buf, batch); err != nil {
 		t.Fatal(err)
 	}
-	if err := pg.Owner.QueryRow(ctx, "SELECT count(*) FILTER (WHERE customer_id = $1), count(*) FILTER (WHERE customer_id IS NULL) FROM api_audit_log", live).Scan(&kept, &orphaned); err != nil {
-		t.Fatal(err)
+	counts := func() (kept, late, orphaned int) {
+		t.Helper()
+		if err := pg.Owner.QueryRow(ctx, `SELECT count(*) FILTER (WHERE customer_id = $1), count(*) FILTER (WHERE customer_id = $2),
+			count(*) FILTER (WHERE customer_id IS NULL) FROM api_audit_log`, live, gone).Scan(&kept, &late, &orphaned); err != nil {
+			t.Fatal(err)
+		}
+		return
 	}
-	if kept != 31 || orphaned != 11 {
-		t.Fatalf("after a COPY batch: %d rows of the customer (want 31), %d without one (want 11)", kept, orphaned)
+	if kept, late, orphaned := counts(); kept != 31 || late != 11 || orphaned != 0 || w.spool.isSpooling() {
+		t.Fatalf("stored: %d rows of the customer (want 31), %d of the deleted one (want 11), %d without one (want 0), spooling %v",
+			kept, late, orphaned, w.spool.isSpooling())
+	}
+	var nulled int64
+	if err := app.QueryRow(ctx, "SELECT forget_deleted_customers('30 days')").Scan(&nulled); err != nil || nulled != 11 {
+		t.Fatalf("forget_deleted_customers: %d rows (want 11), %v", nulled, err)
+	}
+	if kept, late, orphaned := counts(); kept != 31 || late != 0 || orphaned != 11 {
+		t.Fatalf("after forgetting: %d rows of the customer (want 31), %d of the deleted one (want 0), %d without one (want 11)", kept, late, orphaned)
+	}
+	if rep, err := audit.Verify(ctx, pg.Owner); err != nil || !rep.OK() || rep.Rows != 42 {
+		t.Fatalf("verify: %+v %v", rep, err)
+	}
+	// The deletion is remembered for its interval, then forgotten.
+	if err := app.QueryRow(ctx, "SELECT forget_deleted_customers('0 seconds')").Scan(&nulled); err != nil || nulled != 0 {
+		t.Fatalf("forget_deleted_customers again: %d rows (want 0), %v", nulled, err)
+	}
+	var remembered int
+	if err := pg.Owner.QueryRow(ctx, "SELECT count(*) FROM deleted_customers").Scan(&remembered); err != nil || remembered != 0 {
+		t.Fatalf("deleted_customers after a zero interval: %d (want 0), %v", remembered, err)
 	}
 }
 

@@ -18,9 +18,11 @@
 //     ALTER TABLE … DELETE WHERE customer_id IN (…) mutation per table;
 //   - PostgreSQL: the customers row, and by the foreign keys' cascades its
 //     users, sessions, servers, API keys and idempotency keys. Its
-//     api_audit_log rows stay, with customer_id set to NULL (the foreign
-//     key's ON DELETE SET NULL, the one change the audit log's trigger
-//     allows; the rows' hash chain does not cover customer_id).
+//     api_audit_log rows stay, with customer_id set to NULL by a trigger
+//     on customers (the one change the audit log's own trigger allows;
+//     the rows' hash chain does not cover customer_id). Rows written
+//     after the deletion (a request in flight, a spool replayed later)
+//     are nulled by every run (forget_deleted_customers, migration 0011).
 //
 // Order and restarts. ClickHouse first, PostgreSQL last, and an account's
 // PostgreSQL row is deleted only once no pending mutation names it and a
@@ -43,12 +45,14 @@
 //
 // Result line (besides job's members): accounts_due, accounts_purged,
 // purged_customer_ids, waiting_customer_ids, accounts_remaining,
-// accounts_overdue, mutations_issued, rows_to_delete, clickhouse_tables.
+// accounts_overdue, mutations_issued, rows_to_delete, clickhouse_tables,
+// servers_due, purged_server_ids, waiting_server_ids, audit_rows_anonymised.
 //
 // Environment (see shared/job for the lock, metrics and alert settings):
 //
 //	GUARDIAN_PG_APP_DSN           the runtime role: it holds SELECT and DELETE on customers
-//	                              and deleted_servers, all this job needs (cascades run as
+//	                              and deleted_servers and may call forget_deleted_customers,
+//	                              all this job needs (cascades and the audit trigger run as
 //	                              the tables' owner);
 //	                              the owner DSN is not used
 //	GUARDIAN_CLICKHOUSE_ADDR, _USER, _PASSWORD, _DATABASE   a user allowed ALTER … DELETE

@@ -77,6 +77,10 @@ type Result struct {
 	ServersDue     int      `json:"servers_due"`
 	ServersPurged  []string `json:"purged_server_ids"`
 	ServersWaiting []string `json:"waiting_server_ids"`
+	// AuditRowsAnonymised: audit rows written after their customer was
+	// deleted (requests in flight during a purge, a spool replayed
+	// later), whose customer_id this run set to NULL.
+	AuditRowsAnonymised int64 `json:"audit_rows_anonymised"`
 }
 
 // Report adds the run's facts to the job's result line.
@@ -93,6 +97,7 @@ func (r Result) Report(rep *job.Report) {
 	rep.Set("servers_due", r.ServersDue)
 	rep.Set("purged_server_ids", nonNil(r.ServersPurged))
 	rep.Set("waiting_server_ids", nonNil(r.ServersWaiting))
+	rep.Set("audit_rows_anonymised", r.AuditRowsAnonymised)
 }
 
 const (
@@ -100,9 +105,14 @@ const (
 	dueAccount = `SELECT id::text FROM customers WHERE delete_after <= $1 ORDER BY delete_after, id LIMIT $2`
 	// deleteAccounts re-checks delete_after, so an account whose deletion
 	// was called off meanwhile stays. The foreign keys delete its users,
-	// sessions, servers, keys and idempotency keys, and set customer_id
-	// to NULL on its audit rows, which stay.
+	// sessions, servers, keys and idempotency keys; a trigger sets
+	// customer_id to NULL on its audit rows, which stay (migration 0011).
 	deleteAccounts = `DELETE FROM customers WHERE id = ANY($1::uuid[]) AND delete_after <= $2 RETURNING id::text`
+	// forgetDeleted nulls customer_id on audit rows written after their
+	// customer's deletion, and forgets deletions older than its argument
+	// (migration 0011). A spool holds rows only while PostgreSQL is away
+	// and replays them as soon as it is back, so 30 days is ample.
+	forgetDeleted = `SELECT forget_deleted_customers('30 days')`
 	// Servers deleted through the API whose ClickHouse rows may remain.
 	dueServers    = `SELECT server_id::text FROM deleted_servers ORDER BY deleted_at, server_id LIMIT $1`
 	forgetServers = `DELETE FROM deleted_servers WHERE server_id = ANY($1::uuid[]) RETURNING server_id::text`
@@ -142,6 +152,9 @@ func (p *Purger) Run(ctx context.Context, now time.Time) (Result, error) {
 	}
 	if err := p.purgeServers(ctx, &res); err != nil {
 		return res, err
+	}
+	if err := p.PG.QueryRow(ctx, forgetDeleted).Scan(&res.AuditRowsAnonymised); err != nil {
+		return res, fmt.Errorf("anonymise late audit rows of deleted accounts: %w", err)
 	}
 	if p.OverdueAfter > 0 {
 		if err := p.PG.QueryRow(ctx, dueCount, now.Add(-p.OverdueAfter)).Scan(&res.Overdue); err != nil {
