@@ -46,7 +46,7 @@ fmt:
 vet:
 	$(GO) vet ./...
 
-## bench: the edge beside bare Caddy (bench-edge); ~10 min on 2 cores. See BENCH.md
+## bench: the edge beside bare Caddy (bench-edge); ~12 min on 2 cores. See BENCH.md
 bench: bench-edge
 
 ## bench-edge: private servers, five edge configurations vs bare Caddy, closed and open loop, micro-benchmarks; updates BENCH.md; flags via BENCH_ARGS

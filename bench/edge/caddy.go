@@ -29,7 +29,7 @@ type config struct {
 // Every one gets the same request: GET <path>/ok with the account key in
 // Authorization: Bearer; a, fn and b ignore it.
 var configs = []config{
-	{"a", "/a/ok", "bare Caddy: reverse_proxy to a hand-started testfn on a unix socket", false, false, false, false},
+	{"a", "/a/ok", "bare Caddy: reverse_proxy to a hand-started testfn on a unix socket (idle pool as large as the runtime's)", false, false, false, false},
 	{"fn", "/fn/ok", "guardian_function alone (the runtime; the upstream of b-e)", false, false, false, false},
 	{"b", "/b/ok", "guardian_headers + guardian_function", true, false, false, false},
 	{"c", "/c/ok", "b + guardian_auth (account key, scope read)", true, true, false, false},
@@ -97,7 +97,15 @@ http://127.0.0.1:{{.Port}} {
 	bind 127.0.0.1
 
 	handle_path /a/* {
-		reverse_proxy unix/{{.BareSocket}}
+		# Idle connections kept as many as the runtime keeps (Caddy's
+		# default is 32), so that a is not re-dialling its upstream at
+		# higher concurrency while fn-e are not.
+		reverse_proxy unix/{{.BareSocket}} {
+			transport http {
+				keepalive_idle_conns_per_host {{.MaxConcurrent}}
+				keepalive_idle_conns {{.MaxConcurrent}}
+			}
+		}
 	}
 	handle_path /fn/* {
 		route {

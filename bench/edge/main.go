@@ -15,9 +15,12 @@
 //
 // Load, from this process over loopback:
 //
-//   - closed loop: -c workers each sending the next request when the last
-//     answer is read, -d per round;
-//   - open loop at each rate of -open ("50%" = half of a's closed-loop
+//   - closed loop, one phase per value of -c (default 32 and 128): that
+//     many workers each sending the next request when the last answer is
+//     read, -d per round. Each configuration's saturation is its best
+//     req/s over these phases (see saturation), and the throughput
+//     targets compare saturations;
+//   - open loop at each rate of -open ("50%" = half of a's saturation
 //     req/s; "1000" = 1000 req/s), -open-d per round, requests on a fixed
 //     schedule whatever the answers do.
 //
@@ -64,7 +67,8 @@ import (
 
 type options struct {
 	caddyBin, testfnBin string
-	concurrency         int
+	concurrency         string
+	concurrencies       []int
 	duration            time.Duration
 	openDuration        time.Duration
 	warmup              time.Duration
@@ -85,12 +89,12 @@ func parseFlags() options {
 	var o options
 	flag.StringVar(&o.caddyBin, "caddy", "", "custom Caddy binary (default: build ./cmd/caddy)")
 	flag.StringVar(&o.testfnBin, "testfn", "", "test function binary (default: build ./caddymodules/function/testdata/testfn)")
-	flag.IntVar(&o.concurrency, "c", 32, "concurrent requests of the closed loop")
+	flag.StringVar(&o.concurrency, "c", "32,128", "concurrent requests of the closed loop, comma-separated: one closed phase each")
 	flag.DurationVar(&o.duration, "d", 5*time.Second, "duration of one closed-loop round")
 	flag.DurationVar(&o.openDuration, "open-d", 5*time.Second, "duration of one open-loop round")
 	flag.DurationVar(&o.warmup, "warmup", time.Second, "closed-loop warm-up per configuration before the rounds")
 	flag.IntVar(&o.reps, "reps", 3, "rounds per configuration and phase")
-	flag.StringVar(&o.open, "open", "50%,1000", `open-loop rates, comma-separated: "N%" of a's closed-loop req/s, or req/s ("" for none)`)
+	flag.StringVar(&o.open, "open", "50%,1000", `open-loop rates, comma-separated: "N%" of a's saturation req/s, or req/s ("" for none)`)
 	flag.IntVar(&o.maxInFlight, "max-inflight", 1024, "open loop: requests outstanding at most (more are dropped and counted)")
 	flag.IntVar(&o.maxConcurrent, "max-concurrent", 1024, "guardian_function max_concurrent (high, so it never limits)")
 	flag.Float64Var(&o.noise, "noise", 0.15, "repeat a round during which other processes used more than this share of all CPUs (0: never)")
@@ -106,8 +110,6 @@ func parseFlags() options {
 
 func (o options) validate() error {
 	switch {
-	case o.concurrency < 1 || o.concurrency > 4096:
-		return fmt.Errorf("-c must be between 1 and 4096, got %d", o.concurrency)
 	case o.duration <= 0 || o.duration > 10*time.Minute:
 		return fmt.Errorf("-d must be between 0 and 10m, got %s", o.duration)
 	case o.openDuration <= 0 || o.openDuration > 10*time.Minute:
@@ -127,13 +129,35 @@ func (o options) validate() error {
 	case o.stackMode != "" && o.stackMode != "test":
 		return fmt.Errorf(`-stack-mode must be "" or "test", got %q`, o.stackMode)
 	}
+	if _, err := parseConcurrencies(o.concurrency); err != nil {
+		return err
+	}
 	_, err := parseRates(o.open)
 	return err
 }
 
+// parseConcurrencies reads -c: distinct values from 1 to 4096, at most 8.
+func parseConcurrencies(s string) ([]int, error) {
+	var out []int
+	for part := range strings.SplitSeq(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(part))
+		if err != nil || n < 1 || n > 4096 {
+			return nil, fmt.Errorf("-c: each value must be a number from 1 to 4096, got %q", part)
+		}
+		if slices.Contains(out, n) {
+			return nil, fmt.Errorf("-c: %d given twice", n)
+		}
+		out = append(out, n)
+	}
+	if len(out) > 8 {
+		return nil, fmt.Errorf("-c: at most 8 values, got %d", len(out))
+	}
+	return out, nil
+}
+
 // rateSpec is one -open entry.
 type rateSpec struct {
-	fraction float64 // of a's closed-loop req/s, or 0
+	fraction float64 // of a's saturation req/s, or 0
 	rate     float64 // req/s when fraction is 0
 }
 
@@ -167,6 +191,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench/edge:", err)
 		os.Exit(2)
 	}
+	o.concurrencies, _ = parseConcurrencies(o.concurrency) // validated
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, o)
 	if ctx.Err() != nil {
@@ -227,7 +252,7 @@ func run(ctx context.Context, o options) (err error) {
 	rep := &report{
 		Time:    time.Now().UTC().Format(time.RFC3339),
 		Machine: machineInfo(),
-		Settings: settings{Concurrency: o.concurrency, RoundSeconds: o.duration.Seconds(), OpenSeconds: o.openDuration.Seconds(),
+		Settings: settings{Concurrency: o.concurrencies, RoundSeconds: o.duration.Seconds(), OpenSeconds: o.openDuration.Seconds(),
 			WarmupS: o.warmup.Seconds(), Reps: o.reps, MaxInFlight: o.maxInFlight, StackMode: o.stackMode,
 			Noise: o.noise, Retries: o.retries},
 		Configs: configs,
@@ -333,19 +358,25 @@ func (b *bench) setUp(ctx context.Context, o *options) error {
 	return nil
 }
 
-// measure runs the closed-loop phase, then each open-loop rate.
+// measure runs a closed-loop phase per concurrency, then each open-loop
+// rate.
 func (b *bench) measure(ctx context.Context, o options, rep *report) error {
-	client := harness.NewClient(max(o.concurrency, o.maxInFlight))
+	client := harness.NewClient(max(slices.Max(o.concurrencies), o.maxInFlight))
 	defer client.CloseIdleConnections()
 	if err := b.warmUp(ctx, client, o); err != nil {
 		return err
 	}
-	closed, err := b.runPhase(ctx, client, phaseSpec{Name: "closed"}, o)
-	if err != nil {
-		return err
+	var closed []phaseResult
+	for _, n := range o.concurrencies {
+		ph, err := b.runPhase(ctx, client, phaseSpec{Name: fmt.Sprintf("closed-%d", n), Concurrency: n}, o)
+		if err != nil {
+			return err
+		}
+		closed = append(closed, ph)
+		rep.Phases = append(rep.Phases, ph)
 	}
-	rep.Phases = append(rep.Phases, closed)
-	a, _ := closed.config("a")
+	rep.Saturation = saturation(closed)
+	a, _ := rep.Saturation.config("a")
 	// Open-loop phases in ascending rate: a phase that overloads Caddy
 	// leaves a larger heap behind, which would inflate the peak RSS of the
 	// phases after it.

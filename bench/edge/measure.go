@@ -16,10 +16,11 @@ import (
 
 // phaseSpec is one load shape every configuration is driven with.
 type phaseSpec struct {
-	Name     string  `json:"name"`
-	Open     bool    `json:"open_loop"`
-	Rate     float64 `json:"rate,omitempty"`          // open loop: requests per second
-	Fraction float64 `json:"fraction_of_a,omitempty"` // open loop: the rate as a share of a's closed-loop req/s, when given so
+	Name        string  `json:"name"`
+	Open        bool    `json:"open_loop"`
+	Concurrency int     `json:"concurrency,omitempty"`   // closed loop: requests in flight
+	Rate        float64 `json:"rate,omitempty"`          // open loop: requests per second
+	Fraction    float64 `json:"fraction_of_a,omitempty"` // open loop: the rate as a share of a's saturation req/s, when given so
 }
 
 // cpuSplit is CPU time in microseconds, by process.
@@ -83,12 +84,15 @@ type roundResult struct {
 
 // configResult is a configuration's rounds of one phase, summed up.
 type configResult struct {
-	Config    string    `json:"config"`
-	RPS       float64   `json:"rps_median"`
-	RoundsRPS []float64 `json:"rps_rounds"`
-	Sent      int       `json:"sent"`
-	Errors    int       `json:"errors"`
-	Dropped   int       `json:"dropped"`
+	Config string `json:"config"`
+	// Concurrency: in the saturation summary, the closed loop's
+	// concurrency at which the configuration reached its best req/s.
+	Concurrency int       `json:"concurrency,omitempty"`
+	RPS         float64   `json:"rps_median"`
+	RoundsRPS   []float64 `json:"rps_rounds"`
+	Sent        int       `json:"sent"`
+	Errors      int       `json:"errors"`
+	Dropped     int       `json:"dropped"`
 	// Latency percentiles over every request of every round.
 	P50Ms    float64 `json:"p50_ms"`
 	P99Ms    float64 `json:"p99_ms"`
@@ -144,7 +148,7 @@ func (p phaseResult) config(id string) (configResult, bool) {
 func (b *bench) warmUp(ctx context.Context, client *http.Client, o options) error {
 	for _, c := range configs {
 		fmt.Fprintf(os.Stderr, "warm-up %s for %s ...\n", c.Path, o.warmup)
-		if w := harness.ClosedLoop(ctx, client, b.target(c), o.concurrency, o.warmup); o.warmup > 0 && w.OK == 0 {
+		if w := harness.ClosedLoop(ctx, client, b.target(c), o.concurrencies[0], o.warmup); o.warmup > 0 && w.OK == 0 {
 			return b.withLogTail(fmt.Errorf("warm-up of %s: no request succeeded (%d errors)", c.Path, w.Errors))
 		}
 	}
@@ -210,7 +214,7 @@ func (b *bench) round(ctx context.Context, client *http.Client, c config, ph pha
 	if ph.Open {
 		lr = harness.OpenLoop(ctx, client, b.target(c), ph.Rate, o.openDuration, o.maxInFlight)
 	} else {
-		lr = harness.ClosedLoop(ctx, client, b.target(c), o.concurrency, o.duration)
+		lr = harness.ClosedLoop(ctx, client, b.target(c), ph.Concurrency, o.duration)
 	}
 	cpu1 := b.cpu(fnPid, before)
 	peak := harness.ProcStatusKiB(caddyPid, "VmHWM")
@@ -347,6 +351,41 @@ func summarize(id string, rounds []roundResult) configResult {
 		res.OthersBusy = harness.Round3(res.OthersBusy / seconds)
 	}
 	return res
+}
+
+// saturation is each configuration at its saturation: the closed-loop
+// phase in which it reached its highest req/s, with that phase's rounds
+// (so paired ratios pair rounds of one repetition) and ratios to a's own
+// best. A configuration whose requests wait longer (a group commit, a
+// shared pipeline) needs more requests in flight to keep the CPUs busy
+// (Little's law), so one fixed concurrency would measure it below its
+// saturation.
+func saturation(closed []phaseResult) *phaseResult {
+	if len(closed) == 0 {
+		return nil
+	}
+	sat := &phaseResult{phaseSpec: phaseSpec{Name: "saturation"}}
+	for i := range closed[0].Configs {
+		best := closed[0]
+		for _, p := range closed[1:] {
+			if p.Configs[i].RPS > best.Configs[i].RPS {
+				best = p
+			}
+		}
+		c := best.Configs[i]
+		c.Concurrency = best.Concurrency
+		sat.Configs = append(sat.Configs, c)
+		for _, r := range best.Rounds {
+			if r.Config == c.Config {
+				sat.Rounds = append(sat.Rounds, r)
+			}
+		}
+	}
+	base, _ := sat.config("a")
+	for i := range sat.Configs {
+		sat.Configs[i].compare(base)
+	}
+	return sat
 }
 
 // compare fills the ratios to, and the latency added over, base.
