@@ -2,6 +2,7 @@ package audit
 
 import (
 	"strconv"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -26,6 +27,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    spool_dir       <dir>
 //	    max_spool_bytes <n>
 //	    timeout         <duration>
+//	    linger          <duration>|off
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next()
@@ -56,6 +58,16 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("timeout: invalid duration %q", val)
 			}
 			h.Timeout = caddy.Duration(dur)
+		case "linger":
+			if val == "off" {
+				h.Linger = -1
+				break
+			}
+			dur, err := caddy.ParseDuration(val)
+			if err != nil || dur <= 0 || dur > time.Second {
+				return d.Errf("linger: want a duration up to 1s, or off; got %q", val)
+			}
+			h.Linger = caddy.Duration(dur)
 		default:
 			return d.Errf("unknown guardian_audit setting %q", field)
 		}

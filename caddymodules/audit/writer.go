@@ -38,19 +38,27 @@ type WriterConfig struct {
 	// Chains is how many hash chains (and COPY streams) write in
 	// parallel. Default 4.
 	Chains int
-	Log    *zap.Logger
+	// Linger is how long a busy chain waits for more rows before it
+	// commits a batch (see gather). 0: never (a batch is what is queued).
+	Linger time.Duration
+	// LingerAfter is the batch size from which a chain counts as busy:
+	// the next batch lingers only after one at least this large. Default 8.
+	LingerAfter int
+	Log         *zap.Logger
 }
 
 // Writer turns audit rows into durable rows: several chains, each one
 // goroutine that group-commits what is queued for it, so that COPY streams
 // overlap while every chain stays in order.
 type Writer struct {
-	db       *pgxpool.Pool
-	spool    *spool
-	chains   []*chain
-	next     atomic.Uint64
-	maxBatch int
-	log      *zap.Logger
+	db          *pgxpool.Pool
+	spool       *spool
+	chains      []*chain
+	next        atomic.Uint64
+	maxBatch    int
+	linger      atomic.Int64 // time.Duration; SetLinger
+	lingerAfter int
+	log         *zap.Logger
 
 	full     atomic.Bool
 	lastWarn atomic.Int64
@@ -95,6 +103,9 @@ func NewWriter(cfg WriterConfig) (*Writer, error) {
 	if cfg.Chains <= 0 {
 		cfg.Chains = 4
 	}
+	if cfg.LingerAfter <= 0 {
+		cfg.LingerAfter = 8
+	}
 	if cfg.Log == nil {
 		cfg.Log = zap.NewNop()
 	}
@@ -112,7 +123,8 @@ func NewWriter(cfg WriterConfig) (*Writer, error) {
 		db.Close()
 		return nil, err
 	}
-	w := &Writer{db: db, spool: sp, maxBatch: cfg.MaxBatch, log: cfg.Log}
+	w := &Writer{db: db, spool: sp, maxBatch: cfg.MaxBatch, lingerAfter: cfg.LingerAfter, log: cfg.Log}
+	w.SetLinger(cfg.Linger)
 	var base [6]byte
 	_, _ = rand.Read(base[:])
 	for i := range cfg.Chains {
@@ -184,6 +196,10 @@ func (w *Writer) pick() *chain {
 	return w.chains[w.next.Add(1)%uint64(len(w.chains))]
 }
 
+// SetLinger changes Linger for the batches to come (the newest Caddy
+// config sharing this writer sets it).
+func (w *Writer) SetLinger(d time.Duration) { w.linger.Store(int64(max(d, 0))) }
+
 // errClosed answers rows recorded after Close (a request of a config
 // being replaced that outlived it).
 var errClosed = errors.New("audit: writer closed")
@@ -215,6 +231,7 @@ func (w *Writer) loop(ctx context.Context, c *chain) {
 	defer w.wg.Done()
 	batch := make([]*pending, 0, w.maxBatch)
 	rows := make([]*audit.Row, 0, w.maxBatch)
+	prev := 0 // the last batch's size
 	for {
 		var first *pending
 		select {
@@ -237,6 +254,10 @@ func (w *Writer) loop(ctx context.Context, c *chain) {
 				break fill
 			}
 		}
+		if linger := time.Duration(w.linger.Load()); linger > 0 && prev >= w.lingerAfter && len(batch) < w.maxBatch {
+			batch = w.gather(ctx, c, batch, linger)
+		}
+		prev = len(batch)
 		rows = rows[:0]
 		for _, p := range batch {
 			c.link(p.row)
@@ -255,6 +276,29 @@ func (w *Writer) loop(ctx context.Context, c *chain) {
 			p.done <- err
 		}
 	}
+}
+
+// gather lets more rows join a busy chain's batch for up to linger.
+// PostgreSQL's cost of a group commit is mostly per statement (~250 µs of
+// CPU here against ~12 µs per row), so under load a few milliseconds of
+// waiting make each row several times cheaper, and the CPU saved serves
+// more requests. A chain is busy when its last batch held at least
+// lingerAfter rows; an idle edge (a batch of one or two rows) never
+// waits, so a lone request's latency does not change.
+func (w *Writer) gather(ctx context.Context, c *chain, batch []*pending, linger time.Duration) []*pending {
+	t := time.NewTimer(linger)
+	defer t.Stop()
+	for len(batch) < w.maxBatch {
+		select {
+		case p := <-c.in:
+			batch = append(batch, p)
+		case <-t.C:
+			return batch
+		case <-ctx.Done(): // closing: write what is here now
+			return batch
+		}
+	}
+	return batch
 }
 
 // restart begins a new chain (base.1, base.2, ...) after a failed batch.

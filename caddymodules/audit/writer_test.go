@@ -493,6 +493,71 @@ func TestRowsOfADeletedCustomerAreKeptAndAnonymised(t *testing.T) {
 	}
 }
 
+// A busy chain (its last batch held at least LingerAfter rows) waits for
+// more rows before it commits; an idle one commits at once; closing the
+// writer ends a wait and writes what waited.
+func TestBusyChainLingersForLargerGroupCommits(t *testing.T) {
+	t.Parallel()
+	pg := testenv.Postgres(t)
+	w, err := NewWriter(WriterConfig{DSN: pg.AppDSN, SpoolDir: filepath.Join(t.TempDir(), "spool"), Chains: 1,
+		MaxBatch: 3, Linger: time.Hour, LingerAfter: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	ctx := context.Background()
+	record := func(rows ...*audit.Row) chan error {
+		done := make(chan error, len(rows))
+		for _, r := range rows {
+			go func() { done <- w.Record(ctx, r) }()
+		}
+		return done
+	}
+	await := func(done chan error, n int, what string) {
+		t.Helper()
+		for range n {
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Fatalf("%s: %v", what, err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatalf("%s: still waiting after 30 s (a linger of an hour?)", what)
+			}
+		}
+	}
+	await(record(testRow(0)), 1, "a row after no batch (idle)")
+
+	// Busy now: the next row waits for company...
+	alone := record(testRow(1))
+	select {
+	case err := <-alone:
+		t.Fatalf("a busy chain committed a lone row at once (%v)", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	// ...until the batch is full, and the three commit together.
+	await(record(testRow(2), testRow(3)), 2, "the rows that filled the batch")
+	await(alone, 1, "the row that waited")
+	var n, xacts int
+	if err := pg.Owner.QueryRow(ctx, "SELECT count(*), count(DISTINCT xmin::text) FILTER (WHERE writer_seq > 1) FROM api_audit_log").Scan(&n, &xacts); err != nil {
+		t.Fatal(err)
+	}
+	if n != 4 || xacts != 1 {
+		t.Fatalf("%d rows (want 4); the last three in %d transactions (want 1)", n, xacts)
+	}
+
+	// Queued here directly, so that it is certainly queued before Close.
+	last := &pending{row: testRow(4), done: make(chan error, 1)}
+	w.chains[0].in <- last
+	closed := make(chan error, 1)
+	go func() { closed <- w.Close() }()
+	await(closed, 1, "Close while a row waits")
+	await(last.done, 1, "the row waiting when the writer closed")
+	if got := count(t, pg.Owner); got != 5 {
+		t.Fatalf("%d rows after Close, want 5", got)
+	}
+}
+
 // Closing the writer (the last config using it replaced) while requests
 // still record rows: each returns, stored or refused, none waits forever.
 func TestRecordRacingCloseAlwaysReturns(t *testing.T) {
