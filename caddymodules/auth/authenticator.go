@@ -176,7 +176,10 @@ func (a *Authenticator) Key(ctx context.Context, raw string, lookup bool) (*iden
 		endsAt        *time.Time
 		keyID, custID string
 	)
-	err = a.db.QueryRow(ctx, keyQuery, h[:]).Scan(&keyID, &custID, &kind, &scope, &id.ServerID, &stored, &endsAt)
+	// A copy for the query: passing h[:] itself would move h to the heap
+	// on the cache-hit path too.
+	hb := append([]byte(nil), h[:]...)
+	err = a.db.QueryRow(ctx, keyQuery, hb).Scan(&keyID, &custID, &kind, &scope, &id.ServerID, &stored, &endsAt)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		return nil, ErrUnknown
@@ -189,7 +192,7 @@ func (a *Authenticator) Key(ctx context.Context, raw string, lookup bool) (*iden
 		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	// The index matched on the hash; compare once more in constant time.
-	if !hmac.Equal(stored, h[:]) || kind != p.Kind.String() {
+	if !hmac.Equal(stored, hb) || kind != p.Kind.String() {
 		return nil, ErrUnknown
 	}
 	id.KeyID, id.CustomerID, id.Scope = keyID, custID, scope
@@ -231,9 +234,11 @@ func (a *Authenticator) keyResult(e *keyEntry) (*identity.Identity, error) {
 	if !e.endsAt.IsZero() && !a.now().Before(e.endsAt) {
 		return nil, ErrRevoked
 	}
-	id := e.id
-	a.touch.key(id.KeyID, a.now())
-	return &id, nil
+	a.touch.key(e.id.KeyID, a.now())
+	// The cached identity itself: never written after it is cached (a
+	// changed key is a new entry), and read-only for every module after
+	// auth (identity.VarKey), so no copy per request.
+	return &e.id, nil
 }
 
 const sessionQuery = `SELECT s.user_id, s.customer_id, s.expires_at, s.revoked_at IS NOT NULL, u.role
@@ -310,9 +315,8 @@ func (a *Authenticator) Session(ctx context.Context, token string, lookup bool) 
 	if !now.Before(e.expires) {
 		return nil, ErrExpired
 	}
-	id := e.id
 	a.touch.session(sid, now)
-	return &id, nil
+	return &e.id, nil // read-only, as in keyResult
 }
 
 // drop applies one notification payload to the caches.

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
@@ -22,6 +23,32 @@ func benchAuth(b *testing.B, h *Handler, mk func() *http.Request) {
 	b.ResetTimer()
 	for b.Loop() {
 		_ = h.ServeHTTP(w, r, nop)
+	}
+}
+
+// A valid key already cached is checked without one allocation (the
+// issue's target for the cache-hit path): its HMAC state, key buffer and
+// sum are pooled, and the identity handed on is the cached one.
+func TestKeyCacheHitDoesNotAllocate(t *testing.T) {
+	w := newWorld(t)
+	// No background flush of last-used times meanwhile: AllocsPerRun
+	// counts every allocation of the process.
+	a, err := NewAuthenticator(Config{DSN: w.pg.AppDSN, Pepper: pepper, SessionSecret: secret, TouchInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	ctx := context.Background()
+	first, err := a.Key(ctx, w.read, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := testing.AllocsPerRun(100, func() {
+		if id, err := a.Key(ctx, w.read, false); err != nil || id != first {
+			t.Fatalf("cache hit: %v %v", id, err)
+		}
+	}); n != 0 {
+		t.Fatalf("a cache hit allocates %v times", n)
 	}
 }
 

@@ -20,7 +20,6 @@ import (
 	"fmt"
 	"hash"
 	"hash/crc32"
-	"io"
 	"math/big"
 	"strings"
 	"sync"
@@ -200,23 +199,40 @@ func base62(n *big.Int, width int) string {
 }
 
 // Hasher computes Hash for one pepper, reusing HMAC state across calls:
-// safe for concurrent use, and allocation-light on the request path.
+// safe for concurrent use, and free of allocations on the request path.
 type Hasher struct{ pool sync.Pool }
+
+// hmacState is one pooled HMAC with the buffers a call needs, so that
+// neither the key's bytes nor the sum escape to the heap.
+type hmacState struct {
+	mac hash.Hash
+	buf []byte
+	sum [sha256.Size]byte
+}
+
+// maxPooledKey bounds the key buffer kept in the pool: a longer input is
+// hashed as well, with a buffer that is then dropped.
+const maxPooledKey = 256
 
 // NewHasher returns a Hasher for pepper.
 func NewHasher(pepper []byte) *Hasher {
 	p := append([]byte(nil), pepper...)
-	return &Hasher{pool: sync.Pool{New: func() any { return hmac.New(sha256.New, p) }}}
+	return &Hasher{pool: sync.Pool{New: func() any {
+		return &hmacState{mac: hmac.New(sha256.New, p), buf: make([]byte, 0, 64)}
+	}}}
 }
 
 // Sum returns HMAC-SHA256(pepper, key).
 func (h *Hasher) Sum(key string) [32]byte {
-	m := h.pool.Get().(hash.Hash)
-	m.Reset()
-	_, _ = io.WriteString(m, key)
-	var out [32]byte
-	m.Sum(out[:0])
-	h.pool.Put(m)
+	s := h.pool.Get().(*hmacState)
+	s.mac.Reset()
+	s.buf = append(s.buf[:0], key...)
+	s.mac.Write(s.buf)
+	clear(s.buf) // the key does not linger in the pool
+	out := [32]byte(s.mac.Sum(s.sum[:0]))
+	if cap(s.buf) <= maxPooledKey {
+		h.pool.Put(s)
+	}
 	return out
 }
 

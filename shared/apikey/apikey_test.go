@@ -128,6 +128,24 @@ func TestParseDoesNotAllocate(t *testing.T) {
 	}
 }
 
+func TestHasherDoesNotAllocate(t *testing.T) {
+	h := NewHasher(pepper)
+	key := vectors[2].key
+	want := Hash(pepper, key)
+	if n := testing.AllocsPerRun(100, func() {
+		if h.Sum(key) != want {
+			t.Fatal("wrong sum")
+		}
+	}); n != 0 {
+		t.Fatalf("Hasher.Sum allocates %v times", n)
+	}
+	// A long input is hashed right too, and does not grow the pooled buffer.
+	long := strings.Repeat("k", 4*maxPooledKey)
+	if h.Sum(long) != Hash(pepper, long) || h.Sum(key) != want {
+		t.Fatal("wrong sum after a long input")
+	}
+}
+
 func FuzzParse(f *testing.F) {
 	for _, v := range vectors {
 		f.Add(v.key)

@@ -37,7 +37,8 @@ const (
 )
 
 // VarKey is the Caddy request variable under which the auth module stores
-// the request's *Identity.
+// the request's *Identity. It is read-only: the auth module may hand out
+// the identity its credential cache holds.
 const VarKey = "guardian.identity"
 
 // RequestIDVarKey is the Caddy request variable holding the request id.
