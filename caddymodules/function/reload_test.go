@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/glassmkr/guardian/shared/testenv"
 )
@@ -15,7 +16,17 @@ var freshConn = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}
 
 func healthzPid(t *testing.T, stack *testenv.Stack) int {
 	t.Helper()
-	resp, err := freshConn.Get(stack.URL + "/healthz")
+	// Even a fresh connection, accepted by the old server in the instant
+	// it shuts down, can read EOF: retried, as a client would. What this
+	// test checks is which function process answers.
+	var resp *http.Response
+	var err error
+	for range 5 {
+		if resp, err = freshConn.Get(stack.URL + "/healthz"); err == nil {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
