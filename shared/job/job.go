@@ -12,9 +12,12 @@
 //   - Prometheus metrics in the node_exporter textfile format, written
 //     atomically to <metrics dir>/guardian_job_<job>.prom: last run, last
 //     success (carried over from the previous file when this run fails,
-//     so "no success for N hours" alerts work), status and duration;
+//     so "no success for N hours" alerts work), last alert, status and
+//     duration;
 //   - on "red" or "error", one notification (webhook and/or e-mail, see
-//     shared/notify), waited for with a bound before the process exits.
+//     shared/notify), waited for with a bound before the process exits;
+//     a job that runs often sets Spec.RealertAfter so that a lasting
+//     failure does not alert on every run.
 //
 // Environment:
 //
@@ -86,6 +89,15 @@ type Spec struct {
 	// error is "ok"; an error wrapping ErrRed is "red"; any other is
 	// "error". Errors must not contain secrets: they are printed and sent.
 	Run func(ctx context.Context, env *config.Loader, r *Report) error
+	// Lock names the lock file when it is not Name: jobs that must not
+	// overlap (a mode of another job) share one. Metrics, alerts and the
+	// result line keep Name.
+	Lock string
+	// RealertAfter, for a job that runs often: while it keeps failing,
+	// it alerts on the first failure after a success and then at most
+	// once per RealertAfter (the time of the last alert is kept in the
+	// metrics file; without a metrics directory every failure alerts).
+	RealertAfter time.Duration
 }
 
 // Report collects the facts a run reports in its result line.
@@ -175,7 +187,14 @@ func Execute(ctx context.Context, spec Spec, lookup func(string) (string, bool),
 	res := Result{Job: spec.Name, Started: time.Now()}
 	env := config.New(lookup)
 
-	lock, err := acquire(lockDir(env), spec.Name)
+	lockName := spec.Name
+	if spec.Lock != "" {
+		lockName = spec.Lock
+	}
+	if !validName.MatchString(lockName) {
+		panic(fmt.Sprintf("job: invalid lock name %q", lockName))
+	}
+	lock, err := acquire(lockDir(env), lockName)
 	if err != nil {
 		res.Status = StatusError
 		if errors.Is(err, errLocked) {
@@ -211,12 +230,27 @@ func Execute(ctx context.Context, spec Spec, lookup func(string) (string, bool),
 		res.Err = err.Error()
 	}
 	printResult(out, errOut, res)
-	if dir := env.Optional(EnvMetricsDir, ""); dir != "" {
-		if err := writeMetrics(dir, res); err != nil {
+	dir := env.Optional(EnvMetricsDir, "")
+	var prev previousRun
+	if dir != "" {
+		prev = readPrevious(metricsPath(dir, res.Job))
+	}
+	alerting := res.Status != StatusOK
+	if alerting && spec.RealertAfter > 0 && dir != "" && prev.failed() && time.Since(prev.lastAlert) < spec.RealertAfter {
+		alerting = false
+		fmt.Fprintf(errOut, "%s: still failing; alerted at %s, next alert after %s\n", spec.Name,
+			prev.lastAlert.UTC().Format(time.RFC3339), prev.lastAlert.Add(spec.RealertAfter).UTC().Format(time.RFC3339))
+	}
+	if dir != "" {
+		lastAlert := prev.lastAlert
+		if alerting {
+			lastAlert = time.Now()
+		}
+		if err := writeMetrics(dir, res, prev.lastSuccess, lastAlert); err != nil {
 			fmt.Fprintf(errOut, "%s: metrics: %v\n", spec.Name, err)
 		}
 	}
-	if res.Status != StatusOK {
+	if alerting {
 		if err := alert(env, res); err != nil {
 			fmt.Fprintf(errOut, "%s: alert: %v\n", spec.Name, err)
 		}
@@ -271,18 +305,30 @@ func acquire(dir, name string) (*os.File, error) {
 	return f, nil
 }
 
-const lastSuccessMetric = "guardian_job_last_success_timestamp_seconds"
+const (
+	lastSuccessMetric = "guardian_job_last_success_timestamp_seconds"
+	lastAlertMetric   = "guardian_job_last_alert_timestamp_seconds"
+)
+
+func metricsPath(dir, job string) string {
+	return filepath.Join(dir, "guardian_job_"+strings.ReplaceAll(job, "-", "_")+".prom")
+}
 
 // writeMetrics replaces the job's textfile-collector file atomically.
-func writeMetrics(dir string, res Result) error {
+// lastSuccess (Unix seconds) is the previous file's, replaced when this
+// run succeeded; lastAlert is when an alert was last sent (zero: never).
+func writeMetrics(dir string, res Result, lastSuccess float64, lastAlert time.Time) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	path := filepath.Join(dir, "guardian_job_"+strings.ReplaceAll(res.Job, "-", "_")+".prom")
+	path := metricsPath(dir, res.Job)
 	end := res.Started.Add(res.Duration)
-	lastSuccess := previousSuccess(path)
 	if res.Status == StatusOK {
 		lastSuccess = float64(end.UnixMilli()) / 1000
+	}
+	alertAt := 0.0
+	if !lastAlert.IsZero() {
+		alertAt = float64(lastAlert.UnixMilli()) / 1000
 	}
 	var b strings.Builder
 	label := fmt.Sprintf(`{job_name=%q}`, res.Job)
@@ -290,6 +336,8 @@ func writeMetrics(dir string, res Result) error {
 	fmt.Fprintf(&b, "guardian_job_last_run_timestamp_seconds%s %s\n", label, ftoa(float64(end.UnixMilli())/1000))
 	fmt.Fprintf(&b, "# HELP %s When the job last finished with status ok (0: never).\n# TYPE %s gauge\n", lastSuccessMetric, lastSuccessMetric)
 	fmt.Fprintf(&b, "%s%s %s\n", lastSuccessMetric, label, ftoa(lastSuccess))
+	fmt.Fprintf(&b, "# HELP %s When the job last sent an alert (0: never).\n# TYPE %s gauge\n", lastAlertMetric, lastAlertMetric)
+	fmt.Fprintf(&b, "%s%s %s\n", lastAlertMetric, label, ftoa(alertAt))
 	fmt.Fprintf(&b, "# HELP guardian_job_duration_seconds How long the last run took.\n# TYPE guardian_job_duration_seconds gauge\n")
 	fmt.Fprintf(&b, "guardian_job_duration_seconds%s %s\n", label, ftoa(res.Duration.Seconds()))
 	fmt.Fprintf(&b, "# HELP guardian_job_status 1 for the last run's status.\n# TYPE guardian_job_status gauge\n")
@@ -319,25 +367,48 @@ func writeMetrics(dir string, res Result) error {
 	return os.Rename(tmp.Name(), path)
 }
 
-func previousSuccess(path string) float64 {
+// previousRun is what the last run's metrics file says.
+type previousRun struct {
+	lastSuccess float64 // Unix seconds, 0: never
+	lastAlert   time.Time
+	status      string
+}
+
+// failed reports whether the previous run was red or an error.
+func (p previousRun) failed() bool { return p.status == StatusRed || p.status == StatusError }
+
+func readPrevious(path string) previousRun {
+	var p previousRun
 	f, err := os.Open(path)
 	if err != nil {
-		return 0
+		return p
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		line := sc.Text()
-		if !strings.HasPrefix(line, lastSuccessMetric+"{") {
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
 			continue
 		}
-		if i := strings.LastIndexByte(line, ' '); i > 0 {
-			if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
-				return v
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			continue
+		}
+		switch {
+		case strings.HasPrefix(line, lastSuccessMetric+"{"):
+			p.lastSuccess = v
+		case strings.HasPrefix(line, lastAlertMetric+"{") && v > 0:
+			p.lastAlert = time.UnixMilli(int64(v * 1000))
+		case strings.HasPrefix(line, "guardian_job_status{") && v == 1:
+			for _, s := range []string{StatusOK, StatusRed, StatusError} {
+				if strings.Contains(line[:i], fmt.Sprintf("status=%q", s)) {
+					p.status = s
+				}
 			}
 		}
 	}
-	return 0
+	return p
 }
 
 func ftoa(v float64) string { return strconv.FormatFloat(v, 'f', -1, 64) }

@@ -195,6 +195,85 @@ func TestAlertOnceForRedNoneForOK(t *testing.T) {
 	}
 }
 
+// Two jobs with one Lock never overlap: the second is skipped while the
+// first runs, and each keeps its own name in its result and metrics.
+func TestJobsSharingALockDoNotOverlap(t *testing.T) {
+	env := baseEnv(t)
+	inside, release, done := make(chan struct{}), make(chan struct{}), make(chan Result)
+	go func() {
+		done <- Execute(context.Background(), Spec{Name: "test-job", Run: func(context.Context, *config.Loader, *Report) error {
+			close(inside)
+			<-release
+			return nil
+		}}, env.lookup, io.Discard, io.Discard)
+	}()
+	<-inside
+	mode := Spec{Name: "test-job-mirror", Lock: "test-job", Run: func(context.Context, *config.Loader, *Report) error { return nil }}
+	var out bytes.Buffer
+	if res := Execute(context.Background(), mode, env.lookup, &out, io.Discard); res.Status != StatusSkipped || !strings.Contains(out.String(), `"job":"test-job-mirror"`) {
+		t.Fatalf("run sharing a held lock: %s %s", res.Status, out.String())
+	}
+	close(release)
+	<-done
+	if res := Execute(context.Background(), mode, env.lookup, io.Discard, io.Discard); res.Status != StatusOK {
+		t.Fatalf("after release: %s", res.Status)
+	}
+	if _, err := os.Stat(filepath.Join(env[EnvMetricsDir], "guardian_job_test_job_mirror.prom")); err != nil {
+		t.Fatalf("the mode's own metrics file: %v", err)
+	}
+}
+
+// With RealertAfter, a lasting failure alerts once, not on every run; a
+// success in between, or the interval passing, lets the next one alert.
+func TestRealertAfterThrottlesALastingFailure(t *testing.T) {
+	var mu sync.Mutex
+	alerts := 0
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		alerts++
+		mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	defer srv.Close()
+	env := baseEnv(t)
+	env[EnvAlertWebhooks] = srv.URL + "/hook"
+	env["GUARDIAN_WEBHOOK_ALLOW"] = "127.0.0.1"
+	count := func() int { mu.Lock(); defer mu.Unlock(); return alerts }
+	execute := func(err error, every time.Duration) string {
+		var errOut bytes.Buffer
+		Execute(context.Background(), Spec{Name: "test-job", RealertAfter: every, Run: func(context.Context, *config.Loader, *Report) error { return err }},
+			env.lookup, io.Discard, &errOut)
+		return errOut.String()
+	}
+	down := fmt.Errorf("%w: backup host unreachable", ErrRed)
+
+	execute(down, time.Hour)
+	if count() != 1 || metricValue(t, env[EnvMetricsDir], lastAlertMetric) == "0" {
+		t.Fatalf("first failure: %d alerts", count())
+	}
+	if stderr := execute(down, time.Hour); count() != 1 || !strings.Contains(stderr, "still failing") {
+		t.Fatalf("second failure within the hour: %d alerts, %q", count(), stderr)
+	}
+	execute(errors.New("another kind of failure"), time.Hour)
+	if count() != 1 {
+		t.Fatalf("third failure within the hour: %d alerts", count())
+	}
+	execute(down, time.Nanosecond) // the interval has passed
+	if count() != 2 {
+		t.Fatalf("failure after the interval: %d alerts", count())
+	}
+	execute(nil, time.Hour)
+	execute(down, time.Hour) // the first failure after a success
+	if count() != 3 {
+		t.Fatalf("failure after a success: %d alerts", count())
+	}
+	// Without RealertAfter, every failure alerts.
+	execute(down, 0)
+	if count() != 4 {
+		t.Fatalf("without RealertAfter: %d alerts", count())
+	}
+}
+
 func TestBadAlertSettingIsReportedNotFatal(t *testing.T) {
 	env := baseEnv(t)
 	env[EnvAlertWebhooks] = "ftp://example.com/x"
