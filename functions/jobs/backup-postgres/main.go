@@ -17,6 +17,16 @@
 // GUARDIAN_BACKUP_SSH_KEY, the host keys pinned by
 // GUARDIAN_BACKUP_SSH_KNOWN_HOSTS). A copy that fails makes the run red:
 // the backup is taken, but not yet off the host.
+//
+//	backup-postgres mirror
+//
+// only copies repo1 to those targets, taking no backup: run every 15
+// minutes (guardian-backup-postgres-mirror.timer), it brings the WAL
+// archived since the last run to the backup host, so losing the app host
+// loses at most those minutes instead of up to a day. It is the job
+// "backup-postgres-mirror" (its own result line, metrics and alerts; a
+// lasting failure alerts at most every 6 hours) under backup-postgres's
+// lock, so it never runs during a backup, which copies at its end anyway.
 package main
 
 import (
@@ -38,13 +48,16 @@ const EnvKind = "GUARDIAN_BACKUP_KIND"
 func main() { job.Main(spec(os.Args[1:], time.Now)) }
 
 func spec(args []string, now func() time.Time) job.Spec {
+	if len(args) == 1 && args[0] == "mirror" {
+		return mirrorSpec()
+	}
 	return job.Spec{Name: "backup-postgres", Timeout: 6 * time.Hour, Run: func(ctx context.Context, env *config.Loader, r *job.Report) error {
 		kind := env.Optional(EnvKind, "auto")
 		if len(args) > 0 {
 			kind = args[0]
 		}
 		if len(args) > 1 || (kind != pgbackup.Full && kind != pgbackup.Diff && kind != "auto") {
-			return fmt.Errorf("usage: backup-postgres [full|diff] (or %s=full|diff|auto)", EnvKind)
+			return fmt.Errorf("usage: backup-postgres [full|diff|mirror] (or %s=full|diff|auto)", EnvKind)
 		}
 		cfg := pgbackup.LoadConfig(env)
 		mirrors, err := pgbackup.ParseTargets(env.Optional(pgbackup.EnvSFTPTargets, ""))
@@ -89,6 +102,29 @@ func spec(args []string, now func() time.Time) job.Spec {
 		r.Set("mirrors", reports)
 		return err
 	}}
+}
+
+// mirrorSpec is `backup-postgres mirror`: repo1 copied to the backup
+// host, no backup taken.
+func mirrorSpec() job.Spec {
+	return job.Spec{Name: "backup-postgres-mirror", Lock: "backup-postgres", Timeout: time.Hour, RealertAfter: 6 * time.Hour,
+		Run: func(ctx context.Context, env *config.Loader, r *job.Report) error {
+			cfg := pgbackup.LoadConfig(env)
+			targets, err := pgbackup.ParseTargets(env.Optional(pgbackup.EnvSFTPTargets, ""))
+			if err != nil {
+				return err
+			}
+			if len(targets) == 0 {
+				return fmt.Errorf("%s is not set: there is no backup host to copy repo1 to", pgbackup.EnvSFTPTargets)
+			}
+			sshKey, knownHosts := env.String(chbackup.EnvSSHKey), env.String(chbackup.EnvKnownHosts)
+			if err := env.Err(); err != nil {
+				return err
+			}
+			reports, err := mirror(ctx, cfg.Repos[0].Path, sshKey, knownHosts, targets)
+			r.Set("mirrors", reports)
+			return err
+		}}
 }
 
 // mirror copies the repository in dir to every target, each attempted

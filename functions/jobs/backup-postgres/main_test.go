@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"io/fs"
 	"maps"
 	"os"
@@ -99,12 +100,39 @@ func TestJobTakesFullThenDiff(t *testing.T) {
 		}
 	}
 
+	// `mirror`: WAL archived after the last backup reaches the backup host
+	// without a backup, as the job backup-postgres-mirror.
+	before := files(t, c.Config.Repos[0].Path)
+	c.Superuser(t, "postgres", "CREATE TABLE mirror_canary (x int)", "INSERT INTO mirror_canary VALUES (1)", "SELECT pg_switch_wal()")
+	for deadline := time.Now().Add(time.Minute); maps.Equal(before, files(t, c.Config.Repos[0].Path)); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no WAL archived within a minute of pg_switch_wal")
+		}
+	}
+	var out, errOut bytes.Buffer
+	res := job.Execute(context.Background(), spec([]string{"mirror"}, wednesday), c.Lookup(extra), &out, &errOut)
+	var line map[string]any
+	if err := json.Unmarshal(out.Bytes(), &line); err != nil || res.Status != job.StatusOK || line["job"] != "backup-postgres-mirror" || line["label"] != nil {
+		t.Fatalf("mirror: %s %v\n%s", out.String(), err, errOut.String())
+	}
+	if local, remote := files(t, c.Config.Repos[0].Path), files(t, filepath.Join(srv.Root, "pgbackrest")); !maps.Equal(local, remote) || maps.Equal(local, before) {
+		t.Fatalf("after mirror: the copy differs from repo1, or nothing new was archived:\nrepo1 %v\ncopy  %v", local, remote)
+	}
+	// Without a backup host there is nothing to mirror to: an error.
+	noTargets := maps.Clone(extra)
+	delete(noTargets, pgbackup.EnvSFTPTargets)
+	out.Reset()
+	if res := job.Execute(context.Background(), spec([]string{"mirror"}, wednesday), c.Lookup(noTargets), &out, io.Discard); res.Status != job.StatusError || !strings.Contains(res.Err, pgbackup.EnvSFTPTargets) {
+		t.Fatalf("mirror without targets: %s %s", res.Status, out.String())
+	}
+
 	// A backup host whose key is not the pinned one: the backup is taken,
 	// the run is red (its copy off the host is stale), nothing is sent.
 	other := testenv.SFTPServer(t)
 	extra[chbackup.EnvKnownHosts] = other.KnownHosts
-	var out, errOut bytes.Buffer
-	res := job.Execute(context.Background(), spec([]string{"diff"}, wednesday), c.Lookup(extra), &out, &errOut)
+	out.Reset()
+	errOut.Reset()
+	res = job.Execute(context.Background(), spec([]string{"diff"}, wednesday), c.Lookup(extra), &out, &errOut)
 	if res.Status != job.StatusRed || !strings.Contains(out.String(), "not up to date") || !strings.Contains(out.String(), `"type":"diff"`) {
 		t.Fatalf("mirror to an unpinned host: %s %s\n%s", res.Status, out.String(), errOut.String())
 	}
