@@ -180,14 +180,32 @@ func scheduledJobs(t *testing.T) []string {
 	return out
 }
 
-// jobOfUnit returns "backup-postgres" for guardian-backup-postgres.service
-// and guardian-backup-postgres@.service; "" for the edge and the target.
-func jobOfUnit(name string) string {
+// jobModes are units that run a job with an argument under a name of
+// their own: unit base name -> the job (its binary, env file and lock).
+// The crontab runs them as `guardian-cron-job <job> <mode>`.
+var jobModes = map[string]string{
+	"backup-postgres-mirror": "backup-postgres",
+}
+
+// unitBase returns "backup-postgres" for guardian-backup-postgres.service
+// and guardian-backup-postgres@.service, "backup-postgres-mirror" for
+// guardian-backup-postgres-mirror.timer; "" for the edge and the target.
+func unitBase(name string) string {
 	base := strings.TrimPrefix(name, "guardian-")
 	base = strings.TrimSuffix(strings.TrimSuffix(base, ".service"), ".timer")
 	base = strings.TrimSuffix(base, "@")
 	if base == "caddy" || !strings.HasPrefix(name, "guardian-") {
 		return ""
+	}
+	return base
+}
+
+// jobOfUnit returns the job a unit runs: its base name, or for a mode
+// (jobModes) the job it is a mode of.
+func jobOfUnit(name string) string {
+	base := unitBase(name)
+	if job, ok := jobModes[base]; ok {
+		return job
 	}
 	return base
 }
@@ -338,7 +356,7 @@ func TestTimers(t *testing.T) {
 		if !slices.Contains(wants, u.name) {
 			t.Errorf("guardian.target does not want %s", u.name)
 		}
-		if want, ok := fixedSchedules[jobOfUnit(u.name)]; ok && !slices.Equal(cals, want) {
+		if want, ok := fixedSchedules[unitBase(u.name)]; ok && !slices.Equal(cals, want) {
 			t.Errorf("%s: OnCalendar %q, want %q (the security posture's schedule)", u.name, cals, want)
 		}
 	}
@@ -390,6 +408,9 @@ func TestServices(t *testing.T) {
 			}
 			if job != "" && exec[0] != installDir+"functions/"+job {
 				t.Errorf("ExecStart %s, want %sfunctions/%s", exec[0], installDir, job)
+			}
+			if base := unitBase(u.name); jobModes[base] != "" && (len(exec) != 2 || job+"-"+exec[1] != base) {
+				t.Errorf("ExecStart %q: a mode unit runs its job with the mode as the one argument", exec)
 			}
 			envFiles := u.all("Service", "EnvironmentFile")
 			if len(envFiles) == 0 {
@@ -491,14 +512,21 @@ func TestCrontabMatchesTimers(t *testing.T) {
 	}
 	type entry struct{ when, user string }
 	lines := map[string][]entry{}
-	line := regexp.MustCompile(`^(\S+\s+\S+\s+\S+\s+\S+\s+\S+)\s+(\S+)\s+/usr/lib/guardian/guardian-cron-job ([a-z0-9-]+)`)
+	line := regexp.MustCompile(`^(\S+\s+\S+\s+\S+\s+\S+\s+\S+)\s+(\S+)\s+/usr/lib/guardian/guardian-cron-job ([a-z0-9-]+)(?: ([a-z]+))?\s*$`)
 	for _, l := range strings.Split(text, "\n") {
 		if m := line.FindStringSubmatch(l); m != nil {
-			lines[m[3]] = append(lines[m[3]], entry{strings.Join(strings.Fields(m[1]), " "), m[2]})
+			key := m[3] // the job, or for a mode the unit's base name
+			if m[4] != "" {
+				key += "-" + m[4]
+				if jobModes[key] != m[3] {
+					t.Errorf("crontab: %q runs %s with %s, which is not a mode in jobModes", l, m[3], m[4])
+				}
+			}
+			lines[key] = append(lines[key], entry{strings.Join(strings.Fields(m[1]), " "), m[2]})
 		}
 	}
 	for _, u := range units(t, "guardian-*.timer") {
-		job := jobOfUnit(u.name)
+		job := unitBase(u.name)
 		svc := parseUnit(t, strings.TrimSuffix(u.path, ".timer")+".service")
 		var want, got []string
 		for _, c := range u.all("Timer", "OnCalendar") {
