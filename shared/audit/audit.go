@@ -204,13 +204,13 @@ func canon(buf *bytes.Buffer, v any) error {
 		if !ok {
 			return fmt.Errorf("audit metadata: bad number %q", t)
 		}
-		buf.WriteString(ratText(r))
+		return writeRat(buf, r)
 	case float64:
 		r := new(big.Rat)
 		if r.SetFloat64(t) == nil {
 			return fmt.Errorf("audit metadata: number %v has no JSON form", t)
 		}
-		buf.WriteString(ratText(r))
+		return writeRat(buf, r)
 	case int:
 		buf.WriteString(fmt.Sprint(t))
 	case int64:
@@ -268,10 +268,15 @@ func canon(buf *bytes.Buffer, v any) error {
 	return nil
 }
 
+// maxNumberText bounds a number's text, read or written: what Canonical
+// writes must read back (the canonical form is a fixed point), so the
+// bound applies to the exact decimal it writes, exponent expanded.
+const maxNumberText = 200
+
 // checkNumber bounds a number's text so that an exponent such as 1e999999
 // cannot make an exact rational of a million digits.
 func checkNumber(s string) error {
-	if len(s) > 64 {
+	if len(s) > maxNumberText {
 		return fmt.Errorf("audit metadata: number %.20q... too long", s)
 	}
 	if i := strings.IndexAny(s, "eE"); i >= 0 {
@@ -280,6 +285,17 @@ func checkNumber(s string) error {
 			return fmt.Errorf("audit metadata: number %q out of range", s)
 		}
 	}
+	return nil
+}
+
+// writeRat writes r as ratText does, refusing a decimal too long to be
+// read back (1e64 has 65 digits; a float64 may have hundreds).
+func writeRat(buf *bytes.Buffer, r *big.Rat) error {
+	t := ratText(r)
+	if !strings.HasPrefix(t, `"`) && len(t) > maxNumberText {
+		return fmt.Errorf("audit metadata: number %.20s... out of range", t)
+	}
+	buf.WriteString(t)
 	return nil
 }
 
