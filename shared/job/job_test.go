@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -157,8 +158,9 @@ func TestRunPastItsTimeLimitIsAnError(t *testing.T) {
 	}
 }
 
-// A red run sends exactly one alert; an ok run sends none.
-func TestAlertOnceForRedNoneForOK(t *testing.T) {
+// alertEnv is baseEnv with the alert webhook pointed at a local receiver;
+// alerts returns the bodies received so far.
+func alertEnv(t *testing.T) (env fakeEnv, alerts func() []map[string]any) {
 	var mu sync.Mutex
 	var got []map[string]any
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -169,11 +171,16 @@ func TestAlertOnceForRedNoneForOK(t *testing.T) {
 		mu.Unlock()
 		w.WriteHeader(http.StatusNoContent)
 	}))
-	defer srv.Close()
-	env := baseEnv(t)
+	t.Cleanup(srv.Close)
+	env = baseEnv(t)
 	env[EnvAlertWebhooks] = srv.URL + "/hook"
 	env["GUARDIAN_WEBHOOK_ALLOW"] = "127.0.0.1"
+	return env, func() []map[string]any { mu.Lock(); defer mu.Unlock(); return slices.Clone(got) }
+}
 
+// A red run sends exactly one alert; an ok run sends none.
+func TestAlertOnceForRedNoneForOK(t *testing.T) {
+	env, alerts := alertEnv(t)
 	run(t, env, func(context.Context, *config.Loader, *Report) error { return nil })
 	_, _, stderr := run(t, env, func(context.Context, *config.Loader, *Report) error {
 		return fmt.Errorf("%w: restore of set 20261101T030000Z: row count 9, manifest 10", ErrRed)
@@ -181,8 +188,7 @@ func TestAlertOnceForRedNoneForOK(t *testing.T) {
 	if strings.Contains(stderr, "alert:") {
 		t.Fatalf("alert failed: %s", stderr)
 	}
-	mu.Lock()
-	defer mu.Unlock()
+	got := alerts()
 	if len(got) != 1 {
 		t.Fatalf("want exactly one alert, got %d", len(got))
 	}
@@ -226,19 +232,8 @@ func TestJobsSharingALockDoNotOverlap(t *testing.T) {
 // With RealertAfter, a lasting failure alerts once, not on every run; a
 // success in between, or the interval passing, lets the next one alert.
 func TestRealertAfterThrottlesALastingFailure(t *testing.T) {
-	var mu sync.Mutex
-	alerts := 0
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		alerts++
-		mu.Unlock()
-		w.WriteHeader(http.StatusNoContent)
-	}))
-	defer srv.Close()
-	env := baseEnv(t)
-	env[EnvAlertWebhooks] = srv.URL + "/hook"
-	env["GUARDIAN_WEBHOOK_ALLOW"] = "127.0.0.1"
-	count := func() int { mu.Lock(); defer mu.Unlock(); return alerts }
+	env, alerts := alertEnv(t)
+	count := func() int { return len(alerts()) }
 	execute := func(err error, every time.Duration) string {
 		var errOut bytes.Buffer
 		Execute(context.Background(), Spec{Name: "test-job", RealertAfter: every, Run: func(context.Context, *config.Loader, *Report) error { return err }},
