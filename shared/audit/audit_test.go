@@ -3,6 +3,8 @@ package audit
 import (
 	"bytes"
 	"encoding/json"
+	"math"
+	"math/big"
 	"strings"
 	"testing"
 	"time"
@@ -106,6 +108,42 @@ func TestResultAndActionDefaults(t *testing.T) {
 	}
 }
 
+// The fast paths decide as the regexps do, for any name or value.
+func FuzzSecretMatchers(f *testing.F) {
+	for _, s := range []string{"password", "PassWord", "x_api_key", "apiKey", "key", "KEY", "keys", "monkey", "paſsword",
+		"\u212aey", "scope", "collector_version", "gmk_acct_live_003AuLtjc7TJLctqJ2Unu3mf", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if got, want := isSecretKey(s), secretKey.MatchString(s); got != want {
+			t.Fatalf("isSecretKey(%q) = %v, the regexp says %v", s, got, want)
+		}
+		if got, want := isSecretValue(s), secretValue.MatchString(s); got != want {
+			t.Fatalf("isSecretValue(%q) = %v, the regexp says %v", s, got, want)
+		}
+	})
+}
+
+// Integral float64 values take a fast path; it writes what the exact
+// path writes.
+func TestCanonicalFloatFastPath(t *testing.T) {
+	for _, v := range []float64{0, math.Copysign(0, -1), 1, -1, 4096, 1<<53 - 1, -(1<<53 - 1), 1 << 53, 1e300, 0.5, -2.25, 1e-7} {
+		got, err := Canonical(v)
+		r := new(big.Rat)
+		r.SetFloat64(v)
+		want := ratText(r)
+		if len(want) > maxNumberText {
+			if err == nil {
+				t.Errorf("%v: %s, want an error (too long)", v, got)
+			}
+			continue
+		}
+		if err != nil || got != want {
+			t.Errorf("Canonical(%v) = %q %v, want %q", v, got, err, want)
+		}
+	}
+}
+
 func FuzzCanonicalText(f *testing.F) {
 	f.Add(`{"a":1}`)
 	f.Add(`{"password":"x","n":[1.5,{"b":null}]}`)
@@ -138,5 +176,17 @@ func TestCanonicalHasNoNUL(t *testing.T) {
 	}
 	if again, err := CanonicalText(c); err != nil || again != c {
 		t.Fatalf("not stable: %s -> %s %v", c, again, err)
+	}
+}
+
+// BenchmarkCanonicalIngestMetadata is the metadata every snapshot's audit
+// row carries (functions/ingest), canonicalised once per request.
+func BenchmarkCanonicalIngestMetadata(b *testing.B) {
+	m := map[string]any{"collector_version": "1.4.2", "bytes": float64(3712)}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := Canonical(m); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
