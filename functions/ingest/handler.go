@@ -4,9 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"fmt"
-	"io"
-	"mime"
 	"net/http"
 	"time"
 
@@ -15,6 +12,7 @@ import (
 	"github.com/glassmkr/guardian/shared/audit"
 	"github.com/glassmkr/guardian/shared/identity"
 	"github.com/glassmkr/guardian/shared/problem"
+	"github.com/glassmkr/guardian/shared/reqbody"
 )
 
 // MaxBody is the largest snapshot accepted.
@@ -50,20 +48,8 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		problem.Write(w, problem.New(http.StatusInternalServerError, "internal_error", "no collector identity"))
 		return
 	}
-	if ct := r.Header.Get("Content-Type"); ct != "" {
-		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
-			problem.Write(w, problem.New(http.StatusUnsupportedMediaType, "unsupported_media_type", "send the snapshot as application/json"))
-			return
-		}
-	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBody))
-	if err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			problem.Write(w, problem.New(http.StatusRequestEntityTooLarge, "payload_too_large", fmt.Sprintf("a snapshot may be at most %d bytes", MaxBody)))
-			return
-		}
-		problem.Write(w, problem.New(http.StatusBadRequest, "bad_request", "the request body could not be read"))
+	body, ok := reqbody.Read(w, r, MaxBody)
+	if !ok {
 		return
 	}
 	now := h.now().UTC()

@@ -20,20 +20,8 @@ import (
 // struct); an empty body is {}. On failure it has answered (415, 413 or
 // 400) and returns false.
 func JSON(w http.ResponseWriter, r *http.Request, limit int64, v any) bool {
-	if ct := r.Header.Get("Content-Type"); ct != "" {
-		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
-			problem.Write(w, problem.New(http.StatusUnsupportedMediaType, "unsupported_media_type", "send the body as application/json"))
-			return false
-		}
-	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
-	var tooLarge *http.MaxBytesError
-	switch {
-	case errors.As(err, &tooLarge):
-		problem.Write(w, problem.New(http.StatusRequestEntityTooLarge, "payload_too_large", fmt.Sprintf("the body may be at most %d bytes", limit)))
-		return false
-	case err != nil:
-		problem.Write(w, problem.New(http.StatusBadRequest, "invalid_request", "the body could not be read to its end"))
+	body, ok := Read(w, r, limit)
+	if !ok {
 		return false
 	}
 	if err := Decode(body, v); err != nil {
@@ -41,6 +29,29 @@ func JSON(w http.ResponseWriter, r *http.Request, limit int64, v any) bool {
 		return false
 	}
 	return true
+}
+
+// Read returns r's body, at most limit bytes, when its Content-Type is
+// JSON or absent. On failure it has answered (415, 413 or 400) and
+// returns false. For a handler with a parser of its own (ingest).
+func Read(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, bool) {
+	if ct := r.Header.Get("Content-Type"); ct != "" {
+		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
+			problem.Write(w, problem.New(http.StatusUnsupportedMediaType, "unsupported_media_type", "send the body as application/json"))
+			return nil, false
+		}
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	var tooLarge *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooLarge):
+		problem.Write(w, problem.New(http.StatusRequestEntityTooLarge, "payload_too_large", fmt.Sprintf("the body may be at most %d bytes", limit)))
+		return nil, false
+	case err != nil:
+		problem.Write(w, problem.New(http.StatusBadRequest, "invalid_request", "the body could not be read to its end"))
+		return nil, false
+	}
+	return body, true
 }
 
 // Decode is JSON's parser: body holds one JSON object (blank: {}) whose
