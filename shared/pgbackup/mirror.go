@@ -67,6 +67,11 @@ func Mirror(ctx context.Context, dir string, s *chbackup.Session, target string)
 		return rep, err
 	}
 	rep.Files = len(local)
+	if !isRepository(local) {
+		// An empty or foreign directory (a rebuilt host, a mount that
+		// failed): copying it would empty the copy.
+		return rep, fmt.Errorf("mirror %s: %s holds no pgBackRest stanza (backup.info and archive.info); the copy is left as it is", target, dir)
+	}
 	c := s.Client()
 	root := s.Root()
 	if err := c.MkdirAll(root); err != nil {
@@ -88,6 +93,12 @@ func Mirror(ctx context.Context, dir string, s *chbackup.Session, target string)
 			continue
 		}
 		remote[rel] = w.Stat().Size()
+	}
+	if len(backupSets(local)) == 0 && len(backupSets(remote)) > 0 {
+		// A stanza created anew (the app host rebuilt): its .info files
+		// would replace the copy's and its backups be deleted, though they
+		// may be all that is left.
+		return rep, fmt.Errorf("mirror %s: the repository holds no backup but its copy does; the copy is left as it is (restore from it, or move it aside)", target)
 	}
 
 	names := make([]string, 0, len(local))
@@ -147,6 +158,33 @@ func Mirror(ctx context.Context, dir string, s *chbackup.Session, target string)
 		}
 	}
 	return rep, nil
+}
+
+// isRepository reports whether files (slash paths) hold a pgBackRest
+// stanza: backup/<stanza>/backup.info and archive/<stanza>/archive.info.
+func isRepository(files map[string]int64) bool {
+	var backup, archive bool
+	for rel := range files {
+		parts := strings.Split(rel, "/")
+		if len(parts) != 3 {
+			continue
+		}
+		backup = backup || (parts[0] == "backup" && parts[2] == "backup.info")
+		archive = archive || (parts[0] == "archive" && parts[2] == "archive.info")
+	}
+	return backup && archive
+}
+
+// backupSets returns the backup directories (backup/<stanza>/<label>)
+// that hold a manifest.
+func backupSets(files map[string]int64) []string {
+	var out []string
+	for rel := range files {
+		if parts := strings.Split(rel, "/"); len(parts) == 4 && parts[0] == "backup" && parts[3] == "backup.manifest" {
+			out = append(out, path.Dir(rel))
+		}
+	}
+	return out
 }
 
 // localFiles lists the regular files under dir (slash-separated paths)

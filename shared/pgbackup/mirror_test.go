@@ -129,6 +129,56 @@ func TestMirrorKeepsARestorableCopy(t *testing.T) {
 	}
 }
 
+// Mirror never empties a copy: not from a directory that is not a
+// repository (a rebuilt host, a mount that failed), nor from a stanza
+// created anew that holds no backup while the copy does.
+func TestMirrorRefusesToEmptyTheCopy(t *testing.T) {
+	t.Parallel()
+	srv := testenv.SFTPServer(t)
+	target, err := chbackup.ParseTarget(srv.Target("pgbackrest"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	copied := map[string]string{
+		"backup/guardian/backup.info":                      "info v1",
+		"backup/guardian/20261122-030000F/backup.manifest": "manifest F1",
+		"archive/guardian/archive.info":                    "archive v1",
+	}
+	write(t, target.Path, copied)
+	ctx := context.Background()
+	mirror := func(repo string) error {
+		t.Helper()
+		s, err := chbackup.DialSession(ctx, srv.KeyPath, srv.KnownHosts, target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		_, err = Mirror(ctx, repo, s, target.String())
+		return err
+	}
+	fresh := t.TempDir()
+	write(t, fresh, map[string]string{"backup/guardian/backup.info": "info new", "archive/guardian/archive.info": "archive new"})
+	for name, repo := range map[string]string{"an empty directory": t.TempDir(), "a stanza without backups": fresh} {
+		if err := mirror(repo); err == nil || !strings.Contains(err.Error(), "left as it is") {
+			t.Fatalf("%s: %v", name, err)
+		}
+		got := tree(t, target.Path)
+		if len(got) != len(copied) {
+			t.Fatalf("%s: the copy changed: %v", name, keys(got))
+		}
+		for rel, body := range copied {
+			if got[rel] != body {
+				t.Fatalf("%s: %s changed in the copy", name, rel)
+			}
+		}
+	}
+	// Once the new stanza has a backup, the copy follows it.
+	write(t, fresh, map[string]string{"backup/guardian/20261129-030000F/backup.manifest": "manifest F2"})
+	if err := mirror(fresh); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func keys(m map[string]string) []string {
 	var out []string
 	for k := range m {
