@@ -2,7 +2,6 @@ package audit
 
 import (
 	"strconv"
-	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -64,7 +63,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				break
 			}
 			dur, err := caddy.ParseDuration(val)
-			if err != nil || dur <= 0 || dur > time.Second {
+			if err != nil || dur <= 0 || dur > MaxLinger {
 				return d.Errf("linger: want a duration up to 1s, or off; got %q", val)
 			}
 			h.Linger = caddy.Duration(dur)

@@ -49,3 +49,21 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		})
 	}
 }
+
+// JSON config reaches Provision without the Caddyfile's checks: settle
+// applies the defaults and the bound there.
+func TestSettle(t *testing.T) {
+	h := Handler{SpoolDir: "/s"}
+	if err := h.settle(); err != nil || h.Linger != caddy.Duration(DefaultLinger) || h.Timeout != caddy.Duration(10*time.Second) {
+		t.Fatalf("defaults: %+v %v", h, err)
+	}
+	for _, bad := range []Handler{{}, {SpoolDir: "/s", Linger: caddy.Duration(30 * time.Second)}} {
+		if err := bad.settle(); err == nil {
+			t.Errorf("%+v accepted", bad)
+		}
+	}
+	off := Handler{SpoolDir: "/s", Linger: -1}
+	if err := off.settle(); err != nil || off.Linger != -1 {
+		t.Fatalf("linger off: %+v %v", off, err)
+	}
+}

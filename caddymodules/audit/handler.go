@@ -71,14 +71,8 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // Provision joins the shared writer for the runtime DSN and spool.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.log = ctx.Logger()
-	if h.SpoolDir == "" {
-		return errors.New("guardian_audit: spool_dir is required")
-	}
-	if h.Timeout <= 0 {
-		h.Timeout = caddy.Duration(10 * time.Second)
-	}
-	if h.Linger == 0 {
-		h.Linger = caddy.Duration(DefaultLinger)
+	if err := h.settle(); err != nil {
+		return err
 	}
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return err
@@ -100,6 +94,24 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	return nil
 }
 
+// settle fills in the defaults and checks the settings, however the
+// config was written (Caddyfile or JSON).
+func (h *Handler) settle() error {
+	if h.SpoolDir == "" {
+		return errors.New("guardian_audit: spool_dir is required")
+	}
+	if h.Timeout <= 0 {
+		h.Timeout = caddy.Duration(10 * time.Second)
+	}
+	if h.Linger == 0 {
+		h.Linger = caddy.Duration(DefaultLinger)
+	}
+	if h.Linger > caddy.Duration(MaxLinger) {
+		return fmt.Errorf("guardian_audit: linger %s is over %s", time.Duration(h.Linger), MaxLinger)
+	}
+	return nil
+}
+
 // Cleanup releases this config's hold on the writer.
 func (h *Handler) Cleanup() error {
 	if h.poolKey != "" {
@@ -113,6 +125,9 @@ func (h *Handler) Cleanup() error {
 // up to this much longer for a group commit several times larger. "A few
 // ms" is what the audit log's design allows; an idle edge never waits.
 const DefaultLinger = 3 * time.Millisecond
+
+// MaxLinger bounds Handler.Linger.
+const MaxLinger = time.Second
 
 var refusedUnaudited = problem.New(http.StatusServiceUnavailable, "audit_unavailable",
 	"the audit log cannot record requests right now; nothing was done, try again shortly")

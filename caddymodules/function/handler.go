@@ -192,14 +192,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	// The proxy drops query parameters it cannot parse (a bad %-escape, a
 	// ';'), so the function would see a request without them: a filter
 	// silently missing, its answer wrong. Refuse such a query instead.
-	// Only an escape or a ';' can fail to parse: a query without either
-	// costs no parse (and no allocation) here.
-	if strings.ContainsAny(r.URL.RawQuery, "%;") {
+	// The check allocates nothing; only a refusal parses the query, for
+	// the reason.
+	if proxyWouldCut(r.URL.RawQuery) {
+		detail := "the query string cannot be parsed"
 		if _, err := url.ParseQuery(r.URL.RawQuery); err != nil {
-			outcome = outcomeRefused
-			return caddyhttp.Error(http.StatusBadRequest,
-				problem.New(http.StatusBadRequest, "invalid_query", "the query string cannot be parsed: "+err.Error()))
+			detail += ": " + err.Error()
 		}
+		outcome = outcomeRefused
+		return caddyhttp.Error(http.StatusBadRequest, problem.New(http.StatusBadRequest, "invalid_query", detail))
 	}
 	if err := h.acquireSlot(r.Context()); err != nil {
 		outcome = outcomeBusy
@@ -377,3 +378,33 @@ var (
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
 	_ caddy.Destructor            = (*instance)(nil)
 )
+
+// maxQueryParams is net/url's and httputil's default limit on a query's
+// parameters (GODEBUG urlmaxqueryparams).
+const maxQueryParams = 10000
+
+// proxyWouldCut reports whether httputil's reverse proxy would re-encode
+// q, dropping what it cannot parse: the same tests as its
+// cleanQueryParams (a ';', an escape that is not %XX, too many
+// parameters), without allocating.
+func proxyWouldCut(q string) bool {
+	if strings.Count(q, "&")+1 > maxQueryParams {
+		return true
+	}
+	for i := 0; i < len(q); i++ {
+		switch q[i] {
+		case ';':
+			return true
+		case '%':
+			if i+2 >= len(q) || !isHex(q[i+1]) || !isHex(q[i+2]) {
+				return true
+			}
+			i += 2
+		}
+	}
+	return false
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}

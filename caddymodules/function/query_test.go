@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"strings"
@@ -41,7 +42,7 @@ func TestAQueryTheProxyWouldCutIsRefused(t *testing.T) {
 	if got := rec.Body.String(); got != "since=2026-01-01&key_id=a%20b" {
 		t.Fatalf("the function saw %q", got)
 	}
-	for _, q := range []string{"key_id=%zz", "since=2026-01-01;", "a=1;b=2", "a=%"} {
+	for _, q := range []string{"key_id=%zz", "since=2026-01-01;", "a=1;b=2", "a=%", "a=%4", strings.Repeat("a=1&", maxQueryParams)} {
 		_, err := call(h, "/query?"+q)
 		if err == nil {
 			t.Errorf("%q passed: the function would see it without the bad part", q)
@@ -51,6 +52,20 @@ func TestAQueryTheProxyWouldCutIsRefused(t *testing.T) {
 			t.Errorf("%q: %d %s", q, status, code)
 		}
 	}
+}
+
+// proxyWouldCut refuses exactly what url.ParseQuery (the proxy's
+// re-encoding) cannot parse.
+func FuzzProxyWouldCut(f *testing.F) {
+	for _, q := range []string{"", "a=1&b=2", "a=%20", "a=%zz", "a=%", "a=%2", "a;b", "%41=%42", "a=1&&&b"} {
+		f.Add(q)
+	}
+	f.Fuzz(func(t *testing.T, q string) {
+		_, err := url.ParseQuery(q)
+		if got := proxyWouldCut(q); got != (err != nil) {
+			t.Fatalf("proxyWouldCut(%q) = %v, url.ParseQuery: %v", q, got, err)
+		}
+	})
 }
 
 func TestABusyFunctionSaysWhenToRetry(t *testing.T) {

@@ -228,8 +228,9 @@ func (h *Hasher) Sum(key string) [32]byte {
 	s.mac.Reset()
 	s.buf = append(s.buf[:0], key...)
 	s.mac.Write(s.buf)
-	clear(s.buf) // the key does not linger in the pool
+	clear(s.buf)
 	out := [32]byte(s.mac.Sum(s.sum[:0]))
+	s.mac.Reset() // the key does not linger in the pool (nor in SHA-256's block buffer)
 	if cap(s.buf) <= maxPooledKey {
 		h.pool.Put(s)
 	}

@@ -241,18 +241,19 @@ func Execute(ctx context.Context, spec Spec, lookup func(string) (string, bool),
 		fmt.Fprintf(errOut, "%s: still failing; alerted at %s, next alert after %s\n", spec.Name,
 			prev.lastAlert.UTC().Format(time.RFC3339), prev.lastAlert.Add(spec.RealertAfter).UTC().Format(time.RFC3339))
 	}
-	if dir != "" {
-		lastAlert := prev.lastAlert
-		if alerting {
-			lastAlert = time.Now()
-		}
-		if err := writeMetrics(dir, res, prev.lastSuccess, lastAlert); err != nil {
-			fmt.Fprintf(errOut, "%s: metrics: %v\n", spec.Name, err)
-		}
-	}
+	lastAlert := prev.lastAlert
 	if alerting {
+		// Only an alert that went out counts: one that failed is tried
+		// again by the next failing run.
 		if err := alert(env, res); err != nil {
 			fmt.Fprintf(errOut, "%s: alert: %v\n", spec.Name, err)
+		} else {
+			lastAlert = time.Now()
+		}
+	}
+	if dir != "" {
+		if err := writeMetrics(dir, res, prev.lastSuccess, lastAlert); err != nil {
+			fmt.Fprintf(errOut, "%s: metrics: %v\n", spec.Name, err)
 		}
 	}
 	return res

@@ -269,6 +269,44 @@ func TestRealertAfterThrottlesALastingFailure(t *testing.T) {
 	}
 }
 
+// An alert that could not be delivered does not count: the next failing
+// run alerts again, however recent the attempt.
+func TestUndeliveredAlertIsRetriedByTheNextFailure(t *testing.T) {
+	var mu sync.Mutex
+	down, delivered := true, 0
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		if down {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		delivered++
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	defer srv.Close()
+	env := baseEnv(t)
+	env[EnvAlertWebhooks] = srv.URL + "/hook"
+	env["GUARDIAN_WEBHOOK_ALLOW"] = "127.0.0.1"
+	fail := Spec{Name: "test-job", RealertAfter: time.Hour, Run: func(context.Context, *config.Loader, *Report) error {
+		return fmt.Errorf("%w: backup host unreachable", ErrRed)
+	}}
+	var errOut bytes.Buffer
+	Execute(context.Background(), fail, env.lookup, io.Discard, &errOut)
+	if !strings.Contains(errOut.String(), "alert:") || metricValue(t, env[EnvMetricsDir], lastAlertMetric) != "0" {
+		t.Fatalf("undelivered alert: %q, last alert %s", errOut.String(), metricValue(t, env[EnvMetricsDir], lastAlertMetric))
+	}
+	mu.Lock()
+	down = false
+	mu.Unlock()
+	Execute(context.Background(), fail, env.lookup, io.Discard, io.Discard)
+	mu.Lock()
+	defer mu.Unlock()
+	if delivered != 1 {
+		t.Fatalf("the next failure delivered %d alerts, want 1", delivered)
+	}
+}
+
 func TestBadAlertSettingIsReportedNotFatal(t *testing.T) {
 	env := baseEnv(t)
 	env[EnvAlertWebhooks] = "ftp://example.com/x"

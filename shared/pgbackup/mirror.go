@@ -254,7 +254,9 @@ func VerifyCopy(ctx context.Context, cfg Config, s *chbackup.Session, scratchDir
 	}
 	repo := filepath.Join(dir, "repo")
 	if err := fetch(ctx, s, repo, owner); err != nil {
-		return RestoreReport{}, redf("the copy on the backup host cannot be fetched: %v", err)
+		// The host, the link or the scratch disk failing is an error, not
+		// a verdict on the backup: red is for what the restore proves.
+		return RestoreReport{}, fmt.Errorf("pgbackup: fetch the copy from the backup host: %w", err)
 	}
 	c := cfg
 	c.Repos = []Repo{{Index: 1, Path: repo, CipherPass: cfg.Repos[0].CipherPass}}

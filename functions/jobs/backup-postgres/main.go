@@ -100,7 +100,10 @@ func spec(args []string, now func() time.Time) job.Spec {
 		}
 		reports, err := mirror(ctx, cfg.Repos[0].Path, sshKey, knownHosts, mirrors)
 		r.Set("mirrors", reports)
-		return err
+		if err != nil {
+			return fmt.Errorf("%w: the backup is taken but its copy off the host is not up to date: %w", job.ErrRed, err)
+		}
+		return nil
 	}}
 }
 
@@ -123,12 +126,15 @@ func mirrorSpec() job.Spec {
 			}
 			reports, err := mirror(ctx, cfg.Repos[0].Path, sshKey, knownHosts, targets)
 			r.Set("mirrors", reports)
-			return err
+			if err != nil {
+				return fmt.Errorf("%w: the copy off the host is not up to date: %w", job.ErrRed, err)
+			}
+			return nil
 		}}
 }
 
 // mirror copies the repository in dir to every target, each attempted
-// even when another failed.
+// even when another failed; the error joins the failures.
 func mirror(ctx context.Context, dir, sshKey, knownHosts string, targets []chbackup.Target) ([]pgbackup.MirrorReport, error) {
 	var reports []pgbackup.MirrorReport
 	var failed []error
@@ -147,7 +153,7 @@ func mirror(ctx context.Context, dir, sshKey, knownHosts string, targets []chbac
 		}
 	}
 	if len(failed) > 0 {
-		return reports, fmt.Errorf("%w: the backup is taken but its copy off the host is not up to date: %w", job.ErrRed, errors.Join(failed...))
+		return reports, errors.Join(failed...)
 	}
 	return reports, nil
 }
