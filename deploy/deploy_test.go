@@ -1208,3 +1208,27 @@ func TestNftablesBackupHost(t *testing.T) {
 		t.Errorf("nft -c: %v\n%s", err, out)
 	}
 }
+
+// TestNoBuildOutputTracked keeps compiled programs out of the repository:
+// a binary built by hand at the root and committed by mistake would ship
+// an unreviewable, unreproducible artefact beside the source. Skipped
+// outside a git checkout.
+func TestNoBuildOutputTracked(t *testing.T) {
+	r := root(t)
+	out, err := exec.Command("git", "-C", r, "ls-files", "-z").Output()
+	if err != nil {
+		t.Skipf("not a git checkout (%v)", err)
+	}
+	for _, name := range strings.Split(strings.TrimRight(string(out), "\x00"), "\x00") {
+		f, err := os.Open(filepath.Join(r, name))
+		if err != nil {
+			continue // deleted in the working tree
+		}
+		magic := make([]byte, 4)
+		n, _ := f.Read(magic)
+		f.Close()
+		if n == 4 && string(magic) == "\x7fELF" {
+			t.Errorf("%s is a compiled program tracked by git; build output belongs in bin/ (make build)", name)
+		}
+	}
+}
