@@ -220,3 +220,100 @@ func TestClickHouseDownIs503AndNothingIsHalfWritten(t *testing.T) {
 		t.Fatalf("after restart: %d %v", status, doc)
 	}
 }
+
+// TestBatcherBoundsAndSpacesInserts drives the batcher against the real
+// ClickHouse table: under load no insert holds more rows or payload bytes
+// than allowed (a lone larger snapshot goes alone), an insert that is not
+// full starts at least the interval after the previous one, an idle
+// batcher sends a lone snapshot at once, and every snapshot queued is
+// stored exactly once.
+func TestBatcherBoundsAndSpacesInserts(t *testing.T) {
+	t.Parallel()
+	ch := testenv.ClickHouse(t)
+	store := &chStore{conn: ch.Conn, table: ch.Database + ".snapshots"}
+	type sent struct {
+		rows, bytes, first int
+		at                 time.Time
+	}
+	var mu sync.Mutex
+	var batches []sent
+	record := func(ctx context.Context, rows []*pendingRow) error {
+		s := sent{rows: len(rows), first: len(rows[0].row.Payload), at: time.Now()}
+		for _, p := range rows {
+			s.bytes += len(p.row.Payload)
+		}
+		mu.Lock()
+		batches = append(batches, s)
+		mu.Unlock()
+		return store.insertBatch(ctx, rows)
+	}
+	const interval = 100 * time.Millisecond
+	b := newBatcher(record, batchLimits{rows: 5, bytes: 10_000, interval: interval})
+	defer b.close()
+
+	snap := crucibleSnapshot(time.Now().Add(-time.Minute), "")
+	row := func(payload string) snapshotRow {
+		now := time.Now().UTC().Truncate(time.Second)
+		return snapshotRow{CustomerID: "c", ServerID: "s", TS: now, ReceivedAt: now, CollectorVersion: "0.9.4", RetentionDays: 7, Payload: payload}
+	}
+	// Idle: one snapshot, one insert of one row.
+	if err := b.Insert(context.Background(), row(snap)); err != nil {
+		t.Fatal(err)
+	}
+	// Load: 3 KB+ snapshots (at most 3 fit in 10,000 bytes), a 2-byte one
+	// in each group of four (then the row bound of 5 can matter), and one
+	// larger than the byte bound.
+	const n = 40
+	var wg sync.WaitGroup
+	errs := make(chan error, n+1)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p := snap
+			if i%4 == 0 {
+				p = "{}"
+			}
+			errs <- b.Insert(context.Background(), row(p))
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		errs <- b.Insert(context.Background(), row("{"+strings.Repeat(" ", 20_000)+"}"))
+	}()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	mu.Lock()
+	defer mu.Unlock()
+	total := 0
+	for i, s := range batches {
+		total += s.rows
+		if s.rows > 5 || (s.bytes > 10_000 && s.rows > 1) {
+			t.Errorf("insert %d: %d rows, %d bytes; want at most 5 rows and 10,000 bytes unless alone", i, s.rows, s.bytes)
+		}
+		// A full insert may go early: at a bound, or the row that came
+		// next (the next insert's first) did not fit.
+		full := s.rows == 5 || s.bytes >= 10_000 || (i+1 < len(batches) && s.bytes+batches[i+1].first > 10_000)
+		if i > 0 && !full && s.at.Sub(batches[i-1].at) < interval {
+			t.Errorf("insert %d (%d rows, %d bytes) started %v after the previous one; want at least %v", i, s.rows, s.bytes, s.at.Sub(batches[i-1].at), interval)
+		}
+	}
+	if batches[0].rows != 1 {
+		t.Errorf("the idle batcher's first insert held %d rows, want 1", batches[0].rows)
+	}
+	if total != n+2 {
+		t.Errorf("%d rows sent in %d inserts, want %d", total, len(batches), n+2)
+	}
+	var stored uint64
+	if err := ch.Conn.QueryRow(context.Background(), "SELECT count() FROM "+ch.Database+".snapshots").Scan(&stored); err != nil || stored != n+2 {
+		t.Fatalf("ClickHouse holds %d rows (%v), want %d", stored, err, n+2)
+	}
+	t.Logf("%d snapshots in %d inserts", total, len(batches))
+}
