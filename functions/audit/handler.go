@@ -31,41 +31,44 @@ func newHandler(db *pgxpool.Pool, log *zap.Logger) http.Handler {
 	return mux
 }
 
-func (h *handler) load(w http.ResponseWriter, r *http.Request) (Filter, []Entry, string, bool) {
+// load reads the page of the caller's customer that f asks for, or
+// writes a problem and returns false.
+func (h *handler) load(w http.ResponseWriter, r *http.Request, f Filter) ([]Entry, string, bool) {
 	id, ok := identity.FromRequest(r)
 	if !ok {
 		problem.Write(w, problem.New(http.StatusInternalServerError, "internal_error", "no identity"))
-		return Filter{}, nil, "", false
-	}
-	f, err := ParseFilter(r.URL.Query())
-	if err != nil {
-		var fe *FilterError
-		errors.As(err, &fe)
-		p := problem.New(http.StatusBadRequest, "invalid_filter", fe.Error())
-		p.Extra = map[string]any{"param": fe.Param}
-		problem.Write(w, p)
-		return f, nil, "", false
+		return nil, "", false
 	}
 	entries, next, err := Page(r.Context(), h.db, id.CustomerID, f)
 	if err != nil {
 		h.log.Error("reading the audit log failed", zap.Error(err))
 		w.Header().Set("Retry-After", "5")
 		problem.Write(w, problem.New(http.StatusServiceUnavailable, "unavailable", "the audit log cannot be read right now"))
-		return f, nil, "", false
+		return nil, "", false
 	}
 	// Reading the audit log is itself audited, as a list.
 	audit.Annotate(w, audit.Annotation{ResourceType: "audit_log", Action: "list",
 		Metadata: map[string]any{"rows": len(entries), "query": r.URL.RawQuery}})
-	return f, entries, next, true
+	return entries, next, true
 }
 
 func (h *handler) api(w http.ResponseWriter, r *http.Request) {
-	_, entries, next, ok := h.load(w, r)
+	q := r.URL.Query()
+	f, err := ParseFilter(q)
+	if err != nil {
+		var fe *FilterError
+		errors.As(err, &fe)
+		p := problem.New(http.StatusBadRequest, "invalid_filter", fe.Error())
+		p.Extra = map[string]any{"param": fe.Param}
+		problem.Write(w, p)
+		return
+	}
+	entries, next, ok := h.load(w, r, f)
 	if !ok {
 		return
 	}
 	w.Header().Set("Cache-Control", "no-store")
-	if r.URL.Query().Get("format") == "csv" {
+	if q.Get("format") == "csv" {
 		writeCSV(w, entries, next)
 		return
 	}
@@ -134,7 +137,8 @@ var auditPage = page.New("audit", `
 func (h *handler) page(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	actions := []string{"create", "list", "read", "update", "delete", "rotate", "auth_failed"}
-	if _, err := ParseFilter(q); err != nil {
+	f, err := ParseFilter(q)
+	if err != nil {
 		// The form comes back with what to fix, not a JSON problem the
 		// browser would show raw.
 		var fe *FilterError
@@ -146,7 +150,7 @@ func (h *handler) page(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
-	_, entries, next, ok := h.load(w, r)
+	entries, next, ok := h.load(w, r, f)
 	if !ok {
 		return
 	}
