@@ -37,21 +37,9 @@ func (h *handler) routes() http.Handler {
 	mux.HandleFunc("POST /api/v1/servers", h.create)
 	mux.HandleFunc("DELETE /api/v1/servers/{id}", h.delete)
 	mux.HandleFunc("POST /api/v1/servers/{id}/rotate-key", h.rotate)
-	// Everything else answers problem+json too, not the mux's plain text.
-	mux.HandleFunc("/api/v1/servers", notAllowed("GET, POST"))
-	mux.HandleFunc("/api/v1/servers/{id}", notAllowed("DELETE"))
-	mux.HandleFunc("/api/v1/servers/{id}/rotate-key", notAllowed("POST"))
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		problem.Write(w, problem.New(http.StatusNotFound, "not_found", "no such resource"))
-	})
+	// A path or method no route takes is answered by fnserve (404 or 405
+	// with Allow, problem+json).
 	return mux
-}
-
-func notAllowed(allow string) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Allow", allow)
-		problem.Write(w, problem.New(http.StatusMethodNotAllowed, "method_not_allowed", "use "+allow))
-	}
 }
 
 // Server is a server as listed.

@@ -37,7 +37,8 @@ func (h *handler) routes() http.Handler {
 	mux.HandleFunc("POST /api/v1/sessions/revoke-others", h.revokeOthers)
 	mux.HandleFunc("DELETE /api/v1/account", h.deleteAccount)
 	mux.HandleFunc("GET /settings/sessions", h.page)
-	// Everything else answers problem+json too, not the mux's plain text.
+	// fnserve would answer the rest too, but the mux's 405 for GET
+	// /api/v1/sessions/revoke-others would allow DELETE (the {id} route).
 	mux.HandleFunc("/", fallback)
 	return mux
 }
