@@ -85,6 +85,11 @@ type Spec struct {
 	Name string
 	// Timeout bounds a run unless GUARDIAN_JOB_TIMEOUT says otherwise.
 	Timeout time.Duration
+	// FixedTimeout ignores GUARDIAN_JOB_TIMEOUT: for a mode that shares
+	// its settings file with a job whose runs may take far longer (a
+	// mirror every 15 minutes must not inherit a backup's hours, holding
+	// the lock the backup needs).
+	FixedTimeout bool
 	// Run does the work, adding facts for the result line to r. A nil
 	// error is "ok"; an error wrapping ErrRed is "red"; any other is
 	// "error". Errors must not contain secrets: they are printed and sent.
@@ -206,7 +211,10 @@ func Execute(ctx context.Context, spec Spec, lookup func(string) (string, bool),
 	}
 	defer lock.Close()
 
-	timeout := env.Duration(EnvTimeout, spec.Timeout)
+	timeout := spec.Timeout
+	if !spec.FixedTimeout {
+		timeout = env.Duration(EnvTimeout, spec.Timeout)
+	}
 	if timeout <= 0 {
 		timeout = time.Hour
 	}

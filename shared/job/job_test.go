@@ -158,6 +158,23 @@ func TestRunPastItsTimeLimitIsAnError(t *testing.T) {
 	}
 }
 
+// A FixedTimeout job keeps its own bound whatever GUARDIAN_JOB_TIMEOUT says.
+func TestFixedTimeoutIgnoresTheEnvironment(t *testing.T) {
+	env := baseEnv(t)
+	env[EnvTimeout] = "1ms"
+	var out, errOut bytes.Buffer
+	var left time.Duration
+	res := Execute(context.Background(), Spec{Name: "test-job", Timeout: time.Hour, FixedTimeout: true,
+		Run: func(ctx context.Context, _ *config.Loader, _ *Report) error {
+			deadline, _ := ctx.Deadline()
+			left = time.Until(deadline)
+			return ctx.Err()
+		}}, env.lookup, &out, &errOut)
+	if res.Status != StatusOK || left < 59*time.Minute {
+		t.Fatalf("status %q err %q, %v left of the run's time; want ok and about 1 h", res.Status, res.Err, left)
+	}
+}
+
 // alertEnv is baseEnv with the alert webhook pointed at a local receiver;
 // alerts returns the bodies received so far.
 func alertEnv(t *testing.T) (env fakeEnv, alerts func() []map[string]any) {

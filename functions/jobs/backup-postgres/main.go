@@ -110,7 +110,7 @@ func spec(args []string, now func() time.Time) job.Spec {
 // mirrorSpec is `backup-postgres mirror`: repo1 copied to the backup
 // host, no backup taken.
 func mirrorSpec() job.Spec {
-	return job.Spec{Name: "backup-postgres-mirror", Lock: "backup-postgres", Timeout: time.Hour, RealertAfter: 6 * time.Hour,
+	return job.Spec{Name: "backup-postgres-mirror", Lock: "backup-postgres", Timeout: time.Hour, FixedTimeout: true, RealertAfter: 6 * time.Hour,
 		Run: func(ctx context.Context, env *config.Loader, r *job.Report) error {
 			cfg := pgbackup.LoadConfig(env)
 			targets, err := pgbackup.ParseTargets(env.Optional(pgbackup.EnvSFTPTargets, ""))
