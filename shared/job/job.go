@@ -45,6 +45,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/glassmkr/guardian/shared/atomicfile"
+
 	"github.com/glassmkr/guardian/shared/config"
 	"github.com/glassmkr/guardian/shared/nodump"
 	"github.com/glassmkr/guardian/shared/notify"
@@ -357,23 +359,9 @@ func writeMetrics(dir string, res Result, lastSuccess float64, lastAlert time.Ti
 		}
 		fmt.Fprintf(&b, "guardian_job_status{job_name=%q,status=%q} %d\n", res.Job, s, v)
 	}
-	tmp, err := os.CreateTemp(dir, ".guardian_job_*.tmp")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.WriteString(b.String()); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Chmod(0o644); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
+	// node_exporter's textfile collector reads the directory at any time:
+	// it must see the previous run's file or this one's, whole.
+	return atomicfile.Write(path, []byte(b.String()), 0o644, nil)
 }
 
 // previousRun is what the last run's metrics file says.

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/glassmkr/guardian/shared/atomicfile"
+
 	"github.com/glassmkr/guardian/shared/config"
 )
 
@@ -306,28 +308,8 @@ func WriteConfig(cfg Config) error {
 		}
 		return owner.chown(cfg.ConfigPath)
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(cfg.ConfigPath), ".pgbackrest-*.conf")
-	if err != nil {
-		return fmt.Errorf("pgbackup: write config: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("pgbackup: write config: %w", err)
-	}
-	if err := tmp.Chmod(0o640); err != nil {
-		tmp.Close()
-		return fmt.Errorf("pgbackup: write config: %w", err)
-	}
-	if err := owner.chown(tmp.Name()); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("pgbackup: write config: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), cfg.ConfigPath); err != nil {
-		return fmt.Errorf("pgbackup: write config: %w", err)
+	if err := atomicfile.Write(cfg.ConfigPath, data, 0o640, owner.chown); err != nil {
+		return fmt.Errorf("pgbackup: config: %w", err)
 	}
 	return nil
 }

@@ -24,9 +24,10 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/glassmkr/guardian/shared/atomicfile"
 
 	"github.com/jackc/pgx/v5"
 
@@ -125,28 +126,8 @@ func saveHeads(path string, heads audit.Heads) error {
 	if err != nil {
 		return fmt.Errorf("audit heads file: %w", err)
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".audit-heads-*.tmp")
-	if err != nil {
+	if err := atomicfile.Write(path, b, 0o600, nil); err != nil {
 		return fmt.Errorf("audit heads file: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
-		return fmt.Errorf("audit heads file: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("audit heads file: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("audit heads file: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("audit heads file: %w", err)
-	}
-	if d, err := os.Open(filepath.Dir(path)); err == nil {
-		_ = d.Sync()
-		d.Close()
 	}
 	return nil
 }
