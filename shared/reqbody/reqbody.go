@@ -41,7 +41,7 @@ func Read(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, bool) {
 			return nil, false
 		}
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	body, err := readAll(http.MaxBytesReader(w, r.Body, limit), r.ContentLength, limit)
 	var tooLarge *http.MaxBytesError
 	switch {
 	case errors.As(err, &tooLarge):
@@ -52,6 +52,29 @@ func Read(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, bool) {
 		return nil, false
 	}
 	return body, true
+}
+
+// readAll is io.ReadAll with the buffer sized from a declared length (one
+// read into place instead of a buffer grown from 512 bytes), trusting the
+// declaration no further than limit.
+func readAll(r io.Reader, declared, limit int64) ([]byte, error) {
+	if declared <= 0 || declared > limit {
+		return io.ReadAll(r)
+	}
+	b := make([]byte, 0, declared+1) // +1: room to read EOF without growing
+	for {
+		n, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			return b, nil
+		}
+		if err != nil {
+			return b, err
+		}
+		if len(b) == cap(b) { // longer than declared: grow as io.ReadAll does
+			b = append(b, 0)[:len(b)]
+		}
+	}
 }
 
 // Decode is JSON's parser: body holds one JSON object (blank: {}) whose

@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"testing/iotest"
 )
 
 type request struct {
@@ -92,4 +93,26 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("accepted invalid JSON %q", body)
 		}
 	})
+}
+
+// readAll returns exactly what the reader holds whatever the declared
+// length says, and reads a body of the declared length into one buffer.
+func TestReadAllWhateverTheDeclaredLength(t *testing.T) {
+	body := strings.Repeat("snapshot ", 500)
+	for _, declared := range []int64{-1, 0, 1, 100, int64(len(body)) - 1, int64(len(body)), int64(len(body)) + 1, 1 << 20} {
+		got, err := readAll(iotest.OneByteReader(strings.NewReader(body)), declared, 1<<16)
+		if err != nil || string(got) != body {
+			t.Errorf("declared %d: %d bytes (%v), want %d", declared, len(got), err, len(body))
+		}
+	}
+	r := strings.NewReader(body)
+	allocs := testing.AllocsPerRun(20, func() {
+		r.Reset(body)
+		if _, err := readAll(r, int64(len(body)), 1<<16); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs > 1 {
+		t.Errorf("%.0f allocations for a body of its declared length, want 1", allocs)
+	}
 }
