@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -21,12 +22,38 @@ const MaxBody = 512 << 10
 // clockSkew is how far in the future a snapshot's timestamp may be.
 const clockSkew = 5 * time.Minute
 
+// MaxInFlightBytes bounds the snapshot bytes ingest holds at once (each is
+// held as the body read, as the row's payload, and in the insert's column
+// buffer while its batch is stored). Rate limits cap requests, not bytes:
+// without this bound, collectors sending snapshots near MaxBody while
+// ClickHouse is slow would hold max_concurrent x 512 KiB several times
+// over. Past it a snapshot is refused at once with 503 busy and
+// Retry-After, before its body is read; typical ~4 KB snapshots never
+// reach it (65,536 of them fit).
+const MaxInFlightBytes = 256 << 20
+
 type handler struct {
 	log   *zap.Logger
 	plans *planCache
 	store store
 	now   func() time.Time
+	// inFlight counts the bytes of the snapshots being handled, bounded
+	// by maxInFlight (MaxInFlightBytes unless a test says otherwise).
+	inFlight    atomic.Int64
+	maxInFlight int64
 }
+
+// reserve counts n more bytes in flight, or reports that they would pass
+// the bound. Every true is matched by a release of the same n.
+func (h *handler) reserve(n int64) bool {
+	if h.inFlight.Add(n) > h.maxInFlight {
+		h.inFlight.Add(-n)
+		return false
+	}
+	return true
+}
+
+func (h *handler) release(n int64) { h.inFlight.Add(-n) }
 
 // snapshot is the part of the body the edge reads; the whole body is
 // stored as sent.
@@ -48,6 +75,18 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		problem.Write(w, problem.New(http.StatusInternalServerError, "internal_error", "no collector identity"))
 		return
 	}
+	// The body's declared length (MaxBody when not declared or larger:
+	// reqbody.Read refuses more) is reserved before it is read.
+	size := int64(MaxBody)
+	if r.ContentLength >= 0 && r.ContentLength < size {
+		size = r.ContentLength
+	}
+	if !h.reserve(size) {
+		w.Header().Set("Retry-After", "5")
+		problem.Write(w, problem.New(http.StatusServiceUnavailable, "busy", "too many snapshots are being stored; send this one again shortly"))
+		return
+	}
+	defer h.release(size)
 	body, ok := reqbody.Read(w, r, MaxBody)
 	if !ok {
 		return

@@ -1,10 +1,16 @@
 package main
 
 import (
+	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/glassmkr/guardian/shared/identity"
 )
 
 func TestParseRefusesBadSnapshots(t *testing.T) {
@@ -74,4 +80,60 @@ func BenchmarkParse(b *testing.B) {
 			b.Fatal(p)
 		}
 	}
+}
+
+// Past the in-flight byte bound a snapshot is refused at once, before its
+// body is read, with 503 busy and Retry-After; the bytes of every answer,
+// refusals included, are given back.
+func TestInFlightBytesAreBounded(t *testing.T) {
+	now := time.Now()
+	body := crucibleSnapshot(now.Add(-time.Minute), "")
+	h := &handler{log: zap.NewNop(), now: func() time.Time { return now }, maxInFlight: int64(len(body)) + 100}
+	send := func(body string, declared int64) (*httptest.ResponseRecorder, int) {
+		rc := &readCounter{r: strings.NewReader(body)}
+		r := httptest.NewRequest("POST", "/api/v1/ingest", rc)
+		r.ContentLength = declared
+		r.Header.Set(identity.HeaderKind, identity.KindCollector)
+		r.Header.Set(identity.HeaderCustomer, "c")
+		r.Header.Set(identity.HeaderServer, "s")
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		return w, rc.n
+	}
+	// Another request holds 200 bytes: this one no longer fits.
+	h.inFlight.Store(200)
+	w, read := send(body, int64(len(body)))
+	if w.Code != http.StatusServiceUnavailable || w.Header().Get("Retry-After") == "" || !strings.Contains(w.Body.String(), `"busy"`) {
+		t.Fatalf("over the bound: %d %q %s", w.Code, w.Header().Get("Retry-After"), w.Body)
+	}
+	if read != 0 {
+		t.Errorf("%d body bytes read before refusing, want 0", read)
+	}
+	if got := h.inFlight.Load(); got != 200 {
+		t.Errorf("in flight %d after the refusal, want the other request's 200", got)
+	}
+	// An undeclared length reserves MaxBody, more than this bound.
+	h.inFlight.Store(0)
+	if w, _ := send(`{}`, -1); w.Code != http.StatusServiceUnavailable {
+		t.Errorf("undeclared length: %d, want 503", w.Code)
+	}
+	// A declared length that fits is read; a bad snapshot gives its bytes
+	// back too.
+	if w, read := send(`{"timestamp":1}`, 15); w.Code != http.StatusBadRequest || read != 15 {
+		t.Errorf("bad snapshot: %d %s (%d bytes read), want 400 after reading 15", w.Code, w.Body, read)
+	}
+	if got := h.inFlight.Load(); got != 0 {
+		t.Errorf("in flight %d after every answer, want 0", got)
+	}
+}
+
+type readCounter struct {
+	r io.Reader
+	n int
+}
+
+func (c *readCounter) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += n
+	return n, err
 }

@@ -48,10 +48,11 @@ func setup(ctx context.Context, log *zap.Logger, env *config.Loader) (http.Handl
 		return nil, nil, err
 	}
 	h := &handler{
-		log:   log,
-		plans: &planCache{db: pool, ttl: time.Minute, m: map[string]planEntry{}},
-		store: newBatcher((&chStore{conn: ch, table: chCfg.Database + ".snapshots"}).insertBatch, batchLimits{rows: maxBatchRows, bytes: maxBatchBytes, interval: minInsertInterval}),
-		now:   time.Now,
+		log:         log,
+		plans:       &planCache{db: pool, ttl: time.Minute, m: map[string]planEntry{}},
+		store:       newBatcher((&chStore{conn: ch, table: chCfg.Database + ".snapshots"}).insertBatch, batchLimits{rows: maxBatchRows, bytes: maxBatchBytes, interval: minInsertInterval}),
+		now:         time.Now,
+		maxInFlight: MaxInFlightBytes,
 	}
 	return h, func() { h.store.(*batcher).close(); pool.Close(); _ = ch.Close() }, nil
 }
