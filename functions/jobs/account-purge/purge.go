@@ -114,7 +114,7 @@ const (
 	// and replays them as soon as it is back, so 30 days is ample.
 	forgetDeleted = `SELECT forget_deleted_customers('30 days')`
 	// Servers deleted through the API whose ClickHouse rows may remain.
-	dueServers    = `SELECT server_id::text FROM deleted_servers ORDER BY deleted_at, server_id LIMIT $1`
+	dueServers    = `SELECT server_id::text, customer_id::text FROM deleted_servers ORDER BY deleted_at, server_id LIMIT $1`
 	forgetServers = `DELETE FROM deleted_servers WHERE server_id = ANY($1::uuid[]) RETURNING server_id::text`
 )
 
@@ -188,7 +188,7 @@ func (p *Purger) purgeAccounts(ctx context.Context, now time.Time, res *Result) 
 	if err != nil {
 		return err
 	}
-	ready, waiting, err := p.deleteAndCheck(ctx, res.Tables, "customer_id", ids, res)
+	ready, waiting, err := p.deleteAndCheck(ctx, res.Tables, "customer_id", ids, nil, res)
 	if err != nil {
 		return err
 	}
@@ -220,8 +220,15 @@ func (p *Purger) purgeServers(ctx context.Context, res *Result) error {
 	if err != nil {
 		return fmt.Errorf("read deleted servers: %w", err)
 	}
-	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
+	var ids, customers []string
+	var server, customer string
+	if _, err := pgx.ForEachRow(rows, []any{&server, &customer}, func() error {
+		ids = append(ids, server)
+		if !slices.Contains(customers, customer) {
+			customers = append(customers, customer)
+		}
+		return nil
+	}); err != nil {
 		return fmt.Errorf("read deleted servers: %w", err)
 	}
 	res.ServersDue = len(ids)
@@ -232,7 +239,22 @@ func (p *Purger) purgeServers(ctx context.Context, res *Result) error {
 	if err != nil {
 		return err
 	}
-	ready, waiting, err := p.deleteAndCheck(ctx, tables, "server_id", ids, res)
+	// Tables keyed by customer first (all of Guardian's) are read and
+	// mutated within the servers' customers: their primary key then skips
+	// every other customer's data instead of scanning server_id over the
+	// whole table. A server never changes customer, and its rows are
+	// written with its own customer_id (ingest takes both from its key).
+	byCustomer, err := p.customerTables(ctx)
+	if err != nil {
+		return err
+	}
+	narrow := func(table string) string {
+		if slices.Contains(byCustomer, table) {
+			return withinCustomers(customers)
+		}
+		return ""
+	}
+	ready, waiting, err := p.deleteAndCheck(ctx, tables, "server_id", ids, narrow, res)
 	if err != nil {
 		return err
 	}
@@ -253,9 +275,17 @@ func (p *Purger) purgeServers(ctx context.Context, res *Result) error {
 // deleteAndCheck issues the deletions of ids' rows (values of col) in
 // tables, waits for them (at most Wait), and splits ids into those with
 // no row and no pending deletion left (ready) and the rest (waiting).
-func (p *Purger) deleteAndCheck(ctx context.Context, tables []string, col string, ids []string, res *Result) (ready, waiting []string, err error) {
+// narrow, if not nil, gives a condition (ending in AND) that every row of
+// ids in a table meets, to let the table's primary key skip the rest.
+func (p *Purger) deleteAndCheck(ctx context.Context, tables []string, col string, ids []string, narrow func(table string) string, res *Result) (ready, waiting []string, err error) {
+	where := func(table string) string {
+		if narrow == nil {
+			return ""
+		}
+		return narrow(table)
+	}
 	for _, table := range tables {
-		n, counted, err := p.deleteRows(ctx, table, col, ids)
+		n, counted, err := p.deleteRows(ctx, table, where(table), col, ids)
 		if err != nil {
 			return nil, nil, fmt.Errorf("clickhouse %s: %w", table, err)
 		}
@@ -271,7 +301,7 @@ func (p *Purger) deleteAndCheck(ctx context.Context, tables []string, col string
 		if err != nil {
 			return nil, nil, fmt.Errorf("clickhouse %s: %w", table, err)
 		}
-		counts, err := p.count(ctx, table, col, ids)
+		counts, err := p.count(ctx, table, where(table), col, ids)
 		if err != nil {
 			return nil, nil, fmt.Errorf("clickhouse %s: %w", table, err)
 		}
@@ -338,14 +368,14 @@ func (p *Purger) tablesWith(ctx context.Context, col string) ([]string, error) {
 
 // deleteRows issues one mutation deleting the rows whose col (customer_id
 // or server_id) is one of ids that has rows in table and is not named by
-// a pending mutation already. It returns the mutations issued (0 or 1)
-// and the rows counted.
-func (p *Purger) deleteRows(ctx context.Context, table, col string, ids []string) (int, uint64, error) {
+// a pending mutation already; narrow prefixes the condition. It returns
+// the mutations issued (0 or 1) and the rows counted.
+func (p *Purger) deleteRows(ctx context.Context, table, narrow, col string, ids []string) (int, uint64, error) {
 	pending, err := p.pendingFor(ctx, table, ids)
 	if err != nil {
 		return 0, 0, err
 	}
-	counts, err := p.count(ctx, table, col, ids)
+	counts, err := p.count(ctx, table, narrow, col, ids)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -360,16 +390,17 @@ func (p *Purger) deleteRows(ctx context.Context, table, col string, ids []string
 	if len(doomed) == 0 {
 		return 0, 0, nil
 	}
-	q := fmt.Sprintf("ALTER TABLE %s.%s DELETE WHERE %s IN (%s)", p.Database, table, col, quoteList(doomed))
+	q := fmt.Sprintf("ALTER TABLE %s.%s DELETE WHERE %s%s IN (%s)", p.Database, table, narrow, col, quoteList(doomed))
 	if err := p.CH.Exec(ctx, q); err != nil {
 		return 0, 0, fmt.Errorf("delete rows: %w", err)
 	}
 	return 1, n, nil
 }
 
-// count returns the rows per id of ids (values of col) in table.
-func (p *Purger) count(ctx context.Context, table, col string, ids []string) (map[string]uint64, error) {
-	q := fmt.Sprintf("SELECT %s, count() FROM %s.%s WHERE %s IN (%s) GROUP BY %s", col, p.Database, table, col, quoteList(ids), col)
+// count returns the rows per id of ids (values of col) in table, among
+// the rows that meet narrow (a condition ending in AND, or "").
+func (p *Purger) count(ctx context.Context, table, narrow, col string, ids []string) (map[string]uint64, error) {
+	q := fmt.Sprintf("SELECT %s, count() FROM %s.%s WHERE %s%s IN (%s) GROUP BY %s", col, p.Database, table, narrow, col, quoteList(ids), col)
 	rows, err := p.CH.Query(ctx, q)
 	if err != nil {
 		return nil, fmt.Errorf("count rows: %w", err)
@@ -445,6 +476,12 @@ func (p *Purger) waitMutations(ctx context.Context, tables, ids []string) error 
 		case <-time.After(poll):
 		}
 	}
+}
+
+// withinCustomers is the condition (for deleteAndCheck's narrow) that a
+// row belongs to one of customers.
+func withinCustomers(customers []string) string {
+	return "customer_id IN (" + quoteList(customers) + ") AND "
 }
 
 // quoteList renders ids as a ClickHouse list of string literals. Ids come

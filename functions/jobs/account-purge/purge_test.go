@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2"
+
 	"github.com/glassmkr/guardian/shared/job"
 	"github.com/glassmkr/guardian/shared/testenv"
 )
@@ -378,4 +380,41 @@ func TestPurgeDeletesTheRowsOfDeletedServers(t *testing.T) {
 	if err := f.pg.Owner.QueryRow(ctx, "SELECT count(*) FROM deleted_servers").Scan(&left); err != nil || left != 0 {
 		t.Fatalf("deleted_servers holds %d records after the purge (%v)", left, err)
 	}
+}
+
+// A deleted server's rows are counted within its customer: the primary
+// key (customer_id first) skips other customers' rows instead of reading
+// server_id across the whole table, and the count is the same.
+func TestServerRowsAreCountedWithinTheirCustomer(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	ctx := context.Background()
+	db := f.ch.Database
+	const mine, gone = "00000000-0000-4000-8000-000000000001", "00000000-0000-4000-8000-0000000000aa"
+	// 3 rows of the deleted server, 200,000 of other customers' servers.
+	if err := f.ch.Conn.Exec(ctx, "INSERT INTO "+db+".snapshots (customer_id, server_id, ts, retention_days, payload) SELECT '"+mine+"', '"+gone+"', now(), 90, '{}' FROM system.numbers LIMIT 3"); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.ch.Conn.Exec(ctx, "INSERT INTO "+db+".snapshots (customer_id, server_id, ts, retention_days, payload) SELECT concat('10000000-0000-4000-8000-', substring(toString(1000000000000 + number % 1000), 2, 12)), concat('20000000-0000-4000-8000-', substring(toString(1000000000000 + number % 5000), 2, 12)), now(), 90, '{}' FROM system.numbers LIMIT 200000"); err != nil {
+		t.Fatal(err)
+	}
+	p := &Purger{CH: f.ch.Conn, Database: db}
+	read := func(narrow string) (map[string]uint64, uint64) {
+		var rows uint64
+		pctx := clickhouse.Context(ctx, clickhouse.WithProgress(func(pr *clickhouse.Progress) { rows += pr.Rows }))
+		counts, err := p.count(pctx, "snapshots", narrow, "server_id", []string{gone})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return counts, rows
+	}
+	narrowed, narrowRead := read(withinCustomers([]string{mine}))
+	whole, wholeRead := read("")
+	if narrowed[gone] != 3 || whole[gone] != 3 {
+		t.Fatalf("counts %v within the customer, %v over the table; want 3 rows", narrowed, whole)
+	}
+	if wholeRead < 200_000 || narrowRead > wholeRead/4 {
+		t.Errorf("read %d rows within the customer and %d over the table; want a small fraction", narrowRead, wholeRead)
+	}
+	t.Logf("rows read: %d within the customer, %d over the table", narrowRead, wholeRead)
 }
