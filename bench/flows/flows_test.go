@@ -24,13 +24,16 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -68,6 +71,33 @@ func snapshot(ts time.Time) []byte {
 		`"systemd":{"failed_units":[],"units_total":214},"ntp":{"synchronized":true,"offset_ms":0.8},` +
 		`"collection_status":{"duration_ms":812,"errors":[]}}`)
 }
+
+// cpuTimes is CPU time used so far: by this process (the load
+// generator), by Caddy, by Caddy's children (the functions), and by the
+// whole machine (/proc/stat, busy time of every CPU).
+type cpuTimes struct{ generator, caddy, functions, machine time.Duration }
+
+func cpuNow(caddy int) cpuTimes {
+	var t cpuTimes
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
+		t.generator = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	t.caddy = harness.ProcCPU(caddy)
+	t.functions = harness.ChildrenCPU(caddy) - t.caddy
+	t.machine = harness.MachineBusy()
+	return t
+}
+
+func (t cpuTimes) since(t0 cpuTimes) cpuTimes {
+	return cpuTimes{t.generator - t0.generator, t.caddy - t0.caddy, t.functions - t0.functions, t.machine - t0.machine}
+}
+
+func (t cpuTimes) total() time.Duration { return t.machine }
+
+// rest is what the machine spent outside the generator, Caddy and the
+// functions: the servers (ClickHouse, PostgreSQL, Redis) and anything else.
+func (t cpuTimes) rest() time.Duration { return t.machine - t.generator - t.caddy - t.functions }
 
 func count(b *testing.B, ch *testenv.CH) int64 {
 	var n uint64
@@ -140,6 +170,7 @@ func BenchmarkIngestFullEdge(b *testing.B) {
 	var lat []time.Duration
 	ctx, cancel := context.WithTimeout(context.Background(), *duration+60*time.Second)
 	defer cancel()
+	cpu0 := cpuNow(stack.Cmd.Process.Pid)
 	b.ResetTimer()
 	n := int(duration.Seconds() * *ingestRate)
 	sem := make(chan struct{}, 4096)
@@ -180,6 +211,7 @@ func BenchmarkIngestFullEdge(b *testing.B) {
 	wg.Wait()
 	elapsed := time.Since(start)
 	b.StopTimer()
+	cpu := cpuNow(stack.Cmd.Process.Pid).since(cpu0)
 
 	// Every accepted snapshot must be in ClickHouse (ingest batches for a
 	// few ms before it answers, so they are once the load has ended).
@@ -196,8 +228,13 @@ func BenchmarkIngestFullEdge(b *testing.B) {
 	b.ReportMetric(float64(limited.Load()), "429s")
 	b.ReportMetric(float64(other.Load()), "errors")
 	b.ReportMetric(float64(dropped.Load()), "dropped")
+	perSnapshot := func(d time.Duration) float64 { return math.Round(float64(d.Microseconds()) / float64(max(stored, 1))) }
+	b.ReportMetric(perSnapshot(cpu.total()), "cpu-µs/snapshot")
 	b.Logf("ingest: asked %.0f/s over %d collector keys for %s: %.0f snapshots/s accepted and stored (target 5,000: %.2fx), p50 %.2f ms, p99 %.2f ms, %d stored, %d rate-limited, %d other errors, %d not sent (4,096 in flight)",
 		*ingestRate, len(keys), *duration, rate, rate/5000, harness.Ms(harness.Percentile(lat, 0.5)), harness.Ms(harness.Percentile(lat, 0.99)), stored, limited.Load(), other.Load(), dropped.Load())
+	b.Logf("CPU µs per stored snapshot: %.0f in all (load generator %.0f, Caddy %.0f, functions %.0f, servers and the rest of the machine %.0f); CPUs %.0f%% busy",
+		perSnapshot(cpu.total()), perSnapshot(cpu.generator), perSnapshot(cpu.caddy), perSnapshot(cpu.functions), perSnapshot(cpu.rest()),
+		100*cpu.total().Seconds()/(elapsed.Seconds()*float64(runtime.NumCPU())))
 }
 
 // BenchmarkHealthzDuringLoginFlood floods /auth/login with wrong
