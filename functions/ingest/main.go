@@ -65,13 +65,15 @@ type store interface {
 // minInsertInterval is the least time between the starts of two inserts.
 // Every insert makes a new part, and ClickHouse 18.16 pays a fixed cost
 // per part when it writes and merges it (~25-35 ms of CPU here, most of it
-// in page faults of fresh merge buffers), whatever the rows. Measured here
-// at 2,500 snapshots/s, ClickHouse spent 300 µs of CPU per snapshot with
-// inserts 50 ms apart, 110 µs at 200 ms, 45 µs at 500 ms and 30 µs at 1 s
-// (ClickHouse's own advice is about one insert per second). 250 ms keeps
-// the cost near 100 µs at any rate while a snapshot under load waits at
-// most a quarter of a second for its batch; an idle edge still inserts a
-// lone snapshot at once.
+// in page faults of fresh merge buffers), whatever the rows. At 2,500
+// snapshots/s ClickHouse spends 344 µs of CPU per snapshot with inserts
+// 50 ms apart, 90 µs at 250 ms and 38 µs at 1 s (BenchmarkInsertInterval;
+// ClickHouse's own advice is about one insert per second). Waiting is not
+// free either: each snapshot's request waits in Caddy and here, which cost
+// ~40 µs more per snapshot at 250 ms than at 50 ms in the ingest flow
+// (bench/flows), against ~140 µs saved in ClickHouse. 250 ms keeps a
+// snapshot's wait under load to a quarter of a second; an idle edge still
+// inserts a lone snapshot at once.
 const minInsertInterval = 250 * time.Millisecond
 
 // maxBatchRows and maxBatchBytes bound one insert: rate x interval rows
