@@ -46,7 +46,6 @@ import (
 	"time"
 
 	"github.com/glassmkr/guardian/shared/atomicfile"
-
 	"github.com/glassmkr/guardian/shared/config"
 	"github.com/glassmkr/guardian/shared/nodump"
 	"github.com/glassmkr/guardian/shared/notify"

@@ -12,7 +12,6 @@ import (
 	"strings"
 
 	"github.com/glassmkr/guardian/shared/atomicfile"
-
 	"github.com/glassmkr/guardian/shared/config"
 )
 

@@ -27,10 +27,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/glassmkr/guardian/shared/atomicfile"
-
 	"github.com/jackc/pgx/v5"
 
+	"github.com/glassmkr/guardian/shared/atomicfile"
 	"github.com/glassmkr/guardian/shared/audit"
 	"github.com/glassmkr/guardian/shared/config"
 	"github.com/glassmkr/guardian/shared/job"
