@@ -52,15 +52,23 @@ var (
 func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
 
 // snapshot is shaped like a Crucible agent's push: about 4 KB of nested
-// sections.
+// sections. Only the timestamp changes between pushes, so the rest is
+// built once: the load generator shares the CPUs with what it measures.
 func snapshot(ts time.Time) []byte {
+	body := make([]byte, 0, len(snapshotHead)+len(snapshotTail)+40)
+	body = append(body, snapshotHead...)
+	body = ts.UTC().AppendFormat(body, time.RFC3339Nano)
+	return append(body, snapshotTail...)
+}
+
+var snapshotHead, snapshotTail = func() (string, string) {
 	var disks, nics []string
 	for i := range 6 {
 		n := strconv.Itoa(i)
 		disks = append(disks, `{"device":"/dev/nvme`+n+`n1","mount":"/data`+n+`","fs":"ext4","total_gb":1863,"used_gb":1`+n+`2,"used_pct":27.5,"inodes_used_pct":3.1,"model":"SAMSUNG MZQL21T9HCJR","serial":"S64GNE0R`+n+`00001","health":"PASSED","temperature_c":41,"power_on_hours":18231}`)
 		nics = append(nics, `{"interface":"enp`+n+`s0","state":"up","speed_mbps":10000,"rx_bytes":918273645,"tx_bytes":827364512,"rx_errors":0,"tx_errors":0,"rx_dropped":2}`)
 	}
-	return []byte(`{"collector_version":"0.9.4","timestamp":"` + ts.UTC().Format(time.RFC3339Nano) + `",` +
+	return `{"collector_version":"0.9.4","timestamp":"`, `",` +
 		`"system":{"hostname":"db1","ip":"10.0.0.1","os":"Ubuntu 24.04.4 LTS","kernel":"6.8.0-107-generic","uptime_seconds":604800},` +
 		`"cpu":{"model":"AMD EPYC 7443P 24-Core Processor","cores":24,"threads":48,"load1":0.42,"load5":0.38,"load15":0.31,"usage_pct":7.9,"iowait_pct":0.4,"steal_pct":0},` +
 		`"memory":{"total_mb":257614,"used_mb":40960,"available_mb":216654,"swap_total_mb":8192,"swap_used_mb":128},` +
@@ -69,8 +77,8 @@ func snapshot(ts time.Time) []byte {
 		`"ipmi":{"available":true,"sel_entries":3,"sensors":[{"name":"CPU Temp","value":52,"unit":"C","status":"ok"},{"name":"FAN1","value":5400,"unit":"RPM","status":"ok"}]},` +
 		`"security":{"pending_updates":4,"security_updates":1,"reboot_required":false,"ssh_password_auth":false},` +
 		`"systemd":{"failed_units":[],"units_total":214},"ntp":{"synchronized":true,"offset_ms":0.8},` +
-		`"collection_status":{"duration_ms":812,"errors":[]}}`)
-}
+		`"collection_status":{"duration_ms":812,"errors":[]}}`
+}()
 
 // cpuTimes is CPU time used so far: by this process (the load
 // generator), by Caddy, by Caddy's children (the functions), and by the
