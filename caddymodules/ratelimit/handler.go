@@ -23,6 +23,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"math"
 	"net"
 	"net/http"
 	"strconv"
@@ -271,6 +272,14 @@ func credentialFailure(why string) bool {
 	return true
 }
 
+// The RateLimit header names in canonical form (http.CanonicalHeaderKey),
+// as stored in an http.Header.
+const (
+	headerLimit     = "Ratelimit-Limit"
+	headerRemaining = "Ratelimit-Remaining"
+	headerReset     = "Ratelimit-Reset"
+)
+
 var tooMany = problem.New(http.StatusTooManyRequests, "rate_limited", "too many requests; retry after the time in Retry-After")
 
 // answer sets the RateLimit headers and, for a refusal, returns the 429.
@@ -278,10 +287,20 @@ func (h *Handler) answer(w http.ResponseWriter, d Decision) error {
 	if d.Source == SourceOpen {
 		return nil // nothing known to report
 	}
+	// Every limited request carries the three headers: their values share
+	// one string and one slice (two allocations, not six), and the keys
+	// are stored in canonical form, which Header.Set would compute each
+	// time.
+	var buf [60]byte
+	b := strconv.AppendInt(buf[:0], int64(d.Limit), 10)
+	i := len(b)
+	b = strconv.AppendInt(b, int64(d.Remaining), 10)
+	j := len(b)
+	b = strconv.AppendInt(b, int64(math.Ceil(d.Reset.Seconds())), 10)
+	v := string(b)
+	vals := []string{v[:i], v[i:j], v[j:]}
 	hdr := w.Header()
-	hdr.Set("RateLimit-Limit", strconv.Itoa(d.Limit))
-	hdr.Set("RateLimit-Remaining", strconv.Itoa(d.Remaining))
-	hdr.Set("RateLimit-Reset", seconds(d.Reset))
+	hdr[headerLimit], hdr[headerRemaining], hdr[headerReset] = vals[0:1:1], vals[1:2:2], vals[2:3:3]
 	if d.Allowed {
 		return nil
 	}

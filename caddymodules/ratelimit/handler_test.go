@@ -5,7 +5,9 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -165,3 +167,34 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		})
 	}
 }
+
+// answer writes the three RateLimit headers, readable under any spelling
+// of their names, with two allocations.
+func TestAnswerHeaders(t *testing.T) {
+	for _, name := range []string{headerLimit, headerRemaining, headerReset} {
+		if http.CanonicalHeaderKey(name) != name {
+			t.Fatalf("%q is not canonical", name)
+		}
+	}
+	h := &Handler{Tier: TierAccount}
+	w := &headerWriter{h: http.Header{}}
+	d := Decision{Allowed: true, Limit: 5000, Remaining: 4999, Reset: 1500 * time.Millisecond, Source: SourceRedis}
+	if err := h.answer(w, d); err != nil {
+		t.Fatal(err)
+	}
+	got := []string{w.h.Get("RateLimit-Limit"), w.h.Get("ratelimit-remaining"), w.h.Get("RATELIMIT-RESET")}
+	if !slices.Equal(got, []string{"5000", "4999", "2"}) {
+		t.Fatalf("headers %v, want [5000 4999 2]", got)
+	}
+	if allocs := testing.AllocsPerRun(100, func() { _ = h.answer(w, d) }); allocs > 2 {
+		t.Errorf("%.0f allocations, want at most 2", allocs)
+	}
+}
+
+// headerWriter is a ResponseWriter whose header map already exists, so
+// only answer's own allocations are counted.
+type headerWriter struct{ h http.Header }
+
+func (w *headerWriter) Header() http.Header         { return w.h }
+func (w *headerWriter) Write(b []byte) (int, error) { return len(b), nil }
+func (w *headerWriter) WriteHeader(int)             {}
