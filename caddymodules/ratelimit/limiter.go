@@ -154,8 +154,6 @@ func (l *Limiter) degrade(now time.Time, err error) {
 var errReply = errors.New("rate limiter: unexpected script reply")
 
 func (l *Limiter) takeRedis(ctx context.Context, keys []string, buckets []Bucket) (Decision, error) {
-	ctx, cancel := context.WithTimeout(ctx, l.timeout)
-	defer cancel()
 	args := make([]any, 0, 2+2*len(buckets))
 	now := ""
 	if l.scriptNow != nil {
@@ -167,7 +165,7 @@ func (l *Limiter) takeRedis(ctx context.Context, keys []string, buckets []Bucket
 	}
 	// EVALSHA in a pipeline shared with concurrent requests, falling back
 	// to EVAL (which loads the script) on NOSCRIPT.
-	res, err := l.pipe.run(ctx, keys, args)
+	res, err := l.pipe.run(ctx, l.timeout, keys, args)
 	if err != nil {
 		return Decision{}, err
 	}
