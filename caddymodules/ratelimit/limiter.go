@@ -124,9 +124,12 @@ func (l *Limiter) Take(ctx context.Context, keys []string, buckets []Bucket, loc
 			return d
 		}
 		// A closed limiter (its config replaced while this request ran)
-		// says nothing about Redis: decide without it, but do not mark
-		// Redis down (the gauge is shared with the new config's limiter).
-		if !errors.Is(err, errPipelineClosed) {
+		// says nothing about Redis, and neither does the request's own
+		// end (its client went away): decide without Redis, but do not
+		// mark it down. Otherwise a client closing its connections would
+		// switch limiting off for everyone (and the gauge is shared with
+		// a new config's limiter).
+		if ctx.Err() == nil && !errors.Is(err, errPipelineClosed) {
 			l.degrade(now, err)
 		}
 	}

@@ -321,3 +321,24 @@ func TestClosingWithDecisionsInFlight(t *testing.T) {
 	}
 	t.Logf("decisions by source: %v", bySource)
 }
+
+// A request whose own context ends while its decision is pending (the
+// client went away) says nothing about Redis: the limiter must not fail
+// open for everyone else because of it. Otherwise a client could switch
+// limiting off by closing its connections.
+func TestAbandonedRequestDoesNotMarkRedisDown(t *testing.T) {
+	t.Parallel()
+	l, _ := newTestLimiter(t)
+	keys, b := []string{l.IPKey("198.51.100.30")}, []Bucket{{Capacity: 5, Rate: 1}}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	for range 20 {
+		l.Take(ctx, keys, b, true)
+	}
+	if l.downUntil.Load() != 0 {
+		t.Fatal("abandoned requests marked Redis down")
+	}
+	if d := l.Take(context.Background(), keys, b, false); d.Source != SourceRedis {
+		t.Fatalf("the next request was decided by %s, want Redis", d.Source)
+	}
+}
