@@ -212,7 +212,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	if err != nil {
 		if errors.Is(err, ErrUnavailable) {
-			h.log.Error("credential store unavailable", zap.Error(err))
+			// A lookup cut short because the client went away says
+			// nothing about the store: no error line, or any client
+			// could write them at will by closing its connections.
+			if r.Context().Err() == nil {
+				h.log.Error("credential store unavailable", zap.Error(err))
+			}
 			w.Header().Set("Retry-After", "2")
 			return h.refuse(w, r, "store_unavailable", false, refuseUnavailable)
 		}

@@ -11,6 +11,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/glassmkr/guardian/shared/identity"
 	"github.com/glassmkr/guardian/shared/problem"
@@ -335,5 +337,30 @@ func TestGraceWindowAndExpiryEndAKeyOnTime(t *testing.T) {
 	later = later.Add(time.Hour)
 	if got := do(t, h, bearer("GET", "/", w.write)); got.status != 401 {
 		t.Fatalf("expired key still works: %+v", got)
+	}
+}
+
+// A client that goes away while its key is looked up does not make the
+// edge log that the credential store is down.
+func TestAbandonedLookupIsNotAStoreError(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	a := w.authenticator(t)
+	h := handler(a, Handler{})
+	core, logs := observer.New(zap.DebugLevel)
+	h.log = zap.New(core)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if got := do(t, h, bearer("GET", "/", w.read).WithContext(ctx)); got.status == http.StatusOK {
+		t.Fatalf("an abandoned lookup was admitted: %+v", got)
+	}
+	if n := logs.FilterMessage("credential store unavailable").Len(); n != 0 {
+		t.Errorf("%d store errors logged for a request whose client went away", n)
+	}
+	// A real failure of the store is still logged.
+	a.db.Close()
+	do(t, h, bearer("GET", "/", w.write))
+	if logs.FilterMessage("credential store unavailable").Len() == 0 {
+		t.Error("a store outage was not logged")
 	}
 }
