@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/glassmkr/guardian/shared/audit"
+	"github.com/glassmkr/guardian/shared/fnserve"
 	"github.com/glassmkr/guardian/shared/identity"
 	"github.com/glassmkr/guardian/shared/page"
 	"github.com/glassmkr/guardian/shared/problem"
@@ -41,7 +42,7 @@ func (h *handler) load(w http.ResponseWriter, r *http.Request, f Filter) ([]Entr
 	}
 	entries, next, err := Page(r.Context(), h.db, id.CustomerID, f)
 	if err != nil {
-		h.log.Error("reading the audit log failed", zap.Error(err))
+		fnserve.LogFailure(h.log, "reading the audit log failed", err)
 		w.Header().Set("Retry-After", "5")
 		problem.Write(w, problem.New(http.StatusServiceUnavailable, "unavailable", "the audit log cannot be read right now"))
 		return nil, "", false

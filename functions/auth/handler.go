@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/glassmkr/guardian/shared/audit"
+	"github.com/glassmkr/guardian/shared/fnserve"
 	"github.com/glassmkr/guardian/shared/identity"
 	"github.com/glassmkr/guardian/shared/mfa"
 	"github.com/glassmkr/guardian/shared/page"
@@ -143,7 +144,7 @@ func (h *handler) busy(w http.ResponseWriter) {
 }
 
 func (h *handler) unavailable(w http.ResponseWriter, err error) {
-	h.log.Error("sign-in store unavailable", zap.Error(err))
+	fnserve.LogFailure(h.log, "sign-in store unavailable", err)
 	w.Header().Set("Retry-After", "5")
 	problem.Write(w, problem.New(http.StatusServiceUnavailable, "unavailable", "sign-in is temporarily unavailable"))
 }

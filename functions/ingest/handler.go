@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/glassmkr/guardian/shared/audit"
+	"github.com/glassmkr/guardian/shared/fnserve"
 	"github.com/glassmkr/guardian/shared/identity"
 	"github.com/glassmkr/guardian/shared/problem"
 	"github.com/glassmkr/guardian/shared/reqbody"
@@ -103,7 +104,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	plan, err := h.plans.plan(r.Context(), id.CustomerID, now)
 	if err != nil {
-		h.log.Error("reading the customer's plan failed", zap.Error(err))
+		fnserve.LogFailure(h.log, "reading the customer's plan failed", err)
 		unavailable(w)
 		return
 	}
@@ -119,7 +120,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := h.store.Insert(r.Context(), row); err != nil {
-		h.log.Error("storing a snapshot failed", zap.Error(err), zap.String("server_id", id.ServerID))
+		fnserve.LogFailure(h.log, "storing a snapshot failed", err, zap.String("server_id", id.ServerID))
 		unavailable(w)
 		return
 	}

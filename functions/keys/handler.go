@@ -13,6 +13,7 @@ import (
 
 	"github.com/glassmkr/guardian/shared/apikey"
 	"github.com/glassmkr/guardian/shared/audit"
+	"github.com/glassmkr/guardian/shared/fnserve"
 	"github.com/glassmkr/guardian/shared/identity"
 	"github.com/glassmkr/guardian/shared/page"
 	"github.com/glassmkr/guardian/shared/problem"
@@ -70,7 +71,7 @@ func caller(w http.ResponseWriter, r *http.Request) (identity.Identity, bool) {
 }
 
 func (h *handler) fail(w http.ResponseWriter, err error) {
-	h.log.Error("keys: database error", zap.Error(err))
+	fnserve.LogFailure(h.log, "keys: database error", err)
 	w.Header().Set("Retry-After", "5")
 	problem.Write(w, problem.New(http.StatusServiceUnavailable, "unavailable", "keys cannot be read or changed right now"))
 }

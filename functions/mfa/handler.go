@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/glassmkr/guardian/shared/audit"
+	"github.com/glassmkr/guardian/shared/fnserve"
 	"github.com/glassmkr/guardian/shared/identity"
 	"github.com/glassmkr/guardian/shared/mfa"
 	"github.com/glassmkr/guardian/shared/page"
@@ -57,7 +58,7 @@ func caller(w http.ResponseWriter, r *http.Request) (identity.Identity, bool) {
 }
 
 func (h *handler) fail(w http.ResponseWriter, err error) {
-	h.log.Error("mfa: store error", zap.Error(err))
+	fnserve.LogFailure(h.log, "mfa: store error", err)
 	w.Header().Set("Retry-After", "5")
 	problem.Write(w, problem.New(http.StatusServiceUnavailable, "unavailable", "second factors cannot be read or changed right now"))
 }

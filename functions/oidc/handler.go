@@ -21,6 +21,7 @@ import (
 	"golang.org/x/oauth2"
 
 	"github.com/glassmkr/guardian/shared/audit"
+	"github.com/glassmkr/guardian/shared/fnserve"
 	"github.com/glassmkr/guardian/shared/identity"
 	"github.com/glassmkr/guardian/shared/mfa"
 	"github.com/glassmkr/guardian/shared/page"
@@ -251,7 +252,7 @@ func (h *handler) callback(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, failure{reason: err.Error(), customerID: a.CustomerID, userID: a.UserID})
 		return
 	case err != nil:
-		h.log.Error("google sign-in store unavailable", zap.Error(err))
+		fnserve.LogFailure(h.log, "google sign-in store unavailable", err)
 		h.fail(w, failure{reason: "unavailable"})
 		return
 	}

@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/glassmkr/guardian/shared/audit"
+	"github.com/glassmkr/guardian/shared/fnserve"
 	"github.com/glassmkr/guardian/shared/identity"
 	"github.com/glassmkr/guardian/shared/problem"
 	"github.com/glassmkr/guardian/shared/reply"
@@ -105,7 +106,7 @@ func (h *handler) stepUp(w http.ResponseWriter, r *http.Request, id identity.Ide
 }
 
 func (h *handler) fail(w http.ResponseWriter, err error) {
-	h.log.Error("servers: database error", zap.Error(err))
+	fnserve.LogFailure(h.log, "servers: database error", err)
 	w.Header().Set("Retry-After", "5")
 	problem.Write(w, problem.New(http.StatusServiceUnavailable, "unavailable", "servers cannot be read or changed right now"))
 }

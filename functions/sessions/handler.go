@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/glassmkr/guardian/shared/audit"
+	"github.com/glassmkr/guardian/shared/fnserve"
 	"github.com/glassmkr/guardian/shared/identity"
 	"github.com/glassmkr/guardian/shared/page"
 	"github.com/glassmkr/guardian/shared/problem"
@@ -87,7 +88,7 @@ func caller(w http.ResponseWriter, r *http.Request) (identity.Identity, bool) {
 }
 
 func (h *handler) fail(w http.ResponseWriter, err error) {
-	h.log.Error("sessions: database error", zap.Error(err))
+	fnserve.LogFailure(h.log, "sessions: database error", err)
 	w.Header().Set("Retry-After", "5")
 	problem.Write(w, problem.New(http.StatusServiceUnavailable, "unavailable", "sessions cannot be read or changed right now"))
 }

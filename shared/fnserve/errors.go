@@ -1,8 +1,12 @@
 package fnserve
 
 import (
+	"context"
+	"errors"
 	"net/http"
 	"strings"
+
+	"go.uber.org/zap"
 
 	"github.com/glassmkr/guardian/shared/problem"
 )
@@ -68,3 +72,17 @@ func (e *errorWriter) Flush() {
 
 // Unwrap serves http.ResponseController.
 func (e *errorWriter) Unwrap() http.ResponseWriter { return e.ResponseWriter }
+
+// LogFailure logs a failure to serve a request (a database error, say):
+// as an error, unless err comes from a cancelled context, i.e. the client
+// went away (or the function is stopping) while the request ran. That
+// says nothing about the store, and a client could otherwise write error
+// lines at will by closing its connections.
+func LogFailure(log *zap.Logger, msg string, err error, fields ...zap.Field) {
+	fields = append(fields, zap.Error(err))
+	if errors.Is(err, context.Canceled) {
+		log.Debug(msg+" (request cancelled)", fields...)
+		return
+	}
+	log.Error(msg, fields...)
+}

@@ -1,11 +1,17 @@
 package fnserve
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"testing"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/glassmkr/guardian/shared/problem"
 )
@@ -58,5 +64,23 @@ func TestPlainTextErrorsBecomeProblems(t *testing.T) {
 	h.ServeHTTP(rec, httptest.NewRequest("GET", "/things", nil))
 	if rec.Code != 200 || rec.Body.String() != "a list" {
 		t.Fatalf("ok answer changed: %d %q", rec.Code, rec.Body)
+	}
+}
+
+// A failure caused by the request's own cancellation is not an error of
+// the function's store; any other failure is.
+func TestLogFailure(t *testing.T) {
+	core, logs := observer.New(zap.DebugLevel)
+	log := zap.New(core)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	LogFailure(log, "keys: database error", fmt.Errorf("query: %w", ctx.Err()))
+	LogFailure(log, "keys: database error", errors.New("connection refused"), zap.String("server_id", "s"))
+	entries := logs.All()
+	if len(entries) != 2 || entries[0].Level != zap.DebugLevel || entries[1].Level != zap.ErrorLevel {
+		t.Fatalf("logged %+v; want a debug line for the cancelled request, then an error", entries)
+	}
+	if entries[1].Message != "keys: database error" || entries[1].ContextMap()["server_id"] != "s" || entries[1].ContextMap()["error"] != "connection refused" {
+		t.Errorf("error line %q %v", entries[1].Message, entries[1].ContextMap())
 	}
 }
