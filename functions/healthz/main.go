@@ -67,7 +67,11 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		problem.Write(w, problem.New(http.StatusMethodNotAllowed, "method_not_allowed", "use GET"))
 		return
 	}
-	rep := health.Run(r.Context(), h.checks, h.timeout, func(name string, err error) {
+	// The checks do not end with the request: /healthz is public, and a
+	// client closing its connection mid-check would otherwise fail them,
+	// log a dependency as failing, and make pgx drop a pooled connection.
+	// Each check is bounded by the timeout anyway.
+	rep := health.Run(context.WithoutCancel(r.Context()), h.checks, h.timeout, func(name string, err error) {
 		h.log.Warn("health check failed", zap.String("dependency", name), zap.Error(err))
 	})
 	if !rep.OK() {

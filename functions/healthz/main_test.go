@@ -1,15 +1,21 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/glassmkr/guardian/shared/health"
 	"github.com/glassmkr/guardian/shared/testenv"
 )
 
@@ -174,5 +180,25 @@ func TestHealthzReachesARedisCluster(t *testing.T) {
 	stack := testenv.StartStack(t, env)
 	if resp, doc := get(t, stack.URL+"/healthz"); resp.StatusCode != 200 {
 		t.Fatalf("cluster: %d %v", resp.StatusCode, doc)
+	}
+}
+
+// A client that goes away mid-check does not fail the checks: nothing is
+// logged as down, and the checks run to their end.
+func TestAbandonedRequestDoesNotFailTheChecks(t *testing.T) {
+	core, logs := observer.New(zap.DebugLevel)
+	ran := make(chan error, 1)
+	h := &handler{timeout: time.Second, log: zap.New(core), checks: map[string]health.Check{
+		"postgres": func(ctx context.Context) error { ran <- ctx.Err(); return ctx.Err() },
+	}}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "/healthz", nil).WithContext(ctx))
+	if err := <-ran; err != nil {
+		t.Fatalf("the check ran with its context already ended: %v", err)
+	}
+	if rec.Code != 200 || logs.Len() != 0 {
+		t.Fatalf("status %d, %d log lines; want 200 and none", rec.Code, logs.Len())
 	}
 }
