@@ -186,7 +186,7 @@ func (a *Authenticator) Key(ctx context.Context, raw string, lookup bool) (*iden
 	case err != nil:
 		if e != nil {
 			// Stale, but the store is down: nothing can have been revoked.
-			a.warnStale("key", err)
+			a.warnStale(ctx, "key", err)
 			return a.keyResult(e)
 		}
 		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
@@ -221,7 +221,10 @@ const staleWarnEvery = 30 * time.Second
 // warnStale logs, at most once per staleWarnEvery, that credentials are
 // being served from the cache because the store is unreachable: during an
 // outage every request would otherwise add a line.
-func (a *Authenticator) warnStale(kind string, err error) {
+func (a *Authenticator) warnStale(ctx context.Context, kind string, err error) {
+	if ctx.Err() != nil {
+		return // the request ended (its client went away), not the store
+	}
 	now := time.Now().UnixNano()
 	last := a.staleWarned.Load()
 	if now-last < int64(staleWarnEvery) || !a.staleWarned.CompareAndSwap(last, now) {
@@ -286,7 +289,7 @@ func (a *Authenticator) Session(ctx context.Context, token string, lookup bool) 
 		case err != nil && e == nil:
 			return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
 		case err != nil:
-			a.warnStale("session", err)
+			a.warnStale(ctx, "session", err)
 		default:
 			scope := "write"
 			if role == "admin" {

@@ -357,10 +357,26 @@ func TestAbandonedLookupIsNotAStoreError(t *testing.T) {
 	if n := logs.FilterMessage("credential store unavailable").Len(); n != 0 {
 		t.Errorf("%d store errors logged for a request whose client went away", n)
 	}
+	// Nor that it serves a stale cached key because of the store: make
+	// the cached key stale, then look it up from an abandoned request.
+	if got := do(t, h, bearer("GET", "/", w.admin)); got.status != http.StatusOK {
+		t.Fatal(got)
+	}
+	a.now = func() time.Time { return time.Now().Add(time.Hour) }
+	a.listening.Store(false)
+	a.log = h.log
+	do(t, h, bearer("GET", "/", w.admin).WithContext(ctx))
+	if n := logs.FilterMessageSnippet("serving cached credentials").Len(); n != 0 {
+		t.Errorf("%d stale-cache warnings for a request whose client went away", n)
+	}
 	// A real failure of the store is still logged.
 	a.db.Close()
 	do(t, h, bearer("GET", "/", w.write))
 	if logs.FilterMessage("credential store unavailable").Len() == 0 {
 		t.Error("a store outage was not logged")
+	}
+	do(t, h, bearer("GET", "/", w.admin))
+	if logs.FilterMessageSnippet("serving cached credentials").Len() == 0 {
+		t.Error("serving a stale key during an outage was not logged")
 	}
 }
