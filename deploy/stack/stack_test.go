@@ -1,5 +1,6 @@
-// Package stack tests `make up` and `make down` as a user runs them: the
-// scripts in this folder, with the real servers, on free ports.
+// Package stack tests the scripts in this folder as a user runs them:
+// `make up` and `make down` with the real servers on free ports, and the
+// fuzz runner's verdicts.
 package stack
 
 import (

@@ -1,0 +1,55 @@
+package stack
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/glassmkr/guardian/shared/testenv"
+)
+
+// fuzz.sh fails on a finding and on any other failure, but not on Go's
+// own fuzztime deadline race (golang/go#75804, before Go 1.27), which it
+// tries once more. A stand-in `go` on PATH plays each outcome.
+func TestFuzzScriptTellsFindingsFromGosDeadlineRace(t *testing.T) {
+	root, err := testenv.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name, output string
+		code         int
+		fail         bool
+		retried      bool
+	}{
+		{"clean", "", 0, false, false},
+		{"deadline race", "--- FAIL: FuzzX (3.08s)\n    context deadline exceeded\nFAIL\n", 1, false, true},
+		{"finding", "--- FAIL: FuzzX (0.10s)\n    panic: boom\n    Failing input written to testdata/fuzz/FuzzX/1a2b\n    context deadline exceeded\n", 1, true, false},
+		{"other failure", "# build failed\nsyntax error\n", 1, true, false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			bin := t.TempDir()
+			out := filepath.Join(bin, "output")
+			if err := os.WriteFile(out, []byte(c.output), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			stub := "#!/bin/sh\ncat " + out + "\nexit " + strconv.Itoa(c.code) + "\n"
+			if err := os.WriteFile(filepath.Join(bin, "go"), []byte(stub), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			cmd := exec.Command("bash", filepath.Join(root, "deploy", "stack", "fuzz.sh"))
+			cmd.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"))
+			log, err := cmd.CombinedOutput()
+			if failed := err != nil; failed != c.fail {
+				t.Fatalf("failed %v, want %v:\n%s", failed, c.fail, log)
+			}
+			if retried := strings.Contains(string(log), "once more"); retried != c.retried {
+				t.Errorf("retried %v, want %v:\n%s", retried, c.retried, log)
+			}
+		})
+	}
+}
