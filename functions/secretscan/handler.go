@@ -183,7 +183,11 @@ func (h *handler) process(r *http.Request, reports []report) ([]label, []revoked
 	if len(cands) == 0 {
 		return labels, nil, nil
 	}
-	matches, err := revoke(r.Context(), h.db, cands, requestInfo{
+	// A leaked key is revoked even if GitHub stops waiting for the
+	// answer: the revocation does not end with the request.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), revokeTimeout)
+	defer cancel()
+	matches, err := revoke(rctx, h.db, cands, requestInfo{
 		ClientIP: audit.NormalizeIP(identity.ClientIP(r)), UserAgent: clean(r.UserAgent(), 512),
 		RequestID: reqID, Path: Route,
 	})
@@ -246,6 +250,10 @@ func (h *handler) notifyRevoked(ctx context.Context, revoked []revokedKey) {
 		h.notifier.Send(revocationNotice(c, keys, emails[c], h.webhooks))
 	}
 }
+
+// revokeTimeout bounds the revocation of one report's keys, which runs to
+// its end whether or not GitHub still waits.
+const revokeTimeout = 30 * time.Second
 
 // revocationNotice describes a customer's revoked keys. It names each key
 // by name, kind and last 4 characters, never the key itself.

@@ -542,3 +542,24 @@ func TestThousandMatches(t *testing.T) {
 	}
 	f.relay.WaitMessages(t, 4, 20*time.Second)
 }
+
+// GitHub giving up on the request (its context ending) does not stop the
+// revocation of the keys it reported.
+func TestRevocationOutlivesTheRequest(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, fixtureOpts{})
+	c, _ := f.customer()
+	k := c.AccountKey(t, "admin")
+	body := payload(t, item{k, "guardian_account_key", "https://github.com/octo/app/blob/abc/.env", "content"})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	req := httptest.NewRequest("POST", Route, bytes.NewReader(body)).WithContext(ctx)
+	req.Header.Set("Content-Type", "application/json")
+	for name, v := range f.gh.sign(t, katKeyID, body) {
+		req.Header.Set(name, v)
+	}
+	f.h.routes().ServeHTTP(httptest.NewRecorder(), req)
+	if r := f.revokedReason(k); r != RevokedReason {
+		t.Fatalf("the reported key's revoked_reason is %q after GitHub went away, want %q", r, RevokedReason)
+	}
+}
