@@ -248,11 +248,9 @@ func (p *Purger) purgeServers(ctx context.Context, res *Result) error {
 	if err != nil {
 		return err
 	}
-	narrow := func(table string) string {
-		if slices.Contains(byCustomer, table) {
-			return withinCustomers(customers)
-		}
-		return ""
+	narrow := map[string]string{}
+	for _, table := range byCustomer {
+		narrow[table] = withinCustomers(customers)
 	}
 	ready, waiting, err := p.deleteAndCheck(ctx, tables, "server_id", ids, narrow, res)
 	if err != nil {
@@ -275,17 +273,12 @@ func (p *Purger) purgeServers(ctx context.Context, res *Result) error {
 // deleteAndCheck issues the deletions of ids' rows (values of col) in
 // tables, waits for them (at most Wait), and splits ids into those with
 // no row and no pending deletion left (ready) and the rest (waiting).
-// narrow, if not nil, gives a condition (ending in AND) that every row of
-// ids in a table meets, to let the table's primary key skip the rest.
-func (p *Purger) deleteAndCheck(ctx context.Context, tables []string, col string, ids []string, narrow func(table string) string, res *Result) (ready, waiting []string, err error) {
-	where := func(table string) string {
-		if narrow == nil {
-			return ""
-		}
-		return narrow(table)
-	}
+// narrow gives, per table, a condition (ending in AND) that every row of
+// ids there meets, to let the table's primary key skip the rest; a table
+// it does not name (or a nil map) has none.
+func (p *Purger) deleteAndCheck(ctx context.Context, tables []string, col string, ids []string, narrow map[string]string, res *Result) (ready, waiting []string, err error) {
 	for _, table := range tables {
-		n, counted, err := p.deleteRows(ctx, table, where(table), col, ids)
+		n, counted, err := p.deleteRows(ctx, table, narrow[table], col, ids)
 		if err != nil {
 			return nil, nil, fmt.Errorf("clickhouse %s: %w", table, err)
 		}
@@ -301,7 +294,7 @@ func (p *Purger) deleteAndCheck(ctx context.Context, tables []string, col string
 		if err != nil {
 			return nil, nil, fmt.Errorf("clickhouse %s: %w", table, err)
 		}
-		counts, err := p.count(ctx, table, where(table), col, ids)
+		counts, err := p.count(ctx, table, narrow[table], col, ids)
 		if err != nil {
 			return nil, nil, fmt.Errorf("clickhouse %s: %w", table, err)
 		}
