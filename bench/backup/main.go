@@ -48,6 +48,7 @@ import (
 	"filippo.io/age"
 	"github.com/ClickHouse/clickhouse-go/v2"
 
+	"github.com/glassmkr/guardian/bench/internal/harness"
 	"github.com/glassmkr/guardian/shared/chbackup"
 	"github.com/glassmkr/guardian/shared/config"
 	"github.com/glassmkr/guardian/shared/migrate"
@@ -146,24 +147,27 @@ func run(ctx context.Context, mib, partitions, reps int, keep bool) (err error) 
 		if i > 0 {
 			time.Sleep(time.Second) // a new set name
 		}
-		start, cpu := time.Now(), cpuTime(syscall.RUSAGE_SELF)
+		// CPU: this process for ours, its waited-for children (curl, zstd,
+		// age, sftp) by hand. ClickHouse and sshd are not children: their
+		// CPU counts for neither pipeline.
+		start, cpu := time.Now(), harness.SelfCPU()
 		info, err = chbackup.Backup(ctx, cfg)
 		if err != nil {
 			return err
 		}
 		d := time.Since(start)
 		ours = append(ours, float64(info.PlainBytes)/d.Seconds()/1e6)
-		oursCPU = append(oursCPU, (cpuTime(syscall.RUSAGE_SELF) - cpu).Seconds())
+		oursCPU = append(oursCPU, (harness.SelfCPU() - cpu).Seconds())
 		fmt.Fprintf(os.Stderr, "run %d  ours    %6.1f MB/s  (%s, CPU %.2fs, %d blobs, %.1f MiB stored)\n", i+1, ours[i], d.Round(time.Millisecond), oursCPU[i], info.Blobs, float64(info.CipherBytes)/(1<<20))
 
-		start, cpu = time.Now(), cpuTime(syscall.RUSAGE_CHILDREN)
+		start, cpu = time.Now(), harness.RusageCPU(syscall.RUSAGE_CHILDREN)
 		handBytes, err = hand.run(ctx, i)
 		if err != nil {
 			return err
 		}
 		d = time.Since(start)
 		theirs = append(theirs, float64(info.PlainBytes)/d.Seconds()/1e6)
-		theirCPU = append(theirCPU, (cpuTime(syscall.RUSAGE_CHILDREN) - cpu).Seconds())
+		theirCPU = append(theirCPU, (harness.RusageCPU(syscall.RUSAGE_CHILDREN) - cpu).Seconds())
 		fmt.Fprintf(os.Stderr, "run %d  by hand %6.1f MB/s  (%s, CPU %.2fs, %.1f MiB stored)\n", i+1, theirs[i], d.Round(time.Millisecond), theirCPU[i], float64(handBytes)/(1<<20))
 	}
 	mo, mt := median(ours), median(theirs)
@@ -291,17 +295,6 @@ func clickhouseVersion(ctx context.Context, cfg chbackup.Config) string {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64))
 	return strings.TrimSpace(string(b))
-}
-
-// cpuTime is the user and system CPU time of this process or of its
-// waited-for children (ClickHouse and sshd are not children: their CPU
-// counts for neither pipeline).
-func cpuTime(who int) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(who, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func freePort() (int, error) {

@@ -8,7 +8,6 @@ import (
 	"os"
 	"runtime"
 	"slices"
-	"syscall"
 	"time"
 
 	"github.com/glassmkr/guardian/bench/internal/harness"
@@ -275,10 +274,7 @@ type procTimes struct{ client, caddy, fn, redis, pg, machine time.Duration }
 
 func (b *bench) cpu(fnPid int, c counters) procTimes {
 	var t procTimes
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
-		t.client = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-	}
+	t.client = harness.SelfCPU()
 	t.machine = harness.MachineBusy()
 	t.caddy = harness.ProcCPU(b.caddy.Pid())
 	t.fn = harness.ProcCPU(fnPid)

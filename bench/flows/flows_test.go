@@ -33,7 +33,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -87,10 +86,7 @@ type cpuTimes struct{ generator, caddy, functions, machine time.Duration }
 
 func cpuNow(caddy int) cpuTimes {
 	var t cpuTimes
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
-		t.generator = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-	}
+	t.generator = harness.SelfCPU()
 	t.caddy = harness.ProcCPU(caddy)
 	t.functions = harness.ChildrenCPU(caddy) - t.caddy
 	t.machine = harness.MachineBusy()

@@ -228,6 +228,20 @@ func Truncate(b []byte, n int) string {
 	return string(b)
 }
 
+// SelfCPU returns the user+system CPU time of this process (the load
+// generator, when it is the caller), or 0.
+func SelfCPU() time.Duration { return RusageCPU(syscall.RUSAGE_SELF) }
+
+// RusageCPU returns the user+system CPU time getrusage(2) reports for who
+// (RUSAGE_SELF or RUSAGE_CHILDREN), or 0.
+func RusageCPU(who int) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(who, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
 // ProcCPU returns utime+stime of pid from /proc/<pid>/stat, or 0.
 func ProcCPU(pid int) time.Duration {
 	f := procStat(pid)
