@@ -153,15 +153,10 @@ func parse(body []byte, now time.Time) (*snapshot, *problem.Problem) {
 	if len(trimmed) == 0 || trimmed[0] != '{' {
 		return nil, bad("the body must be one JSON object")
 	}
-	// One pass validates the whole body (Unmarshal checks all of it before
-	// decoding anything), so a syntax error is told apart from a field of
-	// the wrong type by the error's type, not by a second scan.
-	var s snapshot
-	if err := json.Unmarshal(trimmed, &s); err != nil {
-		var typeErr *json.UnmarshalTypeError
-		if errors.As(err, &typeErr) {
-			return nil, bad("timestamp, collector_version and server_id must be strings")
-		}
+	s, err := readFields(trimmed)
+	if errors.Is(err, errFieldType) {
+		return nil, bad("timestamp, collector_version and server_id must be strings")
+	} else if err != nil {
 		return nil, bad("the body is not valid JSON")
 	}
 	if s.Timestamp == nil {
