@@ -1,8 +1,14 @@
 package function
 
 import (
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
+	"net"
 	"net/http/httptest"
 	"os"
 	"strconv"
@@ -345,5 +351,45 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				t.Errorf("parsed %+v", h)
 			}
 		})
+	}
+}
+
+// Request bodies of every size reach the function whole: small ones fit
+// the transport's write buffer, larger ones go through pooledConn.ReadFrom.
+func TestRequestBodiesReachTheFunctionWhole(t *testing.T) {
+	t.Parallel()
+	h := newHandler(t, &Handler{})
+	for _, n := range []int{0, 1, 3000, 4096, 4 << 10 * 3, 100 << 10, 1 << 20} {
+		body := make([]byte, n)
+		_, _ = rand.Read(body)
+		rec := httptest.NewRecorder()
+		if err := h.ServeHTTP(rec, httptest.NewRequest("POST", "/sum", bytes.NewReader(body)), nil); err != nil || rec.Code != 200 {
+			t.Fatalf("%d bytes: %d %v", n, rec.Code, err)
+		}
+		if want := fmt.Sprintf("%d %x", n, sha256.Sum256(body)); rec.Body.String() != want {
+			t.Fatalf("%d bytes: the function read %q, want %q", n, rec.Body.String(), want)
+		}
+	}
+}
+
+// pooledConn copies a body without allocating a buffer for it.
+func TestPooledConnCopiesWithoutAllocating(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	go func() { _, _ = io.Copy(io.Discard, b) }()
+	c := pooledConn{a}
+	body := bytes.NewReader(make([]byte, 3400))
+	var src io.Reader = struct{ io.Reader }{body} // as http.Transport passes it: no WriterTo
+	lr := &io.LimitedReader{}
+	allocs := testing.AllocsPerRun(100, func() {
+		body.Seek(0, io.SeekStart)
+		*lr = io.LimitedReader{R: src, N: 3400}
+		if n, err := c.ReadFrom(lr); n != 3400 || err != nil {
+			t.Fatalf("copied %d: %v", n, err)
+		}
+	})
+	if allocs > 0 {
+		t.Fatalf("%.0f allocations per body", allocs)
 	}
 }

@@ -49,6 +49,20 @@ type proxyBufferPool struct{}
 func (proxyBufferPool) Get() []byte  { return *(bufPool.Get().(*[]byte)) }
 func (proxyBufferPool) Put(b []byte) { bufPool.Put(&b) }
 
+// pooledConn is a connection to a function that copies request bodies
+// through bufPool. http.Transport hands the part of a body past its 4 KiB
+// write buffer to the connection's ReadFrom; a unix socket has none, so
+// io.Copy allocated a buffer for every request with a body (a ~4 KB
+// snapshot: 3.4 KB each, 14% of the bytes Caddy allocated under ingest
+// load).
+type pooledConn struct{ net.Conn }
+
+func (c pooledConn) ReadFrom(r io.Reader) (int64, error) {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	return io.CopyBuffer(c.Conn, r, *bp) // a unix socket has no ReadFrom to call back into
+}
+
 // startProcess creates a listening socket in dir, starts bin with it and a
 // readiness pipe, and waits until the binary says it is ready, it exits, or
 // timeout passes.
@@ -134,7 +148,11 @@ func startProcess(ctx context.Context, cfg *spec, seq uint64, log *zap.Logger) (
 	p.tr = &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
-			return d.DialContext(ctx, "unix", socket)
+			c, err := d.DialContext(ctx, "unix", socket)
+			if err != nil {
+				return nil, err
+			}
+			return pooledConn{c}, nil
 		},
 		MaxIdleConns:          cfg.maxConcurrent,
 		MaxIdleConnsPerHost:   cfg.maxConcurrent,

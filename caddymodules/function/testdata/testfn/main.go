@@ -1,12 +1,14 @@
 // Command testfn is a function binary for the runtime's tests: it answers
-// with its pid and environment, and can crash, hang or refuse to get ready
+// with its pid, environment and a sum of the body it read, and can crash, hang or refuse to get ready
 // on request.
 package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"time"
@@ -44,6 +46,15 @@ func setup(ctx context.Context, log *zap.Logger, env *config.Loader) (http.Handl
 	})
 	mux.HandleFunc("/query", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprint(w, r.URL.RawQuery)
+	})
+	mux.HandleFunc("/sum", func(w http.ResponseWriter, r *http.Request) {
+		h := sha256.New()
+		n, err := io.Copy(h, r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		fmt.Fprintf(w, "%d %x", n, h.Sum(nil))
 	})
 	mux.HandleFunc("/crash", func(w http.ResponseWriter, r *http.Request) {
 		os.Exit(3)
