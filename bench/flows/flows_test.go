@@ -146,10 +146,12 @@ func BenchmarkIngestFullEdge(b *testing.B) {
 	// the CPUs with the edge, so it should cost as little as it can.
 	raw := harness.NewRawClient(strings.TrimPrefix(stack.URL, "http://"), 10*time.Second)
 	defer raw.Close()
+	generator := "harness.RawClient"
 	post := func(ctx context.Context, key string, body []byte) (int, error) {
 		return raw.Post(ctx, "/api/v1/ingest", []string{"Authorization: Bearer " + key, "Content-Type: application/json"}, body)
 	}
 	if *ingestNet {
+		generator = "net/http"
 		client := harness.NewClient(4096)
 		post = func(ctx context.Context, key string, body []byte) (int, error) {
 			req, err := http.NewRequestWithContext(ctx, http.MethodPost, stack.URL+"/api/v1/ingest", bytes.NewReader(body))
@@ -245,7 +247,7 @@ func BenchmarkIngestFullEdge(b *testing.B) {
 	perSnapshot := func(d time.Duration) float64 { return math.Round(float64(d.Microseconds()) / float64(max(stored, 1))) }
 	b.ReportMetric(perSnapshot(cpu.total()), "cpu-µs/snapshot")
 	b.Logf("ingest: asked %.0f/s over %d collector keys for %s: %.0f snapshots/s accepted and stored (target 5,000: %.2fx), p50 %.2f ms, p99 %.2f ms, %d stored, %d rate-limited, %d other errors, %d not sent (4,096 in flight); load generator: %s",
-		*ingestRate, len(keys), *duration, rate, rate/5000, harness.Ms(harness.Percentile(lat, 0.5)), harness.Ms(harness.Percentile(lat, 0.99)), stored, limited.Load(), other.Load(), dropped.Load(), map[bool]string{false: "harness.RawClient", true: "net/http"}[*ingestNet])
+		*ingestRate, len(keys), *duration, rate, rate/5000, harness.Ms(harness.Percentile(lat, 0.5)), harness.Ms(harness.Percentile(lat, 0.99)), stored, limited.Load(), other.Load(), dropped.Load(), generator)
 	b.Logf("CPU µs per stored snapshot: %.0f in all (load generator %.0f, Caddy %.0f, functions %.0f, servers and the rest of the machine %.0f); CPUs %.0f%% busy",
 		perSnapshot(cpu.total()), perSnapshot(cpu.generator), perSnapshot(cpu.caddy), perSnapshot(cpu.functions), perSnapshot(cpu.rest()),
 		100*cpu.total().Seconds()/(elapsed.Seconds()*float64(runtime.NumCPU())))

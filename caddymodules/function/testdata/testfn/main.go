@@ -1,6 +1,6 @@
 // Command testfn is a function binary for the runtime's tests: it answers
-// with its pid, environment and a sum of the body it read, and can crash, hang or refuse to get ready
-// on request.
+// with its pid, its environment or a sum of the body it read, and can
+// crash, hang or refuse to get ready on request.
 package main
 
 import (
