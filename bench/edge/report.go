@@ -72,6 +72,11 @@ type targetResult struct {
 	// over x's (every measured process): what the ratio is on a machine
 	// whose CPUs are the bottleneck, much less sensitive to noise.
 	CPUEstimate float64 `json:"cpu_cost_estimate,omitempty"`
+	// CPUEdgeEstimate is CPUEstimate without the load generator's CPU:
+	// the generator costs every configuration the same per request, so
+	// sharing the CPUs with it pulls every ratio toward 1. With the
+	// clients on other machines, as in production, this is the ratio.
+	CPUEdgeEstimate float64 `json:"cpu_cost_estimate_without_generator,omitempty"`
 	Note        string  `json:"note,omitempty"`
 }
 
@@ -146,6 +151,7 @@ func (r *report) targets() {
 		t.Value = ratio(n.RPS, d.RPS)
 		t.Paired = pairedRatios(*closed, num, den)
 		t.CPUEstimate = ratio(d.CPUusPerReq.sum(), n.CPUusPerReq.sum())
+		t.CPUEdgeEstimate = ratio(d.CPUusPerReq.sum()-d.CPUusPerReq.Client, n.CPUusPerReq.sum()-n.CPUusPerReq.Client)
 		for i := range r.Phases {
 			if p := &r.Phases[i]; !p.Open {
 				t.ByConcurrency = append(t.ByConcurrency, fmt.Sprintf("c=%d %.3f", p.Concurrency, ratio(get(p, num).RPS, get(p, den).RPS)))
@@ -196,6 +202,7 @@ func (r *report) print(w io.Writer) {
 	}
 	r.printCosts(w)
 	fmt.Fprintln(w, "Targets (ratios within this run; paired = the same ratio per repetition; cpu = the ratio of total CPU us per request, its noise-robust estimate;")
+	fmt.Fprintln(w, "edge cpu = the same without the load generator's CPU, which is the same in every configuration and so pulls every ratio toward 1;")
 	fmt.Fprintln(w, "VOID = a configuration compared was overloaded, so the figure means nothing)")
 	for _, t := range r.Targets {
 		verdict := "MISS"
@@ -212,7 +219,7 @@ func (r *report) print(w io.Writer) {
 			paired = "  paired " + joinFloats(t.Paired, 3)
 		}
 		if t.CPUEstimate > 0 {
-			paired += fmt.Sprintf("  cpu %.3f", t.CPUEstimate)
+			paired += fmt.Sprintf("  cpu %.3f  edge cpu %.3f", t.CPUEstimate, t.CPUEdgeEstimate)
 		}
 		if len(t.ByConcurrency) > 1 {
 			paired += "  by " + strings.Join(t.ByConcurrency, ", ")
