@@ -77,7 +77,7 @@ type targetResult struct {
 	// sharing the CPUs with it pulls every ratio toward 1. With the
 	// clients on other machines, as in production, this is the ratio.
 	CPUEdgeEstimate float64 `json:"cpu_cost_estimate_without_generator,omitempty"`
-	Note        string  `json:"note,omitempty"`
+	Note            string  `json:"note,omitempty"`
 }
 
 // targets evaluates the issue's targets on the phases: throughput
