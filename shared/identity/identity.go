@@ -56,20 +56,29 @@ type Identity struct {
 }
 
 // SetHeaders writes id into h, leaving out empty fields.
+// Every proxied request passes here, so the values share one backing
+// array (as net/http's header parser does) instead of taking an
+// allocation each; each header's slice is capped at its one value, so
+// adding to one header cannot overwrite the next.
 func (id *Identity) SetHeaders(h http.Header) {
-	set := func(k, v string) {
+	vals := [...]string{id.Kind, id.CustomerID, id.UserID, id.SessionID, id.KeyID, id.ServerID, id.Scope}
+	n := 0
+	for _, v := range vals {
 		if v != "" {
-			h[k] = []string{v}
+			n++
 		}
 	}
-	set(HeaderKind, id.Kind)
-	set(HeaderCustomer, id.CustomerID)
-	set(HeaderUser, id.UserID)
-	set(HeaderSession, id.SessionID)
-	set(HeaderKey, id.KeyID)
-	set(HeaderServer, id.ServerID)
-	set(HeaderScope, id.Scope)
+	backing := make([]string, 0, n)
+	for i, v := range vals {
+		if v != "" {
+			backing = append(backing, v)
+			h[identityHeaders[i]] = backing[len(backing)-1 : len(backing) : len(backing)]
+		}
+	}
 }
+
+// identityHeaders name SetHeaders' values, in their order.
+var identityHeaders = [...]string{HeaderKind, HeaderCustomer, HeaderUser, HeaderSession, HeaderKey, HeaderServer, HeaderScope}
 
 // FromRequest returns the identity the edge attached to r, and false for
 // an anonymous request.

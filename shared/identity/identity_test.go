@@ -1,6 +1,7 @@
 package identity
 
 import (
+	"net/http"
 	"net/http/httptest"
 	"testing"
 )
@@ -31,5 +32,22 @@ func TestRoundTrip(t *testing.T) {
 	}
 	if r.Header.Get(HeaderUser) != "" || len(r.Header.Values(HeaderScope)) != 0 {
 		t.Fatal("empty fields were written")
+	}
+}
+
+// SetHeaders takes one allocation for all its values, and the headers do
+// not share room: a value added to one leaves the others as they were.
+func TestSetHeadersSharesOneAllocation(t *testing.T) {
+	id := Identity{Kind: KindAccount, CustomerID: "c", UserID: "u", SessionID: "s", KeyID: "k", ServerID: "v", Scope: "read"}
+	h := http.Header{}
+	if allocs := testing.AllocsPerRun(100, func() { id.SetHeaders(h) }); allocs > 1 {
+		t.Fatalf("%.0f allocations", allocs)
+	}
+	h.Add(HeaderKind, "forged")
+	if got := h.Values(HeaderCustomer); len(got) != 1 || got[0] != "c" {
+		t.Fatalf("customer header became %q after adding to the kind header", got)
+	}
+	if got := h.Values(HeaderKind); len(got) != 2 || got[0] != KindAccount {
+		t.Fatalf("kind header %q", got)
 	}
 }
