@@ -2,7 +2,6 @@ package audit
 
 import (
 	"bufio"
-	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -245,9 +244,7 @@ func (rec *recorder) record(status int) error {
 		return nil // anonymous, and the function had nothing to say
 	}
 	row := rec.h.row(rec.r, id, why, status, ann, rec.start, rec.reqID)
-	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Duration(rec.h.Timeout))
-	defer cancel()
-	if err := rec.h.writer.Record(wctx, row); err != nil {
+	if err := rec.h.writer.RecordWithin(time.Duration(rec.h.Timeout), row); err != nil {
 		rec.h.log.Error("audit row not recorded; answering 503", zap.String("request_id", rec.reqID), zap.Error(err))
 		return err
 	}

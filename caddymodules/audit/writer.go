@@ -149,8 +149,22 @@ func NewWriter(cfg WriterConfig) (*Writer, error) {
 
 // Record queues row and waits until it is committed to PostgreSQL or
 // fsynced to the spool. The chain fields are filled in by the writer. A
-// row the table would refuse is refused at once.
+// row the table would refuse is refused at once. ctx bounds only the wait
+// for a place in the queue: once queued, the row is always waited for.
 func (w *Writer) Record(ctx context.Context, row *audit.Row) error {
+	return w.record(ctx, 0, row)
+}
+
+// RecordWithin is Record with the wait for a place in the queue bounded by
+// wait alone. The edge records a row for every audited request and the
+// queue is nearly always open, so this path builds no context and starts
+// a timer only when the queue is full.
+func (w *Writer) RecordWithin(wait time.Duration, row *audit.Row) error {
+	return w.record(nil, wait, row)
+}
+
+// record is Record (ctx set) or RecordWithin (ctx nil).
+func (w *Writer) record(ctx context.Context, wait time.Duration, row *audit.Row) error {
 	if err := checkRow(row); err != nil {
 		return err
 	}
@@ -168,10 +182,12 @@ func (w *Writer) Record(ctx context.Context, row *audit.Row) error {
 	c := w.pick()
 	select {
 	case c.in <- p:
-	case <-ctx.Done():
-		w.closing.RUnlock()
-		pendingPool.Put(p)
-		return fmt.Errorf("audit: queue full: %w", ctx.Err())
+	default:
+		if err := waitForRoom(ctx, wait, c, p); err != nil {
+			w.closing.RUnlock()
+			pendingPool.Put(p)
+			return err
+		}
 	}
 	w.closing.RUnlock()
 	// The row is the writer's now: wait for it even if the client left,
@@ -180,6 +196,27 @@ func (w *Writer) Record(ctx context.Context, row *audit.Row) error {
 	p.row = nil
 	pendingPool.Put(p)
 	return err
+}
+
+// waitForRoom queues p on a full chain, waiting until ctx ends or, without
+// ctx, for wait.
+func waitForRoom(ctx context.Context, wait time.Duration, c *chain, p *pending) error {
+	if ctx != nil {
+		select {
+		case c.in <- p:
+			return nil
+		case <-ctx.Done():
+			return fmt.Errorf("audit: queue full: %w", ctx.Err())
+		}
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case c.in <- p:
+		return nil
+	case <-t.C:
+		return fmt.Errorf("audit: queue full for %s", wait)
+	}
 }
 
 // pick chooses the chain for a row: the first whose queue is not already

@@ -601,3 +601,37 @@ func TestRecordRacingCloseAlwaysReturns(t *testing.T) {
 	}
 	t.Logf("%d stored, %d refused", stored.Load(), refused.Load())
 }
+
+// RecordWithin waits at most its bound for a place in a full queue, and
+// takes the place once one frees up within it.
+func TestRecordWithinAFullQueue(t *testing.T) {
+	c := &chain{in: make(chan *pending, 1)}
+	w := &Writer{chains: []*chain{c}, maxBatch: 1}
+	filler := &pending{row: testRow(0), done: make(chan error, 1)}
+	c.in <- filler
+
+	start := time.Now()
+	err := w.RecordWithin(50*time.Millisecond, testRow(1))
+	if err == nil || !strings.Contains(err.Error(), "queue full") {
+		t.Fatalf("RecordWithin on a full queue: %v", err)
+	}
+	if waited := time.Since(start); waited < 50*time.Millisecond {
+		t.Fatalf("gave up after %s, before its bound", waited)
+	}
+	if len(c.in) != 1 || <-c.in != filler {
+		t.Fatal("the refused row reached the queue")
+	}
+
+	// A chain loop stand-in frees the place after a while and answers
+	// the row it then takes.
+	c.in <- filler
+	go func() {
+		time.Sleep(20 * time.Millisecond)
+		<-c.in
+		p := <-c.in
+		p.done <- nil
+	}()
+	if err := w.RecordWithin(10*time.Second, testRow(2)); err != nil {
+		t.Fatalf("RecordWithin once the queue had room: %v", err)
+	}
+}
