@@ -26,7 +26,10 @@ import (
 // default of 100 starts a collection after every few MiB, and each one
 // scans the stack of every request in flight. Twice the headroom halves
 // the collections: under ingest load Caddy spent ~15% less CPU per
-// snapshot, for some more memory (BENCH.md has both figures).
+// snapshot, for some more memory (BENCH.md has both figures). Memory stays
+// bounded as before: Caddy sets GOMEMLIMIT to 90% of the cgroup's memory
+// limit (MemoryMax) or of the machine's memory, and near it the collector
+// runs sooner whatever GOGC says.
 const gcPercent = 200
 
 func main() {
