@@ -202,19 +202,16 @@ func rewrite(name string) func(*httputil.ProxyRequest) {
 		h := pr.Out.Header
 		identity.Strip(h)
 		ctx := pr.In.Context()
-		if id, ok := caddyhttp.GetVar(ctx, identity.VarKey).(*identity.Identity); ok && id != nil {
-			id.SetHeaders(h)
-		}
-		if ip, ok := caddyhttp.GetVar(ctx, caddyhttp.ClientIPVarKey).(string); ok && ip != "" {
-			h[identity.HeaderClientIP] = []string{ip}
-		} else if host, _, err := net.SplitHostPort(pr.In.RemoteAddr); err == nil {
-			h[identity.HeaderClientIP] = []string{host}
+		id, _ := caddyhttp.GetVar(ctx, identity.VarKey).(*identity.Identity)
+		ip, _ := caddyhttp.GetVar(ctx, caddyhttp.ClientIPVarKey).(string)
+		if ip == "" {
+			ip, _, _ = net.SplitHostPort(pr.In.RemoteAddr)
 		}
 		reqID, _ := caddyhttp.GetVar(ctx, identity.RequestIDVarKey).(string)
 		if reqID == "" {
 			reqID = identity.NewRequestID()
 		}
-		h[identity.HeaderRequestID] = []string{reqID}
+		identity.SetEdgeHeaders(h, id, ip, reqID)
 	}
 }
 

@@ -56,12 +56,21 @@ type Identity struct {
 }
 
 // SetHeaders writes id into h, leaving out empty fields.
-// Every proxied request passes here, so the values share one backing
-// array (as net/http's header parser does) instead of taking an
-// allocation each; each header's slice is capped at its one value, so
-// adding to one header cannot overwrite the next.
-func (id *Identity) SetHeaders(h http.Header) {
-	vals := [...]string{id.Kind, id.CustomerID, id.UserID, id.SessionID, id.KeyID, id.ServerID, id.Scope}
+func (id *Identity) SetHeaders(h http.Header) { SetEdgeHeaders(h, id, "", "") }
+
+// SetEdgeHeaders writes what the edge tells a function about a request:
+// the caller's identity (nil: anonymous), the client's address and the
+// request id, leaving out empty values. Every proxied request passes
+// here, so the values share one backing array (as net/http's header
+// parser does) instead of taking an allocation each; each header's slice
+// is capped at its one value, so adding to one header cannot overwrite
+// the next.
+func SetEdgeHeaders(h http.Header, id *Identity, clientIP, requestID string) {
+	var vals [len(edgeHeaders)]string
+	if id != nil {
+		vals = [...]string{id.Kind, id.CustomerID, id.UserID, id.SessionID, id.KeyID, id.ServerID, id.Scope, "", ""}
+	}
+	vals[7], vals[8] = clientIP, requestID
 	n := 0
 	for _, v := range vals {
 		if v != "" {
@@ -72,13 +81,13 @@ func (id *Identity) SetHeaders(h http.Header) {
 	for i, v := range vals {
 		if v != "" {
 			backing = append(backing, v)
-			h[identityHeaders[i]] = backing[len(backing)-1 : len(backing) : len(backing)]
+			h[edgeHeaders[i]] = backing[len(backing)-1 : len(backing) : len(backing)]
 		}
 	}
 }
 
-// identityHeaders name SetHeaders' values, in their order.
-var identityHeaders = [...]string{HeaderKind, HeaderCustomer, HeaderUser, HeaderSession, HeaderKey, HeaderServer, HeaderScope}
+// edgeHeaders name SetEdgeHeaders' values, in their order.
+var edgeHeaders = [...]string{HeaderKind, HeaderCustomer, HeaderUser, HeaderSession, HeaderKey, HeaderServer, HeaderScope, HeaderClientIP, HeaderRequestID}
 
 // FromRequest returns the identity the edge attached to r, and false for
 // an anonymous request.

@@ -51,3 +51,21 @@ func TestSetHeadersSharesOneAllocation(t *testing.T) {
 		t.Fatalf("kind header %q", got)
 	}
 }
+
+// SetEdgeHeaders adds the client's address and the request id to the
+// same single allocation, and writes only those for an anonymous caller.
+func TestSetEdgeHeaders(t *testing.T) {
+	id := &Identity{Kind: KindCollector, CustomerID: "c", KeyID: "k", ServerID: "s"}
+	h := http.Header{}
+	if allocs := testing.AllocsPerRun(100, func() { SetEdgeHeaders(h, id, "203.0.113.9", "r1") }); allocs > 1 {
+		t.Fatalf("%.0f allocations", allocs)
+	}
+	if h.Get(HeaderClientIP) != "203.0.113.9" || h.Get(HeaderRequestID) != "r1" || h.Get(HeaderServer) != "s" || len(h) != 6 {
+		t.Fatalf("headers %v", h)
+	}
+	anon := http.Header{}
+	SetEdgeHeaders(anon, nil, "", "r2")
+	if len(anon) != 1 || anon.Get(HeaderRequestID) != "r2" {
+		t.Fatalf("anonymous request: headers %v", anon)
+	}
+}
