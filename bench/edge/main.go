@@ -259,6 +259,9 @@ func run(ctx context.Context, o options) (err error) {
 		PGStats: b.stack.pgStats,
 	}
 	rep.Machine.Postgres, rep.Machine.Redis = b.stack.versions(ctx)
+	if rep.Machine.RedisPingP50us, err = b.stack.pingP50(ctx, 2000); err != nil {
+		return err
+	}
 	if err := b.measure(ctx, o, rep); err != nil {
 		return err
 	}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -273,6 +274,22 @@ func (s *stack) versions(ctx context.Context) (pg, rd string) {
 		}
 	}
 	return pg, rd
+}
+
+// pingP50 is the median of n PINGs to Redis, one at a time, in
+// microseconds: the loopback round trip on this machine, the floor under
+// what the limiter can add to a request's latency.
+func (s *stack) pingP50(ctx context.Context, n int) (float64, error) {
+	took := make([]time.Duration, 0, n)
+	for range n {
+		start := time.Now()
+		if err := s.rdb.Ping(ctx).Err(); err != nil {
+			return 0, fmt.Errorf("redis PING: %w", err)
+		}
+		took = append(took, time.Since(start))
+	}
+	slices.Sort(took)
+	return float64(took[n/2].Nanoseconds()) / 1000, nil
 }
 
 // pidFile reads the pid on the first line of path, or 0.
