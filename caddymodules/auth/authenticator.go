@@ -62,6 +62,12 @@ type Authenticator struct {
 	// tokens caches verified session tokens (signature and claims), so a
 	// warm session costs a map lookup, not a JWT verification.
 	tokens map[string]*session.Claims
+	// gen counts the notifications and clears applied to the caches. A
+	// lookup caches its row only if gen has not moved since it began: a
+	// row read before a revocation committed, whose notification was
+	// applied while the query was in flight, would otherwise be cached
+	// after the drop and trusted for as long as the listener stays up.
+	gen uint64
 
 	listening atomic.Bool
 	// staleWarned is when the last "serving from cache" warning was
@@ -160,7 +166,7 @@ func (a *Authenticator) Key(ctx context.Context, raw string, lookup bool) (*iden
 	}
 	h := a.hasher.Sum(raw)
 	a.mu.RLock()
-	e := a.keys[h]
+	e, gen := a.keys[h], a.gen
 	a.mu.RUnlock()
 	if e != nil && a.fresh(e.fetched) {
 		return a.keyResult(e)
@@ -206,10 +212,12 @@ func (a *Authenticator) Key(ctx context.Context, raw string, lookup bool) (*iden
 		e.endsAt = *endsAt
 	}
 	a.mu.Lock()
-	if len(a.keys) >= maxEntries {
-		shrink(a.keys)
+	if a.gen == gen { // else this request gets the row, the cache does not
+		if len(a.keys) >= maxEntries {
+			shrink(a.keys)
+		}
+		a.keys[h] = e
 	}
-	a.keys[h] = e
 	a.mu.Unlock()
 	return a.keyResult(e)
 }
@@ -273,7 +281,7 @@ func (a *Authenticator) Session(ctx context.Context, token string, lookup bool) 
 	}
 	sid := c.SessionID()
 	a.mu.RLock()
-	e := a.sessions[sid]
+	e, gen := a.sessions[sid], a.gen
 	a.mu.RUnlock()
 	if (e == nil || !a.fresh(e.fetched)) && !lookup {
 		return nil, ErrNotCached
@@ -300,10 +308,12 @@ func (a *Authenticator) Session(ctx context.Context, token string, lookup bool) 
 				revoked: revoked, expires: expires, fetched: now,
 			}
 			a.mu.Lock()
-			if len(a.sessions) >= maxEntries {
-				shrink(a.sessions)
+			if a.gen == gen { // as in Key
+				if len(a.sessions) >= maxEntries {
+					shrink(a.sessions)
+				}
+				a.sessions[sid] = e
 			}
-			a.sessions[sid] = e
 			a.mu.Unlock()
 		}
 	}
@@ -330,6 +340,7 @@ func (a *Authenticator) drop(payload string) {
 	val := payload[2:]
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	a.gen++
 	switch payload[0] {
 	case 'k':
 		var h [32]byte
@@ -351,6 +362,7 @@ func (a *Authenticator) drop(payload string) {
 // can be trusted.
 func (a *Authenticator) clear() {
 	a.mu.Lock()
+	a.gen++
 	clear(a.keys)
 	clear(a.sessions)
 	a.mu.Unlock() // verified tokens stay: their rows are re-read

@@ -38,6 +38,12 @@ func TestKeyCacheHitDoesNotAllocate(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer a.Close()
+	// Cached only once the listener is up: its start clears the cache.
+	for deadline := time.Now().Add(10 * time.Second); !a.Listening(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("listener never came up")
+		}
+	}
 	ctx := context.Background()
 	first, err := a.Key(ctx, w.read, true)
 	if err != nil {
