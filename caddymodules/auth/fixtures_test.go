@@ -78,13 +78,18 @@ func handler(a *Authenticator, h Handler) *Handler {
 type result struct {
 	status int
 	code   string
-	id     *identity.Identity
-	header http.Header
+	id      *identity.Identity
+	header  http.Header
+	failure string // VarFailure: why auth refused
 }
 
 func do(t *testing.T, h *Handler, r *http.Request) result {
 	t.Helper()
-	r = r.WithContext(context.WithValue(r.Context(), caddyhttp.VarsCtxKey, map[string]any{}))
+	vars, _ := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
+	if vars == nil {
+		vars = map[string]any{}
+		r = r.WithContext(context.WithValue(r.Context(), caddyhttp.VarsCtxKey, vars))
+	}
 	rec := httptest.NewRecorder()
 	var got result
 	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
@@ -94,6 +99,7 @@ func do(t *testing.T, h *Handler, r *http.Request) result {
 	})
 	err := h.ServeHTTP(rec, r, next)
 	got.header = rec.Header()
+	got.failure, _ = vars[VarFailure].(string)
 	if err == nil {
 		got.status = rec.Code
 		return got

@@ -221,13 +221,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			w.Header().Set("Retry-After", "2")
 			return h.refuse(w, r, "store_unavailable", false, refuseUnavailable)
 		}
+		// An uncached credential from an address out of tokens was never
+		// checked: it may be valid, so its cookie stays, and the answer is
+		// left to the limiter (429), not a sign-in page.
+		checked := !errors.Is(err, ErrNotCached)
 		if h.Optional && h.IgnoreInvalid {
-			if fromCookie {
+			if fromCookie && checked {
 				http.SetCookie(w, session.ClearCookie(h.cookieDomain))
 			}
 			return next.ServeHTTP(w, r)
 		}
-		if h.wantsLogin(r) {
+		if checked && h.wantsLogin(r) {
 			caddyhttp.SetVar(r.Context(), VarFailure, reason(err))
 			if fromCookie {
 				http.SetCookie(w, session.ClearCookie(h.cookieDomain))
@@ -235,7 +239,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			http.Redirect(w, r, h.LoginRedirect, http.StatusSeeOther)
 			return nil
 		}
-		return h.refuse(w, r, reason(err), fromCookie, refuseInvalid)
+		return h.refuse(w, r, reason(err), fromCookie && checked, refuseInvalid)
 	}
 	// Known from here on, refused or not: the audit log names the caller.
 	caddyhttp.SetVar(r.Context(), identity.VarKey, id)

@@ -380,3 +380,49 @@ func TestAbandonedLookupIsNotAStoreError(t *testing.T) {
 		t.Error("serving a stale key during an outage was not logged")
 	}
 }
+
+// A session cookie from an address the limiter found out of tokens is not
+// looked up, so it was never checked: it must survive (a colleague behind
+// the same address as someone guessing keys stays signed in), and the
+// answer is the limiter's, not a sign-in page.
+func TestUncheckedSessionKeepsItsCookie(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	a := w.authenticator(t)
+	blocked := func(r *http.Request) *http.Request {
+		return r.WithContext(context.WithValue(r.Context(), caddyhttp.VarsCtxKey, map[string]any{varIPBlocked: true}))
+	}
+	page := func() *http.Request {
+		r := withCookie("GET", "/settings/keys", w.token)
+		r.Header.Set("Accept", "text/html")
+		return blocked(r)
+	}
+	for _, tc := range []struct {
+		name string
+		h    Handler
+		want int
+	}{
+		{"api", Handler{Allow: []string{AllowSession}}, http.StatusUnauthorized},
+		{"page", Handler{Allow: []string{AllowSession}, LoginRedirect: "/login"}, http.StatusUnauthorized},
+		{"optional", Handler{Allow: []string{AllowSession}, Optional: true, IgnoreInvalid: true}, http.StatusOK},
+	} {
+		h := handler(a, tc.h)
+		got := do(t, h, page())
+		if got.status != tc.want || got.header.Get("Location") != "" {
+			t.Errorf("%s: %d %q, want %d and no redirect", tc.name, got.status, got.header.Get("Location"), tc.want)
+		}
+		if c := got.header.Get("Set-Cookie"); c != "" {
+			t.Errorf("%s: an unchecked session's cookie was touched: %s", tc.name, c)
+		}
+		if tc.want != http.StatusOK && got.failure != "ip_blocked" {
+			t.Errorf("%s: failure %q, want ip_blocked (the limiter answers it with 429)", tc.name, got.failure)
+		}
+		if tc.want == http.StatusOK && got.id != nil {
+			t.Errorf("%s: an unchecked session was admitted: %+v", tc.name, got.id)
+		}
+	}
+	// Looked up, the same cookie is valid.
+	if got := do(t, handler(a, Handler{Allow: []string{AllowSession}}), withCookie("GET", "/", w.token)); got.status != http.StatusOK {
+		t.Fatalf("the session itself: %+v", got)
+	}
+}
