@@ -76,8 +76,8 @@ func handler(a *Authenticator, h Handler) *Handler {
 
 // result is what one request through the handler came to.
 type result struct {
-	status int
-	code   string
+	status  int
+	code    string
 	id      *identity.Identity
 	header  http.Header
 	failure string // VarFailure: why auth refused
