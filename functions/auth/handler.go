@@ -295,8 +295,17 @@ func (h *handler) reauth(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var hash string
-	if err := h.db.QueryRow(r.Context(), "SELECT coalesce(password_hash, '') FROM users WHERE id = $1", id.UserID).Scan(&hash); err != nil {
+	var closing bool
+	if err := h.db.QueryRow(r.Context(), `SELECT coalesce(u.password_hash, ''), c.deletion_requested_at IS NOT NULL
+		FROM users u JOIN customers c ON c.id = u.customer_id WHERE u.id = $1`, id.UserID).Scan(&hash, &closing); err != nil {
 		h.unavailable(w, err)
+		return
+	}
+	if closing {
+		// As sign-in is: the session that asked for the deletion lives on,
+		// but gets no fresh re-auth (which would let it mint keys again).
+		audit.Annotate(w, audit.Annotation{ResourceType: "session", ResourceID: id.SessionID, Action: "auth_failed", Metadata: map[string]any{"reason": "account_closing"}})
+		problem.Write(w, problem.New(http.StatusConflict, "account_closing", "this account is scheduled for deletion"))
 		return
 	}
 	if hash == "" {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"strings"
@@ -207,6 +208,10 @@ func (h *handler) create(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	k, err := h.mint(r, id, strings.TrimSpace(*req.Name), *req.Scope, expires, "")
+	if errors.Is(err, errClosing) {
+		accountClosing(w)
+		return
+	}
 	if err != nil {
 		h.fail(w, err)
 		return
@@ -232,10 +237,35 @@ func (h *handler) mint(r *http.Request, id identity.Identity, name, scope string
 		creator = id.UserID
 	}
 	k := Key{Name: name, Kind: "account", Scope: &scope, Last4: secret[len(secret)-4:], ExpiresAt: expires, Secret: secret}
-	err = h.db.QueryRow(r.Context(), `INSERT INTO api_keys (customer_id, kind, scope, name, key_hash, last4, created_by, expires_at, rotated_from)
-		VALUES ($1, 'account', $2, $3, $4, $5, $6, $7, $8) RETURNING id, created_at`,
-		id.CustomerID, scope, name, hash[:], k.Last4, creator, expires, from).Scan(&k.ID, &k.CreatedAt)
+	err = pgx.BeginFunc(r.Context(), h.db, func(tx pgx.Tx) error {
+		if err := lockCustomer(r.Context(), tx, id.CustomerID); err != nil {
+			return err
+		}
+		return tx.QueryRow(r.Context(), `INSERT INTO api_keys (customer_id, kind, scope, name, key_hash, last4, created_by, expires_at, rotated_from)
+			VALUES ($1, 'account', $2, $3, $4, $5, $6, $7, $8) RETURNING id, created_at`,
+			id.CustomerID, scope, name, hash[:], k.Last4, creator, expires, from).Scan(&k.ID, &k.CreatedAt)
+	})
 	return k, err
+}
+
+// errClosing: the account is scheduled for deletion (or gone).
+var errClosing = errors.New("account closing")
+
+// lockCustomer takes a share lock on the customer row for the transaction
+// and refuses an account scheduled for deletion. Account deletion updates
+// that row, so it waits for this transaction and then revokes the key
+// minted here too; a key minted after it is refused here.
+func lockCustomer(ctx context.Context, tx pgx.Tx, customerID string) error {
+	var closing bool
+	err := tx.QueryRow(ctx, "SELECT deletion_requested_at IS NOT NULL FROM customers WHERE id = $1 FOR SHARE", customerID).Scan(&closing)
+	if errors.Is(err, pgx.ErrNoRows) || (err == nil && closing) {
+		return errClosing
+	}
+	return err
+}
+
+func accountClosing(w http.ResponseWriter) {
+	problem.Write(w, problem.New(http.StatusConflict, "account_closing", "this account is scheduled for deletion; no new keys are issued"))
 }
 
 type rotateRequest struct {
@@ -271,6 +301,9 @@ func (h *handler) rotate(w http.ResponseWriter, r *http.Request) {
 	var status int
 	var refusal *problem.Problem
 	err := pgx.BeginFunc(r.Context(), h.db, func(tx pgx.Tx) error {
+		if err := lockCustomer(r.Context(), tx, id.CustomerID); err != nil {
+			return err
+		}
 		var name, kind string
 		var scope *string
 		var expires, revokes *time.Time
@@ -327,6 +360,9 @@ func (h *handler) rotate(w http.ResponseWriter, r *http.Request) {
 			id.CustomerID, *scope, name, hash[:], newKey.Last4, creator, expires, keyID).Scan(&newKey.ID, &newKey.CreatedAt)
 	})
 	switch {
+	case errors.Is(err, errClosing):
+		accountClosing(w)
+		return
 	case err != nil:
 		h.fail(w, err)
 		return

@@ -351,3 +351,34 @@ func TestCreateAndRotateNeedTheSecondFactorOnceTheUserHasOne(t *testing.T) {
 		t.Fatalf("create after five minutes: %d %v", status, doc)
 	}
 }
+
+// Once the account is scheduled for deletion (which revokes every key),
+// no key is minted any more, not even from the session that asked for the
+// deletion, and that session cannot re-authenticate to try again.
+func TestNoKeysForAnAccountScheduledForDeletion(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	session := s.signIn(t)
+	status, doc := s.do(t, "POST", "/api/v1/keys", `{"name":"before","scope":"read"}`, session)
+	if status != 201 {
+		t.Fatalf("create: %d %v", status, doc)
+	}
+	before, _ := doc["id"].(string)
+	if status, doc := s.do(t, "DELETE", "/api/v1/account", "", session); status != 202 {
+		t.Fatalf("account deletion: %d %v", status, doc)
+	}
+	if status, doc := s.do(t, "POST", "/api/v1/keys", `{"name":"after","scope":"admin"}`, session); status != 409 || doc["code"] != "account_closing" {
+		t.Fatalf("create after the deletion request: %d %v, want 409 account_closing", status, doc)
+	}
+	if status, doc := s.do(t, "POST", "/api/v1/keys/"+before+"/rotate", `{}`, session); status != 409 || doc["code"] != "account_closing" {
+		t.Fatalf("rotate after the deletion request: %d %v, want 409 account_closing", status, doc)
+	}
+	if status, doc := s.do(t, "POST", "/auth/reauth", `{"password":"`+pw+`"}`, session); status != 409 || doc["code"] != "account_closing" {
+		t.Fatalf("re-auth after the deletion request: %d %v, want 409 account_closing", status, doc)
+	}
+	var live int
+	if err := s.pg.Owner.QueryRow(context.Background(), `SELECT count(*) FROM api_keys WHERE customer_id = $1
+		AND (revoked_at IS NULL OR revoked_at > now())`, s.c.ID).Scan(&live); err != nil || live != 0 {
+		t.Fatalf("%d keys still live (%v)", live, err)
+	}
+}
