@@ -238,8 +238,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 				problem.New(http.StatusServiceUnavailable, "function_unavailable", "the service is starting or recovering; try again shortly"))
 		}
 		proxyErr = nil
-		p.proxy.ServeHTTP(w, req)
-		h.inst.release(p)
+		h.proxy(p, w, req)
 		// A process that died a moment ago refuses the connection before
 		// its exit is noticed. Nothing reached it, so the request is safe
 		// to send once more, to a fresh process.
@@ -267,6 +266,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	outcome = outcomeFailed
 	return caddyhttp.Error(http.StatusBadGateway,
 		problem.New(http.StatusBadGateway, "function_failed", "the service failed while answering; the request may be retried"))
+}
+
+// proxy sends req to p and ends the request on p, also when the proxy
+// panics with http.ErrAbortHandler (the client or the function went away
+// mid-body): a request never released would keep the function from ever
+// being stopped for idleness.
+func (h *Handler) proxy(p *process, w http.ResponseWriter, req *http.Request) {
+	defer h.inst.release(p)
+	p.proxy.ServeHTTP(w, req)
 }
 
 func (h *Handler) acquireSlot(ctx context.Context) error {

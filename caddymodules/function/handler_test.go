@@ -195,7 +195,7 @@ func TestCrashLoopBacksOff(t *testing.T) {
 		}
 	}
 	h.inst.mu.Lock()
-	starts = int(h.inst.seq)
+	starts = int(h.inst.starts)
 	h.inst.mu.Unlock()
 	// 8 requests in quick succession: backoff (100, 200, 400 ms... longer
 	// than the start timeout after a few) turns most into fast refusals.

@@ -37,7 +37,7 @@ type instance struct {
 	mu       sync.Mutex
 	proc     *process
 	starting chan struct{} // non-nil while a start is under way
-	seq      uint64
+	starts   uint64        // starts attempted, for tests
 	inflight int
 	lastUsed time.Time
 	idle     *time.Timer
@@ -134,11 +134,10 @@ func (in *instance) acquire(ctx context.Context) (*process, error) {
 		}
 		wait := make(chan struct{})
 		in.starting = wait
-		in.seq++
-		seq := in.seq
+		in.starts++
 		in.mu.Unlock()
 
-		p, err := startProcess(ctx, &in.spec, seq, in.log)
+		p, err := startProcess(&in.spec, in.log)
 
 		in.mu.Lock()
 		in.starting = nil

@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -65,10 +66,13 @@ func (c pooledConn) ReadFrom(r io.Reader) (int64, error) {
 
 // startProcess creates a listening socket in dir, starts bin with it and a
 // readiness pipe, and waits until the binary says it is ready, it exits, or
-// timeout passes.
-func startProcess(ctx context.Context, cfg *spec, seq uint64, log *zap.Logger) (*process, error) {
+// timeout passes. No caller's context cuts it short: a start ended because
+// the request that asked for it went away would count as a crash, and a
+// client cancelling cold starts on purpose could push the backoff past
+// the start timeout for everyone.
+func startProcess(cfg *spec, log *zap.Logger) (*process, error) {
 	begin := time.Now() // cold start counts from here: socket, exec, readiness
-	socket := socketPath(cfg.socketDir, cfg.name, seq)
+	socket := socketPath(cfg.socketDir, cfg.name, socketSeq.Add(1))
 	_ = os.Remove(socket)
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: socket, Net: "unix"})
 	if err != nil {
@@ -140,9 +144,6 @@ func startProcess(ctx context.Context, cfg *spec, seq uint64, log *zap.Logger) (
 	case <-timer.C:
 		p.kill()
 		return nil, fmt.Errorf("%w: not ready within %s", errNotReady, cfg.startTimeout)
-	case <-ctx.Done():
-		p.kill()
-		return nil, ctx.Err()
 	}
 
 	p.tr = &http.Transport{
@@ -180,6 +181,14 @@ var errNotReady = errors.New("function did not become ready")
 // holds 108 bytes with the terminating NUL).
 const maxSocketPath = 107
 
+// socketSeq numbers process starts across every instance of this Caddy
+// process. A reload that changes a function's config makes a second
+// instance of the same name, whose processes share the directory with the
+// old one's: a count per instance gave the new process the old one's path,
+// and the old process's exit then unlinked the socket the new one was
+// listening on.
+var socketSeq atomic.Uint64
+
 // socketPath names a process's socket: unique per Caddy process and start,
 // with the function's name (cut short) for whoever lists the directory.
 func socketPath(dir, name string, seq uint64) string {
@@ -201,6 +210,11 @@ func rewrite(name string) func(*httputil.ProxyRequest) {
 		pr.Out.Host = pr.In.Host
 		h := pr.Out.Header
 		identity.Strip(h)
+		// Caddy's server has answered the client's 100-continue already.
+		// Passed on, it makes the function answer 100 too, and the proxy
+		// clears the response headers when it relays a 1xx: the edge's
+		// security headers and request id would be lost.
+		delete(h, "Expect")
 		ctx := pr.In.Context()
 		id, _ := caddyhttp.GetVar(ctx, identity.VarKey).(*identity.Identity)
 		ip, _ := caddyhttp.GetVar(ctx, caddyhttp.ClientIPVarKey).(string)

@@ -1,0 +1,137 @@
+package function
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/glassmkr/guardian/shared/testenv"
+)
+
+// A reload that changes a function's config makes a second instance of
+// the same name beside the first, sockets in the same directory. The old
+// process's exit must not take the new process's socket with it.
+func TestAChangedFunctionSurvivesTheOldOnesExit(t *testing.T) {
+	t.Parallel()
+	bin := testenv.Build(t, "./caddymodules/function/testdata/testfn")
+	dir, err := os.MkdirTemp("", "fn")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	mk := func(idle time.Duration) *Handler {
+		d := caddy.Duration(idle)
+		h := &Handler{Name: "reloaded", Bin: bin, SocketDir: dir + "/s", IdleTimeout: &d}
+		if err := h.Provision(testContext(t)); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = h.Cleanup() })
+		return h
+	}
+	old, changed := mk(time.Minute), mk(2*time.Minute)
+	for _, h := range []*Handler{old, changed} {
+		if rec, err := call(h, "/ok"); err != nil || rec.Code != 200 {
+			t.Fatalf("before: %v %v", rec.Code, err)
+		}
+	}
+	p := old.inst.proc
+	if err := old.Cleanup(); err != nil { // the old config is unloaded
+		t.Fatal(err)
+	}
+	select {
+	case <-p.done:
+	case <-time.After(15 * time.Second):
+		t.Fatal("the old process did not stop")
+	}
+	changed.inst.proc.tr.CloseIdleConnections() // new connections from here
+	if rec, err := call(changed, "/ok"); err != nil || rec.Code != 200 {
+		t.Fatalf("the changed function after the old one exited: %v %v", rec.Code, err)
+	}
+}
+
+// Clients that go away while the function starts do not make the start a
+// crash: otherwise cancelling cold starts on purpose would push the
+// backoff past the start timeout and shut the function for everyone.
+func TestCancelledColdStartsAreNotCrashes(t *testing.T) {
+	t.Parallel()
+	h := newHandler(t, &Handler{})
+	for range 8 {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Millisecond)
+		r := httptest.NewRequest("GET", "/ok", nil).WithContext(ctx)
+		_ = h.ServeHTTP(httptest.NewRecorder(), r, nil)
+		cancel()
+		if p := h.inst.proc; p != nil { // started after all: stop it for the next round
+			h.inst.mu.Lock()
+			h.inst.proc, p.stopping = nil, true
+			h.inst.mu.Unlock()
+			p.stop(time.Second)
+			<-p.done
+		}
+	}
+	h.inst.mu.Lock()
+	crashes := h.inst.crashes
+	h.inst.mu.Unlock()
+	if crashes != 0 {
+		t.Fatalf("%d crashes counted for starts whose callers went away", crashes)
+	}
+	if rec, err := call(h, "/ok"); err != nil || rec.Code != 200 {
+		t.Fatalf("after cancelled starts: %v %v", rec.Code, err)
+	}
+}
+
+// failingWriter fails every body write, as a connection the client closed.
+type failingWriter struct{ *httptest.ResponseRecorder }
+
+func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("connection reset") }
+
+// A response whose copy to the client fails mid-body makes the proxy
+// panic with http.ErrAbortHandler; the request must still be released,
+// or the function is never stopped for idleness again.
+func TestAnAbortedResponseIsReleased(t *testing.T) {
+	t.Parallel()
+	h := newHandler(t, &Handler{})
+	r := httptest.NewRequest("GET", "/ok", nil)
+	r = r.WithContext(context.WithValue(r.Context(), http.ServerContextKey, &http.Server{}))
+	func() {
+		defer func() {
+			if v := recover(); v != nil && v != http.ErrAbortHandler {
+				panic(v)
+			}
+		}()
+		_ = h.ServeHTTP(failingWriter{httptest.NewRecorder()}, r, nil)
+	}()
+	h.inst.mu.Lock()
+	inflight := h.inst.inflight
+	h.inst.mu.Unlock()
+	if inflight != 0 {
+		t.Fatalf("%d requests in flight after an aborted response", inflight)
+	}
+}
+
+// A request with Expect: 100-continue keeps the headers the edge set
+// before the proxy (security headers, the request id).
+func TestExpectContinueKeepsTheEdgesHeaders(t *testing.T) {
+	t.Parallel()
+	h := newHandler(t, &Handler{})
+	for _, expect := range []bool{false, true} {
+		r := httptest.NewRequest("POST", "/sum", strings.NewReader(strings.Repeat("x", 64<<10)))
+		if expect {
+			r.Header.Set("Expect", "100-continue")
+		}
+		rec := httptest.NewRecorder()
+		rec.Header().Set("X-Frame-Options", "DENY") // as guardian_headers does
+		if err := h.ServeHTTP(rec, r, nil); err != nil || rec.Code != 200 {
+			t.Fatalf("expect %v: %d %v", expect, rec.Code, err)
+		}
+		if rec.Header().Get("X-Frame-Options") != "DENY" {
+			t.Errorf("expect %v: the edge's headers were cleared: %v", expect, rec.Header())
+		}
+	}
+}
