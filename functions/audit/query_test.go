@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"net/url"
 	"strings"
 	"testing"
@@ -51,6 +52,23 @@ func TestCSVSafe(t *testing.T) {
 	for in, want := range map[string]string{"=cmd()": "'=cmd()", "+1": "'+1", "@x": "'@x", "curl/8": "curl/8", "": ""} {
 		if got := csvSafe(in); got != want {
 			t.Errorf("csvSafe(%q) = %q", in, got)
+		}
+	}
+}
+
+// Every value of an exported record that a client chose is defused,
+// the method too (Go's server accepts "-1+1" as a method).
+func TestCSVRecordDefusesClientValues(t *testing.T) {
+	ua, rt := "=HYPERLINK(\"x\")", "@x"
+	e := Entry{ID: 7, Method: "-1+1", Path: "+/x", RequestID: "=1", UserAgent: &ua, ResourceType: &rt,
+		Action: "read", Result: "denied", StatusCode: 405, Metadata: json.RawMessage(`{}`)}
+	rec := csvRecord(e)
+	if len(rec) != len(CSVHeader) {
+		t.Fatalf("%d values for %d columns", len(rec), len(CSVHeader))
+	}
+	for i, v := range rec {
+		if v != "" && strings.ContainsRune("=+-@\t\r", rune(v[0])) {
+			t.Errorf("%s = %q would run as a formula", CSVHeader[i], v)
 		}
 	}
 }
