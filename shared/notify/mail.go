@@ -71,8 +71,10 @@ func NewMailer(cfg SMTPConfig) (*Mailer, error) {
 	return &Mailer{cfg: cfg, host: host, from: from.Address, fromHdr: from.String(), localName: local}, nil
 }
 
-// Send delivers msg to its valid recipients. Errors that a retry cannot
-// fix (a 5xx answer, no valid recipient) are Permanent.
+// Send delivers msg to its valid recipients in one SMTP transaction, so a
+// recipient the relay refuses fails the whole message (Notifier sends a
+// message per recipient). Errors that a retry cannot fix (a 5xx answer,
+// no valid recipient) are Permanent.
 func (m *Mailer) Send(ctx context.Context, msg Mail) error {
 	if len(msg.To) == 0 {
 		return Permanent(errors.New("mail: no recipient"))

@@ -120,8 +120,8 @@ type Notice struct {
 	Webhooks []string
 }
 
-// Stats are running totals of deliveries (one e-mail, or one webhook
-// call, however many attempts it took).
+// Stats are running totals of deliveries (an e-mail to one recipient, or
+// one webhook call, however many attempts it took).
 type Stats struct {
 	Delivered, Failed, Dropped, Retried int64
 }
@@ -203,9 +203,15 @@ func (n *Notifier) Send(notice Notice) {
 		if n.mailer == nil {
 			n.log.Warn("notify: e-mail not sent, no SMTP relay configured", zap.String("event", notice.Event), zap.String("setting", EnvSMTPAddr))
 		} else {
-			m := Mail{To: notice.To, Subject: notice.Subject, Text: notice.Text}
-			n.enqueue(delivery{event: notice.Event, channel: "email", target: fmt.Sprintf("%d recipients", len(m.To)),
-				send: func(ctx context.Context) error { return n.mailer.Send(ctx, m) }})
+			// One message per recipient, each retried on its own: a relay
+			// refusing one address (a former administrator's, say) must
+			// not keep the notice from the others, and a retry must not
+			// send it twice to those who had it.
+			for i, to := range notice.To {
+				m := Mail{To: []string{to}, Subject: notice.Subject, Text: notice.Text}
+				n.enqueue(delivery{event: notice.Event, channel: "email", target: fmt.Sprintf("recipient %d of %d", i+1, len(notice.To)),
+					send: func(ctx context.Context) error { return n.mailer.Send(ctx, m) }})
+			}
 		}
 	}
 	for _, target := range notice.Webhooks {

@@ -2,6 +2,8 @@ package notify
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -154,5 +156,68 @@ func TestLoadConfig(t *testing.T) {
 	n.Close(context.Background())
 	if _, err := New(Config{Allow: []string{"what?"}}); err == nil || !strings.Contains(err.Error(), EnvWebhookAllow) {
 		t.Fatalf("bad allow-list: %v", err)
+	}
+}
+
+// A relay refusing one recipient keeps the notice from nobody else, and
+// the others get it once.
+func TestOneRefusedRecipientDoesNotStopTheOthers(t *testing.T) {
+	relay := notifytest.StartRelay(t, nil, "", "")
+	relay.SetRefuseRecipient(func(to string) error {
+		if strings.HasPrefix(to, "gone@") {
+			return &smtp.SMTPError{Code: 550, Message: "no such user"}
+		}
+		return nil
+	})
+	n, err := New(fast(Config{SMTP: SMTPConfig{Addr: relay.Addr, From: "security@guardian.test"}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.Send(Notice{Event: "test", To: []string{"ada@example.com", "gone@example.com", "bob@example.com"}, Subject: "s", Text: "t"})
+	n.Close(context.Background())
+	got := map[string]int{}
+	for _, m := range relay.Messages() {
+		for _, to := range m.To {
+			got[to]++
+		}
+	}
+	if got["ada@example.com"] != 1 || got["bob@example.com"] != 1 || len(got) != 2 {
+		t.Fatalf("delivered to %v, want ada and bob once each", got)
+	}
+	if s := n.Stats(); s.Delivered != 2 || s.Failed != 1 || s.Retried != 0 {
+		t.Fatalf("stats %+v, want 2 delivered and the refused one failed once", s)
+	}
+}
+
+// A webhook's URL (whose path is often its secret) never reaches the log,
+// also when the call fails in the HTTP client.
+func TestWebhookURLStaysOutOfTheLog(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.Close() // nothing listens: the connection is refused
+	core, logs := observer.New(zap.DebugLevel)
+	n, err := New(fast(Config{Allow: []string{"127.0.0.1/32"}, Attempts: 2, Log: zap.New(core)}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const secret = "T000/B000/XXXXsecretXXXX"
+	n.Send(Notice{Event: "test", Webhooks: []string{"http://" + ln.Addr().String() + "/services/" + secret}})
+	n.Close(context.Background())
+	if s := n.Stats(); s.Failed != 1 {
+		t.Fatalf("stats %+v", s)
+	}
+	for _, e := range logs.All() {
+		line := e.Message
+		for k, v := range e.ContextMap() {
+			line += " " + k + "=" + fmt.Sprint(v)
+		}
+		if strings.Contains(line, "secret") {
+			t.Fatalf("the webhook's secret path reached the log: %s", line)
+		}
+	}
+	if logs.FilterMessage("notify: delivery failed").Len() != 1 {
+		t.Fatalf("the failure was not logged: %v", logs.All())
 	}
 }

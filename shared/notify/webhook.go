@@ -117,8 +117,14 @@ func (w *Webhooks) Post(ctx context.Context, target string, body any) error {
 	req.Header.Set("User-Agent", "Guardian-Notify/1")
 	resp, err := w.client.Do(req)
 	if err != nil {
+		// The client's *url.Error quotes the whole URL, and a webhook's
+		// path is often its secret (Slack's, for one): keep the cause only.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
 		if IsPermanent(err) {
-			return err
+			return Permanent(fmt.Errorf("webhook %s: %w", u.Host, err))
 		}
 		return fmt.Errorf("webhook %s: %w", u.Host, err)
 	}

@@ -33,6 +33,7 @@ type Relay struct {
 
 	mu       sync.Mutex
 	fail     func(n int) error
+	rcpt     func(to string) error
 	messages []Received
 	attempts int
 	srv      *smtp.Server
@@ -84,6 +85,14 @@ func (r *Relay) SetFail(fail func(n int) error) {
 	r.mu.Lock()
 	r.fail = fail
 	r.mu.Unlock()
+}
+
+// SetRefuseRecipient makes the relay answer RCPT TO with the error
+// refuse returns for that address (nil accepts it).
+func (r *Relay) SetRefuseRecipient(refuse func(to string) error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.rcpt = refuse
 }
 
 // Messages returns what arrived so far.
@@ -154,6 +163,14 @@ func (s *relaySession) Mail(from string, _ *smtp.MailOptions) error {
 }
 
 func (s *relaySession) Rcpt(to string, _ *smtp.RcptOptions) error {
+	s.r.mu.Lock()
+	refuse := s.r.rcpt
+	s.r.mu.Unlock()
+	if refuse != nil {
+		if err := refuse(to); err != nil {
+			return err
+		}
+	}
 	s.msg.To = append(s.msg.To, to)
 	return nil
 }
