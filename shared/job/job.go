@@ -4,7 +4,9 @@
 //
 //   - one run at a time: an exclusive flock on <lock dir>/<job>.lock; a
 //     second run while the first holds it exits at once with status 75
-//     (EX_TEMPFAIL, "try again later") instead of overlapping;
+//     (EX_TEMPFAIL, "try again later") instead of overlapping, unless its
+//     Spec.LockWait lets it wait (a run that must not be lost); one that
+//     waits in vain is an error, and alerts;
 //   - one JSON line on stdout at the end, {"job","status","started",
 //     "duration_ms",..., "error"}, with status "ok", "red" (the job ran and
 //     found something wrong, e.g. a backup that does not restore) or
@@ -99,6 +101,12 @@ type Spec struct {
 	// overlap (a mode of another job) share one. Metrics, alerts and the
 	// result line keep Name.
 	Lock string
+	// LockWait is how long a run waits for a lock another run holds
+	// before it gives up. Zero: it does not wait, and is skipped (exit
+	// 75, no alert), which suits a job the timer starts again soon. A run
+	// that must not be lost (the daily backup, whose lock its 15-minute
+	// mirror shares) waits, and one that gives up is an error and alerts.
+	LockWait time.Duration
 	// RealertAfter, for a job that runs often: while it keeps failing,
 	// it alerts on the first failure after a success and then at most
 	// once per RealertAfter (the time of the last alert is kept in the
@@ -200,13 +208,20 @@ func Execute(ctx context.Context, spec Spec, lookup func(string) (string, bool),
 	if !validName.MatchString(lockName) {
 		panic(fmt.Sprintf("job: invalid lock name %q", lockName))
 	}
-	lock, err := acquire(lockDir(env), lockName)
+	lock, err := acquireWithin(ctx, lockDir(env), lockName, spec.LockWait)
+	if errors.Is(err, errLocked) && spec.LockWait <= 0 {
+		res.Status, res.Err = StatusSkipped, err.Error()
+		printResult(out, errOut, res)
+		return res
+	}
 	if err != nil {
-		res.Status = StatusError
+		res.Status, res.Err = StatusError, err.Error()
 		if errors.Is(err, errLocked) {
-			res.Status = StatusSkipped
+			// Waited in vain: this run is lost, which someone must hear of.
+			res.Err = fmt.Sprintf("%s after waiting %s for it", err, spec.LockWait)
+			res.Duration = time.Since(res.Started)
+			return finish(spec, env, res, out, errOut)
 		}
-		res.Err = err.Error()
 		printResult(out, errOut, res)
 		return res
 	}
@@ -238,6 +253,12 @@ func Execute(ctx context.Context, spec Spec, lookup func(string) (string, bool),
 		}
 		res.Err = err.Error()
 	}
+	return finish(spec, env, res, out, errOut)
+}
+
+// finish prints the result line, alerts when the run was not ok (once per
+// RealertAfter for a lasting failure) and writes the metrics file.
+func finish(spec Spec, env *config.Loader, res Result, out, errOut io.Writer) Result {
 	printResult(out, errOut, res)
 	dir := env.Optional(EnvMetricsDir, "")
 	var prev previousRun
@@ -291,6 +312,28 @@ func lockDir(env *config.Loader) string {
 }
 
 var errLocked = errors.New("another run of this job holds its lock")
+
+// acquireWithin takes the job's lock, trying again every lockPoll for up
+// to wait while another run holds it.
+func acquireWithin(ctx context.Context, dir, name string, wait time.Duration) (*os.File, error) {
+	deadline := time.Now().Add(wait)
+	for {
+		f, err := acquire(dir, name)
+		if !errors.Is(err, errLocked) || !time.Now().Before(deadline) {
+			return f, err
+		}
+		t := time.NewTimer(min(lockPoll, time.Until(deadline)))
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, err
+		}
+	}
+}
+
+// lockPoll is how often a waiting run tries the lock again.
+var lockPoll = time.Second
 
 // acquire takes the job's lock without waiting. The lock is released
 // when the file is closed or the process dies, so a crashed run never

@@ -246,6 +246,52 @@ func TestJobsSharingALockDoNotOverlap(t *testing.T) {
 	}
 }
 
+// A job with LockWait (the daily backup, whose lock its mirror shares)
+// waits for a held lock instead of being skipped, and a run that waits in
+// vain is an error that alerts and leaves its metrics: never a silent skip.
+func TestLockWaitWaitsAndAlertsWhenItGivesUp(t *testing.T) {
+	defer func(p time.Duration) { lockPoll = p }(lockPoll)
+	lockPoll = 5 * time.Millisecond
+	env, alerts := alertEnv(t)
+	hold := func() (release func()) {
+		inside, done, release2 := make(chan struct{}), make(chan struct{}), make(chan struct{})
+		go func() {
+			Execute(context.Background(), Spec{Name: "test-job-mirror", Lock: "test-job", Run: func(context.Context, *config.Loader, *Report) error {
+				close(inside)
+				<-release2
+				return nil
+			}}, env.lookup, io.Discard, io.Discard)
+			close(done)
+		}()
+		<-inside
+		return func() { close(release2); <-done }
+	}
+	ran := false
+	backup := Spec{Name: "test-job", LockWait: 5 * time.Second, Run: func(context.Context, *config.Loader, *Report) error { ran = true; return nil }}
+
+	release := hold()
+	time.AfterFunc(50*time.Millisecond, release)
+	if res := Execute(context.Background(), backup, env.lookup, io.Discard, io.Discard); res.Status != StatusOK || !ran {
+		t.Fatalf("a lock released within the wait: %s (ran %v), want ok", res.Status, ran)
+	}
+
+	release = hold()
+	defer release()
+	ran = false
+	backup.LockWait = 30 * time.Millisecond
+	var out bytes.Buffer
+	res := Execute(context.Background(), backup, env.lookup, &out, io.Discard)
+	if res.Status != StatusError || res.ExitCode() != ExitError || ran || !strings.Contains(res.Err, "after waiting") {
+		t.Fatalf("a lock held past the wait: %s %q (ran %v), want an error", res.Status, res.Err, ran)
+	}
+	if len(alerts()) != 1 {
+		t.Fatalf("%d alerts for a lost run, want 1", len(alerts()))
+	}
+	if _, err := os.Stat(filepath.Join(env[EnvMetricsDir], "guardian_job_test_job.prom")); err != nil {
+		t.Fatalf("no metrics for a lost run: %v", err)
+	}
+}
+
 // With RealertAfter, a lasting failure alerts once, not on every run; a
 // success in between, or the interval passing, lets the next one alert.
 func TestRealertAfterThrottlesALastingFailure(t *testing.T) {

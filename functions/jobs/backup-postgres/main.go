@@ -51,7 +51,10 @@ func spec(args []string, now func() time.Time) job.Spec {
 	if len(args) == 1 && args[0] == "mirror" {
 		return mirrorSpec()
 	}
-	return job.Spec{Name: "backup-postgres", Timeout: 6 * time.Hour, Run: func(ctx context.Context, env *config.Loader, r *job.Report) error {
+	// The backup shares its lock with the 15-minute mirror, which may be
+	// catching up on a large copy when the backup is due: it waits for
+	// the mirror's whole time limit (and a little) rather than be skipped.
+	return job.Spec{Name: "backup-postgres", Timeout: 6 * time.Hour, LockWait: mirrorTimeout + 5*time.Minute, Run: func(ctx context.Context, env *config.Loader, r *job.Report) error {
 		kind := env.Optional(EnvKind, "auto")
 		if len(args) > 0 {
 			kind = args[0]
@@ -107,10 +110,13 @@ func spec(args []string, now func() time.Time) job.Spec {
 	}}
 }
 
+// mirrorTimeout bounds one mirror run.
+const mirrorTimeout = time.Hour
+
 // mirrorSpec is `backup-postgres mirror`: repo1 copied to the backup
 // host, no backup taken.
 func mirrorSpec() job.Spec {
-	return job.Spec{Name: "backup-postgres-mirror", Lock: "backup-postgres", Timeout: time.Hour, FixedTimeout: true, RealertAfter: 6 * time.Hour,
+	return job.Spec{Name: "backup-postgres-mirror", Lock: "backup-postgres", Timeout: mirrorTimeout, FixedTimeout: true, RealertAfter: 6 * time.Hour,
 		Run: func(ctx context.Context, env *config.Loader, r *job.Report) error {
 			cfg := pgbackup.LoadConfig(env)
 			targets, err := pgbackup.ParseTargets(env.Optional(pgbackup.EnvSFTPTargets, ""))
