@@ -26,8 +26,8 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -309,17 +309,36 @@ func (h *Handler) answer(w http.ResponseWriter, d Decision) error {
 	return caddyhttp.HandlerError{Err: tooMany, StatusCode: http.StatusTooManyRequests, ID: "rl", Trace: "guardian_ratelimit"}
 }
 
-// clientIP is the address Caddy determined (trusting X-Forwarded-For only
-// from the server's trusted_proxies), else the connection's peer.
+// clientIP is the per-IP tier's bucket for the request: the address Caddy
+// determined (trusting X-Forwarded-For only from the server's
+// trusted_proxies), else the connection's peer, as clientBucket counts it.
 func clientIP(r *http.Request) string {
 	if ip, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok && ip != "" {
-		return ip
+		return clientBucket(ip)
 	}
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {
-		return r.RemoteAddr
+		return clientBucket(r.RemoteAddr)
 	}
-	return strings.TrimPrefix(host, "::ffff:")
+	return clientBucket(host)
+}
+
+// clientBucket is whom an address's requests are counted against: an
+// IPv4 address (IPv4-mapped IPv6 ones too) on its own, an IPv6 address by
+// its /64. One IPv6 subscriber is given a /64 at least, whose 2^64
+// addresses would otherwise each bring a fresh brute-force budget.
+// Anything that does not parse is its own bucket.
+func clientBucket(ip string) string {
+	a, err := netip.ParseAddr(ip)
+	if err != nil {
+		return ip
+	}
+	a = a.WithZone("").Unmap()
+	if a.Is4() {
+		return a.String()
+	}
+	p, _ := a.Prefix(64)
+	return p.String()
 }
 
 // blockList remembers, per instance, addresses out of ip-tier tokens.

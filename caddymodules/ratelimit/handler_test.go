@@ -3,6 +3,7 @@ package ratelimit
 import (
 	"context"
 	"errors"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -74,6 +75,38 @@ func TestIPTierAlwaysChargesEveryRequest(t *testing.T) {
 	// Another address has its own bucket.
 	if s, _ := status(h.ServeHTTP(httptest.NewRecorder(), request("192.0.2.11"), ok)); s != 200 {
 		t.Fatalf("other address: %d", s)
+	}
+}
+
+// One IPv6 subscriber holds a /64 at least: its addresses share one
+// bucket, or each of 2^64 would bring a fresh brute-force budget.
+func TestIPv6AddressesAreCountedByTheirSlash64(t *testing.T) {
+	t.Parallel()
+	h := newTestHandler(t, Handler{Tier: TierIP, IP: &Bucket{Capacity: 2, Rate: 0.01}})
+	from := func(ip string) int {
+		r := request("192.0.2.1")
+		r.RemoteAddr = net.JoinHostPort(ip, "40000")
+		s, _ := status(h.ServeHTTP(httptest.NewRecorder(), r, ok))
+		return s
+	}
+	for i, ip := range []string{"2001:db8:0:1::1", "2001:db8:0:1:ffff::2"} {
+		if s := from(ip); s != 200 {
+			t.Fatalf("request %d: %d", i, s)
+		}
+	}
+	if s := from("2001:db8:0:1:abcd::9"); s != 429 {
+		t.Fatalf("a third address of the same /64: %d, want 429", s)
+	}
+	if s := from("2001:db8:0:2::1"); s != 200 {
+		t.Fatalf("another /64: %d, want its own bucket", s)
+	}
+	for in, want := range map[string]string{
+		"192.0.2.7": "192.0.2.7", "::ffff:192.0.2.7": "192.0.2.7", "2001:db8::1": "2001:db8::/64",
+		"2001:DB8:0:0:1::1": "2001:db8::/64", "fe80::1%eth0": "fe80::/64", "not-an-ip": "not-an-ip",
+	} {
+		if got := clientBucket(in); got != want {
+			t.Errorf("clientBucket(%q) = %q, want %q", in, got, want)
+		}
 	}
 }
 
