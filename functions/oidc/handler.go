@@ -192,8 +192,11 @@ func (h *handler) callback(w http.ResponseWriter, r *http.Request) {
 	g := googleUser{Subject: idt.Subject, Email: strings.ToLower(strings.TrimSpace(c.Email)), Name: c.Name, HostedDomain: c.HostedDomain}
 	// A fresh Google sign-in re-authenticates a Google-only account, whose
 	// only credential it is; an account with a password still confirms
-	// the password for sensitive actions.
-	fresh := c.AuthTime == 0 || now.Sub(time.Unix(c.AuthTime, 0)) <= session.ReauthWindow
+	// the password for sensitive actions. Fresh means the provider says
+	// when it authenticated the user, and that was within the window: a
+	// token without auth_time may come from a silent sign-in on a browser
+	// left signed in to Google, which must not pass for a confirmation.
+	fresh := c.AuthTime != 0 && now.Sub(time.Unix(c.AuthTime, 0)) <= session.ReauthWindow
 	if f.Reauth {
 		// A step-up asked for max_age=0: the provider must say it
 		// authenticated the user just now.
@@ -232,7 +235,7 @@ func (h *handler) callback(w http.ResponseWriter, r *http.Request) {
 			}
 			if factors.Any() {
 				challenge, challengeExpires, err = mfa.NewChallenge(r.Context(), tx, mfa.Challenge{UserID: a.UserID, CustomerID: a.CustomerID,
-					Purpose: mfa.PurposeLogin, Method: mfa.MethodGoogle, Reauthed: !a.HasPassword && fresh}, now)
+					Purpose: mfa.PurposeLogin, Method: mfa.MethodGoogle, Reauthed: !a.HasPassword && fresh, SessionID: replacing}, now)
 				return err
 			}
 			issued, err = session.Start(r.Context(), tx, h.secret, session.Params{UserID: a.UserID, CustomerID: a.CustomerID,

@@ -597,6 +597,44 @@ func TestGoogleSignInAsksForTheSecondFactorOfAUserWhoHasOne(t *testing.T) {
 	if n := s.count(t, "SELECT count(*) FROM api_audit_log WHERE path = '/auth/login/mfa' AND resource_id = $1 AND metadata->>'method' = 'google' AND metadata->>'second_factor' = 'recovery_code'", who.SessionID); n != 1 {
 		t.Fatal("the sign-in is not in the audit log as Google plus a recovery code")
 	}
+
+	// Signing in again in the same browser replaces its session, as a
+	// password sign-in does: the second factor's step carries it along.
+	s.idp.QueueUser(oidctest.User{Subject: "mfa-sub", Email: email, EmailVerified: true})
+	if r := b.signIn(); r.status != http.StatusSeeOther {
+		t.Fatalf("second sign-in: %d %s", r.status, r.body)
+	}
+	if r := b.postForm("/auth/login/mfa", url.Values{"code": {codes[1]}}); r.status != http.StatusSeeOther || r.location != "/settings/keys" {
+		t.Fatalf("second factor, again: %d %q", r.status, r.location)
+	}
+	if n := s.count(t, "SELECT count(*) FROM sessions WHERE user_id = $1 AND revoked_at IS NULL", s.c.UserID); n != 1 {
+		t.Fatalf("%d live sessions after signing in twice in one browser, want 1", n)
+	}
+	if n := s.count(t, "SELECT count(*) FROM sessions WHERE id = $1 AND revoked_at IS NOT NULL", who.SessionID); n != 1 {
+		t.Fatal("the browser's previous session was not ended")
+	}
+}
+
+// A Google sign-in whose ID token does not say when the provider
+// authenticated the user (Google leaves auth_time out unless asked) is
+// not a confirmation: it may be a silent sign-in on a browser left
+// signed in to Google. Sensitive actions still ask to confirm.
+func TestASignInWithoutAuthTimeIsNotAConfirmation(t *testing.T) {
+	t.Parallel()
+	s := newSite(t, options{})
+	dog := oidctest.User{Subject: "dog-sub", Email: "dog@example.com", EmailVerified: true, Name: "Dog", NoAuthTime: true}
+	b := s.browser(t)
+	s.idp.QueueUser(dog)
+	b.signedIn(b.signIn())
+	if r := b.post("/api/v1/keys", `{"name":"ci","scope":"read"}`); r.status != 401 || !strings.Contains(r.body, "reauth_required") {
+		t.Fatalf("create after a sign-in without auth_time: %d %s, want 401 reauth_required", r.status, r.body)
+	}
+	dog.NoAuthTime = false
+	s.idp.QueueUser(dog)
+	b.signedIn(b.signIn())
+	if r := b.post("/api/v1/keys", `{"name":"ci","scope":"read"}`); r.status != 201 {
+		t.Fatalf("create after a fresh sign-in: %d %s", r.status, r.body)
+	}
 }
 
 func (b *browser) post(path, body string) reply {

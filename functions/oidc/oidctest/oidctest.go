@@ -63,6 +63,9 @@ type User struct {
 	// AuthAge, when set, dates auth_time that long before the token (a
 	// user the provider did not authenticate anew).
 	AuthAge time.Duration
+	// NoAuthTime leaves auth_time out, as Google does unless the client
+	// asked for session age claims.
+	NoAuthTime bool
 }
 
 // DemoUser is the default user.
@@ -277,7 +280,7 @@ func (u *User) claims(scopes []string, base *mockoidc.IDTokenClaims) *idClaims {
 	c := &idClaims{IDTokenClaims: base, Subject: u.Subject, HostedDomain: u.HostedDomain}
 	if base == nil {
 		c.IDTokenClaims = &mockoidc.IDTokenClaims{RegisteredClaims: &jwt.RegisteredClaims{}}
-	} else {
+	} else if !u.NoAuthTime {
 		c.AuthTime = base.IssuedAt.Add(-u.AuthAge).Unix()
 	}
 	for _, s := range scopes {
