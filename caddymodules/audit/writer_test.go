@@ -102,6 +102,30 @@ func TestConcurrentRowsAreGroupCommittedAndChained(t *testing.T) {
 	}
 }
 
+// Addresses PostgreSQL prints in another form than Go (an IPv4-compatible
+// ::1.2.3.4) or cannot store as written (a zone) still verify.
+func TestEveryAddressFormVerifies(t *testing.T) {
+	t.Parallel()
+	pg := testenv.Postgres(t)
+	w, err := NewWriter(WriterConfig{DSN: pg.AppDSN, SpoolDir: filepath.Join(t.TempDir(), "spool")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = w.Close() })
+	ips := []string{"203.0.113.9", "::1.2.3.4", "::ffff:1.2.3.4", "::0.0.1.2", "::1", "2001:db8::1", "fe80::1%eth0", "2001:DB8:0:0:0:0:0:2"}
+	for i, ip := range ips {
+		r := testRow(i)
+		r.SourceIP = audit.NormalizeIP(ip)
+		if err := w.Record(context.Background(), r); err != nil {
+			t.Fatalf("%s: %v", ip, err)
+		}
+	}
+	rep, err := audit.Verify(context.Background(), pg.Owner)
+	if err != nil || !rep.OK() || rep.Rows != int64(len(ips)) {
+		t.Fatalf("verify: %+v %v", rep, err)
+	}
+}
+
 func TestVerifyFindsAnEditedRowEvenByTheOwner(t *testing.T) {
 	t.Parallel()
 	pg := testenv.Postgres(t)

@@ -108,14 +108,17 @@ func ActionFor(method string) string {
 	return "read"
 }
 
-// NormalizeIP renders an address as PostgreSQL's inet prints it, or "" if
-// it is not one.
+// NormalizeIP renders an address in the one text that is stored and
+// hashed, or "" if it is not one: Go's form, IPv4-mapped addresses as
+// IPv4, without a zone (inet has none, and refuses one). PostgreSQL prints
+// some addresses otherwise (an IPv4-compatible ::1.2.3.4, which Go writes
+// ::102:304), so Verify renders what it reads back with this too.
 func NormalizeIP(s string) string {
 	a, err := netip.ParseAddr(s)
 	if err != nil {
 		return ""
 	}
-	return a.Unmap().String()
+	return a.WithZone("").Unmap().String()
 }
 
 // secretKey matches metadata member names that may not hold values.

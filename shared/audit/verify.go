@@ -111,6 +111,9 @@ func VerifyAgainst(ctx context.Context, db Querier, kept Heads) (Report, error) 
 			return rep, fmt.Errorf("audit verify: %w", err)
 		}
 		rep.Rows++
+		if r.SourceIP != "" {
+			r.SourceIP = NormalizeIP(r.SourceIP) // as the writer hashed it
+		}
 		if r.WriterID != writer {
 			finish()
 			writer, prev, seq, broken = r.WriterID, nil, 0, false
