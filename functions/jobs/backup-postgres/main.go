@@ -34,6 +34,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/glassmkr/guardian/shared/chbackup"
@@ -98,16 +99,37 @@ func spec(args []string, now func() time.Time) job.Spec {
 			r.Set("repo_bytes", taken[0].RepoDelta)
 			r.Set("backups", taken)
 		}
-		if err != nil || len(mirrors) == 0 {
+		if err != nil {
 			return err
 		}
-		reports, err := mirror(ctx, cfg.Repos[0].Path, sshKey, knownHosts, mirrors)
-		r.Set("mirrors", reports)
-		if err != nil {
-			return fmt.Errorf("%w: the backup is taken but its copy off the host is not up to date: %w", job.ErrRed, err)
+		damaged := checksumErrors(taken)
+		if len(mirrors) > 0 {
+			reports, err := mirror(ctx, cfg.Repos[0].Path, sshKey, knownHosts, mirrors)
+			r.Set("mirrors", reports)
+			if err != nil {
+				return errors.Join(damaged, fmt.Errorf("%w: the backup is taken but its copy off the host is not up to date: %w", job.ErrRed, err))
+			}
 		}
-		return nil
+		return damaged
 	}}
+}
+
+// checksumErrors is red when pgBackRest found page checksum errors while
+// copying a backup: it finishes with exit 0 and only marks the backup in
+// its info, yet the database it read has damaged pages, which someone
+// must hear of now, not at the next monthly restore check.
+func checksumErrors(taken []pgbackup.BackupInfo) error {
+	var labels []string
+	for _, b := range taken {
+		if b.Error {
+			labels = append(labels, fmt.Sprintf("%s (repo%d)", b.Label, b.Repo))
+		}
+	}
+	if len(labels) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: pgBackRest found page checksum errors while taking %s: the database has damaged pages (pgbackrest info --set shows them)",
+		job.ErrRed, strings.Join(labels, ", "))
 }
 
 // mirrorTimeout bounds one mirror run.

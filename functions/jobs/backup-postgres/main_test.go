@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"io/fs"
 	"maps"
@@ -173,5 +174,19 @@ func TestJobRejectsAnUnknownKind(t *testing.T) {
 	res := job.Execute(context.Background(), spec([]string{"weekly"}, time.Now), lookup, &out, &errOut)
 	if res.Status != job.StatusError || !strings.Contains(res.Err, "usage") {
 		t.Fatalf("%+v", res)
+	}
+}
+
+// pgBackRest finishes with exit 0 when it found page checksum errors and
+// only marks the backup: the job turns that mark into a red run.
+func TestChecksumErrorsMakeTheRunRed(t *testing.T) {
+	clean := []pgbackup.BackupInfo{{Label: "20261129-020000F", Repo: 1}}
+	if err := checksumErrors(clean); err != nil {
+		t.Fatalf("a clean backup: %v", err)
+	}
+	damaged := append(clean, pgbackup.BackupInfo{Label: "20261129-020000F", Repo: 2, Error: true})
+	err := checksumErrors(damaged)
+	if !errors.Is(err, job.ErrRed) || !strings.Contains(err.Error(), "repo2") || strings.Contains(err.Error(), "repo1") {
+		t.Fatalf("a backup with checksum errors: %v, want red naming repo2 only", err)
 	}
 }
