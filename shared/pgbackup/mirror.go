@@ -100,6 +100,14 @@ func Mirror(ctx context.Context, dir string, s *chbackup.Session, target string)
 		// may be all that is left.
 		return rep, fmt.Errorf("mirror %s: the repository holds no backup but its copy does; the copy is left as it is (restore from it, or move it aside)", target)
 	}
+	if sets := backupSets(remote); len(sets) > 0 && !sharesAny(sets, backupSets(local)) {
+		// The same after the rebuilt host's first backup: the copy's sets
+		// are another cluster's history, not expired ones. (A copy kept up
+		// every 15 minutes always holds the repository's newest set but
+		// one, which expiry never removes first.) The .info files are
+		// encrypted, so the cluster's system id cannot be compared.
+		return rep, fmt.Errorf("mirror %s: the copy's %d backups share none with the repository's (a stanza created anew on a rebuilt host?); the copy is left as it is (restore from it, or move it aside)", target, len(sets))
+	}
 
 	names := make([]string, 0, len(local))
 	for rel := range local {
@@ -173,6 +181,16 @@ func isRepository(files map[string]int64) bool {
 		archive = archive || (parts[0] == "archive" && parts[2] == "archive.info")
 	}
 	return backup && archive
+}
+
+// sharesAny reports whether a and b have an element in common.
+func sharesAny(a, b []string) bool {
+	for _, x := range a {
+		if slices.Contains(b, x) {
+			return true
+		}
+	}
+	return false
 }
 
 // backupSets returns the backup directories (backup/<stanza>/<label>)

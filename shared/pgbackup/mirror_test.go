@@ -61,6 +61,7 @@ func TestMirrorKeepsARestorableCopy(t *testing.T) {
 		"backup/guardian/backup.info.copy":                                                       "info v1",
 		"backup/guardian/20261122-030000F/backup.manifest":                                       "manifest F1",
 		"backup/guardian/20261122-030000F/pg_data/base/1.zst":                                    strings.Repeat("a", 300_000),
+		"backup/guardian/20261129-030000F/backup.manifest":                                       "manifest F2",
 		"archive/guardian/archive.info":                                                          "archive v1",
 		"archive/guardian/15-1/0000000100000000/000000010000000000000001-abc.zst":                "wal 1",
 		"archive/guardian/15-1/0000000100000000/000000010000000000000002-def.zst.pgbackrest.tmp": "being written",
@@ -93,7 +94,7 @@ func TestMirrorKeepsARestorableCopy(t *testing.T) {
 			}
 		}
 	}
-	if rep := mirror(); rep.Uploaded != 6 || rep.Deleted != 0 {
+	if rep := mirror(); rep.Uploaded != 7 || rep.Deleted != 0 {
 		t.Fatalf("first mirror: %+v", rep)
 	}
 	same("first mirror")
@@ -104,7 +105,7 @@ func TestMirrorKeepsARestorableCopy(t *testing.T) {
 	}
 
 	// A differential backup, new WAL, the .info files rewritten (same
-	// length), the full backup expired, and a temporary file an
+	// length), the older full backup expired, and a temporary file an
 	// interrupted run left on the target.
 	if err := os.RemoveAll(filepath.Join(repo, "backup/guardian/20261122-030000F")); err != nil {
 		t.Fatal(err)
@@ -112,7 +113,7 @@ func TestMirrorKeepsARestorableCopy(t *testing.T) {
 	write(t, repo, map[string]string{
 		"backup/guardian/backup.info":                                             "info v2",
 		"backup/guardian/backup.info.copy":                                        "info v2",
-		"backup/guardian/20261123-020000F_20261123-020000D/backup.manifest":       "manifest D1",
+		"backup/guardian/20261129-030000F_20261130-020000D/backup.manifest":       "manifest D1",
 		"archive/guardian/15-1/0000000100000000/000000010000000000000003-123.zst": "wal 3",
 	})
 	write(t, target.Path, map[string]string{"backup/guardian/" + chbackup.TempPrefix + "backup.info-1a2b3c": "half"})
@@ -172,10 +173,24 @@ func TestMirrorRefusesToEmptyTheCopy(t *testing.T) {
 			}
 		}
 	}
-	// Once the new stanza has a backup, the copy follows it.
+	// Nor once the new stanza has a backup of its own: the copy's are
+	// another cluster's history, which the mirror would delete.
 	write(t, fresh, map[string]string{"backup/guardian/20261129-030000F/backup.manifest": "manifest F2"})
+	if err := mirror(fresh); err == nil || !strings.Contains(err.Error(), "share none") {
+		t.Fatalf("a new stanza's first backup over an old copy: %v", err)
+	}
+	if got := tree(t, target.Path); got["backup/guardian/20261122-030000F/backup.manifest"] != "manifest F1" || got["backup/guardian/backup.info"] != "info v1" {
+		t.Fatalf("the old copy changed: %v", keys(got))
+	}
+	// The operator moves the old copy aside; the mirror starts a new one.
+	if err := os.Rename(target.Path, target.Path+".old"); err != nil {
+		t.Fatal(err)
+	}
 	if err := mirror(fresh); err != nil {
 		t.Fatal(err)
+	}
+	if got := tree(t, target.Path); got["backup/guardian/20261129-030000F/backup.manifest"] != "manifest F2" {
+		t.Fatalf("the new copy: %v", keys(got))
 	}
 }
 
