@@ -68,6 +68,7 @@ func copyRow(buf []byte, r *audit.Row) ([]byte, error) {
 	buf = binary.BigEndian.AppendUint64(buf, uint64(r.WriterSeq))
 	buf = appendBytea(buf, r.PrevHash)
 	buf = appendBytea(buf, r.RowHash)
+	buf = appendBytea(buf, r.CustomerDigest)
 	return buf, nil
 }
 

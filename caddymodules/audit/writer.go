@@ -348,6 +348,7 @@ func (c *chain) restart() {
 func (c *chain) link(r *audit.Row) {
 	c.seq++
 	r.WriterID, r.WriterSeq, r.PrevHash = c.id, c.seq, c.prev
+	r.CustomerDigest = audit.CustomerDigest(r.CustomerID)
 	r.RowHash = audit.Hash(r)
 	c.prev = r.RowHash
 }
@@ -475,7 +476,7 @@ func (w *Writer) replayOnce(ctx context.Context) error {
 
 var columns = []string{"customer_id", "key_id", "user_id", "occurred_at", "source_ip", "user_agent", "request_id",
 	"method", "path", "resource_type", "resource_id", "action", "result", "status_code", "metadata",
-	"writer_id", "writer_seq", "prev_hash", "row_hash"}
+	"writer_id", "writer_seq", "prev_hash", "row_hash", "customer_digest"}
 
 func values(r *audit.Row) []any {
 	var ip any
@@ -484,7 +485,7 @@ func values(r *audit.Row) []any {
 	}
 	return []any{nullable(r.CustomerID), nullable(r.KeyID), nullable(r.UserID), r.OccurredAt, ip, r.UserAgent, r.RequestID,
 		r.Method, r.Path, nullable(r.ResourceType), nullable(r.ResourceID), r.Action, r.Result, int16(r.StatusCode), r.Metadata,
-		r.WriterID, r.WriterSeq, r.PrevHash, r.RowHash}
+		r.WriterID, r.WriterSeq, r.PrevHash, r.RowHash, r.CustomerDigest}
 }
 
 func nullable(s string) any {
@@ -531,8 +532,9 @@ func insert(ctx context.Context, db *pgxpool.Pool, buf *[]byte, rows []*audit.Ro
 
 // insertOne stores one row unless its chain position is already stored.
 const insertOne = `INSERT INTO api_audit_log (customer_id, key_id, user_id, occurred_at, source_ip, user_agent, request_id,
-	method, path, resource_type, resource_id, action, result, status_code, metadata, writer_id, writer_seq, prev_hash, row_hash)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
+	method, path, resource_type, resource_id, action, result, status_code, metadata, writer_id, writer_seq, prev_hash, row_hash,
+	customer_digest)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
 ON CONFLICT DO NOTHING`
 
 // insertIgnoringDuplicates writes rows in one transaction, skipping any

@@ -175,6 +175,76 @@ func TestVerifyFindsAnEditedRowEvenByTheOwner(t *testing.T) {
 	}
 }
 
+// customer_id is outside the hash (deletion nulls it), but a row moved to
+// another customer's log, or nulled while its customer still exists, is
+// found through the hashed customer_digest.
+func TestVerifyFindsARowMovedBetweenCustomers(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name, edit string
+		reason     string
+	}{
+		{"moved to another customer", "UPDATE api_audit_log SET customer_id = $2 WHERE writer_seq = 2 AND customer_id = $1", "customer"},
+		{"given to a customer", "UPDATE api_audit_log SET customer_id = $2 WHERE writer_seq = 4 AND customer_id IS NULL AND $1::uuid IS NOT NULL", "customer"},
+		{"nulled while its customer exists", "UPDATE api_audit_log SET customer_id = NULL WHERE writer_seq = 2 AND customer_id = $1 AND $2::uuid IS NOT NULL", "customer"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			pg := testenv.Postgres(t)
+			a := testenv.NewCustomer(t, pg.Owner, []byte("p"), []byte("s"))
+			b := testenv.NewCustomer(t, pg.Owner, []byte("p"), []byte("s"))
+			w := newWriter(t, pg.AppDSN, 1<<20)
+			for i := range 5 {
+				r := testRow(i)
+				if i < 3 {
+					r.CustomerID = a.ID
+				}
+				if err := w.Record(ctx, r); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if rep, err := audit.Verify(ctx, pg.Owner); err != nil || !rep.OK() {
+				t.Fatalf("before: %+v %v", rep, err)
+			}
+			if _, err := pg.Owner.Exec(ctx, "ALTER TABLE api_audit_log DISABLE TRIGGER api_audit_log_no_update_delete"); err != nil {
+				t.Fatal(err)
+			}
+			tag, err := pg.Owner.Exec(ctx, tc.edit, a.ID, b.ID)
+			if err != nil || tag.RowsAffected() != 1 {
+				t.Fatalf("edit: %v %v", tag, err)
+			}
+			rep, err := audit.Verify(ctx, pg.Owner)
+			if err != nil || rep.OK() || rep.Breaks[0].Reason != tc.reason {
+				t.Fatalf("not found: %+v %v", rep, err)
+			}
+		})
+	}
+}
+
+// Rows written before customer_digest existed (no digest, the v1 hash)
+// verify as they did.
+func TestRowsWithoutACustomerDigestStillVerify(t *testing.T) {
+	t.Parallel()
+	pg := testenv.Postgres(t)
+	c := testenv.NewCustomer(t, pg.Owner, []byte("p"), []byte("s"))
+	ctx := context.Background()
+	var prev []byte
+	for i := range 3 {
+		r := testRow(i)
+		r.CustomerID = c.ID
+		r.WriterID, r.WriterSeq, r.PrevHash = "legacy", int64(i+1), prev
+		r.RowHash = audit.Hash(r) // no CustomerDigest: the v1 hash
+		prev = r.RowHash
+		if _, err := pg.Owner.Exec(ctx, insertOne, values(r)...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if rep, err := audit.Verify(ctx, pg.Owner); err != nil || !rep.OK() || rep.Rows != 3 {
+		t.Fatalf("legacy rows: %+v %v", rep, err)
+	}
+}
+
 func TestCustomerDeletionDoesNotBreakTheChain(t *testing.T) {
 	t.Parallel()
 	pg := testenv.Postgres(t)
@@ -371,9 +441,10 @@ func TestBothWritePathsStoreEveryColumn(t *testing.T) {
 		var ip *string
 		err := pg.Owner.QueryRow(ctx, `SELECT coalesce(customer_id::text,''), coalesce(key_id::text,''), coalesce(user_id::text,''), occurred_at,
 			host(source_ip), user_agent, method, path, coalesce(resource_type,''), coalesce(resource_id,''), action, result, status_code, metadata::text,
-			writer_id, writer_seq, prev_hash, row_hash FROM api_audit_log WHERE request_id = $1`, want.RequestID).Scan(
+			writer_id, writer_seq, prev_hash, row_hash, customer_digest FROM api_audit_log WHERE request_id = $1`, want.RequestID).Scan(
 			&got.CustomerID, &got.KeyID, &got.UserID, &got.OccurredAt, &ip, &got.UserAgent, &got.Method, &got.Path, &got.ResourceType,
-			&got.ResourceID, &got.Action, &got.Result, &status, &got.Metadata, &got.WriterID, &got.WriterSeq, &got.PrevHash, &got.RowHash)
+			&got.ResourceID, &got.Action, &got.Result, &status, &got.Metadata, &got.WriterID, &got.WriterSeq, &got.PrevHash, &got.RowHash,
+			&got.CustomerDigest)
 		if err != nil {
 			t.Fatal(err)
 		}

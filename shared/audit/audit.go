@@ -60,10 +60,23 @@ type Row struct {
 	// Metadata is canonical JSON (see Canonical); "{}" when empty.
 	Metadata string
 
+	// CustomerDigest is CustomerDigest(the customer the row was written
+	// for), set when the row is linked into a chain; nil in rows written
+	// before it existed. It is hashed, and never changed, so a customer_id
+	// moved to another customer shows.
+	CustomerDigest []byte
+
 	WriterID  string
 	WriterSeq int64
 	PrevHash  []byte
 	RowHash   []byte
+}
+
+// CustomerDigest is what a row's hash holds of its customer: customer_id
+// itself is outside the hash, because deleting a customer nulls it.
+func CustomerDigest(customerID string) []byte {
+	sum := sha256.Sum256([]byte("guardian-audit-customer\x00" + customerID))
+	return sum[:]
 }
 
 // Annotation is what a function says about its request. CustomerID and
@@ -365,7 +378,12 @@ func Hash(r *Row) []byte {
 		b = binary.BigEndian.AppendUint64(b, uint64(len(s)))
 		b = append(b, s...)
 	}
-	field("guardian-audit-v1")
+	if r.CustomerDigest != nil {
+		field("guardian-audit-v2")
+		field(string(r.CustomerDigest))
+	} else {
+		field("guardian-audit-v1") // a row written before customer_digest
+	}
 	field(r.WriterID)
 	b = binary.BigEndian.AppendUint64(b, uint64(r.WriterSeq))
 	field(string(r.PrevHash))

@@ -82,6 +82,19 @@ func TestHashCoversEveryStoredFieldButCustomer(t *testing.T) {
 			t.Errorf("editing %s leaves the hash unchanged", name)
 		}
 	}
+	// The customer is in the hash through its digest, which nulling
+	// customer_id leaves in place.
+	withDigest := base
+	withDigest.CustomerDigest = CustomerDigest("c")
+	hd := Hash(&withDigest)
+	if bytes.Equal(hd, h) {
+		t.Error("the customer digest is not hashed")
+	}
+	other := withDigest
+	other.CustomerDigest = CustomerDigest("d")
+	if bytes.Equal(Hash(&other), hd) {
+		t.Error("another customer's digest leaves the hash unchanged")
+	}
 }
 
 func TestAnnotationRoundTrip(t *testing.T) {

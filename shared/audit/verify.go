@@ -64,7 +64,7 @@ type Querier interface {
 const verifyQuery = `SELECT id, coalesce(key_id::text, ''), coalesce(user_id::text, ''), occurred_at,
 	coalesce(host(source_ip), ''), coalesce(user_agent, ''), request_id, method, path,
 	coalesce(resource_type, ''), coalesce(resource_id, ''), action, result, status_code, metadata::text,
-	writer_id, writer_seq, prev_hash, row_hash
+	writer_id, writer_seq, prev_hash, row_hash, coalesce(customer_id::text, ''), customer_digest
 FROM api_audit_log WHERE writer_id IS NOT NULL ORDER BY writer_id, writer_seq`
 
 // Verify walks every writer's chain in one pass and reports the first
@@ -77,6 +77,11 @@ func Verify(ctx context.Context, db Querier) (Report, error) { return VerifyAgai
 // head, with the same hash there.
 func VerifyAgainst(ctx context.Context, db Querier, kept Heads) (Report, error) {
 	rep := Report{Heads: Heads{}}
+	// Read before the walk: db may be one connection, busy meanwhile.
+	customers, err := readCustomers(ctx, db)
+	if err != nil {
+		return rep, err
+	}
 	rows, err := db.Query(ctx, verifyQuery)
 	if err != nil {
 		return rep, fmt.Errorf("audit verify: %w", err)
@@ -107,7 +112,8 @@ func VerifyAgainst(ctx context.Context, db Querier, kept Heads) (Report, error) 
 	}
 	for rows.Next() {
 		if err := rows.Scan(&id, &r.KeyID, &r.UserID, &r.OccurredAt, &r.SourceIP, &r.UserAgent, &r.RequestID, &r.Method, &r.Path,
-			&r.ResourceType, &r.ResourceID, &r.Action, &r.Result, &status, &meta, &r.WriterID, &r.WriterSeq, &r.PrevHash, &r.RowHash); err != nil {
+			&r.ResourceType, &r.ResourceID, &r.Action, &r.Result, &status, &meta, &r.WriterID, &r.WriterSeq, &r.PrevHash, &r.RowHash,
+			&r.CustomerID, &r.CustomerDigest); err != nil {
 			return rep, fmt.Errorf("audit verify: %w", err)
 		}
 		rep.Rows++
@@ -148,6 +154,10 @@ func VerifyAgainst(ctx context.Context, db Querier, kept Heads) (Report, error) 
 			fail("rewritten")
 			continue
 		}
+		if customers.moved(&r) {
+			fail("customer")
+			continue
+		}
 		prev, seq = stored, r.WriterSeq
 	}
 	if err := rows.Err(); err != nil {
@@ -177,6 +187,39 @@ func VerifyAgainst(ctx context.Context, db Querier, kept Heads) (Report, error) 
 		}
 	}
 	return rep, rest.Err()
+}
+
+// liveCustomers tells whether a row's customer_id is the one it was
+// written for (its hashed customer_digest), or was nulled while that
+// customer still exists: either means the row was moved between
+// customers' logs. Deleting a customer nulls its rows and removes it, so
+// a nulled row of a deleted customer is as it should be.
+type liveCustomers map[string]bool // CustomerDigest of each existing customer
+
+func readCustomers(ctx context.Context, db Querier) (liveCustomers, error) {
+	rows, err := db.Query(ctx, "SELECT id::text FROM customers")
+	if err != nil {
+		return nil, fmt.Errorf("audit verify: customers: %w", err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("audit verify: customers: %w", err)
+	}
+	live := make(liveCustomers, len(ids))
+	for _, id := range ids {
+		live[string(CustomerDigest(id))] = true
+	}
+	return live, nil
+}
+
+func (live liveCustomers) moved(r *Row) bool {
+	switch {
+	case r.CustomerDigest == nil: // written before customer_digest
+		return false
+	case r.CustomerID != "":
+		return !bytes.Equal(r.CustomerDigest, CustomerDigest(r.CustomerID))
+	}
+	return live[string(r.CustomerDigest)]
 }
 
 func brokenWriter(breaks []Break, writer string) bool {
