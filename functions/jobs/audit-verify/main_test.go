@@ -179,7 +179,7 @@ func recompute(t *testing.T, pg *testenv.PG, writer string, from int64) {
 	rows, err := pg.Owner.Query(ctx, `SELECT id, coalesce(key_id::text, ''), coalesce(user_id::text, ''), occurred_at,
 	coalesce(host(source_ip), ''), coalesce(user_agent, ''), request_id, method, path,
 	coalesce(resource_type, ''), coalesce(resource_id, ''), action, result, status_code, metadata::text,
-	writer_id, writer_seq, prev_hash, row_hash
+	writer_id, writer_seq, prev_hash, row_hash, customer_digest
 FROM api_audit_log WHERE writer_id = $1 ORDER BY writer_seq`, writer)
 	if err != nil {
 		t.Fatal(err)
@@ -195,7 +195,8 @@ FROM api_audit_log WHERE writer_id = $1 ORDER BY writer_seq`, writer)
 		var meta string
 		r := &s.row
 		if err := rows.Scan(&s.id, &r.KeyID, &r.UserID, &r.OccurredAt, &r.SourceIP, &r.UserAgent, &r.RequestID, &r.Method, &r.Path,
-			&r.ResourceType, &r.ResourceID, &r.Action, &r.Result, &status, &meta, &r.WriterID, &r.WriterSeq, &r.PrevHash, &r.RowHash); err != nil {
+			&r.ResourceType, &r.ResourceID, &r.Action, &r.Result, &status, &meta, &r.WriterID, &r.WriterSeq, &r.PrevHash, &r.RowHash,
+			&r.CustomerDigest); err != nil {
 			t.Fatal(err)
 		}
 		r.StatusCode = int(status)

@@ -8,3 +8,7 @@
 -- not belong to a customer that still exists. Rows written before this
 -- migration have no digest and are hashed as before.
 ALTER TABLE api_audit_log ADD COLUMN customer_digest bytea;
+
+-- Verify runs as the audit reader's role, and needs to know which
+-- customers exist: their ids, nothing else.
+GRANT SELECT (id) ON customers TO {{fn_role:audit}};
