@@ -248,7 +248,9 @@ func Execute(ctx context.Context, spec Spec, lookup func(string) (string, bool),
 		res.Err = err.Error()
 	default:
 		res.Status = StatusError
-		if runCtx.Err() != nil && ctx.Err() == nil {
+		// runCtx is cancelled by now whatever happened: only its deadline
+		// passing means the time limit cut the run.
+		if errors.Is(runCtx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
 			err = fmt.Errorf("%w (after the %s time limit)", err, timeout)
 		}
 		res.Err = err.Error()

@@ -156,6 +156,11 @@ func TestRunPastItsTimeLimitIsAnError(t *testing.T) {
 	if res.Status != StatusError || !strings.Contains(res.Err, "time limit") {
 		t.Fatalf("status %q err %q", res.Status, res.Err)
 	}
+	// A run that fails well inside its limit does not blame the limit.
+	res, _, _ = run(t, baseEnv(t), func(context.Context, *config.Loader, *Report) error { return errors.New("permission denied") })
+	if res.Status != StatusError || strings.Contains(res.Err, "time limit") {
+		t.Fatalf("a quick failure: status %q err %q", res.Status, res.Err)
+	}
 }
 
 // A FixedTimeout job keeps its own bound whatever GUARDIAN_JOB_TIMEOUT says.
