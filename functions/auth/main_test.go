@@ -202,6 +202,13 @@ func TestPasswordChangeEnforcesThePolicyAndEndsOtherSessions(t *testing.T) {
 	mine := s.post(t, "/auth/login", login(s.email, goodPassword), nil).cookie
 	other := s.post(t, "/auth/login", login(s.email, goodPassword), nil).cookie
 	cookie := map[string]string{"Cookie": "guardian_token=" + mine.Value}
+	// Checking the current password is a brute-force surface: every
+	// attempt takes a token from the address's per-IP bucket (100), as
+	// re-auth does, not only from the session's own buckets.
+	wrong := s.post(t, "/auth/password", `{"current_password":"wrong-wrong-wrong","new_password":"another-good-one-7"}`, cookie)
+	if wrong.status != 401 || wrong.header.Get("RateLimit-Limit") != "100" {
+		t.Errorf("a wrong current password: %d, RateLimit-Limit %q, want 401 from the per-IP bucket of 100", wrong.status, wrong.header.Get("RateLimit-Limit"))
+	}
 	for _, tc := range []struct{ body, code string }{
 		{`{"current_password":"wrong-wrong-wrong","new_password":"another-good-one-7"}`, "invalid_credentials"},
 		{`{"current_password":"` + goodPassword + `","new_password":"short"}`, "weak_password"},
