@@ -26,7 +26,8 @@ var (
 	// errUnknownKey: the identifier is not among GitHub's keys, even
 	// after a refetch (or a refetch was not allowed yet).
 	errUnknownKey = errors.New("github keys: unknown key identifier")
-	// errKeysUnavailable: no key list could be fetched and none is cached.
+	// errKeysUnavailable: no key list could be fetched and none is cached,
+	// or the identifier is unknown and the last fetch failed.
 	errKeysUnavailable = errors.New("github keys: key list unavailable")
 )
 
@@ -86,9 +87,12 @@ func (k *keySource) Key(ctx context.Context, id string) (*ecdsa.PublicKey, error
 		return pub, nil // fresh, or stale because GitHub is unreachable
 	}
 	k.mu.RLock()
-	empty := k.keys == nil
+	empty, failed := k.keys == nil, k.failed
 	k.mu.RUnlock()
-	if empty {
+	if empty || failed {
+		// An identifier the last fetch could not confirm may be GitHub's
+		// newest key: "try again" (a 503 GitHub retries), not "forged"
+		// (a 401 that would drop the report and its revocations).
 		return nil, errKeysUnavailable
 	}
 	return nil, errUnknownKey

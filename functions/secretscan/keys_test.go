@@ -120,6 +120,32 @@ func TestUnknownKeyRefetchIsRateLimited(t *testing.T) {
 	}
 }
 
+// A key identifier GitHub rotated in while its key list cannot be
+// fetched is "try again later" (503, which GitHub retries), not "not
+// GitHub's" (401, which would drop the report and its revocations).
+func TestUnknownKeyWhileGitHubIsDownIsUnavailable(t *testing.T) {
+	gh := newFakeGitHub(t)
+	ks, clk := newTestKeySource(gh.KeysURL())
+	ctx := context.Background()
+	if _, err := ks.Key(ctx, katKeyID); err != nil {
+		t.Fatal(err)
+	}
+	clk.advance(2 * time.Minute)
+	newID := gh.rotate(t)
+	gh.setFail(true)
+	if _, err := ks.Key(ctx, newID); !errors.Is(err, errKeysUnavailable) {
+		t.Fatalf("a rotated-in key while the list cannot be fetched: %v, want errKeysUnavailable", err)
+	}
+	if _, err := ks.Key(ctx, katKeyID); err != nil {
+		t.Fatalf("a known key meanwhile: %v", err)
+	}
+	gh.setFail(false)
+	clk.advance(6 * time.Second)
+	if _, err := ks.Key(ctx, newID); err != nil {
+		t.Fatalf("after GitHub recovered: %v", err)
+	}
+}
+
 func TestKeyFetchRetriesAndFailures(t *testing.T) {
 	var calls atomic.Int64
 	gh := newFakeGitHub(t)
