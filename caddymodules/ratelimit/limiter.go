@@ -61,6 +61,9 @@ type Limiter struct {
 	scriptNow func() int64
 
 	downUntil atomic.Int64 // unix ns: skip Redis until then
+	// lastOK is when the latest decision Redis answered began (unix ns):
+	// a failure of a call begun before it says nothing about Redis now.
+	lastOK atomic.Int64
 	lastWarn  atomic.Int64 // unix ns of the last degradation warning
 	local     *localBuckets
 	// blocked lists addresses this instance saw run out of ip-tier tokens.
@@ -117,6 +120,7 @@ func (l *Limiter) Take(ctx context.Context, keys []string, buckets []Bucket, loc
 	if now.UnixNano() >= l.downUntil.Load() {
 		d, err := l.takeRedis(ctx, keys, buckets)
 		if err == nil {
+			storeLater(&l.lastOK, now.UnixNano())
 			if l.downUntil.Load() != 0 && l.downUntil.Swap(0) != 0 {
 				metrics.redisUp.Set(1)
 				l.log.Info("rate limiter: Redis answers again; limiting by Redis resumed")
@@ -129,7 +133,10 @@ func (l *Limiter) Take(ctx context.Context, keys []string, buckets []Bucket, loc
 		// mark it down. Otherwise a client closing its connections would
 		// switch limiting off for everyone (and the gauge is shared with
 		// a new config's limiter).
-		if ctx.Err() == nil && !errors.Is(err, errPipelineClosed) {
+		// Nor does a call that began before one Redis has answered since:
+		// a timeout of the outage, reported after Redis came back, would
+		// otherwise switch Redis off again for probeEvery.
+		if ctx.Err() == nil && !errors.Is(err, errPipelineClosed) && now.UnixNano() > l.lastOK.Load() {
 			l.degrade(now, err)
 		}
 	}
@@ -139,6 +146,15 @@ func (l *Limiter) Take(ctx context.Context, keys []string, buckets []Bucket, loc
 	}
 	metrics.decisions.WithLabelValues(SourceOpen).Inc()
 	return Decision{Allowed: true, Source: SourceOpen}
+}
+
+// storeLater sets a to t unless it holds a later time already.
+func storeLater(a *atomic.Int64, t int64) {
+	for last := a.Load(); t > last; last = a.Load() {
+		if a.CompareAndSwap(last, t) {
+			return
+		}
+	}
 }
 
 // degrade records a Redis failure: requests skip Redis for probeEvery, the

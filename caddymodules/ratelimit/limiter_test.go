@@ -205,6 +205,42 @@ func TestFailsOpenWhileRedisIsDownAndRecovers(t *testing.T) {
 	}
 }
 
+// A call that began during an outage and failed after Redis had answered
+// a later one says nothing about Redis now: it must not switch Redis off
+// again (that left the gauge at 0 and limiting off for a second after
+// every recovery).
+func TestAFailureOlderThanASuccessDoesNotMarkRedisDown(t *testing.T) {
+	t.Parallel()
+	env, dir := testenv.Private(t, "redis")
+	rdb := redis.NewClient(&redis.Options{Addr: env["GUARDIAN_REDIS_ADDR"], Password: env["GUARDIAN_REDIS_PASSWORD"], MaxRetries: -1, DialerRetries: 1, DialTimeout: 100 * time.Millisecond})
+	l := NewLimiter(rdb, "t:", 100*time.Millisecond, nil)
+	t.Cleanup(func() { _ = l.Close() })
+	base := time.Now()
+	var at atomic.Int64 // the clock, in ns after base
+	l.now = func() time.Time { return base.Add(time.Duration(at.Load())) }
+	keys, b := []string{l.AccountKey("c")}, []Bucket{{Capacity: 1e9, Rate: 1e9}}
+
+	at.Store(int64(10 * time.Second))
+	if d := l.Take(context.Background(), keys, b, false); d.Source != SourceRedis {
+		t.Fatalf("with Redis: %+v", d)
+	}
+	if err := testenv.Stop(dir, "redis"); err != nil {
+		t.Fatal(err)
+	}
+	at.Store(int64(9 * time.Second)) // began before the success above
+	if d := l.Take(context.Background(), keys, b, false); d.Source != SourceOpen {
+		t.Fatalf("Redis down: %+v", d)
+	}
+	if l.downUntil.Load() != 0 {
+		t.Fatal("a failure older than the last success marked Redis down")
+	}
+	at.Store(int64(11 * time.Second)) // began after it: Redis is down now
+	l.Take(context.Background(), keys, b, false)
+	if l.downUntil.Load() == 0 {
+		t.Fatal("a fresh failure did not mark Redis down")
+	}
+}
+
 func TestSlowRedisFailsOpen(t *testing.T) {
 	t.Parallel()
 	r := testenv.NewRedis(t)
