@@ -41,7 +41,9 @@ func TestAChangedFunctionSurvivesTheOldOnesExit(t *testing.T) {
 			t.Fatalf("before: %v %v", rec.Code, err)
 		}
 	}
+	old.inst.mu.Lock()
 	p := old.inst.proc
+	old.inst.mu.Unlock()
 	if err := old.Cleanup(); err != nil { // the old config is unloaded
 		t.Fatal(err)
 	}
@@ -50,7 +52,9 @@ func TestAChangedFunctionSurvivesTheOldOnesExit(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatal("the old process did not stop")
 	}
+	changed.inst.mu.Lock()
 	changed.inst.proc.tr.CloseIdleConnections() // new connections from here
+	changed.inst.mu.Unlock()
 	if rec, err := call(changed, "/ok"); err != nil || rec.Code != 200 {
 		t.Fatalf("the changed function after the old one exited: %v %v", rec.Code, err)
 	}
@@ -67,10 +71,13 @@ func TestCancelledColdStartsAreNotCrashes(t *testing.T) {
 		r := httptest.NewRequest("GET", "/ok", nil).WithContext(ctx)
 		_ = h.ServeHTTP(httptest.NewRecorder(), r, nil)
 		cancel()
-		if p := h.inst.proc; p != nil { // started after all: stop it for the next round
-			h.inst.mu.Lock()
+		h.inst.mu.Lock()
+		p := h.inst.proc
+		if p != nil { // started after all: stop it for the next round
 			h.inst.proc, p.stopping = nil, true
-			h.inst.mu.Unlock()
+		}
+		h.inst.mu.Unlock()
+		if p != nil {
 			p.stop(time.Second)
 			<-p.done
 		}
