@@ -63,9 +63,9 @@ type Limiter struct {
 	downUntil atomic.Int64 // unix ns: skip Redis until then
 	// lastOK is when the latest decision Redis answered began (unix ns):
 	// a failure of a call begun before it says nothing about Redis now.
-	lastOK atomic.Int64
-	lastWarn  atomic.Int64 // unix ns of the last degradation warning
-	local     *localBuckets
+	lastOK   atomic.Int64
+	lastWarn atomic.Int64 // unix ns of the last degradation warning
+	local    *localBuckets
 	// blocked lists addresses this instance saw run out of ip-tier tokens.
 	blocked *blockList
 	pipe    *pipeliner
