@@ -107,11 +107,7 @@ func TestConcurrentRowsAreGroupCommittedAndChained(t *testing.T) {
 func TestEveryAddressFormVerifies(t *testing.T) {
 	t.Parallel()
 	pg := testenv.Postgres(t)
-	w, err := NewWriter(WriterConfig{DSN: pg.AppDSN, SpoolDir: filepath.Join(t.TempDir(), "spool")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = w.Close() })
+	w := newWriter(t, pg.AppDSN, 1<<20)
 	ips := []string{"203.0.113.9", "::1.2.3.4", "::ffff:1.2.3.4", "::0.0.1.2", "::1", "2001:db8::1", "fe80::1%eth0", "2001:DB8:0:0:0:0:0:2"}
 	for i, ip := range ips {
 		r := testRow(i)
