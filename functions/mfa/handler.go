@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -187,7 +186,7 @@ func (h *handler) confirmTOTP(w http.ResponseWriter, r *http.Request) {
 	if !reqbody.JSON(w, r, 1<<10, &req) {
 		return
 	}
-	codes, err := h.mfa.ConfirmTOTP(r.Context(), id.UserID, req.Code, identity.ClientIP(r))
+	first, err := h.mfa.ConfirmTOTP(r.Context(), id.UserID, req.Code, identity.ClientIP(r), id.SessionID)
 	if h.refused(w, err, "mfa_totp", id.UserID) {
 		return
 	}
@@ -199,35 +198,26 @@ func (h *handler) confirmTOTP(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, err)
 		return
 	}
-	meta := map[string]any{"state": "enabled", "recovery_codes_issued": len(codes)}
-	if !h.afterFirstFactor(w, r, id, codes, meta) {
-		return
-	}
-	audit.Annotate(w, audit.Annotation{ResourceType: "mfa_totp", ResourceID: id.UserID, Action: "update", Metadata: meta})
+	meta := map[string]any{"state": "enabled"}
 	out := map[string]any{"enabled": true}
-	if codes != nil {
-		out["recovery_codes"] = codes
-	}
+	firstFactor(first, meta, out)
+	audit.Annotate(w, audit.Annotation{ResourceType: "mfa_totp", ResourceID: id.UserID, Action: "update", Metadata: meta})
 	reply.JSON(w, http.StatusOK, out)
 }
 
-// afterFirstFactor runs when a factor was added: if it is the user's first
-// (recovery codes were issued with it), every session of the user but this
-// one ends, so a session stolen before cannot outlive the factor (it could
-// still read everything for up to seven days); the edge drops them from
-// its caches within a second (the sessions trigger notifies it). The count
-// goes into meta for the audit row. False: the answer was written.
-func (h *handler) afterFirstFactor(w http.ResponseWriter, r *http.Request, id identity.Identity, codes []string, meta map[string]any) bool {
-	if codes == nil {
-		return true
+// firstFactor records what adding the user's first factor did besides (the
+// recovery codes issued, shown once in out; the other sessions ended, so
+// that a session stolen before cannot outlive the factor) in the audit
+// row's meta. The factor, the codes and the ended sessions are one
+// transaction (shared/mfa): none without the others.
+func firstFactor(first *mfa.FirstFactor, meta, out map[string]any) {
+	if first == nil {
+		meta["recovery_codes_issued"] = 0
+		return
 	}
-	tag, err := h.db.Exec(r.Context(), "UPDATE sessions SET revoked_at = now() WHERE user_id = $1 AND id <> $2 AND revoked_at IS NULL", id.UserID, id.SessionID)
-	if err != nil {
-		h.fail(w, fmt.Errorf("ending other sessions: %w", err))
-		return false
-	}
-	meta["other_sessions_ended"] = tag.RowsAffected()
-	return true
+	meta["recovery_codes_issued"] = len(first.RecoveryCodes)
+	meta["other_sessions_ended"] = first.SessionsEnded
+	out["recovery_codes"] = first.RecoveryCodes
 }
 
 func (h *handler) removeTOTP(w http.ResponseWriter, r *http.Request) {
@@ -297,7 +287,7 @@ func (h *handler) finishWebAuthn(w http.ResponseWriter, r *http.Request) {
 		problem.Write(w, p)
 		return
 	}
-	cred, codes, err := h.mfa.FinishRegistration(r.Context(), id.UserID, id.SessionID, req.Ceremony, name, req.Credential)
+	cred, first, err := h.mfa.FinishRegistration(r.Context(), id.UserID, id.SessionID, req.Ceremony, name, req.Credential)
 	switch {
 	case errors.Is(err, mfa.ErrWebAuthnOff):
 		h.webauthnOff(w)
@@ -314,15 +304,10 @@ func (h *handler) finishWebAuthn(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, err)
 		return
 	}
-	meta := map[string]any{"name": cred.Name, "recovery_codes_issued": len(codes)}
-	if !h.afterFirstFactor(w, r, id, codes, meta) {
-		return
-	}
-	audit.Annotate(w, audit.Annotation{ResourceType: "webauthn_credential", ResourceID: cred.ID, Action: "create", Metadata: meta})
+	meta := map[string]any{"name": cred.Name}
 	out := map[string]any{"id": cred.ID, "name": cred.Name, "created_at": cred.CreatedAt, "last_used_at": nil}
-	if codes != nil {
-		out["recovery_codes"] = codes
-	}
+	firstFactor(first, meta, out)
+	audit.Annotate(w, audit.Annotation{ResourceType: "webauthn_credential", ResourceID: cred.ID, Action: "create", Metadata: meta})
 	reply.JSON(w, http.StatusCreated, out)
 }
 

@@ -222,13 +222,14 @@ func (f *fixture) enrolTOTP(t *testing.T) (string, []string) {
 		t.Fatalf("QR code: %v", err)
 	}
 	code, _ := CodeAt(e.Secret, f.clock())
-	if _, err := f.s.ConfirmTOTP(ctx, f.c.UserID, wrong(code), ""); reason(err) != "wrong_code" {
+	if _, err := f.s.ConfirmTOTP(ctx, f.c.UserID, wrong(code), "", ""); reason(err) != "wrong_code" {
 		t.Fatalf("wrong code confirmed: %v", err)
 	}
-	codes, err := f.s.ConfirmTOTP(ctx, f.c.UserID, code, "")
-	if err != nil || len(codes) != RecoveryCodes {
-		t.Fatalf("confirm: %v %v", codes, err)
+	first, err := f.s.ConfirmTOTP(ctx, f.c.UserID, code, "", "")
+	if err != nil || first == nil || len(first.RecoveryCodes) != RecoveryCodes {
+		t.Fatalf("confirm: %+v %v", first, err)
 	}
+	codes := first.RecoveryCodes
 	if _, err := f.s.TOTPQRCode(ctx, f.c.UserID, "a@example.com"); !errors.Is(err, ErrNoEnrolment) {
 		t.Fatal("the QR code of a confirmed app is still served")
 	}
@@ -437,9 +438,9 @@ func TestWebAuthnRegistrationAndAssertion(t *testing.T) {
 	if _, _, err := f.s.FinishRegistration(ctx, f.c.UserID, "another-session", reg.Ceremony, "desk key", resp); !errors.Is(err, ErrChallenge) {
 		t.Fatal("another session finished the registration")
 	}
-	cred, codes, err := f.s.FinishRegistration(ctx, f.c.UserID, sid, reg.Ceremony, "desk key", resp)
-	if err != nil || cred.Name != "desk key" || len(codes) != RecoveryCodes {
-		t.Fatalf("finish: %+v %d codes %v", cred, len(codes), err)
+	cred, first, err := f.s.FinishRegistration(ctx, f.c.UserID, sid, reg.Ceremony, "desk key", resp)
+	if err != nil || cred.Name != "desk key" || first == nil || len(first.RecoveryCodes) != RecoveryCodes {
+		t.Fatalf("finish: %+v %+v %v", cred, first, err)
 	}
 	if _, _, err := f.s.FinishRegistration(ctx, f.c.UserID, sid, reg.Ceremony, "again", resp); !errors.Is(err, ErrChallenge) {
 		t.Fatal("a registration ceremony was used twice")
@@ -451,8 +452,8 @@ func TestWebAuthnRegistrationAndAssertion(t *testing.T) {
 	}
 	second := mfatest.New(origin)
 	resp2, _ := second.Create(reg2.Options)
-	if _, codes, err := f.s.FinishRegistration(ctx, f.c.UserID, sid, reg2.Ceremony, "phone", resp2); err != nil || codes != nil {
-		t.Fatalf("second key: %v (codes %v: only the first factor makes them)", err, codes)
+	if _, first, err := f.s.FinishRegistration(ctx, f.c.UserID, sid, reg2.Ceremony, "phone", resp2); err != nil || first != nil {
+		t.Fatalf("second key: %v (%+v: only the first factor makes codes)", err, first)
 	}
 
 	assert := func(a *mfatest.Authenticator) (string, error) {
@@ -533,5 +534,62 @@ func TestWebAuthnNeedsADomainName(t *testing.T) {
 	}
 	if _, err := relyingParty("https://app.glassmkr.com", "evil.com"); err == nil {
 		t.Error("an unrelated relying party was accepted")
+	}
+}
+
+// Turning on a first factor, issuing its recovery codes and ending the
+// user's other sessions are one transaction: if the sessions cannot be
+// ended, the factor is not on and no codes exist (never a factor whose
+// codes were not shown, beside sessions it should have ended).
+func TestFirstFactorEndsOtherSessionsInTheSameTransaction(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	ctx := context.Background()
+	keep, _ := f.c.Session(t)
+	other, _ := f.c.Session(t)
+	e, err := f.s.BeginTOTP(ctx, f.c.UserID, "a@example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Ending sessions fails (as a lost connection or a lock timeout would).
+	for _, stmt := range []string{
+		`CREATE FUNCTION zz_refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$`,
+		`CREATE TRIGGER zz_refuse BEFORE UPDATE ON sessions FOR EACH ROW EXECUTE FUNCTION zz_refuse()`,
+	} {
+		if _, err := f.pg.Owner.Exec(ctx, stmt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	code, _ := CodeAt(e.Secret, f.clock())
+	if first, err := f.s.ConfirmTOTP(ctx, f.c.UserID, code, "", keep); err == nil {
+		t.Fatalf("confirmed though the other sessions could not end: %+v", first)
+	}
+	var confirmed, codes, live int
+	count := func() {
+		t.Helper()
+		if err := f.pg.Owner.QueryRow(ctx, `SELECT (SELECT count(*) FROM mfa_totp WHERE user_id = $1 AND confirmed_at IS NOT NULL),
+			(SELECT count(*) FROM mfa_recovery_codes WHERE user_id = $1),
+			(SELECT count(*) FROM sessions WHERE user_id = $1 AND revoked_at IS NULL)`, f.c.UserID).Scan(&confirmed, &codes, &live); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if count(); confirmed != 0 || codes != 0 || live != 2 {
+		t.Fatalf("after the failure: %d confirmed, %d codes, %d live sessions; want 0, 0, 2", confirmed, codes, live)
+	}
+	if _, err := f.pg.Owner.Exec(ctx, "DROP TRIGGER zz_refuse ON sessions"); err != nil {
+		t.Fatal(err)
+	}
+	f.advance(30 * time.Second) // a fresh code: each is used once
+	code, _ = CodeAt(e.Secret, f.clock())
+	first, err := f.s.ConfirmTOTP(ctx, f.c.UserID, code, "", keep)
+	if err != nil || first == nil || len(first.RecoveryCodes) != RecoveryCodes || first.SessionsEnded != 1 {
+		t.Fatalf("confirm: %+v %v", first, err)
+	}
+	var otherLive bool
+	if err := f.pg.Owner.QueryRow(ctx, "SELECT revoked_at IS NULL FROM sessions WHERE id = $1", other).Scan(&otherLive); err != nil || otherLive {
+		t.Fatalf("the other session is still live (%v)", err)
+	}
+	if count(); confirmed != 1 || codes != RecoveryCodes || live != 1 {
+		t.Fatalf("after confirming: %d confirmed, %d codes, %d live sessions", confirmed, codes, live)
 	}
 }

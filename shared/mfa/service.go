@@ -295,6 +295,30 @@ func (s *Service) checkRecovery(ctx context.Context, userID, typed string, now t
 	}, nil
 }
 
+// FirstFactor is what turning on a user's first factor did besides, in the
+// same transaction: the recovery codes issued with it (shown once), and
+// how many of the user's other sessions it ended, so that a session
+// stolen before cannot outlive the factor.
+type FirstFactor struct {
+	RecoveryCodes []string
+	SessionsEnded int64
+}
+
+// firstFactor issues user's recovery codes and ends every session of the
+// user but keep; the edge drops the ended ones from its caches within a
+// second (the sessions trigger notifies it).
+func (s *Service) firstFactor(ctx context.Context, tx pgx.Tx, userID, keep string) (*FirstFactor, error) {
+	codes, err := s.replaceRecoveryCodes(ctx, tx, userID)
+	if err != nil {
+		return nil, err
+	}
+	tag, err := tx.Exec(ctx, "UPDATE sessions SET revoked_at = now() WHERE user_id = $1 AND id::text <> $2 AND revoked_at IS NULL", userID, keep)
+	if err != nil {
+		return nil, fmt.Errorf("mfa: ending the other sessions: %w", err)
+	}
+	return &FirstFactor{RecoveryCodes: codes, SessionsEnded: tag.RowsAffected()}, nil
+}
+
 // replaceRecoveryCodes gives user a fresh set of codes, ending the old.
 func (s *Service) replaceRecoveryCodes(ctx context.Context, tx pgx.Tx, userID string) ([]string, error) {
 	codes, err := newRecoveryCodes(RecoveryCodes)
@@ -417,8 +441,9 @@ func (s *Service) TOTPQRCode(ctx context.Context, userID, account string) ([]byt
 // ConfirmTOTP turns user's enrolment in progress on, if code is the app's
 // current code (a wrong code is a *Refusal; attempts count against the
 // limits). If it is the user's first factor, the user's recovery codes
-// come back with it (shown once).
-func (s *Service) ConfirmTOTP(ctx context.Context, userID, code, ip string) ([]string, error) {
+// come back with it (shown once) and every session but keepSession ends
+// (FirstFactor; nil otherwise).
+func (s *Service) ConfirmTOTP(ctx context.Context, userID, code, ip, keepSession string) (*FirstFactor, error) {
 	now := s.now()
 	if err := s.take(ctx, scopeUser, userID, s.limits.PerUser, now); err != nil {
 		return nil, err
@@ -434,7 +459,7 @@ func (s *Service) ConfirmTOTP(ctx context.Context, userID, code, ip string) ([]s
 	if !ok {
 		return nil, &Refusal{Reason: "wrong_code"}
 	}
-	var codes []string
+	var first *FirstFactor
 	err = pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
 		f, err := Enrolled(ctx, tx, userID)
 		if err != nil {
@@ -449,7 +474,7 @@ func (s *Service) ConfirmTOTP(ctx context.Context, userID, code, ip string) ([]s
 			return ErrNoEnrolment
 		}
 		if !f.Any() && f.RecoveryCodes == 0 {
-			codes, err = s.replaceRecoveryCodes(ctx, tx, userID)
+			first, err = s.firstFactor(ctx, tx, userID, keepSession)
 		}
 		return err
 	})
@@ -458,7 +483,7 @@ func (s *Service) ConfirmTOTP(ctx context.Context, userID, code, ip string) ([]s
 	}
 	s.refund(ctx, scopeUser, userID, now)
 	s.refund(ctx, scopeIP, ip, now)
-	return codes, nil
+	return first, nil
 }
 
 // RemoveTOTP removes user's authenticator app (confirmed or not) and

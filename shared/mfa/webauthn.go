@@ -242,8 +242,9 @@ var ErrBadCredential = errors.New("mfa: the new credential did not verify")
 // FinishRegistration verifies the authenticator's answer (the
 // PublicKeyCredential of navigator.credentials.create, as JSON) to the
 // ceremony and stores the credential under name. If it is the user's
-// first factor, the user's recovery codes come back with it (shown once).
-func (s *Service) FinishRegistration(ctx context.Context, userID, sessionID, ceremony, name string, response []byte) (Credential, []string, error) {
+// first factor, the user's recovery codes come back with it (shown once)
+// and every session but sessionID ends (FirstFactor; nil otherwise).
+func (s *Service) FinishRegistration(ctx context.Context, userID, sessionID, ceremony, name string, response []byte) (Credential, *FirstFactor, error) {
 	if s.wa == nil {
 		return Credential{}, nil, ErrWebAuthnOff
 	}
@@ -284,7 +285,7 @@ func (s *Service) FinishRegistration(ctx context.Context, userID, sessionID, cer
 		return Credential{}, nil, fmt.Errorf("%w: a NUL character in the credential", ErrBadCredential)
 	}
 	out := Credential{Name: name}
-	var codes []string
+	var first *FirstFactor
 	err = pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
 		if err := consumeChallenge(ctx, tx, c.ID); err != nil {
 			return err
@@ -299,7 +300,7 @@ func (s *Service) FinishRegistration(ctx context.Context, userID, sessionID, cer
 			return err
 		}
 		if !f.Any() && f.RecoveryCodes == 0 {
-			codes, err = s.replaceRecoveryCodes(ctx, tx, userID)
+			first, err = s.firstFactor(ctx, tx, userID, sessionID)
 		}
 		return err
 	})
@@ -309,7 +310,7 @@ func (s *Service) FinishRegistration(ctx context.Context, userID, sessionID, cer
 	if err != nil {
 		return Credential{}, nil, err
 	}
-	return out, codes, nil
+	return out, first, nil
 }
 
 // consumeChallenge deletes challenge id, or returns ErrChallenge if another
