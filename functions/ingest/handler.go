@@ -149,7 +149,10 @@ func parse(body []byte, now time.Time) (*snapshot, *problem.Problem) {
 	bad := func(detail string) *problem.Problem {
 		return problem.New(http.StatusBadRequest, "invalid_snapshot", detail)
 	}
-	trimmed := bytes.TrimSpace(body)
+	// Only JSON's own white space: bytes.TrimSpace also strips \v, \f,
+	// U+00A0 and the like, which JSON does not allow, and the body is
+	// stored as sent.
+	trimmed := bytes.Trim(body, " \t\r\n")
 	if len(trimmed) == 0 || trimmed[0] != '{' {
 		return nil, bad("the body must be one JSON object")
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -43,6 +44,20 @@ func TestParseRefusesBadSnapshots(t *testing.T) {
 	ok := `{"timestamp":"2026-11-28T11:59:00.123Z","collector_version":"0.9.4","system":{"hostname":"db1"},"disks":[]}`
 	if s, p := parse([]byte(ok), now); p != nil || *s.CollectorVersion != "0.9.4" {
 		t.Fatalf("good snapshot refused: %+v", p)
+	}
+	// The body is stored as sent, so only what JSON calls white space may
+	// surround it: Go's wider idea of space (\v, \f, U+00A0...) is refused
+	// as encoding/json refuses it.
+	for _, pad := range []string{"\v", "\f", "\u0085", "\u00a0", "\u2028", "\u3000"} {
+		body := pad + ok + pad
+		if _, p := parse([]byte(body), now); p == nil || p.Status != http.StatusBadRequest {
+			t.Errorf("%q around a snapshot: accepted (json.Valid %v)", pad, json.Valid([]byte(body)))
+		}
+	}
+	for _, pad := range []string{" ", "\t", "\r\n"} {
+		if _, p := parse([]byte(pad+ok+pad), now); p != nil {
+			t.Errorf("JSON white space %q around a snapshot: %+v", pad, p)
+		}
 	}
 }
 
