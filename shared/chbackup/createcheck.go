@@ -1,0 +1,114 @@
+package chbackup
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+)
+
+// checkCreate refuses a manifest's CREATE TABLE statement that would do
+// more than create an empty MergeTree table. The manifest lies on the
+// backup host unauthenticated, and restore verification runs its
+// statements on the live ClickHouse: a statement with another engine (URL,
+// File, remote tables), an AS SELECT, or a subquery could otherwise read
+// the live data and send it anywhere. SHOW CREATE TABLE prints none of
+// those for a MergeTree table, nor comments or a second statement.
+func checkCreate(stmt string) error {
+	words, err := sqlWords(stmt)
+	if err != nil {
+		return err
+	}
+	var engines []string
+	for i, w := range words {
+		switch {
+		case strings.EqualFold(w.text, "SELECT"):
+			return errors.New("the create statement holds a query")
+		case w.depth == 0 && strings.EqualFold(w.text, "AS"):
+			return errors.New("the create statement copies another table or query (AS)")
+		case w.depth == 0 && strings.EqualFold(w.text, "ENGINE"):
+			if i+1 >= len(words) || words[i+1].depth != 0 {
+				return errors.New("the create statement names no engine")
+			}
+			engines = append(engines, words[i+1].text)
+		}
+	}
+	if len(engines) != 1 || !mergeTreeEngine.MatchString(engines[0]) {
+		return fmt.Errorf("the create statement's engine is %v, not one of the MergeTree family", engines)
+	}
+	return nil
+}
+
+var mergeTreeEngine = regexp.MustCompile(`^[A-Za-z]*MergeTree$`)
+
+// sqlWord is a bare word of a statement and how deep in parentheses.
+type sqlWord struct {
+	text  string
+	depth int
+}
+
+// sqlWords returns the bare words of stmt (keywords, names, functions),
+// skipping quoted strings and identifiers. A comment or a semicolon is
+// refused rather than understood: either could hide what ClickHouse runs
+// from this reading.
+func sqlWords(stmt string) ([]sqlWord, error) {
+	var words []sqlWord
+	depth := 0
+	for i := 0; i < len(stmt); {
+		c := stmt[i]
+		switch {
+		case c == '\'' || c == '`' || c == '"':
+			end := closingQuote(stmt, i)
+			if end < 0 {
+				return nil, errors.New("the create statement has an unclosed quote")
+			}
+			i = end + 1
+		case c == '(':
+			depth++
+			i++
+		case c == ')':
+			if depth--; depth < 0 {
+				return nil, errors.New("the create statement's parentheses do not match")
+			}
+			i++
+		case c == ';' || c == '#' || strings.HasPrefix(stmt[i:], "--") || strings.HasPrefix(stmt[i:], "/*"):
+			return nil, errors.New("the create statement holds a comment or a second statement")
+		case c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z':
+			j := i + 1
+			for j < len(stmt) && (stmt[j] == '_' || stmt[j] >= 'a' && stmt[j] <= 'z' || stmt[j] >= 'A' && stmt[j] <= 'Z' || stmt[j] >= '0' && stmt[j] <= '9') {
+				j++
+			}
+			words = append(words, sqlWord{stmt[i:j], depth})
+			i = j
+		case c >= '0' && c <= '9':
+			for i < len(stmt) && (stmt[i] == '.' || stmt[i] == '_' || stmt[i] >= '0' && stmt[i] <= '9' || stmt[i] >= 'a' && stmt[i] <= 'z' || stmt[i] >= 'A' && stmt[i] <= 'Z') {
+				i++ // a number, 1e3 and 0x1F included: not a word
+			}
+		default:
+			i++
+		}
+	}
+	if depth != 0 {
+		return nil, errors.New("the create statement's parentheses do not match")
+	}
+	return words, nil
+}
+
+// closingQuote returns the index of the quote closing the one at start,
+// or -1: a backslash escapes the next byte, a doubled quote is one quote.
+func closingQuote(s string, start int) int {
+	q := s[start]
+	for i := start + 1; i < len(s); i++ {
+		switch s[i] {
+		case '\\':
+			i++
+		case q:
+			if i+1 < len(s) && s[i+1] == q {
+				i++
+				continue
+			}
+			return i
+		}
+	}
+	return -1
+}

