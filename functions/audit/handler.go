@@ -4,6 +4,7 @@ import (
 	"encoding/csv"
 	"encoding/json"
 	"errors"
+	"html/template"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -134,13 +135,20 @@ var auditPage = page.New("audit", `
 <label>Action <select name="action"><option value="">any</option>{{range .Actions}}<option{{if eq . ($.Q.Get "action")}} selected{{end}}>{{.}}</option>{{end}}</select></label>
 <label>Key id <input name="key_id" value="{{.Q.Get "key_id"}}" size="36"></label>
 <button type="submit">Filter</button>
-<a href="/api/v1/audit?{{.CSVQuery}}" download>Export CSV</a>
+<a href="{{.CSVHref}}" download>Export CSV</a>
 </form>
 <table><thead><tr><th>When (UTC)</th><th>Action</th><th>Result</th><th>Status</th><th>Method and path</th><th>Resource</th><th>Key</th><th>Source</th><th>Details</th></tr></thead><tbody>
 {{range .Entries}}<tr class="{{.Result}}"><td>{{.OccurredAt.Format "2006-01-02 15:04:05"}}</td><td>{{.Action}}</td><td>{{.Result}}</td><td>{{.StatusCode}}</td><td><code>{{.Method}} {{.Path}}</code></td><td>{{if .ResourceType}}{{.ResourceType}} {{.ResourceID}}{{end}}</td><td>{{if .KeyID}}<code>{{.KeyID}}</code>{{else if .UserID}}session{{end}}</td><td>{{.SourceIP}}</td><td><code>{{printf "%s" .Metadata}}</code></td></tr>
 {{else}}<tr><td colspan="9">No entries.</td></tr>{{end}}
 </tbody></table>
-{{if .Next}}<p><a href="/settings/audit?{{.NextQuery}}">Older entries</a></p>{{end}}`)
+{{if .Next}}<p><a href="{{.NextHref}}">Older entries</a></p>{{end}}`)
+
+// href is path with q as its query, whole: html/template would escape an
+// encoded query set into a URL's query part a second time ("=" and "&"
+// as %3d and %26), and the server would refuse the link.
+func href(path string, q url.Values) template.URL {
+	return template.URL(path + "?" + q.Encode())
+}
 
 func (h *handler) page(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
@@ -152,7 +160,7 @@ func (h *handler) page(w http.ResponseWriter, r *http.Request) {
 		var fe *FilterError
 		errors.As(err, &fe)
 		if err := page.RenderStatus(w, http.StatusBadRequest, auditPage, "Audit log", true, map[string]any{
-			"Q": q, "Error": fe.Error(), "Actions": actions, "CSVQuery": "format=csv",
+			"Q": q, "Error": fe.Error(), "Actions": actions, "CSVHref": href("/api/v1/audit", url.Values{"format": {"csv"}}),
 		}); err != nil {
 			h.log.Warn("rendering the audit page failed", zap.Error(err))
 		}
@@ -176,7 +184,7 @@ func (h *handler) page(w http.ResponseWriter, r *http.Request) {
 	}
 	nextQ.Set("cursor", next)
 	if err := page.Render(w, auditPage, "Audit log", true, map[string]any{
-		"Q": q, "Entries": entries, "Next": next, "NextQuery": nextQ.Encode(), "CSVQuery": csvQ.Encode(), "Actions": actions,
+		"Q": q, "Entries": entries, "Next": next, "NextHref": href("/settings/audit", nextQ), "CSVHref": href("/api/v1/audit", csvQ), "Actions": actions,
 	}); err != nil {
 		h.log.Warn("rendering the audit page failed", zap.Error(err))
 	}

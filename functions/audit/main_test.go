@@ -3,9 +3,11 @@ package main
 import (
 	"encoding/csv"
 	"encoding/json"
+	"html"
 	"io"
 	"net/http"
 	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -113,6 +115,20 @@ func TestCustomersReadTheirOwnAuditLog(t *testing.T) {
 	}
 	if resp.Header.Get("Content-Security-Policy") == "" || resp.Header.Get("X-Frame-Options") != "DENY" {
 		t.Fatalf("page headers: %v", resp.Header)
+	}
+	// The page's links work: the CSV export, and the next page of a page
+	// of one entry.
+	cookie := map[string]string{"Cookie": "guardian_token=" + token}
+	_, body = get(t, stack.URL+"/settings/audit?limit=1", cookie)
+	for _, text := range []string{"Export CSV", "Older entries"} {
+		m := regexp.MustCompile(`<a href="([^"]*)"[^>]*>` + text + `</a>`).FindStringSubmatch(string(body))
+		if m == nil {
+			t.Fatalf("no %q link on the page: %.600s", text, body)
+		}
+		link := html.UnescapeString(m[1])
+		if resp, b := get(t, stack.URL+link, cookie); resp.StatusCode != 200 {
+			t.Errorf("%s (%s): %d %.200s", text, link, resp.StatusCode, b)
+		}
 	}
 	if resp, _ := get(t, stack.URL+"/settings/audit", bearer(admin)); resp.StatusCode != 403 {
 		t.Fatalf("a key on the page route: %d", resp.StatusCode)
