@@ -7,9 +7,18 @@ cd "$(dirname "$0")/../.."
 run=${GUARDIAN_RUN_DIR:-$PWD/.run}
 pidfile=$run/caddy.pid
 
+# ours PIDFILE NEEDLE: the pid in PIDFILE runs and its command line holds
+# NEEDLE. A pidfile left by a crash or a reboot may name an unrelated
+# process by now, which must not be signalled.
+ours() {
+	local pid
+	pid=$(cat "$1" 2>/dev/null) && [[ $pid =~ ^[1-9][0-9]*$ ]] && kill -0 "$pid" 2>/dev/null &&
+		tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$2"
+}
+
 if [[ -f $pidfile ]]; then
 	pid=$(cat "$pidfile")
-	if kill -0 "$pid" 2>/dev/null; then
+	if ours "$pidfile" "--pidfile $pidfile"; then
 		# SIGTERM: Caddy stops its functions before it exits.
 		kill -TERM "$pid"
 		for _ in $(seq 1 150); do
@@ -26,9 +35,11 @@ if [[ -f $pidfile ]]; then
 fi
 
 if [[ -f $run/dev-oidc.pid ]]; then
-	kill "$(cat "$run/dev-oidc.pid")" 2>/dev/null || true
+	if ours "$run/dev-oidc.pid" "$PWD/bin/dev-oidc"; then
+		kill "$(cat "$run/dev-oidc.pid")" 2>/dev/null || true
+		echo "dev-oidc: stopped" >&2
+	fi
 	rm -f "$run/dev-oidc.pid"
-	echo "dev-oidc: stopped" >&2
 fi
 
 if [[ -d $run/data ]]; then

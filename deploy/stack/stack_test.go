@@ -137,3 +137,32 @@ func TestUpTwiceThenDownThenClean(t *testing.T) {
 		t.Fatalf("clean left %s: %v", runDir, err)
 	}
 }
+
+// A pidfile left by a crash or a reboot may name an unrelated process by
+// now: make down must not signal it, only forget the pidfile.
+func TestDownSparesAProcessAStalePidfileNames(t *testing.T) {
+	runDir := filepath.Join(t.TempDir(), "run")
+	if err := os.MkdirAll(runDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	stranger := exec.Command("sleep", "300")
+	if err := stranger.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = stranger.Process.Kill(); _ = stranger.Wait() })
+	pid := []byte(strconv.Itoa(stranger.Process.Pid) + "\n")
+	for _, name := range []string{"caddy.pid", "dev-oidc.pid"} {
+		if err := os.WriteFile(filepath.Join(runDir, name), pid, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	script(t, runDir, testenv.FreePort(t), "down.sh")
+	if !testenv.Alive(stranger.Process.Pid) {
+		t.Fatal("make down killed a process its stale pidfiles named")
+	}
+	for _, name := range []string{"caddy.pid", "dev-oidc.pid"} {
+		if _, err := os.Stat(filepath.Join(runDir, name)); !os.IsNotExist(err) {
+			t.Errorf("%s kept: %v", name, err)
+		}
+	}
+}

@@ -65,9 +65,18 @@ make --no-print-directory build
 "$bin/guardianctl" migrate
 "$bin/guardianctl" demo-account
 
+# ours PIDFILE NEEDLE: the pid in PIDFILE runs and its command line holds
+# NEEDLE. A pidfile left by a crash or a reboot may name an unrelated
+# process by now.
+ours() {
+	local pid
+	pid=$(cat "$1" 2>/dev/null) && [[ $pid =~ ^[1-9][0-9]*$ ]] && kill -0 "$pid" 2>/dev/null &&
+		tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$2"
+}
+
 # The local OpenID provider (its client secret comes from the environment).
 go build -o "$bin/dev-oidc" ./cmd/dev-oidc
-if ! { [[ -f $run/dev-oidc.pid ]] && kill -0 "$(cat "$run/dev-oidc.pid")" 2>/dev/null; }; then
+if ! ours "$run/dev-oidc.pid" "$bin/dev-oidc"; then
 	nohup "$bin/dev-oidc" -addr "127.0.0.1:$oidc_port" -client-id "$GUARDIAN_OIDC_CLIENT_ID" \
 		-redirect "$GUARDIAN_URL/auth/google/callback" -email "$GUARDIAN_DEMO_EMAIL" -name Demo \
 		>>"$run/dev-oidc.log" 2>&1 </dev/null &
@@ -75,7 +84,7 @@ if ! { [[ -f $run/dev-oidc.pid ]] && kill -0 "$(cat "$run/dev-oidc.pid")" 2>/dev
 fi
 
 pidfile=$run/caddy.pid
-if [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+if ours "$pidfile" "--pidfile $pidfile"; then
 	echo "caddy: already running (pid $(cat "$pidfile")); reloading config" >&2
 	"$bin/caddy" reload --config Caddyfile --adapter caddyfile --address "$GUARDIAN_ADMIN_ADDR" >/dev/null
 else
