@@ -779,15 +779,23 @@ EOF
 }
 
 ch_create_db() {
-	local tcp=$1 i
+	local tcp=$1 i conf=$CH_DIR/client.xml pw
+	# The password goes in a client config file of mode 0600, not on the
+	# command line, where any local user could read it in /proc.
+	pw=${ENVV[GUARDIAN_CLICKHOUSE_PASSWORD]}
+	pw=${pw//&/&amp;}
+	pw=${pw//</&lt;}
+	pw=${pw//>/&gt;}
+	(umask 077 && printf '<config><user>guardian</user><password>%s</password></config>\n' "$pw" >"$conf")
 	for i in 1 2 3 4 5; do
-		if timeout 20 clickhouse-client --host 127.0.0.1 --port "$tcp" --user guardian \
-			--password "${ENVV[GUARDIAN_CLICKHOUSE_PASSWORD]}" \
+		if timeout 20 clickhouse-client --config-file "$conf" --host 127.0.0.1 --port "$tcp" \
 			--query "CREATE DATABASE IF NOT EXISTS guardian" </dev/null >/dev/null 9>&-; then
+			rm -f -- "$conf"
 			return 0
 		fi
 		sleep 0.5
 	done
+	rm -f -- "$conf"
 	return 1
 }
 
