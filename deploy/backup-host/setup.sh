@@ -78,11 +78,13 @@ while IFS= read -r key; do
 done <<<"$keys" >"/etc/ssh/guardian-backup/authorized_keys/$user.tmp"
 mv "/etc/ssh/guardian-backup/authorized_keys/$user.tmp" "/etc/ssh/guardian-backup/authorized_keys/$user"
 
-# 4. sshd's rules, with the app host's address if it is not the default.
+# 4. sshd's rules, with the app host's address and the chroot base if they
+# are not the defaults.
 grep -q '^Include /etc/ssh/sshd_config.d/\*\.conf' /etc/ssh/sshd_config ||
 	die "/etc/ssh/sshd_config does not include sshd_config.d/*.conf: add 'Include /etc/ssh/sshd_config.d/*.conf' as its first line"
 conf=/etc/ssh/sshd_config.d/guardian-backup.conf
-sed "s#10\.100\.0\.1/32#$app_addr/32#g" "$here/sshd_config.d/guardian-backup.conf" >"$conf.tmp"
+sed -e "s#10\.100\.0\.1/32#$app_addr/32#g" -e "s#^\([[:space:]]*ChrootDirectory[[:space:]]\+\)/srv/guardian-backup/#\1$base/#" \
+	"$here/sshd_config.d/guardian-backup.conf" >"$conf.tmp"
 mv "$conf.tmp" "$conf"
 sshd -t || die "sshd -t failed: fix the configuration before reloading (sshd keeps running with the old one)"
 if command -v systemctl >/dev/null && systemctl is-active --quiet ssh 2>/dev/null; then
