@@ -16,6 +16,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"sync"
 	"time"
@@ -100,7 +101,16 @@ type batcher struct {
 	in     chan *pendingRow
 	limits batchLimits
 	done   chan struct{}
+
+	// mu is held to read by Insert while it queues, to write by close: a
+	// request still reading its body when a shutdown's grace ends must be
+	// told no, not send on the closed queue (a panic).
+	mu     sync.RWMutex
+	closed bool
 }
+
+// errClosed: the function is shutting down; the snapshot was not queued.
+var errClosed = errors.New("ingest: shutting down")
 
 type pendingRow struct {
 	row snapshotRow
@@ -116,11 +126,18 @@ func newBatcher(send func(context.Context, []*pendingRow) error, l batchLimits) 
 // Insert queues r and waits until its batch is stored or failed.
 func (b *batcher) Insert(ctx context.Context, r snapshotRow) error {
 	p := &pendingRow{row: r, err: make(chan error, 1)}
+	b.mu.RLock()
+	if b.closed {
+		b.mu.RUnlock()
+		return errClosed
+	}
 	select {
 	case b.in <- p:
 	case <-ctx.Done():
+		b.mu.RUnlock()
 		return ctx.Err()
 	}
+	b.mu.RUnlock()
 	return <-p.err
 }
 
@@ -204,7 +221,12 @@ func (b *batcher) loop() {
 }
 
 func (b *batcher) close() {
-	close(b.in)
+	b.mu.Lock()
+	if !b.closed {
+		b.closed = true
+		close(b.in)
+	}
+	b.mu.Unlock()
 	<-b.done
 }
 

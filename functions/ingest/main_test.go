@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"os"
@@ -318,4 +319,20 @@ func TestBatcherBoundsAndSpacesInserts(t *testing.T) {
 		t.Fatalf("ClickHouse holds %d rows (%v), want %d", stored, err, n+2)
 	}
 	t.Logf("%d snapshots in %d inserts", total, len(batches))
+}
+
+// A snapshot that arrives after the batcher closed (a request still
+// reading its body when a shutdown's grace ended) is refused, which the
+// handler answers with 503; it does not panic on the closed queue.
+func TestInsertAfterCloseIsRefused(t *testing.T) {
+	t.Parallel()
+	b := newBatcher(func(context.Context, []*pendingRow) error { return nil }, batchLimits{rows: 5, bytes: 10_000, interval: time.Millisecond})
+	if err := b.Insert(context.Background(), snapshotRow{Payload: "{}"}); err != nil {
+		t.Fatal(err)
+	}
+	b.close()
+	b.close() // twice is harmless
+	if err := b.Insert(context.Background(), snapshotRow{Payload: "{}"}); !errors.Is(err, errClosed) {
+		t.Fatalf("insert after close: %v, want errClosed", err)
+	}
 }
