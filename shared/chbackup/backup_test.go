@@ -177,7 +177,7 @@ func (f *fixture) latest(t *testing.T, target int) string {
 }
 
 func scratchDatabases(t *testing.T, f *fixture) uint64 {
-	return f.count(t, "system.databases WHERE name LIKE 'restore_verify_%'")
+	return f.count(t, "system.databases WHERE startsWith(name, "+quoteString(scratchPrefix(f.cfg.ClickHouse.Database))+")")
 }
 
 func TestBackupWritesEncryptedSetToEveryTargetAndVerifies(t *testing.T) {
@@ -558,5 +558,33 @@ func TestBackingUpNothingIsAnError(t *testing.T) {
 	}
 	if entries, _ := os.ReadDir(f.root[0]); len(entries) != 0 {
 		t.Fatalf("the target holds %d entries after backing up nothing", len(entries))
+	}
+}
+
+// A verification killed outright leaves its scratch copy (plaintext
+// customer data nothing else deletes); the next one drops it, and only
+// the scratch copies of its own database.
+func TestVerifyDropsAKilledRunsScratchCopy(t *testing.T) {
+	f := newFixture(t, 1)
+	f.backup(t)
+	ctx := context.Background()
+	mine := scratchPrefix(f.cfg.ClickHouse.Database) + "0123456789ab"
+	other := scratchPrefix(f.cfg.ClickHouse.Database+"_other") + "0123456789ab"
+	for _, d := range []string{mine, other} {
+		for _, q := range []string{"CREATE DATABASE " + d, "CREATE TABLE " + d + ".t (x UInt8) ENGINE = Memory"} {
+			if err := f.ch.exec(ctx, q); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	t.Cleanup(func() { _ = f.ch.exec(context.Background(), "DROP DATABASE IF EXISTS "+other) })
+	if _, err := f.verify(t); err != nil {
+		t.Fatal(err)
+	}
+	if n := f.count(t, "system.databases WHERE name = '"+mine+"'"); n != 0 {
+		t.Error("the killed run's scratch copy is still there")
+	}
+	if n := f.count(t, "system.databases WHERE name = '"+other+"'"); n != 1 {
+		t.Error("another database's scratch copy was dropped")
 	}
 }

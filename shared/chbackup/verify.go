@@ -55,7 +55,8 @@ func ReadIdentities(file string) ([]age.Identity, error) {
 }
 
 // VerifyLatest restores the set LATEST names at each target into a scratch
-// database (restore_verify_<random>, dropped at the end, on failure too)
+// database (restore_verify_<database's tag>_<random>, dropped at the end,
+// on failure too, and by the next run if this one was killed)
 // and checks it against the manifest: each blob's size and SHA-256, that it
 // decrypts and decompresses, its plaintext size, and that loading it adds
 // the manifest's number of rows.
@@ -78,10 +79,16 @@ func VerifyLatest(ctx context.Context, cfg Config, identities ...age.Identity) (
 		return rep, fmt.Errorf("verify: %w", err)
 	}
 	ch := newCHClient(cfg)
+	// A run killed outright left its scratch copy: plaintext customer data
+	// that nothing else would ever delete (account-purge works on the real
+	// database only). Runs are one at a time (the job's lock).
+	if err := dropScratch(ctx, ch, cfg.ClickHouse.Database); err != nil {
+		return rep, fmt.Errorf("verify: %w", err)
+	}
 	var errs []error
 	for _, t := range cfg.Targets {
 		tv := TargetVerify{Target: t.String()}
-		err := verifyTarget(ctx, ch, auth, t, identities, &tv)
+		err := verifyTarget(ctx, ch, auth, t, identities, cfg.ClickHouse.Database, &tv)
 		tv.OK = err == nil
 		if err != nil {
 			tv.Error = err.Error()
@@ -109,7 +116,30 @@ func chRed(what string, err error) error {
 	return fmt.Errorf("%s: %w", what, err)
 }
 
-func verifyTarget(ctx context.Context, ch *chClient, auth *sshAuth, t Target, ids []age.Identity, tv *TargetVerify) error {
+// scratchPrefix names the scratch databases of verifications of db.
+func scratchPrefix(db string) string {
+	sum := sha256.Sum256([]byte(db))
+	return "restore_verify_" + hex.EncodeToString(sum[:4]) + "_"
+}
+
+// dropScratch drops scratch databases a killed verification of db left,
+// and those of the unnamed form (restore_verify_<12 hex>) earlier
+// versions made.
+func dropScratch(ctx context.Context, ch *chClient, db string) error {
+	left, err := rows[struct{ Name string }](ctx, ch, "SELECT name AS Name FROM system.databases WHERE startsWith(name, "+
+		quoteString(scratchPrefix(db))+") OR match(name, '^restore_verify_[0-9a-f]{12}$')")
+	if err != nil {
+		return fmt.Errorf("list leftover scratch databases: %w", err)
+	}
+	for _, d := range left {
+		if err := ch.exec(ctx, "DROP DATABASE IF EXISTS "+quoteIdent(d.Name)); err != nil {
+			return fmt.Errorf("drop leftover scratch database %s: %w", d.Name, err)
+		}
+	}
+	return nil
+}
+
+func verifyTarget(ctx context.Context, ch *chClient, auth *sshAuth, t Target, ids []age.Identity, db string, tv *TargetVerify) error {
 	r, err := dial(ctx, auth, t)
 	if err != nil {
 		return err
@@ -153,7 +183,7 @@ func verifyTarget(ctx context.Context, ch *chClient, auth *sshAuth, t Target, id
 
 	var rnd [6]byte
 	_, _ = rand.Read(rnd[:])
-	scratch := "restore_verify_" + hex.EncodeToString(rnd[:])
+	scratch := scratchPrefix(db) + hex.EncodeToString(rnd[:])
 	if err := ch.exec(ctx, "CREATE DATABASE "+scratch); err != nil {
 		return fmt.Errorf("create the scratch database: %w", err)
 	}
