@@ -13,6 +13,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/glassmkr/guardian/shared/config"
 	"github.com/glassmkr/guardian/shared/db"
@@ -59,6 +60,11 @@ type handler struct {
 	checks  map[string]health.Check
 	timeout time.Duration
 	log     *zap.Logger
+	// runs lets concurrent requests share one run of the checks: /healthz
+	// is public, and a flood (of requests abandoned at once, too) must not
+	// queue checks on the small pools until they time out and report a
+	// dependency down that is not.
+	runs singleflight.Group
 }
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -67,13 +73,23 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		problem.Write(w, problem.New(http.StatusMethodNotAllowed, "method_not_allowed", "use GET"))
 		return
 	}
-	// The checks do not end with the request: /healthz is public, and a
-	// client closing its connection mid-check would otherwise fail them,
-	// log a dependency as failing, and make pgx drop a pooled connection.
-	// Each check is bounded by the timeout anyway.
-	rep := health.Run(context.WithoutCancel(r.Context()), h.checks, h.timeout, func(name string, err error) {
-		h.log.Warn("health check failed", zap.String("dependency", name), zap.Error(err))
+	// The checks do not end with the request: they are shared with the
+	// requests that arrived meanwhile, and a client closing its connection
+	// mid-check would otherwise fail them, log a dependency as failing, and
+	// make pgx drop a pooled connection. Each check is bounded by the
+	// timeout anyway.
+	done := h.runs.DoChan("checks", func() (any, error) {
+		return health.Run(context.Background(), h.checks, h.timeout, func(name string, err error) {
+			h.log.Warn("health check failed", zap.String("dependency", name), zap.Error(err))
+		}), nil
 	})
+	var rep health.Report
+	select {
+	case res := <-done:
+		rep = res.Val.(health.Report)
+	case <-r.Context().Done():
+		return // the client went away; the run goes on for the others
+	}
 	if !rep.OK() {
 		p := problem.New(http.StatusServiceUnavailable, "dependency_down", rep.Summary())
 		p.Extra = map[string]any{"checks": rep.Checks, "failing": rep.Failing}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -200,5 +201,34 @@ func TestAbandonedRequestDoesNotFailTheChecks(t *testing.T) {
 	}
 	if rec.Code != 200 || logs.Len() != 0 {
 		t.Fatalf("status %d, %d log lines; want 200 and none", rec.Code, logs.Len())
+	}
+}
+
+// Concurrent requests share one run of the checks, so a flood cannot
+// queue checks on the small pools until they time out.
+func TestConcurrentRequestsShareOneRunOfTheChecks(t *testing.T) {
+	var runs atomic.Int64
+	release := make(chan struct{})
+	h := &handler{timeout: 5 * time.Second, log: zap.NewNop(), checks: map[string]health.Check{
+		"postgres": func(ctx context.Context) error { runs.Add(1); <-release; return nil },
+	}}
+	const n = 20
+	codes := make(chan int, n)
+	for range n {
+		go func() {
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, httptest.NewRequest("GET", "/healthz", nil))
+			codes <- rec.Code
+		}()
+	}
+	time.Sleep(200 * time.Millisecond) // all n arrive while the first run waits
+	close(release)
+	for range n {
+		if c := <-codes; c != 200 {
+			t.Fatalf("status %d", c)
+		}
+	}
+	if got := runs.Load(); got > 2 {
+		t.Fatalf("%d runs of the checks for %d concurrent requests", got, n)
 	}
 }
