@@ -3,11 +3,15 @@ package migrate
 import (
 	"context"
 	"fmt"
+	"regexp"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
+
+// appRoleName is what an app role may be called (see Postgres).
+var appRoleName = regexp.MustCompile(`^[a-z][a-z0-9_]{0,39}$`)
 
 // DefaultAppRole is the runtime role the migrations grant privileges to.
 const DefaultAppRole = "guardian_app"
@@ -41,6 +45,12 @@ func Postgres(ctx context.Context, pool *pgxpool.Pool, opts PostgresOptions) ([]
 	role := opts.AppRole
 	if role == "" {
 		role = DefaultAppRole
+	}
+	// The name is set into the migrations' SQL (comments included, where
+	// quoting does not help) and, with a suffix per function, must stay
+	// within PostgreSQL's 63 bytes unshortened: a plain lower-case name.
+	if !appRoleName.MatchString(role) {
+		return nil, fmt.Errorf("migrate postgres: app role %q: want lower-case letters, digits and _, starting with a letter, at most 40 bytes", role)
 	}
 	migrations, err := load("postgres")
 	if err != nil {

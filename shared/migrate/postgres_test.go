@@ -256,3 +256,20 @@ func TestEachFunctionRoleReachesOnlyItsTables(t *testing.T) {
 		}
 	}
 }
+
+// The app role's name is set into the migrations' SQL, comments
+// included, and suffixed per function: anything but a plain lower-case
+// name short enough for PostgreSQL's 63 bytes is refused before any SQL.
+func TestAnAppRoleNameThatCouldBreakTheSQLIsRefused(t *testing.T) {
+	t.Parallel()
+	pg := testenv.PostgresEmpty(t)
+	for _, role := range []string{"app\nDROP TABLE x", "App", "1app", "app-role", strings.Repeat("a", 41), `app"x`} {
+		if _, err := migrate.Postgres(context.Background(), pg.Owner, migrate.PostgresOptions{AppRole: role}); err == nil || !strings.Contains(err.Error(), "app role") {
+			t.Errorf("app role %q: %v", role, err)
+		}
+	}
+	var n int
+	if err := pg.Owner.QueryRow(context.Background(), "SELECT count(*) FROM pg_tables WHERE tablename = 'schema_migrations'").Scan(&n); err != nil || n != 0 {
+		t.Fatalf("a refused role still ran SQL (%d, %v)", n, err)
+	}
+}
