@@ -55,10 +55,18 @@ func (Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Han
 	return nil
 }
 
-// wantsHTML reports a browser's navigation: a GET that accepts HTML and
-// does not ask for JSON. API clients (Accept */*, JSON or none) get JSON.
+// wantsHTML reports a browser's navigation: a GET, or a form's POST, that
+// accepts HTML and does not ask for JSON. API clients (Accept */*, JSON or
+// none; JSON bodies) get JSON.
 func wantsHTML(r *http.Request) bool {
-	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead:
+	case http.MethodPost:
+		ct := r.Header.Get("Content-Type")
+		if !strings.HasPrefix(ct, "application/x-www-form-urlencoded") && !strings.HasPrefix(ct, "multipart/form-data") {
+			return false
+		}
+	default:
 		return false
 	}
 	accept := r.Header.Get("Accept")

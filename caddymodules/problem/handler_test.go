@@ -61,20 +61,31 @@ func TestServeHTTPWritesProblemWithRequestID(t *testing.T) {
 
 func TestABrowserNavigationGetsAPage(t *testing.T) {
 	herr := caddyhttp.Error(403, problem.New(403, "insufficient_scope", "only administrators may read the <audit> log"))
+	browser := "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
 	for _, c := range []struct {
-		method, accept string
-		html           bool
+		method, accept, contentType string
+		html                        bool
 	}{
-		{"GET", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8", true},
-		{"HEAD", "text/html", true},
-		{"GET", "*/*", false},
-		{"GET", "", false},
-		{"GET", "application/json", false},
-		{"GET", "text/html, application/problem+json", false},
-		{"POST", "text/html", false},
+		{"GET", browser, "", true},
+		{"HEAD", "text/html", "", true},
+		{"GET", "*/*", "", false},
+		{"GET", "", "", false},
+		{"GET", "application/json", "", false},
+		{"GET", "text/html, application/problem+json", "", false},
+		{"POST", "text/html", "", false},
+		{"POST", browser, "application/json", false},
+		// A form a browser submits (sign-in without script, say) refused
+		// at the edge (429, 403): a page, not JSON shown raw.
+		{"POST", browser, "application/x-www-form-urlencoded", true},
+		{"POST", browser, "multipart/form-data; boundary=x", true},
+		{"POST", "application/json", "application/x-www-form-urlencoded", false},
+		{"DELETE", browser, "application/x-www-form-urlencoded", false},
 	} {
 		req := httptest.NewRequest(c.method, "/settings/audit", nil)
 		req.Header.Set("Accept", c.accept)
+		if c.contentType != "" {
+			req.Header.Set("Content-Type", c.contentType)
+		}
 		req = req.WithContext(context.WithValue(req.Context(), caddyhttp.ErrorCtxKey, error(herr)))
 		rec := httptest.NewRecorder()
 		if err := (Handler{}).ServeHTTP(rec, req, nil); err != nil {

@@ -101,7 +101,8 @@ func TestCrossSitePostWithTheCookieIsRefusedInTheBrowser(t *testing.T) {
 	}
 	var body string
 	deadline := time.Now().Add(20 * time.Second)
-	for !strings.Contains(body, "cross_site") {
+	// The refusal is a page (the browser submitted a form), saying why.
+	for !strings.Contains(body, "cross-site requests may not change state") {
 		if time.Now().After(deadline) {
 			t.Fatalf("the cross-site POST was not refused; page: %.300s", body)
 		}
