@@ -13,7 +13,9 @@ import (
 // statements on the live ClickHouse: a statement with another engine (URL,
 // File, remote tables), an AS SELECT, or a subquery could otherwise read
 // the live data and send it anywhere. SHOW CREATE TABLE prints none of
-// those for a MergeTree table, nor comments or a second statement.
+// those for a MergeTree table, nor comments or a second statement. (A
+// projection, which newer ClickHouse versions print with its SELECT, is
+// refused too: Guardian's tables have none.)
 func checkCreate(stmt string) error {
 	words, err := sqlWords(stmt)
 	if err != nil {
