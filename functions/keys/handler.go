@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"net/http"
 	"strings"
@@ -12,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 
+	"github.com/glassmkr/guardian/shared/account"
 	"github.com/glassmkr/guardian/shared/apikey"
 	"github.com/glassmkr/guardian/shared/audit"
 	"github.com/glassmkr/guardian/shared/fnserve"
@@ -208,7 +208,7 @@ func (h *handler) create(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	k, err := h.mint(r, id, strings.TrimSpace(*req.Name), *req.Scope, expires, "")
-	if errors.Is(err, errClosing) {
+	if errors.Is(err, account.ErrClosing) {
 		accountClosing(w)
 		return
 	}
@@ -238,7 +238,7 @@ func (h *handler) mint(r *http.Request, id identity.Identity, name, scope string
 	}
 	k := Key{Name: name, Kind: "account", Scope: &scope, Last4: secret[len(secret)-4:], ExpiresAt: expires, Secret: secret}
 	err = pgx.BeginFunc(r.Context(), h.db, func(tx pgx.Tx) error {
-		if err := lockCustomer(r.Context(), tx, id.CustomerID); err != nil {
+		if err := account.LockOpen(r.Context(), tx, id.CustomerID); err != nil {
 			return err
 		}
 		return tx.QueryRow(r.Context(), `INSERT INTO api_keys (customer_id, kind, scope, name, key_hash, last4, created_by, expires_at, rotated_from)
@@ -246,22 +246,6 @@ func (h *handler) mint(r *http.Request, id identity.Identity, name, scope string
 			id.CustomerID, scope, name, hash[:], k.Last4, creator, expires, from).Scan(&k.ID, &k.CreatedAt)
 	})
 	return k, err
-}
-
-// errClosing: the account is scheduled for deletion (or gone).
-var errClosing = errors.New("account closing")
-
-// lockCustomer takes a share lock on the customer row for the transaction
-// and refuses an account scheduled for deletion. Account deletion updates
-// that row, so it waits for this transaction and then revokes the key
-// minted here too; a key minted after it is refused here.
-func lockCustomer(ctx context.Context, tx pgx.Tx, customerID string) error {
-	var closing bool
-	err := tx.QueryRow(ctx, "SELECT deletion_requested_at IS NOT NULL FROM customers WHERE id = $1 FOR SHARE", customerID).Scan(&closing)
-	if errors.Is(err, pgx.ErrNoRows) || (err == nil && closing) {
-		return errClosing
-	}
-	return err
 }
 
 func accountClosing(w http.ResponseWriter) {
@@ -301,7 +285,7 @@ func (h *handler) rotate(w http.ResponseWriter, r *http.Request) {
 	var status int
 	var refusal *problem.Problem
 	err := pgx.BeginFunc(r.Context(), h.db, func(tx pgx.Tx) error {
-		if err := lockCustomer(r.Context(), tx, id.CustomerID); err != nil {
+		if err := account.LockOpen(r.Context(), tx, id.CustomerID); err != nil {
 			return err
 		}
 		var name, kind string
@@ -360,7 +344,7 @@ func (h *handler) rotate(w http.ResponseWriter, r *http.Request) {
 			id.CustomerID, *scope, name, hash[:], newKey.Last4, creator, expires, keyID).Scan(&newKey.ID, &newKey.CreatedAt)
 	})
 	switch {
-	case errors.Is(err, errClosing):
+	case errors.Is(err, account.ErrClosing):
 		accountClosing(w)
 		return
 	case err != nil:

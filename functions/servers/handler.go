@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 
+	"github.com/glassmkr/guardian/shared/account"
 	"github.com/glassmkr/guardian/shared/audit"
 	"github.com/glassmkr/guardian/shared/fnserve"
 	"github.com/glassmkr/guardian/shared/identity"
@@ -190,7 +191,7 @@ func (h *handler) create(w http.ResponseWriter, r *http.Request) {
 func (h *handler) enroll(w http.ResponseWriter, r *http.Request, id identity.Identity, req Enrollment, idemKey string) {
 	res, err := h.st.Enroll(r.Context(), id, req, idemKey)
 	switch {
-	case errors.Is(err, errClosing):
+	case errors.Is(err, account.ErrClosing):
 		accountClosing(w)
 		return
 	case errors.Is(err, errIdempotencyReused):
@@ -272,7 +273,7 @@ func (h *handler) rotate(w http.ResponseWriter, r *http.Request) {
 	case errors.Is(err, errNoServer):
 		notFound(w)
 		return
-	case errors.Is(err, errClosing):
+	case errors.Is(err, account.ErrClosing):
 		accountClosing(w)
 		return
 	case err != nil:

@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/glassmkr/guardian/shared/account"
 	"github.com/glassmkr/guardian/shared/apikey"
 	"github.com/glassmkr/guardian/shared/identity"
 )
@@ -30,7 +31,6 @@ const (
 const maxAttempts = 5
 
 var (
-	errClosing           = errors.New("servers: the account is scheduled for deletion")
 	errIdempotencyReused = errors.New("servers: Idempotency-Key reused with another body")
 	errNoServer          = errors.New("servers: no such server")
 	// errRetry is a race lost to a concurrent request: run again.
@@ -88,19 +88,6 @@ func retryable(err error) bool {
 	return false
 }
 
-// lockCustomer takes a share lock on the customer row for the
-// transaction and refuses an account scheduled for deletion. Account
-// deletion updates that row, so it waits for this transaction and then
-// revokes the key minted here too.
-func lockCustomer(ctx context.Context, tx pgx.Tx, customerID string) error {
-	var closing bool
-	err := tx.QueryRow(ctx, "SELECT deletion_requested_at IS NOT NULL FROM customers WHERE id = $1 FOR SHARE", customerID).Scan(&closing)
-	if errors.Is(err, pgx.ErrNoRows) || (err == nil && closing) {
-		return errClosing
-	}
-	return err
-}
-
 const (
 	claimIdempotencyKey = `INSERT INTO idempotency_keys (customer_id, key, request_hash) VALUES ($1, $2, $3)
 ON CONFLICT (customer_id, key) DO NOTHING`
@@ -141,7 +128,7 @@ func (s *store) Enroll(ctx context.Context, id identity.Identity, req Enrollment
 	var out Enrolled
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		out = Enrolled{}
-		if err := lockCustomer(ctx, tx, id.CustomerID); err != nil {
+		if err := account.LockOpen(ctx, tx, id.CustomerID); err != nil {
 			return err
 		}
 		if idemKey != "" {
@@ -259,7 +246,7 @@ func (s *store) Rotate(ctx context.Context, id identity.Identity, serverID strin
 	var out Rotated
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		out = Rotated{}
-		if err := lockCustomer(ctx, tx, id.CustomerID); err != nil {
+		if err := account.LockOpen(ctx, tx, id.CustomerID); err != nil {
 			return err
 		}
 		var name string
