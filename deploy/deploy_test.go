@@ -1092,6 +1092,16 @@ func TestSysusersAndTmpfiles(t *testing.T) {
 		if m := mode("run/guardian-jobs/" + job); m.Perm() != 0o700 {
 			t.Errorf("/run/guardian-jobs/%s is %v, want 0700", job, m)
 		}
+	}
+	// Every timer's job writes a metrics file of its own name (a mode such
+	// as the mirror included): it must exist, owned by that job's user,
+	// before any other job can take the name.
+	timers, _ := filepath.Glob(filepath.Join(r, "deploy", "systemd", "guardian-*.timer"))
+	if len(timers) == 0 {
+		t.Fatal("no timers")
+	}
+	for _, timer := range timers {
+		job := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(timer), "guardian-"), ".timer")
 		mode("var/lib/guardian-metrics/guardian_job_" + strings.ReplaceAll(job, "-", "_") + ".prom")
 	}
 }
@@ -1230,5 +1240,37 @@ func TestNoBuildOutputTracked(t *testing.T) {
 		if n == 4 && string(magic) == "\x7fELF" {
 			t.Errorf("%s is a compiled program tracked by git; build output belongs in bin/ (make build)", name)
 		}
+	}
+}
+
+// The functions Caddy starts run as Caddy's user and group, so the edge's
+// env file (every secret and every function's database login) must be
+// readable by neither: systemd reads it as root before dropping to them.
+func TestEdgeSecretsAreNotReadableByItsUser(t *testing.T) {
+	r := root(t)
+	env, err := os.ReadFile(filepath.Join(r, "deploy", systemdDir, "env", "caddy.env"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	install := regexp.MustCompile(`(?m)^# Install: install -m (0[0-7]{3}) -o (\S+) -g (\S+) caddy\.env `).FindSubmatch(env)
+	if install == nil {
+		t.Fatal("caddy.env has no Install line")
+	}
+	unit, err := os.ReadFile(filepath.Join(r, "deploy", systemdDir, "guardian-caddy.service"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	user := regexp.MustCompile(`(?m)^User=(\S+)`).FindSubmatch(unit)
+	group := regexp.MustCompile(`(?m)^Group=(\S+)`).FindSubmatch(unit)
+	if user == nil || group == nil {
+		t.Fatal("guardian-caddy.service names no User= or Group=")
+	}
+	mode, _ := strconv.ParseUint(string(install[1]), 8, 32)
+	owner, grp := string(install[2]), string(install[3])
+	if (owner == string(user[1]) && mode&0o400 != 0) || (grp == string(group[1]) && mode&0o040 != 0) || mode&0o004 != 0 {
+		t.Fatalf("caddy.env is installed %s %s:%s, readable by the unit's %s:%s (and so by every function)", install[1], owner, grp, user[1], group[1])
+	}
+	if !strings.Contains(string(unit), "EnvironmentFile=/etc/guardian/caddy.env") {
+		t.Fatal("the unit does not load caddy.env")
 	}
 }
