@@ -82,6 +82,19 @@ func TestReproducibleSignedRelease(t *testing.T) {
 	os.WriteFile(filepath.Join(rel, "evil"), []byte("x"), 0o755)
 	mustFail(t, rel, filepath.Join(here, "verify.sh"), rel)
 	os.Remove(filepath.Join(rel, "evil"))
+	// Nor one in a subdirectory that bears the name of a signature file
+	// (only the release's top-level ones are left out of SHA256SUMS).
+	sub := filepath.Join(rel, "functions")
+	if err := os.Mkdir(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"SHA256SUMS", "SHA256SUMS.sig", "allowed_signers"} {
+		p := filepath.Join(sub, name)
+		os.WriteFile(p, []byte("x"), 0o755)
+		mustFail(t, rel, filepath.Join(here, "verify.sh"), rel)
+		os.Remove(p)
+	}
+	os.Remove(sub)
 
 	// A tampered SHA256SUMS (an attacker's hash for his binary): bad signature.
 	sumsFile := filepath.Join(rel, "SHA256SUMS")

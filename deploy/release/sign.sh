@@ -28,7 +28,7 @@ pub=$(printf '%s\n' "$pub" | awk '{print $1" "$2}')
 
 cd "$dir"
 rm -f SHA256SUMS SHA256SUMS.sig allowed_signers
-find . -type f ! -name SHA256SUMS ! -name SHA256SUMS.tmp ! -name SHA256SUMS.sig ! -name allowed_signers -printf '%P\n' |
+find . -type f ! -path ./SHA256SUMS ! -path ./SHA256SUMS.tmp ! -path ./SHA256SUMS.sig ! -path ./allowed_signers -printf '%P\n' |
 	LC_ALL=C sort | while IFS= read -r f; do sha256sum -- "$f"; done >SHA256SUMS.tmp
 mv SHA256SUMS.tmp SHA256SUMS
 printf '%s namespaces="%s" %s\n' "$identity" "$namespace" "$pub" >allowed_signers

@@ -38,7 +38,7 @@ fi
 sha256sum --strict --quiet -c SHA256SUMS
 
 extra=$(comm -23 \
-	<(find . -type f ! -name SHA256SUMS ! -name SHA256SUMS.sig ! -name allowed_signers -printf '%P\n' | LC_ALL=C sort) \
+	<(find . -type f ! -path ./SHA256SUMS ! -path ./SHA256SUMS.sig ! -path ./allowed_signers -printf '%P\n' | LC_ALL=C sort) \
 	<(sed 's/^[0-9a-f]\{64\}  //' SHA256SUMS | LC_ALL=C sort))
 if [ -n "$extra" ]; then
 	echo "verify.sh: files not covered by SHA256SUMS:" >&2
