@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 
+	"github.com/glassmkr/guardian/shared/account"
 	"github.com/glassmkr/guardian/shared/audit"
 	"github.com/glassmkr/guardian/shared/fnserve"
 	"github.com/glassmkr/guardian/shared/identity"
@@ -229,6 +230,17 @@ func (h *handler) login(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	issued, err := h.startSession(r, session.Params{UserID: userID, CustomerID: customerID, Reauthed: true, AAL: session.AAL1, Replacing: old})
+	if errors.Is(err, account.ErrClosing) {
+		// The deletion committed while the password was being checked.
+		audit.Annotate(w, audit.Annotation{CustomerID: customerID, UserID: userID, ResourceType: "session", Action: "auth_failed",
+			Metadata: map[string]any{"reason": "account_closing"}})
+		if form {
+			http.Redirect(w, r, "/login?error=credentials", http.StatusSeeOther)
+			return
+		}
+		problem.Write(w, invalidCredentials)
+		return
+	}
 	if err != nil {
 		h.unavailable(w, err)
 		return
@@ -344,6 +356,10 @@ func (h *handler) reauth(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	issued, err := h.startSession(r, session.Params{UserID: id.UserID, CustomerID: id.CustomerID, Reauthed: true, AAL: session.AAL1, Replacing: id.SessionID})
+	if errors.Is(err, account.ErrClosing) {
+		problem.Write(w, problem.New(http.StatusConflict, "account_closing", "this account is scheduled for deletion"))
+		return
+	}
 	if err != nil {
 		h.unavailable(w, err)
 		return

@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"go.uber.org/zap"
 
+	"github.com/glassmkr/guardian/shared/account"
 	"github.com/glassmkr/guardian/shared/audit"
 	"github.com/glassmkr/guardian/shared/identity"
 	"github.com/glassmkr/guardian/shared/mfa"
@@ -217,7 +218,7 @@ func (h *handler) complete(w http.ResponseWriter, r *http.Request, form bool, c 
 		problem.Write(w, problem.New(http.StatusUnauthorized, "invalid_second_factor", "the code or security key was not accepted"))
 	case errors.Is(err, mfa.ErrChallenge):
 		h.challengeGone(w, r, form)
-	case errors.Is(err, errClosing):
+	case errors.Is(err, errClosing), errors.Is(err, account.ErrClosing):
 		fail("account_closing")
 		if form {
 			http.Redirect(w, r, "/login?error=credentials", http.StatusSeeOther)

@@ -20,6 +20,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/oauth2"
 
+	accountstate "github.com/glassmkr/guardian/shared/account"
 	"github.com/glassmkr/guardian/shared/audit"
 	"github.com/glassmkr/guardian/shared/fnserve"
 	"github.com/glassmkr/guardian/shared/identity"
@@ -250,6 +251,10 @@ func (h *handler) callback(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case errors.Is(err, errSignupClosed):
 		h.fail(w, failure{reason: "signup_closed"})
+		return
+	case errors.Is(err, accountstate.ErrClosing):
+		// The deletion committed while this sign-in was under way.
+		h.fail(w, failure{reason: errAccountClosing.Error(), customerID: a.CustomerID, userID: a.UserID})
 		return
 	case errors.Is(err, errAccountClosing), errors.Is(err, errEmailTaken):
 		h.fail(w, failure{reason: err.Error(), customerID: a.CustomerID, userID: a.UserID})

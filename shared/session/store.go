@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/glassmkr/guardian/shared/account"
 	"github.com/glassmkr/guardian/shared/pgtext"
 )
 
@@ -49,8 +50,15 @@ type Params struct {
 	Replacing string
 }
 
-// Start creates a session row as p describes and signs its token.
+// Start creates a session row as p describes and signs its token. It
+// refuses an account scheduled for deletion (account.ErrClosing), under the
+// account's share lock: a sign-in that read the account as open before a
+// deletion committed would otherwise add a session the deletion never
+// ended. The caller's role needs what account.LockOpen needs.
 func Start(ctx context.Context, tx pgx.Tx, secret []byte, p Params, now time.Time) (Issued, error) {
+	if err := account.LockOpen(ctx, tx, p.CustomerID); err != nil {
+		return Issued{}, err
+	}
 	expires := now.Add(Lifetime)
 	var reauthAt *time.Time
 	if p.Reauthed {

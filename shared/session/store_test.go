@@ -2,13 +2,16 @@ package session_test
 
 import (
 	"context"
+	"errors"
 	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/glassmkr/guardian/shared/account"
 	"github.com/glassmkr/guardian/shared/session"
 	"github.com/glassmkr/guardian/shared/testenv"
 )
@@ -88,5 +91,34 @@ func TestStartStoresAnyUserAgent(t *testing.T) {
 		if err := pg.Owner.QueryRow(ctx, "SELECT user_agent FROM sessions WHERE id = $1", issued.ID).Scan(&stored); err != nil || len(stored) > 512 || stored == "" {
 			t.Fatalf("user agent %q stored as %q (%v)", ua, stored, err)
 		}
+	}
+}
+
+// A sign-in that read the account as open, finishing after its deletion
+// committed, gets no session: Start checks under the account's lock, so
+// the session the deletion could not end is never made.
+func TestNoSessionStartsForAnAccountScheduledForDeletion(t *testing.T) {
+	t.Parallel()
+	pg := testenv.Postgres(t)
+	ctx := context.Background()
+	c := testenv.NewCustomer(t, pg.Owner, []byte("p"), []byte("s"))
+	if _, err := pg.Owner.Exec(ctx, "UPDATE customers SET deletion_requested_at = now(), delete_after = now() + interval '29 days' WHERE id = $1", c.ID); err != nil {
+		t.Fatal(err)
+	}
+	auth, err := pgxpool.New(ctx, pg.FunctionDSNs["GUARDIAN_PG_DSN_AUTH"]) // as the sign-in function
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer auth.Close()
+	err = pgx.BeginFunc(ctx, auth, func(tx pgx.Tx) error {
+		_, err := session.Start(ctx, tx, []byte(strings.Repeat("s", 32)), session.Params{UserID: c.UserID, CustomerID: c.ID}, time.Now())
+		return err
+	})
+	if !errors.Is(err, account.ErrClosing) {
+		t.Fatalf("start: %v, want account.ErrClosing", err)
+	}
+	var n int
+	if err := pg.Owner.QueryRow(ctx, "SELECT count(*) FROM sessions WHERE customer_id = $1 AND revoked_at IS NULL", c.ID).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("%d live sessions (%v)", n, err)
 	}
 }
