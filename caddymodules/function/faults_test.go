@@ -3,8 +3,10 @@ package function
 import (
 	"context"
 	"errors"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"strings"
 	"testing"
@@ -139,6 +141,39 @@ func TestExpectContinueKeepsTheEdgesHeaders(t *testing.T) {
 		}
 		if rec.Header().Get("X-Frame-Options") != "DENY" {
 			t.Errorf("expect %v: the edge's headers were cleared: %v", expect, rec.Header())
+		}
+	}
+}
+
+// A function cannot connect to a unix socket, though it runs as the user
+// that owns Caddy's admin socket (which asks for no credentials): its
+// process refuses to make one. TCP, which functions use to reach their
+// databases, still works.
+func TestAFunctionCannotReachAUnixSocket(t *testing.T) {
+	t.Parallel()
+	h := newHandler(t, &Handler{})
+	dir, err := os.MkdirTemp("", "adm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	admin, err := net.Listen("unix", dir+"/admin.sock") // stands in for Caddy's admin socket
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	tcp, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tcp.Close()
+	for _, tc := range []struct{ network, addr, want string }{
+		{"unix", dir + "/admin.sock", "operation not permitted"},
+		{"tcp", tcp.Addr().String(), "ok"},
+	} {
+		rec, err := call(h, "/dial?network="+tc.network+"&addr="+url.QueryEscape(tc.addr))
+		if err != nil || !strings.Contains(rec.Body.String(), tc.want) {
+			t.Errorf("%s %s: %q %v, want %q", tc.network, tc.addr, rec.Body.String(), err, tc.want)
 		}
 	}
 }

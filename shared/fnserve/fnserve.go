@@ -82,8 +82,13 @@ func run(ctx context.Context, log *zap.Logger, setup Setup) error {
 		return err
 	}
 	if os.Getenv(EnvListenFD) != "" {
-		// Started by the runtime: only it may connect (see parentOnly).
+		// Started by the runtime: only it may connect (see parentOnly),
+		// and it makes no unix socket of its own (see forbidUnixSockets).
 		ln = &parentOnly{Listener: ln, parent: os.Getppid(), log: log}
+		if err := forbidUnixSockets(); err != nil {
+			_ = ln.Close()
+			return err
+		}
 	}
 	handler, closeFn, err := setup(ctx, log, config.New(os.LookupEnv))
 	if err != nil {

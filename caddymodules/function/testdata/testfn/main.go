@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"time"
@@ -58,6 +59,17 @@ func setup(ctx context.Context, log *zap.Logger, env *config.Loader) (http.Handl
 	})
 	mux.HandleFunc("/crash", func(w http.ResponseWriter, r *http.Request) {
 		os.Exit(3)
+	})
+	// /dial?network=unix&addr=PATH: what connecting gives this process
+	// ("ok" or the error), as a compromised function would try it.
+	mux.HandleFunc("/dial", func(w http.ResponseWriter, r *http.Request) {
+		c, err := net.Dial(r.URL.Query().Get("network"), r.URL.Query().Get("addr"))
+		if err != nil {
+			fmt.Fprint(w, err.Error())
+			return
+		}
+		c.Close()
+		fmt.Fprint(w, "ok")
 	})
 	mux.HandleFunc("/sleep", func(w http.ResponseWriter, r *http.Request) {
 		d, _ := time.ParseDuration(r.URL.Query().Get("d"))
