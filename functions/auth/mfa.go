@@ -170,8 +170,6 @@ func (h *handler) challengeGone(w http.ResponseWriter, r *http.Request, form boo
 	problem.Write(w, challengeGone)
 }
 
-var errClosing = errors.New("account closing")
-
 // complete verifies the second factor of c and, in the same transaction,
 // starts the session p describes. It answers failures itself.
 func (h *handler) complete(w http.ResponseWriter, r *http.Request, form bool, c mfa.Challenge, in proofInput, p session.Params) (session.Issued, string, bool) {
@@ -180,14 +178,9 @@ func (h *handler) complete(w http.ResponseWriter, r *http.Request, form bool, c 
 		return session.Issued{}, "", false
 	}
 	var issued session.Issued
+	// An account scheduled for deletion is refused by session.Start, under
+	// the account's lock (account.ErrClosing).
 	kind, err := h.mfa.Complete(r.Context(), c, mfa.Proof{Code: in.Code, Assertion: in.Credential}, identity.ClientIP(r), func(tx pgx.Tx) error {
-		var closing bool
-		if err := tx.QueryRow(r.Context(), "SELECT deletion_requested_at IS NOT NULL FROM customers WHERE id = $1", c.CustomerID).Scan(&closing); err != nil {
-			return err
-		}
-		if closing {
-			return errClosing
-		}
 		var err error
 		issued, err = h.startSessionTx(r, tx, p)
 		return err
@@ -218,7 +211,7 @@ func (h *handler) complete(w http.ResponseWriter, r *http.Request, form bool, c 
 		problem.Write(w, problem.New(http.StatusUnauthorized, "invalid_second_factor", "the code or security key was not accepted"))
 	case errors.Is(err, mfa.ErrChallenge):
 		h.challengeGone(w, r, form)
-	case errors.Is(err, errClosing), errors.Is(err, account.ErrClosing):
+	case errors.Is(err, account.ErrClosing):
 		fail("account_closing")
 		if form {
 			http.Redirect(w, r, "/login?error=credentials", http.StatusSeeOther)

@@ -403,3 +403,26 @@ func TestPasswordChangeNeedsTheSecondFactor(t *testing.T) {
 		t.Fatalf("password change with the factor: %d %v", a.status, a.doc)
 	}
 }
+
+// An account scheduled for deletion between the password step and the
+// second factor gets no session: the same answer as a wrong credential.
+func TestSecondFactorOfAnAccountScheduledForDeletionStartsNoSession(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	_, recovery := s.enrolTOTP(t, s.signInPassword(t))
+	a := s.post(t, "/auth/login", login(s.email, goodPassword), nil)
+	token, _ := a.doc["mfa_token"].(string)
+	if a.status != 401 || token == "" {
+		t.Fatalf("password step: %d %v", a.status, a.doc)
+	}
+	if _, err := s.pg.Owner.Exec(context.Background(), "UPDATE customers SET deletion_requested_at = now(), delete_after = now() + interval '29 days' WHERE id = $1", s.c.ID); err != nil {
+		t.Fatal(err)
+	}
+	a = s.post(t, "/auth/login/mfa", jsonBody(map[string]string{"mfa_token": token, "code": recovery[0]}), nil)
+	if a.status != 401 || a.doc["code"] != "invalid_credentials" || a.cookie != nil {
+		t.Fatalf("second factor of a closing account: %d %v", a.status, a.doc)
+	}
+	if n := s.auditCount(t, "path = '/auth/login/mfa' AND action = 'auth_failed' AND metadata->>'reason' = 'account_closing'"); n != 1 {
+		t.Fatalf("%d audit rows for the refusal", n)
+	}
+}
