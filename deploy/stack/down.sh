@@ -7,14 +7,8 @@ cd "$(dirname "$0")/../.."
 run=${GUARDIAN_RUN_DIR:-$PWD/.run}
 pidfile=$run/caddy.pid
 
-# ours PIDFILE NEEDLE: the pid in PIDFILE runs and its command line holds
-# NEEDLE. A pidfile left by a crash or a reboot may name an unrelated
-# process by now, which must not be signalled.
-ours() {
-	local pid
-	pid=$(cat "$1" 2>/dev/null) && [[ $pid =~ ^[1-9][0-9]*$ ]] && kill -0 "$pid" 2>/dev/null &&
-		tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$2"
-}
+# shellcheck source=deploy/stack/pidfile.sh
+. deploy/stack/pidfile.sh
 
 if [[ -f $pidfile ]]; then
 	pid=$(cat "$pidfile")

@@ -65,14 +65,8 @@ make --no-print-directory build
 "$bin/guardianctl" migrate
 "$bin/guardianctl" demo-account
 
-# ours PIDFILE NEEDLE: the pid in PIDFILE runs and its command line holds
-# NEEDLE. A pidfile left by a crash or a reboot may name an unrelated
-# process by now.
-ours() {
-	local pid
-	pid=$(cat "$1" 2>/dev/null) && [[ $pid =~ ^[1-9][0-9]*$ ]] && kill -0 "$pid" 2>/dev/null &&
-		tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$2"
-}
+# shellcheck source=deploy/stack/pidfile.sh
+. deploy/stack/pidfile.sh
 
 # The local OpenID provider (its client secret comes from the environment).
 go build -o "$bin/dev-oidc" ./cmd/dev-oidc
