@@ -295,6 +295,19 @@ func TestLockWaitWaitsAndAlertsWhenItGivesUp(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(env[EnvMetricsDir], "guardian_job_test_job.prom")); err != nil {
 		t.Fatalf("no metrics for a lost run: %v", err)
 	}
+
+	// Stopped while waiting (systemd's SIGTERM): it gives up at once, and
+	// the lost run is still an error.
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(20*time.Millisecond, cancel)
+	backup.LockWait = time.Hour
+	start := time.Now()
+	if res := Execute(ctx, backup, env.lookup, io.Discard, io.Discard); res.Status != StatusError || ran {
+		t.Fatalf("stopped while waiting: %s (ran %v), want an error", res.Status, ran)
+	}
+	if time.Since(start) > 30*time.Second {
+		t.Fatal("a stopped run kept waiting for the lock")
+	}
 }
 
 // With RealertAfter, a lasting failure alerts once, not on every run; a
