@@ -55,7 +55,7 @@ func fallback(w http.ResponseWriter, r *http.Request) {
 		allow = "POST"
 	case p == "/api/v1/account":
 		allow = "DELETE"
-	case strings.HasPrefix(p, "/api/v1/sessions/") && !strings.Contains(p[len("/api/v1/sessions/"):], "/"):
+	case strings.HasPrefix(p, "/api/v1/sessions/") && isSegment(p[len("/api/v1/sessions/"):]):
 		allow = "DELETE"
 	}
 	if allow == "" {
@@ -65,6 +65,11 @@ func fallback(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Allow", allow)
 	problem.Write(w, problem.New(http.StatusMethodNotAllowed, "method_not_allowed", "use "+allow))
 }
+
+// isSegment reports whether s is one non-empty path segment, as the {id}
+// wildcard matches: "/api/v1/sessions/" names no session, so DELETE on it
+// is 404, not a 405 that allows DELETE.
+func isSegment(s string) bool { return s != "" && !strings.Contains(s, "/") }
 
 // Session is a session as listed.
 type Session struct {

@@ -273,6 +273,13 @@ func TestRevokeOthersEndsEveryOtherSessionOfTheUser(t *testing.T) {
 	if a := s.do(t, "GET", "/api/v1/sessions/revoke-others", "", me); a.Status != 405 || a.Header.Get("Allow") != "POST" {
 		t.Fatalf("GET revoke-others: %d %s", a.Status, a.Raw)
 	}
+	// No id names no session: 404, not a 405 that allows DELETE.
+	if a := s.do(t, "DELETE", "/api/v1/sessions/", "", me); a.Status != 404 || a.Doc["code"] != "not_found" {
+		t.Fatalf("DELETE without an id: %d %s", a.Status, a.Raw)
+	}
+	if a := s.do(t, "GET", "/api/v1/sessions/x", "", me); a.Status != 405 || a.Header.Get("Allow") != "DELETE" {
+		t.Fatalf("GET one session: %d %s", a.Status, a.Raw)
+	}
 }
 
 func TestAccountDeletion(t *testing.T) {
