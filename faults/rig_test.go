@@ -105,10 +105,14 @@ func newRig(t *testing.T, name string, o options) *rig {
 	// Redis: always the scenario's own.
 	re, dir := testenv.Private(t, "redis")
 	r.dirs["redis"] = dir
-	env["GUARDIAN_REDIS_ADDR"] = re["GUARDIAN_REDIS_ADDR"]
-	env["GUARDIAN_REDIS_PASSWORD"] = re["GUARDIAN_REDIS_PASSWORD"]
+	testenv.UseRedis(env, re)
 	if slow("redis") {
-		env["GUARDIAN_REDIS_ADDR"] = r.proxy("redis", re["GUARDIAN_REDIS_ADDR"])
+		// The proxy listens on TCP only: no socket, or the edge would
+		// go round it.
+		testenv.UseRedis(env, map[string]string{
+			"GUARDIAN_REDIS_ADDR":     r.proxy("redis", re["GUARDIAN_REDIS_ADDR"]),
+			"GUARDIAN_REDIS_PASSWORD": re["GUARDIAN_REDIS_PASSWORD"],
+		})
 	}
 
 	// ClickHouse: the scenario's own server, or its own database on the run's.

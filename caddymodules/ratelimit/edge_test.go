@@ -1,12 +1,15 @@
 package ratelimit
 
 import (
+	"context"
 	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/glassmkr/guardian/shared/testenv"
 )
@@ -92,10 +95,9 @@ func itoa(i int) string {
 func TestRedisStoppedAndRestartedUnderLoad(t *testing.T) {
 	t.Parallel()
 	redisEnv, dir := testenv.Private(t, "redis")
-	stack, key := edgeWithCustomer(t, map[string]string{
-		"GUARDIAN_REDIS_ADDR":     redisEnv["GUARDIAN_REDIS_ADDR"],
-		"GUARDIAN_REDIS_PASSWORD": redisEnv["GUARDIAN_REDIS_PASSWORD"],
-	})
+	overrides := map[string]string{}
+	testenv.UseRedis(overrides, redisEnv)
+	stack, key := edgeWithCustomer(t, overrides)
 	auth := map[string]string{"Authorization": "Bearer " + key}
 	var sent, ok, limitedHeaders atomic.Int64
 	stop := make(chan struct{})
@@ -165,5 +167,41 @@ func TestUncheckedKeyFromABlockedAddressIs429NotInvalid(t *testing.T) {
 	resp := get(t, stack.URL+"/api/v1/whoami", map[string]string{"Authorization": "Bearer " + key})
 	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" {
 		t.Fatalf("valid uncached key from a blocked address: %d (Retry-After %q), want 429 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+}
+
+// With GUARDIAN_REDIS_SOCKET the edge decides through Redis's unix socket,
+// not GUARDIAN_REDIS_ADDR: here the address has no listener, so a decision
+// made over TCP would fail open and send no RateLimit headers.
+func TestEdgeDecidesThroughRedisSocket(t *testing.T) {
+	t.Parallel()
+	redisEnv, _ := testenv.Private(t, "redis")
+	socket := redisEnv["GUARDIAN_REDIS_SOCKET"]
+	if socket == "" {
+		t.Skip("servers.sh made no Redis socket: the temporary directory's path is too long for one")
+	}
+	stack, key := edgeWithCustomer(t, map[string]string{
+		"GUARDIAN_REDIS_ADDR":     "127.0.0.1:1",
+		"GUARDIAN_REDIS_PASSWORD": redisEnv["GUARDIAN_REDIS_PASSWORD"],
+		"GUARDIAN_REDIS_SOCKET":   socket,
+	})
+	for i := range 3 {
+		// Failing open, the per-key and per-account tiers send no headers.
+		resp := get(t, stack.URL+"/api/v1/whoami", map[string]string{"Authorization": "Bearer " + key})
+		if resp.StatusCode != 200 || resp.Header.Get("RateLimit-Remaining") == "" {
+			t.Fatalf("request %d: %d, RateLimit-Remaining %q", i, resp.StatusCode, resp.Header.Get("RateLimit-Remaining"))
+		}
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: socket, Password: redisEnv["GUARDIAN_REDIS_PASSWORD"]})
+	defer rdb.Close()
+	stats, err := rdb.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(stats, "cmdstat_evalsha:calls=") && !strings.Contains(stats, "cmdstat_eval:calls=") {
+		t.Fatalf("the socket's Redis ran no bucket script:\n%s", stats)
+	}
+	if m := stack.Metrics(t); strings.Contains(m, "guardian_ratelimit_degraded_decisions_total{") || !strings.Contains(m, "guardian_ratelimit_redis_errors_total 0") {
+		t.Fatalf("the limiter failed to reach Redis:\n%s", m)
 	}
 }

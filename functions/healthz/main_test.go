@@ -94,8 +94,7 @@ func TestHealthzNamesRedisWhenItIsDownAndRecovers(t *testing.T) {
 	t.Parallel()
 	redisEnv, dir := testenv.Private(t, "redis")
 	env := testenv.StackEnv(t)
-	env["GUARDIAN_REDIS_ADDR"] = redisEnv["GUARDIAN_REDIS_ADDR"]
-	env["GUARDIAN_REDIS_PASSWORD"] = redisEnv["GUARDIAN_REDIS_PASSWORD"]
+	testenv.UseRedis(env, redisEnv)
 	stack := testenv.StartStack(t, env)
 
 	if resp, doc := get(t, stack.URL+"/healthz"); resp.StatusCode != 200 {
@@ -176,8 +175,7 @@ func TestHealthzFunctionCannotSeeTheKeyPepper(t *testing.T) {
 func TestHealthzReachesARedisCluster(t *testing.T) {
 	t.Parallel()
 	env := testenv.StackEnv(t)
-	env["GUARDIAN_REDIS_ADDR"] = strings.Join(testenv.RedisCluster(t), ",")
-	env["GUARDIAN_REDIS_PASSWORD"] = ""
+	testenv.UseRedis(env, map[string]string{"GUARDIAN_REDIS_ADDR": strings.Join(testenv.RedisCluster(t), ",")})
 	stack := testenv.StartStack(t, env)
 	if resp, doc := get(t, stack.URL+"/healthz"); resp.StatusCode != 200 {
 		t.Fatalf("cluster: %d %v", resp.StatusCode, doc)

@@ -23,6 +23,7 @@ const (
 	RedisAddr          = "GUARDIAN_REDIS_ADDR"
 	RedisPassword      = "GUARDIAN_REDIS_PASSWORD"
 	RedisCluster       = "GUARDIAN_REDIS_CLUSTER"
+	RedisSocket        = "GUARDIAN_REDIS_SOCKET"
 	ClickHouseAddr     = "GUARDIAN_CLICKHOUSE_ADDR"
 	ClickHouseUser     = "GUARDIAN_CLICKHOUSE_USER"
 	ClickHousePassword = "GUARDIAN_CLICKHOUSE_PASSWORD"
@@ -162,11 +163,16 @@ type Redis struct {
 	// Cluster is set by several addresses, or by GUARDIAN_REDIS_CLUSTER=1
 	// (a cluster reached through one seed address).
 	Cluster bool
+	// Socket is the same single server's unix socket
+	// (GUARDIAN_REDIS_SOCKET), for a process on its host that may open one:
+	// the edge does, functions cannot (fnserve forbids unix sockets).
+	Socket string
 }
 
 // LoadRedis reads GUARDIAN_REDIS_ADDR (required; comma-separated
-// addresses), GUARDIAN_REDIS_PASSWORD and GUARDIAN_REDIS_CLUSTER, so that
-// every process reaching Redis reads the same settings the same way.
+// addresses), GUARDIAN_REDIS_PASSWORD, GUARDIAN_REDIS_CLUSTER and
+// GUARDIAN_REDIS_SOCKET, so that every process reaching Redis reads the
+// same settings the same way.
 func (l *Loader) LoadRedis() Redis {
 	var r Redis
 	for _, addr := range strings.Split(l.String(RedisAddr), ",") {
@@ -176,5 +182,17 @@ func (l *Loader) LoadRedis() Redis {
 	}
 	r.Password = l.Optional(RedisPassword, "")
 	r.Cluster = len(r.Addrs) > 1 || l.Optional(RedisCluster, "") == "1"
+	r.Socket = l.Optional(RedisSocket, "")
+	switch {
+	case r.Socket == "":
+	case !strings.HasPrefix(r.Socket, "/"):
+		l.errs = append(l.errs, fmt.Errorf("%s must be an absolute path (a unix socket)", RedisSocket))
+		r.Socket = ""
+	case r.Cluster:
+		// A cluster client learns its nodes' TCP addresses from the
+		// cluster itself: one socket cannot stand for them.
+		l.errs = append(l.errs, fmt.Errorf("%s is for one Redis server, not a cluster", RedisSocket))
+		r.Socket = ""
+	}
 	return r
 }

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -79,5 +80,36 @@ func TestLoaderTypedValues(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), name) {
 			t.Errorf("error %v does not name %s", err, name)
 		}
+	}
+}
+
+func TestLoadRedis(t *testing.T) {
+	cases := []struct {
+		name    string
+		env     map[string]string
+		addrs   []string
+		cluster bool
+		socket  string
+		err     string
+	}{
+		{"one server", map[string]string{RedisAddr: "127.0.0.1:6379"}, []string{"127.0.0.1:6379"}, false, "", ""},
+		{"seeds of a cluster", map[string]string{RedisAddr: "127.0.0.1:1, 127.0.0.1:2,"}, []string{"127.0.0.1:1", "127.0.0.1:2"}, true, "", ""},
+		{"one seed of a cluster", map[string]string{RedisAddr: "127.0.0.1:1", RedisCluster: "1"}, []string{"127.0.0.1:1"}, true, "", ""},
+		{"server and its socket", map[string]string{RedisAddr: "127.0.0.1:6379", RedisSocket: " /run/redis/redis-server.sock "}, []string{"127.0.0.1:6379"}, false, "/run/redis/redis-server.sock", ""},
+		{"relative socket", map[string]string{RedisAddr: "127.0.0.1:6379", RedisSocket: "redis.sock"}, []string{"127.0.0.1:6379"}, false, "", "GUARDIAN_REDIS_SOCKET must be an absolute path"},
+		{"socket of a cluster", map[string]string{RedisAddr: "127.0.0.1:1,127.0.0.1:2", RedisSocket: "/run/redis.sock"}, []string{"127.0.0.1:1", "127.0.0.1:2"}, true, "", "GUARDIAN_REDIS_SOCKET is for one Redis server"},
+		{"no address", map[string]string{RedisSocket: "/run/redis.sock"}, nil, false, "/run/redis.sock", "GUARDIAN_REDIS_ADDR is required"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			l := New(env(tc.env))
+			r := l.LoadRedis()
+			if !slices.Equal(r.Addrs, tc.addrs) || r.Cluster != tc.cluster || r.Socket != tc.socket {
+				t.Errorf("got %+v", r)
+			}
+			if err := l.Err(); tc.err == "" && err != nil || tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)) {
+				t.Errorf("err = %v, want %q", err, tc.err)
+			}
+		})
 	}
 }

@@ -12,6 +12,8 @@ import (
 // to one test.
 type Redis struct {
 	Addr, Password string
+	// Socket is the server's unix socket, "" when servers.sh made none.
+	Socket string
 	// Prefix starts every key the test may touch; its keys are deleted when
 	// the test ends.
 	Prefix string
@@ -22,7 +24,7 @@ type Redis struct {
 func NewRedis(t testing.TB) *Redis {
 	t.Helper()
 	env := Servers(t, "redis")
-	r := &Redis{Addr: env["GUARDIAN_REDIS_ADDR"], Password: env["GUARDIAN_REDIS_PASSWORD"], Prefix: Name("t") + ":"}
+	r := &Redis{Addr: env["GUARDIAN_REDIS_ADDR"], Password: env["GUARDIAN_REDIS_PASSWORD"], Socket: env["GUARDIAN_REDIS_SOCKET"], Prefix: Name("t") + ":"}
 	r.Client = redis.NewClient(&redis.Options{Addr: r.Addr, Password: r.Password})
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -34,4 +36,14 @@ func NewRedis(t testing.TB) *Redis {
 		_ = r.Client.Close()
 	})
 	return r
+}
+
+// Transports are the ways to reach r, by name: "tcp" (loopback) and, when
+// it has one, "unix" (its socket). Benchmarks run on each.
+func (r *Redis) Transports() [][2]string {
+	ts := [][2]string{{"tcp", r.Addr}}
+	if r.Socket != "" {
+		ts = append(ts, [2]string{"unix", r.Socket})
+	}
+	return ts
 }

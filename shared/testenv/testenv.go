@@ -112,6 +112,17 @@ func Stop(dir string, services ...string) error {
 	return nil
 }
 
+// UseRedis points a stack's environment at the Redis whose servers.env
+// settings are r: its address, its password and its unix socket, or no
+// socket when r has none (a cluster, a proxy), so that the edge never dials
+// the socket of the Redis env named before while its functions reach this
+// one.
+func UseRedis(env, r map[string]string) {
+	env["GUARDIAN_REDIS_ADDR"] = r["GUARDIAN_REDIS_ADDR"]
+	env["GUARDIAN_REDIS_PASSWORD"] = r["GUARDIAN_REDIS_PASSWORD"]
+	env["GUARDIAN_REDIS_SOCKET"] = r["GUARDIAN_REDIS_SOCKET"] // "" is unset
+}
+
 // Private starts services of its own for one test in a temporary directory
 // and stops them when the test ends: for tests that stop or break a server.
 // It returns the servers.env settings and the directory.
