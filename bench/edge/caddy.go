@@ -178,6 +178,9 @@ func (b *bench) startCaddy(ctx context.Context, bin, cfg string) error {
 		"GUARDIAN_REDIS_ADDR="+b.stack.env["GUARDIAN_REDIS_ADDR"],
 		"GUARDIAN_REDIS_PASSWORD="+b.stack.env["GUARDIAN_REDIS_PASSWORD"],
 	)
+	if b.stack.redisSocket {
+		env = append(env, "GUARDIAN_REDIS_SOCKET="+b.stack.env["GUARDIAN_REDIS_SOCKET"])
+	}
 	c, err := b.spawn("caddy", env, bin, "run", "--config", cfg, "--adapter", "caddyfile")
 	if err != nil {
 		return err

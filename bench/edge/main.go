@@ -79,6 +79,7 @@ type options struct {
 	noise               float64
 	retries             int
 	stackMode           string
+	redisSocket         bool
 	micro               bool
 	benchtime           string
 	results             string
@@ -100,6 +101,7 @@ func parseFlags() options {
 	flag.Float64Var(&o.noise, "noise", 0.15, "repeat a round during which other processes used more than this share of all CPUs (0: never)")
 	flag.IntVar(&o.retries, "retries", 12, "repeated rounds at most, over the whole run")
 	flag.StringVar(&o.stackMode, "stack-mode", "", `GUARDIAN_STACK_MODE for servers.sh: "" (durable PostgreSQL) or "test" (fsync off)`)
+	flag.BoolVar(&o.redisSocket, "redis-socket", true, "Caddy reaches Redis through its unix socket (GUARDIAN_REDIS_SOCKET), as on one host; false: over TCP loopback")
 	flag.BoolVar(&o.micro, "micro", true, "also run the micro-benchmarks (go test -bench -benchmem)")
 	flag.StringVar(&o.benchtime, "benchtime", "1s", "micro-benchmarks' -benchtime")
 	flag.StringVar(&o.results, "results", "", "directory for the JSON and text results (default: <module>/bench/results)")
@@ -253,7 +255,7 @@ func run(ctx context.Context, o options) (err error) {
 		Time:    time.Now().UTC().Format(time.RFC3339),
 		Machine: machineInfo(),
 		Settings: settings{Concurrency: o.concurrencies, RoundSeconds: o.duration.Seconds(), OpenSeconds: o.openDuration.Seconds(),
-			WarmupS: o.warmup.Seconds(), Reps: o.reps, MaxInFlight: o.maxInFlight, StackMode: o.stackMode,
+			WarmupS: o.warmup.Seconds(), Reps: o.reps, MaxInFlight: o.maxInFlight, StackMode: o.stackMode, RedisSocket: o.redisSocket,
 			Noise: o.noise, Retries: o.retries},
 		Configs: configs,
 		PGStats: b.stack.pgStats,
@@ -321,7 +323,7 @@ func (b *bench) setUp(ctx context.Context, o *options) error {
 		}
 		*bin.path = abs
 	}
-	b.stack = &stack{modDir: b.modDir, dir: filepath.Join(b.dir, "servers"), mode: o.stackMode}
+	b.stack = &stack{modDir: b.modDir, dir: filepath.Join(b.dir, "servers"), mode: o.stackMode, redisSocket: o.redisSocket}
 	b.cleanups.Add(b.stack.destroy)
 	if err := b.stack.start(ctx); err != nil {
 		return err

@@ -52,6 +52,7 @@ type settings struct {
 	Reps         int     `json:"reps"`
 	MaxInFlight  int     `json:"open_loop_max_in_flight"`
 	StackMode    string  `json:"stack_mode"`
+	RedisSocket  bool    `json:"redis_socket"`
 	Noise        float64 `json:"noise_threshold"`
 	Retries      int     `json:"retries_budget"`
 }
@@ -191,8 +192,12 @@ func (r *report) print(w io.Writer) {
 	for i, n := range s.Concurrency {
 		conc[i] = strconv.Itoa(n)
 	}
-	fmt.Fprintf(w, "settings: %d reps per configuration and phase, interleaved; closed rounds %gs at %s concurrent; open rounds %gs (max %d in flight); PostgreSQL %s\n",
-		s.Reps, s.RoundSeconds, strings.Join(conc, " and "), s.OpenSeconds, s.MaxInFlight, mode)
+	redisWay := "TCP loopback"
+	if s.RedisSocket {
+		redisWay = "its unix socket"
+	}
+	fmt.Fprintf(w, "settings: %d reps per configuration and phase, interleaved; closed rounds %gs at %s concurrent; open rounds %gs (max %d in flight); PostgreSQL %s; Caddy reaches Redis over %s\n",
+		s.Reps, s.RoundSeconds, strings.Join(conc, " and "), s.OpenSeconds, s.MaxInFlight, mode, redisWay)
 	if s.Noise > 0 {
 		fmt.Fprintf(w, "noise: a round during which other processes used more than %.0f%% of the CPUs was repeated (at most %d times in the run): %d repeated\n",
 			s.Noise*100, s.Retries, r.Discarded)

@@ -26,9 +26,11 @@ type stack struct {
 	modDir string
 	dir    string
 	mode   string // GUARDIAN_STACK_MODE for servers.sh ("" or "test")
-	env    map[string]string
-	super  *pgx.Conn // superuser on the guardian database (statistics, row counts)
-	rdb    *redis.Client
+	// redisSocket: Caddy reaches Redis through its unix socket.
+	redisSocket bool
+	env         map[string]string
+	super       *pgx.Conn // superuser on the guardian database (statistics, row counts)
+	rdb         *redis.Client
 	// PGStats says where the PostgreSQL per-request figures come from.
 	pgStats string
 }
@@ -94,7 +96,11 @@ func (s *stack) start(ctx context.Context) error {
 			return fmt.Errorf("create extension pg_stat_statements: %w", err)
 		}
 	}
-	s.rdb = redis.NewClient(&redis.Options{Addr: s.env["GUARDIAN_REDIS_ADDR"], Password: s.env["GUARDIAN_REDIS_PASSWORD"], PoolSize: 1})
+	addr := s.env["GUARDIAN_REDIS_ADDR"]
+	if s.redisSocket {
+		addr = s.env["GUARDIAN_REDIS_SOCKET"] // the idle PING goes the limiter's way
+	}
+	s.rdb = redis.NewClient(&redis.Options{Addr: addr, Password: s.env["GUARDIAN_REDIS_PASSWORD"], PoolSize: 1})
 	return s.rdb.Ping(ctx).Err()
 }
 
@@ -111,7 +117,11 @@ func (s *stack) readEnv() error {
 			s.env[strings.TrimSpace(k)] = v
 		}
 	}
-	for _, k := range []string{"GUARDIAN_PG_DSN", "GUARDIAN_PG_APP_DSN", "GUARDIAN_PG_SOCKET_DIR", "PG_PORT", "GUARDIAN_REDIS_ADDR", "GUARDIAN_REDIS_PASSWORD"} {
+	need := []string{"GUARDIAN_PG_DSN", "GUARDIAN_PG_APP_DSN", "GUARDIAN_PG_SOCKET_DIR", "PG_PORT", "GUARDIAN_REDIS_ADDR", "GUARDIAN_REDIS_PASSWORD"}
+	if s.redisSocket {
+		need = append(need, "GUARDIAN_REDIS_SOCKET")
+	}
+	for _, k := range need {
 		if s.env[k] == "" {
 			return fmt.Errorf("servers.env lacks %s", k)
 		}
