@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/glassmkr/guardian/shared/audit"
 )
@@ -36,15 +37,35 @@ type spool struct {
 	curSize  int64 // bytes of the current segment that are durable
 	next     int64 // number of the next segment
 	bytes    int64 // on disk, all segments
+	// lock holds an exclusive flock on the directory's lock file while the
+	// spool is open: two writers in one directory would number segments
+	// alike, append to each other's, and each would replay and remove
+	// segments the other is still writing, losing rows it had answered.
+	lock *os.File
 }
+
+// lockName is the spool directory's lock file.
+const lockName = ".lock"
 
 func openSpool(dir string, maxBytes int64) (*spool, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("audit spool: %w", err)
 	}
-	s := &spool{dir: dir, maxBytes: maxBytes}
+	lock, err := os.OpenFile(filepath.Join(dir, lockName), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("audit spool: %w", err)
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		lock.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("audit spool %s is in use by another writer (another Caddy, or a second spool_dir setting, naming the same directory)", dir)
+		}
+		return nil, fmt.Errorf("audit spool: lock: %w", err)
+	}
+	s := &spool{dir: dir, maxBytes: maxBytes, lock: lock}
 	names, err := s.segments()
 	if err != nil {
+		lock.Close()
 		return nil, err
 	}
 	for _, n := range names {
@@ -268,6 +289,15 @@ func syncDir(dir string) error {
 	return nil
 }
 
+// close seals the current segment and lets another writer open the
+// directory.
 func (s *spool) close() error {
-	return s.seal()
+	err := s.seal()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.lock != nil {
+		err = errors.Join(err, s.lock.Close()) // closing releases the flock
+		s.lock = nil
+	}
+	return err
 }

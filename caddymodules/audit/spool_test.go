@@ -3,6 +3,7 @@ package audit
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -133,5 +134,37 @@ func TestReplayNeverTakesTheSegmentBeingWritten(t *testing.T) {
 	}
 	if s.size() != 0 {
 		t.Fatalf("spool size %d after replaying everything", s.size())
+	}
+}
+
+// Two writers must never share a spool directory: each would replay and
+// remove segments the other is still writing. The second open is refused
+// until the first spool is closed.
+func TestSpoolDirectoryHasOneWriter(t *testing.T) {
+	dir := t.TempDir()
+	first, err := openSpool(dir, 1<<30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := first.append([]*audit.Row{testRow(1)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := openSpool(dir, 1<<30); err == nil || !strings.Contains(err.Error(), "in use by another writer") {
+		t.Fatalf("second open of a spool in use: %v", err)
+	}
+	if err := first.close(); err != nil {
+		t.Fatal(err)
+	}
+	again, err := openSpool(dir, 1<<30)
+	if err != nil {
+		t.Fatalf("open after the first closed: %v", err)
+	}
+	defer again.close()
+	names, err := again.sealed()
+	if err != nil || len(names) != 1 {
+		t.Fatalf("the first writer's segment: %v %v", names, err)
+	}
+	if err := again.close(); err != nil {
+		t.Fatal(err)
 	}
 }
