@@ -16,11 +16,12 @@
 //
 // How. Tables are partitioned by day. A partition whose newest row
 // (system.parts max_time, no data read) is past the table's longest
-// retention is dropped whole (ALTER TABLE … DROP PARTITION ID). The
-// expired rows of the partitions that are kept (Free snapshots, the
-// partition that straddles the horizon) go by one ALTER TABLE … DELETE
-// WHERE mutation per table, with constant cut-offs, only when there are
-// such rows. ClickHouse 18.16 has no TTL; on 19.6 and later the tables
+// retention, and whose day is before the horizon's day, is dropped whole
+// (ALTER TABLE … DROP PARTITION ID). The expired rows of the partitions
+// that are kept (Free snapshots, the partition of the horizon's day,
+// which still takes late snapshots stamped after the horizon) go by one
+// ALTER TABLE … DELETE WHERE mutation per table, with constant cut-offs,
+// only when there are such rows. ClickHouse 18.16 has no TTL; on 19.6 and later the tables
 // also carry TTLs (shared/migrate), which apply only when parts merge, so
 // the sweep deletes what TTL has not yet, and deletes nothing twice.
 //
@@ -32,9 +33,9 @@
 // While a DELETE mutation of the sweep on a table is still pending
 // (system.mutations, is_done = 0) none is issued on that table; one
 // pending for more than a day makes the run red. Tables that do not exist
-// are reported as skipped. Rows older than a table's retention are
-// assumed not to be inserted any more (ingest refuses them), so a
-// partition found expired is not written to while it is dropped.
+// are reported as skipped. Rows older than a table's retention are not
+// inserted any more (ingest refuses them), so a partition of a day before
+// the horizon's is not written to while it is dropped.
 //
 // Result line (besides job's members): partitions_dropped, rows_dropped,
 // partitions_remaining, mutations_issued, mutations_pending,

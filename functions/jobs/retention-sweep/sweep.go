@@ -7,6 +7,7 @@ import (
 	"maps"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -287,20 +288,28 @@ WHERE database = ? AND table = ? AND active GROUP BY partition_id ORDER BY parti
 
 var partitionIDRE = regexp.MustCompile(`^[0-9A-Za-z_-]{1,64}$`)
 
-// expired reports whether every row of p is older than horizon, so the
-// partition can go whole. ClickHouse keeps each part's min and max of the
-// partition key's DateTime column (system.parts max_time, on 18.16 and
-// later), so no data is read. A partition that is empty (a mutation
-// deleted all its rows) has no max_time; it goes once its day, read from
-// its YYYYMMDD id with two days' margin for any server time zone, is past
-// the horizon, so that a partition being written to now is never
-// dropped.
-func (p partition) expired(horizon time.Time) bool {
-	if p.rows == 0 {
-		day, err := time.Parse("20060102", p.id)
-		return err == nil && !day.AddDate(0, 0, 2).After(horizon)
+// expired reports whether p can go whole: every row of it is older than
+// horizon, and no row ingest still accepts can be written to it now.
+// ClickHouse keeps each part's min and max of the partition key's
+// DateTime column (system.parts max_time, on 18.16 and later), so no data
+// is read. But a newest row at or before the horizon is not enough: the
+// partition of the horizon's own day (horizonDay, its YYYYMMDD id in
+// ClickHouse's time zone) still takes a late snapshot stamped after the
+// horizon, and dropping it would delete that row with the old ones. So a
+// partition goes only when its day is before horizonDay; the horizon's
+// day keeps its partition, and its expired rows go by the DELETE
+// mutation. A partition that is empty (a mutation deleted all its rows)
+// has no max_time; it goes once its day, read from its id with two days'
+// margin for any server time zone, is past the horizon.
+func (p partition) expired(horizon time.Time, horizonDay string) bool {
+	day, err := time.Parse("20060102", p.id)
+	if err != nil || len(p.id) != 8 {
+		return false // not a daily partition: never dropped whole
 	}
-	return p.maxTime.Unix() > 0 && !p.maxTime.After(horizon)
+	if p.rows == 0 {
+		return !day.AddDate(0, 0, 2).After(horizon)
+	}
+	return p.id < horizonDay && p.maxTime.Unix() > 0 && !p.maxTime.After(horizon)
 }
 
 func (s *Sweeper) sweepTable(ctx context.Context, rule Rule, now time.Time, b *budget, tr *TableResult) error {
@@ -325,11 +334,18 @@ func (s *Sweeper) sweepTable(ctx context.Context, rule Rule, now time.Time, b *b
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("read system.parts: %w", err)
 	}
+	// The horizon's day by the partition key's expression, in the
+	// server's time zone.
+	var hd uint32
+	if err := s.CH.QueryRow(ctx, fmt.Sprintf("SELECT toYYYYMMDD(toDateTime(%d))", horizon.Unix())).Scan(&hd); err != nil {
+		return fmt.Errorf("the horizon's day: %w", err)
+	}
+	horizonDay := strconv.FormatUint(uint64(hd), 10)
 	// floor: rows at or before it lie in expired partitions left for the
 	// next run, which the mutation leaves alone (they go whole later).
 	var floor time.Time
 	for _, p := range parts {
-		if !p.expired(horizon) || !partitionIDRE.MatchString(p.id) {
+		if !p.expired(horizon, horizonDay) || !partitionIDRE.MatchString(p.id) {
 			continue
 		}
 		if b.drops == 0 {

@@ -367,23 +367,65 @@ func TestJobPrintsCountsInItsResultLine(t *testing.T) {
 
 func TestPartitionExpiry(t *testing.T) {
 	horizon := time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC)
+	const horizonDay = "20260310"
 	cases := []struct {
 		name string
 		p    partition
 		want bool
 	}{
-		{"newest row before the horizon: expired", partition{"20260309", horizon.Add(-time.Hour), 5}, true},
-		{"newest row at the horizon: expired", partition{"20260310", horizon, 5}, true},
-		{"a row after the horizon keeps the partition", partition{"20260310", horizon.Add(time.Second), 5}, false},
+		{"newest row before the horizon, an earlier day: expired", partition{"20260309", horizon.Add(-time.Hour), 5}, true},
+		{"newest row at the horizon, an earlier day: expired", partition{"20260309", horizon, 5}, true},
+		{"the horizon's own day is kept though every row is expired: a late snapshot may still come", partition{"20260310", horizon.Add(-time.Hour), 5}, false},
+		{"a row after the horizon keeps the partition", partition{"20260309", horizon.Add(time.Second), 5}, false},
 		{"unknown newest row keeps the partition", partition{"20260101", time.Unix(0, 0), 5}, false},
+		{"a partition that is not a day is never dropped whole", partition{"202603", horizon.Add(-40 * 24 * time.Hour), 5}, false},
 		{"empty partition two days past its day: expired", partition{"20260308", time.Unix(0, 0), 0}, true},
 		{"empty partition of yesterday is kept (may be written now)", partition{"20260309", time.Unix(0, 0), 0}, false},
 		{"empty partition with another id scheme is kept", partition{"all", time.Unix(0, 0), 0}, false},
 	}
 	for _, c := range cases {
-		if got := c.p.expired(horizon); got != c.want {
+		if got := c.p.expired(horizon, horizonDay); got != c.want {
 			t.Errorf("%s: got %v", c.name, got)
 		}
+	}
+}
+
+// A partition whose rows are all expired, but whose day is the horizon's,
+// is not dropped: ingest still accepts a snapshot stamped later that day,
+// which a drop racing with its insert would delete. Its expired rows go by
+// the mutation instead, and a row stamped after the horizon stays.
+func TestSweepKeepsTheHorizonsDayPartition(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	ctx := context.Background()
+	// A clock whose 90-day horizon is noon of a day in ClickHouse's zone.
+	var sod int64
+	probe := f.now.AddDate(0, 0, -90).Unix()
+	if err := f.ch.Conn.QueryRow(ctx, fmt.Sprintf("SELECT toInt64(toUnixTimestamp(toStartOfDay(toDateTime(%d))))", probe)).Scan(&sod); err != nil {
+		t.Fatal(err)
+	}
+	horizon := time.Unix(sod, 0).Add(12 * time.Hour)
+	f.now = horizon.AddDate(0, 0, 90)
+	if !f.now.AddDate(0, 0, -90).Equal(horizon) {
+		t.Fatalf("the clock's horizon is %v, want %v", f.now.AddDate(0, 0, -90), horizon)
+	}
+	f.insertAged(t, "analyses", "body", 90*day+time.Hour) // the horizon's day, before it
+	res, err := f.sweeper(10, 10).Run(ctx, f.now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tr := res.Tables["analyses"]; tr.PartitionsDropped != 0 || tr.RowsToDelete != 1 || tr.Mutation != "issued" {
+		t.Fatalf("analyses: %+v; want the horizon's day kept and its expired row deleted by a mutation", *tr)
+	}
+	f.waitMutations(t)
+	// The late snapshot of that day, stamped after the horizon, stays.
+	f.insertAged(t, "analyses", "body", 90*day-time.Hour)
+	if _, err := f.sweeper(10, 10).Run(ctx, f.now); err != nil {
+		t.Fatal(err)
+	}
+	f.waitMutations(t)
+	if got := f.labels(t, "analyses", "body"); !slices.Equal(got, []string{(90*day - time.Hour).String()}) {
+		t.Fatalf("analyses left: %v", got)
 	}
 }
 
