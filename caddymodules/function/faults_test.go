@@ -2,7 +2,9 @@ package function
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -175,5 +177,27 @@ func TestAFunctionCannotReachAUnixSocket(t *testing.T) {
 		if err != nil || !strings.Contains(rec.Body.String(), tc.want) {
 			t.Errorf("%s %s: %q %v, want %q", tc.network, tc.addr, rec.Body.String(), err, tc.want)
 		}
+	}
+}
+
+// Request trailers, headers the client sends after the body, never reach
+// a function: a forged Guardian-* trailer would sit beside the edge's
+// identity headers, out of identity.Strip's sight.
+func TestRequestTrailersDoNotReachTheFunction(t *testing.T) {
+	t.Parallel()
+	h := newHandler(t, &Handler{})
+	r := httptest.NewRequest("POST", "/trailers", io.NopCloser(strings.NewReader("body")))
+	r.ContentLength = -1
+	r.Trailer = http.Header{"Guardian-Identity": {"forged"}, "X-Other": {"1"}}
+	rec := httptest.NewRecorder()
+	if err := h.ServeHTTP(rec, r, nil); err != nil || rec.Code != 200 {
+		t.Fatalf("%d %v", rec.Code, err)
+	}
+	var seen http.Header
+	if err := json.Unmarshal(rec.Body.Bytes(), &seen); err != nil {
+		t.Fatalf("%v: %s", err, rec.Body)
+	}
+	if len(seen) != 0 {
+		t.Fatalf("the function saw trailers %v", seen)
 	}
 }

@@ -199,8 +199,9 @@ func socketPath(dir, name string, seq uint64) string {
 }
 
 // rewrite prepares the request a function receives: addressed to the
-// function, with every Guardian-* header the client sent removed and the
-// edge's own identity, client address and request id set in their place.
+// function, with every Guardian-* header and every trailer the client sent
+// removed and the edge's own identity, client address and request id set
+// in their place.
 // (ReverseProxy's Rewrite mode already drops hop-by-hop, Forwarded and
 // X-Forwarded-* headers from the client.)
 func rewrite(name string) func(*httputil.ProxyRequest) {
@@ -215,6 +216,11 @@ func rewrite(name string) func(*httputil.ProxyRequest) {
 		// clears the response headers when it relays a 1xx: the edge's
 		// security headers and request id would be lost.
 		delete(h, "Expect")
+		// Request trailers are the client's headers after the body, which
+		// identity.Strip never saw (a trailer Guardian-Identity would
+		// reach the function beside the edge's header). Functions read
+		// none, so none is passed on.
+		pr.Out.Trailer = nil
 		ctx := pr.In.Context()
 		id, _ := caddyhttp.GetVar(ctx, identity.VarKey).(*identity.Identity)
 		ip, _ := caddyhttp.GetVar(ctx, caddyhttp.ClientIPVarKey).(string)

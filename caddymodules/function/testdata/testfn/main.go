@@ -42,6 +42,10 @@ func setup(ctx context.Context, log *zap.Logger, env *config.Loader) (http.Handl
 	mux.HandleFunc("/headers", func(w http.ResponseWriter, r *http.Request) {
 		_ = json.NewEncoder(w).Encode(r.Header)
 	})
+	mux.HandleFunc("/trailers", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body) // trailers arrive after the body
+		_ = json.NewEncoder(w).Encode(r.Trailer)
+	})
 	mux.HandleFunc("/sealed", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprint(w, nodump.Sealed())
 	})
