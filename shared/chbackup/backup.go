@@ -147,6 +147,9 @@ func Backup(ctx context.Context, cfg Config) (SetInfo, error) {
 			m.Recipients = append(m.Recipients, s.String())
 		}
 	}
+	if err := checkLimits(ctx, ch); err != nil {
+		return info, fmt.Errorf("backup: %w", err)
+	}
 	tables, err := listTables(ctx, ch, db)
 	if err != nil {
 		return info, fmt.Errorf("backup: %w", err)

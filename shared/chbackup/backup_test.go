@@ -1,6 +1,7 @@
 package chbackup
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -586,5 +587,43 @@ func TestVerifyDropsAKilledRunsScratchCopy(t *testing.T) {
 	}
 	if n := f.count(t, "system.databases WHERE name = '"+other+"'"); n != 1 {
 		t.Error("another database's scratch copy was dropped")
+	}
+}
+
+// A profile limit in "break" mode makes ClickHouse answer a SELECT short
+// without an error; a backup under one would record a shortened table as
+// whole. The backup refuses such settings, and accepts limits that throw.
+func TestLimitsThatCutDumpsShortAreRefused(t *testing.T) {
+	f := newFixture(t, 0)
+	ctx := context.Background()
+	withSettings := func(q string) *chClient {
+		c := *f.ch
+		c.base += "?" + q
+		return &c
+	}
+	// The hazard, on this server: a dump under the limit is short.
+	short := withSettings("max_result_rows=100&result_overflow_mode=break")
+	resp, err := short.post(ctx, "SELECT * FROM "+quoteIdent(f.cfg.ClickHouse.Database)+".snapshots FORMAT Native", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := CountNativeRows(bufio.NewReader(resp.Body))
+	resp.Body.Close()
+	if err != nil || st.Rows >= 1000 {
+		t.Fatalf("a dump under max_result_rows=100 in break mode: %d rows, %v; want fewer than the table's 1000", st.Rows, err)
+	}
+	cases := []struct{ settings, want string }{
+		{"max_result_rows=100&result_overflow_mode=break", "max_result_rows=100 with result_overflow_mode=break"},
+		{"max_rows_to_read=100&read_overflow_mode=break", "max_rows_to_read=100 with read_overflow_mode=break"},
+		{"max_execution_time=60&timeout_overflow_mode=break", "max_execution_time=60 with timeout_overflow_mode=break"},
+		{"max_result_rows=100&result_overflow_mode=throw", ""},
+		{"max_rows_to_read=0&read_overflow_mode=break", ""},
+		{"", ""},
+	}
+	for _, c := range cases {
+		err := checkLimits(ctx, withSettings(c.settings))
+		if c.want == "" && err != nil || c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)) {
+			t.Errorf("%q: %v, want %q", c.settings, err, c.want)
+		}
 	}
 }

@@ -38,6 +38,11 @@
 // block headers (column and row counts) and skipping the column data
 // (CountNativeRows): the count is exact for the bytes stored. The walk also
 // catches an exception ClickHouse appends to an answer it has already begun.
+// What neither can catch is a query limit in "break" mode (max_result_rows
+// with result_overflow_mode=break, and the like, in the user's profile):
+// ClickHouse then stops early and answers a shorter table without an
+// error. Backup reads system.settings first and refuses to run under such
+// a limit (checkLimits).
 // Column types the walker does not know (LowCardinality, aggregate function
 // states) fail the backup loudly rather than store an unchecked blob. The
 // set as a whole is not one point in time: ClickHouse has no transactions,
