@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -98,7 +99,9 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		problem.Write(w, perr)
 		return
 	}
-	if snap.ServerID != nil && *snap.ServerID != id.ServerID {
+	// A UUID's hex digits may come in either case (RFC 9562); the key's
+	// server id is PostgreSQL's lower-case text.
+	if snap.ServerID != nil && !strings.EqualFold(*snap.ServerID, id.ServerID) {
 		problem.Write(w, problem.New(http.StatusForbidden, "wrong_server", "this collector key belongs to another server"))
 		return
 	}

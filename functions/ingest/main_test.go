@@ -116,6 +116,10 @@ func TestCollectorSnapshotIsStoredForItsOwnServer(t *testing.T) {
 	if status, _, doc := post(t, e.stack.URL+"/api/v1/ingest", key, crucibleSnapshot(ts, `"server_id":"`+e.c.ServerID+`",`)); status != 200 {
 		t.Fatalf("matching server_id: %d %v", status, doc)
 	}
+	// A UUID is the same whatever the case of its hex digits.
+	if status, _, doc := post(t, e.stack.URL+"/api/v1/ingest", key, crucibleSnapshot(ts, `"server_id":"`+strings.ToUpper(e.c.ServerID)+`",`)); status != 200 {
+		t.Fatalf("matching server_id in upper case: %d %v", status, doc)
+	}
 }
 
 func TestConcurrentSnapshotsAreBatchedAndAllStored(t *testing.T) {
