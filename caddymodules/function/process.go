@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -23,6 +24,7 @@ import (
 
 	"github.com/glassmkr/guardian/shared/fnserve"
 	"github.com/glassmkr/guardian/shared/identity"
+	"github.com/glassmkr/guardian/shared/session"
 )
 
 // process is one running copy of a function binary with its own socket,
@@ -200,8 +202,9 @@ func socketPath(dir, name string, seq uint64) string {
 
 // rewrite prepares the request a function receives: addressed to the
 // function, with every Guardian-* header and every trailer the client sent
-// removed and the edge's own identity, client address and request id set
-// in their place.
+// removed, and the caller's key or session cookie too (stripCredentials),
+// and the edge's own identity, client address and request id set in their
+// place.
 // (ReverseProxy's Rewrite mode already drops hop-by-hop, Forwarded and
 // X-Forwarded-* headers from the client.)
 func rewrite(name string) func(*httputil.ProxyRequest) {
@@ -211,6 +214,7 @@ func rewrite(name string) func(*httputil.ProxyRequest) {
 		pr.Out.Host = pr.In.Host
 		h := pr.Out.Header
 		identity.Strip(h)
+		stripCredentials(h)
 		// Caddy's server has answered the client's 100-continue already.
 		// Passed on, it makes the function answer 100 too, and the proxy
 		// clears the response headers when it relays a 1xx: the edge's
@@ -233,6 +237,36 @@ func rewrite(name string) func(*httputil.ProxyRequest) {
 		}
 		identity.SetEdgeHeaders(h, id, ip, reqID)
 	}
+}
+
+// stripCredentials removes the caller's own credentials, which the edge
+// has checked and turned into identity headers: the Authorization header
+// (an API or collector key) and the session cookie. A function gets who
+// the caller is, never a secret that would let it act as the caller
+// through the edge; a compromised public function (healthz) would
+// otherwise collect every key and session token sent to it. Other
+// cookies (a sign-in's OpenID state, a second factor's challenge) pass.
+func stripCredentials(h http.Header) {
+	delete(h, "Authorization")
+	cookies := h.Values("Cookie")
+	if len(cookies) == 0 {
+		return
+	}
+	var kept []string
+	for _, line := range cookies {
+		for _, c := range strings.Split(line, ";") {
+			c = strings.TrimSpace(c)
+			name, _, _ := strings.Cut(c, "=")
+			if c != "" && strings.TrimSpace(name) != session.CookieName {
+				kept = append(kept, c)
+			}
+		}
+	}
+	if len(kept) == 0 {
+		delete(h, "Cookie")
+		return
+	}
+	h.Set("Cookie", strings.Join(kept, "; "))
 }
 
 // stop asks the binary to drain and exit, and kills it after grace.

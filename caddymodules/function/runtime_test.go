@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -161,4 +162,49 @@ func TestWarmFunctionStartsWithTheConfigAndOutlivesIdleness(t *testing.T) {
 		defer h.inst.mu.Unlock()
 		return h.inst.proc != nil && h.inst.proc.cmd.Process.Pid != pid
 	})
+}
+
+// The caller's key and session cookie stay at the edge: a function learns
+// who called from the identity headers, and gets no secret to replay.
+func TestCallerCredentialsDoNotReachTheFunction(t *testing.T) {
+	t.Parallel()
+	h := newHandler(t, &Handler{})
+	r := httptest.NewRequest("GET", "/headers", nil)
+	r.Header.Set("Authorization", "Bearer gmk_acct_live_secret")
+	r.Header.Add("Cookie", "theme=dark; guardian_token=session-secret")
+	r.Header.Add("Cookie", "guardian_mfa=challenge")
+	got := headersSeen(t, h, r)
+	if v := got["Authorization"]; v != nil {
+		t.Errorf("Authorization reached the function: %v", v)
+	}
+	if v := got["Cookie"]; len(v) != 1 || v[0] != "theme=dark; guardian_mfa=challenge" {
+		t.Errorf("Cookie = %q, want the other cookies only", v)
+	}
+}
+
+func TestStripCredentials(t *testing.T) {
+	cases := []struct {
+		name   string
+		cookie []string
+		want   []string
+	}{
+		{"none", nil, nil},
+		{"only the session", []string{"guardian_token=x"}, nil},
+		{"session among others", []string{"a=1;guardian_token=x ;  b=2"}, []string{"a=1; b=2"}},
+		{"a name that only starts alike stays", []string{"guardian_token_x=1; guardian_token=y"}, []string{"guardian_token_x=1"}},
+		{"several headers become one", []string{"a=1", "guardian_token=x", "b=2"}, []string{"a=1; b=2"}},
+		{"a value mentioning the name stays", []string{"c=guardian_token=x"}, []string{"c=guardian_token=x"}},
+		{"empty pieces go", []string{";;guardian_token=x;;"}, nil},
+		{"a bare name is a cookie too", []string{"guardian_token; a=1"}, []string{"a=1"}},
+	}
+	for _, tc := range cases {
+		h := http.Header{"Authorization": {"Bearer k"}}
+		for _, c := range tc.cookie {
+			h.Add("Cookie", c)
+		}
+		stripCredentials(h)
+		if h.Get("Authorization") != "" || !slices.Equal(h.Values("Cookie"), tc.want) {
+			t.Errorf("%s: Authorization %q, Cookie %q, want %q", tc.name, h.Get("Authorization"), h.Values("Cookie"), tc.want)
+		}
+	}
 }

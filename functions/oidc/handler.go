@@ -211,11 +211,11 @@ func (h *handler) callback(w http.ResponseWriter, r *http.Request) {
 	// This browser's session, if it has one, ends with the new one's start
 	// (Start ends it only if it is the same user's): as a password sign-in
 	// or re-auth does, a Google one replaces the session, not adds one.
+	// The edge checked the session cookie (guardian_auth, optional) and
+	// names the session; the cookie itself never reaches a function.
 	var replacing string
-	if ck, err := r.Cookie(session.CookieName); err == nil {
-		if claims, err := session.Verify(h.secret, ck.Value, now); err == nil {
-			replacing = claims.SessionID()
-		}
+	if id, ok := identity.FromRequest(r); ok && id.Kind == identity.KindSession {
+		replacing = id.SessionID
 	}
 
 	var a account
