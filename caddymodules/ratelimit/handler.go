@@ -287,6 +287,15 @@ func (h *Handler) answer(w http.ResponseWriter, d Decision) error {
 	if d.Source == SourceOpen {
 		return nil // nothing known to report
 	}
+	hdr := w.Header()
+	// A route with two tiers (ip, then account) reports the bucket
+	// closest to empty, as one decision over two buckets does; a refusal
+	// reports the bucket that refused.
+	if prev := hdr[headerRemaining]; d.Allowed && len(prev) == 1 {
+		if n, err := strconv.Atoi(prev[0]); err == nil && n <= d.Remaining {
+			return nil
+		}
+	}
 	// Every limited request carries the three headers: their values share
 	// one string and one slice (two allocations, not six), and the keys
 	// are stored in canonical form, which Header.Set would compute each
@@ -299,7 +308,6 @@ func (h *Handler) answer(w http.ResponseWriter, d Decision) error {
 	b = strconv.AppendInt(b, int64(math.Ceil(d.Reset.Seconds())), 10)
 	v := string(b)
 	vals := []string{v[:i], v[i:j], v[j:]}
-	hdr := w.Header()
 	hdr[headerLimit], hdr[headerRemaining], hdr[headerReset] = vals[0:1:1], vals[1:2:2], vals[2:3:3]
 	if d.Allowed {
 		return nil
