@@ -198,10 +198,11 @@ func TestEnrollAndReenrollTheWayCollectorAgentsDo(t *testing.T) {
 		t.Fatalf("audit: %s %s %s %v", action, rtype, rid, meta)
 	}
 
-	// The same machine again (here without the Idempotency-Key, with a new
-	// hostname): the same server, a fresh key, the old one stops at once.
-	again := `{"hostname":"web-1b.example.com","machine_id":"4c4c4544-0042-3510-8052-b4c04f384833"}`
-	id2, second := s.enrolled(t, s.do(t, "POST", "/api/v1/servers", again, bearer(key)), 200, true)
+	// The same machine again, as the agent sends it (the same
+	// Idempotency-Key, enroll-<machine_id>) with a new hostname and tags:
+	// the same server, a fresh key, the old one stops at once.
+	again := `{"hostname":"web-1b.example.com","machine_id":"4c4c4544-0042-3510-8052-b4c04f384833","tags":["prod"]}`
+	id2, second := s.enrolled(t, s.do(t, "POST", "/api/v1/servers", again, agent), 200, true)
 	if id2 != serverID || second == first {
 		t.Fatalf("re-enrollment: server %s (want %s)", id2, serverID)
 	}
@@ -216,6 +217,11 @@ func TestEnrollAndReenrollTheWayCollectorAgentsDo(t *testing.T) {
 	if action, rtype, rid, meta := s.auditRow(t, "POST", "/api/v1/servers"); action != "update" || rtype != "server" || rid != serverID ||
 		meta["reenrolled"] != true || meta["revoked_key_count"] != float64(1) {
 		t.Fatalf("audit: %s %s %s %v", action, rtype, rid, meta)
+	}
+
+	// And once more without the Idempotency-Key: the same server again.
+	if id3, third := s.enrolled(t, s.do(t, "POST", "/api/v1/servers", again, bearer(key)), 200, true); id3 != serverID || third == second {
+		t.Fatalf("re-enrollment without a key: server %s (want %s)", id3, serverID)
 	}
 
 	// No plaintext key anywhere in the database.
@@ -253,14 +259,24 @@ func TestIdempotencyKeyReplaysTheFirstServerAndRefusesAnotherBody(t *testing.T) 
 		t.Fatalf("another body under the same key: %d %s", a.Status, a.Raw)
 	}
 	s.valid(t, second)
+	// A machine_id does not let a key bound to another machine's server
+	// (or to a server without one) be taken over.
+	m1 := with(key, "Idempotency-Key", "enroll-m1")
+	s.enrolled(t, s.do(t, "POST", "/api/v1/servers", `{"hostname":"m1","machine_id":"m1"}`, m1), 201, false)
+	for _, tc := range []struct{ header map[string]string }{{m1}, {idem}} {
+		a := s.do(t, "POST", "/api/v1/servers", `{"hostname":"m2","machine_id":"m2"}`, tc.header)
+		if a.Status != 422 || a.Doc["code"] != "idempotency_key_reused" {
+			t.Fatalf("another machine under a bound key (%v): %d %s", tc.header, a.Status, a.Raw)
+		}
+	}
 	// Another customer's identical key is another record.
 	other := testenv.NewCustomer(t, s.pg.Owner, s.c.Pepper, s.c.Secret)
 	otherID, _ := s.enrolled(t, s.do(t, "POST", "/api/v1/servers", `{"hostname":"db10"}`, with(bearer(other.AccountKey(t, "write")), "Idempotency-Key", "retry-7")), 201, false)
 	if otherID == serverID {
 		t.Fatal("an Idempotency-Key crossed customers")
 	}
-	// db1 and db2 of the fixture, and db9.
-	if n := s.count(t, "SELECT count(*) FROM servers WHERE customer_id = $1", s.c.ID); n != 3 {
+	// db1 and db2 of the fixture, db9 and m1.
+	if n := s.count(t, "SELECT count(*) FROM servers WHERE customer_id = $1", s.c.ID); n != 4 {
 		t.Fatalf("%d servers", n)
 	}
 	// A record older than a day binds no more.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -98,7 +99,8 @@ FROM idempotency_keys WHERE customer_id = $1 AND key = $2 FOR UPDATE`
 WHERE customer_id = $1 AND key = $2`
 	bindIdempotencyKey = `UPDATE idempotency_keys SET server_id = $3 WHERE customer_id = $1 AND key = $2`
 
-	lockServer = `SELECT name FROM servers WHERE id = $1 AND customer_id = $2 FOR UPDATE`
+	lockServer      = `SELECT name FROM servers WHERE id = $1 AND customer_id = $2 FOR UPDATE`
+	selectMachineID = `SELECT machine_id FROM servers WHERE id = $1 AND customer_id = $2`
 
 	insertServer = `INSERT INTO servers (customer_id, name, hostname, machine_id, tags) VALUES ($1, $2, $3, nullif($4, ''), $5)
 ON CONFLICT (customer_id, machine_id) DO NOTHING RETURNING id, name`
@@ -132,7 +134,7 @@ func (s *store) Enroll(ctx context.Context, id identity.Identity, req Enrollment
 			return err
 		}
 		if idemKey != "" {
-			if err := s.claim(ctx, tx, id.CustomerID, idemKey, hash, &out); err != nil {
+			if err := s.claim(ctx, tx, id.CustomerID, idemKey, req.MachineID, hash, &out); err != nil {
 				return err
 			}
 		}
@@ -164,8 +166,13 @@ func (s *store) Enroll(ctx context.Context, id identity.Identity, req Enrollment
 
 // claim records idemKey for this request, or finds the server an earlier
 // request with the same key and body made (out.ServerID set, a
-// re-enrollment).
-func (s *store) claim(ctx context.Context, tx pgx.Tx, customerID, idemKey string, hash []byte, out *Enrolled) error {
+// re-enrollment). Another body under the same key is refused, unless both
+// name the same machine_id: collector agents send the key
+// enroll-<machine_id> on every enrollment, and enrolling a machine again
+// with a new hostname or tags is a re-enrollment (the contract), so the
+// record takes the new body and findOrCreate finds the server by its
+// machine_id.
+func (s *store) claim(ctx context.Context, tx pgx.Tx, customerID, idemKey, machineID string, hash []byte, out *Enrolled) error {
 	tag, err := tx.Exec(ctx, claimIdempotencyKey, customerID, idemKey, hash)
 	if err != nil || tag.RowsAffected() == 1 {
 		return err
@@ -184,7 +191,11 @@ func (s *store) claim(ctx context.Context, tx pgx.Tx, customerID, idemKey string
 		_, err = tx.Exec(ctx, renewIdempotencyKey, customerID, idemKey, hash)
 		return err
 	case !bytes.Equal(stored, hash):
-		return errIdempotencyReused
+		if same, err := sameMachine(ctx, tx, customerID, serverID, machineID); err != nil || !same {
+			return cmp.Or(err, errIdempotencyReused)
+		}
+		_, err = tx.Exec(ctx, renewIdempotencyKey, customerID, idemKey, hash)
+		return err
 	case serverID == nil:
 		return nil // cannot outlive its transaction; enroll afresh
 	}
@@ -194,6 +205,24 @@ func (s *store) claim(ctx context.Context, tx pgx.Tx, customerID, idemKey string
 	}
 	out.ServerID, out.Reenrolled, out.Replayed = *serverID, true, true
 	return err
+}
+
+// sameMachine reports whether a request for machineID may take over an
+// idempotency record bound to serverID: the record's server is that
+// machine's, or is gone (it was deleted; the request enrolls afresh).
+func sameMachine(ctx context.Context, tx pgx.Tx, customerID string, serverID *string, machineID string) (bool, error) {
+	if machineID == "" {
+		return false, nil
+	}
+	if serverID == nil {
+		return true, nil
+	}
+	var m *string
+	err := tx.QueryRow(ctx, selectMachineID, *serverID, customerID).Scan(&m)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return true, nil
+	}
+	return err == nil && m != nil && *m == machineID, err
 }
 
 // findOrCreate inserts the server, or locks the customer's server with
