@@ -43,10 +43,15 @@
 // itself is already there (action "delete" on resource "customer", with
 // delete_after). The result line names the purged accounts instead.
 //
+// Housekeeping. Each run also deletes second-factor attempt counters whose
+// window began over a day ago: they name users and client addresses, and
+// count nothing once their 15-minute window is over.
+//
 // Result line (besides job's members): accounts_due, accounts_purged,
 // purged_customer_ids, waiting_customer_ids, accounts_remaining,
 // accounts_overdue, mutations_issued, rows_to_delete, clickhouse_tables,
-// servers_due, purged_server_ids, waiting_server_ids, audit_rows_anonymised.
+// servers_due, purged_server_ids, waiting_server_ids, audit_rows_anonymised,
+// mfa_attempts_forgotten.
 //
 // Environment (see shared/job for the lock, metrics and alert settings):
 //

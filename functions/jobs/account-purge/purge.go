@@ -81,7 +81,16 @@ type Result struct {
 	// deleted (requests in flight during a purge, a spool replayed
 	// later), whose customer_id this run set to NULL.
 	AuditRowsAnonymised int64 `json:"audit_rows_anonymised"`
+	// MFAAttemptsForgotten: second-factor attempt counters (per user, per
+	// client address) whose window ended more than AttemptsKeptFor ago.
+	MFAAttemptsForgotten int64 `json:"mfa_attempts_forgotten"`
 }
+
+// AttemptsKeptFor is how long a second-factor attempt counter outlives the
+// start of its window. Windows are 15 minutes (shared/mfa), so a counter
+// this old counts nothing; without the sweep a client address or a
+// deleted user's id would stay in mfa_attempts for good.
+const AttemptsKeptFor = 24 * time.Hour
 
 // Report adds the run's facts to the job's result line.
 func (r Result) Report(rep *job.Report) {
@@ -98,6 +107,7 @@ func (r Result) Report(rep *job.Report) {
 	rep.Set("purged_server_ids", nonNil(r.ServersPurged))
 	rep.Set("waiting_server_ids", nonNil(r.ServersWaiting))
 	rep.Set("audit_rows_anonymised", r.AuditRowsAnonymised)
+	rep.Set("mfa_attempts_forgotten", r.MFAAttemptsForgotten)
 }
 
 const (
@@ -113,6 +123,9 @@ const (
 	// (migration 0011). A spool holds rows only while PostgreSQL is away
 	// and replays them as soon as it is back, so 30 days is ample.
 	forgetDeleted = `SELECT forget_deleted_customers('30 days')`
+	// forgetAttempts deletes second-factor attempt counters long past
+	// their window (AttemptsKeptFor).
+	forgetAttempts = `DELETE FROM mfa_attempts WHERE window_start < $1`
 	// Servers deleted through the API whose ClickHouse rows may remain.
 	dueServers    = `SELECT server_id::text, customer_id::text FROM deleted_servers ORDER BY deleted_at, server_id LIMIT $1`
 	forgetServers = `DELETE FROM deleted_servers WHERE server_id = ANY($1::uuid[]) RETURNING server_id::text`
@@ -156,6 +169,11 @@ func (p *Purger) Run(ctx context.Context, now time.Time) (Result, error) {
 	if err := p.PG.QueryRow(ctx, forgetDeleted).Scan(&res.AuditRowsAnonymised); err != nil {
 		return res, fmt.Errorf("anonymise late audit rows of deleted accounts: %w", err)
 	}
+	tag, err := p.PG.Exec(ctx, forgetAttempts, now.Add(-AttemptsKeptFor))
+	if err != nil {
+		return res, fmt.Errorf("forget old second-factor attempt counters: %w", err)
+	}
+	res.MFAAttemptsForgotten = tag.RowsAffected()
 	if p.OverdueAfter > 0 {
 		if err := p.PG.QueryRow(ctx, dueCount, now.Add(-p.OverdueAfter)).Scan(&res.Overdue); err != nil {
 			return res, fmt.Errorf("read overdue accounts: %w", err)

@@ -418,3 +418,38 @@ func TestServerRowsAreCountedWithinTheirCustomer(t *testing.T) {
 	}
 	t.Logf("rows read: %d within the customer, %d over the table", narrowRead, wholeRead)
 }
+
+// Second-factor attempt counters name users and client addresses; once
+// their window is long over they count nothing and go, so neither a
+// deleted user's id nor an address stays for good.
+func TestPurgeForgetsOldSecondFactorAttemptCounters(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	ctx := context.Background()
+	now := time.Now()
+	if _, err := f.pg.Owner.Exec(ctx, `INSERT INTO mfa_attempts (scope, subject, window_start, attempts) VALUES
+		('ip', '192.0.2.7', $1, 3), ('user', '00000000-0000-4000-8000-0000000000aa', $1, 5),
+		('ip', '192.0.2.8', $2, 1)`, now.Add(-AttemptsKeptFor-time.Minute), now.Add(-time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	p := &Purger{PG: f.pg.App(t), CH: f.ch.Conn, Database: f.ch.Database, MaxAccounts: 10, Wait: time.Second, Poll: 50 * time.Millisecond}
+	res, err := p.Run(ctx, now)
+	if err != nil || res.MFAAttemptsForgotten != 2 {
+		t.Fatalf("run: %+v, %v; want 2 counters forgotten", res, err)
+	}
+	var left []string
+	rows, err := f.pg.Owner.Query(ctx, "SELECT subject FROM mfa_attempts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var s string
+		if err := rows.Scan(&s); err != nil {
+			t.Fatal(err)
+		}
+		left = append(left, s)
+	}
+	if !slices.Equal(left, []string{"192.0.2.8"}) {
+		t.Fatalf("counters left: %v, want only the current one", left)
+	}
+}
