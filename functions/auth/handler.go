@@ -189,16 +189,6 @@ func (h *handler) login(w http.ResponseWriter, r *http.Request) {
 		h.busy(w)
 		return
 	}
-	// A user out of second-factor attempts gets the same answer whether the
-	// password was right or wrong: a lockout tells nothing of the password.
-	if userID != "" {
-		if locked, err := h.lockedOut(w, r, form, customerID, userID); locked || err != nil {
-			if err != nil {
-				h.unavailable(w, err)
-			}
-			return
-		}
-	}
 	if verr != nil || closing {
 		reason := "wrong_password"
 		if userID == "" {
@@ -213,6 +203,16 @@ func (h *handler) login(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		problem.Write(w, invalidCredentials)
+		return
+	}
+	// A user out of second-factor attempts is told so only once the
+	// password is right: a wrong password gets the same 401 as an unknown
+	// e-mail, so the lockout reveals no account. (A right password is
+	// revealed by the second-factor prompt anyway.)
+	if locked, err := h.lockedOut(w, r, form, customerID, userID); locked || err != nil {
+		if err != nil {
+			h.unavailable(w, err)
+		}
 		return
 	}
 	old := ""

@@ -33,8 +33,8 @@ import (
 // for the options of navigator.credentials.get.
 
 // lockedOut answers for a user who used up second-factor attempts and
-// reports whether it did. It is asked before the password's verdict is
-// looked at, so the answer is the same whatever the password was.
+// reports whether it did. It is asked only after the password was found
+// right, so a wrong one is answered as for an unknown e-mail.
 func (h *handler) lockedOut(w http.ResponseWriter, r *http.Request, form bool, customerID, userID string) (bool, error) {
 	err := h.mfa.Locked(r.Context(), userID)
 	var le *mfa.LockedError

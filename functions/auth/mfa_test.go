@@ -179,7 +179,7 @@ func TestSignInWithAnAuthenticatorApp(t *testing.T) {
 	}
 }
 
-func TestTooManyWrongCodesPauseSignInWhateverThePassword(t *testing.T) {
+func TestTooManyWrongCodesPauseSignInWithoutRevealingTheAccount(t *testing.T) {
 	t.Parallel()
 	s := newSite(t)
 	seed, _ := s.enrolTOTP(t, s.signInPassword(t))
@@ -194,22 +194,29 @@ func TestTooManyWrongCodesPauseSignInWhateverThePassword(t *testing.T) {
 	if a.status != 429 || a.doc["code"] != "too_many_attempts" || a.header.Get("Retry-After") == "" || a.cookie != nil {
 		t.Fatalf("the right code over the limit: %d %v", a.status, a.doc)
 	}
-	// The lockout answers the same for the right and a wrong password.
+	// The right password is told of the lockout, with no challenge. A
+	// wrong one gets what an unknown e-mail gets: the lockout must not
+	// tell who has an account (or has been guessing codes).
 	right := s.post(t, "/auth/login", login(s.email, goodPassword), nil)
-	wrong := s.post(t, "/auth/login", login(s.email, "wrong-"+goodPassword), nil)
-	if right.status != 429 || wrong.status != 429 || right.doc["mfa_token"] != nil {
-		t.Fatalf("locked: right %d %v, wrong %d %v", right.status, right.doc, wrong.status, wrong.doc)
+	if right.status != 429 || right.doc["code"] != "too_many_attempts" || right.doc["mfa_token"] != nil {
+		t.Fatalf("locked, right password: %d %v", right.status, right.doc)
 	}
-	delete(right.doc, "request_id")
+	wrong := s.post(t, "/auth/login", login(s.email, "wrong-"+goodPassword), nil)
+	unknown := s.post(t, "/auth/login", login("nobody-"+s.email, "wrong-"+goodPassword), nil)
 	delete(wrong.doc, "request_id")
-	if jsonBody(right.doc) != jsonBody(wrong.doc) {
-		t.Fatalf("the lockout tells the passwords apart:\n%v\n%v", right.doc, wrong.doc)
+	delete(unknown.doc, "request_id")
+	if wrong.status != 401 || unknown.status != 401 || jsonBody(wrong.doc) != jsonBody(unknown.doc) {
+		t.Fatalf("locked account, wrong password: %d %v; unknown e-mail: %d %v", wrong.status, wrong.doc, unknown.status, unknown.doc)
+	}
+	wrongForm := url.Values{"email": {s.email}, "password": {"wrong-" + goodPassword}}.Encode()
+	if a := s.post(t, "/auth/login", wrongForm, map[string]string{"Content-Type": "application/x-www-form-urlencoded"}); a.status != 303 || a.header.Get("Location") != "/login?error=credentials" {
+		t.Fatalf("locked account, wrong password in the form: %d %v", a.status, a.header)
 	}
 	form := url.Values{"email": {s.email}, "password": {goodPassword}}.Encode()
 	if a := s.post(t, "/auth/login", form, map[string]string{"Content-Type": "application/x-www-form-urlencoded"}); a.status != 303 || a.header.Get("Location") != "/login?error=locked" {
 		t.Fatalf("locked form sign-in: %d %v", a.status, a.header)
 	}
-	if n := s.auditCount(t, "action = 'auth_failed' AND metadata->>'reason' = 'second_factor_locked' AND user_id = $1", s.c.UserID); n != 4 {
+	if n := s.auditCount(t, "action = 'auth_failed' AND metadata->>'reason' = 'second_factor_locked' AND user_id = $1", s.c.UserID); n != 3 {
 		t.Errorf("lockout audit rows: %d", n)
 	}
 }
