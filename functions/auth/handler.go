@@ -425,7 +425,14 @@ func (h *handler) changePassword(w http.ResponseWriter, r *http.Request) {
 			return err
 		}
 		// Every other session of the user ends with the old password.
-		_, err := tx.Exec(r.Context(), "UPDATE sessions SET revoked_at = now() WHERE user_id = $1 AND id <> $2 AND revoked_at IS NULL", id.UserID, id.SessionID)
+		if _, err := tx.Exec(r.Context(), "UPDATE sessions SET revoked_at = now() WHERE user_id = $1 AND id <> $2 AND revoked_at IS NULL", id.UserID, id.SessionID); err != nil {
+			return err
+		}
+		// So does every sign-in still waiting for its second factor: it was
+		// begun with the old password, and finishing it would start a
+		// session (re-authenticated, at that) on a password that no longer
+		// works. This session's own re-auth or registration may go on.
+		_, err := tx.Exec(r.Context(), dropOtherChallenges, id.UserID, id.SessionID)
 		return err
 	})
 	if err != nil {
@@ -435,6 +442,11 @@ func (h *handler) changePassword(w http.ResponseWriter, r *http.Request) {
 	audit.Annotate(w, audit.Annotation{ResourceType: "user", ResourceID: id.UserID, Action: "update", Metadata: map[string]any{"changed": "password_hash"}})
 	w.WriteHeader(http.StatusNoContent)
 }
+
+// dropOtherChallenges deletes a user's pending second-factor challenges
+// but the re-auth and registration ones of session $2.
+const dropOtherChallenges = `DELETE FROM mfa_challenges WHERE user_id = $1
+AND NOT (purpose IN ('reauth', 'register') AND session_id IS NOT DISTINCT FROM $2::uuid)`
 
 func (h *handler) recentlyAuthenticated(ctx context.Context, sessionID string) bool {
 	at, err := session.ReauthAt(ctx, h.db, sessionID)

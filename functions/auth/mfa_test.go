@@ -433,3 +433,29 @@ func TestSecondFactorOfAnAccountScheduledForDeletionStartsNoSession(t *testing.T
 		t.Fatalf("%d audit rows for the refusal", n)
 	}
 }
+
+// A sign-in begun with the old password cannot be finished after the
+// password changed: its second step would start a session (stamped as
+// just re-authenticated) on a password that no longer works.
+func TestPasswordChangeEndsSignInsWaitingForTheirSecondFactor(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	_, recovery := s.enrolTOTP(t, s.signInPassword(t))
+	pending := s.post(t, "/auth/login", login(s.email, goodPassword), nil)
+	token, _ := pending.doc["mfa_token"].(string)
+	if pending.status != 401 || token == "" {
+		t.Fatalf("password step: %d %v", pending.status, pending.doc)
+	}
+	owner := s.signInWith(t, recovery[0])
+	change := jsonBody(map[string]string{"current_password": goodPassword, "new_password": "another long passphrase 42"})
+	if a := s.post(t, "/auth/password", change, cookieHeader(owner)); a.status != 204 {
+		t.Fatalf("password change: %d %v", a.status, a.doc)
+	}
+	a := s.post(t, "/auth/login/mfa", jsonBody(map[string]string{"mfa_token": token, "code": recovery[1]}), nil)
+	if a.status != 401 || a.cookie != nil {
+		t.Fatalf("the old password's sign-in finished after the change: %d %v", a.status, a.doc)
+	}
+	if s.whoami(t, owner) != 200 {
+		t.Fatal("the session that changed the password ended")
+	}
+}
