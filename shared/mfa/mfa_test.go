@@ -593,3 +593,55 @@ func TestFirstFactorEndsOtherSessionsInTheSameTransaction(t *testing.T) {
 		t.Fatalf("after confirming: %d confirmed, %d codes, %d live sessions", confirmed, codes, live)
 	}
 }
+
+// A security key and its clone used at once carry the same signature
+// counter. Each assertion passes the check against the counter stored
+// before either is used; the second to be consumed must still be refused,
+// or the clone detection the counter gives is lost to a race.
+func TestAClonedKeyUsedAtTheSameTimeIsRefused(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	ctx := context.Background()
+	sid, _ := f.c.Session(t)
+	reg, err := f.s.BeginRegistration(ctx, f.c.UserID, f.c.ID, sid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := f.auth.Create(reg.Options)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := f.s.FinishRegistration(ctx, f.c.UserID, sid, reg.Ceremony, "desk key", resp); err != nil {
+		t.Fatal(err)
+	}
+	clone := f.auth.Clone() // the same key, the same counter
+	proofs := make([]Proof, 2)
+	challenges := make([]Challenge, 2)
+	for i, a := range []*mfatest.Authenticator{f.auth, clone} {
+		token := f.newChallenge(t)
+		opts, err := f.s.LoginOptions(ctx, f.load(t, token))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ans, err := a.Get(opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		challenges[i], proofs[i] = f.load(t, token), Proof{Assertion: ans}
+	}
+	// Both checked before either is consumed, as two requests at once.
+	var uses []func(pgx.Tx) error
+	for i := range challenges {
+		_, use, err := f.s.check(ctx, challenges[i], proofs[i], f.clock())
+		if err != nil {
+			t.Fatalf("check %d: %v", i, err)
+		}
+		uses = append(uses, use)
+	}
+	if err := pgx.BeginFunc(ctx, f.s.db, uses[0]); err != nil {
+		t.Fatalf("the first use: %v", err)
+	}
+	if err := pgx.BeginFunc(ctx, f.s.db, uses[1]); reason(err) != "webauthn_failed" {
+		t.Fatalf("the clone's use of the same counter: %v, want webauthn_failed", err)
+	}
+}

@@ -212,10 +212,9 @@ func (s *Service) check(ctx context.Context, c Challenge, proof Proof, now time.
 			return KindWebAuthn, nil, err
 		}
 		return KindWebAuthn, func(tx pgx.Tx) error {
-			tag, err := tx.Exec(ctx, "UPDATE webauthn_credentials SET credential = $3, last_used_at = $4 WHERE user_id = $1 AND credential_id = $2",
-				c.UserID, cred.ID, raw, now)
+			tag, err := tx.Exec(ctx, consumeAssertion, c.UserID, cred.ID, raw, now, int64(cred.Authenticator.SignCount))
 			if err == nil && tag.RowsAffected() != 1 {
-				return &Refusal{Reason: "webauthn_failed", err: errors.New("the credential was removed meanwhile")}
+				return &Refusal{Reason: "webauthn_failed", err: errors.New("the credential was removed, or its signature counter did not advance past a use meanwhile")}
 			}
 			return err
 		}, nil
@@ -226,6 +225,17 @@ func (s *Service) check(ctx context.Context, c Challenge, proof Proof, now time.
 	}
 	return s.checkRecovery(ctx, c.UserID, proof.Code, now)
 }
+
+// consumeAssertion stores a security key's credential after a use, only
+// if its signature counter still moves forward. The assertion was checked
+// against the counter read before this transaction: two uses carrying the
+// same counter (a key and its clone, at once) would both pass that check,
+// so the update re-checks it under the row's lock, as go-webauthn does
+// (a counter that stays 0 is a key without one).
+const consumeAssertion = `UPDATE webauthn_credentials SET credential = $3, last_used_at = $4
+WHERE user_id = $1 AND credential_id = $2
+AND (coalesce((credential->'authenticator'->>'signCount')::bigint, 0) < $5
+     OR ($5 = 0 AND coalesce((credential->'authenticator'->>'signCount')::bigint, 0) = 0))`
 
 func (s *Service) checkTOTP(ctx context.Context, userID, code string, now time.Time) (string, func(pgx.Tx) error, error) {
 	var sealed []byte
