@@ -231,7 +231,7 @@ func (h *handler) loginMFA(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	issued, kind, ok := h.complete(w, r, form, c, in, session.Params{UserID: c.UserID, CustomerID: c.CustomerID,
-		Reauthed: c.Reauthed, AAL: session.AAL2, Replacing: c.SessionID})
+		Reauthed: c.Reauthed, ReauthAt: c.VerifiedAt, AAL: session.AAL2, Replacing: c.SessionID})
 	if !ok {
 		return
 	}
@@ -258,7 +258,7 @@ func (h *handler) reauthMFA(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	issued, kind, ok := h.complete(w, r, form, c, in, session.Params{UserID: id.UserID, CustomerID: id.CustomerID,
-		Reauthed: true, AAL: session.AAL2, Replacing: id.SessionID})
+		Reauthed: true, ReauthAt: c.VerifiedAt, AAL: session.AAL2, Replacing: id.SessionID})
 	if !ok {
 		return
 	}

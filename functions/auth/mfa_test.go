@@ -459,3 +459,34 @@ func TestPasswordChangeEndsSignInsWaitingForTheirSecondFactor(t *testing.T) {
 		t.Fatal("the session that changed the password ended")
 	}
 }
+
+// A session started by a second factor counts as re-authenticated from
+// when the password was verified, not from when the code was entered:
+// sensitive actions get five minutes from the password, as the posture
+// says, however long the second step took.
+func TestReauthTimeIsThePasswordsNotTheSecondFactors(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	_, recovery := s.enrolTOTP(t, s.signInPassword(t))
+	a := s.post(t, "/auth/login", login(s.email, goodPassword), nil)
+	token, _ := a.doc["mfa_token"].(string)
+	if a.status != 401 || token == "" {
+		t.Fatalf("password step: %d %v", a.status, a.doc)
+	}
+	ctx := context.Background()
+	// The password was checked 290 s ago; the code comes now.
+	if _, err := s.pg.Owner.Exec(ctx, `UPDATE mfa_challenges SET verified_at = verified_at - interval '290 seconds' WHERE user_id = $1 AND purpose = 'login'`, s.c.UserID); err != nil {
+		t.Fatal(err)
+	}
+	done := s.post(t, "/auth/login/mfa", jsonBody(map[string]string{"mfa_token": token, "code": recovery[0]}), nil)
+	if done.status != 204 || done.cookie == nil {
+		t.Fatalf("second step: %d %v", done.status, done.doc)
+	}
+	var age float64
+	if err := s.pg.Owner.QueryRow(ctx, `SELECT extract(epoch FROM now() - reauth_at) FROM sessions WHERE user_id = $1 AND revoked_at IS NULL ORDER BY created_at DESC LIMIT 1`, s.c.UserID).Scan(&age); err != nil {
+		t.Fatal(err)
+	}
+	if age < 280 || age > 400 {
+		t.Fatalf("the new session was re-authenticated %.0f s ago, want about 290 (the password's check)", age)
+	}
+}

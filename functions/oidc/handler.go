@@ -198,6 +198,10 @@ func (h *handler) callback(w http.ResponseWriter, r *http.Request) {
 	// token without auth_time may come from a silent sign-in on a browser
 	// left signed in to Google, which must not pass for a confirmation.
 	fresh := c.AuthTime != 0 && now.Sub(time.Unix(c.AuthTime, 0)) <= session.ReauthWindow
+	var authTime time.Time // when the provider authenticated the user, if it says
+	if c.AuthTime != 0 {
+		authTime = time.Unix(c.AuthTime, 0)
+	}
 	if f.Reauth {
 		// A step-up asked for max_age=0: the provider must say it
 		// authenticated the user just now.
@@ -236,11 +240,11 @@ func (h *handler) callback(w http.ResponseWriter, r *http.Request) {
 			}
 			if factors.Any() {
 				challenge, challengeExpires, err = mfa.NewChallenge(r.Context(), tx, mfa.Challenge{UserID: a.UserID, CustomerID: a.CustomerID,
-					Purpose: mfa.PurposeLogin, Method: mfa.MethodGoogle, Reauthed: !a.HasPassword && fresh, SessionID: replacing}, now)
+					Purpose: mfa.PurposeLogin, Method: mfa.MethodGoogle, Reauthed: !a.HasPassword && fresh, VerifiedAt: authTime, SessionID: replacing}, now)
 				return err
 			}
 			issued, err = session.Start(r.Context(), tx, h.secret, session.Params{UserID: a.UserID, CustomerID: a.CustomerID,
-				IP: identity.ClientIP(r), UserAgent: r.UserAgent(), Reauthed: !a.HasPassword && fresh, AAL: session.AAL1, Replacing: replacing}, now)
+				IP: identity.ClientIP(r), UserAgent: r.UserAgent(), Reauthed: !a.HasPassword && fresh, ReauthAt: authTime, AAL: session.AAL1, Replacing: replacing}, now)
 			return err
 		})
 		if attempt == 0 && isUniqueViolation(err) {

@@ -58,8 +58,12 @@ type Challenge struct {
 	Method string
 	// Reauthed: the session a completed login or reauth starts counts as
 	// re-authenticated.
-	Reauthed  bool
-	ExpiresAt time.Time
+	Reauthed bool
+	// VerifiedAt is when the first factor was verified (a password's check,
+	// a provider's auth_time); NewChallenge takes zero as now. A completed
+	// challenge's session counts as re-authenticated from then.
+	VerifiedAt time.Time
+	ExpiresAt  time.Time
 
 	webauthn []byte // go-webauthn SessionData as JSON, once a ceremony began
 }
@@ -95,15 +99,19 @@ func NewChallenge(ctx context.Context, q Querier, c Challenge, now time.Time) (s
 	if _, err := q.Exec(ctx, "DELETE FROM mfa_challenges WHERE expires_at < $1", now); err != nil {
 		return "", time.Time{}, fmt.Errorf("mfa: sweep challenges: %w", err)
 	}
-	_, err := q.Exec(ctx, `INSERT INTO mfa_challenges (token_hash, user_id, customer_id, purpose, session_id, method, reauthed, created_at, expires_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`, hashToken(token), c.UserID, c.CustomerID, c.Purpose, session, c.Method, c.Reauthed, now, expires)
+	verified := c.VerifiedAt
+	if verified.IsZero() || verified.After(now) {
+		verified = now
+	}
+	_, err := q.Exec(ctx, `INSERT INTO mfa_challenges (token_hash, user_id, customer_id, purpose, session_id, method, reauthed, created_at, expires_at, verified_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`, hashToken(token), c.UserID, c.CustomerID, c.Purpose, session, c.Method, c.Reauthed, now, expires, verified)
 	if err != nil {
 		return "", time.Time{}, fmt.Errorf("mfa: store challenge: %w", err)
 	}
 	return token, expires, nil
 }
 
-const challengeByToken = `SELECT id, user_id, customer_id, purpose, coalesce(session_id::text, ''), method, reauthed, expires_at, webauthn
+const challengeByToken = `SELECT id, user_id, customer_id, purpose, coalesce(session_id::text, ''), method, reauthed, coalesce(verified_at, created_at), expires_at, webauthn
 FROM mfa_challenges WHERE token_hash = $1 AND expires_at > $2`
 
 // Challenge returns the live challenge of token for purpose. For reauth
@@ -114,7 +122,7 @@ func (s *Service) Challenge(ctx context.Context, token, purpose, sessionID strin
 		return c, ErrChallenge
 	}
 	err := s.db.QueryRow(ctx, challengeByToken, hashToken(token), s.now()).Scan(
-		&c.ID, &c.UserID, &c.CustomerID, &c.Purpose, &c.SessionID, &c.Method, &c.Reauthed, &c.ExpiresAt, &c.webauthn)
+		&c.ID, &c.UserID, &c.CustomerID, &c.Purpose, &c.SessionID, &c.Method, &c.Reauthed, &c.VerifiedAt, &c.ExpiresAt, &c.webauthn)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Challenge{}, ErrChallenge
 	}

@@ -43,6 +43,11 @@ type Params struct {
 	// with a password, a re-auth): sensitive actions are allowed for
 	// ReauthWindow.
 	Reauthed bool
+	// ReauthAt is when those credentials were verified, if that was before
+	// now: a second factor answered minutes after the password leaves the
+	// session ReauthWindow from the password, not from the answer. Zero
+	// means now.
+	ReauthAt time.Time
 	// AAL is the assurance level of the authentication (AAL1 if zero).
 	AAL int
 	// Replacing, when not "", is a session of the same user to end in the
@@ -62,7 +67,11 @@ func Start(ctx context.Context, tx pgx.Tx, secret []byte, p Params, now time.Tim
 	expires := now.Add(Lifetime)
 	var reauthAt *time.Time
 	if p.Reauthed {
-		reauthAt = &now
+		at := now
+		if !p.ReauthAt.IsZero() && p.ReauthAt.Before(now) {
+			at = p.ReauthAt
+		}
+		reauthAt = &at
 	}
 	aal := p.AAL
 	if aal == 0 {
