@@ -27,8 +27,10 @@
 // undo the user's protection. Removing the last factor is allowed (with
 // that step-up) and takes the recovery codes with it. A failed enrolment
 // code counts against the same per-user and per-address limits as sign-in
-// codes. Other sessions of the user are not ended when a factor is added:
-// they stay at assurance level 1 and cannot take sensitive actions.
+// codes. A user's first factor ends the user's other sessions in the same
+// transaction (shared/mfa FirstFactor): they were signed in without it.
+// A further factor leaves them; being at assurance level 1, they cannot
+// take sensitive actions anyway.
 //
 // Grants: the runtime PostgreSQL role, the MFA secret (it seals app keys
 // and hashes recovery codes), the public URL (WebAuthn's origin).
