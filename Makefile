@@ -4,7 +4,7 @@ GO      ?= go
 BIN     := bin
 export CGO_ENABLED ?= 0
 
-.PHONY: all build up down clean test test-faults fmt vet bench bench-edge bench-functions bench-compare bench-flows bench-backup fuzz release release-verify
+.PHONY: all build up down clean test test-race test-faults fmt vet bench bench-edge bench-functions bench-compare bench-flows bench-backup fuzz release release-verify
 
 all: build
 
@@ -30,6 +30,11 @@ clean:
 ## test: go vet and go test ./... against private PostgreSQL, Redis and ClickHouse
 test:
 	deploy/stack/test.sh
+
+## test-race: the same tests under Go's race detector (cgo and gcc; ~20 min on 2 CPUs; not part of make test)
+test-race:
+	@command -v gcc >/dev/null || { echo "make test-race needs gcc (apt-get install gcc)" >&2; exit 1; }
+	CGO_ENABLED=1 deploy/stack/test.sh -race -p 1 -timeout 40m ./...
 
 ## fuzz: every go test -fuzz target for GUARDIAN_FUZZTIME each (default 3s; make test runs them too)
 fuzz:

@@ -11,6 +11,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/zap"
 
 	"github.com/glassmkr/guardian/shared/apikey"
 	"github.com/glassmkr/guardian/shared/identity"
@@ -51,10 +52,16 @@ func newWorld(t testing.TB) *world {
 }
 
 // authenticator returns a running Authenticator on the world's database
-// as the runtime role, waiting until its revocation listener is up.
-func (w *world) authenticator(t testing.TB) *Authenticator {
+// as the runtime role, waiting until its revocation listener is up. log,
+// if given, is its logger (set before it starts, as its goroutines read
+// it).
+func (w *world) authenticator(t testing.TB, log ...*zap.Logger) *Authenticator {
 	t.Helper()
-	a, err := NewAuthenticator(Config{DSN: w.pg.AppDSN, Pepper: pepper, SessionSecret: secret, TouchInterval: 50 * time.Millisecond})
+	cfg := Config{DSN: w.pg.AppDSN, Pepper: pepper, SessionSecret: secret, TouchInterval: 50 * time.Millisecond}
+	if len(log) > 0 {
+		cfg.Log = log[0]
+	}
+	a, err := NewAuthenticator(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

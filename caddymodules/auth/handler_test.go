@@ -345,9 +345,9 @@ func TestGraceWindowAndExpiryEndAKeyOnTime(t *testing.T) {
 func TestAbandonedLookupIsNotAStoreError(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
-	a := w.authenticator(t)
-	h := handler(a, Handler{})
 	core, logs := observer.New(zap.DebugLevel)
+	a := w.authenticator(t, zap.New(core))
+	h := handler(a, Handler{})
 	h.log = zap.New(core)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
@@ -364,7 +364,6 @@ func TestAbandonedLookupIsNotAStoreError(t *testing.T) {
 	}
 	a.now = func() time.Time { return time.Now().Add(time.Hour) }
 	a.listening.Store(false)
-	a.log = h.log
 	do(t, h, bearer("GET", "/", w.admin).WithContext(ctx))
 	if n := logs.FilterMessageSnippet("serving cached credentials").Len(); n != 0 {
 		t.Errorf("%d stale-cache warnings for a request whose client went away", n)

@@ -27,11 +27,10 @@ import (
 const EnvFile = "GUARDIAN_TEST_SERVERS_ENV"
 
 var (
-	mu       sync.Mutex
-	shared   map[string]string // settings of the servers in use
-	ownDir   string            // set when this process started its own servers
-	started  = map[string]bool{}
-	repoRoot string
+	mu      sync.Mutex
+	shared  map[string]string // settings of the servers in use
+	ownDir  string            // set when this process started its own servers
+	started = map[string]bool{}
 )
 
 // Main runs a package's tests, then stops any servers the package started
@@ -184,17 +183,16 @@ func ReadEnvFile(path string) (map[string]string, error) {
 }
 
 // RepoRoot returns the repository's top folder (the one with go.mod).
-func RepoRoot() (string, error) {
-	if repoRoot != "" {
-		return repoRoot, nil
-	}
+// Parallel tests ask at once; it is looked for once.
+func RepoRoot() (string, error) { return findRepoRoot() }
+
+var findRepoRoot = sync.OnceValues(func() (string, error) {
 	dir, err := os.Getwd()
 	if err != nil {
 		return "", err
 	}
 	for {
 		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			repoRoot = dir
 			return dir, nil
 		}
 		parent := filepath.Dir(dir)
@@ -203,7 +201,7 @@ func RepoRoot() (string, error) {
 		}
 		dir = parent
 	}
-}
+})
 
 // Name returns a fresh lower-case identifier with prefix, usable as a
 // database name or key prefix.
