@@ -20,10 +20,14 @@ import (
 )
 
 // DeletionDelay is how long after a deletion request the account's data
-// is purged. The security posture promises "within 30 days"; the purge job
-// (functions/jobs/account-purge, hourly) acts once delete_after has passed
-// and waits for its ClickHouse deletes, so a day is left for it.
-const DeletionDelay = "29 days"
+// is purged (functions/jobs/account-purge, hourly, acts once delete_after
+// has passed). The security posture promises the data gone within 30
+// days, and its backups expire on their own schedules: ClickHouse sets
+// after 30 days, PostgreSQL's with the fourth newer weekly full (at most
+// 28 days). Only a purge within hours of the request keeps every copy
+// within the 30 days; a deletion cannot be called off, so a longer delay
+// would protect nobody and only keep the data longer.
+const DeletionDelay = "1 hour"
 
 type handler struct {
 	db  *pgxpool.Pool

@@ -5,7 +5,7 @@
 //	DELETE /api/v1/sessions/{id}             204, that session of the user ends
 //	POST   /api/v1/sessions/revoke-others    200 {revoked: n}, every other session ends
 //	DELETE /api/v1/account                   202 {delete_after}: deletion is scheduled
-//	                                         29 days ahead, every key and every other
+//	                                         an hour ahead, every key and every other
 //	                                         session ends; asked again, the same date
 //
 // Deleting the account is for administrators whose password was confirmed

@@ -1,6 +1,6 @@
 // Command account-purge completes account deletions: an account whose
 // deletion the customer asked for (DELETE /api/v1/account sets
-// customers.delete_after to the request time plus 29 days, see
+// customers.delete_after to the request time plus an hour, see
 // functions/sessions) loses all its data once delete_after has passed.
 // The purge happens at delete_after, not before: the date the customer was
 // shown is the date their data goes, and a run scheduled hourly ends it
