@@ -287,7 +287,7 @@ func Backup(ctx context.Context, cfg Config) (SetInfo, error) {
 			d.fail(fmt.Errorf("%s: LATEST: %w", r.target, err))
 			continue
 		}
-		pruned, err := prune(r, now.AddDate(0, 0, -cfg.KeepDays), info.Name)
+		pruned, err := prune(r, pruneCutoff(now, cfg.KeepDays), info.Name)
 		d.res.Pruned = pruned
 		if err != nil {
 			d.fail(fmt.Errorf("%s: prune: %w", r.target, err))
@@ -332,6 +332,18 @@ func prepare(r *remote, set string) error {
 		return fmt.Errorf("%s: %w", r.target, err)
 	}
 	return nil
+}
+
+// pruneSlack is how much younger than KeepDays a set may be when it is
+// pruned. Runs are daily at about the same hour but not to the minute: a
+// set made a few minutes later in the day than the run that is 30 days
+// on would otherwise be 29 days 23 hours old then, and stay until the run
+// after, 31 days. The posture promises the backups gone within 30 days.
+const pruneSlack = 6 * time.Hour
+
+// pruneCutoff is the time before which sets are pruned.
+func pruneCutoff(now time.Time, keepDays int) time.Time {
+	return now.AddDate(0, 0, -keepDays).Add(pruneSlack)
 }
 
 // prune removes the sets named before cutoff, except keep (the set LATEST

@@ -481,13 +481,17 @@ func TestPruneKeepsLatestAndRecentSets(t *testing.T) {
 	f.backup(t) // creates the target directory
 	now := f.cfg.now().Add(time.Minute)
 	old := func(days int) string { return now.AddDate(0, 0, -days).Format(setLayout) }
-	for _, name := range []string{old(45), old(31), old(29), old(1), "notes"} {
+	// A set of 30 days less a few minutes (the run that made it began a
+	// little later in the day) goes too: kept to the next run, it would
+	// be 31 days old.
+	almost30 := now.AddDate(0, 0, -30).Add(10 * time.Minute).Format(setLayout)
+	for _, name := range []string{old(45), old(31), almost30, old(29), old(1), "notes"} {
 		if err := os.MkdirAll(filepath.Join(f.root[0], name, "snapshots"), 0o700); err != nil {
 			t.Fatal(err)
 		}
 	}
 	info := f.backup(t)
-	if want := []string{old(45), old(31)}; fmt.Sprint(info.Targets[0].Pruned) != fmt.Sprint(want) {
+	if want := []string{old(45), old(31), almost30}; fmt.Sprint(info.Targets[0].Pruned) != fmt.Sprint(want) {
 		t.Errorf("pruned %v, want %v", info.Targets[0].Pruned, want)
 	}
 	for _, name := range []string{old(29), old(1), "notes", info.Name} {
