@@ -15,7 +15,10 @@
 //     must match the manifest.
 //
 // Both parts always run; the result line carries each part's report
-// ("postgres", "clickhouse"). A backup that is missing, damaged or does
+// ("postgres", "clickhouse"). First, a run removes what a run killed
+// outright left in the scratch and temp directories: a restored cluster, a
+// fetched copy, decrypted ClickHouse blobs, all plaintext customer data
+// that nothing else would delete ("leftovers_removed"). A backup that is missing, damaged or does
 // not restore makes the run red (exit 1); a part that could not be checked
 // (a host unreachable, a tool missing) makes it an error (exit 2). Either
 // way shared/job sends one alert (GUARDIAN_JOB_ALERT_WEBHOOKS,
@@ -36,7 +39,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/glassmkr/guardian/shared/chbackup"
@@ -69,7 +76,10 @@ func run(ctx context.Context, env *config.Loader, r *job.Report) error {
 	if len(parts) == 0 {
 		return fmt.Errorf("%s names no part", EnvParts)
 	}
-	var errs []error
+	// A leftover that cannot be removed fails the run, after the checks.
+	n, leftErr := removeLeftovers(leftoverDirs(env.Optional(EnvScratch, "")), time.Now())
+	r.Set("leftovers_removed", n)
+	errs := []error{leftErr}
 	if slices.Contains(parts, "postgres") {
 		errs = append(errs, verifyPostgres(ctx, env, r))
 	}
@@ -77,6 +87,61 @@ func run(ctx context.Context, env *config.Loader, r *job.Report) error {
 		errs = append(errs, verifyClickHouse(ctx, env, r))
 	}
 	return errors.Join(errs...)
+}
+
+// leftoverPrefixes name what a run makes in its scratch and temp
+// directories: pgbackup's restored cluster (guardian-restore-), its copy
+// of a repository fetched from the backup host (pgbackrest-copy-), and
+// chbackup's decrypted blobs (guardian-restore-verify-).
+var leftoverPrefixes = []string{"guardian-restore-", "pgbackrest-copy-"}
+
+// leftoverDirs are the directories a run writes to: the scratch directory
+// and the temp directory (the same one in the unit).
+func leftoverDirs(scratch string) []string {
+	dirs := []string{os.TempDir()}
+	if scratch != "" && filepath.Clean(scratch) != filepath.Clean(os.TempDir()) {
+		dirs = append(dirs, scratch)
+	}
+	return dirs
+}
+
+// removeLeftovers removes, in dirs, the entries a run makes that are older
+// than the job's time limit: no run that is still going can own them (a
+// run is stopped at the limit), whatever else shares the directory.
+func removeLeftovers(dirs []string, now time.Time) (int, error) {
+	removed := 0
+	for _, dir := range dirs {
+		entries, err := os.ReadDir(dir)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return removed, fmt.Errorf("leftovers: %w", err)
+		}
+		for _, e := range entries {
+			if !e.IsDir() || !hasAnyPrefix(e.Name(), leftoverPrefixes) {
+				continue
+			}
+			info, err := e.Info()
+			if err != nil || now.Sub(info.ModTime()) < spec().Timeout {
+				continue
+			}
+			if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+				return removed, fmt.Errorf("leftovers: %w", err)
+			}
+			removed++
+		}
+	}
+	return removed, nil
+}
+
+func hasAnyPrefix(s string, prefixes []string) bool {
+	for _, p := range prefixes {
+		if strings.HasPrefix(s, p) {
+			return true
+		}
+	}
+	return false
 }
 
 func verifyPostgres(ctx context.Context, env *config.Loader, r *job.Report) error {

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"filippo.io/age"
 
@@ -287,4 +288,41 @@ func runJob(t *testing.T, lookup func(string) (string, bool)) (job.Result, map[s
 		t.Fatalf("result line %q: %v (stderr %s)", out.String(), err, errOut.String())
 	}
 	return res, line
+}
+
+// A run killed outright leaves plaintext copies in its directories; the
+// next removes them, but nothing young enough to belong to a run still
+// going, and nothing else.
+func TestLeftoversOfAKilledRunAreRemoved(t *testing.T) {
+	dir := t.TempDir()
+	old := time.Now().Add(-spec().Timeout - time.Minute)
+	mk := func(name string, at time.Time) {
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Join(p, "base"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(p, "base", "plaintext"), []byte("customer rows"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(p, at, at); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mk("guardian-restore-1234", old)
+	mk("pgbackrest-copy-5678", old)
+	mk("guardian-restore-verify-9abc", old)
+	mk("guardian-restore-live", time.Now()) // a run going on
+	mk("unrelated", old)
+	n, err := removeLeftovers([]string{dir, filepath.Join(dir, "missing")}, time.Now())
+	if err != nil || n != 3 {
+		t.Fatalf("removed %d, %v; want 3", n, err)
+	}
+	entries, _ := os.ReadDir(dir)
+	var left []string
+	for _, e := range entries {
+		left = append(left, e.Name())
+	}
+	if strings.Join(left, ",") != "guardian-restore-live,unrelated" {
+		t.Fatalf("left: %v", left)
+	}
 }
