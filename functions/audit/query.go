@@ -41,6 +41,12 @@ func (e *FilterError) Error() string { return e.Param + ": " + e.Why }
 
 var uuidRE = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
 
+// paramName is how an unknown parameter's name may be echoed back: a
+// plain name. Anything else (spaces, punctuation, a sentence) is not
+// repeated, or a link to the audit page could make it display the
+// attacker's text ("this account is locked, call …") as Guardian's own.
+var paramName = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,32}$`)
+
 var known = map[string]bool{"since": true, "until": true, "action": true, "key_id": true, "limit": true, "cursor": true, "format": true}
 
 // ParseFilter reads and checks the query string.
@@ -48,7 +54,11 @@ func ParseFilter(q url.Values) (Filter, error) {
 	f := Filter{Limit: DefaultLimit}
 	for k, v := range q {
 		if !known[k] {
-			return f, &FilterError{k, "unknown parameter (since, until, action, key_id, limit, cursor, format)"}
+			name := k
+			if !paramName.MatchString(name) {
+				name = "(a parameter)"
+			}
+			return f, &FilterError{name, "unknown parameter (since, until, action, key_id, limit, cursor, format)"}
 		}
 		if len(v) > 1 {
 			return f, &FilterError{k, "give it once"}

@@ -25,6 +25,9 @@ func TestParseFilterRefusesBadInput(t *testing.T) {
 		{"format=xml", "format"},
 		{"customer_id=someone-else", "customer_id"},
 		{"action=read&action=list", "action"},
+		// Not echoed: a link could make the page show it as Guardian's text.
+		{"Security+notice:+this+account+is+locked.+Call+%2B1-555-0100=1", "(a parameter)"},
+		{strings.Repeat("a", 33) + "=1", "(a parameter)"},
 	}
 	for _, tc := range cases {
 		q, _ := url.ParseQuery(tc.query)
