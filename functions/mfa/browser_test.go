@@ -4,10 +4,12 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/chromedp/cdproto/webauthn"
 	"github.com/chromedp/chromedp"
 
+	"github.com/glassmkr/guardian/shared/mfa"
 	"github.com/glassmkr/guardian/shared/testenv/browser"
 )
 
@@ -133,5 +135,52 @@ func TestSecurityKeyInTheBrowserSignsInAndAnswersTheReauthPrompt(t *testing.T) {
 	var stored int
 	if err := s.pg.Owner.QueryRow(context.Background(), "SELECT (credential->'authenticator'->>'signCount')::int FROM webauthn_credentials WHERE user_id = $1", s.c.UserID).Scan(&stored); err != nil || stored != int(creds.Credentials[0].SignCount) {
 		t.Fatalf("stored signature counter %d, authenticator's %v (%v)", stored, creds.Credentials[0].SignCount, err)
+	}
+}
+
+// Once the authenticator app is on, its key leaves the page: it was shown
+// only for the setup, and must not stay on screen beside the recovery
+// codes.
+func TestAuthenticatorKeyLeavesThePageOnceTheAppIsOn(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	ctx := browser.Chromium(t)
+	err := chromedp.Do(ctx,
+		chromedp.Navigate(s.origin+"/login"),
+		chromedp.SendKeys(`input[name="email"]`, s.email),
+		chromedp.SendKeys(`input[name="password"]`, pw),
+		chromedp.Click("#sign-in"),
+		chromedp.WaitVisible("#create-key"),
+		chromedp.Navigate(s.origin+"/settings/security"),
+		chromedp.Click("#setup-totp"),
+		chromedp.WaitVisible("#totp-setup"),
+	)
+	if err != nil {
+		t.Fatalf("setting up the app: %v", err)
+	}
+	seed, err := chromedp.Run(ctx, chromedp.Text("#totp-secret"))
+	if err != nil || seed == "" {
+		t.Fatalf("the key shown for setup: %q (%v)", seed, err)
+	}
+	code, err := mfa.CodeAt(strings.TrimSpace(seed), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = chromedp.Do(ctx,
+		chromedp.SendKeys(`#totp-setup input[name="code"]`, code),
+		chromedp.Click("#confirm-totp"),
+		chromedp.WaitVisible("#recovery"),
+	)
+	if err != nil {
+		status, _ := chromedp.Run(ctx, chromedp.Text("#status"))
+		t.Fatalf("turning the app on: %v (page says %q)", err, status)
+	}
+	still, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`document.getElementById("totp-secret").textContent !== "" || !document.getElementById("totp-setup").hidden || document.getElementById("totp-qr").hasAttribute("src")`))
+	if err != nil || still {
+		t.Fatalf("the app's key is still on the page after setup (%v)", err)
+	}
+	html, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.documentElement.outerHTML`))
+	if err != nil || strings.Contains(html, strings.TrimSpace(seed)) {
+		t.Fatalf("the page's DOM still holds the key (%v)", err)
 	}
 }

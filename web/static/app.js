@@ -243,6 +243,7 @@ function show(answer) {
     return true;
   }
   if (answer.recovery_codes) {
+    forgetTOTPSetup();
     const list = document.getElementById("recovery-codes");
     list.replaceChildren(...answer.recovery_codes.map((c) => {
       const li = document.createElement("li");
@@ -253,6 +254,17 @@ function show(answer) {
     return true;
   }
   return false;
+}
+
+// forgetTOTPSetup takes an authenticator app's key off the page once the
+// app is on: the key, shown only during setup, must not stay on screen (or
+// in the DOM) beside the recovery codes.
+function forgetTOTPSetup() {
+  const setup = document.getElementById("totp-setup");
+  if (!setup) return;
+  setup.hidden = true;
+  document.getElementById("totp-secret").textContent = "";
+  document.getElementById("totp-qr").removeAttribute("src");
 }
 
 document.addEventListener("submit", async (e) => {
