@@ -1,17 +1,22 @@
 package main
 
 import (
+	"context"
 	"encoding/csv"
 	"encoding/json"
 	"html"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+
+	"github.com/glassmkr/guardian/shared/identity"
 	"github.com/glassmkr/guardian/shared/testenv"
 )
 
@@ -144,5 +149,66 @@ func TestCustomersReadTheirOwnAuditLog(t *testing.T) {
 	resp, body = get(t, stack.URL+"/settings/audit", map[string]string{"Authorization": "Bearer " + admin, "Accept": browser["Accept"]})
 	if resp.StatusCode != 403 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/html") || !strings.Contains(string(body), "<h1>Forbidden</h1>") {
 		t.Fatalf("refusal in a browser: %d %q %.300s", resp.StatusCode, resp.Header.Get("Content-Type"), body)
+	}
+}
+
+// The dashboard's "Export CSV" downloads every row the filter matches; a
+// browser keeps no Guardian-Next-Cursor header, so a file of one page
+// would end at 200 rows without a word. An explicit limit still pages.
+func TestCSVExportHoldsEveryMatchingRow(t *testing.T) {
+	t.Parallel()
+	env, c, pg := testenv.EdgeEnv(t)
+	stack := testenv.StartStack(t, env)
+	if _, err := pg.Owner.Exec(context.Background(), `INSERT INTO api_audit_log (customer_id, request_id, method, path, action, result, status_code)
+		SELECT $1, 'export-' || g, 'GET', '/api/v1/whoami', 'read', 'success', 200 FROM generate_series(1, 450) g`, c.ID); err != nil {
+		t.Fatal(err)
+	}
+	_, token := c.Session(t)
+	cookie := map[string]string{"Cookie": "guardian_token=" + token}
+	_, page := get(t, stack.URL+"/settings/audit?action=read", cookie)
+	m := regexp.MustCompile(`<a href="([^"]*)"[^>]*>Export CSV</a>`).FindStringSubmatch(string(page))
+	if m == nil {
+		t.Fatalf("no export link: %.600s", page)
+	}
+	resp, body := get(t, stack.URL+html.UnescapeString(m[1]), cookie)
+	recs, err := csv.NewReader(strings.NewReader(string(body))).ReadAll()
+	if err != nil || resp.StatusCode != 200 || len(recs) != 1+450 {
+		t.Fatalf("export: %d, %d records (%v), want the header and 450 rows", resp.StatusCode, len(recs), err)
+	}
+	seen := map[string]bool{}
+	for _, r := range recs[1:] {
+		seen[r[6]] = true
+	}
+	if len(seen) != 450 {
+		t.Fatalf("export: %d distinct rows, want 450", len(seen))
+	}
+	// An API client that asks for a page gets one, and the cursor.
+	resp, body = get(t, stack.URL+"/api/v1/audit?format=csv&action=read&limit=200", cookie)
+	recs, err = csv.NewReader(strings.NewReader(string(body))).ReadAll()
+	if err != nil || len(recs) != 201 || resp.Header.Get("Guardian-Next-Cursor") == "" {
+		t.Fatalf("a page of CSV: %d records, cursor %q (%v)", len(recs), resp.Header.Get("Guardian-Next-Cursor"), err)
+	}
+}
+
+// Past the export's bound the file says it is cut, and where to go on.
+func TestCSVExportSaysWhereItWasCut(t *testing.T) {
+	t.Parallel()
+	_, c, pg := testenv.EdgeEnv(t)
+	if _, err := pg.Owner.Exec(context.Background(), `INSERT INTO api_audit_log (customer_id, request_id, method, path, action, result, status_code)
+		SELECT $1, 'cut-' || g, 'GET', '/', 'read', 'success', 200 FROM generate_series(1, 450) g`, c.ID); err != nil {
+		t.Fatal(err)
+	}
+	h := &handler{db: pg.App(t), log: zap.NewNop(), exportCap: 300}
+	r := httptest.NewRequest("GET", "/api/v1/audit?format=csv", nil)
+	identity.SetEdgeHeaders(r.Header, &identity.Identity{Kind: identity.KindSession, CustomerID: c.ID, UserID: c.UserID, SessionID: "s"}, "192.0.2.1", identity.NewRequestID())
+	w := httptest.NewRecorder()
+	h.api(w, r)
+	recs, err := csv.NewReader(strings.NewReader(w.Body.String())).ReadAll()
+	if err != nil || w.Code != 200 {
+		t.Fatalf("%d %v", w.Code, err)
+	}
+	last := recs[len(recs)-1]
+	if len(recs) != 1+400+1 || last[0] != "truncated" || !strings.Contains(last[len(last)-1], `"next_cursor":"`) {
+		t.Fatalf("%d records, last %v; want 400 rows (two pages past 300) and a truncated record", len(recs), last)
 	}
 }
