@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"html/template"
 	"net/http"
 	"net/url"
 	"path"
@@ -53,8 +54,16 @@ func (h *handler) routes() http.Handler {
 }
 
 // start sends the browser to the provider with a fresh state, nonce and
-// PKCE challenge, kept in the sealed state cookie.
+// PKCE challenge, kept in the sealed state cookie. A start that another
+// site sent the browser to gets a page to continue from instead: a sign-in
+// replaces the browser's session (or signs a new account up), and with
+// Google answering silently for a signed-in user, a link or script
+// elsewhere could do that without the user asking here.
 func (h *handler) start(w http.ResponseWriter, r *http.Request) {
+	if s := r.Header.Get("Sec-Fetch-Site"); s == "cross-site" || s == "same-site" {
+		h.confirmStart(w, r)
+		return
+	}
 	d, err := h.idp.get(r.Context())
 	if err != nil {
 		h.log.Warn("identity provider discovery failed", zap.Error(err))
@@ -83,6 +92,33 @@ func (h *handler) start(w http.ResponseWriter, r *http.Request) {
 		opts = append(opts, oauth2.SetAuthURLParam("max_age", "0"))
 	}
 	http.Redirect(w, r, d.oauth.AuthCodeURL(state, opts...), http.StatusSeeOther)
+}
+
+var continuePage = page.New("oidc_continue", `
+<p>Sign in to Guardian with your Google account?</p>
+<p><a href="{{.Href}}" id="continue-google">Continue with Google</a> · <a href="/login">Sign in with a password</a></p>`)
+
+// confirmStart answers a start another site sent the browser to with a
+// link to the same start from this site (which Sec-Fetch-Site then calls
+// same-origin). Only what start reads is carried over.
+func (h *handler) confirmStart(w http.ResponseWriter, r *http.Request) {
+	q := url.Values{}
+	if r.URL.Query().Get("reauth") == "1" {
+		q.Set("reauth", "1")
+	}
+	if next := nextPage(r.URL.Query().Get("next")); next != "" {
+		q.Set("next", next)
+	}
+	href := "/auth/google/start"
+	if len(q) > 0 {
+		href += "?" + q.Encode()
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	// The link is built from checked, encoded values; html/template would
+	// encode its query a second time.
+	if err := page.RenderStatus(w, http.StatusOK, continuePage, "Sign in with Google", false, map[string]any{"Href": template.URL(href)}); err != nil {
+		h.log.Warn("rendering the sign-in page failed", zap.Error(err))
+	}
 }
 
 // nextPage is where a sign-in may return to: a dashboard page of this

@@ -720,3 +720,33 @@ func TestAGoogleAccountConfirmsWithGoogle(t *testing.T) {
 		}
 	}
 }
+
+// A sign-in another site sends the browser to does not start by itself:
+// it would replace the browser's session (or sign a new account up)
+// without the user asking here. The page offers to continue from here.
+func TestASignInStartedFromAnotherSiteAsksFirst(t *testing.T) {
+	t.Parallel()
+	s := newSite(t, options{})
+	b := s.browser(t)
+	for _, site := range []string{"cross-site", "same-site"} {
+		req, _ := http.NewRequest("GET", s.URL+"/auth/google/start?reauth=1&next=/settings/keys&extra=x", nil)
+		req.Header.Set("Sec-Fetch-Site", site)
+		r := b.do(req)
+		if r.status != http.StatusOK || r.location != "" || strings.Contains(r.header.Get("Set-Cookie"), stateCookie) {
+			t.Fatalf("%s: %d %q, cookies %q", site, r.status, r.location, r.header.Get("Set-Cookie"))
+		}
+		if !strings.Contains(r.body, `href="/auth/google/start?next=%2Fsettings%2Fkeys&amp;reauth=1" id="continue-google"`) {
+			t.Fatalf("%s: no link to continue from here: %.800s", site, r.body)
+		}
+	}
+	// From this site (and from browsers that do not say), it starts.
+	for _, site := range []string{"same-origin", "none", ""} {
+		req, _ := http.NewRequest("GET", s.URL+"/auth/google/start", nil)
+		if site != "" {
+			req.Header.Set("Sec-Fetch-Site", site)
+		}
+		if r := b.do(req); r.status != http.StatusSeeOther || !strings.HasPrefix(r.location, s.idp.Issuer()+"/authorize?") {
+			t.Fatalf("%q: %d %q", site, r.status, r.location)
+		}
+	}
+}
