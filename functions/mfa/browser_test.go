@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/cdproto/webauthn"
 	"github.com/chromedp/chromedp"
 
@@ -182,5 +183,72 @@ func TestAuthenticatorKeyLeavesThePageOnceTheAppIsOn(t *testing.T) {
 	html, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.documentElement.outerHTML`))
 	if err != nil || strings.Contains(html, strings.TrimSpace(seed)) {
 		t.Fatalf("the page's DOM still holds the key (%v)", err)
+	}
+}
+
+// A re-auth asked for at the last step of adding a key (the five minutes
+// ran out while the user found the key) makes a new session, which the
+// ceremony begun by the old one does not belong to: the page starts the
+// ceremony again after the prompt, and the key is added.
+func TestAddingAKeyWhoseLastStepAsksForReauthStartsAgain(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	ctx := browser.Chromium(t)
+	// Each navigator.credentials.create waits until the test lets it go.
+	hold := `(() => { const c = navigator.credentials; const orig = c.create.bind(c);
+  c.create = async (o) => { await new Promise((r) => { window.__go = r; }); window.__go = null; return orig(o); }; })();`
+	if _, err := chromedp.Call(ctx, page.AddScriptToEvaluateOnNewDocument, page.AddScriptToEvaluateOnNewDocumentParams{Source: hold}); err != nil {
+		t.Fatal(err)
+	}
+	err := chromedp.Do(ctx,
+		chromedp.Navigate(s.origin+"/login"),
+		chromedp.SendKeys(`input[name="email"]`, s.email),
+		chromedp.SendKeys(`input[name="password"]`, pw),
+		chromedp.Click("#sign-in"),
+		chromedp.WaitVisible("#create-key"),
+		chromedp.Navigate(s.origin+"/settings/security"),
+		chromedp.WaitVisible("#add-key"),
+	)
+	if err != nil {
+		t.Fatalf("signing in: %v", err)
+	}
+	virtualKey(t, ctx)
+	release := func() {
+		t.Helper()
+		if err := chromedp.Do(ctx, chromedp.Poll[chromedp.Void](`typeof window.__go === "function"`)); err != nil {
+			t.Fatalf("the page never asked the key: %v", err)
+		}
+		if _, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`window.__go(), true`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := chromedp.Do(ctx, chromedp.SendKeys(`form[data-webauthn-register] input[name="name"]`, "desk key"), chromedp.Click("#add-key")); err != nil {
+		t.Fatal(err)
+	}
+	// The key is slow to be touched: the five minutes run out meanwhile.
+	if err := chromedp.Do(ctx, chromedp.Poll[chromedp.Void](`typeof window.__go === "function"`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.pg.Owner.Exec(context.Background(), "UPDATE sessions SET reauth_at = now() - interval '10 minutes' WHERE user_id = $1", s.c.UserID); err != nil {
+		t.Fatal(err)
+	}
+	release()
+	err = chromedp.Do(ctx,
+		chromedp.WaitVisible("#reauth"),
+		chromedp.SendKeys(`#reauth input[name="password"]`, pw),
+		chromedp.Click(`#reauth button[type="submit"]`),
+		chromedp.WaitNotVisible("#reauth"),
+	)
+	if err != nil {
+		t.Fatalf("the re-auth prompt: %v", err)
+	}
+	release() // the ceremony again, under the new session
+	if err := chromedp.Do(ctx, chromedp.WaitVisible("#recovery")); err != nil {
+		status, _ := chromedp.Run(ctx, chromedp.Text("#status"))
+		t.Fatalf("adding the key after the re-auth: %v (page says %q)", err, status)
+	}
+	var n int
+	if err := s.pg.Owner.QueryRow(context.Background(), "SELECT count(*) FROM webauthn_credentials WHERE user_id = $1", s.c.UserID).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("keys stored: %d (%v)", n, err)
 	}
 }

@@ -97,7 +97,10 @@ async function useSecurityKey(prefix, token) {
   return postJSON(prefix + "/mfa", Object.assign({ credential }, body));
 }
 
-async function send(method, url, body) {
+// send makes an API call; an answer asking for re-authentication shows
+// the prompt and, once it is answered, sends the same call again (replay
+// false: the caller decides what to do instead).
+async function send(method, url, body, replay = true) {
   const init = {
     method,
     credentials: "same-origin",
@@ -105,7 +108,7 @@ async function send(method, url, body) {
   };
   if (body !== undefined) init.body = JSON.stringify(body);
   let resp = await fetch(url, init);
-  if (resp.status === 401) {
+  if (replay && resp.status === 401) {
     const problem = await resp.clone().json().catch(() => ({}));
     if (problem.code === "reauth_required" && (await reauthenticate())) {
       resp = await fetch(url, init); // the replay
@@ -273,22 +276,29 @@ document.addEventListener("submit", async (e) => {
     e.preventDefault();
     showStatus("");
     try {
-      const begun = await send("POST", form.getAttribute("action"), {});
-      if (!begun.ok) {
-        const p = await problemOf(begun);
-        showStatus(p.detail || "The security key could not be added (" + begun.status + ").");
+      // The ceremony belongs to the session that began it, and a re-auth
+      // makes a new session: when the last step asks for re-auth, replaying
+      // it would be refused, so the whole ceremony starts again (once).
+      for (let attempt = 0; attempt < 2; attempt++) {
+        const begun = await send("POST", form.getAttribute("action"), {});
+        if (!begun.ok) {
+          const p = await problemOf(begun);
+          showStatus(p.detail || "The security key could not be added (" + begun.status + ").");
+          return;
+        }
+        const reg = await begun.json();
+        const credential = await webauthnCreate(reg.options);
+        const resp = await send("POST", form.dataset.webauthnRegister, { ceremony: reg.ceremony, name: form.elements.namedItem("name").value, credential }, false);
+        if (resp.status === 201 && show(await resp.json())) return;
+        if (resp.ok) {
+          location.reload();
+          return;
+        }
+        const p = await problemOf(resp);
+        if (attempt === 0 && resp.status === 401 && p.code === "reauth_required" && (await reauthenticate())) continue;
+        showStatus(p.detail || "The security key could not be added (" + resp.status + ").");
         return;
       }
-      const reg = await begun.json();
-      const credential = await webauthnCreate(reg.options);
-      const resp = await send("POST", form.dataset.webauthnRegister, { ceremony: reg.ceremony, name: form.elements.namedItem("name").value, credential });
-      if (resp.status === 201 && show(await resp.json())) return;
-      if (resp.ok) {
-        location.reload();
-        return;
-      }
-      const p = await problemOf(resp);
-      showStatus(p.detail || "The security key could not be added (" + resp.status + ").");
     } catch (err) {
       showStatus("The security key did not answer: " + err.message);
     }
