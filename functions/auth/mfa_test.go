@@ -17,6 +17,18 @@ import (
 // Second factors are enrolled through the product's own API
 // (functions/mfa) with a fresh password session, as the dashboard does.
 
+// passwordStep signs in with the right password, for a user with a
+// second factor, and returns the challenge's mfa_token.
+func (s *site) passwordStep(t *testing.T) string {
+	t.Helper()
+	a := s.post(t, "/auth/login", login(s.email, goodPassword), nil)
+	token, _ := a.doc["mfa_token"].(string)
+	if a.status != 401 || token == "" {
+		t.Fatalf("password step: %d %v", a.status, a.doc)
+	}
+	return token
+}
+
 func cookieHeader(tok string) map[string]string {
 	return map[string]string{"Cookie": "guardian_token=" + tok}
 }
@@ -417,15 +429,11 @@ func TestSecondFactorOfAnAccountScheduledForDeletionStartsNoSession(t *testing.T
 	t.Parallel()
 	s := newSite(t)
 	_, recovery := s.enrolTOTP(t, s.signInPassword(t))
-	a := s.post(t, "/auth/login", login(s.email, goodPassword), nil)
-	token, _ := a.doc["mfa_token"].(string)
-	if a.status != 401 || token == "" {
-		t.Fatalf("password step: %d %v", a.status, a.doc)
-	}
+	token := s.passwordStep(t)
 	if _, err := s.pg.Owner.Exec(context.Background(), "UPDATE customers SET deletion_requested_at = now(), delete_after = now() + interval '29 days' WHERE id = $1", s.c.ID); err != nil {
 		t.Fatal(err)
 	}
-	a = s.post(t, "/auth/login/mfa", jsonBody(map[string]string{"mfa_token": token, "code": recovery[0]}), nil)
+	a := s.post(t, "/auth/login/mfa", jsonBody(map[string]string{"mfa_token": token, "code": recovery[0]}), nil)
 	if a.status != 401 || a.doc["code"] != "invalid_credentials" || a.cookie != nil {
 		t.Fatalf("second factor of a closing account: %d %v", a.status, a.doc)
 	}
@@ -441,11 +449,7 @@ func TestPasswordChangeEndsSignInsWaitingForTheirSecondFactor(t *testing.T) {
 	t.Parallel()
 	s := newSite(t)
 	_, recovery := s.enrolTOTP(t, s.signInPassword(t))
-	pending := s.post(t, "/auth/login", login(s.email, goodPassword), nil)
-	token, _ := pending.doc["mfa_token"].(string)
-	if pending.status != 401 || token == "" {
-		t.Fatalf("password step: %d %v", pending.status, pending.doc)
-	}
+	token := s.passwordStep(t)
 	owner := s.signInWith(t, recovery[0])
 	change := jsonBody(map[string]string{"current_password": goodPassword, "new_password": "another long passphrase 42"})
 	if a := s.post(t, "/auth/password", change, cookieHeader(owner)); a.status != 204 {
@@ -468,11 +472,7 @@ func TestReauthTimeIsThePasswordsNotTheSecondFactors(t *testing.T) {
 	t.Parallel()
 	s := newSite(t)
 	_, recovery := s.enrolTOTP(t, s.signInPassword(t))
-	a := s.post(t, "/auth/login", login(s.email, goodPassword), nil)
-	token, _ := a.doc["mfa_token"].(string)
-	if a.status != 401 || token == "" {
-		t.Fatalf("password step: %d %v", a.status, a.doc)
-	}
+	token := s.passwordStep(t)
 	ctx := context.Background()
 	// The password was checked 290 s ago; the code comes now.
 	if _, err := s.pg.Owner.Exec(ctx, `UPDATE mfa_challenges SET verified_at = verified_at - interval '290 seconds' WHERE user_id = $1 AND purpose = 'login'`, s.c.UserID); err != nil {

@@ -35,6 +35,17 @@ func virtualKey(t *testing.T, ctx context.Context) webauthn.AuthenticatorID {
 	return res.AuthenticatorID
 }
 
+// signInActions sign the site's user in with the password on /login.
+func (s *site) signInActions() []chromedp.Action[chromedp.Void] {
+	return []chromedp.Action[chromedp.Void]{
+		chromedp.Navigate(s.origin + "/login"),
+		chromedp.SendKeys(`input[name="email"]`, s.email),
+		chromedp.SendKeys(`input[name="password"]`, pw),
+		chromedp.Click("#sign-in"),
+		chromedp.WaitVisible("#create-key"),
+	}
+}
+
 func TestSecurityKeyInTheBrowserSignsInAndAnswersTheReauthPrompt(t *testing.T) {
 	t.Parallel()
 	s := newSite(t)
@@ -146,16 +157,11 @@ func TestAuthenticatorKeyLeavesThePageOnceTheAppIsOn(t *testing.T) {
 	t.Parallel()
 	s := newSite(t)
 	ctx := browser.Chromium(t)
-	err := chromedp.Do(ctx,
-		chromedp.Navigate(s.origin+"/login"),
-		chromedp.SendKeys(`input[name="email"]`, s.email),
-		chromedp.SendKeys(`input[name="password"]`, pw),
-		chromedp.Click("#sign-in"),
-		chromedp.WaitVisible("#create-key"),
+	err := chromedp.Do(ctx, append(s.signInActions(),
 		chromedp.Navigate(s.origin+"/settings/security"),
 		chromedp.Click("#setup-totp"),
 		chromedp.WaitVisible("#totp-setup"),
-	)
+	)...)
 	if err != nil {
 		t.Fatalf("setting up the app: %v", err)
 	}
@@ -200,15 +206,10 @@ func TestAddingAKeyWhoseLastStepAsksForReauthStartsAgain(t *testing.T) {
 	if _, err := chromedp.Call(ctx, page.AddScriptToEvaluateOnNewDocument, page.AddScriptToEvaluateOnNewDocumentParams{Source: hold}); err != nil {
 		t.Fatal(err)
 	}
-	err := chromedp.Do(ctx,
-		chromedp.Navigate(s.origin+"/login"),
-		chromedp.SendKeys(`input[name="email"]`, s.email),
-		chromedp.SendKeys(`input[name="password"]`, pw),
-		chromedp.Click("#sign-in"),
-		chromedp.WaitVisible("#create-key"),
+	err := chromedp.Do(ctx, append(s.signInActions(),
 		chromedp.Navigate(s.origin+"/settings/security"),
 		chromedp.WaitVisible("#add-key"),
-	)
+	)...)
 	if err != nil {
 		t.Fatalf("signing in: %v", err)
 	}
