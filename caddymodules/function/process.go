@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -249,8 +250,8 @@ func rewrite(name string) func(*httputil.ProxyRequest) {
 func stripCredentials(h http.Header) {
 	delete(h, "Authorization")
 	cookies := h.Values("Cookie")
-	if len(cookies) == 0 {
-		return
+	if !slices.ContainsFunc(cookies, func(line string) bool { return strings.Contains(line, session.CookieName) }) {
+		return // nothing to take out: no allocation on every request
 	}
 	var kept []string
 	for _, line := range cookies {
