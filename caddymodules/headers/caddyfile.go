@@ -24,6 +24,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    hsts            <value>
 //	    frame_options   <value>
 //	    referrer_policy <value>
+//	    permissions_policy <value>
 //	}
 //
 // Every setting is optional; the defaults are the security posture's.
@@ -42,6 +43,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			target = &h.FrameOptions
 		case "referrer_policy":
 			target = &h.ReferrerPolicy
+		case "permissions_policy":
+			target = &h.PermissionsPolicy
 		default:
 			return d.Errf("unknown guardian_headers setting %q", field)
 		}

@@ -1,6 +1,6 @@
 // Package headers is the guardian_headers Caddy module: it puts the
-// security posture's four response headers on every response, error
-// responses included.
+// security posture's four response headers, and a Permissions-Policy, on
+// every response, error responses included.
 package headers
 
 import (
@@ -19,10 +19,16 @@ const (
 	DefaultHSTS           = "max-age=15552000; includeSubDomains"
 	DefaultReferrerPolicy = "strict-origin-when-cross-origin"
 	DefaultFrameOptions   = "DENY"
+	// DefaultPermissionsPolicy turns off the powerful browser features no
+	// Guardian page uses, for its pages and anything framed in them.
+	// WebAuthn (publickey-credentials-get/-create) keeps its default,
+	// this origin only: the second-factor pages need it.
+	DefaultPermissionsPolicy = "camera=(), microphone=(), geolocation=(), payment=(), usb=()"
 )
 
 // Handler sets Strict-Transport-Security, X-Content-Type-Options,
-// X-Frame-Options and Referrer-Policy before calling the next handler, so
+// X-Frame-Options, Referrer-Policy and Permissions-Policy before calling
+// the next handler, so
 // they are present whatever that handler writes, errors included (Caddy's
 // error routes write to the same response). It also drops Caddy's Server
 // header, which tells an attacker nothing it needs.
@@ -35,10 +41,13 @@ type Handler struct {
 	// ReferrerPolicy is the Referrer-Policy value. Default:
 	// "strict-origin-when-cross-origin".
 	ReferrerPolicy string `json:"referrer_policy,omitempty"`
+	// PermissionsPolicy is the Permissions-Policy value. Default:
+	// DefaultPermissionsPolicy.
+	PermissionsPolicy string `json:"permissions_policy,omitempty"`
 
 	// Prebuilt one-element values with len == cap, so that setting them
 	// allocates nothing and a later Add cannot write into a shared array.
-	hsts, nosniff, frame, referrer []string
+	hsts, nosniff, frame, referrer, permissions []string
 }
 
 // CaddyModule returns the Caddy module information.
@@ -60,8 +69,12 @@ func (h *Handler) Provision(caddy.Context) error {
 	if h.ReferrerPolicy == "" {
 		h.ReferrerPolicy = DefaultReferrerPolicy
 	}
+	if h.PermissionsPolicy == "" {
+		h.PermissionsPolicy = DefaultPermissionsPolicy
+	}
 	one := func(v string) []string { return []string{v}[:1:1] }
 	h.hsts, h.nosniff, h.frame, h.referrer = one(h.HSTS), one("nosniff"), one(h.FrameOptions), one(h.ReferrerPolicy)
+	h.permissions = one(h.PermissionsPolicy)
 	return nil
 }
 
@@ -72,6 +85,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	hdr["X-Content-Type-Options"] = h.nosniff
 	hdr["X-Frame-Options"] = h.frame
 	hdr["Referrer-Policy"] = h.referrer
+	hdr["Permissions-Policy"] = h.permissions
 	delete(hdr, "Server")
 	return next.ServeHTTP(w, r)
 }

@@ -25,6 +25,7 @@ func TestHeadersOnEveryResponse(t *testing.T) {
 		"X-Content-Type-Options":    "nosniff",
 		"X-Frame-Options":           "DENY",
 		"Referrer-Policy":           "strict-origin-when-cross-origin",
+		"Permissions-Policy":        DefaultPermissionsPolicy,
 	}
 	cases := []struct {
 		name string
@@ -81,8 +82,8 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		want        Handler
 	}{
 		{"no block keeps defaults", "guardian_headers", false, Handler{}},
-		{"settings override defaults", "guardian_headers {\n hsts \"max-age=60\"\n frame_options SAMEORIGIN\n referrer_policy no-referrer\n}", false,
-			Handler{HSTS: "max-age=60", FrameOptions: "SAMEORIGIN", ReferrerPolicy: "no-referrer"}},
+		{"settings override defaults", "guardian_headers {\n hsts \"max-age=60\"\n frame_options SAMEORIGIN\n referrer_policy no-referrer\n permissions_policy \"camera=()\"\n}", false,
+			Handler{HSTS: "max-age=60", FrameOptions: "SAMEORIGIN", ReferrerPolicy: "no-referrer", PermissionsPolicy: "camera=()"}},
 		{"unknown setting is refused", "guardian_headers {\n csp foo\n}", true, Handler{}},
 		{"setting without value is refused", "guardian_headers {\n hsts\n}", true, Handler{}},
 		{"inline argument is refused", "guardian_headers on", true, Handler{}},
@@ -94,7 +95,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			if (err != nil) != tc.wantErr {
 				t.Fatalf("err = %v, wantErr %v", err, tc.wantErr)
 			}
-			if !tc.wantErr && (h.HSTS != tc.want.HSTS || h.FrameOptions != tc.want.FrameOptions || h.ReferrerPolicy != tc.want.ReferrerPolicy) {
+			if !tc.wantErr && (h.HSTS != tc.want.HSTS || h.FrameOptions != tc.want.FrameOptions || h.ReferrerPolicy != tc.want.ReferrerPolicy || h.PermissionsPolicy != tc.want.PermissionsPolicy) {
 				t.Errorf("got %+v", h)
 			}
 		})
