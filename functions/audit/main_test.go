@@ -212,3 +212,53 @@ func TestCSVExportSaysWhereItWasCut(t *testing.T) {
 		t.Fatalf("%d records, last %v; want 400 rows (two pages past 300) and a truncated record", len(recs), last)
 	}
 }
+
+// PostgreSQL failing between two pages of an export: the answer has
+// begun (200, the first page sent), so the file's last record says it
+// stops short instead of ending as if it were whole.
+func TestCSVExportSaysItStoppedShort(t *testing.T) {
+	t.Parallel()
+	_, c, pg := testenv.EdgeEnv(t)
+	ctx := context.Background()
+	if _, err := pg.Owner.Exec(ctx, `INSERT INTO api_audit_log (customer_id, request_id, method, path, action, result, status_code)
+		SELECT $1, 'short-' || g, 'GET', '/', 'read', 'success', 200 FROM generate_series(1, 450) g`, c.ID); err != nil {
+		t.Fatal(err)
+	}
+	h := &handler{db: pg.App(t), log: zap.NewNop(), exportCap: MaxExportRows}
+	other := pg.App(t)
+	r := httptest.NewRequest("GET", "/api/v1/audit?format=csv", nil)
+	identity.SetEdgeHeaders(r.Header, &identity.Identity{Kind: identity.KindSession, CustomerID: c.ID, UserID: c.UserID, SessionID: "s"}, "192.0.2.1", identity.NewRequestID())
+	w := &onFirstWrite{ResponseRecorder: httptest.NewRecorder(), do: func() {
+		// The export's connections end, as in a PostgreSQL restart: a
+		// role may end its own backends.
+		var n int
+		if err := other.QueryRow(ctx, `SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) FROM pg_stat_activity
+			WHERE datname = current_database() AND usename = current_user AND pid <> pg_backend_pid()`).Scan(&n); err != nil || n == 0 {
+			t.Errorf("terminating the export's connections: %d ended (%v)", n, err)
+		}
+	}}
+	h.api(w, r)
+	recs, err := csv.NewReader(strings.NewReader(w.Body.String())).ReadAll()
+	if err != nil || w.Code != 200 {
+		t.Fatalf("%d %v", w.Code, err)
+	}
+	last := recs[len(recs)-1]
+	if len(recs) != 1+MaxLimit+1 || last[0] != "error" || !strings.Contains(last[len(last)-1], `"rows":200,`) {
+		t.Fatalf("%d records, last %v; want the first page and an error record", len(recs), last)
+	}
+}
+
+// onFirstWrite runs do before the first bytes of the answer are written.
+type onFirstWrite struct {
+	*httptest.ResponseRecorder
+	do   func()
+	done bool
+}
+
+func (w *onFirstWrite) Write(b []byte) (int, error) {
+	if !w.done {
+		w.done = true
+		w.do()
+	}
+	return w.ResponseRecorder.Write(b)
+}
