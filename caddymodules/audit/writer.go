@@ -53,6 +53,7 @@ type WriterConfig struct {
 type Writer struct {
 	db          *pgxpool.Pool
 	spool       *spool
+	digests     *digests
 	chains      []*chain
 	next        atomic.Uint64
 	maxBatch    int
@@ -60,8 +61,9 @@ type Writer struct {
 	lingerAfter int
 	log         *zap.Logger
 
-	full     atomic.Bool
-	lastWarn atomic.Int64
+	full         atomic.Bool
+	lastWarn     atomic.Int64
+	lastSaltWarn atomic.Int64
 
 	closing sync.RWMutex // held to read while queueing, to write by Close
 	closed  bool
@@ -123,7 +125,7 @@ func NewWriter(cfg WriterConfig) (*Writer, error) {
 		db.Close()
 		return nil, err
 	}
-	w := &Writer{db: db, spool: sp, maxBatch: cfg.MaxBatch, lingerAfter: cfg.LingerAfter, log: cfg.Log}
+	w := &Writer{db: db, spool: sp, digests: newDigests(), maxBatch: cfg.MaxBatch, lingerAfter: cfg.LingerAfter, log: cfg.Log}
 	w.SetLinger(cfg.Linger)
 	var base [6]byte
 	_, _ = rand.Read(base[:])
@@ -297,8 +299,11 @@ func (w *Writer) loop(ctx context.Context, c *chain) {
 		prev = len(batch)
 		rows = rows[:0]
 		for _, p := range batch {
-			c.link(p.row)
 			rows = append(rows, p.row)
+		}
+		w.setDigests(rows)
+		for _, r := range rows {
+			c.link(r)
 		}
 		err := w.persist(c, rows)
 		if err != nil {
@@ -344,11 +349,14 @@ func (c *chain) restart() {
 	c.id, c.seq, c.prev = fmt.Sprintf("%s.%d", c.base, c.gen), 0, nil
 }
 
-// link gives a row its place in the chain.
+// link gives a row its place in the chain; its CustomerDigest is set
+// (Writer.setDigests).
 func (c *chain) link(r *audit.Row) {
 	c.seq++
 	r.WriterID, r.WriterSeq, r.PrevHash = c.id, c.seq, c.prev
-	r.CustomerDigest = audit.CustomerDigest(r.CustomerID)
+	if r.CustomerDigest == nil {
+		r.CustomerDigest = audit.UnknownCustomer
+	}
 	r.RowHash = audit.Hash(r)
 	c.prev = r.RowHash
 }

@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -258,6 +259,65 @@ func TestCustomerDeletionDoesNotBreakTheChain(t *testing.T) {
 	}
 	if rep, err := audit.Verify(context.Background(), pg.Owner); err != nil || !rep.OK() || rep.Rows != 3 {
 		t.Fatalf("after customer deletion: %+v %v", rep, err)
+	}
+}
+
+// A customer's rows carry a digest salted with the customer's own salt,
+// deleted with it: afterwards the customer's id finds none of its rows,
+// neither by customer_id nor by recomputing the digest.
+func TestDeletedCustomersRowsAreNotFoundByItsID(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pg := testenv.Postgres(t)
+	c := testenv.NewCustomer(t, pg.Owner, []byte("p"), []byte("s"))
+	w := newWriter(t, pg.AppDSN, 1<<20)
+	for i := range 3 {
+		r := testRow(i)
+		r.CustomerID = c.ID
+		if err := w.Record(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var salt []byte
+	if err := pg.Owner.QueryRow(ctx, "SELECT audit_salt FROM customers WHERE id = $1", c.ID).Scan(&salt); err != nil || len(salt) != 32 {
+		t.Fatalf("salt %x: %v", salt, err)
+	}
+	var n int
+	if err := pg.Owner.QueryRow(ctx, "SELECT count(*) FROM api_audit_log WHERE customer_digest = $1",
+		audit.SaltedCustomerDigest(salt, c.ID)).Scan(&n); err != nil || n != 3 {
+		t.Fatalf("%d rows with the salted digest (%v), want 3", n, err)
+	}
+	if _, err := pg.App(t).Exec(ctx, "DELETE FROM customers WHERE id = $1", c.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := pg.Owner.QueryRow(ctx, "SELECT count(*) FROM api_audit_log WHERE customer_id = $1 OR customer_digest = $2",
+		c.ID, audit.CustomerDigest(c.ID)).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("%d rows still found by the deleted customer's id (%v)", n, err)
+	}
+	if rep, err := audit.Verify(ctx, pg.Owner); err != nil || !rep.OK() || rep.Rows != 3 {
+		t.Fatalf("after customer deletion: %+v %v", rep, err)
+	}
+}
+
+// A row whose customer's salt cannot be read (the customer is gone, or
+// PostgreSQL is) is kept, with a digest that verify does not check.
+func TestRowOfAnUnknownCustomerIsKept(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pg := testenv.Postgres(t)
+	w := newWriter(t, pg.AppDSN, 1<<20)
+	r := testRow(1)
+	r.CustomerID = "0c0c0c0c-0000-4000-8000-000000000000" // deleted before its row was written
+	if err := w.Record(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	var digest []byte
+	if err := pg.Owner.QueryRow(ctx, "SELECT customer_digest FROM api_audit_log WHERE request_id = $1", r.RequestID).Scan(&digest); err != nil ||
+		!bytes.Equal(digest, audit.UnknownCustomer) {
+		t.Fatalf("digest %x (%v), want the unknown customer's", digest, err)
+	}
+	if rep, err := audit.Verify(ctx, pg.Owner); err != nil || !rep.OK() || rep.Rows != 1 {
+		t.Fatalf("verify: %+v %v", rep, err)
 	}
 }
 

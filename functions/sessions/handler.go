@@ -229,7 +229,7 @@ func (h *handler) deleteAccount(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	audit.Annotate(w, audit.Annotation{ResourceType: "customer", ResourceID: id.CustomerID, Action: "delete"})
+	audit.Annotate(w, audit.Annotation{ResourceType: "customer", Action: "delete"})
 	if id.Scope != "admin" {
 		p := problem.New(http.StatusForbidden, "insufficient_scope", "only administrators may delete the account")
 		p.Extra = map[string]any{"required_scope": "admin"}
@@ -276,7 +276,7 @@ func (h *handler) deleteAccount(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	at := deleteAfter.UTC().Format(time.RFC3339)
-	audit.Annotate(w, audit.Annotation{ResourceType: "customer", ResourceID: id.CustomerID, Action: "delete", Metadata: map[string]any{
+	audit.Annotate(w, audit.Annotation{ResourceType: "customer", Action: "delete", Metadata: map[string]any{
 		"delete_after": at, "already_requested": again, "revoked_key_count": keys, "revoked_session_count": sessions,
 	}})
 	reply.JSON(w, http.StatusAccepted, map[string]string{"delete_after": at})

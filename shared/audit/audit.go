@@ -5,6 +5,7 @@ package audit
 
 import (
 	"bytes"
+	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
@@ -60,10 +61,10 @@ type Row struct {
 	// Metadata is canonical JSON (see Canonical); "{}" when empty.
 	Metadata string
 
-	// CustomerDigest is CustomerDigest(the customer the row was written
-	// for), set when the row is linked into a chain; nil in rows written
-	// before it existed. It is hashed, and never changed, so a customer_id
-	// moved to another customer shows.
+	// CustomerDigest names the customer the row was written for (see
+	// SaltedCustomerDigest), set when the row is linked into a chain; nil
+	// in rows written before it existed. It is hashed, and never changed,
+	// so a customer_id moved to another customer shows.
 	CustomerDigest []byte
 
 	WriterID  string
@@ -72,12 +73,39 @@ type Row struct {
 	RowHash   []byte
 }
 
-// CustomerDigest is what a row's hash holds of its customer: customer_id
-// itself is outside the hash, because deleting a customer nulls it.
+// A row's hash holds its customer as a digest: customer_id itself is
+// outside the hash, because deleting a customer nulls it. A digest is one
+// of three forms, told apart by length:
+//
+//   - SaltedCustomerDigest (33 bytes), for rows of a customer;
+//   - CustomerDigest (32 bytes), unsalted: rows without a customer, and
+//     rows of a customer written before customers had an audit salt;
+//   - UnknownCustomer (1 byte): the edge could not read the customer's
+//     salt (PostgreSQL away, or the customer deleted meanwhile), so verify
+//     cannot check which customer the row belongs to.
+//
+// CustomerDigest is a SHA-256 of the customer id alone.
 func CustomerDigest(customerID string) []byte {
 	sum := sha256.Sum256([]byte("guardian-audit-customer\x00" + customerID))
 	return sum[:]
 }
+
+// SaltedCustomerDigest is 0x03, then an HMAC-SHA-256 of the customer id
+// keyed with the customer's own random salt (customers.audit_salt). The
+// salt is deleted with the customer, so once a customer is gone, knowing
+// its id no longer finds its rows: nulling customer_id then means what it
+// says. An unsalted digest could be recomputed from the id by anyone.
+func SaltedCustomerDigest(salt []byte, customerID string) []byte {
+	m := hmac.New(sha256.New, salt)
+	m.Write([]byte("guardian-audit-customer\x00" + customerID))
+	return m.Sum([]byte{saltedDigest})
+}
+
+const saltedDigest = 0x03
+
+// UnknownCustomer is the digest of a row whose customer's salt the edge
+// could not read.
+var UnknownCustomer = []byte{0}
 
 // Annotation is what a function says about its request. CustomerID and
 // UserID are for requests the edge could not attribute (a sign-in names

@@ -203,3 +203,52 @@ func BenchmarkCanonicalIngestMetadata(b *testing.B) {
 		}
 	}
 }
+
+// A salted digest depends on the customer's salt, so the id alone does
+// not give it; the three forms differ in length, which verify reads.
+func TestSaltedCustomerDigest(t *testing.T) {
+	id := "6f1c2a7e-9b1d-4f3a-8c2e-1d2f3a4b5c6d"
+	a, b := SaltedCustomerDigest([]byte("salt-a"), id), SaltedCustomerDigest([]byte("salt-b"), id)
+	if len(a) != 33 || a[0] != saltedDigest || bytes.Equal(a, b) {
+		t.Fatalf("salted digests %x %x", a, b)
+	}
+	if !bytes.Equal(a, SaltedCustomerDigest([]byte("salt-a"), id)) {
+		t.Fatal("not deterministic")
+	}
+	if bytes.Equal(a[1:], CustomerDigest(id)) || len(CustomerDigest(id)) != 32 || len(UnknownCustomer) != 1 {
+		t.Fatal("digest forms not told apart by length")
+	}
+}
+
+func TestMovedRows(t *testing.T) {
+	const a, b, gone = "a0000000-0000-4000-8000-000000000000", "b0000000-0000-4000-8000-000000000000", "c0000000-0000-4000-8000-000000000000"
+	saltA, saltB, saltGone := []byte("sa"), []byte("sb"), []byte("sc")
+	live := liveCustomers{salted: map[string][]byte{}, live: map[string]bool{}}
+	for id, salt := range map[string][]byte{a: saltA, b: saltB} {
+		d := SaltedCustomerDigest(salt, id)
+		live.salted[id], live.live[string(d)], live.live[string(CustomerDigest(id))] = d, true, true
+	}
+	for _, tc := range []struct {
+		name     string
+		customer string
+		digest   []byte
+		moved    bool
+	}{
+		{"its customer", a, SaltedCustomerDigest(saltA, a), false},
+		{"moved to another customer", b, SaltedCustomerDigest(saltA, a), true},
+		{"nulled while its customer exists", "", SaltedCustomerDigest(saltA, a), true},
+		{"nulled, customer deleted", "", SaltedCustomerDigest(saltGone, gone), false},
+		{"of a customer deleted since, not yet nulled", gone, SaltedCustomerDigest(saltGone, gone), false},
+		{"given to a customer", a, CustomerDigest(""), true},
+		{"no customer", "", CustomerDigest(""), false},
+		{"unsalted, its customer", a, CustomerDigest(a), false},
+		{"unsalted, moved", b, CustomerDigest(a), true},
+		{"unsalted, nulled while its customer exists", "", CustomerDigest(a), true},
+		{"unknown customer", a, UnknownCustomer, false},
+		{"before digests", b, nil, false},
+	} {
+		if got := live.moved(&Row{CustomerID: tc.customer, CustomerDigest: tc.digest}); got != tc.moved {
+			t.Errorf("%s: moved = %v, want %v", tc.name, got, tc.moved)
+		}
+	}
+}

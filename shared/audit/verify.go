@@ -3,6 +3,7 @@ package audit
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"sort"
 
@@ -192,34 +193,49 @@ func VerifyAgainst(ctx context.Context, db Querier, kept Heads) (Report, error) 
 // liveCustomers tells whether a row's customer_id is the one it was
 // written for (its hashed customer_digest), or was nulled while that
 // customer still exists: either means the row was moved between
-// customers' logs. Deleting a customer nulls its rows and removes it, so
-// a nulled row of a deleted customer is as it should be.
-type liveCustomers map[string]bool // CustomerDigest of each existing customer
-
-func readCustomers(ctx context.Context, db Querier) (liveCustomers, error) {
-	rows, err := db.Query(ctx, "SELECT id::text FROM customers")
-	if err != nil {
-		return nil, fmt.Errorf("audit verify: customers: %w", err)
-	}
-	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return nil, fmt.Errorf("audit verify: customers: %w", err)
-	}
-	live := make(liveCustomers, len(ids))
-	for _, id := range ids {
-		live[string(CustomerDigest(id))] = true
-	}
-	return live, nil
+// customers' logs. Deleting a customer nulls its rows and removes it (and
+// its salt), so a nulled row of a deleted customer is as it should be.
+type liveCustomers struct {
+	salted map[string][]byte // customer id: SaltedCustomerDigest
+	live   map[string]bool   // every digest form of each existing customer
 }
 
-func (live liveCustomers) moved(r *Row) bool {
+func readCustomers(ctx context.Context, db Querier) (liveCustomers, error) {
+	rows, err := db.Query(ctx, "SELECT id::text, audit_salt FROM customers")
+	if err != nil {
+		return liveCustomers{}, fmt.Errorf("audit verify: customers: %w", err)
+	}
+	c := liveCustomers{salted: map[string][]byte{}, live: map[string]bool{}}
+	var id string
+	var salt []byte
+	_, err = pgx.ForEachRow(rows, []any{&id, &salt}, func() error {
+		d := SaltedCustomerDigest(salt, id)
+		c.salted[id] = d
+		c.live[string(d)] = true
+		c.live[string(CustomerDigest(id))] = true
+		return nil
+	})
+	if err != nil {
+		return liveCustomers{}, fmt.Errorf("audit verify: customers: %w", err)
+	}
+	return c, nil
+}
+
+func (c liveCustomers) moved(r *Row) bool {
 	switch {
 	case r.CustomerDigest == nil: // written before customer_digest
 		return false
-	case r.CustomerID != "":
+	case bytes.Equal(r.CustomerDigest, UnknownCustomer):
+		return false
+	case r.CustomerID == "":
+		return c.live[string(r.CustomerDigest)]
+	case len(r.CustomerDigest) == sha256.Size: // unsalted
 		return !bytes.Equal(r.CustomerDigest, CustomerDigest(r.CustomerID))
 	}
-	return live[string(r.CustomerDigest)]
+	d, ok := c.salted[r.CustomerID]
+	// A row of a customer deleted after it was written keeps its id until
+	// account-purge nulls it; with the salt gone it cannot be checked.
+	return ok && !bytes.Equal(r.CustomerDigest, d)
 }
 
 func brokenWriter(breaks []Break, writer string) bool {
