@@ -23,35 +23,46 @@ const DefaultKeysURL = "https://api.github.com/meta/public_keys/secret_scanning"
 
 // Key source errors.
 var (
-	// errUnknownKey: the identifier is not among GitHub's keys, even
-	// after a refetch (or a refetch was not allowed yet).
+	// errUnknownKey: the identifier is not in a key list fetched after
+	// the request came.
 	errUnknownKey = errors.New("github keys: unknown key identifier")
-	// errKeysUnavailable: no key list could be fetched and none is cached,
-	// or the identifier is unknown and the last fetch failed.
+	// errKeysUnavailable: the identifier is not known, and no list fetched
+	// since the request came says whether it is GitHub's: none could be
+	// fetched, or a fetch was not allowed yet.
 	errKeysUnavailable = errors.New("github keys: key list unavailable")
 )
 
 // keySource fetches GitHub's public keys and caches them for TTL. An
 // identifier it does not know triggers a refetch, at most once per
-// MinRefetch, so that GitHub's key rotation works at once while a caller
-// sending made-up identifiers cannot make us fetch per request. When a
-// refresh fails, the keys already known keep being used.
+// minRefetch, so that GitHub's key rotation is picked up within minutes
+// while a caller sending made-up identifiers cannot make us fetch per
+// request. Only a list fetched after the request came can call an
+// identifier unknown (401); otherwise the answer is "try again" (503),
+// which GitHub retries: a made-up identifier sent a moment before a
+// rotation must not get GitHub's new key refused. When a refresh fails,
+// the keys already known keep being used, and fetches back off from
+// retryPause to minRefetch.
+//
+// GitHub allows 60 unauthenticated requests an hour to the key document:
+// two refreshes an hour and one refetch per minRefetch (2 minutes) keep
+// under it.
 type keySource struct {
 	url        string
 	client     *retryablehttp.Client
 	log        *zap.Logger
 	ttl        time.Duration
-	minRefetch time.Duration // between fetches caused by unknown identifiers
-	retryPause time.Duration // between fetches after a failure
+	minRefetch time.Duration // between fetches caused by unknown identifiers; the longest back-off
+	retryPause time.Duration // between fetches after one failure, doubling per failure
 	now        func() time.Time
 
-	fetchMu sync.Mutex // one fetch at a time
-	mu      sync.RWMutex
-	keys    map[string]*ecdsa.PublicKey
-	fetched time.Time // of the current keys
-	tried   time.Time // last fetch attempt
-	failed  bool      // the last attempt failed
-	fetches int       // attempts made, for tests and logs
+	fetchMu  sync.Mutex // one fetch at a time
+	mu       sync.RWMutex
+	keys     map[string]*ecdsa.PublicKey
+	fetched  time.Time // of the current keys
+	tried    time.Time // last fetch attempt
+	failed   bool      // the last attempt failed
+	failures int       // failed attempts in a row
+	fetches  int       // attempts made, for tests and logs
 }
 
 func newKeySource(url string, log *zap.Logger) *keySource {
@@ -63,7 +74,7 @@ func newKeySource(url string, log *zap.Logger) *keySource {
 	c.Logger = nil // outcomes are logged below, once per fetch
 	return &keySource{
 		url: url, client: c, log: log, now: time.Now,
-		ttl: 30 * time.Minute, minRefetch: time.Minute, retryPause: 5 * time.Second,
+		ttl: 30 * time.Minute, minRefetch: 2 * time.Minute, retryPause: 5 * time.Second,
 	}
 }
 
@@ -72,6 +83,7 @@ func (k *keySource) Key(ctx context.Context, id string) (*ecdsa.PublicKey, error
 	if pub, fresh, ok := k.lookup(id); ok && fresh {
 		return pub, nil
 	}
+	asked := k.now()
 	k.fetchMu.Lock()
 	defer k.fetchMu.Unlock()
 	// Another request may have fetched while this one waited.
@@ -87,12 +99,13 @@ func (k *keySource) Key(ctx context.Context, id string) (*ecdsa.PublicKey, error
 		return pub, nil // fresh, or stale because GitHub is unreachable
 	}
 	k.mu.RLock()
-	empty, failed := k.keys == nil, k.failed
+	confirmed := k.keys != nil && !k.failed && !k.tried.Before(asked)
 	k.mu.RUnlock()
-	if empty || failed {
-		// An identifier the last fetch could not confirm may be GitHub's
-		// newest key: "try again" (a 503 GitHub retries), not "forged"
-		// (a 401 that would drop the report and its revocations).
+	if !confirmed {
+		// An identifier no list fetched since the request came could
+		// confirm may be GitHub's newest key: "try again" (a 503 GitHub
+		// retries), not "forged" (a 401 that would drop the report and
+		// its revocations).
 		return nil, errKeysUnavailable
 	}
 	return nil, errUnknownKey
@@ -118,7 +131,12 @@ func (k *keySource) mayFetch(known bool) bool {
 		return true
 	}
 	if k.failed {
-		return sinceTry >= k.retryPause
+		// Whatever asks: 5 s, 10 s, 20 s... up to minRefetch.
+		pause := k.minRefetch
+		if k.failures < 8 {
+			pause = min(k.retryPause<<(k.failures-1), k.minRefetch)
+		}
+		return sinceTry >= pause
 	}
 	stale := k.keys == nil || now.Sub(k.fetched) >= k.ttl
 	if stale {
@@ -139,10 +157,11 @@ func (k *keySource) fetch(ctx context.Context) {
 	k.tried, k.fetches = k.now(), k.fetches+1
 	if err != nil {
 		k.failed = true
+		k.failures++
 		k.log.Error("github keys: fetch failed; keeping the keys already known", zap.Int("known", len(k.keys)), zap.Error(err))
 		return
 	}
-	k.failed = false
+	k.failed, k.failures = false, 0
 	k.keys, k.fetched = keys, start
 	k.log.Info("github keys: fetched", zap.Int("keys", len(keys)))
 }

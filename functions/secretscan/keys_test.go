@@ -74,9 +74,11 @@ func TestKeysAreCachedAndRefetchedWhenStale(t *testing.T) {
 	}
 }
 
-// An unknown identifier refetches at most once a minute: GitHub's
-// rotation is picked up at once, made-up identifiers cost one fetch a
-// minute at most.
+// An unknown identifier refetches at most once per two minutes: GitHub's
+// rotation is picked up soon, made-up identifiers cost one fetch per two
+// minutes at most. Only a list fetched after the request came calls an
+// identifier unknown; until the next fetch is allowed the answer is "try
+// again".
 func TestUnknownKeyRefetchIsRateLimited(t *testing.T) {
 	gh := newFakeGitHub(t)
 	ks, clk := newTestKeySource(gh.KeysURL())
@@ -84,7 +86,7 @@ func TestUnknownKeyRefetchIsRateLimited(t *testing.T) {
 	if _, err := ks.Key(ctx, katKeyID); err != nil {
 		t.Fatal(err)
 	}
-	clk.advance(2 * time.Minute)
+	clk.advance(3 * time.Minute)
 	newID := gh.rotate(t)
 	if _, err := ks.Key(ctx, newID); err != nil {
 		t.Fatalf("a rotated-in key: %v", err)
@@ -92,23 +94,32 @@ func TestUnknownKeyRefetchIsRateLimited(t *testing.T) {
 	if gh.hits.Load() != 2 {
 		t.Fatalf("hits %d, want 2", gh.hits.Load())
 	}
+	clk.advance(time.Second)
 	for range 100 {
-		if _, err := ks.Key(ctx, "ffff"); !errors.Is(err, errUnknownKey) {
-			t.Fatalf("made-up identifier: %v", err)
+		if _, err := ks.Key(ctx, "ffff"); !errors.Is(err, errKeysUnavailable) {
+			t.Fatalf("made-up identifier, no fetch allowed: %v", err)
 		}
 	}
 	if gh.hits.Load() != 2 {
 		t.Fatalf("made-up identifiers caused %d fetches right after one", gh.hits.Load()-2)
 	}
 	clk.advance(61 * time.Second)
+	_, _ = ks.Key(ctx, "eeee")
+	if gh.hits.Load() != 2 {
+		t.Fatal("refetched a minute after the last fetch")
+	}
+	clk.advance(60 * time.Second)
+	if _, err := ks.Key(ctx, "eeee"); !errors.Is(err, errUnknownKey) {
+		t.Fatalf("made-up identifier, just refetched: %v", err)
+	}
 	for range 100 {
 		_, _ = ks.Key(ctx, "eeee")
 	}
 	if gh.hits.Load() != 3 {
-		t.Fatalf("after a minute: %d fetches, want exactly one more", gh.hits.Load()-2)
+		t.Fatalf("after two minutes: %d fetches, want exactly one more", gh.hits.Load()-2)
 	}
 	// Concurrent unknown identifiers share that budget too.
-	clk.advance(61 * time.Second)
+	clk.advance(121 * time.Second)
 	var wg sync.WaitGroup
 	for range 50 {
 		wg.Add(1)
@@ -117,6 +128,59 @@ func TestUnknownKeyRefetchIsRateLimited(t *testing.T) {
 	wg.Wait()
 	if gh.hits.Load() != 4 {
 		t.Fatalf("50 concurrent unknown identifiers: %d fetches, want 1", gh.hits.Load()-3)
+	}
+}
+
+// A made-up identifier spends the refetch allowance; GitHub rotating its
+// key just after must not have its reports refused as forged (401, which
+// drops them), only delayed (503, which GitHub retries).
+func TestMadeUpIdentifierDoesNotGetARotatedKeyRefused(t *testing.T) {
+	gh := newFakeGitHub(t)
+	ks, clk := newTestKeySource(gh.KeysURL())
+	ctx := context.Background()
+	if _, err := ks.Key(ctx, katKeyID); err != nil {
+		t.Fatal(err)
+	}
+	clk.advance(3 * time.Minute)
+	if _, err := ks.Key(ctx, "made-up"); !errors.Is(err, errUnknownKey) {
+		t.Fatalf("made-up identifier: %v", err)
+	}
+	clk.advance(10 * time.Second)
+	newID := gh.rotate(t)
+	if _, err := ks.Key(ctx, newID); !errors.Is(err, errKeysUnavailable) {
+		t.Fatalf("GitHub's new key before a refetch is allowed: %v, want errKeysUnavailable", err)
+	}
+	clk.advance(2 * time.Minute)
+	if _, err := ks.Key(ctx, newID); err != nil {
+		t.Fatalf("GitHub's new key once a refetch is allowed: %v", err)
+	}
+}
+
+// While GitHub's key list cannot be fetched, made-up identifiers sent
+// every few seconds do not make us fetch every few seconds: the pause
+// doubles up to the unknown-identifier limit.
+func TestFailingFetchesBackOff(t *testing.T) {
+	gh := newFakeGitHub(t)
+	ks, clk := newTestKeySource(gh.KeysURL())
+	ctx := context.Background()
+	if _, err := ks.Key(ctx, katKeyID); err != nil {
+		t.Fatal(err)
+	}
+	gh.setFail(true)
+	clk.advance(3 * time.Minute)
+	start := ks.fetches
+	for range 120 { // ten minutes, one made-up identifier every 5 s
+		if _, err := ks.Key(ctx, "made-up"); !errors.Is(err, errKeysUnavailable) {
+			t.Fatalf("made-up identifier while GitHub is down: %v", err)
+		}
+		clk.advance(5 * time.Second)
+	}
+	// 5, 10, 20, 40 s, then every 2 minutes: about nine in ten minutes.
+	if n := ks.fetches - start; n > 10 {
+		t.Fatalf("%d fetches in ten minutes of failures", n)
+	}
+	if _, err := ks.Key(ctx, katKeyID); err != nil {
+		t.Fatalf("a known key meanwhile: %v", err)
 	}
 }
 
