@@ -7,6 +7,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/dustin/go-humanize"
 )
 
 func init() {
@@ -33,6 +34,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    max_concurrent <n>
 //	    queue_timeout  <duration>
 //	    min_warm       <0|1>
+//	    buffer_body    <size>
 //	}
 //
 // bin is required; env may repeat; the rest have defaults (see Handler).
@@ -55,7 +57,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.Env = append(h.Env, args...)
 			continue
-		case "bin", "socket_dir", "start_timeout", "idle_timeout", "timeout", "max_concurrent", "queue_timeout", "min_warm":
+		case "bin", "socket_dir", "start_timeout", "idle_timeout", "timeout", "max_concurrent", "queue_timeout", "min_warm", "buffer_body":
 		default:
 			return d.Errf("unknown guardian_function setting %q", field)
 		}
@@ -77,6 +79,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("max_concurrent must be a positive integer, got %q", val)
 			}
 			h.MaxConcurrent = n
+		case "buffer_body":
+			n, err := humanize.ParseBytes(val)
+			if err != nil || n == 0 || n > 1<<30 {
+				return d.Errf("buffer_body must be a size from 1 byte to 1GiB, got %q", val)
+			}
+			h.BufferBody = int64(n)
 		case "min_warm":
 			n, err := strconv.Atoi(val)
 			if err != nil || n < 0 || n > 1 {

@@ -11,6 +11,7 @@
 package function
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -65,6 +66,13 @@ type Handler struct {
 	MaxConcurrent int `json:"max_concurrent,omitempty"`
 	// QueueTimeout bounds the wait for a free slot. Default: 5s.
 	QueueTimeout caddy.Duration `json:"queue_timeout,omitempty"`
+	// BufferBody, when set, reads a request's whole body (at most this
+	// many bytes; more is 413) before the request takes one of the
+	// function's MaxConcurrent slots. On a public route a client sending
+	// its body a byte a second would otherwise hold a slot until the
+	// server's read_body timeout, and a few such clients hold them all.
+	// Default 0: bodies stream to the function.
+	BufferBody int64 `json:"buffer_body,omitempty"`
 	// MinWarm is how many processes to keep running even when idle: 0
 	// (scale to zero, the default) or 1. A function is one process that
 	// serves its requests concurrently, so more than one adds nothing.
@@ -202,6 +210,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		outcome = outcomeRefused
 		return caddyhttp.Error(http.StatusBadRequest, problem.New(http.StatusBadRequest, "invalid_query", detail))
 	}
+	if h.BufferBody > 0 {
+		if err := h.bufferBody(r); err != nil {
+			outcome = outcomeRefused
+			return err
+		}
+	}
 	if err := h.acquireSlot(r.Context()); err != nil {
 		outcome = outcomeBusy
 		if err == errBusy {
@@ -275,6 +289,33 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 func (h *Handler) proxy(p *process, w http.ResponseWriter, req *http.Request) {
 	defer h.inst.release(p)
 	p.proxy.ServeHTTP(w, req)
+}
+
+// bufferBody replaces r's body with its bytes, read in full (BufferBody).
+func (h *Handler) bufferBody(r *http.Request) error {
+	if r.Body == nil || r.Body == http.NoBody {
+		return nil
+	}
+	tooLarge := caddyhttp.Error(http.StatusRequestEntityTooLarge, problem.New(http.StatusRequestEntityTooLarge, "payload_too_large",
+		fmt.Sprintf("the body may be at most %d bytes", h.BufferBody)))
+	if r.ContentLength > h.BufferBody {
+		return tooLarge
+	}
+	b, err := io.ReadAll(io.LimitReader(r.Body, h.BufferBody+1))
+	if err != nil {
+		if r.Context().Err() != nil {
+			return caddyhttp.Error(499, r.Context().Err())
+		}
+		// The server's read_body timeout, or a broken upload.
+		return caddyhttp.Error(http.StatusRequestTimeout, problem.New(http.StatusRequestTimeout, "body_incomplete",
+			"the request body was not received in full"))
+	}
+	if int64(len(b)) > h.BufferBody {
+		return tooLarge
+	}
+	_ = r.Body.Close()
+	r.Body, r.ContentLength = io.NopCloser(bytes.NewReader(b)), int64(len(b))
+	return nil
 }
 
 func (h *Handler) acquireSlot(ctx context.Context) error {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"strconv"
@@ -339,6 +340,10 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{"bad duration refused", "guardian_function a {\n timeout soon\n}", true, nil},
 		{"zero concurrency refused", "guardian_function a {\n max_concurrent 0\n}", true, nil},
 		{"env without names refused", "guardian_function a {\n env\n}", true, nil},
+		{"buffer_body", "guardian_function a {\n buffer_body 64KiB\n}", false, func(h Handler) bool { return h.BufferBody == 64<<10 }},
+		{"buffer_body zero refused", "guardian_function a {\n buffer_body 0\n}", true, nil},
+		{"buffer_body nonsense refused", "guardian_function a {\n buffer_body lots\n}", true, nil},
+		{"buffer_body too large refused", "guardian_function a {\n buffer_body 2GiB\n}", true, nil},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -391,5 +396,67 @@ func TestPooledConnCopiesWithoutAllocating(t *testing.T) {
 	})
 	if allocs > 0 {
 		t.Fatalf("%.0f allocations per body", allocs)
+	}
+}
+
+// With buffer_body, a client sending its body slowly holds no slot while
+// it does: the function's one slot still serves others. Without it, the
+// slow upload would hold the slot and the others would wait.
+func TestSlowUploadHoldsNoSlotWhenBuffered(t *testing.T) {
+	t.Parallel()
+	for _, buffered := range []bool{true, false} {
+		h := &Handler{MaxConcurrent: 1, QueueTimeout: caddy.Duration(300 * time.Millisecond)}
+		if buffered {
+			h.BufferBody = 1 << 20
+		}
+		h = newHandler(t, h)
+		slow, feed := io.Pipe()
+		started := make(chan struct{})
+		done := make(chan error, 1)
+		go func() {
+			req := httptest.NewRequest("POST", "/sum", slow)
+			close(started)
+			done <- h.ServeHTTP(httptest.NewRecorder(), req, nil)
+		}()
+		<-started
+		_, _ = feed.Write([]byte("first bytes"))
+		time.Sleep(100 * time.Millisecond) // the slow request is in, its body not
+		rec, err := call(h, "/ok")
+		if buffered && (err != nil || rec.Code != 200) {
+			t.Fatalf("buffered: a request during a slow upload: %d %v", rec.Code, err)
+		}
+		if !buffered {
+			if code, _ := problemOf(t, err); code != http.StatusServiceUnavailable {
+				t.Fatalf("streamed: a request during a slow upload: %d %v, want 503 (the slot is held)", rec.Code, err)
+			}
+		}
+		_, _ = feed.Write([]byte(" and the rest"))
+		feed.Close()
+		if err := <-done; err != nil {
+			t.Fatalf("buffered %v: the slow upload: %v", buffered, err)
+		}
+	}
+}
+
+// A buffered body over the bound is 413 before the function sees it,
+// whether the client declares its length or not.
+func TestBufferedBodyOverTheBoundIs413(t *testing.T) {
+	t.Parallel()
+	h := newHandler(t, &Handler{BufferBody: 1000})
+	for _, declared := range []bool{true, false} {
+		req := httptest.NewRequest("POST", "/sum", bytes.NewReader(make([]byte, 1001)))
+		if !declared {
+			req.ContentLength = -1
+		}
+		err := h.ServeHTTP(httptest.NewRecorder(), req, nil)
+		if code, name := problemOf(t, err); code != http.StatusRequestEntityTooLarge || name != "payload_too_large" {
+			t.Fatalf("declared %v: %d %s", declared, code, name)
+		}
+	}
+	rec := httptest.NewRecorder()
+	body := make([]byte, 1000)
+	if err := h.ServeHTTP(rec, httptest.NewRequest("POST", "/sum", bytes.NewReader(body)), nil); err != nil ||
+		rec.Body.String() != fmt.Sprintf("1000 %x", sha256.Sum256(body)) {
+		t.Fatalf("at the bound: %d %q %v", rec.Code, rec.Body.String(), err)
 	}
 }
