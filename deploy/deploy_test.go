@@ -777,7 +777,8 @@ func adapt(t *testing.T, path string) (ranges, headers []string) {
 						Source string   `json:"source"`
 						Ranges []string `json:"ranges"`
 					} `json:"trusted_proxies"`
-					ClientIPHeaders []string `json:"client_ip_headers"`
+					ClientIPHeaders      []string `json:"client_ip_headers"`
+					TrustedProxiesStrict int      `json:"trusted_proxies_strict"`
 				} `json:"servers"`
 			} `json:"http"`
 		} `json:"apps"`
@@ -791,6 +792,11 @@ func adapt(t *testing.T, path string) (ranges, headers []string) {
 	for _, s := range cfg.Apps.HTTP.Servers {
 		if s.TrustedProxies.Source != "static" {
 			t.Errorf("%s: trusted_proxies source %q", path, s.TrustedProxies.Source)
+		}
+		// Right to left: the leftmost X-Forwarded-For entry is the
+		// client's to write.
+		if s.TrustedProxiesStrict == 0 {
+			t.Errorf("%s: trusted_proxies_strict is off", path)
 		}
 		return s.TrustedProxies.Ranges, s.ClientIPHeaders
 	}

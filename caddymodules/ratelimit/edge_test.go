@@ -83,6 +83,14 @@ func TestXForwardedForIsTrustedOnlyFromConfiguredProxies(t *testing.T) {
 	if n := failuresUntil429(t, trusted, 150, unique); n != 150 {
 		t.Fatalf("trusted proxy: refused after %d failures from 150 different clients", n)
 	}
+	// A proxy (Cloudflare) appends the address it saw to the header the
+	// client sent: the client's own entries on the left are not the
+	// client. One client writing a new address there each time still
+	// fills one bucket.
+	spoofed := func(i int) string { return "203.0.113." + itoa(i%250+1) + ", 198.51.100.77" }
+	if n := failuresUntil429(t, trusted, 150, spoofed); n < 100 || n >= 150 {
+		t.Fatalf("client-written X-Forwarded-For entries before the proxy's: first 429 after %d failures, want just past 100", n)
+	}
 }
 
 func itoa(i int) string {
@@ -167,6 +175,9 @@ func TestUncheckedKeyFromABlockedAddressIs429NotInvalid(t *testing.T) {
 	resp := get(t, stack.URL+"/api/v1/whoami", map[string]string{"Authorization": "Bearer " + key})
 	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" {
 		t.Fatalf("valid uncached key from a blocked address: %d (Retry-After %q), want 429 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+	if c := resp.Header.Get("WWW-Authenticate"); strings.Contains(c, "invalid_token") {
+		t.Fatalf("the 429 says the key is invalid: WWW-Authenticate %q", c)
 	}
 }
 

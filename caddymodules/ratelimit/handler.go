@@ -66,6 +66,12 @@ const (
 	defaultPrefix = "guardian:rl:"
 )
 
+// Bounds of a bucket's capacity and rate (tokens per second).
+const (
+	maxCapacity = 1e9
+	minRate     = 0.001
+)
+
 // Defaults from the security posture.
 var (
 	DefaultIP      = Bucket{Capacity: 100, Rate: 10}
@@ -96,6 +102,12 @@ type Handler struct {
 	log      *zap.Logger
 	ipLimits []Bucket
 	acLimits []Bucket
+	// ipShape names the ip bucket's shape in its key ("" for the
+	// posture's 100/10). Routes of one shape share an address's bucket
+	// (sign-in, re-auth and failed key checks draw on one brute-force
+	// budget); a route with another shape gets a bucket of its own, so a
+	// larger bucket's tokens cannot pay for guesses on the others.
+	ipShape string
 }
 
 // CaddyModule returns the Caddy module information.
@@ -173,6 +185,9 @@ func (h *Handler) init(l *Limiter) {
 	h.limiter = l
 	h.ipLimits = []Bucket{*h.IP}
 	h.acLimits = []Bucket{*h.Key, *h.Account}
+	if *h.IP != DefaultIP {
+		h.ipShape = strconv.FormatFloat(h.IP.Capacity, 'g', -1, 64) + "/" + strconv.FormatFloat(h.IP.Rate, 'g', -1, 64) + ":"
+	}
 	if h.log == nil {
 		h.log = zap.NewNop()
 	}
@@ -187,8 +202,12 @@ func (h *Handler) Validate() error {
 		return fmt.Errorf("guardian_ratelimit: mode must be always or failures, got %q", h.Mode)
 	}
 	for name, b := range map[string]*Bucket{"ip": h.IP, "key": h.Key, "account": h.Account} {
-		if b != nil && (b.Capacity < 1 || b.Rate <= 0) {
-			return fmt.Errorf("guardian_ratelimit: %s: capacity must be at least 1 and rate above 0", name)
+		// Written so that NaN fails too. Past these bounds the script's
+		// arithmetic breaks: PEXPIRE refuses a non-integer expiry (every
+		// decision would fail open), and token counts lose their units.
+		if b != nil && !(b.Capacity >= 1 && b.Capacity <= maxCapacity && b.Rate >= minRate && b.Rate <= maxCapacity) {
+			return fmt.Errorf("guardian_ratelimit: %s: capacity must be from 1 to %g and rate from %g to %g per second, got %g and %g",
+				name, float64(maxCapacity), minRate, float64(maxCapacity), b.Capacity, b.Rate)
 		}
 	}
 	return nil
@@ -222,7 +241,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return next.ServeHTTP(w, r)
 	}
 
-	ip := clientIP(r)
+	ip := h.ipShape + clientIP(r) // no allocation for the usual shape
 	if h.Mode == ModeAlways {
 		d := h.limiter.Take(r.Context(), []string{h.limiter.IPKey(ip)}, h.ipLimits, true)
 		if !d.Allowed {
@@ -245,6 +264,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		// address out of tokens): the answer is "slow down", not "invalid
 		// credential", which a legitimate client behind the same address
 		// would take for a bad key.
+		// Auth's refusal set its invalid_token challenge already.
+		w.Header().Del("Www-Authenticate")
 		left := h.limiter.blocked.left(ip)
 		return h.answer(w, Decision{Limit: int(h.IP.Capacity), Reset: left, RetryAfter: left, Source: SourceLocal})
 	}

@@ -184,6 +184,12 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{"zero capacity", "guardian_ratelimit ip {\n ip 0 1\n}", true, nil},
 		{"negative rate", "guardian_ratelimit ip {\n ip 10 -1\n}", true, nil},
 		{"missing rate", "guardian_ratelimit ip {\n ip 10\n}", true, nil},
+		{"NaN capacity", "guardian_ratelimit ip {\n ip NaN 10\n}", true, nil},
+		{"NaN rate", "guardian_ratelimit ip {\n ip 100 NaN\n}", true, nil},
+		{"infinite capacity", "guardian_ratelimit account {\n account +Inf 10\n}", true, nil},
+		{"capacity past the bound", "guardian_ratelimit account {\n key 1e15 10\n}", true, nil},
+		{"rate below the bound", "guardian_ratelimit ip {\n ip 100 1e-300\n}", true, nil},
+		{"largest shapes", "guardian_ratelimit account {\n key 1e9 1e9\n account 1e9 0.001\n}", false, nil},
 		{"bad timeout", "guardian_ratelimit ip {\n timeout never\n}", true, nil},
 		{"unknown setting", "guardian_ratelimit ip {\n burst 5\n}", true, nil},
 	}
@@ -267,3 +273,33 @@ type headerWriter struct{ h http.Header }
 func (w *headerWriter) Header() http.Header         { return w.h }
 func (w *headerWriter) Write(b []byte) (int, error) { return len(b), nil }
 func (w *headerWriter) WriteHeader(int)             {}
+
+// A route with a larger per-IP bucket (GitHub's webhook) must not refill
+// the sign-in routes' bucket of the same address: each shape of bucket
+// is its own, routes of one shape share theirs.
+func TestALargerIPBucketDoesNotPayForSignIns(t *testing.T) {
+	t.Parallel()
+	l, _ := newTestLimiter(t)
+	signIn, signIn2, webhook := &Handler{Tier: TierIP, Mode: ModeFailures}, &Handler{Tier: TierIP, Mode: ModeFailures}, &Handler{Tier: TierIP, IP: &Bucket{Capacity: 1000, Rate: 100}}
+	signIn.init(l)
+	signIn2.init(l)
+	webhook.init(l)
+	const ip = "192.0.2.80"
+	refused := 0
+	for range 150 {
+		if s, _ := status(signIn.ServeHTTP(httptest.NewRecorder(), request(ip), failAuth("unknown_key"))); s == 429 {
+			refused++
+		}
+		// Between two guesses, one webhook call from the same address.
+		if s, _ := status(webhook.ServeHTTP(httptest.NewRecorder(), request(ip), ok)); s != 200 {
+			t.Fatalf("webhook: %d", s)
+		}
+	}
+	if refused < 40 {
+		t.Fatalf("%d of 150 failed sign-ins refused from a bucket of 100: the webhook's bucket paid for them", refused)
+	}
+	// Another route of the sign-in shape shares its bucket.
+	if s, _ := status(signIn2.ServeHTTP(httptest.NewRecorder(), request(ip), failAuth("unknown_key"))); s != 429 {
+		t.Fatalf("the other sign-in route: %d, want 429 from the shared bucket", s)
+	}
+}

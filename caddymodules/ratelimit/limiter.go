@@ -98,8 +98,9 @@ func (l *Limiter) Close() error {
 // Destruct implements caddy.Destructor.
 func (l *Limiter) Destruct() error { return l.Close() }
 
-// IPKey is the bucket key of a client address; the hash tag keeps each
-// address's bucket whole on a cluster.
+// IPKey is the bucket key of a client address (with its bucket's shape
+// before it, when not the posture's); the hash tag keeps each key's
+// bucket whole on a cluster.
 func (l *Limiter) IPKey(ip string) string { return l.prefix + "ip:{" + ip + "}" }
 
 // AccountKey is the bucket of a customer.
