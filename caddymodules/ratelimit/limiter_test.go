@@ -241,17 +241,38 @@ func TestAFailureOlderThanASuccessDoesNotMarkRedisDown(t *testing.T) {
 	}
 }
 
+// A Redis that answers slower than the limiter's deadline (paused, on a
+// Redis of the test's own) is as good as down: the decision fails open
+// within the deadline, Redis is marked down, and once it answers again
+// limiting resumes.
 func TestSlowRedisFailsOpen(t *testing.T) {
 	t.Parallel()
-	r := testenv.NewRedis(t)
-	rdb := redis.NewClient(&redis.Options{Addr: r.Addr, Password: r.Password, MaxRetries: -1})
-	l := NewLimiter(rdb, r.Prefix, 20*time.Millisecond, nil)
+	env, _ := testenv.Private(t, "redis")
+	opts := &redis.Options{Addr: env["GUARDIAN_REDIS_ADDR"], Password: env["GUARDIAN_REDIS_PASSWORD"], MaxRetries: -1}
+	l := NewLimiter(redis.NewClient(opts), "slow:", 50*time.Millisecond, nil)
 	t.Cleanup(func() { _ = l.Close() })
-	// A context already past its deadline stands in for a slow server.
-	ctx, cancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
-	defer cancel()
-	if d := l.Take(ctx, []string{l.AccountKey("slow")}, []Bucket{{Capacity: 1, Rate: 1}}, false); !d.Allowed || d.Source != SourceOpen {
-		t.Fatalf("slow Redis: %+v", d)
+	keys, b := []string{l.AccountKey("slow")}, []Bucket{{Capacity: 5, Rate: 1}}
+	ctx := context.Background()
+	if d := l.Take(ctx, keys, b, false); d.Source != SourceRedis {
+		t.Fatalf("before the pause: %+v", d)
+	}
+	admin := redis.NewClient(opts)
+	defer admin.Close()
+	if err := admin.Do(ctx, "CLIENT", "PAUSE", "1500", "ALL").Err(); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	d := l.Take(ctx, keys, b, false)
+	if took := time.Since(start); !d.Allowed || d.Source != SourceOpen || took > time.Second {
+		t.Fatalf("paused Redis: %+v after %v, want failed open at the 50 ms deadline", d, took)
+	}
+	if l.downUntil.Load() == 0 {
+		t.Fatal("a decision past its deadline did not mark Redis down")
+	}
+	time.Sleep(time.Until(start.Add(1600 * time.Millisecond)))
+	l.now = func() time.Time { return time.Now().Add(probeEvery) }
+	if d := l.Take(ctx, keys, b, false); d.Source != SourceRedis || !d.Allowed {
+		t.Fatalf("after the pause: %+v, want Redis deciding again", d)
 	}
 }
 
