@@ -123,6 +123,35 @@ func TestEveryAddressFormVerifies(t *testing.T) {
 	}
 }
 
+// A value stored redacted is hashed as stored: writing anything over it
+// (a secret, even) is an edit like any other.
+func TestVerifyFindsAnEditOverARedactedValue(t *testing.T) {
+	t.Parallel()
+	pg := testenv.Postgres(t)
+	w := newWriter(t, pg.AppDSN, 1<<20)
+	ctx := context.Background()
+	r := testRow(1)
+	r.Metadata = `{"new_password":"[redacted]"}`
+	if err := w.Record(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := audit.Verify(ctx, pg.Owner); err != nil || !rep.OK() {
+		t.Fatalf("before: %+v %v", rep, err)
+	}
+	for _, stmt := range []string{
+		"ALTER TABLE api_audit_log DISABLE TRIGGER api_audit_log_no_update_delete",
+		`UPDATE api_audit_log SET metadata = '{"new_password":"hunter2-hunter2"}'`,
+		"ALTER TABLE api_audit_log ENABLE TRIGGER api_audit_log_no_update_delete",
+	} {
+		if _, err := pg.Owner.Exec(ctx, stmt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if rep, err := audit.Verify(ctx, pg.Owner); err != nil || rep.OK() || rep.Breaks[0].Reason != "content" {
+		t.Fatalf("an edit over a redacted value not found: %+v %v", rep, err)
+	}
+}
+
 func TestVerifyFindsAnEditedRowEvenByTheOwner(t *testing.T) {
 	t.Parallel()
 	pg := testenv.Postgres(t)

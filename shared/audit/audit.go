@@ -176,9 +176,11 @@ const Redacted = "[redacted]"
 // secret, and values that look like a key or token, are redacted. The
 // result is what gets stored and hashed, and re-canonicalising what
 // PostgreSQL returns gives the same text.
-func Canonical(metadata any) (string, error) {
+func Canonical(metadata any) (string, error) { return canonical(redact(metadata, "")) }
+
+func canonical(v any) (string, error) {
 	var buf bytes.Buffer
-	if err := canon(&buf, redact(metadata, "")); err != nil {
+	if err := canon(&buf, v); err != nil {
 		return "", err
 	}
 	s := buf.String()
@@ -188,7 +190,9 @@ func Canonical(metadata any) (string, error) {
 	return s, nil
 }
 
-// CanonicalText re-canonicalises stored JSON text.
+// CanonicalText re-canonicalises stored JSON text, as verify hashes it.
+// It redacts nothing: what was stored was redacted already, and redacting
+// again would hide an edit that wrote anything over a redacted value.
 func CanonicalText(text string) (string, error) {
 	dec := json.NewDecoder(strings.NewReader(text))
 	dec.UseNumber()
@@ -196,7 +200,7 @@ func CanonicalText(text string) (string, error) {
 	if err := dec.Decode(&v); err != nil {
 		return "", fmt.Errorf("audit metadata: %w", err)
 	}
-	return Canonical(v)
+	return canonical(v)
 }
 
 // noNUL replaces NUL characters, which jsonb refuses (as \u0000), with

@@ -239,6 +239,8 @@ func TestMovedRows(t *testing.T) {
 		{"nulled while its customer exists", "", SaltedCustomerDigest(saltA, a), true},
 		{"nulled, customer deleted", "", SaltedCustomerDigest(saltGone, gone), false},
 		{"of a customer deleted since, not yet nulled", gone, SaltedCustomerDigest(saltGone, gone), false},
+		{"moved to an id of no customer", gone, SaltedCustomerDigest(saltA, a), true},
+		{"unsalted, moved to an id of no customer", gone, CustomerDigest(a), true},
 		{"given to a customer", a, CustomerDigest(""), true},
 		{"no customer", "", CustomerDigest(""), false},
 		{"unsalted, its customer", a, CustomerDigest(a), false},

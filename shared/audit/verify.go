@@ -233,9 +233,14 @@ func (c liveCustomers) moved(r *Row) bool {
 		return !bytes.Equal(r.CustomerDigest, CustomerDigest(r.CustomerID))
 	}
 	d, ok := c.salted[r.CustomerID]
-	// A row of a customer deleted after it was written keeps its id until
-	// account-purge nulls it; with the salt gone it cannot be checked.
-	return ok && !bytes.Equal(r.CustomerDigest, d)
+	if !ok {
+		// A row of a customer deleted after it was written keeps its id
+		// until account-purge nulls it; with the salt gone it cannot be
+		// checked. But a row of an existing customer given an id that is
+		// no customer's has left that customer's log.
+		return c.live[string(r.CustomerDigest)]
+	}
+	return !bytes.Equal(r.CustomerDigest, d)
 }
 
 func brokenWriter(breaks []Break, writer string) bool {
