@@ -92,6 +92,13 @@ func TestEveryAuthenticatedCallAndFailureIsAudited(t *testing.T) {
 		t.Error("an unauthenticated public route was audited")
 	}
 
+	// A client revoking a key by the key itself, not its id: the path
+	// holds the secret.
+	byKey := call(t, "DELETE", stack.URL+"/api/v1/keys/"+read, read, "")
+	if r = rowFor(t, pg, byKey.Header.Get("Request-Id")); !strings.HasPrefix(r.path, "/api/v1/keys/[redacted]") || strings.Contains(r.path, read[14:40]) {
+		t.Errorf("a key in the path: %d %+v", byKey.StatusCode, r)
+	}
+
 	// Nothing secret in any row.
 	var dump string
 	if err := pg.Owner.QueryRow(context.Background(), "SELECT string_agg(t::text, E'\\n') FROM api_audit_log t").Scan(&dump); err != nil {

@@ -265,7 +265,7 @@ func (h *Handler) row(r *http.Request, id *identity.Identity, why string, status
 		UserAgent:  pgtext.Clean(r.UserAgent(), 512),
 		RequestID:  reqID,
 		Method:     pgtext.Clean(r.Method, 16),
-		Path:       pgtext.Clean(r.URL.Path, 2048),
+		Path:       audit.RedactPath(pgtext.Clean(r.URL.Path, 2048)),
 		Action:     audit.ActionFor(r.Method),
 		Result:     audit.ResultFor(status),
 		StatusCode: status,

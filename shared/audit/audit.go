@@ -243,6 +243,16 @@ func isSecretValue(v string) bool {
 	return (strings.Contains(v, "gmk_") || strings.Contains(v, "eyJ")) && secretValue.MatchString(v)
 }
 
+// RedactPath replaces what looks like a key or token in a request path:
+// a client revoking a key by the key itself, not its id, would put the
+// secret in the audit log for good.
+func RedactPath(path string) string {
+	if !isSecretValue(path) {
+		return path
+	}
+	return secretValue.ReplaceAllString(path, Redacted)
+}
+
 func redact(v any, key string) any {
 	if key != "" && isSecretKey(key) {
 		return Redacted

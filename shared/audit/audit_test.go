@@ -254,3 +254,17 @@ func TestMovedRows(t *testing.T) {
 		}
 	}
 }
+
+func TestRedactPath(t *testing.T) {
+	key := "gmk_acct_live_" + strings.Repeat("a1B2", 11)[:43] + "_x1y2"
+	for in, want := range map[string]string{
+		"/api/v1/keys/0c0c0c0c-0000-4000-8000-000000000000": "/api/v1/keys/0c0c0c0c-0000-4000-8000-000000000000",
+		"/api/v1/keys/" + key:                               "/api/v1/keys/[redacted]_x1y2",
+		"/a/" + key + "/b/" + key:                           "/a/[redacted]_x1y2/b/[redacted]_x1y2",
+		"/gmk_docs":                                         "/gmk_docs",
+	} {
+		if got := RedactPath(in); got != want {
+			t.Errorf("RedactPath(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
