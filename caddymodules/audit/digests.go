@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -24,7 +25,15 @@ type digests struct {
 	// when they are not asked for again: a burst of rows for a deleted
 	// customer costs one read, not one per batch.
 	absent map[string]time.Time
+	// failedUntil (unix ns): a read failed, and until then batches do not
+	// wait for another (PostgreSQL away, or the table locked by a
+	// migration): one slow read per saltRetry, not one per batch.
+	failedUntil atomic.Int64
+	reads       atomic.Int64 // salt reads tried, for tests
 }
+
+// saltRetry is how long after a failed read the next is tried.
+const saltRetry = 10 * time.Second
 
 // maxDigests bounds the cache; past it the cache starts again empty.
 const maxDigests = 100_000
@@ -55,6 +64,7 @@ func (d *digests) get(id string, now time.Time) (v []byte, ok bool) {
 // digests; ids of customers that do not exist are remembered as absent
 // for absentFor.
 func (d *digests) load(ctx context.Context, db *pgxpool.Pool, ids []string, now time.Time) error {
+	d.reads.Add(1)
 	rows, err := db.Query(ctx, "SELECT id::text, audit_salt FROM customers WHERE id = ANY($1::uuid[])", ids)
 	if err != nil {
 		return err
@@ -87,10 +97,12 @@ func (d *digests) load(ctx context.Context, db *pgxpool.Pool, ids []string, now 
 	return nil
 }
 
-// setDigests gives every row its customer digest, reading the salts of customers
-// not seen before unless PostgreSQL is known to be away. A row whose salt
-// cannot be read gets audit.UnknownCustomer: the row is kept, and verify
-// cannot check its customer.
+// setDigests gives every row its customer digest, reading the salts of
+// customers not seen before, unless a read failed within saltRetry. It
+// reads them while rows are spooled too: a spool left from before a
+// restart is replayed with PostgreSQL up. A row whose salt cannot be read
+// gets audit.UnknownCustomer: the row is kept, and verify cannot check
+// its customer.
 func (w *Writer) setDigests(rows []*audit.Row) {
 	now := time.Now()
 	var missing []string
@@ -103,9 +115,10 @@ func (w *Writer) setDigests(rows []*audit.Row) {
 			missing = append(missing, id)
 		}
 	}
-	if len(missing) > 0 && !w.spool.isSpooling() {
+	if len(missing) > 0 && now.UnixNano() >= w.digests.failedUntil.Load() {
 		ctx, cancel := context.WithTimeout(context.Background(), saltTimeout)
 		if err := w.digests.load(ctx, w.db, missing, now); err != nil {
+			w.digests.failedUntil.Store(time.Now().Add(saltRetry).UnixNano())
 			if now := time.Now().UnixNano(); now-w.lastSaltWarn.Load() >= int64(time.Minute) {
 				w.lastSaltWarn.Store(now)
 				w.log.Warn("audit: customers' salts cannot be read; their rows are written without a customer verify can check",

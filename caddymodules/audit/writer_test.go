@@ -328,6 +328,56 @@ func TestDeletedCustomersRowsAreNotFoundByItsID(t *testing.T) {
 	}
 }
 
+// While the customers table cannot be read (locked by a migration here),
+// one batch waits for a salt read and the next ones do not: their rows are
+// kept with a digest verify does not check. Once reads work again, new
+// rows get their salted digest.
+func TestSaltReadsBackOffWhileTheyFail(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pg := testenv.Postgres(t)
+	c := testenv.NewCustomer(t, pg.Owner, []byte("p"), []byte("s"))
+	w := newWriter(t, pg.AppDSN, 1<<20)
+	tx, err := pg.Owner.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "LOCK TABLE customers IN ACCESS EXCLUSIVE MODE"); err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for i := range 3 {
+		r := testRow(i)
+		r.CustomerID = c.ID
+		if err := w.Record(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, r.RequestID)
+	}
+	if n := w.digests.reads.Load(); n != 1 {
+		t.Fatalf("%d salt reads for three rows while they fail, want 1", n)
+	}
+	_ = tx.Rollback(ctx)
+	var unknown int
+	if err := pg.Owner.QueryRow(ctx, "SELECT count(*) FROM api_audit_log WHERE request_id = ANY($1) AND customer_digest = $2",
+		ids, audit.UnknownCustomer).Scan(&unknown); err != nil || unknown != 3 {
+		t.Fatalf("%d of 3 rows with the unknown digest (%v)", unknown, err)
+	}
+	w.digests.failedUntil.Store(0) // as saltRetry later
+	r := testRow(9)
+	r.CustomerID = c.ID
+	if err := w.Record(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	var digest []byte
+	if err := pg.Owner.QueryRow(ctx, "SELECT customer_digest FROM api_audit_log WHERE request_id = $1", r.RequestID).Scan(&digest); err != nil || len(digest) != 33 {
+		t.Fatalf("after the lock: digest %x (%v), want a salted one", digest, err)
+	}
+	if rep, err := audit.Verify(ctx, pg.Owner); err != nil || !rep.OK() {
+		t.Fatalf("verify: %+v %v", rep, err)
+	}
+}
+
 // A row whose customer's salt cannot be read (the customer is gone, or
 // PostgreSQL is) is kept, with a digest that verify does not check.
 func TestRowOfAnUnknownCustomerIsKept(t *testing.T) {
