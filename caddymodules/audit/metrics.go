@@ -8,12 +8,13 @@ import (
 
 // Metrics of the audit writer; spool growth is the degradation to alert on.
 var metrics = struct {
-	rows        *prometheus.CounterVec
-	replayed    prometheus.Counter
-	spoolBytes  prometheus.Gauge
-	spoolFull   prometheus.Gauge
-	writeErrors prometheus.Counter
-	batchSize   prometheus.Histogram
+	rows         *prometheus.CounterVec
+	replayed     prometheus.Counter
+	spoolCorrupt prometheus.Counter
+	spoolBytes   prometheus.Gauge
+	spoolFull    prometheus.Gauge
+	writeErrors  prometheus.Counter
+	batchSize    prometheus.Histogram
 }{
 	rows: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "guardian", Subsystem: "audit", Name: "rows_total",
@@ -22,6 +23,10 @@ var metrics = struct {
 	replayed: prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: "guardian", Subsystem: "audit", Name: "replayed_rows_total",
 		Help: "Spooled audit rows replayed into PostgreSQL.",
+	}),
+	spoolCorrupt: prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "guardian", Subsystem: "audit", Name: "spool_corrupt_rows_total",
+		Help: "Spooled audit rows damaged on disk, which could not be replayed (alert on any).",
 	}),
 	spoolBytes: prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: "guardian", Subsystem: "audit", Name: "spool_bytes",
@@ -43,5 +48,5 @@ var metrics = struct {
 }
 
 func registerMetrics(reg prometheus.Registerer) error {
-	return guardian.RegisterCollectors(reg, metrics.rows, metrics.replayed, metrics.spoolBytes, metrics.spoolFull, metrics.writeErrors, metrics.batchSize)
+	return guardian.RegisterCollectors(reg, metrics.rows, metrics.replayed, metrics.spoolCorrupt, metrics.spoolBytes, metrics.spoolFull, metrics.writeErrors, metrics.batchSize)
 }

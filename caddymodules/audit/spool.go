@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -203,6 +204,11 @@ func (s *spool) undo(err error) error {
 	if terr == nil {
 		return err
 	}
+	// The segment ends in part of a line: later rows must not be appended
+	// to it, where the first would join that part and be lost. They go to
+	// a new segment.
+	_ = s.cur.Close()
+	s.cur, s.curName, s.curRows, s.curSize = nil, "", 0, 0
 	return fmt.Errorf("%w (and the segment could not be cut back: %v)", err, terr)
 }
 
@@ -241,25 +247,71 @@ func (s *spool) sealed() ([]string, error) {
 	return out, nil
 }
 
-// read returns a segment's rows. A last line cut short by a crash before
-// its fsync is dropped: its request never got an answer.
-func (s *spool) read(name string) ([]*audit.Row, error) {
+// maxSpoolLine bounds one spooled row's line; the edge's header limits
+// keep real rows far below it.
+const maxSpoolLine = 4 << 20
+
+// each reads a segment's rows in order and hands them to fn n at a time,
+// so a segment as large as the spool is never held in memory at once. A
+// last line cut short by a crash before its fsync is dropped: its request
+// never got an answer. A whole line that does not decode (damage on disk)
+// cannot be replayed either; it is counted in corrupt, and the rows after
+// it are read on.
+func (s *spool) each(name string, n int, fn func([]*audit.Row) error) (corrupt int, err error) {
 	f, err := os.Open(filepath.Join(s.dir, name))
 	if err != nil {
-		return nil, fmt.Errorf("audit spool: %w", err)
+		return 0, fmt.Errorf("audit spool: %w", err)
 	}
 	defer f.Close()
-	var rows []*audit.Row
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 0, 64<<10), 4<<20)
-	for sc.Scan() {
-		var r audit.Row
-		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+	br := bufio.NewReaderSize(f, 64<<10)
+	rows := make([]*audit.Row, 0, n)
+	var line []byte
+	for {
+		chunk, err := br.ReadSlice('\n')
+		if errors.Is(err, bufio.ErrBufferFull) {
+			if len(line) <= maxSpoolLine { // past it, only its end is awaited
+				line = append(line, chunk...)
+			}
 			continue
 		}
-		rows = append(rows, &r)
+		if err == nil { // a whole line
+			line = append(line, chunk...)
+			var r audit.Row
+			if len(line) > maxSpoolLine || json.Unmarshal(line, &r) != nil {
+				corrupt++
+			} else {
+				rows = append(rows, &r)
+			}
+			line = line[:0]
+			if len(rows) == n {
+				if err := fn(rows); err != nil {
+					return corrupt, err
+				}
+				rows = make([]*audit.Row, 0, n)
+			}
+			continue
+		}
+		// The end of the file; what is left of a line was torn.
+		if len(rows) > 0 {
+			if err := fn(rows); err != nil {
+				return corrupt, err
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			return corrupt, nil
+		}
+		return corrupt, fmt.Errorf("audit spool: %w", err)
 	}
-	return rows, sc.Err()
+}
+
+// read returns all of a segment's rows (tests).
+func (s *spool) read(name string) ([]*audit.Row, error) {
+	var all []*audit.Row
+	_, err := s.each(name, 1000, func(rows []*audit.Row) error {
+		all = append(all, rows...)
+		return nil
+	})
+	return all, err
 }
 
 // remove deletes a replayed segment.

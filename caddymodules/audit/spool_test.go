@@ -1,8 +1,10 @@
 package audit
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -166,5 +168,44 @@ func TestSpoolDirectoryHasOneWriter(t *testing.T) {
 	}
 	if err := again.close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A segment is read in bounded batches. A torn last line (a crash before
+// its fsync) is dropped quietly; whole lines that do not decode, overlong
+// ones included, are counted as damaged, and the rows after them are
+// still read.
+func TestSpoolSegmentReadsInBatchesAndCountsDamage(t *testing.T) {
+	dir := t.TempDir()
+	s, err := openSpool(dir, 1<<30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	line := func(r *audit.Row) string {
+		b, err := json.Marshal(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b) + "\n"
+	}
+	a, b, c := testRow(1), testRow(2), testRow(3)
+	body := line(a) + "{\"Path\":\"/damaged\n" + line(b) + strings.Repeat("x", maxSpoolLine+100) + "\n" + line(c) + line(testRow(4))[:40]
+	if err := os.WriteFile(filepath.Join(dir, "seg-00000000000000000099.jsonl"), []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var sizes []int
+	var got []string
+	corrupt, err := s.each("seg-00000000000000000099.jsonl", 2, func(rows []*audit.Row) error {
+		sizes = append(sizes, len(rows))
+		for _, r := range rows {
+			got = append(got, r.RequestID)
+		}
+		return nil
+	})
+	if err != nil || corrupt != 2 {
+		t.Fatalf("corrupt %d (%v), want 2", corrupt, err)
+	}
+	if !slices.Equal(got, []string{a.RequestID, b.RequestID, c.RequestID}) || !slices.Equal(sizes, []int{2, 1}) {
+		t.Fatalf("rows %v in batches %v", got, sizes)
 	}
 }

@@ -452,23 +452,29 @@ func (w *Writer) replayOnce(ctx context.Context) error {
 			return err
 		}
 		for _, name := range names {
-			rows, err := w.spool.read(name)
+			replayed := 0
+			corrupt, err := w.spool.each(name, w.maxBatch, func(rows []*audit.Row) error {
+				ictx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				defer cancel()
+				if err := insertIgnoringDuplicates(ictx, w.db, rows); err != nil {
+					return err
+				}
+				replayed += len(rows)
+				return nil
+			})
 			if err != nil {
 				return err
 			}
-			for i := 0; i < len(rows); i += w.maxBatch {
-				end := min(i+w.maxBatch, len(rows))
-				ictx, cancel := context.WithTimeout(ctx, 10*time.Second)
-				err := insertIgnoringDuplicates(ictx, w.db, rows[i:end])
-				cancel()
-				if err != nil {
-					return err
-				}
+			if corrupt > 0 {
+				// Rows whose requests were answered, damaged on disk.
+				metrics.spoolCorrupt.Add(float64(corrupt))
+				w.log.Error("audit spool: rows damaged on disk could not be replayed; they are lost",
+					zap.String("segment", name), zap.Int("rows", corrupt), zap.Int("replayed", replayed))
 			}
 			if err := w.spool.remove(name); err != nil {
 				return err
 			}
-			metrics.replayed.Add(float64(len(rows)))
+			metrics.replayed.Add(float64(replayed))
 			metrics.spoolBytes.Set(float64(w.spool.size()))
 		}
 		// Hand back only when nothing is left, under the spool's lock, so
