@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/glassmkr/guardian/shared/audit"
@@ -378,7 +379,58 @@ func TestSaltReadsBackOffWhileTheyFail(t *testing.T) {
 	}
 }
 
-// A row whose customer's salt cannot be read (the customer is gone, or
+// A customer deleted while verify runs, between its two reads: in a
+// snapshot both reads see the same moment; without one, the customer's
+// freshly nulled rows would look moved.
+func TestVerifyInASnapshotIsNotFooledByADeletionMeanwhile(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	for _, snapshot := range []bool{false, true} {
+		pg := testenv.Postgres(t)
+		c := testenv.NewCustomer(t, pg.Owner, []byte("p"), []byte("s"))
+		w := newWriter(t, pg.AppDSN, 1<<20)
+		r := testRow(1)
+		r.CustomerID = c.ID
+		if err := w.Record(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+		app := pg.App(t)
+		var db audit.Querier = pg.Owner
+		if snapshot {
+			tx, err := audit.Snapshot(ctx, pg.Owner)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() { _ = tx.Rollback(ctx) }()
+			db = tx
+		}
+		rep, err := audit.Verify(ctx, &afterFirstQuery{Querier: db, do: func() {
+			if _, err := app.Exec(ctx, "DELETE FROM customers WHERE id = $1", c.ID); err != nil {
+				t.Error(err)
+			}
+		}})
+		if err != nil || rep.OK() != snapshot {
+			t.Fatalf("snapshot %v: %+v %v", snapshot, rep, err)
+		}
+	}
+}
+
+// afterFirstQuery runs do before its second query: after verify has read
+// the customers, before it reads the rows.
+type afterFirstQuery struct {
+	audit.Querier
+	do      func()
+	queries int
+}
+
+func (q *afterFirstQuery) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
+	if q.queries++; q.queries == 2 {
+		q.do()
+	}
+	return q.Querier.Query(ctx, sql, args...)
+}
+
+// A row of a customer whose salt cannot be read (the customer is gone, or
 // PostgreSQL is) is kept, with a digest that verify does not check.
 func TestRowOfAnUnknownCustomerIsKept(t *testing.T) {
 	t.Parallel()

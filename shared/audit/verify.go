@@ -68,6 +68,20 @@ const verifyQuery = `SELECT id, coalesce(key_id::text, ''), coalesce(user_id::te
 	writer_id, writer_seq, prev_hash, row_hash, coalesce(customer_id::text, ''), customer_digest
 FROM api_audit_log WHERE writer_id IS NOT NULL ORDER BY writer_id, writer_seq`
 
+// Snapshot begins the transaction Verify should run in: read-only and
+// repeatable-read, so that customers and rows are read as of one moment.
+// Read in two statements without it, a customer deleted between them
+// would have its freshly nulled rows reported as moved.
+func Snapshot(ctx context.Context, db interface {
+	BeginTx(context.Context, pgx.TxOptions) (pgx.Tx, error)
+}) (pgx.Tx, error) {
+	tx, err := db.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return nil, fmt.Errorf("audit verify: %w", err)
+	}
+	return tx, nil
+}
+
 // Verify walks every writer's chain in one pass and reports the first
 // break of each: a row whose content was edited, a row inserted or
 // deleted, by anyone, superusers included.

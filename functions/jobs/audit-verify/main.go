@@ -62,7 +62,12 @@ func run(ctx context.Context, env *config.Loader, r *job.Report) error {
 		return fmt.Errorf("cannot connect to PostgreSQL")
 	}
 	defer conn.Close(context.Background())
-	rep, err := audit.VerifyAgainst(ctx, conn, kept)
+	tx, err := audit.Snapshot(ctx, conn)
+	if err != nil {
+		return err
+	}
+	rep, err := audit.VerifyAgainst(ctx, tx, kept)
+	_ = tx.Rollback(context.Background())
 	if err != nil {
 		return err
 	}
