@@ -220,6 +220,7 @@ type localBuckets struct {
 type localBucket struct {
 	tokens float64
 	at     time.Time
+	fullAt time.Time // from then on the bucket is as good as absent
 }
 
 const maxLocalBuckets = 100_000
@@ -231,11 +232,20 @@ func (lb *localBuckets) take(now time.Time, keys []string, buckets []Bucket) Dec
 	lb.mu.Lock()
 	defer lb.mu.Unlock()
 	if len(lb.m) >= maxLocalBuckets {
+		// Full buckets first: forgetting one changes nothing. Forgetting
+		// one in use would refill it, the very bucket of an address that
+		// emptied it guessing.
+		for k, b := range lb.m {
+			if !now.Before(b.fullAt) {
+				delete(lb.m, k)
+			}
+		}
+		// Still too many in use: the map must stay bounded all the same.
 		for k := range lb.m {
-			delete(lb.m, k)
-			if len(lb.m) < maxLocalBuckets/2 {
+			if len(lb.m) < maxLocalBuckets*3/4 {
 				break
 			}
+			delete(lb.m, k)
 		}
 	}
 	d := Decision{Allowed: true, Remaining: math.MaxInt, Source: SourceLocal}
@@ -259,6 +269,7 @@ func (lb *localBuckets) take(now time.Time, keys []string, buckets []Bucket) Dec
 		if d.Allowed {
 			b.tokens--
 		}
+		b.fullAt = now.Add(time.Duration((buckets[i].Capacity - b.tokens) / buckets[i].Rate * float64(time.Second)))
 		if r := int(b.tokens); r < d.Remaining {
 			d.Remaining, d.Limit = r, int(buckets[i].Capacity)
 			d.Reset = time.Duration((buckets[i].Capacity - b.tokens) / buckets[i].Rate * float64(time.Second))

@@ -399,3 +399,32 @@ func TestAbandonedRequestDoesNotMarkRedisDown(t *testing.T) {
 		t.Fatalf("the next request was decided by %s, want Redis", d.Source)
 	}
 }
+
+// The in-memory buckets (Redis down) stay bounded; making room forgets
+// full buckets, not the emptied bucket of an address that was guessing.
+func TestLocalBucketsForgetFullOnesFirst(t *testing.T) {
+	lb := newLocalBuckets()
+	shape, quick := []Bucket{{Capacity: 10, Rate: 0.1}}, []Bucket{{Capacity: 10, Rate: 100}}
+	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	guessers := 20
+	for g := range guessers {
+		for range 10 {
+			lb.take(now, []string{fmt.Sprintf("guesser-%d", g)}, shape)
+		}
+	}
+	for i := range maxLocalBuckets - guessers { // the map is full
+		lb.take(now, []string{fmt.Sprintf("passer-by-%d", i)}, quick)
+	}
+	// A moment later the passers-by's buckets are full again; the
+	// guessers' are not.
+	now = now.Add(200 * time.Millisecond)
+	lb.take(now, []string{"one-more"}, quick)
+	if len(lb.m) > maxLocalBuckets {
+		t.Fatalf("%d buckets kept", len(lb.m))
+	}
+	for g := range guessers {
+		if d := lb.take(now, []string{fmt.Sprintf("guesser-%d", g)}, shape); d.Allowed {
+			t.Fatalf("guesser %d allowed after its empty bucket was forgotten: %+v", g, d)
+		}
+	}
+}
