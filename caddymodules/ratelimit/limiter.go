@@ -65,7 +65,10 @@ type Limiter struct {
 	// a failure of a call begun before it says nothing about Redis now.
 	lastOK   atomic.Int64
 	lastWarn atomic.Int64 // unix ns of the last degradation warning
-	local    *localBuckets
+	lastUp   atomic.Int64 // unix ns of the last recovery message
+	// redisTries counts decisions that asked Redis (tests).
+	redisTries atomic.Int64
+	local      *localBuckets
 	// blocked lists addresses this instance saw run out of ip-tier tokens.
 	blocked *blockList
 	pipe    *pipeliner
@@ -74,7 +77,7 @@ type Limiter struct {
 // Degradation handling.
 const (
 	// probeEvery is how long Redis is left alone after a failure before
-	// one request tries it again.
+	// one request (only one) tries it again.
 	probeEvery = time.Second
 	// warnEvery bounds the degradation warning to one per interval.
 	warnEvery = 30 * time.Second
@@ -118,13 +121,22 @@ func (l *Limiter) CredentialKey(customer, credential string) string {
 // set (brute-force surfaces), and otherwise lets the request through.
 func (l *Limiter) Take(ctx context.Context, keys []string, buckets []Bucket, local bool) Decision {
 	now := l.now()
-	if now.UnixNano() >= l.downUntil.Load() {
+	// While Redis is marked down, one request a probeEvery tries it (the
+	// one that moves downUntil on); the others decide without it rather
+	// than each wait out the deadline on a Redis that may hang.
+	if until := l.downUntil.Load(); now.UnixNano() >= until &&
+		(until == 0 || l.downUntil.CompareAndSwap(until, now.Add(probeEvery).UnixNano())) {
+		l.redisTries.Add(1)
 		d, err := l.takeRedis(ctx, keys, buckets)
 		if err == nil {
 			storeLater(&l.lastOK, now.UnixNano())
 			if l.downUntil.Load() != 0 && l.downUntil.Swap(0) != 0 {
 				metrics.redisUp.Set(1)
-				l.log.Info("rate limiter: Redis answers again; limiting by Redis resumed")
+				// Once per warnEvery, as the warning: a flapping Redis
+				// must not fill the log.
+				if last := l.lastUp.Load(); now.UnixNano()-last >= int64(warnEvery) && l.lastUp.CompareAndSwap(last, now.UnixNano()) {
+					l.log.Info("rate limiter: Redis answers again; limiting by Redis resumed")
+				}
 			}
 			return d
 		}

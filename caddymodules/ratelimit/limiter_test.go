@@ -428,3 +428,35 @@ func TestLocalBucketsForgetFullOnesFirst(t *testing.T) {
 		}
 	}
 }
+
+// Once Redis has been marked down, one decision per probeEvery asks it
+// again; the others decide without it instead of each waiting out the
+// deadline on a Redis that hangs.
+func TestOneDecisionProbesARedisMarkedDown(t *testing.T) {
+	t.Parallel()
+	env, _ := testenv.Private(t, "redis")
+	opts := &redis.Options{Addr: env["GUARDIAN_REDIS_ADDR"], Password: env["GUARDIAN_REDIS_PASSWORD"], MaxRetries: -1}
+	l := NewLimiter(redis.NewClient(opts), "probe:", 50*time.Millisecond, nil)
+	t.Cleanup(func() { _ = l.Close() })
+	admin := redis.NewClient(opts)
+	defer admin.Close()
+	ctx := context.Background()
+	if err := admin.Do(ctx, "CLIENT", "PAUSE", "2000", "ALL").Err(); err != nil {
+		t.Fatal(err)
+	}
+	l.downUntil.Store(time.Now().Add(-time.Millisecond).UnixNano()) // down, due for a probe
+	var wg sync.WaitGroup
+	for i := range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if d := l.Take(ctx, []string{l.IPKey(fmt.Sprintf("192.0.2.%d", i))}, []Bucket{{Capacity: 5, Rate: 1}}, true); !d.Allowed {
+				t.Errorf("refused: %+v", d)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := l.redisTries.Load(); n != 1 {
+		t.Fatalf("%d of 20 decisions asked a Redis marked down, want 1", n)
+	}
+}
