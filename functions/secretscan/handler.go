@@ -108,10 +108,13 @@ func (h *handler) scan(w http.ResponseWriter, r *http.Request) {
 		refuse(w, http.StatusUnauthorized, "invalid_signature", "the signature does not verify", "invalid_signature")
 		return
 	}
-	reports, err := parsePayload(body)
+	reports, skipped, err := parsePayload(body)
 	if err != nil {
 		problem.Write(w, problem.New(http.StatusBadRequest, "invalid_payload", err.Error()))
 		return
+	}
+	if skipped > 0 {
+		h.log.Warn("secret scanning: items without a usable token skipped", zap.Int("skipped", skipped), zap.Int("reports", len(reports)))
 	}
 	labels, revoked, err := h.process(r, reports)
 	if err != nil {
@@ -129,7 +132,7 @@ func (h *handler) scan(w http.ResponseWriter, r *http.Request) {
 	}
 	audit.Annotate(w, audit.Annotation{ResourceType: "secret_scanning_report", Action: "create", Metadata: map[string]any{
 		"reason": RevokedReason, "reported": len(reports), "true_positive": truePos,
-		"false_positive": len(labels) - truePos, "revoked": len(revoked), "github_key_identifier": keyID,
+		"false_positive": len(labels) - truePos, "revoked": len(revoked), "github_key_identifier": keyID, "skipped_items": skipped,
 	}})
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")

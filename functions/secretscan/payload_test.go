@@ -14,31 +14,33 @@ func TestPayloadParser(t *testing.T) {
 		{"a string", `"[]"`, "JSON array"},
 		{"truncated JSON", `[{"token":"x"}`, "not valid JSON"},
 		{"data after the array", `[{"token":"x"}] []`, "not valid JSON"},
-		{"an item that is not an object", `["gmk_acct_live_x"]`, "must be an object"},
-		{"a numeric token", `[{"token":12}]`, "must be an object"},
-		{"a null item", `[{"token":"x"},null]`, "item 1 has no token"},
-		{"an item without a token", `[{"type":"t"}]`, "item 0 has no token"},
-		{"an empty token", `[{"token":""}]`, "item 0 has no token"},
-		{"a numeric url", `[{"token":"x","url":5}]`, "must be an object"},
+		{"only an item that is not an object", `["gmk_acct_live_x"]`, "none of the 1 items"},
+		{"only a numeric token", `[{"token":12}]`, "none of the 1 items"},
+		{"only items without tokens", `[{"type":"t"},{"token":""},null]`, "none of the 3 items"},
 	}
 	for _, tc := range bad {
 		t.Run(tc.name, func(t *testing.T) {
-			if _, err := parsePayload([]byte(tc.body)); err == nil || !strings.Contains(err.Error(), tc.detail) {
+			if _, _, err := parsePayload([]byte(tc.body)); err == nil || !strings.Contains(err.Error(), tc.detail) {
 				t.Fatalf("got %v, want an error mentioning %q", err, tc.detail)
 			}
 		})
 	}
-	got, err := parsePayload([]byte(` [{"token":"a","type":"t1","url":"u1","source":"content","future":{"x":1}},
+	got, skipped, err := parsePayload([]byte(` [{"token":"a","type":"t1","url":"u1","source":"content","future":{"x":1}},
 		{"token":"b","type":"t2"},{"token":"a","type":"other","url":"u2"}]`))
-	if err != nil {
-		t.Fatal(err)
+	if err != nil || skipped != 0 {
+		t.Fatal(skipped, err)
 	}
 	want := []report{{Token: "a", Type: "t1", URL: "u1", Source: "content"}, {Token: "b", Type: "t2"}}
 	if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] {
 		t.Fatalf("duplicates must be kept once, first wins, in order: %+v", got)
 	}
-	if got, err := parsePayload([]byte(`[]`)); err != nil || len(got) != 0 {
+	if got, _, err := parsePayload([]byte(`[]`)); err != nil || len(got) != 0 {
 		t.Fatalf("an empty array: %v %v", got, err)
+	}
+	// Items it cannot use cost the others nothing.
+	got, skipped, err = parsePayload([]byte(`[{"token":"a","source":5},null,"x",{"token":7},{"token":""},{"token":"b","url":{"u":1}}]`))
+	if err != nil || skipped != 4 || len(got) != 2 || got[0] != (report{Token: "a"}) || got[1] != (report{Token: "b"}) {
+		t.Fatalf("mixed items: %+v, %d skipped, %v", got, skipped, err)
 	}
 }
 
@@ -50,7 +52,7 @@ func FuzzParsePayload(f *testing.F) {
 	f.Add([]byte(`{"token":"a"}`))
 	f.Add([]byte(`[{"token":"\u0000","url":"\ud800"}]`))
 	f.Fuzz(func(t *testing.T, body []byte) {
-		reports, err := parsePayload(body)
+		reports, skipped, err := parsePayload(body)
 		if err != nil {
 			if reports != nil {
 				t.Fatal("reports returned with an error")
@@ -67,19 +69,26 @@ func FuzzParsePayload(f *testing.F) {
 			}
 			seen[r.Token] = true
 		}
-		// Every distinct token of the array is kept.
-		var all []struct {
-			Token string `json:"token"`
-		}
+		// Every distinct non-empty string token of the array is kept, and
+		// every item without one is counted.
+		var all []json.RawMessage
 		if err := json.Unmarshal(body, &all); err != nil {
-			t.Fatalf("accepted %q, which is not an array of objects: %v", body, err)
+			t.Fatalf("accepted %q, which is not an array: %v", body, err)
 		}
-		distinct := map[string]bool{}
+		distinct, without := map[string]bool{}, 0
 		for _, item := range all {
-			distinct[item.Token] = true
+			var o struct {
+				Token *string `json:"token"`
+			}
+			var m map[string]json.RawMessage
+			if json.Unmarshal(item, &m) != nil || m == nil || json.Unmarshal(m["token"], &o.Token) != nil || o.Token == nil || *o.Token == "" {
+				without++
+				continue
+			}
+			distinct[*o.Token] = true
 		}
-		if len(distinct) != len(reports) {
-			t.Fatalf("%d distinct tokens, %d reports", len(distinct), len(reports))
+		if len(distinct) != len(reports) || without != skipped {
+			t.Fatalf("%d distinct tokens, %d reports; %d items without one, %d skipped", len(distinct), len(reports), without, skipped)
 		}
 	})
 }
