@@ -74,6 +74,7 @@ type Authenticator struct {
 	// logged (unix ns): one per staleWarnEvery, not one per request.
 	staleWarned atomic.Int64
 	touch       *toucher
+	lookups     *lookups
 	cancel      context.CancelFunc
 	done        chan struct{}
 }
@@ -125,7 +126,7 @@ func NewAuthenticator(cfg Config) (*Authenticator, error) {
 	a := &Authenticator{
 		db: pool, dsn: cfg.DSN, hasher: apikey.NewHasher(cfg.Pepper), secret: cfg.SessionSecret, log: cfg.Log, now: time.Now,
 		keys: map[[32]byte]*keyEntry{}, sessions: map[string]*sessionEntry{}, tokens: map[string]*session.Claims{},
-		cancel: cancel, done: make(chan struct{}),
+		cancel: cancel, done: make(chan struct{}), lookups: newLookups(),
 	}
 	a.touch = newToucher(pool, cfg.TouchInterval, cfg.Log)
 	go a.listen(ctx)
@@ -174,6 +175,11 @@ func (a *Authenticator) Key(ctx context.Context, raw string, lookup bool) (*iden
 	if !lookup {
 		return nil, ErrNotCached
 	}
+	release, ok := a.lookups.acquire(ctx)
+	if !ok {
+		return nil, ErrNotCached
+	}
+	defer release()
 
 	var (
 		id            identity.Identity
@@ -287,6 +293,11 @@ func (a *Authenticator) Session(ctx context.Context, token string, lookup bool) 
 		return nil, ErrNotCached
 	}
 	if e == nil || !a.fresh(e.fetched) {
+		release, ok := a.lookups.acquire(ctx)
+		if !ok {
+			return nil, ErrNotCached
+		}
+		defer release()
 		var userID, custID, role string
 		var expires time.Time
 		var revoked bool

@@ -26,7 +26,6 @@ import (
 	"math"
 	"net"
 	"net/http"
-	"net/netip"
 	"strconv"
 	"sync"
 	"time"
@@ -37,6 +36,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/glassmkr/guardian/caddymodules/guardian"
+	"github.com/glassmkr/guardian/shared/clientip"
 	"github.com/glassmkr/guardian/shared/identity"
 	"github.com/glassmkr/guardian/shared/problem"
 )
@@ -340,34 +340,17 @@ func (h *Handler) answer(w http.ResponseWriter, d Decision) error {
 
 // clientIP is the per-IP tier's bucket for the request: the address Caddy
 // determined (trusting X-Forwarded-For only from the server's
-// trusted_proxies), else the connection's peer, as clientBucket counts it.
+// trusted_proxies), else the connection's peer, as clientip.Bucket counts
+// it.
 func clientIP(r *http.Request) string {
-	if ip, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok && ip != "" {
-		return clientBucket(ip)
+	if ip := clientip.FromContext(r.Context()); ip != "" {
+		return ip
 	}
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {
-		return clientBucket(r.RemoteAddr)
+		return clientip.Bucket(r.RemoteAddr)
 	}
-	return clientBucket(host)
-}
-
-// clientBucket is whom an address's requests are counted against: an
-// IPv4 address (IPv4-mapped IPv6 ones too) on its own, an IPv6 address by
-// its /64. One IPv6 subscriber is given a /64 at least, whose 2^64
-// addresses would otherwise each bring a fresh brute-force budget.
-// Anything that does not parse is its own bucket.
-func clientBucket(ip string) string {
-	a, err := netip.ParseAddr(ip)
-	if err != nil {
-		return ip
-	}
-	a = a.WithZone("").Unmap()
-	if a.Is4() {
-		return a.String()
-	}
-	p, _ := a.Prefix(64)
-	return p.String()
+	return clientip.Bucket(host)
 }
 
 // blockList remembers, per instance, addresses out of ip-tier tokens.

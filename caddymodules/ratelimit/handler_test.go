@@ -13,6 +13,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/glassmkr/guardian/shared/clientip"
 	"github.com/glassmkr/guardian/shared/identity"
 	"github.com/glassmkr/guardian/shared/problem"
 )
@@ -104,8 +105,8 @@ func TestIPv6AddressesAreCountedByTheirSlash64(t *testing.T) {
 		"192.0.2.7": "192.0.2.7", "::ffff:192.0.2.7": "192.0.2.7", "2001:db8::1": "2001:db8::/64",
 		"2001:DB8:0:0:1::1": "2001:db8::/64", "fe80::1%eth0": "fe80::/64", "not-an-ip": "not-an-ip",
 	} {
-		if got := clientBucket(in); got != want {
-			t.Errorf("clientBucket(%q) = %q, want %q", in, got, want)
+		if got := clientip.Bucket(in); got != want {
+			t.Errorf("clientip.Bucket(%q) = %q, want %q", in, got, want)
 		}
 	}
 }
