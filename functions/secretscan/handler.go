@@ -50,6 +50,7 @@ type handler struct {
 	notifier *notify.Notifier
 	webhooks []string // GUARDIAN_SECURITY_WEBHOOKS
 	log      *zap.Logger
+	chain    *chain // this process's audit chain, for the revocations' rows
 }
 
 func (h *handler) routes() http.Handler {
@@ -190,7 +191,7 @@ func (h *handler) process(r *http.Request, reports []report) ([]label, []revoked
 	// answer: the revocation does not end with the request.
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), revokeTimeout)
 	defer cancel()
-	matches, err := revoke(rctx, h.db, cands, requestInfo{
+	matches, err := revoke(rctx, h.db, h.chain, cands, requestInfo{
 		ClientIP: audit.NormalizeIP(identity.ClientIP(r)), UserAgent: clean(r.UserAgent(), 512),
 		RequestID: reqID, Path: Route,
 	})

@@ -21,6 +21,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/glassmkr/guardian/shared/apikey"
+	shaudit "github.com/glassmkr/guardian/shared/audit"
 	"github.com/glassmkr/guardian/shared/db"
 	"github.com/glassmkr/guardian/shared/notify"
 	"github.com/glassmkr/guardian/shared/notify/notifytest"
@@ -106,7 +107,7 @@ func newFixture(t testing.TB, o fixtureOpts) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { f.notifier.Close(context.Background()) })
-	f.h = &handler{db: pool, hasher: apikey.NewHasher(f.pepper), keys: newKeySource(f.gh.KeysURL(), zap.NewNop()),
+	f.h = &handler{db: pool, hasher: apikey.NewHasher(f.pepper), keys: newKeySource(f.gh.KeysURL(), zap.NewNop()), chain: newChain(),
 		notifier: f.notifier, webhooks: o.webhooks, log: zap.NewNop()}
 	f.srv = httptest.NewServer(f.h.routes())
 	t.Cleanup(f.srv.Close)
@@ -377,6 +378,24 @@ func TestRevokesMatchesLabelsAndNotifies(t *testing.T) {
 	}
 	if n := f.count("SELECT count(*) FROM api_audit_log"); n != 3 {
 		t.Fatalf("%d audit rows after a repeated report", n)
+	}
+	// The rows are chained, in one chain: verify holds them, and finds an
+	// edit to one, even by the table's owner.
+	ctx := context.Background()
+	if rep, err := shaudit.Verify(ctx, f.pg.Owner); err != nil || !rep.OK() || rep.Rows != 3 || rep.Writers != 1 || rep.Unchained != 0 {
+		t.Fatalf("verify: %+v %v", rep, err)
+	}
+	for _, stmt := range []string{
+		"ALTER TABLE api_audit_log DISABLE TRIGGER api_audit_log_no_update_delete",
+		"UPDATE api_audit_log SET metadata = metadata || '{\"url\":\"https://example.com/elsewhere\"}' WHERE writer_seq = 2",
+		"ALTER TABLE api_audit_log ENABLE TRIGGER api_audit_log_no_update_delete",
+	} {
+		if _, err := f.pg.Owner.Exec(ctx, stmt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if rep, err := shaudit.Verify(ctx, f.pg.Owner); err != nil || rep.OK() || rep.Breaks[0].WriterSeq != 2 || rep.Breaks[0].Reason != "content" {
+		t.Fatalf("an edited revocation row: %+v %v", rep, err)
 	}
 	time.Sleep(100 * time.Millisecond)
 	if len(f.relay.Messages()) != len(admins1)+len(admins2) || len(f.hooks.received()) != 2 {

@@ -83,7 +83,7 @@ func setup(ctx context.Context, log *zap.Logger, env *config.Loader) (http.Handl
 		notifier.Close(ctx)
 		return nil, nil, err
 	}
-	h := &handler{db: pool, hasher: apikey.NewHasher(pepper), keys: newKeySource(keysURL, log), notifier: notifier, webhooks: webhooks, log: log}
+	h := &handler{db: pool, hasher: apikey.NewHasher(pepper), keys: newKeySource(keysURL, log), notifier: notifier, webhooks: webhooks, log: log, chain: newChain()}
 	closeFn := func() {
 		// The runtime kills a function 10 s after asking it to stop:
 		// notices still queued after 5 s are logged as failed.

@@ -2,23 +2,26 @@ package main
 
 import (
 	"context"
+	"net/netip"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/glassmkr/guardian/shared/audit"
 )
 
 // RevokedReason is api_keys.revoked_reason, and the audit rows' reason.
 const RevokedReason = "github_secret_scanning"
 
-// revokeQuery finds every reported key by its HMAC, revokes those still
-// valid (a rotation's grace window included), and writes one audit row
-// per key it revoked, all in one statement and so in one transaction: a
-// key is never revoked without its audit row. Keys revoked before are
-// found but left as they are. $1 hashes, $2 the audit metadata of each
-// hash (canonical JSON), $3 client address, $4 user agent, $5 request id,
-// $6 path. The grace check reads the clock, not the transaction's start,
-// so a report racing another for the same key does not revoke it twice.
+// revokeQuery finds every reported key by its HMAC and revokes those
+// still valid (a rotation's grace window included); keys revoked before
+// are found but left as they are. With each key it revoked it returns
+// the customer's audit salt and the audit metadata of its hash, for the
+// audit row the same transaction then writes. $1 hashes, $2 the audit
+// metadata of each hash (canonical JSON). The grace check reads the
+// clock, not the transaction's start, so a report racing another for the
+// same key does not revoke it twice.
 const revokeQuery = `WITH reported AS (
 	SELECT h, m FROM unnest($1::bytea[], $2::text[]) AS r(h, m)
 ), hit AS (
@@ -27,15 +30,16 @@ const revokeQuery = `WITH reported AS (
 	UPDATE api_keys SET revoked_at = now(), revoked_reason = '` + RevokedReason + `'
 	WHERE key_hash = ANY($1::bytea[]) AND (revoked_at IS NULL OR revoked_at > clock_timestamp())
 	RETURNING id, customer_id, kind, name, last4, key_hash, revoked_at
-), logged AS (
-	INSERT INTO api_audit_log (customer_id, source_ip, user_agent, request_id, method, path,
-		resource_type, resource_id, action, result, status_code, metadata)
-	SELECT rev.customer_id, NULLIF($3, '')::inet, NULLIF($4, ''), $5 || '.' || rev.id::text, 'POST', $6,
-		'api_key', rev.id::text, 'delete', 'success', 200, reported.m::jsonb
-	FROM rev JOIN reported ON reported.h = rev.key_hash
 )
-SELECT hit.key_hash, rev.id::text, rev.customer_id::text, rev.kind, rev.name, rev.last4, rev.revoked_at
-FROM hit LEFT JOIN rev ON rev.id = hit.id`
+SELECT hit.key_hash, rev.id::text, rev.customer_id::text, rev.kind, rev.name, rev.last4, rev.revoked_at, c.audit_salt, reported.m
+FROM hit LEFT JOIN rev ON rev.id = hit.id LEFT JOIN customers c ON c.id = rev.customer_id
+LEFT JOIN reported ON reported.h = hit.key_hash`
+
+// insertRow writes one audit row, chain columns included.
+const insertRow = `INSERT INTO api_audit_log (customer_id, user_agent, source_ip, request_id, method, path,
+	resource_type, resource_id, action, result, status_code, metadata, occurred_at,
+	writer_id, writer_seq, prev_hash, row_hash, customer_digest)
+VALUES ($1, $2, $3, $4, 'POST', $5, 'api_key', $6, 'delete', 'success', 200, $7, $8, $9, $10, $11, $12, $13)`
 
 // candidate is a well-formed reported key.
 type candidate struct {
@@ -61,31 +65,103 @@ type requestInfo struct {
 	ClientIP, UserAgent, RequestID, Path string
 }
 
-// revoke runs revokeQuery for cands.
-func revoke(ctx context.Context, db *pgxpool.Pool, cands []candidate, req requestInfo) ([]match, error) {
+// revoke revokes the keys of cands and writes one audit row per key it
+// revoked, in one transaction: a key is never revoked without its row.
+// The rows join ch, this process's audit hash chain, so that verify holds
+// them as it holds the edge's.
+func revoke(ctx context.Context, db *pgxpool.Pool, ch *chain, cands []candidate, req requestInfo) ([]match, error) {
 	hashes := make([][]byte, len(cands))
 	metas := make([]string, len(cands))
 	for i := range cands {
 		hashes[i], metas[i] = cands[i].hash[:], cands[i].meta
 	}
-	rows, err := db.Query(ctx, revokeQuery, hashes, metas, req.ClientIP, req.UserAgent, req.RequestID, req.Path)
+	// One revocation at a time: its rows take consecutive places.
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	var matches []match
+	linked := false
+	err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+		matches = matches[:0]
+		rows, err := tx.Query(ctx, revokeQuery, hashes, metas)
+		if err != nil {
+			return err
+		}
+		type revokedRow struct {
+			m    match
+			salt []byte
+			meta string
+		}
+		var revoked []revokedRow
+		_, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (struct{}, error) {
+			var m match
+			var hash, salt []byte
+			var id, customer, kind, name, last4, meta *string
+			var at *time.Time
+			if err := row.Scan(&hash, &id, &customer, &kind, &name, &last4, &at, &salt, &meta); err != nil {
+				return struct{}{}, err
+			}
+			copy(m.Hash[:], hash)
+			if id != nil {
+				m.Revoked, m.KeyID, m.Customer, m.Kind, m.Name, m.Last4, m.RevokedAt = true, *id, *customer, *kind, *name, *last4, *at
+				revoked = append(revoked, revokedRow{m: m, salt: salt, meta: deref(meta)})
+			}
+			matches = append(matches, m)
+			return struct{}{}, nil
+		})
+		if err != nil {
+			return err
+		}
+		if len(revoked) == 0 {
+			return nil
+		}
+		now := time.Now().UTC().Truncate(time.Microsecond)
+		var ip any
+		if a, err := netip.ParseAddr(req.ClientIP); err == nil {
+			ip = a
+		}
+		seq, prev := ch.seq, ch.prev
+		b := &pgx.Batch{}
+		for _, rv := range revoked {
+			r := &audit.Row{
+				CustomerID: rv.m.Customer, OccurredAt: now, SourceIP: req.ClientIP, UserAgent: req.UserAgent,
+				RequestID: req.RequestID + "." + rv.m.KeyID, Method: "POST", Path: req.Path,
+				ResourceType: "api_key", ResourceID: rv.m.KeyID, Action: "delete", Result: audit.ResultSuccess,
+				StatusCode: 200, Metadata: rv.meta, CustomerDigest: audit.SaltedCustomerDigest(rv.salt, rv.m.Customer),
+			}
+			seq++
+			r.WriterID, r.WriterSeq, r.PrevHash = ch.id, seq, prev
+			r.RowHash = audit.Hash(r)
+			prev = r.RowHash
+			b.Queue(insertRow, r.CustomerID, r.UserAgent, ip, r.RequestID, r.Path, r.ResourceID, r.Metadata, r.OccurredAt,
+				r.WriterID, r.WriterSeq, r.PrevHash, r.RowHash, r.CustomerDigest)
+		}
+		linked = true
+		if err := tx.SendBatch(ctx, b).Close(); err != nil {
+			return err
+		}
+		ch.next, ch.nextPrev = seq, prev
+		return nil
+	})
+	switch {
+	case err != nil && linked:
+		// Whether the commit happened is not known for certain: the
+		// chain ends here and a new one begins (verify sees two whole
+		// chains), as the edge's writer does.
+		ch.restart()
+	case err == nil && linked:
+		ch.seq, ch.prev = ch.next, ch.nextPrev
+	}
 	if err != nil {
 		return nil, err
 	}
-	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (match, error) {
-		var m match
-		var hash []byte
-		var id, customer, kind, name, last4 *string
-		var at *time.Time
-		if err := row.Scan(&hash, &id, &customer, &kind, &name, &last4, &at); err != nil {
-			return m, err
-		}
-		copy(m.Hash[:], hash)
-		if id != nil {
-			m.Revoked, m.KeyID, m.Customer, m.Kind, m.Name, m.Last4, m.RevokedAt = true, *id, *customer, *kind, *name, *last4, *at
-		}
-		return m, nil
-	})
+	return matches, nil
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
 }
 
 // adminEmails returns the e-mail addresses of each customer's admins.
