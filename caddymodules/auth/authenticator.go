@@ -175,7 +175,7 @@ func (a *Authenticator) Key(ctx context.Context, raw string, lookup bool) (*iden
 	if !lookup {
 		return nil, ErrNotCached
 	}
-	release, ok := a.lookups.acquire(ctx)
+	release, ok := a.lookups.acquire(ctx, string(h[:]))
 	if !ok {
 		return nil, ErrNotCached
 	}
@@ -293,7 +293,7 @@ func (a *Authenticator) Session(ctx context.Context, token string, lookup bool) 
 		return nil, ErrNotCached
 	}
 	if e == nil || !a.fresh(e.fetched) {
-		release, ok := a.lookups.acquire(ctx)
+		release, ok := a.lookups.acquire(ctx, sid)
 		if !ok {
 			return nil, ErrNotCached
 		}

@@ -7,8 +7,8 @@ import (
 	"github.com/glassmkr/guardian/shared/clientip"
 )
 
-// maxLookupsPerClient bounds the credential lookups (cache misses that go
-// to PostgreSQL) one client address may have in flight at once.
+// maxLookupsPerClient bounds the distinct credentials one client address
+// may have looked up (cache misses that go to PostgreSQL) at once.
 //
 // On API routes the per-IP tier charges a request only once its
 // credential has failed (mode failures), so a client sending hundreds of
@@ -16,38 +16,49 @@ import (
 // charged, again after every short block: the limiter held back nothing
 // of a burst, and the burst held the pool's 8 connections from everyone
 // else's lookups. Past the bound a lookup is refused as unchecked
-// (ErrNotCached), which the limiter answers 429. Cached credentials never
-// count, so a busy client with a key already checked is not affected; a
-// browser's first page of a fresh session makes a few lookups at most.
+// (ErrNotCached), which the limiter answers 429. Requests with a
+// credential already being looked up for the client join it without
+// counting (a fresh key's first burst of requests all miss the cache
+// together), and cached credentials never count.
 const maxLookupsPerClient = 16
 
-// lookups counts the lookups in flight per client.
+// lookups counts, per client, the credentials being looked up and the
+// requests waiting on each.
 type lookups struct {
 	mu       sync.Mutex
-	inFlight map[string]int
+	inFlight map[string]map[string]int // client: credential: requests
 }
 
-func newLookups() *lookups { return &lookups{inFlight: map[string]int{}} }
+func newLookups() *lookups { return &lookups{inFlight: map[string]map[string]int{}} }
 
-// acquire takes one of ctx's client's lookups, returning its release; ok
-// is false when the client has them all in flight. Outside a Caddy
-// request (no client address) nothing is counted.
-func (l *lookups) acquire(ctx context.Context) (release func(), ok bool) {
+// acquire counts a lookup of cred for ctx's client, returning its
+// release; ok is false when the client has maxLookupsPerClient other
+// credentials in flight. Outside a Caddy request (no client address)
+// nothing is counted.
+func (l *lookups) acquire(ctx context.Context, cred string) (release func(), ok bool) {
 	client := clientip.FromContext(ctx)
 	if client == "" {
 		return func() {}, true
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.inFlight[client] >= maxLookupsPerClient {
+	creds := l.inFlight[client]
+	if creds[cred] == 0 && len(creds) >= maxLookupsPerClient {
 		return nil, false
 	}
-	l.inFlight[client]++
+	if creds == nil {
+		creds = map[string]int{}
+		l.inFlight[client] = creds
+	}
+	creds[cred]++
 	return func() {
 		l.mu.Lock()
 		defer l.mu.Unlock()
-		if l.inFlight[client]--; l.inFlight[client] <= 0 {
-			delete(l.inFlight, client)
+		if creds[cred]--; creds[cred] <= 0 {
+			delete(creds, cred)
+			if len(creds) == 0 {
+				delete(l.inFlight, client)
+			}
 		}
 	}, true
 }
