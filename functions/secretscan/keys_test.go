@@ -39,6 +39,18 @@ func newTestKeySource(url string) (*keySource, *clock) {
 	return k, c
 }
 
+// warmKeySource is a key source on a fake GitHub that has fetched the
+// keys once.
+func warmKeySource(t *testing.T) (*fakeGitHub, *keySource, *clock) {
+	t.Helper()
+	gh := newFakeGitHub(t)
+	ks, clk := newTestKeySource(gh.KeysURL())
+	if _, err := ks.Key(context.Background(), katKeyID); err != nil {
+		t.Fatal(err)
+	}
+	return gh, ks, clk
+}
+
 func TestKeysAreCachedAndRefetchedWhenStale(t *testing.T) {
 	gh := newFakeGitHub(t)
 	ks, clk := newTestKeySource(gh.KeysURL())
@@ -80,12 +92,8 @@ func TestKeysAreCachedAndRefetchedWhenStale(t *testing.T) {
 // identifier unknown; until the next fetch is allowed the answer is "try
 // again".
 func TestUnknownKeyRefetchIsRateLimited(t *testing.T) {
-	gh := newFakeGitHub(t)
-	ks, clk := newTestKeySource(gh.KeysURL())
+	gh, ks, clk := warmKeySource(t)
 	ctx := context.Background()
-	if _, err := ks.Key(ctx, katKeyID); err != nil {
-		t.Fatal(err)
-	}
 	clk.advance(3 * time.Minute)
 	newID := gh.rotate(t)
 	if _, err := ks.Key(ctx, newID); err != nil {
@@ -135,12 +143,8 @@ func TestUnknownKeyRefetchIsRateLimited(t *testing.T) {
 // key just after must not have its reports refused as forged (401, which
 // drops them), only delayed (503, which GitHub retries).
 func TestMadeUpIdentifierDoesNotGetARotatedKeyRefused(t *testing.T) {
-	gh := newFakeGitHub(t)
-	ks, clk := newTestKeySource(gh.KeysURL())
+	gh, ks, clk := warmKeySource(t)
 	ctx := context.Background()
-	if _, err := ks.Key(ctx, katKeyID); err != nil {
-		t.Fatal(err)
-	}
 	clk.advance(3 * time.Minute)
 	if _, err := ks.Key(ctx, "made-up"); !errors.Is(err, errUnknownKey) {
 		t.Fatalf("made-up identifier: %v", err)
@@ -160,12 +164,8 @@ func TestMadeUpIdentifierDoesNotGetARotatedKeyRefused(t *testing.T) {
 // every few seconds do not make us fetch every few seconds: the pause
 // doubles up to the unknown-identifier limit.
 func TestFailingFetchesBackOff(t *testing.T) {
-	gh := newFakeGitHub(t)
-	ks, clk := newTestKeySource(gh.KeysURL())
+	gh, ks, clk := warmKeySource(t)
 	ctx := context.Background()
-	if _, err := ks.Key(ctx, katKeyID); err != nil {
-		t.Fatal(err)
-	}
 	gh.setFail(true)
 	clk.advance(3 * time.Minute)
 	start := ks.fetches
@@ -188,12 +188,8 @@ func TestFailingFetchesBackOff(t *testing.T) {
 // fetched is "try again later" (503, which GitHub retries), not "not
 // GitHub's" (401, which would drop the report and its revocations).
 func TestUnknownKeyWhileGitHubIsDownIsUnavailable(t *testing.T) {
-	gh := newFakeGitHub(t)
-	ks, clk := newTestKeySource(gh.KeysURL())
+	gh, ks, clk := warmKeySource(t)
 	ctx := context.Background()
-	if _, err := ks.Key(ctx, katKeyID); err != nil {
-		t.Fatal(err)
-	}
 	clk.advance(2 * time.Minute)
 	newID := gh.rotate(t)
 	gh.setFail(true)
