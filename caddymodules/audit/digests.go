@@ -108,14 +108,20 @@ func (w *Writer) setDigests(rows []*audit.Row) {
 	var missing []string
 	for _, r := range rows {
 		if r.CustomerID == "" {
+			r.CustomerDigest = noCustomer
 			continue
 		}
 		id := strings.ToLower(r.CustomerID)
-		if _, ok := w.digests.get(id, now); !ok && !contains(missing, id) {
+		v, ok := w.digests.get(id, now)
+		r.CustomerDigest = v
+		if !ok && !contains(missing, id) {
 			missing = append(missing, id)
 		}
 	}
-	if len(missing) > 0 && now.UnixNano() >= w.digests.failedUntil.Load() {
+	if len(missing) == 0 {
+		return
+	}
+	if now.UnixNano() >= w.digests.failedUntil.Load() {
 		ctx, cancel := context.WithTimeout(context.Background(), saltTimeout)
 		if err := w.digests.load(ctx, w.db, missing, now); err != nil {
 			w.digests.failedUntil.Store(time.Now().Add(saltRetry).UnixNano())
@@ -128,8 +134,7 @@ func (w *Writer) setDigests(rows []*audit.Row) {
 		cancel()
 	}
 	for _, r := range rows {
-		if r.CustomerID == "" {
-			r.CustomerDigest = audit.CustomerDigest("")
+		if r.CustomerDigest != nil {
 			continue
 		}
 		if v, ok := w.digests.get(strings.ToLower(r.CustomerID), now); ok {
@@ -139,6 +144,10 @@ func (w *Writer) setDigests(rows []*audit.Row) {
 		}
 	}
 }
+
+// noCustomer is the digest of rows without a customer (failed
+// authentications), computed once.
+var noCustomer = audit.CustomerDigest("")
 
 func contains(ids []string, id string) bool {
 	for _, v := range ids {
