@@ -67,16 +67,29 @@ type fakeGitHub struct {
 
 	mu   sync.Mutex
 	keys map[string]*ecdsa.PrivateKey
-	fail bool // answer 500
+	fail bool          // answer 500
+	hold chan struct{} // the next document, once read, waits for it to close
+}
+
+// holdNext makes the next key document wait, after it is read, until the
+// returned function is called.
+func (g *fakeGitHub) holdNext() func() {
+	c := make(chan struct{})
+	g.mu.Lock()
+	g.hold = c
+	g.mu.Unlock()
+	return func() { close(c) }
 }
 
 func newFakeGitHub(t testing.TB) *fakeGitHub {
 	g := &fakeGitHub{keys: map[string]*ecdsa.PrivateKey{katKeyID: katKey(t)}}
 	g.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		g.hits.Add(1)
 		g.mu.Lock()
-		defer g.mu.Unlock()
+		hold := g.hold
+		g.hold = nil
 		if g.fail || r.URL.Path != "/meta/public_keys/secret_scanning" {
+			g.mu.Unlock()
+			g.hits.Add(1)
 			w.WriteHeader(http.StatusInternalServerError)
 			return
 		}
@@ -91,6 +104,11 @@ func newFakeGitHub(t testing.TB) *fakeGitHub {
 		for id, k := range g.keys {
 			der, _ := x509.MarshalPKIXPublicKey(&k.PublicKey)
 			doc.Keys = append(doc.Keys, entry{id, string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})), true})
+		}
+		g.mu.Unlock()
+		g.hits.Add(1)
+		if hold != nil {
+			<-hold
 		}
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(doc)

@@ -59,7 +59,7 @@ type keySource struct {
 	mu       sync.RWMutex
 	keys     map[string]*ecdsa.PublicKey
 	fetched  time.Time // of the current keys
-	tried    time.Time // last fetch attempt
+	tried    time.Time // when the last fetch attempt began
 	failed   bool      // the last attempt failed
 	failures int       // failed attempts in a row
 	fetches  int       // attempts made, for tests and logs
@@ -154,7 +154,9 @@ func (k *keySource) fetch(ctx context.Context) {
 	keys, err := k.download(ctx)
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	k.tried, k.fetches = k.now(), k.fetches+1
+	// tried is when the fetch began: a list downloaded for a request that
+	// came before this one's may predate a key rotated in meanwhile.
+	k.tried, k.fetches = start, k.fetches+1
 	if err != nil {
 		k.failed = true
 		k.failures++

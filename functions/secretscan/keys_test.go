@@ -282,3 +282,28 @@ func quote(s string) string {
 	}
 	return string(append(b, '"'))
 }
+
+// A fetch that began before a request came cannot call that request's
+// identifier unknown, even if it ends after: GitHub may have rotated its
+// key in between. The request then gets "try again".
+func TestAFetchBegunBeforeTheRequestDoesNotConfirmIt(t *testing.T) {
+	gh, ks, clk := warmKeySource(t)
+	ctx := context.Background()
+	clk.advance(3 * time.Minute)
+	hold := gh.holdNext() // the next key document waits until released
+	first := make(chan error, 1)
+	go func() { _, err := ks.Key(ctx, "made-up"); first <- err }()
+	for gh.hits.Load() != 2 { // the made-up identifier's document is read
+		time.Sleep(time.Millisecond)
+	}
+	clk.advance(time.Second)
+	newID := gh.rotate(t) // after the held document was read
+	second := make(chan error, 1)
+	go func() { _, err := ks.Key(ctx, newID); second <- err }()
+	time.Sleep(20 * time.Millisecond) // the second request waits for the fetch
+	hold()
+	<-first
+	if err := <-second; !errors.Is(err, errKeysUnavailable) {
+		t.Fatalf("GitHub's new key, answered by a fetch begun before it came: %v, want errKeysUnavailable", err)
+	}
+}
