@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/glassmkr/guardian/shared/apikey"
 	"github.com/glassmkr/guardian/shared/identity"
@@ -75,6 +76,8 @@ type Authenticator struct {
 	staleWarned atomic.Int64
 	touch       *toucher
 	lookups     *lookups
+	keyFlight   singleflight.Group // key lookups in flight, by hash
+	sessFlight  singleflight.Group // session lookups in flight, by id
 	cancel      context.CancelFunc
 	done        chan struct{}
 }
@@ -175,23 +178,66 @@ func (a *Authenticator) Key(ctx context.Context, raw string, lookup bool) (*iden
 	if !lookup {
 		return nil, ErrNotCached
 	}
-	release, ok := a.lookups.acquire(ctx, string(h[:]))
+	return a.keyMiss(ctx, h, p.Kind, e, gen)
+}
+
+// keyMiss looks a key up that the cache did not hold fresh. Requests
+// missing the cache for one key at once share one query. (Apart from Key
+// so that the closure's captures do not move Key's variables to the heap
+// on the cache-hit path.)
+func (a *Authenticator) keyMiss(ctx context.Context, h [32]byte, kind apikey.Kind, e *keyEntry, gen uint64) (*identity.Identity, error) {
+	if err := ctx.Err(); err != nil { // the client went away
+		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	cred := string(h[:])
+	release, ok := a.lookups.acquire(ctx, cred)
 	if !ok {
 		return nil, ErrNotCached
 	}
 	defer release()
+	v, err := shared(ctx, &a.keyFlight, cred, func(qctx context.Context) (any, error) {
+		return a.lookupKey(qctx, h, kind, e, gen)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return a.keyResult(v.(*keyEntry))
+}
 
+// lookupTimeout bounds a lookup that requests share: one request going
+// away must not cut it short for the others.
+const lookupTimeout = 5 * time.Second
+
+// shared runs fn once for all callers asking for key at the same time, on
+// a context of its own (bounded by lookupTimeout); each caller stops
+// waiting when its own ctx ends.
+func shared(ctx context.Context, g *singleflight.Group, key string, fn func(context.Context) (any, error)) (any, error) {
+	ch := g.DoChan(key, func() (any, error) {
+		qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lookupTimeout)
+		defer cancel()
+		return fn(qctx)
+	})
+	select {
+	case r := <-ch:
+		return r.Val, r.Err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("%w: %w", ErrUnavailable, ctx.Err())
+	}
+}
+
+// lookupKey reads a key's row and caches it (unless the caches moved on
+// from gen meanwhile). With the store down, a stale entry e is served.
+func (a *Authenticator) lookupKey(ctx context.Context, h [32]byte, kind apikey.Kind, e *keyEntry, gen uint64) (*keyEntry, error) {
 	var (
 		id            identity.Identity
-		kind, scope   string
+		rowKind       string
+		scope         string
 		stored        []byte
 		endsAt        *time.Time
 		keyID, custID string
 	)
-	// A copy for the query: passing h[:] itself would move h to the heap
-	// on the cache-hit path too.
-	hb := append([]byte(nil), h[:]...)
-	err = a.db.QueryRow(ctx, keyQuery, hb).Scan(&keyID, &custID, &kind, &scope, &id.ServerID, &stored, &endsAt)
+	hb := h[:]
+	err := a.db.QueryRow(ctx, keyQuery, hb).Scan(&keyID, &custID, &rowKind, &scope, &id.ServerID, &stored, &endsAt)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		return nil, ErrUnknown
@@ -199,16 +245,16 @@ func (a *Authenticator) Key(ctx context.Context, raw string, lookup bool) (*iden
 		if e != nil {
 			// Stale, but the store is down: nothing can have been revoked.
 			a.warnStale(ctx, "key", err)
-			return a.keyResult(e)
+			return e, nil
 		}
 		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	// The index matched on the hash; compare once more in constant time.
-	if !hmac.Equal(stored, hb) || kind != p.Kind.String() {
+	if !hmac.Equal(stored, hb) || rowKind != kind.String() {
 		return nil, ErrUnknown
 	}
 	id.KeyID, id.CustomerID, id.Scope = keyID, custID, scope
-	if kind == "collector" {
+	if rowKind == "collector" {
 		id.Kind = identity.KindCollector
 	} else {
 		id.Kind = identity.KindAccount
@@ -225,7 +271,56 @@ func (a *Authenticator) Key(ctx context.Context, raw string, lookup bool) (*iden
 		a.keys[h] = e
 	}
 	a.mu.Unlock()
-	return a.keyResult(e)
+	return e, nil
+}
+
+// sessionMiss looks a session up that the cache did not hold fresh, as
+// keyMiss does a key.
+func (a *Authenticator) sessionMiss(ctx context.Context, sid string, e *sessionEntry, gen uint64, now time.Time) (*sessionEntry, error) {
+	if err := ctx.Err(); err != nil { // the client went away
+		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	release, ok := a.lookups.acquire(ctx, sid)
+	if !ok {
+		return nil, ErrNotCached
+	}
+	defer release()
+	v, err := shared(ctx, &a.sessFlight, sid, func(qctx context.Context) (any, error) {
+		var userID, custID, role string
+		var expires time.Time
+		var revoked bool
+		err := a.db.QueryRow(qctx, sessionQuery, sid).Scan(&userID, &custID, &expires, &revoked, &role)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+			return nil, ErrRevoked
+		case err != nil && e == nil:
+			return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		case err != nil:
+			a.warnStale(qctx, "session", err)
+			return e, nil
+		}
+		scope := "write"
+		if role == "admin" {
+			scope = "admin"
+		}
+		fresh := &sessionEntry{
+			id:      identity.Identity{Kind: identity.KindSession, CustomerID: custID, UserID: userID, SessionID: sid, Scope: scope},
+			revoked: revoked, expires: expires, fetched: now,
+		}
+		a.mu.Lock()
+		if a.gen == gen { // as in Key
+			if len(a.sessions) >= maxEntries {
+				shrink(a.sessions)
+			}
+			a.sessions[sid] = fresh
+		}
+		a.mu.Unlock()
+		return fresh, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*sessionEntry), nil
 }
 
 // staleWarnEvery bounds how often an outage's "serving from cache"
@@ -293,39 +388,9 @@ func (a *Authenticator) Session(ctx context.Context, token string, lookup bool) 
 		return nil, ErrNotCached
 	}
 	if e == nil || !a.fresh(e.fetched) {
-		release, ok := a.lookups.acquire(ctx, sid)
-		if !ok {
-			return nil, ErrNotCached
-		}
-		defer release()
-		var userID, custID, role string
-		var expires time.Time
-		var revoked bool
-		err := a.db.QueryRow(ctx, sessionQuery, sid).Scan(&userID, &custID, &expires, &revoked, &role)
-		switch {
-		case errors.Is(err, pgx.ErrNoRows):
-			return nil, ErrRevoked
-		case err != nil && e == nil:
-			return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
-		case err != nil:
-			a.warnStale(ctx, "session", err)
-		default:
-			scope := "write"
-			if role == "admin" {
-				scope = "admin"
-			}
-			e = &sessionEntry{
-				id:      identity.Identity{Kind: identity.KindSession, CustomerID: custID, UserID: userID, SessionID: sid, Scope: scope},
-				revoked: revoked, expires: expires, fetched: now,
-			}
-			a.mu.Lock()
-			if a.gen == gen { // as in Key
-				if len(a.sessions) >= maxEntries {
-					shrink(a.sessions)
-				}
-				a.sessions[sid] = e
-			}
-			a.mu.Unlock()
+		var err error
+		if e, err = a.sessionMiss(ctx, sid, e, gen, now); err != nil {
+			return nil, err
 		}
 	}
 	// The token and its row must agree: a token for another user's

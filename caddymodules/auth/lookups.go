@@ -17,9 +17,10 @@ import (
 // of a burst, and the burst held the pool's 8 connections from everyone
 // else's lookups. Past the bound a lookup is refused as unchecked
 // (ErrNotCached), which the limiter answers 429. Requests with a
-// credential already being looked up for the client join it without
-// counting (a fresh key's first burst of requests all miss the cache
-// together), and cached credentials never count.
+// credential already being looked up join its one query (keyMiss,
+// sessionMiss) without counting again: a fresh key's first burst of
+// requests all miss the cache together, and a burst repeating one
+// made-up key is one query. Cached credentials never count.
 const maxLookupsPerClient = 16
 
 // lookups counts, per client, the credentials being looked up and the

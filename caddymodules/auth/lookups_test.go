@@ -115,3 +115,55 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		}
 	}
 }
+
+// Requests missing the cache for one key at once share one query: a
+// burst repeating one made-up key costs one lookup, however large.
+func TestConcurrentMissesOfOneKeyShareOneQuery(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	a := w.authenticator(t)
+	ctx := context.Background()
+	tx, err := w.pg.Owner.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE"); err != nil {
+		t.Fatal(err)
+	}
+	key, _ := apikey.Generate(apikey.Account)
+	const n = 200
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := a.Key(clientCtx("198.51.100.10"), key, true)
+			errs <- err
+		}()
+	}
+	// All wait on the one query the lock holds back.
+	waitFor(t, "every request to join the lookup", func() bool {
+		a.lookups.mu.Lock()
+		defer a.lookups.mu.Unlock()
+		h := a.hasher.Sum(key)
+		return a.lookups.inFlight["198.51.100.10"][string(h[:])] == n
+	})
+	var queries int
+	// The authenticator's role sees its own sessions' queries.
+	if err := w.pg.App(t).QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+		AND usename = current_user AND wait_event_type = 'Lock' AND query LIKE '%api_keys%'`).Scan(&queries); err != nil {
+		t.Fatal(err)
+	}
+	_ = tx.Rollback(ctx)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if !errors.Is(err, ErrUnknown) {
+			t.Fatalf("a made-up key: %v", err)
+		}
+	}
+	if queries != 1 {
+		t.Fatalf("%d queries for %d requests with one key", queries, n)
+	}
+}
