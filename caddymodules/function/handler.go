@@ -29,6 +29,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/glassmkr/guardian/shared/problem"
 )
@@ -71,18 +72,24 @@ type Handler struct {
 	// function's MaxConcurrent slots. On a public route a client sending
 	// its body a byte a second would otherwise hold a slot until the
 	// server's read_body timeout, and a few such clients hold them all.
-	// Default 0: bodies stream to the function.
+	// Default 0: bodies stream to the function. All the bodies a handler
+	// holds at once are bounded too (maxBuffered), charged as their bytes
+	// arrive: past it a request is 503, so memory stays bounded and only
+	// bytes actually sent count against it, not what a slow client
+	// declares.
 	BufferBody int64 `json:"buffer_body,omitempty"`
 	// MinWarm is how many processes to keep running even when idle: 0
 	// (scale to zero, the default) or 1. A function is one process that
 	// serves its requests concurrently, so more than one adds nothing.
 	MinWarm int `json:"min_warm,omitempty"`
 
-	key     string
-	inst    *instance
-	metrics *fnMetrics
-	sem     chan struct{}
-	log     *zap.Logger
+	key         string
+	buffered    *semaphore.Weighted // bytes of buffered bodies held (BufferBody)
+	bufferTotal int64               // its size; maxBuffered unless a test sets it
+	inst        *instance
+	metrics     *fnMetrics
+	sem         chan struct{}
+	log         *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -151,6 +158,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.key = key
 	h.metrics = h.inst.metrics
 	h.sem = make(chan struct{}, h.MaxConcurrent)
+	if h.BufferBody > 0 {
+		if h.bufferTotal == 0 {
+			h.bufferTotal = maxBuffered
+		}
+		h.buffered = semaphore.NewWeighted(max(h.bufferTotal, h.BufferBody+bufferChunk))
+	}
 	return nil
 }
 
@@ -211,7 +224,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		return caddyhttp.Error(http.StatusBadRequest, problem.New(http.StatusBadRequest, "invalid_query", detail))
 	}
 	if h.BufferBody > 0 {
-		if err := h.bufferBody(r); err != nil {
+		held, err := h.bufferBody(w, r)
+		defer h.buffered.Release(held)
+		if err != nil {
 			outcome = outcomeRefused
 			return err
 		}
@@ -291,31 +306,52 @@ func (h *Handler) proxy(p *process, w http.ResponseWriter, req *http.Request) {
 	p.proxy.ServeHTTP(w, req)
 }
 
-// bufferBody replaces r's body with its bytes, read in full (BufferBody).
-func (h *Handler) bufferBody(r *http.Request) error {
+// maxBuffered bounds the bytes of bodies one handler holds at once
+// (BufferBody), and bufferChunk is the unit they are charged in.
+const (
+	maxBuffered = 64 << 20
+	bufferChunk = 32 << 10
+)
+
+// bufferBody replaces r's body with its bytes, read in full (BufferBody),
+// and returns the bytes it holds of h.buffered, to release once the
+// request is done (also on error).
+func (h *Handler) bufferBody(w http.ResponseWriter, r *http.Request) (held int64, err error) {
 	if r.Body == nil || r.Body == http.NoBody {
-		return nil
+		return 0, nil
 	}
 	tooLarge := caddyhttp.Error(http.StatusRequestEntityTooLarge, problem.New(http.StatusRequestEntityTooLarge, "payload_too_large",
 		fmt.Sprintf("the body may be at most %d bytes", h.BufferBody)))
 	if r.ContentLength > h.BufferBody {
-		return tooLarge
+		return 0, tooLarge
 	}
-	b, err := io.ReadAll(io.LimitReader(r.Body, h.BufferBody+1))
-	if err != nil {
-		if r.Context().Err() != nil {
-			return caddyhttp.Error(499, r.Context().Err())
+	var buf bytes.Buffer
+	for {
+		if !h.buffered.TryAcquire(bufferChunk) {
+			w.Header().Set("Retry-After", "1")
+			return held, caddyhttp.Error(http.StatusServiceUnavailable,
+				problem.New(http.StatusServiceUnavailable, "function_busy", "too many request bodies are being received; try again shortly"))
 		}
-		// The server's read_body timeout, or a broken upload.
-		return caddyhttp.Error(http.StatusRequestTimeout, problem.New(http.StatusRequestTimeout, "body_incomplete",
-			"the request body was not received in full"))
-	}
-	if int64(len(b)) > h.BufferBody {
-		return tooLarge
+		held += bufferChunk
+		_, err := io.CopyN(&buf, r.Body, bufferChunk)
+		if int64(buf.Len()) > h.BufferBody {
+			return held, tooLarge
+		}
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			if r.Context().Err() != nil {
+				return held, caddyhttp.Error(499, r.Context().Err())
+			}
+			// The server's read_body timeout, or a broken upload.
+			return held, caddyhttp.Error(http.StatusRequestTimeout, problem.New(http.StatusRequestTimeout, "body_incomplete",
+				"the request body was not received in full"))
+		}
 	}
 	_ = r.Body.Close()
-	r.Body, r.ContentLength = io.NopCloser(bytes.NewReader(b)), int64(len(b))
-	return nil
+	r.Body, r.ContentLength = io.NopCloser(bytes.NewReader(buf.Bytes())), int64(buf.Len())
+	return held, nil
 }
 
 func (h *Handler) acquireSlot(ctx context.Context) error {

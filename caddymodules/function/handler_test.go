@@ -460,3 +460,29 @@ func TestBufferedBodyOverTheBoundIs413(t *testing.T) {
 		t.Fatalf("at the bound: %d %q %v", rec.Code, rec.Body.String(), err)
 	}
 }
+
+// The bodies a handler buffers at once are bounded, counted in the bytes
+// that actually arrived: past the bound a request is 503, and once the
+// others are done it gets through.
+func TestBufferedBodiesAreBoundedTogether(t *testing.T) {
+	t.Parallel()
+	h := newHandler(t, &Handler{BufferBody: 40 << 10, bufferTotal: 2 * bufferChunk})
+	slow, feed := io.Pipe()
+	done := make(chan error, 1)
+	go func() { done <- h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("POST", "/sum", slow), nil) }()
+	// A pipe's Write returns once the reader has it all: the upload holds
+	// two chunks now.
+	_, _ = feed.Write(make([]byte, bufferChunk+100))
+	err := h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("POST", "/sum", bytes.NewReader([]byte("small"))), nil)
+	if code, name := problemOf(t, err); code != http.StatusServiceUnavailable || name != "function_busy" {
+		t.Fatalf("a body while the bound is held: %d %s", code, name)
+	}
+	feed.Close()
+	if err := <-done; err != nil {
+		t.Fatalf("the slow upload: %v", err)
+	}
+	rec := httptest.NewRecorder()
+	if err := h.ServeHTTP(rec, httptest.NewRequest("POST", "/sum", bytes.NewReader([]byte("small"))), nil); err != nil || rec.Code != 200 {
+		t.Fatalf("after the others are done: %d %v", rec.Code, err)
+	}
+}
