@@ -250,7 +250,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		if err := h.answer(w, d); err != nil {
 			return err
 		}
-		return next.ServeHTTP(w, r)
+		err := next.ServeHTTP(w, r)
+		if why, _ := caddyhttp.GetVar(r.Context(), varFailure).(string); why == reasonIPBlocked {
+			// Auth refused to look the credential up (too many lookups
+			// from this address at once).
+			return h.unchecked(w, ip)
+		}
+		return err
 	}
 
 	// Mode failures: charge only what failed authentication.
@@ -260,14 +266,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	err := next.ServeHTTP(w, r)
 	why, _ := caddyhttp.GetVar(r.Context(), varFailure).(string)
 	if why == reasonIPBlocked {
-		// The credential was never checked (an uncached one, from an
-		// address out of tokens): the answer is "slow down", not "invalid
-		// credential", which a legitimate client behind the same address
-		// would take for a bad key.
-		// Auth's refusal set its invalid_token challenge already.
-		w.Header().Del("Www-Authenticate")
-		left := h.limiter.blocked.left(ip)
-		return h.answer(w, Decision{Limit: int(h.IP.Capacity), Reset: left, RetryAfter: left, Source: SourceLocal})
+		return h.unchecked(w, ip)
 	}
 	if !credentialFailure(why) {
 		return err
@@ -280,6 +279,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return lerr
 	}
 	return err
+}
+
+// unchecked answers a request whose credential auth never checked (an
+// uncached one, from an address out of tokens or with too many lookups in
+// flight): "slow down", not "invalid credential", which a legitimate
+// client behind the same address would take for a bad key.
+func (h *Handler) unchecked(w http.ResponseWriter, ip string) error {
+	// Auth's refusal set its invalid_token challenge already.
+	w.Header().Del("Www-Authenticate")
+	left := h.limiter.blocked.left(ip)
+	return h.answer(w, Decision{Limit: int(h.IP.Capacity), Reset: left, RetryAfter: left, Source: SourceLocal})
 }
 
 // credentialFailure reports whether an auth failure reason means the

@@ -304,3 +304,21 @@ func TestALargerIPBucketDoesNotPayForSignIns(t *testing.T) {
 		t.Fatalf("the other sign-in route: %d, want 429 from the shared bucket", s)
 	}
 }
+
+// On a route that charges every request (always), a credential auth
+// refused to look up (too many lookups from the address at once) is
+// answered 429 too, without auth's invalid_token challenge.
+func TestUncheckedCredentialOnAnAlwaysRouteIs429(t *testing.T) {
+	t.Parallel()
+	h := newTestHandler(t, Handler{Tier: TierIP})
+	rec := httptest.NewRecorder()
+	refuseUnchecked := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		caddyhttp.SetVar(r.Context(), varFailure, reasonIPBlocked)
+		w.Header().Set("WWW-Authenticate", `Bearer realm="guardian", error="invalid_token"`)
+		return caddyhttp.Error(401, problem.New(401, "invalid_credentials", ""))
+	})
+	s, code := status(h.ServeHTTP(rec, request("192.0.2.90"), refuseUnchecked))
+	if s != 429 || code != "rate_limited" || rec.Header().Get("Retry-After") == "" || rec.Header().Get("WWW-Authenticate") != "" {
+		t.Fatalf("%d %s %v", s, code, rec.Header())
+	}
+}
