@@ -115,7 +115,10 @@ func NewWriter(cfg WriterConfig) (*Writer, error) {
 	if err != nil {
 		return nil, errors.New("audit: the PostgreSQL DSN is not valid")
 	}
-	pcfg.MaxConns = 4
+	// One connection per chain's COPY, one for salt reads and one for the
+	// spool's replay: a salt read must not time out waiting behind COPYs
+	// (which would leave rows with a digest verify cannot check).
+	pcfg.MaxConns = int32(cfg.Chains + 2)
 	db, err := pgxpool.NewWithConfig(context.Background(), pcfg)
 	if err != nil {
 		return nil, fmt.Errorf("audit: %w", err)
