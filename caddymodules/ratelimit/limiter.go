@@ -66,8 +66,8 @@ type Limiter struct {
 	lastOK   atomic.Int64
 	lastWarn atomic.Int64 // unix ns of the last degradation warning
 	lastUp   atomic.Int64 // unix ns of the last recovery message
-	// redisTries counts decisions that asked Redis (tests).
-	redisTries atomic.Int64
+	// probes counts decisions that asked a Redis marked down (tests).
+	probes atomic.Int64
 	local      *localBuckets
 	// blocked lists addresses this instance saw run out of ip-tier tokens.
 	blocked *blockList
@@ -126,7 +126,9 @@ func (l *Limiter) Take(ctx context.Context, keys []string, buckets []Bucket, loc
 	// than each wait out the deadline on a Redis that may hang.
 	if until := l.downUntil.Load(); now.UnixNano() >= until &&
 		(until == 0 || l.downUntil.CompareAndSwap(until, now.Add(probeEvery).UnixNano())) {
-		l.redisTries.Add(1)
+		if until != 0 {
+			l.probes.Add(1)
+		}
 		d, err := l.takeRedis(ctx, keys, buckets)
 		if err == nil {
 			storeLater(&l.lastOK, now.UnixNano())

@@ -459,7 +459,7 @@ func TestOneDecisionProbesARedisMarkedDown(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	if n := l.redisTries.Load(); n != 1 {
+	if n := l.probes.Load(); n != 1 {
 		t.Fatalf("%d of 20 decisions asked a Redis marked down, want 1", n)
 	}
 }
