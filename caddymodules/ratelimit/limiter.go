@@ -68,7 +68,7 @@ type Limiter struct {
 	lastUp   atomic.Int64 // unix ns of the last recovery message
 	// probes counts decisions that asked a Redis marked down (tests).
 	probes atomic.Int64
-	local      *localBuckets
+	local  *localBuckets
 	// blocked lists addresses this instance saw run out of ip-tier tokens.
 	blocked *blockList
 	pipe    *pipeliner
