@@ -96,7 +96,8 @@ func newFixture(t testing.TB, o fixtureOpts) *fixture {
 	if o.webhooks == nil {
 		o.webhooks, o.allow = []string{f.hooks.URL + "/security"}, []string{"127.0.0.1/32"}
 	}
-	pool, err := db.Open(context.Background(), "GUARDIAN_PG_APP_DSN", f.pg.AppDSN, 4)
+	// As deployed: the function's own role, with only its grants.
+	pool, err := db.Open(context.Background(), "GUARDIAN_PG_APP_DSN", f.pg.FunctionDSNs["GUARDIAN_PG_DSN_SECRETSCAN"], 4)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,26 +14,14 @@ import (
 // RevokedReason is api_keys.revoked_reason, and the audit rows' reason.
 const RevokedReason = "github_secret_scanning"
 
-// revokeQuery finds every reported key by its HMAC and revokes those
-// still valid (a rotation's grace window included); keys revoked before
-// are found but left as they are. With each key it revoked it returns
-// the customer's audit salt and the audit metadata of its hash, for the
-// audit row the same transaction then writes. $1 hashes, $2 the audit
-// metadata of each hash (canonical JSON). The grace check reads the
-// clock, not the transaction's start, so a report racing another for the
-// same key does not revoke it twice.
-const revokeQuery = `WITH reported AS (
-	SELECT h, m FROM unnest($1::bytea[], $2::text[]) AS r(h, m)
-), hit AS (
-	SELECT id, key_hash FROM api_keys WHERE key_hash = ANY($1::bytea[])
-), rev AS (
-	UPDATE api_keys SET revoked_at = now(), revoked_reason = '` + RevokedReason + `'
-	WHERE key_hash = ANY($1::bytea[]) AND (revoked_at IS NULL OR revoked_at > clock_timestamp())
-	RETURNING id, customer_id, kind, name, last4, key_hash, revoked_at
-)
-SELECT hit.key_hash, rev.id::text, rev.customer_id::text, rev.kind, rev.name, rev.last4, rev.revoked_at, c.audit_salt, reported.m
-FROM hit LEFT JOIN rev ON rev.id = hit.id LEFT JOIN customers c ON c.id = rev.customer_id
-LEFT JOIN reported ON reported.h = hit.key_hash`
+// revokeQuery revokes the reported keys through revoke_reported_keys
+// (migration 0020: the customer's audit salt comes back only for a key
+// this call revoked) and gives each key it revoked the audit metadata of
+// its hash, for the audit row the same transaction then writes. $1
+// hashes, $2 the audit metadata of each hash (canonical JSON).
+const revokeQuery = `SELECT r.key_hash, r.key_id::text, r.customer_id::text, r.kind, r.name, r.last4, r.revoked_at, r.audit_salt, m.m
+FROM revoke_reported_keys($1::bytea[]) r
+LEFT JOIN unnest($1::bytea[], $2::text[]) AS m(h, m) ON m.h = r.key_hash`
 
 // insertRow writes one audit row, chain columns included.
 const insertRow = `INSERT INTO api_audit_log (customer_id, user_agent, source_ip, request_id, method, path,
