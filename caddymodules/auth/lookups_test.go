@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/glassmkr/guardian/shared/apikey"
 )
@@ -17,22 +18,31 @@ func clientCtx(ip string) context.Context {
 	return context.WithValue(context.Background(), caddyhttp.VarsCtxKey, map[string]any{caddyhttp.ClientIPVarKey: ip})
 }
 
+// lockedKeys is a world and its authenticator, with the key table locked
+// (until tx ends) so that lookups stay in flight.
+func lockedKeys(t *testing.T) (*world, *Authenticator, pgx.Tx) {
+	t.Helper()
+	w := newWorld(t)
+	a := w.authenticator(t)
+	tx, err := w.pg.Owner.Begin(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tx.Rollback(context.Background()) })
+	if _, err := tx.Exec(context.Background(), "LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE"); err != nil {
+		t.Fatal(err)
+	}
+	return w, a, tx
+}
+
 // A burst of made-up keys from one address gets maxLookupsPerClient
 // lookups at once; the rest are refused unchecked (the limiter's 429)
 // without touching PostgreSQL. Another address is not affected. The key
 // table is locked so that the lookups stay in flight.
 func TestLookupsInFlightAreBoundedPerClient(t *testing.T) {
 	t.Parallel()
-	w := newWorld(t)
-	a := w.authenticator(t)
+	w, a, tx := lockedKeys(t)
 	ctx := context.Background()
-	tx, err := w.pg.Owner.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tx.Exec(ctx, "LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE"); err != nil {
-		t.Fatal(err)
-	}
 	const burst, sameKey = 40, 5
 	var refused sync.WaitGroup
 	var all sync.WaitGroup
@@ -120,16 +130,8 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // burst repeating one made-up key costs one lookup, however large.
 func TestConcurrentMissesOfOneKeyShareOneQuery(t *testing.T) {
 	t.Parallel()
-	w := newWorld(t)
-	a := w.authenticator(t)
+	w, a, tx := lockedKeys(t)
 	ctx := context.Background()
-	tx, err := w.pg.Owner.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tx.Exec(ctx, "LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE"); err != nil {
-		t.Fatal(err)
-	}
 	key, _ := apikey.Generate(apikey.Account)
 	const n = 200
 	var wg sync.WaitGroup
@@ -149,12 +151,20 @@ func TestConcurrentMissesOfOneKeyShareOneQuery(t *testing.T) {
 		h := a.hasher.Sum(key)
 		return a.lookups.inFlight["198.51.100.10"][string(h[:])] == n
 	})
-	var queries int
-	// The authenticator's role sees its own sessions' queries.
-	if err := w.pg.App(t).QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
-		AND usename = current_user AND wait_event_type = 'Lock' AND query LIKE '%api_keys%'`).Scan(&queries); err != nil {
-		t.Fatal(err)
+	// The authenticator's role sees its own sessions' queries; the shared
+	// one reaches the lock a moment after the requests have joined.
+	app := w.pg.App(t)
+	queries := func() int {
+		var n int
+		if err := app.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+			AND usename = current_user AND wait_event_type = 'Lock' AND query LIKE '%api_keys%'`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
 	}
+	waitFor(t, "the lookup to wait on the lock", func() bool { return queries() > 0 })
+	time.Sleep(100 * time.Millisecond) // room for any other query to show
+	sent := queries()
 	_ = tx.Rollback(ctx)
 	wg.Wait()
 	close(errs)
@@ -163,7 +173,7 @@ func TestConcurrentMissesOfOneKeyShareOneQuery(t *testing.T) {
 			t.Fatalf("a made-up key: %v", err)
 		}
 	}
-	if queries != 1 {
-		t.Fatalf("%d queries for %d requests with one key", queries, n)
+	if sent != 1 {
+		t.Fatalf("%d queries for %d requests with one key", sent, n)
 	}
 }
