@@ -2,6 +2,7 @@ package audit
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -114,7 +115,7 @@ func (w *Writer) setDigests(rows []*audit.Row) {
 		id := strings.ToLower(r.CustomerID)
 		v, ok := w.digests.get(id, now)
 		r.CustomerDigest = v
-		if !ok && !contains(missing, id) {
+		if !ok && !slices.Contains(missing, id) {
 			missing = append(missing, id)
 		}
 	}
@@ -148,12 +149,3 @@ func (w *Writer) setDigests(rows []*audit.Row) {
 // noCustomer is the digest of rows without a customer (failed
 // authentications), computed once.
 var noCustomer = audit.CustomerDigest("")
-
-func contains(ids []string, id string) bool {
-	for _, v := range ids {
-		if v == id {
-			return true
-		}
-	}
-	return false
-}

@@ -47,6 +47,22 @@ func testRow(i int) *audit.Row {
 	}
 }
 
+// recordFor records n rows of customer, one after another, and returns
+// their request ids.
+func recordFor(t *testing.T, w *Writer, customer string, n int) []string {
+	t.Helper()
+	var ids []string
+	for i := range n {
+		r := testRow(i)
+		r.CustomerID = customer
+		if err := w.Record(context.Background(), r); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, r.RequestID)
+	}
+	return ids
+}
+
 // recordAtOnce records n rows from n goroutines and fails t if any is
 // refused.
 func recordAtOnce(t *testing.T, w *Writer, n int) {
@@ -282,13 +298,7 @@ func TestCustomerDeletionDoesNotBreakTheChain(t *testing.T) {
 	pg := testenv.Postgres(t)
 	c := testenv.NewCustomer(t, pg.Owner, []byte("p"), []byte("s"))
 	w := newWriter(t, pg.AppDSN, 1<<20)
-	for i := range 3 {
-		r := testRow(i)
-		r.CustomerID = c.ID
-		if err := w.Record(ctx, r); err != nil {
-			t.Fatal(err)
-		}
-	}
+	recordFor(t, w, c.ID, 3)
 	var salt []byte
 	if err := pg.Owner.QueryRow(ctx, "SELECT audit_salt FROM customers WHERE id = $1", c.ID).Scan(&salt); err != nil || len(salt) != 32 {
 		t.Fatalf("salt %x: %v", salt, err)
@@ -327,15 +337,7 @@ func TestSaltReadsBackOffWhileTheyFail(t *testing.T) {
 	if _, err := tx.Exec(ctx, "LOCK TABLE customers IN ACCESS EXCLUSIVE MODE"); err != nil {
 		t.Fatal(err)
 	}
-	var ids []string
-	for i := range 3 {
-		r := testRow(i)
-		r.CustomerID = c.ID
-		if err := w.Record(ctx, r); err != nil {
-			t.Fatal(err)
-		}
-		ids = append(ids, r.RequestID)
-	}
+	ids := recordFor(t, w, c.ID, 3)
 	if n := w.digests.reads.Load(); n != 1 {
 		t.Fatalf("%d salt reads for three rows while they fail, want 1", n)
 	}
