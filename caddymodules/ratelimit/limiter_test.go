@@ -463,3 +463,23 @@ func TestOneDecisionProbesARedisMarkedDown(t *testing.T) {
 		t.Fatalf("%d of 20 decisions asked a Redis marked down, want 1", n)
 	}
 }
+
+// A Redis that flaps is announced back at most once per warnEvery: the
+// log must not gain a line per recovery.
+func TestRecoveryIsLoggedOncePerInterval(t *testing.T) {
+	t.Parallel()
+	r := testenv.NewRedis(t)
+	core, logs := observer.New(zap.InfoLevel)
+	l := NewLimiter(redis.NewClient(&redis.Options{Addr: r.Addr, Password: r.Password}), r.Prefix, time.Second, zap.New(core))
+	t.Cleanup(func() { _ = l.Close() })
+	keys, b := []string{l.AccountKey("flap")}, []Bucket{{Capacity: 100, Rate: 1}}
+	for range 3 {
+		l.downUntil.Store(time.Now().Add(-time.Millisecond).UnixNano()) // marked down, due for a probe
+		if d := l.Take(context.Background(), keys, b, false); d.Source != SourceRedis {
+			t.Fatalf("probe: %+v", d)
+		}
+	}
+	if n := logs.FilterMessageSnippet("answers again").Len(); n != 1 {
+		t.Fatalf("%d recovery messages for three recoveries in a moment, want 1", n)
+	}
+}
