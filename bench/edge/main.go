@@ -31,7 +31,9 @@
 // row count, CPU times from /proc (this process, Caddy, the function,
 // Redis, PostgreSQL) and Caddy's VmHWM (reset before the round). Then it
 // runs the micro-benchmarks beside the code with -benchmem against the same
-// servers (-micro=false to skip).
+// servers (-micro=false to skip). With -profile, Caddy's CPU profile of
+// each configuration's first closed-loop round of a phase is saved there
+// (from Caddy's admin endpoint; profiling costs those rounds a little).
 //
 // It prints the tables, writes them and a JSON document to -results
 // (bench/results/edge-<time>.{txt,json}) and, with -md, replaces the
@@ -84,6 +86,7 @@ type options struct {
 	benchtime           string
 	results             string
 	md                  string
+	profile             string
 }
 
 func parseFlags() options {
@@ -106,6 +109,7 @@ func parseFlags() options {
 	flag.StringVar(&o.benchtime, "benchtime", "1s", "micro-benchmarks' -benchtime")
 	flag.StringVar(&o.results, "results", "", "directory for the JSON and text results (default: <module>/bench/results)")
 	flag.StringVar(&o.md, "md", "", "markdown file whose generated section gets this run's figures (e.g. BENCH.md)")
+	flag.StringVar(&o.profile, "profile", "", "directory for Caddy CPU profiles, one per configuration taken over its first closed-loop round of each phase (\"\": none)")
 	flag.Parse()
 	return o
 }
@@ -128,6 +132,8 @@ func (o options) validate() error {
 		return fmt.Errorf("-noise must be between 0 and 1, got %g", o.noise)
 	case o.retries < 0 || o.retries > 100:
 		return fmt.Errorf("-retries must be between 0 and 100, got %d", o.retries)
+	case o.profile != "" && o.duration < time.Second:
+		return fmt.Errorf("-profile needs -d of at least 1s, got %s", o.duration)
 	case o.stackMode != "" && o.stackMode != "test":
 		return fmt.Errorf(`-stack-mode must be "" or "test", got %q`, o.stackMode)
 	}
@@ -236,6 +242,11 @@ func run(ctx context.Context, o options) (err error) {
 	modDir, err := harness.ModuleDir(ctx)
 	if err != nil {
 		return err
+	}
+	if o.profile != "" {
+		if err := os.MkdirAll(o.profile, 0o755); err != nil {
+			return fmt.Errorf("-profile: %w", err)
+		}
 	}
 	dir, err := os.MkdirTemp(harness.ShortTempRoot(), "gedge-")
 	if err != nil {

@@ -3,9 +3,11 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"math"
 	"net/http"
 	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"time"
@@ -209,6 +211,10 @@ func (b *bench) round(ctx context.Context, client *http.Client, c config, ph pha
 	if err := harness.ResetPeakRSS(caddyPid); err != nil {
 		return roundResult{}, fmt.Errorf("reset Caddy's peak RSS: %w", err)
 	}
+	var prof <-chan error
+	if o.profile != "" && rep == 0 && !ph.Open {
+		prof = b.profileCaddy(ctx, filepath.Join(o.profile, fmt.Sprintf("caddy-%s-%s.pprof", ph.Name, c.ID)), o.duration)
+	}
 	var lr harness.Round
 	if ph.Open {
 		lr = harness.OpenLoop(ctx, client, b.target(c), ph.Rate, o.openDuration, o.maxInFlight)
@@ -217,6 +223,11 @@ func (b *bench) round(ctx context.Context, client *http.Client, c config, ph pha
 	}
 	cpu1 := b.cpu(fnPid, before)
 	peak := harness.ProcStatusKiB(caddyPid, "VmHWM")
+	if prof != nil {
+		if err := <-prof; err != nil {
+			return roundResult{}, err
+		}
+	}
 	if err := ctx.Err(); err != nil {
 		return roundResult{}, err
 	}
@@ -426,4 +437,40 @@ func othersBusy(t0, t1 procTimes, elapsed time.Duration) float64 {
 	ours := (t1.client - t0.client) + (t1.caddy - t0.caddy) + (t1.fn - t0.fn) + (t1.redis - t0.redis) + (t1.pg - t0.pg)
 	other := float64(t1.machine-t0.machine-ours) / float64(elapsed) / float64(runtime.NumCPU())
 	return harness.Round3(max(other, 0))
+}
+
+// profileCaddy saves Caddy's CPU profile over the next d (whole seconds,
+// as pprof takes them) to path, from its admin endpoint's /debug/pprof.
+func (b *bench) profileCaddy(ctx context.Context, path string, d time.Duration) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		url := fmt.Sprintf("http://localhost/debug/pprof/profile?seconds=%d", int(d/time.Second))
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			done <- err
+			return
+		}
+		// The admin client's timeout is shorter than a round.
+		client := *b.admin
+		client.Timeout = d + 30*time.Second
+		resp, err := client.Do(req)
+		if err != nil {
+			done <- fmt.Errorf("caddy CPU profile: %w", err)
+			return
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			done <- fmt.Errorf("caddy CPU profile: status %d", resp.StatusCode)
+			return
+		}
+		body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+		if err == nil {
+			err = os.WriteFile(path, body, 0o644)
+		}
+		if err != nil {
+			err = fmt.Errorf("caddy CPU profile: %w", err)
+		}
+		done <- err
+	}()
+	return done
 }
