@@ -15,6 +15,7 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 
@@ -44,13 +45,12 @@ const (
 )
 
 type handler struct {
-	db       *pgxpool.Pool
-	hasher   *apikey.Hasher
-	keys     *keySource
-	notifier *notify.Notifier
-	webhooks []string // GUARDIAN_SECURITY_WEBHOOKS
-	log      *zap.Logger
-	chain    *chain // this process's audit chain, for the revocations' rows
+	db     *pgxpool.Pool
+	hasher *apikey.Hasher
+	keys   *keySource
+	outbox *outbox // revocation notices
+	log    *zap.Logger
+	chain  *chain // this process's audit chain, for the revocations' rows
 }
 
 func (h *handler) routes() http.Handler {
@@ -124,7 +124,9 @@ func (h *handler) scan(w http.ResponseWriter, r *http.Request) {
 		problem.Write(w, problem.New(http.StatusServiceUnavailable, "unavailable", "the reported keys cannot be checked right now"))
 		return
 	}
-	h.notifyRevoked(r.Context(), revoked)
+	if len(revoked) > 0 {
+		h.outbox.kick() // the notices are committed: deliver them now
+	}
 	truePos := 0
 	for _, l := range labels {
 		if l.Label == TruePositive {
@@ -191,10 +193,23 @@ func (h *handler) process(r *http.Request, reports []report) ([]label, []revoked
 	// answer: the revocation does not end with the request.
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), revokeTimeout)
 	defer cancel()
+	where := func(m match) revokedKey {
+		rep := reports[byHash[m.Hash]]
+		return revokedKey{match: m, URL: clean(rep.URL, 2048), Source: clean(rep.Source, 128)}
+	}
+	// The notices are written with the revocation: one is never committed
+	// without the other.
+	queueNotices := func(ctx context.Context, tx pgx.Tx, done []match) error {
+		keys := make([]revokedKey, len(done))
+		for i, m := range done {
+			keys[i] = where(m)
+		}
+		return h.outbox.queue(ctx, tx, byCustomer(keys))
+	}
 	matches, err := revoke(rctx, h.db, h.chain, cands, requestInfo{
 		ClientIP: audit.NormalizeIP(identity.ClientIP(r)), UserAgent: clean(r.UserAgent(), 512),
 		RequestID: reqID, Path: Route,
-	})
+	}, queueNotices)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -206,7 +221,7 @@ func (h *handler) process(r *http.Request, reports []report) ([]label, []revoked
 		}
 		labels[i].Label = TruePositive
 		if m.Revoked {
-			revoked = append(revoked, revokedKey{match: m, URL: clean(reports[i].URL, 2048), Source: clean(reports[i].Source, 128)})
+			revoked = append(revoked, where(m))
 		}
 	}
 	h.log.Info("secret scanning: report processed", zap.Int("reported", len(reports)), zap.Int("well_formed", len(cands)),
@@ -220,39 +235,21 @@ type revokedKey struct {
 	URL, Source string
 }
 
-// notifyRevoked tells each customer whose keys were revoked: its admins
-// by e-mail, and the operator's security webhooks. Delivery happens in
-// the background; nothing here can fail the answer to GitHub.
-func (h *handler) notifyRevoked(ctx context.Context, revoked []revokedKey) {
-	if len(revoked) == 0 {
-		return
-	}
-	byCustomer := map[string][]revokedKey{}
-	var customers []string
+// byCustomer groups revoked keys by customer, in customer order.
+func byCustomer(revoked []revokedKey) []notice {
+	var out []notice
+	at := map[string]int{}
 	for _, k := range revoked {
-		if _, ok := byCustomer[k.Customer]; !ok {
-			customers = append(customers, k.Customer)
+		i, ok := at[k.Customer]
+		if !ok {
+			i = len(out)
+			at[k.Customer] = i
+			out = append(out, notice{customer: k.Customer})
 		}
-		byCustomer[k.Customer] = append(byCustomer[k.Customer], k)
+		out[i].keys = append(out[i].keys, k)
 	}
-	sort.Strings(customers)
-	var emails map[string][]string
-	if h.notifier.MailEnabled() {
-		qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Second)
-		var err error
-		emails, err = adminEmails(qctx, h.db, customers)
-		cancel()
-		if err != nil {
-			h.log.Error("secret scanning: admins' addresses not read; no e-mail for this report", zap.Error(err))
-		}
-	}
-	for _, c := range customers {
-		keys := byCustomer[c]
-		if len(emails[c]) == 0 && h.notifier.MailEnabled() {
-			h.log.Warn("secret scanning: customer has no admin to e-mail", zap.String("customer_id", c))
-		}
-		h.notifier.Send(revocationNotice(c, keys, emails[c], h.webhooks))
-	}
+	sort.Slice(out, func(i, j int) bool { return out[i].customer < out[j].customer })
+	return out
 }
 
 // revokeTimeout bounds the revocation of one report's keys, which runs to

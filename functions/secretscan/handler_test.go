@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 
 	"github.com/glassmkr/guardian/shared/apikey"
@@ -69,21 +70,26 @@ func (s *hookSink) wait(t testing.TB, n int) []string {
 // fixture runs the handler in-process against a real database, a fake
 // GitHub key endpoint, a real SMTP relay and a webhook receiver.
 type fixture struct {
-	t        testing.TB
-	pg       *testenv.PG
-	pepper   []byte
-	gh       *fakeGitHub
-	relay    *notifytest.Relay
-	hooks    *hookSink
-	h        *handler
-	notifier *notify.Notifier
-	srv      *httptest.Server
+	t      testing.TB
+	pg     *testenv.PG
+	pepper []byte
+	gh     *fakeGitHub
+	relay  *notifytest.Relay
+	hooks  *hookSink
+	h      *handler
+	outbox *outbox
+	srv    *httptest.Server
+	opts   fixtureOpts
+	pool   *pgxpool.Pool
 }
 
 type fixtureOpts struct {
 	smtpAddr string // default: the fixture's relay
 	webhooks []string
 	allow    []string
+	// stopped: the outbox does not run (a function that stopped before
+	// delivering); startOutbox runs one later.
+	stopped bool
 }
 
 func newFixture(t testing.TB, o fixtureOpts) *fixture {
@@ -96,23 +102,50 @@ func newFixture(t testing.TB, o fixtureOpts) *fixture {
 	if o.webhooks == nil {
 		o.webhooks, o.allow = []string{f.hooks.URL + "/security"}, []string{"127.0.0.1/32"}
 	}
+	f.opts = o
 	// As deployed: the function's own role, with only its grants.
 	pool, err := db.Open(context.Background(), "GUARDIAN_PG_APP_DSN", f.pg.FunctionDSNs["GUARDIAN_PG_DSN_SECRETSCAN"], 4)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	f.notifier, err = notify.New(notify.Config{SMTP: notify.SMTPConfig{Addr: o.smtpAddr, From: "Guardian <security@guardian.test>"},
-		Allow: o.allow, Backoff: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, Attempts: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { f.notifier.Close(context.Background()) })
+	f.pool = pool
+	f.outbox = f.newOutbox()
 	f.h = &handler{db: pool, hasher: apikey.NewHasher(f.pepper), keys: newKeySource(f.gh.KeysURL(), zap.NewNop()), chain: newChain(),
-		notifier: f.notifier, webhooks: o.webhooks, log: zap.NewNop()}
+		outbox: f.outbox, log: zap.NewNop()}
+	if !o.stopped {
+		f.startOutbox(f.outbox)
+	}
 	f.srv = httptest.NewServer(f.h.routes())
 	t.Cleanup(f.srv.Close)
 	return f
+}
+
+// newOutbox is an outbox as the function makes it, with short waits.
+func (f *fixture) newOutbox() *outbox {
+	f.t.Helper()
+	mailer, err := notify.NewMailer(notify.SMTPConfig{Addr: f.opts.smtpAddr, From: "Guardian <security@guardian.test>"})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	guard, err := notify.NewGuard(f.opts.allow, nil)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	ob := newOutbox(f.pool, mailer, notify.NewWebhooks(guard), f.opts.webhooks, zap.NewNop())
+	ob.retry, ob.maxRetry, ob.poll, ob.lease = 10*time.Millisecond, 20*time.Millisecond, 20*time.Millisecond, 5*time.Second
+	return ob
+}
+
+// startOutbox runs ob until the test ends.
+func (f *fixture) startOutbox(ob *outbox) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		ob.run(ctx)
+	}()
+	f.t.Cleanup(func() { cancel(); <-done })
 }
 
 // customer makes a customer with its admin, a second admin and a member.
@@ -517,22 +550,110 @@ func mustB64(t testing.TB, s string) []byte {
 }
 
 // A broken relay and a forbidden webhook do not fail the revocation or
-// the answer.
+// the answer. The forbidden webhook is given up at once; the e-mails
+// wait in the table, retried, until the relay answers or a day passes.
 func TestNotificationFailuresDoNotFailTheAnswer(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, fixtureOpts{smtpAddr: "127.0.0.1:1", webhooks: []string{"http://169.254.169.254/latest/meta-data/"}})
-	c, _ := f.customer()
+	c, admins := f.customer()
 	k := c.AccountKey(t, "write")
 	a := f.signed(payload(t, item{k, "guardian_account_key", "https://github.com/a/b/blob/c/d", "content"}))
 	if a.status != 200 || a.labels[0].Label != TruePositive || f.revokedReason(k) != RevokedReason {
 		t.Fatalf("%d %s", a.status, a.raw)
 	}
+	waitFor(t, "the webhook given up and the e-mails retried", func() bool {
+		return f.outbox.failed.Load() == 1 && f.outbox.retried.Load() >= 4 &&
+			f.count("SELECT count(*) FROM revocation_notices WHERE channel = 'email' AND attempts >= 2") == len(admins) &&
+			f.count("SELECT count(*) FROM revocation_notices") == len(admins)
+	})
+	// A row a day old is given up on its next failure.
+	if _, err := f.pg.Owner.Exec(context.Background(), "UPDATE revocation_notices SET created_at = now() - interval '25 hours'"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the day-old e-mails given up", func() bool {
+		return f.count("SELECT count(*) FROM revocation_notices") == 0 && f.outbox.failed.Load() == int64(1+len(admins))
+	})
+	if f.outbox.delivered.Load() != 0 {
+		t.Fatal("a failed delivery counted as delivered")
+	}
+}
+
+// waitFor polls cond for up to 10 s.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
-	for f.notifier.Stats().Failed < 2 {
+	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("stats: %+v", f.notifier.Stats())
+			t.Fatalf("waited 10 s for %s", what)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Notices are committed with the revocation and outlive the process that
+// wrote them: a function that stopped before delivering, or died in the
+// middle of a delivery, leaves them to the next one, which delivers each
+// once. They go with their customer.
+func TestNoticesOutliveTheProcess(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, fixtureOpts{stopped: true})
+	c, admins := f.customer()
+	gone, _ := f.customer()
+	k := c.AccountKey(t, "write")
+	kg := gone.AccountKey(t, "write")
+	a := f.signed(payload(t, item{k, "guardian_account_key", "https://github.com/a/b/blob/c/d", "content"},
+		item{kg, "guardian_account_key", "https://github.com/a/b/blob/c/e", "content"}))
+	if a.status != 200 || a.labels[0].Label != TruePositive || a.labels[1].Label != TruePositive {
+		t.Fatalf("%d %s", a.status, a.raw)
+	}
+	// Two admins and the webhook, per customer.
+	if n := f.count("SELECT count(*) FROM revocation_notices WHERE customer_id = $1", c.ID); n != len(admins)+1 {
+		t.Fatalf("%d notices of the customer, want %d", n, len(admins)+1)
+	}
+	// The other customer is deleted before its notices go: they go too.
+	ctx := context.Background()
+	if _, err := f.pg.Owner.Exec(ctx, "DELETE FROM customers WHERE id = $1", gone.ID); err != nil {
+		t.Fatal(err)
+	}
+	if n := f.count("SELECT count(*) FROM revocation_notices WHERE customer_id = $1", gone.ID); n != 0 {
+		t.Fatalf("%d notices of a deleted customer", n)
+	}
+	// A process takes the rows and dies before delivering them.
+	crashed := f.newOutbox()
+	crashed.lease = 300 * time.Millisecond
+	rows, err := f.pool.Query(ctx, takeDue, crashed.lease, crashed.batch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows.Close()
+	if n := f.count("SELECT count(*) FROM revocation_notices WHERE attempts = 1 AND next_attempt_at > now()"); n != len(admins)+1 {
+		t.Fatalf("%d rows taken", n)
+	}
+	// The next process delivers them once the lease has passed.
+	f.startOutbox(f.outbox)
+	msgs := f.relay.WaitMessages(t, len(admins), 10*time.Second)
+	hooks := f.hooks.wait(t, 1)
+	waitFor(t, "the delivered rows deleted", func() bool { return f.count("SELECT count(*) FROM revocation_notices") == 0 })
+	time.Sleep(100 * time.Millisecond)
+	if len(f.relay.Messages()) != len(admins) || len(f.hooks.received()) != 1 {
+		t.Fatalf("%d e-mails and %d webhook calls, want %d and 1", len(f.relay.Messages()), len(f.hooks.received()), len(admins))
+	}
+	var to []string
+	for _, m := range msgs {
+		to = append(to, m.To...)
+		if !strings.Contains(m.Text, k[len(k)-4:]) || strings.Contains(m.Text, kg[len(kg)-4:]) {
+			t.Fatalf("e-mail:\n%s", m.Text)
+		}
+	}
+	sort.Strings(to)
+	if strings.Join(to, ",") != strings.Join(admins, ",") {
+		t.Fatalf("e-mailed %v, want %v", to, admins)
+	}
+	if !strings.Contains(hooks[0], c.ID) || strings.Contains(hooks[0], gone.ID) || !strings.Contains(hooks[0], `"event":"api_key.revoked"`) {
+		t.Fatalf("webhook: %s", hooks[0])
+	}
+	if f.outbox.delivered.Load() != int64(len(admins)+1) {
+		t.Fatalf("delivered %d", f.outbox.delivered.Load())
 	}
 }
 

@@ -9,10 +9,11 @@
 // function checks the signature against GitHub's published keys, then
 // for each token: checks its format and checksum without I/O, looks the
 // well-formed ones up by HMAC in one query, revokes the matches in one
-// transaction with one audit row each, notifies each affected customer
-// (e-mail to its admins, and the operator's security webhooks) in the
-// background, and answers GitHub a label per token: true_positive for a
-// key of ours (revoked now or before), false_positive otherwise.
+// transaction with one audit row each and the notices to each affected
+// customer (e-mail to its admins, and the operator's security webhooks),
+// which it then delivers in the background (outbox.go), and answers
+// GitHub a label per token: true_positive for a key of ours (revoked now
+// or before), false_positive otherwise.
 //
 // The route is public (GitHub has no credential of ours); the per-IP
 // bucket applies at the edge. Answers: 200 labels; 400 missing headers or
@@ -21,7 +22,7 @@
 // GitHub's keys or the database cannot be reached.
 //
 // Grants: the runtime PostgreSQL role (UPDATE api_keys, INSERT
-// api_audit_log, SELECT users) and the key pepper (it hashes the reported
+// api_audit_log, SELECT users, revocation_notices) and the key pepper (it hashes the reported
 // tokens). Settings: GUARDIAN_GITHUB_KEYS_URL (default GitHub's),
 // GUARDIAN_SMTP_ADDR, GUARDIAN_SMTP_FROM, GUARDIAN_SMTP_USER,
 // GUARDIAN_SMTP_PASSWORD, GUARDIAN_SECURITY_WEBHOOKS (comma-separated
@@ -33,9 +34,9 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/url"
-	"time"
 
 	"go.uber.org/zap"
 
@@ -70,26 +71,38 @@ func setup(ctx context.Context, log *zap.Logger, env *config.Loader) (http.Handl
 	if err != nil {
 		return nil, nil, err
 	}
-	ncfg.Log = log.Named("notify")
-	notifier, err := notify.New(ncfg)
-	if err != nil {
-		return nil, nil, err
-	}
-	if !notifier.MailEnabled() {
+	var mailer *notify.Mailer
+	if ncfg.SMTP.Addr != "" {
+		if mailer, err = notify.NewMailer(ncfg.SMTP); err != nil {
+			return nil, nil, err
+		}
+	} else {
 		log.Warn("secret scanning: " + notify.EnvSMTPAddr + " is not set; customers will not be e-mailed about revoked keys")
+	}
+	guard, err := notify.NewGuard(ncfg.Allow, nil)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", notify.EnvWebhookAllow, err)
 	}
 	pool, err := db.Open(ctx, config.PGAppDSN, dsn, 4)
 	if err != nil {
-		notifier.Close(ctx)
 		return nil, nil, err
 	}
-	h := &handler{db: pool, hasher: apikey.NewHasher(pepper), keys: newKeySource(keysURL, log), notifier: notifier, webhooks: webhooks, log: log, chain: newChain()}
+	ob := newOutbox(pool, mailer, notify.NewWebhooks(guard), webhooks, log)
+	h := &handler{db: pool, hasher: apikey.NewHasher(pepper), keys: newKeySource(keysURL, log), outbox: ob, log: log, chain: newChain()}
+	// The outbox delivers notices for as long as the function runs, those
+	// an earlier process left included (the Caddyfile keeps one warm).
+	octx, stop := context.WithCancel(context.Background())
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		ob.run(octx)
+	}()
 	closeFn := func() {
-		// The runtime kills a function 10 s after asking it to stop:
-		// notices still queued after 5 s are logged as failed.
-		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		notifier.Close(cctx)
+		// The runtime kills a function 10 s after asking it to stop. A
+		// delivery cut short stays in the table, due at once, for the
+		// next process.
+		stop()
+		<-stopped
 		pool.Close()
 	}
 	return h.routes(), closeFn, nil

@@ -57,7 +57,11 @@ type requestInfo struct {
 // revoked, in one transaction: a key is never revoked without its row.
 // The rows join ch, this process's audit hash chain, so that verify holds
 // them as it holds the edge's.
-func revoke(ctx context.Context, db *pgxpool.Pool, ch *chain, cands []candidate, req requestInfo) ([]match, error) {
+//
+// then, when given, runs in the same transaction after the rows, with the
+// keys revoked (it queues their notices).
+func revoke(ctx context.Context, db *pgxpool.Pool, ch *chain, cands []candidate, req requestInfo,
+	then func(context.Context, pgx.Tx, []match) error) ([]match, error) {
 	hashes := make([][]byte, len(cands))
 	metas := make([]string, len(cands))
 	for i := range cands {
@@ -127,6 +131,15 @@ func revoke(ctx context.Context, db *pgxpool.Pool, ch *chain, cands []candidate,
 		if err := tx.SendBatch(ctx, b).Close(); err != nil {
 			return err
 		}
+		if then != nil {
+			done := make([]match, len(revoked))
+			for i, rv := range revoked {
+				done[i] = rv.m
+			}
+			if err := then(ctx, tx, done); err != nil {
+				return err
+			}
+		}
 		ch.next, ch.nextPrev = seq, prev
 		return nil
 	})
@@ -145,6 +158,11 @@ func revoke(ctx context.Context, db *pgxpool.Pool, ch *chain, cands []candidate,
 	return matches, nil
 }
 
+// querier is a pool or a transaction.
+type querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
 func deref(s *string) string {
 	if s == nil {
 		return ""
@@ -153,7 +171,7 @@ func deref(s *string) string {
 }
 
 // adminEmails returns the e-mail addresses of each customer's admins.
-func adminEmails(ctx context.Context, db *pgxpool.Pool, customers []string) (map[string][]string, error) {
+func adminEmails(ctx context.Context, db querier, customers []string) (map[string][]string, error) {
 	rows, err := db.Query(ctx, `SELECT customer_id::text, email FROM users
 		WHERE customer_id = ANY($1::uuid[]) AND role = 'admin' ORDER BY email`, customers)
 	if err != nil {
