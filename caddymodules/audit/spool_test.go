@@ -209,3 +209,65 @@ func TestSpoolSegmentReadsInBatchesAndCountsDamage(t *testing.T) {
 		t.Fatalf("rows %v in batches %v", got, sizes)
 	}
 }
+
+// A failed append whose segment cannot be cut back leaves part of a line
+// at the segment's end: the next rows must go to a new segment, not after
+// that part, where the first of them would be joined to it and lost.
+// /dev/full stands in for the segment: writes fail (ENOSPC) and so does
+// truncating it (EINVAL).
+func TestAppendAfterAFailedCutGoesToANewSegment(t *testing.T) {
+	s, err := openSpool(t.TempDir(), 1<<30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r1, r2, r4 := testRow(1), testRow(2), testRow(4)
+	if err := s.append([]*audit.Row{r1, r2}); err != nil {
+		t.Fatal(err)
+	}
+	first := s.curName
+	full, err := os.OpenFile("/dev/full", os.O_WRONLY, 0)
+	if err != nil {
+		t.Skipf("no /dev/full: %v", err)
+	}
+	if err := s.cur.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s.cur = full
+	err = s.append([]*audit.Row{testRow(3)})
+	if err == nil || !strings.Contains(err.Error(), "could not be cut back") {
+		t.Fatalf("append to a full, uncuttable segment: %v", err)
+	}
+	if s.cur != nil {
+		t.Fatal("the segment that could not be cut back is still the one written")
+	}
+	if err := s.append([]*audit.Row{r4}); err != nil {
+		t.Fatal(err)
+	}
+	if s.curName == first || s.curName == "" {
+		t.Fatalf("rows after the failure went to %q, the first segment was %q", s.curName, first)
+	}
+	if err := s.seal(); err != nil {
+		t.Fatal(err)
+	}
+	names, err := s.sealed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, n := range names {
+		rows, err := s.read(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rows {
+			got = append(got, r.RequestID)
+		}
+	}
+	want := []string{r1.RequestID, r2.RequestID, r4.RequestID}
+	if !slices.Equal(got, want) {
+		t.Fatalf("spool holds %v, want %v", got, want)
+	}
+	if err := s.close(); err != nil {
+		t.Fatal(err)
+	}
+}
