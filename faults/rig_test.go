@@ -512,11 +512,8 @@ func cpuTicks(pid int) int {
 // functionPid finds the running process of function name among Caddy's
 // children.
 func (r *rig) functionPid(name string) int {
-	for _, pid := range testenv.Children(r.stack.Cmd.Process.Pid) {
-		b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
-		if bin, _, _ := strings.Cut(string(b), "\x00"); strings.HasSuffix(bin, "/functions/"+name) {
-			return pid
-		}
+	if pids := testenv.FunctionChildren(r.stack.Cmd.Process.Pid, name); len(pids) > 0 {
+		return pids[0]
 	}
 	return 0
 }

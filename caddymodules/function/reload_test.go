@@ -34,9 +34,9 @@ func healthzPid(t *testing.T, stack *testenv.Stack) int {
 	if resp.StatusCode != 200 {
 		t.Fatalf("healthz: %d", resp.StatusCode)
 	}
-	kids := testenv.Children(stack.Cmd.Process.Pid)
+	kids := testenv.FunctionChildren(stack.Cmd.Process.Pid, "healthz")
 	if len(kids) != 1 {
-		t.Fatalf("caddy has children %v, want one function", kids)
+		t.Fatalf("caddy runs healthz as %v, want one process", kids)
 	}
 	return kids[0]
 }

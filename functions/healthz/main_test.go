@@ -143,9 +143,9 @@ func TestHealthzFunctionCannotSeeTheKeyPepper(t *testing.T) {
 	if resp, _ := get(t, stack.URL+"/healthz"); resp.StatusCode != 200 {
 		t.Fatalf("healthz: %d", resp.StatusCode)
 	}
-	children := testenv.Children(stack.Cmd.Process.Pid)
+	children := testenv.FunctionChildren(stack.Cmd.Process.Pid, "healthz")
 	if len(children) != 1 {
-		t.Fatalf("caddy has children %v, want the healthz function alone", children)
+		t.Fatalf("caddy runs healthz as %v, want one process", children)
 	}
 	environ, err := os.ReadFile("/proc/" + strconv.Itoa(children[0]) + "/environ")
 	if err != nil {

@@ -44,6 +44,20 @@ func Children(pid int) []int {
 	return out
 }
 
+// FunctionChildren lists the live child processes of pid that run the
+// function name (argv[0] ends in /functions/<name>): Caddy's children
+// include every function kept warm, not only those a test called.
+func FunctionChildren(pid int, name string) []int {
+	var out []int
+	for _, child := range Children(pid) {
+		b, _ := os.ReadFile("/proc/" + strconv.Itoa(child) + "/cmdline")
+		if bin, _, _ := strings.Cut(string(b), "\x00"); strings.HasSuffix(bin, "/functions/"+name) {
+			out = append(out, child)
+		}
+	}
+	return out
+}
+
 // ProcessesMentioning lists live processes whose command line or working
 // directory mentions dir, as "pid command line".
 func ProcessesMentioning(dir string) []string {
