@@ -713,3 +713,35 @@ func TestRevocationOutlivesTheRequest(t *testing.T) {
 		t.Fatalf("the reported key's revoked_reason is %q after GitHub went away, want %q", r, RevokedReason)
 	}
 }
+
+// While the table cannot be read (here: the role's grant is gone, as
+// when the database refuses it), the outbox keeps polling and delivers
+// once it can.
+func TestOutboxRetriesAnUnreadableTable(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, fixtureOpts{stopped: true})
+	c, admins := f.customer()
+	k := c.AccountKey(t, "write")
+	if a := f.signed(payload(t, item{k, "guardian_account_key", "https://github.com/a/b/blob/c/d", "content"})); a.status != 200 {
+		t.Fatalf("%d %s", a.status, a.raw)
+	}
+	ctx := context.Background()
+	role := pgx.Identifier{f.pool.Config().ConnConfig.User}.Sanitize()
+	if _, err := f.pg.Owner.Exec(ctx, "REVOKE SELECT ON revocation_notices FROM "+role); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.outbox.deliverDue(ctx); err == nil {
+		t.Fatal("took rows without the grant")
+	}
+	f.startOutbox(f.outbox)
+	time.Sleep(100 * time.Millisecond) // polls that fail
+	if len(f.relay.Messages()) != 0 {
+		t.Fatal("delivered without reading the table")
+	}
+	if _, err := f.pg.Owner.Exec(ctx, "GRANT SELECT ON revocation_notices TO "+role); err != nil {
+		t.Fatal(err)
+	}
+	f.relay.WaitMessages(t, len(admins), 10*time.Second)
+	f.hooks.wait(t, 1)
+	waitFor(t, "the delivered rows deleted", func() bool { return f.count("SELECT count(*) FROM revocation_notices") == 0 })
+}
