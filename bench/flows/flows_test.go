@@ -4,7 +4,11 @@
 // rather than one module:
 //
 //   - BenchmarkIngestFullEdge: collector snapshots per second accepted by
-//     POST /api/v1/ingest and stored in ClickHouse (target: 5,000/s).
+//     POST /api/v1/ingest and stored in ClickHouse (target: 5,000/s). It
+//     asks 10% more than the target by default: the rate is counted up to
+//     the last answer, which trails the last request by the ingest batch's
+//     wait (~0.3 s), so a run asking exactly 5,000/s that stores every
+//     snapshot still reads ~0.99x over 30 s.
 //   - BenchmarkHealthzDuringLoginFlood: /healthz latency while 200
 //     concurrent clients, each from another address, try passwords at
 //     /auth/login (target: p99 under 50 ms).
@@ -43,7 +47,7 @@ import (
 var (
 	duration    = flag.Duration("flows.d", 10*time.Second, "how long each load runs")
 	ingestKeys  = flag.Int("flows.ingest-keys", 64, "collector keys the snapshots are spread over (4 per customer)")
-	ingestRate  = flag.Float64("flows.ingest-rate", 5000, "snapshots per second asked (open loop)")
+	ingestRate  = flag.Float64("flows.ingest-rate", 5500, "snapshots per second asked (open loop; the target is 5,000)")
 	floodConc   = flag.Int("flows.flood-c", 200, "concurrent clients flooding /auth/login")
 	healthzRate = flag.Float64("flows.healthz-rate", 50, "/healthz requests per second during the flood")
 	ingestNet   = flag.Bool("flows.ingest-nethttp", false, "send snapshots with net/http's client instead of harness.RawClient (costs this machine ~40 µs more CPU per snapshot)")
