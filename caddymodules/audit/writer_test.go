@@ -398,6 +398,54 @@ func TestVerifyInASnapshotIsNotFooledByADeletionMeanwhile(t *testing.T) {
 	}
 }
 
+// Verify reads the customers of its snapshot in a transaction of their
+// own that ends at once: the walk holds no lock on customers, so a
+// migration of customers need not wait for it. Both still see one moment.
+func TestVerifyWalkHoldsNoLockOnCustomers(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pg := testenv.Postgres(t)
+	c := testenv.NewCustomer(t, pg.Owner, []byte("p"), []byte("s"))
+	w := newWriter(t, pg.AppDSN, 1<<20)
+	r := testRow(1)
+	r.CustomerID = c.ID
+	if err := w.Record(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := audit.Snapshot(ctx, pg.Owner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	customers, err := audit.CustomersAsOf(ctx, tx, pg.Owner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Deleted after the customers were read and before the walk: the
+	// walk sees the moment the customers were read in, so the row is not
+	// yet nulled (it would look moved otherwise).
+	if _, err := pg.App(t).Exec(ctx, "DELETE FROM customers WHERE id = $1", c.ID); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := audit.VerifyWith(ctx, tx, customers, nil)
+	if err != nil || !rep.OK() || rep.Rows != 1 {
+		t.Fatalf("verify: %+v %v", rep, err)
+	}
+	// While the walk's transaction is open, customers can be locked
+	// exclusively, as ALTER TABLE does.
+	lock, err := pg.Owner.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = lock.Rollback(ctx) }()
+	if _, err := lock.Exec(ctx, "SET LOCAL lock_timeout = '5s'"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lock.Exec(ctx, "LOCK TABLE customers IN ACCESS EXCLUSIVE MODE"); err != nil {
+		t.Fatalf("customers cannot be locked while verify walks: %v", err)
+	}
+}
+
 // afterFirstQuery runs do before its second query: after verify has read
 // the customers, before it reads the rows.
 type afterFirstQuery struct {

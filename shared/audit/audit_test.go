@@ -223,7 +223,7 @@ func TestSaltedCustomerDigest(t *testing.T) {
 func TestMovedRows(t *testing.T) {
 	const a, b, gone = "a0000000-0000-4000-8000-000000000000", "b0000000-0000-4000-8000-000000000000", "c0000000-0000-4000-8000-000000000000"
 	saltA, saltB, saltGone := []byte("sa"), []byte("sb"), []byte("sc")
-	live := liveCustomers{salted: map[string][]byte{}, live: map[string]bool{}}
+	live := Customers{salted: map[string][]byte{}, live: map[string]bool{}}
 	for id, salt := range map[string][]byte{a: saltA, b: saltB} {
 		d := SaltedCustomerDigest(salt, id)
 		live.salted[id], live.live[string(d)], live.live[string(CustomerDigest(id))] = d, true, true

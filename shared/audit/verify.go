@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"sort"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -71,7 +72,8 @@ FROM api_audit_log WHERE writer_id IS NOT NULL ORDER BY writer_id, writer_seq`
 // Snapshot begins the transaction Verify should run in: read-only and
 // repeatable-read, so that customers and rows are read as of one moment.
 // Read in two statements without it, a customer deleted between them
-// would have its freshly nulled rows reported as moved.
+// would have its freshly nulled rows reported as moved. CustomersAsOf
+// reads the customers of the same moment without it holding their lock.
 func Snapshot(ctx context.Context, db interface {
 	BeginTx(context.Context, pgx.TxOptions) (pgx.Tx, error)
 }) (pgx.Tx, error) {
@@ -80,6 +82,33 @@ func Snapshot(ctx context.Context, db interface {
 		return nil, fmt.Errorf("audit verify: %w", err)
 	}
 	return tx, nil
+}
+
+// CustomersAsOf reads the customers as tx (from Snapshot) sees them, in a
+// transaction of side's (another connection) that imports tx's snapshot
+// and ends at once. tx then reads nothing but the audit log, so it holds
+// no lock on customers for the walk, which may take minutes: a migration
+// that rewrites customers, and every sign-in queued behind its lock, need
+// not wait for verify.
+func CustomersAsOf(ctx context.Context, tx pgx.Tx, side interface {
+	BeginTx(context.Context, pgx.TxOptions) (pgx.Tx, error)
+}) (Customers, error) {
+	var id string
+	if err := tx.QueryRow(ctx, "SELECT pg_export_snapshot()").Scan(&id); err != nil {
+		return Customers{}, fmt.Errorf("audit verify: export snapshot: %w", err)
+	}
+	if id == "" || strings.Trim(id, "0123456789ABCDEFabcdef-") != "" {
+		return Customers{}, fmt.Errorf("audit verify: unexpected snapshot id %q", id)
+	}
+	stx, err := side.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return Customers{}, fmt.Errorf("audit verify: %w", err)
+	}
+	defer func() { _ = stx.Rollback(context.WithoutCancel(ctx)) }()
+	if _, err := stx.Exec(ctx, "SET TRANSACTION SNAPSHOT '"+id+"'"); err != nil {
+		return Customers{}, fmt.Errorf("audit verify: import snapshot: %w", err)
+	}
+	return ReadCustomers(ctx, stx)
 }
 
 // Verify walks every writer's chain in one pass and reports the first
@@ -91,12 +120,18 @@ func Verify(ctx context.Context, db Querier) (Report, error) { return VerifyAgai
 // earlier run reported (nil: none): each chain must still reach its kept
 // head, with the same hash there.
 func VerifyAgainst(ctx context.Context, db Querier, kept Heads) (Report, error) {
-	rep := Report{Heads: Heads{}}
 	// Read before the walk: db may be one connection, busy meanwhile.
-	customers, err := readCustomers(ctx, db)
+	customers, err := ReadCustomers(ctx, db)
 	if err != nil {
-		return rep, err
+		return Report{Heads: Heads{}}, err
 	}
+	return VerifyWith(ctx, db, customers, kept)
+}
+
+// VerifyWith is VerifyAgainst with the customers read already, as of the
+// moment db sees (CustomersAsOf).
+func VerifyWith(ctx context.Context, db Querier, customers Customers, kept Heads) (Report, error) {
+	rep := Report{Heads: Heads{}}
 	rows, err := db.Query(ctx, verifyQuery)
 	if err != nil {
 		return rep, fmt.Errorf("audit verify: %w", err)
@@ -204,22 +239,23 @@ func VerifyAgainst(ctx context.Context, db Querier, kept Heads) (Report, error) 
 	return rep, rest.Err()
 }
 
-// liveCustomers tells whether a row's customer_id is the one it was
-// written for (its hashed customer_digest), or was nulled while that
-// customer still exists: either means the row was moved between
-// customers' logs. Deleting a customer nulls its rows and removes it (and
-// its salt), so a nulled row of a deleted customer is as it should be.
-type liveCustomers struct {
+// Customers tells whether a row's customer_id is the one it was written
+// for (its hashed customer_digest), or was nulled while that customer
+// still exists: either means the row was moved between customers' logs.
+// Deleting a customer nulls its rows and removes it (and its salt), so a
+// nulled row of a deleted customer is as it should be.
+type Customers struct {
 	salted map[string][]byte // customer id: SaltedCustomerDigest
 	live   map[string]bool   // every digest form of each existing customer
 }
 
-func readCustomers(ctx context.Context, db Querier) (liveCustomers, error) {
+// ReadCustomers reads every customer's digests.
+func ReadCustomers(ctx context.Context, db Querier) (Customers, error) {
 	rows, err := db.Query(ctx, "SELECT id::text, audit_salt FROM customers")
 	if err != nil {
-		return liveCustomers{}, fmt.Errorf("audit verify: customers: %w", err)
+		return Customers{}, fmt.Errorf("audit verify: customers: %w", err)
 	}
-	c := liveCustomers{salted: map[string][]byte{}, live: map[string]bool{}}
+	c := Customers{salted: map[string][]byte{}, live: map[string]bool{}}
 	var id string
 	var salt []byte
 	_, err = pgx.ForEachRow(rows, []any{&id, &salt}, func() error {
@@ -230,12 +266,12 @@ func readCustomers(ctx context.Context, db Querier) (liveCustomers, error) {
 		return nil
 	})
 	if err != nil {
-		return liveCustomers{}, fmt.Errorf("audit verify: customers: %w", err)
+		return Customers{}, fmt.Errorf("audit verify: customers: %w", err)
 	}
 	return c, nil
 }
 
-func (c liveCustomers) moved(r *Row) bool {
+func (c Customers) moved(r *Row) bool {
 	switch {
 	case r.CustomerDigest == nil: // written before customer_digest
 		return false

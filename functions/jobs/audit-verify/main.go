@@ -57,20 +57,32 @@ func run(ctx context.Context, env *config.Loader, r *job.Report) error {
 			return err
 		}
 	}
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		return fmt.Errorf("cannot connect to PostgreSQL")
+	// Two connections: the walk's snapshot, and a moment's transaction in
+	// the same snapshot that reads the customers and ends, so the walk
+	// holds no lock on customers (audit.CustomersAsOf).
+	var conns [2]*pgx.Conn
+	for i := range conns {
+		c, err := pgx.Connect(ctx, dsn)
+		if err != nil {
+			return fmt.Errorf("cannot connect to PostgreSQL")
+		}
+		defer c.Close(context.Background())
+		conns[i] = c
 	}
-	defer conn.Close(context.Background())
-	tx, err := audit.Snapshot(ctx, conn)
+	tx, err := audit.Snapshot(ctx, conns[0])
 	if err != nil {
 		return err
 	}
-	rep, err := audit.VerifyAgainst(ctx, tx, kept)
+	defer func() { _ = tx.Rollback(context.Background()) }()
+	customers, err := audit.CustomersAsOf(ctx, tx, conns[1])
+	if err != nil {
+		return err
+	}
+	rep, err := audit.VerifyWith(ctx, tx, customers, kept)
+	if err != nil {
+		return err
+	}
 	_ = tx.Rollback(context.Background())
-	if err != nil {
-		return err
-	}
 	breaks := make([]string, len(rep.Breaks))
 	for i, b := range rep.Breaks {
 		breaks[i] = b.String()
