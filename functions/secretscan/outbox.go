@@ -2,13 +2,10 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
-	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -93,7 +90,7 @@ func (o *outbox) queue(ctx context.Context, tx pgx.Tx, notices []notice) error {
 		}
 		// One body for every webhook and every retry: its id lets a
 		// receiver drop a repeat.
-		body, err := json.Marshal(map[string]any{"id": newNoticeID(), "event": nt.Event, "occurred_at": time.Now().UTC(), "data": nt.Data})
+		body, err := json.Marshal(map[string]any{"id": notify.NewID(), "event": nt.Event, "occurred_at": time.Now().UTC(), "data": nt.Data})
 		if err != nil {
 			return fmt.Errorf("webhook body: %w", err)
 		}
@@ -247,19 +244,10 @@ func (o *outbox) backoff(n int) time.Duration {
 }
 
 // safeTarget names a delivery's target for the logs: never an address,
-// and of a webhook only its host (its path is often its secret).
+// and of a webhook only its host.
 func (o *outbox) safeTarget(p *pendingNotice) string {
 	if p.channel != "webhook" {
 		return "admin"
 	}
-	if u, err := url.Parse(p.target); err == nil && u.Host != "" {
-		return u.Host
-	}
-	return "(unparsable URL)"
-}
-
-func newNoticeID() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
+	return notify.HostOf(p.target)
 }

@@ -197,7 +197,7 @@ func (n *Notifier) MailEnabled() bool { return n.mailer != nil }
 // Send queues the notice's deliveries and returns at once. It never
 // fails: what cannot be queued is logged and counted as dropped.
 func (n *Notifier) Send(notice Notice) {
-	id := newID()
+	id := NewID()
 	at := time.Now().UTC()
 	if len(notice.To) > 0 {
 		if n.mailer == nil {
@@ -216,7 +216,7 @@ func (n *Notifier) Send(notice Notice) {
 	}
 	for _, target := range notice.Webhooks {
 		body := map[string]any{"id": id, "event": notice.Event, "occurred_at": at, "data": notice.Data}
-		n.enqueue(delivery{event: notice.Event, channel: "webhook", target: hostOf(target),
+		n.enqueue(delivery{event: notice.Event, channel: "webhook", target: HostOf(target),
 			send: func(ctx context.Context) error { return n.hooks.Post(ctx, target, body) }})
 	}
 }
@@ -316,14 +316,18 @@ func jitter(d time.Duration) time.Duration {
 	return d + time.Duration((mrand.Float64()*0.4-0.2)*float64(d))
 }
 
-func hostOf(raw string) string {
+// HostOf names a webhook URL for logs by its host alone: its path is
+// often its secret (Slack's, for one).
+func HostOf(raw string) string {
 	if u, err := url.Parse(raw); err == nil && u.Host != "" {
 		return u.Host
 	}
 	return "(unparsable URL)"
 }
 
-func newID() string {
+// NewID returns a random notice id, as webhook bodies carry: a receiver
+// drops a notice whose id it has seen.
+func NewID() string {
 	var b [16]byte
 	_, _ = rand.Read(b[:])
 	return hex.EncodeToString(b[:])
