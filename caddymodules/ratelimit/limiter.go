@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -72,6 +73,7 @@ type Limiter struct {
 	// blocked lists addresses this instance saw run out of ip-tier tokens.
 	blocked *blockList
 	pipe    *pipeliner
+	shapes  shapeArgs
 }
 
 // Degradation handling.
@@ -187,23 +189,72 @@ func (l *Limiter) degrade(now time.Time, err error) {
 
 var errReply = errors.New("rate limiter: unexpected script reply")
 
+// bucketSHA is the script's EVALSHA argument, boxed once.
+var bucketSHA any = bucketScript.Hash()
+
 func (l *Limiter) takeRedis(ctx context.Context, keys []string, buckets []Bucket) (Decision, error) {
-	args := make([]any, 0, 2+2*len(buckets))
-	now := ""
+	// The whole command in one slice, as go-redis would build it: EVALSHA
+	// sha numkeys keys... cost now (capacity rate)...
+	cmd := make([]any, 0, 3+len(keys)+2+2*len(buckets))
+	cmd = append(cmd, "evalsha", bucketSHA, len(keys))
+	for _, k := range keys {
+		cmd = append(cmd, k)
+	}
+	var now any = ""
 	if l.scriptNow != nil {
 		now = strconv.FormatInt(l.scriptNow(), 10)
 	}
-	args = append(args, 1, now)
+	cmd = append(cmd, 1, now)
 	for _, b := range buckets {
-		args = append(args, b.Capacity, b.Rate)
+		capacity, rate := l.shapes.get(b)
+		cmd = append(cmd, capacity, rate)
 	}
 	// EVALSHA in a pipeline shared with concurrent requests, falling back
 	// to EVAL (which loads the script) on NOSCRIPT.
-	res, err := l.pipe.run(ctx, l.timeout, keys, args)
+	res, err := l.pipe.run(ctx, l.timeout, cmd, len(keys))
 	if err != nil {
 		return Decision{}, err
 	}
 	return decode(res, buckets)
+}
+
+// maxShapes bounds the bucket shapes whose arguments are kept boxed; a
+// limiter sees a handful (one per configured tier).
+const maxShapes = 64
+
+// shapeArgs keeps the script arguments of bucket shapes boxed: a float64
+// put in an interface is an allocation, per bucket and decision.
+type shapeArgs struct {
+	mu   sync.Mutex                 // serialises additions
+	list atomic.Pointer[[]shapeArg] // read without the lock
+}
+
+type shapeArg struct {
+	b              Bucket
+	capacity, rate any
+}
+
+// get returns b's capacity and rate as script arguments.
+func (s *shapeArgs) get(b Bucket) (capacity, rate any) {
+	if p := s.list.Load(); p != nil {
+		for _, e := range *p {
+			if e.b == b {
+				return e.capacity, e.rate
+			}
+		}
+	}
+	e := shapeArg{b: b, capacity: b.Capacity, rate: b.Rate}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var cur []shapeArg
+	if p := s.list.Load(); p != nil {
+		cur = *p
+	}
+	if len(cur) < maxShapes && !slices.ContainsFunc(cur, func(x shapeArg) bool { return x.b == b }) {
+		next := append(slices.Clip(cur), e)
+		s.list.Store(&next)
+	}
+	return e.capacity, e.rate
 }
 
 // decode turns the script's reply into a Decision.

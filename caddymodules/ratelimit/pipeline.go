@@ -15,11 +15,15 @@ const maxPipeline = 256
 
 // call is one decision waiting for its place in a pipeline.
 type call struct {
-	keys     []string
-	args     []any
+	cmd      []any // EVALSHA sha numkeys keys... args...
+	nkeys    int
 	deadline time.Time
 	res      chan callResult
 }
+
+// calls are reused once their caller has read the answer (never before:
+// the loop may still answer a call its caller stopped waiting for).
+var calls = sync.Pool{New: func() any { return &call{res: make(chan callResult, 1)} }}
 
 type callResult struct {
 	vals []int64
@@ -61,9 +65,10 @@ var timers = sync.Pool{New: func() any {
 	return t
 }}
 
-// run queues one script call and waits for its answer, for ctx's end, or
-// for timeout to pass (context.DeadlineExceeded).
-func (p *pipeliner) run(ctx context.Context, timeout time.Duration, keys []string, args []any) ([]int64, error) {
+// run queues one script call, cmd (EVALSHA with nkeys keys), and waits
+// for its answer, for ctx's end, or for timeout to pass
+// (context.DeadlineExceeded).
+func (p *pipeliner) run(ctx context.Context, timeout time.Duration, cmd []any, nkeys int) ([]int64, error) {
 	deadline := time.Now().Add(timeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
@@ -79,7 +84,8 @@ func (p *pipeliner) run(ctx context.Context, timeout time.Duration, keys []strin
 		timer.Stop() // since Go 1.23 no stale tick survives Stop
 		timers.Put(timer)
 	}()
-	c := &call{keys: keys, args: args, deadline: deadline, res: make(chan callResult, 1)}
+	c := calls.Get().(*call)
+	c.cmd, c.nkeys, c.deadline = cmd, nkeys, deadline
 	select {
 	case p.in <- c:
 	case <-ctx.Done():
@@ -91,6 +97,8 @@ func (p *pipeliner) run(ctx context.Context, timeout time.Duration, keys []strin
 	}
 	select {
 	case r := <-c.res:
+		c.cmd = nil
+		calls.Put(c)
 		return r.vals, r.err
 	case <-ctx.Done():
 		return nil, ctx.Err() // the answer, when it comes, is dropped
@@ -146,14 +154,23 @@ func (p *pipeliner) send(batch []*call) {
 	cmds := make([]*redis.Cmd, len(batch))
 	pipe := p.rdb.Pipeline()
 	for i, c := range batch {
-		cmds[i] = bucketScript.EvalSha(ctx, pipe, c.keys, c.args...)
+		// As Script.EvalSha makes it, from the slice the caller built.
+		cmds[i] = redis.NewCmd(ctx, c.cmd...)
+		if c.nkeys > 0 {
+			cmds[i].SetFirstKeyPos(3) // where Redis Cluster finds the slot
+		}
+		_ = pipe.Process(ctx, cmds[i])
 	}
 	_, _ = pipe.Exec(ctx)
 	for i, c := range batch {
 		vals, err := cmds[i].Int64Slice()
 		if err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
 			// Redis forgot the script (restart, SCRIPT FLUSH): EVAL loads it.
-			vals, err = bucketScript.Eval(ctx, p.rdb, c.keys, c.args...).Int64Slice()
+			keys := make([]string, c.nkeys)
+			for j := range keys {
+				keys[j], _ = c.cmd[3+j].(string)
+			}
+			vals, err = bucketScript.Eval(ctx, p.rdb, keys, c.cmd[3+c.nkeys:]...).Int64Slice()
 		}
 		c.res <- callResult{vals, err}
 	}
