@@ -15,6 +15,7 @@ import (
 	"net/smtp"
 	"net/textproto"
 	"os"
+	"regexp"
 	"strings"
 	"time"
 )
@@ -150,17 +151,23 @@ func (m *Mailer) deliver(ctx context.Context, to []string, body []byte) (err err
 	if err := w.Close(); err != nil {
 		return smtpErr("DATA", err)
 	}
-	if err := c.Quit(); err != nil {
-		return smtpErr("QUIT", err)
-	}
+	// The relay has accepted the message: a failed QUIT (or a stop now)
+	// must not have it sent again.
+	_ = c.Quit()
 	return nil
 }
 
-// smtpErr names the step that failed; 5xx answers are permanent.
+// addressLike matches what looks like an e-mail address in a relay's
+// reply, which often echoes the recipient.
+var addressLike = regexp.MustCompile(`[^\s<>"'(),;:\[\]]+@[^\s<>"'(),;:\[\]]+`)
+
+// smtpErr names the step that failed; 5xx answers are permanent. The
+// relay's text is kept without the addresses in it: errors are logged,
+// addresses never are.
 func smtpErr(step string, err error) error {
 	var te *textproto.Error
 	if errors.As(err, &te) {
-		e := fmt.Errorf("mail: %s: %d %s", step, te.Code, te.Msg)
+		e := fmt.Errorf("mail: %s: %d %s", step, te.Code, addressLike.ReplaceAllString(te.Msg, "[address]"))
 		if te.Code >= 500 {
 			return Permanent(e)
 		}

@@ -3,6 +3,7 @@ package notify
 import (
 	"context"
 	"crypto/tls"
+	"net/textproto"
 	"strings"
 	"testing"
 	"time"
@@ -82,5 +83,30 @@ func TestMailRefusesHeaderInjectionAndBadRecipients(t *testing.T) {
 	}
 	if _, err := NewMailer(SMTPConfig{Addr: "127.0.0.1:25", From: "not an address"}); err == nil || !strings.Contains(err.Error(), EnvSMTPFrom) {
 		t.Fatalf("bad sender: %v", err)
+	}
+}
+
+// A relay's reply often echoes the recipient; the error (which is logged)
+// keeps the reply without it.
+func TestRelayRepliesLoseTheirAddresses(t *testing.T) {
+	for _, tc := range []struct {
+		msg       string
+		permanent bool
+	}{
+		{"5.1.1 <alice@corp.example>: Recipient address rejected: User unknown", true},
+		{"4.2.0 bob.smith+tag@sub.example.org greylisted, try again later", false},
+		{"5.7.1 Relaying denied for \"carol@x.example\"", true},
+	} {
+		code := 450
+		if tc.permanent {
+			code = 550
+		}
+		err := smtpErr("RCPT TO", &textproto.Error{Code: code, Msg: tc.msg})
+		if strings.Contains(err.Error(), "@") || !strings.Contains(err.Error(), "[address]") {
+			t.Errorf("%q: %v", tc.msg, err)
+		}
+		if IsPermanent(err) != tc.permanent {
+			t.Errorf("%q: permanent %v, want %v", tc.msg, IsPermanent(err), tc.permanent)
+		}
 	}
 }
