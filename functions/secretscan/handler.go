@@ -197,14 +197,31 @@ func (h *handler) process(r *http.Request, reports []report) ([]label, []revoked
 		rep := reports[byHash[m.Hash]]
 		return revokedKey{match: m, URL: clean(rep.URL, 2048), Source: clean(rep.Source, 128)}
 	}
-	// The notices are written with the revocation: one is never committed
-	// without the other.
+	// The notices are written in the revocation's transaction, so a
+	// revocation is committed with its notices. But a notice must not cost
+	// the revocation of a leaked key: they go under a savepoint, and a
+	// failure (a missing grant or table, a bad row) is rolled back to it
+	// and logged. (Running out of the revocation's time ends the
+	// connection, and with it the revocation, which GitHub then retries.)
 	queueNotices := func(ctx context.Context, tx pgx.Tx, done []match) error {
 		keys := make([]revokedKey, len(done))
 		for i, m := range done {
 			keys[i] = where(m)
 		}
-		return h.outbox.queue(ctx, tx, byCustomer(keys))
+		sp, err := tx.Begin(ctx)
+		if err != nil {
+			return err
+		}
+		err = h.outbox.queue(ctx, sp, byCustomer(keys))
+		if err == nil {
+			return sp.Commit(ctx)
+		}
+		if rerr := sp.Rollback(ctx); rerr != nil {
+			return errors.Join(err, rerr)
+		}
+		h.log.Error("secret scanning: revocation notices not written; the keys are revoked, their owners not told",
+			zap.Int("keys", len(keys)), zap.String("request_id", reqID), zap.Error(err))
+		return nil
 	}
 	matches, err := revoke(rctx, h.db, h.chain, cands, requestInfo{
 		ClientIP: audit.NormalizeIP(identity.ClientIP(r)), UserAgent: clean(r.UserAgent(), 512),

@@ -620,8 +620,8 @@ func TestNoticesOutliveTheProcess(t *testing.T) {
 	}
 	// A process takes the rows and dies before delivering them.
 	crashed := f.newOutbox()
-	crashed.lease = 300 * time.Millisecond
-	rows, err := f.pool.Query(ctx, takeDue, crashed.lease, crashed.batch)
+	crashed.lease = 2 * time.Second
+	rows, err := f.pool.Query(ctx, takeDue, crashed.lease, crashed.batch, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -744,4 +744,53 @@ func TestOutboxRetriesAnUnreadableTable(t *testing.T) {
 	f.relay.WaitMessages(t, len(admins), 10*time.Second)
 	f.hooks.wait(t, 1)
 	waitFor(t, "the delivered rows deleted", func() bool { return f.count("SELECT count(*) FROM revocation_notices") == 0 })
+}
+
+// A process without a mail relay (a host whose GUARDIAN_SMTP_ADDR is not
+// set) delivers the webhooks and leaves the e-mail rows to a process that
+// has one, rather than giving them up.
+func TestOutboxWithoutRelayLeavesTheEmails(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, fixtureOpts{stopped: true})
+	c, admins := f.customer()
+	k := c.AccountKey(t, "write")
+	if a := f.signed(payload(t, item{k, "guardian_account_key", "https://github.com/a/b/blob/c/d", "content"})); a.status != 200 {
+		t.Fatalf("%d %s", a.status, a.raw)
+	}
+	relayless := f.newOutbox()
+	relayless.mailer = nil
+	if n, err := relayless.deliverDue(context.Background()); err != nil || n != 1 {
+		t.Fatalf("took %d rows (%v), want the webhook's alone", n, err)
+	}
+	f.hooks.wait(t, 1)
+	if n := f.count("SELECT count(*) FROM revocation_notices WHERE channel = 'email' AND attempts = 0"); n != len(admins) {
+		t.Fatalf("%d untouched e-mail rows, want %d", n, len(admins))
+	}
+	f.startOutbox(f.outbox)
+	f.relay.WaitMessages(t, len(admins), 10*time.Second)
+	waitFor(t, "the delivered rows deleted", func() bool { return f.count("SELECT count(*) FROM revocation_notices") == 0 })
+}
+
+// Notices that cannot be written (here the role lost its INSERT grant on
+// their table) do not cost the revocation: the key is revoked and
+// audited, and the answer is GitHub's labels.
+func TestUnwritableNoticesDoNotStopTheRevocation(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, fixtureOpts{stopped: true})
+	c, _ := f.customer()
+	k := c.AccountKey(t, "write")
+	role := pgx.Identifier{f.pool.Config().ConnConfig.User}.Sanitize()
+	if _, err := f.pg.Owner.Exec(context.Background(), "REVOKE INSERT ON revocation_notices FROM "+role); err != nil {
+		t.Fatal(err)
+	}
+	a := f.signed(payload(t, item{k, "guardian_account_key", "https://github.com/a/b/blob/c/d", "content"}))
+	if a.status != 200 || a.labels[0].Label != TruePositive || f.revokedReason(k) != RevokedReason {
+		t.Fatalf("%d %s", a.status, a.raw)
+	}
+	if n := f.count("SELECT count(*) FROM api_audit_log WHERE action = 'delete' AND resource_type = 'api_key'"); n != 1 {
+		t.Fatalf("%d revocation rows", n)
+	}
+	if n := f.count("SELECT count(*) FROM revocation_notices"); n != 0 {
+		t.Fatalf("%d notices", n)
+	}
 }

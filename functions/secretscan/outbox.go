@@ -150,15 +150,18 @@ type pendingNotice struct {
 	giveUp, canceled bool
 }
 
+// takeDue leases up to $2 due rows for $1; a process without a mail
+// relay ($3 false) leaves e-mail rows to those with one (a host whose
+// relay is not configured must not give up the others' e-mails).
 const takeDue = `UPDATE revocation_notices SET attempts = attempts + 1, next_attempt_at = now() + $1::interval
-WHERE id IN (SELECT id FROM revocation_notices WHERE next_attempt_at <= now()
+WHERE id IN (SELECT id FROM revocation_notices WHERE next_attempt_at <= now() AND (channel <> 'email' OR $3)
              ORDER BY next_attempt_at, id LIMIT $2 FOR UPDATE SKIP LOCKED)
 RETURNING id, customer_id::text, channel, target, subject, body, created_at, attempts`
 
 // deliverDue takes up to batch due rows, delivers them concurrently and
 // records each outcome. It returns how many it took.
 func (o *outbox) deliverDue(ctx context.Context) (int, error) {
-	rows, err := o.db.Query(ctx, takeDue, o.lease, o.batch)
+	rows, err := o.db.Query(ctx, takeDue, o.lease, o.batch, o.mailer != nil)
 	if err != nil {
 		return 0, err
 	}
@@ -174,14 +177,24 @@ func (o *outbox) deliverDue(ctx context.Context) (int, error) {
 		wg.Go(func() { o.attempt(ctx, p) })
 	}
 	wg.Wait()
+	// A stopping process still records what it did, within one deadline
+	// for all (the runtime kills a function 10 s after asking it to stop).
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
 	for _, p := range taken {
-		o.record(ctx, p)
+		o.record(rctx, p)
 	}
 	return len(taken), nil
 }
 
-// attempt makes one delivery of p.
+// attempt makes one delivery of p, unless p is past maxAge (then it is
+// given up unsent: a row whose deletion keeps failing is not sent again
+// and again).
 func (o *outbox) attempt(ctx context.Context, p *pendingNotice) {
+	if time.Since(p.created) >= o.maxAge && p.attempts > 1 {
+		p.err, p.giveUp = errors.New("older than a day"), true
+		return
+	}
 	switch p.channel {
 	case "email":
 		if o.mailer == nil {
@@ -201,10 +214,7 @@ func (o *outbox) attempt(ctx context.Context, p *pendingNotice) {
 // record deletes a delivered or given-up row, or sets when it is due
 // again. Should that fail, the row's lease runs out and it is taken again
 // (an e-mail may then arrive twice).
-func (o *outbox) record(ctx context.Context, p *pendingNotice) {
-	// A stopping process still records what it did.
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
+func (o *outbox) record(rctx context.Context, p *pendingNotice) {
 	fields := []zap.Field{zap.Int64("notice", p.id), zap.String("customer_id", p.customer), zap.String("channel", p.channel),
 		zap.String("target", o.safeTarget(p)), zap.Int("attempts", p.attempts)}
 	var err error
