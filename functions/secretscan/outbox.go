@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	mrand "math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -242,15 +241,14 @@ func (o *outbox) record(rctx context.Context, p *pendingNotice) {
 }
 
 // backoff is the wait before the next attempt after the n-th: retry,
-// doubling, at most maxRetry, with ±20% jitter so that notices that
-// failed together do not retry together.
+// doubling, at most maxRetry, jittered.
 func (o *outbox) backoff(n int) time.Duration {
 	d := o.retry
 	for i := 1; i < n && d < o.maxRetry; i++ {
 		d *= 2
 	}
 	d = min(d, o.maxRetry)
-	return d + time.Duration((mrand.Float64()*0.4-0.2)*float64(d))
+	return notify.Jitter(d)
 }
 
 // safeTarget names a delivery's target for the logs: never an address,

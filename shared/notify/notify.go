@@ -266,7 +266,7 @@ func (n *Notifier) deliver(d delivery) {
 			break
 		}
 		retried := n.retried.Add(1)
-		sleep := jitter(wait)
+		sleep := Jitter(wait)
 		n.log.Warn("notify: delivery failed, retrying", zap.String("event", d.event), zap.String("channel", d.channel), zap.String("target", d.target),
 			zap.Int("attempt", attempt), zap.Duration("retry_in", sleep), zap.Int64("retried_total", retried), zap.Error(err))
 		t := time.NewTimer(sleep)
@@ -311,7 +311,9 @@ func (n *Notifier) Close(ctx context.Context) {
 		zap.Int64("dropped_total", s.Dropped), zap.Int64("retried_total", s.Retried))
 }
 
-func jitter(d time.Duration) time.Duration {
+// Jitter spreads d by ±20%, so that deliveries that failed together do
+// not retry together.
+func Jitter(d time.Duration) time.Duration {
 	// ±20%: deliveries that failed together do not retry together.
 	return d + time.Duration((mrand.Float64()*0.4-0.2)*float64(d))
 }
