@@ -557,10 +557,7 @@ func TestNotificationFailuresDoNotFailTheAnswer(t *testing.T) {
 	f := newFixture(t, fixtureOpts{smtpAddr: "127.0.0.1:1", webhooks: []string{"http://169.254.169.254/latest/meta-data/"}})
 	c, admins := f.customer()
 	k := c.AccountKey(t, "write")
-	a := f.signed(payload(t, item{k, "guardian_account_key", "https://github.com/a/b/blob/c/d", "content"}))
-	if a.status != 200 || a.labels[0].Label != TruePositive || f.revokedReason(k) != RevokedReason {
-		t.Fatalf("%d %s", a.status, a.raw)
-	}
+	f.report(k)
 	waitFor(t, "the webhook given up and the e-mails retried", func() bool {
 		return f.outbox.failed.Load() == 1 && f.outbox.retried.Load() >= 4 &&
 			f.count("SELECT count(*) FROM revocation_notices WHERE channel = 'email' AND attempts >= 2") == len(admins) &&
@@ -722,11 +719,9 @@ func TestOutboxRetriesAnUnreadableTable(t *testing.T) {
 	f := newFixture(t, fixtureOpts{stopped: true})
 	c, admins := f.customer()
 	k := c.AccountKey(t, "write")
-	if a := f.signed(payload(t, item{k, "guardian_account_key", "https://github.com/a/b/blob/c/d", "content"})); a.status != 200 {
-		t.Fatalf("%d %s", a.status, a.raw)
-	}
+	f.report(k)
 	ctx := context.Background()
-	role := pgx.Identifier{f.pool.Config().ConnConfig.User}.Sanitize()
+	role := f.role()
 	if _, err := f.pg.Owner.Exec(ctx, "REVOKE SELECT ON revocation_notices FROM "+role); err != nil {
 		t.Fatal(err)
 	}
@@ -754,9 +749,7 @@ func TestOutboxWithoutRelayLeavesTheEmails(t *testing.T) {
 	f := newFixture(t, fixtureOpts{stopped: true})
 	c, admins := f.customer()
 	k := c.AccountKey(t, "write")
-	if a := f.signed(payload(t, item{k, "guardian_account_key", "https://github.com/a/b/blob/c/d", "content"})); a.status != 200 {
-		t.Fatalf("%d %s", a.status, a.raw)
-	}
+	f.report(k)
 	relayless := f.newOutbox()
 	relayless.mailer = nil
 	if n, err := relayless.deliverDue(context.Background()); err != nil || n != 1 {
@@ -779,18 +772,73 @@ func TestUnwritableNoticesDoNotStopTheRevocation(t *testing.T) {
 	f := newFixture(t, fixtureOpts{stopped: true})
 	c, _ := f.customer()
 	k := c.AccountKey(t, "write")
-	role := pgx.Identifier{f.pool.Config().ConnConfig.User}.Sanitize()
+	role := f.role()
 	if _, err := f.pg.Owner.Exec(context.Background(), "REVOKE INSERT ON revocation_notices FROM "+role); err != nil {
 		t.Fatal(err)
 	}
-	a := f.signed(payload(t, item{k, "guardian_account_key", "https://github.com/a/b/blob/c/d", "content"}))
-	if a.status != 200 || a.labels[0].Label != TruePositive || f.revokedReason(k) != RevokedReason {
-		t.Fatalf("%d %s", a.status, a.raw)
-	}
+	f.report(k)
 	if n := f.count("SELECT count(*) FROM api_audit_log WHERE action = 'delete' AND resource_type = 'api_key'"); n != 1 {
 		t.Fatalf("%d revocation rows", n)
 	}
 	if n := f.count("SELECT count(*) FROM revocation_notices"); n != 0 {
 		t.Fatalf("%d notices", n)
+	}
+}
+
+// report has GitHub report key as found public, and requires it revoked.
+func (f *fixture) report(key string) {
+	f.t.Helper()
+	a := f.signed(payload(f.t, item{key, "guardian_account_key", "https://github.com/a/b/blob/c/d", "content"}))
+	if a.status != 200 || a.labels[0].Label != TruePositive || f.revokedReason(key) != RevokedReason {
+		f.t.Fatalf("%d %s", a.status, a.raw)
+	}
+}
+
+// role is the function's database role, quoted for a GRANT or REVOKE.
+func (f *fixture) role() string { return pgx.Identifier{f.pool.Config().ConnConfig.User}.Sanitize() }
+
+// A function asked to stop while a webhook hangs cuts the delivery short
+// and leaves the row due at once, for the next process; the e-mails it
+// did deliver are gone from the table.
+func TestStopMidDeliveryLeavesTheRowDue(t *testing.T) {
+	t.Parallel()
+	arrived := make(chan struct{}, 1)
+	release := make(chan struct{})
+	hang := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case arrived <- struct{}{}:
+		default:
+		}
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(func() { close(release); hang.Close() })
+	f := newFixture(t, fixtureOpts{stopped: true, webhooks: []string{hang.URL + "/security"}, allow: []string{"127.0.0.1/32"}})
+	c, admins := f.customer()
+	f.report(c.AccountKey(t, "write"))
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f.outbox.run(ctx)
+	}()
+	select {
+	case <-arrived:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the webhook was never called")
+	}
+	f.relay.WaitMessages(t, len(admins), 10*time.Second)
+	stop()
+	<-done
+	if n := f.count("SELECT count(*) FROM revocation_notices WHERE channel = 'webhook' AND attempts = 1 AND next_attempt_at <= now()"); n != 1 {
+		t.Fatalf("%d webhook rows due at once after the stop, want 1", n)
+	}
+	if n := f.count("SELECT count(*) FROM revocation_notices"); n != 1 {
+		t.Fatalf("%d rows left, want the webhook's alone", n)
+	}
+	if f.outbox.failed.Load() != 0 || f.outbox.retried.Load() != 0 {
+		t.Fatalf("a stop counted as a failure: failed %d, retried %d", f.outbox.failed.Load(), f.outbox.retried.Load())
 	}
 }
