@@ -1,12 +1,10 @@
 package testenv
 
 import (
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 )
@@ -75,33 +73,3 @@ func removeOwnBinDir() {
 		ownBinDir = ""
 	}
 }
-
-// FreePort returns a loopback TCP port that was free a moment ago and
-// that no earlier call in this process returned.
-func FreePort(t testing.TB) int {
-	t.Helper()
-	// The kernel may hand the port just released to the next bind: two
-	// calls in a row (one port per server of a stack) must not return the
-	// same one, so ports given out are remembered.
-	givenMu.Lock()
-	defer givenMu.Unlock()
-	for range 100 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := ln.Addr().(*net.TCPAddr).Port
-		ln.Close()
-		if !given[port] {
-			given[port] = true
-			return port
-		}
-	}
-	t.Fatal("no port that was not given out already")
-	return 0
-}
-
-var (
-	givenMu sync.Mutex
-	given   = map[int]bool{}
-)
