@@ -21,12 +21,14 @@ func RedisCluster(t testing.TB) []string {
 	dir := t.TempDir()
 	var addrs []string
 	for i := range 3 {
-		port := FreePort(t)
+		// The cluster bus gets a claimed port of its own: Redis's default,
+		// port+10000, may be any process's ephemeral port.
+		port, bus := FreePort(t), FreePort(t)
 		node := filepath.Join(dir, strconv.Itoa(i))
 		if err := os.MkdirAll(node, 0o700); err != nil {
 			t.Fatal(err)
 		}
-		cmd := exec.Command("redis-server", "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
+		cmd := exec.Command("redis-server", "--port", strconv.Itoa(port), "--cluster-port", strconv.Itoa(bus), "--bind", "127.0.0.1",
 			"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--save", "", "--appendonly", "no",
 			"--dir", node, "--logfile", filepath.Join(node, "redis.log"))
 		if err := cmd.Start(); err != nil {
@@ -34,7 +36,10 @@ func RedisCluster(t testing.TB) []string {
 		}
 		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 		addr := "127.0.0.1:" + strconv.Itoa(port)
-		waitRedis(t, addr)
+		if err := waitRedis(addr); err != nil {
+			log, _ := os.ReadFile(filepath.Join(node, "redis.log"))
+			t.Fatalf("%v; its log:\n%s", err, log)
+		}
 		addrs = append(addrs, addr)
 	}
 	args := append([]string{"--cluster", "create"}, addrs...)
@@ -64,15 +69,15 @@ func RedisCluster(t testing.TB) []string {
 	return addrs
 }
 
-func waitRedis(t testing.TB, addr string) {
-	t.Helper()
+func waitRedis(addr string) error {
 	c := redis.NewClient(&redis.Options{Addr: addr})
 	defer c.Close()
 	deadline := time.Now().Add(10 * time.Second)
 	for c.Ping(context.Background()).Err() != nil {
 		if time.Now().After(deadline) {
-			t.Fatal(fmt.Errorf("testenv: redis at %s did not answer", addr))
+			return fmt.Errorf("testenv: redis at %s did not answer", addr)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	return nil
 }
