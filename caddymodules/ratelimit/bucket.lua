@@ -6,6 +6,13 @@
 -- in tokens per second.
 -- Returns: allowed (1/0), then per key: remaining tokens (floored),
 -- ms until the bucket is full, ms until `cost` tokens are available.
+--
+-- A bucket is one string of 16 bytes, its tokens and the ms of its last
+-- charge as two little-endian doubles, so that all buckets are read by one
+-- MGET and each written by one SET with its expiry: a third less of
+-- Redis's time per decision than a hash per bucket (HMGET, HSET, PEXPIRE
+-- each). A key holding anything else (a hash written by an older version)
+-- reads as a full bucket and is replaced.
 local cost = tonumber(ARGV[1])
 local now = tonumber(ARGV[2])
 if now == nil then
@@ -13,45 +20,42 @@ if now == nil then
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
-local tokens = {}
+local n = #KEYS
+local states = redis.call('MGET', unpack(KEYS))
+local caps, rates, tokens = {}, {}, {}
 local allowed = 1
-for i = 1, #KEYS do
+for i = 1, n do
   local cap = tonumber(ARGV[1 + 2 * i])
   local rate = tonumber(ARGV[2 + 2 * i])
-  local state = redis.call('HMGET', KEYS[i], 't', 'ts')
-  local t = tonumber(state[1])
-  local ts = tonumber(state[2])
-  if t == nil or ts == nil then
-    t = cap
-    ts = now
+  local t, ts = cap, now
+  local s = states[i]
+  if s and #s == 16 then
+    t, ts = struct.unpack('<dd', s)
   end
   if now > ts then
     t = math.min(cap, t + (now - ts) * rate / 1000)
   end
-  tokens[i] = t
+  caps[i], rates[i], tokens[i] = cap, rate, t
   if t < cost then
     allowed = 0
   end
 end
 
 local out = { allowed }
-for i = 1, #KEYS do
-  local cap = tonumber(ARGV[1 + 2 * i])
-  local rate = tonumber(ARGV[2 + 2 * i])
-  local t = tokens[i]
+for i = 1, n do
+  local cap, rate, t = caps[i], rates[i], tokens[i]
   if allowed == 1 then
     t = t - cost
   end
-  redis.call('HSET', KEYS[i], 't', tostring(t), 'ts', tostring(now))
   -- A full bucket is the same as no bucket: let Redis forget it then.
   local full_ms = math.ceil((cap - t) * 1000 / rate)
-  redis.call('PEXPIRE', KEYS[i], full_ms + 1000)
-  out[#out + 1] = math.floor(t)
-  out[#out + 1] = full_ms
+  redis.call('SET', KEYS[i], struct.pack('<dd', t, now), 'PX', full_ms + 1000)
+  out[3 * i - 1] = math.floor(t)
+  out[3 * i] = full_ms
   if t >= cost then
-    out[#out + 1] = 0
+    out[3 * i + 1] = 0
   else
-    out[#out + 1] = math.ceil((cost - t) * 1000 / rate)
+    out[3 * i + 1] = math.ceil((cost - t) * 1000 / rate)
   end
 end
 return out

@@ -2,8 +2,10 @@ package ratelimit
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"strconv"
 	"strings"
@@ -97,9 +99,51 @@ func TestKeyAndAccountAreChargedTogetherOrNotAtAll(t *testing.T) {
 			t.Fatalf("account tier did not bind: %+v", d)
 		}
 	}
-	tokens, err := l.rdb.HGet(context.Background(), keyB, "t").Float64()
-	if err != nil || tokens != 10 {
+	if tokens, _, err := stored(l, keyB); err != nil || tokens != 10 {
 		t.Fatalf("key B charged while refused: %v tokens (%v)", tokens, err)
+	}
+}
+
+// stored reads a bucket as the script keeps it: tokens and the ms of its
+// last charge, two little-endian doubles.
+func stored(l *Limiter, key string) (tokens, at float64, err error) {
+	b, err := l.rdb.Get(context.Background(), key).Bytes()
+	if err != nil {
+		return 0, 0, err
+	}
+	if len(b) != 16 {
+		return 0, 0, fmt.Errorf("bucket of %d bytes", len(b))
+	}
+	return math.Float64frombits(binary.LittleEndian.Uint64(b)), math.Float64frombits(binary.LittleEndian.Uint64(b[8:])), nil
+}
+
+// A key the script cannot read as a bucket (a hash bucket of an older
+// version, a value of the wrong size) counts as a full bucket and is
+// replaced, so a change of encoding neither refuses nor fails open.
+func TestAnUnreadableBucketCountsAsFull(t *testing.T) {
+	t.Parallel()
+	l, clock := newTestLimiter(t)
+	ctx := context.Background()
+	hash, short := l.IPKey("198.51.100.20"), l.IPKey("198.51.100.21")
+	if err := l.rdb.HSet(ctx, hash, "t", "0", "ts", strconv.FormatInt(clock.Load(), 10)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.rdb.Set(ctx, short, "0", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	b := []Bucket{{Capacity: 5, Rate: 1}}
+	for _, k := range []string{hash, short} {
+		if d := l.Take(ctx, []string{k}, b, false); !d.Allowed || d.Remaining != 4 || d.Source != SourceRedis {
+			t.Fatalf("%s: %+v", k, d)
+		}
+		tokens, at, err := stored(l, k)
+		if err != nil || tokens != 4 || at != float64(clock.Load()) {
+			t.Fatalf("%s after a take: %v tokens at %v (%v)", k, tokens, at, err)
+		}
+		// Forgotten by Redis once full again: 1 s to refill, plus 1 s.
+		if ttl := l.rdb.PTTL(ctx, k).Val(); ttl <= time.Second || ttl > 2*time.Second {
+			t.Fatalf("%s expires in %v", k, ttl)
+		}
 	}
 }
 
