@@ -20,6 +20,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/glassmkr/guardian/shared/apikey"
 	shaudit "github.com/glassmkr/guardian/shared/audit"
@@ -762,6 +764,53 @@ func TestOutboxWithoutRelayLeavesTheEmails(t *testing.T) {
 	f.startOutbox(f.outbox)
 	f.relay.WaitMessages(t, len(admins), 10*time.Second)
 	waitFor(t, "the delivered rows deleted", func() bool { return f.count("SELECT count(*) FROM revocation_notices") == 0 })
+}
+
+// An outcome that cannot be recorded (here the role lost its DELETE
+// grant, as when the database goes away right after a delivery) leaves
+// the row leased, not lost: nothing takes it again before the lease ends,
+// and then it is delivered again (at least once; the webhook's body keeps
+// its id, so a receiver can drop the repeat).
+func TestAnUnrecordedOutcomeIsDeliveredAgainAfterItsLease(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, fixtureOpts{stopped: true})
+	c, admins := f.customer()
+	f.report(c.AccountKey(t, "write"))
+	ctx := context.Background()
+	role := f.role()
+	if _, err := f.pg.Owner.Exec(ctx, "REVOKE DELETE ON revocation_notices FROM "+role); err != nil {
+		t.Fatal(err)
+	}
+	core, logs := observer.New(zapcore.WarnLevel)
+	ob := f.newOutbox()
+	ob.log, ob.lease = zap.New(core), 2*time.Second
+	want := len(admins) + 1
+	if n, err := ob.deliverDue(ctx); err != nil || n != want {
+		t.Fatalf("took %d rows (%v), want %d", n, err, want)
+	}
+	f.relay.WaitMessages(t, len(admins), 10*time.Second)
+	first := f.hooks.wait(t, 1)
+	if n := logs.FilterMessageSnippet("outcome was not recorded").Len(); n != want {
+		t.Fatalf("%d warnings of an unrecorded outcome, want %d", n, want)
+	}
+	if n := f.count("SELECT count(*) FROM revocation_notices WHERE attempts = 1 AND next_attempt_at > now()"); n != want {
+		t.Fatalf("%d rows still leased, want %d", n, want)
+	}
+	// Within the lease, nothing is taken (nor sent) again.
+	if n, err := ob.deliverDue(ctx); err != nil || n != 0 {
+		t.Fatalf("took %d rows (%v) within their lease", n, err)
+	}
+	if _, err := f.pg.Owner.Exec(ctx, "GRANT DELETE ON revocation_notices TO "+role); err != nil {
+		t.Fatal(err)
+	}
+	// After it, the rows are taken, sent again and deleted.
+	f.startOutbox(f.outbox)
+	f.relay.WaitMessages(t, 2*len(admins), 10*time.Second)
+	again := f.hooks.wait(t, 2)
+	waitFor(t, "the delivered rows deleted", func() bool { return f.count("SELECT count(*) FROM revocation_notices") == 0 })
+	if len(again) != 2 || again[1] != first[0] {
+		t.Fatalf("the repeated webhook call differs from the first:\n%s\n%s", first[0], again[len(again)-1])
+	}
 }
 
 // Notices that cannot be written (here the role lost its INSERT grant on
