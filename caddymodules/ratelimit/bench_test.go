@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -80,6 +81,49 @@ func BenchmarkPingBaseline(b *testing.B) {
 			}
 			reportP50(b, took)
 		})
+	}
+}
+
+// BenchmarkAfterIdle is a lone decision, and a PING beside it, each after
+// 1 ms of quiet: an edge at 1,000 req/s decides that way, with Redis and
+// the client's threads asleep between requests. Against
+// BenchmarkTakeKeyAndAccount's back-to-back calls, the difference is what
+// waking the processes costs on this machine.
+func BenchmarkAfterIdle(b *testing.B) {
+	r := testenv.NewRedis(b)
+	for _, tr := range r.Transports() {
+		c := redis.NewClient(&redis.Options{Addr: tr[1], Password: r.Password})
+		l := NewLimiter(c, r.Prefix, time.Second, nil)
+		keys := []string{l.CredentialKey("bench", "idle"), l.AccountKey("bench")}
+		buckets := []Bucket{{Capacity: 1e9, Rate: 1e9}, {Capacity: 1e9, Rate: 1e9}}
+		ctx := context.Background()
+		l.Take(ctx, keys, buckets, false)
+		for _, op := range []struct {
+			name string
+			do   func() error
+		}{
+			{"take", func() error {
+				if d := l.Take(ctx, keys, buckets, false); d.Source != SourceRedis {
+					return fmt.Errorf("decided by %s", d.Source)
+				}
+				return nil
+			}},
+			{"ping", func() error { return c.Ping(ctx).Err() }},
+		} {
+			b.Run(tr[0]+"/"+op.name, func(b *testing.B) {
+				var took []time.Duration
+				for b.Loop() { // ns/op includes the sleep; p50-us does not
+					time.Sleep(time.Millisecond)
+					start := time.Now()
+					if err := op.do(); err != nil {
+						b.Fatal(err)
+					}
+					took = append(took, time.Since(start))
+				}
+				reportP50(b, took)
+			})
+		}
+		_ = l.Close()
 	}
 }
 
