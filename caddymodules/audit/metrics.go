@@ -14,6 +14,7 @@ var metrics = struct {
 	spoolBytes   prometheus.Gauge
 	spoolFull    prometheus.Gauge
 	writeErrors  prometheus.Counter
+	displaced    prometheus.Counter
 	batchSize    prometheus.Histogram
 }{
 	rows: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -40,6 +41,10 @@ var metrics = struct {
 		Namespace: "guardian", Subsystem: "audit", Name: "write_errors_total",
 		Help: "Batches of audit rows that could be made durable nowhere.",
 	}),
+	displaced: prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "guardian", Subsystem: "audit", Name: "displaced_rows_total",
+		Help: "Audit rows whose chain position held a row their writer did not write, stored in a new chain instead (alert on any).",
+	}),
 	batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
 		Namespace: "guardian", Subsystem: "audit", Name: "batch_rows",
 		Help:    "Rows per group commit.",
@@ -48,5 +53,5 @@ var metrics = struct {
 }
 
 func registerMetrics(reg prometheus.Registerer) error {
-	return guardian.RegisterCollectors(reg, metrics.rows, metrics.replayed, metrics.spoolCorrupt, metrics.spoolBytes, metrics.spoolFull, metrics.writeErrors, metrics.batchSize)
+	return guardian.RegisterCollectors(reg, metrics.rows, metrics.replayed, metrics.spoolCorrupt, metrics.spoolBytes, metrics.spoolFull, metrics.writeErrors, metrics.displaced, metrics.batchSize)
 }

@@ -370,8 +370,9 @@ func (w *Writer) persist(c *chain, rows []*audit.Row) error {
 	for range 3 {
 		if !w.spool.isSpooling() {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			err := insert(ctx, w.db, &c.buf, rows)
+			moved, err := insert(ctx, w.db, &c.buf, rows)
 			cancel()
+			w.logDisplaced(moved)
 			if err == nil {
 				metrics.rows.WithLabelValues("postgres").Add(float64(len(rows)))
 				return nil
@@ -459,9 +460,11 @@ func (w *Writer) replayOnce(ctx context.Context) error {
 			corrupt, err := w.spool.each(name, w.maxBatch, func(rows []*audit.Row) error {
 				ictx, cancel := context.WithTimeout(ctx, 10*time.Second)
 				defer cancel()
-				if err := insertIgnoringDuplicates(ictx, w.db, rows); err != nil {
+				moved, err := insertIgnoringDuplicates(ictx, w.db, rows)
+				if err != nil {
 					return err
 				}
+				w.logDisplaced(moved)
 				replayed += len(rows)
 				return nil
 			})
@@ -518,23 +521,28 @@ var copySQL = "COPY api_audit_log (" + strings.Join(columns, ", ") + ") FROM STD
 // insert writes a batch with one binary COPY, encoded into *buf (reused
 // by the caller's chain). A replayed row (its chain position already
 // stored) makes COPY fail as a whole; the batch is then inserted row by
-// row (insertIgnoringDuplicates).
+// row (insertIgnoringDuplicates), which also stores elsewhere any row
+// whose position another row holds (see displaced).
 //
 // customer_id is stored as given: the table has no foreign key (migration
 // 0011), so a row whose customer was deleted since the request keeps the
 // id until account-purge nulls it.
-func insert(ctx context.Context, db *pgxpool.Pool, buf *[]byte, rows []*audit.Row) error {
+func insert(ctx context.Context, db *pgxpool.Pool, buf *[]byte, rows []*audit.Row) (displaced, error) {
 	if len(rows) == 1 {
 		// A lone row (an edge that is not busy): a prepared INSERT is one
 		// round trip and about a fifth less PostgreSQL CPU than a COPY of
-		// one row, and it handles a replay itself.
-		_, err := db.Exec(ctx, insertOne, values(rows[0])...)
-		return err
+		// one row. It says whether it stored the row.
+		var stored bool
+		err := db.QueryRow(ctx, insertOne, values(rows[0])...).Scan(&stored)
+		if !errors.Is(err, pgx.ErrNoRows) {
+			return displaced{}, err
+		}
+		return insertIgnoringDuplicates(ctx, db, rows)
 	}
 	b, err := copyBinary((*buf)[:0], rows)
 	*buf = b
 	if err != nil {
-		return err
+		return displaced{}, err
 	}
 	err = db.AcquireFunc(ctx, func(c *pgxpool.Conn) error {
 		_, err := c.Conn().PgConn().CopyFrom(ctx, bytes.NewReader(b), copySQL)
@@ -544,24 +552,107 @@ func insert(ctx context.Context, db *pgxpool.Pool, buf *[]byte, rows []*audit.Ro
 	if errors.As(err, &pgErr) && pgErr.Code == "23505" {
 		return insertIgnoringDuplicates(ctx, db, rows)
 	}
-	return err
+	return displaced{}, err
 }
 
-// insertOne stores one row unless its chain position is already stored.
+// insertOne stores one row unless its chain position is already stored,
+// and returns a row when it stored it.
 const insertOne = `INSERT INTO api_audit_log (customer_id, key_id, user_id, occurred_at, source_ip, user_agent, request_id,
 	method, path, resource_type, resource_id, action, result, status_code, metadata, writer_id, writer_seq, prev_hash, row_hash,
 	customer_digest)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
-ON CONFLICT DO NOTHING`
+ON CONFLICT DO NOTHING
+RETURNING true`
 
-// insertIgnoringDuplicates writes rows in one transaction, skipping any
+// storedHash reads the hash of the row at a chain position.
+const storedHash = `SELECT row_hash FROM api_audit_log WHERE writer_id = $1 AND writer_seq = $2`
+
+// displaced tells of rows whose chain position held a row this writer did
+// not write: they were stored in a chain of their own, To.
+type displaced struct {
+	Rows     int
+	From, To string
+	FirstSeq int64
+}
+
+// insertIgnoringDuplicates writes rows in one transaction, skipping those
 // already stored (replays after a crash between commit and spool removal).
-func insertIgnoringDuplicates(ctx context.Context, db *pgxpool.Pool, rows []*audit.Row) error {
-	return pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
-		b := &pgx.Batch{}
-		for _, r := range rows {
-			b.Queue(insertOne, values(r)...)
+//
+// A position held by a row with another hash is not a replay: a role that
+// may insert audit rows wrote there first. Skipping the row would lose
+// it, so it is stored at the start of a new chain (its writer id with a
+// random suffix) instead. Its own chain keeps the foreign row, which the
+// next row of the chain does not link to: verify reports the break.
+func insertIgnoringDuplicates(ctx context.Context, db *pgxpool.Pool, rows []*audit.Row) (displaced, error) {
+	var out displaced
+	err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+		out = displaced{}
+		taken, err := insertEach(ctx, tx, rows)
+		if err != nil {
+			return err
 		}
-		return tx.SendBatch(ctx, b).Close()
+		var moved []*audit.Row
+		for _, r := range taken {
+			var hash []byte
+			if err := tx.QueryRow(ctx, storedHash, r.WriterID, r.WriterSeq).Scan(&hash); err != nil {
+				return fmt.Errorf("audit: reading the row at %s/%d: %w", r.WriterID, r.WriterSeq, err)
+			}
+			if !bytes.Equal(hash, r.RowHash) {
+				moved = append(moved, r)
+			}
+		}
+		if len(moved) == 0 {
+			return nil
+		}
+		var suffix [6]byte
+		_, _ = rand.Read(suffix[:])
+		out = displaced{Rows: len(moved), From: moved[0].WriterID, FirstSeq: moved[0].WriterSeq,
+			To: fmt.Sprintf("%s!%x", moved[0].WriterID, suffix)}
+		rechained := make([]*audit.Row, len(moved))
+		var prev []byte
+		for i, r := range moved {
+			c := *r
+			c.WriterID, c.WriterSeq, c.PrevHash = out.To, int64(i+1), prev
+			c.RowHash = audit.Hash(&c)
+			prev = c.RowHash
+			rechained[i] = &c
+		}
+		if taken, err := insertEach(ctx, tx, rechained); err != nil || len(taken) > 0 {
+			return fmt.Errorf("audit: storing %d displaced rows in chain %s: %d positions taken (%v)", len(moved), out.To, len(taken), err)
+		}
+		return nil
 	})
+	return out, err
+}
+
+// insertEach inserts rows one statement each, in one batch, and returns
+// those whose chain position was already stored.
+func insertEach(ctx context.Context, tx pgx.Tx, rows []*audit.Row) ([]*audit.Row, error) {
+	b := &pgx.Batch{}
+	for _, r := range rows {
+		b.Queue(insertOne, values(r)...)
+	}
+	res := tx.SendBatch(ctx, b)
+	var taken []*audit.Row
+	for _, r := range rows {
+		var stored bool
+		switch err := res.QueryRow().Scan(&stored); {
+		case errors.Is(err, pgx.ErrNoRows):
+			taken = append(taken, r)
+		case err != nil:
+			_ = res.Close()
+			return nil, err
+		}
+	}
+	return taken, res.Close()
+}
+
+// logDisplaced says, loudly, that rows were stored outside their chain.
+func (w *Writer) logDisplaced(d displaced) {
+	if d.Rows == 0 {
+		return
+	}
+	metrics.displaced.Add(float64(d.Rows))
+	w.log.Error("audit chain positions held by rows this writer did not write; its rows were stored in a new chain, and verify will report the break",
+		zap.String("writer_id", d.From), zap.Int64("writer_seq", d.FirstSeq), zap.Int("rows", d.Rows), zap.String("stored_in", d.To))
 }

@@ -17,6 +17,10 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	promtestutil "github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/glassmkr/guardian/shared/audit"
 	"github.com/glassmkr/guardian/shared/identity"
@@ -643,12 +647,12 @@ func TestBothWritePathsStoreEveryColumn(t *testing.T) {
 	for _, r := range rows {
 		c.link(r)
 	}
-	if err := insert(ctx, pool, &buf, rows); err != nil {
+	if _, err := insert(ctx, pool, &buf, rows); err != nil {
 		t.Fatal(err)
 	}
 	for _, r := range alone {
 		c.link(r)
-		if err := insert(ctx, pool, &buf, []*audit.Row{r}); err != nil {
+		if _, err := insert(ctx, pool, &buf, []*audit.Row{r}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -771,7 +775,7 @@ func TestRowsOfADeletedCustomerAreKeptAndAnonymised(t *testing.T) {
 		c.link(r)
 	}
 	var buf []byte
-	if err := insert(ctx, app, &buf, batch); err != nil {
+	if _, err := insert(ctx, app, &buf, batch); err != nil {
 		t.Fatal(err)
 	}
 	counts := func() (kept, late, orphaned int) {
@@ -947,4 +951,102 @@ func TestRecordWithinAFullQueue(t *testing.T) {
 	if err := w.RecordWithin(10*time.Second, testRow(2)); err != nil {
 		t.Fatalf("RecordWithin once the queue had room: %v", err)
 	}
+}
+
+// foreignRow is a row a role that may insert audit rows (the edge's own)
+// places at a chain position before the writer gets there, linked and
+// hashed as the writer would: the strongest such forgery.
+func foreignRow(t *testing.T, db *pgxpool.Pool, writer string, seq int64, prev []byte) {
+	t.Helper()
+	r := testRow(-1)
+	r.WriterID, r.WriterSeq, r.PrevHash, r.CustomerDigest = writer, seq, prev, audit.UnknownCustomer
+	r.RowHash = audit.Hash(r)
+	var stored bool
+	if err := db.QueryRow(context.Background(), insertOne, values(r)...).Scan(&stored); err != nil || !stored {
+		t.Fatalf("foreign row at %s/%d: %v", writer, seq, err)
+	}
+}
+
+// A chain position already holding a row this writer did not write is no
+// replay: the writer's row is stored in a chain of its own rather than
+// skipped (which would lose it), the writer says so, and verify reports
+// the break in the chain that holds the foreign row.
+func TestARowWhosePositionIsTakenIsStoredElsewhere(t *testing.T) {
+	t.Parallel()
+	pg := testenv.Postgres(t)
+	app := pg.App(t)
+	ctx := context.Background()
+	core, logs := observer.New(zapcore.ErrorLevel)
+	w, err := NewWriter(WriterConfig{DSN: pg.AppDSN, SpoolDir: filepath.Join(t.TempDir(), "spool"), Chains: 1, Log: zap.New(core)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = w.Close() })
+	before := promtestutil.ToFloat64(metrics.displaced)
+
+	// The lone-row path: the writer's next position is taken.
+	first := testRow(1)
+	if err := w.Record(ctx, first); err != nil {
+		t.Fatal(err)
+	}
+	foreignRow(t, app, first.WriterID, 2, first.RowHash)
+	second, third := testRow(2), testRow(3)
+	for _, r := range []*audit.Row{second, third} {
+		if err := w.Record(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var writer string
+	var seq int64
+	if err := pg.Owner.QueryRow(ctx, "SELECT writer_id, writer_seq FROM api_audit_log WHERE request_id = $1", second.RequestID).Scan(&writer, &seq); err != nil {
+		t.Fatalf("the displaced row was not stored: %v", err)
+	}
+	if !strings.HasPrefix(writer, first.WriterID+"!") || seq != 1 {
+		t.Fatalf("the displaced row is at %s/%d, want the start of a chain of its own", writer, seq)
+	}
+	if n := logs.FilterMessageSnippet("did not write").Len(); n != 1 {
+		t.Fatalf("%d errors about the taken position, want 1", n)
+	}
+	if got := promtestutil.ToFloat64(metrics.displaced) - before; got < 1 {
+		t.Fatalf("displaced_rows_total grew by %v", got)
+	}
+
+	// The COPY path: a batch of four, the second's position taken.
+	c := &chain{base: testenv.Name("copy"), id: testenv.Name("copy")}
+	batch := []*audit.Row{testRow(10), testRow(11), testRow(12), testRow(13)}
+	for _, r := range batch {
+		c.link(r)
+	}
+	foreignRow(t, app, c.id, 2, batch[0].RowHash)
+	var buf []byte
+	moved, err := insert(ctx, app, &buf, batch)
+	if err != nil || moved.Rows != 1 || moved.From != c.id || moved.FirstSeq != 2 || !strings.HasPrefix(moved.To, c.id+"!") {
+		t.Fatalf("insert: %+v %v", moved, err)
+	}
+	for _, r := range batch {
+		if n := countWhere(t, pg.Owner, "request_id = $1", r.RequestID); n != 1 {
+			t.Fatalf("row %s stored %d times", r.RequestID, n)
+		}
+	}
+
+	rep, err := audit.Verify(ctx, pg.Owner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	broken := map[string]int64{}
+	for _, b := range rep.Breaks {
+		broken[b.WriterID] = b.WriterSeq
+	}
+	if len(rep.Breaks) != 2 || broken[first.WriterID] != 3 || broken[c.id] != 3 {
+		t.Fatalf("verify: %v, want the two chains holding foreign rows broken at seq 3", rep.Breaks)
+	}
+}
+
+func countWhere(t *testing.T, db *pgxpool.Pool, where string, args ...any) int64 {
+	t.Helper()
+	var n int64
+	if err := db.QueryRow(context.Background(), "SELECT count(*) FROM api_audit_log WHERE "+where, args...).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
