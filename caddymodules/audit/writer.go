@@ -372,7 +372,12 @@ func (w *Writer) persist(c *chain, rows []*audit.Row) error {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			moved, err := insert(ctx, w.db, &c.buf, rows)
 			cancel()
-			w.logDisplaced(moved)
+			if moved.Rows > 0 {
+				w.logDisplaced(moved)
+				// Verify stops at a chain's first break: a new chain keeps
+				// the rows to come checked.
+				c.restart()
+			}
 			if err == nil {
 				metrics.rows.WithLabelValues("postgres").Add(float64(len(rows)))
 				return nil
@@ -564,15 +569,16 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $
 ON CONFLICT DO NOTHING
 RETURNING true`
 
-// storedHash reads the hash of the row at a chain position.
-const storedHash = `SELECT row_hash FROM api_audit_log WHERE writer_id = $1 AND writer_seq = $2`
+// storedHashes reads the hashes of the rows at chain positions.
+const storedHashes = `SELECT writer_id, writer_seq, row_hash FROM api_audit_log
+WHERE (writer_id, writer_seq) IN (SELECT * FROM unnest($1::text[], $2::bigint[]))`
 
 // displaced tells of rows whose chain position held a row this writer did
-// not write: they were stored in a chain of their own, To.
+// not write: each was stored as a chain of its own (audit.DisplacedID).
 type displaced struct {
 	Rows     int
-	From, To string
-	FirstSeq int64
+	From, To string // the first such row's
+	FromSeq  int64
 }
 
 // insertIgnoringDuplicates writes rows in one transaction, skipping those
@@ -580,9 +586,9 @@ type displaced struct {
 //
 // A position held by a row with another hash is not a replay: a role that
 // may insert audit rows wrote there first. Skipping the row would lose
-// it, so it is stored at the start of a new chain (its writer id with a
-// random suffix) instead. Its own chain keeps the foreign row, which the
-// next row of the chain does not link to: verify reports the break.
+// it, so it is stored as a chain of its own instead, named for its
+// position and hash, so that storing it again (a replay of this very
+// transaction) finds it stored. verify reports the displacement.
 func insertIgnoringDuplicates(ctx context.Context, db *pgxpool.Pool, rows []*audit.Row) (displaced, error) {
 	var out displaced
 	err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
@@ -591,38 +597,87 @@ func insertIgnoringDuplicates(ctx context.Context, db *pgxpool.Pool, rows []*aud
 		if err != nil {
 			return err
 		}
-		var moved []*audit.Row
-		for _, r := range taken {
-			var hash []byte
-			if err := tx.QueryRow(ctx, storedHash, r.WriterID, r.WriterSeq).Scan(&hash); err != nil {
-				return fmt.Errorf("audit: reading the row at %s/%d: %w", r.WriterID, r.WriterSeq, err)
+		foreign, err := notStored(ctx, tx, taken)
+		if err != nil || len(foreign) == 0 {
+			return err
+		}
+		moved := make([]*audit.Row, len(foreign))
+		for i, r := range foreign {
+			moved[i] = alone(r, audit.DisplacedID(r.WriterID, r.WriterSeq, r.RowHash[:6]))
+		}
+		taken, err = insertEach(ctx, tx, moved)
+		if err != nil {
+			return err
+		}
+		// Stored there already (a replay), or taken by yet another row:
+		// then a random name, which nobody can have taken.
+		again, err := notStored(ctx, tx, taken)
+		if err != nil {
+			return err
+		}
+		for _, r := range again {
+			var name [6]byte
+			_, _ = rand.Read(name[:])
+			if taken, err := insertEach(ctx, tx, []*audit.Row{alone(r, audit.DisplacedID(r.WriterID, r.WriterSeq, name[:]))}); err != nil || len(taken) > 0 {
+				return fmt.Errorf("audit: storing a displaced row: position taken (%v)", err)
 			}
-			if !bytes.Equal(hash, r.RowHash) {
-				moved = append(moved, r)
-			}
 		}
-		if len(moved) == 0 {
-			return nil
-		}
-		var suffix [6]byte
-		_, _ = rand.Read(suffix[:])
-		out = displaced{Rows: len(moved), From: moved[0].WriterID, FirstSeq: moved[0].WriterSeq,
-			To: fmt.Sprintf("%s!%x", moved[0].WriterID, suffix)}
-		rechained := make([]*audit.Row, len(moved))
-		var prev []byte
-		for i, r := range moved {
-			c := *r
-			c.WriterID, c.WriterSeq, c.PrevHash = out.To, int64(i+1), prev
-			c.RowHash = audit.Hash(&c)
-			prev = c.RowHash
-			rechained[i] = &c
-		}
-		if taken, err := insertEach(ctx, tx, rechained); err != nil || len(taken) > 0 {
-			return fmt.Errorf("audit: storing %d displaced rows in chain %s: %d positions taken (%v)", len(moved), out.To, len(taken), err)
+		// Rows found stored at their new place were told of when they
+		// were moved there.
+		if n := len(foreign) - (len(taken) - len(again)); n > 0 {
+			out = displaced{Rows: n, From: foreign[0].WriterID, FromSeq: foreign[0].WriterSeq, To: moved[0].WriterID}
 		}
 		return nil
 	})
-	return out, err
+	if err != nil {
+		return displaced{}, err
+	}
+	return out, nil
+}
+
+// alone is r as the only row of the chain named id.
+func alone(r *audit.Row, id string) *audit.Row {
+	c := *r
+	c.WriterID, c.WriterSeq, c.PrevHash = id, 1, nil
+	c.RowHash = audit.Hash(&c)
+	return &c
+}
+
+// notStored returns the rows of taken whose chain position holds a row
+// with another hash (in one query: a replay may find a thousand taken).
+func notStored(ctx context.Context, tx pgx.Tx, taken []*audit.Row) ([]*audit.Row, error) {
+	if len(taken) == 0 {
+		return nil, nil
+	}
+	ids, seqs := make([]string, len(taken)), make([]int64, len(taken))
+	for i, r := range taken {
+		ids[i], seqs[i] = r.WriterID, r.WriterSeq
+	}
+	rows, err := tx.Query(ctx, storedHashes, ids, seqs)
+	if err != nil {
+		return nil, fmt.Errorf("audit: reading taken positions: %w", err)
+	}
+	type pos struct {
+		id  string
+		seq int64
+	}
+	hashes := map[pos][]byte{}
+	var p pos
+	var h []byte
+	_, err = pgx.ForEachRow(rows, []any{&p.id, &p.seq, &h}, func() error {
+		hashes[p] = bytes.Clone(h)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("audit: reading taken positions: %w", err)
+	}
+	var foreign []*audit.Row
+	for _, r := range taken {
+		if !bytes.Equal(hashes[pos{r.WriterID, r.WriterSeq}], r.RowHash) {
+			foreign = append(foreign, r)
+		}
+	}
+	return foreign, nil
 }
 
 // insertEach inserts rows one statement each, in one batch, and returns
@@ -653,6 +708,6 @@ func (w *Writer) logDisplaced(d displaced) {
 		return
 	}
 	metrics.displaced.Add(float64(d.Rows))
-	w.log.Error("audit chain positions held by rows this writer did not write; its rows were stored in a new chain, and verify will report the break",
-		zap.String("writer_id", d.From), zap.Int64("writer_seq", d.FirstSeq), zap.Int("rows", d.Rows), zap.String("stored_in", d.To))
+	w.log.Error("audit chain positions held by rows this writer did not write; its rows were stored as chains of their own, and verify reports each",
+		zap.Int("rows", d.Rows), zap.String("first_writer_id", d.From), zap.Int64("first_writer_seq", d.FromSeq), zap.String("first_stored_in", d.To))
 }

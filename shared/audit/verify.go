@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 
@@ -21,11 +22,16 @@ type Break struct {
 	// it are missing), or, against heads kept by an earlier run:
 	// "rewritten" (the row at a kept head has another hash: the chain was
 	// recomputed from an earlier row on) or "truncated" (the chain ends
-	// before a kept head; RowID is then 0 and WriterSeq the first missing).
+	// before a kept head; RowID is then 0 and WriterSeq the first missing),
+	// or "displaced" (the writer found WriterSeq held by a row it did not
+	// write, and stored its own as the chain DisplacedID; RowID is 0).
 	Reason string
 }
 
 func (b Break) String() string {
+	if b.Reason == "displaced" {
+		return fmt.Sprintf("writer %s: seq %d is held by a row it did not write (its own is stored apart): displaced", b.WriterID, b.WriterSeq)
+	}
 	if b.RowID == 0 {
 		return fmt.Sprintf("writer %s: rows from seq %d on are missing: %s", b.WriterID, b.WriterSeq, b.Reason)
 	}
@@ -147,6 +153,9 @@ func VerifyWith(ctx context.Context, db Querier, customers Customers, kept Heads
 		status int16
 		meta   string
 	)
+	// first is, per writer, the first of its positions a row of its own
+	// was displaced from (DisplacedID).
+	first := map[string]int64{}
 	// finish closes a writer's walk: its head, and whether it still
 	// reaches the head kept for it.
 	finish := func() {
@@ -174,6 +183,9 @@ func VerifyWith(ctx context.Context, db Querier, customers Customers, kept Heads
 			finish()
 			writer, prev, seq, broken = r.WriterID, nil, 0, false
 			rep.Writers++
+			if from, at, ok := ParseDisplaced(writer); ok && (first[from] == 0 || at < first[from]) {
+				first[from] = at
+			}
 		}
 		if broken {
 			continue
@@ -225,6 +237,23 @@ func VerifyWith(ctx context.Context, db Querier, customers Customers, kept Heads
 	sort.Strings(gone)
 	for _, w := range gone {
 		rep.Breaks = append(rep.Breaks, Break{WriterID: w, WriterSeq: 1, Reason: "truncated"})
+	}
+	// Rows stored apart because their place was taken: a break of the
+	// chain they were meant for, however well the foreign row links.
+	var displaced []string
+	for w := range first {
+		displaced = append(displaced, w)
+	}
+	sort.Strings(displaced)
+	for _, w := range displaced {
+		b := Break{WriterID: w, WriterSeq: first[w], Reason: "displaced"}
+		i := slices.IndexFunc(rep.Breaks, func(x Break) bool { return x.WriterID == w })
+		switch {
+		case i < 0:
+			rep.Breaks = append(rep.Breaks, b)
+		case rep.Breaks[i].WriterSeq > b.WriterSeq: // the first break is the one reported
+			rep.Breaks[i] = b
+		}
 	}
 	rest, err := db.Query(ctx, "SELECT count(*) FROM api_audit_log WHERE writer_id IS NULL")
 	if err != nil {
