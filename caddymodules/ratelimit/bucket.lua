@@ -11,8 +11,9 @@
 -- charge as two little-endian doubles, so that all buckets are read by one
 -- MGET and each written by one SET with its expiry: a third less of
 -- Redis's time per decision than a hash per bucket (HMGET, HSET, PEXPIRE
--- each). A key holding anything else (a hash written by an older version)
--- reads as a full bucket and is replaced.
+-- each). The keys say so (limiter.go's bucketKind), so an older version
+-- never reads them; a key holding anything else all the same reads as a
+-- full bucket and is replaced.
 local cost = tonumber(ARGV[1])
 local now = tonumber(ARGV[2])
 if now == nil then
@@ -31,10 +32,15 @@ for i = 1, n do
   local s = states[i]
   if s and #s == 16 then
     t, ts = struct.unpack('<dd', s)
+    if t ~= t or ts ~= ts then -- NaN: not a bucket this script wrote
+      t, ts = cap, now
+    end
   end
   if now > ts then
-    t = math.min(cap, t + (now - ts) * rate / 1000)
+    t = t + (now - ts) * rate / 1000
   end
+  -- Never above capacity, even when the capacity was lowered since.
+  t = math.min(cap, t)
   caps[i], rates[i], tokens[i] = cap, rate, t
   if t < cost then
     allowed = 0

@@ -103,19 +103,27 @@ func (l *Limiter) Close() error {
 // Destruct implements caddy.Destructor.
 func (l *Limiter) Destruct() error { return l.Close() }
 
+// bucketKind starts every bucket key with the encoding of bucket.lua's
+// values (b2: one 16-byte string), so that a Caddy still running the
+// earlier version, which keeps a hash per bucket, never meets these keys
+// during a switch of versions (it would fail open on them, WRONGTYPE).
+const bucketKind = "b2:"
+
 // IPKey is the bucket key of a client address (with its bucket's shape
 // before it, when not the posture's); the hash tag keeps each key's
 // bucket whole on a cluster.
-func (l *Limiter) IPKey(ip string) string { return l.prefix + "ip:{" + ip + "}" }
+func (l *Limiter) IPKey(ip string) string { return l.prefix + bucketKind + "ip:{" + ip + "}" }
 
 // AccountKey is the bucket of a customer.
-func (l *Limiter) AccountKey(customer string) string { return l.prefix + "{a:" + customer + "}" }
+func (l *Limiter) AccountKey(customer string) string {
+	return l.prefix + bucketKind + "{a:" + customer + "}"
+}
 
 // CredentialKey is the bucket of one key or session of a customer: it
 // shares the account's hash tag, so both buckets live in one slot and one
 // script can charge them atomically on Redis Cluster.
 func (l *Limiter) CredentialKey(customer, credential string) string {
-	return l.prefix + "{a:" + customer + "}:c:" + credential
+	return l.prefix + bucketKind + "{a:" + customer + "}:c:" + credential
 }
 
 // Take takes one token from every bucket of keys, or from none. When Redis

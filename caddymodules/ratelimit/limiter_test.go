@@ -147,6 +147,35 @@ func TestAnUnreadableBucketCountsAsFull(t *testing.T) {
 	}
 }
 
+// A bucket never holds more than its capacity, even one lowered since it
+// was last charged, and a stored value that is not a number (NaN) counts
+// as a full bucket.
+func TestABucketNeverHoldsMoreThanItsCapacity(t *testing.T) {
+	t.Parallel()
+	l, _ := newTestLimiter(t)
+	ctx := context.Background()
+	k := l.IPKey("198.51.100.22")
+	if d := l.Take(ctx, []string{k}, []Bucket{{Capacity: 100, Rate: 1}}, false); d.Remaining != 99 {
+		t.Fatalf("at capacity 100: %+v", d)
+	}
+	d := l.Take(ctx, []string{k}, []Bucket{{Capacity: 5, Rate: 1}}, false)
+	if !d.Allowed || d.Remaining != 4 || d.Source != SourceRedis {
+		t.Fatalf("at capacity 5: %+v", d)
+	}
+	if ttl := l.rdb.PTTL(ctx, k).Val(); ttl <= time.Second || ttl > 2*time.Second {
+		t.Fatalf("expires in %v", ttl)
+	}
+	nan := l.IPKey("198.51.100.23")
+	v := binary.LittleEndian.AppendUint64(nil, math.Float64bits(math.NaN()))
+	v = binary.LittleEndian.AppendUint64(v, math.Float64bits(math.NaN()))
+	if err := l.rdb.Set(ctx, nan, v, 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if d := l.Take(ctx, []string{nan}, []Bucket{{Capacity: 5, Rate: 1}}, false); !d.Allowed || d.Remaining != 4 || d.Source != SourceRedis {
+		t.Fatalf("over a NaN bucket: %+v", d)
+	}
+}
+
 func TestScriptIsReloadedAfterRedisForgetsIt(t *testing.T) {
 	t.Parallel()
 	l, _ := newTestLimiter(t)

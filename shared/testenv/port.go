@@ -18,12 +18,13 @@ import (
 // deploy/stack/servers.sh picks its own), so that no listener bound to port
 // 0 — a test's own provider or relay, in this process or in a package
 // tested beside it — can be handed it between now and the server's bind.
-// A claim is an flock on a file named for the port, held until the process
-// exits, so two test processes never hand out the same port either.
+// A claim is an flock on a file named for the port (in a folder per user),
+// held until the process exits, so two test processes never hand out the
+// same port either.
 func FreePort(t testing.TB) int {
 	t.Helper()
 	lo, hi := portRange()
-	p, err := claimPort(filepath.Join(os.TempDir(), "guardian-test-ports"), lo, hi)
+	p, err := claimPort(filepath.Join(os.TempDir(), fmt.Sprintf("guardian-test-ports-%d", os.Getuid())), lo, hi)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,9 +43,9 @@ func claimPort(dir string, lo, hi int) (int, error) {
 		if claimed[p] != nil {
 			continue
 		}
-		f, err := os.OpenFile(filepath.Join(dir, fmt.Sprint(p)), os.O_CREATE|os.O_RDWR, 0o666)
+		f, err := os.OpenFile(filepath.Join(dir, fmt.Sprint(p)), os.O_CREATE|os.O_RDONLY, 0o666)
 		if err != nil {
-			return 0, fmt.Errorf("testenv: port claim: %w", err)
+			continue // another user's claim file, say
 		}
 		if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) != nil {
 			f.Close() // another test process holds it
