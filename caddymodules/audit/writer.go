@@ -603,7 +603,7 @@ func insertIgnoringDuplicates(ctx context.Context, db *pgxpool.Pool, rows []*aud
 		}
 		moved := make([]*audit.Row, len(foreign))
 		for i, r := range foreign {
-			moved[i] = alone(r, audit.DisplacedID(r.WriterID, r.WriterSeq, r.RowHash[:6]))
+			moved[i] = alone(r, audit.DisplacedID(r.WriterID, r.WriterSeq, r.RowHash[:min(6, len(r.RowHash))]))
 		}
 		taken, err = insertEach(ctx, tx, moved)
 		if err != nil {

@@ -9,7 +9,7 @@
 --
 -- A bucket is one string of 16 bytes, its tokens and the ms of its last
 -- charge as two little-endian doubles, so that all buckets are read by one
--- MGET and each written by one SET with its expiry: a third less of
+-- MGET and each written by one SET with its expiry: about a fifth less of
 -- Redis's time per decision than a hash per bucket (HMGET, HSET, PEXPIRE
 -- each). The keys say so (limiter.go's bucketKind), so an older version
 -- never reads them; a key holding anything else all the same reads as a
