@@ -566,9 +566,7 @@ func TestNotificationFailuresDoNotFailTheAnswer(t *testing.T) {
 			f.count("SELECT count(*) FROM revocation_notices") == len(admins)
 	})
 	// A row a day old is given up on its next failure.
-	if _, err := f.pg.Owner.Exec(context.Background(), "UPDATE revocation_notices SET created_at = now() - interval '25 hours'"); err != nil {
-		t.Fatal(err)
-	}
+	f.asOwner("UPDATE revocation_notices SET created_at = now() - interval '25 hours'")
 	waitFor(t, "the day-old e-mails given up", func() bool {
 		return f.count("SELECT count(*) FROM revocation_notices") == 0 && f.outbox.failed.Load() == int64(1+len(admins))
 	})
@@ -611,9 +609,7 @@ func TestNoticesOutliveTheProcess(t *testing.T) {
 	}
 	// The other customer is deleted before its notices go: they go too.
 	ctx := context.Background()
-	if _, err := f.pg.Owner.Exec(ctx, "DELETE FROM customers WHERE id = $1", gone.ID); err != nil {
-		t.Fatal(err)
-	}
+	f.asOwner("DELETE FROM customers WHERE id = $1", gone.ID)
 	if n := f.count("SELECT count(*) FROM revocation_notices WHERE customer_id = $1", gone.ID); n != 0 {
 		t.Fatalf("%d notices of a deleted customer", n)
 	}
@@ -632,7 +628,7 @@ func TestNoticesOutliveTheProcess(t *testing.T) {
 	f.startOutbox(f.outbox)
 	msgs := f.relay.WaitMessages(t, len(admins), 10*time.Second)
 	hooks := f.hooks.wait(t, 1)
-	waitFor(t, "the delivered rows deleted", func() bool { return f.count("SELECT count(*) FROM revocation_notices") == 0 })
+	f.waitDrained()
 	time.Sleep(100 * time.Millisecond)
 	if len(f.relay.Messages()) != len(admins) || len(f.hooks.received()) != 1 {
 		t.Fatalf("%d e-mails and %d webhook calls, want %d and 1", len(f.relay.Messages()), len(f.hooks.received()), len(admins))
@@ -724,9 +720,7 @@ func TestOutboxRetriesAnUnreadableTable(t *testing.T) {
 	f.report(k)
 	ctx := context.Background()
 	role := f.role()
-	if _, err := f.pg.Owner.Exec(ctx, "REVOKE SELECT ON revocation_notices FROM "+role); err != nil {
-		t.Fatal(err)
-	}
+	f.asOwner("REVOKE SELECT ON revocation_notices FROM "+role)
 	if _, err := f.outbox.deliverDue(ctx); err == nil {
 		t.Fatal("took rows without the grant")
 	}
@@ -735,12 +729,10 @@ func TestOutboxRetriesAnUnreadableTable(t *testing.T) {
 	if len(f.relay.Messages()) != 0 {
 		t.Fatal("delivered without reading the table")
 	}
-	if _, err := f.pg.Owner.Exec(ctx, "GRANT SELECT ON revocation_notices TO "+role); err != nil {
-		t.Fatal(err)
-	}
+	f.asOwner("GRANT SELECT ON revocation_notices TO "+role)
 	f.relay.WaitMessages(t, len(admins), 10*time.Second)
 	f.hooks.wait(t, 1)
-	waitFor(t, "the delivered rows deleted", func() bool { return f.count("SELECT count(*) FROM revocation_notices") == 0 })
+	f.waitDrained()
 }
 
 // A process without a mail relay (a host whose GUARDIAN_SMTP_ADDR is not
@@ -763,7 +755,7 @@ func TestOutboxWithoutRelayLeavesTheEmails(t *testing.T) {
 	}
 	f.startOutbox(f.outbox)
 	f.relay.WaitMessages(t, len(admins), 10*time.Second)
-	waitFor(t, "the delivered rows deleted", func() bool { return f.count("SELECT count(*) FROM revocation_notices") == 0 })
+	f.waitDrained()
 }
 
 // An outcome that cannot be recorded (here the role lost its DELETE
@@ -778,9 +770,7 @@ func TestAnUnrecordedOutcomeIsDeliveredAgainAfterItsLease(t *testing.T) {
 	f.report(c.AccountKey(t, "write"))
 	ctx := context.Background()
 	role := f.role()
-	if _, err := f.pg.Owner.Exec(ctx, "REVOKE DELETE ON revocation_notices FROM "+role); err != nil {
-		t.Fatal(err)
-	}
+	f.asOwner("REVOKE DELETE ON revocation_notices FROM "+role)
 	core, logs := observer.New(zapcore.WarnLevel)
 	ob := f.newOutbox()
 	ob.log, ob.lease = zap.New(core), 2*time.Second
@@ -800,14 +790,12 @@ func TestAnUnrecordedOutcomeIsDeliveredAgainAfterItsLease(t *testing.T) {
 	if n, err := ob.deliverDue(ctx); err != nil || n != 0 {
 		t.Fatalf("took %d rows (%v) within their lease", n, err)
 	}
-	if _, err := f.pg.Owner.Exec(ctx, "GRANT DELETE ON revocation_notices TO "+role); err != nil {
-		t.Fatal(err)
-	}
+	f.asOwner("GRANT DELETE ON revocation_notices TO "+role)
 	// After it, the rows are taken, sent again and deleted.
 	f.startOutbox(f.outbox)
 	f.relay.WaitMessages(t, 2*len(admins), 10*time.Second)
 	again := f.hooks.wait(t, 2)
-	waitFor(t, "the delivered rows deleted", func() bool { return f.count("SELECT count(*) FROM revocation_notices") == 0 })
+	f.waitDrained()
 	if len(again) != 2 || again[1] != first[0] {
 		t.Fatalf("the repeated webhook call differs from the first:\n%s\n%s", first[0], again[len(again)-1])
 	}
@@ -822,9 +810,7 @@ func TestUnwritableNoticesDoNotStopTheRevocation(t *testing.T) {
 	c, _ := f.customer()
 	k := c.AccountKey(t, "write")
 	role := f.role()
-	if _, err := f.pg.Owner.Exec(context.Background(), "REVOKE INSERT ON revocation_notices FROM "+role); err != nil {
-		t.Fatal(err)
-	}
+	f.asOwner("REVOKE INSERT ON revocation_notices FROM "+role)
 	f.report(k)
 	if n := f.count("SELECT count(*) FROM api_audit_log WHERE action = 'delete' AND resource_type = 'api_key'"); n != 1 {
 		t.Fatalf("%d revocation rows", n)
@@ -841,6 +827,22 @@ func (f *fixture) report(key string) {
 	if a.status != 200 || a.labels[0].Label != TruePositive || f.revokedReason(key) != RevokedReason {
 		f.t.Fatalf("%d %s", a.status, a.raw)
 	}
+}
+
+// asOwner runs a statement as the database's owner (grants, and what
+// the function's role may not do).
+func (f *fixture) asOwner(sql string, args ...any) {
+	f.t.Helper()
+	if _, err := f.pg.Owner.Exec(context.Background(), sql, args...); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+// waitDrained waits until every notice is delivered (or given up) and
+// its row deleted.
+func (f *fixture) waitDrained() {
+	f.t.Helper()
+	waitFor(f.t, "the delivered rows deleted", func() bool { return f.count("SELECT count(*) FROM revocation_notices") == 0 })
 }
 
 // role is the function's database role, quoted for a GRANT or REVOKE.

@@ -45,7 +45,7 @@ func claimPort(dir string, lo, hi int) (int, error) {
 		}
 		f, err := os.OpenFile(filepath.Join(dir, fmt.Sprint(p)), os.O_CREATE|os.O_RDONLY, 0o666)
 		if err != nil {
-			continue // another user's claim file, say
+			continue // a claim file this user cannot open
 		}
 		if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) != nil {
 			f.Close() // another test process holds it
