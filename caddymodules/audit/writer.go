@@ -602,8 +602,10 @@ func insertIgnoringDuplicates(ctx context.Context, db *pgxpool.Pool, rows []*aud
 			return err
 		}
 		moved := make([]*audit.Row, len(foreign))
+		origin := make(map[*audit.Row]*audit.Row, len(foreign)) // moved row -> the row as written
 		for i, r := range foreign {
 			moved[i] = alone(r, audit.DisplacedID(r.WriterID, r.WriterSeq, r.RowHash[:min(6, len(r.RowHash))]))
+			origin[moved[i]] = r
 		}
 		taken, err = insertEach(ctx, tx, moved)
 		if err != nil {
@@ -615,7 +617,8 @@ func insertIgnoringDuplicates(ctx context.Context, db *pgxpool.Pool, rows []*aud
 		if err != nil {
 			return err
 		}
-		for _, r := range again {
+		for _, m := range again {
+			r := origin[m]
 			var name [6]byte
 			_, _ = rand.Read(name[:])
 			if taken, err := insertEach(ctx, tx, []*audit.Row{alone(r, audit.DisplacedID(r.WriterID, r.WriterSeq, name[:]))}); err != nil || len(taken) > 0 {

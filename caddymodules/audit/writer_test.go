@@ -367,6 +367,18 @@ func TestSaltReadsBackOffWhileTheyFail(t *testing.T) {
 	}
 }
 
+// customerWithARow makes a customer and records one row of it.
+func customerWithARow(t *testing.T, pg *testenv.PG) *testenv.Customer {
+	t.Helper()
+	c := testenv.NewCustomer(t, pg.Owner, []byte("p"), []byte("s"))
+	r := testRow(1)
+	r.CustomerID = c.ID
+	if err := newWriter(t, pg.AppDSN, 1<<20).Record(context.Background(), r); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 // A customer deleted while verify runs, between its two reads: in a
 // snapshot both reads see the same moment; without one, the customer's
 // freshly nulled rows would look moved.
@@ -375,13 +387,7 @@ func TestVerifyInASnapshotIsNotFooledByADeletionMeanwhile(t *testing.T) {
 	ctx := context.Background()
 	for _, snapshot := range []bool{false, true} {
 		pg := testenv.Postgres(t)
-		c := testenv.NewCustomer(t, pg.Owner, []byte("p"), []byte("s"))
-		w := newWriter(t, pg.AppDSN, 1<<20)
-		r := testRow(1)
-		r.CustomerID = c.ID
-		if err := w.Record(ctx, r); err != nil {
-			t.Fatal(err)
-		}
+		c := customerWithARow(t, pg)
 		app := pg.App(t)
 		var db audit.Querier = pg.Owner
 		if snapshot {
@@ -410,13 +416,7 @@ func TestVerifyWalkHoldsNoLockOnCustomers(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	pg := testenv.Postgres(t)
-	c := testenv.NewCustomer(t, pg.Owner, []byte("p"), []byte("s"))
-	w := newWriter(t, pg.AppDSN, 1<<20)
-	r := testRow(1)
-	r.CustomerID = c.ID
-	if err := w.Record(ctx, r); err != nil {
-		t.Fatal(err)
-	}
+	c := customerWithARow(t, pg)
 	tx, err := audit.Snapshot(ctx, pg.Owner)
 	if err != nil {
 		t.Fatal(err)
@@ -1040,6 +1040,30 @@ func TestARowWhosePositionIsTakenIsStoredElsewhere(t *testing.T) {
 			t.Fatalf("row %s stored %d times", r.RequestID, n)
 		}
 	}
+	// A displaced row whose own new place is taken as well goes to a
+	// chain with a random name.
+	c2 := &chain{base: testenv.Name("again"), id: testenv.Name("again")}
+	pair := []*audit.Row{testRow(20), testRow(21)}
+	for _, r := range pair {
+		c2.link(r)
+	}
+	foreignRow(t, app, c2.id, 2, pair[0].RowHash)
+	named := audit.DisplacedID(c2.id, 2, pair[1].RowHash[:6])
+	foreignRow(t, app, named, 1, nil)
+	if moved, err := insert(ctx, app, &buf, pair); err != nil || moved.Rows != 1 {
+		t.Fatalf("insert with the new place taken: %+v %v", moved, err)
+	}
+	if writer, seq := storedAt(pair[1]); writer == named || seq != 1 {
+		t.Fatalf("the row is at %s/%d, want the start of a randomly named chain", writer, seq)
+	} else if from, at, ok := audit.ParseDisplaced(writer); !ok || from != c2.id || at != 2 {
+		t.Fatalf("the randomly named chain %s does not name %s/2", writer, c2.id)
+	}
+	for _, r := range append(batch, first, second, third, pair[0], pair[1]) {
+		if n := countWhere(t, pg.Owner, "request_id = $1", r.RequestID); n != 1 {
+			t.Fatalf("row %s stored %d times", r.RequestID, n)
+		}
+	}
+
 	// The writer's (insert, called directly here, leaves telling to it).
 	if got := promtestutil.ToFloat64(metrics.displaced) - before; got != 1 {
 		t.Fatalf("displaced_rows_total grew by %v, want 1", got)
@@ -1049,7 +1073,8 @@ func TestARowWhosePositionIsTakenIsStoredElsewhere(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []audit.Break{{WriterID: first.WriterID, WriterSeq: 2, Reason: "displaced"}, {WriterID: c.id, WriterSeq: 2, Reason: "displaced"}}
+	want := []audit.Break{{WriterID: first.WriterID, WriterSeq: 2, Reason: "displaced"}, {WriterID: c.id, WriterSeq: 2, Reason: "displaced"},
+		{WriterID: c2.id, WriterSeq: 2, Reason: "displaced"}}
 	slices.SortFunc(rep.Breaks, func(a, b audit.Break) int { return strings.Compare(a.WriterID, b.WriterID) })
 	slices.SortFunc(want, func(a, b audit.Break) int { return strings.Compare(a.WriterID, b.WriterID) })
 	if !reflect.DeepEqual(rep.Breaks, want) {
