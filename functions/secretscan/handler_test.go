@@ -720,7 +720,7 @@ func TestOutboxRetriesAnUnreadableTable(t *testing.T) {
 	f.report(k)
 	ctx := context.Background()
 	role := f.role()
-	f.asOwner("REVOKE SELECT ON revocation_notices FROM "+role)
+	f.asOwner("REVOKE SELECT ON revocation_notices FROM " + role)
 	if _, err := f.outbox.deliverDue(ctx); err == nil {
 		t.Fatal("took rows without the grant")
 	}
@@ -729,7 +729,7 @@ func TestOutboxRetriesAnUnreadableTable(t *testing.T) {
 	if len(f.relay.Messages()) != 0 {
 		t.Fatal("delivered without reading the table")
 	}
-	f.asOwner("GRANT SELECT ON revocation_notices TO "+role)
+	f.asOwner("GRANT SELECT ON revocation_notices TO " + role)
 	f.relay.WaitMessages(t, len(admins), 10*time.Second)
 	f.hooks.wait(t, 1)
 	f.waitDrained()
@@ -770,7 +770,7 @@ func TestAnUnrecordedOutcomeIsDeliveredAgainAfterItsLease(t *testing.T) {
 	f.report(c.AccountKey(t, "write"))
 	ctx := context.Background()
 	role := f.role()
-	f.asOwner("REVOKE DELETE ON revocation_notices FROM "+role)
+	f.asOwner("REVOKE DELETE ON revocation_notices FROM " + role)
 	core, logs := observer.New(zapcore.WarnLevel)
 	ob := f.newOutbox()
 	ob.log, ob.lease = zap.New(core), 2*time.Second
@@ -790,7 +790,7 @@ func TestAnUnrecordedOutcomeIsDeliveredAgainAfterItsLease(t *testing.T) {
 	if n, err := ob.deliverDue(ctx); err != nil || n != 0 {
 		t.Fatalf("took %d rows (%v) within their lease", n, err)
 	}
-	f.asOwner("GRANT DELETE ON revocation_notices TO "+role)
+	f.asOwner("GRANT DELETE ON revocation_notices TO " + role)
 	// After it, the rows are taken, sent again and deleted.
 	f.startOutbox(f.outbox)
 	f.relay.WaitMessages(t, 2*len(admins), 10*time.Second)
@@ -810,7 +810,7 @@ func TestUnwritableNoticesDoNotStopTheRevocation(t *testing.T) {
 	c, _ := f.customer()
 	k := c.AccountKey(t, "write")
 	role := f.role()
-	f.asOwner("REVOKE INSERT ON revocation_notices FROM "+role)
+	f.asOwner("REVOKE INSERT ON revocation_notices FROM " + role)
 	f.report(k)
 	if n := f.count("SELECT count(*) FROM api_audit_log WHERE action = 'delete' AND resource_type = 'api_key'"); n != 1 {
 		t.Fatalf("%d revocation rows", n)
