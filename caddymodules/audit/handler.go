@@ -145,7 +145,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	reqID := identity.NewRequestID()
 	caddyhttp.SetVar(r.Context(), identity.RequestIDVarKey, reqID)
 	w.Header().Set("Request-Id", reqID)
-	rec := &recorder{ResponseWriter: w, h: h, r: r, start: time.Now().UTC(), reqID: reqID}
+	// The row to come is announced, so that a group commit lingering for
+	// more rows does not wait for this one in vain once it is queued.
+	h.writer.announce()
+	rec := &recorder{ResponseWriter: w, h: h, r: r, start: time.Now().UTC(), reqID: reqID, announced: true}
+	defer rec.withdraw()
 	for k := range w.Header() { // the security headers, Request-Id
 		if rec.nedge < len(rec.edge) {
 			rec.edge[rec.nedge] = k
@@ -181,6 +185,7 @@ type recorder struct {
 	reqID       string
 	wroteHeader bool
 	discard     bool
+	announced   bool // the row is announced to the writer and not recorded yet
 	// edge names the headers set before the function ran (security
 	// headers, Request-Id): an answer replaced by a problem keeps them.
 	edge  [12]string
@@ -241,14 +246,25 @@ func (rec *recorder) record(status int) error {
 	id, _ := caddyhttp.GetVar(ctx, identity.VarKey).(*identity.Identity)
 	why, _ := caddyhttp.GetVar(ctx, varFailure).(string)
 	if id == nil && why == "" && ann == "" {
+		rec.withdraw()
 		return nil // anonymous, and the function had nothing to say
 	}
 	row := rec.h.row(rec.r, id, why, status, ann, rec.start, rec.reqID)
-	if err := rec.h.writer.RecordWithin(time.Duration(rec.h.Timeout), row); err != nil {
+	rec.announced = false // the writer ends the announcement
+	if err := rec.h.writer.recordAnnounced(time.Duration(rec.h.Timeout), row); err != nil {
 		rec.h.log.Error("audit row not recorded; answering 503", zap.String("request_id", rec.reqID), zap.Error(err))
 		return err
 	}
 	return nil
+}
+
+// withdraw takes back the request's announced row if it was not recorded
+// (anonymous, hijacked, or the handler ended early).
+func (rec *recorder) withdraw() {
+	if rec.announced {
+		rec.announced = false
+		rec.h.writer.withdraw()
+	}
 }
 
 // credentialFailures are auth failure reasons for which the request had

@@ -59,6 +59,7 @@ type Writer struct {
 	maxBatch    int
 	linger      atomic.Int64 // time.Duration; SetLinger
 	lingerAfter int
+	coming      *coming
 	log         *zap.Logger
 
 	full         atomic.Bool
@@ -128,7 +129,7 @@ func NewWriter(cfg WriterConfig) (*Writer, error) {
 		db.Close()
 		return nil, err
 	}
-	w := &Writer{db: db, spool: sp, digests: newDigests(), maxBatch: cfg.MaxBatch, lingerAfter: cfg.LingerAfter, log: cfg.Log}
+	w := &Writer{db: db, spool: sp, digests: newDigests(), maxBatch: cfg.MaxBatch, lingerAfter: cfg.LingerAfter, coming: newComing(), log: cfg.Log}
 	w.SetLinger(cfg.Linger)
 	var base [6]byte
 	_, _ = rand.Read(base[:])
@@ -157,7 +158,7 @@ func NewWriter(cfg WriterConfig) (*Writer, error) {
 // row the table would refuse is refused at once. ctx bounds only the wait
 // for a place in the queue: once queued, the row is always waited for.
 func (w *Writer) Record(ctx context.Context, row *audit.Row) error {
-	return w.record(ctx, 0, row)
+	return w.record(ctx, 0, row, false)
 }
 
 // RecordWithin is Record with the wait for a place in the queue bounded by
@@ -165,11 +166,29 @@ func (w *Writer) Record(ctx context.Context, row *audit.Row) error {
 // queue is nearly always open, so this path builds no context and starts
 // a timer only when the queue is full.
 func (w *Writer) RecordWithin(wait time.Duration, row *audit.Row) error {
-	return w.record(nil, wait, row)
+	return w.record(nil, wait, row, false)
 }
 
-// record is Record (ctx set) or RecordWithin (ctx nil).
-func (w *Writer) record(ctx context.Context, wait time.Duration, row *audit.Row) error {
+// announce tells the writer that a row will come (an audited request has
+// begun), so that a lingering chain waits for it; recordAnnounced or
+// withdraw must follow, once.
+func (w *Writer) announce() { w.coming.announce() }
+
+// withdraw takes back an announcement whose row will not be recorded.
+func (w *Writer) withdraw() { w.coming.arrived() }
+
+// recordAnnounced is RecordWithin for an announced row: the announcement
+// ends once the row is queued (or refused).
+func (w *Writer) recordAnnounced(wait time.Duration, row *audit.Row) error {
+	return w.record(nil, wait, row, true)
+}
+
+// record is Record (ctx set) or RecordWithin (ctx nil); announced ends an
+// announcement once the row is queued or refused.
+func (w *Writer) record(ctx context.Context, wait time.Duration, row *audit.Row, announced bool) error {
+	if announced {
+		defer w.arrivedOnce(&announced)
+	}
 	if err := checkRow(row); err != nil {
 		return err
 	}
@@ -195,12 +214,21 @@ func (w *Writer) record(ctx context.Context, wait time.Duration, row *audit.Row)
 		}
 	}
 	w.closing.RUnlock()
+	w.arrivedOnce(&announced) // queued: a lingering chain may stop waiting for it
 	// The row is the writer's now: wait for it even if the client left,
 	// so p is not reused while the writer still holds it.
 	err := <-p.done
 	p.row = nil
 	pendingPool.Put(p)
 	return err
+}
+
+// arrivedOnce ends an announcement if *announced, and clears it.
+func (w *Writer) arrivedOnce(announced *bool) {
+	if *announced {
+		*announced = false
+		w.coming.arrived()
+	}
 }
 
 // waitForRoom queues p on a full chain, waiting until ctx ends or, without
@@ -228,7 +256,10 @@ func waitForRoom(ctx context.Context, wait time.Duration, c *chain, p *pending) 
 // a full batch. At ordinary load every row joins the first chain, so its
 // group commits stay large (a COPY of one row costs PostgreSQL nearly as
 // much as a COPY of fifty); only when that chain falls behind do the next
-// ones take the overflow in parallel.
+// ones take the overflow in parallel. (Sending rows that arrive while the
+// first chain writes to the next one instead was measured: it splits the
+// group commits, many into lone rows, and cost PostgreSQL twice the CPU
+// per row.)
 func (w *Writer) pick() *chain {
 	for _, c := range w.chains {
 		if len(c.in) < w.maxBatch {
@@ -286,16 +317,7 @@ func (w *Writer) loop(ctx context.Context, c *chain) {
 				return
 			}
 		}
-		batch = append(batch[:0], first)
-	fill:
-		for len(batch) < w.maxBatch {
-			select {
-			case p := <-c.in:
-				batch = append(batch, p)
-			default:
-				break fill
-			}
-		}
+		batch = w.takeQueued(c, append(batch[:0], first))
 		if linger := time.Duration(w.linger.Load()); linger > 0 && prev >= w.lingerAfter && len(batch) < w.maxBatch {
 			batch = w.gather(ctx, c, batch, linger)
 		}
@@ -329,17 +351,39 @@ func (w *Writer) loop(ctx context.Context, c *chain) {
 // waiting make each row several times cheaper, and the CPU saved serves
 // more requests. A chain is busy when its last batch held at least
 // lingerAfter rows; an idle edge (a batch of one or two rows) never
-// waits, so a lone request's latency does not change.
+// waits, so a lone request's latency does not change. The wait also ends
+// when no announced row is left to come (every audited request in flight
+// has queued its row): waiting longer would only leave the CPUs idle.
 func (w *Writer) gather(ctx context.Context, c *chain, batch []*pending, linger time.Duration) []*pending {
+	none, nothingComing := w.coming.watch()
+	defer w.coming.unwatch()
+	if nothingComing {
+		return w.takeQueued(c, batch)
+	}
 	t := time.NewTimer(linger)
 	defer t.Stop()
 	for len(batch) < w.maxBatch {
 		select {
 		case p := <-c.in:
 			batch = append(batch, p)
+		case <-none:
+			return w.takeQueued(c, batch)
 		case <-t.C:
 			return batch
 		case <-ctx.Done(): // closing: write what is here now
+			return batch
+		}
+	}
+	return batch
+}
+
+// takeQueued adds what is queued on c to batch, up to maxBatch.
+func (w *Writer) takeQueued(c *chain, batch []*pending) []*pending {
+	for len(batch) < w.maxBatch {
+		select {
+		case p := <-c.in:
+			batch = append(batch, p)
+		default:
 			return batch
 		}
 	}
