@@ -2,6 +2,7 @@ package function
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/json"
@@ -11,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -22,6 +24,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/glassmkr/guardian/shared/identity"
 	"github.com/glassmkr/guardian/shared/problem"
 	"github.com/glassmkr/guardian/shared/testenv"
 )
@@ -484,5 +487,42 @@ func TestBufferedBodiesAreBoundedTogether(t *testing.T) {
 	rec := httptest.NewRecorder()
 	if err := h.ServeHTTP(rec, httptest.NewRequest("POST", "/sum", bytes.NewReader([]byte("small"))), nil); err != nil || rec.Code != 200 {
 		t.Fatalf("after the others are done: %d %v", rec.Code, err)
+	}
+}
+
+// A function's report of a failed credential check leaves its answer and
+// becomes the request's auth failure, as guardian_auth would set it; a
+// reason that is not a plain word is dropped, and a failure already set
+// stands.
+func TestAFunctionsAuthFailureReachesTheEdge(t *testing.T) {
+	t.Parallel()
+	h := newHandler(t, &Handler{})
+	cases := []struct {
+		name, path, before, want string
+	}{
+		{"reported", "/authfail?reason=invalid_signature", "", "invalid_signature"},
+		{"not a plain word", "/authfail?reason=" + url.QueryEscape("Bad Reason!"), "", ""},
+		{"too long", "/authfail?reason=" + strings.Repeat("a", 65), "", ""},
+		{"empty", "/authfail?reason=", "", ""},
+		{"auth's failure first", "/authfail?reason=invalid_signature", "unknown_key", "unknown_key"},
+		{"none", "/ok", "", ""},
+	}
+	for _, tc := range cases {
+		req := httptest.NewRequest("GET", tc.path, nil)
+		vars := map[string]any{}
+		if tc.before != "" {
+			vars[varAuthFailure] = tc.before
+		}
+		req = req.WithContext(context.WithValue(req.Context(), caddyhttp.VarsCtxKey, vars))
+		rec := httptest.NewRecorder()
+		if err := h.ServeHTTP(rec, req, nil); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if got, _ := vars[varAuthFailure].(string); got != tc.want {
+			t.Errorf("%s: failure %q, want %q", tc.name, got, tc.want)
+		}
+		if v := rec.Header().Values(identity.HeaderAuthFailure); len(v) != 0 {
+			t.Errorf("%s: the client got %s: %q", tc.name, identity.HeaderAuthFailure, v)
+		}
 	}
 }

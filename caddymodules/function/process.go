@@ -165,10 +165,11 @@ func startProcess(cfg *spec, log *zap.Logger) (*process, error) {
 		DisableCompression:    true,
 	}
 	p.proxy = &httputil.ReverseProxy{
-		Rewrite:    rewrite(cfg.name),
-		Transport:  p.tr,
-		BufferPool: proxyBufferPool{},
-		ErrorLog:   nil,
+		Rewrite:        rewrite(cfg.name),
+		Transport:      p.tr,
+		BufferPool:     proxyBufferPool{},
+		ErrorLog:       nil,
+		ModifyResponse: reportAuthFailure,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if slot, ok := r.Context().Value(errCtxKey{}).(*error); ok {
 				*slot = err
@@ -179,6 +180,31 @@ func startProcess(cfg *spec, log *zap.Logger) (*process, error) {
 }
 
 var errNotReady = errors.New("function did not become ready")
+
+// varAuthFailure mirrors auth.VarFailure (importing auth would tie the
+// modules).
+const varAuthFailure = "guardian.auth_failure"
+
+// reportAuthFailure takes a function's report of a failed credential check
+// (identity.HeaderAuthFailure) off its answer and sets it where
+// guardian_auth sets its own failures, for the ip rate-limit tier and the
+// audit row. A failure guardian_auth found first stands; a reason that is
+// not a plain word is dropped.
+func reportAuthFailure(resp *http.Response) error {
+	reason, ok := resp.Header[identity.HeaderAuthFailure]
+	if !ok {
+		return nil
+	}
+	delete(resp.Header, identity.HeaderAuthFailure)
+	ctx := resp.Request.Context()
+	if len(reason) != 1 || !identity.ValidFailureReason(reason[0]) {
+		return nil
+	}
+	if prev, _ := caddyhttp.GetVar(ctx, varAuthFailure).(string); prev == "" {
+		caddyhttp.SetVar(ctx, varAuthFailure, reason[0])
+	}
+	return nil
+}
 
 // maxSocketPath is the longest unix socket path Linux accepts (sun_path
 // holds 108 bytes with the terminating NUL).

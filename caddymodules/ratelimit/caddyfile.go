@@ -27,6 +27,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //
 //	guardian_ratelimit ip|account {
 //	    mode    always|failures        # ip tier only; default always
+//	    refuse_blocked                 # mode failures: 429 an address out of tokens at once
 //	    ip      <capacity> <per_second>
 //	    key     <capacity> <per_second>
 //	    account <capacity> <per_second>
@@ -46,6 +47,11 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		field := d.Val()
 		args := d.RemainingArgs()
 		switch field {
+		case "refuse_blocked":
+			if len(args) != 0 {
+				return d.ArgErr()
+			}
+			h.RefuseBlocked = true
 		case "mode", "timeout", "prefix":
 			if len(args) != 1 {
 				return d.ArgErr()

@@ -87,6 +87,13 @@ type Handler struct {
 	Tier string `json:"tier"`
 	// Mode applies to the ip tier: "always" (default) or "failures".
 	Mode string `json:"mode,omitempty"`
+	// RefuseBlocked (mode failures): a request from an address this
+	// instance knows to be out of tokens is answered 429 before the
+	// handlers after this one run, instead of being marked for
+	// guardian_auth to refuse what it would have to look up. For routes
+	// whose function checks the credential itself (a webhook's
+	// signature): nothing at the edge can tell a good one from a guess.
+	RefuseBlocked bool `json:"refuse_blocked,omitempty"`
 	// IP, Key and Account shape the buckets. Defaults: 100/10, 1000/100,
 	// 5000/500 (capacity/per second).
 	IP      *Bucket `json:"ip,omitempty"`
@@ -201,6 +208,9 @@ func (h *Handler) Validate() error {
 	if h.Mode != "" && h.Mode != ModeAlways && h.Mode != ModeFailures {
 		return fmt.Errorf("guardian_ratelimit: mode must be always or failures, got %q", h.Mode)
 	}
+	if h.RefuseBlocked && (h.Tier != TierIP || h.Mode != ModeFailures) {
+		return fmt.Errorf("guardian_ratelimit: refuse_blocked applies to the ip tier in mode failures only")
+	}
 	for name, b := range map[string]*Bucket{"ip": h.IP, "key": h.Key, "account": h.Account} {
 		// Written so that NaN fails too. Past these bounds the script's
 		// arithmetic breaks: PEXPIRE refuses a non-integer expiry (every
@@ -261,6 +271,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 	// Mode failures: charge only what failed authentication.
 	if h.limiter.blocked.has(ip) {
+		if h.RefuseBlocked {
+			return h.unchecked(w, ip)
+		}
 		caddyhttp.SetVar(r.Context(), VarIPBlocked, true)
 	}
 	err := next.ServeHTTP(w, r)
@@ -274,6 +287,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	d := h.limiter.Take(r.Context(), []string{h.limiter.IPKey(ip)}, h.ipLimits, true)
 	if !d.Allowed {
 		h.limiter.blocked.add(ip, d.RetryAfter)
+	}
+	if err == nil {
+		// Answered downstream (a function that checks its own
+		// credential): its answer has gone out, so a refusal counts from
+		// the address's next request.
+		return nil
 	}
 	if lerr := h.answer(w, d); lerr != nil {
 		return lerr

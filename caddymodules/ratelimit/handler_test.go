@@ -134,6 +134,46 @@ func TestGarbageCredentialsCannotDodgeTheIPTier(t *testing.T) {
 	}
 }
 
+// With refuse_blocked, an address out of tokens is refused before the
+// handlers after the tier run (a function checking a signature itself,
+// which writes its own refusal), and nothing else is.
+func TestRefuseBlockedStopsAnAddressBeforeItsNextGuess(t *testing.T) {
+	t.Parallel()
+	h := newTestHandler(t, Handler{Tier: TierIP, Mode: ModeFailures, RefuseBlocked: true, IP: &Bucket{Capacity: 2, Rate: 0.01}})
+	ran := 0
+	guess := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		ran++
+		caddyhttp.SetVar(r.Context(), varFailure, "invalid_signature")
+		w.WriteHeader(http.StatusUnauthorized)
+		return nil
+	})
+	send := func(ip string, next caddyhttp.Handler) (int, string, *httptest.ResponseRecorder) {
+		rec := httptest.NewRecorder()
+		err := h.ServeHTTP(rec, request(ip), next)
+		if err == nil {
+			return rec.Code, "", rec
+		}
+		s, code := status(err)
+		return s, code, rec
+	}
+	var got []int
+	for range 5 {
+		s, _, _ := send("192.0.2.40", guess)
+		got = append(got, s)
+	}
+	// Two tokens; the third guess ran and was charged in vain (its
+	// answer had gone out), so it marked the address.
+	if want := []int{401, 401, 401, 429, 429}; !slices.Equal(got, want) || ran != 3 {
+		t.Fatalf("statuses %v and %d guesses run, want %v and 3", got, ran, want)
+	}
+	if s, code, rec := send("192.0.2.40", ok); s != 429 || code != "rate_limited" || rec.Header().Get("Retry-After") == "" {
+		t.Fatalf("a blocked address: %d %s, Retry-After %q", s, code, rec.Header().Get("Retry-After"))
+	}
+	if s, _, _ := send("192.0.2.41", ok); s != 200 {
+		t.Fatalf("another address: %d, want 200", s)
+	}
+}
+
 func TestAccountTierChargesKeyAndAccount(t *testing.T) {
 	t.Parallel()
 	h := newTestHandler(t, Handler{Tier: TierAccount, Key: &Bucket{Capacity: 2, Rate: 0.01}, Account: &Bucket{Capacity: 3, Rate: 0.01}})
@@ -170,6 +210,10 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			return h.Key.Capacity == 10 && h.Account.Rate == 5 && h.Timeout > 0
 		}},
 		{"failures mode", "guardian_ratelimit ip {\n mode failures\n ip 5 0.5\n}", false, func(h Handler) bool { return h.Mode == ModeFailures && h.IP.Rate == 0.5 }},
+		{"refuse_blocked", "guardian_ratelimit ip {\n mode failures\n refuse_blocked\n}", false, func(h Handler) bool { return h.RefuseBlocked }},
+		{"refuse_blocked without mode failures", "guardian_ratelimit ip {\n refuse_blocked\n}", true, nil},
+		{"refuse_blocked on the account tier", "guardian_ratelimit account {\n refuse_blocked\n}", true, nil},
+		{"refuse_blocked with an argument", "guardian_ratelimit ip {\n mode failures\n refuse_blocked yes\n}", true, nil},
 		{"no tier", "guardian_ratelimit", true, nil},
 		{"unknown tier", "guardian_ratelimit global", true, nil},
 		{"unknown mode", "guardian_ratelimit ip {\n mode sometimes\n}", true, nil},

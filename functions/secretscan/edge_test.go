@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/glassmkr/guardian/shared/identity"
 	"github.com/glassmkr/guardian/shared/notify/notifytest"
 	"github.com/glassmkr/guardian/shared/testenv"
 )
@@ -128,4 +129,51 @@ func TestThroughTheEdge(t *testing.T) {
 		t.Fatalf("1,000 matches: %d %.300s", a.status, a.raw)
 	}
 	t.Logf("1,000 matches through the edge in %s", took)
+}
+
+// TestForgedReportsSpendTheAddressBudget: a report whose signature fails
+// is a failed credential check. The sender's address pays for each from
+// its brute-force budget (100, 10/s), and once that is spent the edge
+// refuses the address before the function runs: its guesses no longer
+// cost a signature check or an audit row.
+func TestForgedReportsSpendTheAddressBudget(t *testing.T) {
+	t.Parallel()
+	env, _, pg := testenv.EdgeEnv(t)
+	gh := newFakeGitHub(t)
+	env["GUARDIAN_GITHUB_KEYS_URL"] = gh.KeysURL()
+	e := startEdge(t, env)
+
+	body := []byte(`[]`)
+	forged := gh.sign(t, katKeyID, []byte(`[{}]`))
+	failed, refusedAt := 0, 0
+	for i := 1; i <= 400 && refusedAt == 0; i++ {
+		switch a := post(t, e.URL+Route, body, forged); a.status {
+		case 401:
+			if a.header.Get(identity.HeaderAuthFailure) != "" {
+				t.Fatalf("the function's failure report reached the client: %v", a.header)
+			}
+			failed++
+		case 429:
+			if a.doc["code"] != "rate_limited" || a.header.Get("Retry-After") == "" {
+				t.Fatalf("refusal: %v %s", a.header, a.raw)
+			}
+			refusedAt = i
+		default:
+			t.Fatalf("forged report %d: %d %s", i, a.status, a.raw)
+		}
+	}
+	// 100 tokens, plus what refilled while they were spent.
+	if refusedAt == 0 || failed < 100 {
+		t.Fatalf("%d forged reports refused by the function, the first refused by the edge: %d", failed, refusedAt)
+	}
+	for range 20 {
+		if a := post(t, e.URL+Route, body, forged); a.status != 429 {
+			t.Fatalf("a forged report from a refused address: %d %s", a.status, a.raw)
+		}
+	}
+	var rows int
+	if err := pg.Owner.QueryRow(context.Background(), `SELECT count(*) FROM api_audit_log WHERE action = 'auth_failed'
+		AND resource_type = 'secret_scanning_report'`).Scan(&rows); err != nil || rows != failed {
+		t.Fatalf("%d auth_failed rows, want one for each of the %d reports the function refused (%v)", rows, failed, err)
+	}
 }

@@ -67,10 +67,13 @@ type label struct {
 }
 
 // refuse answers a request that failed verification, and has the edge
-// audit it as a failed authentication.
+// audit it as a failed authentication and charge it as one.
 func refuse(w http.ResponseWriter, status int, code, detail, reason string) {
 	audit.Annotate(w, audit.Annotation{ResourceType: "secret_scanning_report", Action: "auth_failed",
 		Metadata: map[string]any{"reason": reason}})
+	// The edge charges the failure to the sender's address (the brute-force
+	// budget), and refuses an address that spent it before this runs.
+	identity.ReportAuthFailure(w, reason)
 	problem.Write(w, problem.New(status, code, detail))
 }
 

@@ -29,6 +29,36 @@ const (
 	HeaderRequestID = "Guardian-Request-Id"
 )
 
+// HeaderAuthFailure is a response header: a function that checks a
+// credential of its own (the secret-scanning webhook's signature) answers
+// a failed check with it, naming the reason (ReportAuthFailure). The
+// runtime removes it from the answer and reports the failure to the edge
+// as guardian_auth reports its own, so the ip rate-limit tier charges it
+// to the caller's address.
+const HeaderAuthFailure = "Guardian-Auth-Failure"
+
+// ReportAuthFailure marks the answer being written to w as a failed
+// credential check, for reason: lower-case letters, digits and _, at most
+// 64 (others are ignored by the runtime).
+func ReportAuthFailure(w http.ResponseWriter, reason string) {
+	w.Header().Set(HeaderAuthFailure, reason)
+}
+
+// ValidFailureReason reports whether reason may be reported by
+// ReportAuthFailure.
+func ValidFailureReason(reason string) bool {
+	if reason == "" || len(reason) > 64 {
+		return false
+	}
+	for i := 0; i < len(reason); i++ {
+		c := reason[i]
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '_' {
+			return false
+		}
+	}
+	return true
+}
+
 // Kinds of credential.
 const (
 	KindSession   = "session"

@@ -36,6 +36,11 @@ func setup(ctx context.Context, log *zap.Logger, env *config.Loader) (http.Handl
 	mux.HandleFunc("/ok", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "%d", os.Getpid())
 	})
+	mux.HandleFunc("/authfail", func(w http.ResponseWriter, r *http.Request) {
+		// A function refusing a credential it checks itself.
+		w.Header().Set("Guardian-Auth-Failure", r.URL.Query().Get("reason"))
+		w.WriteHeader(http.StatusUnauthorized)
+	})
 	mux.HandleFunc("/env", func(w http.ResponseWriter, r *http.Request) {
 		_ = json.NewEncoder(w).Encode(os.Environ())
 	})
