@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -75,13 +76,16 @@ type Writer struct {
 
 // chain is one writer's hash chain and its queue.
 type chain struct {
-	in   chan *pending
-	buf  []byte // the COPY body, reused batch after batch
-	base string // id of the chain's first generation
-	gen  int
-	id   string
-	seq  int64
-	prev []byte
+	in chan *pending
+	// restartAsked: the spool's replay found one of this chain's rows
+	// displaced, so verify stops there; the next batch starts a new chain.
+	restartAsked atomic.Bool
+	buf          []byte // the COPY body, reused batch after batch
+	base         string // id of the chain's first generation
+	gen          int
+	id           string
+	seq          int64
+	prev         []byte
 }
 
 type pending struct {
@@ -327,6 +331,9 @@ func (w *Writer) loop(ctx context.Context, c *chain) {
 			rows = append(rows, p.row)
 		}
 		w.setDigests(rows)
+		if c.restartAsked.Swap(false) {
+			c.restart()
+		}
 		for _, r := range rows {
 			c.link(r)
 		}
@@ -388,6 +395,21 @@ func (w *Writer) takeQueued(c *chain, batch []*pending) []*pending {
 		}
 	}
 	return batch
+}
+
+// askRestart has the chains that wrote the given chain ids (any of their
+// generations) start a new chain with their next batch. Rows this run
+// spooled may turn out displaced only when replayed, after their chain
+// has gone on; without a new chain, verify would check none of its rows
+// past the displaced one.
+func (w *Writer) askRestart(ids []string) {
+	for _, id := range ids {
+		for _, c := range w.chains {
+			if id == c.base || strings.HasPrefix(id, c.base+".") {
+				c.restartAsked.Store(true)
+			}
+		}
+	}
 }
 
 // restart begins a new chain (base.1, base.2, ...) after a failed batch.
@@ -514,6 +536,7 @@ func (w *Writer) replayOnce(ctx context.Context) error {
 					return err
 				}
 				w.logDisplaced(moved)
+				w.askRestart(moved.Writers)
 				replayed += len(rows)
 				return nil
 			})
@@ -623,6 +646,7 @@ type displaced struct {
 	Rows     int
 	From, To string // the first such row's
 	FromSeq  int64
+	Writers  []string // the chains whose rows were displaced
 }
 
 // insertIgnoringDuplicates writes rows in one transaction, skipping those
@@ -673,6 +697,11 @@ func insertIgnoringDuplicates(ctx context.Context, db *pgxpool.Pool, rows []*aud
 		// were moved there.
 		if n := len(foreign) - (len(taken) - len(again)); n > 0 {
 			out = displaced{Rows: n, From: foreign[0].WriterID, FromSeq: foreign[0].WriterSeq, To: moved[0].WriterID}
+			for _, r := range foreign {
+				if !slices.Contains(out.Writers, r.WriterID) {
+					out.Writers = append(out.Writers, r.WriterID)
+				}
+			}
 		}
 		return nil
 	})

@@ -1082,6 +1082,57 @@ func TestARowWhosePositionIsTakenIsStoredElsewhere(t *testing.T) {
 	}
 }
 
+// A row that the spool's replay finds displaced restarts its chain too:
+// the writer's next rows are in a new chain that verify checks whole.
+func TestARowDisplacedOnReplayRestartsItsChain(t *testing.T) {
+	t.Parallel()
+	pg := testenv.Postgres(t)
+	app := pg.App(t)
+	ctx := context.Background()
+	w, err := NewWriter(WriterConfig{DSN: pg.AppDSN, SpoolDir: filepath.Join(t.TempDir(), "spool"), Chains: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = w.Close() })
+	first := testRow(1)
+	if err := w.Record(ctx, first); err != nil {
+		t.Fatal(err)
+	}
+	foreignRow(t, app, first.WriterID, 2, first.RowHash)
+	// The chain's next row, spooled (as while PostgreSQL was away). The
+	// chain's goroutine is idle: it handed first back and waits for rows.
+	second := testRow(2)
+	w.chains[0].link(second)
+	w.spool.startSpooling()
+	if err := w.spool.append([]*audit.Row{second}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for !w.spool.empty() || w.spool.isSpooling() {
+		if time.Now().After(deadline) {
+			t.Fatal("spool never drained")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	third := testRow(3)
+	if err := w.Record(ctx, third); err != nil {
+		t.Fatal(err)
+	}
+	if third.WriterID == first.WriterID || third.WriterSeq != 1 {
+		t.Fatalf("the row after the replay is at %s/%d, want the start of a new chain", third.WriterID, third.WriterSeq)
+	}
+	if n := countWhere(t, pg.Owner, "request_id = $1 AND writer_id <> $2", second.RequestID, first.WriterID); n != 1 {
+		t.Fatalf("the displaced row stored %d times in a chain of its own, want 1", n)
+	}
+	rep, err := audit.Verify(ctx, pg.Owner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []audit.Break{{WriterID: first.WriterID, WriterSeq: 2, Reason: "displaced"}}; !reflect.DeepEqual(rep.Breaks, want) {
+		t.Fatalf("verify: %v, want %v", rep.Breaks, want)
+	}
+}
+
 func countWhere(t *testing.T, db *pgxpool.Pool, where string, args ...any) int64 {
 	t.Helper()
 	var n int64
