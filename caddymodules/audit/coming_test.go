@@ -36,17 +36,6 @@ func TestALingerEndsWhenNoAnnouncedRowIsLeft(t *testing.T) {
 		go func() { done <- w.recordAnnounced(time.Second, r) }()
 		return done
 	}
-	await := func(done chan error, what string) {
-		t.Helper()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Fatalf("%s: %v", what, err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Fatalf("%s: still waiting after 30 s (for the linger's timer?)", what)
-		}
-	}
 	waiting := func(done chan error, what string) {
 		t.Helper()
 		select {
@@ -57,7 +46,7 @@ func TestALingerEndsWhenNoAnnouncedRowIsLeft(t *testing.T) {
 	}
 
 	w.announce()
-	await(record(testRow(0)), "a row after no batch (idle)")
+	awaitRows(t, record(testRow(0)), 1, "a row after no batch (idle)")
 
 	// The chain is busy now. Two requests begin; the first row waits for
 	// the second, and both commit together as soon as it is queued.
@@ -65,8 +54,8 @@ func TestALingerEndsWhenNoAnnouncedRowIsLeft(t *testing.T) {
 	w.announce()
 	first := record(testRow(1))
 	waiting(first, "the first of two announced rows")
-	await(record(testRow(2)), "the second row")
-	await(first, "the first row")
+	awaitRows(t, record(testRow(2)), 1, "the second row")
+	awaitRows(t, first, 1, "the first row")
 	var xacts int
 	if err := pg.Owner.QueryRow(ctx, "SELECT count(DISTINCT xmin::text) FROM api_audit_log WHERE writer_seq IN (2, 3)").Scan(&xacts); err != nil {
 		t.Fatal(err)
@@ -82,7 +71,7 @@ func TestALingerEndsWhenNoAnnouncedRowIsLeft(t *testing.T) {
 	third := record(testRow(3))
 	waiting(third, "a row beside a request still running")
 	w.withdraw()
-	await(third, "the row after the other request withdrew")
+	awaitRows(t, third, 1, "the row after the other request withdrew")
 	if got := count(t, pg.Owner); got != 4 {
 		t.Fatalf("%d rows, want 4", got)
 	}

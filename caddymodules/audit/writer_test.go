@@ -811,6 +811,22 @@ func TestRowsOfADeletedCustomerAreKeptAndAnonymised(t *testing.T) {
 	}
 }
 
+// awaitRows waits for n answers on done, each nil, for at most 30 s each
+// (the linger tests set an hour: a wait that long is the fault).
+func awaitRows(t *testing.T, done <-chan error, n int, what string) {
+	t.Helper()
+	for range n {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("%s: %v", what, err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%s: still waiting after 30 s (for a linger's timer?)", what)
+		}
+	}
+}
+
 // A busy chain (its last batch held at least LingerAfter rows) waits for
 // more rows before it commits; an idle one commits at once; closing the
 // writer ends a wait and writes what waited.
@@ -831,20 +847,7 @@ func TestBusyChainLingersForLargerGroupCommits(t *testing.T) {
 		}
 		return done
 	}
-	await := func(done chan error, n int, what string) {
-		t.Helper()
-		for range n {
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Fatalf("%s: %v", what, err)
-				}
-			case <-time.After(30 * time.Second):
-				t.Fatalf("%s: still waiting after 30 s (a linger of an hour?)", what)
-			}
-		}
-	}
-	await(record(testRow(0)), 1, "a row after no batch (idle)")
+	awaitRows(t, record(testRow(0)), 1, "a row after no batch (idle)")
 
 	// Busy now: the next row waits for company...
 	alone := record(testRow(1))
@@ -854,8 +857,8 @@ func TestBusyChainLingersForLargerGroupCommits(t *testing.T) {
 	case <-time.After(300 * time.Millisecond):
 	}
 	// ...until the batch is full, and the three commit together.
-	await(record(testRow(2), testRow(3)), 2, "the rows that filled the batch")
-	await(alone, 1, "the row that waited")
+	awaitRows(t, record(testRow(2), testRow(3)), 2, "the rows that filled the batch")
+	awaitRows(t, alone, 1, "the row that waited")
 	var n, xacts int
 	if err := pg.Owner.QueryRow(ctx, "SELECT count(*), count(DISTINCT xmin::text) FILTER (WHERE writer_seq > 1) FROM api_audit_log").Scan(&n, &xacts); err != nil {
 		t.Fatal(err)
@@ -869,8 +872,8 @@ func TestBusyChainLingersForLargerGroupCommits(t *testing.T) {
 	w.chains[0].in <- last
 	closed := make(chan error, 1)
 	go func() { closed <- w.Close() }()
-	await(closed, 1, "Close while a row waits")
-	await(last.done, 1, "the row waiting when the writer closed")
+	awaitRows(t, closed, 1, "Close while a row waits")
+	awaitRows(t, last.done, 1, "the row waiting when the writer closed")
 	if got := count(t, pg.Owner); got != 5 {
 		t.Fatalf("%d rows after Close, want 5", got)
 	}
