@@ -85,11 +85,7 @@ func TestALingerEndsWhenNoAnnouncedRowIsLeft(t *testing.T) {
 func TestEveryRequestEndsItsAnnouncement(t *testing.T) {
 	t.Parallel()
 	pg := testenv.Postgres(t)
-	open, err := NewWriter(WriterConfig{DSN: pg.AppDSN, SpoolDir: filepath.Join(t.TempDir(), "open")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer open.Close()
+	open := newWriter(t, pg.AppDSN, 1<<20)
 	closed, err := NewWriter(WriterConfig{DSN: pg.AppDSN, SpoolDir: filepath.Join(t.TempDir(), "closed")})
 	if err != nil {
 		t.Fatal(err)

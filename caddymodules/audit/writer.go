@@ -165,14 +165,6 @@ func (w *Writer) Record(ctx context.Context, row *audit.Row) error {
 	return w.record(ctx, 0, row, false)
 }
 
-// RecordWithin is Record with the wait for a place in the queue bounded by
-// wait alone. The edge records a row for every audited request and the
-// queue is nearly always open, so this path builds no context and starts
-// a timer only when the queue is full.
-func (w *Writer) RecordWithin(wait time.Duration, row *audit.Row) error {
-	return w.record(nil, wait, row, false)
-}
-
 // announce tells the writer that a row will come (an audited request has
 // begun), so that a lingering chain waits for it; recordAnnounced or
 // withdraw must follow, once.
@@ -181,14 +173,17 @@ func (w *Writer) announce() { w.coming.announce() }
 // withdraw takes back an announcement whose row will not be recorded.
 func (w *Writer) withdraw() { w.coming.arrived() }
 
-// recordAnnounced is RecordWithin for an announced row: the announcement
-// ends once the row is queued (or refused).
+// recordAnnounced is the edge's Record, for an announced row: the wait
+// for a place in the queue is bounded by wait alone (the queue is nearly
+// always open, so this path builds no context and starts a timer only
+// when the queue is full), and the announcement ends once the row is
+// queued or refused.
 func (w *Writer) recordAnnounced(wait time.Duration, row *audit.Row) error {
 	return w.record(nil, wait, row, true)
 }
 
-// record is Record (ctx set) or RecordWithin (ctx nil); announced ends an
-// announcement once the row is queued or refused.
+// record is Record (ctx set) or recordAnnounced (ctx nil); announced ends
+// an announcement once the row is queued or refused.
 func (w *Writer) record(ctx context.Context, wait time.Duration, row *audit.Row, announced bool) error {
 	if announced {
 		defer w.arrivedOnce(&announced)

@@ -923,24 +923,29 @@ func TestRecordRacingCloseAlwaysReturns(t *testing.T) {
 	t.Logf("%d stored, %d refused", stored.Load(), refused.Load())
 }
 
-// RecordWithin waits at most its bound for a place in a full queue, and
-// takes the place once one frees up within it.
-func TestRecordWithinAFullQueue(t *testing.T) {
+// An announced row waits at most its bound for a place in a full queue,
+// and takes the place once one frees up within it; either way its
+// announcement ends.
+func TestRecordAnnouncedWithinAFullQueue(t *testing.T) {
 	c := &chain{in: make(chan *pending, 1)}
-	w := &Writer{chains: []*chain{c}, maxBatch: 1}
+	w := &Writer{chains: []*chain{c}, maxBatch: 1, coming: newComing()}
 	filler := &pending{row: testRow(0), done: make(chan error, 1)}
 	c.in <- filler
 
 	start := time.Now()
-	err := w.RecordWithin(50*time.Millisecond, testRow(1))
+	w.announce()
+	err := w.recordAnnounced(50*time.Millisecond, testRow(1))
 	if err == nil || !strings.Contains(err.Error(), "queue full") {
-		t.Fatalf("RecordWithin on a full queue: %v", err)
+		t.Fatalf("recordAnnounced on a full queue: %v", err)
 	}
 	if waited := time.Since(start); waited < 50*time.Millisecond {
 		t.Fatalf("gave up after %s, before its bound", waited)
 	}
 	if len(c.in) != 1 || <-c.in != filler {
 		t.Fatal("the refused row reached the queue")
+	}
+	if n := w.coming.n.Load(); n != 0 {
+		t.Fatalf("%d rows still announced after the refusal, want 0", n)
 	}
 
 	// A chain loop stand-in frees the place after a while and answers
@@ -952,8 +957,12 @@ func TestRecordWithinAFullQueue(t *testing.T) {
 		p := <-c.in
 		p.done <- nil
 	}()
-	if err := w.RecordWithin(10*time.Second, testRow(2)); err != nil {
-		t.Fatalf("RecordWithin once the queue had room: %v", err)
+	w.announce()
+	if err := w.recordAnnounced(10*time.Second, testRow(2)); err != nil {
+		t.Fatalf("recordAnnounced once the queue had room: %v", err)
+	}
+	if n := w.coming.n.Load(); n != 0 {
+		t.Fatalf("%d rows still announced after the row was queued, want 0", n)
 	}
 }
 
@@ -1092,11 +1101,7 @@ func TestARowDisplacedOnReplayRestartsItsChain(t *testing.T) {
 	pg := testenv.Postgres(t)
 	app := pg.App(t)
 	ctx := context.Background()
-	w, err := NewWriter(WriterConfig{DSN: pg.AppDSN, SpoolDir: filepath.Join(t.TempDir(), "spool"), Chains: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = w.Close() })
+	w := newWriter(t, pg.AppDSN, 1<<20)
 	first := testRow(1)
 	if err := w.Record(ctx, first); err != nil {
 		t.Fatal(err)
