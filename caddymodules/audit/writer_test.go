@@ -985,8 +985,10 @@ func foreignRow(t *testing.T, db *pgxpool.Pool, writer string, seq int64, prev [
 // skipped (which would lose it), the writer says so and starts a new
 // chain, storing it again adds nothing, and verify reports the writer's
 // chain displaced at that position, however well the foreign row links.
+//
+// Not parallel: it counts displaced_rows_total, a process-wide counter that
+// TestARowDisplacedOnReplayRestartsItsChain adds to as well.
 func TestARowWhosePositionIsTakenIsStoredElsewhere(t *testing.T) {
-	t.Parallel()
 	pg := testenv.Postgres(t)
 	app := pg.App(t)
 	ctx := context.Background()
