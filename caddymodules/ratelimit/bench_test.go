@@ -128,7 +128,7 @@ func BenchmarkAfterIdle(b *testing.B) {
 }
 
 // BenchmarkTakeConcurrent is many requests deciding at once, as on a busy
-// edge: their script calls share pipelines.
+// edge: they are decided in batches, one script call each.
 func BenchmarkTakeConcurrent(b *testing.B) {
 	r := testenv.NewRedis(b)
 	l := NewLimiter(redis.NewClient(&redis.Options{Addr: r.Addr, Password: r.Password, PoolSize: 64}), r.Prefix, time.Second, nil)

@@ -129,7 +129,13 @@ func (l *Limiter) CredentialKey(customer, credential string) string {
 // Take takes one token from every bucket of keys, or from none. When Redis
 // cannot answer in time, it decides with in-memory buckets if local is
 // set (brute-force surfaces), and otherwise lets the request through.
+// keys and buckets pair up: one bucket shape per key, at least one.
 func (l *Limiter) Take(ctx context.Context, keys []string, buckets []Bucket, local bool) Decision {
+	if len(keys) != len(buckets) || len(keys) == 0 {
+		// A caller's fault, and in a batch it would misalign the script's
+		// arguments for every decision after it.
+		panic(fmt.Sprintf("rate limiter: %d keys for %d buckets", len(keys), len(buckets)))
+	}
 	now := l.now()
 	// While Redis is marked down, one request a probeEvery tries it (the
 	// one that moves downUntil on); the others decide without it rather
@@ -201,29 +207,29 @@ var errReply = errors.New("rate limiter: unexpected script reply")
 var bucketSHA any = bucketScript.Hash()
 
 func (l *Limiter) takeRedis(ctx context.Context, keys []string, buckets []Bucket) (Decision, error) {
-	// The whole command in one slice, as go-redis would build it: EVALSHA
-	// sha numkeys keys... cost now (capacity rate)...
-	cmd := make([]any, 0, 3+len(keys)+2+2*len(buckets))
-	cmd = append(cmd, "evalsha", bucketSHA, len(keys))
-	for _, k := range keys {
-		cmd = append(cmd, k)
-	}
-	var now any = ""
-	if l.scriptNow != nil {
-		now = strconv.FormatInt(l.scriptNow(), 10)
-	}
-	cmd = append(cmd, 1, now)
-	for _, b := range buckets {
-		capacity, rate := l.shapes.get(b)
-		cmd = append(cmd, capacity, rate)
-	}
-	// EVALSHA in a pipeline shared with concurrent requests, falling back
-	// to EVAL (which loads the script) on NOSCRIPT.
-	res, err := l.pipe.run(ctx, l.timeout, cmd, len(keys))
+	shapes, nowMs := l.scriptArgs(buckets)
+	// One decision of a batch of concurrent requests' (one EVALSHA, or
+	// EVAL, which loads the script, on NOSCRIPT).
+	res, err := l.pipe.run(ctx, l.timeout, keys, shapes, nowMs)
 	if err != nil {
 		return Decision{}, err
 	}
 	return decode(res, buckets)
+}
+
+// scriptArgs returns a decision's arguments for bucket.lua: the buckets'
+// capacities and rates, and the script's clock (-1: Redis's own).
+func (l *Limiter) scriptArgs(buckets []Bucket) (shapes []any, nowMs int64) {
+	shapes = make([]any, 0, 2*len(buckets))
+	for _, b := range buckets {
+		capacity, rate := l.shapes.get(b)
+		shapes = append(shapes, capacity, rate)
+	}
+	nowMs = -1
+	if l.scriptNow != nil {
+		nowMs = l.scriptNow()
+	}
+	return shapes, nowMs
 }
 
 // maxShapes bounds the bucket shapes whose arguments are kept boxed; a

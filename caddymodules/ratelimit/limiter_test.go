@@ -189,6 +189,105 @@ func TestScriptIsReloadedAfterRedisForgetsIt(t *testing.T) {
 	}
 }
 
+// take is one decision's keys and buckets.
+type take struct {
+	keys    []string
+	buckets []Bucket
+}
+
+// decideTogether has takes decided as one batch, as the pipeliner sends
+// the decisions of concurrent requests, and returns their decisions.
+func decideTogether(t *testing.T, l *Limiter, takes ...take) []Decision {
+	t.Helper()
+	batch := make([]*call, len(takes))
+	for i, tk := range takes {
+		shapes, nowMs := l.scriptArgs(tk.buckets)
+		batch[i] = &call{keys: tk.keys, shapes: shapes, nowMs: nowMs, deadline: time.Now().Add(10 * time.Second), res: make(chan callResult, 1)}
+	}
+	l.pipe.send(batch)
+	out := make([]Decision, len(takes))
+	for i, c := range batch {
+		r := <-c.res
+		if r.err != nil {
+			t.Fatalf("decision %d: %v", i, r.err)
+		}
+		d, err := decode(r.vals, takes[i].buckets)
+		if err != nil {
+			t.Fatalf("decision %d: %v", i, err)
+		}
+		out[i] = d
+	}
+	return out
+}
+
+// One script call decides a batch in order, each decision as if alone:
+// later decisions see the tokens earlier ones took, and a refused
+// decision takes from none of its buckets.
+func TestABatchIsDecidedInOrder(t *testing.T) {
+	t.Parallel()
+	l, _ := newTestLimiter(t)
+	ip := take{[]string{l.IPKey("198.51.100.60")}, []Bucket{{Capacity: 3, Rate: 1}}}
+	var got []string
+	for _, d := range decideTogether(t, l, ip, ip, ip, ip, ip) {
+		got = append(got, fmt.Sprintf("%v/%d", d.Allowed, d.Remaining))
+	}
+	if want := "true/2 true/1 true/0 false/0 false/0"; strings.Join(got, " ") != want {
+		t.Fatalf("five decisions on a bucket of three: %s, want %s", strings.Join(got, " "), want)
+	}
+
+	// Two keys of one account with one token left: the first takes it, the
+	// second is refused and its key keeps all of its tokens.
+	shapes := []Bucket{{Capacity: 5, Rate: 0.001}, {Capacity: 1, Rate: 0.001}}
+	first := take{[]string{l.CredentialKey("c60", "k1"), l.AccountKey("c60")}, shapes}
+	second := take{[]string{l.CredentialKey("c60", "k2"), l.AccountKey("c60")}, shapes}
+	ds := decideTogether(t, l, first, second)
+	if !ds[0].Allowed || ds[1].Allowed || ds[1].Remaining != 0 || ds[1].RetryAfter <= 0 {
+		t.Fatalf("one account token for two keys: %+v", ds)
+	}
+	if d := l.Take(context.Background(), second.keys[:1], shapes[:1], false); !d.Allowed || d.Remaining != 4 {
+		t.Fatalf("the refused key was charged: %+v", d)
+	}
+}
+
+// Concurrent decisions of many customers go out together on a cluster
+// too: one script call per hash tag, each charged in its own slot.
+func TestRedisClusterDecidesABatchOfManyAccounts(t *testing.T) {
+	t.Parallel()
+	addrs := testenv.RedisCluster(t)
+	rdb := redis.NewUniversalClient(&redis.UniversalOptions{Addrs: addrs, IsClusterMode: true})
+	l := NewLimiter(rdb, "guardian:rl:batch:", time.Second, nil)
+	t.Cleanup(func() { _ = l.Close() })
+	b := []Bucket{{Capacity: 2, Rate: 0.001}, {Capacity: 100, Rate: 0.001}}
+	var takes []take
+	for range 3 {
+		for i := range 8 {
+			customer := fmt.Sprintf("c%d", i)
+			takes = append(takes, take{[]string{l.CredentialKey(customer, "k"), l.AccountKey(customer)}, b})
+		}
+	}
+	for i, d := range decideTogether(t, l, takes...) {
+		want := i < 16 // each customer's key has two tokens: its third decision is refused
+		if d.Allowed != want || d.Source != SourceRedis {
+			t.Fatalf("decision %d (customer c%d, its %d.): %+v", i, i%8, i/8+1, d)
+		}
+	}
+}
+
+func TestHashTag(t *testing.T) {
+	for key, want := range map[string]string{
+		"rl:b2:{a:c1}:c:k": "a:c1",
+		"rl:b2:ip:{::1}":   "::1",
+		"{a}{b}":           "a",
+		"x{}y{z}":          "x{}y{z}", // an empty tag: the whole key
+		"x}y{z":            "x}y{z",   // no "}" after the "{"
+		"plain":            "plain",
+	} {
+		if got := hashTag(key); got != want {
+			t.Errorf("hashTag(%q) = %q, want %q", key, got, want)
+		}
+	}
+}
+
 func TestRedisClusterChargesBothTiersInOneSlot(t *testing.T) {
 	t.Parallel()
 	addrs := testenv.RedisCluster(t)
@@ -209,7 +308,7 @@ func TestRedisClusterChargesBothTiersInOneSlot(t *testing.T) {
 	}
 	// Keys without the shared tag really are refused by a cluster, so the
 	// test above proves the tags work, not that Redis is lenient.
-	_, err := bucketScript.Run(context.Background(), rdb, []string{"x:{a}", "x:{b}"}, 1, "", 1, 1, 1, 1).Result()
+	_, err := bucketScript.Run(context.Background(), rdb, []string{"x:{a}", "x:{b}"}, "", 2, 1, 1, 1, 1).Result()
 	if err == nil || !strings.Contains(err.Error(), "CROSSSLOT") {
 		t.Fatalf("untagged keys: %v", err)
 	}

@@ -3,6 +3,8 @@ package ratelimit
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -10,13 +12,15 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// maxPipeline bounds the decisions sent in one pipeline.
-const maxPipeline = 256
+// maxBatch bounds the decisions sent together.
+const maxBatch = 256
 
-// call is one decision waiting for its place in a pipeline.
+// call is one decision waiting for its place in a batch.
 type call struct {
-	cmd      []any // EVALSHA sha numkeys keys... args...
-	nkeys    int
+	keys   []string
+	shapes []any // per key: capacity, rate (boxed once, Limiter.shapes)
+	// nowMs is the script's clock in ms (tests), or -1 for Redis's own.
+	nowMs    int64
 	deadline time.Time
 	res      chan callResult
 }
@@ -31,20 +35,24 @@ type callResult struct {
 }
 
 // pipeliner sends the decisions of concurrent requests to Redis together:
-// one goroutine takes whatever is queued (up to maxPipeline) and sends it
-// as one pipeline, so a busy edge pays one write and one read for many
-// requests instead of a round trip each. A lone request goes out at once,
-// so an idle edge waits no longer than before. Each decision is still one
-// atomic script call.
+// one goroutine takes whatever is queued (up to maxBatch) and decides it
+// with one script call (bucket.lua decides a batch in order, each decision
+// atomic), so a busy edge pays one round trip, one script call and one
+// read and write per bucket for many requests instead of one each per
+// request. On Redis Cluster the batch is split by hash tag, one call per
+// tag, all in one pipeline. A lone request goes out at once, so an idle
+// edge waits no longer than before.
 type pipeliner struct {
-	rdb  redis.UniversalClient
-	in   chan *call
-	stop chan struct{}
-	done chan struct{}
+	rdb     redis.UniversalClient
+	cluster bool // split batches by hash tag
+	in      chan *call
+	stop    chan struct{}
+	done    chan struct{}
 }
 
 func newPipeliner(rdb redis.UniversalClient) *pipeliner {
-	p := &pipeliner{rdb: rdb, in: make(chan *call, 4*maxPipeline), stop: make(chan struct{}), done: make(chan struct{})}
+	_, cluster := rdb.(*redis.ClusterClient)
+	p := &pipeliner{rdb: rdb, cluster: cluster, in: make(chan *call, 4*maxBatch), stop: make(chan struct{}), done: make(chan struct{})}
 	go p.loop()
 	return p
 }
@@ -65,10 +73,11 @@ var timers = sync.Pool{New: func() any {
 	return t
 }}
 
-// run queues one script call, cmd (EVALSHA with nkeys keys), and waits
-// for its answer, for ctx's end, or for timeout to pass
+// run queues one decision over keys (shapes: their capacities and rates;
+// nowMs: the script's clock, or -1) and waits for its answer (the
+// script's values for it), for ctx's end, or for timeout to pass
 // (context.DeadlineExceeded).
-func (p *pipeliner) run(ctx context.Context, timeout time.Duration, cmd []any, nkeys int) ([]int64, error) {
+func (p *pipeliner) run(ctx context.Context, timeout time.Duration, keys []string, shapes []any, nowMs int64) ([]int64, error) {
 	deadline := time.Now().Add(timeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
@@ -85,7 +94,7 @@ func (p *pipeliner) run(ctx context.Context, timeout time.Duration, cmd []any, n
 		timers.Put(timer)
 	}()
 	c := calls.Get().(*call)
-	c.cmd, c.nkeys, c.deadline = cmd, nkeys, deadline
+	c.keys, c.shapes, c.nowMs, c.deadline = keys, shapes, nowMs, deadline
 	select {
 	case p.in <- c:
 	case <-ctx.Done():
@@ -97,7 +106,7 @@ func (p *pipeliner) run(ctx context.Context, timeout time.Duration, cmd []any, n
 	}
 	select {
 	case r := <-c.res:
-		c.cmd = nil
+		c.keys, c.shapes = nil, nil
 		calls.Put(c)
 		return r.vals, r.err
 	case <-ctx.Done():
@@ -118,7 +127,7 @@ func (p *pipeliner) run(ctx context.Context, timeout time.Duration, cmd []any, n
 
 func (p *pipeliner) loop() {
 	defer close(p.done)
-	batch := make([]*call, 0, maxPipeline)
+	batch := make([]*call, 0, maxBatch)
 	for {
 		var first *call
 		select {
@@ -128,7 +137,7 @@ func (p *pipeliner) loop() {
 		}
 		batch = append(batch[:0], first)
 	fill:
-		for len(batch) < maxPipeline {
+		for len(batch) < maxBatch {
 			select {
 			case c := <-p.in:
 				batch = append(batch, c)
@@ -140,8 +149,8 @@ func (p *pipeliner) loop() {
 	}
 }
 
-// send runs a batch as one pipeline, bounded by the latest deadline in it
-// (each caller also stops waiting at its own).
+// send decides a batch, bounded by the latest deadline in it (each
+// caller also stops waiting at its own).
 func (p *pipeliner) send(batch []*call) {
 	deadline := batch[0].deadline
 	for _, c := range batch[1:] {
@@ -151,27 +160,119 @@ func (p *pipeliner) send(batch []*call) {
 	}
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
-	cmds := make([]*redis.Cmd, len(batch))
-	pipe := p.rdb.Pipeline()
-	for i, c := range batch {
-		// As Script.EvalSha makes it, from the slice the caller built.
-		cmds[i] = redis.NewCmd(ctx, c.cmd...)
-		if c.nkeys > 0 {
-			cmds[i].SetFirstKeyPos(3) // where Redis Cluster finds the slot
-		}
-		_ = pipe.Process(ctx, cmds[i])
+	groups := [][]*call{batch}
+	if p.cluster {
+		groups = byHashTag(batch)
 	}
-	_, _ = pipe.Exec(ctx)
-	for i, c := range batch {
+	cmds := make([]*redis.Cmd, len(groups))
+	for i, g := range groups {
+		cmds[i] = scriptCmd(ctx, "evalsha", bucketSHA, g)
+	}
+	if len(cmds) == 1 {
+		_ = p.rdb.Process(ctx, cmds[0])
+	} else {
+		pipe := p.rdb.Pipeline()
+		for _, cmd := range cmds {
+			_ = pipe.Process(ctx, cmd)
+		}
+		_, _ = pipe.Exec(ctx)
+	}
+	for i, g := range groups {
 		vals, err := cmds[i].Int64Slice()
 		if err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
 			// Redis forgot the script (restart, SCRIPT FLUSH): EVAL loads it.
-			keys := make([]string, c.nkeys)
-			for j := range keys {
-				keys[j], _ = c.cmd[3+j].(string)
-			}
-			vals, err = bucketScript.Eval(ctx, p.rdb, keys, c.cmd[3+c.nkeys:]...).Int64Slice()
+			cmd := scriptCmd(ctx, "eval", bucketLua, g)
+			_ = p.rdb.Process(ctx, cmd)
+			vals, err = cmd.Int64Slice()
 		}
-		c.res <- callResult{vals, err}
+		answer(g, vals, err)
 	}
+}
+
+// scriptCmd is the script call (verb EVALSHA or EVAL, with the script's
+// hash or source) deciding g, in bucket.lua's layout.
+func scriptCmd(ctx context.Context, verb string, script any, g []*call) *redis.Cmd {
+	nkeys, nargs := 0, 1
+	var nowMs int64 = -1
+	for _, c := range g {
+		nkeys += len(c.keys)
+		nargs += 1 + len(c.shapes)
+		nowMs = max(nowMs, c.nowMs)
+	}
+	args := make([]any, 0, 3+nkeys+nargs)
+	args = append(args, verb, script, nkeys)
+	for _, c := range g {
+		for _, k := range c.keys {
+			args = append(args, k)
+		}
+	}
+	var now any = ""
+	if nowMs >= 0 {
+		now = strconv.FormatInt(nowMs, 10)
+	}
+	args = append(args, now)
+	for _, c := range g {
+		args = append(args, len(c.keys))
+		args = append(args, c.shapes...)
+	}
+	cmd := redis.NewCmd(ctx, args...)
+	cmd.SetFirstKeyPos(3) // where Redis Cluster finds the slot
+	return cmd
+}
+
+// answer hands each call of g its share of the script's values, or err.
+func answer(g []*call, vals []int64, err error) {
+	if err == nil {
+		want := 0
+		for _, c := range g {
+			want += 1 + 3*len(c.keys)
+		}
+		if len(vals) != want {
+			err = fmt.Errorf("%w: %d values for %d", errReply, len(vals), want)
+		}
+	}
+	off := 0
+	for _, c := range g {
+		if err != nil {
+			c.res <- callResult{err: err}
+			continue
+		}
+		n := 1 + 3*len(c.keys)
+		c.res <- callResult{vals: vals[off : off+n : off+n]}
+		off += n
+	}
+}
+
+// byHashTag splits a batch into calls whose first keys share a hash tag
+// (so one script call may touch them all on Redis Cluster), keeping the
+// batch's order within each. A decision's own keys share their tag
+// (Limiter's keys are built so).
+func byHashTag(batch []*call) [][]*call {
+	var groups [][]*call
+	index := map[string]int{}
+	for _, c := range batch {
+		tag := ""
+		if len(c.keys) > 0 {
+			tag = hashTag(c.keys[0])
+		}
+		i, ok := index[tag]
+		if !ok {
+			i = len(groups)
+			index[tag] = i
+			groups = append(groups, nil)
+		}
+		groups[i] = append(groups[i], c)
+	}
+	return groups
+}
+
+// hashTag is the part of key Redis Cluster hashes: what is between the
+// first "{" and the next "}" when that is not empty, else the whole key.
+func hashTag(key string) string {
+	if s := strings.IndexByte(key, '{'); s >= 0 {
+		if e := strings.IndexByte(key[s+1:], '}'); e > 0 {
+			return key[s+1 : s+1+e]
+		}
+	}
+	return key
 }
