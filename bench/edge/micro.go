@@ -13,7 +13,7 @@ import (
 
 // microPackages hold the edge modules' micro-benchmarks (Benchmark* beside
 // the code).
-var microPackages = []string{"./caddymodules/...", "./shared/apikey"}
+var microPackages = []string{"./caddymodules/...", "./shared/apikey", "./shared/session"}
 
 // wantedMicro names benchmarks the issue asks for that may not exist yet:
 // package directory and what the benchmark would measure.

@@ -39,7 +39,7 @@ func newHandler(t *testing.T, h *Handler) *Handler {
 }
 
 // provisionIn is newHandler in a given Caddy context.
-func provisionIn(t *testing.T, ctx caddy.Context, h *Handler) *Handler {
+func provisionIn(t testing.TB, ctx caddy.Context, h *Handler) *Handler {
 	t.Helper()
 	h.Name = strings.NewReplacer("/", "_", " ", "_").Replace(t.Name())
 	h.Bin = testenv.Build(t, "./caddymodules/function/testdata/testfn")
@@ -58,7 +58,7 @@ func provisionIn(t *testing.T, ctx caddy.Context, h *Handler) *Handler {
 
 // testContext is a provisioned Caddy context with a config of its own, as
 // handlers get when Caddy loads a config.
-func testContext(t *testing.T) caddy.Context {
+func testContext(t testing.TB) caddy.Context {
 	t.Helper()
 	ctx, err := caddy.ProvisionContext(&caddy.Config{})
 	if err != nil {

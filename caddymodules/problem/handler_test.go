@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -108,5 +109,38 @@ func TestABrowserNavigationGetsAPage(t *testing.T) {
 		if c.method == "GET" && (!strings.Contains(body, "only administrators may read the &lt;audit&gt; log") || !strings.Contains(body, herr.ID)) {
 			t.Errorf("page body: %s", body)
 		}
+	}
+}
+
+// discard is a ResponseWriter that keeps nothing, so that the benchmark
+// counts the handler's allocations, not a recorder's.
+type discard struct{ h http.Header }
+
+func (d *discard) Header() http.Header         { return d.h }
+func (d *discard) Write(b []byte) (int, error) { return len(b), nil }
+func (d *discard) WriteHeader(int)             {}
+
+// BenchmarkServeHTTP renders the edge's commonest problems: the limiter's
+// 429 (a problem of its own, with the handler error's id) and a bare 404.
+func BenchmarkServeHTTP(b *testing.B) {
+	for _, tc := range []struct {
+		name string
+		err  error
+	}{
+		{"rate_limited", caddyhttp.HandlerError{Err: problem.New(http.StatusTooManyRequests, "rate_limited", "too many requests"), StatusCode: http.StatusTooManyRequests, ID: "rl"}},
+		{"not_found", caddyhttp.Error(http.StatusNotFound, nil)},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			req := httptest.NewRequest("GET", "/api/v1/servers", nil)
+			req = req.WithContext(context.WithValue(req.Context(), caddyhttp.ErrorCtxKey, tc.err))
+			w := &discard{h: http.Header{}}
+			b.ReportAllocs()
+			for b.Loop() {
+				clear(w.h)
+				if err := (Handler{}).ServeHTTP(w, req, nil); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
