@@ -16,6 +16,7 @@ import (
 	"github.com/glassmkr/guardian/shared/page"
 	"github.com/glassmkr/guardian/shared/problem"
 	"github.com/glassmkr/guardian/shared/reply"
+	"github.com/glassmkr/guardian/shared/session"
 	"github.com/glassmkr/guardian/shared/stepup"
 )
 
@@ -83,6 +84,11 @@ type Session struct {
 	SourceIP   *string   `json:"source_ip"`
 	UserAgent  *string   `json:"user_agent"`
 	Current    bool      `json:"current"`
+	// SecondFactor: the sign-in (or the latest re-authentication) that
+	// made the session passed a second factor (sessions.aal 2). A session
+	// without one, on a user who has a factor, cannot do the sensitive
+	// actions (shared/stepup): the list tells the user which.
+	SecondFactor bool `json:"second_factor"`
 }
 
 // caller returns the caller's session; the routes admit only sessions, so
@@ -105,7 +111,7 @@ func (h *handler) fail(w http.ResponseWriter, err error) {
 // live is the condition of a session that still works.
 const live = `revoked_at IS NULL AND expires_at > now()`
 
-const listQuery = `SELECT id, created_at, last_seen_at, host(source_ip), user_agent FROM sessions
+const listQuery = `SELECT id, created_at, last_seen_at, host(source_ip), user_agent, aal FROM sessions
 WHERE user_id = $1 AND customer_id = $2 AND ` + live + `
 ORDER BY created_at DESC, id`
 
@@ -117,8 +123,9 @@ func (h *handler) sessionsOf(r *http.Request, id identity.Identity) ([]Session, 
 	}
 	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (Session, error) {
 		var s Session
-		err := row.Scan(&s.ID, &s.CreatedAt, &s.LastSeenAt, &s.SourceIP, &s.UserAgent)
-		s.Current = s.ID == id.SessionID
+		var aal int16
+		err := row.Scan(&s.ID, &s.CreatedAt, &s.LastSeenAt, &s.SourceIP, &s.UserAgent, &aal)
+		s.Current, s.SecondFactor = s.ID == id.SessionID, aal >= session.AAL2
 		return s, err
 	})
 }
@@ -126,9 +133,9 @@ func (h *handler) sessionsOf(r *http.Request, id identity.Identity) ([]Session, 
 var sessionsPage = page.New("sessions", `
 <p>These are the places where you are signed in. Signing a session out ends it at once.</p>
 <form action="/api/v1/sessions/revoke-others" data-api><button type="submit" id="revoke-others">Sign out of all other sessions</button></form>
-<table><thead><tr><th>Device</th><th>Address</th><th>Signed in</th><th>Last seen</th><th></th></tr></thead><tbody>
+<table><thead><tr><th>Device</th><th>Address</th><th>Signed in</th><th>Second factor</th><th>Last seen</th><th></th></tr></thead><tbody>
 {{range .}}<tr><td>{{if .UserAgent}}{{.UserAgent}}{{else}}unknown{{end}}</td><td>{{if .SourceIP}}{{.SourceIP}}{{end}}</td>
-<td>{{.CreatedAt.Format "2006-01-02 15:04"}}</td><td>{{.LastSeenAt.Format "2006-01-02 15:04"}}</td>
+<td>{{.CreatedAt.Format "2006-01-02 15:04"}}</td><td class="factor">{{if .SecondFactor}}used{{else}}not used{{end}}</td><td>{{.LastSeenAt.Format "2006-01-02 15:04"}}</td>
 <td>{{if .Current}}this session{{else}}<form class="inline" action="/api/v1/sessions/{{.ID}}" data-api data-method="DELETE"><button type="submit">Sign out</button></form>{{end}}</td></tr>
 {{end}}</tbody></table>`)
 

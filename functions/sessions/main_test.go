@@ -162,6 +162,10 @@ func TestListShowsTheUsersLiveSessionsNewestFirst(t *testing.T) {
 	if _, err := s.pg.Owner.Exec(context.Background(), "UPDATE sessions SET revoked_at = now() WHERE id = $1", revoked); err != nil {
 		t.Fatal(err)
 	}
+	// The older session was made with a second factor.
+	if _, err := s.pg.Owner.Exec(context.Background(), "UPDATE sessions SET aal = 2 WHERE id = $1", old); err != nil {
+		t.Fatal(err)
+	}
 	colleague, _ := s.sessionOf(t, s.member(t), s.c.ID, now, now.Add(24*time.Hour))
 	other := testenv.NewCustomer(t, s.pg.Owner, s.c.Pepper, s.c.Secret)
 	stranger, _ := other.Session(t)
@@ -173,13 +177,13 @@ func TestListShowsTheUsersLiveSessionsNewestFirst(t *testing.T) {
 		t.Fatalf("list: %d %s", a.Status, a.Raw)
 	}
 	first, second := items[0].(map[string]any), items[1].(map[string]any)
-	if keys(first) != "created_at,current,id,last_seen_at,source_ip,user_agent" {
+	if keys(first) != "created_at,current,id,last_seen_at,second_factor,source_ip,user_agent" {
 		t.Fatalf("item shape: %v", first)
 	}
-	if first["current"] != true || first["source_ip"] != "127.0.0.1" || first["user_agent"] != "signin-test/1.0" {
+	if first["current"] != true || first["source_ip"] != "127.0.0.1" || first["user_agent"] != "signin-test/1.0" || first["second_factor"] != false {
 		t.Fatalf("the caller's session: %v", first)
 	}
-	if second["id"] != old || second["current"] != false || second["source_ip"] != nil {
+	if second["id"] != old || second["current"] != false || second["source_ip"] != nil || second["second_factor"] != true {
 		t.Fatalf("the older session: %v", second)
 	}
 	for _, id := range []string{expired, revoked, colleague, stranger} {
@@ -355,7 +359,10 @@ func TestAccountDeletion(t *testing.T) {
 func TestSessionsPageListsThisAndOtherSessions(t *testing.T) {
 	t.Parallel()
 	s := newSite(t)
-	s.c.Session(t) // another session of the same user
+	other, _ := s.c.Session(t) // another session of the same user, made with a second factor
+	if _, err := s.pg.Owner.Exec(context.Background(), "UPDATE sessions SET aal = 2 WHERE id = $1", other); err != nil {
+		t.Fatal(err)
+	}
 	_, mine := s.c.Session(t)
 
 	req, _ := http.NewRequest("GET", s.URL+"/settings/sessions", nil)
@@ -367,7 +374,8 @@ func TestSessionsPageListsThisAndOtherSessions(t *testing.T) {
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != 200 || !strings.Contains(string(body), "this session") || !strings.Contains(string(body), "Sign out of all other sessions") ||
-		strings.Count(string(body), `data-method="DELETE"`) != 1 || resp.Header.Get("Content-Security-Policy") == "" || resp.Header.Get("Cache-Control") != "no-store" {
+		strings.Count(string(body), `data-method="DELETE"`) != 1 || resp.Header.Get("Content-Security-Policy") == "" || resp.Header.Get("Cache-Control") != "no-store" ||
+		strings.Count(string(body), `<td class="factor">used</td>`) != 1 || strings.Count(string(body), `<td class="factor">not used</td>`) != 1 {
 		t.Fatalf("page: %d %v\n%.500s", resp.StatusCode, resp.Header, body)
 	}
 	// Signed out, a browser is sent to sign in.
