@@ -50,12 +50,13 @@ while a <= #ARGV do
   local n = tonumber(ARGV[a])
   a = a + 1
   local allowed = 1
-  local js, ts = {}, {}
+  local js, ts, dcaps, drates = {}, {}, {}, {}
   for i = 1, n do
     local j = index[KEYS[k + i]]
     local cap, rate = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
     a = a + 2
-    caps[j], rates[j] = cap, rate
+    -- The shape the bucket is written with is its last decision's.
+    caps[j], rates[j], dcaps[i], drates[i] = cap, rate, cap, rate
     local t, last = tokens[j], at[j]
     if t == nil then
       t, last = cap, now
@@ -78,9 +79,9 @@ while a <= #ARGV do
       t = t - 1
     end
     tokens[j], at[j] = t, now
-    local rate = rates[j]
+    local rate = drates[i]
     out[#out + 1] = math.floor(t)
-    out[#out + 1] = math.ceil((caps[j] - t) * 1000 / rate)
+    out[#out + 1] = math.ceil((dcaps[i] - t) * 1000 / rate)
     if t >= 1 then
       out[#out + 1] = 0
     else

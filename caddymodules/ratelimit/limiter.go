@@ -129,12 +129,19 @@ func (l *Limiter) CredentialKey(customer, credential string) string {
 // Take takes one token from every bucket of keys, or from none. When Redis
 // cannot answer in time, it decides with in-memory buckets if local is
 // set (brute-force surfaces), and otherwise lets the request through.
-// keys and buckets pair up: one bucket shape per key, at least one.
+// keys and buckets pair up: one bucket shape per key, at least one, all
+// keys with one hash tag (IPKey alone, or CredentialKey with AccountKey).
 func (l *Limiter) Take(ctx context.Context, keys []string, buckets []Bucket, local bool) Decision {
+	// Either is a caller's fault, and in a batch it would fail every
+	// decision sent with this one (misaligned script arguments, or a
+	// script call across slots on a cluster).
 	if len(keys) != len(buckets) || len(keys) == 0 {
-		// A caller's fault, and in a batch it would misalign the script's
-		// arguments for every decision after it.
 		panic(fmt.Sprintf("rate limiter: %d keys for %d buckets", len(keys), len(buckets)))
+	}
+	for _, k := range keys[1:] {
+		if hashTag(k) != hashTag(keys[0]) {
+			panic(fmt.Sprintf("rate limiter: keys %q and %q have different hash tags", keys[0], k))
+		}
 	}
 	now := l.now()
 	// While Redis is marked down, one request a probeEvery tries it (the

@@ -247,6 +247,25 @@ func TestABatchIsDecidedInOrder(t *testing.T) {
 	if d := l.Take(context.Background(), second.keys[:1], shapes[:1], false); !d.Allowed || d.Remaining != 4 {
 		t.Fatalf("the refused key was charged: %+v", d)
 	}
+
+	// Decisions of one and of two buckets mixed, each answered with its
+	// own values; a later decision with a smaller capacity on a bucket
+	// named before sees it clamped, and the bucket expires as that shape
+	// says (the last decision's).
+	addr := l.IPKey("198.51.100.61")
+	big, small := []Bucket{{Capacity: 10, Rate: 1}}, []Bucket{{Capacity: 4, Rate: 1}}
+	acct := take{[]string{l.CredentialKey("c61", "k"), l.AccountKey("c61")}, []Bucket{{Capacity: 7, Rate: 1}, {Capacity: 3, Rate: 1}}}
+	ds = decideTogether(t, l, take{[]string{addr}, big}, acct, take{[]string{addr}, big}, acct, take{[]string{addr}, small})
+	got = got[:0]
+	for _, d := range ds {
+		got = append(got, fmt.Sprintf("%v/%d/%d/%v", d.Allowed, d.Remaining, d.Limit, d.Reset))
+	}
+	if want := "true/9/10/1s true/2/3/1s true/8/10/2s true/1/3/2s true/3/4/1s"; strings.Join(got, " ") != want {
+		t.Fatalf("a mixed batch: %s, want %s", strings.Join(got, " "), want)
+	}
+	if ttl := l.rdb.PTTL(context.Background(), addr).Val(); ttl <= time.Second || ttl > 2*time.Second {
+		t.Fatalf("the bucket expires in %v, want its last shape's 1 s (+1 s)", ttl)
+	}
 }
 
 // Concurrent decisions of many customers go out together on a cluster
@@ -258,18 +277,57 @@ func TestRedisClusterDecidesABatchOfManyAccounts(t *testing.T) {
 	l := NewLimiter(rdb, "guardian:rl:batch:", time.Second, nil)
 	t.Cleanup(func() { _ = l.Close() })
 	b := []Bucket{{Capacity: 2, Rate: 0.001}, {Capacity: 100, Rate: 0.001}}
-	var takes []take
-	for range 3 {
-		for i := range 8 {
-			customer := fmt.Sprintf("c%d", i)
-			takes = append(takes, take{[]string{l.CredentialKey(customer, "k"), l.AccountKey(customer)}, b})
+	batch := func(round string) []take {
+		var takes []take
+		for range 3 {
+			for i := range 8 {
+				customer := fmt.Sprintf("%s%d", round, i)
+				takes = append(takes, take{[]string{l.CredentialKey(customer, "k"), l.AccountKey(customer)}, b})
+			}
+		}
+		return takes
+	}
+	// The first batch finds the script loaded on no master (each call
+	// falls back to EVAL); the second is one pipeline of EVALSHAs.
+	for _, round := range []string{"cold", "warm"} {
+		for i, d := range decideTogether(t, l, batch(round)...) {
+			want := i < 16 // each customer's key has two tokens: its third decision is refused
+			if d.Allowed != want || d.Source != SourceRedis {
+				t.Fatalf("%s batch, decision %d (customer %d, its %d.): %+v", round, i, i%8, i/8+1, d)
+			}
+		}
+		err := rdb.(*redis.ClusterClient).ForEachMaster(context.Background(), func(ctx context.Context, m *redis.Client) error {
+			return bucketScript.Load(ctx, m).Err()
+		})
+		if err != nil {
+			t.Fatal(err)
 		}
 	}
-	for i, d := range decideTogether(t, l, takes...) {
-		want := i < 16 // each customer's key has two tokens: its third decision is refused
-		if d.Allowed != want || d.Source != SourceRedis {
-			t.Fatalf("decision %d (customer c%d, its %d.): %+v", i, i%8, i/8+1, d)
-		}
+}
+
+// A decision a batch could not carry is a caller's fault, refused before
+// it can fail the decisions sent with it.
+func TestTakeRefusesKeysThatCannotShareABatch(t *testing.T) {
+	l := NewLimiter(redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"}), "t:", time.Millisecond, nil)
+	t.Cleanup(func() { _ = l.Close() })
+	one := []Bucket{{Capacity: 1, Rate: 1}}
+	for name, tc := range map[string]struct {
+		keys    []string
+		buckets []Bucket
+	}{
+		"no keys":          {nil, nil},
+		"fewer buckets":    {[]string{l.CredentialKey("c", "k"), l.AccountKey("c")}, one},
+		"two hash tags":    {[]string{l.CredentialKey("c", "k"), l.AccountKey("d")}, []Bucket{one[0], one[0]}},
+		"an address's too": {[]string{l.IPKey("192.0.2.1"), l.AccountKey("c")}, []Bucket{one[0], one[0]}},
+	} {
+		func() {
+			defer func() {
+				if recover() == nil {
+					t.Errorf("%s: taken", name)
+				}
+			}()
+			l.Take(context.Background(), tc.keys, tc.buckets, false)
+		}()
 	}
 }
 

@@ -39,20 +39,23 @@ type callResult struct {
 // with one script call (bucket.lua decides a batch in order, each decision
 // atomic), so a busy edge pays one round trip, one script call and one
 // read and write per bucket for many requests instead of one each per
-// request. On Redis Cluster the batch is split by hash tag, one call per
-// tag, all in one pipeline. A lone request goes out at once, so an idle
+// request. On Redis Cluster (or any client but a single Redis's) the
+// batch is split by hash tag, one call per tag, all in one pipeline. A lone request goes out at once, so an idle
 // edge waits no longer than before.
 type pipeliner struct {
-	rdb     redis.UniversalClient
-	cluster bool // split batches by hash tag
+	rdb   redis.UniversalClient
+	split bool // split batches by hash tag: the client shards by it
 	in      chan *call
 	stop    chan struct{}
 	done    chan struct{}
 }
 
 func newPipeliner(rdb redis.UniversalClient) *pipeliner {
-	_, cluster := rdb.(*redis.ClusterClient)
-	p := &pipeliner{rdb: rdb, cluster: cluster, in: make(chan *call, 4*maxBatch), stop: make(chan struct{}), done: make(chan struct{})}
+	// A single Redis takes any batch whole; a cluster, a ring or anything
+	// else that may route a command by its first key's hash tag gets
+	// one call per tag.
+	_, single := rdb.(*redis.Client)
+	p := &pipeliner{rdb: rdb, split: !single, in: make(chan *call, 4*maxBatch), stop: make(chan struct{}), done: make(chan struct{})}
 	go p.loop()
 	return p
 }
@@ -161,7 +164,7 @@ func (p *pipeliner) send(batch []*call) {
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	groups := [][]*call{batch}
-	if p.cluster {
+	if p.split {
 		groups = byHashTag(batch)
 	}
 	cmds := make([]*redis.Cmd, len(groups))
@@ -246,7 +249,7 @@ func answer(g []*call, vals []int64, err error) {
 // byHashTag splits a batch into calls whose first keys share a hash tag
 // (so one script call may touch them all on Redis Cluster), keeping the
 // batch's order within each. A decision's own keys share their tag
-// (Limiter's keys are built so).
+// (Limiter's keys are built so, and Take refuses others).
 func byHashTag(batch []*call) [][]*call {
 	var groups [][]*call
 	index := map[string]int{}
