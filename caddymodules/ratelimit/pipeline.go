@@ -45,9 +45,9 @@ type callResult struct {
 type pipeliner struct {
 	rdb   redis.UniversalClient
 	split bool // split batches by hash tag: the client shards by it
-	in      chan *call
-	stop    chan struct{}
-	done    chan struct{}
+	in    chan *call
+	stop  chan struct{}
+	done  chan struct{}
 }
 
 func newPipeliner(rdb redis.UniversalClient) *pipeliner {
