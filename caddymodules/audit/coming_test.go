@@ -24,12 +24,7 @@ import (
 func TestALingerEndsWhenNoAnnouncedRowIsLeft(t *testing.T) {
 	t.Parallel()
 	pg := testenv.Postgres(t)
-	w, err := NewWriter(WriterConfig{DSN: pg.AppDSN, SpoolDir: filepath.Join(t.TempDir(), "spool"), Chains: 1,
-		MaxBatch: 10, Linger: time.Hour, LingerAfter: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
+	w := lingeringWriter(t, pg, 10)
 	ctx := context.Background()
 	record := func(r *audit.Row) chan error {
 		done := make(chan error, 1)

@@ -827,18 +827,26 @@ func awaitRows(t *testing.T, done <-chan error, n int, what string) {
 	}
 }
 
+// lingeringWriter is a writer of one chain that lingers an hour once busy
+// (a batch of one row makes it so), batches of at most maxBatch rows.
+func lingeringWriter(t *testing.T, pg *testenv.PG, maxBatch int) *Writer {
+	t.Helper()
+	w, err := NewWriter(WriterConfig{DSN: pg.AppDSN, SpoolDir: filepath.Join(t.TempDir(), "spool"), Chains: 1,
+		MaxBatch: maxBatch, Linger: time.Hour, LingerAfter: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = w.Close() })
+	return w
+}
+
 // A busy chain (its last batch held at least LingerAfter rows) waits for
 // more rows before it commits; an idle one commits at once; closing the
 // writer ends a wait and writes what waited.
 func TestBusyChainLingersForLargerGroupCommits(t *testing.T) {
 	t.Parallel()
 	pg := testenv.Postgres(t)
-	w, err := NewWriter(WriterConfig{DSN: pg.AppDSN, SpoolDir: filepath.Join(t.TempDir(), "spool"), Chains: 1,
-		MaxBatch: 3, Linger: time.Hour, LingerAfter: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
+	w := lingeringWriter(t, pg, 3)
 	ctx := context.Background()
 	record := func(rows ...*audit.Row) chan error {
 		done := make(chan error, len(rows))

@@ -138,8 +138,9 @@ func (l *Limiter) Take(ctx context.Context, keys []string, buckets []Bucket, loc
 	if len(keys) != len(buckets) || len(keys) == 0 {
 		panic(fmt.Sprintf("rate limiter: %d keys for %d buckets", len(keys), len(buckets)))
 	}
+	tag := hashTag(keys[0])
 	for _, k := range keys[1:] {
-		if hashTag(k) != hashTag(keys[0]) {
+		if hashTag(k) != tag {
 			panic(fmt.Sprintf("rate limiter: keys %q and %q have different hash tags", keys[0], k))
 		}
 	}

@@ -189,6 +189,34 @@ func TestScriptIsReloadedAfterRedisForgetsIt(t *testing.T) {
 	}
 }
 
+// clusterLimiter is a limiter on a real three-master Redis Cluster of the
+// test's own, with its client.
+func clusterLimiter(t *testing.T, prefix string) (*Limiter, redis.UniversalClient) {
+	t.Helper()
+	rdb := redis.NewUniversalClient(&redis.UniversalOptions{Addrs: testenv.RedisCluster(t), IsClusterMode: true})
+	l := NewLimiter(rdb, prefix, time.Second, nil)
+	t.Cleanup(func() { _ = l.Close() })
+	return l, rdb
+}
+
+// answer gives every call of a group the error when the script's reply
+// does not hold each decision's values: no call is handed another's.
+func TestAShortBatchReplyFailsEveryCallOfTheGroup(t *testing.T) {
+	g := []*call{{keys: []string{"a"}, res: make(chan callResult, 1)}, {keys: []string{"b", "c"}, res: make(chan callResult, 1)}}
+	answer(g, make([]int64, 1+3+1+3), nil) // one value short of 1+3 and 1+6
+	for i, c := range g {
+		if r := <-c.res; !errors.Is(r.err, errReply) || r.vals != nil {
+			t.Errorf("call %d: %v %v", i, r.vals, r.err)
+		}
+	}
+	answer(g, make([]int64, 11), nil)
+	for i, c := range g {
+		if r := <-c.res; r.err != nil || len(r.vals) != 1+3*len(c.keys) {
+			t.Errorf("call %d of a whole reply: %v %v", i, r.vals, r.err)
+		}
+	}
+}
+
 // take is one decision's keys and buckets.
 type take struct {
 	keys    []string
@@ -272,10 +300,7 @@ func TestABatchIsDecidedInOrder(t *testing.T) {
 // too: one script call per hash tag, each charged in its own slot.
 func TestRedisClusterDecidesABatchOfManyAccounts(t *testing.T) {
 	t.Parallel()
-	addrs := testenv.RedisCluster(t)
-	rdb := redis.NewUniversalClient(&redis.UniversalOptions{Addrs: addrs, IsClusterMode: true})
-	l := NewLimiter(rdb, "guardian:rl:batch:", time.Second, nil)
-	t.Cleanup(func() { _ = l.Close() })
+	l, rdb := clusterLimiter(t, "guardian:rl:batch:")
 	b := []Bucket{{Capacity: 2, Rate: 0.001}, {Capacity: 100, Rate: 0.001}}
 	batch := func(round string) []take {
 		var takes []take
@@ -348,10 +373,7 @@ func TestHashTag(t *testing.T) {
 
 func TestRedisClusterChargesBothTiersInOneSlot(t *testing.T) {
 	t.Parallel()
-	addrs := testenv.RedisCluster(t)
-	rdb := redis.NewUniversalClient(&redis.UniversalOptions{Addrs: addrs, IsClusterMode: true})
-	l := NewLimiter(rdb, "guardian:rl:", time.Second, nil)
-	t.Cleanup(func() { _ = l.Close() })
+	l, rdb := clusterLimiter(t, "guardian:rl:")
 	b := []Bucket{{Capacity: 2, Rate: 1}, {Capacity: 100, Rate: 1}}
 	for i, customer := range []string{"c1", "c2", "c3", "c4", "c5", "c6"} {
 		keys := []string{l.CredentialKey(customer, "k"), l.AccountKey(customer)}
