@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -182,7 +183,8 @@ func (a *Authenticator) Key(ctx context.Context, raw string, lookup bool) (*iden
 }
 
 // keyMiss looks a key up that the cache did not hold fresh. Requests
-// missing the cache for one key at once share one query. (Apart from Key
+// missing the cache for one key at once share one query, unless a
+// revocation was applied between their arrivals (flightKey). (Apart from Key
 // so that the closure's captures do not move Key's variables to the heap
 // on the cache-hit path.)
 func (a *Authenticator) keyMiss(ctx context.Context, h [32]byte, kind apikey.Kind, e *keyEntry, gen uint64) (*identity.Identity, error) {
@@ -195,13 +197,21 @@ func (a *Authenticator) keyMiss(ctx context.Context, h [32]byte, kind apikey.Kin
 		return nil, ErrNotCached
 	}
 	defer release()
-	v, err := shared(ctx, &a.keyFlight, cred, func(qctx context.Context) (any, error) {
+	v, err := shared(ctx, &a.keyFlight, flightKey(cred, gen), func(qctx context.Context) (any, error) {
 		return a.lookupKey(qctx, h, kind, e, gen)
 	})
 	if err != nil {
 		return nil, err
 	}
 	return a.keyResult(v.(*keyEntry))
+}
+
+// flightKey names the shared lookup of cred for requests that saw the
+// caches at gen. A request that arrives after a revocation was applied
+// (gen moved) must not join a lookup that may have read the row before
+// the revocation committed: it would be admitted with that row.
+func flightKey(cred string, gen uint64) string {
+	return cred + ":" + strconv.FormatUint(gen, 10)
 }
 
 // lookupTimeout bounds a lookup that requests share: one request going
@@ -285,7 +295,7 @@ func (a *Authenticator) sessionMiss(ctx context.Context, sid string, e *sessionE
 		return nil, ErrNotCached
 	}
 	defer release()
-	v, err := shared(ctx, &a.sessFlight, sid, func(qctx context.Context) (any, error) {
+	v, err := shared(ctx, &a.sessFlight, flightKey(sid, gen), func(qctx context.Context) (any, error) {
 		var userID, custID, role string
 		var expires time.Time
 		var revoked bool

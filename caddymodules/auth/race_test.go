@@ -76,7 +76,8 @@ func notified(t *testing.T, w *world) func() {
 // A key or session revoked while its first lookup is in flight (the row
 // read before the revocation committed, the notification applied before
 // the lookup cached the row) must not be cached: nothing would drop it
-// again while the listener stays up.
+// again while the listener stays up; nor may a request arriving after
+// the revocation share that lookup's row.
 func TestRevocationDuringALookupIsNotCachedOver(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -105,6 +106,20 @@ func TestRevocationDuringALookupIsNotCachedOver(t *testing.T) {
 				t.Fatal(err)
 			}
 			wait()
+			// A request arriving now, with the revocation applied, must
+			// not join the lookup in flight: that one read the row before
+			// the revocation. It looks up on its own and is refused
+			// while the first is still held.
+			second := make(chan error, 1)
+			go func() { second <- tc.lookup(a, w) }()
+			select {
+			case err := <-second:
+				if !errors.Is(err, ErrRevoked) {
+					t.Errorf("a request after the revocation: %v, want ErrRevoked", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Errorf("a request after the revocation joined the lookup read before it")
+			}
 			close(g.release)
 			if err := <-first; err != nil {
 				t.Fatalf("the lookup in flight: %v (it read the row before the revocation)", err)
