@@ -57,8 +57,9 @@
 // checked, so parallel guesses cannot overshoot; a success takes its count
 // back. Over the limit the answer is 429 too_many_attempts until the window
 // ends. A user over the limit also gets that answer from the password
-// step, whether the password was right or not, so a lockout says nothing
-// about the password.
+// step when the password is right; a wrong one gets the same 401 as an
+// unknown e-mail, so the pause reveals no account (and tells no more
+// about a password than the challenge outside a pause does).
 //
 // # Limitations
 //
