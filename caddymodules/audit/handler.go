@@ -300,7 +300,15 @@ func (h *Handler) row(r *http.Request, id *identity.Identity, why string, status
 		var a audit.Annotation
 		if err := decodeAnnotation(ann, &a); err == nil {
 			row.ResourceType, row.ResourceID = pgtext.Clean(a.ResourceType, 64), pgtext.Clean(a.ResourceID, 128)
-			if id == nil && uuidRE.MatchString(a.CustomerID) {
+			if (id == nil || id.Kind == identity.KindSession) && uuidRE.MatchString(a.CustomerID) {
+				// The function names whose account the call acted on: a
+				// sign-in's (or its failure's) account, which need not be
+				// that of a session the browser also presented. The row is
+				// that account's alone; nothing of the other session's
+				// goes into it. A key's call stays its customer's.
+				if row.CustomerID != a.CustomerID {
+					row.UserID = ""
+				}
 				row.CustomerID = a.CustomerID
 				if uuidRE.MatchString(a.UserID) {
 					row.UserID = a.UserID

@@ -13,6 +13,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/glassmkr/guardian/shared/audit"
 	"github.com/glassmkr/guardian/shared/identity"
 	"github.com/glassmkr/guardian/shared/testenv"
 )
@@ -65,5 +66,47 @@ func TestAnAnswerWhoseRowIsLostKeepsTheEdgeHeaders(t *testing.T) {
 		if got.Get(k) != "" {
 			t.Errorf("the function's %s went out with the 503", k)
 		}
+	}
+}
+
+// TestARowBelongsToTheAccountItActedOn: a function's annotation names the
+// account a sign-in acted on; the row is that account's even when the
+// browser also presented another account's session, and carries nothing
+// of that session. An API key's call stays its own customer's.
+func TestARowBelongsToTheAccountItActedOn(t *testing.T) {
+	t.Parallel()
+	const (
+		custA, userA, keyA = "0a000000-0000-4000-8000-00000000000a", "1a000000-0000-4000-8000-00000000000a", "2a000000-0000-4000-8000-00000000000a"
+		custB, userB       = "0b000000-0000-4000-8000-00000000000b", "1b000000-0000-4000-8000-00000000000b"
+	)
+	sessionA := &identity.Identity{Kind: identity.KindSession, CustomerID: custA, UserID: userA, SessionID: "s", Scope: "write"}
+	keyOfA := &identity.Identity{Kind: identity.KindAccount, CustomerID: custA, KeyID: keyA, Scope: "admin"}
+	signIn := func(cust, user string) string {
+		return audit.Annotation{CustomerID: cust, UserID: user, ResourceType: "session", Action: "auth_failed"}.Encode()
+	}
+	for _, tc := range []struct {
+		name            string
+		id              *identity.Identity
+		ann             string
+		cust, user, key string
+	}{
+		{"anonymous sign-in", nil, signIn(custB, userB), custB, userB, ""},
+		{"sign-in to another account over a session", sessionA, signIn(custB, userB), custB, userB, ""},
+		{"another account, no user named", sessionA, signIn(custB, ""), custB, "", ""},
+		{"re-auth of the session's own account", sessionA, signIn(custA, userA), custA, userA, ""},
+		{"a session's call, not attributed", sessionA, audit.Annotation{ResourceType: "key", Action: "create"}.Encode(), custA, userA, ""},
+		{"not a customer id", sessionA, signIn("not-a-uuid", userB), custA, userA, ""},
+		{"an API key's call stays its customer's", keyOfA, signIn(custB, userB), custA, "", keyA},
+		{"anonymous, nothing named", nil, audit.Annotation{ResourceType: "session"}.Encode(), "", "", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := &Handler{log: zap.NewNop()}
+			req := httptest.NewRequest("POST", "/auth/login", nil)
+			req = req.WithContext(context.WithValue(req.Context(), caddyhttp.VarsCtxKey, map[string]any{}))
+			row := h.row(req, tc.id, "", 401, tc.ann, time.Now(), "req-1")
+			if row.CustomerID != tc.cust || row.UserID != tc.user || row.KeyID != tc.key {
+				t.Fatalf("customer %q user %q key %q, want %q %q %q", row.CustomerID, row.UserID, row.KeyID, tc.cust, tc.user, tc.key)
+			}
+		})
 	}
 }

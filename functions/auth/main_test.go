@@ -154,6 +154,43 @@ func TestUnknownEmailAndWrongPasswordLookTheSame(t *testing.T) {
 	}
 }
 
+// TestSignInOverAnotherAccountsSessionIsAuditedForTheAccountTried: a
+// browser holding account A's session signs in to account B. B's audit
+// log records the failed and the successful attempt; A's holds neither,
+// and B's rows carry nothing of A.
+func TestSignInOverAnotherAccountsSessionIsAuditedForTheAccountTried(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	b := testenv.NewCustomer(t, s.pg.Owner, s.c.Pepper, s.c.Secret)
+	emailB := b.Password(t, goodPassword)
+	_, tokenA := s.c.Session(t)
+	cookieA := map[string]string{"Cookie": "guardian_token=" + tokenA}
+	if a := s.post(t, "/auth/login", login(emailB, goodPassword+"x"), cookieA); a.status != 401 {
+		t.Fatalf("wrong password for B: %d %v", a.status, a.doc)
+	}
+	ok := s.post(t, "/auth/login", login(emailB, goodPassword), cookieA)
+	if ok.status != 204 || ok.cookie == nil {
+		t.Fatalf("sign-in to B: %d %v", ok.status, ok.doc)
+	}
+	count := func(where string, args ...any) int {
+		t.Helper()
+		var n int
+		if err := s.pg.Owner.QueryRow(context.Background(), "SELECT count(*) FROM api_audit_log WHERE path = '/auth/login' AND "+where, args...).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if n := count("customer_id = $1 AND user_id = $2 AND action = 'auth_failed' AND metadata->>'reason' = 'wrong_password'", b.ID, b.UserID); n != 1 {
+		t.Errorf("B's failed sign-in rows: %d, want 1", n)
+	}
+	if n := count("customer_id = $1 AND user_id = $2 AND action = 'create' AND resource_type = 'session'", b.ID, b.UserID); n != 1 {
+		t.Errorf("B's sign-in rows: %d, want 1", n)
+	}
+	if n := count("(customer_id = $1 OR user_id = $2)", s.c.ID, s.c.UserID); n != 0 {
+		t.Errorf("%d rows of B's sign-ins under A's customer or user", n)
+	}
+}
+
 func TestReauthIssuesAFreshSessionAndEndsTheOld(t *testing.T) {
 	t.Parallel()
 	s := newSite(t)

@@ -108,8 +108,9 @@ const saltedDigest = 0x03
 var UnknownCustomer = []byte{0}
 
 // Annotation is what a function says about its request. CustomerID and
-// UserID are for requests the edge could not attribute (a sign-in names
-// the account it tried); the edge's own identity wins when there is one.
+// UserID name the account a sign-in acted on or tried: they win over no
+// identity and over a session the browser presented (which may be another
+// account's), never over an API key's.
 type Annotation struct {
 	CustomerID   string         `json:"customer_id,omitempty"`
 	UserID       string         `json:"user_id,omitempty"`
