@@ -11,6 +11,10 @@
 //     are not already known good are refused without a database lookup.
 //   - account tier (after authentication): 1,000 tokens, 100/s per key (or
 //     session) and 5,000, 500/s per customer, taken from both or neither.
+//     A valid credential that authentication refuses (scope, kind,
+//     cross-site) never reaches it: the ip tier charges it to the same
+//     buckets (with its own key and account shapes, the posture's unless
+//     set) and answers 429 instead once they are empty.
 //
 // If Redis is unreachable or slower than the timeout, the request passes
 // (fail open, logged once per 30 s, metric guardian_ratelimit_redis_up 0),
@@ -239,13 +243,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		if id == nil {
 			return next.ServeHTTP(w, r) // anonymous on an optional route
 		}
-		cred := id.KeyID
-		if cred == "" {
-			cred = id.SessionID
-		}
-		keys := []string{h.limiter.CredentialKey(id.CustomerID, cred), h.limiter.AccountKey(id.CustomerID)}
-		d := h.limiter.Take(r.Context(), keys, h.acLimits, false)
-		if err := h.answer(w, d); err != nil {
+		if err := h.answer(w, h.takeAccount(r, id)); err != nil {
 			return err
 		}
 		return next.ServeHTTP(w, r)
@@ -261,12 +259,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			return err
 		}
 		err := next.ServeHTTP(w, r)
-		if why, _ := caddyhttp.GetVar(r.Context(), varFailure).(string); why == reasonIPBlocked {
+		why, _ := caddyhttp.GetVar(r.Context(), varFailure).(string)
+		if why == reasonIPBlocked {
 			// Auth refused to look the credential up (too many lookups
 			// from this address at once).
 			return h.unchecked(w, ip)
 		}
-		return err
+		return h.chargeRefused(w, r, why, err)
 	}
 
 	// Mode failures: charge only what failed authentication.
@@ -282,7 +281,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.unchecked(w, ip)
 	}
 	if !credentialFailure(why) {
-		return err
+		return h.chargeRefused(w, r, why, err)
 	}
 	d := h.limiter.Take(r.Context(), []string{h.limiter.IPKey(ip)}, h.ipLimits, true)
 	if !d.Allowed {
@@ -298,6 +297,46 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return lerr
 	}
 	return err
+}
+
+// takeAccount charges id's credential (key, or session) and customer
+// buckets, both or neither.
+func (h *Handler) takeAccount(r *http.Request, id *identity.Identity) Decision {
+	cred := id.KeyID
+	if cred == "" {
+		cred = id.SessionID
+	}
+	keys := []string{h.limiter.CredentialKey(id.CustomerID, cred), h.limiter.AccountKey(id.CustomerID)}
+	return h.limiter.Take(r.Context(), keys, h.acLimits, false)
+}
+
+// chargeRefused charges a valid credential that authentication refused
+// (scope, kind, cross-site: err is that refusal) to its key and account
+// buckets, as the account tier, which the refusal never reaches, would
+// have: otherwise a read key could call an admin route without limit,
+// each refusal an audit row. Out of tokens, the answer is 429 instead.
+func (h *Handler) chargeRefused(w http.ResponseWriter, r *http.Request, why string, err error) error {
+	if err == nil || !credentialRefused(why) {
+		return err
+	}
+	id, _ := caddyhttp.GetVar(r.Context(), identity.VarKey).(*identity.Identity)
+	if id == nil {
+		return err
+	}
+	if lerr := h.answer(w, h.takeAccount(r, id)); lerr != nil {
+		return lerr
+	}
+	return err
+}
+
+// credentialRefused reports whether an auth failure reason means a valid
+// credential was refused for what it asked.
+func credentialRefused(why string) bool {
+	switch why {
+	case "insufficient_scope", "kind_not_allowed", "cross_site":
+		return true
+	}
+	return false
 }
 
 // unchecked answers a request whose credential auth never checked (an

@@ -199,6 +199,56 @@ func TestAccountTierChargesKeyAndAccount(t *testing.T) {
 	}
 }
 
+// TestAValidCredentialRefusedIsChargedToItsBuckets: a key refused for
+// scope (or kind, or a cross-site session) never reaches the account
+// tier; the ip tier charges it to the key's and account's buckets, so a
+// read key cannot call an admin route without limit, and its address's
+// brute-force budget is left alone. Out of tokens, 429 replaces the 403.
+func TestAValidCredentialRefusedIsChargedToItsBuckets(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []string{ModeFailures, ModeAlways} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			h := newTestHandler(t, Handler{Tier: TierIP, Mode: mode, IP: &Bucket{Capacity: 10, Rate: 0.01},
+				Key: &Bucket{Capacity: 2, Rate: 0.01}, Account: &Bucket{Capacity: 3, Rate: 0.01}})
+			refuse := func(why string) caddyhttp.HandlerFunc {
+				return func(w http.ResponseWriter, r *http.Request) error {
+					caddyhttp.SetVar(r.Context(), identity.VarKey, &identity.Identity{Kind: identity.KindAccount, CustomerID: "cust-" + mode, KeyID: "k1", Scope: "read"})
+					caddyhttp.SetVar(r.Context(), varFailure, why)
+					return caddyhttp.Error(403, problem.New(403, why, ""))
+				}
+			}
+			var got []int
+			for _, why := range []string{"insufficient_scope", "kind_not_allowed", "cross_site", "insufficient_scope"} {
+				rec := httptest.NewRecorder()
+				s, _ := status(h.ServeHTTP(rec, request("192.0.2.40"), refuse(why)))
+				if s == 403 && rec.Header().Get("RateLimit-Remaining") == "" {
+					t.Fatalf("a charged refusal without RateLimit headers: %v", rec.Header())
+				}
+				got = append(got, s)
+			}
+			if want := []int{403, 403, 429, 429}; !slices.Equal(got, want) {
+				t.Fatalf("statuses %v, want %v (the key's 2 tokens, then 429)", got, want)
+			}
+			// Another refusal (no identity: a store outage) charges nothing.
+			outage := func(w http.ResponseWriter, r *http.Request) error {
+				caddyhttp.SetVar(r.Context(), varFailure, "store_unavailable")
+				return caddyhttp.Error(503, problem.New(503, "unavailable", ""))
+			}
+			if s, _ := status(h.ServeHTTP(httptest.NewRecorder(), request("192.0.2.40"), caddyhttp.HandlerFunc(outage))); s != 503 {
+				t.Fatalf("store outage: %d, want 503", s)
+			}
+			if mode == ModeFailures {
+				// The address's budget is untouched: a failed credential
+				// from it still passes.
+				if s, _ := status(h.ServeHTTP(httptest.NewRecorder(), request("192.0.2.40"), failAuth("unknown_key"))); s != 401 {
+					t.Fatalf("a failed credential after the refusals: %d, want 401", s)
+				}
+			}
+		})
+	}
+}
+
 func TestUnmarshalCaddyfile(t *testing.T) {
 	cases := []struct {
 		name, in string
