@@ -16,13 +16,13 @@ var appRoleName = regexp.MustCompile(`^[a-z][a-z0-9_]{0,39}$`)
 // DefaultAppRole is the runtime role the migrations grant privileges to.
 const DefaultAppRole = "guardian_app"
 
-// FunctionRoles names the functions that connect to PostgreSQL with a role
-// of their own, <app role>_<name>, granted only what the function's
+// FunctionRoles names the functions (and jobs) that connect to PostgreSQL
+// with a role of their own, <app role>_<name>, granted only what the function's
 // statements need ({{fn_role:<name>}} in a migration). The roles must exist
 // before the migrations run (CREATE ROLE needs a privilege the owner role
 // does not have): deploy/stack/servers.sh creates them for the local
 // stack, docs/deployment.md says how in production.
-var FunctionRoles = []string{"auth", "mfa", "oidc", "keys", "servers", "sessions", "audit", "ingest", "secretscan", "healthz"}
+var FunctionRoles = []string{"auth", "mfa", "oidc", "keys", "servers", "sessions", "audit", "ingest", "secretscan", "healthz", "audit_verify"}
 
 // FunctionRole is the role of function fn under the runtime role appRole.
 func FunctionRole(appRole, fn string) string { return appRole + "_" + fn }

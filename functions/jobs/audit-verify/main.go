@@ -12,9 +12,9 @@
 // database, and the next run holds the chains to it: rows older than the
 // last clean run can then be neither removed nor recomputed unseen.
 //
-// It needs only SELECT on api_audit_log, exactly what the audit reader's
-// role (guardian_app_audit) holds, which deploy gives it:
-// GUARDIAN_PG_APP_DSN, or GUARDIAN_PG_DSN.
+// It needs only SELECT on api_audit_log and on customers' ids and audit
+// salts, which its own role (guardian_app_audit_verify, migration 0022)
+// holds and deploy gives it: GUARDIAN_PG_APP_DSN, or GUARDIAN_PG_DSN.
 package main
 
 import (

@@ -56,7 +56,7 @@ func verifier(t *testing.T, pg *testenv.PG) func(extra ...string) (int, string) 
 	return func(extra ...string) (int, string) {
 		cmd := exec.Command(bin)
 		// As deployed: the audit reader's role, SELECT on api_audit_log only.
-		cmd.Env = append([]string{"GUARDIAN_PG_APP_DSN=" + pg.FunctionDSNs["GUARDIAN_PG_DSN_AUDIT"], "GUARDIAN_JOB_LOCK_DIR=" + lockDir}, extra...)
+		cmd.Env = append([]string{"GUARDIAN_PG_APP_DSN=" + pg.FunctionDSNs["GUARDIAN_PG_DSN_AUDIT_VERIFY"], "GUARDIAN_JOB_LOCK_DIR=" + lockDir}, extra...)
 		out, err := cmd.CombinedOutput()
 		if ee, ok := err.(*exec.ExitError); ok {
 			return ee.ExitCode(), string(out)
