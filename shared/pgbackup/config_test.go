@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/glassmkr/guardian/shared/config"
 	"github.com/glassmkr/guardian/shared/job"
@@ -213,6 +214,12 @@ func TestParseInfo(t *testing.T) {
 	}
 	if !info.HasFull(1) || info.HasFull(2) {
 		t.Error("HasFull")
+	}
+	if full, ok := info.NewestFull(1); !ok || full.Label != "20261128-232049F" || !full.Start.Equal(time.Unix(1795908049, 0)) {
+		t.Errorf("NewestFull(1) = %+v, %t", full, ok)
+	}
+	if _, ok := info.NewestFull(2); ok {
+		t.Error("repo2 has no full backup")
 	}
 	if _, ok := info.Latest(2); ok {
 		t.Error("repo2 has no backup")

@@ -79,6 +79,16 @@ func (i StanzaInfo) HasFull(repo int) bool {
 	return false
 }
 
+// NewestFull returns the newest full backup in repository repo.
+func (i StanzaInfo) NewestFull(repo int) (BackupInfo, bool) {
+	for j := len(i.Backups) - 1; j >= 0; j-- {
+		if b := i.Backups[j]; b.Repo == repo && b.Type == Full {
+			return b, true
+		}
+	}
+	return BackupInfo{}, false
+}
+
 // RepoStatus returns repository repo's status (code 99 when absent).
 func (i StanzaInfo) RepoStatus(repo int) Status {
 	for _, r := range i.Repos {

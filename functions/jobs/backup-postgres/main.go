@@ -5,10 +5,13 @@
 //	backup-postgres full|diff
 //
 // Without an argument, GUARDIAN_BACKUP_KIND (full, diff or auto) decides;
-// auto, the default, takes a full backup on Sundays (UTC) or when a
-// repository holds no full backup yet, and a differential one otherwise.
+// auto, the default, takes a full backup on Sundays (UTC), when a
+// repository holds no full backup yet, or when a repository's newest full
+// is over a week old (a Sunday missed), and a differential one otherwise.
 // Each run first (re)writes the pgBackRest config, creates the stanza if
-// needed and checks that WAL archiving works. It runs under shared/job:
+// needed and checks that WAL archiving works, repository by repository: one
+// that fails is named in the run's error, and the others are still backed
+// up. It runs under shared/job:
 // one JSON result line, metrics, and an alert when it fails.
 //
 // With GUARDIAN_PGBACKREST_SFTP_TARGETS (user@host:port/path, comma-
@@ -75,22 +78,37 @@ func spec(args []string, now func() time.Time) job.Spec {
 		if err := env.Err(); err != nil {
 			return err
 		}
-		if err := pgbackup.Setup(ctx, cfg); err != nil {
-			return err
+		// A repository that fails its set-up is left out of this run
+		// (and named in its error); the others are backed up.
+		ready, setupErr := pgbackup.Setup(ctx, cfg)
+		if len(ready) == 0 {
+			return setupErr
+		}
+		if setupErr != nil {
+			r.Set("failed_repos", len(cfg.Repos)-len(ready))
 		}
 		if kind == "auto" {
 			info, err := pgbackup.Info(ctx, cfg)
 			if err != nil {
 				return err
 			}
-			haveFull := true
-			for _, repo := range cfg.Repos {
-				haveFull = haveFull && info.HasFull(repo.Index)
+			// The oldest of the repositories' newest fulls; zero when one
+			// has none.
+			var lastFull time.Time
+			for i, repo := range ready {
+				b, ok := info.NewestFull(repo.Index)
+				if !ok {
+					lastFull = time.Time{}
+					break
+				}
+				if i == 0 || b.Start.Before(lastFull) {
+					lastFull = b.Start
+				}
 			}
-			kind = scheduledKind(now(), haveFull)
+			kind = scheduledKind(now(), lastFull)
 		}
 		start := time.Now()
-		taken, err := pgbackup.Backup(ctx, cfg, kind)
+		taken, err := pgbackup.BackupInto(ctx, cfg, kind, ready)
 		r.Set("backup_ms", time.Since(start).Milliseconds())
 		if len(taken) > 0 {
 			r.Set("label", taken[0].Label)
@@ -100,9 +118,11 @@ func spec(args []string, now func() time.Time) job.Spec {
 			r.Set("backups", taken)
 		}
 		if err != nil {
-			return err
+			return errors.Join(setupErr, err)
 		}
-		damaged := checksumErrors(taken)
+		// A repository that failed its set-up does not keep the others'
+		// backups from the copy off the host; the run still fails.
+		damaged := errors.Join(setupErr, checksumErrors(taken))
 		if len(mirrors) > 0 {
 			reports, err := mirror(ctx, cfg.Repos[0].Path, sshKey, knownHosts, mirrors)
 			r.Set("mirrors", reports)
@@ -186,10 +206,19 @@ func mirror(ctx context.Context, dir, sshKey, knownHosts string, targets []chbac
 	return reports, nil
 }
 
-// scheduledKind is the schedule rule: a full backup on Sunday (UTC) or
-// when no full backup exists yet, a differential one otherwise.
-func scheduledKind(now time.Time, haveFull bool) string {
-	if !haveFull || now.UTC().Weekday() == time.Sunday {
+// fullEvery is the longest a full backup may be the newest: a week, the
+// schedule's period.
+const fullEvery = 7 * 24 * time.Hour
+
+// scheduledKind is the schedule rule: a full backup on Sunday (UTC), when
+// a repository holds none (lastFull zero: the oldest of the repositories'
+// newest fulls), or when that full started over a week ago (Sunday's
+// failed or the host was down: the next run takes it, so no week goes
+// without one and retention's four fulls span four weeks, not five); a
+// differential one otherwise. Saturday's run, 23 hours short of a week
+// after Sunday's full, is still a differential.
+func scheduledKind(now, lastFull time.Time) string {
+	if lastFull.IsZero() || now.UTC().Weekday() == time.Sunday || now.Sub(lastFull) > fullEvery {
 		return pgbackup.Full
 	}
 	return pgbackup.Diff

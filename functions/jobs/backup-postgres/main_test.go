@@ -31,24 +31,28 @@ func TestScheduledKind(t *testing.T) {
 		}
 		return v
 	}
+	sunday := utc("2026-11-22T03:00:00Z") // the last Sunday's full
 	cases := []struct {
 		name     string
 		now      time.Time
-		haveFull bool
+		lastFull time.Time
 		want     string
 	}{
-		{"a weekday with a full backup takes a diff", utc("2026-11-25T03:00:00Z"), true, pgbackup.Diff},
-		{"a Sunday takes a full", utc("2026-11-29T03:00:00Z"), true, pgbackup.Full},
-		{"a weekday without any full backup takes a full", utc("2026-11-25T03:00:00Z"), false, pgbackup.Full},
-		{"Sunday is judged in UTC, not local time", utc("2026-11-28T23:30:00-02:00"), true, pgbackup.Full},
-		{"Saturday late UTC is still a diff", utc("2026-11-28T23:59:59Z"), true, pgbackup.Diff},
-		{"a local Monday that is still Sunday in UTC takes a full", utc("2026-11-30T00:00:01+05:00"), true, pgbackup.Full},
-		{"Monday in UTC is a diff again", utc("2026-11-30T00:00:01Z"), true, pgbackup.Diff},
+		{"a weekday with a full backup takes a diff", utc("2026-11-25T02:00:00Z"), sunday, pgbackup.Diff},
+		{"a Sunday takes a full", utc("2026-11-29T03:00:00Z"), sunday, pgbackup.Full},
+		{"a weekday without any full backup takes a full", utc("2026-11-25T02:00:00Z"), time.Time{}, pgbackup.Full},
+		{"Sunday is judged in UTC, not local time", utc("2026-11-28T23:30:00-02:00"), sunday, pgbackup.Full},
+		{"Saturday's run, 23 h short of a week, is a diff", utc("2026-11-28T02:00:00Z"), sunday, pgbackup.Diff},
+		{"Saturday late UTC is still a diff", utc("2026-11-28T23:59:59Z"), utc("2026-11-22T00:00:01Z"), pgbackup.Diff},
+		{"a local Monday that is still Sunday in UTC takes a full", utc("2026-11-30T00:00:01+05:00"), sunday, pgbackup.Full},
+		{"Monday in UTC is a diff again", utc("2026-11-30T02:00:00Z"), utc("2026-11-29T03:00:00Z"), pgbackup.Diff},
+		{"Monday after a missed Sunday takes the full", utc("2026-11-30T02:00:00Z"), sunday, pgbackup.Full},
+		{"any day a week after the last full takes one", utc("2026-12-02T02:00:00Z"), utc("2026-11-25T01:00:00Z"), pgbackup.Full},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := scheduledKind(tc.now, tc.haveFull); got != tc.want {
-				t.Errorf("scheduledKind(%s, %t) = %s, want %s", tc.now, tc.haveFull, got, tc.want)
+			if got := scheduledKind(tc.now, tc.lastFull); got != tc.want {
+				t.Errorf("scheduledKind(%s, %s) = %s, want %s", tc.now, tc.lastFull, got, tc.want)
 			}
 		})
 	}
@@ -136,6 +140,58 @@ func TestJobTakesFullThenDiff(t *testing.T) {
 	res = job.Execute(context.Background(), spec([]string{"diff"}, wednesday), c.Lookup(extra), &out, &errOut)
 	if res.Status != job.StatusRed || !strings.Contains(out.String(), "not up to date") || !strings.Contains(out.String(), `"type":"diff"`) {
 		t.Fatalf("mirror to an unpinned host: %s %s\n%s", res.Status, out.String(), errOut.String())
+	}
+}
+
+// TestAFailedRepositoryDoesNotStopTheOther: with the second repository
+// unwritable (an off-site mount gone: its directory is a file now), the
+// run fails naming repo2, and repo1 still gets its backup (asynchronous
+// archiving keeps its WAL coming). Once repo2 is back, both are backed up.
+func TestAFailedRepositoryDoesNotStopTheOther(t *testing.T) {
+	c := pgbackuptest.Start(t, 2)
+	extra := map[string]string{job.EnvLockDir: t.TempDir(),
+		pgbackup.EnvArchiveAsync: "1", pgbackup.EnvSpoolPath: filepath.Join(c.Work, "spool")}
+	repo2 := c.Config.Repos[1].Path
+	if err := os.Rename(repo2, repo2+".away"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(repo2, []byte("not a directory"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	wednesday := func() time.Time { return time.Date(2026, 11, 25, 2, 0, 0, 0, time.UTC) }
+	run := func() (job.Result, map[string]any, string) {
+		t.Helper()
+		var out, errOut bytes.Buffer
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		res := job.Execute(ctx, spec(nil, wednesday), c.Lookup(extra), &out, &errOut)
+		var line map[string]any
+		if err := json.Unmarshal(out.Bytes(), &line); err != nil {
+			t.Fatalf("result line %q: %v", out.String(), err)
+		}
+		return res, line, out.String() + errOut.String()
+	}
+	res, line, text := run()
+	if res.Status != job.StatusError || !strings.Contains(res.Err, "repo2") || strings.Contains(res.Err, "repo1") || line["failed_repos"] != float64(1) {
+		t.Fatalf("with repo2 gone: %s %q\n%s", res.Status, res.Err, text)
+	}
+	backups, _ := line["backups"].([]any)
+	if len(backups) != 1 || backups[0].(map[string]any)["repo"] != float64(1) || line["type"] != pgbackup.Full {
+		t.Fatalf("with repo2 gone, repo1's backup: %v\n%s", line["backups"], text)
+	}
+
+	if err := os.Remove(repo2); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(repo2+".away", repo2); err != nil {
+		t.Fatal(err)
+	}
+	res, line, text = run()
+	if res.Status != job.StatusOK {
+		t.Fatalf("with repo2 back: %s %q\n%s", res.Status, res.Err, text)
+	}
+	if backups, _ := line["backups"].([]any); len(backups) != 2 {
+		t.Fatalf("with repo2 back: backups %v", line["backups"])
 	}
 }
 

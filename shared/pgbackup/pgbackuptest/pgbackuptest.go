@@ -113,7 +113,7 @@ func Start(t *testing.T, repos int) *Cluster {
 	if _, err := testenv.Start(c.Dir, "postgres"); err != nil {
 		t.Fatal(err)
 	}
-	if err := pgbackup.Setup(ctx, c.Config); err != nil {
+	if _, err := pgbackup.Setup(ctx, c.Config); err != nil {
 		t.Fatal(err)
 	}
 	return c
