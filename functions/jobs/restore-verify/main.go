@@ -95,23 +95,38 @@ func run(ctx context.Context, env *config.Loader, r *job.Report) error {
 // chbackup's decrypted blobs (guardian-restore-verify-).
 var leftoverPrefixes = []string{"guardian-restore-", "pgbackrest-copy-"}
 
-// leftoverDirs are the directories a run writes to: the scratch directory
-// and the temp directory (the same one in the unit).
-func leftoverDirs(scratch string) []string {
-	dirs := []string{os.TempDir()}
-	if scratch != "" && filepath.Clean(scratch) != filepath.Clean(os.TempDir()) {
-		dirs = append(dirs, scratch)
-	}
-	return dirs
+// leftoverDir is a directory a run writes to. own: the job's alone (its
+// scratch directory, GUARDIAN_RESTORE_SCRATCH_DIR), where the job's lock
+// means no other run can be going on; otherwise shared (the system's temp
+// directory), where others may make entries of these names too.
+type leftoverDir struct {
+	path string
+	own  bool
 }
 
-// removeLeftovers removes, in dirs, the entries a run makes that are older
-// than the job's time limit: no run that is still going can own them (a
-// run is stopped at the limit), whatever else shares the directory.
-func removeLeftovers(dirs []string, now time.Time) (int, error) {
+// leftoverDirs are the directories a run writes to: the scratch directory
+// and the temp directory (the same one in the unit).
+func leftoverDirs(scratch string) []leftoverDir {
+	tmp := os.TempDir()
+	if scratch == "" {
+		return []leftoverDir{{tmp, false}}
+	}
+	if filepath.Clean(scratch) == filepath.Clean(tmp) {
+		return []leftoverDir{{scratch, true}}
+	}
+	return []leftoverDir{{scratch, true}, {tmp, false}}
+}
+
+// removeLeftovers removes, in dirs, the entries a run makes: in the job's
+// own directory all of them, since a run holds the job's lock (a run
+// killed mid-restore leaves a plaintext copy of the database, which a
+// rerun minutes later must not keep until next month); in a shared one,
+// only those older than the job's time limit, which no run still going
+// can own (a run is stopped at the limit).
+func removeLeftovers(dirs []leftoverDir, now time.Time) (int, error) {
 	removed := 0
 	for _, dir := range dirs {
-		entries, err := os.ReadDir(dir)
+		entries, err := os.ReadDir(dir.path)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
 		}
@@ -122,11 +137,13 @@ func removeLeftovers(dirs []string, now time.Time) (int, error) {
 			if !e.IsDir() || !hasAnyPrefix(e.Name(), leftoverPrefixes) {
 				continue
 			}
-			info, err := e.Info()
-			if err != nil || now.Sub(info.ModTime()) < spec().Timeout {
-				continue
+			if !dir.own {
+				info, err := e.Info()
+				if err != nil || now.Sub(info.ModTime()) < spec().Timeout {
+					continue
+				}
 			}
-			if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			if err := os.RemoveAll(filepath.Join(dir.path, e.Name())); err != nil {
 				return removed, fmt.Errorf("leftovers: %w", err)
 			}
 			removed++

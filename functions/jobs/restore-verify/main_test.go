@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -291,12 +292,14 @@ func runJob(t *testing.T, lookup func(string) (string, bool)) (job.Result, map[s
 }
 
 // A run killed outright leaves plaintext copies in its directories; the
-// next removes them, but nothing young enough to belong to a run still
-// going, and nothing else.
+// next removes them: in the job's own scratch directory all of them, young
+// ones too (the job's lock: no other run is going on), in a shared temp
+// directory only those too old to belong to a run still going; nothing
+// else in either.
 func TestLeftoversOfAKilledRunAreRemoved(t *testing.T) {
-	dir := t.TempDir()
+	own, shared := t.TempDir(), t.TempDir()
 	old := time.Now().Add(-spec().Timeout - time.Minute)
-	mk := func(name string, at time.Time) {
+	mk := func(dir, name string, at time.Time) {
 		p := filepath.Join(dir, name)
 		if err := os.MkdirAll(filepath.Join(p, "base"), 0o700); err != nil {
 			t.Fatal(err)
@@ -308,21 +311,46 @@ func TestLeftoversOfAKilledRunAreRemoved(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	mk("guardian-restore-1234", old)
-	mk("pgbackrest-copy-5678", old)
-	mk("guardian-restore-verify-9abc", old)
-	mk("guardian-restore-live", time.Now()) // a run going on
-	mk("unrelated", old)
-	n, err := removeLeftovers([]string{dir, filepath.Join(dir, "missing")}, time.Now())
-	if err != nil || n != 3 {
-		t.Fatalf("removed %d, %v; want 3", n, err)
+	for _, dir := range []string{own, shared} {
+		mk(dir, "guardian-restore-1234", old)
+		mk(dir, "pgbackrest-copy-5678", old)
+		mk(dir, "guardian-restore-verify-9abc", old)
+		mk(dir, "guardian-restore-recent", time.Now()) // killed minutes ago, or another's
+		mk(dir, "unrelated", old)
 	}
-	entries, _ := os.ReadDir(dir)
-	var left []string
-	for _, e := range entries {
-		left = append(left, e.Name())
+	dirs := []leftoverDir{{own, true}, {shared, false}, {filepath.Join(own, "missing"), true}}
+	n, err := removeLeftovers(dirs, time.Now())
+	if err != nil || n != 7 {
+		t.Fatalf("removed %d, %v; want 7", n, err)
 	}
-	if strings.Join(left, ",") != "guardian-restore-live,unrelated" {
-		t.Fatalf("left: %v", left)
+	left := func(dir string) string {
+		entries, _ := os.ReadDir(dir)
+		var names []string
+		for _, e := range entries {
+			names = append(names, e.Name())
+		}
+		return strings.Join(names, ",")
+	}
+	if got := left(own); got != "unrelated" {
+		t.Errorf("left in the job's own directory: %s", got)
+	}
+	if got := left(shared); got != "guardian-restore-recent,unrelated" {
+		t.Errorf("left in the shared temp directory: %s", got)
+	}
+}
+
+func TestLeftoverDirs(t *testing.T) {
+	tmp := os.TempDir()
+	for _, tc := range []struct {
+		scratch string
+		want    []leftoverDir
+	}{
+		{"", []leftoverDir{{tmp, false}}},
+		{tmp, []leftoverDir{{tmp, true}}},
+		{"/var/lib/guardian-restore-verify", []leftoverDir{{"/var/lib/guardian-restore-verify", true}, {tmp, false}}},
+	} {
+		if got := leftoverDirs(tc.scratch); !slices.Equal(got, tc.want) {
+			t.Errorf("leftoverDirs(%q) = %v, want %v", tc.scratch, got, tc.want)
+		}
 	}
 }
