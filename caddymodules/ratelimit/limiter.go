@@ -153,6 +153,7 @@ func (l *Limiter) Take(ctx context.Context, keys []string, buckets []Bucket, loc
 		if until != 0 {
 			l.probes.Add(1)
 		}
+		began := time.Now()
 		d, err := l.takeRedis(ctx, keys, buckets)
 		if err == nil {
 			storeLater(&l.lastOK, now.UnixNano())
@@ -175,7 +176,7 @@ func (l *Limiter) Take(ctx context.Context, keys []string, buckets []Bucket, loc
 		// Nor does a call that began before one Redis has answered since:
 		// a timeout of the outage, reported after Redis came back, would
 		// otherwise switch Redis off again for probeEvery.
-		if ctx.Err() == nil && !errors.Is(err, errPipelineClosed) && now.UnixNano() > l.lastOK.Load() {
+		if !l.callerEnded(ctx, began) && !errors.Is(err, errPipelineClosed) && now.UnixNano() > l.lastOK.Load() {
 			l.degrade(now, err)
 		}
 	}
@@ -185,6 +186,18 @@ func (l *Limiter) Take(ctx context.Context, keys []string, buckets []Bucket, loc
 	}
 	metrics.decisions.WithLabelValues(SourceOpen).Inc()
 	return Decision{Allowed: true, Source: SourceOpen}
+}
+
+// callerEnded reports whether a call begun at began ended for its caller's
+// reasons: the context is done, or the context's deadline, sooner than the
+// limiter's own, has passed (the wait's timer may fire before the context
+// notices its deadline). Such a call says nothing about Redis.
+func (l *Limiter) callerEnded(ctx context.Context, began time.Time) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	d, ok := ctx.Deadline()
+	return ok && d.Before(began.Add(l.timeout)) && !time.Now().Before(d)
 }
 
 // storeLater sets a to t unless it holds a later time already.

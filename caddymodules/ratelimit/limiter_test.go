@@ -515,6 +515,15 @@ func TestSlowRedisFailsOpen(t *testing.T) {
 	if err := admin.Do(ctx, "CLIENT", "PAUSE", "1500", "ALL").Err(); err != nil {
 		t.Fatal(err)
 	}
+	// A caller whose own deadline, sooner than the limiter's, passes
+	// (before its context says so: the wait's timer can fire first) fails
+	// open alone: Redis is not marked down for everyone.
+	if d := l.Take(deadlineOnly{ctx, time.Now().Add(5 * time.Millisecond)}, keys, b, false); !d.Allowed || d.Source != SourceOpen {
+		t.Fatalf("a caller's deadline passed: %+v, want failed open", d)
+	}
+	if l.downUntil.Load() != 0 {
+		t.Fatal("a caller's own deadline marked Redis down")
+	}
 	start := time.Now()
 	d := l.Take(ctx, keys, b, false)
 	if took := time.Since(start); !d.Allowed || d.Source != SourceOpen || took > time.Second {
@@ -529,6 +538,15 @@ func TestSlowRedisFailsOpen(t *testing.T) {
 		t.Fatalf("after the pause: %+v, want Redis deciding again", d)
 	}
 }
+
+// deadlineOnly has a deadline but never reports it passed: a context
+// whose wait ended by the deadline before the context noticed.
+type deadlineOnly struct {
+	context.Context
+	d time.Time
+}
+
+func (c deadlineOnly) Deadline() (time.Time, bool) { return c.d, true }
 
 func TestDecodeRefusesShortReplies(t *testing.T) {
 	if _, err := decode([]int64{1, 2}, []Bucket{{1, 1}}); !errors.Is(err, errReply) {
