@@ -1,14 +1,23 @@
 // Command healthz serves GET /healthz: 200 when PostgreSQL, Redis and
 // ClickHouse all answer, else 503 problem+json naming what is down.
 //
-// Grants: the runtime PostgreSQL role (it only runs SELECT 1), Redis and
-// ClickHouse addresses; no pepper, no session secret.
+// Grants: its own PostgreSQL role (it only runs SELECT 1), the Redis
+// addresses and ClickHouse's HTTP URL; no password of Redis or ClickHouse,
+// no pepper, no session secret. /healthz is public: a compromised healthz
+// holding the limiter's Redis password could empty or fill its buckets,
+// and ClickHouse's user could write every customer's snapshots. Neither
+// check needs them: a Redis that asks for its password (NOAUTH) has
+// answered, and ClickHouse's /ping needs no user.
 package main
 
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -22,38 +31,71 @@ import (
 	"github.com/glassmkr/guardian/shared/problem"
 )
 
+// EnvClickHouseHTTP is ClickHouse's HTTP interface, whose /ping answers
+// without a user.
+const EnvClickHouseHTTP = "GUARDIAN_CLICKHOUSE_HTTP_URL"
+
 func main() { fnserve.Main(setup) }
 
 func setup(ctx context.Context, log *zap.Logger, env *config.Loader) (http.Handler, func(), error) {
 	pgDSN := env.String(config.PGAppDSN)
 	rs := env.LoadRedis()
-	chCfg := env.LoadClickHouse()
+	chURL := strings.TrimSuffix(env.String(EnvClickHouseHTTP), "/")
 	timeout := env.Duration("GUARDIAN_HEALTH_TIMEOUT", 2*time.Second)
 	if err := env.Err(); err != nil {
 		return nil, nil, err
+	}
+	if !strings.HasPrefix(chURL, "http://") && !strings.HasPrefix(chURL, "https://") {
+		return nil, nil, fmt.Errorf("%s must be an http(s) URL", EnvClickHouseHTTP)
 	}
 
 	pool, err := db.Open(ctx, config.PGAppDSN, pgDSN, 2)
 	if err != nil {
 		return nil, nil, err
 	}
-	// The same client the edge's limiter uses: one server, or a cluster.
-	rdb := redis.NewUniversalClient(&redis.UniversalOptions{Addrs: rs.Addrs, Password: rs.Password, IsClusterMode: rs.Cluster,
+	// The same kind of client the edge's limiter uses (one server, or a
+	// cluster), without its password (rs.Password is never set here).
+	rdb := redis.NewUniversalClient(&redis.UniversalOptions{Addrs: rs.Addrs, IsClusterMode: rs.Cluster,
 		PoolSize: 2, MaxRetries: -1, DialerRetries: 1})
-	ch, err := db.ClickHouse(chCfg, db.ClickHouseOptions{Dial: timeout, Read: timeout})
-	if err != nil {
-		pool.Close()
-		_ = rdb.Close()
-		return nil, nil, err
-	}
+	client := &http.Client{Timeout: timeout}
 	checks := map[string]health.Check{
 		"postgres":   func(ctx context.Context) error { _, err := pool.Exec(ctx, "SELECT 1"); return err },
-		"redis":      func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
-		"clickhouse": func(ctx context.Context) error { return ch.Ping(ctx) },
+		"redis":      func(ctx context.Context) error { return redisAnswered(rdb.Ping(ctx).Err()) },
+		"clickhouse": func(ctx context.Context) error { return pingClickHouse(ctx, client, chURL) },
 	}
 	h := &handler{checks: checks, timeout: timeout, log: log}
-	closeFn := func() { pool.Close(); _ = rdb.Close(); _ = ch.Close() }
+	closeFn := func() { pool.Close(); _ = rdb.Close(); client.CloseIdleConnections() }
 	return h, closeFn, nil
+}
+
+// redisAnswered turns a PING's outcome into the check's: a reply, PONG or
+// Redis asking for the password healthz does not hold (NOAUTH), means
+// Redis is up.
+func redisAnswered(err error) error {
+	var rerr redis.Error
+	if err == nil || (errors.As(err, &rerr) && strings.HasPrefix(rerr.Error(), "NOAUTH")) {
+		return nil
+	}
+	return err
+}
+
+// pingClickHouse asks ClickHouse's HTTP interface for /ping, which needs
+// no user and answers "Ok.".
+func pingClickHouse(ctx context.Context, client *http.Client, base string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/ping", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64))
+	if resp.StatusCode != http.StatusOK || strings.TrimSpace(string(body)) != "Ok." {
+		return fmt.Errorf("clickhouse /ping: %d %q", resp.StatusCode, body)
+	}
+	return nil
 }
 
 type handler struct {

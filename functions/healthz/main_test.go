@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -136,6 +137,9 @@ func TestHealthzNamesRedisWhenItIsDownAndRecovers(t *testing.T) {
 	}
 }
 
+// TestHealthzFunctionCannotSeeTheKeyPepper: nor any other secret it does
+// not need, Redis's and ClickHouse's passwords included (/healthz is
+// public).
 func TestHealthzFunctionCannotSeeTheKeyPepper(t *testing.T) {
 	t.Parallel()
 	env := testenv.StackEnv(t)
@@ -156,16 +160,20 @@ func TestHealthzFunctionCannotSeeTheKeyPepper(t *testing.T) {
 	for _, kv := range vars {
 		k, _, _ := strings.Cut(kv, "=")
 		seen[k] = true
-		for _, secret := range []string{env["GUARDIAN_KEY_PEPPER"], env["GUARDIAN_SESSION_SECRET"], env["GUARDIAN_PG_OWNER_PASSWORD"]} {
+		for _, secret := range []string{env["GUARDIAN_KEY_PEPPER"], env["GUARDIAN_SESSION_SECRET"], env["GUARDIAN_PG_OWNER_PASSWORD"],
+			env["GUARDIAN_REDIS_PASSWORD"], env["GUARDIAN_CLICKHOUSE_PASSWORD"]} {
+			if secret == "" {
+				t.Fatal("the stack's environment lacks a secret this test looks for")
+			}
 			if strings.Contains(kv, secret) {
 				t.Errorf("the healthz function holds a secret it does not need, in %s", k)
 			}
 		}
 	}
-	if seen["GUARDIAN_KEY_PEPPER"] || seen["GUARDIAN_SESSION_SECRET"] || seen["GUARDIAN_PG_DSN"] {
+	if seen["GUARDIAN_KEY_PEPPER"] || seen["GUARDIAN_SESSION_SECRET"] || seen["GUARDIAN_PG_DSN"] || seen["GUARDIAN_REDIS_PASSWORD"] || seen["GUARDIAN_CLICKHOUSE_USER"] || seen["GUARDIAN_CLICKHOUSE_PASSWORD"] {
 		t.Errorf("healthz environment has %v", seen)
 	}
-	if !seen["GUARDIAN_PG_APP_DSN"] || !seen["GUARDIAN_REDIS_ADDR"] {
+	if !seen["GUARDIAN_PG_APP_DSN"] || !seen["GUARDIAN_REDIS_ADDR"] || !seen["GUARDIAN_CLICKHOUSE_HTTP_URL"] {
 		t.Errorf("healthz environment lacks what it needs: %v", seen)
 	}
 }
@@ -228,5 +236,62 @@ func TestConcurrentRequestsShareOneRunOfTheChecks(t *testing.T) {
 	}
 	if got := runs.Load(); got > 2 {
 		t.Fatalf("%d runs of the checks for %d concurrent requests", got, n)
+	}
+}
+
+// redisReply is an error reply of Redis's (a redis.Error).
+type redisReply string
+
+func (e redisReply) Error() string { return string(e) }
+func (redisReply) RedisError()     {}
+
+// A Redis that asks for its password has answered; anything else is an
+// error of the check.
+func TestRedisAnswered(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		down bool
+	}{
+		{nil, false},
+		{redisReply("NOAUTH Authentication required."), false},
+		{redisReply("ERR max number of clients reached"), true},
+		{redisReply("LOADING Redis is loading the dataset in memory"), true},
+		{errors.New("dial tcp 127.0.0.1:1: connect: connection refused"), true},
+		{errors.New("NOAUTH but not from Redis"), true},
+	} {
+		if got := redisAnswered(tc.err) != nil; got != tc.down {
+			t.Errorf("redisAnswered(%v) down = %t, want %t", tc.err, got, tc.down)
+		}
+	}
+}
+
+// pingClickHouse wants /ping's 200 "Ok."; anything else is down.
+func TestPingClickHouse(t *testing.T) {
+	for _, tc := range []struct {
+		status int
+		body   string
+		down   bool
+	}{
+		{200, "Ok.\n", false},
+		{200, "<html>a proxy</html>", true},
+		{401, "Authentication failed", true},
+		{503, "", true},
+	} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path != "/ping" || r.Header.Get("Authorization") != "" {
+				w.WriteHeader(400)
+				return
+			}
+			w.WriteHeader(tc.status)
+			_, _ = io.WriteString(w, tc.body)
+		}))
+		err := pingClickHouse(context.Background(), srv.Client(), srv.URL)
+		srv.Close()
+		if (err != nil) != tc.down {
+			t.Errorf("%d %q: %v, want down %t", tc.status, tc.body, err, tc.down)
+		}
+	}
+	if err := pingClickHouse(context.Background(), http.DefaultClient, "http://127.0.0.1:1"); err == nil {
+		t.Error("nothing listening: up")
 	}
 }
