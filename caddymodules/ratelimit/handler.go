@@ -11,10 +11,10 @@
 //     are not already known good are refused without a database lookup.
 //   - account tier (after authentication): 1,000 tokens, 100/s per key (or
 //     session) and 5,000, 500/s per customer, taken from both or neither.
-//     A valid credential that authentication refuses (scope, kind,
-//     cross-site) never reaches it: the ip tier charges it to the same
-//     buckets (with its own key and account shapes, the posture's unless
-//     set) and answers 429 instead once they are empty.
+//     An API key that authentication refuses (scope, kind) never reaches
+//     it: the ip tier charges it to the same buckets (with its own key
+//     and account shapes, the posture's unless set) and answers 429
+//     instead once they are empty. A session's refusals are not charged.
 //
 // If Redis is unreachable or slower than the timeout, the request passes
 // (fail open, logged once per 30 s, metric guardian_ratelimit_redis_up 0),
@@ -310,17 +310,21 @@ func (h *Handler) takeAccount(r *http.Request, id *identity.Identity) Decision {
 	return h.limiter.Take(r.Context(), keys, h.acLimits, false)
 }
 
-// chargeRefused charges a valid credential that authentication refused
-// (scope, kind, cross-site: err is that refusal) to its key and account
+// chargeRefused charges an API key that authentication refused for what
+// it asked (scope, kind: err is that refusal) to its key and account
 // buckets, as the account tier, which the refusal never reaches, would
-// have: otherwise a read key could call an admin route without limit,
-// each refusal an audit row. Out of tokens, the answer is 429 instead.
+// have: a key's calls draw on one budget, refused or not, and once it is
+// spent the client is told to slow down (429, Retry-After) rather than
+// answered at full speed. A session's refusals are not charged: a page of
+// another origin can make the holder's browser send them (the cookie goes
+// along on some cross-origin requests), and it must not spend the
+// customer's account budget, which its collectors share.
 func (h *Handler) chargeRefused(w http.ResponseWriter, r *http.Request, why string, err error) error {
 	if err == nil || !credentialRefused(why) {
 		return err
 	}
 	id, _ := caddyhttp.GetVar(r.Context(), identity.VarKey).(*identity.Identity)
-	if id == nil {
+	if id == nil || id.KeyID == "" {
 		return err
 	}
 	if lerr := h.answer(w, h.takeAccount(r, id)); lerr != nil {
@@ -330,13 +334,10 @@ func (h *Handler) chargeRefused(w http.ResponseWriter, r *http.Request, why stri
 }
 
 // credentialRefused reports whether an auth failure reason means a valid
-// credential was refused for what it asked.
+// credential was refused for what it asked (cross_site, a cookie's, is
+// never a key's).
 func credentialRefused(why string) bool {
-	switch why {
-	case "insufficient_scope", "kind_not_allowed", "cross_site":
-		return true
-	}
-	return false
+	return why == "insufficient_scope" || why == "kind_not_allowed"
 }
 
 // unchecked answers a request whose credential auth never checked (an

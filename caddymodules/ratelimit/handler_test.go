@@ -200,10 +200,11 @@ func TestAccountTierChargesKeyAndAccount(t *testing.T) {
 }
 
 // TestAValidCredentialRefusedIsChargedToItsBuckets: a key refused for
-// scope (or kind, or a cross-site session) never reaches the account
-// tier; the ip tier charges it to the key's and account's buckets, so a
-// read key cannot call an admin route without limit, and its address's
-// brute-force budget is left alone. Out of tokens, 429 replaces the 403.
+// scope or kind never reaches the account tier; the ip tier charges it to
+// the key's and account's buckets, as its permitted calls are, and leaves
+// its address's brute-force budget alone. Out of tokens, 429 replaces the
+// 403. A session's refusals (which another origin's page can cause in the
+// holder's browser) are not charged.
 func TestAValidCredentialRefusedIsChargedToItsBuckets(t *testing.T) {
 	t.Parallel()
 	for _, mode := range []string{ModeFailures, ModeAlways} {
@@ -211,23 +212,32 @@ func TestAValidCredentialRefusedIsChargedToItsBuckets(t *testing.T) {
 			t.Parallel()
 			h := newTestHandler(t, Handler{Tier: TierIP, Mode: mode, IP: &Bucket{Capacity: 10, Rate: 0.01},
 				Key: &Bucket{Capacity: 2, Rate: 0.01}, Account: &Bucket{Capacity: 3, Rate: 0.01}})
-			refuse := func(why string) caddyhttp.HandlerFunc {
+			key := &identity.Identity{Kind: identity.KindAccount, CustomerID: "cust-" + mode, KeyID: "k1", Scope: "read"}
+			session := &identity.Identity{Kind: identity.KindSession, CustomerID: "cust-" + mode, SessionID: "s1", Scope: "write"}
+			refuse := func(id *identity.Identity, why string) caddyhttp.HandlerFunc {
 				return func(w http.ResponseWriter, r *http.Request) error {
-					caddyhttp.SetVar(r.Context(), identity.VarKey, &identity.Identity{Kind: identity.KindAccount, CustomerID: "cust-" + mode, KeyID: "k1", Scope: "read"})
+					caddyhttp.SetVar(r.Context(), identity.VarKey, id)
 					caddyhttp.SetVar(r.Context(), varFailure, why)
 					return caddyhttp.Error(403, problem.New(403, why, ""))
 				}
 			}
+			// A session's refusals first: none is charged, so the key
+			// still finds the account bucket full.
+			for _, why := range []string{"insufficient_scope", "kind_not_allowed", "cross_site", "insufficient_scope", "cross_site"} {
+				if s, _ := status(h.ServeHTTP(httptest.NewRecorder(), request("192.0.2.40"), refuse(session, why))); s != 403 {
+					t.Fatalf("a session refused (%s): %d, want 403 (not charged)", why, s)
+				}
+			}
 			var got []int
-			for _, why := range []string{"insufficient_scope", "kind_not_allowed", "cross_site", "insufficient_scope"} {
+			for _, why := range []string{"insufficient_scope", "kind_not_allowed", "insufficient_scope"} {
 				rec := httptest.NewRecorder()
-				s, _ := status(h.ServeHTTP(rec, request("192.0.2.40"), refuse(why)))
-				if s == 403 && rec.Header().Get("RateLimit-Remaining") == "" {
-					t.Fatalf("a charged refusal without RateLimit headers: %v", rec.Header())
+				s, _ := status(h.ServeHTTP(rec, request("192.0.2.40"), refuse(key, why)))
+				if s == 403 && rec.Header().Get("RateLimit-Limit") != "2" {
+					t.Fatalf("a charged refusal does not report the key's bucket: %v", rec.Header())
 				}
 				got = append(got, s)
 			}
-			if want := []int{403, 403, 429, 429}; !slices.Equal(got, want) {
+			if want := []int{403, 403, 429}; !slices.Equal(got, want) {
 				t.Fatalf("statuses %v, want %v (the key's 2 tokens, then 429)", got, want)
 			}
 			// Another refusal (no identity: a store outage) charges nothing.
