@@ -32,7 +32,7 @@ import (
 )
 
 // EnvClickHouseHTTP is ClickHouse's HTTP interface, whose /ping answers
-// without a user.
+// without a user (default http://127.0.0.1:8123, ClickHouse's own).
 const EnvClickHouseHTTP = "GUARDIAN_CLICKHOUSE_HTTP_URL"
 
 func main() { fnserve.Main(setup) }
@@ -40,7 +40,7 @@ func main() { fnserve.Main(setup) }
 func setup(ctx context.Context, log *zap.Logger, env *config.Loader) (http.Handler, func(), error) {
 	pgDSN := env.String(config.PGAppDSN)
 	rs := env.LoadRedis()
-	chURL := strings.TrimSuffix(env.String(EnvClickHouseHTTP), "/")
+	chURL := strings.TrimSuffix(env.Optional(EnvClickHouseHTTP, "http://127.0.0.1:8123"), "/")
 	timeout := env.Duration("GUARDIAN_HEALTH_TIMEOUT", 2*time.Second)
 	if err := env.Err(); err != nil {
 		return nil, nil, err

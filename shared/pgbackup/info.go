@@ -109,6 +109,16 @@ func Info(ctx context.Context, cfg Config) (StanzaInfo, error) {
 	return r.info(ctx, 0)
 }
 
+// RepoInfo runs `pgbackrest info --output=json` over repository repo
+// alone.
+func RepoInfo(ctx context.Context, cfg Config, repo int) (StanzaInfo, error) {
+	r, err := newRunner(cfg)
+	if err != nil {
+		return StanzaInfo{}, err
+	}
+	return r.info(ctx, repo)
+}
+
 // info reads the stanza's info, of one repository when repo > 0.
 func (r *runner) info(ctx context.Context, repo int) (StanzaInfo, error) {
 	opts := []string{"--output=json"}

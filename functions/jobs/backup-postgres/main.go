@@ -87,28 +87,33 @@ func spec(args []string, now func() time.Time) job.Spec {
 		if setupErr != nil {
 			r.Set("failed_repos", len(cfg.Repos)-len(ready))
 		}
-		if kind == "auto" {
-			info, err := pgbackup.Info(ctx, cfg)
-			if err != nil {
-				return err
-			}
-			// The oldest of the repositories' newest fulls; zero when one
-			// has none.
-			var lastFull time.Time
-			for i, repo := range ready {
-				b, ok := info.NewestFull(repo.Index)
-				if !ok {
-					lastFull = time.Time{}
-					break
+		// Each ready repository on its own: its info (a repository that
+		// hangs must not keep the others from theirs) and its kind (one
+		// back after missing a Sunday takes its full; the other does not
+		// take a second one that week).
+		start := time.Now()
+		var taken []pgbackup.BackupInfo
+		var failed []error
+		for _, repo := range ready {
+			k := kind
+			if k == "auto" {
+				info, err := pgbackup.RepoInfo(ctx, cfg, repo.Index)
+				if err != nil {
+					failed = append(failed, fmt.Errorf("repo%d: %w", repo.Index, err))
+					continue
 				}
-				if i == 0 || b.Start.Before(lastFull) {
+				var lastFull time.Time
+				if b, ok := info.NewestFull(repo.Index); ok {
 					lastFull = b.Start
 				}
+				k = scheduledKind(now(), lastFull)
 			}
-			kind = scheduledKind(now(), lastFull)
+			t, err := pgbackup.BackupInto(ctx, cfg, k, []pgbackup.Repo{repo})
+			taken = append(taken, t...)
+			if err != nil {
+				failed = append(failed, err)
+			}
 		}
-		start := time.Now()
-		taken, err := pgbackup.BackupInto(ctx, cfg, kind, ready)
 		r.Set("backup_ms", time.Since(start).Milliseconds())
 		if len(taken) > 0 {
 			r.Set("label", taken[0].Label)
@@ -117,20 +122,17 @@ func spec(args []string, now func() time.Time) job.Spec {
 			r.Set("repo_bytes", taken[0].RepoDelta)
 			r.Set("backups", taken)
 		}
-		if err != nil {
-			return errors.Join(setupErr, err)
-		}
-		// A repository that failed its set-up does not keep the others'
-		// backups from the copy off the host; the run still fails.
-		damaged := errors.Join(setupErr, checksumErrors(taken))
+		// A repository that failed does not keep repo1 from the copy off
+		// the host (its WAL goes there too); the run still fails.
+		errs := errors.Join(setupErr, errors.Join(failed...), checksumErrors(taken))
 		if len(mirrors) > 0 {
 			reports, err := mirror(ctx, cfg.Repos[0].Path, sshKey, knownHosts, mirrors)
 			r.Set("mirrors", reports)
 			if err != nil {
-				return errors.Join(damaged, fmt.Errorf("%w: the backup is taken but its copy off the host is not up to date: %w", job.ErrRed, err))
+				return errors.Join(errs, fmt.Errorf("%w: the backup is taken but its copy off the host is not up to date: %w", job.ErrRed, err))
 			}
 		}
-		return damaged
+		return errs
 	}}
 }
 

@@ -146,7 +146,8 @@ func TestJobTakesFullThenDiff(t *testing.T) {
 // TestAFailedRepositoryDoesNotStopTheOther: with the second repository
 // unwritable (an off-site mount gone: its directory is a file now), the
 // run fails naming repo2, and repo1 still gets its backup (asynchronous
-// archiving keeps its WAL coming). Once repo2 is back, both are backed up.
+// archiving keeps its WAL coming). Once repo2 is back, both are backed up,
+// each with the kind its own backups call for.
 func TestAFailedRepositoryDoesNotStopTheOther(t *testing.T) {
 	c := pgbackuptest.Start(t, 2)
 	extra := map[string]string{job.EnvLockDir: t.TempDir(),
@@ -190,8 +191,17 @@ func TestAFailedRepositoryDoesNotStopTheOther(t *testing.T) {
 	if res.Status != job.StatusOK {
 		t.Fatalf("with repo2 back: %s %q\n%s", res.Status, res.Err, text)
 	}
-	if backups, _ := line["backups"].([]any); len(backups) != 2 {
+	// Each repository's kind is its own: repo1 has its full and takes a
+	// diff, repo2, back without one, takes a full.
+	backups, _ = line["backups"].([]any)
+	if len(backups) != 2 {
 		t.Fatalf("with repo2 back: backups %v", line["backups"])
+	}
+	for _, b := range backups {
+		b := b.(map[string]any)
+		if want := map[float64]string{1: pgbackup.Diff, 2: pgbackup.Full}[b["repo"].(float64)]; b["type"] != want {
+			t.Errorf("with repo2 back: repo%v took a %v backup, want %s", b["repo"], b["type"], want)
+		}
 	}
 }
 

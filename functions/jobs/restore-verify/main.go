@@ -104,6 +104,10 @@ type leftoverDir struct {
 	own  bool
 }
 
+// systemTemps are directories every user shares: a scratch directory set
+// to one of them is not the job's own.
+var systemTemps = []string{"/tmp", "/var/tmp", "/dev/shm"}
+
 // leftoverDirs are the directories a run writes to: the scratch directory
 // and the temp directory (the same one in the unit).
 func leftoverDirs(scratch string) []leftoverDir {
@@ -111,10 +115,11 @@ func leftoverDirs(scratch string) []leftoverDir {
 	if scratch == "" {
 		return []leftoverDir{{tmp, false}}
 	}
+	own := !slices.Contains(systemTemps, filepath.Clean(scratch))
 	if filepath.Clean(scratch) == filepath.Clean(tmp) {
-		return []leftoverDir{{scratch, true}}
+		return []leftoverDir{{scratch, own}}
 	}
-	return []leftoverDir{{scratch, true}, {tmp, false}}
+	return []leftoverDir{{scratch, own}, {tmp, false}}
 }
 
 // removeLeftovers removes, in dirs, the entries a run makes: in the job's

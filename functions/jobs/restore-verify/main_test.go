@@ -340,7 +340,10 @@ func TestLeftoversOfAKilledRunAreRemoved(t *testing.T) {
 }
 
 func TestLeftoverDirs(t *testing.T) {
-	tmp := os.TempDir()
+	// As the unit and the cron wrapper run it: TMPDIR is the scratch
+	// directory, the job's own.
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp)
 	for _, tc := range []struct {
 		scratch string
 		want    []leftoverDir
@@ -348,6 +351,9 @@ func TestLeftoverDirs(t *testing.T) {
 		{"", []leftoverDir{{tmp, false}}},
 		{tmp, []leftoverDir{{tmp, true}}},
 		{"/var/lib/guardian-restore-verify", []leftoverDir{{"/var/lib/guardian-restore-verify", true}, {tmp, false}}},
+		// A scratch directory every user shares is not the job's own.
+		{"/var/tmp/", []leftoverDir{{"/var/tmp/", false}, {tmp, false}}},
+		{"/tmp", []leftoverDir{{"/tmp", false}, {tmp, false}}},
 	} {
 		if got := leftoverDirs(tc.scratch); !slices.Equal(got, tc.want) {
 			t.Errorf("leftoverDirs(%q) = %v, want %v", tc.scratch, got, tc.want)
