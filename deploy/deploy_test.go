@@ -447,6 +447,9 @@ func TestServices(t *testing.T) {
 			if !slices.Contains(u.all("Service", "SystemCallFilter"), "@system-service") {
 				t.Error("SystemCallFilter=@system-service missing")
 			}
+			if u.name == "guardian-caddy.service" && !slices.Contains(u.all("Service", "SystemCallFilter"), "~io_uring_setup io_uring_enter io_uring_register") {
+				t.Error("guardian-caddy.service does not refuse io_uring to its functions")
+			}
 			if !u.has("Service", "MemoryDenyWriteExecute") {
 				t.Error("MemoryDenyWriteExecute not decided (yes, or no with a reason)")
 			}

@@ -178,6 +178,11 @@ func TestAFunctionCannotReachAUnixSocket(t *testing.T) {
 			t.Errorf("%s %s: %q %v, want %q", tc.network, tc.addr, rec.Body.String(), err, tc.want)
 		}
 	}
+	// Nor through io_uring, whose socket operation makes one without the
+	// socket system call.
+	if rec, err := call(h, "/uring"); err != nil || rec.Body.String() != "operation not permitted" {
+		t.Errorf("io_uring: %q %v, want operation not permitted", rec.Body.String(), err)
+	}
 }
 
 // Request trailers, headers the client sends after the body, never reach
