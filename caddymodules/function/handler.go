@@ -53,8 +53,10 @@ type Handler struct {
 	// each function reads GUARDIAN_PG_APP_DSN, and each route hands it the
 	// DSN of the function's own database role.
 	Env []string `json:"env,omitempty"`
-	// SocketDir holds the functions' sockets; created with mode 0700 so
-	// only Caddy's user can connect. Default: $TMPDIR/guardian-functions-<uid>.
+	// SocketDir is the functions' working directory, created with mode
+	// 0700. Their sockets are not in it: they are abstract (no file a
+	// function could rename over another's; see socketName). Default:
+	// $TMPDIR/guardian-functions-<uid>.
 	SocketDir string `json:"socket_dir,omitempty"`
 	// StartTimeout bounds a cold start. Default: 10s.
 	StartTimeout caddy.Duration `json:"start_timeout,omitempty"`
@@ -125,9 +127,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if err := h.Validate(); err != nil {
 		return err
-	}
-	if longest := socketPath(h.SocketDir, h.Name, 1<<63); len(longest) > maxSocketPath {
-		return fmt.Errorf("guardian_function %s: socket_dir %s is too long for a unix socket path (%d > %d bytes)", h.Name, h.SocketDir, len(longest), maxSocketPath)
 	}
 	if err := privateDir(h.SocketDir); err != nil {
 		return err

@@ -9,11 +9,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -258,14 +260,12 @@ func TestFunctionSeesOnlyAllowedEnvironment(t *testing.T) {
 	}
 }
 
-func TestTooLongSocketDirIsRefused(t *testing.T) {
-	h := &Handler{Name: "x", Bin: testenv.Build(t, "./caddymodules/function/testdata/testfn"), SocketDir: "/tmp/" + strings.Repeat("d", 90)}
-	if err := h.Provision(testContext(t)); err == nil || !strings.Contains(err.Error(), "too long") {
-		t.Fatalf("err = %v", err)
-	}
-}
-
-func TestSocketDirectoryIsPrivate(t *testing.T) {
+// A function runs as Caddy's user, so a file of its directory is one it
+// could rename over another function's socket (and be sent that
+// function's requests, passwords included) or unlink. Sockets are
+// abstract: the directory, the functions' working directory, holds none,
+// and the runtime still reaches its function.
+func TestNoSocketFileAFunctionCouldTakeOver(t *testing.T) {
 	t.Parallel()
 	h := newHandler(t, &Handler{})
 	pidOf(t, h)
@@ -276,6 +276,28 @@ func TestSocketDirectoryIsPrivate(t *testing.T) {
 	if st.Mode().Perm() != 0o700 {
 		t.Fatalf("socket dir mode %v", st.Mode().Perm())
 	}
+	h.inst.mu.Lock()
+	sock := h.inst.proc.socket
+	h.inst.mu.Unlock()
+	if !strings.HasPrefix(sock, "@") {
+		t.Fatalf("socket %q is a path", sock)
+	}
+	err = filepath.WalkDir(h.SocketDir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type()&fs.ModeSocket != 0 {
+			t.Errorf("a socket file in the functions' directory: %s", p)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Two starts never share a name, and the names are not guessable.
+	a, _ := socketName("f", 1)
+	b, _ := socketName("f", 1)
+	if a == b {
+		t.Fatalf("two socket names alike: %s", a)
+	}
+	pidOf(t, h)
 }
 
 func TestCleanupStopsTheProcess(t *testing.T) {

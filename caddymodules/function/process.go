@@ -3,6 +3,7 @@ package function
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,7 +13,6 @@ import (
 	"net/http/httputil"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -75,24 +75,23 @@ func (c pooledConn) ReadFrom(r io.Reader) (int64, error) {
 // the start timeout for everyone.
 func startProcess(cfg *spec, log *zap.Logger) (*process, error) {
 	begin := time.Now() // cold start counts from here: socket, exec, readiness
-	socket := socketPath(cfg.socketDir, cfg.name, socketSeq.Add(1))
-	_ = os.Remove(socket)
+	socket, err := socketName(cfg.name, socketSeq.Add(1))
+	if err != nil {
+		return nil, err
+	}
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: socket, Net: "unix"})
 	if err != nil {
 		return nil, fmt.Errorf("listen on function socket: %w", err)
 	}
-	// The child keeps the socket; our copy closes below without unlinking.
-	ln.SetUnlinkOnClose(false)
+	// The child keeps the socket; our copy closes below.
 	lnFile, err := ln.File()
 	_ = ln.Close()
 	if err != nil {
-		_ = os.Remove(socket)
 		return nil, fmt.Errorf("function socket file: %w", err)
 	}
 	defer lnFile.Close()
 	readyR, readyW, err := os.Pipe()
 	if err != nil {
-		_ = os.Remove(socket)
 		return nil, fmt.Errorf("readiness pipe: %w", err)
 	}
 	defer readyR.Close()
@@ -112,7 +111,6 @@ func startProcess(cfg *spec, log *zap.Logger) (*process, error) {
 	stderr, _ := cmd.StderrPipe()
 	if err := cmd.Start(); err != nil {
 		readyW.Close()
-		_ = os.Remove(socket)
 		return nil, fmt.Errorf("start %s: %w", cfg.bin, err)
 	}
 	readyW.Close()
@@ -124,7 +122,6 @@ func startProcess(cfg *spec, log *zap.Logger) (*process, error) {
 	go func() {
 		logs.Wait() // Wait must not run before the pipes are drained
 		_ = cmd.Wait()
-		_ = os.Remove(socket)
 		close(p.done)
 	}()
 
@@ -206,25 +203,26 @@ func reportAuthFailure(resp *http.Response) error {
 	return nil
 }
 
-// maxSocketPath is the longest unix socket path Linux accepts (sun_path
-// holds 108 bytes with the terminating NUL).
-const maxSocketPath = 107
-
 // socketSeq numbers process starts across every instance of this Caddy
-// process. A reload that changes a function's config makes a second
-// instance of the same name, whose processes share the directory with the
-// old one's: a count per instance gave the new process the old one's path,
-// and the old process's exit then unlinked the socket the new one was
-// listening on.
+// process, so that no two processes (an old and a new instance's, across
+// a reload) are given one name.
 var socketSeq atomic.Uint64
 
-// socketPath names a process's socket: unique per Caddy process and start,
-// with the function's name (cut short) for whoever lists the directory.
-func socketPath(dir, name string, seq uint64) string {
+// socketName names a process's socket in the abstract namespace: there is
+// no file a function (which runs as Caddy's user) could rename another
+// function's socket over, or unlink, and with no socket of its own making
+// (shared/fnserve) it cannot bind or reach one. The random part keeps
+// other users of the host from taking the name first; the function's own
+// SO_PEERCRED check refuses their connections.
+func socketName(name string, seq uint64) (string, error) {
 	if len(name) > 24 {
 		name = name[:24]
 	}
-	return filepath.Join(dir, fmt.Sprintf("%s.%d.%d.sock", name, os.Getpid(), seq))
+	var r [8]byte
+	if _, err := rand.Read(r[:]); err != nil {
+		return "", fmt.Errorf("function socket name: %w", err)
+	}
+	return fmt.Sprintf("@guardian-fn/%s.%d.%d.%x", name, os.Getpid(), seq, r), nil
 }
 
 // rewrite prepares the request a function receives: addressed to the
