@@ -463,7 +463,7 @@ func TestServices(t *testing.T) {
 			}
 			if job == "" { // the edge
 				if u.get("Service", "RuntimeDirectory") == "" || !strings.HasPrefix(env["TMPDIR"], "/run/"+u.get("Service", "RuntimeDirectory")) {
-					t.Errorf("the function sockets ($TMPDIR/guardian-functions-<uid>) must be in the RuntimeDirectory, TMPDIR=%q", env["TMPDIR"])
+					t.Errorf("the functions' directory ($TMPDIR/guardian-functions-<uid>) must be in the RuntimeDirectory, TMPDIR=%q", env["TMPDIR"])
 				}
 				if !strings.HasPrefix(env["GUARDIAN_ADMIN_ADDR"], "unix/") {
 					t.Errorf("GUARDIAN_ADMIN_ADDR=%q: the admin API must be a unix socket", env["GUARDIAN_ADMIN_ADDR"])
