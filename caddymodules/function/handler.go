@@ -31,6 +31,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/semaphore"
 
+	"github.com/glassmkr/guardian/shared/fnserve"
 	"github.com/glassmkr/guardian/shared/problem"
 )
 
@@ -402,7 +403,7 @@ func (b *trackedBody) Close() error { return nil }
 // NAME=FROM, FROM's value), plus a minimal PATH; nothing else of Caddy's
 // environment reaches the function.
 func allowedEnv(entries []string, lookup func(string) (string, bool)) []string {
-	env := []string{"PATH=/usr/local/bin:/usr/bin:/bin"}
+	env := []string{fnserve.DefaultPath}
 	for _, entry := range entries {
 		name, from, renamed := strings.Cut(entry, "=")
 		if !renamed {

@@ -26,6 +26,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/glassmkr/guardian/shared/fnserve"
 	"github.com/glassmkr/guardian/shared/identity"
 	"github.com/glassmkr/guardian/shared/problem"
 	"github.com/glassmkr/guardian/shared/testenv"
@@ -255,8 +256,21 @@ func TestFunctionSeesOnlyAllowedEnvironment(t *testing.T) {
 			t.Errorf("%s missing from %v", k, env)
 		}
 	}
-	if got["HOME"] || got["GUARDIAN_KEY_PEPPER"] || got["UNSET_VARIABLE"] {
+	if got["HOME"] || got["GUARDIAN_KEY_PEPPER"] || got["UNSET_VARIABLE"] || got[fnserve.EnvSettingsFD] {
 		t.Errorf("unexpected variables: %v", env)
+	}
+	// The settings came through the pipe: the process's initial
+	// environment, which /proc shows (to its user until it is sealed, and
+	// to root), holds none of them.
+	environ, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pidOf(t, h)))
+	if errors.Is(err, fs.ErrPermission) {
+		t.Skip("cannot read a sealed process's environ as this user")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(environ), "GUARDIAN_REDIS_ADDR") || !strings.Contains(string(environ), fnserve.EnvSettingsFD) {
+		t.Errorf("the function's initial environment: %q", environ)
 	}
 }
 

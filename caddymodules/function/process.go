@@ -95,14 +95,26 @@ func startProcess(cfg *spec, log *zap.Logger) (*process, error) {
 		return nil, fmt.Errorf("readiness pipe: %w", err)
 	}
 	defer readyR.Close()
+	// The function's settings (its secrets among them) go through a pipe,
+	// not its environment: /proc/<pid>/environ of a process just started
+	// is readable by its user (every function's) until it seals itself,
+	// and stays readable to whoever may read it after.
+	settingsR, settingsW, err := os.Pipe()
+	if err != nil {
+		readyW.Close()
+		return nil, fmt.Errorf("settings pipe: %w", err)
+	}
+	defer settingsR.Close()
 
 	cmd := exec.Command(cfg.bin)
-	cmd.Env = append(append([]string(nil), cfg.env...),
-		fnserve.EnvListenFD+"=3",
-		fnserve.EnvReadyFD+"=4",
-		fnserve.EnvName+"="+cfg.name,
-	)
-	cmd.ExtraFiles = []*os.File{lnFile, readyW}
+	cmd.Env = []string{
+		fnserve.DefaultPath,
+		fnserve.EnvListenFD + "=3",
+		fnserve.EnvReadyFD + "=4",
+		fnserve.EnvSettingsFD + "=5",
+		fnserve.EnvName + "=" + cfg.name,
+	}
+	cmd.ExtraFiles = []*os.File{lnFile, readyW, settingsR}
 	cmd.Dir = cfg.socketDir
 	// Own process group (a terminal's ^C goes to Caddy, which then stops
 	// us in order) and death with Caddy if Caddy is killed outright.
@@ -111,9 +123,17 @@ func startProcess(cfg *spec, log *zap.Logger) (*process, error) {
 	stderr, _ := cmd.StderrPipe()
 	if err := cmd.Start(); err != nil {
 		readyW.Close()
+		settingsW.Close()
 		return nil, fmt.Errorf("start %s: %w", cfg.bin, err)
 	}
 	readyW.Close()
+	// Written while the function starts (a pipe holds 64 KiB; settings
+	// beyond that wait for it to read); an error means it exited, which
+	// the readiness wait below reports.
+	go func() {
+		_, _ = settingsW.Write(fnserve.EncodeSettings(cfg.env))
+		settingsW.Close()
+	}()
 	p := &process{cmd: cmd, socket: socket, started: begin, done: make(chan struct{})}
 	var logs sync.WaitGroup
 	logs.Add(2)

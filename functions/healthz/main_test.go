@@ -173,8 +173,13 @@ func TestHealthzFunctionCannotSeeTheKeyPepper(t *testing.T) {
 	if seen["GUARDIAN_KEY_PEPPER"] || seen["GUARDIAN_SESSION_SECRET"] || seen["GUARDIAN_PG_DSN"] || seen["GUARDIAN_REDIS_PASSWORD"] || seen["GUARDIAN_CLICKHOUSE_USER"] || seen["GUARDIAN_CLICKHOUSE_PASSWORD"] {
 		t.Errorf("healthz environment has %v", seen)
 	}
-	if !seen["GUARDIAN_PG_APP_DSN"] || !seen["GUARDIAN_REDIS_ADDR"] || !seen["GUARDIAN_CLICKHOUSE_HTTP_URL"] {
-		t.Errorf("healthz environment lacks what it needs: %v", seen)
+	// Its settings reach it through a pipe once it is sealed, never its
+	// environment (which /proc shows): only the runtime's variables are
+	// there, and the check above that it answered 200 shows it got them.
+	for k := range seen {
+		if k != "" && k != "PATH" && !strings.HasPrefix(k, "GUARDIAN_FUNCTION_") {
+			t.Errorf("healthz's initial environment holds %s", k)
+		}
 	}
 }
 

@@ -4,10 +4,13 @@
 // drains in-flight requests.
 //
 // Protocol with the runtime (caddymodules/function): the runtime creates the
-// unix socket itself (in a directory only Caddy can open) and passes the
-// listener as the file descriptor named by GUARDIAN_FUNCTION_LISTEN_FD, and a
-// pipe as GUARDIAN_FUNCTION_READY_FD; the function writes one byte to the
-// pipe once it can serve. SIGTERM starts a graceful stop. Run by hand, a
+// unix socket itself (abstract, under an unguessable name) and passes the
+// listener as the file descriptor named by GUARDIAN_FUNCTION_LISTEN_FD, a
+// pipe as GUARDIAN_FUNCTION_READY_FD, and the function's settings (its
+// secrets among them: never in its environment, which /proc shows) on a
+// pipe named by GUARDIAN_FUNCTION_SETTINGS_FD, read once the process is
+// sealed; the function writes one byte to the readiness pipe once it can
+// serve. SIGTERM starts a graceful stop. Run by hand, a
 // function instead listens on the path in GUARDIAN_FUNCTION_SOCKET.
 package fnserve
 
@@ -15,11 +18,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -33,9 +38,15 @@ import (
 const (
 	EnvListenFD = "GUARDIAN_FUNCTION_LISTEN_FD"
 	EnvReadyFD  = "GUARDIAN_FUNCTION_READY_FD"
-	EnvSocket   = "GUARDIAN_FUNCTION_SOCKET"
-	EnvName     = "GUARDIAN_FUNCTION_NAME"
+	// EnvSettingsFD names a pipe holding the function's settings
+	// (EncodeSettings), read once the process is sealed.
+	EnvSettingsFD = "GUARDIAN_FUNCTION_SETTINGS_FD"
+	EnvSocket     = "GUARDIAN_FUNCTION_SOCKET"
+	EnvName       = "GUARDIAN_FUNCTION_NAME"
 )
+
+// DefaultPath is the PATH every function gets.
+const DefaultPath = "PATH=/usr/local/bin:/usr/bin:/bin"
 
 // Setup builds a function's handler from its configuration. It returns the
 // handler and a close function for what it opened (may be nil).
@@ -55,6 +66,12 @@ func Main(setup Setup) {
 		_ = log.Sync()
 		os.Exit(1)
 	}
+	// Only now, sealed, does the process take its secrets.
+	if err := readSettings(); err != nil {
+		log.Error("function stopped", zap.Error(err))
+		_ = log.Sync()
+		os.Exit(1)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if err := run(ctx, log, setup); err != nil {
@@ -62,6 +79,60 @@ func Main(setup Setup) {
 		_ = log.Sync()
 		os.Exit(1)
 	}
+}
+
+// maxSettings bounds the settings a function reads.
+const maxSettings = 1 << 20
+
+// EncodeSettings encodes NAME=value entries for the settings pipe: each
+// followed by a NUL, which no environment value can hold.
+func EncodeSettings(env []string) []byte {
+	var b []byte
+	for _, kv := range env {
+		b = append(append(b, kv...), 0)
+	}
+	return b
+}
+
+// readSettings sets the environment from the pipe named by EnvSettingsFD
+// (started by the runtime), then forgets the pipe. Settings never
+// override the runtime's own variables. Without EnvSettingsFD (run by
+// hand) the environment is as given.
+func readSettings() error {
+	s := os.Getenv(EnvSettingsFD)
+	if s == "" {
+		return nil
+	}
+	fd, err := strconv.Atoi(s)
+	if err != nil || fd < 3 {
+		return fmt.Errorf("%s: not a file descriptor", EnvSettingsFD)
+	}
+	f := os.NewFile(uintptr(fd), "settings")
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxSettings+1))
+	if err != nil {
+		return fmt.Errorf("settings: %w", err)
+	}
+	if len(b) > maxSettings {
+		return fmt.Errorf("settings: over %d bytes", maxSettings)
+	}
+	for _, kv := range strings.Split(string(b), "\x00") {
+		if kv == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return fmt.Errorf("settings: an entry without a name")
+		}
+		switch k {
+		case EnvListenFD, EnvReadyFD, EnvSettingsFD, EnvName:
+			continue
+		}
+		if err := os.Setenv(k, v); err != nil {
+			return fmt.Errorf("settings: %s: %w", k, err)
+		}
+	}
+	return os.Unsetenv(EnvSettingsFD)
 }
 
 func newLogger() *zap.Logger {

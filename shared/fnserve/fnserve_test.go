@@ -88,3 +88,36 @@ func TestServeSignalsReadyAndDrainsOnStop(t *testing.T) {
 		t.Fatalf("Serve: %v", err)
 	}
 }
+
+// Settings read from the runtime's pipe become the environment; they
+// never override the runtime's own variables, and the pipe's variable is
+// gone afterwards.
+func TestReadSettings(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(EnvSettingsFD, strconv.Itoa(int(r.Fd())))
+	t.Setenv(EnvName, "real")
+	t.Setenv("FNSERVE_TEST_B", "")
+	settings := EncodeSettings([]string{"FNSERVE_TEST_A=x=y z", "FNSERVE_TEST_B=", EnvName + "=forged"})
+	if _, err := w.Write(settings); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	if err := readSettings(); err != nil {
+		t.Fatal(err)
+	}
+	if got := os.Getenv("FNSERVE_TEST_A"); got != "x=y z" {
+		t.Errorf("FNSERVE_TEST_A = %q", got)
+	}
+	if v, ok := os.LookupEnv("FNSERVE_TEST_B"); !ok || v != "" {
+		t.Errorf("FNSERVE_TEST_B = %q %t", v, ok)
+	}
+	if got := os.Getenv(EnvName); got != "real" {
+		t.Errorf("a setting overrode %s: %q", EnvName, got)
+	}
+	if _, ok := os.LookupEnv(EnvSettingsFD); ok {
+		t.Errorf("%s still set", EnvSettingsFD)
+	}
+}
