@@ -373,8 +373,17 @@ func (p *Purger) tablesWith(ctx context.Context, col string) ([]string, error) {
 			out = append(out, t)
 		}
 	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("clickhouse: list columns: %w", err)
+	}
+	// None at all is a wrong database or one not migrated, never "nothing
+	// to delete": the PostgreSQL rows, the only record of what is left to
+	// purge, would go while the data stayed.
+	if len(out) == 0 {
+		return nil, fmt.Errorf("clickhouse: database %s holds no MergeTree table with a %s column (wrong GUARDIAN_CLICKHOUSE_DATABASE, or not migrated): nothing purged", p.Database, col)
+	}
 	slices.Sort(out)
-	return out, rows.Err()
+	return out, nil
 }
 
 // deleteRows issues one mutation deleting the rows whose col (customer_id

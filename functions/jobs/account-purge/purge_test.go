@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -282,6 +283,27 @@ func TestPurgeWaitsForPendingDeletions(t *testing.T) {
 	}
 	if got := f.pgRows(t, doomed); !equal(got, purgedPG) {
 		t.Errorf("PostgreSQL after the purge: %v", got)
+	}
+}
+
+// A database that holds no table with customer data (a wrong
+// GUARDIAN_CLICKHOUSE_DATABASE, or one not migrated) is an error, not
+// "nothing left to delete": the account stays in PostgreSQL, the only
+// record of what is left to purge, with its ClickHouse rows.
+func TestPurgeIntoADatabaseWithoutTablesPurgesNothing(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	doomed := f.customer(t, in(-48*time.Hour))
+	p := &Purger{PG: f.pg.App(t), CH: f.ch.Conn, Database: "system", MaxAccounts: 10, Wait: time.Second, Poll: 50 * time.Millisecond}
+	res, err := p.Run(context.Background(), time.Now())
+	if err == nil || !strings.Contains(err.Error(), "no MergeTree table") || len(res.Purged) != 0 {
+		t.Fatalf("run against a database without tables: %+v, %v", res, err)
+	}
+	if got := f.pgRows(t, doomed); !equal(got, untouchedPG) {
+		t.Errorf("PostgreSQL after the refused run: %v", got)
+	}
+	if got := f.chRows(t, doomed.ID); all(got, 0) {
+		t.Errorf("ClickHouse rows gone: %v", got)
 	}
 }
 

@@ -210,6 +210,11 @@ func (s *Sweeper) Run(ctx context.Context, now time.Time) (Result, error) {
 	if err != nil {
 		return res, err
 	}
+	// No table of any rule is a wrong database or one not migrated, not a
+	// clean run: retention would silently never be enforced.
+	if !slices.ContainsFunc(s.Rules, func(r Rule) bool { _, ok := cols[r.Table]; return ok }) {
+		return res, fmt.Errorf("clickhouse: database %s holds none of the tables retention applies to (wrong GUARDIAN_CLICKHOUSE_DATABASE, or not migrated)", s.Database)
+	}
 	b := &budget{drops: s.MaxDrops, mutations: s.MaxMutations}
 	var errs []error
 	for _, rule := range s.Rules {

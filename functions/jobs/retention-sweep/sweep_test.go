@@ -239,6 +239,18 @@ func TestSweepKeepsExactlyTheRightRowsAndIsIdempotent(t *testing.T) {
 	}
 }
 
+// A database holding none of the rules' tables (a wrong database, or not
+// migrated) is an error, not a clean run that enforces nothing.
+func TestSweepOfADatabaseWithoutTheTablesFails(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	s := f.sweeper(10, 10)
+	s.Database = "system"
+	if _, err := s.Run(context.Background(), f.now); err == nil || !strings.Contains(err.Error(), "none of the tables") {
+		t.Fatalf("sweep of a database without the tables: %v", err)
+	}
+}
+
 func TestSweepBoundsEachRunAndTheNextRunsFinish(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
