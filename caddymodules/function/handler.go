@@ -157,12 +157,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.key = key
 	h.metrics = h.inst.metrics
-	h.sem = make(chan struct{}, h.MaxConcurrent)
+	// Shared by every route of this function: one process, one bound.
+	h.sem = h.inst.slots
 	if h.BufferBody > 0 {
 		if h.bufferTotal == 0 {
 			h.bufferTotal = maxBuffered
 		}
-		h.buffered = semaphore.NewWeighted(max(h.bufferTotal, h.BufferBody+bufferChunk))
+		h.buffered = h.inst.bodyBudget(max(h.bufferTotal, h.BufferBody+bufferChunk))
 	}
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/sync/semaphore"
 )
 
 // spec is what an instance needs to start its binary; instances with equal
@@ -33,6 +34,13 @@ type instance struct {
 	spec    spec
 	log     *zap.Logger
 	metrics *fnMetrics
+	// slots bound the requests in flight to the process, whichever of the
+	// routes sharing it they came through (max_concurrent is the
+	// process's bound, not each route's).
+	slots chan struct{}
+
+	bufMu    sync.Mutex
+	buffered *semaphore.Weighted // bodies held for the process's routes; see bodyBudget
 
 	mu       sync.Mutex
 	proc     *process
@@ -67,7 +75,19 @@ func backoff(crashes int) time.Duration {
 }
 
 func newInstance(s spec, log *zap.Logger) *instance {
-	return &instance{spec: s, log: log, metrics: newFnMetrics(s.name)}
+	return &instance{spec: s, log: log, metrics: newFnMetrics(s.name), slots: make(chan struct{}, max(s.maxConcurrent, 1))}
+}
+
+// bodyBudget is the bound, in bytes, on the request bodies buffered for
+// this process's routes together, made by the first route that buffers
+// (size: its bound).
+func (in *instance) bodyBudget(size int64) *semaphore.Weighted {
+	in.bufMu.Lock()
+	defer in.bufMu.Unlock()
+	if in.buffered == nil {
+		in.buffered = semaphore.NewWeighted(size)
+	}
+	return in.buffered
 }
 
 // warmUp starts the process if none runs, for functions kept warm.

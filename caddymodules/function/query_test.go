@@ -90,6 +90,21 @@ func TestABusyFunctionSaysWhenToRetry(t *testing.T) {
 	if rec.Header().Get("Retry-After") == "" {
 		t.Error("503 function_busy without Retry-After")
 	}
+	// Another route to the same function (one process) shares the bound:
+	// max_concurrent is the process's, not each route's.
+	other := &Handler{Name: h.Name, Bin: h.Bin, SocketDir: h.SocketDir, MaxConcurrent: 1, QueueTimeout: caddy.Duration(50 * time.Millisecond)}
+	if err := other.Provision(testContext(t)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = other.Cleanup() })
+	if other.inst != h.inst {
+		t.Fatal("two routes to one function got two instances")
+	}
+	if _, err := call(other, "/ok"); err == nil {
+		t.Fatal("another route to the busy function was served past its bound")
+	} else if status, code := refusal(t, err); status != 503 || code != "function_busy" {
+		t.Fatalf("another route: %d %s", status, code)
+	}
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
