@@ -170,8 +170,12 @@ var (
 		{netip.MustParsePrefix("2001:db8::/32"), "reserved"},
 		{netip.MustParsePrefix("2001::/32"), "reserved"}, // Teredo: hides an IPv4 address
 		{netip.MustParsePrefix("fec0::/10"), "private"},  // site-local, deprecated
+		// Local-use NAT64 (RFC 8215): the IPv4 address sits where the
+		// network's own prefix length (/48 to /96) puts it, which cannot
+		// be known here; refused whole rather than read at one place.
+		{netip.MustParsePrefix("64:ff9b:1::/48"), "local-use NAT64"},
 	}
-	nat64     = []netip.Prefix{netip.MustParsePrefix("64:ff9b::/96"), netip.MustParsePrefix("64:ff9b:1::/48")}
+	nat64     = []netip.Prefix{netip.MustParsePrefix("64:ff9b::/96")}
 	sixToFour = netip.MustParsePrefix("2002::/16")
 )
 

@@ -66,6 +66,11 @@ func TestBlockedAddresses(t *testing.T) {
 		{"::ffff:8.8.8.8", ""},
 		{"64:ff9b::a9fe:a9fe", "cloud metadata"}, // NAT64 of 169.254.169.254
 		{"64:ff9b::7f00:1", "loopback"},
+		{"64:ff9b::808:808", ""}, // NAT64 of 8.8.8.8
+		// Local-use NAT64 carries 169.254.169.254 here at /48, yet reads
+		// as 8.8.8.8 at /96: refused whole.
+		{"64:ff9b:1:a9fe:a9:fe00:808:808", "local-use NAT64"},
+		{"64:ff9b:1::808:808", "local-use NAT64"},
 		{"2002:c0a8:0101::1", "private"}, // 6to4 of 192.168.1.1
 		{"::7f00:1", "reserved"},         // IPv4-compatible 127.0.0.1
 		{"fe80::1%eth0", "link-local"},
