@@ -41,6 +41,7 @@ umask 077
 	cat "$data/servers.env"
 	echo "GUARDIAN_URL=http://localhost:$port"
 	echo "GUARDIAN_HTTP_PORT=$port"
+	echo "GUARDIAN_LISTEN=loopback"
 	echo "GUARDIAN_BIN_DIR=$bin"
 	echo "GUARDIAN_WEB_DIR=$root/web"
 	echo "GUARDIAN_RUN_DIR=$run"
