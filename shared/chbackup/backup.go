@@ -147,39 +147,9 @@ func Backup(ctx context.Context, cfg Config) (SetInfo, error) {
 			m.Recipients = append(m.Recipients, s.String())
 		}
 	}
-	if err := checkLimits(ctx, ch); err != nil {
-		return info, fmt.Errorf("backup: %w", err)
-	}
-	tables, err := listTables(ctx, ch, db)
-	if err != nil {
-		return info, fmt.Errorf("backup: %w", err)
-	}
-	for _, t := range tables {
-		if t.skip {
-			m.Skipped = append(m.Skipped, t.Name)
-		}
-	}
-	info.Skipped = m.Skipped
-	if len(m.Skipped) == len(tables) {
-		// A misspelt or not yet migrated database: a set of nothing would
-		// verify green and, as days pass, prune every real set away.
-		return info, fmt.Errorf("backup: database %s has no MergeTree table to back up", db)
-	}
-	for _, t := range tables {
-		if t.skip {
-			continue
-		}
-		if err := checkCreate(t.create); err != nil {
-			// Restore verification would refuse the set; say so now.
-			return info, fmt.Errorf("backup: table %s: %w", t.Name, err)
-		}
-	}
-	v, err := one[struct{ V string }](ctx, ch, "SELECT version() AS V")
-	if err != nil {
-		return info, fmt.Errorf("backup: clickhouse version: %w", err)
-	}
-	m.ServerVersion = v.V
-
+	// The targets first: expired sets are pruned before anything else,
+	// so that neither a ClickHouse that is down nor a set that fails (a
+	// full disk, which pruning would relieve) keeps them past KeepDays.
 	auth, err := loadSSHAuth(cfg)
 	if err != nil {
 		return info, fmt.Errorf("backup: %w", err)
@@ -192,7 +162,9 @@ func Backup(ctx context.Context, cfg Config) (SetInfo, error) {
 		dests[i] = d
 		d.r, d.err = dial(ctx, auth, t)
 		if d.err == nil {
-			d.fail(prepare(d.r, info.Name))
+			var pruned []string
+			pruned, d.err = prepare(d.r, info.Name, pruneCutoff(now, cfg.KeepDays))
+			d.res.Pruned = pruned
 		}
 	}
 	defer func() {
@@ -206,6 +178,12 @@ func Backup(ctx context.Context, cfg Config) (SetInfo, error) {
 		var errs []error
 		if err != nil {
 			errs = append(errs, err)
+			// The unfinished set goes now (the next run would remove it).
+			for _, d := range dests {
+				if d.r != nil {
+					_ = d.r.c.RemoveAll(d.r.join(info.Name + partialSuffix))
+				}
+			}
 		}
 		for _, d := range dests {
 			if d.err == nil && err != nil {
@@ -224,6 +202,39 @@ func Backup(ctx context.Context, cfg Config) (SetInfo, error) {
 		}
 		return info, nil
 	}
+	if err := checkLimits(ctx, ch); err != nil {
+		return finish(err)
+	}
+	tables, err := listTables(ctx, ch, db)
+	if err != nil {
+		return finish(err)
+	}
+	for _, t := range tables {
+		if t.skip {
+			m.Skipped = append(m.Skipped, t.Name)
+		}
+	}
+	info.Skipped = m.Skipped
+	if len(m.Skipped) == len(tables) {
+		// A misspelt or not yet migrated database: a set of nothing would
+		// verify green and, as days pass, prune every real set away.
+		return finish(fmt.Errorf("database %s has no MergeTree table to back up", db))
+	}
+	for _, t := range tables {
+		if t.skip {
+			continue
+		}
+		if err := checkCreate(t.create); err != nil {
+			// Restore verification would refuse the set; say so now.
+			return finish(fmt.Errorf("table %s: %w", t.Name, err))
+		}
+	}
+	v, err := one[struct{ V string }](ctx, ch, "SELECT version() AS V")
+	if err != nil {
+		return finish(fmt.Errorf("clickhouse version: %w", err))
+	}
+	m.ServerVersion = v.V
+
 	if live(dests) == 0 {
 		return finish(nil)
 	}
@@ -288,7 +299,7 @@ func Backup(ctx context.Context, cfg Config) (SetInfo, error) {
 			continue
 		}
 		pruned, err := prune(r, pruneCutoff(now, cfg.KeepDays), info.Name)
-		d.res.Pruned = pruned
+		d.res.Pruned = append(d.res.Pruned, pruned...)
 		if err != nil {
 			d.fail(fmt.Errorf("%s: prune: %w", r.target, err))
 		}
@@ -307,39 +318,63 @@ func live(dests []*dest) int {
 }
 
 // prepare removes what interrupted runs left at r (.partial sets and
-// temporary files) and creates the new set's .partial directory.
-func prepare(r *remote, set string) error {
+// temporary files) and the sets named before cutoff (never the one LATEST
+// names), and creates the new set's .partial directory. It returns the
+// sets it pruned. Pruning comes first, so that a set that then fails (a
+// full disk) or a ClickHouse that is down cannot keep expired sets.
+func prepare(r *remote, set string, cutoff time.Time) ([]string, error) {
 	if err := r.c.MkdirAll(r.target.Path); err != nil {
-		return fmt.Errorf("%s: %w", r.target, err)
+		return nil, fmt.Errorf("%s: %w", r.target, err)
 	}
 	entries, err := r.c.ReadDir(r.target.Path)
 	if err != nil {
-		return fmt.Errorf("%s: list: %w", r.target, err)
+		return nil, fmt.Errorf("%s: list: %w", r.target, err)
 	}
 	for _, e := range entries {
 		name := e.Name()
 		switch {
 		case name == set:
-			return fmt.Errorf("%s: set %s exists already", r.target, set)
+			return nil, fmt.Errorf("%s: set %s exists already", r.target, set)
 		case e.IsDir() && strings.HasSuffix(name, partialSuffix) && setName.MatchString(strings.TrimSuffix(name, partialSuffix)),
 			!e.IsDir() && strings.HasPrefix(name, tmpPrefix):
 			if err := r.c.RemoveAll(r.join(name)); err != nil {
-				return fmt.Errorf("%s: remove the unfinished %s: %w", r.target, name, err)
+				return nil, fmt.Errorf("%s: remove the unfinished %s: %w", r.target, name, err)
 			}
 		}
 	}
-	if err := r.c.Mkdir(r.join(set + partialSuffix)); err != nil {
-		return fmt.Errorf("%s: %w", r.target, err)
+	// The set LATEST names is kept, however old; without LATEST, the
+	// newest set (names sort by time).
+	var keep string
+	if b, err := r.readFile(r.join(latestName), 256); err == nil {
+		keep = strings.TrimSpace(string(b))
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%s: read %s: %w", r.target, latestName, err)
+	} else {
+		for _, e := range entries {
+			if e.IsDir() && setName.MatchString(e.Name()) && e.Name() > keep {
+				keep = e.Name()
+			}
+		}
 	}
-	return nil
+	pruned, err := prune(r, cutoff, keep)
+	if err != nil {
+		return pruned, fmt.Errorf("%s: prune: %w", r.target, err)
+	}
+	if err := r.c.Mkdir(r.join(set + partialSuffix)); err != nil {
+		return pruned, fmt.Errorf("%s: %w", r.target, err)
+	}
+	return pruned, nil
 }
 
 // pruneSlack is how much younger than KeepDays a set may be when it is
-// pruned. Runs are daily at about the same hour but not to the minute: a
-// set made a few minutes later in the day than the run that is 30 days
-// on would otherwise be 29 days 23 hours old then, and stay until the run
-// after, 31 days. The posture promises the backups gone within 30 days.
-const pruneSlack = 6 * time.Hour
+// pruned. Runs are daily at about the same hour but not to the minute,
+// and an account is purged up to two hours after its deletion request
+// (an hour to change one's mind, then the hourly purge): the last set
+// holding its data may start after the request. The posture promises the
+// backups free of it within 30 days of the request, so with KeepDays 30
+// that set must go at the run 29 days on, whatever its minute: a set is
+// pruned once older than KeepDays less 30 hours (29 daily sets are kept).
+const pruneSlack = 30 * time.Hour
 
 // pruneCutoff is the time before which sets are pruned.
 func pruneCutoff(now time.Time, keepDays int) time.Time {

@@ -481,11 +481,12 @@ func TestPruneKeepsLatestAndRecentSets(t *testing.T) {
 	f.backup(t) // creates the target directory
 	now := f.cfg.now().Add(time.Minute)
 	old := func(days int) string { return now.AddDate(0, 0, -days).Format(setLayout) }
-	// A set of 30 days less a few minutes (the run that made it began a
-	// little later in the day) goes too: kept to the next run, it would
-	// be 31 days old.
-	almost30 := now.AddDate(0, 0, -30).Add(10 * time.Minute).Format(setLayout)
-	for _, name := range []string{old(45), old(31), almost30, old(29), old(1), "notes"} {
+	// A set of 29 days and a few minutes less (the run that made it began
+	// a little later in the day) goes too: kept to the next run, it would
+	// be 30 days old, and an account purged just after it began would
+	// outlive the posture's 30 days in it.
+	almost30 := now.AddDate(0, 0, -29).Add(10 * time.Minute).Format(setLayout)
+	for _, name := range []string{old(45), old(31), almost30, old(28), old(1), "notes"} {
 		if err := os.MkdirAll(filepath.Join(f.root[0], name, "snapshots"), 0o700); err != nil {
 			t.Fatal(err)
 		}
@@ -494,7 +495,7 @@ func TestPruneKeepsLatestAndRecentSets(t *testing.T) {
 	if want := []string{old(45), old(31), almost30}; fmt.Sprint(info.Targets[0].Pruned) != fmt.Sprint(want) {
 		t.Errorf("pruned %v, want %v", info.Targets[0].Pruned, want)
 	}
-	for _, name := range []string{old(29), old(1), "notes", info.Name} {
+	for _, name := range []string{old(28), old(1), "notes", info.Name} {
 		if _, err := os.Stat(filepath.Join(f.root[0], name)); err != nil {
 			t.Errorf("%s: %v", name, err)
 		}
@@ -506,17 +507,48 @@ func TestPruneKeepsLatestAndRecentSets(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	pruned, err := prune(r, now.AddDate(1, 0, 0), old(29))
+	pruned, err := prune(r, now.AddDate(1, 0, 0), old(28))
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, p := range pruned {
-		if p == old(29) {
+		if p == old(28) {
 			t.Error("prune removed the set it was told to keep")
 		}
 	}
-	if _, err := os.Stat(filepath.Join(f.root[0], old(29))); err != nil {
+	if _, err := os.Stat(filepath.Join(f.root[0], old(28))); err != nil {
 		t.Errorf("kept set: %v", err)
+	}
+}
+
+// Expired sets are pruned before the new set is made: a run that fails
+// (ClickHouse down, a full disk, which pruning would relieve) still
+// removes them, never the set LATEST names, and leaves nothing of its own.
+func TestExpiredSetsGoEvenWhenTheRunFails(t *testing.T) {
+	f := newFixture(t, 1)
+	first := f.backup(t)
+	now := f.cfg.now().Add(time.Minute)
+	expired := now.AddDate(0, 0, -40).Format(setLayout)
+	if err := os.MkdirAll(filepath.Join(f.root[0], expired, "snapshots"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	cfg := f.cfg
+	cfg.ClickHouse.Database = "no_such_database"
+	f.tick.Add(1)
+	info, err := Backup(context.Background(), cfg)
+	if err == nil {
+		t.Fatal("a run without its database succeeded")
+	}
+	if fmt.Sprint(info.Targets[0].Pruned) != fmt.Sprint([]string{expired}) {
+		t.Errorf("pruned %v, want %v", info.Targets[0].Pruned, []string{expired})
+	}
+	entries, _ := os.ReadDir(f.root[0])
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	if want := []string{first.Name, latestName}; fmt.Sprint(names) != fmt.Sprint(want) {
+		t.Errorf("the target holds %v, want %v", names, want)
 	}
 }
 

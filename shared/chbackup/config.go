@@ -48,7 +48,8 @@ type Config struct {
 	SSHKeyFile string
 	// KnownHostsFile pins the destinations' host keys.
 	KnownHostsFile string
-	// KeepDays: sets older than this are pruned (default 30).
+	// KeepDays: sets older than this, less 30 hours (pruneSlack), are
+	// pruned (default 30).
 	KeepDays int
 	// AgeIdentityFile is the age identity file VerifyLatest decrypts with;
 	// empty when this host only backs up.
