@@ -99,15 +99,10 @@ func EncodeSettings(env []string) []byte {
 // override the runtime's own variables. Without EnvSettingsFD (run by
 // hand) the environment is as given.
 func readSettings() error {
-	s := os.Getenv(EnvSettingsFD)
-	if s == "" {
-		return nil
+	f, err := inherited(EnvSettingsFD, "settings")
+	if f == nil || err != nil {
+		return err
 	}
-	fd, err := strconv.Atoi(s)
-	if err != nil || fd < 3 {
-		return fmt.Errorf("%s: not a file descriptor", EnvSettingsFD)
-	}
-	f := os.NewFile(uintptr(fd), "settings")
 	defer f.Close()
 	b, err := io.ReadAll(io.LimitReader(f, maxSettings+1))
 	if err != nil {
@@ -175,12 +170,11 @@ func run(ctx context.Context, log *zap.Logger, setup Setup) error {
 // Listener returns the socket to serve on: the inherited one when started
 // by the runtime, else a new one at GUARDIAN_FUNCTION_SOCKET.
 func Listener() (net.Listener, error) {
-	if s := os.Getenv(EnvListenFD); s != "" {
-		fd, err := strconv.Atoi(s)
-		if err != nil || fd < 3 {
-			return nil, fmt.Errorf("%s: not a file descriptor", EnvListenFD)
-		}
-		f := os.NewFile(uintptr(fd), "listener")
+	f, err := inherited(EnvListenFD, "listener")
+	if err != nil {
+		return nil, err
+	}
+	if f != nil {
 		ln, err := net.FileListener(f)
 		_ = f.Close() // FileListener dups the descriptor
 		if err != nil {
@@ -226,16 +220,25 @@ func Serve(ctx context.Context, ln net.Listener, h http.Handler) error {
 	return nil
 }
 
-func signalReady() error {
-	s := os.Getenv(EnvReadyFD)
+// inherited is the file descriptor the runtime named in variable env, or
+// nil when env is unset (a function run by hand).
+func inherited(env, name string) (*os.File, error) {
+	s := os.Getenv(env)
 	if s == "" {
-		return nil
+		return nil, nil
 	}
 	fd, err := strconv.Atoi(s)
 	if err != nil || fd < 3 {
-		return fmt.Errorf("%s: not a file descriptor", EnvReadyFD)
+		return nil, fmt.Errorf("%s: not a file descriptor", env)
 	}
-	f := os.NewFile(uintptr(fd), "ready")
+	return os.NewFile(uintptr(fd), name), nil
+}
+
+func signalReady() error {
+	f, err := inherited(EnvReadyFD, "ready")
+	if f == nil || err != nil {
+		return err
+	}
 	defer f.Close()
 	if _, err := f.Write([]byte{'R'}); err != nil {
 		return fmt.Errorf("signal ready: %w", err)

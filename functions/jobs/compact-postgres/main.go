@@ -160,4 +160,3 @@ func isLockTimeout(err error) bool {
 	var pe interface{ SQLState() string }
 	return errors.As(err, &pe) && pe.SQLState() == "55P03"
 }
-
