@@ -153,7 +153,6 @@ func (l *Limiter) Take(ctx context.Context, keys []string, buckets []Bucket, loc
 		if until != 0 {
 			l.probes.Add(1)
 		}
-		began := time.Now()
 		d, err := l.takeRedis(ctx, keys, buckets)
 		if err == nil {
 			storeLater(&l.lastOK, now.UnixNano())
@@ -176,7 +175,7 @@ func (l *Limiter) Take(ctx context.Context, keys []string, buckets []Bucket, loc
 		// Nor does a call that began before one Redis has answered since:
 		// a timeout of the outage, reported after Redis came back, would
 		// otherwise switch Redis off again for probeEvery.
-		if !l.callerEnded(ctx, began) && !errors.Is(err, errPipelineClosed) && now.UnixNano() > l.lastOK.Load() {
+		if !l.callerEnded(ctx, now) && !errors.Is(err, errPipelineClosed) && now.UnixNano() > l.lastOK.Load() {
 			l.degrade(now, err)
 		}
 	}
