@@ -231,6 +231,18 @@ func TestHungRequestIsCutWith504(t *testing.T) {
 	pidOf(t, h) // the function itself still serves
 }
 
+// The runtime sends a function its settings only once the function says
+// it is sealed: testfn, named so, waits 300 ms before sealing and fails
+// its start if anything arrived meanwhile.
+func TestNoSettingsReachAnUnsealedFunction(t *testing.T) {
+	t.Setenv("GUARDIAN_REDIS_ADDR", "127.0.0.1:1")
+	h := newHandler(t, &Handler{Env: []string{"GUARDIAN_REDIS_ADDR"}}) // named ...Unsealed...
+	rec, err := call(h, "/env")
+	if err != nil || !strings.Contains(rec.Body.String(), "GUARDIAN_REDIS_ADDR=127.0.0.1:1") {
+		t.Fatalf("%v %s", err, rec.Body)
+	}
+}
+
 func TestFunctionSeesOnlyAllowedEnvironment(t *testing.T) {
 	t.Setenv("GUARDIAN_KEY_PEPPER", "pepper-that-must-not-reach-the-function")
 	t.Setenv("GUARDIAN_REDIS_ADDR", "127.0.0.1:1")

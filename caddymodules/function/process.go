@@ -22,6 +22,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 
 	"github.com/glassmkr/guardian/shared/fnserve"
 	"github.com/glassmkr/guardian/shared/identity"
@@ -95,16 +96,19 @@ func startProcess(cfg *spec, log *zap.Logger) (*process, error) {
 		return nil, fmt.Errorf("readiness pipe: %w", err)
 	}
 	defer readyR.Close()
-	// The function's settings (its secrets among them) go through a pipe,
-	// not its environment: /proc/<pid>/environ of a process just started
-	// is readable by its user (every function's) until it seals itself,
-	// and stays readable to whoever may read it after.
-	settingsR, settingsW, err := os.Pipe()
+	// The function's settings (its secrets among them) are not in its
+	// environment: a process just started is dumpable until its own code
+	// seals it, and meanwhile every process of its user (every function)
+	// may read /proc/<pid>/environ, reopen its pipes through
+	// /proc/<pid>/fd, or trace it. They go over a socket pair (which
+	// /proc cannot reopen), and only once the function has said, on that
+	// socket, that it is sealed: nothing secret is in the process before.
+	settingsMine, settingsTheirs, err := socketPair()
 	if err != nil {
 		readyW.Close()
-		return nil, fmt.Errorf("settings pipe: %w", err)
+		return nil, fmt.Errorf("settings socket: %w", err)
 	}
-	defer settingsR.Close()
+	defer settingsTheirs.Close()
 
 	cmd := exec.Command(cfg.bin)
 	cmd.Env = []string{
@@ -114,7 +118,7 @@ func startProcess(cfg *spec, log *zap.Logger) (*process, error) {
 		fnserve.EnvSettingsFD + "=5",
 		fnserve.EnvName + "=" + cfg.name,
 	}
-	cmd.ExtraFiles = []*os.File{lnFile, readyW, settingsR}
+	cmd.ExtraFiles = []*os.File{lnFile, readyW, settingsTheirs}
 	cmd.Dir = cfg.socketDir
 	// Own process group (a terminal's ^C goes to Caddy, which then stops
 	// us in order) and death with Caddy if Caddy is killed outright.
@@ -123,16 +127,21 @@ func startProcess(cfg *spec, log *zap.Logger) (*process, error) {
 	stderr, _ := cmd.StderrPipe()
 	if err := cmd.Start(); err != nil {
 		readyW.Close()
-		settingsW.Close()
+		settingsMine.Close()
 		return nil, fmt.Errorf("start %s: %w", cfg.bin, err)
 	}
 	readyW.Close()
-	// Written while the function starts (a pipe holds 64 KiB; settings
-	// beyond that wait for it to read); an error means it exited, which
-	// the readiness wait below reports.
+	settingsTheirs.Close()
+	// Sent once the function says it is sealed. A function that exits
+	// (or is killed at the start timeout) first ends the wait with EOF;
+	// the readiness wait below reports it.
 	go func() {
-		_, _ = settingsW.Write(fnserve.EncodeSettings(cfg.env))
-		settingsW.Close()
+		defer settingsMine.Close()
+		var b [1]byte
+		if n, _ := settingsMine.Read(b[:]); n != 1 || b[0] != fnserve.SealedByte {
+			return
+		}
+		_, _ = settingsMine.Write(fnserve.EncodeSettings(cfg.env))
 	}()
 	p := &process{cmd: cmd, socket: socket, started: begin, done: make(chan struct{})}
 	var logs sync.WaitGroup
@@ -221,6 +230,16 @@ func reportAuthFailure(resp *http.Response) error {
 		caddyhttp.SetVar(ctx, varAuthFailure, reason[0])
 	}
 	return nil
+}
+
+// socketPair returns the two ends of a connected unix stream socket pair,
+// close-on-exec (ExtraFiles clears it on the child's copy).
+func socketPair() (mine, theirs *os.File, err error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	return os.NewFile(uintptr(fds[0]), "settings"), os.NewFile(uintptr(fds[1]), "settings (function)"), nil
 }
 
 // socketSeq numbers process starts across every instance of this Caddy

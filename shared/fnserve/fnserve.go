@@ -38,12 +38,17 @@ import (
 const (
 	EnvListenFD = "GUARDIAN_FUNCTION_LISTEN_FD"
 	EnvReadyFD  = "GUARDIAN_FUNCTION_READY_FD"
-	// EnvSettingsFD names a pipe holding the function's settings
-	// (EncodeSettings), read once the process is sealed.
+	// EnvSettingsFD names a socket on which the function, once sealed,
+	// writes SealedByte and then reads its settings (EncodeSettings) to
+	// the end.
 	EnvSettingsFD = "GUARDIAN_FUNCTION_SETTINGS_FD"
 	EnvSocket     = "GUARDIAN_FUNCTION_SOCKET"
 	EnvName       = "GUARDIAN_FUNCTION_NAME"
 )
+
+// SealedByte is what a function writes on the settings socket once it is
+// sealed; the runtime sends the settings only then.
+const SealedByte = 'S'
 
 // DefaultPath is the PATH every function gets.
 const DefaultPath = "PATH=/usr/local/bin:/usr/bin:/bin"
@@ -94,8 +99,9 @@ func EncodeSettings(env []string) []byte {
 	return b
 }
 
-// readSettings sets the environment from the pipe named by EnvSettingsFD
-// (started by the runtime), then forgets the pipe. Settings never
+// readSettings, called once the process is sealed, says so on the socket
+// named by EnvSettingsFD (started by the runtime), reads the settings the
+// runtime then sends and sets them in the environment. Settings never
 // override the runtime's own variables. Without EnvSettingsFD (run by
 // hand) the environment is as given.
 func readSettings() error {
@@ -104,6 +110,9 @@ func readSettings() error {
 		return err
 	}
 	defer f.Close()
+	if _, err := f.Write([]byte{SealedByte}); err != nil {
+		return fmt.Errorf("settings: %w", err)
+	}
 	b, err := io.ReadAll(io.LimitReader(f, maxSettings+1))
 	if err != nil {
 		return fmt.Errorf("settings: %w", err)

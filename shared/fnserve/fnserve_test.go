@@ -2,6 +2,7 @@ package fnserve
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -10,6 +11,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestListenerFromSocketPath(t *testing.T) {
@@ -89,23 +92,35 @@ func TestServeSignalsReadyAndDrainsOnStop(t *testing.T) {
 	}
 }
 
-// Settings read from the runtime's pipe become the environment; they
-// never override the runtime's own variables, and the pipe's variable is
-// gone afterwards.
+// Settings come over the runtime's socket only after the function says it
+// is sealed; they become the environment, never override the runtime's
+// own variables, and the socket's variable is gone afterwards.
 func TestReadSettings(t *testing.T) {
-	r, w, err := os.Pipe()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Setenv(EnvSettingsFD, strconv.Itoa(int(r.Fd())))
+	runtime, fn := os.NewFile(uintptr(fds[0]), "runtime"), os.NewFile(uintptr(fds[1]), "function")
+	defer runtime.Close()
+	t.Setenv(EnvSettingsFD, strconv.Itoa(int(fn.Fd())))
 	t.Setenv(EnvName, "real")
 	t.Setenv("FNSERVE_TEST_B", "")
-	settings := EncodeSettings([]string{"FNSERVE_TEST_A=x=y z", "FNSERVE_TEST_B=", EnvName + "=forged"})
-	if _, err := w.Write(settings); err != nil {
+	sent := make(chan error, 1)
+	go func() {
+		var b [1]byte
+		if _, err := io.ReadFull(runtime, b[:]); err != nil || b[0] != SealedByte {
+			sent <- fmt.Errorf("no sealed byte before the settings: %q %v", b, err)
+			runtime.Close()
+			return
+		}
+		_, err := runtime.Write(EncodeSettings([]string{"FNSERVE_TEST_A=x=y z", "FNSERVE_TEST_B=", EnvName + "=forged"}))
+		runtime.Close()
+		sent <- err
+	}()
+	if err := readSettings(); err != nil {
 		t.Fatal(err)
 	}
-	w.Close()
-	if err := readSettings(); err != nil {
+	if err := <-sent; err != nil {
 		t.Fatal(err)
 	}
 	if got := os.Getenv("FNSERVE_TEST_A"); got != "x=y z" {

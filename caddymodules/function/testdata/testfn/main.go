@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 	"unsafe"
 
@@ -23,7 +24,20 @@ import (
 	"github.com/glassmkr/guardian/shared/nodump"
 )
 
-func main() { fnserve.Main(setup) }
+func main() {
+	// Before fnserve.Main seals the process: a function named ...Unsealed...
+	// checks that the runtime has sent nothing on the settings socket yet,
+	// and exits (its start fails) if it has. Its name is all it can go by:
+	// every other setting comes over that socket.
+	if strings.Contains(os.Getenv(fnserve.EnvName), "Unsealed") {
+		fds := []unix.PollFd{{Fd: 5, Events: unix.POLLIN}}
+		if n, _ := unix.Poll(fds, 300); n > 0 {
+			fmt.Fprintln(os.Stderr, "settings arrived before the function was sealed")
+			os.Exit(7)
+		}
+	}
+	fnserve.Main(setup)
+}
 
 func setup(ctx context.Context, log *zap.Logger, env *config.Loader) (http.Handler, func(), error) {
 	if os.Getenv("TESTFN_FAIL_START") != "" {
