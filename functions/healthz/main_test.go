@@ -173,13 +173,51 @@ func TestHealthzFunctionCannotSeeTheKeyPepper(t *testing.T) {
 	if seen["GUARDIAN_KEY_PEPPER"] || seen["GUARDIAN_SESSION_SECRET"] || seen["GUARDIAN_PG_DSN"] || seen["GUARDIAN_REDIS_PASSWORD"] || seen["GUARDIAN_CLICKHOUSE_USER"] || seen["GUARDIAN_CLICKHOUSE_PASSWORD"] {
 		t.Errorf("healthz environment has %v", seen)
 	}
-	// Its settings reach it through a pipe once it is sealed, never its
+	// Its settings reach it over a socket once it is sealed, never its
 	// environment (which /proc shows): only the runtime's variables are
-	// there, and the check above that it answered 200 shows it got them.
+	// there.
 	for k := range seen {
 		if k != "" && k != "PATH" && !strings.HasPrefix(k, "GUARDIAN_FUNCTION_") {
 			t.Errorf("healthz's initial environment holds %s", k)
 		}
+	}
+	// What it is sent is what its route lists, in the running config:
+	// exactly its database role, the Redis addresses and ClickHouse's
+	// HTTP URL.
+	resp, err := stack.Admin.Get("http://admin/config/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var cfg any
+	if err := json.NewDecoder(resp.Body).Decode(&cfg); err != nil {
+		t.Fatal(err)
+	}
+	var lists [][]string
+	var walk func(v any)
+	walk = func(v any) {
+		switch v := v.(type) {
+		case map[string]any:
+			if v["handler"] == "guardian_function" && v["name"] == "healthz" {
+				var list []string
+				for _, e := range v["env"].([]any) {
+					list = append(list, e.(string))
+				}
+				lists = append(lists, list)
+			}
+			for _, c := range v {
+				walk(c)
+			}
+		case []any:
+			for _, c := range v {
+				walk(c)
+			}
+		}
+	}
+	walk(cfg)
+	want := "GUARDIAN_PG_APP_DSN=GUARDIAN_PG_DSN_HEALTHZ GUARDIAN_REDIS_ADDR GUARDIAN_REDIS_CLUSTER GUARDIAN_CLICKHOUSE_HTTP_URL"
+	if len(lists) != 1 || strings.Join(lists[0], " ") != want {
+		t.Errorf("healthz's routes list %v, want [%s]", lists, want)
 	}
 }
 
