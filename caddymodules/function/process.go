@@ -177,8 +177,7 @@ func startProcess(cfg *spec, log *zap.Logger) (*process, error) {
 
 	p.tr = &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			c, err := d.DialContext(ctx, "unix", socket)
+			c, err := dialOwn(ctx, socket)
 			if err != nil {
 				return nil, err
 			}
@@ -206,6 +205,28 @@ func startProcess(cfg *spec, log *zap.Logger) (*process, error) {
 }
 
 var errNotReady = errors.New("function did not become ready")
+
+// errForeignSocket: a function's socket name answered from a socket this
+// runtime did not make.
+var errForeignSocket = errors.New("function socket taken over")
+
+// dialOwn connects to the function socket named socket, refusing one this
+// process did not make: the socket Caddy made reports Caddy as its
+// listener. An abstract name has no permissions, so once a function's
+// process has died, another user of the host could bind its name before
+// the runtime notices, and be sent its requests.
+func dialOwn(ctx context.Context, socket string) (net.Conn, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", socket)
+	if err != nil {
+		return nil, err
+	}
+	if pid, uid, ok := fnserve.PeerCred(c); !ok || pid != os.Getpid() || uid != os.Getuid() {
+		_ = c.Close()
+		return nil, fmt.Errorf("%w: %s (listener pid %d, uid %d)", errForeignSocket, socket, pid, uid)
+	}
+	return c, nil
+}
 
 // varAuthFailure mirrors auth.VarFailure (importing auth would tie the
 // modules).

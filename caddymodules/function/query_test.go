@@ -1,6 +1,8 @@
 package function
 
 import (
+	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -173,4 +175,72 @@ func TestOnlyTheRuntimeMayConnect(t *testing.T) {
 		t.Fatalf("another process reached the function: %s", out)
 	}
 	pidOf(t, h) // still serving the runtime
+}
+
+// TestTheRuntimeDialsOnlyItsOwnSockets: a function socket's abstract name
+// bound by another process (here a child of the test, standing in for
+// another user who took the name after the function died) is refused;
+// one this process made is not.
+func TestTheRuntimeDialsOnlyItsOwnSockets(t *testing.T) {
+	if name := os.Getenv("FN_BIND_SOCKET"); name != "" {
+		ln, err := net.Listen("unix", name)
+		if err != nil {
+			fmt.Print(err)
+			os.Exit(1)
+		}
+		fmt.Print("bound\n")
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				_, _ = c.Write([]byte("HTTP/1.1 200 OK\r\n\r\nstolen"))
+			}
+		}()
+		_, _ = io.ReadAll(os.Stdin) // until the test ends
+		os.Exit(0)
+	}
+	t.Parallel()
+	name, err := socketName("taken", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestTheRuntimeDialsOnlyItsOwnSockets$")
+	cmd.Env = append(os.Environ(), "FN_BIND_SOCKET="+name)
+	stdin, _ := cmd.StdinPipe()
+	out, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stdin.Close(); _ = cmd.Wait() })
+	line, _ := bufio.NewReader(out).ReadString('\n')
+	if line != "bound\n" {
+		t.Fatalf("the other process: %q", line)
+	}
+	if c, err := dialOwn(context.Background(), name); !errors.Is(err, errForeignSocket) {
+		if c != nil {
+			c.Close()
+		}
+		t.Fatalf("dialing a socket another process bound: %v, want errForeignSocket", err)
+	}
+	own, err := socketName("own", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("unix", own)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			c.Close()
+		}
+	}()
+	c, err := dialOwn(context.Background(), own)
+	if err != nil {
+		t.Fatalf("dialing this process's own socket: %v", err)
+	}
+	c.Close()
 }

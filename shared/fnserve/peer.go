@@ -10,12 +10,12 @@ import (
 )
 
 // parentOnly accepts connections from one process only: the runtime (Caddy)
-// that started the function. Functions run as one user and their sockets
-// sit in one directory, so without this any of them, once compromised,
-// could connect to another and send it identity headers of its choosing,
-// acting with that function's database grants. The kernel reports the
-// connecting process (SO_PEERCRED); a process of the same user cannot
-// borrow Caddy's connections, as Caddy is not dumpable (shared/nodump).
+// that started the function. Function sockets are abstract, which any
+// process of the host may connect to, so without this another process
+// could send a function identity headers of its choosing, acting with
+// that function's database grants. The kernel reports the connecting
+// process (SO_PEERCRED); a process of the same user cannot borrow Caddy's
+// connections, as Caddy is not dumpable (shared/nodump).
 type parentOnly struct {
 	net.Listener
 	parent   int
@@ -30,7 +30,7 @@ func (p *parentOnly) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		pid, ok := peerPID(c)
+		pid, _, ok := PeerCred(c)
 		if ok && pid == p.parent {
 			return c, nil
 		}
@@ -44,23 +44,24 @@ func (p *parentOnly) Accept() (net.Conn, error) {
 	}
 }
 
-// peerPID is the pid of the process that connected c (0, false if the
-// kernel cannot say, as for a connection that is not a unix socket).
-func peerPID(c net.Conn) (int, bool) {
+// PeerCred is the pid and uid of the process at c's other end (for the
+// side that connected, of the process that listened), or false if the
+// kernel cannot say, as for a connection that is not a unix socket.
+func PeerCred(c net.Conn) (pid, uid int, ok bool) {
 	uc, ok := c.(*net.UnixConn)
 	if !ok {
-		return 0, false
+		return 0, 0, false
 	}
 	raw, err := uc.SyscallConn()
 	if err != nil {
-		return 0, false
+		return 0, 0, false
 	}
 	var cred *unix.Ucred
 	var cerr error
 	if err := raw.Control(func(fd uintptr) {
 		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
 	}); err != nil || cerr != nil {
-		return 0, false
+		return 0, 0, false
 	}
-	return int(cred.Pid), true
+	return int(cred.Pid), int(cred.Uid), true
 }
