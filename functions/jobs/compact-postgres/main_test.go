@@ -169,3 +169,19 @@ func TestALockedTableIsRetriedThenReported(t *testing.T) {
 		}
 	}
 }
+
+// A role that is not the tables' owner gets a warning and success from
+// VACUUM, and nothing is rewritten: the run fails, naming the setting.
+func TestARoleThatIsNotTheOwnerFails(t *testing.T) {
+	s := newServer(t)
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, s.env["GUARDIAN_PG_APP_DSN"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	_, err = compact(ctx, conn, []string{"customers"}, time.Millisecond)
+	if err == nil || !strings.Contains(err.Error(), "not rewritten") || !strings.Contains(err.Error(), "GUARDIAN_PG_DSN") {
+		t.Fatalf("compact as the runtime role: %v", err)
+	}
+}
