@@ -75,8 +75,8 @@ type Handler struct {
 	// function's MaxConcurrent slots. On a public route a client sending
 	// its body a byte a second would otherwise hold a slot until the
 	// server's read_body timeout, and a few such clients hold them all.
-	// Default 0: bodies stream to the function. All the bodies a handler
-	// holds at once are bounded too (maxBuffered), charged as their bytes
+	// Default 0: bodies stream to the function. All the bodies held at once
+	// for the function's routes are bounded too (maxBuffered), charged as their bytes
 	// arrive: past it a request is 503, so memory stays bounded and only
 	// bytes actually sent count against it, not what a slow client
 	// declares.
@@ -163,7 +163,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if h.bufferTotal == 0 {
 			h.bufferTotal = maxBuffered
 		}
-		h.buffered = h.inst.bodyBudget(max(h.bufferTotal, h.BufferBody+bufferChunk))
+		var bound int64
+		h.buffered, bound = h.inst.bodyBudget(max(h.bufferTotal, h.BufferBody+bufferChunk))
+		if need := h.BufferBody + bufferChunk; need > bound {
+			// A body this route accepts could never fit: every one would
+			// be 503 function_busy.
+			return fmt.Errorf("guardian_function %s: buffer_body %d bytes does not fit the bound on bodies buffered for this function (%d bytes, set by its first route); give every route of the function a buffer_body within it", h.Name, h.BufferBody, bound-bufferChunk)
+		}
 	}
 	return nil
 }
@@ -307,8 +313,9 @@ func (h *Handler) proxy(p *process, w http.ResponseWriter, req *http.Request) {
 	p.proxy.ServeHTTP(w, req)
 }
 
-// maxBuffered bounds the bytes of bodies one handler holds at once
-// (BufferBody), and bufferChunk is the unit they are charged in.
+// maxBuffered bounds the bytes of bodies held at once for one function's
+// routes together (BufferBody), and bufferChunk is the unit they are
+// charged in.
 const (
 	maxBuffered = 64 << 20
 	bufferChunk = 32 << 10

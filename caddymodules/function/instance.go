@@ -41,6 +41,7 @@ type instance struct {
 
 	bufMu    sync.Mutex
 	buffered *semaphore.Weighted // bodies held for the process's routes; see bodyBudget
+	bufSize  int64
 
 	mu       sync.Mutex
 	proc     *process
@@ -80,14 +81,14 @@ func newInstance(s spec, log *zap.Logger) *instance {
 
 // bodyBudget is the bound, in bytes, on the request bodies buffered for
 // this process's routes together, made by the first route that buffers
-// (size: its bound).
-func (in *instance) bodyBudget(size int64) *semaphore.Weighted {
+// (size: its bound), and that bound.
+func (in *instance) bodyBudget(size int64) (*semaphore.Weighted, int64) {
 	in.bufMu.Lock()
 	defer in.bufMu.Unlock()
 	if in.buffered == nil {
-		in.buffered = semaphore.NewWeighted(size)
+		in.buffered, in.bufSize = semaphore.NewWeighted(size), size
 	}
-	return in.buffered
+	return in.buffered, in.bufSize
 }
 
 // warmUp starts the process if none runs, for functions kept warm.

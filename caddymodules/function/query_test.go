@@ -244,3 +244,22 @@ func TestTheRuntimeDialsOnlyItsOwnSockets(t *testing.T) {
 	}
 	c.Close()
 }
+
+// Routes to one function share its bound on buffered bodies, set by the
+// first; a later route whose buffer_body could never fit it is refused
+// when the config loads, not answered 503 on every large body.
+func TestABufferBodyBeyondTheSharedBoundIsRefused(t *testing.T) {
+	t.Parallel()
+	h := newHandler(t, &Handler{BufferBody: 64 << 10, bufferTotal: 1 << 20})
+	other := &Handler{Name: h.Name, Bin: h.Bin, SocketDir: h.SocketDir, BufferBody: 2 << 20}
+	err := other.Provision(testContext(t))
+	t.Cleanup(func() { _ = other.Cleanup() })
+	if err == nil || !strings.Contains(err.Error(), "does not fit") {
+		t.Fatalf("a buffer_body beyond the shared bound: %v", err)
+	}
+	within := &Handler{Name: h.Name, Bin: h.Bin, SocketDir: h.SocketDir, BufferBody: 512 << 10}
+	if err := within.Provision(testContext(t)); err != nil {
+		t.Fatalf("a buffer_body within it: %v", err)
+	}
+	t.Cleanup(func() { _ = within.Cleanup() })
+}
