@@ -178,11 +178,12 @@ func Backup(ctx context.Context, cfg Config) (SetInfo, error) {
 		var errs []error
 		if err != nil {
 			errs = append(errs, err)
-			// The unfinished set goes now (the next run would remove it).
-			for _, d := range dests {
-				if d.r != nil {
-					_ = d.r.c.RemoveAll(d.r.join(info.Name + partialSuffix))
-				}
+		}
+		// An unfinished set goes now, where the run failed (the next run
+		// would remove it): best effort, the target may be what failed.
+		for _, d := range dests {
+			if d.r != nil && (err != nil || d.err != nil) {
+				_ = d.r.c.RemoveAll(d.r.join(info.Name + partialSuffix))
 			}
 		}
 		for _, d := range dests {

@@ -169,8 +169,10 @@ func LoadConfig(env *config.Loader) (Config, error) {
 		seen[t.String()] = true
 		cfg.Targets = append(cfg.Targets, t)
 	}
-	if cfg.KeepDays < 1 {
-		bad("%s must be at least 1", EnvKeepDays)
+	if cfg.KeepDays < 2 {
+		// Less 30 hours of pruning slack, one day would prune every set
+		// but the newest at once.
+		bad("%s must be at least 2", EnvKeepDays)
 	}
 	for _, f := range []struct{ name, path string }{
 		{EnvSSHKey, cfg.SSHKeyFile}, {EnvKnownHosts, cfg.KnownHostsFile}, {EnvAgeIdentity, cfg.AgeIdentityFile},

@@ -69,9 +69,13 @@
 //
 // # Pruning
 //
-// After a set is complete at a target, sets whose name is more than
-// KeepDays days older than the new set are removed there, never the one
-// LATEST names. Other files and directories are left alone.
+// At the start of a run, before the new set is written, and again once it
+// is complete, sets older than KeepDays less 30 hours are removed at each
+// target (pruneSlack: the run KeepDays-1 days after a set removes it,
+// whatever minute either began), never the one LATEST names (without
+// LATEST, the newest). Pruning first means a run that then fails (a full
+// disk, ClickHouse down) still removes them. Other files and directories
+// are left alone.
 //
 // # Verification
 //
