@@ -103,7 +103,7 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision fills in defaults, prepares the socket directory and joins (or
+// Provision fills in defaults, prepares the functions' directory and joins (or
 // creates) the function's shared instance.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.log = ctx.Logger().With(zap.String("function", h.Name))
