@@ -879,22 +879,43 @@ func TestRefreshCloudflareScript(t *testing.T) {
 	if code, out := run(files...); code != 0 {
 		t.Fatalf("the shipped lists differ from themselves: %d %s", code, out)
 	}
-	write("v4", append(slices.Clone(v4[1:]), "198.18.0.0/15"))
-	if code, out := run(files...); code != 1 || !strings.Contains(out, "add    198.18.0.0/15") || !strings.Contains(out, "remove "+v4[0]) {
+	write("v4", append(slices.Clone(v4[1:]), "45.64.0.0/15"))
+	if code, out := run(files...); code != 1 || !strings.Contains(out, "add    45.64.0.0/15") || !strings.Contains(out, "remove "+v4[0]) {
 		t.Errorf("a changed list: exit %d, %s", code, out)
 	}
 	if code, out := run(append([]string{"--write"}, files...)...); code != 0 {
 		t.Fatalf("--write: exit %d, %s", code, out)
 	}
 	for _, f := range files {
-		if got := read(t, f); !strings.Contains(got, "198.18.0.0/15") || strings.Contains(got, v4[0]+" ") {
+		if got := read(t, f); !strings.Contains(got, "45.64.0.0/15") || strings.Contains(got, v4[0]+" ") {
 			t.Errorf("%s not rewritten", f)
 		}
 	}
-	write("v6", []string{"2400:cb00::/32", "not-a-range"})
 	before := read(t, files[0])
-	if code, _ := run("--write", files[0]); code != 2 || read(t, files[0]) != before {
-		t.Errorf("a malformed list must be refused without writing (exit %d)", code)
+	// Lists that would trust everyone, or space Cloudflare cannot hold,
+	// are refused without writing: each case replaces one list.
+	for _, tc := range []struct {
+		file  string
+		lines []string
+	}{
+		{"v6", []string{"2400:cb00::/32", "not-a-range"}},
+		{"v4", []string{"0.0.0.0/0", "0.0.0.0/0", "0.0.0.0/0", "0.0.0.0/0", "0.0.0.0/0"}},
+		{"v4", append(slices.Clone(v4[:4]), "999.1.1.1/8")},
+		{"v4", append(slices.Clone(v4[:4]), "1.0.0.0/4")},
+		{"v4", append(slices.Clone(v4[:4]), "10.0.0.0/8")},
+		{"v4", append(slices.Clone(v4[:4]), "192.168.0.0/16")},
+		{"v4", []string{v4[0], v4[0], v4[0], v4[0], v4[0]}}, // five lines, one range
+		{"v6", append(slices.Clone(v6[:2]), "::/0")},
+		{"v6", append(slices.Clone(v6[:2]), "fd00::/8")},
+		{"v6", append(slices.Clone(v6[:2]), "2400::/8")},
+	} {
+		good := map[string][]string{"v4": v4, "v6": v6}
+		write("v4", good["v4"])
+		write("v6", good["v6"])
+		write(tc.file, tc.lines)
+		if code, out := run("--write", files[0]); code != 2 || read(t, files[0]) != before {
+			t.Errorf("%s %v must be refused without writing: exit %d, %s", tc.file, tc.lines, code, out)
+		}
 	}
 }
 
