@@ -955,7 +955,7 @@ func TestPrivateLinkAddresses(t *testing.T) {
 	if got := allowed("wg0-backup-host.conf"); got != app.Addr().String()+"/32" {
 		t.Errorf("backup host accepts %s from the app host, want only %s/32", got, app.Addr())
 	}
-	sshd := read(t, filepath.Join(r, "deploy", "backup-host", "sshd_config.d", "guardian-backup.conf"))
+	sshd := read(t, filepath.Join(r, "deploy", "backup-host", "sshd_config.d", "00-guardian-backup.conf"))
 	if !strings.Contains(sshd, "Address "+app.Addr().String()+"/32") || !strings.Contains(sshd, "Address *,!"+app.Addr().String()+"/32") {
 		t.Errorf("sshd Match blocks do not pin %s", app.Addr())
 	}
@@ -1302,5 +1302,53 @@ func TestEdgeSecretsAreNotReadableByItsUser(t *testing.T) {
 	}
 	if !strings.Contains(string(unit), "EnvironmentFile=/etc/guardian/caddy.env") {
 		t.Fatal("the unit does not load caddy.env")
+	}
+}
+
+// The backup host's drop-in sorts before the usual numbered ones, so its
+// keys-only rule for operators wins over a later "PasswordAuthentication
+// yes" (sshd keeps the first value it reads); under its old name it lost.
+func TestBackupHostKeysOnlyRuleIsReadFirst(t *testing.T) {
+	sshd, err := exec.LookPath("sshd")
+	if err != nil {
+		if sshd, err = exec.LookPath("/usr/sbin/sshd"); err != nil {
+			t.Skip("sshd is not installed")
+		}
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("sshd -T reads host keys: needs root")
+	}
+	r := root(t)
+	dir := t.TempDir()
+	key := filepath.Join(dir, "host_ed25519")
+	if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key).CombinedOutput(); err != nil {
+		t.Fatalf("ssh-keygen: %v %s", err, out)
+	}
+	ours := read(t, filepath.Join(r, "deploy", "backup-host", "sshd_config.d", "00-guardian-backup.conf"))
+	effective := func(ourName string) string {
+		d := filepath.Join(dir, strings.TrimSuffix(ourName, ".conf"))
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for name, body := range map[string]string{ourName: ours, "50-cloud-init.conf": "PasswordAuthentication yes\nKbdInteractiveAuthentication yes\n"} {
+			if err := os.WriteFile(filepath.Join(d, name), []byte(body), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		cfg := filepath.Join(d, "sshd_config")
+		if err := os.WriteFile(cfg, []byte("Include "+d+"/*.conf\nHostKey "+key+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Command(sshd, "-T", "-f", cfg, "-C", "user=root,host=operator,addr=203.0.113.9").CombinedOutput()
+		if err != nil {
+			t.Fatalf("sshd -T: %v %s", err, out)
+		}
+		return string(out)
+	}
+	if got := effective("00-guardian-backup.conf"); !strings.Contains(got, "\npasswordauthentication no\n") || !strings.Contains(got, "\nkbdinteractiveauthentication no\n") {
+		t.Errorf("with the shipped name, an operator may still use a password:\n%s", got)
+	}
+	if got := effective("guardian-backup.conf"); !strings.Contains(got, "\npasswordauthentication yes\n") {
+		t.Errorf("the old name was not overridden: the test cannot tell the names apart")
 	}
 }

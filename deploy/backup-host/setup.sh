@@ -17,7 +17,7 @@
 #      and only data/ belongs to the user);
 #   3. writes /etc/ssh/guardian-backup/authorized_keys/<user>, root-owned
 #      and outside the chroot, with from="<app host wg address>",restrict;
-#   4. installs sshd_config.d/guardian-backup.conf, checks it with
+#   4. installs sshd_config.d/00-guardian-backup.conf, checks it with
 #      `sshd -t` and reloads sshd;
 #   5. prints the known_hosts line the app host's jobs pin.
 #
@@ -82,11 +82,24 @@ mv "/etc/ssh/guardian-backup/authorized_keys/$user.tmp" "/etc/ssh/guardian-backu
 # are not the defaults.
 grep -q '^Include /etc/ssh/sshd_config.d/\*\.conf' /etc/ssh/sshd_config ||
 	die "/etc/ssh/sshd_config does not include sshd_config.d/*.conf: add 'Include /etc/ssh/sshd_config.d/*.conf' as its first line"
-conf=/etc/ssh/sshd_config.d/guardian-backup.conf
+conf=/etc/ssh/sshd_config.d/00-guardian-backup.conf
+old_conf=/etc/ssh/sshd_config.d/guardian-backup.conf # its name before it sorted first
 sed -e "s#10\.100\.0\.1/32#$app_addr/32#g" -e "s#^\([[:space:]]*ChrootDirectory[[:space:]]\+\)/srv/guardian-backup/#\1$base/#" \
-	"$here/sshd_config.d/guardian-backup.conf" >"$conf.tmp"
+	"$here/sshd_config.d/00-guardian-backup.conf" >"$conf.tmp"
+[ ! -e "$conf" ] || cp -p "$conf" "$conf.previous"
 mv "$conf.tmp" "$conf"
-sshd -t || die "sshd -t failed: fix the configuration before reloading (sshd keeps running with the old one)"
+if ! sshd -t; then
+	# A configuration sshd refuses must not stay installed: sshd would
+	# not start again after its next restart.
+	if [ -e "$conf.previous" ]; then mv "$conf.previous" "$conf"; else rm -f "$conf"; fi
+	die "sshd -t failed with the new file; the previous configuration is back in place"
+fi
+rm -f "$conf.previous" "$old_conf"
+# The posture's keys-only rule must be what sshd applies to an operator
+# from anywhere, whatever other drop-ins say.
+eff=$(sshd -T -C user=root,host=operator,addr=203.0.113.9)
+grep -qx 'passwordauthentication no' <<<"$eff" && grep -qx 'kbdinteractiveauthentication no' <<<"$eff" ||
+	die "sshd still allows passwords or keyboard-interactive for operators: another file in /etc/ssh/sshd_config.d (or sshd_config before its Include) sets them; remove that setting"
 if command -v systemctl >/dev/null && systemctl is-active --quiet ssh 2>/dev/null; then
 	systemctl reload ssh
 fi
