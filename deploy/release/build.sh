@@ -27,10 +27,11 @@ if git -C "$root" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
 	buildvcs=true
 fi
 
-# Pin the micro-architecture levels to Go's defaults so a builder's
-# environment cannot change the code generated.
-unset GOAMD64 GOARM64 GO386 GOARM GOEXPERIMENT
-export GOFLAGS= CGO_ENABLED=0 GOOS="$goos" GOARCH="$goarch"
+# Pin the micro-architecture levels, experiments and FIPS mode to Go's
+# defaults so a builder's environment cannot change the code generated;
+# GOENV=off also ignores the settings `go env -w` keeps in a file.
+unset GOAMD64 GOARM64 GO386 GOARM GOPPC64 GORISCV64 GOMIPS GOMIPS64 GOWASM GOEXPERIMENT GOFIPS140
+export GOENV=off GOFLAGS= CGO_ENABLED=0 GOOS="$goos" GOARCH="$goarch"
 
 mkdir -p "$out"
 # -trimpath: no local file system paths; -buildid=: no per-build ID;

@@ -63,9 +63,23 @@ func TestReproducibleSignedRelease(t *testing.T) {
 	run(t, root, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "test", "-f", key)
 	run(t, root, filepath.Join(here, "sign.sh"), rel, key)
 	run(t, root, filepath.Join(here, "verify.sh"), rel)
-	sigVerify := "ssh-keygen -Y verify -f allowed_signers -I release@guardian -n guardian-release -s SHA256SUMS.sig < SHA256SUMS"
+	// The commands the release notes give, against a trusted copy of the
+	// key taken now (never the download's own allowed_signers).
+	const notesVerify = `ssh-keygen -Y verify -f "$TRUSTED" -I release@guardian -n guardian-release -s SHA256SUMS.sig < SHA256SUMS`
+	notes, err := os.ReadFile(filepath.Join(here, "NOTES.template.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(notes), notesVerify) || !strings.Contains(string(notes), "sha256sum --strict -c SHA256SUMS") {
+		t.Fatal("NOTES.template.md does not give the commands this test runs")
+	}
+	trustedCopy := filepath.Join(t.TempDir(), "trusted_signers")
+	if b, err := os.ReadFile(filepath.Join(rel, "allowed_signers")); err != nil || os.WriteFile(trustedCopy, b, 0o644) != nil {
+		t.Fatal("copy the release key")
+	}
+	sigVerify := "TRUSTED=" + trustedCopy + " && " + notesVerify
 	run(t, rel, "bash", "-c", sigVerify)
-	run(t, rel, "sha256sum", "-c", "SHA256SUMS")
+	run(t, rel, "sha256sum", "--strict", "-c", "SHA256SUMS")
 
 	// A swapped artefact: the signature still holds, the sums do not.
 	artefact := filepath.Join(rel, "whoami")
