@@ -14,6 +14,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -29,6 +30,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	_ "github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
+	"github.com/pkg/sftp"
+	"golang.org/x/crypto/ssh"
 
 	_ "github.com/glassmkr/guardian/caddymodules/audit"
 	_ "github.com/glassmkr/guardian/caddymodules/auth"
@@ -37,6 +40,7 @@ import (
 	_ "github.com/glassmkr/guardian/caddymodules/headers"
 	_ "github.com/glassmkr/guardian/caddymodules/problem"
 	_ "github.com/glassmkr/guardian/caddymodules/ratelimit"
+	"github.com/glassmkr/guardian/shared/testenv"
 )
 
 // pendingJobs are scheduled here before their code is in functions/jobs/.
@@ -1199,8 +1203,10 @@ func TestSshdAcceptsBackupHostConfig(t *testing.T) {
 	}
 	for _, user := range []string{"clickhouse-backup", "pgbackrest"} {
 		expect("user="+user+",addr=10.100.0.1,host=app", map[string]string{
-			"chrootdirectory":        "/srv/guardian-backup/%u",
-			"forcecommand":           "internal-sftp -d /data -u 0077",
+			"chrootdirectory": "/srv/guardian-backup/%u",
+			// Each key's command= decides (setup.sh): a ForceCommand
+			// here would override restore-verify's read-only one.
+			"forcecommand":           "none",
 			"authorizedkeysfile":     "/etc/ssh/guardian-backup/authorized_keys/%u",
 			"authenticationmethods":  "publickey",
 			"passwordauthentication": "no",
@@ -1350,5 +1356,96 @@ func TestBackupHostKeysOnlyRuleIsReadFirst(t *testing.T) {
 	}
 	if got := effective("guardian-backup.conf"); !strings.Contains(got, "\npasswordauthentication yes\n") {
 		t.Errorf("the old name was not overridden: the test cannot tell the names apart")
+	}
+}
+
+// The backup host's keys each carry their own command: the writers' SFTP
+// may write, restore-verify's ("read-only " in the key file) may read and
+// nothing more, so a taken restore-verify (it holds the age identity)
+// cannot change or delete the backups. Checked against a real sshd with
+// the lines setup.sh writes.
+func TestBackupHostReadOnlyKeyCannotWrite(t *testing.T) {
+	srv := testenv.SFTPServerPerKey(t)
+	dir := t.TempDir()
+	reader := filepath.Join(dir, "reader")
+	if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", reader).CombinedOutput(); err != nil {
+		t.Fatalf("ssh-keygen: %v %s", err, out)
+	}
+	pub := func(path string) string {
+		b, err := exec.Command("ssh-keygen", "-y", "-f", path).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(b))
+	}
+	keys := filepath.Join(dir, "keys.pub")
+	if err := os.WriteFile(keys, []byte(pub(srv.KeyPath)+"\nread-only "+pub(reader)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("bash", filepath.Join(root(t), "deploy", "backup-host", "setup.sh"), "--authorized-keys", "127.0.0.1", keys).Output()
+	if err != nil {
+		t.Fatalf("setup.sh --authorized-keys: %v", err)
+	}
+	if err := srv.SetAuthorizedKeys(string(out)); err != nil {
+		t.Fatal(err)
+	}
+	connect := func(key string) *sftp.Client {
+		t.Helper()
+		b, err := os.ReadFile(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		signer, err := ssh.ParsePrivateKey(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn, err := ssh.Dial("tcp", srv.Addr, &ssh.ClientConfig{User: srv.User, Auth: []ssh.AuthMethod{ssh.PublicKeys(signer)},
+			HostKeyCallback: ssh.FixedHostKey(srv.HostKey), Timeout: 10 * time.Second})
+		if err != nil {
+			t.Fatalf("ssh: %v", err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		c, err := sftp.NewClient(conn)
+		if err != nil {
+			t.Fatalf("sftp: %v", err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	set := filepath.Join(srv.Root, "20261130T040000Z")
+	w := connect(srv.KeyPath)
+	if err := w.MkdirAll(set); err != nil {
+		t.Fatalf("the writer's key: %v", err)
+	}
+	f, err := w.Create(filepath.Join(set, "blob.age"))
+	if err != nil {
+		t.Fatalf("the writer's key: %v", err)
+	}
+	if _, err := f.Write([]byte("ciphertext")); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+
+	r := connect(reader)
+	got, err := r.Open(filepath.Join(set, "blob.age"))
+	if err != nil {
+		t.Fatalf("the reader's key cannot read: %v", err)
+	}
+	b, _ := io.ReadAll(got)
+	got.Close()
+	if string(b) != "ciphertext" {
+		t.Fatalf("read %q", b)
+	}
+	if _, err := r.Create(filepath.Join(set, "forged.age")); err == nil {
+		t.Error("the read-only key created a file")
+	}
+	if err := r.Remove(filepath.Join(set, "blob.age")); err == nil {
+		t.Error("the read-only key removed a backup")
+	}
+	if err := r.Rename(filepath.Join(set, "blob.age"), filepath.Join(set, "moved.age")); err == nil {
+		t.Error("the read-only key renamed a backup")
+	}
+	if _, err := os.Stat(filepath.Join(set, "blob.age")); err != nil {
+		t.Errorf("the backup is gone: %v", err)
 	}
 }

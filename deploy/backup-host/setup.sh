@@ -8,7 +8,15 @@
 # PUBKEY_FILE holds the app host's public keys for that account, one per
 # line (`ssh-keygen -y -f <private key>` on the app host): for
 # clickhouse-backup, the key of the backup-clickhouse job and the key of the
-# restore-verify job. The file replaces the account's keys. The script:
+# restore-verify job. A line starting "read-only " is a key that may only
+# read (restore-verify's: it holds the age identity, and if it were taken
+# it must not be able to change or delete the backups); the others may
+# write. The file replaces the account's keys.
+#
+#   setup.sh --authorized-keys ADDR PUBKEY_FILE
+#
+# only prints the authorized_keys lines it would write (no root needed).
+# The script:
 #   1. creates the system user (no password, shell /usr/sbin/nologin);
 #   2. creates the chroot /srv/guardian-backup/<user> and its one writable
 #      directory data/ (sshd refuses a chroot whose path has any component
@@ -25,6 +33,35 @@
 # 10.100.0.2), CHROOT_BASE (default /srv/guardian-backup).
 set -euo pipefail
 
+die() { echo "setup.sh: $*" >&2; exit 1; }
+
+# authorized_keys_lines ADDR PUBKEY_FILE: each key, usable only from ADDR,
+# with every forwarding, pty and rc file off (restrict), and the one
+# command it may run: SFTP in /data, read-only for a "read-only " line.
+# sshd's Match block has no ForceCommand, which would override these.
+authorized_keys_lines() {
+	local addr=$1 file=$2 keys line cmd
+	[ -r "$file" ] || die "cannot read the public key file '$file'"
+	keys=$(grep -Ev '^[[:space:]]*(#|$)' "$file") || die "'$file' holds no key"
+	while IFS= read -r line; do
+		cmd="internal-sftp -d /data -u 0077"
+		if [[ $line == "read-only "* ]]; then
+			line=${line#read-only }
+			cmd="internal-sftp -R -d /data"
+		fi
+		[[ $line =~ ^(ssh-ed25519|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521|ssh-rsa)\ [A-Za-z0-9+/=]+ ]] ||
+			die "'$file': every line must be an OpenSSH public key, optionally after \"read-only \""
+		ssh-keygen -l -f <(printf '%s\n' "$line") >/dev/null || die "'$file': a line is not a valid public key"
+		printf 'from="%s",restrict,command="%s" %s\n' "$addr" "$cmd" "$line"
+	done <<<"$keys"
+}
+
+if [ "${1:-}" = --authorized-keys ]; then
+	[ $# = 3 ] || die "usage: $0 --authorized-keys ADDR PUBKEY_FILE"
+	authorized_keys_lines "$2" "$3"
+	exit 0
+fi
+
 user=${1:-}
 pubkey=${2:-}
 app_addr=${APP_WG_ADDR:-10.100.0.1}
@@ -32,20 +69,13 @@ backup_addr=${BACKUP_WG_ADDR:-10.100.0.2}
 base=${CHROOT_BASE:-/srv/guardian-backup}
 here=$(cd "$(dirname "$0")" && pwd)
 
-die() { echo "setup.sh: $*" >&2; exit 1; }
 case $user in
 pgbackrest | clickhouse-backup) ;;
 *) die "usage: $0 pgbackrest|clickhouse-backup PUBKEY_FILE" ;;
 esac
 [ "$(id -u)" = 0 ] || die "run as root"
-[ -r "$pubkey" ] || die "cannot read the public key file '$pubkey'"
 [[ $app_addr =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "APP_WG_ADDR must be an IPv4 address"
-keys=$(grep -Ev '^[[:space:]]*(#|$)' "$pubkey") || die "'$pubkey' holds no key"
-while IFS= read -r key; do
-	[[ $key =~ ^(ssh-ed25519|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521|ssh-rsa)\ [A-Za-z0-9+/=]+ ]] ||
-		die "'$pubkey': every line must be an OpenSSH public key"
-	ssh-keygen -l -f <(printf '%s\n' "$key") >/dev/null || die "'$pubkey': a line is not a valid public key"
-done <<<"$keys"
+lines=$(authorized_keys_lines "$app_addr" "$pubkey") || exit 1
 
 # 1. The user: a system account with no password and no shell. Its home is
 #    the writable directory as seen inside the chroot. The password field is
@@ -73,9 +103,7 @@ done
 #    host's WireGuard address and with every forwarding, pty and rc file off.
 install -d -o root -g root -m 0755 /etc/ssh/guardian-backup /etc/ssh/guardian-backup/authorized_keys
 umask 022
-while IFS= read -r key; do
-	printf 'from="%s",restrict %s\n' "$app_addr" "$key"
-done <<<"$keys" >"/etc/ssh/guardian-backup/authorized_keys/$user.tmp"
+printf '%s\n' "$lines" >"/etc/ssh/guardian-backup/authorized_keys/$user.tmp"
 mv "/etc/ssh/guardian-backup/authorized_keys/$user.tmp" "/etc/ssh/guardian-backup/authorized_keys/$user"
 
 # 4. sshd's rules, with the app host's address and the chroot base if they

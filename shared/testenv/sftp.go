@@ -60,11 +60,24 @@ type SFTP struct {
 // openssh-server).
 func SFTPServer(t testing.TB) *SFTP {
 	t.Helper()
+	return sftpServer(t, true)
+}
+
+// SFTPServerPerKey is SFTPServer without the server-wide ForceCommand:
+// each line of its authorized_keys (SetAuthorizedKeys) says with its own
+// command= option what that key may run, as the backup host's do.
+func SFTPServerPerKey(t testing.TB) *SFTP {
+	t.Helper()
+	return sftpServer(t, false)
+}
+
+func sftpServer(t testing.TB, forceCommand bool) *SFTP {
+	t.Helper()
 	if _, err := os.Stat(SSHD); err != nil {
 		t.Skipf("testenv: %s is not installed (apt-get install openssh-server, or deploy/stack/deps.sh)", SSHD)
 	}
 	dir := t.TempDir()
-	s, err := StartSFTP(dir, FreePort(t))
+	s, err := startSFTP(dir, FreePort(t), forceCommand)
 	if err != nil {
 		t.Fatalf("testenv: %v", err)
 	}
@@ -79,6 +92,16 @@ func SFTPServer(t testing.TB) *SFTP {
 // StartSFTP starts an sshd on 127.0.0.1:port with its files in dir, for
 // programs that are not tests (benchmarks). The caller must Stop it.
 func StartSFTP(dir string, port int) (*SFTP, error) {
+	return startSFTP(dir, port, true)
+}
+
+// SetAuthorizedKeys replaces the server's authorized_keys (read at each
+// login) with lines.
+func (s *SFTP) SetAuthorizedKeys(lines string) error {
+	return os.WriteFile(filepath.Join(s.Dir, "authorized_keys"), []byte(lines), 0o600)
+}
+
+func startSFTP(dir string, port int, forceCommand bool) (*SFTP, error) {
 	if _, err := os.Stat(SSHD); err != nil {
 		return nil, fmt.Errorf("%s is not installed (apt-get install openssh-server)", SSHD)
 	}
@@ -134,10 +157,12 @@ func StartSFTP(dir string, port int) (*SFTP, error) {
 		"X11Forwarding no",
 		"PermitTTY no",
 		"Subsystem sftp internal-sftp",
-		"ForceCommand internal-sftp",
 		"LogLevel INFO",
 		"",
 	}, "\n")
+	if forceCommand {
+		conf += "ForceCommand internal-sftp\n"
+	}
 	confPath := filepath.Join(dir, "sshd_config")
 	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
 		return nil, err
