@@ -25,7 +25,6 @@ import (
 
 	"github.com/glassmkr/guardian/shared/audit"
 	"github.com/glassmkr/guardian/shared/identity"
-	"github.com/glassmkr/guardian/shared/migrate"
 	"github.com/glassmkr/guardian/shared/testenv"
 )
 
@@ -492,15 +491,7 @@ func TestRowOfAnUnknownCustomerIsKept(t *testing.T) {
 // test may stop it.
 func privatePostgres(t *testing.T) (appDSN string, owner *pgxpool.Pool, dir string) {
 	t.Helper()
-	env, dir := testenv.Private(t, "postgres")
-	owner, err := pgxpool.New(context.Background(), env["GUARDIAN_PG_DSN"])
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(owner.Close)
-	if _, err := migrate.Postgres(context.Background(), owner, migrate.PostgresOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	env, dir, owner := testenv.PrivatePostgres(t)
 	return env["GUARDIAN_PG_APP_DSN"], owner, dir
 }
 

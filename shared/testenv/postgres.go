@@ -39,6 +39,25 @@ func Postgres(t testing.TB) *PG {
 	return pg
 }
 
+// PrivatePostgres starts a PostgreSQL server of t's own (one a test may
+// stop, or whose files it may read), migrated: it returns the server's
+// environment (see Private), its directory and a pool as the owner role.
+func PrivatePostgres(t testing.TB) (env map[string]string, dir string, owner *pgxpool.Pool) {
+	t.Helper()
+	env, dir = Private(t, "postgres")
+	owner, err := pgxpool.New(context.Background(), env["GUARDIAN_PG_DSN"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(owner.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := migrate.Postgres(ctx, owner, migrate.PostgresOptions{}); err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	return env, dir, owner
+}
+
 // PostgresEmpty creates a fresh database for t without applying any
 // migration, and drops it when t ends.
 func PostgresEmpty(t testing.TB) *PG {

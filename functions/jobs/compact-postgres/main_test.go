@@ -16,7 +16,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/glassmkr/guardian/shared/job"
-	"github.com/glassmkr/guardian/shared/migrate"
 	"github.com/glassmkr/guardian/shared/testenv"
 )
 
@@ -32,17 +31,9 @@ type server struct {
 
 func newServer(t *testing.T) *server {
 	t.Helper()
-	env, dir := testenv.Private(t, "postgres")
+	env, dir, owner := testenv.PrivatePostgres(t)
 	data, err := filepath.EvalSymlinks(filepath.Join(dir, "postgres", "data"))
 	if err != nil {
-		t.Fatal(err)
-	}
-	owner, err := pgxpool.New(context.Background(), env["GUARDIAN_PG_DSN"])
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(owner.Close)
-	if _, err := migrate.Postgres(context.Background(), owner, migrate.PostgresOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	return &server{env: env, dataDir: data, owner: owner}
