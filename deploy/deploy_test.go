@@ -12,6 +12,7 @@ package deploy_test
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -31,7 +32,6 @@ import (
 	_ "github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 	"github.com/pkg/sftp"
-	"golang.org/x/crypto/ssh"
 
 	_ "github.com/glassmkr/guardian/caddymodules/audit"
 	_ "github.com/glassmkr/guardian/caddymodules/auth"
@@ -40,6 +40,7 @@ import (
 	_ "github.com/glassmkr/guardian/caddymodules/headers"
 	_ "github.com/glassmkr/guardian/caddymodules/problem"
 	_ "github.com/glassmkr/guardian/caddymodules/ratelimit"
+	"github.com/glassmkr/guardian/shared/chbackup"
 	"github.com/glassmkr/guardian/shared/testenv"
 )
 
@@ -1389,28 +1390,19 @@ func TestBackupHostReadOnlyKeyCannotWrite(t *testing.T) {
 	if err := srv.SetAuthorizedKeys(string(out)); err != nil {
 		t.Fatal(err)
 	}
+	// As the jobs connect: chbackup's session, host key pinned.
+	target, err := chbackup.ParseTarget(srv.Target(""))
+	if err != nil {
+		t.Fatal(err)
+	}
 	connect := func(key string) *sftp.Client {
 		t.Helper()
-		b, err := os.ReadFile(key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		signer, err := ssh.ParsePrivateKey(b)
-		if err != nil {
-			t.Fatal(err)
-		}
-		conn, err := ssh.Dial("tcp", srv.Addr, &ssh.ClientConfig{User: srv.User, Auth: []ssh.AuthMethod{ssh.PublicKeys(signer)},
-			HostKeyCallback: ssh.FixedHostKey(srv.HostKey), Timeout: 10 * time.Second})
-		if err != nil {
-			t.Fatalf("ssh: %v", err)
-		}
-		t.Cleanup(func() { conn.Close() })
-		c, err := sftp.NewClient(conn)
+		s, err := chbackup.DialSession(context.Background(), key, srv.KnownHosts, target)
 		if err != nil {
 			t.Fatalf("sftp: %v", err)
 		}
-		t.Cleanup(func() { c.Close() })
-		return c
+		t.Cleanup(func() { s.Close() })
+		return s.Client()
 	}
 	set := filepath.Join(srv.Root, "20261130T040000Z")
 	w := connect(srv.KeyPath)
