@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -108,5 +109,28 @@ func TestARowBelongsToTheAccountItActedOn(t *testing.T) {
 				t.Fatalf("customer %q user %q key %q, want %q %q %q", row.CustomerID, row.UserID, row.KeyID, tc.cust, tc.user, tc.key)
 			}
 		})
+	}
+}
+
+// A key a client sent where an id belongs reaches no column of its row,
+// whatever its letter case: a function names the resource by the path
+// segment it read (lower-cased), and a user agent is the client's text.
+func TestARowKeepsNoKeyInResourceOrUserAgent(t *testing.T) {
+	t.Parallel()
+	key := "gmk_cru_live_" + strings.Repeat("Ab3", 15)[:43] + "_q1w2"
+	h := &Handler{log: zap.NewNop()}
+	req := httptest.NewRequest("DELETE", "/api/v1/servers/"+strings.ToUpper(key), nil)
+	req.Header.Set("User-Agent", "collector/1.0 key="+key)
+	req = req.WithContext(context.WithValue(req.Context(), caddyhttp.VarsCtxKey, map[string]any{}))
+	ann := audit.Annotation{ResourceType: "server", ResourceID: strings.ToLower(key), Action: "delete"}.Encode()
+	row := h.row(req, nil, "", 404, ann, time.Now(), "req-1")
+	body := strings.ToLower(key[len("gmk_cru_live_"):][:43])
+	for name, v := range map[string]string{"resource_id": row.ResourceID, "user_agent": row.UserAgent, "path": row.Path} {
+		if strings.Contains(strings.ToLower(v), body) {
+			t.Errorf("%s keeps the key: %q", name, v)
+		}
+		if !strings.Contains(v, audit.Redacted) {
+			t.Errorf("%s = %q, want it redacted", name, v)
+		}
 	}
 }

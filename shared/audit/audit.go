@@ -167,7 +167,7 @@ func NormalizeIP(s string) string {
 var secretKey = regexp.MustCompile(`(?i)(pass(word)?|secret|token|cookie|authorization|api_?key|^key$|pepper|credential)`)
 
 // secretValue matches values that look like a Guardian key or a JWT.
-var secretValue = regexp.MustCompile(`gmk_[a-z]+_live_[0-9A-Za-z]{20,}|eyJ[0-9A-Za-z_-]{8,}\.[0-9A-Za-z_-]{8,}\.`)
+var secretValue = regexp.MustCompile(`(?i:gmk_[a-z]+_live_[0-9a-z]{20,})|eyJ[0-9A-Za-z_-]{8,}\.[0-9A-Za-z_-]{8,}\.`)
 
 // Redacted replaces a value that must not be stored.
 const Redacted = "[redacted]"
@@ -241,17 +241,33 @@ var secretKeyWords = []string{"pass", "secret", "token", "cookie", "authorizatio
 // isSecretValue is secretValue.MatchString; the regexp runs only on
 // strings holding one of its literal prefixes.
 func isSecretValue(v string) bool {
-	return (strings.Contains(v, "gmk_") || strings.Contains(v, "eyJ")) && secretValue.MatchString(v)
+	return (hasKeyPrefix(v) || strings.Contains(v, "eyJ")) && secretValue.MatchString(v)
+}
+
+// hasKeyPrefix reports whether v holds "gmk_" in any letter case: a key
+// changed to upper or lower case (a function lower-cases the ids it
+// reads from a path) is still most of a key, its case easily guessed.
+func hasKeyPrefix(v string) bool {
+	for i := 0; i+4 <= len(v); i++ {
+		if v[i]|0x20 == 'g' && v[i+1]|0x20 == 'm' && v[i+2]|0x20 == 'k' && v[i+3] == '_' {
+			return true
+		}
+	}
+	return false
 }
 
 // RedactPath replaces what looks like a key or token in a request path:
 // a client revoking a key by the key itself, not its id, would put the
 // secret in the audit log for good.
-func RedactPath(path string) string {
-	if !isSecretValue(path) {
-		return path
+func RedactPath(path string) string { return RedactText(path) }
+
+// RedactText replaces what looks like a key or token in any text a row
+// keeps (path, resource id, user agent), in whatever letter case.
+func RedactText(s string) string {
+	if !isSecretValue(s) {
+		return s
 	}
-	return secretValue.ReplaceAllString(path, Redacted)
+	return secretValue.ReplaceAllString(s, Redacted)
 }
 
 func redact(v any, key string) any {

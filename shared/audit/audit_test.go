@@ -262,6 +262,10 @@ func TestRedactPath(t *testing.T) {
 		"/api/v1/keys/" + key:                               "/api/v1/keys/[redacted]_x1y2",
 		"/a/" + key + "/b/" + key:                           "/a/[redacted]_x1y2/b/[redacted]_x1y2",
 		"/gmk_docs":                                         "/gmk_docs",
+		"/api/v1/servers/" + strings.ToLower(key):           "/api/v1/servers/[redacted]_x1y2",
+		"/api/v1/servers/" + strings.ToUpper(key):           "/api/v1/servers/[redacted]_X1Y2",
+		"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.sig":          "[redacted]sig",
+		"EYJHBGCIOIJIUZI1NIJ9.EYJZDWIIOIJ4IN0.SIG":          "EYJHBGCIOIJIUZI1NIJ9.EYJZDWIIOIJ4IN0.SIG", // no longer a token
 	} {
 		if got := RedactPath(in); got != want {
 			t.Errorf("RedactPath(%q) = %q, want %q", in, got, want)
