@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -138,17 +139,43 @@ func TestThroughTheEdge(t *testing.T) {
 // cost a signature check or an audit row.
 func TestForgedReportsSpendTheAddressBudget(t *testing.T) {
 	t.Parallel()
+	spendsTheBudget(t, func(gh *fakeGitHub, body []byte, _ int) map[string]string {
+		return gh.sign(t, katKeyID, []byte(`[{}]`))
+	})
+}
+
+// TestMadeUpKeyIdentifiersSpendTheAddressBudget: a report naming a key
+// identifier GitHub's list does not hold gets 503 "try again" while no
+// fetch since it came can say the key is not GitHub's newest (fetches are
+// rate limited), so GitHub would retry a genuine one. It is charged all
+// the same: otherwise a new made-up identifier per report would pass the
+// failure budget, each report read, checked and audited.
+func TestMadeUpKeyIdentifiersSpendTheAddressBudget(t *testing.T) {
+	t.Parallel()
+	spendsTheBudget(t, func(gh *fakeGitHub, body []byte, i int) map[string]string {
+		h := gh.sign(t, katKeyID, body)
+		h[HeaderKeyID] = fmt.Sprintf("made-up-%d", i)
+		return h
+	})
+}
+
+// spendsTheBudget sends reports forge makes until the edge refuses the
+// address, and checks the function refused each before that (401, or 503
+// keys_unavailable), charging it, with one auth_failed row each.
+func spendsTheBudget(t *testing.T, forge func(gh *fakeGitHub, body []byte, i int) map[string]string) {
 	env, _, pg := testenv.EdgeEnv(t)
 	gh := newFakeGitHub(t)
 	env["GUARDIAN_GITHUB_KEYS_URL"] = gh.KeysURL()
 	e := startEdge(t, env)
 
 	body := []byte(`[]`)
-	forged := gh.sign(t, katKeyID, []byte(`[{}]`))
 	failed, refusedAt := 0, 0
 	for i := 1; i <= 400 && refusedAt == 0; i++ {
-		switch a := post(t, e.URL+Route, body, forged); a.status {
-		case 401:
+		switch a := post(t, e.URL+Route, body, forge(gh, body, i)); a.status {
+		case 401, 503:
+			if a.status == 503 && (a.doc["code"] != "keys_unavailable" || a.header.Get("Retry-After") == "") {
+				t.Fatalf("report %d: %v %s", i, a.header, a.raw)
+			}
 			if a.header.Get(identity.HeaderAuthFailure) != "" {
 				t.Fatalf("the function's failure report reached the client: %v", a.header)
 			}
@@ -166,8 +193,8 @@ func TestForgedReportsSpendTheAddressBudget(t *testing.T) {
 	if refusedAt == 0 || failed < 100 {
 		t.Fatalf("%d forged reports refused by the function, the first refused by the edge: %d", failed, refusedAt)
 	}
-	for range 20 {
-		if a := post(t, e.URL+Route, body, forged); a.status != 429 {
+	for i := range 20 {
+		if a := post(t, e.URL+Route, body, forge(gh, body, 1000+i)); a.status != 429 {
 			t.Fatalf("a forged report from a refused address: %d %s", a.status, a.raw)
 		}
 	}

@@ -103,6 +103,15 @@ func (h *handler) scan(w http.ResponseWriter, r *http.Request) {
 		refuse(w, http.StatusUnauthorized, "unknown_key_identifier", "the signing key is not one of GitHub's", "unknown_key_identifier")
 		return
 	case err != nil:
+		if errors.Is(err, errKeysUnavailable) {
+			// An identifier no list can vouch for yet: GitHub retries a
+			// genuine one after the 503, but a forger could name a new
+			// one per report, so it is charged to the sender's
+			// brute-force budget like a refused signature.
+			audit.Annotate(w, audit.Annotation{ResourceType: "secret_scanning_report", Action: "auth_failed",
+				Metadata: map[string]any{"reason": "unconfirmed_key_identifier"}})
+			identity.ReportAuthFailure(w, "unconfirmed_key_identifier")
+		}
 		w.Header().Set("Retry-After", "60")
 		problem.Write(w, problem.New(http.StatusServiceUnavailable, "keys_unavailable", "GitHub's signing keys cannot be fetched right now"))
 		return
