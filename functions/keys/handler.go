@@ -61,6 +61,9 @@ type Key struct {
 	RotatedTo  *string    `json:"rotated_to,omitempty"`
 	// Secret is the key itself: present only in the answer that minted it.
 	Secret string `json:"key,omitempty"`
+	// Ended: revoked_at has passed. A key rotated with grace has a
+	// revoked_at still to come, and works (and can be revoked) until then.
+	Ended bool `json:"-"`
 }
 
 func caller(w http.ResponseWriter, r *http.Request) (identity.Identity, bool) {
@@ -89,11 +92,11 @@ var keysPage = page.New("keys", `
 <output id="new-key" class="secret" hidden></output>
 </fieldset>
 <table><thead><tr><th>Name</th><th>Kind</th><th>Scope</th><th>Last 4</th><th>Created</th><th>Last used</th><th>Status</th><th></th></tr></thead><tbody>
-{{range .}}<tr{{if .RevokedAt}} class="revoked"{{end}}><td>{{.Name}}</td><td>{{.Kind}}</td><td>{{if .Scope}}{{.Scope}}{{else}}server{{end}}</td><td><code>{{.Last4}}</code></td>
+{{range .}}<tr{{if .Ended}} class="revoked"{{end}}><td>{{.Name}}</td><td>{{.Kind}}</td><td>{{if .Scope}}{{.Scope}}{{else}}server{{end}}</td><td><code>{{.Last4}}</code></td>
 <td>{{.CreatedAt.Format "2006-01-02 15:04"}}</td><td>{{if .LastUsedAt}}{{.LastUsedAt.Format "2006-01-02 15:04"}}{{else}}never{{end}}</td>
-<td>{{if .RevokedAt}}revoked{{else if .ExpiresAt}}expires {{.ExpiresAt.Format "2006-01-02"}}{{else}}active{{end}}</td>
-<td>{{if not .RevokedAt}}{{if eq .Kind "account"}}<form class="inline" action="/api/v1/keys/{{.ID}}/rotate" data-api><button type="submit">Rotate</button></form>{{end}}
-<form class="inline" action="/api/v1/keys/{{.ID}}" data-api data-method="DELETE"><button type="submit">Revoke</button></form>{{end}}</td></tr>
+<td>{{if .Ended}}revoked{{else if .RevokedAt}}rotated, works until {{.RevokedAt.UTC.Format "2006-01-02 15:04"}} UTC{{else if .ExpiresAt}}expires {{.ExpiresAt.Format "2006-01-02"}}{{else}}active{{end}}</td>
+<td>{{if not .RevokedAt}}{{if eq .Kind "account"}}<form class="inline" action="/api/v1/keys/{{.ID}}/rotate" data-api><button type="submit">Rotate</button></form>{{end}}{{end}}
+{{if not .Ended}}<form class="inline" action="/api/v1/keys/{{.ID}}" data-api data-method="DELETE"><button type="submit">Revoke</button></form>{{end}}</td></tr>
 {{else}}<tr><td colspan="8">No keys yet.</td></tr>{{end}}
 </tbody></table>`)
 
@@ -117,11 +120,19 @@ func (h *handler) keysOf(r *http.Request, customer string) ([]Key, error) {
 	if err != nil {
 		return nil, err
 	}
+	now := h.now()
 	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (Key, error) {
 		var k Key
 		err := row.Scan(&k.ID, &k.Name, &k.Kind, &k.Scope, &k.ServerID, &k.Last4, &k.CreatedAt, &k.LastUsedAt, &k.ExpiresAt, &k.RevokedAt, &k.RotatedTo)
+		k.Ended = endedBy(k.RevokedAt, now)
 		return k, err
 	})
+}
+
+// endedBy reports whether a key revoked at revokedAt (nil: not revoked)
+// has stopped working by now.
+func endedBy(revokedAt *time.Time, now time.Time) bool {
+	return revokedAt != nil && !revokedAt.After(now)
 }
 
 const listQuery = `SELECT k.id, k.name, k.kind, k.scope, k.server_id::text, k.last4, k.created_at, k.last_used_at, k.expires_at, k.revoked_at,

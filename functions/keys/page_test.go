@@ -1,0 +1,55 @@
+package main
+
+import (
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/glassmkr/guardian/shared/page"
+)
+
+// TestThePageTellsAGraceKeyFromARevokedOne: a key rotated with grace
+// still works until its revoked_at, so the page says until when and
+// keeps its Revoke button (an admin cutting a leaked key short must not
+// need the API); a key whose revoked_at has passed is revoked.
+func TestThePageTellsAGraceKeyFromARevokedOne(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 11, 30, 6, 0, 0, 0, time.UTC)
+	later, earlier := now.Add(time.Hour), now.Add(-time.Hour)
+	scope := "read"
+	for _, tc := range []struct {
+		name       string
+		revokedAt  *time.Time
+		status     string
+		revoke     bool
+		rotate     bool
+		revokedRow bool
+	}{
+		{"live", nil, "active", true, true, false},
+		{"in its grace", &later, "rotated, works until 2026-11-30 07:00 UTC", true, false, false},
+		{"revoked", &earlier, "revoked", false, false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			k := Key{ID: "0c0c0c0c-0000-4000-8000-000000000000", Name: "ci", Kind: "account", Scope: &scope, Last4: "ab12", CreatedAt: now, RevokedAt: tc.revokedAt}
+			k.Ended = endedBy(k.RevokedAt, now)
+			rec := httptest.NewRecorder()
+			if err := page.Render(rec, keysPage, "API keys", true, []Key{k}); err != nil {
+				t.Fatal(err)
+			}
+			html := rec.Body.String()
+			if !strings.Contains(html, "<td>"+tc.status+"</td>") {
+				t.Errorf("status is not %q:\n%s", tc.status, html)
+			}
+			if got := strings.Contains(html, ">Revoke</button>"); got != tc.revoke {
+				t.Errorf("Revoke button shown: %v, want %v", got, tc.revoke)
+			}
+			if got := strings.Contains(html, ">Rotate</button>"); got != tc.rotate {
+				t.Errorf("Rotate button shown: %v, want %v", got, tc.rotate)
+			}
+			if got := strings.Contains(html, `class="revoked"`); got != tc.revokedRow {
+				t.Errorf("row marked revoked: %v, want %v", got, tc.revokedRow)
+			}
+		})
+	}
+}
