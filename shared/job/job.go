@@ -472,8 +472,16 @@ func alert(env *config.Loader, res Result) error {
 	if err != nil {
 		return err
 	}
-	if !n.MailEnabled() {
+	// Recipients with no relay to reach them: the alert must not count as
+	// sent (it is tried again by the next failing run), and the run says
+	// why. Webhooks, if any, still get it now.
+	var mailLost error
+	if !n.MailEnabled() && len(to) > 0 {
+		mailLost = fmt.Errorf("%s names %d recipient(s), but %s is not set: no e-mail was sent", EnvAlertEmail, len(to), notify.EnvSMTPAddr)
 		to = nil
+		if len(hooks) == 0 {
+			return mailLost
+		}
 	}
 	subject := fmt.Sprintf("Guardian job %s: %s", res.Job, strings.ToUpper(res.Status))
 	n.Send(notify.Notice{
@@ -488,7 +496,7 @@ func alert(env *config.Loader, res Result) error {
 	defer cancel()
 	n.Close(ctx)
 	if st := n.Stats(); st.Failed > 0 || st.Dropped > 0 {
-		return fmt.Errorf("%d of the alert's deliveries failed", st.Failed+st.Dropped)
+		return errors.Join(fmt.Errorf("%d of the alert's deliveries failed", st.Failed+st.Dropped), mailLost)
 	}
-	return nil
+	return mailLost
 }

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/glassmkr/guardian/shared/config"
+	"github.com/glassmkr/guardian/shared/notify"
 )
 
 type fakeEnv map[string]string
@@ -393,6 +394,19 @@ func TestBadAlertSettingIsReportedNotFatal(t *testing.T) {
 	env[EnvAlertWebhooks] = "ftp://example.com/x"
 	res, _, stderr := run(t, env, func(context.Context, *config.Loader, *Report) error { return errors.New("boom") })
 	if res.Status != StatusError || !strings.Contains(stderr, EnvAlertWebhooks) {
+		t.Fatalf("status %q stderr %q", res.Status, stderr)
+	}
+}
+
+// An alert e-mail address without a relay to send through is reported
+// on every failing run, and the alert does not count as sent (so the
+// next failing run tries again instead of waiting out RealertAfter).
+func TestAlertRecipientsWithoutARelayAreReported(t *testing.T) {
+	env := baseEnv(t)
+	env[EnvAlertEmail] = "ops@example.com"
+	delete(env, notify.EnvSMTPAddr)
+	res, _, stderr := run(t, env, func(context.Context, *config.Loader, *Report) error { return errors.New("boom") })
+	if res.Status != StatusError || !strings.Contains(stderr, notify.EnvSMTPAddr) || !strings.Contains(stderr, "no e-mail was sent") {
 		t.Fatalf("status %q stderr %q", res.Status, stderr)
 	}
 }
