@@ -13,7 +13,9 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
 
+	"github.com/glassmkr/guardian/shared/identity"
 	"github.com/glassmkr/guardian/shared/problem"
 )
 
@@ -31,7 +33,9 @@ func init() {
 // generic problem for its status, so internal error text (upstream
 // addresses, driver messages) never reaches the client. The Caddy error ID
 // is included as "request_id" so a customer can quote it to support.
-type Handler struct{}
+type Handler struct {
+	log *zap.Logger
+}
 
 // CaddyModule returns the Caddy module information.
 func (Handler) CaddyModule() caddy.ModuleInfo {
@@ -41,12 +45,33 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
+// Provision takes the logger for server errors.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.log = ctx.Logger()
+	return nil
+}
+
 // ServeHTTP writes the problem; it does not call next. A browser
 // navigating to a page (it asks for HTML, not JSON) gets the same problem
 // as a small HTML page instead of a JSON document it would show raw.
-func (Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+//
+// Its request_id is the one the client can quote and support can find:
+// the audit row's (sent as Request-Id too) on an audited route, else a new
+// one, sent as Request-Id and logged with the error of a 5xx (Caddy logs
+// handled errors only at debug level).
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
 	err, _ := r.Context().Value(caddyhttp.ErrorCtxKey).(error)
 	p := FromError(err)
+	id, _ := caddyhttp.GetVar(r.Context(), identity.RequestIDVarKey).(string)
+	if id == "" {
+		id = identity.NewRequestID()
+		w.Header().Set("Request-Id", id)
+	}
+	p = withRequestID(p, id)
+	if p.Status >= 500 && h.log != nil {
+		h.log.Error("request failed", zap.String("request_id", id), zap.Int("status", p.Status),
+			zap.String("method", r.Method), zap.String("path", r.URL.Path), zap.Error(err))
+	}
 	if wantsHTML(r) {
 		writeHTML(w, p)
 		return nil
@@ -119,14 +144,22 @@ func FromError(err error) *problem.Problem {
 		p = problem.New(status, problem.CodeForStatus(status), problem.DetailForStatus(status))
 	}
 	if id != "" {
-		extra := make(map[string]any, len(p.Extra)+1)
-		for k, v := range p.Extra {
-			extra[k] = v
-		}
-		extra["request_id"] = id
-		p.Extra = extra
+		p = withRequestID(p, id)
 	}
 	return p
+}
+
+// withRequestID is a copy of p whose request_id is id (p's Extra may be
+// shared with a package-level problem).
+func withRequestID(p *problem.Problem, id string) *problem.Problem {
+	cp := *p
+	extra := make(map[string]any, len(p.Extra)+1)
+	for k, v := range p.Extra {
+		extra[k] = v
+	}
+	extra["request_id"] = id
+	cp.Extra = extra
+	return &cp
 }
 
 // UnmarshalCaddyfile takes no arguments:
@@ -142,6 +175,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 
 // Interface guards
 var (
+	_ caddy.Provisioner           = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
 	_ caddyfile.Unmarshaler       = (*Handler)(nil)
 )

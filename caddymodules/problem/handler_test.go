@@ -11,7 +11,10 @@ import (
 	"testing"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/glassmkr/guardian/shared/identity"
 	"github.com/glassmkr/guardian/shared/problem"
 )
 
@@ -45,7 +48,7 @@ func TestServeHTTPWritesProblemWithRequestID(t *testing.T) {
 	req := httptest.NewRequest("GET", "/nope", nil)
 	req = req.WithContext(context.WithValue(req.Context(), caddyhttp.ErrorCtxKey, error(herr)))
 	rec := httptest.NewRecorder()
-	if err := (Handler{}).ServeHTTP(rec, req, nil); err != nil {
+	if err := (&Handler{}).ServeHTTP(rec, req, nil); err != nil {
 		t.Fatal(err)
 	}
 	if rec.Code != 404 || rec.Header().Get("Content-Type") != problem.ContentType {
@@ -55,8 +58,59 @@ func TestServeHTTPWritesProblemWithRequestID(t *testing.T) {
 	if err := json.Unmarshal(rec.Body.Bytes(), &doc); err != nil {
 		t.Fatal(err)
 	}
-	if doc["request_id"] != herr.ID || doc["code"] != "not_found" {
-		t.Errorf("doc = %v", doc)
+	// Not the Caddy error's id, which nothing logs: a new one, also sent
+	// as Request-Id.
+	if id := rec.Header().Get("Request-Id"); id == "" || doc["request_id"] != id || doc["code"] != "not_found" {
+		t.Errorf("doc = %v, Request-Id %q", doc, id)
+	}
+}
+
+// TestTheRequestIDIsOneSupportCanFind: on an audited route the problem
+// names the audit row's request id (the Request-Id the audit module sent),
+// not a module's error id ("rl" on every 429); elsewhere a new id, and a
+// server error is logged with it.
+func TestTheRequestIDIsOneSupportCanFind(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		err     error
+		auditID string
+		logged  bool
+	}{
+		{"audited 429", caddyhttp.HandlerError{Err: problem.New(429, "rate_limited", "slow down"), StatusCode: 429, ID: "rl"}, "req-audit-1", false},
+		{"audited 502", caddyhttp.Error(502, errors.New("dial unix @fn: connection refused")), "req-audit-2", true},
+		{"unaudited 401", caddyhttp.HandlerError{Err: problem.New(401, "invalid_credentials", "no"), StatusCode: 401, ID: "x"}, "", false},
+		{"unaudited 500", errors.New("boom"), "", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			core, logs := observer.New(zap.InfoLevel)
+			h := &Handler{log: zap.New(core)}
+			req := httptest.NewRequest("GET", "/api/v1/x", nil)
+			vars := map[string]any{}
+			if tc.auditID != "" {
+				vars[identity.RequestIDVarKey] = tc.auditID
+			}
+			ctx := context.WithValue(req.Context(), caddyhttp.VarsCtxKey, vars)
+			req = req.WithContext(context.WithValue(ctx, caddyhttp.ErrorCtxKey, tc.err))
+			rec := httptest.NewRecorder()
+			if tc.auditID != "" {
+				rec.Header().Set("Request-Id", tc.auditID) // as the audit module sent it
+			}
+			if err := h.ServeHTTP(rec, req, nil); err != nil {
+				t.Fatal(err)
+			}
+			var doc map[string]any
+			if err := json.Unmarshal(rec.Body.Bytes(), &doc); err != nil {
+				t.Fatal(err)
+			}
+			id, _ := doc["request_id"].(string)
+			if id == "" || id != rec.Header().Get("Request-Id") || (tc.auditID != "" && id != tc.auditID) {
+				t.Fatalf("request_id %q, Request-Id %q, audit row's %q", id, rec.Header().Get("Request-Id"), tc.auditID)
+			}
+			entries := logs.FilterField(zap.String("request_id", id)).Len()
+			if tc.logged != (entries == 1) {
+				t.Errorf("%d log entries with the request id, want logged=%v", entries, tc.logged)
+			}
+		})
 	}
 }
 
@@ -89,7 +143,7 @@ func TestABrowserNavigationGetsAPage(t *testing.T) {
 		}
 		req = req.WithContext(context.WithValue(req.Context(), caddyhttp.ErrorCtxKey, error(herr)))
 		rec := httptest.NewRecorder()
-		if err := (Handler{}).ServeHTTP(rec, req, nil); err != nil {
+		if err := (&Handler{}).ServeHTTP(rec, req, nil); err != nil {
 			t.Fatal(err)
 		}
 		ct := rec.Header().Get("Content-Type")
@@ -106,7 +160,7 @@ func TestABrowserNavigationGetsAPage(t *testing.T) {
 		if !strings.HasPrefix(ct, "text/html") || !strings.Contains(rec.Header().Get("Content-Security-Policy"), "default-src 'none'") {
 			t.Errorf("%s %q: %q", c.method, c.accept, ct)
 		}
-		if c.method == "GET" && (!strings.Contains(body, "only administrators may read the &lt;audit&gt; log") || !strings.Contains(body, herr.ID)) {
+		if c.method == "GET" && (!strings.Contains(body, "only administrators may read the &lt;audit&gt; log") || !strings.Contains(body, rec.Header().Get("Request-Id"))) {
 			t.Errorf("page body: %s", body)
 		}
 	}
@@ -137,7 +191,7 @@ func BenchmarkServeHTTP(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				clear(w.h)
-				if err := (Handler{}).ServeHTTP(w, req, nil); err != nil {
+				if err := (&Handler{}).ServeHTTP(w, req, nil); err != nil {
 					b.Fatal(err)
 				}
 			}
