@@ -6,12 +6,17 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 	"golang.org/x/sync/singleflight"
@@ -252,7 +257,7 @@ func (a *Authenticator) lookupKey(ctx context.Context, h [32]byte, kind apikey.K
 	case errors.Is(err, pgx.ErrNoRows):
 		return nil, ErrUnknown
 	case err != nil:
-		if e != nil {
+		if e != nil && storeDown(err) {
 			// Stale, but the store is down: nothing can have been revoked.
 			a.warnStale(ctx, "key", err)
 			return e, nil
@@ -303,7 +308,7 @@ func (a *Authenticator) sessionMiss(ctx context.Context, sid string, e *sessionE
 		switch {
 		case errors.Is(err, pgx.ErrNoRows):
 			return nil, ErrRevoked
-		case err != nil && e == nil:
+		case err != nil && (e == nil || !storeDown(err)):
 			return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
 		case err != nil:
 			a.warnStale(qctx, "session", err)
@@ -340,6 +345,34 @@ const staleWarnEvery = 30 * time.Second
 // warnStale logs, at most once per staleWarnEvery, that credentials are
 // being served from the cache because the store is unreachable: during an
 // outage every request would otherwise add a line.
+// storeDown reports whether a lookup's error means PostgreSQL itself is
+// away (refused, reset, silent, or saying it is shutting down or starting
+// up), so that no one can have revoked anything meanwhile and a stale
+// cached entry may serve. Errors that leave PostgreSQL up for others do
+// not: a full pool on the edge's side (a plain context error from the
+// wait for a connection), "too many connections", or a refusal of the
+// edge's role, while the functions on their own connections may still
+// commit a revocation the edge has not heard of.
+func storeDown(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		// 57P: operator intervention (shutting down, starting up); 08:
+		// connection exception.
+		return strings.HasPrefix(pgErr.Code, "57P") || strings.HasPrefix(pgErr.Code, "08")
+	}
+	if pgconn.Timeout(err) {
+		return true // sent, or connecting, and no answer in time
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		return false // the wait for one of the pool's connections
+	}
+	var connect *pgconn.ConnectError
+	var netErr net.Error
+	return errors.As(err, &connect) || errors.As(err, &netErr) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED)
+}
+
 func (a *Authenticator) warnStale(ctx context.Context, kind string, err error) {
 	if ctx.Err() != nil {
 		return // the request ended (its client went away), not the store
