@@ -342,9 +342,6 @@ func (a *Authenticator) sessionMiss(ctx context.Context, sid string, e *sessionE
 // warning is repeated.
 const staleWarnEvery = 30 * time.Second
 
-// warnStale logs, at most once per staleWarnEvery, that credentials are
-// being served from the cache because the store is unreachable: during an
-// outage every request would otherwise add a line.
 // storeDown reports whether a lookup's error means PostgreSQL itself is
 // away (refused, reset, silent, or saying it is shutting down or starting
 // up), so that no one can have revoked anything meanwhile and a stale
@@ -373,6 +370,9 @@ func storeDown(err error) bool {
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED)
 }
 
+// warnStale logs, at most once per staleWarnEvery, that credentials are
+// being served from the cache because the store is unreachable: during an
+// outage every request would otherwise add a line.
 func (a *Authenticator) warnStale(ctx context.Context, kind string, err error) {
 	if ctx.Err() != nil {
 		return // the request ended (its client went away), not the store
