@@ -314,8 +314,8 @@ func (h *Handler) proxy(p *process, w http.ResponseWriter, req *http.Request) {
 }
 
 // maxBuffered bounds the bytes of bodies held at once for one function's
-// routes together (BufferBody), and bufferChunk is the unit they are
-// charged in.
+// routes together (BufferBody), and bufferChunk is the most read before
+// being charged.
 const (
 	maxBuffered = 64 << 20
 	bufferChunk = 32 << 10
@@ -335,13 +335,18 @@ func (h *Handler) bufferBody(w http.ResponseWriter, r *http.Request) (held int64
 	}
 	var buf bytes.Buffer
 	for {
-		if !h.buffered.TryAcquire(bufferChunk) {
-			w.Header().Set("Retry-After", "1")
-			return held, caddyhttp.Error(http.StatusServiceUnavailable,
-				problem.New(http.StatusServiceUnavailable, "function_busy", "too many request bodies are being received; try again shortly"))
+		// Charged once read: a client that declares a body and sends
+		// nothing (or a byte at a time) holds next to none of the bound,
+		// so a few thousand idle uploads cannot keep everyone else out.
+		n, err := io.CopyN(&buf, r.Body, bufferChunk)
+		if n > 0 {
+			if !h.buffered.TryAcquire(n) {
+				w.Header().Set("Retry-After", "1")
+				return held, caddyhttp.Error(http.StatusServiceUnavailable,
+					problem.New(http.StatusServiceUnavailable, "function_busy", "too many request bodies are being received; try again shortly"))
+			}
+			held += n
 		}
-		held += bufferChunk
-		_, err := io.CopyN(&buf, r.Body, bufferChunk)
 		if int64(buf.Len()) > h.BufferBody {
 			return held, tooLarge
 		}

@@ -517,25 +517,82 @@ func TestBufferedBodyOverTheBoundIs413(t *testing.T) {
 // others are done it gets through.
 func TestBufferedBodiesAreBoundedTogether(t *testing.T) {
 	t.Parallel()
+	// The bound: 40 KiB and a chunk read past it (72 KiB).
 	h := newHandler(t, &Handler{BufferBody: 40 << 10, bufferTotal: 2 * bufferChunk})
-	slow, feed := io.Pipe()
-	done := make(chan error, 1)
-	go func() { done <- h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("POST", "/sum", slow), nil) }()
-	// A pipe's Write returns once the reader has it all: the upload holds
-	// two chunks now.
-	_, _ = feed.Write(make([]byte, bufferChunk+100))
-	err := h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("POST", "/sum", bytes.NewReader([]byte("small"))), nil)
-	if code, name := problemOf(t, err); code != http.StatusServiceUnavailable || name != "function_busy" {
-		t.Fatalf("a body while the bound is held: %d %s", code, name)
+	var feeds []*io.PipeWriter
+	done := make(chan error, 2)
+	for range 2 {
+		slow, feed := io.Pipe()
+		feeds = append(feeds, feed)
+		go func() { done <- h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("POST", "/sum", slow), nil) }()
+		// A pipe's Write returns once the reader has it all, and the last
+		// byte is read only after the chunk before it was charged: each
+		// upload holds a chunk now, 64 of the 72 KiB.
+		_, _ = feed.Write(make([]byte, bufferChunk+1))
 	}
-	feed.Close()
-	if err := <-done; err != nil {
-		t.Fatalf("the slow upload: %v", err)
+	err := h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("POST", "/sum", bytes.NewReader(make([]byte, bufferChunk))), nil)
+	if code, name := problemOf(t, err); code != http.StatusServiceUnavailable || name != "function_busy" {
+		t.Fatalf("a body past what the bound has left: %d %s", code, name)
+	}
+	for _, feed := range feeds {
+		feed.Close()
+	}
+	for range feeds {
+		if err := <-done; err != nil {
+			t.Fatalf("a slow upload: %v", err)
+		}
 	}
 	rec := httptest.NewRecorder()
 	if err := h.ServeHTTP(rec, httptest.NewRequest("POST", "/sum", bytes.NewReader([]byte("small"))), nil); err != nil || rec.Code != 200 {
 		t.Fatalf("after the others are done: %d %v", rec.Code, err)
 	}
+}
+
+// Uploads that declared a body and sent nothing hold none of the bound:
+// many of them (a client opening thousands of sign-ins and sending no
+// body) do not keep a request that sends its body out.
+func TestIdleUploadsHoldNoneOfTheBound(t *testing.T) {
+	t.Parallel()
+	h := newHandler(t, &Handler{BufferBody: 40 << 10, bufferTotal: 2 * bufferChunk})
+	var feeds []*io.PipeWriter
+	done := make(chan error, 4)
+	for range 4 {
+		body, feed := io.Pipe()
+		feeds = append(feeds, feed)
+		reading := make(chan struct{})
+		req := httptest.NewRequest("POST", "/sum", &firstRead{r: body, reading: reading})
+		req.ContentLength = 30 << 10
+		go func() { done <- h.ServeHTTP(httptest.NewRecorder(), req, nil) }()
+		select {
+		case <-reading:
+		case err := <-done:
+			t.Fatalf("an idle upload was answered before it sent a byte: %v", err)
+		case <-time.After(10 * time.Second):
+			t.Fatal("an idle upload was never read")
+		}
+	}
+	rec := httptest.NewRecorder()
+	if err := h.ServeHTTP(rec, httptest.NewRequest("POST", "/sum", bytes.NewReader([]byte("small"))), nil); err != nil || rec.Code != 200 {
+		t.Fatalf("a body sent in full while four uploads idle: %d %v", rec.Code, err)
+	}
+	for _, f := range feeds {
+		f.Close()
+	}
+	for range feeds {
+		<-done
+	}
+}
+
+// firstRead closes reading when its first Read begins.
+type firstRead struct {
+	r       io.Reader
+	reading chan struct{}
+	once    sync.Once
+}
+
+func (f *firstRead) Read(p []byte) (int, error) {
+	f.once.Do(func() { close(f.reading) })
+	return f.r.Read(p)
 }
 
 // A function's report of a failed credential check leaves its answer and
