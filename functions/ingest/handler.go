@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -29,9 +30,11 @@ const clockSkew = 5 * time.Minute
 // buffer while its batch is stored). Rate limits cap requests, not bytes:
 // without this bound, collectors sending snapshots near MaxBody while
 // ClickHouse is slow would hold max_concurrent x 512 KiB several times
-// over. Past it a snapshot is refused at once with 503 busy and
-// Retry-After, before its body is read; typical ~4 KB snapshots never
-// reach it (65,536 of them fit).
+// over. A snapshot whose declared length does not fit is refused at once
+// with 503 busy and Retry-After, before its body is read; bytes are
+// counted as they arrive, and a body that passes the bound while it is
+// read gets the same answer. Typical ~4 KB snapshots never reach it
+// (65,536 of them fit).
 const MaxInFlightBytes = 256 << 20
 
 type handler struct {
@@ -57,6 +60,38 @@ func (h *handler) reserve(n int64) bool {
 
 func (h *handler) release(n int64) { h.inFlight.Add(-n) }
 
+// busy answers a snapshot that does not fit the in-flight bound.
+func busy(w http.ResponseWriter) {
+	w.Header().Set("Retry-After", "5")
+	problem.Write(w, errBusy)
+}
+
+var errBusy = problem.New(http.StatusServiceUnavailable, "busy", "too many snapshots are being stored; send this one again shortly")
+
+// charging is a request body whose bytes are counted in flight as they
+// are read; past the bound its Read fails with errBusy (a problem, which
+// reqbody.Read sends as it is).
+type charging struct {
+	rc   io.ReadCloser
+	h    *handler
+	w    http.ResponseWriter
+	held int64
+}
+
+func (c *charging) Read(p []byte) (int, error) {
+	n, err := c.rc.Read(p)
+	if n > 0 {
+		if !c.h.reserve(int64(n)) {
+			c.w.Header().Set("Retry-After", "5")
+			return 0, errBusy
+		}
+		c.held += int64(n)
+	}
+	return n, err
+}
+
+func (c *charging) Close() error { return c.rc.Close() }
+
 // snapshot is the part of the body the edge reads; the whole body is
 // stored as sent.
 type snapshot struct {
@@ -77,18 +112,23 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		problem.Write(w, problem.New(http.StatusInternalServerError, "internal_error", "no collector identity"))
 		return
 	}
-	// The body's declared length (MaxBody when not declared or larger:
-	// reqbody.Read refuses more) is reserved before it is read.
+	// A body whose declared length (MaxBody when not declared or larger:
+	// reqbody.Read refuses more) does not fit is refused unread. One that
+	// fits is charged as its bytes arrive, not as declared: a client that
+	// declares 512 KiB and sends nothing must not hold any of the bound
+	// (a few hundred such requests would hold it all, and every other
+	// collector's snapshots would be refused).
 	size := int64(MaxBody)
 	if r.ContentLength >= 0 && r.ContentLength < size {
 		size = r.ContentLength
 	}
-	if !h.reserve(size) {
-		w.Header().Set("Retry-After", "5")
-		problem.Write(w, problem.New(http.StatusServiceUnavailable, "busy", "too many snapshots are being stored; send this one again shortly"))
+	if h.inFlight.Load()+size > h.maxInFlight {
+		busy(w)
 		return
 	}
-	defer h.release(size)
+	charged := &charging{rc: r.Body, h: h, w: w}
+	defer func() { h.release(charged.held) }()
+	r.Body = charged
 	body, ok := reqbody.Read(w, r, MaxBody)
 	if !ok {
 		return

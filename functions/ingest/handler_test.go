@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -140,6 +141,63 @@ func TestInFlightBytesAreBounded(t *testing.T) {
 	if got := h.inFlight.Load(); got != 0 {
 		t.Errorf("in flight %d after every answer, want 0", got)
 	}
+}
+
+// A snapshot is charged to the in-flight bound as its bytes arrive: one
+// that declared its length and has sent nothing yet holds none of it, and
+// one whose bytes pass the bound while they are read is refused with 503
+// busy and gives back what it held.
+func TestInFlightBytesAreChargedAsTheyArrive(t *testing.T) {
+	now := time.Now()
+	body := crucibleSnapshot(now.Add(-time.Minute), "")
+	h := &handler{log: zap.NewNop(), now: func() time.Time { return now }, maxInFlight: int64(len(body)) + 100}
+	request := func(r io.Reader, declared int64) *http.Request {
+		req := httptest.NewRequest("POST", "/api/v1/ingest", r)
+		req.ContentLength = declared
+		req.Header.Set(identity.HeaderKind, identity.KindCollector)
+		req.Header.Set(identity.HeaderCustomer, "c")
+		req.Header.Set(identity.HeaderServer, "s")
+		return req
+	}
+	idle, feed := io.Pipe()
+	reading := make(chan struct{})
+	answered := make(chan *httptest.ResponseRecorder, 1)
+	go func() {
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, request(&firstRead{r: idle, reading: reading}, int64(len(body))))
+		answered <- w
+	}()
+	select {
+	case <-reading:
+	case w := <-answered:
+		t.Fatalf("an upload that sent nothing yet was answered: %d %s", w.Code, w.Body)
+	}
+	if got := h.inFlight.Load(); got != 0 {
+		t.Errorf("%d bytes in flight for an upload that sent nothing, want 0", got)
+	}
+	// Bytes of another request take the bound meanwhile: the upload's,
+	// once they come, do not fit.
+	h.inFlight.Add(200)
+	_, _ = feed.Write([]byte(body))
+	feed.Close()
+	if w := <-answered; w.Code != http.StatusServiceUnavailable || w.Header().Get("Retry-After") == "" || !strings.Contains(w.Body.String(), `"busy"`) {
+		t.Fatalf("a body past the bound: %d %q %s", w.Code, w.Header().Get("Retry-After"), w.Body)
+	}
+	if got := h.inFlight.Load(); got != 200 {
+		t.Errorf("in flight %d after the refusal, want the other request's 200", got)
+	}
+}
+
+// firstRead closes reading when its first Read begins.
+type firstRead struct {
+	r       io.Reader
+	reading chan struct{}
+	once    sync.Once
+}
+
+func (f *firstRead) Read(p []byte) (int, error) {
+	f.once.Do(func() { close(f.reading) })
+	return f.r.Read(p)
 }
 
 type readCounter struct {

@@ -43,9 +43,14 @@ func Read(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, bool) {
 	}
 	body, err := readAll(http.MaxBytesReader(w, r.Body, limit), r.ContentLength, limit)
 	var tooLarge *http.MaxBytesError
+	var refused *problem.Problem
 	switch {
 	case errors.As(err, &tooLarge):
 		problem.Write(w, problem.New(http.StatusRequestEntityTooLarge, "payload_too_large", fmt.Sprintf("the body may be at most %d bytes", limit)))
+		return nil, false
+	case errors.As(err, &refused):
+		// The caller's body reader refused it (a bound on bytes held).
+		problem.Write(w, refused)
 		return nil, false
 	case err != nil:
 		problem.Write(w, problem.New(http.StatusBadRequest, "invalid_request", "the body could not be read to its end"))
@@ -54,6 +59,9 @@ func Read(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, bool) {
 	return body, true
 }
 
+// preallocated bounds readAll's buffer before the bytes arrive.
+const preallocated = 64 << 10
+
 // readAll is io.ReadAll with the buffer sized from a declared length (one
 // read into place instead of a buffer grown from 512 bytes), trusting the
 // declaration no further than limit.
@@ -61,7 +69,9 @@ func readAll(r io.Reader, declared, limit int64) ([]byte, error) {
 	if declared <= 0 || declared > limit {
 		return io.ReadAll(r)
 	}
-	b := make([]byte, 0, declared+1) // +1: room to read EOF without growing
+	// +1: room to read EOF without growing. At most preallocated: memory
+	// for bytes declared but not sent (yet) is not taken in advance.
+	b := make([]byte, 0, min(declared+1, preallocated))
 	for {
 		n, err := r.Read(b[len(b):cap(b)])
 		b = b[:len(b)+n]

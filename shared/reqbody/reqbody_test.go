@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"testing/iotest"
+
+	"github.com/glassmkr/guardian/shared/problem"
 )
 
 type request struct {
@@ -114,5 +116,31 @@ func TestReadAllWhateverTheDeclaredLength(t *testing.T) {
 	})
 	if allocs > 1 {
 		t.Errorf("%.0f allocations for a body of its declared length, want 1", allocs)
+	}
+}
+
+// A body declared large takes no more memory before its bytes arrive
+// than preallocated, whatever the limit allows.
+func TestReadAllDoesNotTakeTheDeclaredLengthInAdvance(t *testing.T) {
+	got, err := readAll(strings.NewReader("{}"), 512<<10, 1<<20)
+	if err != nil || string(got) != "{}" {
+		t.Fatalf("%q %v", got, err)
+	}
+	if cap(got) > preallocated {
+		t.Errorf("%d bytes taken for a body of 2, declared 512 KiB; want at most %d", cap(got), preallocated)
+	}
+}
+
+// A problem the body's reader fails with (a bound on the bytes a caller
+// holds) is the answer, as it is.
+func TestABodyReadersProblemIsTheAnswer(t *testing.T) {
+	busy := problem.New(503, "busy", "try again shortly")
+	r := httptest.NewRequest("POST", "/", iotest.ErrReader(busy))
+	w := httptest.NewRecorder()
+	if _, ok := Read(w, r, 1<<10); ok {
+		t.Fatal("read a body whose reader failed")
+	}
+	if w.Code != 503 || !strings.Contains(w.Body.String(), `"busy"`) {
+		t.Fatalf("%d %s", w.Code, w.Body)
 	}
 }
