@@ -85,6 +85,13 @@ func TestStaleCredentialsServeThroughAnOutage(t *testing.T) {
 		}
 	}
 	cut.cut()
+	// Entries go stale only once the listener has lost its connection
+	// too (while it listens, no revocation can pass unheard).
+	for deadline := time.Now().Add(10 * time.Second); a.Listening(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the listener never noticed the cut")
+		}
+	}
 	a.now = func() time.Time { return time.Now().Add(time.Hour) } // every entry stale
 	for _, r := range []*http.Request{bearer("GET", "/", w.read), withCookie("GET", "/", w.token)} {
 		if got := do(t, h, r); got.status != http.StatusOK {
