@@ -51,9 +51,9 @@
 set -euo pipefail
 
 readonly ALL_SERVICES=(postgres redis clickhouse)
-# Functions with a PostgreSQL role of their own (guardian_app_<name>; the
-# grants are migrations' work, shared/migrate.FunctionRoles the same list).
-readonly PG_FUNCTIONS=(auth mfa oidc keys servers sessions audit ingest secretscan healthz audit_verify)
+# Functions and jobs with a PostgreSQL role of their own (guardian_app_<name>;
+# the grants are migrations' work, shared/migrate.FunctionRoles the same list).
+readonly PG_FUNCTIONS=(auth mfa oidc keys servers sessions audit ingest secretscan healthz audit_verify retention_sweep account_purge)
 readonly KNOWN_KEYS=(
 	PG_PORT REDIS_PORT CH_TCP_PORT CH_HTTP_PORT
 	GUARDIAN_PG_DSN GUARDIAN_PG_APP_DSN GUARDIAN_PG_OWNER_PASSWORD GUARDIAN_PG_APP_PASSWORD

@@ -21,9 +21,9 @@
 // identifier or bad signature (nothing revoked); 413 over 5 MiB; 503 when
 // GitHub's keys or the database cannot be reached.
 //
-// Grants: the runtime PostgreSQL role (UPDATE api_keys, INSERT
-// api_audit_log, SELECT users, revocation_notices) and the key pepper (it hashes the reported
-// tokens). Settings: GUARDIAN_GITHUB_KEYS_URL (default GitHub's),
+// Grants: its own PostgreSQL role (revoke_reported_keys, which revokes
+// and audits as the owner; SELECT users; the revocation_notices outbox)
+// and the key pepper (it hashes the reported tokens). Settings: GUARDIAN_GITHUB_KEYS_URL (default GitHub's),
 // GUARDIAN_SMTP_ADDR, GUARDIAN_SMTP_FROM, GUARDIAN_SMTP_USER,
 // GUARDIAN_SMTP_PASSWORD, GUARDIAN_SECURITY_WEBHOOKS (comma-separated
 // URLs told of every revocation; there is no per-customer webhook setting

@@ -22,7 +22,7 @@ const DefaultAppRole = "guardian_app"
 // before the migrations run (CREATE ROLE needs a privilege the owner role
 // does not have): deploy/stack/servers.sh creates them for the local
 // stack, docs/deployment.md says how in production.
-var FunctionRoles = []string{"auth", "mfa", "oidc", "keys", "servers", "sessions", "audit", "ingest", "secretscan", "healthz", "audit_verify"}
+var FunctionRoles = []string{"auth", "mfa", "oidc", "keys", "servers", "sessions", "audit", "ingest", "secretscan", "healthz", "audit_verify", "retention_sweep", "account_purge"}
 
 // FunctionRole is the role of function fn under the runtime role appRole.
 func FunctionRole(appRole, fn string) string { return appRole + "_" + fn }

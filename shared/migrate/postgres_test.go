@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -204,6 +205,13 @@ func TestConstraintsRefuseInconsistentKeys(t *testing.T) {
 	}
 }
 
+// Statements more than one role's case names.
+const (
+	insertAudit = "INSERT INTO api_audit_log (request_id, method, path, action, result, status_code) VALUES ('x', 'GET', '/', 'read', 'success', 200)"
+	// lockOpen is shared/account LockOpen's.
+	lockOpen = "SELECT deletion_requested_at IS NOT NULL FROM customers WHERE id = gen_random_uuid() FOR SHARE"
+)
+
 // TestEachFunctionRoleReachesOnlyItsTables connects as function roles and
 // checks a statement each needs and some it must not be able to run.
 func TestEachFunctionRoleReachesOnlyItsTables(t *testing.T) {
@@ -225,16 +233,43 @@ func TestEachFunctionRoleReachesOnlyItsTables(t *testing.T) {
 		denied  []string
 	}{
 		{"healthz", []string{"SELECT 1"}, []string{"SELECT count(*) FROM customers", "SELECT count(*) FROM api_keys", "SELECT count(*) FROM api_audit_log"}},
-		{"audit", []string{"SELECT count(*) FROM api_audit_log"}, []string{"SELECT count(*) FROM api_keys", "SELECT count(*) FROM users", "INSERT INTO api_audit_log (request_id, method, path, action, result, status_code) VALUES ('x', 'GET', '/', 'read', 'success', 200)", "SELECT audit_salt FROM customers", "SELECT id FROM customers"}},
-		{"audit_verify", []string{"SELECT count(*) FROM api_audit_log", "SELECT id, audit_salt FROM customers"}, []string{"SELECT name FROM customers", "SELECT count(*) FROM api_keys", "INSERT INTO api_audit_log (request_id, method, path, action, result, status_code) VALUES ('x', 'GET', '/', 'read', 'success', 200)", "UPDATE customers SET name = name"}},
+		{"audit", []string{"SELECT count(*) FROM api_audit_log"}, []string{"SELECT count(*) FROM api_keys", "SELECT count(*) FROM users", insertAudit, "SELECT audit_salt FROM customers", "SELECT id FROM customers"}},
+		{"audit_verify", []string{"SELECT count(*) FROM api_audit_log", "SELECT id, audit_salt FROM customers"}, []string{"SELECT name FROM customers", "SELECT count(*) FROM api_keys", insertAudit, "UPDATE customers SET name = name"}},
 		{"ingest", []string{"SELECT id, plan FROM customers"}, []string{"SELECT name FROM customers", "SELECT count(*) FROM api_keys", "UPDATE customers SET plan = 'pro'"}},
 		{"keys", []string{"SELECT count(*) FROM api_keys", "UPDATE api_keys SET revoked_at = revoked_at, revoked_reason = revoked_reason", "SELECT id FROM api_keys FOR UPDATE"}, []string{"SELECT count(*) FROM users", "SELECT count(*) FROM api_audit_log", "DELETE FROM api_keys", "SELECT count(*) FROM servers", "UPDATE api_keys SET scope = 'admin'", "UPDATE api_keys SET key_hash = key_hash"}},
-		{"sessions", []string{"SELECT count(*) FROM sessions", "UPDATE sessions SET revoked_at = revoked_at", "UPDATE customers SET delete_after = delete_after", "UPDATE api_keys SET revoked_reason = revoked_reason"}, []string{"SELECT password_hash FROM users", "DELETE FROM customers", "INSERT INTO sessions (user_id, customer_id, expires_at) SELECT id, customer_id, now() FROM users", "UPDATE customers SET plan = 'pro'", "UPDATE api_keys SET scope = 'admin'", "UPDATE sessions SET expires_at = expires_at"}},
+		{"sessions", []string{"SELECT count(*) FROM sessions", "UPDATE sessions SET revoked_at = revoked_at", "UPDATE customers SET delete_after = delete_after", "UPDATE api_keys SET revoked_reason = revoked_reason",
+			// functions/sessions: scheduling the account's deletion.
+			"UPDATE customers SET deletion_requested_at = now(), delete_after = now() + interval '1 hour' WHERE id = gen_random_uuid() AND deletion_requested_at IS NULL RETURNING delete_after",
+			"SELECT delete_after FROM customers WHERE id = gen_random_uuid()"},
+			[]string{"SELECT password_hash FROM users", "DELETE FROM customers", "INSERT INTO sessions (user_id, customer_id, expires_at) SELECT id, customer_id, now() FROM users", "UPDATE customers SET plan = 'pro'", "UPDATE api_keys SET scope = 'admin'", "UPDATE sessions SET expires_at = expires_at", "SELECT audit_salt FROM customers", "SELECT name, plan FROM customers"}},
 		{"mfa", []string{"SELECT count(*) FROM mfa_totp", "UPDATE users SET updated_at = updated_at", "UPDATE sessions SET revoked_at = revoked_at"}, []string{"UPDATE users SET password_hash = NULL", "UPDATE users SET role = 'admin'", "SELECT count(*) FROM api_keys", "UPDATE sessions SET user_id = user_id"}},
-		{"servers", []string{"SELECT count(*) FROM servers", "SELECT id FROM customers FOR SHARE", "UPDATE servers SET hostname = hostname", "SELECT id FROM servers FOR UPDATE"}, []string{"UPDATE customers SET plan = 'pro'", "SELECT count(*) FROM users", "SELECT count(*) FROM api_audit_log", "UPDATE servers SET customer_id = customer_id", "UPDATE api_keys SET scope = 'admin'", "UPDATE idempotency_keys SET customer_id = customer_id"}},
-		{"secretscan", []string{"SELECT count(*) FROM api_keys", "UPDATE api_keys SET revoked_at = revoked_at, revoked_reason = revoked_reason"}, []string{"SELECT count(*) FROM api_audit_log", "DELETE FROM api_keys", "SELECT count(*) FROM sessions", "UPDATE api_keys SET key_hash = key_hash", "UPDATE api_keys SET scope = 'admin'", "UPDATE api_keys SET customer_id = customer_id", "SELECT name FROM customers", "SELECT audit_salt FROM customers"}},
-		{"auth", []string{"SELECT count(*) FROM users", "UPDATE users SET password_hash = password_hash", "UPDATE sessions SET revoked_at = revoked_at"}, []string{"SELECT count(*) FROM api_keys", "DELETE FROM sessions", "SELECT count(*) FROM api_audit_log", "UPDATE users SET role = 'admin'", "UPDATE users SET customer_id = customer_id", "UPDATE mfa_totp SET secret_sealed = secret_sealed"}},
-		{"oidc", []string{"SELECT count(*) FROM customers", "UPDATE users SET google_subject = google_subject"}, []string{"SELECT count(*) FROM api_keys", "DELETE FROM users", "SELECT count(*) FROM api_audit_log", "UPDATE users SET password_hash = password_hash", "UPDATE users SET email = email"}},
+		{"servers", []string{"SELECT count(*) FROM servers", lockOpen, "UPDATE servers SET hostname = hostname", "SELECT id FROM servers FOR UPDATE"}, []string{"UPDATE customers SET plan = 'pro'", "SELECT count(*) FROM users", "SELECT count(*) FROM api_audit_log", "UPDATE servers SET customer_id = customer_id", "UPDATE api_keys SET scope = 'admin'", "UPDATE idempotency_keys SET customer_id = customer_id", "SELECT audit_salt FROM customers", "SELECT name, plan FROM customers"}},
+		// secretscan revokes through revoke_reported_keys only.
+		{"secretscan", []string{"SELECT count(*) FROM revoke_reported_keys(ARRAY[decode(repeat('ab', 32), 'hex')])"}, []string{"SELECT count(*) FROM api_keys", "UPDATE api_keys SET revoked_at = revoked_at, revoked_reason = revoked_reason", "UPDATE api_keys SET revoked_reason = 'x'", "SELECT count(*) FROM api_audit_log", "DELETE FROM api_keys", "SELECT count(*) FROM sessions", "UPDATE api_keys SET key_hash = key_hash", "UPDATE api_keys SET scope = 'admin'", "UPDATE api_keys SET customer_id = customer_id", "SELECT name FROM customers", "SELECT audit_salt FROM customers"}},
+		{"auth", []string{"SELECT count(*) FROM users", "UPDATE users SET password_hash = password_hash", "UPDATE sessions SET revoked_at = revoked_at", lockOpen,
+			// functions/auth: sign-in and re-auth.
+			"SELECT u.id, u.customer_id, coalesce(u.password_hash, ''), c.deletion_requested_at IS NOT NULL FROM users u JOIN customers c ON c.id = u.customer_id WHERE u.email = 'a@example.com'",
+			"SELECT coalesce(u.password_hash, ''), c.deletion_requested_at IS NOT NULL FROM users u JOIN customers c ON c.id = u.customer_id WHERE u.id = gen_random_uuid()"},
+			[]string{"SELECT count(*) FROM api_keys", "DELETE FROM sessions", "SELECT count(*) FROM api_audit_log", "UPDATE users SET role = 'admin'", "UPDATE users SET customer_id = customer_id", "UPDATE mfa_totp SET secret_sealed = secret_sealed", "SELECT audit_salt FROM customers", "SELECT name, plan FROM customers"}},
+		{"oidc", []string{"UPDATE users SET google_subject = google_subject", lockOpen,
+			// functions/oidc: finding the user, or signing a new customer up.
+			"SELECT u.id, u.customer_id, u.password_hash IS NOT NULL, c.deletion_requested_at IS NOT NULL FROM users u JOIN customers c ON c.id = u.customer_id WHERE u.google_subject = 'g'",
+			"SELECT u.id, u.customer_id, u.password_hash IS NOT NULL, c.deletion_requested_at IS NOT NULL, coalesce(u.google_subject, '') FROM users u JOIN customers c ON c.id = u.customer_id WHERE u.email = 'a@example.com' FOR UPDATE OF u",
+			"INSERT INTO customers (name, plan) VALUES ('New', 'free') RETURNING id"},
+			[]string{"SELECT count(*) FROM api_keys", "DELETE FROM users", "SELECT count(*) FROM api_audit_log", "UPDATE users SET password_hash = password_hash", "UPDATE users SET email = email", "SELECT audit_salt FROM customers", "SELECT name, plan FROM customers"}},
+		// The jobs' statements (functions/jobs/retention-sweep main.go,
+		// account-purge purge.go); neither may reach the audit salts, write
+		// the audit log or read what signs users in.
+		{"retention_sweep", []string{"SELECT id::text, plan FROM customers WHERE id = ANY(ARRAY[gen_random_uuid()])"}, []string{"SELECT audit_salt FROM customers", "SELECT name FROM customers", insertAudit, "SELECT count(*) FROM api_audit_log", "SELECT count(*) FROM users", "SELECT count(*) FROM api_keys", "UPDATE customers SET plan = 'pro'", "DELETE FROM customers"}},
+		{"account_purge", []string{
+			"SELECT count(*) FROM customers WHERE delete_after <= now()",
+			"SELECT id::text FROM customers WHERE delete_after <= now() ORDER BY delete_after, id LIMIT 10",
+			"DELETE FROM customers WHERE id = ANY(ARRAY[gen_random_uuid()]) AND delete_after <= now() RETURNING id::text",
+			"SELECT forget_deleted_customers('30 days')",
+			"DELETE FROM mfa_attempts WHERE window_start < now() - interval '1 day'",
+			"SELECT server_id::text, customer_id::text FROM deleted_servers ORDER BY deleted_at, server_id LIMIT 10",
+			"DELETE FROM deleted_servers WHERE server_id = ANY(ARRAY[gen_random_uuid()]) RETURNING server_id::text",
+		}, []string{"SELECT audit_salt FROM customers", "SELECT name FROM customers", insertAudit, "SELECT count(*) FROM api_audit_log", "SELECT password_hash FROM users", "SELECT count(*) FROM mfa_totp", "SELECT count(*) FROM api_keys", "UPDATE api_keys SET revoked_at = NULL", "UPDATE customers SET delete_after = NULL", "INSERT INTO customers (name) VALUES ('x')", "SELECT subject FROM mfa_attempts"}},
 	}
 	if len(cases) != len(migrate.FunctionRoles) {
 		t.Fatalf("%d cases for %d function roles", len(cases), len(migrate.FunctionRoles))
@@ -257,6 +292,88 @@ func TestEachFunctionRoleReachesOnlyItsTables(t *testing.T) {
 			t.Errorf("%s: member of %s: %v %v", c.fn, migrate.DefaultAppRole, member, err)
 		}
 	}
+}
+
+// TestARevocationCannotBeWithdrawnOrPostponed updates revoked_at as each
+// role that may write it, the owner included: setting it and moving it
+// earlier work (a rotation's grace window, then a revocation during it),
+// setting it back to NULL or later is refused.
+func TestARevocationCannotBeWithdrawnOrPostponed(t *testing.T) {
+	t.Parallel()
+	pg := testenv.Postgres(t)
+	ctx := context.Background()
+	customer := insertCustomerWithAudit(t, pg.App(t))
+	as := func(role string) *pgxpool.Pool {
+		if role == "owner" {
+			return pg.Owner
+		}
+		pool, err := pgxpool.New(ctx, pg.FunctionDSNs["GUARDIAN_PG_DSN_"+strings.ToUpper(role)])
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(pool.Close)
+		return pool
+	}
+	// newRow adds a row of table that nothing has revoked, as the owner.
+	newRow := func(table string) string {
+		t.Helper()
+		var id string
+		q := `INSERT INTO api_keys (customer_id, kind, scope, name, key_hash, last4) VALUES ($1, 'account', 'read', 'k', decode(md5(random()::text) || md5(random()::text), 'hex'), 'Ab12') RETURNING id`
+		if table == "sessions" {
+			q = `INSERT INTO sessions (user_id, customer_id, expires_at) SELECT id, customer_id, now() + interval '1 day' FROM users WHERE customer_id = $1 RETURNING id`
+		}
+		if err := pg.Owner.QueryRow(ctx, q, customer).Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	steps := []struct {
+		set     string
+		refused bool
+	}{
+		{"now() + interval '1 hour'", false},            // a rotation's grace window
+		{"revoked_at", false},                           // unchanged
+		{"revoked_at + interval '1 second'", true},      // postponed
+		{"now()", false},                                // revoked during the window
+		{"NULL", true},                                  // withdrawn
+		{"revoked_at + interval '1 microsecond'", true}, // postponed, once past
+		{"revoked_at - interval '1 second'", false},     // earlier still
+	}
+	for _, c := range []struct{ table, role string }{
+		{"api_keys", "keys"}, {"api_keys", "servers"}, {"api_keys", "sessions"}, {"api_keys", "owner"},
+		{"sessions", "auth"}, {"sessions", "mfa"}, {"sessions", "oidc"}, {"sessions", "sessions"}, {"sessions", "owner"},
+	} {
+		db, id := as(c.role), newRow(c.table)
+		for _, step := range steps {
+			stmt := "UPDATE " + c.table + " SET revoked_at = " + step.set + " WHERE id = $1"
+			if c.table == "api_keys" {
+				stmt = "UPDATE api_keys SET revoked_at = " + step.set + ", revoked_reason = 'revoked' WHERE id = $1"
+			}
+			var before, after *time.Time
+			if err := pg.Owner.QueryRow(ctx, "SELECT revoked_at FROM "+c.table+" WHERE id = $1", id).Scan(&before); err != nil {
+				t.Fatal(err)
+			}
+			_, err := db.Exec(ctx, stmt, id)
+			if err := pg.Owner.QueryRow(ctx, "SELECT revoked_at FROM "+c.table+" WHERE id = $1", id).Scan(&after); err != nil {
+				t.Fatal(err)
+			}
+			switch {
+			case step.refused && sqlState(err) != "42501":
+				t.Errorf("%s as %s: revoked_at = %s: got %v, want refused", c.table, c.role, step.set, err)
+			case step.refused && !equalTimes(before, after):
+				t.Errorf("%s as %s: revoked_at = %s: refused, yet changed from %v to %v", c.table, c.role, step.set, before, after)
+			case !step.refused && err != nil:
+				t.Errorf("%s as %s: revoked_at = %s: %v", c.table, c.role, step.set, err)
+			}
+		}
+	}
+}
+
+func equalTimes(a, b *time.Time) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.Equal(*b)
 }
 
 // The app role's name is set into the migrations' SQL, comments

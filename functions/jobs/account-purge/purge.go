@@ -26,7 +26,8 @@ const (
 // Purger removes the accounts whose deletion date has passed.
 type Purger struct {
 	// PG connects as a role with SELECT and DELETE on customers (the
-	// runtime role); the cascades run as the tables' owner.
+	// job's own, guardian_app_account_purge); the cascades run as the
+	// tables' owner.
 	PG *pgxpool.Pool
 	// CH and Database: the Guardian ClickHouse database.
 	CH       driver.Conn

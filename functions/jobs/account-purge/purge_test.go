@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/glassmkr/guardian/shared/job"
 	"github.com/glassmkr/guardian/shared/testenv"
@@ -35,6 +36,21 @@ func newFixture(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	return f
+}
+
+// roleDSN names the DSN of the job's own role (migration 0025) in
+// testenv's FunctionDSNs.
+const roleDSN = "GUARDIAN_PG_DSN_ACCOUNT_PURGE"
+
+// role is a pool connected as the job's own role, closed when t ends.
+func (f *fixture) role(t *testing.T) *pgxpool.Pool {
+	t.Helper()
+	pool, err := pgxpool.New(context.Background(), f.pg.FunctionDSNs[roleDSN])
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
 }
 
 var chTables = []string{"alert_history", "analyses", "notifications", "server_events", "snapshots"}
@@ -159,7 +175,7 @@ func equal(a, b map[string]int) bool {
 func (f *fixture) execute(t *testing.T, beforePG func([]string) error) (job.Result, map[string]any) {
 	t.Helper()
 	env := map[string]string{
-		"GUARDIAN_PG_APP_DSN":          f.pg.AppDSN, // the runtime role
+		"GUARDIAN_PG_APP_DSN":          f.pg.FunctionDSNs[roleDSN],
 		"GUARDIAN_CLICKHOUSE_ADDR":     f.ch.Addr,
 		"GUARDIAN_CLICKHOUSE_USER":     f.ch.User,
 		"GUARDIAN_CLICKHOUSE_PASSWORD": f.ch.Password,
@@ -178,7 +194,7 @@ func (f *fixture) execute(t *testing.T, beforePG func([]string) error) (job.Resu
 }
 
 // TestPurgeDeletesDueAccountsAndFinishesAfterACrash runs the job as
-// deployed (runtime role), stopped once between ClickHouse and
+// deployed (its own role), stopped once between ClickHouse and
 // PostgreSQL as a crash would stop it.
 func TestPurgeDeletesDueAccountsAndFinishesAfterACrash(t *testing.T) {
 	t.Parallel()
@@ -252,7 +268,7 @@ func TestPurgeWaitsForPendingDeletions(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = f.ch.Conn.Exec(context.Background(), "SYSTEM START MERGES "+table) })
 	doomed := f.customer(t, in(-48*time.Hour))
-	p := &Purger{PG: f.pg.App(t), CH: f.ch.Conn, Database: f.ch.Database, MaxAccounts: 10, Wait: 300 * time.Millisecond, Poll: 50 * time.Millisecond, OverdueAfter: DefaultOverdueAfter}
+	p := &Purger{PG: f.role(t), CH: f.ch.Conn, Database: f.ch.Database, MaxAccounts: 10, Wait: 300 * time.Millisecond, Poll: 50 * time.Millisecond, OverdueAfter: DefaultOverdueAfter}
 
 	res, err := p.Run(ctx, time.Now())
 	if !errors.Is(err, job.ErrRed) || res.Overdue != 1 || !slices.Equal(res.Waiting, []string{doomed.ID}) || len(res.Purged) != 0 || res.MutationsIssued != len(chTables) {
@@ -294,7 +310,7 @@ func TestPurgeIntoADatabaseWithoutTablesPurgesNothing(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
 	doomed := f.customer(t, in(-48*time.Hour))
-	p := &Purger{PG: f.pg.App(t), CH: f.ch.Conn, Database: "system", MaxAccounts: 10, Wait: time.Second, Poll: 50 * time.Millisecond}
+	p := &Purger{PG: f.role(t), CH: f.ch.Conn, Database: "system", MaxAccounts: 10, Wait: time.Second, Poll: 50 * time.Millisecond}
 	res, err := p.Run(context.Background(), time.Now())
 	if err == nil || !strings.Contains(err.Error(), "no MergeTree table") || len(res.Purged) != 0 {
 		t.Fatalf("run against a database without tables: %+v, %v", res, err)
@@ -314,7 +330,7 @@ func TestPurgeBoundsEachRun(t *testing.T) {
 	for i := range 3 {
 		ids = append(ids, f.customer(t, in(-time.Duration(3-i)*time.Hour)).ID)
 	}
-	p := &Purger{PG: f.pg.App(t), CH: f.ch.Conn, Database: f.ch.Database, MaxAccounts: 2, Wait: 30 * time.Second, Poll: 50 * time.Millisecond}
+	p := &Purger{PG: f.role(t), CH: f.ch.Conn, Database: f.ch.Database, MaxAccounts: 2, Wait: 30 * time.Second, Poll: 50 * time.Millisecond}
 	ctx := context.Background()
 	res, err := p.Run(ctx, time.Now())
 	if err != nil || res.Due != 3 || res.Remaining != 1 || !slices.Equal(res.Purged, sorted(ids[:2])) || res.MutationsIssued != len(chTables) {
@@ -454,7 +470,7 @@ func TestPurgeForgetsOldSecondFactorAttemptCounters(t *testing.T) {
 		('ip', '192.0.2.8', $2, 1)`, now.Add(-AttemptsKeptFor-time.Minute), now.Add(-time.Minute)); err != nil {
 		t.Fatal(err)
 	}
-	p := &Purger{PG: f.pg.App(t), CH: f.ch.Conn, Database: f.ch.Database, MaxAccounts: 10, Wait: time.Second, Poll: 50 * time.Millisecond}
+	p := &Purger{PG: f.role(t), CH: f.ch.Conn, Database: f.ch.Database, MaxAccounts: 10, Wait: time.Second, Poll: 50 * time.Millisecond}
 	res, err := p.Run(ctx, now)
 	if err != nil || res.MFAAttemptsForgotten != 2 {
 		t.Fatalf("run: %+v, %v; want 2 counters forgotten", res, err)

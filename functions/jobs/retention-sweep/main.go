@@ -45,7 +45,7 @@
 //
 // Environment (see shared/job for the lock, metrics and alert settings):
 //
-//	GUARDIAN_PG_APP_DSN               runtime role; only SELECT on customers is used
+//	GUARDIAN_PG_APP_DSN               its own role, guardian_app_retention_sweep (SELECT of customers' id and plan)
 //	GUARDIAN_CLICKHOUSE_ADDR, _USER, _PASSWORD, _DATABASE   a user allowed ALTER … DELETE and DROP PARTITION
 //	GUARDIAN_RETENTION_MAX_DROPS      partitions dropped per run (default 100)
 //	GUARDIAN_RETENTION_MAX_MUTATIONS  DELETE mutations issued per run (default 4)

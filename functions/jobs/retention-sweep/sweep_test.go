@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/glassmkr/guardian/shared/job"
 	"github.com/glassmkr/guardian/shared/testenv"
 )
@@ -23,19 +25,30 @@ const day = 24 * time.Hour
 // fixture is a test's own PostgreSQL and ClickHouse databases with
 // customers on each plan.
 type fixture struct {
-	pg  *testenv.PG
-	ch  *testenv.CH
-	now time.Time
+	pg *testenv.PG
+	// plans reads plans as the job's own role (migration 0025).
+	plans pgPlans
+	ch    *testenv.CH
+	now   time.Time
 	// free and pro are on their plans since their first snapshot; down
 	// moved from Pro to Free (its snapshots say 90 days), up from Free to
 	// Pro (its snapshots say 7); ghost is unknown to PostgreSQL.
 	free, pro, down, up, ghost string
 }
 
+// roleDSN names the DSN of the job's own role in testenv's FunctionDSNs.
+const roleDSN = "GUARDIAN_PG_DSN_RETENTION_SWEEP"
+
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	f := &fixture{pg: testenv.Postgres(t), ch: testenv.ClickHouse(t), now: time.Now().Truncate(time.Second)}
 	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, f.pg.FunctionDSNs[roleDSN])
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	f.plans = pgPlans{pool}
 	f.free = testenv.NewCustomer(t, f.pg.Owner, nil, nil).ID
 	f.pro = testenv.NewCustomer(t, f.pg.Owner, nil, nil).ID
 	f.down = testenv.NewCustomer(t, f.pg.Owner, nil, nil).ID
@@ -49,7 +62,7 @@ func newFixture(t *testing.T) *fixture {
 
 func (f *fixture) sweeper(maxDrops, maxMutations int) *Sweeper {
 	return &Sweeper{
-		CH: f.ch.Conn, Database: f.ch.Database, Plans: pgPlans{f.pg.Owner},
+		CH: f.ch.Conn, Database: f.ch.Database, Plans: f.plans,
 		Rules: Rules, PlanDays: PlanDays,
 		MaxDrops: maxDrops, MaxMutations: maxMutations,
 		MaxPlanCustomers: DefaultMaxPlanCustomers, StuckAfter: DefaultStuckAfter,
@@ -349,7 +362,7 @@ func TestJobPrintsCountsInItsResultLine(t *testing.T) {
 	f := newFixture(t)
 	f.seed(t)
 	env := map[string]string{
-		"GUARDIAN_PG_APP_DSN":          f.pg.AppDSN, // the runtime role suffices
+		"GUARDIAN_PG_APP_DSN":          f.pg.FunctionDSNs[roleDSN],
 		"GUARDIAN_CLICKHOUSE_ADDR":     f.ch.Addr,
 		"GUARDIAN_CLICKHOUSE_USER":     f.ch.User,
 		"GUARDIAN_CLICKHOUSE_PASSWORD": f.ch.Password,
@@ -467,7 +480,7 @@ func TestSweepWithoutPlansStillAppliesStoredRetention(t *testing.T) {
 	if got := f.labels(t, "alert_history", "alert_id"); !slices.Equal(got, sorted(wantAlerts)) {
 		t.Errorf("alert_history left: %v", got)
 	}
-	s.Plans = pgPlans{f.pg.Owner}
+	s.Plans = f.plans
 	if _, err := s.Run(ctx, f.now); err != nil {
 		t.Fatal(err)
 	}
