@@ -10,6 +10,7 @@ import (
 var metrics = struct {
 	rows         *prometheus.CounterVec
 	replayed     prometheus.Counter
+	replayErrors prometheus.Counter
 	spoolCorrupt prometheus.Counter
 	spoolBytes   prometheus.Gauge
 	spoolFull    prometheus.Gauge
@@ -24,6 +25,10 @@ var metrics = struct {
 	replayed: prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: "guardian", Subsystem: "audit", Name: "replayed_rows_total",
 		Help: "Spooled audit rows replayed into PostgreSQL.",
+	}),
+	replayErrors: prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "guardian", Subsystem: "audit", Name: "replay_errors_total",
+		Help: "Replays of the spool that failed although PostgreSQL answered (a grant lost, a row refused, a segment unreadable); each is retried, and the spool grows meanwhile (alert on any).",
 	}),
 	spoolCorrupt: prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: "guardian", Subsystem: "audit", Name: "spool_corrupt_rows_total",
@@ -53,5 +58,5 @@ var metrics = struct {
 }
 
 func registerMetrics(reg prometheus.Registerer) error {
-	return guardian.RegisterCollectors(reg, metrics.rows, metrics.replayed, metrics.spoolCorrupt, metrics.spoolBytes, metrics.spoolFull, metrics.writeErrors, metrics.displaced, metrics.batchSize)
+	return guardian.RegisterCollectors(reg, metrics.rows, metrics.replayed, metrics.replayErrors, metrics.spoolCorrupt, metrics.spoolBytes, metrics.spoolFull, metrics.writeErrors, metrics.displaced, metrics.batchSize)
 }

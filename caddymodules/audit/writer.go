@@ -10,6 +10,8 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -63,9 +65,10 @@ type Writer struct {
 	coming      *coming
 	log         *zap.Logger
 
-	full         atomic.Bool
-	lastWarn     atomic.Int64
-	lastSaltWarn atomic.Int64
+	full           atomic.Bool
+	lastWarn       atomic.Int64
+	lastSaltWarn   atomic.Int64
+	lastReplayWarn atomic.Int64
 
 	closing sync.RWMutex // held to read while queueing, to write by Close
 	closed  bool
@@ -476,13 +479,20 @@ func (w *Writer) persist(c *chain, rows []*audit.Row) error {
 
 // warnIfGrowing logs, at most once a minute, how large the spool is.
 func (w *Writer) warnIfGrowing() {
-	now := time.Now().UnixNano()
-	last := w.lastWarn.Load()
-	if now-last < int64(time.Minute) || !w.lastWarn.CompareAndSwap(last, now) {
+	if !due(&w.lastWarn) {
 		return
 	}
 	w.log.Warn("audit spool is growing while PostgreSQL is away",
 		zap.Int64("bytes", w.spool.size()), zap.Int64("limit_bytes", w.spool.maxBytes))
+}
+
+// due reports whether a minute has passed since *last, and if so makes
+// now the last time: a warning that would repeat with every batch or tick
+// is said once a minute.
+func due(last *atomic.Int64) bool {
+	now := time.Now().UnixNano()
+	l := last.Load()
+	return now-l >= int64(time.Minute) && last.CompareAndSwap(l, now)
 }
 
 // replay moves spooled rows to PostgreSQL, oldest segment first, then
@@ -500,10 +510,44 @@ func (w *Writer) replay(ctx context.Context) {
 		if !w.spool.isSpooling() {
 			continue
 		}
-		if err := w.replayOnce(ctx); err != nil {
-			continue // still away; the next tick tries again
+		// The next tick tries again, whatever failed.
+		if err := w.replayOnce(ctx); err != nil && ctx.Err() == nil && !errors.Is(err, errAway) {
+			w.replayFailed(err)
 		}
 	}
+}
+
+// errAway marks a replay that failed because PostgreSQL cannot be
+// reached: expected while it is away, and said when spooling began.
+var errAway = errors.New("audit: PostgreSQL cannot be reached")
+
+// replayFailed counts a replay that failed although PostgreSQL answers (a
+// grant lost, a row it refuses, a spool segment that cannot be read or
+// removed), and logs it once a minute. Such a failure recurs at every
+// tick until someone fixes it, while the spool fills, and once it is
+// full every audited request is refused.
+func (w *Writer) replayFailed(err error) {
+	metrics.replayErrors.Inc()
+	if !due(&w.lastReplayWarn) {
+		return
+	}
+	w.log.Error("audit spool cannot be replayed into PostgreSQL although it answers; retrying, and requests are refused once the spool is full",
+		zap.Error(err), zap.Int64("spool_bytes", w.spool.size()), zap.Int64("limit_bytes", w.spool.maxBytes))
+}
+
+// unreachable reports whether err, from PostgreSQL, means it cannot be
+// reached (the connection failed or was lost, or the server is shutting
+// down or starting up), rather than an answer.
+func unreachable(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return strings.HasPrefix(pgErr.Code, "08") || strings.HasPrefix(pgErr.Code, "57P")
+	}
+	// Not net.Error: a deadline passed and a file error satisfy it too.
+	var opErr *net.OpError
+	var connErr *pgconn.ConnectError
+	return errors.As(err, &connErr) || errors.As(err, &opErr) || errors.Is(err, net.ErrClosed) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
 }
 
 func (w *Writer) replayOnce(ctx context.Context) error {
@@ -511,7 +555,7 @@ func (w *Writer) replayOnce(ctx context.Context) error {
 	err := w.db.Ping(pctx)
 	cancel()
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: %w", errAway, err)
 	}
 	for {
 		if err := w.spool.seal(); err != nil {
@@ -527,8 +571,11 @@ func (w *Writer) replayOnce(ctx context.Context) error {
 				ictx, cancel := context.WithTimeout(ctx, 10*time.Second)
 				defer cancel()
 				moved, err := insertIgnoringDuplicates(ictx, w.db, rows)
+				if err != nil && unreachable(err) {
+					return fmt.Errorf("%w: %w", errAway, err)
+				}
 				if err != nil {
-					return err
+					return fmt.Errorf("audit spool replay: %w", err)
 				}
 				w.logDisplaced(moved)
 				w.askRestart(moved.Writers)

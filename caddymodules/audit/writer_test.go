@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -13,10 +15,12 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	promtestutil "github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap"
@@ -1149,4 +1153,105 @@ func countWhere(t *testing.T, db *pgxpool.Pool, where string, args ...any) int64
 		t.Fatal(err)
 	}
 	return n
+}
+
+// observedWriter is a writer with one chain whose errors t can read.
+func observedWriter(t *testing.T, dsn string) (*Writer, *observer.ObservedLogs) {
+	t.Helper()
+	core, logs := observer.New(zapcore.ErrorLevel)
+	w, err := NewWriter(WriterConfig{DSN: dsn, SpoolDir: filepath.Join(t.TempDir(), "spool"), Chains: 1, Log: zap.New(core)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = w.Close() })
+	return w, logs
+}
+
+// spoolRow puts row in w's spool at the chain's next place, as while
+// PostgreSQL was away.
+func spoolRow(t *testing.T, w *Writer, row *audit.Row) {
+	t.Helper()
+	w.chains[0].link(row)
+	w.spool.startSpooling()
+	if err := w.spool.append([]*audit.Row{row}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestAReplayFailingWhilePostgresAnswersIsCountedAndLogged: a replay that
+// fails for a reason of its own (here a spooled row the table refuses;
+// equally a grant lost or a segment unreadable) fails again at every
+// tick while the spool fills. Each failure is counted, and the error is
+// logged once a minute, not at every tick.
+//
+// Not parallel: it counts replay_errors_total, a process-wide counter.
+func TestAReplayFailingWhilePostgresAnswersIsCountedAndLogged(t *testing.T) {
+	pg := testenv.Postgres(t)
+	w, logs := observedWriter(t, pg.AppDSN)
+	before := promtestutil.ToFloat64(metrics.replayErrors)
+	refused := testRow(1)
+	refused.Action = "erase" // Record refuses it; the table would too
+	spoolRow(t, w, refused)
+	said := func() int { return logs.FilterMessageSnippet("cannot be replayed").Len() }
+	deadline := time.Now().Add(10 * time.Second)
+	for promtestutil.ToFloat64(metrics.replayErrors)-before < 3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%v failed replays counted, want 3 or more (logged %d)", promtestutil.ToFloat64(metrics.replayErrors)-before, said())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := said(); n != 1 {
+		t.Fatalf("three failed replays logged %d times, want once", n)
+	}
+	if e := logs.FilterMessageSnippet("cannot be replayed").All()[0].ContextMap()["error"]; !strings.Contains(fmt.Sprint(e), "action") {
+		t.Fatalf("the log does not say what failed: %v", e)
+	}
+	// A minute on, it is said again.
+	w.lastReplayWarn.Store(time.Now().Add(-time.Minute).UnixNano())
+	for said() < 2 {
+		if time.Now().After(deadline.Add(10 * time.Second)) {
+			t.Fatal("a failure that lasts is not logged again a minute later")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestAReplayWhilePostgresIsAwayIsNotAnError: waiting for PostgreSQL is
+// what the spool is for, and was said when spooling began.
+//
+// Not parallel: it counts replay_errors_total, a process-wide counter.
+func TestAReplayWhilePostgresIsAwayIsNotAnError(t *testing.T) {
+	w, logs := observedWriter(t, "postgres://guardian@127.0.0.1:1/guardian?connect_timeout=1")
+	before := promtestutil.ToFloat64(metrics.replayErrors)
+	spoolRow(t, w, testRow(1))
+	time.Sleep(2 * time.Second) // four ticks
+	if n := promtestutil.ToFloat64(metrics.replayErrors) - before; n != 0 || logs.Len() != 0 {
+		t.Fatalf("%v replay errors counted, logged %v", n, logs.All())
+	}
+	if w.spool.empty() {
+		t.Fatal("the spooled row went somewhere")
+	}
+}
+
+func TestUnreachableTellsAnAbsentPostgresFromAnAnswer(t *testing.T) {
+	for name, c := range map[string]struct {
+		err  error
+		want bool
+	}{
+		"connection refused":              {fmt.Errorf("copy: %w", &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}), true},
+		"no connection to be had":         {&pgconn.ConnectError{}, true},
+		"connection closed mid-answer":    {fmt.Errorf("receive: %w", io.ErrUnexpectedEOF), true},
+		"server shutting down":            {&pgconn.PgError{Code: "57P01"}, true},
+		"server starting up":              {&pgconn.PgError{Code: "57P03"}, true},
+		"connection failure":              {&pgconn.PgError{Code: "08006"}, true},
+		"a row the table refuses":         {fmt.Errorf("insert: %w", &pgconn.PgError{Code: "23514"}), false},
+		"a grant lost":                    {&pgconn.PgError{Code: "42501"}, false},
+		"a statement that took too long":  {&pgconn.PgError{Code: "57014"}, false},
+		"the replay's own time limit hit": {context.DeadlineExceeded, false},
+		"a spool file it cannot read":     {&os.PathError{Op: "open", Path: "spool/000001", Err: syscall.EACCES}, false},
+	} {
+		if got := unreachable(c.err); got != c.want {
+			t.Errorf("%s: unreachable %v, want %v", name, got, c.want)
+		}
+	}
 }

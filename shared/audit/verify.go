@@ -26,6 +26,8 @@ type Break struct {
 	// or "displaced" (the writer found WriterSeq held by a row it did not
 	// write, and stored its own as the chain DisplacedID; RowID is 0).
 	Reason string
+	// Hash is, for "rewritten", the row hash found at the kept head.
+	Hash []byte
 }
 
 func (b Break) String() string {
@@ -34,6 +36,9 @@ func (b Break) String() string {
 	}
 	if b.RowID == 0 {
 		return fmt.Sprintf("writer %s: rows from seq %d on are missing: %s", b.WriterID, b.WriterSeq, b.Reason)
+	}
+	if b.Reason == "rewritten" {
+		return fmt.Sprintf("writer %s: row id %d (seq %d): rewritten (row hash now %x)", b.WriterID, b.RowID, b.WriterSeq, b.Hash)
 	}
 	return fmt.Sprintf("writer %s: row id %d (seq %d): %s", b.WriterID, b.RowID, b.WriterSeq, b.Reason)
 }
@@ -54,15 +59,55 @@ type Heads map[string]Head
 type Report struct {
 	Writers int
 	Rows    int64
-	Breaks  []Break // at most one per writer: its first
+	Breaks  []Break // at most one per writer: its first not accepted
+	// Accepted are the breaks found that an operator accepted (Accepted);
+	// the walk went on past each.
+	Accepted []Break
 	// Unchained counts rows written before chaining existed.
 	Unchained int64
-	// Heads are the chains' newest rows that held, for the next run.
+	// Heads are, per chain, the newest row the walk reached while the
+	// chain held; NextHeads makes of them what the next run is held to.
 	Heads Heads
 }
 
-// OK reports whether every chain held.
+// OK reports whether every chain held, but for accepted breaks.
 func (r Report) OK() bool { return len(r.Breaks) == 0 }
+
+// NextHeads is what the next run should hold the chains to, given the
+// heads kept that this run was held to. A chain that held gets its head.
+// A broken chain's head never moves past its break, or the break would be
+// forgotten (a rewritten or truncated chain would match its new head next
+// time): it keeps its kept head, or moves up to its last row before the
+// break if that lies beyond the kept one (the walk checked those rows
+// against it). So one break does not leave every other chain, and every
+// chain written after it, without a head.
+func (r Report) NextHeads(kept Heads) Heads {
+	next := make(Heads, len(r.Heads))
+	for w, h := range r.Heads {
+		next[w] = h
+	}
+	for _, b := range r.Breaks {
+		w := b.WriterID
+		delete(next, w)
+		k, hasKept := kept[w]
+		if h, ok := r.Heads[w]; ok && h.Seq < b.WriterSeq && (!hasKept || k.Seq <= h.Seq) {
+			next[w] = h
+		} else if hasKept {
+			next[w] = k
+		}
+	}
+	return next
+}
+
+// add reports b, or lists it as accepted; it reports whether it was.
+func (r *Report) add(b Break, accepted Accepted) bool {
+	if accepted.Has(b) {
+		r.Accepted = append(r.Accepted, b)
+		return true
+	}
+	r.Breaks = append(r.Breaks, b)
+	return false
+}
 
 // Querier is what Verify needs from a connection or pool.
 type Querier interface {
@@ -137,6 +182,14 @@ func VerifyAgainst(ctx context.Context, db Querier, kept Heads) (Report, error) 
 // VerifyWith is VerifyAgainst with the customers read already, as of the
 // moment db sees (CustomersAsOf).
 func VerifyWith(ctx context.Context, db Querier, customers Customers, kept Heads) (Report, error) {
+	return VerifyAccepting(ctx, db, customers, kept, nil)
+}
+
+// VerifyAccepting is VerifyWith that passes over the breaks an operator
+// accepted (nil: none). An accepted break is listed in Report.Accepted,
+// and the walk goes on past it, taking the row as stored, so a later
+// break of the same chain is still reported.
+func VerifyAccepting(ctx context.Context, db Querier, customers Customers, kept Heads, accepted Accepted) (Report, error) {
 	rep := Report{Heads: Heads{}}
 	rows, err := db.Query(ctx, verifyQuery)
 	if err != nil {
@@ -153,9 +206,9 @@ func VerifyWith(ctx context.Context, db Querier, customers Customers, kept Heads
 		status int16
 		meta   string
 	)
-	// first is, per writer, the first of its positions a row of its own
-	// was displaced from (DisplacedID).
-	first := map[string]int64{}
+	// displacedAt is, per writer, the positions rows of its own were
+	// displaced from (DisplacedID).
+	displacedAt := map[string][]int64{}
 	// finish closes a writer's walk: its head, and whether it still
 	// reaches the head kept for it.
 	finish := func() {
@@ -166,8 +219,21 @@ func VerifyWith(ctx context.Context, db Querier, customers Customers, kept Heads
 			rep.Heads[writer] = Head{Seq: seq, Hash: prev}
 		}
 		if k, ok := kept[writer]; ok && !broken && seq < k.Seq {
-			rep.Breaks = append(rep.Breaks, Break{WriterID: writer, WriterSeq: seq + 1, Reason: "truncated"})
+			rep.add(Break{WriterID: writer, WriterSeq: seq + 1, Reason: "truncated"}, accepted)
 		}
+	}
+	// pass reports a break of the current row for reason, unless it is
+	// accepted; it reports whether the walk goes on with the row.
+	pass := func(reason string) bool {
+		b := Break{WriterID: writer, WriterSeq: r.WriterSeq, RowID: id, Reason: reason}
+		if reason == "rewritten" {
+			b.Hash = bytes.Clone(r.RowHash)
+		}
+		if rep.add(b, accepted) {
+			return true
+		}
+		broken = true
+		return false
 	}
 	for rows.Next() {
 		if err := rows.Scan(&id, &r.KeyID, &r.UserID, &r.OccurredAt, &r.SourceIP, &r.UserAgent, &r.RequestID, &r.Method, &r.Path,
@@ -183,41 +249,31 @@ func VerifyWith(ctx context.Context, db Querier, customers Customers, kept Heads
 			finish()
 			writer, prev, seq, broken = r.WriterID, nil, 0, false
 			rep.Writers++
-			if from, at, ok := ParseDisplaced(writer); ok && (first[from] == 0 || at < first[from]) {
-				first[from] = at
+			if from, at, ok := ParseDisplaced(writer); ok {
+				displacedAt[from] = append(displacedAt[from], at)
 			}
 		}
 		if broken {
 			continue
 		}
 		r.StatusCode = int(status)
-		fail := func(reason string) {
-			rep.Breaks = append(rep.Breaks, Break{WriterID: writer, WriterSeq: r.WriterSeq, RowID: id, Reason: reason})
-			broken = true
-		}
+		// Past an accepted break, the row's remaining checks still apply
+		// (but its link, after an accepted gap: rows before it are gone).
 		if r.WriterSeq != seq+1 {
-			fail("gap")
-			continue
-		}
-		if !bytes.Equal(r.PrevHash, prev) {
-			fail("link")
-			continue
-		}
-		if r.Metadata, err = CanonicalText(meta); err != nil {
-			fail("content")
+			if !pass("gap") {
+				continue
+			}
+		} else if !bytes.Equal(r.PrevHash, prev) && !pass("link") {
 			continue
 		}
 		stored := r.RowHash
-		if !bytes.Equal(Hash(&r), stored) {
-			fail("content")
+		if r.Metadata, err = CanonicalText(meta); (err != nil || !bytes.Equal(Hash(&r), stored)) && !pass("content") {
 			continue
 		}
-		if k, ok := kept[writer]; ok && k.Seq == r.WriterSeq && !bytes.Equal(k.Hash, stored) {
-			fail("rewritten")
+		if k, ok := kept[writer]; ok && k.Seq == r.WriterSeq && !bytes.Equal(k.Hash, stored) && !pass("rewritten") {
 			continue
 		}
-		if customers.moved(&r) {
-			fail("customer")
+		if customers.moved(&r) && !pass("customer") {
 			continue
 		}
 		prev, seq = stored, r.WriterSeq
@@ -236,25 +292,9 @@ func VerifyWith(ctx context.Context, db Querier, customers Customers, kept Heads
 	}
 	sort.Strings(gone)
 	for _, w := range gone {
-		rep.Breaks = append(rep.Breaks, Break{WriterID: w, WriterSeq: 1, Reason: "truncated"})
+		rep.add(Break{WriterID: w, WriterSeq: 1, Reason: "truncated"}, accepted)
 	}
-	// Rows stored apart because their place was taken: a break of the
-	// chain they were meant for, however well the foreign row links.
-	var displaced []string
-	for w := range first {
-		displaced = append(displaced, w)
-	}
-	sort.Strings(displaced)
-	for _, w := range displaced {
-		b := Break{WriterID: w, WriterSeq: first[w], Reason: "displaced"}
-		i := slices.IndexFunc(rep.Breaks, func(x Break) bool { return x.WriterID == w })
-		switch {
-		case i < 0:
-			rep.Breaks = append(rep.Breaks, b)
-		case rep.Breaks[i].WriterSeq > b.WriterSeq: // the first break is the one reported
-			rep.Breaks[i] = b
-		}
-	}
+	rep.addDisplaced(displacedAt, accepted)
 	rest, err := db.Query(ctx, "SELECT count(*) FROM api_audit_log WHERE writer_id IS NULL")
 	if err != nil {
 		return rep, fmt.Errorf("audit verify: %w", err)
@@ -320,6 +360,37 @@ func (c Customers) moved(r *Row) bool {
 		return c.live[string(r.CustomerDigest)]
 	}
 	return !bytes.Equal(r.CustomerDigest, d)
+}
+
+// addDisplaced reports rows stored apart because their place was taken:
+// a break of the chain they were meant for, however well the foreign row
+// links. A chain's first such position that is not accepted is reported,
+// unless its chain already broke before it.
+func (r *Report) addDisplaced(at map[string][]int64, accepted Accepted) {
+	writers := make([]string, 0, len(at))
+	for w := range at {
+		writers = append(writers, w)
+	}
+	sort.Strings(writers)
+	for _, w := range writers {
+		seqs := at[w]
+		slices.Sort(seqs)
+		for _, seq := range slices.Compact(seqs) {
+			b := Break{WriterID: w, WriterSeq: seq, Reason: "displaced"}
+			if accepted.Has(b) {
+				r.Accepted = append(r.Accepted, b)
+				continue
+			}
+			i := slices.IndexFunc(r.Breaks, func(x Break) bool { return x.WriterID == w })
+			switch {
+			case i < 0:
+				r.Breaks = append(r.Breaks, b)
+			case r.Breaks[i].WriterSeq > b.WriterSeq: // the first break is the one reported
+				r.Breaks[i] = b
+			}
+			break
+		}
+	}
 }
 
 func brokenWriter(breaks []Break, writer string) bool {

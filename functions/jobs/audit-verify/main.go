@@ -7,10 +7,18 @@
 //
 // The chain's hash needs no secret, so on its own it cannot tell rows
 // removed from a chain's end, or a chain edited and re-hashed from some
-// row on. With GUARDIAN_AUDIT_HEADS_FILE set, each clean run keeps every
+// row on. With GUARDIAN_AUDIT_HEADS_FILE set, each run keeps every
 // chain's newest row (sequence and hash) in that file, outside the
 // database, and the next run holds the chains to it: rows older than the
-// last clean run can then be neither removed nor recomputed unseen.
+// last run can then be neither removed nor recomputed unseen. A broken
+// chain's head never moves past its break; the other chains' heads still
+// move on, so one break leaves no chain unwatched.
+//
+// The log is append-only, so a break stays for good. Once investigated,
+// it can be accepted: GUARDIAN_AUDIT_ACCEPTED_BREAKS names a file that
+// lists such breaks (audit.ParseAccepted; a red run prints its breaks in
+// that form as "break_entries"). An accepted break no longer makes a run
+// red, and the walk goes on past it; any other break still does.
 //
 // It needs only SELECT on api_audit_log and on customers' ids and audit
 // salts, which its own role (guardian_app_audit_verify, migration 0022)
@@ -38,6 +46,9 @@ import (
 // envHeadsFile names the file the chains' heads are kept in between runs.
 const envHeadsFile = "GUARDIAN_AUDIT_HEADS_FILE"
 
+// envAcceptedFile names the operator's list of accepted breaks.
+const envAcceptedFile = "GUARDIAN_AUDIT_ACCEPTED_BREAKS"
+
 func main() { job.Main(spec()) }
 
 func spec() job.Spec {
@@ -56,6 +67,10 @@ func run(ctx context.Context, env *config.Loader, r *job.Report) error {
 		if kept, err = loadHeads(headsPath); err != nil {
 			return err
 		}
+	}
+	accepted, err := loadAccepted(env.Optional(envAcceptedFile, ""))
+	if err != nil {
+		return err
 	}
 	// Two connections: the walk's snapshot, and a moment's transaction in
 	// the same snapshot that reads the customers and ends, so the walk
@@ -78,37 +93,71 @@ func run(ctx context.Context, env *config.Loader, r *job.Report) error {
 	if err != nil {
 		return err
 	}
-	rep, err := audit.VerifyWith(ctx, tx, customers, kept)
+	rep, err := audit.VerifyAccepting(ctx, tx, customers, kept, accepted)
 	if err != nil {
 		return err
 	}
 	_ = tx.Rollback(context.Background())
-	breaks := make([]string, len(rep.Breaks))
-	for i, b := range rep.Breaks {
-		breaks[i] = b.String()
-	}
+	breaks, entries := describe(rep.Breaks)
+	acceptedSeen, _ := describe(rep.Accepted)
 	r.Set("ok", rep.OK())
 	r.Set("writers", rep.Writers)
 	r.Set("rows", rep.Rows)
 	r.Set("unchained_rows", rep.Unchained)
 	r.Set("breaks", breaks)
+	r.Set("accepted_breaks", acceptedSeen)
+	if !rep.OK() {
+		r.Set("break_entries", entries)
+	}
+	var saveErr error
 	if headsPath == "" {
 		r.Set("heads_kept", false)
 	} else {
 		r.Set("heads_kept", true)
 		r.Set("heads_checked", len(kept))
+		// Also on a red run: every chain that held moves on, while a
+		// broken one keeps the head that caught it (NextHeads), so the
+		// break is reported again, and no chain is left without a head.
+		saveErr = saveHeads(headsPath, rep.NextHeads(kept))
 	}
 	if !rep.OK() {
-		// The file keeps the heads that caught the break, so every later
-		// run reports it again until someone looks.
-		return fmt.Errorf("%w: %d broken link(s): %s", job.ErrRed, len(breaks), strings.Join(breaks, "; "))
-	}
-	if headsPath != "" {
-		if err := saveHeads(headsPath, rep.Heads); err != nil {
-			return err
+		red := fmt.Errorf("%w: %d broken link(s): %s", job.ErrRed, len(breaks), strings.Join(breaks, "; "))
+		if saveErr != nil {
+			return errors.Join(red, saveErr)
 		}
+		return red
 	}
-	return nil
+	return saveErr
+}
+
+// describe gives each break as text, and as an entry of the accepted
+// breaks file.
+func describe(breaks []audit.Break) (text, entries []string) {
+	text, entries = make([]string, len(breaks)), make([]string, len(breaks))
+	for i, b := range breaks {
+		text[i], entries[i] = b.String(), b.Entry()
+	}
+	return text, entries
+}
+
+// loadAccepted reads the accepted breaks; no path, none. A file that
+// cannot be read or parsed is an error, not an empty or partial list: the
+// run stops and says so, rather than go red over breaks the operator did
+// accept, or accept fewer than were written.
+func loadAccepted(path string) (audit.Accepted, error) {
+	if path == "" {
+		return nil, nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("accepted breaks file: %w", err)
+	}
+	defer f.Close()
+	a, err := audit.ParseAccepted(f)
+	if err != nil {
+		return nil, fmt.Errorf("accepted breaks file %s: %w", path, err)
+	}
+	return a, nil
 }
 
 // headsFile is the kept heads' format on disk.

@@ -107,11 +107,7 @@ func TestVerifyCommandFailsAtAnEditedRow(t *testing.T) {
 func TestKeptHeadsCatchARecomputedAndATruncatedChain(t *testing.T) {
 	pg, _ := edgeRows(t, 6)
 	verify := verifier(t, pg)
-	ctx := context.Background()
-	var writer string
-	if err := pg.Owner.QueryRow(ctx, "SELECT writer_id FROM api_audit_log WHERE writer_seq = 6").Scan(&writer); err != nil {
-		t.Fatalf("the six rows are not one chain: %v", err)
-	}
+	writer := oneChain(t, pg, 6)
 	heads := filepath.Join(t.TempDir(), "heads.json")
 	keep := envHeadsFile + "=" + heads
 	if code, out := verify(keep); code != 0 || !strings.Contains(out, `"heads_checked":0`) {
@@ -170,33 +166,33 @@ func TestKeptHeadsCatchARecomputedAndATruncatedChain(t *testing.T) {
 	}
 }
 
-// recompute edits the row at seq from of writer's chain and re-hashes it
-// and every later row, as someone with write access to the table and the
-// code (the hash has no secret) could.
-func recompute(t *testing.T, pg *testenv.PG, writer string, from int64) {
+// storedRow is a row of a chain as stored, with its id.
+type storedRow struct {
+	id  int64
+	row audit.Row
+}
+
+// readChain reads writer's chain, oldest row first.
+func readChain(t *testing.T, pg *testenv.PG, writer string) []storedRow {
 	t.Helper()
-	ctx := context.Background()
-	rows, err := pg.Owner.Query(ctx, `SELECT id, coalesce(key_id::text, ''), coalesce(user_id::text, ''), occurred_at,
+	rows, err := pg.Owner.Query(context.Background(), `SELECT id, coalesce(key_id::text, ''), coalesce(user_id::text, ''), occurred_at,
 	coalesce(host(source_ip), ''), coalesce(user_agent, ''), request_id, method, path,
 	coalesce(resource_type, ''), coalesce(resource_id, ''), action, result, status_code, metadata::text,
-	writer_id, writer_seq, prev_hash, row_hash, customer_digest
+	writer_id, writer_seq, prev_hash, row_hash, coalesce(customer_id::text, ''), customer_digest
 FROM api_audit_log WHERE writer_id = $1 ORDER BY writer_seq`, writer)
 	if err != nil {
 		t.Fatal(err)
 	}
-	type stored struct {
-		id  int64
-		row audit.Row
-	}
-	var chain []stored
+	defer rows.Close()
+	var chain []storedRow
 	for rows.Next() {
-		var s stored
+		var s storedRow
 		var status int16
 		var meta string
 		r := &s.row
 		if err := rows.Scan(&s.id, &r.KeyID, &r.UserID, &r.OccurredAt, &r.SourceIP, &r.UserAgent, &r.RequestID, &r.Method, &r.Path,
 			&r.ResourceType, &r.ResourceID, &r.Action, &r.Result, &status, &meta, &r.WriterID, &r.WriterSeq, &r.PrevHash, &r.RowHash,
-			&r.CustomerDigest); err != nil {
+			&r.CustomerID, &r.CustomerDigest); err != nil {
 			t.Fatal(err)
 		}
 		r.StatusCode = int(status)
@@ -208,6 +204,15 @@ FROM api_audit_log WHERE writer_id = $1 ORDER BY writer_seq`, writer)
 	if err := rows.Err(); err != nil {
 		t.Fatal(err)
 	}
+	return chain
+}
+
+// recompute edits the row at seq from of writer's chain and re-hashes it
+// and every later row, as someone with write access to the table and the
+// code (the hash has no secret) could.
+func recompute(t *testing.T, pg *testenv.PG, writer string, from int64) {
+	t.Helper()
+	chain := readChain(t, pg, writer)
 	var stmts []string
 	var prev []byte
 	for i := range chain {
@@ -226,6 +231,131 @@ FROM api_audit_log WHERE writer_id = $1 ORDER BY writer_seq`, writer)
 			r.SourceIP, r.PrevHash, r.RowHash, chain[i].id))
 	}
 	asOwner(t, pg, stmts...)
+}
+
+// copyChain stores writer's rows again as a whole new chain named to, as
+// an edge started later writes one: a chain that holds.
+func copyChain(t *testing.T, pg *testenv.PG, writer, to string) {
+	t.Helper()
+	var prev []byte
+	for _, s := range readChain(t, pg, writer) {
+		r := &s.row
+		r.WriterID, r.PrevHash, r.RequestID = to, prev, r.RequestID+"c"
+		r.RowHash = audit.Hash(r)
+		prev = r.RowHash
+		if _, err := pg.Owner.Exec(context.Background(), `INSERT INTO api_audit_log (customer_id, key_id, user_id, occurred_at, source_ip,
+	user_agent, request_id, method, path, resource_type, resource_id, action, result, status_code, metadata,
+	writer_id, writer_seq, prev_hash, row_hash, customer_digest)
+VALUES (nullif($1, '')::uuid, nullif($2, '')::uuid, nullif($3, '')::uuid, $4, nullif($5, '')::inet, $6, $7, $8, $9,
+	nullif($10, ''), nullif($11, ''), $12, $13, $14, $15::jsonb, $16, $17, $18, $19, $20)`,
+			r.CustomerID, r.KeyID, r.UserID, r.OccurredAt, r.SourceIP, r.UserAgent, r.RequestID, r.Method, r.Path,
+			r.ResourceType, r.ResourceID, r.Action, r.Result, int16(r.StatusCode), r.Metadata,
+			r.WriterID, r.WriterSeq, r.PrevHash, r.RowHash, r.CustomerDigest); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// oneChain returns the writer of the edge's rows, which must be one chain
+// of n rows.
+func oneChain(t *testing.T, pg *testenv.PG, n int) string {
+	t.Helper()
+	var writer string
+	if err := pg.Owner.QueryRow(context.Background(), "SELECT writer_id FROM api_audit_log WHERE writer_seq = $1", n).Scan(&writer); err != nil {
+		t.Fatalf("the %d rows are not one chain: %v", n, err)
+	}
+	return writer
+}
+
+// TestABreakLeavesLaterChainsWatched: a break in one chain must not stop
+// the heads of the others from moving on. A chain written after the
+// break gets its head kept, so cutting it later is reported, while the
+// broken chain keeps the head that caught its break.
+func TestABreakLeavesLaterChainsWatched(t *testing.T) {
+	pg, _ := edgeRows(t, 3)
+	verify := verifier(t, pg)
+	broken := oneChain(t, pg, 3)
+	keep := envHeadsFile + "=" + filepath.Join(t.TempDir(), "heads.json")
+	if code, out := verify(keep); code != 0 {
+		t.Fatalf("clean log: exit %d\n%s", code, out)
+	}
+	asOwner(t, pg, "UPDATE api_audit_log SET source_ip = '198.51.100.1' WHERE writer_id = '"+broken+"' AND writer_seq = 2")
+	if code, out := verify(keep); code != 1 || !strings.Contains(out, "(seq 2): content") {
+		t.Fatalf("broken chain: exit %d\n%s", code, out)
+	}
+
+	later := broken + "-later"
+	copyChain(t, pg, broken, later) // written after the break; holds
+	code, out := verify(keep)
+	if code != 1 || strings.Contains(out, "writer "+later) {
+		t.Fatalf("a new chain that holds, beside the broken one: exit %d\n%s", code, out)
+	}
+	asOwner(t, pg, "DELETE FROM api_audit_log WHERE writer_id = '"+later+"' AND writer_seq = 3")
+	code, out = verify(keep)
+	if code != 1 || !strings.Contains(out, "writer "+later+": rows from seq 3 on are missing: truncated") {
+		t.Fatalf("the later chain cut after a red run: exit %d\n%s", code, out)
+	}
+	if !strings.Contains(out, "writer "+broken+": row id") {
+		t.Fatalf("the first break is no longer reported:\n%s", out)
+	}
+}
+
+// TestAnAcceptedBreakIsQuietButANewOneIsNot: a break listed as accepted
+// no longer makes the run red, and the walk goes on past it, so a second
+// break, in the same chain or another, still does.
+func TestAnAcceptedBreakIsQuietButANewOneIsNot(t *testing.T) {
+	pg, _ := edgeRows(t, 5)
+	verify := verifier(t, pg)
+	writer := oneChain(t, pg, 5)
+	other := writer + "-other"
+	copyChain(t, pg, writer, other)
+	dir := t.TempDir()
+	keep := envHeadsFile + "=" + filepath.Join(dir, "heads.json")
+	list := filepath.Join(dir, "accepted")
+	accept := envAcceptedFile + "=" + list
+	if code, out := verify(keep); code != 0 {
+		t.Fatalf("clean log: exit %d\n%s", code, out)
+	}
+	asOwner(t, pg, "UPDATE api_audit_log SET source_ip = '198.51.100.1' WHERE writer_id = '"+writer+"' AND writer_seq = 2")
+	entry := writer + " 2 content"
+	code, out := verify(keep)
+	if code != 1 || !strings.Contains(out, `"break_entries":["`+entry+`"]`) {
+		t.Fatalf("the break before it is accepted: exit %d\n%s", code, out)
+	}
+	if err := os.WriteFile(list, []byte("# restored from backup after the incident\n"+entry+"  # checked\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out = verify(keep, accept)
+	if code != 0 || !strings.Contains(out, `"accepted_breaks":["writer `+writer+`: row id`) {
+		t.Fatalf("accepted break: exit %d\n%s", code, out)
+	}
+
+	// Past the accepted break, the chain is still walked.
+	asOwner(t, pg, "UPDATE api_audit_log SET user_agent = 'edited' WHERE writer_id = '"+writer+"' AND writer_seq = 4")
+	code, out = verify(keep, accept)
+	if code != 1 || !strings.Contains(out, "(seq 4): content") || !strings.Contains(out, `"break_entries":["`+writer+` 4 content"]`) {
+		t.Fatalf("a second break in the chain of an accepted one: exit %d\n%s", code, out)
+	}
+	// And another chain's break is its own.
+	if err := os.WriteFile(list, []byte(entry+"\n"+writer+" 4 content\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, out := verify(keep, accept); code != 0 {
+		t.Fatalf("both breaks accepted: exit %d\n%s", code, out)
+	}
+	asOwner(t, pg, "DELETE FROM api_audit_log WHERE writer_id = '"+other+"' AND writer_seq = 5")
+	code, out = verify(keep, accept)
+	if code != 1 || !strings.Contains(out, "writer "+other+": rows from seq 5 on are missing: truncated") {
+		t.Fatalf("a break in another chain: exit %d\n%s", code, out)
+	}
+
+	// A list that cannot be read is an error, not an empty list.
+	if err := os.WriteFile(list, []byte(writer+" two content\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, out := verify(keep, accept); code != int(job.ExitError) || !strings.Contains(out, "line 1") {
+		t.Fatalf("damaged list: exit %d\n%s", code, out)
+	}
 }
 
 func TestVerifyCommandNeedsADatabase(t *testing.T) {
