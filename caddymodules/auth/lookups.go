@@ -4,7 +4,7 @@ import (
 	"context"
 	"sync"
 
-	"github.com/glassmkr/guardian/shared/clientip"
+	"github.com/glassmkr/guardian/caddymodules/guardian"
 )
 
 // maxLookupsPerClient bounds the distinct credentials one client address
@@ -37,7 +37,7 @@ func newLookups() *lookups { return &lookups{inFlight: map[string]map[string]int
 // credentials in flight. Outside a Caddy request (no client address)
 // nothing is counted.
 func (l *lookups) acquire(ctx context.Context, cred string) (release func(), ok bool) {
-	client := clientip.FromContext(ctx)
+	client := guardian.ClientBucket(ctx)
 	if client == "" {
 		return func() {}, true
 	}

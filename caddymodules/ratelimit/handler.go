@@ -412,7 +412,7 @@ func (h *Handler) answer(w http.ResponseWriter, d Decision) error {
 // trusted_proxies), else the connection's peer, as clientip.Bucket counts
 // it.
 func clientIP(r *http.Request) string {
-	if ip := clientip.FromContext(r.Context()); ip != "" {
+	if ip := guardian.ClientBucket(r.Context()); ip != "" {
 		return ip
 	}
 	host, _, err := net.SplitHostPort(r.RemoteAddr)

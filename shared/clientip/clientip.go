@@ -1,14 +1,12 @@
 // Package clientip names whom a request's address counts for, the same
-// way for every module that counts per client: the rate limiter's per-IP
-// tier and the credential lookups the edge allows each client at once.
+// way for everything that counts per client: the rate limiter's per-IP
+// tier, the credential lookups the edge allows each client at once, and
+// the second factor's attempts per address. It does not import Caddy, so
+// that functions can use it (caddymodules/guardian.ClientBucket reads
+// Caddy's client address).
 package clientip
 
-import (
-	"context"
-	"net/netip"
-
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-)
+import "net/netip"
 
 // Bucket is whom an address's requests are counted against: an IPv4
 // address (IPv4-mapped IPv6 ones too) on its own, an IPv6 address by its
@@ -26,14 +24,4 @@ func Bucket(ip string) string {
 	}
 	p, _ := a.Prefix(64)
 	return p.String()
-}
-
-// FromContext is the Bucket of the client address Caddy determined for the
-// request whose context ctx is (trusting forwarding headers only from the
-// server's trusted proxies), or "" outside a Caddy request.
-func FromContext(ctx context.Context) string {
-	if ip, ok := caddyhttp.GetVar(ctx, caddyhttp.ClientIPVarKey).(string); ok && ip != "" {
-		return Bucket(ip)
-	}
-	return ""
 }

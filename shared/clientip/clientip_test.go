@@ -1,10 +1,7 @@
 package clientip
 
 import (
-	"context"
 	"testing"
-
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
 func TestBucket(t *testing.T) {
@@ -15,15 +12,5 @@ func TestBucket(t *testing.T) {
 		if got := Bucket(in); got != want {
 			t.Errorf("Bucket(%q) = %q, want %q", in, got, want)
 		}
-	}
-}
-
-func TestFromContext(t *testing.T) {
-	if got := FromContext(context.Background()); got != "" {
-		t.Errorf("outside a Caddy request: %q", got)
-	}
-	ctx := context.WithValue(context.Background(), caddyhttp.VarsCtxKey, map[string]any{caddyhttp.ClientIPVarKey: "2001:db8::5"})
-	if got := FromContext(ctx); got != "2001:db8::/64" {
-		t.Errorf("Caddy's client address 2001:db8::5: %q", got)
 	}
 }
