@@ -196,13 +196,7 @@ func (h *handler) login(w http.ResponseWriter, r *http.Request) {
 		} else if closing {
 			reason = "account_closing"
 		}
-		audit.Annotate(w, audit.Annotation{CustomerID: customerID, UserID: userID, ResourceType: "session", Action: "auth_failed",
-			Metadata: map[string]any{"reason": reason}})
-		if form {
-			http.Redirect(w, r, "/login?error=credentials", http.StatusSeeOther)
-			return
-		}
-		problem.Write(w, invalidCredentials)
+		h.loginRefused(w, r, form, customerID, userID, reason)
 		return
 	}
 	// A user out of second-factor attempts is told so only once the
@@ -219,29 +213,21 @@ func (h *handler) login(w http.ResponseWriter, r *http.Request) {
 	if id, ok := identity.FromRequest(r); ok && id.Kind == identity.KindSession && id.UserID == userID {
 		old = id.SessionID
 	}
-	factors, methods, err := h.mfa.Methods(r.Context(), userID)
-	if err != nil {
-		h.unavailable(w, err)
+	issued, asked, err := h.afterPassword(w, r, form, mfa.Challenge{UserID: userID, CustomerID: customerID, Purpose: mfa.PurposeLogin,
+		SessionID: old, Method: mfa.MethodPassword, Reauthed: true},
+		session.Params{UserID: userID, CustomerID: customerID, Reauthed: true, AAL: session.AAL1, Replacing: old, PasswordHash: hash})
+	switch {
+	case err == nil && asked:
 		return
-	}
-	if factors.Any() {
-		h.askSecondFactor(w, r, form, mfa.Challenge{UserID: userID, CustomerID: customerID, Purpose: mfa.PurposeLogin,
-			SessionID: old, Method: mfa.MethodPassword, Reauthed: true}, methods)
-		return
-	}
-	issued, err := h.startSession(r, session.Params{UserID: userID, CustomerID: customerID, Reauthed: true, AAL: session.AAL1, Replacing: old})
-	if errors.Is(err, account.ErrClosing) {
+	case errors.Is(err, account.ErrClosing):
 		// The deletion committed while the password was being checked.
-		audit.Annotate(w, audit.Annotation{CustomerID: customerID, UserID: userID, ResourceType: "session", Action: "auth_failed",
-			Metadata: map[string]any{"reason": "account_closing"}})
-		if form {
-			http.Redirect(w, r, "/login?error=credentials", http.StatusSeeOther)
-			return
-		}
-		problem.Write(w, invalidCredentials)
+		h.loginRefused(w, r, form, customerID, userID, "account_closing")
 		return
-	}
-	if err != nil {
+	case errors.Is(err, session.ErrPasswordChanged):
+		// So did a password change: the password given is wrong now.
+		h.loginRefused(w, r, form, customerID, userID, "password_changed")
+		return
+	case err != nil:
 		h.unavailable(w, err)
 		return
 	}
@@ -253,6 +239,44 @@ func (h *handler) login(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// loginRefused answers a failed sign-in as a wrong password, and audits
+// why it failed.
+func (h *handler) loginRefused(w http.ResponseWriter, r *http.Request, form bool, customerID, userID, reason string) {
+	audit.Annotate(w, audit.Annotation{CustomerID: customerID, UserID: userID, ResourceType: "session", Action: "auth_failed",
+		Metadata: map[string]any{"reason": reason}})
+	if form {
+		http.Redirect(w, r, "/login?error=credentials", http.StatusSeeOther)
+		return
+	}
+	problem.Write(w, invalidCredentials)
+}
+
+// afterPassword goes on with a sign-in or re-auth whose password (the hash
+// p.PasswordHash) was right: it asks for the second factor of a user who
+// has one (challenge c; asked) and otherwise starts the session p
+// describes. A first factor turned on while the password was checked is
+// asked for all the same. The caller answers errors: account.ErrClosing
+// and session.ErrPasswordChanged (a deletion or a password change
+// committed meanwhile) and outages.
+func (h *handler) afterPassword(w http.ResponseWriter, r *http.Request, form bool, c mfa.Challenge, p session.Params) (session.Issued, bool, error) {
+	for range 2 {
+		factors, methods, err := h.mfa.Methods(r.Context(), c.UserID)
+		if err != nil {
+			return session.Issued{}, false, err
+		}
+		if factors.Any() {
+			return session.Issued{}, true, h.askSecondFactor(w, r, form, c, p.PasswordHash, methods)
+		}
+		issued, err := h.startSession(r, p)
+		if !errors.Is(err, session.ErrSecondFactor) {
+			return issued, false, err
+		}
+		// A first factor was turned on while the password was checked;
+		// Start saw it committed, so the next pass reads it and asks.
+	}
+	return session.Issued{}, false, session.ErrSecondFactor
 }
 
 // startSession starts the session p describes for the client of r.
@@ -341,26 +365,23 @@ func (h *handler) reauth(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if verr != nil {
-		audit.Annotate(w, audit.Annotation{ResourceType: "session", ResourceID: id.SessionID, Action: "auth_failed", Metadata: map[string]any{"reason": "reauth_wrong_password"}})
-		problem.Write(w, problem.New(http.StatusUnauthorized, "invalid_credentials", "the password is wrong"))
+		h.reauthRefused(w, id.SessionID, "reauth_wrong_password")
 		return
 	}
-	factors, methods, err := h.mfa.Methods(r.Context(), id.UserID)
-	if err != nil {
-		h.unavailable(w, err)
+	issued, asked, err := h.afterPassword(w, r, false, mfa.Challenge{UserID: id.UserID, CustomerID: id.CustomerID, Purpose: mfa.PurposeReauth,
+		SessionID: id.SessionID, Method: mfa.MethodPassword, Reauthed: true},
+		session.Params{UserID: id.UserID, CustomerID: id.CustomerID, Reauthed: true, AAL: session.AAL1, Replacing: id.SessionID, PasswordHash: hash})
+	switch {
+	case err == nil && asked:
 		return
-	}
-	if factors.Any() {
-		h.askSecondFactor(w, r, false, mfa.Challenge{UserID: id.UserID, CustomerID: id.CustomerID, Purpose: mfa.PurposeReauth,
-			SessionID: id.SessionID, Method: mfa.MethodPassword, Reauthed: true}, methods)
-		return
-	}
-	issued, err := h.startSession(r, session.Params{UserID: id.UserID, CustomerID: id.CustomerID, Reauthed: true, AAL: session.AAL1, Replacing: id.SessionID})
-	if errors.Is(err, account.ErrClosing) {
+	case errors.Is(err, account.ErrClosing):
 		problem.Write(w, problem.New(http.StatusConflict, "account_closing", "this account is scheduled for deletion"))
 		return
-	}
-	if err != nil {
+	case errors.Is(err, session.ErrPasswordChanged):
+		// A password change committed while this one was checked.
+		h.reauthRefused(w, id.SessionID, "password_changed")
+		return
+	case err != nil:
 		h.unavailable(w, err)
 		return
 	}
@@ -368,6 +389,13 @@ func (h *handler) reauth(w http.ResponseWriter, r *http.Request) {
 		Metadata: map[string]any{"reauthenticated": true, "replaced_session": id.SessionID, "aal": session.AAL1}})
 	http.SetCookie(w, session.Cookie(issued.Token, h.domain, issued.Expires, h.now()))
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// reauthRefused answers a failed re-auth of session sessionID as a wrong
+// password, and audits why it failed.
+func (h *handler) reauthRefused(w http.ResponseWriter, sessionID, reason string) {
+	audit.Annotate(w, audit.Annotation{ResourceType: "session", ResourceID: sessionID, Action: "auth_failed", Metadata: map[string]any{"reason": reason}})
+	problem.Write(w, problem.New(http.StatusUnauthorized, "invalid_credentials", "the password is wrong"))
 }
 
 func (h *handler) changePassword(w http.ResponseWriter, r *http.Request) {
@@ -421,6 +449,19 @@ func (h *handler) changePassword(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	err = pgx.BeginFunc(r.Context(), h.db, func(tx pgx.Tx) error {
+		// The user's row first, for update: a sign-in that checked the old
+		// password waits for this change and is then refused, or started
+		// its session or challenge before and is ended below
+		// (session.Lock). A change committed since hash was read is refused
+		// too: it must not be overwritten by one checked against the
+		// password it replaced.
+		var current string
+		if err := tx.QueryRow(r.Context(), "SELECT coalesce(password_hash, '') FROM users WHERE id = $1 FOR UPDATE", id.UserID).Scan(&current); err != nil {
+			return err
+		}
+		if current != hash {
+			return errPasswordChanged
+		}
 		if _, err := tx.Exec(r.Context(), "UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1", id.UserID, newHash); err != nil {
 			return err
 		}
@@ -435,6 +476,10 @@ func (h *handler) changePassword(w http.ResponseWriter, r *http.Request) {
 		_, err := tx.Exec(r.Context(), dropOtherChallenges, id.UserID, id.SessionID)
 		return err
 	})
+	if errors.Is(err, errPasswordChanged) {
+		problem.Write(w, problem.New(http.StatusUnauthorized, "invalid_credentials", "the current password is wrong"))
+		return
+	}
 	if err != nil {
 		h.unavailable(w, err)
 		return
@@ -442,6 +487,10 @@ func (h *handler) changePassword(w http.ResponseWriter, r *http.Request) {
 	audit.Annotate(w, audit.Annotation{ResourceType: "user", ResourceID: id.UserID, Action: "update", Metadata: map[string]any{"changed": "password_hash"}})
 	w.WriteHeader(http.StatusNoContent)
 }
+
+// errPasswordChanged: another password change committed since the current
+// password was checked.
+var errPasswordChanged = errors.New("the password changed since it was checked")
 
 // dropOtherChallenges deletes a user's pending second-factor challenges
 // but the re-auth and registration ones of session $2.

@@ -53,6 +53,15 @@ type answer struct {
 
 func (s *site) post(t *testing.T, path, body string, header map[string]string) answer {
 	t.Helper()
+	a, err := s.send(path, body, header)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// send is post for any goroutine: it returns the error it cannot answer.
+func (s *site) send(path, body string, header map[string]string) (answer, error) {
 	req, _ := http.NewRequest("POST", s.URL+path, strings.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
 	for k, v := range header {
@@ -61,7 +70,7 @@ func (s *site) post(t *testing.T, path, body string, header map[string]string) a
 	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	resp, err := client.Do(req)
 	if err != nil {
-		t.Fatal(err)
+		return answer{}, err
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
@@ -72,7 +81,7 @@ func (s *site) post(t *testing.T, path, body string, header map[string]string) a
 			a.cookie = c
 		}
 	}
-	return a
+	return a, nil
 }
 
 func login(email, pw string) string {

@@ -59,21 +59,36 @@ func (h *handler) tooManyAttempts(w http.ResponseWriter, r *http.Request, form b
 		"sign-in to this account is paused after too many wrong second-factor codes; try again in "+strconv.Itoa((retry+59)/60)+" minutes"))
 }
 
-// askSecondFactor stores challenge c and asks the client for a second
-// factor.
-func (h *handler) askSecondFactor(w http.ResponseWriter, r *http.Request, form bool, c mfa.Challenge, methods []string) {
+// askSecondFactor stores challenge c of a sign-in or re-auth whose
+// password was verified against hash, and asks the client for a second
+// factor. Under the locks session.Start takes, it refuses as Start does
+// (account.ErrClosing, session.ErrPasswordChanged) and leaves answering
+// errors to the caller: a password change drops the user's challenges,
+// and one made after it on the old password must not outlive it.
+func (h *handler) askSecondFactor(w http.ResponseWriter, r *http.Request, form bool, c mfa.Challenge, hash string, methods []string) error {
 	now := h.now()
-	token, expires, err := mfa.NewChallenge(r.Context(), h.db, c, now)
+	var token string
+	var expires time.Time
+	err := pgx.BeginFunc(r.Context(), h.db, func(tx pgx.Tx) error {
+		current, err := session.Lock(r.Context(), tx, c.CustomerID, c.UserID)
+		if err != nil {
+			return err
+		}
+		if current != hash {
+			return session.ErrPasswordChanged
+		}
+		token, expires, err = mfa.NewChallenge(r.Context(), tx, c, now)
+		return err
+	})
 	if err != nil {
-		h.unavailable(w, err)
-		return
+		return err
 	}
 	audit.Annotate(w, audit.Annotation{CustomerID: c.CustomerID, UserID: c.UserID, ResourceType: "mfa_challenge", Action: "create",
 		Metadata: map[string]any{"purpose": c.Purpose, "method": c.Method, "second_factor": "required", "methods": methods}})
 	if form {
 		http.SetCookie(w, mfa.Cookie(token, expires, now))
 		http.Redirect(w, r, secondStepPage(methods, ""), http.StatusSeeOther)
-		return
+		return nil
 	}
 	next := "/auth/login/mfa"
 	if c.Purpose == mfa.PurposeReauth {
@@ -83,6 +98,7 @@ func (h *handler) askSecondFactor(w http.ResponseWriter, r *http.Request, form b
 		"the password was right; send a second factor with mfa_token to "+next)
 	p.Extra = map[string]any{"mfa_token": token, "methods": methods, "expires_at": expires.UTC().Format(time.RFC3339)}
 	problem.Write(w, p)
+	return nil
 }
 
 // secondStepPage is the sign-in page's second-factor form.

@@ -271,6 +271,13 @@ func (h *handler) callback(w http.ResponseWriter, r *http.Request) {
 			if a, err = resolve(r.Context(), tx, g, h.signupOpen); err != nil {
 				return err
 			}
+			// Under the locks session.Start takes, before the factors are
+			// read: a first factor being turned on (which locks the user
+			// and ends the other sessions) is waited for and then asked
+			// for, not missed by a session it cannot end.
+			if _, err = session.Lock(r.Context(), tx, a.CustomerID, a.UserID); err != nil {
+				return err
+			}
 			if factors, err = mfa.Enrolled(r.Context(), tx, a.UserID); err != nil {
 				return err
 			}

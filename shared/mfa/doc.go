@@ -53,7 +53,8 @@
 // code each work once, however many requests race.
 //
 // Limits: every second-factor attempt is counted per user and per client
-// address in mfa_attempts (fixed windows of Limits.Window), before it is
+// address (an IPv6 address by its /64, as shared/clientip counts) in
+// mfa_attempts (fixed windows of Limits.Window), before it is
 // checked, so parallel guesses cannot overshoot; a success takes its count
 // back. Over the limit the answer is 429 too_many_attempts until the window
 // ends. A user over the limit also gets that answer from the password

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/glassmkr/guardian/shared/clientip"
 )
 
 // Limits bound second-factor attempts. Each attempt counts, successes are
@@ -15,8 +17,8 @@ type Limits struct {
 	// PerUser is how many attempts one user's second factor gets per
 	// window, from anywhere. Default 5.
 	PerUser int
-	// PerIP is how many attempts one client address gets per window,
-	// whichever users they are for. Default 20.
+	// PerIP is how many attempts one client address (an IPv6 one's /64)
+	// gets per window, whichever users they are for. Default 20.
 	PerIP int
 	// Window is the length of the fixed windows. Default 15 minutes.
 	Window time.Duration
@@ -59,6 +61,20 @@ func (e *LockedError) RetryAfter(now time.Time) int {
 	return max(1, int(e.Until.Sub(now).Seconds()+0.999))
 }
 
+// subjectOf is whom an attempt of subject in scope is counted against: a
+// client address by its bucket, as every per-client counter counts
+// (clientip.Bucket: an IPv6 address by its /64, whose addresses one
+// subscriber holds all of), cut to the column's 64 bytes.
+func subjectOf(scope, subject string) string {
+	if scope == scopeIP {
+		subject = clientip.Bucket(subject)
+	}
+	if len(subject) > 64 {
+		subject = subject[:64]
+	}
+	return subject
+}
+
 const takeAttempt = `INSERT INTO mfa_attempts AS a (scope, subject, window_start, attempts) VALUES ($1, $2, $3, 1)
 ON CONFLICT (scope, subject) DO UPDATE SET
 	attempts = CASE WHEN a.window_start <= $4 THEN 1 ELSE a.attempts + 1 END,
@@ -69,11 +85,9 @@ RETURNING attempts, window_start`
 // if it is over limit. Counting first and checking after means parallel
 // attempts cannot overshoot the limit.
 func (s *Service) take(ctx context.Context, scope, subject string, limit int, now time.Time) error {
+	subject = subjectOf(scope, subject)
 	if subject == "" {
 		return nil
-	}
-	if len(subject) > 64 {
-		subject = subject[:64]
 	}
 	var n int
 	var start time.Time
@@ -88,11 +102,9 @@ func (s *Service) take(ctx context.Context, scope, subject string, limit int, no
 
 // refund takes back an attempt that succeeded.
 func (s *Service) refund(ctx context.Context, scope, subject string, now time.Time) {
+	subject = subjectOf(scope, subject)
 	if subject == "" {
 		return
-	}
-	if len(subject) > 64 {
-		subject = subject[:64]
 	}
 	// Best effort: a refund lost leaves one attempt counted, no more.
 	_, _ = s.db.Exec(ctx, "UPDATE mfa_attempts SET attempts = attempts - 1 WHERE scope = $1 AND subject = $2 AND attempts > 0 AND window_start > $3",

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/glassmkr/guardian/shared/config"
+	"github.com/glassmkr/guardian/shared/session"
 )
 
 // Config configures New.
@@ -164,12 +165,13 @@ const (
 )
 
 // Complete verifies proof for challenge c, presented from client address
-// ip. Attempts are counted for the user and the address first (over the
-// limit: *LockedError). A proof that does not hold is a *Refusal. One that
-// holds is consumed together with the challenge, in one transaction in
-// which then runs too (to start the session); a challenge or code used by
-// a concurrent request meanwhile gives ErrChallenge or a *Refusal. It
-// returns the kind of factor used.
+// ip. Attempts are counted for the user and the address (by its
+// clientip.Bucket) first (over the limit: *LockedError). A proof that does
+// not hold is a *Refusal. One that holds is consumed together with the
+// challenge, in one transaction in which then runs too (to start the
+// session), after session.Lock; a challenge or code used by a concurrent
+// request meanwhile gives ErrChallenge or a *Refusal, an account scheduled
+// for deletion account.ErrClosing. It returns the kind of factor used.
 func (s *Service) Complete(ctx context.Context, c Challenge, proof Proof, ip string, then func(tx pgx.Tx) error) (string, error) {
 	now := s.now()
 	if err := s.take(ctx, scopeUser, c.UserID, s.limits.PerUser, now); err != nil {
@@ -183,6 +185,12 @@ func (s *Service) Complete(ctx context.Context, c Challenge, proof Proof, ip str
 		return kind, err
 	}
 	err = pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		// The account's and the user's locks before the challenge's: a
+		// password change takes the user's and then drops the challenges,
+		// so the other order could deadlock with it (session.Lock).
+		if _, err := session.Lock(ctx, tx, c.CustomerID, c.UserID); err != nil {
+			return err
+		}
 		if err := consumeChallenge(ctx, tx, c.ID); err != nil {
 			return err
 		}
@@ -316,7 +324,9 @@ type FirstFactor struct {
 
 // firstFactor issues user's recovery codes and ends every session of the
 // user but keep; the edge drops the ended ones from its caches within a
-// second (the sessions trigger notifies it).
+// second (the sessions trigger notifies it). tx must hold lockUser: a
+// sign-in that read no factor then waits for tx and is refused by
+// session.Start, or started its session before and is ended here.
 func (s *Service) firstFactor(ctx context.Context, tx pgx.Tx, userID, keep string) (*FirstFactor, error) {
 	codes, err := s.replaceRecoveryCodes(ctx, tx, userID)
 	if err != nil {
@@ -347,6 +357,16 @@ func (s *Service) replaceRecoveryCodes(ctx context.Context, tx pgx.Tx, userID st
 	return codes, nil
 }
 
+// lockUser locks user's row for the rest of tx: changes of the user's
+// factors take turns, and a sign-in starting a session (session.Lock)
+// waits for them or they for it.
+func lockUser(ctx context.Context, tx pgx.Tx, userID string) error {
+	if _, err := tx.Exec(ctx, "SELECT 1 FROM users WHERE id = $1 FOR UPDATE", userID); err != nil {
+		return fmt.Errorf("mfa: lock the user: %w", err)
+	}
+	return nil
+}
+
 // ErrNotEnrolled is returned when an action needs a factor the user lacks.
 var ErrNotEnrolled = errors.New("mfa: no second factor enrolled")
 
@@ -355,7 +375,7 @@ var ErrNotEnrolled = errors.New("mfa: no second factor enrolled")
 func (s *Service) NewRecoveryCodes(ctx context.Context, userID string) ([]string, error) {
 	var codes []string
 	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "SELECT 1 FROM users WHERE id = $1 FOR UPDATE", userID); err != nil {
+		if err := lockUser(ctx, tx, userID); err != nil {
 			return err
 		}
 		f, err := Enrolled(ctx, tx, userID)
@@ -471,6 +491,9 @@ func (s *Service) ConfirmTOTP(ctx context.Context, userID, code, ip, keepSession
 	}
 	var first *FirstFactor
 	err = pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		if err := lockUser(ctx, tx, userID); err != nil {
+			return err
+		}
 		f, err := Enrolled(ctx, tx, userID)
 		if err != nil {
 			return err
@@ -513,7 +536,7 @@ func (s *Service) remove(ctx context.Context, userID, sql string, args ...any) (
 	var removed bool
 	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
 		// One removal at a time per user: the last-factor check holds.
-		if _, err := tx.Exec(ctx, "SELECT 1 FROM users WHERE id = $1 FOR UPDATE", userID); err != nil {
+		if err := lockUser(ctx, tx, userID); err != nil {
 			return err
 		}
 		tag, err := tx.Exec(ctx, sql, args...)

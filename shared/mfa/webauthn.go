@@ -287,6 +287,11 @@ func (s *Service) FinishRegistration(ctx context.Context, userID, sessionID, cer
 	out := Credential{Name: name}
 	var first *FirstFactor
 	err = pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		// The user's lock before the challenge's: a password change takes
+		// the user's and then drops other sessions' challenges.
+		if err := lockUser(ctx, tx, userID); err != nil {
+			return err
+		}
 		if err := consumeChallenge(ctx, tx, c.ID); err != nil {
 			return err
 		}

@@ -53,16 +53,50 @@ type Params struct {
 	// Replacing, when not "", is a session of the same user to end in the
 	// same transaction (a fresh token on every sign-in and re-auth).
 	Replacing string
+	// PasswordHash, when not "", is the password hash the sign-in verified:
+	// Start refuses (ErrPasswordChanged) if it is no longer the user's.
+	PasswordHash string
 }
 
+// Refusals of Start for a sign-in overtaken by a change of the user's
+// credentials: a password change or a first second factor, committed while
+// the sign-in was under way, ends the user's sessions and must not be
+// outlived by one started on what it replaced.
+var (
+	// ErrPasswordChanged: the password verified is no longer the user's.
+	ErrPasswordChanged = errors.New("session: the password changed during the sign-in")
+	// ErrSecondFactor: an assurance level 1 session for a user who has a
+	// second factor now; the sign-in must ask for it.
+	ErrSecondFactor = errors.New("session: the user has a second factor the sign-in did not use")
+)
+
 // Start creates a session row as p describes and signs its token. It
-// refuses an account scheduled for deletion (account.ErrClosing), under the
-// account's share lock: a sign-in that read the account as open before a
-// deletion committed would otherwise add a session the deletion never
-// ended. The caller's role needs what account.LockOpen needs.
+// takes Lock's locks and then refuses an account scheduled for deletion
+// (account.ErrClosing), a password that is no longer the user's
+// (ErrPasswordChanged, when p.PasswordHash is set), and an assurance level
+// 1 session for a user who has a second factor (ErrSecondFactor): a
+// sign-in that read any of these before the change committed would
+// otherwise add a session the change never ended. The caller's role needs
+// what Lock needs, and SELECT on mfa_totp and webauthn_credentials.
 func Start(ctx context.Context, tx pgx.Tx, secret []byte, p Params, now time.Time) (Issued, error) {
-	if err := account.LockOpen(ctx, tx, p.CustomerID); err != nil {
+	hash, err := Lock(ctx, tx, p.CustomerID, p.UserID)
+	if err != nil {
 		return Issued{}, err
+	}
+	if p.PasswordHash != "" && p.PasswordHash != hash {
+		return Issued{}, ErrPasswordChanged
+	}
+	aal := p.AAL
+	if aal == 0 {
+		aal = AAL1
+	}
+	if aal != AAL1 && aal != AAL2 {
+		return Issued{}, fmt.Errorf("session: assurance level %d", aal)
+	}
+	if aal == AAL1 {
+		if err := refuseSecondFactor(ctx, tx, p.UserID); err != nil {
+			return Issued{}, err
+		}
 	}
 	expires := now.Add(Lifetime)
 	var reauthAt *time.Time
@@ -73,13 +107,6 @@ func Start(ctx context.Context, tx pgx.Tx, secret []byte, p Params, now time.Tim
 		}
 		reauthAt = &at
 	}
-	aal := p.AAL
-	if aal == 0 {
-		aal = AAL1
-	}
-	if aal != AAL1 && aal != AAL2 {
-		return Issued{}, fmt.Errorf("session: assurance level %d", aal)
-	}
 	var addr *netip.Addr
 	if a, err := netip.ParseAddr(p.IP); err == nil {
 		a = a.Unmap()
@@ -87,7 +114,7 @@ func Start(ctx context.Context, tx pgx.Tx, secret []byte, p Params, now time.Tim
 	}
 	userAgent := pgtext.Clean(p.UserAgent, 512) // else a Latin-1 user agent could not sign in
 	var id string
-	err := tx.QueryRow(ctx, `INSERT INTO sessions (user_id, customer_id, created_at, expires_at, last_seen_at, reauth_at, source_ip, user_agent, aal)
+	err = tx.QueryRow(ctx, `INSERT INTO sessions (user_id, customer_id, created_at, expires_at, last_seen_at, reauth_at, source_ip, user_agent, aal)
 		VALUES ($1, $2, $3, $4, $3, $5, $6, $7, $8) RETURNING id`, p.UserID, p.CustomerID, now, expires, reauthAt, addr, userAgent, aal).Scan(&id)
 	if err != nil {
 		return Issued{}, fmt.Errorf("session: create: %w", err)
@@ -102,6 +129,50 @@ func Start(ctx context.Context, tx pgx.Tx, secret []byte, p Params, now time.Tim
 		return Issued{}, err
 	}
 	return Issued{ID: id, Token: token, Expires: expires}, nil
+}
+
+// Lock takes, for tx, the locks Start takes, in its order, and returns the
+// user's password hash ("" if none): the customer row (account.LockOpen;
+// account.ErrClosing if the account is scheduled for deletion or the user
+// is gone), then the user's row, shared. A password change or a first
+// second factor locks that row for update before ending the user's
+// sessions, so a sign-in and it wait for each other, and what tx reads
+// after Lock is what they committed. A transaction that must lock other
+// rows before starting a session (the second step consumes its
+// challenge) calls Lock first: holding one a password change deletes
+// while waiting here would deadlock with it. The caller's role needs what
+// account.LockOpen needs and UPDATE on a column of users (FOR SHARE asks
+// for it).
+func Lock(ctx context.Context, tx pgx.Tx, customerID, userID string) (string, error) {
+	if err := account.LockOpen(ctx, tx, customerID); err != nil {
+		return "", err
+	}
+	var hash string
+	err := tx.QueryRow(ctx, "SELECT coalesce(password_hash, '') FROM users WHERE id = $1 AND customer_id = $2 FOR SHARE", userID, customerID).Scan(&hash)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", account.ErrClosing
+	}
+	if err != nil {
+		return "", fmt.Errorf("session: lock the user: %w", err)
+	}
+	return hash, nil
+}
+
+// hasSecondFactor is mfa.Factors.Any as SQL (shared/mfa imports this
+// package). Run as its own statement after Lock, it sees a factor
+// committed while Lock waited.
+const hasSecondFactor = `SELECT EXISTS (SELECT 1 FROM mfa_totp WHERE user_id = $1 AND confirmed_at IS NOT NULL)
+	OR EXISTS (SELECT 1 FROM webauthn_credentials WHERE user_id = $1)`
+
+func refuseSecondFactor(ctx context.Context, tx pgx.Tx, userID string) error {
+	var has bool
+	if err := tx.QueryRow(ctx, hasSecondFactor, userID).Scan(&has); err != nil {
+		return fmt.Errorf("session: read second factors: %w", err)
+	}
+	if has {
+		return ErrSecondFactor
+	}
+	return nil
 }
 
 // ErrNoSession is returned for a session that is gone or revoked.

@@ -122,3 +122,167 @@ func TestNoSessionStartsForAnAccountScheduledForDeletion(t *testing.T) {
 		t.Fatalf("%d live sessions (%v)", n, err)
 	}
 }
+
+// asSignIn connects as the sign-in function's role: Lock's row locks need
+// privileges the role must have.
+func asSignIn(t *testing.T, pg *testenv.PG) *pgxpool.Pool {
+	t.Helper()
+	db, err := pgxpool.New(context.Background(), pg.FunctionDSNs["GUARDIAN_PG_DSN_AUTH"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(db.Close)
+	return db
+}
+
+func startIn(db *pgxpool.Pool, p session.Params) error {
+	ctx := context.Background()
+	return pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+		_, err := session.Start(ctx, tx, []byte(strings.Repeat("s", 32)), p, time.Now())
+		return err
+	})
+}
+
+func liveSessions(t *testing.T, pg *testenv.PG, userID string) int {
+	t.Helper()
+	var n int
+	if err := pg.Owner.QueryRow(context.Background(), "SELECT count(*) FROM sessions WHERE user_id = $1 AND revoked_at IS NULL", userID).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// A sign-in that checked a password changed since gets no session: the
+// change ended the user's sessions, and one started after it on the old
+// password would outlive it.
+func TestStartRefusesAPasswordChangedSinceItWasChecked(t *testing.T) {
+	t.Parallel()
+	pg := testenv.Postgres(t)
+	ctx := context.Background()
+	c := testenv.NewCustomer(t, pg.Owner, []byte("p"), []byte("s"))
+	db := asSignIn(t, pg)
+	if _, err := pg.Owner.Exec(ctx, "UPDATE users SET password_hash = 'checked' WHERE id = $1", c.UserID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pg.Owner.Exec(ctx, "UPDATE users SET password_hash = 'changed' WHERE id = $1", c.UserID); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []session.Params{
+		{UserID: c.UserID, CustomerID: c.ID, PasswordHash: "checked"},
+		{UserID: c.UserID, CustomerID: c.ID, PasswordHash: "checked", AAL: session.AAL2},
+	} {
+		if err := startIn(db, p); !errors.Is(err, session.ErrPasswordChanged) {
+			t.Fatalf("aal %d: %v, want ErrPasswordChanged", p.AAL, err)
+		}
+	}
+	if n := liveSessions(t, pg, c.UserID); n != 0 {
+		t.Fatalf("%d sessions started on the old password", n)
+	}
+	if err := startIn(db, session.Params{UserID: c.UserID, CustomerID: c.ID, PasswordHash: "changed"}); err != nil {
+		t.Fatalf("the current password: %v", err)
+	}
+	// A sign-in that checked no password (Google) is not refused.
+	if err := startIn(db, session.Params{UserID: c.UserID, CustomerID: c.ID}); err != nil {
+		t.Fatalf("no password checked: %v", err)
+	}
+}
+
+// A session at assurance level 1 is a sign-in without a second factor:
+// refused once the user has one (it was turned on while the sign-in was
+// under way), so that it asks for the factor instead.
+func TestStartRefusesLevelOneToAUserWithASecondFactor(t *testing.T) {
+	t.Parallel()
+	pg := testenv.Postgres(t)
+	ctx := context.Background()
+	db := asSignIn(t, pg)
+	for _, tc := range []struct {
+		name    string
+		factor  string // SQL giving user $1 a factor, or ""
+		refused bool
+	}{
+		{"no factor starts level 1", "", false},
+		{"an authenticator app being enrolled is no factor yet",
+			`INSERT INTO mfa_totp (user_id, secret_sealed, created_at) VALUES ($1, decode(repeat('00', 40), 'hex'), now())`, false},
+		{"an authenticator app refuses level 1",
+			`INSERT INTO mfa_totp (user_id, secret_sealed, created_at, confirmed_at) VALUES ($1, decode(repeat('00', 40), 'hex'), now(), now())`, true},
+		{"a security key refuses level 1",
+			`INSERT INTO webauthn_credentials (user_id, credential_id, name, credential) VALUES ($1, '\x0102', 'key', '{}')`, true},
+	} {
+		c := testenv.NewCustomer(t, pg.Owner, []byte("p"), []byte("s"))
+		if tc.factor != "" {
+			if _, err := pg.Owner.Exec(ctx, tc.factor, c.UserID); err != nil {
+				t.Fatal(err)
+			}
+		}
+		err := startIn(db, session.Params{UserID: c.UserID, CustomerID: c.ID, AAL: session.AAL1})
+		if tc.refused != errors.Is(err, session.ErrSecondFactor) || (!tc.refused && err != nil) {
+			t.Errorf("%s: %v", tc.name, err)
+		}
+		if n := liveSessions(t, pg, c.UserID); n != map[bool]int{true: 0, false: 1}[tc.refused] {
+			t.Errorf("%s: %d live sessions", tc.name, n)
+		}
+		if err := startIn(db, session.Params{UserID: c.UserID, CustomerID: c.ID, AAL: session.AAL2}); err != nil {
+			t.Errorf("%s: level 2: %v", tc.name, err)
+		}
+	}
+}
+
+// A password change under way when a sign-in that checked the old password
+// starts its session: Start waits for the change and then refuses. Without
+// the user's lock it would read the old password (the change is not
+// committed) and start a session the change never ends.
+func TestStartWaitsForAPasswordChangeUnderWay(t *testing.T) {
+	t.Parallel()
+	pg := testenv.Postgres(t)
+	ctx := context.Background()
+	c := testenv.NewCustomer(t, pg.Owner, []byte("p"), []byte("s"))
+	db := asSignIn(t, pg)
+	if _, err := pg.Owner.Exec(ctx, "UPDATE users SET password_hash = 'checked' WHERE id = $1", c.UserID); err != nil {
+		t.Fatal(err)
+	}
+	change, err := pg.Owner.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = change.Rollback(ctx) }()
+	var pid int
+	if err := change.QueryRow(ctx, "UPDATE users SET password_hash = 'changed' WHERE id = $1 RETURNING pg_backend_pid()", c.UserID).Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := change.Exec(ctx, "UPDATE sessions SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL", c.UserID); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		done <- startIn(db, session.Params{UserID: c.UserID, CustomerID: c.ID, PasswordHash: "checked"})
+	}()
+	err = waitBlocked(t, pg.Owner, pid, done)
+	if err := change.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err == nil {
+		err = <-done
+	}
+	if !errors.Is(err, session.ErrPasswordChanged) {
+		t.Fatalf("start: %v, want ErrPasswordChanged", err)
+	}
+	if n := liveSessions(t, pg, c.UserID); n != 0 {
+		t.Fatalf("%d sessions outlive the password change", n)
+	}
+}
+
+// errUnblocked is what waitBlocked returns for work that finished instead
+// of waiting for the lock.
+var errUnblocked = errors.New("finished without waiting for the lock")
+
+// waitBlocked returns nil once a backend waits for a lock that backend
+// pid holds, or the result of done if that comes first (wrapped in
+// errUnblocked if it is nil).
+func waitBlocked(t *testing.T, db *pgxpool.Pool, pid int, done <-chan error) error {
+	t.Helper()
+	_, err, finished := testenv.BlockedBy(t, db, pid, done)
+	if finished && err == nil {
+		err = errUnblocked
+	}
+	return err
+}

@@ -1,0 +1,37 @@
+package testenv
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// BlockedBy waits until a PostgreSQL backend waits for a lock that backend
+// pid holds, and returns the waiter's pid; or, if done delivers first (the
+// work under test finished without waiting), its value with finished true.
+// It fails t if neither happens within 30 s. Tests of lock order use it to
+// let the other side commit exactly while the work under test waits,
+// without sleeping on a guess.
+func BlockedBy[T any](t testing.TB, db *pgxpool.Pool, pid int, done <-chan T) (waiter int, v T, finished bool) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		select {
+		case v = <-done:
+			return 0, v, true
+		default:
+		}
+		err := db.QueryRow(context.Background(), "SELECT pid FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid)) LIMIT 1", pid).Scan(&waiter)
+		if err == nil {
+			return waiter, v, false
+		}
+		if !errors.Is(err, pgx.ErrNoRows) {
+			t.Fatal(err)
+		}
+	}
+	t.Fatal("nothing waited for the lock, and the work did not finish")
+	return 0, v, false
+}
