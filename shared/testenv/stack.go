@@ -110,6 +110,14 @@ func StartStack(t testing.TB, env map[string]string) *Stack {
 // start: it returns the error with Caddy's output.
 func TryStartStack(t testing.TB, env map[string]string) (*Stack, error) {
 	t.Helper()
+	return TryStartStackWith(t, env, http.DefaultClient)
+}
+
+// TryStartStackWith is TryStartStack asking whether Caddy is up with
+// client: with env's GUARDIAN_SCHEME https, one that trusts the site's
+// certificate and presents the client certificate it asks for.
+func TryStartStackWith(t testing.TB, env map[string]string, client *http.Client) (*Stack, error) {
+	t.Helper()
 	bin := BuildStack(t)
 	root, _ := RepoRoot()
 	run := t.TempDir()
@@ -143,7 +151,11 @@ func TryStartStack(t testing.TB, env map[string]string) (*Stack, error) {
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 	adminSock := filepath.Join(run, "admin.sock")
-	s := &Stack{URL: fmt.Sprintf("http://127.0.0.1:%d", port), Cmd: cmd, log: log, bin: bin, root: root, env: baseEnv,
+	scheme := "http"
+	if env["GUARDIAN_SCHEME"] == "https" {
+		scheme = "https"
+	}
+	s := &Stack{URL: fmt.Sprintf("%s://127.0.0.1:%d", scheme, port), Cmd: cmd, log: log, bin: bin, root: root, env: baseEnv,
 		Admin: &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return (&net.Dialer{}).DialContext(ctx, "unix", adminSock)
 		}}}}
@@ -169,7 +181,7 @@ func TryStartStack(t testing.TB, env map[string]string) (*Stack, error) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		req, _ := http.NewRequestWithContext(ctx, "GET", s.URL+"/.well-known/guardian-ready", nil)
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := client.Do(req)
 		cancel()
 		if err == nil {
 			resp.Body.Close()
