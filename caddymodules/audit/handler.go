@@ -142,6 +142,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		w.Header().Set("Retry-After", "30")
 		return caddyhttp.HandlerError{Err: refusedUnaudited, StatusCode: http.StatusServiceUnavailable, ID: "audit", Trace: "guardian_audit"}
 	}
+	if h.writer.Saturated() {
+		w.Header().Set("Retry-After", "5")
+		metrics.saturated.Inc()
+		return caddyhttp.HandlerError{Err: refusedUnaudited, StatusCode: http.StatusServiceUnavailable, ID: "audit", Trace: "guardian_audit"}
+	}
 	reqID := identity.NewRequestID()
 	caddyhttp.SetVar(r.Context(), identity.RequestIDVarKey, reqID)
 	w.Header().Set("Request-Id", reqID)

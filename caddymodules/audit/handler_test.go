@@ -3,6 +3,7 @@ package audit
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -132,5 +133,29 @@ func TestARowKeepsNoKeyInResourceOrUserAgent(t *testing.T) {
 		if !strings.Contains(v, audit.Redacted) {
 			t.Errorf("%s = %q, want it redacted", name, v)
 		}
+	}
+}
+
+// A request that comes while the audit queues are saturated is refused
+// before its function runs: "nothing was done", not "outcome unknown".
+func TestASaturatedWriterRefusesBeforeTheFunctionRuns(t *testing.T) {
+	t.Parallel()
+	c := &chain{in: make(chan *pending, 2)}
+	w := &Writer{chains: []*chain{c}, maxBatch: 1, coming: newComing()}
+	c.in <- &pending{}
+	c.in <- &pending{}
+	h := &Handler{writer: w, log: zap.NewNop()}
+	ran := false
+	next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { ran = true; return nil })
+	rec := httptest.NewRecorder()
+	req := httptest.NewRequest("DELETE", "/api/v1/servers/x", nil)
+	req = req.WithContext(context.WithValue(req.Context(), caddyhttp.VarsCtxKey, map[string]any{}))
+	err := h.ServeHTTP(rec, req, next)
+	var he caddyhttp.HandlerError
+	if !errors.As(err, &he) || he.StatusCode != http.StatusServiceUnavailable || !errors.Is(err, refusedUnaudited) || rec.Header().Get("Retry-After") == "" {
+		t.Fatalf("saturated: %v, Retry-After %q", err, rec.Header().Get("Retry-After"))
+	}
+	if ran {
+		t.Fatal("the function ran although its row could find no room")
 	}
 }

@@ -11,6 +11,7 @@ var metrics = struct {
 	rows         *prometheus.CounterVec
 	replayed     prometheus.Counter
 	replayErrors prometheus.Counter
+	saturated    prometheus.Counter
 	spoolCorrupt prometheus.Counter
 	spoolBytes   prometheus.Gauge
 	spoolFull    prometheus.Gauge
@@ -29,6 +30,10 @@ var metrics = struct {
 	replayErrors: prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: "guardian", Subsystem: "audit", Name: "replay_errors_total",
 		Help: "Replays of the spool that failed although PostgreSQL answered (a grant lost, a row refused, a segment unreadable); each is retried, and the spool grows meanwhile (alert on any).",
+	}),
+	saturated: prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "guardian", Subsystem: "audit", Name: "saturated_refusals_total",
+		Help: "Requests refused before they ran because the audit queue was full (PostgreSQL slower than the requests coming).",
 	}),
 	spoolCorrupt: prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: "guardian", Subsystem: "audit", Name: "spool_corrupt_rows_total",
@@ -58,5 +63,5 @@ var metrics = struct {
 }
 
 func registerMetrics(reg prometheus.Registerer) error {
-	return guardian.RegisterCollectors(reg, metrics.rows, metrics.replayed, metrics.replayErrors, metrics.spoolCorrupt, metrics.spoolBytes, metrics.spoolFull, metrics.writeErrors, metrics.displaced, metrics.batchSize)
+	return guardian.RegisterCollectors(reg, metrics.rows, metrics.replayed, metrics.replayErrors, metrics.saturated, metrics.spoolCorrupt, metrics.spoolBytes, metrics.spoolFull, metrics.writeErrors, metrics.displaced, metrics.batchSize)
 }

@@ -268,7 +268,33 @@ func (w *Writer) pick() *chain {
 			return c
 		}
 	}
-	return w.chains[w.next.Add(1)%uint64(len(w.chains))]
+	// All busy: the one with the most room (from a rotating start, so
+	// that ties spread), so that a row finds a place while any has one.
+	best := w.chains[w.next.Add(1)%uint64(len(w.chains))]
+	for _, c := range w.chains {
+		if len(c.in) < len(best.in) {
+			best = c
+		}
+	}
+	return best
+}
+
+// Saturated reports whether the queues are at least half full and the
+// rows queued and those announced (requests under way, each of which may
+// queue one) fill them. A request let in then could find no room for its
+// row once its function has acted, and be answered "outcome unknown";
+// guardian_audit refuses it before anything is done instead. (PostgreSQL
+// slow but not failing keeps the writer from spooling, so only this bounds
+// the queue's wait.) The half: while PostgreSQL keeps up the queues stay
+// near empty, and many requests under way (ingest waiting for ClickHouse)
+// must not be refused for rows the writer will take at once.
+func (w *Writer) Saturated() bool {
+	queued, room := 0, 0
+	for _, c := range w.chains {
+		queued += len(c.in)
+		room += cap(c.in)
+	}
+	return 2*queued >= room && int64(queued)+w.coming.n.Load() >= int64(room)
 }
 
 // SetLinger changes Linger for the batches to come (the newest Caddy

@@ -1255,3 +1255,51 @@ func TestUnreachableTellsAnAbsentPostgresFromAnAnswer(t *testing.T) {
 		}
 	}
 }
+
+// The queues are saturated once they are half full and the rows queued
+// and announced would fill them; a queue merely busy with many requests
+// under way is not.
+func TestSaturated(t *testing.T) {
+	for _, tc := range []struct {
+		name              string
+		queued, announced int
+		saturated         bool
+	}{
+		{"empty", 0, 0, false},
+		{"many under way, queues near empty", 1, 50, false},
+		{"half full, the rest under way", 4, 4, true},
+		{"half full, room for those under way", 4, 3, false},
+		{"full", 8, 0, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, b := &chain{in: make(chan *pending, 4)}, &chain{in: make(chan *pending, 4)}
+			w := &Writer{chains: []*chain{a, b}, maxBatch: 1, coming: newComing()}
+			for i := range tc.queued {
+				(map[bool]*chain{true: a, false: b})[i%2 == 0].in <- &pending{}
+			}
+			for range tc.announced {
+				w.announce()
+			}
+			if got := w.Saturated(); got != tc.saturated {
+				t.Fatalf("Saturated() = %v, want %v", got, tc.saturated)
+			}
+		})
+	}
+}
+
+// A busy writer's row goes to the chain with the most room, so that it
+// waits for none while any chain has a place.
+func TestPickFindsTheChainWithRoom(t *testing.T) {
+	a, b, c := &chain{in: make(chan *pending, 2)}, &chain{in: make(chan *pending, 2)}, &chain{in: make(chan *pending, 2)}
+	w := &Writer{chains: []*chain{a, b, c}, maxBatch: 1, coming: newComing()}
+	a.in <- &pending{}
+	a.in <- &pending{}
+	b.in <- &pending{}
+	b.in <- &pending{}
+	c.in <- &pending{}
+	for range 6 {
+		if got := w.pick(); got != c {
+			t.Fatal("picked a full chain while another had room")
+		}
+	}
+}
