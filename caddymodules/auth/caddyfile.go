@@ -24,6 +24,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	guardian_auth {
 //	    allow          session|key|collector ...
 //	    scope          [<METHOD>] read|write|admin
+//	    session_scope  read|write|admin
 //	    optional [ignore_invalid]
 //	    trusted_origin <scheme://host[:port]> ...
 //	    login_redirect <path>
@@ -31,6 +32,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //
 // Without a block, sessions and account keys with the read scope pass.
 // "scope" without a method sets the default; with one, that method's.
+// "session_scope" is what a session needs instead, for every method.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
 	if d.NextArg() {
@@ -55,6 +57,14 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				}
 				h.MethodScopes[strings.ToUpper(args[0])] = args[1]
 			default:
+				return d.ArgErr()
+			}
+		case "session_scope":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			h.SessionScope = d.Val()
+			if d.NextArg() {
 				return d.ArgErr()
 			}
 		case "optional":

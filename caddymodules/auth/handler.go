@@ -73,6 +73,11 @@ type Handler struct {
 	Scope string `json:"scope,omitempty"`
 	// MethodScopes overrides Scope for some methods, e.g. {"DELETE": "admin"}.
 	MethodScopes map[string]string `json:"method_scopes,omitempty"`
+	// SessionScope, when set, is the scope a session needs for any method,
+	// in place of Scope and MethodScopes, which then bind keys alone: the
+	// audit log is every signed-in user's to read, but only an admin key's
+	// among programmatic ones.
+	SessionScope string `json:"session_scope,omitempty"`
 	// Optional lets requests without any credential through anonymously.
 	// A credential that is presented must still be valid, unless
 	// IgnoreInvalid is also set.
@@ -168,6 +173,9 @@ func (h *Handler) Validate() error {
 			return fmt.Errorf("guardian_auth: scope %s: unknown scope %q", m, s)
 		}
 	}
+	if h.SessionScope != "" && scopeRank[h.SessionScope] == 0 {
+		return fmt.Errorf("guardian_auth: session_scope: unknown scope %q (read, write, admin)", h.SessionScope)
+	}
 	for _, o := range h.TrustedOrigins {
 		u, err := url.Parse(o)
 		if err != nil || u.Scheme == "" || u.Host == "" || u.Path != "" {
@@ -246,7 +254,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if !h.accepts(id.Kind) {
 		return h.refuse(w, r, "kind_not_allowed", false, refuseKind[id.Kind])
 	}
-	if need := h.scopeFor(r.Method); id.Kind != identity.KindCollector && scopeRank[id.Scope] < scopeRank[need] {
+	if need := h.scopeFor(r.Method, id.Kind); id.Kind != identity.KindCollector && scopeRank[id.Scope] < scopeRank[need] {
 		return h.refuse(w, r, "insufficient_scope", false, refuseScope[need])
 	}
 	if fromCookie && !safeMethod(r.Method) && crossSite(r, h.TrustedOrigins) {
@@ -354,7 +362,10 @@ func (h *Handler) accepts(kind string) bool {
 	return false
 }
 
-func (h *Handler) scopeFor(method string) string {
+func (h *Handler) scopeFor(method, kind string) string {
+	if kind == identity.KindSession && h.SessionScope != "" {
+		return h.SessionScope
+	}
 	if s, ok := h.MethodScopes[method]; ok {
 		return s
 	}

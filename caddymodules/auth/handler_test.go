@@ -17,6 +17,7 @@ import (
 	"github.com/glassmkr/guardian/shared/identity"
 	"github.com/glassmkr/guardian/shared/problem"
 	"github.com/glassmkr/guardian/shared/session"
+	"github.com/glassmkr/guardian/shared/testenv"
 )
 
 func asHandlerError(err error, he *caddyhttp.HandlerError) bool { return errors.As(err, he) }
@@ -425,5 +426,45 @@ func TestUncheckedSessionKeepsItsCookie(t *testing.T) {
 	// Looked up, the same cookie is valid.
 	if got := do(t, handler(a, Handler{Allow: []string{AllowSession}}), withCookie("GET", "/", w.token)); got.status != http.StatusOK {
 		t.Fatalf("the session itself: %+v", got)
+	}
+}
+
+// session_scope sets what a session needs, whatever the method, while
+// scope still binds keys: the audit log's route lets every signed-in user
+// read it (a member's session has the write scope) and only admin keys
+// among programmatic ones.
+func TestSessionScopeBindsSessionsAlone(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	member := testenv.NewCustomer(t, w.db, pepper, secret)
+	if _, err := w.db.Exec(context.Background(), "UPDATE users SET role = 'member' WHERE id = $1", member.UserID); err != nil {
+		t.Fatal(err)
+	}
+	_, memberToken := member.Session(t)
+	a := w.authenticator(t)
+	audit := handler(a, Handler{Allow: []string{AllowSession, AllowKey}, Scope: "admin", SessionScope: "read"})
+	adminOnly := handler(a, Handler{Allow: []string{AllowSession, AllowKey}, Scope: "admin"})
+	for _, tc := range []struct {
+		name   string
+		h      *Handler
+		req    *http.Request
+		status int
+	}{
+		{"a member's session reads the audit log", audit, withCookie("GET", "/", memberToken), 200},
+		{"an admin's session too", audit, withCookie("GET", "/", w.token), 200},
+		{"a read key does not", audit, bearer("GET", "/", w.read), 403},
+		{"nor a write key", audit, bearer("GET", "/", w.write), 403},
+		{"an admin key does", audit, bearer("GET", "/", w.admin), 200},
+		{"without session_scope a member's session is refused", adminOnly, withCookie("GET", "/", memberToken), 403},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := do(t, tc.h, tc.req); got.status != tc.status {
+				t.Fatalf("%d %s, want %d", got.status, got.code, tc.status)
+			}
+		})
+	}
+	bad := &Handler{SessionScope: "owner"}
+	if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), "session_scope") {
+		t.Fatalf("session_scope owner: %v", err)
 	}
 }

@@ -27,7 +27,7 @@ import (
 // directiveSeeds exercise each of Guardian's directives and its global
 // option on their own, valid and not.
 var directiveSeeds = []string{
-	":80 {\n\tguardian_auth {\n\t\tallow key session\n\t\tscope read\n\t\tscope POST write\n\t\toptional ignore_invalid\n\t\tlogin_redirect /login\n\t}\n}\n",
+	":80 {\n\tguardian_auth {\n\t\tallow key session\n\t\tscope read\n\t\tscope POST write\n\t\tsession_scope read\n\t\toptional ignore_invalid\n\t\tlogin_redirect /login\n\t}\n}\n",
 	":80 {\n\tguardian_ratelimit ip {\n\t\tmode failures\n\t}\n\tguardian_ratelimit account\n}\n",
 	":80 {\n\tguardian_function whoami {\n\t\tbin /bin/true\n\t\tenv A b\n\t\tidle_timeout 5m\n\t}\n}\n",
 	":80 {\n\tguardian_headers\n\tguardian_problem\n\tguardian_audit\n}\n",

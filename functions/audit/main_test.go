@@ -56,6 +56,17 @@ func TestCustomersReadTheirOwnAuditLog(t *testing.T) {
 	if resp, body := get(t, stack.URL+"/api/v1/audit", bearer(read)); resp.StatusCode != 403 || !strings.Contains(string(body), "insufficient_scope") {
 		t.Fatalf("read key: %d %s", resp.StatusCode, body)
 	}
+	// Every signed-in user reads the log, a member (no admin) too.
+	member := testenv.NewCustomer(t, pg.Owner, c.Pepper, c.Secret)
+	if _, err := pg.Owner.Exec(context.Background(), "UPDATE users SET role = 'member' WHERE id = $1", member.UserID); err != nil {
+		t.Fatal(err)
+	}
+	_, memberToken := member.Session(t)
+	for _, path := range []string{"/api/v1/audit", "/settings/audit"} {
+		if resp, body := get(t, stack.URL+path, map[string]string{"Cookie": "guardian_token=" + memberToken}); resp.StatusCode != 200 {
+			t.Fatalf("a member's session, %s: %d %s", path, resp.StatusCode, body)
+		}
+	}
 
 	// Page through everything two at a time.
 	var all []Entry
