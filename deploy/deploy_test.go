@@ -1141,7 +1141,51 @@ func TestSysusersAndTmpfiles(t *testing.T) {
 	}
 }
 
-func TestSshdAcceptsBackupHostConfig(t *testing.T) {
+// TestAppHostSshdIsKeysOnly: the app host's drop-in, read first, leaves
+// operators keys alone, whatever a later drop-in says.
+func TestAppHostSshdIsKeysOnly(t *testing.T) {
+	sshd, hostKey, dir := sshdForTest(t)
+	cfg := filepath.Join(dir, "sshd_config")
+	// Debian's sshd_config with a cloud image's drop-in after ours.
+	later := filepath.Join(dir, "50-cloud-init.conf")
+	if err := os.WriteFile(later, []byte("PasswordAuthentication yes\nPermitRootLogin yes\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	main := "Include " + filepath.Join(root(t), "deploy", "app-host", "sshd_config.d", "*.conf") + "\nInclude " + later + "\n" +
+		"KbdInteractiveAuthentication yes\nUsePAM yes\nHostKey " + hostKey + "\nPidFile " + filepath.Join(dir, "sshd.pid") + "\n"
+	if err := os.WriteFile(cfg, []byte(main), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(sshd, "-t", "-f", cfg).CombinedOutput(); err != nil {
+		t.Fatalf("sshd -t: %v\n%s", err, out)
+	}
+	for _, spec := range []string{"user=operator,addr=203.0.113.5,host=x", "user=root,addr=10.100.0.2,host=y"} {
+		out, err := exec.Command(sshd, "-T", "-f", cfg, "-C", spec).CombinedOutput()
+		if err != nil {
+			t.Fatalf("sshd -T: %v\n%s", err, out)
+		}
+		got := map[string]string{}
+		for _, l := range strings.Split(string(out), "\n") {
+			if k, v, ok := strings.Cut(l, " "); ok {
+				got[k] = v
+			}
+		}
+		for k, v := range map[string]string{
+			"passwordauthentication": "no", "kbdinteractiveauthentication": "no",
+			"authenticationmethods": "publickey", "permitrootlogin": "without-password",
+			"permitemptypasswords": "no",
+		} {
+			if got[k] != v {
+				t.Errorf("%s: %s = %q, want %q", spec, k, got[k], v)
+			}
+		}
+	}
+}
+
+// sshdForTest finds sshd, makes a host key and returns them with a
+// directory for the test's config, skipping where sshd cannot be checked.
+func sshdForTest(t *testing.T) (sshd, hostKey, dir string) {
+	t.Helper()
 	sshd, err := exec.LookPath("sshd")
 	if err != nil {
 		if _, err2 := os.Stat("/usr/sbin/sshd"); err2 != nil {
@@ -1161,12 +1205,17 @@ func TestSshdAcceptsBackupHostConfig(t *testing.T) {
 			t.Skipf("cannot create /run/sshd: %v", err)
 		}
 	}
-	r := root(t)
-	dir := t.TempDir()
-	hostKey := filepath.Join(dir, "host_ed25519")
+	dir = t.TempDir()
+	hostKey = filepath.Join(dir, "host_ed25519")
 	if out, err := exec.Command(keygen, "-q", "-t", "ed25519", "-N", "", "-f", hostKey).CombinedOutput(); err != nil {
 		t.Fatalf("ssh-keygen: %v\n%s", err, out)
 	}
+	return sshd, hostKey, dir
+}
+
+func TestSshdAcceptsBackupHostConfig(t *testing.T) {
+	sshd, hostKey, dir := sshdForTest(t)
+	r := root(t)
 	// Debian's sshd_config: the Include comes first, then its own settings.
 	cfg := filepath.Join(dir, "sshd_config")
 	main := "Include " + filepath.Join(r, "deploy", "backup-host", "sshd_config.d", "*.conf") + "\n" +
