@@ -76,7 +76,8 @@ type Authenticator struct {
 	// after the drop and trusted for as long as the listener stays up.
 	gen uint64
 
-	listening atomic.Bool
+	listening     atomic.Bool
+	listenerCheck time.Duration // Config.ListenerCheck
 	// staleWarned is when the last "serving from cache" warning was
 	// logged (unix ns): one per staleWarnEvery, not one per request.
 	staleWarned atomic.Int64
@@ -110,8 +111,21 @@ type Config struct {
 	SessionSecret []byte
 	// TouchInterval is how often last-used times are written. Default 10s.
 	TouchInterval time.Duration
+	// ListenerCheck is how long the revocation listener waits in silence
+	// before it pings its connection. Default 30s.
+	ListenerCheck time.Duration
 	Log           *zap.Logger
 }
+
+// Timeouts of the pool's own dials and of its check of an idle connection:
+// each well within lookupTimeout, so that a PostgreSQL that stops
+// answering (a hung host, a silent network) fails a lookup with an error
+// that says so (storeDown), not with the lookup's own deadline, which
+// looks the same as a wait for a connection of a full pool.
+const (
+	connectTimeout = 2 * time.Second
+	pingTimeout    = time.Second
+)
 
 // NewAuthenticator connects lazily to PostgreSQL and starts the
 // revocation listener and the last-used writer; Close stops them.
@@ -121,12 +135,19 @@ func NewAuthenticator(cfg Config) (*Authenticator, error) {
 		return nil, errors.New("auth: the PostgreSQL DSN is not valid")
 	}
 	pcfg.MaxConns = 8
+	if pcfg.ConnConfig.ConnectTimeout == 0 || pcfg.ConnConfig.ConnectTimeout > connectTimeout {
+		pcfg.ConnConfig.ConnectTimeout = connectTimeout
+	}
+	pcfg.PingTimeout = pingTimeout
 	pool, err := pgxpool.NewWithConfig(context.Background(), pcfg)
 	if err != nil {
 		return nil, fmt.Errorf("auth: %w", err)
 	}
 	if cfg.TouchInterval <= 0 {
 		cfg.TouchInterval = 10 * time.Second
+	}
+	if cfg.ListenerCheck <= 0 {
+		cfg.ListenerCheck = 30 * time.Second
 	}
 	if cfg.Log == nil {
 		cfg.Log = zap.NewNop()
@@ -135,7 +156,7 @@ func NewAuthenticator(cfg Config) (*Authenticator, error) {
 	a := &Authenticator{
 		db: pool, dsn: cfg.DSN, hasher: apikey.NewHasher(cfg.Pepper), secret: cfg.SessionSecret, log: cfg.Log, now: time.Now,
 		keys: map[[32]byte]*keyEntry{}, sessions: map[string]*sessionEntry{}, tokens: map[string]*session.Claims{},
-		cancel: cancel, done: make(chan struct{}), lookups: newLookups(),
+		cancel: cancel, done: make(chan struct{}), lookups: newLookups(), listenerCheck: cfg.ListenerCheck,
 	}
 	a.touch = newToucher(pool, cfg.TouchInterval, cfg.Log)
 	go a.listen(ctx)
@@ -523,7 +544,21 @@ func (a *Authenticator) listenOnce(ctx context.Context) error {
 	a.listening.Store(true)
 	a.log.Info("auth revocation listener up")
 	for {
-		n, err := conn.WaitForNotification(ctx)
+		wctx, cancel := context.WithTimeout(ctx, a.listenerCheck)
+		n, err := conn.WaitForNotification(wctx)
+		cancel()
+		if err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+			// Quiet for a while: a connection to a PostgreSQL that has
+			// gone silent (a hung host, a dropped network) would wait
+			// forever, and the caches would be trusted all along.
+			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			err = conn.Ping(pctx)
+			cancel()
+			if err == nil {
+				continue
+			}
+			return fmt.Errorf("check of the listening connection: %w", err)
+		}
 		if err != nil {
 			return err
 		}

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -73,11 +74,7 @@ func TestStaleCredentialsServeThroughAnOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = a.Close() })
-	for deadline := time.Now().Add(10 * time.Second); !a.Listening(); time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("listener never came up") // (its start empties the caches)
-		}
-	}
+	waitFor(t, "the listener", a.Listening) // (its start empties the caches)
 	h := handler(a, Handler{})
 	for _, r := range []*http.Request{bearer("GET", "/", w.read), withCookie("GET", "/", w.token)} {
 		if got := do(t, h, r); got.status != http.StatusOK {
@@ -87,11 +84,7 @@ func TestStaleCredentialsServeThroughAnOutage(t *testing.T) {
 	cut.cut()
 	// Entries go stale only once the listener has lost its connection
 	// too (while it listens, no revocation can pass unheard).
-	for deadline := time.Now().Add(10 * time.Second); a.Listening(); time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the listener never noticed the cut")
-		}
-	}
+	waitFor(t, "the listener to notice the cut", func() bool { return !a.Listening() })
 	a.now = func() time.Time { return time.Now().Add(time.Hour) } // every entry stale
 	for _, r := range []*http.Request{bearer("GET", "/", w.read), withCookie("GET", "/", w.token)} {
 		if got := do(t, h, r); got.status != http.StatusOK {
@@ -106,13 +99,65 @@ func TestStaleCredentialsServeThroughAnOutage(t *testing.T) {
 	}
 }
 
+// TestStaleCredentialsServeThroughASilentOutage: when PostgreSQL stops
+// answering without closing anything (a hung host, a network dropping
+// packets), the listener notices within its check, and a cached key and
+// session keep working: the pool's own timeouts fail their lookups with
+// errors that say PostgreSQL is away, not with the lookup's deadline. A
+// quiet listener meanwhile still hears revocations after its checks.
+func TestStaleCredentialsServeThroughASilentOutage(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	u, err := url.Parse(w.pg.AppDSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := cuttable(t, u.Host)
+	u.Host = proxy.addr
+	core, logs := observer.New(zap.DebugLevel)
+	a, err := NewAuthenticator(Config{DSN: u.String(), Pepper: pepper, SessionSecret: secret, Log: zap.New(core), ListenerCheck: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = a.Close() })
+	waitFor(t, "the listener", a.Listening)
+	h := handler(a, Handler{})
+	doomed := w.c.AccountKey(t, "read")
+	for _, r := range []*http.Request{bearer("GET", "/", w.read), withCookie("GET", "/", w.token), bearer("GET", "/", doomed)} {
+		if got := do(t, h, r); got.status != http.StatusOK {
+			t.Fatalf("before the outage: %+v", got)
+		}
+	}
+	time.Sleep(350 * time.Millisecond) // a few quiet checks
+	w.c.Revoke(t, doomed)
+	waitFor(t, "the revocation after quiet checks", func() bool { return do(t, h, bearer("GET", "/", doomed)).status == http.StatusUnauthorized })
+
+	proxy.silent.Store(true)
+	waitFor(t, "the listener to notice the silence", func() bool { return !a.Listening() })
+	a.now = func() time.Time { return time.Now().Add(time.Hour) } // every entry stale
+	for _, r := range []*http.Request{bearer("GET", "/", w.read), withCookie("GET", "/", w.token)} {
+		if got := do(t, h, r); got.status != http.StatusOK {
+			t.Fatalf("a cached credential while PostgreSQL is silent: %+v", got)
+		}
+	}
+	if logs.FilterMessageSnippet("serving cached credentials").Len() == 0 {
+		t.Error("serving stale credentials was not logged")
+	}
+	if got := do(t, h, bearer("GET", "/", w.write)); got.status != http.StatusServiceUnavailable {
+		t.Fatalf("a key never seen, PostgreSQL silent: %+v", got)
+	}
+}
+
 // cutter forwards TCP connections to a PostgreSQL until cut, when it
-// resets them and refuses new ones.
+// resets them and refuses new ones, or silenced, when it keeps every
+// connection open and accepts new ones but carries nothing either way
+// (a hung host, a network dropping packets).
 type cutter struct {
-	addr  string
-	ln    net.Listener
-	mu    sync.Mutex
-	conns []net.Conn
+	addr   string
+	ln     net.Listener
+	silent atomic.Bool
+	mu     sync.Mutex
+	conns  []net.Conn
 }
 
 func cuttable(t *testing.T, target string) *cutter {
@@ -129,19 +174,43 @@ func cuttable(t *testing.T, target string) *cutter {
 			if err != nil {
 				return
 			}
+			c.mu.Lock()
+			c.conns = append(c.conns, in)
+			c.mu.Unlock()
+			if c.silent.Load() {
+				continue // held open, never answered
+			}
 			out, err := net.Dial("tcp", target)
 			if err != nil {
 				in.Close()
 				continue
 			}
 			c.mu.Lock()
-			c.conns = append(c.conns, in, out)
+			c.conns = append(c.conns, out)
 			c.mu.Unlock()
-			go func() { _, _ = io.Copy(out, in); out.Close() }()
-			go func() { _, _ = io.Copy(in, out); in.Close() }()
+			go c.pipe(out, in)
+			go c.pipe(in, out)
 		}
 	}()
 	return c
+}
+
+// pipe copies from src to dst until either ends, dropping what it reads
+// once the cutter is silenced.
+func (c *cutter) pipe(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 && !c.silent.Load() {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			dst.Close()
+			return
+		}
+	}
 }
 
 func (c *cutter) cut() {
