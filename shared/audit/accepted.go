@@ -17,44 +17,58 @@ import (
 type Accepted map[acceptedKey]bool
 
 // acceptedKey is what an entry names: a break's writer, sequence and
-// reason, and for "rewritten" the row hash found, so that accepting one
-// recomputation of a chain does not accept the next.
+// reason, and the hashes it is pinned to (Break.Prev and Break.Hash, in
+// hex; "" for none).
 type acceptedKey struct {
 	writer string
 	seq    int64
 	reason string
+	prev   string
 	hash   string
 }
 
 func keyOf(b Break) acceptedKey {
-	k := acceptedKey{writer: b.WriterID, seq: b.WriterSeq, reason: b.Reason}
-	if b.Reason == "rewritten" {
-		k.hash = hex.EncodeToString(b.Hash)
-	}
-	return k
+	return acceptedKey{writer: b.WriterID, seq: b.WriterSeq, reason: b.Reason, prev: hex.EncodeToString(b.Prev), hash: hex.EncodeToString(b.Hash)}
 }
 
 // Has reports whether b is accepted.
 func (a Accepted) Has(b Break) bool { return a[keyOf(b)] }
 
-// Entry is b as a line of an accepted-breaks list.
+// Entry is b as a line of an accepted-breaks list: its writer id (as
+// x:<hex> when it holds anything but letters, digits and ._!:-, so that
+// no id can read as more fields or a comment), sequence, reason, and the
+// hashes it is pinned to, in hex ("-" for none).
 func (b Break) Entry() string {
-	e := b.WriterID + " " + strconv.FormatInt(b.WriterSeq, 10) + " " + b.Reason
-	if b.Reason == "rewritten" {
-		e += " " + hex.EncodeToString(b.Hash)
+	return entryWriter(b.WriterID) + " " + strconv.FormatInt(b.WriterSeq, 10) + " " + b.Reason + " " + hexOrDash(b.Prev) + " " + hexOrDash(b.Hash)
+}
+
+func hexOrDash(h []byte) string {
+	if len(h) == 0 {
+		return "-"
 	}
-	return e
+	return hex.EncodeToString(h)
+}
+
+func entryWriter(w string) string {
+	safe := w != "" && !strings.HasPrefix(w, "x:")
+	for i := 0; safe && i < len(w); i++ {
+		c := w[i]
+		safe = c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || strings.IndexByte("._!:-", c) >= 0
+	}
+	if safe {
+		return w
+	}
+	return "x:" + hex.EncodeToString([]byte(w))
 }
 
 // reasons are the Break reasons a list may accept.
 var reasons = map[string]bool{"content": true, "link": true, "gap": true, "rewritten": true, "truncated": true, "displaced": true, "customer": true}
 
 // ParseAccepted reads a list of accepted breaks, one a line as
-// Break.Entry writes it: the writer id, the sequence and the reason,
-// separated by spaces ("a1b2c3d4e5f6-0 17 content"), and for "rewritten"
-// the row hash found, in hex. Blank lines and text after a # are ignored.
-// A line that is not such an entry is an error naming it, so that a typo
-// cannot quietly accept nothing.
+// Break.Entry writes it: writer id, sequence, reason, and the two hashes
+// the break is pinned to ("a1b2c3d4e5f6-0 17 content 9f2c… 41d0…"). Blank
+// lines and text after a # are ignored. A line that is not such an entry
+// is an error naming it, so that a typo cannot quietly accept nothing.
 func ParseAccepted(r io.Reader) (Accepted, error) {
 	a := Accepted{}
 	sc := bufio.NewScanner(r)
@@ -77,27 +91,33 @@ func ParseAccepted(r io.Reader) (Accepted, error) {
 }
 
 func acceptedEntry(f []string) (acceptedKey, error) {
-	if len(f) < 3 {
-		return acceptedKey{}, fmt.Errorf("want writer id, seq and reason, found %d field(s)", len(f))
+	if len(f) != 5 {
+		return acceptedKey{}, fmt.Errorf("want writer id, seq, reason and two hashes (as a red run prints them), found %d field(s)", len(f))
 	}
 	k := acceptedKey{writer: f[0], reason: f[2]}
+	if w, ok := strings.CutPrefix(f[0], "x:"); ok {
+		b, err := hex.DecodeString(w)
+		if err != nil || len(b) == 0 {
+			return acceptedKey{}, fmt.Errorf("writer id %q is not x: and hex", f[0])
+		}
+		k.writer = string(b)
+	}
 	var err error
 	if k.seq, err = strconv.ParseInt(f[1], 10, 64); err != nil || k.seq < 1 {
 		return acceptedKey{}, fmt.Errorf("seq %q is not a positive integer", f[1])
 	}
-	switch {
-	case !reasons[k.reason]:
+	if !reasons[k.reason] {
 		return acceptedKey{}, fmt.Errorf("unknown reason %q", k.reason)
-	case k.reason != "rewritten" && len(f) != 3:
-		return acceptedKey{}, fmt.Errorf("want writer id, seq and reason, found %d fields", len(f))
-	case k.reason == "rewritten" && len(f) != 4:
-		return acceptedKey{}, fmt.Errorf("rewritten: want writer id, seq, reason and the row hash found, found %d fields", len(f))
-	case k.reason == "rewritten":
-		h, err := hex.DecodeString(f[3])
-		if err != nil || len(h) == 0 {
-			return acceptedKey{}, fmt.Errorf("rewritten: row hash %q is not hex", f[3])
+	}
+	for i, dst := range []*string{&k.prev, &k.hash} {
+		if f[3+i] == "-" {
+			continue
 		}
-		k.hash = hex.EncodeToString(h) // lower case, as keyOf writes it
+		h, err := hex.DecodeString(f[3+i])
+		if err != nil || len(h) == 0 {
+			return acceptedKey{}, fmt.Errorf("hash %q is neither hex nor -", f[3+i])
+		}
+		*dst = hex.EncodeToString(h) // lower case, as keyOf writes it
 	}
 	return k, nil
 }

@@ -26,8 +26,13 @@ type Break struct {
 	// or "displaced" (the writer found WriterSeq held by a row it did not
 	// write, and stored its own as the chain DisplacedID; RowID is 0).
 	Reason string
-	// Hash is, for "rewritten", the row hash found at the kept head.
-	Hash []byte
+	// Prev is the hash of the last row the walk took before the break (nil
+	// at the chain's start), and Hash the row hash found at it (for
+	// "content", the hash its fields give now; nil for "truncated" and
+	// "displaced"). An accepted break is pinned to both: rewriting,
+	// removing or inserting rows before it changes Prev, and editing its
+	// row again changes Hash, so either turns the run red again.
+	Prev, Hash []byte
 }
 
 func (b Break) String() string {
@@ -188,7 +193,8 @@ func VerifyWith(ctx context.Context, db Querier, customers Customers, kept Heads
 // VerifyAccepting is VerifyWith that passes over the breaks an operator
 // accepted (nil: none). An accepted break is listed in Report.Accepted,
 // and the walk goes on past it, taking the row as stored, so a later
-// break of the same chain is still reported.
+// break of the same chain is still reported. An acceptance holds only
+// while the break's Prev and Hash are what they were (Accepted).
 func VerifyAccepting(ctx context.Context, db Querier, customers Customers, kept Heads, accepted Accepted) (Report, error) {
 	rep := Report{Heads: Heads{}}
 	rows, err := db.Query(ctx, verifyQuery)
@@ -219,16 +225,14 @@ func VerifyAccepting(ctx context.Context, db Querier, customers Customers, kept 
 			rep.Heads[writer] = Head{Seq: seq, Hash: prev}
 		}
 		if k, ok := kept[writer]; ok && !broken && seq < k.Seq {
-			rep.add(Break{WriterID: writer, WriterSeq: seq + 1, Reason: "truncated"}, accepted)
+			rep.add(Break{WriterID: writer, WriterSeq: seq + 1, Reason: "truncated", Prev: bytes.Clone(prev)}, accepted)
 		}
 	}
-	// pass reports a break of the current row for reason, unless it is
-	// accepted; it reports whether the walk goes on with the row.
-	pass := func(reason string) bool {
-		b := Break{WriterID: writer, WriterSeq: r.WriterSeq, RowID: id, Reason: reason}
-		if reason == "rewritten" {
-			b.Hash = bytes.Clone(r.RowHash)
-		}
+	// pass reports a break of the current row for reason, found with hash
+	// (see Break.Hash), unless it is accepted; it reports whether the walk
+	// goes on with the row.
+	pass := func(reason string, hash []byte) bool {
+		b := Break{WriterID: writer, WriterSeq: r.WriterSeq, RowID: id, Reason: reason, Prev: bytes.Clone(prev), Hash: bytes.Clone(hash)}
 		if rep.add(b, accepted) {
 			return true
 		}
@@ -259,21 +263,25 @@ func VerifyAccepting(ctx context.Context, db Querier, customers Customers, kept 
 		r.StatusCode = int(status)
 		// Past an accepted break, the row's remaining checks still apply
 		// (but its link, after an accepted gap: rows before it are gone).
+		stored := r.RowHash
 		if r.WriterSeq != seq+1 {
-			if !pass("gap") {
+			if !pass("gap", stored) {
 				continue
 			}
-		} else if !bytes.Equal(r.PrevHash, prev) && !pass("link") {
+		} else if !bytes.Equal(r.PrevHash, prev) && !pass("link", stored) {
 			continue
 		}
-		stored := r.RowHash
-		if r.Metadata, err = CanonicalText(meta); (err != nil || !bytes.Equal(Hash(&r), stored)) && !pass("content") {
+		got := stored // a row whose metadata cannot be read is pinned as stored
+		if r.Metadata, err = CanonicalText(meta); err == nil {
+			got = Hash(&r)
+		}
+		if (err != nil || !bytes.Equal(got, stored)) && !pass("content", got) {
 			continue
 		}
-		if k, ok := kept[writer]; ok && k.Seq == r.WriterSeq && !bytes.Equal(k.Hash, stored) && !pass("rewritten") {
+		if k, ok := kept[writer]; ok && k.Seq == r.WriterSeq && !bytes.Equal(k.Hash, stored) && !pass("rewritten", stored) {
 			continue
 		}
-		if customers.moved(&r) && !pass("customer") {
+		if customers.moved(&r) && !pass("customer", stored) {
 			continue
 		}
 		prev, seq = stored, r.WriterSeq

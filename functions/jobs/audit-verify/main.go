@@ -18,7 +18,9 @@
 // it can be accepted: GUARDIAN_AUDIT_ACCEPTED_BREAKS names a file that
 // lists such breaks (audit.ParseAccepted; a red run prints its breaks in
 // that form as "break_entries"). An accepted break no longer makes a run
-// red, and the walk goes on past it; any other break still does.
+// red, and the walk goes on past it; any other break still does, and so
+// does any change to the rows before an accepted break or to its row (an
+// entry is pinned to their hashes).
 //
 // It needs only SELECT on api_audit_log and on customers' ids and audit
 // salts, which its own role (guardian_app_audit_verify, migration 0022)
