@@ -580,8 +580,13 @@ func (w *Writer) replayOnce(ctx context.Context) error {
 	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	err := w.db.Ping(pctx)
 	cancel()
-	if err != nil {
+	if err != nil && (unreachable(err) || errors.Is(err, context.DeadlineExceeded)) {
 		return fmt.Errorf("%w: %w", errAway, err)
+	}
+	if err != nil {
+		// PostgreSQL answered, refusing: a password changed, a pg_hba
+		// line, CONNECT revoked. It will not pass by itself.
+		return fmt.Errorf("audit spool replay: connect: %w", err)
 	}
 	for {
 		if err := w.spool.seal(); err != nil {

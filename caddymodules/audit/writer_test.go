@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -1230,6 +1231,30 @@ func TestAReplayWhilePostgresIsAwayIsNotAnError(t *testing.T) {
 	}
 	if w.spool.empty() {
 		t.Fatal("the spooled row went somewhere")
+	}
+}
+
+// TestAReplayRefusedAtSignInIsAnError: PostgreSQL that answers a
+// connection with a refusal (here a wrong password; equally a pg_hba line
+// or CONNECT revoked) is not away: the spool would wait for ever.
+//
+// Not parallel: it counts replay_errors_total, a process-wide counter.
+func TestAReplayRefusedAtSignInIsAnError(t *testing.T) {
+	pg := testenv.Postgres(t)
+	u, err := url.Parse(pg.AppDSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.User = url.UserPassword(u.User.Username(), "not-the-password")
+	w, logs := observedWriter(t, u.String())
+	before := promtestutil.ToFloat64(metrics.replayErrors)
+	spoolRow(t, w, testRow(1))
+	deadline := time.Now().Add(10 * time.Second)
+	for promtestutil.ToFloat64(metrics.replayErrors) == before {
+		if time.Now().After(deadline) {
+			t.Fatalf("a refused sign-in was taken for PostgreSQL being away (logged %v)", logs.All())
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
