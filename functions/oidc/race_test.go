@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/glassmkr/guardian/functions/oidc/oidctest"
+	"github.com/glassmkr/guardian/shared/migrate"
 	"github.com/glassmkr/guardian/shared/testenv"
 )
 
@@ -64,7 +65,7 @@ func TestAGoogleSignInRacingAFirstFactorIsAskedForIt(t *testing.T) {
 		done <- answer{r: reply{status: resp.StatusCode, header: resp.Header, body: string(body), location: resp.Header.Get("Location")}}
 	}()
 	var got *answer
-	if _, a, finished := testenv.BlockedBy(t, s.pg.Owner, pid, done); finished {
+	if _, a, finished := testenv.BlockedBy(t, s.pg.Owner, pid, done, migrate.FunctionRole(migrate.DefaultAppRole, "oidc")); finished {
 		got = &a // answered without waiting for the factor
 	}
 	if err := factor.Commit(ctx); err != nil {

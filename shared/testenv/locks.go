@@ -13,18 +13,24 @@ import (
 // BlockedBy waits until a PostgreSQL backend waits for a lock that backend
 // pid holds, and returns the waiter's pid; or, if done delivers first (the
 // work under test finished without waiting), its value with finished true.
+// With roles, only a backend signed in as one of them counts (the function
+// under test's, not the edge's own writes that may touch the same rows).
 // It fails t if neither happens within 30 s. Tests of lock order use it to
 // let the other side commit exactly while the work under test waits,
 // without sleeping on a guess.
-func BlockedBy[T any](t testing.TB, db *pgxpool.Pool, pid int, done <-chan T) (waiter int, v T, finished bool) {
+func BlockedBy[T any](t testing.TB, db *pgxpool.Pool, pid int, done <-chan T, roles ...string) (waiter int, v T, finished bool) {
 	t.Helper()
+	if roles == nil {
+		roles = []string{} // an array, not NULL: "any role"
+	}
 	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
 		select {
 		case v = <-done:
 			return 0, v, true
 		default:
 		}
-		err := db.QueryRow(context.Background(), "SELECT pid FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid)) LIMIT 1", pid).Scan(&waiter)
+		err := db.QueryRow(context.Background(), `SELECT pid FROM pg_stat_activity
+			WHERE $1 = ANY(pg_blocking_pids(pid)) AND (cardinality($2::text[]) = 0 OR usename = ANY($2)) LIMIT 1`, pid, roles).Scan(&waiter)
 		if err == nil {
 			return waiter, v, false
 		}
