@@ -369,6 +369,38 @@ func TestARevocationCannotBeWithdrawnOrPostponed(t *testing.T) {
 	}
 }
 
+// A key's revocation reason changes only with its revoked_at (0026): a
+// leaked key's reason cannot be relabelled by a role that may revoke.
+func TestARevocationsReasonStands(t *testing.T) {
+	t.Parallel()
+	pg := testenv.Postgres(t)
+	ctx := context.Background()
+	customer := insertCustomerWithAudit(t, pg.App(t))
+	var id string
+	if err := pg.Owner.QueryRow(ctx, `INSERT INTO api_keys (customer_id, kind, scope, name, key_hash, last4, revoked_at, revoked_reason)
+		VALUES ($1, 'account', 'read', 'k', decode(md5(random()::text) || md5(random()::text), 'hex'), 'Ab12', now() + interval '1 hour', 'rotated')
+		RETURNING id`, customer).Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	for _, role := range []string{"keys", "servers", "sessions"} {
+		db, err := pgxpool.New(ctx, pg.FunctionDSNs["GUARDIAN_PG_DSN_"+strings.ToUpper(role)])
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(db.Close)
+		if _, err := db.Exec(ctx, "UPDATE api_keys SET revoked_reason = 'relabelled' WHERE id = $1", id); sqlState(err) != "42501" {
+			t.Errorf("%s relabelled a revocation: %v", role, err)
+		}
+	}
+	// Revoked during its grace: earlier, with its reason, as the product does.
+	if _, err := pg.Owner.Exec(ctx, "UPDATE api_keys SET revoked_at = now(), revoked_reason = 'revoked' WHERE id = $1", id); err != nil {
+		t.Fatalf("revoking a key during its grace: %v", err)
+	}
+	if _, err := pg.Owner.Exec(ctx, "UPDATE api_keys SET revoked_reason = 'github_secret_scanning' WHERE id = $1", id); sqlState(err) != "42501" {
+		t.Errorf("the owner relabelled a revocation: %v", err)
+	}
+}
+
 func equalTimes(a, b *time.Time) bool {
 	if a == nil || b == nil {
 		return a == b
