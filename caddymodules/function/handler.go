@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -29,9 +30,11 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
-	"golang.org/x/sync/semaphore"
 
+	"github.com/glassmkr/guardian/caddymodules/guardian"
+	"github.com/glassmkr/guardian/shared/clientip"
 	"github.com/glassmkr/guardian/shared/fnserve"
+	"github.com/glassmkr/guardian/shared/identity"
 	"github.com/glassmkr/guardian/shared/problem"
 )
 
@@ -76,10 +79,11 @@ type Handler struct {
 	// its body a byte a second would otherwise hold a slot until the
 	// server's read_body timeout, and a few such clients hold them all.
 	// Default 0: bodies stream to the function. All the bodies held at once
-	// for the function's routes are bounded too (maxBuffered), charged as their bytes
-	// arrive: past it a request is 503, so memory stays bounded and only
-	// bytes actually sent count against it, not what a slow client
-	// declares.
+	// for the function's routes are bounded too (maxBuffered), charged as
+	// their bytes arrive, and one holder (a customer, or an address without
+	// a credential) may hold a quarter of it: past either a request is 503,
+	// so memory stays bounded, only bytes actually sent count, not what a
+	// slow client declares, and no one client keeps the others out.
 	BufferBody int64 `json:"buffer_body,omitempty"`
 	// MinWarm is how many processes to keep running even when idle: 0
 	// (scale to zero, the default) or 1. A function is one process that
@@ -87,7 +91,7 @@ type Handler struct {
 	MinWarm int `json:"min_warm,omitempty"`
 
 	key         string
-	buffered    *semaphore.Weighted // bytes of buffered bodies held (BufferBody)
+	buffered    *budget // bytes of buffered bodies held (BufferBody)
 	bufferTotal int64               // its size; maxBuffered unless a test sets it
 	inst        *instance
 	metrics     *fnMetrics
@@ -231,8 +235,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		return caddyhttp.Error(http.StatusBadRequest, problem.New(http.StatusBadRequest, "invalid_query", detail))
 	}
 	if h.BufferBody > 0 {
-		held, err := h.bufferBody(w, r)
-		defer h.buffered.Release(held)
+		holder := bodyHolder(r)
+		held, err := h.bufferBody(w, r, holder)
+		defer h.buffered.give(holder, held)
 		if err != nil {
 			outcome = outcomeRefused
 			return err
@@ -324,7 +329,7 @@ const (
 // bufferBody replaces r's body with its bytes, read in full (BufferBody),
 // and returns the bytes it holds of h.buffered, to release once the
 // request is done (also on error).
-func (h *Handler) bufferBody(w http.ResponseWriter, r *http.Request) (held int64, err error) {
+func (h *Handler) bufferBody(w http.ResponseWriter, r *http.Request, holder string) (held int64, err error) {
 	if r.Body == nil || r.Body == http.NoBody {
 		return 0, nil
 	}
@@ -338,9 +343,11 @@ func (h *Handler) bufferBody(w http.ResponseWriter, r *http.Request) (held int64
 		// Charged once read: a client that declares a body and sends
 		// nothing (or a byte at a time) holds next to none of the bound,
 		// so a few thousand idle uploads cannot keep everyone else out.
-		n, err := io.CopyN(&buf, r.Body, bufferChunk)
+		// At most one byte past BufferBody, so that a body too large is
+		// told so as soon as that byte arrives.
+		n, err := io.CopyN(&buf, r.Body, min(bufferChunk, h.BufferBody+1-int64(buf.Len())))
 		if n > 0 {
-			if !h.buffered.TryAcquire(n) {
+			if !h.buffered.take(holder, n, h.BufferBody+bufferChunk) {
 				w.Header().Set("Retry-After", "1")
 				return held, caddyhttp.Error(http.StatusServiceUnavailable,
 					problem.New(http.StatusServiceUnavailable, "function_busy", "too many request bodies are being received; try again shortly"))
@@ -365,6 +372,23 @@ func (h *Handler) bufferBody(w http.ResponseWriter, r *http.Request) (held int64
 	_ = r.Body.Close()
 	r.Body, r.ContentLength = io.NopCloser(bytes.NewReader(buf.Bytes())), int64(buf.Len())
 	return held, nil
+}
+
+// bodyHolder is whom a buffered body is charged to: the customer the
+// request's credential names, else its client's address (as the rate
+// limiter counts it).
+func bodyHolder(r *http.Request) string {
+	if id, _ := caddyhttp.GetVar(r.Context(), identity.VarKey).(*identity.Identity); id != nil && id.CustomerID != "" {
+		return "c:" + id.CustomerID
+	}
+	if b := guardian.ClientBucket(r.Context()); b != "" {
+		return "a:" + b
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		host = r.RemoteAddr
+	}
+	return "a:" + clientip.Bucket(host)
 }
 
 func (h *Handler) acquireSlot(ctx context.Context) error {

@@ -548,6 +548,63 @@ func TestBufferedBodiesAreBoundedTogether(t *testing.T) {
 	}
 }
 
+// One holder (a customer, or an address without a credential) may hold a
+// quarter of the bound on buffered bodies, or one body if that is more: a
+// customer sending bodies slowly keeps its own requests out, not everyone
+// else's.
+func TestOneHolderTakesAShareOfTheBound(t *testing.T) {
+	t.Parallel()
+	// Bound 320 KiB, a holder's share 80 KiB (a body needs 72).
+	h := newHandler(t, &Handler{BufferBody: 40 << 10, bufferTotal: 10 * bufferChunk})
+	from := func(addr string, body io.Reader) *http.Request {
+		r := httptest.NewRequest("POST", "/sum", body)
+		r.RemoteAddr = addr + ":4321"
+		return r
+	}
+	var feeds []*io.PipeWriter
+	done := make(chan error, 2)
+	for range 2 {
+		slow, feed := io.Pipe()
+		feeds = append(feeds, feed)
+		go func() { done <- h.ServeHTTP(httptest.NewRecorder(), from("198.51.100.7", slow), nil) }()
+		_, _ = feed.Write(make([]byte, bufferChunk+1)) // a chunk held each
+	}
+	err := h.ServeHTTP(httptest.NewRecorder(), from("198.51.100.7", bytes.NewReader(make([]byte, bufferChunk))), nil)
+	if code, name := problemOf(t, err); code != http.StatusServiceUnavailable || name != "function_busy" {
+		t.Fatalf("a third body of the holder past its share: %d %s", code, name)
+	}
+	rec := httptest.NewRecorder()
+	if err := h.ServeHTTP(rec, from("203.0.113.9", bytes.NewReader(make([]byte, bufferChunk))), nil); err != nil || rec.Code != 200 {
+		t.Fatalf("another holder's body meanwhile: %d %v", rec.Code, err)
+	}
+	for _, f := range feeds {
+		f.Close()
+	}
+	for range feeds {
+		<-done
+	}
+}
+
+// A buffered body over the route's bound is 413 as soon as the byte past
+// it arrives, not once a whole chunk has.
+func TestATooLargeBodyIsRefusedAtTheFirstByteTooMany(t *testing.T) {
+	t.Parallel()
+	h := newHandler(t, &Handler{BufferBody: 8 << 10})
+	slow, feed := io.Pipe()
+	done := make(chan error, 1)
+	go func() { done <- h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("POST", "/sum", slow), nil) }()
+	_, _ = feed.Write(make([]byte, 8<<10+1)) // and no more: the client stalls
+	select {
+	case err := <-done:
+		if code, name := problemOf(t, err); code != http.StatusRequestEntityTooLarge || name != "payload_too_large" {
+			t.Fatalf("%d %s", code, name)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a body one byte too large waited for more")
+	}
+	feed.Close()
+}
+
 // Uploads that declared a body and sent nothing hold none of the bound:
 // many of them (a client opening thousands of sign-ins and sending no
 // body) do not keep a request that sends its body out.

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"go.uber.org/zap"
-	"golang.org/x/sync/semaphore"
 )
 
 // spec is what an instance needs to start its binary; instances with equal
@@ -40,7 +39,7 @@ type instance struct {
 	slots chan struct{}
 
 	bufMu    sync.Mutex
-	buffered *semaphore.Weighted // bodies held for the process's routes; see bodyBudget
+	buffered *budget // bodies held for the process's routes; see bodyBudget
 	bufSize  int64
 
 	mu       sync.Mutex
@@ -82,11 +81,11 @@ func newInstance(s spec, log *zap.Logger) *instance {
 // bodyBudget is the bound, in bytes, on the request bodies buffered for
 // this process's routes together, made by the first route that buffers
 // (size: its bound), and that bound.
-func (in *instance) bodyBudget(size int64) (*semaphore.Weighted, int64) {
+func (in *instance) bodyBudget(size int64) (*budget, int64) {
 	in.bufMu.Lock()
 	defer in.bufMu.Unlock()
 	if in.buffered == nil {
-		in.buffered, in.bufSize = semaphore.NewWeighted(size), size
+		in.buffered, in.bufSize = newBudget(size), size
 	}
 	return in.buffered, in.bufSize
 }

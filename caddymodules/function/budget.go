@@ -1,0 +1,49 @@
+package function
+
+import "sync"
+
+// holderShare is the part of a function's bound on buffered bodies that
+// one holder may take (see budget.take).
+const holderShare = 4
+
+// budget bounds the bytes of request bodies buffered at once for one
+// function's routes: in all, and per holder (the customer a credential
+// names, else the client's address), so that one customer, or one address
+// sending bodies slowly, cannot take the whole bound and keep every other
+// client's requests out.
+type budget struct {
+	mu    sync.Mutex
+	total int64
+	used  int64
+	by    map[string]int64
+}
+
+func newBudget(total int64) *budget { return &budget{total: total, by: map[string]int64{}} }
+
+// take counts n more bytes held by holder, unless they would pass the
+// total or holder's share: a quarter of the total, or floor if larger
+// (what one body of the route needs).
+func (b *budget) take(holder string, n, floor int64) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	share := max(b.total/holderShare, floor)
+	if b.used+n > b.total || b.by[holder]+n > share {
+		return false
+	}
+	b.used += n
+	b.by[holder] += n
+	return true
+}
+
+// give returns n bytes holder took.
+func (b *budget) give(holder string, n int64) {
+	if n == 0 {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.used -= n
+	if b.by[holder] -= n; b.by[holder] <= 0 {
+		delete(b.by, holder)
+	}
+}
