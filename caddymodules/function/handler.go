@@ -24,6 +24,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -235,9 +236,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		return caddyhttp.Error(http.StatusBadRequest, problem.New(http.StatusBadRequest, "invalid_query", detail))
 	}
 	if h.BufferBody > 0 {
-		holder := bodyHolder(r)
-		held, err := h.bufferBody(w, r, holder)
-		defer h.buffered.give(holder, held)
+		release, err := h.bufferBody(w, r)
+		defer release()
 		if err != nil {
 			outcome = outcomeRefused
 			return err
@@ -327,16 +327,22 @@ const (
 )
 
 // bufferBody replaces r's body with its bytes, read in full (BufferBody),
-// and returns the bytes it holds of h.buffered, to release once the
-// request is done (also on error).
-func (h *Handler) bufferBody(w http.ResponseWriter, r *http.Request, holder string) (held int64, err error) {
+// charged to h.buffered, and returns how to give them back: once the
+// request is done (also on error), if not before. The new body gives them
+// back itself once the function has read it to its end: from then on the
+// bytes are the function's to bound (ingest's own bound, for one) while
+// it answers.
+func (h *Handler) bufferBody(w http.ResponseWriter, r *http.Request) (release func(), err error) {
 	if r.Body == nil || r.Body == http.NoBody {
-		return 0, nil
+		return func() {}, nil
 	}
+	holder := bodyHolder(r)
+	var held int64
+	release = sync.OnceFunc(func() { h.buffered.give(holder, held) })
 	tooLarge := caddyhttp.Error(http.StatusRequestEntityTooLarge, problem.New(http.StatusRequestEntityTooLarge, "payload_too_large",
 		fmt.Sprintf("the body may be at most %d bytes", h.BufferBody)))
 	if r.ContentLength > h.BufferBody {
-		return 0, tooLarge
+		return release, tooLarge
 	}
 	var buf bytes.Buffer
 	for {
@@ -349,30 +355,51 @@ func (h *Handler) bufferBody(w http.ResponseWriter, r *http.Request, holder stri
 		if n > 0 {
 			if !h.buffered.take(holder, n, h.BufferBody+bufferChunk) {
 				w.Header().Set("Retry-After", "1")
-				return held, caddyhttp.Error(http.StatusServiceUnavailable,
+				return release, caddyhttp.Error(http.StatusServiceUnavailable,
 					problem.New(http.StatusServiceUnavailable, "function_busy", "too many request bodies are being received; try again shortly"))
 			}
 			held += n
 		}
 		if int64(buf.Len()) > h.BufferBody {
-			return held, tooLarge
+			return release, tooLarge
 		}
 		if errors.Is(err, io.EOF) {
 			break
 		}
 		if err != nil {
 			if r.Context().Err() != nil {
-				return held, caddyhttp.Error(499, r.Context().Err())
+				return release, caddyhttp.Error(499, r.Context().Err())
 			}
 			// The server's read_body timeout, or a broken upload.
-			return held, caddyhttp.Error(http.StatusRequestTimeout, problem.New(http.StatusRequestTimeout, "body_incomplete",
+			return release, caddyhttp.Error(http.StatusRequestTimeout, problem.New(http.StatusRequestTimeout, "body_incomplete",
 				"the request body was not received in full"))
 		}
 	}
 	_ = r.Body.Close()
-	r.Body, r.ContentLength = io.NopCloser(bytes.NewReader(buf.Bytes())), int64(buf.Len())
-	return held, nil
+	r.Body, r.ContentLength = &heldBody{r: bytes.NewReader(buf.Bytes()), release: release}, int64(buf.Len())
+	return release, nil
 }
+
+// heldBody is a buffered body sent to the function. Once read to its end
+// it drops its bytes and gives back their share of the bound.
+type heldBody struct {
+	r       *bytes.Reader
+	release func()
+}
+
+func (b *heldBody) Read(p []byte) (int, error) {
+	if b.r == nil {
+		return 0, io.EOF
+	}
+	n, err := b.r.Read(p)
+	if err == io.EOF {
+		b.r = nil
+		b.release()
+	}
+	return n, err
+}
+
+func (b *heldBody) Close() error { return nil }
 
 // bodyHolder is whom a buffered body is charged to: the customer the
 // request's credential names, else its client's address (as the rate

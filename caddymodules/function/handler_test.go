@@ -688,3 +688,36 @@ func TestAFunctionsAuthFailureReachesTheEdge(t *testing.T) {
 		}
 	}
 }
+
+// A buffered body is given back to the bound once the function has it,
+// not when the function answers: while the function works (ingest waits
+// for its insert) the bytes are the function's to bound.
+func TestABufferedBodyIsGivenBackOnceSent(t *testing.T) {
+	t.Parallel()
+	h := newHandler(t, &Handler{BufferBody: 40 << 10})
+	done := make(chan error, 1)
+	go func() {
+		done <- h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("POST", "/sleep?d=3s", bytes.NewReader(make([]byte, 30<<10))), nil)
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		h.buffered.mu.Lock()
+		used := h.buffered.used
+		h.buffered.mu.Unlock()
+		select {
+		case err := <-done:
+			t.Fatalf("answered (%v) before its body was given back (%d bytes held)", err, used)
+		default:
+		}
+		if used == 0 && len(h.sem) == 1 {
+			break // the function has it, and is still at work
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d bytes still held while the function works", used)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
