@@ -57,8 +57,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 //
 // Its request_id is the one the client can quote and support can find:
 // the audit row's (sent as Request-Id too) on an audited route, else a new
-// one, sent as Request-Id and logged with the error of a 5xx (Caddy logs
-// handled errors only at debug level).
+// one, sent as Request-Id and logged with the error of a 5xx but 503
+// (Caddy logs handled errors only at debug level).
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
 	err, _ := r.Context().Value(caddyhttp.ErrorCtxKey).(error)
 	p := FromError(err)
@@ -68,7 +68,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		w.Header().Set("Request-Id", id)
 	}
 	p = withRequestID(p, id)
-	if p.Status >= 500 && h.log != nil {
+	// A 503 is a refusal the edge chose (busy, a dependency away), said
+	// where it was decided; logging each would flood the log under load.
+	if p.Status >= 500 && p.Status != http.StatusServiceUnavailable && h.log != nil {
 		h.log.Error("request failed", zap.String("request_id", id), zap.Int("status", p.Status),
 			zap.String("method", r.Method), zap.String("path", r.URL.Path), zap.Error(err))
 	}

@@ -80,6 +80,7 @@ func TestTheRequestIDIsOneSupportCanFind(t *testing.T) {
 		{"audited 502", caddyhttp.Error(502, errors.New("dial unix @fn: connection refused")), "req-audit-2", true},
 		{"unaudited 401", caddyhttp.HandlerError{Err: problem.New(401, "invalid_credentials", "no"), StatusCode: 401, ID: "x"}, "", false},
 		{"unaudited 500", errors.New("boom"), "", true},
+		{"a 503 the edge chose is not logged here", caddyhttp.Error(503, problem.New(503, "function_busy", "busy")), "", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			core, logs := observer.New(zap.InfoLevel)
