@@ -337,7 +337,7 @@ func TestARevocationCannotBeWithdrawnOrPostponed(t *testing.T) {
 		{"now()", false},                                // revoked during the window
 		{"NULL", true},                                  // withdrawn
 		{"revoked_at + interval '1 microsecond'", true}, // postponed, once past
-		{"revoked_at - interval '1 second'", false},     // earlier still
+		{"revoked_at - interval '1 second'", false},     // earlier still (a session; a key's is in effect: 0027)
 	}
 	for _, c := range []struct{ table, role string }{
 		{"api_keys", "keys"}, {"api_keys", "servers"}, {"api_keys", "sessions"}, {"api_keys", "owner"},
@@ -357,20 +357,22 @@ func TestARevocationCannotBeWithdrawnOrPostponed(t *testing.T) {
 			if err := pg.Owner.QueryRow(ctx, "SELECT revoked_at FROM "+c.table+" WHERE id = $1", id).Scan(&after); err != nil {
 				t.Fatal(err)
 			}
+			refused := step.refused || (c.table == "api_keys" && before != nil && !before.After(time.Now()) && step.set != "revoked_at")
 			switch {
-			case step.refused && sqlState(err) != "42501":
+			case refused && sqlState(err) != "42501":
 				t.Errorf("%s as %s: revoked_at = %s: got %v, want refused", c.table, c.role, step.set, err)
-			case step.refused && !equalTimes(before, after):
+			case refused && !equalTimes(before, after):
 				t.Errorf("%s as %s: revoked_at = %s: refused, yet changed from %v to %v", c.table, c.role, step.set, before, after)
-			case !step.refused && err != nil:
+			case !refused && err != nil:
 				t.Errorf("%s as %s: revoked_at = %s: %v", c.table, c.role, step.set, err)
 			}
 		}
 	}
 }
 
-// A key's revocation reason changes only with its revoked_at (0026): a
-// leaked key's reason cannot be relabelled by a role that may revoke.
+// A key's revocation reason changes only with its revoked_at (0026), and
+// neither changes once the revocation is in effect (0027): a leaked key's
+// reason cannot be relabelled by a role that may revoke.
 func TestARevocationsReasonStands(t *testing.T) {
 	t.Parallel()
 	pg := testenv.Postgres(t)
@@ -396,8 +398,16 @@ func TestARevocationsReasonStands(t *testing.T) {
 	if _, err := pg.Owner.Exec(ctx, "UPDATE api_keys SET revoked_at = now(), revoked_reason = 'revoked' WHERE id = $1", id); err != nil {
 		t.Fatalf("revoking a key during its grace: %v", err)
 	}
-	if _, err := pg.Owner.Exec(ctx, "UPDATE api_keys SET revoked_reason = 'github_secret_scanning' WHERE id = $1", id); sqlState(err) != "42501" {
-		t.Errorf("the owner relabelled a revocation: %v", err)
+	// In effect now (0027): not relabelled, not even with revoked_at moved
+	// a microsecond earlier, nor moved at all.
+	for _, set := range []string{
+		"revoked_reason = 'github_secret_scanning'",
+		"revoked_at = revoked_at - interval '1 microsecond', revoked_reason = 'rotated'",
+		"revoked_at = revoked_at - interval '1 day'",
+	} {
+		if _, err := pg.Owner.Exec(ctx, "UPDATE api_keys SET "+set+" WHERE id = $1", id); sqlState(err) != "42501" {
+			t.Errorf("SET %s on a revocation in effect: %v", set, err)
+		}
 	}
 }
 
