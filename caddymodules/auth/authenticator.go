@@ -117,14 +117,18 @@ type Config struct {
 	Log           *zap.Logger
 }
 
-// Timeouts of the pool's own dials and of its check of an idle connection:
-// each well within lookupTimeout, so that a PostgreSQL that stops
-// answering (a hung host, a silent network) fails a lookup with an error
-// that says so (storeDown), not with the lookup's own deadline, which
-// looks the same as a wait for a connection of a full pool.
+// Timeouts of the pool's own dials and of its check of an idle connection,
+// so that a PostgreSQL that stops answering (a hung host, a silent
+// network) fails a lookup with an error that says so (storeDown), not
+// with the lookup's own deadline, which looks the same as a wait for a
+// connection of a full pool. An acquire pings its idle connections one
+// after another, so all of them pinged in vain and a dial must still end
+// within lookupTimeout: 8 x 250 ms + 2 s = 4 s. (A ping on a working
+// connection takes well under a millisecond on one host.)
 const (
+	maxConns       = 8
 	connectTimeout = 2 * time.Second
-	pingTimeout    = time.Second
+	pingTimeout    = 250 * time.Millisecond
 )
 
 // NewAuthenticator connects lazily to PostgreSQL and starts the
@@ -134,7 +138,7 @@ func NewAuthenticator(cfg Config) (*Authenticator, error) {
 	if err != nil {
 		return nil, errors.New("auth: the PostgreSQL DSN is not valid")
 	}
-	pcfg.MaxConns = 8
+	pcfg.MaxConns = maxConns
 	if pcfg.ConnConfig.ConnectTimeout == 0 || pcfg.ConnConfig.ConnectTimeout > connectTimeout {
 		pcfg.ConnConfig.ConnectTimeout = connectTimeout
 	}

@@ -55,6 +55,16 @@ func TestStoreDownTellsAnOutageFromAFailureOfTheEdgesOwn(t *testing.T) {
 	}
 }
 
+// A lookup that finds PostgreSQL silent pings every idle connection in
+// turn, then dials: all of it must end before the lookup's own deadline,
+// or its error is the deadline's, which storeDown cannot tell from a full
+// pool's.
+func TestASilentLookupFailsBeforeItsDeadline(t *testing.T) {
+	if worst := maxConns*pingTimeout + connectTimeout; worst >= lookupTimeout {
+		t.Fatalf("%d pings of %s and a dial of %s take %s, not within the lookup's %s", maxConns, pingTimeout, connectTimeout, worst, lookupTimeout)
+	}
+}
+
 // TestStaleCredentialsServeThroughAnOutage: with PostgreSQL cut off (its
 // connections reset, new ones refused), a cached key and session whose
 // entries went stale keep working, and the outage is logged; a key never
