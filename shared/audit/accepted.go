@@ -50,7 +50,10 @@ func hexOrDash(h []byte) string {
 }
 
 func entryWriter(w string) string {
-	safe := w != "" && !strings.HasPrefix(w, "x:")
+	if w == "" {
+		return "x:-" // a writer id of nothing (no edge writes one)
+	}
+	safe := !strings.HasPrefix(w, "x:")
 	for i := 0; safe && i < len(w); i++ {
 		c := w[i]
 		safe = c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || strings.IndexByte("._!:-", c) >= 0
@@ -95,7 +98,9 @@ func acceptedEntry(f []string) (acceptedKey, error) {
 		return acceptedKey{}, fmt.Errorf("want writer id, seq, reason and two hashes (as a red run prints them), found %d field(s)", len(f))
 	}
 	k := acceptedKey{writer: f[0], reason: f[2]}
-	if w, ok := strings.CutPrefix(f[0], "x:"); ok {
+	if f[0] == "x:-" {
+		k.writer = ""
+	} else if w, ok := strings.CutPrefix(f[0], "x:"); ok {
 		b, err := hex.DecodeString(w)
 		if err != nil || len(b) == 0 {
 			return acceptedKey{}, fmt.Errorf("writer id %q is not x: and hex", f[0])

@@ -10,6 +10,7 @@ func TestParseAcceptedReadsEntriesAsVerifyWritesThem(t *testing.T) {
 	content := Break{WriterID: "a1b2c3-0", WriterSeq: 2, RowID: 17, Reason: "content", Prev: []byte{0x02}, Hash: []byte{0x03}}
 	displaced := Break{WriterID: "a1b2c3-1", WriterSeq: 9, Reason: "displaced"}
 	odd := Break{WriterID: "w 7 gap #", WriterSeq: 2, Reason: "gap", Hash: []byte{0x04}}
+	nameless := Break{WriterID: "", WriterSeq: 1, Reason: "gap", Hash: []byte{0x05}}
 	if got, want := rewritten.Entry(), "a1b2c3-0.2 6 rewritten 01 abcd"; got != want {
 		t.Fatalf("entry %q, want %q", got, want)
 	}
@@ -20,7 +21,7 @@ func TestParseAcceptedReadsEntriesAsVerifyWritesThem(t *testing.T) {
 		t.Fatalf("a writer id with spaces and # makes the entry %q", got)
 	}
 	// Hashes written by hand may be in upper case.
-	list := "# investigated\n\n" + content.Entry() + "   # restored\n" + "a1b2c3-0.2 6 rewritten 01 ABCD\n" + displaced.Entry() + "\n" + odd.Entry() + "\n"
+	list := "# investigated\n\n" + content.Entry() + "   # restored\n" + "a1b2c3-0.2 6 rewritten 01 ABCD\n" + displaced.Entry() + "\n" + odd.Entry() + "\n" + nameless.Entry() + "\n"
 	a, err := ParseAccepted(strings.NewReader(list))
 	if err != nil {
 		t.Fatal(err)
@@ -33,6 +34,7 @@ func TestParseAcceptedReadsEntriesAsVerifyWritesThem(t *testing.T) {
 		"a listed recomputation":                  {rewritten, true},
 		"a listed displacement":                   {displaced, true},
 		"a writer id that needed encoding":        {odd, true},
+		"a writer id of nothing":                  {nameless, true},
 		"another seq of the chain":                {Break{WriterID: "a1b2c3-0", WriterSeq: 3, Reason: "content", Prev: []byte{0x02}, Hash: []byte{0x03}}, false},
 		"another reason at the seq":               {Break{WriterID: "a1b2c3-0", WriterSeq: 2, Reason: "customer", Prev: []byte{0x02}, Hash: []byte{0x03}}, false},
 		"another chain at the seq":                {Break{WriterID: "a1b2c3-1", WriterSeq: 2, Reason: "content", Prev: []byte{0x02}, Hash: []byte{0x03}}, false},

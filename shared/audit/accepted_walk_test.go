@@ -97,6 +97,12 @@ func cat(parts ...[]Row) []Row {
 // walk verifies log against kept and the breaks an operator accepted.
 func walk(t *testing.T, log []Row, kept Heads, accepted []Break) Report {
 	t.Helper()
+	return walkWith(t, log, Customers{}, kept, accepted)
+}
+
+// walkWith is walk with the customers that exist.
+func walkWith(t *testing.T, log []Row, customers Customers, kept Heads, accepted []Break) Report {
+	t.Helper()
 	var list strings.Builder
 	for _, b := range accepted {
 		list.WriteString(b.Entry() + "\n")
@@ -105,7 +111,7 @@ func walk(t *testing.T, log []Row, kept Heads, accepted []Break) Report {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rep, err := VerifyAccepting(context.Background(), fakeLog(log), Customers{}, kept, a)
+	rep, err := VerifyAccepting(context.Background(), fakeLog(log), customers, kept, a)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,5 +178,44 @@ func TestAnAcceptedBreakStillGuardsItsChain(t *testing.T) {
 	later[8].Path = "/another-edit"
 	if rep := walk(t, later, nil, content); rep.OK() || rep.Breaks[0].WriterSeq != 9 {
 		t.Errorf("a second edit after an accepted one: %+v", rep.Breaks)
+	}
+}
+
+// TestAnAcceptedMoveBetweenLogsIsPinnedToWhereTheRowIs: a row taken out
+// of its customer's log, investigated and accepted, may not then be moved
+// into a third customer's log unseen (the row hash covers the customer's
+// digest, not customer_id, so the pin names the id too).
+func TestAnAcceptedMoveBetweenLogsIsPinnedToWhereTheRowIs(t *testing.T) {
+	t.Parallel()
+	const a, c = "0a000000-0000-4000-8000-00000000000a", "0c000000-0000-4000-8000-00000000000c"
+	saltA, saltC := []byte("salt of a"), []byte("salt of c")
+	customers := Customers{salted: map[string][]byte{a: SaltedCustomerDigest(saltA, a), c: SaltedCustomerDigest(saltC, c)}, live: map[string]bool{}}
+	for id, salt := range map[string][]byte{a: saltA, c: saltC} {
+		customers.live[string(SaltedCustomerDigest(salt, id))] = true
+		customers.live[string(CustomerDigest(id))] = true
+	}
+	var log []Row
+	var prev []byte
+	for s := int64(1); s <= 3; s++ {
+		r := Row{OccurredAt: time.Unix(1_800_000_000+s, 0).UTC(), Method: "GET", Path: "/x", Action: "read", Result: "success", StatusCode: 200,
+			Metadata: "{}", CustomerID: a, CustomerDigest: SaltedCustomerDigest(saltA, a), WriterID: "w", WriterSeq: s, PrevHash: prev}
+		r.RowHash = Hash(&r)
+		prev = r.RowHash
+		log = append(log, r)
+	}
+	if rep := walkWith(t, log, customers, nil, nil); !rep.OK() {
+		t.Fatalf("clean: %+v", rep.Breaks)
+	}
+	log[1].CustomerID = "" // out of a's log
+	moved := walkWith(t, log, customers, nil, nil).Breaks
+	if len(moved) != 1 || moved[0].Reason != "customer" {
+		t.Fatalf("the move: %+v", moved)
+	}
+	if rep := walkWith(t, log, customers, nil, moved); !rep.OK() {
+		t.Fatalf("the accepted move: %+v", rep.Breaks)
+	}
+	log[1].CustomerID = c // then into c's
+	if rep := walkWith(t, log, customers, nil, moved); rep.OK() {
+		t.Fatal("a row accepted as moved out of a log was moved into another unseen")
 	}
 }

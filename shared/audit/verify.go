@@ -28,8 +28,9 @@ type Break struct {
 	Reason string
 	// Prev is the hash of the last row the walk took before the break (nil
 	// at the chain's start), and Hash the row hash found at it (for
-	// "content", the hash its fields give now; nil for "truncated" and
-	// "displaced"). An accepted break is pinned to both: rewriting,
+	// "content", the hash its fields give now; for "customer", one over
+	// the row hash and the customer_id it names now; nil for "truncated"
+	// and "displaced"). An accepted break is pinned to both: rewriting,
 	// removing or inserting rows before it changes Prev, and editing its
 	// row again changes Hash, so either turns the run red again.
 	Prev, Hash []byte
@@ -281,7 +282,10 @@ func VerifyAccepting(ctx context.Context, db Querier, customers Customers, kept 
 		if k, ok := kept[writer]; ok && k.Seq == r.WriterSeq && !bytes.Equal(k.Hash, stored) && !pass("rewritten", stored) {
 			continue
 		}
-		if customers.moved(&r) && !pass("customer", stored) {
+		// The row hash covers the customer digest, not customer_id: a
+		// "customer" break is pinned to the id too, so that an accepted
+		// move to another log cannot later become a move to a third.
+		if customers.moved(&r) && !pass("customer", customerPin(stored, r.CustomerID)) {
 			continue
 		}
 		prev, seq = stored, r.WriterSeq
@@ -399,6 +403,16 @@ func (r *Report) addDisplaced(at map[string][]int64, accepted Accepted) {
 			break
 		}
 	}
+}
+
+// customerPin is what a "customer" break is pinned to: its row hash and
+// the customer_id the row now names.
+func customerPin(rowHash []byte, customerID string) []byte {
+	h := sha256.New()
+	h.Write(rowHash)
+	h.Write([]byte{0})
+	h.Write([]byte(customerID))
+	return h.Sum(nil)
 }
 
 func brokenWriter(breaks []Break, writer string) bool {
