@@ -61,13 +61,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 // (Caddy logs handled errors only at debug level).
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
 	err, _ := r.Context().Value(caddyhttp.ErrorCtxKey).(error)
-	p := FromError(err)
 	id, _ := caddyhttp.GetVar(r.Context(), identity.RequestIDVarKey).(string)
 	if id == "" {
 		id = identity.NewRequestID()
 		w.Header().Set("Request-Id", id)
 	}
-	p = withRequestID(p, id)
+	p := fromError(err, id)
 	// A 503 is a refusal the edge chose (busy, a dependency away), said
 	// where it was decided; logging each would flood the log under load.
 	if p.Status >= 500 && p.Status != http.StatusServiceUnavailable && h.log != nil {
@@ -127,16 +126,21 @@ func writeHTML(w http.ResponseWriter, p *problem.Problem) {
 	_ = errorPage.Execute(w, map[string]string{"Title": p.Title, "Detail": p.Detail, "RequestID": id})
 }
 
-// FromError maps a handler error to the problem sent to the client.
-func FromError(err error) *problem.Problem {
+// FromError maps a handler error to the problem sent to the client, with
+// the error's own id as its request_id.
+func FromError(err error) *problem.Problem { return fromError(err, "") }
+
+// fromError is FromError with request id id ("": the error's own).
+func fromError(err error, id string) *problem.Problem {
 	status := http.StatusInternalServerError
-	var id string
 	var he caddyhttp.HandlerError
 	if errors.As(err, &he) {
 		if he.StatusCode >= 400 && he.StatusCode <= 599 {
 			status = he.StatusCode
 		}
-		id = he.ID
+		if id == "" {
+			id = he.ID
+		}
 	}
 	var p *problem.Problem
 	if errors.As(err, &p) && p.Status >= 400 && p.Status <= 599 {

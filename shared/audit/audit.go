@@ -248,8 +248,15 @@ func isSecretValue(v string) bool {
 // changed to upper or lower case (a function lower-cases the ids it
 // reads from a path) is still most of a key, its case easily guessed.
 func hasKeyPrefix(v string) bool {
-	for i := 0; i+4 <= len(v); i++ {
-		if v[i]|0x20 == 'g' && v[i+1]|0x20 == 'm' && v[i+2]|0x20 == 'k' && v[i+3] == '_' {
+	// Every row's path and user agent pass here: look for the rare '_'
+	// (IndexByte's fast scan), then at the three letters before it.
+	for i := 3; i < len(v); i++ {
+		j := strings.IndexByte(v[i:], '_')
+		if j < 0 {
+			return false
+		}
+		i += j
+		if v[i-3]|0x20 == 'g' && v[i-2]|0x20 == 'm' && v[i-1]|0x20 == 'k' {
 			return true
 		}
 	}
