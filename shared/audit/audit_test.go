@@ -272,3 +272,14 @@ func TestRedactPath(t *testing.T) {
 		}
 	}
 }
+
+func TestHasKeyPrefix(t *testing.T) {
+	for in, want := range map[string]bool{
+		"gmk_acct_live_x": true, "/GMK_": true, "ua Gmk_": true, "a_gmk_": true, "gm_k_": false,
+		"": false, "_": false, "gmk": false, "mk_": false, "__gmk": false, "gmk-_": false, "é_gmk_": true,
+	} {
+		if got := hasKeyPrefix(in); got != want {
+			t.Errorf("hasKeyPrefix(%q) = %v, want %v", in, got, want)
+		}
+	}
+}
