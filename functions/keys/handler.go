@@ -392,7 +392,7 @@ func (h *handler) revoke(w http.ResponseWriter, r *http.Request) {
 	var exists bool
 	err := h.db.QueryRow(r.Context(), `WITH k AS (SELECT id FROM api_keys WHERE id = $1 AND customer_id = $2),
 		u AS (UPDATE api_keys SET revoked_at = now(), revoked_reason = 'revoked'
-		      WHERE id IN (SELECT id FROM k) AND (revoked_at IS NULL OR revoked_at > now()) RETURNING id)
+		      WHERE id IN (SELECT id FROM k) AND (revoked_at IS NULL OR (revoked_reason = 'rotated' AND revoked_at > now())) RETURNING id)
 		SELECT EXISTS (SELECT 1 FROM k)`, keyID, id.CustomerID).Scan(&exists)
 	if err != nil {
 		h.fail(w, err)

@@ -108,11 +108,14 @@ ON CONFLICT (customer_id, machine_id) DO NOTHING RETURNING id, name`
 	updateHostname      = `UPDATE servers SET hostname = $2 WHERE id = $1 AND hostname <> $2`
 
 	// revokeCollectorKeys stops every collector key of a server that still
-	// works (or would, until a future revoked_at), and names the newest
-	// for rotated_from.
+	// works (or would, until a rotation's grace ends), and names the newest
+	// for rotated_from. A key revoked otherwise is left as it is: so is it
+	// when a concurrent enrolment revoked it after this transaction began
+	// (its revoked_at then lies after this one's now()), which the
+	// database's trigger would refuse to relabel (0028).
 	revokeCollectorKeys = `WITH r AS (
 	UPDATE api_keys SET revoked_at = now(), revoked_reason = $2
-	WHERE server_id = $1 AND kind = 'collector' AND (revoked_at IS NULL OR revoked_at > now())
+	WHERE server_id = $1 AND kind = 'collector' AND (revoked_at IS NULL OR (revoked_reason = 'rotated' AND revoked_at > now()))
 	RETURNING id, created_at)
 SELECT count(*), (SELECT id::text FROM r ORDER BY created_at DESC, id DESC LIMIT 1) FROM r`
 

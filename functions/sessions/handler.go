@@ -227,7 +227,7 @@ const (
 WHERE id = $1 AND deletion_requested_at IS NULL RETURNING delete_after`
 	scheduledDeletion = `SELECT delete_after FROM customers WHERE id = $1`
 	revokeAllKeys     = `UPDATE api_keys SET revoked_at = now(), revoked_reason = 'account_deletion'
-WHERE customer_id = $1 AND (revoked_at IS NULL OR revoked_at > now())`
+WHERE customer_id = $1 AND (revoked_at IS NULL OR (revoked_reason = 'rotated' AND revoked_at > now()))`
 	revokeOtherSessions = `UPDATE sessions SET revoked_at = now() WHERE customer_id = $1 AND id <> $2 AND revoked_at IS NULL`
 )
 

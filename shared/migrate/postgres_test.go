@@ -347,7 +347,9 @@ func TestARevocationCannotBeWithdrawnOrPostponed(t *testing.T) {
 		for _, step := range steps {
 			stmt := "UPDATE " + c.table + " SET revoked_at = " + step.set + " WHERE id = $1"
 			if c.table == "api_keys" {
-				stmt = "UPDATE api_keys SET revoked_at = " + step.set + ", revoked_reason = 'revoked' WHERE id = $1"
+				// A revocation ahead is a rotation's grace, as the product
+				// writes it (only that one may change: 0028).
+				stmt = "UPDATE api_keys SET revoked_at = " + step.set + ", revoked_reason = CASE WHEN (" + step.set + ") > now() THEN 'rotated' ELSE 'revoked' END WHERE id = $1"
 			}
 			var before, after *time.Time
 			if err := pg.Owner.QueryRow(ctx, "SELECT revoked_at FROM "+c.table+" WHERE id = $1", id).Scan(&before); err != nil {
@@ -371,7 +373,8 @@ func TestARevocationCannotBeWithdrawnOrPostponed(t *testing.T) {
 }
 
 // A key's revocation reason changes only with its revoked_at (0026), and
-// neither changes once the revocation is in effect (0027): a leaked key's
+// neither changes once the revocation is in effect (0027), nor ever for a
+// revocation other than a rotation in its grace (0028): a leaked key's
 // reason cannot be relabelled by a role that may revoke.
 func TestARevocationsReasonStands(t *testing.T) {
 	t.Parallel()
@@ -408,6 +411,31 @@ func TestARevocationsReasonStands(t *testing.T) {
 		if _, err := pg.Owner.Exec(ctx, "UPDATE api_keys SET "+set+" WHERE id = $1", id); sqlState(err) != "42501" {
 			t.Errorf("SET %s on a revocation in effect: %v", set, err)
 		}
+	}
+
+	// A transaction begun before a key was revoked (its now() earlier
+	// than the revocation) cannot relabel it either (0028).
+	keys, err := pgxpool.New(ctx, pg.FunctionDSNs["GUARDIAN_PG_DSN_KEYS"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(keys.Close)
+	held, err := keys.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = held.Rollback(ctx) }()
+	if _, err := held.Exec(ctx, "SELECT now()"); err != nil {
+		t.Fatal(err)
+	}
+	var leaked string
+	if err := pg.Owner.QueryRow(ctx, `INSERT INTO api_keys (customer_id, kind, scope, name, key_hash, last4, revoked_at, revoked_reason)
+		VALUES ($1, 'account', 'read', 'k', decode(md5(random()::text) || md5(random()::text), 'hex'), 'Cd34', clock_timestamp(), 'github_secret_scanning')
+		RETURNING id`, customer).Scan(&leaked); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := held.Exec(ctx, "UPDATE api_keys SET revoked_at = revoked_at - interval '1 microsecond', revoked_reason = 'rotated' WHERE id = $1", leaked); sqlState(err) != "42501" {
+		t.Errorf("a transaction older than the revocation relabelled it: %v", err)
 	}
 }
 
