@@ -93,7 +93,7 @@ type Handler struct {
 
 	key         string
 	buffered    *budget // bytes of buffered bodies held (BufferBody)
-	bufferTotal int64               // its size; maxBuffered unless a test sets it
+	bufferTotal int64   // its size; maxBuffered unless a test sets it
 	inst        *instance
 	metrics     *fnMetrics
 	sem         chan struct{}
