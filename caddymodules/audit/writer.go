@@ -570,9 +570,10 @@ func unreachable(err error) bool {
 		return strings.HasPrefix(pgErr.Code, "08") || strings.HasPrefix(pgErr.Code, "57P")
 	}
 	// Not net.Error: a deadline passed and a file error satisfy it too.
+	// Nor any failure to connect: one whose cause is not the network (a
+	// certificate refused, say) will not pass by itself.
 	var opErr *net.OpError
-	var connErr *pgconn.ConnectError
-	return errors.As(err, &connErr) || errors.As(err, &opErr) || errors.Is(err, net.ErrClosed) ||
+	return errors.As(err, &opErr) || errors.Is(err, net.ErrClosed) ||
 		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
 }
 

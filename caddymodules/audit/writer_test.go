@@ -3,6 +3,7 @@ package audit
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -1264,7 +1265,8 @@ func TestUnreachableTellsAnAbsentPostgresFromAnAnswer(t *testing.T) {
 		want bool
 	}{
 		"connection refused":              {fmt.Errorf("copy: %w", &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}), true},
-		"no connection to be had":         {&pgconn.ConnectError{}, true},
+		"no connection to be had":         {refusedConnect(t), true},
+		"a certificate refused":           {fmt.Errorf("connect: %w", &tls.CertificateVerificationError{Err: errors.New("x509: certificate signed by unknown authority")}), false},
 		"connection closed mid-answer":    {fmt.Errorf("receive: %w", io.ErrUnexpectedEOF), true},
 		"server shutting down":            {&pgconn.PgError{Code: "57P01"}, true},
 		"server starting up":              {&pgconn.PgError{Code: "57P03"}, true},
@@ -1327,4 +1329,17 @@ func TestPickFindsTheChainWithRoom(t *testing.T) {
 			t.Fatal("picked a full chain while another had room")
 		}
 	}
+}
+
+// refusedConnect is pgx's error for a connection to a port nothing
+// listens on.
+func refusedConnect(t *testing.T) error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := pgx.Connect(ctx, fmt.Sprintf("postgres://guardian@127.0.0.1:%d/guardian?connect_timeout=2", testenv.FreePort(t)))
+	if err == nil {
+		t.Fatal("connected to a free port")
+	}
+	return err
 }

@@ -388,9 +388,11 @@ func storeDown(err error) bool {
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 		return false // the wait for one of the pool's connections
 	}
-	var connect *pgconn.ConnectError
+	// A failure to connect counts by its cause: the network's (refused,
+	// unreachable, no such host), not one that leaves PostgreSQL up for
+	// others (a certificate refused).
 	var netErr net.Error
-	return errors.As(err, &connect) || errors.As(err, &netErr) ||
+	return errors.As(err, &netErr) ||
 		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED)
 }

@@ -2,6 +2,7 @@ package auth
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -40,6 +41,7 @@ func TestStoreDownTellsAnOutageFromAFailureOfTheEdgesOwn(t *testing.T) {
 		down bool
 	}{
 		{"connection refused", refused, true},
+		{"a certificate refused", fmt.Errorf("connect: %w", &tls.CertificateVerificationError{Err: errors.New("x509: certificate signed by unknown authority")}), false},
 		{"connection reset", fmt.Errorf("read: %w", &net.OpError{Op: "read", Err: errors.New("connection reset by peer")}), true},
 		{"EOF mid-query", fmt.Errorf("query: %w", io.ErrUnexpectedEOF), true},
 		{"shutting down", &pgconn.PgError{Code: "57P01"}, true},
