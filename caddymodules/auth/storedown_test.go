@@ -73,42 +73,10 @@ func TestASilentLookupFailsBeforeItsDeadline(t *testing.T) {
 // seen is refused as unavailable.
 func TestStaleCredentialsServeThroughAnOutage(t *testing.T) {
 	t.Parallel()
-	w := newWorld(t)
-	u, err := url.Parse(w.pg.AppDSN)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cut := cuttable(t, u.Host)
-	u.Host = cut.addr
-	core, logs := observer.New(zap.DebugLevel)
-	a, err := NewAuthenticator(Config{DSN: u.String(), Pepper: pepper, SessionSecret: secret, Log: zap.New(core)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = a.Close() })
-	waitFor(t, "the listener", a.Listening) // (its start empties the caches)
-	h := handler(a, Handler{})
-	for _, r := range []*http.Request{bearer("GET", "/", w.read), withCookie("GET", "/", w.token)} {
-		if got := do(t, h, r); got.status != http.StatusOK {
-			t.Fatalf("before the outage: %+v", got)
-		}
-	}
-	cut.cut()
-	// Entries go stale only once the listener has lost its connection
-	// too (while it listens, no revocation can pass unheard).
-	waitFor(t, "the listener to notice the cut", func() bool { return !a.Listening() })
-	a.now = func() time.Time { return time.Now().Add(time.Hour) } // every entry stale
-	for _, r := range []*http.Request{bearer("GET", "/", w.read), withCookie("GET", "/", w.token)} {
-		if got := do(t, h, r); got.status != http.StatusOK {
-			t.Fatalf("a cached credential during the outage: %+v", got)
-		}
-	}
-	if logs.FilterMessageSnippet("serving cached credentials").Len() == 0 {
-		t.Error("serving stale credentials was not logged")
-	}
-	if got := do(t, h, bearer("GET", "/", w.write)); got.status != http.StatusServiceUnavailable {
-		t.Fatalf("a key never seen, PostgreSQL away: %+v", got)
-	}
+	o := newOutage(t, 0)
+	o.cached(t, "before the outage")
+	o.proxy.cut()
+	o.servesStale(t, "cut")
 }
 
 // TestStaleCredentialsServeThroughASilentOutage: when PostgreSQL stops
@@ -119,6 +87,30 @@ func TestStaleCredentialsServeThroughAnOutage(t *testing.T) {
 // quiet listener meanwhile still hears revocations after its checks.
 func TestStaleCredentialsServeThroughASilentOutage(t *testing.T) {
 	t.Parallel()
+	o := newOutage(t, 100*time.Millisecond)
+	doomed := o.w.c.AccountKey(t, "read")
+	o.cached(t, "before the outage", bearer("GET", "/", doomed))
+	time.Sleep(350 * time.Millisecond) // a few quiet checks
+	o.w.c.Revoke(t, doomed)
+	waitFor(t, "the revocation after quiet checks", func() bool { return do(t, o.h, bearer("GET", "/", doomed)).status == http.StatusUnauthorized })
+	o.proxy.silent.Store(true)
+	o.servesStale(t, "silence")
+}
+
+// outage is an Authenticator reaching PostgreSQL through a proxy a test
+// can cut or silence, and its handler, with the world's credentials.
+type outage struct {
+	w     *world
+	a     *Authenticator
+	h     *Handler
+	proxy *cutter
+	logs  *observer.ObservedLogs
+}
+
+// newOutage starts the Authenticator (listenerCheck 0: the default) and
+// waits for its listener, whose start empties the caches.
+func newOutage(t *testing.T, listenerCheck time.Duration) *outage {
+	t.Helper()
 	w := newWorld(t)
 	u, err := url.Parse(w.pg.AppDSN)
 	if err != nil {
@@ -127,36 +119,41 @@ func TestStaleCredentialsServeThroughASilentOutage(t *testing.T) {
 	proxy := cuttable(t, u.Host)
 	u.Host = proxy.addr
 	core, logs := observer.New(zap.DebugLevel)
-	a, err := NewAuthenticator(Config{DSN: u.String(), Pepper: pepper, SessionSecret: secret, Log: zap.New(core), ListenerCheck: 100 * time.Millisecond})
+	a, err := NewAuthenticator(Config{DSN: u.String(), Pepper: pepper, SessionSecret: secret, Log: zap.New(core), ListenerCheck: listenerCheck})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = a.Close() })
 	waitFor(t, "the listener", a.Listening)
-	h := handler(a, Handler{})
-	doomed := w.c.AccountKey(t, "read")
-	for _, r := range []*http.Request{bearer("GET", "/", w.read), withCookie("GET", "/", w.token), bearer("GET", "/", doomed)} {
-		if got := do(t, h, r); got.status != http.StatusOK {
-			t.Fatalf("before the outage: %+v", got)
-		}
-	}
-	time.Sleep(350 * time.Millisecond) // a few quiet checks
-	w.c.Revoke(t, doomed)
-	waitFor(t, "the revocation after quiet checks", func() bool { return do(t, h, bearer("GET", "/", doomed)).status == http.StatusUnauthorized })
+	return &outage{w: w, a: a, h: handler(a, Handler{}), proxy: proxy, logs: logs}
+}
 
-	proxy.silent.Store(true)
-	waitFor(t, "the listener to notice the silence", func() bool { return !a.Listening() })
-	a.now = func() time.Time { return time.Now().Add(time.Hour) } // every entry stale
-	for _, r := range []*http.Request{bearer("GET", "/", w.read), withCookie("GET", "/", w.token)} {
-		if got := do(t, h, r); got.status != http.StatusOK {
-			t.Fatalf("a cached credential while PostgreSQL is silent: %+v", got)
+// cached checks that the world's read key and session, and more, are
+// admitted (and so cached).
+func (o *outage) cached(t *testing.T, when string, more ...*http.Request) {
+	t.Helper()
+	for _, r := range append([]*http.Request{bearer("GET", "/", o.w.read), withCookie("GET", "/", o.w.token)}, more...) {
+		if got := do(t, o.h, r); got.status != http.StatusOK {
+			t.Fatalf("%s: %+v", when, got)
 		}
 	}
-	if logs.FilterMessageSnippet("serving cached credentials").Len() == 0 {
+}
+
+// servesStale waits for the listener to notice what happened to
+// PostgreSQL (entries go stale only then: while it listens, no revocation
+// can pass unheard), makes every entry stale, and checks that the cached
+// credentials still work, that this is logged, and that a key never seen
+// is refused as unavailable.
+func (o *outage) servesStale(t *testing.T, what string) {
+	t.Helper()
+	waitFor(t, "the listener to notice the "+what, func() bool { return !o.a.Listening() })
+	o.a.now = func() time.Time { return time.Now().Add(time.Hour) }
+	o.cached(t, "a cached credential after the "+what)
+	if o.logs.FilterMessageSnippet("serving cached credentials").Len() == 0 {
 		t.Error("serving stale credentials was not logged")
 	}
-	if got := do(t, h, bearer("GET", "/", w.write)); got.status != http.StatusServiceUnavailable {
-		t.Fatalf("a key never seen, PostgreSQL silent: %+v", got)
+	if got := do(t, o.h, bearer("GET", "/", o.w.write)); got.status != http.StatusServiceUnavailable {
+		t.Fatalf("a key never seen, after the %s: %+v", what, got)
 	}
 }
 

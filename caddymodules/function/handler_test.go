@@ -616,8 +616,8 @@ func TestIdleUploadsHoldNoneOfTheBound(t *testing.T) {
 	for range 4 {
 		body, feed := io.Pipe()
 		feeds = append(feeds, feed)
-		reading := make(chan struct{})
-		req := httptest.NewRequest("POST", "/sum", &firstRead{r: body, reading: reading})
+		watched, reading := testenv.Reading(body)
+		req := httptest.NewRequest("POST", "/sum", watched)
 		req.ContentLength = 30 << 10
 		go func() { done <- h.ServeHTTP(httptest.NewRecorder(), req, nil) }()
 		select {
@@ -638,18 +638,6 @@ func TestIdleUploadsHoldNoneOfTheBound(t *testing.T) {
 	for range feeds {
 		<-done
 	}
-}
-
-// firstRead closes reading when its first Read begins.
-type firstRead struct {
-	r       io.Reader
-	reading chan struct{}
-	once    sync.Once
-}
-
-func (f *firstRead) Read(p []byte) (int, error) {
-	f.once.Do(func() { close(f.reading) })
-	return f.r.Read(p)
 }
 
 // A function's report of a failed credential check leaves its answer and

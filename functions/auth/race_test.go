@@ -76,6 +76,18 @@ func (s *site) duringChange(t *testing.T, change []string, path, body string, he
 	return got.a
 }
 
+// refusedWithoutSession checks that a (a sign-in or re-auth, what) was
+// answered 401 code, set no cookie, and left the user no live session.
+func (s *site) refusedWithoutSession(t *testing.T, a answer, code, what string) {
+	t.Helper()
+	if a.status != 401 || a.doc["code"] != code || a.cookie != nil {
+		t.Fatalf("%s: %d %v", what, a.status, a.doc)
+	}
+	if n := s.liveSessions(t); n != 0 {
+		t.Fatalf("%s: %d live sessions left", what, n)
+	}
+}
+
 func (s *site) liveSessions(t *testing.T) int {
 	t.Helper()
 	var n int
@@ -108,12 +120,7 @@ func TestSignInsRacingACredentialChangeKeepItsPromise(t *testing.T) {
 	t.Run("a sign-in whose password changes meanwhile gets no session", func(t *testing.T) {
 		fresh(t)
 		a := s.duringChange(t, passwordChange, "/auth/login", login(s.email, goodPassword), nil)
-		if a.status != 401 || a.doc["code"] != "invalid_credentials" || a.cookie != nil {
-			t.Fatalf("sign-in: %d %v", a.status, a.doc)
-		}
-		if n := s.liveSessions(t); n != 0 {
-			t.Fatalf("%d live sessions after the password change", n)
-		}
+		s.refusedWithoutSession(t, a, "invalid_credentials", "sign-in")
 		if n := s.auditCount(t, "path = '/auth/login' AND action = 'auth_failed' AND user_id = $1 AND metadata->>'reason' = 'password_changed'", s.c.UserID); n != 1 {
 			t.Fatalf("%d audit rows for the refusal", n)
 		}
@@ -122,12 +129,7 @@ func TestSignInsRacingACredentialChangeKeepItsPromise(t *testing.T) {
 		fresh(t)
 		_, token := s.c.Session(t)
 		a := s.duringChange(t, passwordChange, "/auth/reauth", `{"password":"`+goodPassword+`"}`, cookieHeader(token))
-		if a.status != 401 || a.doc["code"] != "invalid_credentials" || a.cookie != nil {
-			t.Fatalf("re-auth: %d %v", a.status, a.doc)
-		}
-		if n := s.liveSessions(t); n != 0 {
-			t.Fatalf("%d live sessions after the password change", n)
-		}
+		s.refusedWithoutSession(t, a, "invalid_credentials", "re-auth")
 	})
 	t.Run("a sign-in of a user with a factor whose password changes meanwhile gets no challenge", func(t *testing.T) {
 		fresh(t)
@@ -147,24 +149,16 @@ func TestSignInsRacingACredentialChangeKeepItsPromise(t *testing.T) {
 	t.Run("a sign-in racing a first factor is asked for it", func(t *testing.T) {
 		fresh(t)
 		a := s.duringChange(t, firstFactor, "/auth/login", login(s.email, goodPassword), nil)
-		methods, _ := a.doc["methods"].([]any)
-		if a.status != 401 || a.doc["code"] != "mfa_required" || a.cookie != nil || len(methods) == 0 || methods[0] != "totp" {
-			t.Fatalf("sign-in: %d %v", a.status, a.doc)
-		}
-		if n := s.liveSessions(t); n != 0 {
-			t.Fatalf("%d live sessions without the new factor", n)
+		s.refusedWithoutSession(t, a, "mfa_required", "sign-in")
+		if methods, _ := a.doc["methods"].([]any); len(methods) == 0 || methods[0] != "totp" {
+			t.Fatalf("sign-in asked for %v", a.doc["methods"])
 		}
 	})
 	t.Run("a re-auth racing a first factor is asked for it", func(t *testing.T) {
 		fresh(t)
 		_, token := s.c.Session(t)
 		a := s.duringChange(t, firstFactor, "/auth/reauth", `{"password":"`+goodPassword+`"}`, cookieHeader(token))
-		if a.status != 401 || a.doc["code"] != "mfa_required" || a.cookie != nil {
-			t.Fatalf("re-auth: %d %v", a.status, a.doc)
-		}
-		if n := s.liveSessions(t); n != 0 {
-			t.Fatalf("%d live sessions without the new factor", n)
-		}
+		s.refusedWithoutSession(t, a, "mfa_required", "re-auth")
 	})
 	t.Run("a password change checked against a password changed meanwhile is refused", func(t *testing.T) {
 		fresh(t)

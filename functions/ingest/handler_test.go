@@ -6,13 +6,13 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/glassmkr/guardian/shared/identity"
+	"github.com/glassmkr/guardian/shared/testenv"
 )
 
 func TestParseRefusesBadSnapshots(t *testing.T) {
@@ -160,11 +160,11 @@ func TestInFlightBytesAreChargedAsTheyArrive(t *testing.T) {
 		return req
 	}
 	idle, feed := io.Pipe()
-	reading := make(chan struct{})
+	watched, reading := testenv.Reading(idle)
 	answered := make(chan *httptest.ResponseRecorder, 1)
 	go func() {
 		w := httptest.NewRecorder()
-		h.ServeHTTP(w, request(&firstRead{r: idle, reading: reading}, int64(len(body))))
+		h.ServeHTTP(w, request(watched, int64(len(body))))
 		answered <- w
 	}()
 	select {
@@ -186,18 +186,6 @@ func TestInFlightBytesAreChargedAsTheyArrive(t *testing.T) {
 	if got := h.inFlight.Load(); got != 200 {
 		t.Errorf("in flight %d after the refusal, want the other request's 200", got)
 	}
-}
-
-// firstRead closes reading when its first Read begins.
-type firstRead struct {
-	r       io.Reader
-	reading chan struct{}
-	once    sync.Once
-}
-
-func (f *firstRead) Read(p []byte) (int, error) {
-	f.once.Do(func() { close(f.reading) })
-	return f.r.Read(p)
 }
 
 type readCounter struct {
