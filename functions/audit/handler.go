@@ -185,13 +185,43 @@ func csvRecord(e Entry) []string {
 		strconv.Itoa(e.StatusCode), csvSafe(string(e.Metadata))}
 }
 
-// csvSafe defuses values a spreadsheet would run as a formula (a user
-// agent or path is the client's to choose).
+// csvSafe defuses text a spreadsheet would run as a formula (a user agent
+// or path is the client's to choose) by putting ' before it. A formula can
+// begin wherever a spreadsheet may see a cell begin, not only at the
+// value's start: Excel set to a ';' list separator (common in Europe)
+// splits a comma-separated file at every ';', quotes or not, so
+// "Mozilla;=WEBSERVICE(…)" would hold a live cell. So a trigger is
+// defused at the start and after any of , ; tab CR LF, with spaces and
+// quotes between. Nothing else changes: removing the added ' gives the
+// value back.
 func csvSafe(s string) string {
-	if s != "" && (s[0] == '=' || s[0] == '+' || s[0] == '-' || s[0] == '@' || s[0] == '\t' || s[0] == '\r') {
-		return "'" + s
+	var b []byte // nil until the first change
+	start := true
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		trigger := c == '=' || c == '+' || c == '-' || c == '@' || c == '\t' || c == '\r'
+		if trigger && start {
+			if b == nil {
+				b = append(make([]byte, 0, len(s)+8), s[:i]...)
+			}
+			b = append(b, '\'')
+		}
+		if b != nil {
+			b = append(b, c)
+		}
+		switch c {
+		case ',', ';', '\t', '\r', '\n':
+			start = true
+		case ' ', '"':
+			// a cell may begin with spaces or a quote before its formula
+		default:
+			start = false
+		}
 	}
-	return s
+	if b == nil {
+		return s
+	}
+	return string(b)
 }
 
 var auditPage = page.New("audit", `

@@ -52,17 +52,68 @@ func TestParseFilterAcceptsAndCursorRoundTrips(t *testing.T) {
 }
 
 func TestCSVSafe(t *testing.T) {
-	for in, want := range map[string]string{"=cmd()": "'=cmd()", "+1": "'+1", "@x": "'@x", "curl/8": "curl/8", "": ""} {
+	for in, want := range map[string]string{
+		"=cmd()":                          "'=cmd()",
+		"+1":                              "'+1",
+		"@x":                              "'@x",
+		"-1":                              "'-1",
+		"\t=1":                            "'\t'=1",
+		"\r":                              "'\r",
+		"":                                "",
+		"curl/8":                          "curl/8",
+		"a-b=c+d@e":                       "a-b=c+d@e",
+		"Mozilla/5.0 (X11; Linux x86_64)": "Mozilla/5.0 (X11; Linux x86_64)",
+		// A cell begins after a separator a spreadsheet may split at.
+		"Mozilla/5.0;=WEBSERVICE(CHAR(104));x": "Mozilla/5.0;'=WEBSERVICE(CHAR(104));x",
+		"a; =1":                                "a; '=1",
+		`a;"=1"`:                               `a;"'=1"`,
+		`a;""@x`:                               `a;""'@x`,
+		"a,+1":                                 "a,'+1",
+		"a\t-1":                                "a\t'-1",
+		"a\n=1":                                "a\n'=1",
+		" =1":                                  " '=1",
+		`{"name":"x;=1"}`:                      `{"name":"x;'=1"}`,
+		"=;=":                                  "'=;'=",
+	} {
 		if got := csvSafe(in); got != want {
-			t.Errorf("csvSafe(%q) = %q", in, got)
+			t.Errorf("csvSafe(%q) = %q, want %q", in, got, want)
 		}
 	}
+}
+
+// formulaCell returns a cell of v that a spreadsheet would run as a
+// formula, whichever of , ; tab CR LF it splits cells at, or "".
+func formulaCell(v string) string {
+	for _, cell := range strings.FieldsFunc("\n"+v, func(r rune) bool { return strings.ContainsRune(",;\r\n", r) }) {
+		for _, part := range strings.SplitAfter(cell, "\t") {
+			if t := strings.TrimLeft(part, ` "`); t != "" && strings.ContainsRune("=+-@\t\r", rune(t[0])) {
+				return part
+			}
+		}
+	}
+	return ""
+}
+
+func FuzzCSVSafe(f *testing.F) {
+	for _, s := range []string{"=1", "Mozilla/5.0;=WEBSERVICE(1)", `a;"=1"`, "a\t\t-1", " ,@x", "'=1"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		got := csvSafe(s)
+		if c := formulaCell(got); c != "" {
+			t.Fatalf("csvSafe(%q) = %q: cell %q runs as a formula", s, got, c)
+		}
+		// Only ' is added: without them, the value is what it was.
+		if strings.ReplaceAll(got, "'", "") != strings.ReplaceAll(s, "'", "") {
+			t.Fatalf("csvSafe(%q) = %q changed more than it added", s, got)
+		}
+	})
 }
 
 // Every value of an exported record that a client chose is defused,
 // the method too (Go's server accepts "-1+1" as a method).
 func TestCSVRecordDefusesClientValues(t *testing.T) {
-	ua, rt := "=HYPERLINK(\"x\")", "@x"
+	ua, rt := "Mozilla/5.0;=HYPERLINK(\"x\")", "@x"
 	e := Entry{ID: 7, Method: "-1+1", Path: "+/x", RequestID: "=1", UserAgent: &ua, ResourceType: &rt,
 		Action: "read", Result: "denied", StatusCode: 405, Metadata: json.RawMessage(`{}`)}
 	rec := csvRecord(e)
@@ -70,8 +121,8 @@ func TestCSVRecordDefusesClientValues(t *testing.T) {
 		t.Fatalf("%d values for %d columns", len(rec), len(CSVHeader))
 	}
 	for i, v := range rec {
-		if v != "" && strings.ContainsRune("=+-@\t\r", rune(v[0])) {
-			t.Errorf("%s = %q would run as a formula", CSVHeader[i], v)
+		if c := formulaCell(v); c != "" {
+			t.Errorf("%s = %q would run %q as a formula", CSVHeader[i], v, c)
 		}
 	}
 }
