@@ -189,6 +189,9 @@ func (h *handler) revoke(w http.ResponseWriter, r *http.Request) {
 		problem.Write(w, problem.New(http.StatusNotFound, "not_found", "no such session"))
 		return
 	}
+	if sid != id.SessionID && !h.steppedUp(w, r, id) {
+		return
+	}
 	var exists, revoked bool
 	if err := h.db.QueryRow(r.Context(), revokeQuery, sid, id.UserID, id.CustomerID).Scan(&exists, &revoked); err != nil {
 		h.fail(w, err)
@@ -211,6 +214,10 @@ func (h *handler) revokeOthers(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	audit.Annotate(w, audit.Annotation{ResourceType: "session", Action: "delete"})
+	if !h.steppedUp(w, r, id) {
+		return
+	}
 	tag, err := h.db.Exec(r.Context(), revokeOthersQuery, id.UserID, id.CustomerID, id.SessionID)
 	if err != nil {
 		h.fail(w, err)
@@ -219,6 +226,26 @@ func (h *handler) revokeOthers(w http.ResponseWriter, r *http.Request) {
 	n := tag.RowsAffected()
 	audit.Annotate(w, audit.Annotation{ResourceType: "session", Action: "delete", Metadata: map[string]any{"revoked": n, "kept": id.SessionID}})
 	reply.JSON(w, http.StatusOK, map[string]int64{"revoked": n})
+}
+
+// steppedUp answers and returns false unless the caller's password (and
+// second factor, if any) was confirmed within the re-auth window. Ending
+// another session needs it: otherwise a stolen cookie could end every
+// session its owner starts, a new one a second after sign-in, and keep
+// the owner from reaching the session list to end the thief's. An owner
+// who has just signed in passes; an old stolen cookie does not. Ending
+// the caller's own session is signing out and needs nothing.
+func (h *handler) steppedUp(w http.ResponseWriter, r *http.Request, id identity.Identity) bool {
+	p, err := stepup.Check(r.Context(), h.db, id, h.now())
+	if err != nil {
+		h.fail(w, err)
+		return false
+	}
+	if p != nil {
+		problem.Write(w, p)
+		return false
+	}
+	return true
 }
 
 const (
@@ -243,11 +270,7 @@ func (h *handler) deleteAccount(w http.ResponseWriter, r *http.Request) {
 		problem.Write(w, p)
 		return
 	}
-	if p, err := stepup.Check(r.Context(), h.db, id, h.now()); err != nil {
-		h.fail(w, err)
-		return
-	} else if p != nil {
-		problem.Write(w, p)
+	if !h.steppedUp(w, r, id) {
 		return
 	}
 	var deleteAfter *time.Time

@@ -286,6 +286,54 @@ func TestRevokeOthersEndsEveryOtherSessionOfTheUser(t *testing.T) {
 	}
 }
 
+// Ending another session needs a password confirmed within the re-auth
+// window: a stolen cookie must not be able to end each session its owner
+// starts (and so keep the owner from ending the thief's). Signing out
+// needs nothing.
+func TestEndingAnotherSessionNeedsAFreshPassword(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	now := time.Now()
+	_, thiefToken := s.sessionOf(t, s.c.UserID, s.c.ID, now.Add(-time.Hour), now.Add(24*time.Hour))
+	thief := cookie(thiefToken)
+	_, spareToken := s.sessionOf(t, s.c.UserID, s.c.ID, now.Add(-time.Hour), now.Add(24*time.Hour))
+	owner := s.signIn(t)
+	var ownerID string
+	for _, it := range s.do(t, "GET", "/api/v1/sessions", "", owner).Doc["items"].([]any) {
+		if m := it.(map[string]any); m["current"] == true {
+			ownerID = m["id"].(string)
+		}
+	}
+	if ownerID == "" {
+		t.Fatal("the owner's session is not listed as current")
+	}
+
+	for _, req := range [][2]string{{"DELETE", "/api/v1/sessions/" + ownerID}, {"POST", "/api/v1/sessions/revoke-others"}} {
+		if a := s.do(t, req[0], req[1], "", thief); a.Status != 401 || a.Doc["code"] != "reauth_required" {
+			t.Fatalf("%s %s with a stale session: %d %s", req[0], req[1], a.Status, a.Raw)
+		}
+		if action, rtype, _, _ := s.auditRow(t, req[0], req[1]); action != "delete" || rtype != "session" {
+			t.Fatalf("audit of the refusal: %s %s", action, rtype)
+		}
+	}
+	s.works(t, owner, true)
+	s.works(t, cookie(spareToken), true)
+
+	// The owner, just signed in, ends the others.
+	if a := s.do(t, "POST", "/api/v1/sessions/revoke-others", "", owner); a.Status != 200 || a.Doc["revoked"] != float64(2) {
+		t.Fatalf("revoke-others by the owner: %d %s", a.Status, a.Raw)
+	}
+	s.works(t, thief, false)
+	s.works(t, cookie(spareToken), false)
+
+	// A stale session may still sign itself out.
+	staleID, staleToken := s.sessionOf(t, s.c.UserID, s.c.ID, now.Add(-time.Hour), now.Add(24*time.Hour))
+	if a := s.do(t, "DELETE", "/api/v1/sessions/"+staleID, "", cookie(staleToken)); a.Status != 204 {
+		t.Fatalf("signing a stale session out: %d %s", a.Status, a.Raw)
+	}
+	s.works(t, cookie(staleToken), false)
+}
+
 func TestAccountDeletion(t *testing.T) {
 	t.Parallel()
 	s := newSite(t)
