@@ -206,3 +206,32 @@ func TestRequestTrailersDoNotReachTheFunction(t *testing.T) {
 		t.Fatalf("the function saw trailers %v", seen)
 	}
 }
+
+// A request the function received is never sent to a second process, even
+// when the transport, on its own, tries it again on a new connection (as
+// it does for a bodyless request carrying Idempotency-Key, a header the
+// client chooses): the function may have acted on it before it died.
+func TestARequestThatReachedADyingFunctionIsNotSentAgain(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		method string
+		header string
+	}{{"POST", "Idempotency-Key"}, {"POST", "X-Idempotency-Key"}, {"GET", ""}} {
+		h := newHandler(t, &Handler{})
+		pidOf(t, h) // warm: the next request reuses the pooled connection
+		req := httptest.NewRequest(tc.method, "/crash", nil)
+		if tc.header != "" {
+			req.Header.Set(tc.header, "k1")
+		}
+		err := h.ServeHTTP(httptest.NewRecorder(), req, nil)
+		if status, code := problemOf(t, err); status != 502 || code != "function_failed" {
+			t.Fatalf("%s %s: %d %s, want 502 function_failed", tc.method, tc.header, status, code)
+		}
+		h.inst.mu.Lock()
+		starts, crashes := h.inst.starts, h.inst.crashes
+		h.inst.mu.Unlock()
+		if starts != 1 {
+			t.Fatalf("%s %s: the request reached %d processes (%d crashes), want 1", tc.method, tc.header, starts, crashes)
+		}
+	}
+}

@@ -18,6 +18,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -25,6 +26,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -279,11 +281,25 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 				problem.New(http.StatusServiceUnavailable, "function_unavailable", "the service is starting or recovering; try again shortly"))
 		}
 		proxyErr = nil
-		h.proxy(p, w, req)
+		var sent atomic.Bool
+		h.proxy(p, w, req.WithContext(httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+			WroteRequest: func(i httptrace.WroteRequestInfo) {
+				if i.Err == nil {
+					sent.Store(true)
+				}
+			},
+		})))
 		// A process that died a moment ago refuses the connection before
 		// its exit is noticed. Nothing reached it, so the request is safe
-		// to send once more, to a fresh process.
-		if proxyErr != nil && attempt == 0 && neverSent(proxyErr) && (body == nil || !body.read) {
+		// to send once more, to a fresh process. The error alone cannot
+		// tell: the transport itself sends a request again on a new
+		// connection when a reused one fails after the request was written
+		// (GET, or any bodyless request with an Idempotency-Key header,
+		// which the client chooses), and that second try is what a dead
+		// process refuses. So only a request never written whole to any
+		// connection is sent again: the function may have acted on one it
+		// received before it died.
+		if proxyErr != nil && attempt == 0 && !sent.Load() && ctx.Err() == nil && (body == nil || !body.read) {
 			p.waitExit(time.Second)
 			continue
 		}
@@ -438,12 +454,6 @@ func (h *Handler) acquireSlot(ctx context.Context) error {
 
 // errBusy is acquireSlot's answer after QueueTimeout without a slot.
 var errBusy = errors.New("function: no slot free")
-
-// neverSent reports whether err means the connection to the function was
-// refused, so the request did not reach it.
-func neverSent(err error) bool {
-	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT)
-}
 
 // trackedBody records whether any of the request body was read, and keeps
 // the transport from closing it, so an unsent request can be sent again.
