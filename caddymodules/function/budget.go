@@ -3,8 +3,11 @@ package function
 import "sync"
 
 // holderShare is the part of a function's bound on buffered bodies that
-// one holder may take (see budget.take).
-const holderShare = 4
+// one holder may take (see budget.take): a sixteenth, so that it takes
+// sixteen holders sending bodies slowly, each as fast as its rate limit
+// lets it start requests, to fill the bound (a quarter let four addresses
+// keep every sign-in out).
+const holderShare = 16
 
 // budget bounds the bytes of request bodies buffered at once for one
 // function's routes: in all, and per holder (the customer a credential
@@ -21,7 +24,7 @@ type budget struct {
 func newBudget(total int64) *budget { return &budget{total: total, by: map[string]int64{}} }
 
 // take counts n more bytes held by holder, unless they would pass the
-// total or holder's share: a quarter of the total, or floor if larger
+// total or holder's share: a sixteenth of the total, or floor if larger
 // (what one body of the route needs).
 func (b *budget) take(holder string, n, floor int64) bool {
 	b.mu.Lock()

@@ -34,7 +34,6 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
-	"github.com/glassmkr/guardian/caddymodules/guardian"
 	"github.com/glassmkr/guardian/shared/clientip"
 	"github.com/glassmkr/guardian/shared/fnserve"
 	"github.com/glassmkr/guardian/shared/identity"
@@ -84,9 +83,10 @@ type Handler struct {
 	// Default 0: bodies stream to the function. All the bodies held at once
 	// for the function's routes are bounded too (maxBuffered), charged as
 	// their bytes arrive, and one holder (a customer, or an address without
-	// a credential) may hold a quarter of it: past either a request is 503,
-	// so memory stays bounded, only bytes actually sent count, not what a
-	// slow client declares, and no one client keeps the others out.
+	// a credential, an IPv6 one by its /48) may hold a sixteenth of it:
+	// past either a request is 503, so memory stays bounded, only bytes
+	// actually sent count, not what a slow client declares, and no few
+	// clients keep the others out.
 	BufferBody int64 `json:"buffer_body,omitempty"`
 	// MinWarm is how many processes to keep running even when idle: 0
 	// (scale to zero, the default) or 1. A function is one process that
@@ -418,20 +418,23 @@ func (b *heldBody) Read(p []byte) (int, error) {
 func (b *heldBody) Close() error { return nil }
 
 // bodyHolder is whom a buffered body is charged to: the customer the
-// request's credential names, else its client's address (as the rate
-// limiter counts it).
+// request's credential names, else its client's network
+// (clientip.Network: an IPv6 /48, wider than the rate limiter's /64,
+// since a share of the bound is worth more than a rate limit and one
+// site is routinely given a /48).
 func bodyHolder(r *http.Request) string {
 	if id, _ := caddyhttp.GetVar(r.Context(), identity.VarKey).(*identity.Identity); id != nil && id.CustomerID != "" {
 		return "c:" + id.CustomerID
 	}
-	if b := guardian.ClientBucket(r.Context()); b != "" {
-		return "a:" + b
+	ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
+	if ip == "" {
+		host, _, err := net.SplitHostPort(r.RemoteAddr)
+		if err != nil {
+			host = r.RemoteAddr
+		}
+		ip = host
 	}
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		host = r.RemoteAddr
-	}
-	return "a:" + clientip.Bucket(host)
+	return "a:" + clientip.Network(ip)
 }
 
 func (h *Handler) acquireSlot(ctx context.Context) error {

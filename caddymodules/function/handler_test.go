@@ -548,14 +548,27 @@ func TestBufferedBodiesAreBoundedTogether(t *testing.T) {
 	}
 }
 
-// One holder (a customer, or an address without a credential) may hold a
-// quarter of the bound on buffered bodies, or one body if that is more: a
-// customer sending bodies slowly keeps its own requests out, not everyone
-// else's.
+// One holder (a customer, or a network without a credential) may hold a
+// sixteenth of the bound on buffered bodies, or one body if that is more:
+// a customer sending bodies slowly keeps its own requests out, not
+// everyone else's. IPv6 clients are held by their /48.
 func TestOneHolderTakesAShareOfTheBound(t *testing.T) {
 	t.Parallel()
-	// Bound 320 KiB, a holder's share 80 KiB (a body needs 72).
-	h := newHandler(t, &Handler{BufferBody: 40 << 10, bufferTotal: 10 * bufferChunk})
+	for _, tc := range []struct{ first, second, other string }{
+		{"198.51.100.7", "198.51.100.7", "203.0.113.9"},
+		{"[2001:db8:1:1::1]", "[2001:db8:1:ffff::2]", "[2001:db8:2::1]"},
+	} {
+		checkHolderShare(t, tc.first, tc.second, tc.other)
+	}
+}
+
+// checkHolderShare holds two chunks of bodies from first, checks that a third
+// from second (the same holder) is refused, and one from other is not.
+func checkHolderShare(t *testing.T, first, second, other string) {
+	t.Helper()
+	// Bound 1,280 KiB, a holder's share its sixteenth, 80 KiB (a body
+	// needs 72).
+	h := newHandler(t, &Handler{BufferBody: 40 << 10, bufferTotal: 40 * bufferChunk})
 	from := func(addr string, body io.Reader) *http.Request {
 		r := httptest.NewRequest("POST", "/sum", body)
 		r.RemoteAddr = addr + ":4321"
@@ -566,15 +579,15 @@ func TestOneHolderTakesAShareOfTheBound(t *testing.T) {
 	for range 2 {
 		slow, feed := io.Pipe()
 		feeds = append(feeds, feed)
-		go func() { done <- h.ServeHTTP(httptest.NewRecorder(), from("198.51.100.7", slow), nil) }()
+		go func() { done <- h.ServeHTTP(httptest.NewRecorder(), from(first, slow), nil) }()
 		_, _ = feed.Write(make([]byte, bufferChunk+1)) // a chunk held each
 	}
-	err := h.ServeHTTP(httptest.NewRecorder(), from("198.51.100.7", bytes.NewReader(make([]byte, bufferChunk))), nil)
+	err := h.ServeHTTP(httptest.NewRecorder(), from(second, bytes.NewReader(make([]byte, bufferChunk))), nil)
 	if code, name := problemOf(t, err); code != http.StatusServiceUnavailable || name != "function_busy" {
-		t.Fatalf("a third body of the holder past its share: %d %s", code, name)
+		t.Fatalf("a third body of the holder of %s past its share: %d %s", second, code, name)
 	}
 	rec := httptest.NewRecorder()
-	if err := h.ServeHTTP(rec, from("203.0.113.9", bytes.NewReader(make([]byte, bufferChunk))), nil); err != nil || rec.Code != 200 {
+	if err := h.ServeHTTP(rec, from(other, bytes.NewReader(make([]byte, bufferChunk))), nil); err != nil || rec.Code != 200 {
 		t.Fatalf("another holder's body meanwhile: %d %v", rec.Code, err)
 	}
 	for _, f := range feeds {

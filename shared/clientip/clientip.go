@@ -25,3 +25,20 @@ func Bucket(ip string) string {
 	p, _ := a.Prefix(64)
 	return p.String()
 }
+
+// Network is the wider group an address belongs to, for bounds that one
+// site must not be able to take several shares of: an IPv4 address on its
+// own, an IPv6 address by its /48 (a site's usual allocation). Anything
+// that does not parse is its own group.
+func Network(ip string) string {
+	a, err := netip.ParseAddr(ip)
+	if err != nil {
+		return ip
+	}
+	a = a.WithZone("").Unmap()
+	if a.Is4() {
+		return a.String()
+	}
+	p, _ := a.Prefix(48)
+	return p.String()
+}
