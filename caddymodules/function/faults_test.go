@@ -11,10 +11,13 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/glassmkr/guardian/shared/testenv"
 )
@@ -234,4 +237,49 @@ func TestARequestThatReachedADyingFunctionIsNotSentAgain(t *testing.T) {
 			t.Fatalf("%s %s: the request reached %d processes (%d crashes), want 1", tc.method, tc.header, starts, crashes)
 		}
 	}
+}
+
+// A function that logs a line longer than Caddy keeps goes on logging and
+// answering: its output is still read (the line cut, and said so), so the
+// pipe never fills and blocks it.
+func TestALongLogLineDoesNotBlockTheFunction(t *testing.T) {
+	t.Parallel()
+	h := newHandler(t, &Handler{Timeout: caddy.Duration(5 * time.Second)})
+	for i := range 4 { // 4 x 300 KiB: past the line bound, and far past a pipe's 64 KiB
+		rec, err := call(h, "/log?n=307200")
+		if err != nil || rec.Code != 200 || rec.Body.String() != "logged" {
+			t.Fatalf("request %d after long log lines: %d %q %v", i, rec.Code, rec.Body.String(), err)
+		}
+	}
+}
+
+// forwardLog keeps maxLogLine bytes of a longer line, says it cut it, and
+// reads the next lines whole.
+func TestForwardLogCutsALongLine(t *testing.T) {
+	core, logs := observer.New(zap.InfoLevel)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	forwardLog(&wg, zap.New(core), strings.NewReader(strings.Repeat("x", maxLogLine+5000)+"\n{\"msg\":\"next\"}\r\nplain"))
+	got := logs.All()
+	if len(got) != 3 {
+		t.Fatalf("%d entries, want 3", len(got))
+	}
+	f := got[0].ContextMap()
+	if line, _ := f["line"].(string); len(line) != maxLogLine || f["truncated"] != true {
+		t.Fatalf("the long line: %d bytes, fields %v", len(line), keysOf(f))
+	}
+	if _, ok := got[1].ContextMap()["entry"]; !ok {
+		t.Fatalf("the JSON line after it: %v", got[1].ContextMap())
+	}
+	if got[2].ContextMap()["line"] != "plain" {
+		t.Fatalf("the last line: %v", got[2].ContextMap())
+	}
+}
+
+func keysOf(m map[string]any) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
 }

@@ -2,6 +2,7 @@ package function
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/json"
@@ -404,18 +405,48 @@ func exitText(cmd *exec.Cmd) string {
 	return cmd.ProcessState.String()
 }
 
+// maxLogLine bounds one line of a function's output in Caddy's log; the
+// rest of a longer line is dropped.
+const maxLogLine = 256 << 10
+
 // forwardLog copies a function's output into Caddy's log, one entry per
 // line. JSON lines (what fnserve writes) are kept as structured entries.
+// It reads to the end whatever comes: a reader that stopped (at a line
+// too long) would leave the pipe full and the function blocked on its
+// next log write, alive but answering nothing.
 func forwardLog(wg *sync.WaitGroup, log *zap.Logger, r io.Reader) {
 	defer wg.Done()
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 4096), 256<<10)
-	for sc.Scan() {
-		line := sc.Bytes()
-		if json.Valid(line) {
-			log.Info("function output", zap.Reflect("entry", json.RawMessage(append([]byte(nil), line...))))
-		} else {
-			log.Info("function output", zap.String("line", string(line)))
+	br := bufio.NewReaderSize(r, 4096)
+	var line []byte
+	cut := false
+	for {
+		chunk, err := br.ReadSlice('\n')
+		if room := maxLogLine - len(line); len(chunk) > room {
+			chunk, cut = chunk[:room], true
 		}
+		line = append(line, chunk...)
+		if errors.Is(err, bufio.ErrBufferFull) {
+			continue
+		}
+		if len(line) > 0 {
+			logLine(log, line, cut)
+		}
+		line, cut = line[:0], false
+		if err != nil {
+			return
+		}
+	}
+}
+
+// logLine logs one line of a function's output, without its line end.
+func logLine(log *zap.Logger, line []byte, cut bool) {
+	line = bytes.TrimSuffix(bytes.TrimSuffix(line, []byte("\n")), []byte("\r"))
+	switch {
+	case cut:
+		log.Info("function output", zap.String("line", string(line)), zap.Bool("truncated", true))
+	case json.Valid(line):
+		log.Info("function output", zap.Reflect("entry", json.RawMessage(append([]byte(nil), line...))))
+	default:
+		log.Info("function output", zap.String("line", string(line)))
 	}
 }

@@ -4,6 +4,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
@@ -12,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 	"unsafe"
@@ -66,6 +68,13 @@ func setup(ctx context.Context, log *zap.Logger, env *config.Loader) (http.Handl
 	mux.HandleFunc("/trailers", func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.Copy(io.Discard, r.Body) // trailers arrive after the body
 		_ = json.NewEncoder(w).Encode(r.Trailer)
+	})
+	// /log?n=N writes a line of N bytes to stderr, as a function logging
+	// something long.
+	mux.HandleFunc("/log", func(w http.ResponseWriter, r *http.Request) {
+		n, _ := strconv.Atoi(r.URL.Query().Get("n"))
+		_, _ = os.Stderr.Write(append(bytes.Repeat([]byte("x"), n), '\n'))
+		fmt.Fprint(w, "logged")
 	})
 	mux.HandleFunc("/sealed", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprint(w, nodump.Sealed())
