@@ -84,15 +84,22 @@
 // decrypts it to another temporary file that is kept only when age has
 // authenticated the whole blob (age hands out plaintext before it reaches a
 // tampered chunk), decompresses it into `INSERT INTO … FORMAT Native` in a
-// scratch database restore_verify_<random> whose tables come from the
-// manifest's CREATE statements, and compares the rows each blob added with
-// the manifest. The scratch database is dropped at the end, on failure too.
-// Temporary files need twice the largest blob on the local disk ($TMPDIR).
+// scratch database restore_verify_<tag>_<deadline>_<random> whose tables
+// come from the manifest's CREATE statements without their table TTL (TTL
+// merges would delete expired rows while they are counted), and compares
+// the rows each blob added with the manifest. Tables are loaded one at a
+// time and each is dropped once checked; where ClickHouse reports its
+// disks' free space (system.disks, 19.15 and later) a table is loaded only
+// if it leaves room. The scratch database is dropped at the end, on failure
+// too; one a killed run left is dropped by a later run once the deadline
+// in its name has passed (verifications may overlap). Temporary files need
+// twice the largest blob on the local disk ($TMPDIR).
 //
 // A finding about the backup wraps job.ErrRed (the job reports "red"): no
 // LATEST, no manifest, a missing blob, wrong size or hash, a blob that does
 // not decrypt with the identity or does not decompress, a statement or blob
-// ClickHouse refuses, a row or byte count that differs. Not being able to
+// ClickHouse refuses, a row or byte count that differs, a table there is no
+// room for. Not being able to
 // check (a target or ClickHouse unreachable, a local disk error) is a plain
 // error. The restore expects non-replicated MergeTree tables: a
 // Replicated* CREATE statement would need ZooKeeper paths of its own.

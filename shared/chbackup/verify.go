@@ -2,7 +2,6 @@ package chbackup
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -35,8 +34,11 @@ type TargetVerify struct {
 	Blobs       int    `json:"blobs"`
 	Rows        uint64 `json:"rows"`
 	CipherBytes int64  `json:"cipher_bytes"`
-	OK          bool   `json:"ok"`
-	Error       string `json:"error,omitempty"`
+	// SpaceChecked counts the tables whose room on ClickHouse's disks was
+	// checked before loading: none where ClickHouse cannot tell (18.16).
+	SpaceChecked int    `json:"space_checked"`
+	OK           bool   `json:"ok"`
+	Error        string `json:"error,omitempty"`
 }
 
 // ReadIdentities reads an age identity file (AGE-SECRET-KEY-1... lines).
@@ -55,17 +57,20 @@ func ReadIdentities(file string) ([]age.Identity, error) {
 }
 
 // VerifyLatest restores the set LATEST names at each target into a scratch
-// database (restore_verify_<database's tag>_<random>, dropped at the end,
-// on failure too, and by the next run if this one was killed)
-// and checks it against the manifest: each blob's size and SHA-256, that it
-// decrypts and decompresses, its plaintext size, and that loading it adds
-// the manifest's number of rows.
+// database (restore_verify_<database's tag>_<deadline>_<random>) and checks
+// it against the manifest: each blob's size and SHA-256, that it decrypts
+// and decompresses, its plaintext size, and that loading it adds the
+// manifest's number of rows. Tables are loaded one at a time, without
+// their table TTL, each after checking that ClickHouse's disks have room
+// for it where ClickHouse can tell, and dropped once checked; the database
+// is dropped at the end, on failure too, and by a later run if this one
+// was killed (once ctx's deadline has passed: runs may overlap).
 //
 // A finding about the backup (missing LATEST, manifest or blob; wrong size
 // or hash; a blob that does not decrypt or decompress; a statement or blob
-// ClickHouse refuses; a row count that differs) is an error wrapping
-// job.ErrRed. Not being able to check (a target or ClickHouse unreachable,
-// a local disk full) is a plain error.
+// ClickHouse refuses; a row count that differs; a table there is no room
+// for) is an error wrapping job.ErrRed. Not being able to check (a target
+// or ClickHouse unreachable, a local disk full) is a plain error.
 func VerifyLatest(ctx context.Context, cfg Config, identities ...age.Identity) (VerifyReport, error) {
 	var rep VerifyReport
 	if len(identities) == 0 {
@@ -78,17 +83,26 @@ func VerifyLatest(ctx context.Context, cfg Config, identities ...age.Identity) (
 	if err != nil {
 		return rep, fmt.Errorf("verify: %w", err)
 	}
+	// The scratch database's name carries the run's deadline, which other
+	// runs go by before they drop it.
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, maxVerifyRun)
+		defer cancel()
+		deadline, _ = ctx.Deadline()
+	}
 	ch := newCHClient(cfg)
 	// A run killed outright left its scratch copy: plaintext customer data
 	// that nothing else would ever delete (account-purge works on the real
-	// database only). Runs are one at a time (the job's lock).
-	if err := dropScratch(ctx, ch, cfg.ClickHouse.Database); err != nil {
+	// database only).
+	if err := dropScratch(ctx, ch, cfg.ClickHouse.Database, time.Now()); err != nil {
 		return rep, fmt.Errorf("verify: %w", err)
 	}
 	var errs []error
 	for _, t := range cfg.Targets {
 		tv := TargetVerify{Target: t.String()}
-		err := verifyTarget(ctx, ch, auth, t, identities, cfg.ClickHouse.Database, &tv)
+		err := verifyTarget(ctx, ch, auth, t, identities, cfg.ClickHouse.Database, deadline, &tv)
 		tv.OK = err == nil
 		if err != nil {
 			tv.Error = err.Error()
@@ -116,63 +130,35 @@ func chRed(what string, err error) error {
 	return fmt.Errorf("%s: %w", what, err)
 }
 
-// scratchPrefix names the scratch databases of verifications of db.
-func scratchPrefix(db string) string {
-	sum := sha256.Sum256([]byte(db))
-	return "restore_verify_" + hex.EncodeToString(sum[:4]) + "_"
+// targetRun is one target's verification: where its blobs come from and
+// where they are loaded.
+type targetRun struct {
+	ch      *chClient
+	r       *remote
+	ids     []age.Identity
+	set     string
+	tmp     string
+	scratch scratchDB
+	// measure: ClickHouse can tell the free space of a table's disks.
+	measure bool
+	tv      *TargetVerify
 }
 
-// dropScratch drops scratch databases a killed verification of db left,
-// and those of the unnamed form (restore_verify_<12 hex>) earlier
-// versions made.
-func dropScratch(ctx context.Context, ch *chClient, db string) error {
-	left, err := rows[struct{ Name string }](ctx, ch, "SELECT name AS Name FROM system.databases WHERE startsWith(name, "+
-		quoteString(scratchPrefix(db))+") OR match(name, '^restore_verify_[0-9a-f]{12}$')")
-	if err != nil {
-		return fmt.Errorf("list leftover scratch databases: %w", err)
-	}
-	for _, d := range left {
-		if err := ch.exec(ctx, "DROP DATABASE IF EXISTS "+quoteIdent(d.Name)); err != nil {
-			return fmt.Errorf("drop leftover scratch database %s: %w", d.Name, err)
-		}
-	}
-	return nil
-}
-
-func verifyTarget(ctx context.Context, ch *chClient, auth *sshAuth, t Target, ids []age.Identity, db string, tv *TargetVerify) error {
+func verifyTarget(ctx context.Context, ch *chClient, auth *sshAuth, t Target, ids []age.Identity, db string, deadline time.Time, tv *TargetVerify) error {
 	r, err := dial(ctx, auth, t)
 	if err != nil {
 		return err
 	}
 	defer r.Close()
 
-	latest, err := r.readFile(r.join(latestName), 256)
-	if errors.Is(err, os.ErrNotExist) {
-		return red("no %s", latestName)
-	} else if err != nil {
-		return fmt.Errorf("read %s: %w", latestName, err)
-	}
-	set := strings.TrimSpace(string(latest))
-	if !setName.MatchString(set) {
-		return red("%s does not name a set", latestName)
+	set, err := readLatest(r)
+	if err != nil {
+		return err
 	}
 	tv.Set = set
-	raw, err := r.readFile(r.join(set, manifestName), 64<<20)
-	if errors.Is(err, os.ErrNotExist) {
-		return red("set %s has no manifest", set)
-	} else if err != nil {
-		return fmt.Errorf("read the manifest of %s: %w", set, err)
-	}
-	var m Manifest
-	if err := json.Unmarshal(raw, &m); err != nil {
-		return red("the manifest of %s is not valid JSON", set)
-	}
-	if m.Set != set || m.Format != ManifestFormat {
-		return red("the manifest of %s names set %q, format %d", set, m.Set, m.Format)
-	}
-	if len(m.Tables) == 0 {
-		// A backup of nothing restores, and proves nothing.
-		return red("the manifest of %s lists no table", set)
+	m, err := readManifest(r, set)
+	if err != nil {
+		return err
 	}
 
 	tmp, err := os.MkdirTemp("", "guardian-restore-verify-")
@@ -181,43 +167,129 @@ func verifyTarget(ctx context.Context, ch *chClient, auth *sshAuth, t Target, id
 	}
 	defer os.RemoveAll(tmp)
 
-	var rnd [6]byte
-	_, _ = rand.Read(rnd[:])
-	scratch := scratchPrefix(db) + hex.EncodeToString(rnd[:])
-	if err := ch.exec(ctx, "CREATE DATABASE "+scratch); err != nil {
-		return fmt.Errorf("create the scratch database: %w", err)
+	tr := &targetRun{ch: ch, r: r, ids: ids, set: m.Set, tmp: tmp, tv: tv}
+	if tr.measure, err = canMeasureSpace(ctx, ch); err != nil {
+		return err
 	}
+	tr.scratch, err = createScratch(ctx, ch, db, deadline)
 	defer func() {
+		// Also after a failure half-way: the scratch copy is plaintext.
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 		defer cancel()
-		_ = ch.exec(dctx, "DROP DATABASE IF EXISTS "+scratch)
+		_ = ch.exec(dctx, tr.scratch.dropDatabase())
 	}()
-
-	for _, tm := range m.Tables {
-		if err := checkCreate(tm.Create); err != nil {
-			return red("table %s: %v", tm.Name, err)
-		}
-		create, err := rewriteCreate(tm.Create, m.Database, tm.Name, scratch)
-		if err != nil {
-			return red("table %s: %v", tm.Name, err)
-		}
-		if err := ch.exec(ctx, create); err != nil {
-			return chRed("create table "+tm.Name, err)
-		}
-		target := quoteIdent(scratch) + "." + quoteIdent(tm.Name)
-		for _, b := range tm.Blobs {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			if err := verifyBlob(ctx, ch, r, ids, set, tmp, target, tm.Name, b); err != nil {
-				return err
-			}
-			tv.Blobs++
-			tv.Rows += b.Rows
-			tv.CipherBytes += b.CipherBytes
-		}
-		tv.Tables++
+	if err != nil {
+		return err
 	}
+	for _, tm := range m.Tables {
+		if err := tr.verifyTable(ctx, m.Database, tm); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// readLatest returns the set LATEST names at r.
+func readLatest(r *remote) (string, error) {
+	latest, err := r.readFile(r.join(latestName), 256)
+	if errors.Is(err, os.ErrNotExist) {
+		return "", red("no %s", latestName)
+	} else if err != nil {
+		return "", fmt.Errorf("read %s: %w", latestName, err)
+	}
+	set := strings.TrimSpace(string(latest))
+	if !setName.MatchString(set) {
+		return "", red("%s does not name a set", latestName)
+	}
+	return set, nil
+}
+
+// readManifest reads and checks the manifest of set at r.
+func readManifest(r *remote, set string) (Manifest, error) {
+	var m Manifest
+	raw, err := r.readFile(r.join(set, manifestName), 64<<20)
+	if errors.Is(err, os.ErrNotExist) {
+		return m, red("set %s has no manifest", set)
+	} else if err != nil {
+		return m, fmt.Errorf("read the manifest of %s: %w", set, err)
+	}
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return m, red("the manifest of %s is not valid JSON", set)
+	}
+	if m.Set != set || m.Format != ManifestFormat {
+		return m, red("the manifest of %s names set %q, format %d", set, m.Set, m.Format)
+	}
+	if len(m.Tables) == 0 {
+		// A backup of nothing restores, and proves nothing.
+		return m, red("the manifest of %s lists no table", set)
+	}
+	return m, nil
+}
+
+// verifyTable loads table tm of database db into the scratch database,
+// checks it, and drops it: the scratch copy holds one table at a time.
+func (tr *targetRun) verifyTable(ctx context.Context, db string, tm TableManifest) error {
+	create, err := scratchCreate(tm, db, tr.scratch.name)
+	if err != nil {
+		return red("table %s: %v", tm.Name, err)
+	}
+	if err := tr.ch.exec(ctx, create); err != nil {
+		return chRed("create table "+tm.Name, err)
+	}
+	if err := tr.checkSpace(ctx, tm); err != nil {
+		return err
+	}
+	target := tr.scratch.table(tm.Name)
+	for _, b := range tm.Blobs {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := verifyBlob(ctx, tr.ch, tr.r, tr.ids, tr.set, tr.tmp, target, tm.Name, b); err != nil {
+			return err
+		}
+		tr.tv.Blobs++
+		tr.tv.Rows += b.Rows
+		tr.tv.CipherBytes += b.CipherBytes
+	}
+	if err := tr.ch.exec(ctx, tr.scratch.dropTable(tm.Name)); err != nil {
+		return fmt.Errorf("drop the scratch copy of %s: %w", tm.Name, err)
+	}
+	tr.tv.Tables++
+	return nil
+}
+
+// scratchCreate is the manifest's statement for tm, checked, pointed at
+// the scratch database and without its table TTL.
+func scratchCreate(tm TableManifest, db, scratch string) (string, error) {
+	if err := checkCreate(tm.Create); err != nil {
+		return "", err
+	}
+	create, err := rewriteCreate(tm.Create, db, tm.Name, scratch)
+	if err != nil {
+		return "", err
+	}
+	return stripTableTTL(create)
+}
+
+// checkSpace refuses to load tm where ClickHouse reports too little room
+// on the disks of its (empty) scratch table; where it cannot tell, the
+// table is loaded unchecked.
+func (tr *targetRun) checkSpace(ctx context.Context, tm TableManifest) error {
+	if !tr.measure {
+		return nil
+	}
+	disks, ok, err := tableSpace(ctx, tr.ch, tr.scratch.name, tm.Name)
+	if err != nil || !ok {
+		return err
+	}
+	var need uint64
+	for _, b := range tm.Blobs {
+		need = addCapped(need, uint64(max(b.PlainBytes, 0)))
+	}
+	if err := checkRoom(tm.Name, need, disks); err != nil {
+		return err
+	}
+	tr.tv.SpaceChecked++
 	return nil
 }
 

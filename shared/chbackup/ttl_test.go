@@ -1,0 +1,93 @@
+package chbackup
+
+import (
+	"strings"
+	"testing"
+)
+
+// Statements as ClickHouse's SHOW CREATE TABLE prints them: current
+// versions one clause a line, 19.x and 20.x on one line, 18.16 without
+// TTL. stripTableTTL must drop the table TTL, keep everything else as it
+// was, and refuse what it cannot delimit.
+func TestStripTableTTL(t *testing.T) {
+	const cols = "CREATE TABLE guardian.snapshots\n(\n    `customer_id` String,\n    `server_id` String,\n    `ts` DateTime,\n" +
+		"    `retention_days` UInt16,\n    `payload` String\n)\nENGINE = MergeTree\nPARTITION BY toYYYYMMDD(ts)\nORDER BY (customer_id, server_id, ts)"
+	cases := []struct {
+		name, in, want string
+	}{
+		{"Guardian's retention TTL, then SETTINGS",
+			cols + "\nTTL ts + toIntervalDay(retention_days)\nSETTINGS index_granularity = 8192",
+			cols + "\nSETTINGS index_granularity = 8192"},
+		{"TTL last",
+			cols + "\nTTL ts + toIntervalDay(90)",
+			cols},
+		{"an explicit DELETE",
+			cols + "\nTTL ts + toIntervalDay(90) DELETE\nSETTINGS index_granularity = 8192",
+			cols + "\nSETTINGS index_granularity = 8192"},
+		{"several TTL expressions over lines",
+			cols + "\nTTL ts + toIntervalMonth(1) RECOMPRESS CODEC(ZSTD(17)),\n ts + toIntervalYear(1) RECOMPRESS CODEC(LZ4HC(10))\nSETTINGS index_granularity = 8192",
+			cols + "\nSETTINGS index_granularity = 8192"},
+		{"moves to disks and volumes, then a delete",
+			cols + "\nTTL ts + toIntervalDay(2) TO DISK 'jbod1', ts + toIntervalDay(6) TO VOLUME 'external', ts + toIntervalDay(8) DELETE\n" +
+				"SETTINGS storage_policy = 'jbods_with_external', index_granularity = 8192",
+			cols + "\nSETTINGS storage_policy = 'jbods_with_external', index_granularity = 8192"},
+		{"WHERE and GROUP BY ... SET",
+			cols + "\nTTL ts + toIntervalMonth(1) WHERE retention_days = 7, ts + toIntervalYear(1) GROUP BY customer_id SET payload = any(payload)\n" +
+				"SETTINGS merge_with_ttl_timeout = 0, index_granularity = 8192",
+			cols + "\nSETTINGS merge_with_ttl_timeout = 0, index_granularity = 8192"},
+		{"settings over lines and a COMMENT after them",
+			cols + "\nTTL ts + toIntervalDay(90)\nSETTINGS index_granularity = 8192,\n    min_bytes_for_wide_part = 123\nCOMMENT 'keeps TTL rows'",
+			cols + "\nSETTINGS index_granularity = 8192,\n    min_bytes_for_wide_part = 123\nCOMMENT 'keeps TTL rows'"},
+		{"a COMMENT right after the TTL",
+			cols + "\nTTL ts + toIntervalDay(90)\nCOMMENT 'snapshots'",
+			cols + "\nCOMMENT 'snapshots'"},
+		{"on one line, as 19.x and 20.x print it",
+			"CREATE TABLE guardian.alert_history (`customer_id` String, `ts` DateTime, `state` String) ENGINE = MergeTree " +
+				"PARTITION BY toYYYYMMDD(ts) ORDER BY (customer_id, ts) TTL ts + toIntervalDay(365) SETTINGS index_granularity = 8192",
+			"CREATE TABLE guardian.alert_history (`customer_id` String, `ts` DateTime, `state` String) ENGINE = MergeTree " +
+				"PARTITION BY toYYYYMMDD(ts) ORDER BY (customer_id, ts) SETTINGS index_granularity = 8192"},
+		{"column TTLs stay",
+			"CREATE TABLE guardian.t\n(\n    `d` DateTime,\n    `v` String TTL d + toIntervalDay(1),\n    `w` Int32 TTL d + toIntervalDay(2)\n)\n" +
+				"ENGINE = MergeTree\nORDER BY d\nTTL d + toIntervalMonth(1)\nSETTINGS index_granularity = 8192",
+			"CREATE TABLE guardian.t\n(\n    `d` DateTime,\n    `v` String TTL d + toIntervalDay(1),\n    `w` Int32 TTL d + toIntervalDay(2)\n)\n" +
+				"ENGINE = MergeTree\nORDER BY d\nSETTINGS index_granularity = 8192"},
+		{"a replicated engine's arguments",
+			cols[:strings.Index(cols, "ENGINE")] + "ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/snapshots', '{replica}')\nORDER BY ts\nTTL ts + toIntervalDay(7)\nSETTINGS index_granularity = 8192",
+			cols[:strings.Index(cols, "ENGINE")] + "ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/snapshots', '{replica}')\nORDER BY ts\nSETTINGS index_granularity = 8192"},
+	}
+	unchanged := []struct{ name, in string }{
+		{"ClickHouse 18.16", "CREATE TABLE t_1.snapshots ( customer_id String,  server_id String,  ts DateTime,  retention_days UInt16,  payload String) " +
+			"ENGINE = MergeTree PARTITION BY toYYYYMMDD(ts) ORDER BY (customer_id, server_id, ts) SETTINGS index_granularity = 8192"},
+		{"no table TTL, column TTLs", "CREATE TABLE guardian.t\n(\n    `d` DateTime,\n    `v` String TTL d + toIntervalDay(1)\n)\nENGINE = MergeTree\nORDER BY d\nSETTINGS index_granularity = 8192"},
+		{"TTL in a literal and a quoted name", "CREATE TABLE guardian.t\n(\n    `TTL` String DEFAULT 'TTL 1'\n)\nENGINE = MergeTree\nORDER BY `TTL`\nCOMMENT 'TTL ts'"},
+	}
+	refused := []struct{ name, in, want string }{
+		{"a column named ttl in a key and a TTL", "CREATE TABLE guardian.t (`ttl` DateTime) ENGINE = MergeTree ORDER BY ttl\nTTL ttl + toIntervalDay(1)", "more than one TTL"},
+		{"a column named ttl after BY", "CREATE TABLE guardian.t (`ttl` DateTime) ENGINE = MergeTree ORDER BY ttl SETTINGS index_granularity = 8192", "does not start a clause"},
+		{"a column named ttl after an operator", "CREATE TABLE guardian.t (`ttl` DateTime) ENGINE = MergeTree ORDER BY a + ttl", "does not start a clause"},
+		{"a column named settings in the TTL", cols + "\nTTL settings + toIntervalDay(1)\nSETTINGS index_granularity = 8192", "not a settings clause"},
+		{"a column named comment in the TTL", cols + "\nTTL comment + toIntervalDay(1)", "not a comment clause"},
+		{"a clause after the TTL out of order", "CREATE TABLE guardian.t (`d` Date) ENGINE = MergeTree TTL d + toIntervalDay(1) ORDER BY d", "ORDER clause after its TTL"},
+		{"no engine", "CREATE TABLE guardian.t (`d` Date) TTL d", "no engine"},
+		{"a second statement", cols + "\nTTL ts + toIntervalDay(1); DROP TABLE x", "second statement"},
+	}
+	for _, c := range cases {
+		got, err := stripTableTTL(c.in)
+		if err != nil || got != c.want {
+			t.Errorf("%s:\n got %q, %v\nwant %q", c.name, got, err, c.want)
+		}
+		if again, err := stripTableTTL(got); err != nil || again != got {
+			t.Errorf("%s: stripping twice: %q, %v", c.name, again, err)
+		}
+	}
+	for _, c := range unchanged {
+		if got, err := stripTableTTL(c.in); err != nil || got != c.in {
+			t.Errorf("%s: %q, %v; want it unchanged", c.name, got, err)
+		}
+	}
+	for _, c := range refused {
+		if got, err := stripTableTTL(c.in); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %q, %v; want refused with %q", c.name, got, err, c.want)
+		}
+	}
+}

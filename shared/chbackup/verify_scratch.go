@@ -1,0 +1,147 @@
+package chbackup
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// A scratch database is named restore_verify_<tag of the database>_<the
+// run's deadline, Unix seconds>_<random>. Verifications of one database
+// may run at once (restore-verify, backup-clickhouse with an identity, and
+// `backup-clickhouse verify` take different locks, on different hosts
+// even), so a run drops only the scratch databases whose deadline has
+// passed: their run has stopped by then.
+const (
+	// scratchGrace is how long after its deadline a run's scratch database
+	// may still be in use: the run drops it then, within a minute, and
+	// hosts' clocks may differ a little.
+	scratchGrace = 5 * time.Minute
+	// maxVerifyRun bounds a verification whose context has no deadline, so
+	// that its scratch database has one.
+	maxVerifyRun = 24 * time.Hour
+)
+
+var (
+	scratchCurrent = regexp.MustCompile(`^([0-9]{1,18})_[0-9a-f]{12}$`)
+	// Forms earlier versions made, without a deadline.
+	scratchTagged  = regexp.MustCompile(`^[0-9a-f]{12}$`)
+	scratchUnnamed = regexp.MustCompile(`^restore_verify_[0-9a-f]{12}$`)
+)
+
+// scratchPrefix names the scratch databases of verifications of db.
+func scratchPrefix(db string) string {
+	sum := sha256.Sum256([]byte(db))
+	return "restore_verify_" + hex.EncodeToString(sum[:4]) + "_"
+}
+
+// scratchName names the scratch database of a verification of db that
+// stops by deadline.
+func scratchName(db string, deadline time.Time, random [6]byte) string {
+	// Rounded up: the name must not promise an earlier end.
+	end := deadline.Add(time.Second - 1).Unix()
+	return scratchPrefix(db) + strconv.FormatInt(end, 10) + "_" + hex.EncodeToString(random[:])
+}
+
+// scratchExpired reports whether name is a scratch database of db that no
+// verification going on at now can be using. Those of the forms earlier
+// versions made, without a deadline, are: this version makes none, and
+// only an earlier version's run still going across an upgrade could own one.
+func scratchExpired(db, name string, now time.Time) bool {
+	if scratchUnnamed.MatchString(name) {
+		return true
+	}
+	rest, ok := strings.CutPrefix(name, scratchPrefix(db))
+	if !ok {
+		return false
+	}
+	if scratchTagged.MatchString(rest) {
+		return true
+	}
+	m := scratchCurrent.FindStringSubmatch(rest)
+	if m == nil {
+		return false
+	}
+	end, err := strconv.ParseInt(m[1], 10, 64)
+	return err == nil && now.After(time.Unix(end, 0).Add(scratchGrace))
+}
+
+// dropScratch drops the scratch databases of db that killed verifications
+// left and no live one can be using (scratchExpired).
+func dropScratch(ctx context.Context, ch *chClient, db string, now time.Time) error {
+	left, err := rows[struct{ Name string }](ctx, ch, "SELECT name AS Name FROM system.databases WHERE startsWith(name, "+
+		quoteString(scratchPrefix(db))+") OR match(name, '^restore_verify_[0-9a-f]{12}$')")
+	if err != nil {
+		return fmt.Errorf("list leftover scratch databases: %w", err)
+	}
+	for _, d := range left {
+		if !scratchExpired(db, d.Name, now) {
+			continue
+		}
+		if err := ch.exec(ctx, "DROP DATABASE IF EXISTS "+quoteIdent(d.Name)); err != nil {
+			return fmt.Errorf("drop leftover scratch database %s: %w", d.Name, err)
+		}
+	}
+	return nil
+}
+
+// scratchDB is a run's scratch database.
+type scratchDB struct {
+	name string
+	// engine is the database's engine: an Atomic one keeps a dropped
+	// table's files for minutes unless told otherwise.
+	engine string
+}
+
+// createScratch creates the scratch database of a verification of db that
+// stops by deadline.
+func createScratch(ctx context.Context, ch *chClient, db string, deadline time.Time) (scratchDB, error) {
+	var rnd [6]byte
+	_, _ = rand.Read(rnd[:])
+	s := scratchDB{name: scratchName(db, deadline, rnd)}
+	if err := ch.exec(ctx, "CREATE DATABASE "+quoteIdent(s.name)); err != nil {
+		return s, fmt.Errorf("create the scratch database: %w", err)
+	}
+	e, err := one[struct{ Engine string }](ctx, ch, "SELECT engine AS Engine FROM system.databases WHERE name = "+quoteString(s.name))
+	if err != nil {
+		return s, fmt.Errorf("read the scratch database's engine: %w", err)
+	}
+	s.engine = e.Engine
+	return s, nil
+}
+
+// table is the quoted name of table in the scratch database.
+func (s scratchDB) table(name string) string {
+	return quoteIdent(s.name) + "." + quoteIdent(name)
+}
+
+// dropTable is the statement that drops table from the scratch database
+// and frees its disk space at once.
+func (s scratchDB) dropTable(name string) string {
+	return "DROP TABLE IF EXISTS " + s.table(name) + dropNow(s.engine)
+}
+
+// dropDatabase is the statement that drops the scratch database.
+func (s scratchDB) dropDatabase() string {
+	return "DROP DATABASE IF EXISTS " + quoteIdent(s.name) + dropNow(s.engine)
+}
+
+// dropNow is the modifier that makes a DROP in a database of engine
+// remove the data at once. Atomic databases (and Replicated ones, built
+// on them) keep a dropped table's files for
+// database_atomic_delay_before_drop_table_sec (8 minutes by default):
+// the next table's copy would come on top. NO DELAY is understood by every
+// version that has them; Ordinary databases drop at once, and ClickHouse
+// 18.16 knows no such modifier.
+func dropNow(engine string) string {
+	if engine == "Atomic" || engine == "Replicated" {
+		return " NO DELAY"
+	}
+	return ""
+}

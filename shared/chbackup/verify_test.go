@@ -1,0 +1,366 @@
+package chbackup
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/glassmkr/guardian/shared/job"
+)
+
+// chProxy stands between a verification and ClickHouse: it records every
+// statement, and answer may answer one instead of ClickHouse (a newer
+// server's system tables) or look at ClickHouse before it runs.
+type chProxy struct {
+	url    string
+	mu     sync.Mutex
+	seen   []string
+	answer func(q string) (string, bool)
+}
+
+func newCHProxy(t *testing.T, upstream string, answer func(q string) (string, bool)) *chProxy {
+	t.Helper()
+	p := &chProxy{answer: answer}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var body io.Reader = r.Body
+		q := r.URL.Query().Get("query")
+		if q == "" { // the statement is the body
+			b, _ := io.ReadAll(r.Body)
+			q, body = string(b), bytes.NewReader(b)
+		}
+		p.mu.Lock()
+		p.seen = append(p.seen, q)
+		p.mu.Unlock()
+		if p.answer != nil {
+			if a, ok := p.answer(q); ok {
+				io.WriteString(w, a)
+				return
+			}
+		}
+		req, _ := http.NewRequestWithContext(r.Context(), http.MethodPost, strings.TrimSuffix(upstream, "/")+r.URL.RequestURI(), body)
+		req.Header = r.Header.Clone()
+		resp, err := http.DefaultTransport.RoundTrip(req)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		w.WriteHeader(resp.StatusCode)
+		io.Copy(w, resp.Body)
+	}))
+	t.Cleanup(srv.Close)
+	p.url = srv.URL
+	return p
+}
+
+// statements returns the statements seen that start with prefix.
+func (p *chProxy) statements(prefix string) []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []string
+	for _, q := range p.seen {
+		if strings.HasPrefix(q, prefix) {
+			out = append(out, q)
+		}
+	}
+	return out
+}
+
+// insertDatabase is the database an INSERT statement loads into.
+func insertDatabase(q string) string {
+	rest, _ := strings.CutPrefix(q, "INSERT INTO `")
+	db, _, _ := strings.Cut(rest, "`")
+	return db
+}
+
+// The scratch copy holds one table at a time: each is dropped once
+// checked, before the next is created, so that it never needs room for a
+// second copy of the whole database.
+func TestVerifyLoadsOneTableAtATime(t *testing.T) {
+	f := newFixture(t, 1)
+	f.backup(t)
+	var mu sync.Mutex
+	most := uint64(0)
+	p := newCHProxy(t, f.cfg.HTTPURL, func(q string) (string, bool) {
+		if strings.HasPrefix(q, "INSERT INTO ") {
+			n := f.count(t, "system.tables WHERE database = "+quoteString(insertDatabase(q)))
+			mu.Lock()
+			most = max(most, n)
+			mu.Unlock()
+		}
+		return "", false
+	})
+	cfg := f.cfg
+	cfg.HTTPURL = p.url
+	before := scratchDatabases(t, f)
+	rep, err := VerifyLatest(context.Background(), cfg, f.id)
+	if err != nil || len(rep.Targets) != 1 || rep.Targets[0].Tables < 3 {
+		t.Fatalf("verify: %+v, %v", rep, err)
+	}
+	if most != 1 {
+		t.Errorf("the scratch database held %d tables at once, want 1", most)
+	}
+	if drops := p.statements("DROP TABLE "); len(drops) != rep.Targets[0].Tables {
+		t.Errorf("%d tables dropped one by one, %d checked: %q", len(drops), rep.Targets[0].Tables, drops)
+	}
+	// ClickHouse 18.16 cannot tell its free space: loaded unchecked.
+	if rep.Targets[0].SpaceChecked != 0 {
+		t.Errorf("space checked for %d tables on a server without system.disks", rep.Targets[0].SpaceChecked)
+	}
+	if after := scratchDatabases(t, f); after != before {
+		t.Errorf("scratch databases: %d before, %d after", before, after)
+	}
+}
+
+// Where ClickHouse reports its disks (system.disks, tables' data_paths: a
+// newer server, answered here by the proxy), a table whose copy would not
+// leave the disk a reserve is not loaded, and the run is red; with room,
+// every table is checked and loaded.
+func TestVerifyChecksTheDisksHaveRoom(t *testing.T) {
+	f := newFixture(t, 1)
+	f.backup(t)
+	for _, c := range []struct {
+		name        string
+		free, total string
+		wantRed     bool
+	}{
+		{"a nearly full disk", "3221225472", "107374182400", true}, // 3 GiB free of 100: 5 must stay
+		{"room", "1099511627776", "2199023255552", false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			p := newCHProxy(t, f.cfg.HTTPURL, func(q string) (string, bool) {
+				switch {
+				case strings.Contains(q, "FROM system.columns") && strings.Contains(q, "data_paths"):
+					return `{"N":"4"}` + "\n", true
+				case strings.Contains(q, "arrayJoin(data_paths)"):
+					return `{"P":"/var/lib/clickhouse/store/0ab/0abcdef0-1234-4567-89ab-0123456789ab/"}` + "\n", true
+				case strings.Contains(q, "FROM system.disks"):
+					return `{"Name":"default","Path":"/var/lib/clickhouse/","Free":"` + c.free + `","Total":"` + c.total + `"}` + "\n", true
+				}
+				return "", false
+			})
+			cfg := f.cfg
+			cfg.HTTPURL = p.url
+			before := scratchDatabases(t, f)
+			rep, err := VerifyLatest(context.Background(), cfg, f.id)
+			if len(rep.Targets) != 1 {
+				t.Fatalf("report: %+v", rep)
+			}
+			tv := rep.Targets[0]
+			if c.wantRed {
+				if !errors.Is(err, job.ErrRed) || !strings.Contains(err.Error(), "not loaded") || !strings.Contains(err.Error(), "must stay free") {
+					t.Fatalf("verify: %v, want red: no room", err)
+				}
+				if ins := p.statements("INSERT INTO "); len(ins) != 0 {
+					t.Errorf("%d blobs loaded onto a full disk", len(ins))
+				}
+			} else if err != nil || tv.SpaceChecked != tv.Tables || tv.Tables < 3 {
+				t.Fatalf("verify: %+v, %v", tv, err)
+			}
+			if after := scratchDatabases(t, f); after != before {
+				t.Errorf("scratch databases: %d before, %d after", before, after)
+			}
+		})
+	}
+}
+
+// A set taken on a server with TTL holds tables whose statements carry a
+// table TTL (shared/migrate's EnsureTTL gives them one). The scratch
+// tables get none: TTL merges would delete the expired rows the set holds
+// while they are counted.
+func TestVerifyCreatesScratchTablesWithoutTheirTTL(t *testing.T) {
+	f := newFixture(t, 1)
+	info := f.backup(t)
+	m := f.manifest(t, 0, info.Name)
+	for i, tm := range m.Tables {
+		if tm.Name == "snapshots" {
+			head, tail, ok := strings.Cut(tm.Create, " SETTINGS ")
+			if !ok {
+				t.Fatalf("no SETTINGS in %q", tm.Create)
+			}
+			m.Tables[i].Create = head + " TTL ts + toIntervalDay(retention_days) SETTINGS " + tail
+		}
+	}
+	writeManifest(t, f, m)
+	p := newCHProxy(t, f.cfg.HTTPURL, nil)
+	cfg := f.cfg
+	cfg.HTTPURL = p.url
+	rep, err := VerifyLatest(context.Background(), cfg, f.id)
+	if err != nil {
+		t.Fatalf("verify: %v", err)
+	}
+	if rep.Targets[0].Rows != info.Rows {
+		t.Errorf("%d rows verified, the set has %d", rep.Targets[0].Rows, info.Rows)
+	}
+	creates := p.statements("CREATE TABLE ")
+	if len(creates) != len(m.Tables) {
+		t.Fatalf("%d tables created, the set has %d", len(creates), len(m.Tables))
+	}
+	for _, q := range creates {
+		if strings.Contains(q, "TTL") {
+			t.Errorf("a scratch table with a TTL: %s", q)
+		}
+	}
+}
+
+func writeManifest(t *testing.T, f *fixture, m Manifest) {
+	t.Helper()
+	b, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(f.root[0], m.Set, manifestName), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Verifications of one database may overlap (restore-verify and
+// backup-clickhouse take different locks): a run leaves alone the scratch
+// database of a run whose deadline has not passed, drops one whose has,
+// and names its own with its deadline.
+func TestVerifyDropsOnlyScratchNoRunCanBeUsing(t *testing.T) {
+	f := newFixture(t, 1)
+	f.backup(t)
+	db := f.cfg.ClickHouse.Database
+	live := scratchName(db, time.Now().Add(time.Hour), [6]byte{1})
+	dead := scratchName(db, time.Now().Add(-scratchGrace-time.Minute), [6]byte{2})
+	for _, d := range []string{live, dead} {
+		f.exec(t, "CREATE DATABASE "+d)
+		f.exec(t, "CREATE TABLE "+d+".t (x UInt8) ENGINE = Memory")
+	}
+	t.Cleanup(func() { _ = f.ch.exec(context.Background(), "DROP DATABASE IF EXISTS "+live) })
+
+	p := newCHProxy(t, f.cfg.HTTPURL, nil)
+	cfg := f.cfg
+	cfg.HTTPURL = p.url
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	deadline, _ := ctx.Deadline()
+	if _, err := VerifyLatest(ctx, cfg, f.id); err != nil {
+		t.Fatal(err)
+	}
+	if n := f.count(t, "system.databases WHERE name = '"+live+"'"); n != 1 {
+		t.Error("a live run's scratch database was dropped")
+	}
+	if n := f.count(t, "system.databases WHERE name = '"+dead+"'"); n != 0 {
+		t.Error("the scratch database of a run past its deadline is still there")
+	}
+	created := p.statements("CREATE DATABASE ")
+	if len(created) != 1 {
+		t.Fatalf("created %q", created)
+	}
+	own := strings.Trim(strings.TrimPrefix(created[0], "CREATE DATABASE "), "`")
+	if scratchExpired(db, own, deadline) || !scratchExpired(db, own, deadline.Add(scratchGrace+time.Second)) {
+		t.Errorf("the run's scratch database %s does not carry its deadline %s", own, deadline)
+	}
+}
+
+func TestScratchExpired(t *testing.T) {
+	now := time.Date(2026, 12, 1, 5, 0, 0, 0, time.UTC)
+	db := "guardian"
+	p := scratchPrefix(db)
+	for _, c := range []struct {
+		name string
+		want bool
+	}{
+		{scratchName(db, now.Add(time.Minute), [6]byte{}), false},
+		{scratchName(db, now.Add(-time.Minute), [6]byte{}), false}, // within the grace
+		{scratchName(db, now.Add(-scratchGrace-time.Second), [6]byte{}), true},
+		{p + "0123456789ab", true},                                    // an earlier version's
+		{"restore_verify_0123456789ab", true},                         // an even earlier one's
+		{scratchPrefix("other") + "1700000000_0123456789ab", false},   // another database's
+		{p + "1700000000_0123456789ab_x", false},                      // not a form this package makes
+		{p + "99999999999999999999_0123456789ab", false},              // out of range
+		{"restore_verify_" + "0123456789ab_0123456789ab", false},      // not db's
+		{scratchName("other", now.Add(-time.Hour), [6]byte{}), false}, // another database's
+	} {
+		if got := scratchExpired(db, c.name, now); got != c.want {
+			t.Errorf("scratchExpired(%q) = %v, want %v", c.name, got, c.want)
+		}
+	}
+	// The name never promises an earlier end than the deadline.
+	d := now.Add(1500 * time.Millisecond)
+	if n := scratchName(db, d, [6]byte{}); scratchExpired(db, n, d.Add(scratchGrace)) {
+		t.Errorf("%s expires before %s", n, d.Add(scratchGrace))
+	}
+}
+
+func TestDropNow(t *testing.T) {
+	s := scratchDB{name: "restore_verify_x"}
+	for engine, want := range map[string]string{
+		"Ordinary":   "DROP TABLE IF EXISTS `restore_verify_x`.`t`",
+		"Atomic":     "DROP TABLE IF EXISTS `restore_verify_x`.`t` NO DELAY",
+		"Replicated": "DROP TABLE IF EXISTS `restore_verify_x`.`t` NO DELAY",
+	} {
+		s.engine = engine
+		if got := s.dropTable("t"); got != want {
+			t.Errorf("%s: %q, want %q", engine, got, want)
+		}
+	}
+	s.engine = "Atomic"
+	if got := s.dropDatabase(); got != "DROP DATABASE IF EXISTS `restore_verify_x` NO DELAY" {
+		t.Errorf("drop database: %q", got)
+	}
+}
+
+func TestDisksOfAndCheckRoom(t *testing.T) {
+	const gib = 1 << 30
+	disks := []diskSpace{
+		{Name: "default", Path: "/var/lib/clickhouse/", Free: 50 * gib, Total: 100 * gib},
+		{Name: "fast", Path: "/mnt/fast/clickhouse/", Free: 2 * gib, Total: 10 * gib},
+		{Name: "fastest", Path: "/mnt/fast/", Free: 1, Total: 1},
+		{Name: "s3", Path: "/var/lib/clickhouse/disks/s3/", Free: 1<<64 - 1, Total: 1<<64 - 1},
+	}
+	for _, c := range []struct {
+		paths []string
+		want  string
+	}{
+		{[]string{"/var/lib/clickhouse/store/0ab/0abc/"}, "default"},
+		{[]string{"/mnt/fast/clickhouse/data/db/t/", "/var/lib/clickhouse/data/db/t/"}, "fast,default"},
+		{[]string{"/var/lib/clickhouse/disks/s3/store/x/"}, "s3"},
+		{[]string{"/mnt/fast/x/"}, "fastest"},
+		{[]string{"/srv/elsewhere/"}, ""},
+		{[]string{"/var/lib/clickhouse-other/x/"}, ""},
+		{nil, ""},
+	} {
+		got, ok := disksOf(c.paths, disks)
+		var names []string
+		for _, d := range got {
+			names = append(names, d.Name)
+		}
+		if strings.Join(names, ",") != c.want || ok != (c.want != "") {
+			t.Errorf("disksOf(%q) = %v, %v; want %q", c.paths, names, ok, c.want)
+		}
+	}
+
+	for _, c := range []struct {
+		name    string
+		need    uint64
+		disks   []diskSpace
+		refused bool
+	}{
+		{"room to spare", 10 * gib, disks[:1], false},
+		{"would leave less than a twentieth", 42 * gib, disks[:1], true},
+		{"leaves exactly a twentieth", 40 * gib, []diskSpace{{Name: "d", Free: 49 * gib, Total: 100 * gib}}, false},
+		{"a small disk keeps 1 GiB", gib, disks[1:2], true},
+		{"a small disk with room", gib / 4, disks[1:2], false},
+		{"an empty table on a full disk", 0, []diskSpace{{Name: "d", Free: gib / 2, Total: 8 * gib}}, true},
+		{"two disks together", 42 * gib, disks[:2], false},
+		{"a remote disk without bounds", 1 << 50, disks[3:], false},
+	} {
+		err := checkRoom("snapshots", c.need, c.disks)
+		if c.refused != (err != nil) || err != nil && (!errors.Is(err, job.ErrRed) || !strings.Contains(err.Error(), "table snapshots: not loaded")) {
+			t.Errorf("%s: %v", c.name, err)
+		}
+	}
+}
