@@ -3,8 +3,9 @@
 // a timer and a crontab line; every unit runs a binary the tree builds,
 // reads its settings from /etc/guardian and is sandboxed; the Cloudflare
 // ranges Caddy trusts are the same everywhere and reach the config Caddy
-// runs; the backup host's sshd rules and the WireGuard addresses agree.
-// No root is needed. Checks that need a tool (systemd-analyze, sshd,
+// runs; the backup host's sshd rules and the WireGuard addresses agree;
+// the app host's sysctl drop-in holds the ptrace restriction the functions
+// rely on. No root is needed. Checks that need a tool (systemd-analyze, sshd,
 // ssh-keygen, curl, nft) run where it is installed and are skipped, with
 // the reason, where it is not.
 package deploy_test
@@ -1139,6 +1140,54 @@ func TestSysusersAndTmpfiles(t *testing.T) {
 		job := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(timer), "guardian-"), ".timer")
 		mode("var/lib/guardian-metrics/guardian_job_" + strings.ReplaceAll(job, "-", "_") + ".prom")
 	}
+}
+
+// sysctlDropIn parses a sysctl.d file: key -> value.
+func sysctlDropIn(t *testing.T, path string) map[string]string {
+	t.Helper()
+	kv := map[string]string{}
+	for i, line := range strings.Split(read(t, path), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || line[0] == '#' || line[0] == ';' {
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			t.Fatalf("%s:%d: not key = value: %q", path, i+1, line)
+		}
+		kv[strings.TrimPrefix(strings.TrimSpace(k), "-")] = strings.TrimSpace(v)
+	}
+	return kv
+}
+
+// The functions run as Caddy's user: the app host's sysctl drop-in keeps
+// one from tracing or reading the memory of another (Yama's ptrace_scope
+// 1 or more), the deployment guide installs it, and installs the function
+// binaries execute-only (so the kernel makes each function non-dumpable
+// from exec).
+func TestSysctlDropIn(t *testing.T) {
+	r := root(t)
+	kv := sysctlDropIn(t, filepath.Join(r, "deploy", "sysctl.d", "60-guardian.conf"))
+	if n, err := strconv.Atoi(kv["kernel.yama.ptrace_scope"]); err != nil || n < 1 || n > 3 {
+		t.Errorf("kernel.yama.ptrace_scope = %q, want 1 (or stricter)", kv["kernel.yama.ptrace_scope"])
+	}
+	guide := read(t, filepath.Join(r, "docs", "deployment.md"))
+	if !regexp.MustCompile(`install -m 0644 deploy/sysctl\.d/60-guardian\.conf /etc/sysctl\.d/`).MatchString(guide) {
+		t.Error("docs/deployment.md does not install deploy/sysctl.d/60-guardian.conf into /etc/sysctl.d/")
+	}
+	if !regexp.MustCompile(`(?m)^install -m 0711 -o root -g root linux_amd64/functions/\* /usr/lib/guardian/functions/$`).MatchString(guide) {
+		t.Error("docs/deployment.md does not install the function binaries root:root 0711")
+	}
+	t.Run("keys exist on this kernel", func(t *testing.T) {
+		if _, err := os.Stat("/proc/sys/kernel/yama"); err != nil {
+			t.Skip("this kernel has no Yama")
+		}
+		for k := range kv {
+			if _, err := os.Stat(filepath.Join("/proc/sys", strings.ReplaceAll(k, ".", "/"))); err != nil {
+				t.Errorf("%s: %v", k, err)
+			}
+		}
+	})
 }
 
 // TestAppHostSshdIsKeysOnly: the app host's drop-in, read first, leaves

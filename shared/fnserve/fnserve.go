@@ -32,6 +32,7 @@ import (
 
 	"github.com/glassmkr/guardian/shared/config"
 	"github.com/glassmkr/guardian/shared/nodump"
+	"github.com/glassmkr/guardian/shared/sandbox"
 )
 
 // Variables set by the function runtime.
@@ -57,33 +58,68 @@ const DefaultPath = "PATH=/usr/local/bin:/usr/bin:/bin"
 // handler and a close function for what it opened (may be nil).
 type Setup func(ctx context.Context, log *zap.Logger, env *config.Loader) (http.Handler, func(), error)
 
-// Main runs a function binary: seals the process (shared/nodump), logs as
-// JSON to stderr (the runtime tags the lines with the function's name),
-// builds the handler and serves. It exits
-// the process with status 1 on a start-up error.
+// Main runs a function binary: seals the process (shared/nodump), puts it
+// in a Landlock domain (shared/sandbox), logs as JSON to stderr (the
+// runtime tags the lines with the function's name), builds the handler
+// and serves. It exits the process with status 1 on a start-up error.
 func Main(setup Setup) {
 	log := newLogger()
 	defer func() { _ = log.Sync() }()
-	// Closed to the other functions and to Caddy's other children, which
-	// run as the same user: its secrets stay its own (shared/nodump).
-	if err := nodump.Seal(); err != nil {
-		log.Error("function stopped", zap.Error(err))
-		_ = log.Sync()
-		os.Exit(1)
+	if err := confine(log); err != nil {
+		exit(log, err)
 	}
-	// Only now, sealed, does the process take its secrets.
+	// Only now, sealed and sandboxed, does the process take its secrets.
 	if err := readSettings(); err != nil {
-		log.Error("function stopped", zap.Error(err))
-		_ = log.Sync()
-		os.Exit(1)
+		exit(log, err)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if err := run(ctx, log, setup); err != nil {
-		log.Error("function stopped", zap.Error(err))
-		_ = log.Sync()
-		os.Exit(1)
+		exit(log, err)
 	}
+}
+
+// confine closes the process to the other functions and to Caddy's other
+// children, which run as the same user: sealed, its secrets stay its own
+// (shared/nodump); in a Landlock domain of its own, it cannot read a
+// sibling not sealed yet, nor signal Caddy or a sibling, should a request
+// compromise it (shared/sandbox). A kernel without Landlock does not stop
+// the function; the log says what applied.
+func confine(log *zap.Logger) error {
+	if err := nodump.Seal(); err != nil {
+		return err
+	}
+	p, err := sandbox.Enter()
+	if err != nil {
+		return err
+	}
+	logProtection(log, p)
+	return nil
+}
+
+// logProtection says once, at start, which confinement the kernel gave
+// the function; a warning names what the operator should do about it.
+func logProtection(log *zap.Logger, p sandbox.Protection) {
+	fields := []zap.Field{
+		zap.Int("landlock_abi", p.ABI),
+		zap.Bool("ptrace_scoped", p.Ptrace),
+		zap.Bool("signals_scoped", p.Scopes),
+	}
+	switch {
+	case !p.Ptrace:
+		log.Warn("no Landlock: enable it in the kernel's LSM list, install functions 0711 and set kernel.yama.ptrace_scope=1 (docs/deployment.md)", fields...)
+	case !p.Scopes:
+		log.Warn("Landlock domain entered, without signal scoping: a compromised function could still signal Caddy or a sibling (docs/deployment.md)", fields...)
+	default:
+		log.Info("Landlock domain entered", fields...)
+	}
+}
+
+// exit logs a start-up or serving error and ends the process.
+func exit(log *zap.Logger, err error) {
+	log.Error("function stopped", zap.Error(err))
+	_ = log.Sync()
+	os.Exit(1)
 }
 
 // maxSettings bounds the settings a function reads.
