@@ -368,6 +368,16 @@ func TestTimers(t *testing.T) {
 	}
 }
 
+// withoutPrivilegedFilter are the units that cannot have
+// SystemCallFilter=~@privileged, and why; every other unit has it.
+var withoutPrivilegedFilter = map[string]string{
+	"guardian-restore-verify.service": "pgBackRest 2.45's restore calls chown(file, -1, -1) on the recovery files it writes: EPERM under the filter fails the restore",
+}
+
+// backupHostTargets are the settings that name SFTP targets on the backup
+// host, reached over WireGuard.
+var backupHostTargets = []string{"GUARDIAN_BACKUP_SFTP_TARGETS", "GUARDIAN_PGBACKREST_SFTP_TARGETS"}
+
 var requiredHardening = map[string]string{
 	"NoNewPrivileges":         "yes",
 	"ProtectSystem":           "strict",
@@ -456,6 +466,12 @@ func TestServices(t *testing.T) {
 			if u.name == "guardian-caddy.service" && !slices.Contains(u.all("Service", "SystemCallFilter"), "~io_uring_setup io_uring_enter io_uring_register") {
 				t.Error("guardian-caddy.service does not refuse io_uring to its functions")
 			}
+			privileged := slices.Contains(u.all("Service", "SystemCallFilter"), "~@privileged")
+			if why, ok := withoutPrivilegedFilter[u.name]; ok && privileged {
+				t.Errorf("SystemCallFilter=~@privileged is set, but withoutPrivilegedFilter says it cannot be (%s): update one or the other", why)
+			} else if !ok && !privileged {
+				t.Error("SystemCallFilter=~@privileged missing")
+			}
 			if !u.has("Service", "MemoryDenyWriteExecute") {
 				t.Error("MemoryDenyWriteExecute not decided (yes, or no with a reason)")
 			}
@@ -478,6 +494,20 @@ func TestServices(t *testing.T) {
 					t.Error("LimitNOFILE missing")
 				}
 				return
+			}
+			// Jobs keep, name and delete data by the clock: at boot, a
+			// timer's missed run must wait for its synchronisation.
+			after := strings.Fields(strings.Join(u.all("Unit", "After"), " "))
+			wants := strings.Fields(strings.Join(u.all("Unit", "Wants"), " "))
+			if !slices.Contains(after, "time-sync.target") || !slices.Contains(wants, "time-sync.target") {
+				t.Errorf("After=%q Wants=%q: a job waits for time-sync.target (both)", after, wants)
+			}
+			// A job with targets on the backup host reaches them over WireGuard.
+			jobEnv := envFile(t, filepath.Join(r, "deploy", systemdDir, "env", job+".env"))
+			for _, k := range backupHostTargets {
+				if jobEnv[k] != "" && !slices.Contains(after, "wg-quick@wg0.service") {
+					t.Errorf("%s.env sets %s, but the unit is not After=wg-quick@wg0.service", job, k)
+				}
 			}
 			if u.get("Service", "Type") != "oneshot" {
 				t.Errorf("Type=%q, want oneshot", u.get("Service", "Type"))

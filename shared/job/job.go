@@ -6,7 +6,8 @@
 //     second run while the first holds it exits at once with status 75
 //     (EX_TEMPFAIL, "try again later") instead of overlapping, unless its
 //     Spec.LockWait lets it wait (a run that must not be lost); one that
-//     waits in vain is an error, and alerts;
+//     waits in vain, or cannot take the lock at all (its directory missing
+//     or not writable), is an error, and alerts;
 //   - one JSON line on stdout at the end, {"job","status","started",
 //     "duration_ms",..., "error"}, with status "ok", "red" (the job ran and
 //     found something wrong, e.g. a backup that does not restore) or
@@ -210,20 +211,21 @@ func Execute(ctx context.Context, spec Spec, lookup func(string) (string, bool),
 	}
 	lock, err := acquireWithin(ctx, lockDir(env), lockName, spec.LockWait)
 	if errors.Is(err, errLocked) && spec.LockWait <= 0 {
+		// The one harmless outcome: another run is doing the work.
 		res.Status, res.Err = StatusSkipped, err.Error()
 		printResult(out, errOut, res)
 		return res
 	}
 	if err != nil {
+		// Every other failure to lock (a lock directory missing or not
+		// writable, a wait in vain) loses this run, and would go on losing
+		// every run: it alerts and leaves its metrics like any failure.
 		res.Status, res.Err = StatusError, err.Error()
 		if errors.Is(err, errLocked) {
-			// Waited in vain: this run is lost, which someone must hear of.
 			res.Err = fmt.Sprintf("%s after waiting %s for it", err, spec.LockWait)
-			res.Duration = time.Since(res.Started)
-			return finish(spec, env, res, out, errOut)
 		}
-		printResult(out, errOut, res)
-		return res
+		res.Duration = time.Since(res.Started)
+		return finish(spec, env, res, out, errOut)
 	}
 	defer lock.Close()
 

@@ -311,6 +311,39 @@ func TestLockWaitWaitsAndAlertsWhenItGivesUp(t *testing.T) {
 	}
 }
 
+// A lock that cannot be taken for any reason but another run holding it
+// (its directory missing and not creatable, or not writable) loses every
+// run until someone fixes it: each is an error that alerts and leaves its
+// metrics, never a silent exit.
+func TestLockThatCannotBeTakenIsAnErrorThatAlerts(t *testing.T) {
+	notDir := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(notDir, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, wait := range []time.Duration{0, time.Minute} {
+		env, alerts := alertEnv(t)
+		env[EnvLockDir] = filepath.Join(notDir, "locks") // under a file: MkdirAll fails, root or not
+		ran := false
+		var out bytes.Buffer
+		res := Execute(context.Background(), Spec{Name: "test-job", LockWait: wait, Run: func(context.Context, *config.Loader, *Report) error {
+			ran = true
+			return nil
+		}}, env.lookup, &out, io.Discard)
+		if ran || res.Status != StatusError || res.ExitCode() != ExitError || !strings.Contains(res.Err, "lock dir") {
+			t.Fatalf("LockWait %s: status %q err %q (ran %v), want an error naming the lock dir", wait, res.Status, res.Err, ran)
+		}
+		if !strings.Contains(out.String(), `"status":"error"`) {
+			t.Errorf("LockWait %s: result line %q", wait, out.String())
+		}
+		if n := len(alerts()); n != 1 {
+			t.Errorf("LockWait %s: %d alerts, want 1", wait, n)
+		}
+		if v := metricValue(t, env[EnvMetricsDir], "guardian_job_last_run_timestamp_seconds"); v == "0" {
+			t.Errorf("LockWait %s: last run not recorded", wait)
+		}
+	}
+}
+
 // With RealertAfter, a lasting failure alerts once, not on every run; a
 // success in between, or the interval passing, lets the next one alert.
 func TestRealertAfterThrottlesALastingFailure(t *testing.T) {

@@ -25,6 +25,14 @@
 // also carry TTLs (shared/migrate), which apply only when parts merge, so
 // the sweep deletes what TTL has not yet, and deletes nothing twice.
 //
+// Not by a wrong clock. Before it deletes anything, a run checks its
+// clock against ClickHouse's and PostgreSQL's (within 10 minutes) and
+// against the data: a clock more than the snapshots' 90 days plus 7 past
+// the newest snapshot received would expire every partition, and no row
+// outlives that on a correct clock. Either check failing makes the run
+// red, and nothing is deleted (clock.go says why the rule cannot block a
+// healthy system: an idle customer, a quiet month, an empty database).
+//
 // Idempotent and bounded. A second run right after the first finds
 // nothing. A run drops at most GUARDIAN_RETENTION_MAX_DROPS partitions
 // and issues at most GUARDIAN_RETENTION_MAX_MUTATIONS mutations (one per
@@ -41,7 +49,9 @@
 // partitions_remaining, mutations_issued, mutations_pending,
 // mutations_capped, rows_to_delete (expired rows in kept partitions, which
 // the issued mutations delete), tables_skipped, mutations_stuck, plus
-// "tables": the same per table.
+// "tables": the same per table, and "clock": the clocks and newest
+// snapshot the run's clock was compared with ("refused": why it deleted
+// nothing).
 //
 // Environment (see shared/job for the lock, metrics and alert settings):
 //
@@ -104,11 +114,13 @@ func run(ctx context.Context, env *config.Loader, r *job.Report) error {
 		return err
 	}
 	r.Set("clickhouse_ttl", v.SupportsTTL())
+	plans := pgPlans{pool}
 	s := &Sweeper{
-		CH: ch, Database: chCfg.Database, Plans: pgPlans{pool},
+		CH: ch, Database: chCfg.Database, Plans: plans,
 		Rules: Rules, PlanDays: PlanDays,
 		MaxDrops: maxDrops, MaxMutations: maxMutations,
 		MaxPlanCustomers: DefaultMaxPlanCustomers, StuckAfter: DefaultStuckAfter,
+		MaxClockSkew: DefaultMaxClockSkew, PostgreSQLNow: plans.Now,
 	}
 	res, err := s.Run(ctx, time.Now())
 	res.Report(r)
@@ -117,6 +129,13 @@ func run(ctx context.Context, env *config.Loader, r *job.Report) error {
 
 // pgPlans reads plans from the customers table.
 type pgPlans struct{ db *pgxpool.Pool }
+
+// Now is PostgreSQL's clock, which the sweep's must agree with.
+func (p pgPlans) Now(ctx context.Context) (time.Time, error) {
+	var t time.Time
+	err := p.db.QueryRow(ctx, "SELECT now()").Scan(&t)
+	return t, err
+}
 
 func (p pgPlans) Plans(ctx context.Context, ids []string) (map[string]string, error) {
 	rows, err := p.db.Query(ctx, "SELECT id::text, plan FROM customers WHERE id = ANY($1::uuid[])", ids)

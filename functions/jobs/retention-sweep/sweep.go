@@ -86,6 +86,12 @@ type Sweeper struct {
 	MaxPlanCustomers int
 	// StuckAfter: a sweep mutation pending for longer makes the run red.
 	StuckAfter time.Duration
+	// MaxClockSkew: a run whose clock differs from ClickHouse's or
+	// PostgreSQL's by more deletes nothing (clock.go). Zero: the clocks
+	// are not compared (the data check still applies).
+	MaxClockSkew time.Duration
+	// PostgreSQLNow reads PostgreSQL's clock; nil: not compared.
+	PostgreSQLNow func(context.Context) (time.Time, error)
 }
 
 // TableResult is what one run did to one table.
@@ -119,6 +125,9 @@ type TableResult struct {
 // Result is one run's outcome.
 type Result struct {
 	Tables map[string]*TableResult
+	// Clock is what the run's clock was compared with before it deleted
+	// anything; nil when the run stopped before.
+	Clock *ClockCheck
 }
 
 // Totals are a run's counts over all tables.
@@ -175,12 +184,18 @@ func (r Result) Report(rep *job.Report) {
 	rep.Set("tables_skipped", t.TablesSkipped)
 	rep.Set("mutations_stuck", t.MutationsStuck)
 	rep.Set("tables", r.Tables)
+	if r.Clock != nil {
+		rep.Set("clock", r.Clock)
+	}
 }
 
 // Done reports whether the run left nothing for a next run: no bound
 // was reached and no earlier mutation was still pending. (Mutations it
 // issued finish on their own.)
 func (r Result) Done() bool {
+	if r.Clock != nil && r.Clock.Refused != "" {
+		return false
+	}
 	for _, tr := range r.Tables {
 		if tr.Status == "capped" || tr.Status == "failed" || tr.Mutation == "pending" {
 			return false
@@ -191,12 +206,14 @@ func (r Result) Done() bool {
 
 var identRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,62}$`)
 
-// Run sweeps every table once, as of now. Tables are handled in Rules
-// order; within a table, whole expired partitions are dropped first
-// (oldest first), then one DELETE mutation removes the expired rows of the
-// partitions that are kept. It carries on past a failing table and returns
-// the errors joined; a sweep mutation pending for longer than StuckAfter
-// makes the error wrap job.ErrRed.
+// Run sweeps every table once, as of now. First it checks now against
+// the servers' clocks and the data (clock.go): a clock that cannot be
+// trusted deletes nothing, and the error wraps job.ErrRed. Tables are
+// handled in Rules order; within a table, whole expired partitions are
+// dropped first (oldest first), then one DELETE mutation removes the
+// expired rows of the partitions that are kept. It carries on past a
+// failing table and returns the errors joined; a sweep mutation pending
+// for longer than StuckAfter makes the error wrap job.ErrRed.
 func (s *Sweeper) Run(ctx context.Context, now time.Time) (Result, error) {
 	res := Result{Tables: map[string]*TableResult{}}
 	if !identRE.MatchString(s.Database) {
@@ -215,8 +232,13 @@ func (s *Sweeper) Run(ctx context.Context, now time.Time) (Result, error) {
 	if !slices.ContainsFunc(s.Rules, func(r Rule) bool { _, ok := cols[r.Table]; return ok }) {
 		return res, fmt.Errorf("clickhouse: database %s holds none of the tables retention applies to (wrong GUARDIAN_CLICKHOUSE_DATABASE, or not migrated)", s.Database)
 	}
+	clock, soft, err := s.checkClock(ctx, now, cols)
+	res.Clock = &clock
+	if err != nil {
+		return res, errors.Join(err, soft)
+	}
 	b := &budget{drops: s.MaxDrops, mutations: s.MaxMutations}
-	var errs []error
+	errs := []error{soft}
 	for _, rule := range s.Rules {
 		tr := &TableResult{Status: "clean"}
 		res.Tables[rule.Table] = tr

@@ -66,7 +66,16 @@ func (f *fixture) sweeper(maxDrops, maxMutations int) *Sweeper {
 		Rules: Rules, PlanDays: PlanDays,
 		MaxDrops: maxDrops, MaxMutations: maxMutations,
 		MaxPlanCustomers: DefaultMaxPlanCustomers, StuckAfter: DefaultStuckAfter,
+		MaxClockSkew: DefaultMaxClockSkew, PostgreSQLNow: f.plans.Now,
 	}
+}
+
+// movedClock is f.sweeper for a test that runs the sweep at a clock of its
+// own, hours from the servers': their clocks are not compared with it.
+func (f *fixture) movedClock(maxDrops, maxMutations int) *Sweeper {
+	s := f.sweeper(maxDrops, maxMutations)
+	s.MaxClockSkew = 0
+	return s
 }
 
 // snapshot is a row of snapshots; its payload is its label.
@@ -325,7 +334,7 @@ func TestSweepIssuesNoSecondMutationWhileOneIsPending(t *testing.T) {
 	f.insertSnapshots(t, []snapshot{
 		{f.free, 7, 1 * day, "free/1"}, {f.free, 7, 8 * day, "free/8"}, {f.free, 7, 9 * day, "free/9"},
 	})
-	s := f.sweeper(DefaultMaxDrops, DefaultMaxMutations)
+	s := f.movedClock(DefaultMaxDrops, DefaultMaxMutations)
 	res, err := s.Run(ctx, f.now)
 	if err != nil || res.Tables["snapshots"].Mutation != "issued" {
 		t.Fatalf("first run: %+v, %v", *res.Tables["snapshots"], err)
@@ -384,6 +393,11 @@ func TestJobPrintsCountsInItsResultLine(t *testing.T) {
 		line["partitions_remaining"].(float64) < 1 || line["clickhouse_ttl"] == nil || line["tables"] == nil {
 		t.Errorf("result line: %s", out.String())
 	}
+	// The job compares its clock with both servers' and the data.
+	if clock, _ := line["clock"].(map[string]any); clock["clickhouse_now"] == nil || clock["postgresql_now"] == nil ||
+		clock["newest_snapshot_received_at"] == nil || clock["refused"] != nil {
+		t.Errorf("result line's clock: %v", line["clock"])
+	}
 	if strings.Contains(out.String()+errOut.String(), f.ch.Password) {
 		t.Error("the result line shows the ClickHouse password")
 	}
@@ -435,7 +449,7 @@ func TestSweepKeepsTheHorizonsDayPartition(t *testing.T) {
 		t.Fatalf("the clock's horizon is %v, want %v", f.now.AddDate(0, 0, -90), horizon)
 	}
 	f.insertAged(t, "analyses", "body", 90*day+time.Hour) // the horizon's day, before it
-	res, err := f.sweeper(10, 10).Run(ctx, f.now)
+	res, err := f.movedClock(10, 10).Run(ctx, f.now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -445,7 +459,7 @@ func TestSweepKeepsTheHorizonsDayPartition(t *testing.T) {
 	f.waitMutations(t)
 	// The late snapshot of that day, stamped after the horizon, stays.
 	f.insertAged(t, "analyses", "body", 90*day-time.Hour)
-	if _, err := f.sweeper(10, 10).Run(ctx, f.now); err != nil {
+	if _, err := f.movedClock(10, 10).Run(ctx, f.now); err != nil {
 		t.Fatal(err)
 	}
 	f.waitMutations(t)
