@@ -116,7 +116,10 @@ func (d *dest) fail(err error) {
 }
 
 // Backup writes a new set of every MergeTree-family table of the database
-// to every target and makes it LATEST there, then prunes old sets.
+// to every target and makes it LATEST there, then prunes old sets (and
+// sets a clock that ran ahead named in the future: see prune). A target
+// whose sets are ahead of this host's clock is left untouched
+// (checkBehind).
 //
 // Each active partition becomes one blob, streamed from ClickHouse's HTTP
 // answer through zstd and age straight into the remote file, hashed and
@@ -163,7 +166,7 @@ func Backup(ctx context.Context, cfg Config) (SetInfo, error) {
 		d.r, d.err = dial(ctx, auth, t)
 		if d.err == nil {
 			var pruned []string
-			pruned, d.err = prepare(d.r, info.Name, pruneCutoff(now, cfg.KeepDays))
+			pruned, d.err = prepare(d.r, info.Name, now, pruneCutoff(now, cfg.KeepDays))
 			d.res.Pruned = pruned
 		}
 	}
@@ -299,7 +302,7 @@ func Backup(ctx context.Context, cfg Config) (SetInfo, error) {
 			d.fail(fmt.Errorf("%s: LATEST: %w", r.target, err))
 			continue
 		}
-		pruned, err := prune(r, pruneCutoff(now, cfg.KeepDays), info.Name)
+		pruned, err := prune(r, now, pruneCutoff(now, cfg.KeepDays), info.Name)
 		d.res.Pruned = append(d.res.Pruned, pruned...)
 		if err != nil {
 			d.fail(fmt.Errorf("%s: prune: %w", r.target, err))
@@ -319,17 +322,22 @@ func live(dests []*dest) int {
 }
 
 // prepare removes what interrupted runs left at r (.partial sets and
-// temporary files) and the sets named before cutoff (never the one LATEST
+// temporary files) and the sets prune removes (never the one LATEST
 // names), and creates the new set's .partial directory. It returns the
 // sets it pruned. Pruning comes first, so that a set that then fails (a
-// full disk) or a ClickHouse that is down cannot keep expired sets.
-func prepare(r *remote, set string, cutoff time.Time) ([]string, error) {
+// full disk) or a ClickHouse that is down cannot keep expired sets. When
+// this host's clock looks behind the sets at r (checkBehind), it deletes
+// and writes nothing there.
+func prepare(r *remote, set string, now, cutoff time.Time) ([]string, error) {
 	if err := r.c.MkdirAll(r.target.Path); err != nil {
 		return nil, fmt.Errorf("%s: %w", r.target, err)
 	}
 	entries, err := r.c.ReadDir(r.target.Path)
 	if err != nil {
 		return nil, fmt.Errorf("%s: list: %w", r.target, err)
+	}
+	if err := checkBehind(entries, now); err != nil {
+		return nil, fmt.Errorf("%s: %w", r.target, err)
 	}
 	for _, e := range entries {
 		name := e.Name()
@@ -343,21 +351,11 @@ func prepare(r *remote, set string, cutoff time.Time) ([]string, error) {
 			}
 		}
 	}
-	// The set LATEST names is kept, however old; without LATEST, the
-	// newest set (names sort by time).
-	var keep string
-	if b, err := r.readFile(r.join(latestName), 256); err == nil {
-		keep = strings.TrimSpace(string(b))
-	} else if !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("%s: read %s: %w", r.target, latestName, err)
-	} else {
-		for _, e := range entries {
-			if e.IsDir() && setName.MatchString(e.Name()) && e.Name() > keep {
-				keep = e.Name()
-			}
-		}
+	keep, err := keptSet(r, entries, now)
+	if err != nil {
+		return nil, err
 	}
-	pruned, err := prune(r, cutoff, keep)
+	pruned, err := prune(r, now, cutoff, keep)
 	if err != nil {
 		return pruned, fmt.Errorf("%s: prune: %w", r.target, err)
 	}
@@ -365,6 +363,85 @@ func prepare(r *remote, set string, cutoff time.Time) ([]string, error) {
 		return pruned, fmt.Errorf("%s: %w", r.target, err)
 	}
 	return pruned, nil
+}
+
+// keptSet is the set pruning must leave at r: the one LATEST names,
+// however old or far ahead. Without LATEST (or when it names no set
+// there), the newest set not named ahead of now: a set named by a clock
+// that ran ahead sorts last, but is not the newest.
+func keptSet(r *remote, entries []os.FileInfo, now time.Time) (string, error) {
+	b, err := r.readFile(r.join(latestName), 256)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("%s: read %s: %w", r.target, latestName, err)
+	}
+	latest := strings.TrimSpace(string(b))
+	var newest, newestAhead string
+	for _, e := range entries {
+		t, ok := setTime(e)
+		switch {
+		case !ok:
+		case e.Name() == latest:
+			return latest, nil
+		case namedAhead(t, now):
+			newestAhead = max(newestAhead, e.Name())
+		default:
+			newest = max(newest, e.Name())
+		}
+	}
+	if newest == "" {
+		return newestAhead, nil
+	}
+	return newest, nil
+}
+
+// futureSlack is how far ahead of the run's clock a set may be named and
+// still count as of now: a clock stepped back a little, or a run started
+// by hand just after another, names a set slightly out of order.
+const futureSlack = time.Hour
+
+// setTime is the time a set directory's name gives; false for anything
+// that is not a set.
+func setTime(e os.FileInfo) (time.Time, bool) {
+	if !e.IsDir() || !setName.MatchString(e.Name()) {
+		return time.Time{}, false
+	}
+	t, err := time.Parse(setLayout, e.Name())
+	return t, err == nil
+}
+
+// namedAhead reports whether a set named t is named ahead of now.
+func namedAhead(t, now time.Time) bool { return t.After(now.Add(futureSlack)) }
+
+// datedAhead reports whether the backup host dates set directory e after
+// now too, or cannot date it. A set's directory is last modified when its
+// manifest is written, by the backup host's clock: an independent witness
+// of when the set was made, whatever its name says.
+func datedAhead(e os.FileInfo, now time.Time) bool {
+	m := e.ModTime()
+	return m.Unix() <= 0 || m.After(now.Add(futureSlack))
+}
+
+// namedAheadByAClockAhead reports whether set e, named t, is named ahead
+// of now by a clock that ran ahead when it was made: the backup host
+// dates it in the past.
+func namedAheadByAClockAhead(e os.FileInfo, t, now time.Time) bool {
+	return namedAhead(t, now) && !datedAhead(e, now)
+}
+
+// checkBehind refuses a run whose clock is behind the sets already made:
+// a set named ahead of now that the backup host dates ahead of now as
+// well. Pruning by such a clock would remove the newest sets as "named in
+// the future" and write one that sorts before them. (A set named ahead but
+// dated in the past was named by a clock that ran ahead then: prune
+// removes it once a newer set exists.)
+func checkBehind(entries []os.FileInfo, now time.Time) error {
+	for _, e := range entries {
+		if t, ok := setTime(e); ok && namedAhead(t, now) && datedAhead(e, now) {
+			return fmt.Errorf("this host's clock (%s) is behind set %s, which the backup host dates %s: nothing was pruned or written here; fix the clock (timedatectl, NTP)",
+				now.UTC().Format(time.RFC3339), e.Name(), e.ModTime().UTC().Format(time.RFC3339))
+		}
+	}
+	return nil
 }
 
 // pruneSlack is how much younger than KeepDays a set may be when it is
@@ -382,27 +459,28 @@ func pruneCutoff(now time.Time, keepDays int) time.Time {
 	return now.AddDate(0, 0, -keepDays).Add(pruneSlack)
 }
 
-// prune removes the sets named before cutoff, except keep (the set LATEST
-// names). It returns the names it removed.
-func prune(r *remote, cutoff time.Time, keep string) ([]string, error) {
+// prune removes, except keep (the set LATEST names, or the run's new
+// set), the sets named before cutoff and the sets named ahead of now that
+// the backup host dates in the past: a clock that ran ahead named them,
+// and by their names they would outlive KeepDays by as much. keep being a
+// complete set, the last good backup is never removed. A set named ahead
+// that the backup host dates ahead too is left alone (checkBehind refuses
+// such a run first). It returns the names it removed.
+func prune(r *remote, now, cutoff time.Time, keep string) ([]string, error) {
 	entries, err := r.c.ReadDir(r.target.Path)
 	if err != nil {
 		return nil, err
 	}
 	var removed []string
 	for _, e := range entries {
-		name := e.Name()
-		if !e.IsDir() || !setName.MatchString(name) || name == keep {
+		t, ok := setTime(e)
+		if !ok || e.Name() == keep || !t.Before(cutoff) && !namedAheadByAClockAhead(e, t, now) {
 			continue
 		}
-		t, err := time.Parse(setLayout, name)
-		if err != nil || !t.Before(cutoff) {
-			continue
+		if err := r.c.RemoveAll(r.join(e.Name())); err != nil {
+			return removed, fmt.Errorf("remove %s: %w", e.Name(), err)
 		}
-		if err := r.c.RemoveAll(r.join(name)); err != nil {
-			return removed, fmt.Errorf("remove %s: %w", name, err)
-		}
-		removed = append(removed, name)
+		removed = append(removed, e.Name())
 	}
 	sort.Strings(removed)
 	return removed, nil

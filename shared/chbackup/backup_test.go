@@ -507,7 +507,7 @@ func TestPruneKeepsLatestAndRecentSets(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	pruned, err := prune(r, now.AddDate(1, 0, 0), old(28))
+	pruned, err := prune(r, now, now.AddDate(1, 0, 0), old(28))
 	if err != nil {
 		t.Fatal(err)
 	}

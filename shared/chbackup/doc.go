@@ -73,9 +73,16 @@
 // is complete, sets older than KeepDays less 30 hours are removed at each
 // target (pruneSlack: the run KeepDays-1 days after a set removes it,
 // whatever minute either began), never the one LATEST names (without
-// LATEST, the newest). Pruning first means a run that then fails (a full
-// disk, ClickHouse down) still removes them. Other files and directories
-// are left alone.
+// LATEST, the newest not named ahead). Pruning first means a run that then
+// fails (a full disk, ClickHouse down) still removes them. Other files and
+// directories are left alone.
+//
+// Set names come from the clock. A set named more than an hour ahead of
+// the run's clock, which the backup host dates in the past (its
+// directory's modification time), was named by a clock that ran ahead: it
+// is pruned once it is not LATEST's, so its name cannot keep it for ever.
+// One the backup host also dates ahead means this host's clock is behind:
+// the run fails at that target before deleting or writing anything there.
 //
 // # Verification
 //
