@@ -586,7 +586,7 @@ func (f fanout) Write(p []byte) (int, error) {
 			continue
 		}
 		if _, err := w.u.Write(p); err != nil {
-			w.d.fail(fmt.Errorf("%s: write: %w", w.d.r.target, err))
+			w.d.fail(fmt.Errorf("%s: write: %w", w.d.r.target, w.d.r.explain(err)))
 			continue
 		}
 		ok++

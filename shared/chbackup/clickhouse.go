@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -21,13 +22,22 @@ type chClient struct {
 	base           string
 	user, password string
 	hc             *http.Client
+	// idle bounds how long an answer may send nothing while it is read.
+	idle time.Duration
 }
+
+// chIdleTimeout is chClient.idle: ClickHouse streams a dump in blocks of
+// at most a megabyte, so minutes without a byte mean a server or a
+// connection that hangs, which would otherwise hold the run until its
+// time limit. Tests shorten it.
+var chIdleTimeout = 10 * time.Minute
 
 func newCHClient(cfg Config) *chClient {
 	return &chClient{
 		base:     strings.TrimSuffix(cfg.HTTPURL, "/") + "/",
 		user:     cfg.ClickHouse.User,
 		password: cfg.ClickHouse.Password,
+		idle:     chIdleTimeout,
 		hc: &http.Client{Transport: &http.Transport{
 			Proxy:                 nil,
 			DialContext:           (&net.Dialer{Timeout: 10 * time.Second}).DialContext,
@@ -50,7 +60,8 @@ func (e *chError) Error() string {
 }
 
 // post sends query, with body as the data of an INSERT when body is not
-// nil, and returns the answer of status 200 for the caller to read and close.
+// nil, and returns the answer of status 200 for the caller to read and
+// close. Reading the answer fails once it has sent nothing for c.idle.
 func (c *chClient) post(ctx context.Context, query string, body io.Reader) (*http.Response, error) {
 	u := c.base
 	if body == nil {
@@ -58,8 +69,10 @@ func (c *chClient) post(ctx context.Context, query string, body io.Reader) (*htt
 	} else {
 		u += "?" + url.Values{"query": {query}}.Encode()
 	}
+	ctx, cancel := context.WithCancel(ctx)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, body)
 	if err != nil {
+		cancel()
 		return nil, err
 	}
 	req.Header.Set("X-ClickHouse-User", c.user)
@@ -68,8 +81,10 @@ func (c *chClient) post(ctx context.Context, query string, body io.Reader) (*htt
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
+		cancel()
 		return nil, err
 	}
+	resp.Body = newIdleBody(resp.Body, c.idle, cancel)
 	if resp.StatusCode != http.StatusOK {
 		defer resp.Body.Close()
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
@@ -80,6 +95,46 @@ func (c *chClient) post(ctx context.Context, query string, body io.Reader) (*htt
 		return nil, &chError{Status: resp.StatusCode, Msg: msg}
 	}
 	return resp, nil
+}
+
+// idleBody is an answer whose reads fail once one has waited limit for a
+// byte; cancel, which it calls then, must abort the request. Time spent
+// between reads (a slow target downstream) does not count.
+type idleBody struct {
+	rc     io.ReadCloser
+	limit  time.Duration
+	cancel context.CancelFunc
+	timer  *time.Timer
+	fired  atomic.Bool
+}
+
+func newIdleBody(rc io.ReadCloser, limit time.Duration, cancel context.CancelFunc) *idleBody {
+	b := &idleBody{rc: rc, limit: limit, cancel: cancel}
+	b.timer = time.AfterFunc(limit, b.expire)
+	b.timer.Stop()
+	return b
+}
+
+func (b *idleBody) expire() {
+	b.fired.Store(true)
+	b.cancel()
+}
+
+func (b *idleBody) Read(p []byte) (int, error) {
+	b.timer.Reset(b.limit)
+	n, err := b.rc.Read(p)
+	b.timer.Stop()
+	if err != nil && b.fired.Load() {
+		err = fmt.Errorf("clickhouse sent nothing for %v: the answer was abandoned", b.limit)
+	}
+	return n, err
+}
+
+func (b *idleBody) Close() error {
+	b.timer.Stop()
+	err := b.rc.Close()
+	b.cancel()
+	return err
 }
 
 // exec runs a statement without a result.

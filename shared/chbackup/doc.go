@@ -65,7 +65,10 @@
 // The first target is the primary, the others are copies (off-site); all
 // receive the same ciphertext from one dump, are finished, verified and
 // pruned the same way. A target that fails drops out and the others carry
-// on; Backup then returns an error naming it.
+// on; Backup then returns an error naming it. One that answers nothing for
+// 10 minutes while requests wait for it (a hung disk, a half-open
+// connection) counts as failed: a watchdog closes its connection. A
+// ClickHouse dump that sends nothing for 10 minutes fails the run.
 //
 // # Pruning
 //

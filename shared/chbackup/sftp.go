@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -51,6 +52,7 @@ type remote struct {
 	target      Target
 	conn        *ssh.Client
 	c           *sftp.Client
+	dog         *watchdog
 	posixRename bool
 	fsync       bool
 	stopClose   func() bool
@@ -59,7 +61,7 @@ type remote struct {
 // dial connects to t. The server's host key must be one known_hosts pins
 // for t's address: an unknown key is refused like a changed one (no trust
 // on first use). Cancelling ctx closes the connection, which ends any
-// transfer in progress.
+// transfer in progress; so does a stall (see watchdog).
 func dial(ctx context.Context, auth *sshAuth, t Target) (*remote, error) {
 	addr := t.Addr()
 	var hostKeyErr error
@@ -96,17 +98,18 @@ func dial(ctx context.Context, auth *sshAuth, t Target) (*remote, error) {
 		}
 		return nil, fmt.Errorf("%s: ssh: %w", t, err)
 	}
-	_ = nc.SetDeadline(time.Time{})
 	conn := ssh.NewClient(sc, chans, reqs)
-	c, err := sftp.NewClient(conn,
-		sftp.UseConcurrentWrites(true),
-		sftp.MaxConcurrentRequestsPerFile(64),
-	)
+	dog := newWatchdog(sftpStallTimeout, func() { conn.Close() })
+	// The handshake's deadline also bounds opening the SFTP session, whose
+	// channel requests the watchdog does not see.
+	c, err := newSFTP(conn, dog)
 	if err != nil {
+		dog.stop()
 		conn.Close()
 		return nil, fmt.Errorf("%s: sftp: %w", t, err)
 	}
-	r := &remote{target: t, conn: conn, c: c}
+	_ = nc.SetDeadline(time.Time{})
+	r := &remote{target: t, conn: conn, c: c, dog: dog}
 	_, r.posixRename = c.HasExtension("posix-rename@openssh.com")
 	_, r.fsync = c.HasExtension("fsync@openssh.com")
 	r.stopClose = context.AfterFunc(ctx, func() { conn.Close() })
@@ -150,13 +153,202 @@ func (probeKey) Type() string                        { return "guardian-probe" }
 func (probeKey) Marshal() []byte                     { return []byte("guardian-probe") }
 func (probeKey) Verify([]byte, *ssh.Signature) error { return errors.New("probe") }
 
+// Close ends the session. The connection goes first: closing the SFTP
+// client waits for the server to end the session, which a dead or stalled
+// server never does, and nothing is in flight by now.
 func (r *remote) Close() error {
 	r.stopClose()
-	err := r.c.Close()
-	if cerr := r.conn.Close(); err == nil && cerr != nil && !errors.Is(cerr, net.ErrClosed) {
-		err = cerr
+	r.dog.stop()
+	err := r.conn.Close()
+	_ = r.c.Close()
+	if errors.Is(err, net.ErrClosed) {
+		err = nil
 	}
 	return err
+}
+
+// explain returns err, which an operation on r returned, prefixed with
+// the stall that made the watchdog close r's connection, if it did: the
+// operation itself only sees a lost connection.
+func (r *remote) explain(err error) error {
+	if s := r.dog.stalled(); s != nil && err != nil {
+		return fmt.Errorf("%w: %w", s, err)
+	}
+	return err
+}
+
+// sftpStallTimeout is how long a target may answer nothing at all while
+// requests wait for it before it counts as failed (a hung disk, a
+// half-open connection, a peer that stopped reading). Answers come per
+// 32 KiB write, so a slow WAN or WireGuard link answers within seconds;
+// an fsync of a large file on a busy disk, within minutes. The dump waits
+// meanwhile, so it must stay well under ClickHouse's http_send_timeout
+// (30 minutes by default), past which every target would lose the set.
+// Tests shorten it.
+var sftpStallTimeout = 10 * time.Minute
+
+// newSFTP starts the SFTP subsystem on conn, its byte streams watched by
+// dog. It is sftp.NewClient with the pipes wrapped.
+func newSFTP(conn *ssh.Client, dog *watchdog) (*sftp.Client, error) {
+	s, err := conn.NewSession()
+	if err != nil {
+		return nil, err
+	}
+	wr, err := s.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	rd, err := s.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	// Unread, a server's messages there would use up the channel's window.
+	stderr, err := s.StderrPipe()
+	if err != nil {
+		return nil, err
+	}
+	go func() { _, _ = io.Copy(io.Discard, stderr) }()
+	if err := s.RequestSubsystem("sftp"); err != nil {
+		return nil, err
+	}
+	return sftp.NewClientPipe(watchedReader{rd, dog}, watchedWriter{wr, dog},
+		sftp.UseConcurrentWrites(true),
+		sftp.MaxConcurrentRequestsPerFile(64),
+	)
+}
+
+// watchdog closes a connection on which SFTP requests have waited for
+// limit with nothing at all coming back. Every request, an upload's writes
+// as much as a stat, gets exactly one answer, so counting the packets
+// each way tells whether any is waiting. SSH keepalives would not do: the
+// server's sshd answers them while its SFTP process hangs on a dead disk.
+// An idle connection is left alone: it fails, if dead, once used.
+type watchdog struct {
+	limit time.Duration
+	kill  func()
+	done  chan struct{}
+	once  sync.Once
+
+	mu      sync.Mutex
+	out, in frames
+	waiting int       // requests sent and not answered
+	since   time.Time // the last answer, or the first request since
+	err     error     // set once the watchdog has killed the connection
+}
+
+func newWatchdog(limit time.Duration, kill func()) *watchdog {
+	w := &watchdog{limit: limit, kill: kill, done: make(chan struct{})}
+	go w.run(max(limit/10, 10*time.Millisecond))
+	return w
+}
+
+func (w *watchdog) run(every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-w.done:
+			return
+		case now := <-t.C:
+			if w.expired(now) {
+				w.kill()
+				return
+			}
+		}
+	}
+}
+
+// expired reports whether requests have waited limit without an answer,
+// and if so records the stall.
+func (w *watchdog) expired(now time.Time) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.waiting == 0 || now.Sub(w.since) < w.limit {
+		return false
+	}
+	w.err = fmt.Errorf("stalled: requests waited %v without any answer; connection closed", w.limit)
+	return true
+}
+
+func (w *watchdog) stop() { w.once.Do(func() { close(w.done) }) }
+
+// stalled returns the stall that made w close the connection, if any.
+func (w *watchdog) stalled() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.err
+}
+
+// sent counts the requests that begin in p, about to be written.
+func (w *watchdog) sent(p []byte) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := w.out.count(p)
+	if n > 0 && w.waiting == 0 {
+		w.since = time.Now()
+	}
+	w.waiting += n
+}
+
+// received notes that p came from the server: progress, and answers.
+func (w *watchdog) received(p []byte) {
+	if len(p) == 0 {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.since = time.Now()
+	w.waiting = max(w.waiting-w.in.count(p), 0)
+}
+
+type watchedReader struct {
+	r   io.Reader
+	dog *watchdog
+}
+
+func (x watchedReader) Read(p []byte) (int, error) {
+	n, err := x.r.Read(p)
+	x.dog.received(p[:n])
+	return n, err
+}
+
+type watchedWriter struct {
+	io.WriteCloser
+	dog *watchdog
+}
+
+func (x watchedWriter) Write(p []byte) (int, error) {
+	x.dog.sent(p)
+	return x.WriteCloser.Write(p)
+}
+
+// frames follows the SFTP packets in one direction of a stream (a uint32
+// length, then that many bytes), whatever the boundaries of the writes.
+type frames struct {
+	head  [4]byte
+	nhead int
+	left  uint32 // bytes of the current packet still to come
+}
+
+// count returns how many packets begin in p.
+func (f *frames) count(p []byte) int {
+	n := 0
+	for len(p) > 0 {
+		if f.left > 0 {
+			k := uint32(min(uint64(len(p)), uint64(f.left)))
+			f.left -= k
+			p = p[k:]
+			continue
+		}
+		k := copy(f.head[f.nhead:], p)
+		f.nhead += k
+		p = p[k:]
+		if f.nhead == len(f.head) {
+			f.left, f.nhead = binary.BigEndian.Uint32(f.head[:]), 0
+			n++
+		}
+	}
+	return n
 }
 
 func (r *remote) join(elem ...string) string {

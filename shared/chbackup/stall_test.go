@@ -1,0 +1,330 @@
+package chbackup
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh/knownhosts"
+
+	"github.com/glassmkr/guardian/shared/job"
+	"github.com/glassmkr/guardian/shared/testenv"
+)
+
+// stallProxy forwards TCP connections to a real server until it freezes:
+// from then on it forwards nothing and stops reading from either side, as
+// a hung peer or a dead link would, and holds the connections open until
+// the test ends.
+type stallProxy struct {
+	ln       net.Listener
+	upstream string
+	// after is how many bytes it forwards in the counted direction (to the
+	// client when toClient, else to the server) before freezing; 0: only
+	// freeze freezes it.
+	after    int64
+	toClient bool
+	count    atomic.Int64
+
+	frozen     chan struct{}
+	freezeOnce sync.Once
+	closed     chan struct{}
+	wg         sync.WaitGroup
+	mu         sync.Mutex
+	conns      []net.Conn
+}
+
+func newStallProxy(t *testing.T, upstream string, after int64, toClient bool) *stallProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &stallProxy{ln: ln, upstream: upstream, after: after, toClient: toClient,
+		frozen: make(chan struct{}), closed: make(chan struct{})}
+	p.wg.Add(1)
+	go p.accept()
+	t.Cleanup(p.close)
+	return p
+}
+
+func (p *stallProxy) addr() string { return p.ln.Addr().String() }
+
+func (p *stallProxy) port() int { return p.ln.Addr().(*net.TCPAddr).Port }
+
+func (p *stallProxy) freeze() { p.freezeOnce.Do(func() { close(p.frozen) }) }
+
+func (p *stallProxy) isFrozen() bool {
+	select {
+	case <-p.frozen:
+		return true
+	default:
+		return false
+	}
+}
+
+func (p *stallProxy) close() {
+	close(p.closed)
+	p.ln.Close()
+	p.mu.Lock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.mu.Unlock()
+	p.wg.Wait()
+}
+
+func (p *stallProxy) accept() {
+	defer p.wg.Done()
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		u, err := net.Dial("tcp", p.upstream)
+		if err != nil {
+			c.Close()
+			continue
+		}
+		p.mu.Lock()
+		p.conns = append(p.conns, c, u)
+		p.mu.Unlock()
+		p.wg.Add(2)
+		go p.pipe(u, c, !p.toClient)
+		go p.pipe(c, u, p.toClient)
+	}
+}
+
+// pipe copies src to dst until either fails or the proxy freezes.
+func (p *stallProxy) pipe(dst, src net.Conn, counted bool) {
+	defer p.wg.Done()
+	buf := make([]byte, 32<<10)
+	for {
+		if p.isFrozen() {
+			<-p.closed
+			return
+		}
+		n, err := src.Read(buf)
+		b, froze := buf[:n], false
+		if counted {
+			b, froze = p.take(b)
+		}
+		if len(b) > 0 && (froze || !p.isFrozen()) {
+			if _, werr := dst.Write(b); werr != nil {
+				err = werr
+			}
+		}
+		if err != nil {
+			if p.isFrozen() {
+				<-p.closed // a dead link tells neither side
+			} else {
+				src.Close()
+				dst.Close()
+			}
+			return
+		}
+	}
+}
+
+// take returns the part of b to forward, and whether the proxy froze at
+// its end.
+func (p *stallProxy) take(b []byte) ([]byte, bool) {
+	if p.after <= 0 {
+		return b, false
+	}
+	before := p.count.Add(int64(len(b))) - int64(len(b))
+	if before+int64(len(b)) < p.after {
+		return b, false
+	}
+	p.freeze()
+	return b[:max(p.after-before, 0)], true
+}
+
+// shortenStall sets the SFTP stall timeout to d for t.
+func shortenStall(t *testing.T, d time.Duration) {
+	old := sftpStallTimeout
+	sftpStallTimeout = d
+	t.Cleanup(func() { sftpStallTimeout = old })
+}
+
+// viaProxy returns target with its address replaced by p's, and pins
+// srv's host key for p's address in knownHosts.
+func viaProxy(t *testing.T, target Target, p *stallProxy, srv *testenv.SFTP, knownHosts string) Target {
+	t.Helper()
+	f, err := os.OpenFile(knownHosts, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString(knownhosts.Line([]string{knownhosts.Normalize(p.addr())}, srv.HostKey) + "\n"); err != nil {
+		t.Fatal(err)
+	}
+	target.Host, target.Port = "127.0.0.1", p.port()
+	return target
+}
+
+// addBulk adds a table of rows rows of 16 random-looking bytes each: a
+// blob that does not compress, so that it fills every buffer on its way.
+func addBulk(t *testing.T, f *fixture, rows int) {
+	t.Helper()
+	db := quoteIdent(f.cfg.ClickHouse.Database)
+	f.exec(t, "CREATE TABLE "+db+".bulk (n UInt64, h FixedString(16)) ENGINE = MergeTree() ORDER BY n")
+	f.exec(t, "INSERT INTO "+db+".bulk SELECT number, MD5(toString(number)) FROM system.numbers LIMIT "+strconv.Itoa(rows))
+}
+
+func TestFramesCountsPacketsAcrossWrites(t *testing.T) {
+	packet := func(n int) []byte {
+		b := make([]byte, 4+n)
+		binary.BigEndian.PutUint32(b, uint32(n))
+		return b
+	}
+	var stream []byte
+	for _, n := range []int{5, 0, 1, 32 << 10, 3} {
+		stream = append(stream, packet(n)...)
+	}
+	for _, step := range []int{1, 2, 3, 4, 7, 1000, len(stream)} {
+		var f frames
+		got := 0
+		for i := 0; i < len(stream); i += step {
+			got += f.count(stream[i:min(i+step, len(stream))])
+		}
+		if got != 5 || f.left != 0 || f.nhead != 0 {
+			t.Errorf("in pieces of %d: %d packets, %d bytes left, %d of a header", step, got, f.left, f.nhead)
+		}
+	}
+}
+
+// A request the server never answers fails once the stall timeout has
+// passed, with the stall as the reason, and closing the session does not
+// wait for the server either.
+func TestAStalledRequestFailsAndClosesTheConnection(t *testing.T) {
+	shortenStall(t, time.Second)
+	srv := testenv.SFTPServer(t)
+	p := newStallProxy(t, srv.Addr, 0, false)
+	target, err := ParseTarget(srv.Target("backups"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{SSHKeyFile: srv.KeyPath, KnownHostsFile: filepath.Join(t.TempDir(), "known_hosts")}
+	target = viaProxy(t, target, p, srv, cfg.KnownHostsFile)
+	auth, err := loadSSHAuth(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := dial(context.Background(), auth, target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.c.Stat(srv.Root); err != nil {
+		t.Fatalf("stat before the stall: %v", err)
+	}
+	time.Sleep(2 * time.Second) // idle is not stalled
+	if r.dog.stalled() != nil {
+		t.Fatal("an idle connection was closed")
+	}
+	p.freeze()
+	start := time.Now()
+	_, err = r.c.Stat(srv.Root)
+	if err == nil || r.explain(err) == nil || !strings.Contains(r.explain(err).Error(), "stalled") {
+		t.Fatalf("stat of a stalled server: %v (%v)", err, r.dog.stalled())
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("the stall took %v to detect", d)
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- r.Close() }()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close hangs on a stalled server")
+	}
+}
+
+// A target that stops reading in the middle of a blob, without failing,
+// drops out once the stall timeout has passed: the other target receives
+// the whole set, and the run's error and result name the stalled one.
+func TestAStalledTargetDropsOutAndTheOthersCarryOn(t *testing.T) {
+	shortenStall(t, 2*time.Second)
+	f := newFixture(t, 2)
+	addBulk(t, f, 1<<20) // 16 MiB that do not compress
+	// The first target, which the fan-out writes to first, freezes after
+	// the first MiB it is sent: well inside the bulk blob.
+	p := newStallProxy(t, f.srvs[0].Addr, 1<<20, false)
+	f.cfg.Targets[0] = viaProxy(t, f.cfg.Targets[0], p, f.srvs[0], f.cfg.KnownHostsFile)
+	stalled := f.cfg.Targets[0].String()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	f.tick.Add(1)
+	info, err := Backup(ctx, f.cfg)
+	if ctx.Err() != nil {
+		t.Fatalf("the run waited for the stalled target until its time limit: %v", err)
+	}
+	if !p.isFrozen() {
+		t.Fatal("the proxy never froze: the test did not stall the target")
+	}
+	if err == nil || errors.Is(err, job.ErrRed) || !strings.Contains(err.Error(), stalled+": write: stalled") {
+		t.Fatalf("backup: %v", err)
+	}
+	if info.Targets[0].OK || !strings.Contains(info.Targets[0].Error, "stalled") || !info.Targets[1].OK {
+		t.Fatalf("targets: %+v", info.Targets)
+	}
+	if got := f.latest(t, 1); got != info.Name {
+		t.Errorf("LATEST on the other target: %q, want %q", got, info.Name)
+	}
+	if m := f.manifest(t, 1, info.Name); len(m.Tables) != info.Tables || info.Blobs == 0 {
+		t.Errorf("the other target's manifest has %d tables, the run %d (%d blobs)", len(m.Tables), info.Tables, info.Blobs)
+	}
+	if _, err := os.Stat(filepath.Join(f.root[0], latestName)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the stalled target has a LATEST: %v", err)
+	}
+	cfg := f.cfg
+	cfg.Targets = cfg.Targets[1:]
+	rep, err := VerifyLatest(context.Background(), cfg, f.id)
+	if err != nil || !rep.Targets[0].OK || rep.Targets[0].Rows != info.Rows {
+		t.Errorf("verify of the other target: %v %+v (rows %d)", err, rep, info.Rows)
+	}
+}
+
+// A ClickHouse answer that stops in the middle fails the run once it has
+// sent nothing for the idle timeout, and says so.
+func TestAClickHouseDumpThatStopsFailsTheRun(t *testing.T) {
+	old := chIdleTimeout
+	chIdleTimeout = 2 * time.Second
+	t.Cleanup(func() { chIdleTimeout = old })
+	f := newFixture(t, 1)
+	addBulk(t, f, 1<<18) // 4 MiB
+	u := strings.TrimPrefix(f.cfg.HTTPURL, "http://")
+	p := newStallProxy(t, strings.TrimSuffix(u, "/"), 1<<20, true)
+	f.cfg.HTTPURL = "http://" + p.addr()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	f.tick.Add(1)
+	info, err := Backup(ctx, f.cfg)
+	if ctx.Err() != nil {
+		t.Fatalf("the run waited for ClickHouse until its time limit: %v", err)
+	}
+	if !p.isFrozen() {
+		t.Fatal("the proxy never froze: the test did not stall the dump")
+	}
+	want := fmt.Sprintf("clickhouse sent nothing for %v", chIdleTimeout)
+	if err == nil || !strings.Contains(err.Error(), "table bulk") || !strings.Contains(err.Error(), want) {
+		t.Fatalf("backup: %v", err)
+	}
+	if info.Targets[0].OK {
+		t.Errorf("targets: %+v", info.Targets)
+	}
+	if _, err := os.Stat(filepath.Join(f.root[0], latestName)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the target has a LATEST: %v", err)
+	}
+}
