@@ -33,6 +33,7 @@ var (
 	errSignupClosed   = errors.New("signup_closed")
 	errAccountClosing = errors.New("account_closing")
 	errEmailTaken     = errors.New("email_linked_elsewhere")
+	errLinkNeedsLogin = errors.New("link_needs_password")
 )
 
 const (
@@ -48,16 +49,21 @@ FROM users u JOIN customers c ON c.id = u.customer_id WHERE u.email = $1 FOR UPD
 // resolve finds the user of g, in this order:
 //
 //  1. the user whose google_subject is g's subject (the usual sign-in);
-//  2. the user with g's e-mail address and no Google subject yet (a
-//     password account): it is linked to g. Every Google sign-in requires
-//     email_verified, so the provider vouches that g controls the address
-//     the account was made with. A user with that address already linked
-//     to another subject is refused (errEmailTaken);
+//  2. the user with g's e-mail address and no Google subject yet: it is
+//     linked to g. Every Google sign-in requires email_verified, so the
+//     provider vouches that g controls the address the account was made
+//     with. A user with a password is linked only from a session of that
+//     user (signedIn), that is once its password was given in this
+//     browser (errLinkNeedsLogin otherwise): Google's word on an address
+//     is not proof enough to take over an account whose credential is a
+//     password (an address mistyped by an operator, a provider that
+//     recycles addresses). A user with that address already linked to
+//     another subject is refused (errEmailTaken);
 //  3. nobody: a new customer (plan free) with g as its admin, unless
 //     sign-up is closed (errSignupClosed).
 //
 // The stored e-mail address is not changed when the provider's changes.
-func resolve(ctx context.Context, tx pgx.Tx, g googleUser, signupOpen bool) (account, error) {
+func resolve(ctx context.Context, tx pgx.Tx, g googleUser, signupOpen bool, signedIn string) (account, error) {
 	var a account
 	var closing bool
 	err := tx.QueryRow(ctx, userBySubject, g.Subject).Scan(&a.UserID, &a.CustomerID, &a.HasPassword, &closing)
@@ -78,6 +84,8 @@ func resolve(ctx context.Context, tx pgx.Tx, g googleUser, signupOpen bool) (acc
 			return a, errEmailTaken
 		case closing:
 			return a, errAccountClosing
+		case a.HasPassword && signedIn != a.UserID:
+			return a, errLinkNeedsLogin
 		}
 		if _, err := tx.Exec(ctx, linkSubject, a.UserID, g.Subject); err != nil {
 			return a, err

@@ -253,9 +253,9 @@ func (h *handler) callback(w http.ResponseWriter, r *http.Request) {
 	// or re-auth does, a Google one replaces the session, not adds one.
 	// The edge checked the session cookie (guardian_auth, optional) and
 	// names the session; the cookie itself never reaches a function.
-	var replacing string
+	var replacing, signedIn string
 	if id, ok := identity.FromRequest(r); ok && id.Kind == identity.KindSession {
-		replacing = id.SessionID
+		replacing, signedIn = id.SessionID, id.UserID
 	}
 
 	var a account
@@ -268,7 +268,7 @@ func (h *handler) callback(w http.ResponseWriter, r *http.Request) {
 	for attempt := 0; ; attempt++ {
 		err = pgx.BeginFunc(r.Context(), h.db, func(tx pgx.Tx) error {
 			var err error
-			if a, err = resolve(r.Context(), tx, g, h.signupOpen); err != nil {
+			if a, err = resolve(r.Context(), tx, g, h.signupOpen, signedIn); err != nil {
 				return err
 			}
 			// Under the locks session.Start takes, before the factors are
@@ -303,7 +303,7 @@ func (h *handler) callback(w http.ResponseWriter, r *http.Request) {
 		// The deletion committed while this sign-in was under way.
 		h.fail(w, failure{reason: errAccountClosing.Error(), customerID: a.CustomerID, userID: a.UserID})
 		return
-	case errors.Is(err, errAccountClosing), errors.Is(err, errEmailTaken):
+	case errors.Is(err, errAccountClosing), errors.Is(err, errEmailTaken), errors.Is(err, errLinkNeedsLogin):
 		h.fail(w, failure{reason: err.Error(), customerID: a.CustomerID, userID: a.UserID})
 		return
 	case err != nil:
@@ -431,6 +431,9 @@ func outcomeOf(reason string) outcome {
 		return outcome{http.StatusForbidden, "Sign-in failed", "This account is being deleted; it can no longer be signed in to."}
 	case "email_linked_elsewhere":
 		return outcome{http.StatusConflict, "Sign-in failed", "This e-mail address belongs to a Guardian account that is linked to another Google account."}
+	case "link_needs_password":
+		return outcome{http.StatusForbidden, "Sign in with your password first",
+			"This e-mail address belongs to a Guardian account that signs in with a password. Sign in with the password, then choose Sign in with Google in the same browser: Google sign-in is then added to the account."}
 	case "email_unverified":
 		return outcome{http.StatusBadRequest, "Sign-in failed", "Google says this account's e-mail address is not verified. Verify it with Google, then sign in again."}
 	case "email_missing", "email_invalid":

@@ -18,6 +18,7 @@ import (
 
 	"github.com/glassmkr/guardian/functions/oidc/oidctest"
 	"github.com/glassmkr/guardian/shared/mfa"
+	"github.com/glassmkr/guardian/shared/session"
 	"github.com/glassmkr/guardian/shared/testenv"
 )
 
@@ -155,6 +156,23 @@ func (b *browser) begin() string {
 func (b *browser) signIn() reply {
 	b.t.Helper()
 	return b.get(b.begin())
+}
+
+// withSession gives the browser a session cookie of user (of the
+// fixture's customer), as a sign-in in it would.
+func (b *browser) withSession(user string) {
+	b.t.Helper()
+	var id string
+	if err := b.s.pg.Owner.QueryRow(context.Background(), "INSERT INTO sessions (user_id, customer_id, expires_at) VALUES ($1, $2, now() + interval '1 day') RETURNING id",
+		user, b.s.c.ID).Scan(&id); err != nil {
+		b.t.Fatal(err)
+	}
+	token, err := session.Issue(b.s.c.Secret, id, user, b.s.c.ID, time.Now(), time.Now().Add(session.Lifetime))
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	u, _ := url.Parse(b.s.URL + "/")
+	b.jar.SetCookies(u, []*http.Cookie{{Name: session.CookieName, Value: token, Path: "/"}})
 }
 
 // cookie returns the browser's cookie name for path.
@@ -451,10 +469,33 @@ func TestClosedSignUpAndLinkingAPasswordAccount(t *testing.T) {
 	s.idp.QueueUser(oidctest.User{Subject: "linked-sub", Email: strings.ToUpper(email), EmailVerified: false})
 	refused(t, "unverified link", s.browser(t).signIn(), http.StatusBadRequest)
 
-	// Verified: the existing user is linked and signed in; the session is
-	// not re-authenticated, since the account has a password.
+	// Verified, but from a browser not signed in to the account: Google's
+	// word on the address does not take over an account with a password.
 	s.idp.QueueUser(oidctest.User{Subject: "linked-sub", Email: strings.ToUpper(email), EmailVerified: true})
+	r = s.browser(t).signIn()
+	refused(t, "link without the password", r, http.StatusForbidden)
+	if !strings.Contains(r.body, "Sign in with the password") {
+		t.Fatalf("link refused page: %s", r.body)
+	}
+	if n := s.count(t, "SELECT count(*) FROM users WHERE google_subject IS NOT NULL"); n != 0 {
+		t.Fatal("a password account was linked without its password")
+	}
+	// Nor from a session of another user of the customer.
+	var member string
+	if err := s.pg.Owner.QueryRow(context.Background(), "INSERT INTO users (customer_id, email, role) VALUES ($1, 'member-'||gen_random_uuid()||'@example.com', 'member') RETURNING id", s.c.ID).Scan(&member); err != nil {
+		t.Fatal(err)
+	}
+	s.idp.QueueUser(oidctest.User{Subject: "linked-sub", Email: email, EmailVerified: true})
 	b := s.browser(t)
+	b.withSession(member)
+	refused(t, "link from another user's session", b.signIn(), http.StatusForbidden)
+
+	// From a session of the user (its password given in this browser):
+	// the user is linked and signed in; the new session is not
+	// re-authenticated, since the account has a password.
+	s.idp.QueueUser(oidctest.User{Subject: "linked-sub", Email: strings.ToUpper(email), EmailVerified: true})
+	b = s.browser(t)
+	b.withSession(s.c.UserID)
 	who := b.signedIn(b.signIn())
 	if who.UserID != s.c.UserID || who.CustomerID != s.c.ID {
 		t.Fatalf("linked sign-in as %+v", who)
@@ -481,7 +522,7 @@ func TestClosedSignUpAndLinkingAPasswordAccount(t *testing.T) {
 	s.idp.QueueUser(oidctest.User{Subject: "other-sub", Email: email, EmailVerified: true})
 	refused(t, "address linked elsewhere", s.browser(t).signIn(), http.StatusConflict)
 
-	want := []string{"signup_closed", "email_unverified", "email_linked_elsewhere"}
+	want := []string{"signup_closed", "email_unverified", "link_needs_password", "link_needs_password", "email_linked_elsewhere"}
 	if got := s.failures(t); !slices.Equal(got, want) {
 		t.Fatalf("audit reasons %v, want %v", got, want)
 	}
