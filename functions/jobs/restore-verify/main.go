@@ -18,7 +18,11 @@
 // ("postgres", "clickhouse"). First, a run removes what a run killed
 // outright left in the scratch and temp directories: a restored cluster, a
 // fetched copy, decrypted ClickHouse blobs, all plaintext customer data
-// that nothing else would delete ("leftovers_removed"). A backup that is missing, damaged or does
+// that nothing else would delete ("leftovers_removed"). `restore-verify
+// cleanup`, the unit's ExecStopPost, removes the same from the job's own
+// scratch directory as soon as a run has ended, however it ended (killed
+// at its stop timeout, or by the OOM killer), rather than a month later.
+// A backup that is missing, damaged or does
 // not restore makes the run red (exit 1); a part that could not be checked
 // (a host unreachable, a tool missing) makes it an error (exit 2). Either
 // way shared/job sends one alert (GUARDIAN_JOB_ALERT_WEBHOOKS,
@@ -37,8 +41,10 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -49,6 +55,7 @@ import (
 	"github.com/glassmkr/guardian/shared/chbackup"
 	"github.com/glassmkr/guardian/shared/config"
 	"github.com/glassmkr/guardian/shared/job"
+	"github.com/glassmkr/guardian/shared/nodump"
 	"github.com/glassmkr/guardian/shared/notify"
 	"github.com/glassmkr/guardian/shared/pgbackup"
 )
@@ -60,7 +67,41 @@ const (
 	EnvCheck   = "GUARDIAN_RESTORE_CHECK"
 )
 
-func main() { job.Main(spec()) }
+func main() {
+	if len(os.Args) == 2 && os.Args[1] == "cleanup" {
+		os.Exit(cleanup(os.Getenv(EnvScratch), os.Stdout))
+	}
+	job.Main(spec())
+}
+
+// cleanup removes what a run left in the job's own scratch directory
+// (the shared temp directory keeps its age rule: others may be using it)
+// and says so in one JSON line. It is not a run: no lock (the run it
+// follows has ended; the unit's next cannot start before it is done), no
+// result line or metrics that would hide the run's own. It returns the
+// exit status.
+func cleanup(scratch string, out io.Writer) int {
+	if err := nodump.Seal(); err != nil {
+		fmt.Fprintln(os.Stderr, "restore-verify cleanup:", err)
+		return job.ExitError
+	}
+	var own []leftoverDir
+	for _, d := range leftoverDirs(scratch) {
+		if d.own {
+			own = append(own, d)
+		}
+	}
+	n, err := removeLeftovers(own, time.Now())
+	line := map[string]any{"job": "restore-verify", "cleanup": true, "leftovers_removed": n}
+	if err != nil {
+		line["error"] = err.Error()
+	}
+	_ = json.NewEncoder(out).Encode(line)
+	if err != nil {
+		return job.ExitError
+	}
+	return 0
+}
 
 func spec() job.Spec {
 	return job.Spec{Name: "restore-verify", Timeout: 6 * time.Hour, Run: run}

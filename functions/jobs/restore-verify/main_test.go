@@ -360,3 +360,39 @@ func TestLeftoverDirs(t *testing.T) {
 		}
 	}
 }
+
+// `restore-verify cleanup` (the unit's ExecStopPost) removes at once what
+// a run that just ended left in the job's own scratch directory, young
+// entries included, and leaves the shared temp directory's to their age
+// rule; it says what it did in one line and writes no result or metrics.
+func TestCleanupAfterARunRemovesItsLeftoversAtOnce(t *testing.T) {
+	own := t.TempDir()
+	shared := t.TempDir()
+	t.Setenv("TMPDIR", shared)
+	for _, dir := range []string{own, shared} {
+		for _, name := range []string{"guardian-restore-just-killed", "pgbackrest-copy-1", "drill.ABC123", "unrelated"} {
+			if err := os.MkdirAll(filepath.Join(dir, name, "base"), 0o700); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	var out strings.Builder
+	if code := cleanup(own, &out); code != 0 {
+		t.Fatalf("exit %d: %s", code, out.String())
+	}
+	var line map[string]any
+	if err := json.Unmarshal([]byte(out.String()), &line); err != nil || line["cleanup"] != true || line["leftovers_removed"] != float64(2) {
+		t.Fatalf("line %q (%v)", out.String(), err)
+	}
+	for dir, want := range map[string]int{own: 2, shared: 4} {
+		if entries, _ := os.ReadDir(dir); len(entries) != want {
+			t.Errorf("%s holds %d entries, want %d", dir, len(entries), want)
+		}
+	}
+	// Without a scratch directory of its own, the job has nothing to clean
+	// at once.
+	out.Reset()
+	if code := cleanup("", &out); code != 0 || !strings.Contains(out.String(), `"leftovers_removed":0`) {
+		t.Fatalf("no scratch directory: exit %d: %s", code, out.String())
+	}
+}
