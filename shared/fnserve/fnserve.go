@@ -106,6 +106,8 @@ func logProtection(log *zap.Logger, p sandbox.Protection) {
 		zap.Bool("signals_scoped", p.Scopes),
 	}
 	switch {
+	case p.Filtered:
+		log.Warn("no Landlock: a system call filter refused it (systemd's SystemCallFilter= must allow landlock_create_ruleset, landlock_add_rule and landlock_restrict_self: deploy/systemd/guardian-caddy.service)", fields...)
 	case !p.Ptrace:
 		log.Warn("no Landlock: enable it in the kernel's LSM list, install functions 0711 and set kernel.yama.ptrace_scope=1 (docs/deployment.md)", fields...)
 	case !p.Scopes:

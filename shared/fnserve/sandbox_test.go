@@ -179,6 +179,7 @@ func TestLogProtection(t *testing.T) {
 		says  string
 	}{
 		{sandbox.Protection{}, zapcore.WarnLevel, "docs/deployment.md"},
+		{sandbox.Protection{Filtered: true}, zapcore.WarnLevel, "SystemCallFilter"},
 		{sandbox.Protection{ABI: 3, Ptrace: true}, zapcore.WarnLevel, "without signal scoping"},
 		{sandbox.Protection{ABI: 7, Ptrace: true, Scopes: true}, zapcore.InfoLevel, "Landlock domain entered"},
 	} {

@@ -26,6 +26,7 @@
 package sandbox
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/landlock-lsm/go-landlock/landlock"
@@ -50,6 +51,10 @@ type Protection struct {
 	// Scopes: signals to processes outside the domain, and connections to
 	// abstract unix sockets made outside it, are refused too.
 	Scopes bool
+	// Filtered: the kernel may have Landlock, but a system call filter
+	// (systemd's SystemCallFilter=, inherited from Caddy) refused the
+	// call with EPERM, so nothing applied.
+	Filtered bool
 }
 
 // Enter puts every thread of the process in a new Landlock domain (and
@@ -75,9 +80,10 @@ func Enter() (Protection, error) {
 func probe() (Protection, error) {
 	abi, err := llsys.LandlockGetABIVersion()
 	if err != nil || abi < 1 {
-		// ENOSYS: not built in; EOPNOTSUPP: not enabled at boot. Any
-		// error means no Landlock to go-landlock too.
-		return Protection{}, nil
+		// ENOSYS: not built in; EOPNOTSUPP: not enabled at boot; EPERM:
+		// a system call filter's answer. Any error means no Landlock to
+		// go-landlock too.
+		return Protection{Filtered: errors.Is(err, unix.EPERM)}, nil
 	}
 	p := Protection{ABI: abi, Ptrace: true}
 	fd, _, err := landlock.Config{Scoped: scopes}.BestEffort().NewRulesetFD()

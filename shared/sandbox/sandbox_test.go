@@ -347,12 +347,14 @@ func TestEnter(t *testing.T) {
 // A kernel without Landlock (not built in, or not enabled at boot) does
 // not stop a function: Enter does nothing and says so.
 func TestEnterWithoutLandlock(t *testing.T) {
-	for _, errno := range []unix.Errno{unix.ENOSYS, unix.EOPNOTSUPP} {
+	// EPERM is a system call filter's answer (systemd's, which functions
+	// inherit from Caddy): reported apart, so the log names the fix.
+	for errno, want := range map[unix.Errno]Protection{unix.ENOSYS: {}, unix.EOPNOTSUPP: {}, unix.EPERM: {Filtered: true}} {
 		r := runChild(t, "nolandlock", "SANDBOX_TEST_ERRNO="+strconv.Itoa(int(errno)))
 		if r["filter"] != "ok" {
 			t.Fatalf("seccomp filter: %s", r["filter"])
 		}
-		if r["enter"] != "ok" || r["protection"] != fmt.Sprintf("%+v", Protection{}) {
+		if r["enter"] != "ok" || r["protection"] != fmt.Sprintf("%+v", want) {
 			t.Errorf("%s: Enter returned %s, %s", unix.ErrnoName(errno), r["protection"], r["enter"])
 		}
 	}
