@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httptrace"
 	"net/url"
 	"os"
 	"strings"
@@ -282,4 +283,39 @@ func keysOf(m map[string]any) []string {
 		out = append(out, k)
 	}
 	return out
+}
+
+// sendWatch counts a request as sent once a byte of it reached a
+// function's socket, on whichever connection; a request the socket
+// refused (its process dead) did not reach it.
+func TestSendWatchCountsBytesThatReachedTheSocket(t *testing.T) {
+	a, b := net.Pipe()
+	defer b.Close()
+	go func() { _, _ = io.Copy(io.Discard, b) }()
+	reused := &pooledConn{Conn: a}
+	_, _ = reused.Write([]byte("an earlier request"))
+
+	var w sendWatch
+	w.gotConn(httptrace.GotConnInfo{Conn: reused, Reused: true})
+	if w.reached() {
+		t.Fatal("an earlier request's bytes counted for this one")
+	}
+	a.Close() // the function died: the write is refused
+	if _, err := reused.Write([]byte("GET /x HTTP/1.1\r\n\r\n")); err == nil {
+		t.Fatal("a write to a closed pipe succeeded")
+	}
+	fresh, peer := net.Pipe()
+	defer fresh.Close()
+	go func() { _, _ = io.Copy(io.Discard, peer) }()
+	next := &pooledConn{Conn: fresh}
+	w.gotConn(httptrace.GotConnInfo{Conn: next}) // the transport's second try
+	if w.reached() {
+		t.Fatal("a request no socket took counted as sent")
+	}
+	if _, err := next.Write([]byte("GET /x HTTP/1.1\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if !w.reached() {
+		t.Fatal("a request the socket took counted as not sent")
+	}
 }

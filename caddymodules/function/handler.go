@@ -26,7 +26,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -281,14 +280,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 				problem.New(http.StatusServiceUnavailable, "function_unavailable", "the service is starting or recovering; try again shortly"))
 		}
 		proxyErr = nil
-		var sent atomic.Bool
-		h.proxy(p, w, req.WithContext(httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
-			WroteRequest: func(i httptrace.WroteRequestInfo) {
-				if i.Err == nil {
-					sent.Store(true)
-				}
-			},
-		})))
+		var watch sendWatch
+		h.proxy(p, w, req.WithContext(httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: watch.gotConn})))
 		// A process that died a moment ago refuses the connection before
 		// its exit is noticed. Nothing reached it, so the request is safe
 		// to send once more, to a fresh process. The error alone cannot
@@ -296,10 +289,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		// connection when a reused one fails after the request was written
 		// (GET, or any bodyless request with an Idempotency-Key header,
 		// which the client chooses), and that second try is what a dead
-		// process refuses. So only a request never written whole to any
-		// connection is sent again: the function may have acted on one it
-		// received before it died.
-		if proxyErr != nil && attempt == 0 && !sent.Load() && ctx.Err() == nil && (body == nil || !body.read) {
+		// process refuses. So only a request of which no byte reached any
+		// function's socket is sent again (sendWatch): the function may
+		// have acted on one it received before it died.
+		if proxyErr != nil && attempt == 0 && !watch.reached() && ctx.Err() == nil && (body == nil || !body.read) {
 			p.waitExit(time.Second)
 			continue
 		}

@@ -434,7 +434,7 @@ func TestPooledConnCopiesWithoutAllocating(t *testing.T) {
 	defer a.Close()
 	defer b.Close()
 	go func() { _, _ = io.Copy(io.Discard, b) }()
-	c := pooledConn{a}
+	c := &pooledConn{Conn: a}
 	body := bytes.NewReader(make([]byte, 3400))
 	var src io.Reader = struct{ io.Reader }{body} // as http.Transport passes it: no WriterTo
 	lr := &io.LimitedReader{}
