@@ -260,10 +260,14 @@ func TestForwardLogCutsALongLine(t *testing.T) {
 	core, logs := observer.New(zap.InfoLevel)
 	var wg sync.WaitGroup
 	wg.Add(1)
-	forwardLog(&wg, zap.New(core), strings.NewReader(strings.Repeat("x", maxLogLine+5000)+"\n{\"msg\":\"next\"}\r\nplain"))
+	forwardLog(&wg, zap.New(core), strings.NewReader(strings.Repeat("x", maxLogLine+5000)+"\n{\"msg\":\"next\"}\r\nplain\n"+
+		strings.Repeat("y", maxLogLine)+"\n"))
 	got := logs.All()
-	if len(got) != 3 {
-		t.Fatalf("%d entries, want 3", len(got))
+	if len(got) != 4 {
+		t.Fatalf("%d entries, want 4", len(got))
+	}
+	if f := got[3].ContextMap(); len(f["line"].(string)) != maxLogLine || f["truncated"] != nil {
+		t.Fatalf("a line of exactly the bound: %d bytes, truncated %v", len(f["line"].(string)), f["truncated"])
 	}
 	f := got[0].ContextMap()
 	if line, _ := f["line"].(string); len(line) != maxLogLine || f["truncated"] != true {

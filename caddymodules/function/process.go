@@ -468,7 +468,8 @@ func forwardLog(wg *sync.WaitGroup, log *zap.Logger, r io.Reader) {
 	cut := false
 	for {
 		chunk, err := br.ReadSlice('\n')
-		if room := maxLogLine - len(line); len(chunk) > room {
+		// The line end does not count against the bound.
+		if room := maxLogLine - len(line); len(bytes.TrimSuffix(chunk, []byte("\n"))) > room {
 			chunk, cut = chunk[:room], true
 		}
 		line = append(line, chunk...)

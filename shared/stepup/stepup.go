@@ -1,6 +1,7 @@
 // Package stepup enforces the security posture's step-up rule: a sensitive
 // action made with a session (creating or rotating a key, enrolling a
-// server, deleting the account, changing second factors) needs a password
+// server, deleting the account, changing second factors, ending another
+// session) needs a password
 // verified on that session within the last five minutes, and, when the
 // user has a second factor (shared/mfa), a session whose authentication
 // used it (assurance level 2). The dashboard answers 401 reauth_required

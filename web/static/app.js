@@ -1,6 +1,7 @@
 // Guardian dashboard behaviour. Forms marked data-api send their fields as
 // JSON to the API. When the API answers 401 reauth_required (creating or
-// rotating a key, or changing second factors, needs a password confirmed
+// rotating a key, changing second factors or ending another session needs
+// a password confirmed
 // in the last five minutes, and the second factor of a user who has one),
 // the prompt opens: the password, then, if /auth/reauth asks for it
 // (mfa_required), a code or a security key for /auth/reauth/mfa. Once
