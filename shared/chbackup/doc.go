@@ -95,12 +95,20 @@
 // authenticated the whole blob (age hands out plaintext before it reaches a
 // tampered chunk), decompresses it into `INSERT INTO … FORMAT Native` in a
 // scratch database restore_verify_<tag>_<deadline>_<random> whose tables
-// come from the manifest's CREATE statements without their table TTL (TTL
-// merges would delete expired rows while they are counted), and compares
-// the rows each blob added with the manifest. Tables are loaded one at a
+// come from the manifest's CREATE statements (as SHOW CREATE TABLE printed
+// them: on one line by older versions, 18.16 included, one clause a line
+// by current ones) without their table TTL (TTL merges would delete
+// expired rows while they are counted), and compares the rows each blob
+// added with the manifest. Tables are loaded one at a
 // time and each is dropped once checked; where ClickHouse reports its
 // disks' free space (system.disks, 19.15 and later) a table is loaded only
-// if it leaves room. The scratch database is dropped at the end, on failure
+// if its copy, plus a tenth, leaves a twentieth of the disks (at least
+// 1 GiB) free. The copy's size is estimated from the live table's active
+// parts (system.parts, scaled by the set's rows over the live table's),
+// or, where the live table has none, from the set's blobs' size times
+// three (zstd against ClickHouse's LZ4 and unmerged parts), never above
+// the set's uncompressed size (JSON payloads make it 5-10 times what
+// ClickHouse stores). The scratch database is dropped at the end, on failure
 // too; one a killed run left is dropped by a later run once the deadline
 // in its name has passed (verifications may overlap). Temporary files need
 // twice the largest blob on the local disk ($TMPDIR).
@@ -108,11 +116,11 @@
 // A finding about the backup wraps job.ErrRed (the job reports "red"): no
 // LATEST, no manifest, a missing blob, wrong size or hash, a blob that does
 // not decrypt with the identity or does not decompress, a statement or blob
-// ClickHouse refuses, a row or byte count that differs, a table there is no
-// room for. Not being able to
-// check (a target or ClickHouse unreachable, a local disk error) is a plain
-// error. The restore expects non-replicated MergeTree tables: a
-// Replicated* CREATE statement would need ZooKeeper paths of its own.
+// ClickHouse refuses, a row or byte count that differs. Not being able to
+// check (a target or ClickHouse unreachable, a local disk error, too little
+// room on ClickHouse's disks for a table's copy) is a plain error. The
+// restore expects non-replicated MergeTree tables: a Replicated* CREATE
+// statement would need ZooKeeper paths of its own.
 //
 // # Security
 //

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -68,9 +69,10 @@ func ReadIdentities(file string) ([]age.Identity, error) {
 //
 // A finding about the backup (missing LATEST, manifest or blob; wrong size
 // or hash; a blob that does not decrypt or decompress; a statement or blob
-// ClickHouse refuses; a row count that differs; a table there is no room
-// for) is an error wrapping job.ErrRed. Not being able to check (a target
-// or ClickHouse unreachable, a local disk full) is a plain error.
+// ClickHouse refuses; a row count that differs) is an error wrapping
+// job.ErrRed. Not being able to check (a target or ClickHouse unreachable,
+// a local disk full, too little room on ClickHouse's disks for a table's
+// copy) is a plain error.
 func VerifyLatest(ctx context.Context, cfg Config, identities ...age.Identity) (VerifyReport, error) {
 	var rep VerifyReport
 	if len(identities) == 0 {
@@ -139,6 +141,10 @@ type targetRun struct {
 	set     string
 	tmp     string
 	scratch scratchDB
+	// live is the live database (the configured one, the set's tables'
+	// home), whose tables' sizes on disk tell how much room their copies
+	// take.
+	live string
 	// measure: ClickHouse can tell the free space of a table's disks.
 	measure bool
 	tv      *TargetVerify
@@ -167,7 +173,7 @@ func verifyTarget(ctx context.Context, ch *chClient, auth *sshAuth, t Target, id
 	}
 	defer os.RemoveAll(tmp)
 
-	tr := &targetRun{ch: ch, r: r, ids: ids, set: m.Set, tmp: tmp, tv: tv}
+	tr := &targetRun{ch: ch, r: r, ids: ids, set: m.Set, tmp: tmp, live: db, tv: tv}
 	if tr.measure, err = canMeasureSpace(ctx, ch); err != nil {
 		return err
 	}
@@ -259,7 +265,9 @@ func (tr *targetRun) verifyTable(ctx context.Context, db string, tm TableManifes
 }
 
 // scratchCreate is the manifest's statement for tm, checked, pointed at
-// the scratch database and without its table TTL.
+// the scratch database and without its table TTL; the statement that
+// will run is checked again, as the rewriting must not have changed what
+// checkCreate found.
 func scratchCreate(tm TableManifest, db, scratch string) (string, error) {
 	if err := checkCreate(tm.Create); err != nil {
 		return "", err
@@ -268,12 +276,20 @@ func scratchCreate(tm TableManifest, db, scratch string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return stripTableTTL(create)
+	if create, err = stripTableTTL(create); err != nil {
+		return "", err
+	}
+	if err := checkCreate(create); err != nil {
+		return "", err
+	}
+	return create, nil
 }
 
 // checkSpace refuses to load tm where ClickHouse reports too little room
-// on the disks of its (empty) scratch table; where it cannot tell, the
-// table is loaded unchecked.
+// on the disks of its (empty) scratch table for the copy's estimated size
+// (scratchSize); where it cannot tell, the table is loaded unchecked. Too
+// little room is a plain error: the backup could not be checked, which
+// says nothing about the backup.
 func (tr *targetRun) checkSpace(ctx context.Context, tm TableManifest) error {
 	if !tr.measure {
 		return nil
@@ -282,11 +298,12 @@ func (tr *targetRun) checkSpace(ctx context.Context, tm TableManifest) error {
 	if err != nil || !ok {
 		return err
 	}
-	var need uint64
-	for _, b := range tm.Blobs {
-		need = addCapped(need, uint64(max(b.PlainBytes, 0)))
+	live, err := liveTableSize(ctx, tr.ch, tr.live, tm.Name)
+	if err != nil {
+		return err
 	}
-	if err := checkRoom(tm.Name, need, disks); err != nil {
+	need, basis := scratchSize(tm, live)
+	if err := checkRoom(tm.Name, need, basis, disks); err != nil {
 		return err
 	}
 	tr.tv.SpaceChecked++
@@ -432,7 +449,16 @@ func count(ctx context.Context, ch *chClient, table string) (uint64, error) {
 	return strconv.ParseUint(c.N, 10, 64)
 }
 
-// rewriteCreate points a CREATE TABLE statement of db.table at scratch.
+// rewriteCreate points a CREATE TABLE statement of db.table, as SHOW
+// CREATE TABLE prints it, at scratch. The name is followed by the column
+// list: " (" on one line (older versions, 18.16 included), a newline and
+// "(" one clause a line (current versions); whitespace as printed is kept. The name may be
+// printed bare or quoted (backquotes, or double quotes where
+// show_create_query_identifier_quoting_style says so), and followed by
+// the table's UUID where show_table_uuid_in_table_create_query_if_not_nil
+// is set: the UUID is dropped, as the live table holds it. Anything else
+// there (IF NOT EXISTS, ON CLUSTER, another table) SHOW CREATE TABLE does
+// not print for a MergeTree table db.table, and is refused.
 func rewriteCreate(stmt, db, table, scratch string) (string, error) {
 	rest, ok := strings.CutPrefix(stmt, "CREATE TABLE ")
 	if !ok {
@@ -440,7 +466,14 @@ func rewriteCreate(stmt, db, table, scratch string) (string, error) {
 	}
 	for _, d := range identForms(db) {
 		for _, t := range identForms(table) {
-			if after, ok := strings.CutPrefix(rest, d+"."+t); ok && after != "" && (after[0] == ' ' || after[0] == '(') {
+			after, ok := strings.CutPrefix(rest, d+"."+t)
+			if !ok {
+				continue
+			}
+			if u := tableUUID.FindString(after); u != "" {
+				after = after[len(u):]
+			}
+			if strings.HasPrefix(strings.TrimLeft(after, sqlSpace), "(") {
 				return "CREATE TABLE " + quoteIdent(scratch) + "." + quoteIdent(table) + after, nil
 			}
 		}
@@ -448,10 +481,16 @@ func rewriteCreate(stmt, db, table, scratch string) (string, error) {
 	return "", fmt.Errorf("the create statement does not name %s.%s", db, table)
 }
 
-// identForms are the ways ClickHouse may print an identifier.
+// tableUUID is the UUID clause SHOW CREATE TABLE prints after the name
+// when asked to.
+var tableUUID = regexp.MustCompile(`^ UUID '[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}'`)
+
+// identForms are the ways ClickHouse may print an identifier: bare where
+// it can be, in backquotes, in double quotes.
 func identForms(s string) []string {
+	quoted := []string{quoteIdent(s), `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s) + `"`}
 	if validIdent(s) {
-		return []string{s, quoteIdent(s)}
+		return append([]string{s}, quoted...)
 	}
-	return []string{quoteIdent(s)}
+	return quoted
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"math/bits"
 	"strconv"
 	"strings"
 )
@@ -17,6 +18,15 @@ const (
 	// reserveDivisor: loading must leave at least 1/reserveDivisor of the
 	// disks' size free.
 	reserveDivisor = 20
+	// cipherFactor estimates a table's parts on disk from its blobs' size
+	// where the live table cannot tell (gone, or empty): the blobs are
+	// zstd (age adds a few bytes a chunk), ClickHouse's parts LZ4 by
+	// default, which takes up to about twice zstd's room on text such as
+	// Guardian's JSON payloads, and parts just inserted carry marks and
+	// indexes and are not merged yet. The set's uncompressed size, the
+	// estimate before, overstates the parts five- to tenfold on those
+	// payloads.
+	cipherFactor = 3
 )
 
 // diskSpace is one of ClickHouse's disks, as system.disks reports it.
@@ -94,11 +104,74 @@ func disksOf(paths []string, disks []diskSpace) ([]diskSpace, bool) {
 	return out, len(out) > 0
 }
 
-// checkRoom refuses to load table when its copy, need bytes (its size in
-// the manifest: uncompressed Native, more than ClickHouse's compressed
-// parts take, plus a tenth for marks and indexes), would leave disks with
-// less than a twentieth of their size, and at least minReserve, free.
-func checkRoom(table string, need uint64, disks []diskSpace) error {
+// partsSize is the size on disk and rows of a table's active parts; ok is
+// false where it has none.
+type partsSize struct {
+	bytes, rows uint64
+	ok          bool
+}
+
+// liveTableSize returns the size of db.table's active parts, as
+// system.parts reports them (18.16 too).
+func liveTableSize(ctx context.Context, ch *chClient, db, table string) (partsSize, error) {
+	r, err := one[struct{ B, R, N string }](ctx, ch, "SELECT toString(sum(bytes_on_disk)) AS B, toString(sum(rows)) AS R, toString(count()) AS N"+
+		" FROM system.parts WHERE active AND database = "+quoteString(db)+" AND table = "+quoteString(table))
+	if err != nil {
+		return partsSize{}, fmt.Errorf("read the size of %s: %w", table, err)
+	}
+	bytes, err1 := strconv.ParseUint(r.B, 10, 64)
+	rows, err2 := strconv.ParseUint(r.R, 10, 64)
+	n, err3 := strconv.ParseUint(r.N, 10, 64)
+	if err1 != nil || err2 != nil || err3 != nil {
+		return partsSize{}, fmt.Errorf("system.parts: table %s reports %q bytes, %q rows in %q parts", table, r.B, r.R, r.N)
+	}
+	return partsSize{bytes: bytes, rows: rows, ok: n > 0 && bytes > 0}, nil
+}
+
+// scratchSize estimates the room tm's scratch copy takes on ClickHouse's
+// disks, and says from what: the live table's size on disk (live), for
+// the set's rows where both it and the set count rows, as the copy is
+// made with the same statement (codecs included) from the same kind of
+// data; else the set's blobs' size times cipherFactor. Either is capped
+// at the set's uncompressed size, more than ClickHouse's compressed parts
+// take.
+func scratchSize(tm TableManifest, live partsSize) (need uint64, basis string) {
+	var plain, cipher, rows uint64
+	for _, b := range tm.Blobs {
+		plain = addCapped(plain, uint64(max(b.PlainBytes, 0)))
+		cipher = addCapped(cipher, uint64(max(b.CipherBytes, 0)))
+		rows = addCapped(rows, b.Rows)
+	}
+	switch {
+	case live.ok && live.rows > 0:
+		need, basis = scaled(live.bytes, rows, live.rows), "the live table's size on disk for the set's rows"
+	case live.ok:
+		need, basis = live.bytes, "the live table's size on disk"
+	default:
+		need, basis = scaled(cipher, cipherFactor, 1), "the set's compressed size"
+	}
+	if plain < need {
+		need, basis = plain, "the set's uncompressed size"
+	}
+	return need, basis
+}
+
+// scaled is n*num/den without overflow, capped at the largest uint64;
+// den must not be 0.
+func scaled(n, num, den uint64) uint64 {
+	hi, lo := bits.Mul64(n, num)
+	if hi >= den {
+		return math.MaxUint64
+	}
+	q, _ := bits.Div64(hi, lo, den)
+	return q
+}
+
+// checkRoom refuses to load table when its copy, need bytes (scratchSize,
+// estimated from basis) plus a tenth, would leave disks with less than a
+// twentieth of their size, and at least minReserve, free. The refusal is
+// a plain error: the backup could not be checked here.
+func checkRoom(table string, need uint64, basis string, disks []diskSpace) error {
 	var free, total uint64
 	names := make([]string, len(disks))
 	for i, d := range disks {
@@ -110,8 +183,8 @@ func checkRoom(table string, need uint64, disks []diskSpace) error {
 	if free >= want {
 		return nil
 	}
-	return red("table %s: not loaded: its scratch copy needs about %s and ClickHouse's disk %s has %s free, of which %s must stay free for the live database",
-		table, iec(addCapped(need, need/10)), strings.Join(names, ", "), iec(free), iec(reserve))
+	return fmt.Errorf("table %s: not loaded: its scratch copy needs about %s (from %s) and ClickHouse's disk %s has %s free, of which %s must stay free for the live database",
+		table, iec(addCapped(need, need/10)), basis, strings.Join(names, ", "), iec(free), iec(reserve))
 }
 
 // addCapped adds without wrapping: remote disks report the largest value.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -124,18 +125,40 @@ func TestVerifyLoadsOneTableAtATime(t *testing.T) {
 
 // Where ClickHouse reports its disks (system.disks, tables' data_paths: a
 // newer server, answered here by the proxy), a table whose copy would not
-// leave the disk a reserve is not loaded, and the run is red; with room,
-// every table is checked and loaded.
+// leave the disk a reserve is not loaded, and the run fails without being
+// red (the backup was not checked, not found wanting); with room, every
+// table is checked and loaded. A copy's size is estimated from the live
+// table's parts, not from the set's uncompressed size, which JSON payloads
+// overstate severalfold.
 func TestVerifyChecksTheDisksHaveRoom(t *testing.T) {
 	f := newFixture(t, 1)
-	f.backup(t)
+	info := f.backup(t)
+	var largest uint64 // the set's largest table, uncompressed
+	for _, tm := range f.manifest(t, 0, info.Name).Tables {
+		var plain uint64
+		for _, b := range tm.Blobs {
+			plain += uint64(b.PlainBytes)
+		}
+		largest = max(largest, plain)
+	}
+	if largest < 10000 {
+		t.Fatalf("the largest table has %d bytes", largest)
+	}
+	const gib = 1 << 30
 	for _, c := range []struct {
 		name        string
-		free, total string
-		wantRed     bool
+		free, total uint64
+		// parts answers system.parts for the live table: its size on disk.
+		parts   string
+		refused bool
 	}{
-		{"a nearly full disk", "3221225472", "107374182400", true}, // 3 GiB free of 100: 5 must stay
-		{"room", "1099511627776", "2199023255552", false},
+		{"a nearly full disk", 3 * gib, 100 * gib, "", true}, // 5 GiB must stay free
+		{"room", 1 << 40, 2 << 40, "", false},
+		// The live tables take a thousandth of a byte a row; 1 GiB must
+		// stay free, and the rest holds half the largest table's
+		// uncompressed size.
+		{"room for its parts, not for its uncompressed size", gib + largest/2, 2 * gib, `{"B":"1000","R":"1000000","N":"3"}`, false},
+		{"no room for its parts", gib + 999, 2 * gib, `{"B":"1000","R":"1","N":"1"}`, true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			p := newCHProxy(t, f.cfg.HTTPURL, func(q string) (string, bool) {
@@ -145,7 +168,9 @@ func TestVerifyChecksTheDisksHaveRoom(t *testing.T) {
 				case strings.Contains(q, "arrayJoin(data_paths)"):
 					return `{"P":"/var/lib/clickhouse/store/0ab/0abcdef0-1234-4567-89ab-0123456789ab/"}` + "\n", true
 				case strings.Contains(q, "FROM system.disks"):
-					return `{"Name":"default","Path":"/var/lib/clickhouse/","Free":"` + c.free + `","Total":"` + c.total + `"}` + "\n", true
+					return fmt.Sprintf(`{"Name":"default","Path":"/var/lib/clickhouse/","Free":"%d","Total":"%d"}`+"\n", c.free, c.total), true
+				case strings.Contains(q, "FROM system.parts") && c.parts != "":
+					return c.parts + "\n", true
 				}
 				return "", false
 			})
@@ -157,9 +182,9 @@ func TestVerifyChecksTheDisksHaveRoom(t *testing.T) {
 				t.Fatalf("report: %+v", rep)
 			}
 			tv := rep.Targets[0]
-			if c.wantRed {
-				if !errors.Is(err, job.ErrRed) || !strings.Contains(err.Error(), "not loaded") || !strings.Contains(err.Error(), "must stay free") {
-					t.Fatalf("verify: %v, want red: no room", err)
+			if c.refused {
+				if err == nil || errors.Is(err, job.ErrRed) || !strings.Contains(err.Error(), "not loaded") || !strings.Contains(err.Error(), "must stay free") {
+					t.Fatalf("verify: %v, want an error, not red: no room", err)
 				}
 				if ins := p.statements("INSERT INTO "); len(ins) != 0 {
 					t.Errorf("%d blobs loaded onto a full disk", len(ins))
@@ -358,9 +383,84 @@ func TestDisksOfAndCheckRoom(t *testing.T) {
 		{"two disks together", 42 * gib, disks[:2], false},
 		{"a remote disk without bounds", 1 << 50, disks[3:], false},
 	} {
-		err := checkRoom("snapshots", c.need, c.disks)
-		if c.refused != (err != nil) || err != nil && (!errors.Is(err, job.ErrRed) || !strings.Contains(err.Error(), "table snapshots: not loaded")) {
+		err := checkRoom("snapshots", c.need, "the live table's size on disk", c.disks)
+		if c.refused != (err != nil) || err != nil && (errors.Is(err, job.ErrRed) || !strings.Contains(err.Error(), "table snapshots: not loaded") ||
+			!strings.Contains(err.Error(), "(from the live table's size on disk)")) {
 			t.Errorf("%s: %v", c.name, err)
+		}
+	}
+}
+
+// The reviewer's host: 350 GiB free of 1000, a table of 100 GiB on disk
+// whose JSON payloads make 700 GiB uncompressed and 70 GiB in zstd. Its
+// copy is estimated from the live table where there is one, else from the
+// set's compressed size, and never above its uncompressed size.
+func TestScratchSize(t *testing.T) {
+	const gib = 1 << 30
+	blobs := func(plain, cipher int64, rows uint64) TableManifest {
+		// Two partitions, the size split between them.
+		return TableManifest{Name: "snapshots", Blobs: []Blob{
+			{PlainBytes: plain / 2, CipherBytes: cipher / 2, Rows: rows / 2},
+			{PlainBytes: plain - plain/2, CipherBytes: cipher - cipher/2, Rows: rows - rows/2},
+		}}
+	}
+	big := blobs(700*gib, 70*gib, 1e9)
+	for _, c := range []struct {
+		name  string
+		tm    TableManifest
+		live  partsSize
+		want  uint64
+		basis string
+	}{
+		{"the live table, as many rows", big, partsSize{100 * gib, 1e9, true}, 100 * gib, "the live table's size on disk for the set's rows"},
+		{"the live table, half the set's rows", big, partsSize{50 * gib, 5e8, true}, 100 * gib, "the live table's size on disk for the set's rows"},
+		{"the live table, more rows than the set", big, partsSize{150 * gib, 15e8, true}, 100 * gib, "the live table's size on disk for the set's rows"},
+		{"the live table counts no rows", big, partsSize{100 * gib, 0, true}, 100 * gib, "the live table's size on disk"},
+		{"no live table", big, partsSize{}, 210 * gib, "the set's compressed size"},
+		{"an empty live table", big, partsSize{0, 0, false}, 210 * gib, "the set's compressed size"},
+		{"incompressible data", blobs(10*gib, 10*gib+1000, 1e6), partsSize{}, 10 * gib, "the set's uncompressed size"},
+		{"an empty set", blobs(0, 200, 0), partsSize{100 * gib, 1e9, true}, 0, "the live table's size on disk for the set's rows"},
+		{"no overflow", blobs(1<<62, 1<<62, 1<<63), partsSize{1 << 63, 1, true}, 1 << 62, "the set's uncompressed size"},
+	} {
+		need, basis := scratchSize(c.tm, c.live)
+		if need != c.want || basis != c.basis {
+			t.Errorf("%s: %d bytes from %s, want %d from %s", c.name, need, basis, c.want, c.basis)
+		}
+	}
+
+	disk := []diskSpace{{Name: "default", Path: "/var/lib/clickhouse/", Free: 350 * gib, Total: 1000 * gib}}
+	need, basis := scratchSize(big, partsSize{100 * gib, 1e9, true})
+	if err := checkRoom("snapshots", need, basis, disk); err != nil {
+		t.Errorf("a 100 GiB table on a disk with 350 GiB free: %v", err)
+	}
+	need, basis = scratchSize(big, partsSize{})
+	if err := checkRoom("snapshots", need, basis, disk); err != nil {
+		t.Errorf("a set of 70 GiB on a disk with 350 GiB free: %v", err)
+	}
+	disk[0].Free = 250 * gib
+	if err := checkRoom("snapshots", need, basis, disk); err == nil || errors.Is(err, job.ErrRed) || !strings.Contains(err.Error(), "(from the set's compressed size)") {
+		t.Errorf("a set of 70 GiB on a disk with 250 GiB free: %v", err)
+	}
+}
+
+// liveTableSize reads a table's active parts from system.parts (18.16
+// has it too); a table without parts, or none, tells nothing.
+func TestLiveTableSize(t *testing.T) {
+	f := newFixture(t, 0)
+	db := f.cfg.ClickHouse.Database
+	for _, c := range []struct {
+		table string
+		rows  uint64
+		ok    bool
+	}{
+		{"snapshots", 1000, true},
+		{"alert_history", 25, true},
+		{"analyses", 0, false},
+		{"no_such_table", 0, false},
+	} {
+		got, err := liveTableSize(context.Background(), f.ch, db, c.table)
+		if err != nil || got.ok != c.ok || got.rows != c.rows || got.ok != (got.bytes > 0) {
+			t.Errorf("%s: %+v, %v; want %d rows", c.table, got, err, c.rows)
 		}
 	}
 }
