@@ -117,9 +117,9 @@ func (d *dest) fail(err error) {
 
 // Backup writes a new set of every MergeTree-family table of the database
 // to every target and makes it LATEST there, then prunes old sets (and
-// sets a clock that ran ahead named in the future: see prune). A target
-// whose sets are ahead of this host's clock is left untouched
-// (checkBehind).
+// sets clocks that ran ahead named in the future: see prune). A target
+// whose host's clock disagrees with this host's is left untouched
+// (checkClock).
 //
 // Each active partition becomes one blob, streamed from ClickHouse's HTTP
 // answer through zstd and age straight into the remote file, hashed and
@@ -138,6 +138,10 @@ func Backup(ctx context.Context, cfg Config) (SetInfo, error) {
 	}
 	now := cfg.now()
 	info.Name, info.Created = now.Format(setLayout), now
+	// This host's clock as the run goes on, for checkClock: the run's time
+	// plus what has passed since (dialling and pruning take time).
+	started := time.Now()
+	clock := func() time.Time { return now.Add(time.Since(started)) }
 
 	ch := newCHClient(cfg)
 	db := cfg.ClickHouse.Database
@@ -166,7 +170,7 @@ func Backup(ctx context.Context, cfg Config) (SetInfo, error) {
 		d.r, d.err = dial(ctx, auth, t)
 		if d.err == nil {
 			var pruned []string
-			pruned, d.err = prepare(d.r, info.Name, now, pruneCutoff(now, cfg.KeepDays))
+			pruned, d.err = prepare(d.r, info.Name, now, clock, pruneCutoff(now, cfg.KeepDays))
 			d.res.Pruned = pruned
 		}
 	}
@@ -321,27 +325,42 @@ func live(dests []*dest) int {
 	return n
 }
 
-// prepare removes what interrupted runs left at r (.partial sets and
-// temporary files) and the sets prune removes (never the one LATEST
-// names), and creates the new set's .partial directory. It returns the
-// sets it pruned. Pruning comes first, so that a set that then fails (a
-// full disk) or a ClickHouse that is down cannot keep expired sets. When
-// this host's clock looks behind the sets at r (checkBehind), it deletes
-// and writes nothing there.
-func prepare(r *remote, set string, now, cutoff time.Time) ([]string, error) {
+// prepare checks the clocks at r, then removes what interrupted runs
+// left there (.partial sets and temporary files) and the sets prune
+// removes (never the one LATEST names). It returns the sets it pruned.
+// Pruning comes first, so that a set that then fails (a full disk) or a
+// ClickHouse that is down cannot keep expired sets.
+//
+// The new set's .partial directory is made first, and the time the
+// backup host gives it is that host's clock: when it differs from clock
+// (this host's, now) by more than clockTolerance, one of the two clocks
+// is wrong, and prepare removes that directory again and deletes nothing
+// (checkClock). now is the run's time, which names the set and prunes.
+func prepare(r *remote, set string, now time.Time, clock func() time.Time, cutoff time.Time) ([]string, error) {
 	if err := r.c.MkdirAll(r.target.Path); err != nil {
+		return nil, fmt.Errorf("%s: %w", r.target, err)
+	}
+	partial := set + partialSuffix
+	if err := r.c.Mkdir(r.join(partial)); err != nil {
+		if _, serr := r.c.Lstat(r.join(partial)); serr == nil {
+			// The same name: an interrupted run at the same second, or
+			// a clock stepped back; what is there is not this run's.
+			return nil, fmt.Errorf("%s: %s exists already", r.target, partial)
+		}
+		return nil, fmt.Errorf("%s: %w", r.target, err)
+	}
+	if err := checkClock(r, partial, clock()); err != nil {
+		_ = r.c.RemoveAll(r.join(partial))
 		return nil, fmt.Errorf("%s: %w", r.target, err)
 	}
 	entries, err := r.c.ReadDir(r.target.Path)
 	if err != nil {
 		return nil, fmt.Errorf("%s: list: %w", r.target, err)
 	}
-	if err := checkBehind(entries, now); err != nil {
-		return nil, fmt.Errorf("%s: %w", r.target, err)
-	}
 	for _, e := range entries {
 		name := e.Name()
 		switch {
+		case name == partial:
 		case name == set:
 			return nil, fmt.Errorf("%s: set %s exists already", r.target, set)
 		case e.IsDir() && strings.HasSuffix(name, partialSuffix) && setName.MatchString(strings.TrimSuffix(name, partialSuffix)),
@@ -359,23 +378,61 @@ func prepare(r *remote, set string, now, cutoff time.Time) ([]string, error) {
 	if err != nil {
 		return pruned, fmt.Errorf("%s: prune: %w", r.target, err)
 	}
-	if err := r.c.Mkdir(r.join(set + partialSuffix)); err != nil {
-		return pruned, fmt.Errorf("%s: %w", r.target, err)
-	}
 	return pruned, nil
 }
 
-// keptSet is the set pruning must leave at r: the one LATEST names,
-// however old or far ahead. Without LATEST (or when it names no set
-// there), the newest set not named ahead of now: a set named by a clock
-// that ran ahead sorts last, but is not the newest.
+// clockTolerance is how far this host's clock and the backup host's may
+// differ (checkClock), and how far ahead of the run's clock a set may be
+// named and still count as of now: a clock stepped back a little, or a
+// run started by hand just after another, names a set slightly out of
+// order.
+const clockTolerance = time.Hour
+
+// checkClock compares now, this host's clock, with the backup host's:
+// the modification time it gave dir, which this run has just made. A
+// difference over clockTolerance fails: a clock ahead would name the set
+// in the future and prune by a cutoff in the future (every set but
+// LATEST's, for a clock a month ahead); one behind would prune the newest
+// sets as named in the future. Which clock is wrong cannot be told from
+// here, so the error gives both.
+func checkClock(r *remote, dir string, now time.Time) error {
+	fi, err := r.c.Stat(r.join(dir))
+	if err != nil {
+		return fmt.Errorf("read the backup host's time (%s): %w", dir, err)
+	}
+	host := fi.ModTime()
+	if host.Unix() <= 0 {
+		return fmt.Errorf("the backup host gives no time for %s, so its clock cannot be compared with this host's: nothing was pruned or written here", dir)
+	}
+	d := now.Sub(host)
+	var rel string
+	switch {
+	case d > clockTolerance:
+		rel = fmt.Sprintf("ahead of the backup host's (%s) by %v", host.UTC().Format(time.RFC3339), d)
+	case d < -clockTolerance:
+		rel = fmt.Sprintf("behind the backup host's (%s) by %v", host.UTC().Format(time.RFC3339), -d)
+	default:
+		return nil
+	}
+	return fmt.Errorf("clocks disagree: this host's clock (%s) is %s, more than the %v allowed: nothing was pruned or written here; fix the clock that is wrong (timedatectl, NTP)",
+		now.UTC().Format(time.RFC3339), rel, clockTolerance)
+}
+
+// keptSet is the set pruning must leave at r, the last good one: the one
+// LATEST names, however old or far ahead. Without LATEST (or when it
+// names no set there), the newest set not named ahead of now: a set named
+// by a clock that ran ahead sorts last, but is not the newest. When every
+// set is named ahead, the one the backup host dates last (its directory's
+// modification time, when its manifest was written): a set named ahead is
+// then the only kind there is, and one of them must stay.
 func keptSet(r *remote, entries []os.FileInfo, now time.Time) (string, error) {
 	b, err := r.readFile(r.join(latestName), 256)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return "", fmt.Errorf("%s: read %s: %w", r.target, latestName, err)
 	}
 	latest := strings.TrimSpace(string(b))
-	var newest, newestAhead string
+	var newest string
+	var lastAhead os.FileInfo
 	for _, e := range entries {
 		t, ok := setTime(e)
 		switch {
@@ -383,21 +440,19 @@ func keptSet(r *remote, entries []os.FileInfo, now time.Time) (string, error) {
 		case e.Name() == latest:
 			return latest, nil
 		case namedAhead(t, now):
-			newestAhead = max(newestAhead, e.Name())
+			if lastAhead == nil || e.ModTime().After(lastAhead.ModTime()) ||
+				e.ModTime().Equal(lastAhead.ModTime()) && e.Name() > lastAhead.Name() {
+				lastAhead = e
+			}
 		default:
 			newest = max(newest, e.Name())
 		}
 	}
-	if newest == "" {
-		return newestAhead, nil
+	if newest == "" && lastAhead != nil {
+		return lastAhead.Name(), nil
 	}
 	return newest, nil
 }
-
-// futureSlack is how far ahead of the run's clock a set may be named and
-// still count as of now: a clock stepped back a little, or a run started
-// by hand just after another, names a set slightly out of order.
-const futureSlack = time.Hour
 
 // setTime is the time a set directory's name gives; false for anything
 // that is not a set.
@@ -409,40 +464,10 @@ func setTime(e os.FileInfo) (time.Time, bool) {
 	return t, err == nil
 }
 
-// namedAhead reports whether a set named t is named ahead of now.
-func namedAhead(t, now time.Time) bool { return t.After(now.Add(futureSlack)) }
-
-// datedAhead reports whether the backup host dates set directory e after
-// now too, or cannot date it. A set's directory is last modified when its
-// manifest is written, by the backup host's clock: an independent witness
-// of when the set was made, whatever its name says.
-func datedAhead(e os.FileInfo, now time.Time) bool {
-	m := e.ModTime()
-	return m.Unix() <= 0 || m.After(now.Add(futureSlack))
-}
-
-// namedAheadByAClockAhead reports whether set e, named t, is named ahead
-// of now by a clock that ran ahead when it was made: the backup host
-// dates it in the past.
-func namedAheadByAClockAhead(e os.FileInfo, t, now time.Time) bool {
-	return namedAhead(t, now) && !datedAhead(e, now)
-}
-
-// checkBehind refuses a run whose clock is behind the sets already made:
-// a set named ahead of now that the backup host dates ahead of now as
-// well. Pruning by such a clock would remove the newest sets as "named in
-// the future" and write one that sorts before them. (A set named ahead but
-// dated in the past was named by a clock that ran ahead then: prune
-// removes it once a newer set exists.)
-func checkBehind(entries []os.FileInfo, now time.Time) error {
-	for _, e := range entries {
-		if t, ok := setTime(e); ok && namedAhead(t, now) && datedAhead(e, now) {
-			return fmt.Errorf("this host's clock (%s) is behind set %s, which the backup host dates %s: nothing was pruned or written here; fix the clock (timedatectl, NTP)",
-				now.UTC().Format(time.RFC3339), e.Name(), e.ModTime().UTC().Format(time.RFC3339))
-		}
-	}
-	return nil
-}
+// namedAhead reports whether a set named t is named ahead of now. Once
+// the clocks agree (checkClock), such a set was named while both ran
+// ahead (one bad NTP source), and its name would keep it for ever.
+func namedAhead(t, now time.Time) bool { return t.After(now.Add(clockTolerance)) }
 
 // pruneSlack is how much younger than KeepDays a set may be when it is
 // pruned. Runs are daily at about the same hour but not to the minute,
@@ -460,12 +485,11 @@ func pruneCutoff(now time.Time, keepDays int) time.Time {
 }
 
 // prune removes, except keep (the set LATEST names, or the run's new
-// set), the sets named before cutoff and the sets named ahead of now that
-// the backup host dates in the past: a clock that ran ahead named them,
-// and by their names they would outlive KeepDays by as much. keep being a
-// complete set, the last good backup is never removed. A set named ahead
-// that the backup host dates ahead too is left alone (checkBehind refuses
-// such a run first). It returns the names it removed.
+// set), the sets named before cutoff and the sets named ahead of now:
+// clocks that ran ahead named them, and by their names they would outlive
+// KeepDays by as much. keep being a complete set, the last good backup is
+// never removed. now must be a clock the backup host agrees with
+// (checkClock). It returns the names it removed.
 func prune(r *remote, now, cutoff time.Time, keep string) ([]string, error) {
 	entries, err := r.c.ReadDir(r.target.Path)
 	if err != nil {
@@ -474,7 +498,7 @@ func prune(r *remote, now, cutoff time.Time, keep string) ([]string, error) {
 	var removed []string
 	for _, e := range entries {
 		t, ok := setTime(e)
-		if !ok || e.Name() == keep || !t.Before(cutoff) && !namedAheadByAClockAhead(e, t, now) {
+		if !ok || e.Name() == keep || !t.Before(cutoff) && !namedAhead(t, now) {
 			continue
 		}
 		if err := r.c.RemoveAll(r.join(e.Name())); err != nil {
@@ -489,16 +513,8 @@ func prune(r *remote, now, cutoff time.Time, keep string) ([]string, error) {
 // dumpBlob streams one partition to every live destination and fills in
 // b's counts and hash.
 func dumpBlob(ctx context.Context, ch *chClient, cfg Config, zw *zstd.Encoder, db string, t table, b *Blob, dests []*dest, rel string) error {
-	q := "SELECT * FROM " + quoteIdent(db) + "." + quoteIdent(t.Name)
-	if t.PartitionKey != "" {
-		q += " WHERE (" + t.PartitionKey + ") = " + b.Partition
-	}
-	resp, err := ch.post(ctx, q+" FORMAT Native", nil)
-	if err != nil {
-		return fmt.Errorf("clickhouse: %w", err)
-	}
-	defer resp.Body.Close()
-
+	// The files are opened before the query: once ClickHouse answers, the
+	// answer must be read on, or ClickHouse abandons it (see pushTimeout).
 	type out struct {
 		d *dest
 		u *uploader
@@ -514,18 +530,35 @@ func dumpBlob(ctx context.Context, ch *chClient, cfg Config, zw *zstd.Encoder, d
 			d.fail(fmt.Errorf("%s: create %s: %w", d.r.target, rel, err))
 			continue
 		}
-		o := out{d, newUploader(f, d.r.fsync)}
+		o := out{d, newUploader(f, d.r.fsync, d.r.abort)}
 		outs = append(outs, o)
 		fan = append(fan, fanWriter{o.u, d})
 	}
 	if len(outs) == 0 {
 		return errors.New("no destination is left")
 	}
+	closeAll := func() {
+		for _, o := range outs {
+			_ = o.u.Close()
+		}
+	}
+
+	q := "SELECT * FROM " + quoteIdent(db) + "." + quoteIdent(t.Name)
+	if t.PartitionKey != "" {
+		q += " WHERE (" + t.PartitionKey + ") = " + b.Partition
+	}
+	resp, err := ch.post(ctx, q+" FORMAT Native", nil)
+	if err != nil {
+		closeAll()
+		return fmt.Errorf("clickhouse: %w", err)
+	}
+	defer resp.Body.Close()
 
 	h := sha256.New()
 	var cipherN, plainN counter
 	aw, err := age.Encrypt(io.MultiWriter(h, &cipherN, fan), cfg.Recipients...)
 	if err != nil {
+		closeAll()
 		return err
 	}
 	zw.Reset(aw)
@@ -579,13 +612,17 @@ type fanWriter struct {
 	d *dest
 }
 
+// Write gives every destination until pushTimeout from now to take p:
+// they write concurrently, so one that stalls costs the dump that long
+// at most, however many others wait behind it or stall too.
 func (f fanout) Write(p []byte) (int, error) {
 	ok := 0
+	deadline := time.Now().Add(pushTimeout)
 	for _, w := range f {
 		if w.d.err != nil {
 			continue
 		}
-		if _, err := w.u.Write(p); err != nil {
+		if _, err := w.u.write(p, deadline); err != nil {
 			w.d.fail(fmt.Errorf("%s: write: %w", w.d.r.target, w.d.r.explain(err)))
 			continue
 		}

@@ -40,10 +40,12 @@ type fixture struct {
 	id   *age.X25519Identity
 	srvs []*testenv.SFTP
 	root []string // each target's directory, local path
+	// The clock of a run: base, then a minute more for each tick. base
+	// is this host's time, which the sshd targets share: Backup checks
+	// that the backup host's clock agrees.
+	base time.Time
 	tick atomic.Int64
 }
-
-var epoch = time.Date(2026, 11, 28, 3, 15, 0, 0, time.UTC)
 
 func newFixture(t *testing.T, targets int) *fixture {
 	t.Helper()
@@ -53,13 +55,13 @@ func newFixture(t *testing.T, targets int) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fixture{id: id}
+	f := &fixture{id: id, base: time.Now().UTC().Truncate(time.Minute)}
 	f.cfg = Config{
 		ClickHouse: config.ClickHouse{Addr: db.Addr, User: db.User, Password: db.Password, Database: db.Database},
 		HTTPURL:    env["GUARDIAN_CLICKHOUSE_HTTP_URL"],
 		Recipients: []age.Recipient{id.Recipient()},
 		KeepDays:   30,
-		clock:      func() time.Time { return epoch.Add(time.Duration(f.tick.Load()) * time.Minute) },
+		clock:      func() time.Time { return f.base.Add(time.Duration(f.tick.Load()) * time.Minute) },
 	}
 	var known []byte
 	for i := range targets {
@@ -184,7 +186,7 @@ func scratchDatabases(t *testing.T, f *fixture) uint64 {
 func TestBackupWritesEncryptedSetToEveryTargetAndVerifies(t *testing.T) {
 	f := newFixture(t, 2)
 	info := f.backup(t)
-	if info.Name != "20261128T031600Z" {
+	if info.Name != f.base.Add(time.Minute).Format(setLayout) {
 		t.Errorf("set name %q", info.Name)
 	}
 	db := f.cfg.ClickHouse.Database

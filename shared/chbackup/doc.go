@@ -65,10 +65,17 @@
 // The first target is the primary, the others are copies (off-site); all
 // receive the same ciphertext from one dump, are finished, verified and
 // pruned the same way. A target that fails drops out and the others carry
-// on; Backup then returns an error naming it. One that answers nothing for
-// 10 minutes while requests wait for it (a hung disk, a half-open
-// connection) counts as failed: a watchdog closes its connection. A
-// ClickHouse dump that sends nothing for 10 minutes fails the run.
+// on; Backup then returns an error naming it. While a target does not
+// take the dump's next bytes, the fan-out waits and the dump is not read,
+// and ClickHouse abandons an answer it cannot send for http_send_timeout
+// (1800 s on 18.16, 30 s on current versions), which would lose the set
+// for every target: a target that takes no megabyte of the dump for 15
+// seconds counts as stalled, and its connection is closed (pushTimeout);
+// a slow link that keeps taking data is not dropped. One that answers
+// nothing for 10 minutes while any other request waits for it (an fsync
+// on a hung disk, a half-open connection) counts as failed too: a
+// watchdog closes its connection. A ClickHouse dump that sends nothing
+// for 10 minutes fails the run.
 //
 // # Pruning
 //
@@ -76,16 +83,24 @@
 // is complete, sets older than KeepDays less 30 hours are removed at each
 // target (pruneSlack: the run KeepDays-1 days after a set removes it,
 // whatever minute either began), never the one LATEST names (without
-// LATEST, the newest not named ahead). Pruning first means a run that then
-// fails (a full disk, ClickHouse down) still removes them. Other files and
+// LATEST, the newest not named ahead; if every set is named ahead, the one
+// the backup host dates last). Pruning first means a run that then fails
+// (a full disk, ClickHouse down) still removes them. Other files and
 // directories are left alone.
 //
-// Set names come from the clock. A set named more than an hour ahead of
-// the run's clock, which the backup host dates in the past (its
-// directory's modification time), was named by a clock that ran ahead: it
-// is pruned once it is not LATEST's, so its name cannot keep it for ever.
-// One the backup host also dates ahead means this host's clock is behind:
-// the run fails at that target before deleting or writing anything there.
+// Set names come from the clock, and pruning goes by them. So before it
+// prunes or writes anything at a target, a run makes the new set's
+// .partial directory there and compares the time the backup host gives
+// it with its own clock: more than an hour apart, either way, one of them
+// is wrong, and the run fails at that target naming both times, pruning
+// and writing nothing (checkClock). A clock a month ahead would otherwise
+// prune every set but LATEST's as expired; one behind, the newest sets as
+// named in the future. When the clocks agree, the clock is trusted: a set
+// named more than an hour ahead is a leftover of a time when both ran
+// ahead (one bad NTP source), and is pruned once it is not LATEST's, so
+// that its name cannot keep it for ever. Both clocks wrong by the same
+// amount cannot be seen: ahead by days, they prune sets as many days
+// early (never LATEST's).
 //
 // # Verification
 //

@@ -171,21 +171,41 @@ func (r *remote) Close() error {
 // the stall that made the watchdog close r's connection, if it did: the
 // operation itself only sees a lost connection.
 func (r *remote) explain(err error) error {
-	if s := r.dog.stalled(); s != nil && err != nil {
+	if s := r.dog.stalled(); s != nil && err != nil && !errors.Is(err, s) {
 		return fmt.Errorf("%w: %w", s, err)
 	}
 	return err
 }
 
+// abort closes r's connection because of err (a stall the uploader saw),
+// which explain then gives as the reason of whatever fails on r.
+func (r *remote) abort(err error) { r.dog.abort(err) }
+
 // sftpStallTimeout is how long a target may answer nothing at all while
 // requests wait for it before it counts as failed (a hung disk, a
 // half-open connection, a peer that stopped reading). Answers come per
 // 32 KiB write, so a slow WAN or WireGuard link answers within seconds;
-// an fsync of a large file on a busy disk, within minutes. The dump waits
-// meanwhile, so it must stay well under ClickHouse's http_send_timeout
-// (30 minutes by default), past which every target would lose the set.
+// an fsync of a large file on a busy disk, within minutes. It covers
+// every request (stat, rename, fsync, an upload's writes), but it is far
+// too long for a target that holds up a dump: pushTimeout bounds that.
 // Tests shorten it.
 var sftpStallTimeout = 10 * time.Minute
+
+// pushTimeout is how long the fan-out waits for a target to take the
+// dump's next bytes (a full 1 MiB chunk onto its upload queue) before that
+// target is failed and its connection closed. While one target holds up
+// the fan-out, the dump is not read, and ClickHouse abandons an answer it
+// cannot send for http_send_timeout: 1800 s on 18.16, but 30 s on
+// current versions. That is a setting of the server's default profile,
+// applied to the HTTP socket, which a query's own settings do not change
+// (and a readonly user could not set), so it is not passed here. Past
+// it, every target would lose the set, not just the stalled one. 15 s
+// leaves half of the 30 s as margin, and still lets through a target that
+// takes a megabyte in 15 s (about 70 KB/s): a slow link answers far
+// faster. The wait is shared: targets take data concurrently, so the
+// fan-out gives all of them the same deadline (fanout.Write). Tests
+// shorten it.
+var pushTimeout = 15 * time.Second
 
 // newSFTP starts the SFTP subsystem on conn, its byte streams watched by
 // dog. It is sftp.NewClient with the pipes wrapped.
@@ -266,11 +286,25 @@ func (w *watchdog) expired(now time.Time) bool {
 	if w.waiting == 0 || now.Sub(w.since) < w.limit {
 		return false
 	}
-	w.err = fmt.Errorf("stalled: requests waited %v without any answer; connection closed", w.limit)
+	if w.err == nil {
+		w.err = fmt.Errorf("stalled: requests waited %v without any answer; connection closed", w.limit)
+	}
 	return true
 }
 
 func (w *watchdog) stop() { w.once.Do(func() { close(w.done) }) }
+
+// abort records err as the stall, unless one is recorded already, stops
+// watching and closes the connection.
+func (w *watchdog) abort(err error) {
+	w.mu.Lock()
+	if w.err == nil {
+		w.err = err
+	}
+	w.mu.Unlock()
+	w.stop()
+	w.kill()
+}
 
 // stalled returns the stall that made w close the connection, if any.
 func (w *watchdog) stalled() error {
@@ -431,6 +465,7 @@ const tmpPrefix = ".tmp-"
 type uploader struct {
 	f     *sftp.File
 	fsync bool
+	stall func(error) // closes the target's connection
 	buf   []byte
 	queue chan []byte
 	free  chan []byte
@@ -443,8 +478,11 @@ type uploader struct {
 
 const uploadChunk = 1 << 20
 
-func newUploader(f *sftp.File, fsync bool) *uploader {
-	u := &uploader{f: f, fsync: fsync, queue: make(chan []byte, 2), free: make(chan []byte, 3), done: make(chan struct{})}
+// newUploader writes to f; stall, called when a chunk waits past its
+// deadline (see write), must close f's connection, so that the write in
+// progress fails and the uploader's goroutine ends.
+func newUploader(f *sftp.File, fsync bool, stall func(error)) *uploader {
+	u := &uploader{f: f, fsync: fsync, stall: stall, queue: make(chan []byte, 2), free: make(chan []byte, 3), done: make(chan struct{})}
 	for range 3 {
 		u.free <- make([]byte, 0, uploadChunk)
 	}
@@ -479,7 +517,13 @@ func (u *uploader) setErr(err error) {
 	u.mu.Unlock()
 }
 
-func (u *uploader) Write(p []byte) (int, error) {
+// write buffers p, queueing each full chunk for the goroutine to send.
+// A chunk waits for room (for the target to have taken the chunks before
+// it) until deadline at most: then the uploader fails as stalled and
+// closes the target's connection, and write returns that error. The
+// fan-out, which does not read the dump meanwhile, must not wait for a
+// stalled target until ClickHouse abandons the dump (pushTimeout).
+func (u *uploader) write(p []byte, deadline time.Time) (int, error) {
 	written := 0
 	for len(p) > 0 {
 		if err := u.failed(); err != nil {
@@ -490,18 +534,68 @@ func (u *uploader) Write(p []byte) (int, error) {
 		p = p[n:]
 		written += n
 		if len(u.buf) == cap(u.buf) {
-			u.queue <- u.buf
-			u.buf = <-u.free
+			if err := u.push(deadline); err != nil {
+				return written, err
+			}
 		}
 	}
 	u.n += int64(written)
 	return written, nil
 }
 
+// push queues the full buffer and takes a free one, waiting until
+// deadline at most.
+func (u *uploader) push(deadline time.Time) error {
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	expired := func() <-chan time.Time {
+		if timer == nil {
+			timer = time.NewTimer(time.Until(deadline))
+		}
+		return timer.C
+	}
+	// A target that keeps up needs no timer.
+	select {
+	case u.queue <- u.buf:
+	default:
+		select {
+		case u.queue <- u.buf:
+		case <-expired():
+			return u.stalled()
+		}
+	}
+	u.buf = nil // queued: Close must not queue it again
+	select {
+	case u.buf = <-u.free:
+	default:
+		select {
+		case u.buf = <-u.free:
+		case <-expired():
+			return u.stalled()
+		}
+	}
+	return nil
+}
+
+// stalled fails u because its target did not take the next chunk in
+// time, and closes the target's connection.
+func (u *uploader) stalled() error {
+	u.setErr(fmt.Errorf("stalled: the target did not take the dump's next %d MiB within %v, while the dump waited for it (pushTimeout); connection closed", uploadChunk>>20, pushTimeout))
+	err := u.failed()
+	if u.stall != nil {
+		u.stall(err)
+	}
+	return err
+}
+
 // Close sends what is buffered, syncs the file when the server can, and
 // closes it. It is safe to call once only.
 func (u *uploader) Close() error {
-	if len(u.buf) > 0 {
+	if len(u.buf) > 0 && u.failed() == nil {
 		u.queue <- u.buf
 	}
 	close(u.queue)

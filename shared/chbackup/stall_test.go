@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -34,6 +35,9 @@ type stallProxy struct {
 	after    int64
 	toClient bool
 	count    atomic.Int64
+	// rate, when not 0, is how many bytes a second it forwards in the
+	// counted direction: a slow link that keeps answering.
+	rate int64
 
 	frozen     chan struct{}
 	freezeOnce sync.Once
@@ -50,6 +54,22 @@ func newStallProxy(t *testing.T, upstream string, after int64, toClient bool) *s
 		t.Fatal(err)
 	}
 	p := &stallProxy{ln: ln, upstream: upstream, after: after, toClient: toClient,
+		frozen: make(chan struct{}), closed: make(chan struct{})}
+	p.wg.Add(1)
+	go p.accept()
+	t.Cleanup(p.close)
+	return p
+}
+
+// newThrottledProxy forwards TCP connections to upstream, the bytes to
+// it at rate bytes a second, and never freezes.
+func newThrottledProxy(t *testing.T, upstream string, rate int64) *stallProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &stallProxy{ln: ln, upstream: upstream, rate: rate,
 		frozen: make(chan struct{}), closed: make(chan struct{})}
 	p.wg.Add(1)
 	go p.accept()
@@ -117,6 +137,9 @@ func (p *stallProxy) pipe(dst, src net.Conn, counted bool) {
 		b, froze := buf[:n], false
 		if counted {
 			b, froze = p.take(b)
+			if p.rate > 0 && len(b) > 0 {
+				time.Sleep(time.Duration(int64(len(b)) * int64(time.Second) / p.rate))
+			}
 		}
 		if len(b) > 0 && (froze || !p.isFrozen()) {
 			if _, werr := dst.Write(b); werr != nil {
@@ -147,6 +170,97 @@ func (p *stallProxy) take(b []byte) ([]byte, bool) {
 	}
 	p.freeze()
 	return b[:max(p.after-before, 0)], true
+}
+
+// sendTimeoutProxy stands in front of ClickHouse's HTTP interface and
+// does what ClickHouse does with an answer it cannot send for
+// http_send_timeout: a write to the client that waits longer than limit
+// aborts the connection.
+type sendTimeoutProxy struct {
+	ln        net.Listener
+	upstream  string
+	limit     time.Duration
+	abandoned atomic.Bool
+	wg        sync.WaitGroup
+	mu        sync.Mutex
+	conns     []net.Conn
+}
+
+func newSendTimeoutProxy(t *testing.T, upstream string, limit time.Duration) *sendTimeoutProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &sendTimeoutProxy{ln: ln, upstream: upstream, limit: limit}
+	p.wg.Add(1)
+	go p.accept()
+	t.Cleanup(func() {
+		p.ln.Close()
+		p.mu.Lock()
+		for _, c := range p.conns {
+			c.Close()
+		}
+		p.mu.Unlock()
+		p.wg.Wait()
+	})
+	return p
+}
+
+func (p *sendTimeoutProxy) accept() {
+	defer p.wg.Done()
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		u, err := net.Dial("tcp", p.upstream)
+		if err != nil {
+			c.Close()
+			continue
+		}
+		// Little buffering on the way to the client, as a server's own
+		// socket has: the wait shows soon after the client stops reading.
+		_ = c.(*net.TCPConn).SetWriteBuffer(64 << 10)
+		p.mu.Lock()
+		p.conns = append(p.conns, c, u)
+		p.mu.Unlock()
+		p.wg.Add(2)
+		go func() {
+			defer p.wg.Done()
+			_, _ = io.Copy(u, c)
+			c.Close()
+			u.Close()
+		}()
+		go func() {
+			defer p.wg.Done()
+			defer c.Close()
+			defer u.Close()
+			buf := make([]byte, 32<<10)
+			for {
+				n, err := u.Read(buf)
+				if n > 0 {
+					_ = c.SetWriteDeadline(time.Now().Add(p.limit))
+					if _, werr := c.Write(buf[:n]); werr != nil {
+						if errors.Is(werr, os.ErrDeadlineExceeded) {
+							p.abandoned.Store(true)
+						}
+						return
+					}
+				}
+				if err != nil {
+					return
+				}
+			}
+		}()
+	}
+}
+
+// shortenPush sets the fan-out's push timeout to d for t.
+func shortenPush(t *testing.T, d time.Duration) {
+	old := pushTimeout
+	pushTimeout = d
+	t.Cleanup(func() { pushTimeout = old })
 }
 
 // shortenStall sets the SFTP stall timeout to d for t.
@@ -326,5 +440,84 @@ func TestAClickHouseDumpThatStopsFailsTheRun(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(f.root[0], latestName)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the target has a LATEST: %v", err)
+	}
+}
+
+// A target that stops reading in the middle of a blob holds up the
+// fan-out, which stops reading the dump: ClickHouse abandons an answer it
+// cannot send for http_send_timeout (30 s on current versions, 6 s here),
+// which would lose the set for every target. The stalled target is
+// dropped well before (the push timeout, 2 s here), long before the
+// watchdog would notice, and the other target gets the whole set.
+func TestATargetHoldingUpTheDumpIsDroppedBeforeClickHouseGivesUp(t *testing.T) {
+	shortenPush(t, 2*time.Second)
+	shortenStall(t, 30*time.Second)
+	f := newFixture(t, 2)
+	addBulk(t, f, 1<<21) // 32 MiB that do not compress: more than every buffer holds
+	ch := newSendTimeoutProxy(t, strings.TrimSuffix(strings.TrimPrefix(f.cfg.HTTPURL, "http://"), "/"), 6*time.Second)
+	f.cfg.HTTPURL = "http://" + ch.ln.Addr().String()
+	p := newStallProxy(t, f.srvs[0].Addr, 1<<20, false)
+	f.cfg.Targets[0] = viaProxy(t, f.cfg.Targets[0], p, f.srvs[0], f.cfg.KnownHostsFile)
+	stalled := f.cfg.Targets[0].String()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	f.tick.Add(1)
+	info, err := Backup(ctx, f.cfg)
+	if !p.isFrozen() {
+		t.Fatal("the proxy never froze: the test did not stall the target")
+	}
+	if ch.abandoned.Load() {
+		t.Fatalf("ClickHouse abandoned the dump, which waited for the stalled target over %v: %v", ch.limit, err)
+	}
+	if err == nil || errors.Is(err, job.ErrRed) || !strings.Contains(err.Error(), stalled+": write: stalled: the target did not take") {
+		t.Fatalf("backup: %v", err)
+	}
+	if info.Targets[0].OK || !info.Targets[1].OK {
+		t.Fatalf("targets: %+v", info.Targets)
+	}
+	if got := f.latest(t, 1); got != info.Name {
+		t.Errorf("LATEST on the other target: %q, want %q", got, info.Name)
+	}
+	if _, err := os.Stat(filepath.Join(f.root[0], latestName)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the stalled target has a LATEST: %v", err)
+	}
+	cfg := f.cfg
+	cfg.Targets = cfg.Targets[1:]
+	rep, err := VerifyLatest(context.Background(), cfg, f.id)
+	if err != nil || !rep.Targets[0].OK || rep.Targets[0].Rows != info.Rows {
+		t.Errorf("verify of the other target: %v %+v (rows %d)", err, rep, info.Rows)
+	}
+}
+
+// A slow target that keeps taking data (1 MiB/s here, a megabyte per push
+// timeout of 3 s) holds up the fan-out for far longer than the push
+// timeout in all, but never for one push: it is not dropped.
+func TestASlowTargetIsNotDropped(t *testing.T) {
+	shortenPush(t, 3*time.Second)
+	f := newFixture(t, 2)
+	addBulk(t, f, 1<<20) // 16 MiB that do not compress: more than every buffer holds
+	p := newThrottledProxy(t, f.srvs[0].Addr, 1<<20)
+	f.cfg.Targets[0] = viaProxy(t, f.cfg.Targets[0], p, f.srvs[0], f.cfg.KnownHostsFile)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	f.tick.Add(1)
+	start := time.Now()
+	info, err := Backup(ctx, f.cfg)
+	took := time.Since(start)
+	if err != nil || !info.Targets[0].OK || !info.Targets[1].OK {
+		t.Fatalf("backup through a slow link: %v %+v", err, info.Targets)
+	}
+	if took < 3*pushTimeout {
+		t.Fatalf("the run took %v: the throttle did not hold up the fan-out, the test proves nothing", took)
+	}
+	for i := range f.root {
+		if got := f.latest(t, i); got != info.Name {
+			t.Errorf("LATEST on target %d: %q, want %q", i, got, info.Name)
+		}
+	}
+	if m := f.manifest(t, 0, info.Name); len(m.Tables) != info.Tables || info.Blobs == 0 {
+		t.Errorf("the slow target's manifest has %d tables, the run %d (%d blobs)", len(m.Tables), info.Tables, info.Blobs)
 	}
 }
