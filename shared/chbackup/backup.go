@@ -325,50 +325,55 @@ func live(dests []*dest) int {
 	return n
 }
 
-// prepare checks the clocks at r, then removes what interrupted runs
-// left there (.partial sets and temporary files) and the sets prune
-// removes (never the one LATEST names). It returns the sets it pruned.
-// Pruning comes first, so that a set that then fails (a full disk) or a
-// ClickHouse that is down cannot keep expired sets.
+// prepare removes what interrupted runs left at r (.partial sets and
+// temporary files), makes the new set's .partial directory, checks the
+// clocks by it, and removes the sets prune removes (never the one LATEST
+// names). It returns the sets it pruned. Pruning comes before the dump,
+// so that a run that then fails (a full disk) or a ClickHouse that is
+// down cannot keep expired sets.
 //
-// The new set's .partial directory is made first, and the time the
-// backup host gives it is that host's clock: when it differs from clock
-// (this host's, now) by more than clockTolerance, one of the two clocks
-// is wrong, and prepare removes that directory again and deletes nothing
-// (checkClock). now is the run's time, which names the set and prunes.
+// The time the backup host gives the new directory is that host's clock:
+// when it differs from clock (this host's, now) by more than
+// clockTolerance, one of the two clocks is wrong, and prepare removes
+// that directory again and prunes nothing (checkClock). now is the run's
+// time, which names the set and prunes. A disk too full for even that
+// directory, once the leftovers are gone, fails the target with nothing
+// pruned: without the clock check pruning could remove the newest sets.
 func prepare(r *remote, set string, now time.Time, clock func() time.Time, cutoff time.Time) ([]string, error) {
 	if err := r.c.MkdirAll(r.target.Path); err != nil {
 		return nil, fmt.Errorf("%s: %w", r.target, err)
 	}
 	partial := set + partialSuffix
-	if err := r.c.Mkdir(r.join(partial)); err != nil {
-		if _, serr := r.c.Lstat(r.join(partial)); serr == nil {
-			// The same name: an interrupted run at the same second, or
-			// a clock stepped back; what is there is not this run's.
-			return nil, fmt.Errorf("%s: %s exists already", r.target, partial)
-		}
-		return nil, fmt.Errorf("%s: %w", r.target, err)
-	}
-	if err := checkClock(r, partial, clock()); err != nil {
-		_ = r.c.RemoveAll(r.join(partial))
-		return nil, fmt.Errorf("%s: %w", r.target, err)
-	}
 	entries, err := r.c.ReadDir(r.target.Path)
 	if err != nil {
 		return nil, fmt.Errorf("%s: list: %w", r.target, err)
 	}
+	// Leftovers of interrupted runs go first, before the new set's
+	// directory is made: removing them needs no clock, and on a full disk
+	// they may be what makes room for it (and so for the clock check, and
+	// the pruning, that would relieve it).
 	for _, e := range entries {
 		name := e.Name()
 		switch {
-		case name == partial:
 		case name == set:
 			return nil, fmt.Errorf("%s: set %s exists already", r.target, set)
+		case name == partial:
+			// The same name: an interrupted run at the same second, or
+			// a clock stepped back; what is there is not this run's.
+			return nil, fmt.Errorf("%s: %s exists already", r.target, partial)
 		case e.IsDir() && strings.HasSuffix(name, partialSuffix) && setName.MatchString(strings.TrimSuffix(name, partialSuffix)),
 			!e.IsDir() && strings.HasPrefix(name, tmpPrefix):
 			if err := r.c.RemoveAll(r.join(name)); err != nil {
 				return nil, fmt.Errorf("%s: remove the unfinished %s: %w", r.target, name, err)
 			}
 		}
+	}
+	if err := r.c.Mkdir(r.join(partial)); err != nil {
+		return nil, fmt.Errorf("%s: make %s (a full disk? nothing was pruned: pruning waits for the clock check, which needs this directory): %w", r.target, partial, err)
+	}
+	if err := checkClock(r, partial, clock()); err != nil {
+		_ = r.c.RemoveAll(r.join(partial))
+		return nil, fmt.Errorf("%s: %w", r.target, err)
 	}
 	keep, err := keptSet(r, entries, now)
 	if err != nil {

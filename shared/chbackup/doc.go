@@ -85,8 +85,11 @@
 // whatever minute either began), never the one LATEST names (without
 // LATEST, the newest not named ahead; if every set is named ahead, the one
 // the backup host dates last). Pruning first means a run that then fails
-// (a full disk, ClickHouse down) still removes them. Other files and
-// directories are left alone.
+// (a full disk, ClickHouse down) still removes them. Leftovers of
+// interrupted runs are removed before anything is made; a disk too full
+// even for the new set's directory after that fails the target with
+// nothing pruned, since pruning waits for the clock check, which needs
+// that directory. Other files and directories are left alone.
 //
 // Set names come from the clock, and pruning goes by them. So before it
 // prunes or writes anything at a target, a run makes the new set's
