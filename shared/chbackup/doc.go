@@ -121,8 +121,9 @@
 // time and each is dropped once checked; where ClickHouse reports its
 // disks' free space (system.disks, 19.15 and later) a table is loaded only
 // if its copy, plus a tenth, leaves a twentieth of the disks (at least
-// 1 GiB) free. The copy's size is estimated from the live table's active
-// parts (system.parts, scaled by the set's rows over the live table's),
+// 1 GiB) free. The copy's size is estimated as twice the live table's
+// active parts (system.parts, scaled by the set's rows over the live
+// table's; twice for merges, whose old parts stay on disk for minutes),
 // or, where the live table has none, from the set's blobs' size times
 // three (zstd against ClickHouse's LZ4 and unmerged parts), never above
 // the set's uncompressed size (JSON payloads make it 5-10 times what

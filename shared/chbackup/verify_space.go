@@ -27,6 +27,11 @@ const (
 	// estimate before, overstates the parts five- to tenfold on those
 	// payloads.
 	cipherFactor = 3
+	// mergeFactor is the room a copy of a table takes at most while it
+	// loads, over its merged size: it arrives as many unmerged parts, and
+	// a merge writes its new part while the old ones stay on disk for
+	// old_parts_lifetime (8 minutes by default).
+	mergeFactor = 2
 )
 
 // diskSpace is one of ClickHouse's disks, as system.disks reports it.
@@ -132,7 +137,7 @@ func liveTableSize(ctx context.Context, ch *chClient, db, table string) (partsSi
 // disks, and says from what: the live table's size on disk (live), for
 // the set's rows where both it and the set count rows, as the copy is
 // made with the same statement (codecs included) from the same kind of
-// data; else the set's blobs' size times cipherFactor. Either is capped
+// data, times mergeFactor; else the set's blobs' size times cipherFactor. Either is capped
 // at the set's uncompressed size, more than ClickHouse's compressed parts
 // take.
 func scratchSize(tm TableManifest, live partsSize) (need uint64, basis string) {
@@ -144,9 +149,9 @@ func scratchSize(tm TableManifest, live partsSize) (need uint64, basis string) {
 	}
 	switch {
 	case live.ok && live.rows > 0:
-		need, basis = scaled(live.bytes, rows, live.rows), "the live table's size on disk for the set's rows"
+		need, basis = scaled(scaled(live.bytes, rows, live.rows), mergeFactor, 1), "twice the live table's size on disk for the set's rows (merges)"
 	case live.ok:
-		need, basis = live.bytes, "the live table's size on disk"
+		need, basis = scaled(live.bytes, mergeFactor, 1), "twice the live table's size on disk (merges)"
 	default:
 		need, basis = scaled(cipher, cipherFactor, 1), "the set's compressed size"
 	}

@@ -412,14 +412,14 @@ func TestScratchSize(t *testing.T) {
 		want  uint64
 		basis string
 	}{
-		{"the live table, as many rows", big, partsSize{100 * gib, 1e9, true}, 100 * gib, "the live table's size on disk for the set's rows"},
-		{"the live table, half the set's rows", big, partsSize{50 * gib, 5e8, true}, 100 * gib, "the live table's size on disk for the set's rows"},
-		{"the live table, more rows than the set", big, partsSize{150 * gib, 15e8, true}, 100 * gib, "the live table's size on disk for the set's rows"},
-		{"the live table counts no rows", big, partsSize{100 * gib, 0, true}, 100 * gib, "the live table's size on disk"},
+		{"the live table, as many rows", big, partsSize{100 * gib, 1e9, true}, 200 * gib, "twice the live table's size on disk for the set's rows (merges)"},
+		{"the live table, half the set's rows", big, partsSize{50 * gib, 5e8, true}, 200 * gib, "twice the live table's size on disk for the set's rows (merges)"},
+		{"the live table, more rows than the set", big, partsSize{150 * gib, 15e8, true}, 200 * gib, "twice the live table's size on disk for the set's rows (merges)"},
+		{"the live table counts no rows", big, partsSize{100 * gib, 0, true}, 200 * gib, "twice the live table's size on disk (merges)"},
 		{"no live table", big, partsSize{}, 210 * gib, "the set's compressed size"},
 		{"an empty live table", big, partsSize{0, 0, false}, 210 * gib, "the set's compressed size"},
 		{"incompressible data", blobs(10*gib, 10*gib+1000, 1e6), partsSize{}, 10 * gib, "the set's uncompressed size"},
-		{"an empty set", blobs(0, 200, 0), partsSize{100 * gib, 1e9, true}, 0, "the live table's size on disk for the set's rows"},
+		{"an empty set", blobs(0, 200, 0), partsSize{100 * gib, 1e9, true}, 0, "twice the live table's size on disk for the set's rows (merges)"},
 		{"no overflow", blobs(1<<62, 1<<62, 1<<63), partsSize{1 << 63, 1, true}, 1 << 62, "the set's uncompressed size"},
 	} {
 		need, basis := scratchSize(c.tm, c.live)
