@@ -317,6 +317,28 @@ func lockDir(env *config.Loader) string {
 
 var errLocked = errors.New("another run of this job holds its lock")
 
+// ErrLocked is TryLock's answer while another run holds the job's lock.
+var ErrLocked = errLocked
+
+// TryLock takes spec's lock (where Execute takes it, by lookup's
+// settings) without waiting, for work done outside a run that must not
+// overlap one, such as a clean-up after it. It returns ErrLocked while a
+// run holds it; release gives it back.
+func TryLock(spec Spec, lookup func(string) (string, bool)) (release func(), err error) {
+	name := spec.Name
+	if spec.Lock != "" {
+		name = spec.Lock
+	}
+	if !validName.MatchString(name) {
+		return nil, fmt.Errorf("job: invalid lock name %q", name)
+	}
+	f, err := acquire(lockDir(config.New(lookup)), name)
+	if err != nil {
+		return nil, err
+	}
+	return func() { _ = f.Close() }, nil
+}
+
 // acquireWithin takes the job's lock, trying again every lockPoll for up
 // to wait while another run holds it.
 func acquireWithin(ctx context.Context, dir, name string, wait time.Duration) (*os.File, error) {

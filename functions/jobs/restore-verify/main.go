@@ -69,22 +69,36 @@ const (
 
 func main() {
 	if len(os.Args) == 2 && os.Args[1] == "cleanup" {
-		os.Exit(cleanup(os.Getenv(EnvScratch), os.Stdout))
+		os.Exit(cleanup(os.LookupEnv, os.Stdout))
 	}
 	job.Main(spec())
 }
 
 // cleanup removes what a run left in the job's own scratch directory
 // (the shared temp directory keeps its age rule: others may be using it)
-// and says so in one JSON line. It is not a run: no lock (the run it
-// follows has ended; the unit's next cannot start before it is done), no
-// result line or metrics that would hide the run's own. It returns the
-// exit status.
-func cleanup(scratch string, out io.Writer) int {
+// and says so in one JSON line. It is not a run: no result line or
+// metrics that would hide the run's own. It takes the job's lock without
+// waiting, and leaves everything alone while a run (one started by hand)
+// holds it. It returns the exit status.
+func cleanup(lookup func(string) (string, bool), out io.Writer) int {
 	if err := nodump.Seal(); err != nil {
 		fmt.Fprintln(os.Stderr, "restore-verify cleanup:", err)
 		return job.ExitError
 	}
+	line := map[string]any{"job": "restore-verify", "cleanup": true}
+	release, err := job.TryLock(spec(), lookup)
+	if errors.Is(err, job.ErrLocked) {
+		line["skipped"] = err.Error()
+		_ = json.NewEncoder(out).Encode(line)
+		return 0
+	}
+	if err != nil {
+		line["error"] = err.Error()
+		_ = json.NewEncoder(out).Encode(line)
+		return job.ExitError
+	}
+	defer release()
+	scratch, _ := lookup(EnvScratch)
 	var own []leftoverDir
 	for _, d := range leftoverDirs(scratch) {
 		if d.own {
@@ -92,7 +106,7 @@ func cleanup(scratch string, out io.Writer) int {
 		}
 	}
 	n, err := removeLeftovers(own, time.Now())
-	line := map[string]any{"job": "restore-verify", "cleanup": true, "leftovers_removed": n}
+	line["leftovers_removed"] = n
 	if err != nil {
 		line["error"] = err.Error()
 	}

@@ -376,8 +376,31 @@ func TestCleanupAfterARunRemovesItsLeftoversAtOnce(t *testing.T) {
 			}
 		}
 	}
+	locks := t.TempDir()
+	env := func(k string) (string, bool) {
+		switch k {
+		case EnvScratch:
+			return own, true
+		case job.EnvLockDir:
+			return locks, true
+		}
+		return "", false
+	}
+	// While a run holds the job's lock, nothing is touched.
+	release, err := job.TryLock(spec(), env)
+	if err != nil {
+		t.Fatal(err)
+	}
 	var out strings.Builder
-	if code := cleanup(own, &out); code != 0 {
+	if code := cleanup(env, &out); code != 0 || !strings.Contains(out.String(), `"skipped"`) {
+		t.Fatalf("with a run holding the lock: exit %d: %s", code, out.String())
+	}
+	if entries, _ := os.ReadDir(own); len(entries) != 4 {
+		t.Fatalf("with a run holding the lock, %d entries left of 4", len(entries))
+	}
+	release()
+	out.Reset()
+	if code := cleanup(env, &out); code != 0 {
 		t.Fatalf("exit %d: %s", code, out.String())
 	}
 	var line map[string]any
@@ -392,7 +415,13 @@ func TestCleanupAfterARunRemovesItsLeftoversAtOnce(t *testing.T) {
 	// Without a scratch directory of its own, the job has nothing to clean
 	// at once.
 	out.Reset()
-	if code := cleanup("", &out); code != 0 || !strings.Contains(out.String(), `"leftovers_removed":0`) {
+	noScratch := func(k string) (string, bool) {
+		if k == job.EnvLockDir {
+			return locks, true
+		}
+		return "", false
+	}
+	if code := cleanup(noScratch, &out); code != 0 || !strings.Contains(out.String(), `"leftovers_removed":0`) {
 		t.Fatalf("no scratch directory: exit %d: %s", code, out.String())
 	}
 }
