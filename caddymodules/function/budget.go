@@ -17,19 +17,25 @@ const holderShare = 16
 type budget struct {
 	mu    sync.Mutex
 	total int64
+	parts int64 // a holder's share is total/parts
 	used  int64
 	by    map[string]int64
 }
 
-func newBudget(total int64) *budget { return &budget{total: total, by: map[string]int64{}} }
+func newBudget(total int64) *budget { return newBudgetOf(total, holderShare) }
 
-// take counts n more bytes held by holder, unless they would pass the
-// total or holder's share: a sixteenth of the total, or floor if larger
-// (what one body of the route needs).
+// newBudgetOf is a budget whose holders may each take total/parts.
+func newBudgetOf(total, parts int64) *budget {
+	return &budget{total: total, parts: parts, by: map[string]int64{}}
+}
+
+// take counts n more held by holder, unless they would pass the total or
+// holder's share: the total's part (a sixteenth for bodies), or floor if
+// larger (what one body of the route needs).
 func (b *budget) take(holder string, n, floor int64) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	share := max(b.total/holderShare, floor)
+	share := max(b.total/b.parts, floor)
 	if b.used+n > b.total || b.by[holder]+n > share {
 		return false
 	}

@@ -323,3 +323,53 @@ func TestSendWatchCountsBytesThatReachedTheSocket(t *testing.T) {
 		t.Fatal("a request the socket took counted as not sent")
 	}
 }
+
+// Once half a function's slots are taken, each holder may have an eighth
+// of them (here one) in flight or waiting: one customer's slow requests
+// cannot take every slot, while before that point a holder's burst is
+// never refused.
+func TestAHolderGetsAShareOfABusyFunctionsSlots(t *testing.T) {
+	t.Parallel()
+	h := newHandler(t, &Handler{MaxConcurrent: 8})
+	pidOf(t, h) // started
+	from := func(addr, path string) *http.Request {
+		r := httptest.NewRequest("GET", path, nil)
+		r.RemoteAddr = addr + ":4321"
+		return r
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 8)
+	hold := func(addr string, n int) {
+		t.Helper()
+		for range n {
+			want := len(h.sem) + 1
+			go func() { done <- h.ServeHTTP(httptest.NewRecorder(), from(addr, "/sleep?d=30s").WithContext(ctx), nil) }()
+			waitFor(t, "the request to take its slot", func() bool { return len(h.sem) == want })
+		}
+	}
+	hold("198.51.100.7", 5) // four before half the slots are taken, one counted after
+	err := h.ServeHTTP(httptest.NewRecorder(), from("198.51.100.7", "/ok"), nil)
+	if code, name := problemOf(t, err); code != http.StatusServiceUnavailable || name != "function_busy" {
+		t.Fatalf("the holder's sixth request, past its share: %d %s", code, name)
+	}
+	rec := httptest.NewRecorder()
+	if err := h.ServeHTTP(rec, from("203.0.113.9", "/ok"), nil); err != nil || rec.Code != 200 {
+		t.Fatalf("another holder's request meanwhile: %d %v", rec.Code, err)
+	}
+	cancel()
+	for range 5 {
+		<-done
+	}
+	h.inst.contended.mu.Lock()
+	left := h.inst.contended.used
+	h.inst.contended.mu.Unlock()
+	if left != 0 {
+		t.Fatalf("%d contended requests still counted after all ended", left)
+	}
+	// Once the function is quiet again, the holder is not held back.
+	hold2 := httptest.NewRecorder()
+	if err := h.ServeHTTP(hold2, from("198.51.100.7", "/ok"), nil); err != nil || hold2.Code != 200 {
+		t.Fatalf("the holder's request once the others ended: %d %v", hold2.Code, err)
+	}
+}

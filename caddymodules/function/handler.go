@@ -71,6 +71,8 @@ type Handler struct {
 	// Timeout bounds one request, answer included. Default: 30s.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
 	// MaxConcurrent bounds requests in flight to the function. Default: 64.
+	// Once half are taken, one holder may have an eighth of them
+	// (contendedShare).
 	MaxConcurrent int `json:"max_concurrent,omitempty"`
 	// QueueTimeout bounds the wait for a free slot. Default: 5s.
 	QueueTimeout caddy.Duration `json:"queue_timeout,omitempty"`
@@ -244,6 +246,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 			return err
 		}
 	}
+	release, ok := h.takeContended(r)
+	if !ok {
+		outcome = outcomeBusy
+		w.Header().Set("Retry-After", "1")
+		return caddyhttp.Error(http.StatusServiceUnavailable,
+			problem.New(http.StatusServiceUnavailable, "function_busy", "too many of your requests are in flight; try again shortly"))
+	}
+	defer release()
 	if err := h.acquireSlot(r.Context()); err != nil {
 		outcome = outcomeBusy
 		if err == errBusy {
@@ -428,6 +438,33 @@ func bodyHolder(r *http.Request) string {
 		ip = host
 	}
 	return "a:" + clientip.Network(ip)
+}
+
+// contendedShare divides the function's slots among the holders of
+// requests that come while half of them or more are taken: each may have
+// an eighth of max_concurrent (at least one) of those in flight or
+// waiting. A slot is held until the answer is written, so one customer,
+// or one network without a credential, reading large answers slowly
+// (audit exports) could otherwise hold every slot of a function that
+// every customer needs. The first half is anyone's: a lone customer's
+// burst on an idle function is never refused, and a request that finds
+// the function less than half busy costs one channel length and nothing
+// else.
+const contendedShare = 8
+
+// takeContended counts r against its holder's share when half the slots
+// or more are taken, and says whether it may go on; release ends the
+// count.
+func (h *Handler) takeContended(r *http.Request) (release func(), ok bool) {
+	if len(h.sem) < cap(h.sem)/2 {
+		return func() {}, true
+	}
+	c := h.inst.contended
+	holder := bodyHolder(r)
+	if !c.take(holder, 1, 1) {
+		return nil, false
+	}
+	return func() { c.give(holder, 1) }, true
 }
 
 func (h *Handler) acquireSlot(ctx context.Context) error {

@@ -37,6 +37,9 @@ type instance struct {
 	// routes sharing it they came through (max_concurrent is the
 	// process's bound, not each route's).
 	slots chan struct{}
+	// contended counts, by holder, the requests that came while half the
+	// slots or more were taken (see Handler.takeContended).
+	contended *budget
 
 	bufMu    sync.Mutex
 	buffered *budget // bodies held for the process's routes; see bodyBudget
@@ -75,7 +78,8 @@ func backoff(crashes int) time.Duration {
 }
 
 func newInstance(s spec, log *zap.Logger) *instance {
-	return &instance{spec: s, log: log, metrics: newFnMetrics(s.name), slots: make(chan struct{}, max(s.maxConcurrent, 1))}
+	return &instance{spec: s, log: log, metrics: newFnMetrics(s.name), slots: make(chan struct{}, max(s.maxConcurrent, 1)),
+		contended: newBudgetOf(int64(max(s.maxConcurrent, 1)), contendedShare)}
 }
 
 // bodyBudget is the bound, in bytes, on the request bodies buffered for
