@@ -9,12 +9,17 @@
 // token with go-oidc (signature by the provider's JWKS, issuer, audience,
 // expiry), then the nonce, and requires a verified e-mail address. The
 // first sign-in creates the customer and its admin user; later ones find
-// the user by Google subject; a password user with the same (verified)
-// e-mail address is linked (account.go). A user with a second factor
+// the user by Google subject; a user with the same (verified) e-mail
+// address and no Google account yet is linked: at once without a password,
+// with one only from a browser signed in to that user, else 403
+// link_needs_password (account.go). A user with a second factor
 // (shared/mfa) gets no session from the callback: a challenge in the
 // guardian_mfa cookie and the sign-in page's second step instead, which
 // functions/auth completes. Refusals answer an HTML page
-// (400; 403 when sign-up is closed; 502 when the provider is unreachable)
+// (400; 403 when sign-up is closed, the account is being deleted or a
+// password account must be linked from its own session; 409 when the
+// address belongs to a user linked to another Google account; 502 when
+// the provider is unreachable)
 // and an audit annotation (auth_failed, metadata reason).
 //
 // The provider is discovered on first use, not at start, and discovery is

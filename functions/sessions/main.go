@@ -8,8 +8,10 @@
 //	                                         an hour ahead, every key and every other
 //	                                         session ends; asked again, the same date
 //
-// Deleting the account is for administrators whose password was confirmed
-// in the last five minutes (403 insufficient_scope, 401 reauth_required).
+// Ending another session (one, or all others) needs a password confirmed
+// in the last five minutes (401 reauth_required); ending one's own does
+// not. Deleting the account is for administrators, with the same
+// confirmation (403 insufficient_scope, 401 reauth_required).
 // The purge job removes the customer once delete_after has passed.
 //
 // Grants: the runtime PostgreSQL role.

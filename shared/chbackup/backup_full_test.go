@@ -32,7 +32,7 @@ func (f *fixture) fullTarget(t *testing.T, setup func(root string)) {
 	}
 	used := st.Files - st.Ffree
 	if out, err := exec.Command("mount", "-o", fmt.Sprintf("remount,nr_inodes=%d", used), root).CombinedOutput(); err != nil {
-		t.Fatalf("remount full: %v %s", err, out)
+		t.Skipf("cannot limit the tmpfs to the entries it holds: %v %s", err, out)
 	}
 	if err := os.Mkdir(filepath.Join(root, "probe"), 0o700); err == nil {
 		t.Fatal("the full target still takes entries")

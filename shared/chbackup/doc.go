@@ -56,7 +56,8 @@
 // posix-rename@openssh.com extension, atomically (a server without it gets
 // remove-then-rename). Files are fsynced when the server offers
 // fsync@openssh.com. A run that stops (signal, timeout, a failed write)
-// leaves LATEST naming the previous set; the next run removes the .partial
+// leaves LATEST naming the previous set; a run that fails removes its own
+// .partial directory where it can, and the next run removes any .partial
 // directory and temporary files it finds. Runs must not overlap on one
 // target: the job binary holds a lock, and two hosts must not share a path.
 //

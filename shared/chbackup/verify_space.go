@@ -27,10 +27,12 @@ const (
 	// estimate before, overstates the parts five- to tenfold on those
 	// payloads.
 	cipherFactor = 3
-	// mergeFactor is the room a copy of a table takes at most while it
+	// mergeFactor estimates the room a copy of a table takes while it
 	// loads, over its merged size: it arrives as many unmerged parts, and
 	// a merge writes its new part while the old ones stay on disk for
-	// old_parts_lifetime (8 minutes by default).
+	// old_parts_lifetime (8 minutes by default). Merges in several rounds
+	// within those minutes can take more for a while; the reserve the
+	// check keeps free (a twentieth of the disks) absorbs that.
 	mergeFactor = 2
 )
 
