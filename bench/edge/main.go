@@ -100,7 +100,7 @@ func parseFlags() options {
 	flag.IntVar(&o.reps, "reps", 3, "rounds per configuration and phase")
 	flag.StringVar(&o.open, "open", "50%,1000", `open-loop rates, comma-separated: "N%" of a's saturation req/s, or req/s ("" for none)`)
 	flag.IntVar(&o.maxInFlight, "max-inflight", 1024, "open loop: requests outstanding at most (more are dropped and counted)")
-	flag.IntVar(&o.maxConcurrent, "max-concurrent", 1024, "guardian_function max_concurrent (high, so it never limits)")
+	flag.IntVar(&o.maxConcurrent, "max-concurrent", 4096, "guardian_function max_concurrent (high: over twice the most requests in flight, so neither it nor the per-holder share past half of it ever limits)")
 	flag.Float64Var(&o.noise, "noise", 0.15, "repeat a round during which other processes used more than this share of all CPUs (0: never)")
 	flag.IntVar(&o.retries, "retries", 12, "repeated rounds at most, over the whole run")
 	flag.StringVar(&o.stackMode, "stack-mode", "", `GUARDIAN_STACK_MODE for servers.sh: "" (durable PostgreSQL) or "test" (fsync off)`)
