@@ -17,7 +17,7 @@ import (
 // projection, which newer ClickHouse versions print with its SELECT, is
 // refused too: Guardian's tables have none.)
 func checkCreate(stmt string) error {
-	words, err := sqlWords(stmt)
+	words, err := sqlTokens(stmt)
 	if err != nil {
 		return err
 	}
@@ -43,18 +43,20 @@ func checkCreate(stmt string) error {
 
 var mergeTreeEngine = regexp.MustCompile(`^[A-Za-z]*MergeTree$`)
 
-// sqlWord is a bare word of a statement and how deep in parentheses.
-type sqlWord struct {
-	text  string
-	depth int
+// sqlToken is a bare word of a statement (keyword, name, function), where
+// it is and how deep in parentheses.
+type sqlToken struct {
+	text       string
+	start, end int
+	depth      int
 }
 
-// sqlWords returns the bare words of stmt (keywords, names, functions),
-// skipping quoted strings and identifiers. A comment or a semicolon is
+// sqlTokens returns the bare words of stmt with their positions, skipping
+// quoted strings and identifiers and numbers. A comment or a semicolon is
 // refused rather than understood: either could hide what ClickHouse runs
 // from this reading.
-func sqlWords(stmt string) ([]sqlWord, error) {
-	var words []sqlWord
+func sqlTokens(stmt string) ([]sqlToken, error) {
+	var toks []sqlToken
 	depth := 0
 	for i := 0; i < len(stmt); {
 		c := stmt[i]
@@ -75,15 +77,15 @@ func sqlWords(stmt string) ([]sqlWord, error) {
 			i++
 		case c == ';' || c == '#' || strings.HasPrefix(stmt[i:], "--") || strings.HasPrefix(stmt[i:], "/*"):
 			return nil, errors.New("the create statement holds a comment or a second statement")
-		case c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z':
+		case isWordByte(c, false):
 			j := i + 1
-			for j < len(stmt) && (stmt[j] == '_' || stmt[j] >= 'a' && stmt[j] <= 'z' || stmt[j] >= 'A' && stmt[j] <= 'Z' || stmt[j] >= '0' && stmt[j] <= '9') {
+			for j < len(stmt) && isWordByte(stmt[j], true) {
 				j++
 			}
-			words = append(words, sqlWord{stmt[i:j], depth})
+			toks = append(toks, sqlToken{stmt[i:j], i, j, depth})
 			i = j
 		case c >= '0' && c <= '9':
-			for i < len(stmt) && (stmt[i] == '.' || stmt[i] == '_' || stmt[i] >= '0' && stmt[i] <= '9' || stmt[i] >= 'a' && stmt[i] <= 'z' || stmt[i] >= 'A' && stmt[i] <= 'Z') {
+			for i < len(stmt) && (stmt[i] == '.' || isWordByte(stmt[i], true)) {
 				i++ // a number, 1e3 and 0x1F included: not a word
 			}
 		default:
@@ -93,7 +95,13 @@ func sqlWords(stmt string) ([]sqlWord, error) {
 	if depth != 0 {
 		return nil, errors.New("the create statement's parentheses do not match")
 	}
-	return words, nil
+	return toks, nil
+}
+
+// isWordByte reports whether c may be in a bare word; digits only after
+// its first byte (inner).
+func isWordByte(c byte, inner bool) bool {
+	return c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || inner && c >= '0' && c <= '9'
 }
 
 // closingQuote returns the index of the quote closing the one at start,

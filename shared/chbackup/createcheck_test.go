@@ -52,7 +52,7 @@ func FuzzCheckCreate(f *testing.F) {
 		}
 		// Whatever passes has one MergeTree engine at the top level and no
 		// query: every byte outside quotes is read once.
-		words, err := sqlWords(s)
+		words, err := sqlTokens(s)
 		if err != nil {
 			t.Fatalf("accepted %q though it does not tokenize: %v", s, err)
 		}

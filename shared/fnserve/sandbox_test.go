@@ -3,9 +3,6 @@ package fnserve
 import (
 	"context"
 	"encoding/json"
-	"errors"
-	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -22,6 +19,7 @@ import (
 
 	"github.com/glassmkr/guardian/shared/config"
 	"github.com/glassmkr/guardian/shared/sandbox"
+	"github.com/glassmkr/guardian/shared/sandbox/sandboxtest"
 )
 
 // The test binary runs again as the processes of TestMainSandboxesBeforeSetup,
@@ -31,21 +29,11 @@ const childEnv = "FNSERVE_TEST_CHILD"
 func TestMain(m *testing.M) {
 	switch os.Getenv(childEnv) {
 	case "victim":
-		victim()
+		sandboxtest.Victim()
 	case "function":
 		function()
 	}
 	os.Exit(m.Run())
-}
-
-// victim stands for a function just started, not sealed yet, until its
-// stdin closes. It lets any process of its user trace it under Yama's
-// ptrace_scope 1, as without Yama.
-func victim() {
-	_ = unix.Prctl(unix.PR_SET_PTRACER, unix.PR_SET_PTRACER_ANY, 0, 0, 0)
-	fmt.Println("ready")
-	_, _ = io.Copy(io.Discard, os.Stdin)
-	os.Exit(0)
 }
 
 // function is a function binary: before Main it can open the victim's
@@ -53,42 +41,23 @@ func victim() {
 // again and signals the test, and prints the outcomes as JSON.
 func function() {
 	victimPid, _ := strconv.Atoi(os.Getenv("FNSERVE_TEST_VICTIM"))
-	before := errnoText(openMem(victimPid))
+	before := sandboxtest.ErrText(sandboxtest.OpenMem(victimPid))
 	Main(func(context.Context, *zap.Logger, *config.Loader) (http.Handler, func(), error) {
 		_ = json.NewEncoder(os.Stdout).Encode(map[string]string{
 			"mem_before":  before,
-			"mem_victim":  errnoText(openMem(victimPid)),
-			"kill_parent": errnoText(unix.Kill(os.Getppid(), 0)),
+			"mem_victim":  sandboxtest.ErrText(sandboxtest.OpenMem(victimPid)),
+			"kill_parent": sandboxtest.ErrText(unix.Kill(os.Getppid(), 0)),
 		})
 		os.Exit(0)
 		return nil, nil, nil
 	})
 }
 
-func openMem(pid int) error {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/mem", pid))
-	if err != nil {
-		return err
-	}
-	return f.Close()
-}
-
-func errnoText(err error) string {
-	if err == nil {
-		return "ok"
-	}
-	var errno unix.Errno
-	if errors.As(err, &errno) {
-		return unix.ErrnoName(errno)
-	}
-	return err.Error()
-}
-
 // A function run through Main is in its Landlock domain before any of its
 // own code runs: its setup can no longer open the memory of a process not
 // sealed yet, nor (ABI 6 and later) signal Caddy, and its log says so.
 func TestMainSandboxesBeforeSetup(t *testing.T) {
-	victimPid := startVictim(t)
+	victimPid := sandboxtest.StartVictim(t, childEnv)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
@@ -141,34 +110,6 @@ func protectionLine(log string) map[string]any {
 		}
 	}
 	return nil
-}
-
-// startVictim starts a dumpable child and returns its pid; it ends with
-// the test.
-func startVictim(t *testing.T) int {
-	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), childEnv+"=victim")
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = stdin.Close()
-		_ = cmd.Wait()
-	})
-	line := make([]byte, len("ready\n"))
-	if _, err := io.ReadFull(stdout, line); err != nil || string(line) != "ready\n" {
-		t.Fatalf("victim: %q, %v", line, err)
-	}
-	return cmd.Process.Pid
 }
 
 // The start line warns, naming what to do, where the kernel gave less.

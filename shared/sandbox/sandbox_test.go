@@ -20,6 +20,8 @@ import (
 
 	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
+
+	"github.com/glassmkr/guardian/shared/sandbox/sandboxtest"
 )
 
 // The test binary runs again as the processes of the tests, chosen by
@@ -30,7 +32,7 @@ const childEnv = "SANDBOX_TEST_CHILD"
 func TestMain(m *testing.M) {
 	switch os.Getenv(childEnv) {
 	case "victim":
-		victim()
+		sandboxtest.Victim()
 	case "restricted":
 		restricted()
 	case "nolandlock":
@@ -39,25 +41,14 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// victim stands for a function just started: dumpable, holding what an
-// attacker wants, until its stdin closes. Under Yama's ptrace_scope 1 it
-// lets any process of its user trace it, as it could be traced without
-// Yama, so that the unrestricted reads below succeed for non-root too.
-func victim() {
-	_ = unix.Prctl(unix.PR_SET_PTRACER, unix.PR_SET_PTRACER_ANY, 0, 0, 0)
-	fmt.Println("ready")
-	_, _ = io.Copy(io.Discard, os.Stdin)
-	os.Exit(0)
-}
-
 // restricted tries, before and after Enter, what a compromised function
 // would, then the work a function does, and prints the outcomes as JSON.
 func restricted() {
 	victimPid, _ := strconv.Atoi(os.Getenv("SANDBOX_TEST_VICTIM"))
 	parent := os.Getppid()
 	r := map[string]string{
-		"mem_before":         errText(openMem(victimPid)),
-		"kill_parent_before": errText(unix.Kill(parent, 0)),
+		"mem_before":         sandboxtest.ErrText(sandboxtest.OpenMem(victimPid)),
+		"kill_parent_before": sandboxtest.ErrText(unix.Kill(parent, 0)),
 	}
 	p, err := Enter()
 	if err != nil {
@@ -68,15 +59,15 @@ func restricted() {
 		r["ptrace"] = strconv.FormatBool(p.Ptrace)
 		r["scopes"] = strconv.FormatBool(p.Scopes)
 	}
-	r["mem_victim"] = errText(openMem(victimPid))
-	r["mem_parent"] = errText(openMem(parent))
-	r["mem_self"] = errText(openMem(os.Getpid()))
-	r["kill_parent"] = errText(unix.Kill(parent, 0))
-	r["kill_victim"] = errText(unix.Kill(victimPid, 0))
-	r["kill_self"] = errText(unix.Kill(os.Getpid(), 0))
-	r["file"] = errText(useFile(os.Getenv("SANDBOX_TEST_DIR")))
-	r["dial"] = errText(dial(os.Getenv("SANDBOX_TEST_ADDR")))
-	r["preempt_gc"] = errText(preemptAndCollect())
+	r["mem_victim"] = sandboxtest.ErrText(sandboxtest.OpenMem(victimPid))
+	r["mem_parent"] = sandboxtest.ErrText(sandboxtest.OpenMem(parent))
+	r["mem_self"] = sandboxtest.ErrText(sandboxtest.OpenMem(os.Getpid()))
+	r["kill_parent"] = sandboxtest.ErrText(unix.Kill(parent, 0))
+	r["kill_victim"] = sandboxtest.ErrText(unix.Kill(victimPid, 0))
+	r["kill_self"] = sandboxtest.ErrText(unix.Kill(os.Getpid(), 0))
+	r["file"] = sandboxtest.ErrText(useFile(os.Getenv("SANDBOX_TEST_DIR")))
+	r["dial"] = sandboxtest.ErrText(dial(os.Getenv("SANDBOX_TEST_ADDR")))
+	r["preempt_gc"] = sandboxtest.ErrText(preemptAndCollect())
 	_ = json.NewEncoder(os.Stdout).Encode(r)
 	os.Exit(0)
 }
@@ -86,9 +77,9 @@ func restricted() {
 // for a kernel without Landlock) and prints what Enter returned.
 func noLandlock() {
 	errno, _ := strconv.Atoi(os.Getenv("SANDBOX_TEST_ERRNO"))
-	r := map[string]string{"filter": errText(failLandlock(unix.Errno(errno)))}
+	r := map[string]string{"filter": sandboxtest.ErrText(failLandlock(unix.Errno(errno)))}
 	p, err := Enter()
-	r["enter"] = errText(err)
+	r["enter"] = sandboxtest.ErrText(err)
 	r["protection"] = fmt.Sprintf("%+v", p)
 	_ = json.NewEncoder(os.Stdout).Encode(r)
 	os.Exit(0)
@@ -120,27 +111,6 @@ func failLandlock(errno unix.Errno) error {
 		return e
 	}
 	return nil
-}
-
-func errText(err error) string {
-	if err == nil {
-		return "ok"
-	}
-	var errno unix.Errno
-	if errors.As(err, &errno) {
-		return unix.ErrnoName(errno)
-	}
-	return err.Error()
-}
-
-// openMem opens another process's memory for reading, as the attack does
-// in the window before that process seals itself.
-func openMem(pid int) error {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/mem", pid))
-	if err != nil {
-		return err
-	}
-	return f.Close()
 }
 
 // useFile reads a file the test wrote, then writes and reads one of its own.
@@ -213,7 +183,7 @@ func preemptAndCollect() error {
 // child's outcomes.
 func runRestricted(t *testing.T) map[string]string {
 	t.Helper()
-	victimPid := startVictim(t)
+	victimPid := sandboxtest.StartVictim(t, childEnv)
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "given"), []byte("given"), 0o644); err != nil {
 		t.Fatal(err)
@@ -246,34 +216,6 @@ func runChild(t *testing.T, mode string, env ...string) map[string]string {
 	}
 	t.Logf("%s child: %v", mode, r)
 	return r
-}
-
-// startVictim starts a dumpable child and returns its pid; it ends with
-// the test.
-func startVictim(t *testing.T) int {
-	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), childEnv+"=victim")
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = stdin.Close()
-		_ = cmd.Wait()
-	})
-	line := make([]byte, len("ready\n"))
-	if _, err := io.ReadFull(stdout, line); err != nil || string(line) != "ready\n" {
-		t.Fatalf("victim: %q, %v", line, err)
-	}
-	return cmd.Process.Pid
 }
 
 // greeter listens on a local TCP port and says hello to every connection.
