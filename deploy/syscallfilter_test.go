@@ -82,10 +82,18 @@ func TestFunctionsConfineThemselvesUnderTheEdgeUnitsFilter(t *testing.T) {
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
-	defer func() {
-		_ = cmd.Process.Kill()
-		<-exited
-	}()
+	// log stops the function, if it still runs, and returns what it
+	// logged: only once it has exited is its output all copied.
+	stopped := false
+	log := func() string {
+		if !stopped {
+			_ = cmd.Process.Kill()
+			<-exited
+			stopped = true
+		}
+		return logs.String()
+	}
+	defer log()
 	lf.Close()
 	ln.Close()
 
@@ -96,7 +104,7 @@ func TestFunctionsConfineThemselvesUnderTheEdgeUnitsFilter(t *testing.T) {
 	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		select {
 		case err := <-exited:
-			exited <- err // for the deferred wait
+			stopped = true
 			t.Fatalf("testfn under the unit's filter exited (%v); its log:\n%s", err, logs.String())
 		default:
 		}
@@ -111,10 +119,10 @@ func TestFunctionsConfineThemselvesUnderTheEdgeUnitsFilter(t *testing.T) {
 		break
 	}
 	if !strings.HasPrefix(answer, "200 ") {
-		t.Fatalf("testfn under the unit's filter does not answer (%q); its log:\n%s", answer, logs.String())
+		t.Fatalf("testfn under the unit's filter does not answer (%q); its log:\n%s", answer, log())
 	}
-	if !landlockEntered(logs.String()) && landlockAvailable() {
-		t.Fatalf("testfn under the unit's filter did not enter its Landlock domain; its log:\n%s", logs.String())
+	if l := log(); !landlockEntered(l) && landlockAvailable() {
+		t.Fatalf("testfn under the unit's filter did not enter its Landlock domain; its log:\n%s", l)
 	}
 }
 
