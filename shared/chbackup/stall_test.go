@@ -22,89 +22,54 @@ import (
 	"github.com/glassmkr/guardian/shared/testenv"
 )
 
-// stallProxy forwards TCP connections to a real server until it freezes:
-// from then on it forwards nothing and stops reading from either side, as
-// a hung peer or a dead link would, and holds the connections open until
-// the test ends.
-type stallProxy struct {
+// tcpProxy forwards TCP connections from a local port to upstream: for
+// each it dials upstream and hands both ends to serve, which starts the
+// copying with spawn. The listener and every connection close with the
+// test, and it waits for what serve spawned. serve is given the proxy:
+// it runs before startTCPProxy's caller may have kept it.
+type tcpProxy struct {
 	ln       net.Listener
 	upstream string
-	// after is how many bytes it forwards in the counted direction (to the
-	// client when toClient, else to the server) before freezing; 0: only
-	// freeze freezes it.
-	after    int64
-	toClient bool
-	count    atomic.Int64
-	// rate, when not 0, is how many bytes a second it forwards in the
-	// counted direction: a slow link that keeps answering.
-	rate int64
-
-	frozen     chan struct{}
-	freezeOnce sync.Once
-	closed     chan struct{}
-	wg         sync.WaitGroup
-	mu         sync.Mutex
-	conns      []net.Conn
+	serve    func(p *tcpProxy, client, server net.Conn)
+	wg       sync.WaitGroup
+	mu       sync.Mutex
+	conns    []net.Conn
 }
 
-func newStallProxy(t *testing.T, upstream string, after int64, toClient bool) *stallProxy {
+func startTCPProxy(t *testing.T, upstream string, serve func(p *tcpProxy, client, server net.Conn)) *tcpProxy {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &stallProxy{ln: ln, upstream: upstream, after: after, toClient: toClient,
-		frozen: make(chan struct{}), closed: make(chan struct{})}
-	p.wg.Add(1)
-	go p.accept()
-	t.Cleanup(p.close)
+	p := &tcpProxy{ln: ln, upstream: upstream, serve: serve}
+	p.spawn(p.accept)
+	t.Cleanup(func() {
+		p.ln.Close()
+		p.mu.Lock()
+		for _, c := range p.conns {
+			c.Close()
+		}
+		p.mu.Unlock()
+		p.wg.Wait()
+	})
 	return p
 }
 
-// newThrottledProxy forwards TCP connections to upstream, the bytes to
-// it at rate bytes a second, and never freezes.
-func newThrottledProxy(t *testing.T, upstream string, rate int64) *stallProxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &stallProxy{ln: ln, upstream: upstream, rate: rate,
-		frozen: make(chan struct{}), closed: make(chan struct{})}
+func (p *tcpProxy) addr() string { return p.ln.Addr().String() }
+
+func (p *tcpProxy) port() int { return p.ln.Addr().(*net.TCPAddr).Port }
+
+// spawn runs f on a goroutine the proxy's end waits for.
+func (p *tcpProxy) spawn(f func()) {
 	p.wg.Add(1)
-	go p.accept()
-	t.Cleanup(p.close)
-	return p
+	go func() {
+		defer p.wg.Done()
+		f()
+	}()
 }
 
-func (p *stallProxy) addr() string { return p.ln.Addr().String() }
-
-func (p *stallProxy) port() int { return p.ln.Addr().(*net.TCPAddr).Port }
-
-func (p *stallProxy) freeze() { p.freezeOnce.Do(func() { close(p.frozen) }) }
-
-func (p *stallProxy) isFrozen() bool {
-	select {
-	case <-p.frozen:
-		return true
-	default:
-		return false
-	}
-}
-
-func (p *stallProxy) close() {
-	close(p.closed)
-	p.ln.Close()
-	p.mu.Lock()
-	for _, c := range p.conns {
-		c.Close()
-	}
-	p.mu.Unlock()
-	p.wg.Wait()
-}
-
-func (p *stallProxy) accept() {
-	defer p.wg.Done()
+func (p *tcpProxy) accept() {
 	for {
 		c, err := p.ln.Accept()
 		if err != nil {
@@ -118,15 +83,71 @@ func (p *stallProxy) accept() {
 		p.mu.Lock()
 		p.conns = append(p.conns, c, u)
 		p.mu.Unlock()
-		p.wg.Add(2)
-		go p.pipe(u, c, !p.toClient)
-		go p.pipe(c, u, p.toClient)
+		p.serve(p, c, u)
+	}
+}
+
+// stallProxy forwards TCP connections to a real server until it freezes:
+// from then on it forwards nothing and stops reading from either side, as
+// a hung peer or a dead link would, and holds the connections open until
+// the test ends.
+type stallProxy struct {
+	*tcpProxy
+	// after is how many bytes it forwards in the counted direction (to the
+	// client when toClient, else to the server) before freezing; 0: only
+	// freeze freezes it.
+	after    int64
+	toClient bool
+	count    atomic.Int64
+	// rate, when not 0, is how many bytes a second it forwards in the
+	// counted direction: a slow link that keeps answering.
+	rate int64
+
+	frozen     chan struct{}
+	freezeOnce sync.Once
+	closed     chan struct{}
+}
+
+func newStallProxy(t *testing.T, upstream string, after int64, toClient bool) *stallProxy {
+	t.Helper()
+	p := &stallProxy{after: after, toClient: toClient, frozen: make(chan struct{}), closed: make(chan struct{})}
+	p.start(t, upstream)
+	return p
+}
+
+// newThrottledProxy forwards TCP connections to upstream, the bytes to
+// it at rate bytes a second, and never freezes.
+func newThrottledProxy(t *testing.T, upstream string, rate int64) *stallProxy {
+	t.Helper()
+	p := &stallProxy{rate: rate, frozen: make(chan struct{}), closed: make(chan struct{})}
+	p.start(t, upstream)
+	return p
+}
+
+func (p *stallProxy) start(t *testing.T, upstream string) {
+	t.Helper()
+	p.tcpProxy = startTCPProxy(t, upstream, func(tp *tcpProxy, c, u net.Conn) {
+		tp.spawn(func() { p.pipe(u, c, !p.toClient) })
+		tp.spawn(func() { p.pipe(c, u, p.toClient) })
+	})
+	// Runs before the proxy's own end (cleanups run last first): frozen
+	// pipes wait for it.
+	t.Cleanup(func() { close(p.closed) })
+}
+
+func (p *stallProxy) freeze() { p.freezeOnce.Do(func() { close(p.frozen) }) }
+
+func (p *stallProxy) isFrozen() bool {
+	select {
+	case <-p.frozen:
+		return true
+	default:
+		return false
 	}
 }
 
 // pipe copies src to dst until either fails or the proxy freezes.
 func (p *stallProxy) pipe(dst, src net.Conn, counted bool) {
-	defer p.wg.Done()
 	buf := make([]byte, 32<<10)
 	for {
 		if p.isFrozen() {
@@ -177,82 +198,48 @@ func (p *stallProxy) take(b []byte) ([]byte, bool) {
 // http_send_timeout: a write to the client that waits longer than limit
 // aborts the connection.
 type sendTimeoutProxy struct {
-	ln        net.Listener
-	upstream  string
+	*tcpProxy
 	limit     time.Duration
 	abandoned atomic.Bool
-	wg        sync.WaitGroup
-	mu        sync.Mutex
-	conns     []net.Conn
 }
 
 func newSendTimeoutProxy(t *testing.T, upstream string, limit time.Duration) *sendTimeoutProxy {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &sendTimeoutProxy{ln: ln, upstream: upstream, limit: limit}
-	p.wg.Add(1)
-	go p.accept()
-	t.Cleanup(func() {
-		p.ln.Close()
-		p.mu.Lock()
-		for _, c := range p.conns {
+	p := &sendTimeoutProxy{limit: limit}
+	p.tcpProxy = startTCPProxy(t, upstream, func(tp *tcpProxy, c, u net.Conn) {
+		// Little buffering on the way to the client, as a server's own
+		// socket has: the wait shows soon after the client stops reading.
+		_ = c.(*net.TCPConn).SetWriteBuffer(64 << 10)
+		tp.spawn(func() {
+			_, _ = io.Copy(u, c)
 			c.Close()
-		}
-		p.mu.Unlock()
-		p.wg.Wait()
+			u.Close()
+		})
+		tp.spawn(func() { p.answer(c, u) })
 	})
 	return p
 }
 
-func (p *sendTimeoutProxy) accept() {
-	defer p.wg.Done()
+// answer copies the server's answer to the client, giving up on a write
+// that waits longer than limit.
+func (p *sendTimeoutProxy) answer(c, u net.Conn) {
+	defer c.Close()
+	defer u.Close()
+	buf := make([]byte, 32<<10)
 	for {
-		c, err := p.ln.Accept()
+		n, err := u.Read(buf)
+		if n > 0 {
+			_ = c.SetWriteDeadline(time.Now().Add(p.limit))
+			if _, werr := c.Write(buf[:n]); werr != nil {
+				if errors.Is(werr, os.ErrDeadlineExceeded) {
+					p.abandoned.Store(true)
+				}
+				return
+			}
+		}
 		if err != nil {
 			return
 		}
-		u, err := net.Dial("tcp", p.upstream)
-		if err != nil {
-			c.Close()
-			continue
-		}
-		// Little buffering on the way to the client, as a server's own
-		// socket has: the wait shows soon after the client stops reading.
-		_ = c.(*net.TCPConn).SetWriteBuffer(64 << 10)
-		p.mu.Lock()
-		p.conns = append(p.conns, c, u)
-		p.mu.Unlock()
-		p.wg.Add(2)
-		go func() {
-			defer p.wg.Done()
-			_, _ = io.Copy(u, c)
-			c.Close()
-			u.Close()
-		}()
-		go func() {
-			defer p.wg.Done()
-			defer c.Close()
-			defer u.Close()
-			buf := make([]byte, 32<<10)
-			for {
-				n, err := u.Read(buf)
-				if n > 0 {
-					_ = c.SetWriteDeadline(time.Now().Add(p.limit))
-					if _, werr := c.Write(buf[:n]); werr != nil {
-						if errors.Is(werr, os.ErrDeadlineExceeded) {
-							p.abandoned.Store(true)
-						}
-						return
-					}
-				}
-				if err != nil {
-					return
-				}
-			}
-		}()
 	}
 }
 
@@ -462,7 +449,7 @@ func TestATargetHoldingUpTheDumpIsDroppedBeforeClickHouseGivesUp(t *testing.T) {
 	f := newFixture(t, 2)
 	addBulk(t, f, 1<<21) // 32 MiB that do not compress: more than every buffer holds
 	ch := newSendTimeoutProxy(t, strings.TrimSuffix(strings.TrimPrefix(f.cfg.HTTPURL, "http://"), "/"), 6*time.Second)
-	f.cfg.HTTPURL = "http://" + ch.ln.Addr().String()
+	f.cfg.HTTPURL = "http://" + ch.addr()
 	p := newStallProxy(t, f.srvs[0].Addr, 1<<20, false)
 	f.cfg.Targets[0] = viaProxy(t, f.cfg.Targets[0], p, f.srvs[0], f.cfg.KnownHostsFile)
 	stalled := f.cfg.Targets[0].String()
