@@ -162,16 +162,7 @@ func (h *handler) sessionStepUp(w http.ResponseWriter, r *http.Request, id ident
 		problem.Write(w, problem.New(http.StatusForbidden, "session_required", "keys are created and rotated from a signed-in session, not with a key"))
 		return false
 	}
-	p, err := stepup.Check(r.Context(), h.db, id, h.now())
-	if err != nil {
-		h.fail(w, err)
-		return false
-	}
-	if p != nil {
-		problem.Write(w, p)
-		return false
-	}
-	return true
+	return stepup.Admit(w, r, h.db, id, h.now(), h.fail)
 }
 
 func badRequest(w http.ResponseWriter, field, detail string) {

@@ -69,16 +69,7 @@ func (h *handler) stepUp(w http.ResponseWriter, r *http.Request) (identity.Ident
 	if !ok {
 		return id, false
 	}
-	p, err := stepup.Check(r.Context(), h.db, id, h.now())
-	if err != nil {
-		h.fail(w, err)
-		return id, false
-	}
-	if p != nil {
-		problem.Write(w, p)
-		return id, false
-	}
-	return id, true
+	return id, stepup.Admit(w, r, h.db, id, h.now(), h.fail)
 }
 
 func (h *handler) email(r *http.Request, userID string) (string, error) {

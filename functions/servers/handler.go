@@ -94,16 +94,7 @@ func needScope(w http.ResponseWriter, id identity.Identity, scope string) bool {
 // stepUp admits keys (judged by scope at the edge) and sessions whose
 // password was confirmed in the last five minutes.
 func (h *handler) stepUp(w http.ResponseWriter, r *http.Request, id identity.Identity) bool {
-	p, err := stepup.Check(r.Context(), h.db, id, h.now())
-	if err != nil {
-		h.fail(w, err)
-		return false
-	}
-	if p != nil {
-		problem.Write(w, p)
-		return false
-	}
-	return true
+	return stepup.Admit(w, r, h.db, id, h.now(), h.fail)
 }
 
 func (h *handler) fail(w http.ResponseWriter, err error) {

@@ -236,16 +236,7 @@ func (h *handler) revokeOthers(w http.ResponseWriter, r *http.Request) {
 // who has just signed in passes; an old stolen cookie does not. Ending
 // the caller's own session is signing out and needs nothing.
 func (h *handler) steppedUp(w http.ResponseWriter, r *http.Request, id identity.Identity) bool {
-	p, err := stepup.Check(r.Context(), h.db, id, h.now())
-	if err != nil {
-		h.fail(w, err)
-		return false
-	}
-	if p != nil {
-		problem.Write(w, p)
-		return false
-	}
-	return true
+	return stepup.Admit(w, r, h.db, id, h.now(), h.fail)
 }
 
 const (

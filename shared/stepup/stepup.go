@@ -59,6 +59,22 @@ func Check(ctx context.Context, db QueryRower, id identity.Identity, now time.Ti
 	return check(ctx, db, id, now, false)
 }
 
+// Admit is Check for a handler: it answers w and returns false unless id
+// may take the sensitive action now, with the problem Check gives, or
+// through fail when the session's state cannot be read.
+func Admit(w http.ResponseWriter, r *http.Request, db QueryRower, id identity.Identity, now time.Time, fail func(http.ResponseWriter, error)) bool {
+	p, err := Check(r.Context(), db, id, now)
+	if err != nil {
+		fail(w, err)
+		return false
+	}
+	if p != nil {
+		problem.Write(w, p)
+		return false
+	}
+	return true
+}
+
 // CheckIfSecondFactor is Check for users who have a second factor and nil
 // for those who do not: for an action that needs the factor when there is
 // one but is otherwise guarded by other means (changing the password,
