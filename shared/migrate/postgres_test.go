@@ -210,6 +210,10 @@ const (
 	insertAudit = "INSERT INTO api_audit_log (request_id, method, path, action, result, status_code) VALUES ('x', 'GET', '/', 'read', 'success', 200)"
 	// lockOpen is shared/account LockOpen's.
 	lockOpen = "SELECT deletion_requested_at IS NOT NULL FROM customers WHERE id = gen_random_uuid() FOR SHARE"
+	// stepUp is stepup.Admit's question (shared/stepup), hasFactors
+	// mfa.Enrolled's (shared/mfa): whether a user has a second factor.
+	stepUp     = "SELECT s.reauth_at, s.aal, EXISTS (SELECT 1 FROM mfa_totp t WHERE t.user_id = s.user_id AND t.confirmed_at IS NOT NULL) OR EXISTS (SELECT 1 FROM webauthn_credentials w WHERE w.user_id = s.user_id) FROM sessions s WHERE s.id = gen_random_uuid() AND s.revoked_at IS NULL"
+	hasFactors = "SELECT EXISTS (SELECT 1 FROM mfa_totp WHERE user_id = gen_random_uuid() AND confirmed_at IS NOT NULL), (SELECT count(*) FROM webauthn_credentials WHERE user_id = gen_random_uuid()), (SELECT count(*) FROM mfa_recovery_codes WHERE user_id = gen_random_uuid() AND used_at IS NULL)"
 )
 
 // TestEachFunctionRoleReachesOnlyItsTables connects as function roles and
@@ -236,16 +240,22 @@ func TestEachFunctionRoleReachesOnlyItsTables(t *testing.T) {
 		{"audit", []string{"SELECT count(*) FROM api_audit_log"}, []string{"SELECT count(*) FROM api_keys", "SELECT count(*) FROM users", insertAudit, "SELECT audit_salt FROM customers", "SELECT id FROM customers"}},
 		{"audit_verify", []string{"SELECT count(*) FROM api_audit_log", "SELECT id, audit_salt FROM customers"}, []string{"SELECT name FROM customers", "SELECT count(*) FROM api_keys", insertAudit, "UPDATE customers SET name = name"}},
 		{"ingest", []string{"SELECT id, plan FROM customers"}, []string{"SELECT name FROM customers", "SELECT count(*) FROM api_keys", "UPDATE customers SET plan = 'pro'"}},
-		{"keys", []string{"SELECT count(*) FROM api_keys", "UPDATE api_keys SET revoked_at = revoked_at, revoked_reason = revoked_reason", "SELECT id FROM api_keys FOR UPDATE"}, []string{"SELECT count(*) FROM users", "SELECT count(*) FROM api_audit_log", "DELETE FROM api_keys", "SELECT count(*) FROM servers", "UPDATE api_keys SET scope = 'admin'", "UPDATE api_keys SET key_hash = key_hash"}},
-		{"sessions", []string{"SELECT count(*) FROM sessions", "UPDATE sessions SET revoked_at = revoked_at", "UPDATE customers SET delete_after = delete_after", "UPDATE api_keys SET revoked_reason = revoked_reason",
+		{"keys", []string{stepUp, "SELECT count(*) FROM api_keys", "UPDATE api_keys SET revoked_at = revoked_at, revoked_reason = revoked_reason", "SELECT id FROM api_keys FOR UPDATE"}, []string{"SELECT count(*) FROM users", "SELECT count(*) FROM api_audit_log", "DELETE FROM api_keys", "SELECT count(*) FROM servers", "UPDATE api_keys SET scope = 'admin'", "UPDATE api_keys SET key_hash = key_hash", "SELECT secret_sealed FROM mfa_totp", "SELECT credential FROM webauthn_credentials"}},
+		{"sessions", []string{stepUp, "SELECT count(*) FROM sessions", "UPDATE sessions SET revoked_at = revoked_at", "UPDATE customers SET delete_after = delete_after", "UPDATE api_keys SET revoked_reason = revoked_reason",
 			// functions/sessions: scheduling the account's deletion.
 			"UPDATE customers SET deletion_requested_at = now(), delete_after = now() + interval '1 hour' WHERE id = gen_random_uuid() AND deletion_requested_at IS NULL RETURNING delete_after",
 			"SELECT delete_after FROM customers WHERE id = gen_random_uuid()"},
-			[]string{"SELECT password_hash FROM users", "DELETE FROM customers", "INSERT INTO sessions (user_id, customer_id, expires_at) SELECT id, customer_id, now() FROM users", "UPDATE customers SET plan = 'pro'", "UPDATE api_keys SET scope = 'admin'", "UPDATE sessions SET expires_at = expires_at", "SELECT audit_salt FROM customers", "SELECT name, plan FROM customers"}},
-		{"mfa", []string{"SELECT count(*) FROM mfa_totp", "UPDATE users SET updated_at = updated_at", "UPDATE sessions SET revoked_at = revoked_at"}, []string{"UPDATE users SET password_hash = NULL", "UPDATE users SET role = 'admin'", "SELECT count(*) FROM api_keys", "UPDATE sessions SET user_id = user_id"}},
-		{"servers", []string{"SELECT count(*) FROM servers", lockOpen, "UPDATE servers SET hostname = hostname", "SELECT id FROM servers FOR UPDATE"}, []string{"UPDATE customers SET plan = 'pro'", "SELECT count(*) FROM users", "SELECT count(*) FROM api_audit_log", "UPDATE servers SET customer_id = customer_id", "UPDATE api_keys SET scope = 'admin'", "UPDATE idempotency_keys SET customer_id = customer_id", "SELECT audit_salt FROM customers", "SELECT name, plan FROM customers"}},
+			[]string{"SELECT password_hash FROM users", "DELETE FROM customers", "INSERT INTO sessions (user_id, customer_id, expires_at) SELECT id, customer_id, now() FROM users", "UPDATE customers SET plan = 'pro'", "UPDATE api_keys SET scope = 'admin'", "UPDATE sessions SET expires_at = expires_at", "SELECT audit_salt FROM customers", "SELECT name, plan FROM customers", "SELECT secret_sealed FROM mfa_totp", "SELECT credential FROM webauthn_credentials"}},
+		{"mfa", []string{"SELECT count(*) FROM mfa_totp", "UPDATE sessions SET revoked_at = revoked_at",
+			// shared/mfa: a registration's account name, the user's lock.
+			"SELECT email FROM users WHERE id = gen_random_uuid()", "SELECT 1 FROM users WHERE id = gen_random_uuid() FOR UPDATE"},
+			[]string{"SELECT password_hash FROM users", "SELECT google_subject FROM users", "UPDATE users SET password_hash = NULL", "UPDATE users SET role = 'admin'", "SELECT count(*) FROM api_keys", "UPDATE sessions SET user_id = user_id"}},
+		{"servers", []string{stepUp, "SELECT count(*) FROM servers", lockOpen, "UPDATE servers SET hostname = hostname", "SELECT id FROM servers FOR UPDATE"}, []string{"UPDATE customers SET plan = 'pro'", "SELECT count(*) FROM users", "SELECT count(*) FROM api_audit_log", "UPDATE servers SET customer_id = customer_id", "UPDATE api_keys SET scope = 'admin'", "UPDATE idempotency_keys SET customer_id = customer_id", "SELECT audit_salt FROM customers", "SELECT name, plan FROM customers", "SELECT secret_sealed FROM mfa_totp", "SELECT credential FROM webauthn_credentials"}},
 		// secretscan revokes through revoke_reported_keys only.
-		{"secretscan", []string{"SELECT count(*) FROM revoke_reported_keys(ARRAY[decode(repeat('ab', 32), 'hex')])"}, []string{"SELECT count(*) FROM api_keys", "UPDATE api_keys SET revoked_at = revoked_at, revoked_reason = revoked_reason", "UPDATE api_keys SET revoked_reason = 'x'", "SELECT count(*) FROM api_audit_log", "DELETE FROM api_keys", "SELECT count(*) FROM sessions", "UPDATE api_keys SET key_hash = key_hash", "UPDATE api_keys SET scope = 'admin'", "UPDATE api_keys SET customer_id = customer_id", "SELECT name FROM customers", "SELECT audit_salt FROM customers"}},
+		{"secretscan", []string{"SELECT count(*) FROM revoke_reported_keys(ARRAY[decode(repeat('ab', 32), 'hex')])",
+			// functions/secretscan adminEmails.
+			"SELECT customer_id::text, email FROM users WHERE customer_id = ANY(ARRAY[gen_random_uuid()]) AND role = 'admin' ORDER BY email"},
+			[]string{"SELECT password_hash FROM users", "SELECT google_subject FROM users", "SELECT count(*) FROM api_keys", "UPDATE api_keys SET revoked_at = revoked_at, revoked_reason = revoked_reason", "UPDATE api_keys SET revoked_reason = 'x'", "SELECT count(*) FROM api_audit_log", "DELETE FROM api_keys", "SELECT count(*) FROM sessions", "UPDATE api_keys SET key_hash = key_hash", "UPDATE api_keys SET scope = 'admin'", "UPDATE api_keys SET customer_id = customer_id", "SELECT name FROM customers", "SELECT audit_salt FROM customers"}},
 		{"auth", []string{"SELECT count(*) FROM users", "UPDATE users SET password_hash = password_hash", "UPDATE sessions SET revoked_at = revoked_at", lockOpen,
 			// functions/auth: sign-in and re-auth.
 			"SELECT u.id, u.customer_id, coalesce(u.password_hash, ''), c.deletion_requested_at IS NOT NULL FROM users u JOIN customers c ON c.id = u.customer_id WHERE u.email = 'a@example.com'",
@@ -255,8 +265,8 @@ func TestEachFunctionRoleReachesOnlyItsTables(t *testing.T) {
 			// functions/oidc: finding the user, or signing a new customer up.
 			"SELECT u.id, u.customer_id, u.password_hash IS NOT NULL, c.deletion_requested_at IS NOT NULL FROM users u JOIN customers c ON c.id = u.customer_id WHERE u.google_subject = 'g'",
 			"SELECT u.id, u.customer_id, u.password_hash IS NOT NULL, c.deletion_requested_at IS NOT NULL, coalesce(u.google_subject, '') FROM users u JOIN customers c ON c.id = u.customer_id WHERE u.email = 'a@example.com' FOR UPDATE OF u",
-			"INSERT INTO customers (name, plan) VALUES ('New', 'free') RETURNING id"},
-			[]string{"SELECT count(*) FROM api_keys", "DELETE FROM users", "SELECT count(*) FROM api_audit_log", "UPDATE users SET password_hash = password_hash", "UPDATE users SET email = email", "SELECT audit_salt FROM customers", "SELECT name, plan FROM customers"}},
+			"INSERT INTO customers (name, plan) VALUES ('New', 'free') RETURNING id", hasFactors},
+			[]string{"SELECT count(*) FROM api_keys", "DELETE FROM users", "SELECT count(*) FROM api_audit_log", "UPDATE users SET password_hash = password_hash", "UPDATE users SET email = email", "SELECT audit_salt FROM customers", "SELECT name, plan FROM customers", "SELECT secret_sealed FROM mfa_totp", "SELECT credential FROM webauthn_credentials", "SELECT code_hash FROM mfa_recovery_codes"}},
 		// The jobs' statements (functions/jobs/retention-sweep main.go,
 		// account-purge purge.go); neither may reach the audit salts, write
 		// the audit log or read what signs users in.
