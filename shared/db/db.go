@@ -1,5 +1,6 @@
 // Package db opens the database connections a function or job uses: a
-// PostgreSQL pool (Open) and a ClickHouse pool (ClickHouse). Connections
+// PostgreSQL pool (Open) or single connection (Connect) and a ClickHouse
+// pool (ClickHouse). Connections
 // are made lazily, so a function starts (and answers 503 for what needs the
 // database) while PostgreSQL is down, and the DSN, which holds a password,
 // never appears in an error.
@@ -10,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -26,4 +28,20 @@ func Open(ctx context.Context, name, dsn string, maxConns int32) (*pgxpool.Pool,
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	return pool, nil
+}
+
+// Connect opens one PostgreSQL connection to dsn; name is the variable the
+// DSN came from. pgx's parse errors quote the string they could not parse,
+// password and all, so they are replaced; its connect errors name only the
+// host, user and database.
+func Connect(ctx context.Context, name, dsn string) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		return nil, errors.New(name + " is not a valid PostgreSQL connection string")
+	}
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return conn, nil
 }

@@ -20,3 +20,20 @@ func TestOpenHidesTheDSN(t *testing.T) {
 		t.Fatal("max connections not applied")
 	}
 }
+
+// TestConnectHidesTheDSN gives Connect DSNs that pgx cannot parse, each
+// with a password pgx's own error would quote (in whole, or the part after
+// an unencoded @), and one it parses but cannot reach.
+func TestConnectHidesTheDSN(t *testing.T) {
+	for _, dsn := range []string{
+		"host=127.0.0.1 user=guardian_owner password = Sup3rS3cret port=5432x dbname=guardian",
+		"postgres://guardian_owner:Sup3r@S3cret@127.0.0.1:5432x/guardian",
+		"postgres://u:Sup3rS3cret@[::1/x",
+		"postgres://u:Sup3rS3cret@127.0.0.1:1/db?connect_timeout=2",
+	} {
+		_, err := Connect(context.Background(), "GUARDIAN_PG_DSN", dsn)
+		if err == nil || strings.Contains(err.Error(), "S3cret") || !strings.Contains(err.Error(), "GUARDIAN_PG_DSN") {
+			t.Errorf("%q: err = %v", dsn, err)
+		}
+	}
+}

@@ -42,6 +42,7 @@ import (
 	"github.com/glassmkr/guardian/shared/atomicfile"
 	"github.com/glassmkr/guardian/shared/audit"
 	"github.com/glassmkr/guardian/shared/config"
+	"github.com/glassmkr/guardian/shared/db"
 	"github.com/glassmkr/guardian/shared/job"
 )
 
@@ -58,7 +59,10 @@ func spec() job.Spec {
 }
 
 func run(ctx context.Context, env *config.Loader, r *job.Report) error {
-	dsn := env.Optional(config.PGAppDSN, env.Optional(config.PGDSN, ""))
+	name, dsn := config.PGAppDSN, env.Optional(config.PGAppDSN, "")
+	if dsn == "" {
+		name, dsn = config.PGDSN, env.Optional(config.PGDSN, "")
+	}
 	if dsn == "" {
 		return fmt.Errorf("set %s or %s", config.PGAppDSN, config.PGDSN)
 	}
@@ -79,9 +83,9 @@ func run(ctx context.Context, env *config.Loader, r *job.Report) error {
 	// holds no lock on customers (audit.CustomersAsOf).
 	var conns [2]*pgx.Conn
 	for i := range conns {
-		c, err := pgx.Connect(ctx, dsn)
+		c, err := db.Connect(ctx, name, dsn)
 		if err != nil {
-			return fmt.Errorf("cannot connect to PostgreSQL")
+			return fmt.Errorf("cannot connect to PostgreSQL: %w", err)
 		}
 		defer c.Close(context.Background())
 		conns[i] = c

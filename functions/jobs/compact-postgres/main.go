@@ -30,6 +30,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/glassmkr/guardian/shared/config"
+	"github.com/glassmkr/guardian/shared/db"
 	"github.com/glassmkr/guardian/shared/job"
 )
 
@@ -71,7 +72,7 @@ func run(ctx context.Context, env *config.Loader, r *job.Report) error {
 	if err := env.Err(); err != nil {
 		return err
 	}
-	conn, err := pgx.Connect(ctx, dsn)
+	conn, err := db.Connect(ctx, config.PGDSN, dsn)
 	if err != nil {
 		return fmt.Errorf("postgres: connect: %w", err)
 	}
