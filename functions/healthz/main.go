@@ -45,8 +45,8 @@ func setup(ctx context.Context, log *zap.Logger, env *config.Loader) (http.Handl
 	if err := env.Err(); err != nil {
 		return nil, nil, err
 	}
-	if !strings.HasPrefix(chURL, "http://") && !strings.HasPrefix(chURL, "https://") {
-		return nil, nil, fmt.Errorf("%s must be an http(s) URL", EnvClickHouseHTTP)
+	if err := config.CheckHTTPURL(chURL); err != nil {
+		return nil, nil, fmt.Errorf("%s %w", EnvClickHouseHTTP, err)
 	}
 
 	pool, err := db.Open(ctx, config.PGAppDSN, pgDSN, 2)

@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/glassmkr/guardian/shared/config"
 	"github.com/glassmkr/guardian/shared/health"
 	"github.com/glassmkr/guardian/shared/testenv"
 )
@@ -336,5 +337,30 @@ func TestPingClickHouse(t *testing.T) {
 	}
 	if err := pingClickHouse(context.Background(), http.DefaultClient, "http://127.0.0.1:1"); err == nil {
 		t.Error("nothing listening: up")
+	}
+}
+
+// TestClickHouseURLWithCredentialsIsRefused: a URL holding a password
+// would put it in every failed check's log line (url.Parse's and
+// net/http's errors quote the URL), so setup refuses it, without quoting it.
+func TestClickHouseURLWithCredentialsIsRefused(t *testing.T) {
+	for _, u := range []string{
+		"http://default:s3cret@127.0.0.1:81x",
+		"http://default:s3cret@127.0.0.1:8123",
+		"ftp://127.0.0.1:8123",
+		"http://127.0.0.1:8123/?user=default&password=s3cret",
+	} {
+		env := config.New(func(k string) (string, bool) {
+			v, ok := map[string]string{
+				config.PGAppDSN:   "postgres://u@127.0.0.1:1/db",
+				config.RedisAddr:  "127.0.0.1:1",
+				EnvClickHouseHTTP: u,
+			}[k]
+			return v, ok
+		})
+		_, _, err := setup(context.Background(), zap.NewNop(), env)
+		if err == nil || strings.Contains(err.Error(), "s3cret") || !strings.Contains(err.Error(), EnvClickHouseHTTP) {
+			t.Errorf("%s: err = %v", u, err)
+		}
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/url"
 	"os"
 	"path"
 	"strconv"
@@ -140,7 +139,7 @@ func LoadConfig(env *config.Loader) (Config, error) {
 	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
 
 	if cfg.HTTPURL != "" {
-		if err := checkHTTPURL(cfg.HTTPURL); err != nil {
+		if err := config.CheckHTTPURL(cfg.HTTPURL); err != nil {
 			bad("%s %v", EnvClickHouseHTTPURL, err)
 		}
 	}
@@ -190,20 +189,6 @@ func LoadConfig(env *config.Loader) (Config, error) {
 		return cfg, fmt.Errorf("backup configuration: %w", err)
 	}
 	return cfg, nil
-}
-
-func checkHTTPURL(s string) error {
-	u, err := url.Parse(s)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return errors.New("must be an http:// or https:// URL")
-	}
-	if u.User != nil {
-		return errors.New("must not hold credentials (use GUARDIAN_CLICKHOUSE_USER and _PASSWORD)")
-	}
-	if u.RawQuery != "" || u.Fragment != "" {
-		return errors.New("must not have a query or fragment")
-	}
-	return nil
 }
 
 func splitList(s string) []string {

@@ -9,6 +9,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -195,4 +196,23 @@ func (l *Loader) LoadRedis() Redis {
 		r.Socket = ""
 	}
 	return r
+}
+
+// CheckHTTPURL refuses a server's base URL (ClickHouse's HTTP interface)
+// that is not plain http(s), or that holds credentials: they belong in
+// variables of their own, and a URL carrying them would put them in every
+// error that quotes it (url.Parse's and net/http's do). The error never
+// quotes s.
+func CheckHTTPURL(s string) error {
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return errors.New("must be an http:// or https:// URL")
+	}
+	if u.User != nil {
+		return errors.New("must not hold credentials (use GUARDIAN_CLICKHOUSE_USER and _PASSWORD)")
+	}
+	if u.RawQuery != "" || u.Fragment != "" {
+		return errors.New("must not have a query or fragment")
+	}
+	return nil
 }
