@@ -161,7 +161,9 @@ func (r *runner) run(ctx context.Context, timeout time.Duration, name string, ar
 	if strings.TrimSpace(out) == "" {
 		out = stdout.String()
 	}
-	out = r.redact(tail(out, 20, 2000))
+	// Redacted before it is cut: a secret across the cut would survive
+	// in part.
+	out = tail(r.redact(out), 20, 2000)
 	var ee *exec.ExitError
 	switch {
 	case ctx.Err() != nil:

@@ -191,7 +191,7 @@ func (r *runner) verifyRestore(ctx context.Context, rr *RepoRestore, pgCtl, scra
 	started = true
 	if _, err := r.run(ctx, 0, pgCtl, "start", "-D", data, "-l", logFile, "-w", "-s",
 		"-t", strconv.Itoa(waitSeconds(ctx)), "-o", restoredOptions(dir, data, port)); err != nil {
-		return asRed(fmt.Errorf("%w; server log: %s", err, r.redact(logTail(logFile))))
+		return asRed(fmt.Errorf("%w; server log: %s", err, r.logTail(logFile)))
 	}
 	rr.Value, err = r.runCheck(ctx, dir, data, port, rr.Query)
 	if err != nil {
@@ -320,10 +320,10 @@ func (r *runner) connectRestored(ctx context.Context, dir, data string, port int
 			return nil, fmt.Errorf("pgbackup: waiting for the restored cluster: %w", ctx.Err())
 		}
 		if _, serr := os.Stat(filepath.Join(data, "postmaster.pid")); serr != nil {
-			return nil, redf("the restored cluster stopped during recovery; server log: %s", r.redact(logTail(filepath.Join(dir, "postgres.log"))))
+			return nil, redf("the restored cluster stopped during recovery; server log: %s", r.logTail(filepath.Join(dir, "postgres.log")))
 		}
 		if time.Now().After(deadline) {
-			return nil, redf("the restored cluster does not accept connections: %v; server log: %s", err, r.redact(logTail(filepath.Join(dir, "postgres.log"))))
+			return nil, redf("the restored cluster does not accept connections: %v; server log: %s", err, r.logTail(filepath.Join(dir, "postgres.log")))
 		}
 		select {
 		case <-ctx.Done():
@@ -455,10 +455,11 @@ func waitSeconds(ctx context.Context) int {
 	return int(left / time.Second)
 }
 
-func logTail(path string) string {
+// logTail is the end of the server log at path, redacted, for an error.
+func (r *runner) logTail(path string) string {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return "(no log)"
 	}
-	return tail(string(b), 8, 1500)
+	return tail(r.redact(string(b)), 8, 1500)
 }
