@@ -14,6 +14,7 @@ import (
 	"syscall"
 
 	"github.com/glassmkr/guardian/shared/audit"
+	"github.com/glassmkr/guardian/shared/pgtext"
 )
 
 // ErrSpoolFull is returned when the spool has reached its size limit.
@@ -254,9 +255,11 @@ const maxSpoolLine = 4 << 20
 // each reads a segment's rows in order and hands them to fn n at a time,
 // so a segment as large as the spool is never held in memory at once. A
 // last line cut short by a crash before its fsync is dropped: its request
-// never got an answer. A whole line that does not decode (damage on disk)
-// cannot be replayed either; it is counted in corrupt, and the rows after
-// it are read on.
+// never got an answer. A whole line that does not decode, or decodes to a
+// row PostgreSQL would refuse (damage on disk: only rows checkRow passed
+// are spooled), cannot be replayed either; it is counted in corrupt, and
+// the rows after it are read on. Handed on, such a row would fail every
+// replay of its segment, and the spool would never empty.
 func (s *spool) each(name string, n int, fn func([]*audit.Row) error) (corrupt int, err error) {
 	f, err := os.Open(filepath.Join(s.dir, name))
 	if err != nil {
@@ -277,7 +280,7 @@ func (s *spool) each(name string, n int, fn func([]*audit.Row) error) (corrupt i
 		if err == nil { // a whole line
 			line = append(line, chunk...)
 			var r audit.Row
-			if len(line) > maxSpoolLine || json.Unmarshal(line, &r) != nil {
+			if len(line) > maxSpoolLine || json.Unmarshal(line, &r) != nil || checkRow(&r) != nil || !pgtext.Valid(r.WriterID) {
 				corrupt++
 			} else {
 				rows = append(rows, &r)

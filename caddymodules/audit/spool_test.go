@@ -173,8 +173,9 @@ func TestSpoolDirectoryHasOneWriter(t *testing.T) {
 
 // A segment is read in bounded batches. A torn last line (a crash before
 // its fsync) is dropped quietly; whole lines that do not decode, overlong
-// ones included, are counted as damaged, and the rows after them are
-// still read.
+// ones included, or that decode to a row PostgreSQL would refuse (a bit
+// flipped in an action, or a NUL in a writer id), are counted as
+// damaged, and the rows after them are still read.
 func TestSpoolSegmentReadsInBatchesAndCountsDamage(t *testing.T) {
 	dir := t.TempDir()
 	s, err := openSpool(dir, 1<<30)
@@ -189,7 +190,14 @@ func TestSpoolSegmentReadsInBatchesAndCountsDamage(t *testing.T) {
 		return string(b) + "\n"
 	}
 	a, b, c := testRow(1), testRow(2), testRow(3)
-	body := line(a) + "{\"Path\":\"/damaged\n" + line(b) + strings.Repeat("x", maxSpoolLine+100) + "\n" + line(c) + line(testRow(4))[:40]
+	flipped := func(edit func(*audit.Row)) string {
+		r := testRow(9)
+		edit(r)
+		return line(r)
+	}
+	body := line(a) + "{\"Path\":\"/damaged\n" + line(b) + strings.Repeat("x", maxSpoolLine+100) + "\n" +
+		"{}\n" + flipped(func(r *audit.Row) { r.Action = "reae" }) + flipped(func(r *audit.Row) { r.WriterID = "w\x00" }) +
+		line(c) + line(testRow(4))[:40]
 	if err := os.WriteFile(filepath.Join(dir, "seg-00000000000000000099.jsonl"), []byte(body), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -202,8 +210,8 @@ func TestSpoolSegmentReadsInBatchesAndCountsDamage(t *testing.T) {
 		}
 		return nil
 	})
-	if err != nil || corrupt != 2 {
-		t.Fatalf("corrupt %d (%v), want 2", corrupt, err)
+	if err != nil || corrupt != 5 {
+		t.Fatalf("corrupt %d (%v), want 5", corrupt, err)
 	}
 	if !slices.Equal(got, []string{a.RequestID, b.RequestID, c.RequestID}) || !slices.Equal(sizes, []int{2, 1}) {
 		t.Fatalf("rows %v in batches %v", got, sizes)
