@@ -389,7 +389,7 @@ func refusalOf(raw, issuer, clientID string, now time.Time) string {
 		return "wrong_issuer"
 	case !slices.Contains(aud, clientID):
 		return "wrong_audience"
-	case c.Expiry > 0 && now.After(time.Unix(int64(c.Expiry), 0)):
+	case c.Expiry > 0 && float64(now.UnixNano())/1e9 > c.Expiry: // as floats: an int64 would wrap past 2^63
 		return "id_token_expired"
 	}
 	return "id_token_signature"

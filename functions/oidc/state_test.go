@@ -139,6 +139,9 @@ func TestRefusalOf(t *testing.T) {
 		{"another client", map[string]any{"iss": "https://idp", "aud": []string{"other"}}, "wrong_audience"},
 		{"expired", map[string]any{"iss": "https://idp", "aud": "client", "exp": now.Add(-time.Minute).Unix()}, "id_token_expired"},
 		{"claims fine, so the signature", map[string]any{"iss": "https://idp", "aud": "client", "exp": now.Add(time.Minute).Unix()}, "id_token_signature"},
+		// Past 2^63 an int64 conversion wraps negative, which read as expired.
+		{"an end too far ahead for an int64", map[string]any{"iss": "https://idp", "aud": "client", "exp": 1e19}, "id_token_signature"},
+		{"the largest int64", map[string]any{"iss": "https://idp", "aud": "client", "exp": int64(9223372036854775807)}, "id_token_signature"},
 	} {
 		if got := refusalOf(token(tc.claims), "https://idp", "client", now); got != tc.want {
 			t.Errorf("%s: %s", tc.name, got)
