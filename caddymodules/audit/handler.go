@@ -324,6 +324,11 @@ func (h *Handler) row(r *http.Request, id *identity.Identity, why string, status
 			if audit.Actions[a.Action] {
 				row.Action = a.Action
 			}
+			if row.Action == "auth_failed" {
+				// Whatever the status: a form sign-in refused redirects
+				// back to its form (303), which ResultFor calls success.
+				row.Result = audit.ResultDenied
+			}
 			for k, v := range a.Metadata {
 				set(k, v)
 			}

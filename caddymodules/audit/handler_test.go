@@ -136,6 +136,24 @@ func TestARowKeepsNoKeyInResourceOrUserAgent(t *testing.T) {
 	}
 }
 
+// A function's auth_failed is a refusal whatever its status: a form
+// sign-in with a wrong password answers 303, back to its form.
+func TestAFailedSignInIsDeniedWhateverItsStatus(t *testing.T) {
+	t.Parallel()
+	h := &Handler{log: zap.NewNop()}
+	req := httptest.NewRequest("POST", "/auth/login", nil)
+	req = req.WithContext(context.WithValue(req.Context(), caddyhttp.VarsCtxKey, map[string]any{}))
+	for _, status := range []int{303, 401, 429} {
+		row := h.row(req, nil, "", status, audit.Annotation{Action: "auth_failed"}.Encode(), time.Now(), "req-1")
+		if row.Action != "auth_failed" || row.Result != audit.ResultDenied {
+			t.Errorf("%d: action %q result %q, want auth_failed denied", status, row.Action, row.Result)
+		}
+	}
+	if row := h.row(req, nil, "", 303, audit.Annotation{Action: "create"}.Encode(), time.Now(), "req-1"); row.Result != audit.ResultSuccess {
+		t.Errorf("a sign-in's 303: result %q, want success", row.Result)
+	}
+}
+
 // A request that comes while the audit queues are saturated is refused
 // before its function runs: "nothing was done", not "outcome unknown".
 func TestASaturatedWriterRefusesBeforeTheFunctionRuns(t *testing.T) {
