@@ -111,7 +111,7 @@ func TestCredentialStuffingIsHeldToTheAddressBucket(t *testing.T) {
 	s := testenv.StartStack(t, env)
 	key := c.AccountKey(t, "read")
 	ctx := context.Background()
-	attacker := map[string]string{"X-Forwarded-For": "198.51.100.9"}
+	attacker := map[string]string{"Cf-Connecting-Ip": "198.51.100.9"}
 
 	var flood, health, api tally
 	stop := make(chan struct{})
@@ -119,11 +119,11 @@ func TestCredentialStuffingIsHeldToTheAddressBucket(t *testing.T) {
 	probes.Add(2)
 	go func() {
 		defer probes.Done()
-		probe(ctx, s.URL+"/healthz", map[string]string{"X-Forwarded-For": "203.0.113.5"}, &health, stop)
+		probe(ctx, s.URL+"/healthz", map[string]string{"Cf-Connecting-Ip": "203.0.113.5"}, &health, stop)
 	}()
 	go func() {
 		defer probes.Done()
-		probe(ctx, s.URL+"/api/v1/whoami", map[string]string{"Authorization": "Bearer " + key, "X-Forwarded-For": "203.0.113.5"}, &api, stop)
+		probe(ctx, s.URL+"/api/v1/whoami", map[string]string{"Authorization": "Bearer " + key, "Cf-Connecting-Ip": "203.0.113.5"}, &api, stop)
 	}()
 
 	// Every attempt at once, as a stuffing tool does: it does not wait for
@@ -237,7 +237,7 @@ func TestRandomKeyFloodCostsNoLookupPerGarbageKey(t *testing.T) {
 			t.Fatal(err)
 		}
 		st, _, err := send(ctx, "GET", s.URL+"/api/v1/whoami", "", map[string]string{
-			"Authorization": "Bearer " + testenv.Corrupt(k), "X-Forwarded-For": fmt.Sprintf("203.0.113.%d", i%200)})
+			"Authorization": "Bearer " + testenv.Corrupt(k), "Cf-Connecting-Ip": fmt.Sprintf("203.0.113.%d", i%200)})
 		if err != nil {
 			st = -1
 		}
@@ -264,7 +264,7 @@ func TestRandomKeyFloodCostsNoLookupPerGarbageKey(t *testing.T) {
 			t.Fatal(err)
 		}
 		st, _, err := send(ctx, "GET", s.URL+"/api/v1/whoami", "", map[string]string{
-			"Authorization": "Bearer " + k, "X-Forwarded-For": "198.51.100.77"})
+			"Authorization": "Bearer " + k, "Cf-Connecting-Ip": "198.51.100.77"})
 		if err != nil {
 			st = -1
 		}

@@ -259,7 +259,7 @@ func BenchmarkIngestFullEdge(b *testing.B) {
 
 // BenchmarkHealthzDuringLoginFlood floods /auth/login with wrong
 // passwords from -flows.flood-c concurrent clients, each request from
-// another address (X-Forwarded-For from a trusted proxy, as a botnet
+// another address (Cf-Connecting-Ip from a trusted proxy, as a botnet
 // behind Cloudflare looks), so the per-IP bucket does not stop them and
 // every request reaches bcrypt. Meanwhile /healthz is sent at a fixed
 // rate (open loop) and its latency measured, then compared with the same
@@ -293,7 +293,7 @@ func BenchmarkHealthzDuringLoginFlood(b *testing.B) {
 			for i := 0; floodCtx.Err() == nil; i++ {
 				req, _ := http.NewRequestWithContext(floodCtx, http.MethodPost, stack.URL+"/auth/login", bytes.NewReader(body))
 				req.Header.Set("Content-Type", "application/json")
-				req.Header.Set("X-Forwarded-For", fmt.Sprintf("198.51.%d.%d", w%250, i%250))
+				req.Header.Set("Cf-Connecting-Ip", fmt.Sprintf("198.51.%d.%d", w%250, i%250))
 				resp, err := client.Do(req)
 				if err != nil {
 					if floodCtx.Err() == nil {

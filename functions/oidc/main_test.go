@@ -56,7 +56,7 @@ func newSite(t *testing.T, opt options) *site {
 	port := testenv.FreePort(t)
 	s := &site{URL: fmt.Sprintf("http://127.0.0.1:%d", port), pg: pg, c: c,
 		// Each test has a client address of its own for the per-IP bucket
-		// (Caddy trusts X-Forwarded-For from loopback here).
+		// (Caddy trusts Cf-Connecting-Ip from loopback here).
 		clientIP: fmt.Sprintf("10.%d.%d.%d", rand.IntN(256), rand.IntN(256), 1+rand.IntN(254))}
 	if opt.providerDown {
 		s.idpAddr = fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
@@ -126,7 +126,7 @@ func (b *browser) get(u string) reply {
 func (b *browser) do(req *http.Request) reply {
 	b.t.Helper()
 	if strings.HasPrefix(req.URL.String(), b.s.URL) {
-		req.Header.Set("X-Forwarded-For", b.s.clientIP)
+		req.Header.Set("Cf-Connecting-Ip", b.s.clientIP)
 	}
 	resp, err := b.client.Do(req)
 	if err != nil {
@@ -571,7 +571,7 @@ func (b *browser) postForm(path string, form url.Values) reply {
 	b.t.Helper()
 	req, _ := http.NewRequest("POST", b.s.URL+path, strings.NewReader(form.Encode()))
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	req.Header.Set("X-Forwarded-For", b.s.clientIP)
+	req.Header.Set("Cf-Connecting-Ip", b.s.clientIP)
 	resp, err := b.client.Do(req)
 	if err != nil {
 		b.t.Fatal(err)

@@ -54,7 +54,7 @@ func TestAGoogleSignInRacingAFirstFactorIsAskedForIt(t *testing.T) {
 	done := make(chan answer, 1)
 	go func() {
 		req, _ := http.NewRequest("GET", callback, nil)
-		req.Header.Set("X-Forwarded-For", s.clientIP)
+		req.Header.Set("Cf-Connecting-Ip", s.clientIP)
 		resp, err := b.client.Do(req)
 		if err != nil {
 			done <- answer{err: err}
