@@ -15,6 +15,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/glassmkr/guardian/shared/audit"
 	"github.com/glassmkr/guardian/shared/identity"
 	"github.com/glassmkr/guardian/shared/problem"
 )
@@ -70,8 +71,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	// A 503 is a refusal the edge chose (busy, a dependency away), said
 	// where it was decided; logging each would flood the log under load.
 	if p.Status >= 500 && p.Status != http.StatusServiceUnavailable && h.log != nil {
+		// The path may hold a key or token a client pasted there.
 		h.log.Error("request failed", zap.String("request_id", id), zap.Int("status", p.Status),
-			zap.String("method", r.Method), zap.String("path", r.URL.Path), zap.Error(err))
+			zap.String("method", r.Method), zap.String("path", audit.RedactPath(r.URL.Path)), zap.Error(err))
 	}
 	if wantsHTML(r) {
 		writeHTML(w, p)
