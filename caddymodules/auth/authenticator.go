@@ -3,10 +3,10 @@ package auth
 import (
 	"context"
 	"crypto/hmac"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"strconv"
 	"strings"
@@ -81,18 +81,22 @@ type Authenticator struct {
 	// staleWarned is when the last "serving from cache" warning was
 	// logged (unix ns): one per staleWarnEvery, not one per request.
 	staleWarned atomic.Int64
-	touch       *toucher
-	lookups     *lookups
-	keyFlight   singleflight.Group // key lookups in flight, by hash
-	sessFlight  singleflight.Group // session lookups in flight, by id
-	cancel      context.CancelFunc
-	done        chan struct{}
+	// badNoticeWarned is when a malformed notification was last logged
+	// (unix ns), as staleWarned.
+	badNoticeWarned atomic.Int64
+	touch           *toucher
+	lookups         *lookups
+	keyFlight       singleflight.Group // key lookups in flight, by hash
+	sessFlight      singleflight.Group // session lookups in flight, by id
+	cancel          context.CancelFunc
+	done            chan struct{}
 }
 
 type keyEntry struct {
 	id identity.Identity
 	// endsAt is when the key stops working: its revocation (which may lie
-	// ahead, in a rotation's grace window) or its expiry; zero if never.
+	// ahead, in a rotation's grace window) or its expiry, on the edge's
+	// clock (endOnEdge); zero if never.
 	endsAt  time.Time
 	fetched time.Time
 }
@@ -188,8 +192,13 @@ func (a *Authenticator) fresh(fetched time.Time) bool {
 	return a.listening.Load() || a.now().Sub(fetched) < staleAfter
 }
 
+// keyQuery reads a key's row and, on PostgreSQL's clock (the one its
+// revoked_at and expires_at were written with), whether the key has ended
+// and how many seconds it has left (both NULL if it never ends; seconds
+// by epoch, as an infinite end cannot be subtracted).
 const keyQuery = `SELECT k.id, k.customer_id, k.kind, coalesce(k.scope, ''), coalesce(k.server_id::text, ''), k.key_hash,
-	least(k.revoked_at, k.expires_at)
+	least(k.revoked_at, k.expires_at) <= now(),
+	(extract(epoch FROM least(k.revoked_at, k.expires_at)) - extract(epoch FROM now()))::float8
 FROM api_keys k WHERE k.key_hash = $1`
 
 // Key authenticates an API key. Malformed keys are refused without I/O;
@@ -226,8 +235,7 @@ func (a *Authenticator) keyMiss(ctx context.Context, h [32]byte, kind apikey.Kin
 	if !ok {
 		return nil, ErrNotCached
 	}
-	defer release()
-	v, err := shared(ctx, &a.keyFlight, flightKey(cred, gen), func(qctx context.Context) (any, error) {
+	v, err := shared(ctx, &a.keyFlight, flightKey(cred, gen), release, func(qctx context.Context) (any, error) {
 		return a.lookupKey(qctx, h, kind, e, gen)
 	})
 	if err != nil {
@@ -250,8 +258,12 @@ const lookupTimeout = 5 * time.Second
 
 // shared runs fn once for all callers asking for key at the same time, on
 // a context of its own (bounded by lookupTimeout); each caller stops
-// waiting when its own ctx ends.
-func shared(ctx context.Context, g *singleflight.Group, key string, fn func(context.Context) (any, error)) (any, error) {
+// waiting when its own ctx ends. release (the caller's lookup place,
+// lookups.acquire) is called when the query ends, not when the caller
+// stops waiting: a client that sends made-up keys and goes away at once
+// would otherwise keep any number of queries running, past
+// maxLookupsPerClient.
+func shared(ctx context.Context, g *singleflight.Group, key string, release func(), fn func(context.Context) (any, error)) (any, error) {
 	ch := g.DoChan(key, func() (any, error) {
 		qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lookupTimeout)
 		defer cancel()
@@ -259,8 +271,13 @@ func shared(ctx context.Context, g *singleflight.Group, key string, fn func(cont
 	})
 	select {
 	case r := <-ch:
+		release()
 		return r.Val, r.Err
 	case <-ctx.Done():
+		go func() { // ends within lookupTimeout, with the query
+			<-ch
+			release()
+		}()
 		return nil, fmt.Errorf("%w: %w", ErrUnavailable, ctx.Err())
 	}
 }
@@ -273,11 +290,13 @@ func (a *Authenticator) lookupKey(ctx context.Context, h [32]byte, kind apikey.K
 		rowKind       string
 		scope         string
 		stored        []byte
-		endsAt        *time.Time
+		ended         *bool
+		left          *float64
 		keyID, custID string
 	)
 	hb := h[:]
-	err := a.db.QueryRow(ctx, keyQuery, hb).Scan(&keyID, &custID, &rowKind, &scope, &id.ServerID, &stored, &endsAt)
+	began := a.now()
+	err := a.db.QueryRow(ctx, keyQuery, hb).Scan(&keyID, &custID, &rowKind, &scope, &id.ServerID, &stored, &ended, &left)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		return nil, ErrUnknown
@@ -300,8 +319,8 @@ func (a *Authenticator) lookupKey(ctx context.Context, h [32]byte, kind apikey.K
 		id.Kind = identity.KindAccount
 	}
 	e = &keyEntry{id: id, fetched: a.now()}
-	if endsAt != nil {
-		e.endsAt = *endsAt
+	if ended != nil && left != nil {
+		e.endsAt = endOnEdge(began, *ended, *left)
 	}
 	a.mu.Lock()
 	if a.gen == gen { // else this request gets the row, the cache does not
@@ -324,8 +343,7 @@ func (a *Authenticator) sessionMiss(ctx context.Context, sid string, e *sessionE
 	if !ok {
 		return nil, ErrNotCached
 	}
-	defer release()
-	v, err := shared(ctx, &a.sessFlight, flightKey(sid, gen), func(qctx context.Context) (any, error) {
+	v, err := shared(ctx, &a.sessFlight, flightKey(sid, gen), release, func(qctx context.Context) (any, error) {
 		var userID, custID, role string
 		var expires time.Time
 		var revoked bool
@@ -412,6 +430,21 @@ func (a *Authenticator) warnStale(ctx context.Context, kind string, err error) {
 	a.log.Warn("credential store unreachable; serving cached credentials (logged once per 30 s)", zap.String("kind", kind), zap.Error(err))
 }
 
+// endOnEdge is when a key ends on the edge's clock, given what PostgreSQL
+// said on its own (ended, or left seconds to go) and began, the edge's
+// time before it asked: early by the query's duration at most, never late
+// by however far the edge's clock is behind PostgreSQL's. Zero (never)
+// for an end too far ahead to count in a time.Duration, infinity too.
+func endOnEdge(began time.Time, ended bool, left float64) time.Time {
+	switch {
+	case ended || !(left > 0): // NaN too
+		return began
+	case left >= float64(math.MaxInt64)/float64(time.Second):
+		return time.Time{}
+	}
+	return began.Add(time.Duration(left * float64(time.Second)))
+}
+
 func (a *Authenticator) keyResult(e *keyEntry) (*identity.Identity, error) {
 	if !e.endsAt.IsZero() && !a.now().Before(e.endsAt) {
 		return nil, ErrRevoked
@@ -478,26 +511,19 @@ func (a *Authenticator) Session(ctx context.Context, token string, lookup bool) 
 	return &e.id, nil // read-only, as in keyResult
 }
 
-// drop applies one notification payload to the caches.
-func (a *Authenticator) drop(payload string) {
-	if len(payload) < 3 || payload[1] != ':' {
-		return
-	}
-	val := payload[2:]
+// drop applies one parsed notification (parseNotice) to the caches.
+func (a *Authenticator) drop(n notice) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.gen++
-	switch payload[0] {
+	switch n.kind {
 	case 'k':
-		var h [32]byte
-		if n, err := hex.Decode(h[:], []byte(val)); err == nil && n == 32 {
-			delete(a.keys, h)
-		}
+		delete(a.keys, n.key)
 	case 's':
-		delete(a.sessions, val)
+		delete(a.sessions, n.id)
 	case 'u':
 		for sid, e := range a.sessions {
-			if e.id.UserID == val {
+			if e.id.UserID == n.id {
 				delete(a.sessions, sid)
 			}
 		}
@@ -568,7 +594,7 @@ func (a *Authenticator) listenOnce(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		a.drop(n.Payload)
+		a.apply(n.Payload)
 	}
 }
 

@@ -32,6 +32,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/glassmkr/guardian/caddymodules/guardian"
+	"github.com/glassmkr/guardian/shared/audit"
 	"github.com/glassmkr/guardian/shared/identity"
 	"github.com/glassmkr/guardian/shared/problem"
 	"github.com/glassmkr/guardian/shared/session"
@@ -118,6 +119,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	appIface, err := ctx.App("guardian")
 	if err != nil {
+		return fmt.Errorf("guardian_auth: %w", err)
+	}
+	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("guardian_auth: %w", err)
 	}
 	app := appIface.(*guardian.App)
@@ -275,7 +279,8 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, why string, cle
 		http.SetCookie(w, session.ClearCookie(h.cookieDomain))
 	}
 	if ce := h.log.Check(zap.DebugLevel, "request refused"); ce != nil {
-		ce.Write(zap.String("reason", why), zap.String("method", r.Method), zap.String("path", r.URL.Path))
+		// The path may hold a key or token a client pasted there.
+		ce.Write(zap.String("reason", why), zap.String("method", r.Method), zap.String("path", audit.RedactPath(r.URL.Path)))
 	}
 	// Built by hand rather than with caddyhttp.Error, which walks the call
 	// stack for a trace on every call.

@@ -6,7 +6,8 @@
 //     for requests without a valid credential. In mode "always" every
 //     request of the route is charged first (sign-in, sign-up, re-auth:
 //     brute-force surfaces). In mode "failures" only requests whose
-//     authentication failed are charged, after the fact; once an address is
+//     authentication failed (or whose client went away while it was
+//     checked) are charged, after the fact; once an address is
 //     out of tokens this instance marks it, so its next credentials that
 //     are not already known good are refused without a database lookup.
 //   - account tier (after authentication): 1,000 tokens, 100/s per key (or
@@ -24,6 +25,7 @@
 package ratelimit
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -280,10 +282,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if why == reasonIPBlocked {
 		return h.unchecked(w, ip)
 	}
-	if !credentialFailure(why) {
+	if !credentialFailure(why) && !abandoned(r, why) {
 		return h.chargeRefused(w, r, why, err)
 	}
-	d := h.limiter.Take(r.Context(), []string{h.limiter.IPKey(ip)}, h.ipLimits, true)
+	// The charge must not depend on the client staying: on the request's
+	// context, a client gone by now would be charged to this instance's
+	// buckets at most, not to Redis's. The limiter's own deadline bounds
+	// the wait.
+	d := h.limiter.Take(context.WithoutCancel(r.Context()), []string{h.limiter.IPKey(ip)}, h.ipLimits, true)
 	if !d.Allowed {
 		h.limiter.blocked.add(ip, d.RetryAfter)
 	}
@@ -360,6 +366,15 @@ func credentialFailure(why string) bool {
 		return false
 	}
 	return true
+}
+
+// abandoned reports whether auth could not finish checking the request's
+// credential because its client went away (store_unavailable, with the
+// request's context done). Such a failure is charged: the lookup it
+// started runs on, and a client sending made-up keys and closing each
+// connection at once would otherwise have them checked for free.
+func abandoned(r *http.Request, why string) bool {
+	return why == "store_unavailable" && r.Context().Err() != nil
 }
 
 // The RateLimit header names in canonical form (http.CanonicalHeaderKey),
