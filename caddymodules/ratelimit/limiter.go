@@ -64,7 +64,13 @@ type Limiter struct {
 	downUntil atomic.Int64 // unix ns: skip Redis until then
 	// lastOK is when the latest decision Redis answered began (unix ns):
 	// a failure of a call begun before it says nothing about Redis now.
-	lastOK   atomic.Int64
+	lastOK atomic.Int64
+	// stateMu orders the changes of the down mark with the redis_up gauge
+	// (answered, degrade); lastFail, under it, is when the latest call
+	// that marked Redis down began (unix ns): an answer to a call begun
+	// before it does not clear the mark.
+	stateMu  sync.Mutex
+	lastFail int64
 	lastWarn atomic.Int64 // unix ns of the last degradation warning
 	lastUp   atomic.Int64 // unix ns of the last recovery message
 	// probes counts decisions that asked a Redis marked down (tests).
@@ -155,15 +161,7 @@ func (l *Limiter) Take(ctx context.Context, keys []string, buckets []Bucket, loc
 		}
 		d, err := l.takeRedis(ctx, keys, buckets)
 		if err == nil {
-			storeLater(&l.lastOK, now.UnixNano())
-			if l.downUntil.Load() != 0 && l.downUntil.Swap(0) != 0 {
-				metrics.redisUp.Set(1)
-				// Once per warnEvery, as the warning: a flapping Redis
-				// must not fill the log.
-				if last := l.lastUp.Load(); now.UnixNano()-last >= int64(warnEvery) && l.lastUp.CompareAndSwap(last, now.UnixNano()) {
-					l.log.Info("rate limiter: Redis answers again; limiting by Redis resumed")
-				}
-			}
+			l.answered(now)
 			return d
 		}
 		// A closed limiter (its config replaced while this request ran)
@@ -172,10 +170,7 @@ func (l *Limiter) Take(ctx context.Context, keys []string, buckets []Bucket, loc
 		// mark it down. Otherwise a client closing its connections would
 		// switch limiting off for everyone (and the gauge is shared with
 		// a new config's limiter).
-		// Nor does a call that began before one Redis has answered since:
-		// a timeout of the outage, reported after Redis came back, would
-		// otherwise switch Redis off again for probeEvery.
-		if !l.callerEnded(ctx, now) && !errors.Is(err, errPipelineClosed) && now.UnixNano() > l.lastOK.Load() {
+		if !l.callerEnded(ctx, now) && !errors.Is(err, errPipelineClosed) {
 			l.degrade(now, err)
 		}
 	}
@@ -208,14 +203,60 @@ func storeLater(a *atomic.Int64, t int64) {
 	}
 }
 
-// degrade records a Redis failure: requests skip Redis for probeEvery, the
-// metric shows it, and a warning is logged at most once per warnEvery.
-func (l *Limiter) degrade(now time.Time, err error) {
-	l.downUntil.Store(now.Add(probeEvery).UnixNano())
-	metrics.redisUp.Set(0)
+// answered records a decision Redis answered, of a call begun at began: it
+// clears the down mark, unless a call begun later has failed since (that
+// one knows more about Redis now than this one).
+func (l *Limiter) answered(began time.Time) {
+	storeLater(&l.lastOK, began.UnixNano())
+	if l.downUntil.Load() == 0 {
+		return // up: the usual case, without the lock
+	}
+	l.stateMu.Lock()
+	defer l.stateMu.Unlock()
+	if l.downUntil.Load() == 0 || began.UnixNano() <= l.lastFail {
+		return
+	}
+	l.downUntil.Store(0)
+	metrics.redisUp.Set(1) // under stateMu: a concurrent degrade cannot set 0 after it
+	// Once per warnEvery, as the warning: a flapping Redis must not fill
+	// the log.
+	if last := l.lastUp.Load(); began.UnixNano()-last >= int64(warnEvery) && l.lastUp.CompareAndSwap(last, began.UnixNano()) {
+		l.log.Info("rate limiter: Redis answers again; limiting by Redis resumed")
+	}
+}
+
+// degrade records a Redis failure of a call begun at began: requests skip
+// Redis for probeEvery, the metric shows it, and a warning is logged at
+// most once per warnEvery. A call that began before one Redis has
+// answered since says nothing about Redis now: a timeout of the outage,
+// reported after Redis came back, would otherwise switch Redis off again
+// for probeEvery.
+func (l *Limiter) degrade(began time.Time, err error) {
+	l.stateMu.Lock()
+	if began.UnixNano() <= l.lastOK.Load() {
+		l.stateMu.Unlock()
+		return
+	}
+	l.lastFail = max(l.lastFail, began.UnixNano())
+	l.downUntil.Store(began.Add(probeEvery).UnixNano())
+	// An answer to a later call that came meanwhile may have found no
+	// mark yet and left without the lock: clear the mark for it. (It
+	// stores lastOK before it looks at the mark, and this looks at
+	// lastOK after storing the mark, so one of the two sees the other.)
+	up := l.lastOK.Load() > l.lastFail
+	if up {
+		l.downUntil.Store(0)
+		metrics.redisUp.Set(1)
+	} else {
+		metrics.redisUp.Set(0) // under stateMu, as answered's 1
+	}
+	l.stateMu.Unlock()
 	metrics.redisErrors.Inc()
+	if up {
+		return
+	}
 	last := l.lastWarn.Load()
-	if now.UnixNano()-last >= int64(warnEvery) && l.lastWarn.CompareAndSwap(last, now.UnixNano()) {
+	if began.UnixNano()-last >= int64(warnEvery) && l.lastWarn.CompareAndSwap(last, began.UnixNano()) {
 		l.log.Warn("rate limiter: Redis unreachable or slow; failing open (brute-force routes use per-instance buckets)",
 			zap.Error(err), zap.Duration("next_warning_after", warnEvery))
 	}
