@@ -126,7 +126,13 @@ func (a Annotation) Encode() string {
 	return string(b)
 }
 
-// ResultFor maps an HTTP status to a result.
+// ResultFor maps an HTTP status to a result. A redirect is a success: a
+// route that answers 3xx has acted (a form sign-in's 303 to the
+// dashboard, OpenID Connect's 303s) or, refusing, says so beside the
+// status (the edge's redirect of a signed-out browser to /login is
+// recorded denied; a form sign-in's refusal carries the action
+// auth_failed). Functions never redirect to a cleaned path, which would
+// be a success that did nothing: shared/fnserve answers 404 instead.
 func ResultFor(status int) string {
 	switch {
 	case status < 400:

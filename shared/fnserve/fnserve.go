@@ -238,10 +238,11 @@ func Listener() (net.Listener, error) {
 
 // Serve signals readiness, serves h on ln until ctx ends, then stops
 // accepting and waits for in-flight requests to finish. Plain-text error
-// answers of h (a ServeMux's 404 and 405) go out as problem+json.
+// answers of h (a ServeMux's 404 and 405) go out as problem+json, and a
+// path that is not canonical is 404 before h sees it (canonicalPaths).
 func Serve(ctx context.Context, ln net.Listener, h http.Handler) error {
 	srv := &http.Server{
-		Handler:           problemErrors(h),
+		Handler:           handler(h),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       5 * time.Minute,
 	}
@@ -266,6 +267,9 @@ func Serve(ctx context.Context, ln net.Listener, h http.Handler) error {
 	}
 	return nil
 }
+
+// handler is h as Serve serves it.
+func handler(h http.Handler) http.Handler { return canonicalPaths(problemErrors(h)) }
 
 // inherited is the file descriptor the runtime named in variable env, or
 // nil when env is unset (a function run by hand).
