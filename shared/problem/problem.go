@@ -60,8 +60,14 @@ func (p *Problem) MarshalJSON() ([]byte, error) {
 	return json.Marshal(m)
 }
 
-// Write sends p as the response. Caching is disabled: a problem describes
-// one request.
+// Challenge is the WWW-Authenticate a 401 carries when its writer set
+// none: RFC 9110 requires one on every 401, and this is the one the
+// edge's own 401 for a missing credential sends (caddymodules/auth).
+const Challenge = `Bearer realm="guardian"`
+
+// Write sends p as the response, with Challenge on a 401 that has no
+// WWW-Authenticate yet. Caching is disabled: a problem describes one
+// request.
 func Write(w http.ResponseWriter, p *Problem) {
 	body, err := json.Marshal(p)
 	if err != nil {
@@ -73,6 +79,9 @@ func Write(w http.ResponseWriter, p *Problem) {
 	h.Set("Content-Type", ContentType)
 	h.Set("Cache-Control", "no-store")
 	h.Del("Content-Length")
+	if p.Status == http.StatusUnauthorized && len(h.Values("WWW-Authenticate")) == 0 {
+		h.Set("WWW-Authenticate", Challenge)
+	}
 	w.WriteHeader(p.Status)
 	_, _ = w.Write(append(body, '\n'))
 }

@@ -44,3 +44,26 @@ func TestCodeForStatus(t *testing.T) {
 		}
 	}
 }
+
+// RFC 9110: every 401 names a challenge. Write adds the edge's when the
+// writer set none, and keeps one it did set.
+func TestA401CarriesAChallenge(t *testing.T) {
+	rec := httptest.NewRecorder()
+	Write(rec, New(http.StatusUnauthorized, "reauth_required", "confirm your password"))
+	if got := rec.Header().Values("WWW-Authenticate"); len(got) != 1 || got[0] != Challenge {
+		t.Errorf("401 without a challenge of its own: WWW-Authenticate %q", got)
+	}
+	rec = httptest.NewRecorder()
+	rec.Header().Set("WWW-Authenticate", `Bearer realm="guardian", error="invalid_token"`)
+	Write(rec, New(http.StatusUnauthorized, "invalid_credentials", "the credential is not valid"))
+	if got := rec.Header().Values("WWW-Authenticate"); len(got) != 1 || got[0] != `Bearer realm="guardian", error="invalid_token"` {
+		t.Errorf("the writer's own challenge replaced: %q", got)
+	}
+	for _, status := range []int{http.StatusForbidden, http.StatusBadRequest, http.StatusTooManyRequests} {
+		rec = httptest.NewRecorder()
+		Write(rec, New(status, CodeForStatus(status), ""))
+		if got := rec.Header().Get("WWW-Authenticate"); got != "" {
+			t.Errorf("%d with WWW-Authenticate %q", status, got)
+		}
+	}
+}
