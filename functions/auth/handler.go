@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"io"
@@ -89,6 +90,23 @@ func fields(w http.ResponseWriter, r *http.Request) (map[string]string, bool, *p
 		return out, false, nil
 	}
 	return nil, false, problem.New(http.StatusUnsupportedMediaType, "unsupported_media_type", "send JSON or a form")
+}
+
+// required answers 400 invalid_request naming the first of names that f
+// lacks or holds empty, as keys and mfa name a field, and returns false.
+// A password is checked only once one was sent: a missing or misspelled
+// field would otherwise cost a bcrypt comparison and be answered, and
+// audited, as a wrong password.
+func required(w http.ResponseWriter, f map[string]string, names ...string) bool {
+	for _, name := range names {
+		if f[name] == "" {
+			p := problem.New(http.StatusBadRequest, "invalid_request", name+": required")
+			p.Extra = map[string]any{"field": name}
+			problem.Write(w, p)
+			return false
+		}
+	}
+	return true
 }
 
 var loginPage = page.New("login", `
@@ -353,6 +371,9 @@ func (h *handler) reauth(w http.ResponseWriter, r *http.Request) {
 		problem.Write(w, p)
 		return
 	}
+	if !required(w, f, "password") {
+		return
+	}
 	verr := h.verifier.Verify(r.Context(), hash, f["password"])
 	if errors.Is(verr, password.ErrBusy) {
 		h.busy(w)
@@ -408,6 +429,9 @@ func (h *handler) changePassword(w http.ResponseWriter, r *http.Request) {
 		problem.Write(w, p)
 		return
 	}
+	if !required(w, f, "new_password") {
+		return
+	}
 	var hash, email string
 	if err := h.db.QueryRow(r.Context(), "SELECT coalesce(password_hash, ''), email FROM users WHERE id = $1", id.UserID).Scan(&hash, &email); err != nil {
 		h.unavailable(w, err)
@@ -426,6 +450,9 @@ func (h *handler) changePassword(w http.ResponseWriter, r *http.Request) {
 	if hash != "" {
 		// Changing a password needs the current one; setting a first
 		// password (a Google-only account) needs a fresh sign-in instead.
+		if !required(w, f, "current_password") {
+			return
+		}
 		if verr := h.verifier.Verify(r.Context(), hash, f["current_password"]); verr != nil {
 			if errors.Is(verr, password.ErrBusy) {
 				h.busy(w)
@@ -459,7 +486,7 @@ func (h *handler) changePassword(w http.ResponseWriter, r *http.Request) {
 		if err := tx.QueryRow(r.Context(), "SELECT coalesce(password_hash, '') FROM users WHERE id = $1 FOR UPDATE", id.UserID).Scan(&current); err != nil {
 			return err
 		}
-		if current != hash {
+		if subtle.ConstantTimeCompare([]byte(current), []byte(hash)) != 1 {
 			return errPasswordChanged
 		}
 		if _, err := tx.Exec(r.Context(), "UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1", id.UserID, newHash); err != nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"io"
@@ -74,7 +75,7 @@ func (h *handler) askSecondFactor(w http.ResponseWriter, r *http.Request, form b
 		if err != nil {
 			return err
 		}
-		if current != hash {
+		if subtle.ConstantTimeCompare([]byte(current), []byte(hash)) != 1 {
 			return session.ErrPasswordChanged
 		}
 		token, expires, err = mfa.NewChallenge(r.Context(), tx, c, now)

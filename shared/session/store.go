@@ -2,6 +2,7 @@ package session
 
 import (
 	"context"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -83,7 +84,7 @@ func Start(ctx context.Context, tx pgx.Tx, secret []byte, p Params, now time.Tim
 	if err != nil {
 		return Issued{}, err
 	}
-	if p.PasswordHash != "" && p.PasswordHash != hash {
+	if p.PasswordHash != "" && subtle.ConstantTimeCompare([]byte(p.PasswordHash), []byte(hash)) != 1 {
 		return Issued{}, ErrPasswordChanged
 	}
 	aal := p.AAL
