@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/glassmkr/guardian/shared/audit"
+	"github.com/glassmkr/guardian/shared/problem"
 )
 
 // Limits of one page.
@@ -41,28 +42,16 @@ func (e *FilterError) Error() string { return e.Param + ": " + e.Why }
 
 var uuidRE = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
 
-// paramName is how an unknown parameter's name may be echoed back: a
-// plain name. Anything else (spaces, punctuation, a sentence) is not
-// repeated, or a link to the audit page could make it display the
-// attacker's text ("this account is locked, call …") as Guardian's own.
-var paramName = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,32}$`)
+// params are the parameters the audit log takes.
+var params = []string{"since", "until", "action", "key_id", "limit", "cursor", "format"}
 
-var known = map[string]bool{"since": true, "until": true, "action": true, "key_id": true, "limit": true, "cursor": true, "format": true}
-
-// ParseFilter reads and checks the query string.
+// ParseFilter reads and checks the query string. Unknown and repeated
+// parameters are refused as the other list routes refuse them
+// (problem.CheckQuery).
 func ParseFilter(q url.Values) (Filter, error) {
 	f := Filter{Limit: DefaultLimit}
-	for k, v := range q {
-		if !known[k] {
-			name := k
-			if !paramName.MatchString(name) {
-				name = "(a parameter)"
-			}
-			return f, &FilterError{name, "unknown parameter (since, until, action, key_id, limit, cursor, format)"}
-		}
-		if len(v) > 1 {
-			return f, &FilterError{k, "give it once"}
-		}
+	if qe := problem.CheckQuery(q, params...); qe != nil {
+		return f, &FilterError{qe.Param, qe.Why}
 	}
 	parseTime := func(name string) (*time.Time, error) {
 		s := q.Get(name)

@@ -123,6 +123,12 @@ const listQuery = `SELECT id, name, hostname, machine_id, tags, created_at
 FROM servers WHERE customer_id = $1 ORDER BY created_at DESC, id`
 
 func (h *handler) list(w http.ResponseWriter, r *http.Request) {
+	// The list takes no parameters; one sent is a mistake to report, not
+	// to ignore (problem.CheckQuery).
+	if qe := problem.CheckQuery(r.URL.Query()); qe != nil {
+		problem.Write(w, qe.Problem())
+		return
+	}
 	id, ok := caller(w, r)
 	if !ok {
 		return

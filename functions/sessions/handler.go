@@ -50,12 +50,13 @@ func (h *handler) routes() http.Handler {
 }
 
 // fallback answers requests no route took: 405 with Allow on a known
-// path, else 404.
+// path, else 404. A GET route serves HEAD too, so its Allow says both,
+// as the mux's own 405 would.
 func fallback(w http.ResponseWriter, r *http.Request) {
 	allow := ""
 	switch p := r.URL.Path; {
-	case p == "/api/v1/sessions":
-		allow = "GET"
+	case p == "/api/v1/sessions", p == "/settings/sessions":
+		allow = "GET, HEAD"
 	case p == "/api/v1/sessions/revoke-others":
 		allow = "POST"
 	case p == "/api/v1/account":
@@ -155,6 +156,12 @@ func (h *handler) page(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *handler) list(w http.ResponseWriter, r *http.Request) {
+	// The list takes no parameters; one sent is a mistake to report, not
+	// to ignore (problem.CheckQuery).
+	if qe := problem.CheckQuery(r.URL.Query()); qe != nil {
+		problem.Write(w, qe.Problem())
+		return
+	}
 	id, ok := caller(w, r)
 	if !ok {
 		return
