@@ -2,7 +2,10 @@
 // or CSV with format=csv) and GET /settings/audit (an HTML page over the
 // same data). Only the caller's customer's rows, newest first, with
 // filters since, until, action and key_id, opaque cursor paging and a
-// capped limit; a bad filter is 400 problem+json naming it.
+// capped limit; a bad filter is 400 problem+json naming it. Rows are
+// ordered by when their request reached the edge but stored when its
+// answer began, so a client tailing the log re-reads an overlap
+// (docs/api.md).
 //
 // Grants: the runtime PostgreSQL role (SELECT on api_audit_log).
 package main

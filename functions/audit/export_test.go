@@ -1,0 +1,94 @@
+package main
+
+import (
+	"context"
+	"encoding/csv"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/glassmkr/guardian/shared/testenv"
+)
+
+// slowGet gets url with a small receive buffer, so that the edge's
+// writes wait for the reader, and reads the body after stall, pausing
+// between reads. It returns the status and what was read, and the error
+// that ended the body (nil: the body is whole).
+func slowGet(t *testing.T, url string, header map[string]string, stall, pause time.Duration) (int, []byte, error) {
+	t.Helper()
+	dialer := &net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		var err error
+		_ = c.Control(func(fd uintptr) { err = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 16<<10) })
+		return err
+	}}
+	client := &http.Client{Transport: &http.Transport{DialContext: dialer.DialContext, DisableCompression: true}}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	time.Sleep(stall)
+	var body []byte
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := resp.Body.Read(buf)
+		body = append(body, buf[:n]...)
+		if err == io.EOF {
+			return resp.StatusCode, body, nil
+		}
+		if err != nil {
+			return resp.StatusCode, body, err
+		}
+		time.Sleep(pause)
+	}
+}
+
+// An export that takes longer than the server's old hard write bound
+// (scaled down here: several seconds against write_idle's 2 s) reaches a
+// client that keeps reading, whole: the server's `write` is only a
+// ceiling above the export's own timeout, and write_idle counts from the
+// answer's last progress. A client that stops reading is still cut, by
+// write_idle.
+func TestASlowlyReadExportArrivesWhole(t *testing.T) {
+	t.Parallel()
+	env, c, pg := testenv.EdgeEnv(t)
+	env["GUARDIAN_WRITE_IDLE_TIMEOUT"] = "2s"
+	// Rows of ~2.6 KB: ~26 MB, several times what loopback's socket
+	// buffers hold, so the edge's writes wait for the reader.
+	const rows = 10000
+	if _, err := pg.Owner.Exec(context.Background(), `INSERT INTO api_audit_log (customer_id, request_id, method, path, user_agent, action, result, status_code)
+		SELECT $1, 'slow-' || g, 'GET', '/' || repeat('p', 2000), repeat('u', 500), 'read', 'success', 200 FROM generate_series(1, $2::int) g`, c.ID, rows); err != nil {
+		t.Fatal(err)
+	}
+	stack := testenv.StartStack(t, env)
+	admin := bearer(c.AccountKey(t, "admin"))
+	url := stack.URL + "/api/v1/audit?format=csv&action=read"
+
+	start := time.Now()
+	status, body, err := slowGet(t, url, admin, 0, 5*time.Millisecond)
+	took := time.Since(start)
+	if err != nil || status != 200 {
+		t.Fatalf("a reading client: %d, %d bytes in %s: %v", status, len(body), took, err)
+	}
+	recs, err := csv.NewReader(strings.NewReader(string(body))).ReadAll()
+	if err != nil || len(recs) != 1+rows || recs[len(recs)-1][0] == "truncated" || recs[len(recs)-1][0] == "error" {
+		t.Fatalf("%d records in %d bytes (%v), want the header and %d rows", len(recs), len(body), err, rows)
+	}
+	if took < 4*time.Second {
+		t.Logf("the export took %s, not much over write_idle's 2 s: the test proves little on this machine", took)
+	}
+
+	if status, body, err := slowGet(t, url, admin, 6*time.Second, 0); err == nil {
+		t.Fatalf("a client that stopped reading for 6 s: %d, the whole file (%d bytes)", status, len(body))
+	}
+}
