@@ -2,6 +2,8 @@ package apikey
 
 import (
 	"encoding/hex"
+	"hash/crc32"
+	"math/big"
 	"strings"
 	"testing"
 )
@@ -149,27 +151,121 @@ func TestHasherDoesNotAllocate(t *testing.T) {
 	}
 }
 
+// Parse accepts exactly the keys this package could have minted, checked
+// here from the format's definition without its code: a known prefix, 43
+// base62 characters whose number is below 2^256, "_", and 4 base62
+// characters that are CRC32-IEEE of prefix and body modulo 62^4. An
+// accepted key is FromBytes of its body's number; a refusal is one of the
+// documented errors.
 func FuzzParse(f *testing.F) {
 	for _, v := range vectors {
 		f.Add(v.key)
 	}
-	f.Add("")
-	f.Add("gmk_acct_live_")
-	f.Add("gmk_cru_live_0000000000000000000000000000000000000000000_C2E4")
+	good := vectors[2].key
+	body := good[len(PrefixAccount) : len(PrefixAccount)+43]
+	for _, s := range []string{
+		"", "gmk_acct_live_", "gmk_cru_live_0000000000000000000000000000000000000000000_C2E4",
+		"gmk_acct_test_" + good[len(PrefixAccount):], PrefixAccount + body[1:] + "_zfKj", PrefixAccount + "0" + body + "_zfKj",
+		PrefixAccount + body[:10] + "-" + body[11:] + "_zfKj", PrefixAccount + body[:10] + "\xff" + body[11:] + "_zfKj",
+		PrefixAccount + body + "-zfKj", good[:len(good)-1] + "k", good[:len(good)-1] + "!", PrefixCollector + body + "_zfKj",
+		PrefixAccount + "Z" + body[1:] + "_0000", good + "\n", " " + good,
+	} {
+		f.Add(s)
+	}
 	f.Fuzz(func(t *testing.T, key string) {
 		p, err := Parse(key)
+		kind, n, ok := mintable(key)
 		if err != nil {
+			if ok {
+				t.Fatalf("Parse(%q) refused a well-formed key: %v", key, err)
+			}
+			if err != ErrPrefix && err != ErrLength && err != ErrChars && err != ErrRange && err != ErrChecksum {
+				t.Fatalf("Parse(%q): undocumented error %v", key, err)
+			}
 			return
 		}
-		// Whatever parses is exactly a key this package could have minted.
-		prefix := PrefixAccount
-		if p.Kind == Collector {
-			prefix = PrefixCollector
+		if !ok {
+			t.Fatalf("Parse(%q) = %+v, but it is not a key this package mints", key, p)
 		}
-		if len(key) != len(prefix)+43+5 || p.Last4 != key[len(key)-4:] {
-			t.Fatalf("accepted %q as %+v", key, p)
+		if p.Kind != kind || p.Last4 != key[len(key)-4:] {
+			t.Fatalf("Parse(%q) = %+v, want kind %v", key, p, kind)
+		}
+		var b [32]byte
+		n.FillBytes(b[:])
+		if again, err := FromBytes(kind, b); err != nil || again != key {
+			t.Fatalf("Parse(%q) accepted what FromBytes writes as %q (%v)", key, again, err)
 		}
 	})
+}
+
+// Every key FromBytes mints, from any 32 bytes, is well-formed by the
+// format's definition and parses; the same key with one character
+// changed parses only if it is well-formed too.
+func FuzzFromBytesParses(f *testing.F) {
+	for _, v := range vectors {
+		f.Add(v.body[:], v.kind == Collector, uint8(0), uint8(1))
+	}
+	f.Fuzz(func(t *testing.T, body []byte, collector bool, pos, to uint8) {
+		var b [32]byte
+		copy(b[:], body)
+		kind := Account
+		if collector {
+			kind = Collector
+		}
+		key, err := FromBytes(kind, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if k, n, ok := mintable(key); !ok || k != kind || n.Cmp(new(big.Int).SetBytes(b[:])) != 0 {
+			t.Fatalf("FromBytes(%v, %x) = %q, not well-formed", kind, b, key)
+		}
+		if p, err := Parse(key); err != nil || p.Kind != kind {
+			t.Fatalf("Parse(FromBytes(%v, %x)) = %+v, %v", kind, b, p, err)
+		}
+		i := int(pos) % len(key)
+		changed := key[:i] + string(rune(to%128)) + key[i+1:]
+		if _, _, ok := mintable(changed); (parseErr(changed) == nil) != ok {
+			t.Fatalf("%q, changed from %q: Parse says %v, the definition %v", changed, key, parseErr(changed), ok)
+		}
+	})
+}
+
+// parseErr is the error of Parse alone.
+func parseErr(key string) error { _, err := Parse(key); return err }
+
+// mintable checks key against the format's definition, with math/big and
+// hash/crc32 rather than this package's code: its kind and body's number,
+// and whether it is a key at all.
+func mintable(key string) (Kind, *big.Int, bool) {
+	const digits = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+	kind, rest := Account, strings.TrimPrefix(key, "gmk_acct_live_")
+	if rest == key {
+		kind, rest = Collector, strings.TrimPrefix(key, "gmk_cru_live_")
+		if rest == key {
+			return 0, nil, false
+		}
+	}
+	if len(rest) != 43+1+4 || rest[43] != '_' {
+		return 0, nil, false
+	}
+	number := func(s string) (*big.Int, bool) {
+		n := new(big.Int)
+		for _, c := range []byte(s) {
+			d := strings.IndexByte(digits, c)
+			if d < 0 {
+				return nil, false
+			}
+			n.Mul(n, big.NewInt(62)).Add(n, big.NewInt(int64(d)))
+		}
+		return n, true
+	}
+	n, ok := number(rest[:43])
+	if !ok || n.BitLen() > 256 {
+		return 0, nil, false
+	}
+	sum, ok := number(rest[44:])
+	want := crc32.ChecksumIEEE([]byte(key[:len(key)-5])) % (62 * 62 * 62 * 62)
+	return kind, n, ok && sum.IsUint64() && sum.Uint64() == uint64(want)
 }
 
 func BenchmarkParseValid(b *testing.B) {

@@ -1,9 +1,13 @@
 package reqbody
 
 import (
+	"bytes"
 	"encoding/json"
+	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -17,28 +21,33 @@ type request struct {
 }
 
 func TestJSON(t *testing.T) {
+	two := 2
 	cases := []struct {
 		name, ctype, body string
 		status            int
 		detail            string
+		want              request // what an accepted body decodes to
 	}{
-		{"object", "application/json", `{"name":"a","count":2}`, 0, ""},
-		{"charset", "application/json; charset=utf-8", `{"name":"a"}`, 0, ""},
-		{"no type", "", `{"name":"a"}`, 0, ""},
-		{"empty", "application/json", ``, 0, ""},
-		{"blank", "application/json", " \n", 0, ""},
-		{"text", "text/plain", `{"name":"a"}`, 415, "application/json"},
-		{"form", "application/x-www-form-urlencoded", `name=a`, 415, "application/json"},
-		{"bad media type", "application/", `{}`, 415, "application/json"},
-		{"too large", "application/json", `{"name":"` + strings.Repeat("a", 100) + `"}`, 413, "at most 64 bytes"},
-		{"trailing garbage", "application/json", `{"name":"a"} garbage`, 400, "more after the object"},
-		{"two objects", "application/json", `{"name":"a"}{"name":"b"}`, 400, "more after the object"},
-		{"array", "application/json", `[]`, 400, "not an object"},
-		{"string", "application/json", `"a"`, 400, "not an object"},
-		{"null", "application/json", `null`, 400, "not an object"},
-		{"wrong type", "application/json", `{"count":"two"}`, 400, "count has the wrong type"},
-		{"unknown field", "application/json", `{"owner":"me"}`, 400, `unknown field "owner"`},
-		{"malformed", "application/json", `{"name":`, 400, "malformed JSON"},
+		{"object", "application/json", `{"name":"a","count":2}`, 0, "", request{Name: "a", Count: &two}},
+		{"charset", "application/json; charset=utf-8", `{"name":"a"}`, 0, "", request{Name: "a"}},
+		{"no type", "", `{"name":"a"}`, 0, "", request{Name: "a"}},
+		{"null members leave the zero value", "application/json", `{"name":null,"count":null}`, 0, "", request{}},
+		{"the last of a member named twice wins", "application/json", `{"name":"a","count":1,"name":"b","count":2}`, 0, "", request{Name: "b", Count: &two}},
+		{"escapes are decoded", "application/json", `{"name":"\u00e9\n"}`, 0, "", request{Name: "é\n"}},
+		{"empty", "application/json", ``, 0, "", request{}},
+		{"blank", "application/json", " \n", 0, "", request{}},
+		{"text", "text/plain", `{"name":"a"}`, 415, "application/json", request{}},
+		{"form", "application/x-www-form-urlencoded", `name=a`, 415, "application/json", request{}},
+		{"bad media type", "application/", `{}`, 415, "application/json", request{}},
+		{"too large", "application/json", `{"name":"` + strings.Repeat("a", 100) + `"}`, 413, "at most 64 bytes", request{}},
+		{"trailing garbage", "application/json", `{"name":"a"} garbage`, 400, "more after the object", request{}},
+		{"two objects", "application/json", `{"name":"a"}{"name":"b"}`, 400, "more after the object", request{}},
+		{"array", "application/json", `[]`, 400, "not an object", request{}},
+		{"string", "application/json", `"a"`, 400, "not an object", request{}},
+		{"null", "application/json", `null`, 400, "not an object", request{}},
+		{"wrong type", "application/json", `{"count":"two"}`, 400, "count has the wrong type", request{}},
+		{"unknown field", "application/json", `{"owner":"me"}`, 400, `unknown field "owner"`, request{}},
+		{"malformed", "application/json", `{"name":`, 400, "malformed JSON", request{}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -52,6 +61,9 @@ func TestJSON(t *testing.T) {
 			if c.status == 0 {
 				if !ok {
 					t.Fatalf("refused: %d %s", w.Code, w.Body)
+				}
+				if !sameRequest(v, c.want) {
+					t.Fatalf("decoded %s, want %s", v, c.want)
 				}
 				return
 			}
@@ -78,23 +90,106 @@ type errReader struct{}
 
 func (errReader) Read([]byte) (int, error) { return 0, http.ErrHandlerTimeout }
 
+// Decode accepts exactly one JSON object (or a blank body) whose members
+// the target knows, with values of their types, and nothing after it;
+// what it accepts reaches the target: each member's last value, null
+// leaving the field as it was for a string and nil for a pointer. The
+// reading here walks the members in order, independently of Decode.
+// Errors never echo the body.
 func FuzzDecode(f *testing.F) {
-	for _, s := range []string{`{"name":"a","count":2}`, ``, `[]`, `{"name":1}`, `{} x`, `{"owner":1}`} {
+	for _, s := range []string{`{"name":"a","count":2}`, ``, `[]`, `{"name":1}`, `{} x`, `{"owner":1}`,
+		` {"name":"a"} `, `{"name":"a"}{"name":"b"}`, `"a"`, `null`, `{"count":"two"}`, `{"name":`,
+		`{"name":"a","name":null}`, `{"NAME":"a","Count":1,"count":null}`, `{"count":2.0}`, `{"count":1e2}`,
+		`{"name":"\ud800"}`, `{"count":99999999999999999999}`} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
 		var v request
-		if err := Decode(body, &v); err != nil {
+		err := Decode(body, &v)
+		want, ok := requestOf(body)
+		if err != nil {
 			if strings.Contains(err.Error(), string(body)) && len(body) > 8 {
 				t.Fatalf("error %q echoes the body", err)
 			}
+			if ok {
+				t.Fatalf("%q refused (%v), want %s", body, err, want)
+			}
 			return
 		}
-		// Accepted: the body was exactly one object (or blank).
-		if s := strings.TrimSpace(string(body)); s != "" && !json.Valid([]byte(s)) {
-			t.Fatalf("accepted invalid JSON %q", body)
+		if !ok {
+			t.Fatalf("%q accepted as %s, want a refusal", body, v)
+		}
+		if !sameRequest(v, want) {
+			t.Fatalf("%q decoded as %s, want %s", body, v, want)
 		}
 	})
+}
+
+func (r request) String() string {
+	if r.Count == nil {
+		return fmt.Sprintf("{%q <nil>}", r.Name)
+	}
+	return fmt.Sprintf("{%q %d}", r.Name, *r.Count)
+}
+
+func sameRequest(a, b request) bool {
+	return a.Name == b.Name && (a.Count == nil) == (b.Count == nil) && (a.Count == nil || *a.Count == *b.Count)
+}
+
+// requestOf reads body as Decode documents it: blank, or one object and
+// nothing after it but white space, whose members (any case, as
+// encoding/json matches them) are name, a string or null, and count, an
+// integer or null; the last of a member named twice wins.
+func requestOf(body []byte) (request, bool) {
+	var r request
+	body = bytes.TrimSpace(body)
+	if len(body) == 0 {
+		return r, true
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return r, false
+	}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return r, false
+		}
+		var raw json.RawMessage
+		if dec.Decode(&raw) != nil {
+			return r, false
+		}
+		k, _ := tok.(string)
+		switch {
+		case strings.EqualFold(k, "name"):
+			if string(raw) == "null" {
+				continue
+			}
+			if raw[0] != '"' || json.Unmarshal(raw, &r.Name) != nil {
+				return r, false
+			}
+		case strings.EqualFold(k, "count"):
+			if string(raw) == "null" {
+				r.Count = nil
+				continue
+			}
+			n, err := strconv.ParseInt(string(raw), 10, strconv.IntSize)
+			if err != nil {
+				return r, false
+			}
+			c := int(n)
+			r.Count = &c
+		default:
+			return r, false
+		}
+	}
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('}') {
+		return r, false
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return r, false
+	}
+	return r, true
 }
 
 // readAll returns exactly what the reader holds whatever the declared
