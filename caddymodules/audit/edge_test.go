@@ -17,7 +17,20 @@ import (
 
 func call(t *testing.T, method, url, key, body string) *http.Response {
 	t.Helper()
-	req, _ := http.NewRequest(method, url, strings.NewReader(body))
+	resp, err := tryCall(method, url, key, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
+// tryCall is call for goroutines other than the test's, which must not
+// call t.Fatal.
+func tryCall(method, url, key, body string) (*http.Response, error) {
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
 	if key != "" {
 		req.Header.Set("Authorization", "Bearer "+key)
 	}
@@ -25,11 +38,11 @@ func call(t *testing.T, method, url, key, body string) *http.Response {
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	_, _ = io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
-	return resp
+	return resp, nil
 }
 
 type auditRow struct {
@@ -146,7 +159,11 @@ func TestPostgresRestartUnderLoadLosesNoRow(t *testing.T) {
 				default:
 				}
 				sent.Add(1)
-				resp := call(t, "GET", stack.URL+"/api/v1/whoami", key, "")
+				resp, err := tryCall("GET", stack.URL+"/api/v1/whoami", key, "")
+				if err != nil {
+					t.Errorf("whoami under load: %v", err)
+					return
+				}
 				answered.Add(1)
 				n, _ := statuses.LoadOrStore(resp.StatusCode, new(atomic.Int64))
 				n.(*atomic.Int64).Add(1)

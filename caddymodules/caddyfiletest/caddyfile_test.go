@@ -6,7 +6,9 @@
 package caddyfiletest
 
 import (
+	"bytes"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -48,12 +50,121 @@ func FuzzCaddyfile(f *testing.F) {
 		f.Add(s)
 	}
 	adapter := caddyfile.Adapter{ServerType: httpcaddyfile.ServerType{}}
+	// An import of a bare name no snippet defines looks for a file beside
+	// the Caddyfile: in a directory that does not exist, it finds none.
+	filename := filepath.Join(f.TempDir(), "absent", "Caddyfile")
 	f.Fuzz(func(t *testing.T, body string) {
-		if len(body) > 64<<10 || strings.Contains(body, "import") {
-			t.Skip() // import reads files and globs: not what this target is about
+		if len(body) > 64<<10 {
+			t.Skip()
 		}
-		_, _, _ = adapter.Adapt([]byte(body), map[string]any{"filename": "Caddyfile"})
+		if why := importReadsFiles(body); why != "" {
+			t.Skip(why) // reading files and globs is not what this target is about
+		}
+		_, _, _ = adapter.Adapt([]byte(body), map[string]any{"filename": filename})
 	})
+}
+
+// importReadsFiles says why an import in body could read a file or glob,
+// or "" if every import names a snippet the body defines. It looks at the
+// tokens the adapter parses (environment variables expanded first, as the
+// adapter does), and errs on the side of saying yes: an import line with
+// a path-like argument, a name no "(snippet)" in body defines, or any
+// {args...} or {block...} placeholder in a body that imports at all (a
+// snippet's argument can become an import directive or its name).
+func importReadsFiles(body string) string {
+	expanded := expandEnv([]byte(body))
+	if !bytes.Contains(expanded, []byte("import")) {
+		return ""
+	}
+	tokens, err := caddyfile.Tokenize(expanded, "Caddyfile")
+	if err != nil {
+		return "" // the adapter fails on the same tokens before any import
+	}
+	snippets := map[string]bool{}
+	for _, tok := range tokens {
+		if s := tok.Text; len(s) > 2 && s[0] == '(' && s[len(s)-1] == ')' {
+			snippets[s[1:len(s)-1]] = true
+		}
+		if strings.Contains(tok.Text, "{args") || strings.Contains(tok.Text, "{block") {
+			return "import with placeholders"
+		}
+	}
+	for i, tok := range tokens {
+		if tok.Text != "import" {
+			continue
+		}
+		if i+1 == len(tokens) || !snippets[tokens[i+1].Text] {
+			return "import of a file"
+		}
+		for _, arg := range tokens[i+1:] {
+			if arg.Line != tok.Line {
+				break
+			}
+			if strings.ContainsAny(arg.Text, "/*") || strings.Contains(arg.Text, "..") {
+				return "import with a path"
+			}
+		}
+	}
+	return ""
+}
+
+func TestImportReadsFiles(t *testing.T) {
+	t.Setenv("GUARDIAN_TEST_IMPORT", "/etc/passwd")
+	for _, tc := range []struct {
+		name, body string
+		reads      bool
+	}{
+		{"no import", ":80 {\n\trespond ok\n}\n", false},
+		{"a snippet the body defines", "(s) {\n\theader X 1\n}\n:80 {\n\timport s\n}\n", false},
+		{"a snippet named through an environment default", "(l_all) {\n\tbind 0.0.0.0\n}\n:80 {\n\timport l_{$GUARDIAN_TEST_UNSET:all}\n}\n", false},
+		{"a name no snippet defines", ":80 {\n\timport s\n}\n", true},
+		{"an absolute path", "import /etc/passwd\n", true},
+		{"a path from the environment", "(s) {\n}\nimport {$GUARDIAN_TEST_IMPORT}\n", true},
+		{"a glob", "(s) {\n}\nimport s *\n", true},
+		{"a parent directory", "(s) {\n}\nimport s ..\n", true},
+		{"an argument that becomes the directive", "(s) {\n\t{args[0]} x\n}\n:80 {\n\timport s import\n}\n", true},
+		{"a block that becomes the name", "(s) {\n\timport {block}\n}\n:80 {\n\timport s {\n\t\tx\n\t}\n}\n", true},
+	} {
+		if got := importReadsFiles(tc.body) != ""; got != tc.reads {
+			t.Errorf("%s: reads files %v, want %v", tc.name, got, tc.reads)
+		}
+	}
+	body, err := os.ReadFile("../../Caddyfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if why := importReadsFiles(string(body)); why != "" {
+		t.Errorf("the repository's Caddyfile, the main seed, would be skipped: %s", why)
+	}
+}
+
+// expandEnv replaces {$NAME} and {$NAME:default} as the Caddyfile adapter
+// does before it reads tokens: one pass, left to right, the replacement
+// not read again.
+func expandEnv(b []byte) []byte {
+	var out []byte
+	for {
+		i := bytes.Index(b, []byte("{$"))
+		if i < 0 {
+			return append(out, b...)
+		}
+		j := bytes.IndexByte(b[i+2:], '}')
+		if j < 0 {
+			return append(out, b...)
+		}
+		out = append(out, b[:i]...)
+		if spec := string(b[i+2 : i+2+j]); spec != "" {
+			name, def, hasDef := strings.Cut(spec, ":")
+			v, ok := os.LookupEnv(name)
+			if !ok && hasDef {
+				v = def
+			}
+			out = append(out, v...)
+		} else {
+			out = append(out, "{$}"...)
+		}
+		b = b[i+2+j+1:]
+	}
 }
 
 // TestRepositoryCaddyfileAdapts keeps the fuzz target's main seed honest:

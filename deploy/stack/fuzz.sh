@@ -9,18 +9,41 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 budget=${GUARDIAN_FUZZTIME:-3s}
 
+# Targets as go test itself lists them (any parameter name, build tags
+# applied), in every package whose test files mention "Fuzz" at all. A
+# package that cannot be listed fails the run, after the others' targets.
+module=$(go list -m)
+root=$(go list -m -f '{{.Dir}}')
+failed=0
+pkgs=()
+while IFS= read -r dir; do
+	pkgs+=(".${dir#"$root"}")
+done < <(go list -e -f '{{$d := .Dir}}{{range .TestGoFiles}}{{$d}}/{{.}}{{"\n"}}{{end}}{{range .XTestGoFiles}}{{$d}}/{{.}}{{"\n"}}{{end}}' ./... |
+	xargs -r -d '\n' grep -l 'Fuzz' | xargs -r -d '\n' dirname | sort -u)
+((${#pkgs[@]} > 0)) || { echo "fuzz: no targets found" >&2; exit 1; }
+if ! listing=$(go test -list '^Fuzz' "${pkgs[@]}" 2>&1); then
+	printf '%s\n' "$listing" >&2
+	echo "fuzz: cannot list the targets of every package" >&2
+	failed=1
+fi
+# Each package's names come before its "ok<TAB>import path<TAB>time" line.
 targets=()
+names=()
 while IFS= read -r line; do
-	targets+=("$line")
-done < <(grep -rE --include='*_test.go' -l '^func Fuzz[A-Za-z0-9_]*\(f \*testing\.F\)' . |
-	sort | while IFS= read -r file; do
-		dir=$(dirname "$file")
-		grep -oE '^func Fuzz[A-Za-z0-9_]*' "$file" | sed 's/^func //' |
-			while IFS= read -r name; do printf '%s %s\n' "$dir" "$name"; done
-	done)
+	case $line in
+	Fuzz*) names+=("$line") ;;
+	ok[[:blank:]]*)
+		pkg=$(cut -f2 <<<"$line")
+		for name in "${names[@]}"; do
+			targets+=(".${pkg#"$module"} $name")
+		done
+		names=()
+		;;
+	FAIL[[:blank:]]*) names=() ;;
+	esac
+done <<<"$listing"
 
 ((${#targets[@]} > 0)) || { echo "fuzz: no targets found" >&2; exit 1; }
-failed=0
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 # Go before 1.27 (golang/go#75804) can end a duration -fuzztime by reporting

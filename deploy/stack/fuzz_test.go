@@ -13,7 +13,9 @@ import (
 
 // fuzz.sh fails on a finding and on any other failure, but not on Go's
 // own fuzztime deadline race (golang/go#75804, before Go 1.27), which it
-// tries once more. A stand-in `go` on PATH plays each outcome.
+// tries once more. A stand-in `go` on PATH lists one target, FuzzX in a
+// package of a module of its own, as go list and go test -list would,
+// then plays each outcome of fuzzing it.
 func TestFuzzScriptTellsFindingsFromGosDeadlineRace(t *testing.T) {
 	root, err := testenv.RepoRoot()
 	if err != nil {
@@ -37,7 +39,21 @@ func TestFuzzScriptTellsFindingsFromGosDeadlineRace(t *testing.T) {
 			if err := os.WriteFile(out, []byte(c.output), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			stub := "#!/bin/sh\ncat " + out + "\nexit " + strconv.Itoa(c.code) + "\n"
+			mod := t.TempDir()
+			if err := os.Mkdir(filepath.Join(mod, "x"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(mod, "x", "x_test.go"), []byte("package x\n\nfunc FuzzX(f *testing.F) {}\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			stub := "#!/bin/sh\n" +
+				"case \"$1 $2 $3\" in\n" +
+				"'list -m -f') echo " + mod + "; exit 0 ;;\n" +
+				"'list -m ') echo example.com/m; exit 0 ;;\n" +
+				"'list -e -f') echo " + filepath.Join(mod, "x", "x_test.go") + "; exit 0 ;;\n" +
+				"'test -list ^Fuzz') printf 'FuzzX\\nok\\texample.com/m/x\\t0.01s\\n'; exit 0 ;;\n" +
+				"esac\n" +
+				"cat " + out + "\nexit " + strconv.Itoa(c.code) + "\n"
 			if err := os.WriteFile(filepath.Join(bin, "go"), []byte(stub), 0o755); err != nil {
 				t.Fatal(err)
 			}
@@ -46,6 +62,9 @@ func TestFuzzScriptTellsFindingsFromGosDeadlineRace(t *testing.T) {
 			log, err := cmd.CombinedOutput()
 			if failed := err != nil; failed != c.fail {
 				t.Fatalf("failed %v, want %v:\n%s", failed, c.fail, log)
+			}
+			if !strings.Contains(string(log), "FuzzX") {
+				t.Errorf("the target was not fuzzed:\n%s", log)
 			}
 			if retried := strings.Contains(string(log), "once more"); retried != c.retried {
 				t.Errorf("retried %v, want %v:\n%s", retried, c.retried, log)

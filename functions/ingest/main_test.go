@@ -83,18 +83,31 @@ func newIngestEdge(t *testing.T, privateClickHouse bool) *ingestEdge {
 
 func post(t *testing.T, url, key, body string) (int, http.Header, map[string]any) {
 	t.Helper()
-	req, _ := http.NewRequest("POST", url, strings.NewReader(body))
+	status, h, doc, err := tryPost(url, key, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return status, h, doc
+}
+
+// tryPost is post for goroutines other than the test's, which must not
+// call t.Fatal.
+func tryPost(url, key, body string) (int, http.Header, map[string]any, error) {
+	req, err := http.NewRequest("POST", url, strings.NewReader(body))
+	if err != nil {
+		return 0, nil, nil, err
+	}
 	req.Header.Set("Authorization", "Bearer "+key)
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		t.Fatal(err)
+		return 0, nil, nil, err
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	var doc map[string]any
 	_ = json.Unmarshal(b, &doc)
-	return resp.StatusCode, resp.Header, doc
+	return resp.StatusCode, resp.Header, doc, nil
 }
 
 func TestCollectorSnapshotIsStoredForItsOwnServer(t *testing.T) {
@@ -131,31 +144,51 @@ func TestConcurrentSnapshotsAreBatchedAndAllStored(t *testing.T) {
 		t.Fatalf("fixture is %d bytes, want about 4 KB", len(snap))
 	}
 	const n = 60
+	type result struct {
+		status int
+		err    error
+	}
 	var wg sync.WaitGroup
-	statuses := make(chan int, n)
+	results := make(chan result, n)
+	start := time.Now()
 	for range n {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			status, _, _ := post(t, e.stack.URL+"/api/v1/ingest", key, snap)
-			statuses <- status
+			status, _, _, err := tryPost(e.stack.URL+"/api/v1/ingest", key, snap)
+			results <- result{status, err}
 		}()
 	}
 	wg.Wait()
-	close(statuses)
-	for s := range statuses {
-		if s != 200 {
-			t.Fatalf("status %d", s)
+	elapsed := time.Since(start)
+	close(results)
+	for r := range results {
+		if r.err != nil || r.status != 200 {
+			t.Fatalf("status %d (%v)", r.status, r.err)
 		}
 	}
-	var rows, parts uint64
+	var rows uint64
 	if err := e.ch.Conn.QueryRow(context.Background(), "SELECT count() FROM "+e.ch.Database+".snapshots").Scan(&rows); err != nil || rows != n {
 		t.Fatalf("%d rows (%v), want %d", rows, err, n)
 	}
-	if err := e.ch.Conn.QueryRow(context.Background(), "SELECT count() FROM system.parts WHERE database = ? AND table = 'snapshots'", e.ch.Database).Scan(&parts); err != nil {
+	// Each insert is a part with a block number of its own; merging parts
+	// keeps the range of blocks they hold, so the active parts' ranges
+	// count the inserts whatever ClickHouse merged meanwhile.
+	var inserts int64
+	if err := e.ch.Conn.QueryRow(context.Background(), "SELECT toInt64(sum(max_block_number - min_block_number + 1)) FROM system.parts WHERE database = ? AND table = 'snapshots' AND active",
+		e.ch.Database).Scan(&inserts); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("%d concurrent snapshots stored in %d insert batches (parts)", n, parts)
+	// Inserts start at least minInsertInterval apart, however slow the
+	// machine, so the requests' span bounds them; it also bounds them
+	// below n unless the 60 requests took 15 s.
+	if most := 1 + int64(elapsed/minInsertInterval); inserts > most {
+		t.Errorf("%d inserts in %v, at most %d with inserts %v apart", inserts, elapsed.Round(time.Millisecond), most, minInsertInterval)
+	}
+	if inserts >= n {
+		t.Errorf("%d concurrent snapshots stored in %d inserts: not batched (requests took %v)", n, inserts, elapsed.Round(time.Millisecond))
+	}
+	t.Logf("%d concurrent snapshots stored in %d inserts in %v", n, inserts, elapsed.Round(time.Millisecond))
 }
 
 func TestIngestRefusals(t *testing.T) {

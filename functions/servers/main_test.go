@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"sort"
@@ -38,6 +40,33 @@ type answer = testenv.Answer
 func (s *site) do(t *testing.T, method, path, body string, header map[string]string) answer {
 	t.Helper()
 	return s.Stack.Do(t, method, path, body, header)
+}
+
+// tryDo is do for goroutines other than the test's, which must not call
+// t.Fatal: it sends the same request and returns the error instead.
+func (s *site) tryDo(method, path, body string, header map[string]string) (answer, error) {
+	req, err := http.NewRequest(method, s.URL+path, strings.NewReader(body))
+	if err != nil {
+		return answer{}, err
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return answer{}, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return answer{}, err
+	}
+	a := answer{Status: resp.StatusCode, Header: resp.Header, Raw: string(b)}
+	_ = json.Unmarshal(b, &a.Doc)
+	return a, nil
 }
 
 func bearer(key string) map[string]string { return map[string]string{"Authorization": "Bearer " + key} }
@@ -302,14 +331,18 @@ func TestConcurrentIdenticalEnrollmentsMakeOneServer(t *testing.T) {
 		body := fmt.Sprintf(`{"hostname":"h-%s","machine_id":%q}`, machine, machine)
 		var wg sync.WaitGroup
 		answers := make([]answer, 10)
+		errs := make([]error, len(answers))
 		for i := range answers {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				answers[i] = s.do(t, "POST", "/api/v1/servers", body, header)
+				answers[i], errs[i] = s.tryDo("POST", "/api/v1/servers", body, header)
 			}()
 		}
 		wg.Wait()
+		if err := errors.Join(errs...); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
 		created, ids := 0, map[string]bool{}
 		for _, a := range answers {
 			if a.Status == 201 {

@@ -2,9 +2,11 @@ package audit
 
 import (
 	"bytes"
+	"encoding/hex"
 	"encoding/json"
 	"math"
 	"math/big"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -51,12 +53,20 @@ func TestCanonicalRedactsSecrets(t *testing.T) {
 	}
 }
 
+// hashNotCovered lists the Row fields Hash leaves out on purpose, each with
+// its reason. Every other field must change the hash when it changes, so a
+// field added to Row is either hashed or listed here.
+var hashNotCovered = map[string]string{
+	"CustomerID": "deleting a customer nulls it; the customer is hashed through CustomerDigest",
+	"RowHash":    "the hash itself",
+}
+
 func TestHashCoversEveryStoredFieldButCustomer(t *testing.T) {
 	base := Row{
 		CustomerID: "c", KeyID: "k", UserID: "u", OccurredAt: time.Date(2026, 11, 28, 12, 0, 0, 123456000, time.UTC),
 		SourceIP: "203.0.113.9", UserAgent: "curl/8", RequestID: "r", Method: "POST", Path: "/api/v1/keys",
 		ResourceType: "api_key", ResourceID: "id", Action: "create", Result: "success", StatusCode: 201,
-		Metadata: `{"scope":"admin"}`, WriterID: "w", WriterSeq: 7, PrevHash: []byte{1, 2, 3},
+		Metadata: `{"scope":"admin"}`, WriterID: "w", WriterSeq: 7, PrevHash: []byte{1, 2, 3}, RowHash: []byte{4, 5, 6},
 	}
 	h := Hash(&base)
 	anon := base
@@ -64,37 +74,126 @@ func TestHashCoversEveryStoredFieldButCustomer(t *testing.T) {
 	if !bytes.Equal(Hash(&anon), h) {
 		t.Error("nulling customer_id changes the hash")
 	}
-	edits := map[string]func(*Row){
-		"key":      func(r *Row) { r.KeyID = "k2" },
-		"time":     func(r *Row) { r.OccurredAt = r.OccurredAt.Add(time.Microsecond) },
-		"ip":       func(r *Row) { r.SourceIP = "203.0.113.10" },
-		"status":   func(r *Row) { r.StatusCode = 200 },
-		"metadata": func(r *Row) { r.Metadata = `{"scope":"read"}` },
-		"seq":      func(r *Row) { r.WriterSeq = 8 },
-		"prev":     func(r *Row) { r.PrevHash = []byte{9} },
-		"action":   func(r *Row) { r.Action = "delete" },
-		"path":     func(r *Row) { r.Path = "/api/v1/keys/x" },
+	withDigest := base
+	withDigest.CustomerDigest = CustomerDigest("c")
+	rt := reflect.TypeFor[Row]()
+	for name := range hashNotCovered {
+		if _, ok := rt.FieldByName(name); !ok {
+			t.Errorf("hashNotCovered names %s, which Row does not have", name)
+		}
 	}
-	for name, edit := range edits {
-		r := base
-		edit(&r)
-		if bytes.Equal(Hash(&r), h) {
-			t.Errorf("editing %s leaves the hash unchanged", name)
+	// Each field edited alone, in both layouts: a row without a customer
+	// digest (v1, where setting one is the edit) and a row with one (v2).
+	for _, layout := range []struct {
+		name string
+		row  Row
+	}{{"v1", base}, {"v2", withDigest}} {
+		want := Hash(&layout.row)
+		for i := range rt.NumField() {
+			f := rt.Field(i)
+			r := layout.row
+			if !f.IsExported() || !editField(reflect.ValueOf(&r).Elem().Field(i)) {
+				t.Errorf("%s: Row.%s (%s) has no edit here: teach editField its type", layout.name, f.Name, f.Type)
+				continue
+			}
+			changed := !bytes.Equal(Hash(&r), want)
+			why, excluded := hashNotCovered[f.Name]
+			switch {
+			case excluded && changed:
+				t.Errorf("%s: editing %s changes the hash, which must leave it out (%s)", layout.name, f.Name, why)
+			case !excluded && !changed:
+				t.Errorf("%s: editing %s leaves the hash unchanged", layout.name, f.Name)
+			}
 		}
 	}
 	// The customer is in the hash through its digest, which nulling
 	// customer_id leaves in place.
-	withDigest := base
-	withDigest.CustomerDigest = CustomerDigest("c")
 	hd := Hash(&withDigest)
-	if bytes.Equal(hd, h) {
-		t.Error("the customer digest is not hashed")
-	}
 	other := withDigest
 	other.CustomerDigest = CustomerDigest("d")
 	if bytes.Equal(Hash(&other), hd) {
 		t.Error("another customer's digest leaves the hash unchanged")
 	}
+}
+
+// editField changes v to another value that a stored row could hold and
+// reports whether it knows v's type. Slices get a new backing array, so
+// the row the edit was copied from stays as it was.
+func editField(v reflect.Value) bool {
+	switch x := v.Interface().(type) {
+	case time.Time:
+		v.Set(reflect.ValueOf(x.Add(time.Microsecond))) // what PostgreSQL keeps
+	case string:
+		v.SetString(x + "x")
+	case int, int64:
+		v.SetInt(v.Int() + 1)
+	case []byte:
+		v.SetBytes(append(bytes.Clone(x), 'x'))
+	default:
+		return false
+	}
+	return true
+}
+
+// TestHashKnownAnswers pins the byte layout of each version. The digests
+// were computed outside Go (Python's hashlib) from this layout, in order:
+//
+//	v1: field("guardian-audit-v1")
+//	v2: field("guardian-audit-v2"), field(CustomerDigest)
+//	then field(WriterID), u64(WriterSeq), field(PrevHash), field(KeyID),
+//	field(UserID), OccurredAt in UTC as "2006-01-02T15:04:05.000000Z"
+//	(27 bytes, no length), field(SourceIP), field(UserAgent),
+//	field(RequestID), field(Method), field(Path), field(ResourceType),
+//	field(ResourceID), field(Action), field(Result), u64(StatusCode),
+//	field(Metadata)
+//
+// where field(s) is u64(len(s)) then s, and u64 is 8 bytes big-endian;
+// the hash is SHA-256 of the whole. CustomerID and RowHash are not in it.
+// Stored rows keep these hashes forever: a change here breaks every chain.
+func TestHashKnownAnswers(t *testing.T) {
+	cases := []struct {
+		name string
+		row  Row
+		want string
+	}{
+		{
+			name: "v1: a row written before customer_digest",
+			row: Row{
+				CustomerID: "c-1", KeyID: "0b6f3d2e-4d7c-4f4e-9b1a-3c5d7e9f1a2b",
+				// 22:15:30.123456 UTC, the day before in UTC.
+				OccurredAt: time.Date(2025, 3, 2, 0, 15, 30, 123456000, time.FixedZone("", 2*60*60)),
+				SourceIP:   "203.0.113.9", UserAgent: "curl/8.5.0", RequestID: "01JNR3Q9Z8", Method: "POST",
+				Path: "/api/v1/keys", ResourceType: "api_key", ResourceID: "k-7", Action: "create", Result: "success",
+				StatusCode: 201, Metadata: `{"scope":"admin"}`, WriterID: "edge-1:4242", WriterSeq: 41,
+				PrevHash: seq(0x20, 32), RowHash: []byte{0xff},
+			},
+			want: "3e57fd7211beb390e22369a17098cb9b927e3a5518a7312a76b1cbfffff9e30e",
+		},
+		{
+			name: "v2: a chain's first row, its customer nulled, with a salted digest",
+			row: Row{
+				UserID: "u-9f", OccurredAt: time.Date(2026, 11, 28, 12, 0, 0, 1000, time.UTC),
+				UserAgent: "Mozilla/5.0 (X11) é", RequestID: "r-2", Method: "DELETE", Path: "/api/v1/servers/s-1",
+				ResourceType: "server", ResourceID: "s-1", Action: "delete", Result: "denied", StatusCode: 403,
+				Metadata: "{}", CustomerDigest: append([]byte{0x03}, seq(0xa0, 32)...), WriterID: "edge-2:77", WriterSeq: 1,
+			},
+			want: "da94215cbe508e457e4ee2952010df5fd9a1e7e4b9e461aa77f8752876553c2f",
+		},
+	}
+	for _, tc := range cases {
+		if got := hex.EncodeToString(Hash(&tc.row)); got != tc.want {
+			t.Errorf("%s: hash %s, want %s", tc.name, got, tc.want)
+		}
+	}
+}
+
+// seq returns n bytes counting up from first.
+func seq(first byte, n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = first + byte(i)
+	}
+	return b
 }
 
 func TestAnnotationRoundTrip(t *testing.T) {
