@@ -69,6 +69,8 @@ const (
 	systemdDir = "systemd"
 )
 
+func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
+
 // ---------------------------------------------------------------- helpers
 
 func root(t *testing.T) string {
@@ -1077,7 +1079,7 @@ func TestSystemdAnalyzeVerify(t *testing.T) {
 		out, err := exec.Command(sa, "security", "--offline=yes", filepath.Join(unitDir, n)).CombinedOutput()
 		m := score.FindSubmatch(out)
 		if err != nil || m == nil {
-			t.Logf("systemd-analyze security %s did not score it (%v)", n, err)
+			t.Errorf("systemd-analyze security %s did not score it (%v)\n%s", n, err, out)
 			continue
 		}
 		if v, _ := strconv.ParseFloat(string(m[1]), 64); v > 2.5 {

@@ -15,6 +15,8 @@ import (
 	"github.com/glassmkr/guardian/shared/testenv"
 )
 
+func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
+
 // The edge collects garbage at gcPercent unless GOGC says otherwise.
 func TestGCPercent(t *testing.T) {
 	bin := testenv.Build(t, "./cmd/caddy")

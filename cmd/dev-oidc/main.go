@@ -4,7 +4,7 @@
 // accepts one client and one redirect URI, and requires a nonce and PKCE
 // (S256). Never expose it: anyone who reaches it signs in as the demo user.
 //
-//	dev-oidc -addr 127.0.0.1:55556 -client-id guardian-dev -client-secret S \
+//	dev-oidc -addr 127.0.0.1:15556 -client-id guardian-dev -client-secret S \
 //	    -redirect http://localhost:8080/auth/google/callback
 //
 // The issuer is http://ADDR/oidc unless -issuer says otherwise; point
@@ -24,7 +24,7 @@ import (
 
 func main() {
 	demo := oidctest.DemoUser()
-	addr := flag.String("addr", "127.0.0.1:55556", "listen address")
+	addr := flag.String("addr", "127.0.0.1:15556", "listen address")
 	issuer := flag.String("issuer", "", "issuer URL, http://HOST:PORT/oidc (default: from -addr)")
 	clientID := flag.String("client-id", "", "the client's id (required)")
 	clientSecret := flag.String("client-secret", "", "the client's secret (required; GUARDIAN_OIDC_CLIENT_SECRET is read when unset)")

@@ -1,20 +1,41 @@
 #!/usr/bin/env bash
 # deploy/stack/deps.sh: install the Debian packages Guardian's stack and tests
-# use, only those missing. Runs apt-get as root, or through sudo.
+# use, only those missing. Runs apt-get as root, or through sudo. The
+# servers among them are neither started nor left to start at boot: ours run
+# privately (servers.sh).
 set -euo pipefail
 
 PACKAGES=(
 	postgresql redis-server clickhouse-server clickhouse-client
 	pgbackrest age openssh-server openssh-client zstd chromium
-	curl ca-certificates util-linux iproute2
+	curl ca-certificates util-linux iproute2 nftables
 )
 
-missing=()
-for p in "${PACKAGES[@]}"; do
-	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
-		missing+=("$p")
-	fi
-done
+find_missing() {
+	missing=()
+	for p in "${PACKAGES[@]}"; do
+		if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+			missing+=("$p")
+		fi
+	done
+}
+find_missing
+if ((${#missing[@]} == 0)); then
+	exit 0
+fi
+
+# One run at a time, whatever the checkout or user: a second run would take
+# the first's policy-rc.d for the system's, and install unguarded once the
+# first removed it. Under the lock the packages are looked at again: the
+# first run may have installed them all.
+lock=/tmp/guardian-deps.lock
+(umask 022 && : >>"$lock") 2>/dev/null || true # others open it read-only
+exec 8<"$lock"
+if ! flock -n 8; then
+	echo "deps: waiting for another deps.sh to finish" >&2
+	flock 8
+fi
+find_missing
 if ((${#missing[@]} == 0)); then
 	exit 0
 fi
@@ -34,7 +55,38 @@ if [[ ! -e $policy ]]; then
 	"${sudo[@]}" chmod 755 "$policy"
 	added_policy=1
 fi
-cleanup() { if ((added_policy)); then "${sudo[@]}" rm -f "$policy"; fi; }
+# The servers' packages also enable them at boot, which would open, say, SSH
+# with Debian's defaults after the next reboot: disable those this run
+# brings, even when it fails half-way. Services there before are the user's.
+BOOT_SERVICES=(ssh postgresql redis-server clickhouse-server)
+has_service() { [[ -e /lib/systemd/system/$1.service || -e /etc/init.d/$1 ]]; }
+new_services=()
+for s in "${BOOT_SERVICES[@]}"; do
+	has_service "$s" || new_services+=("$s")
+done
+cleanup() {
+	for s in "${new_services[@]}"; do
+		has_service "$s" || continue
+		echo "deps: $s will not start at boot (systemctl enable $s to undo)" >&2
+		"${sudo[@]}" systemctl disable --quiet "$s" 2>/dev/null || true # also without systemd running
+		"${sudo[@]}" update-rc.d "$s" disable >/dev/null 2>&1 || true
+	done
+	if ((added_policy)); then "${sudo[@]}" rm -f "$policy"; fi
+}
 trap cleanup EXIT
-"${sudo[@]}" apt-get update -qq
-"${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+# install waits up to 10 min for another apt (a fresh cloud machine runs
+# unattended-upgrades); update has no such wait, so it is tried again. A
+# failed update (say, a broken third-party repository) only warns: install
+# then says whether the package lists there are will do.
+apt_get=("${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600)
+for try in 1 2 3 4 5; do
+	"${apt_get[@]}" update -qq 8<&- && break
+	if ((try == 5)); then
+		echo "deps: warning: apt-get update failed; installing from the package lists there are" >&2
+	else
+		echo "deps: apt-get update failed; trying again in 30 s" >&2
+		sleep 30
+	fi
+done
+# 8<&-: nothing the packages start may keep holding the lock.
+"${apt_get[@]}" install -y -qq --no-install-recommends "${missing[@]}" >&2 8<&-

@@ -10,31 +10,17 @@ pidfile=$run/caddy.pid
 # shellcheck source=deploy/stack/pidfile.sh
 . deploy/stack/pidfile.sh
 
-if [[ -f $pidfile ]]; then
-	pid=$(cat "$pidfile")
-	if ours "$pidfile" "--pidfile $pidfile"; then
-		# SIGTERM: Caddy stops its functions before it exits.
-		kill -TERM "$pid"
-		for _ in $(seq 1 150); do
-			[[ -d /proc/$pid ]] && ! grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null || break
-			sleep 0.1
-		done
-		if kill -0 "$pid" 2>/dev/null && ! grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null; then
-			echo "caddy: still running after 15 s, killing" >&2
-			kill -KILL "$pid" || true
-		fi
-		echo "caddy: stopped" >&2
-	fi
-	rm -f "$pidfile"
+if ours "$pidfile" "--pidfile $pidfile"; then
+	stop_ours "$pidfile" caddy
+	echo "caddy: stopped" >&2
 fi
+rm -f "$pidfile"
 
-if [[ -f $run/dev-oidc.pid ]]; then
-	if ours "$run/dev-oidc.pid" "$PWD/bin/dev-oidc"; then
-		kill "$(cat "$run/dev-oidc.pid")" 2>/dev/null || true
-		echo "dev-oidc: stopped" >&2
-	fi
-	rm -f "$run/dev-oidc.pid"
+if ours "$run/dev-oidc.pid" "$PWD/bin/dev-oidc"; then
+	stop_ours "$run/dev-oidc.pid" dev-oidc
+	echo "dev-oidc: stopped" >&2
 fi
+rm -f "$run/dev-oidc.pid"
 
 if [[ -d $run/data ]]; then
 	if [[ ${1:-} == clean ]]; then

@@ -475,13 +475,16 @@ svc_start_postgres() {
 	fi
 	pg_clear_stale "$data"
 	if [[ ! -s $data/PG_VERSION ]]; then
-		rm -rf -- "$data" # a partial data dir of an interrupted initdb
+		# initdb writes into data.new, renamed once complete: an initdb killed
+		# part-way leaves no data dir, and the next start begins again.
+		rm -rf -- "$data" "$data.new"
 		log "postgres: initdb $data"
-		if ! as_pg "$PGBIN/initdb" -D "$data" -U postgres -E UTF8 --locale=C.UTF-8 \
+		if ! as_pg "$PGBIN/initdb" -D "$data.new" -U postgres -E UTF8 --locale=C.UTF-8 \
 			--auth-local=trust --auth-host=scram-sha-256 >"$PG_REAL/initdb.log" 2>&1 9>&-; then
 			tail_log "$PG_REAL/initdb.log"
 			die "postgres: initdb failed"
 		fi
+		mv -- "$data.new" "$data"
 	fi
 	grep -q "^include_if_exists = 'guardian.conf'" "$data/postgresql.conf" ||
 		printf "\ninclude_if_exists = 'guardian.conf'\n" >>"$data/postgresql.conf"
@@ -855,8 +858,8 @@ svc_start_clickhouse() {
 			kill -TERM "$pid" 2>/dev/null || true
 			stop_pid clickhouse "$pid" 30
 		fi
-		if ((attempt < 3)) && { [[ ${AUTO[CH_TCP_PORT]} == 1 ]] && port_listening "$tcp" ||
-			[[ ${AUTO[CH_HTTP_PORT]} == 1 ]] && port_listening "$http"; }; then
+		if ((attempt < 3)) && { { [[ ${AUTO[CH_TCP_PORT]} == 1 ]] && port_listening "$tcp"; } ||
+			{ [[ ${AUTO[CH_HTTP_PORT]} == 1 ]] && port_listening "$http"; }; }; then
 			continue # the checks at the top of the loop re-pick the busy port
 		fi
 		tail_log "$CH_DIR/stdout.log" "$CH_DIR/clickhouse-server.err.log" "$CH_DIR/clickhouse-server.log"

@@ -5,6 +5,7 @@ package stack
 
 import (
 	"context"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -20,7 +21,20 @@ import (
 	"github.com/glassmkr/guardian/shared/testenv"
 )
 
+func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
+
 func script(t *testing.T, runDir string, port int, name string, args ...string) string {
+	t.Helper()
+	out, err := tryScript(t, runDir, port, name, args...)
+	if err != nil {
+		t.Fatalf("%s %v: %v\n%s", name, args, err, out)
+	}
+	return out
+}
+
+// tryScript runs a script of this folder as script does, for a run that
+// is to fail: its output and its error.
+func tryScript(t *testing.T, runDir string, port int, name string, args ...string) (string, error) {
 	t.Helper()
 	root, err := testenv.RepoRoot()
 	if err != nil {
@@ -37,10 +51,7 @@ func script(t *testing.T, runDir string, port int, name string, args ...string) 
 		cmd.Env = append(cmd.Env, k+"="+strconv.Itoa(testenv.FreePort(t)))
 	}
 	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s %v: %v\n%s", name, args, err, out)
-	}
-	return string(out)
+	return string(out), err
 }
 
 func healthz(t *testing.T, port int) *http.Response {
@@ -65,7 +76,20 @@ func TestUpTwiceThenDownThenClean(t *testing.T) {
 		}
 	})
 
-	out := script(t, runDir, port, "up.sh")
+	// Another server on the port: make up says so rather than take its
+	// answers for Caddy's.
+	other, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = http.Serve(other, http.HandlerFunc(func(http.ResponseWriter, *http.Request) {})) }() // 200 to all
+	out, err := tryScript(t, runDir, port, "up.sh")
+	other.Close()
+	if err == nil || !strings.Contains(out, "port "+strconv.Itoa(port)+" is in use") {
+		t.Fatalf("make up with the port taken: %v\n%s", err, out)
+	}
+
+	out = script(t, runDir, port, "up.sh")
 	if !strings.Contains(out, "http://localhost:"+strconv.Itoa(port)) || !strings.Contains(out, "demo login:") {
 		t.Fatalf("make up did not print the URL and demo login:\n%s", out)
 	}
@@ -115,6 +139,25 @@ func TestUpTwiceThenDownThenClean(t *testing.T) {
 	}
 	if again, _ := testenv.ReadEnvFile(envFile); again["GUARDIAN_KEY_PEPPER"] != env["GUARDIAN_KEY_PEPPER"] || again["GUARDIAN_MFA_SECRET"] != env["GUARDIAN_MFA_SECRET"] || again["GUARDIAN_DEMO_PASSWORD"] != env["GUARDIAN_DEMO_PASSWORD"] {
 		t.Error("second make up changed the secrets")
+	}
+
+	// A rebuilt Caddy (a new file at bin/caddy) is restarted, so that it
+	// runs the new modules, where a reload would keep the old ones.
+	caddyPid, _ := os.ReadFile(filepath.Join(runDir, "caddy.pid"))
+	root, _ := testenv.RepoRoot()
+	rebuilt := filepath.Join(root, "bin", "caddy")
+	if b, err := exec.Command("cp", "-p", rebuilt, rebuilt+".new").CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, b)
+	}
+	if err := os.Rename(rebuilt+".new", rebuilt); err != nil {
+		t.Fatal(err)
+	}
+	out = script(t, runDir, port, "up.sh")
+	if again, _ := os.ReadFile(filepath.Join(runDir, "caddy.pid")); !strings.Contains(out, "restarting") || string(again) == string(caddyPid) {
+		t.Errorf("make up after a rebuild kept caddy (pid %q, now %q):\n%s", caddyPid, again, out)
+	}
+	if resp := healthz(t, port); resp.StatusCode != 200 {
+		t.Fatalf("healthz after the restart: %d", resp.StatusCode)
 	}
 
 	oidcPid, _ := os.ReadFile(filepath.Join(runDir, "dev-oidc.pid"))

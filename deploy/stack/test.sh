@@ -2,23 +2,36 @@
 # deploy/stack/test.sh: `make test`. Starts one private PostgreSQL, Redis and
 # ClickHouse on free ports for the whole run, runs go vet and every Go test
 # against them, then every fuzz target briefly (deploy/stack/fuzz.sh), and
-# destroys the servers afterwards whatever the outcome.
+# destroys the servers afterwards whatever the outcome, with those of tests
+# that were killed before their own cleanup ran (testenv.Private).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
 
+# shellcheck source=deploy/stack/gocheck.sh
+. deploy/stack/gocheck.sh
+need_go
 deploy/stack/deps.sh
 
 run_dir=$(mktemp -d /tmp/guardian-test-run-XXXXXX)
 cleanup() {
+	local d
+	for d in "$run_dir"/private/*/; do
+		deploy/stack/servers.sh destroy "$d" >/dev/null 2>&1 || true
+	done
 	deploy/stack/servers.sh destroy "$run_dir" >/dev/null 2>&1 || true
 	rm -rf "$run_dir"
 }
 trap cleanup EXIT
 
-GUARDIAN_STACK_MODE=test deploy/stack/servers.sh start "$run_dir"
+# The ports are the script's to pick: those of a shell that loaded make up's
+# stack.env would collide with make up's servers.
+PG_PORT= REDIS_PORT= CH_TCP_PORT= CH_HTTP_PORT= GUARDIAN_STACK_MODE=test \
+	deploy/stack/servers.sh start "$run_dir"
 export GUARDIAN_TEST_SERVERS_ENV=$run_dir/servers.env
 export GUARDIAN_TEST_BIN_DIR=$run_dir/bin
+mkdir "$run_dir/private"
+export GUARDIAN_TEST_PRIVATE_DIR=$run_dir/private
 
 go vet ./...
 # -p 2: two packages at a time on this size of machine; each package's

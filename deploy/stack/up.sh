@@ -2,11 +2,14 @@
 # deploy/stack/up.sh: `make up`. Installs what is missing, starts private
 # PostgreSQL, Redis and ClickHouse under .run/data, applies migrations,
 # creates the demo account, builds and starts Caddy on GUARDIAN_HTTP_PORT
-# (default 8080). Running it again reuses whatever already runs.
+# (default 8080). Running it again reuses the servers and reloads Caddy's
+# config; it restarts Caddy when its binary changed, and the local OpenID
+# provider always.
 #
 # GUARDIAN_RUN_DIR (default .run) holds the data, settings and logs;
 # GUARDIAN_HTTP_PORT, PG_PORT, REDIS_PORT, CH_TCP_PORT and CH_HTTP_PORT
-# move the ports (the servers' ports only on their first start).
+# move the ports (the servers' ports only on their first start), and
+# DEV_OIDC_PORT the local OpenID provider's.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -15,13 +18,18 @@ data=$run/data
 bin=$root/bin
 port=${GUARDIAN_HTTP_PORT:-8080}
 
+# shellcheck source=deploy/stack/gocheck.sh
+. deploy/stack/gocheck.sh
+need_go
 deploy/stack/deps.sh
 mkdir -p "$run" "$data"
 
 # Fixed private ports so that stack.env stays the same from one `make up`
-# to the next; none is a default port.
-PG_PORT=${PG_PORT:-55432} REDIS_PORT=${REDIS_PORT:-56379} \
-	CH_TCP_PORT=${CH_TCP_PORT:-59000} CH_HTTP_PORT=${CH_HTTP_PORT:-58123} \
+# to the next: none is a default port, and all are below both the kernel's
+# ephemeral range (32768-60999), where an outgoing connection's local port
+# may take them, and the 20000 and up where servers.sh and the tests pick.
+PG_PORT=${PG_PORT:-15432} REDIS_PORT=${REDIS_PORT:-16379} \
+	CH_TCP_PORT=${CH_TCP_PORT:-19000} CH_HTTP_PORT=${CH_HTTP_PORT:-18123} \
 	deploy/stack/servers.sh start "$data"
 
 # stack.env: the servers' settings plus the edge's secrets and the demo
@@ -34,7 +42,7 @@ session=$(old GUARDIAN_SESSION_SECRET); session=${session:-$(secret)}
 mfa=$(old GUARDIAN_MFA_SECRET); mfa=${mfa:-$(secret)}
 demo_password=$(old GUARDIAN_DEMO_PASSWORD); demo_password=${demo_password:-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')}
 # A local OpenID provider stands in for Google (cmd/dev-oidc).
-oidc_port=${DEV_OIDC_PORT:-55556}
+oidc_port=${DEV_OIDC_PORT:-15556}
 oidc_secret=$(old GUARDIAN_OIDC_CLIENT_SECRET); oidc_secret=${oidc_secret:-$(secret)}
 umask 077
 {
@@ -69,34 +77,66 @@ make --no-print-directory build
 # shellcheck source=deploy/stack/pidfile.sh
 . deploy/stack/pidfile.sh
 
-# The local OpenID provider (its client secret comes from the environment).
-go build -o "$bin/dev-oidc" ./cmd/dev-oidc
-if ! ours "$run/dev-oidc.pid" "$bin/dev-oidc"; then
-	nohup "$bin/dev-oidc" -addr "127.0.0.1:$oidc_port" -client-id "$GUARDIAN_OIDC_CLIENT_ID" \
-		-redirect "$GUARDIAN_URL/auth/google/callback" -email "$GUARDIAN_DEMO_EMAIL" -name Demo \
-		>>"$run/dev-oidc.log" 2>&1 </dev/null &
-	echo $! >"$run/dev-oidc.pid"
-fi
+# port_free NAME PORT VAR: fail unless PORT is free for NAME to listen on.
+port_free() {
+	if [[ -n $(ss -Hltn "sport = :$2") ]]; then
+		echo "$1: port $2 is in use by another process (see: ss -ltnp 'sport = :$2'); stop it, or set $3 to another port" >&2
+		exit 1
+	fi
+}
 
-pidfile=$run/caddy.pid
-if ours "$pidfile" "--pidfile $pidfile"; then
-	echo "caddy: already running (pid $(cat "$pidfile")); reloading config" >&2
-	"$bin/caddy" reload --config Caddyfile --adapter caddyfile --address "$GUARDIAN_ADMIN_ADDR" >/dev/null
-else
-	rm -f "$pidfile"
-	XDG_CONFIG_HOME=$run/caddy XDG_DATA_HOME=$run/caddy nohup "$bin/caddy" run --config Caddyfile --adapter caddyfile --pidfile "$pidfile" \
-		>>"$run/caddy.log" 2>&1 </dev/null &
+# wait_ready NAME PID URL LOG: wait until URL answers on 127.0.0.1, where both
+# listen, while PID lives; its port was free or its own, so the answer is
+# from PID.
+wait_ready() {
 	for _ in $(seq 1 100); do
-		if curl -fsS -o /dev/null "http://localhost:$port/healthz" 2>/dev/null; then break; fi
-		if ! kill -0 $! 2>/dev/null; then
-			echo "caddy failed to start; last lines of $run/caddy.log:" >&2
-			tail -n 20 "$run/caddy.log" >&2
+		if ! kill -0 "$2" 2>/dev/null; then
+			echo "$1 failed to start; last lines of $4:" >&2
+			tail -n 20 "$4" >&2
 			exit 1
+		fi
+		if curl -fsS --max-time 2 -o /dev/null "$3" 2>/dev/null && kill -0 "$2" 2>/dev/null; then
+			return 0
 		fi
 		sleep 0.2
 	done
+	echo "$1: $3 did not answer within 20 s; see $4" >&2
+	exit 1
+}
+
+# The local OpenID provider (its client secret comes from the environment),
+# restarted at each run: it keeps nothing worth keeping, and so runs the
+# binary just built with this run's settings.
+go build -o "$bin/dev-oidc" ./cmd/dev-oidc
+if ours "$run/dev-oidc.pid" "$bin/dev-oidc"; then
+	stop_ours "$run/dev-oidc.pid" dev-oidc
 fi
-curl -fsS -o /dev/null "http://localhost:$port/healthz" || { echo "caddy: /healthz is not healthy; see $run/caddy.log" >&2; exit 1; }
+port_free dev-oidc "$oidc_port" DEV_OIDC_PORT
+nohup "$bin/dev-oidc" -addr "127.0.0.1:$oidc_port" -client-id "$GUARDIAN_OIDC_CLIENT_ID" \
+	-redirect "$GUARDIAN_URL/auth/google/callback" -email "$GUARDIAN_DEMO_EMAIL" -name Demo \
+	>>"$run/dev-oidc.log" 2>&1 </dev/null &
+echo $! >"$run/dev-oidc.pid"
+wait_ready dev-oidc $! "http://127.0.0.1:$oidc_port/oidc/.well-known/openid-configuration" "$run/dev-oidc.log"
+
+# A running Caddy reloads the config, unless `make build` replaced its
+# binary: then it is restarted, to run the new modules.
+pidfile=$run/caddy.pid
+if ours "$pidfile" "--pidfile $pidfile" && [[ ! /proc/$(cat "$pidfile")/exe -ef $bin/caddy ]]; then
+	echo "caddy: $bin/caddy was rebuilt; restarting" >&2
+	stop_ours "$pidfile" caddy
+fi
+if ours "$pidfile" "--pidfile $pidfile"; then
+	echo "caddy: already running (pid $(cat "$pidfile")); reloading config" >&2
+	"$bin/caddy" reload --config Caddyfile --adapter caddyfile --address "$GUARDIAN_ADMIN_ADDR" >/dev/null
+	caddy_pid=$(cat "$pidfile")
+else
+	rm -f "$pidfile"
+	port_free caddy "$port" GUARDIAN_HTTP_PORT
+	XDG_CONFIG_HOME=$run/caddy XDG_DATA_HOME=$run/caddy nohup "$bin/caddy" run --config Caddyfile --adapter caddyfile --pidfile "$pidfile" \
+		>>"$run/caddy.log" 2>&1 </dev/null &
+	caddy_pid=$!
+fi
+wait_ready caddy "$caddy_pid" "http://127.0.0.1:$port/healthz" "$run/caddy.log"
 
 cat <<MSG
 

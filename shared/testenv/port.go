@@ -19,8 +19,8 @@ import (
 // 0 — a test's own provider or relay, in this process or in a package
 // tested beside it — can be handed it between now and the server's bind.
 // A claim is an flock on a file named for the port (in a folder per user),
-// held until the process exits, so two test processes never hand out the
-// same port either.
+// held until the process exits (or Main releases it), so two test
+// processes never hand out the same port either.
 func FreePort(t testing.TB) int {
 	t.Helper()
 	lo, hi := portRange()
@@ -43,12 +43,17 @@ func claimPort(dir string, lo, hi int) (int, error) {
 		if claimed[p] != nil {
 			continue
 		}
-		f, err := os.OpenFile(filepath.Join(dir, fmt.Sprint(p)), os.O_CREATE|os.O_RDONLY, 0o666)
+		path := filepath.Join(dir, fmt.Sprint(p))
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_RDONLY, 0o666)
 		if err != nil {
 			continue // a claim file this user cannot open
 		}
 		if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) != nil {
 			f.Close() // another test process holds it
+			continue
+		}
+		if !stillNamed(f, path) {
+			f.Close() // released (removed) since it was opened: a new file may hold the claim
 			continue
 		}
 		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
@@ -61,6 +66,30 @@ func claimPort(dir string, lo, hi int) (int, error) {
 		return p, nil
 	}
 	return 0, fmt.Errorf("testenv: no free port in %d-%d", lo, hi)
+}
+
+// stillNamed reports whether path still names the open file f.
+func stillNamed(f *os.File, path string) bool {
+	a, err := f.Stat()
+	if err != nil {
+		return false
+	}
+	b, err := os.Stat(path)
+	return err == nil && os.SameFile(a, b)
+}
+
+// releasePorts gives up this process's claims and removes their files,
+// which would otherwise pile up, one per port ever handed out. It removes
+// each while still holding its lock, so a claimer that opened the file
+// before finds it no longer named once it gets the lock (claimPort).
+func releasePorts() {
+	portMu.Lock()
+	defer portMu.Unlock()
+	for p, f := range claimed {
+		_ = os.Remove(f.Name())
+		f.Close()
+		delete(claimed, p)
+	}
 }
 
 var (

@@ -85,3 +85,40 @@ func TestPortRangeIsBelowTheEphemeralRange(t *testing.T) {
 		t.Fatalf("portRange %d-%d overlaps the ephemeral range %d-%d", lo, hi, elo, ehi)
 	}
 }
+
+// Main gives up the process's claims and removes their files. A process
+// that opened a claim file before its removal, and gets its lock after,
+// must not take that for a claim: the port is claimed through a new file.
+func TestReleasedClaimLeavesNoFileAndItsOldFileClaimsNothing(t *testing.T) {
+	dir := t.TempDir()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	if got, err := claimPort(dir, p, p); err != nil || got != p {
+		t.Skipf("claimPort = %d, %v (port %d taken meanwhile?)", got, err, p)
+	}
+	path := filepath.Join(dir, fmt.Sprint(p))
+	late, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer late.Close()
+
+	releasePorts()
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Fatalf("the released claim's file is still there: %v", err)
+	}
+	if err := syscall.Flock(int(late.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		t.Fatalf("the released file is still locked: %v", err)
+	}
+	if stillNamed(late, path) {
+		t.Fatal("a file opened before the release passes for the claim file")
+	}
+	if got, err := claimPort(dir, p, p); err != nil || got != p {
+		t.Fatalf("claiming the released port again: %d, %v", got, err)
+	}
+	releasePorts()
+}

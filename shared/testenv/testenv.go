@@ -26,6 +26,11 @@ import (
 // EnvFile names the servers.env of servers started for the whole run.
 const EnvFile = "GUARDIAN_TEST_SERVERS_ENV"
 
+// PrivateDirEnv names the folder that holds Private's servers (default the
+// temp dir). `make test` sets it so that, when a test is killed before its
+// cleanup runs (Ctrl-C, a -timeout panic), the run destroys what it left.
+const PrivateDirEnv = "GUARDIAN_TEST_PRIVATE_DIR"
+
 var (
 	mu      sync.Mutex
 	shared  map[string]string // settings of the servers in use
@@ -34,12 +39,14 @@ var (
 )
 
 // Main runs a package's tests, then stops any servers the package started
-// for itself. Use it as: func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }.
+// for itself and gives up its ports (FreePort). Use it as:
+// func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }.
 func Main(m *testing.M) int {
 	code := m.Run()
 	mu.Lock()
 	defer mu.Unlock()
 	removeOwnBinDir()
+	releasePorts()
 	if ownDir != "" {
 		if out, err := runScript("destroy", ownDir); err != nil {
 			fmt.Fprintf(os.Stderr, "testenv: stopping servers: %v\n%s", err, out)
@@ -127,7 +134,7 @@ func UseRedis(env, r map[string]string) {
 // It returns the servers.env settings and the directory.
 func Private(t testing.TB, services ...string) (map[string]string, string) {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "guardian-private-")
+	dir, err := os.MkdirTemp(os.Getenv(PrivateDirEnv), "guardian-private-")
 	if err != nil {
 		t.Fatal(err)
 	}
