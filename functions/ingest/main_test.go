@@ -133,6 +133,12 @@ func TestCollectorSnapshotIsStoredForItsOwnServer(t *testing.T) {
 	if status, _, doc := post(t, e.stack.URL+"/api/v1/ingest", key, crucibleSnapshot(ts, `"server_id":"`+strings.ToUpper(e.c.ServerID)+`",`)); status != 200 {
 		t.Fatalf("matching server_id in upper case: %d %v", status, doc)
 	}
+	// An agent whose dashboard URL ends in a slash sends //api/v1/ingest:
+	// the edge serves ingest's one path (functions elsewhere answer 404 to
+	// a path that is not canonical).
+	if status, _, doc := post(t, e.stack.URL+"//api/v1/ingest", key, crucibleSnapshot(ts, "")); status != 200 {
+		t.Fatalf("//api/v1/ingest: %d %v", status, doc)
+	}
 }
 
 func TestConcurrentSnapshotsAreBatchedAndAllStored(t *testing.T) {
