@@ -324,9 +324,11 @@ func (h *Handler) row(r *http.Request, id *identity.Identity, why string, status
 			if audit.Actions[a.Action] {
 				row.Action = a.Action
 			}
-			if row.Action == "auth_failed" {
-				// Whatever the status: a form sign-in refused redirects
-				// back to its form (303), which ResultFor calls success.
+			if row.Action == "auth_failed" && status < 500 {
+				// A refusal whatever its status: a form sign-in refused
+				// redirects back to its form (303), which ResultFor calls
+				// success. A 5xx stays an error: the check could not be
+				// made (secretscan without GitHub's keys).
 				row.Result = audit.ResultDenied
 			}
 			for k, v := range a.Metadata {

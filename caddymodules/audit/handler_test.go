@@ -136,8 +136,8 @@ func TestARowKeepsNoKeyInResourceOrUserAgent(t *testing.T) {
 	}
 }
 
-// A function's auth_failed is a refusal whatever its status: a form
-// sign-in with a wrong password answers 303, back to its form.
+// A function's auth_failed is a refusal whatever its status but a 5xx: a
+// form sign-in with a wrong password answers 303, back to its form.
 func TestAFailedSignInIsDeniedWhateverItsStatus(t *testing.T) {
 	t.Parallel()
 	h := &Handler{log: zap.NewNop()}
@@ -151,6 +151,9 @@ func TestAFailedSignInIsDeniedWhateverItsStatus(t *testing.T) {
 	}
 	if row := h.row(req, nil, "", 303, audit.Annotation{Action: "create"}.Encode(), time.Now(), "req-1"); row.Result != audit.ResultSuccess {
 		t.Errorf("a sign-in's 303: result %q, want success", row.Result)
+	}
+	if row := h.row(req, nil, "", 503, audit.Annotation{Action: "auth_failed"}.Encode(), time.Now(), "req-1"); row.Result != audit.ResultError {
+		t.Errorf("a check that could not be made (503): result %q, want error", row.Result)
 	}
 }
 
