@@ -31,12 +31,29 @@ func TestAKeyEndsOnPostgresClock(t *testing.T) {
 			a.now = func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
 			h := handler(a, Handler{})
 			ctx := context.Background()
+			a.mu.Lock()
+			gen := a.gen
+			a.mu.Unlock()
 			w.c.Revoke(t, w.read)
 			if _, err := w.db.Exec(ctx, "UPDATE api_keys SET revoked_at = now() + interval '10 minutes' WHERE customer_id = $1 AND scope = 'write'", w.customer); err != nil {
 				t.Fatal(err)
 			}
 			if _, err := w.db.Exec(ctx, "UPDATE api_keys SET expires_at = 'infinity' WHERE customer_id = $1 AND scope = 'admin'", w.customer); err != nil {
 				t.Fatal(err)
+			}
+			// The three changes' notifications first: one arriving during a
+			// lookup would keep its row out of the cache, which the last
+			// check below counts on.
+			for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+				a.mu.Lock()
+				seen := a.gen - gen
+				a.mu.Unlock()
+				if seen >= 3 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("%d of the 3 notifications arrived", seen)
+				}
 			}
 			if got := do(t, h, bearer("GET", "/", w.read)); got.status != http.StatusUnauthorized {
 				t.Fatalf("a key revoked a moment ago: %+v", got)
