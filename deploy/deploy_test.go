@@ -853,6 +853,8 @@ func TestCaddyTrustsCloudflareAsTheLimiterSees(t *testing.T) {
 	r := root(t)
 	envRanges, snippetRanges, snippetHeaders := cloudflareRanges(t)
 	t.Setenv("GUARDIAN_TRUSTED_PROXIES", strings.Join(envRanges, " "))
+	// The header as the env file sets it, not as the runner's shell may.
+	t.Setenv("GUARDIAN_CLIENT_IP_HEADERS", envFile(t, filepath.Join(r, "deploy", "caddy", "cloudflare-ips.env"))["GUARDIAN_CLIENT_IP_HEADERS"])
 
 	gotRanges, gotHeaders := adapt(t, filepath.Join(r, "Caddyfile"))
 	if !slices.Equal(gotRanges, envRanges) {

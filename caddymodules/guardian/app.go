@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -71,6 +72,7 @@ func (a *App) Provision(caddy.Context) error {
 		a.redis.Addrs = []string{rs.Socket}
 	}
 	a.redis.Prefix = l.Optional("GUARDIAN_REDIS_PREFIX", "guardian:rl:")
+	err = errors.Join(err, checkClientIPHeaders(os.LookupEnv))
 	if err := errors.Join(err, l.Err()); err != nil {
 		return fmt.Errorf("guardian: %w", err)
 	}
@@ -132,3 +134,23 @@ var (
 	_ caddy.App         = (*App)(nil)
 	_ caddy.Provisioner = (*App)(nil)
 )
+
+// ClientIPHeadersEnv names the header the Caddyfile's client_ip_headers
+// reads the client's address from, behind a trusted proxy.
+const ClientIPHeadersEnv = "GUARDIAN_CLIENT_IP_HEADERS"
+
+// checkClientIPHeaders refuses a ClientIPHeadersEnv that is set but names
+// no header, or more than one. Empty, Caddy reads X-Forwarded-For, which a
+// Cloudflare Worker writes as it likes; with two, a first header holding a
+// trusted proxy's address (a Worker's Cf-Connecting-Ip) falls through to
+// the second. Either way a client could choose its own per-IP bucket.
+func checkClientIPHeaders(lookup func(string) (string, bool)) error {
+	v, ok := lookup(ClientIPHeadersEnv)
+	if !ok {
+		return nil // the Caddyfile's default, Cf-Connecting-Ip
+	}
+	if n := len(strings.Fields(v)); n != 1 {
+		return fmt.Errorf("%s must name one header (Cf-Connecting-Ip behind Cloudflare, X-Forwarded-For behind another proxy), not %d", ClientIPHeadersEnv, n)
+	}
+	return nil
+}

@@ -68,3 +68,18 @@ func TestCaddyRefusesToStartWithoutAPepper(t *testing.T) {
 		})
 	}
 }
+
+// An empty GUARDIAN_CLIENT_IP_HEADERS would have Caddy read
+// X-Forwarded-For, and two headers let the second be chosen by a client
+// whose first is a trusted address: both are refused.
+func TestClientIPHeadersNameOneHeader(t *testing.T) {
+	for v, ok := range map[string]bool{"": false, "  ": false, "Cf-Connecting-Ip X-Forwarded-For": false, "Cf-Connecting-Ip": true, "X-Forwarded-For": true} {
+		err := checkClientIPHeaders(func(string) (string, bool) { return v, true })
+		if (err == nil) != ok {
+			t.Errorf("%q: err = %v", v, err)
+		}
+	}
+	if err := checkClientIPHeaders(func(string) (string, bool) { return "", false }); err != nil {
+		t.Errorf("unset: %v", err)
+	}
+}
