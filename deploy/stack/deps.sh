@@ -30,10 +30,14 @@ fi
 # first run may have installed them all.
 lock=/tmp/guardian-deps.lock
 (umask 022 && : >>"$lock") 2>/dev/null || true # others open it read-only
+if [[ -L $lock || ! -f $lock ]]; then # a FIFO would block the open for ever
+	echo "deps: $lock is not a plain file; remove it" >&2
+	exit 1
+fi
 exec 8<"$lock"
 if ! flock -n 8; then
 	echo "deps: waiting for another deps.sh to finish" >&2
-	flock 8
+	flock -w 900 8 || { echo "deps: $lock held for 15 minutes; is another deps.sh stuck?" >&2; exit 1; }
 fi
 find_missing
 if ((${#missing[@]} == 0)); then
@@ -57,12 +61,16 @@ if [[ ! -e $policy ]]; then
 fi
 # The servers' packages also enable them at boot, which would open, say, SSH
 # with Debian's defaults after the next reboot: disable those this run
-# brings, even when it fails half-way. Services there before are the user's.
-BOOT_SERVICES=(ssh postgresql redis-server clickhouse-server)
-has_service() { [[ -e /lib/systemd/system/$1.service || -e /etc/init.d/$1 ]]; }
+# brings, even when it fails half-way. A service is this run's when the
+# package that ships it is not installed now (only its conffiles left, as
+# after apt remove, counts as not installed: reinstalling enables it
+# again); one installed before is the user's. service:package pairs.
+BOOT_SERVICES=(ssh:openssh-server postgresql:postgresql-common redis-server:redis-server clickhouse-server:clickhouse-server)
+installed() { [[ $(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null) == installed ]]; }
+has_service() { [[ -e /lib/systemd/system/$1.service || -e /usr/lib/systemd/system/$1.service || -e /etc/init.d/$1 ]]; }
 new_services=()
-for s in "${BOOT_SERVICES[@]}"; do
-	has_service "$s" || new_services+=("$s")
+for sp in "${BOOT_SERVICES[@]}"; do
+	installed "${sp#*:}" || new_services+=("${sp%%:*}")
 done
 cleanup() {
 	for s in "${new_services[@]}"; do
@@ -78,7 +86,8 @@ trap cleanup EXIT
 # unattended-upgrades); update has no such wait, so it is tried again. A
 # failed update (say, a broken third-party repository) only warns: install
 # then says whether the package lists there are will do.
-apt_get=("${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600)
+# env: sudo's default env_reset would drop DEBIAN_FRONTEND.
+apt_get=("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600)
 for try in 1 2 3 4 5; do
 	"${apt_get[@]}" update -qq 8<&- && break
 	if ((try == 5)); then
