@@ -10,8 +10,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -46,12 +48,27 @@ func tryScript(t *testing.T, runDir string, port int, name string, args ...strin
 		"GUARDIAN_RUN_DIR="+runDir,
 		"GUARDIAN_HTTP_PORT="+strconv.Itoa(port),
 	)
-	// Ports of the test's own servers, clear of a developer's `make up`.
-	for _, k := range []string{"PG_PORT", "REDIS_PORT", "CH_TCP_PORT", "CH_HTTP_PORT", "DEV_OIDC_PORT"} {
-		cmd.Env = append(cmd.Env, k+"="+strconv.Itoa(testenv.FreePort(t)))
-	}
+	cmd.Env = append(cmd.Env, stackPorts(t, runDir)...)
 	out, err := cmd.CombinedOutput()
 	return string(out), err
+}
+
+// ports holds each stack's ports (by run dir), chosen once: a make up
+// that is given other settings than the running Caddy's restarts it.
+var ports sync.Map
+
+// stackPorts are the ports of the test's own servers and OpenID provider
+// for the stack in runDir, clear of a developer's `make up`.
+func stackPorts(t *testing.T, runDir string) []string {
+	if v, ok := ports.Load(runDir); ok {
+		return v.([]string)
+	}
+	var env []string
+	for _, k := range []string{"PG_PORT", "REDIS_PORT", "CH_TCP_PORT", "CH_HTTP_PORT", "DEV_OIDC_PORT"} {
+		env = append(env, k+"="+strconv.Itoa(testenv.FreePort(t)))
+	}
+	ports.Store(runDir, env)
+	return env
 }
 
 func healthz(t *testing.T, port int) *http.Response {
@@ -131,7 +148,7 @@ func TestUpTwiceThenDownThenClean(t *testing.T) {
 
 	before := testenv.ProcessesMentioning(runDir)
 	out = script(t, runDir, port, "up.sh")
-	if !strings.Contains(out, "already running") {
+	if !strings.Contains(out, "caddy: already running") || !strings.Contains(out, "reloading config") {
 		t.Errorf("second make up did not reuse the running stack:\n%s", out)
 	}
 	if after := testenv.ProcessesMentioning(runDir); len(after) != len(before) {
@@ -153,11 +170,22 @@ func TestUpTwiceThenDownThenClean(t *testing.T) {
 		t.Fatal(err)
 	}
 	out = script(t, runDir, port, "up.sh")
-	if again, _ := os.ReadFile(filepath.Join(runDir, "caddy.pid")); !strings.Contains(out, "restarting") || string(again) == string(caddyPid) {
+	if again, _ := os.ReadFile(filepath.Join(runDir, "caddy.pid")); !strings.Contains(out, "was rebuilt; restarting") || string(again) == string(caddyPid) {
 		t.Errorf("make up after a rebuild kept caddy (pid %q, now %q):\n%s", caddyPid, again, out)
 	}
 	if resp := healthz(t, port); resp.StatusCode != 200 {
 		t.Fatalf("healthz after the restart: %d", resp.StatusCode)
+	}
+	// Other settings (here the OpenID provider's port, which the oidc
+	// function takes from Caddy's environment) restart Caddy too: a
+	// reload would keep the environment it started with.
+	caddyPid, _ = os.ReadFile(filepath.Join(runDir, "caddy.pid"))
+	moved := slices.Clone(stackPorts(t, runDir))
+	moved[len(moved)-1] = "DEV_OIDC_PORT=" + strconv.Itoa(testenv.FreePort(t))
+	ports.Store(runDir, moved)
+	out = script(t, runDir, port, "up.sh")
+	if again, _ := os.ReadFile(filepath.Join(runDir, "caddy.pid")); !strings.Contains(out, "changed since it started; restarting") || string(again) == string(caddyPid) {
+		t.Errorf("make up with another OpenID port kept caddy (pid %q, now %q):\n%s", caddyPid, again, out)
 	}
 
 	oidcPid, _ := os.ReadFile(filepath.Join(runDir, "dev-oidc.pid"))

@@ -78,8 +78,9 @@ make --no-print-directory build
 . deploy/stack/pidfile.sh
 
 # port_free NAME PORT VAR: fail unless PORT is free for NAME to listen on.
+# ss, or a connection to it where ss cannot tell (no netlink, no ss).
 port_free() {
-	if [[ -n $(ss -Hltn "sport = :$2") ]]; then
+	if [[ -n $(ss -Hltn "sport = :$2" 2>/dev/null) ]] || (: <"/dev/tcp/127.0.0.1/$2") 2>/dev/null; then
 		echo "$1: port $2 is in use by another process (see: ss -ltnp 'sport = :$2'); stop it, or set $3 to another port" >&2
 		exit 1
 	fi
@@ -119,11 +120,18 @@ echo $! >"$run/dev-oidc.pid"
 wait_ready dev-oidc $! "http://127.0.0.1:$oidc_port/oidc/.well-known/openid-configuration" "$run/dev-oidc.log"
 
 # A running Caddy reloads the config, unless `make build` replaced its
-# binary: then it is restarted, to run the new modules.
+# binary (then it is restarted, to run the new modules) or the settings it
+# started with changed (a reload keeps its environment, which functions
+# take theirs from: a moved dev-oidc port would leave oidc asking the old).
 pidfile=$run/caddy.pid
-if ours "$pidfile" "--pidfile $pidfile" && [[ ! /proc/$(cat "$pidfile")/exe -ef $bin/caddy ]]; then
-	echo "caddy: $bin/caddy was rebuilt; restarting" >&2
-	stop_ours "$pidfile" caddy
+if ours "$pidfile" "--pidfile $pidfile"; then
+	if [[ ! /proc/$(cat "$pidfile")/exe -ef $bin/caddy ]]; then
+		echo "caddy: $bin/caddy was rebuilt; restarting" >&2
+		stop_ours "$pidfile" caddy
+	elif ! cmp -s "$env_file" "$run/caddy-started.env"; then
+		echo "caddy: $env_file changed since it started; restarting" >&2
+		stop_ours "$pidfile" caddy
+	fi
 fi
 if ours "$pidfile" "--pidfile $pidfile"; then
 	echo "caddy: already running (pid $(cat "$pidfile")); reloading config" >&2
@@ -132,6 +140,7 @@ if ours "$pidfile" "--pidfile $pidfile"; then
 else
 	rm -f "$pidfile"
 	port_free caddy "$port" GUARDIAN_HTTP_PORT
+	cp "$env_file" "$run/caddy-started.env"
 	XDG_CONFIG_HOME=$run/caddy XDG_DATA_HOME=$run/caddy nohup "$bin/caddy" run --config Caddyfile --adapter caddyfile --pidfile "$pidfile" \
 		>>"$run/caddy.log" 2>&1 </dev/null &
 	caddy_pid=$!
