@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"sort"
@@ -40,33 +39,6 @@ type answer = testenv.Answer
 func (s *site) do(t *testing.T, method, path, body string, header map[string]string) answer {
 	t.Helper()
 	return s.Stack.Do(t, method, path, body, header)
-}
-
-// tryDo is do for goroutines other than the test's, which must not call
-// t.Fatal: it sends the same request and returns the error instead.
-func (s *site) tryDo(method, path, body string, header map[string]string) (answer, error) {
-	req, err := http.NewRequest(method, s.URL+path, strings.NewReader(body))
-	if err != nil {
-		return answer{}, err
-	}
-	if body != "" {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	for k, v := range header {
-		req.Header.Set(k, v)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return answer{}, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return answer{}, err
-	}
-	a := answer{Status: resp.StatusCode, Header: resp.Header, Raw: string(b)}
-	_ = json.Unmarshal(b, &a.Doc)
-	return a, nil
 }
 
 func bearer(key string) map[string]string { return map[string]string{"Authorization": "Bearer " + key} }
@@ -336,7 +308,7 @@ func TestConcurrentIdenticalEnrollmentsMakeOneServer(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				answers[i], errs[i] = s.tryDo("POST", "/api/v1/servers", body, header)
+				answers[i], errs[i] = s.TryDo("POST", "/api/v1/servers", body, header)
 			}()
 		}
 		wg.Wait()

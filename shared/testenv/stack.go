@@ -260,9 +260,19 @@ type Answer struct {
 // the stack and reads the answer.
 func (s *Stack) Do(t testing.TB, method, path, body string, header map[string]string) Answer {
 	t.Helper()
-	req, err := http.NewRequest(method, s.URL+path, strings.NewReader(body))
+	a, err := s.TryDo(method, path, body, header)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return a
+}
+
+// TryDo is Do for goroutines other than the test's, which must not call
+// t.Fatal: it returns the error instead.
+func (s *Stack) TryDo(method, path, body string, header map[string]string) (Answer, error) {
+	req, err := http.NewRequest(method, s.URL+path, strings.NewReader(body))
+	if err != nil {
+		return Answer{}, err
 	}
 	if body != "" {
 		req.Header.Set("Content-Type", "application/json")
@@ -272,11 +282,14 @@ func (s *Stack) Do(t testing.TB, method, path, body string, header map[string]st
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		t.Fatal(err)
+		return Answer{}, err
 	}
 	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return Answer{}, err
+	}
 	a := Answer{Status: resp.StatusCode, Header: resp.Header, Raw: string(b)}
 	_ = json.Unmarshal(b, &a.Doc)
-	return a
+	return a, nil
 }
