@@ -221,8 +221,13 @@ func TestEnrollAndReenrollTheWayCollectorAgentsDo(t *testing.T) {
 	}
 
 	// And once more without the Idempotency-Key: the same server again.
-	if id3, third := s.enrolled(t, s.do(t, "POST", "/api/v1/servers", again, bearer(key)), 200, true); id3 != serverID || third == second {
+	id3, third := s.enrolled(t, s.do(t, "POST", "/api/v1/servers", again, bearer(key)), 200, true)
+	if id3 != serverID || third == second {
 		t.Fatalf("re-enrollment without a key: server %s (want %s)", id3, serverID)
+	}
+	// From an agent whose base URL ends in a slash: //api/v1/servers.
+	if id4, fourth := s.enrolled(t, s.do(t, "POST", "//api/v1/servers", again, bearer(key)), 200, true); id4 != serverID || fourth == third {
+		t.Fatalf("re-enrollment at //api/v1/servers: server %s (want %s)", id4, serverID)
 	}
 
 	// No plaintext key anywhere in the database.

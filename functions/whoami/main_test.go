@@ -65,6 +65,11 @@ func TestWhoamiShowsTheEdgesIdentityNotForgedHeaders(t *testing.T) {
 	if got["customer_id"] != e.c.ID || got["scope"] != "write" || got["kind"] != "account_key" || got["key_id"] == "" {
 		t.Fatalf("identity %v", got)
 	}
+	// A client whose base URL ends in a slash asks //api/v1/whoami: the
+	// edge serves whoami's one path.
+	if status, _, body := call(t, e.URL+"//api/v1/whoami", map[string]string{"Authorization": "Bearer " + key}); status != 200 {
+		t.Fatalf("//api/v1/whoami: %d %s", status, body)
+	}
 
 	_, sessionToken := e.c.Session(t)
 	status, _, body = call(t, e.URL+"/api/v1/whoami", map[string]string{"Cookie": "guardian_token=" + sessionToken})
