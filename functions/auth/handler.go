@@ -177,12 +177,11 @@ func (h *handler) login(w http.ResponseWriter, r *http.Request) {
 		problem.Write(w, p)
 		return
 	}
-	email := strings.ToLower(strings.TrimSpace(f["email"]))
-	pw := f["password"]
-	if email == "" || pw == "" {
-		problem.Write(w, problem.New(http.StatusBadRequest, "bad_request", "email and password are required"))
+	f["email"] = strings.ToLower(strings.TrimSpace(f["email"]))
+	if !required(w, f, "email", "password") {
 		return
 	}
+	email, pw := f["email"], f["password"]
 	var userID, customerID, hash string
 	var closing bool
 	var err error
@@ -217,16 +216,12 @@ func (h *handler) login(w http.ResponseWriter, r *http.Request) {
 		h.loginRefused(w, r, form, customerID, userID, reason)
 		return
 	}
-	// A user out of second-factor attempts is told so only once the
-	// password is right: a wrong password gets the same 401 as an unknown
-	// e-mail, so the lockout reveals no account. (A right password is
-	// revealed by the second-factor prompt anyway.)
-	if locked, err := h.lockedOut(w, r, form, customerID, userID); locked || err != nil {
-		if err != nil {
-			h.unavailable(w, err)
-		}
-		return
-	}
+	// A user out of second-factor attempts is not told so here: the
+	// password step answers as for any user (a wrong password as for an
+	// unknown e-mail, a right one with the second-factor prompt), so the
+	// lockout reveals neither the account nor whether the password was
+	// right. The second step, which only the password opens, says it
+	// (mfa.Service.Complete counts attempts before it checks a code).
 	old := ""
 	if id, ok := identity.FromRequest(r); ok && id.Kind == identity.KindSession && id.UserID == userID {
 		old = id.SessionID

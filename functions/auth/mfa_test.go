@@ -206,12 +206,17 @@ func TestTooManyWrongCodesPauseSignInWithoutRevealingTheAccount(t *testing.T) {
 	if a.status != 429 || a.doc["code"] != "too_many_attempts" || a.header.Get("Retry-After") == "" || a.cookie != nil {
 		t.Fatalf("the right code over the limit: %d %v", a.status, a.doc)
 	}
-	// The right password is told of the lockout, with no challenge. A
-	// wrong one gets what an unknown e-mail gets: the lockout must not
-	// tell who has an account (or has been guessing codes).
+	// The password step answers as for a user who is not locked out: the
+	// right password gets its second-factor prompt, a wrong one what an
+	// unknown e-mail gets. The lockout tells neither who has an account
+	// nor whether the password was right; the second step, which only
+	// the password opens, tells it.
 	right := s.post(t, "/auth/login", login(s.email, goodPassword), nil)
-	if right.status != 429 || right.doc["code"] != "too_many_attempts" || right.doc["mfa_token"] != nil {
-		t.Fatalf("locked, right password: %d %v", right.status, right.doc)
+	if right.status != 401 || right.doc["code"] != "mfa_required" || right.doc["mfa_token"] == nil {
+		t.Fatalf("locked, right password: %d %v, want the second-factor prompt", right.status, right.doc)
+	}
+	if a := s.post(t, "/auth/login/mfa", jsonBody(map[string]string{"mfa_token": right.doc["mfa_token"].(string), "code": nextCode(t, seed, 2)}), nil); a.status != 429 || a.doc["code"] != "too_many_attempts" {
+		t.Fatalf("locked, its second step: %d %v", a.status, a.doc)
 	}
 	wrong := s.post(t, "/auth/login", login(s.email, "wrong-"+goodPassword), nil)
 	unknown := s.post(t, "/auth/login", login("nobody-"+s.email, "wrong-"+goodPassword), nil)
@@ -225,10 +230,10 @@ func TestTooManyWrongCodesPauseSignInWithoutRevealingTheAccount(t *testing.T) {
 		t.Fatalf("locked account, wrong password in the form: %d %v", a.status, a.header)
 	}
 	form := url.Values{"email": {s.email}, "password": {goodPassword}}.Encode()
-	if a := s.post(t, "/auth/login", form, map[string]string{"Content-Type": "application/x-www-form-urlencoded"}); a.status != 303 || a.header.Get("Location") != "/login?error=locked" {
-		t.Fatalf("locked form sign-in: %d %v", a.status, a.header)
+	if a := s.post(t, "/auth/login", form, map[string]string{"Content-Type": "application/x-www-form-urlencoded"}); a.status != 303 || strings.Contains(a.header.Get("Location"), "error") {
+		t.Fatalf("locked form sign-in, right password: %d %v, want the second-factor form", a.status, a.header)
 	}
-	if n := s.auditCount(t, "action = 'auth_failed' AND metadata->>'reason' = 'second_factor_locked' AND user_id = $1", s.c.UserID); n != 3 {
+	if n := s.auditCount(t, "action = 'auth_failed' AND metadata->>'reason' = 'second_factor_locked' AND user_id = $1", s.c.UserID); n != 2 {
 		t.Errorf("lockout audit rows: %d", n)
 	}
 }

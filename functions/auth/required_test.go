@@ -23,6 +23,8 @@ func TestPasswordFieldsAreRequired(t *testing.T) {
 		name, path, body, field string
 		header                  map[string]string
 	}{
+		{"sign-in without a password", "/auth/login", `{"email":"` + s.email + `"}`, "password", nil},
+		{"sign-in with a blank e-mail", "/auth/login", `{"email":"  ","password":"x"}`, "email", nil},
 		{"re-auth without a password", "/auth/reauth", `{}`, "password", cookie},
 		{"re-auth with a misspelled password", "/auth/reauth", `{"pasword":"` + goodPassword + `"}`, "password", cookie},
 		{"re-auth with an empty password", "/auth/reauth", `{"password":""}`, "password", cookie},
