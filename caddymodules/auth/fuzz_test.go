@@ -185,5 +185,12 @@ func browserHost(h string) bool {
 			return false
 		}
 	}
-	return strings.Count(h, ":") <= 1 && !strings.HasSuffix(h, ":") && !strings.HasPrefix(h, ":")
+	if strings.Count(h, ":") > 1 || strings.HasSuffix(h, ":") || strings.HasPrefix(h, ":") {
+		return false
+	}
+	// A port is digits (a browser sends no other): "0:a" is no host.
+	if _, port, ok := strings.Cut(h, ":"); ok && strings.Trim(port, "0123456789") != "" {
+		return false
+	}
+	return true
 }
