@@ -29,6 +29,7 @@ func FuzzParseEnrollment(f *testing.F) {
 		`{"name":"x"}`, `{"hostname":42}`, `{"hostname":"a\u0000b"}`, `{"hostname":"h","machine_id":["x"]}`,
 		`{"hostname":"h","tags":"prod"}`, `{"hostname":"h","tags":["a",1]}`, `{"hostname":"h","tags":[""]}`,
 		`["h"]`, `hostname=h`, `{"hostname":"h"} x`, `{"hostname":"h","n":1e400}`,
+		"\f{}", "\u00a0{\"hostname\":\"h\"}", // not JSON's whitespace
 	} {
 		f.Add([]byte(s))
 	}

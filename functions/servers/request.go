@@ -48,7 +48,7 @@ func (e *FieldError) Error() string {
 // ignored, so an agent that sends more still enrolls.
 func ParseEnrollment(body []byte) (Enrollment, *FieldError) {
 	var raw map[string]json.RawMessage
-	trimmed := bytes.TrimSpace(body)
+	trimmed := bytes.Trim(body, " \t\r\n") // JSON's whitespace; TrimSpace's \f or U+0085 is not
 	if len(trimmed) == 0 || trimmed[0] != '{' || json.Unmarshal(trimmed, &raw) != nil {
 		return Enrollment{}, &FieldError{Detail: "the body must be a JSON object {hostname, machine_id?, name?, tags?}"}
 	}
