@@ -19,6 +19,7 @@ import (
 	_ "github.com/glassmkr/guardian/caddymodules/problem"
 	_ "github.com/glassmkr/guardian/caddymodules/ratelimit"
 	"github.com/glassmkr/guardian/shared/nodump"
+	"github.com/glassmkr/guardian/shared/version"
 )
 
 // gcPercent is the edge's GOGC when the environment names none. Caddy's
@@ -33,6 +34,9 @@ import (
 const gcPercent = 200
 
 func main() {
+	// Caddy's own `caddy version` names the Caddy it embeds; this names
+	// the Guardian release.
+	version.ExitIfAsked()
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(gcPercent)
 	}

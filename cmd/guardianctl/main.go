@@ -3,6 +3,7 @@
 //
 //	guardianctl migrate       apply PostgreSQL and ClickHouse migrations
 //	guardianctl demo-account  create (or reset) the demo customer and admin
+//	guardianctl version       print the Guardian release this binary is (also --version)
 //
 // Settings come from the environment (GUARDIAN_PG_DSN as the owner role,
 // GUARDIAN_CLICKHOUSE_*, GUARDIAN_DEMO_EMAIL, GUARDIAN_DEMO_PASSWORD).
@@ -24,11 +25,17 @@ import (
 	"github.com/glassmkr/guardian/shared/config"
 	"github.com/glassmkr/guardian/shared/db"
 	"github.com/glassmkr/guardian/shared/migrate"
+	"github.com/glassmkr/guardian/shared/version"
 )
 
 func main() {
+	version.ExitIfAsked()
+	if len(os.Args) == 2 && os.Args[1] == "version" {
+		version.Print(os.Stdout)
+		return
+	}
 	if len(os.Args) != 2 {
-		fmt.Fprintln(os.Stderr, "usage: guardianctl migrate|demo-account")
+		fmt.Fprintln(os.Stderr, "usage: guardianctl migrate|demo-account|version")
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

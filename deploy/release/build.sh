@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# build.sh OUTDIR GOOS GOARCH PACKAGE...
+# [GUARDIAN_VERSION=x.y.z] build.sh OUTDIR GOOS GOARCH PACKAGE...
 #
 # The one place that defines Guardian's release build flags; `make release`
 # (release.sh) and release_test.go both call it. Each main package among
@@ -34,14 +34,23 @@ unset GOAMD64 GOARM64 GO386 GOARM GOPPC64 GORISCV64 GOMIPS GOMIPS64 GOWASM GOEXP
 export GOENV=off GOFLAGS= CGO_ENABLED=0 GOOS="$goos" GOARCH="$goarch"
 
 mkdir -p "$out"
+# GUARDIAN_VERSION (release.sh sets it) is stamped into every binary,
+# which prints it with --version (shared/version); unset, they say "devel".
+ldflags="-s -w -buildid="
+if [ -n "${GUARDIAN_VERSION:-}" ]; then
+	if ! [[ $GUARDIAN_VERSION =~ ^[0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.+-]+)?$ ]]; then
+		echo "build.sh: GUARDIAN_VERSION must look like x.y.z (got '$GUARDIAN_VERSION')" >&2
+		exit 2
+	fi
+	ldflags="$ldflags -X github.com/glassmkr/guardian/shared/version.Version=$GUARDIAN_VERSION"
+fi
+
 # -trimpath: no local file system paths; -buildid=: no per-build ID;
-# -s -w: no symbol table or DWARF. There is no main.version variable in
-# Guardian's binaries, so the version lives in the dist/ path, the SBOM and
-# the release notes instead of an -X flag.
+# -s -w: no symbol table or DWARF.
 exec "$GO" build \
 	-trimpath \
 	-buildvcs="$buildvcs" \
 	-mod=readonly \
-	-ldflags="-s -w -buildid=" \
+	-ldflags="$ldflags" \
 	-o "$out/" \
 	"$@"

@@ -85,8 +85,8 @@ for p in $platforms; do
 	goos=${p%/*} goarch=${p#*/}
 	out=$dist/${goos}_${goarch}
 	echo "release: building $out" >&2
-	"$here/build.sh" "$out" "$goos" "$goarch" ./cmd/caddy ./cmd/guardianctl
-	"$here/build.sh" "$out/functions" "$goos" "$goarch" ./functions/...
+	GUARDIAN_VERSION=$version "$here/build.sh" "$out" "$goos" "$goarch" ./cmd/caddy ./cmd/guardianctl
+	GUARDIAN_VERSION=$version "$here/build.sh" "$out/functions" "$goos" "$goarch" ./functions/...
 done
 
 # No local paths may leak into an artefact.

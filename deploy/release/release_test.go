@@ -12,8 +12,8 @@ import (
 )
 
 // TestReproducibleSignedRelease builds one small binary twice with build.sh
-// (the release flags), checks both are byte-identical and free of local
-// paths, then signs SHA256SUMS with a throwaway key via sign.sh and checks
+// (the release flags), checks both are byte-identical, free of local
+// paths and stamped with the version, then signs SHA256SUMS with a throwaway key via sign.sh and checks
 // that verify.sh and the documented commands accept it, and reject a
 // swapped artefact and a corrupted signature.
 func TestReproducibleSignedRelease(t *testing.T) {
@@ -27,6 +27,12 @@ func TestReproducibleSignedRelease(t *testing.T) {
 		t.Fatal(err)
 	}
 	root := filepath.Join(here, "..", "..")
+
+	// The version is stamped into the binary (shared/version); a
+	// malformed one is refused before anything is built.
+	t.Setenv("GUARDIAN_VERSION", "1.2.3")
+	mustFail(t, root, "env", "GUARDIAN_VERSION=1.2.3 evil", filepath.Join(here, "build.sh"), t.TempDir(), "linux", "amd64", "./functions/whoami")
+	head := strings.TrimSpace(run(t, root, "git", "rev-parse", "HEAD"))
 
 	var sums [2]string
 	dirs := [2]string{t.TempDir(), t.TempDir()}
@@ -45,6 +51,9 @@ func TestReproducibleSignedRelease(t *testing.T) {
 			}
 		}
 		if i == 0 {
+			if out, want := run(t, root, filepath.Join(dir, "whoami"), "--version"), "guardian 1.2.3 (commit "+head[:12]; !strings.HasPrefix(out, want) {
+				t.Errorf("whoami --version = %q, want it to start %q", out, want)
+			}
 			// -ldflags is not recorded under -trimpath; the rest is.
 			info := run(t, root, "go", "version", "-m", filepath.Join(dir, "whoami"))
 			for _, want := range []string{"-trimpath=true", "CGO_ENABLED=0", "vcs.revision="} {

@@ -33,6 +33,7 @@ import (
 	"github.com/glassmkr/guardian/shared/config"
 	"github.com/glassmkr/guardian/shared/nodump"
 	"github.com/glassmkr/guardian/shared/sandbox"
+	"github.com/glassmkr/guardian/shared/version"
 )
 
 // Variables set by the function runtime.
@@ -63,6 +64,7 @@ type Setup func(ctx context.Context, log *zap.Logger, env *config.Loader) (http.
 // runtime tags the lines with the function's name), builds the handler
 // and serves. It exits the process with status 1 on a start-up error.
 func Main(setup Setup) {
+	version.ExitIfAsked()
 	log := newLogger()
 	defer func() { _ = log.Sync() }()
 	if err := confine(log); err != nil {

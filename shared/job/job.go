@@ -52,6 +52,7 @@ import (
 	"github.com/glassmkr/guardian/shared/config"
 	"github.com/glassmkr/guardian/shared/nodump"
 	"github.com/glassmkr/guardian/shared/notify"
+	"github.com/glassmkr/guardian/shared/version"
 )
 
 // Environment variables read by Main.
@@ -180,6 +181,7 @@ var validName = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
 
 // Main runs the job with the process environment and exits.
 func Main(spec Spec) {
+	version.ExitIfAsked()
 	// A job holds its own secrets (backup passphrases, the age identity):
 	// no other process of its user may read them (shared/nodump).
 	if err := nodump.Seal(); err != nil {

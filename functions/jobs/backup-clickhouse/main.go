@@ -17,9 +17,11 @@ import (
 	"github.com/glassmkr/guardian/shared/chbackup"
 	"github.com/glassmkr/guardian/shared/config"
 	"github.com/glassmkr/guardian/shared/job"
+	"github.com/glassmkr/guardian/shared/version"
 )
 
 func main() {
+	version.ExitIfAsked()
 	verifyOnly := len(os.Args) == 2 && os.Args[1] == "verify"
 	if len(os.Args) > 1 && !verifyOnly {
 		fmt.Fprintln(os.Stderr, "usage: backup-clickhouse [verify]")

@@ -44,12 +44,16 @@ import (
 	"github.com/glassmkr/guardian/shared/config"
 	"github.com/glassmkr/guardian/shared/job"
 	"github.com/glassmkr/guardian/shared/pgbackup"
+	"github.com/glassmkr/guardian/shared/version"
 )
 
 // EnvKind chooses the kind when no argument does: full, diff or auto.
 const EnvKind = "GUARDIAN_BACKUP_KIND"
 
-func main() { job.Main(spec(os.Args[1:], time.Now)) }
+func main() {
+	version.ExitIfAsked()
+	job.Main(spec(os.Args[1:], time.Now))
+}
 
 func spec(args []string, now func() time.Time) job.Spec {
 	if len(args) == 1 && args[0] == "mirror" {

@@ -58,6 +58,7 @@ import (
 	"github.com/glassmkr/guardian/shared/nodump"
 	"github.com/glassmkr/guardian/shared/notify"
 	"github.com/glassmkr/guardian/shared/pgbackup"
+	"github.com/glassmkr/guardian/shared/version"
 )
 
 // Environment variables of this job.
@@ -68,6 +69,7 @@ const (
 )
 
 func main() {
+	version.ExitIfAsked()
 	if len(os.Args) == 2 && os.Args[1] == "cleanup" {
 		os.Exit(cleanup(os.LookupEnv, os.Stdout))
 	}
