@@ -147,7 +147,11 @@ type delivery struct {
 	event   string
 	channel string // "email" or "webhook"
 	target  string // safe to log: the webhook's host, or the recipient count
-	send    func(context.Context) error
+	// send makes one attempt; deliver retries it.
+	send func(context.Context) error
+	// sendRetrying, set instead of send, makes every attempt itself
+	// (webhooks, through go-retryablehttp), calling back before a retry.
+	sendRetrying func(ctx context.Context, onRetry func(failed int, err error, wait time.Duration)) error
 }
 
 // New starts a notifier's workers. Stop it with Close.
@@ -216,8 +220,11 @@ func (n *Notifier) Send(notice Notice) {
 	}
 	for _, target := range notice.Webhooks {
 		body := map[string]any{"id": id, "event": notice.Event, "occurred_at": at, "data": notice.Data}
+		policy := RetryPolicy{Attempts: n.cfg.Attempts, Wait: n.cfg.Backoff, MaxWait: n.cfg.MaxBackoff}
 		n.enqueue(delivery{event: notice.Event, channel: "webhook", target: HostOf(target),
-			send: func(ctx context.Context) error { return n.hooks.Post(ctx, target, body) }})
+			sendRetrying: func(ctx context.Context, onRetry func(int, error, time.Duration)) error {
+				return n.hooks.PostRetrying(ctx, target, body, policy, onRetry)
+			}})
 	}
 }
 
@@ -244,11 +251,22 @@ func (n *Notifier) work() {
 }
 
 // deliver makes up to Attempts tries, waiting Backoff (doubling, with
-// jitter) between them.
+// jitter) between them: a webhook's through go-retryablehttp
+// (PostRetrying, which also honours a Retry-After), an e-mail's here.
 func (n *Notifier) deliver(d delivery) {
+	if d.sendRetrying != nil {
+		attempts := 1
+		err := d.sendRetrying(n.ctx, func(failed int, err error, wait time.Duration) {
+			attempts = failed + 1
+			n.retrying(d, failed, err, wait)
+		})
+		n.settle(d, attempts, err)
+		return
+	}
 	wait := n.cfg.Backoff
 	var err error
-	for attempt := 1; attempt <= n.cfg.Attempts; attempt++ {
+	attempt := 1
+	for ; attempt <= n.cfg.Attempts; attempt++ {
 		if n.ctx.Err() != nil {
 			err = errors.Join(err, n.ctx.Err())
 			break
@@ -256,19 +274,11 @@ func (n *Notifier) deliver(d delivery) {
 		ctx, cancel := context.WithTimeout(n.ctx, MailTimeout)
 		err = d.send(ctx)
 		cancel()
-		if err == nil {
-			total := n.delivered.Add(1)
-			n.log.Info("notify: delivered", zap.String("event", d.event), zap.String("channel", d.channel), zap.String("target", d.target),
-				zap.Int("attempts", attempt), zap.Int64("delivered_total", total))
-			return
-		}
-		if IsPermanent(err) || attempt == n.cfg.Attempts {
+		if err == nil || IsPermanent(err) || attempt == n.cfg.Attempts {
 			break
 		}
-		retried := n.retried.Add(1)
 		sleep := Jitter(wait)
-		n.log.Warn("notify: delivery failed, retrying", zap.String("event", d.event), zap.String("channel", d.channel), zap.String("target", d.target),
-			zap.Int("attempt", attempt), zap.Duration("retry_in", sleep), zap.Int64("retried_total", retried), zap.Error(err))
+		n.retrying(d, attempt, err, sleep)
 		t := time.NewTimer(sleep)
 		select {
 		case <-t.C:
@@ -276,6 +286,24 @@ func (n *Notifier) deliver(d delivery) {
 			t.Stop()
 		}
 		wait = min(wait*2, n.cfg.MaxBackoff)
+	}
+	n.settle(d, attempt, err)
+}
+
+// retrying counts and logs a failed attempt that will be retried.
+func (n *Notifier) retrying(d delivery, attempt int, err error, wait time.Duration) {
+	retried := n.retried.Add(1)
+	n.log.Warn("notify: delivery failed, retrying", zap.String("event", d.event), zap.String("channel", d.channel), zap.String("target", d.target),
+		zap.Int("attempt", attempt), zap.Duration("retry_in", wait), zap.Int64("retried_total", retried), zap.Error(err))
+}
+
+// settle counts and logs a delivery's outcome.
+func (n *Notifier) settle(d delivery, attempts int, err error) {
+	if err == nil {
+		total := n.delivered.Add(1)
+		n.log.Info("notify: delivered", zap.String("event", d.event), zap.String("channel", d.channel), zap.String("target", d.target),
+			zap.Int("attempts", attempts), zap.Int64("delivered_total", total))
+		return
 	}
 	failed := n.failed.Add(1)
 	n.log.Error("notify: delivery failed", zap.String("event", d.event), zap.String("channel", d.channel), zap.String("target", d.target),

@@ -221,3 +221,32 @@ func TestWebhookURLStaysOutOfTheLog(t *testing.T) {
 		t.Fatalf("the failure was not logged: %v", logs.All())
 	}
 }
+
+func TestTransientWebhookFailuresAreRetried(t *testing.T) {
+	f := newFlaky(t, "", 503, 502, 200)
+	core, logs := observer.New(zap.DebugLevel)
+	n, err := New(fast(Config{Allow: []string{"127.0.0.1/32"}, Attempts: 4, Log: zap.New(core)}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.Send(Notice{Event: "test", Webhooks: []string{f.URL}})
+	n.Close(context.Background())
+	if s := n.Stats(); s.Delivered != 1 || s.Retried != 2 || s.Failed != 0 || f.hits.Load() != 3 {
+		t.Fatalf("stats %+v after %d attempts, want delivered at the third", s, f.hits.Load())
+	}
+	if logs.FilterMessage("notify: delivery failed, retrying").Len() != 2 {
+		t.Fatalf("retries not logged: %v", logs.All())
+	}
+	if d := logs.FilterMessage("notify: delivered").All(); len(d) != 1 || d[0].ContextMap()["attempts"] != int64(3) {
+		t.Fatalf("delivery not logged with its attempts: %v", d)
+	}
+
+	// A lasting failure: Attempts tries, then one failure.
+	f = newFlaky(t, "", 500)
+	n, _ = New(fast(Config{Allow: []string{"127.0.0.1/32"}, Attempts: 3}))
+	n.Send(Notice{Event: "test", Webhooks: []string{f.URL}})
+	n.Close(context.Background())
+	if s := n.Stats(); s.Failed != 1 || s.Retried != 2 || f.hits.Load() != 3 {
+		t.Fatalf("stats %+v after %d attempts", s, f.hits.Load())
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // receiver is a local webhook endpoint that records what it got.
@@ -137,5 +138,123 @@ func TestWebhookBodyIsJSON(t *testing.T) {
 	}
 	if s := n.Stats(); s.Delivered != 1 || s.Failed != 0 {
 		t.Fatalf("stats: %+v", s)
+	}
+}
+
+// flaky answers each request with the next status of its script (the last
+// one repeating), with Retry-After when given.
+type flaky struct {
+	*httptest.Server
+	hits atomic.Int64
+}
+
+func newFlaky(t *testing.T, retryAfter string, statuses ...int) *flaky {
+	f := &flaky{}
+	f.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		n := int(f.hits.Add(1))
+		_, _ = io.Copy(io.Discard, req.Body)
+		if retryAfter != "" {
+			w.Header().Set("Retry-After", retryAfter)
+		}
+		w.WriteHeader(statuses[min(n, len(statuses))-1])
+	}))
+	t.Cleanup(f.Close)
+	return f
+}
+
+type retryCall struct {
+	failed int
+	err    error
+	wait   time.Duration
+}
+
+func TestPostRetrying(t *testing.T) {
+	g, _ := NewGuard([]string{"127.0.0.1"}, nil)
+	w := NewWebhooks(g)
+	fast := RetryPolicy{Attempts: 4, Wait: time.Millisecond, MaxWait: 5 * time.Millisecond}
+	for _, tc := range []struct {
+		name       string
+		retryAfter string
+		statuses   []int
+		policy     RetryPolicy
+		hits       int
+		ok         bool
+		permanent  bool
+		waits      []time.Duration // exact waits expected; nil: any within policy
+	}{
+		{name: "transient then delivered", statuses: []int{503, 500, 204}, policy: fast, hits: 3, ok: true},
+		{name: "permanent at once", statuses: []int{404}, policy: fast, hits: 1, permanent: true},
+		{name: "redirect not followed nor retried", statuses: []int{302}, policy: fast, hits: 1, permanent: true},
+		{name: "lasting failure ends after Attempts", statuses: []int{500}, policy: fast, hits: 4},
+		{name: "408 is retried", statuses: []int{408, 200}, policy: fast, hits: 2, ok: true},
+		{name: "one attempt", statuses: []int{500}, policy: RetryPolicy{Attempts: 1, Wait: time.Millisecond, MaxWait: time.Millisecond}, hits: 1},
+		// A receiver's Retry-After is honoured, up to MaxWait, without jitter.
+		{name: "Retry-After within bound", retryAfter: "1", statuses: []int{429, 200},
+			policy: RetryPolicy{Attempts: 2, Wait: time.Millisecond, MaxWait: 2 * time.Second}, hits: 2, ok: true, waits: []time.Duration{time.Second}},
+		{name: "Retry-After over bound", retryAfter: "86400", statuses: []int{503, 503, 200},
+			policy: RetryPolicy{Attempts: 3, Wait: time.Millisecond, MaxWait: 3 * time.Millisecond}, hits: 3, ok: true,
+			waits: []time.Duration{3 * time.Millisecond, 3 * time.Millisecond}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFlaky(t, tc.retryAfter, tc.statuses...)
+			var calls []retryCall
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			err := w.PostRetrying(ctx, f.URL+"/hook", "x", tc.policy, func(failed int, err error, wait time.Duration) {
+				calls = append(calls, retryCall{failed, err, wait})
+			})
+			if got := int(f.hits.Load()); got != tc.hits {
+				t.Errorf("%d attempts, want %d", got, tc.hits)
+			}
+			if (err == nil) != tc.ok || (err != nil && IsPermanent(err) != tc.permanent) {
+				t.Errorf("err = %v, want ok=%v permanent=%v", err, tc.ok, tc.permanent)
+			}
+			if len(calls) != tc.hits-1 {
+				t.Fatalf("onRetry called %d times, want %d", len(calls), tc.hits-1)
+			}
+			for i, c := range calls {
+				if c.failed != i+1 || c.err == nil || !strings.Contains(c.err.Error(), "answered") {
+					t.Errorf("retry %d: %+v", i, c)
+				}
+				if tc.waits != nil && c.wait != tc.waits[i] {
+					t.Errorf("retry %d waits %v, want %v", i, c.wait, tc.waits[i])
+				}
+				if tc.waits == nil && (c.wait <= 0 || c.wait > tc.policy.MaxWait*6/5) {
+					t.Errorf("retry %d waits %v, outside (0, %v]", i, c.wait, tc.policy.MaxWait*6/5)
+				}
+			}
+		})
+	}
+}
+
+// A post waiting to retry gives up when its context ends, without
+// another attempt.
+func TestPostRetryingStopsWithItsContext(t *testing.T) {
+	g, _ := NewGuard([]string{"127.0.0.1"}, nil)
+	f := newFlaky(t, "3600", 503)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- NewWebhooks(g).PostRetrying(ctx, f.URL, "x", RetryPolicy{Attempts: 5, Wait: time.Millisecond, MaxWait: time.Hour},
+			func(int, error, time.Duration) { cancel() })
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !errors.Is(err, context.Canceled) || f.hits.Load() != 1 {
+			t.Fatalf("err %v after %d attempts, want context.Canceled after 1", err, f.hits.Load())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("PostRetrying kept waiting after its context ended")
+	}
+}
+
+// Errors from PostRetrying keep the webhook's secret path out, as Post's do.
+func TestPostRetryingErrorNamesOnlyTheHost(t *testing.T) {
+	g, _ := NewGuard([]string{"127.0.0.1"}, nil)
+	f := newFlaky(t, "", 500)
+	err := NewWebhooks(g).PostRetrying(context.Background(), f.URL+"/services/T0/B0/secretsecret", "x",
+		RetryPolicy{Attempts: 2, Wait: time.Millisecond, MaxWait: time.Millisecond}, nil)
+	if err == nil || strings.Contains(err.Error(), "secretsecret") {
+		t.Fatalf("err %v", err)
 	}
 }
