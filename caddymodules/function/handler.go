@@ -164,6 +164,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.key = key
+	h.inst.noteTimeout(time.Duration(h.Timeout))
 	h.metrics = h.inst.metrics
 	// Shared by every route of this function: one process, one bound.
 	h.sem = h.inst.slots
@@ -213,7 +214,10 @@ func (h *Handler) Validate() error {
 // stops the process.
 func (h *Handler) Cleanup() error {
 	if h.key != "" {
-		_, err := pool.Delete(h.key)
+		key := h.key
+		// Once only: a second release would drop another config's hold.
+		h.key = ""
+		_, err := pool.Delete(key)
 		return err
 	}
 	return nil

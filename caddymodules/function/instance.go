@@ -55,6 +55,12 @@ type instance struct {
 	crashes  int       // consecutive crashes, for backoff
 	retryAt  time.Time // no start before this after a crash
 	closed   bool
+	// drain is the longest timeout of the routes using the instance: how
+	// long requests in flight when it is replaced may still run.
+	drain time.Duration
+	// drained, once the instance is closed with requests in flight, is
+	// closed when the last of them ends.
+	drained chan struct{}
 }
 
 // Backoff after consecutive crashes: 100 ms doubling up to 30 s, so a crash
@@ -192,6 +198,14 @@ func (in *instance) acquire(ctx context.Context) (*process, error) {
 	}
 }
 
+// noteTimeout records a route's timeout, so that a replaced instance lets
+// that route's requests finish.
+func (in *instance) noteTimeout(d time.Duration) {
+	in.mu.Lock()
+	in.drain = max(in.drain, d)
+	in.mu.Unlock()
+}
+
 // release ends a request on p and arms the idle timer when none is left.
 func (in *instance) release(p *process) {
 	in.metrics.inFlight.Dec()
@@ -199,6 +213,10 @@ func (in *instance) release(p *process) {
 	defer in.mu.Unlock()
 	in.inflight--
 	in.lastUsed = time.Now()
+	if in.inflight == 0 && in.drained != nil {
+		close(in.drained)
+		in.drained = nil
+	}
 	if in.inflight == 0 && in.proc == p && in.spec.idleTimeout > 0 {
 		if in.idle == nil {
 			in.idle = time.AfterFunc(in.spec.idleTimeout, in.stopIfIdle)
@@ -258,6 +276,14 @@ func (in *instance) watch(p *process) {
 
 // Destruct stops the process for good; it runs when the last config using
 // this instance is unloaded (caddy.Destructor).
+//
+// A reload that changes a function's settings unloads the old instance
+// while requests may still run on it: Caddy's old servers keep serving
+// them after the new config has taken over. Those requests are let finish,
+// up to the longest timeout of the instance's routes (an audit export's
+// ten minutes), and the process is stopped after them, in the background:
+// the reload, which holds Caddy's config lock, does not wait for them.
+// An idle process is stopped at once and waited for.
 func (in *instance) Destruct() error {
 	in.mu.Lock()
 	in.closed = true
@@ -269,13 +295,30 @@ func (in *instance) Destruct() error {
 	if in.idle != nil {
 		in.idle.Stop()
 	}
-	in.mu.Unlock()
-	if p != nil {
-		p.stop(in.spec.stopGrace)
-		select {
-		case <-p.done:
-		case <-time.After(in.spec.stopGrace + time.Second):
-		}
+	busy := in.inflight
+	if busy > 0 && in.drained == nil {
+		in.drained = make(chan struct{})
 	}
+	drained, drain := in.drained, in.drain
+	in.mu.Unlock()
+	if p == nil {
+		return nil
+	}
+	if busy == 0 {
+		p.stop(in.spec.stopGrace)
+		p.waitExit(in.spec.stopGrace + time.Second)
+		return nil
+	}
+	in.log.Info("function replaced; it stops once its requests end", zap.Int("in_flight", busy), zap.Duration("at_most", drain))
+	go func() {
+		t := time.NewTimer(drain)
+		defer t.Stop()
+		select {
+		case <-drained:
+		case <-t.C:
+			in.log.Warn("replaced function still busy at its longest route timeout; stopping it", zap.Duration("waited", drain))
+		}
+		p.stop(in.spec.stopGrace)
+	}()
 	return nil
 }

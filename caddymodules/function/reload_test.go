@@ -71,3 +71,53 @@ func TestShutdownStopsFunctions(t *testing.T) {
 	}
 	waitFor(t, "function to stop with caddy", func() bool { return !testenv.Alive(pid) })
 }
+
+// A reload that changes a function's settings unloads the old instance
+// while requests still run on it. They finish on the old process, which
+// stops after them; the unload itself does not wait for them (it runs under
+// Caddy's config lock), nor does it cut them at the stop grace.
+func TestReplacedInstanceLetsItsRequestsFinish(t *testing.T) {
+	t.Parallel()
+	old := newHandler(t, &Handler{})
+	// A grace far below the request's length: stopping the process at
+	// unload would kill the request.
+	old.inst.spec.stopGrace = 100 * time.Millisecond
+	type result struct {
+		code int
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		rec, err := call(old, "/sleep?d=2s")
+		done <- result{rec.Code, err}
+	}()
+	waitFor(t, "the request to reach the function", func() bool {
+		old.inst.mu.Lock()
+		defer old.inst.mu.Unlock()
+		return old.inst.inflight == 1 && old.inst.proc != nil
+	})
+	old.inst.mu.Lock()
+	p := old.inst.proc
+	old.inst.mu.Unlock()
+
+	if err := old.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-done:
+		t.Fatalf("the unload waited for the request (%d, %v)", r.code, r.err)
+	default:
+	}
+	if p.exited() {
+		t.Fatal("the process stopped with a request in flight")
+	}
+	r := <-done
+	if r.err != nil || r.code != http.StatusOK {
+		t.Fatalf("the request in flight at the unload: %d, %v; want 200", r.code, r.err)
+	}
+	waitFor(t, "the replaced process to stop after its request", p.exited)
+	// A second Cleanup must not drop another config's hold on the pool.
+	if err := old.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+}
