@@ -65,14 +65,15 @@ type Limiter struct {
 	// lastOK is when the latest decision Redis answered began (unix ns):
 	// a failure of a call begun before it says nothing about Redis now.
 	lastOK atomic.Int64
-	// stateMu orders the changes of the down mark with the redis_up gauge
-	// (answered, degrade); lastFail, under it, is when the latest call
-	// that marked Redis down began (unix ns): an answer to a call begun
-	// before it does not clear the mark.
-	stateMu  sync.Mutex
-	lastFail int64
-	lastWarn atomic.Int64 // unix ns of the last degradation warning
-	lastUp   atomic.Int64 // unix ns of the last recovery message
+	// stateMu orders the changes of the down mark (answered, degrade);
+	// lastFail, under it, is when the latest call that marked Redis down
+	// began (unix ns): an answer to a call begun before it does not clear
+	// the mark.
+	stateMu   sync.Mutex
+	closeOnce sync.Once
+	lastFail  int64
+	lastWarn  atomic.Int64 // unix ns of the last degradation warning
+	lastUp    atomic.Int64 // unix ns of the last recovery message
 	// probes counts decisions that asked a Redis marked down (tests).
 	probes atomic.Int64
 	local  *localBuckets
@@ -96,14 +97,26 @@ func NewLimiter(rdb redis.UniversalClient, prefix string, timeout time.Duration,
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &Limiter{rdb: rdb, prefix: prefix, timeout: timeout, log: log, now: time.Now, local: newLocalBuckets(), blocked: newBlockList(),
+	l := &Limiter{rdb: rdb, prefix: prefix, timeout: timeout, log: log, now: time.Now, local: newLocalBuckets(), blocked: newBlockList(),
 		pipe: newPipeliner(rdb)}
+	live.Lock()
+	live.set[l] = struct{}{}
+	live.Unlock()
+	return l
 }
 
-// Close stops the pipeliner and closes the Redis client.
+// Close stops the pipeliner and closes the Redis client; later calls do
+// nothing.
 func (l *Limiter) Close() error {
-	l.pipe.close()
-	return l.rdb.Close()
+	var err error
+	l.closeOnce.Do(func() {
+		live.Lock()
+		delete(live.set, l)
+		live.Unlock()
+		l.pipe.close()
+		err = l.rdb.Close()
+	})
+	return err
 }
 
 // Destruct implements caddy.Destructor.
@@ -217,7 +230,6 @@ func (l *Limiter) answered(began time.Time) {
 		return
 	}
 	l.downUntil.Store(0)
-	metrics.redisUp.Set(1) // under stateMu: a concurrent degrade cannot set 0 after it
 	// Once per warnEvery, as the warning: a flapping Redis must not fill
 	// the log.
 	if last := l.lastUp.Load(); began.UnixNano()-last >= int64(warnEvery) && l.lastUp.CompareAndSwap(last, began.UnixNano()) {
@@ -246,9 +258,6 @@ func (l *Limiter) degrade(began time.Time, err error) {
 	up := l.lastOK.Load() > l.lastFail
 	if up {
 		l.downUntil.Store(0)
-		metrics.redisUp.Set(1)
-	} else {
-		metrics.redisUp.Set(0) // under stateMu, as answered's 1
 	}
 	l.stateMu.Unlock()
 	metrics.redisErrors.Inc()

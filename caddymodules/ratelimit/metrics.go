@@ -1,6 +1,8 @@
 package ratelimit
 
 import (
+	"sync"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/glassmkr/guardian/caddymodules/guardian"
@@ -11,7 +13,7 @@ import (
 var metrics = struct {
 	decisions   *prometheus.CounterVec
 	limited     *prometheus.CounterVec
-	redisUp     prometheus.Gauge
+	redisUp     prometheus.GaugeFunc
 	redisErrors prometheus.Counter
 }{
 	decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -22,17 +24,36 @@ var metrics = struct {
 		Namespace: "guardian", Subsystem: "ratelimit", Name: "limited_total",
 		Help: "Requests refused with 429, by tier.",
 	}, []string{"tier"}),
-	redisUp: prometheus.NewGauge(prometheus.GaugeOpts{
+	redisUp: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: "guardian", Subsystem: "ratelimit", Name: "redis_up",
 		Help: "1 while the limiter reaches Redis, 0 while it is degraded (failing open).",
-	}),
+	}, redisUpNow),
 	redisErrors: prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: "guardian", Subsystem: "ratelimit", Name: "redis_errors_total",
 		Help: "Limiter calls to Redis that failed or timed out.",
 	}),
 }
 
-func init() { metrics.redisUp.Set(1) }
+// live are the limiters in use: one per limiter configuration, and during
+// a reload a new one beside the one it replaces. redis_up is read from
+// their down marks when it is collected, so it cannot keep the value of a
+// limiter a reload has closed, nor lag the mark it reports.
+var live = struct {
+	sync.Mutex
+	set map[*Limiter]struct{}
+}{set: map[*Limiter]struct{}{}}
+
+// redisUpNow is 0 while any live limiter has Redis marked down, else 1.
+func redisUpNow() float64 {
+	live.Lock()
+	defer live.Unlock()
+	for l := range live.set {
+		if l.downUntil.Load() != 0 {
+			return 0
+		}
+	}
+	return 1
+}
 
 func registerMetrics(reg prometheus.Registerer) error {
 	return guardian.RegisterCollectors(reg, metrics.decisions, metrics.limited, metrics.redisUp, metrics.redisErrors)

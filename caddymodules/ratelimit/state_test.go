@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
@@ -29,45 +28,18 @@ func TestAnOlderAnswerDoesNotClearANewerFailure(t *testing.T) {
 	}
 }
 
-// slowZero is the redis_up gauge taking its time to go to 0, so that an
-// answer can come between a failure's mark and its gauge.
-type slowZero struct{ prometheus.Gauge }
-
-func (g slowZero) Set(v float64) {
-	if v == 0 {
-		time.Sleep(20 * time.Millisecond)
-	}
-	g.Gauge.Set(v)
-}
-
-// The redis_up gauge says what the down mark says, however a failure and
+// The redis_up gauge says what the down marks say, however a failure and
 // a newer answer interleave: a failure that set 0 after an answer had
-// cleared its mark left the gauge at 0 for good while Redis was healthy.
+// cleared its mark once left the gauge at 0 for good while Redis was
+// healthy. The gauge is now read from the marks.
 func TestRedisUpGaugeFollowsTheMark(t *testing.T) {
-	// Not parallel: it swaps the shared redis_up gauge.
+	// Not parallel: it reads the shared redis_up gauge.
 	gauge := metrics.redisUp
-	metrics.redisUp = slowZero{gauge}
-	t.Cleanup(func() { metrics.redisUp = gauge })
 	l, _ := newTestLimiter(t)
 	began := time.Now()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		l.degrade(began, errors.New("timeout"))
-	}()
-	for l.downUntil.Load() == 0 {
-		time.Sleep(time.Millisecond)
-	}
-	l.answered(began.Add(time.Second)) // while the gauge is on its way to 0
-	<-done
-	if l.downUntil.Load() != 0 || testutil.ToFloat64(gauge) != 1 {
-		t.Fatalf("after a newer answer: marked down %v, gauge %v", l.downUntil.Load() != 0, testutil.ToFloat64(gauge))
-	}
-
-	// Nor may a failure whose mark an answer of a later call missed (it
-	// looked before the mark was set) leave Redis marked down: raced,
+	// A failure whose mark an answer of a later call missed (it looked
+	// before the mark was set) may not leave Redis marked down: raced,
 	// the newer answer wins every time.
-	metrics.redisUp = gauge
 	for i := range 20_000 {
 		began := began.Add(time.Duration(i+1) * time.Minute)
 		var start, wg sync.WaitGroup
@@ -88,5 +60,25 @@ func TestRedisUpGaugeFollowsTheMark(t *testing.T) {
 		if l.downUntil.Load() != 0 || testutil.ToFloat64(gauge) != 1 {
 			t.Fatalf("round %d: after a newer answer: marked down %v, gauge %v", i, l.downUntil.Load() != 0, testutil.ToFloat64(gauge))
 		}
+	}
+}
+
+// A reload that replaces the limiter (a new timeout, say) must not leave
+// redis_up at the old limiter's 0: the new one may never fail, and so
+// never write the gauge itself.
+func TestRedisUpForgetsAReplacedLimiter(t *testing.T) {
+	// Not parallel: it reads the shared redis_up gauge.
+	old, _ := newTestLimiter(t)
+	old.degrade(time.Now(), errors.New("timeout"))
+	if v := testutil.ToFloat64(metrics.redisUp); v != 0 {
+		t.Fatalf("redis_up %v while a limiter has Redis marked down", v)
+	}
+	replacement, _ := newTestLimiter(t)
+	if err := old.Close(); err != nil {
+		t.Fatal(err)
+	}
+	replacement.answered(time.Now())
+	if v := testutil.ToFloat64(metrics.redisUp); v != 1 {
+		t.Fatalf("redis_up %v after the degraded limiter was replaced by a healthy one", v)
 	}
 }
