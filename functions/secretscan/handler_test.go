@@ -758,6 +758,27 @@ func TestOutboxWithoutRelayLeavesTheEmails(t *testing.T) {
 	f.waitDrained()
 }
 
+// A revocation by a process without a mail relay still writes the
+// customer's e-mails: they wait, untouched, for a process with a relay,
+// which sends them. Before, they were never written, and the customer
+// never told.
+func TestRevocationWithoutRelayKeepsTheEmails(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, fixtureOpts{stopped: true})
+	f.outbox.mailer = nil // the process that takes GitHub's report has no relay
+	c, admins := f.customer()
+	f.report(c.AccountKey(t, "write"))
+	if n, err := f.outbox.deliverDue(context.Background()); err != nil || n != 1 {
+		t.Fatalf("took %d rows (%v), want the webhook's alone", n, err)
+	}
+	if n := f.count("SELECT count(*) FROM revocation_notices WHERE channel = 'email' AND attempts = 0"); n != len(admins) {
+		t.Fatalf("%d e-mail rows wait, want one per admin (%d)", n, len(admins))
+	}
+	f.startOutbox(f.newOutbox()) // a process with a relay
+	f.relay.WaitMessages(t, len(admins), 10*time.Second)
+	f.waitDrained()
+}
+
 // An outcome that cannot be recorded (here the role lost its DELETE
 // grant, as when the database goes away right after a delivery) leaves
 // the row leased, not lost: nothing takes it again before the lease ends,

@@ -77,7 +77,7 @@ func setup(ctx context.Context, log *zap.Logger, env *config.Loader) (http.Handl
 			return nil, nil, err
 		}
 	} else {
-		log.Warn("secret scanning: " + notify.EnvSMTPAddr + " is not set; customers will not be e-mailed about revoked keys")
+		log.Warn("secret scanning: " + notify.EnvSMTPAddr + " is not set; customers' e-mails about revoked keys wait in revocation_notices until a process with a mail relay sends them")
 	}
 	guard, err := notify.NewGuard(ncfg.Allow, nil)
 	if err != nil {

@@ -29,7 +29,7 @@ import (
 // forbidden webhook) and a row older than maxAge are given up and logged.
 type outbox struct {
 	db       *pgxpool.Pool
-	mailer   *notify.Mailer // nil: no relay configured, no e-mail rows
+	mailer   *notify.Mailer // nil: no relay configured; e-mail rows wait for a process with one
 	hooks    *notify.Webhooks
 	webhooks []string // GUARDIAN_SECURITY_WEBHOOKS
 	log      *zap.Logger
@@ -62,23 +62,29 @@ type notice struct {
 // revoked their keys: e-mails to each customer's admins as they are now
 // (one row per admin, so a refused address keeps the notice from nobody
 // else), and a call of each of the operator's webhooks.
+//
+// The e-mails are written even by a process without a mail relay: the
+// customer is the one the posture promises to tell, so the rows wait for
+// a process with a relay (another host's, or this one's once
+// GUARDIAN_SMTP_ADDR is set) instead of never being written.
 func (o *outbox) queue(ctx context.Context, tx pgx.Tx, notices []notice) error {
 	customers := make([]string, len(notices))
 	for i, n := range notices {
 		customers[i] = n.customer
 	}
-	var emails map[string][]string
-	if o.mailer != nil {
-		var err error
-		if emails, err = adminEmails(ctx, tx, customers); err != nil {
-			return fmt.Errorf("admins' addresses: %w", err)
-		}
+	emails, err := adminEmails(ctx, tx, customers)
+	if err != nil {
+		return fmt.Errorf("admins' addresses: %w", err)
 	}
 	b := &pgx.Batch{}
 	for _, n := range notices {
 		to := emails[n.customer]
-		if o.mailer != nil && len(to) == 0 {
+		switch {
+		case len(to) == 0:
 			o.log.Warn("secret scanning: customer has no admin to e-mail", zap.String("customer_id", n.customer))
+		case o.mailer == nil:
+			o.log.Warn("secret scanning: the customer's e-mails wait for a process with a mail relay; "+notify.EnvSMTPAddr+" is not set here",
+				zap.String("customer_id", n.customer), zap.Int("emails", len(to)))
 		}
 		nt := revocationNotice(n.customer, n.keys, to, o.webhooks)
 		for _, addr := range nt.To {
