@@ -278,6 +278,13 @@ func finish(spec Spec, env *config.Loader, res Result, out, errOut io.Writer) Re
 			prev.lastAlert.UTC().Format(time.RFC3339), prev.lastAlert.Add(spec.RealertAfter).UTC().Format(time.RFC3339))
 	}
 	lastAlert := prev.lastAlert
+	if !hasAlertDestination(env) {
+		// Said on every run, not only a failing one, so that the gap is
+		// seen before the failure it would hide (a red restore check the
+		// posture promises to notify).
+		fmt.Fprintf(errOut, "%s: WARNING: no alert destination (%s, %s): a failed run tells no one\n", spec.Name, EnvAlertWebhooks, EnvAlertEmail)
+		alerting = false
+	}
 	if alerting {
 		// Only an alert that went out counts: one that failed is tried
 		// again by the next failing run.
@@ -482,6 +489,11 @@ func ftoa(v float64) string { return strconv.FormatFloat(v, 'f', -1, 64) }
 
 // AlertWait bounds how long a failed run waits for its alert's delivery.
 var AlertWait = 30 * time.Second
+
+// hasAlertDestination reports whether an alert has anywhere to go.
+func hasAlertDestination(env *config.Loader) bool {
+	return strings.TrimSpace(env.Optional(EnvAlertWebhooks, "")) != "" || len(notify.SplitList(env.Optional(EnvAlertEmail, ""))) > 0
+}
 
 func alert(env *config.Loader, res Result) error {
 	hooks, err := notify.WebhookURLs(EnvAlertWebhooks, env.Optional(EnvAlertWebhooks, ""))

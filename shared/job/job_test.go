@@ -443,3 +443,27 @@ func TestAlertRecipientsWithoutARelayAreReported(t *testing.T) {
 		t.Fatalf("status %q stderr %q", res.Status, stderr)
 	}
 }
+
+// A job with nowhere to send its alert says so on every run, ok ones
+// included, so the gap shows before the failure it would hide; a red run
+// records no alert as sent.
+func TestNoAlertDestinationIsSaidOnEveryRun(t *testing.T) {
+	env := baseEnv(t)
+	for _, err := range []error{nil, fmt.Errorf("%w: restore of set x failed", ErrRed)} {
+		_, _, stderr := run(t, env, func(context.Context, *config.Loader, *Report) error { return err })
+		if !strings.Contains(stderr, "no alert destination") {
+			t.Errorf("run ending %v: stderr %q does not say that no alert can be sent", err, stderr)
+		}
+	}
+	prom, err := os.ReadFile(metricsPath(env[EnvMetricsDir], "test-job"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(prom), lastAlertMetric+`{job_name="test-job"} 0`+"\n") {
+		t.Errorf("an alert counts as sent with no destination:\n%s", prom)
+	}
+	env2, alerts := alertEnv(t)
+	if _, _, stderr := run(t, env2, func(context.Context, *config.Loader, *Report) error { return nil }); strings.Contains(stderr, "no alert destination") || len(alerts()) != 0 {
+		t.Errorf("with a destination: stderr %q, %d alerts", stderr, len(alerts()))
+	}
+}
