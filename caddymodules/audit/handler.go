@@ -114,7 +114,9 @@ func (h *Handler) settle() error {
 // Cleanup releases this config's hold on the writer.
 func (h *Handler) Cleanup() error {
 	if h.poolKey != "" {
-		_, err := writers.Delete(h.poolKey)
+		key := h.poolKey
+		h.poolKey = "" // once only: a second release would drop another config's hold
+		_, err := writers.Delete(key)
 		return err
 	}
 	return nil

@@ -322,8 +322,40 @@ func (w *Writer) Close() error {
 	return nil
 }
 
-// Destruct implements caddy.Destructor.
-func (w *Writer) Destruct() error { return w.Close() }
+// arrivalsWait bounds how long a writer being unloaded waits for the rows
+// of requests under way: the server's write ceiling (the Caddyfile's
+// `write 11m`), past which no request of the old config can still run.
+const arrivalsWait = 11 * time.Minute
+
+// Destruct implements caddy.Destructor: it closes the writer once every
+// announced row has arrived. A reload that replaces the writer (a new
+// spool_dir) unloads it while the old config's requests still run, and
+// a request whose function has acted must still get its row; closing at
+// once answered it 503 "outcome unknown" with no row for what it did.
+// The wait runs in the background, as the reload holds Caddy's config
+// lock; with nothing announced (an exit, after the servers' grace) the
+// writer closes at once.
+func (w *Writer) Destruct() error {
+	if w.coming.n.Load() <= 0 {
+		return w.Close()
+	}
+	w.log.Info("audit writer replaced; it closes once the rows of requests under way are written",
+		zap.Int64("announced", w.coming.n.Load()), zap.Duration("at_most", arrivalsWait))
+	go func() {
+		w.waitArrivals(arrivalsWait)
+		_ = w.Close()
+	}()
+	return nil
+}
+
+// waitArrivals waits until no announced row is left to come, or for at
+// most d.
+func (w *Writer) waitArrivals(d time.Duration) {
+	deadline := time.Now().Add(d)
+	for w.coming.n.Load() > 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+}
 
 // loop is the goroutine of one chain: it takes what is queued (up to
 // maxBatch) as one group commit, so batches grow with load and a lone row

@@ -928,6 +928,41 @@ func TestRecordRacingCloseAlwaysReturns(t *testing.T) {
 	t.Logf("%d stored, %d refused", stored.Load(), refused.Load())
 }
 
+// A writer unloaded by a reload while an audited request is under way
+// (its row announced, its function acting) still takes and commits that
+// row; the unload does not wait for it, and the writer closes after it.
+func TestDestructWaitsForAnnouncedRows(t *testing.T) {
+	t.Parallel()
+	pg := testenv.Postgres(t)
+	w, err := NewWriter(WriterConfig{DSN: pg.AppDSN, SpoolDir: filepath.Join(t.TempDir(), "spool")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = w.Close() })
+	w.announce() // a request has begun
+	if err := w.Destruct(); err != nil {
+		t.Fatal(err)
+	}
+	// The request's function has acted; its row comes now.
+	if err := w.recordAnnounced(time.Second, testRow(1)); err != nil {
+		t.Fatalf("the row of a request under way at the unload: %v", err)
+	}
+	if got := count(t, pg.Owner); got != 1 {
+		t.Fatalf("%d rows stored, want 1", got)
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		w.closing.RLock()
+		closed := w.closed
+		w.closing.RUnlock()
+		if closed {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the writer did not close after the last announced row arrived")
+		}
+	}
+}
+
 // An announced row waits at most its bound for a place in a full queue,
 // and takes the place once one frees up within it; either way its
 // announcement ends.

@@ -192,7 +192,9 @@ func (h *Handler) Validate() error {
 // Cleanup releases this config's hold on the authenticator.
 func (h *Handler) Cleanup() error {
 	if h.authKey != "" {
-		_, err := authenticators.Delete(h.authKey)
+		key := h.authKey
+		h.authKey = "" // once only: a second release would drop another config's hold
+		_, err := authenticators.Delete(key)
 		return err
 	}
 	return nil

@@ -232,7 +232,9 @@ func (h *Handler) Validate() error {
 // Cleanup releases this config's hold on the limiter.
 func (h *Handler) Cleanup() error {
 	if h.poolKey != "" {
-		_, err := limiters.Delete(h.poolKey)
+		key := h.poolKey
+		h.poolKey = "" // once only: a second release would drop another config's hold
+		_, err := limiters.Delete(key)
 		return err
 	}
 	return nil
