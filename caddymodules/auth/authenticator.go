@@ -177,6 +177,9 @@ func NewAuthenticator(cfg Config) (*Authenticator, error) {
 func (a *Authenticator) Close() error {
 	a.cancel()
 	<-a.done
+	// After the periodic flush has returned: one that the cancel cut short
+	// puts its times back, and they must be in this last flush.
+	<-a.touch.stopped
 	a.touch.flush(context.Background())
 	a.db.Close()
 	return nil

@@ -19,10 +19,13 @@ type toucher struct {
 	mu       sync.Mutex
 	keys     map[string]time.Time
 	sessions map[string]time.Time
+
+	stopped chan struct{} // closed when run returns
 }
 
 func newToucher(db *pgxpool.Pool, interval time.Duration, log *zap.Logger) *toucher {
-	return &toucher{db: db, interval: interval, log: log, keys: map[string]time.Time{}, sessions: map[string]time.Time{}}
+	return &toucher{db: db, interval: interval, log: log, keys: map[string]time.Time{}, sessions: map[string]time.Time{},
+		stopped: make(chan struct{})}
 }
 
 func (t *toucher) key(id string, at time.Time) {
@@ -41,7 +44,10 @@ func (t *toucher) session(id string, at time.Time) {
 	t.mu.Unlock()
 }
 
+// run flushes every interval until ctx ends. A flush that ctx cuts short
+// puts its times back; the final flush must wait for that (stopped).
 func (t *toucher) run(ctx context.Context) {
+	defer close(t.stopped)
 	tick := time.NewTicker(t.interval)
 	defer tick.Stop()
 	for {
