@@ -163,9 +163,9 @@ func TryStartStackWith(t testing.TB, env map[string]string, client *http.Client)
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case <-exited:
-		case <-time.After(20 * time.Second):
+		case <-time.After(45 * time.Second): // the Caddyfile's grace_period 30s, then its functions' stop
 			_ = cmd.Process.Kill()
-			t.Errorf("caddy did not stop within 20 s")
+			t.Errorf("caddy did not stop within 45 s")
 		}
 		if t.Failed() {
 			t.Logf("caddy log:\n%s", log.String())
