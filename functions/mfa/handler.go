@@ -72,6 +72,17 @@ func (h *handler) stepUp(w http.ResponseWriter, r *http.Request) (identity.Ident
 	return id, stepup.Admit(w, r, h.db, id, h.now(), h.fail)
 }
 
+// stepUpLost answers an action refused because the caller's session was
+// ended or lost its step-up while the action waited for the user's lock
+// (mfa.ErrStepUpLost): as the step-up check would have, had it run then.
+func (h *handler) stepUpLost(w http.ResponseWriter, err error) bool {
+	if !errors.Is(err, mfa.ErrStepUpLost) {
+		return false
+	}
+	problem.Write(w, stepup.Required())
+	return true
+}
+
 func (h *handler) email(r *http.Request, userID string) (string, error) {
 	var email string
 	err := h.db.QueryRow(r.Context(), "SELECT email FROM users WHERE id = $1", userID).Scan(&email)
@@ -185,6 +196,9 @@ func (h *handler) confirmTOTP(w http.ResponseWriter, r *http.Request) {
 		problem.Write(w, problem.New(http.StatusConflict, "no_enrolment", "no authenticator app is being set up, or the setup expired; start again"))
 		return
 	}
+	if h.stepUpLost(w, err) {
+		return
+	}
 	if err != nil {
 		h.fail(w, err)
 		return
@@ -285,6 +299,8 @@ func (h *handler) finishWebAuthn(w http.ResponseWriter, r *http.Request) {
 		return
 	case errors.Is(err, mfa.ErrChallenge):
 		problem.Write(w, problem.New(http.StatusConflict, "ceremony_expired", "this registration expired or was used; start again"))
+		return
+	case h.stepUpLost(w, err):
 		return
 	case errors.Is(err, mfa.ErrBadCredential):
 		h.log.Info("security key registration refused", zap.Error(err))

@@ -452,6 +452,16 @@ func TestWebAuthnRegistrationAndAssertion(t *testing.T) {
 	}
 	second := mfatest.New(origin)
 	resp2, _ := second.Create(reg2.Options)
+	// With a factor now, the session must have used it to add another (as
+	// the step-up check asks; the service checks it again under its lock).
+	if _, _, err := f.s.FinishRegistration(ctx, f.c.UserID, sid, reg2.Ceremony, "phone", resp2); !errors.Is(err, ErrStepUpLost) {
+		t.Fatalf("a session without the factor added a second one: %v", err)
+	}
+	if _, err := f.pg.Owner.Exec(ctx, "UPDATE sessions SET aal = 2 WHERE id = $1", sid); err != nil {
+		t.Fatal(err)
+	}
+	reg2, _ = f.s.BeginRegistration(ctx, f.c.UserID, f.c.ID, sid)
+	resp2, _ = second.Create(reg2.Options)
 	if _, first, err := f.s.FinishRegistration(ctx, f.c.UserID, sid, reg2.Ceremony, "phone", resp2); err != nil || first != nil {
 		t.Fatalf("second key: %v (%+v: only the first factor makes codes)", err, first)
 	}

@@ -195,3 +195,116 @@ func TestASecondStepWaitsForAPasswordChangeWithoutDeadlock(t *testing.T) {
 		t.Fatalf("%d live sessions after the password change (%v)", live, err)
 	}
 }
+
+// A registration begun by a session that another session's first factor
+// then ends (a thief's, say, while the owner turns on an app) cannot be
+// finished: the factor drops the ended session's ceremonies, and the
+// finish checks again, under the user's lock, that its session is live.
+// Before, the thief's key was stored after the owner was told the other
+// sessions had ended.
+func TestAnEndedSessionCannotFinishARegistration(t *testing.T) {
+	t.Parallel()
+	for _, whileWaiting := range []bool{false, true} {
+		name := "after the first factor"
+		if whileWaiting {
+			name = "while the first factor holds the user's lock"
+		}
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			f := newFixture(t)
+			ctx := context.Background()
+			owner, _ := f.c.Session(t)
+			thief, _ := f.c.Session(t)
+			reg, err := f.s.BeginRegistration(ctx, f.c.UserID, f.c.ID, thief)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp, err := f.auth.Create(reg.Options)
+			if err != nil {
+				t.Fatal(err)
+			}
+			e, err := f.s.BeginTOTP(ctx, f.c.UserID, "a@example.com")
+			if err != nil {
+				t.Fatal(err)
+			}
+			code, _ := CodeAt(e.Secret, f.clock())
+			finish := func() error {
+				_, _, err := f.s.FinishRegistration(ctx, f.c.UserID, thief, reg.Ceremony, "thief's key", resp)
+				return err
+			}
+			var finishErr error
+			if whileWaiting {
+				// The thief's finish passed its challenge check and waits
+				// for the user's lock, which the owner's factor holds.
+				held, heldPID := hold(t, f.pg.Owner, "SELECT 1 FROM users WHERE id = $1 FOR UPDATE", f.c.UserID)
+				done := make(chan error, 1)
+				go func() { done <- finish() }()
+				if _, err := blockedBy(t, f.pg.Owner, heldPID, done); err != nil {
+					t.Fatalf("the finish did not wait for the user's lock: %v", err)
+				}
+				// The owner's factor: what ConfirmTOTP does under the lock.
+				if _, err := held.Exec(ctx, "UPDATE sessions SET revoked_at = now() WHERE user_id = $1 AND id <> $2 AND revoked_at IS NULL", f.c.UserID, owner); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := held.Exec(ctx, "UPDATE mfa_totp SET confirmed_at = now() WHERE user_id = $1", f.c.UserID); err != nil {
+					t.Fatal(err)
+				}
+				if err := held.Commit(ctx); err != nil {
+					t.Fatal(err)
+				}
+				finishErr = <-done
+			} else {
+				if _, err := f.s.ConfirmTOTP(ctx, f.c.UserID, code, "", owner); err != nil {
+					t.Fatal(err)
+				}
+				finishErr = finish()
+			}
+			if !errors.Is(finishErr, ErrStepUpLost) && !errors.Is(finishErr, ErrChallenge) {
+				t.Fatalf("the ended session's registration: %v, want it refused", finishErr)
+			}
+			var keys int
+			if err := f.pg.Owner.QueryRow(ctx, "SELECT count(*) FROM webauthn_credentials WHERE user_id = $1", f.c.UserID).Scan(&keys); err != nil || keys != 0 {
+				t.Fatalf("%d security keys stored (%v), want none", keys, err)
+			}
+		})
+	}
+}
+
+// A confirmation turns on the very seed its code was checked against: a
+// new setup started meanwhile (another tab) replaces the seed, and the
+// confirmation, waiting for the user's lock, then finds no setup of that
+// seed instead of turning on one the user's app does not have.
+func TestConfirmTurnsOnTheSeedItChecked(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	ctx := context.Background()
+	sid, _ := f.c.Session(t)
+	first, err := f.s.BeginTOTP(ctx, f.c.UserID, "a@example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, _ := CodeAt(first.Secret, f.clock())
+	held, heldPID := hold(t, f.pg.Owner, "SELECT 1 FROM users WHERE id = $1 FOR UPDATE", f.c.UserID)
+	done := make(chan error, 1)
+	go func() {
+		_, err := f.s.ConfirmTOTP(ctx, f.c.UserID, code, "", sid)
+		done <- err
+	}()
+	if _, err := blockedBy(t, f.pg.Owner, heldPID, done); err != nil {
+		t.Fatalf("the confirmation did not wait for the user's lock: %v", err)
+	}
+	second, err := f.s.BeginTOTP(ctx, f.c.UserID, "a@example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := held.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; !errors.Is(err, ErrNoEnrolment) {
+		t.Fatalf("confirming the replaced seed: %v, want ErrNoEnrolment", err)
+	}
+	var confirmed bool
+	if err := f.pg.Owner.QueryRow(ctx, "SELECT confirmed_at IS NOT NULL FROM mfa_totp WHERE user_id = $1", f.c.UserID).Scan(&confirmed); err != nil || confirmed {
+		t.Fatalf("the second seed (%s...) was turned on by a code of the first (%v)", second.Secret[:4], err)
+	}
+}

@@ -336,7 +336,45 @@ func (s *Service) firstFactor(ctx context.Context, tx pgx.Tx, userID, keep strin
 	if err != nil {
 		return nil, fmt.Errorf("mfa: ending the other sessions: %w", err)
 	}
+	// And their ceremonies under way, as a password change drops them: a
+	// registration an ended session began must not finish.
+	if _, err := tx.Exec(ctx, "DELETE FROM mfa_challenges WHERE user_id = $1 AND purpose <> 'login' AND (session_id IS NULL OR session_id::text <> $2)", userID, keep); err != nil {
+		return nil, fmt.Errorf("mfa: ending the other sessions' ceremonies: %w", err)
+	}
 	return &FirstFactor{RecoveryCodes: codes, SessionsEnded: tag.RowsAffected()}, nil
+}
+
+// ErrStepUpLost is returned when the caller's session, admitted by the
+// step-up check before the action, no longer would be once the user's lock
+// is held: another session's first factor ended it or raised the bar
+// meanwhile. The action is not taken; the caller re-authenticates.
+var ErrStepUpLost = errors.New("mfa: the session was ended or lost its step-up meanwhile")
+
+// stillAdmitted repeats, in tx under the user's lock, the part of the
+// step-up check that another session can change: the caller's session is
+// still live, and has the second factor if its user now has one. The
+// check made before the lock cannot see a first factor another session
+// commits while this one waits for the lock (which ends this session, or
+// raises the bar). The re-authentication's age is not judged again: the
+// action was admitted on it moments ago. No session (a caller that is
+// not one): nothing to re-check.
+func (s *Service) stillAdmitted(ctx context.Context, tx pgx.Tx, sessionID string) error {
+	if sessionID == "" {
+		return nil
+	}
+	var aal int
+	var hasFactor bool
+	err := tx.QueryRow(ctx, `SELECT s.aal,
+			EXISTS (SELECT 1 FROM mfa_totp t WHERE t.user_id = s.user_id AND t.confirmed_at IS NOT NULL)
+			OR EXISTS (SELECT 1 FROM webauthn_credentials w WHERE w.user_id = s.user_id)
+		FROM sessions s WHERE s.id = $1 AND s.revoked_at IS NULL AND s.expires_at > now()`, sessionID).Scan(&aal, &hasFactor)
+	if errors.Is(err, pgx.ErrNoRows) || (err == nil && hasFactor && aal < session.AAL2) {
+		return ErrStepUpLost
+	}
+	if err != nil {
+		return fmt.Errorf("mfa: re-check the session: %w", err)
+	}
+	return nil
 }
 
 // replaceRecoveryCodes gives user a fresh set of codes, ending the old.
@@ -440,24 +478,26 @@ func (s *Service) BeginTOTP(ctx context.Context, userID, account string) (TOTPEn
 // authenticator app younger than EnrolTTL.
 var ErrNoEnrolment = errors.New("mfa: no authenticator app enrolment in progress")
 
-func (s *Service) pendingSeed(ctx context.Context, userID string) (string, error) {
+// pendingSeed is user's enrolment in progress: the seed, and as stored
+// (sealed), so that a confirmation can name the very seed it checked.
+func (s *Service) pendingSeed(ctx context.Context, userID string) (string, []byte, error) {
 	var sealed []byte
 	err := s.db.QueryRow(ctx, "SELECT secret_sealed FROM mfa_totp WHERE user_id = $1 AND confirmed_at IS NULL AND created_at > $2",
 		userID, s.now().Add(-EnrolTTL)).Scan(&sealed)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return "", ErrNoEnrolment
+		return "", nil, ErrNoEnrolment
 	}
 	if err != nil {
-		return "", fmt.Errorf("mfa: read totp: %w", err)
+		return "", nil, fmt.Errorf("mfa: read totp: %w", err)
 	}
 	seed, err := s.keys.openFor(userID, sealed)
-	return string(seed), err
+	return string(seed), sealed, err
 }
 
 // TOTPQRCode is the PNG of the QR code of user's enrolment in progress
 // (named account in the app).
 func (s *Service) TOTPQRCode(ctx context.Context, userID, account string) ([]byte, error) {
-	seed, err := s.pendingSeed(ctx, userID)
+	seed, _, err := s.pendingSeed(ctx, userID)
 	if err != nil {
 		return nil, err
 	}
@@ -481,7 +521,7 @@ func (s *Service) ConfirmTOTP(ctx context.Context, userID, code, ip, keepSession
 	if err := s.take(ctx, scopeIP, ip, s.limits.PerIP, now); err != nil {
 		return nil, err
 	}
-	seed, err := s.pendingSeed(ctx, userID)
+	seed, sealed, err := s.pendingSeed(ctx, userID)
 	if err != nil {
 		return nil, err
 	}
@@ -494,12 +534,19 @@ func (s *Service) ConfirmTOTP(ctx context.Context, userID, code, ip, keepSession
 		if err := lockUser(ctx, tx, userID); err != nil {
 			return err
 		}
+		if err := s.stillAdmitted(ctx, tx, keepSession); err != nil {
+			return err
+		}
 		f, err := Enrolled(ctx, tx, userID)
 		if err != nil {
 			return err
 		}
-		tag, err := tx.Exec(ctx, "UPDATE mfa_totp SET confirmed_at = $2, last_step = $3 WHERE user_id = $1 AND confirmed_at IS NULL",
-			userID, now, step)
+		// The seed the code was checked against, not one a new setup (in
+		// another tab, say) stored since: that would turn on a seed the
+		// user's app does not have.
+		tag, err := tx.Exec(ctx, `UPDATE mfa_totp SET confirmed_at = $2, last_step = $3
+			WHERE user_id = $1 AND confirmed_at IS NULL AND secret_sealed = $4 AND created_at > $5`,
+			userID, now, step, sealed, now.Add(-EnrolTTL))
 		if err != nil {
 			return err
 		}

@@ -292,6 +292,9 @@ func (s *Service) FinishRegistration(ctx context.Context, userID, sessionID, cer
 		if err := lockUser(ctx, tx, userID); err != nil {
 			return err
 		}
+		if err := s.stillAdmitted(ctx, tx, sessionID); err != nil {
+			return err
+		}
 		if err := consumeChallenge(ctx, tx, c.ID); err != nil {
 			return err
 		}
