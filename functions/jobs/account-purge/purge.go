@@ -129,8 +129,15 @@ const (
 	forgetAttempts = `DELETE FROM mfa_attempts WHERE window_start < $1`
 	// Servers deleted through the API whose ClickHouse rows may remain.
 	dueServers    = `SELECT server_id::text, customer_id::text FROM deleted_servers ORDER BY deleted_at, server_id LIMIT $1`
-	forgetServers = `DELETE FROM deleted_servers WHERE server_id = ANY($1::uuid[]) RETURNING server_id::text`
+	forgetServers = `DELETE FROM deleted_servers WHERE server_id = ANY($1::uuid[]) AND deleted_at < now() - $2::interval RETURNING server_id::text`
 )
+
+// serverSettle is how long a deleted server stays recorded, its rows
+// deleted again at every run, before it is forgotten: a snapshot the
+// server pushed just before its deletion may still be on its way to
+// ClickHouse (ingest groups inserts for up to ~10 s), and would otherwise
+// land after the deletion and stay until retention removed it.
+const serverSettle = 10 * time.Minute
 
 // maxServersPerRun bounds the deleted servers one run handles.
 const maxServersPerRun = 1000
@@ -231,7 +238,8 @@ func (p *Purger) purgeAccounts(ctx context.Context, now time.Time, res *Result) 
 }
 
 // purgeServers deletes the ClickHouse rows of servers deleted through the
-// API (deleted_servers), then forgets the servers that have none left.
+// API (deleted_servers), then forgets the servers that have none left
+// and were deleted more than serverSettle ago.
 // Like an account, a server stays recorded until its rows are gone, so a
 // run that stops anywhere leaves it for the next.
 func (p *Purger) purgeServers(ctx context.Context, res *Result) error {
@@ -277,7 +285,7 @@ func (p *Purger) purgeServers(ctx context.Context, res *Result) error {
 	}
 	res.ServersWaiting = waiting
 	if len(ready) > 0 {
-		rows, err := p.PG.Query(ctx, forgetServers, ready)
+		rows, err := p.PG.Query(ctx, forgetServers, ready, serverSettle)
 		if err != nil {
 			return fmt.Errorf("forget deleted servers: %w", err)
 		}
