@@ -11,6 +11,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
@@ -273,6 +274,46 @@ func TestLastUsedIsWrittenInBatches(t *testing.T) {
 			t.Fatal("last_used_at never written")
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// The last-used writer never waits for a row another transaction holds
+// (a revocation of many rows, locking them in its own order): it skips
+// that row and writes the others, so the two cannot deadlock.
+func TestLastUsedSkipsLockedRows(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, w.pg.AppDSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	var readID, writeID string
+	for key, id := range map[string]*string{"read": &readID, "write": &writeID} {
+		if err := w.db.QueryRow(ctx, "SELECT id::text FROM api_keys WHERE scope = $1 AND customer_id = $2", key, w.customer).Scan(id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	held, err := w.db.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Rollback(ctx)
+	if _, err := held.Exec(ctx, "SELECT 1 FROM api_keys WHERE id = $1 FOR UPDATE", readID); err != nil {
+		t.Fatal(err)
+	}
+	tw := newToucher(pool, time.Hour, zap.NewNop())
+	at := time.Now().UTC().Truncate(time.Microsecond)
+	tw.key(readID, at)
+	tw.key(writeID, at)
+	tw.flush(ctx) // returns while the read key's row is still held
+	var used *time.Time
+	if err := w.db.QueryRow(ctx, "SELECT last_used_at FROM api_keys WHERE id = $1", writeID).Scan(&used); err != nil {
+		t.Fatal(err)
+	}
+	if used == nil || !used.Equal(at) {
+		t.Fatalf("the unlocked key's last use: %v, want %v (the writer waited for the locked row)", used, at)
 	}
 }
 

@@ -60,13 +60,21 @@ func (t *toucher) run(ctx context.Context) {
 	}
 }
 
+// The writes skip rows another transaction has locked: the revocations
+// that end many keys or sessions at once (account deletion, signing out
+// everywhere, a first factor, a password change) lock them in their own
+// order, and a writer waiting for one of them while holding others could
+// deadlock with it, failing the user's action. A skipped row's time is
+// lost; the next use writes a newer one.
 const (
 	touchKeys = `UPDATE api_keys k SET last_used_at = v.at
 FROM unnest($1::uuid[], $2::timestamptz[]) AS v(id, at)
-WHERE k.id = v.id AND (k.last_used_at IS NULL OR k.last_used_at < v.at)`
+WHERE k.id = v.id AND (k.last_used_at IS NULL OR k.last_used_at < v.at)
+	AND k.id IN (SELECT id FROM api_keys WHERE id = ANY($1::uuid[]) FOR UPDATE SKIP LOCKED)`
 	touchSessions = `UPDATE sessions s SET last_seen_at = v.at
 FROM unnest($1::uuid[], $2::timestamptz[]) AS v(id, at)
-WHERE s.id = v.id AND s.last_seen_at < v.at`
+WHERE s.id = v.id AND s.last_seen_at < v.at
+	AND s.id IN (SELECT id FROM sessions WHERE id = ANY($1::uuid[]) FOR UPDATE SKIP LOCKED)`
 )
 
 // flush writes what was recorded since the last flush. On failure the
