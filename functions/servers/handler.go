@@ -240,7 +240,12 @@ func (h *handler) delete(w http.ResponseWriter, r *http.Request) {
 	}
 	var name string
 	var keys int64
-	err := h.db.QueryRow(r.Context(), deleteQuery, serverID, id.CustomerID).Scan(&name, &keys)
+	// In a transaction retried on a deadlock: an enrolment replaying an
+	// Idempotency-Key locks its record and then the server, while this
+	// locks the server and then (by cascade) the record.
+	err := h.st.inTx(r.Context(), func(tx pgx.Tx) error {
+		return tx.QueryRow(r.Context(), deleteQuery, serverID, id.CustomerID).Scan(&name, &keys)
+	})
 	if errors.Is(err, pgx.ErrNoRows) {
 		notFound(w)
 		return

@@ -514,6 +514,54 @@ func TestDeleteAndRotate(t *testing.T) {
 	}
 }
 
+// Deleting a server while an enrolment replaying its Idempotency-Key runs
+// takes the two rows' locks in the other order: PostgreSQL breaks the
+// deadlock by failing one, and the delete, failed, is tried again instead
+// of answering 503.
+func TestDeleteRacingAnEnrolmentReplayIsRetried(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	ctx := context.Background()
+	write := bearer(s.c.AccountKey(t, "write"))
+	serverID, _ := s.enrolled(t, s.do(t, "POST", "/api/v1/servers", `{"hostname":"race1"}`, with(write, "Idempotency-Key", "race-1")), 201, false)
+	// The replay's first lock: the Idempotency-Key's record.
+	replay, err := s.pg.Owner.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer replay.Rollback(ctx)
+	if _, err := replay.Exec(ctx, "SELECT 1 FROM idempotency_keys WHERE customer_id = $1 AND key = 'race-1' FOR UPDATE", s.c.ID); err != nil {
+		t.Fatal(err)
+	}
+	var replayPID int
+	if err := replay.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&replayPID); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan answer, 1)
+	admin := bearer(s.c.AccountKey(t, "admin"))
+	go func() {
+		a, err := s.Stack.TryDo("DELETE", "/api/v1/servers/"+serverID, "", admin)
+		if err != nil {
+			a.Status, a.Raw = -1, err.Error()
+		}
+		done <- a
+	}()
+	if _, a, finished := testenv.BlockedBy(t, s.pg.Owner, replayPID, done); finished {
+		t.Fatalf("the delete did not wait for the record: %d %s", a.Status, a.Raw)
+	}
+	// The replay's second lock, the server, which the delete holds: a
+	// deadlock; the delete, waiting longest, is the one failed.
+	if _, err := replay.Exec(ctx, "SELECT 1 FROM servers WHERE id = $1 FOR UPDATE", serverID); err != nil {
+		t.Fatalf("the replay's side of the deadlock: %v", err)
+	}
+	if err := replay.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if a := <-done; a.Status != 204 {
+		t.Fatalf("delete racing a replay: %d %s, want 204", a.Status, a.Raw)
+	}
+}
+
 func TestAnAccountScheduledForDeletionGetsNoNewKeys(t *testing.T) {
 	t.Parallel()
 	s := newSite(t)
