@@ -77,7 +77,8 @@ func runMigrate(ctx context.Context) error {
 		return err
 	}
 	defer pool.Close()
-	applied, err := migrate.Postgres(ctx, pool, migrate.PostgresOptions{AppRole: env.Optional("GUARDIAN_PG_APP_ROLE", migrate.DefaultAppRole)})
+	applied, err := migrate.Postgres(ctx, pool, migrate.PostgresOptions{AppRole: env.Optional("GUARDIAN_PG_APP_ROLE", migrate.DefaultAppRole),
+		Log: func(format string, args ...any) { fmt.Fprintf(os.Stderr, format+"\n", args...) }})
 	if err != nil {
 		return err
 	}

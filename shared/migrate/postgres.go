@@ -2,11 +2,15 @@ package migrate
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -35,7 +39,19 @@ const lockKey int64 = 0x677561726469616e
 type PostgresOptions struct {
 	// AppRole is the runtime role granted access; default DefaultAppRole.
 	AppRole string
+	// LockTimeout bounds each statement's wait for a table lock (default
+	// 5 s). A migration that must wait longer is rolled back and tried
+	// again, LockRetries times (default 12), rather than queueing every
+	// query of the running edge behind its lock for as long as another
+	// transaction (a long audit-verify, say) holds the table.
+	LockTimeout time.Duration
+	LockRetries int
+	// Log, when set, is told of each retry.
+	Log func(format string, args ...any)
 }
+
+// lockNotAvailable is PostgreSQL's error for a lock_timeout that expired.
+const lockNotAvailable = "55P03"
 
 // Postgres applies every pending PostgreSQL migration, each in its own
 // transaction, holding an advisory lock so that two migrators (two
@@ -45,6 +61,15 @@ func Postgres(ctx context.Context, pool *pgxpool.Pool, opts PostgresOptions) ([]
 	role := opts.AppRole
 	if role == "" {
 		role = DefaultAppRole
+	}
+	if opts.LockTimeout <= 0 {
+		opts.LockTimeout = 5 * time.Second
+	}
+	if opts.LockRetries <= 0 {
+		opts.LockRetries = 12
+	}
+	if opts.Log == nil {
+		opts.Log = func(string, ...any) {}
 	}
 	// The name is set into the migrations' SQL (comments included, where
 	// quoting does not help) and, with a suffix per function, must stay
@@ -93,25 +118,66 @@ func Postgres(ctx context.Context, pool *pgxpool.Pool, opts PostgresOptions) ([]
 		return nil, fmt.Errorf("migrate postgres: read schema_migrations: %w", err)
 	}
 
+	// A database some migration of which this binary does not know is
+	// newer than it: an older guardianctl must not report it up to date.
+	known := map[int]bool{}
+	for _, m := range migrations {
+		known[m.Version] = true
+	}
+	var unknown []int
+	for v := range applied {
+		if !known[v] {
+			unknown = append(unknown, v)
+		}
+	}
+	if len(unknown) > 0 {
+		slices.Sort(unknown)
+		return nil, fmt.Errorf("migrate postgres: the database has migrations this binary does not know (versions %v): it was migrated by a newer release; use that release's guardianctl", unknown)
+	}
+	var pending []Migration
+	for _, m := range migrations {
+		if sum, ok := applied[m.Version]; ok {
+			if sum != m.Checksum {
+				return nil, fmt.Errorf("migrate postgres: %s was changed after it was applied; add a new migration instead", m.Name)
+			}
+			continue
+		}
+		pending = append(pending, m)
+	}
+	if len(pending) == 0 {
+		return nil, nil
+	}
+	// Every role the migrations grant to must exist before the first one
+	// runs: otherwise the run stops part-way, at the first grant to a
+	// missing role, with the migrations before it committed.
+	roles := []string{role}
+	for _, fn := range FunctionRoles {
+		roles = append(roles, FunctionRole(role, fn))
+	}
+	var missing []string
+	if err := conn.QueryRow(ctx, "SELECT coalesce(array_agg(r ORDER BY r), '{}') FROM unnest($1::text[]) AS r WHERE r NOT IN (SELECT rolname FROM pg_roles)", roles).Scan(&missing); err != nil {
+		return nil, fmt.Errorf("migrate postgres: read roles: %w", err)
+	}
+	if len(missing) > 0 {
+		return nil, fmt.Errorf("migrate postgres: roles missing, create them first (docs/deployment.md): %s", strings.Join(missing, ", "))
+	}
+
 	pairs := []string{"{{app_role}}", pgx.Identifier{role}.Sanitize()}
 	for _, fn := range FunctionRoles {
 		pairs = append(pairs, "{{fn_role:"+fn+"}}", pgx.Identifier{FunctionRole(role, fn)}.Sanitize())
 	}
 	replacer := strings.NewReplacer(pairs...)
 	var done []string
-	for _, m := range migrations {
-		if sum, ok := applied[m.Version]; ok {
-			if sum != m.Checksum {
-				return done, fmt.Errorf("migrate postgres: %s was changed after it was applied; add a new migration instead", m.Name)
-			}
-			continue
-		}
+	for _, m := range pending {
 		sql := replacer.Replace(m.SQL)
 		if i := strings.Index(sql, "{{"); i >= 0 {
 			end := min(len(sql), i+40)
 			return done, fmt.Errorf("migrate postgres: %s: unknown placeholder near %q", m.Name, sql[i:end])
 		}
-		err := pgx.BeginFunc(ctx, conn.Conn(), func(tx pgx.Tx) error {
+		apply := func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, fmt.Sprintf("SET LOCAL lock_timeout = %d", opts.LockTimeout.Milliseconds())); err != nil {
+				return err
+			}
 			// No arguments: pgx sends the file with the simple protocol, so
 			// one file may hold many statements and a function body.
 			if _, err := tx.Exec(ctx, sql); err != nil {
@@ -119,9 +185,26 @@ func Postgres(ctx context.Context, pool *pgxpool.Pool, opts PostgresOptions) ([]
 			}
 			_, err := tx.Exec(ctx, "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)", m.Version, m.Name, m.Checksum)
 			return err
-		})
-		if err != nil {
-			return done, fmt.Errorf("migrate postgres: apply %s: %w", m.Name, err)
+		}
+		for attempt := 1; ; attempt++ {
+			err := pgx.BeginFunc(ctx, conn.Conn(), apply)
+			if err == nil {
+				break
+			}
+			var pe *pgconn.PgError
+			if !errors.As(err, &pe) || pe.Code != lockNotAvailable || attempt > opts.LockRetries {
+				return done, fmt.Errorf("migrate postgres: apply %s: %w", m.Name, err)
+			}
+			wait := min(time.Duration(attempt)*time.Second, 10*time.Second)
+			opts.Log("migrate postgres: %s waited %s for a table lock another transaction holds; rolled back, trying again in %s (attempt %d of %d)",
+				m.Name, opts.LockTimeout, wait, attempt+1, opts.LockRetries+1)
+			t := time.NewTimer(wait)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return done, fmt.Errorf("migrate postgres: apply %s: %w", m.Name, ctx.Err())
+			}
 		}
 		done = append(done, m.Name)
 	}

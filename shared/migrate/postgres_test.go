@@ -472,3 +472,85 @@ func TestAnAppRoleNameThatCouldBreakTheSQLIsRefused(t *testing.T) {
 		t.Fatalf("a refused role still ran SQL (%d, %v)", n, err)
 	}
 }
+
+// A migration that cannot take a lock within LockTimeout (another
+// transaction holds the table) is rolled back and tried again, instead of
+// queueing the edge's queries behind its lock; past LockRetries the run
+// fails, having applied nothing it could not finish.
+func TestPostgresMigrationWaitsForLocksBoundedly(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	for _, release := range []bool{true, false} {
+		pg := testenv.PostgresEmpty(t)
+		// Each migration ends by recording itself here; a transaction
+		// holding the table in EXCLUSIVE mode lets the runner read it but
+		// not write to it.
+		if _, err := pg.Owner.Exec(ctx, `CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,
+			checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`); err != nil {
+			t.Fatal(err)
+		}
+		holder, err := pg.Owner.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := holder.Exec(ctx, "LOCK TABLE schema_migrations IN EXCLUSIVE MODE"); err != nil {
+			t.Fatal(err)
+		}
+		var mu sync.Mutex
+		var retries []string
+		opts := migrate.PostgresOptions{LockTimeout: 100 * time.Millisecond, LockRetries: 2, Log: func(format string, args ...any) {
+			mu.Lock()
+			defer mu.Unlock()
+			retries = append(retries, format)
+			if release && len(retries) == 1 {
+				_ = holder.Rollback(ctx)
+			}
+		}}
+		applied, err := migrate.Postgres(ctx, pg.Owner, opts)
+		_ = holder.Rollback(ctx)
+		all, _ := migrate.Files("postgres")
+		if release {
+			if err != nil || len(applied) != len(all) || len(retries) != 1 {
+				t.Fatalf("lock released after the first retry: applied %d of %d, %d retries, err %v", len(applied), len(all), len(retries), err)
+			}
+			continue
+		}
+		if sqlState(err) != "55P03" || len(applied) != 0 || len(retries) != 2 {
+			t.Fatalf("lock held throughout: applied %v, %d retries, err %v; want 55P03 after 2 retries", applied, len(retries), err)
+		}
+		var n int
+		if err := pg.Owner.QueryRow(ctx, "SELECT count(*) FROM pg_tables WHERE tablename = 'customers'").Scan(&n); err != nil || n != 0 {
+			t.Fatalf("the failed migration left its tables (%d, %v)", n, err)
+		}
+	}
+}
+
+// Every role the migrations grant to is checked before the first one
+// runs, so a missing role cannot stop a run part-way.
+func TestPostgresRefusesToStartWithoutItsRoles(t *testing.T) {
+	t.Parallel()
+	pg := testenv.PostgresEmpty(t)
+	ctx := context.Background()
+	_, err := migrate.Postgres(ctx, pg.Owner, migrate.PostgresOptions{AppRole: "guardian_absent"})
+	if err == nil || !strings.Contains(err.Error(), "guardian_absent, guardian_absent_account_purge") {
+		t.Fatalf("err %v, want the missing roles named", err)
+	}
+	var n int
+	if err := pg.Owner.QueryRow(ctx, "SELECT count(*) FROM schema_migrations").Scan(&n); err != nil || n != 0 {
+		t.Fatalf("%d migrations applied before the roles were checked (%v)", n, err)
+	}
+}
+
+// A database migrated by a newer release is not reported up to date by
+// an older guardianctl.
+func TestPostgresRefusesADatabaseNewerThanItself(t *testing.T) {
+	t.Parallel()
+	pg := testenv.Postgres(t)
+	ctx := context.Background()
+	if _, err := pg.Owner.Exec(ctx, "INSERT INTO schema_migrations (version, name, checksum) VALUES (9999, '9999_future.sql', 'x')"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := migrate.Postgres(ctx, pg.Owner, migrate.PostgresOptions{}); err == nil || !strings.Contains(err.Error(), "versions [9999]") {
+		t.Fatalf("err %v, want the unknown version named", err)
+	}
+}
