@@ -76,6 +76,9 @@ func (a *App) Provision(caddy.Context) error {
 	if err := errors.Join(err, l.Err()); err != nil {
 		return fmt.Errorf("guardian: %w", err)
 	}
+	if err := checkSchema(a.pgAppDSN, caddy.Log().Named("guardian")); err != nil {
+		return err
+	}
 	a.secrets = s
 	return nil
 }

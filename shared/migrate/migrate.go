@@ -13,14 +13,28 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io/fs"
-	"path"
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/glassmkr/guardian/shared/migrate/postgres"
 )
 
-//go:embed postgres/*.sql clickhouse/*.sql
-var files embed.FS
+//go:embed clickhouse/*.sql
+var clickhouseFiles embed.FS
+
+// engineFiles is where each engine's migrations are embedded: PostgreSQL's
+// in a package of their own, which the edge reads without this package's
+// ClickHouse client.
+func engineFiles(engine string) (fs.FS, error) {
+	switch engine {
+	case "postgres":
+		return postgres.FS, nil
+	case "clickhouse":
+		return fs.Sub(clickhouseFiles, "clickhouse")
+	}
+	return nil, fmt.Errorf("no migrations for %q", engine)
+}
 
 // Migration is one embedded SQL file.
 type Migration struct {
@@ -36,7 +50,11 @@ func Files(engine string) ([]Migration, error) { return load(engine) }
 
 // load returns the migrations under dir, ordered by version.
 func load(dir string) ([]Migration, error) {
-	entries, err := fs.ReadDir(files, dir)
+	files, err := engineFiles(dir)
+	if err != nil {
+		return nil, err
+	}
+	entries, err := fs.ReadDir(files, ".")
 	if err != nil {
 		return nil, fmt.Errorf("read embedded %s migrations: %w", dir, err)
 	}
@@ -56,7 +74,7 @@ func load(dir string) ([]Migration, error) {
 			return nil, fmt.Errorf("migrations %s and %s share version %d", prev, name, v)
 		}
 		seen[v] = name
-		body, err := files.ReadFile(path.Join(dir, name))
+		body, err := fs.ReadFile(files, name)
 		if err != nil {
 			return nil, fmt.Errorf("read migration %s: %w", name, err)
 		}

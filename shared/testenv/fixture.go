@@ -100,12 +100,7 @@ func (c *Customer) Session(t testing.TB) (id, token string) {
 // customer whose keys and sessions that stack will accept.
 func EdgeEnv(t testing.TB) (map[string]string, *Customer, *PG) {
 	t.Helper()
-	pg := Postgres(t)
-	env := StackEnv(t)
-	env["GUARDIAN_PG_APP_DSN"] = pg.AppDSN
-	for k, v := range pg.FunctionDSNs {
-		env[k] = v
-	}
+	env, pg := stackEnv(t)
 	c := NewCustomer(t, pg.Owner, []byte(env["GUARDIAN_KEY_PEPPER"]), []byte(env["GUARDIAN_SESSION_SECRET"]))
 	return env, c, pg
 }

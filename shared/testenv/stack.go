@@ -76,8 +76,17 @@ func BuildStack(t testing.TB) string {
 }
 
 // StackEnv returns the environment a stack needs on the run's shared
-// servers: their settings plus fresh secrets.
+// servers: their settings, a migrated database of t's own, and fresh
+// secrets.
 func StackEnv(t testing.TB) map[string]string {
+	t.Helper()
+	env, _ := stackEnv(t)
+	return env
+}
+
+// stackEnv is StackEnv and the migrated database of t's own its DSNs name
+// (the edge refuses a database without its migrations).
+func stackEnv(t testing.TB) (map[string]string, *PG) {
 	t.Helper()
 	env := map[string]string{}
 	for _, svc := range []string{"postgres", "redis", "clickhouse"} {
@@ -85,13 +94,19 @@ func StackEnv(t testing.TB) map[string]string {
 			env[k] = v
 		}
 	}
+	pg := Postgres(t)
+	env["GUARDIAN_PG_DSN"] = pg.OwnerDSN
+	env["GUARDIAN_PG_APP_DSN"] = pg.AppDSN
+	for k, v := range pg.FunctionDSNs {
+		env[k] = v
+	}
 	env["GUARDIAN_KEY_PEPPER"] = Name("pepper-") + Name("") + Name("")
 	// Stacks share the test Redis; each gets its own buckets, so one
 	// test's flood from 127.0.0.1 cannot rate-limit another's requests.
 	env["GUARDIAN_REDIS_PREFIX"] = Name("rl-") + ":"
 	env["GUARDIAN_SESSION_SECRET"] = Name("session-") + Name("") + Name("")
 	env["GUARDIAN_MFA_SECRET"] = Name("mfa-") + Name("") + Name("")
-	return env
+	return env, pg
 }
 
 // StartStack starts Caddy with the repository's Caddyfile and env (see
