@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 )
 
@@ -143,6 +144,18 @@ func EnsureTTL(ctx context.Context, conn driver.Conn, db string) ([]string, erro
 	if !v.SupportsTTL() {
 		return nil, nil
 	}
+	// Giving a table a TTL would by default rewrite every part it has
+	// (materialize_ttl_after_modify, 20.x on): months of snapshots, with
+	// the sweep's own deletions queued behind it. The parts already
+	// written need no TTL of their own: retention-sweep ages them out.
+	alterCtx := ctx
+	var materialize uint64
+	if err := conn.QueryRow(ctx, "SELECT count() FROM system.settings WHERE name = 'materialize_ttl_after_modify'").Scan(&materialize); err != nil {
+		return nil, fmt.Errorf("clickhouse ttl: read settings: %w", err)
+	}
+	if materialize > 0 {
+		alterCtx = clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{"materialize_ttl_after_modify": 0}))
+	}
 	var altered []string
 	for _, table := range sortedKeys(TTLRules) {
 		var create string
@@ -153,7 +166,7 @@ func EnsureTTL(ctx context.Context, conn driver.Conn, db string) ([]string, erro
 		if HasTTL(create) {
 			continue
 		}
-		if err := conn.Exec(ctx, TTLStatement(db, table)); err != nil {
+		if err := conn.Exec(alterCtx, TTLStatement(db, table)); err != nil {
 			return altered, fmt.Errorf("clickhouse ttl: alter %s: %w", table, err)
 		}
 		altered = append(altered, table)
