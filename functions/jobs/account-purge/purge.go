@@ -45,6 +45,10 @@ type Purger struct {
 	// delete_after makes the run red (the 30-day promise is at risk).
 	OverdueAfter time.Duration
 
+	// AuditBatch is how many audit rows of an account being deleted are
+	// anonymised per transaction before the delete (default 50,000).
+	AuditBatch int
+
 	// beforePG, when set, runs between the ClickHouse and the PostgreSQL
 	// step with the accounts about to be deleted; an error stops the run
 	// there, as a crash would (tests).
@@ -82,6 +86,9 @@ type Result struct {
 	// deleted (requests in flight during a purge, a spool replayed
 	// later), whose customer_id this run set to NULL.
 	AuditRowsAnonymised int64 `json:"audit_rows_anonymised"`
+	// AuditRowsOfPurged: audit rows of the accounts this run deleted,
+	// anonymised in batches before the delete.
+	AuditRowsOfPurged int64 `json:"audit_rows_anonymised_before_delete"`
 	// MFAAttemptsForgotten: second-factor attempt counters (per user, per
 	// client address) whose window ended more than AttemptsKeptFor ago.
 	MFAAttemptsForgotten int64 `json:"mfa_attempts_forgotten"`
@@ -108,6 +115,7 @@ func (r Result) Report(rep *job.Report) {
 	rep.Set("purged_server_ids", nonNil(r.ServersPurged))
 	rep.Set("waiting_server_ids", nonNil(r.ServersWaiting))
 	rep.Set("audit_rows_anonymised", r.AuditRowsAnonymised)
+	rep.Set("audit_rows_anonymised_before_delete", r.AuditRowsOfPurged)
 	rep.Set("mfa_attempts_forgotten", r.MFAAttemptsForgotten)
 }
 
@@ -124,6 +132,9 @@ const (
 	// (migration 0011). A spool holds rows only while PostgreSQL is away
 	// and replays them as soon as it is back, so 30 days is ample.
 	forgetDeleted = `SELECT forget_deleted_customers('30 days')`
+	// forgetAuditBatch anonymises up to $2 audit rows of account $1, which
+	// must be scheduled for deletion (migration 0031).
+	forgetAuditBatch = `SELECT forget_audit_rows_of($1::uuid, $2)`
 	// forgetAttempts deletes second-factor attempt counters long past
 	// their window (AttemptsKeptFor).
 	forgetAttempts = `DELETE FROM mfa_attempts WHERE window_start < $1`
@@ -225,6 +236,9 @@ func (p *Purger) purgeAccounts(ctx context.Context, now time.Time, res *Result) 
 				return err
 			}
 		}
+		if err := p.anonymiseAudit(ctx, ready, res); err != nil {
+			return err
+		}
 		rows, err := p.PG.Query(ctx, deleteAccounts, ready, now)
 		if err != nil {
 			return fmt.Errorf("delete accounts: %w", err)
@@ -233,6 +247,29 @@ func (p *Purger) purgeAccounts(ctx context.Context, now time.Time, res *Result) 
 			return fmt.Errorf("delete accounts: %w", err)
 		}
 		slices.Sort(res.Purged)
+	}
+	return nil
+}
+
+// anonymiseAudit sets customer_id to NULL on the audit rows of accounts,
+// AuditBatch rows per transaction, so the delete that follows has next to
+// none left to update. Work a run cut short has done stays done.
+func (p *Purger) anonymiseAudit(ctx context.Context, accounts []string, res *Result) error {
+	batch := p.AuditBatch
+	if batch <= 0 {
+		batch = 50_000
+	}
+	for _, id := range accounts {
+		for {
+			var n int64
+			if err := p.PG.QueryRow(ctx, forgetAuditBatch, id, batch).Scan(&n); err != nil {
+				return fmt.Errorf("anonymise the audit rows of a deleted account: %w", err)
+			}
+			res.AuditRowsOfPurged += n
+			if n < int64(batch) {
+				break
+			}
+		}
 	}
 	return nil
 }

@@ -514,3 +514,36 @@ func TestPurgeForgetsOldSecondFactorAttemptCounters(t *testing.T) {
 		t.Fatalf("counters left: %v, want only the current one", left)
 	}
 }
+
+// A deleted account's audit rows are anonymised in batches of their own
+// before the account is deleted, so a large log cannot make the delete
+// outrun the job's time and roll back at every run. The purge role may do
+// that only to an account scheduled for deletion.
+func TestPurgeAnonymisesTheAuditLogInBatches(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	ctx := context.Background()
+	doomed := f.customer(t, in(-time.Hour))
+	live := f.customer(t, nil)
+	if _, err := f.pg.Owner.Exec(ctx, `INSERT INTO api_audit_log (customer_id, request_id, method, path, action, result, status_code)
+		SELECT $1::uuid, $1::text || '-more-' || g, 'GET', '/api/v1/keys', 'list', 'success', 200 FROM generate_series(1, 25) AS g`, doomed.ID); err != nil {
+		t.Fatal(err)
+	}
+	p := &Purger{PG: f.role(t), CH: f.ch.Conn, Database: f.ch.Database, MaxAccounts: 10, Wait: 10 * time.Second, Poll: 50 * time.Millisecond, AuditBatch: 10}
+	res, err := p.Run(ctx, time.Now())
+	if err != nil || !slices.Equal(res.Purged, []string{doomed.ID}) || res.AuditRowsOfPurged != 27 {
+		t.Fatalf("run: %+v, %v; want the account purged and its 27 audit rows anonymised before", res, err)
+	}
+	var owned, orphaned int
+	if err := f.pg.Owner.QueryRow(ctx, "SELECT count(*) FILTER (WHERE customer_id = $1::uuid), count(*) FILTER (WHERE customer_id IS NULL AND (request_id LIKE $1::text || '%' OR resource_id = $1::text)) FROM api_audit_log", doomed.ID).Scan(&owned, &orphaned); err != nil {
+		t.Fatal(err)
+	}
+	if owned != 0 || orphaned != 27 {
+		t.Fatalf("after the purge: %d rows still owned, %d anonymised; want 0 and 27", owned, orphaned)
+	}
+	var n int64
+	err = f.role(t).QueryRow(ctx, forgetAuditBatch, live.ID, 10).Scan(&n)
+	if err == nil || !strings.Contains(err.Error(), "not scheduled for deletion") {
+		t.Fatalf("the purge role anonymised a live account's log: %d rows, %v", n, err)
+	}
+}
