@@ -330,20 +330,25 @@ type Customers struct {
 	live   map[string]bool   // every digest form of each existing customer
 }
 
-// ReadCustomers reads every customer's digests.
+// ReadCustomers reads every customer's digests. A customer whose deletion
+// is due is not live: account-purge anonymises its rows (customer_id set
+// to NULL) before it deletes it, and such a row has not left a live log.
 func ReadCustomers(ctx context.Context, db Querier) (Customers, error) {
-	rows, err := db.Query(ctx, "SELECT id::text, audit_salt FROM customers")
+	rows, err := db.Query(ctx, "SELECT id::text, audit_salt, coalesce(delete_after <= now(), false) FROM customers")
 	if err != nil {
 		return Customers{}, fmt.Errorf("audit verify: customers: %w", err)
 	}
 	c := Customers{salted: map[string][]byte{}, live: map[string]bool{}}
 	var id string
 	var salt []byte
-	_, err = pgx.ForEachRow(rows, []any{&id, &salt}, func() error {
+	var due bool
+	_, err = pgx.ForEachRow(rows, []any{&id, &salt, &due}, func() error {
 		d := SaltedCustomerDigest(salt, id)
 		c.salted[id] = d
-		c.live[string(d)] = true
-		c.live[string(CustomerDigest(id))] = true
+		if !due {
+			c.live[string(d)] = true
+			c.live[string(CustomerDigest(id))] = true
+		}
 		return nil
 	})
 	if err != nil {

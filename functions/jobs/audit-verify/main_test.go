@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/glassmkr/guardian/shared/audit"
 	"github.com/glassmkr/guardian/shared/config"
 	"github.com/glassmkr/guardian/shared/job"
@@ -414,4 +416,34 @@ func breakEntries(t *testing.T, out string) []string {
 		t.Fatalf("break_entries: %v\n%s", err, out)
 	}
 	return entries
+}
+
+// account-purge anonymises a due account's rows before it deletes the
+// account, in batches, so a run cut short leaves some rows anonymised
+// while the customer still exists. Those rows are being purged, not moved
+// out of a live customer's log: verify stays green.
+func TestRowsAnonymisedBeforeAPurgeAreNotMoved(t *testing.T) {
+	pg, _ := edgeRows(t, 4)
+	verify := verifier(t, pg)
+	ctx := context.Background()
+	var customer string
+	if err := pg.Owner.QueryRow(ctx, "SELECT customer_id::text FROM api_audit_log LIMIT 1").Scan(&customer); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pg.Owner.Exec(ctx, `UPDATE customers SET delete_after = now() - interval '1 hour',
+		deletion_requested_at = now() - interval '2 hours' WHERE id = $1`, customer); err != nil {
+		t.Fatal(err)
+	}
+	purge, err := pgxpool.New(ctx, pg.FunctionDSNs["GUARDIAN_PG_DSN_ACCOUNT_PURGE"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer purge.Close()
+	var n int64
+	if err := purge.QueryRow(ctx, "SELECT forget_audit_rows_of($1::uuid, 2)", customer).Scan(&n); err != nil || n != 2 {
+		t.Fatalf("a first batch: %d rows, %v", n, err)
+	}
+	if code, out := verify(); code != 0 || !strings.Contains(out, `"ok":true`) {
+		t.Fatalf("a purge under way: exit %d\n%s", code, out)
+	}
 }
