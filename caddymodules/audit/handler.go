@@ -154,7 +154,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	w.Header().Set("Request-Id", reqID)
 	// The row to come is announced, so that a group commit lingering for
 	// more rows does not wait for this one in vain once it is queued.
-	h.writer.announce()
+	if !h.writer.announce() {
+		// This config's writer is being unloaded (a reload replaced it).
+		w.Header().Set("Retry-After", "1")
+		return caddyhttp.HandlerError{Err: refusedUnaudited, StatusCode: http.StatusServiceUnavailable, ID: "audit", Trace: "guardian_audit"}
+	}
 	rec := &recorder{ResponseWriter: w, h: h, r: r, start: time.Now().UTC(), reqID: reqID, announced: true}
 	defer rec.withdraw()
 	for k := range w.Header() { // the security headers, Request-Id

@@ -31,7 +31,6 @@ func TestAnAnswerWhoseRowIsLostKeepsTheEdgeHeaders(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_ = w.Close() // every Record now fails
 	h := &Handler{writer: w, log: zap.NewNop(), Timeout: caddy.Duration(time.Second)}
 
 	req := httptest.NewRequest("POST", "/api/v1/keys", nil)
@@ -41,7 +40,9 @@ func TestAnAnswerWhoseRowIsLostKeepsTheEdgeHeaders(t *testing.T) {
 	rec := httptest.NewRecorder()
 	rec.Header().Set("Strict-Transport-Security", "max-age=63072000")
 	rec.Header().Set("X-Frame-Options", "DENY")
-	fn := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+	fn := caddyhttp.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) error {
+		_ = w.Close() // the function has acted; its row can no longer be recorded
+		w := rw
 		w.Header().Set("X-From-Function", "1")
 		w.Header().Set("Location", "/api/v1/keys/k2")
 		w.WriteHeader(http.StatusCreated)
@@ -69,6 +70,37 @@ func TestAnAnswerWhoseRowIsLostKeepsTheEdgeHeaders(t *testing.T) {
 			t.Errorf("the function's %s went out with the 503", k)
 		}
 	}
+}
+
+// A request that reaches a writer being unloaded (a reload replaced it)
+// before announcing its row is refused with nothing done: its row could
+// find the writer closed once its function had acted.
+func TestARequestReachingAnUnloadedWriterIsRefusedBeforeItActs(t *testing.T) {
+	t.Parallel()
+	pg := testenv.Postgres(t)
+	w, err := NewWriter(WriterConfig{DSN: pg.AppDSN, SpoolDir: filepath.Join(t.TempDir(), "spool")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = w.Close() })
+	w.announce() // an earlier request under way keeps the writer draining
+	if err := w.Destruct(); err != nil {
+		t.Fatal(err)
+	}
+	h := &Handler{writer: w, log: zap.NewNop(), Timeout: caddy.Duration(time.Second)}
+	req := httptest.NewRequest("POST", "/api/v1/keys", nil)
+	ctx := context.WithValue(req.Context(), caddyhttp.VarsCtxKey, map[string]any{})
+	caddyhttp.SetVar(ctx, identity.VarKey, &identity.Identity{Kind: identity.KindAccount, CustomerID: "c", KeyID: "k", Scope: "write"})
+	called := false
+	err = h.ServeHTTP(httptest.NewRecorder(), req.WithContext(ctx), caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error {
+		called = true
+		return nil
+	}))
+	var he caddyhttp.HandlerError
+	if !errors.As(err, &he) || he.Err != refusedUnaudited || called {
+		t.Fatalf("request at an unloaded writer: %v, function called %v; want refused before it", err, called)
+	}
+	w.withdraw()
 }
 
 // TestARowBelongsToTheAccountItActedOn: a function's annotation names the

@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -70,8 +71,11 @@ type Writer struct {
 	lastSaltWarn   atomic.Int64
 	lastReplayWarn atomic.Int64
 
-	closing sync.RWMutex // held to read while queueing, to write by Close
+	closing sync.RWMutex // held to read while queueing or announcing, to write by Close and Destruct
 	closed  bool
+	// draining: Destruct has begun; no new row may be announced, so that
+	// the count it waits on only falls.
+	draining bool
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -171,7 +175,19 @@ func (w *Writer) Record(ctx context.Context, row *audit.Row) error {
 // announce tells the writer that a row will come (an audited request has
 // begun), so that a lingering chain waits for it; recordAnnounced or
 // withdraw must follow, once.
-func (w *Writer) announce() { w.coming.announce() }
+//
+// It reports false, announcing nothing, once the writer is being unloaded
+// (Destruct): the caller must then refuse the request before anything is
+// done, as its row could find the writer closed.
+func (w *Writer) announce() bool {
+	w.closing.RLock()
+	defer w.closing.RUnlock()
+	if w.closed || w.draining {
+		return false
+	}
+	w.coming.announce()
+	return true
+}
 
 // withdraw takes back an announcement whose row will not be recorded.
 func (w *Writer) withdraw() { w.coming.arrived() }
@@ -327,16 +343,32 @@ func (w *Writer) Close() error {
 // `write 11m`), past which no request of the old config can still run.
 const arrivalsWait = 11 * time.Minute
 
+// exitArrivalsWait bounds that wait when Caddy is exiting, within the
+// unit's TimeoutStopSec after the servers' 30 s grace period.
+const exitArrivalsWait = 5 * time.Second
+
 // Destruct implements caddy.Destructor: it closes the writer once every
 // announced row has arrived. A reload that replaces the writer (a new
 // spool_dir) unloads it while the old config's requests still run, and
 // a request whose function has acted must still get its row; closing at
 // once answered it 503 "outcome unknown" with no row for what it did.
 // The wait runs in the background, as the reload holds Caddy's config
-// lock; with nothing announced (an exit, after the servers' grace) the
-// writer closes at once.
+// lock. With nothing announced the writer closes at once; at Caddy's exit
+// it waits for announced rows a few seconds at most, then closes.
 func (w *Writer) Destruct() error {
+	// From here no row is announced: a request that has not announced its
+	// row yet is refused before it does anything; those that have are
+	// counted, and waited for.
+	w.closing.Lock()
+	w.draining = true
+	w.closing.Unlock()
 	if w.coming.n.Load() <= 0 {
+		return w.Close()
+	}
+	if caddy.Exiting() {
+		// No background at exit: wait here, briefly (the servers' grace
+		// period has passed), then write what is queued.
+		w.waitArrivals(exitArrivalsWait)
 		return w.Close()
 	}
 	w.log.Info("audit writer replaced; it closes once the rows of requests under way are written",

@@ -939,9 +939,16 @@ func TestDestructWaitsForAnnouncedRows(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = w.Close() })
-	w.announce() // a request has begun
+	if !w.announce() { // a request has begun
+		t.Fatal("a live writer refused an announcement")
+	}
 	if err := w.Destruct(); err != nil {
 		t.Fatal(err)
+	}
+	// A request that has not announced its row yet is refused before it
+	// does anything: its row could find the writer closed.
+	if w.announce() {
+		t.Fatal("an unloaded writer took a new announcement")
 	}
 	// The request's function has acted; its row comes now.
 	if err := w.recordAnnounced(time.Second, testRow(1)); err != nil {

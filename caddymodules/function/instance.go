@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 )
 
@@ -283,7 +284,8 @@ func (in *instance) watch(p *process) {
 // up to the longest timeout of the instance's routes (an audit export's
 // ten minutes), and the process is stopped after them, in the background:
 // the reload, which holds Caddy's config lock, does not wait for them.
-// An idle process is stopped at once and waited for.
+// An idle process, or any at Caddy's exit, is stopped at once and waited
+// for.
 func (in *instance) Destruct() error {
 	in.mu.Lock()
 	in.closed = true
@@ -304,7 +306,10 @@ func (in *instance) Destruct() error {
 	if p == nil {
 		return nil
 	}
-	if busy == 0 {
+	// At exit there is no later: the process ends right after this, and
+	// a stop left to the background would be a SIGKILL (parent death).
+	// Caddy's servers have given requests their grace period already.
+	if busy == 0 || caddy.Exiting() {
 		p.stop(in.spec.stopGrace)
 		p.waitExit(in.spec.stopGrace + time.Second)
 		return nil
