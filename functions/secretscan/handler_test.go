@@ -565,8 +565,8 @@ func TestNotificationFailuresDoNotFailTheAnswer(t *testing.T) {
 			f.count("SELECT count(*) FROM revocation_notices WHERE channel = 'email' AND attempts >= 2") == len(admins) &&
 			f.count("SELECT count(*) FROM revocation_notices") == len(admins)
 	})
-	// A row a day old is given up on its next failure.
-	f.asOwner("UPDATE revocation_notices SET created_at = now() - interval '25 hours'")
+	// A row first tried a day ago is given up on its next failure.
+	f.asOwner("UPDATE revocation_notices SET first_attempt_at = now() - interval '25 hours'")
 	waitFor(t, "the day-old e-mails given up", func() bool {
 		return f.count("SELECT count(*) FROM revocation_notices") == 0 && f.outbox.failed.Load() == int64(1+len(admins))
 	})
@@ -774,7 +774,23 @@ func TestRevocationWithoutRelayKeepsTheEmails(t *testing.T) {
 	if n := f.count("SELECT count(*) FROM revocation_notices WHERE channel = 'email' AND attempts = 0"); n != len(admins) {
 		t.Fatalf("%d e-mail rows wait, want one per admin (%d)", n, len(admins))
 	}
-	f.startOutbox(f.newOutbox()) // a process with a relay
+	// They waited days; the relay's first answer is a failure: retried,
+	// not given up (their day runs from their first attempt).
+	f.asOwner("UPDATE revocation_notices SET created_at = now() - interval '3 days'")
+	flaky := f.newOutbox()
+	broken, err := notify.NewMailer(notify.SMTPConfig{Addr: "127.0.0.1:1", From: "Guardian <security@guardian.test>"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	flaky.mailer = broken
+	if n, err := flaky.deliverDue(context.Background()); err != nil || n != len(admins) {
+		t.Fatalf("took %d rows (%v), want the %d e-mails", n, err, len(admins))
+	}
+	if flaky.failed.Load() != 0 || f.count("SELECT count(*) FROM revocation_notices WHERE channel = 'email'") != len(admins) {
+		t.Fatalf("e-mails that waited for a relay were given up at their first failure (%d given up)", flaky.failed.Load())
+	}
+	f.asOwner("UPDATE revocation_notices SET next_attempt_at = now()")
+	f.startOutbox(f.newOutbox()) // a process with a working relay
 	f.relay.WaitMessages(t, len(admins), 10*time.Second)
 	f.waitDrained()
 }

@@ -26,7 +26,8 @@ import (
 // with FOR UPDATE SKIP LOCKED, so several processes (one per edge host)
 // never take the same row at once. A failure that a retry may fix waits
 // retry, doubling up to maxRetry; a permanent one (a refused recipient, a
-// forbidden webhook) and a row older than maxAge are given up and logged.
+// forbidden webhook) and a row first taken more than maxAge ago are given
+// up and logged.
 type outbox struct {
 	db       *pgxpool.Pool
 	mailer   *notify.Mailer // nil: no relay configured; e-mail rows wait for a process with one
@@ -149,7 +150,7 @@ type pendingNotice struct {
 	customer         string
 	channel, target  string
 	subject, body    string
-	created          time.Time
+	firstAttempt     time.Time // the row's first take: its day of retries runs from here
 	attempts         int
 	err              error
 	giveUp, canceled bool
@@ -158,10 +159,11 @@ type pendingNotice struct {
 // takeDue leases up to $2 due rows for $1; a process without a mail
 // relay ($3 false) leaves e-mail rows to those with one (a host whose
 // relay is not configured must not give up the others' e-mails).
-const takeDue = `UPDATE revocation_notices SET attempts = attempts + 1, next_attempt_at = now() + $1::interval
+const takeDue = `UPDATE revocation_notices SET attempts = attempts + 1, next_attempt_at = now() + $1::interval,
+	first_attempt_at = coalesce(first_attempt_at, now())
 WHERE id IN (SELECT id FROM revocation_notices WHERE next_attempt_at <= now() AND (channel <> 'email' OR $3)
              ORDER BY next_attempt_at, id LIMIT $2 FOR UPDATE SKIP LOCKED)
-RETURNING id, customer_id::text, channel, target, subject, body, created_at, attempts`
+RETURNING id, customer_id::text, channel, target, subject, body, first_attempt_at, attempts`
 
 // deliverDue takes up to batch due rows, delivers them concurrently and
 // records each outcome. It returns how many it took.
@@ -172,7 +174,7 @@ func (o *outbox) deliverDue(ctx context.Context) (int, error) {
 	}
 	taken, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (*pendingNotice, error) {
 		p := &pendingNotice{}
-		return p, r.Scan(&p.id, &p.customer, &p.channel, &p.target, &p.subject, &p.body, &p.created, &p.attempts)
+		return p, r.Scan(&p.id, &p.customer, &p.channel, &p.target, &p.subject, &p.body, &p.firstAttempt, &p.attempts)
 	})
 	if err != nil {
 		return 0, err
@@ -192,11 +194,13 @@ func (o *outbox) deliverDue(ctx context.Context) (int, error) {
 	return len(taken), nil
 }
 
-// attempt makes one delivery of p, unless p is past maxAge (then it is
-// given up unsent: a row whose deletion keeps failing is not sent again
-// and again).
+// attempt makes one delivery of p, unless p was first taken more than
+// maxAge ago (then it is given up unsent: a row whose deletion keeps
+// failing is not sent again and again). The age runs from the first
+// take, not the writing: an e-mail that waited for a process with a mail
+// relay gets its day of retries.
 func (o *outbox) attempt(ctx context.Context, p *pendingNotice) {
-	if time.Since(p.created) >= o.maxAge && p.attempts > 1 {
+	if time.Since(p.firstAttempt) >= o.maxAge && p.attempts > 1 {
 		p.err, p.giveUp = errors.New("older than a day"), true
 		return
 	}
@@ -213,7 +217,7 @@ func (o *outbox) attempt(ctx context.Context, p *pendingNotice) {
 		p.err = notify.Permanent(fmt.Errorf("unknown channel %q", p.channel))
 	}
 	p.canceled = p.err != nil && ctx.Err() != nil
-	p.giveUp = p.err != nil && !p.canceled && (notify.IsPermanent(p.err) || time.Since(p.created) >= o.maxAge)
+	p.giveUp = p.err != nil && !p.canceled && (notify.IsPermanent(p.err) || time.Since(p.firstAttempt) >= o.maxAge)
 }
 
 // record deletes a delivered or given-up row, or sets when it is due
