@@ -543,7 +543,7 @@ func TestPurgeAnonymisesTheAuditLogInBatches(t *testing.T) {
 	}
 	var n int64
 	err = f.role(t).QueryRow(ctx, forgetAuditBatch, live.ID, 10).Scan(&n)
-	if err == nil || !strings.Contains(err.Error(), "not scheduled for deletion") {
+	if err == nil || !strings.Contains(err.Error(), "not due for deletion") {
 		t.Fatalf("the purge role anonymised a live account's log: %d rows, %v", n, err)
 	}
 }
