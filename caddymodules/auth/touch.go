@@ -65,16 +65,18 @@ func (t *toucher) run(ctx context.Context) {
 // everywhere, a first factor, a password change) lock them in their own
 // order, and a writer waiting for one of them while holding others could
 // deadlock with it, failing the user's action. A skipped row's time is
-// lost; the next use writes a newer one.
+// lost; the next use writes a newer one. NO KEY UPDATE is the lock the
+// update itself takes: a plain FOR UPDATE would also collide with the
+// key-share locks of foreign keys (a rotated key's successor naming it).
 const (
 	touchKeys = `UPDATE api_keys k SET last_used_at = v.at
 FROM unnest($1::uuid[], $2::timestamptz[]) AS v(id, at)
 WHERE k.id = v.id AND (k.last_used_at IS NULL OR k.last_used_at < v.at)
-	AND k.id IN (SELECT id FROM api_keys WHERE id = ANY($1::uuid[]) FOR UPDATE SKIP LOCKED)`
+	AND k.id IN (SELECT id FROM api_keys WHERE id = ANY($1::uuid[]) FOR NO KEY UPDATE SKIP LOCKED)`
 	touchSessions = `UPDATE sessions s SET last_seen_at = v.at
 FROM unnest($1::uuid[], $2::timestamptz[]) AS v(id, at)
 WHERE s.id = v.id AND s.last_seen_at < v.at
-	AND s.id IN (SELECT id FROM sessions WHERE id = ANY($1::uuid[]) FOR UPDATE SKIP LOCKED)`
+	AND s.id IN (SELECT id FROM sessions WHERE id = ANY($1::uuid[]) FOR NO KEY UPDATE SKIP LOCKED)`
 )
 
 // flush writes what was recorded since the last flush. On failure the

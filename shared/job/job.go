@@ -492,7 +492,7 @@ var AlertWait = 30 * time.Second
 
 // hasAlertDestination reports whether an alert has anywhere to go.
 func hasAlertDestination(env *config.Loader) bool {
-	return strings.TrimSpace(env.Optional(EnvAlertWebhooks, "")) != "" || len(notify.SplitList(env.Optional(EnvAlertEmail, ""))) > 0
+	return len(notify.SplitList(env.Optional(EnvAlertWebhooks, ""))) > 0 || len(notify.SplitList(env.Optional(EnvAlertEmail, ""))) > 0
 }
 
 func alert(env *config.Loader, res Result) error {

@@ -462,6 +462,12 @@ func TestNoAlertDestinationIsSaidOnEveryRun(t *testing.T) {
 	if !strings.Contains(string(prom), lastAlertMetric+`{job_name="test-job"} 0`+"\n") {
 		t.Errorf("an alert counts as sent with no destination:\n%s", prom)
 	}
+	// A list of nothing is no destination either.
+	blank := baseEnv(t)
+	blank[EnvAlertWebhooks], blank[EnvAlertEmail] = " , ", ","
+	if _, _, stderr := run(t, blank, func(context.Context, *config.Loader, *Report) error { return nil }); !strings.Contains(stderr, "no alert destination") {
+		t.Errorf("lists of nothing: stderr %q", stderr)
+	}
 	env2, alerts := alertEnv(t)
 	if _, _, stderr := run(t, env2, func(context.Context, *config.Loader, *Report) error { return nil }); strings.Contains(stderr, "no alert destination") || len(alerts()) != 0 {
 		t.Errorf("with a destination: stderr %q, %d alerts", stderr, len(alerts()))

@@ -177,11 +177,13 @@ func (w *Webhooks) PostRetrying(ctx context.Context, target string, body any, po
 
 // retryWait is the wait before retry attempt+1: the answer's Retry-After
 // where a 429 or 503 gives one, else lo doubled per attempt with jitter;
-// never over hi.
+// never over hi, and a Retry-After never under lo.
 func retryWait(lo, hi time.Duration, attempt int, resp *http.Response) time.Duration {
 	doubled := retryablehttp.DefaultBackoff(lo, hi, attempt, nil)
 	if asked := retryablehttp.DefaultBackoff(lo, hi, attempt, resp); asked != doubled {
-		return min(asked, hi)
+		// Not under lo: a Retry-After of 0 (or a date past) would spend
+		// every attempt at once.
+		return max(min(asked, hi), lo)
 	}
 	// Deliveries that failed together do not retry together.
 	return Jitter(doubled)

@@ -191,6 +191,9 @@ func TestPostRetrying(t *testing.T) {
 		// A receiver's Retry-After is honoured, up to MaxWait, without jitter.
 		{name: "Retry-After within bound", retryAfter: "1", statuses: []int{429, 200},
 			policy: RetryPolicy{Attempts: 2, Wait: time.Millisecond, MaxWait: 2 * time.Second}, hits: 2, ok: true, waits: []time.Duration{time.Second}},
+		{name: "Retry-After of 0", retryAfter: "0", statuses: []int{429, 429, 200},
+			policy: RetryPolicy{Attempts: 3, Wait: 2 * time.Millisecond, MaxWait: time.Second}, hits: 3, ok: true,
+			waits: []time.Duration{2 * time.Millisecond, 2 * time.Millisecond}},
 		{name: "Retry-After over bound", retryAfter: "86400", statuses: []int{503, 503, 200},
 			policy: RetryPolicy{Attempts: 3, Wait: time.Millisecond, MaxWait: 3 * time.Millisecond}, hits: 3, ok: true,
 			waits: []time.Duration{3 * time.Millisecond, 3 * time.Millisecond}},
