@@ -220,6 +220,10 @@ func (h *handler) create(w http.ResponseWriter, r *http.Request) {
 		accountClosing(w)
 		return
 	}
+	if errors.Is(err, stepup.ErrSessionEnded) {
+		problem.Write(w, stepup.Ended())
+		return
+	}
 	if err != nil {
 		h.fail(w, err)
 		return
@@ -247,6 +251,9 @@ func (h *handler) mint(r *http.Request, id identity.Identity, name, scope string
 	k := Key{Name: name, Kind: "account", Scope: &scope, Last4: secret[len(secret)-4:], ExpiresAt: expires, Secret: secret}
 	err = pgx.BeginFunc(r.Context(), h.db, func(tx pgx.Tx) error {
 		if err := account.LockOpen(r.Context(), tx, id.CustomerID); err != nil {
+			return err
+		}
+		if err := stepup.LockSession(r.Context(), tx, id); err != nil {
 			return err
 		}
 		return tx.QueryRow(r.Context(), `INSERT INTO api_keys (customer_id, kind, scope, name, key_hash, last4, created_by, expires_at, rotated_from)
@@ -294,6 +301,9 @@ func (h *handler) rotate(w http.ResponseWriter, r *http.Request) {
 	var refusal *problem.Problem
 	err := pgx.BeginFunc(r.Context(), h.db, func(tx pgx.Tx) error {
 		if err := account.LockOpen(r.Context(), tx, id.CustomerID); err != nil {
+			return err
+		}
+		if err := stepup.LockSession(r.Context(), tx, id); err != nil {
 			return err
 		}
 		var name, kind string
@@ -354,6 +364,9 @@ func (h *handler) rotate(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case errors.Is(err, account.ErrClosing):
 		accountClosing(w)
+		return
+	case errors.Is(err, stepup.ErrSessionEnded):
+		problem.Write(w, stepup.Ended())
 		return
 	case err != nil:
 		h.fail(w, err)

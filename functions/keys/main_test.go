@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/glassmkr/guardian/shared/mfa"
+	"github.com/glassmkr/guardian/shared/migrate"
 	"github.com/glassmkr/guardian/shared/testenv"
 )
 
@@ -380,5 +381,55 @@ func TestNoKeysForAnAccountScheduledForDeletion(t *testing.T) {
 	if err := s.pg.Owner.QueryRow(context.Background(), `SELECT count(*) FROM api_keys WHERE customer_id = $1
 		AND (revoked_at IS NULL OR revoked_at > now())`, s.c.ID).Scan(&live); err != nil || live != 0 {
 		t.Fatalf("%d keys still live (%v)", live, err)
+	}
+}
+
+// A session signed out while its request to mint a key runs (the owner
+// signing out everywhere, say) mints nothing: the key's transaction takes
+// a share lock on the session's row, so it waits for the revocation and
+// then finds the session ended. Before, the step-up check alone, made
+// before the revocation committed, let the key through.
+func TestASessionSignedOutMidRequestMintsNoKey(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	session := s.signIn(t)
+	ctx := context.Background()
+	var sessionID string
+	if err := s.pg.Owner.QueryRow(ctx, "SELECT id::text FROM sessions WHERE user_id = $1 ORDER BY created_at DESC LIMIT 1", s.c.UserID).Scan(&sessionID); err != nil {
+		t.Fatal(err)
+	}
+	revoke, err := s.pg.Owner.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer revoke.Rollback(ctx)
+	if _, err := revoke.Exec(ctx, "UPDATE sessions SET revoked_at = now() WHERE id = $1", sessionID); err != nil {
+		t.Fatal(err)
+	}
+	var revokePID int
+	if err := revoke.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&revokePID); err != nil {
+		t.Fatal(err)
+	}
+	type answer struct {
+		status int
+		doc    map[string]any
+	}
+	done := make(chan answer, 1)
+	go func() {
+		status, doc := s.do(t, "POST", "/api/v1/keys", `{"name":"race","scope":"write"}`, session)
+		done <- answer{status, doc}
+	}()
+	if _, a, finished := testenv.BlockedBy(t, s.pg.Owner, revokePID, done, migrate.FunctionRole(migrate.DefaultAppRole, "keys")); finished {
+		t.Fatalf("the key's transaction did not wait for the revocation: %d %v", a.status, a.doc)
+	}
+	if err := revoke.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if a := <-done; a.status != 401 || a.doc["code"] != "session_ended" {
+		t.Fatalf("a session signed out mid-request: %d %v; want 401 session_ended", a.status, a.doc)
+	}
+	var keys int
+	if err := s.pg.Owner.QueryRow(ctx, "SELECT count(*) FROM api_keys WHERE name = 'race'").Scan(&keys); err != nil || keys != 0 {
+		t.Fatalf("%d keys minted by a signed-out session (%v)", keys, err)
 	}
 }

@@ -191,6 +191,9 @@ func (h *handler) enroll(w http.ResponseWriter, r *http.Request, id identity.Ide
 	case errors.Is(err, account.ErrClosing):
 		accountClosing(w)
 		return
+	case errors.Is(err, stepup.ErrSessionEnded):
+		problem.Write(w, stepup.Ended())
+		return
 	case errors.Is(err, errIdempotencyReused):
 		audit.Annotate(w, audit.Annotation{ResourceType: "server", Action: "create", Metadata: map[string]any{"idempotency_key_reused": true}})
 		problem.Write(w, problem.New(http.StatusUnprocessableEntity, "idempotency_key_reused",
@@ -277,6 +280,9 @@ func (h *handler) rotate(w http.ResponseWriter, r *http.Request) {
 		return
 	case errors.Is(err, account.ErrClosing):
 		accountClosing(w)
+		return
+	case errors.Is(err, stepup.ErrSessionEnded):
+		problem.Write(w, stepup.Ended())
 		return
 	case err != nil:
 		h.fail(w, err)

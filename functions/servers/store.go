@@ -15,6 +15,7 @@ import (
 	"github.com/glassmkr/guardian/shared/account"
 	"github.com/glassmkr/guardian/shared/apikey"
 	"github.com/glassmkr/guardian/shared/identity"
+	"github.com/glassmkr/guardian/shared/stepup"
 )
 
 // IdempotencyWindow is how long an Idempotency-Key binds its request: a
@@ -134,6 +135,9 @@ func (s *store) Enroll(ctx context.Context, id identity.Identity, req Enrollment
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		out = Enrolled{}
 		if err := account.LockOpen(ctx, tx, id.CustomerID); err != nil {
+			return err
+		}
+		if err := stepup.LockSession(ctx, tx, id); err != nil {
 			return err
 		}
 		if idemKey != "" {
@@ -279,6 +283,9 @@ func (s *store) Rotate(ctx context.Context, id identity.Identity, serverID strin
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		out = Rotated{}
 		if err := account.LockOpen(ctx, tx, id.CustomerID); err != nil {
+			return err
+		}
+		if err := stepup.LockSession(ctx, tx, id); err != nil {
 			return err
 		}
 		var name string

@@ -208,6 +208,8 @@ func TestConstraintsRefuseInconsistentKeys(t *testing.T) {
 // Statements more than one role's case names.
 const (
 	insertAudit = "INSERT INTO api_audit_log (request_id, method, path, action, result, status_code) VALUES ('x', 'GET', '/', 'read', 'success', 200)"
+	// lockSession is shared/stepup LockSession's.
+	lockSession = "SELECT true FROM sessions WHERE id = gen_random_uuid() AND revoked_at IS NULL AND expires_at > now() FOR SHARE"
 	// lockOpen is shared/account LockOpen's.
 	lockOpen = "SELECT deletion_requested_at IS NOT NULL FROM customers WHERE id = gen_random_uuid() FOR SHARE"
 	// stepUp is stepup.Admit's question (shared/stepup), hasFactors
@@ -240,7 +242,7 @@ func TestEachFunctionRoleReachesOnlyItsTables(t *testing.T) {
 		{"audit", []string{"SELECT count(*) FROM api_audit_log"}, []string{"SELECT count(*) FROM api_keys", "SELECT count(*) FROM users", insertAudit, "SELECT audit_salt FROM customers", "SELECT id FROM customers"}},
 		{"audit_verify", []string{"SELECT count(*) FROM api_audit_log", "SELECT id, audit_salt FROM customers"}, []string{"SELECT name FROM customers", "SELECT count(*) FROM api_keys", insertAudit, "UPDATE customers SET name = name"}},
 		{"ingest", []string{"SELECT id, plan FROM customers"}, []string{"SELECT name FROM customers", "SELECT count(*) FROM api_keys", "UPDATE customers SET plan = 'pro'"}},
-		{"keys", []string{stepUp, "SELECT count(*) FROM api_keys", "UPDATE api_keys SET revoked_at = revoked_at, revoked_reason = revoked_reason", "SELECT id FROM api_keys FOR UPDATE"}, []string{"SELECT count(*) FROM users", "SELECT count(*) FROM api_audit_log", "DELETE FROM api_keys", "SELECT count(*) FROM servers", "UPDATE api_keys SET scope = 'admin'", "UPDATE api_keys SET key_hash = key_hash", "SELECT secret_sealed FROM mfa_totp", "SELECT credential FROM webauthn_credentials"}},
+		{"keys", []string{stepUp, lockSession, "SELECT count(*) FROM api_keys", "UPDATE api_keys SET revoked_at = revoked_at, revoked_reason = revoked_reason", "SELECT id FROM api_keys FOR UPDATE"}, []string{"SELECT count(*) FROM users", "SELECT count(*) FROM api_audit_log", "DELETE FROM api_keys", "SELECT count(*) FROM servers", "UPDATE api_keys SET scope = 'admin'", "UPDATE api_keys SET key_hash = key_hash", "SELECT secret_sealed FROM mfa_totp", "SELECT credential FROM webauthn_credentials", "UPDATE sessions SET revoked_at = revoked_at"}},
 		{"sessions", []string{stepUp, "SELECT count(*) FROM sessions", "UPDATE sessions SET revoked_at = revoked_at", "UPDATE customers SET delete_after = delete_after", "UPDATE api_keys SET revoked_reason = revoked_reason",
 			// functions/sessions: scheduling the account's deletion.
 			"UPDATE customers SET deletion_requested_at = now(), delete_after = now() + interval '1 hour' WHERE id = gen_random_uuid() AND deletion_requested_at IS NULL RETURNING delete_after",
@@ -250,7 +252,7 @@ func TestEachFunctionRoleReachesOnlyItsTables(t *testing.T) {
 			// shared/mfa: a registration's account name, the user's lock.
 			"SELECT email FROM users WHERE id = gen_random_uuid()", "SELECT 1 FROM users WHERE id = gen_random_uuid() FOR UPDATE"},
 			[]string{"SELECT password_hash FROM users", "SELECT google_subject FROM users", "UPDATE users SET password_hash = NULL", "UPDATE users SET role = 'admin'", "SELECT count(*) FROM api_keys", "UPDATE sessions SET user_id = user_id"}},
-		{"servers", []string{stepUp, "SELECT count(*) FROM servers", lockOpen, "UPDATE servers SET hostname = hostname", "SELECT id FROM servers FOR UPDATE"}, []string{"UPDATE customers SET plan = 'pro'", "SELECT count(*) FROM users", "SELECT count(*) FROM api_audit_log", "UPDATE servers SET customer_id = customer_id", "UPDATE api_keys SET scope = 'admin'", "UPDATE idempotency_keys SET customer_id = customer_id", "SELECT audit_salt FROM customers", "SELECT name, plan FROM customers", "SELECT secret_sealed FROM mfa_totp", "SELECT credential FROM webauthn_credentials"}},
+		{"servers", []string{stepUp, lockSession, "SELECT count(*) FROM servers", lockOpen, "UPDATE servers SET hostname = hostname", "SELECT id FROM servers FOR UPDATE"}, []string{"UPDATE customers SET plan = 'pro'", "SELECT count(*) FROM users", "SELECT count(*) FROM api_audit_log", "UPDATE servers SET customer_id = customer_id", "UPDATE api_keys SET scope = 'admin'", "UPDATE idempotency_keys SET customer_id = customer_id", "SELECT audit_salt FROM customers", "SELECT name, plan FROM customers", "SELECT secret_sealed FROM mfa_totp", "SELECT credential FROM webauthn_credentials", "UPDATE sessions SET revoked_at = revoked_at"}},
 		// secretscan revokes through revoke_reported_keys only.
 		{"secretscan", []string{"SELECT count(*) FROM revoke_reported_keys(ARRAY[decode(repeat('ab', 32), 'hex')])",
 			// functions/secretscan adminEmails.

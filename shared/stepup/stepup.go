@@ -111,3 +111,36 @@ func check(ctx context.Context, db QueryRower, id identity.Identity, now time.Ti
 	}
 	return nil, nil
 }
+
+// Ended is the problem for a request whose session ended while it ran
+// (ErrSessionEnded): nothing was done, and the session is gone.
+func Ended() *problem.Problem {
+	return problem.New(http.StatusUnauthorized, "session_ended", "this session was signed out while the request ran; nothing was done, sign in again")
+}
+
+// ErrSessionEnded is returned by LockSession when the caller's session was
+// revoked, or expired, while its request ran.
+var ErrSessionEnded = errors.New("stepup: the session ended while the request ran")
+
+// LockSession takes, in tx, a share lock on the caller's session row, and
+// returns ErrSessionEnded if the session has ended. A sensitive action
+// calls it in the transaction that makes the change, so that it commits
+// only while its session is live: a revocation committed first (signing
+// out everywhere, a first factor, a password change) stops it, and one
+// committed later waits for it. Check, run before, cannot see a revocation
+// that commits while the request runs. Callers that are not sessions take
+// no lock.
+func LockSession(ctx context.Context, tx pgx.Tx, id identity.Identity) error {
+	if id.Kind != identity.KindSession {
+		return nil
+	}
+	var live bool
+	err := tx.QueryRow(ctx, "SELECT true FROM sessions WHERE id = $1 AND revoked_at IS NULL AND expires_at > now() FOR SHARE", id.SessionID).Scan(&live)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return ErrSessionEnded
+	}
+	if err != nil {
+		return fmt.Errorf("stepup: lock the session: %w", err)
+	}
+	return nil
+}
