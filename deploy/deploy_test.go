@@ -829,21 +829,26 @@ func adapt(t *testing.T, path string) (ranges, headers []string) {
 	if err := json.Unmarshal(out, &cfg); err != nil {
 		t.Fatal(err)
 	}
-	if len(cfg.Apps.HTTP.Servers) != 1 {
-		t.Fatalf("%s: %d servers, want 1", path, len(cfg.Apps.HTTP.Servers))
+	if len(cfg.Apps.HTTP.Servers) == 0 {
+		t.Fatalf("%s: no server", path)
 	}
-	for _, s := range cfg.Apps.HTTP.Servers {
+	// Every server (the public site's, the metrics site's) has the global
+	// options, the same for each.
+	for name, s := range cfg.Apps.HTTP.Servers {
 		if s.TrustedProxies.Source != "static" {
-			t.Errorf("%s: trusted_proxies source %q", path, s.TrustedProxies.Source)
+			t.Errorf("%s: %s: trusted_proxies source %q", path, name, s.TrustedProxies.Source)
 		}
 		// Right to left: the leftmost X-Forwarded-For entry is the
 		// client's to write.
 		if s.TrustedProxiesStrict == 0 {
-			t.Errorf("%s: trusted_proxies_strict is off", path)
+			t.Errorf("%s: %s: trusted_proxies_strict is off", path, name)
 		}
-		return s.TrustedProxies.Ranges, s.ClientIPHeaders
+		if ranges != nil && (!slices.Equal(ranges, s.TrustedProxies.Ranges) || !slices.Equal(headers, s.ClientIPHeaders)) {
+			t.Errorf("%s: %s trusts other proxies or headers than another server", path, name)
+		}
+		ranges, headers = s.TrustedProxies.Ranges, s.ClientIPHeaders
 	}
-	return nil, nil
+	return ranges, headers
 }
 
 // TestCaddyTrustsCloudflareAsTheLimiterSees: the ranges reach the server

@@ -118,6 +118,13 @@ var notifyMetrics = struct {
 	}, []string{"reason"}),
 }
 
+// Both series exist from the start, at 0, so that a rule on their
+// increase has something to compare.
+func init() {
+	notifyMetrics.ignored.WithLabelValues("malformed")
+	notifyMetrics.ignored.WithLabelValues("panic")
+}
+
 func registerMetrics(reg prometheus.Registerer) error {
 	return guardian.RegisterCollectors(reg, notifyMetrics.ignored)
 }

@@ -1,7 +1,11 @@
 package guardian
 
 import (
+	"io"
+	"net/http"
 	"os"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -81,5 +85,44 @@ func TestClientIPHeadersNameOneHeader(t *testing.T) {
 	}
 	if err := checkClientIPHeaders(func(string) (string, bool) { return "", false }); err != nil {
 		t.Errorf("unset: %v", err)
+	}
+}
+
+// The edge's degradation metrics are scrapeable on a site of their own
+// (loopback), and not on the public one.
+func TestEdgeMetricsAreOnTheirOwnSite(t *testing.T) {
+	t.Parallel()
+	stack := testenv.StartStack(t, testenv.StackEnv(t))
+	resp, err := http.Get(stack.MetricsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"guardian_ratelimit_redis_up", "guardian_audit_spool_full", "guardian_function_crashes_total", "guardian_auth_notifications_ignored_total"} {
+		if resp.StatusCode != 200 || !strings.Contains(string(body), want) {
+			t.Errorf("%s: %d, no %s", stack.MetricsURL, resp.StatusCode, want)
+		}
+	}
+	if a := stack.Do(t, "GET", "/metrics", "", nil); a.Status != 404 {
+		t.Fatalf("the public site's /metrics: %d", a.Status)
+	}
+	// Every metric the documented alert rules name is one the edge
+	// serves: a misspelt rule would never fire.
+	root, _ := testenv.RepoRoot()
+	doc, err := os.ReadFile(filepath.Join(root, "docs", "deployment.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rules, ok := strings.Cut(string(doc), "- name: guardian-edge")
+	rules, _, _ = strings.Cut(rules, "```")
+	names := regexp.MustCompile(`guardian_[a-z_]+`).FindAllString(rules, -1)
+	if !ok || len(names) < 8 {
+		t.Fatalf("docs/deployment.md: the guardian-edge rules name %d metrics", len(names))
+	}
+	for _, name := range names {
+		if !strings.Contains(string(body), "\n"+name) {
+			t.Errorf("docs/deployment.md's rules name %s, which the edge does not serve", name)
+		}
 	}
 }

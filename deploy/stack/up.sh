@@ -17,6 +17,7 @@ run=${GUARDIAN_RUN_DIR:-$root/.run}
 data=$run/data
 bin=$root/bin
 port=${GUARDIAN_HTTP_PORT:-8080}
+metrics_port=${GUARDIAN_METRICS_PORT:-19180}
 
 # shellcheck source=deploy/stack/gocheck.sh
 . deploy/stack/gocheck.sh
@@ -49,6 +50,7 @@ umask 077
 	cat "$data/servers.env"
 	echo "GUARDIAN_URL=http://localhost:$port"
 	echo "GUARDIAN_HTTP_PORT=$port"
+	echo "GUARDIAN_METRICS_PORT=$metrics_port"
 	echo "GUARDIAN_LISTEN=loopback"
 	echo "GUARDIAN_BIN_DIR=$bin"
 	echo "GUARDIAN_WEB_DIR=$root/web"
@@ -140,6 +142,7 @@ if ours "$pidfile" "--pidfile $pidfile"; then
 else
 	rm -f "$pidfile"
 	port_free caddy "$port" GUARDIAN_HTTP_PORT
+	port_free "caddy's metrics" "$metrics_port" GUARDIAN_METRICS_PORT
 	cp "$env_file" "$run/caddy-started.env"
 	XDG_CONFIG_HOME=$run/caddy XDG_DATA_HOME=$run/caddy nohup "$bin/caddy" run --config Caddyfile --adapter caddyfile --pidfile "$pidfile" \
 		>>"$run/caddy.log" 2>&1 </dev/null &
@@ -153,5 +156,6 @@ Guardian is up: http://localhost:$port
   demo login: $GUARDIAN_DEMO_EMAIL / $GUARDIAN_DEMO_PASSWORD
   settings:   $env_file
   logs:       $run/caddy.log
+  metrics:    http://127.0.0.1:$metrics_port/metrics
 Stop with 'make down' (keeps data); 'make clean' removes it.
 MSG

@@ -24,6 +24,8 @@ import (
 type Stack struct {
 	// URL is the edge's base URL, e.g. http://127.0.0.1:41234.
 	URL string
+	// MetricsURL is where Prometheus would scrape the edge's metrics.
+	MetricsURL string
 	// Cmd is the running Caddy.
 	Cmd *exec.Cmd
 	// Admin is an HTTP client for Caddy's admin API (on a unix socket);
@@ -140,6 +142,10 @@ func TryStartStackWith(t testing.TB, env map[string]string, client *http.Client)
 	if p, err := strconv.Atoi(env["GUARDIAN_HTTP_PORT"]); err == nil && p > 0 {
 		port = p // a test that must know its address before Caddy starts
 	}
+	metricsPort := FreePort(t)
+	if p, err := strconv.Atoi(env["GUARDIAN_METRICS_PORT"]); err == nil && p > 0 {
+		metricsPort = p
+	}
 	cmd := exec.Command(filepath.Join(bin, "caddy"), "run", "--config", filepath.Join(root, "Caddyfile"), "--adapter", "caddyfile")
 	cmd.Dir = run
 	cmd.Env = []string{
@@ -151,6 +157,7 @@ func TryStartStackWith(t testing.TB, env map[string]string, client *http.Client)
 		"GUARDIAN_WEB_DIR=" + filepath.Join(root, "web"),
 		"GUARDIAN_RUN_DIR=" + run,
 		"GUARDIAN_HTTP_PORT=" + strconv.Itoa(port),
+		"GUARDIAN_METRICS_PORT=" + strconv.Itoa(metricsPort),
 		"GUARDIAN_ADMIN_ADDR=unix/" + filepath.Join(run, "admin.sock"),
 		fmt.Sprintf("GUARDIAN_URL=http://127.0.0.1:%d", port),
 	}
@@ -170,7 +177,7 @@ func TryStartStackWith(t testing.TB, env map[string]string, client *http.Client)
 	if env["GUARDIAN_SCHEME"] == "https" {
 		scheme = "https"
 	}
-	s := &Stack{URL: fmt.Sprintf("%s://127.0.0.1:%d", scheme, port), Cmd: cmd, log: log, bin: bin, root: root, env: baseEnv,
+	s := &Stack{URL: fmt.Sprintf("%s://127.0.0.1:%d", scheme, port), MetricsURL: fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort), Cmd: cmd, log: log, bin: bin, root: root, env: baseEnv,
 		Admin: &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return (&net.Dialer{}).DialContext(ctx, "unix", adminSock)
 		}}}}
