@@ -227,6 +227,31 @@ func TestReauthIssuesAFreshSessionAndEndsTheOld(t *testing.T) {
 	}
 }
 
+// Each password check costs bcrypt, so a session gets 10 re-auth or
+// password-change attempts at once and then one per 10 s, however many
+// addresses it comes from: it cannot fill the password checks that
+// everyone's sign-ins share.
+func TestReauthAttemptsAreBoundedPerSession(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	first := s.post(t, "/auth/login", login(s.email, goodPassword), nil).cookie
+	cookie := map[string]string{"Cookie": "guardian_token=" + first.Value}
+	for i := range 10 {
+		if a := s.post(t, "/auth/reauth", `{"password":"nope-nope-nope"}`, cookie); a.status != 401 {
+			t.Fatalf("attempt %d: %d %v", i+1, a.status, a.doc)
+		}
+	}
+	a := s.post(t, "/auth/reauth", `{"password":"nope-nope-nope"}`, cookie)
+	if a.status != 429 || a.doc["code"] != "rate_limited" || a.header.Get("Retry-After") == "" {
+		t.Fatalf("the 11th attempt at once: %d %v", a.status, a.doc)
+	}
+	// Another session of the same user has a bucket of its own.
+	other := s.post(t, "/auth/login", login(s.email, goodPassword), nil).cookie
+	if a := s.post(t, "/auth/reauth", `{"password":"`+goodPassword+`"}`, map[string]string{"Cookie": "guardian_token=" + other.Value}); a.status != 204 {
+		t.Fatalf("another session's re-auth: %d %v", a.status, a.doc)
+	}
+}
+
 // endsWithinASecond reports whether the session of token stops working
 // within a second: revocations reach every edge's cache by notification,
 // within a second (caddymodules/auth), not before the next request.
@@ -249,11 +274,12 @@ func TestPasswordChangeEnforcesThePolicyAndEndsOtherSessions(t *testing.T) {
 	other := s.post(t, "/auth/login", login(s.email, goodPassword), nil).cookie
 	cookie := map[string]string{"Cookie": "guardian_token=" + mine.Value}
 	// Checking the current password is a brute-force surface: every
-	// attempt takes a token from the address's per-IP bucket (100), as
-	// re-auth does, not only from the session's own buckets.
+	// attempt takes a token from the address's per-IP bucket, as re-auth
+	// does, and from the session's own password bucket (10), the tightest,
+	// which the headers name.
 	wrong := s.post(t, "/auth/password", `{"current_password":"wrong-wrong-wrong","new_password":"another-good-one-7"}`, cookie)
-	if wrong.status != 401 || wrong.header.Get("RateLimit-Limit") != "100" {
-		t.Errorf("a wrong current password: %d, RateLimit-Limit %q, want 401 from the per-IP bucket of 100", wrong.status, wrong.header.Get("RateLimit-Limit"))
+	if wrong.status != 401 || wrong.header.Get("RateLimit-Limit") != "10" {
+		t.Errorf("a wrong current password: %d, RateLimit-Limit %q, want 401 from the session's password bucket of 10", wrong.status, wrong.header.Get("RateLimit-Limit"))
 	}
 	for _, tc := range []struct{ body, code string }{
 		{`{"current_password":"wrong-wrong-wrong","new_password":"another-good-one-7"}`, "invalid_credentials"},
