@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -554,5 +555,35 @@ func TestPostgresRefusesADatabaseNewerThanItself(t *testing.T) {
 	}
 	if _, err := migrate.Postgres(ctx, pg.Owner, migrate.PostgresOptions{}); err == nil || !strings.Contains(err.Error(), "versions [9999]") {
 		t.Fatalf("err %v, want the unknown version named", err)
+	}
+}
+
+// The key list's successor lookup and the deletion's SET NULL find a
+// key's successors by index, not by reading every customer's keys.
+func TestKeySuccessorsAreFoundByIndex(t *testing.T) {
+	t.Parallel()
+	pg := testenv.Postgres(t)
+	ctx := context.Background()
+	conn, err := pg.Owner.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	// An empty table: keep the planner off the sequential scan it would
+	// rightly prefer there, to see whether an index serves the lookup.
+	if _, err := conn.Exec(ctx, "SET enable_seqscan = off"); err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Exec(ctx, "RESET enable_seqscan")
+	rows, err := conn.Query(ctx, "EXPLAIN (COSTS OFF) SELECT n.id FROM api_keys n WHERE n.rotated_from = '00000000-0000-0000-0000-000000000001'")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if plan := strings.Join(lines, "\n"); !strings.Contains(plan, "api_keys_rotated_from_idx") {
+		t.Fatalf("a key's successors are not found by index:\n%s", plan)
 	}
 }
