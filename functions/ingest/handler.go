@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -46,19 +47,65 @@ type handler struct {
 	// by maxInFlight (MaxInFlightBytes unless a test says otherwise).
 	inFlight    atomic.Int64
 	maxInFlight int64
+
+	// heldMu guards held: the bytes in flight per customer, each at most
+	// customerShare of the bound.
+	heldMu sync.Mutex
+	held   map[string]int64
 }
 
-// reserve counts n more bytes in flight, or reports that they would pass
-// the bound. Every true is matched by a release of the same n.
-func (h *handler) reserve(n int64) bool {
+// customerShare is the part of the in-flight bound one customer's
+// snapshots may hold (at least one snapshot of MaxBody): the rate limits
+// count requests, not bytes, so one account sending large snapshots
+// would otherwise fill the bound, and every other customer's collectors
+// would be answered busy. An eighth is 32 MiB, some 8,000 ordinary
+// snapshots at once.
+const customerShare = 8
+
+func (h *handler) customerBound() int64 { return max(h.maxInFlight/customerShare, MaxBody) }
+
+// reserve counts n more bytes in flight for customer, or reports that
+// they would pass the bound or the customer's share of it. Every true is
+// matched by a release of the same n.
+func (h *handler) reserve(customer string, n int64) bool {
 	if h.inFlight.Add(n) > h.maxInFlight {
 		h.inFlight.Add(-n)
 		return false
 	}
+	h.heldMu.Lock()
+	defer h.heldMu.Unlock()
+	if h.held[customer]+n > h.customerBound() {
+		h.inFlight.Add(-n)
+		return false
+	}
+	if h.held == nil {
+		h.held = map[string]int64{}
+	}
+	h.held[customer] += n
 	return true
 }
 
-func (h *handler) release(n int64) { h.inFlight.Add(-n) }
+func (h *handler) release(customer string, n int64) {
+	if n == 0 {
+		return
+	}
+	h.inFlight.Add(-n)
+	h.heldMu.Lock()
+	if h.held[customer] -= n; h.held[customer] <= 0 {
+		delete(h.held, customer)
+	}
+	h.heldMu.Unlock()
+}
+
+// fits reports whether size more bytes would fit now, for customer too.
+func (h *handler) fits(customer string, size int64) bool {
+	if h.inFlight.Load()+size > h.maxInFlight {
+		return false
+	}
+	h.heldMu.Lock()
+	defer h.heldMu.Unlock()
+	return h.held[customer]+size <= h.customerBound()
+}
 
 // busy answers a snapshot that does not fit the in-flight bound.
 func busy(w http.ResponseWriter) {
@@ -72,16 +119,17 @@ var errBusy = problem.New(http.StatusServiceUnavailable, "busy", "too many snaps
 // are read; past the bound its Read fails with errBusy (a problem, which
 // reqbody.Read sends as it is).
 type charging struct {
-	rc   io.ReadCloser
-	h    *handler
-	w    http.ResponseWriter
-	held int64
+	rc       io.ReadCloser
+	h        *handler
+	w        http.ResponseWriter
+	customer string
+	held     int64
 }
 
 func (c *charging) Read(p []byte) (int, error) {
 	n, err := c.rc.Read(p)
 	if n > 0 {
-		if !c.h.reserve(int64(n)) {
+		if !c.h.reserve(c.customer, int64(n)) {
 			c.w.Header().Set("Retry-After", "5")
 			return 0, errBusy
 		}
@@ -122,12 +170,12 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.ContentLength >= 0 && r.ContentLength < size {
 		size = r.ContentLength
 	}
-	if h.inFlight.Load()+size > h.maxInFlight {
+	if !h.fits(id.CustomerID, size) {
 		busy(w)
 		return
 	}
-	charged := &charging{rc: r.Body, h: h, w: w}
-	defer func() { h.release(charged.held) }()
+	charged := &charging{rc: r.Body, h: h, w: w, customer: id.CustomerID}
+	defer func() { h.release(id.CustomerID, charged.held) }()
 	r.Body = charged
 	body, ok := reqbody.Read(w, r, MaxBody)
 	if !ok {

@@ -143,6 +143,44 @@ func TestInFlightBytesAreBounded(t *testing.T) {
 	}
 }
 
+// One customer's snapshots may hold only a share of the in-flight bound:
+// the rate limits count requests, not bytes, and an account sending large
+// snapshots must not leave every other customer's collectors busy.
+func TestOneCustomerHoldsAShareOfTheInFlightBytes(t *testing.T) {
+	now := time.Now()
+	body := crucibleSnapshot(now.Add(-time.Minute), "")
+	h := &handler{log: zap.NewNop(), now: func() time.Time { return now }, maxInFlight: 16 * MaxBody}
+	send := func(customer string) int {
+		r := httptest.NewRequest("POST", "/api/v1/ingest", strings.NewReader(body))
+		r.ContentLength = int64(len(body))
+		r.Header.Set(identity.HeaderKind, identity.KindCollector)
+		r.Header.Set(identity.HeaderCustomer, customer)
+		r.Header.Set(identity.HeaderServer, "s")
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		return w.Code
+	}
+	// Customer "big" holds its share (2 MiB of 8 here) with snapshots
+	// still being stored.
+	if !h.reserve("big", h.customerBound()) {
+		t.Fatal("a share that fits was refused")
+	}
+	if code := send("big"); code != http.StatusServiceUnavailable {
+		t.Fatalf("a customer past its share: %d, want 503 busy", code)
+	}
+	// The bound has room, and another customer's snapshot fits it.
+	if !h.fits("small", int64(len(body))) {
+		t.Fatal("another customer's snapshot does not fit while the bound has room")
+	}
+	h.release("big", h.customerBound())
+	if h.inFlight.Load() != 0 || len(h.held) != 0 {
+		t.Fatalf("after the release: %d bytes in flight, holders %v", h.inFlight.Load(), h.held)
+	}
+	if !h.fits("big", int64(len(body))) {
+		t.Fatal("a customer whose bytes were given back is still refused")
+	}
+}
+
 // A snapshot is charged to the in-flight bound as its bytes arrive: one
 // that declared its length and has sent nothing yet holds none of it, and
 // one whose bytes pass the bound while they are read is refused with 503
