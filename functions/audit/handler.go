@@ -26,10 +26,19 @@ type handler struct {
 	log *zap.Logger
 	// exportCap bounds a whole-filter export (MaxExportRows).
 	exportCap int
+	// queries bounds each customer's queries at once (see gate).
+	queries *gate
 }
 
+// Each customer runs at most QueriesPerCustomer audit-log queries at once
+// (an export holds its place to the end), waiting QueryWait for a turn.
+const (
+	QueriesPerCustomer = 2
+	QueryWait          = 5 * time.Second
+)
+
 func newHandler(db *pgxpool.Pool, log *zap.Logger) http.Handler {
-	h := &handler{db: db, log: log, exportCap: MaxExportRows}
+	h := &handler{db: db, log: log, exportCap: MaxExportRows, queries: newGate(QueriesPerCustomer, QueryWait)}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/v1/audit", h.api)
 	mux.HandleFunc("GET /settings/audit", h.page)
@@ -44,7 +53,12 @@ func (h *handler) load(w http.ResponseWriter, r *http.Request, f Filter) ([]Entr
 		problem.Write(w, problem.New(http.StatusInternalServerError, "internal_error", "no identity"))
 		return nil, "", false
 	}
+	if !h.queries.enter(r.Context(), id.CustomerID) {
+		tooManyQueries(w)
+		return nil, "", false
+	}
 	entries, next, err := Page(r.Context(), h.db, id.CustomerID, f)
+	h.queries.leave(id.CustomerID)
 	if err != nil {
 		fnserve.LogFailure(h.log, "reading the audit log failed", err)
 		w.Header().Set("Retry-After", "5")
@@ -55,6 +69,14 @@ func (h *handler) load(w http.ResponseWriter, r *http.Request, f Filter) ([]Entr
 	audit.Annotate(w, audit.Annotation{ResourceType: "audit_log", Action: "list",
 		Metadata: map[string]any{"rows": len(entries), "query": r.URL.RawQuery}})
 	return entries, next, true
+}
+
+// tooManyQueries answers a query of a customer that has QueriesPerCustomer
+// under way already.
+func tooManyQueries(w http.ResponseWriter) {
+	w.Header().Set("Retry-After", "5")
+	problem.Write(w, problem.New(http.StatusTooManyRequests, "too_many_queries",
+		"this account reads its audit log in other requests already; try again when they end"))
 }
 
 func (h *handler) api(w http.ResponseWriter, r *http.Request) {
@@ -106,6 +128,11 @@ func (h *handler) export(w http.ResponseWriter, r *http.Request, f Filter) {
 		problem.Write(w, problem.New(http.StatusInternalServerError, "internal_error", "no identity"))
 		return
 	}
+	if !h.queries.enter(r.Context(), id.CustomerID) {
+		tooManyQueries(w)
+		return
+	}
+	defer h.queries.leave(id.CustomerID)
 	f.Limit = MaxLimit
 	entries, next, err := Page(r.Context(), h.db, id.CustomerID, f)
 	if err != nil {
