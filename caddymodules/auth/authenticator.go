@@ -167,6 +167,9 @@ func NewAuthenticator(cfg Config) (*Authenticator, error) {
 		cancel: cancel, done: make(chan struct{}), lookups: newLookups(), listenerCheck: cfg.ListenerCheck,
 	}
 	a.touch = newToucher(pool, cfg.TouchInterval, cfg.Log)
+	liveAuthenticators.Lock()
+	liveAuthenticators.set[a] = struct{}{}
+	liveAuthenticators.Unlock()
 	go a.listen(ctx)
 	go a.touch.run(ctx)
 	return a, nil
@@ -175,6 +178,9 @@ func NewAuthenticator(cfg Config) (*Authenticator, error) {
 // Close stops the listener, writes pending last-used times and closes the
 // pool.
 func (a *Authenticator) Close() error {
+	liveAuthenticators.Lock()
+	delete(liveAuthenticators.set, a)
+	liveAuthenticators.Unlock()
 	a.cancel()
 	<-a.done
 	// After the periodic flush has returned: one that the cancel cut short
@@ -425,6 +431,7 @@ func (a *Authenticator) warnStale(ctx context.Context, kind string, err error) {
 	if ctx.Err() != nil {
 		return // the request ended (its client went away), not the store
 	}
+	notifyMetrics.staleServed.WithLabelValues(kind).Inc()
 	now := time.Now().UnixNano()
 	last := a.staleWarned.Load()
 	if now-last < int64(staleWarnEvery) || !a.staleWarned.CompareAndSwap(last, now) {

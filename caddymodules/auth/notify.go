@@ -2,6 +2,7 @@ package auth
 
 import (
 	"encoding/hex"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -108,23 +109,54 @@ func (a *Authenticator) warnBadNotice(size int) {
 		zap.Int("bytes", size))
 }
 
-// notifyMetrics count notifications the listener did not apply.
+// notifyMetrics count notifications the listener did not apply, and say
+// whether revocations reach the edge and whether credentials are being
+// served from the cache alone.
 var notifyMetrics = struct {
-	ignored *prometheus.CounterVec
+	ignored     *prometheus.CounterVec
+	staleServed *prometheus.CounterVec
+	listening   prometheus.GaugeFunc
 }{
 	ignored: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "guardian", Subsystem: "auth", Name: "notifications_ignored_total",
 		Help: "Revocation notifications not applied: malformed (not as the trigger writes them; any database role can NOTIFY) or panic (caches emptied instead).",
 	}, []string{"reason"}),
+	staleServed: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "guardian", Subsystem: "auth", Name: "stale_credentials_served_total",
+		Help: "Credentials admitted from the cache past its freshness because PostgreSQL could not be reached, by kind (key, session).",
+	}, []string{"kind"}),
+	listening: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "guardian", Subsystem: "auth", Name: "revocation_listener_up",
+		Help: "1 while every authenticator receives PostgreSQL's revocation notifications; 0 while one does not (its cached credentials are then checked against PostgreSQL again after a second).",
+	}, listenersUp),
 }
 
-// Both series exist from the start, at 0, so that a rule on their
+// liveAuthenticators are the authenticators in use, for the listener gauge.
+var liveAuthenticators = struct {
+	sync.Mutex
+	set map[*Authenticator]struct{}
+}{set: map[*Authenticator]struct{}{}}
+
+func listenersUp() float64 {
+	liveAuthenticators.Lock()
+	defer liveAuthenticators.Unlock()
+	for a := range liveAuthenticators.set {
+		if !a.Listening() {
+			return 0
+		}
+	}
+	return 1
+}
+
+// The series exist from the start, at 0, so that a rule on their
 // increase has something to compare.
 func init() {
 	notifyMetrics.ignored.WithLabelValues("malformed")
 	notifyMetrics.ignored.WithLabelValues("panic")
+	notifyMetrics.staleServed.WithLabelValues("key")
+	notifyMetrics.staleServed.WithLabelValues("session")
 }
 
 func registerMetrics(reg prometheus.Registerer) error {
-	return guardian.RegisterCollectors(reg, notifyMetrics.ignored)
+	return guardian.RegisterCollectors(reg, notifyMetrics.ignored, notifyMetrics.staleServed, notifyMetrics.listening)
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
@@ -147,10 +148,19 @@ func (o *outage) cached(t *testing.T, when string, more ...*http.Request) {
 func (o *outage) servesStale(t *testing.T, what string) {
 	t.Helper()
 	waitFor(t, "the listener to notice the "+what, func() bool { return !o.a.Listening() })
+	if v := testutil.ToFloat64(notifyMetrics.listening); v != 0 {
+		t.Errorf("revocation_listener_up %v while a listener is down", v)
+	}
+	keys0 := testutil.ToFloat64(notifyMetrics.staleServed.WithLabelValues("key"))
+	sessions0 := testutil.ToFloat64(notifyMetrics.staleServed.WithLabelValues("session"))
 	o.a.now = func() time.Time { return time.Now().Add(time.Hour) }
 	o.cached(t, "a cached credential after the "+what)
 	if o.logs.FilterMessageSnippet("serving cached credentials").Len() == 0 {
 		t.Error("serving stale credentials was not logged")
+	}
+	if testutil.ToFloat64(notifyMetrics.staleServed.WithLabelValues("key")) <= keys0 ||
+		testutil.ToFloat64(notifyMetrics.staleServed.WithLabelValues("session")) <= sessions0 {
+		t.Error("stale credentials served were not counted")
 	}
 	if got := do(t, o.h, bearer("GET", "/", o.w.write)); got.status != http.StatusServiceUnavailable {
 		t.Fatalf("a key never seen, after the %s: %+v", what, got)
