@@ -121,6 +121,11 @@ type Handler struct {
 	// budget); a route with another shape gets a bucket of its own, so a
 	// larger bucket's tokens cannot pay for guesses on the others.
 	ipShape string
+	// keyShape is the same for the credential bucket of the account tier
+	// ("" for the posture's 1,000/100): a route with a tighter bucket per
+	// key or session (re-auth's) must not share the Redis key of the
+	// usual one, which would refill it at its own rate.
+	keyShape string
 }
 
 // CaddyModule returns the Caddy module information.
@@ -199,11 +204,19 @@ func (h *Handler) init(l *Limiter) {
 	h.ipLimits = []Bucket{*h.IP}
 	h.acLimits = []Bucket{*h.Key, *h.Account}
 	if *h.IP != DefaultIP {
-		h.ipShape = strconv.FormatFloat(h.IP.Capacity, 'g', -1, 64) + "/" + strconv.FormatFloat(h.IP.Rate, 'g', -1, 64) + ":"
+		h.ipShape = shape(*h.IP)
+	}
+	if *h.Key != DefaultKey {
+		h.keyShape = shape(*h.Key)
 	}
 	if h.log == nil {
 		h.log = zap.NewNop()
 	}
+}
+
+// shape names a bucket's capacity and rate in its Redis key.
+func shape(b Bucket) string {
+	return strconv.FormatFloat(b.Capacity, 'g', -1, 64) + "/" + strconv.FormatFloat(b.Rate, 'g', -1, 64) + ":"
 }
 
 // Validate rejects a config that cannot work, naming the field.
@@ -313,6 +326,9 @@ func (h *Handler) takeAccount(r *http.Request, id *identity.Identity) Decision {
 	cred := id.KeyID
 	if cred == "" {
 		cred = id.SessionID
+	}
+	if h.keyShape != "" {
+		cred = h.keyShape + cred // only on routes of another shape: the usual path allocates nothing
 	}
 	keys := []string{h.limiter.CredentialKey(id.CustomerID, cred), h.limiter.AccountKey(id.CustomerID)}
 	return h.limiter.Take(r.Context(), keys, h.acLimits, false)

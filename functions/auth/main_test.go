@@ -245,6 +245,17 @@ func TestReauthAttemptsAreBoundedPerSession(t *testing.T) {
 	if a.status != 429 || a.doc["code"] != "rate_limited" || a.header.Get("Retry-After") == "" {
 		t.Fatalf("the 11th attempt at once: %d %v", a.status, a.doc)
 	}
+	// The session's other requests draw on its usual bucket, not this one:
+	// they must not refill it at their own rate.
+	for range 3 {
+		if s.whoami(t, first.Value) != 200 {
+			t.Fatal("the session's usual requests were refused")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if a := s.post(t, "/auth/reauth", `{"password":"nope-nope-nope"}`, cookie); a.status != 429 {
+		t.Fatalf("a password attempt after the session's other requests: %d %v, want 429 still", a.status, a.doc)
+	}
 	// Another session of the same user has a bucket of its own.
 	other := s.post(t, "/auth/login", login(s.email, goodPassword), nil).cookie
 	if a := s.post(t, "/auth/reauth", `{"password":"`+goodPassword+`"}`, map[string]string{"Cookie": "guardian_token=" + other.Value}); a.status != 204 {
