@@ -477,8 +477,10 @@ func (h *handler) changePassword(w http.ResponseWriter, r *http.Request) {
 		// (session.Lock). A change committed since hash was read is refused
 		// too: it must not be overwritten by one checked against the
 		// password it replaced.
+		// FOR NO KEY UPDATE: see mfa's lockUser (a key minted for the user
+		// meanwhile takes FOR KEY SHARE here while holding its session).
 		var current string
-		if err := tx.QueryRow(r.Context(), "SELECT coalesce(password_hash, '') FROM users WHERE id = $1 FOR UPDATE", id.UserID).Scan(&current); err != nil {
+		if err := tx.QueryRow(r.Context(), "SELECT coalesce(password_hash, '') FROM users WHERE id = $1 FOR NO KEY UPDATE", id.UserID).Scan(&current); err != nil {
 			return err
 		}
 		if subtle.ConstantTimeCompare([]byte(current), []byte(hash)) != 1 {

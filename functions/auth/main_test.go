@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/glassmkr/guardian/shared/migrate"
 	"github.com/glassmkr/guardian/shared/testenv"
 )
 
@@ -339,5 +340,56 @@ func TestBadBodies(t *testing.T) {
 		if a := s.post(t, "/auth/login", tc.body, map[string]string{"Content-Type": tc.ctype}); a.status != tc.status {
 			t.Errorf("%s: %d %v", tc.name, a.status, a.doc)
 		}
+	}
+}
+
+// A password change ends the user's other sessions while a key may be
+// being minted with one of them: that mint holds its session's row (FOR
+// SHARE, stepup.LockSession) and its foreign key then takes FOR KEY SHARE
+// on the user's row. The change must lock the user in a mode that lets
+// that through (FOR NO KEY UPDATE); with FOR UPDATE the two deadlocked and
+// PostgreSQL failed one, the password change as often as not.
+func TestAPasswordChangeAndAMintWithAnotherSessionDoNotDeadlock(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	ctx := context.Background()
+	mine := s.post(t, "/auth/login", login(s.email, goodPassword), nil).cookie
+	s.post(t, "/auth/login", login(s.email, goodPassword), nil) // another session
+	var other string
+	if err := s.pg.Owner.QueryRow(ctx, "SELECT id::text FROM sessions WHERE user_id = $1 ORDER BY created_at DESC LIMIT 1", s.c.UserID).Scan(&other); err != nil {
+		t.Fatal(err)
+	}
+	// The mint, as far as holding the other session's row.
+	mint, err := s.pg.Owner.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mint.Rollback(ctx)
+	if _, err := mint.Exec(ctx, "SELECT 1 FROM sessions WHERE id = $1 FOR SHARE", other); err != nil {
+		t.Fatal(err)
+	}
+	var mintPID int
+	if err := mint.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&mintPID); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan int, 1)
+	go func() {
+		a := s.post(t, "/auth/password", `{"current_password":"`+goodPassword+`","new_password":"another-good-one-7"}`,
+			map[string]string{"Cookie": "guardian_token=" + mine.Value})
+		done <- a.status
+	}()
+	if _, status, finished := testenv.BlockedBy(t, s.pg.Owner, mintPID, done, migrate.FunctionRole(migrate.DefaultAppRole, "auth")); finished {
+		t.Fatalf("the password change did not wait to end the other session: %d", status)
+	}
+	// The mint's foreign-key check on the user's row, while the change
+	// holds that row and waits for the session's.
+	if _, err := mint.Exec(ctx, "SELECT 1 FROM users WHERE id = $1 FOR KEY SHARE", s.c.UserID); err != nil {
+		t.Fatalf("the mint's side: %v", err)
+	}
+	if err := mint.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if status := <-done; status != 204 {
+		t.Fatalf("the password change: %d, want 204", status)
 	}
 }

@@ -308,3 +308,38 @@ func TestConfirmTurnsOnTheSeedItChecked(t *testing.T) {
 		t.Fatalf("the second seed (%s...) was turned on by a code of the first (%v)", second.Secret[:4], err)
 	}
 }
+
+// A first factor ends the user's other sessions while a key may be being
+// minted with one of them (holding its session's row, then FOR KEY SHARE
+// on the user's by its foreign key): lockUser must let that through, or
+// the two deadlock.
+func TestAFirstFactorAndAMintWithAnotherSessionDoNotDeadlock(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	ctx := context.Background()
+	keep, _ := f.c.Session(t)
+	other, _ := f.c.Session(t)
+	e, err := f.s.BeginTOTP(ctx, f.c.UserID, "a@example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, _ := CodeAt(e.Secret, f.clock())
+	mint, mintPID := hold(t, f.pg.Owner, "SELECT 1 FROM sessions WHERE id = $1 FOR SHARE", other)
+	done := make(chan error, 1)
+	go func() {
+		_, err := f.s.ConfirmTOTP(ctx, f.c.UserID, code, "", keep)
+		done <- err
+	}()
+	if _, err := blockedBy(t, f.pg.Owner, mintPID, done); err != nil {
+		t.Fatalf("the first factor did not wait to end the other session: %v", err)
+	}
+	if _, err := mint.Exec(ctx, "SELECT 1 FROM users WHERE id = $1 FOR KEY SHARE", f.c.UserID); err != nil {
+		t.Fatalf("the mint's side: %v", err)
+	}
+	if err := mint.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("the first factor: %v", err)
+	}
+}

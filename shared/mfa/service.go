@@ -396,10 +396,14 @@ func (s *Service) replaceRecoveryCodes(ctx context.Context, tx pgx.Tx, userID st
 }
 
 // lockUser locks user's row for the rest of tx: changes of the user's
-// factors take turns, and a sign-in starting a session (session.Lock)
-// waits for them or they for it.
+// factors take turns, and a sign-in starting a session (session.Lock, FOR
+// SHARE) waits for them or they for it. FOR NO KEY UPDATE, not FOR
+// UPDATE: a key or server being created for the user (its foreign key
+// takes FOR KEY SHARE on this row) while holding its session's row
+// (stepup.LockSession) must not wait for this lock while this waits to
+// end that session, a deadlock.
 func lockUser(ctx context.Context, tx pgx.Tx, userID string) error {
-	if _, err := tx.Exec(ctx, "SELECT 1 FROM users WHERE id = $1 FOR UPDATE", userID); err != nil {
+	if _, err := tx.Exec(ctx, "SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE", userID); err != nil {
 		return fmt.Errorf("mfa: lock the user: %w", err)
 	}
 	return nil
