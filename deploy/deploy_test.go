@@ -801,7 +801,8 @@ func TestCloudflareRanges(t *testing.T) {
 }
 
 // adapt runs the caddyfile adapter in-process (as `caddy adapt` does) and
-// returns srv0's trusted proxy ranges and client IP headers.
+// returns the servers' trusted proxy ranges and client IP headers (every
+// server's, checked to agree).
 func adapt(t *testing.T, path string) (ranges, headers []string) {
 	t.Helper()
 	body, err := os.ReadFile(path)

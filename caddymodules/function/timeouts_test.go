@@ -11,6 +11,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	_ "github.com/caddyserver/caddy/v2/modules/caddyhttp/fileserver"
 	_ "github.com/caddyserver/caddy/v2/modules/caddyhttp/headers"
+	_ "github.com/caddyserver/caddy/v2/modules/metrics"
 
 	_ "github.com/glassmkr/guardian/caddymodules/audit"
 	_ "github.com/glassmkr/guardian/caddymodules/auth"
@@ -68,6 +69,7 @@ func TestTheCaddyfilesTimeoutsLetAnExportFinish(t *testing.T) {
 			t.Errorf("%s: write_idle %s: a client that stops reading must be cut within a minute", name, idle)
 		}
 		var export time.Duration
+		functions := 0 // the metrics site's server has none
 		var walk func(routes []route, csv bool)
 		walk = func(routes []route, csv bool) {
 			for _, r := range routes {
@@ -92,6 +94,7 @@ func TestTheCaddyfilesTimeoutsLetAnExportFinish(t *testing.T) {
 					if h.Handler != "guardian_function" {
 						continue
 					}
+					functions++
 					timeout := h.Timeout
 					if timeout == 0 {
 						timeout = defaultTimeout
@@ -106,7 +109,7 @@ func TestTheCaddyfilesTimeoutsLetAnExportFinish(t *testing.T) {
 			}
 		}
 		walk(srv.Routes, false)
-		if export < 8*time.Minute {
+		if functions > 0 && export < 8*time.Minute {
 			t.Errorf("%s: the audit log's CSV export gets %s; 60 MB at 1 Mbit/s takes 8 minutes", name, export)
 		}
 	}

@@ -64,7 +64,7 @@ func stackPorts(t *testing.T, runDir string) []string {
 		return v.([]string)
 	}
 	var env []string
-	for _, k := range []string{"PG_PORT", "REDIS_PORT", "CH_TCP_PORT", "CH_HTTP_PORT", "DEV_OIDC_PORT"} {
+	for _, k := range []string{"PG_PORT", "REDIS_PORT", "CH_TCP_PORT", "CH_HTTP_PORT", "GUARDIAN_METRICS_PORT", "DEV_OIDC_PORT"} {
 		env = append(env, k+"="+strconv.Itoa(testenv.FreePort(t)))
 	}
 	ports.Store(runDir, env)
