@@ -31,7 +31,9 @@ type handler struct {
 }
 
 // Each customer runs at most QueriesPerCustomer audit-log queries at once
-// (an export holds its place to the end), waiting QueryWait for a turn.
+// in each of the function's instances (the JSON pages', and the CSV
+// exports', where an export holds its place to its end), waiting
+// QueryWait for a turn.
 const (
 	QueriesPerCustomer = 2
 	QueryWait          = 5 * time.Second
@@ -57,8 +59,10 @@ func (h *handler) load(w http.ResponseWriter, r *http.Request, f Filter) ([]Entr
 		tooManyQueries(w)
 		return nil, "", false
 	}
-	entries, next, err := Page(r.Context(), h.db, id.CustomerID, f)
-	h.queries.leave(id.CustomerID)
+	entries, next, err := func() ([]Entry, string, error) {
+		defer h.queries.leave(id.CustomerID) // a panic too gives the place back
+		return Page(r.Context(), h.db, id.CustomerID, f)
+	}()
 	if err != nil {
 		fnserve.LogFailure(h.log, "reading the audit log failed", err)
 		w.Header().Set("Retry-After", "5")

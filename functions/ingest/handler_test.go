@@ -160,8 +160,8 @@ func TestOneCustomerHoldsAShareOfTheInFlightBytes(t *testing.T) {
 		h.ServeHTTP(w, r)
 		return w.Code
 	}
-	// Customer "big" holds its share (2 MiB of 8 here) with snapshots
-	// still being stored.
+	// Customer "big" holds its whole share with snapshots still being
+	// stored.
 	if !h.reserve("big", h.customerBound()) {
 		t.Fatal("a share that fits was refused")
 	}
