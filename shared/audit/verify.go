@@ -328,26 +328,29 @@ func VerifyAccepting(ctx context.Context, db Querier, customers Customers, kept 
 type Customers struct {
 	salted map[string][]byte // customer id: SaltedCustomerDigest
 	live   map[string]bool   // every digest form of each existing customer
+	due    map[string]bool   // those of customers whose deletion is due
 }
 
-// ReadCustomers reads every customer's digests. A customer whose deletion
-// is due is not live: account-purge anonymises its rows (customer_id set
-// to NULL) before it deletes it, and such a row has not left a live log.
+// ReadCustomers reads every customer's digests, and which customers'
+// deletion is due: account-purge anonymises their rows (customer_id set to
+// NULL) before it deletes them, and such a row has not left a live log.
 func ReadCustomers(ctx context.Context, db Querier) (Customers, error) {
 	rows, err := db.Query(ctx, "SELECT id::text, audit_salt, coalesce(delete_after <= now(), false) FROM customers")
 	if err != nil {
 		return Customers{}, fmt.Errorf("audit verify: customers: %w", err)
 	}
-	c := Customers{salted: map[string][]byte{}, live: map[string]bool{}}
+	c := Customers{salted: map[string][]byte{}, live: map[string]bool{}, due: map[string]bool{}}
 	var id string
 	var salt []byte
 	var due bool
 	_, err = pgx.ForEachRow(rows, []any{&id, &salt, &due}, func() error {
 		d := SaltedCustomerDigest(salt, id)
 		c.salted[id] = d
-		if !due {
-			c.live[string(d)] = true
-			c.live[string(CustomerDigest(id))] = true
+		c.live[string(d)] = true
+		c.live[string(CustomerDigest(id))] = true
+		if due {
+			c.due[string(d)] = true
+			c.due[string(CustomerDigest(id))] = true
 		}
 		return nil
 	})
@@ -364,7 +367,10 @@ func (c Customers) moved(r *Row) bool {
 	case bytes.Equal(r.CustomerDigest, UnknownCustomer):
 		return false
 	case r.CustomerID == "":
-		return c.live[string(r.CustomerDigest)]
+		// Anonymised: moved out of a live customer's log, unless that
+		// customer's deletion is due (account-purge anonymises its rows
+		// in batches before it deletes it).
+		return c.live[string(r.CustomerDigest)] && !c.due[string(r.CustomerDigest)]
 	case len(r.CustomerDigest) == sha256.Size: // unsalted
 		return !bytes.Equal(r.CustomerDigest, CustomerDigest(r.CustomerID))
 	}

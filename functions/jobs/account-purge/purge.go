@@ -11,6 +11,7 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/glassmkr/guardian/shared/job"
@@ -132,8 +133,8 @@ const (
 	// (migration 0011). A spool holds rows only while PostgreSQL is away
 	// and replays them as soon as it is back, so 30 days is ample.
 	forgetDeleted = `SELECT forget_deleted_customers('30 days')`
-	// forgetAuditBatch anonymises up to $2 audit rows of account $1, which
-	// must be scheduled for deletion (migration 0031).
+	// forgetAuditBatch anonymises up to $2 audit rows of account $1, whose
+	// deletion must be due by PostgreSQL's clock (migration 0031).
 	forgetAuditBatch = `SELECT forget_audit_rows_of($1::uuid, $2)`
 	// forgetAttempts deletes second-factor attempt counters long past
 	// their window (AttemptsKeptFor).
@@ -236,7 +237,7 @@ func (p *Purger) purgeAccounts(ctx context.Context, now time.Time, res *Result) 
 				return err
 			}
 		}
-		if err := p.anonymiseAudit(ctx, ready, res); err != nil {
+		if ready, err = p.anonymiseAudit(ctx, ready, res); err != nil {
 			return err
 		}
 		rows, err := p.PG.Query(ctx, deleteAccounts, ready, now)
@@ -253,25 +254,36 @@ func (p *Purger) purgeAccounts(ctx context.Context, now time.Time, res *Result) 
 
 // anonymiseAudit sets customer_id to NULL on the audit rows of accounts,
 // AuditBatch rows per transaction, so the delete that follows has next to
-// none left to update. Work a run cut short has done stays done.
-func (p *Purger) anonymiseAudit(ctx context.Context, accounts []string, res *Result) error {
+// none left to update, and returns the accounts it did. Work a run cut
+// short has done stays done. An account not yet due by PostgreSQL's clock
+// (the job's is ahead) is left, with its deletion, to the next run.
+func (p *Purger) anonymiseAudit(ctx context.Context, accounts []string, res *Result) ([]string, error) {
 	batch := p.AuditBatch
 	if batch <= 0 {
 		batch = 50_000
 	}
+	var done []string
+next:
 	for _, id := range accounts {
 		for {
 			var n int64
-			if err := p.PG.QueryRow(ctx, forgetAuditBatch, id, batch).Scan(&n); err != nil {
-				return fmt.Errorf("anonymise the audit rows of a deleted account: %w", err)
+			err := p.PG.QueryRow(ctx, forgetAuditBatch, id, batch).Scan(&n)
+			var pe *pgconn.PgError
+			if errors.As(err, &pe) && pe.Code == "42501" && strings.Contains(pe.Message, "not due") {
+				res.Waiting = append(res.Waiting, id)
+				continue next
+			}
+			if err != nil {
+				return done, fmt.Errorf("anonymise the audit rows of a deleted account: %w", err)
 			}
 			res.AuditRowsOfPurged += n
 			if n < int64(batch) {
 				break
 			}
 		}
+		done = append(done, id)
 	}
-	return nil
+	return done, nil
 }
 
 // purgeServers deletes the ClickHouse rows of servers deleted through the
