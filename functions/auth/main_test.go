@@ -360,18 +360,7 @@ func TestAPasswordChangeAndAMintWithAnotherSessionDoNotDeadlock(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The mint, as far as holding the other session's row.
-	mint, err := s.pg.Owner.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer mint.Rollback(ctx)
-	if _, err := mint.Exec(ctx, "SELECT 1 FROM sessions WHERE id = $1 FOR SHARE", other); err != nil {
-		t.Fatal(err)
-	}
-	var mintPID int
-	if err := mint.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&mintPID); err != nil {
-		t.Fatal(err)
-	}
+	mint, mintPID := testenv.Hold(t, s.pg.Owner, "SELECT 1 FROM sessions WHERE id = $1 FOR SHARE", other)
 	done := make(chan int, 1)
 	go func() {
 		a := s.post(t, "/auth/password", `{"current_password":"`+goodPassword+`","new_password":"another-good-one-7"}`,

@@ -398,18 +398,7 @@ func TestASessionSignedOutMidRequestMintsNoKey(t *testing.T) {
 	if err := s.pg.Owner.QueryRow(ctx, "SELECT id::text FROM sessions WHERE user_id = $1 ORDER BY created_at DESC LIMIT 1", s.c.UserID).Scan(&sessionID); err != nil {
 		t.Fatal(err)
 	}
-	revoke, err := s.pg.Owner.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer revoke.Rollback(ctx)
-	if _, err := revoke.Exec(ctx, "UPDATE sessions SET revoked_at = now() WHERE id = $1", sessionID); err != nil {
-		t.Fatal(err)
-	}
-	var revokePID int
-	if err := revoke.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&revokePID); err != nil {
-		t.Fatal(err)
-	}
+	revoke, revokePID := testenv.Hold(t, s.pg.Owner, "UPDATE sessions SET revoked_at = now() WHERE id = $1", sessionID)
 	type answer struct {
 		status int
 		doc    map[string]any

@@ -525,18 +525,7 @@ func TestDeleteRacingAnEnrolmentReplayIsRetried(t *testing.T) {
 	write := bearer(s.c.AccountKey(t, "write"))
 	serverID, _ := s.enrolled(t, s.do(t, "POST", "/api/v1/servers", `{"hostname":"race1"}`, with(write, "Idempotency-Key", "race-1")), 201, false)
 	// The replay's first lock: the Idempotency-Key's record.
-	replay, err := s.pg.Owner.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer replay.Rollback(ctx)
-	if _, err := replay.Exec(ctx, "SELECT 1 FROM idempotency_keys WHERE customer_id = $1 AND key = 'race-1' FOR UPDATE", s.c.ID); err != nil {
-		t.Fatal(err)
-	}
-	var replayPID int
-	if err := replay.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&replayPID); err != nil {
-		t.Fatal(err)
-	}
+	replay, replayPID := testenv.Hold(t, s.pg.Owner, "SELECT 1 FROM idempotency_keys WHERE customer_id = $1 AND key = 'race-1' FOR UPDATE", s.c.ID)
 	done := make(chan answer, 1)
 	admin := bearer(s.c.AccountKey(t, "admin"))
 	go func() {

@@ -34,25 +34,10 @@ func blockedBy(t *testing.T, db *pgxpool.Pool, pid int, done <-chan error) (int,
 	return waiter, err
 }
 
-// hold begins a transaction on db that runs sql (which locks something)
-// and returns it with its backend's pid; it is rolled back when t ends
-// unless committed.
+// hold is testenv.Hold.
 func hold(t *testing.T, db *pgxpool.Pool, sql string, args ...any) (pgx.Tx, int) {
 	t.Helper()
-	ctx := context.Background()
-	tx, err := db.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = tx.Rollback(ctx) })
-	if _, err := tx.Exec(ctx, sql, args...); err != nil {
-		t.Fatal(err)
-	}
-	var pid int
-	if err := tx.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
-		t.Fatal(err)
-	}
-	return tx, pid
+	return testenv.Hold(t, db, sql, args...)
 }
 
 func signInPool(t *testing.T, f *fixture) *pgxpool.Pool {

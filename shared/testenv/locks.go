@@ -41,3 +41,24 @@ func BlockedBy[T any](t testing.TB, db *pgxpool.Pool, pid int, done <-chan T, ro
 	t.Fatal("nothing waited for the lock, and the work did not finish")
 	return 0, v, false
 }
+
+// Hold begins a transaction on db that runs sql (which takes a lock) and
+// returns it with its backend's pid, for BlockedBy; it is rolled back when
+// t ends unless committed.
+func Hold(t testing.TB, db *pgxpool.Pool, sql string, args ...any) (pgx.Tx, int) {
+	t.Helper()
+	ctx := context.Background()
+	tx, err := db.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tx.Rollback(context.Background()) })
+	if _, err := tx.Exec(ctx, sql, args...); err != nil {
+		t.Fatal(err)
+	}
+	var pid int
+	if err := tx.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	return tx, pid
+}
