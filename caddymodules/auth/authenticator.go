@@ -82,14 +82,17 @@ type Authenticator struct {
 	// logged (unix ns): one per staleWarnEvery, not one per request.
 	staleWarned atomic.Int64
 	// badNoticeWarned is when a malformed notification was last logged
-	// (unix ns), as staleWarned.
-	badNoticeWarned atomic.Int64
-	touch           *toucher
-	lookups         *lookups
-	keyFlight       singleflight.Group // key lookups in flight, by hash
-	sessFlight      singleflight.Group // session lookups in flight, by id
-	cancel          context.CancelFunc
-	done            chan struct{}
+	// (unix ns), as staleWarned; unavailableWarned is the same for
+	// credentials refused because the store could not be reached.
+	badNoticeWarned   atomic.Int64
+	unavailableWarned atomic.Int64
+	unavailableSince  atomic.Int64 // refusals since that line
+	touch             *toucher
+	lookups           *lookups
+	keyFlight         singleflight.Group // key lookups in flight, by hash
+	sessFlight        singleflight.Group // session lookups in flight, by id
+	cancel            context.CancelFunc
+	done              chan struct{}
 }
 
 type keyEntry struct {
@@ -438,6 +441,22 @@ func (a *Authenticator) warnStale(ctx context.Context, kind string, err error) {
 		return
 	}
 	a.log.Warn("credential store unreachable; serving cached credentials (logged once per 30 s)", zap.String("kind", kind), zap.Error(err))
+}
+
+// WarnUnavailable logs, at most once per staleWarnEvery and with the
+// number of refusals since, that a credential was refused because the
+// store could not be reached: during an outage every request with an
+// uncached credential would otherwise add an error line.
+func (a *Authenticator) WarnUnavailable(err error) {
+	n := a.unavailableSince.Add(1)
+	now := time.Now().UnixNano()
+	last := a.unavailableWarned.Load()
+	if now-last < int64(staleWarnEvery) || !a.unavailableWarned.CompareAndSwap(last, now) {
+		return
+	}
+	a.unavailableSince.Add(-n)
+	a.log.Error("credential store unavailable; credentials not in the cache are refused (logged once per 30 s)",
+		zap.Int64("refused", n), zap.Error(err))
 }
 
 // endOnEdge is when a key ends on the edge's clock, given what PostgreSQL

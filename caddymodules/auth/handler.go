@@ -230,7 +230,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			// nothing about the store: no error line, or any client
 			// could write them at will by closing its connections.
 			if r.Context().Err() == nil {
-				h.log.Error("credential store unavailable", zap.Error(err))
+				h.auth.WarnUnavailable(err)
 			}
 			w.Header().Set("Retry-After", "2")
 			return h.refuse(w, r, "store_unavailable", false, refuseUnavailable)

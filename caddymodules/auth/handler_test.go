@@ -396,7 +396,7 @@ func TestAbandonedLookupIsNotAStoreError(t *testing.T) {
 	if got := do(t, h, bearer("GET", "/", w.read).WithContext(ctx)); got.status == http.StatusOK {
 		t.Fatalf("an abandoned lookup was admitted: %+v", got)
 	}
-	if n := logs.FilterMessage("credential store unavailable").Len(); n != 0 {
+	if n := logs.FilterMessageSnippet("credential store unavailable").Len(); n != 0 {
 		t.Errorf("%d store errors logged for a request whose client went away", n)
 	}
 	// Nor that it serves a stale cached key because of the store: make
@@ -413,9 +413,12 @@ func TestAbandonedLookupIsNotAStoreError(t *testing.T) {
 	// A real failure of the store is still logged. (Serving stale
 	// credentials through an outage: TestStaleCredentialsServeThroughAnOutage.)
 	a.db.Close()
-	do(t, h, bearer("GET", "/", w.write))
-	if logs.FilterMessage("credential store unavailable").Len() == 0 {
-		t.Error("a store outage was not logged")
+	for range 5 {
+		do(t, h, bearer("GET", "/", w.write))
+	}
+	// Once, not once per request: an outage would otherwise fill the log.
+	if n := logs.FilterMessageSnippet("credential store unavailable").Len(); n != 1 {
+		t.Errorf("a store outage logged %d times over 5 refusals, want once", n)
 	}
 	// A closed pool is the edge's own failure, not PostgreSQL's: the
 	// stale key is not served.

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode"
 
@@ -51,6 +52,29 @@ type handler struct {
 	outbox *outbox // revocation notices
 	log    *zap.Logger
 	chain  *chain // this process's audit chain, for the revocations' rows
+
+	// refusedLogged is when a refused signature was last logged (unix
+	// ns), refusedSince how many were refused since: the route is public,
+	// and a line per forged report would let anyone fill the log. Each
+	// refusal is in the audit log (auth_failed) all the same.
+	refusedLogged, refusedSince atomic.Int64
+}
+
+// refusalLogEvery bounds the refused-signature log lines.
+const refusalLogEvery = 30 * time.Second
+
+// logRefusal logs a refused signature at most once per refusalLogEvery,
+// with the number refused since the last line.
+func (h *handler) logRefusal(keyID, clientIP string, err error) {
+	n := h.refusedSince.Add(1)
+	now := time.Now().UnixNano()
+	last := h.refusedLogged.Load()
+	if now-last < int64(refusalLogEvery) || !h.refusedLogged.CompareAndSwap(last, now) {
+		return
+	}
+	h.refusedSince.Add(-n)
+	h.log.Warn("secret scanning: signature refused (logged once per 30 s)", zap.Int64("refused", n),
+		zap.String("key_identifier", keyID), zap.Error(err), zap.String("client_ip", clientIP))
 }
 
 func (h *handler) routes() http.Handler {
@@ -117,7 +141,7 @@ func (h *handler) scan(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := verifySignature(pub, body, sig); err != nil {
-		h.log.Warn("secret scanning: signature refused", zap.String("key_identifier", keyID), zap.Error(err), zap.String("client_ip", identity.ClientIP(r)))
+		h.logRefusal(keyID, identity.ClientIP(r), err)
 		refuse(w, http.StatusUnauthorized, "invalid_signature", "the signature does not verify", "invalid_signature")
 		return
 	}
