@@ -78,11 +78,7 @@ func TestAnAnswerWhoseRowIsLostKeepsTheEdgeHeaders(t *testing.T) {
 func TestARequestReachingAnUnloadedWriterIsRefusedBeforeItActs(t *testing.T) {
 	t.Parallel()
 	pg := testenv.Postgres(t)
-	w, err := NewWriter(WriterConfig{DSN: pg.AppDSN, SpoolDir: filepath.Join(t.TempDir(), "spool")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = w.Close() })
+	w := newWriter(t, pg.AppDSN, 0)
 	w.announce() // an earlier request under way keeps the writer draining
 	if err := w.Destruct(); err != nil {
 		t.Fatal(err)
@@ -92,7 +88,7 @@ func TestARequestReachingAnUnloadedWriterIsRefusedBeforeItActs(t *testing.T) {
 	ctx := context.WithValue(req.Context(), caddyhttp.VarsCtxKey, map[string]any{})
 	caddyhttp.SetVar(ctx, identity.VarKey, &identity.Identity{Kind: identity.KindAccount, CustomerID: "c", KeyID: "k", Scope: "write"})
 	called := false
-	err = h.ServeHTTP(httptest.NewRecorder(), req.WithContext(ctx), caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error {
+	err := h.ServeHTTP(httptest.NewRecorder(), req.WithContext(ctx), caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error {
 		called = true
 		return nil
 	}))

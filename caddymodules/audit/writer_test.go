@@ -934,11 +934,7 @@ func TestRecordRacingCloseAlwaysReturns(t *testing.T) {
 func TestDestructWaitsForAnnouncedRows(t *testing.T) {
 	t.Parallel()
 	pg := testenv.Postgres(t)
-	w, err := NewWriter(WriterConfig{DSN: pg.AppDSN, SpoolDir: filepath.Join(t.TempDir(), "spool")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = w.Close() })
+	w := newWriter(t, pg.AppDSN, 0)
 	if !w.announce() { // a request has begun
 		t.Fatal("a live writer refused an announcement")
 	}
