@@ -25,6 +25,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/glassmkr/guardian/shared/fnserve"
 	"github.com/glassmkr/guardian/shared/identity"
@@ -720,5 +721,22 @@ func TestABufferedBodyIsGivenBackOnceSent(t *testing.T) {
 	}
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A function's own 5xx answers (its database away, a bug) are proxied as
+// they are, and counted: the duration histogram calls them proxied.
+func TestAFunctionsOwnServerErrorsAreCounted(t *testing.T) {
+	t.Parallel()
+	h := newHandler(t, &Handler{})
+	before := testutil.ToFloat64(h.metrics.serverErrors)
+	if rec, err := call(h, "/fail"); err != nil || rec.Code != http.StatusServiceUnavailable {
+		t.Fatalf("/fail: %d %v", rec.Code, err)
+	}
+	if rec, err := call(h, "/ok"); err != nil || rec.Code != http.StatusOK {
+		t.Fatalf("/ok: %d %v", rec.Code, err)
+	}
+	if got := testutil.ToFloat64(h.metrics.serverErrors) - before; got != 1 {
+		t.Fatalf("%v server errors counted, want 1", got)
 	}
 }

@@ -168,7 +168,7 @@ func (in *instance) acquire(ctx context.Context) (*process, error) {
 		in.starts++
 		in.mu.Unlock()
 
-		p, err := startProcess(&in.spec, in.log)
+		p, err := startProcess(&in.spec, in.log, in.metrics.serverErrors)
 
 		in.mu.Lock()
 		in.starting = nil

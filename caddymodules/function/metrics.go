@@ -16,6 +16,7 @@ var metrics = struct {
 	coldStart     *prometheus.HistogramVec
 	inFlight      *prometheus.GaugeVec
 	duration      *prometheus.HistogramVec
+	serverErrors  *prometheus.CounterVec
 }{
 	starts: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "guardian", Subsystem: "function", Name: "starts_total",
@@ -38,6 +39,10 @@ var metrics = struct {
 		Namespace: "guardian", Subsystem: "function", Name: "in_flight_requests",
 		Help: "Requests being served by the function now.",
 	}, []string{"function"}),
+	serverErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "guardian", Subsystem: "function", Name: "server_error_answers_total",
+		Help: "Answers of 500 or more the function itself gave (its database or ClickHouse away, a bug), which request_duration_seconds counts as proxied.",
+	}, []string{"function"}),
 	duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: "guardian", Subsystem: "function", Name: "request_duration_seconds",
 		Help:    "Time to serve a request through the runtime, cold starts included, by outcome.",
@@ -56,13 +61,14 @@ const (
 )
 
 func registerMetrics(reg prometheus.Registerer) error {
-	return guardian.RegisterCollectors(reg, metrics.starts, metrics.startFailures, metrics.crashes, metrics.coldStart, metrics.inFlight, metrics.duration)
+	return guardian.RegisterCollectors(reg, metrics.starts, metrics.startFailures, metrics.crashes, metrics.coldStart, metrics.inFlight, metrics.duration, metrics.serverErrors)
 }
 
 // fnMetrics are one function's series, resolved once at provision so the
 // request path does no label lookups.
 type fnMetrics struct {
 	starts, startFailures, crashes prometheus.Counter
+	serverErrors                   prometheus.Counter
 	coldStart                      prometheus.Observer
 	inFlight                       prometheus.Gauge
 	duration                       map[string]prometheus.Observer
@@ -75,6 +81,7 @@ func newFnMetrics(name string) *fnMetrics {
 		crashes:       metrics.crashes.WithLabelValues(name),
 		coldStart:     metrics.coldStart.WithLabelValues(name),
 		inFlight:      metrics.inFlight.WithLabelValues(name),
+		serverErrors:  metrics.serverErrors.WithLabelValues(name),
 		duration:      map[string]prometheus.Observer{},
 	}
 	for _, o := range []string{outcomeProxied, outcomeFailed, outcomeTimeout, outcomeUnavailable, outcomeBusy, outcomeRefused} {

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
@@ -122,7 +123,7 @@ func (s *sendWatch) reached() bool {
 // the request that asked for it went away would count as a crash, and a
 // client cancelling cold starts on purpose could push the backoff past
 // the start timeout for everyone.
-func startProcess(cfg *spec, log *zap.Logger) (*process, error) {
+func startProcess(cfg *spec, log *zap.Logger, serverErrors prometheus.Counter) (*process, error) {
 	begin := time.Now() // cold start counts from here: socket, exec, readiness
 	socket, err := socketName(cfg.name, socketSeq.Add(1))
 	if err != nil {
@@ -238,11 +239,16 @@ func startProcess(cfg *spec, log *zap.Logger) (*process, error) {
 		DisableCompression:    true,
 	}
 	p.proxy = &httputil.ReverseProxy{
-		Rewrite:        rewrite(cfg.name),
-		Transport:      p.tr,
-		BufferPool:     proxyBufferPool{},
-		ErrorLog:       nil,
-		ModifyResponse: reportAuthFailure,
+		Rewrite:    rewrite(cfg.name),
+		Transport:  p.tr,
+		BufferPool: proxyBufferPool{},
+		ErrorLog:   nil,
+		ModifyResponse: func(resp *http.Response) error {
+			if resp.StatusCode >= 500 {
+				serverErrors.Inc()
+			}
+			return reportAuthFailure(resp)
+		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if slot, ok := r.Context().Value(errCtxKey{}).(*error); ok {
 				*slot = err

@@ -51,6 +51,9 @@ func setup(ctx context.Context, log *zap.Logger, env *config.Loader) (http.Handl
 	}
 	log.Info("testfn ready")
 	mux := http.NewServeMux()
+	mux.HandleFunc("/fail", func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "the function's own failure", http.StatusServiceUnavailable)
+	})
 	mux.HandleFunc("/ok", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "%d", os.Getpid())
 	})
