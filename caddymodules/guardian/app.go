@@ -59,7 +59,7 @@ func (App) CaddyModule() caddy.ModuleInfo {
 // Provision loads and validates the edge's settings: the key pepper, the
 // session secret, the runtime database role's DSN and the Redis address
 // are required.
-func (a *App) Provision(caddy.Context) error {
+func (a *App) Provision(ctx caddy.Context) error {
 	s, err := config.LoadSecrets(os.LookupEnv)
 	l := config.New(os.LookupEnv)
 	a.pgAppDSN = l.String(config.PGAppDSN)
@@ -78,6 +78,12 @@ func (a *App) Provision(caddy.Context) error {
 	}
 	if err := checkSchema(a.pgAppDSN, caddy.Log().Named("guardian")); err != nil {
 		return err
+	}
+	noteCertExpiry(os.LookupEnv, caddy.Log().Named("guardian"))
+	if reg := ctx.GetMetricsRegistry(); reg != nil {
+		if err := RegisterCollectors(reg, certExpiry); err != nil {
+			return fmt.Errorf("guardian: %w", err)
+		}
 	}
 	a.secrets = s
 	return nil
