@@ -331,7 +331,10 @@ func (h *Handler) takeAccount(r *http.Request, id *identity.Identity) Decision {
 		cred = h.keyShape + cred // only on routes of another shape: the usual path allocates nothing
 	}
 	keys := []string{h.limiter.CredentialKey(id.CustomerID, cred), h.limiter.AccountKey(id.CustomerID)}
-	return h.limiter.Take(r.Context(), keys, h.acLimits, false)
+	// A credential bucket of its own shape guards a brute-force surface
+	// (a password check's): without Redis it falls back to per-instance
+	// buckets, as the address tier does, instead of failing open.
+	return h.limiter.Take(r.Context(), keys, h.acLimits, h.keyShape != "")
 }
 
 // chargeRefused charges an API key that authentication refused for what

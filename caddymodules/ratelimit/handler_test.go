@@ -12,6 +12,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/glassmkr/guardian/shared/identity"
 	"github.com/glassmkr/guardian/shared/problem"
@@ -196,6 +197,37 @@ func TestAccountTierChargesKeyAndAccount(t *testing.T) {
 	// Anonymous requests on optional routes have no account to charge.
 	if s, _ := status(h.ServeHTTP(httptest.NewRecorder(), request("192.0.2.31"), ok)); s != 200 {
 		t.Fatal("anonymous request refused")
+	}
+}
+
+// A credential bucket of its own shape (re-auth's, a brute-force surface)
+// falls back to a per-instance bucket while Redis is away; the usual one
+// fails open.
+func TestAShapedCredentialBucketHoldsWithoutRedis(t *testing.T) {
+	t.Parallel()
+	dead := NewLimiter(redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1}), "t:", 20*time.Millisecond, nil)
+	t.Cleanup(func() { _ = dead.Close() })
+	session := func() *http.Request {
+		r := request("192.0.2.40")
+		caddyhttp.SetVar(r.Context(), identity.VarKey, &identity.Identity{Kind: identity.KindSession, CustomerID: "cust-1", SessionID: "s1", UserID: "u1"})
+		return r
+	}
+	shaped := Handler{Tier: TierAccount, Key: &Bucket{Capacity: 3, Rate: 0.01}}
+	shaped.init(dead)
+	usual := Handler{Tier: TierAccount}
+	usual.init(dead)
+	var got []int
+	for range 4 {
+		s, _ := status(shaped.ServeHTTP(httptest.NewRecorder(), session(), ok))
+		got = append(got, s)
+	}
+	if want := []int{200, 200, 200, 429}; !slices.Equal(got, want) {
+		t.Fatalf("the shaped bucket without Redis: %v, want %v", got, want)
+	}
+	for range 5 {
+		if s, _ := status(usual.ServeHTTP(httptest.NewRecorder(), session(), ok)); s != 200 {
+			t.Fatalf("the usual bucket without Redis: %d, want it to fail open", s)
+		}
 	}
 }
 
