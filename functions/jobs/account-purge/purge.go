@@ -121,8 +121,10 @@ func (r Result) Report(rep *job.Report) {
 }
 
 const (
-	dueCount   = `SELECT count(*) FROM customers WHERE delete_after <= $1`
-	dueAccount = `SELECT id::text FROM customers WHERE delete_after <= $1 ORDER BY delete_after, id LIMIT $2`
+	// Due by the run's clock and PostgreSQL's both: an account is never
+	// taken (its ClickHouse rows deleted first) before its time by either.
+	dueCount   = `SELECT count(*) FROM customers WHERE delete_after <= least($1, now())`
+	dueAccount = `SELECT id::text FROM customers WHERE delete_after <= least($1, now()) ORDER BY delete_after, id LIMIT $2`
 	// deleteAccounts re-checks delete_after, so an account whose deletion
 	// was called off meanwhile stays. The foreign keys delete its users,
 	// sessions, servers, keys and idempotency keys; a trigger sets
