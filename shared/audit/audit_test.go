@@ -321,12 +321,16 @@ func TestSaltedCustomerDigest(t *testing.T) {
 
 func TestMovedRows(t *testing.T) {
 	const a, b, gone = "a0000000-0000-4000-8000-000000000000", "b0000000-0000-4000-8000-000000000000", "c0000000-0000-4000-8000-000000000000"
-	saltA, saltB, saltGone := []byte("sa"), []byte("sb"), []byte("sc")
-	live := Customers{salted: map[string][]byte{}, live: map[string]bool{}}
-	for id, salt := range map[string][]byte{a: saltA, b: saltB} {
+	// due: a customer whose deletion is due (account-purge anonymises its
+	// rows in batches before it deletes it).
+	const due = "d0000000-0000-4000-8000-000000000000"
+	saltA, saltB, saltGone, saltDue := []byte("sa"), []byte("sb"), []byte("sc"), []byte("sd")
+	live := Customers{salted: map[string][]byte{}, live: map[string]bool{}, due: map[string]bool{}}
+	for id, salt := range map[string][]byte{a: saltA, b: saltB, due: saltDue} {
 		d := SaltedCustomerDigest(salt, id)
 		live.salted[id], live.live[string(d)], live.live[string(CustomerDigest(id))] = d, true, true
 	}
+	live.due[string(SaltedCustomerDigest(saltDue, due))], live.due[string(CustomerDigest(due))] = true, true
 	for _, tc := range []struct {
 		name     string
 		customer string
@@ -347,6 +351,11 @@ func TestMovedRows(t *testing.T) {
 		{"unsalted, nulled while its customer exists", "", CustomerDigest(a), true},
 		{"unknown customer", a, UnknownCustomer, false},
 		{"before digests", b, nil, false},
+		{"nulled, its customer's deletion due", "", SaltedCustomerDigest(saltDue, due), false},
+		{"unsalted, nulled, its customer's deletion due", "", CustomerDigest(due), false},
+		{"a due customer's, moved to an id of no customer", gone, SaltedCustomerDigest(saltDue, due), true},
+		{"a due customer's, moved to another customer", a, SaltedCustomerDigest(saltDue, due), true},
+		{"a due customer's, its own", due, SaltedCustomerDigest(saltDue, due), false},
 	} {
 		if got := live.moved(&Row{CustomerID: tc.customer, CustomerDigest: tc.digest}); got != tc.moved {
 			t.Errorf("%s: moved = %v, want %v", tc.name, got, tc.moved)
