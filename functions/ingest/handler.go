@@ -68,13 +68,14 @@ func (h *handler) customerBound() int64 { return max(h.maxInFlight/customerShare
 // they would pass the bound or the customer's share of it. Every true is
 // matched by a release of the same n.
 func (h *handler) reserve(customer string, n int64) bool {
-	if h.inFlight.Add(n) > h.maxInFlight {
-		h.inFlight.Add(-n)
-		return false
-	}
 	h.heldMu.Lock()
 	defer h.heldMu.Unlock()
+	// The customer's share first: bytes it may not hold must not count
+	// against the bound, even for a moment, and refuse someone else.
 	if h.held[customer]+n > h.customerBound() {
+		return false
+	}
+	if h.inFlight.Add(n) > h.maxInFlight {
 		h.inFlight.Add(-n)
 		return false
 	}
