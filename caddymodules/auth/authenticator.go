@@ -23,6 +23,7 @@ import (
 
 	"github.com/glassmkr/guardian/shared/apikey"
 	"github.com/glassmkr/guardian/shared/identity"
+	"github.com/glassmkr/guardian/shared/logevery"
 	"github.com/glassmkr/guardian/shared/session"
 )
 
@@ -78,21 +79,16 @@ type Authenticator struct {
 
 	listening     atomic.Bool
 	listenerCheck time.Duration // Config.ListenerCheck
-	// staleWarned is when the last "serving from cache" warning was
-	// logged (unix ns): one per staleWarnEvery, not one per request.
-	staleWarned atomic.Int64
-	// badNoticeWarned is when a malformed notification was last logged
-	// (unix ns), as staleWarned; unavailableWarned is the same for
+	// One line per interval, not one per request or notification: the
+	// "serving from cache" warning, malformed notifications, and
 	// credentials refused because the store could not be reached.
-	badNoticeWarned   atomic.Int64
-	unavailableWarned atomic.Int64
-	unavailableSince  atomic.Int64 // refusals since that line
-	touch             *toucher
-	lookups           *lookups
-	keyFlight         singleflight.Group // key lookups in flight, by hash
-	sessFlight        singleflight.Group // session lookups in flight, by id
-	cancel            context.CancelFunc
-	done              chan struct{}
+	staleLog, badNoticeLog, unavailableLog logevery.Gate
+	touch                                  *toucher
+	lookups                                *lookups
+	keyFlight                              singleflight.Group // key lookups in flight, by hash
+	sessFlight                             singleflight.Group // session lookups in flight, by id
+	cancel                                 context.CancelFunc
+	done                                   chan struct{}
 }
 
 type keyEntry struct {
@@ -435,12 +431,10 @@ func (a *Authenticator) warnStale(ctx context.Context, kind string, err error) {
 		return // the request ended (its client went away), not the store
 	}
 	notifyMetrics.staleServed.WithLabelValues(kind).Inc()
-	now := time.Now().UnixNano()
-	last := a.staleWarned.Load()
-	if now-last < int64(staleWarnEvery) || !a.staleWarned.CompareAndSwap(last, now) {
-		return
+	if n, ok := a.staleLog.Allow(time.Now(), staleWarnEvery); ok {
+		a.log.Warn("credential store unreachable; serving cached credentials (logged once per 30 s)", zap.String("kind", kind),
+			zap.Int64("served", n), zap.Error(err))
 	}
-	a.log.Warn("credential store unreachable; serving cached credentials (logged once per 30 s)", zap.String("kind", kind), zap.Error(err))
 }
 
 // WarnUnavailable logs, at most once per staleWarnEvery and with the
@@ -448,15 +442,10 @@ func (a *Authenticator) warnStale(ctx context.Context, kind string, err error) {
 // store could not be reached: during an outage every request with an
 // uncached credential would otherwise add an error line.
 func (a *Authenticator) WarnUnavailable(err error) {
-	n := a.unavailableSince.Add(1)
-	now := time.Now().UnixNano()
-	last := a.unavailableWarned.Load()
-	if now-last < int64(staleWarnEvery) || !a.unavailableWarned.CompareAndSwap(last, now) {
-		return
+	if n, ok := a.unavailableLog.Allow(time.Now(), staleWarnEvery); ok {
+		a.log.Error("credential store unavailable; credentials not in the cache are refused (logged once per 30 s)",
+			zap.Int64("refused", n), zap.Error(err))
 	}
-	a.unavailableSince.Add(-n)
-	a.log.Error("credential store unavailable; credentials not in the cache are refused (logged once per 30 s)",
-		zap.Int64("refused", n), zap.Error(err))
 }
 
 // endOnEdge is when a key ends on the edge's clock, given what PostgreSQL

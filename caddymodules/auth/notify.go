@@ -100,13 +100,10 @@ const badNoticeWarnEvery = 30 * time.Second
 // which is whoever sent it's to choose), at most once per
 // badNoticeWarnEvery.
 func (a *Authenticator) warnBadNotice(size int) {
-	now := time.Now().UnixNano()
-	last := a.badNoticeWarned.Load()
-	if now-last < int64(badNoticeWarnEvery) || !a.badNoticeWarned.CompareAndSwap(last, now) {
-		return
+	if n, ok := a.badNoticeLog.Allow(time.Now(), badNoticeWarnEvery); ok {
+		a.log.Warn("auth: malformed revocation notification ignored (logged once per 30 s; guardian_auth_notifications_ignored_total counts them)",
+			zap.Int("bytes", size), zap.Int64("ignored", n))
 	}
-	a.log.Warn("auth: malformed revocation notification ignored (logged once per 30 s; guardian_auth_notifications_ignored_total counts them)",
-		zap.Int("bytes", size))
 }
 
 // notifyMetrics count notifications the listener did not apply, and say

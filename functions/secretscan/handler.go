@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"sort"
 	"strings"
-	"sync/atomic"
 	"time"
 	"unicode"
 
@@ -23,6 +22,7 @@ import (
 	"github.com/glassmkr/guardian/shared/apikey"
 	"github.com/glassmkr/guardian/shared/audit"
 	"github.com/glassmkr/guardian/shared/identity"
+	"github.com/glassmkr/guardian/shared/logevery"
 	"github.com/glassmkr/guardian/shared/notify"
 	"github.com/glassmkr/guardian/shared/problem"
 )
@@ -53,11 +53,11 @@ type handler struct {
 	log    *zap.Logger
 	chain  *chain // this process's audit chain, for the revocations' rows
 
-	// refusedLogged is when a refused signature was last logged (unix
-	// ns), refusedSince how many were refused since: the route is public,
-	// and a line per forged report would let anyone fill the log. Each
-	// refusal is in the audit log (auth_failed) all the same.
-	refusedLogged, refusedSince atomic.Int64
+	// refusals lets a refused signature's line through once per
+	// refusalLogEvery: the route is public, and a line per forged report
+	// would let anyone fill the log. Each refusal is in the audit log
+	// (auth_failed) all the same.
+	refusals logevery.Gate
 }
 
 // refusalLogEvery bounds the refused-signature log lines.
@@ -66,15 +66,10 @@ const refusalLogEvery = 30 * time.Second
 // logRefusal logs a refused signature at most once per refusalLogEvery,
 // with the number refused since the last line.
 func (h *handler) logRefusal(keyID, clientIP string, err error) {
-	n := h.refusedSince.Add(1)
-	now := time.Now().UnixNano()
-	last := h.refusedLogged.Load()
-	if now-last < int64(refusalLogEvery) || !h.refusedLogged.CompareAndSwap(last, now) {
-		return
+	if n, ok := h.refusals.Allow(time.Now(), refusalLogEvery); ok {
+		h.log.Warn("secret scanning: signature refused (logged once per 30 s)", zap.Int64("refused", n),
+			zap.String("key_identifier", keyID), zap.Error(err), zap.String("client_ip", clientIP))
 	}
-	h.refusedSince.Add(-n)
-	h.log.Warn("secret scanning: signature refused (logged once per 30 s)", zap.Int64("refused", n),
-		zap.String("key_identifier", keyID), zap.Error(err), zap.String("client_ip", clientIP))
 }
 
 func (h *handler) routes() http.Handler {

@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"testing"
-	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
@@ -20,7 +19,7 @@ func TestRefusedSignaturesAreLoggedSparingly(t *testing.T) {
 	if n := logs.Len(); n != 1 {
 		t.Fatalf("5 refusals at once logged %d lines, want 1", n)
 	}
-	h.refusedLogged.Store(time.Now().Add(-refusalLogEvery - time.Second).UnixNano())
+	h.refusals.Pass() // the interval has passed
 	h.logRefusal("kid", "203.0.113.9", errors.New("bad"))
 	all := logs.All()
 	if len(all) != 2 || all[1].ContextMap()["refused"] != int64(5) {

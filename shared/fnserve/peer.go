@@ -7,6 +7,8 @@ import (
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
+
+	"github.com/glassmkr/guardian/shared/logevery"
 )
 
 // parentOnly accepts connections from one process only: the runtime (Caddy)
@@ -21,7 +23,7 @@ type parentOnly struct {
 	parent   int
 	log      *zap.Logger
 	refused  atomic.Int64
-	lastWarn atomic.Int64
+	warnings logevery.Gate // one line a minute, however many are refused
 }
 
 func (p *parentOnly) Accept() (net.Conn, error) {
@@ -36,8 +38,7 @@ func (p *parentOnly) Accept() (net.Conn, error) {
 		}
 		_ = c.Close()
 		p.refused.Add(1)
-		now := time.Now().UnixNano()
-		if last := p.lastWarn.Load(); now-last >= int64(time.Minute) && p.lastWarn.CompareAndSwap(last, now) {
+		if _, ok := p.warnings.Allow(time.Now(), time.Minute); ok {
 			p.log.Warn("refused a connection from a process other than the runtime",
 				zap.Int("peer_pid", pid), zap.Int64("refused_so_far", p.refused.Load()))
 		}
