@@ -316,7 +316,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		return nil
 	}
 	if errors.Is(proxyErr, context.DeadlineExceeded) && r.Context().Err() == nil {
-		h.log.Warn("function timed out", zap.Duration("timeout", time.Duration(h.Timeout)))
+		if n, ok := h.inst.timeoutLog.Allow(time.Now(), failLogEvery); ok {
+			h.log.Warn("function timed out (logged once per 30 s)", zap.Duration("timeout", time.Duration(h.Timeout)), zap.Int64("timed_out", n))
+		}
 		outcome = outcomeTimeout
 		return caddyhttp.Error(http.StatusGatewayTimeout,
 			problem.New(http.StatusGatewayTimeout, "function_timeout", "the service took too long to answer"))
@@ -326,7 +328,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		outcome = outcomeFailed
 		return caddyhttp.Error(499, r.Context().Err())
 	}
-	h.log.Error("function request failed", zap.Error(proxyErr))
+	if n, ok := h.inst.failLog.Allow(time.Now(), failLogEvery); ok {
+		h.log.Error("function request failed (logged once per 30 s)", zap.Error(proxyErr), zap.Int64("failed", n))
+	}
 	outcome = outcomeFailed
 	return caddyhttp.Error(http.StatusBadGateway,
 		problem.New(http.StatusBadGateway, "function_failed", "the service failed while answering; the request may be retried"))
@@ -340,6 +344,10 @@ func (h *Handler) proxy(p *process, w http.ResponseWriter, req *http.Request) {
 	defer h.inst.release(p)
 	p.proxy.ServeHTTP(w, req)
 }
+
+// failLogEvery is how often a function's timeouts and failed requests are
+// logged at most; the metrics count each one.
+const failLogEvery = 30 * time.Second
 
 // maxBuffered bounds the bytes of bodies held at once for one function's
 // routes together (BufferBody), and bufferChunk is the most read before

@@ -26,6 +26,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/glassmkr/guardian/shared/fnserve"
 	"github.com/glassmkr/guardian/shared/identity"
@@ -738,5 +740,55 @@ func TestAFunctionsOwnServerErrorsAreCounted(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(h.metrics.serverErrors) - before; got != 1 {
 		t.Fatalf("%v server errors counted, want 1", got)
+	}
+}
+
+// A slow or failing function logs one line per interval, counting the
+// requests it stands for, not one line per request: under load that
+// would be a line per refused request.
+func TestTimeoutsAndFailuresAreLoggedOncePerInterval(t *testing.T) {
+	t.Parallel()
+	h := newHandler(t, &Handler{Timeout: caddy.Duration(200 * time.Millisecond)})
+	core, logs := observer.New(zap.WarnLevel)
+	h.log = zap.New(core)
+	lines := func(msg string) (n int, last int64) {
+		for _, e := range logs.FilterMessageSnippet(msg).All() {
+			n++
+			for _, f := range e.Context {
+				if f.Key == "timed_out" || f.Key == "failed" {
+					last = f.Integer
+				}
+			}
+		}
+		return n, last
+	}
+	var wg sync.WaitGroup
+	for range 3 {
+		wg.Go(func() {
+			if _, err := call(h, "/sleep?d=1m"); err == nil {
+				t.Error("a hung request answered")
+			}
+		})
+	}
+	wg.Wait()
+	if n, c := lines("function timed out"); n != 1 || c != 1 {
+		t.Fatalf("3 timeouts: %d lines (last counting %d), want 1 counting 1", n, c)
+	}
+	h.inst.timeoutLog.Pass()
+	if _, err := call(h, "/sleep?d=1m"); err == nil {
+		t.Fatal("a hung request answered")
+	}
+	if n, c := lines("function timed out"); n != 2 || c != 3 {
+		t.Fatalf("after the interval: %d lines (last counting %d), want 2, the last counting 3", n, c)
+	}
+	for range 2 {
+		pid := pidOf(t, h)
+		if _, err := callMethod(h, "POST", "/crash"); err == nil {
+			t.Fatal("a crash answered")
+		}
+		waitFor(t, "crashed process to exit", func() bool { return !testenv.Alive(pid) })
+	}
+	if n, c := lines("function request failed"); n != 1 || c != 1 {
+		t.Fatalf("2 failures: %d lines (last counting %d), want 1 counting 1", n, c)
 	}
 }

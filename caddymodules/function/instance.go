@@ -9,6 +9,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
+
+	"github.com/glassmkr/guardian/shared/logevery"
 )
 
 // spec is what an instance needs to start its binary; instances with equal
@@ -41,6 +43,10 @@ type instance struct {
 	// contended counts, by holder, the requests that came while half the
 	// slots or more were taken (see Handler.takeContended).
 	contended *budget
+	// timeoutLog and failLog hold the per-request lines of a slow or
+	// failing process to one per interval: a process down under load
+	// would otherwise log every request it refuses.
+	timeoutLog, failLog logevery.Gate
 
 	bufMu    sync.Mutex
 	buffered *budget // bodies held for the process's routes; see bodyBudget

@@ -5,9 +5,12 @@ import (
 	"errors"
 	"net/http"
 	"strings"
+	"sync"
+	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/glassmkr/guardian/shared/logevery"
 	"github.com/glassmkr/guardian/shared/problem"
 )
 
@@ -78,11 +81,25 @@ func (e *errorWriter) Unwrap() http.ResponseWriter { return e.ResponseWriter }
 // went away (or the function is stopping) while the request ran. That
 // says nothing about the store, and a client could otherwise write error
 // lines at will by closing its connections.
+//
+// Lines of one msg are let through at most once per FailureLogEvery, each
+// counting the failures it stands for: with its store down, a function
+// under load would otherwise log every request it fails.
 func LogFailure(log *zap.Logger, msg string, err error, fields ...zap.Field) {
 	fields = append(fields, zap.Error(err))
 	if errors.Is(err, context.Canceled) {
 		log.Debug(msg+" (request cancelled)", fields...)
 		return
 	}
-	log.Error(msg, fields...)
+	g, _ := failureLogs.LoadOrStore(msg, new(logevery.Gate))
+	if n, ok := g.(*logevery.Gate).Allow(time.Now(), FailureLogEvery); ok {
+		log.Error(msg, append(fields, zap.Int64("failures", n))...)
+	}
 }
+
+// FailureLogEvery is how often LogFailure logs one message at most.
+const FailureLogEvery = 30 * time.Second
+
+// failureLogs holds LogFailure's gate per message; the messages are the
+// call sites' constants, so it stays small.
+var failureLogs sync.Map

@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/glassmkr/guardian/shared/logevery"
 	"github.com/glassmkr/guardian/shared/problem"
 )
 
@@ -68,19 +69,38 @@ func TestPlainTextErrorsBecomeProblems(t *testing.T) {
 }
 
 // A failure caused by the request's own cancellation is not an error of
-// the function's store; any other failure is.
+// the function's store; any other failure is, logged once per interval
+// per message with the count of failures it stands for.
 func TestLogFailure(t *testing.T) {
 	core, logs := observer.New(zap.DebugLevel)
 	log := zap.New(core)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	LogFailure(log, "keys: database error", fmt.Errorf("query: %w", ctx.Err()))
-	LogFailure(log, "keys: database error", errors.New("connection refused"), zap.String("server_id", "s"))
+	const msg = "TestLogFailure: database error"
+	LogFailure(log, msg, fmt.Errorf("query: %w", ctx.Err()))
+	LogFailure(log, msg, errors.New("connection refused"), zap.String("server_id", "s"))
 	entries := logs.All()
 	if len(entries) != 2 || entries[0].Level != zap.DebugLevel || entries[1].Level != zap.ErrorLevel {
 		t.Fatalf("logged %+v; want a debug line for the cancelled request, then an error", entries)
 	}
-	if entries[1].Message != "keys: database error" || entries[1].ContextMap()["server_id"] != "s" || entries[1].ContextMap()["error"] != "connection refused" {
-		t.Errorf("error line %q %v", entries[1].Message, entries[1].ContextMap())
+	if f := entries[1].ContextMap(); entries[1].Message != msg || f["server_id"] != "s" || f["error"] != "connection refused" || f["failures"] != int64(1) {
+		t.Errorf("error line %q %v", entries[1].Message, f)
+	}
+	for range 3 {
+		LogFailure(log, msg, errors.New("connection refused"))
+	}
+	LogFailure(log, "TestLogFailure: another message", errors.New("timeout"))
+	if got := logs.FilterMessage(msg).Len(); got != 1 {
+		t.Fatalf("%d lines of %q after 3 more failures within the interval, want still 1", got, msg)
+	}
+	if logs.FilterMessage("TestLogFailure: another message").Len() != 1 {
+		t.Fatal("another message was held back by the first one's gate")
+	}
+	g, _ := failureLogs.Load(msg)
+	g.(*logevery.Gate).Pass()
+	LogFailure(log, msg, errors.New("connection refused"))
+	last := logs.FilterMessage(msg).All()
+	if len(last) != 2 || last[1].ContextMap()["failures"] != int64(4) {
+		t.Fatalf("after the interval: %d lines, the last %v; want a line counting 4", len(last), last[len(last)-1].ContextMap())
 	}
 }
