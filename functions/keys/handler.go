@@ -1,7 +1,9 @@
 package main
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"time"
@@ -34,6 +36,40 @@ type handler struct {
 	hasher *apikey.Hasher
 	log    *zap.Logger
 	now    func() time.Time
+	// maxKeys is the most account keys a customer may have working
+	// (plan.MaxAccountKeys; tests lower it).
+	maxKeys int
+}
+
+// errKeyLimit is a mint refused at the customer's bound of working keys.
+var errKeyLimit = errors.New("keys: the account has as many working keys as it may")
+
+// keyLimitReached answers a mint refused by errKeyLimit.
+func (h *handler) keyLimitReached(w http.ResponseWriter, rotating bool) {
+	detail := fmt.Sprintf("this account has %d working account keys, the most it may have; revoke one first", h.maxKeys)
+	if rotating {
+		detail += ", or rotate with grace_seconds 0"
+	}
+	problem.Write(w, problem.New(http.StatusConflict, "limit_reached", detail))
+}
+
+// underKeyLimit returns errKeyLimit if customer already has h.maxKeys
+// working account keys (a key rotated away works until its grace ends).
+// It first takes a transaction-scoped lock per customer, so two mints
+// cannot both see room for one.
+func (h *handler) underKeyLimit(ctx context.Context, tx pgx.Tx, customer string, now time.Time) error {
+	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(hashtextextended('guardian.account_keys:' || $1, 0))", customer); err != nil {
+		return fmt.Errorf("keys: lock the customer's keys: %w", err)
+	}
+	var n int
+	if err := tx.QueryRow(ctx, `SELECT count(*) FROM api_keys WHERE customer_id = $1 AND kind = 'account'
+		AND (revoked_at IS NULL OR revoked_at > $2) AND (expires_at IS NULL OR expires_at > $2)`, customer, now).Scan(&n); err != nil {
+		return fmt.Errorf("keys: count the customer's keys: %w", err)
+	}
+	if n >= h.maxKeys {
+		return errKeyLimit
+	}
+	return nil
 }
 
 func (h *handler) routes() http.Handler {
@@ -224,6 +260,10 @@ func (h *handler) create(w http.ResponseWriter, r *http.Request) {
 		problem.Write(w, stepup.Ended())
 		return
 	}
+	if errors.Is(err, errKeyLimit) {
+		h.keyLimitReached(w, false)
+		return
+	}
 	if err != nil {
 		h.fail(w, err)
 		return
@@ -254,6 +294,9 @@ func (h *handler) mint(r *http.Request, id identity.Identity, name, scope string
 			return err
 		}
 		if err := stepup.LockSession(r.Context(), tx, id); err != nil {
+			return err
+		}
+		if err := h.underKeyLimit(r.Context(), tx, id.CustomerID, h.now()); err != nil {
 			return err
 		}
 		return tx.QueryRow(r.Context(), `INSERT INTO api_keys (customer_id, kind, scope, name, key_hash, last4, created_by, expires_at, rotated_from)
@@ -344,6 +387,14 @@ func (h *handler) rotate(w http.ResponseWriter, r *http.Request) {
 			refusal = problem.New(http.StatusConflict, "key_expired", "an expired key cannot be rotated (its successor would be expired too); create a new key")
 			return nil
 		}
+		// A rotation with grace leaves the old key working beside its
+		// successor for a while, so it needs room for one more; without
+		// grace the count stays as it was.
+		if grace > 0 {
+			if err := h.underKeyLimit(r.Context(), tx, id.CustomerID, now); err != nil {
+				return err
+			}
+		}
 		if _, err := tx.Exec(r.Context(), "UPDATE api_keys SET revoked_at = $2, revoked_reason = 'rotated' WHERE id = $1", keyID, now.Add(grace)); err != nil {
 			return err
 		}
@@ -367,6 +418,9 @@ func (h *handler) rotate(w http.ResponseWriter, r *http.Request) {
 		return
 	case errors.Is(err, stepup.ErrSessionEnded):
 		problem.Write(w, stepup.Ended())
+		return
+	case errors.Is(err, errKeyLimit):
+		h.keyLimitReached(w, true)
 		return
 	case err != nil:
 		h.fail(w, err)

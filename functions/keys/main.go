@@ -26,6 +26,7 @@ import (
 	"github.com/glassmkr/guardian/shared/config"
 	"github.com/glassmkr/guardian/shared/db"
 	"github.com/glassmkr/guardian/shared/fnserve"
+	"github.com/glassmkr/guardian/shared/plan"
 )
 
 func main() { fnserve.Main(setup) }
@@ -40,6 +41,6 @@ func setup(ctx context.Context, log *zap.Logger, env *config.Loader) (http.Handl
 	if err != nil {
 		return nil, nil, err
 	}
-	h := &handler{db: pool, hasher: apikey.NewHasher(pepper), log: log, now: time.Now}
+	h := &handler{db: pool, hasher: apikey.NewHasher(pepper), log: log, now: time.Now, maxKeys: plan.MaxAccountKeys}
 	return h.routes(), pool.Close, nil
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/glassmkr/guardian/shared/mfa"
 	"github.com/glassmkr/guardian/shared/migrate"
+	"github.com/glassmkr/guardian/shared/plan"
 	"github.com/glassmkr/guardian/shared/testenv"
 )
 
@@ -34,20 +35,36 @@ func newSite(t *testing.T) *site {
 
 func (s *site) do(t *testing.T, method, path, body string, header map[string]string) (int, map[string]any) {
 	t.Helper()
-	req, _ := http.NewRequest(method, s.URL+path, strings.NewReader(body))
+	status, doc, err := s.send(method, path, body, header)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return status, doc
+}
+
+// send is do for any goroutine: it reports a transport error instead of
+// ending the test.
+func (s *site) send(method, path, body string, header map[string]string) (int, map[string]any, error) {
+	req, err := http.NewRequest(method, s.URL+path, strings.NewReader(body))
+	if err != nil {
+		return 0, nil, err
+	}
 	req.Header.Set("Content-Type", "application/json")
 	for k, v := range header {
 		req.Header.Set(k, v)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		t.Fatal(err)
+		return 0, nil, err
 	}
 	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, nil, err
+	}
 	var doc map[string]any
 	_ = json.Unmarshal(b, &doc)
-	return resp.StatusCode, doc
+	return resp.StatusCode, doc, nil
 }
 
 // signIn signs in with the password: a fresh session, re-authenticated now.
@@ -132,13 +149,17 @@ func TestRotateWithAndWithoutGrace(t *testing.T) {
 	// Once rotated, the old key cannot be rotated again (a retry would mint
 	// a second live successor and push the old key's end out again).
 	var endsAt time.Time
-	_ = s.pg.Owner.QueryRow(context.Background(), "SELECT revoked_at FROM api_keys WHERE id = $1", oldID).Scan(&endsAt)
+	if err := s.pg.Owner.QueryRow(context.Background(), "SELECT revoked_at FROM api_keys WHERE id = $1", oldID).Scan(&endsAt); err != nil {
+		t.Fatal(err)
+	}
 	status, doc = s.do(t, "POST", "/api/v1/keys/"+oldID+"/rotate", `{"grace_seconds":86400}`, session)
 	if status != 409 || doc["code"] != "already_rotated" || doc["successor_id"] != gracedID {
 		t.Fatalf("second rotation of the same key: %d %v", status, doc)
 	}
 	var endsAfter time.Time
-	_ = s.pg.Owner.QueryRow(context.Background(), "SELECT revoked_at FROM api_keys WHERE id = $1", oldID).Scan(&endsAfter)
+	if err := s.pg.Owner.QueryRow(context.Background(), "SELECT revoked_at FROM api_keys WHERE id = $1", oldID).Scan(&endsAfter); err != nil {
+		t.Fatal(err)
+	}
 	if !endsAfter.Equal(endsAt) {
 		t.Fatalf("a refused rotation moved the old key's end from %v to %v", endsAt, endsAfter)
 	}
@@ -177,7 +198,9 @@ func TestRotateWithAndWithoutGrace(t *testing.T) {
 	}
 	s.c.CollectorKey(t, s.c.ServerID)
 	var collectorID string
-	_ = s.pg.Owner.QueryRow(context.Background(), "SELECT id FROM api_keys WHERE kind = 'collector' AND customer_id = $1", s.c.ID).Scan(&collectorID)
+	if err := s.pg.Owner.QueryRow(context.Background(), "SELECT id FROM api_keys WHERE kind = 'collector' AND customer_id = $1", s.c.ID).Scan(&collectorID); err != nil {
+		t.Fatal(err)
+	}
 	if status, doc := s.do(t, "POST", "/api/v1/keys/"+collectorID+"/rotate", ``, session); status != 422 {
 		t.Fatalf("rotating a collector key here: %d %v", status, doc)
 	}
@@ -405,7 +428,10 @@ func TestASessionSignedOutMidRequestMintsNoKey(t *testing.T) {
 	}
 	done := make(chan answer, 1)
 	go func() {
-		status, doc := s.do(t, "POST", "/api/v1/keys", `{"name":"race","scope":"write"}`, session)
+		status, doc, err := s.send("POST", "/api/v1/keys", `{"name":"race","scope":"write"}`, session)
+		if err != nil {
+			status, doc = -1, map[string]any{"error": err.Error()}
+		}
 		done <- answer{status, doc}
 	}()
 	if _, a, finished := testenv.BlockedBy(t, s.pg.Owner, revokePID, done, migrate.FunctionRole(migrate.DefaultAppRole, "keys")); finished {
@@ -420,5 +446,100 @@ func TestASessionSignedOutMidRequestMintsNoKey(t *testing.T) {
 	var keys int
 	if err := s.pg.Owner.QueryRow(ctx, "SELECT count(*) FROM api_keys WHERE name = 'race'").Scan(&keys); err != nil || keys != 0 {
 		t.Fatalf("%d keys minted by a signed-out session (%v)", keys, err)
+	}
+}
+
+// An account has at most plan.MaxAccountKeys working account keys:
+// keys revoked or expired do not count, keys in a rotation's grace do.
+// A mint waits for another of the same customer, so two cannot both
+// take the last place.
+func TestWorkingKeysAreBounded(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	session := s.signIn(t)
+	ctx := context.Background()
+	fill := func(n int, revoked, expires string) {
+		t.Helper()
+		if _, err := s.pg.Owner.Exec(ctx, `INSERT INTO api_keys (customer_id, kind, scope, name, key_hash, last4, revoked_at, expires_at)
+			SELECT $1, 'account', 'read', 'filler', sha256(gen_random_uuid()::text::bytea), 'abcd', `+revoked+`, `+expires+` FROM generate_series(1, $2)`,
+			s.c.ID, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Rows that do not work any more must not count.
+	fill(5, "now() - interval '1 minute'", "NULL")
+	fill(5, "NULL", "now() - interval '1 minute'")
+	var working int
+	if err := s.pg.Owner.QueryRow(ctx, "SELECT count(*) FROM api_keys WHERE customer_id = $1 AND kind = 'account' AND name <> 'filler'", s.c.ID).Scan(&working); err != nil {
+		t.Fatal(err)
+	}
+	fill(plan.MaxAccountKeys-working-2, "NULL", "NULL") // room for 2 more, one of which in a rotation's grace
+	status, doc := s.do(t, "POST", "/api/v1/keys", `{"name":"last but one","scope":"read"}`, session)
+	if status != 201 {
+		t.Fatalf("a key under the bound: %d %v", status, doc)
+	}
+	// A rotation with grace needs room for one more key.
+	status, doc = s.do(t, "POST", "/api/v1/keys/"+doc["id"].(string)+"/rotate", `{"grace_seconds":600}`, session)
+	if status != 201 {
+		t.Fatalf("a rotation with grace at the last free place: %d %v", status, doc)
+	}
+	graced := doc["id"].(string)
+	// At the bound, two mints at once: both refused.
+	type answer struct {
+		status int
+		doc    map[string]any
+	}
+	answers := make(chan answer, 2)
+	for range 2 {
+		go func() {
+			status, doc, err := s.send("POST", "/api/v1/keys", `{"name":"one too many","scope":"read"}`, session)
+			if err != nil {
+				status, doc = -1, map[string]any{"error": err.Error()}
+			}
+			answers <- answer{status, doc}
+		}()
+	}
+	for range 2 {
+		if a := <-answers; a.status != 409 || a.doc["code"] != "limit_reached" {
+			t.Fatalf("a key past the bound: %d %v; want 409 limit_reached", a.status, a.doc)
+		}
+	}
+	if status, doc := s.do(t, "POST", "/api/v1/keys/"+graced+"/rotate", `{"grace_seconds":600}`, session); status != 409 || doc["code"] != "limit_reached" ||
+		!strings.Contains(doc["detail"].(string), "grace_seconds 0") {
+		t.Fatalf("a rotation with grace at the bound: %d %v", status, doc)
+	}
+	// A rotation without grace keeps the count, so it still passes.
+	if status, doc := s.do(t, "POST", "/api/v1/keys/"+graced+"/rotate", ``, session); status != 201 {
+		t.Fatalf("a rotation without grace at the bound: %d %v", status, doc)
+	}
+	// One place freed, and taken by a transaction that holds the
+	// customer's key lock meanwhile: a mint waits for it, then finds no room.
+	if _, err := s.pg.Owner.Exec(ctx, "UPDATE api_keys SET revoked_at = now() WHERE id = (SELECT id FROM api_keys WHERE customer_id = $1 AND name = 'filler' AND revoked_at IS NULL AND expires_at IS NULL LIMIT 1)", s.c.ID); err != nil {
+		t.Fatal(err)
+	}
+	other, otherPID := testenv.Hold(t, s.pg.Owner, "SELECT pg_advisory_xact_lock(hashtextextended('guardian.account_keys:' || $1, 0))", s.c.ID)
+	if _, err := other.Exec(ctx, `INSERT INTO api_keys (customer_id, kind, scope, name, key_hash, last4)
+		VALUES ($1, 'account', 'read', 'filler', sha256(gen_random_uuid()::text::bytea), 'abcd')`, s.c.ID); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		status, doc, err := s.send("POST", "/api/v1/keys", `{"name":"raced","scope":"read"}`, session)
+		if err != nil {
+			status, doc = -1, map[string]any{"error": err.Error()}
+		}
+		answers <- answer{status, doc}
+	}()
+	if _, a, finished := testenv.BlockedBy(t, s.pg.Owner, otherPID, answers, migrate.FunctionRole(migrate.DefaultAppRole, "keys")); finished {
+		t.Fatalf("a mint did not wait for another holding the customer's keys: %d %v", a.status, a.doc)
+	}
+	if err := other.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if a := <-answers; a.status != 409 || a.doc["code"] != "limit_reached" {
+		t.Fatalf("a mint after another took the last place: %d %v; want 409 limit_reached", a.status, a.doc)
+	}
+	if err := s.pg.Owner.QueryRow(ctx, `SELECT count(*) FROM api_keys WHERE customer_id = $1 AND kind = 'account'
+		AND (revoked_at IS NULL OR revoked_at > now()) AND (expires_at IS NULL OR expires_at > now())`, s.c.ID).Scan(&working); err != nil || working != plan.MaxAccountKeys {
+		t.Fatalf("%d working keys (%v), want %d", working, err, plan.MaxAccountKeys)
 	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"mime"
 	"net/http"
@@ -193,6 +194,10 @@ func (h *handler) enroll(w http.ResponseWriter, r *http.Request, id identity.Ide
 		return
 	case errors.Is(err, stepup.ErrSessionEnded):
 		problem.Write(w, stepup.Ended())
+		return
+	case errors.Is(err, errServerLimit):
+		problem.Write(w, problem.New(http.StatusConflict, "limit_reached",
+			fmt.Sprintf("this account has %d servers, the most it may have; delete one first", h.st.maxServers)))
 		return
 	case errors.Is(err, errIdempotencyReused):
 		audit.Annotate(w, audit.Annotation{ResourceType: "server", Action: "create", Metadata: map[string]any{"idempotency_key_reused": true}})

@@ -38,6 +38,7 @@ import (
 	"github.com/glassmkr/guardian/shared/config"
 	"github.com/glassmkr/guardian/shared/db"
 	"github.com/glassmkr/guardian/shared/fnserve"
+	"github.com/glassmkr/guardian/shared/plan"
 )
 
 // PublicURL names the variable holding Guardian's public base URL.
@@ -63,7 +64,7 @@ func setup(ctx context.Context, log *zap.Logger, env *config.Loader) (http.Handl
 	if err != nil {
 		return nil, nil, err
 	}
-	h := &handler{db: pool, st: &store{db: pool, hasher: apikey.NewHasher(pepper)}, ingestURL: ingest, log: log, now: time.Now}
+	h := &handler{db: pool, st: &store{db: pool, hasher: apikey.NewHasher(pepper), maxServers: plan.MaxServers}, ingestURL: ingest, log: log, now: time.Now}
 	return h.routes(), pool.Close, nil
 }
 

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/glassmkr/guardian/shared/apikey"
+	"github.com/glassmkr/guardian/shared/migrate"
+	"github.com/glassmkr/guardian/shared/plan"
 	"github.com/glassmkr/guardian/shared/testenv"
 )
 
@@ -625,5 +627,61 @@ func TestBadInputIsRefusedNamingTheField(t *testing.T) {
 	s.enrolled(t, s.do(t, "POST", "/api/v1/servers", `{"hostname":"h2","machine_id":null,"name":null,"tags":null}`, key), 201, false)
 	if n := s.count(t, "SELECT count(*) FROM servers WHERE customer_id = $1", s.c.ID); n != 4 {
 		t.Fatalf("%d servers after the refusals", n)
+	}
+}
+
+// An account has at most plan.MaxServers servers. At the bound a new
+// machine is refused and a known one still enrols again; a first
+// enrolment waits for another of the same customer, so two cannot both
+// take the last place.
+func TestServersAreBounded(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	ctx := context.Background()
+	write := bearer(s.c.AccountKey(t, "write"))
+	known := `{"hostname":"known","machine_id":"5f1e1e0c-5e1a-4c1d-9e2b-0a1b2c3d4e5f"}`
+	s.enrolled(t, s.do(t, "POST", "/api/v1/servers", known, write), 201, false)
+	have := s.count(t, "SELECT count(*) FROM servers WHERE customer_id = $1", s.c.ID)
+	if _, err := s.pg.Owner.Exec(ctx, `INSERT INTO servers (customer_id, name, hostname)
+		SELECT $1, 'filler-' || i, 'filler-' || i FROM generate_series(1, $2) i`, s.c.ID, plan.MaxServers-have-1); err != nil {
+		t.Fatal(err)
+	}
+	s.enrolled(t, s.do(t, "POST", "/api/v1/servers", `{"hostname":"last"}`, write), 201, false)
+	if a := s.do(t, "POST", "/api/v1/servers", `{"hostname":"one-too-many"}`, write); a.Status != 409 || a.Doc["code"] != "limit_reached" {
+		t.Fatalf("a server past the bound: %d %s; want 409 limit_reached", a.Status, a.Raw)
+	}
+	if a := s.do(t, "POST", "/api/v1/servers", `{"hostname":"again","machine_id":"00000000-0000-4000-8000-00000000abcd"}`, write); a.Status != 409 {
+		t.Fatalf("an unknown machine past the bound: %d %s", a.Status, a.Raw)
+	}
+	s.enrolled(t, s.do(t, "POST", "/api/v1/servers", known, write), 200, true)
+	if n := s.count(t, "SELECT count(*) FROM servers WHERE customer_id = $1", s.c.ID); n != plan.MaxServers {
+		t.Fatalf("%d servers, want %d", n, plan.MaxServers)
+	}
+
+	// One place freed, and taken by a transaction holding the customer's
+	// servers lock meanwhile: an enrolment waits for it, then finds no room.
+	if _, err := s.pg.Owner.Exec(ctx, "DELETE FROM servers WHERE customer_id = $1 AND name = 'filler-1'", s.c.ID); err != nil {
+		t.Fatal(err)
+	}
+	other, otherPID := testenv.Hold(t, s.pg.Owner, "SELECT pg_advisory_xact_lock(hashtextextended('guardian.servers:' || $1, 0))", s.c.ID)
+	if _, err := other.Exec(ctx, "INSERT INTO servers (customer_id, name, hostname) VALUES ($1, 'taken', 'taken')", s.c.ID); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan answer, 1)
+	go func() {
+		a, err := s.Stack.TryDo("POST", "/api/v1/servers", `{"hostname":"raced"}`, write)
+		if err != nil {
+			a.Status, a.Raw = -1, err.Error()
+		}
+		done <- a
+	}()
+	if _, a, finished := testenv.BlockedBy(t, s.pg.Owner, otherPID, done, migrate.FunctionRole(migrate.DefaultAppRole, "servers")); finished {
+		t.Fatalf("an enrolment did not wait for another holding the customer's servers: %d %s", a.Status, a.Raw)
+	}
+	if err := other.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if a := <-done; a.Status != 409 || a.Doc["code"] != "limit_reached" {
+		t.Fatalf("an enrolment after another took the last place: %d %s; want 409 limit_reached", a.Status, a.Raw)
 	}
 }

@@ -43,7 +43,13 @@ var (
 type store struct {
 	db     *pgxpool.Pool
 	hasher *apikey.Hasher
+	// maxServers is the most servers a customer may have enrolled
+	// (plan.MaxServers; tests lower it).
+	maxServers int
 }
+
+// errServerLimit is a first enrolment refused at the customer's bound.
+var errServerLimit = errors.New("servers: the account has as many servers as it may")
 
 // Enrolled is the outcome of one enrollment.
 type Enrolled struct {
@@ -105,6 +111,8 @@ WHERE customer_id = $1 AND key = $2`
 
 	insertServer = `INSERT INTO servers (customer_id, name, hostname, machine_id, tags) VALUES ($1, $2, $3, nullif($4, ''), $5)
 ON CONFLICT (customer_id, machine_id) DO NOTHING RETURNING id, name`
+	lockCustomerServers = `SELECT pg_advisory_xact_lock(hashtextextended('guardian.servers:' || $1, 0))`
+	countServers        = `SELECT count(*), coalesce(bool_or(machine_id = nullif($2, '')), false) FROM servers WHERE customer_id = $1`
 	lockServerByMachine = `SELECT id, name FROM servers WHERE customer_id = $1 AND machine_id = $2 FOR UPDATE`
 	updateHostname      = `UPDATE servers SET hostname = $2 WHERE id = $1 AND hostname <> $2`
 
@@ -235,6 +243,9 @@ func sameMachine(ctx context.Context, tx pgx.Tx, customerID string, serverID *st
 // findOrCreate inserts the server, or locks the customer's server with
 // the same machine_id (a re-enrollment).
 func (s *store) findOrCreate(ctx context.Context, tx pgx.Tx, customerID string, req Enrollment, out *Enrolled) error {
+	if err := s.underServerLimit(ctx, tx, customerID, req.MachineID); err != nil {
+		return err
+	}
 	err := tx.QueryRow(ctx, insertServer, customerID, req.Name, req.Hostname, req.MachineID, req.Tags).Scan(&out.ServerID, &out.Name)
 	if !errors.Is(err, pgx.ErrNoRows) {
 		return err
@@ -247,6 +258,27 @@ func (s *store) findOrCreate(ctx context.Context, tx pgx.Tx, customerID string, 
 	}
 	out.Reenrolled = true
 	return err
+}
+
+// underServerLimit returns errServerLimit if customerID has s.maxServers
+// servers already and machineID names none of them (enrolling a known
+// machine again adds no server). It first takes a transaction-scoped lock
+// per customer, so two first enrolments cannot both see room for one;
+// every enrolment takes it at this point, after its Idempotency-Key's
+// row, and the replay of a recorded key never takes it.
+func (s *store) underServerLimit(ctx context.Context, tx pgx.Tx, customerID, machineID string) error {
+	if _, err := tx.Exec(ctx, lockCustomerServers, customerID); err != nil {
+		return fmt.Errorf("servers: lock the customer's servers: %w", err)
+	}
+	var n int
+	var known bool
+	if err := tx.QueryRow(ctx, countServers, customerID, machineID).Scan(&n, &known); err != nil {
+		return fmt.Errorf("servers: count the customer's servers: %w", err)
+	}
+	if n >= s.maxServers && !known {
+		return errServerLimit
+	}
+	return nil
 }
 
 func revoke(ctx context.Context, tx pgx.Tx, serverID, reason string) (int64, *string, error) {

@@ -23,3 +23,18 @@ func SnapshotRetention(p string) int {
 	}
 	return SnapshotDays()[Free]
 }
+
+// Bounds every plan has, so that one account cannot grow its rows, and
+// the lists that return them whole, without end. Each is far above what
+// an account uses; the API refuses past them with 409 limit_reached
+// (sessions: the least recently used one ends instead).
+const (
+	// MaxServers is the most servers an account may have enrolled.
+	MaxServers = 10_000
+	// MaxAccountKeys is the most account keys an account may have
+	// working at once (keys rotated away count until their grace ends).
+	MaxAccountKeys = 100
+	// MaxSessionsPerUser is the most sessions a user may have open; a
+	// sign-in past it ends the one used least recently.
+	MaxSessionsPerUser = 50
+)
