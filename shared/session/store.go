@@ -12,6 +12,7 @@ import (
 
 	"github.com/glassmkr/guardian/shared/account"
 	"github.com/glassmkr/guardian/shared/pgtext"
+	"github.com/glassmkr/guardian/shared/plan"
 )
 
 // ReauthWindow is how recently a password must have been verified on a
@@ -77,8 +78,10 @@ var (
 // (ErrPasswordChanged, when p.PasswordHash is set), and an assurance level
 // 1 session for a user who has a second factor (ErrSecondFactor): a
 // sign-in that read any of these before the change committed would
-// otherwise add a session the change never ended. The caller's role needs
-// what Lock needs, and SELECT on mfa_totp and webauthn_credentials.
+// otherwise add a session the change never ended. Past
+// plan.MaxSessionsPerUser open sessions, the user's least recently used
+// are ended. The caller's role needs what Lock needs, SELECT on mfa_totp
+// and webauthn_credentials, and UPDATE on sessions.revoked_at.
 func Start(ctx context.Context, tx pgx.Tx, secret []byte, p Params, now time.Time) (Issued, error) {
 	hash, err := Lock(ctx, tx, p.CustomerID, p.UserID)
 	if err != nil {
@@ -125,12 +128,23 @@ func Start(ctx context.Context, tx pgx.Tx, secret []byte, p Params, now time.Tim
 			return Issued{}, fmt.Errorf("session: end the old one: %w", err)
 		}
 	}
+	if _, err := tx.Exec(ctx, endLeastUsed, p.UserID, id, now, plan.MaxSessionsPerUser-1); err != nil {
+		return Issued{}, fmt.Errorf("session: end the least used past the bound: %w", err)
+	}
 	token, err := Issue(secret, id, p.UserID, p.CustomerID, now, expires)
 	if err != nil {
 		return Issued{}, err
 	}
 	return Issued{ID: id, Token: token, Expires: expires}, nil
 }
+
+// endLeastUsed ends the user's open sessions other than the new one ($2)
+// past the newest $4 by last use: with the new one, the user keeps
+// plan.MaxSessionsPerUser. Sign-ins of one user hold its row shared, so
+// two at once may each keep the other's; the next sign-in trims again.
+const endLeastUsed = `UPDATE sessions SET revoked_at = $3 WHERE id IN (
+	SELECT id FROM sessions WHERE user_id = $1 AND id <> $2 AND revoked_at IS NULL AND expires_at > $3
+	ORDER BY last_seen_at DESC, created_at DESC, id OFFSET $4) AND revoked_at IS NULL`
 
 // Lock takes, for tx, the locks Start takes, in its order, and returns the
 // user's password hash ("" if none): the customer row (account.LockOpen;

@@ -3,6 +3,7 @@ package session_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -12,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/glassmkr/guardian/shared/account"
+	"github.com/glassmkr/guardian/shared/plan"
 	"github.com/glassmkr/guardian/shared/session"
 	"github.com/glassmkr/guardian/shared/testenv"
 )
@@ -285,4 +287,81 @@ func waitBlocked(t *testing.T, db *pgxpool.Pool, pid int, done <-chan error) err
 		err = errUnblocked
 	}
 	return err
+}
+
+// A user keeps at most plan.MaxSessionsPerUser open sessions: a sign-in
+// past it ends those used least recently, and leaves ended and expired
+// ones, and other users', as they are.
+func TestStartEndsTheLeastUsedPastTheBound(t *testing.T) {
+	t.Parallel()
+	pg := testenv.Postgres(t)
+	secret := []byte(strings.Repeat("s", 32))
+	c := testenv.NewCustomer(t, pg.Owner, []byte(strings.Repeat("p", 32)), secret)
+	other := testenv.NewCustomer(t, pg.Owner, []byte(strings.Repeat("p", 32)), secret)
+	ctx := context.Background()
+	now := time.Now()
+	// Sessions used i minutes ago, i = 1..n; then some that must stay as
+	// they are: expired, ended, and another user's.
+	const extra = 5
+	if _, err := pg.Owner.Exec(ctx, `INSERT INTO sessions (user_id, customer_id, expires_at, last_seen_at, user_agent)
+		SELECT $1, $2, $3::timestamptz + interval '1 day', $3::timestamptz - i * interval '1 minute', 'open ' || i FROM generate_series(1, $4) i`,
+		c.UserID, c.ID, now, plan.MaxSessionsPerUser+extra); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pg.Owner.Exec(ctx, `INSERT INTO sessions (user_id, customer_id, expires_at, last_seen_at, revoked_at, user_agent) VALUES
+		($1, $2, $3::timestamptz - interval '1 hour', $3::timestamptz - interval '2 hours', NULL, 'expired'),
+		($1, $2, $3::timestamptz + interval '1 day', $3::timestamptz - interval '2 hours', $3::timestamptz - interval '1 hour', 'ended'),
+		($4, $5, $3::timestamptz + interval '1 day', $3::timestamptz - interval '2 hours', NULL, 'other user')`,
+		c.UserID, c.ID, now, other.UserID, other.ID); err != nil {
+		t.Fatal(err)
+	}
+	var issued session.Issued
+	if err := pgx.BeginFunc(ctx, pg.Owner, func(tx pgx.Tx) error {
+		var err error
+		issued, err = session.Start(ctx, tx, secret, session.Params{UserID: c.UserID, CustomerID: c.ID}, now)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := pg.Owner.Query(ctx, `SELECT coalesce(user_agent, ''), id = $2, revoked_at IS NOT NULL, revoked_at = $3 FROM sessions
+		WHERE user_id = $1 OR user_agent = 'other user'`, c.UserID, issued.ID, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	open, endedNow := 0, map[string]bool{}
+	for rows.Next() {
+		var ua string
+		var isNew, revoked bool
+		var byThis *bool
+		if err := rows.Scan(&ua, &isNew, &revoked, &byThis); err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case isNew && revoked:
+			t.Fatal("the new session was ended")
+		case ua == "expired" || ua == "other user" || ua == "ended":
+			if (ua == "ended") != revoked || (byThis != nil && *byThis) {
+				t.Errorf("session %q changed by the sign-in", ua)
+			}
+		case revoked:
+			endedNow[ua] = true
+		default:
+			open++
+		}
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if open != plan.MaxSessionsPerUser {
+		t.Errorf("%d open sessions after the sign-in, want %d", open, plan.MaxSessionsPerUser)
+	}
+	// The least used: the oldest extra+1 by last use.
+	for i := plan.MaxSessionsPerUser; i <= plan.MaxSessionsPerUser+extra; i++ {
+		if ua := fmt.Sprintf("open %d", i); !endedNow[ua] {
+			t.Errorf("%q (used %d minutes ago) is still open; ended: %v", ua, i, endedNow)
+		}
+	}
+	if len(endedNow) != extra+1 {
+		t.Errorf("%d sessions ended, want %d", len(endedNow), extra+1)
+	}
 }
