@@ -81,7 +81,8 @@ type Config struct {
 	// optional second one is repo2.
 	Repos []Repo
 	// ConfigPath is where the generated pgbackrest.conf is written
-	// (default /etc/guardian/pgbackrest.conf).
+	// (default /etc/guardian/pgbackrest/pgbackrest.conf: the units let the
+	// job write that directory, not /etc/guardian).
 	ConfigPath string
 	// LogPath is pgBackRest's log directory (default /var/log/pgbackrest).
 	LogPath string
@@ -116,7 +117,7 @@ func LoadConfig(env *config.Loader) Config {
 		PGPort:        env.Int(EnvPGPort, 5432),
 		PGSocket:      env.Optional(EnvPGSocket, "/var/run/postgresql"),
 		PGBinDir:      env.Optional(EnvPGBinDir, ""),
-		ConfigPath:    env.Optional(EnvConfig, "/etc/guardian/pgbackrest.conf"),
+		ConfigPath:    env.Optional(EnvConfig, "/etc/guardian/pgbackrest/pgbackrest.conf"),
 		LogPath:       env.Optional(EnvLogPath, "/var/log/pgbackrest"),
 		LockPath:      env.Optional(EnvLockPath, "/tmp/pgbackrest"),
 		SpoolPath:     env.Optional(EnvSpoolPath, "/var/spool/pgbackrest"),

@@ -30,7 +30,7 @@ func TestLoadConfig(t *testing.T) {
 		check   func(*testing.T, Config)
 	}{
 		{"defaults fill everything but the data dir and the passphrase", nil, nil, func(t *testing.T, c Config) {
-			if c.Stanza != "guardian" || c.PGPort != 5432 || c.ConfigPath != "/etc/guardian/pgbackrest.conf" ||
+			if c.Stanza != "guardian" || c.PGPort != 5432 || c.ConfigPath != "/etc/guardian/pgbackrest/pgbackrest.conf" ||
 				c.User != "postgres" || c.Compress != "zst" || c.ProcessMax != 2 || c.ArchiveAsync ||
 				len(c.Repos) != 1 || c.Repos[0].Path != "/var/lib/pgbackrest" || c.Repos[0].CipherPass != pass1 {
 				t.Errorf("%+v", c)
@@ -87,7 +87,7 @@ func TestLoadConfig(t *testing.T) {
 func validConfig() Config {
 	return Config{
 		Stanza: "guardian", PGData: "/var/lib/postgresql/15/main", PGPort: 5432, PGSocket: "/var/run/postgresql",
-		ConfigPath: "/etc/guardian/pgbackrest.conf", LogPath: "/var/log/pgbackrest", LockPath: "/tmp/pgbackrest",
+		ConfigPath: "/etc/guardian/pgbackrest/pgbackrest.conf", LogPath: "/var/log/pgbackrest", LockPath: "/tmp/pgbackrest",
 		SpoolPath: "/var/spool/pgbackrest", Compress: "lz4", ProcessMax: 2, User: "postgres",
 		Binary: "/usr/bin/pgbackrest", CheckDatabase: "guardian",
 		Repos: []Repo{{1, "/var/lib/pgbackrest", pass1}, {2, "/mnt/offsite/pgbackrest", pass2}},
@@ -141,7 +141,7 @@ func TestRenderHasSettingsButNoSecret(t *testing.T) {
 	if strings.Contains(conf, pass1) || strings.Contains(conf, pass2) || strings.Contains(conf, "cipher-pass") {
 		t.Errorf("config holds a passphrase:\n%s", conf)
 	}
-	if got, want := ArchiveCommand(c), "/usr/bin/pgbackrest --config=/etc/guardian/pgbackrest.conf --stanza=guardian archive-push %p"; got != want {
+	if got, want := ArchiveCommand(c), "/usr/bin/pgbackrest --config=/etc/guardian/pgbackrest/pgbackrest.conf --stanza=guardian archive-push %p"; got != want {
 		t.Errorf("archive command %q, want %q", got, want)
 	}
 }

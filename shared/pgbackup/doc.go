@@ -22,7 +22,7 @@
 //	GUARDIAN_PGBACKREST_REPO1_CIPHER_PASS its passphrase (required, at least 32 bytes)
 //	GUARDIAN_PGBACKREST_REPO2_PATH        optional second, off-site repository
 //	GUARDIAN_PGBACKREST_REPO2_CIPHER_PASS its passphrase (required with REPO2_PATH; use a different one)
-//	GUARDIAN_PGBACKREST_CONFIG            generated config file (default /etc/guardian/pgbackrest.conf)
+//	GUARDIAN_PGBACKREST_CONFIG            generated config file (default /etc/guardian/pgbackrest/pgbackrest.conf)
 //	GUARDIAN_PGBACKREST_LOG_PATH          pgBackRest's logs (default /var/log/pgbackrest)
 //	GUARDIAN_PGBACKREST_LOCK_PATH         pgBackRest's locks (default /tmp/pgbackrest)
 //	GUARDIAN_PGBACKREST_ARCHIVE_ASYNC     1: asynchronous archive-push (default 0)
@@ -41,7 +41,7 @@
 //	ALTER SYSTEM SET archive_command = '<ArchiveCommand(cfg)>';
 //
 // and restarts PostgreSQL. ArchiveCommand is
-// "/usr/bin/pgbackrest --config=/etc/guardian/pgbackrest.conf --stanza=guardian archive-push %p"
+// "/usr/bin/pgbackrest --config=/etc/guardian/pgbackrest/pgbackrest.conf --stanza=guardian archive-push %p"
 // with the defaults. archive-push runs inside the PostgreSQL server, so
 // the server's environment must carry PGBACKREST_REPO1_CIPHER_PASS (and
 // PGBACKREST_REPO2_CIPHER_PASS with a second repository). On Debian,
