@@ -253,18 +253,32 @@ func TestMalformedKeysNeverReachTheDatabase(t *testing.T) {
 	}
 }
 
+// Requests of one key within a touch interval share one write of
+// last_used_at: a statement trigger counts the writes.
 func TestLastUsedIsWrittenInBatches(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
+	ctx := context.Background()
+	for _, sql := range []string{
+		"CREATE TABLE touch_writes (at timestamptz NOT NULL DEFAULT now())",
+		`CREATE FUNCTION count_touch_write() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS
+			$$ BEGIN INSERT INTO touch_writes DEFAULT VALUES; RETURN NULL; END $$`,
+		"CREATE TRIGGER count_touch_writes AFTER UPDATE OF last_used_at ON api_keys FOR EACH STATEMENT EXECUTE FUNCTION count_touch_write()",
+	} {
+		if _, err := w.db.Exec(ctx, sql); err != nil {
+			t.Fatal(err)
+		}
+	}
 	a := w.authenticator(t)
 	h := handler(a, Handler{})
-	for range 20 {
+	const requests = 20
+	for range requests {
 		do(t, h, bearer("GET", "/", w.read))
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		var used *time.Time
-		if err := w.db.QueryRow(context.Background(), "SELECT last_used_at FROM api_keys WHERE scope = 'read' AND customer_id = $1", w.customer).Scan(&used); err != nil {
+		if err := w.db.QueryRow(ctx, "SELECT last_used_at FROM api_keys WHERE scope = 'read' AND customer_id = $1", w.customer).Scan(&used); err != nil {
 			t.Fatal(err)
 		}
 		if used != nil {
@@ -274,6 +288,15 @@ func TestLastUsedIsWrittenInBatches(t *testing.T) {
 			t.Fatal("last_used_at never written")
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+	var writes int
+	if err := w.db.QueryRow(ctx, "SELECT count(*) FROM touch_writes").Scan(&writes); err != nil {
+		t.Fatal(err)
+	}
+	// The requests take a few ms in all, against a 50 ms interval; one
+	// write per request would be 20.
+	if writes < 1 || writes > requests/4 {
+		t.Fatalf("%d writes of last_used_at for %d requests of one key, want a few at most", writes, requests)
 	}
 }
 

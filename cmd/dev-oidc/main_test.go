@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -49,7 +50,7 @@ func TestServesDiscoveryAndStopsOnSIGTERM(t *testing.T) {
 	if doc["issuer"] != issuer || doc["authorization_endpoint"] != issuer+"/authorize" {
 		t.Fatalf("discovery: %v", doc)
 	}
-	if err := cmd.Process.Signal(os.Interrupt); err != nil {
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	select {

@@ -291,15 +291,21 @@ func TestBadRequestsNameTheField(t *testing.T) {
 		}
 	}
 	_, doc := s.do(t, "POST", "/api/v1/keys", `{"name":"y","scope":"read"}`, session)
-	// An id in upper case is the same id.
-	if status, doc := s.do(t, "POST", "/api/v1/keys/"+strings.ToUpper(doc["id"].(string))+"/rotate", `{"grace_seconds":90000}`, session); status != 400 || doc["field"] != "grace_seconds" {
-		t.Errorf("upper-case id: %d %v", status, doc)
-	}
 	if status, doc := s.do(t, "POST", "/api/v1/keys/"+doc["id"].(string)+"/rotate", `{"grace_seconds":90000}`, session); status != 400 || doc["field"] != "grace_seconds" {
 		t.Errorf("grace too long: %d %v", status, doc)
 	}
 	if status, doc := s.do(t, "POST", "/api/v1/keys/"+doc["id"].(string)+"/rotate", `{"grace_seconds":9223372037}`, session); status != 400 || doc["field"] != "grace_seconds" {
 		t.Errorf("grace that overflows a duration: %d %v", status, doc)
+	}
+	// An id in upper case is the same id.
+	id := doc["id"].(string)
+	status, rotated := s.do(t, "POST", "/api/v1/keys/"+strings.ToUpper(id)+"/rotate", ``, session)
+	if status != 201 {
+		t.Fatalf("rotating by the upper-case id: %d %v", status, rotated)
+	}
+	var from string
+	if err := s.pg.Owner.QueryRow(context.Background(), "SELECT rotated_from::text FROM api_keys WHERE id = $1", rotated["id"]).Scan(&from); err != nil || from != id {
+		t.Fatalf("the key rotated by the upper-case id came from %q (%v), want %s", from, err, id)
 	}
 }
 

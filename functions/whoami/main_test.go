@@ -140,13 +140,17 @@ func TestRevokedKeyStopsAtEveryInstanceWithinOneSecond(t *testing.T) {
 	}
 }
 
+// At the most verbose log level, neither the logs nor the answers of a
+// valid, a corrupted, a truncated and a revoked key hold its secret part.
 func TestNoKeyMaterialInLogsOrBodies(t *testing.T) {
 	t.Parallel()
-	e := newEdges(t, 1)[0]
+	env, c, _ := testenv.EdgeEnv(t)
+	env["GUARDIAN_LOG_LEVEL"] = "DEBUG"
+	e := edge{testenv.StartStack(t, env), c}
 	key := e.c.AccountKey(t, "read")
 	body := key[len("gmk_acct_live_") : len(key)-5]
 	var bodies []string
-	for _, k := range []string{key, key[:len(key)-1] + "0", "gmk_acct_live_" + body} {
+	for _, k := range []string{key, testenv.Corrupt(key), "gmk_acct_live_" + body} {
 		_, _, b := call(t, e.URL+"/api/v1/whoami", map[string]string{"Authorization": "Bearer " + k})
 		bodies = append(bodies, string(b))
 	}
@@ -154,7 +158,11 @@ func TestNoKeyMaterialInLogsOrBodies(t *testing.T) {
 	time.Sleep(100 * time.Millisecond)
 	_, _, b := call(t, e.URL+"/api/v1/whoami", map[string]string{"Authorization": "Bearer " + key})
 	bodies = append(bodies, string(b))
-	for _, text := range append(bodies, e.Log()) {
+	log := e.Log()
+	if !strings.Contains(log, `"level":"debug"`) {
+		t.Fatal("no debug line in the log: the test would prove nothing of the debug level")
+	}
+	for _, text := range append(bodies, log) {
 		if strings.Contains(text, body[:16]) {
 			t.Fatalf("key material leaked:\n%s", text)
 		}

@@ -137,9 +137,16 @@ func TestJobTakesFullThenDiff(t *testing.T) {
 	extra[chbackup.EnvKnownHosts] = other.KnownHosts
 	out.Reset()
 	errOut.Reset()
+	sent := files(t, filepath.Join(srv.Root, "pgbackrest"))
 	res = job.Execute(context.Background(), spec([]string{"diff"}, wednesday), c.Lookup(extra), &out, &errOut)
 	if res.Status != job.StatusRed || !strings.Contains(out.String(), "not up to date") || !strings.Contains(out.String(), `"type":"diff"`) {
 		t.Fatalf("mirror to an unpinned host: %s %s\n%s", res.Status, out.String(), errOut.String())
+	}
+	if after := files(t, filepath.Join(srv.Root, "pgbackrest")); !maps.Equal(after, sent) {
+		t.Fatalf("files reached a host whose key is not the pinned one:\nbefore %v\nafter  %v", sent, after)
+	}
+	if local := files(t, c.Config.Repos[0].Path); maps.Equal(local, sent) {
+		t.Fatal("the diff backup did not reach repo1 either")
 	}
 }
 

@@ -65,6 +65,9 @@ type TableResult struct {
 	Status      string `json:"status"`
 	BytesBefore int64  `json:"bytes_before"`
 	BytesAfter  int64  `json:"bytes_after"`
+	// Attempts is how many times the table was tried (more than one: its
+	// lock was not obtained at first).
+	Attempts int `json:"attempts"`
 }
 
 func run(ctx context.Context, env *config.Loader, r *job.Report) error {
@@ -106,6 +109,7 @@ func compact(ctx context.Context, conn *pgx.Conn, tables []string, pause time.Du
 			if !pending[i] {
 				continue
 			}
+			res[i].Attempts++
 			done, err := compactTable(ctx, conn, &res[i])
 			if err != nil {
 				return res, fmt.Errorf("%s: %w", t, err)
