@@ -62,10 +62,16 @@ func provisionIn(t testing.TB, ctx caddy.Context, h *Handler) *Handler {
 	return h
 }
 
+var provisioning sync.Mutex
+
 // testContext is a provisioned Caddy context with a config of its own, as
 // handlers get when Caddy loads a config.
 func testContext(t testing.TB) caddy.Context {
 	t.Helper()
+	// Caddy provisions one config at a time, and ProvisionContext writes
+	// a global (certmagic's default storage): parallel tests take turns.
+	provisioning.Lock()
+	defer provisioning.Unlock()
 	ctx, err := caddy.ProvisionContext(&caddy.Config{})
 	if err != nil {
 		t.Fatal(err)
