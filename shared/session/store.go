@@ -142,9 +142,13 @@ func Start(ctx context.Context, tx pgx.Tx, secret []byte, p Params, now time.Tim
 // past the newest $4 by last use: with the new one, the user keeps
 // plan.MaxSessionsPerUser. Sign-ins of one user hold its row shared, so
 // two at once may each keep the other's; the next sign-in trims again.
+// Rows another transaction holds are skipped, not waited for: ending
+// other sessions updates many of the user's rows in no set order, and a
+// sign-in waiting for one of them while holding the session it replaces
+// could deadlock with it (those rows are being ended anyway).
 const endLeastUsed = `UPDATE sessions SET revoked_at = $3 WHERE id IN (
 	SELECT id FROM sessions WHERE user_id = $1 AND id <> $2 AND revoked_at IS NULL AND expires_at > $3
-	ORDER BY last_seen_at DESC, created_at DESC, id OFFSET $4) AND revoked_at IS NULL`
+	ORDER BY last_seen_at DESC, created_at DESC, id OFFSET $4 FOR NO KEY UPDATE SKIP LOCKED) AND revoked_at IS NULL`
 
 // Lock takes, for tx, the locks Start takes, in its order, and returns the
 // user's password hash ("" if none): the customer row (account.LockOpen;

@@ -365,3 +365,48 @@ func TestStartEndsTheLeastUsedPastTheBound(t *testing.T) {
 		t.Errorf("%d sessions ended, want %d", len(endedNow), extra+1)
 	}
 }
+
+// A sign-in past the bound does not wait for a session another
+// transaction is ending (sign out everywhere else updates the user's rows
+// in no set order, while the sign-in holds the session it replaces: a
+// wait could deadlock); it skips that one and ends the next least used.
+func TestStartSkipsSessionsBeingEnded(t *testing.T) {
+	t.Parallel()
+	pg := testenv.Postgres(t)
+	secret := []byte(strings.Repeat("s", 32))
+	c := testenv.NewCustomer(t, pg.Owner, []byte(strings.Repeat("p", 32)), secret)
+	ctx := context.Background()
+	now := time.Now()
+	if _, err := pg.Owner.Exec(ctx, `INSERT INTO sessions (user_id, customer_id, expires_at, last_seen_at, user_agent)
+		SELECT $1, $2, $3::timestamptz + interval '1 day', $3::timestamptz - i * interval '1 minute', 'open ' || i FROM generate_series(1, $4) i`,
+		c.UserID, c.ID, now, plan.MaxSessionsPerUser+1); err != nil {
+		t.Fatal(err)
+	}
+	// The least used, held by a transaction ending it.
+	ending, _ := testenv.Hold(t, pg.Owner, "UPDATE sessions SET revoked_at = now() WHERE user_id = $1 AND user_agent = $2", c.UserID, fmt.Sprintf("open %d", plan.MaxSessionsPerUser+1))
+	done := make(chan error, 1)
+	go func() {
+		done <- pgx.BeginFunc(ctx, pg.Owner, func(tx pgx.Tx) error {
+			_, err := session.Start(ctx, tx, secret, session.Params{UserID: c.UserID, CustomerID: c.ID}, now)
+			return err
+		})
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the sign-in waited for a session another transaction is ending")
+	}
+	var ended string
+	if err := pg.Owner.QueryRow(ctx, "SELECT user_agent FROM sessions WHERE user_id = $1 AND revoked_at IS NOT NULL", c.UserID).Scan(&ended); err != nil {
+		t.Fatal(err)
+	}
+	if want := fmt.Sprintf("open %d", plan.MaxSessionsPerUser); ended != want {
+		t.Fatalf("the sign-in ended %q, want %q (the least used one not being ended)", ended, want)
+	}
+	if err := ending.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
