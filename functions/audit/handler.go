@@ -266,7 +266,7 @@ var auditPage = page.New("audit", `
 <a href="{{.CSVHref}}" download>Export CSV</a>
 </form>
 <table><thead><tr><th>When (UTC)</th><th>Action</th><th>Result</th><th>Status</th><th>Method and path</th><th>Resource</th><th>Key</th><th>Source</th><th>Details</th></tr></thead><tbody>
-{{range .Entries}}<tr class="{{.Result}}"><td>{{.OccurredAt.Format "2006-01-02 15:04:05"}}</td><td>{{.Action}}</td><td>{{.Result}}</td><td>{{.StatusCode}}</td><td><code>{{.Method}} {{.Path}}</code></td><td>{{if .ResourceType}}{{.ResourceType}} {{.ResourceID}}{{end}}</td><td>{{if .KeyID}}<code>{{.KeyID}}</code>{{else if .UserID}}session{{end}}</td><td>{{.SourceIP}}</td><td><code>{{printf "%s" .Metadata}}</code></td></tr>
+{{range .Entries}}<tr class="{{.Result}}"><td>{{.OccurredAt.UTC.Format "2006-01-02 15:04:05 MST"}}</td><td>{{.Action}}</td><td>{{.Result}}</td><td>{{.StatusCode}}</td><td><code>{{.Method}} {{.Path}}</code></td><td>{{if .ResourceType}}{{.ResourceType}} {{.ResourceID}}{{end}}</td><td>{{if .KeyID}}<code>{{.KeyID}}</code>{{else if .UserID}}session{{end}}</td><td>{{.SourceIP}}</td><td><code>{{printf "%s" .Metadata}}</code></td></tr>
 {{else}}<tr><td colspan="9">No entries.</td></tr>{{end}}
 </tbody></table>
 {{if .Next}}<p><a href="{{.NextHref}}">Older entries</a></p>{{end}}`)

@@ -37,7 +37,7 @@ type handler struct {
 	log    *zap.Logger
 	now    func() time.Time
 	// maxKeys is the most account keys a customer may have working
-	// (plan.MaxAccountKeys; tests lower it).
+	// (plan.MaxAccountKeys).
 	maxKeys int
 }
 
@@ -46,7 +46,7 @@ var errKeyLimit = errors.New("keys: the account has as many working keys as it m
 
 // keyLimitReached answers a mint refused by errKeyLimit.
 func (h *handler) keyLimitReached(w http.ResponseWriter, rotating bool) {
-	detail := fmt.Sprintf("this account has %d working account keys, the most it may have; revoke one first", h.maxKeys)
+	detail := fmt.Sprintf("this account has reached its limit of %d working account keys; revoke one first", h.maxKeys)
 	if rotating {
 		detail += ", or rotate with grace_seconds 0"
 	}
@@ -57,13 +57,13 @@ func (h *handler) keyLimitReached(w http.ResponseWriter, rotating bool) {
 // working account keys (a key rotated away works until its grace ends).
 // It first takes a transaction-scoped lock per customer, so two mints
 // cannot both see room for one.
-func (h *handler) underKeyLimit(ctx context.Context, tx pgx.Tx, customer string, now time.Time) error {
+func (h *handler) underKeyLimit(ctx context.Context, tx pgx.Tx, customer string) error {
 	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(hashtextextended('guardian.account_keys:' || $1, 0))", customer); err != nil {
 		return fmt.Errorf("keys: lock the customer's keys: %w", err)
 	}
 	var n int
 	if err := tx.QueryRow(ctx, `SELECT count(*) FROM api_keys WHERE customer_id = $1 AND kind = 'account'
-		AND (revoked_at IS NULL OR revoked_at > $2) AND (expires_at IS NULL OR expires_at > $2)`, customer, now).Scan(&n); err != nil {
+		AND (revoked_at IS NULL OR revoked_at > now()) AND (expires_at IS NULL OR expires_at > now())`, customer).Scan(&n); err != nil {
 		return fmt.Errorf("keys: count the customer's keys: %w", err)
 	}
 	if n >= h.maxKeys {
@@ -129,8 +129,8 @@ var keysPage = page.New("keys", `
 </fieldset>
 <table><thead><tr><th>Name</th><th>Kind</th><th>Scope</th><th>Last 4</th><th>Created</th><th>Last used</th><th>Status</th><th></th></tr></thead><tbody>
 {{range .}}<tr{{if .Ended}} class="revoked"{{end}}><td>{{.Name}}</td><td>{{.Kind}}</td><td>{{if .Scope}}{{.Scope}}{{else}}server{{end}}</td><td><code>{{.Last4}}</code></td>
-<td>{{.CreatedAt.Format "2006-01-02 15:04"}}</td><td>{{if .LastUsedAt}}{{.LastUsedAt.Format "2006-01-02 15:04"}}{{else}}never{{end}}</td>
-<td>{{if .Ended}}revoked{{else if .RevokedAt}}rotated, works until {{.RevokedAt.UTC.Format "2006-01-02 15:04"}} UTC{{else if .ExpiresAt}}expires {{.ExpiresAt.Format "2006-01-02"}}{{else}}active{{end}}</td>
+<td>{{.CreatedAt.UTC.Format "2006-01-02 15:04 MST"}}</td><td>{{if .LastUsedAt}}{{.LastUsedAt.UTC.Format "2006-01-02 15:04 MST"}}{{else}}never{{end}}</td>
+<td>{{if .Ended}}revoked{{else if .RevokedAt}}rotated, works until {{.RevokedAt.UTC.Format "2006-01-02 15:04"}} UTC{{else if .ExpiresAt}}expires {{.ExpiresAt.UTC.Format "2006-01-02 15:04 MST"}}{{else}}active{{end}}</td>
 <td>{{if not .RevokedAt}}{{if eq .Kind "account"}}<form class="inline" action="/api/v1/keys/{{.ID}}/rotate" data-api><button type="submit">Rotate</button></form>{{end}}{{end}}
 {{if not .Ended}}<form class="inline" action="/api/v1/keys/{{.ID}}" data-api data-method="DELETE"><button type="submit">Revoke</button></form>{{end}}</td></tr>
 {{else}}<tr><td colspan="8">No keys yet.</td></tr>{{end}}
@@ -296,7 +296,7 @@ func (h *handler) mint(r *http.Request, id identity.Identity, name, scope string
 		if err := stepup.LockSession(r.Context(), tx, id); err != nil {
 			return err
 		}
-		if err := h.underKeyLimit(r.Context(), tx, id.CustomerID, h.now()); err != nil {
+		if err := h.underKeyLimit(r.Context(), tx, id.CustomerID); err != nil {
 			return err
 		}
 		return tx.QueryRow(r.Context(), `INSERT INTO api_keys (customer_id, kind, scope, name, key_hash, last4, created_by, expires_at, rotated_from)
@@ -338,7 +338,6 @@ func (h *handler) rotate(w http.ResponseWriter, r *http.Request) {
 		}
 		grace = time.Duration(*req.GraceSeconds) * time.Second
 	}
-	now := h.now()
 	var newKey Key
 	var status int
 	var refusal *problem.Problem
@@ -352,8 +351,10 @@ func (h *handler) rotate(w http.ResponseWriter, r *http.Request) {
 		var name, kind string
 		var scope *string
 		var expires, revokes *time.Time
-		err := tx.QueryRow(r.Context(), `SELECT name, kind, scope, expires_at, revoked_at FROM api_keys
-			WHERE id = $1 AND customer_id = $2 AND (revoked_at IS NULL OR revoked_at > $3) FOR UPDATE`, keyID, id.CustomerID, now).Scan(&name, &kind, &scope, &expires, &revokes)
+		var expired bool
+		// Judged on PostgreSQL's clock, as the edge judges keys.
+		err := tx.QueryRow(r.Context(), `SELECT name, kind, scope, expires_at, revoked_at, coalesce(expires_at <= now(), false) FROM api_keys
+			WHERE id = $1 AND customer_id = $2 AND (revoked_at IS NULL OR revoked_at > now()) FOR UPDATE`, keyID, id.CustomerID).Scan(&name, &kind, &scope, &expires, &revokes, &expired)
 		if errors.Is(err, pgx.ErrNoRows) {
 			status = http.StatusNotFound
 			return nil
@@ -383,7 +384,7 @@ func (h *handler) rotate(w http.ResponseWriter, r *http.Request) {
 			}
 			return nil
 		}
-		if expires != nil && !expires.After(now) {
+		if expired {
 			refusal = problem.New(http.StatusConflict, "key_expired", "an expired key cannot be rotated (its successor would be expired too); create a new key")
 			return nil
 		}
@@ -391,11 +392,14 @@ func (h *handler) rotate(w http.ResponseWriter, r *http.Request) {
 		// successor for a while, so it needs room for one more; without
 		// grace the count stays as it was.
 		if grace > 0 {
-			if err := h.underKeyLimit(r.Context(), tx, id.CustomerID, now); err != nil {
+			if err := h.underKeyLimit(r.Context(), tx, id.CustomerID); err != nil {
 				return err
 			}
 		}
-		if _, err := tx.Exec(r.Context(), "UPDATE api_keys SET revoked_at = $2, revoked_reason = 'rotated' WHERE id = $1", keyID, now.Add(grace)); err != nil {
+		// On PostgreSQL's clock, as the edge and the revocation trigger
+		// judge it: the function's clock may differ from it.
+		if _, err := tx.Exec(r.Context(), "UPDATE api_keys SET revoked_at = now() + make_interval(secs => $2), revoked_reason = 'rotated' WHERE id = $1",
+			keyID, grace.Seconds()); err != nil {
 			return err
 		}
 		secret, err := apikey.Generate(apikey.Account)

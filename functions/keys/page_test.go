@@ -53,3 +53,25 @@ func TestThePageTellsAGraceKeyFromARevokedOne(t *testing.T) {
 		})
 	}
 }
+
+// The page's times are UTC and say so, whatever zone the database driver
+// hands them in: an expiry in a zone ten hours ahead is shown on its UTC
+// date.
+func TestThePageShowsTimesInUTC(t *testing.T) {
+	t.Parallel()
+	east := time.FixedZone("AEST", 10*3600)
+	created := time.Date(2026, 11, 30, 9, 30, 0, 0, east)
+	expires := time.Date(2026, 12, 1, 2, 0, 0, 0, east)
+	scope := "read"
+	k := Key{ID: "0c0c0c0c-0000-4000-8000-000000000000", Name: "ci", Kind: "account", Scope: &scope, Last4: "ab12", CreatedAt: created, LastUsedAt: &created, ExpiresAt: &expires}
+	rec := httptest.NewRecorder()
+	if err := page.Render(rec, keysPage, "API keys", true, []Key{k}); err != nil {
+		t.Fatal(err)
+	}
+	html := rec.Body.String()
+	for _, want := range []string{"<td>2026-11-29 23:30 UTC</td><td>2026-11-29 23:30 UTC</td>", "<td>expires 2026-11-30 16:00 UTC</td>"} {
+		if !strings.Contains(html, want) {
+			t.Errorf("no %q in:\n%s", want, html)
+		}
+	}
+}

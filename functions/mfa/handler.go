@@ -362,7 +362,7 @@ var securityPage = page.New("security", `
 <p>A second factor protects your account when your password is not enough: signing in, and confirming sensitive actions, asks for it too.
 Changing anything here asks for your password (and second factor) if you have not confirmed them in the last five minutes.</p>
 <section aria-labelledby="totp-title"><h2 id="totp-title">Authenticator app</h2>
-{{if .TOTP.Enabled}}<p id="totp-status">On since {{.TOTP.Since.Format "2006-01-02 15:04"}}{{if .TOTP.LastUsedAt}}, last used {{.TOTP.LastUsedAt.Format "2006-01-02 15:04"}}{{end}}.</p>
+{{if .TOTP.Enabled}}<p id="totp-status">On since {{.TOTP.Since.UTC.Format "2006-01-02 15:04 MST"}}{{if .TOTP.LastUsedAt}}, last used {{.TOTP.LastUsedAt.UTC.Format "2006-01-02 15:04 MST"}}{{end}}.</p>
 <form class="inline" action="/api/v1/mfa/totp" data-api data-method="DELETE"><button type="submit" id="remove-totp">Remove the app</button></form>
 {{else}}<p id="totp-status">Off.</p>
 <form action="/api/v1/mfa/totp" data-api><button type="submit" id="setup-totp">Set up an authenticator app</button></form>
@@ -378,7 +378,7 @@ Changing anything here asks for your password (and second factor) if you have no
 </section>
 <section aria-labelledby="keys-title"><h2 id="keys-title">Security keys and passkeys</h2>
 <table><thead><tr><th>Name</th><th>Added</th><th>Last used</th><th></th></tr></thead><tbody id="webauthn-keys">
-{{range .WebAuthn}}<tr><td>{{.Name}}</td><td>{{.CreatedAt.Format "2006-01-02 15:04"}}</td><td>{{if .LastUsedAt}}{{.LastUsedAt.Format "2006-01-02 15:04"}}{{else}}never{{end}}</td>
+{{range .WebAuthn}}<tr><td>{{.Name}}</td><td>{{.CreatedAt.UTC.Format "2006-01-02 15:04 MST"}}</td><td>{{if .LastUsedAt}}{{.LastUsedAt.UTC.Format "2006-01-02 15:04 MST"}}{{else}}never{{end}}</td>
 <td><form class="inline" action="/api/v1/mfa/webauthn/{{.ID}}" data-api data-method="DELETE"><button type="submit">Remove</button></form></td></tr>
 {{else}}<tr><td colspan="4">No security keys yet.</td></tr>{{end}}
 </tbody></table>

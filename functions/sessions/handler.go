@@ -136,7 +136,7 @@ var sessionsPage = page.New("sessions", `
 <form action="/api/v1/sessions/revoke-others" data-api><button type="submit" id="revoke-others">Sign out of all other sessions</button></form>
 <table><thead><tr><th>Device</th><th>Address</th><th>Signed in</th><th>Second factor</th><th>Last seen</th><th></th></tr></thead><tbody>
 {{range .}}<tr><td>{{if .UserAgent}}{{.UserAgent}}{{else}}unknown{{end}}</td><td>{{if .SourceIP}}{{.SourceIP}}{{end}}</td>
-<td>{{.CreatedAt.Format "2006-01-02 15:04"}}</td><td class="factor">{{if .SecondFactor}}used{{else}}not used{{end}}</td><td>{{.LastSeenAt.Format "2006-01-02 15:04"}}</td>
+<td>{{.CreatedAt.UTC.Format "2006-01-02 15:04 MST"}}</td><td class="factor">{{if .SecondFactor}}used{{else}}not used{{end}}</td><td>{{.LastSeenAt.UTC.Format "2006-01-02 15:04 MST"}}</td>
 <td>{{if .Current}}this session{{else}}<form class="inline" action="/api/v1/sessions/{{.ID}}" data-api data-method="DELETE"><button type="submit">Sign out</button></form>{{end}}</td></tr>
 {{end}}</tbody></table>`)
 

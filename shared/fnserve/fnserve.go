@@ -65,6 +65,9 @@ type Setup func(ctx context.Context, log *zap.Logger, env *config.Loader) (http.
 // and serves. It exits the process with status 1 on a start-up error.
 func Main(setup Setup) {
 	version.ExitIfAsked()
+	// Functions speak UTC, whatever the host's zone: the times their
+	// pages show say so, and no date is computed in a zone with DST.
+	time.Local = time.UTC
 	log := newLogger()
 	defer func() { _ = log.Sync() }()
 	if err := confine(log); err != nil {
