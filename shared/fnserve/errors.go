@@ -3,12 +3,15 @@ package fnserve
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync"
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/glassmkr/guardian/shared/logevery"
 	"github.com/glassmkr/guardian/shared/problem"
@@ -82,16 +85,18 @@ func (e *errorWriter) Unwrap() http.ResponseWriter { return e.ResponseWriter }
 // says nothing about the store, and a client could otherwise write error
 // lines at will by closing its connections.
 //
-// Lines of one msg are let through at most once per FailureLogEvery, each
+// Lines of one msg and one kind of error (PostgreSQL's SQLSTATE, or the
+// error's type) are let through at most once per FailureLogEvery, each
 // counting the failures it stands for: with its store down, a function
-// under load would otherwise log every request it fails.
+// under load would otherwise log every request it fails, while a new
+// kind of failure (a grant missing, say) is still logged at once.
 func LogFailure(log *zap.Logger, msg string, err error, fields ...zap.Field) {
 	fields = append(fields, zap.Error(err))
 	if errors.Is(err, context.Canceled) {
 		log.Debug(msg+" (request cancelled)", fields...)
 		return
 	}
-	g, _ := failureLogs.LoadOrStore(msg, new(logevery.Gate))
+	g, _ := failureLogs.LoadOrStore(msg+"\x00"+errorKind(err), new(logevery.Gate))
 	if n, ok := g.(*logevery.Gate).Allow(time.Now(), FailureLogEvery); ok {
 		log.Error(msg, append(fields, zap.Int64("failures", n))...)
 	}
@@ -100,6 +105,23 @@ func LogFailure(log *zap.Logger, msg string, err error, fields ...zap.Field) {
 // FailureLogEvery is how often LogFailure logs one message at most.
 const FailureLogEvery = 30 * time.Second
 
-// failureLogs holds LogFailure's gate per message; the messages are the
-// call sites' constants, so it stays small.
+// failureLogs holds LogFailure's gate per message and kind of error; the
+// messages are the call sites' constants, and the kinds are SQLSTATEs
+// and Go types, so it stays small.
 var failureLogs sync.Map
+
+// errorKind names err's kind for LogFailure: PostgreSQL's SQLSTATE if it
+// carries one, else the innermost error's type.
+func errorKind(err error) string {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Code
+	}
+	for {
+		next := errors.Unwrap(err)
+		if next == nil {
+			return fmt.Sprintf("%T", err)
+		}
+		err = next
+	}
+}

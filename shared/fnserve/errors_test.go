@@ -8,10 +8,13 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/glassmkr/guardian/shared/logevery"
 	"github.com/glassmkr/guardian/shared/problem"
@@ -90,17 +93,22 @@ func TestLogFailure(t *testing.T) {
 		LogFailure(log, msg, errors.New("connection refused"))
 	}
 	LogFailure(log, "TestLogFailure: another message", errors.New("timeout"))
-	if got := logs.FilterMessage(msg).Len(); got != 1 {
-		t.Fatalf("%d lines of %q after 3 more failures within the interval, want still 1", got, msg)
+	// Another kind of error under the same message is logged at once.
+	LogFailure(log, msg, fmt.Errorf("insert: %w", &pgconn.PgError{Code: "42501", Message: "permission denied"}))
+	if all := logs.FilterMessage(msg).All(); len(all) != 2 || !strings.Contains(fmt.Sprint(all[1].ContextMap()["error"]), "42501") {
+		t.Fatalf("a permission error within the interval of another error: %d lines, want it logged", len(all))
+	}
+	if got := logs.FilterMessage(msg).Len(); got != 2 {
+		t.Fatalf("%d lines of %q after 3 more failures within the interval and one of another kind, want 2", got, msg)
 	}
 	if logs.FilterMessage("TestLogFailure: another message").Len() != 1 {
 		t.Fatal("another message was held back by the first one's gate")
 	}
-	g, _ := failureLogs.Load(msg)
+	g, _ := failureLogs.Load(msg + "\x00" + errorKind(errors.New("connection refused")))
 	g.(*logevery.Gate).Pass()
 	LogFailure(log, msg, errors.New("connection refused"))
 	last := logs.FilterMessage(msg).All()
-	if len(last) != 2 || last[1].ContextMap()["failures"] != int64(4) {
+	if len(last) != 3 || last[2].ContextMap()["failures"] != int64(4) {
 		t.Fatalf("after the interval: %d lines, the last %v; want a line counting 4", len(last), last[len(last)-1].ContextMap())
 	}
 }
