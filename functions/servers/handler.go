@@ -197,7 +197,7 @@ func (h *handler) enroll(w http.ResponseWriter, r *http.Request, id identity.Ide
 		return
 	case errors.Is(err, errServerLimit):
 		problem.Write(w, problem.New(http.StatusConflict, "limit_reached",
-			fmt.Sprintf("this account has %d servers, the most it may have; delete one first", h.st.maxServers)))
+			fmt.Sprintf("this account has reached its limit of %d servers; delete one first", h.st.maxServers)))
 		return
 	case errors.Is(err, errIdempotencyReused):
 		audit.Annotate(w, audit.Annotation{ResourceType: "server", Action: "create", Metadata: map[string]any{"idempotency_key_reused": true}})

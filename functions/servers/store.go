@@ -44,7 +44,7 @@ type store struct {
 	db     *pgxpool.Pool
 	hasher *apikey.Hasher
 	// maxServers is the most servers a customer may have enrolled
-	// (plan.MaxServers; tests lower it).
+	// (plan.MaxServers).
 	maxServers int
 }
 
@@ -112,6 +112,7 @@ WHERE customer_id = $1 AND key = $2`
 	insertServer = `INSERT INTO servers (customer_id, name, hostname, machine_id, tags) VALUES ($1, $2, $3, nullif($4, ''), $5)
 ON CONFLICT (customer_id, machine_id) DO NOTHING RETURNING id, name`
 	lockCustomerServers = `SELECT pg_advisory_xact_lock(hashtextextended('guardian.servers:' || $1, 0))`
+	knownMachine        = `SELECT EXISTS (SELECT 1 FROM servers WHERE customer_id = $1 AND machine_id = $2)`
 	countServers        = `SELECT count(*), coalesce(bool_or(machine_id = nullif($2, '')), false) FROM servers WHERE customer_id = $1`
 	lockServerByMachine = `SELECT id, name FROM servers WHERE customer_id = $1 AND machine_id = $2 FOR UPDATE`
 	updateHostname      = `UPDATE servers SET hostname = $2 WHERE id = $1 AND hostname <> $2`
@@ -243,10 +244,26 @@ func sameMachine(ctx context.Context, tx pgx.Tx, customerID string, serverID *st
 // findOrCreate inserts the server, or locks the customer's server with
 // the same machine_id (a re-enrollment).
 func (s *store) findOrCreate(ctx context.Context, tx pgx.Tx, customerID string, req Enrollment, out *Enrolled) error {
-	if err := s.underServerLimit(ctx, tx, customerID, req.MachineID); err != nil {
-		return err
+	// A known machine enrolling again (as agents do) adds no server, so it
+	// neither takes the customer's lock nor counts: a fleet re-enrolling
+	// at once does not queue behind one lock.
+	known := false
+	if req.MachineID != "" {
+		if err := tx.QueryRow(ctx, knownMachine, customerID, req.MachineID).Scan(&known); err != nil {
+			return err
+		}
+	}
+	if !known {
+		if err := s.underServerLimit(ctx, tx, customerID, req.MachineID); err != nil {
+			return err
+		}
 	}
 	err := tx.QueryRow(ctx, insertServer, customerID, req.Name, req.Hostname, req.MachineID, req.Tags).Scan(&out.ServerID, &out.Name)
+	if err == nil && known {
+		// The machine's server was deleted since: this made a server
+		// without the bound's check. Start over, counting.
+		return errRetry
+	}
 	if !errors.Is(err, pgx.ErrNoRows) {
 		return err
 	}
