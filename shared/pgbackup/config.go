@@ -86,7 +86,9 @@ type Config struct {
 	ConfigPath string
 	// LogPath is pgBackRest's log directory (default /var/log/pgbackrest).
 	LogPath string
-	// LockPath is pgBackRest's lock directory (default /tmp/pgbackrest).
+	// LockPath is pgBackRest's lock directory (default /run/pgbackrest:
+	// shared with the server's archive-push, which /tmp is not under the
+	// units' PrivateTmp).
 	LockPath string
 	// SpoolPath is the queue of asynchronous archiving
 	// (default /var/spool/pgbackrest).
@@ -119,7 +121,7 @@ func LoadConfig(env *config.Loader) Config {
 		PGBinDir:      env.Optional(EnvPGBinDir, ""),
 		ConfigPath:    env.Optional(EnvConfig, "/etc/guardian/pgbackrest/pgbackrest.conf"),
 		LogPath:       env.Optional(EnvLogPath, "/var/log/pgbackrest"),
-		LockPath:      env.Optional(EnvLockPath, "/tmp/pgbackrest"),
+		LockPath:      env.Optional(EnvLockPath, "/run/pgbackrest"),
 		SpoolPath:     env.Optional(EnvSpoolPath, "/var/spool/pgbackrest"),
 		ArchiveAsync:  env.Int(EnvArchiveAsync, 0) != 0,
 		Compress:      env.Optional(EnvCompress, "zst"),

@@ -24,7 +24,7 @@
 //	GUARDIAN_PGBACKREST_REPO2_CIPHER_PASS its passphrase (required with REPO2_PATH; use a different one)
 //	GUARDIAN_PGBACKREST_CONFIG            generated config file (default /etc/guardian/pgbackrest/pgbackrest.conf)
 //	GUARDIAN_PGBACKREST_LOG_PATH          pgBackRest's logs (default /var/log/pgbackrest)
-//	GUARDIAN_PGBACKREST_LOCK_PATH         pgBackRest's locks (default /tmp/pgbackrest)
+//	GUARDIAN_PGBACKREST_LOCK_PATH         pgBackRest's locks (default /run/pgbackrest)
 //	GUARDIAN_PGBACKREST_ARCHIVE_ASYNC     1: asynchronous archive-push (default 0)
 //	GUARDIAN_PGBACKREST_SPOOL_PATH        its queue (default /var/spool/pgbackrest)
 //	GUARDIAN_PGBACKREST_COMPRESS          zst (default) or lz4
