@@ -127,13 +127,31 @@ func (s *spool) startSpooling() {
 }
 
 // stopIfDrained ends spooling if nothing is left, and says whether it did.
-func (s *spool) stopIfDrained() bool {
+// Nothing is left when no segment is being written and none is on disk:
+// the directory is read again, not the running count of bytes, which a
+// segment removed by hand or a failed write cut back only in part would
+// leave wrong for good (and the replayer would never hand back).
+func (s *spool) stopIfDrained() (bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.bytes == 0 && s.cur == nil {
+	if s.cur != nil {
+		return false, nil
+	}
+	names, err := s.segments()
+	if err != nil {
+		return false, err
+	}
+	var bytes int64
+	for _, n := range names {
+		if st, err := os.Stat(filepath.Join(s.dir, n)); err == nil {
+			bytes += st.Size()
+		}
+	}
+	s.bytes = bytes
+	if len(names) == 0 {
 		s.spooling = false
 	}
-	return !s.spooling
+	return !s.spooling, nil
 }
 
 // appendWhileSpooling appends rows if the spool is in use; false means

@@ -654,6 +654,9 @@ func (w *Writer) replayOnce(ctx context.Context) error {
 		return fmt.Errorf("audit spool replay: connect: %w", err)
 	}
 	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		if err := w.spool.seal(); err != nil {
 			return err
 		}
@@ -695,7 +698,11 @@ func (w *Writer) replayOnce(ctx context.Context) error {
 		}
 		// Hand back only when nothing is left, under the spool's lock, so
 		// no row a chain spools meanwhile is left behind.
-		if w.spool.stopIfDrained() {
+		drained, err := w.spool.stopIfDrained()
+		if err != nil {
+			return err
+		}
+		if drained {
 			w.full.Store(false)
 			metrics.spoolFull.Set(0)
 			w.log.Info("audit spool replayed into PostgreSQL; writing directly again")

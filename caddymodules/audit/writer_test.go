@@ -1380,3 +1380,41 @@ func refusedConnect(t *testing.T) error {
 	}
 	return err
 }
+
+// A spool whose segment went away behind the writer's back (removed by
+// hand, say) is found drained by what is on disk, not by the writer's
+// running count of bytes, which still holds the segment's: the replayer
+// hands writing back to PostgreSQL instead of looping on it for ever.
+func TestASegmentRemovedByHandStillEndsSpooling(t *testing.T) {
+	t.Parallel()
+	pg := testenv.Postgres(t)
+	w := newWriter(t, pg.AppDSN, 1<<20)
+	spoolRow(t, w, testRow(1))
+	if err := w.spool.seal(); err != nil {
+		t.Fatal(err)
+	}
+	names, err := w.spool.segments()
+	if err != nil || len(names) != 1 {
+		t.Fatalf("segments %v (%v), want one", names, err)
+	}
+	if err := os.Remove(filepath.Join(w.spool.dir, names[0])); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); w.spool.isSpooling(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("still spooling 10 s after its only segment was removed (count %d bytes)", w.spool.size())
+		}
+	}
+	if n := w.spool.size(); n != 0 {
+		t.Fatalf("the spool counts %d bytes with none on disk", n)
+	}
+	// And rows go to PostgreSQL again.
+	r := testRow(2)
+	if err := w.Record(context.Background(), r); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	if err := pg.Owner.QueryRow(context.Background(), "SELECT count(*) FROM api_audit_log WHERE request_id = $1", r.RequestID).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("the next row: %d stored (%v), want 1", n, err)
+	}
+}
