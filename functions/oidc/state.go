@@ -150,26 +150,43 @@ func randomToken(n int) (string, error) {
 }
 
 // usedStates remembers the states already presented to the callback until
-// their cookie would have expired, so a replayed callback is refused.
+// their cookie would have expired, so a replayed callback is refused. It
+// forgets from the oldest on, so a callback costs the same however many
+// states are held, and holds at most maxUsedStates: anyone may start
+// sign-ins, from as many addresses as they have. Past that bound the
+// oldest are forgotten early, which only loses this second guard for
+// them: the provider takes each code once.
 type usedStates struct {
-	mu   sync.Mutex
-	seen map[string]time.Time
+	mu    sync.Mutex
+	seen  map[string]time.Time
+	order []usedState // as used; expiries nearly ascending (one TTL each)
+	max   int
 }
 
-func newUsedStates() *usedStates { return &usedStates{seen: map[string]time.Time{}} }
+type usedState struct {
+	state   string
+	expires time.Time
+}
+
+// maxUsedStates bounds usedStates (~100 bytes each).
+const maxUsedStates = 100_000
+
+func newUsedStates() *usedStates {
+	return &usedStates{seen: map[string]time.Time{}, max: maxUsedStates}
+}
 
 // use marks state as used and reports whether it was fresh.
 func (u *usedStates) use(state string, expires, now time.Time) bool {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	for s, exp := range u.seen {
-		if !now.Before(exp) {
-			delete(u.seen, s)
-		}
+	for len(u.order) > 0 && (!now.Before(u.order[0].expires) || len(u.order) >= u.max) {
+		delete(u.seen, u.order[0].state)
+		u.order = u.order[1:]
 	}
 	if _, ok := u.seen[state]; ok {
 		return false
 	}
 	u.seen[state] = expires
+	u.order = append(u.order, usedState{state, expires})
 	return true
 }

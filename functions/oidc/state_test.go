@@ -102,8 +102,24 @@ func TestAStateIsUsedOnce(t *testing.T) {
 	}
 	// Entries go once their cookie has expired.
 	u.use("c", now.Add(2*time.Minute), now.Add(90*time.Second))
-	if len(u.seen) != 1 {
+	if len(u.seen) != 1 || len(u.order) != 1 {
 		t.Fatalf("expired entries kept: %v", u.seen)
+	}
+	// Past the bound, the oldest are forgotten first; the newest stay used.
+	u.max = 3
+	for _, s := range []string{"d", "e", "f", "g"} {
+		if !u.use(s, now.Add(2*time.Minute), now.Add(90*time.Second)) {
+			t.Fatalf("fresh state %q refused", s)
+		}
+	}
+	if len(u.seen) != 3 || len(u.order) != 3 {
+		t.Fatalf("%d states held past a bound of 3: %v", len(u.seen), u.seen)
+	}
+	if _, ok := u.seen["c"]; ok {
+		t.Fatal("the oldest state was kept past the bound")
+	}
+	if u.use("g", now.Add(2*time.Minute), now.Add(90*time.Second)) {
+		t.Fatal("the newest state was accepted twice")
 	}
 }
 
