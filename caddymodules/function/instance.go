@@ -56,12 +56,16 @@ type instance struct {
 	proc     *process
 	starting chan struct{} // non-nil while a start is under way
 	starts   uint64        // starts attempted, for tests
-	inflight int
-	lastUsed time.Time
-	idle     *time.Timer
-	crashes  int       // consecutive crashes, for backoff
-	retryAt  time.Time // no start before this after a crash
-	closed   bool
+	// warmPending is set while a warm-up is scheduled: one retry at a
+	// time, however many reloads and failed starts asked for one.
+	warmPending bool
+	rewarms     uint64 // warm-ups scheduled, for tests
+	inflight    int
+	lastUsed    time.Time
+	idle        *time.Timer
+	crashes     int       // consecutive crashes, for backoff
+	retryAt     time.Time // no start before this after a crash
+	closed      bool
 	// drain is the longest timeout of the routes using the instance: how
 	// long requests in flight when it is replaced may still run.
 	drain time.Duration
@@ -117,11 +121,31 @@ func (in *instance) warmUp(ctx context.Context) {
 		delay := time.Until(in.retryAt)
 		in.mu.Unlock()
 		if retry {
-			time.AfterFunc(max(delay, backoffMin), func() { in.warmUp(context.Background()) })
+			in.rewarm(max(delay, backoffMin))
 		}
 		return
 	}
 	in.release(p)
+}
+
+// rewarm schedules a warm-up after delay, unless one is already
+// scheduled: every config's Start and every failed start asks for one, and
+// each would otherwise keep its own chain of retries going until a start
+// succeeds.
+func (in *instance) rewarm(delay time.Duration) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if in.warmPending || in.closed {
+		return
+	}
+	in.warmPending = true
+	in.rewarms++
+	time.AfterFunc(delay, func() {
+		in.mu.Lock()
+		in.warmPending = false
+		in.mu.Unlock()
+		in.warmUp(context.Background())
+	})
 }
 
 // errBackoff reports that the function crashed recently and is not yet
@@ -275,7 +299,7 @@ func (in *instance) watch(p *process) {
 	if crashed {
 		in.metrics.crashes.Inc()
 		if rewarm {
-			time.AfterFunc(backoff(n), func() { in.warmUp(context.Background()) })
+			in.rewarm(backoff(n))
 		}
 		in.log.Error("function exited unexpectedly", zap.String("status", exitText(p.cmd)), zap.Int("consecutive_failures", n), zap.Duration("next_start_after", backoff(n)))
 	}

@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -206,5 +207,28 @@ func TestStripCredentials(t *testing.T) {
 		if h.Get("Authorization") != "" || !slices.Equal(h.Values("Cookie"), tc.want) {
 			t.Errorf("%s: Authorization %q, Cookie %q, want %q", tc.name, h.Get("Authorization"), h.Values("Cookie"), tc.want)
 		}
+	}
+}
+
+// A warm function that cannot start is retried by one chain of warm-ups,
+// however many configs' Starts (reloads) and failed starts ask for one.
+func TestAFailingWarmFunctionHasOneRetryChain(t *testing.T) {
+	t.Setenv("TESTFN_FAIL_START", "1")
+	h := newHandler(t, &Handler{MinWarm: 1, Env: []string{"TESTFN_FAIL_START"}, StartTimeout: caddy.Duration(100 * time.Millisecond)})
+	var wg sync.WaitGroup
+	for range 6 {
+		wg.Go(func() { h.inst.rewarm(time.Hour) })
+	}
+	wg.Wait()
+	// A warm-up failing meanwhile (a reload's Start) adds none either.
+	h.inst.warmUp(context.Background())
+	h.inst.mu.Lock()
+	n, pending, starts := h.inst.rewarms, h.inst.warmPending, h.inst.starts
+	h.inst.mu.Unlock()
+	if starts == 0 {
+		t.Fatal("the warm-up did not try to start the function")
+	}
+	if n != 1 || !pending {
+		t.Fatalf("%d warm-up retries scheduled (one pending: %v), want 1", n, pending)
 	}
 }
