@@ -3,6 +3,7 @@ package auth
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -533,5 +534,34 @@ func TestSessionScopeBindsSessionsAlone(t *testing.T) {
 	bad := &Handler{SessionScope: "owner"}
 	if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), "session_scope") {
 		t.Fatalf("session_scope owner: %v", err)
+	}
+}
+
+// While last-used writes keep failing, the times waiting for the next try
+// are bounded: past the bound a newly used credential's time is dropped,
+// and those already held still take newer times.
+func TestLastUsedTimesAreBoundedWhileWritesFail(t *testing.T) {
+	t.Parallel()
+	pool, err := pgxpool.New(context.Background(), "postgres://nobody@127.0.0.1:1/none?connect_timeout=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	tw := newToucher(pool, time.Hour, zap.NewNop())
+	tw.max = 3
+	t0 := time.Now()
+	for i := range 5 {
+		tw.key(fmt.Sprintf("k%d", i), t0)
+		tw.session(fmt.Sprintf("s%d", i), t0)
+	}
+	tw.key("k0", t0.Add(time.Second))
+	tw.flush(context.Background()) // fails: every time is kept for the next try
+	tw.mu.Lock()
+	defer tw.mu.Unlock()
+	if len(tw.keys) != 3 || len(tw.sessions) != 3 {
+		t.Fatalf("%d keys and %d sessions held past a bound of 3", len(tw.keys), len(tw.sessions))
+	}
+	if !tw.keys["k0"].Equal(t0.Add(time.Second)) {
+		t.Fatalf("a held key's newer time was not taken: %v", tw.keys["k0"])
 	}
 }

@@ -19,29 +19,44 @@ type toucher struct {
 	mu       sync.Mutex
 	keys     map[string]time.Time
 	sessions map[string]time.Time
+	// max bounds each map: while writes keep failing (PostgreSQL away, a
+	// grant lost), every credential used since would otherwise stay.
+	// Past it, a newly used credential's time is not recorded, as a
+	// skipped row's is not (see touchKeys).
+	max int
 
 	stopped chan struct{} // closed when run returns
 }
 
 func newToucher(db *pgxpool.Pool, interval time.Duration, log *zap.Logger) *toucher {
 	return &toucher{db: db, interval: interval, log: log, keys: map[string]time.Time{}, sessions: map[string]time.Time{},
-		stopped: make(chan struct{})}
+		max: maxTouched, stopped: make(chan struct{})}
 }
+
+// maxTouched is toucher's bound per map (~100 bytes an entry).
+const maxTouched = 100_000
 
 func (t *toucher) key(id string, at time.Time) {
 	t.mu.Lock()
-	if at.After(t.keys[id]) {
-		t.keys[id] = at
-	}
+	t.note(t.keys, id, at)
 	t.mu.Unlock()
 }
 
 func (t *toucher) session(id string, at time.Time) {
 	t.mu.Lock()
-	if at.After(t.sessions[id]) {
-		t.sessions[id] = at
-	}
+	t.note(t.sessions, id, at)
 	t.mu.Unlock()
+}
+
+// note records at for id in m if it is newer and m has room (t.mu held).
+func (t *toucher) note(m map[string]time.Time, id string, at time.Time) {
+	last, ok := m[id]
+	if !ok && len(m) >= t.max {
+		return
+	}
+	if at.After(last) {
+		m[id] = at
+	}
 }
 
 // run flushes every interval until ctx ends. A flush that ctx cuts short
