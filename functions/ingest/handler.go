@@ -182,7 +182,8 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	now := h.now().UTC()
+	clock := h.now() // with its monotonic reading, for the plan cache's age
+	now := clock.UTC()
 	snap, perr := parse(body, now)
 	if perr != nil {
 		problem.Write(w, perr)
@@ -194,7 +195,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		problem.Write(w, problem.New(http.StatusForbidden, "wrong_server", "this collector key belongs to another server"))
 		return
 	}
-	plan, err := h.plans.plan(r.Context(), id.CustomerID, now)
+	plan, err := h.plans.plan(r.Context(), id.CustomerID, clock)
 	if err != nil {
 		fnserve.LogFailure(h.log, "reading the customer's plan failed", err)
 		unavailable(w)

@@ -272,7 +272,9 @@ func finish(spec Spec, env *config.Loader, res Result, out, errOut io.Writer) Re
 		prev = readPrevious(metricsPath(dir, res.Job))
 	}
 	alerting := res.Status != StatusOK
-	if alerting && spec.RealertAfter > 0 && dir != "" && prev.failed() && time.Since(prev.lastAlert) < spec.RealertAfter {
+	// An alert stamped in the future (the clock was ahead then) does not
+	// silence the next ones.
+	if since := time.Since(prev.lastAlert); alerting && spec.RealertAfter > 0 && dir != "" && prev.failed() && since >= 0 && since < spec.RealertAfter {
 		alerting = false
 		fmt.Fprintf(errOut, "%s: still failing; alerted at %s, next alert after %s\n", spec.Name,
 			prev.lastAlert.UTC().Format(time.RFC3339), prev.lastAlert.Add(spec.RealertAfter).UTC().Format(time.RFC3339))

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -381,6 +382,30 @@ func TestRealertAfterThrottlesALastingFailure(t *testing.T) {
 	execute(down, 0)
 	if count() != 4 {
 		t.Fatalf("without RealertAfter: %d alerts", count())
+	}
+	// An alert stamped in the future (the clock was ahead when it went
+	// out, and was set right since) does not silence the next failure.
+	path := filepath.Join(env[EnvMetricsDir], "guardian_job_test_job.prom")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	future := strconv.FormatInt(time.Now().Add(24*time.Hour).Unix(), 10)
+	lines := strings.Split(string(b), "\n")
+	for i, l := range lines {
+		if strings.HasPrefix(l, lastAlertMetric+"{") {
+			lines[i] = l[:strings.LastIndexByte(l, ' ')+1] + future
+		}
+	}
+	if err := os.WriteFile(path, []byte(strings.Join(lines, "\n")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if metricValue(t, env[EnvMetricsDir], lastAlertMetric) != future {
+		t.Fatal("the test could not stamp the last alert in the future")
+	}
+	execute(down, time.Hour)
+	if count() != 5 {
+		t.Fatalf("failure after an alert stamped in the future: %d alerts, want 5", count())
 	}
 }
 

@@ -222,7 +222,9 @@ func (s *Sweeper) Run(ctx context.Context, now time.Time) (Result, error) {
 	if s.MaxDrops < 0 || s.MaxMutations < 0 || s.MaxPlanCustomers < 0 {
 		return res, errors.New("per-run bounds must not be negative")
 	}
-	now = now.Truncate(time.Second)
+	// UTC: a retention day is 24 hours, as ingest and the rows' own
+	// retention_days count it, never a calendar day of a zone with DST.
+	now = now.UTC().Truncate(time.Second)
 	cols, err := s.columns(ctx)
 	if err != nil {
 		return res, err
