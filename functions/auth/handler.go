@@ -523,5 +523,5 @@ AND NOT (purpose IN ('reauth', 'register') AND session_id IS NOT DISTINCT FROM $
 
 func (h *handler) recentlyAuthenticated(ctx context.Context, sessionID string) bool {
 	at, err := session.ReauthAt(ctx, h.db, sessionID)
-	return err == nil && !at.IsZero() && h.now().Sub(at) <= session.ReauthWindow
+	return err == nil && !at.IsZero() && session.Fresh(at, h.now())
 }

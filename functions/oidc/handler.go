@@ -233,7 +233,7 @@ func (h *handler) callback(w http.ResponseWriter, r *http.Request) {
 	// when it authenticated the user, and that was within the window: a
 	// token without auth_time may come from a silent sign-in on a browser
 	// left signed in to Google, which must not pass for a confirmation.
-	fresh := c.AuthTime != 0 && now.Sub(time.Unix(c.AuthTime, 0)) <= session.ReauthWindow
+	fresh := c.AuthTime != 0 && session.Fresh(time.Unix(c.AuthTime, 0), now)
 	var authTime time.Time // when the provider authenticated the user, if it says
 	if c.AuthTime != 0 {
 		authTime = time.Unix(c.AuthTime, 0)
@@ -241,7 +241,7 @@ func (h *handler) callback(w http.ResponseWriter, r *http.Request) {
 	if f.Reauth {
 		// A step-up asked for max_age=0: the provider must say it
 		// authenticated the user just now.
-		if c.AuthTime == 0 || now.Sub(time.Unix(c.AuthTime, 0)) > session.ReauthWindow {
+		if c.AuthTime == 0 || !session.Fresh(time.Unix(c.AuthTime, 0), now) {
 			h.fail(w, failure{reason: "reauth_not_fresh"})
 			return
 		}

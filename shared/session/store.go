@@ -19,6 +19,19 @@ import (
 // session for sensitive actions (creating or rotating keys).
 const ReauthWindow = 5 * time.Minute
 
+// reauthAhead is how far in the checker's future a confirmation may lie
+// and still count: the clocks of the hosts that wrote and read it may
+// differ a little, but one far ahead (a clock stepped back since) would
+// otherwise stretch the window by as much.
+const reauthAhead = time.Minute
+
+// Fresh reports whether a confirmation made at at is within ReauthWindow
+// of now, and not more than a minute after it.
+func Fresh(at, now time.Time) bool {
+	age := now.Sub(at)
+	return age <= ReauthWindow && age >= -reauthAhead
+}
+
 // Assurance levels a session records (sessions.aal): how strongly the
 // authentication that made it proved who the user is.
 const (

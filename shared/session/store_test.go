@@ -410,3 +410,23 @@ func TestStartSkipsSessionsBeingEnded(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestFresh(t *testing.T) {
+	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		at   time.Time
+		want bool
+	}{
+		{now, true},
+		{now.Add(-session.ReauthWindow), true},
+		{now.Add(-session.ReauthWindow - time.Second), false},
+		{now.Add(30 * time.Second), true}, // another host's clock a little ahead
+		{now.Add(time.Minute), true},
+		{now.Add(time.Minute + time.Second), false}, // a clock stepped back since
+		{now.Add(time.Hour), false},
+	} {
+		if got := session.Fresh(tc.at, now); got != tc.want {
+			t.Errorf("confirmed %s from now: fresh %v, want %v", tc.at.Sub(now), got, tc.want)
+		}
+	}
+}

@@ -103,7 +103,7 @@ func check(ctx context.Context, db QueryRower, id identity.Identity, now time.Ti
 	if hasFactor && aal < session.AAL2 {
 		return RequiredWithSecondFactor(), nil
 	}
-	if at == nil || now.Sub(*at) > session.ReauthWindow {
+	if at == nil || !session.Fresh(*at, now) {
 		if hasFactor {
 			return RequiredWithSecondFactor(), nil
 		}
