@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/glassmkr/guardian/shared/audit"
+	"github.com/glassmkr/guardian/shared/mono"
 )
 
 // digests gives rows their customer digest (audit.SaltedCustomerDigest).
@@ -26,7 +27,7 @@ type digests struct {
 	// when they are not asked for again: a burst of rows for a deleted
 	// customer costs one read, not one per batch.
 	absent map[string]time.Time
-	// failedUntil (unix ns): a read failed, and until then batches do not
+	// failedUntil (mono.Nanos): a read failed, and until then batches do not
 	// wait for another (PostgreSQL away, or the table locked by a
 	// migration): one slow read per saltRetry, not one per batch.
 	failedUntil atomic.Int64
@@ -122,11 +123,11 @@ func (w *Writer) setDigests(rows []*audit.Row) {
 	if len(missing) == 0 {
 		return
 	}
-	if now.UnixNano() >= w.digests.failedUntil.Load() {
+	if mono.Nanos(now) >= w.digests.failedUntil.Load() {
 		ctx, cancel := context.WithTimeout(context.Background(), saltTimeout)
 		if err := w.digests.load(ctx, w.db, missing, now); err != nil {
-			w.digests.failedUntil.Store(time.Now().Add(saltRetry).UnixNano())
-			if now := time.Now().UnixNano(); now-w.lastSaltWarn.Load() >= int64(time.Minute) {
+			w.digests.failedUntil.Store(mono.Nanos(time.Now().Add(saltRetry)))
+			if now := mono.Nanos(time.Now()); now-w.lastSaltWarn.Load() >= int64(time.Minute) {
 				w.lastSaltWarn.Store(now)
 				w.log.Warn("audit: customers' salts cannot be read; their rows are written without a customer verify can check",
 					zap.Int("customers", len(missing)), zap.Error(err))

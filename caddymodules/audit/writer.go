@@ -26,6 +26,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/glassmkr/guardian/shared/audit"
+	"github.com/glassmkr/guardian/shared/mono"
 )
 
 // WriterConfig configures NewWriter.
@@ -580,7 +581,7 @@ func (w *Writer) warnIfGrowing() {
 // now the last time: a warning that would repeat with every batch or tick
 // is said once a minute.
 func due(last *atomic.Int64) bool {
-	now := time.Now().UnixNano()
+	now := mono.Nanos(time.Now())
 	l := last.Load()
 	return now-l >= int64(time.Minute) && last.CompareAndSwap(l, now)
 }

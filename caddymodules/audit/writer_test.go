@@ -31,6 +31,7 @@ import (
 
 	"github.com/glassmkr/guardian/shared/audit"
 	"github.com/glassmkr/guardian/shared/identity"
+	"github.com/glassmkr/guardian/shared/mono"
 	"github.com/glassmkr/guardian/shared/testenv"
 )
 
@@ -1246,7 +1247,7 @@ func TestAReplayFailingWhilePostgresAnswersIsCountedAndLogged(t *testing.T) {
 		t.Fatalf("the log does not say what failed: %v", e)
 	}
 	// A minute on, it is said again.
-	w.lastReplayWarn.Store(time.Now().Add(-time.Minute).UnixNano())
+	w.lastReplayWarn.Store(mono.Nanos(time.Now().Add(-time.Minute)))
 	for said() < 2 {
 		if time.Now().After(deadline.Add(10 * time.Second)) {
 			t.Fatal("a failure that lasts is not logged again a minute later")

@@ -14,6 +14,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
+
+	"github.com/glassmkr/guardian/shared/mono"
 )
 
 //go:embed bucket.lua
@@ -61,19 +63,19 @@ type Limiter struct {
 	// default the script reads Redis's clock, shared by every instance.
 	scriptNow func() int64
 
-	downUntil atomic.Int64 // unix ns: skip Redis until then
-	// lastOK is when the latest decision Redis answered began (unix ns):
+	downUntil atomic.Int64 // nanos: skip Redis until then (0: up)
+	// lastOK is when the latest decision Redis answered began (nanos):
 	// a failure of a call begun before it says nothing about Redis now.
 	lastOK atomic.Int64
 	// stateMu orders the changes of the down mark (answered, degrade);
 	// lastFail, under it, is when the latest call that marked Redis down
-	// began (unix ns): an answer to a call begun before it does not clear
+	// began (nanos): an answer to a call begun before it does not clear
 	// the mark.
 	stateMu   sync.Mutex
 	closeOnce sync.Once
 	lastFail  int64
-	lastWarn  atomic.Int64 // unix ns of the last degradation warning
-	lastUp    atomic.Int64 // unix ns of the last recovery message
+	lastWarn  atomic.Int64 // nanos of the last degradation warning
+	lastUp    atomic.Int64 // nanos of the last recovery message
 	// probes counts decisions that asked a Redis marked down (tests).
 	probes atomic.Int64
 	local  *localBuckets
@@ -167,8 +169,8 @@ func (l *Limiter) Take(ctx context.Context, keys []string, buckets []Bucket, loc
 	// While Redis is marked down, one request a probeEvery tries it (the
 	// one that moves downUntil on); the others decide without it rather
 	// than each wait out the deadline on a Redis that may hang.
-	if until := l.downUntil.Load(); now.UnixNano() >= until &&
-		(until == 0 || l.downUntil.CompareAndSwap(until, now.Add(probeEvery).UnixNano())) {
+	if until := l.downUntil.Load(); l.nanos(now) >= until &&
+		(until == 0 || l.downUntil.CompareAndSwap(until, l.nanos(now.Add(probeEvery)))) {
 		if until != 0 {
 			l.probes.Add(1)
 		}
@@ -195,6 +197,10 @@ func (l *Limiter) Take(ctx context.Context, keys []string, buckets []Bucket, loc
 	return Decision{Allowed: true, Source: SourceOpen}
 }
 
+// nanos is t as the down marks count time (mono.Nanos): a step of the
+// wall clock moves no mark.
+func (l *Limiter) nanos(t time.Time) int64 { return mono.Nanos(t) }
+
 // callerEnded reports whether a call begun at began ended for its caller's
 // reasons: the context is done, or the context's deadline, sooner than the
 // limiter's own, has passed (the wait's timer may fire before the context
@@ -220,19 +226,19 @@ func storeLater(a *atomic.Int64, t int64) {
 // clears the down mark, unless a call begun later has failed since (that
 // one knows more about Redis now than this one).
 func (l *Limiter) answered(began time.Time) {
-	storeLater(&l.lastOK, began.UnixNano())
+	storeLater(&l.lastOK, l.nanos(began))
 	if l.downUntil.Load() == 0 {
 		return // up: the usual case, without the lock
 	}
 	l.stateMu.Lock()
 	defer l.stateMu.Unlock()
-	if l.downUntil.Load() == 0 || began.UnixNano() <= l.lastFail {
+	if l.downUntil.Load() == 0 || l.nanos(began) <= l.lastFail {
 		return
 	}
 	l.downUntil.Store(0)
 	// Once per warnEvery, as the warning: a flapping Redis must not fill
 	// the log.
-	if last := l.lastUp.Load(); began.UnixNano()-last >= int64(warnEvery) && l.lastUp.CompareAndSwap(last, began.UnixNano()) {
+	if last := l.lastUp.Load(); l.nanos(began)-last >= int64(warnEvery) && l.lastUp.CompareAndSwap(last, l.nanos(began)) {
 		l.log.Info("rate limiter: Redis answers again; limiting by Redis resumed")
 	}
 }
@@ -245,12 +251,12 @@ func (l *Limiter) answered(began time.Time) {
 // for probeEvery.
 func (l *Limiter) degrade(began time.Time, err error) {
 	l.stateMu.Lock()
-	if began.UnixNano() <= l.lastOK.Load() {
+	if l.nanos(began) <= l.lastOK.Load() {
 		l.stateMu.Unlock()
 		return
 	}
-	l.lastFail = max(l.lastFail, began.UnixNano())
-	l.downUntil.Store(began.Add(probeEvery).UnixNano())
+	l.lastFail = max(l.lastFail, l.nanos(began))
+	l.downUntil.Store(l.nanos(began.Add(probeEvery)))
 	// An answer to a later call that came meanwhile may have found no
 	// mark yet and left without the lock: clear the mark for it. (It
 	// stores lastOK before it looks at the mark, and this looks at
@@ -265,7 +271,7 @@ func (l *Limiter) degrade(began time.Time, err error) {
 		return
 	}
 	last := l.lastWarn.Load()
-	if began.UnixNano()-last >= int64(warnEvery) && l.lastWarn.CompareAndSwap(last, began.UnixNano()) {
+	if l.nanos(began)-last >= int64(warnEvery) && l.lastWarn.CompareAndSwap(last, l.nanos(began)) {
 		l.log.Warn("rate limiter: Redis unreachable or slow; failing open (brute-force routes use per-instance buckets)",
 			zap.Error(err), zap.Duration("next_warning_after", warnEvery))
 	}

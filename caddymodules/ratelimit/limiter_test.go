@@ -717,7 +717,7 @@ func TestOneDecisionProbesARedisMarkedDown(t *testing.T) {
 	if err := admin.Do(ctx, "CLIENT", "PAUSE", "2000", "ALL").Err(); err != nil {
 		t.Fatal(err)
 	}
-	l.downUntil.Store(time.Now().Add(-time.Millisecond).UnixNano()) // down, due for a probe
+	l.downUntil.Store(l.nanos(time.Now().Add(-time.Millisecond))) // down, due for a probe
 	var wg sync.WaitGroup
 	for i := range 20 {
 		wg.Add(1)
@@ -744,7 +744,7 @@ func TestRecoveryIsLoggedOncePerInterval(t *testing.T) {
 	t.Cleanup(func() { _ = l.Close() })
 	keys, b := []string{l.AccountKey("flap")}, []Bucket{{Capacity: 100, Rate: 1}}
 	for range 3 {
-		l.downUntil.Store(time.Now().Add(-time.Millisecond).UnixNano()) // marked down, due for a probe
+		l.downUntil.Store(l.nanos(time.Now().Add(-time.Millisecond))) // marked down, due for a probe
 		if d := l.Take(context.Background(), keys, b, false); d.Source != SourceRedis {
 			t.Fatalf("probe: %+v", d)
 		}

@@ -7,12 +7,14 @@ package logevery
 import (
 	"sync/atomic"
 	"time"
+
+	"github.com/glassmkr/guardian/shared/mono"
 )
 
 // Gate lets one line through per interval. The zero value is ready; a
 // Gate must not be copied after first use.
 type Gate struct {
-	last  atomic.Int64 // unix ns of the last line let through
+	last  atomic.Int64 // mono.Nanos of the last line let through
 	since atomic.Int64 // events since then
 }
 
@@ -23,7 +25,7 @@ type Gate struct {
 // reported.
 func (g *Gate) Allow(now time.Time, every time.Duration) (n int64, ok bool) {
 	n = g.since.Add(1)
-	t := now.UnixNano()
+	t := mono.Nanos(now) // a step of the wall clock holds no line back
 	last := g.last.Load()
 	if t-last < int64(every) || !g.last.CompareAndSwap(last, t) {
 		return n, false
