@@ -1217,7 +1217,7 @@ func TestSysctlDropIn(t *testing.T) {
 	if !regexp.MustCompile(`install -m 0644 deploy/sysctl\.d/60-guardian\.conf /etc/sysctl\.d/`).MatchString(guide) {
 		t.Error("docs/deployment.md does not install deploy/sysctl.d/60-guardian.conf into /etc/sysctl.d/")
 	}
-	if !regexp.MustCompile(`(?m)^install -m 0711 -o root -g root linux_amd64/functions/\* /usr/lib/guardian/functions/$`).MatchString(guide) {
+	if !regexp.MustCompile(`(?m)^install -m 0711 -o root -g root linux_amd64/functions/\* /usr/lib/guardian-\$v/functions/$`).MatchString(guide) {
 		t.Error("docs/deployment.md does not install the function binaries root:root 0711")
 	}
 	t.Run("keys exist on this kernel", func(t *testing.T) {
