@@ -159,9 +159,13 @@ func Start(ctx context.Context, tx pgx.Tx, secret []byte, p Params, now time.Tim
 // other sessions updates many of the user's rows in no set order, and a
 // sign-in waiting for one of them while holding the session it replaces
 // could deadlock with it (those rows are being ended anyway).
+// The candidates are chosen first and only they are locked: a locking
+// clause under the OFFSET would also lock the sessions kept.
 const endLeastUsed = `UPDATE sessions SET revoked_at = $3 WHERE id IN (
-	SELECT id FROM sessions WHERE user_id = $1 AND id <> $2 AND revoked_at IS NULL AND expires_at > $3
-	ORDER BY last_seen_at DESC, created_at DESC, id OFFSET $4 FOR NO KEY UPDATE SKIP LOCKED) AND revoked_at IS NULL`
+	SELECT id FROM sessions WHERE id IN (
+		SELECT id FROM sessions WHERE user_id = $1 AND id <> $2 AND revoked_at IS NULL AND expires_at > $3
+		ORDER BY last_seen_at DESC, created_at DESC, id OFFSET $4)
+	FOR NO KEY UPDATE SKIP LOCKED) AND revoked_at IS NULL`
 
 // Lock takes, for tx, the locks Start takes, in its order, and returns the
 // user's password hash ("" if none): the customer row (account.LockOpen;

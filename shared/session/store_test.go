@@ -430,3 +430,34 @@ func TestFresh(t *testing.T) {
 		}
 	}
 }
+
+// A sign-in past the bound locks only the sessions it ends: the ones it
+// keeps stay free for their own step-ups, sign-outs and last-seen writes
+// while it commits.
+func TestStartLocksOnlyTheSessionsItEnds(t *testing.T) {
+	t.Parallel()
+	pg := testenv.Postgres(t)
+	secret := []byte(strings.Repeat("s", 32))
+	c := testenv.NewCustomer(t, pg.Owner, []byte(strings.Repeat("p", 32)), secret)
+	ctx := context.Background()
+	now := time.Now()
+	if _, err := pg.Owner.Exec(ctx, `INSERT INTO sessions (user_id, customer_id, expires_at, last_seen_at, user_agent)
+		SELECT $1, $2, $3::timestamptz + interval '1 day', $3::timestamptz - i * interval '1 minute', 'open ' || i FROM generate_series(1, $4) i`,
+		c.UserID, c.ID, now, plan.MaxSessionsPerUser); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := pg.Owner.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	if _, err := session.Start(ctx, tx, secret, session.Params{UserID: c.UserID, CustomerID: c.ID}, now); err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range map[int]bool{1: true, plan.MaxSessionsPerUser - 1: true, plan.MaxSessionsPerUser: false} {
+		_, err := pg.Owner.Exec(ctx, "SELECT 1 FROM sessions WHERE user_id = $1 AND user_agent = $2 FOR NO KEY UPDATE NOWAIT", c.UserID, fmt.Sprintf("open %d", i))
+		if free := err == nil; free != want {
+			t.Errorf("session used %d minutes ago free during the sign-in: %v (%v), want %v", i, free, err, want)
+		}
+	}
+}
