@@ -1,6 +1,7 @@
 package mono
 
 import (
+	"math"
 	"testing"
 	"time"
 )
@@ -22,7 +23,10 @@ func TestNanos(t *testing.T) {
 	if Nanos(time.Now()) < Nanos(now) {
 		t.Fatal("the count went back")
 	}
-	if 0 >= Nanos(epoch) {
+	if 0 >= Nanos(epoch) || 0 >= Nanos(time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)) {
 		t.Fatal("a mark never set is not in the past")
+	}
+	if far := Nanos(time.Date(2999, 1, 1, 0, 0, 0, 0, time.UTC)); far != math.MaxInt64 {
+		t.Fatalf("a time past the range counts %d, want the largest", far)
 	}
 }
