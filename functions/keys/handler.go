@@ -352,9 +352,10 @@ func (h *handler) rotate(w http.ResponseWriter, r *http.Request) {
 		var scope *string
 		var expires, revokes *time.Time
 		var expired bool
+		var reason *string
 		// Judged on PostgreSQL's clock, as the edge judges keys.
-		err := tx.QueryRow(r.Context(), `SELECT name, kind, scope, expires_at, revoked_at, coalesce(expires_at <= now(), false) FROM api_keys
-			WHERE id = $1 AND customer_id = $2 AND (revoked_at IS NULL OR revoked_at > now()) FOR UPDATE`, keyID, id.CustomerID).Scan(&name, &kind, &scope, &expires, &revokes, &expired)
+		err := tx.QueryRow(r.Context(), `SELECT name, kind, scope, expires_at, revoked_at, revoked_reason, coalesce(expires_at <= now(), false) FROM api_keys
+			WHERE id = $1 AND customer_id = $2 AND (revoked_at IS NULL OR revoked_at > now()) FOR UPDATE`, keyID, id.CustomerID).Scan(&name, &kind, &scope, &expires, &revokes, &reason, &expired)
 		if errors.Is(err, pgx.ErrNoRows) {
 			status = http.StatusNotFound
 			return nil
@@ -368,6 +369,12 @@ func (h *handler) rotate(w http.ResponseWriter, r *http.Request) {
 		}
 		if *scope == "admin" && id.Scope != "admin" {
 			status = http.StatusForbidden
+			return nil
+		}
+		if revokes != nil && (reason == nil || *reason != "rotated") {
+			// Revoked by a transaction that committed while this one
+			// waited for the row (its time is after this one's now()).
+			status = http.StatusNotFound
 			return nil
 		}
 		if revokes != nil {
