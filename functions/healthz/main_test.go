@@ -220,7 +220,7 @@ func TestHealthzFunctionCannotSeeTheKeyPepper(t *testing.T) {
 		}
 	}
 	walk(cfg)
-	want := "GUARDIAN_PG_APP_DSN=GUARDIAN_PG_DSN_HEALTHZ GUARDIAN_REDIS_ADDR GUARDIAN_REDIS_CLUSTER GUARDIAN_CLICKHOUSE_HTTP_URL"
+	want := "GUARDIAN_PG_APP_DSN=GUARDIAN_PG_DSN_HEALTHZ GUARDIAN_REDIS_ADDR GUARDIAN_REDIS_CLUSTER GUARDIAN_CLICKHOUSE_HTTP_URL GUARDIAN_HEALTH_TIMEOUT"
 	if len(lists) != 1 || strings.Join(lists[0], " ") != want {
 		t.Errorf("healthz's routes list %v, want [%s]", lists, want)
 	}
