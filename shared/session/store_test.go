@@ -303,11 +303,7 @@ func TestStartEndsTheLeastUsedPastTheBound(t *testing.T) {
 	// Sessions used i minutes ago, i = 1..n; then some that must stay as
 	// they are: expired, ended, and another user's.
 	const extra = 5
-	if _, err := pg.Owner.Exec(ctx, `INSERT INTO sessions (user_id, customer_id, expires_at, last_seen_at, user_agent)
-		SELECT $1, $2, $3::timestamptz + interval '1 day', $3::timestamptz - i * interval '1 minute', 'open ' || i FROM generate_series(1, $4) i`,
-		c.UserID, c.ID, now, plan.MaxSessionsPerUser+extra); err != nil {
-		t.Fatal(err)
-	}
+	openSessions(t, pg, c, now, plan.MaxSessionsPerUser+extra)
 	if _, err := pg.Owner.Exec(ctx, `INSERT INTO sessions (user_id, customer_id, expires_at, last_seen_at, revoked_at, user_agent) VALUES
 		($1, $2, $3::timestamptz - interval '1 hour', $3::timestamptz - interval '2 hours', NULL, 'expired'),
 		($1, $2, $3::timestamptz + interval '1 day', $3::timestamptz - interval '2 hours', $3::timestamptz - interval '1 hour', 'ended'),
@@ -377,11 +373,7 @@ func TestStartSkipsSessionsBeingEnded(t *testing.T) {
 	c := testenv.NewCustomer(t, pg.Owner, []byte(strings.Repeat("p", 32)), secret)
 	ctx := context.Background()
 	now := time.Now()
-	if _, err := pg.Owner.Exec(ctx, `INSERT INTO sessions (user_id, customer_id, expires_at, last_seen_at, user_agent)
-		SELECT $1, $2, $3::timestamptz + interval '1 day', $3::timestamptz - i * interval '1 minute', 'open ' || i FROM generate_series(1, $4) i`,
-		c.UserID, c.ID, now, plan.MaxSessionsPerUser+1); err != nil {
-		t.Fatal(err)
-	}
+	openSessions(t, pg, c, now, plan.MaxSessionsPerUser+1)
 	// The least used, held by a transaction ending it.
 	ending, _ := testenv.Hold(t, pg.Owner, "UPDATE sessions SET revoked_at = now() WHERE user_id = $1 AND user_agent = $2", c.UserID, fmt.Sprintf("open %d", plan.MaxSessionsPerUser+1))
 	done := make(chan error, 1)
@@ -441,11 +433,7 @@ func TestStartLocksOnlyTheSessionsItEnds(t *testing.T) {
 	c := testenv.NewCustomer(t, pg.Owner, []byte(strings.Repeat("p", 32)), secret)
 	ctx := context.Background()
 	now := time.Now()
-	if _, err := pg.Owner.Exec(ctx, `INSERT INTO sessions (user_id, customer_id, expires_at, last_seen_at, user_agent)
-		SELECT $1, $2, $3::timestamptz + interval '1 day', $3::timestamptz - i * interval '1 minute', 'open ' || i FROM generate_series(1, $4) i`,
-		c.UserID, c.ID, now, plan.MaxSessionsPerUser); err != nil {
-		t.Fatal(err)
-	}
+	openSessions(t, pg, c, now, plan.MaxSessionsPerUser)
 	tx, err := pg.Owner.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -459,5 +447,16 @@ func TestStartLocksOnlyTheSessionsItEnds(t *testing.T) {
 		if free := err == nil; free != want {
 			t.Errorf("session used %d minutes ago free during the sign-in: %v (%v), want %v", i, free, err, want)
 		}
+	}
+}
+
+// openSessions gives c's user n open sessions, "open i" last used i
+// minutes before now.
+func openSessions(t *testing.T, pg *testenv.PG, c *testenv.Customer, now time.Time, n int) {
+	t.Helper()
+	if _, err := pg.Owner.Exec(context.Background(), `INSERT INTO sessions (user_id, customer_id, expires_at, last_seen_at, user_agent)
+		SELECT $1, $2, $3::timestamptz + interval '1 day', $3::timestamptz - i * interval '1 minute', 'open ' || i FROM generate_series(1, $4) i`,
+		c.UserID, c.ID, now, n); err != nil {
+		t.Fatal(err)
 	}
 }
