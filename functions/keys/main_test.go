@@ -549,3 +549,41 @@ func TestWorkingKeysAreBounded(t *testing.T) {
 		t.Fatalf("%d working keys (%v), want %d", working, err, plan.MaxAccountKeys)
 	}
 }
+
+// A key revoked by a transaction that committed while a rotation waited
+// for its row is not found: its revocation time lies after the
+// rotation's now(), but it was revoked, not rotated.
+func TestAKeyRevokedWhileARotationWaitsIsNotFound(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	session := s.signIn(t)
+	ctx := context.Background()
+	_, doc := s.do(t, "POST", "/api/v1/keys", `{"name":"raced","scope":"read"}`, session)
+	keyID := doc["id"].(string)
+	revoke, revokePID := testenv.Hold(t, s.pg.Owner, "SELECT 1 FROM api_keys WHERE id = $1 FOR UPDATE", keyID)
+	type answer struct {
+		status int
+		doc    map[string]any
+	}
+	done := make(chan answer, 1)
+	go func() {
+		status, doc, err := s.send("POST", "/api/v1/keys/"+keyID+"/rotate", ``, session)
+		if err != nil {
+			status, doc = -1, map[string]any{"error": err.Error()}
+		}
+		done <- answer{status, doc}
+	}()
+	if _, a, finished := testenv.BlockedBy(t, s.pg.Owner, revokePID, done, migrate.FunctionRole(migrate.DefaultAppRole, "keys")); finished {
+		t.Fatalf("the rotation did not wait for the key: %d %v", a.status, a.doc)
+	}
+	// Revoked now, after the rotation's transaction began.
+	if _, err := revoke.Exec(ctx, "UPDATE api_keys SET revoked_at = clock_timestamp(), revoked_reason = 'revoked' WHERE id = $1", keyID); err != nil {
+		t.Fatal(err)
+	}
+	if err := revoke.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if a := <-done; a.status != 404 || a.doc["code"] != "not_found" {
+		t.Fatalf("rotating a key revoked meanwhile: %d %v; want 404 not_found", a.status, a.doc)
+	}
+}
