@@ -352,10 +352,10 @@ func (h *handler) rotate(w http.ResponseWriter, r *http.Request) {
 		var scope *string
 		var expires, revokes *time.Time
 		var expired bool
-		var reason *string
+		var reason, createdBy *string
 		// Judged on PostgreSQL's clock, as the edge judges keys.
-		err := tx.QueryRow(r.Context(), `SELECT name, kind, scope, expires_at, revoked_at, revoked_reason, coalesce(expires_at <= now(), false) FROM api_keys
-			WHERE id = $1 AND customer_id = $2 AND (revoked_at IS NULL OR revoked_at > now()) FOR UPDATE`, keyID, id.CustomerID).Scan(&name, &kind, &scope, &expires, &revokes, &reason, &expired)
+		err := tx.QueryRow(r.Context(), `SELECT name, kind, scope, expires_at, revoked_at, revoked_reason, coalesce(expires_at <= now(), false), created_by::text FROM api_keys
+			WHERE id = $1 AND customer_id = $2 AND (revoked_at IS NULL OR revoked_at > now()) FOR UPDATE`, keyID, id.CustomerID).Scan(&name, &kind, &scope, &expires, &revokes, &reason, &expired, &createdBy)
 		if errors.Is(err, pgx.ErrNoRows) {
 			status = http.StatusNotFound
 			return nil
@@ -369,6 +369,14 @@ func (h *handler) rotate(w http.ResponseWriter, r *http.Request) {
 		}
 		if *scope == "admin" && id.Scope != "admin" {
 			status = http.StatusForbidden
+			return nil
+		}
+		// A rotation revokes the key it replaces, which is an
+		// administrator's to do (DELETE needs admin): a member rotates
+		// only the keys it created, not a colleague's or an admin's.
+		if id.Scope != "admin" && (createdBy == nil || *createdBy != id.UserID) {
+			refusal = problem.New(http.StatusForbidden, "insufficient_scope", "only administrators may rotate keys others created")
+			refusal.Extra = map[string]any{"required_scope": "admin"}
 			return nil
 		}
 		if revokes != nil && (reason == nil || *reason != "rotated") {

@@ -587,3 +587,38 @@ func TestAKeyRevokedWhileARotationWaitsIsNotFound(t *testing.T) {
 		t.Fatalf("rotating a key revoked meanwhile: %d %v; want 404 not_found", a.status, a.doc)
 	}
 }
+
+// A rotation revokes the key it replaces, an administrator's to do: a
+// member rotates the keys it created, not an admin's or a colleague's.
+func TestAMemberRotatesOnlyItsOwnKeys(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	ctx := context.Background()
+	_, doc := s.do(t, "POST", "/api/v1/keys", `{"name":"admin's ci","scope":"read"}`, s.signIn(t))
+	adminsKey, adminsID := doc["key"].(string), doc["id"].(string)
+	// The key is another user's, an admin's; the signed-in user becomes a
+	// member.
+	var admin string
+	if err := s.pg.Owner.QueryRow(ctx, "INSERT INTO users (customer_id, email, role) VALUES ($1, 'admin-'||gen_random_uuid()||'@example.com', 'admin') RETURNING id",
+		s.c.ID).Scan(&admin); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.pg.Owner.Exec(ctx, "UPDATE api_keys SET created_by = $2 WHERE id = $1", adminsID, admin); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.pg.Owner.Exec(ctx, "UPDATE users SET role = 'member' WHERE id = $1", s.c.UserID); err != nil {
+		t.Fatal(err)
+	}
+	member := s.signIn(t) // a new session carries the new role
+	status, doc := s.do(t, "POST", "/api/v1/keys/"+adminsID+"/rotate", `{"grace_seconds":0}`, member)
+	if status != 403 || doc["code"] != "insufficient_scope" || doc["required_scope"] != "admin" {
+		t.Fatalf("a member rotating an admin's key: %d %v; want 403 insufficient_scope", status, doc)
+	}
+	if !s.works(t, adminsKey) {
+		t.Fatal("the refused rotation stopped the admin's key")
+	}
+	_, doc = s.do(t, "POST", "/api/v1/keys", `{"name":"member's own","scope":"read"}`, member)
+	if status, doc := s.do(t, "POST", "/api/v1/keys/"+doc["id"].(string)+"/rotate", ``, member); status != 201 {
+		t.Fatalf("a member rotating its own key: %d %v; want 201", status, doc)
+	}
+}
