@@ -9,6 +9,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"strconv"
 	"strings"
@@ -141,6 +142,25 @@ func LoadSecrets(lookup func(string) (string, bool)) (Secrets, error) {
 	return s, l.Err()
 }
 
+// CheckAddrs returns an error unless addrs is one or more host:port
+// addresses. It never quotes a value: a URL given by mistake may carry a
+// password.
+func CheckAddrs(addrs []string) error {
+	if len(addrs) == 0 {
+		return errors.New("names no address (host:port, comma-separated)")
+	}
+	for _, a := range addrs {
+		host, port, err := net.SplitHostPort(a)
+		if err != nil || host == "" || strings.ContainsAny(a, "/@") {
+			return errors.New("must be host:port addresses (not URLs), comma-separated")
+		}
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+			return errors.New("must be host:port addresses with a port from 1 to 65535")
+		}
+	}
+	return nil
+}
+
 // ClickHouse holds the settings of a ClickHouse connection.
 type ClickHouse struct {
 	Addr, User, Password, Database string
@@ -149,8 +169,14 @@ type ClickHouse struct {
 // LoadClickHouse reads the ClickHouse connection settings; the user
 // defaults to "default" and the database to "guardian".
 func (l *Loader) LoadClickHouse() ClickHouse {
+	addr := l.String(ClickHouseAddr)
+	if addr != "" {
+		if err := CheckAddrs([]string{addr}); err != nil {
+			l.errs = append(l.errs, fmt.Errorf("%s %w", ClickHouseAddr, err))
+		}
+	}
 	return ClickHouse{
-		Addr:     l.String(ClickHouseAddr),
+		Addr:     addr,
 		User:     l.Optional(ClickHouseUser, "default"),
 		Password: l.Optional(ClickHousePassword, ""),
 		Database: l.Optional(ClickHouseDatabase, "guardian"),
@@ -176,13 +202,28 @@ type Redis struct {
 // same settings the same way.
 func (l *Loader) LoadRedis() Redis {
 	var r Redis
-	for _, addr := range strings.Split(l.String(RedisAddr), ",") {
-		if addr = strings.TrimSpace(addr); addr != "" {
-			r.Addrs = append(r.Addrs, addr)
+	if list := l.String(RedisAddr); list != "" {
+		for _, addr := range strings.Split(list, ",") {
+			if addr = strings.TrimSpace(addr); addr != "" {
+				r.Addrs = append(r.Addrs, addr)
+			}
+		}
+		if err := CheckAddrs(r.Addrs); err != nil {
+			l.errs = append(l.errs, fmt.Errorf("%s %w", RedisAddr, err))
 		}
 	}
 	r.Password = l.Optional(RedisPassword, "")
-	r.Cluster = len(r.Addrs) > 1 || l.Optional(RedisCluster, "") == "1"
+	// A cluster reached through one seed must say so; a value other than
+	// 0 or 1 (true, yes) is refused, not read as "no": a cluster taken for
+	// one server answers MOVED, and the limiter would fail open.
+	switch v := l.Optional(RedisCluster, ""); v {
+	case "", "0":
+		r.Cluster = len(r.Addrs) > 1
+	case "1":
+		r.Cluster = true
+	default:
+		l.errs = append(l.errs, fmt.Errorf("%s must be 0 or 1", RedisCluster))
+	}
 	r.Socket = l.Optional(RedisSocket, "")
 	switch {
 	case r.Socket == "":

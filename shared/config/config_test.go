@@ -99,6 +99,13 @@ func TestLoadRedis(t *testing.T) {
 		{"relative socket", map[string]string{RedisAddr: "127.0.0.1:6379", RedisSocket: "redis.sock"}, []string{"127.0.0.1:6379"}, false, "", "GUARDIAN_REDIS_SOCKET must be an absolute path"},
 		{"socket of a cluster", map[string]string{RedisAddr: "127.0.0.1:1,127.0.0.1:2", RedisSocket: "/run/redis.sock"}, []string{"127.0.0.1:1", "127.0.0.1:2"}, true, "", "GUARDIAN_REDIS_SOCKET is for one Redis server"},
 		{"no address", map[string]string{RedisSocket: "/run/redis.sock"}, nil, false, "/run/redis.sock", "GUARDIAN_REDIS_ADDR is required"},
+		{"only commas", map[string]string{RedisAddr: " , "}, nil, false, "", "GUARDIAN_REDIS_ADDR names no address"},
+		{"a URL with a password", map[string]string{RedisAddr: "redis://:hunter2@h:6379"}, []string{"redis://:hunter2@h:6379"}, false, "", "must be host:port addresses (not URLs)"},
+		{"no port", map[string]string{RedisAddr: "redis-host"}, []string{"redis-host"}, false, "", "must be host:port"},
+		{"port out of range", map[string]string{RedisAddr: "h:70000"}, []string{"h:70000"}, false, "", "port from 1 to 65535"},
+		{"IPv6 address", map[string]string{RedisAddr: "[::1]:6379"}, []string{"[::1]:6379"}, false, "", ""},
+		{"cluster flag of another spelling", map[string]string{RedisAddr: "127.0.0.1:1", RedisCluster: "true"}, []string{"127.0.0.1:1"}, false, "", "GUARDIAN_REDIS_CLUSTER must be 0 or 1"},
+		{"cluster flag off", map[string]string{RedisAddr: "127.0.0.1:1", RedisCluster: "0"}, []string{"127.0.0.1:1"}, false, "", ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -109,7 +116,28 @@ func TestLoadRedis(t *testing.T) {
 			}
 			if err := l.Err(); tc.err == "" && err != nil || tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)) {
 				t.Errorf("err = %v, want %q", err, tc.err)
+			} else if err != nil && strings.Contains(err.Error(), "hunter2") {
+				t.Errorf("the error quotes a password: %v", err)
 			}
 		})
+	}
+}
+
+func TestLoadClickHouseChecksTheAddress(t *testing.T) {
+	for addr, want := range map[string]string{
+		"127.0.0.1:9000":                "",
+		"clickhouse://u:hunter2@h:9000": "must be host:port addresses (not URLs)",
+		"h":                             "must be host:port",
+		"h:0":                           "port from 1 to 65535",
+	} {
+		l := New(env(map[string]string{ClickHouseAddr: addr}))
+		l.LoadClickHouse()
+		err := l.Err()
+		if want == "" && err != nil || want != "" && (err == nil || !strings.Contains(err.Error(), want)) {
+			t.Errorf("%q: err = %v, want %q", addr, err, want)
+		}
+		if err != nil && strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("the error quotes a password: %v", err)
+		}
 	}
 }
