@@ -162,6 +162,9 @@ func (h *Handler) init(a *Authenticator, cookieDomain string) {
 	}
 }
 
+// knownMethods are the methods a scope may be given for.
+var knownMethods = map[string]bool{"GET": true, "HEAD": true, "POST": true, "PUT": true, "PATCH": true, "DELETE": true, "OPTIONS": true}
+
 // Validate rejects unknown credential kinds and scopes, naming the field.
 func (h *Handler) Validate() error {
 	for _, k := range h.Allow {
@@ -173,9 +176,21 @@ func (h *Handler) Validate() error {
 		return fmt.Errorf("guardian_auth: scope: unknown scope %q (read, write, admin)", h.Scope)
 	}
 	for m, s := range h.MethodScopes {
+		// Looked up by the request's method, upper case: a key in
+		// another case, or a misspelt method, would never apply and
+		// leave the method at the route's scope without a word.
+		if !knownMethods[m] {
+			return fmt.Errorf("guardian_auth: scope %q: not an HTTP method in upper case (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS)", m)
+		}
 		if scopeRank[s] == 0 {
 			return fmt.Errorf("guardian_auth: scope %s: unknown scope %q", m, s)
 		}
+	}
+	if h.LoginRedirect != "" && (!strings.HasPrefix(h.LoginRedirect, "/") || strings.HasPrefix(h.LoginRedirect, "//") || strings.Contains(h.LoginRedirect, "\\")) {
+		return fmt.Errorf("guardian_auth: login_redirect must be a path on this site such as /login, got %q", h.LoginRedirect)
+	}
+	if h.IgnoreInvalid && !h.Optional {
+		return fmt.Errorf("guardian_auth: ignore_invalid applies to optional only")
 	}
 	if h.SessionScope != "" && scopeRank[h.SessionScope] == 0 {
 		return fmt.Errorf("guardian_auth: session_scope: unknown scope %q (read, write, admin)", h.SessionScope)

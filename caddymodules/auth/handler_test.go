@@ -359,6 +359,9 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{"inline argument", "guardian_auth on", true, nil},
 		{"lenient optional", "guardian_auth {\n optional ignore_invalid\n}", false, func(h Handler) bool { return h.Optional && h.IgnoreInvalid }},
 		{"optional with junk", "guardian_auth {\n optional always\n}", true, nil},
+		{"misspelt method", "guardian_auth {\n scope DELTE admin\n}", true, nil},
+		{"login redirect", "guardian_auth {\n login_redirect /login\n}", false, func(h Handler) bool { return h.LoginRedirect == "/login" }},
+		{"login redirect to another site", "guardian_auth {\n login_redirect //evil.example/login\n}", true, nil},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -371,6 +374,25 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				t.Errorf("parsed %+v", h)
 			}
 		})
+	}
+}
+
+// A JSON config, which skips the Caddyfile's parser, is held to the same
+// rules by Validate.
+func TestValidateJSONConfig(t *testing.T) {
+	for name, h := range map[string]Handler{
+		"method scope in lower case": {MethodScopes: map[string]string{"delete": "admin"}},
+		"redirect with a scheme":     {LoginRedirect: "https://evil.example/login"},
+		"redirect without a slash":   {LoginRedirect: "login"},
+		"ignore_invalid alone":       {IgnoreInvalid: true},
+	} {
+		if err := h.Validate(); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	ok := Handler{MethodScopes: map[string]string{"DELETE": "admin"}, LoginRedirect: "/login", Optional: true, IgnoreInvalid: true}
+	if err := ok.Validate(); err != nil {
+		t.Errorf("a valid config refused: %v", err)
 	}
 }
 

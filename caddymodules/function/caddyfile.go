@@ -81,7 +81,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.MaxConcurrent = n
 		case "buffer_body":
 			n, err := humanize.ParseBytes(val)
-			if err != nil || n == 0 || n > 1<<30 {
+			if err != nil || n == 0 || n > maxBufferBody {
 				return d.Errf("buffer_body must be a size from 1 byte to 1GiB, got %q", val)
 			}
 			h.BufferBody = int64(n)

@@ -201,14 +201,32 @@ func (h *Handler) Validate() error {
 	if h.MinWarm < 0 || h.MinWarm > 1 {
 		return fmt.Errorf("guardian_function %s: min_warm must be 0 or 1 (one process serves all requests), got %d", h.Name, h.MinWarm)
 	}
+	// The Caddyfile's bound, checked here too for a JSON config: past it
+	// the body's arithmetic would overflow and its reads never end.
+	if h.BufferBody < 0 || h.BufferBody > maxBufferBody {
+		return fmt.Errorf("guardian_function %s: buffer_body must be from 0 (off) to 1GiB, got %d", h.Name, h.BufferBody)
+	}
+	if h.MaxConcurrent < 0 {
+		return fmt.Errorf("guardian_function %s: max_concurrent must not be negative, got %d", h.Name, h.MaxConcurrent)
+	}
+	seen := map[string]bool{}
 	for _, entry := range h.Env {
 		name, from, renamed := strings.Cut(entry, "=")
 		if !validEnvName(name) || (renamed && !validEnvName(from)) {
 			return fmt.Errorf("guardian_function %s: env: %q is not NAME or NAME=FROM", h.Name, entry)
 		}
+		// Named twice, which value the function got would depend on
+		// their order once sorted, not on the config.
+		if seen[name] {
+			return fmt.Errorf("guardian_function %s: env: %s is named twice", h.Name, name)
+		}
+		seen[name] = true
 	}
 	return nil
 }
+
+// maxBufferBody bounds buffer_body.
+const maxBufferBody = 1 << 30
 
 // Cleanup releases this config's hold on the instance; the last one out
 // stops the process.

@@ -362,13 +362,17 @@ func TestValidate(t *testing.T) {
 		{"bin that is not executable", Handler{Name: "x", Bin: plain}},
 		{"env entry renaming from nothing", Handler{Name: "x", Bin: bin, Env: []string{"A="}}},
 		{"env entry that is not a name", Handler{Name: "x", Bin: bin, Env: []string{"A b"}}},
+		{"env name given twice", Handler{Name: "x", Bin: bin, Env: []string{"A=B", "C", "A=D"}}},
+		{"buffer_body past 1GiB (JSON)", Handler{Name: "x", Bin: bin, BufferBody: 1<<62 + 1}},
+		{"negative buffer_body (JSON)", Handler{Name: "x", Bin: bin, BufferBody: -1}},
+		{"negative max_concurrent (JSON)", Handler{Name: "x", Bin: bin, MaxConcurrent: -1}},
 	}
 	for _, tc := range cases {
 		if err := tc.h.Validate(); err == nil {
 			t.Errorf("%s: accepted", tc.name)
 		}
 	}
-	ok := Handler{Name: "x", Bin: bin, Env: []string{"A"}}
+	ok := Handler{Name: "x", Bin: bin, Env: []string{"A", "B=C"}, BufferBody: 1 << 30}
 	if err := ok.Validate(); err != nil {
 		t.Errorf("valid handler refused: %v", err)
 	}

@@ -90,6 +90,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return d.Errf("unknown guardian_ratelimit setting %q", field)
 		}
 	}
+	if err := h.checkTierSettings(); err != nil {
+		return err
+	}
 	return h.Validate()
 }
 

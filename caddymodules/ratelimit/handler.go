@@ -242,6 +242,19 @@ func (h *Handler) Validate() error {
 	return nil
 }
 
+// checkTierSettings refuses settings another tier reads, which would be
+// ignored here without a word. It runs on the Caddyfile's settings, before
+// Provision fills in every bucket's default.
+func (h *Handler) checkTierSettings() error {
+	if h.Tier == TierAccount && (h.Mode != "" || h.IP != nil) {
+		return fmt.Errorf("guardian_ratelimit: mode and ip apply to the ip tier; the account tier charges every request to its key and account buckets")
+	}
+	if h.Tier == TierIP && (h.Key != nil || h.Account != nil) {
+		return fmt.Errorf("guardian_ratelimit: key and account apply to the account tier")
+	}
+	return nil
+}
+
 // Cleanup releases this config's hold on the limiter.
 func (h *Handler) Cleanup() error {
 	if h.poolKey != "" {

@@ -320,6 +320,10 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{"largest shapes", "guardian_ratelimit account {\n key 1e9 1e9\n account 1e9 0.001\n}", false, nil},
 		{"bad timeout", "guardian_ratelimit ip {\n timeout never\n}", true, nil},
 		{"unknown setting", "guardian_ratelimit ip {\n burst 5\n}", true, nil},
+		{"mode on the account tier", "guardian_ratelimit account {\n mode failures\n}", true, nil},
+		{"an ip bucket on the account tier", "guardian_ratelimit account {\n ip 5 1\n}", true, nil},
+		{"a key bucket on the ip tier", "guardian_ratelimit ip {\n key 5 1\n}", true, nil},
+		{"an account bucket on the ip tier", "guardian_ratelimit ip {\n account 5 1\n}", true, nil},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
