@@ -26,6 +26,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"runtime"
 	"time"
@@ -47,6 +48,9 @@ func setup(ctx context.Context, log *zap.Logger, env *config.Loader) (http.Handl
 	secret := env.Secret(config.SessionSecret, config.MinSecretLen)
 	domain := env.Optional(config.CookieDomain, "")
 	concurrency := env.Int("GUARDIAN_BCRYPT_CONCURRENCY", runtime.NumCPU())
+	if concurrency < 1 {
+		return nil, nil, errors.New("GUARDIAN_BCRYPT_CONCURRENCY must be 1 or more (password checks at once)")
+	}
 	mcfg := mfa.ConfigFromEnv(env)
 	if err := env.Err(); err != nil {
 		return nil, nil, err

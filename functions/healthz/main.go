@@ -41,7 +41,7 @@ func setup(ctx context.Context, log *zap.Logger, env *config.Loader) (http.Handl
 	pgDSN := env.String(config.PGAppDSN)
 	rs := env.LoadRedis()
 	chURL := strings.TrimSuffix(env.Optional(EnvClickHouseHTTP, "http://127.0.0.1:8123"), "/")
-	timeout := env.Duration("GUARDIAN_HEALTH_TIMEOUT", 2*time.Second)
+	timeout := env.PositiveDuration("GUARDIAN_HEALTH_TIMEOUT", 2*time.Second)
 	if err := env.Err(); err != nil {
 		return nil, nil, err
 	}

@@ -102,6 +102,21 @@ func (l *Loader) Duration(name string, def time.Duration) time.Duration {
 	return d
 }
 
+// PositiveDuration is Duration for a setting that 0 would break (a
+// timeout every attempt would meet at once): 0 is refused too.
+func (l *Loader) PositiveDuration(name string, def time.Duration) time.Duration {
+	if v, ok := l.lookup(name); !ok || strings.TrimSpace(v) == "" {
+		return def
+	}
+	n := len(l.errs)
+	d := l.Duration(name, def)
+	if len(l.errs) == n && d == 0 {
+		l.errs = append(l.errs, fmt.Errorf("%s must be a positive duration such as 5s", name))
+		return def
+	}
+	return d
+}
+
 // Int returns an optional integer variable, or def when unset.
 func (l *Loader) Int(name string, def int) int {
 	v, ok := l.lookup(name)

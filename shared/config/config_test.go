@@ -141,3 +141,19 @@ func TestLoadClickHouseChecksTheAddress(t *testing.T) {
 		}
 	}
 }
+
+func TestPositiveDuration(t *testing.T) {
+	for v, want := range map[string]string{"": "", "5s": "", "0": "must be a positive duration", "0s": "must be a positive duration", "-1s": "non-negative", "soon": "non-negative"} {
+		l := New(env(map[string]string{"D": v}))
+		d := l.PositiveDuration("D", time.Minute)
+		err := l.Err()
+		if want == "" && (err != nil || d <= 0) || want != "" && (err == nil || !strings.Contains(err.Error(), want) || d != time.Minute) {
+			t.Errorf("%q: %s, %v; want error %q", v, d, err, want)
+		}
+	}
+	// Unset, the default stands, whatever it is.
+	l := New(env(nil))
+	if d := l.PositiveDuration("D", 0); d != 0 || l.Err() != nil {
+		t.Errorf("unset with a default of 0: %s, %v", d, l.Err())
+	}
+}

@@ -233,7 +233,16 @@ func Execute(ctx context.Context, spec Spec, lookup func(string) (string, bool),
 
 	timeout := spec.Timeout
 	if !spec.FixedTimeout {
-		timeout = env.Duration(EnvTimeout, spec.Timeout)
+		// A bad GUARDIAN_JOB_TIMEOUT fails the run here, whether or not
+		// the job's own Run looks at the loader's errors: a 0 taken for
+		// the default would cut a six-hour backup at the hour.
+		t := config.New(lookup)
+		timeout = t.PositiveDuration(EnvTimeout, spec.Timeout)
+		if err := t.Err(); err != nil {
+			res.Status, res.Err = StatusError, err.Error()
+			res.Duration = time.Since(res.Started)
+			return finish(spec, env, res, out, errOut)
+		}
 	}
 	if timeout <= 0 {
 		timeout = time.Hour

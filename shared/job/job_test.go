@@ -165,6 +165,20 @@ func TestRunPastItsTimeLimitIsAnError(t *testing.T) {
 	}
 }
 
+// A GUARDIAN_JOB_TIMEOUT of 0 or nonsense fails the run before it starts,
+// naming the setting, instead of being taken for a default.
+func TestABadJobTimeoutFailsTheRun(t *testing.T) {
+	for _, v := range []string{"0", "0s", "-5m", "soon"} {
+		env := baseEnv(t)
+		env[EnvTimeout] = v
+		ran := false
+		res, _, _ := run(t, env, func(context.Context, *config.Loader, *Report) error { ran = true; return nil })
+		if ran || res.Status != StatusError || !strings.Contains(res.Err, EnvTimeout) {
+			t.Errorf("%s=%q: ran %v, %s %q", EnvTimeout, v, ran, res.Status, res.Err)
+		}
+	}
+}
+
 // A FixedTimeout job keeps its own bound whatever GUARDIAN_JOB_TIMEOUT says.
 func TestFixedTimeoutIgnoresTheEnvironment(t *testing.T) {
 	env := baseEnv(t)

@@ -94,7 +94,7 @@ func run(ctx context.Context, env *config.Loader, r *job.Report, beforePG func([
 	dsn := env.String(config.PGAppDSN)
 	chCfg := env.LoadClickHouse()
 	maxAccounts := env.Int(EnvMaxAccounts, DefaultMaxAccounts)
-	wait := env.Duration(EnvWait, DefaultWait)
+	wait := env.PositiveDuration(EnvWait, DefaultWait)
 	if err := env.Err(); err != nil {
 		return err
 	}
