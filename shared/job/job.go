@@ -39,6 +39,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/mail"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -295,6 +296,10 @@ func finish(spec Spec, env *config.Loader, res Result, out, errOut io.Writer) Re
 		// posture promises to notify).
 		fmt.Fprintf(errOut, "%s: WARNING: no alert destination (%s, %s): a failed run tells no one\n", spec.Name, EnvAlertWebhooks, EnvAlertEmail)
 		alerting = false
+	} else if err := alertSettingsProblem(env); err != nil {
+		// The same for settings that would fail the alert when it is
+		// needed: said on every run, not found out at the first failure.
+		fmt.Fprintf(errOut, "%s: WARNING: alert settings: %v: a failed run's alert would not reach everyone\n", spec.Name, err)
 	}
 	if alerting {
 		// Only an alert that went out counts: one that failed is tried
@@ -504,6 +509,30 @@ var AlertWait = 30 * time.Second
 // hasAlertDestination reports whether an alert has anywhere to go.
 func hasAlertDestination(env *config.Loader) bool {
 	return len(notify.SplitList(env.Optional(EnvAlertWebhooks, ""))) > 0 || len(notify.SplitList(env.Optional(EnvAlertEmail, ""))) > 0
+}
+
+// alertSettingsProblem reports what in the alert settings would keep an
+// alert from its destinations: a malformed webhook URL or recipient, or
+// recipients without a usable mail relay. It names settings, never values.
+func alertSettingsProblem(env *config.Loader) error {
+	if _, err := notify.WebhookURLs(EnvAlertWebhooks, env.Optional(EnvAlertWebhooks, "")); err != nil {
+		return err
+	}
+	to := notify.SplitList(env.Optional(EnvAlertEmail, ""))
+	for i, addr := range to {
+		if _, err := mail.ParseAddress(addr); err != nil {
+			return fmt.Errorf("%s: item %d is not an e-mail address", EnvAlertEmail, i+1)
+		}
+	}
+	if len(to) == 0 {
+		return nil
+	}
+	cfg := notify.LoadConfig(env)
+	if cfg.SMTP.Addr == "" {
+		return fmt.Errorf("%s names recipients, but %s is not set", EnvAlertEmail, notify.EnvSMTPAddr)
+	}
+	_, err := notify.NewMailer(cfg.SMTP)
+	return err
 }
 
 func alert(env *config.Loader, res Result) error {

@@ -512,3 +512,27 @@ func TestNoAlertDestinationIsSaidOnEveryRun(t *testing.T) {
 		t.Errorf("with a destination: stderr %q, %d alerts", stderr, len(alerts()))
 	}
 }
+
+// Alert settings that would fail the alert are said on every run, ok ones
+// included, naming the setting and never its value; good ones say nothing.
+func TestBadAlertSettingsAreSaidOnEveryRun(t *testing.T) {
+	good, _ := alertEnv(t)
+	if _, _, stderr := run(t, good, func(context.Context, *config.Loader, *Report) error { return nil }); strings.Contains(stderr, "alert settings") {
+		t.Errorf("good settings: stderr %q", stderr)
+	}
+	for name, set := range map[string]map[string]string{
+		"a webhook that is not a URL":    {EnvAlertWebhooks: "not a url with token s3cret"},
+		"a recipient that is no address": {EnvAlertEmail: "ops at example", notify.EnvSMTPAddr: "127.0.0.1:25", notify.EnvSMTPFrom: "guardian@example.com"},
+		"recipients without a relay":     {EnvAlertEmail: "ops@example.com"},
+		"a relay without a sender":       {EnvAlertEmail: "ops@example.com", notify.EnvSMTPAddr: "127.0.0.1:25"},
+	} {
+		env := baseEnv(t)
+		for k, v := range set {
+			env[k] = v
+		}
+		_, _, stderr := run(t, env, func(context.Context, *config.Loader, *Report) error { return nil })
+		if !strings.Contains(stderr, "WARNING: alert settings") || strings.Contains(stderr, "s3cret") {
+			t.Errorf("%s: stderr %q", name, stderr)
+		}
+	}
+}
