@@ -294,16 +294,12 @@ func waitBlocked(t *testing.T, db *pgxpool.Pool, pid int, done <-chan error) err
 // ones, and other users', as they are.
 func TestStartEndsTheLeastUsedPastTheBound(t *testing.T) {
 	t.Parallel()
-	pg := testenv.Postgres(t)
-	secret := []byte(strings.Repeat("s", 32))
-	c := testenv.NewCustomer(t, pg.Owner, []byte(strings.Repeat("p", 32)), secret)
-	other := testenv.NewCustomer(t, pg.Owner, []byte(strings.Repeat("p", 32)), secret)
-	ctx := context.Background()
-	now := time.Now()
 	// Sessions used i minutes ago, i = 1..n; then some that must stay as
 	// they are: expired, ended, and another user's.
 	const extra = 5
-	openSessions(t, pg, c, now, plan.MaxSessionsPerUser+extra)
+	pg, c, now := userWithSessions(t, plan.MaxSessionsPerUser+extra)
+	other := testenv.NewCustomer(t, pg.Owner, []byte(strings.Repeat("p", 32)), boundSecret)
+	ctx := context.Background()
 	if _, err := pg.Owner.Exec(ctx, `INSERT INTO sessions (user_id, customer_id, expires_at, last_seen_at, revoked_at, user_agent) VALUES
 		($1, $2, $3::timestamptz - interval '1 hour', $3::timestamptz - interval '2 hours', NULL, 'expired'),
 		($1, $2, $3::timestamptz + interval '1 day', $3::timestamptz - interval '2 hours', $3::timestamptz - interval '1 hour', 'ended'),
@@ -311,12 +307,8 @@ func TestStartEndsTheLeastUsedPastTheBound(t *testing.T) {
 		c.UserID, c.ID, now, other.UserID, other.ID); err != nil {
 		t.Fatal(err)
 	}
-	var issued session.Issued
-	if err := pgx.BeginFunc(ctx, pg.Owner, func(tx pgx.Tx) error {
-		var err error
-		issued, err = session.Start(ctx, tx, secret, session.Params{UserID: c.UserID, CustomerID: c.ID}, now)
-		return err
-	}); err != nil {
+	issued, err := signIn(ctx, pg, c, now)
+	if err != nil {
 		t.Fatal(err)
 	}
 	rows, err := pg.Owner.Query(ctx, `SELECT coalesce(user_agent, ''), id = $2, revoked_at IS NOT NULL, revoked_at = $3 FROM sessions
@@ -368,20 +360,14 @@ func TestStartEndsTheLeastUsedPastTheBound(t *testing.T) {
 // wait could deadlock); it skips that one and ends the next least used.
 func TestStartSkipsSessionsBeingEnded(t *testing.T) {
 	t.Parallel()
-	pg := testenv.Postgres(t)
-	secret := []byte(strings.Repeat("s", 32))
-	c := testenv.NewCustomer(t, pg.Owner, []byte(strings.Repeat("p", 32)), secret)
+	pg, c, now := userWithSessions(t, plan.MaxSessionsPerUser+1)
 	ctx := context.Background()
-	now := time.Now()
-	openSessions(t, pg, c, now, plan.MaxSessionsPerUser+1)
 	// The least used, held by a transaction ending it.
 	ending, _ := testenv.Hold(t, pg.Owner, "UPDATE sessions SET revoked_at = now() WHERE user_id = $1 AND user_agent = $2", c.UserID, fmt.Sprintf("open %d", plan.MaxSessionsPerUser+1))
 	done := make(chan error, 1)
 	go func() {
-		done <- pgx.BeginFunc(ctx, pg.Owner, func(tx pgx.Tx) error {
-			_, err := session.Start(ctx, tx, secret, session.Params{UserID: c.UserID, CustomerID: c.ID}, now)
-			return err
-		})
+		_, err := signIn(ctx, pg, c, now)
+		done <- err
 	}()
 	select {
 	case err := <-done:
@@ -428,18 +414,14 @@ func TestFresh(t *testing.T) {
 // while it commits.
 func TestStartLocksOnlyTheSessionsItEnds(t *testing.T) {
 	t.Parallel()
-	pg := testenv.Postgres(t)
-	secret := []byte(strings.Repeat("s", 32))
-	c := testenv.NewCustomer(t, pg.Owner, []byte(strings.Repeat("p", 32)), secret)
+	pg, c, now := userWithSessions(t, plan.MaxSessionsPerUser)
 	ctx := context.Background()
-	now := time.Now()
-	openSessions(t, pg, c, now, plan.MaxSessionsPerUser)
 	tx, err := pg.Owner.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer func() { _ = tx.Rollback(ctx) }()
-	if _, err := session.Start(ctx, tx, secret, session.Params{UserID: c.UserID, CustomerID: c.ID}, now); err != nil {
+	if _, err := session.Start(ctx, tx, boundSecret, session.Params{UserID: c.UserID, CustomerID: c.ID}, now); err != nil {
 		t.Fatal(err)
 	}
 	for i, want := range map[int]bool{1: true, plan.MaxSessionsPerUser - 1: true, plan.MaxSessionsPerUser: false} {
@@ -450,13 +432,32 @@ func TestStartLocksOnlyTheSessionsItEnds(t *testing.T) {
 	}
 }
 
-// openSessions gives c's user n open sessions, "open i" last used i
-// minutes before now.
-func openSessions(t *testing.T, pg *testenv.PG, c *testenv.Customer, now time.Time, n int) {
+// boundSecret signs the sessions of the bound's tests.
+var boundSecret = []byte(strings.Repeat("s", 32))
+
+// userWithSessions makes a customer on a database of its own whose user
+// has n open sessions, "open i" last used i minutes before the now it
+// returns.
+func userWithSessions(t *testing.T, n int) (*testenv.PG, *testenv.Customer, time.Time) {
 	t.Helper()
+	pg := testenv.Postgres(t)
+	c := testenv.NewCustomer(t, pg.Owner, []byte(strings.Repeat("p", 32)), boundSecret)
+	now := time.Now()
 	if _, err := pg.Owner.Exec(context.Background(), `INSERT INTO sessions (user_id, customer_id, expires_at, last_seen_at, user_agent)
 		SELECT $1, $2, $3::timestamptz + interval '1 day', $3::timestamptz - i * interval '1 minute', 'open ' || i FROM generate_series(1, $4) i`,
 		c.UserID, c.ID, now, n); err != nil {
 		t.Fatal(err)
 	}
+	return pg, c, now
+}
+
+// signIn starts a session of c's user at now, in a transaction of its own.
+func signIn(ctx context.Context, pg *testenv.PG, c *testenv.Customer, now time.Time) (session.Issued, error) {
+	var issued session.Issued
+	err := pgx.BeginFunc(ctx, pg.Owner, func(tx pgx.Tx) error {
+		var err error
+		issued, err = session.Start(ctx, tx, boundSecret, session.Params{UserID: c.UserID, CustomerID: c.ID}, now)
+		return err
+	})
+	return issued, err
 }
