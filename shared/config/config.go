@@ -73,6 +73,15 @@ func (l *Loader) Optional(name, def string) string {
 	return strings.TrimSpace(v)
 }
 
+// OptionalSecret returns an optional password exactly as set, or "" when
+// unset: unlike Optional it trims nothing, since spaces at either end may
+// be part of a password, and a trimmed one fails its log-in with nothing
+// to say why.
+func (l *Loader) OptionalSecret(name string) string {
+	v, _ := l.lookup(name)
+	return v
+}
+
 // Secret returns a required secret of at least minLen bytes. Its value never
 // appears in an error.
 func (l *Loader) Secret(name string, minLen int) []byte {
@@ -193,7 +202,7 @@ func (l *Loader) LoadClickHouse() ClickHouse {
 	return ClickHouse{
 		Addr:     addr,
 		User:     l.Optional(ClickHouseUser, "default"),
-		Password: l.Optional(ClickHousePassword, ""),
+		Password: l.OptionalSecret(ClickHousePassword),
 		Database: l.Optional(ClickHouseDatabase, "guardian"),
 	}
 }
@@ -227,7 +236,7 @@ func (l *Loader) LoadRedis() Redis {
 			l.errs = append(l.errs, fmt.Errorf("%s %w", RedisAddr, err))
 		}
 	}
-	r.Password = l.Optional(RedisPassword, "")
+	r.Password = l.OptionalSecret(RedisPassword)
 	// A cluster reached through one seed must say so; a value other than
 	// 0 or 1 (true, yes) is refused, not read as "no": a cluster taken for
 	// one server answers MOVED, and the limiter would fail open.

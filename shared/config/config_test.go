@@ -157,3 +157,22 @@ func TestPositiveDuration(t *testing.T) {
 		t.Errorf("unset with a default of 0: %s, %v", d, l.Err())
 	}
 }
+
+func TestPasswordsAreReadAsSet(t *testing.T) {
+	l := New(env(map[string]string{
+		RedisAddr: "127.0.0.1:6379", RedisPassword: " pass word\t",
+		ClickHouseAddr: "127.0.0.1:9000", ClickHousePassword: "  ",
+	}))
+	if r := l.LoadRedis(); r.Password != " pass word\t" {
+		t.Errorf("Redis password %q, want it as set", r.Password)
+	}
+	if c := l.LoadClickHouse(); c.Password != "  " {
+		t.Errorf("ClickHouse password %q, want it as set", c.Password)
+	}
+	if err := l.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if got := New(env(nil)).OptionalSecret(RedisPassword); got != "" {
+		t.Errorf("unset password %q, want empty", got)
+	}
+}

@@ -74,7 +74,7 @@ func LoadConfig(env *config.Loader) Config {
 			Addr:     env.Optional(EnvSMTPAddr, ""),
 			From:     env.Optional(EnvSMTPFrom, ""),
 			User:     env.Optional(EnvSMTPUser, ""),
-			Password: env.Optional(EnvSMTPPassword, ""),
+			Password: env.OptionalSecret(EnvSMTPPassword),
 		},
 		Allow: SplitList(env.Optional(EnvWebhookAllow, "")),
 	}
