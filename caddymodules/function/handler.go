@@ -144,10 +144,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("guardian_function %s: bin: %w", h.Name, err)
 	}
+	env, unset := readEnv(h.Env, os.LookupEnv)
+	unset.log(h.log)
 	s := spec{
 		name:          h.Name,
 		bin:           bin,
-		env:           allowedEnv(h.Env, os.LookupEnv),
+		env:           env,
 		socketDir:     h.SocketDir,
 		startTimeout:  time.Duration(h.StartTimeout),
 		idleTimeout:   time.Duration(*h.IdleTimeout),
@@ -536,11 +538,14 @@ func (b *trackedBody) Read(p []byte) (int, error) {
 // Close is left to the HTTP server, which closes the original body.
 func (b *trackedBody) Close() error { return nil }
 
-// allowedEnv returns NAME=value for each allowed name that is set (for
+// readEnv returns NAME=value for each allowed name that is set (for
 // NAME=FROM, FROM's value), plus a minimal PATH; nothing else of Caddy's
-// environment reaches the function.
-func allowedEnv(entries []string, lookup func(string) (string, bool)) []string {
-	env := []string{fnserve.DefaultPath}
+// environment reaches the function. It also returns the names not set,
+// split into plain names (often optional settings) and the sources of
+// renames (NAME=FROM, a function's own credential, so almost always a
+// mistake when missing).
+func readEnv(entries []string, lookup func(string) (string, bool)) (env []string, unset unsetEnv) {
+	env = []string{fnserve.DefaultPath}
 	for _, entry := range entries {
 		name, from, renamed := strings.Cut(entry, "=")
 		if !renamed {
@@ -549,12 +554,37 @@ func allowedEnv(entries []string, lookup func(string) (string, bool)) []string {
 		if name == "PATH" {
 			continue
 		}
-		if v, ok := lookup(from); ok {
+		v, ok := lookup(from)
+		switch {
+		case ok:
 			env = append(env, name+"="+v)
+		case renamed:
+			unset.sources = append(unset.sources, from)
+		default:
+			unset.plain = append(unset.plain, name)
 		}
 	}
 	slices.Sort(env[1:])
-	return env
+	return env, unset
+}
+
+// unsetEnv names the variables of a function's env lines that Caddy's
+// environment lacks.
+type unsetEnv struct{ plain, sources []string }
+
+// log says which variables a function starts without, by name only: a
+// source of a rename missing (GUARDIAN_PG_DSN_<NAME> not passed to Caddy)
+// otherwise surfaces only as the function failing to start on a variable
+// of another name.
+func (u unsetEnv) log(l *zap.Logger) {
+	if len(u.sources) > 0 {
+		l.Warn("variables this function's env lines rename from are not set in Caddy's environment; it starts without them",
+			zap.Strings("unset", u.sources))
+	}
+	if len(u.plain) > 0 {
+		l.Info("variables named on this function's env lines are not set in Caddy's environment; it starts without them",
+			zap.Strings("unset", u.plain))
+	}
 }
 
 // validEnvName: letters, digits and underscores, not starting with a digit.

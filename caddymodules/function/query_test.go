@@ -10,12 +10,15 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/glassmkr/guardian/shared/problem"
 )
@@ -130,10 +133,26 @@ func TestAFunctionIsSealed(t *testing.T) {
 func TestAllowedEnvRenamesAndFiltersVariables(t *testing.T) {
 	caddyEnv := map[string]string{"GUARDIAN_PG_DSN_KEYS": "postgres://keys", "GUARDIAN_PG_APP_DSN": "postgres://app", "SECRET": "s", "PATH": "/evil"}
 	lookup := func(k string) (string, bool) { v, ok := caddyEnv[k]; return v, ok }
-	got := allowedEnv([]string{"GUARDIAN_PG_APP_DSN=GUARDIAN_PG_DSN_KEYS", "UNSET", "PATH"}, lookup)
+	got, unset := readEnv([]string{"GUARDIAN_PG_APP_DSN=GUARDIAN_PG_DSN_KEYS", "UNSET", "PATH", "A=GUARDIAN_PG_DSN_NONE"}, lookup)
 	want := []string{"PATH=/usr/local/bin:/usr/bin:/bin", "GUARDIAN_PG_APP_DSN=postgres://keys"}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Fatalf("got %q, want %q", got, want)
+	}
+	if !slices.Equal(unset.plain, []string{"UNSET"}) || !slices.Equal(unset.sources, []string{"GUARDIAN_PG_DSN_NONE"}) {
+		t.Fatalf("unset %+v, want UNSET plain and GUARDIAN_PG_DSN_NONE a source", unset)
+	}
+	core, logs := observer.New(zap.InfoLevel)
+	unset.log(zap.New(core))
+	warned := logs.FilterLevelExact(zap.WarnLevel).All()
+	if len(warned) != 1 || fmt.Sprint(warned[0].ContextMap()["unset"]) != "[GUARDIAN_PG_DSN_NONE]" {
+		t.Fatalf("warnings %+v, want one naming the missing source", warned)
+	}
+	if logs.Len() != 2 {
+		t.Fatalf("%d lines, want a warning and an info line", logs.Len())
+	}
+	(unsetEnv{}).log(zap.New(core))
+	if logs.Len() != 2 {
+		t.Fatal("nothing unset, yet a line was logged")
 	}
 	for _, bad := range []string{"", "A B", "=X", "A=", "A=B=C", "1A", "A-B", "A=B C"} {
 		h := &Handler{Name: "x", Bin: "/bin/true", Env: []string{bad}}
