@@ -41,7 +41,8 @@ var writers = caddy.NewUsagePool()
 type Handler struct {
 	// SpoolDir is where rows wait while PostgreSQL is away. Required.
 	SpoolDir string `json:"spool_dir"`
-	// MaxSpoolBytes bounds the spool. Default 1 GiB.
+	// MaxSpoolBytes bounds the spool. Default 1 GiB. Handlers sharing a
+	// writer (one spool_dir) share it too; the newest config's wins.
 	MaxSpoolBytes int64 `json:"max_spool_bytes,omitempty"`
 	// Timeout bounds the wait for a place in the writer's queue (full
 	// only when PostgreSQL falls far behind). A queued row is then
@@ -90,6 +91,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.writer = v.(*Writer)
 	h.writer.SetLinger(time.Duration(h.Linger))
+	h.writer.SetMaxSpool(h.MaxSpoolBytes)
 	return nil
 }
 

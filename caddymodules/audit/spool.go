@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/glassmkr/guardian/shared/audit"
@@ -25,8 +26,9 @@ var ErrSpoolFull = errors.New("audit spool full")
 // The writer appends to the newest segment; the replayer only reads
 // segments that were sealed.
 type spool struct {
-	dir      string
-	maxBytes int64
+	dir string
+	// maxBytes bounds the segments on disk; a reload may change it.
+	maxBytes atomic.Int64
 
 	mu sync.Mutex
 	// spooling is set while rows go here instead of PostgreSQL. It changes
@@ -64,7 +66,8 @@ func openSpool(dir string, maxBytes int64) (*spool, error) {
 		}
 		return nil, fmt.Errorf("audit spool: lock: %w", err)
 	}
-	s := &spool{dir: dir, maxBytes: maxBytes, lock: lock}
+	s := &spool{dir: dir, lock: lock}
+	s.maxBytes.Store(maxBytes)
 	names, err := s.segments()
 	if err != nil {
 		lock.Close()
@@ -181,7 +184,7 @@ func (s *spool) appendIf(rows []*audit.Row, onlyWhileSpooling bool) (bool, error
 	if onlyWhileSpooling && !s.spooling {
 		return false, nil
 	}
-	if s.bytes+int64(len(buf)) > s.maxBytes {
+	if s.bytes+int64(len(buf)) > s.maxBytes.Load() {
 		return true, ErrSpoolFull
 	}
 	if s.cur == nil {

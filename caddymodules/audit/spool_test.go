@@ -2,6 +2,7 @@ package audit
 
 import (
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -277,5 +278,38 @@ func TestAppendAfterAFailedCutGoesToANewSegment(t *testing.T) {
 	}
 	if err := s.close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A reload's max_spool_bytes applies to the writer it shares (one
+// spool_dir), not only the first config's.
+func TestSpoolBoundFollowsTheNewestSetting(t *testing.T) {
+	s, err := openSpool(t.TempDir(), 1024)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.close()
+	full := func() bool {
+		for i := range 100 {
+			if err := s.append([]*audit.Row{testRow(i)}); err != nil {
+				if !errors.Is(err, ErrSpoolFull) {
+					t.Fatal(err)
+				}
+				return true
+			}
+		}
+		return false
+	}
+	if !full() {
+		t.Fatal("a 1 KiB spool took 100 rows")
+	}
+	w := &Writer{spool: s}
+	w.SetMaxSpool(1 << 20)
+	if full() {
+		t.Fatal("still full after the bound was raised to 1 MiB")
+	}
+	w.SetMaxSpool(0)
+	if got := s.maxBytes.Load(); got != DefaultMaxSpool {
+		t.Fatalf("bound %d after SetMaxSpool(0), want the default", got)
 	}
 }

@@ -107,7 +107,7 @@ var pendingPool = sync.Pool{New: func() any { return &pending{done: make(chan er
 // and starts the writer and the replayer.
 func NewWriter(cfg WriterConfig) (*Writer, error) {
 	if cfg.MaxSpool <= 0 {
-		cfg.MaxSpool = 1 << 30
+		cfg.MaxSpool = DefaultMaxSpool
 	}
 	if cfg.MaxBatch <= 0 {
 		cfg.MaxBatch = 1000
@@ -317,6 +317,20 @@ func (w *Writer) Saturated() bool {
 // SetLinger changes Linger for the batches to come (the newest Caddy
 // config sharing this writer sets it).
 func (w *Writer) SetLinger(d time.Duration) { w.linger.Store(int64(max(d, 0))) }
+
+// DefaultMaxSpool is WriterConfig.MaxSpool's default: 1 GiB.
+const DefaultMaxSpool = 1 << 30
+
+// SetMaxSpool changes the spool's bound (n <= 0: DefaultMaxSpool). Every
+// config sharing the writer sets it, so a reload's new bound applies
+// rather than the first config's. A full spool stays full until it
+// drains.
+func (w *Writer) SetMaxSpool(n int64) {
+	if n <= 0 {
+		n = DefaultMaxSpool
+	}
+	w.spool.maxBytes.Store(n)
+}
 
 // errClosed answers rows recorded after Close (a request of a config
 // being replaced that outlived it).
@@ -556,7 +570,7 @@ func (w *Writer) persist(c *chain, rows []*audit.Row) error {
 			metrics.writeErrors.Inc()
 			if w.full.CompareAndSwap(false, true) {
 				w.log.Error("audit rows cannot be made durable (PostgreSQL away, spool unwritable); refusing requests until the spool is replayed",
-					zap.Error(err), zap.Int64("spool_bytes", w.spool.size()), zap.Int64("limit_bytes", w.spool.maxBytes))
+					zap.Error(err), zap.Int64("spool_bytes", w.spool.size()), zap.Int64("limit_bytes", w.spool.maxBytes.Load()))
 			}
 			return err
 		}
@@ -574,7 +588,7 @@ func (w *Writer) warnIfGrowing() {
 		return
 	}
 	w.log.Warn("audit spool is growing while PostgreSQL is away",
-		zap.Int64("bytes", w.spool.size()), zap.Int64("limit_bytes", w.spool.maxBytes))
+		zap.Int64("bytes", w.spool.size()), zap.Int64("limit_bytes", w.spool.maxBytes.Load()))
 }
 
 // due reports whether a minute has passed since *last, and if so makes
@@ -623,7 +637,7 @@ func (w *Writer) replayFailed(err error) {
 		return
 	}
 	w.log.Error("audit spool cannot be replayed into PostgreSQL although it answers; retrying, and requests are refused once the spool is full",
-		zap.Error(err), zap.Int64("spool_bytes", w.spool.size()), zap.Int64("limit_bytes", w.spool.maxBytes))
+		zap.Error(err), zap.Int64("spool_bytes", w.spool.size()), zap.Int64("limit_bytes", w.spool.maxBytes.Load()))
 }
 
 // unreachable reports whether err, from PostgreSQL, means it cannot be
