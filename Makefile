@@ -1,6 +1,13 @@
 # Guardian. `make up` runs the stack on http://localhost:8080, `make test`
 # runs every test against real servers. Both install what is missing.
 GO      ?= go
+# The Go that `make up` and `make test` install when the machine has none
+# new enough (deploy/stack/gocheck.sh): every target uses it once it is there.
+GO_TOOLCHAIN := $(shell sed -n 's/^GO_TOOLCHAIN=//p' deploy/stack/gocheck.sh)
+GO_HOME      := $(or $(GUARDIAN_GO_HOME),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/guardian/go$(GO_TOOLCHAIN))
+ifneq ($(wildcard $(GO_HOME)/bin/go),)
+export PATH := $(GO_HOME)/bin:$(PATH)
+endif
 BIN     := bin
 export CGO_ENABLED ?= 0
 

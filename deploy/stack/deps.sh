@@ -8,7 +8,7 @@ set -euo pipefail
 PACKAGES=(
 	postgresql redis-server clickhouse-server clickhouse-client
 	pgbackrest age openssh-server openssh-client zstd chromium
-	curl ca-certificates util-linux iproute2 nftables
+	curl ca-certificates unzip util-linux iproute2 nftables
 )
 
 find_missing() {
