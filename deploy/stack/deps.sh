@@ -97,5 +97,32 @@ for try in 1 2 3 4 5; do
 		sleep 30
 	fi
 done
-# 8<&-: nothing the packages start may keep holding the lock.
-"${apt_get[@]}" install -y -qq --no-install-recommends "${missing[@]}" >&2 8<&-
+# A package the configured repositories do not offer (clickhouse-server is
+# built for amd64 only in Debian 12; a machine without bookworm's main)
+# would fail the whole install with "Unable to locate package": the rest
+# are installed, and those are named with what to do.
+available=() unavailable=()
+for p in "${missing[@]}"; do
+	if apt-cache policy "$p" 2>/dev/null | grep -q 'Candidate: [^(]'; then
+		available+=("$p")
+	else
+		unavailable+=("$p")
+	fi
+done
+# 8<&-: nothing the packages start may keep holding the lock. The dpkg
+# options keep a changed config file of a package removed but not purged
+# (reinstalled here) without asking: without a terminal, dpkg would fail.
+if ((${#available[@]})); then
+	"${apt_get[@]}" -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+		install -y -qq --no-install-recommends "${available[@]}" >&2 8<&-
+fi
+if ((${#unavailable[@]})); then
+	cat >&2 <<MSG
+deps: the configured package repositories offer no ${unavailable[*]} for $(dpkg --print-architecture).
+Guardian's stack uses Debian 12's packages (bookworm main). Add bookworm's
+main to /etc/apt/sources.list, or install the packages from their vendors
+(ClickHouse: https://clickhouse.com/docs/en/install, whose current
+releases Guardian also runs on), then run this again.
+MSG
+	exit 1
+fi
