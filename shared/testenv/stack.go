@@ -166,6 +166,9 @@ func TryStartStackWith(t testing.TB, env map[string]string, client *http.Client)
 	}
 	log := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = log, log
+	// A test binary that dies without its cleanups (a -timeout panic)
+	// takes Caddy with it, and Caddy its functions (theirs is the same).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	baseEnv := cmd.Env
 	if err := cmd.Start(); err != nil {
 		return nil, err
