@@ -575,6 +575,12 @@ svc_start_redis() {
 	local pid port attempt conf
 	mkdir -p -- "$REDIS_DIR"
 	chmod 0700 "$REDIS_DIR"
+	if pid=$(redis_pid) && [[ -z ${ENVV[REDIS_PORT]:-} ]]; then
+		# Started by a run cut short before it saved its settings: its port
+		# is unknown, so it is started again (it keeps nothing of value).
+		log "redis: pid $pid was started by a run that did not finish; restarting it"
+		svc_stop_redis
+	fi
 	if pid=$(redis_pid); then
 		port=${ENVV[REDIS_PORT]:-}
 		ABORT_FN=redis_dead
@@ -813,6 +819,12 @@ svc_start_clickhouse() {
 	local pid tcp http attempt
 	mkdir -p -- "$CH_DIR"
 	chmod 0700 "$CH_DIR"
+	if pid=$(ch_pid) && [[ -z ${ENVV[CH_HTTP_PORT]:-} || -z ${ENVV[CH_TCP_PORT]:-} ]]; then
+		# As for Redis; its data stays on disk, and users.xml is written
+		# again with the saved passwords.
+		log "clickhouse: pid $pid was started by a run that did not finish; restarting it"
+		svc_stop_clickhouse
+	fi
 	if pid=$(ch_pid); then
 		http=${ENVV[CH_HTTP_PORT]:-}
 		tcp=${ENVV[CH_TCP_PORT]:-}
@@ -952,6 +964,10 @@ cmd_start() {
 			;;
 		esac
 	done
+	# The secrets, saved before any server is given one: a run cut short
+	# during the starts (Ctrl-C) leaves servers set up with them, which the
+	# next run must know. The ports follow once the servers answer.
+	save_env
 	run_parallel start
 	for svc in "${SERVICES[@]}"; do
 		[[ " ${FAILED[*]} " == *" $svc "* ]] || load_kv "$WORK/$svc.kv"
