@@ -24,6 +24,14 @@ metrics_port=${GUARDIAN_METRICS_PORT:-19180}
 need_go
 deploy/stack/deps.sh
 mkdir -p "$run" "$data"
+# One `make up` or `make down` of a run dir at a time: two at once would
+# race for stack.env's first secrets and for each other's pid files. What
+# starts a daemon gets 7>&- so that no server keeps the lock.
+exec 7>>"$run/.stack.lock"
+if ! flock -n 7; then
+	echo "waiting for another make up or make down of $run" >&2
+	flock -w 900 7 || { echo "$run/.stack.lock held for 15 minutes; is another make up stuck?" >&2; exit 1; }
+fi
 
 # Fixed private ports so that stack.env stays the same from one `make up`
 # to the next: none is a default port, and all are below both the kernel's
@@ -31,7 +39,7 @@ mkdir -p "$run" "$data"
 # may take them, and the 20000 and up where servers.sh and the tests pick.
 PG_PORT=${PG_PORT:-15432} REDIS_PORT=${REDIS_PORT:-16379} \
 	CH_TCP_PORT=${CH_TCP_PORT:-19000} CH_HTTP_PORT=${CH_HTTP_PORT:-18123} \
-	deploy/stack/servers.sh start "$data"
+	deploy/stack/servers.sh start "$data" 7>&-
 
 # stack.env: the servers' settings plus the edge's secrets and the demo
 # login, generated once and kept, so sessions and keys survive a restart.
@@ -92,7 +100,8 @@ port_free() {
 # listen, while PID lives; its port was free or its own, so the answer is
 # from PID.
 wait_ready() {
-	for _ in $(seq 1 100); do
+	local end=$((SECONDS + 20))
+	while ((SECONDS < end)); do
 		if ! kill -0 "$2" 2>/dev/null; then
 			echo "$1 failed to start; last lines of $4:" >&2
 			tail -n 20 "$4" >&2
@@ -117,7 +126,7 @@ fi
 port_free dev-oidc "$oidc_port" DEV_OIDC_PORT
 nohup "$bin/dev-oidc" -addr "127.0.0.1:$oidc_port" -client-id "$GUARDIAN_OIDC_CLIENT_ID" \
 	-redirect "$GUARDIAN_URL/auth/google/callback" -email "$GUARDIAN_DEMO_EMAIL" -name Demo \
-	>>"$run/dev-oidc.log" 2>&1 </dev/null &
+	>>"$run/dev-oidc.log" 2>&1 </dev/null 7>&- &
 echo $! >"$run/dev-oidc.pid"
 wait_ready dev-oidc $! "http://127.0.0.1:$oidc_port/oidc/.well-known/openid-configuration" "$run/dev-oidc.log"
 
@@ -145,7 +154,7 @@ else
 	port_free "caddy's metrics" "$metrics_port" GUARDIAN_METRICS_PORT
 	cp "$env_file" "$run/caddy-started.env"
 	XDG_CONFIG_HOME=$run/caddy XDG_DATA_HOME=$run/caddy nohup "$bin/caddy" run --config Caddyfile --adapter caddyfile --pidfile "$pidfile" \
-		>>"$run/caddy.log" 2>&1 </dev/null &
+		>>"$run/caddy.log" 2>&1 </dev/null 7>&- &
 	caddy_pid=$!
 fi
 wait_ready caddy "$caddy_pid" "http://127.0.0.1:$port/healthz" "$run/caddy.log"
