@@ -29,6 +29,7 @@ import (
 	"github.com/glassmkr/guardian/shared/db"
 	"github.com/glassmkr/guardian/shared/fnserve"
 	"github.com/glassmkr/guardian/shared/plan"
+	"github.com/glassmkr/guardian/shared/problem"
 )
 
 func main() { fnserve.Main(setup) }
@@ -55,7 +56,7 @@ func setup(ctx context.Context, log *zap.Logger, env *config.Loader) (http.Handl
 		now:         time.Now,
 		maxInFlight: MaxInFlightBytes,
 	}
-	return h, func() { h.store.(*batcher).close(); pool.Close(); _ = ch.Close() }, nil
+	return problem.NoQuery(h), func() { h.store.(*batcher).close(); pool.Close(); _ = ch.Close() }, nil
 }
 
 // store writes one snapshot.

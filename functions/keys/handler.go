@@ -79,7 +79,7 @@ func (h *handler) routes() http.Handler {
 	mux.HandleFunc("POST /api/v1/keys/{id}/rotate", h.rotate)
 	mux.HandleFunc("DELETE /api/v1/keys/{id}", h.revoke)
 	mux.HandleFunc("GET /settings/keys", h.page)
-	return mux
+	return problem.NoQuery(mux)
 }
 
 // Key is a key as listed.
@@ -176,12 +176,6 @@ const listQuery = `SELECT k.id, k.name, k.kind, k.scope, k.server_id::text, k.la
 FROM api_keys k WHERE k.customer_id = $1 ORDER BY k.created_at DESC, k.id`
 
 func (h *handler) list(w http.ResponseWriter, r *http.Request) {
-	// The list takes no parameters; one sent is a mistake to report, not
-	// to ignore (problem.CheckQuery).
-	if qe := problem.CheckQuery(r.URL.Query()); qe != nil {
-		problem.Write(w, qe.Problem())
-		return
-	}
 	id, ok := caller(w, r)
 	if !ok {
 		return

@@ -43,7 +43,7 @@ func (h *handler) routes() http.Handler {
 	mux.HandleFunc("DELETE /api/v1/mfa/webauthn/{id}", h.removeWebAuthn)
 	mux.HandleFunc("POST /api/v1/mfa/recovery-codes", h.recoveryCodes)
 	mux.HandleFunc("GET /settings/security", h.page)
-	return mux
+	return problem.NoQuery(mux)
 }
 
 // caller returns the caller's session; the edge admits only sessions here.

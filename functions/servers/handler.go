@@ -42,7 +42,7 @@ func (h *handler) routes() http.Handler {
 	mux.HandleFunc("POST /api/v1/servers/{id}/rotate-key", h.rotate)
 	// A path or method no route takes is answered by fnserve (404 or 405
 	// with Allow, problem+json).
-	return mux
+	return problem.NoQuery(mux)
 }
 
 // Server is a server as listed.
@@ -124,12 +124,6 @@ const listQuery = `SELECT id, name, hostname, machine_id, tags, created_at
 FROM servers WHERE customer_id = $1 ORDER BY created_at DESC, id`
 
 func (h *handler) list(w http.ResponseWriter, r *http.Request) {
-	// The list takes no parameters; one sent is a mistake to report, not
-	// to ignore (problem.CheckQuery).
-	if qe := problem.CheckQuery(r.URL.Query()); qe != nil {
-		problem.Write(w, qe.Problem())
-		return
-	}
 	id, ok := caller(w, r)
 	if !ok {
 		return

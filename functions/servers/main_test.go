@@ -495,6 +495,15 @@ func TestDeleteAndRotate(t *testing.T) {
 		t.Fatalf("audit: %s %s %s %v", action, rtype, rid, meta)
 	}
 
+	// A parameter the route does not take is refused, not ignored: the
+	// server stays.
+	if a := s.do(t, "DELETE", "/api/v1/servers/"+s.c.ServerID+"?dry_run=1", "", admin); a.Status != 400 || a.Doc["code"] != "invalid_filter" || a.Doc["param"] != "dry_run" {
+		t.Fatalf("delete with ?dry_run=1: %d %s", a.Status, a.Raw)
+	}
+	if n := s.count(t, "SELECT count(*) FROM servers WHERE id = $1", s.c.ServerID); n != 1 {
+		t.Fatal("a delete with a parameter it does not take deleted the server")
+	}
+
 	// Delete: gone with its keys; again, not found.
 	if a := s.do(t, "DELETE", "/api/v1/servers/"+s.c.ServerID, "", admin); a.Status != 204 || a.Raw != "" {
 		t.Fatalf("delete: %d %s", a.Status, a.Raw)

@@ -46,7 +46,7 @@ func (h *handler) routes() http.Handler {
 	// fnserve would answer the rest too, but the mux's 405 for GET
 	// /api/v1/sessions/revoke-others would allow DELETE (the {id} route).
 	mux.HandleFunc("/", fallback)
-	return mux
+	return problem.NoQuery(mux)
 }
 
 // fallback answers requests no route took: 405 with Allow on a known
@@ -156,12 +156,6 @@ func (h *handler) page(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *handler) list(w http.ResponseWriter, r *http.Request) {
-	// The list takes no parameters; one sent is a mistake to report, not
-	// to ignore (problem.CheckQuery).
-	if qe := problem.CheckQuery(r.URL.Query()); qe != nil {
-		problem.Write(w, qe.Problem())
-		return
-	}
 	id, ok := caller(w, r)
 	if !ok {
 		return

@@ -21,7 +21,7 @@ import (
 func main() { fnserve.Main(setup) }
 
 func setup(context.Context, *zap.Logger, *config.Loader) (http.Handler, func(), error) {
-	return http.HandlerFunc(serve), nil, nil
+	return problem.NoQuery(http.HandlerFunc(serve)), nil, nil
 }
 
 // response is the JSON body; empty fields are left out.

@@ -1,6 +1,9 @@
 package problem
 
 import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
@@ -37,6 +40,48 @@ func TestCheckQuery(t *testing.T) {
 			if p := qe.Problem(); p.Status != 400 || p.Code != "invalid_filter" || p.Extra["param"] != tc.param || p.Detail != tc.param+": "+tc.why {
 				t.Errorf("%s: problem %+v", tc.name, p)
 			}
+		}
+	}
+}
+
+// Two broken rules get the same answer every time (a map's order would
+// name either at random).
+func TestCheckQueryNamesTheSameParameterEveryTime(t *testing.T) {
+	q := url.Values{"zeta": {"1"}, "alpha": {"1"}, "mid": {"1", "2"}}
+	for range 50 {
+		if qe := CheckQuery(q, "mid"); qe == nil || qe.Param != "alpha" {
+			t.Fatalf("got %+v, want alpha (first by name)", qe)
+		}
+	}
+}
+
+func TestNoQuery(t *testing.T) {
+	reached := 0
+	h := NoQuery(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { reached++ }))
+	for _, tc := range []struct {
+		target string
+		param  string // "" when it reaches the handler
+	}{
+		{"/api/v1/servers/x", ""},
+		{"/api/v1/servers/x?", ""},
+		{"/api/v1/servers/x?dry_run=1", "dry_run"},
+		{"/api/v1/whoami?a=1&a=2", "a"},
+		{"/settings/keys?tab=1", ""}, // pages and sign-in are not the API
+		{"/auth/google/callback?code=c&state=s", ""},
+	} {
+		before := reached
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("DELETE", tc.target, nil))
+		if tc.param == "" {
+			if reached != before+1 {
+				t.Errorf("%s: refused: %d %s", tc.target, rec.Code, rec.Body)
+			}
+			continue
+		}
+		var doc map[string]any
+		_ = json.Unmarshal(rec.Body.Bytes(), &doc)
+		if reached != before || rec.Code != 400 || doc["code"] != "invalid_filter" || doc["param"] != tc.param {
+			t.Errorf("%s: reached %v, %d %s; want 400 invalid_filter naming %s", tc.target, reached != before, rec.Code, rec.Body, tc.param)
 		}
 	}
 }
