@@ -81,8 +81,10 @@ func ParseFilter(q url.Values) (Filter, error) {
 		f.Action = a
 	}
 	if k := q.Get("key_id"); k != "" {
+		// Either case, as every route that takes an id in its path.
+		k = strings.ToLower(k)
 		if !uuidRE.MatchString(k) {
-			return f, &FilterError{"key_id", "want a key id (a lower-case UUID)"}
+			return f, &FilterError{"key_id", "want a key id (a UUID)"}
 		}
 		f.KeyID = k
 	}

@@ -242,7 +242,7 @@ func (h *handler) create(w http.ResponseWriter, r *http.Request) {
 	}
 	// Sessions of members have the write scope: they may not mint admin keys.
 	if *req.Scope == "admin" && id.Scope != "admin" {
-		problem.Write(w, problem.New(http.StatusForbidden, "insufficient_scope", "only administrators may create admin keys"))
+		problem.Write(w, needAdmin("only administrators may create admin keys"))
 		return
 	}
 	k, err := h.mint(r, id, strings.TrimSpace(*req.Name), *req.Scope, expires, "")
@@ -369,8 +369,7 @@ func (h *handler) rotate(w http.ResponseWriter, r *http.Request) {
 		// administrator's to do (DELETE needs admin): a member rotates
 		// only the keys it created, not a colleague's or an admin's.
 		if id.Scope != "admin" && (createdBy == nil || *createdBy != id.UserID) {
-			refusal = problem.New(http.StatusForbidden, "insufficient_scope", "only administrators may rotate keys others created")
-			refusal.Extra = map[string]any{"required_scope": "admin"}
+			refusal = needAdmin("only administrators may rotate keys others created")
 			return nil
 		}
 		if revokes != nil && (reason == nil || *reason != "rotated") {
@@ -448,7 +447,7 @@ func (h *handler) rotate(w http.ResponseWriter, r *http.Request) {
 		problem.Write(w, problem.New(http.StatusUnprocessableEntity, "not_an_account_key", "collector keys are rotated with POST /api/v1/servers/{id}/rotate-key"))
 		return
 	case status == http.StatusForbidden:
-		problem.Write(w, problem.New(http.StatusForbidden, "insufficient_scope", "only administrators may rotate admin keys"))
+		problem.Write(w, needAdmin("only administrators may rotate admin keys"))
 		return
 	}
 	audit.Annotate(w, audit.Annotation{ResourceType: "api_key", ResourceID: newKey.ID, Action: "rotate",
@@ -481,4 +480,12 @@ func (h *handler) revoke(w http.ResponseWriter, r *http.Request) {
 	}
 	audit.Annotate(w, audit.Annotation{ResourceType: "api_key", ResourceID: keyID, Action: "delete"})
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// needAdmin is the 403 of an action only an administrator may take: code
+// insufficient_scope with required_scope admin, as the edge's own.
+func needAdmin(detail string) *problem.Problem {
+	p := problem.New(http.StatusForbidden, "insufficient_scope", detail)
+	p.Extra = map[string]any{"required_scope": "admin"}
+	return p
 }

@@ -617,6 +617,17 @@ func TestAMemberRotatesOnlyItsOwnKeys(t *testing.T) {
 	if !s.works(t, adminsKey) {
 		t.Fatal("the refused rotation stopped the admin's key")
 	}
+	// Every refusal of the kind says which scope it needs: an admin key
+	// rotated, or created, by a member.
+	if _, err := s.pg.Owner.Exec(ctx, "UPDATE api_keys SET scope = 'admin' WHERE id = $1", adminsID); err != nil {
+		t.Fatal(err)
+	}
+	if status, doc := s.do(t, "POST", "/api/v1/keys/"+adminsID+"/rotate", `{"grace_seconds":0}`, member); status != 403 || doc["code"] != "insufficient_scope" || doc["required_scope"] != "admin" {
+		t.Fatalf("a member rotating an admin key: %d %v; want 403 insufficient_scope, required_scope admin", status, doc)
+	}
+	if status, doc := s.do(t, "POST", "/api/v1/keys", `{"name":"elevated","scope":"admin"}`, member); status != 403 || doc["code"] != "insufficient_scope" || doc["required_scope"] != "admin" {
+		t.Fatalf("a member creating an admin key: %d %v; want 403 insufficient_scope, required_scope admin", status, doc)
+	}
 	_, doc = s.do(t, "POST", "/api/v1/keys", `{"name":"member's own","scope":"read"}`, member)
 	if status, doc := s.do(t, "POST", "/api/v1/keys/"+doc["id"].(string)+"/rotate", ``, member); status != 201 {
 		t.Fatalf("a member rotating its own key: %d %v; want 201", status, doc)
