@@ -70,7 +70,7 @@ func FuzzFields(f *testing.F) {
 		case isForm:
 			want, err := url.ParseQuery(string(body))
 			if err != nil {
-				if !isProblem(p, 400, "bad_request") || !form {
+				if !isProblem(p, 400, "invalid_request") || !form {
 					t.Fatalf("unreadable form %q: %+v, form %v", body, p, form)
 				}
 				return
@@ -97,7 +97,7 @@ func FuzzFields(f *testing.F) {
 			}
 			var members map[string]json.RawMessage
 			if json.Unmarshal(body, &members) != nil {
-				if !isProblem(p, 400, "bad_request") || p.Detail != "the body must be a JSON object" {
+				if !isProblem(p, 400, "invalid_request") || p.Detail != "the body must be a JSON object" {
 					t.Fatalf("not a JSON object %q: %v, %+v", body, got, p)
 				}
 				return
@@ -113,12 +113,15 @@ func FuzzFields(f *testing.F) {
 				strs[k] = s
 			}
 			if len(notString) > 0 {
-				if !isProblem(p, 400, "bad_request") {
+				if !isProblem(p, 400, "invalid_request") {
 					t.Fatalf("%q has members %q that are not strings: %v, %+v", body, notString, got, p)
 				}
 				k, ok := strings.CutSuffix(p.Detail, " must be a string")
 				if !ok || !slices.Contains(notString, k) {
 					t.Fatalf("%q: detail %q names no member that is not a string (%q)", body, p.Detail, notString)
+				}
+				if p.Extra["field"] != k {
+					t.Fatalf("%q: field member %v, want %q as the detail says", body, p.Extra["field"], k)
 				}
 				return
 			}
@@ -182,7 +185,7 @@ func FuzzReadProof(f *testing.F) {
 		case isForm:
 			v, err := url.ParseQuery(string(body))
 			if err != nil {
-				if !isProblem(p, 400, "bad_request") || !form {
+				if !isProblem(p, 400, "invalid_request") || !form {
 					t.Fatalf("unreadable form %q: %+v, form %v", body, p, form)
 				}
 				return
@@ -199,7 +202,7 @@ func FuzzReadProof(f *testing.F) {
 				t.Fatalf("a JSON body read as a form: %q", body)
 			}
 			if p != nil {
-				if !isProblem(p, 400, "bad_request") {
+				if !isProblem(p, 400, "invalid_request") {
 					t.Fatalf("JSON %q: %+v", body, p)
 				}
 				if want, ok := proofOf(body); ok {

@@ -69,7 +69,7 @@ func fields(w http.ResponseWriter, r *http.Request) (map[string]string, bool, *p
 	case "application/x-www-form-urlencoded":
 		v, err := url.ParseQuery(string(body))
 		if err != nil {
-			return nil, true, problem.New(http.StatusBadRequest, "bad_request", "the form could not be read")
+			return nil, true, problem.New(http.StatusBadRequest, "invalid_request", "the form could not be read")
 		}
 		for k := range v {
 			out[k] = v.Get(k)
@@ -78,12 +78,14 @@ func fields(w http.ResponseWriter, r *http.Request) (map[string]string, bool, *p
 	case "application/json", "":
 		var raw map[string]any
 		if err := json.Unmarshal(body, &raw); err != nil {
-			return nil, false, problem.New(http.StatusBadRequest, "bad_request", "the body must be a JSON object")
+			return nil, false, problem.New(http.StatusBadRequest, "invalid_request", "the body must be a JSON object")
 		}
 		for k, val := range raw {
 			s, ok := val.(string)
 			if !ok {
-				return nil, false, problem.New(http.StatusBadRequest, "bad_request", k+" must be a string")
+				p := problem.New(http.StatusBadRequest, "invalid_request", k+" must be a string")
+				p.Extra = map[string]any{"field": k}
+				return nil, false, p
 			}
 			out[k] = s
 		}

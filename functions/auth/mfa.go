@@ -133,7 +133,7 @@ func readProof(w http.ResponseWriter, r *http.Request) (proofInput, bool, *probl
 	case "application/x-www-form-urlencoded":
 		v, err := url.ParseQuery(string(body))
 		if err != nil {
-			return in, true, problem.New(http.StatusBadRequest, "bad_request", "the form could not be read")
+			return in, true, problem.New(http.StatusBadRequest, "invalid_request", "the form could not be read")
 		}
 		in.Token, in.Code = v.Get("mfa_token"), v.Get("code")
 		return in, true, nil
@@ -144,7 +144,7 @@ func readProof(w http.ResponseWriter, r *http.Request) (proofInput, bool, *probl
 		dec := json.NewDecoder(bytes.NewReader(body))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&in); err != nil {
-			return in, false, problem.New(http.StatusBadRequest, "bad_request", "the body must be a JSON object with mfa_token and code or credential")
+			return in, false, problem.New(http.StatusBadRequest, "invalid_request", "the body must be a JSON object with mfa_token and code or credential")
 		}
 		if string(in.Credential) == "null" {
 			in.Credential = nil
@@ -191,7 +191,7 @@ func (h *handler) challengeGone(w http.ResponseWriter, r *http.Request, form boo
 // starts the session p describes. It answers failures itself.
 func (h *handler) complete(w http.ResponseWriter, r *http.Request, form bool, c mfa.Challenge, in proofInput, p session.Params) (session.Issued, string, bool) {
 	if in.Code == "" && len(in.Credential) == 0 {
-		problem.Write(w, problem.New(http.StatusBadRequest, "bad_request", "send code (an authenticator app's code or a recovery code) or credential (a WebAuthn assertion)"))
+		problem.Write(w, problem.New(http.StatusBadRequest, "invalid_request", "send code (an authenticator app's code or a recovery code) or credential (a WebAuthn assertion)"))
 		return session.Issued{}, "", false
 	}
 	var issued session.Issued

@@ -383,8 +383,8 @@ func TestSecondStepRefusesBadRequests(t *testing.T) {
 	}{
 		{"no token", `{"code":"123456"}`, 401, "mfa_expired"},
 		{"unknown token", `{"mfa_token":"` + strings.Repeat("A", 43) + `","code":"123456"}`, 401, "mfa_expired"},
-		{"no factor", `{"mfa_token":"` + token + `"}`, 400, "bad_request"},
-		{"unknown field", `{"mfa_token":"` + token + `","otp":"123456"}`, 400, "bad_request"},
+		{"no factor", `{"mfa_token":"` + token + `"}`, 400, "invalid_request"},
+		{"unknown field", `{"mfa_token":"` + token + `","otp":"123456"}`, 400, "invalid_request"},
 		{"credential not an object", `{"mfa_token":"` + token + `","credential":"x"}`, 401, "invalid_second_factor"},
 	} {
 		if a := s.post(t, "/auth/login/mfa", tc.body, nil); a.status != tc.status || a.doc["code"] != tc.code {

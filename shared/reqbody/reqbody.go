@@ -12,6 +12,8 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"strconv"
+	"strings"
 
 	"github.com/glassmkr/guardian/shared/problem"
 )
@@ -25,7 +27,11 @@ func JSON(w http.ResponseWriter, r *http.Request, limit int64, v any) bool {
 		return false
 	}
 	if err := Decode(body, v); err != nil {
-		problem.Write(w, problem.New(http.StatusBadRequest, "invalid_request", "the body must be a JSON object with the documented fields: "+err.Error()))
+		p := problem.New(http.StatusBadRequest, "invalid_request", "the body must be a JSON object with the documented fields: "+err.Error())
+		if fe, ok := errors.AsType[*FieldError](err); ok {
+			p.Extra = map[string]any{"field": fe.Field}
+		}
+		problem.Write(w, p)
 		return false
 	}
 	return true
@@ -103,9 +109,10 @@ func Decode(body []byte, v any) error {
 		var ute *json.UnmarshalTypeError
 		switch {
 		case errors.As(err, &ute) && ute.Field != "":
-			return fmt.Errorf("%s has the wrong type", ute.Field)
-		case bytes.HasPrefix([]byte(err.Error()), []byte("json: unknown field")):
-			return errors.New(err.Error()[len("json: "):])
+			return &FieldError{ute.Field, "has the wrong type"}
+		case strings.HasPrefix(err.Error(), `json: unknown field "`):
+			name, _ := strconv.Unquote(strings.TrimPrefix(err.Error(), "json: unknown field "))
+			return &FieldError{name, "is an unknown field"}
 		}
 		return errors.New("malformed JSON")
 	}
@@ -114,3 +121,10 @@ func Decode(body []byte, v any) error {
 	}
 	return nil
 }
+
+// FieldError is a body member refused by name: one of the wrong type, or
+// one the request does not have. Its name is answered in the problem's
+// field member.
+type FieldError struct{ Field, Why string }
+
+func (e *FieldError) Error() string { return e.Field + " " + e.Why }

@@ -46,7 +46,7 @@ func TestJSON(t *testing.T) {
 		{"string", "application/json", `"a"`, 400, "not an object", request{}},
 		{"null", "application/json", `null`, 400, "not an object", request{}},
 		{"wrong type", "application/json", `{"count":"two"}`, 400, "count has the wrong type", request{}},
-		{"unknown field", "application/json", `{"owner":"me"}`, 400, `unknown field "owner"`, request{}},
+		{"unknown field", "application/json", `{"owner":"me"}`, 400, `owner is an unknown field`, request{}},
 		{"malformed", "application/json", `{"name":`, 400, "malformed JSON", request{}},
 	}
 	for _, c := range cases {
@@ -72,6 +72,11 @@ func TestJSON(t *testing.T) {
 			detail, _ := doc["detail"].(string)
 			if ok || w.Code != c.status || !strings.Contains(detail, c.detail) {
 				t.Fatalf("ok %v, %d %q", ok, w.Code, detail)
+			}
+			// A member refused by name is named in field too (docs/api.md).
+			want := map[string]string{"wrong type": "count", "unknown field": "owner"}[c.name]
+			if field, _ := doc["field"].(string); field != want {
+				t.Fatalf("field %q, want %q", field, want)
 			}
 		})
 	}
