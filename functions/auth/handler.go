@@ -224,8 +224,11 @@ func (h *handler) login(w http.ResponseWriter, r *http.Request) {
 	// lockout reveals neither the account nor whether the password was
 	// right. The second step, which only the password opens, says it
 	// (mfa.Service.Complete counts attempts before it checks a code).
+	// This browser's session ends with the new one's start, whoever's it
+	// is: signing in as another user must not leave the first one's
+	// session valid behind the replaced cookie.
 	old := ""
-	if id, ok := identity.FromRequest(r); ok && id.Kind == identity.KindSession && id.UserID == userID {
+	if id, ok := identity.FromRequest(r); ok && id.Kind == identity.KindSession {
 		old = id.SessionID
 	}
 	issued, asked, err := h.afterPassword(w, r, form, mfa.Challenge{UserID: userID, CustomerID: customerID, Purpose: mfa.PurposeLogin,

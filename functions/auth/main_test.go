@@ -168,7 +168,7 @@ func TestUnknownEmailAndWrongPasswordLookTheSame(t *testing.T) {
 // browser holding account A's session signs in to account B. B's audit
 // log records the failed and the successful attempt; A's holds neither,
 // and B's rows carry nothing of A.
-func TestSignInOverAnotherAccountsSessionIsAuditedForTheAccountTried(t *testing.T) {
+func TestSignInOverAnotherAccountsSessionEndsItAndIsAuditedForTheAccountTried(t *testing.T) {
 	t.Parallel()
 	s := newSite(t)
 	b := testenv.NewCustomer(t, s.pg.Owner, s.c.Pepper, s.c.Secret)
@@ -178,9 +178,19 @@ func TestSignInOverAnotherAccountsSessionIsAuditedForTheAccountTried(t *testing.
 	if a := s.post(t, "/auth/login", login(emailB, goodPassword+"x"), cookieA); a.status != 401 {
 		t.Fatalf("wrong password for B: %d %v", a.status, a.doc)
 	}
+	if s.whoami(t, tokenA) != 200 {
+		t.Fatal("a failed sign-in as B ended A's session")
+	}
 	ok := s.post(t, "/auth/login", login(emailB, goodPassword), cookieA)
 	if ok.status != 204 || ok.cookie == nil {
 		t.Fatalf("sign-in to B: %d %v", ok.status, ok.doc)
+	}
+	// The browser now holds B's cookie: A's session, replaced, ends.
+	if !s.endsWithinASecond(t, tokenA) {
+		t.Fatal("A's session still works 1 s after the browser signed in as B")
+	}
+	if s.whoami(t, ok.cookie.Value) != 200 {
+		t.Fatal("B's new session refused")
 	}
 	count := func(where string, args ...any) int {
 		t.Helper()

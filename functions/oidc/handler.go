@@ -248,9 +248,9 @@ func (h *handler) callback(w http.ResponseWriter, r *http.Request) {
 		fresh = true
 	}
 
-	// This browser's session, if it has one, ends with the new one's start
-	// (Start ends it only if it is the same user's): as a password sign-in
-	// or re-auth does, a Google one replaces the session, not adds one.
+	// This browser's session, if it has one, ends with the new one's start,
+	// whoever's it is: as a password sign-in or re-auth does, a Google one
+	// replaces the session, not adds one.
 	// The edge checked the session cookie (guardian_auth, optional) and
 	// names the session; the cookie itself never reaches a function.
 	var replacing, signedIn string

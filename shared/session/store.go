@@ -65,8 +65,11 @@ type Params struct {
 	ReauthAt time.Time
 	// AAL is the assurance level of the authentication (AAL1 if zero).
 	AAL int
-	// Replacing, when not "", is a session of the same user to end in the
-	// same transaction (a fresh token on every sign-in and re-auth).
+	// Replacing, when not "", is the session the request came with, to
+	// end in the same transaction (a fresh token on every sign-in and
+	// re-auth). It may be another user's: a browser that signs in as
+	// someone else loses the old cookie, and its session must not stay
+	// valid behind it. The edge verified it, so it is the caller's to end.
 	Replacing string
 	// PasswordHash, when not "", is the password hash the sign-in verified:
 	// Start refuses (ErrPasswordChanged) if it is no longer the user's.
@@ -137,7 +140,7 @@ func Start(ctx context.Context, tx pgx.Tx, secret []byte, p Params, now time.Tim
 		return Issued{}, fmt.Errorf("session: create: %w", err)
 	}
 	if p.Replacing != "" {
-		if _, err := tx.Exec(ctx, "UPDATE sessions SET revoked_at = $3 WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL", p.Replacing, p.UserID, now); err != nil {
+		if _, err := tx.Exec(ctx, "UPDATE sessions SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL", p.Replacing, now); err != nil {
 			return Issued{}, fmt.Errorf("session: end the old one: %w", err)
 		}
 	}
