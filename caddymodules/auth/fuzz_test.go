@@ -40,9 +40,9 @@ func FuzzCredential(f *testing.F) {
 		if cookieHeader != "" {
 			r.Header["Cookie"] = []string{cookieHeader}
 		}
-		cred, fromCookie, present := credential(r)
+		cred, fromCookie, present, ambiguous := credential(r)
 		if authorization != "" {
-			if !present || fromCookie {
+			if !present || fromCookie || ambiguous {
 				t.Fatalf("Authorization %q: present %v, fromCookie %v", authorization, present, fromCookie)
 			}
 			scheme, rest, ok := strings.Cut(authorization, " ")
@@ -53,6 +53,13 @@ func FuzzCredential(f *testing.F) {
 			if cred != want {
 				t.Fatalf("Authorization %q gives %q, want %q", authorization, cred, want)
 			}
+			return
+		}
+		// More than one session cookie, whatever their values: none.
+		if n := len(r.CookiesNamed(session.CookieName)); ambiguous != (n > 1) || ambiguous && (cred != "" || !fromCookie || !present) {
+			t.Fatalf("Cookie %q (%d session cookies): %q, fromCookie %v, present %v, ambiguous %v", cookieHeader, n, cred, fromCookie, present, ambiguous)
+		}
+		if ambiguous {
 			return
 		}
 		if !fromCookie && (cred != "" || present) || fromCookie && (cred == "" || !present) {
@@ -67,9 +74,15 @@ func FuzzCredential(f *testing.F) {
 			for _, header := range []string{session.CookieName + "=" + value, session.CookieName + `="` + value + `"`, "a=1; " + session.CookieName + "=" + value + "; b=2"} {
 				r := httptest.NewRequest("GET", "/", nil)
 				r.Header["Cookie"] = []string{header}
-				if cred, fromCookie, present := credential(r); cred != value || !fromCookie || !present {
-					t.Fatalf("Cookie %q gives %q, fromCookie %v, present %v", header, cred, fromCookie, present)
+				if cred, fromCookie, present, ambiguous := credential(r); cred != value || !fromCookie || !present || ambiguous {
+					t.Fatalf("Cookie %q gives %q, fromCookie %v, present %v, ambiguous %v", header, cred, fromCookie, present, ambiguous)
 				}
+			}
+			// Beside another, even of the same value, it is none.
+			r := httptest.NewRequest("GET", "/", nil)
+			r.Header["Cookie"] = []string{session.CookieName + "=" + value + "; a=1; " + session.CookieName + "=" + value}
+			if cred, _, _, ambiguous := credential(r); cred != "" || !ambiguous {
+				t.Fatalf("two session cookies give %q, ambiguous %v", cred, ambiguous)
 			}
 		}
 	})

@@ -218,7 +218,21 @@ func (h *Handler) Cleanup() error {
 // ServeHTTP authenticates the request and calls next, or returns a
 // problem for the error route.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	cred, fromCookie, present := credential(r)
+	cred, fromCookie, present, ambiguous := credential(r)
+	if ambiguous {
+		switch {
+		case h.Optional && h.IgnoreInvalid:
+			h.clearSessionCookies(w)
+			return next.ServeHTTP(w, r)
+		case h.wantsLogin(r):
+			caddyhttp.SetVar(r.Context(), VarFailure, "ambiguous_session")
+			h.clearSessionCookies(w)
+			http.Redirect(w, r, h.LoginRedirect, http.StatusSeeOther)
+			return nil
+		}
+		h.clearSessionCookies(w)
+		return h.refuse(w, r, "ambiguous_session", false, refuseInvalid)
+	}
 	if !present {
 		if h.Optional {
 			return next.ServeHTTP(w, r)
@@ -403,18 +417,38 @@ func (h *Handler) wantsLogin(r *http.Request) bool {
 // credential returns the request's credential: a Bearer token from the
 // Authorization header, which wins when present, else the session cookie.
 // An Authorization header of another scheme counts as a bad credential.
-func credential(r *http.Request) (cred string, fromCookie, present bool) {
+//
+// More than one session cookie is ambiguous: the cookie is scoped to the
+// parent domain (the spec's .glassmkr.com), so another host under it can
+// set one of its own beside the user's, with a longer path to be sent
+// first, and have the user act in the attacker's account. Such a request
+// gets no session at all.
+func credential(r *http.Request) (cred string, fromCookie, present, ambiguous bool) {
 	if v := r.Header.Get("Authorization"); v != "" {
 		scheme, token, ok := strings.Cut(v, " ")
 		if !ok || !strings.EqualFold(scheme, "Bearer") {
-			return "", false, true
+			return "", false, true, false
 		}
-		return strings.TrimSpace(token), false, true
+		return strings.TrimSpace(token), false, true, false
 	}
-	if c, err := r.Cookie(session.CookieName); err == nil && c.Value != "" {
-		return c.Value, true, true
+	cookies := r.CookiesNamed(session.CookieName)
+	if len(cookies) > 1 {
+		return "", true, true, true
 	}
-	return "", false, false
+	if len(cookies) == 1 && cookies[0].Value != "" {
+		return cookies[0].Value, true, true, false
+	}
+	return "", false, false, false
+}
+
+// clearSessionCookies ends the session cookie both as the dashboard sets
+// it (the configured domain) and host-only, so that two of them (see
+// credential) do not outlive the refusal where a host could set them.
+func (h *Handler) clearSessionCookies(w http.ResponseWriter) {
+	http.SetCookie(w, session.ClearCookie(h.cookieDomain))
+	if h.cookieDomain != "" {
+		http.SetCookie(w, session.ClearCookie(""))
+	}
 }
 
 func safeMethod(m string) bool {

@@ -587,3 +587,57 @@ func TestLastUsedTimesAreBoundedWhileWritesFail(t *testing.T) {
 		t.Fatalf("a held key's newer time was not taken: %v", tw.keys["k0"])
 	}
 }
+
+// Two session cookies (one set beside the user's by another host under
+// the cookie's parent domain, with a longer path so that it is sent
+// first) give no session: the request would otherwise act in the account
+// of whoever set the first. Both cookies are cleared, the domain's and
+// the host-only one.
+func TestTwoSessionCookiesGiveNoSession(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	a := w.authenticator(t)
+	_, attackers := testenv.NewCustomer(t, w.pg.Owner, pepper, secret).Session(t)
+	twoCookies := func(method, path string) *http.Request {
+		r := httptest.NewRequest(method, path, nil)
+		r.Header.Set("Cookie", session.CookieName+"="+attackers+"; "+session.CookieName+"="+w.token)
+		return r
+	}
+	page := twoCookies("GET", "/settings/keys")
+	page.Header.Set("Accept", "text/html")
+	for _, tc := range []struct {
+		name     string
+		h        Handler
+		req      *http.Request
+		status   int
+		location string
+	}{
+		{"api", Handler{Allow: []string{AllowSession}}, twoCookies("POST", "/api/v1/servers"), http.StatusUnauthorized, ""},
+		{"page", Handler{Allow: []string{AllowSession}, LoginRedirect: "/login"}, page, http.StatusSeeOther, "/login"},
+		{"optional", Handler{Allow: []string{AllowSession}, Optional: true, IgnoreInvalid: true}, twoCookies("GET", "/login"), http.StatusOK, ""},
+	} {
+		h := &tc.h
+		h.init(a, ".example.com")
+		got := do(t, h, tc.req)
+		if got.status != tc.status || got.header.Get("Location") != tc.location || got.id != nil {
+			t.Errorf("%s: %d %q, identity %+v; want %d %q and no identity", tc.name, got.status, got.header.Get("Location"), got.id, tc.status, tc.location)
+		}
+		if tc.status == http.StatusUnauthorized && got.code != "invalid_credentials" {
+			t.Errorf("%s: code %q, want invalid_credentials", tc.name, got.code)
+		}
+		if tc.status != http.StatusOK && got.failure != "ambiguous_session" {
+			t.Errorf("%s: failure %q, want ambiguous_session", tc.name, got.failure)
+		}
+		cleared := got.header.Values("Set-Cookie")
+		if len(cleared) != 2 || !strings.Contains(cleared[0], "Domain=example.com") || strings.Contains(cleared[1], "Domain=") ||
+			!strings.Contains(cleared[0], "Max-Age=0") || !strings.Contains(cleared[1], "Max-Age=0") {
+			t.Errorf("%s: Set-Cookie %q, want the domain's cookie and the host-only one cleared", tc.name, cleared)
+		}
+	}
+	// Either cookie alone is a session.
+	for _, token := range []string{w.token, attackers} {
+		if got := do(t, handler(a, Handler{Allow: []string{AllowSession}}), withCookie("GET", "/", token)); got.status != http.StatusOK || got.id == nil {
+			t.Fatalf("one cookie: %+v", got)
+		}
+	}
+}
