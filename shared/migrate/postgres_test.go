@@ -587,3 +587,117 @@ func TestKeySuccessorsAreFoundByIndex(t *testing.T) {
 		t.Fatalf("a key's successors are not found by index:\n%s", plan)
 	}
 }
+
+// Each new key or session removes the ended ones of its kind past the
+// newest (0035): 10 collector keys per server, 1,000 account keys per
+// customer, 100 sessions per user. Working ones (a rotation's grace
+// included) are never removed, nor those of another server, customer or
+// user; a function role without DELETE sets it off all the same.
+func TestEndedKeysAndSessionsAreBounded(t *testing.T) {
+	t.Parallel()
+	pg := testenv.Postgres(t)
+	ctx := context.Background()
+	a, b := insertCustomerWithAudit(t, pg.App(t)), insertCustomerWithAudit(t, pg.App(t))
+	exec := func(db *pgxpool.Pool, q string, args ...any) {
+		t.Helper()
+		if _, err := db.Exec(ctx, q, args...); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	count := func(q string, args ...any) int {
+		t.Helper()
+		var n int
+		if err := pg.Owner.QueryRow(ctx, q, args...).Scan(&n); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+		return n
+	}
+	keys := func(customer, kind, ended string, n int) {
+		t.Helper()
+		exec(pg.Owner, `INSERT INTO api_keys (customer_id, kind, scope, server_id, name, key_hash, last4, revoked_at, revoked_reason)
+			SELECT $1, $2, CASE WHEN $2 = 'account' THEN 'read' END, CASE WHEN $2 = 'collector' THEN (SELECT id FROM servers WHERE customer_id = $1) END,
+				'k', decode(md5(random()::text) || md5(random()::text), 'hex'), 'Ab12', `+ended+`, CASE WHEN `+ended+` IS NOT NULL THEN 'revoked' END
+			FROM generate_series(1, $3) g`, customer, kind, n)
+	}
+	// As many ended as the bound and more, working ones, a rotation in its
+	// grace, and keys that expired, put there with the triggers off: the
+	// next key, inserted by a role that may not delete, prunes.
+	exec(pg.Owner, "ALTER TABLE api_keys DISABLE TRIGGER api_keys_prune_ended")
+	exec(pg.Owner, "ALTER TABLE sessions DISABLE TRIGGER sessions_prune_ended")
+	for _, c := range []string{a, b} {
+		keys(c, "collector", "now() - g * interval '1 minute'", 25)
+		keys(c, "collector", "NULL", 3)
+		keys(c, "account", "now() - g * interval '1 second'", 1200)
+		keys(c, "account", "NULL", 5)
+		keys(c, "account", "now() + interval '1 hour'", 2) // in a rotation's grace: working
+		exec(pg.Owner, `UPDATE api_keys SET expires_at = now() - interval '1 day' WHERE id IN (SELECT id FROM api_keys WHERE customer_id = $1 AND kind = 'account' AND revoked_at IS NULL LIMIT 2)`, c)
+	}
+	exec(pg.Owner, "ALTER TABLE api_keys ENABLE TRIGGER api_keys_prune_ended")
+	// A new key of customer a, through the roles that mint them.
+	servers, keysRole := pg.FunctionDSNs["GUARDIAN_PG_DSN_SERVERS"], pg.FunctionDSNs["GUARDIAN_PG_DSN_KEYS"]
+	for dsn, kind := range map[string]string{servers: "collector", keysRole: "account"} {
+		pool, err := pgxpool.New(ctx, dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		exec(pool, `INSERT INTO api_keys (customer_id, kind, scope, server_id, name, key_hash, last4)
+			SELECT $1, $2, CASE WHEN $2 = 'account' THEN 'read' END, CASE WHEN $2 = 'collector' THEN (SELECT id FROM servers WHERE customer_id = $1) END,
+				'new', decode(md5(random()::text) || md5(random()::text), 'hex'), 'Ab12'`, a, kind)
+		pool.Close()
+	}
+	ended := `SELECT count(*) FROM api_keys WHERE customer_id = $1 AND kind = $2 AND least(revoked_at, expires_at) <= now()`
+	working := `SELECT count(*) FROM api_keys WHERE customer_id = $1 AND kind = $2 AND (least(revoked_at, expires_at) IS NULL OR least(revoked_at, expires_at) > now())`
+	for _, tc := range []struct {
+		customer, kind  string
+		ended, working int
+	}{
+		{a, "collector", 10, 3 + 1 + 1}, // the fixture's own key, and the new one
+		{a, "account", 1000, 5 - 2 + 2 + 1 + 1},
+		{b, "collector", 25 + 0, 3 + 1}, // another customer: untouched
+		{b, "account", 1200 + 2, 5 - 2 + 2 + 1},
+	} {
+		if got := count(ended, tc.customer, tc.kind); got != tc.ended {
+			t.Errorf("%s keys of %s: %d ended, want %d", tc.kind, tc.customer, got, tc.ended)
+		}
+		if got := count(working, tc.customer, tc.kind); got != tc.working {
+			t.Errorf("%s keys of %s: %d working, want %d", tc.kind, tc.customer, got, tc.working)
+		}
+	}
+	// The newest ended are the ones kept.
+	if n := count(`SELECT count(*) FROM api_keys WHERE customer_id = $1 AND kind = 'collector' AND revoked_at < now() - interval '10 minutes 30 seconds'`, a); n != 0 {
+		t.Errorf("%d older ended collector keys kept instead of newer ones", n)
+	}
+
+	// Sessions: 130 ended of user a (revoked or expired), 2 open; a new
+	// one through the auth function's role.
+	sessions := func(customer, state string, n int) {
+		t.Helper()
+		exec(pg.Owner, `INSERT INTO sessions (user_id, customer_id, expires_at, revoked_at)
+			SELECT u.id, u.customer_id, `+state+` FROM users u, generate_series(1, $2) g WHERE u.customer_id = $1`, customer, n)
+	}
+	for _, c := range []string{a, b} {
+		sessions(c, "now() + interval '1 day', now() - g * interval '1 second'", 100)
+		sessions(c, "now() - g * interval '1 minute', NULL", 30)
+		sessions(c, "now() + interval '1 day', NULL", 2)
+	}
+	exec(pg.Owner, "ALTER TABLE sessions ENABLE TRIGGER sessions_prune_ended")
+	auth, err := pgxpool.New(ctx, pg.FunctionDSNs["GUARDIAN_PG_DSN_AUTH"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer auth.Close()
+	exec(auth, `INSERT INTO sessions (user_id, customer_id, expires_at) SELECT id, customer_id, now() + interval '1 day' FROM users WHERE customer_id = $1`, a)
+	endedS := `SELECT count(*) FROM sessions WHERE customer_id = $1 AND (revoked_at IS NOT NULL OR expires_at <= now())`
+	openS := `SELECT count(*) FROM sessions WHERE customer_id = $1 AND revoked_at IS NULL AND expires_at > now()`
+	for _, tc := range []struct {
+		customer    string
+		ended, open int
+	}{{a, 100, 3}, {b, 130, 2}} {
+		if got := count(endedS, tc.customer); got != tc.ended {
+			t.Errorf("sessions of %s: %d ended, want %d", tc.customer, got, tc.ended)
+		}
+		if got := count(openS, tc.customer); got != tc.open {
+			t.Errorf("sessions of %s: %d open, want %d", tc.customer, got, tc.open)
+		}
+	}
+}
