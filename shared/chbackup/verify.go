@@ -104,7 +104,7 @@ func VerifyLatest(ctx context.Context, cfg Config, identities ...age.Identity) (
 	var errs []error
 	for _, t := range cfg.Targets {
 		tv := TargetVerify{Target: t.String()}
-		err := verifyTarget(ctx, ch, auth, t, identities, cfg.ClickHouse.Database, deadline, &tv)
+		err := verifyTarget(ctx, ch, auth, t, identities, cfg.ClickHouse.Database, deadline, cfg.ScratchNote, &tv)
 		tv.OK = err == nil
 		if err != nil {
 			tv.Error = err.Error()
@@ -150,7 +150,8 @@ type targetRun struct {
 	tv      *TargetVerify
 }
 
-func verifyTarget(ctx context.Context, ch *chClient, auth *sshAuth, t Target, ids []age.Identity, db string, deadline time.Time, tv *TargetVerify) error {
+func verifyTarget(ctx context.Context, ch *chClient, auth *sshAuth, t Target, ids []age.Identity, db string, deadline time.Time,
+	note func(string) error, tv *TargetVerify) error {
 	r, err := dial(ctx, auth, t)
 	if err != nil {
 		return err
@@ -177,12 +178,17 @@ func verifyTarget(ctx context.Context, ch *chClient, auth *sshAuth, t Target, id
 	if tr.measure, err = canMeasureSpace(ctx, ch); err != nil {
 		return err
 	}
-	tr.scratch, err = createScratch(ctx, ch, db, deadline)
+	tr.scratch, err = createScratch(ctx, ch, db, deadline, note)
+	if tr.scratch.name == "" { // the note refused it: nothing was created
+		return err
+	}
 	defer func() {
 		// Also after a failure half-way: the scratch copy is plaintext.
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 		defer cancel()
-		_ = ch.exec(dctx, tr.scratch.dropDatabase())
+		if ch.exec(dctx, tr.scratch.dropDatabase()) == nil && note != nil {
+			_ = note("") // kept otherwise, for the clean-up to drop
+		}
 	}()
 	if err != nil {
 		return err

@@ -91,6 +91,27 @@ func dropScratch(ctx context.Context, ch *chClient, db string, now time.Time) er
 	return nil
 }
 
+// IsScratchOf reports whether name is a scratch database of a
+// verification of db, of the form this version makes.
+func IsScratchOf(db, name string) bool {
+	rest, ok := strings.CutPrefix(name, scratchPrefix(db))
+	return ok && scratchCurrent.MatchString(rest)
+}
+
+// DropScratch drops name, the scratch database of a verification of cfg's
+// database that was killed before it dropped its own (Config.ScratchNote),
+// if it is still there. Any other name is refused: a note must never lead
+// to dropping the live database.
+func DropScratch(ctx context.Context, cfg Config, name string) error {
+	if !IsScratchOf(cfg.ClickHouse.Database, name) {
+		return fmt.Errorf("%q is not a scratch database of %s", name, cfg.ClickHouse.Database)
+	}
+	if err := newCHClient(cfg).exec(ctx, "DROP DATABASE IF EXISTS "+quoteIdent(name)); err != nil {
+		return fmt.Errorf("drop the scratch database %s: %w", name, err)
+	}
+	return nil
+}
+
 // scratchDB is a run's scratch database.
 type scratchDB struct {
 	name string
@@ -100,11 +121,17 @@ type scratchDB struct {
 }
 
 // createScratch creates the scratch database of a verification of db that
-// stops by deadline.
-func createScratch(ctx context.Context, ch *chClient, db string, deadline time.Time) (scratchDB, error) {
+// stops by deadline, telling note (if set) its name first. A note's
+// refusal returns a scratchDB without a name: nothing was created.
+func createScratch(ctx context.Context, ch *chClient, db string, deadline time.Time, note func(string) error) (scratchDB, error) {
 	var rnd [6]byte
 	_, _ = rand.Read(rnd[:])
 	s := scratchDB{name: scratchName(db, deadline, rnd)}
+	if note != nil {
+		if err := note(s.name); err != nil {
+			return scratchDB{}, fmt.Errorf("note the scratch database's name: %w", err)
+		}
+	}
 	if err := ch.exec(ctx, "CREATE DATABASE "+quoteIdent(s.name)); err != nil {
 		return s, fmt.Errorf("create the scratch database: %w", err)
 	}

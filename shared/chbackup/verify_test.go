@@ -464,3 +464,59 @@ func TestLiveTableSize(t *testing.T) {
 		}
 	}
 }
+
+// A verification tells ScratchNote its scratch database's name before
+// creating it and "" once it is dropped; a note that fails stops it
+// before anything is created. DropScratch drops a noted database and
+// refuses any name that is not a scratch database's.
+func TestVerifyNotesItsScratchDatabase(t *testing.T) {
+	f := newFixture(t, 1)
+	f.backup(t)
+	db := f.cfg.ClickHouse.Database
+	p := newCHProxy(t, f.cfg.HTTPURL, nil)
+	cfg := f.cfg
+	cfg.HTTPURL = p.url
+	var notes []string
+	cfg.ScratchNote = func(name string) error {
+		notes = append(notes, name)
+		if name != "" && f.count(t, "system.databases WHERE name = '"+name+"'") != 0 {
+			t.Errorf("told of %s after it was created", name)
+		}
+		return nil
+	}
+	if _, err := VerifyLatest(context.Background(), cfg, f.id); err != nil {
+		t.Fatal(err)
+	}
+	created := p.statements("CREATE DATABASE ")
+	if len(created) != 1 || len(notes) != 2 || "CREATE DATABASE `"+notes[0]+"`" != created[0] || notes[1] != "" || !IsScratchOf(db, notes[0]) {
+		t.Fatalf("notes %q for %q, want the scratch database's name, then \"\"", notes, created)
+	}
+
+	cfg.ScratchNote = func(string) error { return errors.New("disk full") }
+	if _, err := VerifyLatest(context.Background(), cfg, f.id); err == nil || !strings.Contains(err.Error(), "disk full") {
+		t.Fatalf("a note that failed: %v", err)
+	}
+	if again := p.statements("CREATE DATABASE "); len(again) != 1 {
+		t.Fatalf("a scratch database was created although its note failed: %q", again)
+	}
+
+	left := scratchName(db, time.Now().Add(time.Hour), [6]byte{7})
+	f.exec(t, "CREATE DATABASE "+left)
+	if err := DropScratch(context.Background(), f.cfg, left); err != nil {
+		t.Fatal(err)
+	}
+	if n := f.count(t, "system.databases WHERE name = '"+left+"'"); n != 0 {
+		t.Fatal("DropScratch left the noted database")
+	}
+	if err := DropScratch(context.Background(), f.cfg, left); err != nil {
+		t.Fatalf("a noted database already gone: %v", err)
+	}
+	for _, name := range []string{db, "system", "restore_verify_" + left[len("restore_verify_"):len(left)-1], left + "x", "`" + left + "`"} {
+		if err := DropScratch(context.Background(), f.cfg, name); err == nil {
+			t.Errorf("DropScratch(%q) was not refused", name)
+		}
+	}
+	if n := f.count(t, "system.databases WHERE name = '"+db+"'"); n != 1 {
+		t.Fatal("the live database is gone")
+	}
+}

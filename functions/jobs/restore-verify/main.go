@@ -50,8 +50,10 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
+	"github.com/glassmkr/guardian/shared/atomicfile"
 	"github.com/glassmkr/guardian/shared/chbackup"
 	"github.com/glassmkr/guardian/shared/config"
 	"github.com/glassmkr/guardian/shared/job"
@@ -109,7 +111,22 @@ func cleanup(lookup func(string) (string, bool), out io.Writer) int {
 	}
 	n, err := removeLeftovers(own, time.Now())
 	line["leftovers_removed"] = n
-	if err != nil {
+	// The ClickHouse scratch database of a run killed before it dropped
+	// it: plaintext customer data, which would otherwise stay until a
+	// later verification finds its deadline passed.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	dropped, derr := dropNotedScratch(ctx, scratchNotePath(scratch), func() (chbackup.Config, error) {
+		// Only what reaching ClickHouse takes: a backup setting gone
+		// wrong must not keep the plaintext copy.
+		l := config.New(lookup)
+		c := chbackup.Config{ClickHouse: l.LoadClickHouse(), HTTPURL: l.String(chbackup.EnvClickHouseHTTPURL)}
+		return c, l.Err()
+	})
+	if dropped != "" {
+		line["clickhouse_scratch_dropped"] = dropped
+	}
+	if err = errors.Join(err, derr); err != nil {
 		line["error"] = err.Error()
 	}
 	_ = json.NewEncoder(out).Encode(line)
@@ -284,10 +301,71 @@ func verifyClickHouse(ctx context.Context, env *config.Loader, r *job.Report) er
 	if err != nil {
 		return fmt.Errorf("clickhouse: %w", err)
 	}
+	// The job's lock is held: a scratch database a run of this host noted
+	// is a killed run's.
+	note := scratchNotePath(env.Optional(EnvScratch, ""))
+	if dropped, err := dropNotedScratch(ctx, note, func() (chbackup.Config, error) { return cfg, nil }); err != nil {
+		return fmt.Errorf("clickhouse: %w", err)
+	} else if dropped != "" {
+		r.Set("clickhouse_scratch_dropped", dropped)
+	}
+	cfg.ScratchNote = func(name string) error { return writeScratchNote(note, name) }
 	rep, err := chbackup.VerifyLatest(ctx, cfg, ids...)
 	r.Set("clickhouse", rep)
 	if err != nil {
 		return fmt.Errorf("clickhouse: %w", err)
 	}
 	return nil
+}
+
+// scratchNoteName is the file, in the job's scratch directory (else the
+// temp directory, the job's own state directory in the unit), that holds
+// the name of the ClickHouse scratch database a run is using.
+const scratchNoteName = ".clickhouse-scratch-database"
+
+func scratchNotePath(scratch string) string {
+	return filepath.Join(leftoverDirs(scratch)[0].path, scratchNoteName)
+}
+
+// writeScratchNote keeps name in path (chbackup.Config.ScratchNote), or
+// removes the note when name is "" (the database is dropped).
+func writeScratchNote(path, name string) error {
+	if name == "" {
+		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		return nil
+	}
+	return atomicfile.Write(path, []byte(name+"\n"), 0o600, nil)
+}
+
+// dropNotedScratch drops the scratch database the note at path names, if
+// any, and removes the note; it returns the name dropped. Only a regular
+// file of this user's is read (the temp directory may be shared), and
+// chbackup.DropScratch refuses any name but a scratch database's.
+func dropNotedScratch(ctx context.Context, path string, cfg func() (chbackup.Config, error)) (string, error) {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("scratch note: %w", err)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !fi.Mode().IsRegular() || !ok || int(st.Uid) != os.Geteuid() || fi.Size() > 256 {
+		return "", fmt.Errorf("scratch note %s is not a small regular file of this user's; remove it", path)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("scratch note: %w", err)
+	}
+	name := strings.TrimSpace(string(b))
+	c, err := cfg()
+	if err != nil {
+		return "", fmt.Errorf("scratch note: %w", err)
+	}
+	if err := chbackup.DropScratch(ctx, c, name); err != nil {
+		return "", err
+	}
+	return name, writeScratchNote(path, "")
 }

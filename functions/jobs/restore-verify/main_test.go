@@ -3,7 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io/fs"
 	"net/http"
 	"net/http/httptest"
@@ -423,5 +426,81 @@ func TestCleanupAfterARunRemovesItsLeftoversAtOnce(t *testing.T) {
 	}
 	if code := cleanup(noScratch, &out); code != 0 || !strings.Contains(out.String(), `"leftovers_removed":0`) {
 		t.Fatalf("no scratch directory: exit %d: %s", code, out.String())
+	}
+}
+
+// A run killed while its ClickHouse scratch database (a plaintext copy)
+// exists leaves the database's name in a note; the unit's clean-up step
+// drops it at once, whatever the other backup settings, and a note naming
+// anything but a scratch database is refused, never dropped.
+func TestCleanupDropsTheScratchDatabaseAKilledRunNoted(t *testing.T) {
+	ch := testenv.ClickHouse(t)
+	servers := testenv.Servers(t, "clickhouse")
+	ctx := context.Background()
+	own, locks := t.TempDir(), t.TempDir()
+	env := func(k string) (string, bool) {
+		switch k {
+		case EnvScratch:
+			return own, true
+		case job.EnvLockDir:
+			return locks, true
+		case config.ClickHouseAddr:
+			return ch.Addr, true
+		case config.ClickHouseUser:
+			return ch.User, true
+		case config.ClickHousePassword:
+			return ch.Password, true
+		case config.ClickHouseDatabase:
+			return ch.Database, true
+		case chbackup.EnvClickHouseHTTPURL:
+			return servers["GUARDIAN_CLICKHOUSE_HTTP_URL"], true
+		}
+		return "", false
+	}
+	sum := sha256.Sum256([]byte(ch.Database))
+	name := fmt.Sprintf("restore_verify_%x_%d_0123456789ab", sum[:4], time.Now().Add(time.Hour).Unix())
+	if !chbackup.IsScratchOf(ch.Database, name) {
+		t.Fatalf("%s is not a scratch name", name)
+	}
+	exists := func(db string) bool {
+		t.Helper()
+		var n uint64
+		if err := ch.Conn.QueryRow(ctx, "SELECT count() FROM system.databases WHERE name = ?", db).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n == 1
+	}
+	if err := ch.Conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ch.Conn.Exec(ctx, "DROP DATABASE IF EXISTS "+name) })
+	note := scratchNotePath(own)
+	if err := writeScratchNote(note, name); err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	if code := cleanup(env, &out); code != 0 || !strings.Contains(out.String(), `"clickhouse_scratch_dropped":"`+name+`"`) {
+		t.Fatalf("exit %d: %s", code, out.String())
+	}
+	if exists(name) {
+		t.Fatal("the noted scratch database is still there")
+	}
+	if _, err := os.Stat(note); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("the note outlived its database: %v", err)
+	}
+
+	// A note naming the live database is refused, loudly, and kept.
+	if err := writeScratchNote(note, ch.Database); err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	if code := cleanup(env, &out); code == 0 || !strings.Contains(out.String(), "is not a scratch database") {
+		t.Fatalf("a note naming the live database: exit %d: %s", code, out.String())
+	}
+	if !exists(ch.Database) {
+		t.Fatal("the live database was dropped")
+	}
+	if _, err := os.Stat(note); err != nil {
+		t.Fatalf("the refused note is gone: %v", err)
 	}
 }
