@@ -10,6 +10,34 @@ PACKAGES=(
 	pgbackrest age openssh-server openssh-client zstd chromium
 	curl ca-certificates unzip util-linux iproute2 nftables
 )
+# classify PKG...: split into available (the configured repositories
+# offer a candidate) and unavailable. In the C locale, whose word is
+# "Candidate"; read whole, not through grep -q, which would stop apt-cache
+# with SIGPIPE under pipefail and count the package as unavailable.
+classify() {
+	local p candidate
+	available=() unavailable=()
+	for p in "$@"; do
+		candidate=$(LC_ALL=C apt-cache policy "$p" 2>/dev/null | sed -n 's/^ *Candidate: *//p')
+		if [[ -n $candidate && $candidate != "(none)" ]]; then
+			available+=("$p")
+		else
+			unavailable+=("$p")
+		fi
+	done
+}
+# --classify PKG...: print the split, install nothing (for tests).
+if [[ ${1:-} == --classify ]]; then
+	shift
+	classify "$@"
+	echo "available: ${available[*]}"
+	echo "unavailable: ${unavailable[*]}"
+	exit 0
+fi
+# Named packages instead (gocheck.sh's download needs only curl and unzip).
+if (($#)); then
+	PACKAGES=("$@")
+fi
 
 find_missing() {
 	missing=()
@@ -101,14 +129,7 @@ done
 # built for amd64 only in Debian 12; a machine without bookworm's main)
 # would fail the whole install with "Unable to locate package": the rest
 # are installed, and those are named with what to do.
-available=() unavailable=()
-for p in "${missing[@]}"; do
-	if apt-cache policy "$p" 2>/dev/null | grep -q 'Candidate: [^(]'; then
-		available+=("$p")
-	else
-		unavailable+=("$p")
-	fi
-done
+classify "${missing[@]}"
 # 8<&-: nothing the packages start may keep holding the lock. The dpkg
 # options keep a changed config file of a package removed but not purged
 # (reinstalled here) without asking: without a terminal, dpkg would fail.

@@ -16,7 +16,7 @@ GO_SYSTEM_ROOT=/usr/local/go
 
 # go_home: where need_go installs Go: the user's own cache, so no root is
 # needed and no system Go is replaced.
-go_home() { printf '%s\n' "${GUARDIAN_GO_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/guardian/go$GO_TOOLCHAIN}"; }
+go_home() { printf '%s\n' "${GUARDIAN_GO_HOME:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/guardian/go$GO_TOOLCHAIN}"; }
 
 # go_version: the version `go` runs in this module, or nothing. A Go of
 # 1.21 or newer with GOTOOLCHAIN=auto (its default) fetches go.mod's
@@ -85,14 +85,16 @@ install_go() {
 	fi
 	for tool in curl unzip sha256sum; do
 		if ! command -v "$tool" >/dev/null; then
-			deploy/stack/deps.sh || return 1 # curl and unzip among them
+			deploy/stack/deps.sh curl ca-certificates unzip coreutils || return 1
 			break
 		fi
 	done
-	proxy=${GOPROXY:-https://proxy.golang.org}
+	# GOPROXY as the go command reads it (go env -w too), when one runs.
+	proxy=${GOPROXY:-$(go env GOPROXY 2>/dev/null || true)}
+	proxy=${proxy:-https://proxy.golang.org}
 	proxy=${proxy%%[,|]*}
 	if [[ $proxy != http://* && $proxy != https://* && $proxy != file://* ]]; then
-		echo "go: GOPROXY's first entry ($proxy) is not a proxy to download Go from" >&2
+		echo "go: GOPROXY's first entry is not a proxy to download Go from (off or direct)" >&2
 		return 1
 	fi
 	mod=golang.org/toolchain@v0.0.1-go$GO_TOOLCHAIN.linux-$arch
@@ -109,7 +111,7 @@ install_go() {
 		curl -fsSL --retry 3 --connect-timeout 20 -o "$tmp/go.zip" \
 			"${proxy%/}/golang.org/toolchain/@v/v0.0.1-go$GO_TOOLCHAIN.linux-$arch.zip" || exit 1
 		if ! echo "$sum  $tmp/go.zip" | sha256sum -c --quiet - >/dev/null 2>&1; then
-			echo "go: the download from $proxy does not have the pinned SHA-256; not installed" >&2
+			echo "go: the download from the Go module proxy does not have the pinned SHA-256; not installed" >&2
 			exit 1
 		fi
 		unzip -q "$tmp/go.zip" "$mod/*" -d "$tmp/x" || exit 1

@@ -192,3 +192,26 @@ func TestNeedGoRefusesADownloadOfAnotherHash(t *testing.T) {
 		t.Fatalf("scratch left behind: %v", leftovers)
 	}
 }
+
+// deps.sh tells a package the repositories offer from one they do not,
+// every time (a check through grep -q lost apt-cache to SIGPIPE under
+// pipefail most of the time) and in any locale (apt translates the word
+// "Candidate").
+func TestDepsTellsAvailablePackagesFromMissingOnes(t *testing.T) {
+	t.Parallel()
+	if _, err := exec.LookPath("apt-cache"); err != nil {
+		t.Skip("no apt-cache")
+	}
+	root, err := testenv.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		cmd := exec.Command(filepath.Join(root, "deploy", "stack", "deps.sh"), "--classify", "bash", "no-such-package-of-guardian")
+		cmd.Env = append(os.Environ(), "LANG=de_DE.UTF-8", "LC_ALL=", "LANGUAGE=de")
+		out, err := cmd.CombinedOutput()
+		if err != nil || string(out) != "available: bash\nunavailable: no-such-package-of-guardian\n" {
+			t.Fatalf("run %d: %v\n%s", i, err, out)
+		}
+	}
+}
