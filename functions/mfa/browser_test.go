@@ -169,6 +169,11 @@ func TestAuthenticatorKeyLeavesThePageOnceTheAppIsOn(t *testing.T) {
 	if err != nil || seed == "" {
 		t.Fatalf("the key shown for setup: %q (%v)", seed, err)
 	}
+	// Its QR image loads (the page asks for it with a cache-buster).
+	if _, err := chromedp.Run(ctx, chromedp.Poll[bool](`(() => { const i = document.getElementById("totp-qr"); return i.complete && i.naturalWidth > 0 })()`,
+		chromedp.WithPollingTimeout(10*time.Second))); err != nil {
+		t.Fatalf("the QR image of the key never loaded: %v", err)
+	}
 	code, err := mfa.CodeAt(strings.TrimSpace(seed), time.Now())
 	if err != nil {
 		t.Fatal(err)

@@ -35,7 +35,6 @@ func (h *handler) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/v1/mfa", h.status)
 	mux.HandleFunc("POST /api/v1/mfa/totp", h.beginTOTP)
-	mux.HandleFunc("GET /api/v1/mfa/totp/qr", h.totpQR)
 	mux.HandleFunc("POST /api/v1/mfa/totp/confirm", h.confirmTOTP)
 	mux.HandleFunc("DELETE /api/v1/mfa/totp", h.removeTOTP)
 	mux.HandleFunc("POST /api/v1/mfa/webauthn/options", h.beginWebAuthn)
@@ -43,7 +42,14 @@ func (h *handler) routes() http.Handler {
 	mux.HandleFunc("DELETE /api/v1/mfa/webauthn/{id}", h.removeWebAuthn)
 	mux.HandleFunc("POST /api/v1/mfa/recovery-codes", h.recoveryCodes)
 	mux.HandleFunc("GET /settings/security", h.page)
-	return problem.NoQuery(mux)
+	mux.HandleFunc("GET /api/v1/mfa/totp/qr", h.totpQR) // other methods: 405 with Allow
+	// The QR image takes t, the page's cache-buster (a new key's image
+	// must not be a browser's copy of the last one's); no other route
+	// takes a parameter.
+	root := http.NewServeMux()
+	root.Handle("/", problem.NoQuery(mux))
+	root.HandleFunc("GET /api/v1/mfa/totp/qr", h.totpQR)
+	return root
 }
 
 // caller returns the caller's session; the edge admits only sessions here.
@@ -131,6 +137,10 @@ func (h *handler) beginTOTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *handler) totpQR(w http.ResponseWriter, r *http.Request) {
+	if qe := problem.CheckQuery(r.URL.Query(), "t"); qe != nil {
+		problem.Write(w, qe.Problem())
+		return
+	}
 	id, ok := h.stepUp(w, r)
 	if !ok {
 		return

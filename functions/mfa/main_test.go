@@ -161,7 +161,15 @@ func TestAuthenticatorAppEnrolmentAndRemoval(t *testing.T) {
 	if a.Status != 201 || len(seed) != 32 || !strings.HasPrefix(a.Doc["otpauth_url"].(string), "otpauth://totp/") || a.Doc["qr_url"] != "/api/v1/mfa/totp/qr" {
 		t.Fatalf("begin: %d %s", a.Status, a.Raw)
 	}
-	qr := s.call(t, "GET", "/api/v1/mfa/totp/qr", "", session)
+	// As the page asks for it: with a cache-buster, the one parameter
+	// the image takes.
+	if a := s.call(t, "GET", "/api/v1/mfa/totp/qr?t=1764460800000&x=1", "", session); a.Status != 400 || a.Doc["param"] != "x" {
+		t.Fatalf("qr with a parameter it does not take: %d %s", a.Status, a.Raw)
+	}
+	if a := s.call(t, "POST", "/api/v1/mfa/totp/qr", "", session); a.Status != 405 || a.Header.Get("Allow") == "" {
+		t.Fatalf("POST to the qr: %d %v", a.Status, a.Header)
+	}
+	qr := s.call(t, "GET", "/api/v1/mfa/totp/qr?t=1764460800000", "", session)
 	if qr.Status != 200 || qr.Header.Get("Content-Type") != "image/png" || !strings.HasPrefix(qr.Raw, "\x89PNG") || qr.Header.Get("Cache-Control") != "no-store" {
 		t.Fatalf("QR code: %d %v", qr.Status, qr.Header)
 	}
