@@ -222,15 +222,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if ambiguous {
 		switch {
 		case h.Optional && h.IgnoreInvalid:
-			h.clearSessionCookies(w)
+			h.clearSessionCookies(w, r)
 			return next.ServeHTTP(w, r)
 		case h.wantsLogin(r):
 			caddyhttp.SetVar(r.Context(), VarFailure, "ambiguous_session")
-			h.clearSessionCookies(w)
+			h.clearSessionCookies(w, r)
 			http.Redirect(w, r, h.LoginRedirect, http.StatusSeeOther)
 			return nil
 		}
-		h.clearSessionCookies(w)
+		h.clearSessionCookies(w, r)
 		return h.refuse(w, r, "ambiguous_session", false, refuseInvalid)
 	}
 	if !present {
@@ -441,14 +441,44 @@ func credential(r *http.Request) (cred string, fromCookie, present, ambiguous bo
 	return "", false, false, false
 }
 
-// clearSessionCookies ends the session cookie both as the dashboard sets
-// it (the configured domain) and host-only, so that two of them (see
-// credential) do not outlive the refusal where a host could set them.
-func (h *Handler) clearSessionCookies(w http.ResponseWriter) {
-	http.SetCookie(w, session.ClearCookie(h.cookieDomain))
-	if h.cookieDomain != "" {
-		http.SetCookie(w, session.ClearCookie(""))
+// clearSessionCookies ends every session cookie the request can have
+// carried (see credential): a browser deletes a cookie only when name,
+// domain and path all match, and the one planted beside the user's may
+// have any path the request's path-matches ("/api", "/api/", ...). So it
+// is cleared on each of those, both for the configured domain and
+// host-only; clearing "/" alone would delete the user's cookie and leave
+// the planted one to be sent alone next time.
+func (h *Handler) clearSessionCookies(w http.ResponseWriter, r *http.Request) {
+	for _, path := range cookiePaths(r.URL.EscapedPath()) {
+		c := session.ClearCookie(h.cookieDomain)
+		c.Path = path
+		http.SetCookie(w, c)
+		if h.cookieDomain != "" {
+			c := session.ClearCookie("")
+			c.Path = path
+			http.SetCookie(w, c)
+		}
 	}
+}
+
+// maxCookiePaths bounds cookiePaths on a path of many segments: a planted
+// cookie deeper than that is cleared when a request reaches it.
+const maxCookiePaths = 16
+
+// cookiePaths are the cookie paths that path-match p (RFC 6265 5.1.4):
+// "/", then each segment's prefix without and with its trailing slash,
+// and p itself.
+func cookiePaths(p string) []string {
+	out := []string{"/"}
+	for i := 1; i < len(p) && len(out)+2 < maxCookiePaths; i++ {
+		if p[i] == '/' {
+			out = append(out, p[:i], p[:i+1])
+		}
+	}
+	if p != "/" && len(p) > 0 && p[len(p)-1] != '/' && len(out) < maxCookiePaths {
+		out = append(out, p)
+	}
+	return out
 }
 
 func safeMethod(m string) bool {

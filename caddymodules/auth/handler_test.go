@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/http/cookiejar"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -591,34 +593,46 @@ func TestLastUsedTimesAreBoundedWhileWritesFail(t *testing.T) {
 // Two session cookies (one set beside the user's by another host under
 // the cookie's parent domain, with a longer path so that it is sent
 // first) give no session: the request would otherwise act in the account
-// of whoever set the first. Both cookies are cleared, the domain's and
-// the host-only one.
+// of whoever set the first. A browser (net/http/cookiejar, RFC 6265)
+// given the answer's Set-Cookie headers keeps neither, so the planted one
+// is not sent alone next time.
 func TestTwoSessionCookiesGiveNoSession(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
 	a := w.authenticator(t)
 	_, attackers := testenv.NewCustomer(t, w.pg.Owner, pepper, secret).Session(t)
-	twoCookies := func(method, path string) *http.Request {
-		r := httptest.NewRequest(method, path, nil)
-		r.Header.Set("Cookie", session.CookieName+"="+attackers+"; "+session.CookieName+"="+w.token)
-		return r
-	}
-	page := twoCookies("GET", "/settings/keys")
-	page.Header.Set("Accept", "text/html")
 	for _, tc := range []struct {
-		name     string
-		h        Handler
-		req      *http.Request
-		status   int
-		location string
+		name, method, path, planted string
+		h                           Handler
+		status                      int
+		location                    string
 	}{
-		{"api", Handler{Allow: []string{AllowSession}}, twoCookies("POST", "/api/v1/servers"), http.StatusUnauthorized, ""},
-		{"page", Handler{Allow: []string{AllowSession}, LoginRedirect: "/login"}, page, http.StatusSeeOther, "/login"},
-		{"optional", Handler{Allow: []string{AllowSession}, Optional: true, IgnoreInvalid: true}, twoCookies("GET", "/login"), http.StatusOK, ""},
+		{"api", "POST", "/api/v1/servers", "/api/", Handler{Allow: []string{AllowSession}}, http.StatusUnauthorized, ""},
+		{"page", "GET", "/settings/keys", "/settings", Handler{Allow: []string{AllowSession}, LoginRedirect: "/login"}, http.StatusSeeOther, "/login"},
+		{"optional", "GET", "/login", "/login", Handler{Allow: []string{AllowSession}, Optional: true, IgnoreInvalid: true}, http.StatusOK, ""},
 	} {
+		jar, err := cookiejar.New(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		app, _ := url.Parse("https://app.example.com" + tc.path)
+		evil, _ := url.Parse("https://evil.example.com/")
+		jar.SetCookies(app, []*http.Cookie{{Name: session.CookieName, Value: w.token, Domain: "example.com", Path: "/", Secure: true, HttpOnly: true}})
+		jar.SetCookies(evil, []*http.Cookie{{Name: session.CookieName, Value: attackers, Domain: "example.com", Path: tc.planted, Secure: true}})
+		sent := jar.Cookies(app)
+		if len(sent) != 2 || sent[0].Value != attackers {
+			t.Fatalf("%s: the browser sends %v, want the planted cookie first, then the user's", tc.name, sent)
+		}
+		r := httptest.NewRequest(tc.method, app.String(), nil)
+		for _, c := range sent {
+			r.AddCookie(c)
+		}
+		if tc.name == "page" {
+			r.Header.Set("Accept", "text/html")
+		}
 		h := &tc.h
 		h.init(a, ".example.com")
-		got := do(t, h, tc.req)
+		got := do(t, h, r)
 		if got.status != tc.status || got.header.Get("Location") != tc.location || got.id != nil {
 			t.Errorf("%s: %d %q, identity %+v; want %d %q and no identity", tc.name, got.status, got.header.Get("Location"), got.id, tc.status, tc.location)
 		}
@@ -628,16 +642,30 @@ func TestTwoSessionCookiesGiveNoSession(t *testing.T) {
 		if tc.status != http.StatusOK && got.failure != "ambiguous_session" {
 			t.Errorf("%s: failure %q, want ambiguous_session", tc.name, got.failure)
 		}
-		cleared := got.header.Values("Set-Cookie")
-		if len(cleared) != 2 || !strings.Contains(cleared[0], "Domain=example.com") || strings.Contains(cleared[1], "Domain=") ||
-			!strings.Contains(cleared[0], "Max-Age=0") || !strings.Contains(cleared[1], "Max-Age=0") {
-			t.Errorf("%s: Set-Cookie %q, want the domain's cookie and the host-only one cleared", tc.name, cleared)
+		jar.SetCookies(app, (&http.Response{Header: got.header}).Cookies())
+		if left := jar.Cookies(app); len(left) != 0 {
+			t.Errorf("%s: the browser still holds %v after the answer", tc.name, left)
 		}
 	}
 	// Either cookie alone is a session.
 	for _, token := range []string{w.token, attackers} {
 		if got := do(t, handler(a, Handler{Allow: []string{AllowSession}}), withCookie("GET", "/", token)); got.status != http.StatusOK || got.id == nil {
 			t.Fatalf("one cookie: %+v", got)
+		}
+	}
+}
+
+func TestCookiePaths(t *testing.T) {
+	for p, want := range map[string]string{
+		"/":                    "/",
+		"":                     "/",
+		"/login":               "/ /login",
+		"/api/v1/servers":      "/ /api /api/ /api/v1 /api/v1/ /api/v1/servers",
+		"/settings/":           "/ /settings /settings/",
+		"/a/b/c/d/e/f/g/h/i/j": "/ /a /a/ /a/b /a/b/ /a/b/c /a/b/c/ /a/b/c/d /a/b/c/d/ /a/b/c/d/e /a/b/c/d/e/ /a/b/c/d/e/f /a/b/c/d/e/f/ /a/b/c/d/e/f/g /a/b/c/d/e/f/g/ /a/b/c/d/e/f/g/h/i/j",
+	} {
+		if got := strings.Join(cookiePaths(p), " "); got != want {
+			t.Errorf("cookiePaths(%q) = %q, want %q", p, got, want)
 		}
 	}
 }
