@@ -247,13 +247,21 @@ func (h *handler) loginMFA(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	// The session whose cookie the new one replaces: the one this request
+	// came with, verified by the edge, else the first step's. (A browser
+	// that signed in as someone else between the steps holds that other
+	// session now; the first step's ended when it did.)
+	replacing := c.SessionID
+	if id, ok := identity.FromRequest(r); ok && id.Kind == identity.KindSession {
+		replacing = id.SessionID
+	}
 	issued, kind, ok := h.complete(w, r, form, c, in, session.Params{UserID: c.UserID, CustomerID: c.CustomerID,
-		Reauthed: c.Reauthed, ReauthAt: c.VerifiedAt, AAL: session.AAL2, Replacing: c.SessionID})
+		Reauthed: c.Reauthed, ReauthAt: c.VerifiedAt, AAL: session.AAL2, Replacing: replacing})
 	if !ok {
 		return
 	}
 	audit.Annotate(w, audit.Annotation{CustomerID: c.CustomerID, UserID: c.UserID, ResourceType: "session", ResourceID: issued.ID, Action: "create",
-		Metadata: map[string]any{"method": c.Method, "second_factor": kind, "replaced_session": c.SessionID, "aal": session.AAL2}})
+		Metadata: map[string]any{"method": c.Method, "second_factor": kind, "replaced_session": replacing, "aal": session.AAL2}})
 	http.SetCookie(w, mfa.ClearCookie())
 	http.SetCookie(w, session.Cookie(issued.Token, h.domain, issued.Expires, h.now()))
 	if form {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/glassmkr/guardian/shared/mfa"
 	"github.com/glassmkr/guardian/shared/mfa/mfatest"
+	"github.com/glassmkr/guardian/shared/testenv"
 )
 
 // Second factors are enrolled through the product's own API
@@ -497,5 +498,24 @@ func TestReauthTimeIsThePasswordsNotTheSecondFactors(t *testing.T) {
 	}
 	if age < 280 || age > 400 {
 		t.Fatalf("the new session was re-authenticated %.0f s ago, want about 290 (the password's check)", age)
+	}
+}
+
+// The second step's new session replaces the one the completing request
+// came with: a browser that signed in as someone else between the two
+// steps must not keep that other session valid behind the new cookie.
+func TestSecondStepEndsTheSessionItsRequestCameWith(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	seed, _ := s.enrolTOTP(t, s.signInPassword(t))
+	token := s.passwordStep(t)
+	other := testenv.NewCustomer(t, s.pg.Owner, s.c.Pepper, s.c.Secret)
+	_, between := other.Session(t) // signed in as another user meanwhile
+	a := s.post(t, "/auth/login/mfa", jsonBody(map[string]string{"mfa_token": token, "code": nextCode(t, seed, 1)}), cookieHeader(between))
+	if a.status != 204 || a.cookie == nil || s.whoami(t, a.cookie.Value) != 200 {
+		t.Fatalf("second step: %d %v", a.status, a.doc)
+	}
+	if !s.endsWithinASecond(t, between) {
+		t.Fatal("the session the second step's request came with still works")
 	}
 }
