@@ -7,8 +7,8 @@ cd "$(dirname "$0")/../.."
 run=${GUARDIAN_RUN_DIR:-$PWD/.run}
 pidfile=$run/caddy.pid
 if [[ -d $run ]]; then # as up.sh: one at a time
-	exec 7>>"$run/.stack.lock"
-	flock -w 900 7 || { echo "$run/.stack.lock held for 15 minutes; is a make up stuck?" >&2; exit 1; }
+	exec 7>>"${run%/}.lock"
+	flock -w 900 7 || { echo "${run%/}.lock held for 15 minutes; is a make up stuck?" >&2; exit 1; }
 fi
 
 # shellcheck source=deploy/stack/pidfile.sh

@@ -25,12 +25,13 @@ need_go
 deploy/stack/deps.sh
 mkdir -p "$run" "$data"
 # One `make up` or `make down` of a run dir at a time: two at once would
-# race for stack.env's first secrets and for each other's pid files. What
-# starts a daemon gets 7>&- so that no server keeps the lock.
-exec 7>>"$run/.stack.lock"
+# race for stack.env's first secrets and for each other's pid files. The
+# lock lies beside the run dir, which `make clean` removes. What starts a
+# daemon gets 7>&- so that no server keeps the lock.
+exec 7>>"${run%/}.lock"
 if ! flock -n 7; then
 	echo "waiting for another make up or make down of $run" >&2
-	flock -w 900 7 || { echo "$run/.stack.lock held for 15 minutes; is another make up stuck?" >&2; exit 1; }
+	flock -w 900 7 || { echo "${run%/}.lock held for 15 minutes; is another make up stuck?" >&2; exit 1; }
 fi
 
 # Fixed private ports so that stack.env stays the same from one `make up`
