@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"path"
+	"slices"
 	"regexp"
 	"sort"
 	"strings"
@@ -91,6 +92,11 @@ type SetInfo struct {
 	CipherBytes int64          `json:"cipher_bytes"`
 	Skipped     []string       `json:"skipped,omitempty"`
 	Targets     []TargetResult `json:"targets"`
+	// RecipientsChanged names the targets whose previous set was encrypted
+	// to other age recipients than this one. Until a set made with the
+	// new ones is proven to restore, older sets keep expiring: a wrong
+	// recipient would leave no set that restores once they are gone.
+	RecipientsChanged []string `json:"recipients_changed,omitempty"`
 }
 
 // TargetResult is what happened at one destination.
@@ -302,6 +308,9 @@ func Backup(ctx context.Context, cfg Config) (SetInfo, error) {
 			d.fail(fmt.Errorf("%s: complete the set: %w", r.target, err))
 			continue
 		}
+		if prev := previousRecipients(r); prev != nil && !sameStrings(prev, m.Recipients) {
+			info.RecipientsChanged = append(info.RecipientsChanged, r.target.String())
+		}
 		if err := r.writeFile(r.join(latestName), []byte(info.Name+"\n")); err != nil {
 			d.fail(fmt.Errorf("%s: LATEST: %w", r.target, err))
 			continue
@@ -313,6 +322,26 @@ func Backup(ctx context.Context, cfg Config) (SetInfo, error) {
 		}
 	}
 	return finish(ctx.Err())
+}
+
+// previousRecipients are the recipients of the set LATEST names at r, or
+// nil when there is none or it cannot be read (a first backup; a damaged
+// set, which verification reports).
+func previousRecipients(r *remote) []string {
+	set, err := readLatest(r)
+	if err != nil {
+		return nil
+	}
+	m, err := readManifest(r, set)
+	if err != nil {
+		return nil
+	}
+	return m.Recipients
+}
+
+// sameStrings reports whether a and b hold the same strings, in any order.
+func sameStrings(a, b []string) bool {
+	return slices.Equal(slices.Sorted(slices.Values(a)), slices.Sorted(slices.Values(b)))
 }
 
 func live(dests []*dest) int {

@@ -4,14 +4,17 @@
 // prove it loads. With the argument "verify" it only checks the latest set.
 //
 // It runs under shared/job: one run at a time, one JSON result line, exit
-// status 0 (ok), 1 (red: the set does not verify) or 2 (error), metrics and
-// alerts. Settings: see shared/chbackup's package documentation.
+// status 0 (ok), 1 (red: the set does not verify, or, without an identity
+// to verify it, it was encrypted to other age recipients than the set
+// before it) or 2 (error), metrics and alerts. Settings: see
+// shared/chbackup's package documentation.
 package main
 
 import (
 	"context"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/glassmkr/guardian/shared/chbackup"
@@ -55,6 +58,16 @@ func run(ctx context.Context, env *config.Loader, r *job.Report, verifyOnly bool
 		r.Set("targets", info.Targets)
 		if err != nil {
 			return err
+		}
+		if len(info.RecipientsChanged) > 0 {
+			r.Set("recipients_changed", info.RecipientsChanged)
+			if cfg.AgeIdentityFile == "" {
+				// Nothing here can prove the new recipients: say so on
+				// the day they change, not when the monthly check finds
+				// every readable set expired.
+				return fmt.Errorf("%w: the age recipients differ from the previous set's at %s; run restore-verify now to prove the new set restores (docs/deployment.md, rotating the age key)",
+					job.ErrRed, strings.Join(info.RecipientsChanged, ", "))
+			}
 		}
 	}
 	if cfg.AgeIdentityFile == "" {

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"filippo.io/age"
 
@@ -106,5 +107,84 @@ func TestJobBacksUpVerifiesAndTurnsRedOnADamagedBlob(t *testing.T) {
 	code, res, out = run("verify")
 	if code != 1 || res["status"] != "red" || !strings.Contains(out, "SHA-256") {
 		t.Fatalf("verify of a damaged set: exit %d\n%s", code, out)
+	}
+}
+
+// A set encrypted to other age recipients than the set before it turns
+// the run red when nothing here can prove the new ones restore (no
+// identity): a wrong recipient would otherwise go unnoticed until the
+// monthly check, by when every readable set has expired. The next set,
+// made with the same recipients, is green; with an identity, the run's
+// own verification proves the change and the run stays green.
+func TestChangedRecipientsTurnTheRunRedUntilProven(t *testing.T) {
+	ch := testenv.ClickHouse(t)
+	servers := testenv.Servers(t, "clickhouse")
+	if err := ch.Conn.Exec(context.Background(), `INSERT INTO `+ch.Database+`.snapshots
+		SELECT 'cust', 'srv', toDateTime('2026-11-20 00:00:00') + number * 3600, now(), '1', 7, 'payload'
+		FROM system.numbers LIMIT 10`); err != nil {
+		t.Fatal(err)
+	}
+	sftp := testenv.SFTPServer(t)
+	dir := t.TempDir()
+	bin := testenv.Build(t, "./functions/jobs/backup-clickhouse")
+	run := func(recipient, identityFile string) (int, map[string]any, string) {
+		t.Helper()
+		time.Sleep(1100 * time.Millisecond) // sets are named by the second
+		cmd := exec.Command(bin)
+		cmd.Env = []string{
+			"PATH=" + os.Getenv("PATH"),
+			"GUARDIAN_CLICKHOUSE_ADDR=" + ch.Addr,
+			"GUARDIAN_CLICKHOUSE_HTTP_URL=" + servers["GUARDIAN_CLICKHOUSE_HTTP_URL"],
+			"GUARDIAN_CLICKHOUSE_USER=" + ch.User,
+			"GUARDIAN_CLICKHOUSE_PASSWORD=" + ch.Password,
+			"GUARDIAN_CLICKHOUSE_DATABASE=" + ch.Database,
+			"GUARDIAN_BACKUP_AGE_RECIPIENTS=" + recipient,
+			"GUARDIAN_BACKUP_SFTP_TARGETS=" + sftp.Target("backups"),
+			"GUARDIAN_BACKUP_SSH_KEY=" + sftp.KeyPath,
+			"GUARDIAN_BACKUP_SSH_KNOWN_HOSTS=" + sftp.KnownHosts,
+			"GUARDIAN_BACKUP_AGE_IDENTITY=" + identityFile,
+			"GUARDIAN_JOB_LOCK_DIR=" + filepath.Join(dir, "lock"),
+		}
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		var res map[string]any
+		if err := json.Unmarshal(out, &res); err != nil {
+			t.Fatalf("result line %q: %v\n%s", out, err, stderr.String())
+		}
+		return code, res, string(out) + stderr.String()
+	}
+	keys := make([]*age.X25519Identity, 3)
+	for i := range keys {
+		var err error
+		if keys[i], err = age.GenerateX25519Identity(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if code, res, out := run(keys[0].Recipient().String(), ""); code != 0 || res["recipients_changed"] != nil {
+		t.Fatalf("first set: exit %d\n%s", code, out)
+	}
+	code, res, out := run(keys[1].Recipient().String(), "")
+	if changed, _ := res["recipients_changed"].([]any); code != 1 || res["status"] != "red" || len(changed) != 1 || !strings.Contains(out, "run restore-verify now") {
+		t.Fatalf("a set to another recipient: exit %d\n%s", code, out)
+	}
+	if res["set"] == "" {
+		t.Fatal("the red run made no set")
+	}
+	if code, res, out := run(keys[1].Recipient().String(), ""); code != 0 || res["recipients_changed"] != nil {
+		t.Fatalf("the next set, to the same recipient: exit %d\n%s", code, out)
+	}
+	idFile := filepath.Join(dir, "identity.txt")
+	if err := os.WriteFile(idFile, []byte(keys[2].String()+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, res, out := run(keys[2].Recipient().String(), idFile); code != 0 || res["recipients_changed"] == nil {
+		t.Fatalf("a change proven by the run's own verification: exit %d\n%s", code, out)
 	}
 }
