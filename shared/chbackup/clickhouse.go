@@ -64,12 +64,16 @@ func (e *chError) Error() string {
 // close. Reading the answer fails once it has sent nothing for c.idle.
 func (c *chClient) post(ctx context.Context, query string, body io.Reader) (*http.Response, error) {
 	u := c.base
+	ctx, cancel := context.WithCancel(ctx)
+	var sent *sendBody // the data of an INSERT; a query alone is one write
 	if body == nil {
 		body = strings.NewReader(query)
 	} else {
 		u += "?" + url.Values{"query": {query}}.Encode()
+		sent = newSendBody(body, c.idle, cancel)
+		defer sent.stop()
+		body = sent
 	}
-	ctx, cancel := context.WithCancel(ctx)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, body)
 	if err != nil {
 		cancel()
@@ -82,6 +86,9 @@ func (c *chClient) post(ctx context.Context, query string, body io.Reader) (*htt
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		cancel()
+		if sent != nil && sent.fired.Load() {
+			return nil, fmt.Errorf("clickhouse took nothing of the data for %v: the insert was abandoned", c.idle)
+		}
 		return nil, err
 	}
 	resp.Body = newIdleBody(resp.Body, c.idle, cancel)
@@ -96,6 +103,40 @@ func (c *chClient) post(ctx context.Context, query string, body io.Reader) (*htt
 	}
 	return resp, nil
 }
+
+// sendBody is the data of an INSERT, whose request is cancelled once the
+// transport has asked for no more of it for limit: ClickHouse stopped
+// reading (or the connection is half-open), and the write would block
+// until the run's time limit. Time spent inside a Read (the source: a
+// blob fetched and decrypted, under its own watchdog) does not count.
+type sendBody struct {
+	r      io.Reader
+	limit  time.Duration
+	cancel context.CancelFunc
+	timer  *time.Timer
+	fired  atomic.Bool
+}
+
+func newSendBody(r io.Reader, limit time.Duration, cancel context.CancelFunc) *sendBody {
+	b := &sendBody{r: r, limit: limit, cancel: cancel}
+	b.timer = time.AfterFunc(limit, func() {
+		b.fired.Store(true)
+		b.cancel()
+	})
+	return b
+}
+
+func (b *sendBody) Read(p []byte) (int, error) {
+	b.timer.Stop()
+	n, err := b.r.Read(p)
+	if err == nil {
+		b.timer.Reset(b.limit)
+	}
+	return n, err // at EOF (or an error) the body is done: the answer's own timeouts follow
+}
+
+// stop ends the watch once the request is answered.
+func (b *sendBody) stop() { b.timer.Stop() }
 
 // idleBody is an answer whose reads fail once one has waited limit for a
 // byte; cancel, which it calls then, must abort the request. Time spent

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -503,4 +505,90 @@ func TestASlowTargetIsNotDropped(t *testing.T) {
 	if m := f.manifest(t, 0, info.Name); len(m.Tables) != info.Tables || info.Blobs == 0 {
 		t.Errorf("the slow target's manifest has %d tables, the run %d (%d blobs)", len(m.Tables), info.Tables, info.Blobs)
 	}
+}
+
+// An INSERT whose data ClickHouse stops taking (a server that hangs, a
+// half-open connection) fails once the idle timeout has passed without
+// the transport asking for more, instead of holding the verification
+// until its time limit. A source that is slow (time inside Read) does
+// not count.
+func TestAnInsertClickHouseStopsReadingFails(t *testing.T) {
+	old := chIdleTimeout
+	chIdleTimeout = time.Second
+	t.Cleanup(func() { chIdleTimeout = old })
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var held []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c) // read nothing, answer nothing
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range held {
+			c.Close()
+		}
+	})
+	ch := newCHClient(Config{HTTPURL: "http://" + ln.Addr().String()})
+	start := time.Now()
+	done := make(chan error, 1)
+	go func() { done <- ch.insert(context.Background(), "t", zeros{}) }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "took nothing of the data for 1s") {
+			t.Fatalf("insert into a server that stopped reading: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("an insert into a server that stopped reading hangs")
+	}
+	if d := time.Since(start); d < time.Second {
+		t.Errorf("gave up after %v, before the idle timeout", d)
+	}
+
+	// A slow source: each Read takes longer than the timeout, and the
+	// server takes everything it is given.
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+	}))
+	defer srv.Close()
+	ch = newCHClient(Config{HTTPURL: srv.URL})
+	if err := ch.insert(context.Background(), "t", &slowReader{n: 3, pause: 1500 * time.Millisecond}); err != nil {
+		t.Fatalf("a slow source counted as a stalled server: %v", err)
+	}
+}
+
+// zeros never ends.
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
+}
+
+// slowReader gives n bytes, pausing before each.
+type slowReader struct {
+	n     int
+	pause time.Duration
+}
+
+func (s *slowReader) Read(p []byte) (int, error) {
+	if s.n == 0 {
+		return 0, io.EOF
+	}
+	time.Sleep(s.pause)
+	s.n--
+	p[0] = 'x'
+	return 1, nil
 }
