@@ -36,8 +36,10 @@
 // Idempotent and bounded. A second run right after the first finds
 // nothing. A run drops at most GUARDIAN_RETENTION_MAX_DROPS partitions
 // and issues at most GUARDIAN_RETENTION_MAX_MUTATIONS mutations (one per
-// table at most); what is left is reported and done by the next runs, and
-// a mutation leaves alone the expired partitions left to be dropped.
+// table at most), both at least 1; what is left is reported and done by
+// the next runs (more partitions left than seven runs drop makes the run
+// red: the bound is too low for the data), and a mutation leaves alone the
+// expired partitions left to be dropped.
 // While a DELETE mutation of the sweep on a table is still pending
 // (system.mutations, is_done = 0) none is issued on that table; one
 // pending for more than a day makes the run red. Tables that do not exist
@@ -96,8 +98,9 @@ func run(ctx context.Context, env *config.Loader, r *job.Report) error {
 	if err := env.Err(); err != nil {
 		return err
 	}
-	if maxDrops < 0 || maxMutations < 0 {
-		return fmt.Errorf("%s and %s must not be negative", EnvMaxDrops, EnvMaxMutations)
+	if maxDrops < 1 || maxMutations < 1 {
+		// 0 would leave expired data in place run after run.
+		return fmt.Errorf("%s and %s must be at least 1", EnvMaxDrops, EnvMaxMutations)
 	}
 	pool, err := db.Open(ctx, config.PGAppDSN, dsn, 2)
 	if err != nil {
@@ -119,7 +122,7 @@ func run(ctx context.Context, env *config.Loader, r *job.Report) error {
 		CH: ch, Database: chCfg.Database, Plans: plans,
 		Rules: Rules, PlanDays: PlanDays,
 		MaxDrops: maxDrops, MaxMutations: maxMutations,
-		MaxPlanCustomers: DefaultMaxPlanCustomers, StuckAfter: DefaultStuckAfter,
+		MaxPlanCustomers: DefaultMaxPlanCustomers, StuckAfter: DefaultStuckAfter, BacklogRuns: DefaultBacklogRuns,
 		MaxClockSkew: DefaultMaxClockSkew, PostgreSQLNow: plans.Now,
 	}
 	res, err := s.Run(ctx, time.Now())

@@ -53,6 +53,7 @@ const (
 	DefaultMaxMutations     = 4
 	DefaultMaxPlanCustomers = 1000
 	DefaultStuckAfter       = 24 * time.Hour
+	DefaultBacklogRuns      = 7
 )
 
 // marker is a constant, always-true conjunct that every DELETE mutation of
@@ -86,6 +87,11 @@ type Sweeper struct {
 	MaxPlanCustomers int
 	// StuckAfter: a sweep mutation pending for longer makes the run red.
 	StuckAfter time.Duration
+	// BacklogRuns: more whole expired partitions left than this many runs
+	// drop at MaxDrops makes the run red, so a backlog the bound is too
+	// low for is said, not left to grow run after run as "capped". Zero:
+	// not checked.
+	BacklogRuns int
 	// MaxClockSkew: a run whose clock differs from ClickHouse's or
 	// PostgreSQL's by more deletes nothing (clock.go). Zero: the clocks
 	// are not compared (the data check still applies).
@@ -106,6 +112,9 @@ type TableResult struct {
 	RowsDropped       uint64 `json:"rows_dropped"`
 	// PartitionsRemaining: whole expired partitions left for the next run.
 	PartitionsRemaining int `json:"partitions_remaining"`
+	// BehindDays: how many days before the horizon the newest row of the
+	// longest-expired partition left lies (0: none left).
+	BehindDays int `json:"behind_days,omitempty"`
 	// Mutation: "issued" this run, "pending" (an earlier sweep mutation
 	// still runs, so none was issued), "capped" (expired rows wait for the
 	// next run), or "" (no expired rows outside dropped partitions).
@@ -266,6 +275,10 @@ func (s *Sweeper) Run(ctx context.Context, now time.Time) (Result, error) {
 			errs = append(errs, fmt.Errorf("%w: %s: a retention mutation has been pending since %s", job.ErrRed, rule.Table, tr.StuckSince.UTC().Format(time.RFC3339)))
 		}
 	}
+	if left := res.Totals().PartitionsRemaining; s.BacklogRuns > 0 && left > s.BacklogRuns*s.MaxDrops {
+		errs = append(errs, fmt.Errorf("%w: %d expired partitions are left, more than %d runs drop at %s=%d; raise it",
+			job.ErrRed, left, s.BacklogRuns, EnvMaxDrops, s.MaxDrops))
+	}
 	return res, errors.Join(errs...)
 }
 
@@ -381,6 +394,9 @@ func (s *Sweeper) sweepTable(ctx context.Context, rule Rule, now time.Time, b *b
 			tr.PartitionsRemaining++
 			if p.rows > 0 && p.maxTime.After(floor) {
 				floor = p.maxTime
+			}
+			if p.rows > 0 {
+				tr.BehindDays = max(tr.BehindDays, int(horizon.Sub(p.maxTime)/(24*time.Hour)))
 			}
 			continue
 		}

@@ -501,3 +501,40 @@ func TestSweepWithoutPlansStillAppliesStoredRetention(t *testing.T) {
 	f.waitMutations(t)
 	f.checkRows(t)
 }
+
+// A backlog of expired partitions more than BacklogRuns runs at MaxDrops
+// can drop turns the run red (the bound is too low for the data), and
+// says how far behind the oldest is; a backlog the next runs clear stays
+// "capped", not red. A bound of 0, which would never delete, is refused.
+func TestABacklogTheBoundCannotClearIsRed(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	f.seed(t)
+	s := f.sweeper(1, 1)
+	s.BacklogRuns = 1
+	res, err := s.Run(context.Background(), f.now)
+	left := res.Totals().PartitionsRemaining
+	if left < 2 || !errors.Is(err, job.ErrRed) || !strings.Contains(err.Error(), EnvMaxDrops+"=1; raise it") {
+		t.Fatalf("%d partitions left for a bound of 1 per run: %v", left, err)
+	}
+	if res.Tables["alert_history"].BehindDays < 30 {
+		t.Errorf("alert_history: behind by %d days, want the 400-day-old partition's 35", res.Tables["alert_history"].BehindDays)
+	}
+	f.waitMutations(t)
+	s = f.sweeper(1, 1)
+	s.BacklogRuns = 100
+	if _, err := s.Run(context.Background(), f.now); err != nil {
+		t.Fatalf("a backlog the next runs clear: %v", err)
+	}
+	f.waitMutations(t)
+
+	env := map[string]string{
+		"GUARDIAN_PG_APP_DSN": f.pg.FunctionDSNs[roleDSN], "GUARDIAN_CLICKHOUSE_ADDR": f.ch.Addr,
+		"GUARDIAN_CLICKHOUSE_DATABASE": f.ch.Database, EnvMaxDrops: "0", job.EnvLockDir: t.TempDir(),
+	}
+	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
+	var out, errOut bytes.Buffer
+	if r := job.Execute(context.Background(), jobSpec(), lookup, &out, &errOut); r.Status != job.StatusError || !strings.Contains(fmt.Sprint(r.Err), "must be at least 1") {
+		t.Fatalf("a bound of 0: %s %v", r.Status, r.Err)
+	}
+}
