@@ -632,6 +632,12 @@ func TestEndedKeysAndSessionsAreBounded(t *testing.T) {
 		keys(c, "account", "now() + interval '1 hour'", 2) // in a rotation's grace: working
 		exec(pg.Owner, `UPDATE api_keys SET expires_at = now() - interval '1 day' WHERE id IN (SELECT id FROM api_keys WHERE customer_id = $1 AND kind = 'account' AND revoked_at IS NULL LIMIT 2)`, c)
 	}
+	// Keys revoked as leaked, older than all others, are kept whatever the
+	// bound (0036).
+	exec(pg.Owner, `INSERT INTO api_keys (customer_id, kind, server_id, name, key_hash, last4, revoked_at, revoked_reason)
+		SELECT $1, 'collector', (SELECT id FROM servers WHERE customer_id = $1), 'leaked', decode(md5(random()::text) || md5(random()::text), 'hex'), 'Ab12',
+			now() - interval '1 day' - g * interval '1 minute', 'github_secret_scanning'
+		FROM generate_series(1, 3) g`, a)
 	exec(pg.Owner, "ALTER TABLE api_keys ENABLE TRIGGER api_keys_prune_ended")
 	// A new key of customer a, through the roles that mint them.
 	servers, keysRole := pg.FunctionDSNs["GUARDIAN_PG_DSN_SERVERS"], pg.FunctionDSNs["GUARDIAN_PG_DSN_KEYS"]
@@ -651,7 +657,7 @@ func TestEndedKeysAndSessionsAreBounded(t *testing.T) {
 		customer, kind  string
 		ended, working int
 	}{
-		{a, "collector", 10, 3 + 1 + 1}, // the fixture's own key, and the new one
+		{a, "collector", 10 + 3, 3 + 1 + 1}, // 3 leaked, kept; the fixture's own key, and the new one
 		{a, "account", 1000, 5 - 2 + 2 + 1 + 1},
 		{b, "collector", 25 + 0, 3 + 1}, // another customer: untouched
 		{b, "account", 1200 + 2, 5 - 2 + 2 + 1},
@@ -663,8 +669,9 @@ func TestEndedKeysAndSessionsAreBounded(t *testing.T) {
 			t.Errorf("%s keys of %s: %d working, want %d", tc.kind, tc.customer, got, tc.working)
 		}
 	}
-	// The newest ended are the ones kept.
-	if n := count(`SELECT count(*) FROM api_keys WHERE customer_id = $1 AND kind = 'collector' AND revoked_at < now() - interval '10 minutes 30 seconds'`, a); n != 0 {
+	// The newest ended are the ones kept, and the leaked ones.
+	if n := count(`SELECT count(*) FROM api_keys WHERE customer_id = $1 AND kind = 'collector' AND revoked_at < now() - interval '10 minutes 30 seconds'
+		AND revoked_reason <> 'github_secret_scanning'`, a); n != 0 {
 		t.Errorf("%d older ended collector keys kept instead of newer ones", n)
 	}
 

@@ -1,7 +1,9 @@
 // Command backup-clickhouse backs up Guardian's ClickHouse database to
 // every SFTP target (shared/chbackup) and, when GUARDIAN_BACKUP_AGE_IDENTITY
 // names an identity file, restores the new set into a scratch database to
-// prove it loads. With the argument "verify" it only checks the latest set.
+// prove it loads. With the argument "verify" it only checks the latest set;
+// with "restore <database>" it loads the latest set into that new database
+// (chbackup.Restore) for the operator to swap in after a disaster.
 //
 // It runs under shared/job: one run at a time, one JSON result line, exit
 // status 0 (ok), 1 (red: the set does not verify, or, without an identity
@@ -25,9 +27,22 @@ import (
 
 func main() {
 	version.ExitIfAsked()
+	if len(os.Args) == 3 && os.Args[1] == "restore" {
+		// A job of its own name: its result must not stand for a backup's
+		// in the metrics, nor wait for a backup's lock.
+		into := os.Args[2]
+		job.Main(job.Spec{
+			Name:    "restore-clickhouse",
+			Timeout: 24 * time.Hour,
+			Run: func(ctx context.Context, env *config.Loader, r *job.Report) error {
+				return restore(ctx, env, r, into)
+			},
+		})
+		return
+	}
 	verifyOnly := len(os.Args) == 2 && os.Args[1] == "verify"
 	if len(os.Args) > 1 && !verifyOnly {
-		fmt.Fprintln(os.Stderr, "usage: backup-clickhouse [verify]")
+		fmt.Fprintln(os.Stderr, "usage: backup-clickhouse [verify | restore <new database>]")
 		os.Exit(job.ExitError)
 	}
 	job.Main(job.Spec{
@@ -79,5 +94,25 @@ func run(ctx context.Context, env *config.Loader, r *job.Report, verifyOnly bool
 	}
 	rep, err := chbackup.VerifyLatest(ctx, cfg, ids...)
 	r.Set("verify", rep.Targets)
+	return err
+}
+
+// restore loads the latest set into the new database into
+// (chbackup.Restore), with the identity GUARDIAN_BACKUP_AGE_IDENTITY
+// names: this host holds none unless the operator brings it for the run.
+func restore(ctx context.Context, env *config.Loader, r *job.Report, into string) error {
+	cfg, err := chbackup.LoadConfig(env)
+	if err != nil {
+		return err
+	}
+	if cfg.AgeIdentityFile == "" {
+		return fmt.Errorf("restore needs %s: the age identity the sets were encrypted to", chbackup.EnvAgeIdentity)
+	}
+	ids, err := chbackup.ReadIdentities(cfg.AgeIdentityFile)
+	if err != nil {
+		return err
+	}
+	rep, err := chbackup.Restore(ctx, cfg, into, ids...)
+	r.Set("restore", rep)
 	return err
 }
