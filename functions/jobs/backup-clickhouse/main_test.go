@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -87,6 +88,26 @@ func TestJobBacksUpVerifiesAndTurnsRedOnADamagedBlob(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "metrics", "guardian_job_backup_clickhouse.prom")); err != nil {
 		t.Error(err)
+	}
+
+	// The latest set restored into a new database beside the live one, as
+	// a job of its own: its result stands for no backup in the metrics.
+	into := ch.Database + "_restored"
+	t.Cleanup(func() { _ = ch.Conn.Exec(context.Background(), "DROP DATABASE IF EXISTS "+into) })
+	if code, rres, out := run("restore", into); code != 0 || rres["job"] != "restore-clickhouse" || fmt.Sprint(rres["restore"]) == "" {
+		t.Fatalf("restore: exit %d\n%s", code, out)
+	} else if rr, _ := rres["restore"].(map[string]any); rr["into"] != into || rr["rows"].(float64) < 100 {
+		t.Fatalf("restore's report: %v", rr)
+	}
+	var restored uint64
+	if err := ch.Conn.QueryRow(context.Background(), "SELECT count() FROM "+into+".snapshots").Scan(&restored); err != nil || restored != 100 {
+		t.Fatalf("restored snapshots: %d (%v)", restored, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "metrics", "guardian_job_restore_clickhouse.prom")); err != nil {
+		t.Errorf("the restore's metrics: %v", err)
+	}
+	if code, _, out := run("restore", into); code != 2 || !strings.Contains(out, "exists") {
+		t.Fatalf("a restore into a database that exists: exit %d\n%s", code, out)
 	}
 
 	var blob string
