@@ -265,11 +265,19 @@ func (rec *recorder) record(status int) error {
 	row := rec.h.row(rec.r, id, why, status, ann, rec.start, rec.reqID)
 	rec.announced = false // the writer ends the announcement
 	if err := rec.h.writer.recordAnnounced(time.Duration(rec.h.Timeout), row); err != nil {
-		rec.h.log.Error("audit row not recorded; answering 503", zap.String("request_id", rec.reqID), zap.Error(err))
+		metrics.unrecorded.Inc()
+		// Once per interval, with the count: under an outage every
+		// request would add a line.
+		if n, ok := rec.h.writer.unrecordedLog.Allow(time.Now(), unrecordedLogEvery); ok {
+			rec.h.log.Error("audit rows not recorded; answering 503", zap.String("request_id", rec.reqID), zap.Int64("requests", n), zap.Error(err))
+		}
 		return err
 	}
 	return nil
 }
+
+// unrecordedLogEvery spaces the lines that say rows were not recorded.
+const unrecordedLogEvery = 30 * time.Second
 
 // withdraw takes back the request's announced row if it was not recorded
 // (anonymous, hijacked, or the handler ended early).

@@ -13,6 +13,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap"
 
 	"github.com/glassmkr/guardian/shared/audit"
@@ -49,11 +50,15 @@ func TestAnAnswerWhoseRowIsLostKeepsTheEdgeHeaders(t *testing.T) {
 		_, _ = w.Write([]byte(`{"key":"never sent"}`))
 		return nil
 	})
+	before := testutil.ToFloat64(metrics.unrecorded)
 	if err := h.ServeHTTP(rec, req, fn); err != nil {
 		t.Fatal(err)
 	}
 	if rec.Code != 503 {
 		t.Fatalf("status %d", rec.Code)
+	}
+	if testutil.ToFloat64(metrics.unrecorded) <= before {
+		t.Error("the answer whose row was lost was not counted")
 	}
 	var doc map[string]any
 	if err := json.Unmarshal(rec.Body.Bytes(), &doc); err != nil || doc["code"] != "audit_unavailable" {

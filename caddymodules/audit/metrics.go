@@ -17,6 +17,7 @@ var metrics = struct {
 	spoolFull    prometheus.Gauge
 	writeErrors  prometheus.Counter
 	displaced    prometheus.Counter
+	unrecorded   prometheus.Counter
 	batchSize    prometheus.Histogram
 }{
 	rows: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -55,6 +56,10 @@ var metrics = struct {
 		Namespace: "guardian", Subsystem: "audit", Name: "displaced_rows_total",
 		Help: "Audit rows whose chain position held a row their writer did not write, stored in a new chain instead (alert on any).",
 	}),
+	unrecorded: prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "guardian", Subsystem: "audit", Name: "unrecorded_answers_total",
+		Help: "Requests that ran but were answered 503 because their audit row could not be recorded (the queue full past its timeout, the writer closed, the row durable nowhere): alert on any.",
+	}),
 	batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
 		Namespace: "guardian", Subsystem: "audit", Name: "batch_rows",
 		Help:    "Rows per group commit.",
@@ -63,5 +68,5 @@ var metrics = struct {
 }
 
 func registerMetrics(reg prometheus.Registerer) error {
-	return guardian.RegisterCollectors(reg, metrics.rows, metrics.replayed, metrics.replayErrors, metrics.saturated, metrics.spoolCorrupt, metrics.spoolBytes, metrics.spoolFull, metrics.writeErrors, metrics.displaced, metrics.batchSize)
+	return guardian.RegisterCollectors(reg, metrics.rows, metrics.replayed, metrics.replayErrors, metrics.saturated, metrics.spoolCorrupt, metrics.spoolBytes, metrics.spoolFull, metrics.writeErrors, metrics.displaced, metrics.unrecorded, metrics.batchSize)
 }

@@ -26,6 +26,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/glassmkr/guardian/shared/audit"
+	"github.com/glassmkr/guardian/shared/logevery"
 	"github.com/glassmkr/guardian/shared/mono"
 )
 
@@ -67,7 +68,9 @@ type Writer struct {
 	coming      *coming
 	log         *zap.Logger
 
-	full           atomic.Bool
+	full atomic.Bool
+	// unrecordedLog gates the handlers' lines about rows not recorded.
+	unrecordedLog  logevery.Gate
 	lastWarn       atomic.Int64
 	lastSaltWarn   atomic.Int64
 	lastReplayWarn atomic.Int64
@@ -350,6 +353,11 @@ func (w *Writer) Close() error {
 	w.wg.Wait()
 	_ = w.spool.close()
 	w.db.Close()
+	// Its full spool no longer refuses anything (a reload moved
+	// spool_dir): the gauge must not stay at 1 until Caddy restarts.
+	if w.full.Load() {
+		metrics.spoolFull.Set(0)
+	}
 	return nil
 }
 

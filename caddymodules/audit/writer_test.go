@@ -24,6 +24,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	promtestutil "github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -1411,5 +1412,27 @@ func TestASpoolCountGoneWrongStillEndsSpooling(t *testing.T) {
 	var n int
 	if err := pg.Owner.QueryRow(context.Background(), "SELECT count(*) FROM api_audit_log WHERE request_id = $1", r.RequestID).Scan(&n); err != nil || n != 1 {
 		t.Fatalf("the next row: %d stored (%v), want 1", n, err)
+	}
+}
+
+// A writer closed with its spool full (a reload moved spool_dir) takes
+// the spool_full gauge back to 0: nothing refuses requests any more. Not
+// parallel: the gauge is the process's.
+func TestClosingAFullWriterClearsTheGauge(t *testing.T) {
+	w, err := NewWriter(WriterConfig{DSN: "postgres://nobody@127.0.0.1:1/none?connect_timeout=1", SpoolDir: filepath.Join(t.TempDir(), "spool"), MaxSpool: 2048, Chains: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 100 && !w.Refusing(); i++ {
+		_ = w.Record(context.Background(), testRow(i))
+	}
+	if !w.Refusing() || testutil.ToFloat64(metrics.spoolFull) != 1 {
+		t.Fatalf("a spool of 2 KiB with PostgreSQL away: refusing %v, gauge %v", w.Refusing(), testutil.ToFloat64(metrics.spoolFull))
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if g := testutil.ToFloat64(metrics.spoolFull); g != 0 {
+		t.Fatalf("spool_full %v after the full writer closed", g)
 	}
 }

@@ -437,11 +437,13 @@ func (a *Authenticator) warnStale(ctx context.Context, kind string, err error) {
 	}
 }
 
-// WarnUnavailable logs, at most once per staleWarnEvery and with the
+// WarnUnavailable counts a refusal (store_unavailable_refusals_total) and
+// logs, at most once per staleWarnEvery and with the
 // number of refusals since, that a credential was refused because the
 // store could not be reached: during an outage every request with an
 // uncached credential would otherwise add an error line.
 func (a *Authenticator) WarnUnavailable(err error) {
+	notifyMetrics.unavailable.Inc()
 	if n, ok := a.unavailableLog.Allow(time.Now(), staleWarnEvery); ok {
 		a.log.Error("credential store unavailable; credentials not in the cache are refused (logged once per 30 s)",
 			zap.Int64("refused", n), zap.Error(err))

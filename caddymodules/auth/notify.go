@@ -113,6 +113,7 @@ var notifyMetrics = struct {
 	ignored     *prometheus.CounterVec
 	staleServed *prometheus.CounterVec
 	listening   prometheus.GaugeFunc
+	unavailable prometheus.Counter
 }{
 	ignored: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "guardian", Subsystem: "auth", Name: "notifications_ignored_total",
@@ -126,6 +127,10 @@ var notifyMetrics = struct {
 		Namespace: "guardian", Subsystem: "auth", Name: "revocation_listener_up",
 		Help: "1 while every authenticator receives PostgreSQL's revocation notifications; 0 while one does not (its cached credentials are then checked against PostgreSQL again after a second).",
 	}, listenersUp),
+	unavailable: prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "guardian", Subsystem: "auth", Name: "store_unavailable_refusals_total",
+		Help: "Requests refused with 503 because their credential was not in the cache and PostgreSQL could not be asked.",
+	}),
 }
 
 // liveAuthenticators are the authenticators in use, for the listener gauge.
@@ -155,5 +160,5 @@ func init() {
 }
 
 func registerMetrics(reg prometheus.Registerer) error {
-	return guardian.RegisterCollectors(reg, notifyMetrics.ignored, notifyMetrics.staleServed, notifyMetrics.listening)
+	return guardian.RegisterCollectors(reg, notifyMetrics.ignored, notifyMetrics.staleServed, notifyMetrics.listening, notifyMetrics.unavailable)
 }

@@ -162,8 +162,12 @@ func (o *outage) servesStale(t *testing.T, what string) {
 		testutil.ToFloat64(notifyMetrics.staleServed.WithLabelValues("session")) <= sessions0 {
 		t.Error("stale credentials served were not counted")
 	}
+	refused0 := testutil.ToFloat64(notifyMetrics.unavailable)
 	if got := do(t, o.h, bearer("GET", "/", o.w.write)); got.status != http.StatusServiceUnavailable {
 		t.Fatalf("a key never seen, after the %s: %+v", what, got)
+	}
+	if testutil.ToFloat64(notifyMetrics.unavailable) <= refused0 {
+		t.Error("the refusal of an uncached key while the store is away was not counted")
 	}
 }
 

@@ -24,6 +24,7 @@ var certExpiry = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 // left out: the tls directive refuses it with its own error.
 func noteCertExpiry(lookup func(string) (string, bool), log *zap.Logger) {
 	if scheme, _ := lookup("GUARDIAN_SCHEME"); scheme != "https" {
+		certExpiry.Reset() // a reload to plain HTTP leaves no certificate to watch
 		return
 	}
 	for label, env := range map[string]string{"origin": "GUARDIAN_TLS_CERT", "client_ca": "GUARDIAN_TLS_CLIENT_CA"} {

@@ -246,7 +246,8 @@ func TestEdgeDecidesThroughRedisSocket(t *testing.T) {
 	if !strings.Contains(stats, "cmdstat_evalsha:calls=") && !strings.Contains(stats, "cmdstat_eval:calls=") {
 		t.Fatalf("the socket's Redis ran no bucket script:\n%s", stats)
 	}
-	if m := stack.Metrics(t); strings.Contains(m, "guardian_ratelimit_degraded_decisions_total{") || !strings.Contains(m, "guardian_ratelimit_redis_errors_total 0") {
+	if m := stack.Metrics(t); !strings.Contains(m, `guardian_ratelimit_degraded_decisions_total{source="open"} 0`) ||
+		!strings.Contains(m, `guardian_ratelimit_degraded_decisions_total{source="local"} 0`) || !strings.Contains(m, "guardian_ratelimit_redis_errors_total 0") {
 		t.Fatalf("the limiter failed to reach Redis:\n%s", m)
 	}
 }

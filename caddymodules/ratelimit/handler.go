@@ -49,6 +49,10 @@ import (
 
 func init() {
 	caddy.RegisterModule(Handler{})
+	// The series exist from the start, at 0, so that a rule on their rate
+	// has something to compare.
+	metrics.decisions.WithLabelValues(SourceOpen)
+	metrics.decisions.WithLabelValues(SourceLocal)
 }
 
 // VarIPBlocked is set (to true) on requests from an address this instance
