@@ -708,3 +708,31 @@ func TestEndedKeysAndSessionsAreBounded(t *testing.T) {
 		}
 	}
 }
+
+// Every function that runs as its definer searches pg_temp last: a
+// caller's temporary table of a product table's name would otherwise be
+// what the owner reads and writes (0031, 0037).
+func TestDefinerFunctionsSearchTempLast(t *testing.T) {
+	t.Parallel()
+	pg := testenv.Postgres(t)
+	rows, err := pg.Owner.Query(context.Background(), `SELECT p.proname, coalesce(array_to_string(p.proconfig, ';'), '')
+		FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'public' AND p.prosecdef`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) ([2]string, error) {
+		var d [2]string
+		return d, r.Scan(&d[0], &d[1])
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(defs) < 6 {
+		t.Fatalf("%d definer functions, want the migrations' 6 or more", len(defs))
+	}
+	for _, d := range defs {
+		if d[1] != "search_path=pg_catalog, public, pg_temp" {
+			t.Errorf("%s runs as its definer with %q, want search_path=pg_catalog, public, pg_temp", d[0], d[1])
+		}
+	}
+}
