@@ -18,10 +18,12 @@ type RestoreReport struct {
 
 // Restore loads the set LATEST names at the first target that answers into
 // database into, which must not exist yet: every table of the set,
-// created by the set's own statements (TTL kept: what the retention rules
-// delete is deleted as before), each blob checked as VerifyLatest checks
-// it (size and SHA-256 against the manifest before anything reads it,
-// authenticated decryption, rows counted after it loads).
+// created by the set's own statements, each blob checked as VerifyLatest
+// checks it (size and SHA-256 against the manifest before anything reads
+// it, authenticated decryption, rows counted after it loads). A table's
+// TTL is set once its rows are in: set before, its merges could delete
+// expired rows while they are counted, and a good set would fail; set
+// after, it deletes them as the retention rules say.
 //
 // The live database is never touched: after a disaster the operator
 // restores beside it and then renames the restored tables into place
@@ -91,6 +93,13 @@ func Restore(ctx context.Context, cfg Config, into string, identities ...age.Ide
 		if err != nil {
 			return rep, fmt.Errorf("restore: table %s: %w", tm.Name, err)
 		}
+		create, ttl, err := splitTableTTL(create)
+		if err != nil {
+			return rep, fmt.Errorf("restore: table %s: %w", tm.Name, err)
+		}
+		if err := checkCreate(create); err != nil {
+			return rep, fmt.Errorf("restore: table %s: %w", tm.Name, err)
+		}
 		if err := ch.exec(ctx, create); err != nil {
 			return rep, fmt.Errorf("restore: create table %s: %w", tm.Name, err)
 		}
@@ -105,6 +114,11 @@ func Restore(ctx context.Context, cfg Config, into string, identities ...age.Ide
 			rep.Blobs++
 			rep.Rows += b.Rows
 			rep.CipherBytes += b.CipherBytes
+		}
+		if ttl != "" {
+			if err := ch.exec(ctx, "ALTER TABLE "+target+" MODIFY TTL "+ttl); err != nil {
+				return rep, fmt.Errorf("restore: table %s: set its TTL again: %w", tm.Name, err)
+			}
 		}
 		rep.Tables++
 	}

@@ -15,31 +15,40 @@ import (
 // delimited for certain (a second TTL at the top level, a clause out of
 // the order ClickHouse prints them in), it is refused rather than guessed.
 func stripTableTTL(stmt string) (string, error) {
+	stripped, _, err := splitTableTTL(stmt)
+	return stripped, err
+}
+
+// splitTableTTL is stripTableTTL that also returns the clause's expression
+// (what follows TTL, as ALTER TABLE … MODIFY TTL takes it), "" when there
+// is none.
+func splitTableTTL(stmt string) (stripped, expr string, err error) {
 	toks, err := sqlTokens(stmt)
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
 	engine := indexWord(toks, 0, "ENGINE")
 	if engine < 0 {
-		return "", errors.New("the create statement names no engine")
+		return "", "", errors.New("the create statement names no engine")
 	}
 	ttl := indexWord(toks, engine+1, "TTL")
 	if ttl < 0 {
-		return stmt, nil
+		return stmt, "", nil
 	}
 	if indexWord(toks, ttl+1, "TTL") >= 0 {
-		return "", errors.New("the create statement has more than one TTL after its engine: cannot tell its table TTL")
+		return "", "", errors.New("the create statement has more than one TTL after its engine: cannot tell its table TTL")
 	}
 	if !startsClause(stmt, toks, ttl) {
-		return "", errors.New("the create statement's TTL after its engine does not start a clause: cannot strip it")
+		return "", "", errors.New("the create statement's TTL after its engine does not start a clause: cannot strip it")
 	}
 	end, err := ttlEnd(stmt, toks, ttl)
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
+	expr = strings.Trim(stmt[toks[ttl].end:end], sqlSpace)
 	head := strings.TrimRight(stmt[:toks[ttl].start], sqlSpace)
 	if end == len(stmt) {
-		return head, nil
+		return head, expr, nil
 	}
 	// Keep the separator (a newline, or a space on one line) that ran
 	// before the clause that follows.
@@ -47,7 +56,7 @@ func stripTableTTL(stmt string) (string, error) {
 	if sep == "" {
 		sep = " "
 	}
-	return head + sep + stmt[end:], nil
+	return head + sep + stmt[end:], expr, nil
 }
 
 const sqlSpace = " \t\r\n"

@@ -79,10 +79,23 @@ func TestStripTableTTL(t *testing.T) {
 		if again, err := stripTableTTL(got); err != nil || again != got {
 			t.Errorf("%s: stripping twice: %q, %v", c.name, again, err)
 		}
+		// The expression is the clause's text after TTL, whole: ALTER
+		// TABLE … MODIFY TTL puts it back after a restore.
+		_, expr, err := splitTableTTL(c.in)
+		if err != nil || expr == "" || !strings.Contains(c.in, "TTL "+expr) || strings.Contains(expr, "SETTINGS") ||
+			strings.Contains(expr, "COMMENT") || strings.TrimSpace(expr) != expr {
+			t.Errorf("%s: expression %q, %v", c.name, expr, err)
+		}
+		if back := strings.Replace(c.in, "TTL "+expr, "", 1); len(back)+len(expr)+4 != len(c.in) {
+			t.Errorf("%s: expression %q is not the clause's text", c.name, expr)
+		}
 	}
 	for _, c := range unchanged {
 		if got, err := stripTableTTL(c.in); err != nil || got != c.in {
 			t.Errorf("%s: %q, %v; want it unchanged", c.name, got, err)
+		}
+		if _, expr, err := splitTableTTL(c.in); err != nil || expr != "" {
+			t.Errorf("%s: expression %q, %v; want none", c.name, expr, err)
 		}
 	}
 	for _, c := range refused {
