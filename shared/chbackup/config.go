@@ -53,13 +53,15 @@ type Config struct {
 	// AgeIdentityFile is the age identity file VerifyLatest decrypts with;
 	// empty when this host only backs up.
 	AgeIdentityFile string
-	// ScratchNote, when set, is told the name of the scratch database a
-	// verification is about to create (an error stops it first), and ""
-	// once that database is dropped. A job that may be killed outright
-	// keeps the name where its clean-up step finds it (DropScratch):
-	// otherwise the plaintext copy stays until the deadline in its name
-	// has passed and a later verification drops it.
-	ScratchNote func(name string) error
+	// ScratchNote, when set, is told the name of each scratch database a
+	// verification is about to create (dropped false; an error stops it
+	// first), and again once that database is dropped (dropped true). A
+	// job that may be killed outright keeps the names where its clean-up
+	// step finds them (DropScratch): otherwise a plaintext copy stays
+	// until the deadline in its name has passed and a later verification
+	// drops it. One run may note several (one per target, a drop that
+	// failed leaving its name noted).
+	ScratchNote func(name string, dropped bool) error
 
 	// Tests set these: afterBlob runs after each blob is uploaded, clock
 	// replaces time.Now.

@@ -151,7 +151,7 @@ type targetRun struct {
 }
 
 func verifyTarget(ctx context.Context, ch *chClient, auth *sshAuth, t Target, ids []age.Identity, db string, deadline time.Time,
-	note func(string) error, tv *TargetVerify) error {
+	note func(string, bool) error, tv *TargetVerify) error {
 	r, err := dial(ctx, auth, t)
 	if err != nil {
 		return err
@@ -187,7 +187,7 @@ func verifyTarget(ctx context.Context, ch *chClient, auth *sshAuth, t Target, id
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 		defer cancel()
 		if ch.exec(dctx, tr.scratch.dropDatabase()) == nil && note != nil {
-			_ = note("") // kept otherwise, for the clean-up to drop
+			_ = note(tr.scratch.name, true) // kept otherwise, for the clean-up to drop
 		}
 	}()
 	if err != nil {

@@ -123,12 +123,12 @@ type scratchDB struct {
 // createScratch creates the scratch database of a verification of db that
 // stops by deadline, telling note (if set) its name first. A note's
 // refusal returns a scratchDB without a name: nothing was created.
-func createScratch(ctx context.Context, ch *chClient, db string, deadline time.Time, note func(string) error) (scratchDB, error) {
+func createScratch(ctx context.Context, ch *chClient, db string, deadline time.Time, note func(string, bool) error) (scratchDB, error) {
 	var rnd [6]byte
 	_, _ = rand.Read(rnd[:])
 	s := scratchDB{name: scratchName(db, deadline, rnd)}
 	if note != nil {
-		if err := note(s.name); err != nil {
+		if err := note(s.name, false); err != nil {
 			return scratchDB{}, fmt.Errorf("note the scratch database's name: %w", err)
 		}
 	}

@@ -477,10 +477,11 @@ func TestVerifyNotesItsScratchDatabase(t *testing.T) {
 	cfg := f.cfg
 	cfg.HTTPURL = p.url
 	var notes []string
-	cfg.ScratchNote = func(name string) error {
-		notes = append(notes, name)
-		if name != "" && f.count(t, "system.databases WHERE name = '"+name+"'") != 0 {
-			t.Errorf("told of %s after it was created", name)
+	cfg.ScratchNote = func(name string, dropped bool) error {
+		notes = append(notes, fmt.Sprintf("%s %v", name, dropped))
+		// Before it is created, and after it is dropped: never while it is there.
+		if f.count(t, "system.databases WHERE name = '"+name+"'") != 0 {
+			t.Errorf("told of %s (dropped %v) while it exists", name, dropped)
 		}
 		return nil
 	}
@@ -488,11 +489,12 @@ func TestVerifyNotesItsScratchDatabase(t *testing.T) {
 		t.Fatal(err)
 	}
 	created := p.statements("CREATE DATABASE ")
-	if len(created) != 1 || len(notes) != 2 || "CREATE DATABASE `"+notes[0]+"`" != created[0] || notes[1] != "" || !IsScratchOf(db, notes[0]) {
-		t.Fatalf("notes %q for %q, want the scratch database's name, then \"\"", notes, created)
+	name := strings.Trim(strings.TrimPrefix(created[0], "CREATE DATABASE "), "`")
+	if len(created) != 1 || len(notes) != 2 || notes[0] != name+" false" || notes[1] != name+" true" || !IsScratchOf(db, name) {
+		t.Fatalf("notes %q for %q, want the scratch database's name, created then dropped", notes, created)
 	}
 
-	cfg.ScratchNote = func(string) error { return errors.New("disk full") }
+	cfg.ScratchNote = func(string, bool) error { return errors.New("disk full") }
 	if _, err := VerifyLatest(context.Background(), cfg, f.id); err == nil || !strings.Contains(err.Error(), "disk full") {
 		t.Fatalf("a note that failed: %v", err)
 	}

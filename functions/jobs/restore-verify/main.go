@@ -123,7 +123,7 @@ func cleanup(lookup func(string) (string, bool), out io.Writer) int {
 		c := chbackup.Config{ClickHouse: l.LoadClickHouse(), HTTPURL: l.String(chbackup.EnvClickHouseHTTPURL)}
 		return c, l.Err()
 	})
-	if dropped != "" {
+	if len(dropped) > 0 {
 		line["clickhouse_scratch_dropped"] = dropped
 	}
 	if err = errors.Join(err, derr); err != nil {
@@ -306,10 +306,10 @@ func verifyClickHouse(ctx context.Context, env *config.Loader, r *job.Report) er
 	note := scratchNotePath(env.Optional(EnvScratch, ""))
 	if dropped, err := dropNotedScratch(ctx, note, func() (chbackup.Config, error) { return cfg, nil }); err != nil {
 		return fmt.Errorf("clickhouse: %w", err)
-	} else if dropped != "" {
+	} else if len(dropped) > 0 {
 		r.Set("clickhouse_scratch_dropped", dropped)
 	}
-	cfg.ScratchNote = func(name string) error { return writeScratchNote(note, name) }
+	cfg.ScratchNote = func(name string, dropped bool) error { return noteScratch(note, name, dropped) }
 	rep, err := chbackup.VerifyLatest(ctx, cfg, ids...)
 	r.Set("clickhouse", rep)
 	if err != nil {
@@ -320,52 +320,82 @@ func verifyClickHouse(ctx context.Context, env *config.Loader, r *job.Report) er
 
 // scratchNoteName is the file, in the job's scratch directory (else the
 // temp directory, the job's own state directory in the unit), that holds
-// the name of the ClickHouse scratch database a run is using.
+// the names of the ClickHouse scratch databases a run is using, one per
+// line: one per target, and a drop that failed leaves its name there.
 const scratchNoteName = ".clickhouse-scratch-database"
 
 func scratchNotePath(scratch string) string {
 	return filepath.Join(leftoverDirs(scratch)[0].path, scratchNoteName)
 }
 
-// writeScratchNote keeps name in path (chbackup.Config.ScratchNote), or
-// removes the note when name is "" (the database is dropped).
-func writeScratchNote(path, name string) error {
-	if name == "" {
+// noteScratch adds name to the note at path, or removes it once its
+// database is dropped (chbackup.Config.ScratchNote); the file goes with
+// its last name.
+func noteScratch(path, name string, dropped bool) error {
+	names, err := readScratchNote(path)
+	if err != nil {
+		return err
+	}
+	names = slices.DeleteFunc(names, func(n string) bool { return n == name })
+	if !dropped {
+		names = append(names, name)
+	}
+	return writeScratchNote(path, names)
+}
+
+func writeScratchNote(path string, names []string) error {
+	if len(names) == 0 {
 		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err
 		}
 		return nil
 	}
-	return atomicfile.Write(path, []byte(name+"\n"), 0o600, nil)
+	return atomicfile.Write(path, []byte(strings.Join(names, "\n")+"\n"), 0o600, nil)
 }
 
-// dropNotedScratch drops the scratch database the note at path names, if
-// any, and removes the note; it returns the name dropped. Only a regular
-// file of this user's is read (the temp directory may be shared), and
-// chbackup.DropScratch refuses any name but a scratch database's.
-func dropNotedScratch(ctx context.Context, path string, cfg func() (chbackup.Config, error)) (string, error) {
+// readScratchNote returns the names the note at path holds, none when it
+// is absent. Only a small regular file of this user's is read: the temp
+// directory may be shared.
+func readScratchNote(path string) ([]string, error) {
 	fi, err := os.Lstat(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return "", nil
+		return nil, nil
 	}
 	if err != nil {
-		return "", fmt.Errorf("scratch note: %w", err)
+		return nil, fmt.Errorf("scratch note: %w", err)
 	}
 	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !fi.Mode().IsRegular() || !ok || int(st.Uid) != os.Geteuid() || fi.Size() > 256 {
-		return "", fmt.Errorf("scratch note %s is not a small regular file of this user's; remove it", path)
+	if !fi.Mode().IsRegular() || !ok || int(st.Uid) != os.Geteuid() || fi.Size() > 4096 {
+		return nil, fmt.Errorf("scratch note %s is not a small regular file of this user's; remove it", path)
 	}
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return "", fmt.Errorf("scratch note: %w", err)
+		return nil, fmt.Errorf("scratch note: %w", err)
 	}
-	name := strings.TrimSpace(string(b))
+	return strings.Fields(string(b)), nil
+}
+
+// dropNotedScratch drops the scratch databases the note at path names,
+// keeping in it those it could not drop, and returns the names dropped.
+// chbackup.DropScratch refuses any name but a scratch database's.
+func dropNotedScratch(ctx context.Context, path string, cfg func() (chbackup.Config, error)) ([]string, error) {
+	names, err := readScratchNote(path)
+	if err != nil || len(names) == 0 {
+		return nil, err
+	}
 	c, err := cfg()
 	if err != nil {
-		return "", fmt.Errorf("scratch note: %w", err)
+		return nil, fmt.Errorf("scratch note: %w", err)
 	}
-	if err := chbackup.DropScratch(ctx, c, name); err != nil {
-		return "", err
+	var dropped, left []string
+	var errs []error
+	for _, name := range names {
+		if err := chbackup.DropScratch(ctx, c, name); err != nil {
+			errs = append(errs, err)
+			left = append(left, name)
+			continue
+		}
+		dropped = append(dropped, name)
 	}
-	return name, writeScratchNote(path, "")
+	return dropped, errors.Join(append(errs, writeScratchNote(path, left))...)
 }

@@ -474,23 +474,34 @@ func TestCleanupDropsTheScratchDatabaseAKilledRunNoted(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = ch.Conn.Exec(ctx, "DROP DATABASE IF EXISTS "+name) })
+	// Two targets' scratch databases, both left by the killed run.
+	second := name[:len(name)-1] + "c"
+	if err := ch.Conn.Exec(ctx, "CREATE DATABASE "+second); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ch.Conn.Exec(ctx, "DROP DATABASE IF EXISTS "+second) })
 	note := scratchNotePath(own)
-	if err := writeScratchNote(note, name); err != nil {
+	for _, n := range []string{name, second, "restore_verify_gone"} {
+		if err := noteScratch(note, n, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := noteScratch(note, "restore_verify_gone", true); err != nil { // dropped by the run itself
 		t.Fatal(err)
 	}
 	var out strings.Builder
-	if code := cleanup(env, &out); code != 0 || !strings.Contains(out.String(), `"clickhouse_scratch_dropped":"`+name+`"`) {
+	if code := cleanup(env, &out); code != 0 || !strings.Contains(out.String(), `"clickhouse_scratch_dropped":["`+name+`","`+second+`"]`) {
 		t.Fatalf("exit %d: %s", code, out.String())
 	}
-	if exists(name) {
-		t.Fatal("the noted scratch database is still there")
+	if exists(name) || exists(second) {
+		t.Fatal("a noted scratch database is still there")
 	}
 	if _, err := os.Stat(note); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("the note outlived its database: %v", err)
 	}
 
 	// A note naming the live database is refused, loudly, and kept.
-	if err := writeScratchNote(note, ch.Database); err != nil {
+	if err := noteScratch(note, ch.Database, false); err != nil {
 		t.Fatal(err)
 	}
 	out.Reset()
