@@ -90,7 +90,7 @@ install_go() {
 		fi
 	done
 	# GOPROXY as the go command reads it (go env -w too), when one runs.
-	proxy=${GOPROXY:-$(go env GOPROXY 2>/dev/null || true)}
+	proxy=${GOPROXY:-$(GOTOOLCHAIN=local go env GOPROXY 2>/dev/null || true)}
 	proxy=${proxy:-https://proxy.golang.org}
 	proxy=${proxy%%[,|]*}
 	if [[ $proxy != http://* && $proxy != https://* && $proxy != file://* ]]; then
