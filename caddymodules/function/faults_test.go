@@ -349,9 +349,14 @@ func TestAHolderGetsAShareOfABusyFunctionsSlots(t *testing.T) {
 		}
 	}
 	hold("198.51.100.7", 5) // four before half the slots are taken, one counted after
+	busy, own := outcomes(t, h.Name, outcomeBusy), outcomes(t, h.Name, outcomeBusyClient)
 	err := h.ServeHTTP(httptest.NewRecorder(), from("198.51.100.7", "/ok"), nil)
 	if code, name := problemOf(t, err); code != http.StatusServiceUnavailable || name != "function_busy" {
 		t.Fatalf("the holder's sixth request, past its share: %d %s", code, name)
+	}
+	// Counted as the client's own doing, not as the function being full.
+	if b, o := outcomes(t, h.Name, outcomeBusy)-busy, outcomes(t, h.Name, outcomeBusyClient)-own; b != 0 || o != 1 {
+		t.Errorf("counted busy %d, busy_client %d; want 0 and 1", b, o)
 	}
 	rec := httptest.NewRecorder()
 	if err := h.ServeHTTP(rec, from("203.0.113.9", "/ok"), nil); err != nil || rec.Code != 200 {

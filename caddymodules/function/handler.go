@@ -267,12 +267,21 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		defer release()
 		if err != nil {
 			outcome = outcomeRefused
+			var he caddyhttp.HandlerError
+			if errors.As(err, &he) {
+				switch he.StatusCode {
+				case http.StatusServiceUnavailable:
+					outcome = outcomeBufferFull
+				case 499:
+					outcome = outcomeCanceled
+				}
+			}
 			return err
 		}
 	}
 	release, ok := h.takeContended(r)
 	if !ok {
-		outcome = outcomeBusy
+		outcome = outcomeBusyClient
 		w.Header().Set("Retry-After", "1")
 		return caddyhttp.Error(http.StatusServiceUnavailable,
 			problem.New(http.StatusServiceUnavailable, "function_busy", "too many of your requests are in flight; try again shortly"))
@@ -345,7 +354,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	}
 	if r.Context().Err() != nil {
 		// The client went away; nothing to answer.
-		outcome = outcomeFailed
+		outcome = outcomeCanceled
 		return caddyhttp.Error(499, r.Context().Err())
 	}
 	if n, ok := h.inst.failLog.Allow(time.Now(), failLogEvery); ok {

@@ -25,7 +25,9 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
@@ -543,9 +545,13 @@ func TestBufferedBodiesAreBoundedTogether(t *testing.T) {
 		// upload holds a chunk now, 64 of the 72 KiB.
 		_, _ = feed.Write(make([]byte, bufferChunk+1))
 	}
+	full := outcomes(t, h.Name, outcomeBufferFull)
 	err := h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("POST", "/sum", bytes.NewReader(make([]byte, bufferChunk))), nil)
 	if code, name := problemOf(t, err); code != http.StatusServiceUnavailable || name != "function_busy" {
 		t.Fatalf("a body past what the bound has left: %d %s", code, name)
+	}
+	if got := outcomes(t, h.Name, outcomeBufferFull) - full; got != 1 {
+		t.Errorf("%d requests counted buffer_full, want 1", got)
 	}
 	for _, feed := range feeds {
 		feed.Close()
@@ -801,4 +807,15 @@ func TestTimeoutsAndFailuresAreLoggedOncePerInterval(t *testing.T) {
 	if n, c := lines("function request failed"); n != 1 || c != 1 {
 		t.Fatalf("2 failures: %d lines (last counting %d), want 1 counting 1", n, c)
 	}
+}
+
+// outcomes is how many requests to function name the duration histogram
+// has counted with outcome.
+func outcomes(t *testing.T, name, outcome string) uint64 {
+	t.Helper()
+	var m dto.Metric
+	if err := metrics.duration.WithLabelValues(name, outcome).(prometheus.Metric).Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetHistogram().GetSampleCount()
 }

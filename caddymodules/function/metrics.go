@@ -56,8 +56,11 @@ const (
 	outcomeFailed      = "failed"
 	outcomeTimeout     = "timeout"
 	outcomeUnavailable = "unavailable"
-	outcomeBusy        = "busy"
-	outcomeRefused     = "refused" // a request the runtime would not pass on
+	outcomeBusy        = "busy"        // every slot of the function taken
+	outcomeBusyClient  = "busy_client" // one client's share of a busy function taken
+	outcomeBufferFull  = "buffer_full" // the bound on request bodies held at once reached
+	outcomeCanceled    = "canceled"    // the client went away first
+	outcomeRefused     = "refused"     // a request the runtime would not pass on
 )
 
 func registerMetrics(reg prometheus.Registerer) error {
@@ -84,7 +87,7 @@ func newFnMetrics(name string) *fnMetrics {
 		serverErrors:  metrics.serverErrors.WithLabelValues(name),
 		duration:      map[string]prometheus.Observer{},
 	}
-	for _, o := range []string{outcomeProxied, outcomeFailed, outcomeTimeout, outcomeUnavailable, outcomeBusy, outcomeRefused} {
+	for _, o := range []string{outcomeProxied, outcomeFailed, outcomeTimeout, outcomeUnavailable, outcomeBusy, outcomeBusyClient, outcomeBufferFull, outcomeCanceled, outcomeRefused} {
 		m.duration[o] = metrics.duration.WithLabelValues(name, o)
 	}
 	return m
