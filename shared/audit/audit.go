@@ -172,8 +172,11 @@ func NormalizeIP(s string) string {
 // secretKey matches metadata member names that may not hold values.
 var secretKey = regexp.MustCompile(`(?i)(pass(word)?|secret|token|cookie|authorization|api_?key|^key$|pepper|credential)`)
 
-// secretValue matches values that look like a Guardian key or a JWT.
-var secretValue = regexp.MustCompile(`(?i:gmk_[a-z]+_live_[0-9a-z]{20,})|eyJ[0-9A-Za-z_-]{8,}\.[0-9A-Za-z_-]{8,}\.`)
+// secretValue matches values that look like a Guardian key or a JWT, the
+// JWT with its signature: header and claims are mostly guessable (the
+// audit log itself records a session's id, user and start), so a
+// signature left behind would let a reader of the log rebuild the token.
+var secretValue = regexp.MustCompile(`(?i:gmk_[a-z]+_live_[0-9a-z]{20,})|eyJ[0-9A-Za-z_-]{8,}\.[0-9A-Za-z_-]{8,}\.[0-9A-Za-z_-]*`)
 
 // Redacted replaces a value that must not be stored.
 const Redacted = "[redacted]"

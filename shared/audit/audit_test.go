@@ -10,6 +10,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/glassmkr/guardian/shared/apikey"
+	"github.com/glassmkr/guardian/shared/session"
 )
 
 func TestCanonicalIsStableAcrossEncodings(t *testing.T) {
@@ -372,7 +375,7 @@ func TestRedactPath(t *testing.T) {
 		"/gmk_docs":                                         "/gmk_docs",
 		"/api/v1/servers/" + strings.ToLower(key):           "/api/v1/servers/[redacted]_x1y2",
 		"/api/v1/servers/" + strings.ToUpper(key):           "/api/v1/servers/[redacted]_X1Y2",
-		"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.sig":          "[redacted]sig",
+		"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.sig":          "[redacted]", // the signature too: the claims are guessable
 		"EYJHBGCIOIJIUZI1NIJ9.EYJZDWIIOIJ4IN0.SIG":          "EYJHBGCIOIJIUZI1NIJ9.EYJZDWIIOIJ4IN0.SIG", // no longer a token
 	} {
 		if got := RedactPath(in); got != want {
@@ -390,4 +393,49 @@ func TestHasKeyPrefix(t *testing.T) {
 			t.Errorf("hasKeyPrefix(%q) = %v, want %v", in, got, want)
 		}
 	}
+}
+
+// A key (account or collector, in any letter case) or a session token
+// inside any text a row keeps comes out of RedactText gone, whatever
+// surrounds it, and redacting again changes nothing.
+func FuzzRedactText(f *testing.F) {
+	f.Add([]byte("0123456789abcdef0123456789abcdef"), "/api/v1/keys/", "/rotate", uint8(0), false)
+	f.Add([]byte("ffffffffffffffffffffffffffffffff"), "curl/8 ", "", uint8(1), true)
+	f.Add([]byte("00000000000000000000000000000000"), "x", "_live_", uint8(2), false)
+	f.Fuzz(func(t *testing.T, raw []byte, before, after string, casing uint8, collector bool) {
+		if len(raw) != 32 {
+			return
+		}
+		kind := apikey.Account
+		if collector {
+			kind = apikey.Collector
+		}
+		key, err := apikey.FromBytes(kind, [32]byte(raw))
+		if err != nil {
+			t.Fatal(err)
+		}
+		token, err := session.Issue(bytes.Repeat([]byte("s"), 32), "0b0e7a52-6c1a-4f4e-9a51-5b2f7c6f1d11", "0b0e7a52-6c1a-4f4e-9a51-5b2f7c6f1d12",
+			"0b0e7a52-6c1a-4f4e-9a51-5b2f7c6f1d13", time.Unix(1796000000, 0), time.Unix(1796600000, 0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch casing % 3 {
+		case 1:
+			key = strings.ToUpper(key)
+		case 2:
+			key = strings.ToLower(key)
+		}
+		for _, secret := range []string{key, token} {
+			out := RedactText(before + secret + after)
+			// The part that makes it a secret: the key's random body, the
+			// token's signed claims.
+			body := secret[len(secret)-20:]
+			if strings.Contains(strings.ToLower(out), strings.ToLower(body)) {
+				t.Fatalf("RedactText(%q) = %q keeps the secret", before+secret+after, out)
+			}
+			if again := RedactText(out); again != out {
+				t.Fatalf("redacting %q again gave %q", out, again)
+			}
+		}
+	})
 }
