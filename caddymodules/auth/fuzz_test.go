@@ -207,3 +207,46 @@ func browserHost(h string) bool {
 	}
 	return true
 }
+
+// cookiePaths lists every cookie path that path-matches p (RFC 6265
+// 5.1.4: a prefix of p that is p, ends in "/", or stops before a "/"),
+// "/" first, at most maxCookiePaths of them, none twice: clearing a
+// planted session cookie misses none a browser could send with p.
+func FuzzCookiePaths(f *testing.F) {
+	for _, p := range []string{"/", "/api/v1/servers", "/settings/", "/a//b", "/%2F/x", strings.Repeat("/a", 20)} {
+		f.Add(p)
+	}
+	f.Fuzz(func(t *testing.T, p string) {
+		if !strings.HasPrefix(p, "/") {
+			return // request paths start with one
+		}
+		got := cookiePaths(p)
+		if len(got) == 0 || got[0] != "/" || len(got) > maxCookiePaths {
+			t.Fatalf("cookiePaths(%q) = %q", p, got)
+		}
+		seen := map[string]bool{}
+		for _, c := range got {
+			if seen[c] {
+				t.Fatalf("cookiePaths(%q) = %q lists %q twice", p, got, c)
+			}
+			seen[c] = true
+			if !strings.HasPrefix(p, c) {
+				t.Fatalf("cookiePaths(%q) lists %q, which does not path-match it", p, c)
+			}
+		}
+		var matching []string
+		for n := 1; n <= len(p); n++ {
+			c := p[:n]
+			if c == p || strings.HasSuffix(c, "/") || p[n] == '/' {
+				matching = append(matching, c)
+			}
+		}
+		if len(matching) <= maxCookiePaths {
+			for _, c := range matching {
+				if !seen[c] {
+					t.Fatalf("cookiePaths(%q) = %q misses %q", p, got, c)
+				}
+			}
+		}
+	})
+}

@@ -466,17 +466,26 @@ func (h *Handler) clearSessionCookies(w http.ResponseWriter, r *http.Request) {
 const maxCookiePaths = 16
 
 // cookiePaths are the cookie paths that path-match p (RFC 6265 5.1.4):
-// "/", then each segment's prefix without and with its trailing slash,
-// and p itself.
+// "/", each segment's prefix without and with its trailing slash, and p
+// itself, each once. Past maxCookiePaths, the deepest are left out but p.
 func cookiePaths(p string) []string {
 	out := []string{"/"}
-	for i := 1; i < len(p) && len(out)+2 < maxCookiePaths; i++ {
-		if p[i] == '/' {
-			out = append(out, p[:i], p[:i+1])
+	add := func(c string) {
+		if out[len(out)-1] != c { // "//": the prefix is there already
+			out = append(out, c)
 		}
 	}
-	if p != "/" && len(p) > 0 && p[len(p)-1] != '/' && len(out) < maxCookiePaths {
-		out = append(out, p)
+	for i := 1; i < len(p); i++ {
+		if p[i] == '/' {
+			add(p[:i])
+			add(p[:i+1])
+		}
+	}
+	if p != "" {
+		add(p)
+	}
+	if len(out) > maxCookiePaths {
+		out = append(out[:maxCookiePaths-1], p)
 	}
 	return out
 }

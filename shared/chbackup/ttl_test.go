@@ -104,3 +104,31 @@ func TestStripTableTTL(t *testing.T) {
 		}
 	}
 }
+
+// Whatever statement the backup host's manifest holds, a table TTL split
+// off it is one clause: the statement left has no table TTL (splitting
+// again finds none), and the clause makes a single statement of ALTER
+// TABLE … MODIFY TTL, which a restore runs on the live server.
+func FuzzSplitTableTTL(f *testing.F) {
+	for _, s := range []string{
+		"CREATE TABLE g.t (`ts` DateTime) ENGINE = MergeTree ORDER BY ts\nTTL ts + toIntervalDay(90)\nSETTINGS index_granularity = 8192",
+		"CREATE TABLE g.t (`ts` DateTime) ENGINE = MergeTree ORDER BY ts TTL ts + toIntervalDay(1) DELETE COMMENT 'x'",
+		"CREATE TABLE g.t (`ts` DateTime) ENGINE = MergeTree ORDER BY ts TTL ts + 1; DROP DATABASE g",
+		"CREATE TABLE g.t (`ts` DateTime) ENGINE = MergeTree ORDER BY ts TTL (ts + 1",
+		"CREATE TABLE g.t (`ts` DateTime) ENGINE = MergeTree ORDER BY ts TTL ts + 1 -- x",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, stmt string) {
+		stripped, expr, err := splitTableTTL(stmt)
+		if err != nil || expr == "" {
+			return
+		}
+		if again, more, err := splitTableTTL(stripped); err != nil || more != "" || again != stripped {
+			t.Fatalf("%q: the statement left still splits: %q %q %v", stmt, again, more, err)
+		}
+		if _, err := sqlTokens("ALTER TABLE t MODIFY TTL " + expr); err != nil {
+			t.Fatalf("%q: the TTL clause %q is not one clause: %v", stmt, expr, err)
+		}
+	})
+}
