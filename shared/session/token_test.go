@@ -7,6 +7,7 @@ import (
 	"crypto/rsa"
 	"encoding/base64"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -152,4 +153,41 @@ func BenchmarkVerify(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// FuzzVerifySignedClaims signs whatever claims the fuzzer makes with the
+// real secret (the fuzzer cannot forge the HMAC, so FuzzVerify never gets
+// past it): a token Verify accepts names this issuer and audience, is
+// within its validity at the time given, and carries well-formed ids.
+func FuzzVerifySignedClaims(f *testing.F) {
+	good, _ := Issue(secret, sid, uid, cid, issuedAt, issuedAt.Add(Lifetime))
+	body, _ := base64.RawURLEncoding.DecodeString(strings.Split(good, ".")[1])
+	f.Add(string(body), int64(3600))
+	f.Add(`{"cid":"x","iss":"guardian","aud":"guardian-dashboard","sub":"y","jti":"z","exp":9999999999,"nbf":0,"iat":0}`, int64(0))
+	f.Add(`{"iss":"guardian","aud":["other","guardian-dashboard"],"exp":1.5e9}`, int64(-60))
+	f.Fuzz(func(t *testing.T, claims string, offset int64) {
+		head := base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"HS256","typ":"JWT"}`))
+		signing := head + "." + base64.RawURLEncoding.EncodeToString([]byte(claims))
+		sig, err := jwt.SigningMethodHS256.Sign(signing, secret)
+		if err != nil {
+			t.Fatal(err)
+		}
+		now := issuedAt.Add(time.Duration(offset%(30*86400)) * time.Second)
+		c, err := Verify(secret, signing+"."+base64.RawURLEncoding.EncodeToString(sig), now)
+		if err != nil {
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("refused with %v, not ErrInvalid", err)
+			}
+			return
+		}
+		if c.Issuer != issuer || !slices.Contains(c.Audience, audience) {
+			t.Fatalf("accepted issuer %q, audience %q", c.Issuer, c.Audience)
+		}
+		if c.ExpiresAt == nil || c.NotBefore == nil || c.IssuedAt == nil || !c.ValidAt(now) || c.IssuedAt.After(now.Add(leeway)) {
+			t.Fatalf("accepted at %s claims exp %v nbf %v iat %v", now, c.ExpiresAt, c.NotBefore, c.IssuedAt)
+		}
+		if !uuidRE.MatchString(c.SessionID()) || !uuidRE.MatchString(c.UserID()) || !uuidRE.MatchString(c.CustomerID) {
+			t.Fatalf("accepted ids %q %q %q", c.SessionID(), c.UserID(), c.CustomerID)
+		}
+	})
 }
