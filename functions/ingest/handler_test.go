@@ -78,8 +78,27 @@ func FuzzParse(f *testing.F) {
 		if (s == nil) == (p == nil) {
 			t.Fatalf("parse(%q) returned both or neither", body)
 		}
-		if s != nil && (s.Timestamp == nil || s.CollectorVersion == nil) {
+		if p != nil {
+			if p.Status != 400 || p.Code != "invalid_snapshot" || p.Detail == "" {
+				t.Fatalf("parse(%q) refused with %+v, not 400 invalid_snapshot", body, p)
+			}
+			return
+		}
+		// What is accepted is stored and read back: a snapshot the store
+		// can hold and the sweep can date.
+		if s.Timestamp == nil || s.CollectorVersion == nil {
 			t.Fatalf("accepted %q without required fields", body)
+		}
+		ts, err := time.Parse(time.RFC3339Nano, *s.Timestamp)
+		if err != nil || ts.After(now.Add(clockSkew)) {
+			t.Fatalf("accepted %q with timestamp %q (%v)", body, *s.Timestamp, err)
+		}
+		if v := *s.CollectorVersion; v == "" || len(v) > 64 {
+			t.Fatalf("accepted %q with collector_version %q", body, v)
+		}
+		var doc map[string]json.RawMessage
+		if json.Unmarshal([]byte(body), &doc) != nil {
+			t.Fatalf("accepted %q, which encoding/json does not read as an object", body)
 		}
 	})
 }
