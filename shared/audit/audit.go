@@ -176,7 +176,12 @@ var secretKey = regexp.MustCompile(`(?i)(pass(word)?|secret|token|cookie|authori
 // JWT with its signature: header and claims are mostly guessable (the
 // audit log itself records a session's id, user and start), so a
 // signature left behind would let a reader of the log rebuild the token.
-var secretValue = regexp.MustCompile(`(?i:gmk_[a-z]+_live_[0-9a-z]{20,})|eyJ[0-9A-Za-z_-]{8,}\.[0-9A-Za-z_-]{8,}\.[0-9A-Za-z_-]*`)
+//
+// Both run on over every character of either kind (letters, digits,
+// '_', '-', '.'): text made to look like the start of one, just before a
+// real key or token, would otherwise end the match inside the secret and
+// leave the rest of it.
+var secretValue = regexp.MustCompile(`(?i:gmk_[a-z]+_live_[0-9a-z_.-]{20,})|eyJ[0-9A-Za-z_-]{8,}\.[0-9A-Za-z_-]{8,}\.[0-9A-Za-z_.-]*`)
 
 // Redacted replaces a value that must not be stored.
 const Redacted = "[redacted]"

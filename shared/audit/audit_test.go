@@ -369,14 +369,16 @@ func TestMovedRows(t *testing.T) {
 func TestRedactPath(t *testing.T) {
 	key := "gmk_acct_live_" + strings.Repeat("a1B2", 11)[:43] + "_x1y2"
 	for in, want := range map[string]string{
-		"/api/v1/keys/0c0c0c0c-0000-4000-8000-000000000000": "/api/v1/keys/0c0c0c0c-0000-4000-8000-000000000000",
-		"/api/v1/keys/" + key:                               "/api/v1/keys/[redacted]_x1y2",
-		"/a/" + key + "/b/" + key:                           "/a/[redacted]_x1y2/b/[redacted]_x1y2",
-		"/gmk_docs":                                         "/gmk_docs",
-		"/api/v1/servers/" + strings.ToLower(key):           "/api/v1/servers/[redacted]_x1y2",
-		"/api/v1/servers/" + strings.ToUpper(key):           "/api/v1/servers/[redacted]_X1Y2",
-		"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.sig":          "[redacted]", // the signature too: the claims are guessable
-		"EYJHBGCIOIJIUZI1NIJ9.EYJZDWIIOIJ4IN0.SIG":          "EYJHBGCIOIJIUZI1NIJ9.EYJZDWIIOIJ4IN0.SIG", // no longer a token
+		"/api/v1/keys/0c0c0c0c-0000-4000-8000-000000000000":       "/api/v1/keys/0c0c0c0c-0000-4000-8000-000000000000",
+		"/api/v1/keys/" + key:                                     "/api/v1/keys/[redacted]",
+		"/a/" + key + "/b/" + key:                                 "/a/[redacted]/b/[redacted]",
+		"/gmk_docs":                                               "/gmk_docs",
+		"/api/v1/servers/" + strings.ToLower(key):                 "/api/v1/servers/[redacted]",
+		"/api/v1/servers/" + strings.ToUpper(key):                 "/api/v1/servers/[redacted]",
+		"/x/gmk_x_live_" + strings.Repeat("a", 20) + key:          "/x/[redacted]",
+		"/x/eyJaaaaaaaa.eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.sig": "/x/[redacted]",
+		"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.sig":                "[redacted]",                               // the signature too: the claims are guessable
+		"EYJHBGCIOIJIUZI1NIJ9.EYJZDWIIOIJ4IN0.SIG":                "EYJHBGCIOIJIUZI1NIJ9.EYJZDWIIOIJ4IN0.SIG", // no longer a token
 	} {
 		if got := RedactPath(in); got != want {
 			t.Errorf("RedactPath(%q) = %q, want %q", in, got, want)
@@ -402,6 +404,8 @@ func FuzzRedactText(f *testing.F) {
 	f.Add([]byte("0123456789abcdef0123456789abcdef"), "/api/v1/keys/", "/rotate", uint8(0), false)
 	f.Add([]byte("ffffffffffffffffffffffffffffffff"), "curl/8 ", "", uint8(1), true)
 	f.Add([]byte("00000000000000000000000000000000"), "x", "_live_", uint8(2), false)
+	f.Add([]byte("11111111111111111111111111111111"), "gmk_x_live_aaaaaaaaaaaaaaaaaaaa", "", uint8(0), false)
+	f.Add([]byte("22222222222222222222222222222222"), "/x/eyJaaaaaaaa.", "", uint8(0), true)
 	f.Fuzz(func(t *testing.T, raw []byte, before, after string, casing uint8, collector bool) {
 		if len(raw) != 32 {
 			return
