@@ -29,20 +29,32 @@ func newBudgetOf(total, parts int64) *budget {
 	return &budget{total: total, parts: parts, by: map[string]int64{}}
 }
 
-// take counts n more held by holder, unless they would pass the total or
-// holder's share: the total's part (a sixteenth for bodies), or floor if
-// larger (what one body of the route needs).
-func (b *budget) take(holder string, n, floor int64) bool {
+// take counts n more held by holder, unless they would pass holder's
+// share (the total's part, a sixteenth for bodies, or floor if larger:
+// what one body of the route needs) or the total. It says which refused.
+func (b *budget) take(holder string, n, floor int64) budgetRefusal {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	share := max(b.total/b.parts, floor)
-	if b.used+n > b.total || b.by[holder]+n > share {
-		return false
+	if b.by[holder]+n > share {
+		return overShare
+	}
+	if b.used+n > b.total {
+		return overTotal
 	}
 	b.used += n
 	b.by[holder] += n
-	return true
+	return taken
 }
+
+// budgetRefusal is what budget.take says.
+type budgetRefusal int
+
+const (
+	taken     budgetRefusal = iota
+	overShare         // the holder's own share is used up: its own doing
+	overTotal         // everyone's together
+)
 
 // give returns n bytes holder took.
 func (b *budget) give(holder string, n int64) {

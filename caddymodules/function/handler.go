@@ -263,19 +263,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		return caddyhttp.Error(http.StatusBadRequest, problem.New(http.StatusBadRequest, "invalid_query", detail))
 	}
 	if h.BufferBody > 0 {
-		release, err := h.bufferBody(w, r)
+		release, err := h.bufferBody(w, r, &outcome)
 		defer release()
 		if err != nil {
-			outcome = outcomeRefused
-			var he caddyhttp.HandlerError
-			if errors.As(err, &he) {
-				switch he.StatusCode {
-				case http.StatusServiceUnavailable:
-					outcome = outcomeBufferFull
-				case 499:
-					outcome = outcomeCanceled
-				}
-			}
 			return err
 		}
 	}
@@ -288,8 +278,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	}
 	defer release()
 	if err := h.acquireSlot(r.Context()); err != nil {
-		outcome = outcomeBusy
+		outcome = outcomeCanceled // the client went away while it waited
 		if err == errBusy {
+			outcome = outcomeBusy
 			// Nothing is written yet: the header goes out with the problem.
 			w.Header().Set("Retry-After", "1")
 			return caddyhttp.Error(http.StatusServiceUnavailable,
@@ -392,7 +383,12 @@ const (
 // back itself once the function has read it to its end: from then on the
 // bytes are the function's to bound (ingest's own bound, for one) while
 // it answers.
-func (h *Handler) bufferBody(w http.ResponseWriter, r *http.Request) (release func(), err error) {
+func (h *Handler) bufferBody(w http.ResponseWriter, r *http.Request, outcome *string) (release func(), err error) {
+	defer func() {
+		if err != nil && *outcome == outcomeProxied {
+			*outcome = outcomeRefused // too large, or not received in full
+		}
+	}()
 	if r.Body == nil || r.Body == http.NoBody {
 		return func() {}, nil
 	}
@@ -413,7 +409,11 @@ func (h *Handler) bufferBody(w http.ResponseWriter, r *http.Request) (release fu
 		// told so as soon as that byte arrives.
 		n, err := io.CopyN(&buf, r.Body, min(bufferChunk, h.BufferBody+1-int64(buf.Len())))
 		if n > 0 {
-			if !h.buffered.take(holder, n, h.BufferBody+bufferChunk) {
+			if why := h.buffered.take(holder, n, h.BufferBody+bufferChunk); why != taken {
+				*outcome = outcomeBufferFull
+				if why == overShare {
+					*outcome = outcomeBusyClient
+				}
 				w.Header().Set("Retry-After", "1")
 				return release, caddyhttp.Error(http.StatusServiceUnavailable,
 					problem.New(http.StatusServiceUnavailable, "function_busy", "too many request bodies are being received; try again shortly"))
@@ -428,6 +428,7 @@ func (h *Handler) bufferBody(w http.ResponseWriter, r *http.Request) (release fu
 		}
 		if err != nil {
 			if r.Context().Err() != nil {
+				*outcome = outcomeCanceled
 				return release, caddyhttp.Error(499, r.Context().Err())
 			}
 			// The server's read_body timeout, or a broken upload.
@@ -502,7 +503,7 @@ func (h *Handler) takeContended(r *http.Request) (release func(), ok bool) {
 	}
 	c := h.inst.contended
 	holder := bodyHolder(r)
-	if !c.take(holder, 1, 1) {
+	if c.take(holder, 1, 1) != taken {
 		return nil, false
 	}
 	return func() { c.give(holder, 1) }, true

@@ -545,8 +545,11 @@ func TestBufferedBodiesAreBoundedTogether(t *testing.T) {
 		// upload holds a chunk now, 64 of the 72 KiB.
 		_, _ = feed.Write(make([]byte, bufferChunk+1))
 	}
+	// From another client: the bound is everyone's, not its own share.
 	full := outcomes(t, h.Name, outcomeBufferFull)
-	err := h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("POST", "/sum", bytes.NewReader(make([]byte, bufferChunk))), nil)
+	third := httptest.NewRequest("POST", "/sum", bytes.NewReader(make([]byte, bufferChunk)))
+	third.RemoteAddr = "203.0.113.5:4321"
+	err := h.ServeHTTP(httptest.NewRecorder(), third, nil)
 	if code, name := problemOf(t, err); code != http.StatusServiceUnavailable || name != "function_busy" {
 		t.Fatalf("a body past what the bound has left: %d %s", code, name)
 	}
@@ -601,9 +604,14 @@ func checkHolderShare(t *testing.T, first, second, other string) {
 		go func() { done <- h.ServeHTTP(httptest.NewRecorder(), from(first, slow), nil) }()
 		_, _ = feed.Write(make([]byte, bufferChunk+1)) // a chunk held each
 	}
+	own, full := outcomes(t, h.Name, outcomeBusyClient), outcomes(t, h.Name, outcomeBufferFull)
 	err := h.ServeHTTP(httptest.NewRecorder(), from(second, bytes.NewReader(make([]byte, bufferChunk))), nil)
 	if code, name := problemOf(t, err); code != http.StatusServiceUnavailable || name != "function_busy" {
 		t.Fatalf("a third body of the holder of %s past its share: %d %s", second, code, name)
+	}
+	// Its own doing, not the function's bound: busy_client.
+	if o, f := outcomes(t, h.Name, outcomeBusyClient)-own, outcomes(t, h.Name, outcomeBufferFull)-full; o != 1 || f != 0 {
+		t.Errorf("counted busy_client %d, buffer_full %d; want 1 and 0", o, f)
 	}
 	rec := httptest.NewRecorder()
 	if err := h.ServeHTTP(rec, from(other, bytes.NewReader(make([]byte, bufferChunk))), nil); err != nil || rec.Code != 200 {
