@@ -489,6 +489,9 @@ func TestVerifyNotesItsScratchDatabase(t *testing.T) {
 		t.Fatal(err)
 	}
 	created := p.statements("CREATE DATABASE ")
+	if len(created) != 1 {
+		t.Fatalf("created %q, want one scratch database", created)
+	}
 	name := strings.Trim(strings.TrimPrefix(created[0], "CREATE DATABASE "), "`")
 	if len(created) != 1 || len(notes) != 2 || notes[0] != name+" false" || notes[1] != name+" true" || !IsScratchOf(db, name) {
 		t.Fatalf("notes %q for %q, want the scratch database's name, created then dropped", notes, created)
