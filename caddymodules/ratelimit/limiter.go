@@ -78,6 +78,10 @@ type Limiter struct {
 	lastUp    atomic.Int64 // nanos of the last recovery message
 	// probes counts decisions that asked a Redis marked down (tests).
 	probes atomic.Int64
+	// probing is set while a background prober asks Redis (probe); done
+	// is closed by Close.
+	probing atomic.Bool
+	done    chan struct{}
 	local  *localBuckets
 	// blocked lists addresses this instance saw run out of ip-tier tokens.
 	blocked *blockList
@@ -100,7 +104,7 @@ func NewLimiter(rdb redis.UniversalClient, prefix string, timeout time.Duration,
 		log = zap.NewNop()
 	}
 	l := &Limiter{rdb: rdb, prefix: prefix, timeout: timeout, log: log, now: time.Now, local: newLocalBuckets(), blocked: newBlockList(),
-		pipe: newPipeliner(rdb)}
+		pipe: newPipeliner(rdb), done: make(chan struct{})}
 	live.Lock()
 	live.set[l] = struct{}{}
 	live.Unlock()
@@ -115,6 +119,7 @@ func (l *Limiter) Close() error {
 		live.Lock()
 		delete(live.set, l)
 		live.Unlock()
+		close(l.done)
 		l.pipe.close()
 		err = l.rdb.Close()
 	})
@@ -243,6 +248,39 @@ func (l *Limiter) answered(began time.Time) {
 	}
 }
 
+// probe asks Redis every probeEvery while it is marked down, so that the
+// mark, redis_up and the alert on it clear once Redis is back even on a
+// limiter no request uses meanwhile (a route seldom taken, re-auth's,
+// would otherwise report Redis down until its next request).
+func (l *Limiter) probe() {
+	t := time.NewTicker(probeEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-l.done:
+			l.probing.Store(false)
+			return
+		case <-t.C:
+		}
+		if l.downUntil.Load() == 0 {
+			l.probing.Store(false)
+			// A failure that came just now found probing still set: go
+			// on for it.
+			if l.downUntil.Load() == 0 || !l.probing.CompareAndSwap(false, true) {
+				return
+			}
+			continue
+		}
+		began := time.Now() // l.now is the request path's (tests move it)
+		ctx, cancel := context.WithTimeout(context.Background(), l.timeout)
+		err := l.rdb.Ping(ctx).Err()
+		cancel()
+		if err == nil {
+			l.answered(began)
+		}
+	}
+}
+
 // degrade records a Redis failure of a call begun at began: requests skip
 // Redis for probeEvery, the metric shows it, and a warning is logged at
 // most once per warnEvery. A call that began before one Redis has
@@ -266,6 +304,9 @@ func (l *Limiter) degrade(began time.Time, err error) {
 		l.downUntil.Store(0)
 	}
 	l.stateMu.Unlock()
+	if !up && l.probing.CompareAndSwap(false, true) {
+		go l.probe()
+	}
 	metrics.redisErrors.Inc()
 	if up {
 		return

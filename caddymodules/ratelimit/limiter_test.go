@@ -445,7 +445,20 @@ func TestFailsOpenWhileRedisIsDownAndRecovers(t *testing.T) {
 	if _, err := testenv.Start(dir, "redis"); err != nil {
 		t.Fatal(err)
 	}
+	// With no request at all, the limiter finds Redis back by itself: a
+	// route seldom taken must not report Redis down until its next one.
+	probes := l.probes.Load()
 	deadline := time.Now().Add(10 * time.Second)
+	for l.downUntil.Load() != 0 || testutil.ToFloat64(metrics.redisUp) != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("Redis back, no request: still marked down")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if l.probes.Load() != probes {
+		t.Fatal("a request probed Redis, though none was made")
+	}
+	deadline = time.Now().Add(10 * time.Second)
 	for {
 		d := l.Take(context.Background(), acct, acB, false)
 		if d.Source == SourceRedis {
