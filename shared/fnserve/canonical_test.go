@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"testing"
 
 	"github.com/glassmkr/guardian/shared/problem"
@@ -73,4 +74,35 @@ func TestCanonical(t *testing.T) {
 			t.Errorf("canonical(%q) = %t, want %t", p, got, want)
 		}
 	}
+}
+
+// Wrapped around a ServeMux with routes as the functions register them,
+// canonicalPaths leaves no path a redirect: whatever the path, the mux
+// either serves it or the answer is a 4xx, never a 3xx that would record
+// a success for a request that did nothing.
+func FuzzCanonicalPathsNeverRedirect(f *testing.F) {
+	for _, p := range []string{"/api/v1/keys/x", "//api/v1/keys/x", "/api/v1/keys/", "/api/./v1", "/api/%2e%2e/x", "/a%2F..%2Fb", "/api/v1/keys/x/"} {
+		f.Add(p)
+	}
+	mux := http.NewServeMux()
+	for _, pattern := range []string{"GET /api/v1/keys", "DELETE /api/v1/keys/{id}", "POST /api/v1/keys/{id}/rotate", "GET /settings/keys", "GET /healthz"} {
+		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {})
+	}
+	h := canonicalPaths(mux)
+	f.Fuzz(func(t *testing.T, p string) {
+		u, err := url.ParseRequestURI(p)
+		if err != nil || u.Path == "" {
+			return
+		}
+		for _, method := range []string{"GET", "DELETE", "POST"} {
+			r := httptest.NewRequest(method, "http://edge.test/", nil)
+			r.URL = u
+			r.RequestURI = p
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, r)
+			if rec.Code >= 300 && rec.Code < 400 {
+				t.Fatalf("%s %q: %d to %q", method, p, rec.Code, rec.Header().Get("Location"))
+			}
+		}
+	})
 }
