@@ -82,6 +82,9 @@ type Limiter struct {
 	// is closed by Close.
 	probing atomic.Bool
 	done    chan struct{}
+	// failedKey is the first key of the latest decision Redis failed: the
+	// prober decides on a key of its hash tag (its shard, on a cluster).
+	failedKey atomic.Pointer[string]
 	local  *localBuckets
 	// blocked lists addresses this instance saw run out of ip-tier tokens.
 	blocked *blockList
@@ -191,6 +194,7 @@ func (l *Limiter) Take(ctx context.Context, keys []string, buckets []Bucket, loc
 		// switch limiting off for everyone (and the gauge is shared with
 		// a new config's limiter).
 		if !l.callerEnded(ctx, now) && !errors.Is(err, errPipelineClosed) {
+			l.failedKey.Store(&keys[0])
 			l.degrade(now, err)
 		}
 	}
@@ -251,7 +255,12 @@ func (l *Limiter) answered(began time.Time) {
 // probe asks Redis every probeEvery while it is marked down, so that the
 // mark, redis_up and the alert on it clear once Redis is back even on a
 // limiter no request uses meanwhile (a route seldom taken, re-auth's,
-// would otherwise report Redis down until its next request).
+// would otherwise report Redis down until its next request). It asks as
+// a request would: a decision by the bucket script, on a bucket of its
+// own in the hash tag of the key that failed. A PING would pass on a
+// Redis that refuses the script's writes (out of memory, MISCONF,
+// LOADING, READONLY) and, on a cluster, on another shard than the one
+// that is down.
 func (l *Limiter) probe() {
 	t := time.NewTicker(probeEvery)
 	defer t.Stop()
@@ -272,14 +281,19 @@ func (l *Limiter) probe() {
 			continue
 		}
 		began := time.Now() // l.now is the request path's (tests move it)
-		ctx, cancel := context.WithTimeout(context.Background(), l.timeout)
-		err := l.rdb.Ping(ctx).Err()
-		cancel()
+		key := l.prefix + bucketKind + "probe"
+		if k := l.failedKey.Load(); k != nil {
+			key = l.prefix + bucketKind + "probe:{" + hashTag(*k) + "}"
+		}
+		_, err := l.takeRedis(context.Background(), []string{key}, probeBucket)
 		if err == nil {
 			l.answered(began)
 		}
 	}
 }
+
+// probeBucket is the prober's bucket: one that never runs out.
+var probeBucket = []Bucket{{Capacity: 1e9, Rate: 1e9}}
 
 // degrade records a Redis failure of a call begun at began: requests skip
 // Redis for probeEvery, the metric shows it, and a warning is logged at

@@ -766,3 +766,47 @@ func TestRecoveryIsLoggedOncePerInterval(t *testing.T) {
 		t.Fatalf("%d recovery messages for three recoveries in a moment, want 1", n)
 	}
 }
+
+// The prober asks as a request does, with the bucket script: a Redis that
+// answers PING but refuses the script's writes (here: no replica to
+// write to) stays marked down, and the mark clears once it takes them.
+// Not parallel: redis_up is process-wide.
+func TestTheProberAsksWithTheScript(t *testing.T) {
+	env, _ := testenv.Private(t, "redis")
+	opts := &redis.Options{Addr: env["GUARDIAN_REDIS_ADDR"], Password: env["GUARDIAN_REDIS_PASSWORD"], MaxRetries: -1}
+	l := NewLimiter(redis.NewClient(opts), "probe:", 200*time.Millisecond, nil)
+	t.Cleanup(func() { _ = l.Close() })
+	admin := redis.NewClient(opts)
+	defer admin.Close()
+	ctx := context.Background()
+	refuseWrites := func(n string) {
+		t.Helper()
+		if err := admin.ConfigSet(ctx, "min-replicas-to-write", n).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	refuseWrites("1")
+	t.Cleanup(func() { _ = admin.ConfigSet(ctx, "min-replicas-to-write", "0").Err() })
+	keys, b := []string{l.AccountKey("c")}, []Bucket{{Capacity: 5, Rate: 1}}
+	if d := l.Take(ctx, keys, b, false); d.Source != SourceOpen {
+		t.Fatalf("a Redis refusing writes: %+v, want failed open", d)
+	}
+	if l.downUntil.Load() == 0 {
+		t.Fatal("a refused script did not mark Redis down")
+	}
+	if err := admin.Ping(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * probeEvery) // the prober has asked twice or more
+	if l.downUntil.Load() == 0 {
+		t.Fatal("Redis answering PING but refusing writes was taken as back")
+	}
+	refuseWrites("0")
+	deadline := time.Now().Add(10 * time.Second)
+	for l.downUntil.Load() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("Redis taking writes again, no request: still marked down")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
