@@ -269,9 +269,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 			return err
 		}
 	}
-	release, ok := h.takeContended(r)
-	if !ok {
+	release, why := h.takeContended(r)
+	if why != taken {
 		outcome = outcomeBusyClient
+		if why == overTotal {
+			outcome = outcomeBusy // everyone's slots together, not this client's share
+		}
 		w.Header().Set("Retry-After", "1")
 		return caddyhttp.Error(http.StatusServiceUnavailable,
 			problem.New(http.StatusServiceUnavailable, "function_busy", "too many of your requests are in flight; try again shortly"))
@@ -495,18 +498,18 @@ func bodyHolder(r *http.Request) string {
 const contendedShare = 8
 
 // takeContended counts r against its holder's share when half the slots
-// or more are taken, and says whether it may go on; release ends the
-// count.
-func (h *Handler) takeContended(r *http.Request) (release func(), ok bool) {
+// or more are taken, and says whether it may go on (taken) or which bound
+// refused it; release ends the count.
+func (h *Handler) takeContended(r *http.Request) (release func(), why budgetRefusal) {
 	if len(h.sem) < cap(h.sem)/2 {
-		return func() {}, true
+		return func() {}, taken
 	}
 	c := h.inst.contended
 	holder := bodyHolder(r)
-	if c.take(holder, 1, 1) != taken {
-		return nil, false
+	if why := c.take(holder, 1, 1); why != taken {
+		return nil, why
 	}
-	return func() { c.give(holder, 1) }, true
+	return func() { c.give(holder, 1) }, taken
 }
 
 func (h *Handler) acquireSlot(ctx context.Context) error {
