@@ -52,8 +52,8 @@ type budgetRefusal int
 
 const (
 	taken     budgetRefusal = iota
-	overShare         // the holder's own share is used up: its own doing
-	overTotal         // everyone's together
+	overShare               // the holder's own share is used up: its own doing
+	overTotal               // everyone's together
 )
 
 // give returns n bytes holder took.

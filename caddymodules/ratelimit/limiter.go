@@ -85,7 +85,7 @@ type Limiter struct {
 	// failedKey is the first key of the latest decision Redis failed: the
 	// prober decides on a key of its hash tag (its shard, on a cluster).
 	failedKey atomic.Pointer[string]
-	local  *localBuckets
+	local     *localBuckets
 	// blocked lists addresses this instance saw run out of ip-tier tokens.
 	blocked *blockList
 	pipe    *pipeliner

@@ -654,7 +654,7 @@ func TestEndedKeysAndSessionsAreBounded(t *testing.T) {
 	ended := `SELECT count(*) FROM api_keys WHERE customer_id = $1 AND kind = $2 AND least(revoked_at, expires_at) <= now()`
 	working := `SELECT count(*) FROM api_keys WHERE customer_id = $1 AND kind = $2 AND (least(revoked_at, expires_at) IS NULL OR least(revoked_at, expires_at) > now())`
 	for _, tc := range []struct {
-		customer, kind  string
+		customer, kind string
 		ended, working int
 	}{
 		{a, "collector", 10 + 3, 3 + 1 + 1}, // 3 leaked, kept; the fixture's own key, and the new one
