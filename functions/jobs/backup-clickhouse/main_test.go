@@ -23,15 +23,8 @@ func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
 // cron would: a backup with its restore check, then a check alone after a
 // blob was damaged.
 func TestJobBacksUpVerifiesAndTurnsRedOnADamagedBlob(t *testing.T) {
-	ch := testenv.ClickHouse(t)
-	servers := testenv.Servers(t, "clickhouse")
-	if err := ch.Conn.Exec(context.Background(), `INSERT INTO `+ch.Database+`.snapshots
-		SELECT 'cust', 'srv', toDateTime('2026-11-20 00:00:00') + number * 3600, now(), '1', 7, 'payload'
-		FROM system.numbers LIMIT 100`); err != nil {
-		t.Fatal(err)
-	}
-	sftp := testenv.SFTPServer(t)
-	dir := t.TempDir()
+	f := newJobFixture(t, 100)
+	ch, sftp, dir := f.ch, f.sftp, f.dir
 	id, err := age.GenerateX25519Identity()
 	if err != nil {
 		t.Fatal(err)
@@ -40,43 +33,10 @@ func TestJobBacksUpVerifiesAndTurnsRedOnADamagedBlob(t *testing.T) {
 	if err := os.WriteFile(idFile, []byte(id.String()+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	env := []string{
-		"PATH=" + os.Getenv("PATH"),
-		"GUARDIAN_CLICKHOUSE_ADDR=" + ch.Addr,
-		"GUARDIAN_CLICKHOUSE_HTTP_URL=" + servers["GUARDIAN_CLICKHOUSE_HTTP_URL"],
-		"GUARDIAN_CLICKHOUSE_USER=" + ch.User,
-		"GUARDIAN_CLICKHOUSE_PASSWORD=" + ch.Password,
-		"GUARDIAN_CLICKHOUSE_DATABASE=" + ch.Database,
-		"GUARDIAN_BACKUP_AGE_RECIPIENTS=" + id.Recipient().String(),
-		"GUARDIAN_BACKUP_SFTP_TARGETS=" + sftp.Target("backups"),
-		"GUARDIAN_BACKUP_SSH_KEY=" + sftp.KeyPath,
-		"GUARDIAN_BACKUP_SSH_KNOWN_HOSTS=" + sftp.KnownHosts,
-		"GUARDIAN_BACKUP_AGE_IDENTITY=" + idFile,
-		"GUARDIAN_JOB_LOCK_DIR=" + filepath.Join(dir, "lock"),
-		"GUARDIAN_JOB_METRICS_DIR=" + filepath.Join(dir, "metrics"),
-	}
-	bin := testenv.Build(t, "./functions/jobs/backup-clickhouse")
+	env := append(f.env(id.Recipient().String(), idFile), "GUARDIAN_JOB_METRICS_DIR="+filepath.Join(dir, "metrics"))
 	run := func(args ...string) (int, map[string]any, string) {
-		cmd := exec.Command(bin, args...)
-		cmd.Env = env
-		var stderr strings.Builder
-		cmd.Stderr = &stderr
-		out, err := cmd.Output()
-		code := 0
-		if ee, ok := err.(*exec.ExitError); ok {
-			code = ee.ExitCode()
-		} else if err != nil {
-			t.Fatal(err)
-		}
-		all := string(out) + stderr.String()
-		if strings.Contains(all, ch.Password) || strings.Contains(all, "AGE-SECRET-KEY") {
-			t.Errorf("the job printed a secret:\n%s", all)
-		}
-		var res map[string]any
-		if err := json.Unmarshal(out, &res); err != nil {
-			t.Fatalf("result line %q: %v\n%s", out, err, stderr.String())
-		}
-		return code, res, all
+		t.Helper()
+		return f.run(env, args...)
 	}
 
 	code, res, out := run()
@@ -138,48 +98,12 @@ func TestJobBacksUpVerifiesAndTurnsRedOnADamagedBlob(t *testing.T) {
 // made with the same recipients, is green; with an identity, the run's
 // own verification proves the change and the run stays green.
 func TestChangedRecipientsTurnTheRunRedUntilProven(t *testing.T) {
-	ch := testenv.ClickHouse(t)
-	servers := testenv.Servers(t, "clickhouse")
-	if err := ch.Conn.Exec(context.Background(), `INSERT INTO `+ch.Database+`.snapshots
-		SELECT 'cust', 'srv', toDateTime('2026-11-20 00:00:00') + number * 3600, now(), '1', 7, 'payload'
-		FROM system.numbers LIMIT 10`); err != nil {
-		t.Fatal(err)
-	}
-	sftp := testenv.SFTPServer(t)
-	dir := t.TempDir()
-	bin := testenv.Build(t, "./functions/jobs/backup-clickhouse")
+	f := newJobFixture(t, 10)
+	dir := f.dir
 	run := func(recipient, identityFile string) (int, map[string]any, string) {
 		t.Helper()
 		time.Sleep(1100 * time.Millisecond) // sets are named by the second
-		cmd := exec.Command(bin)
-		cmd.Env = []string{
-			"PATH=" + os.Getenv("PATH"),
-			"GUARDIAN_CLICKHOUSE_ADDR=" + ch.Addr,
-			"GUARDIAN_CLICKHOUSE_HTTP_URL=" + servers["GUARDIAN_CLICKHOUSE_HTTP_URL"],
-			"GUARDIAN_CLICKHOUSE_USER=" + ch.User,
-			"GUARDIAN_CLICKHOUSE_PASSWORD=" + ch.Password,
-			"GUARDIAN_CLICKHOUSE_DATABASE=" + ch.Database,
-			"GUARDIAN_BACKUP_AGE_RECIPIENTS=" + recipient,
-			"GUARDIAN_BACKUP_SFTP_TARGETS=" + sftp.Target("backups"),
-			"GUARDIAN_BACKUP_SSH_KEY=" + sftp.KeyPath,
-			"GUARDIAN_BACKUP_SSH_KNOWN_HOSTS=" + sftp.KnownHosts,
-			"GUARDIAN_BACKUP_AGE_IDENTITY=" + identityFile,
-			"GUARDIAN_JOB_LOCK_DIR=" + filepath.Join(dir, "lock"),
-		}
-		var stderr strings.Builder
-		cmd.Stderr = &stderr
-		out, err := cmd.Output()
-		code := 0
-		if ee, ok := err.(*exec.ExitError); ok {
-			code = ee.ExitCode()
-		} else if err != nil {
-			t.Fatal(err)
-		}
-		var res map[string]any
-		if err := json.Unmarshal(out, &res); err != nil {
-			t.Fatalf("result line %q: %v\n%s", out, err, stderr.String())
-		}
-		return code, res, string(out) + stderr.String()
+		return f.run(f.env(recipient, identityFile))
 	}
 	keys := make([]*age.X25519Identity, 3)
 	for i := range keys {
@@ -208,4 +132,73 @@ func TestChangedRecipientsTurnTheRunRedUntilProven(t *testing.T) {
 	if code, res, out := run(keys[2].Recipient().String(), idFile); code != 0 || res["recipients_changed"] == nil {
 		t.Fatalf("a change proven by the run's own verification: exit %d\n%s", code, out)
 	}
+}
+
+// jobFixture is a ClickHouse database with rows, an SFTP target and the
+// built job, for tests that run the job as cron would.
+type jobFixture struct {
+	t       *testing.T
+	ch      *testenv.CH
+	servers map[string]string
+	sftp    *testenv.SFTP
+	dir     string
+	bin     string
+}
+
+func newJobFixture(t *testing.T, rows int) *jobFixture {
+	t.Helper()
+	f := &jobFixture{t: t, ch: testenv.ClickHouse(t), servers: testenv.Servers(t, "clickhouse"), sftp: testenv.SFTPServer(t), dir: t.TempDir()}
+	if err := f.ch.Conn.Exec(context.Background(), fmt.Sprintf(`INSERT INTO %s.snapshots
+		SELECT 'cust', 'srv', toDateTime('2026-11-20 00:00:00') + number * 3600, now(), '1', 7, 'payload'
+		FROM system.numbers LIMIT %d`, f.ch.Database, rows)); err != nil {
+		t.Fatal(err)
+	}
+	f.bin = testenv.Build(t, "./functions/jobs/backup-clickhouse")
+	return f
+}
+
+// env is the job's environment, encrypting to recipient and verifying
+// with identityFile ("" for none).
+func (f *jobFixture) env(recipient, identityFile string) []string {
+	return []string{
+		"PATH=" + os.Getenv("PATH"),
+		"GUARDIAN_CLICKHOUSE_ADDR=" + f.ch.Addr,
+		"GUARDIAN_CLICKHOUSE_HTTP_URL=" + f.servers["GUARDIAN_CLICKHOUSE_HTTP_URL"],
+		"GUARDIAN_CLICKHOUSE_USER=" + f.ch.User,
+		"GUARDIAN_CLICKHOUSE_PASSWORD=" + f.ch.Password,
+		"GUARDIAN_CLICKHOUSE_DATABASE=" + f.ch.Database,
+		"GUARDIAN_BACKUP_AGE_RECIPIENTS=" + recipient,
+		"GUARDIAN_BACKUP_SFTP_TARGETS=" + f.sftp.Target("backups"),
+		"GUARDIAN_BACKUP_SSH_KEY=" + f.sftp.KeyPath,
+		"GUARDIAN_BACKUP_SSH_KNOWN_HOSTS=" + f.sftp.KnownHosts,
+		"GUARDIAN_BACKUP_AGE_IDENTITY=" + identityFile,
+		"GUARDIAN_JOB_LOCK_DIR=" + filepath.Join(f.dir, "lock"),
+	}
+}
+
+// run runs the job with env and args: its exit status, its result line,
+// and all it printed, which must hold no secret.
+func (f *jobFixture) run(env []string, args ...string) (int, map[string]any, string) {
+	t := f.t
+	t.Helper()
+	cmd := exec.Command(f.bin, args...)
+	cmd.Env = env
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	all := string(out) + stderr.String()
+	if strings.Contains(all, f.ch.Password) || strings.Contains(all, "AGE-SECRET-KEY") {
+		t.Errorf("the job printed a secret:\n%s", all)
+	}
+	var res map[string]any
+	if err := json.Unmarshal(out, &res); err != nil {
+		t.Fatalf("result line %q: %v\n%s", out, err, stderr.String())
+	}
+	return code, res, all
 }
