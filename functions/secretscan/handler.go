@@ -122,11 +122,13 @@ func (h *handler) scan(w http.ResponseWriter, r *http.Request) {
 		refuse(w, http.StatusUnauthorized, "unknown_key_identifier", "the signing key is not one of GitHub's", "unknown_key_identifier")
 		return
 	case err != nil:
-		if errors.Is(err, errKeysUnavailable) {
+		if errors.Is(err, errKeysUnconfirmed) {
 			// An identifier no list can vouch for yet: GitHub retries a
 			// genuine one after the 503, but a forger could name a new
 			// one per report, so it is charged to the sender's
-			// brute-force budget like a refused signature.
+			// brute-force budget like a refused signature. (Not when no
+			// list could be fetched at all: that is GitHub's key server
+			// away, and the sender most likely GitHub.)
 			audit.Annotate(w, audit.Annotation{ResourceType: "secret_scanning_report", Action: "auth_failed",
 				Metadata: map[string]any{"reason": "unconfirmed_key_identifier"}})
 			identity.ReportAuthFailure(w, "unconfirmed_key_identifier")

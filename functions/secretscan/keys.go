@@ -30,6 +30,13 @@ var (
 	// since the request came says whether it is GitHub's: none could be
 	// fetched, or a fetch was not allowed yet.
 	errKeysUnavailable = errors.New("github keys: key list unavailable")
+	// errKeysUnconfirmed is errKeysUnavailable when GitHub's list was
+	// fetched, only before the request came, and a refetch is not
+	// allowed yet: a forger naming a new identifier per report lands here,
+	// so the sender is charged. When no list could be fetched at all
+	// (GitHub's key server away), the sender is most likely GitHub itself
+	// and is not.
+	errKeysUnconfirmed = fmt.Errorf("%w: fetched only before the request came", errKeysUnavailable)
 )
 
 // keySource fetches GitHub's public keys and caches them for TTL. An
@@ -99,14 +106,16 @@ func (k *keySource) Key(ctx context.Context, id string) (*ecdsa.PublicKey, error
 		return pub, nil // fresh, or stale because GitHub is unreachable
 	}
 	k.mu.RLock()
-	confirmed := k.keys != nil && !k.failed && !k.tried.Before(asked)
+	listed, failed, late := k.keys != nil, k.failed, k.tried.Before(asked)
 	k.mu.RUnlock()
-	if !confirmed {
-		// An identifier no list fetched since the request came could
-		// confirm may be GitHub's newest key: "try again" (a 503 GitHub
-		// retries), not "forged" (a 401 that would drop the report and
-		// its revocations).
+	// An identifier no list fetched since the request came could confirm
+	// may be GitHub's newest key: "try again" (a 503 GitHub retries), not
+	// "forged" (a 401 that would drop the report and its revocations).
+	switch {
+	case !listed || failed:
 		return nil, errKeysUnavailable
+	case late:
+		return nil, errKeysUnconfirmed
 	}
 	return nil, errUnknownKey
 }

@@ -104,8 +104,8 @@ func TestUnknownKeyRefetchIsRateLimited(t *testing.T) {
 	}
 	clk.advance(time.Second)
 	for range 100 {
-		if _, err := ks.Key(ctx, "ffff"); !errors.Is(err, errKeysUnavailable) {
-			t.Fatalf("made-up identifier, no fetch allowed: %v", err)
+		if _, err := ks.Key(ctx, "ffff"); !errors.Is(err, errKeysUnconfirmed) {
+			t.Fatalf("made-up identifier, no fetch allowed: %v, want errKeysUnconfirmed (charged)", err)
 		}
 	}
 	if gh.hits.Load() != 2 {
@@ -170,8 +170,8 @@ func TestFailingFetchesBackOff(t *testing.T) {
 	clk.advance(3 * time.Minute)
 	start := ks.fetches
 	for range 120 { // ten minutes, one made-up identifier every 5 s
-		if _, err := ks.Key(ctx, "made-up"); !errors.Is(err, errKeysUnavailable) {
-			t.Fatalf("made-up identifier while GitHub is down: %v", err)
+		if _, err := ks.Key(ctx, "made-up"); !errors.Is(err, errKeysUnavailable) || errors.Is(err, errKeysUnconfirmed) {
+			t.Fatalf("made-up identifier while GitHub is down: %v, want errKeysUnavailable (not charged)", err)
 		}
 		clk.advance(5 * time.Second)
 	}
@@ -225,8 +225,8 @@ func TestKeyFetchRetriesAndFailures(t *testing.T) {
 	down := newFakeGitHub(t)
 	down.setFail(true)
 	ks, clk := newTestKeySource(down.KeysURL())
-	if _, err := ks.Key(context.Background(), katKeyID); !errors.Is(err, errKeysUnavailable) {
-		t.Fatalf("no keys at all: %v", err)
+	if _, err := ks.Key(context.Background(), katKeyID); !errors.Is(err, errKeysUnavailable) || errors.Is(err, errKeysUnconfirmed) {
+		t.Fatalf("no keys at all: %v, want errKeysUnavailable (not charged)", err)
 	}
 	hits := down.hits.Load()
 	if hits != 3 {
