@@ -82,10 +82,10 @@ type Limiter struct {
 	// is closed by Close.
 	probing atomic.Bool
 	done    chan struct{}
-	// failedKey is the first key of the latest decision Redis failed: the
-	// prober decides on a key of its hash tag (its shard, on a cluster).
-	failedKey atomic.Pointer[string]
-	local     *localBuckets
+	// probeKey is the prober's bucket key, in the hash tag of the first
+	// key of the latest decision Redis failed (its shard, on a cluster).
+	probeKey atomic.Pointer[string]
+	local    *localBuckets
 	// blocked lists addresses this instance saw run out of ip-tier tokens.
 	blocked *blockList
 	pipe    *pipeliner
@@ -194,7 +194,9 @@ func (l *Limiter) Take(ctx context.Context, keys []string, buckets []Bucket, loc
 		// switch limiting off for everyone (and the gauge is shared with
 		// a new config's limiter).
 		if !l.callerEnded(ctx, now) && !errors.Is(err, errPipelineClosed) {
-			l.failedKey.Store(&keys[0])
+			// A copy, not a pointer into the caller's slice.
+			probe := l.prefix + bucketKind + "probe:{" + hashTag(keys[0]) + "}"
+			l.probeKey.Store(&probe)
 			l.degrade(now, err)
 		}
 	}
@@ -282,8 +284,8 @@ func (l *Limiter) probe() {
 		}
 		began := time.Now() // l.now is the request path's (tests move it)
 		key := l.prefix + bucketKind + "probe"
-		if k := l.failedKey.Load(); k != nil {
-			key = l.prefix + bucketKind + "probe:{" + hashTag(*k) + "}"
+		if k := l.probeKey.Load(); k != nil {
+			key = *k
 		}
 		_, err := l.takeRedis(context.Background(), []string{key}, probeBucket)
 		if err == nil {
