@@ -95,8 +95,13 @@ func Verify(secret []byte, token string, now time.Time) (*Claims, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
+	// Every token Issue signs has both; a token without them is not one
+	// of ours, whatever signed it.
 	if c.NotBefore == nil {
 		return nil, fmt.Errorf("%w: no nbf", ErrInvalid)
+	}
+	if c.IssuedAt == nil {
+		return nil, fmt.Errorf("%w: no iat", ErrInvalid)
 	}
 	if !uuidRE.MatchString(c.ID) || !uuidRE.MatchString(c.Subject) || !uuidRE.MatchString(c.CustomerID) {
 		return nil, fmt.Errorf("%w: malformed ids", ErrInvalid)
