@@ -343,6 +343,18 @@ func TestGoogleSignUpThenSignIn(t *testing.T) {
 	if n := s.count(t, "SELECT count(*) FROM customers WHERE id = $1 AND name = 'acme.io'", who.CustomerID); n != 1 {
 		t.Fatal("the Workspace customer is not named after its domain")
 	}
+	// Letters outside ASCII lower-case as the users table's CHECK
+	// (email = lower(email), 3 to 320 characters) expects, at its bound:
+	// U+0130 and U+212A lower-case to ASCII in one character each (Go
+	// uses Unicode's simple mappings), U+1E9E to U+00DF.
+	wide := "\u0130\u212a\u1e9e" + strings.Repeat("\u00c9", 305) + "@example.com"
+	s.idp.QueueUser(oidctest.User{Subject: "wide-sub", Email: wide, EmailVerified: true})
+	w := s.browser(t)
+	wu := w.signedIn(w.signIn())
+	if n := s.count(t, "SELECT count(*) FROM users WHERE id = $1 AND email = $2 AND length(email) = 320", wu.UserID,
+		"ik\u00df"+strings.Repeat("\u00e9", 305)+"@example.com"); n != 1 {
+		t.Fatal("the address outside ASCII is not stored in lower case")
+	}
 	if len(s.failures(t)) != 0 {
 		t.Fatalf("failures logged: %v", s.failures(t))
 	}
