@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -243,4 +244,65 @@ func TestABodyReadersProblemIsTheAnswer(t *testing.T) {
 	if w.Code != 503 || !strings.Contains(w.Body.String(), `"busy"`) {
 		t.Fatalf("%d %s", w.Code, w.Body)
 	}
+}
+
+// chunks is a reader that hands out data in the read sizes sizes names
+// (cycled; 0 is a read of nothing), as a client's packets arrive.
+type chunks struct {
+	data  []byte
+	sizes []byte
+	i     int
+}
+
+func (c *chunks) Read(p []byte) (int, error) {
+	if len(c.data) == 0 {
+		return 0, io.EOF
+	}
+	n := len(p)
+	if len(c.sizes) > 0 {
+		n = min(n, int(c.sizes[c.i%len(c.sizes)]))
+		c.i++
+	}
+	n = copy(p, c.data[:min(n, len(c.data))])
+	c.data = c.data[n:]
+	return n, nil
+}
+
+// Read answers exactly what io.ReadAll through the same bound would:
+// the whole body when it fits the limit, 413 when it does not, whatever
+// length the request declares and however its bytes arrive.
+func FuzzRead(f *testing.F) {
+	f.Add([]byte(`{"name":"x"}`), int64(12), int64(64), []byte{1, 0, 3})
+	f.Add([]byte(`{}`), int64(1<<20), int64(1), []byte{})
+	f.Add(bytes.Repeat([]byte("a"), 300), int64(299), int64(300), []byte{255, 7})
+	f.Add(bytes.Repeat([]byte("b"), 301), int64(-1), int64(300), []byte{0, 0, 9})
+	f.Fuzz(func(t *testing.T, data []byte, declared, limit int64, sizes []byte) {
+		if limit < 0 || limit > 1<<20 || len(sizes) > 64 {
+			return
+		}
+		if !slices.ContainsFunc(sizes, func(s byte) bool { return s != 0 }) {
+			sizes = nil // only empty reads would never end
+		}
+		want, wantErr := io.ReadAll(http.MaxBytesReader(httptest.NewRecorder(), io.NopCloser(bytes.NewReader(data)), limit))
+		got, err := readAll(http.MaxBytesReader(httptest.NewRecorder(), io.NopCloser(&chunks{data: data, sizes: sizes}), limit), declared, limit)
+		if (err == nil) != (wantErr == nil) || !bytes.Equal(got, want) {
+			t.Fatalf("readAll: %d bytes, %v; io.ReadAll: %d bytes, %v", len(got), err, len(want), wantErr)
+		}
+		if declared > 0 && declared <= limit && cap(got) > max(int(declared)+1, preallocated) && len(got) <= int(declared) {
+			t.Fatalf("%d bytes taken for %d declared, %d read", cap(got), declared, len(got))
+		}
+
+		r := httptest.NewRequest("POST", "/", &chunks{data: data, sizes: sizes})
+		r.ContentLength = declared
+		w := httptest.NewRecorder()
+		body, ok := Read(w, r, limit)
+		switch {
+		case int64(len(data)) > limit:
+			if ok || w.Code != http.StatusRequestEntityTooLarge {
+				t.Fatalf("%d bytes over a limit of %d: ok %v, %d", len(data), limit, ok, w.Code)
+			}
+		case !ok || !bytes.Equal(body, data):
+			t.Fatalf("%d bytes under a limit of %d: ok %v, %d, %d bytes read", len(data), limit, ok, w.Code, len(body))
+		}
+	})
 }
