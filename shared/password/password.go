@@ -1,7 +1,8 @@
 // Package password checks, hashes and verifies customer passwords: bcrypt
-// at cost 12, 12 to 72 bytes (bcrypt reads only 72, so longer ones are
-// refused rather than silently truncated), never a common password, and
-// verification that takes the same time whether or not the account exists.
+// at cost 12, at least 12 characters and at most 72 bytes (bcrypt reads
+// only 72, so longer ones are refused rather than silently truncated),
+// never a common password, and verification that takes the same time
+// whether or not the account exists.
 package password
 
 import (
@@ -20,7 +21,8 @@ import (
 // Cost is bcrypt's work factor.
 const Cost = 12
 
-// Length bounds, in bytes.
+// Length bounds: MinLen in characters (what the person typed), MaxLen in
+// bytes (what bcrypt reads).
 const (
 	MinLen = 12
 	MaxLen = 72
@@ -54,7 +56,7 @@ func Check(pw, email string) error {
 	if !utf8.ValidString(pw) {
 		return ErrEncoding
 	}
-	if len(pw) < MinLen {
+	if utf8.RuneCountInString(pw) < MinLen {
 		return ErrTooShort
 	}
 	if len(pw) > MaxLen {
@@ -70,8 +72,11 @@ func Check(pw, email string) error {
 	return nil
 }
 
-// oneSymbol: "aaaaaaaaaaaa".
-func oneSymbol(s string) bool { return strings.Count(s, s[:1]) == len(s) }
+// oneSymbol: "aaaaaaaaaaaa", "éééééééééééé".
+func oneSymbol(s string) bool {
+	_, n := utf8.DecodeRuneInString(s)
+	return strings.Count(s, s[:n])*n == len(s)
+}
 
 // ascending: "123456789012", "abcdefghijkl" (each byte one more than the
 // last, digits wrapping 9 to 0).

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 func TestCheck(t *testing.T) {
@@ -24,6 +25,10 @@ func TestCheck(t *testing.T) {
 		{"3456789012345", ErrCommon},
 		{"alice.smith-2026!", ErrCommon}, // contains the e-mail's local part
 		{"\xff\xfe" + strings.Repeat("a", 12), ErrEncoding},
+		{strings.Repeat("é", 11), ErrTooShort}, // 22 bytes, 11 characters
+		{strings.Repeat("é", 12), ErrCommon},   // one symbol, in two bytes
+		{strings.Repeat("日本", 6) + "x", nil},   // 13 characters in 37 bytes
+		{"éa" + strings.Repeat("é", 10), nil},
 	}
 	for _, tc := range cases {
 		if got := Check(tc.pw, "alice.smith@example.com"); !errors.Is(got, tc.want) {
@@ -103,4 +108,37 @@ func TestVerifierBoundsConcurrency(t *testing.T) {
 	if refused == 0 {
 		t.Fatal("no caller was turned away with one slot")
 	}
+}
+
+// Check never accepts what its policy refuses, whatever the input.
+func FuzzCheck(f *testing.F) {
+	f.Add("correct-horse-staple-9", "alice@example.com")
+	f.Add(strings.Repeat("é", 12), "x@y")
+	f.Add("\xff"+strings.Repeat("a", 12), "")
+	f.Add("AbCdEfGhIjKlM", "abcdefgh@example.com")
+	f.Fuzz(func(t *testing.T, pw, email string) {
+		err := Check(pw, email)
+		if err != nil {
+			for _, known := range []error{ErrEncoding, ErrTooShort, ErrTooLong, ErrCommon} {
+				if err == known {
+					return
+				}
+			}
+			t.Fatalf("Check(%q) = %v, not one of the policy's errors", pw, err)
+		}
+		lower := strings.ToLower(pw)
+		local, _, _ := strings.Cut(strings.ToLower(email), "@")
+		switch {
+		case !utf8.ValidString(pw):
+			t.Fatalf("%q accepted: not UTF-8", pw)
+		case utf8.RuneCountInString(pw) < MinLen || len(pw) > MaxLen:
+			t.Fatalf("%q accepted: %d characters, %d bytes", pw, utf8.RuneCountInString(pw), len(pw))
+		case common[lower]:
+			t.Fatalf("%q accepted: a common password", pw)
+		case strings.Count(lower, lower[:utf8.RuneLen([]rune(lower)[0])]) == utf8.RuneCountInString(lower):
+			t.Fatalf("%q accepted: one symbol repeated", pw)
+		case strings.Contains(email, "@") && len(local) >= 4 && strings.Contains(lower, local):
+			t.Fatalf("%q accepted: holds the e-mail's local part %q", pw, local)
+		}
+	})
 }
