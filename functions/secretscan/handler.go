@@ -208,10 +208,15 @@ func (h *handler) process(r *http.Request, reports []report) ([]label, []revoked
 		if _, err := apikey.Parse(rep.Token); err != nil {
 			continue // malformed or a failed checksum: not ours, no lookup
 		}
-		meta, err := audit.Canonical(map[string]any{
-			"reason": RevokedReason, "url": clean(rep.URL, 2048), "source": clean(rep.Source, 128),
+		first := rep.first()
+		m := map[string]any{
+			"reason": RevokedReason, "url": clean(first.URL, 2048), "source": clean(first.Source, 128),
 			"type": clean(rep.Type, 128), "github_request_id": reqID,
-		})
+		}
+		if n := len(rep.Locations) - 1 + rep.More; n > 0 {
+			m["other_locations"] = n // named in the owners' notice
+		}
+		meta, err := audit.Canonical(m)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -228,7 +233,11 @@ func (h *handler) process(r *http.Request, reports []report) ([]label, []revoked
 	defer cancel()
 	where := func(m match) revokedKey {
 		rep := reports[byHash[m.Hash]]
-		return revokedKey{match: m, URL: clean(rep.URL, 2048), Source: clean(rep.Source, 128)}
+		k := revokedKey{match: m, More: rep.More}
+		for _, l := range rep.Locations {
+			k.Locations = append(k.Locations, location{URL: clean(l.URL, 2048), Source: clean(l.Source, 128)})
+		}
+		return k
 	}
 	// The notices are written in the revocation's transaction, so a
 	// revocation is committed with its notices. But a notice must not cost
@@ -279,10 +288,12 @@ func (h *handler) process(r *http.Request, reports []report) ([]label, []revoked
 	return labels, revoked, nil
 }
 
-// revokedKey is a key this request revoked, with where it was found.
+// revokedKey is a key this request revoked, with where it was found
+// (report's Locations and More).
 type revokedKey struct {
 	match
-	URL, Source string
+	Locations []location
+	More      int
 }
 
 // byCustomer groups revoked keys by customer, in customer order.
@@ -319,13 +330,30 @@ func revocationNotice(customer string, keys []revokedKey, to, webhooks []string)
 	items := make([]map[string]any, 0, len(keys))
 	for _, k := range keys {
 		fmt.Fprintf(&b, "Key:        %s (%s key ending in %s)\n", clean(k.Name, 200), k.Kind, k.Last4)
-		fmt.Fprintf(&b, "Found at:   %s\n", k.URL)
-		if k.Source != "" {
-			fmt.Fprintf(&b, "Source:     %s\n", k.Source)
+		places := make([]map[string]string, 0, len(k.Locations))
+		for i, l := range k.Locations {
+			label := "Found at:   "
+			if i > 0 {
+				label = "and at:     "
+			}
+			fmt.Fprintf(&b, "%s%s\n", label, l.URL)
+			if l.Source != "" {
+				fmt.Fprintf(&b, "Source:     %s\n", l.Source)
+			}
+			places = append(places, map[string]string{"url": l.URL, "source": l.Source})
+		}
+		if k.More > 0 {
+			fmt.Fprintf(&b, "and at least %d more places GitHub reported\n", k.More)
 		}
 		fmt.Fprintf(&b, "Revoked at: %s\n\n", k.RevokedAt.UTC().Format(time.RFC3339))
+		first := location{}
+		if len(k.Locations) > 0 {
+			first = k.Locations[0]
+		}
+		// url and source are the first place, as before there were more.
 		items = append(items, map[string]any{"id": k.KeyID, "name": k.Name, "kind": k.Kind, "last4": k.Last4,
-			"url": k.URL, "source": k.Source, "revoked_at": k.RevokedAt.UTC()})
+			"url": first.URL, "source": first.Source, "locations": places, "more_locations": k.More,
+			"revoked_at": k.RevokedAt.UTC()})
 	}
 	b.WriteString("What to do: remove the key from the repository and its history, replace it with a\n")
 	b.WriteString("new key in Settings > API keys (collector keys: rotate the server's key), and review\n")

@@ -358,6 +358,10 @@ func TestRevokesMatchesLabelsAndNotifies(t *testing.T) {
 		if r.action != "delete" || r.result != "success" || r.status != 200 || meta["reason"] != RevokedReason || !strings.HasPrefix(meta["url"].(string), "https://") {
 			t.Errorf("audit row: %+v", r)
 		}
+		// k1, reported in two places, says so; the others were in one.
+		if first := meta["url"] == leakURL; (meta["other_locations"] == 1.0) != first || first && meta["source"] != "content" {
+			t.Errorf("audit row of a key in %v places: %s", map[bool]int{true: 2, false: 1}[first], r.meta)
+		}
 		for _, k := range []string{k1, k2, k3} {
 			if strings.Contains(r.meta, k[14:40]) {
 				t.Fatal("key material in the audit log")
@@ -383,6 +387,7 @@ func TestRevokesMatchesLabelsAndNotifies(t *testing.T) {
 	for _, a := range admins1 {
 		m1, ok := byRcpt[a]
 		if !ok || !strings.Contains(m1.Text, k1[len(k1)-4:]) || !strings.Contains(m1.Text, k2[len(k2)-4:]) || !strings.Contains(m1.Text, leakURL) ||
+			!strings.Contains(m1.Text, "and at:     https://github.com/dup/dup/blob/a/b") || !strings.Contains(m1.Text, "Source:     issue") ||
 			!strings.Contains(m1.Subject, "2 API keys") || strings.Contains(m1.Text, k3[len(k3)-4:]) {
 			t.Fatalf("e-mail to %s (%v):\n%s", a, ok, m1.Text)
 		}
@@ -403,7 +408,8 @@ func TestRevokesMatchesLabelsAndNotifies(t *testing.T) {
 	hooks := f.hooks.wait(t, 2)
 	joined := strings.Join(hooks, "\n")
 	if !strings.Contains(joined, c1.ID) || !strings.Contains(joined, c2.ID) || !strings.Contains(joined, `"event":"api_key.revoked"`) ||
-		strings.Contains(joined, k1[14:57]) || !strings.Contains(joined, k1[len(k1)-4:]) {
+		strings.Contains(joined, k1[14:57]) || !strings.Contains(joined, k1[len(k1)-4:]) ||
+		!strings.Contains(joined, `"locations":[{"source":"content","url":"`+leakURL+`"},{"source":"issue","url":"https://github.com/dup/dup/blob/a/b"}]`) {
 		t.Fatalf("webhooks: %s", joined)
 	}
 

@@ -5,14 +5,32 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 )
 
-// report is one match in GitHub's payload.
+// report is one token of GitHub's payload, with every place it was found.
 type report struct {
-	Token  string
-	Type   string
-	URL    string
-	Source string
+	Token string
+	Type  string
+	// Locations are the token's distinct places (url, source) in payload
+	// order, at most maxLocations; More counts the distinct ones past them.
+	Locations []location
+	More      int
+}
+
+// location is one place GitHub found a token.
+type location struct{ URL, Source string }
+
+// maxLocations bounds the places kept per token, so a payload repeating
+// one token cannot make a notice of any size.
+const maxLocations = 20
+
+// first is the place a token was found first (GitHub's order).
+func (r report) first() location {
+	if len(r.Locations) == 0 {
+		return location{}
+	}
+	return r.Locations[0]
 }
 
 // parsePayload reads GitHub's body: a JSON array of {token, type, url,
@@ -21,8 +39,10 @@ type report struct {
 // counted rather than costing the report's other keys their revocation;
 // type, url and source that are not strings are read as empty. Only a
 // body that is not a JSON array, or whose items are all unusable, is an
-// error. Members GitHub may add later are ignored. Repeated tokens are
-// kept once, the first occurrence winning, in payload order.
+// error. Members GitHub may add later are ignored. A token reported more
+// than once (found in several places) is one report, in the place of its
+// first occurrence and with its type, holding each distinct url and
+// source.
 func parsePayload(body []byte) (reports []report, skipped int, err error) {
 	trimmed := bytes.TrimLeft(body, " \t\r\n")
 	if len(trimmed) == 0 || trimmed[0] != '[' {
@@ -33,7 +53,7 @@ func parsePayload(body []byte) (reports []report, skipped int, err error) {
 		return nil, 0, errors.New("the body is not valid JSON")
 	}
 	out := make([]report, 0, len(items))
-	seen := make(map[string]struct{}, len(items))
+	seen := make(map[string]int, len(items))
 	for _, item := range items {
 		var fields map[string]json.RawMessage
 		if json.Unmarshal(item, &fields) != nil || fields == nil {
@@ -45,11 +65,20 @@ func parsePayload(body []byte) (reports []report, skipped int, err error) {
 			skipped++
 			continue
 		}
-		if _, dup := seen[token]; dup {
+		at := location{URL: str(fields["url"]), Source: str(fields["source"])}
+		i, dup := seen[token]
+		if !dup {
+			seen[token] = len(out)
+			out = append(out, report{Token: token, Type: str(fields["type"]), Locations: []location{at}})
 			continue
 		}
-		seen[token] = struct{}{}
-		out = append(out, report{Token: token, Type: str(fields["type"]), URL: str(fields["url"]), Source: str(fields["source"])})
+		switch r := &out[i]; {
+		case slices.Contains(r.Locations, at):
+		case len(r.Locations) < maxLocations:
+			r.Locations = append(r.Locations, at)
+		default:
+			r.More++ // may count a place twice; said as "at least"
+		}
 	}
 	if len(out) == 0 && skipped > 0 {
 		return nil, skipped, fmt.Errorf("none of the %d items has a token", skipped)

@@ -2,6 +2,9 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
+	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -26,20 +29,36 @@ func TestPayloadParser(t *testing.T) {
 		})
 	}
 	got, skipped, err := parsePayload([]byte(` [{"token":"a","type":"t1","url":"u1","source":"content","future":{"x":1}},
-		{"token":"b","type":"t2"},{"token":"a","type":"other","url":"u2"}]`))
+		{"token":"b","type":"t2"},{"token":"a","type":"other","url":"u2"},{"token":"a","url":"u1","source":"content"},
+		{"token":"a","url":"u1","source":"commit"}]`))
 	if err != nil || skipped != 0 {
 		t.Fatal(skipped, err)
 	}
-	want := []report{{Token: "a", Type: "t1", URL: "u1", Source: "content"}, {Token: "b", Type: "t2"}}
-	if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] {
-		t.Fatalf("duplicates must be kept once, first wins, in order: %+v", got)
+	want := []report{
+		{Token: "a", Type: "t1", Locations: []location{{"u1", "content"}, {"u2", ""}, {"u1", "commit"}}},
+		{Token: "b", Type: "t2", Locations: []location{{}}},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("a repeated token must be one report in the place of its first, with each distinct place:\n got %+v\nwant %+v", got, want)
+	}
+	// A token repeated past maxLocations keeps that many places and
+	// counts the rest.
+	var many strings.Builder
+	many.WriteString("[")
+	for i := range maxLocations + 5 {
+		fmt.Fprintf(&many, `{"token":"a","url":"u%d"},`, i)
+	}
+	many.WriteString(`{"token":"a","url":"u0"}]`)
+	got, _, err = parsePayload([]byte(many.String()))
+	if err != nil || len(got) != 1 || len(got[0].Locations) != maxLocations || got[0].More != 5 || got[0].Locations[maxLocations-1].URL != fmt.Sprint("u", maxLocations-1) {
+		t.Fatalf("a token in %d places: %d reports, %+v, %v", maxLocations+5, len(got), got, err)
 	}
 	if got, _, err := parsePayload([]byte(`[]`)); err != nil || len(got) != 0 {
 		t.Fatalf("an empty array: %v %v", got, err)
 	}
 	// Items it cannot use cost the others nothing.
 	got, skipped, err = parsePayload([]byte(`[{"token":"a","source":5},null,"x",{"token":7},{"token":""},{"token":"b","url":{"u":1}}]`))
-	if err != nil || skipped != 4 || len(got) != 2 || got[0] != (report{Token: "a"}) || got[1] != (report{Token: "b"}) {
+	if err != nil || skipped != 4 || !reflect.DeepEqual(got, []report{{Token: "a", Locations: []location{{}}}, {Token: "b", Locations: []location{{}}}}) {
 		t.Fatalf("mixed items: %+v, %d skipped, %v", got, skipped, err)
 	}
 }
@@ -68,6 +87,14 @@ func FuzzParsePayload(f *testing.F) {
 				t.Fatalf("empty or repeated token accepted from %q", body)
 			}
 			seen[r.Token] = true
+			if len(r.Locations) == 0 || len(r.Locations) > maxLocations || r.More > 0 && len(r.Locations) < maxLocations {
+				t.Fatalf("token with %d places and %d more", len(r.Locations), r.More)
+			}
+			for i, l := range r.Locations {
+				if slices.Contains(r.Locations[:i], l) {
+					t.Fatalf("place %+v kept twice", l)
+				}
+			}
 		}
 		// Every distinct non-empty string token of the array is kept, and
 		// every item without one is counted.
