@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 func TestWriteReplacesWithModeAndLeavesNoTemporaryFile(t *testing.T) {
@@ -64,5 +65,45 @@ func TestMissingDirectoryIsAnErrorNamingTheFile(t *testing.T) {
 	err := Write(path, []byte("x"), 0o644, nil)
 	if err == nil || !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("err %v, want not-exist", err)
+	}
+}
+
+// A temporary file a killed writer left is removed by the next write once
+// it is stale; a recent one (a writer at work), other files' temporary
+// files and look-alikes stay.
+func TestStaleTemporaryFilesAreRemoved(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "job.prom")
+	old := time.Now().Add(-2 * staleAfter)
+	files := map[string]bool{ // name: removed
+		".job.prom.123456.tmp":     true,
+		".job.prom.987.tmp":        false, // recent: kept
+		".job.prom.x1.tmp":         false, // not Write's name
+		".job.prom.tmp":            false,
+		".job.prom.other.12.tmp":   false, // "job.prom.other"'s
+		".job.prom.other.prom.tmp": false,
+		"job.prom.123.tmp":         false,
+		".other.prom.555.tmp":      false,
+		".job.prom.12.tmp.keep":    false,
+		".job.prom.4242424242.tmp": true,
+	}
+	for name := range files {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if name != ".job.prom.987.tmp" {
+			if err := os.Chtimes(p, old, old); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := Write(path, []byte("new"), 0o644, nil); err != nil {
+		t.Fatal(err)
+	}
+	for name, removed := range files {
+		if _, err := os.Stat(filepath.Join(dir, name)); os.IsNotExist(err) != removed {
+			t.Errorf("%s: removed %v, want %v", name, os.IsNotExist(err), removed)
+		}
 	}
 }
