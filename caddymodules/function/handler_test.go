@@ -751,21 +751,48 @@ func TestABufferedBodyIsGivenBackOnceSent(t *testing.T) {
 }
 
 // A function's own 5xx answers (its database away, a bug) are proxied as
-// they are, and counted: the duration histogram calls them proxied.
+// they are, and counted by their problem's code, so that load shed on
+// purpose (busy) is told from failures: the duration histogram calls them
+// proxied.
 func TestAFunctionsOwnServerErrorsAreCounted(t *testing.T) {
 	t.Parallel()
 	h := newHandler(t, &Handler{})
-	before := testutil.ToFloat64(h.metrics.serverErrors)
-	if rec, err := call(h, "/fail"); err != nil || rec.Code != http.StatusServiceUnavailable {
-		t.Fatalf("/fail: %d %v", rec.Code, err)
+	count := func(code string) float64 { return testutil.ToFloat64(h.metrics.serverErrors.WithLabelValues(code)) }
+	for _, tc := range []struct{ path, code string }{
+		{"/fail", "unavailable"}, // fnserve made http.Error's text a problem
+		{"/problem?code=busy", "busy"},
+		{"/problem?code=storage_unavailable&pad=3000", "storage_unavailable"},
+		{"/problem?code=Not+A+Name", "other"},
+		{"/problem?code=busy&pad=5000", "other"}, // past what is read for the code
+	} {
+		before := count(tc.code)
+		rec, err := call(h, tc.path)
+		if err != nil || rec.Code != http.StatusServiceUnavailable {
+			t.Fatalf("%s: %d %v", tc.path, rec.Code, err)
+		}
+		if got := count(tc.code) - before; got != 1 {
+			t.Errorf("%s: %v counted as %s, want 1", tc.path, got, tc.code)
+		}
+		// The body reaches the client whole, the bytes read for the code
+		// included.
+		var doc struct{ Code, Detail string }
+		if err := json.Unmarshal(rec.Body.Bytes(), &doc); err != nil || doc.Code == "" {
+			t.Errorf("%s: body %d bytes, %v", tc.path, rec.Body.Len(), err)
+		}
+		if u, _ := url.Parse(tc.path); u.Query().Has("pad") && len(doc.Detail) != atoi(u.Query().Get("pad")) {
+			t.Errorf("%s: detail of %d bytes", tc.path, len(doc.Detail))
+		}
 	}
+	before := count("none") + count("other") + count("busy")
 	if rec, err := call(h, "/ok"); err != nil || rec.Code != http.StatusOK {
 		t.Fatalf("/ok: %d %v", rec.Code, err)
 	}
-	if got := testutil.ToFloat64(h.metrics.serverErrors) - before; got != 1 {
-		t.Fatalf("%v server errors counted, want 1", got)
+	if after := count("none") + count("other") + count("busy"); after != before {
+		t.Fatal("a 200 was counted")
 	}
 }
+
+func atoi(s string) int { n, _ := strconv.Atoi(s); return n }
 
 // A slow or failing function logs one line per interval, counting the
 // requests it stands for, not one line per request: under load that

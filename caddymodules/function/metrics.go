@@ -41,8 +41,8 @@ var metrics = struct {
 	}, []string{"function"}),
 	serverErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "guardian", Subsystem: "function", Name: "server_error_answers_total",
-		Help: "Answers of 500 or more the function itself gave (its database or ClickHouse away, a bug), which request_duration_seconds counts as proxied.",
-	}, []string{"function"}),
+		Help: "Answers of 500 or more the function itself gave (its database or ClickHouse away, a bug), which request_duration_seconds counts as proxied, by the problem's code (busy: load shed on purpose; none: not a problem+json; other: an unexpected code).",
+	}, []string{"function", "code"}),
 	duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: "guardian", Subsystem: "function", Name: "request_duration_seconds",
 		Help:    "Time to serve a request through the runtime, cold starts included, by outcome.",
@@ -71,7 +71,7 @@ func registerMetrics(reg prometheus.Registerer) error {
 // request path does no label lookups.
 type fnMetrics struct {
 	starts, startFailures, crashes prometheus.Counter
-	serverErrors                   prometheus.Counter
+	serverErrors                   *prometheus.CounterVec // curried with the function's name: code
 	coldStart                      prometheus.Observer
 	inFlight                       prometheus.Gauge
 	duration                       map[string]prometheus.Observer
@@ -84,8 +84,13 @@ func newFnMetrics(name string) *fnMetrics {
 		crashes:       metrics.crashes.WithLabelValues(name),
 		coldStart:     metrics.coldStart.WithLabelValues(name),
 		inFlight:      metrics.inFlight.WithLabelValues(name),
-		serverErrors:  metrics.serverErrors.WithLabelValues(name),
+		serverErrors:  metrics.serverErrors.MustCurryWith(prometheus.Labels{"function": name}),
 		duration:      map[string]prometheus.Observer{},
+	}
+	// The codes every function may answer exist from the start, so that
+	// an alert's increase() counts the first of them.
+	for _, code := range []string{"busy", "internal_error", "unavailable"} {
+		m.serverErrors.WithLabelValues(code)
 	}
 	for _, o := range []string{outcomeProxied, outcomeFailed, outcomeTimeout, outcomeUnavailable, outcomeBusy, outcomeBusyClient, outcomeBufferFull, outcomeCanceled, outcomeRefused} {
 		m.duration[o] = metrics.duration.WithLabelValues(name, o)

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
 	"net"
 	"net/http"
 	"net/http/httptrace"
@@ -29,6 +30,7 @@ import (
 
 	"github.com/glassmkr/guardian/shared/fnserve"
 	"github.com/glassmkr/guardian/shared/identity"
+	"github.com/glassmkr/guardian/shared/problem"
 	"github.com/glassmkr/guardian/shared/session"
 )
 
@@ -123,7 +125,7 @@ func (s *sendWatch) reached() bool {
 // the request that asked for it went away would count as a crash, and a
 // client cancelling cold starts on purpose could push the backoff past
 // the start timeout for everyone.
-func startProcess(cfg *spec, log *zap.Logger, serverErrors prometheus.Counter) (*process, error) {
+func startProcess(cfg *spec, log *zap.Logger, serverErrors *prometheus.CounterVec) (*process, error) {
 	begin := time.Now() // cold start counts from here: socket, exec, readiness
 	socket, err := socketName(cfg.name, socketSeq.Add(1))
 	if err != nil {
@@ -245,7 +247,7 @@ func startProcess(cfg *spec, log *zap.Logger, serverErrors prometheus.Counter) (
 		ErrorLog:   nil,
 		ModifyResponse: func(resp *http.Response) error {
 			if resp.StatusCode >= 500 {
-				serverErrors.Inc()
+				serverErrors.WithLabelValues(problemCode(resp)).Inc()
 			}
 			return reportAuthFailure(resp)
 		},
@@ -291,6 +293,52 @@ const varAuthFailure = "guardian.auth_failure"
 // guardian_auth sets its own failures, for the ip rate-limit tier and the
 // audit row. A failure guardian_auth found first stands; a reason that is
 // not a plain word is dropped.
+// problemCode is the code of the problem+json resp carries, read from its
+// first maxProblem bytes, which are then put back in front of the rest of
+// the body: "none" for another kind of body, "other" for one whose code
+// cannot be read or is not a plain name. Only 5xx answers are read: the
+// cost is on the failure path alone.
+func problemCode(resp *http.Response) string {
+	if mt, _, err := mime.ParseMediaType(resp.Header.Get("Content-Type")); err != nil || mt != problem.ContentType {
+		return "none"
+	}
+	buf := make([]byte, maxProblem)
+	n, _ := io.ReadFull(resp.Body, buf) // a read error recurs on the body's next read
+	buf = buf[:n]
+	resp.Body = readCloser{io.MultiReader(bytes.NewReader(buf), resp.Body), resp.Body}
+	var doc struct {
+		Code string `json:"code"`
+	}
+	if json.Unmarshal(buf, &doc) != nil || !plainName(doc.Code) {
+		return "other"
+	}
+	return doc.Code
+}
+
+// maxProblem bounds the bytes of a 5xx answer read for its code; the
+// problems functions write are a few hundred.
+const maxProblem = 4 << 10
+
+// plainName: 1 to 40 of a-z, 0-9 and _, so that a label value stays one
+// of a small set of names.
+func plainName(s string) bool {
+	if len(s) == 0 || len(s) > 40 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// readCloser reads from one reader and closes another.
+type readCloser struct {
+	io.Reader
+	io.Closer
+}
+
 func reportAuthFailure(resp *http.Response) error {
 	reason, ok := resp.Header[identity.HeaderAuthFailure]
 	if !ok {

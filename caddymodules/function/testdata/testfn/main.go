@@ -24,6 +24,7 @@ import (
 	"github.com/glassmkr/guardian/shared/config"
 	"github.com/glassmkr/guardian/shared/fnserve"
 	"github.com/glassmkr/guardian/shared/nodump"
+	"github.com/glassmkr/guardian/shared/problem"
 )
 
 func main() {
@@ -53,6 +54,12 @@ func setup(ctx context.Context, log *zap.Logger, env *config.Loader) (http.Handl
 	mux := http.NewServeMux()
 	mux.HandleFunc("/fail", func(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "the function's own failure", http.StatusServiceUnavailable)
+	})
+	// /problem?code=C&pad=N: a 503 problem+json of code C, its detail N
+	// bytes long.
+	mux.HandleFunc("/problem", func(w http.ResponseWriter, r *http.Request) {
+		n, _ := strconv.Atoi(r.URL.Query().Get("pad"))
+		problem.Write(w, problem.New(http.StatusServiceUnavailable, r.URL.Query().Get("code"), strings.Repeat("x", min(n, 1<<20))))
 	})
 	mux.HandleFunc("/ok", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "%d", os.Getpid())
