@@ -16,6 +16,8 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -763,6 +765,7 @@ func TestAFunctionsOwnServerErrorsAreCounted(t *testing.T) {
 		{"/problem?code=busy", "busy"},
 		{"/problem?code=storage_unavailable&pad=3000", "storage_unavailable"},
 		{"/problem?code=Not+A+Name", "other"},
+		{"/problem?code=made_up_code", "other"},  // a function cannot add series
 		{"/problem?code=busy&pad=5000", "other"}, // past what is read for the code
 	} {
 		before := count(tc.code)
@@ -853,4 +856,39 @@ func outcomes(t *testing.T, name, outcome string) uint64 {
 		t.Fatal(err)
 	}
 	return m.GetHistogram().GetSampleCount()
+}
+
+// Every 5xx problem code a function answers is one the metric knows:
+// another would be counted as other.
+func TestProblemCodesKnowEveryFunctionsCode(t *testing.T) {
+	root, err := testenv.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	re := regexp.MustCompile(`problem\.New\(http\.Status(?:ServiceUnavailable|InternalServerError|BadGateway|GatewayTimeout|InsufficientStorage), "([^"]+)"`)
+	found := 0
+	for _, dir := range []string{"functions", "shared"} {
+		err := filepath.WalkDir(filepath.Join(root, dir), func(p string, d fs.DirEntry, err error) error {
+			if err != nil || d.IsDir() || !strings.HasSuffix(p, ".go") || strings.HasSuffix(p, "_test.go") {
+				return err
+			}
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			for _, m := range re.FindAllStringSubmatch(string(b), -1) {
+				found++
+				if !slices.Contains(problemCodes, m[1]) {
+					t.Errorf("%s answers 5xx %q, which problemCodes lacks", p, m[1])
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if found < 10 {
+		t.Fatalf("found %d 5xx problems in the functions; the pattern no longer matches them", found)
+	}
 }

@@ -41,7 +41,7 @@ var metrics = struct {
 	}, []string{"function"}),
 	serverErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "guardian", Subsystem: "function", Name: "server_error_answers_total",
-		Help: "Answers of 500 or more the function itself gave (its database or ClickHouse away, a bug), which request_duration_seconds counts as proxied, by the problem's code (busy: load shed on purpose; none: not a problem+json; other: an unexpected code).",
+		Help: "Answers of 500 or more the function itself gave (its database or ClickHouse away, a bug), which request_duration_seconds counts as proxied, by the problem's code (busy: load shed on purpose; none: not a problem+json; other: a code not known to the edge).",
 	}, []string{"function", "code"}),
 	duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: "guardian", Subsystem: "function", Name: "request_duration_seconds",
@@ -87,9 +87,9 @@ func newFnMetrics(name string) *fnMetrics {
 		serverErrors:  metrics.serverErrors.MustCurryWith(prometheus.Labels{"function": name}),
 		duration:      map[string]prometheus.Observer{},
 	}
-	// The codes every function may answer exist from the start, so that
-	// an alert's increase() counts the first of them.
-	for _, code := range []string{"busy", "internal_error", "unavailable"} {
+	// Every code exists from the start, so that an alert's increase()
+	// counts the first of each.
+	for _, code := range append([]string{"none", "other"}, problemCodes...) {
 		m.serverErrors.WithLabelValues(code)
 	}
 	for _, o := range []string{outcomeProxied, outcomeFailed, outcomeTimeout, outcomeUnavailable, outcomeBusy, outcomeBusyClient, outcomeBufferFull, outcomeCanceled, outcomeRefused} {

@@ -288,28 +288,28 @@ func dialOwn(ctx context.Context, socket string) (net.Conn, error) {
 // modules).
 const varAuthFailure = "guardian.auth_failure"
 
-// reportAuthFailure takes a function's report of a failed credential check
-// (identity.HeaderAuthFailure) off its answer and sets it where
-// guardian_auth sets its own failures, for the ip rate-limit tier and the
-// audit row. A failure guardian_auth found first stands; a reason that is
-// not a plain word is dropped.
 // problemCode is the code of the problem+json resp carries, read from its
 // first maxProblem bytes, which are then put back in front of the rest of
-// the body: "none" for another kind of body, "other" for one whose code
-// cannot be read or is not a plain name. Only 5xx answers are read: the
-// cost is on the failure path alone.
+// the body: one of problemCodes, "none" for another kind of body, or
+// "other" for a code not among them or not readable. A function, which
+// may be compromised, thus cannot add series to the metric. Only 5xx
+// answers are read: the cost is on the failure path alone.
 func problemCode(resp *http.Response) string {
 	if mt, _, err := mime.ParseMediaType(resp.Header.Get("Content-Type")); err != nil || mt != problem.ContentType {
 		return "none"
 	}
-	buf := make([]byte, maxProblem)
+	size := int64(maxProblem)
+	if resp.ContentLength >= 0 && resp.ContentLength < size {
+		size = resp.ContentLength
+	}
+	buf := make([]byte, size)
 	n, _ := io.ReadFull(resp.Body, buf) // a read error recurs on the body's next read
 	buf = buf[:n]
 	resp.Body = readCloser{io.MultiReader(bytes.NewReader(buf), resp.Body), resp.Body}
 	var doc struct {
 		Code string `json:"code"`
 	}
-	if json.Unmarshal(buf, &doc) != nil || !plainName(doc.Code) {
+	if json.Unmarshal(buf, &doc) != nil || !slices.Contains(problemCodes, doc.Code) {
 		return "other"
 	}
 	return doc.Code
@@ -319,19 +319,10 @@ func problemCode(resp *http.Response) string {
 // problems functions write are a few hundred.
 const maxProblem = 4 << 10
 
-// plainName: 1 to 40 of a-z, 0-9 and _, so that a label value stays one
-// of a small set of names.
-func plainName(s string) bool {
-	if len(s) == 0 || len(s) > 40 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_') {
-			return false
-		}
-	}
-	return true
-}
+// problemCodes are the codes of the 5xx problems functions answer
+// (functions/, shared/fnserve), each a series of
+// guardian_function_server_error_answers_total from the start.
+var problemCodes = []string{"busy", "dependency_down", "internal_error", "keys_unavailable", "storage_unavailable", "unavailable"}
 
 // readCloser reads from one reader and closes another.
 type readCloser struct {
@@ -339,6 +330,11 @@ type readCloser struct {
 	io.Closer
 }
 
+// reportAuthFailure takes a function's report of a failed credential check
+// (identity.HeaderAuthFailure) off its answer and sets it where
+// guardian_auth sets its own failures, for the ip rate-limit tier and the
+// audit row. A failure guardian_auth found first stands; a reason that is
+// not a plain word is dropped.
 func reportAuthFailure(resp *http.Response) error {
 	reason, ok := resp.Header[identity.HeaderAuthFailure]
 	if !ok {
