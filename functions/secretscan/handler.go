@@ -210,7 +210,7 @@ func (h *handler) process(r *http.Request, reports []report) ([]label, []revoked
 		}
 		first := rep.first()
 		m := map[string]any{
-			"reason": RevokedReason, "url": clean(first.URL, 2048), "source": clean(first.Source, 128),
+			"reason": RevokedReason, "url": first.URL, "source": first.Source,
 			"type": clean(rep.Type, 128), "github_request_id": reqID,
 		}
 		if n := len(rep.Locations) - 1 + rep.More; n > 0 {
@@ -233,11 +233,7 @@ func (h *handler) process(r *http.Request, reports []report) ([]label, []revoked
 	defer cancel()
 	where := func(m match) revokedKey {
 		rep := reports[byHash[m.Hash]]
-		k := revokedKey{match: m, More: rep.More}
-		for _, l := range rep.Locations {
-			k.Locations = append(k.Locations, location{URL: clean(l.URL, 2048), Source: clean(l.Source, 128)})
-		}
-		return k
+		return revokedKey{match: m, Locations: rep.Locations, More: rep.More}
 	}
 	// The notices are written in the revocation's transaction, so a
 	// revocation is committed with its notices. But a notice must not cost
@@ -343,7 +339,7 @@ func revocationNotice(customer string, keys []revokedKey, to, webhooks []string)
 			places = append(places, map[string]string{"url": l.URL, "source": l.Source})
 		}
 		if k.More > 0 {
-			fmt.Fprintf(&b, "and at least %d more places GitHub reported\n", k.More)
+			fmt.Fprintf(&b, "and at %d more places GitHub reported\n", k.More)
 		}
 		fmt.Fprintf(&b, "Revoked at: %s\n\n", k.RevokedAt.UTC().Format(time.RFC3339))
 		first := location{}

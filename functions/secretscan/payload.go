@@ -12,14 +12,21 @@ import (
 type report struct {
 	Token string
 	Type  string
-	// Locations are the token's distinct places (url, source) in payload
-	// order, at most maxLocations; More counts the distinct ones past them.
+	// Locations are the token's distinct places (url and source, as clean
+	// keeps them) in payload order, at most maxLocations; More counts the
+	// distinct ones past them.
 	Locations []location
 	More      int
 }
 
 // location is one place GitHub found a token.
 type location struct{ URL, Source string }
+
+// placeOf is a place of the report at index i.
+type placeOf struct {
+	i  int
+	at location
+}
 
 // maxLocations bounds the places kept per token, so a payload repeating
 // one token cannot make a notice of any size.
@@ -54,6 +61,7 @@ func parsePayload(body []byte) (reports []report, skipped int, err error) {
 	}
 	out := make([]report, 0, len(items))
 	seen := make(map[string]int, len(items))
+	var past map[placeOf]struct{} // places past maxLocations, to count each once
 	for _, item := range items {
 		var fields map[string]json.RawMessage
 		if json.Unmarshal(item, &fields) != nil || fields == nil {
@@ -65,7 +73,7 @@ func parsePayload(body []byte) (reports []report, skipped int, err error) {
 			skipped++
 			continue
 		}
-		at := location{URL: str(fields["url"]), Source: str(fields["source"])}
+		at := location{URL: clean(str(fields["url"]), 2048), Source: clean(str(fields["source"]), 128)}
 		i, dup := seen[token]
 		if !dup {
 			seen[token] = len(out)
@@ -77,7 +85,13 @@ func parsePayload(body []byte) (reports []report, skipped int, err error) {
 		case len(r.Locations) < maxLocations:
 			r.Locations = append(r.Locations, at)
 		default:
-			r.More++ // may count a place twice; said as "at least"
+			if past == nil {
+				past = map[placeOf]struct{}{}
+			}
+			if _, ok := past[placeOf{i, at}]; !ok {
+				past[placeOf{i, at}] = struct{}{}
+				r.More++
+			}
 		}
 	}
 	if len(out) == 0 && skipped > 0 {

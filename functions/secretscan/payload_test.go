@@ -48,7 +48,7 @@ func TestPayloadParser(t *testing.T) {
 	for i := range maxLocations + 5 {
 		fmt.Fprintf(&many, `{"token":"a","url":"u%d"},`, i)
 	}
-	many.WriteString(`{"token":"a","url":"u0"}]`)
+	many.WriteString(`{"token":"a","url":"u0"},{"token":"a","url":"u24"},{"token":"a","url":"u24"}]`) // repeats count once
 	got, _, err = parsePayload([]byte(many.String()))
 	if err != nil || len(got) != 1 || len(got[0].Locations) != maxLocations || got[0].More != 5 || got[0].Locations[maxLocations-1].URL != fmt.Sprint("u", maxLocations-1) {
 		t.Fatalf("a token in %d places: %d reports, %+v, %v", maxLocations+5, len(got), got, err)
@@ -102,7 +102,9 @@ func FuzzParsePayload(f *testing.F) {
 		if err := json.Unmarshal(body, &all); err != nil {
 			t.Fatalf("accepted %q, which is not an array: %v", body, err)
 		}
-		distinct, without := map[string]bool{}, 0
+		// Each report holds its token's distinct places in payload order,
+		// the first maxLocations of them, and counts the rest.
+		places, order, without := map[string][]location{}, []string{}, 0
 		for _, item := range all {
 			var o struct {
 				Token *string `json:"token"`
@@ -112,10 +114,27 @@ func FuzzParsePayload(f *testing.F) {
 				without++
 				continue
 			}
-			distinct[*o.Token] = true
+			var url, source string
+			_ = json.Unmarshal(m["url"], &url)
+			_ = json.Unmarshal(m["source"], &source)
+			at := location{clean(url, 2048), clean(source, 128)}
+			if _, ok := places[*o.Token]; !ok {
+				order = append(order, *o.Token)
+			}
+			if !slices.Contains(places[*o.Token], at) {
+				places[*o.Token] = append(places[*o.Token], at)
+			}
 		}
-		if len(distinct) != len(reports) || without != skipped {
-			t.Fatalf("%d distinct tokens, %d reports; %d items without one, %d skipped", len(distinct), len(reports), without, skipped)
+		if len(order) != len(reports) || without != skipped {
+			t.Fatalf("%d distinct tokens, %d reports; %d items without one, %d skipped", len(order), len(reports), without, skipped)
+		}
+		for i, tok := range order {
+			want := places[tok]
+			more := max(len(want)-maxLocations, 0)
+			want = want[:len(want)-more]
+			if r := reports[i]; r.Token != tok || !slices.Equal(r.Locations, want) || r.More != more {
+				t.Fatalf("report %d: %q with %d places and %d more; want %q with %d and %d", i, r.Token, len(r.Locations), r.More, tok, len(want), more)
+			}
 		}
 	})
 }
