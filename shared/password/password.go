@@ -16,13 +16,14 @@ import (
 	"unicode/utf8"
 
 	"golang.org/x/crypto/bcrypt"
+	"golang.org/x/text/unicode/norm"
 )
 
 // Cost is bcrypt's work factor.
 const Cost = 12
 
-// Length bounds: MinLen in characters (what the person typed), MaxLen in
-// bytes (what bcrypt reads).
+// Length bounds: MinLen in characters (Unicode code points once
+// composed, NFC), MaxLen in bytes (what bcrypt reads).
 const (
 	MinLen = 12
 	MaxLen = 72
@@ -56,13 +57,17 @@ func Check(pw, email string) error {
 	if !utf8.ValidString(pw) {
 		return ErrEncoding
 	}
-	if utf8.RuneCountInString(pw) < MinLen {
-		return ErrTooShort
-	}
 	if len(pw) > MaxLen {
 		return ErrTooLong
 	}
-	lower := strings.ToLower(pw)
+	// Characters are counted and compared composed (NFC): "e" and a
+	// combining accent typed as one letter are one, as the person sees.
+	// The password itself is hashed as it came.
+	composed := norm.NFC.String(pw)
+	if utf8.RuneCountInString(composed) < MinLen {
+		return ErrTooShort
+	}
+	lower := strings.ToLower(composed)
 	if common[lower] || oneSymbol(lower) || ascending(lower) {
 		return ErrCommon
 	}
