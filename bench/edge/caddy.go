@@ -41,6 +41,7 @@ var configs = []config{
 type caddyfileData struct {
 	AdminSocket, BareSocket, Testfn, SocketDir, SpoolDir string
 	Port, MaxConcurrent                                  int
+	SpeculateBelow                                       int
 }
 
 // The routes differ only in their modules. The runtime routes share one
@@ -90,6 +91,7 @@ var caddyfileTmpl = template.Must(template.New("Caddyfile").Parse(`{
 	guardian_ratelimit account {
 		key 1000000000 1000000000
 		account 1000000000 1000000000
+		speculate_below {{.SpeculateBelow}}
 	}
 }
 

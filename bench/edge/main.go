@@ -78,6 +78,7 @@ type options struct {
 	open                string
 	maxInFlight         int
 	maxConcurrent       int
+	speculateBelow      int
 	noise               float64
 	retries             int
 	stackMode           string
@@ -100,6 +101,7 @@ func parseFlags() options {
 	flag.IntVar(&o.reps, "reps", 3, "rounds per configuration and phase")
 	flag.StringVar(&o.open, "open", "50%,1000", `open-loop rates, comma-separated: "N%" of a's saturation req/s, or req/s ("" for none)`)
 	flag.IntVar(&o.maxInFlight, "max-inflight", 1024, "open loop: requests outstanding at most (more are dropped and counted)")
+	flag.IntVar(&o.speculateBelow, "speculate-below", 8, "the account tier's speculate_below on d and e, as the Caddyfile sets it on API routes whose GETs only read (0: off)")
 	flag.IntVar(&o.maxConcurrent, "max-concurrent", 4096, "guardian_function max_concurrent (high: over twice the most requests in flight, so neither it nor the per-holder share past half of it ever limits)")
 	flag.Float64Var(&o.noise, "noise", 0.15, "repeat a round during which other processes used more than this share of all CPUs (0: never)")
 	flag.IntVar(&o.retries, "retries", 12, "repeated rounds at most, over the whole run")
@@ -361,6 +363,7 @@ func (b *bench) setUp(ctx context.Context, o *options) error {
 	cfg, err := writeCaddyfile(b.dir, caddyfileData{
 		AdminSocket: adminSock, Port: port, BareSocket: bareSock, Testfn: o.testfnBin,
 		SocketDir: filepath.Join(b.dir, "fn"), SpoolDir: filepath.Join(b.dir, "audit-spool"), MaxConcurrent: o.maxConcurrent,
+		SpeculateBelow: o.speculateBelow,
 	})
 	if err != nil {
 		return err

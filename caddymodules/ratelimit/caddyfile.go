@@ -33,6 +33,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    account <capacity> <per_second>
 //	    timeout <duration>             # Redis deadline before failing open
 //	    prefix  <redis key prefix>
+//	    speculate_below <n>            # account tier: reads run during their decision, up to n in flight; routes whose GETs change nothing; default 0 (off)
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next()
@@ -68,6 +69,15 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				}
 				h.Timeout = caddy.Duration(dur)
 			}
+		case "speculate_below":
+			if len(args) != 1 {
+				return d.ArgErr()
+			}
+			n, err := strconv.Atoi(args[0])
+			if err != nil {
+				return d.Errf("speculate_below: %q is not a whole number", args[0])
+			}
+			h.SpeculateBelow = &n
 		case "ip", "key", "account":
 			if len(args) != 2 {
 				return d.Errf("%s takes a capacity and a per-second rate", field)

@@ -113,6 +113,11 @@ type Handler struct {
 	Timeout caddy.Duration `json:"timeout,omitempty"`
 	// Prefix starts every Redis key. Default "guardian:rl:".
 	Prefix string `json:"prefix,omitempty"`
+	// SpeculateBelow (account tier): a read is passed on while its
+	// decision is made, its answer held until then (speculate.go), while
+	// at most this many requests of the route are in flight. Only for
+	// routes whose GET and HEAD change nothing. Default 0: off.
+	SpeculateBelow *int `json:"speculate_below,omitempty"`
 
 	limiter  *Limiter
 	poolKey  string
@@ -130,6 +135,9 @@ type Handler struct {
 	// key or session (re-auth's) must not share the Redis key of the
 	// usual one, which would refill it at its own rate.
 	keyShape string
+	// spec is the account tier's speculation state; nil when off.
+	spec           *speculation
+	speculateBelow int64
 }
 
 // CaddyModule returns the Caddy module information.
@@ -213,6 +221,9 @@ func (h *Handler) init(l *Limiter) {
 	if *h.Key != DefaultKey {
 		h.keyShape = shape(*h.Key)
 	}
+	if h.Tier == TierAccount && h.SpeculateBelow != nil && *h.SpeculateBelow > 0 {
+		h.spec, h.speculateBelow = newSpeculation(*h.SpeculateBelow), int64(*h.SpeculateBelow)
+	}
 	if h.log == nil {
 		h.log = zap.NewNop()
 	}
@@ -230,6 +241,9 @@ func (h *Handler) Validate() error {
 	}
 	if h.Mode != "" && h.Mode != ModeAlways && h.Mode != ModeFailures {
 		return fmt.Errorf("guardian_ratelimit: mode must be always or failures, got %q", h.Mode)
+	}
+	if h.SpeculateBelow != nil && (h.Tier != TierAccount || *h.SpeculateBelow < 0 || *h.SpeculateBelow > 1<<20) {
+		return fmt.Errorf("guardian_ratelimit: speculate_below applies to the account tier and must be from 0 to %d", 1<<20)
 	}
 	if h.RefuseBlocked && (h.Tier != TierIP || h.Mode != ModeFailures) {
 		return fmt.Errorf("guardian_ratelimit: refuse_blocked applies to the ip tier in mode failures only")
@@ -277,10 +291,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		if id == nil {
 			return next.ServeHTTP(w, r) // anonymous on an optional route
 		}
-		if err := h.answer(w, h.takeAccount(r, id)); err != nil {
-			return err
+		if h.spec == nil {
+			if err := h.answer(w, h.takeAccount(r, id)); err != nil {
+				return err
+			}
+			return next.ServeHTTP(w, r)
 		}
-		return next.ServeHTTP(w, r)
+		return h.serveAccount(w, r, id, next)
 	}
 
 	ip := h.ipShape + clientIP(r) // no allocation for the usual shape
@@ -340,6 +357,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 // takeAccount charges id's credential (key, or session) and customer
 // buckets, both or neither.
 func (h *Handler) takeAccount(r *http.Request, id *identity.Identity) Decision {
+	return h.take(r.Context(), h.accountKeys(id))
+}
+
+// accountKeys are the Redis keys of id's credential and customer buckets.
+func (h *Handler) accountKeys(id *identity.Identity) []string {
 	cred := id.KeyID
 	if cred == "" {
 		cred = id.SessionID
@@ -347,11 +369,44 @@ func (h *Handler) takeAccount(r *http.Request, id *identity.Identity) Decision {
 	if h.keyShape != "" {
 		cred = h.keyShape + cred // only on routes of another shape: the usual path allocates nothing
 	}
-	keys := []string{h.limiter.CredentialKey(id.CustomerID, cred), h.limiter.AccountKey(id.CustomerID)}
-	// A credential bucket of its own shape guards a brute-force surface
-	// (a password check's): without Redis it falls back to per-instance
-	// buckets, as the address tier does, instead of failing open.
-	return h.limiter.Take(r.Context(), keys, h.acLimits, h.keyShape != "")
+	return []string{h.limiter.CredentialKey(id.CustomerID, cred), h.limiter.AccountKey(id.CustomerID)}
+}
+
+// take decides over accountKeys. A credential bucket of its own shape
+// guards a brute-force surface (a password check's): without Redis it
+// falls back to per-instance buckets, as the address tier does, instead
+// of failing open.
+func (h *Handler) take(ctx context.Context, keys []string) Decision {
+	return h.limiter.Take(ctx, keys, h.acLimits, h.keyShape != "")
+}
+
+// serveAccount is the account tier with speculation on (speculate.go):
+// a read whose credential had tokens to spare, while few requests are in
+// flight, runs while its decision is made; any other request waits for
+// the decision first.
+func (h *Handler) serveAccount(w http.ResponseWriter, r *http.Request, id *identity.Identity, next caddyhttp.Handler) error {
+	keys := h.accountKeys(id)
+	n := h.spec.inFlight.Add(1)
+	defer h.spec.inFlight.Add(-1)
+	if n > h.speculateBelow || !speculable(r.Method) || !h.spec.plenty(keys[0]) {
+		d := h.take(r.Context(), keys)
+		h.spec.remember(keys[0], d)
+		if err := h.answer(w, d); err != nil {
+			return err
+		}
+		return next.ServeHTTP(w, r)
+	}
+	decision := make(chan Decision, 1)
+	ctx := r.Context()
+	go func() { decision <- h.take(ctx, keys) }()
+	g := &gate{w: w, hdr: http.Header{}, decision: decision, h: h, key: keys[0]}
+	err := g.serve(next, r)
+	if d := g.decide(); !d.Allowed {
+		speculatedRefused.Inc()
+		return h.answer(w, d)
+	}
+	speculatedAllowed.Inc()
+	return err
 }
 
 // chargeRefused charges an API key that authentication refused for what

@@ -324,6 +324,10 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{"an ip bucket on the account tier", "guardian_ratelimit account {\n ip 5 1\n}", true, nil},
 		{"a key bucket on the ip tier", "guardian_ratelimit ip {\n key 5 1\n}", true, nil},
 		{"an account bucket on the ip tier", "guardian_ratelimit ip {\n account 5 1\n}", true, nil},
+		{"speculate_below", "guardian_ratelimit account {\n speculate_below 0\n}", false, func(h Handler) bool { return *h.SpeculateBelow == 0 }},
+		{"speculate_below on the ip tier", "guardian_ratelimit ip {\n speculate_below 4\n}", true, nil},
+		{"negative speculate_below", "guardian_ratelimit account {\n speculate_below -1\n}", true, nil},
+		{"speculate_below not a number", "guardian_ratelimit account {\n speculate_below many\n}", true, nil},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

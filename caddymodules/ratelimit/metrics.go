@@ -15,6 +15,7 @@ var metrics = struct {
 	limited     *prometheus.CounterVec
 	redisUp     prometheus.GaugeFunc
 	redisErrors prometheus.Counter
+	speculated  *prometheus.CounterVec
 }{
 	decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "guardian", Subsystem: "ratelimit", Name: "degraded_decisions_total",
@@ -32,7 +33,17 @@ var metrics = struct {
 		Namespace: "guardian", Subsystem: "ratelimit", Name: "redis_errors_total",
 		Help: "Limiter calls to Redis that failed or timed out.",
 	}),
+	speculated: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "guardian", Subsystem: "ratelimit", Name: "speculated_total",
+		Help: "Reads passed on while their decision was made, by decision (refused: the function's work was done for a 429).",
+	}, []string{"decision"}),
 }
+
+// Speculation's series, resolved once.
+var (
+	speculatedAllowed = metrics.speculated.WithLabelValues("allowed")
+	speculatedRefused = metrics.speculated.WithLabelValues("refused")
+)
 
 // live are the limiters in use: one per limiter configuration, and during
 // a reload a new one beside the one it replaces. redis_up is read from
@@ -56,5 +67,5 @@ func redisUpNow() float64 {
 }
 
 func registerMetrics(reg prometheus.Registerer) error {
-	return guardian.RegisterCollectors(reg, metrics.decisions, metrics.limited, metrics.redisUp, metrics.redisErrors)
+	return guardian.RegisterCollectors(reg, metrics.decisions, metrics.limited, metrics.redisUp, metrics.redisErrors, metrics.speculated)
 }
