@@ -7,6 +7,7 @@ package caddyfiletest
 
 import (
 	"bytes"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,12 +20,12 @@ import (
 	_ "github.com/caddyserver/caddy/v2/modules/metrics"
 
 	_ "github.com/glassmkr/guardian/caddymodules/audit"
-	_ "github.com/glassmkr/guardian/caddymodules/auth"
+	"github.com/glassmkr/guardian/caddymodules/auth"
 	_ "github.com/glassmkr/guardian/caddymodules/function"
 	_ "github.com/glassmkr/guardian/caddymodules/guardian"
 	_ "github.com/glassmkr/guardian/caddymodules/headers"
 	_ "github.com/glassmkr/guardian/caddymodules/problem"
-	_ "github.com/glassmkr/guardian/caddymodules/ratelimit"
+	"github.com/glassmkr/guardian/caddymodules/ratelimit"
 )
 
 // directiveSeeds exercise each of Guardian's directives and its global
@@ -61,8 +62,54 @@ func FuzzCaddyfile(f *testing.F) {
 		if why := importReadsFiles(body); why != "" {
 			t.Skip(why) // reading files and globs is not what this target is about
 		}
-		_, _, _ = adapter.Adapt([]byte(body), map[string]any{"filename": filename})
+		out, _, err := adapter.Adapt([]byte(body), map[string]any{"filename": filename})
+		if err != nil {
+			return
+		}
+		// What the Caddyfile accepted, the module accepts as JSON: the
+		// config Caddy loads is the adapter's JSON, not the Caddyfile, so
+		// a setting the JSON loses or changes would be lost silently.
+		var cfg any
+		if err := json.Unmarshal(out, &cfg); err != nil {
+			t.Fatalf("the adapter's config is not JSON: %v", err)
+		}
+		eachHandler(cfg, func(name string, raw json.RawMessage) {
+			var v interface{ Validate() error }
+			switch name {
+			case "guardian_auth":
+				v = new(auth.Handler)
+			case "guardian_ratelimit":
+				v = new(ratelimit.Handler)
+			default:
+				return
+			}
+			if err := json.Unmarshal(raw, v); err != nil {
+				t.Fatalf("%s's JSON %s does not load: %v", name, raw, err)
+			}
+			if err := v.Validate(); err != nil {
+				t.Fatalf("%s accepted in the Caddyfile, refused as JSON %s: %v", name, raw, err)
+			}
+		})
 	})
+}
+
+// eachHandler calls fn with the name and JSON of every object in v that
+// has a "handler" member.
+func eachHandler(v any, fn func(name string, raw json.RawMessage)) {
+	switch x := v.(type) {
+	case map[string]any:
+		if name, ok := x["handler"].(string); ok {
+			raw, _ := json.Marshal(x)
+			fn(name, raw)
+		}
+		for _, e := range x {
+			eachHandler(e, fn)
+		}
+	case []any:
+		for _, e := range x {
+			eachHandler(e, fn)
+		}
+	}
 }
 
 // importReadsFiles says why an import in body could read a file or glob,
