@@ -1,9 +1,12 @@
 package pgbackup
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
+	"io"
 	"io/fs"
 	"os"
 	"path"
@@ -46,6 +49,25 @@ type MirrorReport struct {
 	Uploaded int    `json:"uploaded"` // files sent this run
 	Bytes    int64  `json:"bytes"`    // bytes sent this run
 	Deleted  int    `json:"deleted"`  // files removed from the target
+	// Compared counts the copies read back and compared with the
+	// repository's files (Check); Repaired those that differed and were
+	// sent again.
+	Compared int      `json:"compared,omitempty"`
+	Repaired []string `json:"repaired,omitempty"`
+}
+
+// CheckShare picks the files whose copies a run reads back: those of
+// share day out of every days (by the hash of their name), so that a
+// daily run compares the whole copy once in days runs. days 0: none.
+func CheckShare(day, days int) func(rel string) bool {
+	if days <= 0 {
+		return func(string) bool { return false }
+	}
+	return func(rel string) bool {
+		h := fnv.New32a()
+		_, _ = h.Write([]byte(rel))
+		return int(h.Sum32()%uint32(days)) == day%days
+	}
 }
 
 // Mirror makes the directory s's target names a copy of the repository in
@@ -54,13 +76,16 @@ type MirrorReport struct {
 // shipped as they are. Repository files are written once (backups, WAL
 // segments, manifests) except the .info files, which pgBackRest rewrites;
 // so a file is sent when the target lacks it or holds another size, and
-// the .info files every time.
+// the .info files every time. A copy of the same size that was damaged
+// on the backup host would never be sent again, so the files check picks
+// are read back and compared byte for byte, and sent again if they
+// differ (MirrorReport.Repaired).
 //
 // The order keeps the copy restorable whenever a run stops: new files
 // first, the .info files (which name the backups) after them, and only
 // then the files of expired backups are deleted. Every file is written
 // under a temporary name and renamed into place.
-func Mirror(ctx context.Context, dir string, s *chbackup.Session, target string) (MirrorReport, error) {
+func Mirror(ctx context.Context, dir string, s *chbackup.Session, target string, check func(rel string) bool) (MirrorReport, error) {
 	rep := MirrorReport{Target: target}
 	local, err := localFiles(dir)
 	if err != nil {
@@ -131,7 +156,18 @@ func Mirror(ctx context.Context, dir string, s *chbackup.Session, target string)
 			return rep, err
 		}
 		if size, ok := remote[rel]; ok && size == local[rel] && rank(rel) == 0 {
-			continue
+			if check == nil || !check(rel) {
+				continue
+			}
+			same, err := sameContent(ctx, c, filepath.Join(dir, filepath.FromSlash(rel)), path.Join(root, rel))
+			if err != nil {
+				return rep, fmt.Errorf("mirror %s: compare %s: %w", target, rel, err)
+			}
+			rep.Compared++
+			if same {
+				continue
+			}
+			rep.Repaired = append(rep.Repaired, rel)
 		}
 		if d := path.Dir(rel); d != "." && !made[d] {
 			if err := c.MkdirAll(path.Join(root, d)); err != nil {
@@ -231,6 +267,41 @@ func localFiles(dir string) (map[string]int64, error) {
 		return nil, fmt.Errorf("mirror: read repository %s: %w", dir, err)
 	}
 	return out, nil
+}
+
+// sameContent reports whether the remote file holds the local file's
+// bytes.
+func sameContent(ctx context.Context, c *sftp.Client, local, remote string) (bool, error) {
+	lf, err := os.Open(local)
+	if err != nil {
+		return false, err
+	}
+	defer lf.Close()
+	rf, err := c.Open(remote)
+	if err != nil {
+		return false, err
+	}
+	defer rf.Close()
+	a, b := make([]byte, 1<<20), make([]byte, 1<<20)
+	for {
+		if err := ctx.Err(); err != nil {
+			return false, err
+		}
+		n, errA := io.ReadFull(lf, a)
+		m, errB := io.ReadFull(rf, b)
+		if errA != nil && errA != io.EOF && errA != io.ErrUnexpectedEOF {
+			return false, errA
+		}
+		if errB != nil && errB != io.EOF && errB != io.ErrUnexpectedEOF {
+			return false, errB
+		}
+		if n != m || !bytes.Equal(a[:n], b[:m]) {
+			return false, nil
+		}
+		if errA != nil || errB != nil { // both ended (n == m)
+			return errA != nil && errB != nil, nil
+		}
+	}
 }
 
 func putFile(s *chbackup.Session, local, remote string) (int64, error) {

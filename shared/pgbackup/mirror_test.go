@@ -67,6 +67,7 @@ func TestMirrorKeepsARestorableCopy(t *testing.T) {
 		"archive/guardian/15-1/0000000100000000/000000010000000000000002-def.zst.pgbackrest.tmp": "being written",
 	})
 	ctx := context.Background()
+	var check func(string) bool
 	mirror := func() MirrorReport {
 		t.Helper()
 		s, err := chbackup.DialSession(ctx, srv.KeyPath, srv.KnownHosts, target)
@@ -74,7 +75,7 @@ func TestMirrorKeepsARestorableCopy(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer s.Close()
-		rep, err := Mirror(ctx, repo, s, target.String())
+		rep, err := Mirror(ctx, repo, s, target.String(), check)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -128,6 +129,45 @@ func TestMirrorKeepsARestorableCopy(t *testing.T) {
 	if !bytes.Contains([]byte(tree(t, target.Path)["backup/guardian/backup.info"]), []byte("v2")) {
 		t.Error("a rewritten .info file of the same length was not sent")
 	}
+
+	// The backup host damages a file, keeping its size: a plain mirror
+	// does not notice; one that reads it back sends it again.
+	damaged := "backup/guardian/20261129-030000F/backup.manifest"
+	write(t, target.Path, map[string]string{damaged: "manifest F?"})
+	if rep := mirror(); rep.Compared != 0 || len(rep.Repaired) != 0 {
+		t.Fatalf("without a check: %+v", rep)
+	}
+	check = CheckShare(0, 1) // every file
+	rep = mirror()
+	if rep.Compared != 4 || len(rep.Repaired) != 1 || rep.Repaired[0] != damaged || rep.Uploaded != 4 {
+		t.Fatalf("reading the copy back: %+v", rep) // 4 data files compared, 1 repaired; 3 .info files and the repair sent
+	}
+	same("after a repair")
+	if rep := mirror(); rep.Compared != 4 || len(rep.Repaired) != 0 {
+		t.Fatalf("after the repair: %+v", rep)
+	}
+}
+
+// CheckShare picks every file in exactly one day of days, and none when
+// days is 0.
+func TestCheckShare(t *testing.T) {
+	names := []string{"a", "backup/guardian/backup.info", "archive/guardian/15-1/x.zst", "b/c/d"}
+	for _, days := range []int{1, 3, 7} {
+		for _, n := range names {
+			hits := 0
+			for day := range 2 * days {
+				if CheckShare(day, days)(n) {
+					hits++
+				}
+			}
+			if hits != 2 {
+				t.Errorf("days %d: %s picked %d times in %d days, want 2", days, n, hits, 2*days)
+			}
+		}
+	}
+	if CheckShare(5, 0)("a") {
+		t.Error("days 0 picked a file")
+	}
 }
 
 // Mirror never empties a copy: not from a directory that is not a
@@ -154,7 +194,7 @@ func TestMirrorRefusesToEmptyTheCopy(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer s.Close()
-		_, err = Mirror(ctx, repo, s, target.String())
+		_, err = Mirror(ctx, repo, s, target.String(), nil)
 		return err
 	}
 	fresh := t.TempDir()

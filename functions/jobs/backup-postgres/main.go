@@ -21,6 +21,11 @@
 // GUARDIAN_BACKUP_SSH_KNOWN_HOSTS). A copy that fails makes the run red:
 // the backup is taken, but not yet off the host.
 //
+// The daily run also reads a share of the copy back and compares it with
+// repo1 (GUARDIAN_PGBACKREST_SFTP_CHECK_DAYS, default 7: the whole copy
+// once a week; 0: never), sending again what differs and turning red:
+// a damaged file of the right size would otherwise stay damaged.
+//
 //	backup-postgres mirror
 //
 // only copies repo1 to those targets, taking no backup: run every 15
@@ -74,6 +79,10 @@ func spec(args []string, now func() time.Time) job.Spec {
 		mirrors, err := pgbackup.ParseTargets(env.Optional(pgbackup.EnvSFTPTargets, ""))
 		if err != nil {
 			return err
+		}
+		checkDays := env.Int(EnvCheckDays, 7)
+		if checkDays < 0 {
+			return fmt.Errorf("%s must be 0 (never) or a number of days", EnvCheckDays)
 		}
 		var sshKey, knownHosts string
 		if len(mirrors) > 0 {
@@ -130,14 +139,41 @@ func spec(args []string, now func() time.Time) job.Spec {
 		// the host (its WAL goes there too); the run still fails.
 		errs := errors.Join(setupErr, errors.Join(failed...), checksumErrors(taken))
 		if len(mirrors) > 0 {
-			reports, err := mirror(ctx, cfg.Repos[0].Path, sshKey, knownHosts, mirrors)
+			// The daily run also reads back a share of the copy (a
+			// damaged file of the right size is never sent again
+			// otherwise); the 15-minute one does not.
+			check := pgbackup.CheckShare(now().UTC().YearDay(), checkDays)
+			reports, err := mirror(ctx, cfg.Repos[0].Path, sshKey, knownHosts, mirrors, check)
 			r.Set("mirrors", reports)
 			if err != nil {
 				return errors.Join(errs, fmt.Errorf("%w: the backup is taken but its copy off the host is not up to date: %w", job.ErrRed, err))
 			}
+			errs = errors.Join(errs, repaired(reports))
 		}
 		return errs
 	}}
+}
+
+// EnvCheckDays is how many daily runs read the whole copy on the backup
+// host back once (a share each day; 0: never).
+const EnvCheckDays = "GUARDIAN_PGBACKREST_SFTP_CHECK_DAYS"
+
+// repaired is red when a copy held files that differed from the
+// repository's though of the same size: they are sent again and the copy
+// is whole now, but the backup host's storage damaged them, which someone
+// must look at.
+func repaired(reports []pgbackup.MirrorReport) error {
+	var out []string
+	for _, rep := range reports {
+		if len(rep.Repaired) > 0 {
+			out = append(out, fmt.Sprintf("%d on %s (%s)", len(rep.Repaired), rep.Target, strings.Join(rep.Repaired[:min(len(rep.Repaired), 5)], ", ")))
+		}
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: files of the copy off the host differed from the repository's and were sent again: %s; the backup host's storage may be failing",
+		job.ErrRed, strings.Join(out, "; "))
 }
 
 // checksumErrors is red when pgBackRest found page checksum errors while
@@ -178,7 +214,7 @@ func mirrorSpec() job.Spec {
 			if err := env.Err(); err != nil {
 				return err
 			}
-			reports, err := mirror(ctx, cfg.Repos[0].Path, sshKey, knownHosts, targets)
+			reports, err := mirror(ctx, cfg.Repos[0].Path, sshKey, knownHosts, targets, nil)
 			r.Set("mirrors", reports)
 			if err != nil {
 				return fmt.Errorf("%w: the copy off the host is not up to date: %w", job.ErrRed, err)
@@ -189,7 +225,7 @@ func mirrorSpec() job.Spec {
 
 // mirror copies the repository in dir to every target, each attempted
 // even when another failed; the error joins the failures.
-func mirror(ctx context.Context, dir, sshKey, knownHosts string, targets []chbackup.Target) ([]pgbackup.MirrorReport, error) {
+func mirror(ctx context.Context, dir, sshKey, knownHosts string, targets []chbackup.Target, check func(string) bool) ([]pgbackup.MirrorReport, error) {
 	var reports []pgbackup.MirrorReport
 	var failed []error
 	for _, t := range targets {
@@ -199,7 +235,7 @@ func mirror(ctx context.Context, dir, sshKey, knownHosts string, targets []chbac
 				return pgbackup.MirrorReport{Target: t.String()}, err
 			}
 			defer s.Close()
-			return pgbackup.Mirror(ctx, dir, s, t.String())
+			return pgbackup.Mirror(ctx, dir, s, t.String(), check)
 		}()
 		reports = append(reports, rep)
 		if err != nil {

@@ -263,3 +263,15 @@ func TestChecksumErrorsMakeTheRunRed(t *testing.T) {
 		t.Fatalf("a backup with checksum errors: %v, want red naming repo2 only", err)
 	}
 }
+
+// A copy repaired by reading it back makes the run red, naming the
+// target and the files; one with nothing repaired does not.
+func TestARepairedCopyMakesTheRunRed(t *testing.T) {
+	if err := repaired([]pgbackup.MirrorReport{{Target: "b@h:22/x", Compared: 40}}); err != nil {
+		t.Fatalf("nothing repaired: %v", err)
+	}
+	err := repaired([]pgbackup.MirrorReport{{Target: "b@h:22/x", Compared: 40}, {Target: "c@h:22/y", Compared: 40, Repaired: []string{"archive/guardian/15-1/w1.zst"}}})
+	if !errors.Is(err, job.ErrRed) || !strings.Contains(err.Error(), "c@h:22/y") || strings.Contains(err.Error(), "b@h:22/x") || !strings.Contains(err.Error(), "w1.zst") {
+		t.Fatalf("a repaired copy: %v", err)
+	}
+}

@@ -241,7 +241,7 @@ func TestACopyOnTheBackupHostIsRestoredToo(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := pgbackup.Mirror(ctx, pgc.Config.Repos[0].Path, s, target.String()); err != nil {
+	if _, err := pgbackup.Mirror(ctx, pgc.Config.Repos[0].Path, s, target.String(), nil); err != nil {
 		t.Fatal(err)
 	}
 	s.Close()
