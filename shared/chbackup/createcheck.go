@@ -28,6 +28,11 @@ func checkCreate(stmt string) error {
 			return errors.New("the create statement holds a query")
 		case w.depth == 0 && strings.EqualFold(w.text, "AS"):
 			return errors.New("the create statement copies another table or query (AS)")
+		case strings.EqualFold(w.text, "disk") || strings.EqualFold(w.text, "storage_policy"):
+			// SETTINGS disk = disk(type = s3, endpoint = ...): a disk the
+			// statement defines could store the restored rows elsewhere.
+			// The restored table takes the server's default storage.
+			return errors.New("the create statement names a disk or storage policy")
 		case w.depth == 0 && strings.EqualFold(w.text, "ENGINE"):
 			if i+1 >= len(words) || words[i+1].depth != 0 {
 				return errors.New("the create statement names no engine")
@@ -75,8 +80,14 @@ func sqlTokens(stmt string) ([]sqlToken, error) {
 				return nil, errors.New("the create statement's parentheses do not match")
 			}
 			i++
-		case c == ';' || c == '#' || strings.HasPrefix(stmt[i:], "--") || strings.HasPrefix(stmt[i:], "/*"):
+		case c == ';' || c == '#' || strings.HasPrefix(stmt[i:], "--") || strings.HasPrefix(stmt[i:], "//") || strings.HasPrefix(stmt[i:], "/*"):
 			return nil, errors.New("the create statement holds a comment or a second statement")
+		case c >= 0x80:
+			// Current ClickHouse reads ‘…’ as a string and “…” as an
+			// identifier, in which an ASCII quote is text; read as a
+			// quote here, it would hide what follows. SHOW CREATE writes
+			// other characters only inside ASCII quotes.
+			return nil, errors.New("the create statement holds a character outside ASCII outside quotes")
 		case c == '$':
 			// A heredoc ($$...$$, $tag$...$tag$: current ClickHouse) is a
 			// string whose quotes this reading would take for its own:
@@ -90,8 +101,13 @@ func sqlTokens(stmt string) ([]sqlToken, error) {
 			toks = append(toks, sqlToken{stmt[i:j], i, j, depth})
 			i = j
 		case c >= '0' && c <= '9':
-			for i < len(stmt) && (stmt[i] == '.' || isWordByte(stmt[i], true)) {
-				i++ // a number, 1e3 and 0x1F included: not a word
+			// A number, 1e3, 1.5e-3 and 0x1F included: not a word. One
+			// dot at most, as ClickHouse reads it: in 1.5.SELECT the
+			// second dot ends the number and SELECT is a word.
+			dot := false
+			for i < len(stmt) && (stmt[i] == '.' && !dot || isWordByte(stmt[i], true)) {
+				dot = dot || stmt[i] == '.'
+				i++
 			}
 		default:
 			i++
