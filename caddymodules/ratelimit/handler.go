@@ -396,10 +396,10 @@ func (h *Handler) serveAccount(w http.ResponseWriter, r *http.Request, id *ident
 		}
 		return next.ServeHTTP(w, r)
 	}
-	decision := make(chan Decision, 1)
+	decision := make(chan decided, 1)
 	ctx := r.Context()
-	go func() { decision <- h.take(ctx, keys) }()
-	g := &gate{w: w, hdr: http.Header{}, decision: decision, h: h, key: keys[0]}
+	go h.decideAside(ctx, keys, decision)
+	g := &gate{w: w, hdr: http.Header{}, decision: decision, h: h}
 	err := g.serve(next, r)
 	if d := g.decide(); !d.Allowed {
 		speculatedRefused.Inc()

@@ -1,6 +1,7 @@
 package ratelimit
 
 import (
+	"context"
 	"hash/maphash"
 	"net/http"
 	"sync/atomic"
@@ -87,26 +88,50 @@ func speculable(method string) bool { return method == http.MethodGet || method 
 type gate struct {
 	w        http.ResponseWriter
 	hdr      http.Header
-	decision <-chan Decision
+	decision <-chan decided
 	h        *Handler // answers the decision's RateLimit headers
-	key      string   // the credential bucket's, for h.spec.remember
 	d        Decision
 	decided  bool
 	released bool // allowed: writes go to w
 }
 
-// decide waits for the decision, once, records it for the credential's
-// next reads (as soon as it is known: a long answer must not leave a
-// refused credential marked plenty meanwhile), and on an allowed one
-// opens the gate: the RateLimit headers, then the held headers, go to
-// w's. The held ones are added, as the proxy adds a function's to what
-// the edge set, never replacing the edge's (its security headers).
+// decided is a decision made aside, or the panic that stopped it.
+type decided struct {
+	d        Decision
+	panicked any
+}
+
+// decideAside makes a speculated read's decision, records it for the
+// credential's next reads as soon as it is made (not when the function
+// first writes, which may be after its query: meanwhile a refused
+// credential would still be taken for plenty), and hands it over. A panic
+// (a caller's mistake in Take) is handed over too, to be raised on the
+// request's goroutine, where net/http confines it to the request: here it
+// would end the process.
+func (h *Handler) decideAside(ctx context.Context, keys []string, out chan<- decided) {
+	defer func() {
+		if p := recover(); p != nil {
+			out <- decided{panicked: p}
+		}
+	}()
+	d := h.take(ctx, keys)
+	h.spec.remember(keys[0], d)
+	out <- decided{d: d}
+}
+
+// decide waits for the decision, once, and on an allowed one opens the
+// gate: the RateLimit headers, then the held headers, go to w's. The held
+// ones are added, as the proxy adds a function's to what the edge set,
+// never replacing the edge's (its security headers).
 func (g *gate) decide() Decision {
 	if g.decided {
 		return g.d
 	}
-	g.d, g.decided = <-g.decision, true
-	g.h.spec.remember(g.key, g.d)
+	got := <-g.decision
+	if got.panicked != nil {
+		panic(got.panicked)
+	}
+	g.d, g.decided = got.d, true
 	if g.d.Allowed {
 		_ = g.h.answer(g.w, g.d) // allowed: sets the headers, refuses nothing
 		dst := g.w.Header()

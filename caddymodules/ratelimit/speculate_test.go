@@ -264,3 +264,68 @@ func TestASpeculatedAbortEndsAsTheRefusal(t *testing.T) {
 	_ = h.ServeHTTP(httptest.NewRecorder(), r, aborting)
 	t.Fatal("an allowed answer's abort was swallowed")
 }
+
+// The gate passes an allowed answer as the proxy writes it: no 1xx (its
+// headers stay out of the final answer), the status, the body around a
+// flush, and headers set after the status (trailers) on the real writer.
+// The route's count of requests in flight is back to 0 afterwards.
+func TestTheGatePassesWhatTheProxyWrites(t *testing.T) {
+	t.Parallel()
+	eight := 8
+	h := newTestHandler(t, Handler{Tier: TierAccount, SpeculateBelow: &eight})
+	keys := h.accountKeys(&identity.Identity{CustomerID: "cust-s", KeyID: "k8"})
+	h.spec.remember(keys[0], Decision{Allowed: true, Limit: 1000, Remaining: 1000, Source: SourceRedis})
+	proxy := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		if _, ok := w.(*gate); !ok {
+			return errors.New("not speculated")
+		}
+		w.Header().Set("Link", "</style.css>; rel=preload")
+		w.WriteHeader(http.StatusEarlyHints)
+		clear(w.Header()) // as the proxy does after a 1xx
+		w.Header().Set("X-A", "1")
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write([]byte("a"))
+		w.(http.Flusher).Flush()
+		w.Header().Set("X-Trailer", "t")
+		_, _ = w.Write([]byte("b"))
+		return nil
+	})
+	sw := &sealed{h: http.Header{"X-Edge": {"e"}}}
+	if err := h.ServeHTTP(sw, read("GET", "k8"), proxy); err != nil {
+		t.Fatal(err)
+	}
+	if sw.written != `status 200; "a"; flush; "b"; ` {
+		t.Fatalf("written: %s", sw.written)
+	}
+	if sw.h.Get("X-A") != "1" || sw.h.Get("X-Trailer") != "t" || sw.h.Get("X-Edge") != "e" || sw.h.Get("Link") != "" || sw.h.Get(headerLimit) == "" {
+		t.Fatalf("headers: %v", sw.h)
+	}
+	if n := h.spec.inFlight.Load(); n != 0 {
+		t.Fatalf("%d requests still counted in flight", n)
+	}
+}
+
+// A panic of the function's own on a refused read is not taken for an
+// aborted copy: it goes on up, as it would have without speculation.
+func TestASpeculatedPanicIsNotSwallowed(t *testing.T) {
+	t.Parallel()
+	eight := 8
+	h := newTestHandler(t, Handler{Tier: TierAccount, Key: &Bucket{Capacity: 1, Rate: 0.001}, SpeculateBelow: &eight})
+	keys := h.accountKeys(&identity.Identity{CustomerID: "cust-s", KeyID: "k9"})
+	if d := h.take(t.Context(), keys); !d.Allowed {
+		t.Fatal("no first token")
+	}
+	h.spec.remember(keys[0], Decision{Allowed: true, Limit: 1000, Remaining: 1000, Source: SourceRedis})
+	defer func() {
+		if p := recover(); p != "boom" {
+			t.Fatalf("recovered %v, want the function's panic", p)
+		}
+		if n := h.spec.inFlight.Load(); n != 0 {
+			t.Fatalf("%d requests still counted in flight after a panic", n)
+		}
+	}()
+	_ = h.ServeHTTP(&sealed{h: http.Header{}}, read("GET", "k9"), caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error {
+		panic("boom")
+	}))
+	t.Fatal("the panic was swallowed")
+}
