@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -62,6 +63,37 @@ func FuzzCaddyfile(f *testing.F) {
 		if why := importReadsFiles(body); why != "" {
 			t.Skip(why) // reading files and globs is not what this target is about
 		}
+		// Each of Guardian's directives the Caddyfile parser accepts is
+		// the same module once through JSON, which is what Caddy runs: a
+		// setting the JSON form drops or changes would vanish silently.
+		if tokens, err := caddyfile.Tokenize(expandEnv([]byte(body)), "Caddyfile"); err == nil {
+			for i, tok := range tokens {
+				var parsed caddyfile.Unmarshaler
+				switch tok.Text {
+				case "guardian_auth":
+					parsed = new(auth.Handler)
+				case "guardian_ratelimit":
+					parsed = new(ratelimit.Handler)
+				default:
+					continue
+				}
+				if parsed.UnmarshalCaddyfile(caddyfile.NewDispenser(tokens[i:])) != nil {
+					continue
+				}
+				raw, err := json.Marshal(parsed)
+				if err != nil {
+					t.Fatalf("%s: %v", tok.Text, err)
+				}
+				loaded := reflect.New(reflect.TypeOf(parsed).Elem()).Interface()
+				if err := json.Unmarshal(raw, loaded); err != nil {
+					t.Fatalf("%s's JSON %s does not load: %v", tok.Text, raw, err)
+				}
+				if field, same := sameExported(parsed, loaded); !same {
+					t.Fatalf("%s: %s is %v as parsed, %v through JSON %s", tok.Text, field,
+						reflect.Indirect(reflect.ValueOf(parsed).Elem().FieldByName(field)), reflect.Indirect(reflect.ValueOf(loaded).Elem().FieldByName(field)), raw)
+				}
+			}
+		}
 		out, _, err := adapter.Adapt([]byte(body), map[string]any{"filename": filename})
 		if err != nil {
 			return
@@ -91,6 +123,18 @@ func FuzzCaddyfile(f *testing.F) {
 			}
 		})
 	})
+}
+
+// sameExported compares the exported fields of two pointers to structs of
+// one type, returning the first that differs.
+func sameExported(a, b any) (string, bool) {
+	va, vb := reflect.ValueOf(a).Elem(), reflect.ValueOf(b).Elem()
+	for i := range va.NumField() {
+		if f := va.Type().Field(i); f.IsExported() && !reflect.DeepEqual(va.Field(i).Interface(), vb.Field(i).Interface()) {
+			return f.Name, false
+		}
+	}
+	return "", true
 }
 
 // eachHandler calls fn with the name and JSON of every object in v that
