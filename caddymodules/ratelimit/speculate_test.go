@@ -234,13 +234,7 @@ func (w *sealed) Flush() { w.written += "flush; " }
 // remembered; one that aborts an allowed answer still aborts.
 func TestASpeculatedAbortEndsAsTheRefusal(t *testing.T) {
 	t.Parallel()
-	eight := 8
-	h := newTestHandler(t, Handler{Tier: TierAccount, Key: &Bucket{Capacity: 1, Rate: 0.001}, SpeculateBelow: &eight})
-	keys := h.accountKeys(&identity.Identity{CustomerID: "cust-s", KeyID: "k6"})
-	if d := h.take(t.Context(), keys); !d.Allowed {
-		t.Fatal("no first token")
-	}
-	h.spec.remember(keys[0], Decision{Allowed: true, Limit: 1000, Remaining: 1000, Source: SourceRedis})
+	h, keys := spentButPlenty(t, "k6")
 	aborting := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
 		w.WriteHeader(http.StatusOK)
 		panic(http.ErrAbortHandler)
@@ -309,13 +303,7 @@ func TestTheGatePassesWhatTheProxyWrites(t *testing.T) {
 // aborted copy: it goes on up, as it would have without speculation.
 func TestASpeculatedPanicIsNotSwallowed(t *testing.T) {
 	t.Parallel()
-	eight := 8
-	h := newTestHandler(t, Handler{Tier: TierAccount, Key: &Bucket{Capacity: 1, Rate: 0.001}, SpeculateBelow: &eight})
-	keys := h.accountKeys(&identity.Identity{CustomerID: "cust-s", KeyID: "k9"})
-	if d := h.take(t.Context(), keys); !d.Allowed {
-		t.Fatal("no first token")
-	}
-	h.spec.remember(keys[0], Decision{Allowed: true, Limit: 1000, Remaining: 1000, Source: SourceRedis})
+	h, _ := spentButPlenty(t, "k9")
 	defer func() {
 		if p := recover(); p != "boom" {
 			t.Fatalf("recovered %v, want the function's panic", p)
@@ -328,4 +316,19 @@ func TestASpeculatedPanicIsNotSwallowed(t *testing.T) {
 		panic("boom")
 	}))
 	t.Fatal("the panic was swallowed")
+}
+
+// spentButPlenty is a handler speculating on key's reads, whose key has
+// spent its one token while this instance still takes it for plenty
+// (another instance spent the rest).
+func spentButPlenty(t *testing.T, key string) (*Handler, []string) {
+	t.Helper()
+	eight := 8
+	h := newTestHandler(t, Handler{Tier: TierAccount, Key: &Bucket{Capacity: 1, Rate: 0.001}, SpeculateBelow: &eight})
+	keys := h.accountKeys(&identity.Identity{CustomerID: "cust-s", KeyID: key})
+	if d := h.take(t.Context(), keys); !d.Allowed {
+		t.Fatal("no first token")
+	}
+	h.spec.remember(keys[0], Decision{Allowed: true, Limit: 1000, Remaining: 1000, Source: SourceRedis})
+	return h, keys
 }

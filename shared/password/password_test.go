@@ -32,7 +32,7 @@ func TestCheck(t *testing.T) {
 		{strings.Repeat("日本", 6) + "x", nil},   // 13 characters in 37 bytes
 		{"éa" + strings.Repeat("é", 10), nil},
 		{strings.Repeat("e\u0301", 6) + "abcde", ErrTooShort}, // 11 letters, six of them typed as two code points
-		{strings.Repeat("e\u0301", 12), ErrCommon},           // one letter repeated, decomposed
+		{strings.Repeat("e\u0301", 12), ErrCommon},            // one letter repeated, decomposed
 	}
 	for _, tc := range cases {
 		if got := Check(tc.pw, "alice.smith@example.com"); !errors.Is(got, tc.want) {
