@@ -299,10 +299,10 @@ func (h *Handler) row(r *http.Request, id *identity.Identity, why string, status
 	row := &audit.Row{
 		OccurredAt: start.Truncate(time.Microsecond),
 		SourceIP:   audit.NormalizeIP(clientIP(r)),
-		UserAgent:  audit.RedactText(pgtext.Clean(r.UserAgent(), 512)),
+		UserAgent:  audit.RedactCut(r.UserAgent(), 512),
 		RequestID:  reqID,
 		Method:     pgtext.Clean(r.Method, 16),
-		Path:       audit.RedactPath(pgtext.Clean(r.URL.Path, 2048)),
+		Path:       audit.RedactCut(r.URL.Path, 2048),
 		Action:     audit.ActionFor(r.Method),
 		Result:     audit.ResultFor(status),
 		StatusCode: status,
@@ -322,7 +322,7 @@ func (h *Handler) row(r *http.Request, id *identity.Identity, why string, status
 		if err := decodeAnnotation(ann, &a); err == nil {
 			// A function may name the resource by what the client sent
 			// (a path segment), which can be a key pasted in place of its id.
-			row.ResourceType, row.ResourceID = pgtext.Clean(a.ResourceType, 64), audit.RedactText(pgtext.Clean(a.ResourceID, 128))
+			row.ResourceType, row.ResourceID = pgtext.Clean(a.ResourceType, 64), audit.RedactCut(a.ResourceID, 128)
 			if (id == nil || id.Kind == identity.KindSession) && uuidRE.MatchString(a.CustomerID) {
 				// The function names whose account the call acted on: a
 				// sign-in's (or its failure's) account, which need not be

@@ -20,6 +20,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/glassmkr/guardian/shared/pgtext"
 )
 
 // Header is the response header in which a function tells the edge what
@@ -289,6 +291,39 @@ func RedactText(s string) string {
 		return s
 	}
 	return secretValue.ReplaceAllString(s, Redacted)
+}
+
+// RedactCut cleans s for a text column (pgtext.Clean) and cuts it to n
+// bytes without leaving part of a key or token: whole ones are redacted
+// before the cut (in the first 4n bytes), and one the cut ends inside is
+// redacted from its start, however little of it is left.
+func RedactCut(s string, n int) string {
+	s = pgtext.Clean(RedactText(pgtext.Clean(s, 4*n)), n)
+	if !hasKeyPrefix(s) && !strings.Contains(s, "eyJ") {
+		return s
+	}
+	// The last run of key characters, up to the end: a cut key's or
+	// token's rest if it starts like one.
+	start := len(s)
+	for start > 0 && isKeyByte(s[start-1]) {
+		start--
+	}
+	tail := s[start:]
+	i := strings.Index(strings.ToLower(tail), "gmk_")
+	if i < 0 {
+		i = strings.Index(tail, "eyJ")
+	}
+	if i < 0 {
+		return s
+	}
+	// Within n with the marker: what comes before it gives way first.
+	kept := pgtext.Clean(s[:start+i], max(n-len(Redacted), 0))
+	return (kept + Redacted)[:min(len(kept)+len(Redacted), n)]
+}
+
+// isKeyByte is a byte a key or token may hold (secretValue's classes).
+func isKeyByte(c byte) bool {
+	return c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '_' || c == '.' || c == '-'
 }
 
 func redact(v any, key string) any {

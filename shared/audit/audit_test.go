@@ -443,3 +443,39 @@ func FuzzRedactText(f *testing.F) {
 		}
 	})
 }
+
+// RedactCut leaves no 8 characters in a row of a key's random part or a
+// token's signature, wherever its cut falls: before, inside or after the
+// secret.
+func FuzzRedactCut(f *testing.F) {
+	f.Add([]byte("0123456789abcdef0123456789abcdef"), "Mozilla/5.0 ", "", uint16(30), false)
+	f.Add([]byte("ffffffffffffffffffffffffffffffff"), strings.Repeat("a", 500), " x", uint16(512), true)
+	f.Add([]byte("22222222222222222222222222222222"), "/api/v1/keys/", "/rotate", uint16(40), false)
+	f.Fuzz(func(t *testing.T, raw []byte, before, after string, n uint16, token bool) {
+		if len(raw) != 32 || n == 0 || n > 4096 {
+			return
+		}
+		secret, err := apikey.FromBytes(apikey.Account, [32]byte(raw))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body := secret[strings.Index(secret, "_live_")+len("_live_"):]
+		if token {
+			if secret, err = session.Issue(raw, "0b0e7a52-6c1a-4f4e-9a51-5b2f7c6f1d11", "0b0e7a52-6c1a-4f4e-9a51-5b2f7c6f1d12",
+				"0b0e7a52-6c1a-4f4e-9a51-5b2f7c6f1d13", time.Unix(1796000000, 0), time.Unix(1796600000, 0)); err != nil {
+				t.Fatal(err)
+			}
+			body = secret[strings.LastIndexByte(secret, '.')+1:]
+		}
+		out := RedactCut(before+secret+after, int(n))
+		if len(out) > int(n) {
+			t.Fatalf("RedactCut to %d gave %d bytes", n, len(out))
+		}
+		for i := 0; i+8 <= len(body); i++ {
+			w := body[i : i+8]
+			if strings.Contains(out, w) && !strings.Contains(before+after, w) {
+				t.Fatalf("RedactCut(%q, %d) = %q keeps %q of the secret", before+secret+after, n, out, w)
+			}
+		}
+	})
+}
