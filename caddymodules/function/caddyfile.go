@@ -96,6 +96,11 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err != nil || dur < 0 {
 				return d.Errf("%s: invalid duration %q", field, val)
 			}
+			if dur == 0 && field != "idle_timeout" {
+				// 0 would read as unset and give the default, not "no
+				// limit": said rather than done quietly.
+				return d.Errf("%s must be longer than 0 (without it, the default applies)", field)
+			}
 			cd := caddy.Duration(dur)
 			switch field {
 			case "start_timeout":
