@@ -298,26 +298,27 @@ func RedactText(s string) string {
 // before the cut (in the first 4n bytes), and one the cut ends inside is
 // redacted from its start, however little of it is left.
 func RedactCut(s string, n int) string {
-	s = pgtext.Clean(RedactText(pgtext.Clean(s, 4*n)), n)
-	if !hasKeyPrefix(s) && !strings.Contains(s, "eyJ") {
-		return s
+	full := RedactText(pgtext.Clean(s, 4*n))
+	out := pgtext.Clean(full, n) // full is clean: a prefix of it
+	if len(out) == len(full) || !isKeyByte(full[len(out)]) {
+		return out // not cut, or cut between words: nothing split
 	}
-	// The last run of key characters, up to the end: a cut key's or
-	// token's rest if it starts like one.
-	start := len(s)
-	for start > 0 && isKeyByte(s[start-1]) {
+	// The run of key characters the cut ended inside: a key's or token's
+	// rest if it starts like one.
+	start := len(out)
+	for start > 0 && isKeyByte(out[start-1]) {
 		start--
 	}
-	tail := s[start:]
+	tail := out[start:]
 	i := strings.Index(strings.ToLower(tail), "gmk_")
-	if i < 0 {
-		i = strings.Index(tail, "eyJ")
+	if j := strings.Index(tail, "eyJ"); j >= 0 && (i < 0 || j < i) {
+		i = j
 	}
 	if i < 0 {
-		return s
+		return out
 	}
 	// Within n with the marker: what comes before it gives way first.
-	kept := pgtext.Clean(s[:start+i], max(n-len(Redacted), 0))
+	kept := pgtext.Clean(out[:start+i], max(n-len(Redacted), 0))
 	return (kept + Redacted)[:min(len(kept)+len(Redacted), n)]
 }
 

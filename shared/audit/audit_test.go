@@ -479,3 +479,25 @@ func FuzzRedactCut(f *testing.F) {
 		}
 	})
 }
+
+// RedactCut leaves what it does not cut inside a key or token as
+// RedactText would: words that merely hold gmk_ or eyJ stay.
+func TestRedactCutKeepsWhatItDidNotSplit(t *testing.T) {
+	for _, s := range []string{"/gmk_docs", "/api/v1/servers/heyJude", "/api/v1/keyJobs", "Mozilla/5.0 surveyJS",
+		"/api/v1/servers/0b0e7a52-6c1a-4f4e-9a51-5b2f7c6f1d11"} {
+		if got := RedactCut(s, 2048); got != s {
+			t.Errorf("RedactCut(%q) = %q", s, got)
+		}
+	}
+	// Cut between words, nothing is split: the word before stays.
+	if got := RedactCut("/x/gmk_docs/more", 11); got != "/x/gmk_docs" {
+		t.Errorf("cut after a word: %q", got)
+	}
+	// Cut inside one, it goes from its start.
+	if got := RedactCut("/x/gmk_acct_live_abcdef", 12); got != "/x[redacted]" { // the marker within 12: the path gives way
+		t.Errorf("cut inside a key: %q", got)
+	}
+	if got := RedactCut("/api/v1/keys/gmk_acct_live_abcdefghijkl", 30); got != "/api/v1/keys/[redacted]" {
+		t.Errorf("cut inside a key: %q", got)
+	}
+}
