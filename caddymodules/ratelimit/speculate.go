@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"context"
+	"errors"
 	"hash/maphash"
 	"net/http"
 	"sync/atomic"
@@ -93,6 +94,7 @@ type gate struct {
 	d        Decision
 	decided  bool
 	released bool // allowed: writes go to w
+	panicked any  // the decision's panic, raised again if asked again
 }
 
 // decided is a decision made aside, or the panic that stopped it.
@@ -109,15 +111,29 @@ type decided struct {
 // request's goroutine, where net/http confines it to the request: here it
 // would end the process.
 func (h *Handler) decideAside(ctx context.Context, keys []string, out chan<- decided) {
+	h.spec.decideWith(keys[0], out, func() Decision { return h.take(ctx, keys) })
+}
+
+// decideWith is decideAside with the decision made by take.
+func (s *speculation) decideWith(key string, out chan<- decided, take func() Decision) {
+	sent := false
 	defer func() {
-		if p := recover(); p != nil {
+		if p := recover(); p != nil || !sent {
+			if p == nil {
+				p = errDecisionAbandoned // runtime.Goexit: no value to recover
+			}
 			out <- decided{panicked: p}
 		}
 	}()
-	d := h.take(ctx, keys)
-	h.spec.remember(keys[0], d)
+	d := take()
+	s.remember(key, d)
 	out <- decided{d: d}
+	sent = true
 }
+
+// errDecisionAbandoned is raised for a decision whose goroutine ended
+// without one.
+var errDecisionAbandoned = errors.New("rate limiter: a speculated decision ended without a result")
 
 // decide waits for the decision, once, and on an allowed one opens the
 // gate: the RateLimit headers, then the held headers, go to w's. The held
@@ -127,8 +143,12 @@ func (g *gate) decide() Decision {
 	if g.decided {
 		return g.d
 	}
+	if g.panicked != nil {
+		panic(g.panicked) // asked again after the panic (serve's recover)
+	}
 	got := <-g.decision
 	if got.panicked != nil {
+		g.panicked = got.panicked
 		panic(got.panicked)
 	}
 	g.d, g.decided = got.d, true

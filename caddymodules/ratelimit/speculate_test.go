@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"testing"
 	"time"
 
@@ -331,4 +332,49 @@ func spentButPlenty(t *testing.T, key string) (*Handler, []string) {
 	}
 	h.spec.remember(keys[0], Decision{Allowed: true, Limit: 1000, Remaining: 1000, Source: SourceRedis})
 	return h, keys
+}
+
+// A decision whose goroutine panics, even with http.ErrAbortHandler (which
+// serve treats as an aborted copy and asks the decision again), or ends by
+// runtime.Goexit, raises a panic on the request's goroutine instead of
+// leaving it waiting.
+func TestAFailedDecisionNeverLeavesTheRequestWaiting(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		send func(chan<- decided)
+		want any
+	}{
+		{"abort panic", func(c chan<- decided) { c <- decided{panicked: http.ErrAbortHandler} }, http.ErrAbortHandler},
+		{"goexit", func(c chan<- decided) {
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				newSpeculation(8).decideWith("k10", c, func() Decision { runtime.Goexit(); return Decision{} })
+			}()
+			<-done
+		}, errDecisionAbandoned},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := make(chan decided, 1)
+			tc.send(c)
+			g := &gate{w: &sealed{h: http.Header{}}, hdr: http.Header{}, decision: c}
+			result := make(chan any, 1)
+			go func() {
+				defer func() { result <- recover() }()
+				_ = g.serve(caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+					_, err := w.Write([]byte("x"))
+					return err
+				}), read("GET", "k10"))
+			}()
+			select {
+			case p := <-result:
+				if p != tc.want {
+					t.Fatalf("raised %v, want %v", p, tc.want)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("the request is still waiting for its decision")
+			}
+		})
+	}
 }
