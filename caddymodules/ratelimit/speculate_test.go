@@ -75,7 +75,7 @@ func TestSpeculatedReads(t *testing.T) {
 	// The function's headers are added to the edge's, never replace them.
 	rec = httptest.NewRecorder()
 	rec.Header().Set("X-Function", "edge")
-	h.spec.remember(h.accountKeys(&identity.Identity{CustomerID: "cust-s", KeyID: "k1"})[0], Decision{Allowed: true, Limit: 9, Remaining: 9, Source: SourceRedis})
+	plenty(h, "cust-s", "k1")
 	if err := h.ServeHTTP(rec, read("GET", "k1"), f); err != nil || f.gated != 2 {
 		t.Fatalf("third read: %v, gated %d", err, f.gated)
 	}
@@ -96,7 +96,7 @@ func TestSpeculatedReads(t *testing.T) {
 			t.Fatal("the key's tokens ran out early")
 		}
 	}
-	h.spec.remember(keys[0], Decision{Allowed: true, Limit: 9, Remaining: 9, Source: SourceRedis})
+	plenty(h, "cust-s", "k2")
 	sw := &sealed{h: http.Header{"Strict-Transport-Security": {"max-age=63072000"}}}
 	err := h.ServeHTTP(sw, read("GET", "k2"), f)
 	if s, code := status(err); s != 429 || code != "rate_limited" || f.gated != 3 {
@@ -112,7 +112,7 @@ func TestSpeculatedReads(t *testing.T) {
 
 	// A write is never speculated, whatever is known of its key.
 	for _, method := range []string{"POST", "DELETE", "PUT", "PATCH", "OPTIONS"} {
-		h.spec.remember(keys[0], Decision{Allowed: true, Limit: 9, Remaining: 9, Source: SourceRedis})
+		plenty(h, "cust-s", "k2")
 		if s, _ := status(h.ServeHTTP(httptest.NewRecorder(), read(method, "k2"), f)); s != 429 || f.ran != ran {
 			t.Fatalf("%s: %d, function ran %d more times (want refused before it)", method, s, f.ran-ran)
 		}
@@ -131,18 +131,17 @@ func TestSpeculationBounds(t *testing.T) {
 	t.Parallel()
 	one := 1
 	h := newTestHandler(t, Handler{Tier: TierAccount, SpeculateBelow: &one})
-	keys := h.accountKeys(&identity.Identity{CustomerID: "cust-s", KeyID: "k3"})
-	h.spec.remember(keys[0], Decision{Allowed: true, Limit: 1000, Remaining: 1000, Source: SourceRedis})
+	plenty(h, "cust-s", "k3")
 	inner := &function{}
-	var outer gatedSeen
+	outerGated := false
 	// The outer request is in flight (speculated) while the inner one
 	// comes.
 	outerNext := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
-		_, outer.gated = w.(*gate)
+		_, outerGated = w.(*gate)
 		return h.ServeHTTP(httptest.NewRecorder(), read("GET", "k3"), inner)
 	})
-	if err := h.ServeHTTP(httptest.NewRecorder(), read("GET", "k3"), outerNext); err != nil || !outer.gated || inner.ran != 1 || inner.gated != 0 {
-		t.Fatalf("%v: outer gated %v; inner ran %d, gated %d (want 1 and 0: two in flight, bound 1)", err, outer.gated, inner.ran, inner.gated)
+	if err := h.ServeHTTP(httptest.NewRecorder(), read("GET", "k3"), outerNext); err != nil || !outerGated || inner.ran != 1 || inner.gated != 0 {
+		t.Fatalf("%v: outer gated %v; inner ran %d, gated %d (want 1 and 0: two in flight, bound 1)", err, outerGated, inner.ran, inner.gated)
 	}
 
 	if d := newTestHandler(t, Handler{Tier: TierAccount}); d.spec != nil {
@@ -160,8 +159,6 @@ func TestSpeculationBounds(t *testing.T) {
 		}
 	}
 }
-
-type gatedSeen struct{ gated bool }
 
 // While Redis does not answer, a speculated read's answer waits for the
 // decision (failed open at the deadline) and then goes out whole; a
@@ -188,8 +185,7 @@ func TestASpeculatedReadWaitsForASilentRedis(t *testing.T) {
 	eight := 8
 	h := Handler{Tier: TierAccount, SpeculateBelow: &eight}
 	h.init(l)
-	keys := h.accountKeys(&identity.Identity{CustomerID: "cust-s", KeyID: "k5"})
-	h.spec.remember(keys[0], Decision{Allowed: true, Limit: 1000, Remaining: 1000, Source: SourceRedis})
+	keys := plenty(&h, "cust-s", "k5")
 	decidedAtWrite := true
 	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
 		g, ok := w.(*gate)
@@ -247,8 +243,7 @@ func TestASpeculatedAbortEndsAsTheRefusal(t *testing.T) {
 	if h.spec.plenty(keys[0]) {
 		t.Fatal("the refusal was not remembered")
 	}
-	other := h.accountKeys(&identity.Identity{CustomerID: "cust-t", KeyID: "k7"})
-	h.spec.remember(other[0], Decision{Allowed: true, Limit: 1000, Remaining: 1000, Source: SourceRedis})
+	plenty(h, "cust-t", "k7")
 	r := read("GET", "k7")
 	caddyhttp.SetVar(r.Context(), identity.VarKey, &identity.Identity{Kind: identity.KindAccount, CustomerID: "cust-t", KeyID: "k7", Scope: "read"})
 	defer func() {
@@ -268,8 +263,7 @@ func TestTheGatePassesWhatTheProxyWrites(t *testing.T) {
 	t.Parallel()
 	eight := 8
 	h := newTestHandler(t, Handler{Tier: TierAccount, SpeculateBelow: &eight})
-	keys := h.accountKeys(&identity.Identity{CustomerID: "cust-s", KeyID: "k8"})
-	h.spec.remember(keys[0], Decision{Allowed: true, Limit: 1000, Remaining: 1000, Source: SourceRedis})
+	plenty(h, "cust-s", "k8")
 	proxy := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
 		if _, ok := w.(*gate); !ok {
 			return errors.New("not speculated")
@@ -330,7 +324,7 @@ func spentButPlenty(t *testing.T, key string) (*Handler, []string) {
 	if d := h.take(t.Context(), keys); !d.Allowed {
 		t.Fatal("no first token")
 	}
-	h.spec.remember(keys[0], Decision{Allowed: true, Limit: 1000, Remaining: 1000, Source: SourceRedis})
+	plenty(h, "cust-s", key)
 	return h, keys
 }
 
@@ -377,4 +371,13 @@ func TestAFailedDecisionNeverLeavesTheRequestWaiting(t *testing.T) {
 			}
 		})
 	}
+}
+
+// plenty marks the credential key of customer's key as having tokens to
+// spare at its last decision on h, as another instance's draining would
+// leave it here, and returns its bucket keys.
+func plenty(h *Handler, customer, key string) []string {
+	keys := h.accountKeys(&identity.Identity{CustomerID: customer, KeyID: key})
+	h.spec.remember(keys[0], Decision{Allowed: true, Limit: 1000, Remaining: 1000, Source: SourceRedis})
+	return keys
 }
