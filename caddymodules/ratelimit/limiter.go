@@ -185,6 +185,13 @@ func (l *Limiter) Take(ctx context.Context, keys []string, buckets []Bucket, loc
 		d, err := l.takeRedis(ctx, keys, buckets)
 		if err == nil {
 			l.answered(now)
+			if local {
+				// Should Redis fail next, the in-memory buckets go on
+				// from what Redis left, not from full: a Redis that
+				// flaps under a flood must not give an address its
+				// budget twice.
+				l.local.mirror(now, keys, buckets, d)
+			}
 			return d
 		}
 		// A closed limiter (its config replaced while this request ran)
@@ -439,27 +446,57 @@ const maxLocalBuckets = 100_000
 
 func newLocalBuckets() *localBuckets { return &localBuckets{m: map[string]*localBucket{}} }
 
+// bound keeps the map under maxLocalBuckets; lb.mu is held.
+func (lb *localBuckets) bound(now time.Time) {
+	if len(lb.m) < maxLocalBuckets {
+		return
+	}
+	// Full buckets first: forgetting one changes nothing. Forgetting one
+	// in use would refill it, the very bucket of an address that emptied
+	// it guessing.
+	for k, b := range lb.m {
+		if !now.Before(b.fullAt) {
+			delete(lb.m, k)
+		}
+	}
+	// Still too many in use: the map must stay bounded all the same.
+	for k := range lb.m {
+		if len(lb.m) < maxLocalBuckets*3/4 {
+			break
+		}
+		delete(lb.m, k)
+	}
+}
+
+// mirror sets keys' buckets to what Redis's decision d left: its
+// Remaining, the tightest bucket's, for each (for a bucket that was not
+// the tightest, fewer tokens than Redis holds: on a brute-force surface,
+// erring short).
+func (lb *localBuckets) mirror(now time.Time, keys []string, buckets []Bucket, d Decision) {
+	lb.mu.Lock()
+	defer lb.mu.Unlock()
+	lb.bound(now)
+	for i, k := range keys {
+		tokens := min(buckets[i].Capacity, float64(d.Remaining))
+		if tokens >= buckets[i].Capacity {
+			delete(lb.m, k) // full: as good as absent
+			continue
+		}
+		b := lb.m[k]
+		if b == nil {
+			b = &localBucket{}
+			lb.m[k] = b
+		}
+		b.tokens, b.at = tokens, now
+		b.fullAt = now.Add(time.Duration((buckets[i].Capacity - tokens) / buckets[i].Rate * float64(time.Second)))
+	}
+}
+
 // take is the script's algorithm in memory.
 func (lb *localBuckets) take(now time.Time, keys []string, buckets []Bucket) Decision {
 	lb.mu.Lock()
 	defer lb.mu.Unlock()
-	if len(lb.m) >= maxLocalBuckets {
-		// Full buckets first: forgetting one changes nothing. Forgetting
-		// one in use would refill it, the very bucket of an address that
-		// emptied it guessing.
-		for k, b := range lb.m {
-			if !now.Before(b.fullAt) {
-				delete(lb.m, k)
-			}
-		}
-		// Still too many in use: the map must stay bounded all the same.
-		for k := range lb.m {
-			if len(lb.m) < maxLocalBuckets*3/4 {
-				break
-			}
-			delete(lb.m, k)
-		}
-	}
+	lb.bound(now)
 	d := Decision{Allowed: true, Remaining: math.MaxInt, Source: SourceLocal}
 	state := make([]*localBucket, len(keys))
 	for i, k := range keys {

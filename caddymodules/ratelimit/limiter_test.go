@@ -810,3 +810,40 @@ func TestTheProberAsksWithTheScript(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// When Redis stops answering, a brute-force surface's in-memory bucket
+// goes on from what Redis left, not from full: a Redis that flaps under a
+// flood must not give an address its budget twice.
+func TestTheLocalBucketGoesOnFromRedis(t *testing.T) {
+	// Not parallel: it moves the shared redis_up gauge, as
+	// TestSlowRedisFailsOpen does.
+	env, _ := testenv.Private(t, "redis")
+	opts := &redis.Options{Addr: env["GUARDIAN_REDIS_ADDR"], Password: env["GUARDIAN_REDIS_PASSWORD"], MaxRetries: -1}
+	l := NewLimiter(redis.NewClient(opts), "mirror:", 50*time.Millisecond, nil)
+	t.Cleanup(func() { _ = l.Close() })
+	keys, b := []string{l.IPKey("198.51.100.9")}, []Bucket{{Capacity: 10, Rate: 0.001}}
+	ctx := context.Background()
+	for i := range 7 {
+		if d := l.Take(ctx, keys, b, true); !d.Allowed || d.Source != SourceRedis {
+			t.Fatalf("attempt %d through Redis: %+v", i, d)
+		}
+	}
+	admin := redis.NewClient(opts)
+	defer admin.Close()
+	if err := admin.Do(ctx, "CLIENT", "PAUSE", "2000", "ALL").Err(); err != nil {
+		t.Fatal(err)
+	}
+	var allowed int
+	for range 10 {
+		d := l.Take(ctx, keys, b, true)
+		if d.Source != SourceLocal {
+			t.Fatalf("with Redis paused: %+v", d)
+		}
+		if d.Allowed {
+			allowed++
+		}
+	}
+	if allowed != 3 {
+		t.Fatalf("%d attempts allowed without Redis after 7 of 10 with it, want 3", allowed)
+	}
+}
