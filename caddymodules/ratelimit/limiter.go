@@ -42,6 +42,9 @@ type Decision struct {
 	// Source says who decided: "redis", "local" (Redis down, in-memory
 	// bucket) or "open" (Redis down, failed open).
 	Source string
+	// each is what Redis left in each bucket (a decision has one or two),
+	// for the in-memory buckets to go on from.
+	each [2]int
 }
 
 // Sources of a decision.
@@ -186,11 +189,13 @@ func (l *Limiter) Take(ctx context.Context, keys []string, buckets []Bucket, loc
 		if err == nil {
 			l.answered(now)
 			if local {
-				// Should Redis fail next, the in-memory buckets go on
-				// from what Redis left, not from full: a Redis that
-				// flaps under a flood must not give an address its
-				// budget twice.
-				l.local.mirror(now, keys, buckets, d)
+				// Redis and the in-memory buckets keep one count: should
+				// Redis fail next, the in-memory ones go on from what it
+				// left, not from full; and what they allowed while it was
+				// away, which Redis never saw, still counts once it is
+				// back. A Redis that flaps under a flood must not give an
+				// address its budget twice.
+				d = l.local.reconcile(now, keys, buckets, d)
 			}
 			return d
 		}
@@ -419,6 +424,9 @@ func decode(res []int64, buckets []Bucket) (Decision, error) {
 	d := Decision{Allowed: res[0] == 1, Remaining: math.MaxInt, Source: SourceRedis}
 	for i, b := range buckets {
 		remaining, full, retry := res[1+3*i], res[2+3*i], res[3+3*i]
+		if i < len(d.each) {
+			d.each[i] = int(max(remaining, 0))
+		}
 		if int(remaining) < d.Remaining {
 			d.Remaining, d.Limit, d.Reset = int(remaining), int(b.Capacity), time.Duration(full)*time.Millisecond
 		}
@@ -468,17 +476,33 @@ func (lb *localBuckets) bound(now time.Time) {
 	}
 }
 
-// mirror sets keys' buckets to what Redis's decision d left: its
-// Remaining, the tightest bucket's, for each (for a bucket that was not
-// the tightest, fewer tokens than Redis holds: on a brute-force surface,
-// erring short).
-func (lb *localBuckets) mirror(now time.Time, keys []string, buckets []Bucket, d Decision) {
+// reconcile joins Redis's decision d over keys with the in-memory
+// buckets and returns the decision both allow: each bucket is left with
+// the fewer of the tokens Redis left in it and those the in-memory one
+// holds, less the one this request takes; an in-memory bucket that is
+// empty (spent while Redis was away) refuses what Redis allowed.
+func (lb *localBuckets) reconcile(now time.Time, keys []string, buckets []Bucket, d Decision) Decision {
 	lb.mu.Lock()
 	defer lb.mu.Unlock()
 	lb.bound(now)
 	for i, k := range keys {
-		tokens := min(buckets[i].Capacity, float64(d.Remaining))
-		if tokens >= buckets[i].Capacity {
+		c := buckets[i]
+		if i >= len(d.each) {
+			break // Take's callers pass one or two keys
+		}
+		tokens := min(c.Capacity, float64(d.each[i]))
+		if b := lb.m[k]; b != nil {
+			held := min(c.Capacity, b.tokens+max(now.Sub(b.at).Seconds(), 0)*c.Rate)
+			if d.Allowed && held < 1 {
+				d.Allowed, d.Remaining, d.Limit = false, 0, int(c.Capacity)
+				d.Reset = time.Duration((c.Capacity - held) / c.Rate * float64(time.Second))
+				d.RetryAfter = time.Duration((1 - held) / c.Rate * float64(time.Second))
+			} else if d.Allowed {
+				held--
+			}
+			tokens = min(tokens, held)
+		}
+		if tokens >= c.Capacity {
 			delete(lb.m, k) // full: as good as absent
 			continue
 		}
@@ -488,8 +512,9 @@ func (lb *localBuckets) mirror(now time.Time, keys []string, buckets []Bucket, d
 			lb.m[k] = b
 		}
 		b.tokens, b.at = tokens, now
-		b.fullAt = now.Add(time.Duration((buckets[i].Capacity - tokens) / buckets[i].Rate * float64(time.Second)))
+		b.fullAt = now.Add(time.Duration((c.Capacity - tokens) / c.Rate * float64(time.Second)))
 	}
+	return d
 }
 
 // take is the script's algorithm in memory.

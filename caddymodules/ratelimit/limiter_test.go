@@ -812,8 +812,9 @@ func TestTheProberAsksWithTheScript(t *testing.T) {
 }
 
 // When Redis stops answering, a brute-force surface's in-memory bucket
-// goes on from what Redis left, not from full: a Redis that flaps under a
-// flood must not give an address its budget twice.
+// goes on from what Redis left, not from full, and what it allowed meanwhile
+// still counts once Redis is back: a Redis that flaps under a flood must
+// not give an address its budget twice.
 func TestTheLocalBucketGoesOnFromRedis(t *testing.T) {
 	// Not parallel: it moves the shared redis_up gauge, as
 	// TestSlowRedisFailsOpen does.
@@ -845,5 +846,13 @@ func TestTheLocalBucketGoesOnFromRedis(t *testing.T) {
 	}
 	if allowed != 3 {
 		t.Fatalf("%d attempts allowed without Redis after 7 of 10 with it, want 3", allowed)
+	}
+	// Redis back, it still holds the 3 spent while it was away: they
+	// count, and the address stays refused.
+	time.Sleep(2100 * time.Millisecond)
+	l.now = func() time.Time { return time.Now().Add(probeEvery) }
+	d := l.Take(ctx, keys, b, true)
+	if d.Source != SourceRedis || d.Allowed || d.RetryAfter <= 0 {
+		t.Fatalf("with Redis back: %+v, want refused (the bucket was spent without it)", d)
 	}
 }
