@@ -20,6 +20,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/glassmkr/guardian/shared/pgtext"
 )
@@ -287,10 +288,45 @@ func RedactPath(path string) string { return RedactText(path) }
 // RedactText replaces what looks like a key or token in any text a row
 // keeps (path, resource id, user agent), in whatever letter case.
 func RedactText(s string) string {
+	if strings.IndexByte(s, 0) >= 0 || strings.Contains(s, "\uFFFD") || !utf8.ValidString(s) {
+		s = redactSplit(s)
+	}
 	if !isSecretValue(s) {
 		return s
 	}
 	return secretValue.ReplaceAllString(s, Redacted)
+}
+
+// redactSplit redacts keys and tokens split by what a text column cannot
+// keep (NUL, bytes outside UTF-8) or by what it keeps in their place
+// (U+FFFD): removing those gives the secret back whole, so they are read
+// past, and the whole span of a secret found so is replaced.
+func redactSplit(s string) string {
+	joined := make([]byte, 0, len(s))
+	at := make([]int, 0, len(s)) // at[j]: where joined[j] is in s
+	for i := 0; i < len(s); {
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r != 0 && r != utf8.RuneError {
+			for k := range size {
+				joined = append(joined, s[i+k])
+				at = append(at, i+k)
+			}
+		}
+		i += size
+	}
+	found := secretValue.FindAllIndex(joined, -1)
+	if found == nil {
+		return s
+	}
+	var out strings.Builder
+	last := 0
+	for _, m := range found {
+		out.WriteString(s[last:at[m[0]]])
+		out.WriteString(Redacted)
+		last = at[m[1]-1] + 1
+	}
+	out.WriteString(s[last:])
+	return out.String()
 }
 
 // RedactCut cleans s for a text column (pgtext.Clean) and cuts it to n
