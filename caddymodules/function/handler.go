@@ -365,7 +365,72 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 // being stopped for idleness.
 func (h *Handler) proxy(p *process, w http.ResponseWriter, req *http.Request) {
 	defer h.inst.release(p)
-	p.proxy.ServeHTTP(w, req)
+	f := finalOnlyPool.Get().(*finalOnly)
+	f.w = w
+	defer f.free()
+	p.proxy.ServeHTTP(f, req)
+}
+
+// finalOnly passes a function's answer to w without its informational
+// (1xx) answers. httputil.ReverseProxy writes each 1xx with the function's
+// headers in w's header map and then clears the map, and the edge's
+// headers (HSTS, CSP, Request-Id, RateLimit-*) went with it; a function
+// may send 103 Early Hints unasked. So the function's headers are
+// gathered apart until its final status, then added to w's.
+type finalOnly struct {
+	w     http.ResponseWriter
+	hdr   http.Header
+	wrote bool
+}
+
+var finalOnlyPool = sync.Pool{New: func() any { return &finalOnly{hdr: make(http.Header, 8)} }}
+
+// Header is the function's headers until its final status, then w's (for
+// trailers).
+func (f *finalOnly) Header() http.Header {
+	if f.wrote {
+		return f.w.Header()
+	}
+	return f.hdr
+}
+
+// WriteHeader drops a 1xx (101 Switching Protocols is final) and passes
+// the final status with the function's headers added to w's.
+func (f *finalOnly) WriteHeader(code int) {
+	if f.wrote {
+		f.w.WriteHeader(code) // superfluous: w says so
+		return
+	}
+	if code >= 100 && code < 200 && code != http.StatusSwitchingProtocols {
+		clear(f.hdr)
+		return
+	}
+	f.wrote = true
+	dst := f.w.Header()
+	for k, vv := range f.hdr {
+		if dst[k] == nil {
+			dst[k] = vv // the slice is the proxy's own, never written again
+		} else {
+			dst[k] = append(dst[k], vv...)
+		}
+	}
+	f.w.WriteHeader(code)
+}
+
+func (f *finalOnly) Write(b []byte) (int, error) {
+	if !f.wrote {
+		f.WriteHeader(http.StatusOK)
+	}
+	return f.w.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach w (Flush, Hijack for 101).
+func (f *finalOnly) Unwrap() http.ResponseWriter { return f.w }
+
+func (f *finalOnly) free() {
+	clear(f.hdr)
+	f.w, f.wrote = nil, false
+	finalOnlyPool.Put(f)
 }
 
 // failLogEvery is how often a function's timeouts and failed requests are

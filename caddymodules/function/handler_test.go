@@ -689,6 +689,50 @@ func TestIdleUploadsHoldNoneOfTheBound(t *testing.T) {
 // becomes the request's auth failure, as guardian_auth would set it; a
 // reason that is not a plain word is dropped, and a failure already set
 // stands.
+// TestAnInformationalAnswerKeepsTheEdgesHeaders: Go's reverse proxy
+// writes a function's 1xx with the function's headers in the response's
+// header map, then clears the map, the edge's headers (HSTS, CSP,
+// Request-Id, RateLimit-*) with it. A function may send 103 unasked; its
+// 1xx stays between it and the edge.
+func TestAnInformationalAnswerKeepsTheEdgesHeaders(t *testing.T) {
+	t.Parallel()
+	h := newHandler(t, &Handler{})
+	rec := &informational{ResponseRecorder: httptest.NewRecorder()}
+	rec.Header().Set("Strict-Transport-Security", "max-age=63072000")
+	rec.Header().Set("Request-Id", "r-1")
+	if err := h.ServeHTTP(rec, httptest.NewRequest("GET", "/early", nil), nil); err != nil {
+		t.Fatal(err)
+	}
+	hdr := rec.Result().Header
+	if rec.Code != 200 || rec.Body.Len() == 0 {
+		t.Fatalf("answer %d %q", rec.Code, rec.Body)
+	}
+	if got := hdr.Values("Strict-Transport-Security"); len(got) != 1 || got[0] != "max-age=63072000" {
+		t.Errorf("Strict-Transport-Security = %q, want the edge's alone", got)
+	}
+	if hdr.Get("Request-Id") != "r-1" || hdr.Get("X-Final") != "yes" {
+		t.Errorf("headers %v: want the edge's and the function's final ones", hdr)
+	}
+	if hdr.Get("Link") != "" || len(rec.early) != 0 {
+		t.Errorf("the function's 1xx reached the client: %v, Link %q", rec.early, hdr.Get("Link"))
+	}
+}
+
+// informational records the 1xx codes written through it, which
+// httptest.ResponseRecorder ignores.
+type informational struct {
+	*httptest.ResponseRecorder
+	early []int
+}
+
+func (r *informational) WriteHeader(code int) {
+	if code >= 100 && code < 200 {
+		r.early = append(r.early, code)
+		return
+	}
+	r.ResponseRecorder.WriteHeader(code)
+}
+
 func TestAFunctionsAuthFailureReachesTheEdge(t *testing.T) {
 	t.Parallel()
 	h := newHandler(t, &Handler{})

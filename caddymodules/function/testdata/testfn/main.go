@@ -64,6 +64,14 @@ func setup(ctx context.Context, log *zap.Logger, env *config.Loader) (http.Handl
 	mux.HandleFunc("/ok", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "%d", os.Getpid())
 	})
+	// /early sends 103 Early Hints before its answer, as any function may.
+	mux.HandleFunc("/early", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Link", "</style.css>; rel=preload")
+		w.WriteHeader(http.StatusEarlyHints)
+		w.Header().Del("Link")
+		w.Header().Set("X-Final", "yes")
+		fmt.Fprintf(w, "%d", os.Getpid())
+	})
 	mux.HandleFunc("/authfail", func(w http.ResponseWriter, r *http.Request) {
 		// A function refusing a credential it checks itself.
 		w.Header().Set("Guardian-Auth-Failure", r.URL.Query().Get("reason"))
