@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"time"
@@ -42,7 +43,7 @@ type Handler struct {
 	// SpoolDir is where rows wait while PostgreSQL is away. Required.
 	SpoolDir string `json:"spool_dir"`
 	// MaxSpoolBytes bounds the spool. Default 1 GiB. Handlers sharing a
-	// writer (one spool_dir) share it too; the newest config's wins.
+	// writer (one spool_dir) share it too; the newest live config's wins.
 	MaxSpoolBytes int64 `json:"max_spool_bytes,omitempty"`
 	// Timeout bounds the wait for a place in the writer's queue (full
 	// only when PostgreSQL falls far behind). A queued row is then
@@ -52,10 +53,11 @@ type Handler struct {
 	// Linger is how long a busy writer waits for more rows before a
 	// group commit (WriterConfig.Linger): larger commits cost PostgreSQL
 	// far less per row. Default 3ms; negative: never. Handlers sharing a
-	// writer (one spool_dir) share it too; the newest config's wins.
+	// writer (one spool_dir) share it too; the newest live config's wins.
 	Linger caddy.Duration `json:"linger,omitempty"`
 
 	writer  *Writer
+	release func() // this handler's hold on the writer's settings
 	poolKey string
 	log     *zap.Logger
 }
@@ -82,16 +84,22 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("guardian_audit: %w", err)
 	}
 	dsn := appIface.(*guardian.App).PGAppDSN()
-	h.poolKey = dsn + "\x00" + h.SpoolDir
+	// One writer per directory however it is spelled (a trailing slash, a
+	// relative path): a second writer on the same spool is refused by its
+	// lock, and the reload with it.
+	dir, err := filepath.Abs(h.SpoolDir)
+	if err != nil {
+		return fmt.Errorf("guardian_audit: spool_dir: %w", err)
+	}
+	h.poolKey = dsn + "\x00" + dir
 	v, _, err := writers.LoadOrNew(h.poolKey, func() (caddy.Destructor, error) {
-		return NewWriter(WriterConfig{DSN: dsn, SpoolDir: h.SpoolDir, MaxSpool: h.MaxSpoolBytes, Log: ctx.Logger().Named("writer")})
+		return NewWriter(WriterConfig{DSN: dsn, SpoolDir: dir, MaxSpool: h.MaxSpoolBytes, Log: ctx.Logger().Named("writer")})
 	})
 	if err != nil {
 		return fmt.Errorf("guardian_audit: %w", err)
 	}
 	h.writer = v.(*Writer)
-	h.writer.SetLinger(time.Duration(h.Linger))
-	h.writer.SetMaxSpool(h.MaxSpoolBytes)
+	h.release = h.writer.Hold(Settings{Linger: time.Duration(h.Linger), MaxSpool: h.MaxSpoolBytes})
 	return nil
 }
 
@@ -115,6 +123,9 @@ func (h *Handler) settle() error {
 
 // Cleanup releases this config's hold on the writer.
 func (h *Handler) Cleanup() error {
+	if h.release != nil {
+		h.release()
+	}
 	if h.poolKey != "" {
 		key := h.poolKey
 		h.poolKey = "" // once only: a second release would drop another config's hold

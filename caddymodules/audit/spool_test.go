@@ -10,6 +10,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/glassmkr/guardian/shared/audit"
 )
@@ -312,4 +313,33 @@ func TestSpoolBoundFollowsTheNewestSetting(t *testing.T) {
 	if got := s.maxBytes.Load(); got != DefaultMaxSpool {
 		t.Fatalf("bound %d after SetMaxSpool(0), want the default", got)
 	}
+}
+
+// A config provisioned and then rejected (another module failed) gives
+// the writer it shares back the running config's settings in its
+// Cleanup, instead of leaving its own in force.
+func TestARejectedConfigsSettingsDoNotStay(t *testing.T) {
+	s, err := openSpool(t.TempDir(), 1024)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.close()
+	w := &Writer{spool: s}
+	running := w.Hold(Settings{Linger: 3 * time.Millisecond, MaxSpool: 1 << 30})
+	rejected := w.Hold(Settings{Linger: time.Second, MaxSpool: 10 << 20})
+	if s.maxBytes.Load() != 10<<20 || w.linger.Load() != int64(time.Second) {
+		t.Fatalf("the newest config's settings not applied: %d, %d", s.maxBytes.Load(), w.linger.Load())
+	}
+	rejected()
+	rejected() // Cleanup may run twice
+	if s.maxBytes.Load() != 1<<30 || w.linger.Load() != int64(3*time.Millisecond) {
+		t.Fatalf("after the rejected config's cleanup: %d, %d, want the running config's", s.maxBytes.Load(), w.linger.Load())
+	}
+	// A reload that succeeds: the old config's cleanup leaves the new one's.
+	next := w.Hold(Settings{Linger: 2 * time.Millisecond, MaxSpool: 5 << 20})
+	running()
+	if s.maxBytes.Load() != 5<<20 || w.linger.Load() != int64(2*time.Millisecond) {
+		t.Fatalf("after the old config's cleanup: %d, %d, want the new config's", s.maxBytes.Load(), w.linger.Load())
+	}
+	next()
 }

@@ -64,6 +64,7 @@ type Writer struct {
 	next        atomic.Uint64
 	maxBatch    int
 	linger      atomic.Int64 // time.Duration; SetLinger
+	holds       holds        // the settings each config asked for; Hold
 	lingerAfter int
 	coming      *coming
 	log         *zap.Logger
@@ -320,6 +321,44 @@ func (w *Writer) Saturated() bool {
 // SetLinger changes Linger for the batches to come (the newest Caddy
 // config sharing this writer sets it).
 func (w *Writer) SetLinger(d time.Duration) { w.linger.Store(int64(max(d, 0))) }
+
+// holds are the settings of the handlers sharing a writer, oldest first.
+type holds struct {
+	mu   sync.Mutex
+	list []*Settings
+}
+
+// Settings are what one handler asks of the writer it shares.
+type Settings struct {
+	Linger   time.Duration
+	MaxSpool int64
+}
+
+// Hold applies s for as long as its holder lives, and returns the release
+// that ends it: the newest holder left then applies again. A config that
+// Caddy provisions and then rejects (another module failed) releases its
+// hold in Cleanup, so the running config's settings are back, instead of
+// the rejected config's staying in force.
+func (w *Writer) Hold(s Settings) (release func()) {
+	h := &s
+	w.holds.mu.Lock()
+	w.holds.list = append(w.holds.list, h)
+	w.apply(*h)
+	w.holds.mu.Unlock()
+	return sync.OnceFunc(func() {
+		w.holds.mu.Lock()
+		defer w.holds.mu.Unlock()
+		w.holds.list = slices.DeleteFunc(w.holds.list, func(x *Settings) bool { return x == h })
+		if n := len(w.holds.list); n > 0 {
+			w.apply(*w.holds.list[n-1])
+		}
+	})
+}
+
+func (w *Writer) apply(s Settings) {
+	w.SetLinger(s.Linger)
+	w.SetMaxSpool(s.MaxSpool)
+}
 
 // DefaultMaxSpool is WriterConfig.MaxSpool's default: 1 GiB.
 const DefaultMaxSpool = 1 << 30
