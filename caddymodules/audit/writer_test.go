@@ -320,7 +320,7 @@ func TestCustomerDeletionDoesNotBreakTheChain(t *testing.T) {
 		audit.SaltedCustomerDigest(salt, c.ID)).Scan(&n); err != nil || n != 3 {
 		t.Fatalf("%d rows with the salted digest (%v), want 3", n, err)
 	}
-	if _, err := pg.App(t).Exec(ctx, "DELETE FROM customers WHERE id = $1", c.ID); err != nil {
+	if _, err := pg.Owner.Exec(ctx, "DELETE FROM customers WHERE id = $1", c.ID); err != nil {
 		t.Fatal(err)
 	}
 	if err := pg.Owner.QueryRow(ctx, "SELECT count(*) FROM api_audit_log WHERE customer_id = $1 OR customer_digest = $2",
@@ -395,7 +395,7 @@ func TestVerifyInASnapshotIsNotFooledByADeletionMeanwhile(t *testing.T) {
 	for _, snapshot := range []bool{false, true} {
 		pg := testenv.Postgres(t)
 		c := customerWithARow(t, pg)
-		app := pg.App(t)
+		app := pg.Owner
 		var db audit.Querier = pg.Owner
 		if snapshot {
 			tx, err := audit.Snapshot(ctx, pg.Owner)
@@ -436,7 +436,7 @@ func TestVerifyWalkHoldsNoLockOnCustomers(t *testing.T) {
 	// Deleted after the customers were read and before the walk: the
 	// walk sees the moment the customers were read in, so the row is not
 	// yet nulled (it would look moved otherwise).
-	if _, err := pg.App(t).Exec(ctx, "DELETE FROM customers WHERE id = $1", c.ID); err != nil {
+	if _, err := pg.Owner.Exec(ctx, "DELETE FROM customers WHERE id = $1", c.ID); err != nil {
 		t.Fatal(err)
 	}
 	rep, err := audit.VerifyWith(ctx, tx, customers, nil)
@@ -742,7 +742,7 @@ func TestRowsOfADeletedCustomerAreKeptAndAnonymised(t *testing.T) {
 	if err := pg.Owner.QueryRow(ctx, "INSERT INTO customers (name) VALUES ('gone') RETURNING id::text").Scan(&gone); err != nil {
 		t.Fatal(err)
 	}
-	app := pg.App(t)
+	app := pg.Owner
 	if _, err := app.Exec(ctx, "DELETE FROM customers WHERE id = $1", gone); err != nil {
 		t.Fatal(err)
 	}

@@ -192,10 +192,10 @@ func TestRevocationDropsTheCachedEntryAtOnce(t *testing.T) {
 		}
 	}
 	ctx := context.Background()
-	if _, err := w.pg.App(t).Exec(ctx, "UPDATE api_keys SET revoked_at = now() WHERE customer_id = $1 AND scope = 'read'", w.customer); err != nil {
+	if _, err := w.pg.Owner.Exec(ctx, "UPDATE api_keys SET revoked_at = now() WHERE customer_id = $1 AND scope = 'read'", w.customer); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.pg.App(t).Exec(ctx, "UPDATE sessions SET revoked_at = now() WHERE id = $1", w.sessionID); err != nil {
+	if _, err := w.pg.Owner.Exec(ctx, "UPDATE sessions SET revoked_at = now() WHERE id = $1", w.sessionID); err != nil {
 		t.Fatal(err)
 	}
 	// The promise is one second at every instance.

@@ -102,7 +102,7 @@ func TestRevocationDuringALookupIsNotCachedOver(t *testing.T) {
 			first := make(chan error, 1)
 			go func() { first <- tc.lookup(a, w) }()
 			<-g.held // the row is read, not yet cached
-			if _, err := w.pg.App(t).Exec(ctx, tc.revoke, tc.arg(w)); err != nil {
+			if _, err := w.pg.Owner.Exec(ctx, tc.revoke, tc.arg(w)); err != nil {
 				t.Fatal(err)
 			}
 			wait()

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/glassmkr/guardian/shared/mfa/mfatest"
 	"github.com/glassmkr/guardian/shared/testenv"
@@ -122,11 +121,11 @@ const origin = "http://localhost:8443"
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	pg := testenv.Postgres(t)
-	app, err := pgxpool.New(context.Background(), pg.AppDSN)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(app.Close)
+	// The owner: the store serves two functions, each with a role of its
+	// own (enrolment functions/mfa, sign-in functions/auth), whose grants
+	// migrate's TestEachFunctionRoleReachesOnlyItsTables holds.
+	app := pg.Owner
+	var err error
 	f := &fixture{pg: pg, now: time.Date(2026, 11, 3, 10, 0, 5, 0, time.UTC), auth: mfatest.New(origin)}
 	f.c = testenv.NewCustomer(t, pg.Owner, []byte(strings.Repeat("p", 32)), []byte(strings.Repeat("s", 32)))
 	f.s, err = New(app, Config{Secret: []byte(strings.Repeat("m", 32)), PublicURL: origin, Now: f.clock})

@@ -106,7 +106,7 @@ func TestRuntimeRoleCanOnlyReadAndAppendTheAuditLog(t *testing.T) {
 	pg := testenv.Postgres(t)
 	app := pg.App(t)
 	ctx := context.Background()
-	insertCustomerWithAudit(t, app)
+	insertCustomerWithAudit(t, pg.Owner)
 
 	var n int
 	if err := app.QueryRow(ctx, "SELECT count(*) FROM api_audit_log").Scan(&n); err != nil || n != 2 {
@@ -128,6 +128,76 @@ func TestRuntimeRoleCanOnlyReadAndAppendTheAuditLog(t *testing.T) {
 		_, err := app.Exec(ctx, stmt)
 		if code := sqlState(err); code != "42501" {
 			t.Errorf("runtime role: %q: got %v (SQLSTATE %q), want permission denied (42501)", stmt, err, code)
+		}
+	}
+}
+
+// TestRuntimeRoleHoldsOnlyWhatTheEdgeRuns: the runtime role is the
+// edge's (the functions and jobs have their own), so it may run the
+// edge's statements and nothing that changes customers, users or keys.
+// With more, the edge's DSN could delete a live customer, which
+// anonymises its audit trail (0011), or raise a key's scope.
+func TestRuntimeRoleHoldsOnlyWhatTheEdgeRuns(t *testing.T) {
+	t.Parallel()
+	pg := testenv.Postgres(t)
+	app := pg.App(t)
+	ctx := context.Background()
+	customer := insertCustomerWithAudit(t, pg.Owner)
+	for _, stmt := range []string{
+		// caddymodules/auth authenticator.go keyQuery and sessionQuery.
+		`SELECT k.id, k.customer_id, k.kind, coalesce(k.scope, ''), coalesce(k.server_id::text, ''), k.key_hash,
+			least(k.revoked_at, k.expires_at) <= now(),
+			(extract(epoch FROM least(k.revoked_at, k.expires_at)) - extract(epoch FROM now()))::float8
+		FROM api_keys k WHERE k.key_hash = decode(repeat('ab', 32), 'hex')`,
+		`SELECT s.user_id, s.customer_id, s.expires_at, s.revoked_at IS NOT NULL, u.role
+		FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = gen_random_uuid()`,
+		// touch.go.
+		`UPDATE api_keys k SET last_used_at = v.at
+		FROM unnest(ARRAY(SELECT id FROM api_keys LIMIT 1), ARRAY[now()]) AS v(id, at)
+		WHERE k.id = v.id AND (k.last_used_at IS NULL OR k.last_used_at < v.at)
+			AND k.id IN (SELECT id FROM api_keys WHERE id = ANY(ARRAY(SELECT id FROM api_keys)) FOR NO KEY UPDATE SKIP LOCKED)`,
+		`UPDATE sessions s SET last_seen_at = v.at
+		FROM unnest(ARRAY[gen_random_uuid()], ARRAY[now()]) AS v(id, at)
+		WHERE s.id = v.id AND s.last_seen_at < v.at
+			AND s.id IN (SELECT id FROM sessions WHERE id = ANY(ARRAY[gen_random_uuid()]) FOR NO KEY UPDATE SKIP LOCKED)`,
+		// caddymodules/audit digests.go, writer.go; caddymodules/guardian.
+		"SELECT id::text, audit_salt FROM customers WHERE id = ANY(ARRAY['" + customer + "'::uuid])",
+		"SELECT writer_id, writer_seq, row_hash FROM api_audit_log WHERE (writer_id, writer_seq) IN (SELECT * FROM unnest(ARRAY['w'], ARRAY[1::bigint]))",
+		"SELECT version, checksum FROM schema_migrations",
+	} {
+		if _, err := app.Exec(ctx, stmt); err != nil {
+			t.Errorf("runtime role: %q: %v", stmt, err)
+		}
+	}
+	for _, stmt := range []string{
+		"DELETE FROM customers WHERE id = '" + customer + "'",
+		"INSERT INTO customers (name) VALUES ('x')",
+		"UPDATE customers SET delete_after = now(), deletion_requested_at = now()",
+		"UPDATE customers SET plan = 'pro'",
+		"SELECT name FROM customers",
+		"SELECT password_hash FROM users",
+		"SELECT email FROM users",
+		"UPDATE users SET role = 'admin'",
+		"INSERT INTO users (customer_id, email) VALUES ('" + customer + "', 'x@example.com')",
+		"UPDATE api_keys SET scope = 'admin'",
+		"UPDATE api_keys SET revoked_at = now()",
+		"UPDATE api_keys SET expires_at = NULL",
+		"DELETE FROM api_keys",
+		"INSERT INTO api_keys (customer_id, kind, scope, name, key_hash, last4) VALUES ('" + customer + "', 'account', 'admin', 'x', decode(repeat('cd', 32), 'hex'), 'Ab12')",
+		"UPDATE sessions SET expires_at = expires_at",
+		"INSERT INTO sessions (user_id, customer_id, expires_at) SELECT id, customer_id, now() FROM users",
+		"SELECT count(*) FROM servers",
+		"SELECT count(*) FROM idempotency_keys",
+		"SELECT secret_sealed FROM mfa_totp",
+		"SELECT credential FROM webauthn_credentials",
+		"SELECT count(*) FROM mfa_recovery_codes",
+		"SELECT count(*) FROM mfa_challenges",
+		"SELECT count(*) FROM mfa_attempts",
+		"SELECT count(*) FROM deleted_servers",
+		"SELECT forget_deleted_customers('0 seconds')",
+	} {
+		if _, err := app.Exec(ctx, stmt); sqlState(err) != "42501" {
+			t.Errorf("runtime role: %q: got %v, want permission denied", stmt, err)
 		}
 	}
 }
@@ -156,13 +226,13 @@ func TestAuditLogIsAppendOnlyEvenForTheOwner(t *testing.T) {
 func TestDeletingACustomerKeepsItsAuditRowsAnonymised(t *testing.T) {
 	t.Parallel()
 	pg := testenv.Postgres(t)
-	app := pg.App(t)
+	app := pg.Owner // account-purge's deletion (its role: TestEachFunctionRoleReachesOnlyItsTables)
 	ctx := context.Background()
 	customer := insertCustomerWithAudit(t, app)
 	other := insertCustomerWithAudit(t, app)
 
 	if _, err := app.Exec(ctx, "DELETE FROM customers WHERE id = $1", customer); err != nil {
-		t.Fatalf("runtime role deletes customer: %v", err)
+		t.Fatalf("delete customer: %v", err)
 	}
 	for _, table := range []string{"users", "servers", "api_keys", "sessions"} {
 		var n int
@@ -186,7 +256,7 @@ func TestDeletingACustomerKeepsItsAuditRowsAnonymised(t *testing.T) {
 func TestConstraintsRefuseInconsistentKeys(t *testing.T) {
 	t.Parallel()
 	pg := testenv.Postgres(t)
-	app := pg.App(t)
+	app := pg.Owner
 	ctx := context.Background()
 	var customer string
 	if err := app.QueryRow(ctx, "INSERT INTO customers (name) VALUES ('Acme') RETURNING id").Scan(&customer); err != nil {
@@ -225,7 +295,7 @@ func TestEachFunctionRoleReachesOnlyItsTables(t *testing.T) {
 	t.Parallel()
 	pg := testenv.Postgres(t)
 	ctx := context.Background()
-	insertCustomerWithAudit(t, pg.App(t))
+	insertCustomerWithAudit(t, pg.Owner)
 	as := func(fn string) *pgxpool.Pool {
 		pool, err := pgxpool.New(ctx, pg.FunctionDSNs["GUARDIAN_PG_DSN_"+strings.ToUpper(fn)])
 		if err != nil {
@@ -307,6 +377,47 @@ func TestEachFunctionRoleReachesOnlyItsTables(t *testing.T) {
 	}
 }
 
+// TestAScheduledDeletionStands: functions/sessions may schedule an
+// account's deletion an hour ahead, once; it cannot bring the deletion
+// forward, backdate it or call it off. The owner (an operator) can.
+func TestAScheduledDeletionStands(t *testing.T) {
+	t.Parallel()
+	pg := testenv.Postgres(t)
+	ctx := context.Background()
+	sessions, err := pgxpool.New(ctx, pg.FunctionDSNs["GUARDIAN_PG_DSN_SESSIONS"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sessions.Close)
+	customer, other := insertCustomerWithAudit(t, pg.Owner), insertCustomerWithAudit(t, pg.Owner)
+	for _, stmt := range []string{
+		"UPDATE customers SET deletion_requested_at = now(), delete_after = now() WHERE id = $1",
+		"UPDATE customers SET deletion_requested_at = now(), delete_after = now() + interval '59 minutes' WHERE id = $1",
+		"UPDATE customers SET deletion_requested_at = now() - interval '1 day', delete_after = now() + interval '1 hour' WHERE id = $1",
+	} {
+		if _, err := sessions.Exec(ctx, stmt, other); sqlState(err) != "42501" {
+			t.Errorf("sessions: %q: got %v, want refused", stmt, err)
+		}
+	}
+	schedule := "UPDATE customers SET deletion_requested_at = now(), delete_after = now() + interval '1 hour' WHERE id = $1 AND deletion_requested_at IS NULL"
+	if _, err := sessions.Exec(ctx, schedule, customer); err != nil {
+		t.Fatalf("scheduling a deletion: %v", err)
+	}
+	for _, stmt := range []string{
+		"UPDATE customers SET delete_after = now() WHERE id = $1",
+		"UPDATE customers SET deletion_requested_at = NULL, delete_after = NULL WHERE id = $1",
+		"UPDATE customers SET delete_after = delete_after + interval '1 day' WHERE id = $1",
+		"UPDATE customers SET deletion_requested_at = now(), delete_after = now() + interval '2 hours' WHERE id = $1",
+	} {
+		if _, err := sessions.Exec(ctx, stmt, customer); sqlState(err) != "42501" {
+			t.Errorf("sessions, once scheduled: %q: got %v, want refused", stmt, err)
+		}
+	}
+	if _, err := pg.Owner.Exec(ctx, "UPDATE customers SET deletion_requested_at = NULL, delete_after = NULL WHERE id = $1", customer); err != nil {
+		t.Errorf("the owner calls a deletion off: %v", err)
+	}
+}
+
 // TestARevocationCannotBeWithdrawnOrPostponed updates revoked_at as each
 // role that may write it, the owner included: setting it and moving it
 // earlier work (a rotation's grace window, then a revocation during it),
@@ -315,7 +426,7 @@ func TestARevocationCannotBeWithdrawnOrPostponed(t *testing.T) {
 	t.Parallel()
 	pg := testenv.Postgres(t)
 	ctx := context.Background()
-	customer := insertCustomerWithAudit(t, pg.App(t))
+	customer := insertCustomerWithAudit(t, pg.Owner)
 	as := func(role string) *pgxpool.Pool {
 		if role == "owner" {
 			return pg.Owner
@@ -393,7 +504,7 @@ func TestARevocationsReasonStands(t *testing.T) {
 	t.Parallel()
 	pg := testenv.Postgres(t)
 	ctx := context.Background()
-	customer := insertCustomerWithAudit(t, pg.App(t))
+	customer := insertCustomerWithAudit(t, pg.Owner)
 	var id string
 	if err := pg.Owner.QueryRow(ctx, `INSERT INTO api_keys (customer_id, kind, scope, name, key_hash, last4, revoked_at, revoked_reason)
 		VALUES ($1, 'account', 'read', 'k', decode(md5(random()::text) || md5(random()::text), 'hex'), 'Ab12', now() + interval '1 hour', 'rotated')
@@ -597,7 +708,7 @@ func TestEndedKeysAndSessionsAreBounded(t *testing.T) {
 	t.Parallel()
 	pg := testenv.Postgres(t)
 	ctx := context.Background()
-	a, b := insertCustomerWithAudit(t, pg.App(t)), insertCustomerWithAudit(t, pg.App(t))
+	a, b := insertCustomerWithAudit(t, pg.Owner), insertCustomerWithAudit(t, pg.Owner)
 	exec := func(db *pgxpool.Pool, q string, args ...any) {
 		t.Helper()
 		if _, err := db.Exec(ctx, q, args...); err != nil {
