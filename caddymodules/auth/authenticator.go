@@ -311,7 +311,7 @@ func (a *Authenticator) lookupKey(ctx context.Context, h [32]byte, kind apikey.K
 	case err != nil:
 		if e != nil && storeDown(err) {
 			// Stale, but the store is down: nothing can have been revoked.
-			a.warnStale(ctx, "key", err)
+			a.warnStale("key", err)
 			return e, nil
 		}
 		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
@@ -362,7 +362,7 @@ func (a *Authenticator) sessionMiss(ctx context.Context, sid string, e *sessionE
 		case err != nil && (e == nil || !storeDown(err)):
 			return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
 		case err != nil:
-			a.warnStale(qctx, "session", err)
+			a.warnStale("session", err)
 			return e, nil
 		}
 		scope := "write"
@@ -425,11 +425,10 @@ func storeDown(err error) bool {
 
 // warnStale logs, at most once per staleWarnEvery, that credentials are
 // being served from the cache because the store is unreachable: during an
-// outage every request would otherwise add a line.
-func (a *Authenticator) warnStale(ctx context.Context, kind string, err error) {
-	if ctx.Err() != nil {
-		return // the request ended (its client went away), not the store
-	}
+// outage every request would otherwise add a line. It is counted however
+// the lookup failed, its own deadline included: lookups run apart from
+// the requests waiting for them (shared), so no client's leaving ends one.
+func (a *Authenticator) warnStale(kind string, err error) {
 	notifyMetrics.staleServed.WithLabelValues(kind).Inc()
 	if n, ok := a.staleLog.Allow(time.Now(), staleWarnEvery); ok {
 		a.log.Warn("credential store unreachable; serving cached credentials (logged once per 30 s)", zap.String("kind", kind),

@@ -98,6 +98,39 @@ func TestStaleCredentialsServeThroughASilentOutage(t *testing.T) {
 	o.servesStale(t, "silence")
 }
 
+// TestALookupPastItsDeadlineServesStaleAndSaysSo: a lookup that
+// PostgreSQL does not answer within lookupTimeout (here, the key table
+// locked) serves a stale cached key as an outage does, and says so in the
+// log and the metric: lookups run apart from the requests waiting for
+// them, so their deadline is never a client that left.
+func TestALookupPastItsDeadlineServesStaleAndSaysSo(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	core, logs := observer.New(zap.DebugLevel)
+	a := w.authenticator(t, zap.New(core))
+	h := handler(a, Handler{})
+	if got := do(t, h, bearer("GET", "/", w.admin)); got.status != http.StatusOK {
+		t.Fatal(got)
+	}
+	ctx := context.Background()
+	tx, err := w.pg.Owner.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	if _, err := tx.Exec(ctx, "LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE"); err != nil {
+		t.Fatal(err)
+	}
+	a.now = func() time.Time { return time.Now().Add(time.Hour) }
+	a.listening.Store(false)
+	if got := do(t, h, bearer("GET", "/", w.admin)); got.status != http.StatusOK {
+		t.Fatalf("a stale key whose lookup found no answer in time: %+v", got)
+	}
+	if n := logs.FilterMessageSnippet("serving cached credentials").Len(); n != 1 {
+		t.Errorf("%d warnings that a stale key was served, want 1", n)
+	}
+}
+
 // outage is an Authenticator reaching PostgreSQL through a proxy a test
 // can cut or silence, and its handler, with the world's credentials.
 type outage struct {
