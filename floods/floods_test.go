@@ -283,6 +283,11 @@ func TestRandomKeyFloodCostsNoLookupPerGarbageKey(t *testing.T) {
 	if allowance := int64(100 + 2*10*elapsed.Seconds() + 2); lookups > allowance {
 		t.Errorf("%d lookups from one address in %s; its failure bucket allows %d", lookups, elapsed, allowance)
 	}
+	// The counter moves with lookups (part 1's 0 is not a counter that
+	// never moves): the bucket's 100 tokens were each spent on one.
+	if lookups < 100 {
+		t.Errorf("%d lookups counted for %d unknown keys answered %s: the count does not see lookups", lookups, sent, unknown.String())
+	}
 }
 
 func TestSlowClientsAreCutOffAndDoNotBlockOthers(t *testing.T) {
