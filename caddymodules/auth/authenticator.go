@@ -8,6 +8,7 @@ import (
 	"io"
 	"math"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -71,11 +72,18 @@ type Authenticator struct {
 	// warm session costs a map lookup, not a JWT verification.
 	tokens map[string]*session.Claims
 	// gen counts the notifications and clears applied to the caches. A
-	// lookup caches its row only if gen has not moved since it began: a
+	// lookup caches its row only if no notification naming its credential
+	// (or a session's user), and no clear, was applied since it began: a
 	// row read before a revocation committed, whose notification was
 	// applied while the query was in flight, would otherwise be cached
 	// after the drop and trusted for as long as the listener stays up.
-	gen uint64
+	// notices[g%noticeLogSize] is what made generation g (movedFor).
+	gen     uint64
+	notices [noticeLogSize]notice
+	// byUser lists the cached sessions of each user, so that a user's
+	// notification drops them without a scan of every session under the
+	// write lock (any role that can connect may send notifications).
+	byUser map[string][]string
 
 	listening     atomic.Bool
 	listenerCheck time.Duration // Config.ListenerCheck
@@ -162,7 +170,7 @@ func NewAuthenticator(cfg Config) (*Authenticator, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	a := &Authenticator{
 		db: pool, dsn: cfg.DSN, hasher: apikey.NewHasher(cfg.Pepper), secret: cfg.SessionSecret, log: cfg.Log, now: time.Now,
-		keys: map[[32]byte]*keyEntry{}, sessions: map[string]*sessionEntry{}, tokens: map[string]*session.Claims{},
+		keys: map[[32]byte]*keyEntry{}, sessions: map[string]*sessionEntry{}, byUser: map[string][]string{}, tokens: map[string]*session.Claims{},
 		cancel: cancel, done: make(chan struct{}), lookups: newLookups(), listenerCheck: cfg.ListenerCheck,
 	}
 	a.touch = newToucher(pool, cfg.TouchInterval, cfg.Log)
@@ -331,7 +339,8 @@ func (a *Authenticator) lookupKey(ctx context.Context, h [32]byte, kind apikey.K
 		e.endsAt = endOnEdge(began, *ended, *left)
 	}
 	a.mu.Lock()
-	if a.gen == gen { // else this request gets the row, the cache does not
+	// Else this request gets the row, the cache does not.
+	if !a.movedFor(gen, func(n notice) bool { return n.kind == 'k' && n.key == h }) {
 		if len(a.keys) >= maxEntries {
 			shrink(a.keys)
 		}
@@ -339,6 +348,36 @@ func (a *Authenticator) lookupKey(ctx context.Context, h [32]byte, kind apikey.K
 	}
 	a.mu.Unlock()
 	return e, nil
+}
+
+// noticeLogSize is how many generations back movedFor can tell what
+// moved them: a lookup that began further back is not cached. A
+// notification takes microseconds to apply and a lookup about a
+// millisecond, so even a flood of made-up notifications leaves lookups
+// cached.
+const noticeLogSize = 1024
+
+// movedFor reports whether, since generation gen, a notification that
+// named matches, or a clear, was applied (a.mu held). Notifications about
+// other credentials do not stop a lookup's row from being cached: any
+// role that can connect may send them, and with one global generation a
+// steady trickle of made-up ones kept every lookup from being cached.
+func (a *Authenticator) movedFor(gen uint64, named func(notice) bool) bool {
+	if a.gen-gen >= noticeLogSize {
+		return true
+	}
+	for g := gen + 1; g <= a.gen; g++ {
+		if n := a.notices[g%noticeLogSize]; n.kind == 'x' || named(n) {
+			return true
+		}
+	}
+	return false
+}
+
+// moved records what made the next generation (a.mu held).
+func (a *Authenticator) moved(n notice) {
+	a.gen++
+	a.notices[a.gen%noticeLogSize] = n
 }
 
 // sessionMiss looks a session up that the cache did not hold fresh, as
@@ -374,9 +413,15 @@ func (a *Authenticator) sessionMiss(ctx context.Context, sid string, e *sessionE
 			revoked: revoked, expires: expires, fetched: now,
 		}
 		a.mu.Lock()
-		if a.gen == gen { // as in Key
+		if !a.movedFor(gen, func(n notice) bool { // as in lookupKey
+			return n.kind == 's' && n.id == sid || n.kind == 'u' && n.id == userID
+		}) {
 			if len(a.sessions) >= maxEntries {
 				shrink(a.sessions)
+				a.indexUsers()
+			}
+			if _, known := a.sessions[sid]; !known {
+				a.byUser[userID] = append(a.byUser[userID], sid)
 			}
 			a.sessions[sid] = fresh
 		}
@@ -534,18 +579,34 @@ func (a *Authenticator) Session(ctx context.Context, token string, lookup bool) 
 func (a *Authenticator) drop(n notice) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.gen++
+	a.moved(n)
 	switch n.kind {
 	case 'k':
 		delete(a.keys, n.key)
 	case 's':
-		delete(a.sessions, n.id)
-	case 'u':
-		for sid, e := range a.sessions {
-			if e.id.UserID == n.id {
-				delete(a.sessions, sid)
+		if e, ok := a.sessions[n.id]; ok {
+			delete(a.sessions, n.id)
+			sids := slices.DeleteFunc(a.byUser[e.id.UserID], func(sid string) bool { return sid == n.id })
+			if len(sids) == 0 {
+				delete(a.byUser, e.id.UserID)
+			} else {
+				a.byUser[e.id.UserID] = sids
 			}
 		}
+	case 'u':
+		for _, sid := range a.byUser[n.id] {
+			delete(a.sessions, sid)
+		}
+		delete(a.byUser, n.id)
+	}
+}
+
+// indexUsers rebuilds byUser from the sessions cached (a.mu held), after
+// shrink dropped some.
+func (a *Authenticator) indexUsers() {
+	clear(a.byUser)
+	for sid, e := range a.sessions {
+		a.byUser[e.id.UserID] = append(a.byUser[e.id.UserID], sid)
 	}
 }
 
@@ -553,9 +614,10 @@ func (a *Authenticator) drop(n notice) {
 // can be trusted.
 func (a *Authenticator) clear() {
 	a.mu.Lock()
-	a.gen++
+	a.moved(notice{kind: 'x'}) // every credential
 	clear(a.keys)
 	clear(a.sessions)
+	clear(a.byUser)
 	a.mu.Unlock() // verified tokens stay: their rows are re-read
 }
 

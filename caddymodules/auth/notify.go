@@ -15,7 +15,7 @@ import (
 // entries of a key (by its hash), of a session or of a user's sessions
 // must go.
 type notice struct {
-	kind byte // 'k', 's' or 'u'
+	kind byte // 'k', 's' or 'u'; 'x' (every credential) only in Authenticator.notices
 	key  [32]byte
 	id   string // session or user id
 }

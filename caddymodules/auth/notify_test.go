@@ -4,14 +4,17 @@ import (
 	"context"
 	"encoding/hex"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/glassmkr/guardian/shared/apikey"
+	"github.com/glassmkr/guardian/shared/testenv"
 )
 
 // Payloads no trigger writes; before they were checked, the first one
@@ -126,4 +129,134 @@ func FuzzNotificationPayload(f *testing.F) {
 			t.Fatalf("%q (accepted %v) moved the generation to %d", payload, ok, a.gen)
 		}
 	})
+}
+
+// TestNotificationsAboutOthersLeaveALookupCached: a lookup's row is not
+// cached when a notification naming its credential (or a session's
+// user), or a clear, was applied while it ran; notifications about other
+// credentials no longer stop it. Any role that can connect may send
+// them, and with one global generation a trickle of made-up ones kept
+// every lookup from being cached, each request then reaching PostgreSQL.
+func TestNotificationsAboutOthersLeaveALookupCached(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	a := w.authenticator(t)
+	ctx := context.Background()
+	p, err := apikey.Parse(w.read)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := a.hasher.Sum(w.read)
+	other := testenv.NewCustomer(t, w.pg.Owner, pepper, secret)
+	otherSession, _ := other.Session(t)
+	var otherKey [32]byte
+	otherKey[0] = 1
+	unrelated := []notice{{kind: 'k', key: otherKey}, {kind: 's', id: otherSession}, {kind: 'u', id: other.UserID}}
+
+	for _, tc := range []struct {
+		name    string
+		between []notice
+		cached  bool
+	}{
+		{"nothing", nil, true},
+		{"others", unrelated, true},
+		{"its key", append(unrelated, notice{kind: 'k', key: h}), false},
+		{"its session", []notice{{kind: 's', id: w.sessionID}}, false},
+		{"its user", []notice{{kind: 'u', id: w.user}}, false},
+		{"a clear", []notice{{kind: 'x'}}, false},
+		{"more than remembered", slices.Repeat(unrelated[:1], noticeLogSize), false},
+	} {
+		a.clear()
+		a.mu.RLock()
+		gen := a.gen
+		a.mu.RUnlock()
+		for _, n := range tc.between {
+			if n.kind == 'x' {
+				a.clear()
+			} else {
+				a.drop(n)
+			}
+		}
+		if _, err := a.lookupKey(ctx, h, p.Kind, nil, gen); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := a.sessionMiss(ctx, w.sessionID, nil, gen, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		a.mu.RLock()
+		_, key := a.keys[h]
+		_, sess := a.sessions[w.sessionID]
+		a.mu.RUnlock()
+		namesKey := tc.name != "its session" && tc.name != "its user"
+		namesSession := tc.name != "its key"
+		if wantKey := tc.cached || !namesKey; key != wantKey {
+			t.Errorf("%s: key cached %v, want %v", tc.name, key, wantKey)
+		}
+		if wantSession := tc.cached || !namesSession; sess != wantSession {
+			t.Errorf("%s: session cached %v, want %v", tc.name, sess, wantSession)
+		}
+	}
+}
+
+// TestAUserNotificationDropsThatUsersSessions, through the index by
+// user, which follows sessions dropped one by one and by shrink.
+func TestAUserNotificationDropsThatUsersSessions(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	a := w.authenticator(t)
+	ctx := context.Background()
+	other := testenv.NewCustomer(t, w.pg.Owner, pepper, secret)
+	mine := []string{w.sessionID}
+	second, _ := w.c.Session(t)
+	mine = append(mine, second)
+	theirs, _ := other.Session(t)
+	cache := func(sids ...string) {
+		for _, sid := range sids {
+			a.mu.RLock()
+			gen := a.gen
+			a.mu.RUnlock()
+			if _, err := a.sessionMiss(ctx, sid, nil, gen, time.Now()); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	cached := func(sid string) bool {
+		a.mu.RLock()
+		defer a.mu.RUnlock()
+		_, ok := a.sessions[sid]
+		return ok
+	}
+	cache(append(mine, theirs)...)
+	cache(mine[0]) // looked up again: listed once
+	a.drop(notice{kind: 's', id: mine[1]})
+	a.mu.RLock()
+	listed := slices.Clone(a.byUser[w.user])
+	a.mu.RUnlock()
+	if !slices.Equal(listed, mine[:1]) {
+		t.Fatalf("user's sessions listed %v, want %v", listed, mine[:1])
+	}
+	a.drop(notice{kind: 'u', id: w.user})
+	if cached(mine[0]) || !cached(theirs) {
+		t.Fatalf("after the user's notification: mine cached %v, theirs %v", cached(mine[0]), cached(theirs))
+	}
+	// shrink drops sessions without notifications: the index is rebuilt.
+	cache(mine...)
+	a.mu.Lock()
+	shrink(a.sessions)
+	a.indexUsers()
+	for user, sids := range a.byUser {
+		for _, sid := range sids {
+			if e, ok := a.sessions[sid]; !ok || e.id.UserID != user {
+				t.Errorf("index lists %s under %s, cached %v", sid, user, ok)
+			}
+		}
+	}
+	n := 0
+	for _, sids := range a.byUser {
+		n += len(sids)
+	}
+	if n != len(a.sessions) {
+		t.Errorf("index lists %d sessions, %d cached", n, len(a.sessions))
+	}
+	a.mu.Unlock()
 }
