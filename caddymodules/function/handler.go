@@ -11,6 +11,7 @@
 package function
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -394,8 +395,9 @@ func (f *finalOnly) Header() http.Header {
 	return f.hdr
 }
 
-// WriteHeader drops a 1xx (101 Switching Protocols is final) and passes
-// the final status with the function's headers added to w's.
+// WriteHeader drops a 1xx (101 is not written here: the proxy hijacks
+// for it, see Hijack) and passes the final status with the function's
+// headers added to w's.
 func (f *finalOnly) WriteHeader(code int) {
 	if f.wrote {
 		f.w.WriteHeader(code) // superfluous: w says so
@@ -424,8 +426,17 @@ func (f *finalOnly) Write(b []byte) (int, error) {
 	return f.w.Write(b)
 }
 
-// Unwrap lets http.ResponseController reach w (Flush, Hijack for 101).
+// Unwrap lets http.ResponseController reach w (Flush).
 func (f *finalOnly) Unwrap() http.ResponseWriter { return f.w }
+
+// Hijack refuses: no function switches protocols, and a connection handed
+// to one would carry its answer without the edge's headers and outlive
+// its timeout and its audit row. The proxy then answers 502.
+func (f *finalOnly) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	return nil, nil, errNoSwitch
+}
+
+var errNoSwitch = fmt.Errorf("function answered 101 Switching Protocols: %w", http.ErrNotSupported)
 
 func (f *finalOnly) free() {
 	clear(f.hdr)

@@ -685,10 +685,6 @@ func TestIdleUploadsHoldNoneOfTheBound(t *testing.T) {
 	}
 }
 
-// A function's report of a failed credential check leaves its answer and
-// becomes the request's auth failure, as guardian_auth would set it; a
-// reason that is not a plain word is dropped, and a failure already set
-// stands.
 // TestAnInformationalAnswerKeepsTheEdgesHeaders: Go's reverse proxy
 // writes a function's 1xx with the function's headers in the response's
 // header map, then clears the map, the edge's headers (HSTS, CSP,
@@ -733,6 +729,40 @@ func (r *informational) WriteHeader(code int) {
 	r.ResponseRecorder.WriteHeader(code)
 }
 
+// TestAFunctionCannotSwitchProtocols: the connection would be the
+// function's from then on, its answer without the edge's headers, past
+// its timeout and its audit row. No function switches protocols.
+func TestAFunctionCannotSwitchProtocols(t *testing.T) {
+	t.Parallel()
+	h := newHandler(t, &Handler{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Strict-Transport-Security", "max-age=63072000")
+		var he caddyhttp.HandlerError
+		if err := h.ServeHTTP(w, r, nil); errors.As(err, &he) {
+			w.WriteHeader(he.StatusCode)
+		}
+	}))
+	defer srv.Close()
+	req, err := http.NewRequest("GET", srv.URL+"/switch", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", "websocket")
+	resp, err := srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadGateway {
+		t.Fatalf("a function's 101: the client got %d %v, want 502", resp.StatusCode, resp.Header)
+	}
+}
+
+// A function's report of a failed credential check leaves its answer and
+// becomes the request's auth failure, as guardian_auth would set it; a
+// reason that is not a plain word is dropped, and a failure already set
+// stands.
 func TestAFunctionsAuthFailureReachesTheEdge(t *testing.T) {
 	t.Parallel()
 	h := newHandler(t, &Handler{})

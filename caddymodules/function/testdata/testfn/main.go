@@ -72,6 +72,12 @@ func setup(ctx context.Context, log *zap.Logger, env *config.Loader) (http.Handl
 		w.Header().Set("X-Final", "yes")
 		fmt.Fprintf(w, "%d", os.Getpid())
 	})
+	// /switch agrees to the protocol the request asks for.
+	mux.HandleFunc("/switch", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Connection", "Upgrade")
+		w.Header().Set("Upgrade", r.Header.Get("Upgrade"))
+		w.WriteHeader(http.StatusSwitchingProtocols)
+	})
 	mux.HandleFunc("/authfail", func(w http.ResponseWriter, r *http.Request) {
 		// A function refusing a credential it checks itself.
 		w.Header().Set("Guardian-Auth-Failure", r.URL.Query().Get("reason"))
