@@ -378,8 +378,10 @@ func TestEachFunctionRoleReachesOnlyItsTables(t *testing.T) {
 }
 
 // TestAScheduledDeletionStands: functions/sessions may schedule an
-// account's deletion an hour ahead, once; it cannot bring the deletion
-// forward, backdate it or call it off. The owner (an operator) can.
+// account's deletion, an hour to 30 days ahead, once; the schedule is
+// counted from the update (a transaction held open cannot move it back);
+// it cannot bring the deletion forward, postpone it or call it off. The
+// owner (an operator) can.
 func TestAScheduledDeletionStands(t *testing.T) {
 	t.Parallel()
 	pg := testenv.Postgres(t)
@@ -393,15 +395,34 @@ func TestAScheduledDeletionStands(t *testing.T) {
 	for _, stmt := range []string{
 		"UPDATE customers SET deletion_requested_at = now(), delete_after = now() WHERE id = $1",
 		"UPDATE customers SET deletion_requested_at = now(), delete_after = now() + interval '59 minutes' WHERE id = $1",
-		"UPDATE customers SET deletion_requested_at = now() - interval '1 day', delete_after = now() + interval '1 hour' WHERE id = $1",
+		"UPDATE customers SET deletion_requested_at = now(), delete_after = now() + interval '31 days' WHERE id = $1",
+		"UPDATE customers SET deletion_requested_at = now(), delete_after = 'infinity' WHERE id = $1",
 	} {
 		if _, err := sessions.Exec(ctx, stmt, other); sqlState(err) != "42501" {
 			t.Errorf("sessions: %q: got %v, want refused", stmt, err)
 		}
 	}
-	schedule := "UPDATE customers SET deletion_requested_at = now(), delete_after = now() + interval '1 hour' WHERE id = $1 AND deletion_requested_at IS NULL"
-	if _, err := sessions.Exec(ctx, schedule, customer); err != nil {
+	// Scheduled in a transaction that began a while before: counted from
+	// the update, and whatever the request time said.
+	tx, err := sessions.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	var began time.Time
+	if err := tx.QueryRow(ctx, "SELECT now() FROM pg_sleep(0.3)").Scan(&began); err != nil {
+		t.Fatal(err)
+	}
+	var requested, after time.Time
+	if err := tx.QueryRow(ctx, `UPDATE customers SET deletion_requested_at = now() - interval '1 day', delete_after = now() + interval '1 hour'
+		WHERE id = $1 AND deletion_requested_at IS NULL RETURNING deletion_requested_at, delete_after`, customer).Scan(&requested, &after); err != nil {
 		t.Fatalf("scheduling a deletion: %v", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if requested.Sub(began) < 300*time.Millisecond || after.Sub(requested) != time.Hour {
+		t.Errorf("scheduled at %s for %s in a transaction begun at %s: want from the update's time, an hour ahead", requested, after, began)
 	}
 	for _, stmt := range []string{
 		"UPDATE customers SET delete_after = now() WHERE id = $1",
