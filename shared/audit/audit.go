@@ -300,30 +300,48 @@ func RedactText(s string) string {
 // redactSplit redacts keys and tokens split by what a text column cannot
 // keep (NUL, bytes outside UTF-8) or by what it keeps in their place
 // (U+FFFD): removing those gives the secret back whole, so they are read
-// past, and the whole span of a secret found so is replaced.
+// past, and the whole span of a secret found so is replaced. Text without
+// a secret's prefix once joined (nearly all: any client can
+// send such characters) costs one copy and the prefix check, not the
+// regexp.
 func redactSplit(s string) string {
-	joined := make([]byte, 0, len(s))
-	at := make([]int, 0, len(s)) // at[j]: where joined[j] is in s
+	// Runs between the characters read past, and where each begins in s
+	// and in joined.
+	type run struct{ from, to, in int }
+	var runs []run
+	var b strings.Builder
+	b.Grow(len(s))
+	start := 0
 	for i := 0; i < len(s); {
+		if c := s[i]; c != 0 && c < utf8.RuneSelf {
+			i++
+			continue
+		}
 		r, size := utf8.DecodeRuneInString(s[i:])
-		if r != 0 && r != utf8.RuneError {
-			for k := range size {
-				joined = append(joined, s[i+k])
-				at = append(at, i+k)
-			}
+		if r == 0 || r == utf8.RuneError {
+			runs = append(runs, run{start, i, b.Len()})
+			b.WriteString(s[start:i])
+			start = i + size
 		}
 		i += size
 	}
-	found := secretValue.FindAllIndex(joined, -1)
-	if found == nil {
+	runs = append(runs, run{start, len(s), b.Len()})
+	b.WriteString(s[start:])
+	joined := b.String()
+	if !isSecretValue(joined) {
 		return s
+	}
+	// at is where joined's byte j is in s.
+	at := func(j int) int {
+		k := sort.Search(len(runs), func(k int) bool { return runs[k].in+(runs[k].to-runs[k].from) > j })
+		return runs[k].from + j - runs[k].in
 	}
 	var out strings.Builder
 	last := 0
-	for _, m := range found {
-		out.WriteString(s[last:at[m[0]]])
+	for _, m := range secretValue.FindAllStringIndex(joined, -1) {
+		out.WriteString(s[last:at(m[0])])
 		out.WriteString(Redacted)
-		last = at[m[1]-1] + 1
+		last = at(m[1]-1) + 1
 	}
 	out.WriteString(s[last:])
 	return out.String()
