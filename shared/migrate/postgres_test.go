@@ -439,6 +439,53 @@ func TestAScheduledDeletionStands(t *testing.T) {
 	}
 }
 
+// TestSecretscanWritesOnlyItsRevocationRows: as the secretscan role, an
+// audit row must be an api_key deletion of a customer, with a salted
+// digest, in a secretscan-* chain; its grant alone let it write any row
+// into any customer's log, in a chain verify cannot hold to a customer.
+func TestSecretscanWritesOnlyItsRevocationRows(t *testing.T) {
+	t.Parallel()
+	pg := testenv.Postgres(t)
+	ctx := context.Background()
+	scan, err := pgxpool.New(ctx, pg.FunctionDSNs["GUARDIAN_PG_DSN_SECRETSCAN"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(scan.Close)
+	customer := insertCustomerWithAudit(t, pg.Owner)
+	const insert = `INSERT INTO api_audit_log (customer_id, user_agent, source_ip, request_id, method, path,
+		resource_type, resource_id, action, result, status_code, metadata, occurred_at,
+		writer_id, writer_seq, prev_hash, row_hash, customer_digest)
+	VALUES ($1, 'GitHub-Hookshot', '192.0.2.1', gen_random_uuid()::text, 'POST', '/webhooks/github/secret-scanning', $2, 'k1', $3, 'success', 200, '{}', now(),
+		$4, 1, NULL, decode(repeat('ab', 32), 'hex'), $5)`
+	salted := append([]byte{3}, make([]byte, 32)...)
+	for _, tc := range []struct {
+		name                     string
+		customer                 any
+		resource, action, writer string
+		digest                   []byte
+		ok                       bool
+	}{
+		{"its revocation", customer, "api_key", "delete", "secretscan-a1", salted, true},
+		{"no digest", customer, "api_key", "delete", "secretscan-a2", nil, false},
+		{"the unknown customer's digest", customer, "api_key", "delete", "secretscan-a3", []byte{0}, false},
+		{"an unsalted digest", customer, "api_key", "delete", "secretscan-a4", make([]byte, 32), false},
+		{"another chain", customer, "api_key", "delete", "f61029e57e0b-0", salted, false},
+		{"another action", customer, "api_key", "create", "secretscan-a5", salted, false},
+		{"another resource", customer, "server", "delete", "secretscan-a6", salted, false},
+		{"no customer", nil, "api_key", "delete", "secretscan-a7", salted, false},
+	} {
+		_, err := scan.Exec(ctx, insert, tc.customer, tc.resource, tc.action, tc.writer, tc.digest)
+		if tc.ok && err != nil || !tc.ok && sqlState(err) != "42501" {
+			t.Errorf("%s: got %v, want allowed %v", tc.name, err, tc.ok)
+		}
+	}
+	// The edge's rows are not the trigger's business.
+	if _, err := pg.App(t).Exec(ctx, insertAudit); err != nil {
+		t.Errorf("the runtime role's row: %v", err)
+	}
+}
+
 // TestARevocationCannotBeWithdrawnOrPostponed updates revoked_at as each
 // role that may write it, the owner included: setting it and moving it
 // earlier work (a rotation's grace window, then a revocation during it),
