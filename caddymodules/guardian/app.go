@@ -72,7 +72,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		a.redis.Addrs = []string{rs.Socket}
 	}
 	a.redis.Prefix = l.Optional("GUARDIAN_REDIS_PREFIX", "guardian:rl:")
-	err = errors.Join(err, checkClientIPHeaders(os.LookupEnv))
+	err = errors.Join(err, checkClientIPHeaders(os.LookupEnv), checkAdminAddr(os.LookupEnv))
 	if err := errors.Join(err, l.Err()); err != nil {
 		return fmt.Errorf("guardian: %w", err)
 	}
@@ -153,6 +153,20 @@ const ClientIPHeadersEnv = "GUARDIAN_CLIENT_IP_HEADERS"
 // Cloudflare Worker writes as it likes; with two, a first header holding a
 // trusted proxy's address (a Worker's Cf-Connecting-Ip) falls through to
 // the second. Either way a client could choose its own per-IP bucket.
+func checkAdminAddr(lookup func(string) (string, bool)) error {
+	if v, ok := lookup(AdminAddrEnv); ok && !strings.HasPrefix(v, "unix/") {
+		return fmt.Errorf("%s must be a unix socket (unix/PATH): functions reach TCP, and Caddy's admin API asks for no credentials", AdminAddrEnv)
+	}
+	return nil
+}
+
+// AdminAddrEnv sets the Caddyfile's admin address. checkAdminAddr
+// refuses one that is not a unix socket: functions are kept from unix
+// sockets (shared/fnserve) but reach TCP, so an admin API on a TCP port
+// would let a compromised function load a config that prints the key
+// pepper.
+const AdminAddrEnv = "GUARDIAN_ADMIN_ADDR"
+
 func checkClientIPHeaders(lookup func(string) (string, bool)) error {
 	v, ok := lookup(ClientIPHeadersEnv)
 	if !ok {

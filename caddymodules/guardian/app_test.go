@@ -88,6 +88,18 @@ func TestClientIPHeadersNameOneHeader(t *testing.T) {
 	}
 }
 
+func TestTheAdminAPIIsAUnixSocket(t *testing.T) {
+	for v, ok := range map[string]bool{"localhost:2019": false, ":2019": false, "tcp/127.0.0.1:2019": false, "": false,
+		"unix/.run/caddy-admin.sock": true, "unix//run/guardian/admin.sock|0200": true} {
+		if err := checkAdminAddr(func(string) (string, bool) { return v, true }); (err == nil) != ok {
+			t.Errorf("%q: err = %v", v, err)
+		}
+	}
+	if err := checkAdminAddr(func(string) (string, bool) { return "", false }); err != nil {
+		t.Errorf("unset (the Caddyfile's unix socket): %v", err)
+	}
+}
+
 // The edge's degradation metrics are scrapeable on a site of their own
 // (loopback), and not on the public one.
 func TestEdgeMetricsAreOnTheirOwnSite(t *testing.T) {
