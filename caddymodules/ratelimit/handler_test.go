@@ -457,3 +457,23 @@ func TestUncheckedCredentialOnAnAlwaysRouteIs429(t *testing.T) {
 		t.Fatalf("%d %s %v", s, code, rec.Header())
 	}
 }
+
+// TestDefaultsAreThePosturesTable: the security posture's rate-limiting
+// table, written out here (not read from the defaults it checks).
+func TestDefaultsAreThePosturesTable(t *testing.T) {
+	var h Handler
+	h.defaults()
+	for _, tc := range []struct {
+		tier           string
+		got            *Bucket
+		capacity, rate float64
+	}{
+		{"per IP", h.IP, 100, 10},
+		{"per key", h.Key, 1000, 100},
+		{"per account", h.Account, 5000, 500},
+	} {
+		if tc.got.Capacity != tc.capacity || tc.got.Rate != tc.rate {
+			t.Errorf("%s: %g tokens, %g per second; the posture says %g, %g", tc.tier, tc.got.Capacity, tc.got.Rate, tc.capacity, tc.rate)
+		}
+	}
+}

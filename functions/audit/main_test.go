@@ -53,8 +53,11 @@ func TestCustomersReadTheirOwnAuditLog(t *testing.T) {
 	get(t, stack.URL+"/api/v1/whoami", bearer(otherKey))
 	get(t, stack.URL+"/api/v1/whoami", map[string]string{"Authorization": "Bearer " + testenv.Corrupt(read)})
 
-	if resp, body := get(t, stack.URL+"/api/v1/audit", bearer(read)); resp.StatusCode != 403 || !strings.Contains(string(body), "insufficient_scope") {
-		t.Fatalf("read key: %d %s", resp.StatusCode, body)
+	// The admin scope on a key, as the posture says: write is not enough.
+	for scope, key := range map[string]string{"read": read, "write": c.AccountKey(t, "write")} {
+		if resp, body := get(t, stack.URL+"/api/v1/audit", bearer(key)); resp.StatusCode != 403 || !strings.Contains(string(body), "insufficient_scope") {
+			t.Fatalf("%s key: %d %s", scope, resp.StatusCode, body)
+		}
 	}
 	// Every signed-in user reads the log, a member (no admin) too.
 	member := testenv.NewCustomer(t, pg.Owner, c.Pepper, c.Secret)

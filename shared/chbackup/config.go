@@ -32,6 +32,10 @@ const (
 // says otherwise.
 const DefaultKeepDays = 30
 
+// MaxKeepDays bounds GUARDIAN_BACKUP_KEEP_DAYS: the security posture
+// promises a deleted account's data is gone from backups within 30 days.
+const MaxKeepDays = 30
+
 // Config is what Backup and VerifyLatest need.
 type Config struct {
 	// ClickHouse holds the user, password and database to back up.
@@ -177,10 +181,11 @@ func LoadConfig(env *config.Loader) (Config, error) {
 		seen[t.String()] = true
 		cfg.Targets = append(cfg.Targets, t)
 	}
-	if cfg.KeepDays < 2 {
+	if cfg.KeepDays < 2 || cfg.KeepDays > MaxKeepDays {
 		// Less 30 hours of pruning slack, one day would prune every set
-		// but the newest at once.
-		bad("%s must be at least 2", EnvKeepDays)
+		// but the newest at once. More than 30 would keep a deleted
+		// account's data past the 30 days the posture promises.
+		bad("%s must be from 2 to %d", EnvKeepDays, MaxKeepDays)
 	}
 	for _, f := range []struct{ name, path string }{
 		{EnvSSHKey, cfg.SSHKeyFile}, {EnvKnownHosts, cfg.KnownHostsFile}, {EnvAgeIdentity, cfg.AgeIdentityFile},

@@ -72,6 +72,17 @@ func TestLoadConfigNamesVariablesNeverValues(t *testing.T) {
 
 	env[EnvAgeRecipients] = id.Recipient().String()
 	env[EnvKnownHosts] = key
+	// Backups are kept 30 days at most (the posture's promise).
+	for _, days := range []string{"1", "31", "90"} {
+		env[EnvKeepDays] = days
+		if _, err := LoadConfig(config.New(func(k string) (string, bool) { v, ok := env[k]; return v, ok })); err == nil || !strings.Contains(err.Error(), EnvKeepDays) {
+			t.Errorf("%s=%s: %v", EnvKeepDays, days, err)
+		}
+	}
+	env[EnvKeepDays] = "30"
+	if _, err := LoadConfig(config.New(func(k string) (string, bool) { v, ok := env[k]; return v, ok })); err != nil {
+		t.Errorf("%s=30: %v", EnvKeepDays, err)
+	}
 	delete(env, EnvKeepDays)
 	cfg, err := LoadConfig(config.New(func(k string) (string, bool) { v, ok := env[k]; return v, ok }))
 	if err != nil {
@@ -82,7 +93,7 @@ func TestLoadConfigNamesVariablesNeverValues(t *testing.T) {
 			t.Errorf("%s prints the password: %s", format, out)
 		}
 	}
-	if len(cfg.Targets) != 2 || cfg.Targets[0].Host != "a.example" || cfg.KeepDays != DefaultKeepDays || len(cfg.Recipients) != 1 || cfg.ClickHouse.Database != "guardian" {
+	if len(cfg.Targets) != 2 || cfg.Targets[0].Host != "a.example" || cfg.KeepDays != 30 || len(cfg.Recipients) != 1 || cfg.ClickHouse.Database != "guardian" {
 		t.Errorf("%+v", cfg)
 	}
 }

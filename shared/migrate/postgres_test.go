@@ -378,7 +378,7 @@ func TestEachFunctionRoleReachesOnlyItsTables(t *testing.T) {
 }
 
 // TestAScheduledDeletionStands: functions/sessions may schedule an
-// account's deletion, an hour to 30 days ahead, once; the schedule is
+// account's deletion, an hour to a day ahead, once; the schedule is
 // counted from the update (a transaction held open cannot move it back);
 // it cannot bring the deletion forward, postpone it or call it off. The
 // owner (an operator) can.
@@ -395,7 +395,7 @@ func TestAScheduledDeletionStands(t *testing.T) {
 	for _, stmt := range []string{
 		"UPDATE customers SET deletion_requested_at = now(), delete_after = now() WHERE id = $1",
 		"UPDATE customers SET deletion_requested_at = now(), delete_after = now() + interval '59 minutes' WHERE id = $1",
-		"UPDATE customers SET deletion_requested_at = now(), delete_after = now() + interval '31 days' WHERE id = $1",
+		"UPDATE customers SET deletion_requested_at = now(), delete_after = now() + interval '2 days' WHERE id = $1",
 		"UPDATE customers SET deletion_requested_at = now(), delete_after = 'infinity' WHERE id = $1",
 	} {
 		if _, err := sessions.Exec(ctx, stmt, other); sqlState(err) != "42501" {
