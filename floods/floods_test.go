@@ -386,3 +386,43 @@ func TestOversizedHeadersAndBodiesAreRefused(t *testing.T) {
 		t.Errorf("healthz after: %d %v", st, err)
 	}
 }
+
+// TestPageViewsDoNotSpendTheSignInBudget: the sign-in page takes from a
+// page bucket of its own. Sharing the address's brute-force bucket, ten
+// views a second from an office behind one address emptied it, and the
+// office's sign-ins and uncached keys were then refused 429.
+func TestPageViewsDoNotSpendTheSignInBudget(t *testing.T) {
+	t.Parallel()
+	env, c, _ := testenv.EdgeEnv(t)
+	env["GUARDIAN_TRUSTED_PROXIES"] = "127.0.0.1/32"
+	email := c.Password(t, "correct horse battery staple 9")
+	s := testenv.StartStack(t, env)
+	ctx := context.Background()
+	office := map[string]string{"Cf-Connecting-Ip": "198.51.100.23"}
+	var views tally
+	for range 150 {
+		st, _, err := send(ctx, "GET", s.URL+"/login", "", office)
+		if err != nil {
+			st = -1
+		}
+		views.add(st)
+	}
+	if views.get(200) != 150 {
+		t.Errorf("150 views of the sign-in page answered %s", views.String())
+	}
+	st, _, err := send(ctx, "POST", s.URL+"/auth/login", `{"email":"`+email+`","password":"wrong password, surely"}`, office)
+	if err != nil || st != http.StatusUnauthorized {
+		t.Errorf("a sign-in after the views: %d %v, want 401 (the budget unspent)", st, err)
+	}
+	// The page bucket is bounded too.
+	for range 250 {
+		st, _, err := send(ctx, "GET", s.URL+"/login", "", office)
+		if err != nil {
+			st = -1
+		}
+		views.add(st)
+	}
+	if views.get(429) == 0 {
+		t.Errorf("400 views at once were never limited: %s", views.String())
+	}
+}
