@@ -399,6 +399,10 @@ func TestScopesAndCredentials(t *testing.T) {
 		{"a write key may not delete", "DELETE", "/api/v1/servers/" + s.c.ServerID, "", write, 403, "insufficient_scope"},
 		{"a write key may not rotate", "POST", "/api/v1/servers/" + s.c.ServerID + "/rotate-key", "", write, 403, "insufficient_scope"},
 		{"a write key may not rotate through an odd path", "POST", "/api/v1/servers//" + s.c.ServerID + "/rotate-key", "", write, 403, "insufficient_scope"},
+		// Not the rotation route's shape: refused at the edge, never the
+		// collection's write scope and the function's own check alone.
+		{"a write key may not rotate through an encoded slash", "POST", "/api/v1/servers/" + s.c.ServerID + "%2Fx/rotate-key", "", write, 404, "not_found"},
+		{"a write key may not rotate in capitals", "POST", "/api/v1/servers/" + s.c.ServerID + "%2Fx/ROTATE-KEY/", "", write, 404, "not_found"},
 		{"a collector key may not list", "GET", "/api/v1/servers", "", collector, 403, "insufficient_scope"},
 		{"a collector key may not enroll", "POST", "/api/v1/servers", `{"hostname":"x"}`, collector, 403, "insufficient_scope"},
 		{"no credential", "GET", "/api/v1/servers", "", nil, 401, "unauthenticated"},
