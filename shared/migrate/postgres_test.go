@@ -93,6 +93,17 @@ func insertCustomerWithAudit(t *testing.T, db *pgxpool.Pool) string {
 	return customer
 }
 
+// asRole connects as function fn's role, until t ends.
+func asRole(t *testing.T, pg *testenv.PG, fn string) *pgxpool.Pool {
+	t.Helper()
+	pool, err := pgxpool.New(context.Background(), pg.FunctionDSNs["GUARDIAN_PG_DSN_"+strings.ToUpper(fn)])
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
+}
+
 func sqlState(err error) string {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
@@ -296,14 +307,7 @@ func TestEachFunctionRoleReachesOnlyItsTables(t *testing.T) {
 	pg := testenv.Postgres(t)
 	ctx := context.Background()
 	insertCustomerWithAudit(t, pg.Owner)
-	as := func(fn string) *pgxpool.Pool {
-		pool, err := pgxpool.New(ctx, pg.FunctionDSNs["GUARDIAN_PG_DSN_"+strings.ToUpper(fn)])
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(pool.Close)
-		return pool
-	}
+	as := func(fn string) *pgxpool.Pool { return asRole(t, pg, fn) }
 	cases := []struct {
 		fn      string
 		allowed []string
@@ -386,11 +390,7 @@ func TestAScheduledDeletionStands(t *testing.T) {
 	t.Parallel()
 	pg := testenv.Postgres(t)
 	ctx := context.Background()
-	sessions, err := pgxpool.New(ctx, pg.FunctionDSNs["GUARDIAN_PG_DSN_SESSIONS"])
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(sessions.Close)
+	sessions := asRole(t, pg, "sessions")
 	customer, other := insertCustomerWithAudit(t, pg.Owner), insertCustomerWithAudit(t, pg.Owner)
 	for _, stmt := range []string{
 		"UPDATE customers SET deletion_requested_at = now(), delete_after = now() WHERE id = $1",
@@ -447,11 +447,7 @@ func TestSecretscanWritesOnlyItsRevocationRows(t *testing.T) {
 	t.Parallel()
 	pg := testenv.Postgres(t)
 	ctx := context.Background()
-	scan, err := pgxpool.New(ctx, pg.FunctionDSNs["GUARDIAN_PG_DSN_SECRETSCAN"])
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(scan.Close)
+	scan := asRole(t, pg, "secretscan")
 	customer := insertCustomerWithAudit(t, pg.Owner)
 	const insert = `INSERT INTO api_audit_log (customer_id, user_agent, source_ip, request_id, method, path,
 		resource_type, resource_id, action, result, status_code, metadata, occurred_at,
