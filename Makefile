@@ -89,7 +89,7 @@ bench-compare:
 release:
 	GO="$(GO)" deploy/release/release.sh "$(VERSION)"
 
-## release-verify: VERSION=x.y.z [ALLOWED_SIGNERS=your copy of the release key]: check dist/VERSION's signature and every artefact's SHA-256
+## release-verify: VERSION=x.y.z ALLOWED_SIGNERS=your copy of the release key: check dist/VERSION's signature and every artefact's SHA-256
 release-verify:
-	@test -n "$(VERSION)" || { echo "usage: make release-verify VERSION=x.y.z [ALLOWED_SIGNERS=FILE]" >&2; exit 2; }
+	@test -n "$(VERSION)" || { echo "usage: make release-verify VERSION=x.y.z ALLOWED_SIGNERS=FILE" >&2; exit 2; }
 	deploy/release/verify.sh "dist/$(VERSION)" $(ALLOWED_SIGNERS)

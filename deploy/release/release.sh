@@ -158,7 +158,7 @@ VERSION=$version COMMIT="$commit$dirty" GOVERSION=$goversion VULNCHECK=$vulnstat
 	}' "$here/NOTES.template.md" >"$dist/NOTES.md"
 
 "$here/sign.sh" "$dist" "$key"
-"$here/verify.sh" "$dist"
+"$here/verify.sh" --own-key "$dist"
 echo "release: $dist ready ($(wc -l <"$dist/SHA256SUMS") files in SHA256SUMS)" >&2
 $throwaway && echo "release: REMINDER: signed with the THROWAWAY key $key, not the real release key" >&2
 exit 0

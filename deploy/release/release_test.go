@@ -71,7 +71,7 @@ func TestReproducibleSignedRelease(t *testing.T) {
 	key := filepath.Join(t.TempDir(), "id_ed25519")
 	run(t, root, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "test", "-f", key)
 	run(t, root, filepath.Join(here, "sign.sh"), rel, key)
-	run(t, root, filepath.Join(here, "verify.sh"), rel)
+	run(t, root, filepath.Join(here, "verify.sh"), "--own-key", rel)
 	// The commands the release notes give, against a trusted copy of the
 	// key taken now (never the download's own allowed_signers).
 	const notesVerify = `ssh-keygen -Y verify -f "$TRUSTED" -I release@guardian -n guardian-release -s SHA256SUMS.sig < SHA256SUMS`
@@ -97,13 +97,13 @@ func TestReproducibleSignedRelease(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustFail(t, rel, "sha256sum", "-c", "SHA256SUMS")
-	mustFail(t, rel, filepath.Join(here, "verify.sh"), rel)
+	mustFail(t, rel, filepath.Join(here, "verify.sh"), "--own-key", rel)
 	os.WriteFile(artefact, orig, 0o755)
-	run(t, root, filepath.Join(here, "verify.sh"), rel)
+	run(t, root, filepath.Join(here, "verify.sh"), "--own-key", rel)
 
 	// An extra file not covered by SHA256SUMS.
 	os.WriteFile(filepath.Join(rel, "evil"), []byte("x"), 0o755)
-	mustFail(t, rel, filepath.Join(here, "verify.sh"), rel)
+	mustFail(t, rel, filepath.Join(here, "verify.sh"), "--own-key", rel)
 	os.Remove(filepath.Join(rel, "evil"))
 	// Nor one in a subdirectory that bears the name of a signature file
 	// (only the release's top-level ones are left out of SHA256SUMS).
@@ -114,7 +114,7 @@ func TestReproducibleSignedRelease(t *testing.T) {
 	for _, name := range []string{"SHA256SUMS", "SHA256SUMS.sig", "allowed_signers"} {
 		p := filepath.Join(sub, name)
 		os.WriteFile(p, []byte("x"), 0o755)
-		mustFail(t, rel, filepath.Join(here, "verify.sh"), rel)
+		mustFail(t, rel, filepath.Join(here, "verify.sh"), "--own-key", rel)
 		os.Remove(p)
 	}
 	os.Remove(sub)
@@ -140,7 +140,7 @@ func TestReproducibleSignedRelease(t *testing.T) {
 	lines[mid] = string(b)
 	os.WriteFile(sigFile, []byte(strings.Join(lines, "\n")), 0o644)
 	mustFail(t, rel, "bash", "-c", sigVerify)
-	mustFail(t, rel, filepath.Join(here, "verify.sh"), rel)
+	mustFail(t, rel, filepath.Join(here, "verify.sh"), "--own-key", rel)
 	os.WriteFile(sigFile, sig, 0o644)
 
 	// A signature by another key.
@@ -157,9 +157,12 @@ func TestReproducibleSignedRelease(t *testing.T) {
 		t.Fatal(err)
 	}
 	run(t, root, filepath.Join(here, "sign.sh"), rel, other)
-	if out := run(t, root, filepath.Join(here, "verify.sh"), rel); !strings.Contains(out, "WARNING") {
-		t.Fatalf("verified without a trusted key and without a warning:\n%s", out)
+	if out := run(t, root, filepath.Join(here, "verify.sh"), "--own-key", rel); !strings.Contains(out, "WARNING") {
+		t.Fatalf("verified against the release's own key without a warning:\n%s", out)
 	}
+	// Without a trusted key, verify.sh (and make release-verify) refuse:
+	// exit status 0 must mean the release key signed it.
+	mustFail(t, root, filepath.Join(here, "verify.sh"), rel)
 	mustFail(t, root, filepath.Join(here, "verify.sh"), rel, trusted)
 	run(t, root, filepath.Join(here, "sign.sh"), rel, key)
 	run(t, root, filepath.Join(here, "verify.sh"), rel, trusted)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# verify.sh DIR [TRUSTED_ALLOWED_SIGNERS]
+# verify.sh DIR TRUSTED_ALLOWED_SIGNERS
+# verify.sh --own-key DIR
 #
 # Checks a release directory exactly as the release notes tell users to:
 # the signature over SHA256SUMS, then every artefact's SHA-256. Exits
@@ -8,17 +9,29 @@
 #
 # The signature is checked against TRUSTED_ALLOWED_SIGNERS (or
 # $GUARDIAN_RELEASE_ALLOWED_SIGNERS): your own copy of the release key,
-# obtained apart from the release. Without one, the release's own
-# allowed_signers is used and a warning says what that proves: that the
-# files match each other, not who made them (a release swapped whole,
-# key included, would pass).
+# obtained apart from the release. Without one it refuses: the release's
+# own allowed_signers proves only that the files match each other, not who
+# made them (a release swapped whole, key included, would pass), and an
+# exit status of 0 must not say more. --own-key checks that much anyway,
+# with a warning (release.sh, on what it has just signed).
 set -euo pipefail
 
-if [ $# -lt 1 ] || [ $# -gt 2 ]; then
-	echo "usage: $0 DIR [TRUSTED_ALLOWED_SIGNERS]" >&2
+own=false
+if [ "${1:-}" = --own-key ]; then
+	own=true
+	shift
+fi
+if [ $# -lt 1 ] || [ $# -gt 2 ] || { $own && [ $# -gt 1 ]; }; then
+	echo "usage: $0 DIR TRUSTED_ALLOWED_SIGNERS, or $0 --own-key DIR" >&2
 	exit 2
 fi
 trusted=${2:-${GUARDIAN_RELEASE_ALLOWED_SIGNERS:-}}
+$own && trusted=
+if [ -z "$trusted" ] && ! $own; then
+	echo "verify.sh: no trusted copy of the release key: pass yours ($0 DIR FILE; make release-verify ALLOWED_SIGNERS=FILE)." >&2
+	echo "verify.sh: the release's own allowed_signers proves only that its files match each other (--own-key checks that much)." >&2
+	exit 2
+fi
 if [ -n "$trusted" ]; then
 	[ -f "$trusted" ] || { echo "verify.sh: $trusted is missing" >&2; exit 1; }
 	trusted=$(cd "$(dirname "$trusted")" && pwd)/$(basename "$trusted")
@@ -31,7 +44,7 @@ done
 if [ -n "$trusted" ]; then
 	ssh-keygen -Y verify -f "$trusted" -I release@guardian -n guardian-release -s SHA256SUMS.sig <SHA256SUMS
 else
-	echo "verify.sh: WARNING: no trusted copy of the release key given; checked against the allowed_signers inside the release," >&2
+	echo "verify.sh: WARNING: --own-key: checked against the allowed_signers inside the release," >&2
 	echo "verify.sh: which proves the files match each other, not who signed them. Pass your own copy: $0 DIR FILE" >&2
 	ssh-keygen -Y verify -f allowed_signers -I release@guardian -n guardian-release -s SHA256SUMS.sig <SHA256SUMS
 fi

@@ -56,8 +56,17 @@ fi
 # the first's policy-rc.d for the system's, and install unguarded once the
 # first removed it. Under the lock the packages are looked at again: the
 # first run may have installed them all.
-lock=/tmp/guardian-deps.lock
-(umask 022 && : >>"$lock") 2>/dev/null || true # others open it read-only
+# In /run, which only root may write: in /tmp any user could plant a link
+# there that root then creates a file through, or hold the lock for ever.
+sudo=()
+if ((EUID != 0)); then
+	command -v sudo >/dev/null || { echo "deps: need root or sudo to install: ${missing[*]}" >&2; exit 1; }
+	sudo=(sudo)
+fi
+lock=/run/guardian-deps.lock
+if [[ ! -e $lock ]]; then
+	"${sudo[@]}" sh -c 'umask 022 && : >>/run/guardian-deps.lock' # others open it read-only
+fi
 if [[ -L $lock || ! -f $lock ]]; then # a FIFO would block the open for ever
 	echo "deps: $lock is not a plain file; remove it" >&2
 	exit 1
@@ -72,11 +81,6 @@ if ((${#missing[@]} == 0)); then
 	exit 0
 fi
 
-sudo=()
-if ((EUID != 0)); then
-	command -v sudo >/dev/null || { echo "deps: need root or sudo to install: ${missing[*]}" >&2; exit 1; }
-	sudo=(sudo)
-fi
 echo "deps: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 # Installing must not start the system's own instances: ours run privately.
