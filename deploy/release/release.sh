@@ -35,6 +35,21 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 cd "$root"
 GO=${GO:-go}
+
+# Signed with the real key, a release is of a commit, whole: its notes
+# promise anyone can rebuild it byte for byte from that commit. An edit
+# not committed, or a stray file, would ship signed and unrebuildable.
+# (dist/ is git-ignored.) A throwaway-key release may be of anything.
+if [ -n "${GUARDIAN_RELEASE_KEY:-}" ]; then
+	if ! git rev-parse --verify -q HEAD >/dev/null; then
+		echo "release: not a git checkout with a commit; a release signed with the release key must be of a commit" >&2
+		exit 1
+	fi
+	if [ -n "$(git status --porcelain --ignore-submodules=none)" ]; then
+		echo "release: the working tree differs from HEAD (git status); commit or remove the changes first" >&2
+		exit 1
+	fi
+fi
 platforms="linux/amd64 linux/arm64"
 dist=dist/$version
 
