@@ -103,6 +103,8 @@ for p in $platforms; do
 	GUARDIAN_VERSION=$version "$here/build.sh" "$out" "$goos" "$goarch" ./cmd/caddy ./cmd/guardianctl
 	GUARDIAN_VERSION=$version "$here/build.sh" "$out/functions" "$goos" "$goarch" ./functions/...
 done
+# The Caddyfile, web/ and the cron wrapper, signed with the binaries.
+"$here/config.sh" "$dist"
 
 # No local paths may leak into an artefact.
 leaks=()
@@ -128,7 +130,7 @@ goversion=$(GOFLAGS= "$GO" env GOVERSION)
 	echo "# commit $commit$dirty, built with $goversion, CGO_ENABLED=0"
 	echo "# Per binary: \`go version -m\` output (path = main package, mod = main module,"
 	echo "# dep = module version and go.sum hash, build = build settings)."
-	(cd "$dist" && find . -path './*_*/*' -type f -printf '%P\n' | LC_ALL=C sort | while IFS= read -r f; do
+	(cd "$dist" && find . -path './linux_*/*' -type f -printf '%P\n' | LC_ALL=C sort | while IFS= read -r f; do
 		echo
 		GOFLAGS= "$GO" version -m "$f"
 	done)
@@ -159,7 +161,7 @@ fi
 fingerprint=$(ssh-keygen -l -f "$key" | awk '{print $2}')
 
 # --- 5. notes, sums, signature --------------------------------------------
-artefacts=$(cd "$dist" && find . -path './*_*/*' -type f -printf '%P\n' | LC_ALL=C sort | sed 's/^/- `/; s/$/`/')
+artefacts=$(cd "$dist" && find . -path './linux_*/*' -type f -printf '%P\n' | LC_ALL=C sort | sed 's/^/- `/; s/$/`/')
 keynote="Signing key: \`$fingerprint\`."
 $throwaway && keynote="**WARNING: signed with a THROWAWAY key ($fingerprint), not the real Guardian release key. Do not trust or publish.**"
 VERSION=$version COMMIT="$commit$dirty" GOVERSION=$goversion VULNCHECK=$vulnstatus \

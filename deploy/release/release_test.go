@@ -68,9 +68,31 @@ func TestReproducibleSignedRelease(t *testing.T) {
 	}
 
 	rel := dirs[0]
+	run(t, root, filepath.Join(here, "config.sh"), rel)
 	key := filepath.Join(t.TempDir(), "id_ed25519")
 	run(t, root, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "test", "-f", key)
 	run(t, root, filepath.Join(here, "sign.sh"), rel, key)
+	// What the edge runs besides the binaries is signed with them: an
+	// edited Caddyfile or dashboard script is refused like a binary.
+	listed, err := os.ReadFile(filepath.Join(rel, "SHA256SUMS"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"config/Caddyfile", "config/web/static/app.js", "config/guardian-cron-job"} {
+		if !strings.Contains(string(listed), "  "+f+"\n") {
+			t.Errorf("SHA256SUMS does not cover %s", f)
+		}
+	}
+	for _, f := range []string{"config/Caddyfile", "config/web/static/app.js"} {
+		p := filepath.Join(rel, f)
+		orig, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(p, append(append([]byte(nil), orig...), '\n'), 0o644)
+		mustFail(t, rel, filepath.Join(here, "verify.sh"), "--own-key", rel)
+		os.WriteFile(p, orig, 0o644)
+	}
 	run(t, root, filepath.Join(here, "verify.sh"), "--own-key", rel)
 	// The commands the release notes give, against a trusted copy of the
 	// key taken now (never the download's own allowed_signers).
@@ -100,6 +122,13 @@ func TestReproducibleSignedRelease(t *testing.T) {
 	mustFail(t, rel, filepath.Join(here, "verify.sh"), "--own-key", rel)
 	os.WriteFile(artefact, orig, 0o755)
 	run(t, root, filepath.Join(here, "verify.sh"), "--own-key", rel)
+
+	// A link (an install after the check would follow it).
+	if err := os.Symlink("/etc/passwd", filepath.Join(rel, "config", "extra")); err != nil {
+		t.Fatal(err)
+	}
+	mustFail(t, rel, filepath.Join(here, "verify.sh"), "--own-key", rel)
+	os.Remove(filepath.Join(rel, "config", "extra"))
 
 	// An extra file not covered by SHA256SUMS.
 	os.WriteFile(filepath.Join(rel, "evil"), []byte("x"), 0o755)

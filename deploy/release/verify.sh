@@ -50,6 +50,15 @@ else
 fi
 sha256sum --strict --quiet -c SHA256SUMS
 
+# Only regular files and directories: a link would be followed by the
+# install that comes after the check.
+odd=$(find . ! -type f ! -type d -printf '%P\n')
+if [ -n "$odd" ]; then
+	echo "verify.sh: not regular files:" >&2
+	printf '  %s\n' $odd >&2
+	exit 1
+fi
+
 extra=$(comm -23 \
 	<(find . -type f ! -path ./SHA256SUMS ! -path ./SHA256SUMS.sig ! -path ./allowed_signers -printf '%P\n' | LC_ALL=C sort) \
 	<(sed 's/^[0-9a-f]\{64\}  //' SHA256SUMS | LC_ALL=C sort))
