@@ -18,7 +18,16 @@ out=$1/config
 rm -rf "$out"
 mkdir -p "$out"
 cp -- "$root/Caddyfile" "$out/Caddyfile"
-cp -R -- "$root/web" "$out/web"
 cp -- "$root/deploy/cron/guardian-cron-job" "$out/guardian-cron-job"
+# web/ as the commit has it: a file git ignores there (a build's leftover)
+# is not part of the release. Outside git (a throwaway release), whole.
+if git -C "$root" rev-parse --verify -q HEAD >/dev/null 2>&1; then
+	git -C "$root" ls-files -z -- web | while IFS= read -r -d '' f; do
+		mkdir -p "$out/$(dirname "$f")"
+		cp -- "$root/$f" "$out/$f"
+	done
+else
+	cp -R -- "$root/web" "$out/web"
+fi
 chmod -R u=rwX,go=rX "$out"
 chmod 755 "$out/guardian-cron-job"

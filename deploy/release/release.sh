@@ -45,7 +45,7 @@ if [ -n "${GUARDIAN_RELEASE_KEY:-}" ]; then
 		echo "release: not a git checkout with a commit; a release signed with the release key must be of a commit" >&2
 		exit 1
 	fi
-	if [ -n "$(git status --porcelain --ignore-submodules=none)" ]; then
+	if [ -n "$(git status --porcelain --untracked-files=all --ignore-submodules=none)" ]; then
 		echo "release: the working tree differs from HEAD (git status); commit or remove the changes first" >&2
 		exit 1
 	fi

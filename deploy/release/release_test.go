@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -129,6 +130,22 @@ func TestReproducibleSignedRelease(t *testing.T) {
 	}
 	mustFail(t, rel, filepath.Join(here, "verify.sh"), "--own-key", rel)
 	os.Remove(filepath.Join(rel, "config", "extra"))
+	// A listed file become a FIFO: refused before anything reads it
+	// (sha256sum would wait on it for ever).
+	wrapper := filepath.Join(rel, "config", "guardian-cron-job")
+	wrapped, err := os.ReadFile(wrapper)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(wrapper)
+	if err := syscall.Mkfifo(wrapper, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mustFail(t, rel, filepath.Join(here, "verify.sh"), "--own-key", rel)
+	os.Remove(wrapper)
+	if err := os.WriteFile(wrapper, wrapped, 0o755); err != nil {
+		t.Fatal(err)
+	}
 
 	// An extra file not covered by SHA256SUMS.
 	os.WriteFile(filepath.Join(rel, "evil"), []byte("x"), 0o755)

@@ -40,6 +40,15 @@ cd "$1"
 for f in SHA256SUMS SHA256SUMS.sig allowed_signers; do
 	[ -f "$f" ] || { echo "verify.sh: $1/$f is missing" >&2; exit 1; }
 done
+# Only regular files and directories, before anything is read: a link
+# would be followed by the install after the check, and a FIFO (or a link
+# to /dev/zero) would keep the check from ever ending.
+odd=$(find . ! -type f ! -type d -printf '%P\n')
+if [ -n "$odd" ]; then
+	echo "verify.sh: not regular files:" >&2
+	printf '%s\n' "$odd" | sed 's/^/  /' >&2
+	exit 1
+fi
 
 if [ -n "$trusted" ]; then
 	ssh-keygen -Y verify -f "$trusted" -I release@guardian -n guardian-release -s SHA256SUMS.sig <SHA256SUMS
@@ -50,21 +59,13 @@ else
 fi
 sha256sum --strict --quiet -c SHA256SUMS
 
-# Only regular files and directories: a link would be followed by the
-# install that comes after the check.
-odd=$(find . ! -type f ! -type d -printf '%P\n')
-if [ -n "$odd" ]; then
-	echo "verify.sh: not regular files:" >&2
-	printf '  %s\n' $odd >&2
-	exit 1
-fi
 
 extra=$(comm -23 \
 	<(find . -type f ! -path ./SHA256SUMS ! -path ./SHA256SUMS.sig ! -path ./allowed_signers -printf '%P\n' | LC_ALL=C sort) \
 	<(sed 's/^[0-9a-f]\{64\}  //' SHA256SUMS | LC_ALL=C sort))
 if [ -n "$extra" ]; then
 	echo "verify.sh: files not covered by SHA256SUMS:" >&2
-	printf '  %s\n' $extra >&2
+	printf '%s\n' "$extra" | sed 's/^/  /' >&2
 	exit 1
 fi
 if [ -n "$trusted" ]; then

@@ -9,10 +9,11 @@
 -- undo a deletion by hand before it runs), the two columns may only go
 -- from NULL to a schedule, once, and the schedule is counted from the
 -- moment of the update (clock_timestamp(), not the transaction's start,
--- which a transaction held open could move back): the delay asked for,
--- an hour to a day, is kept, the times are the database's. (The purge
--- runs an hour after the request so that backups, kept 30 days, are gone
--- within the 30 days the posture promises; a longer delay would break it.)
+-- which a transaction held open could move back), an hour ahead, the
+-- delay functions/sessions asks for: the purge runs an hour after the
+-- request so that backups, kept 30 days, are gone within the 30 days the
+-- posture promises (shared/chbackup pruneSlack counts on it); a longer
+-- delay would break that, a shorter one take the hour to undo away.
 -- WHEN is checked without calling the function, so other updates of
 -- customers cost nothing more.
 CREATE FUNCTION deletion_stands() RETURNS trigger
@@ -26,13 +27,13 @@ BEGIN
     IF OLD.deletion_requested_at IS NULL AND NEW.deletion_requested_at IS NOT NULL
         AND isfinite(NEW.delete_after) THEN
         delay := NEW.delete_after - now();
-        IF delay >= interval '1 hour' AND delay <= interval '1 day' THEN
+        IF delay = interval '1 hour' THEN
             NEW.deletion_requested_at := clock_timestamp();
             NEW.delete_after := NEW.deletion_requested_at + delay;
             RETURN NEW;
         END IF;
     END IF;
-    RAISE EXCEPTION 'customers: a deletion is scheduled once, an hour to a day ahead, and stands'
+    RAISE EXCEPTION 'customers: a deletion is scheduled once, an hour ahead, and stands'
         USING ERRCODE = 'insufficient_privilege';
 END
 $$;

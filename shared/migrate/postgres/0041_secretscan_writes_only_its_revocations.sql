@@ -7,8 +7,11 @@
 -- hold to a customer. As that role, a row must now be what secretscan
 -- writes: an api_key deletion of a customer, with a salted digest
 -- (0x03 and 32 bytes, checked by verify against the customer's salt) in a
--- chain named secretscan-*. WHEN compares the role's name without calling
--- the function, so the edge's rows cost only that comparison.
+-- chain named secretscan-*. The trigger runs after the insert (and its
+-- error undoes it): a BEFORE ROW trigger would make every COPY of the
+-- edge's audit writer insert row by row instead of in batches. WHEN
+-- compares the role's name without calling the function, so the edge's
+-- rows cost only that comparison.
 CREATE FUNCTION audit_row_of_secretscan() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -16,7 +19,7 @@ BEGIN
         AND NEW.resource_type = 'api_key' AND NEW.action = 'delete'
         AND NEW.writer_id LIKE 'secretscan-%'
         AND length(NEW.customer_digest) = 33 AND get_byte(NEW.customer_digest, 0) = 3 THEN
-        RETURN NEW;
+        RETURN NULL;
     END IF;
     RAISE EXCEPTION 'api_audit_log: secretscan writes only the rows of its revocations'
         USING ERRCODE = 'insufficient_privilege';
@@ -26,7 +29,7 @@ $$;
 REVOKE ALL ON FUNCTION audit_row_of_secretscan() FROM PUBLIC;
 
 CREATE TRIGGER api_audit_log_secretscan_rows
-    BEFORE INSERT ON api_audit_log
+    AFTER INSERT ON api_audit_log
     FOR EACH ROW
     WHEN ('"' || current_user || '"' = '{{fn_role:secretscan}}')
     EXECUTE FUNCTION audit_row_of_secretscan();
