@@ -350,9 +350,19 @@ pg_prepare() {
 	if ((need_reloc)); then
 		reloc=$(pg_reloc_path)
 		if [[ -e $reloc || -L $reloc ]]; then
-			# Left over from an earlier <dir> of the same path that was deleted.
+			# Left over from an earlier <dir> of the same path that was
+			# deleted, if it is ours: the name is predictable, and another
+			# user of the host could have made it, with a postmaster.pid
+			# naming a process pg_ctl would then signal.
+			local owner want
+			want=$(id -un)
+			((EUID != 0)) || want=postgres
+			owner=$(stat -c %U -- "$reloc" 2>/dev/null || echo '?')
+			if [[ -L $reloc || $owner != "$want" ]]; then
+				die "postgres: $reloc is not ours (a link, or owned by $owner, not $want); remove it and start again"
+			fi
 			log "postgres: removing stale $reloc"
-			[[ -L $reloc ]] || pg_stop_dir "$reloc" immediate
+			pg_stop_dir "$reloc" immediate
 			rm -rf -- "$reloc"
 		fi
 		mkdir -m 0700 -- "$reloc"

@@ -1,6 +1,8 @@
 package stack
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -69,5 +71,53 @@ func TestStartRecoversServersOfARunThatDidNotFinish(t *testing.T) {
 	}
 	if out, err := servers(t, "status", dir, "redis", "clickhouse"); err != nil {
 		t.Fatalf("status: %v\n%s", err, out)
+	}
+}
+
+// A PostgreSQL whose run dir is too long for its socket path lives under
+// /var/tmp, at a name derived from the dir. Another user of the host may
+// make that name first, with a postmaster.pid naming any process: start
+// refuses a directory there that is not its own instead of stopping what
+// it names and removing it.
+func TestAPlantedPostgresDirectoryIsRefused(t *testing.T) {
+	t.Parallel()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: the relocated directory belongs to postgres")
+	}
+	base, err := os.MkdirTemp(os.Getenv(testenv.PrivateDirEnv), "guardian-private-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(base, strings.Repeat("d", 90)) // too long: relocated
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	real, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256([]byte(real))
+	planted := "/var/tmp/guardian-pg-" + hex.EncodeToString(sum[:])[:12]
+	if err := os.Mkdir(planted, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = os.RemoveAll(planted)
+		_, _ = servers(t, "destroy", dir)
+		_ = os.RemoveAll(base)
+	})
+	if err := os.Chown(planted, 65534, 65534); err != nil { // nobody's
+		t.Fatal(err)
+	}
+	marker := filepath.Join(planted, "theirs")
+	if err := os.WriteFile(marker, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := servers(t, "start", dir, "postgres")
+	if err == nil || !strings.Contains(out, "is not ours") {
+		t.Fatalf("start with a planted %s: %v\n%s", planted, err, out)
+	}
+	if _, err := os.Stat(marker); err != nil {
+		t.Errorf("the planted directory was removed: %v", err)
 	}
 }
