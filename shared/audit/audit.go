@@ -288,7 +288,17 @@ func RedactPath(path string) string { return RedactText(path) }
 // RedactText replaces what looks like a key or token in any text a row
 // keeps (path, resource id, user agent), in whatever letter case.
 func RedactText(s string) string {
-	if strings.IndexByte(s, 0) >= 0 || strings.Contains(s, "\uFFFD") || !utf8.ValidString(s) {
+	if strings.IndexByte(s, 0) >= 0 || !utf8.ValidString(s) {
+		s = redactSplit(s)
+	}
+	return redactClean(s)
+}
+
+// redactClean is RedactText for text without NUL or bytes outside UTF-8
+// (pgtext.Clean's), where only U+FFFD can split a secret: every audited
+// row's path and user agent pass here, so they are scanned once for it.
+func redactClean(s string) string {
+	if strings.Contains(s, "\uFFFD") {
 		s = redactSplit(s)
 	}
 	if !isSecretValue(s) {
@@ -352,7 +362,7 @@ func redactSplit(s string) string {
 // before the cut (in the first 4n bytes), and one the cut ends inside is
 // redacted from its start, however little of it is left.
 func RedactCut(s string, n int) string {
-	full := RedactText(pgtext.Clean(s, 4*n))
+	full := redactClean(pgtext.Clean(s, 4*n))
 	out := pgtext.Clean(full, n) // full is clean: a prefix of it
 	if len(out) == len(full) || !isKeyByte(full[len(out)]) {
 		return out // not cut, or cut between words: nothing split
