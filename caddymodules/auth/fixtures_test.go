@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/glassmkr/guardian/shared/apikey"
 	"github.com/glassmkr/guardian/shared/identity"
@@ -74,6 +75,17 @@ func (w *world) authenticator(t testing.TB, log ...*zap.Logger) *Authenticator {
 		time.Sleep(5 * time.Millisecond)
 	}
 	return a
+}
+
+// observed is the world's authenticator and a handler around it, both
+// logging to the returned observer at DEBUG.
+func (w *world) observed(t testing.TB) (*Authenticator, *Handler, *observer.ObservedLogs) {
+	t.Helper()
+	core, logs := observer.New(zap.DebugLevel)
+	a := w.authenticator(t, zap.New(core))
+	h := handler(a, Handler{})
+	h.log = zap.New(core)
+	return a, h, logs
 }
 
 func handler(a *Authenticator, h Handler) *Handler {

@@ -16,7 +16,6 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/glassmkr/guardian/shared/identity"
 	"github.com/glassmkr/guardian/shared/problem"
@@ -435,10 +434,7 @@ func TestGraceWindowAndExpiryEndAKeyOnTime(t *testing.T) {
 func TestAbandonedLookupIsNotAStoreError(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
-	core, logs := observer.New(zap.DebugLevel)
-	a := w.authenticator(t, zap.New(core))
-	h := handler(a, Handler{})
-	h.log = zap.New(core)
+	a, h, logs := w.observed(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	if got := do(t, h, bearer("GET", "/", w.read).WithContext(ctx)); got.status == http.StatusOK {

@@ -11,7 +11,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/glassmkr/guardian/shared/apikey"
 	"github.com/glassmkr/guardian/shared/testenv"
@@ -42,9 +41,7 @@ var malformedNotices = []string{
 func TestMalformedNotificationsAreIgnored(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
-	core, logs := observer.New(zap.DebugLevel)
-	a := w.authenticator(t, zap.New(core))
-	h := handler(a, Handler{})
+	a, h, logs := w.observed(t)
 	for _, key := range []string{w.read, w.write} {
 		if got := do(t, h, bearer("GET", "/", key)); got.status != http.StatusOK {
 			t.Fatalf("before the notifications: %+v", got)

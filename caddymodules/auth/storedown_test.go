@@ -106,9 +106,7 @@ func TestStaleCredentialsServeThroughASilentOutage(t *testing.T) {
 func TestALookupPastItsDeadlineServesStaleAndSaysSo(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
-	core, logs := observer.New(zap.DebugLevel)
-	a := w.authenticator(t, zap.New(core))
-	h := handler(a, Handler{})
+	a, h, logs := w.observed(t)
 	if got := do(t, h, bearer("GET", "/", w.admin)); got.status != http.StatusOK {
 		t.Fatal(got)
 	}

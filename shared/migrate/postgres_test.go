@@ -104,6 +104,15 @@ func asRole(t *testing.T, pg *testenv.PG, fn string) *pgxpool.Pool {
 	return pool
 }
 
+// refused checks that who may not run stmt: permission denied (42501),
+// by a grant or by a trigger.
+func refused(t *testing.T, db *pgxpool.Pool, who, stmt string, args ...any) {
+	t.Helper()
+	if _, err := db.Exec(context.Background(), stmt, args...); sqlState(err) != "42501" {
+		t.Errorf("%s: %q: got %v, want permission denied", who, stmt, err)
+	}
+}
+
 func sqlState(err error) string {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
@@ -207,9 +216,7 @@ func TestRuntimeRoleHoldsOnlyWhatTheEdgeRuns(t *testing.T) {
 		"SELECT count(*) FROM deleted_servers",
 		"SELECT forget_deleted_customers('0 seconds')",
 	} {
-		if _, err := app.Exec(ctx, stmt); sqlState(err) != "42501" {
-			t.Errorf("runtime role: %q: got %v, want permission denied", stmt, err)
-		}
+		refused(t, app, "runtime role", stmt)
 	}
 }
 
@@ -369,9 +376,7 @@ func TestEachFunctionRoleReachesOnlyItsTables(t *testing.T) {
 			}
 		}
 		for _, stmt := range c.denied {
-			if _, err := db.Exec(ctx, stmt); sqlState(err) != "42501" {
-				t.Errorf("%s: %q: got %v, want permission denied", c.fn, stmt, err)
-			}
+			refused(t, db, c.fn, stmt)
 		}
 		// Not a member of the runtime role (which would hand it every grant).
 		var member bool
@@ -399,9 +404,7 @@ func TestAScheduledDeletionStands(t *testing.T) {
 		"UPDATE customers SET deletion_requested_at = now(), delete_after = now() + interval '2 days' WHERE id = $1",
 		"UPDATE customers SET deletion_requested_at = now(), delete_after = 'infinity' WHERE id = $1",
 	} {
-		if _, err := sessions.Exec(ctx, stmt, other); sqlState(err) != "42501" {
-			t.Errorf("sessions: %q: got %v, want refused", stmt, err)
-		}
+		refused(t, sessions, "sessions", stmt, other)
 	}
 	// Scheduled in a transaction that began a while before: counted from
 	// the update, and whatever the request time said.
@@ -431,9 +434,7 @@ func TestAScheduledDeletionStands(t *testing.T) {
 		"UPDATE customers SET delete_after = delete_after + interval '1 day' WHERE id = $1",
 		"UPDATE customers SET deletion_requested_at = now(), delete_after = now() + interval '2 hours' WHERE id = $1",
 	} {
-		if _, err := sessions.Exec(ctx, stmt, customer); sqlState(err) != "42501" {
-			t.Errorf("sessions, once scheduled: %q: got %v, want refused", stmt, err)
-		}
+		refused(t, sessions, "sessions, once scheduled", stmt, customer)
 	}
 	if _, err := pg.Owner.Exec(ctx, "UPDATE customers SET deletion_requested_at = NULL, delete_after = NULL WHERE id = $1", customer); err != nil {
 		t.Errorf("the owner calls a deletion off: %v", err)
