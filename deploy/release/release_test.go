@@ -233,3 +233,29 @@ func mustFail(t *testing.T, dir, name string, args ...string) {
 		t.Fatalf("%s %s succeeded, want failure:\n%s", name, strings.Join(args, " "), out)
 	}
 }
+
+// With the real release key, release.sh refuses a tree that is not its
+// commit, before anything is built: a stray file counts however git is
+// set to show untracked files.
+func TestAReleaseWithTheKeyIsOfACleanCommit(t *testing.T) {
+	here, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	clone := filepath.Join(t.TempDir(), "guardian")
+	run(t, here, "git", "clone", "-q", "--no-hardlinks", filepath.Join(here, "..", ".."), clone)
+	run(t, clone, "git", "config", "status.showUntrackedFiles", "no")
+	if err := os.WriteFile(filepath.Join(clone, "stray"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("bash", filepath.Join(clone, "deploy", "release", "release.sh"), "1.0.0")
+	cmd.Dir = clone
+	cmd.Env = append(os.Environ(), "GUARDIAN_RELEASE_KEY=/nonexistent")
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "working tree differs from HEAD") {
+		t.Fatalf("a release with a stray file: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(clone, "dist")); err == nil {
+		t.Error("release.sh built before refusing")
+	}
+}
