@@ -183,3 +183,44 @@ func TestNoKeyMaterialInLogsOrBodies(t *testing.T) {
 		}
 	}
 }
+
+// A path that only starts like an API collection (/api/v1/keysX) is no
+// route: the edge answers 404 itself, and no function, scope or audit row
+// of that collection is involved.
+func TestLookalikePathsAreNoRoute(t *testing.T) {
+	t.Parallel()
+	env, c, pg := testenv.EdgeEnv(t)
+	e := testenv.StartStack(t, env)
+	_, token := c.Session(t)
+	session := map[string]string{"Cookie": "guardian_token=" + token}
+	audited := func(path string) int {
+		t.Helper()
+		var n int
+		if err := pg.Owner.QueryRow(t.Context(), "SELECT count(*) FROM api_audit_log WHERE path = $1", path).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	for _, fam := range []string{"keys", "servers", "sessions", "mfa"} {
+		for _, path := range []string{"/api/v1/" + fam + "X", "/api/v1/" + fam + ".json", "/API/V1/" + strings.ToUpper(fam) + "x/1"} {
+			status, h, body := call(t, e.URL+path, session)
+			var doc map[string]any
+			_ = json.Unmarshal(body, &doc)
+			if status != 404 || doc["code"] != "not_found" || h.Get("Content-Type") != "application/problem+json" {
+				t.Errorf("%s: %d %s", path, status, body)
+			}
+			if n := audited(path); n != 0 {
+				t.Errorf("%s: %d audit rows, as if it were a %s call", path, n, fam)
+			}
+		}
+	}
+	// The collections themselves are still routed, and audited.
+	for _, path := range []string{"/api/v1/keys", "/api/v1/servers", "/api/v1/sessions"} {
+		if status, _, body := call(t, e.URL+path, session); status != 200 {
+			t.Errorf("%s: %d %s", path, status, body)
+		}
+		if n := audited(path); n != 1 {
+			t.Errorf("%s: %d audit rows", path, n)
+		}
+	}
+}
