@@ -3,9 +3,11 @@ package main
 import (
 	"context"
 	"encoding/csv"
+	"errors"
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -92,5 +94,44 @@ func TestASlowlyReadExportArrivesWhole(t *testing.T) {
 
 	if status, body, err := slowGet(t, url, admin, 6*time.Second, 0); err == nil {
 		t.Fatalf("a client that stopped reading for 6 s: %d, the whole file (%d bytes)", status, len(body))
+	}
+}
+
+// A client that keeps reading, but more slowly than the export's floor,
+// is cut once the socket buffers are full and its average falls behind:
+// it does not hold one of the export's places for the whole 10 minutes.
+// At the same floor, a client reading at loopback's speed gets the file.
+func TestAnExportReadBelowTheFloorIsCut(t *testing.T) {
+	t.Parallel()
+	env, c, pg := testenv.EdgeEnv(t)
+	env["GUARDIAN_AUDIT_EXPORT_MIN_RATE"] = strconv.Itoa(1 << 20)
+	env["GUARDIAN_AUDIT_EXPORT_GRACE"] = "1s"
+	const rows = 10000 // ~26 MB, as above
+	if _, err := pg.Owner.Exec(context.Background(), `INSERT INTO api_audit_log (customer_id, request_id, method, path, user_agent, action, result, status_code)
+		SELECT $1, 'floor-' || g, 'GET', '/' || repeat('p', 2000), repeat('u', 500), 'read', 'success', 200 FROM generate_series(1, $2::int) g`, c.ID, rows); err != nil {
+		t.Fatal(err)
+	}
+	stack := testenv.StartStack(t, env)
+	admin := bearer(c.AccountKey(t, "admin"))
+	url := stack.URL + "/api/v1/audit?format=csv&action=read"
+
+	status, body, err := slowGet(t, url, admin, 0, 0)
+	if err != nil || status != 200 {
+		t.Fatalf("a fast client: %d, %d bytes: %v", status, len(body), err)
+	}
+	if recs, err := csv.NewReader(strings.NewReader(string(body))).ReadAll(); err != nil || len(recs) != 1+rows {
+		t.Fatalf("a fast client: %d records (%v), want the header and %d rows", len(recs), err, rows)
+	}
+
+	// Reads of at most 32 KiB (the receive buffer, which the kernel
+	// doubles), 50 ms apart: under 660 KB/s, so the whole file would take
+	// some 40 s (and arrives whole without the floor). The floor cuts it
+	// once the buffers between are full.
+	status, body, err = slowGet(t, url, admin, 0, 50*time.Millisecond)
+	if err == nil || errors.Is(err, context.DeadlineExceeded) || status != 200 {
+		t.Fatalf("a client under the floor: %d, %d bytes: %v", status, len(body), err)
+	}
+	if len(body) >= 20<<20 {
+		t.Fatalf("a client under the floor read %d bytes before the cut", len(body))
 	}
 }

@@ -26,6 +26,10 @@ type handler struct {
 	log *zap.Logger
 	// exportCap bounds a whole-filter export (MaxExportRows).
 	exportCap int
+	// exportRate and exportGrace are the slowest an export may be read
+	// (ExportMinRate, ExportGrace).
+	exportRate  int64
+	exportGrace time.Duration
 	// queries bounds each customer's queries at once (see gate).
 	queries *gate
 }
@@ -39,8 +43,9 @@ const (
 	QueryWait          = 5 * time.Second
 )
 
-func newHandler(db *pgxpool.Pool, log *zap.Logger) http.Handler {
-	h := &handler{db: db, log: log, exportCap: MaxExportRows, queries: newGate(QueriesPerCustomer, QueryWait)}
+func newHandler(db *pgxpool.Pool, log *zap.Logger, exportRate int64, exportGrace time.Duration) http.Handler {
+	h := &handler{db: db, log: log, exportCap: MaxExportRows, exportRate: exportRate, exportGrace: exportGrace,
+		queries: newGate(QueriesPerCustomer, QueryWait)}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/v1/audit", h.api)
 	mux.HandleFunc("GET /settings/audit", h.page)
@@ -152,7 +157,7 @@ func (h *handler) export(w http.ResponseWriter, r *http.Request, f Filter) {
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("Content-Type", "text/csv; charset=utf-8")
 	w.Header().Set("Content-Disposition", `attachment; filename="audit-log.csv"`)
-	cw := csv.NewWriter(w)
+	cw := csv.NewWriter(newPaced(w, h.exportRate, h.exportGrace))
 	_ = cw.Write(CSVHeader)
 	rows := 0
 	for {
@@ -170,6 +175,12 @@ func (h *handler) export(w http.ResponseWriter, r *http.Request, f Filter) {
 			break
 		}
 		cw.Flush()
+		if err := cw.Error(); err != nil {
+			// The client reads too slowly or has gone: no more pages.
+			h.log.Info("audit export cut: its client read too slowly or went away",
+				zap.Int("rows", rows), zap.Int64("min_bytes_per_second", h.exportRate), zap.Error(err))
+			return
+		}
 		t, after, _ := decodeCursor(next) // Page made it
 		f.AfterTime, f.AfterID = &t, after
 		if entries, next, err = Page(r.Context(), h.db, id.CustomerID, f); err != nil {

@@ -7,11 +7,16 @@
 // answer began, so a client tailing the log re-reads an overlap
 // (docs/api.md).
 //
+// A whole-filter CSV export must be read at GUARDIAN_AUDIT_EXPORT_MIN_RATE
+// bytes a second on average (32768) once GUARDIAN_AUDIT_EXPORT_GRACE (30s)
+// has passed, or it is cut (paced.go).
+//
 // Grants: the runtime PostgreSQL role (SELECT on api_audit_log).
 package main
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 
 	"go.uber.org/zap"
@@ -25,12 +30,17 @@ func main() { fnserve.Main(setup) }
 
 func setup(ctx context.Context, log *zap.Logger, env *config.Loader) (http.Handler, func(), error) {
 	dsn := env.String(config.PGAppDSN)
+	rate := env.Int("GUARDIAN_AUDIT_EXPORT_MIN_RATE", ExportMinRate)
+	grace := env.Duration("GUARDIAN_AUDIT_EXPORT_GRACE", ExportGrace)
 	if err := env.Err(); err != nil {
 		return nil, nil, err
+	}
+	if rate <= 0 {
+		return nil, nil, fmt.Errorf("GUARDIAN_AUDIT_EXPORT_MIN_RATE must be a positive number of bytes a second")
 	}
 	pool, err := db.Open(ctx, config.PGAppDSN, dsn, 4)
 	if err != nil {
 		return nil, nil, err
 	}
-	return newHandler(pool, log), pool.Close, nil
+	return newHandler(pool, log, int64(rate), grace), pool.Close, nil
 }
