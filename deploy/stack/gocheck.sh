@@ -32,13 +32,15 @@ go_version() {
 	fi
 }
 
-# need_go: make `go` on PATH run Go at least as new as go.mod's `go` line,
-# installing Go $GO_TOOLCHAIN into go_home when none does (Debian 12's own
-# golang-go is 1.19, too old to fetch a newer one); exit saying why when
-# that fails.
+# need_go: make `go` on PATH run Go at least as new as $GO_TOOLCHAIN,
+# installing that into go_home when none does (Debian 12's own golang-go is
+# 1.19, too old to fetch a newer one); exit saying why when that fails.
+# go.mod's `go` line is lower: it says what the language needs, but the
+# releases between it and the pin fixed security faults in the standard
+# library (net/http, crypto/...) that every binary here links.
 need_go() {
 	local want have home
-	want=$(sed -n 's/^go \([0-9][0-9.]*\)$/\1/p' go.mod)
+	want=$GO_TOOLCHAIN
 	home=$(go_home)
 	if [[ -x $home/bin/go ]]; then
 		export PATH=$home/bin:$PATH
@@ -50,11 +52,11 @@ need_go() {
 		return 0
 	fi
 	local found="no usable go command"
-	[[ -n $have ]] && found="Go $have, older than $want (go.mod)"
+	[[ -n $have ]] && found="Go $have, older than $want (the pinned Go)"
 	echo "go: found $found; installing Go $GO_TOOLCHAIN into $home" >&2
 	install_go "$home" || {
 		cat >&2 <<MSG
-Guardian needs Go $want or newer (go.mod), and installing Go $GO_TOOLCHAIN failed (above).
+Guardian needs Go $want or newer, and installing it failed (above).
 Install it from https://go.dev/dl/ into /usr/local/go and put /usr/local/go/bin
 on PATH, then run this again. Nothing else was installed or started.
 MSG

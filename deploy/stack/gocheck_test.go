@@ -170,6 +170,43 @@ func TestNeedGoReplacesAnOldGoOnPath(t *testing.T) {
 	}
 }
 
+// A Go as new as go.mod's line but older than the pinned one (a release
+// without the standard library's later security fixes) is passed over
+// too; a newer one is kept.
+func TestNeedGoReplacesAGoOlderThanThePin(t *testing.T) {
+	t.Parallel()
+	proxy, _, sum := fakeToolchain(t, debArch(t))
+	root, err := testenv.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mod, err := os.ReadFile(filepath.Join(root, "go.mod"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	line, _, _ := strings.Cut(strings.SplitN(string(mod), "\ngo ", 2)[1], "\n")
+	for _, tc := range []struct {
+		have string
+		kept bool
+	}{{line, false}, {"1.27.0", true}} {
+		old := t.TempDir()
+		if err := os.WriteFile(filepath.Join(old, "go"), []byte("#!/bin/sh\necho go"+tc.have+"\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		home := filepath.Join(t.TempDir(), "go")
+		out, err := needGo(t, toolsOnly(t, old), proxy, home, sum)
+		if err != nil {
+			t.Fatalf("need_go with Go %s: %v\n%s", tc.have, err, out)
+		}
+		if tc.kept && !strings.Contains(out, "go="+old+"/go go"+tc.have) {
+			t.Errorf("Go %s, newer than the pin, was not kept:\n%s", tc.have, out)
+		}
+		if !tc.kept && (!strings.Contains(out, "Go "+tc.have+", older than "+fakeVersion) || !strings.Contains(out, "go="+home+"/bin/go go"+fakeVersion)) {
+			t.Errorf("Go %s (go.mod's line), older than the pin, was kept:\n%s", tc.have, out)
+		}
+	}
+}
+
 // A download that is not the pinned one is refused: nothing is installed,
 // nothing is left, and the exit says so.
 func TestNeedGoRefusesADownloadOfAnotherHash(t *testing.T) {
