@@ -17,6 +17,7 @@ import (
 	"github.com/glassmkr/guardian/shared/audit"
 	"github.com/glassmkr/guardian/shared/fnserve"
 	"github.com/glassmkr/guardian/shared/identity"
+	"github.com/glassmkr/guardian/shared/logevery"
 	"github.com/glassmkr/guardian/shared/page"
 	"github.com/glassmkr/guardian/shared/problem"
 )
@@ -30,6 +31,7 @@ type handler struct {
 	// (ExportMinRate, ExportGrace).
 	exportRate  int64
 	exportGrace time.Duration
+	slowCuts    logevery.Gate // the log line of exports cut for a slow reader
 	// queries bounds each customer's queries at once (see gate).
 	queries *gate
 }
@@ -174,12 +176,8 @@ func (h *handler) export(w http.ResponseWriter, r *http.Request, f Filter) {
 				fmt.Sprintf(`{"rows":%d,"next_cursor":%q}`, rows, next)))
 			break
 		}
-		cw.Flush()
-		if err := cw.Error(); err != nil {
-			// The client reads too slowly or has gone: no more pages.
-			h.log.Info("audit export cut: its client read too slowly or went away",
-				zap.Int("rows", rows), zap.Int64("min_bytes_per_second", h.exportRate), zap.Error(err))
-			return
+		if !h.flushed(r, cw, rows) {
+			return // no more pages for a client that is not reading them
 		}
 		t, after, _ := decodeCursor(next) // Page made it
 		f.AfterTime, f.AfterID = &t, after
@@ -191,7 +189,27 @@ func (h *handler) export(w http.ResponseWriter, r *http.Request, f Filter) {
 			break
 		}
 	}
+	h.flushed(r, cw, rows)
+}
+
+// flushed flushes an export's CSV and reports whether it reached the
+// connection. A client that went away is logged at DEBUG; one cut for
+// reading too slowly at INFO, at most once per fnserve.FailureLogEvery,
+// since any account can make such cuts at will.
+func (h *handler) flushed(r *http.Request, cw *csv.Writer, rows int) bool {
 	cw.Flush()
+	err := cw.Error()
+	if err == nil {
+		return true
+	}
+	fields := []zap.Field{zap.String("request_id", identity.RequestID(r)), zap.Int("rows", rows), zap.Error(err)}
+	if r.Context().Err() != nil {
+		h.log.Debug("audit export ended: its client went away", fields...)
+	} else if n, ok := h.slowCuts.Allow(time.Now(), fnserve.FailureLogEvery); ok {
+		h.log.Info("audit export cut: its client read more slowly than the export's floor",
+			append(fields, zap.Int64("min_bytes_per_second", h.exportRate), zap.Int64("cuts", n))...)
+	}
+	return false
 }
 
 // CSVHeader is the first line of a CSV export.

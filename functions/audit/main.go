@@ -8,8 +8,9 @@
 // (docs/api.md).
 //
 // A whole-filter CSV export must be read at GUARDIAN_AUDIT_EXPORT_MIN_RATE
-// bytes a second on average (32768) once GUARDIAN_AUDIT_EXPORT_GRACE (30s)
-// has passed, or it is cut (paced.go).
+// bytes a second (32768; 0: no floor), on average over the time it waits
+// for its reader, past GUARDIAN_AUDIT_EXPORT_GRACE (30s) of waiting, or it
+// is cut (paced.go).
 //
 // Grants: the runtime PostgreSQL role (SELECT on api_audit_log).
 package main
@@ -35,8 +36,8 @@ func setup(ctx context.Context, log *zap.Logger, env *config.Loader) (http.Handl
 	if err := env.Err(); err != nil {
 		return nil, nil, err
 	}
-	if rate <= 0 {
-		return nil, nil, fmt.Errorf("GUARDIAN_AUDIT_EXPORT_MIN_RATE must be a positive number of bytes a second")
+	if rate < 0 {
+		return nil, nil, fmt.Errorf("GUARDIAN_AUDIT_EXPORT_MIN_RATE must be a number of bytes a second, or 0 for no floor")
 	}
 	pool, err := db.Open(ctx, config.PGAppDSN, dsn, 4)
 	if err != nil {

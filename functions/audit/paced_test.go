@@ -1,0 +1,75 @@
+package main
+
+import (
+	"net/http"
+	"os"
+	"testing"
+	"time"
+)
+
+// deadlineWriter is a ResponseWriter whose writes take the time the test
+// says, on a clock of the test's, and fail once past their deadline, as a
+// connection's do.
+type deadlineWriter struct {
+	http.ResponseWriter
+	clock    time.Time
+	deadline time.Time
+	take     time.Duration // how long the next write waits for the reader
+}
+
+func (d *deadlineWriter) SetWriteDeadline(t time.Time) error { d.deadline = t; return nil }
+
+func (d *deadlineWriter) Write(b []byte) (int, error) {
+	if !d.deadline.IsZero() && !d.clock.Add(d.take).Before(d.deadline) {
+		if d.clock.Before(d.deadline) {
+			d.clock = d.deadline
+		}
+		return 0, os.ErrDeadlineExceeded
+	}
+	d.clock = d.clock.Add(d.take)
+	return len(b), nil
+}
+
+func TestPacedCountsOnlyTheReadersTime(t *testing.T) {
+	const rate, grace = 1000, 10 * time.Second
+	cases := []struct {
+		name   string
+		writes int           // of 1,000 bytes each
+		take   time.Duration // each write's wait for the reader
+		gap    time.Duration // the export's own time between writes
+		cutAt  int           // the write that fails, -1 none
+	}{
+		// Every write waits as long as the floor allows: on time.
+		{"a reader at the floor", 50, time.Second - time.Millisecond, 0, -1},
+		// The export reads slowly between writes; the reader keeps up.
+		{"a slow filter, a fast reader", 50, 0, time.Minute, -1},
+		{"a slow filter, a reader at the floor", 50, time.Second - time.Millisecond, time.Minute, -1},
+		// 1.5 s per 1,000 bytes: 0.5 s behind with each write, the 10 s of
+		// grace gone by the end of the 20th.
+		{"a reader under the floor", 50, 1500 * time.Millisecond, 0, 19},
+		{"a slow filter, a reader under the floor", 50, 1500 * time.Millisecond, time.Minute, 19},
+		{"a reader that stops", 5, time.Hour, 0, 0},
+	}
+	for _, tc := range cases {
+		d := &deadlineWriter{clock: time.Unix(1e9, 0), take: tc.take}
+		p := newPaced(d, rate, grace)
+		p.now = func() time.Time { return d.clock }
+		cut := -1
+		for i := range tc.writes {
+			if _, err := p.Write(make([]byte, 1000)); err != nil {
+				cut = i
+				break
+			}
+			d.clock = d.clock.Add(tc.gap)
+		}
+		if cut != tc.cutAt {
+			t.Errorf("%s: cut at write %d, want %d", tc.name, cut, tc.cutAt)
+		}
+	}
+
+	// No floor: no deadline is set.
+	d := &deadlineWriter{clock: time.Unix(1e9, 0), take: time.Hour}
+	if _, err := newPaced(d, 0, grace).Write(make([]byte, 1000)); err != nil || !d.deadline.IsZero() {
+		t.Fatalf("rate 0: %v, deadline %v", err, d.deadline)
+	}
+}
