@@ -2,6 +2,8 @@ module github.com/glassmkr/guardian
 
 go 1.26.0
 
+toolchain go1.26.8
+
 require (
 	filippo.io/age v1.3.2
 	github.com/ClickHouse/clickhouse-go/v2 v2.51.0
