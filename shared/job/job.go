@@ -44,6 +44,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"regexp"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -250,7 +251,7 @@ func Execute(ctx context.Context, spec Spec, lookup func(string) (string, bool),
 	}
 	runCtx, cancel := context.WithTimeout(ctx, timeout)
 	rep := &Report{}
-	err = spec.Run(runCtx, env, rep)
+	err = runRecovered(spec, runCtx, env, rep, errOut)
 	cancel()
 	res.Duration = time.Since(res.Started)
 	res.Fields = rep.fields
@@ -270,6 +271,20 @@ func Execute(ctx context.Context, spec Spec, lookup func(string) (string, bool),
 		res.Err = err.Error()
 	}
 	return finish(spec, env, res, out, errOut)
+}
+
+// runRecovered runs spec.Run, turning a panic into an error (its stack
+// on errOut, as Go prints it): a panic that ended the process would skip
+// the result line, the alert and the metrics, which would go on showing
+// the run before as the last.
+func runRecovered(spec Spec, ctx context.Context, env *config.Loader, rep *Report, errOut io.Writer) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			fmt.Fprintf(errOut, "%s: panic: %v\n\n%s\n", spec.Name, v, debug.Stack())
+			err = fmt.Errorf("the job panicked: %v", v)
+		}
+	}()
+	return spec.Run(ctx, env, rep)
 }
 
 // finish prints the result line, alerts when the run was not ok (once per

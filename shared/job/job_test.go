@@ -536,3 +536,28 @@ func TestBadAlertSettingsAreSaidOnEveryRun(t *testing.T) {
 		}
 	}
 }
+
+// A job that panics is a failed run like any other: its result line,
+// metrics and error, the stack on stderr; the process is not ended by it.
+func TestAPanicIsAnErrorWithItsMetrics(t *testing.T) {
+	env := baseEnv(t)
+	run(t, env, func(context.Context, *config.Loader, *Report) error { return nil })
+	res, line, errOut := run(t, env, func(context.Context, *config.Loader, *Report) error {
+		var m map[string]int
+		m["x"] = 1 // a nil map: the kind of fault a job might have
+		return nil
+	})
+	if res.Status != StatusError || res.ExitCode() != ExitError || line["status"] != StatusError {
+		t.Fatalf("status %q code %d, line %v", res.Status, res.ExitCode(), line)
+	}
+	if e, _ := line["error"].(string); !strings.Contains(e, "panicked") || !strings.Contains(e, "nil map") {
+		t.Fatalf("error member %v", line["error"])
+	}
+	if !strings.Contains(errOut, "panic: ") || !strings.Contains(errOut, "job_test.go") {
+		t.Fatalf("no stack on stderr:\n%s", errOut)
+	}
+	b, _ := os.ReadFile(filepath.Join(env[EnvMetricsDir], "guardian_job_test_job.prom"))
+	if !strings.Contains(string(b), `guardian_job_status{job_name="test-job",status="error"} 1`) {
+		t.Fatalf("status not error:\n%s", b)
+	}
+}
