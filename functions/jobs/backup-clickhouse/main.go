@@ -45,13 +45,20 @@ func main() {
 		fmt.Fprintln(os.Stderr, "usage: backup-clickhouse [verify | restore <new database>]")
 		os.Exit(job.ExitError)
 	}
-	job.Main(job.Spec{
+	spec := job.Spec{
 		Name:    "backup-clickhouse",
 		Timeout: 6 * time.Hour,
 		Run: func(ctx context.Context, env *config.Loader, r *job.Report) error {
 			return run(ctx, env, r, verifyOnly)
 		},
-	})
+	}
+	if verifyOnly {
+		// Its result must not stand for a backup's in the metrics (a green
+		// check hiding a failed backup); it still takes the backup's lock,
+		// so as not to read a set while one is written or pruned.
+		spec.Name, spec.Lock = "verify-clickhouse-backup", "backup-clickhouse"
+	}
+	job.Main(spec)
 }
 
 func run(ctx context.Context, env *config.Loader, r *job.Report, verifyOnly bool) error {

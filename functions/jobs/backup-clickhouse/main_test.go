@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -85,9 +86,21 @@ func TestJobBacksUpVerifiesAndTurnsRedOnADamagedBlob(t *testing.T) {
 	if err := os.WriteFile(blob, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	okMetrics, err := os.ReadFile(filepath.Join(dir, "metrics", "guardian_job_backup_clickhouse.prom"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	code, res, out = run("verify")
-	if code != 1 || res["status"] != "red" || !strings.Contains(out, "SHA-256") {
+	if code != 1 || res["status"] != "red" || res["job"] != "verify-clickhouse-backup" || !strings.Contains(out, "SHA-256") {
 		t.Fatalf("verify of a damaged set: exit %d\n%s", code, out)
+	}
+	// A check of its own name: its result stands for no backup's, so a
+	// green check cannot hide a failed backup (nor a red one fail a good).
+	if b, err := os.ReadFile(filepath.Join(dir, "metrics", "guardian_job_backup_clickhouse.prom")); err != nil || !bytes.Equal(b, okMetrics) {
+		t.Errorf("the check changed the backup's metrics (%v):\n%s", err, b)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "metrics", "guardian_job_verify_clickhouse_backup.prom")); err != nil || !strings.Contains(string(b), `status="red"} 1`) {
+		t.Errorf("the check's own metrics (%v):\n%s", err, b)
 	}
 }
 
