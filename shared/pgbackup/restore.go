@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/glassmkr/guardian/shared/job"
 )
@@ -354,10 +355,46 @@ func (r *runner) runCheck(ctx context.Context, dir, data string, port int, query
 		}
 		return "", redf("check query %s: %v", query, err)
 	}
-	if v == nil {
-		return "NULL", nil
+	return checkValue(v)
+}
+
+// checkValue is the check's answer as text, or red when it says the
+// restored database holds nothing: NULL, false, zero or an empty text. A
+// count of a table the restore emptied (or a copy of the wrong database)
+// would otherwise pass as well as a full one.
+func checkValue(v any) (string, error) {
+	empty := false
+	switch x := v.(type) {
+	case nil:
+		return "NULL", redf("the check answered NULL")
+	case bool:
+		empty = !x
+	case string:
+		empty = x == ""
+	case int64:
+		empty = x == 0
+	case int32:
+		empty = x == 0
+	case int16:
+		empty = x == 0
+	case float64:
+		empty = x == 0
+	case float32:
+		empty = x == 0
+	case pgtype.Numeric:
+		f, err := x.Float64Value()
+		empty = err == nil && f.Valid && f.Float64 == 0
 	}
-	return fmt.Sprint(v), nil
+	text := fmt.Sprint(v)
+	if n, ok := v.(pgtype.Numeric); ok {
+		if b, err := n.MarshalJSON(); err == nil {
+			text = string(b)
+		}
+	}
+	if empty {
+		return text, redf("the check answered %s: the restored database holds none of what it looks for", text)
+	}
+	return text, nil
 }
 
 var tableRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$`)
