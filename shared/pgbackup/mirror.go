@@ -81,10 +81,12 @@ func CheckShare(day, days int) func(rel string) bool {
 // are read back and compared byte for byte, and sent again if they
 // differ (MirrorReport.Repaired).
 //
-// The order keeps the copy restorable whenever a run stops: new files
-// first, the .info files (which name the backups) after them, and only
-// then the files of expired backups are deleted. Every file is written
-// under a temporary name and renamed into place.
+// The order keeps the copy restorable whenever a run stops: backups
+// expired before the repository's oldest are deleted first (room for the
+// new ones on a full disk), then new files, the .info files (which name
+// the backups) after them, and only then the rest of what expired (WAL,
+// temporary files). Every file is written under a temporary name and
+// renamed into place.
 func Mirror(ctx context.Context, dir string, s *chbackup.Session, target string, check func(rel string) bool) (MirrorReport, error) {
 	rep := MirrorReport{Target: target}
 	local, err := localFiles(dir)
@@ -132,6 +134,31 @@ func Mirror(ctx context.Context, dir string, s *chbackup.Session, target string,
 		// one, which expiry never removes first.) The .info files are
 		// encrypted, so the cluster's system id cannot be compared.
 		return rep, fmt.Errorf("mirror %s: the copy's %d backups share none with the repository's (a stanza created anew on a rebuilt host?); the copy is left as it is (restore from it, or move it aside)", target, len(sets))
+	}
+
+	// Backups the repository expired before its oldest go first: on a
+	// backup host whose disk is full, the new backup's upload would fail
+	// before they were ever deleted, and the copy would stay stuck (and
+	// keep them past the posture's 30 days). The copy stays restorable:
+	// its newest backups are still the repository's, and pgBackRest
+	// expires a full backup with the backups that depend on it.
+	if sets := backupSets(local); len(sets) > 0 {
+		oldest := slices.Min(sets)
+		for _, set := range backupSets(remote) {
+			if set >= oldest {
+				continue
+			}
+			for rel := range remote {
+				if !strings.HasPrefix(rel, set+"/") {
+					continue
+				}
+				if err := c.Remove(path.Join(root, rel)); err != nil && !errors.Is(err, os.ErrNotExist) {
+					return rep, fmt.Errorf("mirror %s: remove %s: %w", target, rel, err)
+				}
+				delete(remote, rel)
+				rep.Deleted++
+			}
+		}
 	}
 
 	names := make([]string, 0, len(local))

@@ -241,3 +241,80 @@ func keys(m map[string]string) []string {
 	}
 	return out
 }
+
+// A backup the repository expired goes from the copy before the new one is
+// sent: when the new one cannot be (a backup host's full disk), the copy
+// still frees its room instead of staying stuck, and stays restorable (the
+// .info files are not sent before the backups they name).
+func TestMirrorDeletesExpiredBackupsBeforeUploading(t *testing.T) {
+	t.Parallel()
+	srv := testenv.SFTPServer(t)
+	target, err := chbackup.ParseTarget(srv.Target("pgbackrest"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo := t.TempDir()
+	write(t, repo, map[string]string{
+		"backup/guardian/backup.info":                                           "info v1",
+		"backup/guardian/20261115-030000F/backup.manifest":                      "manifest F0",
+		"backup/guardian/20261115-030000F_20261116-030000D/backup.manifest":     "manifest D0",
+		"backup/guardian/20261122-030000F/backup.manifest":                      "manifest F1",
+		"backup/guardian/20261122-030000F/pg_data/base/1.zst":                   "F1 data",
+		"archive/guardian/archive.info":                                         "archive v1",
+		"archive/guardian/15-1/0000000100000000/000000010000000000000001-a.zst": "wal 1",
+	})
+	ctx := context.Background()
+	mirror := func() (MirrorReport, error) {
+		t.Helper()
+		s, err := chbackup.DialSession(ctx, srv.KeyPath, srv.KnownHosts, target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		return Mirror(ctx, repo, s, target.String(), nil)
+	}
+	if _, err := mirror(); err != nil {
+		t.Fatal(err)
+	}
+
+	// F0 and its differential expire; F2 is made, and cannot be sent: a
+	// file stands where its directory would go.
+	if err := os.RemoveAll(filepath.Join(repo, "backup/guardian/20261115-030000F")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(filepath.Join(repo, "backup/guardian/20261115-030000F_20261116-030000D")); err != nil {
+		t.Fatal(err)
+	}
+	write(t, repo, map[string]string{
+		"backup/guardian/backup.info":                      "info v2",
+		"backup/guardian/20261129-030000F/backup.manifest": "manifest F2",
+	})
+	write(t, target.Path, map[string]string{"backup/guardian/20261129-030000F": "in the way"})
+	rep, err := mirror()
+	if err == nil {
+		t.Fatalf("the new backup was sent through a file in its way: %+v", rep)
+	}
+	got := tree(t, target.Path)
+	for _, gone := range []string{"backup/guardian/20261115-030000F/backup.manifest", "backup/guardian/20261115-030000F_20261116-030000D/backup.manifest"} {
+		if _, ok := got[gone]; ok {
+			t.Errorf("%s stayed on the copy though the upload after it failed", gone)
+		}
+	}
+	if got["backup/guardian/20261122-030000F/pg_data/base/1.zst"] != "F1 data" || got["backup/guardian/backup.info"] != "info v1" ||
+		got["archive/guardian/15-1/0000000100000000/000000010000000000000001-a.zst"] != "wal 1" {
+		t.Errorf("the copy's live backup, its WAL or its .info changed: %v", keys(got))
+	}
+
+	if err := os.Remove(filepath.Join(target.Path, "backup/guardian/20261129-030000F")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mirror(); err != nil {
+		t.Fatal(err)
+	}
+	if got := tree(t, target.Path); got["backup/guardian/20261129-030000F/backup.manifest"] != "manifest F2" || got["backup/guardian/backup.info"] != "info v2" {
+		t.Errorf("the next run did not catch up: %v", keys(got))
+	}
+	if _, err := os.Stat(filepath.Join(target.Path, "backup/guardian/20261115-030000F")); !os.IsNotExist(err) {
+		t.Errorf("the expired backup's directory stayed (%v)", err)
+	}
+}
