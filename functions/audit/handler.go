@@ -8,6 +8,7 @@ import (
 	"html/template"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"time"
 
@@ -308,7 +309,14 @@ func href(path string, q url.Values) template.URL {
 }
 
 func (h *handler) page(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
+	// A page reads the parameters it knows and ignores the rest (a link's
+	// utm_source, say; docs/api.md), which its own links then leave out.
+	q := url.Values{}
+	for k, v := range r.URL.Query() {
+		if slices.Contains(params, k) {
+			q[k] = v
+		}
+	}
 	actions := []string{"create", "list", "read", "update", "delete", "rotate", "auth_failed"}
 	f, err := ParseFilter(q)
 	if err != nil {

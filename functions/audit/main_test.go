@@ -136,9 +136,14 @@ func TestCustomersReadTheirOwnAuditLog(t *testing.T) {
 		t.Fatalf("page headers: %v", resp.Header)
 	}
 	// The page's links work: the CSV export, and the next page of a page
-	// of one entry.
+	// of one entry. A parameter the page does not know (a link's
+	// utm_source) is ignored, as on every page, and left out of its links
+	// (the API would refuse it).
 	cookie := map[string]string{"Cookie": "guardian_token=" + token}
-	_, body = get(t, stack.URL+"/settings/audit?limit=1", cookie)
+	resp, body = get(t, stack.URL+"/settings/audit?limit=1&utm_source=mail", cookie)
+	if resp.StatusCode != 200 {
+		t.Fatalf("a page with a parameter it does not know: %d %.300s", resp.StatusCode, body)
+	}
 	for _, text := range []string{"Export CSV", "Older entries"} {
 		m := regexp.MustCompile(`<a href="([^"]*)"[^>]*>` + text + `</a>`).FindStringSubmatch(string(body))
 		if m == nil {
