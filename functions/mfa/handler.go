@@ -49,6 +49,16 @@ func (h *handler) routes() http.Handler {
 	root := http.NewServeMux()
 	root.Handle("/", problem.NoQuery(mux))
 	root.HandleFunc("GET /api/v1/mfa/totp/qr", h.totpQR)
+	// POST only: DELETE would take it for a security key called options
+	// (the {id} route), and the mux's 405 would allow DELETE.
+	root.HandleFunc("/api/v1/mfa/webauthn/options", func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost {
+			problem.NoQuery(mux).ServeHTTP(w, r)
+			return
+		}
+		w.Header().Set("Allow", "POST")
+		problem.Write(w, problem.New(http.StatusMethodNotAllowed, "method_not_allowed", "use POST"))
+	})
 	return root
 }
 

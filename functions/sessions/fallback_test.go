@@ -21,6 +21,7 @@ func TestMethodsNoRouteTakes(t *testing.T) {
 		{"POST", "/settings/sessions", 405, "GET, HEAD"},
 		{"DELETE", "/settings/sessions", 405, "GET, HEAD"},
 		{"GET", "/api/v1/sessions/revoke-others", 405, "POST"},
+		{"DELETE", "/api/v1/sessions/revoke-others", 405, "POST"},
 		{"GET", "/api/v1/account", 405, "DELETE"},
 		{"GET", "/api/v1/sessions/x", 405, "DELETE"},
 		{"DELETE", "/api/v1/sessions/", 404, ""},

@@ -41,6 +41,9 @@ func (h *handler) routes() http.Handler {
 	mux.HandleFunc("GET /api/v1/sessions", h.list)
 	mux.HandleFunc("DELETE /api/v1/sessions/{id}", h.revoke)
 	mux.HandleFunc("POST /api/v1/sessions/revoke-others", h.revokeOthers)
+	// Not a session called revoke-others (the {id} route): 405, and no
+	// audit row of a session deleted.
+	mux.HandleFunc("DELETE /api/v1/sessions/revoke-others", fallback)
 	mux.HandleFunc("DELETE /api/v1/account", h.deleteAccount)
 	mux.HandleFunc("GET /settings/sessions", h.page)
 	// fnserve would answer the rest too, but the mux's 405 for GET
