@@ -57,11 +57,21 @@ func (h *handler) routes() http.Handler {
 // maxBody bounds the small JSON or form bodies these routes take.
 const maxBody = 8 << 10
 
+// unreadBody is the problem of a body that did not read: 413 past its
+// bound (tooLarge says which), else 400 (a client that stopped sending).
+func unreadBody(err error, tooLarge string) *problem.Problem {
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		return problem.New(http.StatusRequestEntityTooLarge, "payload_too_large", tooLarge)
+	}
+	return problem.New(http.StatusBadRequest, "invalid_request", "the body could not be read to its end")
+}
+
 // fields reads a JSON object or a form into a map of strings.
 func fields(w http.ResponseWriter, r *http.Request) (map[string]string, bool, *problem.Problem) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
 	if err != nil {
-		return nil, false, problem.New(http.StatusRequestEntityTooLarge, "payload_too_large", "the body may be at most 8 KiB")
+		return nil, false, unreadBody(err, "the body may be at most 8 KiB")
 	}
 	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	out := map[string]string{}

@@ -126,7 +126,7 @@ func readProof(w http.ResponseWriter, r *http.Request) (proofInput, bool, *probl
 	var in proofInput
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxProofBody))
 	if err != nil {
-		return in, false, problem.New(http.StatusRequestEntityTooLarge, "payload_too_large", "the body may be at most 16 KiB")
+		return in, false, unreadBody(err, "the body may be at most 16 KiB")
 	}
 	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	switch mt {

@@ -3,8 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"io"
-	"mime"
 	"net/http"
 	"strings"
 	"time"
@@ -19,6 +17,7 @@ import (
 	"github.com/glassmkr/guardian/shared/identity"
 	"github.com/glassmkr/guardian/shared/problem"
 	"github.com/glassmkr/guardian/shared/reply"
+	"github.com/glassmkr/guardian/shared/reqbody"
 	"github.com/glassmkr/guardian/shared/stepup"
 )
 
@@ -157,15 +156,10 @@ func (h *handler) create(w http.ResponseWriter, r *http.Request) {
 	if !ok || !h.stepUp(w, r, id) {
 		return
 	}
-	if ct := r.Header.Get("Content-Type"); ct != "" {
-		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
-			problem.Write(w, problem.New(http.StatusUnsupportedMediaType, "unsupported_media_type", "send the body as application/json"))
-			return
-		}
-	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
-	if err != nil {
-		problem.Write(w, problem.New(http.StatusRequestEntityTooLarge, "payload_too_large", "the body may be at most 16 KiB"))
+	// 415 for another media type, 413 past maxBody, 400 for a body that
+	// does not read to its end.
+	body, ok := reqbody.Read(w, r, maxBody)
+	if !ok {
 		return
 	}
 	req, fe := ParseEnrollment(body)
