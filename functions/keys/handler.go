@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 	"unicode"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -223,7 +224,7 @@ func (h *handler) create(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	now := h.now()
-	if req.Name == nil || strings.TrimSpace(*req.Name) == "" || len(*req.Name) > 200 || strings.ContainsFunc(*req.Name, unicode.IsControl) {
+	if req.Name == nil || strings.TrimSpace(*req.Name) == "" || utf8.RuneCountInString(*req.Name) > 200 || strings.ContainsFunc(*req.Name, unicode.IsControl) {
 		badRequest(w, "name", "required, at most 200 characters, no control characters")
 		return
 	}

@@ -260,12 +260,17 @@ func TestBadRequestsNameTheField(t *testing.T) {
 		{`{"name":"x","scope":"root"}`, "scope"},
 		{`{"name":"x","scope":"read","expires_at":"2020-01-01T00:00:00Z"}`, "expires_at"},
 		{`{"name":"x","scope":"read","expires_at":"tomorrow"}`, "expires_at"},
+		{`{"name":"` + strings.Repeat("é", 201) + `","scope":"read"}`, "name"},
 	}
 	for _, tc := range cases {
 		status, doc := s.do(t, "POST", "/api/v1/keys", tc.body, session)
 		if status != 400 || doc["field"] != tc.field {
 			t.Errorf("%s: %d %v", tc.body, status, doc)
 		}
+	}
+	// 200 characters, as the database counts them (400 bytes).
+	if status, doc := s.do(t, "POST", "/api/v1/keys", `{"name":"`+strings.Repeat("é", 200)+`","scope":"read"}`, session); status != 201 {
+		t.Errorf("a name of 200 characters outside ASCII: %d %v", status, doc)
 	}
 	if status, doc := s.do(t, "POST", "/api/v1/keys", `{"name":"x","scope":"read","owner":"me"}`, session); status != 400 || !strings.Contains(doc["detail"].(string), "unknown field") {
 		t.Errorf("unknown field: %d %v", status, doc)
