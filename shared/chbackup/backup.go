@@ -97,14 +97,21 @@ type SetInfo struct {
 	// new ones is proven to restore, older sets keep expiring: a wrong
 	// recipient would leave no set that restores once they are gone.
 	RecipientsChanged []string `json:"recipients_changed,omitempty"`
+	// Shrunk names the targets where the new set holds far fewer rows than
+	// the set LATEST named (shrinkage), and why: there the set is complete
+	// but LATEST still names the set before it.
+	Shrunk []string `json:"shrunk,omitempty"`
 }
 
 // TargetResult is what happened at one destination.
 type TargetResult struct {
 	Target string `json:"target"`
 	// OK: the set is complete there and LATEST names it.
-	OK     bool     `json:"ok"`
-	Error  string   `json:"error,omitempty"`
+	OK    bool   `json:"ok"`
+	Error string `json:"error,omitempty"`
+	// Held: the set is complete there, but LATEST was left naming the set
+	// before it, which held far more rows (shrinkage says how).
+	Held   string   `json:"held,omitempty"`
 	Pruned []string `json:"pruned,omitempty"`
 }
 
@@ -203,7 +210,7 @@ func Backup(ctx context.Context, cfg Config) (SetInfo, error) {
 			if d.err == nil && err != nil {
 				d.err = errors.New("set not completed")
 			}
-			d.res.OK = d.err == nil
+			d.res.OK = d.err == nil && d.res.Held == ""
 			if d.err != nil {
 				d.res.Error = d.err.Error()
 				if err == nil {
@@ -311,11 +318,24 @@ func Backup(ctx context.Context, cfg Config) (SetInfo, error) {
 		if prev := previousRecipients(r); prev != nil && !sameStrings(prev, m.Recipients) {
 			info.RecipientsChanged = append(info.RecipientsChanged, r.target.String())
 		}
-		if err := r.writeFile(r.join(latestName), []byte(info.Name+"\n")); err != nil {
-			d.fail(fmt.Errorf("%s: LATEST: %w", r.target, err))
-			continue
+		keep := info.Name
+		if prevSet, prev, ok := latestManifest(r); ok && !cfg.AcceptShrink {
+			if why := shrinkage(prev, m); why != "" {
+				// A database emptied by a fault, or a table gone: LATEST
+				// keeps naming the full set, which restores by default,
+				// and pruning keeps it, until an operator accepts the drop.
+				d.res.Held = fmt.Sprintf("%s; LATEST still names %s", why, prevSet)
+				info.Shrunk = append(info.Shrunk, r.target.String()+": "+d.res.Held)
+				keep = prevSet
+			}
 		}
-		pruned, err := prune(r, now, pruneCutoff(now, cfg.KeepDays), info.Name)
+		if keep == info.Name {
+			if err := r.writeFile(r.join(latestName), []byte(info.Name+"\n")); err != nil {
+				d.fail(fmt.Errorf("%s: LATEST: %w", r.target, err))
+				continue
+			}
+		}
+		pruned, err := prune(r, now, pruneCutoff(now, cfg.KeepDays), keep)
 		d.res.Pruned = append(d.res.Pruned, pruned...)
 		if err != nil {
 			d.fail(fmt.Errorf("%s: prune: %w", r.target, err))
@@ -328,15 +348,63 @@ func Backup(ctx context.Context, cfg Config) (SetInfo, error) {
 // nil when there is none or it cannot be read (a first backup; a damaged
 // set, which verification reports).
 func previousRecipients(r *remote) []string {
-	set, err := readLatest(r)
-	if err != nil {
-		return nil
-	}
-	m, err := readManifest(r, set)
-	if err != nil {
+	_, m, ok := latestManifest(r)
+	if !ok {
 		return nil
 	}
 	return m.Recipients
+}
+
+// latestManifest is the set LATEST names at r and its manifest; false when
+// there is none or it cannot be read (a first backup; a damaged set,
+// which verification reports).
+func latestManifest(r *remote) (string, Manifest, bool) {
+	set, err := readLatest(r)
+	if err != nil {
+		return "", Manifest{}, false
+	}
+	m, err := readManifest(r, set)
+	if err != nil {
+		return "", Manifest{}, false
+	}
+	return set, m, true
+}
+
+// A table shrinks too far for a new set to replace LATEST unasked when it
+// is gone, emptied, or holds less than half its rows and ShrinkRows fewer.
+// Retention sweeps and purges take a few percent a day; a database
+// re-created empty after a fault, or a table dropped, takes it all, and a
+// set of it would otherwise become what a restore loads by default and
+// push the full sets out by pruning.
+const ShrinkRows = 1000
+
+// shrinkage says which tables of prev next holds far fewer rows of (see
+// ShrinkRows), or "" when none.
+func shrinkage(prev, next Manifest) string {
+	rows := func(t TableManifest) uint64 {
+		var n uint64
+		for _, b := range t.Blobs {
+			n += b.Rows
+		}
+		return n
+	}
+	now := map[string]uint64{}
+	for _, t := range next.Tables {
+		now[t.Name] = rows(t)
+	}
+	var why []string
+	for _, t := range prev.Tables {
+		was := rows(t)
+		is, ok := now[t.Name]
+		switch {
+		case was == 0:
+		case !ok:
+			why = append(why, fmt.Sprintf("table %s is gone (%d rows in %s)", t.Name, was, prev.Set))
+		case is == 0 || is*2 < was && was-is >= ShrinkRows:
+			why = append(why, fmt.Sprintf("table %s holds %d rows, %d in %s", t.Name, is, was, prev.Set))
+		}
+	}
+	return strings.Join(why, ", ")
 }
 
 // sameStrings reports whether a and b hold the same strings, in any order.

@@ -26,6 +26,7 @@ const (
 	EnvKnownHosts        = "GUARDIAN_BACKUP_SSH_KNOWN_HOSTS"
 	EnvKeepDays          = "GUARDIAN_BACKUP_KEEP_DAYS"
 	EnvAgeIdentity       = "GUARDIAN_BACKUP_AGE_IDENTITY"
+	EnvAcceptShrink      = "GUARDIAN_BACKUP_ACCEPT_SHRINK"
 )
 
 // DefaultKeepDays is how long sets are kept unless GUARDIAN_BACKUP_KEEP_DAYS
@@ -57,6 +58,10 @@ type Config struct {
 	// AgeIdentityFile is the age identity file VerifyLatest decrypts with;
 	// empty when this host only backs up.
 	AgeIdentityFile string
+	// AcceptShrink lets a set that holds far fewer rows than LATEST's
+	// become LATEST (see Backup): for the run after a large account's
+	// purge, say, whose drop the operator knows of.
+	AcceptShrink bool
 	// ScratchNote, when set, is told the name of each scratch database a
 	// verification is about to create (dropped false; an error stops it
 	// first), and again once that database is dropped (dropped true). A
@@ -145,6 +150,13 @@ func LoadConfig(env *config.Loader) (Config, error) {
 		KnownHostsFile:  env.String(EnvKnownHosts),
 		KeepDays:        env.Int(EnvKeepDays, DefaultKeepDays),
 		AgeIdentityFile: env.Optional(EnvAgeIdentity, ""),
+	}
+	switch v := env.Optional(EnvAcceptShrink, ""); v {
+	case "", "0", "false":
+	case "1", "true":
+		cfg.AcceptShrink = true
+	default:
+		return cfg, fmt.Errorf("%s must be 1 or 0", EnvAcceptShrink)
 	}
 	recipients := env.String(EnvAgeRecipients)
 	targets := env.String(EnvTargets)

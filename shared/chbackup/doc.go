@@ -61,6 +61,12 @@
 // directory and temporary files it finds. Runs must not overlap on one
 // target: the job binary holds a lock, and two hosts must not share a path.
 //
+// Nor a set of a database emptied by a fault: a new set in which a table of
+// LATEST's set is gone, empty, or down to less than half its rows and
+// ShrinkRows fewer is completed, but LATEST keeps naming the set before it
+// (which pruning keeps too) and the run says so (SetInfo.Shrunk; the job is
+// red) until a run with GUARDIAN_BACKUP_ACCEPT_SHRINK=1 accepts the drop.
+//
 // # Several targets
 //
 // The first target is the primary, the others are copies (off-site); all
@@ -166,4 +172,5 @@
 //	GUARDIAN_BACKUP_SSH_KNOWN_HOSTS  known_hosts file pinning every target's host key
 //	GUARDIAN_BACKUP_KEEP_DAYS        days a set is kept (default 30)
 //	GUARDIAN_BACKUP_AGE_IDENTITY     age identity file, for verification only
+//	GUARDIAN_BACKUP_ACCEPT_SHRINK    1: this run's set becomes LATEST however few its rows
 package chbackup

@@ -81,6 +81,11 @@ func run(ctx context.Context, env *config.Loader, r *job.Report, verifyOnly bool
 		if err != nil {
 			return err
 		}
+		if len(info.Shrunk) > 0 {
+			r.Set("shrunk", info.Shrunk)
+			return fmt.Errorf("%w: the new set holds far fewer rows than the latest at %s; if the drop is meant (a large account purged), run once with %s=1 to make it the latest",
+				job.ErrRed, strings.Join(info.Shrunk, "; "), chbackup.EnvAcceptShrink)
+		}
 		if len(info.RecipientsChanged) > 0 {
 			r.Set("recipients_changed", info.RecipientsChanged)
 			if cfg.AgeIdentityFile == "" {

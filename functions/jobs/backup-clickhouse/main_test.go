@@ -215,3 +215,52 @@ func (f *jobFixture) run(env []string, args ...string) (int, map[string]any, str
 	}
 	return code, res, all
 }
+
+// A database emptied after a fault (here: its snapshots truncated) is
+// backed up, but its set does not become the latest: the run is red, and
+// the full set stays what a restore loads and what pruning keeps, until
+// a run with GUARDIAN_BACKUP_ACCEPT_SHRINK=1 says the drop is meant.
+func TestAnEmptiedDatabaseDoesNotBecomeTheLatest(t *testing.T) {
+	f := newJobFixture(t, 100)
+	id, err := age.GenerateX25519Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := f.env(id.Recipient().String(), "")
+	latest := func() string {
+		t.Helper()
+		b, err := os.ReadFile(filepath.Join(f.sftp.Root, "backups", "LATEST"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(b))
+	}
+	code, res, out := f.run(env)
+	if code != 0 {
+		t.Fatalf("first backup: exit %d\n%s", code, out)
+	}
+	full := res["set"].(string)
+	if latest() != full {
+		t.Fatalf("LATEST %q, want %q", latest(), full)
+	}
+	if err := f.ch.Conn.Exec(context.Background(), "TRUNCATE TABLE "+f.ch.Database+".snapshots"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second) // sets are named by the second
+	code, res, out = f.run(env)
+	if code != 1 || res["status"] != "red" || !strings.Contains(out, "snapshots holds 0 rows, 100 in "+full) || !strings.Contains(out, "GUARDIAN_BACKUP_ACCEPT_SHRINK") {
+		t.Fatalf("a backup of the emptied database: exit %d\n%s", code, out)
+	}
+	emptied := res["set"].(string)
+	if latest() != full {
+		t.Fatalf("LATEST moved to %q", latest())
+	}
+	if _, err := os.Stat(filepath.Join(f.sftp.Root, "backups", emptied, "manifest.json")); err != nil {
+		t.Errorf("the emptied database's set is not kept beside: %v", err)
+	}
+	time.Sleep(time.Second)
+	code, res, out = f.run(append(env, "GUARDIAN_BACKUP_ACCEPT_SHRINK=1"))
+	if code != 0 || latest() != res["set"] {
+		t.Fatalf("an accepted drop: exit %d, LATEST %q\n%s", code, latest(), out)
+	}
+}
