@@ -32,3 +32,19 @@ func TestABodyThatDoesNotReadIs400(t *testing.T) {
 		t.Errorf("readProof past the bound: %+v", p)
 	}
 }
+
+// A second-factor body refused for one member names it in the problem's
+// field member, as docs/api.md promises of every 400 invalid_request.
+func TestAProofRefusedForAMemberNamesIt(t *testing.T) {
+	for _, tc := range []struct{ body, field string }{
+		{`{"mfa_token":"t","code":"123456","remember":true}`, "remember"},
+		{`{"mfa_token":"t","code":123456}`, "code"},
+		{`{"mfa_token":["t"]}`, "mfa_token"},
+		{`{"mfa_token":"t",`, ""},
+	} {
+		_, _, p := readProof(httptest.NewRecorder(), post("/auth/login/mfa", "application/json", []byte(tc.body)))
+		if !isProblem(p, 400, "invalid_request") || (tc.field == "") != (p.Extra == nil) || (tc.field != "" && p.Extra["field"] != tc.field) {
+			t.Errorf("%s: %+v, want field %q", tc.body, p, tc.field)
+		}
+	}
+}

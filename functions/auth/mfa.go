@@ -22,6 +22,7 @@ import (
 	"github.com/glassmkr/guardian/shared/mfa"
 	"github.com/glassmkr/guardian/shared/problem"
 	"github.com/glassmkr/guardian/shared/reply"
+	"github.com/glassmkr/guardian/shared/reqbody"
 	"github.com/glassmkr/guardian/shared/session"
 )
 
@@ -144,6 +145,11 @@ func readProof(w http.ResponseWriter, r *http.Request) (proofInput, bool, *probl
 		dec := json.NewDecoder(bytes.NewReader(body))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&in); err != nil {
+			if fe := reqbody.FieldOf(err); fe != nil {
+				p := problem.New(http.StatusBadRequest, "invalid_request", fe.Error())
+				p.Extra = map[string]any{"field": fe.Field}
+				return in, false, p
+			}
 			return in, false, problem.New(http.StatusBadRequest, "invalid_request", "the body must be a JSON object with mfa_token and code or credential")
 		}
 		if string(in.Credential) == "null" {

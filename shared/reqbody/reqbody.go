@@ -106,18 +106,27 @@ func Decode(body []byte, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		var ute *json.UnmarshalTypeError
-		switch {
-		case errors.As(err, &ute) && ute.Field != "":
-			return &FieldError{ute.Field, "has the wrong type"}
-		case strings.HasPrefix(err.Error(), `json: unknown field "`):
-			name, _ := strconv.Unquote(strings.TrimPrefix(err.Error(), "json: unknown field "))
-			return &FieldError{name, "is an unknown field"}
+		if fe := FieldOf(err); fe != nil {
+			return fe
 		}
 		return errors.New("malformed JSON")
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		return errors.New("more after the object")
+	}
+	return nil
+}
+
+// FieldOf is the member a JSON decoding error (encoding/json's, with
+// DisallowUnknownFields) refuses by name, or nil when it names none.
+func FieldOf(err error) *FieldError {
+	var ute *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &ute) && ute.Field != "":
+		return &FieldError{ute.Field, "has the wrong type"}
+	case strings.HasPrefix(err.Error(), `json: unknown field "`):
+		name, _ := strconv.Unquote(strings.TrimPrefix(err.Error(), "json: unknown field "))
+		return &FieldError{name, "is an unknown field"}
 	}
 	return nil
 }
