@@ -323,10 +323,16 @@ func Backup(ctx context.Context, cfg Config) (SetInfo, error) {
 			if why := shrinkage(prev, m); why != "" {
 				// A database emptied by a fault, or a table gone: LATEST
 				// keeps naming the full set, which restores by default,
-				// and pruning keeps it, until an operator accepts the drop.
-				d.res.Held = fmt.Sprintf("%s; LATEST still names %s", why, prevSet)
-				info.Shrunk = append(info.Shrunk, r.target.String()+": "+d.res.Held)
-				keep = prevSet
+				// and pruning keeps it, until an operator accepts the drop;
+				// but no longer than sets are kept, which the posture's
+				// deletion promise bounds (a purge is such a drop).
+				if t, err := time.Parse(setLayout, prevSet); err == nil && t.Before(pruneCutoff(now, cfg.KeepDays)) {
+					info.Shrunk = append(info.Shrunk, fmt.Sprintf("%s: %s; LATEST moved all the same: %s is as old as sets are kept", r.target, why, prevSet))
+				} else {
+					d.res.Held = fmt.Sprintf("%s; LATEST still names %s", why, prevSet)
+					info.Shrunk = append(info.Shrunk, r.target.String()+": "+d.res.Held)
+					keep = prevSet
+				}
 			}
 		}
 		if keep == info.Name {
@@ -357,7 +363,7 @@ func previousRecipients(r *remote) []string {
 
 // latestManifest is the set LATEST names at r and its manifest; false when
 // there is none or it cannot be read (a first backup; a damaged set,
-// which verification reports).
+// which verification reports, and which is no set to hold on to).
 func latestManifest(r *remote) (string, Manifest, bool) {
 	set, err := readLatest(r)
 	if err != nil {
@@ -371,11 +377,12 @@ func latestManifest(r *remote) (string, Manifest, bool) {
 }
 
 // A table shrinks too far for a new set to replace LATEST unasked when it
-// is gone, emptied, or holds less than half its rows and ShrinkRows fewer.
-// Retention sweeps and purges take a few percent a day; a database
-// re-created empty after a fault, or a table dropped, takes it all, and a
-// set of it would otherwise become what a restore loads by default and
-// push the full sets out by pruning.
+// holds less than half its rows, and ShrinkRows fewer (gone or emptied
+// included). Retention sweeps and purges take a few percent a day; a
+// database re-created empty after a fault, or a table dropped, takes it
+// all, and a set of it would otherwise become what a restore loads by
+// default and push the full sets out by pruning. Small tables, which a
+// day's retention may empty, are left alone.
 const ShrinkRows = 1000
 
 // shrinkage says which tables of prev next holds far fewer rows of (see
@@ -397,10 +404,10 @@ func shrinkage(prev, next Manifest) string {
 		was := rows(t)
 		is, ok := now[t.Name]
 		switch {
-		case was == 0:
+		case is*2 >= was || was-is < ShrinkRows:
 		case !ok:
 			why = append(why, fmt.Sprintf("table %s is gone (%d rows in %s)", t.Name, was, prev.Set))
-		case is == 0 || is*2 < was && was-is >= ShrinkRows:
+		default:
 			why = append(why, fmt.Sprintf("table %s holds %d rows, %d in %s", t.Name, is, was, prev.Set))
 		}
 	}

@@ -62,10 +62,13 @@
 // target: the job binary holds a lock, and two hosts must not share a path.
 //
 // Nor a set of a database emptied by a fault: a new set in which a table of
-// LATEST's set is gone, empty, or down to less than half its rows and
-// ShrinkRows fewer is completed, but LATEST keeps naming the set before it
-// (which pruning keeps too) and the run says so (SetInfo.Shrunk; the job is
-// red) until a run with GUARDIAN_BACKUP_ACCEPT_SHRINK=1 accepts the drop.
+// LATEST's set is down to less than half its rows and ShrinkRows fewer
+// (gone and empty included) is completed, but LATEST keeps naming the set
+// before it (which pruning keeps too) and the run says so
+// (SetInfo.Shrunk; the job is red), until a run with
+// GUARDIAN_BACKUP_ACCEPT_SHRINK=1 accepts the drop, or the set before is
+// as old as sets are kept: then the new set is LATEST all the same, since
+// the 30 days of the posture's deletion promise bound every set.
 //
 // # Several targets
 //

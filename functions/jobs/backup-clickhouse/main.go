@@ -54,8 +54,9 @@ func main() {
 	}
 	if verifyOnly {
 		// Its result must not stand for a backup's in the metrics (a green
-		// check hiding a failed backup); it still takes the backup's lock,
-		// so as not to read a set while one is written or pruned.
+		// check hiding a failed backup). It takes the backup's lock, which
+		// keeps it from a backup's run only where both use one lock
+		// directory (the drill in docs/deployment.md uses restore-verify's).
 		spec.Name, spec.Lock = "verify-clickhouse-backup", "backup-clickhouse"
 	}
 	job.Main(spec)

@@ -221,7 +221,7 @@ func (f *jobFixture) run(env []string, args ...string) (int, map[string]any, str
 // the full set stays what a restore loads and what pruning keeps, until
 // a run with GUARDIAN_BACKUP_ACCEPT_SHRINK=1 says the drop is meant.
 func TestAnEmptiedDatabaseDoesNotBecomeTheLatest(t *testing.T) {
-	f := newJobFixture(t, 100)
+	f := newJobFixture(t, 2000) // chbackup.ShrinkRows and more
 	id, err := age.GenerateX25519Identity()
 	if err != nil {
 		t.Fatal(err)
@@ -248,7 +248,7 @@ func TestAnEmptiedDatabaseDoesNotBecomeTheLatest(t *testing.T) {
 	}
 	time.Sleep(time.Second) // sets are named by the second
 	code, res, out = f.run(env)
-	if code != 1 || res["status"] != "red" || !strings.Contains(out, "snapshots holds 0 rows, 100 in "+full) || !strings.Contains(out, "GUARDIAN_BACKUP_ACCEPT_SHRINK") {
+	if code != 1 || res["status"] != "red" || !strings.Contains(out, "snapshots holds 0 rows, 2000 in "+full) || !strings.Contains(out, "GUARDIAN_BACKUP_ACCEPT_SHRINK") {
 		t.Fatalf("a backup of the emptied database: exit %d\n%s", code, out)
 	}
 	emptied := res["set"].(string)
