@@ -11,6 +11,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -81,11 +82,11 @@ func CheckShare(day, days int) func(rel string) bool {
 // are read back and compared byte for byte, and sent again if they
 // differ (MirrorReport.Repaired).
 //
-// The order keeps the copy restorable whenever a run stops: backups
-// expired before the repository's oldest are deleted first (room for the
-// new ones on a full disk), then new files, the .info files (which name
-// the backups) after them, and only then the rest of what expired (WAL,
-// temporary files). Every file is written under a temporary name and
+// The order keeps the copy restorable whenever a run stops: what expired
+// before the repository's oldest backup (its backups, its WAL) is deleted
+// first (room for the new files on a full disk: expiredEarly), then new
+// files, the .info files (which name the backups) after them, and only
+// then the rest of what expired (an old archive id, temporary files). Every file is written under a temporary name and
 // renamed into place.
 func Mirror(ctx context.Context, dir string, s *chbackup.Session, target string, check func(rel string) bool) (MirrorReport, error) {
 	rep := MirrorReport{Target: target}
@@ -136,29 +137,22 @@ func Mirror(ctx context.Context, dir string, s *chbackup.Session, target string,
 		return rep, fmt.Errorf("mirror %s: the copy's %d backups share none with the repository's (a stanza created anew on a rebuilt host?); the copy is left as it is (restore from it, or move it aside)", target, len(sets))
 	}
 
-	// Backups the repository expired before its oldest go first: on a
-	// backup host whose disk is full, the new backup's upload would fail
-	// before they were ever deleted, and the copy would stay stuck (and
-	// keep them past the posture's 30 days). The copy stays restorable:
-	// its newest backups are still the repository's, and pgBackRest
-	// expires a full backup with the backups that depend on it.
-	if sets := backupSets(local); len(sets) > 0 {
-		oldest := slices.Min(sets)
-		for _, set := range backupSets(remote) {
-			if set >= oldest {
-				continue
-			}
-			for rel := range remote {
-				if !strings.HasPrefix(rel, set+"/") {
-					continue
-				}
-				if err := c.Remove(path.Join(root, rel)); err != nil && !errors.Is(err, os.ErrNotExist) {
-					return rep, fmt.Errorf("mirror %s: remove %s: %w", target, rel, err)
-				}
-				delete(remote, rel)
-				rep.Deleted++
-			}
+	// What the repository expired before its oldest backup goes first: on
+	// a backup host whose disk is full, the new backup's upload would fail
+	// before it was ever deleted, and the copy would stay stuck (and keep
+	// it past the posture's 30 days). The copy stays restorable: its newest
+	// backups are still the repository's, pgBackRest expires a full backup
+	// with the backups that depend on it, and the WAL before the
+	// repository's oldest segment is no backup's it still holds.
+	for _, rel := range expiredEarly(local, remote) {
+		if err := ctx.Err(); err != nil {
+			return rep, err
 		}
+		if err := c.Remove(path.Join(root, rel)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return rep, fmt.Errorf("mirror %s: remove %s: %w", target, rel, err)
+		}
+		delete(remote, rel)
+		rep.Deleted++
 	}
 
 	names := make([]string, 0, len(local))
@@ -229,6 +223,73 @@ func Mirror(ctx context.Context, dir string, s *chbackup.Session, target string,
 		}
 	}
 	return rep, nil
+}
+
+// backupLabel is a pgBackRest backup label: a full backup's, or a
+// differential's or incremental's (its full's label, then its own).
+var backupLabel = regexp.MustCompile(`^[0-9]{8}-[0-9]{6}F(_[0-9]{8}-[0-9]{6}[DI])?$`)
+
+// walSegment is an archived WAL segment's file name: its 24 hex digits
+// (timeline, log, segment), then its checksum.
+var walSegment = regexp.MustCompile(`^[0-9A-F]{24}-`)
+
+// expiredEarly lists the files of the copy (remote) that the repository
+// (local) expired before its oldest backup: every file under a backup
+// directory whose label sorts before the oldest the repository holds (of
+// the same stanza), with or without its manifest (a run cut short may have
+// removed that first), and each WAL segment of an archive id the
+// repository also holds that sorts before the repository's oldest there.
+// Manifests come last, so that a run cut short leaves a backup that is
+// still recognisably one, not files of no backup.
+func expiredEarly(local, remote map[string]int64) []string {
+	oldest := map[string]string{} // stanza -> its oldest backup label
+	for _, set := range backupSets(local) {
+		parts := strings.Split(set, "/")
+		if o, ok := oldest[parts[1]]; !ok || parts[2] < o {
+			oldest[parts[1]] = parts[2]
+		}
+	}
+	firstWAL := map[string]string{} // archive/<stanza>/<archive id> -> its oldest segment
+	for rel := range local {
+		parts := strings.Split(rel, "/")
+		if len(parts) == 5 && parts[0] == "archive" && walSegment.MatchString(parts[4]) {
+			id, seg := strings.Join(parts[:3], "/"), parts[4][:24]
+			if f, ok := firstWAL[id]; !ok || seg < f {
+				firstWAL[id] = seg
+			}
+		}
+	}
+	var out []string
+	for rel := range remote {
+		if _, ok := local[rel]; ok {
+			continue
+		}
+		parts := strings.Split(rel, "/")
+		switch {
+		case len(parts) >= 4 && parts[0] == "backup" && backupLabel.MatchString(parts[2]):
+			if o, ok := oldest[parts[1]]; ok && parts[2] < o {
+				out = append(out, rel)
+			}
+		case len(parts) == 5 && parts[0] == "archive" && walSegment.MatchString(parts[4]):
+			if f, ok := firstWAL[strings.Join(parts[:3], "/")]; ok && parts[4][:24] < f {
+				out = append(out, rel)
+			}
+		}
+	}
+	manifest := func(rel string) bool {
+		b := path.Base(rel)
+		return b == "backup.manifest" || b == "backup.manifest.copy"
+	}
+	slices.SortFunc(out, func(a, b string) int {
+		if ma, mb := manifest(a), manifest(b); ma != mb {
+			if ma {
+				return 1
+			}
+			return -1
+		}
+		return strings.Compare(a, b)
+	})
+	return out
 }
 
 // isRepository reports whether files (slash paths) hold a pgBackRest

@@ -242,10 +242,11 @@ func keys(m map[string]string) []string {
 	return out
 }
 
-// A backup the repository expired goes from the copy before the new one is
-// sent: when the new one cannot be (a backup host's full disk), the copy
-// still frees its room instead of staying stuck, and stays restorable (the
-// .info files are not sent before the backups they name).
+// A backup the repository expired, and its WAL, go from the copy before
+// the new one is sent: when the new one cannot be (a backup host's full
+// disk), the copy still frees its room instead of staying stuck, and stays
+// restorable (the .info files are not sent before the backups they name).
+// A backup a run cut short left without its manifest goes too.
 func TestMirrorDeletesExpiredBackupsBeforeUploading(t *testing.T) {
 	t.Parallel()
 	srv := testenv.SFTPServer(t)
@@ -290,19 +291,29 @@ func TestMirrorDeletesExpiredBackupsBeforeUploading(t *testing.T) {
 		"backup/guardian/20261129-030000F/backup.manifest": "manifest F2",
 	})
 	write(t, target.Path, map[string]string{"backup/guardian/20261129-030000F": "in the way"})
+	// WAL 1 expires with them, WAL 2 is new; and a run cut short had
+	// already removed the differential's manifest from the copy.
+	if err := os.Remove(filepath.Join(repo, "archive/guardian/15-1/0000000100000000/000000010000000000000001-a.zst")); err != nil {
+		t.Fatal(err)
+	}
+	write(t, repo, map[string]string{"archive/guardian/15-1/0000000100000000/000000010000000000000002-b.zst": "wal 2"})
+	write(t, target.Path, map[string]string{"backup/guardian/20261115-030000F_20261116-030000D/pg_data/PG_VERSION": "15"})
+	if err := os.Remove(filepath.Join(target.Path, "backup/guardian/20261115-030000F_20261116-030000D/backup.manifest")); err != nil {
+		t.Fatal(err)
+	}
 	rep, err := mirror()
 	if err == nil {
 		t.Fatalf("the new backup was sent through a file in its way: %+v", rep)
 	}
 	got := tree(t, target.Path)
-	for _, gone := range []string{"backup/guardian/20261115-030000F/backup.manifest", "backup/guardian/20261115-030000F_20261116-030000D/backup.manifest"} {
+	for _, gone := range []string{"backup/guardian/20261115-030000F/backup.manifest", "backup/guardian/20261115-030000F_20261116-030000D/pg_data/PG_VERSION",
+		"archive/guardian/15-1/0000000100000000/000000010000000000000001-a.zst"} {
 		if _, ok := got[gone]; ok {
 			t.Errorf("%s stayed on the copy though the upload after it failed", gone)
 		}
 	}
-	if got["backup/guardian/20261122-030000F/pg_data/base/1.zst"] != "F1 data" || got["backup/guardian/backup.info"] != "info v1" ||
-		got["archive/guardian/15-1/0000000100000000/000000010000000000000001-a.zst"] != "wal 1" {
-		t.Errorf("the copy's live backup, its WAL or its .info changed: %v", keys(got))
+	if got["backup/guardian/20261122-030000F/pg_data/base/1.zst"] != "F1 data" || got["backup/guardian/backup.info"] != "info v1" {
+		t.Errorf("the copy's live backup or its .info changed: %v", keys(got))
 	}
 
 	if err := os.Remove(filepath.Join(target.Path, "backup/guardian/20261129-030000F")); err != nil {
@@ -316,5 +327,46 @@ func TestMirrorDeletesExpiredBackupsBeforeUploading(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(target.Path, "backup/guardian/20261115-030000F")); !os.IsNotExist(err) {
 		t.Errorf("the expired backup's directory stayed (%v)", err)
+	}
+}
+
+// expiredEarly picks what the repository expired before its oldest backup:
+// older backups' files (manifest or not, manifests last) and older WAL of
+// an archive id the repository holds; nothing newer, nothing it holds,
+// nothing of another stanza's or archive id's.
+func TestExpiredEarly(t *testing.T) {
+	local := map[string]int64{
+		"backup/guardian/backup.info":                                           1,
+		"backup/guardian/20261122-030000F/backup.manifest":                      1,
+		"backup/guardian/20261122-030000F_20261123-030000D/backup.manifest":     1,
+		"archive/guardian/15-1/0000000100000000/000000010000000000000005-a.zst": 1,
+		"archive/guardian/15-1/0000000100000000/000000010000000000000006-b.zst": 1,
+	}
+	remote := map[string]int64{
+		"backup/guardian/backup.info":                                           1,
+		"backup/guardian/20261115-030000F/backup.manifest":                      1,
+		"backup/guardian/20261115-030000F/backup.manifest.copy":                 1,
+		"backup/guardian/20261115-030000F/pg_data/base/1.zst":                   1,
+		"backup/guardian/20261115-030000F_20261116-030000I/pg_data/PG_VERSION":  1,
+		"backup/guardian/20261122-030000F/backup.manifest":                      1,
+		"backup/guardian/20261122-030000F_20261122-090000I/backup.manifest":     1, // newer than the oldest, not the repository's: left for the end
+		"backup/guardian/20261101-030000F.tmp/x":                                1, // not a label
+		"backup/other/20261101-030000F/backup.manifest":                         1, // a stanza the repository has no backup of
+		"archive/guardian/15-1/0000000100000000/000000010000000000000004-z.zst": 1,
+		"archive/guardian/15-1/0000000100000000/000000010000000000000005-a.zst": 1,
+		"archive/guardian/15-1/0000000100000000/000000010000000000000007-c.zst": 1,
+		"archive/guardian/14-1/0000000100000000/000000010000000000000001-q.zst": 1, // an archive id the repository does not hold
+		"archive/guardian/15-1/0000000100000000/00000002.history":               1,
+	}
+	got := expiredEarly(local, remote)
+	want := []string{
+		"archive/guardian/15-1/0000000100000000/000000010000000000000004-z.zst",
+		"backup/guardian/20261115-030000F/pg_data/base/1.zst",
+		"backup/guardian/20261115-030000F_20261116-030000I/pg_data/PG_VERSION",
+		"backup/guardian/20261115-030000F/backup.manifest",
+		"backup/guardian/20261115-030000F/backup.manifest.copy",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("got\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
