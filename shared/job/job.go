@@ -44,6 +44,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -273,18 +274,36 @@ func Execute(ctx context.Context, spec Spec, lookup func(string) (string, bool),
 	return finish(spec, env, res, out, errOut)
 }
 
-// runRecovered runs spec.Run, turning a panic into an error (its stack
-// on errOut, as Go prints it): a panic that ended the process would skip
-// the result line, the alert and the metrics, which would go on showing
-// the run before as the last.
+// runRecovered runs spec.Run, turning a panic into an error: a panic that
+// ended the process would skip the result line, the alert and the
+// metrics, which would go on showing the run before as the last. The
+// panic's value and stack go to errOut (the journal), as Go prints them;
+// the error, which alerts carry off the host, names only the value's type
+// and where it was raised, since a value may print settings.
 func runRecovered(spec Spec, ctx context.Context, env *config.Loader, rep *Report, errOut io.Writer) (err error) {
 	defer func() {
 		if v := recover(); v != nil {
 			fmt.Fprintf(errOut, "%s: panic: %v\n\n%s\n", spec.Name, v, debug.Stack())
-			err = fmt.Errorf("the job panicked: %v", v)
+			err = fmt.Errorf("the job panicked (%T%s); its stack is in the job's log", v, panicSite())
 		}
 	}()
 	return spec.Run(ctx, env, rep)
+}
+
+// panicSite is where the panic being recovered was raised (" at
+// file:line", the first frame outside the runtime), or "".
+func panicSite() string {
+	pc := make([]uintptr, 32)
+	frames := runtime.CallersFrames(pc[:runtime.Callers(3, pc)])
+	for {
+		f, more := frames.Next()
+		if !strings.HasPrefix(f.Function, "runtime.") && f.File != "" {
+			return fmt.Sprintf(" at %s:%d", filepath.Base(f.File), f.Line)
+		}
+		if !more {
+			return ""
+		}
+	}
 }
 
 // finish prints the result line, alerts when the run was not ok (once per

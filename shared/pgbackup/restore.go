@@ -381,9 +381,10 @@ func checkValue(v any) (string, error) {
 		empty = x == 0
 	case float32:
 		empty = x == 0
+	case uint32: // oid, xid
+		empty = x == 0
 	case pgtype.Numeric:
-		f, err := x.Float64Value()
-		empty = err == nil && f.Valid && f.Float64 == 0
+		empty = x.Valid && !x.NaN && x.InfinityModifier == pgtype.Finite && (x.Int == nil || x.Int.Sign() == 0)
 	}
 	text := fmt.Sprint(v)
 	if n, ok := v.(pgtype.Numeric); ok {
