@@ -160,13 +160,19 @@ func Mirror(ctx context.Context, dir string, s *chbackup.Session, target string,
 		names = append(names, rel)
 	}
 	sort.Strings(names)
-	// Data first, then the .copy of each .info file, then the .info file.
+	// Data first, then each backup's manifest (which says the backup is
+	// complete, as in pgBackRest's own repository: a run cut short must
+	// not leave a manifest over missing files, which would count as a
+	// backup the copy shares with the repository), then the .copy of each
+	// .info file, then the .info file. Only the .info files are rewritten.
 	rank := func(rel string) int {
-		switch {
-		case strings.HasSuffix(rel, ".info.copy"):
+		switch b := path.Base(rel); {
+		case b == "backup.manifest" || b == "backup.manifest.copy":
 			return 1
-		case strings.HasSuffix(rel, ".info"):
+		case strings.HasSuffix(rel, ".info.copy"):
 			return 2
+		case strings.HasSuffix(rel, ".info"):
+			return 3
 		}
 		return 0
 	}
@@ -176,7 +182,7 @@ func Mirror(ctx context.Context, dir string, s *chbackup.Session, target string,
 		if err := ctx.Err(); err != nil {
 			return rep, err
 		}
-		if size, ok := remote[rel]; ok && size == local[rel] && rank(rel) == 0 {
+		if size, ok := remote[rel]; ok && size == local[rel] && rank(rel) < 2 {
 			if check == nil || !check(rel) {
 				continue
 			}

@@ -287,10 +287,11 @@ func TestMirrorDeletesExpiredBackupsBeforeUploading(t *testing.T) {
 		t.Fatal(err)
 	}
 	write(t, repo, map[string]string{
-		"backup/guardian/backup.info":                      "info v2",
-		"backup/guardian/20261129-030000F/backup.manifest": "manifest F2",
+		"backup/guardian/backup.info":                         "info v2",
+		"backup/guardian/20261129-030000F/backup.manifest":    "manifest F2",
+		"backup/guardian/20261129-030000F/pg_data/base/1.zst": "F2 data",
 	})
-	write(t, target.Path, map[string]string{"backup/guardian/20261129-030000F": "in the way"})
+	write(t, target.Path, map[string]string{"backup/guardian/20261129-030000F/pg_data": "in the way"})
 	// WAL 1 expires with them, WAL 2 is new; and a run cut short had
 	// already removed the differential's manifest from the copy.
 	if err := os.Remove(filepath.Join(repo, "archive/guardian/15-1/0000000100000000/000000010000000000000001-a.zst")); err != nil {
@@ -315,8 +316,12 @@ func TestMirrorDeletesExpiredBackupsBeforeUploading(t *testing.T) {
 	if got["backup/guardian/20261122-030000F/pg_data/base/1.zst"] != "F1 data" || got["backup/guardian/backup.info"] != "info v1" {
 		t.Errorf("the copy's live backup or its .info changed: %v", keys(got))
 	}
+	// A manifest goes after its backup's files: none over files missing.
+	if _, ok := got["backup/guardian/20261129-030000F/backup.manifest"]; ok {
+		t.Error("the new backup's manifest was sent though its files were not")
+	}
 
-	if err := os.Remove(filepath.Join(target.Path, "backup/guardian/20261129-030000F")); err != nil {
+	if err := os.Remove(filepath.Join(target.Path, "backup/guardian/20261129-030000F/pg_data")); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := mirror(); err != nil {
