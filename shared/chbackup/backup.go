@@ -99,7 +99,7 @@ type SetInfo struct {
 	RecipientsChanged []string `json:"recipients_changed,omitempty"`
 	// Shrunk names the targets where the new set holds far fewer rows than
 	// the set LATEST named (shrinkage), and why: there the set is complete
-	// but LATEST still names the set before it.
+	// but LATEST still names the set before it (TargetResult.Held).
 	Shrunk []string `json:"shrunk,omitempty"`
 }
 
@@ -111,7 +111,10 @@ type TargetResult struct {
 	Error string `json:"error,omitempty"`
 	// Held: the set is complete there, but LATEST was left naming the set
 	// before it, which held far more rows (shrinkage says how).
-	Held   string   `json:"held,omitempty"`
+	Held string `json:"held,omitempty"`
+	// Moved: LATEST had been held on a set as old as sets are kept, and
+	// was moved on all the same (keptSet, or this run's set: Backup).
+	Moved  string   `json:"moved,omitempty"`
 	Pruned []string `json:"pruned,omitempty"`
 }
 
@@ -182,9 +185,7 @@ func Backup(ctx context.Context, cfg Config) (SetInfo, error) {
 		dests[i] = d
 		d.r, d.err = dial(ctx, auth, t)
 		if d.err == nil {
-			var pruned []string
-			pruned, d.err = prepare(d.r, info.Name, now, clock, pruneCutoff(now, cfg.KeepDays))
-			d.res.Pruned = pruned
+			d.res.Pruned, d.res.Moved, d.err = prepare(d.r, info.Name, now, clock, pruneCutoff(now, cfg.KeepDays))
 		}
 	}
 	defer func() {
@@ -327,7 +328,7 @@ func Backup(ctx context.Context, cfg Config) (SetInfo, error) {
 				// but no longer than sets are kept, which the posture's
 				// deletion promise bounds (a purge is such a drop).
 				if t, err := time.Parse(setLayout, prevSet); err == nil && t.Before(pruneCutoff(now, cfg.KeepDays)) {
-					info.Shrunk = append(info.Shrunk, fmt.Sprintf("%s: %s; LATEST moved all the same: %s is as old as sets are kept", r.target, why, prevSet))
+					d.res.Moved = fmt.Sprintf("%s; %s moved all the same: %s is as old as sets are kept", why, latestName, prevSet)
 				} else {
 					d.res.Held = fmt.Sprintf("%s; LATEST still names %s", why, prevSet)
 					info.Shrunk = append(info.Shrunk, r.target.String()+": "+d.res.Held)
@@ -443,14 +444,14 @@ func live(dests []*dest) int {
 // time, which names the set and prunes. A disk too full for even that
 // directory, once the leftovers are gone, fails the target with nothing
 // pruned: without the clock check pruning could remove the newest sets.
-func prepare(r *remote, set string, now time.Time, clock func() time.Time, cutoff time.Time) ([]string, error) {
+func prepare(r *remote, set string, now time.Time, clock func() time.Time, cutoff time.Time) (pruned []string, moved string, err error) {
 	if err := r.c.MkdirAll(r.target.Path); err != nil {
-		return nil, fmt.Errorf("%s: %w", r.target, err)
+		return nil, "", fmt.Errorf("%s: %w", r.target, err)
 	}
 	partial := set + partialSuffix
 	entries, err := r.c.ReadDir(r.target.Path)
 	if err != nil {
-		return nil, fmt.Errorf("%s: list: %w", r.target, err)
+		return nil, "", fmt.Errorf("%s: list: %w", r.target, err)
 	}
 	// Leftovers of interrupted runs go first, before the new set's
 	// directory is made: removing them needs no clock, and on a full disk
@@ -460,34 +461,34 @@ func prepare(r *remote, set string, now time.Time, clock func() time.Time, cutof
 		name := e.Name()
 		switch {
 		case name == set:
-			return nil, fmt.Errorf("%s: set %s exists already", r.target, set)
+			return nil, "", fmt.Errorf("%s: set %s exists already", r.target, set)
 		case name == partial:
 			// The same name: an interrupted run at the same second, or
 			// a clock stepped back; what is there is not this run's.
-			return nil, fmt.Errorf("%s: %s exists already", r.target, partial)
+			return nil, "", fmt.Errorf("%s: %s exists already", r.target, partial)
 		case e.IsDir() && strings.HasSuffix(name, partialSuffix) && setName.MatchString(strings.TrimSuffix(name, partialSuffix)),
 			!e.IsDir() && strings.HasPrefix(name, tmpPrefix):
 			if err := r.c.RemoveAll(r.join(name)); err != nil {
-				return nil, fmt.Errorf("%s: remove the unfinished %s: %w", r.target, name, err)
+				return nil, "", fmt.Errorf("%s: remove the unfinished %s: %w", r.target, name, err)
 			}
 		}
 	}
 	if err := r.c.Mkdir(r.join(partial)); err != nil {
-		return nil, fmt.Errorf("%s: make %s (a full disk? nothing was pruned: pruning waits for the clock check, which needs this directory): %w", r.target, partial, err)
+		return nil, "", fmt.Errorf("%s: make %s (a full disk? nothing was pruned: pruning waits for the clock check, which needs this directory): %w", r.target, partial, err)
 	}
 	if err := checkClock(r, partial, clock()); err != nil {
 		_ = r.c.RemoveAll(r.join(partial))
-		return nil, fmt.Errorf("%s: %w", r.target, err)
+		return nil, "", fmt.Errorf("%s: %w", r.target, err)
 	}
-	keep, err := keptSet(r, entries, now)
+	keep, moved, err := keptSet(r, entries, now, cutoff)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	pruned, err := prune(r, now, cutoff, keep)
+	pruned, err = prune(r, now, cutoff, keep)
 	if err != nil {
-		return pruned, fmt.Errorf("%s: prune: %w", r.target, err)
+		return pruned, moved, fmt.Errorf("%s: prune: %w", r.target, err)
 	}
-	return pruned, nil
+	return pruned, moved, nil
 }
 
 // clockTolerance is how far this host's clock and the backup host's may
@@ -534,20 +535,29 @@ func checkClock(r *remote, dir string, now time.Time) error {
 // set is named ahead, the one the backup host dates last (its directory's
 // modification time, when its manifest was written): a set named ahead is
 // then the only kind there is, and one of them must stay.
-func keptSet(r *remote, entries []os.FileInfo, now time.Time) (string, error) {
+//
+// One exception: a LATEST held on a set as old as cutoff (Backup keeps it
+// from a set of a shrunken database) while newer complete sets exist is
+// moved to the newest of them first, so that the set goes now, whether or
+// not this run completes: the posture's 30 days bound every set.
+func keptSet(r *remote, entries []os.FileInfo, now, cutoff time.Time) (keep, moved string, err error) {
 	b, err := r.readFile(r.join(latestName), 256)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return "", fmt.Errorf("%s: read %s: %w", r.target, latestName, err)
+		return "", "", fmt.Errorf("%s: read %s: %w", r.target, latestName, err)
 	}
 	latest := strings.TrimSpace(string(b))
 	var newest string
 	var lastAhead os.FileInfo
+	found := false
 	for _, e := range entries {
 		t, ok := setTime(e)
 		switch {
 		case !ok:
 		case e.Name() == latest:
-			return latest, nil
+			found = true
+			if !t.Before(cutoff) {
+				return latest, "", nil
+			}
 		case namedAhead(t, now):
 			if lastAhead == nil || e.ModTime().After(lastAhead.ModTime()) ||
 				e.ModTime().Equal(lastAhead.ModTime()) && e.Name() > lastAhead.Name() {
@@ -557,10 +567,19 @@ func keptSet(r *remote, entries []os.FileInfo, now time.Time) (string, error) {
 			newest = max(newest, e.Name())
 		}
 	}
-	if newest == "" && lastAhead != nil {
-		return lastAhead.Name(), nil
+	if found {
+		if newest <= latest {
+			return latest, "", nil
+		}
+		if err := r.writeFile(r.join(latestName), []byte(newest+"\n")); err != nil {
+			return "", "", fmt.Errorf("%s: move %s from %s, as old as sets are kept, to %s: %w", r.target, latestName, latest, newest, err)
+		}
+		return newest, fmt.Sprintf("%s moved from %s, as old as sets are kept, to %s", latestName, latest, newest), nil
 	}
-	return newest, nil
+	if newest == "" && lastAhead != nil {
+		return lastAhead.Name(), "", nil
+	}
+	return newest, "", nil
 }
 
 // setTime is the time a set directory's name gives; false for anything

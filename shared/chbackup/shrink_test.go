@@ -1,6 +1,7 @@
 package chbackup
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -61,29 +62,58 @@ func TestShrinkage(t *testing.T) {
 }
 
 // A set of a shrunken database is held from LATEST, but no longer than
-// sets are kept: once the set LATEST names is that old, the new one takes
-// its place (the posture's deletion promise wins; a purge is a shrink),
-// and the run still says why.
+// sets are kept: once the set LATEST names is that old, LATEST moves on to
+// the newest set (the posture's deletion promise wins; a purge is a
+// shrink), at the start of the next run, so even a run that then fails
+// moves it.
 func TestAShrunkSetIsHeldNoLongerThanSetsAreKept(t *testing.T) {
 	f := newFixture(t, 1)
 	first := f.backup(t)
 	f.exec(t, "TRUNCATE TABLE "+f.cfg.ClickHouse.Database+".snapshots")
 
 	held := f.backup(t)
-	latest := func() string {
-		b, err := os.ReadFile(filepath.Join(f.root[0], latestName))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return strings.TrimSpace(string(b))
-	}
-	if len(held.Shrunk) != 1 || held.Targets[0].OK || !strings.Contains(held.Targets[0].Held, "snapshots holds 0 rows, 1000 in "+first.Name) || latest() != first.Name {
-		t.Fatalf("held: %+v, LATEST %s", held, latest())
+	if len(held.Shrunk) != 1 || held.Targets[0].OK || !strings.Contains(held.Targets[0].Held, "snapshots holds 0 rows, 1000 in "+first.Name) || f.latest(t, 0) != first.Name {
+		t.Fatalf("held: %+v, LATEST %s", held, f.latest(t, 0))
 	}
 
-	// The set LATEST names made 29 days ago.
-	old := f.cfg.now().AddDate(0, 0, -29).Format(setLayout)
-	if err := os.Rename(filepath.Join(f.root[0], first.Name), filepath.Join(f.root[0], old)); err != nil {
+	old := f.age(t, first.Name, 29)
+	broken := f.cfg
+	broken.HTTPURL = "http://127.0.0.1:1"
+	f.tick.Add(1)
+	info, err := Backup(context.Background(), broken)
+	if err == nil {
+		t.Fatal("a backup without ClickHouse succeeded")
+	}
+	if f.latest(t, 0) != held.Name || !strings.Contains(info.Targets[0].Moved, "as old as sets are kept") {
+		t.Fatalf("a failed run after a month held: LATEST %s, %+v", f.latest(t, 0), info.Targets[0])
+	}
+	if _, err := os.Stat(filepath.Join(f.root[0], old)); !os.IsNotExist(err) {
+		t.Errorf("the held set was kept past its time (%v)", err)
+	}
+}
+
+// Without a newer set to move to, the shrunken run's own set takes the
+// place of a LATEST as old as sets are kept, and says why.
+func TestAShrunkSetReplacesALatestAsOldAsSetsAreKept(t *testing.T) {
+	f := newFixture(t, 1)
+	first := f.backup(t)
+	old := f.age(t, first.Name, 29)
+	f.exec(t, "TRUNCATE TABLE "+f.cfg.ClickHouse.Database+".snapshots")
+	moved := f.backup(t)
+	if len(moved.Shrunk) != 0 || !moved.Targets[0].OK || !strings.Contains(moved.Targets[0].Moved, "moved all the same") || f.latest(t, 0) != moved.Name {
+		t.Fatalf("moved: %+v, LATEST %s", moved, f.latest(t, 0))
+	}
+	if _, err := os.Stat(filepath.Join(f.root[0], old)); !os.IsNotExist(err) {
+		t.Errorf("the old set was kept past its time (%v)", err)
+	}
+}
+
+// age renames set, which LATEST names, at the first target as if made
+// days ago, and returns its new name.
+func (f *fixture) age(t *testing.T, set string, days int) string {
+	t.Helper()
+	old := f.cfg.now().AddDate(0, 0, -days).Format(setLayout)
+	if err := os.Rename(filepath.Join(f.root[0], set), filepath.Join(f.root[0], old)); err != nil {
 		t.Fatal(err)
 	}
 	mf := filepath.Join(f.root[0], old, manifestName)
@@ -91,17 +121,11 @@ func TestAShrunkSetIsHeldNoLongerThanSetsAreKept(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(mf, []byte(strings.Replace(string(b), first.Name, old, 1)), 0o600); err != nil {
+	if err := os.WriteFile(mf, []byte(strings.Replace(string(b), set, old, 1)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(f.root[0], latestName), []byte(old+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	moved := f.backup(t)
-	if len(moved.Shrunk) != 1 || !strings.Contains(moved.Shrunk[0], "LATEST moved all the same") || !moved.Targets[0].OK || latest() != moved.Name {
-		t.Fatalf("moved: %+v, LATEST %s", moved, latest())
-	}
-	if _, err := os.Stat(filepath.Join(f.root[0], old)); !os.IsNotExist(err) {
-		t.Errorf("the old set was kept past its time (%v)", err)
-	}
+	return old
 }

@@ -14,6 +14,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -70,6 +71,8 @@ func run(ctx context.Context, env *config.Loader, r *job.Report, verifyOnly bool
 	if verifyOnly && cfg.AgeIdentityFile == "" {
 		return fmt.Errorf("verify needs %s", chbackup.EnvAgeIdentity)
 	}
+	// Findings that turn the run red once the latest set is verified too.
+	var reds []string
 	if !verifyOnly {
 		info, err := chbackup.Backup(ctx, cfg)
 		r.Set("set", info.Name)
@@ -84,8 +87,8 @@ func run(ctx context.Context, env *config.Loader, r *job.Report, verifyOnly bool
 		}
 		if len(info.Shrunk) > 0 {
 			r.Set("shrunk", info.Shrunk)
-			return fmt.Errorf("%w: the new set holds far fewer rows than the latest at %s; if the drop is meant (a large account purged), run once with %s=1 to make it the latest",
-				job.ErrRed, strings.Join(info.Shrunk, "; "), chbackup.EnvAcceptShrink)
+			reds = append(reds, fmt.Sprintf("the new set holds far fewer rows than the latest at %s; if the drop is meant (a large account purged), run once with %s=1 to make it the latest (docs/deployment.md)",
+				strings.Join(info.Shrunk, "; "), chbackup.EnvAcceptShrink))
 		}
 		if len(info.RecipientsChanged) > 0 {
 			r.Set("recipients_changed", info.RecipientsChanged)
@@ -93,21 +96,28 @@ func run(ctx context.Context, env *config.Loader, r *job.Report, verifyOnly bool
 				// Nothing here can prove the new recipients: say so on
 				// the day they change, not when the monthly check finds
 				// every readable set expired.
-				return fmt.Errorf("%w: the age recipients differ from the previous set's at %s; run restore-verify now to prove the new set restores (docs/deployment.md, rotating the age key)",
-					job.ErrRed, strings.Join(info.RecipientsChanged, ", "))
+				reds = append(reds, fmt.Sprintf("the age recipients differ from the previous set's at %s; run restore-verify now to prove the new set restores (docs/deployment.md, rotating the age key)",
+					strings.Join(info.RecipientsChanged, ", ")))
 			}
 		}
 	}
+	var found error
+	if len(reds) > 0 {
+		found = fmt.Errorf("%w: %s", job.ErrRed, strings.Join(reds, "; "))
+	}
 	if cfg.AgeIdentityFile == "" {
-		return nil
+		return found
 	}
 	ids, err := chbackup.ReadIdentities(cfg.AgeIdentityFile)
 	if err != nil {
-		return err
+		return errors.Join(err, found)
 	}
 	rep, err := chbackup.VerifyLatest(ctx, cfg, ids...)
 	r.Set("verify", rep.Targets)
-	return err
+	if err != nil {
+		return errors.Join(err, found)
+	}
+	return found
 }
 
 // restore loads the latest set into the new database into
