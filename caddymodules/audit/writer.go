@@ -28,6 +28,7 @@ import (
 	"github.com/glassmkr/guardian/shared/audit"
 	"github.com/glassmkr/guardian/shared/logevery"
 	"github.com/glassmkr/guardian/shared/mono"
+	"github.com/glassmkr/guardian/shared/pgdsn"
 )
 
 // WriterConfig configures NewWriter.
@@ -128,9 +129,9 @@ func NewWriter(cfg WriterConfig) (*Writer, error) {
 	if cfg.Log == nil {
 		cfg.Log = zap.NewNop()
 	}
-	pcfg, err := pgxpool.ParseConfig(cfg.DSN)
+	pcfg, err := pgdsn.Pool("audit: the PostgreSQL DSN", cfg.DSN)
 	if err != nil {
-		return nil, errors.New("audit: the PostgreSQL DSN is not valid")
+		return nil, err
 	}
 	// One connection per chain's COPY, one for salt reads and one for the
 	// spool's replay: a salt read must not time out waiting behind COPYs

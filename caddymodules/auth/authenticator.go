@@ -25,6 +25,7 @@ import (
 	"github.com/glassmkr/guardian/shared/apikey"
 	"github.com/glassmkr/guardian/shared/identity"
 	"github.com/glassmkr/guardian/shared/logevery"
+	"github.com/glassmkr/guardian/shared/pgdsn"
 	"github.com/glassmkr/guardian/shared/session"
 )
 
@@ -145,9 +146,9 @@ const (
 // NewAuthenticator connects lazily to PostgreSQL and starts the
 // revocation listener and the last-used writer; Close stops them.
 func NewAuthenticator(cfg Config) (*Authenticator, error) {
-	pcfg, err := pgxpool.ParseConfig(cfg.DSN)
+	pcfg, err := pgdsn.Pool("auth: the PostgreSQL DSN", cfg.DSN)
 	if err != nil {
-		return nil, errors.New("auth: the PostgreSQL DSN is not valid")
+		return nil, err
 	}
 	pcfg.MaxConns = maxConns
 	if pcfg.ConnConfig.ConnectTimeout == 0 || pcfg.ConnConfig.ConnectTimeout > connectTimeout {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/glassmkr/guardian/shared/config"
 	"github.com/glassmkr/guardian/shared/migrate/postgres"
+	"github.com/glassmkr/guardian/shared/pgdsn"
 )
 
 // schemaCheckTimeout bounds the start-up check of the database's schema.
@@ -30,9 +31,9 @@ func checkSchema(dsn string, log *zap.Logger) error {
 	defer cancel()
 	// pgx directly, not shared/db, which would link the ClickHouse client
 	// into the edge. A parse error would quote the DSN: say only which.
-	cfg, err := pgx.ParseConfig(dsn)
+	cfg, err := pgdsn.Conn(config.PGAppDSN, dsn)
 	if err != nil {
-		return errors.New("guardian: " + config.PGAppDSN + " is not a valid PostgreSQL connection string")
+		return fmt.Errorf("guardian: %w", err)
 	}
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {

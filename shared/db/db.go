@@ -8,19 +8,20 @@ package db
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/glassmkr/guardian/shared/pgdsn"
 )
 
 // Open returns a pool of at most maxConns connections for dsn; name is the
 // variable the DSN came from, for the error message.
 func Open(ctx context.Context, name, dsn string, maxConns int32) (*pgxpool.Pool, error) {
-	cfg, err := pgxpool.ParseConfig(dsn)
+	cfg, err := pgdsn.Pool(name, dsn)
 	if err != nil {
-		return nil, errors.New(name + " is not a valid PostgreSQL connection string")
+		return nil, err
 	}
 	cfg.MaxConns = maxConns
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
@@ -32,12 +33,13 @@ func Open(ctx context.Context, name, dsn string, maxConns int32) (*pgxpool.Pool,
 
 // Connect opens one PostgreSQL connection to dsn; name is the variable the
 // DSN came from. pgx's parse errors quote the string they could not parse,
-// password and all, so they are replaced; its connect errors name only the
-// host, user and database.
+// password and all, so shared/pgdsn replaces them, and refuses a URL whose
+// password it would read as the database; pgx's connect errors name only
+// the host, user and database.
 func Connect(ctx context.Context, name, dsn string) (*pgx.Conn, error) {
-	cfg, err := pgx.ParseConfig(dsn)
+	cfg, err := pgdsn.Conn(name, dsn)
 	if err != nil {
-		return nil, errors.New(name + " is not a valid PostgreSQL connection string")
+		return nil, err
 	}
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {

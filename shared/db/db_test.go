@@ -30,6 +30,10 @@ func TestConnectHidesTheDSN(t *testing.T) {
 		"postgres://guardian_owner:Sup3r@S3cret@127.0.0.1:5432x/guardian",
 		"postgres://u:Sup3rS3cret@[::1/x",
 		"postgres://u:Sup3rS3cret@127.0.0.1:1/db?connect_timeout=2",
+		// A '/' in the password, not percent-encoded: pgx reads the rest
+		// of it as the database's name, which its connect errors print.
+		"postgres://guardian_owner:/Xk9+Sup3rS3cret@127.0.0.1:1/guardian?connect_timeout=2",
+		"postgres://guardian_owner:42/Xk9+Sup3rS3cret@127.0.0.1:1/guardian?connect_timeout=2",
 	} {
 		_, err := Connect(context.Background(), "GUARDIAN_PG_DSN", dsn)
 		if err == nil || strings.Contains(err.Error(), "S3cret") || !strings.Contains(err.Error(), "GUARDIAN_PG_DSN") {
