@@ -44,7 +44,13 @@ func newCHClient(cfg Config) *chClient {
 			ResponseHeaderTimeout: 5 * time.Minute,
 			DisableCompression:    true,
 			MaxIdleConnsPerHost:   4,
-		}},
+		},
+			// A redirect is not followed: Go would send the password header
+			// (it strips only Authorization and Cookie) and the data on to
+			// wherever it points. ClickHouse never redirects; a proxy that
+			// did is answered as an error.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
 	}
 }
 

@@ -20,6 +20,7 @@ import (
 
 	"golang.org/x/crypto/ssh/knownhosts"
 
+	"github.com/glassmkr/guardian/shared/config"
 	"github.com/glassmkr/guardian/shared/job"
 	"github.com/glassmkr/guardian/shared/testenv"
 )
@@ -591,4 +592,27 @@ func (s *slowReader) Read(p []byte) (int, error) {
 	s.n--
 	p[0] = 'x'
 	return 1, nil
+}
+
+// A redirect is not followed: Go would carry the password header (it
+// strips only Authorization and Cookie) and the data to another host.
+func TestARedirectDoesNotTakeThePasswordElsewhere(t *testing.T) {
+	var elsewhere atomic.Int64
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { elsewhere.Add(1) }))
+	defer other.Close()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, other.URL+"/", http.StatusTemporaryRedirect)
+	}))
+	defer srv.Close()
+	ch := newCHClient(Config{HTTPURL: srv.URL, ClickHouse: config.ClickHouse{User: "u", Password: "S3cret"}})
+	var ce *chError
+	if err := ch.exec(context.Background(), "SELECT 1"); !errors.As(err, &ce) || ce.Status != http.StatusTemporaryRedirect {
+		t.Fatalf("a redirect: %v", err)
+	}
+	if err := ch.insert(context.Background(), "t", strings.NewReader("data")); !errors.As(err, &ce) {
+		t.Fatalf("an insert redirected: %v", err)
+	}
+	if n := elsewhere.Load(); n != 0 {
+		t.Fatalf("the redirect was followed %d times", n)
+	}
 }

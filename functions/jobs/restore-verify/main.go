@@ -121,7 +121,15 @@ func cleanup(lookup func(string) (string, bool), out io.Writer) int {
 		// wrong must not keep the plaintext copy.
 		l := config.New(lookup)
 		c := chbackup.Config{ClickHouse: l.LoadClickHouse(), HTTPURL: l.String(chbackup.EnvClickHouseHTTPURL)}
-		return c, l.Err()
+		if err := l.Err(); err != nil {
+			return c, err
+		}
+		// As LoadConfig checks it: a URL that does not parse would be
+		// quoted, credentials and all, by the request's error.
+		if err := config.CheckHTTPURL(c.HTTPURL); err != nil {
+			return c, fmt.Errorf("%s %w", chbackup.EnvClickHouseHTTPURL, err)
+		}
+		return c, nil
 	})
 	if len(dropped) > 0 {
 		line["clickhouse_scratch_dropped"] = dropped

@@ -514,4 +514,23 @@ func TestCleanupDropsTheScratchDatabaseAKilledRunNoted(t *testing.T) {
 	if _, err := os.Stat(note); err != nil {
 		t.Fatalf("the refused note is gone: %v", err)
 	}
+
+	// A ClickHouse URL that does not parse, with credentials in it, is
+	// refused by name: the request's error would quote it whole.
+	if err := os.Remove(note); err != nil {
+		t.Fatal(err)
+	}
+	if err := noteScratch(note, name, false); err != nil {
+		t.Fatal(err)
+	}
+	badURL := func(k string) (string, bool) {
+		if k == chbackup.EnvClickHouseHTTPURL {
+			return "http://default:S3cret#W@127.0.0.1:8123", true
+		}
+		return env(k)
+	}
+	out.Reset()
+	if code := cleanup(badURL, &out); code == 0 || strings.Contains(out.String(), "S3cret") || !strings.Contains(out.String(), chbackup.EnvClickHouseHTTPURL) {
+		t.Fatalf("a bad URL: exit %d: %s", code, out.String())
+	}
 }
