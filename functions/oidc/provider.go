@@ -43,11 +43,25 @@ type discovered struct {
 func newIDP(issuer, clientID, clientSecret, redirectURL string) *idp {
 	return &idp{
 		issuer: issuer, clientID: clientID, clientSecret: clientSecret, redirectURL: redirectURL,
-		client:     &http.Client{Timeout: 10 * time.Second},
+		client:     &http.Client{Timeout: 10 * time.Second, CheckRedirect: sameHostRedirects},
 		timeout:    5 * time.Second,
 		retryAfter: 2 * time.Second,
 		now:        time.Now,
 	}
+}
+
+// sameHostRedirects follows a redirect only within the host first asked:
+// the token request carries the client secret (in its body, where the
+// provider wants it so), and Go sends a 307's or 308's body on to any
+// host, stripping only Authorization and Cookie headers.
+func sameHostRedirects(req *http.Request, via []*http.Request) error {
+	if len(via) >= 10 {
+		return errors.New("stopped after 10 redirects")
+	}
+	if req.URL.Scheme != via[0].URL.Scheme || req.URL.Host != via[0].URL.Host {
+		return http.ErrUseLastResponse
+	}
+	return nil
 }
 
 // get returns the discovered provider, discovering it now if needed.
