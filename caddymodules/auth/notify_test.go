@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"net/http"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -106,6 +107,12 @@ func FuzzNotificationPayload(f *testing.F) {
 		a := &Authenticator{keys: map[[32]byte]*keyEntry{h: {}}, sessions: map[string]*sessionEntry{"s": {}},
 			tokens: nil, log: zap.NewNop()}
 		n, ok := parseNotice(payload)
+		// Both ways: what the trigger writes (a key's SHA-256 in hex, a
+		// session's or user's id as PostgreSQL prints a uuid) is accepted,
+		// and nothing else.
+		if want := noticeForm.MatchString(payload); ok != want {
+			t.Fatalf("%q: accepted %v, want %v", payload, ok, want)
+		}
 		if ok {
 			var want string
 			switch n.kind {
@@ -127,6 +134,9 @@ func FuzzNotificationPayload(f *testing.F) {
 		}
 	})
 }
+
+// noticeForm is what the revocation triggers write, written out.
+var noticeForm = regexp.MustCompile(`^(k:[0-9a-fA-F]{64}|[su]:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$`)
 
 // TestNotificationsAboutOthersLeaveALookupCached: a lookup's row is not
 // cached when a notification naming its credential (or a session's
