@@ -262,6 +262,7 @@ func TestCanonicalFloatFastPath(t *testing.T) {
 func FuzzCanonicalText(f *testing.F) {
 	f.Add(`{"a":1}`)
 	f.Add(`{"password":"x","n":[1.5,{"b":null}]}`)
+	f.Add(`{"z":[1,2,3,{"b":[true,false,null,"x\u0000"]}],"c":-0.5e-3,"a":{"":1E2}}`)
 	f.Fuzz(func(t *testing.T, text string) {
 		c, err := CanonicalText(text)
 		if err != nil {
@@ -275,7 +276,99 @@ func FuzzCanonicalText(f *testing.F) {
 		if err == nil && again != c {
 			t.Fatalf("not a fixed point: %q -> %q", c, again)
 		}
+		// And it holds what the text held: the same members and values,
+		// numbers equal as numbers, NUL as U+FFFD (null at the top: {}).
+		in, out := decodeJSON(t, text), decodeJSON(t, c)
+		if in == nil {
+			if c != "{}" {
+				t.Fatalf("null became %q", c)
+			}
+			return
+		}
+		if collides(in) {
+			return // two names that differ only by NUL and U+FFFD: one is kept
+		}
+		if !sameJSON(in, out) {
+			t.Fatalf("%q canonicalised to %q, which holds something else", text, c)
+		}
 	})
+}
+
+// decodeJSON is the first JSON value of text, numbers kept as text.
+func decodeJSON(t *testing.T, text string) any {
+	t.Helper()
+	dec := json.NewDecoder(strings.NewReader(text))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		t.Fatalf("%q: %v", text, err)
+	}
+	return v
+}
+
+// collides reports whether an object in v has two names that differ only
+// by NUL and U+FFFD.
+func collides(v any) bool {
+	switch x := v.(type) {
+	case map[string]any:
+		seen := map[string]bool{}
+		for k, e := range x {
+			if seen[noNUL(k)] || collides(e) {
+				return true
+			}
+			seen[noNUL(k)] = true
+		}
+	case []any:
+		for _, e := range x {
+			if collides(e) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// sameJSON compares decoded JSON as the canonical form must keep it.
+func sameJSON(a, b any) bool {
+	switch x := a.(type) {
+	case nil, bool:
+		return a == b
+	case string:
+		y, ok := b.(string)
+		return ok && noNUL(x) == y
+	case json.Number:
+		y, ok := b.(json.Number)
+		if !ok {
+			return false
+		}
+		rx, okx := new(big.Rat).SetString(string(x))
+		ry, oky := new(big.Rat).SetString(string(y))
+		return okx && oky && rx.Cmp(ry) == 0
+	case []any:
+		y, ok := b.([]any)
+		if !ok || len(x) != len(y) {
+			return false
+		}
+		for i := range x {
+			if !sameJSON(x[i], y[i]) {
+				return false
+			}
+		}
+		return true
+	case map[string]any:
+		y, ok := b.(map[string]any)
+		if !ok || len(x) != len(y) {
+			return false
+		}
+		for k, v := range x {
+			w, ok := y[noNUL(k)]
+			if !ok || !sameJSON(v, w) {
+				return false
+			}
+		}
+		return true
+	}
+	return false
 }
 
 // jsonb refuses \u0000, and metadata carries what clients sent (a
