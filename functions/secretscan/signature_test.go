@@ -1,8 +1,11 @@
 package main
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
 	"errors"
 	"math/big"
@@ -133,6 +136,49 @@ func FuzzParseSignature(f *testing.F) {
 		// Whatever is accepted is canonical: re-encoding gives the header back.
 		if again := base64.StdEncoding.EncodeToString(der(r, s, nil)); again != header {
 			t.Fatalf("accepted a non-canonical signature %q (canonical %q)", header, again)
+		}
+	})
+}
+
+// verifySignature accepts GitHub's signature of exactly the bytes signed,
+// under the key that signed them: the fuzzer picks the body, a body bit
+// and a signature bit to flip, and each flip, or another key, must fail.
+func FuzzVerifySignature(f *testing.F) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		f.Fatal(err)
+	}
+	other, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add([]byte(katPayload), uint16(3), uint16(9))
+	f.Add([]byte(`[]`), uint16(0), uint16(0))
+	f.Add([]byte{}, uint16(1), uint16(70))
+	f.Fuzz(func(t *testing.T, body []byte, bodyBit, sigBit uint16) {
+		digest := sha256.Sum256(body)
+		sig, err := ecdsa.SignASN1(rand.Reader, key, digest[:])
+		if err != nil {
+			t.Fatal(err)
+		}
+		header := base64.StdEncoding.EncodeToString(sig)
+		if err := verifySignature(&key.PublicKey, body, header); err != nil {
+			t.Fatalf("a signature of %q does not verify: %v", body, err)
+		}
+		if err := verifySignature(&other.PublicKey, body, header); err == nil {
+			t.Fatal("verified under another key")
+		}
+		if len(body) > 0 {
+			changed := bytes.Clone(body)
+			changed[int(bodyBit/8)%len(changed)] ^= 1 << (bodyBit % 8)
+			if err := verifySignature(&key.PublicKey, changed, header); err == nil {
+				t.Fatalf("the signature of %q verified %q", body, changed)
+			}
+		}
+		bad := bytes.Clone(sig)
+		bad[int(sigBit/8)%len(bad)] ^= 1 << (sigBit % 8)
+		if err := verifySignature(&key.PublicKey, body, base64.StdEncoding.EncodeToString(bad)); err == nil {
+			t.Fatalf("a signature with bit %d flipped verified", sigBit)
 		}
 	})
 }
