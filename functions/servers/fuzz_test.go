@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"io"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -143,4 +144,21 @@ func fits(s string, limit int) bool {
 func defaultName(hostname string) string {
 	r := []rune(hostname)
 	return string(r[:min(len(r), 200)])
+}
+
+// IdempotencyKey takes exactly an absent header or 1 to 255 visible ASCII
+// characters, and hands the key on as sent.
+func FuzzIdempotencyKey(f *testing.F) {
+	f.Add("")
+	f.Add("enrol-2f1c")
+	f.Add("a b")
+	f.Add(strings.Repeat("k", 256))
+	f.Add("caf\u00e9")
+	f.Fuzz(func(t *testing.T, v string) {
+		got, fe := IdempotencyKey(v)
+		ok := v == "" || regexp.MustCompile(`^[\x21-\x7e]{1,255}$`).MatchString(v)
+		if (fe == nil) != ok || (fe == nil && got != v) || (fe != nil && (got != "" || fe.Field != "Idempotency-Key")) {
+			t.Fatalf("%q: %q, %v; want accepted %v", v, got, fe, ok)
+		}
+	})
 }

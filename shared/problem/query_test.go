@@ -2,9 +2,12 @@ package problem
 
 import (
 	"encoding/json"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -84,4 +87,54 @@ func TestNoQuery(t *testing.T) {
 			t.Errorf("%s: reached %v, %d %s; want 400 invalid_filter naming %s", tc.target, reached != before, rec.Code, rec.Body, tc.param)
 		}
 	}
+}
+
+// CheckQuery refuses exactly the queries with a parameter it does not
+// know or one given twice, naming the first such by name, in a form that
+// cannot carry a sentence; NoQuery then answers 400 and calls nothing.
+func FuzzCheckQuery(f *testing.F) {
+	f.Add("since=1&until=2")
+	f.Add("limt=10")
+	f.Add("since=1&since=2&zz=3")
+	f.Add("this+account+is+locked%2C+call+555=1")
+	f.Add("a=1&b")
+	f.Add("=")
+	f.Fuzz(func(t *testing.T, raw string) {
+		known := []string{"since", "until", "a"}
+		q, _ := url.ParseQuery(raw) // as Request.URL.Query does, errors ignored
+		var first string
+		bad := false
+		for _, k := range slices.Sorted(maps.Keys(q)) {
+			if !slices.Contains(known, k) || len(q[k]) > 1 {
+				first, bad = k, true
+				break
+			}
+		}
+		qe := CheckQuery(q, known...)
+		switch {
+		case !bad && qe != nil:
+			t.Fatalf("%q refused: %v", raw, qe)
+		case bad && qe == nil:
+			t.Fatalf("%q accepted, with %q", raw, first)
+		case qe == nil:
+			return
+		}
+		want := first
+		if !slices.Contains(known, first) && !regexp.MustCompile(`^[A-Za-z0-9_.-]{1,32}$`).MatchString(first) {
+			want = "(a parameter)"
+		}
+		if qe.Param != want {
+			t.Fatalf("%q: names %q, want %q", raw, qe.Param, want)
+		}
+
+		called := false
+		h := NoQuery(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { called = true }))
+		r := httptest.NewRequest(http.MethodDelete, "/api/v1/x", nil)
+		r.URL.RawQuery = raw
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, r)
+		if CheckQuery(r.URL.Query()) != nil && (called || rec.Code != http.StatusBadRequest) {
+			t.Fatalf("%q: NoQuery answered %d, handler called %v", raw, rec.Code, called)
+		}
+	})
 }
