@@ -7,6 +7,11 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
+
+	"github.com/coreos/go-oidc/v3/oidc"
+
+	"github.com/glassmkr/guardian/shared/pgtext"
 )
 
 const base64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
@@ -151,6 +156,62 @@ func FuzzRefusalOf(f *testing.F) {
 		}
 		if got := refusalOf("e30."+base64.RawURLEncoding.EncodeToString(payload)+".c2ln", issuer, client, now); got != want {
 			t.Fatalf("claims %s: refusalOf = %q, want %q", payload, got, want)
+		}
+	})
+}
+
+// check admits a token's claims only with the flow's nonce, a subject and
+// an e-mail address the users table can hold (3 to 320 characters, an
+// '@', text PostgreSQL takes), verified as a boolean true or the string
+// "true"; whatever the provider's user put in them.
+func FuzzCheckClaims(f *testing.F) {
+	f.Add("n", "n", "sub-1", " Ada@Example.com ", `true`)
+	f.Add("n", "m", "sub-1", "ada@example.com", `"true"`)
+	f.Add("n", "n", "", "a@b", `1`)
+	f.Add("n", "n", "s", "a\x00@b.c", `true`)
+	f.Add("n", "n", "s", strings.Repeat("é", 318)+"@b", `"TRUE"`)
+	f.Fuzz(func(t *testing.T, nonce, flowNonce, subject, email, verified string) {
+		h := &handler{idp: &idp{clientID: "client"}}
+		c := idClaims{Email: email, EmailVerified: json.RawMessage(verified)}
+		why := h.check(&oidc.IDToken{Nonce: nonce, Subject: subject, Audience: []string{"client"}}, flow{Nonce: flowNonce}, c)
+		if why != "" {
+			return
+		}
+		e := strings.TrimSpace(email)
+		n := utf8.RuneCountInString(e)
+		if nonce != flowNonce || subject == "" || len(subject) > 255 || !pgtext.Valid(subject) ||
+			n < 3 || n > 320 || !strings.Contains(e, "@") || !pgtext.Valid(e) || (verified != "true" && verified != `"true"`) {
+			t.Fatalf("admitted nonce %q/%q, subject %q, e-mail %q, verified %q", nonce, flowNonce, subject, email, verified)
+		}
+	})
+}
+
+// A new customer's name is never empty, always text PostgreSQL takes, at
+// most the 200 characters its column holds; it is the Workspace domain,
+// else the person's name, else the address's domain, as given when that
+// fits.
+func FuzzCustomerName(f *testing.F) {
+	f.Add("example.com", "Ada", "ada@example.com")
+	f.Add(" ", " Ada Lovelace ", "ada@example.com")
+	f.Add("", "", "ada@example.com")
+	f.Add("", "\x00", "a@b")
+	f.Add("", strings.Repeat("ŝ", 300), "a@b")
+	f.Fuzz(func(t *testing.T, hd, name, email string) {
+		if n := utf8.RuneCountInString(email); n < 3 || n > 320 || !strings.Contains(email, "@") || !pgtext.Valid(email) {
+			return // refused by check before an account is made
+		}
+		got := customerName(googleUser{Email: email, Name: name, HostedDomain: hd})
+		if n := utf8.RuneCountInString(got); n < 1 || n > 200 || !pgtext.Valid(got) {
+			t.Fatalf("%q, %q, %q: name %q (%d characters)", hd, name, email, got, n)
+		}
+		fits := func(s string) bool {
+			return s != "" && pgtext.Valid(s) && utf8.RuneCountInString(s) <= 200
+		}
+		switch h, p := strings.TrimSpace(hd), strings.TrimSpace(name); {
+		case fits(h) && got != h:
+			t.Fatalf("Workspace domain %q gave %q", h, got)
+		case h == "" && fits(p) && got != p:
+			t.Fatalf("name %q gave %q", p, got)
 		}
 	})
 }
