@@ -34,6 +34,12 @@ func checkCreate(stmt string) error {
 			// anywhere. A named disk or storage policy is one the server
 			// already has, and stays allowed.
 			return errors.New("the create statement defines a disk of its own")
+		case reachesOutside[strings.ToLower(w.text)] && strings.HasPrefix(strings.TrimLeft(stmt[w.end:], " \t\r\n"), "("):
+			// file('...') in a column's DEFAULT runs on the live server
+			// as the restore inserts; the rest are table functions and
+			// engines that read or write elsewhere. SHOW CREATE of
+			// Guardian's tables calls none of them.
+			return fmt.Errorf("the create statement calls %s(", strings.ToLower(w.text))
 		case w.depth == 0 && strings.EqualFold(w.text, "ENGINE"):
 			if i+1 >= len(words) || words[i+1].depth != 0 {
 				return errors.New("the create statement names no engine")
@@ -48,6 +54,13 @@ func checkCreate(stmt string) error {
 }
 
 var mergeTreeEngine = regexp.MustCompile(`^[A-Za-z]*MergeTree$`)
+
+// reachesOutside are the functions and engines (lower case) that read or
+// write outside the server's own tables.
+var reachesOutside = map[string]bool{"url": true, "file": true, "remote": true, "remotesecure": true, "cluster": true,
+	"clusterallreplicas": true, "s3": true, "s3cluster": true, "gcs": true, "hdfs": true, "mysql": true, "postgresql": true,
+	"sqlite": true, "jdbc": true, "odbc": true, "mongodb": true, "redis": true, "azureblobstorage": true, "kafka": true,
+	"rabbitmq": true, "nats": true, "input": true, "executable": true, "dictionary": true, "merge": true, "distributed": true}
 
 // sqlToken is a bare word of a statement (keyword, name, function), where
 // it is and how deep in parentheses.
