@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"net/netip"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -452,16 +453,31 @@ func canon(buf *bytes.Buffer, v any) error {
 	case int64:
 		buf.WriteString(fmt.Sprint(t))
 	case map[string]any:
+		// Members are sorted by the names written (NUL as U+FFFD), so
+		// that the text is canonical once read back. Two names that
+		// differ only by NUL and U+FFFD would be written alike, and jsonb
+		// keeps one of two equal names: one member is written, the value
+		// of the greater name as given, whatever the map's order.
 		keys := make([]string, 0, len(t))
 		for k := range t {
 			keys = append(keys, k)
 		}
-		sort.Strings(keys)
+		slices.SortFunc(keys, func(a, b string) int {
+			if c := strings.Compare(noNUL(a), noNUL(b)); c != 0 {
+				return c
+			}
+			return strings.Compare(a, b)
+		})
 		buf.WriteByte('{')
+		first := true
 		for i, k := range keys {
-			if i > 0 {
+			if i+1 < len(keys) && noNUL(keys[i+1]) == noNUL(k) {
+				continue
+			}
+			if !first {
 				buf.WriteByte(',')
 			}
+			first = false
 			kb, _ := json.Marshal(noNUL(k))
 			buf.Write(kb)
 			buf.WriteByte(':')

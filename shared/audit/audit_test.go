@@ -387,6 +387,30 @@ func TestCanonicalHasNoNUL(t *testing.T) {
 	}
 }
 
+// Names are in the order of the names written (NUL as U+FFFD), so the
+// text is canonical read back; two names written alike are one member,
+// the value of the greater name as given, as jsonb keeps one of two equal
+// names and audit-verify must hash what it keeps.
+func TestCanonicalNamesWithNUL(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{`{"a\u0000b":1,"a\u0001":2}`, "{\"a\\u0001\":2,\"a\uFFFDb\":1}"},
+		{`{"\u0000":1,"\ufffd":2}`, "{\"\uFFFD\":2}"},
+		{`{"\ufffd":2,"\u0000":1}`, "{\"\uFFFD\":2}"},
+	} {
+		c, err := CanonicalText(tc.in)
+		if err != nil || c != tc.want {
+			t.Errorf("%s: %s %v, want %s", tc.in, c, err, tc.want)
+			continue
+		}
+		if again, err := CanonicalText(c); err != nil || again != c {
+			t.Errorf("%s: not a fixed point: %s", c, again)
+		}
+	}
+	if c, err := Canonical(map[string]any{"\x00": 1.0, "\uFFFD": 2.0}); err != nil || c != "{\"\uFFFD\":2}" {
+		t.Errorf("a map: %s %v", c, err)
+	}
+}
+
 // BenchmarkCanonicalIngestMetadata is the metadata every snapshot's audit
 // row carries (functions/ingest), canonicalised once per request.
 func BenchmarkCanonicalIngestMetadata(b *testing.B) {
