@@ -25,6 +25,7 @@ import (
 	"github.com/glassmkr/guardian/shared/config"
 	"github.com/glassmkr/guardian/shared/db"
 	"github.com/glassmkr/guardian/shared/migrate"
+	"github.com/glassmkr/guardian/shared/pgdsn"
 	"github.com/glassmkr/guardian/shared/version"
 )
 
@@ -63,9 +64,13 @@ func ownerPool(ctx context.Context, env *config.Loader) (*pgxpool.Pool, error) {
 	if err := env.Err(); err != nil {
 		return nil, err
 	}
-	pool, err := pgxpool.New(ctx, dsn)
+	cfg, err := pgdsn.Pool(config.PGDSN, dsn)
 	if err != nil {
-		return nil, fmt.Errorf("%s is not a valid PostgreSQL connection string", config.PGDSN)
+		return nil, err
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", config.PGDSN, err)
 	}
 	return pool, nil
 }

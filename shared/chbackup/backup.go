@@ -480,15 +480,15 @@ func prepare(r *remote, set string, now time.Time, clock func() time.Time, cutof
 		_ = r.c.RemoveAll(r.join(partial))
 		return nil, "", fmt.Errorf("%s: %w", r.target, err)
 	}
-	keep, moved, err := keptSet(r, entries, now, cutoff)
-	if err != nil {
-		return nil, "", err
+	keep, moved, moveErr := keptSet(r, entries, now, cutoff)
+	if keep == "" && moveErr != nil {
+		return nil, "", moveErr
 	}
 	pruned, err = prune(r, now, cutoff, keep)
 	if err != nil {
-		return pruned, moved, fmt.Errorf("%s: prune: %w", r.target, err)
+		return pruned, moved, errors.Join(moveErr, fmt.Errorf("%s: prune: %w", r.target, err))
 	}
-	return pruned, moved, nil
+	return pruned, moved, moveErr
 }
 
 // clockTolerance is how far this host's clock and the backup host's may
@@ -572,7 +572,8 @@ func keptSet(r *remote, entries []os.FileInfo, now, cutoff time.Time) (keep, mov
 			return latest, "", nil
 		}
 		if err := r.writeFile(r.join(latestName), []byte(newest+"\n")); err != nil {
-			return "", "", fmt.Errorf("%s: move %s from %s, as old as sets are kept, to %s: %w", r.target, latestName, latest, newest, err)
+			// The set stays (LATEST names it), the other expired ones go.
+			return latest, "", fmt.Errorf("%s: move %s from %s, as old as sets are kept, to %s: %w", r.target, latestName, latest, newest, err)
 		}
 		return newest, fmt.Sprintf("%s moved from %s, as old as sets are kept, to %s", latestName, latest, newest), nil
 	}

@@ -48,7 +48,7 @@ func invalid(name string) error {
 
 func check(name, database string) error {
 	if strings.ContainsAny(database, "@/") {
-		return errors.New(name + " reads as a URL whose password holds a character a URL must percent-encode ('/' as %2F, '@' as %40, '?' as %3F, '#' as %23): encode the password, or use the key=value form")
+		return errors.New(name + " names a database with '@' or '/' in it, which a URL whose password holds a character it must percent-encode reads so ('/' as %2F, '@' as %40, '?' as %3F, '#' as %23): encode the password, or use the key=value form")
 	}
 	return nil
 }

@@ -110,14 +110,26 @@ func run(ctx context.Context, env *config.Loader, r *job.Report, verifyOnly bool
 	}
 	ids, err := chbackup.ReadIdentities(cfg.AgeIdentityFile)
 	if err != nil {
-		return errors.Join(err, found)
+		return also(err, reds)
 	}
 	rep, err := chbackup.VerifyLatest(ctx, cfg, ids...)
 	r.Set("verify", rep.Targets)
 	if err != nil {
-		return errors.Join(err, found)
+		return also(err, reds)
 	}
 	return found
+}
+
+// also is err with the run's red findings said after it: an error that
+// kept the check from running stays an error (exit 2), not red.
+func also(err error, reds []string) error {
+	if len(reds) == 0 {
+		return err
+	}
+	if errors.Is(err, job.ErrRed) {
+		return fmt.Errorf("%w; %s", err, strings.Join(reds, "; "))
+	}
+	return fmt.Errorf("%w (and red: %s)", err, strings.Join(reds, "; "))
 }
 
 // restore loads the latest set into the new database into
