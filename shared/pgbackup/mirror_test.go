@@ -375,3 +375,72 @@ func TestExpiredEarly(t *testing.T) {
 		t.Fatalf("got\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
+
+// Whatever the backup host lists, expiredEarly deletes only what the
+// repository does not hold, under a backup label that sorts before the
+// repository's oldest of its stanza or a WAL segment before its oldest of
+// its archive id, manifests last: never a file of a backup the repository
+// still has, nor anything the rules do not name.
+func FuzzExpiredEarly(f *testing.F) {
+	f.Add("backup/guardian/20261122-030000F/backup.manifest\narchive/guardian/15-1/0000000100000000/000000010000000000000005-a.zst",
+		"backup/guardian/20261115-030000F/backup.manifest\nbackup/guardian/20261115-030000F/pg_data/x\narchive/guardian/15-1/0000000100000000/000000010000000000000004-z.zst\nbackup/guardian/20261122-030000F_20261123-030000D/backup.manifest")
+	f.Add("backup/a/20261122-030000F/backup.manifest", "backup/b/20261101-030000F/backup.manifest\nbackup/a/x/backup.manifest\nbackup/a/20261101-030000F")
+	f.Fuzz(func(t *testing.T, localList, remoteList string) {
+		local, remote := map[string]int64{}, map[string]int64{}
+		for _, rel := range strings.Split(localList, "\n") {
+			local[rel] = 1
+		}
+		for _, rel := range strings.Split(remoteList, "\n") {
+			remote[rel] = 1
+		}
+		oldest := map[string]string{}
+		for _, set := range backupSets(local) {
+			p := strings.Split(set, "/")
+			if o, ok := oldest[p[1]]; !ok || p[2] < o {
+				oldest[p[1]] = p[2]
+			}
+		}
+		got := expiredEarly(local, remote)
+		seenManifest := false
+		for _, rel := range got {
+			if _, ok := remote[rel]; !ok {
+				t.Fatalf("deletes %q, which the copy does not list", rel)
+			}
+			if _, ok := local[rel]; ok {
+				t.Fatalf("deletes %q, which the repository holds", rel)
+			}
+			p := strings.Split(rel, "/")
+			switch {
+			case len(p) >= 4 && p[0] == "backup":
+				o, ok := oldest[p[1]]
+				if !ok || p[2] >= o || !backupLabel.MatchString(p[2]) {
+					t.Fatalf("deletes %q; the repository's oldest backup of %s is %q", rel, p[1], o)
+				}
+			case len(p) == 5 && p[0] == "archive":
+				if !walSegment.MatchString(p[4]) {
+					t.Fatalf("deletes %q, not a WAL segment", rel)
+				}
+				held := false
+				for l := range local {
+					lp := strings.Split(l, "/")
+					if len(lp) == 5 && lp[0] == "archive" && lp[1] == p[1] && lp[2] == p[2] && walSegment.MatchString(lp[4]) {
+						held = true
+						if lp[4][:24] <= p[4][:24] {
+							t.Fatalf("deletes %q; the repository holds %q", rel, l)
+						}
+					}
+				}
+				if !held {
+					t.Fatalf("deletes %q of an archive id the repository holds no WAL of", rel)
+				}
+			default:
+				t.Fatalf("deletes %q", rel)
+			}
+			m := strings.HasSuffix(rel, "/backup.manifest") || strings.HasSuffix(rel, "/backup.manifest.copy")
+			if seenManifest && !m {
+				t.Fatalf("deletes %q after a manifest", rel)
+			}
+			seenManifest = seenManifest || m
+		}
+	})
+}
