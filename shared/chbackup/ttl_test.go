@@ -130,5 +130,29 @@ func FuzzSplitTableTTL(f *testing.F) {
 		if _, err := sqlTokens("ALTER TABLE t MODIFY TTL " + expr); err != nil {
 			t.Fatalf("%q: the TTL clause %q is not one clause: %v", stmt, expr, err)
 		}
+		// The clause is cut out whole, nothing else: put back where the
+		// two part, TTL and the expression rebuild the statement, space
+		// aside.
+		common := 0
+		for common < len(stmt) && common < len(stripped) && stmt[common] == stripped[common] {
+			common++
+		}
+		noSpace := func(s string) string {
+			return strings.Map(func(r rune) rune {
+				if strings.ContainsRune(sqlSpace, r) {
+					return -1
+				}
+				return r
+			}, s)
+		}
+		all, head := noSpace(stmt), noSpace(stmt[:common])
+		if len(all) < len(head)+3 || !strings.EqualFold(all[len(head):len(head)+3], "TTL") ||
+			all[len(head)+3:] != noSpace(expr)+noSpace(stripped[common:]) {
+			t.Fatalf("%q split into %q and TTL %q", stmt, stripped, expr)
+		}
+		// What a restore runs is no more than what was checked.
+		if checkCreate(stmt) == nil && checkCreate(stripped) != nil {
+			t.Fatalf("%q passes the check, its statement without TTL %q does not", stmt, stripped)
+		}
 	})
 }
