@@ -77,11 +77,17 @@ type Writer struct {
 	lastSaltWarn   atomic.Int64
 	lastReplayWarn atomic.Int64
 
-	closing sync.RWMutex // held to read while queueing or announcing, to write by Close and Destruct
+	closing sync.RWMutex // held to read while queueing, to write by Close
 	closed  bool
+	// isClosed is closed, for announce, which must not wait on closing:
+	// a row waiting for room in a full queue holds it to read.
+	isClosed atomic.Bool
 	// draining: Destruct has begun; no new row may be announced, so that
-	// the count it waits on only falls.
-	draining bool
+	// the count it waits on only falls. announcing guards it: held to
+	// read by announce, to write by Destruct, which so never waits for a
+	// row waiting for room (a reload would, up to the audit's timeout).
+	announcing sync.RWMutex
+	draining   bool
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -186,9 +192,9 @@ func (w *Writer) Record(ctx context.Context, row *audit.Row) error {
 // (Destruct): the caller must then refuse the request before anything is
 // done, as its row could find the writer closed.
 func (w *Writer) announce() bool {
-	w.closing.RLock()
-	defer w.closing.RUnlock()
-	if w.closed || w.draining {
+	w.announcing.RLock()
+	defer w.announcing.RUnlock()
+	if w.isClosed.Load() || w.draining {
 		return false
 	}
 	w.coming.announce()
@@ -388,6 +394,7 @@ func (w *Writer) Refusing() bool { return w.full.Load() }
 func (w *Writer) Close() error {
 	w.closing.Lock()
 	w.closed = true
+	w.isClosed.Store(true)
 	w.closing.Unlock()
 	w.cancel()
 	w.wg.Wait()
@@ -422,9 +429,9 @@ func (w *Writer) Destruct() error {
 	// From here no row is announced: a request that has not announced its
 	// row yet is refused before it does anything; those that have are
 	// counted, and waited for.
-	w.closing.Lock()
+	w.announcing.Lock()
 	w.draining = true
-	w.closing.Unlock()
+	w.announcing.Unlock()
 	if w.coming.n.Load() <= 0 {
 		return w.Close()
 	}

@@ -968,6 +968,63 @@ func TestDestructWaitsForAnnouncedRows(t *testing.T) {
 	}
 }
 
+// An unload (a reload of Caddy) does not wait for a row that waits for
+// room in a full queue: it used to, up to the row's wait (the audit's
+// timeout, 10 s), as the row held the lock Destruct took to stop new
+// announcements. The row is still taken once there is room, and written.
+func TestDestructDoesNotWaitForARowWaitingForRoom(t *testing.T) {
+	t.Parallel()
+	pg := testenv.Postgres(t)
+	w, err := NewWriter(WriterConfig{DSN: pg.AppDSN, SpoolDir: filepath.Join(t.TempDir(), "spool"), Chains: 1, MaxBatch: 1, Queue: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = w.Close() })
+	ctx := context.Background()
+	// PostgreSQL holds the chain's COPY: the table is locked.
+	tx, err := pg.Owner.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, "LOCK TABLE api_audit_log IN ACCESS EXCLUSIVE MODE"); err != nil {
+		t.Fatal(err)
+	}
+	c := w.chains[0]
+	for i := range 1 + cap(c.in) { // one in the COPY, the queue full
+		go func() { _ = w.Record(ctx, testRow(i)) }()
+	}
+	for deadline := time.Now().Add(10 * time.Second); len(c.in) < cap(c.in); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the queue did not fill")
+		}
+	}
+	if !w.announce() {
+		t.Fatal("a live writer refused an announcement")
+	}
+	waited := make(chan error, 1)
+	go func() { waited <- w.recordAnnounced(30*time.Second, testRow(99)) }()
+	time.Sleep(100 * time.Millisecond) // the row is waiting for room now
+
+	if err := w.Destruct(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-waited:
+		t.Fatalf("the unload waited until the row had its place (%v)", err)
+	default:
+	}
+	if w.announce() {
+		t.Fatal("an unloaded writer took a new announcement")
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-waited; err != nil {
+		t.Fatalf("the waiting row: %v", err)
+	}
+}
+
 // An announced row waits at most its bound for a place in a full queue,
 // and takes the place once one frees up within it; either way its
 // announcement ends.
