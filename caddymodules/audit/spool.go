@@ -13,6 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/glassmkr/guardian/shared/audit"
 	"github.com/glassmkr/guardian/shared/pgtext"
@@ -51,6 +52,26 @@ type spool struct {
 // lockName is the spool directory's lock file.
 const lockName = ".lock"
 
+// spoolLockWait is how long openSpool waits for a spool another writer
+// holds. A reload that moves spool_dir away and back at once finds the
+// first config's writer still holding it while the rows of requests under
+// way arrive (Writer.Destruct), which takes milliseconds; another Caddy
+// on the directory holds it for good, and is refused after the wait.
+var spoolLockWait = 3 * time.Second
+
+// flockWithin takes an exclusive flock on f, trying again for up to wait
+// while another holds it; EWOULDBLOCK once the wait is over.
+func flockWithin(f *os.File, wait time.Duration) error {
+	deadline := time.Now().Add(wait)
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if !errors.Is(err, syscall.EWOULDBLOCK) || !time.Now().Before(deadline) {
+			return err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 func openSpool(dir string, maxBytes int64) (*spool, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("audit spool: %w", err)
@@ -59,7 +80,7 @@ func openSpool(dir string, maxBytes int64) (*spool, error) {
 	if err != nil {
 		return nil, fmt.Errorf("audit spool: %w", err)
 	}
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+	if err := flockWithin(lock, spoolLockWait); err != nil {
 		lock.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
 			return nil, fmt.Errorf("audit spool %s is in use by another writer (another Caddy, or a second spool_dir setting, naming the same directory)", dir)

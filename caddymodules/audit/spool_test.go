@@ -143,8 +143,11 @@ func TestReplayNeverTakesTheSegmentBeingWritten(t *testing.T) {
 
 // Two writers must never share a spool directory: each would replay and
 // remove segments the other is still writing. The second open is refused
-// until the first spool is closed.
+// until the first spool is closed; one that comes while the first closes
+// (a reload back to a spool_dir whose writer drains) waits for it.
 func TestSpoolDirectoryHasOneWriter(t *testing.T) {
+	defer func(w time.Duration) { spoolLockWait = w }(spoolLockWait)
+	spoolLockWait = 200 * time.Millisecond
 	dir := t.TempDir()
 	first, err := openSpool(dir, 1<<30)
 	if err != nil {
@@ -169,6 +172,24 @@ func TestSpoolDirectoryHasOneWriter(t *testing.T) {
 		t.Fatalf("the first writer's segment: %v %v", names, err)
 	}
 	if err := again.close(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Closed while the next open waits: it gets the spool.
+	spoolLockWait = 10 * time.Second
+	first, err = openSpool(dir, 1<<30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		time.Sleep(100 * time.Millisecond)
+		_ = first.close()
+	}()
+	next, err := openSpool(dir, 1<<30)
+	if err != nil {
+		t.Fatalf("an open while the holder closed: %v", err)
+	}
+	if err := next.close(); err != nil {
 		t.Fatal(err)
 	}
 }
