@@ -227,6 +227,18 @@ func CanonicalText(text string) (string, error) {
 // fail the group commit of every row batched with it.
 func noNUL(s string) string { return strings.ReplaceAll(s, "\x00", "\uFFFD") }
 
+// stored is text as jsonb stores it and audit-verify reads it back: NUL
+// (noNUL) and each byte that is not UTF-8 as U+FFFD. encoding/json writes
+// such a byte as the escape \ufffd, and verify, reading U+FFFD, would
+// write the character itself: the hashes would differ.
+func stored(s string) string {
+	s = noNUL(s)
+	if !utf8.ValidString(s) {
+		s = string([]rune(s)) // one U+FFFD per such byte, as jsonb has it
+	}
+	return s
+}
+
 // isSecretKey is secretKey.MatchString, without the regexp for ASCII
 // names (nearly all): every audited call with metadata passes here.
 func isSecretKey(k string) bool {
@@ -424,7 +436,7 @@ func canon(buf *bytes.Buffer, v any) error {
 	case bool:
 		buf.WriteString(strconv.FormatBool(t))
 	case string:
-		b, err := json.Marshal(noNUL(t))
+		b, err := json.Marshal(stored(t))
 		if err != nil {
 			return err
 		}
@@ -453,9 +465,9 @@ func canon(buf *bytes.Buffer, v any) error {
 	case int64:
 		buf.WriteString(fmt.Sprint(t))
 	case map[string]any:
-		// Members are sorted by the names written (NUL as U+FFFD), so
-		// that the text is canonical once read back. Two names that
-		// differ only by NUL and U+FFFD would be written alike, and jsonb
+		// Members are sorted by the names written (stored), so that the
+		// text is canonical once read back. Two names that differ only by
+		// NUL, bytes that are not UTF-8 and U+FFFD are written alike; jsonb
 		// keeps one of two equal names: one member is written, the value
 		// of the greater name as given, whatever the map's order.
 		keys := make([]string, 0, len(t))
@@ -463,7 +475,7 @@ func canon(buf *bytes.Buffer, v any) error {
 			keys = append(keys, k)
 		}
 		slices.SortFunc(keys, func(a, b string) int {
-			if c := strings.Compare(noNUL(a), noNUL(b)); c != 0 {
+			if c := strings.Compare(stored(a), stored(b)); c != 0 {
 				return c
 			}
 			return strings.Compare(a, b)
@@ -471,14 +483,14 @@ func canon(buf *bytes.Buffer, v any) error {
 		buf.WriteByte('{')
 		first := true
 		for i, k := range keys {
-			if i+1 < len(keys) && noNUL(keys[i+1]) == noNUL(k) {
+			if i+1 < len(keys) && stored(keys[i+1]) == stored(k) {
 				continue
 			}
 			if !first {
 				buf.WriteByte(',')
 			}
 			first = false
-			kb, _ := json.Marshal(noNUL(k))
+			kb, _ := json.Marshal(stored(k))
 			buf.Write(kb)
 			buf.WriteByte(':')
 			if err := canon(buf, t[k]); err != nil {

@@ -409,6 +409,21 @@ func TestCanonicalNamesWithNUL(t *testing.T) {
 	if c, err := Canonical(map[string]any{"\x00": 1.0, "\uFFFD": 2.0}); err != nil || c != "{\"\uFFFD\":2}" {
 		t.Errorf("a map: %s %v", c, err)
 	}
+	// Bytes that are not UTF-8, which jsonb keeps as U+FFFD, are written
+	// so: the canonical text reads back to itself, names and values.
+	for _, m := range []map[string]any{
+		{"a\xff": 1.0, "a\uFFFD": 2.0},
+		{"\x80": 1.0, "\u00e9": 2.0},
+		{"v": "x\xffy\xfe"},
+	} {
+		c, err := Canonical(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if again, err := CanonicalText(c); err != nil || again != c {
+			t.Errorf("%v: %s reads back as %s (%v)", m, c, again, err)
+		}
+	}
 }
 
 // BenchmarkCanonicalIngestMetadata is the metadata every snapshot's audit
