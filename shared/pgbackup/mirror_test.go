@@ -5,6 +5,7 @@ import (
 	"context"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -385,6 +386,7 @@ func FuzzExpiredEarly(f *testing.F) {
 	f.Add("backup/guardian/20261122-030000F/backup.manifest\narchive/guardian/15-1/0000000100000000/000000010000000000000005-a.zst",
 		"backup/guardian/20261115-030000F/backup.manifest\nbackup/guardian/20261115-030000F/pg_data/x\narchive/guardian/15-1/0000000100000000/000000010000000000000004-z.zst\nbackup/guardian/20261122-030000F_20261123-030000D/backup.manifest")
 	f.Add("backup/a/20261122-030000F/backup.manifest", "backup/b/20261101-030000F/backup.manifest\nbackup/a/x/backup.manifest\nbackup/a/20261101-030000F")
+	f.Add("backup/a/z/backup.manifest\nbackup/a/20261122-030000F/backup.manifest", "backup/a/20261101-030000F/backup.manifest\nbackup/a/20261101-030000F/backup.manifest/")
 	f.Fuzz(func(t *testing.T, localList, remoteList string) {
 		local, remote := map[string]int64{}, map[string]int64{}
 		for _, rel := range strings.Split(localList, "\n") {
@@ -436,7 +438,7 @@ func FuzzExpiredEarly(f *testing.F) {
 			default:
 				t.Fatalf("deletes %q", rel)
 			}
-			m := strings.HasSuffix(rel, "/backup.manifest") || strings.HasSuffix(rel, "/backup.manifest.copy")
+			m := path.Base(rel) == "backup.manifest" || path.Base(rel) == "backup.manifest.copy"
 			if seenManifest && !m {
 				t.Fatalf("deletes %q after a manifest", rel)
 			}
