@@ -103,6 +103,37 @@ func FuzzParse(f *testing.F) {
 	})
 }
 
+// parse takes exactly the snapshots encoding/json reads as one object
+// whose timestamp is an RFC 3339 time not past the clock skew and whose
+// collector_version is a string of 1 to 64 bytes: its own fast reader
+// agrees with the standard library's, both ways.
+func FuzzParseAgreesWithEncodingJSON(f *testing.F) {
+	f.Add(`{"timestamp":"2026-11-28T11:00:00Z","collector_version":"1.0.0"}`)
+	f.Add(`{"TIMESTAMP":"2026-11-28T11:00:00Z","collector_version":"1","timestamp":null}`)
+	f.Add(`{"timestamp":"2026-11-28T11:00:00Z","collector_version":"1","server_id":7}`)
+	f.Add(` {"timestamp":"2026-11-28T11:00:00.5+01:00","collector_version":"\u00e9","x":[1,{"y":"z"}]} `)
+	f.Add(`{"timestamp":"2026-11-28T11:00:00Z","collector_version":"1"} {}`)
+	now := time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
+	f.Fuzz(func(t *testing.T, body string) {
+		_, p := parse([]byte(body), now)
+		var ref struct {
+			Timestamp        *string `json:"timestamp"`
+			CollectorVersion *string `json:"collector_version"`
+			ServerID         *string `json:"server_id"`
+		}
+		trimmed := strings.Trim(body, " \t\r\n")
+		want := strings.HasPrefix(trimmed, "{") && json.Unmarshal([]byte(trimmed), &ref) == nil &&
+			ref.Timestamp != nil && ref.CollectorVersion != nil && *ref.CollectorVersion != "" && len(*ref.CollectorVersion) <= 64
+		if want {
+			ts, err := time.Parse(time.RFC3339Nano, *ref.Timestamp)
+			want = err == nil && !ts.After(now.Add(clockSkew))
+		}
+		if (p == nil) != want {
+			t.Fatalf("%q: accepted %v, encoding/json's reading says %v (%+v)", body, p == nil, want, p)
+		}
+	})
+}
+
 // BenchmarkParse is the per-snapshot JSON work of ingest on an
 // agent-shaped ~4 KB snapshot.
 func BenchmarkParse(b *testing.B) {
