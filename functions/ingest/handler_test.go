@@ -113,6 +113,7 @@ func FuzzParseAgreesWithEncodingJSON(f *testing.F) {
 	f.Add(`{"timestamp":"2026-11-28T11:00:00Z","collector_version":"1","server_id":7}`)
 	f.Add(` {"timestamp":"2026-11-28T11:00:00.5+01:00","collector_version":"\u00e9","x":[1,{"y":"z"}]} `)
 	f.Add(`{"timestamp":"2026-11-28T11:00:00Z","collector_version":"1"} {}`)
+	f.Add(`{"collector_version":"1","timestamp":"2026-11-28T12:00:30Z","server_id":null}`)
 	now := time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
 	f.Fuzz(func(t *testing.T, body string) {
 		_, p := parse([]byte(body), now)
