@@ -1,6 +1,8 @@
 package audit
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -65,5 +67,32 @@ func TestSettle(t *testing.T) {
 	off := Handler{SpoolDir: "/s", Linger: -1}
 	if err := off.settle(); err != nil || off.Linger != -1 {
 		t.Fatalf("linger off: %+v %v", off, err)
+	}
+}
+
+// A spool directory spelled two ways (a trailing slash, a relative path,
+// a symbolic link) is one writer's, not two that would refuse each other.
+func TestSpoolPathIsOneSpelling(t *testing.T) {
+	dir := t.TempDir()
+	spool := filepath.Join(dir, "spool")
+	if err := os.Mkdir(spool, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "link")
+	if err := os.Symlink(spool, link); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(dir)
+	want, err := spoolPath(spool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{spool + "/", "spool", "./spool/", link, "link/"} {
+		if got, err := spoolPath(p); err != nil || got != want {
+			t.Errorf("%s: %s %v, want %s", p, got, err, want)
+		}
+	}
+	if got, err := spoolPath(filepath.Join(dir, "not-yet")); err != nil || got != filepath.Join(dir, "not-yet") {
+		t.Errorf("a directory not made yet: %s %v", got, err)
 	}
 }

@@ -85,9 +85,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	dsn := appIface.(*guardian.App).PGAppDSN()
 	// One writer per directory however it is spelled (a trailing slash, a
-	// relative path): a second writer on the same spool is refused by its
-	// lock, and the reload with it.
-	dir, err := filepath.Abs(h.SpoolDir)
+	// relative path, a symbolic link): a second writer on the same spool
+	// is refused by its lock, and the reload with it.
+	dir, err := spoolPath(h.SpoolDir)
 	if err != nil {
 		return fmt.Errorf("guardian_audit: spool_dir: %w", err)
 	}
@@ -101,6 +101,19 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.writer = v.(*Writer)
 	h.release = h.writer.Hold(Settings{Linger: time.Duration(h.Linger), MaxSpool: h.MaxSpoolBytes})
 	return nil
+}
+
+// spoolPath is the one spelling of a spool directory: absolute, and with
+// its symbolic links resolved once it exists.
+func spoolPath(dir string) (string, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", err
+	}
+	if real, err := filepath.EvalSymlinks(abs); err == nil {
+		return real, nil
+	}
+	return abs, nil
 }
 
 // settle fills in the defaults and checks the settings, however the

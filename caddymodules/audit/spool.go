@@ -55,8 +55,10 @@ const lockName = ".lock"
 // spoolLockWait is how long openSpool waits for a spool another writer
 // holds. A reload that moves spool_dir away and back at once finds the
 // first config's writer still holding it while the rows of requests under
-// way arrive (Writer.Destruct), which takes milliseconds; another Caddy
-// on the directory holds it for good, and is refused after the wait.
+// way arrive (Writer.Destruct): milliseconds, unless a long request (an
+// audit export) is among them, when the reload is refused after the wait
+// and can be made again once it is done. Another Caddy on the directory
+// holds it for good, and is refused after the wait.
 var spoolLockWait = 3 * time.Second
 
 // flockWithin takes an exclusive flock on f, trying again for up to wait
