@@ -254,3 +254,35 @@ func TestVerifyLoadsACurrentServersStatements(t *testing.T) {
 		t.Errorf("scratch databases: %d before, %d after", before, after)
 	}
 }
+
+// Whatever a manifest on the backup host holds, a statement scratchCreate
+// makes creates the table in the scratch database and nowhere else: it
+// begins with that name, and the rest is the manifest's own text after its
+// name, which the check passed (a TTL clause taken out).
+func FuzzScratchCreate(f *testing.F) {
+	f.Add("guardian", "snapshots", "CREATE TABLE guardian.snapshots (`ts` DateTime) ENGINE = MergeTree ORDER BY ts TTL ts + toIntervalDay(90) SETTINGS index_granularity = 8192")
+	f.Add("guardian", "t", "CREATE TABLE `guardian`.`t` UUID '0b3c8a4e-51d2-4f0e-9a57-3f1c2d4e5f60' (`x` UInt8) ENGINE = MergeTree ORDER BY x")
+	f.Add("g-x", "a`b", "CREATE TABLE `g-x`.`a\\`b` (`x` UInt8) ENGINE = MergeTree ORDER BY x")
+	f.Add("guardian", "t", "CREATE TABLE guardian.t2 (`x` UInt8) ENGINE = MergeTree ORDER BY x")
+	f.Add("guardian", "t", "CREATE TABLE guardian.t (`x` UInt8) ENGINE = MergeTree ORDER BY x; CREATE TABLE guardian.t (`x` UInt8) ENGINE = MergeTree ORDER BY x")
+	const scratch = "restore_verify_0123abcd_1796090268_0123456789ab"
+	f.Fuzz(func(t *testing.T, db, table, stmt string) {
+		create, err := scratchCreate(TableManifest{Name: table, Create: stmt}, db, scratch)
+		if err != nil {
+			return
+		}
+		head := "CREATE TABLE " + quoteIdent(scratch) + "." + quoteIdent(table)
+		rest, ok := strings.CutPrefix(create, head)
+		if !ok || !strings.HasPrefix(strings.TrimLeft(rest, " \t\r\n"), "(") {
+			t.Fatalf("%q of %s.%s became %q, not a table of %s", stmt, db, table, create, scratch)
+		}
+		if checkCreate(stmt) != nil || checkCreate(create) != nil {
+			t.Fatalf("%q became %q, past the check", stmt, create)
+		}
+		// The rest is the manifest's text after its name, the TTL aside.
+		noTTL, err := stripTableTTL(stmt)
+		if err != nil || !strings.HasSuffix(noTTL, rest) {
+			t.Fatalf("%q became %q, whose body is not the manifest's (%v)", stmt, create, err)
+		}
+	})
+}
