@@ -46,16 +46,42 @@ func write(t *testing.T, dir string, files map[string]string) {
 	}
 }
 
-// TestMirrorKeepsARestorableCopy mirrors a repository-shaped tree to a
-// real sshd, changes it as pgBackRest does (a new backup and WAL, rewritten
-// .info files, an expired backup) and mirrors again.
-func TestMirrorKeepsARestorableCopy(t *testing.T) {
-	t.Parallel()
+// copyHost is a real sshd standing for the backup host, and the copy's
+// directory on it.
+type copyHost struct {
+	srv    *testenv.SFTP
+	target chbackup.Target
+}
+
+func newCopyHost(t *testing.T) *copyHost {
+	t.Helper()
 	srv := testenv.SFTPServer(t)
 	target, err := chbackup.ParseTarget(srv.Target("pgbackrest"))
 	if err != nil {
 		t.Fatal(err)
 	}
+	return &copyHost{srv, target}
+}
+
+// mirror runs Mirror of repo to the host over a session of its own.
+func (h *copyHost) mirror(t *testing.T, repo string, check func(string) bool) (MirrorReport, error) {
+	t.Helper()
+	ctx := context.Background()
+	s, err := chbackup.DialSession(ctx, h.srv.KeyPath, h.srv.KnownHosts, h.target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	return Mirror(ctx, repo, s, h.target.String(), check)
+}
+
+// TestMirrorKeepsARestorableCopy mirrors a repository-shaped tree to a
+// real sshd, changes it as pgBackRest does (a new backup and WAL, rewritten
+// .info files, an expired backup) and mirrors again.
+func TestMirrorKeepsARestorableCopy(t *testing.T) {
+	t.Parallel()
+	host := newCopyHost(t)
+	target := host.target
 	repo := t.TempDir()
 	write(t, repo, map[string]string{
 		"backup/guardian/backup.info":                                                            "info v1",
@@ -67,16 +93,10 @@ func TestMirrorKeepsARestorableCopy(t *testing.T) {
 		"archive/guardian/15-1/0000000100000000/000000010000000000000001-abc.zst":                "wal 1",
 		"archive/guardian/15-1/0000000100000000/000000010000000000000002-def.zst.pgbackrest.tmp": "being written",
 	})
-	ctx := context.Background()
 	var check func(string) bool
 	mirror := func() MirrorReport {
 		t.Helper()
-		s, err := chbackup.DialSession(ctx, srv.KeyPath, srv.KnownHosts, target)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer s.Close()
-		rep, err := Mirror(ctx, repo, s, target.String(), check)
+		rep, err := host.mirror(t, repo, check)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -176,26 +196,17 @@ func TestCheckShare(t *testing.T) {
 // created anew that holds no backup while the copy does.
 func TestMirrorRefusesToEmptyTheCopy(t *testing.T) {
 	t.Parallel()
-	srv := testenv.SFTPServer(t)
-	target, err := chbackup.ParseTarget(srv.Target("pgbackrest"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	host := newCopyHost(t)
+	target := host.target
 	copied := map[string]string{
 		"backup/guardian/backup.info":                      "info v1",
 		"backup/guardian/20261122-030000F/backup.manifest": "manifest F1",
 		"archive/guardian/archive.info":                    "archive v1",
 	}
 	write(t, target.Path, copied)
-	ctx := context.Background()
 	mirror := func(repo string) error {
 		t.Helper()
-		s, err := chbackup.DialSession(ctx, srv.KeyPath, srv.KnownHosts, target)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer s.Close()
-		_, err = Mirror(ctx, repo, s, target.String(), nil)
+		_, err := host.mirror(t, repo, nil)
 		return err
 	}
 	fresh := t.TempDir()
@@ -250,11 +261,8 @@ func keys(m map[string]string) []string {
 // A backup a run cut short left without its manifest goes too.
 func TestMirrorDeletesExpiredBackupsBeforeUploading(t *testing.T) {
 	t.Parallel()
-	srv := testenv.SFTPServer(t)
-	target, err := chbackup.ParseTarget(srv.Target("pgbackrest"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	host := newCopyHost(t)
+	target := host.target
 	repo := t.TempDir()
 	write(t, repo, map[string]string{
 		"backup/guardian/backup.info":                                           "info v1",
@@ -265,15 +273,9 @@ func TestMirrorDeletesExpiredBackupsBeforeUploading(t *testing.T) {
 		"archive/guardian/archive.info":                                         "archive v1",
 		"archive/guardian/15-1/0000000100000000/000000010000000000000001-a.zst": "wal 1",
 	})
-	ctx := context.Background()
 	mirror := func() (MirrorReport, error) {
 		t.Helper()
-		s, err := chbackup.DialSession(ctx, srv.KeyPath, srv.KnownHosts, target)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer s.Close()
-		return Mirror(ctx, repo, s, target.String(), nil)
+		return host.mirror(t, repo, nil)
 	}
 	if _, err := mirror(); err != nil {
 		t.Fatal(err)
