@@ -55,6 +55,17 @@ func slowGet(t *testing.T, url string, header map[string]string, stall, pause ti
 	}
 }
 
+// wideRows stores n read rows of ~2.6 KB for customer: 10,000 make ~26
+// MB, several times what loopback's socket buffers hold, so the edge's
+// writes of an export wait for its reader.
+func wideRows(t *testing.T, pg *testenv.PG, customer string, n int) {
+	t.Helper()
+	if _, err := pg.Owner.Exec(context.Background(), `INSERT INTO api_audit_log (customer_id, request_id, method, path, user_agent, action, result, status_code)
+		SELECT $1, 'wide-' || g, 'GET', '/' || repeat('p', 2000), repeat('u', 500), 'read', 'success', 200 FROM generate_series(1, $2::int) g`, customer, n); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // An export that takes longer than the server's old hard write bound
 // (scaled down here: several seconds against write_idle's 2 s) reaches a
 // client that keeps reading, whole: the server's `write` is only a
@@ -65,13 +76,8 @@ func TestASlowlyReadExportArrivesWhole(t *testing.T) {
 	t.Parallel()
 	env, c, pg := testenv.EdgeEnv(t)
 	env["GUARDIAN_WRITE_IDLE_TIMEOUT"] = "2s"
-	// Rows of ~2.6 KB: ~26 MB, several times what loopback's socket
-	// buffers hold, so the edge's writes wait for the reader.
 	const rows = 10000
-	if _, err := pg.Owner.Exec(context.Background(), `INSERT INTO api_audit_log (customer_id, request_id, method, path, user_agent, action, result, status_code)
-		SELECT $1, 'slow-' || g, 'GET', '/' || repeat('p', 2000), repeat('u', 500), 'read', 'success', 200 FROM generate_series(1, $2::int) g`, c.ID, rows); err != nil {
-		t.Fatal(err)
-	}
+	wideRows(t, pg, c.ID, rows)
 	stack := testenv.StartStack(t, env)
 	admin := bearer(c.AccountKey(t, "admin"))
 	url := stack.URL + "/api/v1/audit?format=csv&action=read"
@@ -108,11 +114,8 @@ func TestAnExportReadBelowTheFloorIsCut(t *testing.T) {
 	// on a machine busy with other tests.
 	env["GUARDIAN_AUDIT_EXPORT_MIN_RATE"] = strconv.Itoa(512 << 10)
 	env["GUARDIAN_AUDIT_EXPORT_GRACE"] = "1s"
-	const rows = 10000 // ~26 MB, as above
-	if _, err := pg.Owner.Exec(context.Background(), `INSERT INTO api_audit_log (customer_id, request_id, method, path, user_agent, action, result, status_code)
-		SELECT $1, 'floor-' || g, 'GET', '/' || repeat('p', 2000), repeat('u', 500), 'read', 'success', 200 FROM generate_series(1, $2::int) g`, c.ID, rows); err != nil {
-		t.Fatal(err)
-	}
+	const rows = 10000
+	wideRows(t, pg, c.ID, rows)
 	stack := testenv.StartStack(t, env)
 	admin := bearer(c.AccountKey(t, "admin"))
 	url := stack.URL + "/api/v1/audit?format=csv&action=read"
