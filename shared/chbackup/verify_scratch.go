@@ -54,6 +54,9 @@ func scratchName(db string, deadline time.Time, random [6]byte) string {
 // versions made, without a deadline, are: this version makes none, and
 // only an earlier version's run still going across an upgrade could own one.
 func scratchExpired(db, name string, now time.Time) bool {
+	if name == db {
+		return false // the live database, however it is named
+	}
 	if scratchUnnamed.MatchString(name) {
 		return true
 	}
@@ -95,7 +98,7 @@ func dropScratch(ctx context.Context, ch *chClient, db string, now time.Time) er
 // verification of db, of the form this version makes.
 func IsScratchOf(db, name string) bool {
 	rest, ok := strings.CutPrefix(name, scratchPrefix(db))
-	return ok && scratchCurrent.MatchString(rest)
+	return ok && name != db && scratchCurrent.MatchString(rest)
 }
 
 // DropScratch drops name, the scratch database of a verification of cfg's
