@@ -3,6 +3,7 @@ package chbackup
 import (
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -128,4 +129,58 @@ func (f *fixture) age(t *testing.T, set string, days int) string {
 		t.Fatal(err)
 	}
 	return old
+}
+
+// A held LATEST as old as sets are kept that cannot be moved (the backup
+// host refuses the write) keeps the set it names, fails the target
+// saying so, and still prunes the other expired sets; the next run that
+// can write moves it.
+func TestAHeldLatestThatCannotMoveKeepsItsSet(t *testing.T) {
+	f := newFixture(t, 1)
+	first := f.backup(t)
+	f.exec(t, "TRUNCATE TABLE "+f.cfg.ClickHouse.Database+".snapshots")
+	held := f.backup(t)
+	if held.Targets[0].Held == "" {
+		t.Fatalf("not held: %+v", held.Targets[0])
+	}
+	// An expired set LATEST does not name, which pruning must still take.
+	other := f.cfg.now().AddDate(0, 0, -40).Format(setLayout)
+	if err := os.Mkdir(filepath.Join(f.root[0], other), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	old := f.age(t, first.Name, 29)
+	latest := filepath.Join(f.root[0], latestName)
+	// Tests run as root, whom permissions do not stop; an immutable file
+	// cannot be replaced by rename(2), even by root.
+	if out, err := exec.Command("chattr", "+i", latest).CombinedOutput(); err != nil {
+		t.Skipf("chattr +i (a file system without attributes?): %v: %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("chattr", "-i", latest).Run() })
+
+	f.tick.Add(1)
+	info, err := Backup(context.Background(), f.cfg)
+	if err == nil || !strings.Contains(err.Error(), "move "+latestName+" from "+old) {
+		t.Fatalf("a LATEST that cannot move: %v", err)
+	}
+	if f.latest(t, 0) != old || info.Targets[0].OK || info.Targets[0].Moved != "" {
+		t.Fatalf("LATEST %s, %+v", f.latest(t, 0), info.Targets[0])
+	}
+	if _, err := os.Stat(filepath.Join(f.root[0], old, manifestName)); err != nil {
+		t.Errorf("the set LATEST still names is gone: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(f.root[0], other)); !os.IsNotExist(err) {
+		t.Errorf("the other expired set was kept (%v)", err)
+	}
+
+	if out, err := exec.Command("chattr", "-i", latest).CombinedOutput(); err != nil {
+		t.Fatalf("chattr -i: %v: %s", err, out)
+	}
+	f.tick.Add(1)
+	info, err = Backup(context.Background(), f.cfg)
+	if err != nil || !strings.Contains(info.Targets[0].Moved, "as old as sets are kept") || f.latest(t, 0) == old {
+		t.Fatalf("the run after: %v, LATEST %s, %+v", err, f.latest(t, 0), info.Targets[0])
+	}
+	if _, err := os.Stat(filepath.Join(f.root[0], old)); !os.IsNotExist(err) {
+		t.Errorf("the held set was kept past its time (%v)", err)
+	}
 }
