@@ -1,10 +1,17 @@
 package main
 
 import (
+	"encoding/csv"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
+	"syscall"
 	"testing"
 	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // deadlineWriter is a ResponseWriter whose writes take the time the test
@@ -71,5 +78,40 @@ func TestPacedCountsOnlyTheReadersTime(t *testing.T) {
 	d := &deadlineWriter{clock: time.Unix(1e9, 0), take: time.Hour}
 	if _, err := newPaced(d, 0, grace).Write(make([]byte, 1000)); err != nil || !d.deadline.IsZero() {
 		t.Fatalf("rate 0: %v, deadline %v", err, d.deadline)
+	}
+}
+
+// errWriter fails every write with err.
+type errWriter struct {
+	http.ResponseWriter
+	err error
+}
+
+func (e errWriter) Write([]byte) (int, error) { return 0, e.err }
+
+// Only a write that passed paced's deadline is logged as a cut for a
+// slow reader; a connection closed under the export (which can fail a
+// write before the request's context is cancelled) is a client gone.
+func TestFlushedTellsACutFromAClientGone(t *testing.T) {
+	cases := []struct {
+		name string
+		err  error
+		want string
+	}{
+		{"past the deadline", &net.OpError{Op: "write", Net: "unix", Err: os.ErrDeadlineExceeded}, "audit export cut: its client read more slowly than the export's floor"},
+		{"a closed connection", &net.OpError{Op: "write", Net: "unix", Err: syscall.EPIPE}, "audit export ended: its client went away"},
+		{"a reset connection", &net.OpError{Op: "write", Net: "unix", Err: syscall.ECONNRESET}, "audit export ended: its client went away"},
+	}
+	for _, tc := range cases {
+		core, logs := observer.New(zap.DebugLevel)
+		h := &handler{log: zap.New(core), exportRate: ExportMinRate}
+		cw := csv.NewWriter(errWriter{err: tc.err})
+		_ = cw.Write([]string{"a"})
+		if h.flushed(httptest.NewRequest("GET", "/api/v1/audit?format=csv", nil), cw, 1) {
+			t.Fatalf("%s: flushed", tc.name)
+		}
+		if all := logs.All(); len(all) != 1 || all[0].Message != tc.want {
+			t.Errorf("%s: logged %v, want %q", tc.name, all, tc.want)
+		}
 	}
 }
