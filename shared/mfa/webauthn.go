@@ -161,15 +161,22 @@ func (s *Service) verifyAssertion(ctx context.Context, c Challenge, assertion []
 	if err := json.Unmarshal(c.webauthn, &sd); err != nil {
 		return nil, err
 	}
+	return checkAssertion(s.wa, sd, assertion, func() (*waUser, error) { return loadWAUser(ctx, s.db, c.UserID) })
+}
+
+// checkAssertion checks assertion, the client's untrusted JSON, against
+// the ceremony sd of wa for the user that user loads (only once the
+// assertion parses, so that garbage costs no query).
+func checkAssertion(wa *webauthn.WebAuthn, sd webauthn.SessionData, assertion []byte, user func() (*waUser, error)) (*webauthn.Credential, error) {
 	parsed, err := protocol.ParseCredentialRequestResponseBytes(assertion)
 	if err != nil {
 		return nil, err
 	}
-	u, err := loadWAUser(ctx, s.db, c.UserID)
+	u, err := user()
 	if err != nil {
 		return nil, err
 	}
-	cred, err := s.wa.ValidateLogin(u, sd, parsed)
+	cred, err := wa.ValidateLogin(u, sd, parsed)
 	if err != nil {
 		return nil, err
 	}

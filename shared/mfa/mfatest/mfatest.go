@@ -179,6 +179,14 @@ func (a *Authenticator) Get(options []byte) ([]byte, error) {
 	})
 }
 
+// PublicKey is the credential's public key (nil before Create).
+func (a *Authenticator) PublicKey() *ecdsa.PublicKey {
+	if a.key == nil {
+		return nil
+	}
+	return &a.key.PublicKey
+}
+
 // Clone returns an authenticator with the same key and counter: a copy of
 // the hardware, whose counter will fall behind.
 func (a *Authenticator) Clone() *Authenticator {
