@@ -148,11 +148,8 @@ var (
 // reads the client's address from, behind a trusted proxy.
 const ClientIPHeadersEnv = "GUARDIAN_CLIENT_IP_HEADERS"
 
-// checkClientIPHeaders refuses a ClientIPHeadersEnv that is set but names
-// no header, or more than one. Empty, Caddy reads X-Forwarded-For, which a
-// Cloudflare Worker writes as it likes; with two, a first header holding a
-// trusted proxy's address (a Worker's Cf-Connecting-Ip) falls through to
-// the second. Either way a client could choose its own per-IP bucket.
+// checkAdminAddr refuses an AdminAddrEnv that is set but not a unix
+// socket.
 func checkAdminAddr(lookup func(string) (string, bool)) error {
 	if v, ok := lookup(AdminAddrEnv); ok && !strings.HasPrefix(v, "unix/") {
 		return fmt.Errorf("%s must be a unix socket (unix/PATH): functions reach TCP, and Caddy's admin API asks for no credentials", AdminAddrEnv)
@@ -167,6 +164,11 @@ func checkAdminAddr(lookup func(string) (string, bool)) error {
 // pepper.
 const AdminAddrEnv = "GUARDIAN_ADMIN_ADDR"
 
+// checkClientIPHeaders refuses a ClientIPHeadersEnv that is set but names
+// no header, or more than one. Empty, Caddy reads X-Forwarded-For, which a
+// Cloudflare Worker writes as it likes; with two, a first header holding a
+// trusted proxy's address (a Worker's Cf-Connecting-Ip) falls through to
+// the second. Either way a client could choose its own per-IP bucket.
 func checkClientIPHeaders(lookup func(string) (string, bool)) error {
 	v, ok := lookup(ClientIPHeadersEnv)
 	if !ok {
