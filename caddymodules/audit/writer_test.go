@@ -800,13 +800,17 @@ func TestRowsOfADeletedCustomerAreKeptAndAnonymised(t *testing.T) {
 	if rep, err := audit.Verify(ctx, pg.Owner); err != nil || !rep.OK() || rep.Rows != 42 {
 		t.Fatalf("verify: %+v %v", rep, err)
 	}
-	// The deletion is remembered for its interval, then forgotten.
-	if err := app.QueryRow(ctx, "SELECT forget_deleted_customers('0 seconds')").Scan(&nulled); err != nil || nulled != 0 {
+	// The deletion is remembered for its interval (30 days at least,
+	// migration 0042), then forgotten.
+	if _, err := pg.Owner.Exec(ctx, "UPDATE deleted_customers SET deleted_at = deleted_at - interval '31 days'"); err != nil {
+		t.Fatal(err)
+	}
+	if err := app.QueryRow(ctx, "SELECT forget_deleted_customers('30 days')").Scan(&nulled); err != nil || nulled != 0 {
 		t.Fatalf("forget_deleted_customers again: %d rows (want 0), %v", nulled, err)
 	}
 	var remembered int
 	if err := pg.Owner.QueryRow(ctx, "SELECT count(*) FROM deleted_customers").Scan(&remembered); err != nil || remembered != 0 {
-		t.Fatalf("deleted_customers after a zero interval: %d (want 0), %v", remembered, err)
+		t.Fatalf("deleted_customers 31 days on: %d (want 0), %v", remembered, err)
 	}
 }
 

@@ -441,6 +441,65 @@ func TestAScheduledDeletionStands(t *testing.T) {
 	}
 }
 
+// TestOnlyDueAccountsAreDeleted: account-purge's DELETE on customers
+// takes only accounts whose deletion is due by PostgreSQL's clock: one
+// DELETE of a live customer would delete its data and anonymise its
+// audit trail. It forgets deletions after 30 days at the earliest,
+// whatever interval it asks for. The owner (an operator) deletes any.
+func TestOnlyDueAccountsAreDeleted(t *testing.T) {
+	t.Parallel()
+	pg := testenv.Postgres(t)
+	ctx := context.Background()
+	purge := asRole(t, pg, "account_purge")
+	live, scheduled, due, byHand := insertCustomerWithAudit(t, pg.Owner), insertCustomerWithAudit(t, pg.Owner),
+		insertCustomerWithAudit(t, pg.Owner), insertCustomerWithAudit(t, pg.Owner)
+	if _, err := pg.Owner.Exec(ctx, `UPDATE customers SET deletion_requested_at = now(),
+		delete_after = CASE WHEN id = $1 THEN now() + interval '1 hour' ELSE now() - interval '1 minute' END WHERE id = ANY($2::uuid[])`,
+		scheduled, []string{scheduled, due}); err != nil {
+		t.Fatal(err)
+	}
+	for _, stmt := range []string{"DELETE FROM customers WHERE id = $1", "DELETE FROM customers WHERE id = $1 AND delete_after IS NULL"} {
+		refused(t, purge, "account_purge, a live account", stmt, live)
+	}
+	refused(t, purge, "account_purge, an account not yet due", "DELETE FROM customers WHERE id = $1", scheduled)
+	// A statement naming a live account with a due one deletes neither.
+	refused(t, purge, "account_purge, a due and a live account", "DELETE FROM customers WHERE id = ANY($1::uuid[])", []string{due, live})
+	var deleted []string
+	rows, err := purge.Query(ctx, "DELETE FROM customers WHERE id = ANY($1::uuid[]) AND delete_after <= now() RETURNING id::text", []string{due, live, scheduled})
+	if err == nil {
+		deleted, err = pgx.CollectRows(rows, pgx.RowTo[string])
+	}
+	if err != nil || len(deleted) != 1 || deleted[0] != due {
+		t.Fatalf("account_purge deleting the due account: %v %v", deleted, err)
+	}
+	if tag, err := pg.Owner.Exec(ctx, "DELETE FROM customers WHERE id = $1", byHand); err != nil || tag.RowsAffected() != 1 {
+		t.Fatalf("the owner deleting a live account: %v %v", tag, err)
+	}
+	var left int
+	if err := pg.Owner.QueryRow(ctx, "SELECT count(*) FROM customers WHERE id = ANY($1::uuid[])", []string{live, scheduled}).Scan(&left); err != nil || left != 2 {
+		t.Fatalf("%d of the live and the scheduled account left, %v", left, err)
+	}
+
+	// Deletions are remembered 30 days, whatever the caller asks.
+	if _, err := pg.Owner.Exec(ctx, "UPDATE deleted_customers SET deleted_at = now() - interval '29 days' WHERE customer_id = $1", due); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pg.Owner.Exec(ctx, "UPDATE deleted_customers SET deleted_at = now() - interval '31 days' WHERE customer_id = $1", byHand); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := purge.Exec(ctx, "SELECT forget_deleted_customers('0 seconds')"); err != nil {
+		t.Fatal(err)
+	}
+	var remembered []string
+	rows, err = pg.Owner.Query(ctx, "SELECT customer_id::text FROM deleted_customers WHERE customer_id = ANY($1::uuid[])", []string{due, byHand})
+	if err == nil {
+		remembered, err = pgx.CollectRows(rows, pgx.RowTo[string])
+	}
+	if err != nil || len(remembered) != 1 || remembered[0] != due {
+		t.Fatalf("remembered after forget_deleted_customers('0 seconds'): %v (want the deletion of 29 days ago only), %v", remembered, err)
+	}
+}
+
 // TestSecretscanWritesOnlyItsRevocationRows: as the secretscan role, an
 // audit row must be an api_key deletion of a customer, with a salted
 // digest, in a secretscan-* chain; its grant alone let it write any row

@@ -56,10 +56,11 @@
 // Environment (see shared/job for the lock, metrics and alert settings):
 //
 //	GUARDIAN_PG_APP_DSN           its own role, guardian_app_account_purge (migration 0025):
-//	                              SELECT and DELETE on customers, deleted_servers and
-//	                              mfa_attempts, and forget_deleted_customers, all this job
-//	                              needs (cascades and the audit trigger run as the tables'
-//	                              owner); the owner DSN is not used
+//	                              SELECT and DELETE on customers (accounts due only,
+//	                              migration 0042), deleted_servers and mfa_attempts, and
+//	                              forget_deleted_customers, all this job needs (cascades
+//	                              and the audit trigger run as the tables' owner); the
+//	                              owner DSN is not used
 //	GUARDIAN_CLICKHOUSE_ADDR, _USER, _PASSWORD, _DATABASE   a user allowed ALTER … DELETE
 //	GUARDIAN_PURGE_MAX_ACCOUNTS   accounts per run, 1 to 1000 (default 100)
 //	GUARDIAN_PURGE_WAIT           wait for this run's ClickHouse deletions (default 5m)

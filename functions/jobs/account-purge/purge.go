@@ -129,7 +129,9 @@ const (
 	// was called off meanwhile stays. The foreign keys delete its users,
 	// sessions, servers, keys and idempotency keys; a trigger sets
 	// customer_id to NULL on its audit rows, which stay (migration 0011).
-	deleteAccounts = `DELETE FROM customers WHERE id = ANY($1::uuid[]) AND delete_after <= $2 RETURNING id::text`
+	// Due by PostgreSQL's clock too: as this job's role, deleting an
+	// account not yet due by it fails the statement (migration 0042).
+	deleteAccounts = `DELETE FROM customers WHERE id = ANY($1::uuid[]) AND delete_after <= least($2, now()) RETURNING id::text`
 	// forgetDeleted nulls customer_id on audit rows written after their
 	// customer's deletion, and forgets deletions older than its argument
 	// (migration 0011). A spool holds rows only while PostgreSQL is away
