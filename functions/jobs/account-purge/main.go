@@ -36,7 +36,9 @@
 // Bounds. A run takes at most GUARDIAN_PURGE_MAX_ACCOUNTS accounts (oldest
 // delete_after first), issues at most one mutation per table, and waits at
 // most GUARDIAN_PURGE_WAIT for them; what is left is the next run's. An
-// account still present a day after its delete_after makes the run red.
+// account still present a day after its delete_after makes the run red,
+// and so does a server deleted through the API whose rows are still not
+// known gone a day after its deletion.
 //
 // Audit. The run writes no api_audit_log row: that log records API calls
 // (method, path, status, the edge's hash chains), and the deletion request
@@ -50,8 +52,8 @@
 // Result line (besides job's members): accounts_due, accounts_purged,
 // purged_customer_ids, waiting_customer_ids, accounts_remaining,
 // accounts_overdue, mutations_issued, rows_to_delete, clickhouse_tables,
-// servers_due, purged_server_ids, waiting_server_ids, audit_rows_anonymised,
-// mfa_attempts_forgotten.
+// servers_due, purged_server_ids, waiting_server_ids, servers_remaining,
+// servers_overdue, audit_rows_anonymised, mfa_attempts_forgotten.
 //
 // Environment (see shared/job for the lock, metrics and alert settings):
 //

@@ -43,7 +43,9 @@ type Purger struct {
 	// Poll is the interval at which system.mutations is read while waiting.
 	Poll time.Duration
 	// OverdueAfter: an account still not purged this long after its
-	// delete_after makes the run red (the 30-day promise is at risk).
+	// delete_after, or a deleted server whose rows are still not gone this
+	// long after its deletion, makes the run red (the 30-day promise is
+	// at risk).
 	OverdueAfter time.Duration
 
 	// AuditBatch is how many audit rows of an account being deleted are
@@ -83,6 +85,12 @@ type Result struct {
 	ServersDue     int      `json:"servers_due"`
 	ServersPurged  []string `json:"purged_server_ids"`
 	ServersWaiting []string `json:"waiting_server_ids"`
+	// ServersRemaining: deleted servers beyond this run's bound.
+	ServersRemaining int `json:"servers_remaining"`
+	// ServersOverdue: deleted servers still recorded (their rows not
+	// known gone) more than OverdueAfter after their deletion, at the end
+	// of the run.
+	ServersOverdue int `json:"servers_overdue"`
 	// AuditRowsAnonymised: audit rows written after their customer was
 	// deleted (requests in flight during a purge, a spool replayed
 	// later), whose customer_id this run set to NULL.
@@ -115,6 +123,8 @@ func (r Result) Report(rep *job.Report) {
 	rep.Set("servers_due", r.ServersDue)
 	rep.Set("purged_server_ids", nonNil(r.ServersPurged))
 	rep.Set("waiting_server_ids", nonNil(r.ServersWaiting))
+	rep.Set("servers_remaining", r.ServersRemaining)
+	rep.Set("servers_overdue", r.ServersOverdue)
 	rep.Set("audit_rows_anonymised", r.AuditRowsAnonymised)
 	rep.Set("audit_rows_anonymised_before_delete", r.AuditRowsOfPurged)
 	rep.Set("mfa_attempts_forgotten", r.MFAAttemptsForgotten)
@@ -145,6 +155,8 @@ const (
 	forgetAttempts = `DELETE FROM mfa_attempts WHERE window_start < $1`
 	// Servers deleted through the API whose ClickHouse rows may remain.
 	dueServers    = `SELECT server_id::text, customer_id::text FROM deleted_servers ORDER BY deleted_at, server_id LIMIT $1`
+	serversCount  = `SELECT count(*) FROM deleted_servers`
+	serversBefore = `SELECT count(*) FROM deleted_servers WHERE deleted_at < $1`
 	forgetServers = `DELETE FROM deleted_servers WHERE server_id = ANY($1::uuid[]) AND deleted_at < now() - $2::interval RETURNING server_id::text`
 )
 
@@ -202,8 +214,21 @@ func (p *Purger) Run(ctx context.Context, now time.Time) (Result, error) {
 		if err := p.PG.QueryRow(ctx, dueCount, now.Add(-p.OverdueAfter)).Scan(&res.Overdue); err != nil {
 			return res, fmt.Errorf("read overdue accounts: %w", err)
 		}
+		// A server whose rows a deletion cannot remove (a mutation that
+		// keeps failing) would otherwise wait, run after run, in silence,
+		// its data copied into every night's backup.
+		if err := p.PG.QueryRow(ctx, serversBefore, now.Add(-p.OverdueAfter)).Scan(&res.ServersOverdue); err != nil {
+			return res, fmt.Errorf("read overdue deleted servers: %w", err)
+		}
+		var late []string
 		if res.Overdue > 0 {
-			return res, fmt.Errorf("%w: %d accounts are still not purged %s after their deletion date", job.ErrRed, res.Overdue, p.OverdueAfter)
+			late = append(late, fmt.Sprintf("%d accounts are still not purged %s after their deletion date", res.Overdue, p.OverdueAfter))
+		}
+		if res.ServersOverdue > 0 {
+			late = append(late, fmt.Sprintf("%d deleted servers still have ClickHouse rows, or pending deletions, %s after their deletion", res.ServersOverdue, p.OverdueAfter))
+		}
+		if len(late) > 0 {
+			return res, fmt.Errorf("%w: %s", job.ErrRed, strings.Join(late, "; "))
 		}
 	}
 	return res, nil
@@ -314,6 +339,13 @@ func (p *Purger) purgeServers(ctx context.Context, res *Result) error {
 	res.ServersDue = len(ids)
 	if len(ids) == 0 {
 		return nil
+	}
+	if len(ids) == maxServersPerRun {
+		var total int
+		if err := p.PG.QueryRow(ctx, serversCount).Scan(&total); err != nil {
+			return fmt.Errorf("count deleted servers: %w", err)
+		}
+		res.ServersRemaining = total - len(ids)
 	}
 	tables, err := p.tablesWith(ctx, "server_id")
 	if err != nil {

@@ -568,3 +568,38 @@ func TestAnAccountNotYetDueByPostgresWaits(t *testing.T) {
 		t.Fatalf("its ClickHouse rows after the run: %v", got)
 	}
 }
+
+// A deleted server whose rows a deletion cannot remove (here: merges
+// stopped, so the mutation stays pending) turns the run red once it is a
+// day past its deletion, instead of waiting in silence run after run; the
+// run after the deletion completes is green.
+func TestAStuckServerDeletionIsRed(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	ctx := context.Background()
+	c := f.customer(t, nil)
+	db := f.ch.Database
+	table := db + ".snapshots"
+	if err := f.ch.Conn.Exec(ctx, "SYSTEM STOP MERGES "+table); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = f.ch.Conn.Exec(context.Background(), "SYSTEM START MERGES "+table) })
+	if _, err := f.pg.Owner.Exec(ctx, `WITH d AS (DELETE FROM servers WHERE id = $1 RETURNING id, customer_id)
+		INSERT INTO deleted_servers (server_id, customer_id, deleted_at) SELECT id, customer_id, now() - interval '2 days' FROM d`, c.ServerID); err != nil {
+		t.Fatal(err)
+	}
+	p := &Purger{PG: f.role(t), CH: f.ch.Conn, Database: db, MaxAccounts: 10, Wait: 300 * time.Millisecond, Poll: 50 * time.Millisecond, OverdueAfter: DefaultOverdueAfter}
+	res, err := p.Run(ctx, time.Now())
+	if !errors.Is(err, job.ErrRed) || !strings.Contains(err.Error(), "1 deleted servers") || res.ServersOverdue != 1 ||
+		!slices.Equal(res.ServersWaiting, []string{c.ServerID}) || res.Overdue != 0 {
+		t.Fatalf("a server's deletion held: %+v, %v", res, err)
+	}
+	if err := f.ch.Conn.Exec(ctx, "SYSTEM START MERGES "+table); err != nil {
+		t.Fatal(err)
+	}
+	p.Wait = 30 * time.Second
+	res, err = p.Run(ctx, time.Now())
+	if err != nil || res.ServersOverdue != 0 || !slices.Equal(res.ServersPurged, []string{c.ServerID}) {
+		t.Fatalf("the run after the deletion could finish: %+v, %v", res, err)
+	}
+}
