@@ -429,6 +429,14 @@ func (h *handler) reauthRefused(w http.ResponseWriter, sessionID, reason string)
 	problem.Write(w, problem.New(http.StatusUnauthorized, "invalid_credentials", "the password is wrong"))
 }
 
+// passwordRefused answers a password change of user userID whose current
+// password did not check as a wrong password, and audits it as a failed
+// authentication: a stolen cookie can guess the password here.
+func (h *handler) passwordRefused(w http.ResponseWriter, userID, reason string) {
+	audit.Annotate(w, audit.Annotation{ResourceType: "user", ResourceID: userID, Action: "auth_failed", Metadata: map[string]any{"reason": reason}})
+	problem.Write(w, problem.New(http.StatusUnauthorized, "invalid_credentials", "the current password is wrong"))
+}
+
 func (h *handler) changePassword(w http.ResponseWriter, r *http.Request) {
 	id, ok := sessionOf(w, r)
 	if !ok {
@@ -468,7 +476,7 @@ func (h *handler) changePassword(w http.ResponseWriter, r *http.Request) {
 				h.busy(w)
 				return
 			}
-			problem.Write(w, problem.New(http.StatusUnauthorized, "invalid_credentials", "the current password is wrong"))
+			h.passwordRefused(w, id.UserID, "wrong_current_password")
 			return
 		}
 	} else if !h.recentlyAuthenticated(r.Context(), id.SessionID) {
@@ -516,7 +524,7 @@ func (h *handler) changePassword(w http.ResponseWriter, r *http.Request) {
 		return err
 	})
 	if errors.Is(err, errPasswordChanged) {
-		problem.Write(w, problem.New(http.StatusUnauthorized, "invalid_credentials", "the current password is wrong"))
+		h.passwordRefused(w, id.UserID, "password_changed")
 		return
 	}
 	if err != nil {

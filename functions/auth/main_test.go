@@ -313,6 +313,10 @@ func TestPasswordChangeEnforcesThePolicyAndEndsOtherSessions(t *testing.T) {
 	if wrong.status != 401 || wrong.header.Get("RateLimit-Limit") != "10" {
 		t.Errorf("a wrong current password: %d, RateLimit-Limit %q, want 401 from the session's password bucket of 10", wrong.status, wrong.header.Get("RateLimit-Limit"))
 	}
+	// ... and is audited as a failed authentication, as a wrong re-auth is.
+	if n := s.auditCount(t, "path = '/auth/password' AND action = 'auth_failed' AND result = 'denied' AND resource_type = 'user' AND resource_id = $1 AND metadata->>'reason' = 'wrong_current_password'", s.c.UserID); n != 1 {
+		t.Errorf("%d auth_failed rows for the wrong current password, want 1", n)
+	}
 	for _, tc := range []struct{ body, code string }{
 		{`{"current_password":"wrong-wrong-wrong","new_password":"another-good-one-7"}`, "invalid_credentials"},
 		{`{"current_password":"` + goodPassword + `","new_password":"short"}`, "weak_password"},
