@@ -250,7 +250,10 @@ func (h *handler) removeTOTP(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	removed, err := h.mfa.RemoveTOTP(r.Context(), id.UserID)
+	removed, err := h.mfa.RemoveTOTP(r.Context(), id.UserID, id.SessionID)
+	if h.stepUpLost(w, err) {
+		return
+	}
 	if err != nil {
 		h.fail(w, err)
 		return
@@ -347,7 +350,11 @@ func (h *handler) removeWebAuthn(w http.ResponseWriter, r *http.Request) {
 	removed := false
 	if identity.ValidID(credID) {
 		var err error
-		if removed, err = h.mfa.RemoveWebAuthn(r.Context(), id.UserID, credID); err != nil {
+		removed, err = h.mfa.RemoveWebAuthn(r.Context(), id.UserID, id.SessionID, credID)
+		if h.stepUpLost(w, err) {
+			return
+		}
+		if err != nil {
 			h.fail(w, err)
 			return
 		}
@@ -365,7 +372,10 @@ func (h *handler) recoveryCodes(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	codes, err := h.mfa.NewRecoveryCodes(r.Context(), id.UserID)
+	codes, err := h.mfa.NewRecoveryCodes(r.Context(), id.UserID, id.SessionID)
+	if h.stepUpLost(w, err) {
+		return
+	}
 	if errors.Is(err, mfa.ErrNotEnrolled) {
 		problem.Write(w, problem.New(http.StatusConflict, "no_second_factor", "recovery codes come with a second factor; set one up first"))
 		return

@@ -610,7 +610,7 @@ func TestGoogleSignInAsksForTheSecondFactorOfAUserWhoHasOne(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	codes, err := svc.NewRecoveryCodes(ctx, s.c.UserID)
+	codes, err := svc.NewRecoveryCodes(ctx, s.c.UserID, "")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"time"
@@ -106,6 +107,37 @@ func caller(w http.ResponseWriter, r *http.Request) (identity.Identity, bool) {
 	return id, true
 }
 
+// whileLive runs change in a transaction that holds the caller's user row
+// (FOR SHARE) and then the caller's session row (stepup.LockSession). A
+// password change or a first second factor ends the user's other sessions
+// under that user row's lock (FOR NO KEY UPDATE), so it commits wholly
+// before the change, which then finds its session ended
+// (stepup.ErrSessionEnded) and does nothing, or wholly after it. The
+// step-up check ran before the request waited for these locks; a thief
+// signed out by the owner's new password must not still sign the owner
+// out everywhere or schedule the account's deletion.
+func (h *handler) whileLive(r *http.Request, id identity.Identity, change func(pgx.Tx) error) error {
+	return pgx.BeginFunc(r.Context(), h.db, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(r.Context(), "SELECT 1 FROM users WHERE id = $1 FOR SHARE", id.UserID); err != nil {
+			return fmt.Errorf("lock the user: %w", err)
+		}
+		if err := stepup.LockSession(r.Context(), tx, id); err != nil {
+			return err
+		}
+		return change(tx)
+	})
+}
+
+// failed answers err, a change's failure: a session ended while the
+// request ran (whileLive), or the database's.
+func (h *handler) failed(w http.ResponseWriter, err error) {
+	if errors.Is(err, stepup.ErrSessionEnded) {
+		problem.Write(w, stepup.Ended())
+		return
+	}
+	h.fail(w, err)
+}
+
 func (h *handler) fail(w http.ResponseWriter, err error) {
 	fnserve.LogFailure(h.log, "sessions: database error", err)
 	w.Header().Set("Retry-After", "5")
@@ -193,13 +225,23 @@ func (h *handler) revoke(w http.ResponseWriter, r *http.Request) {
 		problem.Write(w, problem.New(http.StatusNotFound, "not_found", "no such session"))
 		return
 	}
-	if sid != id.SessionID && !h.steppedUp(w, r, id) {
-		return
-	}
 	var exists, revoked bool
-	if err := h.db.QueryRow(r.Context(), revokeQuery, sid, id.UserID, id.CustomerID).Scan(&exists, &revoked); err != nil {
-		h.fail(w, err)
-		return
+	if sid == id.SessionID {
+		// Signing out needs nothing.
+		if err := h.db.QueryRow(r.Context(), revokeQuery, sid, id.UserID, id.CustomerID).Scan(&exists, &revoked); err != nil {
+			h.fail(w, err)
+			return
+		}
+	} else {
+		if !h.steppedUp(w, r, id) {
+			return
+		}
+		if err := h.whileLive(r, id, func(tx pgx.Tx) error {
+			return tx.QueryRow(r.Context(), revokeQuery, sid, id.UserID, id.CustomerID).Scan(&exists, &revoked)
+		}); err != nil {
+			h.failed(w, err)
+			return
+		}
 	}
 	if !exists {
 		problem.Write(w, problem.New(http.StatusNotFound, "not_found", "no such session"))
@@ -222,12 +264,15 @@ func (h *handler) revokeOthers(w http.ResponseWriter, r *http.Request) {
 	if !h.steppedUp(w, r, id) {
 		return
 	}
-	tag, err := h.db.Exec(r.Context(), revokeOthersQuery, id.UserID, id.CustomerID, id.SessionID)
-	if err != nil {
-		h.fail(w, err)
+	var n int64
+	if err := h.whileLive(r, id, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(r.Context(), revokeOthersQuery, id.UserID, id.CustomerID, id.SessionID)
+		n = tag.RowsAffected()
+		return err
+	}); err != nil {
+		h.failed(w, err)
 		return
 	}
-	n := tag.RowsAffected()
 	audit.Annotate(w, audit.Annotation{ResourceType: "session", Action: "delete", Metadata: map[string]any{"revoked": n, "kept": id.SessionID}})
 	reply.JSON(w, http.StatusOK, map[string]int64{"revoked": n})
 }
@@ -271,7 +316,7 @@ func (h *handler) deleteAccount(w http.ResponseWriter, r *http.Request) {
 	var deleteAfter *time.Time
 	var again bool
 	var keys, sessions int64
-	err := pgx.BeginFunc(r.Context(), h.db, func(tx pgx.Tx) error {
+	err := h.whileLive(r, id, func(tx pgx.Tx) error {
 		again = false
 		err := tx.QueryRow(r.Context(), scheduleDeletion, id.CustomerID).Scan(&deleteAfter)
 		if errors.Is(err, pgx.ErrNoRows) {
@@ -297,7 +342,7 @@ func (h *handler) deleteAccount(w http.ResponseWriter, r *http.Request) {
 		if err == nil {
 			err = errors.New("customer has no deletion date")
 		}
-		h.fail(w, err)
+		h.failed(w, err)
 		return
 	}
 	at := deleteAfter.UTC().Format(time.RFC3339)

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/glassmkr/guardian/shared/migrate"
 	"github.com/glassmkr/guardian/shared/session"
 	"github.com/glassmkr/guardian/shared/testenv"
 )
@@ -432,5 +433,64 @@ func TestSessionsPageListsThisAndOtherSessions(t *testing.T) {
 	noRedirect := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	if resp, err := noRedirect.Do(req); err != nil || resp.StatusCode != 303 || resp.Header.Get("Location") != "/login" {
 		t.Fatalf("signed-out page visit: %v %v", err, resp)
+	}
+}
+
+// A session that a password change ends while its request waits (the
+// owner, signing the thief out with a new password) does nothing: ending
+// the other sessions, one of them, or scheduling the account's deletion
+// waits for the change's lock on the user and then finds its session
+// ended. The step-up check alone, made before, let the change through.
+func TestASessionEndedByAPasswordChangeMidRequestChangesNothing(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name, method, path string
+		other              bool // the path ends in the owner's session id
+	}{
+		{"revoke-others", "POST", "/api/v1/sessions/revoke-others", false},
+		{"one other session", "DELETE", "/api/v1/sessions/", true},
+		{"the account", "DELETE", "/api/v1/account", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			s := newSite(t)
+			ctx := context.Background()
+			now := time.Now()
+			owner, _ := s.sessionOf(t, s.c.UserID, s.c.ID, now, now.Add(24*time.Hour))
+			thief := s.signIn(t)
+			path := tc.path
+			if tc.other {
+				path += owner
+			}
+			// The owner's password change, holding the user's row where it
+			// ends the other sessions.
+			change, changePID := testenv.Hold(t, s.pg.Owner, "SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE", s.c.UserID)
+			done := make(chan answer, 1)
+			go func() {
+				a, err := s.TryDo(tc.method, path, "", thief)
+				if err != nil {
+					a = answer{Status: -1, Raw: err.Error()}
+				}
+				done <- a
+			}()
+			if _, a, finished := testenv.BlockedBy(t, s.pg.Owner, changePID, done, migrate.FunctionRole(migrate.DefaultAppRole, "sessions")); finished {
+				t.Fatalf("the request did not wait for the password change: %d %s", a.Status, a.Raw)
+			}
+			if _, err := change.Exec(ctx, "UPDATE sessions SET revoked_at = now() WHERE user_id = $1 AND id <> $2 AND revoked_at IS NULL", s.c.UserID, owner); err != nil {
+				t.Fatal(err)
+			}
+			if err := change.Commit(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if a := <-done; a.Status != 401 || a.Doc["code"] != "session_ended" {
+				t.Fatalf("a session ended mid-request: %d %s; want 401 session_ended", a.Status, a.Raw)
+			}
+			if n := s.count(t, "SELECT count(*) FROM sessions WHERE id = $1 AND revoked_at IS NULL", owner); n != 1 {
+				t.Error("the owner's session was ended by the thief's")
+			}
+			if n := s.count(t, "SELECT count(*) FROM customers WHERE id = $1 AND deletion_requested_at IS NULL", s.c.ID); n != 1 {
+				t.Error("the account's deletion was scheduled by an ended session")
+			}
+		})
 	}
 }

@@ -347,20 +347,20 @@ func TestRecoveryCodesWorkOnceAndGoWithTheLastFactor(t *testing.T) {
 	if st, _ := f.s.StatusOf(ctx, f.c.UserID); st.RecoveryCodesLeft != RecoveryCodes-1 || !st.TOTP.Enabled {
 		t.Fatalf("status %+v", st)
 	}
-	fresh, err := f.s.NewRecoveryCodes(ctx, f.c.UserID)
+	fresh, err := f.s.NewRecoveryCodes(ctx, f.c.UserID, "")
 	if err != nil || len(fresh) != RecoveryCodes {
 		t.Fatal(err)
 	}
 	if _, err := f.complete(f.challenge(t), Proof{Code: codes[4]}); reason(err) != "wrong_recovery_code" {
 		t.Fatal("an old code works after new ones were made")
 	}
-	if removed, err := f.s.RemoveTOTP(ctx, f.c.UserID); err != nil || !removed {
+	if removed, err := f.s.RemoveTOTP(ctx, f.c.UserID, ""); err != nil || !removed {
 		t.Fatal(removed, err)
 	}
 	if fac, _ := Enrolled(ctx, f.s.db, f.c.UserID); fac.Any() || fac.RecoveryCodes != 0 || len(fac.Methods()) != 0 {
 		t.Fatalf("after removing the last factor: %+v", fac)
 	}
-	if _, err := f.s.NewRecoveryCodes(ctx, f.c.UserID); !errors.Is(err, ErrNotEnrolled) {
+	if _, err := f.s.NewRecoveryCodes(ctx, f.c.UserID, ""); !errors.Is(err, ErrNotEnrolled) {
 		t.Fatal("recovery codes without a factor")
 	}
 }
@@ -516,7 +516,7 @@ func TestWebAuthnRegistrationAndAssertion(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if removed, _ := f.s.RemoveWebAuthn(ctx, f.c.UserID, desk.ID); !removed {
+	if removed, _ := f.s.RemoveWebAuthn(ctx, f.c.UserID, "", desk.ID); !removed {
 		t.Fatal("not removed")
 	}
 	ans, err := f.auth.Get(opts)
@@ -660,5 +660,46 @@ func TestAClonedKeyUsedAtTheSameTimeIsRefused(t *testing.T) {
 	}
 	if err := pgx.BeginFunc(ctx, f.s.db, uses[1]); reason(err) != "webauthn_failed" {
 		t.Fatalf("the clone's use of the same counter: %v, want webauthn_failed", err)
+	}
+}
+
+// Replacing recovery codes and removing a factor are done for a session
+// found live, and stepped up, under the user's lock: one that a password
+// change ended while it waited (or that never used the factor) changes
+// nothing.
+func TestFactorChangesNeedTheSessionStillAdmitted(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	ctx := context.Background()
+	_, codes := f.enrolTOTP(t)
+	ended, _ := f.c.Session(t)
+	plain, _ := f.c.Session(t)
+	live, _ := f.c.Session(t)
+	if _, err := f.pg.Owner.Exec(ctx, "UPDATE sessions SET aal = 2, revoked_at = CASE WHEN id = $1 THEN now() END WHERE id = ANY($2::uuid[])",
+		ended, []string{ended, live}); err != nil {
+		t.Fatal(err)
+	}
+	for _, sid := range []string{ended, plain} {
+		if _, err := f.s.NewRecoveryCodes(ctx, f.c.UserID, sid); !errors.Is(err, ErrStepUpLost) {
+			t.Errorf("new recovery codes for %s: %v, want ErrStepUpLost", sid, err)
+		}
+		if removed, err := f.s.RemoveTOTP(ctx, f.c.UserID, sid); !errors.Is(err, ErrStepUpLost) || removed {
+			t.Errorf("removing the app for %s: %v %v, want ErrStepUpLost", sid, removed, err)
+		}
+		if _, err := f.s.RemoveWebAuthn(ctx, f.c.UserID, sid, "00000000-0000-0000-0000-000000000000"); !errors.Is(err, ErrStepUpLost) {
+			t.Errorf("removing a security key for %s: %v, want ErrStepUpLost", sid, err)
+		}
+	}
+	if st, _ := f.s.StatusOf(ctx, f.c.UserID); !st.TOTP.Enabled || st.RecoveryCodesLeft != RecoveryCodes {
+		t.Fatalf("after refused changes: %+v", st)
+	}
+	if _, err := f.complete(f.challenge(t), Proof{Code: codes[0]}); err != nil {
+		t.Fatalf("an old recovery code after refused changes: %v", err)
+	}
+	if fresh, err := f.s.NewRecoveryCodes(ctx, f.c.UserID, live); err != nil || len(fresh) != RecoveryCodes {
+		t.Fatalf("new recovery codes for a live session: %v", err)
+	}
+	if removed, err := f.s.RemoveTOTP(ctx, f.c.UserID, live); err != nil || !removed {
+		t.Fatalf("removing the app for a live session: %v %v", removed, err)
 	}
 }

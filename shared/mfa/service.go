@@ -413,11 +413,16 @@ func lockUser(ctx context.Context, tx pgx.Tx, userID string) error {
 var ErrNotEnrolled = errors.New("mfa: no second factor enrolled")
 
 // NewRecoveryCodes replaces user's recovery codes and returns the new
-// ones (shown once). A user without a factor has none.
-func (s *Service) NewRecoveryCodes(ctx context.Context, userID string) ([]string, error) {
+// ones (shown once), for session sessionID, which must still be live and
+// stepped up once the user's lock is held (ErrStepUpLost): a password
+// change committed meanwhile ended it. A user without a factor has none.
+func (s *Service) NewRecoveryCodes(ctx context.Context, userID, sessionID string) ([]string, error) {
 	var codes []string
 	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
 		if err := lockUser(ctx, tx, userID); err != nil {
+			return err
+		}
+		if err := s.stillAdmitted(ctx, tx, sessionID); err != nil {
 			return err
 		}
 		f, err := Enrolled(ctx, tx, userID)
@@ -570,24 +575,31 @@ func (s *Service) ConfirmTOTP(ctx context.Context, userID, code, ip, keepSession
 	return first, nil
 }
 
-// RemoveTOTP removes user's authenticator app (confirmed or not) and
-// reports whether there was one. Removing the last factor removes the
-// recovery codes too.
-func (s *Service) RemoveTOTP(ctx context.Context, userID string) (bool, error) {
-	return s.remove(ctx, userID, "DELETE FROM mfa_totp WHERE user_id = $1", userID)
+// RemoveTOTP removes user's authenticator app (confirmed or not), for
+// session sessionID (see remove), and reports whether there was one.
+// Removing the last factor removes the recovery codes too.
+func (s *Service) RemoveTOTP(ctx context.Context, userID, sessionID string) (bool, error) {
+	return s.remove(ctx, userID, sessionID, "DELETE FROM mfa_totp WHERE user_id = $1", userID)
 }
 
-// RemoveWebAuthn removes user's credential id and reports whether it was
-// there. Removing the last factor removes the recovery codes too.
-func (s *Service) RemoveWebAuthn(ctx context.Context, userID, id string) (bool, error) {
-	return s.remove(ctx, userID, "DELETE FROM webauthn_credentials WHERE user_id = $1 AND id = $2", userID, id)
+// RemoveWebAuthn removes user's credential id, for session sessionID (see
+// remove), and reports whether it was there. Removing the last factor
+// removes the recovery codes too.
+func (s *Service) RemoveWebAuthn(ctx context.Context, userID, sessionID, id string) (bool, error) {
+	return s.remove(ctx, userID, sessionID, "DELETE FROM webauthn_credentials WHERE user_id = $1 AND id = $2", userID, id)
 }
 
-func (s *Service) remove(ctx context.Context, userID, sql string, args ...any) (bool, error) {
+// remove runs sql, a factor's removal, under the user's lock, once session
+// sessionID is found still live and stepped up there (ErrStepUpLost): a
+// password change committed while it waited for the lock ended it.
+func (s *Service) remove(ctx context.Context, userID, sessionID, sql string, args ...any) (bool, error) {
 	var removed bool
 	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
 		// One removal at a time per user: the last-factor check holds.
 		if err := lockUser(ctx, tx, userID); err != nil {
+			return err
+		}
+		if err := s.stillAdmitted(ctx, tx, sessionID); err != nil {
 			return err
 		}
 		tag, err := tx.Exec(ctx, sql, args...)
