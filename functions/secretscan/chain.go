@@ -1,10 +1,10 @@
 package main
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"sync"
 )
 
 // chain is this process's audit hash chain (shared/audit): the rows of
@@ -12,7 +12,9 @@ import (
 // their own, so verify finds an edit, insertion or deletion among them
 // too.
 type chain struct {
-	mu   sync.Mutex
+	// turn is held (a value in it) by the one revocation whose rows are
+	// taking the chain's next places, from its inserts to its commit.
+	turn chan struct{}
 	base string // id of the chain's first generation
 	gen  int
 	id   string
@@ -28,8 +30,21 @@ func newChain() *chain {
 	var b [6]byte
 	_, _ = rand.Read(b[:])
 	base := "secretscan-" + hex.EncodeToString(b[:])
-	return &chain{base: base, id: base}
+	return &chain{turn: make(chan struct{}, 1), base: base, id: base}
 }
+
+// lock waits for the chain's turn, or for ctx: a revocation that waits
+// must not wait past its own time for one held up by a slow database.
+func (c *chain) lock(ctx context.Context) error {
+	select {
+	case c.turn <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("wait for the audit chain: %w", context.Cause(ctx))
+	}
+}
+
+func (c *chain) unlock() { <-c.turn }
 
 // restart begins a new generation after a transaction whose commit is
 // not known for certain: its places are never used again.

@@ -60,6 +60,11 @@ type requestInfo struct {
 //
 // then, when given, runs in the same transaction after the rows, with the
 // keys revoked (it queues their notices).
+//
+// The chain is taken only once the keys are revoked (their rows locked in
+// the transaction) and held to the commit: a report whose key's row is
+// locked for long (an operator's open transaction) waits alone, and the
+// reports behind it, of other keys, go on.
 func revoke(ctx context.Context, db *pgxpool.Pool, ch *chain, cands []candidate, req requestInfo,
 	then func(context.Context, pgx.Tx, []match) error) ([]match, error) {
 	hashes := make([][]byte, len(cands))
@@ -67,45 +72,25 @@ func revoke(ctx context.Context, db *pgxpool.Pool, ch *chain, cands []candidate,
 	for i := range cands {
 		hashes[i], metas[i] = cands[i].hash[:], cands[i].meta
 	}
-	// One revocation at a time: its rows take consecutive places.
-	ch.mu.Lock()
-	defer ch.mu.Unlock()
-	var matches []match
-	linked := false
-	err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
-		matches = matches[:0]
-		rows, err := tx.Query(ctx, revokeQuery, hashes, metas)
-		if err != nil {
-			return err
-		}
-		type revokedRow struct {
-			m    match
-			salt []byte
-			meta string
-		}
-		var revoked []revokedRow
-		_, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (struct{}, error) {
-			var m match
-			var hash, salt []byte
-			var id, customer, kind, name, last4, meta *string
-			var at *time.Time
-			if err := row.Scan(&hash, &id, &customer, &kind, &name, &last4, &at, &salt, &meta); err != nil {
-				return struct{}{}, err
-			}
-			copy(m.Hash[:], hash)
-			if id != nil {
-				m.Revoked, m.KeyID, m.Customer, m.Kind, m.Name, m.Last4, m.RevokedAt = true, *id, *customer, *kind, *name, *last4, *at
-				revoked = append(revoked, revokedRow{m: m, salt: salt, meta: deref(meta)})
-			}
-			matches = append(matches, m)
-			return struct{}{}, nil
-		})
-		if err != nil {
-			return err
-		}
-		if len(revoked) == 0 {
-			return nil
-		}
+	tx, err := db.Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	// After a commit, Rollback does nothing.
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	matches, revoked, err := revokeKeys(ctx, tx, hashes, metas)
+	if err != nil {
+		return nil, err
+	}
+	if len(revoked) == 0 {
+		return matches, tx.Commit(ctx)
+	}
+	// One revocation's rows at a time: they take consecutive places.
+	if err := ch.lock(ctx); err != nil {
+		return nil, err
+	}
+	defer ch.unlock()
+	err = func() error {
 		now := time.Now().UTC().Truncate(time.Microsecond)
 		var ip any
 		if a, err := netip.ParseAddr(req.ClientIP); err == nil {
@@ -127,7 +112,6 @@ func revoke(ctx context.Context, db *pgxpool.Pool, ch *chain, cands []candidate,
 			b.Queue(insertRow, r.CustomerID, r.UserAgent, ip, r.RequestID, r.Path, r.ResourceID, r.Metadata, r.OccurredAt,
 				r.WriterID, r.WriterSeq, r.PrevHash, r.RowHash, r.CustomerDigest)
 		}
-		linked = true
 		if err := tx.SendBatch(ctx, b).Close(); err != nil {
 			return err
 		}
@@ -140,22 +124,59 @@ func revoke(ctx context.Context, db *pgxpool.Pool, ch *chain, cands []candidate,
 				return err
 			}
 		}
-		ch.next, ch.nextPrev = seq, prev
+		if err := tx.Commit(ctx); err != nil {
+			return err
+		}
+		ch.seq, ch.prev = seq, prev
 		return nil
-	})
-	switch {
-	case err != nil && linked:
-		// Whether the commit happened is not known for certain: the
-		// chain ends here and a new one begins (verify sees two whole
-		// chains), as the edge's writer does.
-		ch.restart()
-	case err == nil && linked:
-		ch.seq, ch.prev = ch.next, ch.nextPrev
-	}
+	}()
 	if err != nil {
+		// Whether the rows were stored is not known for certain (a commit
+		// whose answer was lost): the chain ends here and a new one begins
+		// (verify sees two whole chains), as the edge's writer does.
+		ch.restart()
 		return nil, err
 	}
 	return matches, nil
+}
+
+// revokedRow is a key this call revoked, with its customer's audit salt
+// and its audit row's metadata.
+type revokedRow struct {
+	m    match
+	salt []byte
+	meta string
+}
+
+// revokeKeys revokes, in tx, the keys of hashes (metas: each one's audit
+// metadata) and returns every key found, and those this call revoked.
+func revokeKeys(ctx context.Context, tx pgx.Tx, hashes [][]byte, metas []string) ([]match, []revokedRow, error) {
+	rows, err := tx.Query(ctx, revokeQuery, hashes, metas)
+	if err != nil {
+		return nil, nil, err
+	}
+	var matches []match
+	var revoked []revokedRow
+	_, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (struct{}, error) {
+		var m match
+		var hash, salt []byte
+		var id, customer, kind, name, last4, meta *string
+		var at *time.Time
+		if err := row.Scan(&hash, &id, &customer, &kind, &name, &last4, &at, &salt, &meta); err != nil {
+			return struct{}{}, err
+		}
+		copy(m.Hash[:], hash)
+		if id != nil {
+			m.Revoked, m.KeyID, m.Customer, m.Kind, m.Name, m.Last4, m.RevokedAt = true, *id, *customer, *kind, *name, *last4, *at
+			revoked = append(revoked, revokedRow{m: m, salt: salt, meta: deref(meta)})
+		}
+		matches = append(matches, m)
+		return struct{}{}, nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return matches, revoked, nil
 }
 
 // querier is a pool or a transaction.

@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/glassmkr/guardian/shared/apikey"
 	shaudit "github.com/glassmkr/guardian/shared/audit"
+	"github.com/glassmkr/guardian/shared/testenv"
 )
 
 // A revocation whose transaction fails after its audit rows were sent
@@ -55,6 +58,55 @@ func TestChainRestartsAfterAnUncertainTransaction(t *testing.T) {
 		t.Fatalf("chain positions %v, want %s:1 then a new generation's first", writers, first)
 	}
 	if rep, err := shaudit.Verify(ctx, f.pg.Owner); err != nil || !rep.OK() || rep.Rows != 2 || rep.Writers != 2 {
+		t.Fatalf("verify: %+v %v", rep, err)
+	}
+}
+
+// A report whose key's row is locked for long (an operator's open
+// transaction) holds up no other report: the audit chain is taken only
+// once the keys are revoked, so a report of another customer's key goes
+// through while the first waits, and the first then completes.
+func TestAStuckRevocationHoldsUpNoOther(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, fixtureOpts{stopped: true})
+	c1, _ := f.customer()
+	c2, _ := f.customer()
+	stuck, other := c1.AccountKey(t, "write"), c2.AccountKey(t, "write")
+	ctx := context.Background()
+	meta, err := shaudit.Canonical(map[string]any{"reason": RevokedReason})
+	if err != nil {
+		t.Fatal(err)
+	}
+	revokeOne := func(key string) error {
+		_, err := revoke(ctx, f.pool, f.h.chain, []candidate{{hash: f.h.hasher.Sum(key), meta: meta}},
+			requestInfo{ClientIP: "192.0.2.1", RequestID: testRequestID(key), Path: Route}, nil)
+		return err
+	}
+	h := apikey.Hash(f.pepper, stuck)
+	held, heldPID := testenv.Hold(t, f.pg.Owner, "SELECT 1 FROM api_keys WHERE key_hash = $1 FOR UPDATE", h[:])
+	first := make(chan error, 1)
+	go func() { first <- revokeOne(stuck) }()
+	if _, err, finished := testenv.BlockedBy(t, f.pg.Owner, heldPID, first); finished {
+		t.Fatalf("the first report did not wait for the key's row: %v", err)
+	}
+	second := make(chan error, 1)
+	go func() { second <- revokeOne(other) }()
+	select {
+	case err := <-second:
+		if err != nil || f.revokedReason(other) != RevokedReason {
+			t.Fatalf("the second report: %v, its key revoked as %q", err, f.revokedReason(other))
+		}
+	case <-time.After(20 * time.Second):
+		_ = held.Rollback(ctx)
+		t.Fatal("the second report waited for the first one's key")
+	}
+	if err := held.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-first; err != nil || f.revokedReason(stuck) != RevokedReason {
+		t.Fatalf("the first report once its key's row was free: %v, revoked as %q", err, f.revokedReason(stuck))
+	}
+	if rep, err := shaudit.Verify(ctx, f.pg.Owner); err != nil || !rep.OK() || rep.Rows != 2 {
 		t.Fatalf("verify: %+v %v", rep, err)
 	}
 }
