@@ -622,7 +622,7 @@ func TestNoticesOutliveTheProcess(t *testing.T) {
 	// A process takes the rows and dies before delivering them.
 	crashed := f.newOutbox()
 	crashed.lease = 2 * time.Second
-	rows, err := f.pool.Query(ctx, takeDue, crashed.lease, crashed.batch, true)
+	rows, err := f.pool.Query(ctx, takeDue, crashed.lease, crashed.batch, true, nonNilStrings(crashed.webhooks), crashed.maxAge)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -762,6 +762,29 @@ func TestOutboxWithoutRelayLeavesTheEmails(t *testing.T) {
 	f.startOutbox(f.outbox)
 	f.relay.WaitMessages(t, len(admins), 10*time.Second)
 	f.waitDrained()
+}
+
+// A process takes only the webhook rows of the webhooks it is configured
+// with: another host's webhook may be one this host's allow list refuses,
+// and its refusal, permanent, would give the row up. A row of a webhook
+// no host has any more is taken by any once it is a day old.
+func TestOutboxLeavesOtherHostsWebhooks(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, fixtureOpts{stopped: true})
+	c, _ := f.customer()
+	f.report(c.AccountKey(t, "write"))
+	other := f.newOutbox()
+	other.mailer, other.webhooks = nil, []string{"https://hooks.other.test/guardian"}
+	if n, err := other.deliverDue(context.Background()); err != nil || n != 0 {
+		t.Fatalf("a host without the webhook took %d rows (%v), want none", n, err)
+	}
+	if n := f.count("SELECT count(*) FROM revocation_notices WHERE channel = 'webhook' AND attempts = 0"); n != 1 {
+		t.Fatalf("%d untouched webhook rows, want 1", n)
+	}
+	f.asOwner("UPDATE revocation_notices SET created_at = now() - interval '25 hours' WHERE channel = 'webhook'")
+	if n, err := other.deliverDue(context.Background()); err != nil || n != 1 {
+		t.Fatalf("a day on, a host without the webhook took %d rows (%v), want it", n, err)
+	}
 }
 
 // A revocation by a process without a mail relay still writes the

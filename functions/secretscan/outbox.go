@@ -158,17 +158,23 @@ type pendingNotice struct {
 
 // takeDue leases up to $2 due rows for $1; a process without a mail
 // relay ($3 false) leaves e-mail rows to those with one (a host whose
-// relay is not configured must not give up the others' e-mails).
+// relay is not configured must not give up the others' e-mails). Of
+// webhook rows, a process takes those of the webhooks it is configured
+// with ($4): another host's webhook may be one its GUARDIAN_WEBHOOK_ALLOW
+// lets through and this one's refuses for good. A webhook row no process
+// took for $5 (no host has that webhook any more) is taken by any, to be
+// tried once and then given up.
 const takeDue = `UPDATE revocation_notices SET attempts = attempts + 1, next_attempt_at = now() + $1::interval,
 	first_attempt_at = coalesce(first_attempt_at, now())
 WHERE id IN (SELECT id FROM revocation_notices WHERE next_attempt_at <= now() AND (channel <> 'email' OR $3)
+               AND (channel <> 'webhook' OR target = ANY($4::text[]) OR created_at < now() - $5::interval)
              ORDER BY next_attempt_at, id LIMIT $2 FOR UPDATE SKIP LOCKED)
 RETURNING id, customer_id::text, channel, target, subject, body, first_attempt_at, attempts`
 
 // deliverDue takes up to batch due rows, delivers them concurrently and
 // records each outcome. It returns how many it took.
 func (o *outbox) deliverDue(ctx context.Context) (int, error) {
-	rows, err := o.db.Query(ctx, takeDue, o.lease, o.batch, o.mailer != nil)
+	rows, err := o.db.Query(ctx, takeDue, o.lease, o.batch, o.mailer != nil, nonNilStrings(o.webhooks), o.maxAge)
 	if err != nil {
 		return 0, err
 	}
@@ -268,4 +274,12 @@ func (o *outbox) safeTarget(p *pendingNotice) string {
 		return "admin"
 	}
 	return notify.HostOf(p.target)
+}
+
+// nonNilStrings is s, or an empty slice for nil (an array, not NULL).
+func nonNilStrings(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
 }
