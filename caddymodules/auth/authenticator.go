@@ -124,7 +124,7 @@ type Config struct {
 	// TouchInterval is how often last-used times are written. Default 10s.
 	TouchInterval time.Duration
 	// ListenerCheck is how long the revocation listener waits in silence
-	// before it pings its connection. Default 30s.
+	// before it pings its connection. Default DefaultListenerCheck.
 	ListenerCheck time.Duration
 	Log           *zap.Logger
 }
@@ -163,7 +163,7 @@ func NewAuthenticator(cfg Config) (*Authenticator, error) {
 		cfg.TouchInterval = 10 * time.Second
 	}
 	if cfg.ListenerCheck <= 0 {
-		cfg.ListenerCheck = 30 * time.Second
+		cfg.ListenerCheck = DefaultListenerCheck
 	}
 	if cfg.Log == nil {
 		cfg.Log = zap.NewNop()
@@ -642,6 +642,18 @@ func (a *Authenticator) listen(ctx context.Context) {
 	}
 }
 
+// A listening connection that has gone silent (a NAT or firewall that
+// forgot it, a hung host) is noticed within DefaultListenerCheck plus
+// listenerPingTimeout; until then every cached entry is trusted, revoked
+// or not. A ping every two seconds costs PostgreSQL nothing; one slower
+// than listenerPingTimeout restarts the listener, which drops the caches
+// (their entries are read again), nothing worse.
+const (
+	// DefaultListenerCheck is Config.ListenerCheck's default.
+	DefaultListenerCheck = 2 * time.Second
+	listenerPingTimeout  = 2 * time.Second
+)
+
 func (a *Authenticator) listenOnce(ctx context.Context) error {
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	conn, err := pgx.Connect(cctx, a.dsn)
@@ -665,7 +677,7 @@ func (a *Authenticator) listenOnce(ctx context.Context) error {
 			// Quiet for a while: a connection to a PostgreSQL that has
 			// gone silent (a hung host, a dropped network) would wait
 			// forever, and the caches would be trusted all along.
-			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			pctx, cancel := context.WithTimeout(ctx, listenerPingTimeout)
 			err = conn.Ping(pctx)
 			cancel()
 			if err == nil {

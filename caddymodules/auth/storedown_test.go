@@ -98,6 +98,25 @@ func TestStaleCredentialsServeThroughASilentOutage(t *testing.T) {
 	o.servesStale(t, "silence")
 }
 
+// With the default check, a listening connection that goes silent is
+// noticed within seconds (DefaultListenerCheck and a ping's timeout), not
+// the half-minute it once took, during which every cached entry, revoked
+// or not, was trusted.
+func TestTheDefaultCheckFindsASilentListenerSoon(t *testing.T) {
+	t.Parallel()
+	o := newOutage(t, 0)
+	o.cached(t, "before the silence")
+	start := time.Now()
+	o.proxy.silent.Store(true)
+	for o.a.Listening() {
+		if time.Since(start) > 15*time.Second {
+			t.Fatalf("a silent listener went unnoticed for %s", time.Since(start))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Logf("noticed after %s", time.Since(start))
+}
+
 // TestALookupPastItsDeadlineServesStaleAndSaysSo: a lookup that
 // PostgreSQL does not answer within lookupTimeout (here, the key table
 // locked) serves a stale cached key as an outage does, and says so in the
