@@ -363,8 +363,11 @@ func TestEachFunctionRoleReachesOnlyItsTables(t *testing.T) {
 			"DELETE FROM customers WHERE id = ANY(ARRAY[gen_random_uuid()]) AND delete_after <= now() RETURNING id::text",
 			"SELECT forget_deleted_customers('30 days')",
 			"DELETE FROM mfa_attempts WHERE window_start < now() - interval '1 day'",
-			"SELECT server_id::text, customer_id::text FROM deleted_servers ORDER BY deleted_at, server_id LIMIT 10",
-			"DELETE FROM deleted_servers WHERE server_id = ANY(ARRAY[gen_random_uuid()]) AND deleted_at < now() - interval '10 minutes' RETURNING server_id::text",
+			"SELECT server_id::text, customer_id::text FROM deleted_servers ORDER BY purged_at IS NOT NULL, deleted_at, server_id LIMIT 10",
+			"SELECT count(*) FROM deleted_servers WHERE purged_at IS NULL AND deleted_at < now()",
+			"UPDATE deleted_servers SET purged_at = now() WHERE server_id = ANY(ARRAY[gen_random_uuid()]) AND purged_at IS NULL AND deleted_at < now() - interval '10 minutes' RETURNING server_id::text",
+			"DELETE FROM deleted_servers WHERE purged_at IS NOT NULL AND deleted_at < now() - interval '31 days'",
+			"SELECT customer_id::text FROM deleted_customers ORDER BY deleted_at DESC, customer_id LIMIT 10",
 		}, []string{"SELECT audit_salt FROM customers", "SELECT name FROM customers", insertAudit, "SELECT count(*) FROM api_audit_log", "SELECT password_hash FROM users", "SELECT count(*) FROM mfa_totp", "SELECT count(*) FROM api_keys", "UPDATE api_keys SET revoked_at = NULL", "UPDATE customers SET delete_after = NULL", "INSERT INTO customers (name) VALUES ('x')", "SELECT subject FROM mfa_attempts"}},
 	}
 	if len(cases) != len(migrate.FunctionRoles) {

@@ -45,6 +45,13 @@
 // itself is already there (action "delete" on resource "customer", with
 // delete_after). The result line names the purged accounts instead.
 //
+// Deletions outlast the backups. A ClickHouse backup set restored after
+// data loss is up to 30 days old and holds the rows of accounts and
+// servers deleted since. Each run looks again for the rows of the
+// accounts deleted in the last 30 days (deleted_customers) and of the
+// servers deleted in the last 31 (deleted_servers keeps them, marked
+// purged_at, migration 0044), and deletes any it finds.
+//
 // Housekeeping. Each run also deletes second-factor attempt counters whose
 // window began over a day ago: they name users and client addresses, and
 // count nothing once their 15-minute window is over.
@@ -53,7 +60,8 @@
 // purged_customer_ids, waiting_customer_ids, accounts_remaining,
 // accounts_overdue, mutations_issued, rows_to_delete, clickhouse_tables,
 // servers_due, purged_server_ids, waiting_server_ids, servers_remaining,
-// servers_overdue, audit_rows_anonymised, mfa_attempts_forgotten.
+// servers_overdue, accounts_rechecked, accounts_found_again,
+// audit_rows_anonymised, mfa_attempts_forgotten.
 //
 // Environment (see shared/job for the lock, metrics and alert settings):
 //

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"regexp"
 	"slices"
 	"strings"
@@ -87,10 +88,14 @@ type Result struct {
 	ServersWaiting []string `json:"waiting_server_ids"`
 	// ServersRemaining: deleted servers beyond this run's bound.
 	ServersRemaining int `json:"servers_remaining"`
-	// ServersOverdue: deleted servers still recorded (their rows not
-	// known gone) more than OverdueAfter after their deletion, at the end
-	// of the run.
+	// ServersOverdue: deleted servers whose rows are still not known gone
+	// more than OverdueAfter after their deletion, at the end of the run.
 	ServersOverdue int `json:"servers_overdue"`
+	// AccountsRechecked: accounts deleted in the last 30 days whose
+	// ClickHouse rows were looked for again (a restored backup set brings
+	// them back); AccountsFoundAgain: those that had rows, deleted again.
+	AccountsRechecked  int      `json:"accounts_rechecked"`
+	AccountsFoundAgain []string `json:"accounts_found_again"`
 	// AuditRowsAnonymised: audit rows written after their customer was
 	// deleted (requests in flight during a purge, a spool replayed
 	// later), whose customer_id this run set to NULL.
@@ -125,6 +130,8 @@ func (r Result) Report(rep *job.Report) {
 	rep.Set("waiting_server_ids", nonNil(r.ServersWaiting))
 	rep.Set("servers_remaining", r.ServersRemaining)
 	rep.Set("servers_overdue", r.ServersOverdue)
+	rep.Set("accounts_rechecked", r.AccountsRechecked)
+	rep.Set("accounts_found_again", nonNil(r.AccountsFoundAgain))
 	rep.Set("audit_rows_anonymised", r.AuditRowsAnonymised)
 	rep.Set("audit_rows_anonymised_before_delete", r.AuditRowsOfPurged)
 	rep.Set("mfa_attempts_forgotten", r.MFAAttemptsForgotten)
@@ -153,12 +160,31 @@ const (
 	// forgetAttempts deletes second-factor attempt counters long past
 	// their window (AttemptsKeptFor).
 	forgetAttempts = `DELETE FROM mfa_attempts WHERE window_start < $1`
-	// Servers deleted through the API whose ClickHouse rows may remain.
-	dueServers    = `SELECT server_id::text, customer_id::text FROM deleted_servers ORDER BY deleted_at, server_id LIMIT $1`
+	// Servers deleted through the API: those whose ClickHouse rows may
+	// remain first, then those purged already, whose rows a restored
+	// backup set may have brought back.
+	dueServers = `SELECT server_id::text, customer_id::text FROM deleted_servers
+ORDER BY purged_at IS NOT NULL, deleted_at, server_id LIMIT $1`
 	serversCount  = `SELECT count(*) FROM deleted_servers`
-	serversBefore = `SELECT count(*) FROM deleted_servers WHERE deleted_at < $1`
-	forgetServers = `DELETE FROM deleted_servers WHERE server_id = ANY($1::uuid[]) AND deleted_at < now() - $2::interval RETURNING server_id::text`
+	serversBefore = `SELECT count(*) FROM deleted_servers WHERE purged_at IS NULL AND deleted_at < $1`
+	// markPurged records that a server's rows were found gone once the
+	// rows on their way to ClickHouse at its deletion have landed.
+	markPurged = `UPDATE deleted_servers SET purged_at = now()
+WHERE server_id = ANY($1::uuid[]) AND purged_at IS NULL AND deleted_at < now() - $2::interval RETURNING server_id::text`
+	// forgetServers forgets deleted servers once no backup set can hold
+	// their rows (KeptDeletions).
+	forgetServers = `DELETE FROM deleted_servers WHERE purged_at IS NOT NULL AND deleted_at < now() - $1::interval`
+	// deletedAccounts are the accounts deleted in the last 30 days
+	// (forget_deleted_customers keeps them that long), newest first.
+	deletedAccounts = `SELECT customer_id::text FROM deleted_customers ORDER BY deleted_at DESC, customer_id LIMIT $1`
 )
+
+// KeptDeletions is how long a deleted server is remembered, its rows
+// deleted again should they reappear: ClickHouse backup sets are kept 30
+// days, so a set restored after data loss can bring back a server deleted
+// up to 30 days before. Deleted accounts are remembered as long
+// (deleted_customers, forget_deleted_customers).
+const KeptDeletions = 31 * 24 * time.Hour
 
 // serverSettle is how long a deleted server stays recorded, its rows
 // deleted again at every run, before it is forgotten: a snapshot the
@@ -167,8 +193,12 @@ const (
 // land after the deletion and stay until retention removed it.
 const serverSettle = 10 * time.Minute
 
-// maxServersPerRun bounds the deleted servers one run handles.
-const maxServersPerRun = 1000
+// maxServersPerRun bounds the deleted servers one run handles, and
+// maxRecheckedPerRun the deleted accounts whose rows it looks for again.
+const (
+	maxServersPerRun   = 1000
+	maxRecheckedPerRun = 1000
+)
 
 var identRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,62}$`)
 
@@ -200,6 +230,9 @@ func (p *Purger) Run(ctx context.Context, now time.Time) (Result, error) {
 		return res, err
 	}
 	if err := p.purgeServers(ctx, &res); err != nil {
+		return res, err
+	}
+	if err := p.recheckAccounts(ctx, &res); err != nil {
 		return res, err
 	}
 	if err := p.PG.QueryRow(ctx, forgetDeleted).Scan(&res.AuditRowsAnonymised); err != nil {
@@ -370,15 +403,64 @@ func (p *Purger) purgeServers(ctx context.Context, res *Result) error {
 	}
 	res.ServersWaiting = waiting
 	if len(ready) > 0 {
-		rows, err := p.PG.Query(ctx, forgetServers, ready, serverSettle)
+		rows, err := p.PG.Query(ctx, markPurged, ready, serverSettle)
 		if err != nil {
-			return fmt.Errorf("forget deleted servers: %w", err)
+			return fmt.Errorf("record purged servers: %w", err)
 		}
 		if res.ServersPurged, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
-			return fmt.Errorf("forget deleted servers: %w", err)
+			return fmt.Errorf("record purged servers: %w", err)
 		}
 		slices.Sort(res.ServersPurged)
 	}
+	if _, err := p.PG.Exec(ctx, forgetServers, KeptDeletions); err != nil {
+		return fmt.Errorf("forget deleted servers: %w", err)
+	}
+	return nil
+}
+
+// recheckAccounts deletes again the ClickHouse rows of accounts deleted in
+// the last 30 days, should any have come back (a backup set restored
+// after data loss, or a snapshot that landed after the purge). The rows
+// are counted first, so a run with none issues no deletion.
+func (p *Purger) recheckAccounts(ctx context.Context, res *Result) error {
+	rows, err := p.PG.Query(ctx, deletedAccounts, maxRecheckedPerRun)
+	if err != nil {
+		return fmt.Errorf("read deleted accounts: %w", err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("read deleted accounts: %w", err)
+	}
+	res.AccountsRechecked = len(ids)
+	if len(ids) == 0 {
+		return nil
+	}
+	tables, err := p.customerTables(ctx)
+	if err != nil {
+		return err
+	}
+	found := map[string]bool{}
+	for _, table := range tables {
+		counts, err := p.count(ctx, table, "", "customer_id", ids)
+		if err != nil {
+			return fmt.Errorf("clickhouse %s: %w", table, err)
+		}
+		for id, n := range counts {
+			if n > 0 {
+				found[id] = true
+			}
+		}
+	}
+	if len(found) == 0 {
+		return nil
+	}
+	again := slices.Sorted(maps.Keys(found))
+	res.AccountsFoundAgain = again
+	_, waiting, err := p.deleteAndCheck(ctx, tables, "customer_id", again, nil, res)
+	if err != nil {
+		return err
+	}
+	res.Waiting = append(res.Waiting, waiting...)
 	return nil
 }
 

@@ -437,9 +437,79 @@ func TestPurgeDeletesTheRowsOfDeletedServers(t *testing.T) {
 	if got := f.chRows(t, c.ID); !all(got, 2) {
 		t.Errorf("the account's rows: %v", got)
 	}
+	var purged int
+	if err := f.pg.Owner.QueryRow(ctx, "SELECT count(*) FROM deleted_servers WHERE server_id = $1 AND purged_at IS NOT NULL", gone).Scan(&purged); err != nil || purged != 1 {
+		t.Fatalf("deleted_servers holds %d purged records of the server (%v), want 1", purged, err)
+	}
+	// A backup set restored after data loss brings the server's rows
+	// back: the next run deletes them again.
+	restored, err := f.ch.Conn.PrepareBatch(ctx, "INSERT INTO "+db+".snapshots (customer_id, server_id, ts, retention_days, payload)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := restored.Append(c.ID, gone, now, uint16(90), "{}"); err != nil {
+		t.Fatal(err)
+	}
+	if err := restored.Send(); err != nil {
+		t.Fatal(err)
+	}
+	res, line = f.execute(t, nil)
+	if res.Status != job.StatusOK || line["servers_due"] != 1.0 || line["servers_overdue"] != 0.0 {
+		t.Fatalf("the run after a restore: %s %s %v", res.Status, res.Err, line)
+	}
+	if n := serverRows(gone); n != 0 {
+		t.Errorf("%d restored rows of the deleted server remain", n)
+	}
+	if n := serverRows(c.ServerID); n != 6 {
+		t.Errorf("the account's other server has %d rows after the restore's run, want its 6", n)
+	}
+	// Once no backup set can hold its rows, the server is forgotten.
+	if _, err := f.pg.Owner.Exec(ctx, "UPDATE deleted_servers SET deleted_at = now() - $2::interval WHERE server_id = $1", gone, KeptDeletions+time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if res, line = f.execute(t, nil); res.Status != job.StatusOK {
+		t.Fatalf("the run after %s: %s %s %v", KeptDeletions, res.Status, res.Err, line)
+	}
 	var left int
 	if err := f.pg.Owner.QueryRow(ctx, "SELECT count(*) FROM deleted_servers").Scan(&left); err != nil || left != 0 {
-		t.Fatalf("deleted_servers holds %d records after the purge (%v)", left, err)
+		t.Fatalf("deleted_servers holds %d records %s after the deletion (%v)", left, KeptDeletions, err)
+	}
+}
+
+// A purged account's rows that come back (a backup set restored after
+// data loss holds them) are deleted again at the next run, for as long as
+// the deletion is remembered; the other accounts' rows stay.
+func TestAPurgedAccountsRowsThatComeBackAreDeletedAgain(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	doomed := f.customer(t, in(-time.Hour))
+	other := f.customer(t, nil)
+	if res, line := f.execute(t, nil); res.Status != job.StatusOK || line["accounts_purged"] != 1.0 {
+		t.Fatalf("the purge: %s %s %v", res.Status, res.Err, line)
+	}
+	if res, line := f.execute(t, nil); res.Status != job.StatusOK || line["accounts_rechecked"] != 1.0 || fmt.Sprint(line["accounts_found_again"]) != "[]" || line["mutations_issued"] != 0.0 {
+		t.Fatalf("a run with nothing come back: %s %s %v", res.Status, res.Err, line)
+	}
+	ctx := context.Background()
+	b, err := f.ch.Conn.PrepareBatch(ctx, "INSERT INTO "+f.ch.Database+".alert_history (customer_id, server_id, ts, rule)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Append(doomed.ID, doomed.ServerID, time.Now(), "disk"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Send(); err != nil {
+		t.Fatal(err)
+	}
+	res, line := f.execute(t, nil)
+	if res.Status != job.StatusOK || fmt.Sprint(line["accounts_found_again"]) != fmt.Sprint([]string{doomed.ID}) || line["mutations_issued"] != 1.0 {
+		t.Fatalf("the run after the rows came back: %s %s %v", res.Status, res.Err, line)
+	}
+	if got := f.chRows(t, doomed.ID); !all(got, 0) {
+		t.Errorf("the purged account's rows after the run: %v", got)
+	}
+	if got := f.chRows(t, other.ID); !all(got, 2) {
+		t.Errorf("another account's rows: %v", got)
 	}
 }
 
