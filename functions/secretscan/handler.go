@@ -220,9 +220,14 @@ func (h *handler) process(r *http.Request, reports []report) ([]label, []revoked
 		if err != nil {
 			return nil, nil, err
 		}
+		m["already_revoked"] = true // found again, after a report revoked it
+		again, err := audit.Canonical(m)
+		if err != nil {
+			return nil, nil, err
+		}
 		hash := h.hasher.Sum(rep.Token)
 		byHash[hash] = i
-		cands = append(cands, candidate{hash: hash, meta: meta})
+		cands = append(cands, candidate{hash: hash, meta: meta, again: again})
 	}
 	if len(cands) == 0 {
 		return labels, nil, nil

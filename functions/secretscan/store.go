@@ -14,14 +14,13 @@ import (
 // RevokedReason is api_keys.revoked_reason, and the audit rows' reason.
 const RevokedReason = "github_secret_scanning"
 
-// revokeQuery revokes the reported keys through revoke_reported_keys
-// (migration 0020: the customer's audit salt comes back only for a key
-// this call revoked) and gives each key it revoked the audit metadata of
-// its hash, for the audit row the same transaction then writes. $1
-// hashes, $2 the audit metadata of each hash (canonical JSON).
-const revokeQuery = `SELECT r.key_hash, r.key_id::text, r.customer_id::text, r.kind, r.name, r.last4, r.revoked_at, r.audit_salt, m.m
-FROM revoke_reported_keys($1::bytea[]) r
-LEFT JOIN unnest($1::bytea[], $2::text[]) AS m(h, m) ON m.h = r.key_hash`
+// revokeQuery revokes the reported keys ($1, their hashes) through
+// revoke_reported_keys (migrations 0020, 0045: a key's details and its
+// customer's audit salt come back only for a key this call revoked, newly,
+// or one an earlier report revoked, found again), for the audit rows the
+// same transaction then writes.
+const revokeQuery = `SELECT key_hash, key_id::text, customer_id::text, kind, name, last4, revoked_at, audit_salt, newly
+FROM revoke_reported_keys($1::bytea[])`
 
 // insertRow writes one audit row, chain columns included.
 const insertRow = `INSERT INTO api_audit_log (customer_id, user_agent, source_ip, request_id, method, path,
@@ -33,13 +32,17 @@ VALUES ($1, $2, $3, $4, 'POST', $5, 'api_key', $6, 'delete', 'success', 200, $7,
 type candidate struct {
 	hash [32]byte
 	meta string // the audit row's metadata, should it be revoked
+	// again is the audit row's metadata should an earlier report have
+	// revoked it (meta, saying so).
+	again string
 }
 
 // match is a reported key that exists; Revoked is set when this request
-// revoked it.
+// revoked it, Again when an earlier report did (it was found again).
 type match struct {
 	Hash      [32]byte
 	Revoked   bool
+	Again     bool
 	KeyID     string
 	Customer  string
 	Kind      string
@@ -68,9 +71,9 @@ type requestInfo struct {
 func revoke(ctx context.Context, db *pgxpool.Pool, ch *chain, cands []candidate, req requestInfo,
 	then func(context.Context, pgx.Tx, []match) error) ([]match, error) {
 	hashes := make([][]byte, len(cands))
-	metas := make([]string, len(cands))
-	for i := range cands {
-		hashes[i], metas[i] = cands[i].hash[:], cands[i].meta
+	byHash := make(map[[32]byte]candidate, len(cands))
+	for i, c := range cands {
+		hashes[i], byHash[c.hash] = c.hash[:], c
 	}
 	tx, err := db.Begin(ctx)
 	if err != nil {
@@ -78,11 +81,11 @@ func revoke(ctx context.Context, db *pgxpool.Pool, ch *chain, cands []candidate,
 	}
 	// After a commit, Rollback does nothing.
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	matches, revoked, err := revokeKeys(ctx, tx, hashes, metas)
+	matches, audited, err := revokeKeys(ctx, tx, hashes, byHash)
 	if err != nil {
 		return nil, err
 	}
-	if len(revoked) == 0 {
+	if len(audited) == 0 {
 		return matches, tx.Commit(ctx)
 	}
 	// One revocation's rows at a time: they take consecutive places.
@@ -98,7 +101,11 @@ func revoke(ctx context.Context, db *pgxpool.Pool, ch *chain, cands []candidate,
 		}
 		seq, prev := ch.seq, ch.prev
 		b := &pgx.Batch{}
-		for _, rv := range revoked {
+		var done []match
+		for _, rv := range audited {
+			if rv.m.Revoked {
+				done = append(done, rv.m)
+			}
 			r := &audit.Row{
 				CustomerID: rv.m.Customer, OccurredAt: now, SourceIP: req.ClientIP, UserAgent: req.UserAgent,
 				RequestID: req.RequestID + "." + rv.m.KeyID, Method: "POST", Path: req.Path,
@@ -115,11 +122,7 @@ func revoke(ctx context.Context, db *pgxpool.Pool, ch *chain, cands []candidate,
 		if err := tx.SendBatch(ctx, b).Close(); err != nil {
 			return err
 		}
-		if then != nil {
-			done := make([]match, len(revoked))
-			for i, rv := range revoked {
-				done[i] = rv.m
-			}
+		if then != nil && len(done) > 0 {
 			if err := then(ctx, tx, done); err != nil {
 				return err
 			}
@@ -140,35 +143,44 @@ func revoke(ctx context.Context, db *pgxpool.Pool, ch *chain, cands []candidate,
 	return matches, nil
 }
 
-// revokedRow is a key this call revoked, with its customer's audit salt
-// and its audit row's metadata.
+// revokedRow is a key to audit (this call revoked it, or an earlier
+// report did and it was found again), with its customer's audit salt and
+// its audit row's metadata.
 type revokedRow struct {
 	m    match
 	salt []byte
 	meta string
 }
 
-// revokeKeys revokes, in tx, the keys of hashes (metas: each one's audit
-// metadata) and returns every key found, and those this call revoked.
-func revokeKeys(ctx context.Context, tx pgx.Tx, hashes [][]byte, metas []string) ([]match, []revokedRow, error) {
-	rows, err := tx.Query(ctx, revokeQuery, hashes, metas)
+// revokeKeys revokes, in tx, the keys of hashes (byHash: each one's
+// candidate) and returns every key found, and those to audit.
+func revokeKeys(ctx context.Context, tx pgx.Tx, hashes [][]byte, byHash map[[32]byte]candidate) ([]match, []revokedRow, error) {
+	rows, err := tx.Query(ctx, revokeQuery, hashes)
 	if err != nil {
 		return nil, nil, err
 	}
 	var matches []match
-	var revoked []revokedRow
+	var audited []revokedRow
 	_, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (struct{}, error) {
 		var m match
 		var hash, salt []byte
-		var id, customer, kind, name, last4, meta *string
+		var id, customer, kind, name, last4 *string
 		var at *time.Time
-		if err := row.Scan(&hash, &id, &customer, &kind, &name, &last4, &at, &salt, &meta); err != nil {
+		var newly *bool
+		if err := row.Scan(&hash, &id, &customer, &kind, &name, &last4, &at, &salt, &newly); err != nil {
 			return struct{}{}, err
 		}
 		copy(m.Hash[:], hash)
-		if id != nil {
-			m.Revoked, m.KeyID, m.Customer, m.Kind, m.Name, m.Last4, m.RevokedAt = true, *id, *customer, *kind, *name, *last4, *at
-			revoked = append(revoked, revokedRow{m: m, salt: salt, meta: deref(meta)})
+		if id != nil && newly != nil {
+			m.KeyID, m.Customer, m.Kind, m.Name, m.Last4, m.RevokedAt = *id, *customer, *kind, *name, *last4, *at
+			c := byHash[m.Hash]
+			meta := c.meta
+			if *newly {
+				m.Revoked = true
+			} else {
+				m.Again, meta = true, c.again
+			}
+			audited = append(audited, revokedRow{m: m, salt: salt, meta: meta})
 		}
 		matches = append(matches, m)
 		return struct{}{}, nil
@@ -176,19 +188,12 @@ func revokeKeys(ctx context.Context, tx pgx.Tx, hashes [][]byte, metas []string)
 	if err != nil {
 		return nil, nil, err
 	}
-	return matches, revoked, nil
+	return matches, audited, nil
 }
 
 // querier is a pool or a transaction.
 type querier interface {
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
-}
-
-func deref(s *string) string {
-	if s == nil {
-		return ""
-	}
-	return *s
 }
 
 // adminEmails returns the e-mail addresses of each customer's admins.
