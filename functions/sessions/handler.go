@@ -107,26 +107,44 @@ func caller(w http.ResponseWriter, r *http.Request) (identity.Identity, bool) {
 	return id, true
 }
 
-// whileLive runs change in a transaction that holds the caller's user row
-// (FOR SHARE) and then the caller's session row (stepup.LockSession). A
-// password change or a first second factor ends the user's other sessions
-// under that user row's lock (FOR NO KEY UPDATE), so it commits wholly
-// before the change, which then finds its session ended
-// (stepup.ErrSessionEnded) and does nothing, or wholly after it. The
-// step-up check ran before the request waited for these locks; a thief
+// whileLive runs change in a transaction that first takes the caller's
+// user row, lock (FOR NO KEY UPDATE to end sessions, FOR SHARE to
+// schedule the account's deletion), and then finds the caller's session
+// still live (stepup.ErrSessionEnded otherwise). A password change or a
+// first second factor ends the user's other sessions under that row's
+// FOR NO KEY UPDATE, so it commits wholly before the change, which then
+// finds its session ended and does nothing, or wholly after it: a thief
 // signed out by the owner's new password must not still sign the owner
-// out everywhere or schedule the account's deletion.
-func (h *handler) whileLive(r *http.Request, id identity.Identity, change func(pgx.Tx) error) error {
+// out everywhere or schedule the account's deletion. Ending sessions
+// takes the row as a password change does, so two sessions of a user
+// ending each other take turns too, the second finding itself ended.
+// Scheduling the deletion only shares it: it then locks the customer's
+// row, which a sign-in holds FOR SHARE while it waits to share the
+// user's; with the user's row held exclusively, the two would deadlock.
+// The session's own row is not locked: two sessions each holding their
+// own while ending the other's would deadlock.
+func (h *handler) whileLive(r *http.Request, id identity.Identity, lock string, change func(pgx.Tx) error) error {
 	return pgx.BeginFunc(r.Context(), h.db, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(r.Context(), "SELECT 1 FROM users WHERE id = $1 FOR SHARE", id.UserID); err != nil {
+		if _, err := tx.Exec(r.Context(), "SELECT 1 FROM users WHERE id = $1 "+lock, id.UserID); err != nil {
 			return fmt.Errorf("lock the user: %w", err)
 		}
-		if err := stepup.LockSession(r.Context(), tx, id); err != nil {
-			return err
+		var live bool
+		err := tx.QueryRow(r.Context(), "SELECT true FROM sessions WHERE id = $1 AND revoked_at IS NULL AND expires_at > now()", id.SessionID).Scan(&live)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return stepup.ErrSessionEnded
+		}
+		if err != nil {
+			return fmt.Errorf("re-check the session: %w", err)
 		}
 		return change(tx)
 	})
 }
+
+// Locks whileLive takes on the caller's user row.
+const (
+	lockToEnd      = "FOR NO KEY UPDATE"
+	lockToSchedule = "FOR SHARE"
+)
 
 // failed answers err, a change's failure: a session ended while the
 // request ran (whileLive), or the database's.
@@ -236,7 +254,7 @@ func (h *handler) revoke(w http.ResponseWriter, r *http.Request) {
 		if !h.steppedUp(w, r, id) {
 			return
 		}
-		if err := h.whileLive(r, id, func(tx pgx.Tx) error {
+		if err := h.whileLive(r, id, lockToEnd, func(tx pgx.Tx) error {
 			return tx.QueryRow(r.Context(), revokeQuery, sid, id.UserID, id.CustomerID).Scan(&exists, &revoked)
 		}); err != nil {
 			h.failed(w, err)
@@ -265,7 +283,7 @@ func (h *handler) revokeOthers(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var n int64
-	if err := h.whileLive(r, id, func(tx pgx.Tx) error {
+	if err := h.whileLive(r, id, lockToEnd, func(tx pgx.Tx) error {
 		tag, err := tx.Exec(r.Context(), revokeOthersQuery, id.UserID, id.CustomerID, id.SessionID)
 		n = tag.RowsAffected()
 		return err
@@ -316,7 +334,7 @@ func (h *handler) deleteAccount(w http.ResponseWriter, r *http.Request) {
 	var deleteAfter *time.Time
 	var again bool
 	var keys, sessions int64
-	err := h.whileLive(r, id, func(tx pgx.Tx) error {
+	err := h.whileLive(r, id, lockToSchedule, func(tx pgx.Tx) error {
 		again = false
 		err := tx.QueryRow(r.Context(), scheduleDeletion, id.CustomerID).Scan(&deleteAfter)
 		if errors.Is(err, pgx.ErrNoRows) {

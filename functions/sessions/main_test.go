@@ -494,3 +494,32 @@ func TestASessionEndedByAPasswordChangeMidRequestChangesNothing(t *testing.T) {
 		})
 	}
 }
+
+// Two sessions of a user ending each other at the same moment take turns:
+// one ends the other, which then finds itself ended (401), whatever the
+// timing; neither deadlocks into a 503, and they do not both win.
+func TestTwoSessionsEndingEachOtherTakeTurns(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	for round := range 3 {
+		a, b := s.signIn(t), s.signIn(t)
+		start := make(chan struct{})
+		statuses := make(chan int, 2)
+		for _, h := range []map[string]string{a, b} {
+			go func() {
+				<-start
+				ans, err := s.TryDo("POST", "/api/v1/sessions/revoke-others", "", h)
+				if err != nil {
+					ans.Status = -1
+				}
+				statuses <- ans.Status
+			}()
+		}
+		close(start)
+		got := []int{<-statuses, <-statuses}
+		sort.Ints(got)
+		if got[0] != 200 || got[1] != 401 {
+			t.Fatalf("round %d: two sessions ending each other answered %v, want one 200 and one 401", round, got)
+		}
+	}
+}

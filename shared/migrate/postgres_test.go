@@ -327,7 +327,7 @@ func TestEachFunctionRoleReachesOnlyItsTables(t *testing.T) {
 		{"keys", []string{stepUp, lockSession, "SELECT count(*) FROM api_keys", "UPDATE api_keys SET revoked_at = revoked_at, revoked_reason = revoked_reason", "SELECT id FROM api_keys FOR UPDATE"}, []string{"SELECT count(*) FROM users", "SELECT count(*) FROM api_audit_log", "DELETE FROM api_keys", "SELECT count(*) FROM servers", "UPDATE api_keys SET scope = 'admin'", "UPDATE api_keys SET key_hash = key_hash", "SELECT secret_sealed FROM mfa_totp", "SELECT credential FROM webauthn_credentials", "UPDATE sessions SET revoked_at = revoked_at"}},
 		{"sessions", []string{stepUp, lockSession, "SELECT count(*) FROM sessions", "UPDATE sessions SET revoked_at = revoked_at", "UPDATE customers SET delete_after = delete_after", "UPDATE api_keys SET revoked_reason = revoked_reason",
 			// functions/sessions: the user's lock, before ending sessions.
-			"SELECT 1 FROM users WHERE id = gen_random_uuid() FOR SHARE",
+			"SELECT 1 FROM users WHERE id = gen_random_uuid() FOR SHARE", "SELECT 1 FROM users WHERE id = gen_random_uuid() FOR NO KEY UPDATE",
 			// functions/sessions: scheduling the account's deletion.
 			"UPDATE customers SET deletion_requested_at = now(), delete_after = now() + interval '1 hour' WHERE id = gen_random_uuid() AND deletion_requested_at IS NULL RETURNING delete_after",
 			"SELECT delete_after FROM customers WHERE id = gen_random_uuid()"},

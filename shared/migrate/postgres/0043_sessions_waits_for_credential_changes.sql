@@ -4,8 +4,9 @@
 -- shared/mfa) ends the user's other sessions under the user's row lock
 -- (FOR NO KEY UPDATE): a thief's session ended that way must not still
 -- sign the owner out everywhere, or schedule the account's deletion, once
--- the change has committed. sessions now takes the user's row FOR SHARE
--- before such a change and checks its own session after it (shared/mfa's
--- lock, 0009): a row lock asks for UPDATE on one column, and the one
--- granted, updated_at, says nothing anyone reads as a credential.
+-- the change has committed. sessions now takes the user's row (FOR NO KEY
+-- UPDATE to end sessions, FOR SHARE to schedule the deletion) before such
+-- a change and checks its own session after it (shared/mfa's lock, 0009):
+-- a row lock asks for UPDATE on one column, and the one granted,
+-- updated_at, says nothing anyone reads as a credential.
 GRANT SELECT (id), UPDATE (updated_at) ON users TO {{fn_role:sessions}};
