@@ -198,9 +198,9 @@ func (h *handler) export(w http.ResponseWriter, r *http.Request, f Filter) {
 // connection. A client cut for reading too slowly (its write passed the
 // deadline paced set) is logged at INFO, at most once per
 // fnserve.FailureLogEvery, since any account can make such cuts at will;
-// any other failure is a client that went away, logged at DEBUG. The
-// write's error tells them apart: a closed connection can fail a write
-// before the server has noticed it and cancelled the request.
+// any other failure is a client that went away, logged at DEBUG. Only
+// the write's error tells them apart: net/http cancels the request's
+// context inside any failed write, the deadline's included.
 func (h *handler) flushed(r *http.Request, cw *csv.Writer, rows int) bool {
 	cw.Flush()
 	err := cw.Error()
@@ -208,7 +208,7 @@ func (h *handler) flushed(r *http.Request, cw *csv.Writer, rows int) bool {
 		return true
 	}
 	fields := []zap.Field{zap.String("request_id", identity.RequestID(r)), zap.Int("rows", rows), zap.Error(err)}
-	if !errors.Is(err, os.ErrDeadlineExceeded) || r.Context().Err() != nil {
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
 		h.log.Debug("audit export ended: its client went away", fields...)
 	} else if n, ok := h.slowCuts.Allow(time.Now(), fnserve.FailureLogEvery); ok {
 		h.log.Info("audit export cut: its client read more slowly than the export's floor",

@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -111,6 +113,56 @@ func TestFlushedTellsACutFromAClientGone(t *testing.T) {
 			t.Fatalf("%s: flushed", tc.name)
 		}
 		if all := logs.All(); len(all) != 1 || all[0].Message != tc.want {
+			t.Errorf("%s: logged %v, want %q", tc.name, all, tc.want)
+		}
+	}
+}
+
+// Through a real HTTP/1 server, whose failed writes cancel the request's
+// context before they return: a client that stops reading is logged as a
+// cut, one that hangs up (before any floor is reached) as gone.
+func TestFlushedTellsACutFromAClientGoneOverAConnection(t *testing.T) {
+	core, logs := observer.New(zap.DebugLevel)
+	h := &handler{log: zap.New(core), exportRate: ExportMinRate}
+	var rate atomic.Int64
+	served := make(chan struct{}, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() { served <- struct{}{} }()
+		cw := csv.NewWriter(newPaced(w, rate.Load(), 10*time.Millisecond))
+		row := []string{strings.Repeat("x", 4096)}
+		for i := 0; ; i++ {
+			_ = cw.Write(row)
+			if !h.flushed(r, cw, i) {
+				return
+			}
+		}
+	}))
+	defer srv.Close()
+	for _, tc := range []struct {
+		name   string
+		rate   int64 // the floor: one a reader on loopback clears only by reading, or none
+		hangUp bool
+		want   string
+	}{
+		{"a client that stops reading", 1 << 30, false, "audit export cut: its client read more slowly than the export's floor"},
+		{"a client that hangs up", 0, true, "audit export ended: its client went away"},
+	} {
+		rate.Store(tc.rate)
+		conn, err := net.Dial("tcp", srv.Listener.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := conn.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		if tc.hangUp {
+			time.Sleep(50 * time.Millisecond)
+			_ = conn.(*net.TCPConn).SetLinger(0) // a reset, as of a client killed mid-download
+			_ = conn.Close()
+		}
+		<-served
+		_ = conn.Close()
+		if all := logs.TakeAll(); len(all) != 1 || all[0].Message != tc.want {
 			t.Errorf("%s: logged %v, want %q", tc.name, all, tc.want)
 		}
 	}
