@@ -793,9 +793,13 @@ func TestOutboxLeavesOtherHostsWebhooks(t *testing.T) {
 	if n := f.count("SELECT count(*) FROM revocation_notices WHERE channel = 'webhook' AND attempts = 0"); n != 1 {
 		t.Fatalf("%d untouched webhook rows, want 1", n)
 	}
-	f.asOwner("UPDATE revocation_notices SET created_at = now() - interval '25 hours' WHERE channel = 'webhook'")
+	// A day on, and failing (its host gone): tried once, then given up.
+	f.asOwner("UPDATE revocation_notices SET created_at = now() - interval '25 hours', target = 'http://127.0.0.1:1/gone' WHERE channel = 'webhook'")
 	if n, err := other.deliverDue(context.Background()); err != nil || n != 1 {
 		t.Fatalf("a day on, a host without the webhook took %d rows (%v), want it", n, err)
+	}
+	if n := f.count("SELECT count(*) FROM revocation_notices WHERE channel = 'webhook'"); n != 0 || other.failed.Load() != 1 {
+		t.Fatalf("a call of a webhook no host has, failed once: %d rows left, %d given up; want it given up", n, other.failed.Load())
 	}
 }
 

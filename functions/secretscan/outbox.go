@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -223,7 +224,10 @@ func (o *outbox) attempt(ctx context.Context, p *pendingNotice) {
 		p.err = notify.Permanent(fmt.Errorf("unknown channel %q", p.channel))
 	}
 	p.canceled = p.err != nil && ctx.Err() != nil
-	p.giveUp = p.err != nil && !p.canceled && (notify.IsPermanent(p.err) || time.Since(p.firstAttempt) >= o.maxAge)
+	// A webhook this process is not configured with is one no host has
+	// any more (takeDue): it is tried once, not for a day.
+	orphan := p.channel == "webhook" && !slices.Contains(o.webhooks, p.target)
+	p.giveUp = p.err != nil && !p.canceled && (orphan || notify.IsPermanent(p.err) || time.Since(p.firstAttempt) >= o.maxAge)
 }
 
 // record deletes a delivered or given-up row, or sets when it is due
