@@ -217,7 +217,10 @@ var uuidRE = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4
 // PostgreSQL goes last: it is the record of what is still to purge, so a
 // run that stops anywhere (crash, timeout, ClickHouse down) leaves every
 // account it did not finish due, and the next run picks it up; every
-// step is idempotent.
+// step is idempotent. Then the servers deleted through the API
+// (purgeServers), and the accounts deleted in the last 30 days whose rows
+// came back (recheckAccounts); before all of it, PostgreSQL's own
+// housekeeping.
 func (p *Purger) Run(ctx context.Context, now time.Time) (Result, error) {
 	var res Result
 	if !identRE.MatchString(p.Database) {
@@ -226,6 +229,17 @@ func (p *Purger) Run(ctx context.Context, now time.Time) (Result, error) {
 	if p.MaxAccounts <= 0 || p.MaxAccounts > 1000 {
 		return res, errors.New("accounts per run must be between 1 and 1000")
 	}
+	// PostgreSQL's housekeeping first: the steps after it reach ClickHouse
+	// at every run (the deletions of the last 30 days are looked for
+	// again), and a ClickHouse away must not hold it up.
+	if err := p.PG.QueryRow(ctx, forgetDeleted).Scan(&res.AuditRowsAnonymised); err != nil {
+		return res, fmt.Errorf("anonymise late audit rows of deleted accounts: %w", err)
+	}
+	tag, err := p.PG.Exec(ctx, forgetAttempts, now.Add(-AttemptsKeptFor))
+	if err != nil {
+		return res, fmt.Errorf("forget old second-factor attempt counters: %w", err)
+	}
+	res.MFAAttemptsForgotten = tag.RowsAffected()
 	if err := p.purgeAccounts(ctx, now, &res); err != nil {
 		return res, err
 	}
@@ -235,14 +249,6 @@ func (p *Purger) Run(ctx context.Context, now time.Time) (Result, error) {
 	if err := p.recheckAccounts(ctx, &res); err != nil {
 		return res, err
 	}
-	if err := p.PG.QueryRow(ctx, forgetDeleted).Scan(&res.AuditRowsAnonymised); err != nil {
-		return res, fmt.Errorf("anonymise late audit rows of deleted accounts: %w", err)
-	}
-	tag, err := p.PG.Exec(ctx, forgetAttempts, now.Add(-AttemptsKeptFor))
-	if err != nil {
-		return res, fmt.Errorf("forget old second-factor attempt counters: %w", err)
-	}
-	res.MFAAttemptsForgotten = tag.RowsAffected()
 	if p.OverdueAfter > 0 {
 		if err := p.PG.QueryRow(ctx, dueCount, now.Add(-p.OverdueAfter)).Scan(&res.Overdue); err != nil {
 			return res, fmt.Errorf("read overdue accounts: %w", err)
