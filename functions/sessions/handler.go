@@ -107,8 +107,8 @@ func caller(w http.ResponseWriter, r *http.Request) (identity.Identity, bool) {
 	return id, true
 }
 
-// whileLive runs change in a transaction that first takes the caller's
-// user row, lock (FOR NO KEY UPDATE to end sessions, FOR SHARE to
+// whileLive runs change in a transaction that first locks the caller's
+// user row with lock (FOR NO KEY UPDATE to end sessions, FOR SHARE to
 // schedule the account's deletion), and then finds the caller's session
 // still live (stepup.ErrSessionEnded otherwise). A password change or a
 // first second factor ends the user's other sessions under that row's
