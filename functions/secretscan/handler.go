@@ -152,7 +152,11 @@ func (h *handler) scan(w http.ResponseWriter, r *http.Request) {
 	}
 	labels, revoked, err := h.process(r, reports)
 	if err != nil {
-		h.log.Error("secret scanning: revocation failed", zap.Int("reports", len(reports)), zap.Error(err))
+		// GitHub's documentation promises no retry of a report answered
+		// 503: the public places where the keys were found let an
+		// operator find them and revoke them by hand. (Never the tokens.)
+		h.log.Error("secret scanning: revocation failed; the reported keys may still work", zap.Int("reports", len(reports)),
+			zap.Strings("urls", reportedURLs(reports, 50)), zap.Error(err))
 		w.Header().Set("Retry-After", "5")
 		problem.Write(w, problem.New(http.StatusServiceUnavailable, "unavailable", "the reported keys cannot be checked right now"))
 		return
@@ -174,6 +178,21 @@ func (h *handler) scan(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusOK)
 	_ = json.NewEncoder(w).Encode(labels)
+}
+
+// reportedURLs are the first places of up to n reports of tokens that
+// look like Guardian's keys.
+func reportedURLs(reports []report, n int) []string {
+	var out []string
+	for _, rep := range reports {
+		if len(out) == n {
+			break
+		}
+		if _, err := apikey.Parse(rep.Token); err == nil {
+			out = append(out, rep.first().URL)
+		}
+	}
+	return out
 }
 
 // plausibleKeyID accepts what a key identifier can look like (GitHub's

@@ -975,3 +975,40 @@ func TestStopMidDeliveryLeavesTheRowDue(t *testing.T) {
 		t.Fatalf("a stop counted as a failure: failed %d, retried %d", f.outbox.failed.Load(), f.outbox.retried.Load())
 	}
 }
+
+// A report that cannot be processed (PostgreSQL away) is answered 503,
+// which GitHub may or may not send again: the error names the public
+// places of the keys, for an operator to revoke them by hand, never the
+// tokens.
+func TestAFailedRevocationLogsWhereTheKeysWere(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, fixtureOpts{stopped: true})
+	c, _ := f.customer()
+	key := c.AccountKey(t, "write")
+	core, logs := observer.New(zap.ErrorLevel)
+	closed, err := pgxpool.New(context.Background(), f.pg.FunctionDSNs["GUARDIAN_PG_DSN_SECRETSCAN"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed.Close()
+	f.h.db, f.h.log = closed, zap.New(core)
+	const leak = "https://github.com/octo/app/blob/abc/prod.env"
+	a := f.signed(payload(t, item{key, "guardian_account_key", leak, "content"}, item{"ghp_notours", "guardian_account_key", "https://github.com/x/y/blob/a/b", "content"}))
+	if a.status != 503 {
+		t.Fatalf("with PostgreSQL away: %d %s", a.status, a.raw)
+	}
+	all := logs.FilterMessageSnippet("revocation failed").All()
+	if len(all) != 1 {
+		t.Fatalf("%d error lines, want 1", len(all))
+	}
+	urls, _ := all[0].ContextMap()["urls"].([]any)
+	if len(urls) != 1 || urls[0] != leak {
+		t.Fatalf("logged urls %v, want only the key's place", all[0].ContextMap()["urls"])
+	}
+	if strings.Contains(fmt.Sprint(all[0].ContextMap()), key[14:57]) {
+		t.Fatal("the error line carries the key")
+	}
+	if r := f.revokedReason(key); r != "" {
+		t.Fatalf("revoked as %q with PostgreSQL away", r)
+	}
+}
