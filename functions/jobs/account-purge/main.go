@@ -9,7 +9,8 @@
 // It also completes server deletions: a server deleted through the API
 // (DELETE /api/v1/servers/{id}, recorded in deleted_servers) loses its
 // ClickHouse rows (every MergeTree table with a server_id column) at the
-// next run, the same way, and its record goes once none is left.
+// next run, the same way; its record is marked purged once none is left,
+// and kept 31 days (see below).
 //
 // What goes:
 //   - ClickHouse: the account's rows in every MergeTree table of the
@@ -34,8 +35,12 @@
 // idempotent.
 //
 // Bounds. A run takes at most GUARDIAN_PURGE_MAX_ACCOUNTS accounts (oldest
-// delete_after first), issues at most one mutation per table, and waits at
-// most GUARDIAN_PURGE_WAIT for them; what is left is the next run's. An
+// delete_after first), issues at most one mutation per table for them (and
+// one each for the deleted servers and the deleted accounts whose rows came
+// back), and waits at most GUARDIAN_PURGE_WAIT for each; what is left is
+// the next run's. A run handles at most 1,000 deleted servers (those not
+// yet purged first, then the purged ones, newest first) and looks again
+// for the rows of at most 1,000 deleted accounts (newest first). An
 // account still present a day after its delete_after makes the run red,
 // and so does a server deleted through the API whose rows are still not
 // known gone a day after its deletion.
@@ -67,10 +72,11 @@
 //
 //	GUARDIAN_PG_APP_DSN           its own role, guardian_app_account_purge (migration 0025):
 //	                              SELECT and DELETE on customers (accounts due only,
-//	                              migration 0042), deleted_servers and mfa_attempts, and
-//	                              forget_deleted_customers, all this job needs (cascades
-//	                              and the audit trigger run as the tables' owner); the
-//	                              owner DSN is not used
+//	                              migration 0042), deleted_servers and mfa_attempts,
+//	                              UPDATE of deleted_servers.purged_at and SELECT on
+//	                              deleted_customers (0044), and forget_deleted_customers,
+//	                              all this job needs (cascades and the audit trigger run
+//	                              as the tables' owner); the owner DSN is not used
 //	GUARDIAN_CLICKHOUSE_ADDR, _USER, _PASSWORD, _DATABASE   a user allowed ALTER … DELETE
 //	GUARDIAN_PURGE_MAX_ACCOUNTS   accounts per run, 1 to 1000 (default 100)
 //	GUARDIAN_PURGE_WAIT           wait for this run's ClickHouse deletions (default 5m)

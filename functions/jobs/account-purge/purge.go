@@ -86,7 +86,8 @@ type Result struct {
 	ServersDue     int      `json:"servers_due"`
 	ServersPurged  []string `json:"purged_server_ids"`
 	ServersWaiting []string `json:"waiting_server_ids"`
-	// ServersRemaining: deleted servers beyond this run's bound.
+	// ServersRemaining: deleted servers whose rows are not yet known gone
+	// beyond this run's bound.
 	ServersRemaining int `json:"servers_remaining"`
 	// ServersOverdue: deleted servers whose rows are still not known gone
 	// more than OverdueAfter after their deletion, at the end of the run.
@@ -161,11 +162,13 @@ const (
 	// their window (AttemptsKeptFor).
 	forgetAttempts = `DELETE FROM mfa_attempts WHERE window_start < $1`
 	// Servers deleted through the API: those whose ClickHouse rows may
-	// remain first, then those purged already, whose rows a restored
-	// backup set may have brought back.
+	// remain first, oldest first; then those purged already, whose rows a
+	// restored backup set may have brought back, newest first (the set
+	// restored is the latest, which holds the servers deleted since the
+	// night before).
 	dueServers = `SELECT server_id::text, customer_id::text FROM deleted_servers
-ORDER BY purged_at IS NOT NULL, deleted_at, server_id LIMIT $1`
-	serversCount  = `SELECT count(*) FROM deleted_servers`
+ORDER BY purged_at IS NOT NULL, CASE WHEN purged_at IS NULL THEN deleted_at END, deleted_at DESC, server_id LIMIT $1`
+	serversCount  = `SELECT count(*) FROM deleted_servers WHERE purged_at IS NULL`
 	serversBefore = `SELECT count(*) FROM deleted_servers WHERE purged_at IS NULL AND deleted_at < $1`
 	// markPurged records that a server's rows were found gone once the
 	// rows on their way to ClickHouse at its deletion have landed.
@@ -186,11 +189,10 @@ WHERE server_id = ANY($1::uuid[]) AND purged_at IS NULL AND deleted_at < now() -
 // (deleted_customers, forget_deleted_customers).
 const KeptDeletions = 31 * 24 * time.Hour
 
-// serverSettle is how long a deleted server stays recorded, its rows
-// deleted again at every run, before it is forgotten: a snapshot the
-// server pushed just before its deletion may still be on its way to
-// ClickHouse (ingest groups inserts for up to ~10 s), and would otherwise
-// land after the deletion and stay until retention removed it.
+// serverSettle is how long after its deletion a server's rows are looked
+// for again before it counts as purged (purged_at, and no longer overdue):
+// a snapshot the server pushed just before its deletion may still be on
+// its way to ClickHouse (ingest groups inserts for up to ~10 s).
 const serverSettle = 10 * time.Minute
 
 // maxServersPerRun bounds the deleted servers one run handles, and
@@ -355,10 +357,10 @@ next:
 }
 
 // purgeServers deletes the ClickHouse rows of servers deleted through the
-// API (deleted_servers), then forgets the servers that have none left
-// and were deleted more than serverSettle ago.
-// Like an account, a server stays recorded until its rows are gone, so a
-// run that stops anywhere leaves it for the next.
+// API (deleted_servers), marks purged those that have none left and were
+// deleted more than serverSettle ago, and forgets those deleted more than
+// KeptDeletions ago. Like an account, a server stays recorded until its
+// rows are gone, so a run that stops anywhere leaves it for the next.
 func (p *Purger) purgeServers(ctx context.Context, res *Result) error {
 	rows, err := p.PG.Query(ctx, dueServers, maxServersPerRun)
 	if err != nil {
@@ -384,7 +386,7 @@ func (p *Purger) purgeServers(ctx context.Context, res *Result) error {
 		if err := p.PG.QueryRow(ctx, serversCount).Scan(&total); err != nil {
 			return fmt.Errorf("count deleted servers: %w", err)
 		}
-		res.ServersRemaining = total - len(ids)
+		res.ServersRemaining = max(total-maxServersPerRun, 0)
 	}
 	tables, err := p.tablesWith(ctx, "server_id")
 	if err != nil {

@@ -673,3 +673,31 @@ func TestAStuckServerDeletionIsRed(t *testing.T) {
 		t.Fatalf("the run after the deletion could finish: %+v, %v", res, err)
 	}
 }
+
+// With more deleted servers remembered than a run handles, the purged ones
+// are looked at again newest first: a restored set is the latest, and the
+// rows it brings back are those of the servers deleted since it was made.
+func TestRecentlyDeletedServersAreLookedAtAgainFirst(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	c := f.customer(t, nil)
+	ctx := context.Background()
+	if _, err := f.pg.Owner.Exec(ctx, `INSERT INTO deleted_servers (server_id, customer_id, deleted_at, purged_at)
+		SELECT gen_random_uuid(), $1, now() - interval '2 days' - i * interval '1 minute', now() - interval '1 day'
+		FROM generate_series(1, $2) i`, c.ID, maxServersPerRun); err != nil {
+		t.Fatal(err)
+	}
+	// The server deleted an hour ago, purged, whose rows a restore brought back.
+	if _, err := f.pg.Owner.Exec(ctx, `WITH d AS (DELETE FROM servers WHERE id = $1 RETURNING id, customer_id)
+		INSERT INTO deleted_servers (server_id, customer_id, deleted_at, purged_at) SELECT id, customer_id, now() - interval '1 hour', now() - interval '50 minutes' FROM d`, c.ServerID); err != nil {
+		t.Fatal(err)
+	}
+	res, line := f.execute(t, nil)
+	if res.Status != job.StatusOK || line["servers_remaining"] != 0.0 || line["servers_overdue"] != 0.0 {
+		t.Fatalf("run: %s %s %v", res.Status, res.Err, line)
+	}
+	var n uint64
+	if err := f.ch.Conn.QueryRow(ctx, "SELECT count() FROM "+f.ch.Database+".snapshots WHERE server_id = ?", c.ServerID).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("%d rows of the server deleted last remain (%v)", n, err)
+	}
+}
