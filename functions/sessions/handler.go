@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -123,21 +124,39 @@ func caller(w http.ResponseWriter, r *http.Request) (identity.Identity, bool) {
 // user's; with the user's row held exclusively, the two would deadlock.
 // The session's own row is not locked: two sessions each holding their
 // own while ending the other's would deadlock.
+//
+// The session is checked again once change is done: change may have
+// waited for a row another request held (the customer's, which another
+// admin's deletion of the account locks before it ends every other
+// session of the account, this one's included, without this user's row),
+// and a session that request ended must change nothing either.
 func (h *handler) whileLive(r *http.Request, id identity.Identity, lock string, change func(pgx.Tx) error) error {
 	return pgx.BeginFunc(r.Context(), h.db, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(r.Context(), "SELECT 1 FROM users WHERE id = $1 "+lock, id.UserID); err != nil {
 			return fmt.Errorf("lock the user: %w", err)
 		}
-		var live bool
-		err := tx.QueryRow(r.Context(), "SELECT true FROM sessions WHERE id = $1 AND revoked_at IS NULL AND expires_at > now()", id.SessionID).Scan(&live)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return stepup.ErrSessionEnded
+		if err := stillLive(r.Context(), tx, id.SessionID); err != nil {
+			return err
 		}
-		if err != nil {
-			return fmt.Errorf("re-check the session: %w", err)
+		if err := change(tx); err != nil {
+			return err
 		}
-		return change(tx)
+		return stillLive(r.Context(), tx, id.SessionID)
 	})
+}
+
+// stillLive returns stepup.ErrSessionEnded unless session id is live as
+// of this statement (READ COMMITTED: every commit before it counts).
+func stillLive(ctx context.Context, tx pgx.Tx, id string) error {
+	var live bool
+	err := tx.QueryRow(ctx, "SELECT true FROM sessions WHERE id = $1 AND revoked_at IS NULL AND expires_at > now()", id).Scan(&live)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return stepup.ErrSessionEnded
+	}
+	if err != nil {
+		return fmt.Errorf("re-check the session: %w", err)
+	}
+	return nil
 }
 
 // Locks whileLive takes on the caller's user row.

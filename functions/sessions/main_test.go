@@ -523,3 +523,43 @@ func TestTwoSessionsEndingEachOtherTakeTurns(t *testing.T) {
 		}
 	}
 }
+
+// A deletion of the account waiting for the customer's row, which another
+// admin's deletion holds while it ends every other session of the account
+// (this one's included), changes nothing once that commits: 401, and the
+// other admin's session stays. Before, both answered 202 and the second
+// ended the first's session, leaving nobody signed in to the account.
+func TestADeletionWaitingForAnotherEndsNothing(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	ctx := context.Background()
+	now := time.Now()
+	other, _ := s.sessionOf(t, s.c.UserID, s.c.ID, now, now.Add(24*time.Hour))
+	caller := s.signIn(t)
+	// The other admin's deletion, holding the customer's row where it has
+	// ended the account's other sessions.
+	first, firstPID := testenv.Hold(t, s.pg.Owner, "UPDATE customers SET deletion_requested_at = now(), delete_after = now() + interval '1 hour' WHERE id = $1", s.c.ID)
+	if _, err := first.Exec(ctx, "UPDATE sessions SET revoked_at = now() WHERE customer_id = $1 AND id <> $2 AND revoked_at IS NULL", s.c.ID, other); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan answer, 1)
+	go func() {
+		a, err := s.TryDo("DELETE", "/api/v1/account", "", caller)
+		if err != nil {
+			a = answer{Status: -1, Raw: err.Error()}
+		}
+		done <- a
+	}()
+	if _, a, finished := testenv.BlockedBy(t, s.pg.Owner, firstPID, done, migrate.FunctionRole(migrate.DefaultAppRole, "sessions")); finished {
+		t.Fatalf("the deletion did not wait for the other: %d %s", a.Status, a.Raw)
+	}
+	if err := first.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if a := <-done; a.Status != 401 || a.Doc["code"] != "session_ended" {
+		t.Fatalf("a deletion whose session the other ended: %d %s; want 401 session_ended", a.Status, a.Raw)
+	}
+	if n := s.count(t, "SELECT count(*) FROM sessions WHERE id = $1 AND revoked_at IS NULL", other); n != 1 {
+		t.Error("the other admin's session was ended by a session already ended")
+	}
+}
