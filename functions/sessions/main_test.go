@@ -465,17 +465,7 @@ func TestASessionEndedByAPasswordChangeMidRequestChangesNothing(t *testing.T) {
 			// The owner's password change, holding the user's row where it
 			// ends the other sessions.
 			change, changePID := testenv.Hold(t, s.pg.Owner, "SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE", s.c.UserID)
-			done := make(chan answer, 1)
-			go func() {
-				a, err := s.TryDo(tc.method, path, "", thief)
-				if err != nil {
-					a = answer{Status: -1, Raw: err.Error()}
-				}
-				done <- a
-			}()
-			if _, a, finished := testenv.BlockedBy(t, s.pg.Owner, changePID, done, migrate.FunctionRole(migrate.DefaultAppRole, "sessions")); finished {
-				t.Fatalf("the request did not wait for the password change: %d %s", a.Status, a.Raw)
-			}
+			done := s.blockedBy(t, changePID, tc.method, path, thief)
 			if _, err := change.Exec(ctx, "UPDATE sessions SET revoked_at = now() WHERE user_id = $1 AND id <> $2 AND revoked_at IS NULL", s.c.UserID, owner); err != nil {
 				t.Fatal(err)
 			}
@@ -542,17 +532,7 @@ func TestADeletionWaitingForAnotherEndsNothing(t *testing.T) {
 	if _, err := first.Exec(ctx, "UPDATE sessions SET revoked_at = now() WHERE customer_id = $1 AND id <> $2 AND revoked_at IS NULL", s.c.ID, other); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan answer, 1)
-	go func() {
-		a, err := s.TryDo("DELETE", "/api/v1/account", "", caller)
-		if err != nil {
-			a = answer{Status: -1, Raw: err.Error()}
-		}
-		done <- a
-	}()
-	if _, a, finished := testenv.BlockedBy(t, s.pg.Owner, firstPID, done, migrate.FunctionRole(migrate.DefaultAppRole, "sessions")); finished {
-		t.Fatalf("the deletion did not wait for the other: %d %s", a.Status, a.Raw)
-	}
+	done := s.blockedBy(t, firstPID, "DELETE", "/api/v1/account", caller)
 	if err := first.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -562,4 +542,23 @@ func TestADeletionWaitingForAnotherEndsNothing(t *testing.T) {
 	if n := s.count(t, "SELECT count(*) FROM sessions WHERE id = $1 AND revoked_at IS NULL", other); n != 1 {
 		t.Error("the other admin's session was ended by a session already ended")
 	}
+}
+
+// blockedBy sends a request in the background and returns its answer's
+// channel once the function's query waits for a lock that backend pid
+// holds; a request that finishes without waiting fails the test.
+func (s *site) blockedBy(t *testing.T, pid int, method, path string, header map[string]string) <-chan answer {
+	t.Helper()
+	done := make(chan answer, 1)
+	go func() {
+		a, err := s.TryDo(method, path, "", header)
+		if err != nil {
+			a = answer{Status: -1, Raw: err.Error()}
+		}
+		done <- a
+	}()
+	if _, a, finished := testenv.BlockedBy(t, s.pg.Owner, pid, done, migrate.FunctionRole(migrate.DefaultAppRole, "sessions")); finished {
+		t.Fatalf("%s %s did not wait for the lock: %d %s", method, path, a.Status, a.Raw)
+	}
+	return done
 }
