@@ -36,12 +36,18 @@ type spool struct {
 	// only under mu, together with the segments, so a row can never be
 	// appended after the replayer has declared the spool drained.
 	spooling bool
-	cur      *os.File
-	curName  string
-	curRows  int
-	curSize  int64 // bytes of the current segment that are durable
-	next     int64 // number of the next segment
-	bytes    int64 // on disk, all segments
+	// full is set, under mu and only while spooling, once rows could not
+	// be appended (the limit reached, or the disk failing), and cleared
+	// when the spool is handed back: requests are refused meanwhile
+	// (Writer.Refusing). Set outside mu, it could outlive the hand-back
+	// that was to clear it, and refuse every request for good.
+	full    atomic.Bool
+	cur     *os.File
+	curName string
+	curRows int
+	curSize int64 // bytes of the current segment that are durable
+	next    int64 // number of the next segment
+	bytes   int64 // on disk, all segments
 	// lock holds an exclusive flock on the directory's lock file while the
 	// spool is open: two writers in one directory would number segments
 	// alike, append to each other's, and each would replay and remove
@@ -152,19 +158,48 @@ func (s *spool) startSpooling() {
 	s.mu.Unlock()
 }
 
-// stopIfDrained ends spooling if nothing is left, and says whether it did.
-// Nothing is left when no segment is being written and none is on disk:
-// the directory is read again, not the running count of bytes, which a
-// segment removed by hand or a failed write cut back only in part would
-// leave wrong for good (and the replayer would never hand back).
-func (s *spool) stopIfDrained() (bool, error) {
+// handBack ends spooling once no sealed segment is left and the one being
+// written holds at most maxRows rows, and says whether it did. It holds
+// the lock throughout, so no chain appends meanwhile: it seals that
+// segment, has replay move its rows to PostgreSQL, removes it, and ends
+// spooling. The chains waiting for the lock then find spooling over and
+// write to PostgreSQL, after every spooled row. Under steady load a chain
+// opens a new segment while the replayer moves the others, so a spool
+// that waited for no segment to be open would never hand back; holding
+// the chains for one small segment's replay (at most maxRows rows) ends
+// it. Nothing is left when no segment is on disk: the directory is read
+// again, not the running count of bytes, which a segment removed by hand
+// or a failed write cut back only in part would leave wrong for good.
+func (s *spool) handBack(maxRows int, replay func(name string) error) (bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.cur != nil {
+	if s.cur != nil && s.curRows > maxRows {
 		return false, nil
 	}
 	names, err := s.segments()
 	if err != nil {
+		return false, err
+	}
+	for _, n := range names {
+		if s.cur == nil || n != s.curName {
+			return false, nil // a sealed segment is left: replayed first, outside the lock
+		}
+	}
+	if s.cur != nil {
+		name := s.curName
+		err := s.cur.Close()
+		s.cur, s.curName, s.curRows, s.curSize = nil, "", 0, 0
+		if err != nil {
+			return false, fmt.Errorf("audit spool: %w", err)
+		}
+		if err := replay(name); err != nil {
+			return false, err
+		}
+		if err := s.removeLocked(name); err != nil {
+			return false, err
+		}
+	}
+	if names, err = s.segments(); err != nil {
 		return false, err
 	}
 	var bytes int64
@@ -176,8 +211,23 @@ func (s *spool) stopIfDrained() (bool, error) {
 	s.bytes = bytes
 	if len(names) == 0 {
 		s.spooling = false
+		s.full.Store(false)
+		metrics.spoolFull.Set(0)
 	}
 	return !s.spooling, nil
+}
+
+// markFull records that rows could not be appended, unless the spool was
+// handed back meanwhile (then they go to PostgreSQL instead, and nothing
+// is refused); it reports whether the spool was not full before.
+func (s *spool) markFull() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.spooling {
+		return false
+	}
+	metrics.spoolFull.Set(1)
+	return !s.full.Swap(true)
 }
 
 // appendWhileSpooling appends rows if the spool is in use; false means
@@ -363,6 +413,13 @@ func (s *spool) read(name string) ([]*audit.Row, error) {
 
 // remove deletes a replayed segment.
 func (s *spool) remove(name string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.removeLocked(name)
+}
+
+// removeLocked is remove, with mu held.
+func (s *spool) removeLocked(name string) error {
 	st, err := os.Stat(filepath.Join(s.dir, name))
 	if err != nil {
 		return fmt.Errorf("audit spool: %w", err)
@@ -370,9 +427,7 @@ func (s *spool) remove(name string) error {
 	if err := os.Remove(filepath.Join(s.dir, name)); err != nil {
 		return fmt.Errorf("audit spool: %w", err)
 	}
-	s.mu.Lock()
 	s.bytes -= st.Size()
-	s.mu.Unlock()
 	return syncDir(s.dir)
 }
 

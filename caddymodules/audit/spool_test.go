@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -363,4 +364,125 @@ func TestARejectedConfigsSettingsDoNotStay(t *testing.T) {
 		t.Fatalf("after the old config's cleanup: %d, %d, want the new config's", s.maxBytes.Load(), w.linger.Load())
 	}
 	next()
+}
+
+// Under steady load (chains spooling a batch every millisecond while the
+// replayer moves the segments) the spool is still handed back: the last
+// small segment is replayed under the spool's lock, and the chains then
+// write directly, after every spooled row, none twice or lost. Before,
+// the hand-back waited for a moment with no segment open, which steady
+// load never gave, and spooling went on with PostgreSQL back.
+func TestTheSpoolIsHandedBackUnderSteadyLoad(t *testing.T) {
+	s, err := openSpool(t.TempDir(), 1<<30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.startSpooling()
+	var direct atomic.Int64
+	var mu sync.Mutex // guards spooled and replayed, never held around the spool's own lock
+	spooled := map[string]bool{}
+	var replayed []string // request ids, in replay order
+	replay := func(name string) error {
+		_, err := s.each(name, 100, func(rows []*audit.Row) error {
+			if direct.Load() > 0 {
+				return errors.New("a spooled row replayed after a direct one was written")
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			for _, r := range rows {
+				replayed = append(replayed, r.RequestID)
+			}
+			return nil
+		})
+		return err
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				case <-time.After(time.Millisecond):
+				}
+				r := testRow(i)
+				ok, err := s.appendWhileSpooling([]*audit.Row{r})
+				switch {
+				case err != nil:
+					t.Error(err)
+				case ok:
+					mu.Lock()
+					spooled[r.RequestID] = true
+					mu.Unlock()
+				default:
+					direct.Add(1)
+				}
+			}
+		})
+	}
+	time.Sleep(200 * time.Millisecond) // PostgreSQL away a while: rows wait in the spool
+	handed := false
+	for deadline := time.Now().Add(20 * time.Second); !handed && time.Now().Before(deadline); {
+		if err := s.seal(); err != nil {
+			t.Fatal(err)
+		}
+		names, err := s.sealed()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range names {
+			if err := replay(n); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.remove(n); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(20 * time.Millisecond) // a replay takes time; chains keep spooling
+		}
+		if handed, err = s.handBack(1000, replay); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(20 * time.Millisecond) // some rows written directly
+	close(stop)
+	wg.Wait()
+	if !handed {
+		t.Fatalf("never handed back under steady load (%d rows spooled)", len(spooled))
+	}
+	seen := map[string]bool{}
+	for _, id := range replayed {
+		if seen[id] || !spooled[id] {
+			t.Fatalf("row %s replayed twice, or never spooled", id)
+		}
+		seen[id] = true
+	}
+	if len(spooled) < 100 || len(seen) != len(spooled) || direct.Load() == 0 || s.isSpooling() || s.size() != 0 {
+		t.Fatalf("replayed %d of %d spooled rows, %d direct after, spooling %v, %d bytes left",
+			len(seen), len(spooled), direct.Load(), s.isSpooling(), s.size())
+	}
+}
+
+// A spool marked full refuses requests (Writer.Refusing) until it is
+// handed back; marked after the hand-back (a chain whose append failed
+// just before it), it refuses nothing, instead of refusing for good.
+func TestAFullSpoolIsClearedByItsHandBack(t *testing.T) {
+	s, err := openSpool(t.TempDir(), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.startSpooling()
+	if _, err := s.appendWhileSpooling([]*audit.Row{testRow(1)}); !errors.Is(err, ErrSpoolFull) {
+		t.Fatalf("append to a spool of 1 byte: %v", err)
+	}
+	if !s.markFull() || !s.full.Load() || s.markFull() {
+		t.Fatal("a full spool not marked full once")
+	}
+	nothing := func(string) error { return nil }
+	if handed, err := s.handBack(1000, nothing); err != nil || !handed || s.full.Load() {
+		t.Fatalf("hand-back of an empty spool: %v %v, still full %v", handed, err, s.full.Load())
+	}
+	if s.markFull() || s.full.Load() {
+		t.Fatal("a spool handed back was marked full after it: every request would be refused for good")
+	}
 }

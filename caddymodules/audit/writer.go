@@ -70,7 +70,6 @@ type Writer struct {
 	coming      *coming
 	log         *zap.Logger
 
-	full atomic.Bool
 	// unrecordedLog gates the handlers' lines about rows not recorded.
 	unrecordedLog  logevery.Gate
 	lastWarn       atomic.Int64
@@ -388,7 +387,7 @@ var errClosed = errors.New("audit: writer closed")
 // Refusing reports whether rows cannot be made durable right now
 // (PostgreSQL away and the spool full), so requests should be refused
 // before they do anything.
-func (w *Writer) Refusing() bool { return w.full.Load() }
+func (w *Writer) Refusing() bool { return w.spool != nil && w.spool.full.Load() }
 
 // Close stops accepting rows, writes what is queued and stops.
 func (w *Writer) Close() error {
@@ -402,7 +401,7 @@ func (w *Writer) Close() error {
 	w.db.Close()
 	// Its full spool no longer refuses anything (a reload moved
 	// spool_dir): the gauge must not stay at 1 until Caddy restarts.
-	if w.full.Load() {
+	if w.spool.full.Load() {
 		metrics.spoolFull.Set(0)
 	}
 	return nil
@@ -621,9 +620,8 @@ func (w *Writer) persist(c *chain, rows []*audit.Row) error {
 			// fails), rows cannot be made durable: refuse requests before
 			// they run until the replay has emptied the spool, and say so
 			// once, not once per batch.
-			metrics.spoolFull.Set(1)
 			metrics.writeErrors.Inc()
-			if w.full.CompareAndSwap(false, true) {
+			if w.spool.markFull() {
 				w.log.Error("audit rows cannot be made durable (PostgreSQL away, spool unwritable); refusing requests until the spool is replayed",
 					zap.Error(err), zap.Int64("spool_bytes", w.spool.size()), zap.Int64("limit_bytes", w.spool.maxBytes.Load()))
 			}
@@ -735,50 +733,57 @@ func (w *Writer) replayOnce(ctx context.Context) error {
 			return err
 		}
 		for _, name := range names {
-			replayed := 0
-			corrupt, err := w.spool.each(name, w.maxBatch, func(rows []*audit.Row) error {
-				ictx, cancel := context.WithTimeout(ctx, 10*time.Second)
-				defer cancel()
-				moved, err := insertIgnoringDuplicates(ictx, w.db, rows)
-				if err != nil && unreachable(err) {
-					return fmt.Errorf("%w: %w", errAway, err)
-				}
-				if err != nil {
-					return fmt.Errorf("audit spool replay: %w", err)
-				}
-				w.logDisplaced(moved)
-				w.askRestart(moved.Writers)
-				replayed += len(rows)
-				return nil
-			})
-			if err != nil {
+			if err := w.replaySegment(ctx, name); err != nil {
 				return err
-			}
-			if corrupt > 0 {
-				// Rows whose requests were answered, damaged on disk.
-				metrics.spoolCorrupt.Add(float64(corrupt))
-				w.log.Error("audit spool: rows damaged on disk could not be replayed; they are lost",
-					zap.String("segment", name), zap.Int("rows", corrupt), zap.Int("replayed", replayed))
 			}
 			if err := w.spool.remove(name); err != nil {
 				return err
 			}
-			metrics.replayed.Add(float64(replayed))
 			metrics.spoolBytes.Set(float64(w.spool.size()))
 		}
 		// Hand back only when nothing is left, under the spool's lock, so
 		// no row a chain spools meanwhile is left behind.
-		drained, err := w.spool.stopIfDrained()
+		drained, err := w.spool.handBack(w.maxBatch, func(name string) error { return w.replaySegment(ctx, name) })
 		if err != nil {
 			return err
 		}
 		if drained {
-			w.full.Store(false)
-			metrics.spoolFull.Set(0)
+			metrics.spoolBytes.Set(0)
 			w.log.Info("audit spool replayed into PostgreSQL; writing directly again")
 			return nil
 		}
 	}
+}
+
+// replaySegment moves the rows of spool segment name to PostgreSQL.
+func (w *Writer) replaySegment(ctx context.Context, name string) error {
+	replayed := 0
+	corrupt, err := w.spool.each(name, w.maxBatch, func(rows []*audit.Row) error {
+		ictx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		moved, err := insertIgnoringDuplicates(ictx, w.db, rows)
+		if err != nil && unreachable(err) {
+			return fmt.Errorf("%w: %w", errAway, err)
+		}
+		if err != nil {
+			return fmt.Errorf("audit spool replay: %w", err)
+		}
+		w.logDisplaced(moved)
+		w.askRestart(moved.Writers)
+		replayed += len(rows)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if corrupt > 0 {
+		// Rows whose requests were answered, damaged on disk.
+		metrics.spoolCorrupt.Add(float64(corrupt))
+		w.log.Error("audit spool: rows damaged on disk could not be replayed; they are lost",
+			zap.String("segment", name), zap.Int("rows", corrupt), zap.Int("replayed", replayed))
+	}
+	metrics.replayed.Add(float64(replayed))
+	return nil
 }
 
 var columns = []string{"customer_id", "key_id", "user_id", "occurred_at", "source_ip", "user_agent", "request_id",
