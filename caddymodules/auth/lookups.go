@@ -21,7 +21,7 @@ import (
 // sessionMiss) without counting again: a fresh key's first burst of
 // requests all miss the cache together, and a burst repeating one
 // made-up key is one query. Cached credentials never count.
-const maxLookupsPerClient = 16
+const maxLookupsPerClient = guardian.LookupsPerClient
 
 // lookups counts, per client, the credentials being looked up and the
 // requests waiting on each.

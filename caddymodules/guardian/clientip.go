@@ -18,3 +18,10 @@ func ClientBucket(ctx context.Context) string {
 	}
 	return ""
 }
+
+// LookupsPerClient bounds the credentials guardian_auth looks up at once
+// for one client address (ClientBucket). guardian_rate_limit, which
+// charges an address only once a lookup has failed, blocks an address it
+// refuses until as many tokens are back, so a burst of that many lookups
+// after each block costs no more than the tier's refill.
+const LookupsPerClient = 16

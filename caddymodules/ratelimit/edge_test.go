@@ -190,10 +190,10 @@ func TestUncheckedKeyFromABlockedAddressIs429NotInvalid(t *testing.T) {
 	t.Parallel()
 	env, c, _ := testenv.EdgeEnv(t)
 	stack := testenv.StartStack(t, env)
-	// The block lasts until the next token (100 ms at 10/s): on a loaded
-	// machine the request may come after it, and then its key is rightly
-	// checked (and cached); the address is emptied again, and another
-	// fresh key tried.
+	// The block lasts until 16 tokens are back (1.6 s at 10/s): on a
+	// loaded machine the request may come after it, and then its key is
+	// rightly checked (and cached); the address is emptied again, and
+	// another fresh key tried.
 	var keys []string
 	for range 5 {
 		keys = append(keys, c.AccountKey(t, "read"))

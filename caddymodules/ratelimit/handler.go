@@ -340,7 +340,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// the wait.
 	d := h.limiter.Take(context.WithoutCancel(r.Context()), []string{h.limiter.IPKey(ip)}, h.ipLimits, true)
 	if !d.Allowed {
-		h.limiter.blocked.add(ip, d.RetryAfter)
+		h.limiter.blocked.add(ip, h.failureBlock(d))
 	}
 	if err == nil {
 		// Answered downstream (a function that checks its own
@@ -352,6 +352,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return lerr
 	}
 	return err
+}
+
+// failureBlock is how long an address refused for a failed credential
+// stays blocked: until the tier has refilled guardian.LookupsPerClient
+// tokens, not just the next one. Failures are charged once their lookup
+// has failed, so once a block lapses, that many lookups (the most auth
+// runs at once for one address) go ahead before the first is charged;
+// with a block of one token's time, an address kept that many lookups
+// going every tenth of a second, some fifteen times the tier's rate.
+func (h *Handler) failureBlock(d Decision) time.Duration {
+	burst := time.Duration(float64(guardian.LookupsPerClient) / h.IP.Rate * float64(time.Second))
+	return max(d.RetryAfter, burst)
 }
 
 // takeAccount charges id's credential (key, or session) and customer

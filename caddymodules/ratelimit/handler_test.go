@@ -14,6 +14,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/glassmkr/guardian/caddymodules/guardian"
 	"github.com/glassmkr/guardian/shared/identity"
 	"github.com/glassmkr/guardian/shared/problem"
 )
@@ -132,6 +133,29 @@ func TestGarbageCredentialsCannotDodgeTheIPTier(t *testing.T) {
 		if s, _ := status(h.ServeHTTP(httptest.NewRecorder(), request("192.0.2.21"), ok)); s != 200 {
 			t.Fatal("valid request charged")
 		}
+	}
+}
+
+// An address refused for a failed credential stays blocked until the tier
+// has refilled as many tokens as auth looks up at once for one address:
+// a block of one token's time let it keep that many lookups going every
+// tenth of a second, some fifteen times the tier's rate.
+func TestAFailureBlockLastsUntilABurstOfLookupsIsBack(t *testing.T) {
+	t.Parallel()
+	h := newTestHandler(t, Handler{Tier: TierIP, Mode: ModeFailures, IP: &Bucket{Capacity: 3, Rate: 10}})
+	const ip = "192.0.2.50"
+	for i := 0; ; i++ {
+		s, _ := status(h.ServeHTTP(httptest.NewRecorder(), request(ip), failAuth("unknown_key")))
+		if s == 429 {
+			break
+		}
+		if i > 10 {
+			t.Fatal("never refused")
+		}
+	}
+	want := time.Duration(float64(guardian.LookupsPerClient) / 10 * float64(time.Second))
+	if left := h.limiter.blocked.left(h.ipShape + ip); left < want-200*time.Millisecond {
+		t.Fatalf("blocked for %s, want about %s (%d lookups at 10 a second)", left, want, guardian.LookupsPerClient)
 	}
 }
 
