@@ -80,7 +80,7 @@ func (h *handler) load(w http.ResponseWriter, r *http.Request, f Filter) ([]Entr
 	}
 	// Reading the audit log is itself audited, as a list.
 	audit.Annotate(w, audit.Annotation{ResourceType: "audit_log", Action: "list",
-		Metadata: map[string]any{"rows": len(entries), "query": r.URL.RawQuery}})
+		Metadata: map[string]any{"rows": len(entries), "query": ownQuery(r)}})
 	return entries, next, true
 }
 
@@ -157,7 +157,7 @@ func (h *handler) export(w http.ResponseWriter, r *http.Request, f Filter) {
 	// Reading the audit log is itself audited; the annotation is a header,
 	// so it goes before the file does.
 	audit.Annotate(w, audit.Annotation{ResourceType: "audit_log", Action: "list",
-		Metadata: map[string]any{"query": r.URL.RawQuery, "export": true}})
+		Metadata: map[string]any{"query": ownQuery(r), "export": true}})
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("Content-Type", "text/csv; charset=utf-8")
 	w.Header().Set("Content-Disposition", `attachment; filename="audit-log.csv"`)
@@ -312,15 +312,28 @@ func href(path string, q url.Values) template.URL {
 	return template.URL(path + "?" + q.Encode())
 }
 
+// known is q's parameters that the audit log reads, without the rest.
+func known(q url.Values) url.Values {
+	out := url.Values{}
+	for k, v := range q {
+		if slices.Contains(params, k) {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+// ownQuery is the request's query as its audit row keeps it: the audit
+// log's own parameters only (checked before it is read). Anything else a
+// page ignores (docs/api.md) could carry what no row may keep, a
+// password=... or a key in percent-encoding, which the row's redaction,
+// by member name and whole value, would not see.
+func ownQuery(r *http.Request) string { return known(r.URL.Query()).Encode() }
+
 func (h *handler) page(w http.ResponseWriter, r *http.Request) {
 	// A page reads the parameters it knows and ignores the rest (a link's
 	// utm_source, say; docs/api.md), which its own links then leave out.
-	q := url.Values{}
-	for k, v := range r.URL.Query() {
-		if slices.Contains(params, k) {
-			q[k] = v
-		}
-	}
+	q := known(r.URL.Query())
 	actions := []string{"create", "list", "read", "update", "delete", "rotate", "auth_failed"}
 	f, err := ParseFilter(q)
 	if err != nil {
