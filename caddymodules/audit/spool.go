@@ -48,6 +48,8 @@ type spool struct {
 	curSize int64 // bytes of the current segment that are durable
 	next    int64 // number of the next segment
 	bytes   int64 // on disk, all segments
+	// dirSync is syncDir (tests make it fail).
+	dirSync func(dir string) error
 	// lock holds an exclusive flock on the directory's lock file while the
 	// spool is open: two writers in one directory would number segments
 	// alike, append to each other's, and each would replay and remove
@@ -95,7 +97,7 @@ func openSpool(dir string, maxBytes int64) (*spool, error) {
 		}
 		return nil, fmt.Errorf("audit spool: lock: %w", err)
 	}
-	s := &spool{dir: dir, lock: lock}
+	s := &spool{dir: dir, lock: lock, dirSync: syncDir}
 	s.maxBytes.Store(maxBytes)
 	names, err := s.segments()
 	if err != nil {
@@ -265,12 +267,19 @@ func (s *spool) appendIf(rows []*audit.Row, onlyWhileSpooling bool) (bool, error
 		s.next++
 		f, err := os.OpenFile(filepath.Join(s.dir, s.curName), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 		if err != nil {
+			s.curName = ""
 			return true, fmt.Errorf("audit spool: %w", err)
 		}
-		s.cur = f
-		if err := syncDir(s.dir); err != nil {
+		// The new segment's name must be durable before any row in it
+		// is answered; if it cannot be made so, the segment goes, and the
+		// next append makes another (and syncs the directory again).
+		if err := s.dirSync(s.dir); err != nil {
+			_ = f.Close()
+			_ = os.Remove(filepath.Join(s.dir, s.curName))
+			s.curName = ""
 			return true, err
 		}
+		s.cur = f
 	}
 	// A write or fsync that fails (a full disk) may leave part of the
 	// batch in the file. Those rows were refused and the chain takes their
@@ -428,9 +437,10 @@ func (s *spool) removeLocked(name string) error {
 		return fmt.Errorf("audit spool: %w", err)
 	}
 	s.bytes -= st.Size()
-	return syncDir(s.dir)
+	return s.dirSync(s.dir)
 }
 
+// syncDir fsyncs dir, so that the names in it survive a crash.
 func syncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {

@@ -486,3 +486,38 @@ func TestAFullSpoolIsClearedByItsHandBack(t *testing.T) {
 		t.Fatal("a spool handed back was marked full after it: every request would be refused for good")
 	}
 }
+
+// A new segment whose name could not be made durable (the directory's
+// fsync failed) takes no row: its append fails, and the next one makes a
+// segment of its own and syncs the directory again, so no answered row
+// sits in a file a crash could unlink.
+func TestASegmentWhoseNameIsNotDurableTakesNoRow(t *testing.T) {
+	s, err := openSpool(t.TempDir(), 1<<30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	syncs := 0
+	s.dirSync = func(dir string) error {
+		syncs++
+		if syncs == 1 {
+			return errors.New("fsync dir: input/output error")
+		}
+		return syncDir(dir)
+	}
+	if err := s.append([]*audit.Row{testRow(1)}); err == nil {
+		t.Fatal("an append into a segment whose name is not durable succeeded")
+	}
+	if err := s.append([]*audit.Row{testRow(2)}); err != nil || syncs != 2 {
+		t.Fatalf("the next append: %v, after %d directory syncs (want 2)", err, syncs)
+	}
+	if err := s.seal(); err != nil {
+		t.Fatal(err)
+	}
+	names, err := s.sealed()
+	if err != nil || len(names) != 1 {
+		t.Fatalf("segments %v (%v), want the second append's alone", names, err)
+	}
+	if rows, err := s.read(names[0]); err != nil || len(rows) != 1 || rows[0].Metadata != `{"n":2}` {
+		t.Fatalf("segment holds %v (%v), want the second row alone", rows, err)
+	}
+}
