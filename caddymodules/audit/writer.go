@@ -397,6 +397,14 @@ func (w *Writer) Close() error {
 	w.closing.Unlock()
 	w.cancel()
 	w.wg.Wait()
+	// Rows left in the spool were answered: only a writer on this
+	// directory replays them. A reload or restart that moved spool_dir
+	// leaves them there, and the next writer's spool_bytes gauge, its own
+	// directory's, does not count them: say so, loudly.
+	if left := w.spool.size(); left > 0 {
+		w.log.Error("audit spool closed with answered rows not yet in PostgreSQL; a writer on this directory replays them: keep spool_dir pointing here until guardian_audit_spool_bytes is 0",
+			zap.String("spool_dir", w.spool.dir), zap.Int64("bytes", left))
+	}
 	_ = w.spool.close()
 	w.db.Close()
 	// Its full spool no longer refuses anything (a reload moved

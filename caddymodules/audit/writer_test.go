@@ -1497,3 +1497,27 @@ func TestClosingAFullWriterClearsTheGauge(t *testing.T) {
 		t.Fatalf("spool_full %v after the full writer closed", g)
 	}
 }
+
+// A writer closed with answered rows still in its spool (PostgreSQL away,
+// then a reload that moved spool_dir, or a stop) says so at ERROR, with
+// the directory: no other writer replays them, and the next writer's
+// gauge counts only its own directory.
+func TestAWriterClosedWithRowsLeftSaysWhere(t *testing.T) {
+	t.Parallel()
+	w, logs := observedWriter(t, "postgres://guardian:x@127.0.0.1:1/guardian?connect_timeout=1")
+	spoolRow(t, w, testRow(1))
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	said := logs.FilterMessageSnippet("audit spool closed with answered rows").All()
+	if len(said) != 1 || said[0].ContextMap()["spool_dir"] != w.spool.dir || said[0].ContextMap()["bytes"].(int64) <= 0 {
+		t.Fatalf("closing with rows left logged %v", logs.All())
+	}
+	empty, elogs := observedWriter(t, "postgres://guardian:x@127.0.0.1:1/guardian?connect_timeout=1")
+	if err := empty.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := elogs.FilterMessageSnippet("audit spool closed").Len(); n != 0 {
+		t.Fatalf("an empty spool's close logged %d errors", n)
+	}
+}
