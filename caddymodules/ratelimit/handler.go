@@ -135,6 +135,11 @@ type Handler struct {
 	// key or session (re-auth's) must not share the Redis key of the
 	// usual one, which would refill it at its own rate.
 	keyShape string
+	// accountShape is the same for the customer's bucket ("" for the
+	// posture's 5,000/500): a route with a tighter one would otherwise cut
+	// the customer's whole budget to its size, while the usual routes
+	// refilled it at theirs.
+	accountShape string
 	// spec is the account tier's speculation state; nil when off.
 	spec           *speculation
 	speculateBelow int64
@@ -220,6 +225,9 @@ func (h *Handler) init(l *Limiter) {
 	}
 	if *h.Key != DefaultKey {
 		h.keyShape = shape(*h.Key)
+	}
+	if *h.Account != DefaultAccount {
+		h.accountShape = shape(*h.Account)
 	}
 	if h.Tier == TierAccount && h.SpeculateBelow != nil && *h.SpeculateBelow > 0 {
 		h.spec, h.speculateBelow = newSpeculation(*h.SpeculateBelow), int64(*h.SpeculateBelow)
@@ -381,7 +389,11 @@ func (h *Handler) accountKeys(id *identity.Identity) []string {
 	if h.keyShape != "" {
 		cred = h.keyShape + cred // only on routes of another shape: the usual path allocates nothing
 	}
-	return []string{h.limiter.CredentialKey(id.CustomerID, cred), h.limiter.AccountKey(id.CustomerID)}
+	account := h.limiter.AccountKey(id.CustomerID)
+	if h.accountShape != "" {
+		account += ":s:" + h.accountShape // same hash tag: still one slot with the credential's
+	}
+	return []string{h.limiter.CredentialKey(id.CustomerID, cred), account}
 }
 
 // take decides over accountKeys. A credential bucket of its own shape

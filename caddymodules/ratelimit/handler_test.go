@@ -3,6 +3,7 @@ package ratelimit
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -17,6 +18,7 @@ import (
 	"github.com/glassmkr/guardian/caddymodules/guardian"
 	"github.com/glassmkr/guardian/shared/identity"
 	"github.com/glassmkr/guardian/shared/problem"
+	"github.com/glassmkr/guardian/shared/testenv"
 )
 
 func newTestHandler(t *testing.T, h Handler) *Handler {
@@ -461,6 +463,41 @@ func TestALargerIPBucketDoesNotPayForSignIns(t *testing.T) {
 	// Another route of the sign-in shape shares its bucket.
 	if s, _ := status(signIn2.ServeHTTP(httptest.NewRecorder(), request(ip), failAuth("unknown_key"))); s != 429 {
 		t.Fatalf("the other sign-in route: %d, want 429 from the shared bucket", s)
+	}
+}
+
+// A route with a tighter account bucket gets its own: one of its
+// requests must not cut the customer's budget on the usual routes to its
+// size, nor those routes' refill pay for it.
+func TestATighterAccountBucketIsItsOwn(t *testing.T) {
+	t.Parallel()
+	l, _ := newTestLimiter(t)
+	usual, tight := &Handler{Tier: TierAccount}, &Handler{Tier: TierAccount, Account: &Bucket{Capacity: 2, Rate: 0.01}}
+	usual.init(l)
+	tight.init(l)
+	customer := testenv.Name("cust")
+	with := func(key string) *http.Request {
+		r := request("192.0.2.95")
+		caddyhttp.SetVar(r.Context(), identity.VarKey, &identity.Identity{Kind: identity.KindAccount, CustomerID: customer, KeyID: key, Scope: "read"})
+		return r
+	}
+	var got []int
+	for i := range 3 {
+		s, _ := status(tight.ServeHTTP(httptest.NewRecorder(), with(fmt.Sprintf("k%d", i)), ok))
+		got = append(got, s)
+	}
+	if want := []int{200, 200, 429}; !slices.Equal(got, want) {
+		t.Fatalf("the tight route: %v, want %v", got, want)
+	}
+	rec := httptest.NewRecorder()
+	if s, _ := status(usual.ServeHTTP(rec, with("k9"), ok)); s != 200 || rec.Header().Get("RateLimit-Remaining") != "999" {
+		t.Fatalf("the usual route after the tight one's: %d, RateLimit-Remaining %q; want the key's 999 of a full account",
+			s, rec.Header().Get("RateLimit-Remaining"))
+	}
+	for i := range 2 {
+		if s, _ := status(tight.ServeHTTP(httptest.NewRecorder(), with(fmt.Sprintf("k%d", 10+i)), ok)); s != 429 {
+			t.Fatalf("the tight route after the usual one's (request %d): %d, want 429: the usual route refilled it", i, s)
+		}
 	}
 }
 
