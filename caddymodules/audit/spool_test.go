@@ -521,3 +521,31 @@ func TestASegmentWhoseNameIsNotDurableTakesNoRow(t *testing.T) {
 		t.Fatalf("segment holds %v (%v), want the second row alone", rows, err)
 	}
 }
+
+// A hand-back whose replay fails (PostgreSQL stopped answering while the
+// chains waited) leaves spooling on and the segment sealed on disk, for
+// the next pass to replay; nothing is lost.
+func TestAFailedHandBackKeepsItsSegment(t *testing.T) {
+	s, err := openSpool(t.TempDir(), 1<<30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.startSpooling()
+	if err := s.append([]*audit.Row{testRow(1), testRow(2)}); err != nil {
+		t.Fatal(err)
+	}
+	away := errors.New("PostgreSQL stopped answering")
+	if handed, err := s.handBack(1000, func(string) error { return away }); handed || !errors.Is(err, away) || !s.isSpooling() {
+		t.Fatalf("a failed hand-back: %v %v, spooling %v", handed, err, s.isSpooling())
+	}
+	names, err := s.sealed()
+	if err != nil || len(names) != 1 {
+		t.Fatalf("segments after a failed hand-back: %v (%v)", names, err)
+	}
+	if rows, err := s.read(names[0]); err != nil || len(rows) != 2 {
+		t.Fatalf("the segment holds %d rows (%v), want 2", len(rows), err)
+	}
+	if handed, err := s.handBack(1000, func(string) error { return nil }); handed || err != nil {
+		t.Fatalf("a hand-back with a sealed segment left: %v %v, want it left to the replay", handed, err)
+	}
+}

@@ -750,8 +750,15 @@ func (w *Writer) replayOnce(ctx context.Context) error {
 			metrics.spoolBytes.Set(float64(w.spool.size()))
 		}
 		// Hand back only when nothing is left, under the spool's lock, so
-		// no row a chain spools meanwhile is left behind.
-		drained, err := w.spool.handBack(w.maxBatch, func(name string) error { return w.replaySegment(ctx, name) })
+		// no row a chain spools meanwhile is left behind. The chains wait
+		// on that lock while the last segment is replayed: a PostgreSQL
+		// that stops answering then holds them for handBackWait at most,
+		// and the segment is replayed at the next pass instead.
+		drained, err := w.spool.handBack(w.maxBatch, func(name string) error {
+			hctx, cancel := context.WithTimeout(ctx, handBackWait)
+			defer cancel()
+			return w.replaySegment(hctx, name)
+		})
 		if err != nil {
 			return err
 		}
@@ -762,6 +769,10 @@ func (w *Writer) replayOnce(ctx context.Context) error {
 		}
 	}
 }
+
+// handBackWait bounds the replay of the last segment while the chains
+// wait on the spool's lock (spool.handBack).
+const handBackWait = 2 * time.Second
 
 // replaySegment moves the rows of spool segment name to PostgreSQL.
 func (w *Writer) replaySegment(ctx context.Context, name string) error {
