@@ -573,7 +573,13 @@ func (b *blockList) add(ip string, d time.Duration) {
 			}
 		}
 	}
-	b.until[ip] = time.Now().Add(max(d, 100*time.Millisecond))
+	// The later end stands: a refusal on a route that blocks for one
+	// token's time (mode always: sign-in) must not cut short a block that
+	// waits for a burst of lookups (failureBlock).
+	until := time.Now().Add(max(d, 100*time.Millisecond))
+	if t, ok := b.until[ip]; !ok || until.After(t) {
+		b.until[ip] = until
+	}
 }
 
 // left is how long ip stays blocked (0 when it is not).

@@ -159,6 +159,16 @@ func TestAFailureBlockLastsUntilABurstOfLookupsIsBack(t *testing.T) {
 	if left := h.limiter.blocked.left(h.ipShape + ip); left < want-200*time.Millisecond {
 		t.Fatalf("blocked for %s, want about %s (%d lookups at 10 a second)", left, want, guardian.LookupsPerClient)
 	}
+	// A refusal on a route of the same bucket that charges every request
+	// (sign-in, blocking for one token's time) does not cut it short.
+	signIn := &Handler{Tier: TierIP, IP: &Bucket{Capacity: 3, Rate: 10}}
+	signIn.init(h.limiter)
+	if s, _ := status(signIn.ServeHTTP(httptest.NewRecorder(), request(ip), ok)); s != 429 {
+		t.Fatalf("a sign-in from the refused address: %d, want 429", s)
+	}
+	if left := h.limiter.blocked.left(h.ipShape + ip); left < want-400*time.Millisecond {
+		t.Fatalf("after a refused sign-in, blocked for %s, want about %s still", left, want)
+	}
 }
 
 // With refuse_blocked, an address out of tokens is refused before the
