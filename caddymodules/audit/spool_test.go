@@ -1,8 +1,10 @@
 package audit
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -12,6 +14,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/zap"
 
 	"github.com/glassmkr/guardian/shared/audit"
 )
@@ -547,5 +552,50 @@ func TestAFailedHandBackKeepsItsSegment(t *testing.T) {
 	}
 	if handed, err := s.handBack(1000, func(string) error { return nil }); handed || err != nil {
 		t.Fatalf("a hand-back with a sealed segment left: %v %v, want it left to the replay", handed, err)
+	}
+}
+
+// A replay that PostgreSQL does not answer within its deadline (a hung
+// host, or slower than the hand-back's wait) is PostgreSQL away, as a
+// ping's timeout is: not a failure that loses rows, which pages.
+func TestASilentReplayIsPostgresAway(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // accepted, never answered
+		}
+	}()
+	pool, err := pgxpool.New(context.Background(), "postgres://guardian:x@"+ln.Addr().String()+"/guardian")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	s, err := openSpool(t.TempDir(), 1<<30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.append([]*audit.Row{testRow(1)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.seal(); err != nil {
+		t.Fatal(err)
+	}
+	names, err := s.sealed()
+	if err != nil || len(names) != 1 {
+		t.Fatalf("segments %v (%v)", names, err)
+	}
+	w := &Writer{db: pool, spool: s, maxBatch: 10, log: zap.NewNop()}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if err := w.replaySegment(ctx, names[0]); !errors.Is(err, errAway) {
+		t.Fatalf("a replay PostgreSQL did not answer: %v, want it taken for PostgreSQL away", err)
 	}
 }

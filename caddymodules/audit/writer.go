@@ -781,7 +781,10 @@ func (w *Writer) replaySegment(ctx context.Context, name string) error {
 		ictx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 		moved, err := insertIgnoringDuplicates(ictx, w.db, rows)
-		if err != nil && unreachable(err) {
+		if err != nil && (unreachable(err) || errors.Is(err, context.DeadlineExceeded)) {
+			// Silent past the deadline (a hung host, or slower than the
+			// hand-back's wait): away, as for the ping, not a failure
+			// that loses rows (which pages).
 			return fmt.Errorf("%w: %w", errAway, err)
 		}
 		if err != nil {
