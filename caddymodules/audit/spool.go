@@ -213,10 +213,29 @@ func (s *spool) handBack(maxRows int, replay func(name string) error) (bool, err
 	s.bytes = bytes
 	if len(names) == 0 {
 		s.spooling = false
-		s.full.Store(false)
-		metrics.spoolFull.Set(0)
+		s.setFull(false)
 	}
 	return !s.spooling, nil
+}
+
+// fullSpools counts the open spools that are full. The spool_full gauge
+// is one for the process, and two writers are open at once after a
+// reload that moved spool_dir: it says whether any is full, so one
+// writer's hand-back or close does not clear another's refusal.
+var fullSpools atomic.Int64
+
+// setFull sets s.full, with mu held, and the gauge from fullSpools; it
+// reports whether full changed.
+func (s *spool) setFull(full bool) bool {
+	if s.full.Swap(full) == full {
+		return false
+	}
+	delta := int64(-1)
+	if full {
+		delta = 1
+	}
+	metrics.spoolFull.Set(float64(min(fullSpools.Add(delta), 1)))
+	return true
 }
 
 // markFull records that rows could not be appended, unless the spool was
@@ -228,8 +247,7 @@ func (s *spool) markFull() bool {
 	if !s.spooling {
 		return false
 	}
-	metrics.spoolFull.Set(1)
-	return !s.full.Swap(true)
+	return s.setFull(true)
 }
 
 // appendWhileSpooling appends rows if the spool is in use; false means
@@ -459,6 +477,9 @@ func (s *spool) close() error {
 	err := s.seal()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	// Closed, a full spool no longer refuses anything (a reload moved
+	// spool_dir away from it).
+	s.setFull(false)
 	if s.lock != nil {
 		err = errors.Join(err, s.lock.Close()) // closing releases the flock
 		s.lock = nil

@@ -405,13 +405,8 @@ func (w *Writer) Close() error {
 		w.log.Error("audit spool closed with answered rows not yet in PostgreSQL; a writer on this directory replays them: keep spool_dir pointing here until guardian_audit_spool_bytes is 0",
 			zap.String("spool_dir", w.spool.dir), zap.Int64("bytes", left))
 	}
-	_ = w.spool.close()
+	_ = w.spool.close() // its full spool no longer refuses anything
 	w.db.Close()
-	// Its full spool no longer refuses anything (a reload moved
-	// spool_dir): the gauge must not stay at 1 until Caddy restarts.
-	if w.spool.full.Load() {
-		metrics.spoolFull.Set(0)
-	}
 	return nil
 }
 

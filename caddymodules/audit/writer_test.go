@@ -1479,22 +1479,34 @@ func TestASpoolCountGoneWrongStillEndsSpooling(t *testing.T) {
 // A writer closed with its spool full (a reload moved spool_dir) takes
 // the spool_full gauge back to 0: nothing refuses requests any more. Not
 // parallel: the gauge is the process's.
+// While two writers are open (the old one closing after a reload), one's
+// close leaves the gauge at 1 while the other still refuses.
 func TestClosingAFullWriterClearsTheGauge(t *testing.T) {
-	w, err := NewWriter(WriterConfig{DSN: "postgres://nobody@127.0.0.1:1/none?connect_timeout=1", SpoolDir: filepath.Join(t.TempDir(), "spool"), MaxSpool: 2048, Chains: 1})
-	if err != nil {
+	full := func() *Writer {
+		w, err := NewWriter(WriterConfig{DSN: "postgres://nobody@127.0.0.1:1/none?connect_timeout=1", SpoolDir: filepath.Join(t.TempDir(), "spool"), MaxSpool: 2048, Chains: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < 100 && !w.Refusing(); i++ {
+			_ = w.Record(context.Background(), testRow(i))
+		}
+		if !w.Refusing() || testutil.ToFloat64(metrics.spoolFull) != 1 {
+			t.Fatalf("a spool of 2 KiB with PostgreSQL away: refusing %v, gauge %v", w.Refusing(), testutil.ToFloat64(metrics.spoolFull))
+		}
+		return w
+	}
+	old, cur := full(), full()
+	if err := old.Close(); err != nil {
 		t.Fatal(err)
 	}
-	for i := 0; i < 100 && !w.Refusing(); i++ {
-		_ = w.Record(context.Background(), testRow(i))
+	if g := testutil.ToFloat64(metrics.spoolFull); g != 1 || !cur.Refusing() {
+		t.Fatalf("spool_full %v after the old full writer closed, while the other refuses (%v)", g, cur.Refusing())
 	}
-	if !w.Refusing() || testutil.ToFloat64(metrics.spoolFull) != 1 {
-		t.Fatalf("a spool of 2 KiB with PostgreSQL away: refusing %v, gauge %v", w.Refusing(), testutil.ToFloat64(metrics.spoolFull))
-	}
-	if err := w.Close(); err != nil {
+	if err := cur.Close(); err != nil {
 		t.Fatal(err)
 	}
 	if g := testutil.ToFloat64(metrics.spoolFull); g != 0 {
-		t.Fatalf("spool_full %v after the full writer closed", g)
+		t.Fatalf("spool_full %v after both full writers closed", g)
 	}
 }
 
