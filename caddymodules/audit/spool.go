@@ -197,7 +197,7 @@ func (s *spool) handBack(maxRows int, replay func(name string) error) (bool, err
 		if err := replay(name); err != nil {
 			return false, err
 		}
-		if err := s.removeLocked(name); err != nil {
+		if _, _, err := s.unlink(name); err != nil { // s.bytes is counted again below
 			return false, err
 		}
 	}
@@ -438,24 +438,29 @@ func (s *spool) read(name string) ([]*audit.Row, error) {
 	return all, err
 }
 
-// remove deletes a replayed segment.
+// remove deletes a replayed segment. The file work is done outside mu,
+// which the chains take for every spooled batch.
 func (s *spool) remove(name string) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.removeLocked(name)
+	size, removed, err := s.unlink(name)
+	if removed {
+		s.mu.Lock()
+		s.bytes -= size
+		s.mu.Unlock()
+	}
+	return err
 }
 
-// removeLocked is remove, with mu held.
-func (s *spool) removeLocked(name string) error {
+// unlink deletes segment name and syncs the directory; it returns the
+// segment's size and whether it is gone.
+func (s *spool) unlink(name string) (int64, bool, error) {
 	st, err := os.Stat(filepath.Join(s.dir, name))
 	if err != nil {
-		return fmt.Errorf("audit spool: %w", err)
+		return 0, false, fmt.Errorf("audit spool: %w", err)
 	}
 	if err := os.Remove(filepath.Join(s.dir, name)); err != nil {
-		return fmt.Errorf("audit spool: %w", err)
+		return 0, false, fmt.Errorf("audit spool: %w", err)
 	}
-	s.bytes -= st.Size()
-	return s.dirSync(s.dir)
+	return st.Size(), true, s.dirSync(s.dir)
 }
 
 // syncDir fsyncs dir, so that the names in it survive a crash.
