@@ -51,13 +51,7 @@ func TestFailedAppendOnAFullDiskLeavesNothingBehind(t *testing.T) {
 	if failed == 0 {
 		t.Fatal("the disk never filled")
 	}
-	if err := s.seal(); err != nil {
-		t.Fatal(err)
-	}
-	names, err := s.sealed()
-	if err != nil {
-		t.Fatal(err)
-	}
+	names := sealAll(t, s)
 	var got []*audit.Row
 	for _, n := range names {
 		rows, err := s.read(n)
@@ -105,13 +99,7 @@ func TestReplayNeverTakesTheSegmentBeingWritten(t *testing.T) {
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
 	drain := func() {
-		if err := s.seal(); err != nil {
-			t.Fatal(err)
-		}
-		names, err := s.sealed()
-		if err != nil {
-			t.Fatal(err)
-		}
+		names := sealAll(t, s)
 		for _, n := range names {
 			rows, err := s.read(n)
 			if err != nil {
@@ -283,13 +271,7 @@ func TestAppendAfterAFailedCutGoesToANewSegment(t *testing.T) {
 	if s.curName == first || s.curName == "" {
 		t.Fatalf("rows after the failure went to %q, the first segment was %q", s.curName, first)
 	}
-	if err := s.seal(); err != nil {
-		t.Fatal(err)
-	}
-	names, err := s.sealed()
-	if err != nil {
-		t.Fatal(err)
-	}
+	names := sealAll(t, s)
 	var got []string
 	for _, n := range names {
 		rows, err := s.read(n)
@@ -429,13 +411,7 @@ func TestTheSpoolIsHandedBackUnderSteadyLoad(t *testing.T) {
 	time.Sleep(200 * time.Millisecond) // PostgreSQL away a while: rows wait in the spool
 	handed := false
 	for deadline := time.Now().Add(20 * time.Second); !handed && time.Now().Before(deadline); {
-		if err := s.seal(); err != nil {
-			t.Fatal(err)
-		}
-		names, err := s.sealed()
-		if err != nil {
-			t.Fatal(err)
-		}
+		names := sealAll(t, s)
 		for _, n := range names {
 			if err := replay(n); err != nil {
 				t.Fatal(err)
@@ -515,12 +491,9 @@ func TestASegmentWhoseNameIsNotDurableTakesNoRow(t *testing.T) {
 	if err := s.append([]*audit.Row{testRow(2)}); err != nil || syncs != 2 {
 		t.Fatalf("the next append: %v, after %d directory syncs (want 2)", err, syncs)
 	}
-	if err := s.seal(); err != nil {
-		t.Fatal(err)
-	}
-	names, err := s.sealed()
-	if err != nil || len(names) != 1 {
-		t.Fatalf("segments %v (%v), want the second append's alone", names, err)
+	names := sealAll(t, s)
+	if len(names) != 1 {
+		t.Fatalf("segments %v, want the second append's alone", names)
 	}
 	if rows, err := s.read(names[0]); err != nil || len(rows) != 1 || rows[0].Metadata != `{"n":2}` {
 		t.Fatalf("segment holds %v (%v), want the second row alone", rows, err)
@@ -585,12 +558,9 @@ func TestASilentReplayIsPostgresAway(t *testing.T) {
 	if err := s.append([]*audit.Row{testRow(1)}); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.seal(); err != nil {
-		t.Fatal(err)
-	}
-	names, err := s.sealed()
-	if err != nil || len(names) != 1 {
-		t.Fatalf("segments %v (%v)", names, err)
+	names := sealAll(t, s)
+	if len(names) != 1 {
+		t.Fatalf("segments %v", names)
 	}
 	w := &Writer{db: pool, spool: s, maxBatch: 10, log: zap.NewNop()}
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
@@ -598,4 +568,17 @@ func TestASilentReplayIsPostgresAway(t *testing.T) {
 	if err := w.replaySegment(ctx, names[0]); !errors.Is(err, errAway) {
 		t.Fatalf("a replay PostgreSQL did not answer: %v, want it taken for PostgreSQL away", err)
 	}
+}
+
+// sealAll seals s's current segment and lists the sealed ones.
+func sealAll(t *testing.T, s *spool) []string {
+	t.Helper()
+	if err := s.seal(); err != nil {
+		t.Fatal(err)
+	}
+	names, err := s.sealed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return names
 }
