@@ -470,7 +470,10 @@ func credentialRefused(why string) bool {
 func (h *Handler) unchecked(w http.ResponseWriter, ip string) error {
 	// Auth's refusal set its invalid_token challenge already.
 	w.Header().Del("Www-Authenticate")
-	left := h.limiter.blocked.left(ip)
+	// Too many lookups in flight need no block: the answer still asks for
+	// a second's wait, and RateLimit-Reset says the same as Retry-After
+	// (0 would tell the client its quota is back already).
+	left := max(h.limiter.blocked.left(ip), time.Second)
 	return h.answer(w, Decision{Limit: int(h.IP.Capacity), Reset: left, RetryAfter: left, Source: SourceLocal})
 }
 

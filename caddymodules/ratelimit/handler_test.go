@@ -527,6 +527,12 @@ func TestUncheckedCredentialOnAnAlwaysRouteIs429(t *testing.T) {
 	if s != 429 || code != "rate_limited" || rec.Header().Get("Retry-After") == "" || rec.Header().Get("WWW-Authenticate") != "" {
 		t.Fatalf("%d %s %v", s, code, rec.Header())
 	}
+	// Not blocked, only refused a lookup: the headers still agree that
+	// nothing is left for the second Retry-After names.
+	h429 := rec.Header()
+	if h429.Get("RateLimit-Remaining") != "0" || h429.Get("RateLimit-Reset") != h429.Get("Retry-After") || h429.Get("Retry-After") != "1" {
+		t.Fatalf("Remaining %q, Reset %q, Retry-After %q; want 0, 1, 1", h429.Get("RateLimit-Remaining"), h429.Get("RateLimit-Reset"), h429.Get("Retry-After"))
+	}
 }
 
 // TestDefaultsAreThePosturesTable: the security posture's rate-limiting
