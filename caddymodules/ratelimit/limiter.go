@@ -43,8 +43,11 @@ type Decision struct {
 	// bucket) or "open" (Redis down, failed open).
 	Source string
 	// each is what Redis left in each bucket (a decision has one or two),
-	// for the in-memory buckets to go on from.
-	each [2]int
+	// for the in-memory buckets to go on from: at most a millisecond's
+	// refill above it, never below (the reply's whole tokens alone are
+	// up to one below, and an in-memory bucket left that low would refuse
+	// what Redis allows once Redis is back).
+	each [2]float64
 }
 
 // Sources of a decision.
@@ -425,7 +428,7 @@ func decode(res []int64, buckets []Bucket) (Decision, error) {
 	for i, b := range buckets {
 		remaining, full, retry := res[1+3*i], res[2+3*i], res[3+3*i]
 		if i < len(d.each) {
-			d.each[i] = int(max(remaining, 0))
+			d.each[i] = left(b, remaining, full)
 		}
 		if int(remaining) < d.Remaining {
 			d.Remaining, d.Limit, d.Reset = int(remaining), int(b.Capacity), time.Duration(full)*time.Millisecond
@@ -436,6 +439,16 @@ func decode(res []int64, buckets []Bucket) (Decision, error) {
 	}
 	d.Remaining = max(d.Remaining, 0)
 	return d, nil
+}
+
+// left is how many tokens the script left in bucket b, from its reply's
+// whole tokens (floored) and milliseconds until full (rounded up): the
+// bucket held t with cap - full*rate/1000 <= t < cap - (full-1)*rate/1000
+// and remaining <= t < remaining+1. The upper bound is returned, so an
+// in-memory bucket going on from it is never stricter than Redis.
+func left(b Bucket, remaining, full int64) float64 {
+	t := b.Capacity - float64(full-1)*b.Rate/1000
+	return max(min(t, float64(remaining)+1, b.Capacity), 0)
 }
 
 // localBuckets are per-instance token buckets for when Redis is down.
@@ -490,7 +503,7 @@ func (lb *localBuckets) reconcile(now time.Time, keys []string, buckets []Bucket
 		if i >= len(d.each) {
 			break // Take's callers pass one or two keys
 		}
-		tokens := min(c.Capacity, float64(d.each[i]))
+		tokens := min(c.Capacity, d.each[i])
 		if b := lb.m[k]; b != nil {
 			held := min(c.Capacity, b.tokens+max(now.Sub(b.at).Seconds(), 0)*c.Rate)
 			if d.Allowed && held < 1 {

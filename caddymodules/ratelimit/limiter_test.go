@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"os"
 	"strconv"
 	"strings"
@@ -710,6 +711,42 @@ func TestLocalBucketsForgetFullOnesFirst(t *testing.T) {
 	for g := range guessers {
 		if d := lb.take(now, []string{fmt.Sprintf("guesser-%d", g)}, shape); d.Allowed {
 			t.Fatalf("guesser %d allowed after its empty bucket was forgotten: %+v", g, d)
+		}
+	}
+}
+
+// Once Redis is back, an in-memory bucket that only went on from Redis's
+// replies (nothing spent while it was away) never refuses what Redis
+// allows: it keeps what Redis left, not the reply's whole tokens, which
+// are up to one below. The replies are the script's, computed here the
+// way bucket.lua computes them.
+func TestReconcileIsNoStricterThanRedis(t *testing.T) {
+	b := []Bucket{{Capacity: 5, Rate: 10}}
+	keys := []string{"k"}
+	lb := newLocalBuckets()
+	start := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	rng := rand.New(rand.NewPCG(1, 2))
+	tokens, ms := b[0].Capacity, int64(0)
+	for i := range 2000 {
+		dt := rng.Int64N(150)
+		ms += dt
+		tokens = math.Min(b[0].Capacity, tokens+float64(dt)*b[0].Rate/1000)
+		allowed := int64(0)
+		if tokens >= 1 {
+			allowed, tokens = 1, tokens-1
+		}
+		retry := int64(0)
+		if tokens < 1 {
+			retry = int64(math.Ceil((1 - tokens) * 1000 / b[0].Rate))
+		}
+		full := int64(math.Ceil((b[0].Capacity - tokens) * 1000 / b[0].Rate))
+		d, err := decode([]int64{allowed, int64(math.Floor(tokens)), full, retry}, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := lb.reconcile(start.Add(time.Duration(ms)*time.Millisecond), keys, b, d)
+		if got.Allowed != (allowed == 1) {
+			t.Fatalf("request %d: Redis allowed=%d with %.3f tokens left, in memory %+v", i, allowed, tokens, got)
 		}
 	}
 }
