@@ -8,17 +8,18 @@ import (
 
 // Metrics of the audit writer; spool growth is the degradation to alert on.
 var metrics = struct {
-	rows         *prometheus.CounterVec
-	replayed     prometheus.Counter
-	replayErrors prometheus.Counter
-	saturated    prometheus.Counter
-	spoolCorrupt prometheus.Counter
-	spoolBytes   prometheus.Gauge
-	spoolFull    prometheus.Gauge
-	writeErrors  prometheus.Counter
-	displaced    prometheus.Counter
-	unrecorded   prometheus.Counter
-	batchSize    prometheus.Histogram
+	rows             *prometheus.CounterVec
+	replayed         prometheus.Counter
+	replayErrors     prometheus.Counter
+	handBackTimeouts prometheus.Counter
+	saturated        prometheus.Counter
+	spoolCorrupt     prometheus.Counter
+	spoolBytes       prometheus.Gauge
+	spoolFull        prometheus.Gauge
+	writeErrors      prometheus.Counter
+	displaced        prometheus.Counter
+	unrecorded       prometheus.Counter
+	batchSize        prometheus.Histogram
 }{
 	rows: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "guardian", Subsystem: "audit", Name: "rows_total",
@@ -31,6 +32,10 @@ var metrics = struct {
 	replayErrors: prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: "guardian", Subsystem: "audit", Name: "replay_errors_total",
 		Help: "Replays of the spool that failed although PostgreSQL answered (a grant lost, a row refused, a segment unreadable); each is retried, and the spool grows meanwhile (alert on any).",
+	}),
+	handBackTimeouts: prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "guardian", Subsystem: "audit", Name: "handback_timeouts_total",
+		Help: "Ends of spooling given up because PostgreSQL did not take the spool's last segment within 2 s while audited requests waited (PostgreSQL slow); the next try waits 10 s, doubling to a minute.",
 	}),
 	saturated: prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: "guardian", Subsystem: "audit", Name: "saturated_refusals_total",
@@ -68,5 +73,5 @@ var metrics = struct {
 }
 
 func registerMetrics(reg prometheus.Registerer) error {
-	return guardian.RegisterCollectors(reg, metrics.rows, metrics.replayed, metrics.replayErrors, metrics.saturated, metrics.spoolCorrupt, metrics.spoolBytes, metrics.spoolFull, metrics.writeErrors, metrics.displaced, metrics.unrecorded, metrics.batchSize)
+	return guardian.RegisterCollectors(reg, metrics.rows, metrics.replayed, metrics.replayErrors, metrics.handBackTimeouts, metrics.saturated, metrics.spoolCorrupt, metrics.spoolBytes, metrics.spoolFull, metrics.writeErrors, metrics.displaced, metrics.unrecorded, metrics.batchSize)
 }

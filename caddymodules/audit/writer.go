@@ -75,6 +75,11 @@ type Writer struct {
 	lastWarn       atomic.Int64
 	lastSaltWarn   atomic.Int64
 	lastReplayWarn atomic.Int64
+	// handBackAt is when the replayer may next hold the chains for a
+	// hand-back (mono.Nanos), and handBackPause the pause after the last
+	// one given up (spool.handBack; only the replayer moves them).
+	handBackAt    atomic.Int64
+	handBackPause atomic.Int64
 
 	closing sync.RWMutex // held to read while queueing, to write by Close
 	closed  bool
@@ -748,19 +753,35 @@ func (w *Writer) replayOnce(ctx context.Context) error {
 		// no row a chain spools meanwhile is left behind. The chains wait
 		// on that lock while the last segment is replayed: a PostgreSQL
 		// that stops answering then holds them for handBackWait at most,
-		// and the segment is replayed at the next pass instead.
-		drained, err := w.spool.handBack(w.maxBatch, func(name string) error {
+		// and the segment is replayed at the next pass instead. One that
+		// stays that slow would hold them again at every pass: after a
+		// hand-back given up, the passes hand back for a while only when
+		// no row is open (nothing to replay under the lock), and otherwise
+		// replay what they sealed, the chains spooling meanwhile.
+		maxRows := w.maxBatch
+		paused := mono.Nanos(time.Now()) < w.handBackAt.Load()
+		if paused {
+			maxRows = 0
+		}
+		drained, err := w.spool.handBack(maxRows, func(name string) error {
 			hctx, cancel := context.WithTimeout(ctx, handBackWait)
 			defer cancel()
 			return w.replaySegment(hctx, name)
 		})
 		if err != nil {
+			if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+				w.handBackGivenUp()
+			}
 			return err
 		}
 		if drained {
+			w.handBackPause.Store(0)
 			metrics.spoolBytes.Set(0)
 			w.log.Info("audit spool replayed into PostgreSQL; writing directly again")
 			return nil
+		}
+		if paused {
+			return nil // the next tick seals and replays what came meanwhile
 		}
 	}
 }
@@ -768,6 +789,24 @@ func (w *Writer) replayOnce(ctx context.Context) error {
 // handBackWait bounds the replay of the last segment while the chains
 // wait on the spool's lock (spool.handBack).
 const handBackWait = 2 * time.Second
+
+// The pause before the next hand-back after one given up: the first, then
+// doubled up to the last. Spooling meanwhile costs nothing but a longer
+// spool, which the passes keep replaying; holding the chains costs every
+// audited request up to handBackWait.
+const (
+	firstHandBackPause = 10 * time.Second
+	lastHandBackPause  = time.Minute
+)
+
+// handBackGivenUp counts a hand-back whose replay outlasted handBackWait
+// and pauses the next one.
+func (w *Writer) handBackGivenUp() {
+	metrics.handBackTimeouts.Inc()
+	pause := min(max(2*time.Duration(w.handBackPause.Load()), firstHandBackPause), lastHandBackPause)
+	w.handBackPause.Store(int64(pause))
+	w.handBackAt.Store(mono.Nanos(time.Now().Add(pause)))
+}
 
 // replaySegment moves the rows of spool segment name to PostgreSQL.
 func (w *Writer) replaySegment(ctx context.Context, name string) error {

@@ -1359,6 +1359,89 @@ func TestAReplayRefusedAtSignInIsAnError(t *testing.T) {
 	}
 }
 
+// A PostgreSQL too slow for the hand-back (spool.handBack) would hold
+// every chain for handBackWait at each pass: once one is given up, the
+// next pass that finds a row open does not wait for it under the lock,
+// until the pause is over. The writer here runs no goroutine of its own,
+// so the passes are the test's.
+func TestAHandBackGivenUpPausesTheNext(t *testing.T) {
+	t.Parallel()
+	pg := testenv.Postgres(t)
+	ctx := context.Background()
+	db, err := pgxpool.New(ctx, pg.AppDSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(db.Close)
+	sp, err := openSpool(filepath.Join(t.TempDir(), "spool"), 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sp.close() })
+	c := &chain{in: make(chan *pending, 1), base: "pause-0"}
+	c.id = c.base
+	w := &Writer{db: db, spool: sp, digests: newDigests(), chains: []*chain{c}, maxBatch: 1000, coming: newComing(), log: zap.NewNop()}
+	// Rows numbered 100 and up take PostgreSQL 3 s each: more than the
+	// hand-back's 2 s, less than a sealed segment's 10 s.
+	if _, err := pg.Owner.Exec(ctx, `
+		CREATE FUNCTION slow_row() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN
+			IF (NEW.metadata->>'n')::int >= 100 THEN PERFORM pg_sleep(3); END IF;
+			RETURN NEW;
+		END $$;
+		CREATE TRIGGER slow_row BEFORE INSERT ON api_audit_log FOR EACH ROW EXECUTE FUNCTION slow_row()`); err != nil {
+		t.Fatal(err)
+	}
+	// A pass replays the sealed segment; a chain spools another row while
+	// it does, and the hand-back finds that row open.
+	pass := func(first, during int) error {
+		spoolRow(t, w, testRow(first))
+		spooled := make(chan struct{})
+		go func() {
+			defer close(spooled)
+			time.Sleep(time.Second)
+			spoolRow(t, w, testRow(during))
+		}()
+		err := w.replayOnce(ctx)
+		<-spooled
+		return err
+	}
+	before := promtestutil.ToFloat64(metrics.handBackTimeouts)
+	if err := pass(100, 101); !errors.Is(err, errAway) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("a hand-back slower than its wait: %v, want PostgreSQL away past the deadline", err)
+	}
+	// (Other tests' writers may count too: at least this one.)
+	if n := promtestutil.ToFloat64(metrics.handBackTimeouts) - before; n < 1 || w.handBackPause.Load() != int64(firstHandBackPause) {
+		t.Fatalf("%v hand-backs given up counted (want 1 or more), pause %s", n, time.Duration(w.handBackPause.Load()))
+	}
+	// Paused: row 103 is left open for a later pass, not replayed while
+	// the chains wait.
+	if err := pass(102, 103); err != nil {
+		t.Fatalf("a pass while hand-backs are paused: %v", err)
+	}
+	if p := time.Duration(w.handBackPause.Load()); p != firstHandBackPause || !w.spool.isSpooling() {
+		t.Fatalf("pause %s (want %s: no hand-back given up since), spooling %v (want true): the pass held the chains for the open row", p, firstHandBackPause, w.spool.isSpooling())
+	}
+	if got := count(t, pg.Owner); got != 3 {
+		t.Fatalf("%d rows stored, want 3 (100 to 102; 103 is still spooled)", got)
+	}
+	// Each hand-back given up doubles the pause, up to a minute.
+	for _, want := range []time.Duration{20 * time.Second, 40 * time.Second, time.Minute, time.Minute} {
+		w.handBackGivenUp()
+		if got := time.Duration(w.handBackPause.Load()); got != want {
+			t.Fatalf("pause %s, want %s", got, want)
+		}
+	}
+	// Once the pause is over, the spool is handed back.
+	w.handBackAt.Store(0)
+	if err := w.replayOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := count(t, pg.Owner); got != 4 || w.spool.isSpooling() || w.handBackPause.Load() != 0 {
+		t.Fatalf("%d rows stored (want 4), spooling %v, pause %s: not handed back", got, w.spool.isSpooling(), time.Duration(w.handBackPause.Load()))
+	}
+}
+
 func TestUnreachableTellsAnAbsentPostgresFromAnAnswer(t *testing.T) {
 	for name, c := range map[string]struct {
 		err  error
