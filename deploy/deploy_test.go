@@ -1220,6 +1220,11 @@ func TestSysctlDropIn(t *testing.T) {
 	if !regexp.MustCompile(`(?m)^install -m 0711 -o root -g root linux_amd64/functions/\* /usr/lib/guardian-\$v/functions/$`).MatchString(guide) {
 		t.Error("docs/deployment.md does not install the function binaries root:root 0711")
 	}
+	// Caddy too: systemctl reload runs a caddy process as Caddy's user,
+	// every secret in its environment, beside the live functions.
+	if !regexp.MustCompile(`(?m)^install -m 0711 -o root -g root linux_amd64/caddy linux_amd64/guardianctl /usr/lib/guardian-\$v/$`).MatchString(guide) {
+		t.Error("docs/deployment.md does not install caddy and guardianctl root:root 0711")
+	}
 	t.Run("keys exist on this kernel", func(t *testing.T) {
 		if _, err := os.Stat("/proc/sys/kernel/yama"); err != nil {
 			t.Skip("this kernel has no Yama")
