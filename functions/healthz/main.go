@@ -18,6 +18,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -28,6 +29,7 @@ import (
 	"github.com/glassmkr/guardian/shared/db"
 	"github.com/glassmkr/guardian/shared/fnserve"
 	"github.com/glassmkr/guardian/shared/health"
+	"github.com/glassmkr/guardian/shared/logevery"
 	"github.com/glassmkr/guardian/shared/problem"
 )
 
@@ -107,6 +109,23 @@ type handler struct {
 	// queue checks on the small pools until they time out and report a
 	// dependency down that is not.
 	runs singleflight.Group
+	// failed gates each dependency's "health check failed" line: runs
+	// that find it down take a millisecond (connection refused), and
+	// anyone may ask, so a line per run would let anyone fill the log
+	// (and have journald drop Caddy's own lines) during an outage.
+	failed sync.Map // dependency name -> *logevery.Gate
+}
+
+// failureLogEvery is how often a dependency that stays down is logged.
+const failureLogEvery = 30 * time.Second
+
+// logFailure logs a failed check, at most once per failureLogEvery per
+// dependency, with the number of failures since the last line.
+func (h *handler) logFailure(name string, err error) {
+	g, _ := h.failed.LoadOrStore(name, new(logevery.Gate))
+	if n, ok := g.(*logevery.Gate).Allow(time.Now(), failureLogEvery); ok {
+		h.log.Warn("health check failed", zap.String("dependency", name), zap.Int64("failures", n), zap.Error(err))
+	}
 }
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -121,9 +140,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// make pgx drop a pooled connection. Each check is bounded by the
 	// timeout anyway.
 	done := h.runs.DoChan("checks", func() (any, error) {
-		return health.Run(context.Background(), h.checks, h.timeout, func(name string, err error) {
-			h.log.Warn("health check failed", zap.String("dependency", name), zap.Error(err))
-		}), nil
+		return health.Run(context.Background(), h.checks, h.timeout, h.logFailure), nil
 	})
 	var rep health.Report
 	select {

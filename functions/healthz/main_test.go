@@ -19,6 +19,7 @@ import (
 
 	"github.com/glassmkr/guardian/shared/config"
 	"github.com/glassmkr/guardian/shared/health"
+	"github.com/glassmkr/guardian/shared/logevery"
 	"github.com/glassmkr/guardian/shared/testenv"
 )
 
@@ -255,6 +256,38 @@ func TestAbandonedRequestDoesNotFailTheChecks(t *testing.T) {
 	}
 	if rec.Code != 200 || logs.Len() != 0 {
 		t.Fatalf("status %d, %d log lines; want 200 and none", rec.Code, logs.Len())
+	}
+}
+
+// A dependency that stays down is logged once per interval, however many
+// requests find it down: anyone may ask /healthz, and each answer would
+// otherwise add a line. The line says how many failures it stands for.
+func TestAFailingDependencyIsLoggedOncePerInterval(t *testing.T) {
+	core, logs := observer.New(zap.DebugLevel)
+	down := errors.New("connection refused")
+	h := &handler{timeout: time.Second, log: zap.New(core), checks: map[string]health.Check{
+		"postgres": func(context.Context) error { return down },
+		"redis":    func(context.Context) error { return nil },
+	}}
+	get := func() {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", "/healthz", nil))
+		if rec.Code != 503 {
+			t.Fatalf("status %d, want 503", rec.Code)
+		}
+	}
+	for range 50 {
+		get()
+	}
+	if n := logs.FilterMessage("health check failed").Len(); n != 1 {
+		t.Fatalf("50 failed runs logged %d times, want once", n)
+	}
+	g, _ := h.failed.Load("postgres")
+	g.(*logevery.Gate).Pass() // the interval is over
+	get()
+	lines := logs.FilterMessage("health check failed").All()
+	if len(lines) != 2 || lines[1].ContextMap()["failures"] != int64(50) || lines[1].ContextMap()["dependency"] != "postgres" {
+		t.Fatalf("after the interval: %d lines, last %v; want 2, the last counting 50 failures of postgres", len(lines), lines[len(lines)-1].ContextMap())
 	}
 }
 
