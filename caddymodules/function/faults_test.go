@@ -281,6 +281,39 @@ func TestForwardLogCutsALongLine(t *testing.T) {
 	}
 }
 
+// A function's line is logged at its own level, so a Caddy logging at
+// WARN still shows the functions' warnings and errors; output that is not
+// the function logger's (a panic's trace) counts as a warning.
+func TestForwardLogKeepsTheFunctionsLevel(t *testing.T) {
+	core, logs := observer.New(zap.WarnLevel)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	forwardLog(&wg, zap.New(core), strings.NewReader(`{"level":"info","msg":"started"}
+{"level":"warn","msg":"no Landlock"}
+{"level":"error","msg":"revocation failed"}
+{"level":"fatal","msg":"cannot start"}
+{"level":"debug","msg":"detail"}
+panic: runtime error
+`))
+	var got []string
+	for _, e := range logs.All() {
+		m, _ := json.Marshal(e.ContextMap())
+		got = append(got, e.Level.String()+" "+string(m))
+	}
+	want := []string{"warn", "error", "error", "warn"}
+	if len(got) != len(want) {
+		t.Fatalf("%d entries at WARN or above, want %d: %q", len(got), len(want), got)
+	}
+	for i, w := range want {
+		if !strings.HasPrefix(got[i], w+" ") {
+			t.Fatalf("entry %d: %s, want level %s", i, got[i], w)
+		}
+	}
+	if !strings.Contains(got[0], "no Landlock") || !strings.Contains(got[3], "panic: runtime error") {
+		t.Fatalf("entries: %q", got)
+	}
+}
+
 func keysOf(m map[string]any) []string {
 	var out []string
 	for k := range m {

@@ -26,6 +26,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"golang.org/x/sys/unix"
 
 	"github.com/glassmkr/guardian/shared/fnserve"
@@ -536,15 +537,42 @@ func forwardLog(wg *sync.WaitGroup, log *zap.Logger, r io.Reader) {
 	}
 }
 
-// logLine logs one line of a function's output, without its line end.
+// logLine logs one line of a function's output, without its line end, at
+// the level the function gave it: a Caddy logging at WARN must still show
+// a function's warnings and errors (why it stopped at start, a revocation
+// that failed). A line that is not a JSON entry of fnserve's logger (a
+// panic's trace, the runtime's fatal error) is logged at WARN, as is a
+// line cut short, whose level cannot be read.
 func logLine(log *zap.Logger, line []byte, cut bool) {
 	line = bytes.TrimSuffix(bytes.TrimSuffix(line, []byte("\n")), []byte("\r"))
 	switch {
 	case cut:
-		log.Info("function output", zap.String("line", string(line)), zap.Bool("truncated", true))
+		log.Warn("function output", zap.String("line", string(line)), zap.Bool("truncated", true))
 	case json.Valid(line):
-		log.Info("function output", zap.Reflect("entry", json.RawMessage(append([]byte(nil), line...))))
+		if ce := log.Check(lineLevel(line), "function output"); ce != nil {
+			ce.Write(zap.Reflect("entry", json.RawMessage(append([]byte(nil), line...))))
+		}
 	default:
-		log.Info("function output", zap.String("line", string(line)))
+		log.Warn("function output", zap.String("line", string(line)))
 	}
+}
+
+// lineLevel is the level of a function's JSON log line (zap's "level"
+// field); INFO when it names none that zap knows, and ERROR for the levels
+// above it (a DPANIC, PANIC or FATAL line is the function's last).
+func lineLevel(line []byte) zapcore.Level {
+	var e struct {
+		Level string `json:"level"`
+	}
+	if json.Unmarshal(line, &e) != nil {
+		return zapcore.InfoLevel
+	}
+	l, err := zapcore.ParseLevel(e.Level)
+	switch {
+	case err != nil:
+		return zapcore.InfoLevel
+	case l > zapcore.ErrorLevel:
+		return zapcore.ErrorLevel
+	}
+	return l
 }
