@@ -176,6 +176,25 @@ func TestIdleFunctionIsStoppedAndStartsAgain(t *testing.T) {
 	}
 }
 
+// The last request to end arms the idle timer even if it ran on a
+// process that has crashed since: the process that replaced it served the
+// requests meanwhile, all ended before it, and must still be stopped once
+// idle.
+func TestTheLastRequestArmsTheIdleTimerWhicheverProcessItRanOn(t *testing.T) {
+	in := newInstance(spec{name: "idle-arm", idleTimeout: time.Hour}, zap.NewNop())
+	crashed, current := &process{}, &process{}
+	in.proc = current
+	in.metrics.inFlight.Inc()
+	in.inflight = 1 // a slow client's answer from the crashed process
+	in.release(crashed)
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if in.idle == nil {
+		t.Fatal("no idle timer armed: the current process stays up until the next request")
+	}
+	in.idle.Stop()
+}
+
 func TestInFlightRequestKeepsFunctionAlivePastIdleTimeout(t *testing.T) {
 	t.Parallel()
 	idle := caddy.Duration(100 * time.Millisecond)

@@ -237,7 +237,10 @@ func (in *instance) noteTimeout(d time.Duration) {
 	in.mu.Unlock()
 }
 
-// release ends a request on p and arms the idle timer when none is left.
+// release ends a request on p and arms the idle timer when none is left,
+// whichever process the last one ran on: one that ran on a process since
+// crashed and ended after its successor's requests must still arm it, or
+// the successor stays up until the next request.
 func (in *instance) release(p *process) {
 	in.metrics.inFlight.Dec()
 	in.mu.Lock()
@@ -248,7 +251,7 @@ func (in *instance) release(p *process) {
 		close(in.drained)
 		in.drained = nil
 	}
-	if in.inflight == 0 && in.proc == p && in.spec.idleTimeout > 0 {
+	if in.inflight == 0 && in.proc != nil && in.spec.idleTimeout > 0 {
 		if in.idle == nil {
 			in.idle = time.AfterFunc(in.spec.idleTimeout, in.stopIfIdle)
 		} else {
