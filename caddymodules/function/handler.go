@@ -27,6 +27,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -304,8 +305,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		body = &trackedBody{rc: r.Body}
 		req.Body = body
 	}
+	var p *process
+	answered := false
 	for attempt := 0; ; attempt++ {
-		p, err := h.inst.acquire(ctx)
+		var err error
+		p, err = h.inst.acquire(ctx)
 		if err != nil {
 			retry := "1" // starting, or stopping for a reload: seconds
 			var b errBackoff
@@ -319,7 +323,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		}
 		proxyErr = nil
 		var watch sendWatch
-		h.proxy(p, w, req.WithContext(httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: watch.gotConn})))
+		answered = h.proxy(p, w, req.WithContext(httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: watch.gotConn})))
 		// A process that died a moment ago refuses the connection before
 		// its exit is noticed. Nothing reached it, so the request is safe
 		// to send once more, to a fresh process. The error alone cannot
@@ -337,9 +341,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		break
 	}
 	if proxyErr == nil {
+		if p.silent.Load() != 0 {
+			p.silent.Store(0)
+		}
 		return nil
 	}
 	if errors.Is(proxyErr, context.DeadlineExceeded) && r.Context().Err() == nil {
+		// Silent: the whole request reached the function, which sent
+		// nothing back in time (a slow client, uploading or reading, is
+		// not the function's fault).
+		if !answered && (body == nil || body.eof.Load()) {
+			h.inst.silentTimeout(p)
+		}
 		if n, ok := h.inst.timeoutLog.Allow(time.Now(), failLogEvery); ok {
 			h.log.Warn("function timed out (logged once per 30 s)", zap.Duration("timeout", time.Duration(h.Timeout)), zap.Int64("timed_out", n))
 		}
@@ -364,12 +377,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 // panics with http.ErrAbortHandler (the client or the function went away
 // mid-body): a request never released would keep the function from ever
 // being stopped for idleness.
-func (h *Handler) proxy(p *process, w http.ResponseWriter, req *http.Request) {
+// It reports whether the function's final status was written to w.
+func (h *Handler) proxy(p *process, w http.ResponseWriter, req *http.Request) (answered bool) {
 	defer h.inst.release(p)
 	f := finalOnlyPool.Get().(*finalOnly)
 	f.w = w
-	defer f.free()
+	defer func() {
+		answered = f.wrote
+		f.free()
+	}()
 	p.proxy.ServeHTTP(f, req)
+	return
 }
 
 // finalOnly passes a function's answer to w without its informational
@@ -614,12 +632,18 @@ var errBusy = errors.New("function: no slot free")
 type trackedBody struct {
 	rc   io.ReadCloser
 	read bool
+	// eof: the whole body was read (to send it to the function). The
+	// transport may still be reading when the handler looks.
+	eof atomic.Bool
 }
 
 func (b *trackedBody) Read(p []byte) (int, error) {
 	n, err := b.rc.Read(p)
 	if n > 0 || err != nil {
 		b.read = true
+	}
+	if err == io.EOF {
+		b.eof.Store(true)
 	}
 	return n, err
 }

@@ -263,6 +263,62 @@ func TestHungRequestIsCutWith504(t *testing.T) {
 	pidOf(t, h) // the function itself still serves
 }
 
+// A process that answers none of hungAfter requests in a row, each sent
+// to it whole, is taken for hung and replaced; one answer in between
+// starts the count again.
+func TestAProcessSilentForHungAfterRequestsIsReplaced(t *testing.T) {
+	t.Parallel()
+	h := newHandler(t, &Handler{Timeout: caddy.Duration(200 * time.Millisecond)})
+	pid := pidOf(t, h)
+	hang := func(n int) {
+		for range n {
+			_, err := call(h, "/sleep?d=1m")
+			if status, code := problemOf(t, err); status != 504 || code != "function_timeout" {
+				t.Fatalf("a hung request: %d %s", status, code)
+			}
+		}
+	}
+	hang(hungAfter - 1)
+	if again := pidOf(t, h); again != pid { // an answer: the count starts again
+		t.Fatalf("replaced after %d silent requests", hungAfter-1)
+	}
+	hang(hungAfter - 1)
+	if again := pidOf(t, h); again != pid {
+		t.Fatal("replaced although it answered in between")
+	}
+	hang(hungAfter)
+	waitFor(t, "the hung process to be killed", func() bool { return !testenv.Alive(pid) })
+	waitFor(t, "a fresh process", func() bool {
+		rec, err := call(h, "/ok")
+		return err == nil && rec.Code == 200 && rec.Body.String() != strconv.Itoa(pid)
+	})
+}
+
+// A request whose body the client has not finished sending is not the
+// function's silence: clients trickling uploads past the timeout do not
+// get the process killed.
+func TestSlowUploadsDoNotMakeAProcessHung(t *testing.T) {
+	t.Parallel()
+	h := newHandler(t, &Handler{Timeout: caddy.Duration(200 * time.Millisecond)})
+	pid := pidOf(t, h)
+	for range hungAfter + 1 {
+		pr, pw := io.Pipe()
+		go func() {
+			_, _ = pw.Write([]byte("part of a body"))
+			// Never the rest: the server's read_body timeout cuts it.
+			time.Sleep(400 * time.Millisecond)
+			pw.CloseWithError(errors.New("read_body timeout"))
+		}()
+		err := h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("POST", "/sleep?d=1m", pr), nil)
+		if status, code := problemOf(t, err); status != 504 || code != "function_timeout" {
+			t.Fatalf("a slow upload: %d %s", status, code)
+		}
+	}
+	if again := pidOf(t, h); again != pid {
+		t.Fatal("slow uploads got the process replaced")
+	}
+}
+
 // The runtime sends a function its settings only once the function says
 // it is sealed: testfn, named so, waits 300 ms before sealing and fails
 // its start if anything arrived meanwhile.

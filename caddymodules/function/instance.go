@@ -260,6 +260,27 @@ func (in *instance) release(p *process) {
 	}
 }
 
+// hungAfter is how many requests in a row a process may let time out
+// without answering, each sent to it whole, before it is taken for hung:
+// a deadlocked function otherwise answers every request 504 after its
+// full timeout, holding a slot each time, until Caddy restarts (a warm
+// one is never stopped for idleness). A request it answers in between
+// starts the count again.
+const hungAfter = 5
+
+// silentTimeout counts a request p let time out without answering; at
+// hungAfter in a row p is killed, which its watch takes for a crash (a
+// fresh process for the next request, after the crash backoff; a warm
+// function is started again).
+func (in *instance) silentTimeout(p *process) {
+	if p.silent.Add(1) != hungAfter {
+		return
+	}
+	in.log.Error("function answered none of its last requests before their timeout; killing it as hung",
+		zap.Int("requests", hungAfter), zap.Int("pid", p.cmd.Process.Pid))
+	p.kill()
+}
+
 // stopIfIdle stops the process when nothing used it for the idle timeout.
 // A request that arrives meanwhile keeps it: the check runs under the lock.
 func (in *instance) stopIfIdle() {

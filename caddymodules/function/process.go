@@ -47,6 +47,10 @@ type process struct {
 
 	stopOnce sync.Once
 	stopping bool // guarded by the instance's mutex
+
+	// silent counts requests in a row that reached the process whole
+	// and timed out before it answered (instance.silentTimeout).
+	silent atomic.Int32
 }
 
 // errCtxKey carries a *error into the proxy's ErrorHandler so the handler
