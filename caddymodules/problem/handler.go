@@ -84,9 +84,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 }
 
 // wantsHTML reports a browser's navigation: a GET, or a form's POST, that
-// accepts HTML and does not ask for JSON. API clients (Accept */*, JSON or
-// none; JSON bodies) get JSON.
+// accepts HTML and does not ask for JSON, to a path outside the API. API
+// clients (Accept */*, JSON or none; JSON bodies) get JSON, and so does
+// every request under /api/ and /github/, whatever it accepts: their
+// errors are problem+json by contract (docs/api.md).
 func wantsHTML(r *http.Request) bool {
+	if apiPath(r.URL.Path) {
+		return false
+	}
 	switch r.Method {
 	case http.MethodGet, http.MethodHead:
 	case http.MethodPost:
@@ -99,6 +104,17 @@ func wantsHTML(r *http.Request) bool {
 	}
 	accept := r.Header.Get("Accept")
 	return strings.Contains(accept, "text/html") && !strings.Contains(accept, "json")
+}
+
+// apiPath reports a path under /api/ or /github/, in any letter case
+// (Caddy's path matchers ignore it).
+func apiPath(path string) bool {
+	for _, prefix := range []string{"/api/", "/github/"} {
+		if len(path) >= len(prefix) && strings.EqualFold(path[:len(prefix)], prefix) {
+			return true
+		}
+	}
+	return false
 }
 
 var errorPage = template.Must(template.New("error").Parse(`<!doctype html>

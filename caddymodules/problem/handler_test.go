@@ -167,6 +167,37 @@ func TestABrowserNavigationGetsAPage(t *testing.T) {
 	}
 }
 
+// The API's errors are problem+json by contract (docs/api.md), also for a
+// browser that navigates to one; only the pages' paths get pages.
+func TestTheAPIAnswersProblemJSONToABrowserToo(t *testing.T) {
+	herr := caddyhttp.Error(401, problem.New(401, "unauthenticated", "sign in"))
+	browser := "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+	for _, c := range []struct {
+		method, path string
+		html         bool
+	}{
+		{"GET", "/api/v1/whoami", false},
+		{"GET", "/API/V1/keys", false}, // Caddy's matchers ignore case
+		{"POST", "/github/secret-scanning", false},
+		{"GET", "/apiary", true},
+		{"GET", "/settings/audit", true},
+	} {
+		req := httptest.NewRequest(c.method, c.path, nil)
+		req.Header.Set("Accept", browser)
+		if c.method == "POST" {
+			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		}
+		req = req.WithContext(context.WithValue(req.Context(), caddyhttp.ErrorCtxKey, error(herr)))
+		rec := httptest.NewRecorder()
+		if err := (&Handler{}).ServeHTTP(rec, req, nil); err != nil {
+			t.Fatal(err)
+		}
+		if html := strings.HasPrefix(rec.Header().Get("Content-Type"), "text/html"); html != c.html {
+			t.Errorf("%s %s: Content-Type %q, want a page: %v", c.method, c.path, rec.Header().Get("Content-Type"), c.html)
+		}
+	}
+}
+
 // discard is a ResponseWriter that keeps nothing, so that the benchmark
 // counts the handler's allocations, not a recorder's.
 type discard struct{ h http.Header }
