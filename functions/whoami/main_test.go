@@ -223,4 +223,12 @@ func TestLookalikePathsAreNoRoute(t *testing.T) {
 			t.Errorf("%s: %d audit rows", path, n)
 		}
 	}
+	// A static file's path with a trailing slash is no file either: 404,
+	// not a redirect to the file (docs/api.md: never redirected).
+	if status, _, body := call(t, e.URL+"/static/app.css", nil); status != 200 {
+		t.Errorf("/static/app.css: %d %s", status, body)
+	}
+	if status, h, body := call(t, e.URL+"/static/app.css/", nil); status != 404 || h.Get("Content-Type") != "application/problem+json" {
+		t.Errorf("/static/app.css/: %d %q %s, want a 404 problem", status, h.Get("Content-Type"), body)
+	}
 }
