@@ -131,7 +131,7 @@ func (h *handler) logFailure(name string, err error) {
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
-		problem.Write(w, problem.New(http.StatusMethodNotAllowed, "method_not_allowed", "use GET"))
+		problem.Write(w, problem.New(http.StatusMethodNotAllowed, "method_not_allowed", "use GET or HEAD"))
 		return
 	}
 	// The checks do not end with the request: they are shared with the

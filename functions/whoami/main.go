@@ -38,7 +38,7 @@ type response struct {
 func serve(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
-		problem.Write(w, problem.New(http.StatusMethodNotAllowed, "method_not_allowed", "use GET"))
+		problem.Write(w, problem.New(http.StatusMethodNotAllowed, "method_not_allowed", "use GET or HEAD"))
 		return
 	}
 	id, ok := identity.FromRequest(r)
