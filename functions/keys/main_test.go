@@ -141,6 +141,39 @@ func TestCreateNeedsARecentPasswordAndShowsTheKeyOnce(t *testing.T) {
 	}
 }
 
+// Rotating a key needs what creating one does: a session (a key never
+// mints an account key, not even a successor of itself) whose password
+// was confirmed within the last five minutes, four and a half minutes ago
+// still counting.
+func TestRotateNeedsASessionConfirmedWithinFiveMinutes(t *testing.T) {
+	t.Parallel()
+	s := newSite(t)
+	session := s.signIn(t)
+	_, doc := s.do(t, "POST", "/api/v1/keys", `{"name":"deploy","scope":"read"}`, session)
+	id, _ := doc["id"].(string)
+	if id == "" {
+		t.Fatalf("create: %v", doc)
+	}
+	admin := s.c.AccountKey(t, "admin")
+	if status, doc := s.do(t, "POST", "/api/v1/keys/"+id+"/rotate", ``, bearer(admin)); status != 403 || doc["code"] != "session_required" {
+		t.Fatalf("a key rotating a key: %d %v", status, doc)
+	}
+	confirmed := func(ago string) {
+		t.Helper()
+		if _, err := s.pg.Owner.Exec(context.Background(), "UPDATE sessions SET reauth_at = now() - $2::interval WHERE user_id = $1", s.c.UserID, ago); err != nil {
+			t.Fatal(err)
+		}
+	}
+	confirmed("6 minutes")
+	if status, doc := s.do(t, "POST", "/api/v1/keys/"+id+"/rotate", ``, session); status != 401 || doc["code"] != "reauth_required" {
+		t.Fatalf("rotation six minutes after the password: %d %v", status, doc)
+	}
+	confirmed("4 minutes 30 seconds")
+	if status, doc := s.do(t, "POST", "/api/v1/keys/"+id+"/rotate", ``, session); status != 201 {
+		t.Fatalf("rotation four and a half minutes after the password: %d %v", status, doc)
+	}
+}
+
 func TestRotateWithAndWithoutGrace(t *testing.T) {
 	t.Parallel()
 	s := newSite(t)
