@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/glassmkr/guardian/shared/migrate"
 	"github.com/glassmkr/guardian/shared/testenv"
 )
@@ -30,9 +32,13 @@ type site struct {
 	mfaSecret string
 }
 
-func newSite(t *testing.T) *site {
+// newSite starts the stack; tweak, if given, changes its settings first.
+func newSite(t *testing.T, tweak ...func(env map[string]string)) *site {
 	t.Helper()
 	env, c, pg := testenv.EdgeEnv(t)
+	for _, f := range tweak {
+		f(env)
+	}
 	s := &site{c: c, pg: pg, mfaSecret: env["GUARDIAN_MFA_SECRET"]}
 	s.email = c.Password(t, goodPassword)
 	// WebAuthn needs a domain name: the public URL is localhost, on a port
@@ -335,6 +341,93 @@ func TestPasswordChangeEnforcesThePolicyAndEndsOtherSessions(t *testing.T) {
 	}
 	if a := s.post(t, "/auth/login", login(s.email, "another-good-one-7"), nil); a.status != 204 {
 		t.Fatalf("new password: %d", a.status)
+	}
+}
+
+// Plaintext passwords are never logged nor written to the database (the
+// posture's promise): at the most verbose log level, after sign-ins right
+// and wrong, re-auths right and wrong, password changes refused (wrong
+// current password, a new one too long) and made, and a body that is not
+// JSON, no log line of Caddy or the functions and no row of any table
+// holds any of the passwords sent.
+func TestNoPlaintextPasswordInLogsOrTables(t *testing.T) {
+	t.Parallel()
+	s := newSite(t, func(env map[string]string) { env["GUARDIAN_LOG_LEVEL"] = "DEBUG" })
+	const (
+		wrongSignIn  = "wrong-sign-in-Xq71"
+		wrongReauth  = "wrong-reauth-Xq72"
+		wrongCurrent = "wrong-current-Xq73"
+		newPassword  = "new-good-one-Xq74"
+		brokenBody   = "broken-body-Xq75"
+	)
+	tooLong := "too-long-Xq76-" + strings.Repeat("v", 70)
+	sent := []string{goodPassword, wrongSignIn, wrongReauth, wrongCurrent, newPassword, brokenBody, tooLong}
+
+	if a := s.post(t, "/auth/login", login(s.email, wrongSignIn), nil); a.status != 401 {
+		t.Fatalf("wrong sign-in: %d", a.status)
+	}
+	a := s.post(t, "/auth/login", login(s.email, goodPassword), nil)
+	if a.cookie == nil {
+		t.Fatalf("sign-in: %d %v", a.status, a.doc)
+	}
+	cookie := map[string]string{"Cookie": "guardian_token=" + a.cookie.Value}
+	if a := s.post(t, "/auth/reauth", `{"password":"`+wrongReauth+`"}`, cookie); a.status != 401 {
+		t.Fatalf("wrong re-auth: %d", a.status)
+	}
+	if a = s.post(t, "/auth/reauth", `{"password":"`+goodPassword+`"}`, cookie); a.status != 204 || a.cookie == nil {
+		t.Fatalf("re-auth: %d %v", a.status, a.doc)
+	}
+	cookie = map[string]string{"Cookie": "guardian_token=" + a.cookie.Value}
+	for _, tc := range []struct {
+		body   string
+		status int
+	}{
+		{`{"current_password":"` + wrongCurrent + `","new_password":"` + newPassword + `"}`, 401},
+		{`{"current_password":"` + goodPassword + `","new_password":"` + tooLong + `"}`, 400},
+		{`{"current_password":"` + goodPassword + `","new_password":"` + brokenBody, 400},
+		{`{"current_password":"` + goodPassword + `","new_password":"` + newPassword + `"}`, 204},
+	} {
+		if a := s.post(t, "/auth/password", tc.body, cookie); a.status != tc.status {
+			t.Fatalf("%s: %d %v, want %d", tc.body, a.status, a.doc, tc.status)
+		}
+	}
+	if a := s.post(t, "/auth/login", `{"email":"`+s.email+`","password":"`+brokenBody, nil); a.status != 400 {
+		t.Fatalf("a sign-in body that is not JSON: %d", a.status)
+	}
+	if a := s.post(t, "/auth/login", login(s.email, newPassword), nil); a.status != 204 {
+		t.Fatalf("sign-in with the new password: %d", a.status)
+	}
+
+	log := s.Log()
+	if !strings.Contains(log, `"level":"debug"`) {
+		t.Fatal("no debug line in the log: the test would prove nothing of the debug level")
+	}
+	for _, line := range strings.Split(log, "\n") {
+		for _, pw := range sent {
+			if strings.Contains(line, pw) {
+				t.Errorf("a password in the log:\n%s", line)
+			}
+		}
+	}
+	ctx := context.Background()
+	rows, err := s.pg.Owner.Query(ctx, "SELECT quote_ident(table_name) FROM information_schema.tables WHERE table_schema = 'public' AND table_type = 'BASE TABLE'")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tables, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil || len(tables) < 10 {
+		t.Fatalf("%d tables: %v", len(tables), err)
+	}
+	for _, table := range tables {
+		var text string
+		if err := s.pg.Owner.QueryRow(ctx, "SELECT coalesce(string_agg(t::text, E'\\n'), '') FROM "+table+" t").Scan(&text); err != nil {
+			t.Fatalf("%s: %v", table, err)
+		}
+		for _, pw := range sent {
+			if strings.Contains(text, pw) {
+				t.Errorf("a password in table %s", table)
+			}
+		}
 	}
 }
 
