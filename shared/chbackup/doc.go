@@ -42,7 +42,9 @@
 // with result_overflow_mode=break, and the like, in the user's profile):
 // ClickHouse then stops early and answers a shorter table without an
 // error. Backup reads system.settings first and refuses to run under such
-// a limit (checkLimits).
+// a limit, or under a setting of newer servers that filters every read
+// (checkLimits). A row filter or policy on the backup user is not visible
+// to it; docs/deployment.md says the user must have none.
 // Column types the walker does not know (LowCardinality, aggregate function
 // states) fail the backup loudly rather than store an unchecked blob. The
 // set as a whole is not one point in time: ClickHouse has no transactions,

@@ -3,6 +3,8 @@ package chbackup
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 )
 
@@ -25,15 +27,25 @@ var overflowLimits = [][2]string{
 // (newer servers' LIMIT and OFFSET for all queries).
 var truncating = []string{"limit", "offset"}
 
+// filtering are settings of newer servers that filter every SELECT's rows
+// (a WHERE added to each table read, or to the result), whose defaults
+// are the empty map and the empty expression. A dump under one is a
+// well-formed table of fewer rows, and the manifest counts what the dump
+// holds.
+var filtering = map[string]bool{"additional_table_filters": true, "additional_result_filter": true}
+
 // checkLimits refuses to dump under settings that would cut a dump short
-// silently: a limit in "break" mode, or a non-zero limit/offset, set by
-// the backup user's profile. Limits in "throw" mode are fine: a dump that
+// silently: a limit in "break" mode, a non-zero limit/offset, or a row
+// filter, set by the backup user's profile. Limits in "throw" mode are fine: a dump that
 // reaches one fails, and the run is red. Settings a server does not have
 // are not checked.
 func checkLimits(ctx context.Context, ch *chClient) error {
-	names := truncating
+	names := slices.Clone(truncating)
 	for _, p := range overflowLimits {
 		names = append(names, p[0], p[1])
+	}
+	for n := range filtering {
+		names = append(names, n)
 	}
 	quoted := make([]string, len(names))
 	for i, n := range names {
@@ -48,6 +60,15 @@ func checkLimits(ctx context.Context, ch *chClient) error {
 	for _, s := range set {
 		v[s.Name] = s.Value
 	}
+	if bad := cuttingSettings(v); len(bad) > 0 {
+		return fmt.Errorf("the ClickHouse user's settings would cut dumps short without an error (%s): remove them from its profile, or use overflow mode throw", strings.Join(bad, ", "))
+	}
+	return nil
+}
+
+// cuttingSettings lists, of the settings in v (name to value, as
+// system.settings has them), those that would cut a dump short silently.
+func cuttingSettings(v map[string]string) []string {
 	var bad []string
 	for _, p := range overflowLimits {
 		if lim, ok := v[p[0]]; ok && lim != "0" && v[p[1]] == "break" {
@@ -59,8 +80,10 @@ func checkLimits(ctx context.Context, ch *chClient) error {
 			bad = append(bad, n+"="+val)
 		}
 	}
-	if len(bad) > 0 {
-		return fmt.Errorf("the ClickHouse user's settings would cut dumps short without an error (%s): remove them from its profile, or use overflow mode throw", strings.Join(bad, ", "))
+	for _, n := range slices.Sorted(maps.Keys(filtering)) {
+		if val, ok := v[n]; ok && val != "" && val != "{}" {
+			bad = append(bad, n+"="+val)
+		}
 	}
-	return nil
+	return bad
 }
