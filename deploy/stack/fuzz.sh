@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # deploy/stack/fuzz.sh: run every `go test -fuzz` target of the module for a
-# short budget each (GUARDIAN_FUZZTIME, default 3s), one after another.
+# short budget each (GUARDIAN_FUZZTIME, default 3s), one per CPU at a time
+# (GUARDIAN_FUZZ_JOBS).
 # `make test` runs it after the tests so that a crash any target can find
 # quickly fails CI; `make fuzz GUARDIAN_FUZZTIME=10m` digs longer. New
 # crashers are written by Go under the package's testdata/fuzz/, where
@@ -44,34 +45,60 @@ while IFS= read -r line; do
 done <<<"$listing"
 
 ((${#targets[@]} > 0)) || { echo "fuzz: no targets found" >&2; exit 1; }
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+# Targets run GUARDIAN_FUZZ_JOBS at a time (default: one per CPU), each
+# with one fuzzing worker (-parallel 1): the same CPU time per target as
+# one at a time with a worker per CPU, in a fraction of the wall time, as
+# building and starting each target's binary is mostly one CPU's work.
+jobs_max=${GUARDIAN_FUZZ_JOBS:-$(nproc)}
+((jobs_max >= 1)) || jobs_max=1
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
 # Go before 1.27 (golang/go#75804) can end a duration -fuzztime by reporting
 # its own deadline as the target's failure: "context deadline exceeded",
 # no input found. A finding always says "Failing input written to". Such a
 # run is tried again once; if the toolchain's race hits twice in a row it
 # is reported and not counted, since nothing was found.
 deadline_race() {
-	grep -q 'context deadline exceeded' "$log" && ! grep -q 'Failing input written to' "$log"
+	grep -q 'context deadline exceeded' "$1" && ! grep -q 'Failing input written to' "$1"
 }
+# fuzz_one DIR NAME LOG: runs one target; its output (and nothing else)
+# goes to LOG, a failure's in full. It fails only on a finding or an error.
+fuzz_one() {
+	local dir=$1 name=$2 log=$3 out=$3.run attempt
+	for attempt in 1 2; do
+		if go test -run '^$' -fuzz "^${name}\$" -fuzztime "$budget" -parallel 1 "$dir" >"$out" 2>&1; then
+			return 0
+		fi
+		if ! deadline_race "$out"; then
+			cat "$out" >>"$log"
+			return 1
+		fi
+		if ((attempt == 1)); then
+			echo "fuzz: $name ended on Go's fuzztime deadline race (golang/go#75804), nothing found; once more" >>"$log"
+		else
+			echo "fuzz: $name hit Go's fuzztime deadline race twice, nothing found; not counted as a failure" >>"$log"
+		fi
+	done
+}
+i=0
 for t in "${targets[@]}"; do
 	dir=${t% *} name=${t#* }
 	printf 'fuzz: %s %s (%s)\n' "$dir" "$name" "$budget" >&2
-	for attempt in 1 2; do
-		if go test -run '^$' -fuzz "^${name}\$" -fuzztime "$budget" "$dir" >"$log" 2>&1; then
-			break
-		fi
-		if ! deadline_race; then
-			cat "$log" >&2
-			failed=1
-			break
-		fi
-		if ((attempt == 1)); then
-			echo "fuzz: $name ended on Go's fuzztime deadline race (golang/go#75804), nothing found; once more" >&2
-		else
-			echo "fuzz: $name hit Go's fuzztime deadline race twice, nothing found; not counted as a failure" >&2
-		fi
+	while (($(jobs -rp | wc -l) >= jobs_max)); do
+		wait -n || true
 	done
+	i=$((i + 1))
+	: >"$work/$i.log"
+	( if fuzz_one "$dir" "$name" "$work/$i.log"; then :; else touch "$work/$i.failed"; fi ) &
+done
+wait
+for ((j = 1; j <= i; j++)); do
+	if [[ -s $work/$j.log ]]; then
+		cat "$work/$j.log" >&2
+	fi
+	if [[ -e $work/$j.failed ]]; then
+		failed=1
+	fi
 done
 ((failed == 0)) || { echo "fuzz: a target failed (crasher saved under its testdata/fuzz/)" >&2; exit 1; }
-echo "fuzz: ${#targets[@]} targets, ${budget} each: no crash" >&2
+echo "fuzz: ${#targets[@]} targets, ${budget} each, ${jobs_max} at a time: no crash" >&2
