@@ -34,6 +34,9 @@ type options struct {
 	// providerDown leaves the provider unstarted; startProvider starts it
 	// at the issuer the function was given.
 	providerDown bool
+	// localhost serves the site as http://localhost (a browser keeps the
+	// Secure session cookie there over plain HTTP) instead of 127.0.0.1.
+	localhost bool
 }
 
 // site is Caddy with the built functions and a real OpenID provider, on a
@@ -54,7 +57,11 @@ func newSite(t *testing.T, opt options) *site {
 	t.Helper()
 	env, c, pg := testenv.EdgeEnv(t)
 	port := testenv.FreePort(t)
-	s := &site{URL: fmt.Sprintf("http://127.0.0.1:%d", port), pg: pg, c: c,
+	host := "127.0.0.1"
+	if opt.localhost {
+		host = "localhost"
+	}
+	s := &site{URL: fmt.Sprintf("http://%s:%d", host, port), pg: pg, c: c,
 		// Each test has a client address of its own for the per-IP bucket
 		// (Caddy trusts Cf-Connecting-Ip from loopback here).
 		clientIP: fmt.Sprintf("10.%d.%d.%d", rand.IntN(256), rand.IntN(256), 1+rand.IntN(254))}

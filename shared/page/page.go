@@ -32,7 +32,7 @@ const layout = `<!doctype html>
 <div data-step="password">
 <p>This action needs your password, confirmed in the last five minutes.</p>
 <label>Password <input type="password" name="password" autocomplete="current-password" required></label>
-<p data-google hidden><a href="/auth/google/start?reauth=1">Confirm with Google</a>, then do it again.</p>
+<p data-google hidden><a href="/auth/google/start?reauth=1">Confirm with Google</a><span data-google-replay>: back here, the action is then done.</span><span data-google-again hidden>, then do it again.</span></p>
 </div>
 <div data-step="second" hidden>
 <p>Now your second factor.</p>

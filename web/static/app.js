@@ -5,7 +5,10 @@
 // in the last five minutes, and the second factor of a user who has one),
 // the prompt opens: the password, then, if /auth/reauth asks for it
 // (mfa_required), a code or a security key for /auth/reauth/mfa. Once
-// accepted, the original request is sent again by itself.
+// accepted, the original request is sent again by itself. An account
+// without a password (made by Google sign-in) confirms with Google
+// instead, which leaves the page: the request is kept in sessionStorage
+// and sent again once, when the page loads after the confirmation.
 //
 // WebAuthn: the server sends options as JSON with binary members in
 // base64url; they are decoded for navigator.credentials and the answer is
@@ -111,17 +114,50 @@ async function send(method, url, body, replay = true) {
   let resp = await fetch(url, init);
   if (replay && resp.status === 401) {
     const problem = await resp.clone().json().catch(() => ({}));
-    if (problem.code === "reauth_required" && (await reauthenticate())) {
+    if (problem.code === "reauth_required" && (await reauthenticate({ method, url, body }))) {
       resp = await fetch(url, init); // the replay
     }
   }
   return resp;
 }
 
+// replayKey names the call kept in sessionStorage while the user confirms
+// with Google (this tab only, gone with it).
+const replayKey = "guardian.replay";
+
+// keepForReplay keeps call ({method, url, body}) for replayAfterGoogle.
+// A body with a password in it is not kept (none of the calls that ask
+// for re-auth has one).
+function keepForReplay(call) {
+  if (!call || (call.body && Object.keys(call.body).some((k) => /password/i.test(k)))) return;
+  sessionStorage.setItem(replayKey, JSON.stringify({ method: call.method, url: call.url, body: call.body, page: location.pathname, at: Date.now() }));
+}
+
+// replayAfterGoogle sends again, once, the call kept before the user left
+// to confirm with Google, if it was made on this page less than five
+// minutes ago (the confirmation's own bound); the answer is shown as the
+// call's own would have been. A confirmation refused leaves the session
+// unconfirmed, and the replay is then refused too.
+async function replayAfterGoogle() {
+  const kept = sessionStorage.getItem(replayKey);
+  if (kept === null) return;
+  sessionStorage.removeItem(replayKey);
+  let call;
+  try {
+    call = JSON.parse(kept);
+  } catch {
+    return;
+  }
+  if (!call || call.page !== location.pathname || !(Date.now() - call.at < 5 * 60 * 1000)) return;
+  await finish(await send(call.method, call.url, call.body, false));
+}
+
 // reauthenticate shows the prompt and resolves to true once the password
 // (and, for a user who has one, the second factor) was accepted, false if
-// the user gave up.
-function reauthenticate() {
+// the user gave up. call ({method, url, body}) is what asked for it, kept
+// for a replay if the user leaves to confirm with Google; null for one
+// that cannot be sent again after leaving the page.
+function reauthenticate(call = null) {
   const dialog = document.getElementById("reauth");
   const form = dialog.querySelector("form");
   const error = dialog.querySelector(".error");
@@ -192,7 +228,11 @@ function reauthenticate() {
           if (p.code === "password_not_set" && p.reauth_url) {
             // A Google account: confirm with Google, back on this page.
             const google = dialog.querySelector("[data-google]");
-            google.querySelector("a").href = p.reauth_url + "&next=" + encodeURIComponent(location.pathname);
+            const link = google.querySelector("a");
+            link.href = p.reauth_url + "&next=" + encodeURIComponent(location.pathname);
+            link.onclick = () => keepForReplay(call);
+            google.querySelector("[data-google-replay]").hidden = !call;
+            google.querySelector("[data-google-again]").hidden = !!call;
             google.hidden = false;
           }
         }
@@ -309,7 +349,12 @@ document.addEventListener("submit", async (e) => {
   e.preventDefault();
   showStatus("");
   const method = form.dataset.method || "POST";
-  const resp = await send(method, form.getAttribute("action"), method === "DELETE" ? undefined : fields(form));
+  await finish(await send(method, form.getAttribute("action"), method === "DELETE" ? undefined : fields(form)));
+});
+
+// finish shows the answer of a form's API call: what it carries to show
+// once, else the page anew, or the problem's detail.
+async function finish(resp) {
   if (resp.ok && resp.status !== 204) {
     const answer = await resp.json().catch(() => ({}));
     if (show(answer)) return;
@@ -320,7 +365,9 @@ document.addEventListener("submit", async (e) => {
   }
   const p = await problemOf(resp);
   showStatus(p.detail || "The request failed (" + resp.status + ").");
-});
+}
+
+replayAfterGoogle();
 
 // The sign-in page's second step: a security key instead of a code (the
 // challenge token is in the guardian_mfa cookie).
