@@ -193,6 +193,9 @@ func verifyTarget(ctx context.Context, ch *chClient, auth *sshAuth, t Target, id
 	if err != nil {
 		return err
 	}
+	if err := waitTurn(ctx, ch, db, tr.scratch.name); err != nil {
+		return err
+	}
 	for _, tm := range m.Tables {
 		if err := tr.verifyTable(ctx, m.Database, tm); err != nil {
 			return err

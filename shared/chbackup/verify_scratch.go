@@ -94,6 +94,69 @@ func dropScratch(ctx context.Context, ch *chClient, db string, now time.Time) er
 	return nil
 }
 
+// turnPoll is how often a verification waiting for its turn (waitTurn)
+// looks again.
+const turnPoll = 2 * time.Second
+
+// waitTurn waits until no other verification of db that goes before own
+// (the earlier deadline first, then the random part) has its scratch
+// database any more. Verifications of one database may overlap, and each
+// checks the disks' room for its own copy only: two loading at once
+// could together fill the live database's disk. One at a time, each
+// check holds. A scratch database past its deadline (a killed run's) is
+// nobody's turn. Waiting until ctx ends is an error, not red: the backup
+// was not checked.
+func waitTurn(ctx context.Context, ch *chClient, db, own string) error {
+	for {
+		ahead, err := scratchAhead(ctx, ch, db, own, time.Now())
+		if err != nil {
+			return err
+		}
+		if ahead == "" {
+			return nil
+		}
+		t := time.NewTimer(turnPoll)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("another verification of %s is using its scratch database %s; this run waited for its turn until its time was up: %w", db, ahead, ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+// scratchAhead returns the name of a scratch database of db that is not
+// expired at now and goes before own, or "".
+func scratchAhead(ctx context.Context, ch *chClient, db, own string, now time.Time) (string, error) {
+	names, err := rows[struct{ Name string }](ctx, ch, "SELECT name AS Name FROM system.databases WHERE startsWith(name, "+quoteString(scratchPrefix(db))+")")
+	if err != nil {
+		return "", fmt.Errorf("list the scratch databases of other verifications: %w", err)
+	}
+	for _, n := range names {
+		if n.Name != own && IsScratchOf(db, n.Name) && !scratchExpired(db, n.Name, now) && scratchBefore(db, n.Name, own) {
+			return n.Name, nil
+		}
+	}
+	return "", nil
+}
+
+// scratchBefore reports whether scratch database a of db goes before b:
+// the earlier deadline, then the lower random part. Both are of the form
+// IsScratchOf accepts.
+func scratchBefore(db, a, b string) bool {
+	ma := scratchCurrent.FindStringSubmatch(strings.TrimPrefix(a, scratchPrefix(db)))
+	mb := scratchCurrent.FindStringSubmatch(strings.TrimPrefix(b, scratchPrefix(db)))
+	if ma == nil || mb == nil {
+		return false
+	}
+	ea, _ := strconv.ParseInt(ma[1], 10, 64)
+	eb, _ := strconv.ParseInt(mb[1], 10, 64)
+	if ea != eb {
+		return ea < eb
+	}
+	return a < b
+}
+
 // IsScratchOf reports whether name is a scratch database of a
 // verification of db, of the form this version makes.
 func IsScratchOf(db, name string) bool {

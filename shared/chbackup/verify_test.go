@@ -290,6 +290,69 @@ func TestVerifyDropsOnlyScratchNoRunCanBeUsing(t *testing.T) {
 	}
 }
 
+// Verifications of one database take turns: each checks the disks' room
+// for its own copy only, so one whose turn comes after another's (a later
+// deadline) waits for that one's scratch database to go before it loads
+// anything, and gives up, an error and not red, if its own time runs out
+// first.
+func TestVerificationsTakeTurns(t *testing.T) {
+	f := newFixture(t, 1)
+	f.backup(t)
+	db := f.cfg.ClickHouse.Database
+	// Another run's scratch database: its deadline is earlier than this
+	// run's, and not past.
+	other := scratchName(db, time.Now().Add(2*time.Second), [6]byte{9})
+	f.exec(t, "CREATE DATABASE "+other)
+	t.Cleanup(func() { _ = f.ch.exec(context.Background(), "DROP DATABASE IF EXISTS "+other) })
+
+	p := newCHProxy(t, f.cfg.HTTPURL, nil)
+	cfg := f.cfg
+	cfg.HTTPURL = p.url
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
+	_, err := VerifyLatest(ctx, cfg, f.id)
+	cancel()
+	if err == nil || !strings.Contains(err.Error(), "waited for its turn") || errors.Is(err, job.ErrRed) {
+		t.Fatalf("a run whose turn never came: %v, want an error (not red) that it waited", err)
+	}
+	if loaded := p.statements("CREATE TABLE"); len(loaded) != 0 {
+		t.Fatalf("a run waiting for its turn created %q", loaded)
+	}
+
+	// Its turn comes once the other's scratch database is gone.
+	done := make(chan error, 1)
+	go func() {
+		_, err := VerifyLatest(context.Background(), cfg, f.id)
+		done <- err
+	}()
+	time.Sleep(3 * turnPoll)
+	if loaded := p.statements("CREATE TABLE"); len(loaded) != 0 {
+		t.Fatalf("a run waiting for its turn created %q", loaded)
+	}
+	f.exec(t, "DROP DATABASE "+other)
+	if err := <-done; err != nil {
+		t.Fatalf("once the other run's scratch database was gone: %v", err)
+	}
+	if loaded := p.statements("CREATE TABLE"); len(loaded) == 0 {
+		t.Fatal("the run loaded nothing")
+	}
+}
+
+func TestScratchBefore(t *testing.T) {
+	db := "guardian"
+	now := time.Unix(1_800_000_000, 0)
+	early, late := scratchName(db, now, [6]byte{5}), scratchName(db, now.Add(time.Second), [6]byte{1})
+	tie := scratchName(db, now, [6]byte{6})
+	if !scratchBefore(db, early, late) || scratchBefore(db, late, early) {
+		t.Error("the earlier deadline goes first")
+	}
+	if !scratchBefore(db, early, tie) || scratchBefore(db, tie, early) {
+		t.Error("at one deadline, the lower random part goes first")
+	}
+	if scratchBefore(db, early, early) {
+		t.Error("a name goes before itself")
+	}
+}
+
 func TestScratchExpired(t *testing.T) {
 	now := time.Date(2026, 12, 1, 5, 0, 0, 0, time.UTC)
 	db := "guardian"
