@@ -349,8 +349,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	if errors.Is(proxyErr, context.DeadlineExceeded) && r.Context().Err() == nil {
 		// Silent: the whole request reached the function, which sent
 		// nothing back in time (a slow client, uploading or reading, is
-		// not the function's fault).
-		if !answered && (body == nil || body.eof.Load()) {
+		// not the function's fault). An answer cut short was an answer.
+		switch {
+		case answered:
+			if p.silent.Load() != 0 {
+				p.silent.Store(0)
+			}
+		case body == nil || body.eof.Load():
 			h.inst.silentTimeout(p)
 		}
 		if n, ok := h.inst.timeoutLog.Allow(time.Now(), failLogEvery); ok {

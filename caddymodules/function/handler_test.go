@@ -264,34 +264,54 @@ func TestHungRequestIsCutWith504(t *testing.T) {
 }
 
 // A process that answers none of hungAfter requests in a row, each sent
-// to it whole, is taken for hung and replaced; one answer in between
-// starts the count again.
-func TestAProcessSilentForHungAfterRequestsIsReplaced(t *testing.T) {
+// to it whole, and then no probe either (here frozen with SIGSTOP), is
+// killed as hung and replaced.
+func TestAFrozenProcessIsReplaced(t *testing.T) {
 	t.Parallel()
-	h := newHandler(t, &Handler{Timeout: caddy.Duration(200 * time.Millisecond)})
+	h := newHandler(t, &Handler{Timeout: caddy.Duration(300 * time.Millisecond)})
 	pid := pidOf(t, h)
-	hang := func(n int) {
-		for range n {
-			_, err := call(h, "/sleep?d=1m")
-			if status, code := problemOf(t, err); status != 504 || code != "function_timeout" {
-				t.Fatalf("a hung request: %d %s", status, code)
-			}
+	for i := range hungAfter {
+		path := "/ok"
+		if i == 0 {
+			path = "/freeze"
+		}
+		rec, err := callMethod(h, "POST", path)
+		if err == nil {
+			t.Fatalf("request %d to a frozen process: answered %d %q", i, rec.Code, rec.Body.String())
+		}
+		if status, code := problemOf(t, err); status != 504 || code != "function_timeout" {
+			t.Fatalf("request %d to a frozen process: %d %s", i, status, code)
 		}
 	}
-	hang(hungAfter - 1)
-	if again := pidOf(t, h); again != pid { // an answer: the count starts again
-		t.Fatalf("replaced after %d silent requests", hungAfter-1)
-	}
-	hang(hungAfter - 1)
-	if again := pidOf(t, h); again != pid {
-		t.Fatal("replaced although it answered in between")
-	}
-	hang(hungAfter)
-	waitFor(t, "the hung process to be killed", func() bool { return !testenv.Alive(pid) })
+	waitFor(t, "the frozen process to be killed", func() bool { return !testenv.Alive(pid) })
 	waitFor(t, "a fresh process", func() bool {
 		rec, err := call(h, "/ok")
 		return err == nil && rec.Code == 200 && rec.Body.String() != strconv.Itoa(pid)
 	})
+}
+
+// A process whose handlers are slow (a dependency stalled: every request
+// times out, concurrent ones at once) still answers the probe: it is left
+// to its requests, not killed with them.
+func TestASlowProcessIsNotTakenForHung(t *testing.T) {
+	t.Parallel()
+	h := newHandler(t, &Handler{Timeout: caddy.Duration(300 * time.Millisecond)})
+	pid := pidOf(t, h)
+	var wg sync.WaitGroup
+	for range 2 * hungAfter {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := call(h, "/sleep?d=1m"); err == nil {
+				t.Error("a request sleeping a minute was answered within its 300 ms")
+			}
+		}()
+	}
+	wg.Wait()
+	time.Sleep(2 * probeWait) // the probe has answered by now
+	if again := pidOf(t, h); again != pid {
+		t.Fatal("a slow process was killed as hung")
+	}
 }
 
 // A request whose body the client has not finished sending is not the

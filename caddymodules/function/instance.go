@@ -261,24 +261,47 @@ func (in *instance) release(p *process) {
 }
 
 // hungAfter is how many requests in a row a process may let time out
-// without answering, each sent to it whole, before it is taken for hung:
-// a deadlocked function otherwise answers every request 504 after its
-// full timeout, holding a slot each time, until Caddy restarts (a warm
-// one is never stopped for idleness). A request it answers in between
-// starts the count again.
+// without answering, each sent to it whole, before it is probed; a
+// request it answers in between starts the count again.
 const hungAfter = 5
 
-// silentTimeout counts a request p let time out without answering; at
-// hungAfter in a row p is killed, which its watch takes for a crash (a
-// fresh process for the next request, after the crash backoff; a warm
-// function is started again).
+// probeWait bounds the probe of a process suspected hung.
+const probeWait = 2 * time.Second
+
+// silentTimeout counts a request p let time out without answering. At
+// hungAfter in a row (or concurrent: a slow dependency times out every
+// request at once) p is probed with a request its server answers 404
+// itself, before any handler (shared/fnserve: a path not in canonical
+// form). A process that answers is slow, not hung, and is left to its
+// requests. One that does not (its server stopped, the process frozen)
+// is killed, which its watch takes for a crash: a fresh process for the
+// next request, after the crash backoff, and a warm function started
+// again. Without this a frozen process answered every request 504 after
+// its full timeout, holding a slot each time, until Caddy restarted (a
+// warm one is never stopped for idleness).
 func (in *instance) silentTimeout(p *process) {
-	if p.silent.Add(1) != hungAfter {
+	if p.silent.Add(1) < hungAfter || !p.probing.CompareAndSwap(false, true) {
 		return
 	}
-	in.log.Error("function answered none of its last requests before their timeout; killing it as hung",
-		zap.Int("requests", hungAfter), zap.Int("pid", p.cmd.Process.Pid))
-	p.kill()
+	go func() {
+		defer p.probing.Store(false)
+		if p.exited() {
+			return
+		}
+		err := p.probe(probeWait)
+		switch {
+		case err == nil:
+			p.silent.Store(0)
+			in.log.Warn("function answered none of its last requests before their timeout, but answers a probe: slow, not hung",
+				zap.Int("requests", hungAfter), zap.Int("pid", p.cmd.Process.Pid))
+			return
+		case p.exited():
+			return // gone meanwhile: its watch has it
+		}
+		in.log.Error("function answered none of its last requests before their timeout, nor a probe; killing it as hung",
+			zap.Int("requests", hungAfter), zap.Int("pid", p.cmd.Process.Pid), zap.Error(err))
+		p.kill()
+	}()
 }
 
 // stopIfIdle stops the process when nothing used it for the idle timeout.

@@ -49,8 +49,33 @@ type process struct {
 	stopping bool // guarded by the instance's mutex
 
 	// silent counts requests in a row that reached the process whole
-	// and timed out before it answered (instance.silentTimeout).
-	silent atomic.Int32
+	// and timed out before it answered (instance.silentTimeout); probing
+	// is set while a probe of it runs.
+	silent  atomic.Int32
+	probing atomic.Bool
+}
+
+// probePath is a path no function routes: its server answers 404 itself,
+// before any handler runs (shared/fnserve answers a path not in canonical
+// form so), so an answer shows the process serving, not a handler done.
+const probePath = "/guardian-probe/"
+
+// probe asks p for probePath over a connection of its own and reports an
+// error unless an answer's header comes within wait.
+func (p *process) probe(wait time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://function"+probePath, nil)
+	if err != nil {
+		return err
+	}
+	req.Close = true // a connection of its own, not one a stuck request holds
+	resp, err := p.tr.RoundTrip(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	return nil
 }
 
 // errCtxKey carries a *error into the proxy's ErrorHandler so the handler

@@ -118,6 +118,12 @@ func setup(ctx context.Context, log *zap.Logger, env *config.Loader) (http.Handl
 	mux.HandleFunc("/crash", func(w http.ResponseWriter, r *http.Request) {
 		os.Exit(3)
 	})
+	// /freeze stops the whole process (SIGSTOP): alive, answering nothing,
+	// not even its server's own 404s.
+	mux.HandleFunc("/freeze", func(w http.ResponseWriter, r *http.Request) {
+		_ = unix.Kill(os.Getpid(), unix.SIGSTOP)
+		select {} // the signal lands a moment later: nothing is answered meanwhile
+	})
 	// /dial?network=unix&addr=PATH: what connecting gives this process
 	// ("ok" or the error), as a compromised function would try it.
 	mux.HandleFunc("/dial", func(w http.ResponseWriter, r *http.Request) {
