@@ -34,6 +34,9 @@ var (
 	errAccountClosing = errors.New("account_closing")
 	errEmailTaken     = errors.New("email_linked_elsewhere")
 	errLinkNeedsLogin = errors.New("link_needs_password")
+	// errReauthOtherAccount: a confirmation (reauth) answered by another
+	// Google account than the signed-in user's.
+	errReauthOtherAccount = errors.New("reauth_other_account")
 )
 
 const (

@@ -253,9 +253,9 @@ func (h *handler) callback(w http.ResponseWriter, r *http.Request) {
 	// replaces the session, not adds one.
 	// The edge checked the session cookie (guardian_auth, optional) and
 	// names the session; the cookie itself never reaches a function.
-	var replacing, signedIn string
+	var replacing, signedIn, signedInCustomer string
 	if id, ok := identity.FromRequest(r); ok && id.Kind == identity.KindSession {
-		replacing, signedIn = id.SessionID, id.UserID
+		replacing, signedIn, signedInCustomer = id.SessionID, id.UserID, id.CustomerID
 	}
 
 	var a account
@@ -270,6 +270,12 @@ func (h *handler) callback(w http.ResponseWriter, r *http.Request) {
 			var err error
 			if a, err = resolve(r.Context(), tx, g, h.signupOpen, signedIn); err != nil {
 				return err
+			}
+			// A confirmation is the signed-in user's: another Google
+			// account chosen at the provider signs nobody in (nor up: the
+			// transaction is rolled back), and the session stays.
+			if f.Reauth && signedIn != "" && a.UserID != signedIn {
+				return errReauthOtherAccount
 			}
 			// Under the locks session.Start takes, before the factors are
 			// read: a first factor being turned on (which locks the user
@@ -302,6 +308,11 @@ func (h *handler) callback(w http.ResponseWriter, r *http.Request) {
 	case errors.Is(err, accountstate.ErrClosing):
 		// The deletion committed while this sign-in was under way.
 		h.fail(w, failure{reason: errAccountClosing.Error(), customerID: a.CustomerID, userID: a.UserID})
+		return
+	case errors.Is(err, errReauthOtherAccount):
+		// In the signed-in account's log; the other account's id is not
+		// its to read (and one just signed up was rolled back).
+		h.fail(w, failure{reason: err.Error(), customerID: signedInCustomer, userID: signedIn})
 		return
 	case errors.Is(err, errAccountClosing), errors.Is(err, errEmailTaken), errors.Is(err, errLinkNeedsLogin):
 		h.fail(w, failure{reason: err.Error(), customerID: a.CustomerID, userID: a.UserID})
@@ -440,6 +451,8 @@ func outcomeOf(reason string) outcome {
 		return outcome{http.StatusBadRequest, "Sign-in failed", "Google did not share a usable e-mail address for this account."}
 	case "provider_error":
 		return outcome{http.StatusBadRequest, "Sign-in failed", "Google did not complete the sign-in."}
+	case "reauth_other_account":
+		return outcome{http.StatusForbidden, "Confirmation failed", "Google answered for another account than the one signed in here. Confirm with the Google account you signed in with."}
 	case "reauth_not_fresh":
 		return outcome{http.StatusBadRequest, "Confirmation failed", "Google did not confirm that you signed in just now. Try again, and enter your Google password if asked."}
 	case "state_missing", "state_invalid", "state_expired", "state_mismatch", "state_replayed", "code_missing":

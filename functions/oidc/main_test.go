@@ -758,6 +758,28 @@ func TestAGoogleAccountConfirmsWithGoogle(t *testing.T) {
 		t.Fatalf("%d live sessions after the confirmation, want 1", n)
 	}
 
+	// Another Google account chosen at the provider confirms nothing: it
+	// signs nobody in, nor up (sign-up is open here), and the signed-in
+	// session stays as it was, in the signed-in account's log.
+	stale()
+	dog := oidctest.User{Subject: "dog-sub", Email: "dog@example.com", EmailVerified: true, Name: "Dog"}
+	s.idp.QueueUser(dog)
+	start = b.get(s.URL + "/auth/google/start?reauth=1")
+	r = b.get(b.get(start.location).location)
+	refused(t, "confirmation by another Google account", r, http.StatusForbidden)
+	if f := s.failures(t); len(f) == 0 || f[len(f)-1] != "reauth_other_account" {
+		t.Fatalf("failures: %v", f)
+	}
+	if n := s.count(t, "SELECT count(*) FROM users WHERE email = 'dog@example.com'"); n != 0 {
+		t.Fatal("a confirmation by another Google account signed it up")
+	}
+	if n := s.count(t, "SELECT count(*) FROM api_audit_log WHERE metadata->>'reason' = 'reauth_other_account' AND user_id = $1", first.UserID); n != 1 {
+		t.Fatalf("%d rows of the refusal in the signed-in user's log, want 1", n)
+	}
+	if r := b.post("/api/v1/keys", `{"name":"ci","scope":"read"}`); r.status != 401 || !strings.Contains(r.body, "reauth_required") {
+		t.Fatalf("the session after a confirmation by another account: %d %s, want it signed in and still unconfirmed", r.status, r.body)
+	}
+
 	// A provider answer that does not show a fresh authentication is refused.
 	stale()
 	old := cat
