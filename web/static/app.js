@@ -141,14 +141,18 @@ function keepForReplay(call) {
 async function replayAfterGoogle() {
   const kept = sessionStorage.getItem(replayKey);
   if (kept === null) return;
-  sessionStorage.removeItem(replayKey);
   let call;
   try {
     call = JSON.parse(kept);
   } catch {
-    return;
+    call = null;
   }
-  if (!call || call.page !== location.pathname || !(Date.now() - call.at < 5 * 60 * 1000)) return;
+  const fresh = call && Date.now() - call.at < 5 * 60 * 1000;
+  // Another page (the sign-in page's second step, on the way back) leaves
+  // it for the page it was made on.
+  if (fresh && call.page !== location.pathname) return;
+  sessionStorage.removeItem(replayKey);
+  if (!fresh) return;
   await finish(await send(call.method, call.url, call.body, false));
 }
 
@@ -321,9 +325,12 @@ document.addEventListener("submit", async (e) => {
       // makes a new session: when the last step asks for re-auth, replaying
       // it would be refused, so the whole ceremony starts again (once).
       for (let attempt = 0; attempt < 2; attempt++) {
-        const begun = await send("POST", form.getAttribute("action"), {});
+        // Not replayed by send: a confirmation with Google leaves the
+        // page, and a ceremony cannot be taken up again after that.
+        const begun = await send("POST", form.getAttribute("action"), {}, false);
         if (!begun.ok) {
           const p = await problemOf(begun);
+          if (attempt === 0 && begun.status === 401 && p.code === "reauth_required" && (await reauthenticate())) continue;
           showStatus(p.detail || "The security key could not be added (" + begun.status + ").");
           return;
         }
