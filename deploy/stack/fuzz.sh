@@ -46,9 +46,13 @@ done <<<"$listing"
 
 ((${#targets[@]} > 0)) || { echo "fuzz: no targets found" >&2; exit 1; }
 # Targets run GUARDIAN_FUZZ_JOBS at a time (default: one per CPU), each
-# with one fuzzing worker (-parallel 1): the same CPU time per target as
-# one at a time with a worker per CPU, in a fraction of the wall time, as
-# building and starting each target's binary is mostly one CPU's work.
+# with one fuzzing worker (-parallel 1) for the budget, which is wall time:
+# a target gets one CPU's worth of the budget, where one at a time with a
+# worker per CPU gave it all of them, but building, linking and starting
+# each target's binary (mostly one CPU's work) now overlaps with another
+# target's fuzzing, and the pass takes about half the time. For a search
+# as deep as before, give GUARDIAN_FUZZTIME as many times the budget as
+# there are CPUs.
 jobs_max=${GUARDIAN_FUZZ_JOBS:-$(nproc)}
 ((jobs_max >= 1)) || jobs_max=1
 work=$(mktemp -d)

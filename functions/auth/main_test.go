@@ -345,7 +345,8 @@ func TestPasswordChangeEnforcesThePolicyAndEndsOtherSessions(t *testing.T) {
 }
 
 // Plaintext passwords are never logged nor written to the database (the
-// posture's promise): at the most verbose log level, after sign-ins right
+// posture's promise): at Caddy's most verbose log level (the functions
+// log at INFO and above whatever it is), after sign-ins right
 // and wrong, re-auths right and wrong, password changes refused (wrong
 // current password, a new one too long) and made, and a body that is not
 // JSON, no log line of Caddy or the functions and no row of any table
