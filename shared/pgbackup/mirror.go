@@ -3,6 +3,7 @@ package pgbackup
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -436,7 +437,7 @@ func VerifyCopy(ctx context.Context, cfg Config, s *chbackup.Session, scratchDir
 		return RestoreReport{}, err
 	}
 	repo := filepath.Join(dir, "repo")
-	if err := fetch(ctx, s, repo, owner); err != nil {
+	if err := fetchSettled(ctx, s, repo, func() error { return fetch(ctx, s, repo, owner) }); err != nil {
 		// The host, the link or the scratch disk failing is an error, not
 		// a verdict on the backup: red is for what the restore proves.
 		return RestoreReport{}, fmt.Errorf("pgbackup: fetch the copy from the backup host: %w", err)
@@ -448,6 +449,78 @@ func VerifyCopy(ctx context.Context, cfg Config, s *chbackup.Session, scratchDir
 	c.LockPath = filepath.Join(dir, "lock")
 	c.ArchiveAsync = false
 	return VerifyRestore(ctx, c, scratchDir, check)
+}
+
+// fetchTries bounds the fetches of a copy that a mirror run changes each
+// time.
+const fetchTries = 3
+
+// fetchSettled runs get, a fetch of the copy into dir, again (dir emptied
+// first) while the copy's .info files differ before and after it, up to
+// fetchTries times. The mirror (every 15 minutes) deletes expired backups,
+// adds new files and writes the .info files last: a fetch walking the
+// tree meanwhile can hold a backup.info that names files it missed, or
+// fail on a file deleted after it was listed, and the restore of a sound
+// copy would then fail. Same .info files before and after mean no mirror
+// run finished meanwhile; one still under way at both ends (deletions
+// done, .info files not yet written) is not seen.
+func fetchSettled(ctx context.Context, s *chbackup.Session, dir string, get func() error) error {
+	for try := 1; ; try++ {
+		before, err := infoState(s)
+		if err != nil {
+			return err
+		}
+		ferr := get()
+		after, err := infoState(s)
+		if err != nil {
+			return errors.Join(ferr, err)
+		}
+		if after == before {
+			return ferr
+		}
+		if try == fetchTries {
+			return fmt.Errorf("the copy changed during each of %d fetches (a mirror run each time); try again later", try)
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			return err
+		}
+	}
+}
+
+// infoState is a digest of the copy's .info files (backup.info and
+// archive.info of every stanza, and their .copy twins), names and
+// contents.
+func infoState(s *chbackup.Session) (string, error) {
+	c, root := s.Client(), s.Root()
+	var names []string
+	for _, pattern := range []string{"backup/*/backup.info*", "archive/*/archive.info*"} {
+		m, err := c.Glob(path.Join(root, pattern))
+		if err != nil {
+			return "", fmt.Errorf("list the copy's .info files: %w", err)
+		}
+		names = append(names, m...)
+	}
+	sort.Strings(names)
+	h := sha256.New()
+	for _, n := range names {
+		f, err := c.Open(n)
+		if errors.Is(err, os.ErrNotExist) {
+			continue // replaced meanwhile: the digest after the fetch tells
+		} else if err != nil {
+			return "", fmt.Errorf("read %s: %w", n, err)
+		}
+		fmt.Fprintf(h, "%s\x00", n)
+		_, err = io.Copy(h, f)
+		f.Close()
+		if err != nil {
+			return "", fmt.Errorf("read %s: %w", n, err)
+		}
+		h.Write([]byte{0})
+	}
+	return string(h.Sum(nil)), nil
 }
 
 // fetch copies the tree under s's root into dir (created), files 0640 and

@@ -3,6 +3,7 @@ package pgbackup
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io/fs"
 	"os"
 	"path"
@@ -447,4 +448,69 @@ func FuzzExpiredEarly(f *testing.F) {
 			seenManifest = seenManifest || m
 		}
 	})
+}
+
+// A fetch of the copy across a mirror run (which adds a backup and then
+// rewrites backup.info) is done again from the start; a copy that changes
+// during every fetch is an error, not a copy half of one state and half
+// of another.
+func TestAFetchAcrossAMirrorRunIsDoneAgain(t *testing.T) {
+	t.Parallel()
+	host := newCopyHost(t)
+	repo := t.TempDir()
+	write(t, repo, map[string]string{
+		"backup/guardian/backup.info":                      "info v1",
+		"backup/guardian/20261122-030000F/backup.manifest": "manifest F1",
+		"archive/guardian/archive.info":                    "archive v1",
+	})
+	if _, err := host.mirror(t, repo, nil); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	s, err := chbackup.DialSession(ctx, host.srv.KeyPath, host.srv.KnownHosts, host.target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	owner, err := lookupOwner("root")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "repo")
+	fetches := 0
+	mirrorRun := func(version int) {
+		t.Helper()
+		write(t, repo, map[string]string{
+			"backup/guardian/backup.info": fmt.Sprintf("info v%d", version),
+			fmt.Sprintf("backup/guardian/20261129-0%d0000F/backup.manifest", version): "manifest",
+		})
+		if _, err := host.mirror(t, repo, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	err = fetchSettled(ctx, s, dir, func() error {
+		fetches++
+		err := fetch(ctx, s, dir, owner)
+		if fetches == 1 {
+			mirrorRun(2) // finishes while the first fetch is "under way"
+		}
+		return err
+	})
+	if err != nil || fetches != 2 {
+		t.Fatalf("%d fetches, %v; want 2 and no error", fetches, err)
+	}
+	got := tree(t, dir)
+	if got["backup/guardian/backup.info"] != "info v2" || got["backup/guardian/20261129-020000F/backup.manifest"] == "" {
+		t.Fatalf("the fetched copy is not the one after the mirror run: %v", keys(got))
+	}
+
+	fetches = 0
+	err = fetchSettled(ctx, s, filepath.Join(t.TempDir(), "repo"), func() error {
+		fetches++
+		mirrorRun(2 + fetches)
+		return nil
+	})
+	if err == nil || fetches != fetchTries || !strings.Contains(err.Error(), "changed during each") {
+		t.Fatalf("a copy changing during every fetch: %d fetches, %v", fetches, err)
+	}
 }
