@@ -280,7 +280,13 @@ const probeWait = 2 * time.Second
 // its full timeout, holding a slot each time, until Caddy restarted (a
 // warm one is never stopped for idleness).
 func (in *instance) silentTimeout(p *process) {
-	if p.silent.Add(1) < hungAfter || !p.probing.CompareAndSwap(false, true) {
+	if p.silent.Add(1) < hungAfter {
+		return
+	}
+	in.mu.Lock()
+	stopping := p.stopping // draining for a reload or idleness: its server may be closed already
+	in.mu.Unlock()
+	if stopping || !p.probing.CompareAndSwap(false, true) {
 		return
 	}
 	go func() {
