@@ -37,6 +37,9 @@ var (
 	// errReauthOtherAccount: a confirmation (reauth) answered by another
 	// Google account than the signed-in user's.
 	errReauthOtherAccount = errors.New("reauth_other_account")
+	// errReauthSignedOut: a confirmation started without a signed-in
+	// session.
+	errReauthSignedOut = errors.New("reauth_signed_out")
 )
 
 const (

@@ -67,4 +67,24 @@ func TestAGoogleAccountsActionIsDoneAfterConfirmingWithGoogle(t *testing.T) {
 	if err := s.pg.Owner.QueryRow(context.Background(), "SELECT count(*) FROM api_keys WHERE name = 'after-google'").Scan(&n); err != nil || n != 1 {
 		t.Fatalf("%d keys named after-google after a reload, want 1 (%v)", n, err)
 	}
+	// A kept call is sent only on a confirmation's way back: a page that
+	// loads without the mark (a sign-in, a refused confirmation's page)
+	// drops it, although the session is confirmed now.
+	if _, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`(sessionStorage.setItem("guardian.replay", JSON.stringify({method: "POST",
+		url: "/api/v1/keys", body: {name: "never-asked", scope: "read"}, page: "/settings/keys", at: Date.now()})), true)`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := chromedp.Do(ctx,
+		chromedp.Navigate(s.URL+"/settings/keys"),
+		chromedp.WaitVisible("#create-key"),
+	); err != nil {
+		t.Fatal(err)
+	}
+	kept, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`sessionStorage.getItem("guardian.replay") !== null`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.pg.Owner.QueryRow(context.Background(), "SELECT count(*) FROM api_keys WHERE name = 'never-asked'").Scan(&n); err != nil || n != 0 || kept {
+		t.Fatalf("a page load without the mark: %d keys made from the kept call (want 0), still kept %v (%v)", n, kept, err)
+	}
 }

@@ -34,6 +34,10 @@ import (
 // afterSignIn is where a signed-in browser is sent.
 const afterSignIn = "/settings/keys"
 
+// confirmedMark is the fragment of the page a confirmation with Google
+// (a step-up) returns to, once it succeeded.
+const confirmedMark = "confirmed"
+
 type handler struct {
 	db         *pgxpool.Pool
 	secret     []byte
@@ -77,6 +81,9 @@ func (h *handler) start(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	f := flow{State: state, Nonce: nonce, Verifier: oauth2.GenerateVerifier(), Expires: expires.Unix(),
 		Reauth: q.Get("reauth") == "1", Next: nextPage(q.Get("next"))}
+	if id, ok := identity.FromRequest(r); ok && id.Kind == identity.KindSession && f.Reauth {
+		f.User = id.UserID
+	}
 	value, err3 := h.sealer.seal(f)
 	if err := errors.Join(err1, err2, err3); err != nil {
 		h.log.Error("sealing the sign-in state failed", zap.Error(err))
@@ -271,10 +278,16 @@ func (h *handler) callback(w http.ResponseWriter, r *http.Request) {
 			if a, err = resolve(r.Context(), tx, g, h.signupOpen, signedIn); err != nil {
 				return err
 			}
-			// A confirmation is the signed-in user's: another Google
-			// account chosen at the provider signs nobody in (nor up: the
-			// transaction is rolled back), and the session stays.
-			if f.Reauth && signedIn != "" && a.UserID != signedIn {
+			// A confirmation is the user's who asked for it (signed in
+			// when it started, whatever became of that session since):
+			// another Google account chosen at the provider signs nobody
+			// in (nor up: the transaction is rolled back), and the
+			// session stays as it was. One started signed out confirms
+			// nobody.
+			if f.Reauth && f.User == "" {
+				return errReauthSignedOut
+			}
+			if f.Reauth && a.UserID != f.User {
 				return errReauthOtherAccount
 			}
 			// Under the locks session.Start takes, before the factors are
@@ -309,10 +322,10 @@ func (h *handler) callback(w http.ResponseWriter, r *http.Request) {
 		// The deletion committed while this sign-in was under way.
 		h.fail(w, failure{reason: errAccountClosing.Error(), customerID: a.CustomerID, userID: a.UserID})
 		return
-	case errors.Is(err, errReauthOtherAccount):
-		// In the signed-in account's log; the other account's id is not
-		// its to read (and one just signed up was rolled back).
-		h.fail(w, failure{reason: err.Error(), customerID: signedInCustomer, userID: signedIn})
+	case errors.Is(err, errReauthOtherAccount), errors.Is(err, errReauthSignedOut):
+		// In the asking user's log; the other account's id is not its to
+		// read (and one just signed up was rolled back).
+		h.fail(w, failure{reason: err.Error(), customerID: signedInCustomer, userID: f.User})
 		return
 	case errors.Is(err, errAccountClosing), errors.Is(err, errEmailTaken), errors.Is(err, errLinkNeedsLogin):
 		h.fail(w, failure{reason: err.Error(), customerID: a.CustomerID, userID: a.UserID})
@@ -338,6 +351,11 @@ func (h *handler) callback(w http.ResponseWriter, r *http.Request) {
 	next := afterSignIn
 	if f.Next != "" {
 		next = f.Next
+	}
+	if f.Reauth {
+		// The page the confirmation was asked on sends the call it kept
+		// again, on this mark only (web/static/app.js).
+		next += "#" + confirmedMark
 	}
 	http.Redirect(w, r, next, http.StatusSeeOther)
 }
@@ -451,6 +469,8 @@ func outcomeOf(reason string) outcome {
 		return outcome{http.StatusBadRequest, "Sign-in failed", "Google did not share a usable e-mail address for this account."}
 	case "provider_error":
 		return outcome{http.StatusBadRequest, "Sign-in failed", "Google did not complete the sign-in."}
+	case "reauth_signed_out":
+		return outcome{http.StatusBadRequest, "Confirmation failed", "This confirmation was not started from a signed-in session. Sign in, then do what you were doing again."}
 	case "reauth_other_account":
 		return outcome{http.StatusForbidden, "Confirmation failed", "Google answered for another account than the one signed in here. Confirm with the Google account you signed in with."}
 	case "reauth_not_fresh":

@@ -747,7 +747,7 @@ func TestAGoogleAccountConfirmsWithGoogle(t *testing.T) {
 		t.Fatalf("the provider was not asked to authenticate anew: max_age %q", got)
 	}
 	r = b.get(callback.location)
-	if r.status != http.StatusSeeOther || r.location != "/settings/sessions" {
+	if r.status != http.StatusSeeOther || r.location != "/settings/sessions#confirmed" {
 		t.Fatalf("callback: %d %q %s", r.status, r.location, r.body)
 	}
 	if r := b.post("/api/v1/keys", `{"name":"ci","scope":"read"}`); r.status != 201 {
@@ -780,6 +780,18 @@ func TestAGoogleAccountConfirmsWithGoogle(t *testing.T) {
 		t.Fatalf("the session after a confirmation by another account: %d %s, want it signed in and still unconfirmed", r.status, r.body)
 	}
 
+	// A confirmation started without a session confirms nobody, even the
+	// right account: it is not told apart from a plain sign-in's answer
+	// sent where a confirmation's is awaited.
+	signedOut := s.browser(t)
+	s.idp.QueueUser(cat)
+	start = signedOut.get(s.URL + "/auth/google/start?reauth=1")
+	r = signedOut.get(signedOut.get(start.location).location)
+	refused(t, "confirmation started signed out", r, http.StatusBadRequest)
+	if f := s.failures(t); len(f) == 0 || f[len(f)-1] != "reauth_signed_out" {
+		t.Fatalf("failures: %v", f)
+	}
+
 	// A provider answer that does not show a fresh authentication is refused.
 	stale()
 	old := cat
@@ -797,7 +809,7 @@ func TestAGoogleAccountConfirmsWithGoogle(t *testing.T) {
 		s.idp.QueueUser(cat)
 		start := b.get(s.URL + "/auth/google/start?reauth=1&next=" + url.QueryEscape(next))
 		r := b.get(b.get(start.location).location)
-		if r.status != http.StatusSeeOther || r.location != "/settings/keys" {
+		if r.status != http.StatusSeeOther || r.location != "/settings/keys#confirmed" {
 			t.Errorf("next %q: %d %q", next, r.status, r.location)
 		}
 	}

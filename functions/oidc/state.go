@@ -46,6 +46,9 @@ type flow struct {
 	Reauth bool `json:"a,omitempty"`
 	// Next is the dashboard page to return to (checked by nextPage).
 	Next string `json:"r,omitempty"`
+	// User is, for a step-up, the user signed in when it started: only
+	// that user's Google account confirms it.
+	User string `json:"u,omitempty"`
 }
 
 // Reasons a state cookie is refused.

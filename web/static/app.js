@@ -114,7 +114,10 @@ async function send(method, url, body, replay = true) {
   let resp = await fetch(url, init);
   if (replay && resp.status === 401) {
     const problem = await resp.clone().json().catch(() => ({}));
-    if (problem.code === "reauth_required" && (await reauthenticate({ method, url, body }))) {
+    // A user with a second factor answers it on the sign-in page after
+    // Google, and comes back elsewhere: nothing is kept for a replay.
+    const call = problem.second_factor ? null : { method, url, body };
+    if (problem.code === "reauth_required" && (await reauthenticate(call))) {
       resp = await fetch(url, init); // the replay
     }
   }
@@ -125,34 +128,36 @@ async function send(method, url, body, replay = true) {
 // with Google (this tab only, gone with it).
 const replayKey = "guardian.replay";
 
-// keepForReplay keeps call ({method, url, body}) for replayAfterGoogle.
-// A body with a password in it is not kept (none of the calls that ask
-// for re-auth has one).
+// keepForReplay keeps call ({method, url, body}) for replayAfterGoogle,
+// in place of any kept before; null keeps nothing. A body with a password
+// in it is not kept (none of the calls that ask for re-auth has one).
 function keepForReplay(call) {
+  sessionStorage.removeItem(replayKey);
   if (!call || (call.body && Object.keys(call.body).some((k) => /password/i.test(k)))) return;
   sessionStorage.setItem(replayKey, JSON.stringify({ method: call.method, url: call.url, body: call.body, page: location.pathname, at: Date.now() }));
 }
 
 // replayAfterGoogle sends again, once, the call kept before the user left
-// to confirm with Google, if it was made on this page less than five
-// minutes ago (the confirmation's own bound); the answer is shown as the
-// call's own would have been. A confirmation refused leaves the session
-// unconfirmed, and the replay is then refused too.
+// to confirm with Google. The kept call lasts until the next page loads:
+// it is sent only if that page is the one it was made on, less than five
+// minutes ago, reached by a confirmation that succeeded (functions/oidc
+// sends the browser back with #confirmed, only after Google answered for
+// the user who asked). Any other page load (a refused confirmation's
+// page, a sign-in) drops it. The answer is shown as the call's own would
+// have been.
 async function replayAfterGoogle() {
   const kept = sessionStorage.getItem(replayKey);
+  const confirmed = location.hash === "#confirmed";
+  if (confirmed) history.replaceState(null, "", location.pathname + location.search);
   if (kept === null) return;
+  sessionStorage.removeItem(replayKey);
   let call;
   try {
     call = JSON.parse(kept);
   } catch {
-    call = null;
+    return;
   }
-  const fresh = call && Date.now() - call.at < 5 * 60 * 1000;
-  // Another page (the sign-in page's second step, on the way back) leaves
-  // it for the page it was made on.
-  if (fresh && call.page !== location.pathname) return;
-  sessionStorage.removeItem(replayKey);
-  if (!fresh) return;
+  if (!confirmed || !call || call.page !== location.pathname || !(Date.now() - call.at < 5 * 60 * 1000)) return;
   await finish(await send(call.method, call.url, call.body, false));
 }
 
