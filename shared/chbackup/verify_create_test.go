@@ -237,7 +237,7 @@ func TestVerifyLoadsACurrentServersStatements(t *testing.T) {
 		t.Fatalf("created %q", dbs)
 	}
 	scratch := strings.TrimPrefix(dbs[0], "CREATE DATABASE ")
-	creates := p.statements("CREATE TABLE ")
+	creates := p.tableCreates()
 	if len(creates) != len(m.Tables) {
 		t.Fatalf("%d tables created, the set has %d", len(creates), len(m.Tables))
 	}

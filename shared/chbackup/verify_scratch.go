@@ -98,50 +98,76 @@ func dropScratch(ctx context.Context, ch *chClient, db string, now time.Time) er
 // looks again.
 const turnPoll = 2 * time.Second
 
-// waitTurn waits until no other verification of db that goes before own
-// (the earlier deadline first, then the random part) has its scratch
-// database any more. Verifications of one database may overlap, and each
-// checks the disks' room for its own copy only: two loading at once
-// could together fill the live database's disk. One at a time, each
-// check holds. A scratch database past its deadline (a killed run's) is
-// nobody's turn. Waiting until ctx ends is an error, not red: the backup
-// was not checked.
+// loadingMark is the table a run keeps in its scratch database while it
+// loads (waitTurn): no manifest's table is named so.
+const loadingMark = "guardian_verify_loading"
+
+// waitTurn makes the run whose scratch database is own the only one of
+// db's verifications loading, and waits until it is. Verifications of one
+// database may overlap, and each checks the disks' room for its own copy
+// only: two loading at once could together fill the live database's
+// disk. A run loads only while its scratch database holds loadingMark,
+// which it makes once no other holds one, and keeps until the database
+// is dropped. Two that make theirs at the same moment both look again;
+// the one that goes after the other (the later deadline, then the higher
+// random part) drops its mark and waits. A run that holds its mark never
+// waits, so none waits for ever on another; a killed run's mark counts
+// until its deadline has passed (restore-verify cleanup drops its
+// database at once). Waiting until ctx ends is an error, not red: the
+// backup was not checked.
 func waitTurn(ctx context.Context, ch *chClient, db, own string) error {
 	for {
-		ahead, err := scratchAhead(ctx, ch, db, own, time.Now())
-		if err != nil {
-			return err
+		ahead, err := loadingOther(ctx, ch, db, own, "")
+		if err == nil && ahead == "" {
+			if err = ch.exec(ctx, "CREATE TABLE IF NOT EXISTS "+quoteIdent(own)+"."+quoteIdent(loadingMark)+" (x UInt8) ENGINE = Memory"); err == nil {
+				if ahead, err = loadingOther(ctx, ch, db, own, own); err == nil && ahead == "" {
+					return nil
+				}
+				if err == nil {
+					err = ch.exec(ctx, "DROP TABLE IF EXISTS "+quoteIdent(own)+"."+quoteIdent(loadingMark))
+				}
+			}
 		}
-		if ahead == "" {
-			return nil
+		if ctx.Err() != nil {
+			return fmt.Errorf("another verification of %s is loading into %s; this run waited for its turn until its time was up: %w", db, ahead, ctx.Err())
+		}
+		if err != nil {
+			return fmt.Errorf("take a turn to load: %w", err)
 		}
 		t := time.NewTimer(turnPoll)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return fmt.Errorf("another verification of %s is using its scratch database %s; this run waited for its turn until its time was up: %w", db, ahead, ctx.Err())
+			return fmt.Errorf("another verification of %s is loading into %s; this run waited for its turn until its time was up: %w", db, ahead, ctx.Err())
 		case <-t.C:
 		}
 	}
 }
 
-// scratchAhead returns the name of a scratch database of db that is not
-// expired at now and goes before own, or "".
-func scratchAhead(ctx context.Context, ch *chClient, db, own string, now time.Time) (string, error) {
-	names, err := rows[struct{ Name string }](ctx, ch, "SELECT name AS Name FROM system.databases WHERE startsWith(name, "+quoteString(scratchPrefix(db))+")")
+// loadingOther returns the name of another unexpired scratch database of
+// db than own that holds loadingMark, or "". With before set (own's
+// name), only one that goes before it counts.
+func loadingOther(ctx context.Context, ch *chClient, db, own, before string) (string, error) {
+	names, err := rows[struct{ Name string }](ctx, ch, "SELECT database AS Name FROM system.tables WHERE name = "+quoteString(loadingMark)+
+		" AND startsWith(database, "+quoteString(scratchPrefix(db))+")")
 	if err != nil {
-		return "", fmt.Errorf("list the scratch databases of other verifications: %w", err)
+		return "", fmt.Errorf("list the verifications loading: %w", err)
 	}
+	now := time.Now()
 	for _, n := range names {
-		if n.Name != own && IsScratchOf(db, n.Name) && !scratchExpired(db, n.Name, now) && scratchBefore(db, n.Name, own) {
+		if n.Name == own || !IsScratchOf(db, n.Name) || scratchExpired(db, n.Name, now) {
+			continue
+		}
+		if before == "" || scratchBefore(db, n.Name, before) {
 			return n.Name, nil
 		}
 	}
 	return "", nil
 }
 
-// scratchBefore reports whether scratch database a of db goes before b:
-// the earlier deadline, then the lower random part. Both are of the form
+// scratchBefore reports whether scratch database a of db goes before b
+// when both runs took their turn at once: the earlier deadline, then the
+// lower random part. Both are of the form
 // IsScratchOf accepts.
 func scratchBefore(db, a, b string) bool {
 	ma := scratchCurrent.FindStringSubmatch(strings.TrimPrefix(a, scratchPrefix(db)))

@@ -77,6 +77,18 @@ func (p *chProxy) statements(prefix string) []string {
 	return out
 }
 
+// tableCreates are the CREATE TABLE statements that went through p but
+// the turn's mark (waitTurn): the scratch tables.
+func (p *chProxy) tableCreates() []string {
+	var out []string
+	for _, q := range p.statements("CREATE TABLE ") {
+		if !strings.Contains(q, loadingMark) {
+			out = append(out, q)
+		}
+	}
+	return out
+}
+
 // insertDatabase is the database an INSERT statement loads into.
 func insertDatabase(q string) string {
 	rest, _ := strings.CutPrefix(q, "INSERT INTO `")
@@ -94,7 +106,7 @@ func TestVerifyLoadsOneTableAtATime(t *testing.T) {
 	most := uint64(0)
 	p := newCHProxy(t, f.cfg.HTTPURL, func(q string) (string, bool) {
 		if strings.HasPrefix(q, "INSERT INTO ") {
-			n := f.count(t, "system.tables WHERE database = "+quoteString(insertDatabase(q)))
+			n := f.count(t, "system.tables WHERE database = "+quoteString(insertDatabase(q))+" AND name != "+quoteString(loadingMark))
 			mu.Lock()
 			most = max(most, n)
 			mu.Unlock()
@@ -227,7 +239,7 @@ func TestVerifyCreatesScratchTablesWithoutTheirTTL(t *testing.T) {
 	if rep.Targets[0].Rows != info.Rows {
 		t.Errorf("%d rows verified, the set has %d", rep.Targets[0].Rows, info.Rows)
 	}
-	creates := p.statements("CREATE TABLE ")
+	creates := p.tableCreates()
 	if len(creates) != len(m.Tables) {
 		t.Fatalf("%d tables created, the set has %d", len(creates), len(m.Tables))
 	}
@@ -290,20 +302,27 @@ func TestVerifyDropsOnlyScratchNoRunCanBeUsing(t *testing.T) {
 	}
 }
 
-// Verifications of one database take turns: each checks the disks' room
-// for its own copy only, so one whose turn comes after another's (a later
-// deadline) waits for that one's scratch database to go before it loads
-// anything, and gives up, an error and not red, if its own time runs out
-// first.
+// Verifications of one database take turns loading: each checks the
+// disks' room for its own copy only, so a run waits while another is
+// loading (its scratch database holds the mark), whatever their deadlines,
+// and gives up, an error and not red, if its own time runs out first. A
+// scratch database without the mark (a run not loading yet, or waiting)
+// holds nobody back.
 func TestVerificationsTakeTurns(t *testing.T) {
 	f := newFixture(t, 1)
 	f.backup(t)
 	db := f.cfg.ClickHouse.Database
-	// Another run's scratch database: its deadline is earlier than this
-	// run's, and not past.
-	other := scratchName(db, time.Now().Add(2*time.Second), [6]byte{9})
+	// Another run, loading: its deadline is later than this run's first
+	// attempt's, and not past.
+	other := scratchName(db, time.Now().Add(time.Hour), [6]byte{9})
+	idle := scratchName(db, time.Now().Add(time.Minute), [6]byte{8})
 	f.exec(t, "CREATE DATABASE "+other)
-	t.Cleanup(func() { _ = f.ch.exec(context.Background(), "DROP DATABASE IF EXISTS "+other) })
+	f.exec(t, "CREATE DATABASE "+idle)
+	f.exec(t, "CREATE TABLE "+other+"."+loadingMark+" (x UInt8) ENGINE = Memory")
+	t.Cleanup(func() {
+		_ = f.ch.exec(context.Background(), "DROP DATABASE IF EXISTS "+other)
+		_ = f.ch.exec(context.Background(), "DROP DATABASE IF EXISTS "+idle)
+	})
 
 	p := newCHProxy(t, f.cfg.HTTPURL, nil)
 	cfg := f.cfg
@@ -314,26 +333,59 @@ func TestVerificationsTakeTurns(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "waited for its turn") || errors.Is(err, job.ErrRed) {
 		t.Fatalf("a run whose turn never came: %v, want an error (not red) that it waited", err)
 	}
-	if loaded := p.statements("CREATE TABLE"); len(loaded) != 0 {
+	if loaded := p.tableCreates(); len(loaded) != 0 {
 		t.Fatalf("a run waiting for its turn created %q", loaded)
 	}
 
-	// Its turn comes once the other's scratch database is gone.
+	// Its turn comes once the other has stopped loading.
 	done := make(chan error, 1)
 	go func() {
 		_, err := VerifyLatest(context.Background(), cfg, f.id)
 		done <- err
 	}()
 	time.Sleep(3 * turnPoll)
-	if loaded := p.statements("CREATE TABLE"); len(loaded) != 0 {
+	if loaded := p.tableCreates(); len(loaded) != 0 {
 		t.Fatalf("a run waiting for its turn created %q", loaded)
 	}
-	f.exec(t, "DROP DATABASE "+other)
+	f.exec(t, "DROP TABLE "+other+"."+loadingMark)
 	if err := <-done; err != nil {
-		t.Fatalf("once the other run's scratch database was gone: %v", err)
+		t.Fatalf("once the other run stopped loading: %v", err)
 	}
-	if loaded := p.statements("CREATE TABLE"); len(loaded) == 0 {
+	if loaded := p.tableCreates(); len(loaded) == 0 {
 		t.Fatal("the run loaded nothing")
+	}
+}
+
+// Two runs that take their turn at the same moment both see the other's
+// mark: the one that goes after the other yields.
+func TestRunsTakingTheirTurnAtOnceYieldByOrder(t *testing.T) {
+	f := newFixture(t, 0)
+	db := f.cfg.ClickHouse.Database
+	first := scratchName(db, time.Now().Add(time.Hour), [6]byte{1})
+	second := scratchName(db, time.Now().Add(2*time.Hour), [6]byte{2})
+	for _, d := range []string{first, second} {
+		f.exec(t, "CREATE DATABASE "+d)
+		t.Cleanup(func() { _ = f.ch.exec(context.Background(), "DROP DATABASE IF EXISTS "+d) })
+	}
+	// first holds its mark, as if it had made it a moment before second
+	// looked: second, going after it, must yield, not load beside it.
+	f.exec(t, "CREATE TABLE "+first+"."+loadingMark+" (x UInt8) ENGINE = Memory")
+	if ahead, err := loadingOther(context.Background(), f.ch, db, second, second); err != nil || ahead != first {
+		t.Fatalf("second looking again after its mark: %q %v, want %s ahead", ahead, err, first)
+	}
+	if ahead, err := loadingOther(context.Background(), f.ch, db, first, first); err != nil || ahead != "" {
+		t.Fatalf("first looking again after its mark: %q %v, want nobody ahead", ahead, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*turnPoll)
+	defer cancel()
+	if err := waitTurn(ctx, f.ch, db, second); err == nil {
+		t.Fatal("second took a turn while first was loading")
+	}
+	if n := f.count(t, "system.tables WHERE database = "+quoteString(second)+" AND name = "+quoteString(loadingMark)); n != 0 {
+		t.Fatal("second kept its mark while waiting")
+	}
+	if err := waitTurn(context.Background(), f.ch, db, first); err != nil {
+		t.Fatalf("first, loading, looking again: %v", err)
 	}
 }
 
