@@ -261,6 +261,23 @@ func (s *site) failures(t *testing.T) []string {
 	return out
 }
 
+// lastFailure fails t unless reason is the last refused Google sign-in's.
+func (s *site) lastFailure(t *testing.T, reason string) {
+	t.Helper()
+	if f := s.failures(t); len(f) == 0 || f[len(f)-1] != reason {
+		t.Fatalf("failures: %v, want the last %s", f, reason)
+	}
+}
+
+// confirmAs has the provider answer a confirmation (reauth=1) that b
+// starts as u, and returns the callback's answer.
+func (b *browser) confirmAs(u oidctest.User) reply {
+	b.t.Helper()
+	b.s.idp.QueueUser(u)
+	start := b.get(b.s.URL + "/auth/google/start?reauth=1")
+	return b.get(b.get(start.location).location)
+}
+
 func (s *site) count(t *testing.T, query string, args ...any) int {
 	t.Helper()
 	var n int
@@ -763,13 +780,8 @@ func TestAGoogleAccountConfirmsWithGoogle(t *testing.T) {
 	// session stays as it was, in the signed-in account's log.
 	stale()
 	dog := oidctest.User{Subject: "dog-sub", Email: "dog@example.com", EmailVerified: true, Name: "Dog"}
-	s.idp.QueueUser(dog)
-	start = b.get(s.URL + "/auth/google/start?reauth=1")
-	r = b.get(b.get(start.location).location)
-	refused(t, "confirmation by another Google account", r, http.StatusForbidden)
-	if f := s.failures(t); len(f) == 0 || f[len(f)-1] != "reauth_other_account" {
-		t.Fatalf("failures: %v", f)
-	}
+	refused(t, "confirmation by another Google account", b.confirmAs(dog), http.StatusForbidden)
+	s.lastFailure(t, "reauth_other_account")
 	if n := s.count(t, "SELECT count(*) FROM users WHERE email = 'dog@example.com'"); n != 0 {
 		t.Fatal("a confirmation by another Google account signed it up")
 	}
@@ -780,29 +792,17 @@ func TestAGoogleAccountConfirmsWithGoogle(t *testing.T) {
 		t.Fatalf("the session after a confirmation by another account: %d %s, want it signed in and still unconfirmed", r.status, r.body)
 	}
 
-	// A confirmation started without a session confirms nobody, even the
-	// right account: it is not told apart from a plain sign-in's answer
-	// sent where a confirmation's is awaited.
-	signedOut := s.browser(t)
-	s.idp.QueueUser(cat)
-	start = signedOut.get(s.URL + "/auth/google/start?reauth=1")
-	r = signedOut.get(signedOut.get(start.location).location)
-	refused(t, "confirmation started signed out", r, http.StatusBadRequest)
-	if f := s.failures(t); len(f) == 0 || f[len(f)-1] != "reauth_signed_out" {
-		t.Fatalf("failures: %v", f)
-	}
+	// A confirmation started without a session has no user to confirm:
+	// it signs nobody in, not even the account Google names.
+	refused(t, "confirmation started signed out", s.browser(t).confirmAs(cat), http.StatusBadRequest)
+	s.lastFailure(t, "reauth_signed_out")
 
 	// A provider answer that does not show a fresh authentication is refused.
 	stale()
 	old := cat
 	old.AuthAge = 20 * time.Minute
-	s.idp.QueueUser(old)
-	start = b.get(s.URL + "/auth/google/start?reauth=1")
-	r = b.get(b.get(start.location).location)
-	refused(t, "confirmation without a fresh authentication", r, http.StatusBadRequest)
-	if f := s.failures(t); len(f) == 0 || f[len(f)-1] != "reauth_not_fresh" {
-		t.Fatalf("failures: %v", f)
-	}
+	refused(t, "confirmation without a fresh authentication", b.confirmAs(old), http.StatusBadRequest)
+	s.lastFailure(t, "reauth_not_fresh")
 
 	// next never leaves the dashboard.
 	for _, next := range []string{"//evil.example/settings/", "https://evil.example/settings/keys", "/api/v1/keys", "/settings/../login", `/settings\evil`} {
