@@ -47,6 +47,10 @@ type instance struct {
 	// failing process to one per interval: a process down under load
 	// would otherwise log every request it refuses.
 	timeoutLog, failLog logevery.Gate
+	// slowLog holds the line of a probe that found a silent process
+	// answering (silentTimeout): under a stalled dependency one comes
+	// every few timeouts.
+	slowLog logevery.Gate
 
 	bufMu    sync.Mutex
 	buffered *budget // bodies held for the process's routes; see bodyBudget
@@ -298,8 +302,10 @@ func (in *instance) silentTimeout(p *process) {
 		switch {
 		case err == nil:
 			p.silent.Store(0)
-			in.log.Warn("function answered none of its last requests before their timeout, but answers a probe: slow, not hung",
-				zap.Int("requests", hungAfter), zap.Int("pid", p.cmd.Process.Pid))
+			if n, ok := in.slowLog.Allow(time.Now(), failLogEvery); ok {
+				in.log.Warn("function let requests time out unanswered but answers a probe: slow, not hung (logged once per 30 s)",
+					zap.Int("requests", hungAfter), zap.Int("pid", p.cmd.Process.Pid), zap.Int64("probes", n))
+			}
 			return
 		case p.exited():
 			return // gone meanwhile: its watch has it
