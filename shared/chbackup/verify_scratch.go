@@ -117,31 +117,39 @@ const loadingMark = "guardian_verify_loading"
 // backup was not checked.
 func waitTurn(ctx context.Context, ch *chClient, db, own string) error {
 	for {
-		ahead, err := loadingOther(ctx, ch, db, own, "")
-		if err == nil && ahead == "" {
-			if err = ch.exec(ctx, "CREATE TABLE IF NOT EXISTS "+quoteIdent(own)+"."+quoteIdent(loadingMark)+" (x UInt8) ENGINE = Memory"); err == nil {
-				if ahead, err = loadingOther(ctx, ch, db, own, own); err == nil && ahead == "" {
-					return nil
-				}
-				if err == nil {
-					err = ch.exec(ctx, "DROP TABLE IF EXISTS "+quoteIdent(own)+"."+quoteIdent(loadingMark))
-				}
-			}
-		}
-		if ctx.Err() != nil {
+		ahead, err := takeTurn(ctx, ch, db, own)
+		switch {
+		case ctx.Err() != nil:
 			return fmt.Errorf("another verification of %s is loading into %s; this run waited for its turn until its time was up: %w", db, ahead, ctx.Err())
-		}
-		if err != nil {
+		case err != nil:
 			return fmt.Errorf("take a turn to load: %w", err)
+		case ahead == "":
+			return nil
 		}
 		t := time.NewTimer(turnPoll)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return fmt.Errorf("another verification of %s is loading into %s; this run waited for its turn until its time was up: %w", db, ahead, ctx.Err())
 		case <-t.C:
 		}
 	}
+}
+
+// takeTurn makes own's mark if no other run is loading, and keeps it if
+// none that goes before own made one at the same moment; else it returns
+// the run ahead, own without its mark.
+func takeTurn(ctx context.Context, ch *chClient, db, own string) (ahead string, err error) {
+	if ahead, err = loadingOther(ctx, ch, db, own, ""); err != nil || ahead != "" {
+		return ahead, err
+	}
+	mark := quoteIdent(own) + "." + quoteIdent(loadingMark)
+	if err = ch.exec(ctx, "CREATE TABLE IF NOT EXISTS "+mark+" (x UInt8) ENGINE = Memory"); err != nil {
+		return "", err
+	}
+	if ahead, err = loadingOther(ctx, ch, db, own, own); err != nil || ahead == "" {
+		return ahead, err
+	}
+	return ahead, ch.exec(ctx, "DROP TABLE IF EXISTS "+mark)
 }
 
 // loadingOther returns the name of another unexpired scratch database of
