@@ -32,6 +32,10 @@ type chClient struct {
 // time limit. Tests shorten it.
 var chIdleTimeout = 10 * time.Minute
 
+// chKeepAlive is how long an idle connection to ClickHouse is kept: under
+// the server's default keep_alive_timeout, 3 s.
+const chKeepAlive = 2 * time.Second
+
 func newCHClient(cfg Config) *chClient {
 	return &chClient{
 		base:     strings.TrimSuffix(cfg.HTTPURL, "/") + "/",
@@ -44,6 +48,11 @@ func newCHClient(cfg Config) *chClient {
 			ResponseHeaderTimeout: 5 * time.Minute,
 			DisableCompression:    true,
 			MaxIdleConnsPerHost:   4,
+			// ClickHouse closes a keep-alive connection idle for its
+			// keep_alive_timeout (3 s by default); a statement sent on one
+			// it is closing fails with EOF, and Go sends no POST again.
+			// The client lets go of them first.
+			IdleConnTimeout: chKeepAlive,
 		},
 			// A redirect is not followed: Go would send the password header
 			// (it strips only Authorization and Cookie) and the data on to
