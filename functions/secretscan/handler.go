@@ -239,14 +239,13 @@ func (h *handler) process(r *http.Request, reports []report) ([]label, []revoked
 		if err != nil {
 			return nil, nil, err
 		}
-		m["already_revoked"] = true // found again, after a report revoked it
-		again, err := audit.Canonical(m)
-		if err != nil {
-			return nil, nil, err
-		}
+		// Found again, after a report revoked it: the row names the
+		// report's first place not reported before (the database keeps
+		// them), which foundAgain fills in.
+		m["already_revoked"] = true
 		hash := h.hasher.Sum(rep.Token)
 		byHash[hash] = i
-		cands = append(cands, candidate{hash: hash, meta: meta, again: again})
+		cands = append(cands, candidate{hash: hash, meta: meta, againBase: m, locations: rep.Locations})
 	}
 	if len(cands) == 0 {
 		return labels, nil, nil

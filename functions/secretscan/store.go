@@ -1,8 +1,11 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -15,12 +18,13 @@ import (
 const RevokedReason = "github_secret_scanning"
 
 // revokeQuery revokes the reported keys ($1, their hashes) through
-// revoke_reported_keys (migrations 0020, 0045: a key's details and its
-// customer's audit salt come back only for a key this call revoked, newly,
-// or one an earlier report revoked, found again), for the audit rows the
-// same transaction then writes.
-const revokeQuery = `SELECT key_hash, key_id::text, customer_id::text, kind, name, last4, revoked_at, audit_salt, newly
-FROM revoke_reported_keys($1::bytea[])`
+// revoke_reported_keys (migrations 0020, 0045, 0046: a key's details and
+// its customer's audit salt come back only for a key this call revoked,
+// newly, or one an earlier report revoked, found again at a place not
+// reported before), for the audit rows the same transaction then writes.
+// $2 and $3 pair each place's digest with its key's hash.
+const revokeQuery = `SELECT key_hash, key_id::text, customer_id::text, kind, name, last4, revoked_at, audit_salt, newly, new_places
+FROM revoke_reported_keys($1::bytea[], $2::bytea[], $3::bytea[])`
 
 // insertRow writes one audit row, chain columns included.
 const insertRow = `INSERT INTO api_audit_log (customer_id, user_agent, source_ip, request_id, method, path,
@@ -32,9 +36,34 @@ VALUES ($1, $2, $3, $4, 'POST', $5, 'api_key', $6, 'delete', 'success', 200, $7,
 type candidate struct {
 	hash [32]byte
 	meta string // the audit row's metadata, should it be revoked
-	// again is the audit row's metadata should an earlier report have
-	// revoked it (meta, saying so).
-	again string
+	// againBase is the audit row's metadata should an earlier report have
+	// revoked it (meta's, saying so), before foundAgain names the place.
+	againBase map[string]any
+	locations []location // where the report found it
+}
+
+// placeDigest identifies a place a key was reported at, for the places
+// revoke_reported_keys keeps (migration 0046).
+func placeDigest(at location) [32]byte {
+	return sha256.Sum256([]byte(at.Source + "\x00" + at.URL))
+}
+
+// foundAgain is the audit row's metadata of c's key found again at the
+// places fresh (digests the database had not kept): it names the first of
+// them in the report's order.
+func (c candidate) foundAgain(fresh [][]byte) (string, error) {
+	m := make(map[string]any, len(c.againBase))
+	for k, v := range c.againBase {
+		m[k] = v
+	}
+	for _, at := range c.locations {
+		d := placeDigest(at)
+		if slices.ContainsFunc(fresh, func(f []byte) bool { return bytes.Equal(f, d[:]) }) {
+			m["url"], m["source"] = at.URL, at.Source
+			break
+		}
+	}
+	return audit.Canonical(m)
 }
 
 // match is a reported key that exists; Revoked is set when this request
@@ -72,8 +101,13 @@ func revoke(ctx context.Context, db *pgxpool.Pool, ch *chain, cands []candidate,
 	then func(context.Context, pgx.Tx, []match) error) ([]match, error) {
 	hashes := make([][]byte, len(cands))
 	byHash := make(map[[32]byte]candidate, len(cands))
+	var placeKeys, places [][]byte
 	for i, c := range cands {
 		hashes[i], byHash[c.hash] = c.hash[:], c
+		for _, at := range c.locations {
+			d := placeDigest(at)
+			placeKeys, places = append(placeKeys, hashes[i]), append(places, d[:])
+		}
 	}
 	tx, err := db.Begin(ctx)
 	if err != nil {
@@ -81,7 +115,7 @@ func revoke(ctx context.Context, db *pgxpool.Pool, ch *chain, cands []candidate,
 	}
 	// After a commit, Rollback does nothing.
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	matches, audited, err := revokeKeys(ctx, tx, hashes, byHash)
+	matches, audited, err := revokeKeys(ctx, tx, hashes, placeKeys, places, byHash)
 	if err != nil {
 		return nil, err
 	}
@@ -154,8 +188,8 @@ type revokedRow struct {
 
 // revokeKeys revokes, in tx, the keys of hashes (byHash: each one's
 // candidate) and returns every key found, and those to audit.
-func revokeKeys(ctx context.Context, tx pgx.Tx, hashes [][]byte, byHash map[[32]byte]candidate) ([]match, []revokedRow, error) {
-	rows, err := tx.Query(ctx, revokeQuery, hashes)
+func revokeKeys(ctx context.Context, tx pgx.Tx, hashes, placeKeys, places [][]byte, byHash map[[32]byte]candidate) ([]match, []revokedRow, error) {
+	rows, err := tx.Query(ctx, revokeQuery, hashes, placeKeys, places)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -167,7 +201,8 @@ func revokeKeys(ctx context.Context, tx pgx.Tx, hashes [][]byte, byHash map[[32]
 		var id, customer, kind, name, last4 *string
 		var at *time.Time
 		var newly *bool
-		if err := row.Scan(&hash, &id, &customer, &kind, &name, &last4, &at, &salt, &newly); err != nil {
+		var fresh [][]byte
+		if err := row.Scan(&hash, &id, &customer, &kind, &name, &last4, &at, &salt, &newly, &fresh); err != nil {
 			return struct{}{}, err
 		}
 		copy(m.Hash[:], hash)
@@ -178,7 +213,11 @@ func revokeKeys(ctx context.Context, tx pgx.Tx, hashes [][]byte, byHash map[[32]
 			if *newly {
 				m.Revoked = true
 			} else {
-				m.Again, meta = true, c.again
+				var err error
+				if meta, err = c.foundAgain(fresh); err != nil {
+					return struct{}{}, err
+				}
+				m.Again = true
 			}
 			audited = append(audited, revokedRow{m: m, salt: salt, meta: meta})
 		}
