@@ -131,7 +131,8 @@
 // expired rows while they are counted), and compares the rows each blob
 // added with the manifest. Tables are loaded one at a
 // time and each is dropped once checked; where ClickHouse reports its
-// disks' free space (system.disks, 19.15 and later) a table is loaded only
+// disks' free space (system.disks, 19.15 and later; filesystemAvailable of
+// the data path from 19.1; 18.16 cannot tell) a table is loaded only
 // if its copy, plus a tenth, leaves a twentieth of the disks (at least
 // 1 GiB) free. The copy's size is estimated as twice the live table's
 // active parts (system.parts, scaled by the set's rows over the live

@@ -145,8 +145,9 @@ type targetRun struct {
 	// home), whose tables' sizes on disk tell how much room their copies
 	// take.
 	live string
-	// measure: ClickHouse can tell the free space of a table's disks.
-	measure bool
+	// measure is how ClickHouse tells the free space a table's copy
+	// will take, if it can.
+	measure spaceSource
 	tv      *TargetVerify
 }
 
@@ -175,7 +176,7 @@ func verifyTarget(ctx context.Context, ch *chClient, auth *sshAuth, t Target, id
 	defer os.RemoveAll(tmp)
 
 	tr := &targetRun{ch: ch, r: r, ids: ids, set: m.Set, tmp: tmp, live: db, tv: tv}
-	if tr.measure, err = canMeasureSpace(ctx, ch); err != nil {
+	if tr.measure, err = spaceSourceOf(ctx, ch); err != nil {
 		return err
 	}
 	tr.scratch, err = createScratch(ctx, ch, db, deadline, note)
@@ -193,7 +194,9 @@ func verifyTarget(ctx context.Context, ch *chClient, auth *sshAuth, t Target, id
 	if err != nil {
 		return err
 	}
-	if err := waitTurn(ctx, ch, db, tr.scratch.name); err != nil {
+	stop, err := waitTurn(ctx, ch, db, tr.scratch.name)
+	defer stop() // before the database is dropped
+	if err != nil {
 		return err
 	}
 	for _, tm := range m.Tables {
@@ -300,10 +303,7 @@ func scratchCreate(tm TableManifest, db, scratch string) (string, error) {
 // little room is a plain error: the backup could not be checked, which
 // says nothing about the backup.
 func (tr *targetRun) checkSpace(ctx context.Context, tm TableManifest) error {
-	if !tr.measure {
-		return nil
-	}
-	disks, ok, err := tableSpace(ctx, tr.ch, tr.scratch.name, tm.Name)
+	disks, ok, err := tr.measure.tableSpace(ctx, tr.ch, tr.scratch.name, tm.Name)
 	if err != nil || !ok {
 		return err
 	}

@@ -99,8 +99,16 @@ func dropScratch(ctx context.Context, ch *chClient, db string, now time.Time) er
 const turnPoll = 2 * time.Second
 
 // loadingMark is the table a run keeps in its scratch database while it
-// loads (waitTurn): no manifest's table is named so.
+// loads (waitTurn): no manifest's table is named so. It holds the times
+// the run renewed it (column at).
 const loadingMark = "guardian_verify_loading"
+
+// A loading run renews its mark every markBeat (keepMark); a mark not
+// renewed for markStale is a killed run's, and holds nobody back.
+const (
+	markBeat  = 20 * time.Second
+	markStale = 2 * time.Minute
+)
 
 // waitTurn makes the run whose scratch database is own the only one of
 // db's verifications loading, and waits until it is. Verifications of one
@@ -111,20 +119,22 @@ const loadingMark = "guardian_verify_loading"
 // is dropped. Two that make theirs at the same moment both look again;
 // the one that goes after the other (the later deadline, then the higher
 // random part) drops its mark and waits. A run that holds its mark never
-// waits, so none waits for ever on another; a killed run's mark counts
-// until its deadline has passed (restore-verify cleanup drops its
-// database at once). Waiting until ctx ends is an error, not red: the
-// backup was not checked.
-func waitTurn(ctx context.Context, ch *chClient, db, own string) error {
+// waits, so none waits for ever on another. The run holding its turn
+// renews its mark every markBeat until stop is called (before its
+// database is dropped); a mark not renewed for markStale, a killed run's,
+// or one past its deadline counts no more (restore-verify cleanup drops a
+// killed run's database at once). Waiting until ctx ends is an error,
+// not red: the backup was not checked.
+func waitTurn(ctx context.Context, ch *chClient, db, own string) (stop func(), err error) {
 	for {
 		ahead, err := takeTurn(ctx, ch, db, own)
 		switch {
 		case ctx.Err() != nil:
-			return fmt.Errorf("another verification of %s is loading into %s; this run waited for its turn until its time was up: %w", db, ahead, ctx.Err())
+			return func() {}, fmt.Errorf("another verification of %s is loading into %s; this run waited for its turn until its time was up: %w", db, ahead, ctx.Err())
 		case err != nil:
-			return fmt.Errorf("take a turn to load: %w", err)
+			return func() {}, fmt.Errorf("take a turn to load: %w", err)
 		case ahead == "":
-			return nil
+			return keepMark(ctx, ch, own, markBeat), nil
 		}
 		t := time.NewTimer(turnPoll)
 		select {
@@ -143,7 +153,7 @@ func takeTurn(ctx context.Context, ch *chClient, db, own string) (ahead string, 
 		return ahead, err
 	}
 	mark := quoteIdent(own) + "." + quoteIdent(loadingMark)
-	if err = ch.exec(ctx, "CREATE TABLE IF NOT EXISTS "+mark+" (x UInt8) ENGINE = Memory"); err != nil {
+	if err = ch.exec(ctx, "CREATE TABLE IF NOT EXISTS "+mark+" ENGINE = Memory AS SELECT now() AS at"); err != nil {
 		return "", err
 	}
 	if ahead, err = loadingOther(ctx, ch, db, own, own); err != nil || ahead == "" {
@@ -152,9 +162,48 @@ func takeTurn(ctx context.Context, ch *chClient, db, own string) (ahead string, 
 	return ahead, ch.exec(ctx, "DROP TABLE IF EXISTS "+mark)
 }
 
+// keepMark renews own's mark every beat (markBeat) until the returned
+// stop is called. A renewal that fails (ClickHouse away for a moment) is tried
+// again at the next beat; the run's own work finds ClickHouse away too.
+func keepMark(ctx context.Context, ch *chClient, own string, beat time.Duration) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(beat)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				_ = ch.exec(ctx, "INSERT INTO "+quoteIdent(own)+"."+quoteIdent(loadingMark)+" SELECT now()")
+			}
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
+}
+
+// markFresh reports whether name's mark was renewed within markStale, by
+// ClickHouse's clock. A mark it cannot read (one of another version,
+// without at; dropped since it was listed) counts as fresh: the caller
+// looks again a turnPoll later.
+func markFresh(ctx context.Context, ch *chClient, name string) bool {
+	r, err := one[struct{ Age string }](ctx, ch, "SELECT toString(toInt64(now()) - toInt64(max(at))) AS Age FROM "+
+		quoteIdent(name)+"."+quoteIdent(loadingMark))
+	if err != nil {
+		return true
+	}
+	age, err := strconv.ParseInt(r.Age, 10, 64)
+	return err != nil || age < int64(markStale/time.Second)
+}
+
 // loadingOther returns the name of another unexpired scratch database of
-// db than own that holds loadingMark, or "". With before set (own's
-// name), only one that goes before it counts.
+// db than own that holds a fresh loadingMark (markFresh), or "". With
+// before set (own's name), only one that goes before it counts.
 func loadingOther(ctx context.Context, ch *chClient, db, own, before string) (string, error) {
 	names, err := rows[struct{ Name string }](ctx, ch, "SELECT database AS Name FROM system.tables WHERE name = "+quoteString(loadingMark)+
 		" AND startsWith(database, "+quoteString(scratchPrefix(db))+")")
@@ -166,7 +215,7 @@ func loadingOther(ctx context.Context, ch *chClient, db, own, before string) (st
 		if n.Name == own || !IsScratchOf(db, n.Name) || scratchExpired(db, n.Name, now) {
 			continue
 		}
-		if before == "" || scratchBefore(db, n.Name, before) {
+		if (before == "" || scratchBefore(db, n.Name, before)) && markFresh(ctx, ch, n.Name) {
 			return n.Name, nil
 		}
 	}

@@ -44,21 +44,72 @@ type diskSpace struct {
 	Total uint64
 }
 
-// canMeasureSpace reports whether ClickHouse can tell the free space of
-// the disks a table lives on: system.disks and system.tables' data_paths
-// (ClickHouse 19.15 on; 18.16 has neither).
-func canMeasureSpace(ctx context.Context, ch *chClient) (bool, error) {
+// spaceSource is how ClickHouse tells the free space of the disks a
+// table lives on.
+type spaceSource int
+
+const (
+	// spaceUnknown: it cannot; tables are loaded unchecked.
+	spaceUnknown spaceSource = iota
+	// spaceDisks: system.disks and system.tables' data_paths (ClickHouse
+	// 19.15 on, whose storage policies may spread tables over disks).
+	spaceDisks
+	// spaceDataPath: filesystemAvailable() and filesystemCapacity(), the
+	// filesystem of ClickHouse's data path (19.1 to 19.14, which keep
+	// every table under it; 18.16 has neither function).
+	spaceDataPath
+)
+
+// dataPathDisk names the filesystem of ClickHouse's data path in errors.
+const dataPathDisk = "(data path)"
+
+// spaceSourceOf finds how ClickHouse can tell the free space of the disks
+// a table lives on.
+func spaceSourceOf(ctx context.Context, ch *chClient) (spaceSource, error) {
 	n, err := one[struct{ N string }](ctx, ch, "SELECT toString(count()) AS N FROM system.columns WHERE database = 'system'"+
 		" AND (table = 'disks' AND name IN ('path', 'free_space', 'total_space') OR table = 'tables' AND name = 'data_paths')")
 	if err != nil {
-		return false, fmt.Errorf("look for system.disks: %w", err)
+		return spaceUnknown, fmt.Errorf("look for system.disks: %w", err)
 	}
-	return n.N == "4", nil
+	if n.N == "4" {
+		return spaceDisks, nil
+	}
+	if n, err = one[struct{ N string }](ctx, ch, "SELECT toString(count()) AS N FROM system.functions"+
+		" WHERE name IN ('filesystemAvailable', 'filesystemCapacity')"); err != nil {
+		return spaceUnknown, fmt.Errorf("look for filesystemAvailable: %w", err)
+	}
+	if n.N == "2" {
+		return spaceDataPath, nil
+	}
+	return spaceUnknown, nil
 }
 
 // tableSpace returns the disks that hold db.table, or ok false when they
-// cannot be told apart (a data path on no disk ClickHouse lists).
-func tableSpace(ctx context.Context, ch *chClient, db, table string) (disks []diskSpace, ok bool, err error) {
+// cannot be told (spaceUnknown) or told apart (a data path on no disk
+// ClickHouse lists).
+func (s spaceSource) tableSpace(ctx context.Context, ch *chClient, db, table string) (disks []diskSpace, ok bool, err error) {
+	switch s {
+	case spaceDisks:
+		return tableDisks(ctx, ch, db, table)
+	case spaceDataPath:
+		d, err := one[struct{ Free, Total string }](ctx, ch, "SELECT toString(filesystemAvailable()) AS Free, toString(filesystemCapacity()) AS Total")
+		if err != nil {
+			return nil, false, fmt.Errorf("read the free space of ClickHouse's data path: %w", err)
+		}
+		free, err1 := strconv.ParseUint(d.Free, 10, 64)
+		total, err2 := strconv.ParseUint(d.Total, 10, 64)
+		if err1 != nil || err2 != nil {
+			return nil, false, fmt.Errorf("ClickHouse's data path reports %q free of %q", d.Free, d.Total)
+		}
+		return []diskSpace{{Name: dataPathDisk, Free: free, Total: total}}, true, nil
+	}
+	return nil, false, nil
+}
+
+// tableDisks returns the disks of system.disks that hold db.table, or ok
+// false when they cannot be told apart (a data path on no disk ClickHouse
+// lists).
+func tableDisks(ctx context.Context, ch *chClient, db, table string) (disks []diskSpace, ok bool, err error) {
 	paths, err := rows[struct{ P string }](ctx, ch, "SELECT arrayJoin(data_paths) AS P FROM system.tables WHERE database = "+
 		quoteString(db)+" AND name = "+quoteString(table))
 	if err != nil {

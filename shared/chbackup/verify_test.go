@@ -126,9 +126,10 @@ func TestVerifyLoadsOneTableAtATime(t *testing.T) {
 	if drops := p.statements("DROP TABLE "); len(drops) != rep.Targets[0].Tables {
 		t.Errorf("%d tables dropped one by one, %d checked: %q", len(drops), rep.Targets[0].Tables, drops)
 	}
-	// ClickHouse 18.16 cannot tell its free space: loaded unchecked.
+	// ClickHouse 18.16 cannot tell its free space (neither system.disks
+	// nor filesystemAvailable): loaded unchecked.
 	if rep.Targets[0].SpaceChecked != 0 {
-		t.Errorf("space checked for %d tables on a server without system.disks", rep.Targets[0].SpaceChecked)
+		t.Errorf("space checked for %d tables on a server that cannot tell its free space", rep.Targets[0].SpaceChecked)
 	}
 	if after := scratchDatabases(t, f); after != before {
 		t.Errorf("scratch databases: %d before, %d after", before, after)
@@ -136,12 +137,13 @@ func TestVerifyLoadsOneTableAtATime(t *testing.T) {
 }
 
 // Where ClickHouse reports its disks (system.disks, tables' data_paths: a
-// newer server, answered here by the proxy), a table whose copy would not
-// leave the disk a reserve is not loaded, and the run fails without being
-// red (the backup was not checked, not found wanting); with room, every
-// table is checked and loaded. A copy's size is estimated from the live
-// table's parts, not from the set's uncompressed size, which JSON payloads
-// overstate severalfold.
+// newer server, answered here by the proxy), or the free space of its data
+// path (filesystemAvailable: 19.1 to 19.14, answered by the proxy too), a table
+// whose copy would not leave the disk a reserve is not loaded, and the run
+// fails without being red (the backup was not checked, not found
+// wanting); with room, every table is checked and loaded. A copy's size is
+// estimated from the live table's parts, not from the set's uncompressed
+// size, which JSON payloads overstate severalfold.
 func TestVerifyChecksTheDisksHaveRoom(t *testing.T) {
 	f := newFixture(t, 1)
 	info := f.backup(t)
@@ -163,18 +165,28 @@ func TestVerifyChecksTheDisksHaveRoom(t *testing.T) {
 		// parts answers system.parts for the live table: its size on disk.
 		parts   string
 		refused bool
+		// dataPath: the server has no system.disks (the real 18.16's
+		// answer), and the proxy answers for filesystemAvailable.
+		dataPath bool
 	}{
-		{"a nearly full disk", 3 * gib, 100 * gib, "", true}, // 5 GiB must stay free
-		{"room", 1 << 40, 2 << 40, "", false},
+		{"a nearly full disk", 3 * gib, 100 * gib, "", true, false}, // 5 GiB must stay free
+		{"room", 1 << 40, 2 << 40, "", false, false},
+		{"a nearly full data path", 3 * gib, 100 * gib, "", true, true},
+		{"room on the data path", 1 << 40, 2 << 40, "", false, true},
 		// The live tables take a thousandth of a byte a row; 1 GiB must
 		// stay free, and the rest holds half the largest table's
 		// uncompressed size.
-		{"room for its parts, not for its uncompressed size", gib + largest/2, 2 * gib, `{"B":"1000","R":"1000000","N":"3"}`, false},
-		{"no room for its parts", gib + 999, 2 * gib, `{"B":"1000","R":"1","N":"1"}`, true},
+		{"room for its parts, not for its uncompressed size", gib + largest/2, 2 * gib, `{"B":"1000","R":"1000000","N":"3"}`, false, false},
+		{"no room for its parts", gib + 999, 2 * gib, `{"B":"1000","R":"1","N":"1"}`, true, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			p := newCHProxy(t, f.cfg.HTTPURL, func(q string) (string, bool) {
 				switch {
+				case c.dataPath && strings.Contains(q, "FROM system.functions"):
+					return `{"N":"2"}` + "\n", true
+				case c.dataPath && strings.Contains(q, "filesystemAvailable()"):
+					return fmt.Sprintf(`{"Free":"%d","Total":"%d"}`+"\n", c.free, c.total), true
+				case c.dataPath:
 				case strings.Contains(q, "FROM system.columns") && strings.Contains(q, "data_paths"):
 					return `{"N":"4"}` + "\n", true
 				case strings.Contains(q, "arrayJoin(data_paths)"):
@@ -318,7 +330,7 @@ func TestVerificationsTakeTurns(t *testing.T) {
 	idle := scratchName(db, time.Now().Add(time.Minute), [6]byte{8})
 	f.exec(t, "CREATE DATABASE "+other)
 	f.exec(t, "CREATE DATABASE "+idle)
-	f.exec(t, "CREATE TABLE "+other+"."+loadingMark+" (x UInt8) ENGINE = Memory")
+	f.exec(t, "CREATE TABLE "+other+"."+loadingMark+" ENGINE = Memory AS SELECT now() AS at")
 	t.Cleanup(func() {
 		_ = f.ch.exec(context.Background(), "DROP DATABASE IF EXISTS "+other)
 		_ = f.ch.exec(context.Background(), "DROP DATABASE IF EXISTS "+idle)
@@ -369,7 +381,7 @@ func TestRunsTakingTheirTurnAtOnceYieldByOrder(t *testing.T) {
 	}
 	// first holds its mark, as if it had made it a moment before second
 	// looked: second, going after it, must yield, not load beside it.
-	f.exec(t, "CREATE TABLE "+first+"."+loadingMark+" (x UInt8) ENGINE = Memory")
+	f.exec(t, "CREATE TABLE "+first+"."+loadingMark+" ENGINE = Memory AS SELECT now() AS at")
 	if ahead, err := loadingOther(context.Background(), f.ch, db, second, second); err != nil || ahead != first {
 		t.Fatalf("second looking again after its mark: %q %v, want %s ahead", ahead, err, first)
 	}
@@ -378,14 +390,74 @@ func TestRunsTakingTheirTurnAtOnceYieldByOrder(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*turnPoll)
 	defer cancel()
-	if err := waitTurn(ctx, f.ch, db, second); err == nil {
+	if stop, err := waitTurn(ctx, f.ch, db, second); err == nil {
+		stop()
 		t.Fatal("second took a turn while first was loading")
 	}
 	if n := f.count(t, "system.tables WHERE database = "+quoteString(second)+" AND name = "+quoteString(loadingMark)); n != 0 {
 		t.Fatal("second kept its mark while waiting")
 	}
-	if err := waitTurn(context.Background(), f.ch, db, first); err != nil {
+	stop, err := waitTurn(context.Background(), f.ch, db, first)
+	stop()
+	if err != nil {
 		t.Fatalf("first, loading, looking again: %v", err)
+	}
+}
+
+// A killed run's mark holds nobody back once it is stale: a run loading
+// renews its mark every markBeat, and one not renewed for markStale is
+// passed by although its deadline is hours away. A mark of unknown form
+// still counts.
+func TestAStaleMarkHoldsNobodyBack(t *testing.T) {
+	f := newFixture(t, 0)
+	db := f.cfg.ClickHouse.Database
+	killed := scratchName(db, time.Now().Add(6*time.Hour), [6]byte{1})
+	odd := scratchName(db, time.Now().Add(6*time.Hour), [6]byte{2})
+	own := scratchName(db, time.Now().Add(7*time.Hour), [6]byte{3})
+	for _, d := range []string{killed, odd, own} {
+		f.exec(t, "CREATE DATABASE "+d)
+		t.Cleanup(func() { _ = f.ch.exec(context.Background(), "DROP DATABASE IF EXISTS "+d) })
+	}
+	ctx := context.Background()
+	stale := fmt.Sprintf("now() - %d", int(markStale/time.Second)+5)
+	f.exec(t, "CREATE TABLE "+killed+"."+loadingMark+" ENGINE = Memory AS SELECT "+stale+" AS at")
+	if ahead, err := loadingOther(ctx, f.ch, db, own, ""); err != nil || ahead != "" {
+		t.Fatalf("a stale mark: %q ahead (%v), want nobody", ahead, err)
+	}
+	// Renewed, it counts again.
+	f.exec(t, "INSERT INTO "+killed+"."+loadingMark+" SELECT now()")
+	if ahead, err := loadingOther(ctx, f.ch, db, own, ""); err != nil || ahead != killed {
+		t.Fatalf("a renewed mark: %q ahead (%v), want %s", ahead, err, killed)
+	}
+	f.exec(t, "DROP TABLE "+killed+"."+loadingMark)
+	f.exec(t, "CREATE TABLE "+odd+"."+loadingMark+" (x UInt8) ENGINE = Memory")
+	if ahead, err := loadingOther(ctx, f.ch, db, own, ""); err != nil || ahead != odd {
+		t.Fatalf("a mark without times: %q ahead (%v), want %s", ahead, err, odd)
+	}
+	f.exec(t, "DROP TABLE "+odd+"."+loadingMark)
+
+	// The run that takes its turn renews its mark until stopped.
+	stop, err := waitTurn(ctx, f.ch, db, own)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop()
+	beats := func() uint64 { return f.count(t, own+"."+loadingMark) }
+	if n := beats(); n != 1 {
+		t.Fatalf("%d rows in a new mark, want 1", n)
+	}
+	stop = keepMark(ctx, f.ch, own, 50*time.Millisecond)
+	for deadline := time.Now().Add(10 * time.Second); beats() < 3; {
+		if time.Now().After(deadline) {
+			t.Fatalf("the mark was renewed %d times in 10 s, every 50 ms asked", beats()-1)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	stop()
+	n := beats()
+	time.Sleep(200 * time.Millisecond)
+	if beats() != n {
+		t.Fatal("the mark was renewed after stop")
 	}
 }
 
