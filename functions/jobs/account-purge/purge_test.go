@@ -69,6 +69,10 @@ func (f *fixture) customer(t *testing.T, deleteIn *time.Duration) *testenv.Custo
 	if _, err := f.pg.Owner.Exec(ctx, "INSERT INTO idempotency_keys (customer_id, key, request_hash, server_id) VALUES ($1, 'k1', '\\x00', $2)", c.ID, c.ServerID); err != nil {
 		t.Fatal(err)
 	}
+	// A place one of its keys was reported leaked at (secretscan).
+	if _, err := f.pg.Owner.Exec(ctx, "INSERT INTO leak_places (key_id, place) SELECT id, sha256(convert_to($1::uuid::text, 'UTF8')) FROM api_keys WHERE customer_id = $1::uuid LIMIT 1", c.ID); err != nil {
+		t.Fatal(err)
+	}
 	for i := range 2 {
 		if _, err := f.pg.Owner.Exec(ctx, `INSERT INTO api_audit_log (customer_id, user_id, request_id, method, path, resource_type, resource_id, action, result, status_code)
 VALUES ($1, $2, $3, 'DELETE', '/api/v1/account', 'customer', $4, 'delete', 'success', 202)`, c.ID, c.UserID, fmt.Sprintf("%s-%d", c.ID, i), c.ID); err != nil {
@@ -143,6 +147,7 @@ func (f *fixture) pgRows(t *testing.T, c *testenv.Customer) map[string]int {
 		{"servers", "SELECT count(*) FROM servers WHERE customer_id = $1"},
 		{"api_keys", "SELECT count(*) FROM api_keys WHERE customer_id = $1"},
 		{"idempotency_keys", "SELECT count(*) FROM idempotency_keys WHERE customer_id = $1"},
+		{"leak_places", "SELECT count(*) FROM leak_places WHERE place = sha256(convert_to($1::text, 'UTF8'))"},
 		{"audit_owned", "SELECT count(*) FROM api_audit_log WHERE customer_id = $1"},
 		{"audit_orphaned", "SELECT count(*) FROM api_audit_log WHERE customer_id IS NULL AND resource_id = $1::text"},
 	} {
@@ -156,8 +161,8 @@ func (f *fixture) pgRows(t *testing.T, c *testenv.Customer) map[string]int {
 }
 
 var (
-	untouchedPG = map[string]int{"customers": 1, "users": 1, "sessions": 1, "servers": 2, "api_keys": 2, "idempotency_keys": 1, "audit_owned": 2, "audit_orphaned": 0}
-	purgedPG    = map[string]int{"customers": 0, "users": 0, "sessions": 0, "servers": 0, "api_keys": 0, "idempotency_keys": 0, "audit_owned": 0, "audit_orphaned": 2}
+	untouchedPG = map[string]int{"customers": 1, "users": 1, "sessions": 1, "servers": 2, "api_keys": 2, "idempotency_keys": 1, "leak_places": 1, "audit_owned": 2, "audit_orphaned": 0}
+	purgedPG    = map[string]int{"customers": 0, "users": 0, "sessions": 0, "servers": 0, "api_keys": 0, "idempotency_keys": 0, "leak_places": 0, "audit_owned": 0, "audit_orphaned": 2}
 )
 
 func equal(a, b map[string]int) bool {
@@ -250,7 +255,7 @@ VALUES ($1, $2, 'GET', '/api/v1/servers', 'customer', $3, 'list', 'success', 200
 		t.Errorf("a run with nothing due and one late audit row: %s %v", res.Status, line)
 	}
 	if got, want := f.pgRows(t, doomed), map[string]int{"customers": 0, "users": 0, "sessions": 0, "servers": 0, "api_keys": 0,
-		"idempotency_keys": 0, "audit_owned": 0, "audit_orphaned": 3}; !equal(got, want) {
+		"idempotency_keys": 0, "leak_places": 0, "audit_owned": 0, "audit_orphaned": 3}; !equal(got, want) {
 		t.Errorf("PostgreSQL after the late row's run: %v, want %v", got, want)
 	}
 }
