@@ -112,3 +112,38 @@ func TestAStuckRevocationHoldsUpNoOther(t *testing.T) {
 }
 
 func testRequestID(key string) string { return "req-" + key[len(key)-8:] }
+
+// A report of a key that another report is revoking at that moment waits
+// for it, then reads the key revoked: found again at a place of its own,
+// its row written and its place kept (migration 0046). Read as it was
+// before the other's commit, the key would be neither revoked by this
+// report nor found again, and its place would be lost.
+func TestAReportWaitsForAnotherRevokingItsKey(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, fixtureOpts{})
+	c, _ := f.customer()
+	key := c.AccountKey(t, "write")
+	h := apikey.Hash(f.pepper, key)
+	firstPlace := placeDigest(location{URL: "https://github.com/octo/app/blob/a/one.env", Source: "content"})
+	held, heldPID := testenv.Hold(t, f.pg.Owner, "SELECT count(*) FROM revoke_reported_keys(ARRAY[$1::bytea], ARRAY[$1::bytea], ARRAY[$2::bytea])", h[:], firstPlace[:])
+	second := make(chan answer, 1)
+	go func() {
+		second <- f.signed(payload(t, item{key, "guardian_account_key", "https://github.com/fork/app/blob/a/two.env", "content"}))
+	}()
+	if _, a, finished := testenv.BlockedBy(t, f.pg.Owner, heldPID, second); finished {
+		t.Fatalf("the second report did not wait for the first: %d %s", a.status, a.raw)
+	}
+	if err := held.Commit(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	a := <-second
+	if a.status != 200 || len(a.labels) != 1 || a.labels[0].Label != TruePositive {
+		t.Fatalf("the second report: %d %s", a.status, a.raw)
+	}
+	if n := f.count("SELECT count(*) FROM api_audit_log WHERE customer_id = $1 AND metadata->>'already_revoked' = 'true' AND metadata->>'url' = 'https://github.com/fork/app/blob/a/two.env'", c.ID); n != 1 {
+		t.Fatalf("%d rows of the key found again at the second report's place, want 1", n)
+	}
+	if n := f.count("SELECT count(*) FROM leak_places WHERE key_id = (SELECT id FROM api_keys WHERE key_hash = $1)", h[:]); n != 2 {
+		t.Fatalf("%d places kept, want both reports'", n)
+	}
+}

@@ -36,11 +36,13 @@ import (
 
 // Tables are those where a purged account leaves personal data (names,
 // e-mail addresses, hostnames, key names and hashes, second factors,
-// client addresses). The audit log is not one: its rows stay by design.
+// client addresses, digests of where its keys leaked). The audit log is
+// not one: its rows stay by design.
 var Tables = []string{
 	"customers", "users", "sessions", "api_keys", "servers", "idempotency_keys",
 	"deleted_customers", "deleted_servers", "mfa_totp", "webauthn_credentials",
 	"mfa_recovery_codes", "mfa_challenges", "mfa_attempts", "revocation_notices",
+	"leak_places",
 }
 
 // Lock waits: how long one attempt waits for a table's lock, how many
