@@ -177,7 +177,10 @@ func keepMark(ctx context.Context, ch *chClient, own string, beat time.Duration)
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				_ = ch.exec(ctx, "INSERT INTO "+quoteIdent(own)+"."+quoteIdent(loadingMark)+" SELECT now()")
+				// Bounded: one renewal hung would hold back the next ones.
+				bctx, cancel := context.WithTimeout(ctx, beat)
+				_ = ch.exec(bctx, "INSERT INTO "+quoteIdent(own)+"."+quoteIdent(loadingMark)+" SELECT now()")
+				cancel()
 			}
 		}
 	}()
@@ -187,13 +190,16 @@ func keepMark(ctx context.Context, ch *chClient, own string, beat time.Duration)
 	}
 }
 
-// markFresh reports whether name's mark was renewed within markStale, by
-// ClickHouse's clock. A mark it cannot read (one of another version,
-// without at; dropped since it was listed) counts as fresh: the caller
-// looks again a turnPoll later.
-func markFresh(ctx context.Context, ch *chClient, name string) bool {
-	r, err := one[struct{ Age string }](ctx, ch, "SELECT toString(toInt64(now()) - toInt64(max(at))) AS Age FROM "+
-		quoteIdent(name)+"."+quoteIdent(loadingMark))
+// markFresh reports whether name's mark was made (made, its
+// metadata_modification_time as Unix seconds) or renewed within
+// markStale, by ClickHouse's clock. Made counts because CREATE … AS
+// SELECT shows the table before its first row, and a ClickHouse restart
+// empties it. A mark it cannot read (one of another version, without at;
+// dropped since it was listed) counts as fresh: the caller looks again a
+// turnPoll later.
+func markFresh(ctx context.Context, ch *chClient, name string, made int64) bool {
+	r, err := one[struct{ Age string }](ctx, ch, "SELECT toString(toInt64(now()) - greatest(toInt64(max(at)), toInt64("+
+		strconv.FormatInt(made, 10)+"))) AS Age FROM "+quoteIdent(name)+"."+quoteIdent(loadingMark))
 	if err != nil {
 		return true
 	}
@@ -205,8 +211,8 @@ func markFresh(ctx context.Context, ch *chClient, name string) bool {
 // db than own that holds a fresh loadingMark (markFresh), or "". With
 // before set (own's name), only one that goes before it counts.
 func loadingOther(ctx context.Context, ch *chClient, db, own, before string) (string, error) {
-	names, err := rows[struct{ Name string }](ctx, ch, "SELECT database AS Name FROM system.tables WHERE name = "+quoteString(loadingMark)+
-		" AND startsWith(database, "+quoteString(scratchPrefix(db))+")")
+	names, err := rows[struct{ Name, Made string }](ctx, ch, "SELECT database AS Name, toString(toInt64(metadata_modification_time)) AS Made"+
+		" FROM system.tables WHERE name = "+quoteString(loadingMark)+" AND startsWith(database, "+quoteString(scratchPrefix(db))+")")
 	if err != nil {
 		return "", fmt.Errorf("list the verifications loading: %w", err)
 	}
@@ -215,7 +221,11 @@ func loadingOther(ctx context.Context, ch *chClient, db, own, before string) (st
 		if n.Name == own || !IsScratchOf(db, n.Name) || scratchExpired(db, n.Name, now) {
 			continue
 		}
-		if (before == "" || scratchBefore(db, n.Name, before)) && markFresh(ctx, ch, n.Name) {
+		made, err := strconv.ParseInt(n.Made, 10, 64)
+		if err != nil {
+			made = now.Unix() // unreadable: fresh, as markFresh would have it
+		}
+		if (before == "" || scratchBefore(db, n.Name, before)) && markFresh(ctx, ch, n.Name, made) {
 			return n.Name, nil
 		}
 	}

@@ -419,8 +419,27 @@ func TestAStaleMarkHoldsNobodyBack(t *testing.T) {
 		t.Cleanup(func() { _ = f.ch.exec(context.Background(), "DROP DATABASE IF EXISTS "+d) })
 	}
 	ctx := context.Background()
+	// made ages a mark's table (its metadata file, whose time ClickHouse
+	// reports as the mark's making: the test's server is local).
+	made := func(name string, ago time.Duration) {
+		t.Helper()
+		m, err := one[struct{ P string }](ctx, f.ch, "SELECT metadata_path AS P FROM system.tables WHERE database = "+quoteString(name)+" AND name = "+quoteString(loadingMark))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(m.P, time.Now().Add(-ago), time.Now().Add(-ago)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A mark just made, before its first row: it counts.
+	f.exec(t, "CREATE TABLE "+killed+"."+loadingMark+" (at DateTime) ENGINE = Memory")
+	if ahead, err := loadingOther(ctx, f.ch, db, own, ""); err != nil || ahead != killed {
+		t.Fatalf("a mark just made, empty: %q ahead (%v), want %s", ahead, err, killed)
+	}
+	// Made and last renewed longer ago than markStale: it does not.
 	stale := fmt.Sprintf("now() - %d", int(markStale/time.Second)+5)
-	f.exec(t, "CREATE TABLE "+killed+"."+loadingMark+" ENGINE = Memory AS SELECT "+stale+" AS at")
+	f.exec(t, "INSERT INTO "+killed+"."+loadingMark+" SELECT "+stale)
+	made(killed, markStale+10*time.Second)
 	if ahead, err := loadingOther(ctx, f.ch, db, own, ""); err != nil || ahead != "" {
 		t.Fatalf("a stale mark: %q ahead (%v), want nobody", ahead, err)
 	}
