@@ -26,6 +26,14 @@ const MaxBody = 512 << 10
 // clockSkew is how far in the future a snapshot's timestamp may be.
 const clockSkew = 5 * time.Minute
 
+// maxAge is how far in the past a snapshot's timestamp may be. Collectors
+// push each snapshot as they take it and never buffer old ones, and the
+// tables are partitioned by day: each insert makes a part per day its
+// rows span, so back-dated snapshots (a plan keeps up to 90 days) would
+// let one customer multiply the parts of every customer's inserts, and
+// with them ClickHouse's CPU, until it refuses inserts for too many parts.
+const maxAge = 24 * time.Hour
+
 // MaxInFlightBytes bounds the snapshot bytes ingest holds at once (each is
 // held as the body read, as the row's payload, and in the insert's column
 // buffer while its batch is stored). Rate limits cap requests, not bytes:
@@ -264,6 +272,9 @@ func parse(body []byte, now time.Time) (*snapshot, *problem.Problem) {
 	}
 	if ts.After(now.Add(clockSkew)) {
 		return nil, bad("timestamp is in the future")
+	}
+	if ts.Before(now.Add(-maxAge)) {
+		return nil, bad("timestamp is more than 24 hours old (a collector pushes each snapshot as it takes it)")
 	}
 	if s.CollectorVersion == nil || *s.CollectorVersion == "" || len(*s.CollectorVersion) > 64 {
 		return nil, bad("collector_version is required (at most 64 characters)")

@@ -30,6 +30,8 @@ func TestParseRefusesBadSnapshots(t *testing.T) {
 		{"timestamp as a number", `{"timestamp":1764331200000,"collector_version":"1.0.0"}`, "must be strings"},
 		{"timestamp not RFC 3339", `{"timestamp":"28/11/2026 11:00","collector_version":"1.0.0"}`, "RFC 3339"},
 		{"timestamp in the future", `{"timestamp":"2026-11-28T13:00:00Z","collector_version":"1.0.0"}`, "in the future"},
+		{"timestamp over a day old", `{"timestamp":"2026-11-27T11:59:59Z","collector_version":"1.0.0"}`, "more than 24 hours old"},
+		{"timestamp weeks old", `{"timestamp":"2026-10-01T12:00:00Z","collector_version":"1.0.0"}`, "more than 24 hours old"},
 		{"collector_version missing", `{"timestamp":"2026-11-28T11:00:00Z"}`, "collector_version is required"},
 		{"collector_version too long", `{"timestamp":"2026-11-28T11:00:00Z","collector_version":"` + strings.Repeat("9", 65) + `"}`, "collector_version is required"},
 		{"server_id not a string", `{"timestamp":"2026-11-28T11:00:00Z","collector_version":"1","server_id":7}`, "must be strings"},
@@ -45,6 +47,13 @@ func TestParseRefusesBadSnapshots(t *testing.T) {
 	ok := `{"timestamp":"2026-11-28T11:59:00.123Z","collector_version":"0.9.4","system":{"hostname":"db1"},"disks":[]}`
 	if s, p := parse([]byte(ok), now); p != nil || *s.CollectorVersion != "0.9.4" {
 		t.Fatalf("good snapshot refused: %+v", p)
+	}
+	// A collector's clock may be off by hours: up to a day behind (and 5
+	// minutes ahead) is taken.
+	for _, ts := range []string{"2026-11-27T12:00:00Z", "2026-11-28T12:05:00Z"} {
+		if _, p := parse([]byte(`{"timestamp":"`+ts+`","collector_version":"1"}`), now); p != nil {
+			t.Errorf("timestamp %s refused: %+v", ts, p)
+		}
 	}
 	// The body is stored as sent, so only what JSON calls white space may
 	// surround it: Go's wider idea of space (\v, \f, U+00A0...) is refused
