@@ -246,7 +246,10 @@ type chStore struct {
 
 // insertBatch sends rows as one batch with an explicit column list (what
 // ClickHouse 18.16 and current servers both accept from this driver). A
-// batch is all-or-nothing: a failed send writes nothing.
+// failed send is answered 503 to every row's push, but need not have
+// written nothing: ClickHouse may have taken the batch before its answer
+// was lost (a deadline passed), and a batch spanning two days' partitions
+// is written a part per partition, each on its own.
 func (s *chStore) insertBatch(ctx context.Context, rows []*pendingRow) error {
 	b, err := s.conn.PrepareBatch(ctx, "INSERT INTO "+s.table+" (customer_id, server_id, ts, received_at, collector_version, retention_days, payload)")
 	if err != nil {
