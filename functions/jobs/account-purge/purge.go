@@ -53,6 +53,12 @@ type Purger struct {
 	// anonymised per transaction before the delete (default 50,000).
 	AuditBatch int
 
+	// MaxRechecked bounds the deleted accounts, and the deleted servers
+	// known purged, whose rows one run looks for again (default 1,000
+	// each): past it, runs take the remembered deletions in turns
+	// (recheckPage).
+	MaxRechecked int
+
 	// beforePG, when set, runs between the ClickHouse and the PostgreSQL
 	// step with the accounts about to be deleted; an error stops the run
 	// there, as a crash would (tests).
@@ -97,6 +103,11 @@ type Result struct {
 	// them back); AccountsFoundAgain: those that had rows, deleted again.
 	AccountsRechecked  int      `json:"accounts_rechecked"`
 	AccountsFoundAgain []string `json:"accounts_found_again"`
+	// RecheckTurns: how many runs (hours) it takes to look again at every
+	// remembered deleted account, and at every deleted server known
+	// purged; 1 while each fits in one run's bound.
+	AccountsRecheckTurns int `json:"accounts_recheck_turns"`
+	ServersRecheckTurns  int `json:"servers_recheck_turns"`
 	// AuditRowsAnonymised: audit rows written after their customer was
 	// deleted (requests in flight during a purge, a spool replayed
 	// later), whose customer_id this run set to NULL.
@@ -133,6 +144,8 @@ func (r Result) Report(rep *job.Report) {
 	rep.Set("servers_overdue", r.ServersOverdue)
 	rep.Set("accounts_rechecked", r.AccountsRechecked)
 	rep.Set("accounts_found_again", nonNil(r.AccountsFoundAgain))
+	rep.Set("accounts_recheck_turns", r.AccountsRecheckTurns)
+	rep.Set("servers_recheck_turns", r.ServersRecheckTurns)
 	rep.Set("audit_rows_anonymised", r.AuditRowsAnonymised)
 	rep.Set("audit_rows_anonymised_before_delete", r.AuditRowsOfPurged)
 	rep.Set("mfa_attempts_forgotten", r.MFAAttemptsForgotten)
@@ -162,12 +175,17 @@ const (
 	// their window (AttemptsKeptFor).
 	forgetAttempts = `DELETE FROM mfa_attempts WHERE window_start < $1`
 	// Servers deleted through the API: those whose ClickHouse rows may
-	// remain first, oldest first; then those purged already, whose rows a
-	// restored backup set may have brought back, newest first (the set
-	// restored is the latest, which holds the servers deleted since the
-	// night before).
+	// remain first, oldest first (dueServers); then, in the room left,
+	// those purged already, whose rows a restored backup set may have
+	// brought back (recheckedServers): the newest, and a page of the
+	// older ones in turns (recheckPage).
 	dueServers = `SELECT server_id::text, customer_id::text FROM deleted_servers
-ORDER BY purged_at IS NOT NULL, CASE WHEN purged_at IS NULL THEN deleted_at END, deleted_at DESC, server_id LIMIT $1`
+WHERE purged_at IS NULL ORDER BY deleted_at, server_id LIMIT $1`
+	purgedServers    = `SELECT count(*) FROM deleted_servers WHERE purged_at IS NOT NULL`
+	recheckedServers = `(SELECT server_id::text, customer_id::text FROM deleted_servers
+WHERE purged_at IS NOT NULL ORDER BY deleted_at DESC, server_id LIMIT $1)
+UNION ALL (SELECT server_id::text, customer_id::text FROM deleted_servers
+WHERE purged_at IS NOT NULL ORDER BY deleted_at DESC, server_id OFFSET $3 LIMIT $2)`
 	serversCount  = `SELECT count(*) FROM deleted_servers WHERE purged_at IS NULL`
 	serversBefore = `SELECT count(*) FROM deleted_servers WHERE purged_at IS NULL AND deleted_at < $1`
 	// markPurged records that a server's rows were found gone once the
@@ -178,9 +196,42 @@ WHERE server_id = ANY($1::uuid[]) AND purged_at IS NULL AND deleted_at < now() -
 	// their rows (KeptDeletions).
 	forgetServers = `DELETE FROM deleted_servers WHERE purged_at IS NOT NULL AND deleted_at < now() - $1::interval`
 	// deletedAccounts are the accounts deleted in the last 30 days
-	// (forget_deleted_customers keeps them that long), newest first.
-	deletedAccounts = `SELECT customer_id::text FROM deleted_customers ORDER BY deleted_at DESC, customer_id LIMIT $1`
+	// (forget_deleted_customers keeps them that long): the newest, and a
+	// page of the older ones in turns (recheckPage).
+	deletedCount    = `SELECT count(*) FROM deleted_customers`
+	deletedAccounts = `(SELECT customer_id::text FROM deleted_customers ORDER BY deleted_at DESC, customer_id LIMIT $1)
+UNION ALL (SELECT customer_id::text FROM deleted_customers ORDER BY deleted_at DESC, customer_id OFFSET $3 LIMIT $2)`
 )
+
+// recheckPage picks which of total remembered deletions, newest first, the
+// run at now looks at again, at most size (> 0): the newest head, and the
+// rest rows from offset on (a page of the older ones); pages is how many
+// runs it takes to look at them all. Where all fit, head is size. Else
+// half are the newest (a restored set is most often the latest, which
+// holds the deletions since it was made), and the older ones are taken in
+// turns: runs are hourly, so the hour of now walks their pages, each
+// looked at within that many hours (pages shift a little as deletions
+// come and go; one on a boundary waits a turn more at most). A bound that
+// always took the newest would never look again at the rest: more than a
+// bound's worth of deletions in 30 days, then an older set restored,
+// would bring their rows back for good.
+func recheckPage(total, size int, now time.Time) (head, rest, offset, pages int) {
+	if total <= size {
+		return size, 0, 0, 1
+	}
+	head = size / 2
+	rest = size - head
+	pages = (total - head + rest - 1) / rest
+	return head, rest, head + int(now.Unix()/3600%int64(pages))*rest, pages
+}
+
+// maxRechecked is MaxRechecked or its default.
+func (p *Purger) maxRechecked() int {
+	if p.MaxRechecked > 0 {
+		return p.MaxRechecked
+	}
+	return maxRecheckedPerRun
+}
 
 // KeptDeletions is how long a deleted server is remembered, its rows
 // deleted again should they reappear: ClickHouse backup sets are kept 30
@@ -196,7 +247,8 @@ const KeptDeletions = 31 * 24 * time.Hour
 const serverSettle = 10 * time.Minute
 
 // maxServersPerRun bounds the deleted servers one run handles, and
-// maxRecheckedPerRun the deleted accounts whose rows it looks for again.
+// maxRecheckedPerRun (by default) the deleted accounts whose rows it looks
+// for again and the deleted servers known purged among the former.
 const (
 	maxServersPerRun   = 1000
 	maxRecheckedPerRun = 1000
@@ -245,10 +297,10 @@ func (p *Purger) Run(ctx context.Context, now time.Time) (Result, error) {
 	if err := p.purgeAccounts(ctx, now, &res); err != nil {
 		return res, err
 	}
-	if err := p.purgeServers(ctx, &res); err != nil {
+	if err := p.purgeServers(ctx, now, &res); err != nil {
 		return res, err
 	}
-	if err := p.recheckAccounts(ctx, &res); err != nil {
+	if err := p.recheckAccounts(ctx, now, &res); err != nil {
 		return res, err
 	}
 	if p.OverdueAfter > 0 {
@@ -361,25 +413,26 @@ next:
 // deleted more than serverSettle ago, and forgets those deleted more than
 // KeptDeletions ago. Like an account, a server stays recorded until its
 // rows are gone, so a run that stops anywhere leaves it for the next.
-func (p *Purger) purgeServers(ctx context.Context, res *Result) error {
-	rows, err := p.PG.Query(ctx, dueServers, maxServersPerRun)
-	if err != nil {
-		return fmt.Errorf("read deleted servers: %w", err)
-	}
+func (p *Purger) purgeServers(ctx context.Context, now time.Time, res *Result) error {
 	var ids, customers []string
 	var server, customer string
-	if _, err := pgx.ForEachRow(rows, []any{&server, &customer}, func() error {
-		ids = append(ids, server)
-		if !slices.Contains(customers, customer) {
-			customers = append(customers, customer)
+	collect := func(rows pgx.Rows, err error) error {
+		if err != nil {
+			return fmt.Errorf("read deleted servers: %w", err)
+		}
+		if _, err := pgx.ForEachRow(rows, []any{&server, &customer}, func() error {
+			ids = append(ids, server)
+			if !slices.Contains(customers, customer) {
+				customers = append(customers, customer)
+			}
+			return nil
+		}); err != nil {
+			return fmt.Errorf("read deleted servers: %w", err)
 		}
 		return nil
-	}); err != nil {
-		return fmt.Errorf("read deleted servers: %w", err)
 	}
-	res.ServersDue = len(ids)
-	if len(ids) == 0 {
-		return nil
+	if err := collect(p.PG.Query(ctx, dueServers, maxServersPerRun)); err != nil {
+		return err
 	}
 	if len(ids) == maxServersPerRun {
 		var total int
@@ -387,6 +440,21 @@ func (p *Purger) purgeServers(ctx context.Context, res *Result) error {
 			return fmt.Errorf("count deleted servers: %w", err)
 		}
 		res.ServersRemaining = max(total-maxServersPerRun, 0)
+	}
+	if room := min(maxServersPerRun-len(ids), p.maxRechecked()); room > 0 {
+		var purged int
+		if err := p.PG.QueryRow(ctx, purgedServers).Scan(&purged); err != nil {
+			return fmt.Errorf("count deleted servers: %w", err)
+		}
+		head, rest, offset, pages := recheckPage(purged, room, now)
+		res.ServersRecheckTurns = pages
+		if err := collect(p.PG.Query(ctx, recheckedServers, head, rest, offset)); err != nil {
+			return err
+		}
+	}
+	res.ServersDue = len(ids)
+	if len(ids) == 0 {
+		return nil
 	}
 	tables, err := p.tablesWith(ctx, "server_id")
 	if err != nil {
@@ -427,11 +495,17 @@ func (p *Purger) purgeServers(ctx context.Context, res *Result) error {
 }
 
 // recheckAccounts deletes again the ClickHouse rows of accounts deleted in
-// the last 30 days, should any have come back (a backup set restored
+// the last 30 days (a page of them, recheckPage), should any have come back (a backup set restored
 // after data loss, or a snapshot that landed after the purge). The rows
 // are counted first, so a run with none issues no deletion.
-func (p *Purger) recheckAccounts(ctx context.Context, res *Result) error {
-	rows, err := p.PG.Query(ctx, deletedAccounts, maxRecheckedPerRun)
+func (p *Purger) recheckAccounts(ctx context.Context, now time.Time, res *Result) error {
+	var total int
+	if err := p.PG.QueryRow(ctx, deletedCount).Scan(&total); err != nil {
+		return fmt.Errorf("count deleted accounts: %w", err)
+	}
+	head, rest, offset, pages := recheckPage(total, p.maxRechecked(), now)
+	res.AccountsRecheckTurns = pages
+	rows, err := p.PG.Query(ctx, deletedAccounts, head, rest, offset)
 	if err != nil {
 		return fmt.Errorf("read deleted accounts: %w", err)
 	}

@@ -706,3 +706,90 @@ func TestRecentlyDeletedServersAreLookedAtAgainFirst(t *testing.T) {
 		t.Fatalf("%d rows of the server deleted last remain (%v)", n, err)
 	}
 }
+
+// More remembered deletions than a run looks at again are taken in turns,
+// one page an hour: every deleted account whose rows a restored backup
+// brought back is found within as many runs as there are pages, not only
+// the newest page's.
+func TestDeletedAccountsAreLookedAtAgainInTurns(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	var ids []string
+	for range 3 {
+		ids = append(ids, f.customer(t, in(-time.Hour)).ID)
+	}
+	p := &Purger{PG: f.role(t), CH: f.ch.Conn, Database: f.ch.Database, MaxAccounts: 10, MaxRechecked: 1, Wait: 30 * time.Second, Poll: 50 * time.Millisecond}
+	ctx := context.Background()
+	if res, err := p.Run(ctx, time.Now()); err != nil || len(res.Purged) != 3 {
+		t.Fatalf("the purge: %+v, %v", res, err)
+	}
+	b, err := f.ch.Conn.PrepareBatch(ctx, "INSERT INTO "+f.ch.Database+".alert_history (customer_id, server_id, ts, rule)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids {
+		if err := b.Append(id, id, time.Now(), "disk"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.Send(); err != nil {
+		t.Fatal(err)
+	}
+	var found []string
+	hour := time.Now().Truncate(time.Hour)
+	for i := range 3 {
+		res, err := p.Run(ctx, hour.Add(time.Duration(i)*time.Hour))
+		if err != nil || res.AccountsRechecked != 1 || res.AccountsRecheckTurns != 3 || len(res.AccountsFoundAgain) != 1 {
+			t.Fatalf("run %d: %+v, %v", i, res, err)
+		}
+		found = append(found, res.AccountsFoundAgain...)
+	}
+	if !slices.Equal(sorted(found), sorted(ids)) {
+		t.Fatalf("found again %v in three runs, want each of %v", found, ids)
+	}
+	for _, id := range ids {
+		if got := f.chRows(t, id); !all(got, 0) {
+			t.Errorf("ClickHouse rows of %s: %v", id, got)
+		}
+	}
+}
+
+func TestRecheckPage(t *testing.T) {
+	at := func(h int64) time.Time { return time.Unix(h*3600+59, 0) }
+	for _, c := range []struct {
+		total, size               int
+		hour                      int64
+		head, rest, offset, pages int
+	}{
+		{0, 1000, 7, 1000, 0, 0, 1},
+		{1000, 1000, 7, 1000, 0, 0, 1},
+		{1001, 1000, 8, 500, 500, 500, 2},   // 501 older: two pages; hour 8, the first
+		{1001, 1000, 9, 500, 500, 1000, 2},  // hour 9: the second
+		{2500, 1000, 10, 500, 500, 1500, 4}, // 2000 older: four pages
+		{3, 1, 4, 0, 1, 1, 3},               // a bound of one: turns alone
+		{3, 1, 5, 0, 1, 2, 3},
+	} {
+		head, rest, offset, pages := recheckPage(c.total, c.size, at(c.hour))
+		if head != c.head || rest != c.rest || offset != c.offset || pages != c.pages {
+			t.Errorf("recheckPage(%d, %d, hour %d) = %d, %d, %d, %d; want %d, %d, %d, %d",
+				c.total, c.size, c.hour, head, rest, offset, pages, c.head, c.rest, c.offset, c.pages)
+		}
+	}
+	// Consecutive hours cover every deletion.
+	const total, size = 4321, 1000
+	seen := make([]bool, total)
+	for h := int64(100); h < 100+8; h++ {
+		head, rest, offset, _ := recheckPage(total, size, at(h))
+		for i := range head {
+			seen[i] = true
+		}
+		for i := offset; i < min(offset+rest, total); i++ {
+			seen[i] = true
+		}
+	}
+	for i, ok := range seen {
+		if !ok {
+			t.Fatalf("deletion %d of %d not looked at in eight consecutive hours", i, total)
+		}
+	}
+}
