@@ -101,6 +101,9 @@ type Key struct {
 	// Ended: revoked_at has passed. A key rotated with grace has a
 	// revoked_at still to come, and works (and can be revoked) until then.
 	Ended bool `json:"-"`
+	// Expired: expires_at has passed (and it is not Ended): it works no
+	// more, and can be neither rotated nor usefully revoked.
+	Expired bool `json:"-"`
 }
 
 func caller(w http.ResponseWriter, r *http.Request) (identity.Identity, bool) {
@@ -129,11 +132,11 @@ var keysPage = page.New("keys", `
 <output id="new-key" class="secret" hidden></output>
 </fieldset>
 <table><thead><tr><th>Name</th><th>Kind</th><th>Scope</th><th>Last 4</th><th>Created</th><th>Last used</th><th>Status</th><th></th></tr></thead><tbody>
-{{range .}}<tr{{if .Ended}} class="revoked"{{end}}><td>{{.Name}}</td><td>{{.Kind}}</td><td>{{if .Scope}}{{.Scope}}{{else}}server{{end}}</td><td><code>{{.Last4}}</code></td>
+{{range .}}<tr{{if or .Ended .Expired}} class="revoked"{{end}}><td>{{.Name}}</td><td>{{.Kind}}</td><td>{{if .Scope}}{{.Scope}}{{else}}server{{end}}</td><td><code>{{.Last4}}</code></td>
 <td>{{.CreatedAt.UTC.Format "2006-01-02 15:04 MST"}}</td><td>{{if .LastUsedAt}}{{.LastUsedAt.UTC.Format "2006-01-02 15:04 MST"}}{{else}}never{{end}}</td>
-<td>{{if .Ended}}revoked{{else if .RevokedAt}}rotated, works until {{.RevokedAt.UTC.Format "2006-01-02 15:04"}} UTC{{else if .ExpiresAt}}expires {{.ExpiresAt.UTC.Format "2006-01-02 15:04 MST"}}{{else}}active{{end}}</td>
-<td>{{if not .RevokedAt}}{{if eq .Kind "account"}}<form class="inline" action="/api/v1/keys/{{.ID}}/rotate" data-api><button type="submit">Rotate</button></form>{{end}}{{end}}
-{{if not .Ended}}<form class="inline" action="/api/v1/keys/{{.ID}}" data-api data-method="DELETE"><button type="submit">Revoke</button></form>{{end}}</td></tr>
+<td>{{if .Ended}}revoked{{else if .Expired}}expired {{.ExpiresAt.UTC.Format "2006-01-02 15:04 MST"}}{{else if .RevokedAt}}rotated, works until {{.RevokedAt.UTC.Format "2006-01-02 15:04"}} UTC{{else if .ExpiresAt}}expires {{.ExpiresAt.UTC.Format "2006-01-02 15:04 MST"}}{{else}}active{{end}}</td>
+<td>{{if not (or .RevokedAt .Expired)}}{{if eq .Kind "account"}}<form class="inline" action="/api/v1/keys/{{.ID}}/rotate" data-api><button type="submit">Rotate</button></form>{{end}}{{end}}
+{{if not (or .Ended .Expired)}}<form class="inline" action="/api/v1/keys/{{.ID}}" data-api data-method="DELETE"><button type="submit">Revoke</button></form>{{end}}</td></tr>
 {{else}}<tr><td colspan="8">No keys yet.</td></tr>{{end}}
 </tbody></table>`)
 
@@ -162,14 +165,15 @@ func (h *handler) keysOf(r *http.Request, customer string) ([]Key, error) {
 		var k Key
 		err := row.Scan(&k.ID, &k.Name, &k.Kind, &k.Scope, &k.ServerID, &k.Last4, &k.CreatedAt, &k.LastUsedAt, &k.ExpiresAt, &k.RevokedAt, &k.RotatedTo)
 		k.Ended = endedBy(k.RevokedAt, now)
+		k.Expired = !k.Ended && endedBy(k.ExpiresAt, now)
 		return k, err
 	})
 }
 
-// endedBy reports whether a key revoked at revokedAt (nil: not revoked)
+// endedBy reports whether a key revoked (or expiring) at t (nil: not)
 // has stopped working by now.
-func endedBy(revokedAt *time.Time, now time.Time) bool {
-	return revokedAt != nil && !revokedAt.After(now)
+func endedBy(t *time.Time, now time.Time) bool {
+	return t != nil && !t.After(now)
 }
 
 const listQuery = `SELECT k.id, k.name, k.kind, k.scope, k.server_id::text, k.last4, k.created_at, k.last_used_at, k.expires_at, k.revoked_at,
@@ -310,13 +314,22 @@ type rotateRequest struct {
 }
 
 func (h *handler) rotate(w http.ResponseWriter, r *http.Request) {
+	keyID := strings.ToLower(r.PathValue("id"))
+	// A refused rotation is audited as one, of the key asked for, with
+	// the refusal's code as its reason (refuse); a rotation done names
+	// the new key below.
+	audit.Annotate(w, audit.Annotation{ResourceType: "api_key", ResourceID: keyID, Action: "rotate"})
+	refuse := func(p *problem.Problem) {
+		audit.Annotate(w, audit.Annotation{ResourceType: "api_key", ResourceID: keyID, Action: "rotate",
+			Metadata: map[string]any{"reason": p.Code}})
+		problem.Write(w, p)
+	}
 	id, ok := caller(w, r)
 	if !ok || !h.sessionStepUp(w, r, id) {
 		return
 	}
-	keyID := strings.ToLower(r.PathValue("id"))
 	if !identity.ValidID(keyID) {
-		problem.Write(w, problem.New(http.StatusNotFound, "not_found", "no such key"))
+		refuse(problem.New(http.StatusNotFound, "not_found", "no such key"))
 		return
 	}
 	var req rotateRequest
@@ -427,28 +440,30 @@ func (h *handler) rotate(w http.ResponseWriter, r *http.Request) {
 	})
 	switch {
 	case errors.Is(err, account.ErrClosing):
+		audit.Annotate(w, audit.Annotation{ResourceType: "api_key", ResourceID: keyID, Action: "rotate", Metadata: map[string]any{"reason": "account_closing"}})
 		accountClosing(w)
 		return
 	case errors.Is(err, stepup.ErrSessionEnded):
-		problem.Write(w, stepup.Ended())
+		refuse(stepup.Ended())
 		return
 	case errors.Is(err, errKeyLimit):
+		audit.Annotate(w, audit.Annotation{ResourceType: "api_key", ResourceID: keyID, Action: "rotate", Metadata: map[string]any{"reason": "limit_reached"}})
 		h.keyLimitReached(w, true)
 		return
 	case err != nil:
 		h.fail(w, err)
 		return
 	case refusal != nil:
-		problem.Write(w, refusal)
+		refuse(refusal)
 		return
 	case status == http.StatusNotFound:
-		problem.Write(w, problem.New(http.StatusNotFound, "not_found", "no such key, or it is revoked"))
+		refuse(problem.New(http.StatusNotFound, "not_found", "no such key, or it is revoked"))
 		return
 	case status == http.StatusUnprocessableEntity:
-		problem.Write(w, problem.New(http.StatusUnprocessableEntity, "not_an_account_key", "collector keys are rotated with POST /api/v1/servers/{id}/rotate-key"))
+		refuse(problem.New(http.StatusUnprocessableEntity, "not_an_account_key", "collector keys are rotated with POST /api/v1/servers/{id}/rotate-key"))
 		return
 	case status == http.StatusForbidden:
-		problem.Write(w, needAdmin("only administrators may rotate admin keys"))
+		refuse(needAdmin("only administrators may rotate admin keys"))
 		return
 	}
 	audit.Annotate(w, audit.Annotation{ResourceType: "api_key", ResourceID: newKey.ID, Action: "rotate",
@@ -466,11 +481,11 @@ func (h *handler) revoke(w http.ResponseWriter, r *http.Request) {
 		problem.Write(w, problem.New(http.StatusNotFound, "not_found", "no such key"))
 		return
 	}
-	var exists bool
+	var exists, revoked bool
 	err := h.db.QueryRow(r.Context(), `WITH k AS (SELECT id FROM api_keys WHERE id = $1 AND customer_id = $2),
 		u AS (UPDATE api_keys SET revoked_at = now(), revoked_reason = 'revoked'
 		      WHERE id IN (SELECT id FROM k) AND (revoked_at IS NULL OR (revoked_reason = 'rotated' AND revoked_at > now())) RETURNING id)
-		SELECT EXISTS (SELECT 1 FROM k)`, keyID, id.CustomerID).Scan(&exists)
+		SELECT EXISTS (SELECT 1 FROM k), EXISTS (SELECT 1 FROM u)`, keyID, id.CustomerID).Scan(&exists, &revoked)
 	if err != nil {
 		h.fail(w, err)
 		return
@@ -479,7 +494,13 @@ func (h *handler) revoke(w http.ResponseWriter, r *http.Request) {
 		problem.Write(w, problem.New(http.StatusNotFound, "not_found", "no such key"))
 		return
 	}
-	audit.Annotate(w, audit.Annotation{ResourceType: "api_key", ResourceID: keyID, Action: "delete"})
+	a := audit.Annotation{ResourceType: "api_key", ResourceID: keyID, Action: "delete"}
+	if !revoked {
+		// Revoked or rotated out before: answered alike (a retry must
+		// not fail), but the log tells it from the revocation.
+		a.Metadata = map[string]any{"already_ended": true}
+	}
+	audit.Annotate(w, a)
 	w.WriteHeader(http.StatusNoContent)
 }
 

@@ -6,9 +6,12 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/glassmkr/guardian/shared/mfa"
 	"github.com/glassmkr/guardian/shared/migrate"
@@ -261,6 +264,15 @@ func TestRevokeNeedsAdminAndStopsTheKey(t *testing.T) {
 	}
 	if status, _ := s.do(t, "DELETE", "/api/v1/keys/"+victimID, "", bearer(admin)); status != 204 {
 		t.Fatalf("revoking twice: %d", status)
+	}
+	// The log tells the revocation from the repeat.
+	rows, err := s.pg.Owner.Query(context.Background(), `SELECT coalesce(metadata->>'already_ended', '') FROM api_audit_log
+		WHERE method = 'DELETE' AND resource_id = $1 AND status_code = 204 ORDER BY id`, victimID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ended, err := pgx.CollectRows(rows, pgx.RowTo[string]); err != nil || !slices.Equal(ended, []string{"", "true"}) {
+		t.Fatalf("already_ended of the two revocations: %q %v, want none then true", ended, err)
 	}
 	deadline := time.Now().Add(time.Second)
 	for !s.refused(t, victim) {
@@ -661,6 +673,15 @@ func TestAMemberRotatesOnlyItsOwnKeys(t *testing.T) {
 	}
 	if !s.works(t, adminsKey) {
 		t.Fatal("the refused rotation stopped the admin's key")
+	}
+	// Audited as a refused rotation of that key, with the reason.
+	var action, resType, resID, reason, result string
+	if err := s.pg.Owner.QueryRow(ctx, `SELECT action, coalesce(resource_type, ''), coalesce(resource_id, ''), coalesce(metadata->>'reason', ''), result
+		FROM api_audit_log WHERE path = $1 AND status_code = 403`, "/api/v1/keys/"+adminsID+"/rotate").Scan(&action, &resType, &resID, &reason, &result); err != nil {
+		t.Fatal(err)
+	}
+	if action != "rotate" || resType != "api_key" || resID != adminsID || reason != "insufficient_scope" || result != "denied" {
+		t.Fatalf("the refused rotation's audit row: %s %s %s reason %q %s", action, resType, resID, reason, result)
 	}
 	// Every refusal of the kind says which scope it needs: an admin key
 	// rotated, or created, by a member.

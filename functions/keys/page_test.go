@@ -29,10 +29,16 @@ func TestThePageTellsAGraceKeyFromARevokedOne(t *testing.T) {
 		{"live", nil, "active", true, true, false},
 		{"in its grace", &later, "rotated, works until 2026-11-30 07:00 UTC", true, false, false},
 		{"revoked", &earlier, "revoked", false, false, true},
+		// An expired key works no more: neither rotated nor revoked.
+		{"expired", nil, "expired 2026-11-30 05:00 UTC", false, false, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			k := Key{ID: "0c0c0c0c-0000-4000-8000-000000000000", Name: "ci", Kind: "account", Scope: &scope, Last4: "ab12", CreatedAt: now, RevokedAt: tc.revokedAt}
+			if tc.name == "expired" {
+				k.ExpiresAt = &earlier
+			}
 			k.Ended = endedBy(k.RevokedAt, now)
+			k.Expired = !k.Ended && endedBy(k.ExpiresAt, now)
 			rec := httptest.NewRecorder()
 			if err := page.Render(rec, keysPage, "API keys", true, []Key{k}); err != nil {
 				t.Fatal(err)

@@ -256,12 +256,13 @@ func (h *handler) delete(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *handler) rotate(w http.ResponseWriter, r *http.Request) {
+	serverID := strings.ToLower(r.PathValue("id"))
+	// Before the checks: a refused rotation is audited as one too.
+	audit.Annotate(w, audit.Annotation{ResourceType: "api_key", Action: "rotate", Metadata: map[string]any{"server_id": serverID}})
 	id, ok := caller(w, r)
 	if !ok || !needScope(w, id, "admin") || !h.stepUp(w, r, id) {
 		return
 	}
-	serverID := strings.ToLower(r.PathValue("id"))
-	audit.Annotate(w, audit.Annotation{ResourceType: "api_key", Action: "rotate", Metadata: map[string]any{"server_id": serverID}})
 	if !identity.ValidID(serverID) {
 		notFound(w)
 		return
