@@ -16,8 +16,9 @@
 // second-factor page (token in the guardian_mfa cookie) when one is
 // needed. A code is an authenticator app's 6 digits or a recovery code;
 // credential is a WebAuthn assertion (shared/mfa). Too many wrong codes
-// answer 429 too_many_attempts, from the password step too when the
-// password is right (a wrong one is the usual 401).
+// answer 429 too_many_attempts from the second step; sign-in's password
+// step answers as for any user (the pause reveals neither the account nor
+// the password), and re-auth's, for the caller's own account, says it.
 //
 // Grants: the runtime PostgreSQL role, the session signing secret (it
 // issues tokens), the cookie domain, the MFA secret (TOTP seeds, recovery

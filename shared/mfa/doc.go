@@ -57,10 +57,11 @@
 // mfa_attempts (fixed windows of Limits.Window), before it is
 // checked, so parallel guesses cannot overshoot; a success takes its count
 // back. Over the limit the answer is 429 too_many_attempts until the window
-// ends. A user over the limit also gets that answer from the password
-// step when the password is right; a wrong one gets the same 401 as an
-// unknown e-mail, so the pause reveals no account (and tells no more
-// about a password than the challenge outside a pause does).
+// ends. Sign-in's password step does not tell a user over the limit: it
+// answers as for anyone (a wrong password the same 401 as an unknown
+// e-mail, a right one the second-factor prompt), so the pause reveals
+// neither the account nor whether the password was right; the second
+// step says it. Re-auth, the caller's own account, says it at once.
 //
 // # Limitations
 //
