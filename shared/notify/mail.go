@@ -44,15 +44,36 @@ type Mail struct {
 	Text    string // plain text, UTF-8
 }
 
-// Mailer sends mail over SMTP, upgrading with STARTTLS whenever the relay
-// offers it. A relay that offers STARTTLS and then fails the handshake is
-// not retried in plain text.
+// Mailer sends mail over SMTP, upgrading with STARTTLS whenever a relay
+// on another host offers it, the certificate verified against the relay's
+// name. A relay that offers STARTTLS and then fails the handshake is not
+// retried in plain text. A relay on this host (a loopback address or
+// localhost, the deployment's default 127.0.0.1:25) is spoken to in plain
+// text unless TLS is configured: the conversation never leaves the
+// machine, and a local Postfix offers STARTTLS with a self-signed
+// certificate for the host's name, which would fail every message.
+// (Against a remote relay STARTTLS is opportunistic: one on the path that
+// strips the offer gets the message in plain text, though never the
+// relay password, which net/smtp sends over TLS only.)
 type Mailer struct {
 	cfg       SMTPConfig
 	host      string
 	from      string // the bare address
 	fromHdr   string // as the From header shows it
 	localName string
+	// local: the relay is on this host (loopback) and no TLS
+	// configuration was given: no STARTTLS.
+	local bool
+}
+
+// isLoopbackHost reports whether host (of host:port) names this host:
+// "localhost" or a loopback address.
+func isLoopbackHost(host string) bool {
+	if strings.EqualFold(strings.TrimSuffix(host, "."), "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // NewMailer checks cfg and returns a mailer.
@@ -69,7 +90,8 @@ func NewMailer(cfg SMTPConfig) (*Mailer, error) {
 	if err != nil || local == "" || strings.ContainsAny(local, "\r\n ") {
 		local = "localhost"
 	}
-	return &Mailer{cfg: cfg, host: host, from: from.Address, fromHdr: from.String(), localName: local}, nil
+	return &Mailer{cfg: cfg, host: host, from: from.Address, fromHdr: from.String(), localName: local,
+		local: isLoopbackHost(host) && cfg.TLS == nil}, nil
 }
 
 // Send delivers msg to its valid recipients in one SMTP transaction, so a
@@ -118,7 +140,7 @@ func (m *Mailer) deliver(ctx context.Context, to []string, body []byte) (err err
 	if err := c.Hello(m.localName); err != nil {
 		return smtpErr("EHLO", err)
 	}
-	if ok, _ := c.Extension("STARTTLS"); ok {
+	if ok, _ := c.Extension("STARTTLS"); ok && !m.local {
 		cfg := &tls.Config{MinVersion: tls.VersionTLS12}
 		if m.cfg.TLS != nil {
 			cfg = m.cfg.TLS.Clone()

@@ -50,17 +50,48 @@ func TestMailUpgradesWithSTARTTLSAndAuthenticates(t *testing.T) {
 		t.Fatalf("not over TLS or not authenticated: %+v", got)
 	}
 
-	// A relay whose certificate does not verify gets no mail, and no
-	// fallback to plain text.
+	// A relay on another host whose certificate does not verify gets no
+	// mail, and no fallback to plain text. (The test's relay listens on
+	// loopback: the mailer is told it is another host's.)
 	untrusted, err := NewMailer(SMTPConfig{Addr: relay.Addr, From: "security@guardian.test"})
 	if err != nil {
 		t.Fatal(err)
 	}
+	untrusted.local = false
 	if err := untrusted.Send(context.Background(), Mail{To: []string{"ada@example.com"}, Subject: "s", Text: "t"}); err == nil || !strings.Contains(err.Error(), "STARTTLS") {
 		t.Fatalf("untrusted relay: %v", err)
 	}
 	if n := len(relay.Messages()); n != 1 {
 		t.Fatalf("%d messages; the untrusted send must not arrive", n)
+	}
+}
+
+// A relay on this host (the deployment's default, 127.0.0.1:25) that
+// offers STARTTLS with a certificate no root vouches for, as a stock
+// Postfix's self-signed one: the mail goes in plain text over loopback
+// instead of failing every notice for good.
+func TestALocalRelayIsSpokenToInPlainText(t *testing.T) {
+	cert, _ := notifytest.SelfSignedCert(t)
+	relay := notifytest.StartRelay(t, cert, "", "")
+	for _, addr := range []string{relay.Addr, strings.Replace(relay.Addr, "127.0.0.1", "localhost", 1)} {
+		m, err := NewMailer(SMTPConfig{Addr: addr, From: "security@guardian.test"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Send(context.Background(), Mail{To: []string{"ada@example.com"}, Subject: "s", Text: "t"}); err != nil {
+			t.Fatalf("%s: %v", addr, err)
+		}
+	}
+	for _, got := range relay.WaitMessages(t, 2, 5*time.Second) {
+		if got.TLS {
+			t.Fatalf("over TLS: %+v", got)
+		}
+	}
+	for host, want := range map[string]bool{"127.0.0.1": true, "127.3.2.1": true, "::1": true, "localhost": true, "LOCALHOST.": true,
+		"relay.example.com": false, "10.0.0.5": false, "::ffff:127.0.0.1": true, "localhost.example.com": false} {
+		if got := isLoopbackHost(host); got != want {
+			t.Errorf("isLoopbackHost(%q) = %v", host, got)
+		}
 	}
 }
 

@@ -11,7 +11,7 @@
 //
 // Environment (read by LoadConfig):
 //
-//	GUARDIAN_SMTP_ADDR       host:port of the relay; unset: no e-mail
+//	GUARDIAN_SMTP_ADDR       host:port of the relay; unset: no e-mail; on this host (loopback): no STARTTLS
 //	GUARDIAN_SMTP_FROM       sender address (required with the relay)
 //	GUARDIAN_SMTP_USER       optional, with GUARDIAN_SMTP_PASSWORD: AUTH PLAIN (TLS or localhost only)
 //	GUARDIAN_WEBHOOK_ALLOW   comma-separated CIDRs, addresses or host names that webhooks may reach although internal
