@@ -127,7 +127,7 @@ func (g *Guard) permit(host string, a netip.Addr) error {
 	if reason == "" {
 		return nil
 	}
-	if g.allowHosts[host] && reason != reasonMetadata {
+	if g.allowHosts[host] && !hostAllowNeverPermits[reason] {
 		return nil
 	}
 	return &BlockedError{Host: host, Addr: a, Reason: reason}
@@ -144,7 +144,19 @@ func (g *Guard) checkDialed(host, address string) error {
 	return g.permit(host, ap.Addr().WithZone(""))
 }
 
-const reasonMetadata = "cloud metadata"
+const (
+	reasonMetadata = "cloud metadata"
+	// reasonHidden: an IPv6 form that carries an IPv4 address this guard
+	// cannot read for certain (the metadata address could be in it).
+	reasonHidden = "hides an IPv4 address"
+)
+
+// hostAllowNeverPermits are the reasons an allowed host name does not
+// override (an allowed CIDR or address still does): an allowed name is
+// meant to reach an internal service, and its DNS answer must not lead to
+// the metadata address, another link-local service (a container agent's
+// credentials at 169.254.170.2), or a form that may hide either.
+var hostAllowNeverPermits = map[string]bool{reasonMetadata: true, "link-local": true, reasonHidden: true}
 
 var (
 	metadataAddrs = []netip.Addr{
@@ -164,16 +176,17 @@ var (
 		{netip.MustParsePrefix("198.18.0.0/15"), "reserved"},
 		{netip.MustParsePrefix("198.51.100.0/24"), "reserved"},
 		{netip.MustParsePrefix("203.0.113.0/24"), "reserved"},
-		{netip.MustParsePrefix("240.0.0.0/4"), "reserved"}, // and 255.255.255.255
-		{netip.MustParsePrefix("::/96"), "reserved"},       // IPv4-compatible
-		{netip.MustParsePrefix("100::/64"), "reserved"},    // discard
+		{netip.MustParsePrefix("240.0.0.0/4"), "reserved"},       // and 255.255.255.255
+		{netip.MustParsePrefix("::/96"), reasonHidden},           // IPv4-compatible
+		{netip.MustParsePrefix("::ffff:0:0:0/96"), reasonHidden}, // IPv4-translated (SIIT)
+		{netip.MustParsePrefix("100::/64"), "reserved"},          // discard
 		{netip.MustParsePrefix("2001:db8::/32"), "reserved"},
-		{netip.MustParsePrefix("2001::/32"), "reserved"}, // Teredo: hides an IPv4 address
-		{netip.MustParsePrefix("fec0::/10"), "private"},  // site-local, deprecated
+		{netip.MustParsePrefix("2001::/32"), reasonHidden}, // Teredo
+		{netip.MustParsePrefix("fec0::/10"), "private"},    // site-local, deprecated
 		// Local-use NAT64 (RFC 8215): the IPv4 address sits where the
 		// network's own prefix length (/48 to /96) puts it, which cannot
 		// be known here; refused whole rather than read at one place.
-		{netip.MustParsePrefix("64:ff9b:1::/48"), "local-use NAT64"},
+		{netip.MustParsePrefix("64:ff9b:1::/48"), reasonHidden},
 	}
 	nat64     = []netip.Prefix{netip.MustParsePrefix("64:ff9b::/96")}
 	sixToFour = netip.MustParsePrefix("2002::/16")

@@ -69,10 +69,12 @@ func TestBlockedAddresses(t *testing.T) {
 		{"64:ff9b::808:808", ""}, // NAT64 of 8.8.8.8
 		// Local-use NAT64 carries 169.254.169.254 here at /48, yet reads
 		// as 8.8.8.8 at /96: refused whole.
-		{"64:ff9b:1:a9fe:a9:fe00:808:808", "local-use NAT64"},
-		{"64:ff9b:1::808:808", "local-use NAT64"},
-		{"2002:c0a8:0101::1", "private"}, // 6to4 of 192.168.1.1
-		{"::7f00:1", "reserved"},         // IPv4-compatible 127.0.0.1
+		{"64:ff9b:1:a9fe:a9:fe00:808:808", "hides an IPv4 address"},
+		{"64:ff9b:1::808:808", "hides an IPv4 address"},
+		{"2002:c0a8:0101::1", "private"},                                  // 6to4 of 192.168.1.1
+		{"::7f00:1", "hides an IPv4 address"},                             // IPv4-compatible 127.0.0.1
+		{"::ffff:0:a9fe:a9fe", "hides an IPv4 address"},                   // IPv4-translated 169.254.169.254
+		{"2001:0:4136:e378:8000:63bf:3fff:fdd2", "hides an IPv4 address"}, // Teredo
 		{"fe80::1%eth0", "link-local"},
 	}
 	for _, tc := range cases {
@@ -99,6 +101,9 @@ func TestGuardResolvesAndChecksEveryAddress(t *testing.T) {
 		"localhost.example.com":  {"127.0.0.1"},
 		"v6private.example.com":  {"fd00::5"},
 		"linklocal6.example.com": {"fe80::1"},
+		"ecs.hooks.internal":     {"169.254.170.2"},
+		"siit.hooks.internal":    {"::ffff:0:a9fe:a9fe"},
+		"teredo.hooks.internal":  {"2001:0:4136:e378:8000:63bf:3fff:fdd2"},
 	}}
 	cases := []struct {
 		name, host string
@@ -127,6 +132,10 @@ func TestGuardResolvesAndChecksEveryAddress(t *testing.T) {
 		{"an allowed host name permits its internal address", "hooks.internal", []string{"hooks.internal"}, ""},
 		{"an allowed host name is matched whatever its case", "HOOKS.internal.", []string{"hooks.INTERNAL"}, ""},
 		{"an allowed host name never permits the metadata address", "evil.hooks.internal", []string{"evil.hooks.internal"}, "cloud metadata"},
+		{"an allowed host name never permits link-local", "ecs.hooks.internal", []string{"ecs.hooks.internal"}, "link-local"},
+		{"an allowed host name never permits an IPv4-translated address", "siit.hooks.internal", []string{"siit.hooks.internal"}, "hides an IPv4 address"},
+		{"an allowed host name never permits Teredo", "teredo.hooks.internal", []string{"teredo.hooks.internal"}, "hides an IPv4 address"},
+		{"an allowed CIDR does permit link-local", "ecs.hooks.internal", []string{"169.254.170.0/24"}, ""},
 		{"an explicit metadata CIDR does permit it", "169.254.169.254", []string{"169.254.169.254/32"}, ""},
 		{"an allowed host does not permit other hosts", "partner.corp", []string{"hooks.internal"}, "private"},
 		{"an allowed IPv4 CIDR covers the mapped form", "::ffff:10.0.0.7", []string{"10.0.0.0/8"}, ""},
