@@ -164,7 +164,7 @@ type pendingNotice struct {
 // with ($4): another host's webhook may be one its GUARDIAN_WEBHOOK_ALLOW
 // lets through and this one's refuses for good. A webhook row no process
 // took for $5 (no host has that webhook any more) is taken by any, to be
-// tried once and then given up.
+// given up unsent (attempt).
 const takeDue = `UPDATE revocation_notices SET attempts = attempts + 1, next_attempt_at = now() + $1::interval,
 	first_attempt_at = coalesce(first_attempt_at, now())
 WHERE id IN (SELECT id FROM revocation_notices WHERE next_attempt_at <= now() AND (channel <> 'email' OR $3)
@@ -219,15 +219,20 @@ func (o *outbox) attempt(ctx context.Context, p *pendingNotice) {
 		}
 		p.err = o.mailer.Send(ctx, notify.Mail{To: []string{p.target}, Subject: p.subject, Text: p.body})
 	case "webhook":
+		if !slices.Contains(o.webhooks, p.target) {
+			// No host has this webhook any more (takeDue): the operator
+			// may have removed it because its address leaked or its
+			// domain lapsed, so the notice (key names, where they
+			// leaked) is not sent there.
+			p.err = notify.Permanent(errors.New("no process is configured with this webhook any more"))
+			break
+		}
 		p.err = o.hooks.Post(ctx, p.target, json.RawMessage(p.body))
 	default:
 		p.err = notify.Permanent(fmt.Errorf("unknown channel %q", p.channel))
 	}
 	p.canceled = p.err != nil && ctx.Err() != nil
-	// A webhook this process is not configured with is one no host has
-	// any more (takeDue): it is tried once, not for a day.
-	orphan := p.channel == "webhook" && !slices.Contains(o.webhooks, p.target)
-	p.giveUp = p.err != nil && !p.canceled && (orphan || notify.IsPermanent(p.err) || time.Since(p.firstAttempt) >= o.maxAge)
+	p.giveUp = p.err != nil && !p.canceled && (notify.IsPermanent(p.err) || time.Since(p.firstAttempt) >= o.maxAge)
 }
 
 // record deletes a delivered or given-up row, or sets when it is due
