@@ -328,6 +328,11 @@ func TestVerifyIsRedOnDamagedSets(t *testing.T) {
 				}
 			})
 		}, "does not decrypt"},
+		{"a blob longer than its manifest entry", func(set string) {
+			_, p := blobOf(f.manifest(t, 0, set))
+			b, _ := os.ReadFile(p)
+			os.WriteFile(p, append(b, make([]byte, 4096)...), 0o600)
+		}, "bytes, the manifest says"},
 		{"a missing blob", func(set string) {
 			_, p := blobOf(f.manifest(t, 0, set))
 			os.Remove(p)
