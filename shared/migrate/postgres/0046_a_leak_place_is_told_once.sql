@@ -25,18 +25,21 @@ CREATE FUNCTION revoke_reported_keys(hashes bytea[], place_keys bytea[], places 
 RETURNS TABLE (key_hash bytea, key_id uuid, customer_id uuid, kind text, name text, last4 text,
                revoked_at timestamptz, audit_salt bytea, newly boolean, new_places bytea[])
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
-    -- hit locks the keys' rows as the revocation would (FOR NO KEY
-    -- UPDATE), so that a report waits for another one revoking the same
-    -- key and then reads it revoked (found again, its places kept; read
-    -- unrevoked, it was neither), and a key deleted meanwhile (an account
-    -- purged) drops out instead of failing the places' foreign key and
-    -- with it every revocation of the report. (A weaker lock would not
-    -- wait for the revocation; FOR SHARE would deadlock two reports
-    -- upgrading it to revoke.)
+    -- First lock the keys' rows as the revocation would (FOR NO KEY
+    -- UPDATE), in id order, in a statement of its own: a report then
+    -- waits for another one revoking the same key, and the next
+    -- statement, on a snapshot taken after the wait, reads it revoked
+    -- (found again, its places kept; read unrevoked, it was neither), and
+    -- a key deleted meanwhile (an account purged) is not read at all
+    -- rather than failing the places' foreign key, and with it every
+    -- revocation of the report. (Locked in the statement that updates
+    -- them, a row the UPDATE reached first would drop out of the read;
+    -- FOR KEY SHARE would not wait for an update, and FOR SHARE would
+    -- deadlock two reports upgrading it to revoke.)
+    SELECT 1 FROM api_keys WHERE key_hash = ANY(hashes) ORDER BY id FOR NO KEY UPDATE;
     WITH hit AS (
         SELECT k.id, k.key_hash, k.customer_id, k.kind, k.name, k.last4, k.revoked_at, k.revoked_reason
         FROM api_keys k WHERE k.key_hash = ANY(hashes)
-        FOR NO KEY UPDATE
     ), rev AS (
         UPDATE api_keys k SET revoked_at = now(), revoked_reason = 'github_secret_scanning'
         WHERE k.key_hash = ANY(hashes) AND (k.revoked_at IS NULL OR k.revoked_at > clock_timestamp())
@@ -46,14 +49,11 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $
         WHERE hit.revoked_reason = 'github_secret_scanning' AND hit.revoked_at <= clock_timestamp()
           AND NOT EXISTS (SELECT 1 FROM rev WHERE rev.id = hit.id)
     ), placed AS (
-        -- In one order, so that two reports naming the same new places
-        -- wait for each other rather than deadlock.
         INSERT INTO leak_places (key_id, place)
         SELECT DISTINCT hit.id, p.place
         FROM unnest(place_keys, places) AS p(key_hash, place) JOIN hit ON hit.key_hash = p.key_hash
         WHERE length(p.place) = 32
           AND (hit.id IN (SELECT id FROM rev) OR hit.id IN (SELECT id FROM again))
-        ORDER BY hit.id, p.place
         ON CONFLICT DO NOTHING
         RETURNING leak_places.key_id, leak_places.place
     ), known AS (
