@@ -482,10 +482,12 @@ func (h *handler) revoke(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var exists, revoked bool
-	err := h.db.QueryRow(r.Context(), `WITH k AS (SELECT id FROM api_keys WHERE id = $1 AND customer_id = $2),
+	// revoked: the key worked until this revocation (not revoked, nor
+	// past its expiry, before).
+	err := h.db.QueryRow(r.Context(), `WITH k AS (SELECT id, coalesce(expires_at <= now(), false) AS expired FROM api_keys WHERE id = $1 AND customer_id = $2),
 		u AS (UPDATE api_keys SET revoked_at = now(), revoked_reason = 'revoked'
 		      WHERE id IN (SELECT id FROM k) AND (revoked_at IS NULL OR (revoked_reason = 'rotated' AND revoked_at > now())) RETURNING id)
-		SELECT EXISTS (SELECT 1 FROM k), EXISTS (SELECT 1 FROM u)`, keyID, id.CustomerID).Scan(&exists, &revoked)
+		SELECT EXISTS (SELECT 1 FROM k), EXISTS (SELECT 1 FROM u) AND NOT EXISTS (SELECT 1 FROM k WHERE expired)`, keyID, id.CustomerID).Scan(&exists, &revoked)
 	if err != nil {
 		h.fail(w, err)
 		return
@@ -496,8 +498,8 @@ func (h *handler) revoke(w http.ResponseWriter, r *http.Request) {
 	}
 	a := audit.Annotation{ResourceType: "api_key", ResourceID: keyID, Action: "delete"}
 	if !revoked {
-		// Revoked or rotated out before: answered alike (a retry must
-		// not fail), but the log tells it from the revocation.
+		// Revoked, rotated out or expired before: answered alike (a
+		// retry must not fail), but the log tells it from the revocation.
 		a.Metadata = map[string]any{"already_ended": true}
 	}
 	audit.Annotate(w, a)

@@ -274,6 +274,20 @@ func TestRevokeNeedsAdminAndStopsTheKey(t *testing.T) {
 	if ended, err := pgx.CollectRows(rows, pgx.RowTo[string]); err != nil || !slices.Equal(ended, []string{"", "true"}) {
 		t.Fatalf("already_ended of the two revocations: %q %v, want none then true", ended, err)
 	}
+	// So does the revocation of a key past its expiry.
+	lapsed := s.c.AccountKey(t, "read")
+	var lapsedID string
+	if err := s.pg.Owner.QueryRow(context.Background(), "UPDATE api_keys SET expires_at = now() - interval '1 minute' WHERE last4 = $1 RETURNING id::text", lapsed[len(lapsed)-4:]).Scan(&lapsedID); err != nil {
+		t.Fatal(err)
+	}
+	if status, _ := s.do(t, "DELETE", "/api/v1/keys/"+lapsedID, "", bearer(admin)); status != 204 {
+		t.Fatalf("revoking an expired key: %d", status)
+	}
+	var ended string
+	if err := s.pg.Owner.QueryRow(context.Background(), `SELECT coalesce(metadata->>'already_ended', '') FROM api_audit_log
+		WHERE method = 'DELETE' AND resource_id = $1 AND status_code = 204`, lapsedID).Scan(&ended); err != nil || ended != "true" {
+		t.Fatalf("already_ended of an expired key's revocation: %q %v, want true", ended, err)
+	}
 	deadline := time.Now().Add(time.Second)
 	for !s.refused(t, victim) {
 		if time.Now().After(deadline) {

@@ -257,8 +257,13 @@ func (h *handler) delete(w http.ResponseWriter, r *http.Request) {
 
 func (h *handler) rotate(w http.ResponseWriter, r *http.Request) {
 	serverID := strings.ToLower(r.PathValue("id"))
-	// Before the checks: a refused rotation is audited as one too.
-	audit.Annotate(w, audit.Annotation{ResourceType: "api_key", Action: "rotate", Metadata: map[string]any{"server_id": serverID}})
+	// Before the checks: a refused rotation is audited as one too (with
+	// the server's id when the path holds one).
+	a := audit.Annotation{ResourceType: "api_key", Action: "rotate"}
+	if identity.ValidID(serverID) {
+		a.Metadata = map[string]any{"server_id": serverID}
+	}
+	audit.Annotate(w, a)
 	id, ok := caller(w, r)
 	if !ok || !needScope(w, id, "admin") || !h.stepUp(w, r, id) {
 		return
