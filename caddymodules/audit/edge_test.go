@@ -233,3 +233,91 @@ func TestPathsTextCannotHoldAreAuditedCleaned(t *testing.T) {
 		t.Errorf("the next row: %+v", r)
 	}
 }
+
+// Once an address is out of ip-tier tokens, its refusals without a
+// credential are counted, not each written: the failure that blocked it
+// has its row (rate_limited), and the rest, answered at the edge's speed,
+// would otherwise grow a log that keeps rows without an account forever.
+// A request with an identity from the same address is still written.
+func TestABlockedAddressesRefusalsAreCountedNotWritten(t *testing.T) {
+	t.Parallel()
+	env, c, pg := testenv.EdgeEnv(t)
+	stack := testenv.StartStack(t, env)
+	read := c.AccountKey(t, "read")
+	if resp := call(t, "GET", stack.URL+"/api/v1/whoami", read, ""); resp.StatusCode != 200 {
+		t.Fatalf("valid key: %d", resp.StatusCode) // cached from here on
+	}
+	garbage := "gmk_acct_live_garbage"
+	var fresh []string // valid, and never seen by the edge
+	for range 10 {
+		fresh = append(fresh, c.AccountKey(t, "read"))
+	}
+	var first *http.Response
+	for range 200 {
+		resp := call(t, "GET", stack.URL+"/api/v1/whoami", garbage, "")
+		if resp.StatusCode == http.StatusTooManyRequests {
+			first = resp
+			break
+		}
+	}
+	if first == nil {
+		t.Fatal("the address was never blocked")
+	}
+	if r := rowFor(t, pg, first.Header.Get("Request-Id")); r.action != "auth_failed" || r.status != 429 || !strings.Contains(r.metadata, `"rate_limited": true`) {
+		t.Fatalf("the refusal that blocked the address: %+v", r)
+	}
+
+	// The block lasts until 16 tokens are back (1.6 s): requests that
+	// come after it on a loaded machine are rightly checked and written,
+	// so most, not all, of these must be folded. Each kind of credential
+	// is refused on its own path: none and a malformed key after their
+	// check, a fresh valid key unchecked (not looked up).
+	folded := map[string]int{} // by credential sent
+	for i := range 30 {
+		var key, kind string
+		switch i % 3 {
+		case 0:
+			key, kind = "", "none"
+		case 1:
+			key, kind = garbage, "malformed"
+		case 2:
+			key, kind = fresh[i/3], "unchecked"
+		}
+		resp := call(t, "GET", stack.URL+"/api/v1/whoami", key, "")
+		if resp.StatusCode == http.StatusTooManyRequests {
+			var n int
+			if err := pg.Owner.QueryRow(context.Background(), "SELECT count(*) FROM api_audit_log WHERE request_id = $1", resp.Header.Get("Request-Id")).Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+			if n == 0 {
+				folded[kind]++
+			}
+		}
+	}
+	if folded["none"] < 7 || folded["malformed"] < 7 || folded["unchecked"] < 7 {
+		t.Fatalf("refusals from a blocked address folded, of 10 each: %v", folded)
+	}
+	if m, want := metricValue(stack.Metrics(t), "guardian_audit_folded_refusals_total"), folded["none"]+folded["malformed"]+folded["unchecked"]; m < float64(want) {
+		t.Fatalf("guardian_audit_folded_refusals_total = %v, want at least %d", m, want)
+	}
+
+	// A known key from the blocked address is served, and written.
+	ok := call(t, "GET", stack.URL+"/api/v1/whoami", read, "")
+	if r := rowFor(t, pg, ok.Header.Get("Request-Id")); ok.StatusCode != 200 || r.customer != c.ID || r.status != 200 {
+		t.Fatalf("a cached key from a blocked address: %d %+v", ok.StatusCode, r)
+	}
+}
+
+// metricValue is the value of an unlabelled series in Prometheus's text
+// format, or -1 when it is absent.
+func metricValue(text, name string) float64 {
+	for line := range strings.Lines(text) {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			var f float64
+			if _, err := fmt.Sscan(strings.TrimSpace(v), &f); err == nil {
+				return f
+			}
+		}
+	}
+	return -1
+}

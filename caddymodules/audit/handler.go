@@ -30,13 +30,18 @@ func init() {
 // varFailure mirrors auth.VarFailure.
 const varFailure = "guardian.auth_failure"
 
+// varFold mirrors ratelimit.VarAuditFold: a refusal without a credential
+// from an address out of tokens, counted instead of written.
+const varFold = "guardian.audit_fold"
+
 var writers = caddy.NewUsagePool()
 
 // Handler writes the audit row of each request it wraps. Place it first
 // on an authenticated route, before the rate limiter and guardian_auth, so
 // it sees the final status of every request, refusals included.
 //
-// Request variables read: identity.VarKey, "guardian.auth_failure". Set:
+// Request variables read: identity.VarKey, "guardian.auth_failure",
+// "guardian.audit_fold". Set:
 // identity.RequestIDVarKey (the row's request id, also sent to the client
 // as Request-Id).
 type Handler struct {
@@ -282,9 +287,16 @@ func (rec *recorder) record(status int) error {
 	delete(hdr, audit.Header)
 	id, _ := caddyhttp.GetVar(ctx, identity.VarKey).(*identity.Identity)
 	why, _ := caddyhttp.GetVar(ctx, varFailure).(string)
-	if id == nil && why == "" && ann == "" {
-		rec.withdraw()
-		return nil // anonymous, and the function had nothing to say
+	if id == nil && ann == "" {
+		if why == "" {
+			rec.withdraw()
+			return nil // anonymous, and the function had nothing to say
+		}
+		if caddyhttp.GetVar(ctx, varFold) == true {
+			rec.withdraw()
+			metrics.folded.Inc()
+			return nil
+		}
 	}
 	row := rec.h.row(rec.r, id, why, status, ann, rec.start, rec.reqID)
 	rec.announced = false // the writer ends the announcement

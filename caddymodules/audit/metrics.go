@@ -19,6 +19,7 @@ var metrics = struct {
 	writeErrors      prometheus.Counter
 	displaced        prometheus.Counter
 	unrecorded       prometheus.Counter
+	folded           prometheus.Counter
 	batchSize        prometheus.Histogram
 }{
 	rows: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -65,6 +66,10 @@ var metrics = struct {
 		Namespace: "guardian", Subsystem: "audit", Name: "unrecorded_answers_total",
 		Help: "Requests that ran but were answered 503 because their audit row could not be recorded (the queue full past its timeout, the writer closed, the row durable nowhere): alert on any.",
 	}),
+	folded: prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "guardian", Subsystem: "audit", Name: "folded_refusals_total",
+		Help: "Refusals without a credential from an address already out of ip-tier tokens (or refused unchecked), counted here instead of written: the failure that blocked the address has the row.",
+	}),
 	batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
 		Namespace: "guardian", Subsystem: "audit", Name: "batch_rows",
 		Help:    "Rows per group commit.",
@@ -73,5 +78,5 @@ var metrics = struct {
 }
 
 func registerMetrics(reg prometheus.Registerer) error {
-	return guardian.RegisterCollectors(reg, metrics.rows, metrics.replayed, metrics.replayErrors, metrics.handBackTimeouts, metrics.saturated, metrics.spoolCorrupt, metrics.spoolBytes, metrics.spoolFull, metrics.writeErrors, metrics.displaced, metrics.unrecorded, metrics.batchSize)
+	return guardian.RegisterCollectors(reg, metrics.rows, metrics.replayed, metrics.replayErrors, metrics.handBackTimeouts, metrics.saturated, metrics.spoolCorrupt, metrics.spoolBytes, metrics.spoolFull, metrics.writeErrors, metrics.displaced, metrics.unrecorded, metrics.folded, metrics.batchSize)
 }

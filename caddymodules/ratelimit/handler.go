@@ -21,7 +21,8 @@
 // (fail open, logged once per 30 s, metric guardian_ratelimit_redis_up 0),
 // except the ip tier, which falls back to per-instance buckets.
 //
-// Request variables read: identity.VarKey, auth.VarFailure. Set: VarIPBlocked.
+// Request variables read: identity.VarKey, auth.VarFailure. Set: VarIPBlocked,
+// VarAuditFold.
 package ratelimit
 
 import (
@@ -59,6 +60,15 @@ func init() {
 // knows to be out of ip-tier tokens; the auth module then refuses
 // credentials it would have to look up.
 const VarIPBlocked = "guardian.ip_blocked"
+
+// VarAuditFold is set (to true) on a request without a valid credential
+// that this tier refused unchecked, or that came from an address already
+// blocked. guardian_audit counts such a request instead of writing its
+// row: the failure that blocked the address has one (rate_limited), and
+// a row for each request after it would let any client grow the audit
+// log, which is never purged of rows without an account, at the edge's
+// speed. Requests with an identity are always written.
+const VarAuditFold = "guardian.audit_fold"
 
 // varFailure mirrors auth.VarFailure (importing auth would tie the modules).
 const varFailure = "guardian.auth_failure"
@@ -322,13 +332,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		if why == reasonIPBlocked {
 			// Auth refused to look the credential up (too many lookups
 			// from this address at once).
+			caddyhttp.SetVar(r.Context(), VarAuditFold, true)
 			return h.unchecked(w, ip)
 		}
 		return h.chargeRefused(w, r, why, err)
 	}
 
 	// Mode failures: charge only what failed authentication.
-	if h.limiter.blocked.has(ip) {
+	blocked := h.limiter.blocked.has(ip)
+	if blocked {
 		if h.RefuseBlocked {
 			return h.unchecked(w, ip)
 		}
@@ -337,10 +349,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	err := next.ServeHTTP(w, r)
 	why, _ := caddyhttp.GetVar(r.Context(), varFailure).(string)
 	if why == reasonIPBlocked {
+		caddyhttp.SetVar(r.Context(), VarAuditFold, true)
 		return h.unchecked(w, ip)
 	}
 	if !credentialFailure(why) && !abandoned(r, why) {
 		return h.chargeRefused(w, r, why, err)
+	}
+	if blocked {
+		// No credential, from an address already blocked: the row of
+		// the failure that blocked it stands for this one.
+		caddyhttp.SetVar(r.Context(), VarAuditFold, true)
 	}
 	// The charge must not depend on the client staying: on the request's
 	// context, a client gone by now would be charged to this instance's

@@ -554,3 +554,40 @@ func TestDefaultsAreThePosturesTable(t *testing.T) {
 		}
 	}
 }
+
+// The failure that blocks an address keeps its audit row; the refusals
+// without a credential that follow while the block lasts are folded
+// (counted by guardian_audit), and so is a credential refused unchecked.
+// A request that authenticated is never folded.
+func TestRefusalsOfABlockedAddressAreFoldedInTheAudit(t *testing.T) {
+	t.Parallel()
+	h := newTestHandler(t, Handler{Tier: TierIP, Mode: ModeFailures, IP: &Bucket{Capacity: 2, Rate: 0.01}})
+	fold := func(next caddyhttp.Handler) (int, bool) {
+		r := request("192.0.2.70")
+		s, _ := status(h.ServeHTTP(httptest.NewRecorder(), r, next))
+		return s, caddyhttp.GetVar(r.Context(), VarAuditFold) == true
+	}
+	known := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		caddyhttp.SetVar(r.Context(), identity.VarKey, &identity.Identity{CustomerID: "c", KeyID: "k", Kind: identity.KindAccount})
+		return nil
+	})
+	for i, tc := range []struct {
+		next   caddyhttp.Handler
+		status int
+		folded bool
+		what   string
+	}{
+		{failAuth("malformed"), 401, false, "first failure"},
+		{failAuth("missing"), 401, false, "second failure"},
+		{failAuth("unknown_key"), 429, false, "the failure that blocks the address"},
+		{failAuth("missing"), 429, true, "no credential, blocked"},
+		{failAuth("malformed"), 429, true, "a malformed key, blocked"},
+		{failAuth(reasonIPBlocked), 429, true, "a key not looked up"},
+		{known, 200, false, "a cached valid key"},
+		{failAuth("insufficient_scope"), 401, false, "a valid key refused for scope"},
+	} {
+		if s, folded := fold(tc.next); s != tc.status || folded != tc.folded {
+			t.Errorf("%d %s: %d folded=%v, want %d folded=%v", i, tc.what, s, folded, tc.status, tc.folded)
+		}
+	}
+}
