@@ -54,6 +54,7 @@ func init() {
 	// has something to compare.
 	metrics.decisions.WithLabelValues(SourceOpen)
 	metrics.decisions.WithLabelValues(SourceLocal)
+	metrics.decisions.WithLabelValues(sourceAbandoned)
 }
 
 // VarIPBlocked is set (to true) on requests from an address this instance

@@ -57,6 +57,13 @@ const (
 	SourceOpen  = "open"
 )
 
+// sourceAbandoned labels, in guardian_ratelimit_degraded_decisions_total,
+// the decisions made without Redis because their request ended (its
+// client went away) or their limiter was closed (a reload) while Redis
+// was asked: Redis was not at fault, and an alert on "open" must not
+// fire for clients that close their connections.
+const sourceAbandoned = "abandoned"
+
 // Limiter takes tokens from buckets in Redis in one round trip, and
 // decides without Redis when Redis is unreachable or slow.
 type Limiter struct {
@@ -208,18 +215,30 @@ func (l *Limiter) Take(ctx context.Context, keys []string, buckets []Bucket, loc
 		// mark it down. Otherwise a client closing its connections would
 		// switch limiting off for everyone (and the gauge is shared with
 		// a new config's limiter).
-		if !l.callerEnded(ctx, now) && !errors.Is(err, errPipelineClosed) {
-			// A copy, not a pointer into the caller's slice.
-			probe := l.prefix + bucketKind + "probe:{" + hashTag(keys[0]) + "}"
-			l.probeKey.Store(&probe)
-			l.degrade(now, err)
+		if l.callerEnded(ctx, now) || errors.Is(err, errPipelineClosed) {
+			// Nor is it a degradation to page anyone about.
+			metrics.decisions.WithLabelValues(sourceAbandoned).Inc()
+			return l.decideWithout(now, keys, buckets, local)
 		}
+		// A copy, not a pointer into the caller's slice.
+		probe := l.prefix + bucketKind + "probe:{" + hashTag(keys[0]) + "}"
+		l.probeKey.Store(&probe)
+		l.degrade(now, err)
 	}
 	if local {
 		metrics.decisions.WithLabelValues(SourceLocal).Inc()
+	} else {
+		metrics.decisions.WithLabelValues(SourceOpen).Inc()
+	}
+	return l.decideWithout(now, keys, buckets, local)
+}
+
+// decideWithout decides without Redis: by the in-memory buckets if local,
+// else by letting the request through.
+func (l *Limiter) decideWithout(now time.Time, keys []string, buckets []Bucket, local bool) Decision {
+	if local {
 		return l.local.take(now, keys, buckets)
 	}
-	metrics.decisions.WithLabelValues(SourceOpen).Inc()
 	return Decision{Allowed: true, Source: SourceOpen}
 }
 

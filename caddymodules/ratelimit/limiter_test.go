@@ -670,16 +670,22 @@ func TestClosingWithDecisionsInFlight(t *testing.T) {
 // open for everyone else because of it. Otherwise a client could switch
 // limiting off by closing its connections.
 func TestAbandonedRequestDoesNotMarkRedisDown(t *testing.T) {
-	t.Parallel()
+	// Not parallel: it counts the decisions of the whole package.
 	l, _ := newTestLimiter(t)
 	keys, b := []string{l.IPKey("198.51.100.30")}, []Bucket{{Capacity: 5, Rate: 1}}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
+	open0, abandoned0 := testutil.ToFloat64(metrics.decisions.WithLabelValues(SourceOpen)), testutil.ToFloat64(metrics.decisions.WithLabelValues(sourceAbandoned))
 	for range 20 {
-		l.Take(ctx, keys, b, true)
+		l.Take(ctx, keys, b, false)
 	}
 	if l.downUntil.Load() != 0 {
 		t.Fatal("abandoned requests marked Redis down")
+	}
+	// Counted apart: an alert on failing open must not fire for them.
+	abandoned := testutil.ToFloat64(metrics.decisions.WithLabelValues(sourceAbandoned)) - abandoned0
+	if open := testutil.ToFloat64(metrics.decisions.WithLabelValues(SourceOpen)) - open0; abandoned != 20 || open != 0 {
+		t.Errorf("decisions counted as abandoned %v, as open %v; want 20 and 0", abandoned, open)
 	}
 	if d := l.Take(context.Background(), keys, b, false); d.Source != SourceRedis {
 		t.Fatalf("the next request was decided by %s, want Redis", d.Source)

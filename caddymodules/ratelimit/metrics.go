@@ -19,7 +19,7 @@ var metrics = struct {
 }{
 	decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "guardian", Subsystem: "ratelimit", Name: "degraded_decisions_total",
-		Help: "Decisions made without Redis: by per-instance buckets (local) or by failing open (open).",
+		Help: "Decisions made without Redis: by per-instance buckets (local) or by failing open (open) while Redis was down or slow, or because their request ended or their limiter closed while Redis was asked (abandoned).",
 	}, []string{"source"}),
 	limited: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "guardian", Subsystem: "ratelimit", Name: "limited_total",
