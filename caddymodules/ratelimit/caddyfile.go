@@ -29,6 +29,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    mode    always|failures        # ip tier only; default always
 //	    refuse_blocked                 # mode failures: 429 an address out of tokens at once
 //	    ip      <capacity> <per_second>
+//	    network <capacity> <per_second> # ip tier: shared by an IPv6 /48; default 16 times ip
 //	    key     <capacity> <per_second>
 //	    account <capacity> <per_second>
 //	    timeout <duration>             # Redis deadline before failing open
@@ -78,7 +79,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("speculate_below: %q is not a whole number", args[0])
 			}
 			h.SpeculateBelow = &n
-		case "ip", "key", "account":
+		case "ip", "network", "key", "account":
 			if len(args) != 2 {
 				return d.Errf("%s takes a capacity and a per-second rate", field)
 			}
@@ -91,6 +92,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			switch field {
 			case "ip":
 				h.IP = b
+			case "network":
+				h.Network = b
 			case "key":
 				h.Key = b
 			case "account":

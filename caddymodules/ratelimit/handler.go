@@ -10,6 +10,8 @@
 //     checked) are charged, after the fact; once an address is
 //     out of tokens this instance marks it, so its next credentials that
 //     are not already known good are refused without a database lookup.
+//     An IPv6 address is counted by its /64, charged with its /48's
+//     network bucket in the same call.
 //   - account tier (after authentication): 1,000 tokens, 100/s per key (or
 //     session) and 5,000, 500/s per customer, taken from both or neither.
 //     An API key that authentication refuses (scope, kind) never reaches
@@ -33,7 +35,9 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -93,6 +97,9 @@ const (
 	minRate     = 0.001
 )
 
+// networkFactor sizes the default network bucket from the IP bucket.
+const networkFactor = 16
+
 // Defaults from the security posture.
 var (
 	DefaultIP      = Bucket{Capacity: 100, Rate: 10}
@@ -117,7 +124,12 @@ type Handler struct {
 	RefuseBlocked bool `json:"refuse_blocked,omitempty"`
 	// IP, Key and Account shape the buckets. Defaults: 100/10, 1000/100,
 	// 5000/500 (capacity/per second).
-	IP      *Bucket `json:"ip,omitempty"`
+	IP *Bucket `json:"ip,omitempty"`
+	// Network (ip tier) is the bucket an IPv6 /48's addresses share, each
+	// /64 still with its IP bucket: one network holds 65,536 /64s, and
+	// without it each would bring its own budget. Default: 16 times IP's
+	// capacity and rate (sixteen /64s of a site at full speed at once).
+	Network *Bucket `json:"network,omitempty"`
 	Key     *Bucket `json:"key,omitempty"`
 	Account *Bucket `json:"account,omitempty"`
 	// Timeout bounds the Redis round trip before failing open. Default 50ms.
@@ -134,6 +146,8 @@ type Handler struct {
 	poolKey  string
 	log      *zap.Logger
 	ipLimits []Bucket
+	// v6Limits are an IPv6 client's buckets: its /64's, then its /48's.
+	v6Limits []Bucket
 	acLimits []Bucket
 	// ipShape names the ip bucket's shape in its key ("" for the
 	// posture's 100/10). Routes of one shape share an address's bucket
@@ -141,6 +155,9 @@ type Handler struct {
 	// budget); a route with another shape gets a bucket of its own, so a
 	// larger bucket's tokens cannot pay for guesses on the others.
 	ipShape string
+	// netShape names the network bucket's shape when it is not the
+	// default for the route's IP bucket.
+	netShape string
 	// keyShape is the same for the credential bucket of the account tier
 	// ("" for the posture's 1,000/100): a route with a tighter bucket per
 	// key or session (re-auth's) must not share the Redis key of the
@@ -211,6 +228,9 @@ func (h *Handler) defaults() {
 	if h.IP == nil {
 		h.IP = &DefaultIP
 	}
+	if h.Network == nil && h.Tier != TierAccount {
+		h.Network = &Bucket{Capacity: h.IP.Capacity * networkFactor, Rate: h.IP.Rate * networkFactor}
+	}
 	if h.Key == nil {
 		h.Key = &DefaultKey
 	}
@@ -230,6 +250,12 @@ func (h *Handler) init(l *Limiter) {
 	h.defaults()
 	h.limiter = l
 	h.ipLimits = []Bucket{*h.IP}
+	if h.Network != nil {
+		h.v6Limits = []Bucket{*h.IP, *h.Network}
+		if *h.Network != (Bucket{Capacity: h.IP.Capacity * networkFactor, Rate: h.IP.Rate * networkFactor}) {
+			h.netShape = shape(*h.Network)
+		}
+	}
 	h.acLimits = []Bucket{*h.Key, *h.Account}
 	if *h.IP != DefaultIP {
 		h.ipShape = shape(*h.IP)
@@ -267,7 +293,7 @@ func (h *Handler) Validate() error {
 	if h.RefuseBlocked && (h.Tier != TierIP || h.Mode != ModeFailures) {
 		return fmt.Errorf("guardian_ratelimit: refuse_blocked applies to the ip tier in mode failures only")
 	}
-	for name, b := range map[string]*Bucket{"ip": h.IP, "key": h.Key, "account": h.Account} {
+	for name, b := range map[string]*Bucket{"ip": h.IP, "network": h.Network, "key": h.Key, "account": h.Account} {
 		// Written so that NaN fails too. Past these bounds the script's
 		// arithmetic breaks: PEXPIRE refuses a non-integer expiry (every
 		// decision would fail open), and token counts lose their units.
@@ -283,8 +309,8 @@ func (h *Handler) Validate() error {
 // ignored here without a word. It runs on the Caddyfile's settings, before
 // Provision fills in every bucket's default.
 func (h *Handler) checkTierSettings() error {
-	if h.Tier == TierAccount && (h.Mode != "" || h.IP != nil) {
-		return fmt.Errorf("guardian_ratelimit: mode and ip apply to the ip tier; the account tier charges every request to its key and account buckets")
+	if h.Tier == TierAccount && (h.Mode != "" || h.IP != nil || h.Network != nil) {
+		return fmt.Errorf("guardian_ratelimit: mode, ip and network apply to the ip tier; the account tier charges every request to its key and account buckets")
 	}
 	if h.Tier == TierIP && (h.Key != nil || h.Account != nil) {
 		return fmt.Errorf("guardian_ratelimit: key and account apply to the account tier")
@@ -319,11 +345,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.serveAccount(w, r, id, next)
 	}
 
-	ip := h.ipShape + clientIP(r) // no allocation for the usual shape
+	c := h.client(r)
 	if h.Mode == ModeAlways {
-		d := h.limiter.Take(r.Context(), []string{h.limiter.IPKey(ip)}, h.ipLimits, true)
+		d := h.limiter.Take(r.Context(), h.keys(c), h.limits(c), true)
 		if !d.Allowed {
-			h.limiter.blocked.add(ip, d.RetryAfter)
+			h.block(c, d, func(b Bucket) time.Duration { return d.RetryAfter })
 		}
 		if err := h.answer(w, d); err != nil {
 			return err
@@ -334,16 +360,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			// Auth refused to look the credential up (too many lookups
 			// from this address at once).
 			caddyhttp.SetVar(r.Context(), VarAuditFold, true)
-			return h.unchecked(w, ip)
+			return h.unchecked(w, c)
 		}
 		return h.chargeRefused(w, r, why, err)
 	}
 
 	// Mode failures: charge only what failed authentication.
-	blocked := h.limiter.blocked.has(ip)
+	blocked := h.blocked(c)
 	if blocked {
 		if h.RefuseBlocked {
-			return h.unchecked(w, ip)
+			return h.unchecked(w, c)
 		}
 		caddyhttp.SetVar(r.Context(), VarIPBlocked, true)
 	}
@@ -351,7 +377,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	why, _ := caddyhttp.GetVar(r.Context(), varFailure).(string)
 	if why == reasonIPBlocked {
 		caddyhttp.SetVar(r.Context(), VarAuditFold, true)
-		return h.unchecked(w, ip)
+		return h.unchecked(w, c)
 	}
 	if !credentialFailure(why) && !abandoned(r, why) {
 		return h.chargeRefused(w, r, why, err)
@@ -365,9 +391,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// context, a client gone by now would be charged to this instance's
 	// buckets at most, not to Redis's. The limiter's own deadline bounds
 	// the wait.
-	d := h.limiter.Take(context.WithoutCancel(r.Context()), []string{h.limiter.IPKey(ip)}, h.ipLimits, true)
+	d := h.limiter.Take(context.WithoutCancel(r.Context()), h.keys(c), h.limits(c), true)
 	if !d.Allowed {
-		h.limiter.blocked.add(ip, h.failureBlock(d))
+		h.block(c, d, func(b Bucket) time.Duration { return failureBlock(b, d) })
 	}
 	if err == nil {
 		// Answered downstream (a function that checks its own
@@ -388,9 +414,67 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 // runs at once for one address) go ahead before the first is charged;
 // with a block of one token's time, an address kept that many lookups
 // going every tenth of a second, some fifteen times the tier's rate.
-func (h *Handler) failureBlock(d Decision) time.Duration {
-	burst := time.Duration(float64(guardian.LookupsPerClient) / h.IP.Rate * float64(time.Second))
+func failureBlock(b Bucket, d Decision) time.Duration {
+	burst := time.Duration(float64(guardian.LookupsPerClient) / b.Rate * float64(time.Second))
 	return max(d.RetryAfter, burst)
+}
+
+// client is what the ip tier knows of a request's address.
+type client struct {
+	// ip names the address's bucket (an IPv6 one by its /64), after the
+	// route's shape.
+	ip string
+	// net is "" for IPv4; for IPv6 it names the /48's bucket, after the
+	// route's shape: "n:" keeps it apart from any ip.
+	net string
+}
+
+// client returns r's client. No allocation for IPv4 in the usual shape.
+func (h *Handler) client(r *http.Request) client {
+	bucket := clientIP(r)
+	c := client{ip: h.ipShape + bucket}
+	if h.v6Limits != nil && strings.IndexByte(bucket, ':') >= 0 { // a parse error would allocate
+		if p, err := netip.ParsePrefix(bucket); err == nil && p.Addr().Is6() {
+			n, _ := p.Addr().Prefix(48)
+			c.net = h.ipShape + "n:" + h.netShape + n.String()
+		}
+	}
+	return c
+}
+
+// keys are the Redis keys of c's buckets. An IPv6 client's two share the
+// /48's hash tag, so that one script charges both on Redis Cluster.
+func (h *Handler) keys(c client) []string {
+	if c.net == "" {
+		return []string{h.limiter.IPKey(c.ip)}
+	}
+	return []string{h.limiter.IPKey(c.net) + ":" + c.ip, h.limiter.IPKey(c.net)}
+}
+
+// limits are the shapes of keys(c)'s buckets.
+func (h *Handler) limits(c client) []Bucket {
+	if c.net == "" {
+		return h.ipLimits
+	}
+	return h.v6Limits
+}
+
+// block marks c out of tokens after decision d refused it, for as long as
+// span says of each bucket: its address always, its network too when the
+// network bucket was the one short.
+func (h *Handler) block(c client, d Decision, span func(Bucket) time.Duration) {
+	h.limiter.blocked.add(c.ip, span(*h.IP))
+	// each holds an upper bound of what was left: an address bucket
+	// surely holding a token leaves the network as the one short.
+	if c.net != "" && (d.each[1] < 1 || d.each[0] >= 1) {
+		h.limiter.blocked.add(c.net, span(*h.Network))
+	}
+}
+
+// blocked reports whether this instance knows c, or its network, to be
+// out of tokens.
+func (h *Handler) blocked(c client) bool {
+	return h.limiter.blocked.has(c.ip) || (c.net != "" && h.limiter.blocked.has(c.net))
 }
 
 // takeAccount charges id's credential (key, or session) and customer
@@ -486,13 +570,16 @@ func credentialRefused(why string) bool {
 // uncached one, from an address out of tokens or with too many lookups in
 // flight): "slow down", not "invalid credential", which a legitimate
 // client behind the same address would take for a bad key.
-func (h *Handler) unchecked(w http.ResponseWriter, ip string) error {
+func (h *Handler) unchecked(w http.ResponseWriter, c client) error {
 	// Auth's refusal set its invalid_token challenge already.
 	w.Header().Del("Www-Authenticate")
 	// Too many lookups in flight need no block: the answer still asks for
 	// a second's wait, and RateLimit-Reset says the same as Retry-After
 	// (0 would tell the client its quota is back already).
-	left := max(h.limiter.blocked.left(ip), time.Second)
+	left := max(h.limiter.blocked.left(c.ip), time.Second)
+	if c.net != "" {
+		left = max(left, h.limiter.blocked.left(c.net))
+	}
 	return h.answer(w, Decision{Limit: int(h.IP.Capacity), Reset: left, RetryAfter: left, Source: SourceLocal})
 }
 

@@ -106,6 +106,60 @@ func TestIPv6AddressesAreCountedByTheirSlash64(t *testing.T) {
 	}
 }
 
+// A /48 holds 65,536 /64s: they share a network bucket as well, so that
+// hopping from one to the next does not bring a fresh budget each time,
+// and once the network is out of tokens, an address of it this instance
+// has not seen yet is refused its lookups too.
+func TestIPv6SlashSixtyFoursOfOneNetworkShareItsBucket(t *testing.T) {
+	t.Parallel()
+	h := newTestHandler(t, Handler{Tier: TierIP, Mode: ModeFailures, IP: &Bucket{Capacity: 2, Rate: 0.01}, Network: &Bucket{Capacity: 5, Rate: 0.01}})
+	from := func(ip string, next caddyhttp.Handler) (int, bool) {
+		r := request("192.0.2.1")
+		r.RemoteAddr = net.JoinHostPort(ip, "40000")
+		var flagged bool
+		s, _ := status(h.ServeHTTP(httptest.NewRecorder(), r, caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+			flagged = caddyhttp.GetVar(r.Context(), VarIPBlocked) == true
+			return next.ServeHTTP(w, r)
+		})))
+		return s, flagged
+	}
+	// Two failures from each of three /64s: the third /64's second is
+	// the network's sixth.
+	want := []int{401, 401, 401, 401, 401, 429}
+	for i, w := range want {
+		ip := fmt.Sprintf("2001:db8:7:%d::1", i/2)
+		if s, _ := from(ip, failAuth("unknown_key")); s != w {
+			t.Fatalf("failure %d from %s: %d, want %d", i, ip, s, w)
+		}
+	}
+	if s, flagged := from("2001:db8:7:ff::1", ok); s != 200 || !flagged {
+		t.Fatalf("a new /64 of the network: %d, flagged for auth %v; want it passed on flagged", s, flagged)
+	}
+	if s, _ := from("2001:db8:7:fe::1", failAuth("unknown_key")); s != 429 {
+		t.Fatalf("a failure from a new /64 of the network: %d, want 429", s)
+	}
+	if s, flagged := from("2001:db8:8::1", failAuth("unknown_key")); s != 401 || flagged {
+		t.Fatalf("another /48: %d, flagged %v; want its own buckets", s, flagged)
+	}
+	// IPv4 has no network bucket: each address is on its own.
+	for i := range 3 {
+		if s, _ := from(fmt.Sprintf("192.0.2.%d", 100+i), failAuth("unknown_key")); s != 401 {
+			t.Fatalf("IPv4 address %d: %d", i, s)
+		}
+	}
+}
+
+// Unless set, the network bucket is sixteen times the address's.
+func TestNetworkBucketDefaultsToSixteenAddresses(t *testing.T) {
+	h := newTestHandler(t, Handler{Tier: TierIP, IP: &Bucket{Capacity: 1000, Rate: 100}})
+	if *h.Network != (Bucket{Capacity: 16000, Rate: 1600}) || h.netShape != "" {
+		t.Fatalf("network %+v, shape %q", *h.Network, h.netShape)
+	}
+	if a := newTestHandler(t, Handler{Tier: TierAccount}); a.Network != nil {
+		t.Fatalf("account tier with a network bucket: %+v", *a.Network)
+	}
+}
+
 func TestGarbageCredentialsCannotDodgeTheIPTier(t *testing.T) {
 	t.Parallel()
 	h := newTestHandler(t, Handler{Tier: TierIP, Mode: ModeFailures, IP: &Bucket{Capacity: 3, Rate: 0.01}})
@@ -359,6 +413,9 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{"mode on the account tier", "guardian_ratelimit account {\n mode failures\n}", true, nil},
 		{"an ip bucket on the account tier", "guardian_ratelimit account {\n ip 5 1\n}", true, nil},
 		{"a key bucket on the ip tier", "guardian_ratelimit ip {\n key 5 1\n}", true, nil},
+		{"a network bucket", "guardian_ratelimit ip {\n mode failures\n network 800 80\n}", false, func(h Handler) bool { return h.Network.Capacity == 800 && h.Network.Rate == 80 }},
+		{"a network bucket on the account tier", "guardian_ratelimit account {\n network 800 80\n}", true, nil},
+		{"a network bucket of no capacity", "guardian_ratelimit ip {\n network 0 80\n}", true, nil},
 		{"an account bucket on the ip tier", "guardian_ratelimit ip {\n account 5 1\n}", true, nil},
 		{"speculate_below", "guardian_ratelimit account {\n speculate_below 0\n}", false, func(h Handler) bool { return *h.SpeculateBelow == 0 }},
 		{"speculate_below on the ip tier", "guardian_ratelimit ip {\n speculate_below 4\n}", true, nil},
