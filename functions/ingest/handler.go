@@ -240,7 +240,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 func unavailable(w http.ResponseWriter) {
 	w.Header().Set("Retry-After", "30")
-	problem.Write(w, problem.New(http.StatusServiceUnavailable, "storage_unavailable", "the snapshot was not stored; send it again later"))
+	problem.Write(w, problem.New(http.StatusServiceUnavailable, "storage_unavailable", "storage did not confirm the snapshot, which may not be stored; try again later"))
 }
 
 // parse checks the snapshot's shape: a JSON object whose timestamp is an

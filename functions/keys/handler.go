@@ -207,9 +207,14 @@ func (h *handler) sessionStepUp(w http.ResponseWriter, r *http.Request, id ident
 }
 
 func badRequest(w http.ResponseWriter, field, detail string) {
+	problem.Write(w, invalidField(field, detail))
+}
+
+// invalidField is the 400 problem of one bad field of a request body.
+func invalidField(field, detail string) *problem.Problem {
 	p := problem.New(http.StatusBadRequest, "invalid_request", field+": "+detail)
 	p.Extra = map[string]any{"field": field}
-	problem.Write(w, p)
+	return p
 }
 
 type createRequest struct {
@@ -341,7 +346,7 @@ func (h *handler) rotate(w http.ResponseWriter, r *http.Request) {
 		// Compared in seconds: multiplied first, a huge value would wrap
 		// to a negative duration and pass.
 		if *req.GraceSeconds < 0 || *req.GraceSeconds > int64(MaxGrace/time.Second) {
-			badRequest(w, "grace_seconds", "from 0 to 86400")
+			refuse(invalidField("grace_seconds", "from 0 to 86400"))
 			return
 		}
 		grace = time.Duration(*req.GraceSeconds) * time.Second

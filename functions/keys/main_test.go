@@ -368,6 +368,14 @@ func TestBadRequestsNameTheField(t *testing.T) {
 	if status, doc := s.do(t, "POST", "/api/v1/keys/"+doc["id"].(string)+"/rotate", `{"grace_seconds":9223372037}`, session); status != 400 || doc["field"] != "grace_seconds" {
 		t.Errorf("grace that overflows a duration: %d %v", status, doc)
 	}
+	var reasons string
+	if err := s.pg.Owner.QueryRow(context.Background(), `SELECT string_agg(action || ' ' || coalesce(metadata->>'reason', '-'), ',') FROM api_audit_log
+		WHERE path = $1 AND status_code = 400`, "/api/v1/keys/"+doc["id"].(string)+"/rotate").Scan(&reasons); err != nil {
+		t.Fatal(err)
+	}
+	if reasons != "rotate invalid_request,rotate invalid_request" {
+		t.Errorf("refused graces audited as %q, want two rotations with reason invalid_request", reasons)
+	}
 	// An id in upper case is the same id.
 	id := doc["id"].(string)
 	status, rotated := s.do(t, "POST", "/api/v1/keys/"+strings.ToUpper(id)+"/rotate", ``, session)
