@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/glassmkr/guardian/shared/identity"
+	"github.com/glassmkr/guardian/shared/plan"
 	"github.com/glassmkr/guardian/shared/testenv"
 )
 
@@ -295,4 +296,18 @@ func (c *readCounter) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.n += n
 	return n, err
+}
+
+// Ingest refuses snapshots older than maxAge and checks no plan itself: a
+// plan that kept snapshots for less would have rows stored already past
+// their retention, for the sweep alone to catch.
+func TestEveryPlanKeepsWhatIngestTakes(t *testing.T) {
+	for p := range plan.SnapshotDays() {
+		if keeps := time.Duration(RetentionDays(p)) * 24 * time.Hour; keeps <= maxAge+clockSkew {
+			t.Errorf("plan %s keeps snapshots %v, no longer than ingest takes them (%v)", p, keeps, maxAge)
+		}
+	}
+	if keeps := time.Duration(RetentionDays("an unknown plan")) * 24 * time.Hour; keeps <= maxAge+clockSkew {
+		t.Errorf("an unknown plan keeps snapshots %v", keeps)
+	}
 }

@@ -20,19 +20,22 @@ import (
 //  2. It must not be past the newest snapshot's longest possible life:
 //     the newest received_at of snapshots, plus the snapshots rule's Days
 //     (90), plus clockMargin (7 days). On a correct clock no row outlives
-//     that: ingest stores a snapshot only while its plan keeps it, and
-//     the sweep removes the last rows a day after they expire. A clock
-//     far ahead is caught: ingest refuses every snapshot as too old, so
-//     received_at stays at the time of the jump.
+//     that: ingest stores a snapshot only within a day of its timestamp,
+//     and the sweep removes the last rows a day after they expire. A
+//     clock far ahead is caught: ingest refuses every snapshot as too old
+//     (more than a day behind its clock), so received_at stays at the
+//     time of the jump.
 //
 // Rule 2 cannot block a healthy system. A quiet day or month, or an idle
 // customer, leave the newest received_at far younger than 97 days; an
 // empty snapshots table (a first install) gives nothing to compare with,
 // and the check is skipped; a system idle for months has its last
 // snapshots deleted by the sweep at 90 days, and from then on its table is
-// empty. What rule 2 cannot catch is a clock ahead by less than Days, by
-// which ingest still stores Pro snapshots: waiting for time
-// synchronisation (the units' After=time-sync.target) guards that.
+// empty. What rule 2 cannot catch is a clock ahead by less than Days plus
+// the margin: past a day ahead, every collector's push is refused
+// (invalid_snapshot, too old), which shows at once, but the sweep would
+// still delete that much early. Waiting for time synchronisation (the
+// units' After=time-sync.target) guards that.
 
 // DefaultMaxClockSkew is how far the servers' clocks may be from the
 // sweep's before it deletes nothing.
