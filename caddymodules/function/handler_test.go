@@ -21,6 +21,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -293,24 +294,60 @@ func TestAFrozenProcessIsReplaced(t *testing.T) {
 // A process whose handlers are slow (a dependency stalled: every request
 // times out, concurrent ones at once) still answers the probe: it is left
 // to its requests, not killed with them.
+// Each probe it answers would say so, every few timeouts under a stalled
+// dependency: the line comes once per 30 s.
 func TestASlowProcessIsNotTakenForHung(t *testing.T) {
 	t.Parallel()
 	h := newHandler(t, &Handler{Timeout: caddy.Duration(300 * time.Millisecond)})
+	core, logs := observer.New(zap.WarnLevel)
+	h.inst.log = zap.New(core) // before the first request starts anything that logs
 	pid := pidOf(t, h)
-	var wg sync.WaitGroup
-	for range 2 * hungAfter {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if _, err := call(h, "/sleep?d=1m"); err == nil {
-				t.Error("a request sleeping a minute was answered within its 300 ms")
-			}
-		}()
+	for range 2 { // two probes, each answered
+		var wg sync.WaitGroup
+		for range 2 * hungAfter {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if _, err := call(h, "/sleep?d=1m"); err == nil {
+					t.Error("a request sleeping a minute was answered within its 300 ms")
+				}
+			}()
+		}
+		wg.Wait()
+		time.Sleep(2 * probeWait) // the probe has answered by now
+		if again := pidOf(t, h); again != pid {
+			t.Fatal("a slow process was killed as hung")
+		}
 	}
-	wg.Wait()
-	time.Sleep(2 * probeWait) // the probe has answered by now
-	if again := pidOf(t, h); again != pid {
-		t.Fatal("a slow process was killed as hung")
+	if n := logs.FilterMessageSnippet("slow, not hung").Len(); n != 1 {
+		t.Fatalf("%d lines for two answered probes within 30 s, want 1", n)
+	}
+}
+
+// A process draining for a reload or idleness may have closed its server
+// already, so a probe would go unanswered: it is not probed, and the
+// requests still inside their grace are not cut by a kill. Here the
+// process is frozen, which a probe would take for hung.
+func TestAProcessBeingStoppedIsNotProbed(t *testing.T) {
+	t.Parallel()
+	h := newHandler(t, &Handler{Timeout: caddy.Duration(300 * time.Millisecond)})
+	pid := pidOf(t, h)
+	h.inst.mu.Lock()
+	h.inst.proc.stopping = true // as stopIfIdle and a reload mark it
+	h.inst.mu.Unlock()
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGCONT) })
+	for i := range hungAfter + 1 {
+		path := "/ok"
+		if i == 0 {
+			path = "/freeze"
+		}
+		if _, err := callMethod(h, "POST", path); err == nil {
+			t.Fatalf("request %d to a frozen process was answered", i)
+		}
+	}
+	time.Sleep(2 * probeWait) // a probe would have given up by now
+	if !testenv.Alive(pid) {
+		t.Fatal("a process being stopped was killed as hung")
 	}
 }
 
