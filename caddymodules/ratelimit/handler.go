@@ -100,6 +100,12 @@ const (
 // networkFactor sizes the default network bucket from the IP bucket.
 const networkFactor = 16
 
+// defaultNetwork is the network bucket of a route that sets none: ip's
+// networkFactor times, within the bounds Validate holds every bucket to.
+func defaultNetwork(ip Bucket) Bucket {
+	return Bucket{Capacity: min(ip.Capacity*networkFactor, maxCapacity), Rate: min(ip.Rate*networkFactor, maxCapacity)}
+}
+
 // Defaults from the security posture.
 var (
 	DefaultIP      = Bucket{Capacity: 100, Rate: 10}
@@ -229,7 +235,8 @@ func (h *Handler) defaults() {
 		h.IP = &DefaultIP
 	}
 	if h.Network == nil && h.Tier != TierAccount {
-		h.Network = &Bucket{Capacity: h.IP.Capacity * networkFactor, Rate: h.IP.Rate * networkFactor}
+		n := defaultNetwork(*h.IP)
+		h.Network = &n
 	}
 	if h.Key == nil {
 		h.Key = &DefaultKey
@@ -252,7 +259,7 @@ func (h *Handler) init(l *Limiter) {
 	h.ipLimits = []Bucket{*h.IP}
 	if h.Network != nil {
 		h.v6Limits = []Bucket{*h.IP, *h.Network}
-		if *h.Network != (Bucket{Capacity: h.IP.Capacity * networkFactor, Rate: h.IP.Rate * networkFactor}) {
+		if *h.Network != defaultNetwork(*h.IP) {
 			h.netShape = shape(*h.Network)
 		}
 	}
@@ -424,8 +431,12 @@ type client struct {
 	// ip names the address's bucket (an IPv6 one by its /64), after the
 	// route's shape.
 	ip string
-	// net is "" for IPv4; for IPv6 it names the /48's bucket, after the
-	// route's shape: "n:" keeps it apart from any ip.
+	// tag is "" for IPv4; for IPv6 it names the address's /48, after the
+	// route's shape ("n:" keeps it apart from any ip): the hash tag of
+	// both its buckets.
+	tag string
+	// net names the /48's network bucket in the block list: tag with the
+	// network's shape.
 	net string
 }
 
@@ -436,19 +447,26 @@ func (h *Handler) client(r *http.Request) client {
 	if h.v6Limits != nil && strings.IndexByte(bucket, ':') >= 0 { // a parse error would allocate
 		if p, err := netip.ParsePrefix(bucket); err == nil && p.Addr().Is6() {
 			n, _ := p.Addr().Prefix(48)
-			c.net = h.ipShape + "n:" + h.netShape + n.String()
+			c.tag = h.ipShape + "n:" + n.String()
+			c.net = c.tag
+			if h.netShape != "" {
+				c.net += ":s:" + h.netShape
+			}
 		}
 	}
 	return c
 }
 
 // keys are the Redis keys of c's buckets. An IPv6 client's two share the
-// /48's hash tag, so that one script charges both on Redis Cluster.
+// /48's hash tag, so that one script charges both on Redis Cluster. The
+// address's key holds no network shape: routes of one IP shape share it,
+// whatever their network buckets.
 func (h *Handler) keys(c client) []string {
 	if c.net == "" {
 		return []string{h.limiter.IPKey(c.ip)}
 	}
-	return []string{h.limiter.IPKey(c.net) + ":" + c.ip, h.limiter.IPKey(c.net)}
+	tagged := h.limiter.IPKey(c.tag)
+	return []string{tagged + ":" + c.ip, tagged + c.net[len(c.tag):]}
 }
 
 // limits are the shapes of keys(c)'s buckets.
@@ -464,9 +482,7 @@ func (h *Handler) limits(c client) []Bucket {
 // network bucket was the one short.
 func (h *Handler) block(c client, d Decision, span func(Bucket) time.Duration) {
 	h.limiter.blocked.add(c.ip, span(*h.IP))
-	// each holds an upper bound of what was left: an address bucket
-	// surely holding a token leaves the network as the one short.
-	if c.net != "" && (d.each[1] < 1 || d.each[0] >= 1) {
+	if c.net != "" && d.short[1] {
 		h.limiter.blocked.add(c.net, span(*h.Network))
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -646,5 +647,73 @@ func TestRefusalsOfABlockedAddressAreFoldedInTheAudit(t *testing.T) {
 		if s, folded := fold(tc.next); s != tc.status || folded != tc.folded {
 			t.Errorf("%d %s: %d folded=%v, want %d folded=%v", i, tc.what, s, folded, tc.status, tc.folded)
 		}
+	}
+}
+
+// A refusal blocks the /48 only when its network bucket was short. Redis's
+// reply cannot say so through what it left (an upper bound: 1 for an
+// address bucket a millisecond's refill short of a token), so a /64
+// flooding at its own rate would otherwise block its whole network again
+// and again, though it could never empty the network's bucket alone.
+func TestOnlyAShortNetworkBlocksTheNetwork(t *testing.T) {
+	t.Parallel()
+	h := newTestHandler(t, Handler{Tier: TierIP, Mode: ModeFailures})
+	r := request("192.0.2.1")
+	r.RemoteAddr = "[2001:db8:9:1::1]:40000"
+	c := h.client(r)
+	if c.net == "" {
+		t.Fatal("an IPv6 client without a network")
+	}
+	addressShort, err := decode([]int64{0, 0, 9901, 1, 1500, 6500, 0}, h.v6Limits) // 0.9937 tokens; 1,500 in the network
+	if err != nil {
+		t.Fatal(err)
+	}
+	if addressShort.each[0] != 1 || addressShort.short != [2]bool{true, false} {
+		t.Fatalf("decoded %+v", addressShort)
+	}
+	h.block(c, addressShort, func(Bucket) time.Duration { return time.Minute })
+	if !h.limiter.blocked.has(c.ip) || h.limiter.blocked.has(c.net) {
+		t.Fatal("the address's refusal did not block the address alone")
+	}
+	networkShort, _ := decode([]int64{0, 50, 5000, 0, 0, 100000, 7}, h.v6Limits)
+	h.block(c, networkShort, func(Bucket) time.Duration { return time.Minute })
+	if !h.limiter.blocked.has(c.net) {
+		t.Fatal("the network's refusal did not block the network")
+	}
+
+	// An in-memory bucket emptied while Redis was away refuses what
+	// Redis allowed: it is the one short, not the other.
+	lb := newLocalBuckets()
+	now := time.Now()
+	keys := h.keys(c)
+	lb.take(now, keys[:1], h.v6Limits[:1])
+	for range 99 {
+		lb.take(now, keys[:1], h.v6Limits[:1])
+	}
+	redisAllowed := Decision{Allowed: true, Source: SourceRedis, each: [2]float64{50, 1500}}
+	if d := lb.reconcile(now, keys, h.v6Limits, redisAllowed); d.Allowed || d.short != [2]bool{true, false} {
+		t.Fatalf("reconciled %+v, want refused by the address's bucket alone", d)
+	}
+}
+
+// Two routes of one IP shape share an address's bucket whatever their
+// network buckets, and an ip shape past the bounds' sixteenth still
+// gives a valid default network.
+func TestNetworkShapesLeaveTheAddressBucketShared(t *testing.T) {
+	a := newTestHandler(t, Handler{Tier: TierIP})
+	b := newTestHandler(t, Handler{Tier: TierIP, Network: &Bucket{Capacity: 50, Rate: 5}})
+	r := request("192.0.2.1")
+	r.RemoteAddr = "[2001:db8:9:1::1]:40000"
+	ka, kb := a.keys(a.client(r)), b.keys(b.client(r))
+	for i := range 2 { // each test limiter has a prefix of its own
+		ka[i], kb[i] = strings.TrimPrefix(ka[i], a.limiter.prefix), strings.TrimPrefix(kb[i], b.limiter.prefix)
+	}
+	if ka[0] != kb[0] || ka[1] == kb[1] || hashTag(kb[0]) != hashTag(kb[1]) {
+		t.Fatalf("keys %q and %q", ka, kb)
+	}
+	big := Handler{Tier: TierIP, IP: &Bucket{Capacity: 1e9, Rate: 1e9}}
+	big.defaults()
+	if err := big.Validate(); err != nil {
+		t.Fatalf("the largest ip bucket: %v", err)
 	}
 }

@@ -49,6 +49,10 @@ type Decision struct {
 	// what Redis allows once Redis is back). An in-memory decision sets
 	// what it left, exactly.
 	each [2]float64
+	// short says which buckets (of one or two) held no token for the
+	// decision: those that refused it. each cannot tell: it is an upper
+	// bound, 1 for a bucket a millisecond's refill short of a token.
+	short [2]bool
 }
 
 // Sources of a decision.
@@ -449,6 +453,7 @@ func decode(res []int64, buckets []Bucket) (Decision, error) {
 		remaining, full, retry := res[1+3*i], res[2+3*i], res[3+3*i]
 		if i < len(d.each) {
 			d.each[i] = left(b, remaining, full)
+			d.short[i] = retry > 0 // a wait for a token: under one held
 		}
 		if int(remaining) < d.Remaining {
 			d.Remaining, d.Limit, d.Reset = int(remaining), int(b.Capacity), time.Duration(full)*time.Millisecond
@@ -518,6 +523,7 @@ func (lb *localBuckets) reconcile(now time.Time, keys []string, buckets []Bucket
 	lb.mu.Lock()
 	defer lb.mu.Unlock()
 	lb.bound(now)
+	refusedHere := false // by an in-memory bucket, Redis having allowed
 	for i, k := range keys {
 		c := buckets[i]
 		if i >= len(d.each) {
@@ -526,7 +532,11 @@ func (lb *localBuckets) reconcile(now time.Time, keys []string, buckets []Bucket
 		tokens := min(c.Capacity, d.each[i])
 		if b := lb.m[k]; b != nil {
 			held := min(c.Capacity, b.tokens+max(now.Sub(b.at).Seconds(), 0)*c.Rate)
+			if held < 1 && (d.Allowed || refusedHere) {
+				d.short[i] = true // Redis's buckets held a token: this one refuses
+			}
 			if d.Allowed && held < 1 {
+				refusedHere = true
 				d.Allowed, d.Remaining, d.Limit = false, 0, int(c.Capacity)
 				d.Reset = time.Duration((c.Capacity - held) / c.Rate * float64(time.Second))
 				d.RetryAfter = time.Duration((1 - held) / c.Rate * float64(time.Second))
@@ -570,6 +580,9 @@ func (lb *localBuckets) take(now time.Time, keys []string, buckets []Bucket) Dec
 		state[i] = b
 		if b.tokens < 1 {
 			d.Allowed = false
+			if i < len(d.short) {
+				d.short[i] = true
+			}
 		}
 	}
 	for i, b := range state {
