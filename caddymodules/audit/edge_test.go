@@ -243,6 +243,13 @@ func TestABlockedAddressesRefusalsAreCountedNotWritten(t *testing.T) {
 	t.Parallel()
 	env, c, pg := testenv.EdgeEnv(t)
 	stack := testenv.StartStack(t, env)
+	// Until the edge listens for revocations, a cached key is looked up
+	// again after a second, which the block would refuse.
+	for deadline := time.Now().Add(30 * time.Second); !strings.Contains(stack.Log(), "auth revocation listener up"); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the edge's revocation listener never came up")
+		}
+	}
 	read := c.AccountKey(t, "read")
 	if resp := call(t, "GET", stack.URL+"/api/v1/whoami", read, ""); resp.StatusCode != 200 {
 		t.Fatalf("valid key: %d", resp.StatusCode) // cached from here on
