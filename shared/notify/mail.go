@@ -35,7 +35,18 @@ type SMTPConfig struct {
 	// TLS is the base configuration for STARTTLS (its ServerName is set
 	// to the relay's host). nil: the system's roots, TLS 1.2 or later.
 	TLS *tls.Config
+	// TLSMode (GUARDIAN_SMTP_TLS) is what a relay on another host that
+	// offers no STARTTLS gets: TLSRequired (the default, also for ""):
+	// no message, an error the sender retries; TLSOpportunistic: the
+	// message in plain text (a relay reached over a private link).
+	TLSMode string
 }
+
+// Values of SMTPConfig.TLSMode.
+const (
+	TLSRequired      = "required"
+	TLSOpportunistic = "opportunistic"
+)
 
 // Mail is one message.
 type Mail struct {
@@ -52,9 +63,9 @@ type Mail struct {
 // text unless TLS is configured: the conversation never leaves the
 // machine, and a local Postfix offers STARTTLS with a self-signed
 // certificate for the host's name, which would fail every message.
-// (Against a remote relay STARTTLS is opportunistic: one on the path that
-// strips the offer gets the message in plain text, though never the
-// relay password, which net/smtp sends over TLS only.)
+// A relay on another host that offers no STARTTLS gets no message unless
+// TLSMode is TLSOpportunistic: otherwise anyone on the path could strip
+// the offer and read every notice.
 type Mailer struct {
 	cfg       SMTPConfig
 	host      string
@@ -64,6 +75,8 @@ type Mailer struct {
 	// local: the relay is on this host (loopback) and no TLS
 	// configuration was given: no STARTTLS.
 	local bool
+	// plainOK: a relay on another host may be spoken to without TLS.
+	plainOK bool
 }
 
 // isLoopbackHost reports whether host (of host:port) names this host:
@@ -86,12 +99,15 @@ func NewMailer(cfg SMTPConfig) (*Mailer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s must be an e-mail address", EnvSMTPFrom)
 	}
+	if cfg.TLSMode != "" && cfg.TLSMode != TLSRequired && cfg.TLSMode != TLSOpportunistic {
+		return nil, fmt.Errorf("%s must be %s or %s", EnvSMTPTLS, TLSRequired, TLSOpportunistic)
+	}
 	local, err := os.Hostname()
 	if err != nil || local == "" || strings.ContainsAny(local, "\r\n ") {
 		local = "localhost"
 	}
 	return &Mailer{cfg: cfg, host: host, from: from.Address, fromHdr: from.String(), localName: local,
-		local: isLoopbackHost(host) && cfg.TLS == nil}, nil
+		local: isLoopbackHost(host) && cfg.TLS == nil, plainOK: cfg.TLSMode == TLSOpportunistic}, nil
 }
 
 // Send delivers msg to its valid recipients in one SMTP transaction, so a
@@ -140,7 +156,13 @@ func (m *Mailer) deliver(ctx context.Context, to []string, body []byte) (err err
 	if err := c.Hello(m.localName); err != nil {
 		return smtpErr("EHLO", err)
 	}
-	if ok, _ := c.Extension("STARTTLS"); ok && !m.local {
+	offered, _ := c.Extension("STARTTLS")
+	if !offered && !m.local && !m.plainOK {
+		// Not permanent: a relay fixed, or a path no longer stripping the
+		// offer, takes the message on a later try.
+		return fmt.Errorf("mail: the relay offers no STARTTLS, and %s is not %s: nothing was sent", EnvSMTPTLS, TLSOpportunistic)
+	}
+	if offered && !m.local {
 		cfg := &tls.Config{MinVersion: tls.VersionTLS12}
 		if m.cfg.TLS != nil {
 			cfg = m.cfg.TLS.Clone()

@@ -141,3 +141,33 @@ func TestRelayRepliesLoseTheirAddresses(t *testing.T) {
 		}
 	}
 }
+
+// A relay on another host that offers no STARTTLS (or one on the path
+// that strips the offer) gets nothing, unless plain text is allowed for a
+// relay reached over a private link.
+func TestARemoteRelayWithoutSTARTTLSGetsNothingUnlessAllowed(t *testing.T) {
+	relay := notifytest.StartRelay(t, nil, "", "")
+	for _, mode := range []string{"", TLSRequired, TLSOpportunistic} {
+		m, err := NewMailer(SMTPConfig{Addr: relay.Addr, From: "security@guardian.test", TLSMode: mode})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.local = false // the test's relay listens on loopback: told it is another host's
+		err = m.Send(context.Background(), Mail{To: []string{"ada@example.com"}, Subject: "s", Text: "t"})
+		if mode == TLSOpportunistic {
+			if err != nil {
+				t.Fatalf("opportunistic: %v", err)
+			}
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), "STARTTLS") || IsPermanent(err) {
+			t.Fatalf("mode %q: %v, want a retryable error naming STARTTLS", mode, err)
+		}
+	}
+	if got := relay.WaitMessages(t, 1, 5*time.Second); len(got) != 1 || got[0].TLS {
+		t.Fatalf("messages %+v, want the opportunistic one alone, in plain text", got)
+	}
+	if _, err := NewMailer(SMTPConfig{Addr: relay.Addr, From: "security@guardian.test", TLSMode: "sometimes"}); err == nil || !strings.Contains(err.Error(), EnvSMTPTLS) {
+		t.Fatalf("an unknown mode: %v", err)
+	}
+}

@@ -41,6 +41,7 @@ const (
 	EnvSMTPFrom     = "GUARDIAN_SMTP_FROM"
 	EnvSMTPUser     = "GUARDIAN_SMTP_USER"
 	EnvSMTPPassword = "GUARDIAN_SMTP_PASSWORD"
+	EnvSMTPTLS      = "GUARDIAN_SMTP_TLS"
 	EnvWebhookAllow = "GUARDIAN_WEBHOOK_ALLOW"
 )
 
@@ -75,6 +76,7 @@ func LoadConfig(env *config.Loader) Config {
 			From:     env.Optional(EnvSMTPFrom, ""),
 			User:     env.Optional(EnvSMTPUser, ""),
 			Password: env.OptionalSecret(EnvSMTPPassword),
+			TLSMode:  env.Optional(EnvSMTPTLS, TLSRequired),
 		},
 		Allow: SplitList(env.Optional(EnvWebhookAllow, "")),
 	}
