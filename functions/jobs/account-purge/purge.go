@@ -105,7 +105,9 @@ type Result struct {
 	AccountsFoundAgain []string `json:"accounts_found_again"`
 	// RecheckTurns: how many runs (hours) it takes to look again at every
 	// remembered deleted account, and at every deleted server known
-	// purged; 1 while each fits in one run's bound.
+	// purged; 1 while each fits in one run's bound. 0 for servers when
+	// servers not yet purged took the whole run's bound: none was looked
+	// at again this run.
 	AccountsRecheckTurns int `json:"accounts_recheck_turns"`
 	ServersRecheckTurns  int `json:"servers_recheck_turns"`
 	// AuditRowsAnonymised: audit rows written after their customer was
