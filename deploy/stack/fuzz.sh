@@ -10,9 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 budget=${GUARDIAN_FUZZTIME:-3s}
 
-# Targets as go test itself lists them (any parameter name, build tags
-# applied), in every package whose test files mention "Fuzz" at all. A
-# package that cannot be listed fails the run, after the others' targets.
+# Every package whose test files (as go list gives them: build tags
+# applied) mention "Fuzz" at all.
 module=$(go list -m)
 root=$(go list -m -f '{{.Dir}}')
 failed=0
@@ -21,42 +20,45 @@ while IFS= read -r dir; do
 	pkgs+=(".${dir#"$root"}")
 done < <(go list -e -f '{{$d := .Dir}}{{range .TestGoFiles}}{{$d}}/{{.}}{{"\n"}}{{end}}{{range .XTestGoFiles}}{{$d}}/{{.}}{{"\n"}}{{end}}' ./... |
 	xargs -r -d '\n' grep -l 'Fuzz' | xargs -r -d '\n' dirname | sort -u)
-((${#pkgs[@]} > 0)) || { echo "fuzz: no targets found" >&2; exit 1; }
-if ! listing=$(go test -list '^Fuzz' "${pkgs[@]}" 2>&1); then
-	printf '%s\n' "$listing" >&2
-	echo "fuzz: cannot list the targets of every package" >&2
-	failed=1
-fi
-# Each package's names come before its "ok<TAB>import path<TAB>time" line.
-targets=()
-names=()
-while IFS= read -r line; do
-	case $line in
-	Fuzz*) names+=("$line") ;;
-	ok[[:blank:]]*)
-		pkg=$(cut -f2 <<<"$line")
-		for name in "${names[@]}"; do
-			targets+=(".${pkg#"$module"} $name")
-		done
-		names=()
-		;;
-	FAIL[[:blank:]]*) names=() ;;
-	esac
-done <<<"$listing"
+((${#pkgs[@]} > 0)) || { echo "fuzz: no packages with fuzz targets found" >&2; exit 1; }
 
-((${#targets[@]} > 0)) || { echo "fuzz: no targets found" >&2; exit 1; }
 # Targets run GUARDIAN_FUZZ_JOBS at a time (default: one per CPU), each
 # with one fuzzing worker (-parallel 1) for the budget, which is wall time:
 # a target gets one CPU's worth of the budget, where one at a time with a
-# worker per CPU gave it all of them, but building, linking and starting
-# each target's binary (mostly one CPU's work) now overlaps with another
-# target's fuzzing, and the pass takes about half the time. For a search
-# as deep as before, give GUARDIAN_FUZZTIME as many times the budget as
-# there are CPUs.
+# worker per CPU gave it all of them, but building each package's binary
+# (mostly one CPU's work) overlaps with other targets' fuzzing, and the
+# pass takes about half the time. For a search as deep as before, give
+# GUARDIAN_FUZZTIME as many times the budget as there are CPUs.
 jobs_max=${GUARDIAN_FUZZ_JOBS:-$(nproc)}
 ((jobs_max >= 1)) || jobs_max=1
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+# Each package's instrumented test binary is built once (go test -c -fuzz)
+# and run for each of its targets, which it lists itself (-test.list: what
+# go test -fuzz would find, any parameter name). `go test -fuzz` per target
+# linked, vetted and listed the same binary again for every target: 60
+# links for 22 packages, and as many more to list them. The builder makes
+# one binary at a time in the background (not counted among the jobs),
+# while earlier packages' targets fuzz: two builds never compile the same
+# instrumented dependencies at once on a cold cache, and no CPU waits for
+# a link. $work/N.done says package N's binary and list are there,
+# $work/N.fail that it did not build or list. The corpus cache is the one
+# `go test -fuzz` keeps (GOCACHE/fuzz/<package>).
+fuzzcache=$(go env GOCACHE)/fuzz
+(
+	for ((k = 0; k < ${#pkgs[@]}; k++)); do
+		dir=${pkgs[k]}
+		if go test -c -fuzz . -o "$work/$k.test" "$dir" >"$work/$k.build" 2>&1 &&
+			(cd "$root/${dir#./}" && "$work/$k.test" -test.list '^Fuzz') >"$work/$k.list" 2>>"$work/$k.build"; then
+			touch "$work/$k.done"
+		else
+			touch "$work/$k.fail"
+		fi
+	done
+) &
+builder=$!
+fuzzing() { jobs -rp | grep -cvx "$builder" || true; }
+
 # Go before 1.27 (golang/go#75804) can end a duration -fuzztime by reporting
 # its own deadline as the target's failure: "context deadline exceeded",
 # no input found. A finding always says "Failing input written to". Such a
@@ -65,12 +67,15 @@ trap 'rm -rf "$work"' EXIT
 deadline_race() {
 	grep -q 'context deadline exceeded' "$1" && ! grep -q 'Failing input written to' "$1"
 }
-# fuzz_one DIR NAME LOG: runs one target; its output (and nothing else)
-# goes to LOG, a failure's in full. It fails only on a finding or an error.
+# fuzz_one BIN DIR PKG NAME LOG: runs one target of the test binary BIN in
+# its package's directory DIR (where its seeds are, and where a crasher is
+# written); its output (and nothing else) goes to LOG, a failure's in full.
+# It fails only on a finding or an error.
 fuzz_one() {
-	local dir=$1 name=$2 log=$3 out=$3.run attempt
+	local bin=$1 dir=$2 pkg=$3 name=$4 log=$5 out=$5.run attempt
 	for attempt in 1 2; do
-		if go test -run '^$' -fuzz "^${name}\$" -fuzztime "$budget" -parallel 1 "$dir" >"$out" 2>&1; then
+		if (cd "$dir" && "$bin" -test.run '^$' -test.fuzz "^${name}\$" -test.fuzztime "$budget" -test.parallel 1 \
+			-test.fuzzcachedir "$fuzzcache/$pkg") >"$out" 2>&1; then
 			return 0
 		fi
 		if ! deadline_race "$out"; then
@@ -84,25 +89,34 @@ fuzz_one() {
 		fi
 	done
 }
+
+# A package that cannot be built or listed fails the run, after the
+# others' targets.
 i=0
-for t in "${targets[@]}"; do
-	dir=${t% *} name=${t#* }
-	printf 'fuzz: %s %s (%s)\n' "$dir" "$name" "$budget" >&2
-	while (($(jobs -rp | wc -l) >= jobs_max)); do
-		wait -n || true
+for ((k = 0; k < ${#pkgs[@]}; k++)); do
+	dir=${pkgs[k]}
+	while [[ ! -e $work/$k.done && ! -e $work/$k.fail ]]; do
+		sleep 0.1
 	done
-	i=$((i + 1))
-	: >"$work/$i.log"
-	( if fuzz_one "$dir" "$name" "$work/$i.log"; then :; else touch "$work/$i.failed"; fi ) &
-	if ((i == 1)); then
-		# The first target alone: its build fills the cache with the
-		# coverage-instrumented dependencies every target shares. Started
-		# side by side on a cold cache, each target compiled them all
-		# itself, at once, several minutes each on two CPUs.
-		wait -n || true
+	if [[ -e $work/$k.fail ]]; then
+		cat "$work/$k.build" >&2
+		echo "fuzz: $dir: its fuzz test binary does not build, or cannot list its targets" >&2
+		failed=1
+		continue
 	fi
+	while IFS= read -r name; do
+		[[ $name == Fuzz* ]] || continue
+		printf 'fuzz: %s %s (%s)\n' "$dir" "$name" "$budget" >&2
+		while (($(fuzzing) >= jobs_max)); do
+			wait -n || true
+		done
+		i=$((i + 1))
+		: >"$work/$i.log"
+		(if fuzz_one "$work/$k.test" "$root/${dir#./}" "$module/${dir#./}" "$name" "$work/$i.log"; then :; else touch "$work/$i.failed"; fi) &
+	done <"$work/$k.list"
 done
 wait
+((i > 0)) || { echo "fuzz: no targets found" >&2; exit 1; }
 for ((j = 1; j <= i; j++)); do
 	if [[ -s $work/$j.log ]]; then
 		cat "$work/$j.log" >&2
@@ -111,5 +125,5 @@ for ((j = 1; j <= i; j++)); do
 		failed=1
 	fi
 done
-((failed == 0)) || { echo "fuzz: a target failed (crasher saved under its testdata/fuzz/)" >&2; exit 1; }
-echo "fuzz: ${#targets[@]} targets, ${budget} each, ${jobs_max} at a time: no crash" >&2
+((failed == 0)) || { echo "fuzz: a target failed (crasher saved under its testdata/fuzz/), or a package did not build" >&2; exit 1; }
+echo "fuzz: $i targets, ${budget} each, ${jobs_max} at a time: no crash" >&2
