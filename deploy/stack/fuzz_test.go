@@ -26,11 +26,13 @@ func TestFuzzScriptTellsFindingsFromGosDeadlineRace(t *testing.T) {
 		code         int
 		fail         bool
 		retried      bool
+		noBuild      bool // the package's fuzz test binary does not build
 	}{
-		{"clean", "", 0, false, false},
-		{"deadline race", "--- FAIL: FuzzX (3.08s)\n    context deadline exceeded\nFAIL\n", 1, false, true},
-		{"finding", "--- FAIL: FuzzX (0.10s)\n    panic: boom\n    Failing input written to testdata/fuzz/FuzzX/1a2b\n    context deadline exceeded\n", 1, true, false},
-		{"other failure", "# build failed\nsyntax error\n", 1, true, false},
+		{"clean", "", 0, false, false, false},
+		{"deadline race", "--- FAIL: FuzzX (3.08s)\n    context deadline exceeded\nFAIL\n", 1, false, true, false},
+		{"finding", "--- FAIL: FuzzX (0.10s)\n    panic: boom\n    Failing input written to testdata/fuzz/FuzzX/1a2b\n    context deadline exceeded\n", 1, true, false, false},
+		{"other failure", "# build failed\nsyntax error\n", 1, true, false, false},
+		{"does not build", "", 0, true, false, true},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -46,14 +48,23 @@ func TestFuzzScriptTellsFindingsFromGosDeadlineRace(t *testing.T) {
 			if err := os.WriteFile(filepath.Join(mod, "x", "x_test.go"), []byte("package x\n\nfunc FuzzX(f *testing.F) {}\n"), 0o644); err != nil {
 				t.Fatal(err)
 			}
+			// The package's test binary lists FuzzX and, fuzzing it,
+			// says what the case has Go say.
+			testBin := "#!/bin/sh\n" +
+				"case \"$1\" in -test.list) echo FuzzX; exit 0 ;; esac\n" +
+				"cat " + out + "\nexit " + strconv.Itoa(c.code) + "\n"
+			if err := os.WriteFile(filepath.Join(bin, "x.test"), []byte(testBin), 0o755); err != nil {
+				t.Fatal(err)
+			}
 			stub := "#!/bin/sh\n" +
 				"case \"$1 $2 $3\" in\n" +
 				"'list -m -f') echo " + mod + "; exit 0 ;;\n" +
 				"'list -m ') echo example.com/m; exit 0 ;;\n" +
 				"'list -e -f') echo " + filepath.Join(mod, "x", "x_test.go") + "; exit 0 ;;\n" +
-				"'test -list ^Fuzz') printf 'FuzzX\\nok\\texample.com/m/x\\t0.01s\\n'; exit 0 ;;\n" +
+				"'env GOCACHE ') echo " + filepath.Join(bin, "cache") + "; exit 0 ;;\n" +
+				"'test -c -fuzz') " + map[bool]string{false: "cp " + filepath.Join(bin, "x.test") + " \"$6\"; exit 0", true: "echo 'x_test.go:3: undefined: testing'; exit 1"}[c.noBuild] + " ;;\n" +
 				"esac\n" +
-				"cat " + out + "\nexit " + strconv.Itoa(c.code) + "\n"
+				"echo unexpected go \"$@\" >&2; exit 2\n"
 			if err := os.WriteFile(filepath.Join(bin, "go"), []byte(stub), 0o755); err != nil {
 				t.Fatal(err)
 			}
@@ -62,6 +73,12 @@ func TestFuzzScriptTellsFindingsFromGosDeadlineRace(t *testing.T) {
 			log, err := cmd.CombinedOutput()
 			if failed := err != nil; failed != c.fail {
 				t.Fatalf("failed %v, want %v:\n%s", failed, c.fail, log)
+			}
+			if c.noBuild {
+				if !strings.Contains(string(log), "undefined: testing") || !strings.Contains(string(log), "does not build") {
+					t.Errorf("the build's failure is not shown:\n%s", log)
+				}
+				return
 			}
 			if !strings.Contains(string(log), "FuzzX") {
 				t.Errorf("the target was not fuzzed:\n%s", log)
