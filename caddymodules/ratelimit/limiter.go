@@ -46,8 +46,7 @@ type Decision struct {
 	// for the in-memory buckets to go on from: at most a millisecond's
 	// refill above it, never below (the reply's whole tokens alone are
 	// up to one below, and an in-memory bucket left that low would refuse
-	// what Redis allows once Redis is back). An in-memory decision sets
-	// what it left, exactly.
+	// what Redis allows once Redis is back).
 	each [2]float64
 	// short says which buckets (of one or two) held no token for the
 	// decision: those that refused it. each cannot tell: it is an upper
@@ -590,9 +589,6 @@ func (lb *localBuckets) take(now time.Time, keys []string, buckets []Bucket) Dec
 			b.tokens--
 		}
 		b.fullAt = now.Add(time.Duration((buckets[i].Capacity - b.tokens) / buckets[i].Rate * float64(time.Second)))
-		if i < len(d.each) {
-			d.each[i] = b.tokens
-		}
 		if r := int(b.tokens); r < d.Remaining {
 			d.Remaining, d.Limit = r, int(buckets[i].Capacity)
 			d.Reset = time.Duration((buckets[i].Capacity - b.tokens) / buckets[i].Rate * float64(time.Second))
