@@ -199,11 +199,24 @@ func (h *handler) list(w http.ResponseWriter, r *http.Request) {
 
 // sessionStepUp admits only a session that re-authenticated recently.
 func (h *handler) sessionStepUp(w http.ResponseWriter, r *http.Request, id identity.Identity) bool {
-	if id.Kind != identity.KindSession {
-		problem.Write(w, problem.New(http.StatusForbidden, "session_required", "keys are created and rotated from a signed-in session, not with a key"))
+	p, err := h.stepUpRefusal(r, id)
+	if err != nil {
+		h.fail(w, err)
 		return false
 	}
-	return stepup.Admit(w, r, h.db, id, h.now(), h.fail)
+	if p != nil {
+		problem.Write(w, p)
+		return false
+	}
+	return true
+}
+
+// stepUpRefusal is sessionStepUp's refusal, nil if it admits the caller.
+func (h *handler) stepUpRefusal(r *http.Request, id identity.Identity) (*problem.Problem, error) {
+	if id.Kind != identity.KindSession {
+		return problem.New(http.StatusForbidden, "session_required", "keys are created and rotated from a signed-in session, not with a key"), nil
+	}
+	return stepup.Check(r.Context(), h.db, id, h.now())
 }
 
 func badRequest(w http.ResponseWriter, field, detail string) {
@@ -330,7 +343,14 @@ func (h *handler) rotate(w http.ResponseWriter, r *http.Request) {
 		problem.Write(w, p)
 	}
 	id, ok := caller(w, r)
-	if !ok || !h.sessionStepUp(w, r, id) {
+	if !ok {
+		return
+	}
+	if p, err := h.stepUpRefusal(r, id); err != nil {
+		h.fail(w, err)
+		return
+	} else if p != nil {
+		refuse(p)
 		return
 	}
 	if !identity.ValidID(keyID) {
@@ -338,7 +358,8 @@ func (h *handler) rotate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req rotateRequest
-	if !reqbody.JSON(w, r, 8<<10, &req) {
+	if p := reqbody.Parse(w, r, 8<<10, &req); p != nil {
+		refuse(p)
 		return
 	}
 	grace := time.Duration(0)

@@ -172,8 +172,21 @@ func TestRotateNeedsASessionConfirmedWithinFiveMinutes(t *testing.T) {
 		t.Fatalf("rotation six minutes after the password: %d %v", status, doc)
 	}
 	confirmed("4 minutes 30 seconds")
+	if status, doc := s.do(t, "POST", "/api/v1/keys/"+id+"/rotate", `{"grace":60}`, session); status != 400 || doc["field"] != "grace" {
+		t.Fatalf("a rotation with an unknown member: %d %v", status, doc)
+	}
 	if status, doc := s.do(t, "POST", "/api/v1/keys/"+id+"/rotate", ``, session); status != 201 {
 		t.Fatalf("rotation four and a half minutes after the password: %d %v", status, doc)
+	}
+	// Each refusal is audited as a rotation of that key, with its code as
+	// the reason, whichever step refused it.
+	var rows string
+	if err := s.pg.Owner.QueryRow(context.Background(), `SELECT string_agg(concat_ws(' ', status_code, action, resource_id, coalesce(metadata->>'reason', '-')), ',' ORDER BY id)
+		FROM api_audit_log WHERE path = $1 AND status_code >= 400`, "/api/v1/keys/"+id+"/rotate").Scan(&rows); err != nil {
+		t.Fatal(err)
+	}
+	if want := "403 rotate " + id + " session_required,401 rotate " + id + " reauth_required,400 rotate " + id + " invalid_request"; rows != want {
+		t.Errorf("refused rotations audited as\n%s\nwant\n%s", rows, want)
 	}
 }
 

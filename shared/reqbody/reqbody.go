@@ -22,29 +22,49 @@ import (
 // struct); an empty body is {}. On failure it has answered (415, 413 or
 // 400) and returns false.
 func JSON(w http.ResponseWriter, r *http.Request, limit int64, v any) bool {
-	body, ok := Read(w, r, limit)
-	if !ok {
-		return false
+	return answered(w, Parse(w, r, limit, v))
+}
+
+// Parse is JSON that returns its refusal instead of answering it, for a
+// handler that records why it refused before it answers (an audited
+// reason). w is only for http.MaxBytesReader, which closes the connection
+// of a body too large.
+func Parse(w http.ResponseWriter, r *http.Request, limit int64, v any) *problem.Problem {
+	body, p := read(w, r, limit)
+	if p != nil {
+		return p
 	}
 	if err := Decode(body, v); err != nil {
 		p := problem.New(http.StatusBadRequest, "invalid_request", "the body must be a JSON object with the documented fields: "+err.Error())
 		if fe, ok := errors.AsType[*FieldError](err); ok {
 			p.Extra = map[string]any{"field": fe.Field}
 		}
-		problem.Write(w, p)
-		return false
+		return p
 	}
-	return true
+	return nil
 }
 
 // Read returns r's body, at most limit bytes, when its Content-Type is
 // JSON or absent. On failure it has answered (415, 413 or 400) and
 // returns false. For a handler with a parser of its own (ingest).
 func Read(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, bool) {
+	body, p := read(w, r, limit)
+	return body, answered(w, p)
+}
+
+// answered writes p, if any, and says whether the request may go on.
+func answered(w http.ResponseWriter, p *problem.Problem) bool {
+	if p != nil {
+		problem.Write(w, p)
+		return false
+	}
+	return true
+}
+
+func read(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, *problem.Problem) {
 	if ct := r.Header.Get("Content-Type"); ct != "" {
 		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
-			problem.Write(w, problem.New(http.StatusUnsupportedMediaType, "unsupported_media_type", "send the body as application/json"))
-			return nil, false
+			return nil, problem.New(http.StatusUnsupportedMediaType, "unsupported_media_type", "send the body as application/json")
 		}
 	}
 	body, err := readAll(http.MaxBytesReader(w, r.Body, limit), r.ContentLength, limit)
@@ -52,17 +72,14 @@ func Read(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, bool) {
 	var refused *problem.Problem
 	switch {
 	case errors.As(err, &tooLarge):
-		problem.Write(w, problem.New(http.StatusRequestEntityTooLarge, "payload_too_large", fmt.Sprintf("the body may be at most %d bytes", limit)))
-		return nil, false
+		return nil, problem.New(http.StatusRequestEntityTooLarge, "payload_too_large", fmt.Sprintf("the body may be at most %d bytes", limit))
 	case errors.As(err, &refused):
 		// The caller's body reader refused it (a bound on bytes held).
-		problem.Write(w, refused)
-		return nil, false
+		return nil, refused
 	case err != nil:
-		problem.Write(w, problem.New(http.StatusBadRequest, "invalid_request", "the body could not be read to its end"))
-		return nil, false
+		return nil, problem.New(http.StatusBadRequest, "invalid_request", "the body could not be read to its end")
 	}
-	return body, true
+	return body, nil
 }
 
 // preallocated bounds readAll's buffer before the bytes arrive.
