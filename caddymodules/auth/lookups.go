@@ -2,6 +2,7 @@ package auth
 
 import (
 	"context"
+	"strings"
 	"sync"
 
 	"github.com/glassmkr/guardian/caddymodules/guardian"
@@ -23,33 +24,50 @@ import (
 // made-up key is one query. Cached credentials never count.
 const maxLookupsPerClient = guardian.LookupsPerClient
 
+// maxLookupsPerNetwork bounds them for an IPv6 /48, all its /64s (each a
+// client) together: a site holds 65,536 /64s, and one bound per client
+// alone let it start that many bursts whenever a block of its network
+// lapsed.
+const maxLookupsPerNetwork = guardian.LookupsPerNetwork
+
 // lookups counts, per client, the credentials being looked up and the
-// requests waiting on each.
+// requests waiting on each, and per IPv6 network the credentials its
+// clients have in flight.
 type lookups struct {
 	mu       sync.Mutex
 	inFlight map[string]map[string]int // client: credential: requests
+	networks map[string]int            // IPv6 /48: credentials of its clients in flight
 }
 
-func newLookups() *lookups { return &lookups{inFlight: map[string]map[string]int{}} }
+func newLookups() *lookups {
+	return &lookups{inFlight: map[string]map[string]int{}, networks: map[string]int{}}
+}
 
 // acquire counts a lookup of cred for ctx's client, returning its
 // release; ok is false when the client has maxLookupsPerClient other
-// credentials in flight. Outside a Caddy request (no client address)
-// nothing is counted.
+// credentials in flight, or its IPv6 network maxLookupsPerNetwork.
+// Outside a Caddy request (no client address) nothing is counted.
 func (l *lookups) acquire(ctx context.Context, cred string) (release func(), ok bool) {
 	client := guardian.ClientBucket(ctx)
 	if client == "" {
 		return func() {}, true
 	}
+	network := ""
+	if strings.IndexByte(client, ':') >= 0 { // parsed again only for IPv6
+		network = guardian.ClientNetwork(ctx)
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	creds := l.inFlight[client]
-	if creds[cred] == 0 && len(creds) >= maxLookupsPerClient {
+	if creds[cred] == 0 && (len(creds) >= maxLookupsPerClient || (network != "" && l.networks[network] >= maxLookupsPerNetwork)) {
 		return nil, false
 	}
 	if creds == nil {
 		creds = map[string]int{}
 		l.inFlight[client] = creds
+	}
+	if creds[cred] == 0 && network != "" {
+		l.networks[network]++
 	}
 	creds[cred]++
 	return func() {
@@ -59,6 +77,11 @@ func (l *lookups) acquire(ctx context.Context, cred string) (release func(), ok 
 			delete(creds, cred)
 			if len(creds) == 0 {
 				delete(l.inFlight, client)
+			}
+			if network != "" {
+				if l.networks[network]--; l.networks[network] <= 0 {
+					delete(l.networks, network)
+				}
 			}
 		}
 	}, true

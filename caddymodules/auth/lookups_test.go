@@ -3,6 +3,7 @@ package auth
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -175,5 +176,59 @@ func TestConcurrentMissesOfOneKeyShareOneQuery(t *testing.T) {
 	}
 	if sent != 1 {
 		t.Fatalf("%d queries for %d requests with one key", sent, n)
+	}
+}
+
+// An IPv6 /48's /64s share maxLookupsPerNetwork lookups at once, each
+// /64 still at most maxLookupsPerClient of them; a credential already in
+// flight is joined, not counted again, and another /48 (or an IPv4
+// address) is not affected. Release gives the place back.
+func TestLookupsInFlightAreBoundedPerNetwork(t *testing.T) {
+	t.Parallel()
+	l := newLookups()
+	var releases []func()
+	refused := 0
+	for sub := range maxLookupsPerNetwork/maxLookupsPerClient + 4 {
+		ctx := clientCtx(fmt.Sprintf("2001:db8:7:%x::1", sub))
+		for k := range maxLookupsPerClient {
+			release, ok := l.acquire(ctx, fmt.Sprintf("cred-%d-%d", sub, k))
+			if !ok {
+				refused++
+				continue
+			}
+			releases = append(releases, release)
+		}
+	}
+	if len(releases) != maxLookupsPerNetwork || refused != 4*maxLookupsPerClient {
+		t.Fatalf("%d lookups in flight and %d refused, want %d and %d", len(releases), refused, maxLookupsPerNetwork, 4*maxLookupsPerClient)
+	}
+	joined, ok := l.acquire(clientCtx("2001:db8:7:0::2"), "cred-0-0")
+	if !ok {
+		t.Fatal("a credential in flight was not joined at the network's bound")
+	}
+	if _, ok := l.acquire(clientCtx("2001:db8:7:ffff::1"), "fresh"); ok {
+		t.Fatal("a new /64 of the full network got a lookup")
+	}
+	for _, ip := range []string{"2001:db8:8::1", "192.0.2.7"} {
+		release, ok := l.acquire(clientCtx(ip), "fresh")
+		if !ok {
+			t.Fatalf("%s was refused for another network's lookups", ip)
+		}
+		release()
+	}
+	joined()
+	releases[0]()
+	if release, ok := l.acquire(clientCtx("2001:db8:7:ffff::1"), "fresh"); !ok {
+		t.Fatal("a released place was not given back")
+	} else {
+		release()
+	}
+	for _, release := range releases[1:] {
+		release()
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.inFlight) != 0 || len(l.networks) != 0 {
+		t.Fatalf("left after every release: %v %v", l.inFlight, l.networks)
 	}
 }

@@ -135,6 +135,9 @@ type Handler struct {
 	// /64 still with its IP bucket: one network holds 65,536 /64s, and
 	// without it each would bring its own budget. Default: 16 times IP's
 	// capacity and rate (sixteen /64s of a site at full speed at once).
+	// In mode failures a refused network is blocked until this bucket has
+	// guardian.LookupsPerNetwork tokens back (failureBlock): 1.6 s at the
+	// default rate, longer at a lower one.
 	Network *Bucket `json:"network,omitempty"`
 	Key     *Bucket `json:"key,omitempty"`
 	Account *Bucket `json:"account,omitempty"`
@@ -356,7 +359,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if h.Mode == ModeAlways {
 		d := h.limiter.Take(r.Context(), h.keys(c), h.limits(c), true)
 		if !d.Allowed {
-			h.block(c, d, func(b Bucket) time.Duration { return d.RetryAfter })
+			h.block(c, d, func(Bucket, int) time.Duration { return d.RetryAfter })
 		}
 		if err := h.answer(w, d); err != nil {
 			return err
@@ -400,7 +403,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// the wait.
 	d := h.limiter.Take(context.WithoutCancel(r.Context()), h.keys(c), h.limits(c), true)
 	if !d.Allowed {
-		h.block(c, d, func(b Bucket) time.Duration { return failureBlock(b, d) })
+		h.block(c, d, func(b Bucket, lookups int) time.Duration { return failureBlock(b, lookups, d) })
 	}
 	if err == nil {
 		// Answered downstream (a function that checks its own
@@ -414,15 +417,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	return err
 }
 
-// failureBlock is how long an address refused for a failed credential
-// stays blocked: until the tier has refilled guardian.LookupsPerClient
-// tokens, not just the next one. Failures are charged once their lookup
-// has failed, so once a block lapses, that many lookups (the most auth
-// runs at once for one address) go ahead before the first is charged;
-// with a block of one token's time, an address kept that many lookups
-// going every tenth of a second, some fifteen times the tier's rate.
-func failureBlock(b Bucket, d Decision) time.Duration {
-	burst := time.Duration(float64(guardian.LookupsPerClient) / b.Rate * float64(time.Second))
+// failureBlock is how long an address (or IPv6 network) refused for a
+// failed credential stays blocked: until its bucket b has refilled as
+// many tokens as auth looks up at once for it (lookups:
+// guardian.LookupsPerClient for an address, LookupsPerNetwork for a /48),
+// not just the next one. Failures are charged once their lookup has
+// failed, so once a block lapses, that many lookups go ahead before the
+// first is charged; with a block of one token's time, an address kept
+// that many lookups going every tenth of a second, some fifteen times the
+// tier's rate.
+func failureBlock(b Bucket, lookups int, d Decision) time.Duration {
+	burst := time.Duration(float64(lookups) / b.Rate * float64(time.Second))
 	return max(d.RetryAfter, burst)
 }
 
@@ -480,10 +485,10 @@ func (h *Handler) limits(c client) []Bucket {
 // block marks c out of tokens after decision d refused it, for as long as
 // span says of each bucket: its address always, its network too when the
 // network bucket was the one short.
-func (h *Handler) block(c client, d Decision, span func(Bucket) time.Duration) {
-	h.limiter.blocked.add(c.ip, span(*h.IP))
+func (h *Handler) block(c client, d Decision, span func(b Bucket, lookups int) time.Duration) {
+	h.limiter.blocked.add(c.ip, span(*h.IP, guardian.LookupsPerClient))
 	if c.net != "" && d.short[1] {
-		h.limiter.blocked.add(c.net, span(*h.Network))
+		h.limiter.blocked.add(c.net, span(*h.Network, guardian.LookupsPerNetwork))
 	}
 }
 

@@ -650,6 +650,37 @@ func TestRefusalsOfABlockedAddressAreFoldedInTheAudit(t *testing.T) {
 	}
 }
 
+// A network refused for a failed credential stays blocked until its
+// bucket has refilled as many tokens as auth looks up at once for a /48
+// (LookupsPerNetwork): blocked for one address's burst (a tenth of a
+// second at the default sixteen times an address's rate), each of its
+// /64s started a burst of its own whenever the block lapsed.
+func TestANetworkFailureBlockLastsUntilTheNetworksLookupsAreBack(t *testing.T) {
+	t.Parallel()
+	h := newTestHandler(t, Handler{Tier: TierIP, Mode: ModeFailures, IP: &Bucket{Capacity: 100, Rate: 10}, Network: &Bucket{Capacity: 3, Rate: 160}})
+	var c client
+	for i := 0; ; i++ {
+		r := request("192.0.2.1")
+		r.RemoteAddr = fmt.Sprintf("[2001:db8:5:%x::1]:40000", i)
+		c = h.client(r)
+		if s, _ := status(h.ServeHTTP(httptest.NewRecorder(), r, failAuth("unknown_key"))); s == 429 {
+			break
+		}
+		if i > 10 {
+			t.Fatal("never refused")
+		}
+	}
+	want := time.Duration(float64(guardian.LookupsPerNetwork) / 160 * float64(time.Second))
+	if left := h.limiter.blocked.left(c.net); left < want-200*time.Millisecond || left > want {
+		t.Fatalf("the network blocked for %s, want about %s (%d lookups at 160 a second)", left, want, guardian.LookupsPerNetwork)
+	}
+	r := request("192.0.2.1")
+	r.RemoteAddr = "[2001:db8:5:ffff::1]:40000"
+	if s, _ := status(h.ServeHTTP(httptest.NewRecorder(), r, failAuth("unknown_key"))); s != 429 {
+		t.Fatalf("another /64 of the blocked network: %d, want 429", s)
+	}
+}
+
 // A refusal blocks the /48 only when its network bucket was short. Redis's
 // reply cannot say so through what it left (an upper bound: 1 for an
 // address bucket a millisecond's refill short of a token), so a /64
@@ -671,12 +702,12 @@ func TestOnlyAShortNetworkBlocksTheNetwork(t *testing.T) {
 	if addressShort.each[0] != 1 || addressShort.short != [2]bool{true, false} {
 		t.Fatalf("decoded %+v", addressShort)
 	}
-	h.block(c, addressShort, func(Bucket) time.Duration { return time.Minute })
+	h.block(c, addressShort, func(Bucket, int) time.Duration { return time.Minute })
 	if !h.limiter.blocked.has(c.ip) || h.limiter.blocked.has(c.net) {
 		t.Fatal("the address's refusal did not block the address alone")
 	}
 	networkShort, _ := decode([]int64{0, 50, 5000, 0, 0, 100000, 7}, h.v6Limits)
-	h.block(c, networkShort, func(Bucket) time.Duration { return time.Minute })
+	h.block(c, networkShort, func(Bucket, int) time.Duration { return time.Minute })
 	if !h.limiter.blocked.has(c.net) {
 		t.Fatal("the network's refusal did not block the network")
 	}
