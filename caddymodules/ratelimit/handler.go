@@ -127,6 +127,9 @@ type Handler struct {
 	// guardian_auth to refuse what it would have to look up. For routes
 	// whose function checks the credential itself (a webhook's
 	// signature): nothing at the edge can tell a good one from a guess.
+	// Such a route also passes on at most guardian.LookupsPerClient
+	// requests of one address at once (LookupsPerNetwork of an IPv6 /48),
+	// the rest waiting for a place (checking).
 	RefuseBlocked bool `json:"refuse_blocked,omitempty"`
 	// IP, Key and Account shape the buckets. Defaults: 100/10, 1000/100,
 	// 5000/500 (capacity/per second).
@@ -180,6 +183,9 @@ type Handler struct {
 	// spec is the account tier's speculation state; nil when off.
 	spec           *speculation
 	speculateBelow int64
+	// checking bounds the requests per client passed on at once
+	// (RefuseBlocked); nil otherwise.
+	checking *checking
 }
 
 // CaddyModule returns the Caddy module information.
@@ -282,6 +288,24 @@ func (h *Handler) init(l *Limiter) {
 	if h.log == nil {
 		h.log = zap.NewNop()
 	}
+	if h.Tier == TierIP && h.Mode == ModeFailures && h.RefuseBlocked {
+		h.checking = newChecking()
+	}
+}
+
+// hold takes c's places on a refuse_blocked route (checking): its
+// address's, then its network's.
+func (h *Handler) hold(ctx context.Context, c client) (release func(), ok bool) {
+	releaseIP, ok := h.checking.acquire(ctx, c.ip, guardian.LookupsPerClient)
+	if !ok || c.net == "" {
+		return releaseIP, ok
+	}
+	releaseNet, ok := h.checking.acquire(ctx, c.net, guardian.LookupsPerNetwork)
+	if !ok {
+		releaseIP()
+		return nil, false
+	}
+	return func() { releaseNet(); releaseIP() }, true
 }
 
 // shape names a bucket's capacity and rate in its Redis key.
@@ -382,6 +406,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			return h.unchecked(w, c)
 		}
 		caddyhttp.SetVar(r.Context(), VarIPBlocked, true)
+	}
+	if h.checking != nil {
+		// Held until this request's failure, if any, is charged below.
+		release, ok := h.hold(r.Context(), c)
+		if !ok {
+			return h.unchecked(w, c)
+		}
+		defer release()
+		if h.blocked(c) { // refused while this one waited
+			return h.unchecked(w, c)
+		}
 	}
 	err := next.ServeHTTP(w, r)
 	why, _ := caddyhttp.GetVar(r.Context(), varFailure).(string)

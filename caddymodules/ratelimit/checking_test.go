@@ -1,0 +1,154 @@
+package ratelimit
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/glassmkr/guardian/caddymodules/guardian"
+)
+
+// heldCheck is a next handler that holds each request until open is closed,
+// counting those inside it, then fails it as a forged signature would.
+type heldCheck struct {
+	open         chan struct{}
+	inside, most atomic.Int64
+	calls        atomic.Int64
+}
+
+func newHeldCheck() *heldCheck { return &heldCheck{open: make(chan struct{})} }
+
+func (g *heldCheck) ServeHTTP(w http.ResponseWriter, r *http.Request) error {
+	g.calls.Add(1)
+	n := g.inside.Add(1)
+	for {
+		m := g.most.Load()
+		if n <= m || g.most.CompareAndSwap(m, n) {
+			break
+		}
+	}
+	<-g.open
+	g.inside.Add(-1)
+	return failAuth("bad_signature")(w, r)
+}
+
+// A refuse_blocked route (a webhook whose function checks the signature)
+// passes on at most LookupsPerClient requests of one address at once; the
+// others wait, and once the failures charged block the address they are
+// refused without reaching the function. Before, every request of a burst
+// found the address unblocked and was checked and audited.
+func TestARefuseBlockedRoutePassesOnABoundedBurstPerAddress(t *testing.T) {
+	t.Parallel()
+	h := newTestHandler(t, Handler{Tier: TierIP, Mode: ModeFailures, RefuseBlocked: true, IP: &Bucket{Capacity: 3, Rate: 0.01}})
+	g := newHeldCheck()
+	const burst = 40
+	statuses := make(chan int, burst)
+	var wg sync.WaitGroup
+	for range burst {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s, _ := status(h.ServeHTTP(httptest.NewRecorder(), request("192.0.2.60"), g))
+			statuses <- s
+		}()
+	}
+	waitUntil(t, "the first requests inside", func() bool { return g.inside.Load() == guardian.LookupsPerClient })
+	// Another address is not held back.
+	if s, _ := status(h.ServeHTTP(httptest.NewRecorder(), request("192.0.2.61"), ok)); s != 200 {
+		t.Fatalf("another address: %d", s)
+	}
+	close(g.open)
+	wg.Wait()
+	close(statuses)
+	refused := 0
+	for s := range statuses {
+		if s == 429 {
+			refused++
+		}
+	}
+	// The first 3 failures were paid for: each let one waiter in before
+	// the 4th set the block. Every other waiter was refused unchecked.
+	if most, calls := g.most.Load(), g.calls.Load(); most != guardian.LookupsPerClient || calls > guardian.LookupsPerClient+3 || refused < burst-int(calls) {
+		t.Fatalf("%d inside at most, %d passed on, %d refused; want %d, at most %d, and the rest refused",
+			most, calls, refused, guardian.LookupsPerClient, guardian.LookupsPerClient+3)
+	}
+	h.checking.mu.Lock()
+	defer h.checking.mu.Unlock()
+	if len(h.checking.places) != 0 {
+		t.Fatalf("places left after the burst: %v", h.checking.places)
+	}
+}
+
+// An IPv6 /48's /64s share LookupsPerNetwork places, each /64 still at
+// most LookupsPerClient of them.
+func TestARefuseBlockedRoutePassesOnABoundedBurstPerNetwork(t *testing.T) {
+	t.Parallel()
+	h := newTestHandler(t, Handler{Tier: TierIP, Mode: ModeFailures, RefuseBlocked: true})
+	g := newHeldCheck()
+	subnets := guardian.LookupsPerNetwork/guardian.LookupsPerClient + 2
+	var wg sync.WaitGroup
+	for sub := range subnets {
+		for range guardian.LookupsPerClient {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				r := request("192.0.2.1")
+				r.RemoteAddr = fmt.Sprintf("[2001:db8:6:%x::1]:40000", sub)
+				h.ServeHTTP(httptest.NewRecorder(), r, g)
+			}()
+		}
+	}
+	waitUntil(t, "the network's places taken", func() bool { return g.inside.Load() >= guardian.LookupsPerNetwork })
+	time.Sleep(50 * time.Millisecond) // room for any request past the bound to get in
+	if n := g.inside.Load(); n != guardian.LookupsPerNetwork {
+		t.Fatalf("%d requests of one /48 inside, want %d", n, guardian.LookupsPerNetwork)
+	}
+	close(g.open)
+	wg.Wait()
+}
+
+// A request that waits for a place gives it up when its client goes away.
+func TestAWaitForAPlaceEndsWithItsRequest(t *testing.T) {
+	t.Parallel()
+	c := newChecking()
+	var releases []func()
+	for range 2 {
+		release, ok := c.acquire(context.Background(), "a", 2)
+		if !ok {
+			t.Fatal("a free place was refused")
+		}
+		releases = append(releases, release)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan bool)
+	go func() {
+		_, ok := c.acquire(ctx, "a", 2)
+		done <- ok
+	}()
+	cancel()
+	if <-done {
+		t.Fatal("a place was given past the bound")
+	}
+	for _, release := range releases {
+		release()
+	}
+	if len(c.places) != 0 {
+		t.Fatalf("places left: %v", c.places)
+	}
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
