@@ -27,7 +27,7 @@ const maxLookupsPerClient = guardian.LookupsPerClient
 // maxLookupsPerNetwork bounds them for an IPv6 /48, all its /64s (each a
 // client) together: a site holds 65,536 /64s, and one bound per client
 // alone let it start that many bursts whenever a block of its network
-// lapsed.
+// lapsed. A credential two of its /64s look up at once counts twice.
 const maxLookupsPerNetwork = guardian.LookupsPerNetwork
 
 // lookups counts, per client, the credentials being looked up and the

@@ -39,9 +39,9 @@ const checkWait = 5 * time.Second
 
 func newChecking() *checking { return &checking{places: map[string]*places{}} }
 
-// acquire takes one of key's n places, waiting at most checkWait (or until
-// ctx ends); ok is false if none came.
-func (c *checking) acquire(ctx context.Context, key string, n int) (release func(), ok bool) {
+// acquire takes one of key's n places, waiting until deadline at most
+// (or until ctx ends); ok is false if none came.
+func (c *checking) acquire(ctx context.Context, key string, n int, deadline time.Time) (release func(), ok bool) {
 	c.mu.Lock()
 	p := c.places[key]
 	if p == nil {
@@ -53,7 +53,7 @@ func (c *checking) acquire(ctx context.Context, key string, n int) (release func
 	select {
 	case p.slots <- struct{}{}:
 	default:
-		t := time.NewTimer(checkWait)
+		t := time.NewTimer(time.Until(deadline))
 		defer t.Stop()
 		select {
 		case p.slots <- struct{}{}:

@@ -103,13 +103,23 @@ func TestARefuseBlockedRoutePassesOnABoundedBurstPerNetwork(t *testing.T) {
 			}()
 		}
 	}
-	waitUntil(t, "the network's places taken", func() bool { return g.inside.Load() >= guardian.LookupsPerNetwork })
-	time.Sleep(50 * time.Millisecond) // room for any request past the bound to get in
+	// Every request has taken its network's place or waits for one.
+	waitUntil(t, "every request at the network's places", func() bool {
+		h.checking.mu.Lock()
+		defer h.checking.mu.Unlock()
+		p := h.checking.places["n:2001:db8:6::/48"]
+		return p != nil && p.refs == subnets*guardian.LookupsPerClient
+	})
 	if n := g.inside.Load(); n != guardian.LookupsPerNetwork {
 		t.Fatalf("%d requests of one /48 inside, want %d", n, guardian.LookupsPerNetwork)
 	}
 	close(g.open)
 	wg.Wait()
+	// The network's bucket (1,600) pays for every failure: those that
+	// waited were slowed, not refused.
+	if calls := g.calls.Load(); calls != int64(subnets*guardian.LookupsPerClient) {
+		t.Fatalf("%d requests passed on, want all %d", calls, subnets*guardian.LookupsPerClient)
+	}
 }
 
 // A request that waits for a place gives it up when its client goes away.
@@ -117,8 +127,9 @@ func TestAWaitForAPlaceEndsWithItsRequest(t *testing.T) {
 	t.Parallel()
 	c := newChecking()
 	var releases []func()
+	forever := time.Now().Add(time.Hour)
 	for range 2 {
-		release, ok := c.acquire(context.Background(), "a", 2)
+		release, ok := c.acquire(context.Background(), "a", 2, forever)
 		if !ok {
 			t.Fatal("a free place was refused")
 		}
@@ -127,12 +138,20 @@ func TestAWaitForAPlaceEndsWithItsRequest(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan bool)
 	go func() {
-		_, ok := c.acquire(ctx, "a", 2)
+		_, ok := c.acquire(ctx, "a", 2, forever)
 		done <- ok
 	}()
 	cancel()
-	if <-done {
-		t.Fatal("a place was given past the bound")
+	select {
+	case ok := <-done:
+		if ok {
+			t.Fatal("a place was given past the bound")
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the wait for a place outlived its request")
+	}
+	if _, ok := c.acquire(context.Background(), "a", 2, time.Now()); ok {
+		t.Fatal("a place was given past the bound and the deadline")
 	}
 	for _, release := range releases {
 		release()

@@ -294,13 +294,14 @@ func (h *Handler) init(l *Limiter) {
 }
 
 // hold takes c's places on a refuse_blocked route (checking): its
-// address's, then its network's.
+// address's, then its network's, both within one checkWait.
 func (h *Handler) hold(ctx context.Context, c client) (release func(), ok bool) {
-	releaseIP, ok := h.checking.acquire(ctx, c.ip, guardian.LookupsPerClient)
+	deadline := time.Now().Add(checkWait)
+	releaseIP, ok := h.checking.acquire(ctx, c.ip, guardian.LookupsPerClient, deadline)
 	if !ok || c.net == "" {
 		return releaseIP, ok
 	}
-	releaseNet, ok := h.checking.acquire(ctx, c.net, guardian.LookupsPerNetwork)
+	releaseNet, ok := h.checking.acquire(ctx, c.net, guardian.LookupsPerNetwork, deadline)
 	if !ok {
 		releaseIP()
 		return nil, false
