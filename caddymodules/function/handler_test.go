@@ -291,6 +291,32 @@ func TestAFrozenProcessIsReplaced(t *testing.T) {
 	})
 }
 
+// A process whose server answers but whose handlers are deadlocked (its
+// probe says handlers keep running after their request ended) is killed
+// as hung and replaced, as a frozen one is. Before, the probe's 404 alone
+// kept it, every request to the route timing out until Caddy restarted.
+func TestADeadlockedProcessIsReplaced(t *testing.T) {
+	t.Parallel()
+	h := newHandler(t, &Handler{Timeout: caddy.Duration(300 * time.Millisecond)})
+	core, logs := observer.New(zap.ErrorLevel)
+	h.inst.log = zap.New(core)
+	pid := pidOf(t, h)
+	for i := range hungAfter {
+		_, err := call(h, "/deadlock")
+		if status, code := problemOf(t, err); status != 504 || code != "function_timeout" {
+			t.Fatalf("request %d to a deadlocked handler: %d %s", i, status, code)
+		}
+	}
+	waitFor(t, "the deadlocked process to be killed", func() bool { return !testenv.Alive(pid) })
+	waitFor(t, "a fresh process", func() bool {
+		rec, err := call(h, "/ok")
+		return err == nil && rec.Code == 200 && rec.Body.String() != strconv.Itoa(pid)
+	})
+	if logs.FilterMessageSnippet("handlers whose request ended are still running").Len() != 1 {
+		t.Fatalf("the kill was not logged as for stuck handlers: %v", logs.All())
+	}
+}
+
 // A process whose handlers are slow (a dependency stalled: every request
 // times out, concurrent ones at once) still answers the probe: it is left
 // to its requests, not killed with them.

@@ -277,8 +277,9 @@ const probeWait = 2 * time.Second
 // request at once) p is probed with a request its server answers 404
 // itself, before any handler (shared/fnserve: a path not in canonical
 // form). A process that answers is slow, not hung, and is left to its
-// requests. One that does not (its server stopped, the process frozen)
-// is killed, which its watch takes for a crash: a fresh process for the
+// requests. One that does not (its server stopped, the process frozen),
+// or that answers that handlers whose request ended are still running a
+// second later (deadlocked: fnserve.StuckHeader), is killed, which its watch takes for a crash: a fresh process for the
 // next request, after the crash backoff, and a warm function started
 // again. Without this a frozen process answered every request 504 after
 // its full timeout, holding a slot each time, until Caddy restarted (a
@@ -310,8 +311,11 @@ func (in *instance) silentTimeout(p *process) {
 		case p.exited():
 			return // gone meanwhile: its watch has it
 		}
-		in.log.Error("function answered none of its last requests before their timeout, nor a probe; killing it as hung",
-			zap.Int("requests", hungAfter), zap.Int("pid", p.cmd.Process.Pid), zap.Error(err))
+		msg := "function answered none of its last requests before their timeout, nor a probe; killing it as hung"
+		if errors.Is(err, errStuck) {
+			msg = "function answered none of its last requests before their timeout, and handlers whose request ended are still running; killing it as hung"
+		}
+		in.log.Error(msg, zap.Int("requests", hungAfter), zap.Int("pid", p.cmd.Process.Pid), zap.Error(err))
 		p.kill()
 	}()
 }

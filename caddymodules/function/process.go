@@ -55,17 +55,18 @@ type process struct {
 	probing atomic.Bool
 }
 
-// probePath is a path no function routes: its server answers 404 itself,
-// before any handler runs (shared/fnserve answers a path not in canonical
-// form so), so an answer shows the process serving, not a handler done.
-const probePath = "/guardian-probe/"
-
-// probe asks p for probePath over a connection of its own and reports an
-// error unless an answer's header comes within wait.
+// probe asks p for fnserve.ProbePath over a connection of its own and
+// reports an error unless an answer's header comes within wait, or if the
+// answer says handlers are stuck. No handler runs for the path (it is not
+// in canonical form): an answer shows the process serving, not a handler
+// done. fnserve answers it 503 with fnserve.StuckHeader when handlers
+// whose request ended keep running (deadlocked, or blocked where their
+// request's end does not reach them): its server answers, but it serves
+// nothing that needs what they hold.
 func (p *process) probe(wait time.Duration) error {
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://function"+probePath, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://function"+fnserve.ProbePath, nil)
 	if err != nil {
 		return err
 	}
@@ -75,8 +76,14 @@ func (p *process) probe(wait time.Duration) error {
 		return err
 	}
 	resp.Body.Close()
+	if n := resp.Header.Get(fnserve.StuckHeader); resp.StatusCode == http.StatusServiceUnavailable && n != "" {
+		return fmt.Errorf("%w: %.10s handlers still running after their request ended", errStuck, n)
+	}
 	return nil
 }
+
+// errStuck is a probe's answer that handlers are stuck.
+var errStuck = errors.New("handlers stuck")
 
 // errCtxKey carries a *error into the proxy's ErrorHandler so the handler
 // can return the error to Caddy instead of writing a response itself.

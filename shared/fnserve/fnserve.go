@@ -274,7 +274,10 @@ func Serve(ctx context.Context, ln net.Listener, h http.Handler) error {
 }
 
 // handler is h as Serve serves it.
-func handler(h http.Handler) http.Handler { return canonicalPaths(problemErrors(h)) }
+func handler(h http.Handler) http.Handler {
+	t := new(running)
+	return t.probes(canonicalPaths(problemErrors(t.track(h))))
+}
 
 // inherited is the file descriptor the runtime named in variable env, or
 // nil when env is unset (a function run by hand).

@@ -15,6 +15,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unsafe"
 
@@ -147,6 +148,14 @@ func setup(ctx context.Context, log *zap.Logger, env *config.Loader) (http.Handl
 		}
 		unix.Close(int(fd))
 		fmt.Fprint(w, "ok")
+	})
+	// /deadlock takes a lock its first request never gives back, and
+	// does not heed its request's end: the server still answers, every
+	// request here waits forever.
+	var deadlock sync.Mutex
+	mux.HandleFunc("/deadlock", func(w http.ResponseWriter, r *http.Request) {
+		deadlock.Lock()
+		deadlock.Lock()
 	})
 	mux.HandleFunc("/sleep", func(w http.ResponseWriter, r *http.Request) {
 		d, _ := time.ParseDuration(r.URL.Query().Get("d"))
