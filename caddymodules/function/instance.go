@@ -278,10 +278,10 @@ const probeWait = 2 * time.Second
 // itself, before any handler (shared/fnserve: a path not in canonical
 // form). A process that answers is slow, not hung, and is left to its
 // requests. One that does not (its server stopped, the process frozen),
-// or that answers that handlers whose request ended are still running a
-// second later (deadlocked: fnserve.StuckHeader), is killed, which its watch takes for a crash: a fresh process for the
-// next request, after the crash backoff, and a warm function started
-// again. Without this a frozen process answered every request 504 after
+// or that answers that handlers are stuck (fnserve.StuckHeader: their
+// request over, still running long after they began: deadlocked), is
+// killed, which its watch takes for a crash: a fresh process for the next
+// request, after the crash backoff, and a warm function started again. Without this a frozen process answered every request 504 after
 // its full timeout, holding a slot each time, until Caddy restarted (a
 // warm one is never stopped for idleness).
 func (in *instance) silentTimeout(p *process) {

@@ -60,9 +60,9 @@ type process struct {
 // answer says handlers are stuck. No handler runs for the path (it is not
 // in canonical form): an answer shows the process serving, not a handler
 // done. fnserve answers it 503 with fnserve.StuckHeader when handlers
-// whose request ended keep running (deadlocked, or blocked where their
-// request's end does not reach them): its server answers, but it serves
-// nothing that needs what they hold.
+// whose request has ended are still running long after they began
+// (deadlocked, or blocked where their request's end does not reach them):
+// its server answers, but it serves nothing that needs what they hold.
 func (p *process) probe(wait time.Duration) error {
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()

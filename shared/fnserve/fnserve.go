@@ -275,7 +275,7 @@ func Serve(ctx context.Context, ln net.Listener, h http.Handler) error {
 
 // handler is h as Serve serves it.
 func handler(h http.Handler) http.Handler {
-	t := new(running)
+	t := &running{after: stuckAfter()}
 	return t.probes(canonicalPaths(problemErrors(t.track(h))))
 }
 

@@ -3,6 +3,7 @@ package fnserve
 import (
 	"context"
 	"net/http"
+	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -13,39 +14,54 @@ import (
 // ProbePath is the path the function runtime (caddymodules/function) asks
 // for when a process has let requests time out unanswered. It is not in
 // canonical form, so no handler runs for it: a 404 shows the server
-// serving. When handlers are stuck (stuckHandlers) the answer is instead
-// 503 with StuckHeader, which the runtime takes for hung as it takes no
-// answer: a handler deadlocked on a lock, or blocked somewhere that does
-// not honour its request's end, leaves the server answering and every
-// request that needs the lock timing out, and the 404 alone would keep
-// such a process running until Caddy restarted.
+// serving. When handlers are stuck (stuckHandlers: their request over,
+// still running long after they began) the answer is instead 503 with
+// StuckHeader, which the runtime takes for hung as it takes no answer: a
+// handler deadlocked on a lock, or blocked somewhere that does not heed
+// its request's end, leaves the server answering and every request that
+// needs the lock timing out, and the 404 alone would keep such a process
+// running until Caddy restarted.
 const ProbePath = "/guardian-probe/"
 
 // StuckHeader, on a 503 answer to ProbePath, counts the handlers found
 // stuck.
 const StuckHeader = "Guardian-Stuck-Handlers"
 
-// stuckGrace is how long a handler may keep running once its request has
-// ended (the runtime gave up on it, or the client went away) before a
-// probe counts it stuck. Handlers return at once when their request ends
-// (every query, wait and call takes its context); the longest that does
-// not, a password hash, takes a fraction of a second. The probe waits this
-// long only when some handler's request has ended, within the runtime's
-// probe wait.
-const stuckGrace = time.Second
+// EnvStuckAfter sets how old a handler whose request has ended must be to
+// count as stuck (a Go duration; default DefaultStuckAfter). A function
+// reads it from its settings: `env GUARDIAN_FUNCTION_STUCK_AFTER` in the
+// Caddyfile.
+const EnvStuckAfter = "GUARDIAN_FUNCTION_STUCK_AFTER"
+
+// DefaultStuckAfter is EnvStuckAfter's default. Handlers return once
+// their request ends (every query and wait takes its context), except
+// work that must not end with it: secretscan's revocation of a leaked key
+// runs up to 30 s more. A request lasts at most its route's timeout (30 s
+// by default), so a handler still running two minutes after it began,
+// its request over, is not finishing anything.
+const DefaultStuckAfter = 2 * time.Minute
+
+// stuckAfter is EnvStuckAfter's value, or its default if it is unset or
+// not a positive duration.
+func stuckAfter() time.Duration {
+	if d, err := time.ParseDuration(os.Getenv(EnvStuckAfter)); err == nil && d > 0 {
+		return d
+	}
+	return DefaultStuckAfter
+}
 
 // running is the handlers in progress, so that a probe can tell a process
 // whose handlers are stuck from one whose handlers are slow.
 type running struct {
-	mu   sync.Mutex
-	head *call
+	after time.Duration // see EnvStuckAfter
+	mu    sync.Mutex
+	head  *call
 }
 
 // call is one handler in progress, linked into running while it runs.
-// Calls are reused (callPool); gen tells a call's uses apart.
 type call struct {
 	ctx        context.Context
-	gen        uint64
+	start      time.Time
 	prev, next *call
 }
 
@@ -54,17 +70,16 @@ var callPool = sync.Pool{New: func() any { return new(call) }}
 // track runs h, with each call linked into t while it runs.
 func (t *running) track(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c := t.enter(r.Context())
+		c := t.enter(r.Context(), time.Now())
 		defer t.leave(c)
 		h.ServeHTTP(w, r)
 	})
 }
 
-func (t *running) enter(ctx context.Context) *call {
+func (t *running) enter(ctx context.Context, now time.Time) *call {
 	c := callPool.Get().(*call)
 	t.mu.Lock()
-	c.ctx, c.prev, c.next = ctx, nil, t.head
-	c.gen++
+	c.ctx, c.start, c.prev, c.next = ctx, now, nil, t.head
 	if t.head != nil {
 		t.head.prev = c
 	}
@@ -83,48 +98,19 @@ func (t *running) leave(c *call) {
 	if c.next != nil {
 		c.next.prev = c.prev
 	}
-	c.gen++ // ended: a probe holding the old generation no longer sees it
-	c.ctx, c.prev, c.next = nil, nil, nil
 	t.mu.Unlock()
+	c.ctx, c.prev, c.next = nil, nil, nil
 	callPool.Put(c)
 }
 
-// ended is the running calls whose request has ended, by generation.
-func (t *running) ended() map[*call]uint64 {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	var m map[*call]uint64
-	for c := t.head; c != nil; c = c.next {
-		if c.ctx.Err() != nil {
-			if m == nil {
-				m = map[*call]uint64{}
-			}
-			m[c] = c.gen
-		}
-	}
-	return m
-}
-
-// stuckHandlers counts the handlers whose request had ended and that are
-// still running grace later (the same use of the call, by generation).
-// It returns at once when no request has ended.
-func (t *running) stuckHandlers(ctx context.Context, grace time.Duration) int {
-	ended := t.ended()
-	if len(ended) == 0 {
-		return 0
-	}
-	timer := time.NewTimer(grace)
-	defer timer.Stop()
-	select {
-	case <-timer.C:
-	case <-ctx.Done():
-		return 0
-	}
+// stuckHandlers counts the handlers whose request has ended and that
+// began longer than t.after before now.
+func (t *running) stuckHandlers(now time.Time) int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	n := 0
-	for c, gen := range ended {
-		if c.gen == gen {
+	for c := t.head; c != nil; c = c.next {
+		if now.Sub(c.start) > t.after && c.ctx.Err() != nil {
 			n++
 		}
 	}
@@ -137,7 +123,7 @@ func (t *running) stuckHandlers(ctx context.Context, grace time.Duration) int {
 func (t *running) probes(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == ProbePath {
-			if n := t.stuckHandlers(r.Context(), stuckGrace); n > 0 {
+			if n := t.stuckHandlers(time.Now()); n > 0 {
 				w.Header().Set(StuckHeader, strconv.Itoa(n))
 				problem.Write(w, problem.New(http.StatusServiceUnavailable, "handlers_stuck",
 					strconv.Itoa(n)+" handlers still running after their request ended"))

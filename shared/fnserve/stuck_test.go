@@ -9,9 +9,9 @@ import (
 )
 
 // A handler that keeps running once its request has ended (here blocked
-// on a channel, deaf to its context) makes the probe answer 503 with the
-// count; one that returns when its request ends does not, and neither
-// does a slow one whose request is still on.
+// on a channel, deaf to its context), past its stuck age, makes the probe
+// answer 503 with the count; one that returns when its request ends does
+// not, and neither does a slow one whose request is still on.
 func TestTheProbeCountsHandlersStuckAfterTheirRequestEnded(t *testing.T) {
 	t.Parallel()
 	release := make(chan struct{})
@@ -23,7 +23,8 @@ func TestTheProbeCountsHandlersStuckAfterTheirRequestEnded(t *testing.T) {
 		entered <- struct{}{}
 		<-r.Context().Done()
 	})
-	srv := httptest.NewServer(handler(mux))
+	run := &running{after: 200 * time.Millisecond}
+	srv := httptest.NewServer(run.probes(canonicalPaths(problemErrors(run.track(mux)))))
 	t.Cleanup(srv.Close)
 	t.Cleanup(func() {
 		select {
@@ -66,19 +67,21 @@ func TestTheProbeCountsHandlersStuckAfterTheirRequestEnded(t *testing.T) {
 	}()
 	<-entered
 	givenUp("/heeds")
+	time.Sleep(2 * run.after) // both older than the stuck age
 	if status, n := probe(); status != 404 || n != "" {
 		t.Fatalf("probe with handlers that heed their request: %d %q, want 404", status, n)
 	}
 
 	givenUp("/stuck")
 	givenUp("/stuck")
+	// Each counts once it is older than the stuck age (200 ms here).
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		status, n := probe()
 		if status == 503 && n == "2" {
 			break
 		}
-		if status != 404 || time.Now().After(deadline) {
+		if !(status == 404 || status == 503 && n == "1") || time.Now().After(deadline) {
 			t.Fatalf("probe with two stuck handlers: %d %q, want 503 and 2", status, n)
 		}
 	}
@@ -94,30 +97,16 @@ func TestTheProbeCountsHandlersStuckAfterTheirRequestEnded(t *testing.T) {
 	}
 }
 
-// A call's place is reused once it ends: a probe that saw its request
-// end does not take the next use of it for the same call.
-func TestAReusedCallIsNotTakenForTheOneThatEnded(t *testing.T) {
-	t.Parallel()
-	var r running
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	c := r.enter(ctx)
-	ended := r.ended()
-	if len(ended) != 1 {
-		t.Fatalf("%d ended calls, want 1", len(ended))
-	}
-	r.leave(c)
-	again := r.enter(ctx)
-	defer r.leave(again)
-	n := 0
-	r.mu.Lock()
-	for c, gen := range ended {
-		if c.gen == gen {
-			n++
+// The stuck age comes from the function's settings; anything but a
+// positive duration leaves the default.
+func TestStuckAfterIsAPositiveDurationOrTheDefault(t *testing.T) {
+	for value, want := range map[string]time.Duration{
+		"": DefaultStuckAfter, "soon": DefaultStuckAfter, "0s": DefaultStuckAfter, "-1m": DefaultStuckAfter,
+		"90s": 90 * time.Second,
+	} {
+		t.Setenv(EnvStuckAfter, value)
+		if got := stuckAfter(); got != want {
+			t.Errorf("%s=%q: %s, want %s", EnvStuckAfter, value, got, want)
 		}
-	}
-	r.mu.Unlock()
-	if n != 0 {
-		t.Fatal("a call ended and begun again was counted as the one still running")
 	}
 }
