@@ -292,7 +292,7 @@ func TestAFrozenProcessIsReplaced(t *testing.T) {
 }
 
 // A process whose server answers but whose handlers are deadlocked (its
-// probe says handlers keep running after their request ended) is killed
+// probe says handlers keep running past their request's deadline) is killed
 // as hung and replaced, as a frozen one is. Before, the probe's 404 alone
 // kept it, every request to the route timing out until Caddy restarted.
 func TestADeadlockedProcessIsReplaced(t *testing.T) {
@@ -300,13 +300,14 @@ func TestADeadlockedProcessIsReplaced(t *testing.T) {
 	// Its stuck age from Caddy's environment, as an operator would pass
 	// it: a second, where the default waits two minutes.
 	os.Setenv("GUARDIAN_TEST_DEADLOCK_STUCK_AFTER", "1s")
+	t.Cleanup(func() { os.Unsetenv("GUARDIAN_TEST_DEADLOCK_STUCK_AFTER") })
 	h := newHandler(t, &Handler{Timeout: caddy.Duration(300 * time.Millisecond),
 		Env: []string{fnserve.EnvStuckAfter + "=GUARDIAN_TEST_DEADLOCK_STUCK_AFTER"}})
 	core, logs := observer.New(zap.ErrorLevel)
 	h.inst.log = zap.New(core)
 	pid := pidOf(t, h)
-	// Every few timeouts a probe: the first come before the oldest
-	// handler is a second old, and find the process slow.
+	// Every few timeouts a probe: those before the oldest handler is a
+	// second past its deadline find the process slow.
 	waitFor(t, "the deadlocked process to be killed", func() bool {
 		if !testenv.Alive(pid) {
 			return true
@@ -320,7 +321,7 @@ func TestADeadlockedProcessIsReplaced(t *testing.T) {
 		rec, err := call(h, "/ok")
 		return err == nil && rec.Code == 200 && rec.Body.String() != strconv.Itoa(pid)
 	})
-	if logs.FilterMessageSnippet("handlers whose request ended are still running").Len() != 1 {
+	if logs.FilterMessageSnippet("handlers are still running long past their request's deadline").Len() != 1 {
 		t.Fatalf("the kill was not logged as for stuck handlers: %v", logs.All())
 	}
 }

@@ -274,13 +274,11 @@ const probeWait = 2 * time.Second
 
 // silentTimeout counts a request p let time out without answering. At
 // hungAfter in a row (or concurrent: a slow dependency times out every
-// request at once) p is probed with a request its server answers 404
-// itself, before any handler (shared/fnserve: a path not in canonical
-// form). A process that answers is slow, not hung, and is left to its
+// request at once) p is probed with a request its server answers itself,
+// before any handler (shared/fnserve: a path not in canonical form). A process that answers is slow, not hung, and is left to its
 // requests. One that does not (its server stopped, the process frozen),
-// or that answers that handlers are stuck (fnserve.StuckHeader: their
-// request over, still running long after they began: deadlocked), is
-// killed, which its watch takes for a crash: a fresh process for the next
+// or that answers 503 with fnserve.StuckHeader (handlers still running
+// long past their request's deadline: deadlocked), is killed, which its watch takes for a crash: a fresh process for the next
 // request, after the crash backoff, and a warm function started again. Without this a frozen process answered every request 504 after
 // its full timeout, holding a slot each time, until Caddy restarted (a
 // warm one is never stopped for idleness).
@@ -313,7 +311,7 @@ func (in *instance) silentTimeout(p *process) {
 		}
 		msg := "function answered none of its last requests before their timeout, nor a probe; killing it as hung"
 		if errors.Is(err, errStuck) {
-			msg = "function answered none of its last requests before their timeout, and handlers whose request ended are still running; killing it as hung"
+			msg = "function answered none of its last requests before their timeout, and handlers are still running long past their request's deadline; killing it as hung"
 		}
 		in.log.Error(msg, zap.Int("requests", hungAfter), zap.Int("pid", p.cmd.Process.Pid), zap.Error(err))
 		p.kill()

@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -59,10 +60,10 @@ type process struct {
 // reports an error unless an answer's header comes within wait, or if the
 // answer says handlers are stuck. No handler runs for the path (it is not
 // in canonical form): an answer shows the process serving, not a handler
-// done. fnserve answers it 503 with fnserve.StuckHeader when handlers
-// whose request has ended are still running long after they began
-// (deadlocked, or blocked where their request's end does not reach them):
-// its server answers, but it serves nothing that needs what they hold.
+// done. fnserve answers it 503 with fnserve.StuckHeader when handlers are
+// still running long past their request's deadline (fnserve.DeadlineHeader:
+// deadlocked, or blocked where nothing will wake them): its server
+// answers, but it serves nothing that needs what they hold.
 func (p *process) probe(wait time.Duration) error {
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
@@ -359,7 +360,7 @@ const maxProblem = 4 << 10
 // problemCodes are the codes of the 5xx problems functions answer
 // (functions/, shared/fnserve), each a series of
 // guardian_function_server_error_answers_total from the start.
-var problemCodes = []string{"busy", "dependency_down", "internal_error", "keys_unavailable", "storage_unavailable", "unavailable"}
+var problemCodes = []string{"busy", "dependency_down", "handlers_stuck", "internal_error", "keys_unavailable", "storage_unavailable", "unavailable"}
 
 // readCloser reads from one reader and closes another.
 type readCloser struct {
@@ -423,8 +424,8 @@ func socketName(name string, seq uint64) (string, error) {
 // rewrite prepares the request a function receives: addressed to the
 // function, with every Guardian-* header and every trailer the client sent
 // removed, and the caller's key or session cookie too (stripCredentials),
-// and the edge's own identity, client address and request id set in their
-// place.
+// and the edge's own identity, client address, request id and deadline
+// set in their place.
 // (ReverseProxy's Rewrite mode already drops hop-by-hop, Forwarded and
 // X-Forwarded-* headers from the client.)
 func rewrite(name string) func(*httputil.ProxyRequest) {
@@ -456,6 +457,11 @@ func rewrite(name string) func(*httputil.ProxyRequest) {
 			reqID = identity.NewRequestID()
 		}
 		identity.SetEdgeHeaders(h, id, ip, reqID)
+		// When this edge gives up on the request, for the function's
+		// count of stuck handlers (fnserve.ProbePath).
+		if dl, ok := ctx.Deadline(); ok {
+			h[fnserve.DeadlineHeader] = []string{strconv.FormatInt(dl.UnixMilli(), 10)}
+		}
 	}
 }
 

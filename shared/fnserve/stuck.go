@@ -1,7 +1,6 @@
 package fnserve
 
 import (
-	"context"
 	"net/http"
 	"os"
 	"strconv"
@@ -14,31 +13,39 @@ import (
 // ProbePath is the path the function runtime (caddymodules/function) asks
 // for when a process has let requests time out unanswered. It is not in
 // canonical form, so no handler runs for it: a 404 shows the server
-// serving. When handlers are stuck (stuckHandlers: their request over,
-// still running long after they began) the answer is instead 503 with
-// StuckHeader, which the runtime takes for hung as it takes no answer: a
-// handler deadlocked on a lock, or blocked somewhere that does not heed
-// its request's end, leaves the server answering and every request that
-// needs the lock timing out, and the 404 alone would keep such a process
-// running until Caddy restarted.
+// serving. When handlers are stuck (stuckHandlers: still running long
+// after the runtime gave up on their request) the answer is instead 503
+// with StuckHeader, which the runtime takes for hung as it takes no
+// answer: a handler deadlocked on a lock, or blocked where nothing will
+// wake it, leaves the server answering and every request that needs the
+// lock timing out, and the 404 alone would keep such a process running
+// until Caddy restarted.
 const ProbePath = "/guardian-probe/"
 
 // StuckHeader, on a 503 answer to ProbePath, counts the handlers found
 // stuck.
 const StuckHeader = "Guardian-Stuck-Handlers"
 
-// EnvStuckAfter sets how old a handler whose request has ended must be to
-// count as stuck (a Go duration; default DefaultStuckAfter). A function
-// reads it from its settings: `env GUARDIAN_FUNCTION_STUCK_AFTER` in the
-// Caddyfile.
+// DeadlineHeader carries, on each request the runtime sends, when it
+// gives up on the request (its route's timeout, answer included), in Unix
+// milliseconds. A handler's request context does not tell: net/http
+// notices a client gone only once the body has been read, so a handler
+// blocked before reading it has a live context forever. Without the
+// header (a function run by hand) a handler never counts as stuck.
+const DeadlineHeader = "Guardian-Deadline"
+
+// EnvStuckAfter sets how long past its request's deadline a handler must
+// still run to count as stuck (a Go duration; default DefaultStuckAfter).
+// A function reads it from its settings: `env GUARDIAN_FUNCTION_STUCK_AFTER`
+// in the Caddyfile.
 const EnvStuckAfter = "GUARDIAN_FUNCTION_STUCK_AFTER"
 
-// DefaultStuckAfter is EnvStuckAfter's default. Handlers return once
-// their request ends (every query and wait takes its context), except
-// work that must not end with it: secretscan's revocation of a leaked key
-// runs up to 30 s more. A request lasts at most its route's timeout (30 s
-// by default), so a handler still running two minutes after it began,
-// its request over, is not finishing anything.
+// DefaultStuckAfter is EnvStuckAfter's default. Once the runtime has given
+// up on a request, its handler has nothing left to answer; the work that
+// goes on past that on purpose is short (secretscan's revocation of a
+// leaked key: 30 s at most; ingest's wait for its batch: tens of seconds
+// under a stalled ClickHouse). Two minutes past the deadline, a handler is
+// not finishing anything.
 const DefaultStuckAfter = 2 * time.Minute
 
 // stuckAfter is EnvStuckAfter's value, or its default if it is unset or
@@ -60,8 +67,7 @@ type running struct {
 
 // call is one handler in progress, linked into running while it runs.
 type call struct {
-	ctx        context.Context
-	start      time.Time
+	deadline   int64 // DeadlineHeader's; 0 without one
 	prev, next *call
 }
 
@@ -70,16 +76,20 @@ var callPool = sync.Pool{New: func() any { return new(call) }}
 // track runs h, with each call linked into t while it runs.
 func (t *running) track(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c := t.enter(r.Context(), time.Now())
+		var deadline int64
+		if v := r.Header[DeadlineHeader]; len(v) == 1 {
+			deadline, _ = strconv.ParseInt(v[0], 10, 64)
+		}
+		c := t.enter(deadline)
 		defer t.leave(c)
 		h.ServeHTTP(w, r)
 	})
 }
 
-func (t *running) enter(ctx context.Context, now time.Time) *call {
+func (t *running) enter(deadline int64) *call {
 	c := callPool.Get().(*call)
 	t.mu.Lock()
-	c.ctx, c.start, c.prev, c.next = ctx, now, nil, t.head
+	c.deadline, c.prev, c.next = deadline, nil, t.head
 	if t.head != nil {
 		t.head.prev = c
 	}
@@ -99,18 +109,19 @@ func (t *running) leave(c *call) {
 		c.next.prev = c.prev
 	}
 	t.mu.Unlock()
-	c.ctx, c.prev, c.next = nil, nil, nil
+	c.prev, c.next = nil, nil
 	callPool.Put(c)
 }
 
-// stuckHandlers counts the handlers whose request has ended and that
-// began longer than t.after before now.
+// stuckHandlers counts the handlers still running t.after past their
+// request's deadline.
 func (t *running) stuckHandlers(now time.Time) int {
+	limit := now.Add(-t.after).UnixMilli()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	n := 0
 	for c := t.head; c != nil; c = c.next {
-		if now.Sub(c.start) > t.after && c.ctx.Err() != nil {
+		if c.deadline > 0 && c.deadline < limit {
 			n++
 		}
 	}
@@ -126,7 +137,7 @@ func (t *running) probes(h http.Handler) http.Handler {
 			if n := t.stuckHandlers(time.Now()); n > 0 {
 				w.Header().Set(StuckHeader, strconv.Itoa(n))
 				problem.Write(w, problem.New(http.StatusServiceUnavailable, "handlers_stuck",
-					strconv.Itoa(n)+" handlers still running after their request ended"))
+					strconv.Itoa(n)+" handlers still running long after their request's deadline"))
 				return
 			}
 		}

@@ -4,27 +4,23 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
 
-// A handler that keeps running once its request has ended (here blocked
-// on a channel, deaf to its context), past its stuck age, makes the probe
-// answer 503 with the count; one that returns when its request ends does
-// not, and neither does a slow one whose request is still on.
-func TestTheProbeCountsHandlersStuckAfterTheirRequestEnded(t *testing.T) {
-	t.Parallel()
+// A handler still running its stuck age past its request's deadline
+// (here blocked before reading its body, deaf to everything) makes the
+// probe answer 503 with the count; one running as long within its
+// deadline does not, nor one whose request carries no deadline (a
+// function run by hand).
+func TestTheProbeCountsHandlersRunningPastTheirDeadline(t *testing.T) {
+	t.Setenv(EnvStuckAfter, "200ms")
 	release := make(chan struct{})
 	mux := http.NewServeMux()
 	mux.HandleFunc("/stuck", func(w http.ResponseWriter, r *http.Request) { <-release })
-	mux.HandleFunc("/heeds", func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() })
-	entered := make(chan struct{}, 1)
-	mux.HandleFunc("/on", func(w http.ResponseWriter, r *http.Request) {
-		entered <- struct{}{}
-		<-r.Context().Done()
-	})
-	run := &running{after: 200 * time.Millisecond}
-	srv := httptest.NewServer(run.probes(canonicalPaths(problemErrors(run.track(mux)))))
+	srv := httptest.NewServer(handler(mux))
 	t.Cleanup(srv.Close)
 	t.Cleanup(func() {
 		select {
@@ -43,47 +39,38 @@ func TestTheProbeCountsHandlersStuckAfterTheirRequestEnded(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode, resp.Header.Get(StuckHeader)
 	}
-	// given up on: the client's deadline ends the request, which closes
-	// the connection, which ends the handler's context.
-	givenUp := func(path string) {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-		defer cancel()
-		req, _ := http.NewRequestWithContext(ctx, "GET", srv.URL+path, nil)
-		if resp, err := http.DefaultClient.Do(req); err == nil {
-			resp.Body.Close()
-			t.Fatalf("%s answered %d", path, resp.StatusCode)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel) // before srv.Close, which waits for the requests
+	send := func(deadline time.Time) {
+		req, _ := http.NewRequestWithContext(ctx, "POST", srv.URL+"/stuck", strings.NewReader("a body never read"))
+		if !deadline.IsZero() {
+			req.Header.Set(DeadlineHeader, strconv.FormatInt(deadline.UnixMilli(), 10))
 		}
+		go func() {
+			if resp, err := http.DefaultClient.Do(req); err == nil {
+				resp.Body.Close()
+			}
+		}()
 	}
-
-	// A request still on, however long, is not stuck.
-	on, end := context.WithCancel(context.Background())
-	t.Cleanup(end) // before srv.Close, which waits for it
-	go func() {
-		req, _ := http.NewRequestWithContext(on, "GET", srv.URL+"/on", nil)
-		if resp, err := http.DefaultClient.Do(req); err == nil {
-			resp.Body.Close()
-		}
-	}()
-	<-entered
-	givenUp("/heeds")
-	time.Sleep(2 * run.after) // both older than the stuck age
+	send(time.Time{})
+	send(time.Now().Add(time.Hour))
+	send(time.Now().Add(100 * time.Millisecond))
+	send(time.Now().Add(100 * time.Millisecond))
+	time.Sleep(50 * time.Millisecond)
 	if status, n := probe(); status != 404 || n != "" {
-		t.Fatalf("probe with handlers that heed their request: %d %q, want 404", status, n)
+		t.Fatalf("probe before any deadline passed: %d %q, want 404", status, n)
 	}
-
-	givenUp("/stuck")
-	givenUp("/stuck")
-	// Each counts once it is older than the stuck age (200 ms here).
+	// Both past 100 ms + 200 ms: counted; the others never.
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		status, n := probe()
 		if status == 503 && n == "2" {
 			break
 		}
-		if !(status == 404 || status == 503 && n == "1") || time.Now().After(deadline) {
-			t.Fatalf("probe with two stuck handlers: %d %q, want 503 and 2", status, n)
+		if status != 404 || time.Now().After(deadline) {
+			t.Fatalf("probe with two handlers past their deadline: %d %q, want 503 and 2", status, n)
 		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	close(release)
 	for {
@@ -94,6 +81,7 @@ func TestTheProbeCountsHandlersStuckAfterTheirRequestEnded(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("probe once the handlers returned: %d %q, want 404", status, n)
 		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
@@ -108,5 +96,22 @@ func TestStuckAfterIsAPositiveDurationOrTheDefault(t *testing.T) {
 		if got := stuckAfter(); got != want {
 			t.Errorf("%s=%q: %s, want %s", EnvStuckAfter, value, got, want)
 		}
+	}
+}
+
+// A handler that panics is unlinked all the same (net/http recovers the
+// panic after the deferred leave has run).
+func TestAPanickingHandlerIsNotLeftRunning(t *testing.T) {
+	t.Parallel()
+	r := &running{after: time.Millisecond}
+	h := r.track(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { panic(http.ErrAbortHandler) }))
+	req := httptest.NewRequest("GET", "/", nil)
+	req.Header.Set(DeadlineHeader, "1")
+	func() {
+		defer func() { _ = recover() }()
+		h.ServeHTTP(httptest.NewRecorder(), req)
+	}()
+	if n := r.stuckHandlers(time.Now()); n != 0 || r.head != nil {
+		t.Fatalf("%d stuck after a panic, want none left running", n)
 	}
 }
