@@ -78,7 +78,7 @@ func (p *process) probe(wait time.Duration) error {
 	}
 	resp.Body.Close()
 	if n := resp.Header.Get(fnserve.StuckHeader); resp.StatusCode == http.StatusServiceUnavailable && n != "" {
-		return fmt.Errorf("%w: %.10s handlers still running after their request ended", errStuck, n)
+		return fmt.Errorf("%w: %.10s handlers still running long past their request's deadline", errStuck, n)
 	}
 	return nil
 }
