@@ -275,13 +275,16 @@ const probeWait = 2 * time.Second
 // silentTimeout counts a request p let time out without answering. At
 // hungAfter in a row (or concurrent: a slow dependency times out every
 // request at once) p is probed with a request its server answers itself,
-// before any handler (shared/fnserve: a path not in canonical form). A process that answers is slow, not hung, and is left to its
-// requests. One that does not (its server stopped, the process frozen),
-// or that answers 503 with fnserve.StuckHeader (handlers still running
-// long past their request's deadline: deadlocked), is killed, which its watch takes for a crash: a fresh process for the next
-// request, after the crash backoff, and a warm function started again. Without this a frozen process answered every request 504 after
-// its full timeout, holding a slot each time, until Caddy restarted (a
-// warm one is never stopped for idleness).
+// before any handler (shared/fnserve: a path not in canonical form). A
+// process that answers 404 is slow, not hung, and is left to its
+// requests. One that does not answer (its server stopped, the process
+// frozen), or that answers 503 with fnserve.StuckHeader (handlers still
+// running long past their request's deadline: deadlocked), is killed,
+// which its watch takes for a crash: a fresh process for the next
+// request, after the crash backoff, and a warm function started again.
+// Without this a frozen process answered every request 504 after its full
+// timeout, holding a slot each time, until Caddy restarted (a warm one is
+// never stopped for idleness).
 func (in *instance) silentTimeout(p *process) {
 	if p.silent.Add(1) < hungAfter {
 		return

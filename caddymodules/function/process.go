@@ -457,10 +457,10 @@ func rewrite(name string) func(*httputil.ProxyRequest) {
 			reqID = identity.NewRequestID()
 		}
 		identity.SetEdgeHeaders(h, id, ip, reqID)
-		// When this edge gives up on the request, for the function's
-		// count of stuck handlers (fnserve.ProbePath).
+		// How long this edge still waits for the answer, for the
+		// function's count of stuck handlers (fnserve.ProbePath).
 		if dl, ok := ctx.Deadline(); ok {
-			h[fnserve.DeadlineHeader] = []string{strconv.FormatInt(dl.UnixMilli(), 10)}
+			h[fnserve.DeadlineHeader] = []string{strconv.FormatInt(max(time.Until(dl).Milliseconds(), 0), 10)}
 		}
 	}
 }

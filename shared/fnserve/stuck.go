@@ -26,13 +26,16 @@ const ProbePath = "/guardian-probe/"
 // stuck.
 const StuckHeader = "Guardian-Stuck-Handlers"
 
-// DeadlineHeader carries, on each request the runtime sends, when it
-// gives up on the request (its route's timeout, answer included), in Unix
-// milliseconds. A handler's request context does not tell: net/http
-// notices a client gone only once the body has been read, so a handler
-// blocked before reading it has a live context forever. Without the
-// header (a function run by hand) a handler never counts as stuck.
-const DeadlineHeader = "Guardian-Deadline"
+// DeadlineHeader carries, on each request the runtime sends, how long the
+// runtime still waits for the answer (its route's timeout, answer
+// included), in milliseconds. The function counts from when its handler
+// starts, on its own monotonic clock: a clock step moves no deadline, and
+// time the request spent in transit only makes it later. A handler's
+// request context would not tell: net/http notices a client gone only
+// once the body has been read, so a handler blocked before reading it has
+// a live context forever. Without the header (a function run by hand) a
+// handler never counts as stuck.
+const DeadlineHeader = "Guardian-Time-Left-Ms"
 
 // EnvStuckAfter sets how long past its request's deadline a handler must
 // still run to count as stuck (a Go duration; default DefaultStuckAfter).
@@ -42,11 +45,11 @@ const EnvStuckAfter = "GUARDIAN_FUNCTION_STUCK_AFTER"
 
 // DefaultStuckAfter is EnvStuckAfter's default. Once the runtime has given
 // up on a request, its handler has nothing left to answer; the work that
-// goes on past that on purpose is short (secretscan's revocation of a
-// leaked key: 30 s at most; ingest's wait for its batch: tens of seconds
-// under a stalled ClickHouse). Two minutes past the deadline, a handler is
-// not finishing anything.
-const DefaultStuckAfter = 2 * time.Minute
+// goes on past that on purpose ends sooner: secretscan's revocation of a
+// leaked key within 30 s, ingest's wait for its batch within about 90 s
+// under a stalled ClickHouse (the batches queued ahead of it, 10 s each).
+// Five minutes past the deadline, a handler is not finishing anything.
+const DefaultStuckAfter = 5 * time.Minute
 
 // stuckAfter is EnvStuckAfter's value, or its default if it is unset or
 // not a positive duration.
@@ -67,7 +70,7 @@ type running struct {
 
 // call is one handler in progress, linked into running while it runs.
 type call struct {
-	deadline   int64 // DeadlineHeader's; 0 without one
+	deadline   time.Time // from DeadlineHeader; zero without one
 	prev, next *call
 }
 
@@ -76,9 +79,11 @@ var callPool = sync.Pool{New: func() any { return new(call) }}
 // track runs h, with each call linked into t while it runs.
 func (t *running) track(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var deadline int64
+		var deadline time.Time
 		if v := r.Header[DeadlineHeader]; len(v) == 1 {
-			deadline, _ = strconv.ParseInt(v[0], 10, 64)
+			if ms, err := strconv.ParseInt(v[0], 10, 64); err == nil && ms >= 0 {
+				deadline = time.Now().Add(time.Duration(ms) * time.Millisecond)
+			}
 		}
 		c := t.enter(deadline)
 		defer t.leave(c)
@@ -86,7 +91,7 @@ func (t *running) track(h http.Handler) http.Handler {
 	})
 }
 
-func (t *running) enter(deadline int64) *call {
+func (t *running) enter(deadline time.Time) *call {
 	c := callPool.Get().(*call)
 	t.mu.Lock()
 	c.deadline, c.prev, c.next = deadline, nil, t.head
@@ -116,12 +121,11 @@ func (t *running) leave(c *call) {
 // stuckHandlers counts the handlers still running t.after past their
 // request's deadline.
 func (t *running) stuckHandlers(now time.Time) int {
-	limit := now.Add(-t.after).UnixMilli()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	n := 0
 	for c := t.head; c != nil; c = c.next {
-		if c.deadline > 0 && c.deadline < limit {
+		if !c.deadline.IsZero() && now.Sub(c.deadline) > t.after {
 			n++
 		}
 	}
