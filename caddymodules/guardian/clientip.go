@@ -21,7 +21,7 @@ func ClientBucket(ctx context.Context) string {
 }
 
 // LookupsPerClient bounds the credentials guardian_auth looks up at once
-// for one client address (ClientBucket). guardian_rate_limit, which
+// for one client address (ClientBucket). guardian_ratelimit, which
 // charges an address only once a lookup has failed, blocks an address it
 // refuses until as many tokens are back, so a burst of that many lookups
 // after each block costs no more than the tier's refill.
@@ -31,7 +31,7 @@ const LookupsPerClient = 16
 // together: sixteen addresses' worth, as the limiter's network bucket
 // holds sixteen addresses' tokens by default. Without it, each of a /48's
 // 65,536 /64s could start LookupsPerClient lookups whenever a block of
-// the network lapsed; guardian_rate_limit blocks a refused network until
+// the network lapsed; guardian_ratelimit blocks a refused network until
 // its bucket has refilled this many tokens.
 const LookupsPerNetwork = 16 * LookupsPerClient
 
