@@ -97,8 +97,9 @@ type Handler struct {
 	MinWarm int `json:"min_warm,omitempty"`
 
 	key         string
-	buffered    *budget // bytes of buffered bodies held (BufferBody)
-	bufferTotal int64   // its size; maxBuffered unless a test sets it
+	timeLeft    []string // fnserve.DeadlineHeader's value: Timeout in ms (proxyCall)
+	buffered    *budget  // bytes of buffered bodies held (BufferBody)
+	bufferTotal int64    // its size; maxBuffered unless a test sets it
 	inst        *instance
 	metrics     *fnMetrics
 	sem         chan struct{}
@@ -169,6 +170,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.key = key
 	h.inst.noteTimeout(time.Duration(h.Timeout))
+	h.timeLeft = []string{strconv.FormatInt(time.Duration(h.Timeout).Milliseconds(), 10)}[:1:1]
 	h.metrics = h.inst.metrics
 	// Shared by every route of this function: one process, one bound.
 	h.sem = h.inst.slots
@@ -297,8 +299,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 
 	ctx, cancel := context.WithTimeout(r.Context(), time.Duration(h.Timeout))
 	defer cancel()
-	var proxyErr error
-	ctx = context.WithValue(ctx, errCtxKey{}, &proxyErr)
+	call := &proxyCall{timeLeft: h.timeLeft}
+	ctx = context.WithValue(ctx, callCtxKey{}, call)
 	req := r.WithContext(ctx)
 	var body *trackedBody
 	if r.Body != nil && r.Body != http.NoBody {
@@ -321,7 +323,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 			return caddyhttp.Error(http.StatusServiceUnavailable,
 				problem.New(http.StatusServiceUnavailable, "function_unavailable", "the service is starting or recovering; try again shortly"))
 		}
-		proxyErr = nil
+		call.err = nil
 		var watch sendWatch
 		answered = h.proxy(p, w, req.WithContext(httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: watch.gotConn})))
 		// A process that died a moment ago refuses the connection before
@@ -334,19 +336,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		// process refuses. So only a request of which no byte reached any
 		// function's socket is sent again (sendWatch): the function may
 		// have acted on one it received before it died.
-		if proxyErr != nil && attempt == 0 && !watch.reached() && ctx.Err() == nil && (body == nil || !body.read) {
+		if call.err != nil && attempt == 0 && !watch.reached() && ctx.Err() == nil && (body == nil || !body.read) {
 			p.waitExit(time.Second)
 			continue
 		}
 		break
 	}
-	if proxyErr == nil {
+	if call.err == nil {
 		if p.silent.Load() != 0 {
 			p.silent.Store(0)
 		}
 		return nil
 	}
-	if errors.Is(proxyErr, context.DeadlineExceeded) && r.Context().Err() == nil {
+	if errors.Is(call.err, context.DeadlineExceeded) && r.Context().Err() == nil {
 		// Silent: the whole request reached the function, which sent
 		// nothing back in time (a slow client, uploading or reading, is
 		// not the function's fault). An answer cut short was an answer.
@@ -371,7 +373,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		return caddyhttp.Error(499, r.Context().Err())
 	}
 	if n, ok := h.inst.failLog.Allow(time.Now(), failLogEvery); ok {
-		h.log.Error("function request failed (logged once per 30 s)", zap.Error(proxyErr), zap.Int64("failed", n))
+		h.log.Error("function request failed (logged once per 30 s)", zap.Error(call.err), zap.Int64("failed", n))
 	}
 	outcome = outcomeFailed
 	return caddyhttp.Error(http.StatusBadGateway,

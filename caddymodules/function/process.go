@@ -17,7 +17,6 @@ import (
 	"os"
 	"os/exec"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -86,9 +85,19 @@ func (p *process) probe(wait time.Duration) error {
 // errStuck is a probe's answer that handlers are stuck.
 var errStuck = errors.New("handlers stuck")
 
-// errCtxKey carries a *error into the proxy's ErrorHandler so the handler
-// can return the error to Caddy instead of writing a response itself.
-type errCtxKey struct{}
+// callCtxKey carries a request's *proxyCall to the proxy's Rewrite and
+// ErrorHandler.
+type callCtxKey struct{}
+
+// proxyCall is what one request's proxying shares with the proxy's hooks:
+// the error, which the handler returns to Caddy instead of the proxy
+// writing a response itself, and the route's timeout for the function
+// (fnserve.DeadlineHeader), prebuilt per route so that sending it
+// allocates nothing.
+type proxyCall struct {
+	err      error
+	timeLeft []string
+}
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
@@ -290,8 +299,8 @@ func startProcess(cfg *spec, log *zap.Logger, serverErrors *prometheus.CounterVe
 			return reportAuthFailure(resp)
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			if slot, ok := r.Context().Value(errCtxKey{}).(*error); ok {
-				*slot = err
+			if call, ok := r.Context().Value(callCtxKey{}).(*proxyCall); ok {
+				call.err = err
 			}
 		},
 	}
@@ -457,10 +466,10 @@ func rewrite(name string) func(*httputil.ProxyRequest) {
 			reqID = identity.NewRequestID()
 		}
 		identity.SetEdgeHeaders(h, id, ip, reqID)
-		// How long this edge still waits for the answer, for the
-		// function's count of stuck handlers (fnserve.ProbePath).
-		if dl, ok := ctx.Deadline(); ok {
-			h[fnserve.DeadlineHeader] = []string{strconv.FormatInt(max(time.Until(dl).Milliseconds(), 0), 10)}
+		// How long this edge waits for the answer, for the function's
+		// count of stuck handlers (fnserve.ProbePath).
+		if call, ok := ctx.Value(callCtxKey{}).(*proxyCall); ok && call.timeLeft != nil {
+			h[fnserve.DeadlineHeader] = call.timeLeft
 		}
 	}
 }

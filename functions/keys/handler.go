@@ -197,26 +197,24 @@ func (h *handler) list(w http.ResponseWriter, r *http.Request) {
 	reply.JSON(w, http.StatusOK, map[string]any{"items": keys})
 }
 
-// sessionStepUp admits only a session that re-authenticated recently.
-func (h *handler) sessionStepUp(w http.ResponseWriter, r *http.Request, id identity.Identity) bool {
-	p, err := h.stepUpRefusal(r, id)
+// sessionStepUp admits only a session that re-authenticated recently;
+// otherwise it has answered, refusing through refuse (which a rotation
+// audits with the refusal's code).
+func (h *handler) sessionStepUp(w http.ResponseWriter, r *http.Request, id identity.Identity, refuse func(*problem.Problem)) bool {
+	if id.Kind != identity.KindSession {
+		refuse(problem.New(http.StatusForbidden, "session_required", "keys are created and rotated from a signed-in session, not with a key"))
+		return false
+	}
+	p, err := stepup.Check(r.Context(), h.db, id, h.now())
 	if err != nil {
 		h.fail(w, err)
 		return false
 	}
 	if p != nil {
-		problem.Write(w, p)
+		refuse(p)
 		return false
 	}
 	return true
-}
-
-// stepUpRefusal is sessionStepUp's refusal, nil if it admits the caller.
-func (h *handler) stepUpRefusal(r *http.Request, id identity.Identity) (*problem.Problem, error) {
-	if id.Kind != identity.KindSession {
-		return problem.New(http.StatusForbidden, "session_required", "keys are created and rotated from a signed-in session, not with a key"), nil
-	}
-	return stepup.Check(r.Context(), h.db, id, h.now())
 }
 
 func badRequest(w http.ResponseWriter, field, detail string) {
@@ -238,7 +236,7 @@ type createRequest struct {
 
 func (h *handler) create(w http.ResponseWriter, r *http.Request) {
 	id, ok := caller(w, r)
-	if !ok || !h.sessionStepUp(w, r, id) {
+	if !ok || !h.sessionStepUp(w, r, id, func(p *problem.Problem) { problem.Write(w, p) }) {
 		return
 	}
 	var req createRequest
@@ -343,14 +341,7 @@ func (h *handler) rotate(w http.ResponseWriter, r *http.Request) {
 		problem.Write(w, p)
 	}
 	id, ok := caller(w, r)
-	if !ok {
-		return
-	}
-	if p, err := h.stepUpRefusal(r, id); err != nil {
-		h.fail(w, err)
-		return
-	} else if p != nil {
-		refuse(p)
+	if !ok || !h.sessionStepUp(w, r, id, refuse) {
 		return
 	}
 	if !identity.ValidID(keyID) {

@@ -27,10 +27,11 @@ const ProbePath = "/guardian-probe/"
 const StuckHeader = "Guardian-Stuck-Handlers"
 
 // DeadlineHeader carries, on each request the runtime sends, how long the
-// runtime still waits for the answer (its route's timeout, answer
-// included), in milliseconds. The function counts from when its handler
-// starts, on its own monotonic clock: a clock step moves no deadline, and
-// time the request spent in transit only makes it later. A handler's
+// runtime waits for the answer (its route's timeout, answer included), in
+// milliseconds. The function counts from when its handler starts, on its
+// own monotonic clock: a clock step moves no deadline, and the runtime
+// started counting earlier (while the request waited for a slot and was
+// sent), so the function's deadline is never before the runtime's. A handler's
 // request context would not tell: net/http notices a client gone only
 // once the body has been read, so a handler blocked before reading it has
 // a live context forever. Without the header (a function run by hand) a
