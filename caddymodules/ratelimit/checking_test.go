@@ -122,6 +122,57 @@ func TestARefuseBlockedRoutePassesOnABoundedBurstPerNetwork(t *testing.T) {
 	}
 }
 
+// A request that finds no place within checkWait is refused unchecked, with
+// a Retry-After, and never reaches the function; the address is not
+// blocked, so once a place is free the next request is checked again.
+func TestARequestWithoutAPlaceWithinTheWaitIsRefusedUnchecked(t *testing.T) {
+	t.Parallel()
+	// A bucket no failure here empties: only the bound can refuse.
+	h := newTestHandler(t, Handler{Tier: TierIP, Mode: ModeFailures, RefuseBlocked: true, IP: &Bucket{Capacity: 1000, Rate: 100}})
+	g := newHeldCheck()
+	var wg sync.WaitGroup
+	for range guardian.LookupsPerClient {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			h.ServeHTTP(httptest.NewRecorder(), request("192.0.2.62"), g)
+		}()
+	}
+	waitUntil(t, "the bound's requests inside", func() bool { return g.inside.Load() == guardian.LookupsPerClient })
+	rec := httptest.NewRecorder()
+	var s int
+	var code string
+	var waited time.Duration
+	answered := make(chan struct{})
+	go func() {
+		defer close(answered)
+		start := time.Now()
+		s, code = status(h.ServeHTTP(rec, request("192.0.2.62"), g))
+		waited = time.Since(start)
+	}()
+	select {
+	case <-answered:
+	case <-time.After(checkWait + 20*time.Second):
+		close(g.open) // let it, and the others, go
+		t.Fatal("a request past the bound was passed on, or waited past its wait")
+	}
+	if s != 429 || code != "rate_limited" || rec.Header().Get("Retry-After") == "" {
+		t.Fatalf("a request past the bound: %d %q, Retry-After %q; want 429 rate_limited with a Retry-After",
+			s, code, rec.Header().Get("Retry-After"))
+	}
+	if waited < checkWait {
+		t.Fatalf("refused after %v, before its wait (%v) was over", waited, checkWait)
+	}
+	if calls := g.calls.Load(); calls != guardian.LookupsPerClient {
+		t.Fatalf("%d requests passed on, want %d", calls, guardian.LookupsPerClient)
+	}
+	close(g.open)
+	wg.Wait()
+	if s, _ := status(h.ServeHTTP(httptest.NewRecorder(), request("192.0.2.62"), ok)); s != 200 {
+		t.Fatalf("the next request, with places free and no block: %d", s)
+	}
+}
+
 // A request that waits for a place gives it up when its client goes away.
 func TestAWaitForAPlaceEndsWithItsRequest(t *testing.T) {
 	t.Parallel()
