@@ -6,21 +6,33 @@
 # quickly fails CI; `make fuzz GUARDIAN_FUZZTIME=10m` digs longer. New
 # crashers are written by Go under the package's testdata/fuzz/, where
 # committing them keeps them as regression seeds.
+#
+#   fuzz.sh              build each package's fuzz test binary and fuzz
+#   fuzz.sh build DIR    only build them, into DIR
+#   fuzz.sh run DIR      fuzz with the binaries a `build DIR` makes, each
+#                        package's as soon as it is there
+#
+# make test starts `build` at a low priority beside the tests, which leave
+# a CPU idle much of the time (waiting for servers and timeouts), and
+# `run` after them: linking some twenty instrumented binaries was half of
+# the fuzz pass's time.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 budget=${GUARDIAN_FUZZTIME:-3s}
+mode=${1:-all}
+case $mode in
+all) (($# <= 1)) || mode=usage ;;
+build | run) (($# == 2)) || mode=usage ;;
+*) mode=usage ;;
+esac
+if [[ $mode == usage ]]; then
+	echo "usage: fuzz.sh [build DIR | run DIR]" >&2
+	exit 2
+fi
 
-# Every package whose test files (as go list gives them: build tags
-# applied) mention "Fuzz" at all.
 module=$(go list -m)
 root=$(go list -m -f '{{.Dir}}')
 failed=0
-pkgs=()
-while IFS= read -r dir; do
-	pkgs+=(".${dir#"$root"}")
-done < <(go list -e -f '{{$d := .Dir}}{{range .TestGoFiles}}{{$d}}/{{.}}{{"\n"}}{{end}}{{range .XTestGoFiles}}{{$d}}/{{.}}{{"\n"}}{{end}}' ./... |
-	xargs -r -d '\n' grep -l 'Fuzz' | xargs -r -d '\n' dirname | sort -u)
-((${#pkgs[@]} > 0)) || { echo "fuzz: no packages with fuzz targets found" >&2; exit 1; }
 
 # Targets run GUARDIAN_FUZZ_JOBS at a time (default: one per CPU), each
 # with one fuzzing worker (-parallel 1) for the budget, which is wall time:
@@ -31,21 +43,31 @@ done < <(go list -e -f '{{$d := .Dir}}{{range .TestGoFiles}}{{$d}}/{{.}}{{"\n"}}
 # GUARDIAN_FUZZTIME as many times the budget as there are CPUs.
 jobs_max=${GUARDIAN_FUZZ_JOBS:-$(nproc)}
 ((jobs_max >= 1)) || jobs_max=1
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-# Each package's instrumented test binary is built once (go test -c -fuzz)
-# and run for each of its targets, which it lists itself (-test.list: what
-# go test -fuzz would find, any parameter name). `go test -fuzz` per target
-# linked, vetted and listed the same binary again for every target: 60
-# links for 22 packages, and as many more to list them. The builder makes
-# one binary at a time in the background (not counted among the jobs),
-# while earlier packages' targets fuzz: two builds never compile the same
-# instrumented dependencies at once on a cold cache, and no CPU waits for
-# a link. $work/N.done says package N's binary and list are there,
-# $work/N.fail that it did not build or list. The corpus cache is the one
-# `go test -fuzz` keeps (GOCACHE/fuzz/<package>).
 fuzzcache=$(go env GOCACHE)/fuzz
-(
+
+# build WORK: each package's instrumented test binary is built once (go
+# test -c -fuzz) and run for each of its targets, which it lists itself
+# (-test.list: what go test -fuzz would find, any parameter name). `go
+# test -fuzz` per target linked, vetted and listed the same binary again
+# for every target: 60 links for 22 packages, and as many more to list
+# them. One binary at a time: two builds never compile the same
+# instrumented dependencies at once on a cold cache. WORK/pid names the
+# builder (written first); WORK/pkgs lists the packages, in the order
+# they are built: every package whose test files (as go list gives them:
+# build tags applied) mention "Fuzz" at all. WORK/N.done says package N's
+# binary and list are there, WORK/N.fail that it did not build or list,
+# and WORK/end that the builder is done.
+build() {
+	local work=$1 dir k pkgs=()
+	echo "$BASHPID" >"$work/pid"
+	# shellcheck disable=SC2064 # the path now: work is gone at exit
+	trap "touch $(printf %q "$work/end")" EXIT
+	while IFS= read -r dir; do
+		pkgs+=(".${dir#"$root"}")
+	done < <(go list -e -f '{{$d := .Dir}}{{range .TestGoFiles}}{{$d}}/{{.}}{{"\n"}}{{end}}{{range .XTestGoFiles}}{{$d}}/{{.}}{{"\n"}}{{end}}' ./... |
+		xargs -r -d '\n' grep -l 'Fuzz' | xargs -r -d '\n' dirname | sort -u)
+	{ ((${#pkgs[@]} == 0)) || printf '%s\n' "${pkgs[@]}"; } >"$work/pkgs.new"
+	mv "$work/pkgs.new" "$work/pkgs"
 	for ((k = 0; k < ${#pkgs[@]}; k++)); do
 		dir=${pkgs[k]}
 		if go test -c -fuzz . -o "$work/$k.test" "$dir" >"$work/$k.build" 2>&1 &&
@@ -55,9 +77,36 @@ fuzzcache=$(go env GOCACHE)/fuzz
 			touch "$work/$k.fail"
 		fi
 	done
-) &
-builder=$!
+}
+
+if [[ $mode == build ]]; then
+	mkdir -p "$2"
+	build "$2"
+	exit 0
+fi
+if [[ $mode == run ]]; then
+	work=$2
+	[[ -s $work/pid ]] || { echo "fuzz: no build was started in $work" >&2; exit 1; }
+	builder=$(<"$work/pid")
+else
+	work=$(mktemp -d)
+	trap 'rm -rf "$work"' EXIT
+	build "$work" &
+	builder=$!
+	# Until the builder has written its pid (its first act), $! names it.
+	while [[ ! -s $work/pid ]] && kill -0 "$builder" 2>/dev/null; do
+		sleep 0.05
+	done
+fi
+# building: whether the builder may still make what is not there yet.
+building() { [[ ! -e $work/end ]] && kill -0 "$builder" 2>/dev/null; }
 fuzzing() { jobs -rp | grep -cvx "$builder" || true; }
+while [[ ! -e $work/pkgs ]]; do
+	building || { echo "fuzz: the build ended before it listed the packages" >&2; exit 1; }
+	sleep 0.1
+done
+mapfile -t pkgs <"$work/pkgs"
+((${#pkgs[@]} > 0)) || { echo "fuzz: no packages with fuzz targets found" >&2; exit 1; }
 
 # Go before 1.27 (golang/go#75804) can end a duration -fuzztime by reporting
 # its own deadline as the target's failure: "context deadline exceeded",
@@ -96,6 +145,11 @@ i=0
 for ((k = 0; k < ${#pkgs[@]}; k++)); do
 	dir=${pkgs[k]}
 	while [[ ! -e $work/$k.done && ! -e $work/$k.fail ]]; do
+		if ! building && [[ ! -e $work/$k.done && ! -e $work/$k.fail ]]; then
+			echo "build ended before this package's binary was made" >"$work/$k.build"
+			touch "$work/$k.fail"
+			break
+		fi
 		sleep 0.1
 	done
 	if [[ -e $work/$k.fail ]]; then

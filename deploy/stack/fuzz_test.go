@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/glassmkr/guardian/shared/testenv"
 )
@@ -36,40 +37,9 @@ func TestFuzzScriptTellsFindingsFromGosDeadlineRace(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			bin := t.TempDir()
-			out := filepath.Join(bin, "output")
-			if err := os.WriteFile(out, []byte(c.output), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			mod := t.TempDir()
-			if err := os.Mkdir(filepath.Join(mod, "x"), 0o755); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(filepath.Join(mod, "x", "x_test.go"), []byte("package x\n\nfunc FuzzX(f *testing.F) {}\n"), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			// The package's test binary lists FuzzX and, fuzzing it,
-			// says what the case has Go say.
-			testBin := "#!/bin/sh\n" +
-				"case \"$1\" in -test.list) echo FuzzX; exit 0 ;; esac\n" +
-				"cat " + out + "\nexit " + strconv.Itoa(c.code) + "\n"
-			if err := os.WriteFile(filepath.Join(bin, "x.test"), []byte(testBin), 0o755); err != nil {
-				t.Fatal(err)
-			}
-			stub := "#!/bin/sh\n" +
-				"case \"$1 $2 $3\" in\n" +
-				"'list -m -f') echo " + mod + "; exit 0 ;;\n" +
-				"'list -m ') echo example.com/m; exit 0 ;;\n" +
-				"'list -e -f') echo " + filepath.Join(mod, "x", "x_test.go") + "; exit 0 ;;\n" +
-				"'env GOCACHE ') echo " + filepath.Join(bin, "cache") + "; exit 0 ;;\n" +
-				"'test -c -fuzz') " + map[bool]string{false: "cp " + filepath.Join(bin, "x.test") + " \"$6\"; exit 0", true: "echo 'x_test.go:3: undefined: testing'; exit 1"}[c.noBuild] + " ;;\n" +
-				"esac\n" +
-				"echo unexpected go \"$@\" >&2; exit 2\n"
-			if err := os.WriteFile(filepath.Join(bin, "go"), []byte(stub), 0o755); err != nil {
-				t.Fatal(err)
-			}
+			env := fuzzStub(t, c.output, c.code, c.noBuild)
 			cmd := exec.Command("bash", filepath.Join(root, "deploy", "stack", "fuzz.sh"))
-			cmd.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"))
+			cmd.Env = env
 			log, err := cmd.CombinedOutput()
 			if failed := err != nil; failed != c.fail {
 				t.Fatalf("failed %v, want %v:\n%s", failed, c.fail, log)
@@ -87,5 +57,107 @@ func TestFuzzScriptTellsFindingsFromGosDeadlineRace(t *testing.T) {
 				t.Errorf("retried %v, want %v:\n%s", retried, c.retried, log)
 			}
 		})
+	}
+}
+
+// fuzzStub puts a stand-in `go` first on PATH and returns the environment
+// to run fuzz.sh in: it lists one target, FuzzX in a package of a module
+// of its own, as go list and go test -list would, and fuzzing it says
+// output and exits with code; with noBuild, its binary does not build.
+func fuzzStub(t *testing.T, output string, code int, noBuild bool) []string {
+	t.Helper()
+	bin := t.TempDir()
+	out := filepath.Join(bin, "output")
+	if err := os.WriteFile(out, []byte(output), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mod := t.TempDir()
+	if err := os.Mkdir(filepath.Join(mod, "x"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(mod, "x", "x_test.go"), []byte("package x\n\nfunc FuzzX(f *testing.F) {}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// The package's test binary lists FuzzX and, fuzzing it, says what
+	// the case has Go say.
+	testBin := "#!/bin/sh\n" +
+		"case \"$1\" in -test.list) echo FuzzX; exit 0 ;; esac\n" +
+		"cat " + out + "\nexit " + strconv.Itoa(code) + "\n"
+	if err := os.WriteFile(filepath.Join(bin, "x.test"), []byte(testBin), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	stub := "#!/bin/sh\n" +
+		"case \"$1 $2 $3\" in\n" +
+		"'list -m -f') echo " + mod + "; exit 0 ;;\n" +
+		"'list -m ') echo example.com/m; exit 0 ;;\n" +
+		"'list -e -f') echo " + filepath.Join(mod, "x", "x_test.go") + "; exit 0 ;;\n" +
+		"'env GOCACHE ') echo " + filepath.Join(bin, "cache") + "; exit 0 ;;\n" +
+		"'test -c -fuzz') " + map[bool]string{false: "cp " + filepath.Join(bin, "x.test") + " \"$6\"; exit 0", true: "echo 'x_test.go:3: undefined: testing'; exit 1"}[noBuild] + " ;;\n" +
+		"esac\n" +
+		"echo unexpected go \"$@\" >&2; exit 2\n"
+	if err := os.WriteFile(filepath.Join(bin, "go"), []byte(stub), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"))
+}
+
+// make test builds the fuzz binaries beside the tests (fuzz.sh build DIR)
+// and fuzzes with them afterwards (fuzz.sh run DIR). A run whose builder
+// is gone without having made a package's binary fails, rather than wait
+// for it for ever.
+func TestFuzzRunUsesTheBinariesABuildMade(t *testing.T) {
+	root, err := testenv.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	script := filepath.Join(root, "deploy", "stack", "fuzz.sh")
+	env := fuzzStub(t, "", 0, false)
+	fuzz := func(args ...string) (string, error) {
+		cmd := exec.Command("bash", append([]string{script}, args...)...)
+		cmd.Env = env
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+
+	work := filepath.Join(t.TempDir(), "fuzz")
+	if out, err := fuzz("build", work); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	if out, err := fuzz("run", work); err != nil || !strings.Contains(out, "FuzzX") || !strings.Contains(out, "1 targets") {
+		t.Fatalf("run after the build: %v\n%s", err, out)
+	}
+
+	// A builder that listed the package and was then killed: its pid
+	// names no process, and no end was written.
+	gone := filepath.Join(t.TempDir(), "fuzz")
+	if out, err := fuzz("build", gone); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	for _, f := range []string{"0.done", "0.test", "end"} {
+		if err := os.Remove(filepath.Join(gone, f)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	done := make(chan struct{})
+	var out string
+	go func() {
+		defer close(done)
+		out, err = fuzz("run", gone)
+	}()
+	select {
+	case <-done:
+	case <-time.After(time.Minute):
+		t.Fatal("fuzz.sh run waits for a builder that is gone")
+	}
+	if err == nil || !strings.Contains(out, "does not build") {
+		t.Fatalf("run without the builder's binary: %v\n%s", err, out)
+	}
+
+	// And a run with no build started says so.
+	if out, err := fuzz("run", t.TempDir()); err == nil || !strings.Contains(out, "no build was started") {
+		t.Fatalf("run without a build: %v\n%s", err, out)
+	}
+	if out, err := fuzz("build"); err == nil || !strings.Contains(out, "usage") {
+		t.Fatalf("build without a directory: %v\n%s", err, out)
 	}
 }
