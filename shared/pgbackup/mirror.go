@@ -15,7 +15,9 @@ import (
 	"regexp"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/pkg/sftp"
 
@@ -88,7 +90,8 @@ func CheckShare(day, days int) func(rel string) bool {
 // first (room for the new files on a full disk: expiredEarly), then new
 // files, the .info files (which name the backups) after them, and only
 // then the rest of what expired (an old archive id, temporary files). Every file is written under a temporary name and
-// renamed into place.
+// renamed into place. From the first change to the last, the copy holds
+// the run's mark (runMark), which a fetch of the copy waits for.
 func Mirror(ctx context.Context, dir string, s *chbackup.Session, target string, check func(rel string) bool) (MirrorReport, error) {
 	rep := MirrorReport{Target: target}
 	local, err := localFiles(dir)
@@ -114,7 +117,7 @@ func Mirror(ctx context.Context, dir string, s *chbackup.Session, target string,
 			return rep, fmt.Errorf("mirror %s: list: %w", target, err)
 		}
 		rel := strings.TrimPrefix(strings.TrimPrefix(w.Path(), root), "/")
-		if rel == "" {
+		if rel == "" || rel == runMark {
 			continue
 		}
 		if w.Stat().IsDir() {
@@ -137,6 +140,14 @@ func Mirror(ctx context.Context, dir string, s *chbackup.Session, target string,
 		// encrypted, so the cluster's system id cannot be compared.
 		return rep, fmt.Errorf("mirror %s: the copy's %d backups share none with the repository's (a stanza created anew on a rebuilt host?); the copy is left as it is (restore from it, or move it aside)", target, len(sets))
 	}
+
+	// From the first change to the last, the copy says a run is under
+	// way (runMark), so that a fetch meanwhile is done again.
+	unmark, err := markRun(ctx, s)
+	if err != nil {
+		return rep, fmt.Errorf("mirror %s: %w", target, err)
+	}
+	defer unmark()
 
 	// What the repository expired before its oldest backup goes first: on
 	// a backup host whose disk is full, the new backup's upload would fail
@@ -456,16 +467,20 @@ func VerifyCopy(ctx context.Context, cfg Config, s *chbackup.Session, scratchDir
 const fetchTries = 3
 
 // fetchSettled runs get, a fetch of the copy into dir, again (dir emptied
-// first) while the copy's .info files differ before and after it, up to
-// fetchTries times. The mirror (every 15 minutes) deletes expired backups,
-// adds new files and writes the .info files last: a fetch walking the
-// tree meanwhile can hold a backup.info that names files it missed, or
-// fail on a file deleted after it was listed, and the restore of a sound
-// copy would then fail. Same .info files before and after mean no mirror
-// run finished meanwhile; one still under way at both ends (deletions
-// done, .info files not yet written) is not seen.
+// first) while a mirror run changed the copy during it, up to fetchTries
+// times. The mirror (every 15 minutes) deletes expired backups, adds new
+// files and writes the .info files last: a fetch walking the tree
+// meanwhile can hold a backup.info that names files it missed, or fail on
+// a file deleted after it was listed, and the restore of a sound copy
+// would then fail. A run that finished during the fetch changed the .info
+// files; one under way at either end (deletions done, .info files not yet
+// written) left its mark (runMark). A fetch waits for a run under way to
+// end first, up to its deadline.
 func fetchSettled(ctx context.Context, s *chbackup.Session, dir string, get func() error) error {
 	for try := 1; ; try++ {
+		if err := waitNoRun(ctx, s); err != nil {
+			return err
+		}
 		before, err := infoState(s)
 		if err != nil {
 			return err
@@ -475,7 +490,11 @@ func fetchSettled(ctx context.Context, s *chbackup.Session, dir string, get func
 		if err != nil {
 			return errors.Join(ferr, err)
 		}
-		if after == before {
+		running, err := runUnderWay(s, time.Now())
+		if err != nil {
+			return errors.Join(ferr, err)
+		}
+		if after == before && !running {
 			return ferr
 		}
 		if try == fetchTries {
@@ -486,6 +505,75 @@ func fetchSettled(ctx context.Context, s *chbackup.Session, dir string, get func
 		}
 		if err := os.RemoveAll(dir); err != nil {
 			return err
+		}
+	}
+}
+
+// runMark is the file at the copy's root that says a mirror run is
+// changing the copy. It holds the run's deadline (Unix seconds): a run
+// killed before it removed its mark has stopped by then.
+const runMark = "mirror-running"
+
+// markGrace is how long past its deadline a run's mark still counts:
+// the run stops within it, and the hosts' clocks may differ a little.
+const markGrace = 5 * time.Minute
+
+// maxMirrorRun is the deadline a mark names for a run whose context has
+// none.
+const maxMirrorRun = 6 * time.Hour
+
+// markPoll is how often a fetch waiting for a mirror run looks again.
+var markPoll = 5 * time.Second
+
+// markRun leaves the run's mark on the copy; unmark removes it (a mark it
+// could not remove lapses at the run's deadline).
+func markRun(ctx context.Context, s *chbackup.Session) (unmark func(), err error) {
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(maxMirrorRun)
+	}
+	name := path.Join(s.Root(), runMark)
+	if _, err := s.Put(name, strings.NewReader(strconv.FormatInt(deadline.Unix(), 10)+"\n")); err != nil {
+		return nil, fmt.Errorf("mark the run on the copy: %w", err)
+	}
+	return func() { _ = s.Client().Remove(name) }, nil
+}
+
+// runUnderWay reports whether the copy holds the mark of a mirror run that
+// may still be going on at now. A mark that is not a number counts as
+// none (a run writes it whole, under a temporary name renamed into place):
+// it must not hold restore checks back for ever.
+func runUnderWay(s *chbackup.Session, now time.Time) (bool, error) {
+	f, err := s.Client().Open(path.Join(s.Root(), runMark))
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	} else if err != nil {
+		return false, fmt.Errorf("read the copy's run mark: %w", err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, 64))
+	if err != nil {
+		return false, fmt.Errorf("read the copy's run mark: %w", err)
+	}
+	deadline, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil {
+		return false, nil
+	}
+	return now.Before(time.Unix(deadline, 0).Add(markGrace)), nil
+}
+
+// waitNoRun waits until no mirror run is under way on the copy, or ctx
+// ends.
+func waitNoRun(ctx context.Context, s *chbackup.Session) error {
+	for {
+		running, err := runUnderWay(s, time.Now())
+		if err != nil || !running {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for a mirror run on the copy to end: %w", ctx.Err())
+		case <-time.After(markPoll):
 		}
 	}
 }
@@ -546,7 +634,7 @@ func fetch(ctx context.Context, s *chbackup.Session, dir string, owner *osUser) 
 			return err
 		}
 		rel := strings.TrimPrefix(strings.TrimPrefix(w.Path(), root), "/")
-		if rel == "" || strings.HasPrefix(path.Base(rel), chbackup.TempPrefix) {
+		if rel == "" || rel == runMark || strings.HasPrefix(path.Base(rel), chbackup.TempPrefix) {
 			continue
 		}
 		if strings.Contains("/"+rel+"/", "/../") {

@@ -8,8 +8,10 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/glassmkr/guardian/shared/chbackup"
 	"github.com/glassmkr/guardian/shared/testenv"
@@ -512,5 +514,96 @@ func TestAFetchAcrossAMirrorRunIsDoneAgain(t *testing.T) {
 	})
 	if err == nil || fetches != fetchTries || !strings.Contains(err.Error(), "changed during each") {
 		t.Fatalf("a copy changing during every fetch: %d fetches, %v", fetches, err)
+	}
+}
+
+// A mirror run marks the copy from its first change to its last (runMark).
+// A fetch waits for a run under way to end; one that a run began during,
+// and that ended before the run wrote the .info files, is done again. A
+// mark past its deadline (a killed run's) holds nothing back, and none is
+// fetched.
+func TestAFetchWaitsForAMirrorRunUnderWay(t *testing.T) {
+	t.Parallel()
+	host := newCopyHost(t)
+	repo := t.TempDir()
+	write(t, repo, map[string]string{
+		"backup/guardian/backup.info":                      "info v1",
+		"backup/guardian/20261122-030000F/backup.manifest": "manifest F1",
+		"archive/guardian/archive.info":                    "archive v1",
+	})
+	mark := filepath.Join(host.target.Path, runMark)
+	if _, err := host.mirror(t, repo, nil); err != nil {
+		t.Fatal(err)
+	}
+	// check is called for the files the copy holds already, mid-run.
+	seen := false
+	if _, err := host.mirror(t, repo, func(string) bool {
+		_, err := os.Stat(mark)
+		seen = seen || err == nil
+		return false
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !seen {
+		t.Fatal("no mark on the copy while the run changed it")
+	}
+	if _, err := os.Stat(mark); !os.IsNotExist(err) {
+		t.Fatalf("the run left its mark (%v)", err)
+	}
+
+	ctx := context.Background()
+	s, err := chbackup.DialSession(ctx, host.srv.KeyPath, host.srv.KnownHosts, host.target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	owner, err := lookupOwner("root")
+	if err != nil {
+		t.Fatal(err)
+	}
+	markUntil := func(deadline time.Time) {
+		t.Helper()
+		write(t, host.target.Path, map[string]string{runMark: strconv.FormatInt(deadline.Unix(), 10) + "\n"})
+	}
+
+	// A killed run's mark, past its deadline and the grace.
+	markUntil(time.Now().Add(-markGrace - time.Minute))
+	fetches := 0
+	if err := fetchSettled(ctx, s, filepath.Join(t.TempDir(), "repo"), func() error { fetches++; return nil }); err != nil || fetches != 1 {
+		t.Fatalf("with a lapsed mark: %d fetches, %v; want one and no error", fetches, err)
+	}
+
+	// A run that begins during the fetch and is still under way at its
+	// end (nothing changed yet that the .info files show).
+	fetches = 0
+	dir := filepath.Join(t.TempDir(), "repo")
+	err = fetchSettled(ctx, s, dir, func() error {
+		fetches++
+		if fetches == 1 {
+			markUntil(time.Now().Add(time.Hour))
+			go func() {
+				time.Sleep(3 * time.Second)
+				_ = os.Remove(mark)
+			}()
+		} else if _, err := os.Stat(mark); err == nil {
+			t.Error("fetched again while the run was under way")
+		}
+		return fetch(ctx, s, dir, owner)
+	})
+	if err != nil || fetches != 2 {
+		t.Fatalf("a fetch a run began during: %d fetches, %v; want 2 and no error", fetches, err)
+	}
+	if got := tree(t, dir); got["backup/guardian/backup.info"] != "info v1" || got[runMark] != "" {
+		t.Fatalf("the fetched copy: %v", keys(got))
+	}
+
+	// A run that does not end within the fetch's own deadline.
+	markUntil(time.Now().Add(time.Hour))
+	short, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	fetches = 0
+	err = fetchSettled(short, s, filepath.Join(t.TempDir(), "repo"), func() error { fetches++; return nil })
+	if err == nil || fetches != 0 || !strings.Contains(err.Error(), "waiting for a mirror run") {
+		t.Fatalf("a run under way past the fetch's deadline: %d fetches, %v", fetches, err)
 	}
 }
