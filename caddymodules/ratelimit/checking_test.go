@@ -171,6 +171,11 @@ func TestARequestWithoutAPlaceWithinTheWaitIsRefusedUnchecked(t *testing.T) {
 	if s, _ := status(h.ServeHTTP(httptest.NewRecorder(), request("192.0.2.62"), ok)); s != 200 {
 		t.Fatalf("the next request, with places free and no block: %d", s)
 	}
+	h.checking.mu.Lock()
+	defer h.checking.mu.Unlock()
+	if len(h.checking.places) != 0 {
+		t.Fatalf("places left: %v", h.checking.places)
+	}
 }
 
 // A request that waits for a place gives it up when its client goes away.
