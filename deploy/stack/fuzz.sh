@@ -9,13 +9,14 @@
 #
 #   fuzz.sh              build each package's fuzz test binary and fuzz
 #   fuzz.sh build DIR    only build them, into DIR
-#   fuzz.sh run DIR      fuzz with the binaries a `build DIR` makes, each
-#                        package's as soon as it is there
+#   fuzz.sh run DIR      build those DIR lacks, and fuzz
 #
-# make test starts `build` at a low priority beside the tests, which leave
-# a CPU idle much of the time (waiting for servers and timeouts), and
-# `run` after them: linking some twenty instrumented binaries was half of
-# the fuzz pass's time.
+# make test starts `build` at the lowest priority beside the tests, which
+# leave a CPU idle much of the time (waiting for servers and timeouts),
+# stops it when they end, and then `run`s: linking some twenty
+# instrumented binaries was half of the fuzz pass's time. What the build
+# did not finish is built then, at the normal priority, beside the
+# fuzzing.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 budget=${GUARDIAN_FUZZTIME:-3s}
@@ -51,15 +52,14 @@ fuzzcache=$(go env GOCACHE)/fuzz
 # test -fuzz` per target linked, vetted and listed the same binary again
 # for every target: 60 links for 22 packages, and as many more to list
 # them. One binary at a time: two builds never compile the same
-# instrumented dependencies at once on a cold cache. WORK/pid names the
-# builder (written first); WORK/pkgs lists the packages, in the order
-# they are built: every package whose test files (as go list gives them:
-# build tags applied) mention "Fuzz" at all. WORK/N.done says package N's
-# binary and list are there, WORK/N.fail that it did not build or list,
-# and WORK/end that the builder is done.
+# instrumented dependencies at once on a cold cache. WORK/pkgs lists the
+# packages, in the order they are built: every package whose test files
+# (as go list gives them: build tags applied) mention "Fuzz" at all.
+# WORK/N.done says package N's binary and list are there (an earlier
+# build's are kept, for the same list), WORK/N.fail that it did not build
+# or list, and WORK/end that the builder is done.
 build() {
 	local work=$1 dir k pkgs=()
-	echo "$BASHPID" >"$work/pid"
 	# shellcheck disable=SC2064 # the path now: work is gone at exit
 	trap "touch $(printf %q "$work/end")" EXIT
 	while IFS= read -r dir; do
@@ -67,8 +67,14 @@ build() {
 	done < <(go list -e -f '{{$d := .Dir}}{{range .TestGoFiles}}{{$d}}/{{.}}{{"\n"}}{{end}}{{range .XTestGoFiles}}{{$d}}/{{.}}{{"\n"}}{{end}}' ./... |
 		xargs -r -d '\n' grep -l 'Fuzz' | xargs -r -d '\n' dirname | sort -u)
 	{ ((${#pkgs[@]} == 0)) || printf '%s\n' "${pkgs[@]}"; } >"$work/pkgs.new"
+	if [[ -e $work/pkgs.built ]] && ! cmp -s "$work/pkgs.built" "$work/pkgs.new"; then
+		rm -f "$work"/*.done
+	fi
+	cp "$work/pkgs.new" "$work/pkgs.built"
 	mv "$work/pkgs.new" "$work/pkgs"
 	for ((k = 0; k < ${#pkgs[@]}; k++)); do
+		[[ ! -e $work/$k.done ]] || continue
+		rm -f "$work/$k.fail"
 		dir=${pkgs[k]}
 		if go test -c -fuzz . -o "$work/$k.test" "$dir" >"$work/$k.build" 2>&1 &&
 			(cd "$root/${dir#./}" && "$work/$k.test" -test.list '^Fuzz') >"$work/$k.list" 2>>"$work/$k.build"; then
@@ -79,25 +85,26 @@ build() {
 	done
 }
 
-if [[ $mode == build ]]; then
+case $mode in
+build)
 	mkdir -p "$2"
 	build "$2"
 	exit 0
-fi
-if [[ $mode == run ]]; then
+	;;
+run)
+	# Whatever built into it before has been stopped (make test waits
+	# for that): what it left is a start.
 	work=$2
-	[[ -s $work/pid ]] || { echo "fuzz: no build was started in $work" >&2; exit 1; }
-	builder=$(<"$work/pid")
-else
+	mkdir -p "$work"
+	rm -f "$work/end" "$work/pkgs"
+	;;
+all)
 	work=$(mktemp -d)
 	trap 'rm -rf "$work"' EXIT
-	build "$work" &
-	builder=$!
-	# Until the builder has written its pid (its first act), $! names it.
-	while [[ ! -s $work/pid ]] && kill -0 "$builder" 2>/dev/null; do
-		sleep 0.05
-	done
-fi
+	;;
+esac
+build "$work" &
+builder=$!
 # building: whether the builder may still make what is not there yet.
 building() { [[ ! -e $work/end ]] && kill -0 "$builder" 2>/dev/null; }
 fuzzing() { jobs -rp | grep -cvx "$builder" || true; }

@@ -64,6 +64,7 @@ func TestFuzzScriptTellsFindingsFromGosDeadlineRace(t *testing.T) {
 // to run fuzz.sh in: it lists one target, FuzzX in a package of a module
 // of its own, as go list and go test -list would, and fuzzing it says
 // output and exits with code; with noBuild, its binary does not build.
+// Building it first runs the shell code in $FUZZ_STUB_BUILD, if any.
 func fuzzStub(t *testing.T, output string, code int, noBuild bool) []string {
 	t.Helper()
 	bin := t.TempDir()
@@ -92,7 +93,7 @@ func fuzzStub(t *testing.T, output string, code int, noBuild bool) []string {
 		"'list -m ') echo example.com/m; exit 0 ;;\n" +
 		"'list -e -f') echo " + filepath.Join(mod, "x", "x_test.go") + "; exit 0 ;;\n" +
 		"'env GOCACHE ') echo " + filepath.Join(bin, "cache") + "; exit 0 ;;\n" +
-		"'test -c -fuzz') " + map[bool]string{false: "cp " + filepath.Join(bin, "x.test") + " \"$6\"; exit 0", true: "echo 'x_test.go:3: undefined: testing'; exit 1"}[noBuild] + " ;;\n" +
+		"'test -c -fuzz') eval \"$FUZZ_STUB_BUILD\"; " + map[bool]string{false: "cp " + filepath.Join(bin, "x.test") + " \"$6\"; exit 0", true: "echo 'x_test.go:3: undefined: testing'; exit 1"}[noBuild] + " ;;\n" +
 		"esac\n" +
 		"echo unexpected go \"$@\" >&2; exit 2\n"
 	if err := os.WriteFile(filepath.Join(bin, "go"), []byte(stub), 0o755); err != nil {
@@ -101,63 +102,67 @@ func fuzzStub(t *testing.T, output string, code int, noBuild bool) []string {
 	return append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"))
 }
 
-// make test builds the fuzz binaries beside the tests (fuzz.sh build DIR)
-// and fuzzes with them afterwards (fuzz.sh run DIR). A run whose builder
-// is gone without having made a package's binary fails, rather than wait
-// for it for ever.
+// make test builds the fuzz binaries beside the tests (fuzz.sh build DIR),
+// stops that build when they end, and fuzzes (fuzz.sh run DIR), building
+// only what it lacks. A run whose build dies without making a package's
+// binary fails, rather than wait for it for ever.
 func TestFuzzRunUsesTheBinariesABuildMade(t *testing.T) {
 	root, err := testenv.RepoRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
 	script := filepath.Join(root, "deploy", "stack", "fuzz.sh")
+	builds := filepath.Join(t.TempDir(), "builds")
 	env := fuzzStub(t, "", 0, false)
-	fuzz := func(args ...string) (string, error) {
+	fuzz := func(hook string, args ...string) (string, error) {
+		t.Helper()
 		cmd := exec.Command("bash", append([]string{script}, args...)...)
-		cmd.Env = env
-		out, err := cmd.CombinedOutput()
+		cmd.Env = append(env, "FUZZ_STUB_BUILD="+hook)
+		done := make(chan struct{})
+		var out []byte
+		var err error
+		go func() {
+			defer close(done)
+			out, err = cmd.CombinedOutput()
+		}()
+		select {
+		case <-done:
+		case <-time.After(time.Minute):
+			_ = cmd.Process.Kill()
+			t.Fatalf("fuzz.sh %v did not end", args)
+		}
 		return string(out), err
+	}
+	count := "echo built >> " + builds
+	built := func() int {
+		b, _ := os.ReadFile(builds)
+		return strings.Count(string(b), "built")
 	}
 
 	work := filepath.Join(t.TempDir(), "fuzz")
-	if out, err := fuzz("build", work); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
+	if out, err := fuzz(count, "build", work); err != nil || built() != 1 {
+		t.Fatalf("build: %v, %d builds\n%s", err, built(), out)
 	}
-	if out, err := fuzz("run", work); err != nil || !strings.Contains(out, "FuzzX") || !strings.Contains(out, "1 targets") {
-		t.Fatalf("run after the build: %v\n%s", err, out)
-	}
-
-	// A builder that listed the package and was then killed: its pid
-	// names no process, and no end was written.
-	gone := filepath.Join(t.TempDir(), "fuzz")
-	if out, err := fuzz("build", gone); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
-	for _, f := range []string{"0.done", "0.test", "end"} {
-		if err := os.Remove(filepath.Join(gone, f)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	done := make(chan struct{})
-	var out string
-	go func() {
-		defer close(done)
-		out, err = fuzz("run", gone)
-	}()
-	select {
-	case <-done:
-	case <-time.After(time.Minute):
-		t.Fatal("fuzz.sh run waits for a builder that is gone")
-	}
-	if err == nil || !strings.Contains(out, "does not build") {
-		t.Fatalf("run without the builder's binary: %v\n%s", err, out)
+	if out, err := fuzz(count, "run", work); err != nil || !strings.Contains(out, "FuzzX") || !strings.Contains(out, "1 targets") || built() != 1 {
+		t.Fatalf("run after the build: %v, %d builds in all, want the one\n%s", err, built(), out)
 	}
 
-	// And a run with no build started says so.
-	if out, err := fuzz("run", t.TempDir()); err == nil || !strings.Contains(out, "no build was started") {
-		t.Fatalf("run without a build: %v\n%s", err, out)
+	// A build stopped before it made the binary: run makes it.
+	if err := os.Remove(filepath.Join(work, "0.done")); err != nil {
+		t.Fatal(err)
 	}
-	if out, err := fuzz("build"); err == nil || !strings.Contains(out, "usage") {
+	if out, err := fuzz(count, "run", work); err != nil || !strings.Contains(out, "1 targets") || built() != 2 {
+		t.Fatalf("run after a build cut short: %v, %d builds in all, want 2\n%s", err, built(), out)
+	}
+
+	// run's own build killed mid-way: no binary, no end written.
+	if err := os.Remove(filepath.Join(work, "0.done")); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := fuzz("kill -9 $PPID", "run", work); err == nil || !strings.Contains(out, "does not build") {
+		t.Fatalf("run whose build died: %v\n%s", err, out)
+	}
+	if out, err := fuzz("", "build"); err == nil || !strings.Contains(out, "usage") {
 		t.Fatalf("build without a directory: %v\n%s", err, out)
 	}
 }

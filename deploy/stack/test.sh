@@ -15,11 +15,18 @@ deploy/stack/deps.sh
 
 run_dir=$(mktemp -d /tmp/guardian-test-run-XXXXXX)
 fuzz_builder=
-cleanup() {
-	local d
+# stop_fuzz_builder stops the fuzz binaries' build and its go commands,
+# and waits for it.
+stop_fuzz_builder() {
 	if [[ -n $fuzz_builder ]]; then
 		kill -- -"$fuzz_builder" 2>/dev/null || true
+		wait "$fuzz_builder" 2>/dev/null || true
+		fuzz_builder=
 	fi
+}
+cleanup() {
+	local d
+	stop_fuzz_builder
 	for d in "$run_dir"/private/*/; do
 		deploy/stack/servers.sh destroy "$d" >/dev/null 2>&1 || true
 	done
@@ -42,8 +49,9 @@ if ((whole)); then
 	# The fuzz targets' instrumented binaries are built beside the tests,
 	# at the lowest priority: the tests leave a CPU idle much of the time
 	# (waiting for servers, timeouts and each other), and the links took
-	# half of the fuzz pass. In a session of its own (setsid), so that
-	# cleanup stops it and its go commands together.
+	# half of the fuzz pass. In a session of its own (setsid), so that it
+	# is stopped with its go commands together; fuzz.sh run builds what
+	# it did not finish.
 	setsid nice -n 19 deploy/stack/fuzz.sh build "$run_dir/fuzz" >"$run_dir/fuzz-build.log" 2>&1 &
 	fuzz_builder=$!
 	# Longest first (measured: each of these takes 35 s to two minutes on
@@ -54,7 +62,8 @@ if ((whole)); then
 		./functions/auth ./caddymodules/audit ./functions/jobs/backup-postgres ./functions/mfa ./functions/keys
 		./caddymodules/auth ./caddymodules/function ./functions/audit ./shared/pgbackup)
 	module=$(go list -m)
-	mapfile -t rest < <(go list ./... | grep -vxF -f <(printf "$module/%s\n" "${slow[@]#./}"))
+	all=$(go list ./...)
+	mapfile -t rest < <(grep -vxF -f <(printf '%s\n' "${slow[@]/#./$module}") <<<"$all")
 	set -- "${slow[@]}" "${rest[@]}"
 fi
 
@@ -64,5 +73,8 @@ go vet ./...
 go test -count=1 -p 2 -timeout 14m "$@"
 # Every fuzz target for a short budget (only on a whole run).
 if ((whole)); then
+	# The build at the lowest priority would wait for the fuzzing's CPUs:
+	# run builds what is left at the normal one.
+	stop_fuzz_builder
 	deploy/stack/fuzz.sh run "$run_dir/fuzz"
 fi
