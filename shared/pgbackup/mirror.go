@@ -90,8 +90,8 @@ func CheckShare(day, days int) func(rel string) bool {
 // first (room for the new files on a full disk: expiredEarly), then new
 // files, the .info files (which name the backups) after them, and only
 // then the rest of what expired (an old archive id, temporary files). Every file is written under a temporary name and
-// renamed into place. From the first change to the last, the copy holds
-// the run's mark (runMark), which a fetch of the copy waits for.
+// renamed into place. While it runs, the copy holds the run's mark
+// (runMark), which a fetch of the copy waits for.
 func Mirror(ctx context.Context, dir string, s *chbackup.Session, target string, check func(rel string) bool) (MirrorReport, error) {
 	rep := MirrorReport{Target: target}
 	local, err := localFiles(dir)
@@ -109,6 +109,14 @@ func Mirror(ctx context.Context, dir string, s *chbackup.Session, target string,
 	if err := c.MkdirAll(root); err != nil {
 		return rep, fmt.Errorf("mirror %s: %w", target, err)
 	}
+	// Until the run ends, the copy says a run is under way (runMark), so
+	// that a fetch waits; a run that refuses the repository below
+	// removes a killed run's mark too.
+	unmark, err := markRun(ctx, s)
+	if err != nil {
+		return rep, fmt.Errorf("mirror %s: %w", target, err)
+	}
+	defer unmark()
 	remote := map[string]int64{}
 	var remoteDirs []string
 	w := c.Walk(root)
@@ -140,14 +148,6 @@ func Mirror(ctx context.Context, dir string, s *chbackup.Session, target string,
 		// encrypted, so the cluster's system id cannot be compared.
 		return rep, fmt.Errorf("mirror %s: the copy's %d backups share none with the repository's (a stanza created anew on a rebuilt host?); the copy is left as it is (restore from it, or move it aside)", target, len(sets))
 	}
-
-	// From the first change to the last, the copy says a run is under
-	// way (runMark), so that a fetch meanwhile is done again.
-	unmark, err := markRun(ctx, s)
-	if err != nil {
-		return rep, fmt.Errorf("mirror %s: %w", target, err)
-	}
-	defer unmark()
 
 	// What the repository expired before its oldest backup goes first: on
 	// a backup host whose disk is full, the new backup's upload would fail
@@ -475,10 +475,10 @@ const fetchTries = 3
 // would then fail. A run that finished during the fetch changed the .info
 // files; one under way at either end (deletions done, .info files not yet
 // written) left its mark (runMark). A fetch waits for a run under way to
-// end first, up to its deadline.
+// end first, for markWait at most.
 func fetchSettled(ctx context.Context, s *chbackup.Session, dir string, get func() error) error {
 	for try := 1; ; try++ {
-		if err := waitNoRun(ctx, s); err != nil {
+		if err := waitNoRun(ctx, s, markWait); err != nil {
 			return err
 		}
 		before, err := infoState(s)
@@ -486,11 +486,13 @@ func fetchSettled(ctx context.Context, s *chbackup.Session, dir string, get func
 			return err
 		}
 		ferr := get()
-		after, err := infoState(s)
+		// The mark first: a run that removes it has written its .info
+		// files before.
+		running, err := runUnderWay(s, time.Now())
 		if err != nil {
 			return errors.Join(ferr, err)
 		}
-		running, err := runUnderWay(s, time.Now())
+		after, err := infoState(s)
 		if err != nil {
 			return errors.Join(ferr, err)
 		}
@@ -562,9 +564,17 @@ func runUnderWay(s *chbackup.Session, now time.Time) (bool, error) {
 	return now.Before(time.Unix(deadline, 0).Add(markGrace)), nil
 }
 
-// waitNoRun waits until no mirror run is under way on the copy, or ctx
-// ends.
-func waitNoRun(ctx context.Context, s *chbackup.Session) error {
+// markWait bounds a fetch's wait for a mirror run to end. Every mirror
+// run replaces a killed run's mark and removes its own, so a mark that
+// stays longer is a run still uploading (a large backup) or one that
+// could not remove it.
+const markWait = time.Hour
+
+// waitNoRun waits until no mirror run is under way on the copy, for most
+// (markWait) at most, or until ctx ends.
+func waitNoRun(ctx context.Context, s *chbackup.Session, most time.Duration) error {
+	limit := time.NewTimer(most)
+	defer limit.Stop()
 	for {
 		running, err := runUnderWay(s, time.Now())
 		if err != nil || !running {
@@ -573,6 +583,8 @@ func waitNoRun(ctx context.Context, s *chbackup.Session) error {
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("waiting for a mirror run on the copy to end: %w", ctx.Err())
+		case <-limit.C:
+			return fmt.Errorf("a mirror run has marked the copy as changing for over %v (%s at its root); remove the mark if no run is under way", most, runMark)
 		case <-time.After(markPoll):
 		}
 	}

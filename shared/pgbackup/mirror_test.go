@@ -566,35 +566,46 @@ func TestAFetchWaitsForAMirrorRunUnderWay(t *testing.T) {
 		write(t, host.target.Path, map[string]string{runMark: strconv.FormatInt(deadline.Unix(), 10) + "\n"})
 	}
 
-	// A killed run's mark, past its deadline and the grace.
+	// A killed run's mark, past its deadline and the grace, holds nothing
+	// back, and is not fetched.
 	markUntil(time.Now().Add(-markGrace - time.Minute))
 	fetches := 0
-	if err := fetchSettled(ctx, s, filepath.Join(t.TempDir(), "repo"), func() error { fetches++; return nil }); err != nil || fetches != 1 {
+	dir := filepath.Join(t.TempDir(), "repo")
+	err = fetchSettled(ctx, s, dir, func() error {
+		fetches++
+		return fetch(ctx, s, dir, owner)
+	})
+	if err != nil || fetches != 1 {
 		t.Fatalf("with a lapsed mark: %d fetches, %v; want one and no error", fetches, err)
+	}
+	if got := tree(t, dir); got["backup/guardian/backup.info"] != "info v1" || got[runMark] != "" {
+		t.Fatalf("the fetched copy: %v", keys(got))
 	}
 
 	// A run that begins during the fetch and is still under way at its
 	// end (nothing changed yet that the .info files show).
 	fetches = 0
-	dir := filepath.Join(t.TempDir(), "repo")
+	dir = filepath.Join(t.TempDir(), "repo")
 	err = fetchSettled(ctx, s, dir, func() error {
 		fetches++
+		if fetches > 1 {
+			if _, err := os.Stat(mark); err == nil {
+				t.Error("fetched again while the run was under way")
+			}
+		}
+		err := fetch(ctx, s, dir, owner)
 		if fetches == 1 {
+			// The run begins as the fetch ends, and ends a little later.
 			markUntil(time.Now().Add(time.Hour))
 			go func() {
 				time.Sleep(3 * time.Second)
 				_ = os.Remove(mark)
 			}()
-		} else if _, err := os.Stat(mark); err == nil {
-			t.Error("fetched again while the run was under way")
 		}
-		return fetch(ctx, s, dir, owner)
+		return err
 	})
 	if err != nil || fetches != 2 {
 		t.Fatalf("a fetch a run began during: %d fetches, %v; want 2 and no error", fetches, err)
-	}
-	if got := tree(t, dir); got["backup/guardian/backup.info"] != "info v1" || got[runMark] != "" {
-		t.Fatalf("the fetched copy: %v", keys(got))
 	}
 
 	// A run that does not end within the fetch's own deadline.
@@ -605,5 +616,9 @@ func TestAFetchWaitsForAMirrorRunUnderWay(t *testing.T) {
 	err = fetchSettled(short, s, filepath.Join(t.TempDir(), "repo"), func() error { fetches++; return nil })
 	if err == nil || fetches != 0 || !strings.Contains(err.Error(), "waiting for a mirror run") {
 		t.Fatalf("a run under way past the fetch's deadline: %d fetches, %v", fetches, err)
+	}
+	// Nor, however long the fetch may take, past markWait.
+	if err := waitNoRun(ctx, s, 500*time.Millisecond); err == nil || !strings.Contains(err.Error(), "remove the mark if no run is under way") {
+		t.Fatalf("a mark that stays: %v", err)
 	}
 }
