@@ -525,7 +525,7 @@ const markGrace = 5 * time.Minute
 const maxMirrorRun = 6 * time.Hour
 
 // markPoll is how often a fetch waiting for a mirror run looks again.
-var markPoll = 5 * time.Second
+const markPoll = 5 * time.Second
 
 // markRun leaves the run's mark on the copy; unmark removes it (a mark it
 // could not remove lapses at the run's deadline).
@@ -570,8 +570,8 @@ func runUnderWay(s *chbackup.Session, now time.Time) (bool, error) {
 // could not remove it.
 const markWait = time.Hour
 
-// waitNoRun waits until no mirror run is under way on the copy, for most
-// (markWait) at most, or until ctx ends.
+// waitNoRun waits until no mirror run is under way on the copy, or ctx
+// ends, or most has passed (fetchSettled waits markWait).
 func waitNoRun(ctx context.Context, s *chbackup.Session, most time.Duration) error {
 	limit := time.NewTimer(most)
 	defer limit.Stop()

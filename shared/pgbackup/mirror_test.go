@@ -517,11 +517,10 @@ func TestAFetchAcrossAMirrorRunIsDoneAgain(t *testing.T) {
 	}
 }
 
-// A mirror run marks the copy from its first change to its last (runMark).
-// A fetch waits for a run under way to end; one that a run began during,
-// and that ended before the run wrote the .info files, is done again. A
-// mark past its deadline (a killed run's) holds nothing back, and none is
-// fetched.
+// A mirror run marks the copy while it runs (runMark). A fetch waits for
+// a run under way to end; one that a run began during, and that ended
+// before the run wrote the .info files, is done again. A mark past its
+// deadline (a killed run's) holds nothing back, and none is fetched.
 func TestAFetchWaitsForAMirrorRunUnderWay(t *testing.T) {
 	t.Parallel()
 	host := newCopyHost(t)
