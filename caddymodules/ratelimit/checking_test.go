@@ -77,11 +77,7 @@ func TestARefuseBlockedRoutePassesOnABoundedBurstPerAddress(t *testing.T) {
 		t.Fatalf("%d inside at most, %d passed on, %d refused; want %d, at most %d, and the rest refused",
 			most, calls, refused, guardian.LookupsPerClient, guardian.LookupsPerClient+3)
 	}
-	h.checking.mu.Lock()
-	defer h.checking.mu.Unlock()
-	if len(h.checking.places) != 0 {
-		t.Fatalf("places left after the burst: %v", h.checking.places)
-	}
+	noPlacesLeft(t, h.checking)
 }
 
 // An IPv6 /48's /64s share LookupsPerNetwork places, each /64 still at
@@ -171,11 +167,7 @@ func TestARequestWithoutAPlaceWithinTheWaitIsRefusedUnchecked(t *testing.T) {
 	if s, _ := status(h.ServeHTTP(httptest.NewRecorder(), request("192.0.2.62"), ok)); s != 200 {
 		t.Fatalf("the next request, with places free and no block: %d", s)
 	}
-	h.checking.mu.Lock()
-	defer h.checking.mu.Unlock()
-	if len(h.checking.places) != 0 {
-		t.Fatalf("places left: %v", h.checking.places)
-	}
+	noPlacesLeft(t, h.checking)
 }
 
 // A request that waits for a place gives it up when its client goes away.
@@ -212,6 +204,15 @@ func TestAWaitForAPlaceEndsWithItsRequest(t *testing.T) {
 	for _, release := range releases {
 		release()
 	}
+	noPlacesLeft(t, c)
+}
+
+// noPlacesLeft fails t if c still holds places: every request that held or
+// waited for one has dropped its hold.
+func noPlacesLeft(t *testing.T, c *checking) {
+	t.Helper()
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if len(c.places) != 0 {
 		t.Fatalf("places left: %v", c.places)
 	}

@@ -66,6 +66,22 @@ func newCopyHost(t *testing.T) *copyHost {
 	return &copyHost{srv, target}
 }
 
+// fetcher opens a session to the host, closed with t, and looks up the
+// owner fetched files get: what fetchSettled and fetch take.
+func (h *copyHost) fetcher(t *testing.T) (*chbackup.Session, *osUser) {
+	t.Helper()
+	s, err := chbackup.DialSession(context.Background(), h.srv.KeyPath, h.srv.KnownHosts, h.target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	owner, err := lookupOwner("root")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, owner
+}
+
 // mirror runs Mirror of repo to the host over a session of its own.
 func (h *copyHost) mirror(t *testing.T, repo string, check func(string) bool) (MirrorReport, error) {
 	t.Helper()
@@ -469,15 +485,8 @@ func TestAFetchAcrossAMirrorRunIsDoneAgain(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	s, err := chbackup.DialSession(ctx, host.srv.KeyPath, host.srv.KnownHosts, host.target)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	owner, err := lookupOwner("root")
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, owner := host.fetcher(t)
+	var err error
 	dir := filepath.Join(t.TempDir(), "repo")
 	fetches := 0
 	mirrorRun := func(version int) {
@@ -551,15 +560,8 @@ func TestAFetchWaitsForAMirrorRunUnderWay(t *testing.T) {
 	}
 
 	ctx := context.Background()
-	s, err := chbackup.DialSession(ctx, host.srv.KeyPath, host.srv.KnownHosts, host.target)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	owner, err := lookupOwner("root")
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, owner := host.fetcher(t)
+	var err error
 	markUntil := func(deadline time.Time) {
 		t.Helper()
 		write(t, host.target.Path, map[string]string{runMark: strconv.FormatInt(deadline.Unix(), 10) + "\n"})
