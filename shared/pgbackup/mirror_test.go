@@ -82,6 +82,19 @@ func (h *copyHost) fetcher(t *testing.T) (*chbackup.Session, *osUser) {
 	return s, owner
 }
 
+// smallRepository is a repository-shaped tree with one backup: its
+// backup.info says "info v1".
+func smallRepository(t *testing.T) string {
+	t.Helper()
+	repo := t.TempDir()
+	write(t, repo, map[string]string{
+		"backup/guardian/backup.info":                      "info v1",
+		"backup/guardian/20261122-030000F/backup.manifest": "manifest F1",
+		"archive/guardian/archive.info":                    "archive v1",
+	})
+	return repo
+}
+
 // mirror runs Mirror of repo to the host over a session of its own.
 func (h *copyHost) mirror(t *testing.T, repo string, check func(string) bool) (MirrorReport, error) {
 	t.Helper()
@@ -474,13 +487,7 @@ func FuzzExpiredEarly(f *testing.F) {
 // of another.
 func TestAFetchAcrossAMirrorRunIsDoneAgain(t *testing.T) {
 	t.Parallel()
-	host := newCopyHost(t)
-	repo := t.TempDir()
-	write(t, repo, map[string]string{
-		"backup/guardian/backup.info":                      "info v1",
-		"backup/guardian/20261122-030000F/backup.manifest": "manifest F1",
-		"archive/guardian/archive.info":                    "archive v1",
-	})
+	host, repo := newCopyHost(t), smallRepository(t)
 	if _, err := host.mirror(t, repo, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -532,13 +539,7 @@ func TestAFetchAcrossAMirrorRunIsDoneAgain(t *testing.T) {
 // deadline (a killed run's) holds nothing back, and none is fetched.
 func TestAFetchWaitsForAMirrorRunUnderWay(t *testing.T) {
 	t.Parallel()
-	host := newCopyHost(t)
-	repo := t.TempDir()
-	write(t, repo, map[string]string{
-		"backup/guardian/backup.info":                      "info v1",
-		"backup/guardian/20261122-030000F/backup.manifest": "manifest F1",
-		"archive/guardian/archive.info":                    "archive v1",
-	})
+	host, repo := newCopyHost(t), smallRepository(t)
 	mark := filepath.Join(host.target.Path, runMark)
 	if _, err := host.mirror(t, repo, nil); err != nil {
 		t.Fatal(err)
