@@ -13,6 +13,13 @@ root=$PWD
 need_go
 deploy/stack/deps.sh
 
+# -trimpath keeps the checkout's path out of the build cache's keys: a
+# clone at another path (CI clones afresh) reuses what an earlier run
+# compiled of the module's own packages instead of compiling them all
+# again. Tests' own go builds inherit it.
+GOFLAGS="$(go env GOFLAGS) -trimpath"
+export GOFLAGS
+
 run_dir=$(mktemp -d /tmp/guardian-test-run-XXXXXX)
 fuzz_builder=
 # stop_fuzz_builder stops the fuzz binaries' build and its go commands,
