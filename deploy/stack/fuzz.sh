@@ -2,32 +2,16 @@
 # deploy/stack/fuzz.sh: run every `go test -fuzz` target of the module for a
 # short budget each (GUARDIAN_FUZZTIME, default 3s), one per CPU at a time
 # (GUARDIAN_FUZZ_JOBS).
-# `make test` runs it after the tests so that a crash any target can find
-# quickly fails CI; `make fuzz GUARDIAN_FUZZTIME=10m` digs longer. New
-# crashers are written by Go under the package's testdata/fuzz/, where
-# committing them keeps them as regression seeds.
-#
-#   fuzz.sh              build each package's fuzz test binary and fuzz
-#   fuzz.sh build DIR    only build them, into DIR
-#   fuzz.sh run DIR      build those DIR lacks, and fuzz
-#
-# make test starts `build` at the lowest priority beside the tests, which
-# leave a CPU idle much of the time (waiting for servers and timeouts),
-# stops it when they end, and then `run`s: linking some twenty
-# instrumented binaries was half of the fuzz pass's time. What the build
-# did not finish is built then, at the normal priority, beside the
-# fuzzing.
+# `make test` runs it beside the tests, at the lowest CPU priority, so
+# that a crash any target can find quickly fails CI; `make fuzz
+# GUARDIAN_FUZZTIME=10m` digs longer. New crashers are written by Go under
+# the package's testdata/fuzz/, where committing them keeps them as
+# regression seeds.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 budget=${GUARDIAN_FUZZTIME:-3s}
-mode=${1:-all}
-case $mode in
-all) (($# <= 1)) || mode=usage ;;
-build | run) (($# == 2)) || mode=usage ;;
-*) mode=usage ;;
-esac
-if [[ $mode == usage ]]; then
-	echo "usage: fuzz.sh [build DIR | run DIR]" >&2
+if (($# > 0)); then
+	echo "usage: fuzz.sh (GUARDIAN_FUZZTIME, GUARDIAN_FUZZ_JOBS from the environment)" >&2
 	exit 2
 fi
 
@@ -51,13 +35,13 @@ fuzzcache=$(go env GOCACHE)/fuzz
 # (-test.list: what go test -fuzz would find, any parameter name). `go
 # test -fuzz` per target linked, vetted and listed the same binary again
 # for every target: 60 links for 22 packages, and as many more to list
-# them. One binary at a time: two builds never compile the same
+# them. One binary at a time, in the background while the targets of
+# those already built are fuzzed: two builds never compile the same
 # instrumented dependencies at once on a cold cache. WORK/pkgs lists the
 # packages, in the order they are built: every package whose test files
 # (as go list gives them: build tags applied) mention "Fuzz" at all.
-# WORK/N.done says package N's binary and list are there (an earlier
-# build's are kept, for the same list), WORK/N.fail that it did not build
-# or list, and WORK/end that the builder is done.
+# WORK/N.done says package N's binary and list are there, WORK/N.fail
+# that it did not build or list, and WORK/end that the builder is done.
 build() {
 	local work=$1 dir k pkgs=()
 	# shellcheck disable=SC2064 # the path now: work is gone at exit
@@ -67,14 +51,8 @@ build() {
 	done < <(go list -e -f '{{$d := .Dir}}{{range .TestGoFiles}}{{$d}}/{{.}}{{"\n"}}{{end}}{{range .XTestGoFiles}}{{$d}}/{{.}}{{"\n"}}{{end}}' ./... |
 		xargs -r -d '\n' grep -l 'Fuzz' | xargs -r -d '\n' dirname | sort -u)
 	{ ((${#pkgs[@]} == 0)) || printf '%s\n' "${pkgs[@]}"; } >"$work/pkgs.new"
-	if [[ -e $work/pkgs.built ]] && ! cmp -s "$work/pkgs.built" "$work/pkgs.new"; then
-		rm -f "$work"/*.done
-	fi
-	cp "$work/pkgs.new" "$work/pkgs.built"
 	mv "$work/pkgs.new" "$work/pkgs"
 	for ((k = 0; k < ${#pkgs[@]}; k++)); do
-		[[ ! -e $work/$k.done ]] || continue
-		rm -f "$work/$k.fail"
 		dir=${pkgs[k]}
 		if go test -c -fuzz . -o "$work/$k.test" "$dir" >"$work/$k.build" 2>&1 &&
 			(cd "$root/${dir#./}" && "$work/$k.test" -test.list '^Fuzz') >"$work/$k.list" 2>>"$work/$k.build"; then
@@ -85,24 +63,8 @@ build() {
 	done
 }
 
-case $mode in
-build)
-	mkdir -p "$2"
-	build "$2"
-	exit 0
-	;;
-run)
-	# Whatever built into it before has been stopped (make test waits
-	# for that): what it left is a start.
-	work=$2
-	mkdir -p "$work"
-	rm -f "$work/end" "$work/pkgs"
-	;;
-all)
-	work=$(mktemp -d)
-	trap 'rm -rf "$work"' EXIT
-	;;
-esac
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
 build "$work" &
 builder=$!
 # building: whether the builder may still make what is not there yet.
