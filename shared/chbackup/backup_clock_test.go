@@ -58,6 +58,7 @@ func (f *fixture) failingBackup(t *testing.T) SetInfo {
 // leaves the target exactly as it was: nothing pruned (a clock a day
 // ahead would prune a set 28.5 days old as expired), nothing written.
 func TestAClockTheBackupHostDisagreesWithTouchesNothing(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, 1)
 	var sets []string
 	for range 2 {
@@ -113,6 +114,7 @@ func TestAClockTheBackupHostDisagreesWithTouchesNothing(t *testing.T) {
 // set is kept while it is the last good set, LATEST's, through a failing
 // run too, and pruned by the first run that completes a newer one.
 func TestASetOfClocksThatRanAheadTogetherGoesOnceANewerSetExists(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, 1)
 	first := f.backup(t)
 	now := f.cfg.now()
@@ -136,6 +138,7 @@ func TestASetOfClocksThatRanAheadTogetherGoesOnceANewerSetExists(t *testing.T) {
 // A set this host's clock alone named a year ahead (before the clocks
 // were compared; the backup host dates it yesterday) goes the same way.
 func TestASetNamedAheadGoesOnceANewerSetExists(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, 1)
 	first := f.backup(t)
 	now := f.cfg.now()
@@ -156,6 +159,7 @@ func TestASetNamedAheadGoesOnceANewerSetExists(t *testing.T) {
 // is not the newest, and goes. When every set is named ahead, the one the
 // backup host dates last stays, whatever its name.
 func TestWithoutLatestASetNamedAheadIsNotTheNewest(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, 1)
 	first := f.backup(t)
 	now := f.cfg.now()

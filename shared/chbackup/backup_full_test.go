@@ -61,6 +61,7 @@ func (f *fixture) plantExpired(t *testing.T, days, n int) string {
 // new set's directory, so the clock check runs, the older expired set is
 // pruned, and the new set fits.
 func TestAFullDiskIsRelievedByLeftoversAndPruning(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, 1)
 	var expired, leftover string
 	f.fullTarget(t, func(root string) {
@@ -87,6 +88,7 @@ func TestAFullDiskIsRelievedByLeftoversAndPruning(t *testing.T) {
 // fails at the target saying so, and prunes nothing (by a clock it could
 // not check, pruning could remove the newest sets).
 func TestAFullDiskWithoutLeftoversFailsAndPrunesNothing(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, 1)
 	var expired string
 	f.fullTarget(t, func(string) {

@@ -184,6 +184,7 @@ func scratchDatabases(t *testing.T, f *fixture) uint64 {
 }
 
 func TestBackupWritesEncryptedSetToEveryTargetAndVerifies(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, 2)
 	info := f.backup(t)
 	if info.Name != f.base.Add(time.Minute).Format(setLayout) {
@@ -279,6 +280,7 @@ func equalJSON(t *testing.T, a, b any) bool {
 // lost file or someone with write access to the target would, and checks
 // that verification says red and drops its scratch database.
 func TestVerifyIsRedOnDamagedSets(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, 1)
 	blobOf := func(m Manifest) (Blob, string) {
 		for _, tm := range m.Tables {
@@ -403,6 +405,7 @@ func TestVerifyIsRedOnDamagedSets(t *testing.T) {
 }
 
 func TestUnknownOrChangedHostKeyIsRefused(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, 1)
 	s := f.srvs[0]
 	changed := filepath.Join(t.TempDir(), "changed")
@@ -444,6 +447,7 @@ func mustRead(t *testing.T, p string) []byte {
 }
 
 func TestInterruptedBackupIsNeverLatest(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, 1)
 	first := f.backup(t)
 
@@ -484,6 +488,7 @@ func TestInterruptedBackupIsNeverLatest(t *testing.T) {
 }
 
 func TestPruneKeepsLatestAndRecentSets(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, 1)
 	f.backup(t) // creates the target directory
 	now := f.cfg.now().Add(time.Minute)
@@ -532,6 +537,7 @@ func TestPruneKeepsLatestAndRecentSets(t *testing.T) {
 // (ClickHouse down, a full disk, which pruning would relieve) still
 // removes them, never the set LATEST names, and leaves nothing of its own.
 func TestExpiredSetsGoEvenWhenTheRunFails(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, 1)
 	first := f.backup(t)
 	now := f.cfg.now().Add(time.Minute)
@@ -568,6 +574,7 @@ func dialFixture(t *testing.T, f *fixture) (*remote, error) {
 }
 
 func TestAFailingTargetDoesNotStopTheOthers(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, 2)
 	if err := f.srvs[1].Stop(); err != nil {
 		t.Fatal(err)
@@ -593,6 +600,7 @@ func TestAFailingTargetDoesNotStopTheOthers(t *testing.T) {
 // error: a set of nothing would verify green, and as days passed pruning
 // would remove every real set.
 func TestBackingUpNothingIsAnError(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, 1)
 	cfg := f.cfg
 	cfg.ClickHouse.Database = "no_such_database"
@@ -609,6 +617,7 @@ func TestBackingUpNothingIsAnError(t *testing.T) {
 // customer data nothing else deletes); the next one drops it, and only
 // the scratch copies of its own database.
 func TestVerifyDropsAKilledRunsScratchCopy(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, 1)
 	f.backup(t)
 	ctx := context.Background()
@@ -637,6 +646,7 @@ func TestVerifyDropsAKilledRunsScratchCopy(t *testing.T) {
 // filter every SELECT's rows are refused like a limit in break mode; their
 // defaults are not.
 func TestRowFiltersThatCutDumpsShortAreRefused(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		v    map[string]string
 		want string
@@ -658,6 +668,7 @@ func TestRowFiltersThatCutDumpsShortAreRefused(t *testing.T) {
 // without an error; a backup under one would record a shortened table as
 // whole. The backup refuses such settings, and accepts limits that throw.
 func TestLimitsThatCutDumpsShortAreRefused(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, 0)
 	ctx := context.Background()
 	withSettings := func(q string) *chClient {

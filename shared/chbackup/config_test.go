@@ -13,6 +13,7 @@ import (
 )
 
 func TestParseTarget(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		in   string
 		want Target
@@ -40,6 +41,7 @@ func TestParseTarget(t *testing.T) {
 }
 
 func TestLoadConfigNamesVariablesNeverValues(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	key := filepath.Join(dir, "key")
 	os.WriteFile(key, []byte("x"), 0o600)

@@ -7,6 +7,7 @@ import (
 )
 
 func TestCheckCreate(t *testing.T) {
+	t.Parallel()
 	good := []string{
 		"CREATE TABLE guardian.snapshots (`customer_id` String, `ts` DateTime, `payload` String) ENGINE = MergeTree PARTITION BY toDate(ts) ORDER BY (customer_id, ts) SETTINGS index_granularity = 8192",
 		"CREATE TABLE guardian.t (`d` Date, `x` UInt64) ENGINE = MergeTree(d, (x), 8192)",

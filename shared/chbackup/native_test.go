@@ -45,6 +45,7 @@ const everyType = `SELECT number AS u64, toInt8(number) AS i8, toUInt16(number) 
 	FROM system.numbers LIMIT 25000 SETTINGS max_block_size = 1000 FORMAT Native`
 
 func TestCountNativeRowsWalksEveryStoredType(t *testing.T) {
+	t.Parallel()
 	dump := nativeDump(t, everyType)
 	st, err := CountNativeRows(bufio.NewReader(bytes.NewReader(dump)))
 	if err != nil {
@@ -69,6 +70,7 @@ func TestCountNativeRowsWalksEveryStoredType(t *testing.T) {
 }
 
 func TestCountNativeRowsRejectsAnExceptionAfterTheData(t *testing.T) {
+	t.Parallel()
 	// ClickHouse has answered 200 and streams blocks when the query fails:
 	// it appends the exception's text.
 	dump := nativeDump(t, "SELECT throwIf(number = 150000) AS x, toString(number) AS s FROM system.numbers LIMIT 200000 SETTINGS max_block_size = 1000 FORMAT Native")
@@ -82,6 +84,7 @@ func TestCountNativeRowsRejectsAnExceptionAfterTheData(t *testing.T) {
 }
 
 func TestSkipperForTypes(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		typ string
 		ok  bool

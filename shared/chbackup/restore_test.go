@@ -13,6 +13,7 @@ import (
 // live one above all), and stops at a blob that does not match its
 // manifest.
 func TestRestoreLoadsTheLatestSetIntoANewDatabase(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, 1)
 	info := f.backup(t)
 	db := f.cfg.ClickHouse.Database

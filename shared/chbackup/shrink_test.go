@@ -12,6 +12,7 @@ import (
 // A new set replaces LATEST unasked unless a table is gone, emptied, or
 // down to less than half and ShrinkRows fewer rows.
 func TestShrinkage(t *testing.T) {
+	t.Parallel()
 	set := func(name string, rows map[string][]uint64) Manifest {
 		m := Manifest{Set: name}
 		for table, blobs := range rows {
@@ -68,6 +69,7 @@ func TestShrinkage(t *testing.T) {
 // shrink), at the start of the next run, so even a run that then fails
 // moves it.
 func TestAShrunkSetIsHeldNoLongerThanSetsAreKept(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, 1)
 	first := f.backup(t)
 	f.exec(t, "TRUNCATE TABLE "+f.cfg.ClickHouse.Database+".snapshots")
@@ -96,6 +98,7 @@ func TestAShrunkSetIsHeldNoLongerThanSetsAreKept(t *testing.T) {
 // Without a newer set to move to, the shrunken run's own set takes the
 // place of a LATEST as old as sets are kept, and says why.
 func TestAShrunkSetReplacesALatestAsOldAsSetsAreKept(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, 1)
 	first := f.backup(t)
 	old := f.age(t, first.Name, 29)
@@ -136,6 +139,7 @@ func (f *fixture) age(t *testing.T, set string, days int) string {
 // saying so, and still prunes the other expired sets; the next run that
 // can write moves it.
 func TestAHeldLatestThatCannotMoveKeepsItsSet(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, 1)
 	first := f.backup(t)
 	f.exec(t, "TRUNCATE TABLE "+f.cfg.ClickHouse.Database+".snapshots")

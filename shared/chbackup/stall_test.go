@@ -246,7 +246,9 @@ func (p *sendTimeoutProxy) answer(c, u net.Conn) {
 	}
 }
 
-// shortenPush sets the fan-out's push timeout to d for t.
+// shortenPush sets the fan-out's push timeout to d for t. The tests that
+// change this package's timeouts are the only ones not parallel: Go runs
+// the parallel ones once every other test has ended.
 func shortenPush(t *testing.T, d time.Duration) {
 	old := pushTimeout
 	pushTimeout = d
@@ -286,6 +288,7 @@ func addBulk(t *testing.T, f *fixture, rows int) {
 }
 
 func TestFramesCountsPacketsAcrossWrites(t *testing.T) {
+	t.Parallel()
 	packet := func(n int) []byte {
 		b := make([]byte, 4+n)
 		binary.BigEndian.PutUint32(b, uint32(n))
@@ -597,6 +600,7 @@ func (s *slowReader) Read(p []byte) (int, error) {
 // A redirect is not followed: Go would carry the password header (it
 // strips only Authorization and Cookie) and the data to another host.
 func TestARedirectDoesNotTakeThePasswordElsewhere(t *testing.T) {
+	t.Parallel()
 	var elsewhere atomic.Int64
 	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { elsewhere.Add(1) }))
 	defer other.Close()

@@ -10,6 +10,7 @@ import (
 // TTL. stripTableTTL must drop the table TTL, keep everything else as it
 // was, and refuse what it cannot delimit.
 func TestStripTableTTL(t *testing.T) {
+	t.Parallel()
 	const cols = "CREATE TABLE guardian.snapshots\n(\n    `customer_id` String,\n    `server_id` String,\n    `ts` DateTime,\n" +
 		"    `retention_days` UInt16,\n    `payload` String\n)\nENGINE = MergeTree\nPARTITION BY toYYYYMMDD(ts)\nORDER BY (customer_id, server_id, ts)"
 	cases := []struct {

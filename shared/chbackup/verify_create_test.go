@@ -12,6 +12,7 @@ import (
 // column TTLs, codecs, comments, indexes, a table TTL, settings), 19.x and
 // 20.x on one line, 18.16 on one line without backquotes or TTL.
 func TestScratchCreate(t *testing.T) {
+	t.Parallel()
 	const s = "CREATE TABLE `restore_verify_x`.`snapshots`"
 	cases := []struct {
 		name, db, table, in, want string
@@ -89,6 +90,7 @@ func TestScratchCreate(t *testing.T) {
 // What SHOW CREATE TABLE does not print for db.table, and what checkCreate
 // refuses, is refused on many lines as on one.
 func TestScratchCreateRefuses(t *testing.T) {
+	t.Parallel()
 	const cols = "\n(\n    `p` String\n)\n"
 	for _, c := range []struct{ name, in, want string }{
 		{"another table", "CREATE TABLE guardian.other" + cols + "ENGINE = MergeTree\nORDER BY p", "does not name guardian.snapshots"},
@@ -183,6 +185,7 @@ func currentCreate(t *testing.T, f *fixture, db, table string) string {
 // is created in the scratch database from them, without the table TTL,
 // and verifies.
 func TestVerifyLoadsACurrentServersStatements(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, 1)
 	db := f.cfg.ClickHouse.Database
 	tables, err := rows[struct{ Name string }](context.Background(), f.ch,

@@ -100,6 +100,7 @@ func insertDatabase(q string) string {
 // checked, before the next is created, so that it never needs room for a
 // second copy of the whole database.
 func TestVerifyLoadsOneTableAtATime(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, 1)
 	f.backup(t)
 	var mu sync.Mutex
@@ -145,6 +146,7 @@ func TestVerifyLoadsOneTableAtATime(t *testing.T) {
 // estimated from the live table's parts, not from the set's uncompressed
 // size, which JSON payloads overstate severalfold.
 func TestVerifyChecksTheDisksHaveRoom(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, 1)
 	info := f.backup(t)
 	var largest uint64 // the set's largest table, uncompressed
@@ -228,6 +230,7 @@ func TestVerifyChecksTheDisksHaveRoom(t *testing.T) {
 // tables get none: TTL merges would delete the expired rows the set holds
 // while they are counted.
 func TestVerifyCreatesScratchTablesWithoutTheirTTL(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, 1)
 	info := f.backup(t)
 	m := f.manifest(t, 0, info.Name)
@@ -278,6 +281,7 @@ func writeManifest(t *testing.T, f *fixture, m Manifest) {
 // database of a run whose deadline has not passed, drops one whose has,
 // and names its own with its deadline.
 func TestVerifyDropsOnlyScratchNoRunCanBeUsing(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, 1)
 	f.backup(t)
 	db := f.cfg.ClickHouse.Database
@@ -321,6 +325,7 @@ func TestVerifyDropsOnlyScratchNoRunCanBeUsing(t *testing.T) {
 // scratch database without the mark (a run not loading yet, or waiting)
 // holds nobody back.
 func TestVerificationsTakeTurns(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, 1)
 	f.backup(t)
 	db := f.cfg.ClickHouse.Database
@@ -371,6 +376,7 @@ func TestVerificationsTakeTurns(t *testing.T) {
 // Two runs that take their turn at the same moment both see the other's
 // mark: the one that goes after the other yields.
 func TestRunsTakingTheirTurnAtOnceYieldByOrder(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, 0)
 	db := f.cfg.ClickHouse.Database
 	first := scratchName(db, time.Now().Add(time.Hour), [6]byte{1})
@@ -409,6 +415,7 @@ func TestRunsTakingTheirTurnAtOnceYieldByOrder(t *testing.T) {
 // passed by although its deadline is hours away. A mark of unknown form
 // still counts.
 func TestAStaleMarkHoldsNobodyBack(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, 0)
 	db := f.cfg.ClickHouse.Database
 	killed := scratchName(db, time.Now().Add(6*time.Hour), [6]byte{1})
@@ -481,6 +488,7 @@ func TestAStaleMarkHoldsNobodyBack(t *testing.T) {
 }
 
 func TestScratchBefore(t *testing.T) {
+	t.Parallel()
 	db := "guardian"
 	now := time.Unix(1_800_000_000, 0)
 	early, late := scratchName(db, now, [6]byte{5}), scratchName(db, now.Add(time.Second), [6]byte{1})
@@ -497,6 +505,7 @@ func TestScratchBefore(t *testing.T) {
 }
 
 func TestScratchExpired(t *testing.T) {
+	t.Parallel()
 	now := time.Date(2026, 12, 1, 5, 0, 0, 0, time.UTC)
 	db := "guardian"
 	p := scratchPrefix(db)
@@ -527,6 +536,7 @@ func TestScratchExpired(t *testing.T) {
 }
 
 func TestDropNow(t *testing.T) {
+	t.Parallel()
 	s := scratchDB{name: "restore_verify_x"}
 	for engine, want := range map[string]string{
 		"Ordinary":   "DROP TABLE IF EXISTS `restore_verify_x`.`t`",
@@ -545,6 +555,7 @@ func TestDropNow(t *testing.T) {
 }
 
 func TestDisksOfAndCheckRoom(t *testing.T) {
+	t.Parallel()
 	const gib = 1 << 30
 	disks := []diskSpace{
 		{Name: "default", Path: "/var/lib/clickhouse/", Free: 50 * gib, Total: 100 * gib},
@@ -602,6 +613,7 @@ func TestDisksOfAndCheckRoom(t *testing.T) {
 // copy is estimated from the live table where there is one, else from the
 // set's compressed size, and never above its uncompressed size.
 func TestScratchSize(t *testing.T) {
+	t.Parallel()
 	const gib = 1 << 30
 	blobs := func(plain, cipher int64, rows uint64) TableManifest {
 		// Two partitions, the size split between them.
@@ -652,6 +664,7 @@ func TestScratchSize(t *testing.T) {
 // liveTableSize reads a table's active parts from system.parts (18.16
 // has it too); a table without parts, or none, tells nothing.
 func TestLiveTableSize(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, 0)
 	db := f.cfg.ClickHouse.Database
 	for _, c := range []struct {
@@ -676,6 +689,7 @@ func TestLiveTableSize(t *testing.T) {
 // before anything is created. DropScratch drops a noted database and
 // refuses any name that is not a scratch database's.
 func TestVerifyNotesItsScratchDatabase(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, 1)
 	f.backup(t)
 	db := f.cfg.ClickHouse.Database
