@@ -43,7 +43,7 @@ test-race:
 	@command -v gcc >/dev/null || { echo "make test-race needs gcc (apt-get install gcc)" >&2; exit 1; }
 	CGO_ENABLED=1 deploy/stack/test.sh -race -p 1 -timeout 40m ./...
 
-## fuzz: every go test -fuzz target for GUARDIAN_FUZZTIME each (default 3s; make test runs them too)
+## fuzz: every go test -fuzz target for GUARDIAN_FUZZTIME each (default 3s; make test runs them for 1s)
 fuzz:
 	deploy/stack/fuzz.sh
 

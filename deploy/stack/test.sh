@@ -2,8 +2,9 @@
 # deploy/stack/test.sh: `make test`. Starts one private PostgreSQL, Redis and
 # ClickHouse on free ports for the whole run, runs go vet and every Go test
 # against them, and every fuzz target briefly beside them
-# (deploy/stack/fuzz.sh), and destroys the servers afterwards whatever the outcome, with those of tests
-# that were killed before their own cleanup ran (testenv.Private).
+# (deploy/stack/fuzz.sh), and destroys the servers afterwards whatever the
+# outcome, with those of tests that were killed before their own cleanup
+# ran (testenv.Private).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -55,16 +56,18 @@ export GUARDIAN_TEST_PRIVATE_DIR=$run_dir/private
 
 whole=$(($# == 0))
 if ((whole)); then
-	# Every fuzz target for a short budget (deploy/stack/fuzz.sh), beside
-	# the tests and at the lowest priority: the tests leave a CPU idle
-	# much of the time (waiting for servers, timeouts and each other),
-	# and after them the pass took two minutes more. The budget is wall
-	# time, so a target fuzzes less while the tests are busy. In a
-	# session of its own (setsid), so that it is stopped with its go
-	# commands and fuzzers together; its files are under run_dir
-	# (TMPDIR), which cleanup removes, whatever ends it.
+	# Every fuzz target for a short budget (deploy/stack/fuzz.sh; 1 s
+	# each unless GUARDIAN_FUZZTIME says otherwise, `make fuzz` for
+	# longer), beside the tests and at the lowest priority: the tests
+	# leave a CPU idle much of the time (waiting for servers, timeouts
+	# and each other), and after them the pass took two minutes more.
+	# The budget is wall time, so a target fuzzes less while the tests
+	# are busy. In a session of its own (setsid), so that it is stopped
+	# with its go commands and fuzzers together; its files are under
+	# run_dir (TMPDIR), which cleanup removes, whatever ends it.
 	mkdir "$run_dir/fuzz"
-	TMPDIR=$run_dir/fuzz setsid nice -n 19 deploy/stack/fuzz.sh >"$run_dir/fuzz.log" 2>&1 &
+	GUARDIAN_FUZZTIME=${GUARDIAN_FUZZTIME:-1s} TMPDIR=$run_dir/fuzz \
+		setsid nice -n 19 deploy/stack/fuzz.sh >"$run_dir/fuzz.log" 2>&1 &
 	fuzzer=$!
 	# Longest first (measured: each of these takes 35 s to two minutes on
 	# 2 CPUs, most packages a few seconds), so that no long package starts
