@@ -247,8 +247,8 @@ func (p *sendTimeoutProxy) answer(c, u net.Conn) {
 }
 
 // shortenPush sets the fan-out's push timeout to d for t. The tests that
-// change this package's timeouts are the only ones not parallel: Go runs
-// the parallel ones once every other test has ended.
+// change this package's timeouts are the only ones not parallel: Go
+// resumes the parallel ones only once every test that is not has ended.
 func shortenPush(t *testing.T, d time.Duration) {
 	old := pushTimeout
 	pushTimeout = d
