@@ -50,6 +50,7 @@ build() {
 		pkgs+=(".${dir#"$root"}")
 	done < <(go list -e -f '{{$d := .Dir}}{{range .TestGoFiles}}{{$d}}/{{.}}{{"\n"}}{{end}}{{range .XTestGoFiles}}{{$d}}/{{.}}{{"\n"}}{{end}}' ./... |
 		xargs -r -d '\n' grep -l 'Fuzz' | xargs -r -d '\n' dirname | sort -u)
+	# Written whole, then renamed: the fuzzing side reads it once it exists.
 	{ ((${#pkgs[@]} == 0)) || printf '%s\n' "${pkgs[@]}"; } >"$work/pkgs.new"
 	mv "$work/pkgs.new" "$work/pkgs"
 	for ((k = 0; k < ${#pkgs[@]}; k++)); do
