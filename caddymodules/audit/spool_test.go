@@ -571,7 +571,7 @@ func TestASilentReplayIsPostgresAway(t *testing.T) {
 }
 
 // sealAll seals s's current segment and lists the sealed ones.
-func sealAll(t *testing.T, s *spool) []string {
+func sealAll(t testing.TB, s *spool) []string {
 	t.Helper()
 	if err := s.seal(); err != nil {
 		t.Fatal(err)

@@ -557,9 +557,13 @@ func TestReplayOfAlreadyStoredRowsAddsNothing(t *testing.T) {
 		}
 	}
 	// As if the process died after the commit but before the segment was
-	// removed: the same rows are in the spool again.
+	// removed: the same rows are in the spool again, beside one that was
+	// never stored. The replay's COPY of the three fails on the first
+	// two; the row-by-row insert that follows keeps the third.
+	fresh := testRow(3)
+	(&chain{id: "replay-test"}).link(fresh)
 	w.spool.startSpooling()
-	if err := w.spool.append(rows); err != nil {
+	if err := w.spool.append(append(rows, fresh)); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(10 * time.Second)
@@ -569,8 +573,8 @@ func TestReplayOfAlreadyStoredRowsAddsNothing(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if got := count(t, pg.Owner); got != 2 {
-		t.Fatalf("%d rows after replaying duplicates, want 2", got)
+	if got := count(t, pg.Owner); got != 3 {
+		t.Fatalf("%d rows after replaying two duplicates and a new row, want 3", got)
 	}
 }
 
