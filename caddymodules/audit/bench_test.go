@@ -94,14 +94,9 @@ func BenchmarkRowAnnotated(b *testing.B) {
 // and reports rows/s: the pace the edge's load must stay under for the
 // spool to be handed back while the load goes on.
 func BenchmarkReplay(b *testing.B) {
-	pg := testenv.Postgres(b)
-	w, err := NewWriter(WriterConfig{DSN: pg.AppDSN, SpoolDir: b.TempDir()})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer w.Close()
+	w := newWriter(b, testenv.Postgres(b).AppDSN, 0) // the default bound
 	const n = 20000
-	c := &chain{base: "bench-replay", id: "bench-replay"}
+	c := &chain{}
 	var took time.Duration
 	for i := 0; b.Loop(); i++ {
 		c.id, c.seq, c.prev = fmt.Sprintf("bench-replay-%d-%d", time.Now().UnixNano(), i), 0, nil

@@ -40,7 +40,7 @@ func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
 
 // newWriter is a writer with one chain, so tests can point at a row by
 // its place in the chain.
-func newWriter(t *testing.T, dsn string, maxSpool int64) *Writer {
+func newWriter(t testing.TB, dsn string, maxSpool int64) *Writer {
 	t.Helper()
 	w, err := NewWriter(WriterConfig{DSN: dsn, SpoolDir: filepath.Join(t.TempDir(), "spool"), MaxSpool: maxSpool, Chains: 1})
 	if err != nil {
